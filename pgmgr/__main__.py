@@ -1,0 +1,3 @@
+from pgmgr.cli import main
+
+main()

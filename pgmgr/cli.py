@@ -1,0 +1,110 @@
+"""The ``pgmgr`` command: the root Typer app, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from pgmgr import __version__, ui
+from pgmgr.commands import versions
+from pgmgr.core.errors import EXIT_USAGE, PgmgrError
+
+
+class PgmgrGroup(TyperGroup):
+    """Turns every expected error into ``Error: <one line>`` and its exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code = run_guarded(
+            lambda: super(PgmgrGroup, self).main(
+                args=args,
+                prog_name=prog_name or "pgmgr",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        )
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def run_guarded(call: Any) -> int:
+    """Run ``call`` and map what it raises to an exit code, printing one error line."""
+    try:
+        rv = call()
+    except PgmgrError as e:
+        ui.error(str(e), e.hint)
+        return e.exit_code
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        hint = None
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None:
+            hint = f"see '{ctx.command_path} --help'"
+        text = e.format_message() if hasattr(e, "format_message") else str(e)
+        ui.error(text, hint)
+        code = getattr(e, "exit_code", EXIT_USAGE)
+        return code if isinstance(code, int) else EXIT_USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("Interrupted\n")
+        return 130
+    except BrokenPipeError:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
+        return 1
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        ui.error(f"{e.strerror or e}{where}")
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        ui.emit(f"pgmgr {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    cls=PgmgrGroup,
+    name="pgmgr",
+    help="Create, run and inspect local PostgreSQL servers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """Create, run and inspect local PostgreSQL servers.
+
+    Example: pgmgr start -d ./data --init
+    """
+
+
+app.command("versions")(versions.versions)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=argv, prog_name="pgmgr")

@@ -1,0 +1,123 @@
+"""One exception tree for pgmgr.
+
+Every expected failure is a :class:`PgmgrError`. Each subclass keeps the facts it was raised
+with and builds its message from them; ``exit_code`` follows ``pg_ctl status`` (0 ok,
+3 not running, 4 no such instance or data directory, 1 anything else, 2 usage).
+The CLI turns these into ``Error: <message>`` lines in exactly one place (``pgmgr.cli``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_NO_INSTANCE = 4
+
+
+class PgmgrError(Exception):
+    """Base of every error pgmgr raises on purpose."""
+
+    exit_code: int = EXIT_ERROR
+
+    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DatabaseException(PgmgrError):
+    """Database errors (the seed's ``DatabaseException``): init, version, configuration."""
+
+    def __init__(self, exception: object = "", *args: object, hint: str | None = None) -> None:
+        text = str(exception)
+        if args:
+            text = " ".join([text, *(str(a) for a in args)])
+        super().__init__(text, hint=hint)
+        self.exception = exception
+
+
+class WorkerError(PgmgrError):
+    """The server process misbehaved (the seed's ``WorkerError``): not ready, gone, unreachable."""
+
+
+class UsageError(PgmgrError):
+    """The caller asked for something that cannot make sense (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class CommandFailed(DatabaseException):
+    """An external program (initdb, psql, ...) failed; keeps its argv, exit code and stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        prog = Path(self.argv[0]).name if self.argv else "command"
+        last = _last_line(stderr)
+        text = f"{prog} failed with exit code {returncode}" + (f": {last}" if last else "")
+        super().__init__(text)
+
+
+class VersionNotFound(DatabaseException):
+    """The requested PostgreSQL version is not installed."""
+
+    def __init__(self, requested: str, installed: Sequence[str], origin: str = "") -> None:
+        self.requested = requested
+        self.installed = list(installed)
+        have = ", ".join(self.installed) if self.installed else "none"
+        where = f" (from {origin})" if origin else ""
+        super().__init__(
+            f"PostgreSQL {requested}{where} is not installed; installed: {have}",
+            hint="run 'pgmgr versions' to see what is installed",
+        )
+
+
+class NoInstallation(DatabaseException):
+    """No PostgreSQL server binaries were found anywhere."""
+
+    def __init__(self, searched: Sequence[str]) -> None:
+        self.searched = list(searched)
+        super().__init__(
+            "no PostgreSQL installation found (looked in: " + ", ".join(self.searched) + ")",
+            hint="install one: 'apt-get install postgresql' (Debian/Ubuntu) "
+            "or \"pip install 'pgmgr[embedded]'\"",
+        )
+
+
+class InstanceNotFound(PgmgrError):
+    """No instance of that name, or no data directory at that path."""
+
+    exit_code = EXIT_NO_INSTANCE
+
+
+class NotRunning(WorkerError):
+    """The instance is not running where the operation needs it to be."""
+
+    exit_code = EXIT_NOT_RUNNING
+
+
+class PortInUse(DatabaseException):
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"port {port} on {host} is already in use",
+            hint="choose another with --port, or let pgmgr pick one with --port auto",
+        )
+
+
+class Busy(PgmgrError):
+    """Another pgmgr process holds this instance's lock."""
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

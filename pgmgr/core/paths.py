@@ -1,0 +1,61 @@
+"""Where pgmgr keeps its files.
+
+``PGMGR_STATE_DIR`` and ``PGMGR_CACHE_DIR`` override the platformdirs defaults, so tests and
+sandboxes never touch a real home directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def state_dir() -> Path:
+    """Instance records, logs and locks (``PGMGR_STATE_DIR`` overrides)."""
+    env = os.environ.get("PGMGR_STATE_DIR")
+    if env:
+        return Path(env).expanduser().absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("pgmgr"))
+
+
+def cache_dir() -> Path:
+    """Version cache and data-directory templates (``PGMGR_CACHE_DIR`` overrides)."""
+    env = os.environ.get("PGMGR_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("pgmgr"))
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed, mode 0700 for the leaf."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename."""
+    ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
