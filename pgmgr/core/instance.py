@@ -1,0 +1,633 @@
+"""One PostgreSQL instance: initialize, start, wait, stop, inspect.
+
+:class:`Server` holds an :class:`~pgmgr.core.registry.Instance` record and does the work;
+the CLI (``pgmgr.commands``) and the library (:class:`pgmgr.Manager`) are both thin layers
+over it. The live truth is always ``postmaster.pid`` plus the process table, so a server
+started by one process is found and stopped by another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pgmgr.core import paths, privileges, process, registry, server, versions
+from pgmgr.core.errors import (
+    EXIT_NO_INSTANCE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    DatabaseException,
+    InstanceNotFound,
+    PortInUse,
+    UsageError,
+    WorkerError,
+)
+from pgmgr.core.registry import Instance
+from pgmgr.core.server import InitOptions, ServerExited
+
+AUTO_PORT_TRIES = 5
+
+
+class DataDirNotFound(InstanceNotFound):
+    def __init__(self, datadir: Path, why: str = "does not exist") -> None:
+        self.datadir = datadir
+        super().__init__(
+            f"data directory {datadir} {why}",
+            hint=f"create it with 'pgmgr init -d {datadir}' (or start it with --init)",
+        )
+
+
+@dataclass
+class Status:
+    """What ``pgmgr status`` reports for one instance; ``state`` decides the exit code."""
+
+    name: str
+    state: str  # running | starting | stopping | stopped | crashed | missing
+    datadir: str
+    version: str
+    host: str
+    port: int | None
+    socket_dir: str | None
+    pid: int | None = None
+    started_at: float | None = None
+    log_file: str | None = None
+    url: str | None = None
+    detail: str | None = None
+    latency_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.state in ("running", "starting", "stopping"):
+            return EXIT_OK
+        if self.state == "missing":
+            return EXIT_NO_INSTANCE
+        return EXIT_NOT_RUNNING
+
+    @property
+    def uptime(self) -> float | None:
+        if self.started_at is None or self.state != "running":
+            return None
+        return max(0.0, time.time() - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "pid": self.pid,
+            "version": self.version,
+            "host": self.host,
+            "port": self.port,
+            "socket_dir": self.socket_dir,
+            "datadir": self.datadir,
+            "started_at": self.started_at,
+            "uptime": None if self.uptime is None else round(self.uptime, 3),
+            "log_file": self.log_file,
+            "url": self.url,
+            "detail": self.detail,
+            "latency_ms": self.latency_ms,
+            **self.extra,
+        }
+
+
+@dataclass
+class StartResult:
+    instance: Instance
+    already_running: bool
+    pid: int
+    elapsed: float
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def default_log_file(name: str) -> Path:
+    return paths.state_dir() / "logs" / f"{name}.log"
+
+
+class Server:
+    """An instance and the operations on it. Not thread-safe; one per data directory."""
+
+    def __init__(self, inst: Instance, *, register: bool = True) -> None:
+        self.inst = inst
+        self.register = register
+        self.child: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def for_datadir(
+        cls,
+        datadir: Path,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        register: bool = True,
+    ) -> Server:
+        """The registered instance of ``datadir``, or a new record (not yet saved).
+
+        A data directory's ``PG_VERSION`` pins the major version.
+
+        :raises DatabaseException: the version asked for is not the data directory's.
+        """
+        datadir = Path(os.path.abspath(datadir))
+        inst = registry.find_by_datadir(datadir) if register else None
+        if inst is not None:
+            srv = cls(inst, register=register)
+            if version:
+                srv.installation(version)  # refuses a different major
+            return srv
+        install = pick_installation(datadir, version)
+        real = os.path.realpath(datadir)
+        if name:
+            registry.check_name(name)
+            if register and name in registry.names():
+                other = registry.load(name)
+                if other.datadir != real:
+                    raise UsageError(
+                        f"instance name {name!r} is already used for {other.datadir}",
+                        hint="choose another --name",
+                    )
+        else:
+            name = registry.unique_name(Path(real).name) if register else Path(real).name
+        inst = Instance(
+            name=name,
+            datadir=real,
+            major=install.major,
+            version=install.version,
+            bindir=str(install.bindir),
+        )
+        return cls(inst, register=register)
+
+    @classmethod
+    def load(cls, name_or_dir: str) -> Server:
+        """By instance name, or by data directory path (anything with a '/', or '.')."""
+        if (
+            "/" in name_or_dir
+            or name_or_dir in (".", "..")
+            or not registry.NAME_RE.match(name_or_dir)
+        ):
+            datadir = Path(os.path.abspath(name_or_dir))
+            inst = registry.find_by_datadir(datadir)
+            if inst is None:
+                if not server.is_datadir(datadir):
+                    raise DataDirNotFound(datadir, _why_missing(datadir))
+                return cls.for_datadir(datadir)
+            return cls(inst)
+        return cls(registry.load(name_or_dir))
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def datadir(self) -> Path:
+        return self.inst.path
+
+    def installation(self, requested: str | None = None) -> versions.Installation:
+        """The binaries for this instance: the recorded ones while they still exist and
+        match, else a fresh selection of the same major.
+
+        :raises DatabaseException: ``requested`` names another major than the data dir's.
+        """
+        on_disk = server.datadir_major(self.datadir)
+        major = on_disk or self.inst.major
+        if requested:
+            requested = versions.check_version_string(requested)
+            if versions.major_of(requested) != major and requested != major:
+                raise DatabaseException(
+                    f"data directory {self.datadir} is PostgreSQL {major}; "
+                    f"it cannot be run with version {requested}",
+                    hint=f"leave out --version, or use -v {major}",
+                )
+        recorded = Path(self.inst.bindir) / "postgres"
+        if not requested and recorded.is_file() and self.inst.major == major:
+            return versions.Installation(
+                self.inst.major, self.inst.version, Path(self.inst.bindir), "record"
+            )
+        install = versions.select(requested or major).installation
+        self.inst.major, self.inst.version, self.inst.bindir = (
+            install.major,
+            install.version,
+            str(install.bindir),
+        )
+        return install
+
+    def user(self, requested: str | None = None) -> privileges.ServerUser | None:
+        return privileges.server_user(self.datadir, requested or self.inst.server_user or None)
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.inst.log_file or default_log_file(self.inst.name))
+
+    def save(self) -> None:
+        if self.register:
+            registry.save(self.inst)
+
+    # ------------------------------------------------------------------ init
+
+    def initialize(
+        self, opts: InitOptions, *, user: str | None = None, password: str | None = None
+    ) -> bool:
+        """Initialize the data directory if it is absent or empty; register it either way.
+
+        :returns: True if initdb ran, False if it already was a data directory.
+        :raises DatabaseException: a non-empty directory that is not a data directory.
+        """
+        datadir = self.datadir
+        if datadir.exists() and not datadir.is_dir():
+            raise DatabaseException(f"{datadir} exists and is not a directory")
+        if server.is_datadir(datadir):
+            self.save()
+            return False
+        install = self.installation()
+        su = self.user(user)
+        if su is not None:
+            privileges.check_reachable(datadir, su, "data directory")
+            privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
+            self.inst.server_user = su.name
+        if opts.auth != "trust" and password is None:
+            password = new_password()
+        server.initdb(install, datadir, opts, password=password, user=su)
+        self.inst.superuser = opts.superuser
+        self.inst.auth = opts.auth
+        self.inst.password = password if opts.auth != "trust" else None
+        self.save()
+        return True
+
+    # ------------------------------------------------------------------ start
+
+    def running(self) -> process.PidFile | None:
+        return process.running_postmaster(self.datadir)
+
+    def start(
+        self,
+        *,
+        host: str | None = None,
+        port: int | str | None = None,
+        settings: Mapping[str, str] | None = None,
+        socket_dir: str | None = None,
+        user: str | None = None,
+        version: str | None = None,
+        timeout: float = 10.0,
+        wait: bool = True,
+    ) -> StartResult:
+        """Start the server unless it is running already.
+
+        ``port`` is a number, ``"auto"`` (a free port), or None (the last one, else 5432).
+
+        :raises DataDirNotFound: no data directory.
+        :raises PortInUse: the port is taken (a clear hint suggests ``--port auto``).
+        :raises WorkerError: postgres exited during start-up, or was not ready in time.
+        :raises OSError: postgres could not be executed.
+        """
+        t0 = time.monotonic()
+        datadir = self.datadir
+        if not server.is_datadir(datadir):
+            raise DataDirNotFound(datadir, _why_missing(datadir))
+        install = self.installation(version)
+        pf = self.running()
+        if pf is not None:
+            self._record_running(pf)
+            return StartResult(self.inst, True, pf.pid, time.monotonic() - t0)
+        self._clear_stale_pidfile()
+        su = self.user(user)
+        if su is not None:
+            privileges.check_reachable(datadir, su, "data directory")
+            privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
+        merged = dict(self.inst.settings)
+        merged.update(server.check_settings(settings or {}))
+        host = self.inst.host if host is None else host
+        auto = port == "auto"
+        for attempt in range(AUTO_PORT_TRIES if auto else 1):
+            chosen = self._choose_port(host, port)
+            sockdir = server.socket_dir(self.inst.socket_dir, socket_dir, chosen, su)
+            argv = server.postgres_argv(
+                install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
+            )
+            self._log_offset = server.open_log_offset(self.log_file)
+            self.child = server.spawn(argv, self.log_file, su)
+            self.inst.host, self.inst.port, self.inst.socket_dir = host, chosen, str(sockdir)
+            if not wait:
+                self._commit_start(su, merged, None)
+                return StartResult(self.inst, False, self.child.pid, time.monotonic() - t0)
+            try:
+                pf = self.ready_wait(timeout)
+            except ServerExited as e:
+                if auto and "already in use" in e.message and attempt + 1 < AUTO_PORT_TRIES:
+                    continue  # another server took the port between our check and bind
+                if "already in use" in e.message:
+                    raise PortInUse(host, chosen) from None
+                raise
+            self._commit_start(su, merged, pf)
+            self._apply_pending_password(install, su)
+            return StartResult(self.inst, False, pf.pid, time.monotonic() - t0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _choose_port(self, host: str, port: int | str | None) -> int:
+        if port == "auto":
+            return server.free_port(host or "127.0.0.1")
+        if port is None:
+            if self.inst.port is not None:
+                server.check_port(host, self.inst.port)
+                return self.inst.port
+            port = 5432
+        try:
+            number = int(port)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"invalid port {port!r}: a number from 1 to 65535, or 'auto'"
+            ) from None
+        server.check_port(host, number)
+        return number
+
+    def _commit_start(
+        self,
+        su: privileges.ServerUser | None,
+        settings: dict[str, str],
+        pf: process.PidFile | None,
+    ) -> None:
+        self.inst.server_user = su.name if su is not None else None
+        self.inst.settings = settings
+        self.inst.log_file = str(self.log_file)
+        assert self.child is not None
+        self.inst.pid = pf.pid if pf else self.child.pid
+        self.inst.started_at = float(pf.start_time) if pf and pf.start_time else time.time()
+        self.save()
+
+    def _record_running(self, pf: process.PidFile) -> None:
+        changed = self.inst.pid != pf.pid
+        self.inst.pid = pf.pid
+        if pf.start_time:
+            self.inst.started_at = float(pf.start_time)
+        if pf.port:
+            self.inst.port = pf.port
+        if changed:
+            self.save()
+
+    def _clear_stale_pidfile(self) -> None:
+        """Remove a ``postmaster.pid`` no live postmaster of this data dir stands behind.
+
+        Never while any process still has the data directory as its working directory
+        (orphaned backends of a killed postmaster): postgres would refuse anyway, and
+        the file is the only thing that keeps a second postmaster out.
+        """
+        pidfile = self.datadir / process.PIDFILE
+        if not pidfile.exists():
+            return
+        users = process.processes_in(self.datadir)
+        if users:
+            raise WorkerError(
+                f"postgres processes still use {self.datadir} (pids "
+                + ", ".join(map(str, users))
+                + ") but no postmaster serves it",
+                hint="wait for them to exit, or stop them, then start again",
+            )
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+
+    def ready_wait(self, timeout: float = 10.0) -> process.PidFile:
+        """Wait until the server accepts connections; on timeout kill it.
+
+        :raises WorkerError: no process, it exited, or it was not ready in time.
+        """
+        if self.child is None:
+            pf = self.running()
+            if pf is None:
+                raise WorkerError("no server process to wait for")
+            pid = pf.pid
+        else:
+            pid = self.child.pid
+        try:
+            return server.wait_ready(
+                pid,
+                self.datadir,
+                timeout,
+                child=self.child,
+                log_file=self.log_file,
+                log_offset=self._log_offset,
+            )
+        except ServerExited:
+            self._reap()
+            raise
+        except WorkerError:
+            process.signal_pid(pid, server.STOP_SIGNALS["immediate"])
+            process.wait_gone(pid, self.datadir, 5.0)
+            self._reap()
+            raise
+
+    def _apply_pending_password(
+        self, install: versions.Installation, su: privileges.ServerUser | None
+    ) -> None:
+        """Set the superuser's password over the private socket on the first start of an
+        instance copied from a template (the copy shares the template's catalog)."""
+        if not self.inst.password_pending or not self.inst.password:
+            return
+        role, pw = quote_ident(self.inst.superuser), quote_literal(self.inst.password)
+        sql = f"ALTER ROLE {role} PASSWORD {pw}"
+        argv = [
+            str(install.bin("psql")),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.inst.socket_dir),
+            "-p",
+            str(self.inst.port),
+            "-U",
+            self.inst.superuser,
+            "-d",
+            "postgres",
+        ]
+        proc = subprocess.run(
+            argv,
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=server._child_env(None),
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise DatabaseException(f"could not set the password: {proc.stderr.strip()}")
+        self.inst.password_pending = False
+        self.save()
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self, mode: str = "fast", timeout: float | None = 60.0, wait: bool = True) -> bool:
+        """Stop the server if it runs.
+
+        :returns: False if it was not running.
+        :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
+        """
+        pf = self.running()
+        if pf is None:
+            self._reap()
+            if self.inst.pid is not None:
+                self.inst.pid = None
+                self.save()
+            return False
+        if not wait:
+            process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
+            return True
+        if not server.stop(pf.pid, self.datadir, mode, timeout):
+            sessions = process.client_sessions(pf.pid)
+            held = f"; {len(sessions)} client session(s) still connected" if sessions else ""
+            raise WorkerError(
+                f"server (pid {pf.pid}) did not stop within {timeout:g} s in {mode} mode{held}",
+                hint="use '-m fast' to disconnect clients, or a longer --timeout",
+            )
+        self._reap()
+        self.inst.pid = None
+        self.save()
+        return True
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the server to exit; its exit code when this process started it."""
+        if self.child is not None:
+            try:
+                return self.child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise WorkerError(f"server did not exit within {timeout:g} s") from None
+        pf = self.running()
+        if pf is not None and not process.wait_gone(pf.pid, self.datadir, timeout):
+            raise WorkerError(f"server did not exit within {timeout:g} s")
+        return None
+
+    def _reap(self) -> None:
+        if self.child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.child.wait(timeout=5)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, check: bool = False) -> Status:
+        inst = self.inst
+        st = Status(
+            name=inst.name,
+            state="stopped",
+            datadir=inst.datadir,
+            version=inst.version,
+            host=inst.host,
+            port=inst.port,
+            socket_dir=inst.socket_dir,
+            log_file=str(self.log_file),
+        )
+        if not server.is_datadir(self.datadir):
+            st.state = "missing"
+            st.detail = f"data directory {_why_missing(self.datadir)}"
+            return st
+        pf = process.PidFile.read(self.datadir)
+        if pf is not None and process.serves(pf.pid, self.datadir, pf.start_time):
+            st.state = {"ready": "running", "standby": "running"}.get(pf.status or "", "running")
+            if pf.status in ("starting", "stopping"):
+                st.state = pf.status
+            st.pid, st.port = pf.pid, pf.port or inst.port
+            st.started_at = float(pf.start_time) if pf.start_time else inst.started_at
+            if pf.socket_dir:
+                st.socket_dir = pf.socket_dir
+            st.url = self.url()
+            if check:
+                st.latency_ms = round(self.health() * 1000, 2)
+        elif pf is not None:
+            st.state = "crashed"
+            st.detail = f"stale postmaster.pid (pid {pf.pid} is not this server)"
+        return st
+
+    # ------------------------------------------------------------------ connections
+
+    def conninfo(self, tcp: bool | None = None) -> dict[str, str]:
+        """Connection parameters; over the socket unless ``tcp`` (or no socket is known)."""
+        inst = self.inst
+        use_tcp = tcp if tcp is not None else not inst.socket_dir
+        params = {"user": inst.superuser, "dbname": "postgres", "port": str(inst.port or 5432)}
+        if use_tcp:
+            params["host"] = (
+                (inst.host.split(",")[0].strip() or "127.0.0.1") if inst.host else "127.0.0.1"
+            )
+            if inst.password:
+                params["password"] = inst.password
+        else:
+            params["host"] = str(inst.socket_dir)
+        return params
+
+    def url(self, tcp: bool | None = None) -> str:
+        """A ``postgresql://`` URI that psql and psycopg accept."""
+        p = self.conninfo(tcp)
+        user = quote(p["user"], safe="")
+        if p["host"].startswith("/"):
+            return (
+                f"postgresql://{user}@/{quote(p['dbname'], safe='')}"
+                f"?host={quote(p['host'], safe='')}&port={p['port']}"
+            )
+        auth = user + (":" + quote(p["password"], safe="") if "password" in p else "")
+        host = f"[{p['host']}]" if ":" in p["host"] else p["host"]
+        return f"postgresql://{auth}@{host}:{p['port']}/{quote(p['dbname'], safe='')}"
+
+    def dsn(self, tcp: bool | None = None) -> str:
+        return " ".join(f"{k}={_dsn_quote(v)}" for k, v in self.conninfo(tcp).items())
+
+    def health(self, timeout: int = 2) -> float:
+        """Connect and run ``SELECT 1``; the round trip in seconds.
+
+        :raises WorkerError: the connection or the query failed.
+        """
+        import psycopg  # only here: it costs ~120 ms to import
+
+        t0 = time.monotonic()
+        try:
+            with psycopg.connect(self.dsn(), connect_timeout=timeout) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as e:
+            raise WorkerError(f"cannot connect to {self.inst.name}: {str(e).strip()}") from None
+        return time.monotonic() - t0
+
+
+def pick_installation(datadir: Path, version: str | None) -> versions.Installation:
+    """The seed's version rules, with an existing data dir's PG_VERSION pinning the major."""
+    on_disk = server.datadir_major(datadir) if datadir.is_dir() else None
+    if on_disk and version:
+        version = versions.check_version_string(version)
+        if versions.major_of(version) != on_disk and version != on_disk:
+            raise DatabaseException(
+                f"data directory {datadir} is PostgreSQL {on_disk}; "
+                f"it cannot be run with version {version}",
+                hint=f"leave out --version, or use -v {on_disk}",
+            )
+    return versions.select(version or on_disk).installation
+
+
+def _why_missing(datadir: Path) -> str:
+    try:
+        if not datadir.exists():
+            return "does not exist"
+        if not datadir.is_dir():
+            return "is not a directory"
+        os.listdir(datadir)
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    return "is not a PostgreSQL data directory (no PG_VERSION)"
+
+
+def _dsn_quote(value: str) -> str:
+    if value and all(c.isalnum() or c in "/._-" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,209 @@
+"""The library API: ``Manager``, after the seed's ``servermgr.postgres.Manager``.
+
+    from pgmgr import Manager
+
+    with Manager("127.0.0.1", 5433, "/srv/pg/data", initialize=True) as pg:
+        psycopg.connect(pg.dsn)
+
+Differences from the seed, all additive: an existing data directory's ``PG_VERSION`` pins the
+major version; ``stop`` takes a mode; the object is a context manager; ``dsn``, ``url`` and
+``status()`` exist; the server can be found and stopped from another process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pgmgr.core import registry, server
+from pgmgr.core.errors import DatabaseException, WorkerError
+from pgmgr.core.instance import Server, StartResult, Status
+from pgmgr.core.server import InitOptions
+
+#: Keyword options accepted by :class:`Manager` besides the seed's parameters.
+OPTIONS = {
+    "settings": "dict of server settings, passed as -c name=value",
+    "user": "OS user that runs postgres when the caller is root (default: data dir owner, "
+    "else 'postgres')",
+    "socket_dir": "directory for the unix socket (default: a private 0700 dir)",
+    "log_file": "server log (default: <state dir>/logs/<name>.log)",
+    "superuser": "database superuser created by initdb (default 'postgres')",
+    "auth": "'scram-sha-256' (default: TCP needs the generated password) or 'trust'",
+    "password": "superuser password (default: generated, kept in the record, mode 0600)",
+    "name": "instance name in pgmgr's registry (default: the data dir's basename)",
+    "register": "keep a record so the CLI sees this instance (default True)",
+    "encoding": "initdb encoding (default UTF8)",
+    "locale": "initdb locale (default C)",
+    "initdb_args": "extra initdb arguments (list of strings)",
+    "stop_mode": "default shutdown mode: smart, fast (default) or immediate",
+}
+
+
+class Manager:
+    """Postgres manager object.
+
+    :param host: the interface to listen on (default 127.0.0.1; '' for the socket only).
+    :param port: the port to listen on.
+    :param db_dir: the database data directory.
+    :param initialize: initialize the data directory iff it does not exist yet (an empty
+        directory counts as not existing).
+    :param pg_version: PostgreSQL version ('15', '15.4'); else ``POSTGRES_VERSION``, else the
+        highest under /usr/lib/postgresql, else the highest found. An existing data
+        directory's major version wins, and asking for another one is an error.
+    :param kwargs: see :data:`OPTIONS`.
+    :raises DatabaseException: initialization failed (initdb's stderr is kept), a version
+        mismatch, or a bad option value.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5432,
+        db_dir: str | os.PathLike[str] = "",
+        initialize: bool = False,
+        pg_version: str = "",
+        **kwargs: Any,
+    ) -> None:
+        unknown = set(kwargs) - set(OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"Manager() got unknown option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(OPTIONS)}"
+            )
+        if not db_dir:
+            raise DatabaseException("db_dir is required")
+        self.host = host
+        self.port = int(port)
+        self.db_dir = Path(os.path.abspath(db_dir))
+        self.pg_version = pg_version or None
+        self.kwargs = kwargs
+        self.stop_mode: str = kwargs.get("stop_mode", "fast")
+        if self.stop_mode not in server.STOP_SIGNALS:
+            raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
+        self.settings = server.check_settings(kwargs.get("settings") or {})
+        self._server = Server.for_datadir(
+            self.db_dir,
+            name=kwargs.get("name"),
+            version=self.pg_version,
+            register=bool(kwargs.get("register", True)),
+        )
+        inst = self._server.inst
+        if kwargs.get("log_file"):
+            inst.log_file = str(Path(kwargs["log_file"]).absolute())
+        if initialize and not server.is_datadir(self.db_dir):
+            opts = InitOptions(
+                superuser=kwargs.get("superuser", "postgres"),
+                auth=kwargs.get("auth", "scram-sha-256"),
+                encoding=kwargs.get("encoding", "UTF8"),
+                locale=kwargs.get("locale", "C"),
+                extra=tuple(kwargs.get("initdb_args") or ()),
+            )
+            if opts.auth not in server.AUTH_METHODS:
+                raise DatabaseException(
+                    f"invalid auth {opts.auth!r}: use {', '.join(server.AUTH_METHODS)}"
+                )
+            with registry.lock(self.db_dir):
+                self._server.initialize(
+                    opts, user=kwargs.get("user"), password=kwargs.get("password")
+                )
+
+    # ---------------------------------------------------------------- seed API
+
+    @property
+    def process(self) -> Any:
+        """The ``subprocess.Popen`` of the server this object started, else None."""
+        return self._server.child
+
+    def start(self, wait: bool = True, timeout: float = 10.0) -> StartResult:
+        """Launch the postgres process (a no-op when it is already running).
+
+        :param wait: call :meth:`ready_wait` after starting the subprocess.
+        :param timeout: the ``ready_wait`` timeout.
+        :raises OSError: postgres cannot be launched.
+        :raises WorkerError: it exited during start-up or was not ready in time.
+        """
+        with registry.lock(self.db_dir):
+            return self._server.start(
+                host=self.host,
+                port=self.port,
+                settings=self.settings,
+                socket_dir=self.kwargs.get("socket_dir"),
+                user=self.kwargs.get("user"),
+                version=self.pg_version,
+                timeout=timeout,
+                wait=wait,
+            )
+
+    def ready_wait(self, timeout: float = 10.0, verbose: bool = False) -> None:
+        """Wait until the server is responding; kill it if it is not ready in time.
+
+        :raises WorkerError: no subprocess, or not ready within ``timeout``.
+        """
+        pf = self._server.ready_wait(timeout)
+        if verbose:
+            print(f"postgres (pid {pf.pid}) ready on port {pf.port}")
+
+    def health(self) -> None:
+        """:raises WorkerError: we cannot connect to the database."""
+        self._server.health()
+
+    def stop(self, wait: bool = True, mode: str | None = None, timeout: float = 60.0) -> bool:
+        """Terminate the server (fast shutdown unless ``mode`` says otherwise).
+
+        :param wait: wait for the server to exit.
+        :returns: False if it was not running.
+        :raises WorkerError: it did not exit within ``timeout``.
+        """
+        with registry.lock(self.db_dir):
+            return self._server.stop(mode or self.stop_mode, timeout, wait)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the server process to exit."""
+        return self._server.wait(timeout)
+
+    # ---------------------------------------------------------------- beyond the seed
+
+    def status(self, check: bool = False) -> Status:
+        return self._server.status(check)
+
+    @property
+    def name(self) -> str:
+        return self._server.inst.name
+
+    @property
+    def password(self) -> str | None:
+        return self._server.inst.password
+
+    @property
+    def socket_dir(self) -> str | None:
+        return self._server.inst.socket_dir
+
+    @property
+    def dsn(self) -> str:
+        """libpq key=value string over TCP (with the password)."""
+        return self._server.dsn(tcp=bool(self.host))
+
+    @property
+    def url(self) -> str:
+        """``postgresql://`` URI over TCP (with the password)."""
+        return self._server.url(tcp=bool(self.host))
+
+    def __enter__(self) -> Manager:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        except WorkerError:
+            self.stop(mode="immediate")
+
+    def __repr__(self) -> str:
+        return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"

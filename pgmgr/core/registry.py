@@ -1,0 +1,191 @@
+"""Instance records under the state directory.
+
+One JSON file per instance (``<state>/instances/<name>.json``, mode 0600, written atomically),
+and one lock file per data directory so that two pgmgr processes never start, stop or
+initialize the same data directory at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import paths
+from pgmgr.core.errors import Busy, InstanceNotFound, PgmgrError, UsageError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass
+class Instance:
+    """What pgmgr records about one data directory."""
+
+    name: str
+    datadir: str
+    major: str
+    version: str
+    bindir: str
+    host: str = "127.0.0.1"
+    port: int | None = None
+    socket_dir: str | None = None
+    log_file: str | None = None
+    server_user: str | None = None  # OS user that runs postgres when pgmgr runs as root
+    superuser: str = "postgres"
+    password: str | None = None
+    auth: str = "scram-sha-256"
+    settings: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    started_at: float | None = None
+    created_at: float = field(default_factory=time.time)
+    password_pending: bool = False  # set on first start (template copies share the catalog)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.datadir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Instance:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class CorruptRecord(PgmgrError):
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        super().__init__(
+            f"instance record {path} is unreadable ({why})",
+            hint=f"remove it with 'pgmgr forget {path.stem}' and register the data "
+            "directory again with 'pgmgr init -d DIR'",
+        )
+
+
+def instances_dir() -> Path:
+    return paths.state_dir() / "instances"
+
+
+def record_path(name: str) -> Path:
+    return instances_dir() / f"{name}.json"
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"invalid instance name {name!r}: use letters, digits, '.', '_' or '-' "
+            "(at most 63, starting with a letter or digit)"
+        )
+    return name
+
+
+def load(name: str) -> Instance:
+    """The record called ``name``.
+
+    :raises InstanceNotFound: no such record.
+    :raises CorruptRecord: the file is not a valid record.
+    """
+    path = record_path(check_name(name))
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InstanceNotFound(
+            f"no instance named {name!r}", hint="'pgmgr status' lists the known instances"
+        ) from None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return Instance.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise CorruptRecord(path, str(e)) from None
+
+
+def save(inst: Instance) -> None:
+    paths.write_json_atomic(record_path(check_name(inst.name)), inst.to_dict())
+
+
+def remove(name: str) -> bool:
+    try:
+        record_path(check_name(name)).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def names() -> list[str]:
+    try:
+        return sorted(p.stem for p in instances_dir().glob("*.json"))
+    except OSError:
+        return []
+
+
+def load_all() -> tuple[list[Instance], list[CorruptRecord]]:
+    """Every readable record, and the errors of the unreadable ones."""
+    good: list[Instance] = []
+    bad: list[CorruptRecord] = []
+    for name in names():
+        try:
+            good.append(load(name))
+        except CorruptRecord as e:
+            bad.append(e)
+        except (InstanceNotFound, UsageError):
+            continue
+    return good, bad
+
+
+def find_by_datadir(datadir: Path) -> Instance | None:
+    real = os.path.realpath(datadir)
+    for inst in load_all()[0]:
+        if inst.datadir == real or os.path.realpath(inst.datadir) == real:
+            return inst
+    return None
+
+
+def unique_name(base: str) -> str:
+    """A free record name derived from ``base`` (a data dir's basename, say)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "pg"
+    if not cleaned[0].isalnum():
+        cleaned = "pg" + cleaned
+    cleaned = cleaned[:56]
+    taken = set(names())
+    if cleaned not in taken:
+        return cleaned
+    for i in range(2, 10_000):
+        candidate = f"{cleaned}-{i}"
+        if candidate not in taken:
+            return candidate
+    raise PgmgrError(f"too many instances named like {base!r}")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``."""
+    key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
+    lockdir = paths.ensure_private_dir(paths.state_dir() / "locks")
+    fd = os.open(lockdir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Busy(
+                        f"another pgmgr is working on {datadir} (waited {timeout:.0f} s)"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
