@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
-from pgmgr.commands import versions
+from pgmgr.commands import init, start, status, stop, versions
 from pgmgr.core.errors import EXIT_USAGE, PgmgrError
 
 
@@ -102,6 +102,10 @@ def root(
     """
 
 
+app.command("init")(init.init)
+app.command("start")(start.start)
+app.command("stop")(stop.stop)
+app.command("status")(status.status)
 app.command("versions")(versions.versions)
 
 
