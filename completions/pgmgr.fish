@@ -1,0 +1,1 @@
+complete --command pgmgr --no-files --arguments "(env _PGMGR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) pgmgr)" --condition "env _PGMGR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) pgmgr"
