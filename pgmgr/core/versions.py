@@ -248,7 +248,8 @@ class _OutputCache:
         key = " ".join(argv)
         entry = self.data.get(key)
         if isinstance(entry, dict) and entry.get("stamp") == _stamp(Path(argv[0])):
-            return entry.get("out")
+            out = entry.get("out")
+            return out if isinstance(out, str) else None
         return None
 
     def put(self, argv: Sequence[str], out: str) -> None:
@@ -278,6 +279,7 @@ def _run_all(argvs: Sequence[Sequence[str]]) -> list[str | None]:
                     stderr=subprocess.DEVNULL,
                     stdin=subprocess.DEVNULL,
                     text=True,
+                    errors="replace",  # a stray binary may print anything
                 )
             except OSError:
                 continue
