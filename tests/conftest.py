@@ -1,0 +1,103 @@
+"""Fixtures shared by every test: an isolated state/cache dir, and fake PostgreSQL installs."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: Environment variables that change what pgmgr finds or where it writes; no test inherits them.
+PGMGR_ENV = ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES")
+
+
+@pytest.fixture(autouse=True)
+def isolation(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Per-test state and cache directories, and none of the user's pgmgr settings.
+
+    Subprocesses started by a test inherit this environment, so the CLI is isolated too.
+    """
+    home = tmp_path_factory.mktemp("pgmgr-home")
+    monkeypatch.setenv("PGMGR_STATE_DIR", str(home / "state"))
+    monkeypatch.setenv("PGMGR_CACHE_DIR", str(home / "cache"))
+    for name in PGMGR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@dataclass
+class FakeRoot:
+    """A directory laid out like ``/usr/lib/postgresql``: ``<root>/<name>/bin/postgres``.
+
+    Each fake ``postgres`` is a shell script that prints ``postgres (PostgreSQL) <version>``
+    and appends one line to :attr:`calls` each time it runs, so tests can count subprocesses.
+    """
+
+    path: Path
+    calls: Path
+
+    def add(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        exit_code: int = 0,
+        executable: bool = True,
+        output: str | None = None,
+    ) -> Path:
+        """Create ``<root>/<name>/bin/postgres`` and return its bin dir.
+
+        ``version`` defaults to ``<name>.1`` (``15 -> 15.1``); ``output`` replaces the whole
+        version line; ``exit_code`` != 0 or ``executable=False`` make a broken binary.
+        """
+        bindir = self.path / name / "bin"
+        write_fake_postgres(
+            bindir / "postgres",
+            output if output is not None else f"postgres (PostgreSQL) {version or name + '.1'}",
+            calls=self.calls,
+            exit_code=exit_code,
+            executable=executable,
+        )
+        return bindir
+
+    def call_count(self) -> int:
+        """How many times any fake binary of this root has run."""
+        return len(self.calls.read_text().splitlines()) if self.calls.exists() else 0
+
+
+def write_fake_postgres(
+    exe: Path, line: str, *, calls: Path, exit_code: int = 0, executable: bool = True
+) -> None:
+    """Write a tiny ``postgres`` stand-in that logs each run to ``calls`` and prints ``line``."""
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(f'#!/bin/sh\necho "$0 $*" >> "{calls}"\necho "{line}"\nexit {exit_code}\n')
+    mode = 0o644 | (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH if executable else 0)
+    os.chmod(exe, mode)
+
+
+@pytest.fixture
+def fake_pg_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRoot:
+    """An empty fake root; ``PGMGR_PG_ROOT`` points at it and only the Debian source is on.
+
+    Tests add installs with ``fake_pg_root.add("15")``; they may widen ``PGMGR_SOURCES``.
+    """
+    root = FakeRoot(tmp_path / "pgroot", tmp_path / "calls.log")
+    root.path.mkdir()
+    monkeypatch.setenv("PGMGR_PG_ROOT", str(root.path))
+    monkeypatch.setenv("PGMGR_SOURCES", "debian")
+    return root
+
+
+@pytest.fixture
+def make_fake_root(tmp_path: Path) -> Callable[[str], FakeRoot]:
+    """Build further fake roots (for ``PGMGR_PG_PATHS``), sharing nothing with the main one."""
+
+    def make(name: str) -> FakeRoot:
+        root = FakeRoot(tmp_path / name, tmp_path / f"{name}-calls.log")
+        root.path.mkdir()
+        return root
+
+    return make
