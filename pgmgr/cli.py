@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
 from pgmgr.commands import init, start, status, stop, versions
+from pgmgr.commands import destroy, env, forget, logs, psql, reload, restart, run, url
 from pgmgr.core.errors import EXIT_USAGE, PgmgrError
 
 
@@ -55,6 +56,8 @@ def run_guarded(call: Any) -> int:
         if ctx is not None:
             hint = f"see '{ctx.command_path} --help'"
         text = e.format_message() if hasattr(e, "format_message") else str(e)
+        if not text.strip():  # no_args_is_help: the help was printed, nothing to add
+            return EXIT_USAGE
         ui.error(text, hint)
         code = getattr(e, "exit_code", EXIT_USAGE)
         return code if isinstance(code, int) else EXIT_USAGE
@@ -107,6 +110,16 @@ app.command("start")(start.start)
 app.command("stop")(stop.stop)
 app.command("status")(status.status)
 app.command("versions")(versions.versions)
+app.command("restart")(restart.restart)
+app.command("reload")(reload.reload)
+app.command("logs")(logs.logs)
+app.command("env")(env.env)
+app.command("url")(url.url)
+_PASSTHROUGH = {"allow_interspersed_args": False, "ignore_unknown_options": True}
+app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
+app.command("run", context_settings=_PASSTHROUGH)(run.run)
+app.command("destroy")(destroy.destroy)
+app.command("forget")(forget.forget)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
