@@ -11,8 +11,22 @@ import typer
 from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
-from pgmgr.commands import init, start, status, stop, versions
-from pgmgr.commands import destroy, env, forget, logs, psql, reload, restart, run, url
+from pgmgr.commands import (
+    destroy,
+    env,
+    forget,
+    init,
+    logs,
+    psql,
+    reload,
+    restart,
+    run,
+    start,
+    status,
+    stop,
+    url,
+    versions,
+)
 from pgmgr.core.errors import EXIT_USAGE, PgmgrError
 
 

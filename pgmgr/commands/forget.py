@@ -1,0 +1,23 @@
+"""``pgmgr forget``: remove an instance's record, keeping its data directory."""
+
+from __future__ import annotations
+
+from pgmgr import ui
+from pgmgr.commands import _common as c
+from pgmgr.commands.destroy import RequiredName
+
+
+def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
+    """Remove the record of a stopped instance; the data directory stays where it is.
+
+    Refuses a running instance (stop it first), so no server is left unmanaged.
+
+    Example: pgmgr forget old
+    """
+    c.quiet(quiet)
+    from pgmgr.core import ops, registry
+
+    srv = c.resolve(name, None)
+    with registry.lock(srv.datadir):
+        ops.forget(srv)
+    ui.message(f"Forgot '{srv.inst.name}'; its data directory stays: {srv.datadir}")

@@ -1,0 +1,41 @@
+"""``pgmgr logs``: show (and follow) an instance's server log."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from pgmgr import ui
+from pgmgr.commands import _common as c
+
+
+def logs(
+    name: c.Name = None,
+    datadir: c.DataDir = None,
+    lines: Annotated[
+        int, typer.Option("-n", "--lines", help="How many last lines to show.", min=0)
+    ] = 20,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Print the end of the server log.
+
+    Example: pgmgr logs dev -n 50 -f
+    """
+    from pgmgr.core import ops
+
+    srv = c.resolve(name, datadir)
+    last, offset = ops.tail(srv.log_file, lines)
+    for line in last:
+        ui.emit(line)
+    if not follow:
+        return
+    try:
+        for chunk in ops.follow(srv.log_file, offset):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how one stops following: not an error

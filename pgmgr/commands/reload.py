@@ -1,0 +1,38 @@
+"""``pgmgr reload``: make the server re-read its configuration files."""
+
+from __future__ import annotations
+
+from pgmgr import ui
+from pgmgr.commands import _common as c
+
+
+def reload(
+    name: c.Name = None,
+    datadir: c.DataDir = None,
+    timeout: c.Timeout = 10.0,
+    json: c.Json = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """Send SIGHUP to the server and wait until it confirms (pg_conf_load_time advances).
+
+    Exit code 3 when it is not running.
+
+    Example: pgmgr reload dev
+    """
+    c.quiet(quiet, json)
+    from pgmgr.core import ops
+
+    srv = c.resolve(name, datadir)
+    result = ops.reload(srv, timeout)
+    if json:
+        ui.emit_json(
+            {
+                "name": srv.inst.name,
+                "pid": result.pid,
+                "conf_load_time_before": result.before,
+                "conf_load_time": result.after,
+                "elapsed_ms": round(result.elapsed * 1000, 1),
+            }
+        )
+    else:
+        ui.message(f"Reloaded '{srv.inst.name}' (pid {result.pid}) in {ui.ms(result.elapsed)}")

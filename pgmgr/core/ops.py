@@ -1,0 +1,328 @@
+"""Everyday operations over one instance: restart, reload, logs, env, psql, destroy, forget.
+
+Each function takes a :class:`~pgmgr.core.instance.Server` and does the work the matching
+``pgmgr`` command only renders. Temporary instances (``pgmgr run`` and the pytest plugin)
+live in :mod:`pgmgr.core.temporary`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from pgmgr.core import paths, process, registry, server
+from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
+from pgmgr.core.instance import Server, StartResult
+
+#: How often ``reload`` asks the server whether it re-read its configuration, and ``logs -f``
+#: looks for new lines. 10 ms: fast enough to feel instant, cheap enough to be invisible.
+POLL = 0.01
+SHELLS = ("sh", "fish")
+
+
+def require_running(srv: Server) -> process.PidFile:
+    """The verified postmaster of ``srv``.
+
+    :raises NotRunning: no live postmaster serves the data directory (exit code 3).
+    """
+    pf = srv.running()
+    if pf is None:
+        raise NotRunning(
+            f"'{srv.inst.name}' is not running",
+            hint=f"start it with 'pgmgr start {srv.inst.name}'",
+        )
+    return pf
+
+
+# --------------------------------------------------------------------------- restart, reload
+
+
+@dataclass
+class RestartResult:
+    was_running: bool
+    start: StartResult
+
+
+def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartResult:
+    """Stop (if running) and start again with the recorded host, port and settings.
+
+    :raises UsageError: an unknown mode.
+    :raises WorkerError: it did not stop in time, or did not come back.
+    """
+    if mode not in server.STOP_SIGNALS:
+        raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
+    was_running = srv.stop(mode, timeout)
+    return RestartResult(was_running, srv.start(timeout=timeout))
+
+
+@dataclass
+class ReloadResult:
+    pid: int
+    before: float
+    after: float
+    elapsed: float
+
+
+def conf_load_time(srv: Server, timeout: int = 5) -> float:
+    """``pg_conf_load_time()`` of a new session, as a Unix timestamp.
+
+    A session started after the postmaster re-read its files reports the postmaster's time.
+
+    :raises WorkerError: cannot connect.
+    """
+    import psycopg  # only here: it costs ~120 ms to import
+
+    try:
+        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+            row = conn.execute("SELECT extract(epoch FROM pg_conf_load_time())").fetchone()
+    except psycopg.Error as e:
+        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+    assert row is not None
+    return float(row[0])
+
+
+def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
+    """SIGHUP the verified postmaster, then wait until ``pg_conf_load_time()`` advances.
+
+    :raises NotRunning: not running.
+    :raises WorkerError: the server did not confirm the reload within ``timeout``.
+    """
+    pf = require_running(srv)
+    t0 = time.monotonic()
+    before = conf_load_time(srv)
+    if not process.signal_pid(pf.pid, signal.SIGHUP):
+        raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")
+    deadline = t0 + timeout
+    while True:
+        after = conf_load_time(srv)
+        if after > before:
+            return ReloadResult(pf.pid, before, after, time.monotonic() - t0)
+        if time.monotonic() >= deadline:
+            raise WorkerError(
+                f"'{srv.inst.name}' did not confirm the reload within {timeout:g} s",
+                hint=f"see 'pgmgr logs {srv.inst.name}'",
+            )
+        time.sleep(POLL)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def tail(log_file: Path, lines: int) -> tuple[list[str], int]:
+    """The last ``lines`` lines of ``log_file`` and the byte offset of its end.
+
+    :raises DatabaseException: there is no log file yet.
+    """
+    try:
+        with open(log_file, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DatabaseException(
+            f"no log file yet: {log_file}", hint="the log is written once the server starts"
+        ) from None
+    text = data.decode(errors="replace").splitlines()
+    return (text[-lines:] if lines > 0 else []), len(data)
+
+
+def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
+    """Yield text appended to ``log_file`` after ``offset``, forever (until interrupted).
+
+    A file that shrank (truncated or replaced) is read again from its start.
+    """
+    pending = b""
+    while True:
+        try:
+            with open(log_file, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < offset:
+                    offset = 0
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            offset += len(chunk)
+            pending += chunk
+            complete, _, pending = pending.rpartition(b"\n")
+            if complete:
+                yield complete.decode(errors="replace") + "\n"
+        else:
+            time.sleep(poll)
+
+
+# --------------------------------------------------------------------------- env, url
+
+
+def passfile_path(name: str) -> Path:
+    return paths.state_dir() / "pgpass" / f"{name}.pgpass"
+
+
+def _pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def write_passfile(srv: Server, params: Mapping[str, str]) -> Path:
+    """A ``.pgpass`` file (mode 0600, in the state dir) holding this instance's password."""
+    fields = [params["host"], params["port"], "*", params["user"], params["password"]]
+    line = ":".join(_pgpass_escape(f) for f in fields) + "\n"
+    path = passfile_path(srv.inst.name)
+    paths.write_atomic(path, line.encode(), mode=0o600)
+    return path
+
+
+def check_reachable(srv: Server, tcp: bool) -> None:
+    """:raises UsageError: a URL/env is asked for that the instance cannot serve."""
+    if srv.inst.port is None:
+        raise UsageError(
+            f"'{srv.inst.name}' has never been started, so it has no port yet",
+            hint=f"start it with 'pgmgr start {srv.inst.name}'",
+        )
+    if tcp and not srv.inst.host:
+        raise UsageError(f"'{srv.inst.name}' listens on no TCP address (only its socket)")
+    if not tcp and not srv.inst.socket_dir:
+        raise UsageError(f"'{srv.inst.name}' has no unix socket recorded; use --tcp")
+
+
+def environment(srv: Server, tcp: bool = False) -> dict[str, str]:
+    """``PG*`` variables for the instance; over TCP the password goes to a PGPASSFILE."""
+    check_reachable(srv, tcp)
+    params = srv.conninfo(tcp)
+    env = {
+        "PGHOST": params["host"],
+        "PGPORT": params["port"],
+        "PGUSER": params["user"],
+        "PGDATABASE": params["dbname"],
+        "PGDATA": srv.inst.datadir,
+    }
+    if "password" in params:
+        env["PGPASSFILE"] = str(write_passfile(srv, params))
+    return env
+
+
+def fish_quote(value: str) -> str:
+    """A fish single-quoted word: inside, only ``\\`` and ``'`` are special."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def shell_exports(env: Mapping[str, str], shell: str = "sh") -> str:
+    """``export NAME='value'`` lines (sh) or ``set -gx NAME 'value'`` (fish) for ``eval``."""
+    if shell == "fish":
+        return "\n".join(f"set -gx {k} {fish_quote(v)};" for k, v in env.items())
+    if shell == "sh":
+        return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+    raise UsageError(f"invalid --shell {shell!r}: use {' or '.join(SHELLS)}")
+
+
+def url(srv: Server, tcp: bool = False) -> str:
+    check_reachable(srv, tcp)
+    return srv.url(tcp)
+
+
+# --------------------------------------------------------------------------- psql
+
+
+def psql_command(srv: Server, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for the instance's own ``psql`` (user args may override)."""
+    require_running(srv)
+    install = srv.installation()
+    psql = install.bin("psql")
+    if not psql.is_file():
+        found = shutil.which("psql")
+        if found is None:
+            raise DatabaseException(f"no psql next to {install.bin('postgres')} nor on PATH")
+        psql = Path(found)
+    env = dict(os.environ)
+    env.pop("PGPASSWORD", None)
+    env.update(environment(srv, tcp=not srv.inst.socket_dir))
+    return [str(psql), *args], env
+
+
+def exec_psql(srv: Server, args: list[str]) -> NoReturn:
+    """Replace this process with psql, so its exit code and the terminal pass through.
+
+    :raises NotRunning: not running.
+    :raises OSError: psql cannot be executed.
+    """
+    argv, env = psql_command(srv, args)
+    os.execvpe(argv[0], argv, env)  # noqa: S606 - argv, never a shell
+
+
+# --------------------------------------------------------------------------- destroy, forget
+
+
+@dataclass
+class DestroyResult:
+    name: str
+    datadir: str
+    was_running: bool
+    removed_datadir: bool
+    removed_record: bool
+
+
+def check_destroyable(srv: Server) -> None:
+    """:raises DatabaseException: the directory exists and is not a PostgreSQL data dir."""
+    datadir = srv.datadir
+    if datadir.exists() and not server.is_datadir(datadir):
+        raise DatabaseException(
+            f"refusing to remove {datadir}: it is not a PostgreSQL data directory (no PG_VERSION)",
+            hint=f"remove the record only with 'pgmgr forget {srv.inst.name}'",
+        )
+    if datadir == Path(datadir.anchor) or datadir == Path.home():
+        raise DatabaseException(f"refusing to remove {datadir}")
+
+
+def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
+    """Stop the server (fast, then immediate: its data is going anyway), remove the data
+    directory, its log, socket dir and pgpass file, and the record.
+
+    :raises DatabaseException: not a data directory (see :func:`check_destroyable`).
+    :raises WorkerError: it could not be stopped.
+    """
+    check_destroyable(srv)
+    was_running = False
+    if srv.running() is not None:
+        try:
+            was_running = srv.stop("fast", timeout)
+        except WorkerError:
+            was_running = srv.stop("immediate", timeout)
+    datadir = srv.datadir
+    existed = datadir.exists()
+    if existed:
+        shutil.rmtree(datadir)
+    for extra in (srv.log_file, passfile_path(srv.inst.name)):
+        with contextlib.suppress(OSError):
+            extra.unlink()
+    _remove_private_socket_dir(srv.inst.socket_dir)
+    removed_record = srv.register and registry.remove(srv.inst.name)
+    return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
+
+
+def _remove_private_socket_dir(sockdir: str | None) -> None:
+    """Remove a socket dir pgmgr made itself (``pgmgr-*`` under a temp dir), if empty."""
+    if sockdir and Path(sockdir).name.startswith("pgmgr-"):
+        with contextlib.suppress(OSError):
+            Path(sockdir).rmdir()
+
+
+def forget(srv: Server) -> bool:
+    """Remove the record only; the data directory stays.
+
+    :raises DatabaseException: the instance is running (forgetting it would orphan it).
+    """
+    pf = srv.running()
+    if pf is not None:
+        raise DatabaseException(
+            f"'{srv.inst.name}' is running (pid {pf.pid}); refusing to forget it",
+            hint=f"stop it first with 'pgmgr stop {srv.inst.name}'",
+        )
+    with contextlib.suppress(OSError):
+        passfile_path(srv.inst.name).unlink()
+    return registry.remove(srv.inst.name)

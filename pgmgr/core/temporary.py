@@ -1,0 +1,251 @@
+"""Temporary instances: ``pgmgr run`` and the pytest plugin.
+
+A temporary instance lives in one fresh directory (data dir, socket dir, log), is never
+registered, runs with settings that trade durability for speed, and is removed, server and
+files, when it closes, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from pgmgr.core import privileges, server
+from pgmgr.core.errors import PgmgrError
+from pgmgr.core.instance import Server
+from pgmgr.core.server import InitOptions
+
+#: Nothing on disk has to survive a temporary instance, so nothing waits for the disk.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+#: The longest base dir we accept: its ``sock/.s.PGSQL.65535`` must fit in 107 bytes.
+MAX_BASE = server.SOCKET_PATH_MAX - len("/sock/.s.PGSQL.65535")
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class CommandNotRun(PgmgrError):
+    """The command of ``pgmgr run`` could not be executed (exit 127, as in a shell)."""
+
+    exit_code = 127
+
+    def __init__(self, program: str, error: OSError) -> None:
+        self.program = program
+        why = "not found" if isinstance(error, FileNotFoundError) else error.strerror
+        super().__init__(f"cannot run {program!r}: {why}")
+
+
+class Interrupted(BaseException):
+    """A signal arrived while no command was running; unwinds to the cleanup."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _base_dir(prefix: str) -> Path:
+    """A fresh directory the server user can traverse (0755); /tmp when the temp dir is
+    too deep for a socket path, or (as root) unreachable for the server user."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    su = privileges.server_user(base, None) if privileges.is_root() else None
+    if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
+        base.rmdir()
+        base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+class TemporaryInstance:
+    """A throw-away server: ``with TemporaryInstance() as tmp: use(tmp.url)``.
+
+    :param version: PostgreSQL version (default: pgmgr's usual selection).
+    :param settings: server settings on top of :data:`FAST_SETTINGS`.
+    """
+
+    def __init__(
+        self,
+        version: str | None = None,
+        settings: Mapping[str, str] | None = None,
+        prefix: str = "pgmgr-run-",
+    ) -> None:
+        self.version = version
+        self.settings = {**FAST_SETTINGS, **server.check_settings(settings or {})}
+        self.prefix = prefix
+        self.base: Path | None = None
+        self.srv: Server | None = None
+
+    def start(self, timeout: float = 30.0) -> TemporaryInstance:
+        """Initialize (``initdb --no-sync``) and start on a free port.
+
+        On failure, including a signal, everything made so far is removed.
+        """
+        try:
+            self.base = _base_dir(self.prefix)
+            srv = Server.for_datadir(
+                self.base / "data",
+                name=self.base.name.replace("_", "-"),
+                version=self.version,
+                register=False,
+            )
+            self.srv = srv
+            srv.inst.log_file = str(self.base / "server.log")
+            srv.initialize(InitOptions(no_sync=True))
+            su = srv.user()
+            sock = self.base / "sock"
+            sock.mkdir(mode=0o700)
+            privileges.chown(sock, su)
+            srv.start(
+                host="127.0.0.1",
+                port="auto",
+                settings=self.settings,
+                socket_dir=str(sock),
+                timeout=timeout,
+            )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @property
+    def server(self) -> Server:
+        if self.srv is None:
+            raise RuntimeError("the temporary instance is not started")
+        return self.srv
+
+    @property
+    def url(self) -> str:
+        """TCP URI with the password (what most drivers understand)."""
+        return self.server.url(tcp=True)
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn(tcp=True)
+
+    def environment(self, dbname: str | None = None) -> dict[str, str]:
+        """``DATABASE_URL`` (TCP) and ``PG*`` (the private socket, trust auth)."""
+        inst = self.server.inst
+        url = self.url
+        if dbname is not None:
+            url = url.rsplit("/", 1)[0] + "/" + dbname
+        return {
+            "DATABASE_URL": url,
+            "PGHOST": str(inst.socket_dir),
+            "PGPORT": str(inst.port),
+            "PGUSER": inst.superuser,
+            "PGDATABASE": dbname or "postgres",
+            "PGPASSWORD": inst.password or "",
+            "PGDATA": inst.datadir,
+        }
+
+    def close(self) -> None:
+        """Stop the server (immediate: nothing needs to be kept) and remove every file."""
+        if self.srv is not None:
+            with contextlib.suppress(Exception):
+                self.srv.stop("immediate", timeout=30)
+            child = self.srv.child
+            if child is not None and child.poll() is None:
+                # Interrupted before postmaster.pid said who it is: stop the child itself.
+                child.send_signal(server.STOP_SIGNALS["immediate"])
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=30)
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+        self.srv, self.base = None, None
+
+    def __enter__(self) -> TemporaryInstance:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- databases
+
+    def execute(self, sql: str, dbname: str = "postgres") -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
+        import psycopg  # only here: it costs ~120 ms to import
+
+        params = self.server.conninfo(tcp=False)
+        params["dbname"] = dbname
+        with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
+            conn.execute(sql.encode())
+
+
+# --------------------------------------------------------------------------- pgmgr run
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    version: str | None = None,
+    settings: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+    on_ready: Callable[[TemporaryInstance], None] | None = None,
+) -> int:
+    """Run ``argv`` against a temporary instance and return its exit code.
+
+    Signals (SIGINT, SIGTERM, SIGHUP) go to the command; the instance is removed once it has
+    exited. A signal before the command starts, or during clean-up, just ends the run.
+    A command killed by a signal gives ``128 + signal``; so does a run this process was
+    interrupted in (130 for Ctrl-C), whatever the command returned.
+
+    :raises CommandNotRun: the command cannot be executed (exit code 127).
+    """
+    child: subprocess.Popen[bytes] | None = None
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if child is None:
+            raise Interrupted(signum)
+        if child.poll() is None and not _terminal_sent(signum):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    previous = {s: signal.signal(s, handler) for s in FORWARDED}
+    tmp = TemporaryInstance(version, settings)
+    try:
+        tmp.start(timeout)
+        if on_ready is not None:
+            on_ready(tmp)
+        env = {**os.environ, **tmp.environment()}
+        try:
+            child = subprocess.Popen(list(argv), env=env)
+        except OSError as e:
+            raise CommandNotRun(argv[0], e) from None
+        code = child.wait()
+    except Interrupted as e:
+        return 128 + e.signum
+    finally:
+        for s in FORWARDED:
+            signal.signal(s, signal.SIG_IGN)  # clean-up must finish
+        try:
+            if child is not None and child.poll() is None:
+                child.wait()
+            tmp.close()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    if received:
+        return 128 + received[0]
+    return 128 - code if code < 0 else code
+
+
+def _terminal_sent(signum: int) -> bool:
+    """Whether a SIGINT most likely came from the terminal, which sent it to the command
+    too (it is in our foreground process group); forwarding it would deliver it twice."""
+    if signum != signal.SIGINT:
+        return False
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
