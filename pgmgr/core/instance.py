@@ -310,6 +310,7 @@ class Server:
         for attempt in range(AUTO_PORT_TRIES if auto else 1):
             chosen = self._choose_port(host, port)
             sockdir = server.socket_dir(self.inst.socket_dir, socket_dir, chosen, su)
+            server.clear_stale_socket_lock(sockdir, chosen, datadir)
             argv = server.postgres_argv(
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
             )

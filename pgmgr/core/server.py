@@ -131,6 +131,28 @@ def socket_path(socket_dir: Path, port: int) -> str:
     return f"{socket_dir}/.s.PGSQL.{port}"
 
 
+def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
+    """Remove the socket and its ``.lock`` left behind by a killed postmaster of ``datadir``.
+
+    postgres removes a stale socket lock itself only when its pid is gone; a SIGKILLed
+    postmaster whose parent has exited stays a zombie until init reaps it (~1.5 s here), and
+    ``kill(pid, 0)`` succeeds on a zombie, so postgres would refuse to start. Call this only
+    when no postmaster serves ``datadir``. A lock of another data directory or of a live
+    process is left alone.
+    """
+    lock = Path(socket_path(socket_dir, port) + ".lock")
+    try:
+        lines = lock.read_text(errors="replace").split("\n")
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return
+    ours = len(lines) > 1 and os.path.realpath(lines[1].strip()) == os.path.realpath(datadir)
+    if (ours and not process.serves(pid, datadir)) or not process.is_alive(pid):
+        for path in (lock, Path(socket_path(socket_dir, port))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
 # --------------------------------------------------------------------------- runner
 
 
