@@ -365,14 +365,21 @@ class Server:
         self.save()
 
     def _record_running(self, pf: process.PidFile) -> None:
-        changed = self.inst.pid != pf.pid
+        """Adopt what a running server really uses (its postmaster.pid) into the record: a
+        start whose pgmgr was killed before it could save leaves the record behind."""
+        before = (self.inst.pid, self.inst.port, self.inst.socket_dir)
+        self._adopt(pf)
+        if (self.inst.pid, self.inst.port, self.inst.socket_dir) != before:
+            self.save()
+
+    def _adopt(self, pf: process.PidFile) -> None:
         self.inst.pid = pf.pid
         if pf.start_time:
             self.inst.started_at = float(pf.start_time)
         if pf.port:
             self.inst.port = pf.port
-        if changed:
-            self.save()
+        if pf.socket_dir:
+            self.inst.socket_dir = pf.socket_dir
 
     def _clear_stale_pidfile(self) -> None:
         """Remove a ``postmaster.pid`` no live postmaster of this data dir stands behind.
@@ -537,6 +544,7 @@ class Server:
             st.started_at = float(pf.start_time) if pf.start_time else inst.started_at
             if pf.socket_dir:
                 st.socket_dir = pf.socket_dir
+            self._adopt(pf)  # the URL from where it really listens, not from the record
             st.url = self.url()
             if check:
                 st.latency_ms = round(self.health() * 1000, 2)
