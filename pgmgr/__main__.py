@@ -1,3 +1,3 @@
-from pgmgr.cli import main
+from pgmgr.entry import main
 
 main()

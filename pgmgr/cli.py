@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
 from pgmgr.commands import (
+    cache,
     destroy,
     env,
     forget,
@@ -134,6 +135,7 @@ app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
+app.add_typer(cache.app, name="cache")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pgmgr import ui
+from pgmgr.statusview import status_record as status_record
+from pgmgr.statusview import uptime_text as uptime_text
 
 if TYPE_CHECKING:
-    from pgmgr.core.instance import Server, Status
+    from pgmgr.core.instance import Server
 
 
 def complete_names(incomplete: str) -> list[str]:
@@ -40,6 +42,14 @@ Version = Annotated[
     typer.Option("-v", "--version", help="PostgreSQL version (15, 15.4).", show_default=False),
 ]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=0.0, max=86400.0)]
+NoTemplate = Annotated[
+    bool,
+    typer.Option(
+        "--no-template",
+        help="Run initdb, not a copy of the cached template data directory.",
+        envvar="PGMGR_NO_TEMPLATE",
+    ),
+]
 User = Annotated[
     str | None,
     typer.Option(
@@ -88,25 +98,3 @@ def resolve(name: str | None, datadir: Path | None, *, allow_unregistered: bool 
 
 def version_label(version: str) -> str:
     return f"PostgreSQL {version}"
-
-
-def status_record(st: Status, srv: Server) -> dict[str, Any]:
-    """The JSON/table model of one instance's status (README documents these fields)."""
-    rec = st.to_dict()
-    rec["tcp_url"] = srv.url(tcp=True) if st.state == "running" and srv.inst.host else None
-    rec["server_user"] = srv.inst.server_user
-    rec["superuser"] = srv.inst.superuser
-    return rec
-
-
-def uptime_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"

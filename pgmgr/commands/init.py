@@ -34,6 +34,7 @@ def init(
     encoding: Annotated[str, typer.Option("--encoding", help="Database encoding.")] = "UTF8",
     locale: Annotated[str, typer.Option("--locale", help="Locale (C is fastest).")] = "C",
     user: c.User = None,
+    no_template: c.NoTemplate = False,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:
@@ -63,7 +64,7 @@ def init(
     with registry.lock(srv.datadir):
         label = c.version_label(srv.inst.version)
         with ui.spinner(f"Initializing {label} in {srv.datadir} …"):
-            created = srv.initialize(opts, user=user)
+            created = srv.initialize(opts, user=user, template=not no_template)
     elapsed = time.monotonic() - t0
     if json:
         rec = srv.inst.to_dict()

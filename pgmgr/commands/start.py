@@ -56,6 +56,7 @@ def start(
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops the server.")
     ] = False,
+    no_template: c.NoTemplate = False,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:
@@ -91,7 +92,7 @@ def start(
         srv = c.resolve(name, datadir)
     with registry.lock(srv.datadir):
         if init:
-            _initialize(srv, user)
+            _initialize(srv, user, template=not no_template)
         label = c.version_label(srv.inst.version)
         where = f"{host if host is not None else srv.inst.host}:{port or srv.inst.port or 5432}"
         with ui.spinner(f"Starting {label} on {where} …"):
@@ -124,7 +125,7 @@ def start(
         raise typer.Exit(_attend(srv, result.already_running))
 
 
-def _initialize(srv: Server, user: str | None) -> None:
+def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None:
     from pgmgr.core import server
 
     if server.is_datadir(srv.datadir):
@@ -132,7 +133,7 @@ def _initialize(srv: Server, user: str | None) -> None:
         return
     with ui.spinner(f"Initializing {c.version_label(srv.inst.version)} in {srv.datadir} …"):
         t0 = time.monotonic()
-        srv.initialize(server.InitOptions(), user=user)
+        srv.initialize(server.InitOptions(), user=user, template=template)
     ui.message(f"Initialized {srv.datadir} in {ui.ms(time.monotonic() - t0)}")
 
 

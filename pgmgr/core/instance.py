@@ -235,11 +235,20 @@ class Server:
     # ------------------------------------------------------------------ init
 
     def initialize(
-        self, opts: InitOptions, *, user: str | None = None, password: str | None = None
+        self,
+        opts: InitOptions,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        template: bool = True,
     ) -> bool:
         """Initialize the data directory if it is absent or empty; register it either way.
 
-        :returns: True if initdb ran, False if it already was a data directory.
+        With ``template`` (the default) it is a copy of a cached initdb result when one can
+        serve ``opts`` (see :mod:`pgmgr.core.template`); the password is then set on the
+        first start.
+
+        :returns: True if it was initialized, False if it already was a data directory.
         :raises DatabaseException: a non-empty directory that is not a data directory.
         """
         datadir = self.datadir
@@ -256,10 +265,15 @@ class Server:
             self.inst.server_user = su.name
         if opts.auth != "trust" and password is None:
             password = new_password()
-        server.initdb(install, datadir, opts, password=password, user=su)
+        from pgmgr.core import template as tpl
+
+        copied = template and tpl.init_from_template(install, datadir, opts, user=su)
+        if not copied:
+            server.initdb(install, datadir, opts, password=password, user=su)
         self.inst.superuser = opts.superuser
         self.inst.auth = opts.auth
         self.inst.password = password if opts.auth != "trust" else None
+        self.inst.password_pending = copied and self.inst.password is not None
         self.save()
         return True
 

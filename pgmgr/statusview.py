@@ -1,0 +1,86 @@
+"""The status model and its two renderers, without Typer.
+
+``pgmgr status`` (through Typer) and the fast path in :mod:`pgmgr.entry` (``pgmgr status
+[--json]`` without Typer, which costs ~30-50 ms to import) both build their output here, so
+the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pgmgr import ui
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server, Status
+
+COLUMNS = ["name", "version", "state", "pid", "host:port", "socket dir", "data dir", "uptime"]
+EMPTY = "No instances; create one with 'pgmgr start -d ./data --init'"
+
+
+def status_record(st: Status, srv: Server) -> dict[str, Any]:
+    """The JSON/table model of one instance's status (README documents these fields)."""
+    rec = st.to_dict()
+    rec["tcp_url"] = srv.url(tcp=True) if st.state == "running" and srv.inst.host else None
+    rec["server_user"] = srv.inst.server_user
+    rec["superuser"] = srv.inst.superuser
+    return rec
+
+
+def uptime_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def record_of(srv: Server, check: bool = False) -> tuple[dict[str, Any], int]:
+    """One instance's record and its exit code (0 running, 3 not running, 4 missing)."""
+    st = srv.status(check=check and srv.running() is not None)
+    return status_record(st, srv), st.exit_code
+
+
+def show_all(json: bool, check: bool = False) -> int:
+    """Render every registered instance (unreadable records as errors); exit code 0."""
+    from pgmgr.core import registry
+    from pgmgr.core.instance import Server
+
+    instances, broken = registry.load_all()
+    records = [record_of(Server(inst), check)[0] for inst in instances]
+    for err in broken:
+        ui.error(str(err), err.hint)
+    if json:
+        ui.emit_json(records)
+    elif records:
+        table(records)
+    else:
+        ui.message(EMPTY)
+    return 0
+
+
+def table(records: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in records:
+        state = r["state"]
+        if r.get("latency_ms") is not None:
+            state += f" ({r['latency_ms']:.1f} ms)"
+        hostport = f"{r['host'] or '-'}:{r['port']}" if r["port"] else "-"
+        rows.append(
+            [
+                r["name"],
+                r["version"],
+                state,
+                str(r["pid"] or "-"),
+                hostport,
+                r["socket_dir"] or "-",
+                r["datadir"],
+                uptime_text(r["uptime"]),
+            ]
+        )
+    ui.table(COLUMNS, rows)
