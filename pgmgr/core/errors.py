@@ -8,6 +8,7 @@ The CLI turns these into ``Error: <message>`` lines in exactly one place (``pgmg
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,6 +119,12 @@ class Busy(PgmgrError):
     """Another pgmgr process holds this instance's lock."""
 
 
+#: Trailing lines that explain an error rather than state it (``initdb: hint: Try ...``).
+_AFTERWORD_RE = re.compile(r"^(?:\S+: )?(?:hint|detail|HINT|DETAIL):", re.IGNORECASE)
+
+
 def _last_line(text: str) -> str:
+    """The last line that states the error: PostgreSQL programs end with hint/detail lines."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    stated = [line for line in lines if not _AFTERWORD_RE.match(line)]
+    return (stated or lines)[-1] if lines else ""
