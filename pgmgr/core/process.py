@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -210,19 +211,20 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+#: A client backend's title after ``postgres: ``: an optional ``cluster_name: ``, then
+#: ``user db host state`` where host is ``[local]`` or ``address(port)``. Auxiliary processes
+#: never have that shape ("checkpointer", "autovacuum launcher", PostgreSQL 18's "io worker 0").
+_CLIENT_TITLE_RE = re.compile(r"^(?:[^:]*: )?\S+ \S+ (?:\[local\]|\S*\(\d+\))(?: |$)")
+
+
 def client_sessions(postmaster: int) -> list[str]:
     """Titles of the client backends of a postmaster (``postgres: user db [local] idle``)."""
     titles = []
     for child in children(postmaster):
         title = " ".join(cmdline(child))
         with contextlib.suppress(ValueError):
-            rest = title.split("postgres: ", 1)[1]
-            words = rest.split()
-            # Auxiliary processes have one- or two-word titles ("checkpointer",
-            # "autovacuum launcher"); a backend's title is "user db host state".
-            if len(words) >= 3 and not rest.startswith(
-                ("autovacuum", "logical replication", "background writer", "walwriter")
-            ):
+            rest = title.split("postgres: ", 1)[1].strip()
+            if _CLIENT_TITLE_RE.match(rest):
                 titles.append(rest)
     return titles
 
