@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from pgmgr.core import registry, server
-from pgmgr.core.errors import DatabaseException, WorkerError
+from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.server import InitOptions
 
@@ -82,6 +82,13 @@ class Manager:
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
+        try:
+            self._open(initialize)
+        except UsageError as e:  # the seed's callers catch DatabaseException for bad options
+            raise DatabaseException(e.message, hint=e.hint) from None
+
+    def _open(self, initialize: bool) -> None:
+        kwargs = self.kwargs
         self.settings = server.check_settings(kwargs.get("settings") or {})
         self._server = Server.for_datadir(
             self.db_dir,
@@ -92,6 +99,12 @@ class Manager:
         inst = self._server.inst
         if kwargs.get("log_file"):
             inst.log_file = str(Path(kwargs["log_file"]).absolute())
+        # For a data directory made elsewhere only the caller knows these; initdb sets them
+        # itself below otherwise.
+        if kwargs.get("superuser"):
+            inst.superuser = kwargs["superuser"]
+        if kwargs.get("password") is not None:
+            inst.password = kwargs["password"]
         if initialize and not server.is_datadir(self.db_dir):
             opts = InitOptions(
                 superuser=kwargs.get("superuser", "postgres"),
