@@ -336,9 +336,12 @@ def socket_dir(
 
 def check_socket_dir(path: Path, user: ServerUser | None) -> None:
     """The seed's ``_check_lockdir_permissions``: the server must be able to create its
-    socket and lock file in ``path``."""
+    socket and lock file in ``path``. A directory it creates is the server user's."""
+    created = not path.exists()
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if created:
+            chown(path, user)
     except OSError as e:
         raise DatabaseException(f"cannot create socket directory {path}: {e.strerror}") from None
     if not path.is_dir():
