@@ -123,8 +123,22 @@ class Busy(PgmgrError):
 _AFTERWORD_RE = re.compile(r"^(?:\S+: )?(?:hint|detail|HINT|DETAIL):", re.IGNORECASE)
 
 
+#: Lines a failing initdb prints after the cause, while it cleans up.
+_CLEANUP_RE = re.compile(
+    r"^(?:\S+: )?(?:removing (?:contents of )?data directory|child process exited"
+    r"|data directory .* not removed)"
+)
+#: A server log line with a severity (``2024-... UTC [123] FATAL:  could not write ...``).
+_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC|ERROR):\s+")
+
+
 def _last_line(text: str) -> str:
-    """The last line that states the error: PostgreSQL programs end with hint/detail lines."""
+    """The line that states the error: PostgreSQL programs end with hint/detail lines, and
+    initdb with its clean-up; a server's ``FATAL:`` line (the cause) wins over both."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    stated = [line for line in lines if not _AFTERWORD_RE.match(line)]
+    stated = [ln for ln in lines if not _AFTERWORD_RE.match(ln) and not _CLEANUP_RE.match(ln)]
+    for line in reversed(stated):
+        m = _SEVERE_RE.search(line)
+        if m:
+            return line[m.start() :]
     return (stated or lines)[-1] if lines else ""
