@@ -34,7 +34,7 @@ def stop(
     c.quiet(quiet, json)
     from pgmgr.core import registry
     from pgmgr.core.errors import UsageError
-    from pgmgr.core.instance import Server
+    from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
     from pgmgr.core.server import STOP_SIGNALS
 
     if mode not in STOP_SIGNALS:
@@ -62,8 +62,13 @@ def stop(
                 "elapsed_ms": round(elapsed * 1000, 1),
             }
         )
+        missing = not stopped and srv.status().state == "missing"
+        if missing and not all_:
+            raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
         if stopped:
             ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}")
+        elif missing:
+            ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
         else:
             ui.message(f"'{srv.inst.name}' is not running")
     if json:
