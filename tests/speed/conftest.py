@@ -1,0 +1,132 @@
+"""Fixtures for the template-cache and lean-path tests: real PostgreSQL 15 servers.
+
+Data directories live under a per-session directory in /tmp (mode 0755) because, when the
+suite runs as root, the ``postgres`` user runs the servers and cannot reach pytest's
+``tmp_path`` (under a 0700 directory). Every server a test starts is stopped at the end of
+the test, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgmgr.core import process
+
+PG15 = Path("/usr/lib/postgresql/15/bin")
+
+pytestmark = pytest.mark.skipif(not (PG15 / "postgres").exists(), reason="needs PostgreSQL 15")
+
+
+def pgmgr(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pgmgr ARGS`` in the test's environment."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgmgr", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if check:
+        assert proc.returncode == 0, f"pgmgr {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def pgmgr_json(*args: str) -> Any:
+    return json.loads(pgmgr(*args, "--json").stdout)
+
+
+def postmasters_under(root: Path) -> list[int]:
+    prefix = os.path.realpath(root) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = process.cmdline(int(entry))
+        if argv and os.path.basename(argv[0]) == "postgres" and "-D" in argv[:-1]:
+            d = os.path.realpath(argv[argv.index("-D") + 1]) + os.sep
+            if d.startswith(prefix) and process.is_alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh 0755 directory under /tmp for data dirs and socket dirs; at the end every
+    server under it is stopped (immediate), and the test fails if one was left running."""
+    path = Path(tempfile.mkdtemp(prefix="pgmgr-speed-", dir="/tmp"))
+    path.chmod(0o755)
+    (path / "tmp").mkdir(mode=0o755)
+    monkeypatch.setenv("TMPDIR", str(path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path / "tmp"))
+    monkeypatch.setenv("POSTGRES_VERSION", "15")
+    for name in [k for k in os.environ if k.startswith("PG") and not k.startswith("PGMGR_")]:
+        monkeypatch.delenv(name)
+    try:
+        yield path
+    finally:
+        left = postmasters_under(path)
+        for pid in left:
+            process.signal_pid(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(process.is_alive(p) for p in left):
+            time.sleep(0.01)
+        shutil.rmtree(path, ignore_errors=True)
+        assert not left, f"servers left running by the test (now stopped): {left}"
+
+
+@pytest.fixture
+def started(base: Path) -> Iterator[Callable[..., dict[str, Any]]]:
+    """``started(datadir, *extra_args)``: ``pgmgr start -d DIR --port auto --json``; every
+    instance started this way is stopped (fast) at the end of the test."""
+    dirs: list[Path] = []
+
+    def start(datadir: Path, *extra: str) -> dict[str, Any]:
+        dirs.append(datadir)
+        return dict(pgmgr_json("start", "-d", str(datadir), "--port", "auto", *extra))
+
+    yield start
+    for d in dirs:
+        with contextlib.suppress(Exception):
+            pgmgr("stop", "-d", str(d), check=False)
+
+
+def templates(cache: Path | None = None) -> list[str]:
+    root = (cache or Path(os.environ["PGMGR_CACHE_DIR"])) / "templates"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@pytest.fixture(scope="session")
+def fake_install() -> Iterator[Path]:
+    """A copy of the PostgreSQL 15 install laid out as Debian does (``<r>/usr/lib/postgresql/15``
+    and ``<r>/usr/share/postgresql/15``, so postgres finds its share dir relative to itself).
+    Yields the root to use as ``PGMGR_PG_ROOT``."""
+    root = Path(tempfile.mkdtemp(prefix="pgmgr-speed-fake-", dir="/tmp"))
+    root.chmod(0o755)
+    lib = root / "usr/lib/postgresql"
+    share = root / "usr/share/postgresql"
+    lib.mkdir(parents=True)
+    share.mkdir(parents=True)
+    for d in (root / "usr", root / "usr/lib", root / "usr/share", lib, share):
+        d.chmod(0o755)
+    subprocess.run(["cp", "-a", "/usr/lib/postgresql/15", str(lib / "15")], check=True)
+    subprocess.run(["cp", "-a", "/usr/share/postgresql/15", str(share / "15")], check=True)
+    try:
+        yield lib
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

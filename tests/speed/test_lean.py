@@ -1,0 +1,94 @@
+"""Lean paths: what 'pgmgr status', '--help' and 'stop' import, and the Typer-free fast path
+for 'pgmgr status [--json]' printing exactly what the Typer command prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import pgmgr
+
+TYPER_PATH = "import sys; from pgmgr.cli import main; main(sys.argv[1:])"
+
+
+def imported(*args: str) -> set[str]:
+    """Top-level packages ``python -m pgmgr ARGS`` imports (from -X importtime)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pgmgr", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    names = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    assert names, proc.stderr
+    return names
+
+
+def typer_path(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", TYPER_PATH, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"]])
+def test_status_imports_neither_typer_nor_psycopg_nor_rich(args: list[str]) -> None:
+    names = imported(*args)
+    assert not names & {"psycopg", "typer", "click", "rich", "pydantic"}, names
+
+
+def test_help_and_stop_do_not_import_psycopg_or_rich() -> None:
+    for args in (["--help"], ["status", "--help"], ["stop", "nosuch"]):
+        names = imported(*args)
+        assert "psycopg" not in names, args
+        assert "rich" not in names, (args, "no terminal here, so no Rich")
+
+
+def _strip_uptime(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "uptime"} for r in records]
+
+
+def test_fast_path_matches_the_typer_command(
+    base: Path, started: Callable[..., dict[str, Any]]
+) -> None:
+    empty_fast, empty_typer = pgmgr("status"), typer_path("status")
+    assert (empty_fast.stdout, empty_fast.stderr) == (empty_typer.stdout, empty_typer.stderr)
+    assert json.loads(pgmgr("status", "--json").stdout) == []
+
+    pgmgr("init", "-d", str(base / "up"))
+    pgmgr("init", "-d", str(base / "down"))
+    started(base / "up")
+    fast = pgmgr("status", "--json")
+    slow = typer_path("status", "--json")
+    assert slow.returncode == fast.returncode == 0
+    assert _strip_uptime(json.loads(fast.stdout)) == _strip_uptime(json.loads(slow.stdout))
+    states = {r["name"]: r["state"] for r in json.loads(fast.stdout)}
+    assert states == {"up": "running", "down": "stopped"}
+
+    pgmgr("stop", "-d", str(base / "up"))
+    fast, slow = pgmgr("status"), typer_path("status")
+    assert (fast.stdout, fast.stderr, fast.returncode) == (slow.stdout, slow.stderr, 0)
+    assert "down" in fast.stdout and "stopped" in fast.stdout
+
+
+def test_fast_path_reports_a_broken_record_like_the_typer_command(base: Path) -> None:
+    pgmgr("init", "-d", str(base / "ok"))
+    bad = Path(os.environ["PGMGR_STATE_DIR"]) / "instances" / "bad.json"
+    bad.write_text("{not json")
+    fast, slow = pgmgr("status", "--json"), typer_path("status", "--json")
+    assert (fast.stdout, fast.stderr, fast.returncode) == (slow.stdout, slow.stderr, 0)
+    assert "bad.json" in fast.stderr

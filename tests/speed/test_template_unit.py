@@ -1,0 +1,86 @@
+"""Pure parts of the template cache: which initdb arguments a template may carry, the key,
+and the pg_hba rewrite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import template
+from pgmgr.core.server import InitOptions
+from pgmgr.core.versions import Installation
+
+HBA = """# comment host all all 1.2.3.4/32 trust
+local   all             all                                     trust
+host    all             all             127.0.0.1/32            trust
+host    all             all             ::1/128                 trust
+local   replication     all                                     trust
+host    replication     all             127.0.0.1/32            trust
+"""
+
+
+def test_hba_rewrites_host_lines_only() -> None:
+    out = template.hba_for(HBA, "scram-sha-256")
+    lines = out.splitlines()
+    assert lines[0] == HBA.splitlines()[0]
+    assert [ln.split()[-1] for ln in lines[1:]] == [
+        "trust",
+        "scram-sha-256",
+        "scram-sha-256",
+        "trust",
+        "scram-sha-256",
+    ]
+    assert template.hba_for(HBA, "trust") == HBA
+
+
+@pytest.mark.parametrize(
+    ("extra", "kept"),
+    [
+        ([], []),
+        (["--no-sync"], []),
+        (["-N", "--data-checksums"], ["--data-checksums"]),
+        (["-E", "SQL_ASCII", "--lc-collate=C"], ["-E", "SQL_ASCII", "--lc-collate=C"]),
+        (["-c", "shared_buffers=16MB"], ["-c", "shared_buffers=16MB"]),
+        (["--waldir=/elsewhere"], None),
+        (["-X", "/elsewhere"], None),
+        (["--pwfile=/x"], None),
+        (["-A", "md5"], None),
+        (["--locale"], None),  # a value option without its value
+    ],
+)
+def test_template_args(extra: list[str], kept: list[str] | None) -> None:
+    assert template.template_args(extra) == kept
+
+
+def _install(tmp_path: Path, version: str = "15.18") -> Installation:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for exe in ("postgres", "initdb"):
+        (bindir / exe).write_text("x")
+    return Installation(version.split(".")[0], version, bindir, "test")
+
+
+def test_key_depends_on_binaries_and_options_not_on_auth_or_sync(tmp_path: Path) -> None:
+    inst = _install(tmp_path)
+    key = template.key_of(template.key_fields(inst, InitOptions()))
+    same = InitOptions(auth="trust", no_sync=True, extra=("--no-sync",))
+    assert template.key_of(template.key_fields(inst, same)) == key
+    assert template.key_of(template.key_fields(inst, InitOptions(superuser="x"))) != key
+    assert template.key_of(template.key_fields(inst, InitOptions(locale="C.UTF-8"))) != key
+    (inst.bindir / "postgres").write_text("xy")  # another binary
+    assert template.key_of(template.key_fields(inst, InitOptions())) != key
+
+
+def test_old_majors_and_the_environment_opt_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert template.why_not(_install(tmp_path, "13.4"), InitOptions()) is not None
+    assert template.why_not(_install(tmp_path), InitOptions()) is None
+    monkeypatch.setenv(template.ENV_DISABLE, "1")
+    assert template.why_not(_install(tmp_path), InitOptions()) is not None
+
+
+def test_clear_and_list_on_an_empty_cache() -> None:
+    assert template.list_templates() == []
+    assert template.clear() == []
