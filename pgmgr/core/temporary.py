@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 
 from pgmgr.core import privileges, server
 from pgmgr.core.errors import PgmgrError
-from pgmgr.core.instance import Server
+from pgmgr.core.instance import Server, _dsn_quote, quote_ident
 from pgmgr.core.server import InitOptions
 
 #: Nothing on disk has to survive a temporary instance, so nothing waits for the disk.
@@ -169,6 +169,20 @@ class TemporaryInstance:
         self.close()
 
     # ----------------------------------------------------------------- databases
+
+    def database_dsn(self, dbname: str) -> str:
+        """libpq key=value string (TCP, with the password) for database ``dbname``."""
+        params = {**self.server.conninfo(tcp=True), "dbname": dbname}
+        return " ".join(f"{k}={_dsn_quote(v)}" for k, v in params.items())
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        """``CREATE DATABASE name [TEMPLATE template]`` (a file copy: milliseconds)."""
+        sql = f"CREATE DATABASE {quote_ident(name)}"
+        self.execute(sql + (f" TEMPLATE {quote_ident(template)}" if template else ""))
+
+    def drop_database(self, name: str) -> None:
+        """Drop ``name``, disconnecting its sessions first (PostgreSQL 13+)."""
+        self.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
     def execute(self, sql: str, dbname: str = "postgres") -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""

@@ -1,0 +1,288 @@
+"""restart, reload, logs, env, url, psql, destroy, forget against real servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgmgr.core import ops
+from tests.helpers import error_lines, run_pgmgr
+from tests.ops.conftest import Instance
+
+
+def psql(inst: Instance, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [inst.bin("psql"), "-X", "-At", *args],
+        capture_output=True, text=True, timeout=30, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def one_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in error_lines(proc.stderr) if not ln.startswith("Hint:")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- url
+
+
+@pytest.mark.parametrize("flag", ["--socket", "--tcp"])
+def test_url_is_accepted_by_psql_and_psycopg(shared: Instance, flag: str) -> None:
+    proc = shared.pgmgr("url", "shared", flag)
+    assert proc.returncode == 0, proc.stderr
+    url = proc.stdout.strip()
+    assert url.startswith("postgresql://") and proc.stdout.count("\n") == 1
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    assert psql(shared, url, "-c", "select 41 + 1", env=clean) == "42"
+    with psycopg.connect(url) as conn:
+        row = conn.execute("select inet_server_addr() is null").fetchone()
+    assert row == (flag == "--socket",)
+
+
+def test_url_defaults_to_the_socket_and_the_only_instance(shared: Instance) -> None:
+    assert shared.pgmgr("url").stdout == shared.pgmgr("url", "shared", "--socket").stdout
+
+
+def test_url_of_a_never_started_instance_is_a_usage_error(ops_dir: Path, template: Path) -> None:
+    subprocess.run(["cp", "-a", str(template), str(ops_dir / "d")], check=True)
+    assert run_pgmgr("init", "-q", "-d", str(ops_dir / "d"), "--name", "idle").returncode == 0
+    assert "never been started" in one_error(run_pgmgr("url", "idle"), 2)
+
+
+# --------------------------------------------------------------------------- env
+
+
+def test_env_eval_then_psql_round_trip(shared: Instance) -> None:
+    script = (
+        f'eval "$({sys.executable} -m pgmgr env shared)" && {shared.bin("psql")} -XAtc "select 1"'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script], env={**os.environ, **shared.env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+
+
+def test_env_tcp_puts_the_password_in_a_private_passfile(shared: Instance) -> None:
+    script = (
+        f'eval "$({sys.executable} -m pgmgr env shared --tcp)" && '
+        f'{shared.bin("psql")} -XAtc "select inet_server_addr()" && echo "$PGPASSFILE"'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    proc = subprocess.run(
+        ["bash", "-c", script], env={**env, **shared.env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    addr, passfile = proc.stdout.split()
+    assert addr == "127.0.0.1"
+    assert stat.S_IMODE(os.stat(passfile).st_mode) == 0o600
+    assert str(shared.record()["password"]) in Path(passfile).read_text()
+
+
+def test_env_values_survive_eval_with_spaces_quotes_and_dollars(shared: Instance) -> None:
+    proc = shared.pgmgr("env", "shared")
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run(
+        ["bash", "-c", proc.stdout + '\nprintf "%s" "$PGDATA"'],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out == str(shared.datadir)
+    assert "'" in out and "$x" in out
+
+
+@pytest.mark.parametrize(
+    "value", ["plain", "sp ace", "it's", 'dq"', "$HOME", "back\\slash", "`id`", "a\nb"]
+)
+def test_shell_exports_quote_every_value(value: str) -> None:
+    text = ops.shell_exports({"PGX": value})
+    out = subprocess.run(
+        ["sh", "-c", text + '\nprintf "%s" "$PGX"'], capture_output=True, text=True, check=True
+    ).stdout
+    assert out == value
+
+
+def test_fish_syntax() -> None:
+    text = ops.shell_exports({"PGDATA": "/a b/it's\\x"}, "fish")
+    assert text == "set -gx PGDATA '/a b/it\\'s\\\\x';"
+
+
+def test_env_json_and_bad_shell(shared: Instance) -> None:
+    proc = shared.pgmgr("env", "shared", "--json")
+    assert proc.returncode == 0
+    assert set(__import__("json").loads(proc.stdout)) == {
+        "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGDATA",
+    }  # fmt: skip
+    assert "--shell" in one_error(shared.pgmgr("env", "shared", "--shell", "zsh"), 2)
+
+
+# --------------------------------------------------------------------------- psql
+
+
+def test_psql_runs_the_instances_psql_and_passes_the_exit_code(shared: Instance) -> None:
+    proc = shared.pgmgr(
+        "psql", "shared", "--", "-XAtc", "select current_setting('server_version_num')::int / 10000"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "15"
+    proc = shared.pgmgr("psql", "--", "-XAtc", "select 7")  # the only instance
+    assert (proc.returncode, proc.stdout.strip()) == (0, "7")
+    proc = shared.pgmgr("psql", "shared", "--", "-X", "-v", "ON_ERROR_STOP=1", "-c", "select nope")
+    assert proc.returncode == 1
+    assert "nope" in proc.stderr and "Error:" not in proc.stderr
+
+
+def test_psql_of_a_stopped_instance_exits_3(fresh: Instance) -> None:
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    assert "not running" in one_error(fresh.pgmgr("psql", "fresh"), 3)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def test_logs_tail(shared: Instance) -> None:
+    proc = shared.pgmgr("logs", "shared", "-n", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert "ready to accept connections" in proc.stdout
+    two = shared.pgmgr("logs", "shared", "-n", "2").stdout.splitlines()
+    assert len(two) == 2 and two == proc.stdout.splitlines()[-2:]
+    assert shared.pgmgr("logs", "shared", "-n", "0").stdout == ""
+    one_error(shared.pgmgr("logs", "shared", "-n", "-1"), 2)
+
+
+def test_logs_follow_prints_new_lines_and_exits_0_on_ctrl_c(shared: Instance) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "logs", "shared", "-n", "0", "-f"],
+        env={**os.environ, **shared.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # let it reach the end of the file
+        assert shared.pgmgr("reload", "shared", "-q").returncode == 0
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert "SIGHUP" in line or "reloading" in line, line
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=10) == 0
+        assert "Traceback" not in child.stderr.read()  # type: ignore[union-attr]
+    finally:
+        child.kill()
+        child.wait()
+
+
+# --------------------------------------------------------------------------- reload, restart
+
+
+def test_reload_applies_a_changed_setting(fresh: Instance) -> None:
+    assert (
+        fresh.pgmgr("psql", "fresh", "--", "-Xqc", "alter system set work_mem = '7MB'").returncode
+        == 0
+    )
+    proc = fresh.pgmgr("reload", "fresh", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = __import__("json").loads(proc.stdout)
+    assert doc["conf_load_time"] > doc["conf_load_time_before"]
+    assert fresh.pgmgr("psql", "fresh", "--", "-XAtc", "show work_mem").stdout.strip() == "7MB"
+
+
+def test_reload_of_a_stopped_instance_exits_3(fresh: Instance) -> None:
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    one_error(fresh.pgmgr("reload", "fresh"), 3)
+
+
+def test_restart_keeps_port_and_settings(ops_dir: Path, template: Path) -> None:
+    datadir = ops_dir / "r"
+    subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
+    inst = Instance("r", datadir)
+    try:
+        proc = inst.pgmgr("start", "-q", "-d", str(datadir), "--port", "auto", "-c", "work_mem=3MB")
+        assert proc.returncode == 0, proc.stderr
+        before = inst.status()
+        proc = inst.pgmgr("restart", "r", "--json")
+        assert proc.returncode == 0, proc.stderr
+        doc = __import__("json").loads(proc.stdout)
+        assert doc["was_running"] is True and doc["state"] == "running"
+        assert doc["port"] == before["port"] and doc["pid"] != before["pid"]
+        assert inst.pgmgr("psql", "r", "--", "-XAtc", "show work_mem").stdout.strip() == "3MB"
+        assert inst.pgmgr("stop", "r", "-q").returncode == 0
+        proc = inst.pgmgr("restart", "r", "-m", "smart")
+        assert proc.returncode == 0 and "Was not running; started" in proc.stderr
+        assert inst.status()["state"] == "running"
+        one_error(inst.pgmgr("restart", "r", "-m", "gentle"), 2)
+    finally:
+        inst.pgmgr("stop", "--all", "-q")
+
+
+# --------------------------------------------------------------------------- destroy, forget
+
+
+def test_destroy_refuses_without_yes_when_not_interactive(fresh: Instance) -> None:
+    assert "--yes" in one_error(fresh.pgmgr("destroy", "fresh", input=""), 2)
+    assert fresh.status()["state"] == "running" and fresh.datadir.is_dir()
+
+
+def test_destroy_stops_and_removes_everything(fresh: Instance) -> None:
+    log = Path(str(fresh.status()["log_file"]))
+    proc = fresh.pgmgr("destroy", "fresh", "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = __import__("json").loads(proc.stdout)
+    assert doc["was_running"] and doc["removed_datadir"] and doc["removed_record"]
+    assert not fresh.datadir.exists() and not log.exists()
+    one_error(fresh.pgmgr("status", "fresh"), 4)
+    one_error(fresh.pgmgr("destroy", "fresh", "--yes"), 4)
+
+
+def test_destroy_refuses_a_directory_that_is_not_a_data_directory(fresh: Instance) -> None:
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    (fresh.datadir / "PG_VERSION").unlink()
+    msg = one_error(fresh.pgmgr("destroy", "fresh", "--yes"), 1)
+    assert "not a PostgreSQL data directory" in msg
+    assert (fresh.datadir / "base").is_dir()
+    assert fresh.pgmgr("forget", "fresh").returncode == 0
+
+
+def test_forget_refuses_a_running_instance_then_keeps_the_data(fresh: Instance) -> None:
+    assert "running" in one_error(fresh.pgmgr("forget", "fresh"), 1)
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    proc = fresh.pgmgr("forget", "fresh")
+    assert proc.returncode == 0, proc.stderr
+    assert (fresh.datadir / "PG_VERSION").is_file()
+    one_error(fresh.pgmgr("status", "fresh"), 4)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["url", "nope"], ["env", "nope"], ["logs", "nope"], ["reload", "nope"],
+        ["restart", "nope"], ["psql", "nope"], ["destroy", "nope", "--yes"], ["forget", "nope"],
+    ],
+)  # fmt: skip
+def test_unknown_instance_exits_4(args: list[str]) -> None:
+    assert "nope" in one_error(run_pgmgr(*args), 4)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["url", "--tcp", "--socket", "x"], ["destroy"], ["forget"], ["run"],
+        ["run", "-c", "nonsense", "--", "true"], ["run", "-c", "port=1", "--", "true"],
+        ["logs", "-n", "lots"],
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    one_error(run_pgmgr(*args), 2)

@@ -1,0 +1,140 @@
+"""The pytest plugin, exercised by small example suites run with pytester."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ops.conftest import postmasters_under
+
+EXAMPLE = """
+import os
+import psycopg
+import pytest
+
+
+def test_writes(pgmgr_db):
+    with psycopg.connect(pgmgr_db.url) as conn:
+        conn.execute("insert into t values (1)")
+        assert conn.execute("select count(*) from t").fetchone() == (1,)
+
+
+def test_sees_a_fresh_copy(pgmgr_db):
+    with psycopg.connect(pgmgr_db.dsn) as conn:
+        assert conn.execute("select count(*) from t").fetchone() == (0,)
+        assert conn.execute("select current_database()").fetchone() == (pgmgr_db.name,)
+
+
+@pytest.mark.pgmgr
+def test_marker_points_pg_vars_at_a_fresh_db():
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        db = conn.execute("select current_database()").fetchone()[0]
+    assert db == os.environ["PGDATABASE"] and db.startswith("test_")
+    with psycopg.connect("") as conn:  # PGHOST, PGPORT, ... over the socket
+        assert conn.execute("select count(*) from t").fetchone() == (0,)
+
+
+def test_fast_settings(pgmgr_server):
+    with psycopg.connect(pgmgr_server.url) as conn:
+        assert conn.execute("show fsync").fetchone() == ("off",)
+        assert conn.execute("show work_mem").fetchone() == ("6MB",)
+"""
+
+CONFTEST = """
+import pytest
+
+
+@pytest.fixture(scope="session")
+def pgmgr_template(pgmgr_server, pgmgr_template):
+    pgmgr_server.execute("create table t (x int)", dbname=pgmgr_template)
+    return pgmgr_template
+"""
+
+INI = """
+[pytest]
+pgmgr_version = 15
+pgmgr_settings =
+    work_mem=6MB
+"""
+
+
+@pytest.fixture
+def example(pytester: pytest.Pytester, ops_dir: Path) -> pytest.Pytester:
+    pytester.makeini(INI)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_example=EXAMPLE)
+    return pytester
+
+
+def assert_nothing_left(ops_dir: Path) -> None:
+    assert postmasters_under(ops_dir / "tmp") == []
+    assert list((ops_dir / "tmp").iterdir()) == []
+
+
+def test_each_test_gets_its_own_database(example: pytest.Pytester, ops_dir: Path) -> None:
+    result = example.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="needs pytest-xdist")
+def test_xdist_one_server_per_worker(example: pytest.Pytester, ops_dir: Path) -> None:
+    example.makepyfile(
+        test_ports="""
+import os
+import pytest
+
+@pytest.mark.parametrize("i", range(6))
+def test_port(pgmgr_server, pgmgr_db, i):
+    out = os.path.join(os.environ["PORTS_DIR"], os.environ["PYTEST_XDIST_WORKER"])
+    with open(out, "a") as f:
+        f.write(str(pgmgr_server.server.inst.port) + "\\n")
+"""
+    )
+    ports_dir = ops_dir / "ports"
+    ports_dir.mkdir()
+    os.environ["PORTS_DIR"] = str(ports_dir)
+    try:
+        result = example.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
+    finally:
+        del os.environ["PORTS_DIR"]
+    result.assert_outcomes(passed=10)
+    ports = {f.name: set(f.read_text().split()) for f in ports_dir.iterdir()}
+    assert len(ports) == 2 and all(len(p) == 1 for p in ports.values())
+    assert len(set.union(*ports.values())) == 2  # two servers, two ports
+    assert_nothing_left(ops_dir)
+
+
+def test_nothing_starts_unless_asked(pytester: pytest.Pytester, ops_dir: Path) -> None:
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgmgr-version", "9.1")
+    result.assert_outcomes(passed=1)
+    assert list((ops_dir / "tmp").iterdir()) == []
+
+
+def test_plugin_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, pgmgr.pytest_plugin; "
+        "heavy = ('psycopg', 'rich', 'typer', 'pgmgr.core.instance'); "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_bad_version_fails_only_the_tests_that_asked(
+    pytester: pytest.Pytester, ops_dir: Path
+) -> None:
+    pytester.makepyfile(
+        test_mixed="def test_db(pgmgr_db):\n    pass\n\ndef test_plain():\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgmgr-version", "9.1")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*PostgreSQL 9.1*not installed*"])
+    assert_nothing_left(ops_dir)

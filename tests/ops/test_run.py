@@ -1,0 +1,110 @@
+"""``pgmgr run``: a temporary instance around a command, removed whatever happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import versions
+from tests.helpers import run_pgmgr
+from tests.ops.conftest import postmasters_under
+
+
+def assert_nothing_left(ops_dir: Path) -> None:
+    """No server, no temporary directory, no record."""
+    assert postmasters_under(ops_dir / "tmp") == []
+    assert list((ops_dir / "tmp").iterdir()) == []
+    state = Path(os.environ["PGMGR_STATE_DIR"]) / "instances"
+    assert not state.exists() or list(state.iterdir()) == []
+
+
+def test_exit_code_of_a_failing_command_and_nothing_left(ops_dir: Path) -> None:
+    proc = run_pgmgr("run", "-q", "--", "false")
+    assert proc.returncode == 1, proc.stderr
+    assert_nothing_left(ops_dir)
+
+
+def test_exit_code_is_passed_through(ops_dir: Path) -> None:
+    proc = run_pgmgr("run", "-q", "--", "sh", "-c", "exit 7")
+    assert proc.returncode == 7, proc.stderr
+    assert_nothing_left(ops_dir)
+
+
+def test_command_sees_a_fast_server_through_pg_vars_and_database_url(ops_dir: Path) -> None:
+    psql = versions.select("15").installation.bin("psql")
+    script = (
+        f'{psql} -XAtc "show fsync" -c "show work_mem" && '
+        f'{sys.executable} -c "import os, psycopg; '
+        "conn = psycopg.connect(os.environ['DATABASE_URL']); "
+        "print(conn.execute('select 40 + 2').fetchone()[0])\""
+    )
+    proc = run_pgmgr("run", "-v", "15", "-c", "work_mem=5MB", "--", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["off", "5MB", "42"]
+    assert "Temporary PostgreSQL 15" in proc.stderr
+    assert_nothing_left(ops_dir)
+
+
+def test_interrupt_from_the_command_leaves_nothing(ops_dir: Path) -> None:
+    proc = run_pgmgr("run", "-q", "--", "sh", "-c", "kill -INT $PPID; sleep 0.2")
+    assert proc.returncode == 130, proc.stderr
+    assert_nothing_left(ops_dir)
+
+
+def test_sigterm_is_forwarded_to_the_command_and_cleaned_up(ops_dir: Path) -> None:
+    t0 = time.monotonic()
+    proc = run_pgmgr("run", "-q", "--", "sh", "-c", "kill -TERM $PPID; exec sleep 30")
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert time.monotonic() - t0 < 20
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.parametrize("phase", ["init", "start", "command"])
+def test_ctrl_c_at_any_moment_leaves_nothing(ops_dir: Path, phase: str) -> None:
+    """SIGINT while initdb runs, while the server starts, or while the command runs.
+
+    SIGINT is reset to its default in the child: xdist workers ignore it, and an ignored
+    signal stays ignored across exec (so ``sleep`` would not die of the forwarded one).
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "run", "--", "sleep", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        if phase == "command":
+            assert child.stderr is not None
+            assert "ready" in child.stderr.readline()
+        else:
+            want = "data" if phase == "init" else "sock"
+            while not any((d / want).exists() for d in (ops_dir / "tmp").iterdir()):
+                assert time.monotonic() < deadline and child.poll() is None
+                time.sleep(0.002)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    assert_nothing_left(ops_dir)
+
+
+def test_command_not_found_exits_127(ops_dir: Path) -> None:
+    proc = run_pgmgr("run", "-q", "--", "no-such-command-pgmgr")
+    assert proc.returncode == 127
+    assert proc.stderr.startswith("Error: cannot run 'no-such-command-pgmgr'")
+    assert_nothing_left(ops_dir)
+
+
+def test_unknown_version_is_one_error(ops_dir: Path) -> None:
+    proc = run_pgmgr("run", "-v", "9.1", "--", "true")
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: PostgreSQL 9.1")
+    assert_nothing_left(ops_dir)
