@@ -336,6 +336,9 @@ class Server:
                 return StartResult(self.inst, False, self.child.pid, time.monotonic() - t0)
             try:
                 pf = self.ready_wait(timeout)
+            except KeyboardInterrupt:
+                self._cancel_start()
+                raise
             except ServerExited as e:
                 if auto and "already in use" in e.message and attempt + 1 < AUTO_PORT_TRIES:
                     continue  # another server took the port between our check and bind
@@ -445,6 +448,17 @@ class Server:
             process.wait_gone(pid, self.datadir, 5.0)
             self._reap()
             raise
+
+    def _cancel_start(self) -> None:
+        """Ctrl-C while waiting for readiness cancels the start: the server this call
+        spawned is stopped (fast; safe at any point of start-up) instead of being left
+        running unrecorded in its own session."""
+        if self.child is None:
+            return
+        process.signal_pid(self.child.pid, server.STOP_SIGNALS["fast"])
+        # Our own child: wait for it, not for postmaster.pid (not written yet this early).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.child.wait(timeout=30)
 
     def _apply_pending_password(
         self, install: versions.Installation, su: privileges.ServerUser | None

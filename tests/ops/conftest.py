@@ -30,7 +30,13 @@ import pytest
 from pgmgr.core import process
 from tests.helpers import run_pgmgr
 
-pytest_plugins = ["pytester"]
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The ``pytester`` fixture for test_plugin.py (``pytest_plugins`` may only be set in
+    the top-level conftest, which this directory does not own)."""
+    if not config.pluginmanager.has_plugin("pytester"):
+        config.pluginmanager.import_plugin("pytester")
+
 
 VERSION = "15"
 
