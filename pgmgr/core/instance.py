@@ -432,7 +432,7 @@ class Server:
         else:
             pid = self.child.pid
         try:
-            return server.wait_ready(
+            pf = server.wait_ready(
                 pid,
                 self.datadir,
                 timeout,
@@ -448,6 +448,9 @@ class Server:
             process.wait_gone(pid, self.datadir, 5.0)
             self._reap()
             raise
+        if self.inst.password_pending:  # a template copy started with wait=False
+            self._apply_pending_password(self.installation(), None)
+        return pf
 
     def _cancel_start(self) -> None:
         """Ctrl-C while waiting for readiness cancels the start: the server this call

@@ -186,3 +186,19 @@ def test_cache_clear(base: Path) -> None:
     assert pgmgr_json("cache", "clear")["removed"] == []
     pgmgr("init", "-d", str(base / "y"))
     assert len(templates()) == 1
+
+
+def test_library_start_without_wait_then_ready_wait_sets_the_password(base: Path) -> None:
+    from pgmgr import Manager
+    from pgmgr.core.server import free_port
+
+    pgmgr("init", "-d", str(base / "seed"))  # the template exists: the next init copies it
+    m = Manager("127.0.0.1", free_port("127.0.0.1"), base / "lib", initialize=True)
+    try:
+        assert record("lib").password_pending
+        m.start(wait=False)
+        m.ready_wait()
+        assert not record("lib").password_pending
+        assert scalar(m.port, m.password, "SELECT 1") == 1
+    finally:
+        m.stop()
