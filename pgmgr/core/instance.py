@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -329,11 +331,11 @@ class Server:
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
             )
             self._log_offset = server.open_log_offset(self.log_file)
-            self.child = server.spawn(argv, self.log_file, su)
+            child = self._spawn(argv, su)
             self.inst.host, self.inst.port, self.inst.socket_dir = host, chosen, str(sockdir)
             if not wait:
                 self._commit_start(su, merged, None)
-                return StartResult(self.inst, False, self.child.pid, time.monotonic() - t0)
+                return StartResult(self.inst, False, child.pid, time.monotonic() - t0)
             try:
                 pf = self.ready_wait(timeout)
             except KeyboardInterrupt:
@@ -451,6 +453,22 @@ class Server:
         if self.inst.password_pending:  # a template copy started with wait=False
             self._apply_pending_password(self.installation(), None)
         return pf
+
+    def _spawn(self, argv: list[str], su: privileges.ServerUser | None) -> subprocess.Popen[bytes]:
+        """Spawn postgres with Ctrl-C held until the child is known: a Ctrl-C inside
+        ``Popen`` (after the exec, before it returns) would otherwise orphan the server."""
+        got: list[int] = []
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
+        try:
+            self.child = server.spawn(argv, self.log_file, su)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
+        if got:
+            self._cancel_start()
+            raise KeyboardInterrupt
+        return self.child
 
     def _cancel_start(self) -> None:
         """Ctrl-C while waiting for readiness cancels the start: the server this call
