@@ -30,7 +30,10 @@ settings = Settings()
 
 
 def _fancy(stream: TextIO) -> bool:
-    """Rich output only on a real terminal, and without colour when NO_COLOR is set."""
+    """Rich output only on a real terminal, and never when NO_COLOR is set: Rich's no_color
+    still emits bold and cursor-control codes, and NO_COLOR promises plain text."""
+    if os.environ.get("NO_COLOR"):
+        return False
     try:
         return stream.isatty() and os.environ.get("TERM") != "dumb"
     except (AttributeError, ValueError):

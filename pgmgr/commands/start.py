@@ -79,6 +79,9 @@ def start(
             ) from None
         if not 1 <= number <= 65535:
             raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
+    # Catch Ctrl-C / SIGTERM before the server exists: one arriving while it starts must
+    # still stop it cleanly, not leave it running behind a dead pgmgr.
+    stop_requested = _catch_stop_signals() if foreground else None
     t0 = time.monotonic()
     if init:
         if name and datadir is None and "/" in name:
@@ -122,7 +125,8 @@ def start(
             f"Started '{srv.inst.name}' ({label}, pid {result.pid}) in {ui.ms(elapsed)}: {st.url}"
         )
     if foreground:
-        raise typer.Exit(_attend(srv, result.already_running))
+        assert stop_requested is not None
+        raise typer.Exit(_attend(srv, stop_requested))
 
 
 def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None:
@@ -137,22 +141,26 @@ def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None
     ui.message(f"Initialized {srv.datadir} in {ui.ms(time.monotonic() - t0)}")
 
 
-def _attend(srv: Server, already_running: bool) -> int:
-    """Stay attached until the server exits; SIGINT/SIGTERM stop it cleanly (fast mode)."""
+def _catch_stop_signals() -> list[int]:
+    """From now on SIGINT/SIGTERM only append to the returned list."""
     import signal
 
-    from pgmgr.core.errors import WorkerError
-
-    stopping = False
+    caught: list[int] = []
 
     def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        caught.append(signum)
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    return caught
+
+
+def _attend(srv: Server, stop_requested: list[int]) -> int:
+    """Stay attached until the server exits; SIGINT/SIGTERM stop it cleanly (fast mode)."""
+    from pgmgr.core.errors import WorkerError
+
     ui.message("Running in the foreground; press Ctrl-C to stop")
-    while not stopping:
+    while not stop_requested:
         if srv.running() is None:
             ui.error(f"'{srv.inst.name}' exited on its own; see 'pgmgr logs {srv.inst.name}'")
             return 1

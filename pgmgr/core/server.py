@@ -9,6 +9,7 @@ fast poll stops it in ~16 ms against ~102 ms for ``pg_ctl stop -w``. So pgmgr sp
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -275,9 +276,20 @@ def port_free(host: str, port: int) -> bool:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((h, port))
-            except OSError:
-                return False
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return False
+                raise _cannot_listen(h, port, e) from None
     return True
+
+
+def _cannot_listen(host: str, port: int | None, e: OSError) -> DatabaseException:
+    """A bind that failed for another reason than a busy port (bad or foreign address)."""
+    where = (host or "*") + (f":{port}" if port else "")
+    return DatabaseException(
+        f"cannot listen on {where}: {e.strerror or e}",
+        hint="check --host: a local address or name, e.g. 127.0.0.1, localhost or '*'",
+    )
 
 
 def free_port(host: str) -> int:
@@ -286,7 +298,10 @@ def free_port(host: str) -> int:
     h = "127.0.0.1" if h in ("localhost", "*", "0.0.0.0") else h  # noqa: S104 - mapped away
     family = socket.AF_INET6 if ":" in h else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((h, 0))
+        try:
+            s.bind((h, 0))
+        except OSError as e:
+            raise _cannot_listen(h, None, e) from None
         return int(s.getsockname()[1])
 
 
