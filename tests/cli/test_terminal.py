@@ -1,0 +1,65 @@
+"""Output on a real terminal (a pty): Rich there, and no escape code at all with NO_COLOR."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.cli.conftest import Work
+
+
+def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``pgmgr ARGS`` with stdout and stderr on one pty; its exit code and output."""
+    main, secondary = pty.openpty()
+    child_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    child_env.update({"TERM": "xterm-256color", "COLUMNS": "200", **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", *args],
+        cwd=cwd,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        close_fds=True,
+    )
+    os.close(secondary)
+    chunks = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the pty
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(main)
+    code = proc.wait(timeout=30)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_terminal_gets_rich_and_no_color_gets_plain(work: Work, datadir: Path) -> None:
+    code, out = run_in_pty(["start", "-d", "./data", "-p", "auto"], work.path)
+    assert code == 0, out
+    assert "Started 'data'" in out
+    code, table = run_in_pty(["status"], work.path)
+    assert code == 0
+    assert "\x1b[" in table  # Rich on a terminal (bold header): the check below can fail
+    assert "━" in table or "─" in table  # a drawn table
+    assert "Traceback" not in out + table
+
+    for args in (["status"], ["status", "data", "--check"], ["versions"], ["stop", "data"],
+                 ["start", "data"], ["stop", "--all"], ["status", "nope"]):  # fmt: skip
+        code, out = run_in_pty(args, work.path, env={"NO_COLOR": "1"})
+        assert "\x1b" not in out, (args, out)
+        assert "Traceback" not in out
+    assert code == 4
