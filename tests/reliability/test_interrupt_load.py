@@ -1,0 +1,246 @@
+"""Faults 8, 10 and 11: Ctrl-C, clients that hold a smart stop, and a restart under load."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgmgr.core import process
+from tests.reliability.conftest import (
+    Inst,
+    InstFactory,
+    assert_truthful,
+    no_orphans,
+    one_error,
+    pgmgr,
+    pgmgr_argv,
+    postgres_pids_under,
+)
+
+PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for child in process.children(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _wait_for_initdb(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in descendants(proc.pid):
+            argv = process.cmdline(pid)
+            if argv and os.path.basename(argv[0]) == "initdb":
+                return pid
+        assert proc.poll() is None, "pgmgr finished before initdb was seen"
+        time.sleep(0.002)
+    raise AssertionError("initdb never ran")
+
+
+# --------------------------------------------------------------------------- 8: Ctrl-C
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["pgmgr-made", "pre-existing-empty"])
+def test_ctrl_c_during_init(work: Path, existing: bool) -> None:
+    datadir = work / "data"
+    if existing:
+        datadir.mkdir(mode=0o755)
+        if os.geteuid() == 0:
+            shutil.chown(datadir, "postgres", "postgres")
+    proc = subprocess.Popen(
+        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
+    )
+    initdb = _wait_for_initdb(proc)
+    time.sleep(0.1)  # let initdb start writing
+    proc.send_signal(signal.SIGINT)  # to pgmgr alone, as `kill -INT`
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    assert not process.is_alive(initdb)
+    left = wait_gone_all(work)
+    assert not left, f"initdb/postgres left running: {left}"
+    if existing:
+        assert datadir.is_dir() and os.listdir(datadir) == []  # kept, and empty
+    else:
+        assert not datadir.exists()  # pgmgr made it, pgmgr removed it
+    assert pgmgr("status", "--json").json() == []  # nothing registered
+    run = pgmgr("start", "--init", "-d", str(datadir), "--port", "auto")  # and it still works
+    assert run.returncode == 0, str(run)
+    inst = Inst(datadir.name, datadir)
+    assert inst.sql("SELECT 1") == [(1,)]
+    assert pgmgr("stop", "-d", str(datadir)).returncode == 0
+
+
+def wait_gone_all(root: Path, timeout: float = 5) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := postgres_pids_under(root)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
+
+
+def test_ctrl_c_during_start(cluster: InstFactory) -> None:
+    """Documented outcome: the start is cancelled, the server pgmgr spawned is stopped."""
+    inst = cluster()
+    assert inst.start("--port", "auto").returncode == 0
+    token = inst.commit_canary()
+    assert inst.stop().returncode == 0
+    proc = subprocess.Popen(
+        pgmgr_argv("start", inst.name), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 10
+    child = None
+    while child is None and time.monotonic() < deadline:
+        kids = process.children(proc.pid)  # wait for the exec: pgmgr is then in ready_wait
+        if kids and "-D" in process.cmdline(kids[0]):
+            child = kids[0]
+    assert child is not None
+    os.kill(child, signal.SIGSTOP)  # between spawn and ready
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):  # SIGINT before its handlers kills it
+        os.kill(child, signal.SIGCONT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    assert wait_gone_all(inst.datadir) == [], (child, err)
+    assert assert_truthful(inst) == "stopped"
+    assert inst.start().returncode == 0 and inst.has_canary(token)
+    assert inst.stop().returncode == 0
+    no_orphans(inst)
+
+
+# --------------------------------------------------------------------------- 10: smart stop
+
+
+def test_smart_stop_waits_then_names_the_sessions(cluster: InstFactory) -> None:
+    inst = cluster()
+    assert inst.start("--port", "auto").returncode == 0
+    token = inst.commit_canary()
+    conn = inst.connect(autocommit=True)
+    t0 = time.monotonic()
+    run = inst.stop("-m", "smart", "--timeout", "1")
+    waited = time.monotonic() - t0
+    err = one_error(run)
+    assert waited >= 1.0
+    assert "1 client session" in err and "smart" in err, str(run)
+    assert "Hint:" in run.stderr and "-m fast" in run.stderr
+    assert conn.execute("SELECT 42").fetchone() == (42,)  # smart never cut it off
+    assert assert_truthful(inst) == "stopping"
+    run = inst.stop("-m", "fast")
+    assert run.returncode == 0, str(run)
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+    assert assert_truthful(inst) == "stopped"
+    no_orphans(inst)
+    assert inst.start().returncode == 0 and inst.has_canary(token)
+    assert inst.stop("-m", "smart").returncode == 0  # nobody connected: smart just stops
+
+
+# --------------------------------------------------------------------------- 11: load
+
+
+LEDGER_SCRIPT = (
+    "\\set n :n + 1\nINSERT INTO ledger (run, client, n) VALUES (:run, :client_id, :n);\n"
+)
+
+
+@pytest.mark.skipif(not PGBENCH.exists(), reason="pgbench not installed")
+def test_restart_under_pgbench_load(cluster: InstFactory, work: Path) -> None:
+    """Every transaction pgbench logged as done is in the ledger after a fast stop and a
+    start in the middle of the load.
+
+    Each pgbench client numbers its transactions itself (``\\set n :n + 1``, variables live
+    as long as the client), and ``-l`` logs each completed one in order; so client c's k-th
+    logged transaction of run r is the row (r, c, k), and each must be present.
+    """
+    inst = cluster()
+    assert inst.start("--port", "auto").returncode == 0
+    token = inst.commit_canary()
+    inst.sql("CREATE TABLE ledger (run int, client int, n int, PRIMARY KEY (run, client, n))")
+    ci = inst.conninfo()
+    conn_args = ["-h", ci["host"], "-p", str(ci["port"]), "-U", "postgres"]
+    init = subprocess.run(
+        [str(PGBENCH), "-i", "-s", "1", "-q", *conn_args, "postgres"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    script = work / "ledger.sql"
+    script.write_text(LEDGER_SCRIPT)
+    logs = work / "logs"
+    logs.mkdir()
+    stop_load = threading.Event()
+    reports: list[tuple[int, str]] = []
+
+    def load() -> None:
+        run = 0
+        while not stop_load.is_set():
+            run += 1
+            proc = subprocess.run(
+                [
+                    *(str(PGBENCH), "-n", "-c", "4", "-j", "1", "-T", "2", "-f", str(script)),
+                    *("-D", "n=0", "-D", f"run={run}", "-l", f"--log-prefix={logs}/r{run}"),
+                    *conn_args,
+                    "postgres",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            reports.append((run, proc.stdout + proc.stderr))
+            if proc.returncode != 0:
+                time.sleep(0.02)  # the server is down: try again
+
+    driver = threading.Thread(target=load)
+    driver.start()
+    try:
+        time.sleep(0.8)
+        down = pgmgr("stop", inst.name, "-m", "fast")
+        time.sleep(0.1)
+        up = pgmgr("start", inst.name)
+        time.sleep(0.8)
+    finally:
+        stop_load.set()
+        driver.join(timeout=30)
+    assert down.returncode == 0 and up.returncode == 0, f"{down}\n{up}"
+    logged: set[tuple[int, int, int]] = set()
+    reported = 0
+    for run, out in reports:
+        m = re.search(r"number of transactions actually processed: (\d+)", out)
+        reported += int(m.group(1)) if m else 0
+        per_client: dict[int, int] = {}
+        for path in logs.glob(f"r{run}.*"):
+            for line in path.read_text().splitlines():
+                client = int(line.split()[0])
+                per_client[client] = per_client.get(client, 0) + 1
+                logged.add((run, client, per_client[client]))
+    rows = set(inst.sql("SELECT run, client, n FROM ledger"))
+    lost = logged - rows
+    assert len(reports) >= 2, reports  # the load really spanned the restart
+    assert reported == len(logged) > 0, (reported, len(logged))
+    assert not lost, f"{len(lost)} acknowledged transactions lost: {sorted(lost)[:10]}"
+    assert inst.sql("SELECT count(*) FROM pgbench_accounts") == [(100000,)]
+    assert inst.has_canary(token)
+    print(f"pgbench: {reported} acknowledged transactions, {len(rows)} rows, 0 lost")
+    assert assert_truthful(inst) == "running"
+    assert inst.stop().returncode == 0
+    no_orphans(inst)
