@@ -143,6 +143,9 @@ class Server:
         :raises DatabaseException: the version asked for is not the data directory's.
         """
         datadir = Path(os.path.abspath(datadir))
+        if "\n" in str(datadir) or "\r" in str(datadir):
+            # postmaster.pid is line-based: PostgreSQL cannot run in such a directory.
+            raise UsageError(f"invalid data directory {str(datadir)!r}: it holds a line break")
         inst = registry.find_by_datadir(datadir) if register else None
         if inst is not None:
             srv = cls(inst, register=register)

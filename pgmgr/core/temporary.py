@@ -214,44 +214,71 @@ def run_command(
 
     :raises CommandNotRun: the command cannot be executed (exit code 127).
     """
-    child: subprocess.Popen[bytes] | None = None
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if child is None:
-            raise Interrupted(signum)
-        if child.poll() is None and not _terminal_sent(signum):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signum)
-
-    previous = {s: signal.signal(s, handler) for s in FORWARDED}
+    relay = _Relay()
+    previous = {s: signal.signal(s, relay) for s in FORWARDED}
     tmp = TemporaryInstance(version, settings)
     try:
         tmp.start(timeout)
         if on_ready is not None:
             on_ready(tmp)
-        env = {**os.environ, **tmp.environment()}
-        try:
-            child = subprocess.Popen(list(argv), env=env)
-        except OSError as e:
-            raise CommandNotRun(argv[0], e) from None
-        code = child.wait()
+        code = relay.launch(argv, {**os.environ, **tmp.environment()}).wait()
     except Interrupted as e:
         return 128 + e.signum
     finally:
         for s in FORWARDED:
             signal.signal(s, signal.SIG_IGN)  # clean-up must finish
         try:
-            if child is not None and child.poll() is None:
-                child.wait()
+            if relay.child is not None and relay.child.poll() is None:
+                relay.child.wait()
             tmp.close()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-    if received:
-        return 128 + received[0]
+    if relay.received:
+        return 128 + relay.received[0]
     return 128 - code if code < 0 else code
+
+
+class _Relay:
+    """The signal handler of :func:`run_command`.
+
+    Before the command exists, a signal ends the run (:class:`Interrupted` unwinds to the
+    clean-up). While it is being launched, signals are held: raising inside ``Popen`` would
+    lose the new process, which then outlives the run. Once it exists they are forwarded.
+    """
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.launching = False
+        self.received: list[int] = []
+        self.held: list[int] = []
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.launching:
+            self.held.append(signum)
+        elif self.child is None:
+            raise Interrupted(signum)
+        else:
+            self.forward(signum)
+
+    def forward(self, signum: int) -> None:
+        if self.child is not None and self.child.poll() is None and not _terminal_sent(signum):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child.pid, signum)
+
+    def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        """:raises CommandNotRun: the command cannot be executed."""
+        self.launching = True
+        try:
+            self.child = subprocess.Popen(list(argv), env=env)
+        except OSError as e:
+            raise CommandNotRun(argv[0], e) from None
+        finally:
+            self.launching = False
+        for signum in self.held:
+            self.forward(signum)
+        return self.child
 
 
 def _terminal_sent(signum: int) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -122,7 +124,7 @@ def test_fish_syntax() -> None:
 def test_env_json_and_bad_shell(shared: Instance) -> None:
     proc = shared.pgmgr("env", "shared", "--json")
     assert proc.returncode == 0
-    assert set(__import__("json").loads(proc.stdout)) == {
+    assert set(json.loads(proc.stdout)) == {
         "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGDATA",
     }  # fmt: skip
     assert "--shell" in one_error(shared.pgmgr("env", "shared", "--shell", "zsh"), 2)
@@ -192,7 +194,7 @@ def test_reload_applies_a_changed_setting(fresh: Instance) -> None:
     )
     proc = fresh.pgmgr("reload", "fresh", "--json")
     assert proc.returncode == 0, proc.stderr
-    doc = __import__("json").loads(proc.stdout)
+    doc = json.loads(proc.stdout)
     assert doc["conf_load_time"] > doc["conf_load_time_before"]
     assert fresh.pgmgr("psql", "fresh", "--", "-XAtc", "show work_mem").stdout.strip() == "7MB"
 
@@ -212,7 +214,7 @@ def test_restart_keeps_port_and_settings(ops_dir: Path, template: Path) -> None:
         before = inst.status()
         proc = inst.pgmgr("restart", "r", "--json")
         assert proc.returncode == 0, proc.stderr
-        doc = __import__("json").loads(proc.stdout)
+        doc = json.loads(proc.stdout)
         assert doc["was_running"] is True and doc["state"] == "running"
         assert doc["port"] == before["port"] and doc["pid"] != before["pid"]
         assert inst.pgmgr("psql", "r", "--", "-XAtc", "show work_mem").stdout.strip() == "3MB"
@@ -237,7 +239,7 @@ def test_destroy_stops_and_removes_everything(fresh: Instance) -> None:
     log = Path(str(fresh.status()["log_file"]))
     proc = fresh.pgmgr("destroy", "fresh", "--yes", "--json")
     assert proc.returncode == 0, proc.stderr
-    doc = __import__("json").loads(proc.stdout)
+    doc = json.loads(proc.stdout)
     assert doc["was_running"] and doc["removed_datadir"] and doc["removed_record"]
     assert not fresh.datadir.exists() and not log.exists()
     one_error(fresh.pgmgr("status", "fresh"), 4)
@@ -286,3 +288,21 @@ def test_unknown_instance_exits_4(args: list[str]) -> None:
 )  # fmt: skip
 def test_usage_errors_exit_2(args: list[str]) -> None:
     one_error(run_pgmgr(*args), 2)
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux 'script' (a pty)")
+def test_destroy_asks_on_a_terminal(fresh: Instance) -> None:
+    cmd = f"{sys.executable} -m pgmgr destroy fresh"
+
+    def answer(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["script", "-qec", cmd, "/dev/null"], input=text, env={**os.environ, **fresh.env},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    proc = answer("n\n")
+    assert proc.returncode == 1 and "Nothing removed" in proc.stdout
+    assert fresh.datadir.is_dir() and fresh.status()["state"] == "running"
+    proc = answer("y\n")
+    assert proc.returncode == 0 and "Destroyed 'fresh'" in proc.stdout
+    assert not fresh.datadir.exists()

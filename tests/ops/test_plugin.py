@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,7 +82,9 @@ def test_each_test_gets_its_own_database(example: pytest.Pytester, ops_dir: Path
 
 
 @pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="needs pytest-xdist")
-def test_xdist_one_server_per_worker(example: pytest.Pytester, ops_dir: Path) -> None:
+def test_xdist_one_server_per_worker(
+    example: pytest.Pytester, ops_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     example.makepyfile(
         test_ports="""
 import os
@@ -97,11 +99,8 @@ def test_port(pgmgr_server, pgmgr_db, i):
     )
     ports_dir = ops_dir / "ports"
     ports_dir.mkdir()
-    os.environ["PORTS_DIR"] = str(ports_dir)
-    try:
-        result = example.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
-    finally:
-        del os.environ["PORTS_DIR"]
+    monkeypatch.setenv("PORTS_DIR", str(ports_dir))
+    result = example.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
     result.assert_outcomes(passed=10)
     ports = {f.name: set(f.read_text().split()) for f in ports_dir.iterdir()}
     assert len(ports) == 2 and all(len(p) == 1 for p in ports.values())
@@ -122,8 +121,6 @@ def test_plugin_imports_nothing_heavy() -> None:
         "heavy = ('psycopg', 'rich', 'typer', 'pgmgr.core.instance'); "
         "print([m for m in heavy if m in sys.modules])"
     )
-    import subprocess
-
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
