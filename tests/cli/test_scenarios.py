@@ -257,7 +257,7 @@ def test_settings_reach_the_server(work: Work, datadir: Path) -> None:
     assert show(url, "application_name") == "from-pgmgr"
     # settings are remembered for the next start
     work.ok("stop", "data", "-q")
-    work.ok("start", "data", "-q")
+    work.ok("start", "data", "-p", "auto", "-q")  # the last port may be taken by now
     assert show(status_json(work, "data")["url"], "work_mem") == "12345kB"
 
 
@@ -296,7 +296,7 @@ def test_stop_all_and_modes(work: Work, template_dir: Path) -> None:
         assert f"Stopped '{name}'" in proc.stderr
         assert work.run("status", name).returncode == 3
 
-    work.ok("start", "a", "-q")
+    work.ok("start", "a", "-p", "auto", "-q")
     results = json.loads(work.ok("stop", "--all", "--mode", "fast", "--json").stdout)
     assert {r["name"]: r["stopped"] for r in results} == {"a": True, "b": False, "c": True}
     assert [r["state"] for r in status_json(work)] == ["stopped"] * 3

@@ -57,8 +57,16 @@ def test_terminal_gets_rich_and_no_color_gets_plain(work: Work, datadir: Path) -
     assert "━" in table or "─" in table  # a drawn table
     assert "Traceback" not in out + table
 
-    for args in (["status"], ["status", "data", "--check"], ["versions"], ["stop", "data"],
-                 ["start", "data"], ["stop", "--all"], ["status", "nope"]):  # fmt: skip
+    commands = [
+        ["status"],
+        ["status", "data", "--check"],
+        ["versions"],
+        ["stop", "data"],
+        ["start", "data", "-p", "auto"],
+        ["stop", "--all"],
+        ["status", "nope"],
+    ]
+    for args in commands:
         code, out = run_in_pty(args, work.path, env={"NO_COLOR": "1"})
         assert "\x1b" not in out, (args, out)
         assert "Traceback" not in out
