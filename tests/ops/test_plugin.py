@@ -85,16 +85,26 @@ def test_each_test_gets_its_own_database(example: pytest.Pytester, ops_dir: Path
 def test_xdist_one_server_per_worker(
     example: pytest.Pytester, ops_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    example.makepyfile(
-        test_ports="""
-import os
-import pytest
+    example.makeconftest(
+        CONFTEST
+        + """
 
-@pytest.mark.parametrize("i", range(6))
-def test_port(pgmgr_server, pgmgr_db, i):
+@pytest.fixture(autouse=True)
+def _record_port(pgmgr_server):
+    import os
+
     out = os.path.join(os.environ["PORTS_DIR"], os.environ["PYTEST_XDIST_WORKER"])
     with open(out, "a") as f:
         f.write(str(pgmgr_server.server.inst.port) + "\\n")
+"""
+    )
+    example.makepyfile(
+        test_more="""
+import pytest
+
+@pytest.mark.parametrize("i", range(6))
+def test_more(pgmgr_db, i):
+    pass
 """
     )
     ports_dir = ops_dir / "ports"
