@@ -2,13 +2,61 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
+import sys
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+#: Every process the suite starts inherits this marker (pgmgr passes its environment to
+#: postgres, less PG* variables), so the session end can find any postmaster that outlived it.
+SESSION_MARK = "TEST_PGMGR_SESSION"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)  # xdist workers inherit it
+
+
+def suite_postmasters() -> list[int]:
+    """Live postgres/initdb processes whose environment carries this session's marker."""
+    want = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0]
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        name = os.path.basename(argv0)
+        if name in (b"postgres", b"postmaster", b"initdb") and want in env and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any server started by the suite is still running (and kill it)."""
+    if hasattr(session.config, "workerinput"):
+        return  # only the controller, after every worker is done
+    left = suite_postmasters()
+    for sig in (signal.SIGQUIT, signal.SIGKILL):
+        for pid in suite_postmasters():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        time.sleep(1 if sig == signal.SIGQUIT and left else 0)
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        sys.stderr.write(f"\nERROR: postgres processes outlived the test suite (killed): {left}\n")
+
 
 #: Environment variables that change what pgmgr finds or where it writes; no test inherits them.
 PGMGR_ENV = ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES")
