@@ -40,14 +40,6 @@ class CommandNotRun(PgmgrError):
         super().__init__(f"cannot run {program!r}: {why}")
 
 
-class Interrupted(BaseException):
-    """A signal arrived while no command was running; unwinds to the cleanup."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _base_dir(prefix: str) -> Path:
     """A fresh directory the server user can traverse (0755); /tmp when the temp dir is
     too deep for a socket path, or (as root) unreachable for the server user."""
@@ -208,7 +200,9 @@ def run_command(
     """Run ``argv`` against a temporary instance and return its exit code.
 
     Signals (SIGINT, SIGTERM, SIGHUP) go to the command; the instance is removed once it has
-    exited. A signal before the command starts, or during clean-up, just ends the run.
+    exited. A signal before the command starts ends the run once the set-up step under way
+    has finished (it is never raised into the middle of it, where it could strand a
+    half-made file); one during clean-up is ignored.
     A command killed by a signal gives ``128 + signal``; so does a run this process was
     interrupted in (130 for Ctrl-C), whatever the command returned.
 
@@ -218,12 +212,20 @@ def run_command(
     previous = {s: signal.signal(s, relay) for s in FORWARDED}
     tmp = TemporaryInstance(version, settings)
     try:
-        tmp.start(timeout)
+        try:
+            tmp.start(timeout)
+        except PgmgrError:
+            if relay.received:  # a terminal's Ctrl-C also reached initdb
+                return 128 + relay.received[0]
+            raise
+        if relay.received:
+            return 128 + relay.received[0]
         if on_ready is not None:
             on_ready(tmp)
-        code = relay.launch(argv, {**os.environ, **tmp.environment()}).wait()
-    except Interrupted as e:
-        return 128 + e.signum
+        child = relay.launch(argv, {**os.environ, **tmp.environment()})
+        if child is None:
+            return 128 + relay.received[0]
+        code = child.wait()
     finally:
         for s in FORWARDED:
             signal.signal(s, signal.SIG_IGN)  # clean-up must finish
@@ -242,9 +244,9 @@ def run_command(
 class _Relay:
     """The signal handler of :func:`run_command`.
 
-    Before the command exists, a signal ends the run (:class:`Interrupted` unwinds to the
-    clean-up). While it is being launched, signals are held: raising inside ``Popen`` would
-    lose the new process, which then outlives the run. Once it exists they are forwarded.
+    Before the command exists, a signal is only recorded (the run ends at the next step).
+    While it is being launched, signals are held: the new process must not be lost, or it
+    would outlive the run. Once it exists they are forwarded to it.
     """
 
     def __init__(self) -> None:
@@ -257,9 +259,7 @@ class _Relay:
         self.received.append(signum)
         if self.launching:
             self.held.append(signum)
-        elif self.child is None:
-            raise Interrupted(signum)
-        else:
+        elif self.child is not None:
             self.forward(signum)
 
     def forward(self, signum: int) -> None:
@@ -267,10 +267,15 @@ class _Relay:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.child.pid, signum)
 
-    def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        """:raises CommandNotRun: the command cannot be executed."""
+    def launch(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
+        """The running command, or None when a signal came first.
+
+        :raises CommandNotRun: the command cannot be executed.
+        """
         self.launching = True
         try:
+            if self.received:
+                return None
             self.child = subprocess.Popen(list(argv), env=env)
         except OSError as e:
             raise CommandNotRun(argv[0], e) from None
