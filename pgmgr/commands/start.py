@@ -91,13 +91,16 @@ def start(
         if name:
             raise UsageError("give -d DIR, not a NAME, with --init (use --name to name it)")
         srv = Server.for_datadir(datadir, name=name_opt, version=version)
+    elif name_opt:
+        raise UsageError("--name names a new instance: use it with --init")
     else:
         srv = c.resolve(name, datadir)
     with registry.lock(srv.datadir):
         if init:
             _initialize(srv, user, template=not no_template)
         label = c.version_label(srv.inst.version)
-        where = f"{host if host is not None else srv.inst.host}:{port or srv.inst.port or 5432}"
+        shown_port = "a free port" if port == "auto" else (port or srv.inst.port or 5432)
+        where = f"{host if host is not None else srv.inst.host}:{shown_port}"
         with ui.spinner(f"Starting {label} on {where} …"):
             result = srv.start(
                 host=host,

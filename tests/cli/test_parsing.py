@@ -66,6 +66,7 @@ USAGE_ERRORS = [
     (["start", "--init", "dev"], "--init needs the data directory: -d DIR"),
     (["start", "--init", "dev", "-d", "x"], "give -d DIR, not a NAME, with --init"),
     (["start", "dev", "-d", "x"], "not both"),
+    (["start", "-d", "x", "--name", "y"], "--name names a new instance: use it with --init"),
     (["status", "dev", "-d", "x"], "not both"),
     (["stop", "dev", "-d", "x"], "not both"),
     (["start", "-d", "./x", "--init", "--name", "bad name"], "invalid instance name 'bad name'"),
