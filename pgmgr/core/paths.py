@@ -35,8 +35,19 @@ def cache_dir() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed, mode 0700 for the leaf."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` (and parents) if needed, mode 0700 for every directory made here.
+
+    Parents too: a state directory left group- or world-writable by the umask would let
+    another user swap in their own ``instances`` directory (records name the binaries).
+    Existing directories are left as they are.
+    """
+    missing = []
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True, mode=0o700)
     return path
 
 
