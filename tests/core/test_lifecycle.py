@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -97,8 +98,16 @@ def test_ready_wait_timeout_on_a_started_no_wait_server(
 ) -> None:
     m = managers(datadir)
     m.start(wait=False)
-    with pytest.raises(WorkerError):
-        m.ready_wait(timeout=0.0001)
+    # Freeze the postmaster so it cannot become ready before the deadline, however fast the
+    # machine; thaw it later so the kill that ready_wait sends gets delivered.
+    os.kill(m.process.pid, signal.SIGSTOP)
+    thaw = threading.Timer(0.5, os.kill, (m.process.pid, signal.SIGCONT))
+    thaw.start()
+    try:
+        with pytest.raises(WorkerError, match="not ready within"):
+            m.ready_wait(timeout=0.1)
+    finally:
+        thaw.join()
     assert m.process is not None and m.process.poll() is not None
     assert postmasters_under(datadir) == []
 
