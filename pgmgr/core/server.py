@@ -204,7 +204,11 @@ def run(
 
 
 def is_datadir(path: Path) -> bool:
-    return (path / "PG_VERSION").is_file()
+    """Whether ``path`` holds a PG_VERSION file; False also when it cannot be read."""
+    try:
+        return (path / "PG_VERSION").is_file()
+    except OSError:  # EACCES: Path.is_file() only swallows "does not exist"-like errors
+        return False
 
 
 def datadir_major(path: Path) -> str | None:

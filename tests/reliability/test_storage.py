@@ -50,7 +50,9 @@ def test_broken_record(cluster: InstFactory, rel_isolation: Path, garbage: str) 
 
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[None]:
-    """``path`` read-only: a read-only bind mount as root (root ignores modes), else 0555."""
+    """``path`` read-only: a read-only bind mount as root (root ignores modes), else every
+    directory in it 0555 (the owner could still chmod them back, as initdb does with an
+    empty data dir, so callers check what that means for them)."""
     path.mkdir(parents=True, exist_ok=True)
     if is_root():
         subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
@@ -60,11 +62,15 @@ def read_only(path: Path) -> Iterator[None]:
         finally:
             subprocess.run(["umount", "-l", str(path)], check=False)
     else:
-        path.chmod(0o555)
+        dirs = [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]
+        modes = {d: d.stat().st_mode & 0o7777 for d in dirs}
+        for d in reversed(dirs):
+            d.chmod(0o555)
         try:
             yield
         finally:
-            path.chmod(0o755)
+            for d in dirs:
+                d.chmod(modes[d])
 
 
 def _can_mount() -> bool:
@@ -174,7 +180,10 @@ def test_read_only_datadir(cluster: InstFactory, work: Path) -> None:
         assert "Read-only" in err or "ermission" in err, err
         assert assert_truthful(inst) == "stopped"
         assert not postgres_pids_under(inst.datadir)
-    # init into a read-only empty directory: refused, nothing registered
+    # init into a read-only empty directory: refused, nothing registered. Only root can make
+    # it read-only for its owner (a bind mount): an owner's 0555 dir is chmod-ed back by initdb.
+    if not is_root():
+        return
     empty = work / "ro-empty"
     with read_only(empty):
         err = one_error(pgmgr("init", "-d", str(empty)))
