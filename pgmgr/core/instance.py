@@ -350,8 +350,14 @@ class Server:
                 if "already in use" in e.message:
                     raise PortInUse(host, chosen) from None
                 raise
-            self._commit_start(su, merged, pf)
-            self._apply_pending_password(install, su)
+            try:
+                self._commit_start(su, merged, pf)
+                self._apply_pending_password(install, su)
+            except BaseException:
+                # A server pgmgr cannot record (state dir unwritable, disk full) or cannot
+                # secure (no password) must not be left running behind the error.
+                self._cancel_start()
+                raise
             return StartResult(self.inst, False, pf.pid, time.monotonic() - t0)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -474,9 +480,9 @@ class Server:
         return self.child
 
     def _cancel_start(self) -> None:
-        """Ctrl-C while waiting for readiness cancels the start: the server this call
-        spawned is stopped (fast; safe at any point of start-up) instead of being left
-        running unrecorded in its own session."""
+        """Ctrl-C while waiting for readiness, or a failure to record the server, cancels
+        the start: the server this call spawned is stopped (fast; safe at any point of
+        start-up) instead of being left running unrecorded in its own session."""
         if self.child is None:
             return
         process.signal_pid(self.child.pid, server.STOP_SIGNALS["fast"])
