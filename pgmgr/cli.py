@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -28,7 +27,8 @@ from pgmgr.commands import (
     url,
     versions,
 )
-from pgmgr.core.errors import EXIT_USAGE, PgmgrError
+from pgmgr.core.errors import EXIT_USAGE
+from pgmgr.entry import guarded
 
 
 class PgmgrGroup(TyperGroup):
@@ -57,36 +57,30 @@ class PgmgrGroup(TyperGroup):
 
 
 def run_guarded(call: Any) -> int:
-    """Run ``call`` and map what it raises to an exit code, printing one error line."""
-    try:
-        rv = call()
-    except PgmgrError as e:
-        ui.error(str(e), e.hint)
-        return e.exit_code
-    except typer.Exit as e:
-        return int(e.exit_code or 0)
-    except typer.TyperException as e:  # click's usage errors (typer vendors click)
-        hint = None
-        ctx = getattr(e, "ctx", None)
-        if ctx is not None:
-            hint = f"see '{ctx.command_path} --help'"
-        text = e.format_message() if hasattr(e, "format_message") else str(e)
-        if not text.strip():  # no_args_is_help: the help was printed, nothing to add
-            return EXIT_USAGE
-        ui.error(text, hint)
-        code = getattr(e, "exit_code", EXIT_USAGE)
-        return code if isinstance(code, int) else EXIT_USAGE
-    except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("Interrupted\n")
-        return 130
-    except BrokenPipeError:
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
-        return 1
-    except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        ui.error(f"{e.strerror or e}{where}")
-        return 1
-    return rv if isinstance(rv, int) else 0
+    """Run ``call``, mapping Typer's (click's) exceptions here and the rest in
+    :func:`pgmgr.entry.guarded`, printing one error line."""
+
+    def typer_aware() -> int | None:
+        try:
+            rv = call()
+        except typer.Exit as e:
+            return int(e.exit_code or 0)
+        except typer.Abort:
+            raise KeyboardInterrupt from None
+        except typer.TyperException as e:  # click's usage errors (typer vendors click)
+            hint = None
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                hint = f"see '{ctx.command_path} --help'"
+            text = e.format_message() if hasattr(e, "format_message") else str(e)
+            if not text.strip():  # no_args_is_help: the help was printed, nothing to add
+                return EXIT_USAGE
+            ui.error(text, hint)
+            code = getattr(e, "exit_code", EXIT_USAGE)
+            return code if isinstance(code, int) else EXIT_USAGE
+        return rv if isinstance(rv, int) else None
+
+    return guarded(typer_aware)
 
 
 def _version_callback(value: bool) -> None:

@@ -1,28 +1,90 @@
-"""The ``pgmgr`` console script: a Typer-free fast path for ``pgmgr status [--json]``.
+"""The ``pgmgr`` console script: error mapping, and a Typer-free fast path.
 
-Importing Typer (and the command modules) costs ~30-50 ms on the reference machine, more than
-``pg_lsclusters`` takes in all. ``pgmgr status`` and ``pgmgr status --json`` with no other
-argument are served here from :mod:`pgmgr.statusview`, the same functions the Typer command
-uses; anything else (``--help``, a name, ``--check``, other commands) goes to
-:mod:`pgmgr.cli`. When stdout is not a terminal, Typer is told not to use Rich for help.
+Importing Typer and the command modules costs ~40 ms, more than ``pg_lsclusters`` takes in
+all and as much as postgres needs to start. So the plain, common forms are parsed here and
+served by the same functions the Typer commands call (:mod:`pgmgr.actions`,
+:mod:`pgmgr.statusview`):
+
+    pgmgr status [NAME | -d DIR] [--json] [--check]
+    pgmgr start  [NAME | -d DIR] [-p PORT] [--json] [-q]
+    pgmgr stop   [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
+
+Anything else (another option, ``--help``, ``--opt=value``, a value that looks like an option)
+goes to :mod:`pgmgr.cli`, so Typer still owns every usage error and all help text.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-FAST = (["status"], ["status", "--json"])
+#: verb -> {option spelling: (keyword, takes a value)}
+FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
+    "status": {"-d": ("datadir", True), "--datadir": ("datadir", True),
+               "--json": ("json", False), "--check": ("check", False)},
+    "start": {"-d": ("datadir", True), "--datadir": ("datadir", True),
+              "-p": ("port", True), "--port": ("port", True),
+              "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
+    "stop": {"-d": ("datadir", True), "--datadir": ("datadir", True),
+             "-m": ("mode", True), "--mode": ("mode", True), "--all": ("all_", False),
+             "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
+}  # fmt: skip
 
 
-def fast_status(json: bool) -> int:
-    """``pgmgr status [--json]``, errors mapped as :func:`pgmgr.cli.run_guarded` does."""
-    from pgmgr import statusview, ui
+def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
+    """``(verb, keyword arguments)`` for a plain form of status/start/stop, else None."""
+    if not args or args[0] not in FAST_OPTIONS:
+        return None
+    options = FAST_OPTIONS[args[0]]
+    kwargs: dict[str, Any] = {}
+    rest = list(args[1:])
+    while rest:
+        token = rest.pop(0)
+        if token.startswith("-"):
+            if token not in options:
+                return None
+            key, takes_value = options[token]
+            if key in kwargs:
+                return None
+            if takes_value:
+                if not rest or not rest[0] or rest[0].startswith("-"):
+                    return None
+                value = rest.pop(0)
+                kwargs[key] = Path(value) if key == "datadir" else value
+            else:
+                kwargs[key] = True
+        elif token and "name" not in kwargs:
+            kwargs["name"] = token
+        else:
+            return None
+    return args[0], kwargs
+
+
+def serve_fast(verb: str, kwargs: dict[str, Any]) -> int:
+    if verb == "status":
+        from pgmgr import statusview
+
+        return guarded(lambda: statusview.show(**kwargs))
+    from pgmgr import actions
+
+    action: Callable[..., int] = actions.start if verb == "start" else actions.stop
+    return guarded(lambda: action(**kwargs))
+
+
+def guarded(call: Callable[[], int | None]) -> int:
+    """Run ``call``; map what it raises to an exit code, printing one ``Error:`` line.
+
+    The one place (with :func:`pgmgr.cli.run_guarded`, which adds Typer's own exceptions)
+    where errors become exit codes.
+    """
+    from pgmgr import ui
     from pgmgr.core.errors import PgmgrError
 
     try:
-        return statusview.show_all(json)
+        rv = call()
     except PgmgrError as e:
         ui.error(str(e), e.hint)
         return e.exit_code
@@ -36,6 +98,7 @@ def fast_status(json: bool) -> int:
         where = f": {e.filename}" if e.filename else ""
         ui.error(f"{e.strerror or e}{where}")
         return 1
+    return rv if isinstance(rv, int) else 0
 
 
 def _plain_help_unless_terminal() -> None:
@@ -57,8 +120,9 @@ def _plain_help_unless_terminal() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args in FAST:
-        sys.exit(fast_status(json=len(args) == 2))
+    fast = fast_args(args)
+    if fast is not None:
+        sys.exit(serve_fast(*fast))
     _plain_help_unless_terminal()
     from pgmgr.cli import main as typer_main
 

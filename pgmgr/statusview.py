@@ -7,6 +7,7 @@ the two cannot drift apart.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgmgr import ui
@@ -84,3 +85,19 @@ def table(records: list[dict[str, Any]]) -> None:
             ]
         )
     ui.table(COLUMNS, rows)
+
+
+def show(
+    name: str | None = None, datadir: Path | None = None, json: bool = False, check: bool = False
+) -> int:
+    """``pgmgr status``: one instance (exit code as ``pg_ctl status``) or all of them."""
+    if not (name or datadir):
+        return show_all(json, check)
+    from pgmgr.actions import resolve
+
+    rec, code = record_of(resolve(name, datadir), check)
+    if json:
+        ui.emit_json(rec)
+    else:
+        table([rec])
+    return code

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from pgmgr import ui
-from pgmgr.statusview import status_record as status_record
-from pgmgr.statusview import uptime_text as uptime_text
-
-if TYPE_CHECKING:
-    from pgmgr.core.instance import Server
+from pgmgr.actions import resolve, version_label
+from pgmgr.statusview import status_record, uptime_text
 
 
 def complete_names(incomplete: str) -> list[str]:
@@ -66,35 +62,4 @@ def quiet(flag: bool, json: bool = False) -> None:
     ui.settings.quiet = flag
 
 
-def resolve(name: str | None, datadir: Path | None, *, allow_unregistered: bool = True) -> Server:
-    """The instance named on the command line: a NAME, ``-d DIR``, ``$PGDATA``, or the only
-    instance there is.
-
-    :raises UsageError: both or neither given and nothing to default to.
-    :raises InstanceNotFound: no such instance or data directory.
-    """
-    from pgmgr.core import registry
-    from pgmgr.core.errors import UsageError
-    from pgmgr.core.instance import Server
-
-    if name and datadir:
-        raise UsageError("give an instance NAME or -d DIR, not both")
-    if datadir is not None:
-        return Server.load(str(datadir) if "/" in str(datadir) else f"./{datadir}")
-    if name:
-        return Server.load(name)
-    pgdata = os.environ.get("PGDATA")
-    if pgdata:
-        return Server.load(pgdata if "/" in pgdata else f"./{pgdata}")
-    known = registry.names()
-    if len(known) == 1:
-        return Server.load(known[0])
-    if not known:
-        raise UsageError(
-            "no instance given and none registered", hint="try 'pgmgr start -d ./data --init'"
-        )
-    raise UsageError("no instance given: name one of " + ", ".join(known), hint="or use -d DIR")
-
-
-def version_label(version: str) -> str:
-    return f"PostgreSQL {version}"
+__all__ = ["resolve", "status_record", "uptime_text", "version_label"]

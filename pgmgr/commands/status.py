@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pgmgr import statusview, ui
+from pgmgr import statusview
 from pgmgr.commands import _common as c
 
 COLUMNS = statusview.COLUMNS
@@ -26,13 +26,8 @@ def status(
 
     Example: pgmgr status --json
     """
-    # 'pgmgr status [--json]' usually never gets here: pgmgr.entry serves it without Typer,
-    # from the same functions.
-    if name or datadir:
-        rec, code = statusview.record_of(c.resolve(name, datadir), check)
-        if json:
-            ui.emit_json(rec)
-        else:
-            statusview.table([rec])
+    # The plain forms usually never get here: pgmgr.entry serves them without Typer,
+    # through the same function.
+    code = statusview.show(name, datadir, json, check)
+    if code:
         raise typer.Exit(code)
-    statusview.show_all(json, check)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from pgmgr import ui
+from pgmgr import actions
 from pgmgr.commands import _common as c
 
 Mode = Annotated[
@@ -31,45 +30,8 @@ def stop(
 
     Example: pgmgr stop -d ./data -m smart --timeout 30
     """
-    c.quiet(quiet, json)
-    from pgmgr.core import registry
-    from pgmgr.core.errors import UsageError
-    from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
-    from pgmgr.core.server import STOP_SIGNALS
-
-    if mode not in STOP_SIGNALS:
-        raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
-    if all_ and (name or datadir):
-        raise UsageError("--all stops every instance: leave out NAME and -d")
-    if all_:
-        servers = [Server(inst) for inst in registry.load_all()[0]]
-    else:
-        servers = [c.resolve(name, datadir)]
-    results: list[dict[str, Any]] = []
-    for srv in servers:
-        t0 = time.monotonic()
-        with registry.lock(srv.datadir):
-            pf = srv.running()
-            with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
-                stopped = srv.stop(mode, timeout)
-        elapsed = time.monotonic() - t0
-        results.append(
-            {
-                "name": srv.inst.name,
-                "datadir": srv.inst.datadir,
-                "stopped": stopped,
-                "pid": pf.pid if pf else None,
-                "elapsed_ms": round(elapsed * 1000, 1),
-            }
-        )
-        missing = not stopped and srv.status().state == "missing"
-        if missing and not all_:
-            raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
-        if stopped:
-            ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}")
-        elif missing:
-            ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
-        else:
-            ui.message(f"'{srv.inst.name}' is not running")
-    if json:
-        ui.emit_json(results if all_ else results[0])
+    code = actions.stop(
+        name, datadir, all_=all_, mode=mode, timeout=timeout, json=json, quiet=quiet
+    )
+    if code:
+        raise typer.Exit(code)

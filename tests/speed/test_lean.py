@@ -92,3 +92,81 @@ def test_fast_path_reports_a_broken_record_like_the_typer_command(base: Path) ->
     fast, slow = pgmgr("status", "--json"), typer_path("status", "--json")
     assert (fast.stdout, fast.stderr, fast.returncode) == (slow.stdout, slow.stderr, 0)
     assert "bad.json" in fast.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["status"], ("status", {})),
+        (["status", "dev", "--json", "--check"], ("status", {"name": "dev", "json": True,
+                                                           "check": True})),
+        (["start", "-d", "data"], ("start", {"datadir": Path("data")})),
+        (["start", "dev", "-p", "auto", "-q"], ("start", {"name": "dev", "port": "auto",
+                                                          "quiet": True})),
+        (["stop", "--datadir", "./d", "-m", "smart", "--json"],
+         ("stop", {"datadir": Path("./d"), "mode": "smart", "json": True})),
+        (["stop", "--all"], ("stop", {"all_": True})),
+        # Everything else is Typer's: help, other options, --opt=value, odd values, repeats.
+        (["start", "--help"], None),
+        (["start", "-d", "x", "--init"], None),
+        (["start", "-d", "x", "-c", "work_mem=1MB"], None),
+        (["start", "--datadir=x"], None),
+        (["start", "-d"], None),
+        (["start", "-d", ""], None),
+        (["start", "-p", "-1"], None),
+        (["start", "a", "b"], None),
+        (["stop", "-m", "fast", "-m", "smart"], None),
+        (["init", "-d", "x"], None),
+        ([], None),
+    ],
+)  # fmt: skip
+def test_fast_args_takes_only_the_plain_forms(
+    args: list[str], expected: tuple[str, dict[str, Any]] | None
+) -> None:
+    from pgmgr.entry import fast_args
+
+    assert fast_args(args) == expected
+
+
+@pytest.mark.parametrize(
+    "args", [["start", "-d", "/nonexistent/x"], ["stop", "nosuch"], ["status", "nosuch"]]
+)
+def test_plain_start_stop_status_do_not_import_typer(args: list[str]) -> None:
+    names = imported(*args)
+    assert not names & {"psycopg", "typer", "click", "rich", "pydantic"}, (args, names)
+
+
+def test_fast_start_and_stop_match_the_typer_commands(base: Path) -> None:
+    data = str(base / "d")
+    pgmgr("init", "-d", data)
+    try:
+        first = pgmgr("start", "-d", data, "-p", "auto")
+        assert first.returncode == 0 and "Started 'd'" in first.stderr, first.stderr
+        # Now both say 'already running', the same way.
+        for args in (["start", "-d", data], ["start", "d", "--json"], ["status", "d", "--json"]):
+            fast, slow = pgmgr(*args), typer_path(*args)
+            assert fast.returncode == slow.returncode == 0, (args, fast.stderr, slow.stderr)
+            if "--json" in args:
+                f, s = json.loads(fast.stdout), json.loads(slow.stdout)
+                for r in (f, s):
+                    r.pop("uptime"), r.pop("elapsed_ms", None)
+                assert f == s, args
+            else:
+                assert (fast.stdout, fast.stderr) == (slow.stdout, slow.stderr), args
+        stopped = pgmgr("stop", "-d", data, "--json")
+        assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped"] is True
+    finally:
+        typer_path("stop", "-d", data)
+    for args in (
+        ["stop", "-d", data],  # not running: a no-op, said the same way
+        ["stop", "d", "-m", "bogus"],
+        ["start", "nosuch"],
+        ["stop", "-d", str(base / "missing")],
+        ["status", "-d", data],
+    ):
+        fast, slow = pgmgr(*args, check=False), typer_path(*args)
+        assert (fast.stdout, fast.stderr, fast.returncode) == (
+            slow.stdout,
+            slow.stderr,
+            slow.returncode,
+        ), args
