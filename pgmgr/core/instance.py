@@ -427,6 +427,14 @@ class Server:
                 + ") but no postmaster serves it",
                 hint="wait for them to exit, or stop them, then start again",
             )
+        pf = process.PidFile.read(self.datadir)
+        if pf is not None and process.stale_pidfile_reason(pf) is None:
+            raise WorkerError(
+                f"{pidfile} names pid {pf.pid}, which is not a postgres of this data "
+                "directory but was running before the file was written: another postmaster "
+                "(in a container, or on another host) may be using it",
+                hint=f"if you are sure none is, remove {pidfile} and start again",
+            )
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
 

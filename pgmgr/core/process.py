@@ -137,10 +137,12 @@ def _same_path(a: str, b: Path) -> bool:
 def serves(pid: int, datadir: Path, pidfile_start: int | None = None) -> bool:
     """True only if ``pid`` is a live postgres postmaster for ``datadir``.
 
-    Checks, where readable: not a zombie; the executable is ``postgres``/``postmaster``; its
-    working directory (postgres chdirs into its data dir) or its ``-D`` argument is
-    ``datadir``; and its start time agrees with the one in ``postmaster.pid``, so a pid reused
-    by an unrelated process after a reboot is never mistaken for our server.
+    Checks: not a zombie; the executable is ``postgres``/``postmaster`` (a backend's title
+    is ``postgres: ...``); and its working directory (postgres chdirs into its data dir) is
+    ``datadir``. That is conclusive, so the start time is not compared then: the kernel
+    recomputes boot time when the wall clock is stepped (NTP, a restored VM), which would
+    make a live server look dead. Only when the working directory cannot be read (another
+    user's process) does pgmgr fall back to the ``-D`` argument plus the start time.
     """
     if not is_alive(pid):
         return False
@@ -154,17 +156,35 @@ def serves(pid: int, datadir: Path, pidfile_start: int | None = None) -> bool:
     except OSError:
         cwd = None
     if cwd is not None:
-        if not _same_path(cwd, datadir):
-            return False
-    else:
-        d_args = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-D"]
-        if not any(_same_path(d, datadir) for d in d_args):
-            return False
+        return _same_path(cwd, datadir)
+    d_args = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-D"]
+    if not any(_same_path(d, datadir) for d in d_args):
+        return False
     if pidfile_start is not None:
         started = start_time(pid)
         if started is not None and abs(started - pidfile_start) > 2:
             return False
     return True
+
+
+def stale_pidfile_reason(pf: PidFile) -> str | None:
+    """Why ``pf`` (not served by a postmaster of this data dir) is provably stale, or None.
+
+    Stale: its pid is gone; it was written before this boot; or its pid belongs to a process
+    that started after the file was written (the pid was reused). A live process that
+    predates the file may be a postmaster pgmgr cannot see (in a container's pid namespace,
+    on another host over NFS): then the file is the only lock keeping a second postmaster
+    out, and it is not stale as far as pgmgr can tell.
+    """
+    if not is_alive(pf.pid):
+        return f"pid {pf.pid} is gone"
+    boot = _boot_time()
+    if pf.start_time is not None and boot is not None and pf.start_time < boot - 5:
+        return "it was written before the machine last booted"
+    started = start_time(pf.pid)
+    if pf.start_time is not None and started is not None and started > pf.start_time + 2:
+        return f"pid {pf.pid} was reused by a process started after the file was written"
+    return None
 
 
 def running_postmaster(datadir: Path) -> PidFile | None:

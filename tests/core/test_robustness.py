@@ -164,6 +164,39 @@ def test_stale_pidfile_naming_a_live_unrelated_process(
     assert process.is_alive(sleeper)  # the unrelated process was never touched
 
 
+def test_pidfile_naming_a_process_older_than_the_file_is_kept(
+    datadir: Path, managers: ManagerFactory
+) -> None:
+    """pid 1 was running before the file was written, so it is no reused pid: it could be a
+    postmaster pgmgr cannot see (a container's, or another host's over NFS). The file is
+    the only lock left; pgmgr keeps it and refuses to start, naming the way out."""
+    text = f"1\n{datadir}\n{int(time.time())}\n5432\n/tmp\n127.0.0.1\n  1  2\nready\n"
+    (datadir / "postmaster.pid").write_text(text)
+    m = managers(datadir)
+    with pytest.raises(WorkerError, match="another postmaster") as info:
+        m.start()
+    assert "remove" in (info.value.hint or "")
+    assert (datadir / "postmaster.pid").read_text() == text
+    assert m.process is None
+
+
+def test_a_clock_step_does_not_make_a_live_server_look_dead(
+    datadir: Path, managers: ManagerFactory
+) -> None:
+    """An NTP step or a restored VM moves the kernel's boot time, so the start time in
+    postmaster.pid no longer matches /proc; the server is still recognised and stopped."""
+    m = managers(datadir)
+    m.start()
+    pid = m.process.pid
+    pidfile = datadir / "postmaster.pid"
+    lines = pidfile.read_text().split("\n")
+    lines[2] = str(int(lines[2]) + 3600)
+    pidfile.write_text("\n".join(lines))
+    assert m.status().state == "running"
+    assert m.stop() is True
+    assert not process.is_alive(pid)
+
+
 def test_pidfile_naming_another_datadirs_postmaster(
     datadir: Path, managers: ManagerFactory, work_dir: Path
 ) -> None:
