@@ -316,6 +316,8 @@ class Server:
         pf = self.running()
         if pf is not None:
             self._record_running(pf)
+            # A first start that could not set the template copy's password: try again.
+            self._apply_pending_password(install, None)
             return StartResult(self.inst, True, pf.pid, time.monotonic() - t0)
         self._clear_stale_pidfile()
         su = self.user(user)
@@ -328,7 +330,9 @@ class Server:
         auto = port == "auto"
         for attempt in range(AUTO_PORT_TRIES if auto else 1):
             chosen = self._choose_port(host, port)
-            sockdir = server.socket_dir(self.inst.socket_dir, socket_dir, chosen, su)
+            recorded_sockdir = self.inst.socket_dir
+            sockdir = server.socket_dir(recorded_sockdir, socket_dir, chosen, su)
+            made_sockdir = not socket_dir and str(sockdir) != recorded_sockdir
             server.clear_stale_socket_lock(sockdir, chosen, datadir)
             argv = server.postgres_argv(
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
@@ -343,12 +347,17 @@ class Server:
                 pf = self.ready_wait(timeout)
             except KeyboardInterrupt:
                 self._cancel_start()
+                self._drop_sockdir(sockdir, made_sockdir, recorded_sockdir)
                 raise
             except ServerExited as e:
+                self._drop_sockdir(sockdir, made_sockdir, recorded_sockdir)
                 if auto and "already in use" in e.message and attempt + 1 < AUTO_PORT_TRIES:
                     continue  # another server took the port between our check and bind
                 if "already in use" in e.message:
                     raise PortInUse(host, chosen) from None
+                raise
+            except WorkerError:  # not ready in time: ready_wait killed it
+                self._drop_sockdir(sockdir, made_sockdir, recorded_sockdir)
                 raise
             try:
                 self._commit_start(su, merged, pf)
@@ -487,6 +496,17 @@ class Server:
             raise KeyboardInterrupt
         return self.child
 
+    def _drop_sockdir(self, sockdir: Path, made: bool, recorded: str | None) -> None:
+        """After a failed start, remove the private socket dir this attempt made (each
+        failed start would otherwise leave one in the temp dir) and keep the record's."""
+        self.inst.socket_dir = recorded
+        if made:
+            for leftover in sockdir.glob(".s.PGSQL.*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            with contextlib.suppress(OSError):
+                sockdir.rmdir()
+
     def _cancel_start(self) -> None:
         """Ctrl-C while waiting for readiness, or a failure to record the server, cancels
         the start: the server this call spawned is stopped (fast; safe at any point of
@@ -613,7 +633,10 @@ class Server:
             self._adopt(pf)  # the URL from where it really listens, not from the record
             st.url = self.url()
             if check:
-                st.latency_ms = round(self.health() * 1000, 2)
+                try:
+                    st.latency_ms = round(self.health() * 1000, 2)
+                except WorkerError as e:  # running, but not answering: say so, keep the state
+                    st.detail = f"unreachable: {e}"
         elif pf is not None:
             st.state = "crashed"
             st.detail = f"stale postmaster.pid (pid {pf.pid} is not this server)"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -421,3 +424,42 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_failed_starts_leave_no_socket_dirs(work: Work, datadir: Path) -> None:
+    """Each failed start used to leave a new private socket dir in the temp dir."""
+    sockets = work.path / "tmp"  # TMPDIR of this test
+    for _ in range(3):
+        bad = work.run("start", "-d", "./data", "-p", "auto", "-c", "work_mem=bogus")
+        assert bad.returncode == 1 and "work_mem" in bad.stderr, bad.stderr
+    assert sorted(p.name for p in sockets.iterdir()) == []
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    made = sorted(p.name for p in sockets.iterdir())
+    assert len(made) == 1, made
+    work.ok("stop", "data", "-q")
+    assert sorted(p.name for p in sockets.iterdir()) == made  # kept for the next start
+
+
+def test_check_of_an_unresponsive_server_still_lists_everything(
+    work: Work, datadir: Path, template_dir: Path
+) -> None:
+    """A server that runs but does not answer (frozen with SIGSTOP) is 'running' with the
+    reason in 'detail'; the other instances are still listed."""
+    subprocess.run(["cp", "-a", str(template_dir), str(work.path / "other")], check=True)
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    work.ok("start", "-d", "./other", "-p", "auto", "-q")
+    pid = json.loads(work.ok("status", "data", "--json").stdout)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        one = work.run("status", "data", "--json", "--check")
+        assert one.returncode == 0, one.stderr
+        rec = json.loads(one.stdout)
+        assert rec["state"] == "running" and rec["latency_ms"] is None
+        assert rec["detail"].startswith("unreachable"), rec
+        every = work.run("status", "--json", "--check")
+        assert every.returncode == 0, every.stderr
+        by_name = {r["name"]: r for r in json.loads(every.stdout)}
+        assert by_name["other"]["latency_ms"] is not None
+        assert by_name["data"]["detail"].startswith("unreachable")
+    finally:
+        os.kill(pid, signal.SIGCONT)

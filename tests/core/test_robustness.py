@@ -430,3 +430,26 @@ def test_not_root_cannot_choose_the_server_user(datadir: Path, managers: Manager
     m = managers(datadir, user="root")
     with pytest.raises(DatabaseException, match="only root can switch users"):
         m.start()
+
+
+def test_a_pending_password_is_set_when_start_finds_the_server_running(
+    datadir: Path, managers: ManagerFactory
+) -> None:
+    """A template copy gets its password on first start; if that failed, the next start,
+    finding the server already running, tries again (else TCP logins stay impossible)."""
+    from pgmgr.core import registry
+
+    m = managers(datadir)
+    m.start()
+    inst = registry.find_by_datadir(datadir)
+    assert inst is not None
+    inst.password, inst.password_pending = "n3w-Secret", True
+    registry.save(inst)
+    again = Manager("127.0.0.1", m.port, datadir)
+    assert again.start().already_running
+    with psycopg.connect(
+        host="127.0.0.1", port=m.port, user="postgres", dbname="postgres", password="n3w-Secret"
+    ) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    saved = registry.find_by_datadir(datadir)
+    assert saved is not None and saved.password_pending is False
