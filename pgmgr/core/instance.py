@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pgmgr.core import paths, privileges, process, registry, server, versions
@@ -34,6 +31,9 @@ from pgmgr.core.errors import (
 )
 from pgmgr.core.registry import Instance
 from pgmgr.core.server import InitOptions, ServerExited
+
+if TYPE_CHECKING:
+    import subprocess
 
 AUTO_PORT_TRIES = 5
 
@@ -109,6 +109,8 @@ class StartResult:
 
 
 def new_password() -> str:
+    import secrets
+
     return secrets.token_urlsafe(18)
 
 
@@ -483,6 +485,8 @@ class Server:
     def _spawn(self, argv: list[str], su: privileges.ServerUser | None) -> subprocess.Popen[bytes]:
         """Spawn postgres with Ctrl-C held until the child is known: a Ctrl-C inside
         ``Popen`` (after the exec, before it returns) would otherwise orphan the server."""
+        import threading
+
         got: list[int] = []
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
@@ -513,6 +517,8 @@ class Server:
         start-up) instead of being left running unrecorded in its own session."""
         if self.child is None:
             return
+        import subprocess
+
         process.signal_pid(self.child.pid, server.STOP_SIGNALS["fast"])
         # Our own child: wait for it, not for postmaster.pid (not written yet this early).
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -542,6 +548,8 @@ class Server:
             "-d",
             "postgres",
         ]
+        import subprocess
+
         proc = subprocess.run(
             argv,
             input=sql,
@@ -589,6 +597,8 @@ class Server:
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server to exit; its exit code when this process started it."""
         if self.child is not None:
+            import subprocess
+
             try:
                 return self.child.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -600,6 +610,8 @@ class Server:
 
     def _reap(self) -> None:
         if self.child is not None:
+            import subprocess
+
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.child.wait(timeout=5)
 

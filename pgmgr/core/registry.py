@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -248,6 +247,8 @@ def unique_name(base: str) -> str:
 @contextlib.contextmanager
 def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
     """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``."""
+    import hashlib  # only here: it costs ~2 ms to import
+
     key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
     lockdir = paths.ensure_private_dir(paths.state_dir() / "locks")
     fd = os.open(lockdir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -12,20 +12,20 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgmgr.core import process
 from pgmgr.core.errors import CommandFailed, DatabaseException, PortInUse, UsageError, WorkerError
 from pgmgr.core.privileges import ServerUser, chown
 from pgmgr.core.versions import Installation
+
+if TYPE_CHECKING:
+    import subprocess
 
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -181,6 +181,8 @@ def run(
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
     """
+    import subprocess
+
     uid, gid, groups = _ids(user)
     proc = subprocess.run(
         list(argv),
@@ -232,6 +234,8 @@ def initdb(
     :raises DatabaseException: the directory is not empty.
     :raises CommandFailed: initdb failed (its stderr is kept).
     """
+    import tempfile
+
     created = not datadir.exists()
     if not created and any(datadir.iterdir()):
         raise DatabaseException(f"{datadir} is not empty and is not a PostgreSQL data directory")
@@ -255,6 +259,8 @@ def initdb(
 
 def remove_partial(datadir: Path, created: bool) -> None:
     """Undo a failed init: only what pgmgr made goes."""
+    import shutil
+
     if created:
         shutil.rmtree(datadir, ignore_errors=True)
     elif datadir.is_dir():
@@ -271,6 +277,8 @@ def remove_partial(datadir: Path, created: bool) -> None:
 
 def port_free(host: str, port: int) -> bool:
     """Whether ``port`` can be bound on ``host`` (as postgres would, with SO_REUSEADDR)."""
+    import socket  # here, not at the top: 'pgmgr status' never needs it
+
     hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
     for h in hosts:
         if h in ("*", "0.0.0.0", "localhost"):  # noqa: S104 - only probing, as postgres would
@@ -298,6 +306,8 @@ def _cannot_listen(host: str, port: int | None, e: OSError) -> DatabaseException
 
 def free_port(host: str) -> int:
     """A port the kernel says is free now on ``host`` (the caller retries on a race)."""
+    import socket
+
     h = host.split(",")[0].strip() or "127.0.0.1"
     h = "127.0.0.1" if h in ("localhost", "*", "0.0.0.0") else h  # noqa: S104 - mapped away
     family = socket.AF_INET6 if ":" in h else socket.AF_INET
@@ -345,6 +355,8 @@ def socket_dir(
         path = Path(recorded)
         if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
             return path
+    import tempfile
+
     base = tempfile.gettempdir()
     if len(socket_path(Path(base) / "pgmgr-xxxxxxxx", port)) > SOCKET_PATH_MAX:
         base = "/tmp"  # noqa: S108 - a short private dir is made inside it, mode 0700
@@ -389,6 +401,8 @@ def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subpr
 
     :raises OSError: the binary cannot be executed.
     """
+    import subprocess
+
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +169,8 @@ def _candidates(env: Mapping[str, str]) -> Iterator[tuple[str, Path]]:
             if configured is not None:
                 yield source, configured
         elif source == "path":
+            import shutil
+
             found = shutil.which("postgres", path=env.get("PATH", os.defpath))
             if found:
                 yield source, Path(found).parent
@@ -207,6 +207,8 @@ def embedded_bindir() -> Path | None:
 
 
 def _pg_config_bindir(env: Mapping[str, str]) -> Path | None:
+    import shutil
+
     exe = shutil.which("pg_config", path=env.get("PATH", os.defpath))
     if not exe:
         return None
@@ -269,6 +271,8 @@ def _run_all(argvs: Sequence[Sequence[str]]) -> list[str | None]:
     """Run the commands concurrently; stdout stripped, or None when one fails."""
     cache = _OutputCache()
     results: list[str | None] = [cache.get(a) for a in argvs]
+    import subprocess
+
     procs: dict[int, subprocess.Popen[str]] = {}
     for i, argv in enumerate(argvs):
         if results[i] is None:
