@@ -10,14 +10,26 @@ from pgmgr.commands.destroy import RequiredName
 def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
     """Remove the record of a stopped instance; the data directory stays where it is.
 
-    Refuses a running instance (stop it first), so no server is left unmanaged.
+    Refuses a running instance (stop it first), so no server is left unmanaged. An
+    unreadable record is removed as it is, and nothing else.
 
     Example: pgmgr forget old
     """
     c.quiet(quiet)
     from pgmgr.core import ops, registry
 
-    srv = c.resolve(name, None)
+    try:
+        srv = c.resolve(name, None)
+    except registry.CorruptRecord as e:
+        if e.path.stem != name:
+            raise
+        path = ops.forget_unreadable(e)
+        ui.message(
+            f"Removed the unreadable record of '{name}' ({path}). No data directory was "
+            "touched, and pgmgr cannot tell from the record whether a server still runs: "
+            "'pgmgr status -d DIR' checks a data directory"
+        )
+        return
     with registry.lock(srv.datadir):
         ops.forget(srv)
     ui.message(f"Forgot '{srv.inst.name}'; its data directory stays: {srv.datadir}")

@@ -326,3 +326,19 @@ def forget(srv: Server) -> bool:
     with contextlib.suppress(OSError):
         passfile_path(srv.inst.name).unlink()
     return registry.remove(srv.inst.name)
+
+
+def forget_unreadable(err: registry.CorruptRecord) -> Path:
+    """Remove an unreadable record file (and its pgpass file), as its error's hint says.
+
+    Nothing in it can be trusted, so nothing else is touched: not the data directory it may
+    name, and no server (whether one still runs there cannot be known from it).
+
+    :returns: the path of the removed record.
+    """
+    name = err.path.stem
+    with contextlib.suppress(FileNotFoundError):
+        err.path.unlink()
+    with contextlib.suppress(OSError):
+        passfile_path(name).unlink()
+    return err.path

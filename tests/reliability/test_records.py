@@ -63,3 +63,50 @@ def test_type_checks_cover_every_field() -> None:
     """Every field of the record has a type check (a new field needs one)."""
     fields = {f.name for f in dataclasses.fields(registry.Instance)}
     assert fields == set(registry._FIELD_TYPES)
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root``: (size, mtime in ns)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+@pytest.mark.parametrize("garbage", ['{"name": "bad", "datadir": null}', "not json\n"])
+def test_forget_removes_an_unreadable_record_and_nothing_else(
+    cluster: InstFactory, rel_isolation: Path, garbage: str, running: bool
+) -> None:
+    """The CorruptRecord hint says 'pgmgr forget NAME': that must work, and must not touch
+    the data directory (nor a server still running in it)."""
+    good, bad = cluster("good"), cluster("bad")
+    if running:
+        assert bad.start("--port", "auto").returncode == 0
+    pid = bad.pid()
+    record = rel_isolation / "instances" / "bad.json"
+    record.write_text(garbage)
+    hint = pgmgr("status", "--json").stderr
+    assert "pgmgr forget bad" in hint
+    before = tree(bad.datadir)
+
+    run = pgmgr("forget", "bad")
+    assert run.returncode == 0, str(run)
+    assert not record.exists()
+    assert str(record) in run.stderr and "cannot tell" in run.stderr, str(run)
+    assert tree(bad.datadir) == before
+    assert bad.pid() == pid
+    listing = pgmgr("status", "--json")
+    assert listing.returncode == 0 and not listing.errors(), str(listing)
+    assert [r["name"] for r in listing.json()] == ["good"]
+    assert good.datadir.is_dir()
+
+    # ... and the data directory can be registered again, as the hint says
+    again = pgmgr("init", "-d", str(bad.datadir), "--name", "bad")
+    assert again.returncode == 0, str(again)
+    state = pgmgr("status", "bad", "--json")
+    assert state.json()["state"] == ("running" if running else "stopped"), str(state)
+    if running:
+        assert pgmgr("stop", "bad").returncode == 0
