@@ -47,14 +47,12 @@ def _console(stream: TextIO) -> Console:
 
 
 def message(text: str) -> None:
-    """A line for people (stderr); silenced by --quiet."""
+    """A line for people (stderr); silenced by --quiet. Plain text even on a terminal:
+    these lines have no markup, and Rich would cost ~40 ms of import to print them."""
     if settings.quiet:
         return
-    if _fancy(sys.stderr) and not os.environ.get("NO_COLOR"):
-        _console(sys.stderr).print(text, markup=False)
-    else:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def error(text: str, hint: str | None = None) -> None:
@@ -101,26 +99,56 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | No
     sys.stdout.flush()
 
 
+#: Operations that finish within this "blink" show no spinner at all (and import no Rich).
+SPINNER_DELAY = 0.15
+
+
 @contextmanager
 def spinner(text: str) -> Iterator[None]:
-    """A spinner with elapsed time on a terminal; nothing otherwise (the summary line follows)."""
+    """A spinner with elapsed time on a terminal, once the operation has taken longer than
+    :data:`SPINNER_DELAY`; nothing otherwise (the summary line follows)."""
     if settings.quiet or not _fancy(sys.stderr):
         yield
         return
-    from rich.live import Live
-    from rich.spinner import Spinner
+    import threading
 
     start = time.monotonic()
-    sp = Spinner("dots", text=text)
-    console = _console(sys.stderr)
+    finished = threading.Event()
+    lock = threading.Lock()
+    shown: list[Any] = []
 
-    class _Elapsed:
-        def __rich__(self) -> Spinner:
-            sp.update(text=f"{text} {time.monotonic() - start:.1f}s")
-            return sp
+    def show() -> None:
+        if finished.wait(SPINNER_DELAY):
+            return
+        from rich.live import Live
+        from rich.spinner import Spinner
 
-    with Live(_Elapsed(), console=console, refresh_per_second=12.5, transient=True):
+        sp = Spinner("dots", text=text)
+
+        class _Elapsed:
+            def __rich__(self) -> Spinner:
+                sp.update(text=f"{text} {time.monotonic() - start:.1f}s")
+                return sp
+
+        with lock:
+            if finished.is_set():
+                return
+            live = Live(
+                _Elapsed(), console=_console(sys.stderr), refresh_per_second=12.5, transient=True
+            )
+            live.start()
+            shown.append(live)
+
+    thread = threading.Thread(target=show, name="pgmgr-spinner", daemon=True)
+    thread.start()
+    try:
         yield
+    finally:
+        finished.set()
+        with lock:
+            for live in shown:
+                live.stop()
+        thread.join()
 
 
 def ms(seconds: float) -> str:
