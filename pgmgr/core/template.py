@@ -272,7 +272,9 @@ def init_from_template(
     created = not datadir.exists()
     if not created and any(datadir.iterdir()):
         raise DatabaseException(f"{datadir} is not empty and is not a PostgreSQL data directory")
+    made_parents: list[Path] = []
     try:
+        make_parents(datadir, made_parents)
         copied = False
         with _locked(key, exclusive=False):
             if server.is_datadir(tpl):
@@ -290,8 +292,34 @@ def init_from_template(
             sync_fs(datadir)
     except BaseException:
         server.remove_partial(datadir, created)
+        remove_made(made_parents)
         raise
     return True
+
+
+def make_parents(path: Path, made: list[Path]) -> None:
+    """Create the missing parent directories of ``path`` (mode as ``mkdir -p``), outermost
+    first, appending each one this call created to ``made`` as soon as it exists, so that a
+    failure part-way can undo exactly these (see :func:`remove_made`)."""
+    missing = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: not ours to remove
+            continue
+        made.append(d)
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the directories :func:`make_parents` created, innermost first, each only if it
+    is empty (what someone else put there meanwhile stays)."""
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _build(
