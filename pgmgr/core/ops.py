@@ -283,7 +283,8 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
     """Stop the server (fast, then immediate: its data is going anyway), remove the data
     directory, its log, socket dir and pgpass file, and the record.
 
-    :raises DatabaseException: not a data directory (see :func:`check_destroyable`).
+    :raises DatabaseException: not a data directory (see :func:`check_destroyable`), or a
+        postgres process still uses it after the stop (see :func:`check_unused`).
     :raises WorkerError: it could not be stopped.
     """
     check_destroyable(srv)
@@ -296,6 +297,7 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
     datadir = srv.datadir
     existed = datadir.exists()
     if existed:
+        check_unused(datadir)
         shutil.rmtree(datadir)
     for extra in (srv.log_file, passfile_path(srv.inst.name)):
         with contextlib.suppress(OSError):
@@ -303,6 +305,26 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
     _remove_private_socket_dir(srv.inst.socket_dir)
     removed_record = srv.register and registry.remove(srv.inst.name)
     return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
+
+
+def check_unused(datadir: Path, grace: float = 1.0) -> None:
+    """Defence in depth before deleting a data directory: no postgres process may still
+    work in it, even one pgmgr did not recognise as its server (waits up to ``grace``
+    seconds for processes that are exiting).
+
+    :raises DatabaseException: some still do.
+    """
+    deadline = time.monotonic() + grace
+    while users := process.processes_in(datadir):
+        if time.monotonic() >= deadline:
+            pids = ", ".join(str(p) for p in users)
+            raise DatabaseException(
+                f"refusing to remove {datadir}: postgres processes still use it (pid {pids}); "
+                "nothing was removed",
+                hint="pgmgr did not recognise them as this instance's server: stop that "
+                "server (SIGINT to its postmaster is a fast shutdown), then try again",
+            )
+        time.sleep(POLL)
 
 
 def _remove_private_socket_dir(sockdir: str | None) -> None:
