@@ -42,8 +42,9 @@ NoTemplate = Annotated[
     bool,
     typer.Option(
         "--no-template",
-        help="Run initdb, not a copy of the cached template data directory.",
-        envvar="PGMGR_NO_TEMPLATE",
+        # Not envvar=: Typer would parse PGMGR_NO_TEMPLATE its own way; the core reads it.
+        help="Run initdb, not a copy of the cached template data directory "
+        "(also: PGMGR_NO_TEMPLATE=1).",
     ),
 ]
 User = Annotated[

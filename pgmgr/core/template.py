@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import paths, server
-from pgmgr.core.errors import Busy, DatabaseException
+from pgmgr.core.errors import Busy, DatabaseException, UsageError
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import InitOptions
 from pgmgr.core.versions import Installation, version_key
@@ -96,9 +96,31 @@ def template_args(extra: Sequence[str]) -> list[str] | None:
     return kept
 
 
+def disabled_by_env() -> bool:
+    """Whether ``PGMGR_NO_TEMPLATE`` turns templates off: ``1``/``true``/``yes``/``on`` do;
+    unset, empty, ``0``/``false``/``no``/``off`` do not (any case, spaces ignored). The one
+    parser of the variable: the CLI's ``--no-template`` does not read it.
+
+    :raises UsageError: any other value (rather than guess which was meant).
+    """
+    raw = os.environ.get(ENV_DISABLE, "")
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise UsageError(
+        f"invalid {ENV_DISABLE}={raw!r}: use 1, true, yes or on (initdb, no template) or "
+        "0, false, no, off or empty (templates)"
+    )
+
+
 def why_not(install: Installation, opts: InitOptions) -> str | None:
-    """Why a template cannot serve this init, or None when it can."""
-    if os.environ.get(ENV_DISABLE, "") not in ("", "0"):
+    """Why a template cannot serve this init, or None when it can.
+
+    :raises UsageError: ``PGMGR_NO_TEMPLATE`` holds a value that is not a yes or a no.
+    """
+    if disabled_by_env():
         return f"{ENV_DISABLE} is set"
     if version_key(install.major) < (MIN_MAJOR,):
         return f"PostgreSQL {install.major} is older than {MIN_MAJOR}"
@@ -261,6 +283,7 @@ def init_from_template(
     is set (the caller marks it pending for the first start).
 
     :returns: False, having touched nothing, when no template can serve ``opts``.
+    :raises UsageError: ``PGMGR_NO_TEMPLATE`` is neither a yes nor a no (nothing touched).
     :raises DatabaseException: ``datadir`` is not empty.
     :raises CommandFailed: initdb failed while building the template.
     """
