@@ -14,7 +14,9 @@ from pgmgr.commands import _common as c
 Auth = Annotated[
     str,
     typer.Option(
-        "--auth", help="TCP authentication: scram-sha-256 (password) or trust.", show_default=True
+        "--auth",
+        help="TCP authentication: scram-sha-256, md5 or password (a generated password), or trust.",
+        show_default=True,
     ),
 ]
 

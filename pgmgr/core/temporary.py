@@ -72,7 +72,8 @@ class TemporaryInstance:
         self.srv: Server | None = None
 
     def start(self, timeout: float = 30.0) -> TemporaryInstance:
-        """Initialize (``initdb --no-sync``) and start on a free port.
+        """Initialize (a copy of the cached template, else ``initdb``; not synced to disk)
+        and start on a free port.
 
         On failure, including a signal, everything made so far is removed.
         """
