@@ -14,11 +14,15 @@ app = typer.Typer(
 )
 
 COLUMNS = ["key", "version", "superuser", "encoding", "locale", "initdb args", "size", "stale"]
+COLUMNS += ["spare"]
 
 
 @app.command("list")
 def list_(json: c.Json = False) -> None:
     """List the cached templates (one per PostgreSQL binaries and initdb options).
+
+    'spare' is 'ready' when a synced copy waits to be renamed into the next new data
+    directory (made in the background after an init copied the template).
 
     Example: pgmgr cache list --json
     """
@@ -41,6 +45,7 @@ def list_(json: c.Json = False) -> None:
             " ".join(t.get("initdb_args") or []) or "-",
             f"{t['bytes'] / 1e6:.1f} MB",
             "yes" if t["stale"] else "no",
+            "ready" if t.get("spare") else "-",
         ]
         for t in found
     ]
@@ -49,9 +54,9 @@ def list_(json: c.Json = False) -> None:
 
 @app.command("clear")
 def clear(json: c.Json = False, quiet: c.Quiet = False) -> None:
-    """Remove every cached template; the next init builds a new one with initdb.
+    """Remove every cached template and its spare; the next init builds a new one with initdb.
 
-    Waits for inits that are copying a template. Instances are never touched.
+    Waits for inits copying a template and for spares being made. Instances are never touched.
 
     Example: pgmgr cache clear
     """

@@ -21,6 +21,12 @@ builds under a temporary name and renames it into place, so nobody sees a half-m
 Durability: a copy is not on disk until synced, so the new data directory (and a new
 template) is flushed with ``syncfs(2)`` (one call, ~25 ms here, against ~500 ms for an
 fsync per file) unless the caller asked for ``--no-sync``.
+
+Spares: creating ~1000 files is most of a copy's cost, so once a template has been copied,
+a background process (``python -m pgmgr.core.template refill``) keeps one more synced copy
+of it, ``<key>.spare``, owned by the server user. The next init claims it with one
+``rename(2)`` (atomic: two inits can never both get it) and refills it after returning.
+Anything wrong with the spare means the normal copy. See docs/speed.md.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ import json
 import os
 import re
 import shutil
+import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -61,6 +70,8 @@ _VALUED = frozenset(
     | {"--builtin-locale"}
 )
 _NO_SYNC = frozenset({"-N", "--no-sync"})
+SPARE = ".spare"  # <templates>/<key>.spare: a synced copy ready to be renamed into place
+REFILL_LOCK = ".refill.lock"  # held by the refill process while it makes a spare
 #: type, database, user, address, then the method (initdb writes no mask column).
 _HOST_LINE = re.compile(r"^(host(?:ssl|nossl)?[ \t]+\S+[ \t]+\S+[ \t]+\S+[ \t]+)\S+", re.M)
 
@@ -249,9 +260,11 @@ def sync_fs(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(key: str, *, exclusive: bool, timeout: float = LOCK_TIMEOUT) -> Iterator[bool]:
+def _locked(
+    key: str, *, exclusive: bool, timeout: float = LOCK_TIMEOUT, root: Path | None = None
+) -> Iterator[bool]:
     """Hold ``<templates>/<key>.lock``; yields False when ``timeout`` is 0 and it is busy."""
-    root = paths.ensure_private_dir(templates_dir())
+    root = paths.ensure_private_dir(root or templates_dir())
     fd = os.open(root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -296,28 +309,281 @@ def init_from_template(
     if not created and any(datadir.iterdir()):
         raise DatabaseException(f"{datadir} is not empty and is not a PostgreSQL data directory")
     made_parents: list[Path] = []
+    built = False
     try:
         make_parents(datadir, made_parents)
-        copied = False
-        with _locked(key, exclusive=False):
-            if server.is_datadir(tpl):
-                copy_tree(tpl, datadir, user)
-                copied = True
-        if not copied:
-            with _locked(key, exclusive=True):
+        claimed = _claim(key, datadir, opts, user, created, made_parents)
+        if not claimed:
+            copied = False
+            with _locked(key, exclusive=False):
                 if server.is_datadir(tpl):
                     copy_tree(tpl, datadir, user)
-                else:
-                    _build(install, datadir, opts, user, key, fields)
-        hba = datadir / "pg_hba.conf"
-        hba.write_text(hba_for(hba.read_text(), opts.auth))
-        if not opts.no_sync:
-            sync_fs(datadir)
+                    copied = True
+            if not copied:
+                with _locked(key, exclusive=True):
+                    if server.is_datadir(tpl):
+                        copy_tree(tpl, datadir, user)
+                    else:
+                        _build(install, datadir, opts, user, key, fields)
+                        built = True
+            hba = datadir / "pg_hba.conf"
+            hba.write_text(hba_for(hba.read_text(), opts.auth))
+            if not opts.no_sync:
+                sync_fs(datadir)
     except BaseException:
         server.remove_partial(datadir, created)
         remove_made(made_parents)
         raise
+    if not built:  # a key used once costs no spare (and a build leaves no time to save)
+        _maybe_refill(key, datadir, user)
     return True
+
+
+# --------------------------------------------------------------------------- spares
+
+
+def spare_path(key: str, root: Path | None = None) -> Path:
+    return (root or templates_dir()) / f"{key}{SPARE}"
+
+
+def _owner(user: ServerUser | None) -> tuple[int, int]:
+    return (user.uid, user.gid) if user is not None else (os.geteuid(), os.getegid())
+
+
+def _spare_ready(spare: Path, owner: tuple[int, int] | None) -> os.stat_result | None:
+    """The spare's stat when it is a real directory holding a cluster (``PG_VERSION`` and
+    ``global/pg_control``) owned by ``owner`` (any owner if None); else None."""
+    try:
+        st = os.lstat(spare)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        if owner is not None and (st.st_uid, st.st_gid) != owner:
+            return None
+        if not (spare / "PG_VERSION").is_file() or not (spare / "global/pg_control").is_file():
+            return None
+    except OSError:
+        return None
+    return st
+
+
+def _claim(
+    key: str,
+    datadir: Path,
+    opts: InitOptions,
+    user: ServerUser | None,
+    created: bool,
+    made: list[Path],
+) -> bool:
+    """Move the key's spare into ``datadir`` (absent, or an empty real directory on the same
+    filesystem, which the rename replaces) and apply the per-instance parts.
+
+    The spare is first renamed to a private name in the cache (the atomic claim: a second
+    init gets ENOENT), gets its ``pg_hba.conf`` there, and only then is renamed to
+    ``datadir``, so the data directory never appears with the template's ``trust`` lines.
+    Each step is fsynced (file, then the directories of both renames) unless ``no_sync``:
+    the spare's contents were synced before it was published.
+
+    :returns: False, with ``datadir`` as it was (or emptied, if the failure came after the
+        last rename), when there is no usable spare or anything fails.
+    """
+    root = templates_dir()
+    spare = spare_path(key, root)
+    claim = root / f".{key}.tmp-claim-{os.getpid()}"
+    st = _spare_ready(spare, _owner(user))
+    if st is None:
+        return False
+    placed = False
+    try:
+        try:
+            dst = os.lstat(datadir)
+        except FileNotFoundError:
+            dst = os.stat(datadir.parent)  # make_parents made it: same filesystem?
+        else:
+            if not stat.S_ISDIR(dst.st_mode):  # a symlink to an empty dir stays: copy into it
+                return False
+        if dst.st_dev != st.st_dev:  # another filesystem, or a mount point: copy
+            return False
+        with _locked(key, exclusive=False, timeout=0, root=root) as got:
+            if not got:  # being cleared or rebuilt
+                return False
+            try:
+                os.rename(spare, claim)
+            except OSError:  # ENOENT: another init claimed it first
+                return False
+        sync = not opts.no_sync
+        hba = claim / "pg_hba.conf"
+        new = claim / "pg_hba.conf.pgmgr-new"
+        hba_st = hba.stat()
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, hba_st.st_mode & 0o7777)
+        try:
+            os.write(fd, hba_for(hba.read_text(), opts.auth).encode())
+            os.fchmod(fd, hba_st.st_mode & 0o7777)
+            os.fchown(fd, hba_st.st_uid, hba_st.st_gid)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(new, hba)
+        if sync:
+            _fsync_dir(claim)
+        os.rename(claim, datadir)  # EBUSY/ENOTEMPTY/EXDEV: the user's dir stays as it was
+        placed = True
+        if sync:
+            for d in {datadir.parent, root, *(m.parent for m in made)}:
+                _fsync_dir(d)
+        return True
+    except Exception:
+        if placed:
+            server.remove_partial(datadir, created)
+        else:
+            shutil.rmtree(claim, ignore_errors=True)
+        return False
+    except BaseException:
+        shutil.rmtree(claim, ignore_errors=True)
+        raise
+
+
+#: Refill processes this process started, reaped by later calls and by wait_refills().
+_refills: list[subprocess.Popen[bytes]] = []
+
+
+def _maybe_refill(key: str, datadir: Path, user: ServerUser | None) -> None:
+    """Start a background refill of the key's spare unless one is ready, one is being made,
+    or ``datadir`` is on another filesystem than the cache (a spare could not be renamed
+    there). Never raises: the spare is an optimisation."""
+    try:
+        root = templates_dir()
+        if os.stat(datadir).st_dev != os.stat(root).st_dev:
+            return
+        if _spare_ready(spare_path(key, root), _owner(user)) is not None:
+            return
+        start_refill(key, user, root)
+    except Exception:  # noqa: S110 - the next init copies, as without spares
+        pass
+
+
+def start_refill(key: str, user: ServerUser | None, root: Path | None = None) -> bool:
+    """Spawn ``python -m pgmgr.core.template refill`` for ``key`` (detached, own session,
+    no shell, stdio to /dev/null). This process takes ``<key>.refill.lock`` before
+    spawning and hands it over (the child inherits the open lock), so the lock is held
+    from before this returns until the refill ends: :func:`wait_refills` can wait on it.
+
+    :returns: False when a refill is already under way (the lock is taken).
+    """
+    for done in [p for p in _refills if p.poll() is not None]:
+        _refills.remove(done)
+    root = root or templates_dir()
+    fd = os.open(root / f"{key}{REFILL_LOCK}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        uid, gid = _owner(user)
+        env = dict(os.environ)
+        here = str(Path(__file__).resolve().parents[2])  # the same pgmgr in the child
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        argv = [sys.executable, "-m", "pgmgr.core.template", "refill", str(root), key]
+        _refills.append(
+            subprocess.Popen(  # our own interpreter and module, no shell
+                [*argv, str(uid), str(gid), str(fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(fd,),
+                cwd="/",
+                env=env,
+            )
+        )
+        return True
+    finally:
+        os.close(fd)  # the child's copy keeps the lock
+
+
+def refill(root: Path, key: str, owner: tuple[int, int]) -> bool:
+    """Make ``<key>.spare`` from template ``key``: copy to ``.<key>.tmp-spare-<pid>``
+    (owned by ``owner``), ``syncfs``, rename into place, fsync the directory. Holds the
+    template's lock shared throughout (so ``cache clear`` and a rebuild wait for it, as
+    for a copy); the caller holds ``<key>.refill.lock``. Never runs postgres.
+
+    :returns: whether a spare was made (False: the template is gone, or a spare is ready).
+    """
+    tpl = root / key
+    spare = spare_path(key, root)
+    if not tpl.is_dir():
+        return False
+    with _locked(key, exclusive=False, root=root):
+        if not server.is_datadir(tpl) or _spare_ready(spare, owner) is not None:
+            return False
+        for stale in root.glob(f".{key}.tmp-spare-*"):  # a refill that died
+            shutil.rmtree(stale, ignore_errors=True)
+        if os.path.lexists(spare):  # broken, or another user's: replace it
+            trash = root / f".{key}.tmp-spare-trash-{os.getpid()}"
+            os.rename(spare, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        user = None
+        if owner != (os.geteuid(), os.getegid()):
+            user = ServerUser(name="", uid=owner[0], gid=owner[1], groups=(), home="")
+        tmp = root / f".{key}.tmp-spare-{os.getpid()}"
+        try:
+            copy_tree(tpl, tmp, user)
+            sync_fs(tmp)
+            os.rename(tmp, spare)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(root)
+    return True
+
+
+def wait_refills(timeout: float = LOCK_TIMEOUT) -> None:
+    """Wait until no refill is running for any template of the cache (tests, benchmarks)."""
+    deadline = time.monotonic() + timeout
+    for p in list(_refills):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.0, deadline - time.monotonic()))
+        if p.returncode is not None:
+            _refills.remove(p)
+    root = templates_dir()
+    try:
+        locks = sorted(root.glob(f"*{REFILL_LOCK}"))
+    except OSError:
+        return
+    for lock in locks:
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise Busy(f"a refill of {lock.name} is still running") from None
+                    time.sleep(0.01)
+        finally:
+            os.close(fd)
+
+
+def _refill_main(argv: list[str]) -> int:
+    """``refill ROOT KEY UID GID LOCKFD`` (as started by :func:`start_refill`)."""
+    if len(argv) != 6 or argv[0] != "refill":
+        print("usage: python -m pgmgr.core.template refill ROOT KEY UID GID LOCKFD")
+        return 2
+    _, root, key, uid, gid, fd = argv
+    with contextlib.suppress(OSError):
+        os.nice(10)  # background work: let the foreground (initdb, postgres) go first
+    try:
+        refill(Path(root), key, (int(uid), int(gid)))
+    except Exception:
+        return 1
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
+    return 0
 
 
 def make_parents(path: Path, made: list[Path]) -> None:
@@ -390,7 +656,11 @@ def list_templates() -> list[dict[str, Any]]:
     root = templates_dir()
     found = []
     try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        dirs = sorted(
+            p
+            for p in root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(SPARE)
+        )
     except FileNotFoundError:
         return []
     for path in dirs:
@@ -400,7 +670,11 @@ def list_templates() -> list[dict[str, Any]]:
             meta = {}
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         stale = not _binaries_match(meta)
-        found.append({"key": path.name, "path": str(path), "bytes": size, "stale": stale, **meta})
+        spare = _spare_ready(spare_path(path.name, root), None) is not None
+        found.append(
+            {"key": path.name, "path": str(path), "bytes": size, "stale": stale, **meta}
+            | {"spare": spare}
+        )
     return found
 
 
@@ -426,6 +700,13 @@ def _remove(key: str, *, wait: bool) -> bool:
             trash = root / f".{key}.tmp-trash-{os.getpid()}"
             os.rename(root / key, trash)
             shutil.rmtree(trash, ignore_errors=True)
+        if os.path.lexists(
+            spare_path(key, root)
+        ):  # renamed away first: a claim gets all or nothing
+            trash = root / f".{key}.tmp-trash-spare-{os.getpid()}"
+            os.rename(spare_path(key, root), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            existed = True
         with contextlib.suppress(FileNotFoundError):
             (root / f"{key}.json").unlink()
         for stale in root.glob(f".{key}.tmp-*"):
@@ -456,5 +737,10 @@ def clear() -> list[str]:
     keys = {t["key"] for t in list_templates()}
     with contextlib.suppress(FileNotFoundError):
         keys |= {p.stem for p in root.glob("*.json")}
+        keys |= {p.name[: -len(SPARE)] for p in root.glob(f"*{SPARE}")}
         keys |= {p.name.split(".tmp-")[0][1:] for p in root.glob(".*.tmp-*")}
     return [key for key in sorted(keys) if _remove(key, wait=True)]
+
+
+if __name__ == "__main__":
+    raise SystemExit(_refill_main(sys.argv[1:]))

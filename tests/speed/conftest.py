@@ -78,6 +78,7 @@ def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield path
     finally:
+        wait_refills()
         left = postmasters_under(path)
         for pid in left:
             process.signal_pid(pid, signal.SIGQUIT)
@@ -105,10 +106,22 @@ def started(base: Path) -> Iterator[Callable[..., dict[str, Any]]]:
 
 
 def templates(cache: Path | None = None) -> list[str]:
+    """The template keys in the cache (not their spares)."""
     root = (cache or Path(os.environ["PGMGR_CACHE_DIR"])) / "templates"
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".spare")
+    )
+
+
+def wait_refills() -> None:
+    """Wait for the background refills of spare copies (none is left running by a test)."""
+    from pgmgr.core import template
+
+    template.wait_refills(timeout=120)
 
 
 @pytest.fixture(scope="session")
