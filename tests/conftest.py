@@ -9,7 +9,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +43,44 @@ def suite_postmasters() -> list[int]:
     return found
 
 
+def suite_refills() -> list[int]:
+    """Live template refill processes (``python -m pgmgr.core.template refill``) of this
+    session: pgmgr starts them in the background after an init."""
+    want = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if b"pgmgr.core.template" not in argv or b"refill" not in argv:
+                continue
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if want in env and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _refills_done() -> Iterator[None]:
+    """After each test, wait for the background refills it caused, so that its directories
+    are removed whole and nothing it started outlives it."""
+    yield
+    deadline = time.monotonic() + 60
+    while suite_refills() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any server started by the suite is still running (and kill it)."""
     if hasattr(session.config, "workerinput"):
         return  # only the controller, after every worker is done
-    left = suite_postmasters()
+    left = suite_postmasters() + suite_refills()
     for sig in (signal.SIGQUIT, signal.SIGKILL):
-        for pid in suite_postmasters():
+        for pid in suite_postmasters() + suite_refills():
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         time.sleep(1 if sig == signal.SIGQUIT and left else 0)
