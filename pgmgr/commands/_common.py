@@ -47,6 +47,12 @@ NoTemplate = Annotated[
         "(also: PGMGR_NO_TEMPLATE=1).",
     ),
 ]
+Setting = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-c", "--setting", help="Server setting name=value (repeatable).", show_default=False
+    ),
+]
 User = Annotated[
     str | None,
     typer.Option(

@@ -18,12 +18,7 @@ def run(
         list[str], typer.Argument(help="The command and its arguments, after '--'.")
     ],
     version: c.Version = None,
-    setting: Annotated[
-        list[str] | None,
-        typer.Option(
-            "-c", "--setting", help="Server setting name=value (repeatable).", show_default=False
-        ),
-    ] = None,
+    setting: c.Setting = None,
     timeout: c.Timeout = 30.0,
     quiet: c.Quiet = False,
 ) -> None:

@@ -33,12 +33,7 @@ def start(
         ),
     ] = None,
     version: c.Version = None,
-    setting: Annotated[
-        list[str] | None,
-        typer.Option(
-            "-c", "--setting", help="Server setting name=value (repeatable).", show_default=False
-        ),
-    ] = None,
+    setting: c.Setting = None,
     timeout: c.Timeout = 30.0,
     user: c.User = None,
     socket_dir: Annotated[
