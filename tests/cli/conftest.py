@@ -10,50 +10,18 @@ work dir, and the test fails if one had to be killed.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pgmgr.core import process
-from tests.helpers import run_pgmgr
-
-
-def postmasters_under(root: Path) -> list[int]:
-    """Live postmasters whose ``-D`` is under ``root`` (backends rewrite their argv)."""
-    prefix = os.path.realpath(root) + os.sep
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        argv = process.cmdline(int(entry))
-        if not argv or os.path.basename(argv[0]) not in ("postgres", "postmaster"):
-            continue
-        for flag, value in itertools.pairwise(argv):
-            under = (os.path.realpath(value) + os.sep).startswith(prefix)
-            if flag == "-D" and under and process.is_alive(int(entry)):
-                found.append(int(entry))
-    return found
-
-
-def kill_postmasters(pids: list[int]) -> None:
-    for pid in pids:
-        process.signal_pid(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(process.is_alive(p) for p in pids):
-        time.sleep(0.01)
-    for pid in pids:
-        if process.is_alive(pid):
-            process.signal_pid(pid, signal.SIGKILL)
+from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
 
 
 @dataclass
@@ -78,32 +46,17 @@ def template_dir() -> Iterator[Path]:
     """A PostgreSQL 15 data dir initialized once (auth trust), copied by ``datadir``."""
     base = Path(tempfile.mkdtemp(prefix="pgmgr-cli-tpl-", dir="/tmp"))
     base.chmod(0o755)
-    env = dict(os.environ)
-    env.update(PGMGR_STATE_DIR=str(base / "state"), PGMGR_CACHE_DIR=str(base / "cache"))
-    env.update(TMPDIR=str(base))
-    for key in ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES"):
-        env.pop(key, None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgmgr",
-            "init",
-            "-q",
-            "-d",
-            str(base / "tpl"),
-            "-v",
-            "15",
-            "--auth",
-            "trust",
-            "--",
-            "--no-sync",
-        ],
+    env: dict[str, str | None] = {
+        "PGMGR_STATE_DIR": str(base / "state"),
+        "PGMGR_CACHE_DIR": str(base / "cache"),
+        "TMPDIR": str(base),
+        **dict.fromkeys(("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES")),
+    }
+    proc = run_pgmgr(
+        "init", "-q", "-d", str(base / "tpl"), "-v", "15", "--auth", "trust", "--", "--no-sync",
         env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+        timeout=600,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     yield base / "tpl"
     shutil.rmtree(base, ignore_errors=True)

@@ -31,10 +31,8 @@ from tests.core.support import (
     TEMPLATE_PASSWORD,
     VERSIONS,
     ManagerFactory,
-    copy_datadir,
-    kill_postmasters,
-    postmasters_under,
 )
+from tests.helpers import copy_datadir, kill_postmasters, postgres_processes
 
 # --------------------------------------------------------------------------- dirs, isolation
 
@@ -64,7 +62,7 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base.chmod(0o755)
     (base / "tmp").mkdir(mode=0o755)
     yield base
-    leftovers = postmasters_under(base, tmp_path_factory.getbasetemp())
+    leftovers = postgres_processes(base, tmp_path_factory.getbasetemp())
     kill_postmasters(leftovers)
     shutil.rmtree(base, ignore_errors=True)
     if leftovers:
@@ -178,7 +176,7 @@ def managers(work_dir: Path) -> Iterator[ManagerFactory]:
         if m.process is not None:
             with contextlib.suppress(Exception):
                 m.process.wait(timeout=5)
-    leftovers = postmasters_under(work_dir)
+    leftovers = postgres_processes(work_dir)
     kill_postmasters(leftovers)
     if leftovers:  # started behind the managers' back (another process) and not stopped
         pytest.fail(f"servers left running by this test (now killed): {leftovers}")

@@ -20,9 +20,8 @@ from tests.core.support import (
     TEMPLATE_PASSWORD,
     VERSIONS,
     ManagerFactory,
-    copy_datadir,
-    postmasters_under,
 )
+from tests.helpers import copy_datadir, postmasters_under
 
 NASTY_PASSWORD = "p@ss w'o:r/d\\%?#&="
 

@@ -14,7 +14,8 @@ import pytest
 
 from pgmgr import DatabaseException, WorkerError
 from pgmgr.core import process
-from tests.core.support import ManagerFactory, postmasters_under
+from tests.core.support import ManagerFactory
+from tests.helpers import postmasters_under
 
 
 def _alive(pid: int) -> bool:

@@ -12,7 +12,8 @@ import pytest
 
 from pgmgr import DatabaseException, Manager
 from pgmgr.core import registry
-from tests.core.support import ManagerFactory, copy_datadir, is_root, needs_root
+from tests.core.support import ManagerFactory, is_root, needs_root
+from tests.helpers import copy_datadir
 
 
 def _uid_of(pid: int) -> int:

@@ -22,7 +22,8 @@ from pgmgr import DatabaseException, Manager, WorkerError
 from pgmgr.core import process, server
 from pgmgr.core.errors import PortInUse
 from pgmgr.core.server import SOCKET_PATH_MAX, free_port
-from tests.core.support import TEMPLATE_PASSWORD, ManagerFactory, is_root, postmasters_under
+from tests.core.support import TEMPLATE_PASSWORD, ManagerFactory, is_root
+from tests.helpers import postmasters_under
 
 
 def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

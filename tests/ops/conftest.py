@@ -17,18 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from pgmgr.core import process
-from tests.helpers import run_pgmgr
+from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,34 +44,6 @@ def make_dir(prefix: str) -> Path:
     return path
 
 
-def postmasters_under(root: Path) -> list[int]:
-    """Pids of live postmasters whose ``-D`` lies under ``root``."""
-    prefix = os.path.realpath(root) + os.sep
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        argv = process.cmdline(int(entry))
-        if not argv or os.path.basename(argv[0]) not in ("postgres", "postmaster"):
-            continue
-        dirs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-D"]
-        under = any((os.path.realpath(d) + os.sep).startswith(prefix) for d in dirs)
-        if under and process.is_alive(int(entry)):
-            found.append(int(entry))
-    return found
-
-
-def kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        process.signal_pid(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(process.is_alive(p) for p in pids):
-        time.sleep(0.01)
-    for pid in pids:
-        if process.is_alive(pid):
-            process.signal_pid(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def ops_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = make_dir("pgmgr-ops-")
@@ -86,7 +55,7 @@ def ops_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         monkeypatch.delenv(name)
     yield path
     left = postmasters_under(path)
-    kill_all(left)
+    kill_postmasters(left)
     shutil.rmtree(path, ignore_errors=True)
     if left:
         pytest.fail(f"servers left running by this test (now killed): {left}")
@@ -171,5 +140,5 @@ def shared() -> Iterator[Instance]:
     finally:
         _stop(inst)
         left = postmasters_under(base)
-        kill_all(left)
+        kill_postmasters(left)
         shutil.rmtree(base, ignore_errors=True)

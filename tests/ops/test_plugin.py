@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.conftest import postmasters_under
+from tests.helpers import postmasters_under
 
 EXAMPLE = """
 import os

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import versions
-from tests.helpers import run_pgmgr
-from tests.ops.conftest import postmasters_under
+from tests.helpers import postmasters_under, run_pgmgr
 
 
 def assert_nothing_left(ops_dir: Path) -> None:

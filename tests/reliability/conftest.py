@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from pgmgr.core import process
+from tests.helpers import copy_datadir, kill_postmasters, postgres_pids_under, run_pgmgr
 
 PG15 = "15"
 TEMPLATE_PASSWORD = "rel-template-secret"
@@ -45,50 +46,6 @@ needs_root = pytest.mark.skipif(not is_root(), reason="needs root")
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def postgres_pids_under(*roots: Path) -> list[int]:
-    """Live postgres/initdb processes whose ``-D`` or working directory is under ``roots``.
-
-    Backends rewrite their argv ("postgres: checkpointer") but keep the data directory as
-    their working directory, so both are checked; orphaned backends of a killed postmaster
-    are found too.
-    """
-    prefixes = [os.path.realpath(r) + os.sep for r in roots]
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        argv = process.cmdline(pid)
-        if not argv:
-            continue
-        exe = os.path.basename(argv[0].split()[0]).rstrip(":")
-        if exe not in ("postgres", "postmaster", "initdb"):
-            continue
-        places = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-D", "--pgdata")]
-        with contextlib.suppress(OSError):
-            places.append(os.readlink(f"/proc/{pid}/cwd"))
-        for place in places:
-            real = os.path.realpath(place) + os.sep
-            if any(real.startswith(p) for p in prefixes) and process.is_alive(pid):
-                found.append(pid)
-                break
-    return found
-
-
-def kill_all(pids: list[int]) -> None:
-    """SIGQUIT (immediate shutdown), then SIGKILL whatever is left after 5 s."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGCONT)
-        process.signal_pid(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(process.is_alive(p) for p in pids):
-        time.sleep(0.01)
-    for pid in pids:
-        if process.is_alive(pid):
-            process.signal_pid(pid, signal.SIGKILL)
 
 
 def wait_no_processes(root: Path, timeout: float = 5.0) -> list[int]:
@@ -127,18 +84,8 @@ def pgmgr_argv(*args: str) -> list[str]:
 
 def pgmgr(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Run:
     """Run ``pgmgr ARGS`` as a real process; a traceback fails the test whatever the exit."""
-    proc = subprocess.run(
-        pgmgr_argv(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-    )
-    run = Run(pgmgr_argv(*args), proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, str(run)
-    return run
+    proc = run_pgmgr(*args, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    return Run(pgmgr_argv(*args), proc.returncode, proc.stdout, proc.stderr)
 
 
 def one_error(run: Run) -> str:
@@ -167,7 +114,7 @@ def rel_base() -> Iterator[Path]:
     yield base
     left = postgres_pids_under(base)
     _OUTLIVED.extend(left)
-    kill_all(left)
+    kill_postmasters(left)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -179,7 +126,7 @@ def work(rel_base: Path) -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     left = wait_no_processes(path, timeout=3)
-    kill_all(left)
+    kill_postmasters(left)
     shutil.rmtree(path, ignore_errors=True)
     if path.exists():  # a test made something unreadable or immutable
         subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True, check=False)
@@ -239,13 +186,6 @@ def template(rel_base: Path) -> Path:
         [sys.executable, "-c", code, str(datadir), TEMPLATE_PASSWORD], env=env, check=True
     )
     return datadir
-
-
-def copy_datadir(src: Path, dst: Path) -> Path:
-    """``cp -a``: keeps modes and, as root, the server user's ownership."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
-    return dst
 
 
 # --------------------------------------------------------------------------- instances
@@ -369,7 +309,7 @@ def no_orphans(inst: Inst) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No postgres process started by this suite may outlive it."""
     left = postgres_pids_under(*_BASES) if _BASES else []
-    kill_all(left)
+    kill_postmasters(left)
     left = sorted(set(left) | set(_OUTLIVED))
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

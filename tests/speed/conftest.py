@@ -12,18 +12,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pgmgr.core import process
+from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
 
 PG15 = Path("/usr/lib/postgresql/15/bin")
 
@@ -32,14 +29,7 @@ pytestmark = pytest.mark.skipif(not (PG15 / "postgres").exists(), reason="needs 
 
 def pgmgr(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pgmgr ARGS`` in the test's environment."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pgmgr", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
+    proc = run_pgmgr(*args, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"pgmgr {' '.join(args)}: {proc.stderr}"
     return proc
@@ -47,20 +37,6 @@ def pgmgr(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Co
 
 def pgmgr_json(*args: str) -> Any:
     return json.loads(pgmgr(*args, "--json").stdout)
-
-
-def postmasters_under(root: Path) -> list[int]:
-    prefix = os.path.realpath(root) + os.sep
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        argv = process.cmdline(int(entry))
-        if argv and os.path.basename(argv[0]) == "postgres" and "-D" in argv[:-1]:
-            d = os.path.realpath(argv[argv.index("-D") + 1]) + os.sep
-            if d.startswith(prefix) and process.is_alive(int(entry)):
-                found.append(int(entry))
-    return found
 
 
 @pytest.fixture
@@ -80,11 +56,7 @@ def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     finally:
         wait_refills()
         left = postmasters_under(path)
-        for pid in left:
-            process.signal_pid(pid, signal.SIGQUIT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(process.is_alive(p) for p in left):
-            time.sleep(0.01)
+        kill_postmasters(left, grace=10)
         shutil.rmtree(path, ignore_errors=True)
         assert not left, f"servers left running by the test (now stopped): {left}"
 
