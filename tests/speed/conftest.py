@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,23 @@ def pgmgr(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Co
 
 def pgmgr_json(*args: str) -> Any:
     return json.loads(pgmgr(*args, "--json").stdout)
+
+
+def init_concurrently(dirs: list[Path]) -> None:
+    """``pgmgr init -d DIR --json`` for every dir at once; each must initialize its dir."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pgmgr", "init", "-d", str(d), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in dirs
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert json.loads(out)["initialized"]
 
 
 @pytest.fixture

@@ -5,12 +5,9 @@ and ``cache clear`` removes spares."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ import pytest
 
 from pgmgr.core import registry
 
-from .conftest import pgmgr, pgmgr_json, templates, wait_refills
+from .conftest import init_concurrently, pgmgr, pgmgr_json, templates, wait_refills
 from .test_template import connect, scalar
 
 
@@ -104,19 +101,7 @@ def test_instances_from_spares_are_independent(
 def test_concurrent_inits_with_a_spare(base: Path, started: Callable[..., dict[str, Any]]) -> None:
     inode = ready(base)
     dirs = [base / f"c{i}" for i in range(4)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pgmgr", "init", "-d", str(d), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for d in dirs
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-        assert json.loads(out)["initialized"]
+    init_concurrently(dirs)
     inodes = [d.stat().st_ino for d in dirs]
     assert len(set(inodes)) == 4
     assert inodes.count(inode) == 1, "exactly one init got the spare, the others copied"

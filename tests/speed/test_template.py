@@ -3,10 +3,7 @@ concurrent inits are safe, new binaries get a new template, and the opt-outs wor
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ import pytest
 
 from pgmgr.core import registry
 
-from .conftest import pgmgr, pgmgr_json, templates, wait_refills
+from .conftest import init_concurrently, pgmgr, pgmgr_json, templates, wait_refills
 
 
 def connect(port: int, password: str | None, **kw: Any) -> psycopg.Connection[Any]:
@@ -126,19 +123,7 @@ def test_concurrent_inits_with_an_empty_cache(
     base: Path, started: Callable[..., dict[str, Any]]
 ) -> None:
     dirs = [base / f"c{i}" for i in range(4)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pgmgr", "init", "-d", str(d), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for d in dirs
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-        assert json.loads(out)["initialized"]
+    init_concurrently(dirs)
     assert len(templates()) == 1
     wait_refills()  # a spare being made in the background is not a leftover
     leftovers = [p.name for p in (Path(os.environ["PGMGR_CACHE_DIR"]) / "templates").iterdir()]
