@@ -24,28 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)  # xdist workers inherit it
 
 
-def suite_postmasters() -> list[int]:
-    """Live postgres/initdb processes whose environment carries this session's marker."""
-    want = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0]
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        name = os.path.basename(argv0)
-        if name in (b"postgres", b"postmaster", b"initdb") and want in env and state != "Z":
-            found.append(int(entry))
-    return found
-
-
-def suite_refills() -> list[int]:
-    """Live template refill processes (``python -m pgmgr.core.template refill``) of this
-    session: pgmgr starts them in the background after an init."""
+def session_processes(wanted: Callable[[list[bytes]], bool]) -> list[int]:
+    """Live (not zombie) processes whose environment carries this session's marker and
+    whose argv (``/proc/PID/cmdline`` split on NULs) is ``wanted``."""
     want = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -53,7 +34,7 @@ def suite_refills() -> list[int]:
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if b"pgmgr.core.template" not in argv or b"refill" not in argv:
+            if not wanted(argv):
                 continue
             env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -62,6 +43,19 @@ def suite_refills() -> list[int]:
         if want in env and state != "Z":
             found.append(int(entry))
     return found
+
+
+def suite_postmasters() -> list[int]:
+    """Live postgres/initdb processes whose environment carries this session's marker."""
+    return session_processes(
+        lambda argv: os.path.basename(argv[0]) in (b"postgres", b"postmaster", b"initdb")
+    )
+
+
+def suite_refills() -> list[int]:
+    """Live template refill processes (``python -m pgmgr.core.template refill``) of this
+    session: pgmgr starts them in the background after an init."""
+    return session_processes(lambda argv: b"pgmgr.core.template" in argv and b"refill" in argv)
 
 
 @pytest.fixture(autouse=True)
