@@ -208,13 +208,7 @@ class Server:
         on_disk = server.datadir_major(self.datadir)
         major = on_disk or self.inst.major
         if requested:
-            requested = versions.check_version_string(requested)
-            if versions.major_of(requested) != major and requested != major:
-                raise DatabaseException(
-                    f"data directory {self.datadir} is PostgreSQL {major}; "
-                    f"it cannot be run with version {requested}",
-                    hint=f"leave out --version, or use -v {major}",
-                )
+            requested = check_major(self.datadir, major, requested)
         recorded = Path(self.inst.bindir) / "postgres"
         if not requested and recorded.is_file() and self.inst.major == major:
             return versions.Installation(
@@ -707,14 +701,23 @@ def pick_installation(datadir: Path, version: str | None) -> versions.Installati
     """The seed's version rules, with an existing data dir's PG_VERSION pinning the major."""
     on_disk = server.datadir_major(datadir) if datadir.is_dir() else None
     if on_disk and version:
-        version = versions.check_version_string(version)
-        if versions.major_of(version) != on_disk and version != on_disk:
-            raise DatabaseException(
-                f"data directory {datadir} is PostgreSQL {on_disk}; "
-                f"it cannot be run with version {version}",
-                hint=f"leave out --version, or use -v {on_disk}",
-            )
+        version = check_major(datadir, on_disk, version)
     return versions.select(version or on_disk).installation
+
+
+def check_major(datadir: Path, major: str, requested: str) -> str:
+    """``requested`` (validated) if it names the data directory's ``major`` version.
+
+    :raises UsageError: not a version. :raises DatabaseException: another major.
+    """
+    requested = versions.check_version_string(requested)
+    if versions.major_of(requested) != major and requested != major:
+        raise DatabaseException(
+            f"data directory {datadir} is PostgreSQL {major}; "
+            f"it cannot be run with version {requested}",
+            hint=f"leave out --version, or use -v {major}",
+        )
+    return requested
 
 
 def _why_missing(datadir: Path) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,35 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterator[bool]:
+    """Hold ``flock`` on ``path`` (created 0600), polling every 10 ms for up to ``timeout``.
+
+    Yields False at once when ``timeout`` is 0 and the lock is taken.
+
+    :raises Busy: still taken after ``timeout`` (the message is ``busy``).
+    """
+    import fcntl
+
+    from pgmgr.core.errors import Busy
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                break
+            except BlockingIOError:
+                if timeout == 0:
+                    yield False
+                    return
+                if time.monotonic() >= deadline:
+                    raise Busy(f"{busy} (waited {timeout:.0f} s)") from None
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)

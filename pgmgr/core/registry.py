@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import paths
-from pgmgr.core.errors import Busy, InstanceNotFound, PgmgrError, UsageError
+from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -251,19 +250,10 @@ def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
 
     key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
     lockdir = paths.ensure_private_dir(paths.state_dir() / "locks")
-    fd = os.open(lockdir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Busy(
-                        f"another pgmgr is working on {datadir} (waited {timeout:.0f} s)"
-                    ) from None
-                time.sleep(0.01)
+    with paths.flocked(
+        lockdir / f"{key}.lock",
+        exclusive=True,
+        timeout=timeout,
+        busy=f"another pgmgr is working on {datadir}",
+    ):
         yield
-    finally:
-        os.close(fd)

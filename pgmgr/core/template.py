@@ -265,24 +265,10 @@ def _locked(
 ) -> Iterator[bool]:
     """Hold ``<templates>/<key>.lock``; yields False when ``timeout`` is 0 and it is busy."""
     root = paths.ensure_private_dir(root or templates_dir())
-    fd = os.open(root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if timeout == 0:
-                    yield False
-                    return
-                if time.monotonic() >= deadline:
-                    raise Busy(f"template {key} is busy (waited {timeout:.0f} s)") from None
-                time.sleep(0.01)
-        yield True
-    finally:
-        os.close(fd)
+    with paths.flocked(
+        root / f"{key}.lock", exclusive=exclusive, timeout=timeout, busy=f"template {key} is busy"
+    ) as held:
+        yield held
 
 
 # --------------------------------------------------------------------------- init
