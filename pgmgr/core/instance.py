@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 AUTO_PORT_TRIES = 5
 
 
-class DataDirNotFound(InstanceNotFound):
+class DataDirNotFound(InstanceNotFound, DatabaseException):
+    """No data directory at that path: exit code 4 for the CLI, and a
+    :class:`DatabaseException` for the seed API's ``except DatabaseException``."""
+
     def __init__(self, datadir: Path, why: str = "does not exist") -> None:
         self.datadir = datadir
         super().__init__(
