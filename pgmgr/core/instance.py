@@ -25,6 +25,7 @@ from pgmgr.core.errors import (
     EXIT_OK,
     DatabaseException,
     InstanceNotFound,
+    NotRunning,
     PortInUse,
     UsageError,
     WorkerError,
@@ -47,6 +48,20 @@ class DataDirNotFound(InstanceNotFound, DatabaseException):
         super().__init__(
             f"data directory {datadir} {why}",
             hint=f"create it with 'pgmgr init -d {datadir}' (or start it with --init)",
+        )
+
+
+class ServerStopping(NotRunning):
+    """A start found the server shutting down (exit code 3: it will not be running)."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.pid = pid
+        super().__init__(
+            f"'{name}' (pid {pid}) is shutting down: a stop is waiting for its clients "
+            "to disconnect, or finishing a checkpoint",
+            hint=f"wait until 'pgmgr status {name}' says stopped and start it again, or "
+            f"end the client sessions now with 'pgmgr stop {name} -m fast'",
         )
 
 
@@ -314,6 +329,7 @@ class Server:
         install = self.installation(version)
         pf = self.running()
         if pf is not None:
+            pf = self._settle(pf, timeout if wait else 0.0)
             self._record_running(pf)
             # A first start that could not set the template copy's password: try again.
             self._apply_pending_password(install, None)
@@ -368,6 +384,33 @@ class Server:
                 raise
             return StartResult(self.inst, False, pf.pid, time.monotonic() - t0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _settle(self, pf: process.PidFile, timeout: float) -> process.PidFile:
+        """A start of a server that already runs: one shutting down is not running for
+        long (exit 3, says what to do); one still starting (crash recovery) is waited for,
+        up to ``timeout``, and never killed: this call did not start it.
+
+        :raises ServerStopping: it is shutting down.
+        :raises WorkerError: it exited, or was still starting after ``timeout``.
+        """
+        if pf.status == "stopping":
+            raise ServerStopping(self.inst.name, pf.pid)
+        if pf.status != "starting" or timeout <= 0:
+            return pf
+        try:
+            offset = server.open_log_offset(self.log_file)
+            return server.wait_ready(
+                pf.pid, self.datadir, timeout, log_file=self.log_file, log_offset=offset
+            )
+        except ServerExited:
+            raise
+        except WorkerError:
+            raise WorkerError(
+                f"'{self.inst.name}' (pid {pf.pid}) is still starting after {timeout:g} s "
+                "(crash recovery, or a standby catching up); it was left running",
+                hint=f"see 'pgmgr logs {self.inst.name}', and start again with a longer "
+                "--timeout to wait for it",
+            ) from None
 
     def _choose_port(self, host: str, port: int | str | None) -> int:
         if port == "auto":
