@@ -78,7 +78,7 @@ def test_start_of_a_starting_server_waits_for_ready(cluster: InstFactory) -> Non
         assert waiting.poll() is None, waiting.communicate()  # still waiting for ready
     finally:
         os.kill(pid, signal.SIGCONT)
-    out, err = waiting.communicate(timeout=60)
+    _, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, err
     assert "already running" in err and "Traceback" not in err
     assert process.PidFile.read(inst.datadir).status == "ready"  # type: ignore[union-attr]
