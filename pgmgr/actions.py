@@ -79,6 +79,8 @@ def start(
     from pgmgr.core.instance import Server
 
     settings = dict(server.parse_setting(s) for s in setting or [])
+    if socket_dir is not None:
+        server.check_socket_dir_text(socket_dir)  # before anything is made
     if port is not None and port != "auto":
         try:
             number = int(port)
@@ -228,8 +230,12 @@ def stop(
                 "stopped": stopped,
                 "pid": pf.pid if pf else None,
                 "elapsed_ms": round(elapsed * 1000, 1),
+                "record_error": srv.record_error,
             }
         )
+        if srv.record_error:
+            ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
+                       f"{srv.record_error}")  # fmt: skip
         missing = not stopped and srv.status().state == "missing"
         if missing and not all_:
             raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4

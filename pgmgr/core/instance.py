@@ -144,6 +144,8 @@ class Server:
         self.register = register
         self.child: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        #: Why the last stop could not update the record (it still stopped), else None.
+        self.record_error: str | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -162,10 +164,7 @@ class Server:
 
         :raises DatabaseException: the version asked for is not the data directory's.
         """
-        datadir = Path(os.path.abspath(datadir))
-        if "\n" in str(datadir) or "\r" in str(datadir):
-            # postmaster.pid is line-based: PostgreSQL cannot run in such a directory.
-            raise UsageError(f"invalid data directory {str(datadir)!r}: it holds a line break")
+        datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
         inst = registry.find_by_datadir(datadir) if register else None
         if inst is not None:
             srv = cls(inst, register=register)
@@ -324,6 +323,8 @@ class Server:
         """
         t0 = time.monotonic()
         datadir = self.datadir
+        if socket_dir:
+            server.check_socket_dir_text(socket_dir)
         if not server.is_datadir(datadir):
             raise DataDirNotFound(datadir, _why_missing(datadir))
         install = self.installation(version)
@@ -612,12 +613,13 @@ class Server:
         :returns: False if it was not running.
         :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
         """
+        self.record_error = None
         pf = self.running()
         if pf is None:
             self._reap()
             if self.inst.pid is not None:
                 self.inst.pid = None
-                self.save()
+                self._save_after_stop()
             return False
         if not wait:
             process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
@@ -631,8 +633,17 @@ class Server:
             )
         self._reap()
         self.inst.pid = None
-        self.save()
+        self._save_after_stop()
         return True
+
+    def _save_after_stop(self) -> None:
+        """The server did stop: a record that cannot be updated (a full or read-only state
+        filesystem) does not make that a failure. The stale pid in it is never trusted
+        (process truth), so :attr:`record_error` only says why it was not updated."""
+        try:
+            self.save()
+        except OSError as e:
+            self.record_error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server to exit; its exit code when this process started it."""
@@ -764,6 +775,26 @@ def check_major(datadir: Path, major: str, requested: str) -> str:
             hint=f"leave out --version, or use -v {major}",
         )
     return requested
+
+
+def check_path_text(path: Path, what: str) -> Path:
+    """``path`` if pgmgr can record and hand it to PostgreSQL: valid UTF-8 (records are
+    JSON), no line break (postmaster.pid is line-based), no NUL.
+
+    :raises UsageError: it cannot.
+    """
+    text = str(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise UsageError(
+            f"invalid {what} {shown!r}: the path is not valid UTF-8",
+            hint="rename it, or use a path whose name is valid UTF-8",
+        ) from None
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise UsageError(f"invalid {what} {text!r}: it holds a line break")
+    return path
 
 
 def _why_missing(datadir: Path) -> str:

@@ -90,6 +90,8 @@ class Manager:
     def _open(self, initialize: bool) -> None:
         kwargs = self.kwargs
         self.settings = server.check_settings(kwargs.get("settings") or {})
+        if kwargs.get("socket_dir"):
+            server.check_socket_dir_text(kwargs["socket_dir"])
         self._server = Server.for_datadir(
             self.db_dir,
             name=kwargs.get("name"),

@@ -74,6 +74,32 @@ def check_settings(settings: Mapping[str, object]) -> dict[str, str]:
     return dict(parse_setting(f"{k}={v}") for k, v in settings.items())
 
 
+def check_socket_dir_text(path: str | Path) -> Path:
+    """A socket directory PostgreSQL can be given (``-k``): absolute, valid UTF-8, no line
+    break, NUL or double quote (unix_socket_directories is a quoted list), short enough for
+    a socket path. Pure: call it before anything is created.
+
+    :raises UsageError: it cannot.
+    """
+    text = os.path.abspath(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"invalid socket directory {text!r}: the path is not valid UTF-8"
+        ) from None
+    for bad, what in (("\n", "a line break"), ("\r", "a line break"), ("\0", "a NUL byte"),
+                      ('"', "a double quote")):  # fmt: skip
+        if bad in text:
+            raise UsageError(f"invalid socket directory {text!r}: it holds {what}")
+    if len(socket_path(Path(text), 65535)) > SOCKET_PATH_MAX:
+        raise UsageError(
+            f"socket directory {text} is too long: the socket path must fit in "
+            f"{SOCKET_PATH_MAX} bytes"
+        )
+    return Path(text)
+
+
 def _quote_dir(path: Path) -> str:
     text = str(path)
     if '"' in text:
@@ -343,13 +369,8 @@ def socket_dir(
     :raises DatabaseException: a named directory cannot be created or written.
     """
     if requested:
-        path = Path(requested).absolute()
+        path = check_socket_dir_text(requested)
         check_socket_dir(path, user)
-        if len(socket_path(path, port)) > SOCKET_PATH_MAX:
-            raise DatabaseException(
-                f"socket directory {path} is too long: the socket path must fit in "
-                f"{SOCKET_PATH_MAX} bytes"
-            )
         return path
     if recorded:
         path = Path(recorded)
@@ -460,23 +481,41 @@ def wait_ready(
             return pf
         exited = child.poll() is not None if child is not None else not process.is_alive(pid)
         if exited:
-            tail = log_tail(log_file, since=log_offset)
+            tail = log_tail(log_file, lines=200, since=log_offset)
             raise ServerExited(pid, tail)
         if time.monotonic() >= deadline:
             raise WorkerError(f"server (pid {pid}) was not ready within {timeout:g} s")
         time.sleep(process.POLL)
 
 
+_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+")
+
+
+def why_exited(log: str) -> str:
+    """What a start-up log says went wrong: its FATAL and PANIC lines (from the severity
+    on, without the timestamp), else its last line. Not "database system is shut down",
+    which postgres logs after the cause."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    severe = []
+    for line in lines:
+        m = _SEVERE_RE.search(line)
+        if m and " ".join(line[m.start() :].split()) not in severe:
+            severe.append(" ".join(line[m.start() :].split()))
+    if severe:
+        return "; ".join(severe[-3:])
+    return lines[-1] if lines else "no log output"
+
+
 class ServerExited(WorkerError):
-    """postgres exited while starting; the end of its log says why."""
+    """postgres exited while starting; the FATAL/PANIC lines of its log say why."""
 
     def __init__(self, pid: int, log: str) -> None:
         self.pid = pid
         self.log = log
-        last = log.strip().splitlines()[-1] if log.strip() else "no log output"
+        why = why_exited(log)
         if "Address already in use" in log:
-            last = "port already in use (" + last + ")"
-        super().__init__(f"postgres exited during start-up: {last}")
+            why = "port already in use (" + why + ")"
+        super().__init__(f"postgres exited during start-up: {why}")
 
 
 def stop(pid: int, datadir: Path, mode: str, timeout: float | None) -> bool:
