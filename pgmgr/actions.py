@@ -157,7 +157,8 @@ def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None
 
 
 def _catch_stop_signals() -> list[int]:
-    """From now on SIGINT/SIGTERM only append to the returned list."""
+    """From now on SIGINT, SIGTERM, SIGHUP (the terminal closed) and SIGQUIT only append to
+    the returned list: each stops the server cleanly, none leaves it running."""
     import signal
 
     caught: list[int] = []
@@ -165,13 +166,14 @@ def _catch_stop_signals() -> list[int]:
     def _stop(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, _stop)
     return caught
 
 
 def _attend(srv: Server, stop_requested: list[int]) -> int:
-    """Stay attached until the server exits; SIGINT/SIGTERM stop it cleanly (fast mode)."""
+    """Stay attached until the server exits; SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
+    (fast mode)."""
     from pgmgr.core.errors import WorkerError
 
     ui.message("Running in the foreground; press Ctrl-C to stop")

@@ -143,6 +143,8 @@ class Server:
         self.inst = inst
         self.register = register
         self.child: subprocess.Popen[bytes] | None = None
+        #: A temporary server: postgres is stopped when this process dies (even SIGKILL).
+        self.die_with_parent = False
         self._log_offset = 0
         #: Why the last stop could not update the record (it still stopped), else None.
         self.record_error: str | None = None
@@ -532,7 +534,7 @@ class Server:
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
         try:
-            self.child = server.spawn(argv, self.log_file, su)
+            self.child = server.spawn(argv, self.log_file, su, die_with_parent=self.die_with_parent)
         finally:
             if main:
                 signal.signal(signal.SIGINT, old)

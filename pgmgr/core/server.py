@@ -13,8 +13,9 @@ import errno
 import os
 import re
 import signal
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -268,7 +269,8 @@ def initdb(
     try:
         datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
         chown(datadir, user)
-        with tempfile.TemporaryDirectory(prefix="pgmgr-pw-") as tmp:
+        # The pid in the name lets a later pgmgr sweep it if this one is SIGKILLed.
+        with tempfile.TemporaryDirectory(prefix=f"pgmgr-pw-{os.getpid()}-") as tmp:
             pwfile = None
             if password is not None:
                 tmpdir = Path(tmp)
@@ -416,13 +418,42 @@ def check_socket_dir(path: Path, user: ServerUser | None) -> None:
 # --------------------------------------------------------------------------- spawn, ready
 
 
-def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subprocess.Popen[bytes]:
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGQUIT (postgres' immediate shutdown, which also
+    ends its backends and removes its pid file and sockets) when ``parent`` dies, even by
+    SIGKILL. subprocess calls it after the uid/gid switch (the kernel clears the setting on
+    a credential change), and postgres is not set-uid, so it survives the exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def spawn(
+    argv: Sequence[str],
+    log_file: Path,
+    user: ServerUser | None,
+    *,
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start postgres in its own session (so a Ctrl-C meant for pgmgr never reaches it and
-    it outlives the CLI), output appended to ``log_file``.
+    it outlives the CLI), output appended to ``log_file``. With ``die_with_parent`` (a
+    temporary server) it is stopped when the calling thread's process dies, however it dies.
 
     :raises OSError: the binary cannot be executed.
     """
     import subprocess
+
+    preexec = _die_with(os.getpid()) if die_with_parent and sys.platform == "linux" else None
 
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -442,6 +473,7 @@ def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subpr
             user=uid,
             group=gid,
             extra_groups=groups,
+            preexec_fn=preexec,
         )
     finally:
         os.close(fd)
