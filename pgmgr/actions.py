@@ -106,8 +106,11 @@ def start(
         raise UsageError("--name names a new instance: use it with --init")
     else:
         srv = resolve(name, datadir)
-    with registry.lock(srv.datadir):
+    from pgmgr.core import initstart
+
+    with registry.lock(srv.datadir), initstart.undo_on_failure(srv, enabled=init):
         if init:
+            initstart.precheck(srv, host=host, port=port, settings=settings, user=user)
             _initialize(srv, user, template=not no_template)
         label = version_label(srv.inst.version)
         shown_port = "a free port" if port == "auto" else (port or srv.inst.port or 5432)

@@ -4,7 +4,8 @@ A ``pgmgr run`` (or pytest plugin) server dies with its pgmgr, even on SIGKILL (
 ``server.spawn(die_with_parent=True)``), but its directory cannot remove itself: each one
 names its owner (``pgmgr.owner``: pid and start time), and the next temporary instance
 removes those whose owner is gone and that no process works in. initdb's password dirs
-(``pgmgr-pw-<pid>-*``) are swept the same way.
+and the settings check's dirs (``pgmgr-pw-<pid>-*``, ``pgmgr-cfg-<pid>-*``) are swept once
+their pid is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pgmgr.core.errors import PgmgrError
 OWNER_FILE = "pgmgr.owner"
 #: Name prefixes of temporary directories (``pgmgr run``, the pytest plugin) that are swept.
 SWEPT_PREFIXES = ("pgmgr-run-", "pgmgr-pytest-")
+#: Short-lived directories named ``<prefix><pid>-*`` (initdb's password file, the settings
+#: check of ``start --init``): swept once that pid is gone.
+PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-")
 
 
 def owner_token(pid: int) -> str:
@@ -80,7 +84,7 @@ def dead_runs() -> list[Path]:
         except OSError:
             continue
         names = [n for n in entries if n.startswith(SWEPT_PREFIXES)]
-        for name in [n for n in entries if n.startswith("pgmgr-pw-")]:
+        for name in [n for n in entries if n.startswith(PID_PREFIXES)]:
             if _pw_dir_dead(name):
                 with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
                     userfs.rmtree_at(fd, name)
@@ -102,7 +106,7 @@ def dead_runs() -> list[Path]:
 
 
 def _pw_dir_dead(name: str) -> bool:
-    """``pgmgr-pw-<pid>-*`` (initdb's password file) of a pgmgr process that is gone."""
+    """``pgmgr-pw-<pid>-*`` or ``pgmgr-cfg-<pid>-*`` of a pgmgr process that is gone."""
     pid = name.split("-")[2]
     return pid.isdigit() and not process.is_alive(int(pid))
 
