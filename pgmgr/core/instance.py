@@ -349,8 +349,10 @@ class Server:
         for attempt in range(AUTO_PORT_TRIES if auto else 1):
             chosen = self._choose_port(host, port)
             recorded_sockdir = self.inst.socket_dir
-            sockdir = server.socket_dir(recorded_sockdir, socket_dir, chosen, su)
-            made_sockdir = not socket_dir and str(sockdir) != recorded_sockdir
+            sockdir = server.socket_dir(recorded_sockdir, socket_dir, chosen, su, datadir)
+            made_sockdir = (
+                not socket_dir and str(sockdir) != recorded_sockdir and sockdir != datadir
+            )
             server.clear_stale_socket_lock(sockdir, chosen, datadir)
             argv = server.postgres_argv(
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged

@@ -359,25 +359,37 @@ def _private_dir_ok(path: Path, user: ServerUser | None) -> bool:
 
 
 def socket_dir(
-    recorded: str | None, requested: str | None, port: int, user: ServerUser | None
+    recorded: str | None,
+    requested: str | None,
+    port: int,
+    user: ServerUser | None,
+    datadir: Path | None = None,
 ) -> Path:
-    """The directory for the unix socket.
+    """The directory for the unix socket (see :mod:`pgmgr.core.sockets`).
 
     A directory the user names is used as given, after checking it can be written (the
-    seed's lock-dir check). Otherwise the recorded private dir is reused while it is still
-    ours and 0700, else a new private dir is made under the temp dir; either way the full
-    socket path must fit in 107 bytes, or a short dir under /tmp is used.
+    seed's lock-dir check). A recorded directory the user chose earlier is reused while it
+    is still private (the server user's, 0700, not a symlink) and short enough. Otherwise
+    the data directory itself when the socket path fits there, else the instance's own
+    directory under the per-user runtime directory, else (that one cannot be trusted) a
+    fresh private directory in the temp dir. Stale socket directories are swept.
 
     :raises DatabaseException: a named directory cannot be created or written.
     """
+    from pgmgr.core import sockets
+
     if requested:
         path = check_socket_dir_text(requested)
         check_socket_dir(path, user)
         return path
-    if recorded:
+    if recorded and datadir is not None and not sockets.is_managed(recorded, datadir):
         path = Path(recorded)
         if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
             return path
+    chosen = sockets.default_dir(datadir, port, user) if datadir is not None else None
+    sockets.sweep(user, keep=chosen)
+    if chosen is not None:
+        return chosen
     import tempfile
 
     base = tempfile.gettempdir()
