@@ -162,6 +162,13 @@ def _stale(parent_fd: int, name: str) -> bool:
         os.close(fd)
 
 
+def temp_dirs() -> list[str]:
+    """Where pgmgr makes temporary directories: the temp dir, and /tmp (the fallback for
+    short socket paths) unless ``TMPDIR`` points elsewhere (a sandbox, a test)."""
+    here = tempfile.gettempdir()
+    return [here] if os.environ.get("TMPDIR") or here == "/tmp" else [here, "/tmp"]  # noqa: S108
+
+
 def sweep(user: ServerUser | None, keep: Path | None = None) -> list[Path]:
     """Remove stale socket directories: legacy ``pgmgr-XXXXXXXX`` ones in the temp dirs
     and per-instance ones under the runtime base, when they are ours (the server user's),
@@ -171,7 +178,7 @@ def sweep(user: ServerUser | None, keep: Path | None = None) -> list[Path]:
 
     removed = []
     uid = _uid(user)
-    places = [tempfile.gettempdir(), "/tmp", str(runtime_base(user))]  # noqa: S108
+    places = [*temp_dirs(), str(runtime_base(user))]
     for parent in dict.fromkeys(places):
         with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as pfd:
             legacy = parent != str(runtime_base(user))

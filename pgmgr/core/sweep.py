@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -78,7 +77,9 @@ def dead_runs() -> list[Path]:
 
     removed = []
     me = os.geteuid()
-    for parent in dict.fromkeys([tempfile.gettempdir(), "/tmp"]):  # noqa: S108
+    from pgmgr.core.sockets import temp_dirs
+
+    for parent in temp_dirs():
         try:
             entries = [n for n in os.listdir(parent) if n.startswith("pgmgr-")]
         except OSError:
