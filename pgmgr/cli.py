@@ -21,6 +21,7 @@ from pgmgr.commands import (
     reload,
     restart,
     run,
+    service,
     start,
     status,
     stop,
@@ -130,6 +131,7 @@ app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
 app.add_typer(cache.app, name="cache")
+app.add_typer(service.app, name="service")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -165,7 +165,8 @@ def _ids(user: ServerUser | None) -> tuple[int | None, int | None, list[int] | N
 
 
 def _child_env(user: ServerUser | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # NOTIFY_SOCKET is pgmgr's (sd_notify): a postgres built --with-systemd would answer too.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "NOTIFY_SOCKET"}
     env.setdefault("LC_ALL", "C.UTF-8" if Path("/usr/lib/locale/C.utf8").exists() else "C")
     if user is not None:
         env["HOME"] = user.home
