@@ -17,8 +17,10 @@ from pgmgr.commands import (
     forget,
     init,
     logs,
+    promote,
     psql,
     reload,
+    replica,
     restart,
     run,
     service,
@@ -130,6 +132,8 @@ app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
+app.command("replica")(replica.replica)
+app.command("promote")(promote.promote)
 app.add_typer(cache.app, name="cache")
 app.add_typer(service.app, name="service")
 

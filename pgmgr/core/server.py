@@ -175,9 +175,13 @@ def _child_env(user: ServerUser | None) -> dict[str, str]:
 
 
 def run(
-    argv: Sequence[str], user: ServerUser | None = None, timeout: float = 300.0
+    argv: Sequence[str],
+    user: ServerUser | None = None,
+    timeout: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program; never through a shell.
+    """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
+    ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it).
 
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
@@ -191,7 +195,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_child_env(user),
+        env={**_child_env(user), **(env or {})},
         cwd="/",
         user=uid,
         group=gid,
