@@ -14,7 +14,9 @@ from pgmgr.commands import (
     cache,
     destroy,
     env,
+    export,
     forget,
+    import_,
     init,
     logs,
     promote,
@@ -134,6 +136,8 @@ app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
 app.command("replica")(replica.replica)
 app.command("promote")(promote.promote)
+app.command("export")(export.export)
+app.command("import")(import_.import_)
 app.add_typer(cache.app, name="cache")
 app.add_typer(service.app, name="service")
 
