@@ -68,6 +68,22 @@ def client_env(srv: Server, dbname: str = "postgres") -> dict[str, str]:
     return env
 
 
+def check_root_safe(path: Path, what: str) -> None:
+    """As root, refuse to read or write a bundle where another user could swap a symlink in
+    between the checks and the dump tools (which resolve the path again).
+
+    :raises DatabaseException: root, and someone else can write ``path`` or an ancestor.
+    """
+    from pgmgr.core import privileges, userfs
+
+    if privileges.is_root() and userfs.others_can_write(path):
+        raise DatabaseException(
+            f"refusing to {what} {path} as root: another user can write to it or to a "
+            "directory above it (nothing was created)",
+            hint="use a directory only root can write, or run pgmgr as that user",
+        )
+
+
 def _new_dir(path: Path, what: str) -> Path:
     """:raises DatabaseException: ``path`` exists, or its parent does not."""
     path = Path(os.path.abspath(path))
@@ -115,6 +131,7 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     t0 = time.monotonic()
     require_running(srv)
     dest = _new_dir(dest, "export")
+    check_root_safe(dest.parent, "export into")
     install = srv.installation()
     dbs, version = _facts(srv)
     dest.mkdir(mode=0o700)

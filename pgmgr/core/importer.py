@@ -20,6 +20,7 @@ from pgmgr.core import ops, registry, server, versions
 from pgmgr.core.bundle import (
     ImportResult,
     _new_dir,
+    check_root_safe,
     client_env,
     missing_extensions,
     read_manifest,
@@ -80,6 +81,8 @@ def import_bundle(
     """
     t0 = time.monotonic()
     bundle = Path(os.path.abspath(bundle))
+    if bundle.is_dir():
+        check_root_safe(bundle, "import from")
     manifest = read_manifest(bundle)
     install = target_install(manifest, version)
     datadir = _new_dir(datadir, "import")

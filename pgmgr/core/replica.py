@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from pgmgr.core import registry, server, versions
+from pgmgr.core import registry, server, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.ops import reload, require_running
@@ -29,9 +28,7 @@ from pgmgr.core.ops import reload, require_running
 if TYPE_CHECKING:
     import psycopg
 
-    from pgmgr.core.privileges import ServerUser
 
-T = TypeVar("T")
 HBA_TAG = "# pgmgr replica "
 
 
@@ -70,62 +67,12 @@ def basebackup_argv(
 
 
 def _rewrite_hba(path: str, name: str, add: list[str]) -> None:
-    """Runs as the server user: rewrite ``path`` atomically (temp file, fsync, rename)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-    with open(os.open(path, flags), encoding="utf-8") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise DatabaseException(f"{path} is not a regular file")
-        text = f.read()
-    tmp = f"{path}.pgmgr-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with open(fd, "w", encoding="utf-8") as out:
-            out.write(edited_hba(text, name, add))
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def as_server_user(user: ServerUser | None, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a process that has become ``user`` (:mod:`pgmgr.core.userfs`)."""
-    import importlib
-
-    try:
-        userfs = importlib.import_module("pgmgr.core.userfs")
-    except ImportError:  # TODO(beyond): until userfs lands on main; then this goes
-        return _fork_as(user, fn, *args)
-    result: T = userfs.as_user(user, fn, *args)
-    return result
-
-
-def _fork_as(user: ServerUser | None, fn: Callable[..., T], *args: Any) -> T:
-    if user is None or user.uid == os.geteuid():
-        return fn(*args)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.close(r)
-            os.setgroups(list(user.groups))
-            os.setgid(user.gid)
-            os.setuid(user.uid)
-            fn(*args)
-        except BaseException as e:
-            os.write(w, str(e).encode()[:4000])
-            code = 1
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        msg = f.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise DatabaseException(msg or "the server user's process failed")
-    return None  # type: ignore[return-value]
+    """Runs as the server user (:func:`~pgmgr.core.userfs.as_user`): rewrite ``path``
+    atomically, never through a symlink nor blocking on a FIFO."""
+    with userfs.opened_dir(os.path.dirname(path)) as fd:
+        base = os.path.basename(path)
+        text = userfs.read_file_at(fd, base, limit=16 << 20).decode()
+        userfs.write_file_at(fd, base, edited_hba(text, name, add).encode(), 0o600)
 
 
 # --------------------------------------------------------------------------- connections
@@ -271,7 +218,7 @@ def _prepare_primary(src: Server, name: str, role: str, slot: str, password: str
         conn.execute(stmt)
         try:
             _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
-            as_server_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
+            userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
         except BaseException:
             with contextlib.suppress(Exception):
                 _sql(conn, "SELECT pg_drop_replication_slot(slot_name) FROM "
@@ -286,10 +233,11 @@ def _clone(src: Server, name: str, target: Path, role: str, slot: str, password:
     standby's record."""
     su = src.user()
     install = src.installation()
-    target.mkdir(mode=0o700)
-    try:
+    with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
+        os.mkdir(target.name, 0o700, dir_fd=parent)
         if su is not None:
-            os.chown(target, su.uid, su.gid)
+            os.chown(target.name, su.uid, su.gid, dir_fd=parent, follow_symlinks=False)
+    try:
         host = src.conninfo(tcp=True)["host"]
         argv = basebackup_argv(install, target, host, int(src.inst.port or 5432), role, slot)
         server.run(argv, su, timeout=3600, env={"PGPASSWORD": password})
@@ -312,10 +260,9 @@ def _clone(src: Server, name: str, target: Path, role: str, slot: str, password:
 
 
 def _remove_new_dir(target: Path) -> None:
-    import shutil
-
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target, ignore_errors=True)
+    """Remove the directory a failed replica made (through fds: it belongs to the user)."""
+    with contextlib.suppress(OSError), userfs.opened_dir(target.parent) as parent:
+        userfs.rmtree_at(parent, target.name)
 
 
 def detach_primary(primary: Server, name: str, role: str | None, slot: str | None) -> list[str]:
@@ -340,7 +287,7 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
             done.append(f"role {role}")
         hba_file = str(_sql(conn, "SHOW hba_file"))
-    as_server_user(primary.user(), _rewrite_hba, hba_file, name, [])
+    userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
     reload(primary)
     return done
 
