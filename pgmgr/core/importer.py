@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import ops, registry, server, versions
+from pgmgr.core import ops, registry, scram, server, versions
 from pgmgr.core.bundle import (
     ImportResult,
     _new_dir,
@@ -143,7 +143,8 @@ def _restore(
         argv = restore_argv(install, archive, create=db["name"] != "postgres")
         server.run(argv, env=client_env(srv), timeout=24 * 3600)
     if srv.inst.password:
-        role, pw = quote_ident(srv.inst.superuser), quote_literal(srv.inst.password)
+        verifier = scram.verifier(srv.inst.password)
+        role, pw = quote_ident(srv.inst.superuser), quote_literal(verifier)
         psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
         with tempfile.TemporaryDirectory(prefix="pgmgr-import-") as tmp:
             sql = Path(tmp) / "pw.sql"

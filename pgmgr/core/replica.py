@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgmgr.core import registry, server, userfs, versions
+from pgmgr.core import registry, scram, server, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.ops import reload, require_running
@@ -98,7 +98,8 @@ def _sql(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
     import psycopg
 
     try:
-        row = conn.execute(query, params or None).fetchone()
+        cur = conn.execute(query, params or None)
+        row = cur.fetchone() if cur.description else None
     except psycopg.Error as e:
         raise DatabaseException(str(e).strip().splitlines()[0]) from None
     return row[0] if row else None
@@ -175,23 +176,26 @@ def create(
             )
     else:
         name = registry.unique_name(f"{src.inst.name}-replica")
-    target = target_dir(src, name, datadir)
-    slot = role = slot_name(name)
-    password = new_password()
-    _prepare_primary(src, name, role, slot, password)
-    rep: Server | None = None
-    try:
-        rep = _clone(src, name, target, role, slot, password)
-        rep.start(host=src.inst.host, port=port or "auto", timeout=timeout)
-    except BaseException:
-        if rep is not None:
+    # Two replicas made at once with one name or directory: the second waits, then finds
+    # the directory taken, before it touched anything.
+    with registry.lock(Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))):
+        target = target_dir(src, name, datadir)
+        slot = role = slot_name(name)
+        password = new_password()
+        _prepare_primary(src, name, role, slot, password)
+        rep: Server | None = None
+        try:
+            rep = _clone(src, name, target, role, slot, password)
+            rep.start(host=src.inst.host, port=port or "auto", timeout=timeout)
+        except BaseException:
+            if rep is not None:  # _clone removes its own directory when it fails
+                with contextlib.suppress(Exception):
+                    rep.stop("immediate", 30)
+                registry.remove(name)
+                _remove_new_dir(target)
             with contextlib.suppress(Exception):
-                rep.stop("immediate", 30)
-            registry.remove(name)
-        _remove_new_dir(target)
-        with contextlib.suppress(Exception):
-            detach_primary(src, name, role, slot)
-        raise
+                detach_primary(src, name, role, slot)
+            raise
     return rep
 
 
@@ -213,9 +217,9 @@ def _prepare_primary(src: Server, name: str, role: str, slot: str, password: str
             )
         hba_file = str(_sql(conn, "SHOW hba_file"))
         stmt = sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(password)
+            sql.Identifier(role), sql.Literal(scram.verifier(password))
         )
-        conn.execute(stmt)
+        _sql(conn, stmt.as_string(conn))
         try:
             _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
             userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
@@ -284,7 +288,7 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
                 _sql(conn, "SELECT pg_drop_replication_slot(%s)", slot)
                 done.append(f"slot {slot}")
         if role and _sql(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            _sql(conn, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)).as_string(conn))
             done.append(f"role {role}")
         hba_file = str(_sql(conn, "SHOW hba_file"))
     userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
@@ -319,9 +323,9 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
     with connect(srv) as conn:
         if not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
             raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
-        conn.execute("ALTER SYSTEM RESET primary_conninfo")
-        conn.execute("ALTER SYSTEM RESET primary_slot_name")
-        conn.execute("SELECT pg_reload_conf()")
+        _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
+        _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
+        _sql(conn, "SELECT pg_reload_conf()")
     former = srv.inst.primary
     detached, note = release(srv)
     return PromoteResult(srv.inst.name, former, detached, note)

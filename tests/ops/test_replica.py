@@ -156,3 +156,48 @@ def test_destroying_a_primary_says_what_happens_to_its_standby(fresh: Instance) 
     assert list(st) == ["left"] and st["left"]["state"] == "running"
     assert st["left"]["role"] == "standby" and st["left"]["primary"] == "fresh"
     assert fresh.pgmgr("promote", "left").returncode == 0
+
+
+def test_a_failed_clone_leaves_nothing_on_the_primary(fresh: Instance, ops_dir: Path) -> None:
+    """pg_basebackup fails (the primary allows no WAL senders): the role, slot and
+    pg_hba.conf lines made for it are gone again, and no directory or record is left."""
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    start = fresh.pgmgr("start", "fresh", "-q", "-c", "max_wal_senders=0")
+    assert start.returncode == 0, start.stderr
+    before = snapshot(fresh, ops_dir)
+    proc = fresh.pgmgr("replica", "fresh", "--name", "doomed")
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert lines[0].startswith("Error: pg_basebackup failed"), lines
+    assert snapshot(fresh, ops_dir) == before
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
+def test_two_replicas_with_one_name_at_once(fresh: Instance, ops_dir: Path) -> None:
+    """One wins; the other fails cleanly and does not undo the winner's work."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "pgmgr", "replica", "fresh", "--name", "twin"]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    loser = next(err for code, err in results if code)
+    assert "Traceback" not in loser and error_lines(loser)[0].startswith("Error:"), loser
+    st = status(fresh)
+    assert st["twin"]["state"] == "running" and st["twin"]["role"] == "standby"
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    with conn(fresh) as p:
+        p.execute("CREATE TABLE after_race (x int)")
+    deadline = time.monotonic() + 5
+    with conn(fresh, "twin") as r:
+        while True:
+            row = r.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_race'").fetchone()
+            if row == (1,):
+                break
+            assert time.monotonic() < deadline, "the winner stopped replicating"
+            time.sleep(0.01)
