@@ -26,7 +26,7 @@ def status_record(st: Status, srv: Server) -> dict[str, Any]:
     rec["server_user"] = srv.inst.server_user
     rec["superuser"] = srv.inst.superuser
     if st.state != "missing":
-        from pgmgr.core.replica import role_fields
+        from pgmgr.core.roles import role_fields
 
         rec.update(role_fields(srv, st.state == "running"))
     else:

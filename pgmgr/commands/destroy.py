@@ -33,12 +33,12 @@ def destroy(
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry, replica
+    from pgmgr.core import ops, registry, replica, roles
     from pgmgr.core.errors import UsageError
 
     srv = c.resolve(name, None)
     ops.check_destroyable(srv)
-    standbys = replica.standbys_of(srv)
+    standbys = roles.standbys_of(srv)
     if standbys:
         ui.message(
             f"'{srv.inst.name}' is the primary of {', '.join(standbys)}: their replication "

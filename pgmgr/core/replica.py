@@ -24,6 +24,7 @@ from pgmgr.core import registry, scram, server, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.ops import reload, require_running
+from pgmgr.core.roles import is_standby
 
 if TYPE_CHECKING:
     import psycopg
@@ -103,10 +104,6 @@ def _sql(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
     except psycopg.Error as e:
         raise DatabaseException(str(e).strip().splitlines()[0]) from None
     return row[0] if row else None
-
-
-def is_standby(srv: Server) -> bool:
-    return (srv.datadir / "standby.signal").exists()
 
 
 # --------------------------------------------------------------------------- replica
@@ -351,39 +348,3 @@ def release(srv: Server) -> tuple[list[str], str | None]:
             f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "
             "there, or it keeps WAL for a standby that no longer follows it"
         )
-
-
-# --------------------------------------------------------------------------- status
-
-
-def standbys_of(srv: Server) -> list[str]:
-    """Names of the registered standbys whose primary is ``srv``."""
-    return [i.name for i in registry.load_all()[0] if i.primary == srv.inst.name]
-
-
-def role_fields(srv: Server, running: bool) -> dict[str, Any]:
-    """``role`` (primary or standby), ``primary``, and a running standby's replay lag
-    (WAL received but not yet replayed, in bytes, and how old the last replayed
-    transaction is while it is behind, in ms)."""
-    standby = is_standby(srv)
-    fields: dict[str, Any] = {
-        "role": "standby" if standby else "primary",
-        "primary": srv.inst.primary if standby else None,
-        "replay_lag_bytes": None,
-        "replay_lag_ms": None,
-    }
-    if standby and running:
-        with contextlib.suppress(WorkerError, DatabaseException):
-            with connect(srv) as conn:
-                row = conn.execute(LAG_SQL).fetchone()
-            if row is not None:
-                fields["replay_lag_bytes"] = None if row[0] is None else int(row[0])
-                fields["replay_lag_ms"] = None if row[1] is None else round(float(row[1]), 1)
-    return fields
-
-
-LAG_SQL = """
-SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 END
-"""
