@@ -244,6 +244,12 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
             f"{unit.path} exists and was not written by pgmgr; leaving it alone",
             hint="remove or rename it first",
         )
+    parent = unit.path.parent
+    if parent.is_dir() and not os.access(parent, os.W_OK):
+        raise DatabaseException(
+            f"cannot write {unit.path}: {parent} is not writable by you",
+            hint="system units need root: run it with sudo, or use --user",
+        )
     paths.write_atomic(unit.path, unit.text.encode(), mode=0o644)
     running = systemd_running()
     scope = [] if unit.mode == "system" else ["--user"]
