@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from pgmgr.core import service
-from tests.helpers import postmasters_under
+from tests.helpers import error_lines, postmasters_under
 from tests.ops.conftest import Instance
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -125,6 +125,10 @@ def test_install_replaces_its_own_unit_but_not_a_foreign_one(
 def test_bad_service_inputs(fresh: Instance, unit_env: Path) -> None:
     unknown = fresh.pgmgr("service", "install", "nosuch", "--user")
     assert unknown.returncode == 4 and len(unknown.stderr.splitlines()) <= 2
+    for verb in ("show", "remove"):
+        proc = fresh.pgmgr("service", verb, "nosuch")
+        assert proc.returncode == 4, proc.stderr
+        assert error_lines(proc.stderr)[0].startswith("Error: no "), proc.stderr
     both = fresh.pgmgr("service", "install", "fresh", "--user", "--system")
     assert both.returncode == 2 and "not both" in both.stderr
     assert not (unit_env / "config").exists() and not (unit_env / "system-units").exists()
