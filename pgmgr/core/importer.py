@@ -80,6 +80,7 @@ def import_bundle(
     :raises UsageError: the name is taken.
     """
     t0 = time.monotonic()
+    server.check_port_option(port)
     bundle = Path(os.path.abspath(bundle))
     if bundle.is_dir():
         check_root_safe(bundle, "import from")

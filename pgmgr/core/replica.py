@@ -164,6 +164,7 @@ def create(
     :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
         of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
     """
+    server.check_port_option(port)
     check_source(src, version)
     if name:
         registry.check_name(name)

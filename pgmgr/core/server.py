@@ -508,3 +508,18 @@ def open_log_offset(log_file: Path) -> int:
         return log_file.stat().st_size
     except OSError:
         return 0
+
+
+def check_port_option(port: str | None) -> None:
+    """A ``-p`` value: a number from 1 to 65535, ``auto``, or None (checked before any work).
+
+    :raises UsageError: anything else.
+    """
+    if port is None or port == "auto":
+        return
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")

@@ -154,6 +154,10 @@ def test_bad_bundles_and_targets_create_nothing(
         ops_dir,
     )
 
+    expect_error(
+        fresh, ["import", str(good), "-d", new, "-p", "x"], 2, "Error: invalid --port 'x'", ops_dir
+    )
+
     partial = ops_dir / "partial"
     shutil.copytree(good, partial)
     (partial / "manifest.json").unlink()
