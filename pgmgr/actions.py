@@ -176,15 +176,23 @@ def _catch_stop_signals() -> list[int]:
 
 def _attend(srv: Server, stop_requested: list[int]) -> int:
     """Stay attached until the server exits; SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
-    (fast mode)."""
-    from pgmgr.core.errors import WorkerError
+    (fast mode).
 
+    Under systemd (``Type=notify``) it says READY=1 here (the server accepts connections)
+    and STOPPING=1 when it goes down.
+    """
+    from pgmgr.core.errors import WorkerError
+    from pgmgr.core.sdnotify import notify
+
+    notify("READY=1")
     ui.message("Running in the foreground; press Ctrl-C to stop")
     while not stop_requested:
         if srv.running() is None:
+            notify("STOPPING=1")
             ui.error(f"'{srv.inst.name}' exited on its own; see 'pgmgr logs {srv.inst.name}'")
             return 1
         time.sleep(0.2)
+    notify("STOPPING=1")
     ui.message(f"Stopping '{srv.inst.name}' …")
     try:
         srv.stop("fast", timeout=60)
