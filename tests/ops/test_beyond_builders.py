@@ -4,11 +4,16 @@ command lines, globals filtering; and SCRAM verifiers checked against PostgreSQL
 from __future__ import annotations
 
 import base64
+import copy
+import json
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 
-from pgmgr.core import importer, replica, scram, versions
+from pgmgr.core import bundle, importer, replica, scram, versions
+from pgmgr.core.errors import DatabaseException
 from tests.ops.conftest import Instance
 
 INSTALL = versions.Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
@@ -66,3 +71,46 @@ def test_scram_verifier_matches_postgres(fresh: Instance) -> None:
     ours = scram.verifier("pa:ss w0rd", salt=base64.b64decode(salt), iterations=int(iterations))
     assert ours == stored
     assert scram.verifier("x") != scram.verifier("x")  # a new salt each time
+
+
+_GOOD = {
+    "format": "pgmgr-bundle",
+    "format_version": 1,
+    "source": {"name": "a", "version": "15.1", "major": "15"},
+    "encoding": "UTF8",
+    "locale": {"collate": "C", "ctype": "C"},
+    "superuser": "postgres",
+    "settings": {},
+    "globals": "globals.sql",
+    "databases": [
+        {
+            "name": "postgres",
+            "dir": "databases/1",
+            "extensions": [{"name": "plpgsql", "version": "1.0"}],
+        },
+    ],
+    "files": {
+        "globals.sql": {"sha256": "0", "size": 0},
+        "databases/1/toc.dat": {"sha256": "0", "size": 0},
+    },
+}
+
+
+_BAD: list[tuple[str, Any]] = [
+    ("files", ["globals.sql"]),
+    ("files", {"globals.sql": "x", "databases/1/toc.dat": "x"}),
+    ("databases", [{"name": "postgres", "dir": "databases/1", "extensions": [{"name": "x"}]}]),
+    ("databases", [{"name": "postgres", "dir": "databases/1", "extensions": "abc"}]),
+    ("databases", [7]),
+    ("locale", None),
+    ("superuser", "x\ny"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), _BAD)
+def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value: Any) -> None:
+    """A hand-edited manifest: a DatabaseException naming it, never a traceback later."""
+    m = {**copy.deepcopy(_GOOD), key: value}
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatabaseException, match="not a valid manifest"):
+        bundle.read_manifest(tmp_path)
