@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pgmgr.core import paths, privileges
+from pgmgr.core import paths, privileges, registry
 from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError
 
 if TYPE_CHECKING:
@@ -278,7 +278,9 @@ def show(srv: Server | None, name: str, mode: str | None = None) -> tuple[Unit, 
     :func:`install` would write; and whether it is installed.
 
     :raises InstanceNotFound: nothing installed and no such instance.
+    :raises UsageError: ``name`` is not a valid instance name (no path in a unit name).
     """
+    registry.check_name(name)
     for m in [mode] if mode else list(MODES):
         path = unit_dir(m) / unit_name(name)
         if _is_ours(path):
@@ -293,7 +295,9 @@ def remove(name: str, mode: str | None = None) -> list[Path]:
 
     :returns: the unit files removed.
     :raises InstanceNotFound: there is none.
+    :raises UsageError: ``name`` is not a valid instance name (no path in a unit name).
     """
+    registry.check_name(name)
     removed = []
     looked = []
     running = systemd_running()

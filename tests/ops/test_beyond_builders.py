@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmgr.core import bundle, importer, replica, scram, versions
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core import bundle, importer, replica, scram, service, versions
+from pgmgr.core.errors import DatabaseException, UsageError
 from tests.ops.conftest import Instance
 
 INSTALL = versions.Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
@@ -114,3 +114,22 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DatabaseException, match="not a valid manifest"):
         bundle.read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("verb", ["show", "remove"])
+def test_a_unit_name_is_never_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """'service remove x/../../victim' must not reach (and delete) a file outside the
+    unit directory, even when pgmgr-x/ exists there (a drop-in directory, say)."""
+    units = tmp_path / "units"
+    (units / "pgmgr-x").mkdir(parents=True)
+    victim = tmp_path / "victim.service"
+    victim.write_text(service.HEADER + " for instance 'other'\n")
+    monkeypatch.setenv(service.SYSTEM_DIR_ENV, str(units))
+    with pytest.raises(UsageError, match="invalid instance name"):
+        if verb == "remove":
+            service.remove("x/../../victim", "system")
+        else:
+            service.show(None, "x/../../victim", "system")
+    assert victim.exists()
