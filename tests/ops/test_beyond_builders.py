@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 
 from pgmgr.core import bundle, importer, replica, scram, service, versions
 from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.instance import Server
 from tests.ops.conftest import Instance
 
 INSTALL = versions.Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
@@ -133,3 +136,34 @@ def test_a_unit_name_is_never_a_path(
         else:
             service.show(None, "x/../../victim", "system")
     assert victim.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root following another user's symlink")
+@pytest.mark.parametrize("verb", ["install", "remove"])
+def test_root_never_writes_units_through_a_users_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """sudo keeping HOME: ~/.config/systemd/user is the user's, who made it a symlink to a
+    root-only directory. Root must neither write nor delete a unit there."""
+    nobody = pwd.getpwnam("nobody")
+    home = tmp_path / "home"
+    (home / ".config" / "systemd").mkdir(parents=True)
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (home / ".config" / "systemd" / "user").symlink_to(secret)
+    for d in (home, home / ".config", home / ".config" / "systemd"):
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    os.lchown(home / ".config" / "systemd" / "user", nobody.pw_uid, nobody.pw_gid)
+    tmp_path.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    srv = Server.for_datadir(tmp_path / "data", name="svc")  # a record is not needed
+    unit = secret / service.unit_name("svc")
+    if verb == "remove":
+        unit.write_text(service.HEADER + " for instance 'x'\n")
+    with pytest.raises(DatabaseException, match="refusing to write units"):
+        if verb == "install":
+            service.install(srv, "user")
+        else:
+            service.remove("svc", "user")
+    assert unit.exists() == (verb == "remove")
