@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -134,20 +133,18 @@ def _restore(
     """Globals with the target's psql, then each database with its pg_restore; the
     superuser keeps the new instance's password."""
     text = (bundle / str(manifest["globals"])).read_text()
-    with tempfile.TemporaryDirectory(prefix="pgmgr-import-") as tmp:
-        sql = Path(tmp) / "globals.sql"
-        sql.write_text(globals_sql(text, srv.inst.superuser))
-        psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(sql)]
-        server.run(psql, env=client_env(srv), timeout=3600)
+    # psql runs the bundle's text as the server user: a psql meta-command in it (``\\!``
+    # runs a shell) can then do no more than the SQL it carries could anyway (COPY ... TO
+    # PROGRAM runs as the server user too), never act as root or as the importing user.
+    su = srv.user()
+    psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+    env = client_env(srv)
+    server.run(psql, su, timeout=3600, env=env, input=globals_sql(text, srv.inst.superuser))
     for db in manifest["databases"]:
         archive = bundle / str(db["dir"])
         argv = restore_argv(install, archive, create=db["name"] != "postgres")
-        server.run(argv, env=client_env(srv), timeout=24 * 3600)
+        server.run(argv, env=env, timeout=24 * 3600)
     if srv.inst.password:
         verifier = scram.verifier(srv.inst.password)
         role, pw = quote_ident(srv.inst.superuser), quote_literal(verifier)
-        psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-        with tempfile.TemporaryDirectory(prefix="pgmgr-import-") as tmp:
-            sql = Path(tmp) / "pw.sql"
-            sql.write_text(f"ALTER ROLE {role} PASSWORD {pw};\n")
-            server.run([*psql, "-f", str(sql)], env=client_env(srv), timeout=60)
+        server.run(psql, su, timeout=60, env=env, input=f"ALTER ROLE {role} PASSWORD {pw};\n")

@@ -206,9 +206,11 @@ def run(
     user: ServerUser | None = None,
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
-    ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it).
+    ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it); ``input``
+    is its standard input (else /dev/null).
 
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
@@ -218,7 +220,8 @@ def run(
     uid, gid, groups = _ids(user)
     proc = subprocess.run(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,

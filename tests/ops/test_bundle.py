@@ -3,8 +3,12 @@ counts and per-table checksums; incomplete, damaged or impossible imports create
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pwd
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +238,26 @@ def test_an_extension_the_target_lacks_is_reported(
     )
     proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "n"), "-v", "18")
     assert f"lacks extensions the bundle uses: pgcrypto {pgcrypto} (database shop)" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the escalation exists only for root")
+def test_a_bundles_psql_meta_command_never_runs_as_root(
+    fresh: Instance, source: dict[str, Any], ops_dir: Path
+) -> None:
+    """A hostile globals.sql (``\\!`` runs a shell in psql) with a recomputed checksum: the
+    import runs it as the server user, never as root (it did: the file said uid 0)."""
+    bundle = ops_dir / "b"
+    assert fresh.pgmgr("export", "fresh", str(bundle)).returncode == 0
+    proof = Path(f"/tmp/pgmgr-test-bang-{uuid.uuid4().hex}")
+    try:
+        with (bundle / "globals.sql").open("a") as f:
+            f.write(f"\\! id -u > {proof}\n")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        digest = hashlib.sha256((bundle / "globals.sql").read_bytes()).hexdigest()
+        manifest["files"]["globals.sql"]["sha256"] = digest
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"), "--name", "imp")
+        assert proc.returncode == 0, proc.stderr
+        assert proof.read_text().strip() == str(pwd.getpwnam("postgres").pw_uid)
+    finally:
+        proof.unlink(missing_ok=True)
