@@ -91,7 +91,6 @@ def start(
     # Catch Ctrl-C / SIGTERM before the server exists: one arriving while it starts must
     # still stop it cleanly, not leave it running behind a dead pgmgr.
     stop_requested = _catch_stop_signals() if foreground else None
-    t0 = time.monotonic()
     if init:
         if name and datadir is None and "/" in name:
             datadir, name = Path(name), None
@@ -107,6 +106,7 @@ def start(
     with registry.lock(srv.datadir):
         if init:
             _initialize(srv, user, template=not no_template)
+        t0 = time.monotonic()  # the start alone: the init reported its own time
         label = version_label(srv.inst.version)
         shown_port = "a free port" if port == "auto" else (port or srv.inst.port or 5432)
         where = f"{host if host is not None else srv.inst.host}:{shown_port}"
@@ -122,11 +122,15 @@ def start(
             )
     elapsed = time.monotonic() - t0
     st = srv.status()
+    # After a real start everything given is in the record, so only a --name that an
+    # existing instance did not take can show up then.
+    ignored = not_applied(srv, host, port, settings, socket_dir, name_opt)
     if json:
         ui.emit_json(
             {
                 **status_record(st, srv),
                 "already_running": result.already_running,
+                "not_applied": [{"option": o, "value": v} for o, v in ignored],
                 "elapsed_ms": round(elapsed * 1000, 1),
             }
         )
@@ -136,10 +140,57 @@ def start(
         ui.message(
             f"Started '{srv.inst.name}' ({label}, pid {result.pid}) in {ui.ms(elapsed)}: {st.url}"
         )
+    if ignored:
+        _warn_not_applied(srv.inst.name, ignored)
     if foreground:
         assert stop_requested is not None
         return _attend(srv, stop_requested)
     return 0
+
+
+def not_applied(
+    srv: Server,
+    host: str | None,
+    port: str | None,
+    settings: dict[str, str],
+    socket_dir: Path | None,
+    name_opt: str | None,
+) -> list[tuple[str, str]]:
+    """The options of a ``start`` that found the server running which it could not apply:
+    ``(option, value)`` pairs, each differing from what the running server has. ``-p auto``
+    asks for any free port, which the running one has."""
+    inst = srv.inst
+    out: list[tuple[str, str]] = []
+    if port not in (None, "auto") and str(inst.port) != str(int(port)):
+        out.append(("--port", str(port)))
+    if host is not None and host != inst.host:
+        out.append(("--host", host))
+    if socket_dir is not None and os.path.abspath(socket_dir) != inst.socket_dir:
+        out.append(("--socket-dir", str(socket_dir)))
+    for key, value in settings.items():
+        if inst.settings.get(key) != value:
+            out.append(("-c", f"{key}={value}"))
+    if name_opt and name_opt != inst.name:
+        out.append(("--name", name_opt))
+    return out
+
+
+def _warn_not_applied(name: str, ignored: list[tuple[str, str]]) -> None:
+    """Say which options a start of a running server left unapplied, and how to apply them
+    (a warning, not an error: the server the user wanted is running; exit code 0)."""
+    import shlex
+
+    words = [f"{o} {shlex.quote(v)}" for o, v in ignored]
+    hints = []
+    again = " ".join(w for (o, _), w in zip(ignored, words, strict=True) if o != "--name")
+    if again:
+        hints.append(
+            f"to apply them, stop it and start it with them: 'pgmgr stop {name} && "
+            f"pgmgr start {name} {again}' (-c settings are then kept for later starts)"
+        )
+    if any(o == "--name" for o, _ in ignored):
+        hints.append(f"--name only names a new instance; this one stays '{name}'")
+    ui.warning(f"'{name}' was already running; not applied: {', '.join(words)}", "; ".join(hints))
 
 
 def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None:
@@ -221,16 +272,19 @@ def stop(
             with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
                 stopped = srv.stop(mode, timeout)
         elapsed = time.monotonic() - t0
+        missing = not stopped and srv.status().state == "missing"
         results.append(
             {
                 "name": srv.inst.name,
                 "datadir": srv.inst.datadir,
-                "stopped": stopped,
+                # What happened: it ran and this command stopped it, or it was not running
+                # (the state is what it is now: stopped, or missing with its data dir).
+                "was_running": stopped,
+                "state": "missing" if missing else "stopped",
                 "pid": pf.pid if pf else None,
                 "elapsed_ms": round(elapsed * 1000, 1),
             }
         )
-        missing = not stopped and srv.status().state == "missing"
         if missing and not all_:
             raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
         if stopped:

@@ -119,11 +119,15 @@ def _plain_help_unless_terminal() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    fast = fast_args(args)
-    if fast is not None:
-        sys.exit(serve_fast(*fast))
-    _plain_help_unless_terminal()
-    from pgmgr.cli import main as typer_main
+    try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        fast = fast_args(args)
+        if fast is not None:
+            sys.exit(serve_fast(*fast))
+        _plain_help_unless_terminal()
+        from pgmgr.cli import main as typer_main
 
-    typer_main(argv)
+        typer_main(argv)
+    except KeyboardInterrupt:  # while Python imports Typer, before any command runs
+        sys.stderr.write("Interrupted\n")
+        sys.exit(130)

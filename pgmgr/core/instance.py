@@ -39,12 +39,27 @@ AUTO_PORT_TRIES = 5
 
 
 class DataDirNotFound(InstanceNotFound):
-    def __init__(self, datadir: Path, why: str = "does not exist") -> None:
+    """No data directory where one was named. The default hint offers ``pgmgr init`` only
+    where init could make one (a missing or empty directory); ``hint`` replaces it."""
+
+    def __init__(self, datadir: Path, why: str = "does not exist", hint: str | None = None) -> None:
         self.datadir = datadir
-        super().__init__(
-            f"data directory {datadir} {why}",
-            hint=f"create it with 'pgmgr init -d {datadir}' (or start it with --init)",
-        )
+        self.why = why
+        if hint is None:
+            hint = (
+                f"create it with 'pgmgr init -d {datadir}' (or start it with --init)"
+                if _could_init(datadir)
+                else "'pgmgr status' lists the instances pgmgr knows"
+            )
+        super().__init__(f"data directory {datadir} {why}", hint=hint)
+
+
+def _could_init(datadir: Path) -> bool:
+    """``pgmgr init -d datadir`` could make a data directory there: absent, or empty."""
+    try:
+        return not datadir.exists() or (datadir.is_dir() and not any(datadir.iterdir()))
+    except OSError:
+        return False
 
 
 @dataclass
@@ -645,7 +660,7 @@ class Server:
                     st.detail = f"unreachable: {e}"
         elif pf is not None:
             st.state = "crashed"
-            st.detail = f"stale postmaster.pid (pid {pf.pid} is not this server)"
+            st.detail = crashed_detail(pf)
         return st
 
     # ------------------------------------------------------------------ connections
@@ -718,6 +733,18 @@ def check_major(datadir: Path, major: str, requested: str) -> str:
             hint=f"leave out --version, or use -v {major}",
         )
     return requested
+
+
+def crashed_detail(pf: process.PidFile) -> str:
+    """Why a ``postmaster.pid`` that no live postmaster of this data dir stands behind is
+    there: the server died without removing it (crashed or killed), or the pid now names
+    another process."""
+    reason = process.stale_pidfile_reason(pf)
+    if reason == f"pid {pf.pid} is gone":
+        return f"the server (pid {pf.pid}) is gone without shutting down: crashed or killed"
+    if reason is not None:
+        return f"stale postmaster.pid: {reason}"
+    return f"stale postmaster.pid (pid {pf.pid} is another process)"
 
 
 def _why_missing(datadir: Path) -> str:
