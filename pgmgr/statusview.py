@@ -53,6 +53,7 @@ def show_all(json: bool, check: bool = False) -> int:
     from pgmgr.core.instance import Server
 
     instances, broken = registry.load_all()
+    instances = registry.prune_vanished(instances)
     records = [record_of(Server(inst), check)[0] for inst in instances]
     for err in broken:
         ui.error(str(err), err.hint)

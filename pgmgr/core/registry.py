@@ -46,6 +46,9 @@ class Instance:
     started_at: float | None = None
     created_at: float = field(default_factory=time.time)
     password_pending: bool = False  # set on first start (template copies share the catalog)
+    #: "cli" (made on purpose with pgmgr init/start) or "library" (registered on the side
+    #: by a pgmgr.Manager): a library record whose data directory is gone is pruned.
+    origin: str = "cli"
 
     @property
     def path(self) -> Path:
@@ -111,7 +114,8 @@ _OPT_NUMBER = (_is_opt_number, "a number or null")
 #: field -> (check, what the check wants); a test keeps it in step with the dataclass.
 _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(
-        ("name", "datadir", "major", "version", "bindir", "host", "superuser", "auth"), _STR
+        ("name", "datadir", "major", "version", "bindir", "host", "superuser", "auth", "origin"),
+        _STR,
     ),
     **dict.fromkeys(("port", "pid"), _OPT_INT),
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
@@ -217,6 +221,31 @@ def load_all() -> tuple[list[Instance], list[CorruptRecord]]:
         except (InstanceNotFound, UsageError):
             continue
     return good, bad
+
+
+def prune_vanished(instances: list[Instance]) -> list[Instance]:
+    """Forget the library-made instances (``origin == "library"``) whose data directory is
+    gone, with their default log file; returns the others.
+
+    A :class:`pgmgr.Manager` registers every data directory it opens, often a throw-away one
+    (a test's temporary directory): once that directory is gone, nothing is left to manage
+    or lose, and its record would clutter ``pgmgr status`` forever. Instances made with the
+    CLI stay listed as ``missing`` instead: the user made them on purpose, and a directory
+    may only be missing for a while (an unmounted disk).
+    """
+    kept: list[Instance] = []
+    for inst in instances:
+        if inst.origin != "library" or os.path.lexists(inst.datadir):
+            kept.append(inst)
+            continue
+        with lock(Path(inst.datadir)):
+            if os.path.lexists(inst.datadir):  # made again meanwhile
+                kept.append(inst)
+                continue
+            remove(inst.name)
+            with contextlib.suppress(OSError):
+                (paths.state_dir() / "logs" / f"{inst.name}.log").unlink()
+    return kept
 
 
 def find_by_datadir(datadir: Path) -> Instance | None:
