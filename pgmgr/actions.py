@@ -65,6 +65,7 @@ def start(
     setting: list[str] | None = None,
     timeout: float = 30.0,
     user: str | None = None,
+    log_file: Path | None = None,
     socket_dir: Path | None = None,
     name_opt: str | None = None,
     foreground: bool = False,
@@ -79,6 +80,10 @@ def start(
     from pgmgr.core.instance import Server
 
     settings = dict(server.parse_setting(s) for s in setting or [])
+    if log_file is not None:
+        from pgmgr.core import logfile
+
+        log_file = logfile.check_path(log_file)
     if port is not None and port != "auto":
         try:
             number = int(port)
@@ -104,6 +109,8 @@ def start(
     else:
         srv = resolve(name, datadir)
     with registry.lock(srv.datadir):
+        if log_file is not None and srv.running() is None:  # a running one keeps its log
+            srv.inst.log_file = str(log_file)
         if init:
             _initialize(srv, user, template=not no_template)
         t0 = time.monotonic()  # the start alone: the init reported its own time
@@ -124,7 +131,7 @@ def start(
     st = srv.status()
     # After a real start everything given is in the record, so only a --name that an
     # existing instance did not take can show up then.
-    ignored = not_applied(srv, host, port, settings, socket_dir, name_opt)
+    ignored = not_applied(srv, host, port, settings, socket_dir, name_opt, log_file)
     if json:
         ui.emit_json(
             {
@@ -155,6 +162,7 @@ def not_applied(
     settings: dict[str, str],
     socket_dir: Path | None,
     name_opt: str | None,
+    log_file: Path | None = None,
 ) -> list[tuple[str, str]]:
     """The options of a ``start`` that found the server running which it could not apply:
     ``(option, value)`` pairs, each differing from what the running server has. ``-p auto``
@@ -170,6 +178,8 @@ def not_applied(
     for key, value in settings.items():
         if inst.settings.get(key) != value:
             out.append(("-c", f"{key}={value}"))
+    if log_file is not None and str(log_file) != str(srv.log_file):
+        out.append(("--log-file", str(log_file)))
     if name_opt and name_opt != inst.name:
         out.append(("--name", name_opt))
     return out

@@ -5,7 +5,7 @@ all and as much as postgres needs to start. So the plain, common forms are parse
 served by the same functions the Typer commands call (:mod:`pgmgr.actions`,
 :mod:`pgmgr.statusview`):
 
-    pgmgr status [NAME | -d DIR] [--json] [--check]
+    pgmgr status [NAME | -d DIR] [--json] [--check] [-q]
     pgmgr start  [NAME | -d DIR] [-p PORT] [--json] [-q]
     pgmgr stop   [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
 
@@ -24,7 +24,8 @@ from typing import Any
 #: verb -> {option spelling: (keyword, takes a value)}
 FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
     "status": {"-d": ("datadir", True), "--datadir": ("datadir", True),
-               "--json": ("json", False), "--check": ("check", False)},
+               "--json": ("json", False), "--check": ("check", False),
+               "-q": ("quiet", False), "--quiet": ("quiet", False)},
     "start": {"-d": ("datadir", True), "--datadir": ("datadir", True),
               "-p": ("port", True), "--port": ("port", True),
               "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pgmgr.core import paths, privileges, process, registry, server, versions
+from pgmgr.core import logfile, paths, privileges, process, registry, server, versions
 from pgmgr.core.errors import (
     EXIT_NO_INSTANCE,
     EXIT_NOT_RUNNING,
@@ -348,6 +348,7 @@ class Server:
             argv = server.postgres_argv(
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
             )
+            logfile.rotate_as(self.log_file, su)  # bounded: see pgmgr.core.logfile
             self._log_offset = server.open_log_offset(self.log_file)
             child = self._spawn(argv, su)
             self.inst.host, self.inst.port, self.inst.socket_dir = host, chosen, str(sockdir)
