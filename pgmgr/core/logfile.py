@@ -62,6 +62,11 @@ def rotated(log_file: Path, n: int) -> Path:
     return log_file.with_name(f"{log_file.name}.{n}")
 
 
+def all_files(log_file: Path) -> list[Path]:
+    """The log and its rotated predecessors (which may not exist)."""
+    return [log_file, *(rotated(log_file, n) for n in range(1, KEEP + 1))]
+
+
 def rotate_if_large(log_file: Path, limit: int | None = None) -> bool:
     """Rename ``log_file`` to ``<log>.1`` (shifting the older ones) if it is larger than
     ``limit``. Runs as whoever may change the log's directory (see :func:`rotate_as`).

@@ -283,7 +283,9 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
     if existed:
         check_unused(datadir)
         shutil.rmtree(datadir)
-    for extra in (srv.log_file, passfile_path(srv.inst.name)):
+    from pgmgr.core import logfile
+
+    for extra in (*logfile.all_files(srv.log_file), passfile_path(srv.inst.name)):
         with contextlib.suppress(OSError):
             extra.unlink()
     _remove_private_socket_dir(srv.inst.socket_dir)

@@ -243,8 +243,11 @@ def prune_vanished(instances: list[Instance]) -> list[Instance]:
                 kept.append(inst)
                 continue
             remove(inst.name)
-            with contextlib.suppress(OSError):
-                (paths.state_dir() / "logs" / f"{inst.name}.log").unlink()
+            from pgmgr.core import logfile
+
+            for log in logfile.all_files(paths.state_dir() / "logs" / f"{inst.name}.log"):
+                with contextlib.suppress(OSError):
+                    log.unlink()
     return kept
 
 

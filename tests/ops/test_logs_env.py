@@ -112,6 +112,9 @@ def test_logs_rotate_at_start_and_stay_bounded(
     assert fresh.pgmgr("restart", "fresh", "-q").returncode == 0
     assert "ready to accept connections" in log.read_text()
     assert not logfile.rotated(log, 3).exists()
+    # destroy takes the old logs too
+    assert fresh.pgmgr("destroy", "fresh", "-y", "-q").returncode == 0
+    assert [p for p in log.parent.iterdir() if p.name.startswith(log.name)] == []
 
 
 def test_logs_follow_goes_on_across_a_rotation(
