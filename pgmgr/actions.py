@@ -9,6 +9,7 @@ function returns the exit code and raises :class:`~pgmgr.core.errors.PgmgrError`
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from pgmgr.statusview import status_record
 
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
+    from pgmgr.core.logfile import Tail
 
 
 def resolve(name: str | None, datadir: Path | None) -> Server:
@@ -151,8 +153,20 @@ def start(
         _warn_not_applied(srv.inst.name, ignored)
     if foreground:
         assert stop_requested is not None
-        return _attend(srv, stop_requested)
+        from pgmgr.core import logfile
+
+        # The server's log from this start on (or from now, for one already running).
+        since = srv.log_offset if not result.already_running else None
+        tail = logfile.Tail(srv.log_file, since if since is not None else _size(srv.log_file))
+        return _attend(srv, stop_requested, tail)
     return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def not_applied(
@@ -229,22 +243,34 @@ def _catch_stop_signals() -> list[int]:
     return caught
 
 
-def _attend(srv: Server, stop_requested: list[int]) -> int:
-    """Stay attached until the server exits; SIGINT/SIGTERM stop it cleanly (fast mode)."""
+def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
+    """Stay attached until the server exits, copying its log to stderr as postgres itself
+    would print it (``-q`` silences it); SIGINT/SIGTERM stop it cleanly (fast mode)."""
     from pgmgr.core.errors import WorkerError
+
+    def pump() -> None:
+        text = tail.read()
+        if text and not ui.settings.quiet:
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
     ui.message("Running in the foreground; press Ctrl-C to stop")
     while not stop_requested:
+        pump()
         if srv.running() is None:
+            pump()
             ui.error(f"'{srv.inst.name}' exited on its own; see 'pgmgr logs {srv.inst.name}'")
             return 1
-        time.sleep(0.2)
+        time.sleep(0.1)
+    pump()
     ui.message(f"Stopping '{srv.inst.name}' …")
     try:
         srv.stop("fast", timeout=60)
     except WorkerError as e:
+        pump()
         ui.error(str(e), e.hint)
         return 1
+    pump()
     ui.message(f"Stopped '{srv.inst.name}'")
     return 0
 

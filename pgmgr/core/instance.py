@@ -241,6 +241,11 @@ class Server:
         return privileges.server_user(self.datadir, requested or self.inst.server_user or None)
 
     @property
+    def log_offset(self) -> int:
+        """Where in :attr:`log_file` the last :meth:`start` of this object began writing."""
+        return self._log_offset
+
+    @property
     def log_file(self) -> Path:
         return Path(self.inst.log_file or default_log_file(self.inst.name))
 

@@ -98,6 +98,30 @@ def rotate_as(log_file: Path, user: ServerUser | None) -> bool:
     return rotate_if_large(log_file)
 
 
+class Tail:
+    """Non-blocking reads of the complete lines appended to a log after ``offset`` (what
+    ``start --foreground`` copies to its stderr while it waits for the server)."""
+
+    def __init__(self, log_file: Path, offset: int) -> None:
+        self.log_file = log_file
+        self.offset = offset
+        self.pending = b""
+
+    def read(self) -> str:
+        """The complete lines written since the last call ('' if none)."""
+        try:
+            with open(self.log_file, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.offset:
+                    self.offset = 0  # truncated
+                f.seek(self.offset)
+                chunk = f.read(1 << 20)
+        except FileNotFoundError:
+            return ""
+        self.offset += len(chunk)
+        complete, _, self.pending = (self.pending + chunk).rpartition(b"\n")
+        return complete.decode(errors="replace") + "\n" if complete else ""
+
+
 def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
     """Yield the complete lines appended to ``log_file`` after ``offset``, forever.
 

@@ -193,3 +193,51 @@ def test_stop_all_json_says_what_happened_to_each(work: Work, template_dir: Path
     assert by_name["down"]["was_running"] is False and by_name["down"]["pid"] is None
     assert {r["state"] for r in results} == {"stopped"}
     assert "stopped" not in by_name["down"]  # no "stopped": false for a stopped instance
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def _foreground(work: Work, *extra: str) -> str:
+    """Run ``start --foreground``, make the server log a line while attached, stop it with
+    SIGINT; pgmgr's stderr."""
+    import subprocess
+
+    err = (work.path / "fg.err").open("w+")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "start", "-d", "./data", "-p", "auto", "--foreground",
+         *extra],
+        cwd=work.path, stdout=subprocess.DEVNULL, stderr=err,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while work.run("status", "-d", "./data", "-q").returncode != 0:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        work.run("psql", "data", "--", "-X", "-d", "no_such_db_logged", "-c", "select 1")
+        time.sleep(0.5)  # the log is copied every 0.1 s
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        err.seek(0)
+        text = err.read()
+        err.close()
+    return text
+
+
+def test_foreground_streams_the_server_log_and_quiet_silences_it(work: Work, datadir: Path) -> None:
+    text = _foreground(work)
+    for line in (
+        "database system is ready to accept connections",
+        'FATAL:  database "no_such_db_logged" does not exist',  # while attached
+        "received fast shutdown request",
+        "database system is shut down",
+    ):
+        assert line in text, text
+    # In order: started, attached, the server's own lines, stopped.
+    assert text.index("Started 'data'") < text.index("ready to accept connections")
+    assert text.index("database system is shut down") < text.index("Stopped 'data'")
+    assert _foreground(work, "-q") == ""
