@@ -131,9 +131,9 @@ def start(
             )
     elapsed = time.monotonic() - t0
     st = srv.status()
-    # After a real start everything given is in the record, so only a --name that an
-    # existing instance did not take can show up then.
     ignored = not_applied(srv, host, port, settings, socket_dir, name_opt, log_file)
+    if not result.already_running:  # all applied, but a --name an existing instance refused
+        ignored = [(o, v) for o, v in ignored if o == "--name"]
     if json:
         ui.emit_json(
             {

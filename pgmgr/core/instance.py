@@ -747,7 +747,10 @@ def crashed_detail(pf: process.PidFile) -> str:
     another process."""
     reason = process.stale_pidfile_reason(pf)
     if reason == f"pid {pf.pid} is gone":
-        return f"the server (pid {pf.pid}) is gone without shutting down: crashed or killed"
+        return (
+            f"stale postmaster.pid: the server (pid {pf.pid}) is gone without shutting down "
+            "(crashed or killed)"
+        )
     if reason is not None:
         return f"stale postmaster.pid: {reason}"
     return f"stale postmaster.pid (pid {pf.pid} is another process)"

@@ -114,7 +114,8 @@ def test_status_after_kill_9_says_the_server_is_gone(work: Work, datadir: Path) 
     doc = json.loads(proc.stdout)
     assert doc["state"] == "crashed"
     assert (
-        doc["detail"] == f"the server (pid {pid}) is gone without shutting down: crashed or killed"
+        doc["detail"] == f"stale postmaster.pid: the server (pid {pid}) is gone without "
+        "shutting down (crashed or killed)"
     )
 
 

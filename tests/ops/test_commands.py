@@ -127,7 +127,7 @@ def test_env_json_and_bad_shell(shared: Instance) -> None:
     assert set(json.loads(proc.stdout)) == {
         "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGDATA",
     }  # fmt: skip
-    assert "--shell" in one_error(shared.pgmgr("env", "shared", "--shell", "zsh"), 2)
+    assert "--shell" in one_error(shared.pgmgr("env", "shared", "--shell", "csh"), 2)
 
 
 # --------------------------------------------------------------------------- psql
