@@ -86,6 +86,8 @@ def start(
         from pgmgr.core import logfile
 
         log_file = logfile.check_path(log_file)
+    if socket_dir is not None:
+        server.check_socket_dir_text(socket_dir)  # before anything is made
     if port is not None and port != "auto":
         try:
             number = int(port)
@@ -110,10 +112,13 @@ def start(
         raise UsageError("--name names a new instance: use it with --init")
     else:
         srv = resolve(name, datadir)
-    with registry.lock(srv.datadir):
+    from pgmgr.core import initstart
+
+    with registry.lock(srv.datadir), initstart.undo_on_failure(srv, enabled=init):
         if log_file is not None and srv.running() is None:  # a running one keeps its log
             srv.inst.log_file = str(log_file)
         if init:
+            initstart.precheck(srv, host=host, port=port, settings=settings, user=user)
             _initialize(srv, user, template=not no_template)
         t0 = time.monotonic()  # the start alone: the init reported its own time
         label = version_label(srv.inst.version)
@@ -230,7 +235,8 @@ def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None
 
 
 def _catch_stop_signals() -> list[int]:
-    """From now on SIGINT/SIGTERM only append to the returned list."""
+    """From now on SIGINT, SIGTERM, SIGHUP (the terminal closed) and SIGQUIT only append to
+    the returned list: each stops the server cleanly, none leaves it running."""
     import signal
 
     caught: list[int] = []
@@ -238,14 +244,15 @@ def _catch_stop_signals() -> list[int]:
     def _stop(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, _stop)
     return caught
 
 
 def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     """Stay attached until the server exits, copying its log to stderr as postgres itself
-    would print it (``-q`` silences it); SIGINT/SIGTERM stop it cleanly (fast mode)."""
+    would print it (``-q`` silences it); SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
+    (fast mode)."""
     from pgmgr.core.errors import WorkerError
 
     def pump() -> None:
@@ -319,8 +326,12 @@ def stop(
                 "state": "missing" if missing else "stopped",
                 "pid": pf.pid if pf else None,
                 "elapsed_ms": round(elapsed * 1000, 1),
+                "record_error": srv.record_error,
             }
         )
+        if srv.record_error:
+            ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
+                       f"{srv.record_error}")  # fmt: skip
         if missing and not all_:
             raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
         if stopped:
