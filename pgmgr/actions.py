@@ -252,8 +252,13 @@ def _catch_stop_signals() -> list[int]:
 def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     """Stay attached until the server exits, copying its log to stderr as postgres itself
     would print it (``-q`` silences it); SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
-    (fast mode)."""
+    (fast mode).
+
+    Under systemd (``Type=notify``) it says READY=1 here (the server accepts connections)
+    and STOPPING=1 when it goes down.
+    """
     from pgmgr.core.errors import WorkerError
+    from pgmgr.core.sdnotify import notify
 
     def pump() -> None:
         text = tail.read()
@@ -261,15 +266,18 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
             sys.stderr.write(text)
             sys.stderr.flush()
 
+    notify("READY=1")
     ui.message("Running in the foreground; press Ctrl-C to stop")
     while not stop_requested:
         pump()
         if srv.running() is None:
             pump()
+            notify("STOPPING=1")
             ui.error(f"'{srv.inst.name}' exited on its own; see 'pgmgr logs {srv.inst.name}'")
             return 1
         time.sleep(0.1)
     pump()
+    notify("STOPPING=1")
     ui.message(f"Stopping '{srv.inst.name}' …")
     try:
         srv.stop("fast", timeout=60)

@@ -20,6 +20,10 @@ from tests.helpers import error_lines
 
 #: The fields README documents for ``pgmgr status --json``; scripts rely on every one.
 STATUS_FIELDS = {
+    "role",
+    "primary",
+    "replay_lag_bytes",
+    "replay_lag_ms",
     "name",
     "state",
     "pid",
