@@ -231,17 +231,10 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DatabaseException(f"{bundle}/{MANIFEST} is unreadable ({e})") from None
     try:
-        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} version {FORMAT_VERSION}")
-        files = data["files"]
-        for db in data["databases"]:
-            if f"{db['dir']}/toc.dat" not in files or not isinstance(db["name"], str):
-                raise ValueError(f"database {db['name']!r} has no archive")
-        str(data["source"]["major"]), str(data["superuser"]), dict(data["settings"])
-        if data["globals"] not in files:
-            raise ValueError("no globals file")
+        check_shape(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DatabaseException(f"{bundle}/{MANIFEST} is not a valid manifest ({e})") from None
+    files = data["files"]
     for rel, want in sorted(files.items()):
         if os.path.isabs(rel) or ".." in Path(rel).parts:
             raise DatabaseException(f"{bundle}/{MANIFEST} names a file outside it: {rel}")
@@ -257,6 +250,55 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
                 "nothing was created"
             )
     return dict(data)
+
+
+def _want(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _text(value: Any, what: str) -> None:
+    _want(isinstance(value, str) and "\n" not in value and "\0" not in value,
+          f"{what} is not a one-line string")  # fmt: skip
+
+
+def check_shape(data: Any) -> None:
+    """Every field import reads has the type it expects (a hand-edited or hostile manifest
+    is one clear error, never a traceback halfway through the import).
+
+    :raises ValueError: (or KeyError, TypeError) what is wrong.
+    """
+    _want(isinstance(data, dict), "not a JSON object")
+    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"not a {FORMAT} version {FORMAT_VERSION}")
+    files = data["files"]
+    _want(isinstance(files, dict), "'files' is not an object")
+    for rel, want in files.items():
+        _want(isinstance(want, dict) and isinstance(want.get("sha256"), str),
+              f"file {rel!r} has no sha256")  # fmt: skip
+    for key in ("superuser", "encoding", "globals"):
+        _text(data[key], repr(key))
+    for key in ("major", "version"):
+        _want(isinstance(data["source"][key], (str, int, float)), f"source {key!r}")
+    _want(isinstance(data["settings"], dict), "'settings' is not an object")
+    locale = data["locale"]
+    _want(isinstance(locale, dict), "'locale' is not an object")
+    _text(locale["collate"], "locale 'collate'")
+    _text(locale["ctype"], "locale 'ctype'")
+    _want(isinstance(data["databases"], list), "'databases' is not a list")
+    for db in data["databases"]:
+        _want(isinstance(db, dict), "a database is not an object")
+        _text(db["name"], "a database name")
+        _text(db["dir"], f"database {db['name']!r}'s dir")
+        if f"{db['dir']}/toc.dat" not in files:
+            raise ValueError(f"database {db['name']!r} has no archive")
+        _want(isinstance(db["extensions"], list), f"database {db['name']!r}'s extensions")
+        for ext in db["extensions"]:
+            _want(isinstance(ext, dict), f"database {db['name']!r}: an extension")
+            _text(ext["name"], "an extension name")
+            _text(ext["version"], "an extension version")
+    if data["globals"] not in files:
+        raise ValueError("no globals file")
 
 
 def available_extensions(install: versions.Installation) -> set[str] | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pgmgr.core import paths, privileges
+from pgmgr.core import paths, privileges, registry
 from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError
 
 if TYPE_CHECKING:
@@ -185,6 +185,22 @@ def render(
 # --------------------------------------------------------------------------- the API
 
 
+def check_root_safe(directory: Path) -> None:
+    """As root, refuse a unit directory another user could swap a symlink into (a ``HOME``
+    or ``XDG_CONFIG_HOME`` kept by ``sudo``, naming a user's home).
+
+    :raises DatabaseException: root, and someone else can write ``directory`` or above.
+    """
+    from pgmgr.core import userfs
+
+    if privileges.is_root() and userfs.others_can_write(directory):
+        raise DatabaseException(
+            f"refusing to write units in {directory} as root: another user can write to it "
+            "or to a directory above it",
+            hint="run 'pgmgr service' as that user, or with root's own HOME (sudo -H)",
+        )
+
+
 def check_mode(mode: str | None) -> str:
     mode = mode or default_mode()
     if mode not in MODES:
@@ -238,6 +254,7 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
         failed.
     """
     unit = generate(srv, mode)
+    check_root_safe(unit.path.parent)
     replaced = unit.path.exists()
     if replaced and not _is_ours(unit.path):
         raise DatabaseException(
@@ -278,7 +295,9 @@ def show(srv: Server | None, name: str, mode: str | None = None) -> tuple[Unit, 
     :func:`install` would write; and whether it is installed.
 
     :raises InstanceNotFound: nothing installed and no such instance.
+    :raises UsageError: ``name`` is not a valid instance name (no path in a unit name).
     """
+    registry.check_name(name)
     for m in [mode] if mode else list(MODES):
         path = unit_dir(m) / unit_name(name)
         if _is_ours(path):
@@ -293,12 +312,15 @@ def remove(name: str, mode: str | None = None) -> list[Path]:
 
     :returns: the unit files removed.
     :raises InstanceNotFound: there is none.
+    :raises UsageError: ``name`` is not a valid instance name (no path in a unit name).
     """
+    registry.check_name(name)
     removed = []
     looked = []
     running = systemd_running()
     for m in [mode] if mode else list(MODES):
         path = unit_dir(m) / unit_name(name)
+        check_root_safe(path.parent)
         looked.append(str(path.parent))
         if not _is_ours(path):
             continue

@@ -4,11 +4,19 @@ command lines, globals filtering; and SCRAM verifiers checked against PostgreSQL
 from __future__ import annotations
 
 import base64
+import copy
+import json
+import os
+import pwd
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 
-from pgmgr.core import importer, replica, scram, versions
+from pgmgr.core import bundle, importer, replica, scram, service, versions
+from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.instance import Server
 from tests.ops.conftest import Instance
 
 INSTALL = versions.Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
@@ -66,3 +74,96 @@ def test_scram_verifier_matches_postgres(fresh: Instance) -> None:
     ours = scram.verifier("pa:ss w0rd", salt=base64.b64decode(salt), iterations=int(iterations))
     assert ours == stored
     assert scram.verifier("x") != scram.verifier("x")  # a new salt each time
+
+
+_GOOD = {
+    "format": "pgmgr-bundle",
+    "format_version": 1,
+    "source": {"name": "a", "version": "15.1", "major": "15"},
+    "encoding": "UTF8",
+    "locale": {"collate": "C", "ctype": "C"},
+    "superuser": "postgres",
+    "settings": {},
+    "globals": "globals.sql",
+    "databases": [
+        {
+            "name": "postgres",
+            "dir": "databases/1",
+            "extensions": [{"name": "plpgsql", "version": "1.0"}],
+        },
+    ],
+    "files": {
+        "globals.sql": {"sha256": "0", "size": 0},
+        "databases/1/toc.dat": {"sha256": "0", "size": 0},
+    },
+}
+
+
+_BAD: list[tuple[str, Any]] = [
+    ("files", ["globals.sql"]),
+    ("files", {"globals.sql": "x", "databases/1/toc.dat": "x"}),
+    ("databases", [{"name": "postgres", "dir": "databases/1", "extensions": [{"name": "x"}]}]),
+    ("databases", [{"name": "postgres", "dir": "databases/1", "extensions": "abc"}]),
+    ("databases", [7]),
+    ("locale", None),
+    ("superuser", "x\ny"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), _BAD)
+def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value: Any) -> None:
+    """A hand-edited manifest: a DatabaseException naming it, never a traceback later."""
+    m = {**copy.deepcopy(_GOOD), key: value}
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatabaseException, match="not a valid manifest"):
+        bundle.read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("verb", ["show", "remove"])
+def test_a_unit_name_is_never_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """'service remove x/../../victim' must not reach (and delete) a file outside the
+    unit directory, even when pgmgr-x/ exists there (a drop-in directory, say)."""
+    units = tmp_path / "units"
+    (units / "pgmgr-x").mkdir(parents=True)
+    victim = tmp_path / "victim.service"
+    victim.write_text(service.HEADER + " for instance 'other'\n")
+    monkeypatch.setenv(service.SYSTEM_DIR_ENV, str(units))
+    with pytest.raises(UsageError, match="invalid instance name"):
+        if verb == "remove":
+            service.remove("x/../../victim", "system")
+        else:
+            service.show(None, "x/../../victim", "system")
+    assert victim.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root following another user's symlink")
+@pytest.mark.parametrize("verb", ["install", "remove"])
+def test_root_never_writes_units_through_a_users_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """sudo keeping HOME: ~/.config/systemd/user is the user's, who made it a symlink to a
+    root-only directory. Root must neither write nor delete a unit there."""
+    nobody = pwd.getpwnam("nobody")
+    home = tmp_path / "home"
+    (home / ".config" / "systemd").mkdir(parents=True)
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (home / ".config" / "systemd" / "user").symlink_to(secret)
+    for d in (home, home / ".config", home / ".config" / "systemd"):
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    os.lchown(home / ".config" / "systemd" / "user", nobody.pw_uid, nobody.pw_gid)
+    tmp_path.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    srv = Server.for_datadir(tmp_path / "data", name="svc")  # a record is not needed
+    unit = secret / service.unit_name("svc")
+    if verb == "remove":
+        unit.write_text(service.HEADER + " for instance 'x'\n")
+    with pytest.raises(DatabaseException, match="refusing to write units"):
+        if verb == "install":
+            service.install(srv, "user")
+        else:
+            service.remove("svc", "user")
+    assert unit.exists() == (verb == "remove")
