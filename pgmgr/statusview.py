@@ -59,6 +59,7 @@ def show_all(json: bool, check: bool = False) -> int:
     from pgmgr.core.instance import Server
 
     instances, broken = registry.load_all()
+    instances = registry.prune_vanished(instances)
     records = [record_of(Server(inst), check)[0] for inst in instances]
     for err in broken:
         ui.error(str(err), err.hint)
@@ -108,14 +109,23 @@ def table(records: list[dict[str, Any]]) -> None:
 
 
 def show(
-    name: str | None = None, datadir: Path | None = None, json: bool = False, check: bool = False
+    name: str | None = None,
+    datadir: Path | None = None,
+    json: bool = False,
+    check: bool = False,
+    quiet: bool = False,
 ) -> int:
-    """``pgmgr status``: one instance (exit code as ``pg_ctl status``) or all of them."""
+    """``pgmgr status``: one instance (exit code as ``pg_ctl status``) or all of them.
+    ``quiet``: print nothing but errors; the exit code says it all."""
     if not (name or datadir):
+        if quiet:
+            return 0
         return show_all(json, check)
     from pgmgr.actions import resolve
 
     rec, code = record_of(resolve(name, datadir), check)
+    if quiet:
+        return code
     if json:
         ui.emit_json(rec)
     else:

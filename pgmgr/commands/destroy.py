@@ -19,6 +19,8 @@ RequiredName = Annotated[
     ),
 ]
 
+NOTHING_TO_DESTROY = "nothing to destroy there; 'pgmgr status' lists the instances pgmgr knows"
+
 
 def destroy(
     name: RequiredName,
@@ -35,8 +37,12 @@ def destroy(
     c.quiet(quiet, json)
     from pgmgr.core import ops, registry, replica, roles
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.instance import DataDirNotFound
 
-    srv = c.resolve(name, None)
+    try:
+        srv = c.resolve(name, None)
+    except DataDirNotFound as e:  # not "create it with pgmgr init": nothing to destroy
+        raise DataDirNotFound(e.datadir, e.why, hint=NOTHING_TO_DESTROY) from None
     ops.check_destroyable(srv)
     standbys = roles.standbys_of(srv)
     if standbys:
@@ -51,7 +57,12 @@ def destroy(
                 f"refusing to destroy '{srv.inst.name}' without --yes (no terminal to ask on)"
             )
         prompt = f"Delete '{srv.inst.name}' and all its data in {srv.datadir}?"
-        if not typer.confirm(prompt, default=False, err=True):
+        try:
+            answer = typer.confirm(prompt, default=False, err=True)
+        except (typer.Abort, KeyboardInterrupt):
+            sys.stderr.write("\n")  # end the prompt's line before "Interrupted"
+            raise KeyboardInterrupt from None
+        if not answer:
             ui.message("Nothing removed")
             raise typer.Exit(1)
     with registry.lock(srv.datadir), ui.spinner(f"Destroying '{srv.inst.name}' …"):
