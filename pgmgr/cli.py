@@ -20,7 +20,9 @@ from pgmgr.commands import (
     psql,
     reload,
     restart,
+    restore,
     run,
+    snapshot,
     start,
     status,
     stop,
@@ -129,6 +131,9 @@ app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
+app.command("snapshot")(snapshot.snapshot)
+app.command("snapshots")(snapshot.snapshots)
+app.command("restore")(restore.restore)
 app.add_typer(cache.app, name="cache")
 
 
