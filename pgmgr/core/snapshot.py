@@ -148,7 +148,7 @@ def taken_names(store: Store) -> set[str]:
     return {n for n, _, _ in store.as_user(snapstore.list_metas, store.path)}
 
 
-def pick_name(store: Store, name: str | None) -> str:
+def pick_name(store: Store, name: str | None, instance: str) -> str:
     """``name`` (validated, free) or a fresh timestamp.
 
     :raises DatabaseException: a snapshot of that name exists.
@@ -159,7 +159,7 @@ def pick_name(store: Store, name: str | None) -> str:
     snapstore.check_snap_name(name)
     if name in taken:
         raise DatabaseException(
-            f"'{store.datadir.name}' already has a snapshot named {name!r}",
+            f"'{instance}' already has a snapshot named {name!r}",
             hint="choose another name, or delete it with 'pgmgr snapshot NAME SNAP --delete'",
         )
     return name
@@ -180,7 +180,7 @@ def create(
     su = srv.user()
     with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
-        name = pick_name(store, name)
+        name = pick_name(store, name, srv.inst.name)
         size = store.as_user(snapstore.tree_size, srv.datadir)
         snapstore.check_space(store, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
@@ -274,7 +274,7 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
     return out
 
 
-def load(store: Store, name: str) -> Meta:
+def load(store: Store, name: str, instance: str) -> Meta:
     """The metadata of snapshot ``name``.
 
     :raises SnapshotNotFound: no such snapshot (exit code 4), listing the ones there are.
@@ -285,7 +285,7 @@ def load(store: Store, name: str) -> Meta:
     if name not in entries:
         have = ", ".join(sorted(entries)) or "none"
         raise SnapshotNotFound(
-            f"'{store.datadir.name}' has no snapshot named {name!r} (it has: {have})",
+            f"'{instance}' has no snapshot named {name!r} (it has: {have})",
             hint="'pgmgr snapshots' lists them",
         )
     meta, why = entries[name]
@@ -364,9 +364,9 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     su = srv.user()
     with snapstore.interruptible(), snapstore.opened(srv.datadir, su, create=False) as store:
         store.as_user(snapstore.sweep, store.path)
-        meta = load(store, name)
+        meta = load(store, name, srv.inst.name)
         rollback = check_restorable(srv, store, meta)
-        saved = None if save_current is None else pick_name(store, save_current or None)
+        saved = None if save_current is None else pick_name(store, save_current or None, srv.inst.name)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         staging = store.entry(snapstore.tmp_name("restore"))
         old_version = srv.inst.version
@@ -428,7 +428,7 @@ def delete(srv: Server, name: str) -> Meta:
         store.as_user(snapstore.sweep, store.path)
         snapstore.check_snap_name(name)
         try:
-            meta = load(store, name)
+            meta = load(store, name, srv.inst.name)
         except DatabaseException as e:
             if isinstance(e, SnapshotNotFound):
                 raise
