@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pgmgr.core import copy, snapstore, tools
+from pgmgr.core import copy, snapstore, tools, userfs
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 
@@ -43,11 +43,7 @@ def take(srv: Server, staging: Path, user: ServerUser | None) -> copy.CopyStats:
     socket_dir = (pf.socket_dir if pf else None) or srv.inst.socket_dir or "/tmp"  # noqa: S108
     port = (pf.port if pf else None) or srv.inst.port or 5432
     target = staging / snapstore.DATA
-    tools_user = user
-    copy_user_fn = _mkdir
-    from pgmgr.core import userfs
-
-    userfs.as_user(user, copy_user_fn, staging)
-    tools.run(argv(install.bindir, socket_dir, port, srv.inst.superuser, target), tools_user)
-    size = userfs.as_user(user, snapstore.tree_size, target)
-    return copy.CopyStats(files=0, bytes=size, method="pg_basebackup")
+    userfs.as_user(user, _mkdir, staging)
+    tools.run(argv(install.bindir, socket_dir, port, srv.inst.superuser, target), user)
+    size = userfs.as_user(user, copy.tree_size, target)
+    return copy.CopyStats(bytes=size, by_method={"pg_basebackup": size})

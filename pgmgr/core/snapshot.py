@@ -12,7 +12,6 @@ Every function expects the caller to hold the instance's lock (``registry.lock``
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -90,10 +89,7 @@ def require_datadir(srv: Server) -> None:
 
 def _copy_into(src: Path, dst: Path) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``. As the server user."""
-    stats = copy.copy_tree(src, dst)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(dst / "postmaster.pid")  # never a live server's file
-    return stats
+    return copy.copy_tree(src, dst, exclude=("postmaster.pid",))  # never a live server's
 
 
 def _snap_copy(src: Path, staging: Path) -> copy.CopyStats:
@@ -109,6 +105,7 @@ def _finish(staging: Path, final: Path, meta: Meta) -> None:
     if final.exists():
         raise DatabaseException(f"snapshot {final.name!r} appeared meanwhile")
     os.rename(staging, final)
+    copy.fsync_dir(final.parent)
 
 
 def _check_data(snapdir: Path, meta: Meta) -> str | None:
@@ -181,7 +178,7 @@ def create(
     with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
         name = pick_name(store, name, srv.inst.name)
-        size = store.as_user(snapstore.tree_size, srv.datadir)
+        size = store.as_user(copy.tree_size, srv.datadir)
         snapstore.check_space(store, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
         was_running = srv.running() is not None
@@ -366,7 +363,9 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         store.as_user(snapstore.sweep, store.path)
         meta = load(store, name, srv.inst.name)
         rollback = check_restorable(srv, store, meta)
-        saved = None if save_current is None else pick_name(store, save_current or None, srv.inst.name)
+        saved = (
+            None if save_current is None else pick_name(store, save_current or None, srv.inst.name)
+        )
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         staging = store.entry(snapstore.tmp_name("restore"))
         old_version = srv.inst.version

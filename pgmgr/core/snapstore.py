@@ -274,19 +274,6 @@ def system_identifier(datadir: Path) -> str:
     return str(int.from_bytes(head, "little"))
 
 
-def tree_size(path: Path) -> int:
-    """Bytes in regular files under ``path`` (symlinks not followed)."""
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(root, name))
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-    return total
-
-
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything under it, never following a symlink."""
     with contextlib.suppress(FileNotFoundError):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.conftest import Instance, make_dir, ops_dir, template  # noqa: F401
 from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
+from tests.ops.conftest import Instance, make_dir, ops_dir, template  # noqa: F401
 
 
 class Inst(Instance):

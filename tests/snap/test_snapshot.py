@@ -59,7 +59,9 @@ def test_stopped_instance_stays_stopped(inst: Inst) -> None:
 def test_save_current_keeps_the_replaced_state(inst: Inst) -> None:
     inst.ok("snapshot", "dev", "before", "-q")
     inst.sql("INSERT INTO t VALUES (5000)")
-    done = json.loads(inst.ok("restore", "dev", "before", "--yes", "--save-current", "--json").stdout)
+    done = json.loads(
+        inst.ok("restore", "dev", "before", "--yes", "--save-current", "--json").stdout
+    )
     saved = done["saved_current_as"]
     assert saved and saved in [s["snapshot"] for s in inst.snaps()]
     assert inst.sql("SELECT count(*) FROM t WHERE x = 5000") == "0"
