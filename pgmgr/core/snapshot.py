@@ -445,3 +445,25 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
     except SnapshotNotFound:
         return 0
     return count
+
+
+@dataclass
+class Kept:
+    """What ``destroy`` does with an instance's snapshots: looked at before, removed after
+    (the data directory's owner, who owns them, is known only while it exists)."""
+
+    datadir: Path
+    user: ServerUser | None
+    count: int
+    path: str
+
+    @classmethod
+    def of(cls, srv: Server) -> Kept:
+        try:
+            found = len(list_snapshots(srv))
+        except DatabaseException:
+            found = 0  # an unsafe store is never touched; destroy goes on without it
+        return cls(srv.datadir, srv.user(), found, str(snapstore.store_path(srv.datadir)))
+
+    def remove(self) -> int:
+        return delete_all(self.datadir, self.user) if self.count else 0

@@ -139,3 +139,19 @@ def test_snapshot_kept_and_listed_per_instance(inst: Inst) -> None:
     table = inst.ok("snapshots").stdout
     assert table.splitlines()[0].split() == ["instance", "snapshot", "created", "size",
                                              "version", "kind"]  # fmt: skip
+
+
+def test_destroy_keeps_snapshots_unless_asked(inst: Inst, ops_dir: Path) -> None:
+    inst.ok("snapshot", "dev", "keep", "-q")
+    proc = inst.ok("destroy", "dev", "--yes")
+    assert f"Kept its 1 snapshot(s) in {inst.store}" in proc.stderr
+    assert (inst.store / "keep" / "data" / "PG_VERSION").is_file()
+
+    other = ops_dir / "other"
+    subprocess.run(["cp", "-a", str(inst.store / "keep" / "data"), str(other)], check=True)
+    inst.ok("init", "-q", "-d", str(other), "--name", "other")
+    inst.ok("snapshot", "other", "x", "-q")
+    out = json.loads(inst.ok("destroy", "other", "--yes", "--with-snapshots", "--json").stdout)
+    assert out["snapshots_removed"] == 1 and out["snapshots_kept"] == 0
+    assert not (inst.store.parent / "other").exists()
+    assert (inst.store / "keep").is_dir()  # another data directory's snapshots: untouched
