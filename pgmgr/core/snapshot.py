@@ -12,8 +12,10 @@ Every function expects the caller to hold the instance's lock (``registry.lock``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,47 @@ def pick_name(store: Store, name: str | None, instance: str) -> str:
     return name
 
 
+@dataclass
+class Pause:
+    """The downtime of :func:`paused`: None when the server was not running."""
+
+    was_running: bool
+    stopped_at: float | None = None
+    downtime: float | None = None
+
+
+@contextlib.contextmanager
+def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
+    """Stop ``srv`` (fast) for the block if it runs and ``stop``, and start it again
+    afterwards whatever happens: an interrupted stop is finished first, so the start
+    never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
+    the block instead, to stop later (``stop=False``: call :func:`stop_now`)."""
+    pause = Pause(srv.running() is not None)
+    try:
+        if pause.was_running and stop:
+            stop_now(srv, pause)
+        yield pause
+    finally:
+        if pause.stopped_at is not None:
+            srv.stop("fast")
+            srv.start()
+            pause.downtime = time.monotonic() - pause.stopped_at
+
+
+def resume(srv: Server, pause: Pause) -> None:
+    """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
+    if pause.stopped_at is not None:
+        srv.start()
+        pause.downtime = time.monotonic() - pause.stopped_at
+        pause.stopped_at = None
+
+
+def stop_now(srv: Server, pause: Pause) -> None:
+    if pause.was_running:
+        pause.stopped_at = time.monotonic()
+        srv.stop("fast")
+
+
 def create(
     srv: Server, name: str | None = None, *, online: bool = False, kind: str = "snapshot"
 ) -> SnapshotResult:
@@ -181,44 +224,28 @@ def create(
         size = store.as_user(copy.tree_size, srv.datadir)
         snapstore.check_space(store, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
-        was_running = srv.running() is not None
-        downtime = None
+        online = online and srv.running() is not None  # stopped: a copy is consistent
+        kind = "online" if online else kind
         try:
-            if online and was_running:
-                from pgmgr.core import basebackup
-
-                stats = basebackup.take(srv, staging, su)
-                kind = "online"
-            else:
+            with paused(srv, stop=not online) as pause:
                 if online:
-                    kind = "snapshot"  # stopped: a plain copy is already consistent
-                t_stop = time.monotonic()
-                if was_running:
-                    srv.stop("fast")
-                try:
+                    from pgmgr.core import basebackup
+
+                    stats = basebackup.take(srv, staging, su)
+                else:
                     stats = store.as_user(_snap_copy, srv.datadir, staging)
-                finally:
-                    if was_running:
-                        srv.start()
-                        downtime = time.monotonic() - t_stop
             sysid = store.as_user(snapstore.system_identifier, staging / snapstore.DATA)
             meta = _meta(srv, name, sysid, kind, stats)
             store.as_user(_finish, staging, store.entry(name), meta)
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
             raise
+    elapsed = time.monotonic() - t0
+    path = str(store.entry(name))
     return SnapshotResult(
-        srv.inst.name,
-        name,
-        str(store.entry(name)),
-        stats.bytes,
-        stats.files,
-        stats.method,
-        kind,
-        was_running,
-        time.monotonic() - t0,
-        downtime,
-    )
+        srv.inst.name, name, path, stats.bytes, stats.files, stats.method, kind,
+        pause.was_running, elapsed, pause.downtime,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- list
@@ -358,54 +385,45 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     """
     require_datadir(srv)
     t0 = time.monotonic()
-    su = srv.user()
-    with snapstore.interruptible(), snapstore.opened(srv.datadir, su, create=False) as store:
+    old_version = srv.inst.version
+    with (
+        snapstore.interruptible(),
+        snapstore.opened(srv.datadir, srv.user(), create=False) as store,
+    ):
         store.as_user(snapstore.sweep, store.path)
         meta = load(store, name, srv.inst.name)
         rollback = check_restorable(srv, store, meta)
-        saved = (
-            None if save_current is None else pick_name(store, save_current or None, srv.inst.name)
-        )
+        keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         staging = store.entry(snapstore.tmp_name("restore"))
-        old_version = srv.inst.version
-        current_meta = None
-        if saved is not None:
-            sysid = store.as_user(snapstore.system_identifier, srv.datadir)
-            current_meta = _meta(srv, saved, sysid, "saved", copy.CopyStats())
-            current_meta.size = meta.size
-        was_running = srv.running() is not None
         swapped = False
-        downtime = t_stop = None
         try:
             store.as_user(_copy_into, store.entry(name) / snapstore.DATA, staging)
             store.as_user(copy.sync_fs, store.path)
-            if was_running:
-                t_stop = time.monotonic()
-                srv.stop("fast")
-            with snapstore.shielded():
+            with paused(srv) as pause, snapstore.shielded():
                 snapstore.swap_in(store, staging.name)
                 swapped = True
                 if rollback:
                     _rollback_record(srv, meta)
-                if current_meta is not None and saved is not None:
-                    store.as_user(_stage_save, staging, store.entry(saved), current_meta)
+                if keep is not None:
+                    store.as_user(_stage_save, staging, store.entry(keep.name), keep)
+                resume(srv, pause)  # still shielded: the restore completes, then says so
         finally:
-            if not swapped or current_meta is None:
+            if not swapped or keep is None:
                 store.as_user(snapstore.remove_tree, staging)
-            if t_stop is not None:
-                srv.start()
-                downtime = time.monotonic() - t_stop
     return RestoreResult(
-        srv.inst.name,
-        name,
-        srv.inst.version,
-        was_running,
-        time.monotonic() - t0,
-        downtime,
-        saved,
-        old_version if rollback else None,
-    )
+        srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
+        pause.downtime, keep.name if keep else None, old_version if rollback else None,
+    )  # fmt: skip
+
+
+def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
+    """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
+    saved = pick_name(store, save_as or None, srv.inst.name)
+    sysid = store.as_user(snapstore.system_identifier, srv.datadir)
+    keep = _meta(srv, saved, sysid, "saved", copy.CopyStats())
+    keep.size = meta.size
+    return keep
 
 
 # --------------------------------------------------------------------------- delete

@@ -378,15 +378,18 @@ def interruptible() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shielded() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP for a short critical section (a rename and the record
-    that goes with it), delivering them afterwards."""
+def shielded() -> Iterator[list[int]]:
+    """Past the point of no return (a swap, the record and the restart that go with it):
+    SIGINT/SIGTERM/SIGHUP are only recorded in the yielded list, so the operation
+    completes and says so; the caller decides what a recorded signal still means."""
+    got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield got
         return
-    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in sigs}
     try:
-        yield
+        yield got
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
