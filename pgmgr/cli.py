@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
 from pgmgr.commands import (
+    branch,
     cache,
     destroy,
     env,
@@ -134,6 +135,7 @@ app.command("forget")(forget.forget)
 app.command("snapshot")(snapshot.snapshot)
 app.command("snapshots")(snapshot.snapshots)
 app.command("restore")(restore.restore)
+app.command("branch")(branch.branch)
 app.add_typer(cache.app, name="cache")
 
 

@@ -180,21 +180,27 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
     the block instead, to stop later (``stop=False``: call :func:`stop_now`)."""
     pause = Pause(srv.running() is not None)
+    interrupted = False
     try:
         if pause.was_running and stop:
             stop_now(srv, pause)
         yield pause
     finally:
         if pause.stopped_at is not None:
-            srv.stop("fast")
-            srv.start()
+            # A signal now would cancel the start and leave the server stopped: hold it.
+            with snapstore.shielded() as got:
+                srv.stop("fast")
+                srv.start()
             pause.downtime = time.monotonic() - pause.stopped_at
+            interrupted = bool(got)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def resume(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
     if pause.stopped_at is not None:
-        srv.start()
+        srv.start()  # the caller holds signals (snapstore.shielded)
         pause.downtime = time.monotonic() - pause.stopped_at
         pause.stopped_at = None
 
@@ -296,6 +302,10 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
         )
     out.sort(key=lambda s: (s.created or 0, s.snapshot))
     return out
+
+
+def missing(instance: str, name: str) -> str:
+    return f"'{instance}' has no snapshot named {name!r} (it has: none)"
 
 
 def load(store: Store, name: str, instance: str) -> Meta:
@@ -441,9 +451,10 @@ def delete(srv: Server, name: str) -> Meta:
 
     :raises SnapshotNotFound: no such snapshot.
     """
-    with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
+    snapstore.check_snap_name(name)
+    gone = missing(srv.inst.name, name)
+    with snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store:
         store.as_user(snapstore.sweep, store.path)
-        snapstore.check_snap_name(name)
         try:
             meta = load(store, name, srv.inst.name)
         except DatabaseException as e:

@@ -49,6 +49,7 @@ TMP = ".tmp-"
 FORMAT = 1
 SNAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 META_LIMIT = 1 << 20
+RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
@@ -183,10 +184,12 @@ def _private_subdir(
 
 
 @contextlib.contextmanager
-def opened(datadir: Path, user: ServerUser | None, *, create: bool = True) -> Iterator[Store]:
+def opened(
+    datadir: Path, user: ServerUser | None, *, create: bool = True, missing: str | None = None
+) -> Iterator[Store]:
     """The store of ``datadir``, made private if absent (when ``create``).
 
-    :raises SnapshotNotFound: no store and not ``create``.
+    :raises SnapshotNotFound: no store and not ``create`` (the message is ``missing``).
     :raises DatabaseException: the store or its parent is unsafe.
     """
     parent = datadir.parent
@@ -206,7 +209,7 @@ def opened(datadir: Path, user: ServerUser | None, *, create: bool = True) -> It
             fds.append(fd)
         except FileNotFoundError:
             raise SnapshotNotFound(
-                f"no snapshots of {datadir} (nothing in {parent / STORE})"
+                missing or f"no snapshots of {datadir}", hint="'pgmgr snapshots' lists them"
             ) from None
         yield Store(datadir, user, parent_fd, fd)
     finally:
@@ -294,18 +297,23 @@ def sweep(store: Path) -> list[str]:
 # --------------------------------------------------------------------------- as root, by fd
 
 
-def exchange(a_fd: int, a: str, b_fd: int, b: str) -> None:
-    """Swap two directory entries atomically (``renameat2(RENAME_EXCHANGE)``).
+def renameat2(a_fd: int, a: str, b_fd: int, b: str, flags: int) -> None:
+    """``renameat2(2)``: :data:`RENAME_EXCHANGE` swaps two entries atomically,
+    :data:`RENAME_NOREPLACE` refuses to replace anything (even an empty directory).
 
-    :raises OSError: the filesystem cannot (EINVAL) or anything else failed.
+    :raises OSError: EINVAL/ENOSYS when the filesystem or libc cannot; anything else.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     fn = getattr(libc, "renameat2", None)
     if fn is None:  # pragma: no cover - glibc < 2.28
         raise OSError(errno.ENOSYS, "renameat2 is not available")
-    if fn(a_fd, a.encode(), b_fd, b.encode(), RENAME_EXCHANGE) != 0:
+    if fn(a_fd, a.encode(), b_fd, b.encode(), flags) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), a)
+        raise OSError(err, os.strerror(err), b)
+
+
+def exchange(a_fd: int, a: str, b_fd: int, b: str) -> None:
+    renameat2(a_fd, a, b_fd, b, RENAME_EXCHANGE)
 
 
 def swap_in(store: Store, staged: str) -> None:

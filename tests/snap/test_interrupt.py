@@ -25,11 +25,12 @@ def big(inst: Inst) -> None:
              "FROM generate_series(1, 250000) g")  # fmt: skip
 
 
-def wait_for_lock(pid: int) -> None:
+def wait_for_lock(proc: subprocess.Popen[str]) -> None:
     """Until ``pid`` holds an instance lock: it has started its work (a signal during
     Python's start-up is not what these tests are about)."""
+    pid = proc.pid
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
@@ -37,7 +38,8 @@ def wait_for_lock(pid: int) -> None:
         if any("/locks/" in t for t in targets):
             return
         time.sleep(0.005)
-    raise AssertionError("the command never took the instance lock")
+    if proc.poll() is None:
+        raise AssertionError("the command never took the instance lock")
 
 
 def interrupt(inst: Inst, args: list[str], delay: float, sig: int) -> int:
@@ -51,11 +53,12 @@ def interrupt(inst: Inst, args: list[str], delay: float, sig: int) -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_lock(proc.pid)
+    wait_for_lock(proc)
     time.sleep(delay)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
+    assert proc.returncode in (0, 130, -signal.SIGKILL), err
     return proc.returncode
 
 
