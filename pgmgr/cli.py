@@ -27,6 +27,7 @@ from pgmgr.commands import (
     start,
     status,
     stop,
+    upgrade,
     url,
     versions,
 )
@@ -136,6 +137,7 @@ app.command("snapshot")(snapshot.snapshot)
 app.command("snapshots")(snapshot.snapshots)
 app.command("restore")(restore.restore)
 app.command("branch")(branch.branch)
+app.command("upgrade")(upgrade.upgrade)
 app.add_typer(cache.app, name="cache")
 
 

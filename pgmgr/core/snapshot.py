@@ -345,18 +345,18 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
         )
     current = store.as_user(snapstore.system_identifier, srv.datadir)
     rollback = meta.upgraded_to is not None and meta.upgraded_to == current
-    if meta.system_identifier != current and not rollback:
-        raise DatabaseException(
-            f"snapshot {name!r} is of another cluster than '{srv.inst.name}' (system "
-            f"identifier {meta.system_identifier}, the instance has {current}); "
-            "nothing was changed"
-        )
     on_disk = server.datadir_major(srv.datadir)
     if meta.major != on_disk and not rollback:
         raise DatabaseException(
             f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "
             f"PostgreSQL {on_disk}; nothing was changed",
             hint="only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back",
+        )
+    if meta.system_identifier != current and not rollback:
+        raise DatabaseException(
+            f"snapshot {name!r} is of another cluster than '{srv.inst.name}' (system "
+            f"identifier {meta.system_identifier}, the instance has {current}); "
+            "nothing was changed"
         )
     why = store.as_user(_check_data, store.entry(name), meta)
     if why:
