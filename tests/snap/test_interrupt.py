@@ -52,6 +52,9 @@ def interrupt(inst: Inst, args: list[str], delay: float, sig: int) -> int:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # xdist workers ignore SIGINT, and an ignored signal stays ignored across exec:
+        # give the command the default disposition a shell would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for_lock(proc)
     time.sleep(delay)
