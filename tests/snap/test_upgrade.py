@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import error_lines
+from tests.helpers import error_lines, run_pgmgr
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_interrupt import interrupt
 
@@ -123,8 +123,8 @@ def test_missing_binaries_are_named(up: Inst, scratch: Path) -> None:
     shutil.copytree(real.parent, fake.parent, symlinks=True)
     (fake / "pg_upgrade").unlink()
     (fake / "vacuumdb").unlink()
-    proc = up.pgmgr("upgrade", "up", "-v", "18", "--yes",
-                    env={"PGMGR_PG_PATHS": str(fake), "PGMGR_SOURCES": "debian,extra"})  # fmt: skip
+    proc = run_pgmgr("upgrade", "up", "-v", "18", "--yes",
+                     env={"PGMGR_PG_PATHS": str(fake), "PGMGR_SOURCES": "debian,extra"})  # fmt: skip
     lines = error_lines(proc.stderr)
     assert proc.returncode == 1, proc.stderr
     assert lines[0] == (f"Error: cannot upgrade: missing {fake}/pg_upgrade, {fake}/vacuumdb; "
