@@ -64,8 +64,12 @@ class Bench:
         self.pw = pwd.getpwnam("postgres") if self.root else None
         exe = Path(sys.executable).with_name("pgmgr")
         self.pgmgr_cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pgmgr"]
-        self.env = dict(os.environ, PGMGR_STATE_DIR=str(work / "state"),
-                        PGMGR_CACHE_DIR=str(work / "cache"), TMPDIR=str(self.mkdir("tmp")))  # fmt: skip
+        self.env = dict(
+            os.environ,
+            PGMGR_STATE_DIR=str(work / "state"),
+            PGMGR_CACHE_DIR=str(work / "cache"),
+            TMPDIR=str(self.mkdir("tmp")),
+        )
         self.sock = self.mkdir("sock")
 
     # ------------------------------------------------------------------ plumbing
@@ -78,8 +82,9 @@ class Bench:
         return path
 
     def pgmgr(self, *args: str) -> str:
-        proc = subprocess.run([*self.pgmgr_cmd, *args], env=self.env, capture_output=True,
-                              text=True, check=False)  # fmt: skip
+        proc = subprocess.run(
+            [*self.pgmgr_cmd, *args], env=self.env, capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0:
             raise SystemExit(f"pgmgr {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout
@@ -91,14 +96,32 @@ class Bench:
         if self.pw:
             kw = {"user": self.pw.pw_uid, "group": self.pw.pw_gid, "extra_groups": []}
             env["HOME"] = self.pw.pw_dir
-        proc = subprocess.run(argv, env=env, cwd=cwd or self.work, capture_output=True,
-                              text=True, check=False, **kw)  # type: ignore[call-overload]  # fmt: skip
+        proc = subprocess.run(
+            argv, env=env, cwd=cwd or self.work, capture_output=True, text=True, check=False, **kw
+        )  # type: ignore[call-overload]
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr or proc.stdout}")
 
     def psql(self, port: int, sql: str, db: str = "postgres") -> None:
-        self.run([str(self.old.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h",
-                  self.sockdir("main"), "-p", str(port), "-U", "postgres", "-d", db, "-c", sql])  # fmt: skip
+        self.run(
+            [
+                str(self.old.bin("psql")),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.sockdir("main"),
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ]
+        )
 
     def sockdir(self, name: str) -> str:
         import json
@@ -125,8 +148,22 @@ class Bench:
         self.pgmgr("start", "main", "-q", "-p", "auto")
         port = self.port("main")
         self.psql(port, "CREATE DATABASE bench")
-        self.run([str(self.old.bin("pgbench")), "-i", "-q", "-s", str(self.scale), "-h",
-                  self.sockdir("main"), "-p", str(port), "-U", "postgres", "bench"])  # fmt: skip
+        self.run(
+            [
+                str(self.old.bin("pgbench")),
+                "-i",
+                "-q",
+                "-s",
+                str(self.scale),
+                "-h",
+                self.sockdir("main"),
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "bench",
+            ]
+        )
         self.psql(port, "CHECKPOINT")
 
     # ------------------------------------------------------------------ cases
@@ -141,11 +178,36 @@ class Bench:
             self.pgmgr("restore", "main", "s1", "--yes", "-q")
 
         def dump() -> None:
-            self.run([str(bin_ / "pg_dump"), "-Fc", "-h", sock, "-p", str(port), "-U", "postgres",
-                      "-f", str(self.work / "tmp" / "bench.dump"), "bench"])  # fmt: skip
+            self.run(
+                [
+                    str(bin_ / "pg_dump"),
+                    "-Fc",
+                    "-h",
+                    sock,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-f",
+                    str(self.work / "tmp" / "bench.dump"),
+                    "bench",
+                ]
+            )
             self.psql(port, "CREATE DATABASE fresh")
-            self.run([str(bin_ / "pg_restore"), "-h", sock, "-p", str(port), "-U", "postgres",
-                      "-d", "fresh", str(self.work / "tmp" / "bench.dump")])  # fmt: skip
+            self.run(
+                [
+                    str(bin_ / "pg_restore"),
+                    "-h",
+                    sock,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "fresh",
+                    str(self.work / "tmp" / "bench.dump"),
+                ]
+            )
 
         def template() -> None:
             self.psql(port, "CREATE DATABASE snap TEMPLATE bench")
@@ -170,11 +232,36 @@ class Bench:
         free = server.free_port("127.0.0.1")
 
         def basebackup() -> None:
-            self.run([str(self.old.bin("pg_basebackup")), "-D", str(target), "-h", sock, "-p",
-                      str(port), "-U", "postgres", "-X", "stream", "-c", "fast"])  # fmt: skip
-            self.run([str(self.old.bin("pg_ctl")), "start", "-w", "-D", str(target), "-l",
-                      str(self.work / "tmp" / "bb.log"), "-o",
-                      f"-p {free} -k {self.sock} -c listen_addresses=''"])  # fmt: skip
+            self.run(
+                [
+                    str(self.old.bin("pg_basebackup")),
+                    "-D",
+                    str(target),
+                    "-h",
+                    sock,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ]
+            )
+            self.run(
+                [
+                    str(self.old.bin("pg_ctl")),
+                    "start",
+                    "-w",
+                    "-D",
+                    str(target),
+                    "-l",
+                    str(self.work / "tmp" / "bb.log"),
+                    "-o",
+                    f"-p {free} -k {self.sock} -c listen_addresses=''",
+                ]
+            )
 
         b = self.timed(basebackup)
         self.run([str(self.old.bin("pg_ctl")), "stop", "-w", "-m", "fast", "-D", str(target)])
@@ -186,19 +273,52 @@ class Bench:
         for d in (ours_dir, raw_dir):
             subprocess.run(["cp", "-a", str(self.work / "main"), str(d)], check=True)
         self.pgmgr("init", "-q", "-d", str(ours_dir), "--name", "upours")
-        a = self.timed(lambda: self.pgmgr("upgrade", "upours", "-v", "18", "--method", "copy",
-                                          "--yes", "-q"))  # fmt: skip
+        a = self.timed(
+            lambda: self.pgmgr("upgrade", "upours", "-v", "18", "--method", "copy", "--yes", "-q")
+        )
         new = self.mkdir("raw-new") / "data"
         work = self.mkdir("raw-work")
         p1, p2 = server.free_port("127.0.0.1"), server.free_port("127.0.0.1")
 
         def raw() -> None:
-            self.run([str(self.new.bin("initdb")), "-D", str(new), "-U", "postgres", "-E",
-                      "UTF8", "--locale=C", "--auth=trust", "--no-data-checksums", "-N"])  # fmt: skip
-            self.run([str(self.new.bin("pg_upgrade")), "-b", str(self.old.bindir), "-B",
-                      str(self.new.bindir), "-d", str(raw_dir), "-D", str(new), "-U", "postgres",
-                      "-p", str(p1), "-P", str(p2 if p2 != p1 else p1 + 1), "-s", str(self.sock),
-                      "--copy"], cwd=work)  # fmt: skip
+            self.run(
+                [
+                    str(self.new.bin("initdb")),
+                    "-D",
+                    str(new),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--auth=trust",
+                    "--no-data-checksums",
+                    "-N",
+                ]
+            )
+            self.run(
+                [
+                    str(self.new.bin("pg_upgrade")),
+                    "-b",
+                    str(self.old.bindir),
+                    "-B",
+                    str(self.new.bindir),
+                    "-d",
+                    str(raw_dir),
+                    "-D",
+                    str(new),
+                    "-U",
+                    "postgres",
+                    "-p",
+                    str(p1),
+                    "-P",
+                    str(p2 if p2 != p1 else p1 + 1),
+                    "-s",
+                    str(self.sock),
+                    "--copy",
+                ],
+                cwd=work,
+            )
 
         b = self.timed(raw)
         return a, b
@@ -213,8 +333,9 @@ def machine(b: Bench) -> list[str]:
                 break
     except OSError:
         pass
-    fs = subprocess.run(["stat", "-f", "-c", "%T", str(b.work)], capture_output=True,
-                        text=True, check=False).stdout.strip()  # fmt: skip
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(b.work)], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores; filesystem ({b.work.parent}): {fs}",
         f"- PostgreSQL {b.old.version} -> {b.new.version}; pgbench scale {b.scale}; "
@@ -225,13 +346,20 @@ def machine(b: Bench) -> list[str]:
 
 
 def render(rows: list[Row], size: str, notes: list[str]) -> str:
-    out = [SECTION, "", f"Instance: `pgbench -i -s` ({size}), one run.", "",
-           "| case | pgmgr | baseline | baseline time | ratio | target | met |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        SECTION,
+        "",
+        f"Instance: `pgbench -i -s` ({size}), one run.",
+        "",
+        "| case | pgmgr | baseline | baseline time | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         met = "yes" if r.ratio <= r.target else "**no**"
-        out.append(f"| {r.case} | {r.ours:.2f} s | {r.baseline} | {r.theirs:.2f} s | "
-                   f"{r.ratio:.3f} | <= {r.target} | {met} |")  # fmt: skip
+        out.append(
+            f"| {r.case} | {r.ours:.2f} s | {r.baseline} | {r.theirs:.2f} s | "
+            f"{r.ratio:.3f} | <= {r.target} | {met} |"
+        )
     return "\n".join([*out, "", *notes, ""])
 
 
@@ -253,8 +381,9 @@ def main() -> int:
     b = Bench(work, args.scale)
     try:
         b.setup()
-        size = subprocess.run(["du", "-sh", str(work / "main")], capture_output=True,
-                              text=True, check=False).stdout.split()[0]  # fmt: skip
+        size = subprocess.run(
+            ["du", "-sh", str(work / "main")], capture_output=True, text=True, check=False
+        ).stdout.split()[0]
         sr, dump, tpl = b.snapshot_restore()
         br, bb = b.branch()
         up, raw = b.upgrade()
@@ -263,14 +392,29 @@ def main() -> int:
         subprocess.run([*b.pgmgr_cmd, "stop", "--all", "-q"], env=b.env, check=False)
         shutil.rmtree(work, ignore_errors=True)
     rows = [
-        Row("snapshot + restore (running)", sr, "`pg_dump -Fc` + `pg_restore` into a fresh db",
-            dump, 0.05),
+        Row(
+            "snapshot + restore (running)",
+            sr,
+            "`pg_dump -Fc` + `pg_restore` into a fresh db",
+            dump,
+            0.05,
+        ),
         Row("snapshot + restore (running)", sr, "`CREATE DATABASE .. TEMPLATE` swap", tpl, 0.5),
-        Row("branch of a running instance, ready", br, "`pg_basebackup` + `pg_ctl start -w`",
-            bb, 0.5),
-        Row("upgrade 15 -> 18 `--method copy` (stopped)", up,
-            "`initdb` + raw `pg_upgrade --copy`", raw, 1.2),
-    ]  # fmt: skip
+        Row(
+            "branch of a running instance, ready",
+            br,
+            "`pg_basebackup` + `pg_ctl start -w`",
+            bb,
+            0.5,
+        ),
+        Row(
+            "upgrade 15 -> 18 `--method copy` (stopped)",
+            up,
+            "`initdb` + raw `pg_upgrade --copy`",
+            raw,
+            1.2,
+        ),
+    ]
     text = render(rows, size, notes)
     print(text)
     if not args.no_write:

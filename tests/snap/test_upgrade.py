@@ -123,8 +123,14 @@ def test_missing_binaries_are_named(up: Inst, scratch: Path) -> None:
     shutil.copytree(real.parent, fake.parent, symlinks=True)
     (fake / "pg_upgrade").unlink()
     (fake / "vacuumdb").unlink()
-    proc = run_pgmgr("upgrade", "up", "-v", "18", "--yes",
-                     env={"PGMGR_PG_PATHS": str(fake), "PGMGR_SOURCES": "debian,extra"})  # fmt: skip
+    proc = run_pgmgr(
+        "upgrade",
+        "up",
+        "-v",
+        "18",
+        "--yes",
+        env={"PGMGR_PG_PATHS": str(fake), "PGMGR_SOURCES": "debian,extra"},
+    )
     lines = error_lines(proc.stderr)
     assert proc.returncode == 1, proc.stderr
     assert lines[0] == (f"Error: cannot upgrade: missing {fake}/pg_upgrade, {fake}/vacuumdb; "
