@@ -55,13 +55,17 @@ def branch(
     """
     c.quiet(quiet, json)
     from pgmgr.core import branch as branches
-    from pgmgr.core import registry
+    from pgmgr.core import registry, snapstore
     from pgmgr.core.errors import UsageError
 
     if port is not None and port != "auto" and not (port.isdigit() and 0 < int(port) < 65536):
         raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
     srv = c.resolve(name, None)
-    with registry.lock(srv.datadir), ui.spinner(f"Branching '{srv.inst.name}' into '{new}' …"):
+    with (
+        snapstore.interruptible(),
+        registry.lock(srv.datadir),
+        ui.spinner(f"Branching '{srv.inst.name}' into '{new}' …"),
+    ):
         result = branches.branch(
             srv, new, snap=from_, datadir=datadir,
             port=int(port) if port and port != "auto" else port, start=start,

@@ -31,7 +31,7 @@ def restore(
     Example: pgmgr restore dev before-migration --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry
+    from pgmgr.core import registry, snapstore
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
 
@@ -48,7 +48,11 @@ def restore(
         if not typer.confirm(prompt, default=False, err=True):
             ui.message("Nothing changed")
             raise typer.Exit(1)
-    with registry.lock(srv.datadir), ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"):
+    with (
+        snapstore.interruptible(),
+        registry.lock(srv.datadir),
+        ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
+    ):
         result = snaps.restore(srv, snap, save_current="" if save_current else None)
     if json:
         ui.emit_json(result.to_dict())

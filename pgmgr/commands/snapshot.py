@@ -41,7 +41,7 @@ def snapshot(
     Example: pgmgr snapshot dev before-migration
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry
+    from pgmgr.core import registry, snapstore
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
 
@@ -58,7 +58,11 @@ def snapshot(
         ui.message(f"Deleted snapshot {snap!r} of '{srv.inst.name}'")
         return
     how = "online " if online else ""
-    with registry.lock(srv.datadir), ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"):
+    with (
+        snapstore.interruptible(),
+        registry.lock(srv.datadir),
+        ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
+    ):
         result = snaps.create(srv, snap, online=online)
     if json:
         ui.emit_json(result.to_dict())
@@ -80,10 +84,18 @@ def snapshots(
     """
     from pgmgr.core import registry
     from pgmgr.core import snapshot as snaps
+    from pgmgr.core.errors import DatabaseException
     from pgmgr.core.instance import Server
 
-    servers = [c.resolve(name, None)] if name else [Server(i) for i in registry.load_all()[0]]
-    rows = [info.to_dict() for srv in servers for info in snaps.list_snapshots(srv)]
+    if name:
+        rows = [info.to_dict() for info in snaps.list_snapshots(c.resolve(name, None))]
+    else:
+        rows = []
+        for inst in registry.load_all()[0]:
+            try:
+                rows += [info.to_dict() for info in snaps.list_snapshots(Server(inst))]
+            except DatabaseException as e:  # one unsafe store does not hide the others
+                ui.error(f"'{inst.name}': {e}")
     if json:
         ui.emit_json(rows)
         return

@@ -42,8 +42,13 @@ def run(
     uid, gid, groups = server._ids(user)
     child_env = server._child_env(user)
     child_env.update(env or {})
+    command = list(argv)
+    if user is not None and str(cwd) != "/":
+        # Popen changes directory before it drops to the user: as root, that would resolve
+        # a path inside the user's directories. env(1) changes it after, as the user.
+        command, cwd = ["env", "-C", str(cwd), *command], "/"
     proc = subprocess.Popen(
-        list(argv),
+        command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

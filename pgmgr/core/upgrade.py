@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, paths, server, snapshot, snapstore, tools, versions
+from pgmgr.core import copy, paths, process, server, snapshot, snapstore, tools, versions
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -262,13 +262,25 @@ def _run_pg_upgrade(
     )  # fmt: skip
     try:
         tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work)
-    except CommandFailed as e:
+    except BaseException as e:
+        # pg_ctl puts the servers pg_upgrade starts in sessions of their own: stop the new
+        # cluster's (the old one's is stopped by the caller's pause) before it is removed.
+        _stop_server_of(newdata)
+        if not isinstance(e, CommandFailed):
+            raise
+
         log = _keep_logs(srv, store, work)
         _undo_link(srv, store, method)
         raise DatabaseException(
             f"pg_upgrade failed: {_reason(e)}; nothing was changed",
             hint=f"pg_upgrade's logs are kept in {log}",
         ) from None
+
+
+def _stop_server_of(datadir: Path) -> None:
+    pf = process.running_postmaster(datadir)
+    if pf is not None:
+        server.stop(pf.pid, datadir, "fast", 60)
 
 
 def _undo_link(srv: Server, store: Store, method: str) -> None:
