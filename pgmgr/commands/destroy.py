@@ -38,12 +38,12 @@ def destroy(
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry, snapshot
+    from pgmgr.core import ops, registry, snapcatalog
     from pgmgr.core.errors import UsageError
 
     srv = c.resolve(name, None)
     ops.check_destroyable(srv)
-    kept = snapshot.Kept.of(srv)
+    kept = snapcatalog.Kept.of(srv)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(

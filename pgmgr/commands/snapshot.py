@@ -42,6 +42,7 @@ def snapshot(
     """
     c.quiet(quiet, json)
     from pgmgr.core import registry, snapstore
+    from pgmgr.core import snapcatalog as catalog
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
 
@@ -52,7 +53,7 @@ def snapshot(
                 "--delete needs the snapshot's name: pgmgr snapshot NAME SNAP --delete"
             )
         with registry.lock(srv.datadir):
-            snaps.delete(srv, snap)
+            catalog.delete(srv, snap)
         if json:
             ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
         ui.message(f"Deleted snapshot {snap!r} of '{srv.inst.name}'")
@@ -83,17 +84,17 @@ def snapshots(
     Example: pgmgr snapshots dev --json
     """
     from pgmgr.core import registry
-    from pgmgr.core import snapshot as snaps
+    from pgmgr.core import snapcatalog as catalog
     from pgmgr.core.errors import DatabaseException
     from pgmgr.core.instance import Server
 
     if name:
-        rows = [info.to_dict() for info in snaps.list_snapshots(c.resolve(name, None))]
+        rows = [info.to_dict() for info in catalog.list_snapshots(c.resolve(name, None))]
     else:
         rows = []
         for inst in registry.load_all()[0]:
             try:
-                rows += [info.to_dict() for info in snaps.list_snapshots(Server(inst))]
+                rows += [info.to_dict() for info in catalog.list_snapshots(Server(inst))]
             except DatabaseException as e:  # one unsafe store does not hide the others
                 ui.error(f"'{inst.name}': {e}")
     if json:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, registry, server, snapshot, snapstore, userfs
+from pgmgr.core import copy, registry, server, snapcatalog, snapshot, snapstore, userfs
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server, new_password
+from pgmgr.core.pause import paused
 from pgmgr.core.registry import Instance
 
 
@@ -122,7 +123,7 @@ def _snapshot_source(src: Server, snap: str, store: snapstore.Store) -> tuple[Pa
 
     :raises SnapshotNotFound: no such snapshot. :raises DatabaseException: not ``src``'s.
     """
-    meta = snapshot.load(store, snap, src.inst.name)
+    meta = snapcatalog.load(store, snap, src.inst.name)
     if meta.datadir != src.inst.datadir:
         raise DatabaseException(f"snapshot {snap!r} is of another instance ({meta.instance})")
     return store.entry(snap) / snapstore.DATA, meta.size
@@ -187,15 +188,15 @@ def _copy_branch(
         if snap is None:
             size = tstore.as_user(copy.tree_size, src.datadir)
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
-            with snapshot.paused(src) as pause:
-                stats = tstore.as_user(snapshot._copy_into, src.datadir, staging)
+            with paused(src) as pause:
+                stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
             downtime = pause.downtime
         else:
-            gone = snapshot.missing(src.inst.name, snap)
+            gone = snapcatalog.missing(src.inst.name, snap)
             with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
                 origin, size = _snapshot_source(src, snap, sstore)
                 snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
-                stats = tstore.as_user(snapshot._copy_into, origin, staging)
+                stats = tstore.as_user(snapshot.copy_into, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
     except BaseException:
         tstore.as_user(snapstore.remove_tree, staging)

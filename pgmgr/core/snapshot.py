@@ -12,10 +12,8 @@ Every function expects the caller to hold the instance's lock (``registry.lock``
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,9 @@ from typing import Any
 from pgmgr.core import copy, server, snapstore, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
-from pgmgr.core.privileges import ServerUser
-from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
+from pgmgr.core.pause import paused, resume
+from pgmgr.core.snapcatalog import load, pick_name
+from pgmgr.core.snapstore import Meta, Store
 
 
 @dataclass
@@ -89,15 +88,15 @@ def require_datadir(srv: Server) -> None:
 # --------------------------------------------------------------------------- as the user
 
 
-def _copy_into(src: Path, dst: Path) -> copy.CopyStats:
+def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``. As the server user."""
     return copy.copy_tree(src, dst, exclude=("postmaster.pid",))  # never a live server's
 
 
-def _snap_copy(src: Path, staging: Path) -> copy.CopyStats:
+def snap_copy(src: Path, staging: Path) -> copy.CopyStats:
     """``staging/data`` := a copy of ``src``. As the server user."""
     os.mkdir(staging, 0o700)
-    return _copy_into(src, staging / snapstore.DATA)
+    return copy_into(src, staging / snapstore.DATA)
 
 
 def _finish(staging: Path, final: Path, meta: Meta) -> None:
@@ -124,7 +123,7 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
 # --------------------------------------------------------------------------- create
 
 
-def _meta(srv: Server, name: str, sysid: str, kind: str, stats: copy.CopyStats) -> Meta:
+def meta_for(srv: Server, name: str, sysid: str, kind: str, stats: copy.CopyStats) -> Meta:
     inst = srv.inst
     return Meta(
         name=name,
@@ -141,74 +140,6 @@ def _meta(srv: Server, name: str, sysid: str, kind: str, stats: copy.CopyStats) 
         kind=kind,
         settings=dict(inst.settings),
     )
-
-
-def taken_names(store: Store) -> set[str]:
-    return {n for n, _, _ in store.as_user(snapstore.list_metas, store.path)}
-
-
-def pick_name(store: Store, name: str | None, instance: str) -> str:
-    """``name`` (validated, free) or a fresh timestamp.
-
-    :raises DatabaseException: a snapshot of that name exists.
-    """
-    taken = taken_names(store)
-    if name is None:
-        return snapstore.default_name(taken)
-    snapstore.check_snap_name(name)
-    if name in taken:
-        raise DatabaseException(
-            f"'{instance}' already has a snapshot named {name!r}",
-            hint="choose another name, or delete it with 'pgmgr snapshot NAME SNAP --delete'",
-        )
-    return name
-
-
-@dataclass
-class Pause:
-    """The downtime of :func:`paused`: None when the server was not running."""
-
-    was_running: bool
-    stopped_at: float | None = None
-    downtime: float | None = None
-
-
-@contextlib.contextmanager
-def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
-    """Stop ``srv`` (fast) for the block if it runs and ``stop``, and start it again
-    afterwards whatever happens: an interrupted stop is finished first, so the start
-    never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
-    the block instead, to stop later (``stop=False``: call :func:`stop_now`)."""
-    pause = Pause(srv.running() is not None)
-    interrupted = False
-    try:
-        if pause.was_running and stop:
-            stop_now(srv, pause)
-        yield pause
-    finally:
-        if pause.stopped_at is not None:
-            # A signal now would cancel the start and leave the server stopped: hold it.
-            with snapstore.shielded() as got:
-                srv.stop("fast")
-                srv.start()
-            pause.downtime = time.monotonic() - pause.stopped_at
-            interrupted = bool(got)
-    if interrupted:
-        raise KeyboardInterrupt
-
-
-def resume(srv: Server, pause: Pause) -> None:
-    """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
-    if pause.stopped_at is not None:
-        srv.start()  # the caller holds signals (snapstore.shielded)
-        pause.downtime = time.monotonic() - pause.stopped_at
-        pause.stopped_at = None
-
-
-def stop_now(srv: Server, pause: Pause) -> None:
-    if pause.was_running:
-        pause.stopped_at = time.monotonic()
-        srv.stop("fast")
 
 
 def create(
@@ -239,9 +170,9 @@ def create(
 
                     stats = basebackup.take(srv, staging, su)
                 else:
-                    stats = store.as_user(_snap_copy, srv.datadir, staging)
+                    stats = store.as_user(snap_copy, srv.datadir, staging)
             sysid = store.as_user(snapstore.system_identifier, staging / snapstore.DATA)
-            meta = _meta(srv, name, sysid, kind, stats)
+            meta = meta_for(srv, name, sysid, kind, stats)
             store.as_user(_finish, staging, store.entry(name), meta)
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
@@ -252,80 +183,6 @@ def create(
         srv.inst.name, name, path, stats.bytes, stats.files, stats.method, kind,
         pause.was_running, elapsed, pause.downtime,
     )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- list
-
-
-@dataclass
-class SnapshotInfo:
-    instance: str
-    snapshot: str
-    created: float | None
-    size: int | None
-    version: str | None
-    kind: str | None
-    path: str
-    problem: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "instance": self.instance,
-            "snapshot": self.snapshot,
-            "created": self.created,
-            "size": self.size,
-            "version": self.version,
-            "kind": self.kind,
-            "path": self.path,
-            "problem": self.problem,
-        }
-
-
-def list_snapshots(srv: Server) -> list[SnapshotInfo]:
-    """The snapshots in ``srv``'s store, oldest first (unreadable ones say why)."""
-    try:
-        with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
-            entries = store.as_user(snapstore.list_metas, store.path)
-    except SnapshotNotFound:
-        return []
-    out = []
-    for name, meta, why in entries:
-        path = str(snapstore.store_path(srv.datadir) / name)
-        if meta is None:
-            out.append(SnapshotInfo(srv.inst.name, name, None, None, None, None, path, why))
-            continue
-        problem = None if meta.datadir == srv.inst.datadir else f"taken of {meta.datadir}"
-        out.append(
-            SnapshotInfo(
-                srv.inst.name, name, meta.created, meta.size, meta.version, meta.kind, path, problem
-            )
-        )
-    out.sort(key=lambda s: (s.created or 0, s.snapshot))
-    return out
-
-
-def missing(instance: str, name: str) -> str:
-    return f"'{instance}' has no snapshot named {name!r} (it has: none)"
-
-
-def load(store: Store, name: str, instance: str) -> Meta:
-    """The metadata of snapshot ``name``.
-
-    :raises SnapshotNotFound: no such snapshot (exit code 4), listing the ones there are.
-    :raises DatabaseException: its metadata is unreadable.
-    """
-    snapstore.check_snap_name(name)
-    entries = {n: (m, w) for n, m, w in store.as_user(snapstore.list_metas, store.path)}
-    if name not in entries:
-        have = ", ".join(sorted(entries)) or "none"
-        raise SnapshotNotFound(
-            f"'{instance}' has no snapshot named {name!r} (it has: {have})",
-            hint="'pgmgr snapshots' lists them",
-        )
-    meta, why = entries[name]
-    if meta is None:
-        raise DatabaseException(f"snapshot {name!r} is unreadable: {why}")
-    return meta
 
 
 # --------------------------------------------------------------------------- restore
@@ -408,7 +265,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
-            store.as_user(_copy_into, store.entry(name) / snapstore.DATA, staging)
+            store.as_user(copy_into, store.entry(name) / snapstore.DATA, staging)
             store.as_user(copy.sync_fs, store.path)
             with paused(srv) as pause, snapstore.shielded():
                 snapstore.swap_in(store, staging.name)
@@ -431,68 +288,6 @@ def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
     """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
     saved = pick_name(store, save_as or None, srv.inst.name)
     sysid = store.as_user(snapstore.system_identifier, srv.datadir)
-    keep = _meta(srv, saved, sysid, "saved", copy.CopyStats())
+    keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
     keep.size = meta.size
     return keep
-
-
-# --------------------------------------------------------------------------- delete
-
-
-def _delete(store: Path, name: str) -> None:
-    """Rename out of sight first (atomic), then remove. As the user."""
-    doomed = store / snapstore.tmp_name("delete")
-    os.rename(store / name, doomed)
-    snapstore.remove_tree(doomed)
-
-
-def delete(srv: Server, name: str) -> Meta:
-    """Delete snapshot ``name`` of ``srv``.
-
-    :raises SnapshotNotFound: no such snapshot.
-    """
-    snapstore.check_snap_name(name)
-    gone = missing(srv.inst.name, name)
-    with snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store:
-        store.as_user(snapstore.sweep, store.path)
-        try:
-            meta = load(store, name, srv.inst.name)
-        except DatabaseException as e:
-            if isinstance(e, SnapshotNotFound):
-                raise
-            meta = None  # unreadable metadata: still deletable
-        store.as_user(_delete, store.path, name)
-    return meta or Meta(name, srv.inst.name, srv.inst.datadir, "", "", "", "", 0.0)
-
-
-def delete_all(datadir: Path, user: ServerUser | None) -> int:
-    """Remove every snapshot of ``datadir`` (``destroy --with-snapshots``); how many."""
-    try:
-        with snapstore.opened(datadir, user, create=False) as store:
-            count = len(store.as_user(snapstore.list_metas, store.path))
-            store.as_user(_delete, store.path.parent, store.path.name)
-    except SnapshotNotFound:
-        return 0
-    return count
-
-
-@dataclass
-class Kept:
-    """What ``destroy`` does with an instance's snapshots: looked at before, removed after
-    (the data directory's owner, who owns them, is known only while it exists)."""
-
-    datadir: Path
-    user: ServerUser | None
-    count: int
-    path: str
-
-    @classmethod
-    def of(cls, srv: Server) -> Kept:
-        try:
-            found = len(list_snapshots(srv))
-        except DatabaseException:
-            found = 0  # an unsafe store is never touched; destroy goes on without it
-        return cls(srv.datadir, srv.user(), found, str(snapstore.store_path(srv.datadir)))
-
-    def remove(self) -> int:
-        return delete_all(self.datadir, self.user) if self.count else 0

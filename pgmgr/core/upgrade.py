@@ -24,6 +24,8 @@ from pgmgr.core import copy, paths, process, server, snapshot, snapstore, tools,
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
+from pgmgr.core.pause import paused, resume
+from pgmgr.core.snapcatalog import taken_names
 from pgmgr.core.snapstore import Meta, Store
 from pgmgr.core.versions import Installation
 
@@ -305,13 +307,13 @@ def _switch(
     newdata = work / "data"
     old_sysid = store.as_user(snapstore.system_identifier, srv.datadir)
     snap_name = f"pre-upgrade-{old.major}"
-    if snap_name in snapshot.taken_names(store):
+    if snap_name in taken_names(store):
         snap_name += "-" + snapstore.default_name(set())
-    meta = snapshot._meta(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
-    with snapshot.paused(srv) as pause:
+    meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
+    with paused(srv) as pause:
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
-            stats = store.as_user(snapshot._snap_copy, srv.datadir, store.entry(KEEP))
+            stats = store.as_user(snapshot.snap_copy, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
         auto = store.as_user(_carry, srv.datadir, newdata)
@@ -335,7 +337,7 @@ def _switch(
             )
             srv.inst.settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
             srv.save()
-            snapshot.resume(srv, pause)
+            resume(srv, pause)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
 
 
