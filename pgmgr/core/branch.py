@@ -158,19 +158,20 @@ def branch(
         tstore.as_user(snapstore.sweep, tstore.path)
         stats, downtime = _copy_branch(src, snap, tstore)
         inst = new_record(src, new, target, port)
-        staging = snapstore.TMP + "branch"
-        with snapstore.shielded() as got:
+        srv = Server(inst)
+        # From here to a started branch signals only wait: the branch is complete, or it is
+        # removed again if it cannot be registered or started.
+        with snapstore.shielded():
+            staging = snapstore.TMP + "branch"
             _rename_noreplace(tstore.fd, staging, tstore.parent_fd, target.name)
             try:
                 registry.save(inst)
+                if start:
+                    with registry.lock(srv.datadir):
+                        srv.start(port="auto" if port in (None, "auto") else port)
             except BaseException:
-                userfs.rmtree_at(tstore.parent_fd, target.name)
+                _undo(srv, tstore)
                 raise
-        if got:
-            raise KeyboardInterrupt
-        srv = Server(inst)
-        if start:
-            _start_or_undo(srv, port, tstore)
     return BranchResult(
         new, src.inst.name, inst.datadir, snap, start, srv.inst.port,
         srv.url() if start else None, stats.bytes, stats.method,
@@ -204,15 +205,11 @@ def _copy_branch(
     return stats, downtime
 
 
-def _start_or_undo(srv: Server, port: int | str | None, tstore: snapstore.Store) -> None:
-    """Start the new branch; if that fails or is interrupted, remove it again."""
+def _undo(srv: Server, tstore: snapstore.Store) -> None:
+    """Remove a branch that could not be registered or started: its server, record and
+    data directory (through the parent's fd)."""
     try:
-        with registry.lock(srv.datadir):
-            srv.start(port="auto" if port in (None, "auto") else port)
-    except BaseException:
-        try:
-            srv.stop("immediate")
-        finally:
-            registry.remove(srv.inst.name)
-            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
-        raise
+        srv.stop("immediate")
+    finally:
+        registry.remove(srv.inst.name)
+        userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)

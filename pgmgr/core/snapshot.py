@@ -22,7 +22,7 @@ from pgmgr.core import copy, server, snapstore, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
-from pgmgr.core.snapcatalog import load, pick_name
+from pgmgr.core.snapcatalog import load, missing, pick_name
 from pgmgr.core.snapstore import Meta, Store
 
 
@@ -173,7 +173,8 @@ def create(
                     stats = store.as_user(snap_copy, srv.datadir, staging)
             sysid = store.as_user(snapstore.system_identifier, staging / snapstore.DATA)
             meta = meta_for(srv, name, sysid, kind, stats)
-            store.as_user(_finish, staging, store.entry(name), meta)
+            with snapstore.shielded():  # named: complete, whatever arrives now
+                store.as_user(_finish, staging, store.entry(name), meta)
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
             raise
@@ -253,9 +254,10 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     require_datadir(srv)
     t0 = time.monotonic()
     old_version = srv.inst.version
+    gone = missing(srv.inst.name, name)
     with (
         snapstore.interruptible(),
-        snapstore.opened(srv.datadir, srv.user(), create=False) as store,
+        snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
     ):
         store.as_user(snapstore.sweep, store.path)
         meta = load(store, name, srv.inst.name)
@@ -276,7 +278,10 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     store.as_user(_stage_save, staging, store.entry(keep.name), keep)
                 resume(srv, pause)  # still shielded: the restore completes, then says so
         finally:
-            if not swapped or keep is None:
+            if not swapped:
+                store.as_user(snapstore.remove_tree, staging)
+        if keep is None:
+            with snapstore.shielded():  # restored: removing the old state completes it
                 store.as_user(snapstore.remove_tree, staging)
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,

@@ -93,6 +93,12 @@ def test_delete(inst: Inst) -> None:
 
 
 def test_bad_inputs_are_one_line_and_change_nothing(inst: Inst) -> None:
+    for args in (("restore", "dev", "s1", "--yes"), ("snapshot", "dev", "s1", "--delete")):
+        proc = inst.pgmgr(*args)  # no store at all yet
+        assert proc.returncode == 4
+        assert (
+            error_lines(proc.stderr)[0] == "Error: 'dev' has no snapshot named 's1' (it has: none)"
+        )
     inst.ok("snapshot", "dev", "s1", "-q")
     inst.sql("INSERT INTO t VALUES (-7)")
     cases = [
