@@ -148,24 +148,26 @@ def _reason(e: CommandFailed) -> str:
     return lines[-1] if lines else f"exit code {e.returncode}"
 
 
-def _carry(old: Path, new: Path) -> dict[str, str]:
-    """Copy the configuration pgmgr keeps into the new cluster; the settings of its
-    postgresql.auto.conf. As the user."""
+def _auto_settings(old: Path) -> dict[str, str]:
+    """The settings of the old cluster's postgresql.auto.conf (ALTER SYSTEM). As the user."""
+    try:
+        text = (old / "postgresql.auto.conf").read_text()
+    except FileNotFoundError:
+        return {}
+    return {k: plan.unquote(v) for k, v in plan.auto_conf_settings(text).items()}
+
+
+def _carry(old: Path, new: Path, rejected: set[str]) -> None:
+    """Copy the configuration pgmgr keeps into the new cluster, the lines setting what the
+    new major rejects commented out. As the user."""
     import shutil
 
     for name in plan.CARRIED_FILES:
         if (old / name).is_file():
             shutil.copyfile(old / name, new / name)
-    try:
-        return plan.auto_conf_settings((new / "postgresql.auto.conf").read_text())
-    except FileNotFoundError:
-        return {}
-
-
-def _drop_auto(new: Path, names: set[str]) -> None:
     path = new / "postgresql.auto.conf"
-    if names and path.is_file():
-        path.write_text(plan.drop_from_auto_conf(path.read_text(), names))
+    if rejected and path.is_file():
+        path.write_text(plan.drop_from_auto_conf(path.read_text(), rejected))
 
 
 def rejected_settings(
@@ -316,10 +318,10 @@ def _switch(
             stats = store.as_user(snapshot.snap_copy, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
-        auto = store.as_user(_carry, srv.datadir, newdata)
-        rejected = rejected_settings(new, newdata, {**srv.inst.settings, **{
-            k: plan.unquote(v) for k, v in auto.items()}}, srv)  # fmt: skip
-        store.as_user(_drop_auto, newdata, set(rejected) & set(auto))
+        # Checked before the old files are carried over: the new postgres reads them too.
+        auto = store.as_user(_auto_settings, srv.datadir)
+        rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
+        store.as_user(_carry, srv.datadir, newdata, set(rejected))
         new_sysid = store.as_user(snapstore.system_identifier, newdata)
         meta.upgraded_to = new_sysid
         if meta.size == 0:

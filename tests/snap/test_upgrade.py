@@ -27,9 +27,11 @@ GRANT SELECT ON items TO app;
 def make(scratch: Path, name: str = "up") -> Inst:
     it = Inst(name, scratch / name)
     it.ok("init", "-q", "-d", str(it.datadir), "--name", name, "-v", "15")
-    it.ok("start", name, "-q", "-p", "auto", "-c", "log_min_messages=warning")
+    it.ok("start", name, "-q", "-p", "auto", "-c", "log_min_messages=warning",
+          "-c", "vacuum_defer_cleanup_age=0")  # fmt: skip
     it.sql(SCHEMA, name)
     it.sql("ALTER SYSTEM SET work_mem = '8MB'", name)
+    it.sql("ALTER SYSTEM SET promote_trigger_file = '/nonexistent'", name)  # gone in 16
     it.sql("SELECT pg_reload_conf()", name)
     return it
 
@@ -66,7 +68,9 @@ def test_upgrade_15_to_18_and_roll_back(up: Inst) -> None:
     out = json.loads(up.ok("upgrade", "up", "-v", "18", "--yes", "--json").stdout)
     assert out["old_version"].startswith("15.") and out["new_version"].startswith("18.")
     assert out["rollback_snapshot"] == "pre-upgrade-15" and out["statistics_rebuilt"] is True
-    assert out["rejected_settings"] == []
+    # both removed in PostgreSQL 16: dropped from the record, commented out in auto.conf
+    assert out["rejected_settings"] == ["promote_trigger_file", "vacuum_defer_cleanup_age"]
+    assert "vacuum_defer_cleanup_age" not in up.record()["settings"]
     assert up.state() == "running" and up.record()["major"] == "18"
     assert up.sql("SHOW server_version_num").startswith("18")
     assert facts(up) == before  # tables, sequences, indexes, roles, ALTER SYSTEM settings
