@@ -41,10 +41,9 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
             with snapstore.shielded() as got:
-                srv.stop("fast")
-                srv.start()
+                cancelled = start_again(srv)
             pause.downtime = time.monotonic() - pause.stopped_at
-            interrupted = bool(got)
+            interrupted = bool(got) or cancelled
     if interrupted:
         raise KeyboardInterrupt
 
@@ -52,9 +51,28 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
 def resume(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
     if pause.stopped_at is not None:
-        srv.start()  # the caller holds signals (snapstore.shielded)
+        start_again(srv)  # the caller holds signals (snapstore.shielded)
         pause.downtime = time.monotonic() - pause.stopped_at
         pause.stopped_at = None
+
+
+def start_again(srv: Server, tries: int = 3) -> bool:
+    """Finish any stop, then start ``srv``; True if a Ctrl-C cancelled a start meanwhile.
+
+    :meth:`Server.start` guards its spawn with a SIGINT handler of its own, which cancels
+    the start even inside :func:`snapstore.shielded`: so the start is tried again.
+    """
+    cancelled = False
+    for _ in range(tries):
+        try:
+            srv.stop("fast")
+            srv.start()
+            return cancelled
+        except KeyboardInterrupt:
+            cancelled = True
+    srv.stop("fast")
+    srv.start()
+    return True
 
 
 def stop_now(srv: Server, pause: Pause) -> None:
