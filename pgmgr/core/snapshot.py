@@ -89,8 +89,20 @@ def require_datadir(srv: Server) -> None:
 
 
 def copy_into(src: Path, dst: Path) -> copy.CopyStats:
-    """``dst`` (new) := a copy of the stopped data directory ``src``. As the server user."""
-    return copy.copy_tree(src, dst, exclude=("postmaster.pid",))  # never a live server's
+    """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
+    never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
+    much again as the data of a freshly loaded instance). As the server user."""
+    skip = snapstore.unneeded_wal(src)
+    if not skip:
+        return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
+    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"))
+    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip)
+    stats.files += wal.files
+    stats.dirs += wal.dirs
+    stats.bytes += wal.bytes
+    for method, n in wal.by_method.items():
+        stats.by_method[method] = stats.by_method.get(method, 0) + n
+    return stats
 
 
 def snap_copy(src: Path, staging: Path) -> copy.CopyStats:
@@ -280,9 +292,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         finally:
             if not swapped:
                 store.as_user(snapstore.remove_tree, staging)
-        if keep is None:
-            with snapstore.shielded():  # restored: removing the old state completes it
-                store.as_user(snapstore.remove_tree, staging)
+        if keep is None:  # restored: the old state goes, in the background
+            snapstore.remove_later(staging, store.user)
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
         pause.downtime, keep.name if keep else None, old_version if rollback else None,

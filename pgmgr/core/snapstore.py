@@ -277,10 +277,63 @@ def system_identifier(datadir: Path) -> str:
     return str(int.from_bytes(head, "little"))
 
 
+#: ``DBState`` values of a cluster shut down cleanly (``DB_SHUTDOWNED``, ``..._IN_RECOVERY``).
+_CLEAN_STATES = (1, 2)
+_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+
+
+def unneeded_wal(datadir: Path) -> set[str]:
+    """Names in ``pg_wal`` a copy of the cleanly shut-down ``datadir`` does not need:
+    segments after the one holding the shutdown checkpoint (and the next, should the record
+    straddle a boundary) are recycled files whose contents are never read. Nothing when the
+    cluster was not shut down cleanly (crash recovery reads forward from the checkpoint)
+    or pg_wal is a symlink. From ``global/pg_control``: ``state`` at byte 16, the
+    checkpoint's redo pointer at 40 (the layout of every supported major)."""
+    wal = datadir / "pg_wal"
+    if os.path.islink(wal) or not os.path.isdir(wal):
+        return set()
+    fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        head = os.read(fd, 56)
+    finally:
+        os.close(fd)
+    state = int.from_bytes(head[16:20], "little")
+    redo = int.from_bytes(head[40:48], "little")
+    segments = [n for n in os.listdir(wal) if _SEGMENT_RE.match(n)]
+    if state not in _CLEAN_STATES or not segments:
+        return set()
+    size = os.stat(wal / segments[0]).st_size
+    if size <= 0 or size & (size - 1):
+        return set()
+    per_id = 0x100000000 // size
+    last_needed = redo // size + 1
+    return {n for n in segments if int(n[8:16], 16) * per_id + int(n[16:], 16) > last_needed}
+
+
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything under it, never following a symlink."""
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
+
+
+def remove_later(path: Path, user: ServerUser | None) -> None:
+    """Delete ``path`` in the background (``rm -rf`` as ``user``, in its own session), so
+    that freeing a data directory's blocks is not part of the command's time. Killed
+    half-way, it leaves a work entry the next command sweeps."""
+    import subprocess
+
+    uid, gid, groups = (user.uid, user.gid, list(user.groups)) if user else (None, None, None)
+    subprocess.Popen(
+        ["rm", "-rf", "--", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        start_new_session=True,
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
 
 
 def sweep(store: Path) -> list[str]:
@@ -288,8 +341,8 @@ def sweep(store: Path) -> list[str]:
     gone = []
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(store):
-            if name.startswith(TMP):
-                remove_tree(store / name)
+            if name.startswith(TMP):  # a background removal may be at it too
+                shutil.rmtree(store / name, ignore_errors=True)
                 gone.append(name)
     return gone
 

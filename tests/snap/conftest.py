@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,12 +75,18 @@ def scratch() -> Iterator[Path]:
         pytest.fail(f"servers left running by this test (now killed): {left}")
 
 
-def leftovers(store: Path) -> list[str]:
-    """Work-in-progress entries in a store (as root the test may read it)."""
-    try:
-        return sorted(n for n in os.listdir(store) if n.startswith("."))
-    except FileNotFoundError:
-        return []
+def leftovers(store: Path, wait: float = 30.0) -> list[str]:
+    """Work-in-progress entries in a store (as root the test may read it), once the
+    background removal of a restore's old state had ``wait`` seconds to finish."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            found = sorted(n for n in os.listdir(store) if n.startswith("."))
+        except FileNotFoundError:
+            return []
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 __all__ = ["Inst", "leftovers", "run_pgmgr"]
