@@ -93,3 +93,26 @@ def test_auto_conf() -> None:
     dropped = plan.drop_from_auto_conf(text, {"old_thing"})
     assert "\n# rejected by the new major at upgrade (pgmgr): old_thing = 'x''y'\n" in dropped
     assert plan.auto_conf_settings(dropped) == {"work_mem": "'8MB'"}
+
+
+def _cluster(tmp_path: Path, state: int, redo: int, segments: list[str]) -> Path:
+    (tmp_path / "global").mkdir(parents=True)
+    head = bytearray(64)
+    head[16:20] = state.to_bytes(4, "little")
+    head[40:48] = redo.to_bytes(8, "little")
+    (tmp_path / "global" / "pg_control").write_bytes(bytes(head))
+    (tmp_path / "pg_wal" / "archive_status").mkdir(parents=True)
+    for name in segments:
+        with open(tmp_path / "pg_wal" / name, "wb") as f:
+            f.truncate(16 << 20)  # sparse: only the size matters
+    return tmp_path
+
+
+def test_unneeded_wal_after_a_clean_shutdown(tmp_path: Path) -> None:
+    segs = [f"00000001000000000000001{c}" for c in "456789"] + ["000000010000000100000000"]
+    redo = 0x15 * (16 << 20) + 0x28  # in segment ...15
+    clean = _cluster(tmp_path / "a", 1, redo, segs)
+    # ...14 (older) and ...15 (the checkpoint's), ...16 (a straddling record) are kept
+    assert snapstore.unneeded_wal(clean) == set(segs[3:])
+    crashed = _cluster(tmp_path / "b", 6, redo, segs)  # in production: recovery reads on
+    assert snapstore.unneeded_wal(crashed) == set()
