@@ -187,6 +187,7 @@ def _copy_branch(
     downtime = None
     try:
         if snap is None:
+            snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
             size = tstore.as_user(copy.tree_size, src.datadir)
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
             with paused(src) as pause:

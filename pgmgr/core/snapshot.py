@@ -169,6 +169,7 @@ def create(
     su = srv.user()
     with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
+        snapstore.check_supported(store, srv.datadir, f"snapshot '{srv.inst.name}'")
         name = pick_name(store, name, srv.inst.name)
         size = store.as_user(copy.tree_size, srv.datadir)
         snapstore.check_space(store, size, f"snapshot {name!r}")

@@ -316,6 +316,26 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def unsupported(datadir: Path) -> str | None:
+    """Why a copy of ``datadir`` would not be a copy of the instance: tablespaces or a
+    ``pg_wal`` symlink live elsewhere, and the copy would share them. As the user."""
+    if os.path.islink(datadir / "pg_wal"):
+        return "its WAL directory is elsewhere (pg_wal is a symlink)"
+    try:
+        if os.listdir(datadir / "pg_tblspc"):
+            return "it has tablespaces (pg_tblspc is not empty)"
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def check_supported(store: Store, datadir: Path, what: str) -> None:
+    """:raises DatabaseException: see :func:`unsupported`."""
+    why = store.as_user(unsupported, datadir)
+    if why:
+        raise DatabaseException(f"cannot {what}: {why}; nothing was changed")
+
+
 def remove_later(path: Path, user: ServerUser | None) -> None:
     """Delete ``path`` in the background (``rm -rf`` as ``user``, in its own session), so
     that freeing a data directory's blocks is not part of the command's time. Killed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -161,3 +162,19 @@ def test_destroy_keeps_snapshots_unless_asked(inst: Inst, ops_dir: Path) -> None
     assert out["snapshots_removed"] == 1 and out["snapshots_kept"] == 0
     assert not (inst.store.parent / "other").exists()
     assert (inst.store / "keep").is_dir()  # another data directory's snapshots: untouched
+
+
+def test_tablespaces_are_refused(inst: Inst, ops_dir: Path) -> None:
+    """A tablespace lives outside the data directory: a copy would share it."""
+    space = ops_dir / "space"
+    space.mkdir()
+    shutil.chown(space, inst.datadir.stat().st_uid, inst.datadir.stat().st_gid)
+    inst.sql(f"CREATE TABLESPACE elsewhere LOCATION '{space}'")
+    for args in (("snapshot", "dev", "s"), ("branch", "dev", "b")):
+        proc = inst.pgmgr(*args)
+        assert proc.returncode == 1
+        assert error_lines(proc.stderr)[0].endswith(
+            "it has tablespaces (pg_tblspc is not empty); nothing was changed"
+        ), proc.stderr
+    assert inst.state() == "running" and inst.snaps() == []
+    assert not (ops_dir / "b").exists()
