@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
 from pgmgr.commands import (
+    branch,
     cache,
     destroy,
     env,
@@ -24,11 +25,14 @@ from pgmgr.commands import (
     reload,
     replica,
     restart,
+    restore,
     run,
     service,
+    snapshot,
     start,
     status,
     stop,
+    upgrade,
     url,
     versions,
 )
@@ -157,6 +161,11 @@ app.command("replica")(replica.replica)
 app.command("promote")(promote.promote)
 app.command("export")(export.export)
 app.command("import")(import_.import_)
+app.command("snapshot")(snapshot.snapshot)
+app.command("snapshots")(snapshot.snapshots)
+app.command("restore")(restore.restore)
+app.command("branch")(branch.branch)
+app.command("upgrade")(upgrade.upgrade)
 app.add_typer(cache.app, name="cache")
 app.add_typer(service.app, name="service")
 
