@@ -1,0 +1,280 @@
+"""Atomic init: a new data directory is built in a private work directory and becomes a data
+directory only when its ``PG_VERSION`` is the last entry moved into place.
+
+Layout: the target ``D`` (made empty, or found empty) holds ``D/.pgmgr-init-<pid>/data``
+while the cluster is built (by a template copy, a spare or initdb). :meth:`Stage.commit`
+renames every entry of ``data`` up into ``D``, ``PG_VERSION`` last: an init killed at any
+moment leaves a directory without ``PG_VERSION`` (never taken for a data directory), and the
+next init of ``D`` recognises such a leftover (a ``.pgmgr-init-*`` entry, no
+``PG_VERSION``) and clears it.
+
+Privileges (pgmgr as root, server user ``U``): root only reaches ``D``'s parent with
+:func:`userfs.open_dir`, creates ``D`` itself when ``U`` cannot write the parent (a root-owned
+parent nobody else can write: a brand-new directory, handed over with ``fchown``), and hands a
+root-owned empty ``D`` over the same way. Everything inside ``D`` (the work directory, the
+copy, initdb, ``pg_hba.conf``, the moves, the cleanup of a failed init) runs as ``U``
+(:func:`userfs.as_user`). A ``D`` that another user than root and ``U`` can change is refused
+before anything is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from pgmgr.core import testhook, userfs
+from pgmgr.core.errors import DatabaseException
+from pgmgr.core.privileges import ServerUser
+
+WORK_PREFIX = ".pgmgr-init-"
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Stage:
+    """One init of ``target`` as ``user`` (None: as ourselves). Use as::
+
+    stage = Stage(target, user); stage.open()
+    try: build(stage.data); stage.commit(sync)
+    except BaseException: stage.abort(); raise
+    """
+
+    def __init__(self, target: Path, user: ServerUser | None) -> None:
+        self.target = Path(os.path.abspath(target))
+        self.user = user
+        self.work = self.target / f"{WORK_PREFIX}{os.getpid()}"
+        self.data = self.work / "data"  # where the cluster is built (absent until then)
+        self.made: list[Path] = []  # directories this init created, outermost first
+        self.by_root: set[Path] = set()  # of those, the ones root made (root removes them)
+
+    # ------------------------------------------------------------------ open
+
+    def open(self) -> None:
+        """Make ``target`` an empty directory owned by the server user (creating it and
+        its missing parents, or clearing an earlier init's leftover) and make the work dir.
+
+        :raises DatabaseException: not empty, not a directory, or changeable by another user.
+        """
+        if self.user is not None and userfs.as_user(
+            self.user, userfs.others_can_write, self.target
+        ):
+            raise DatabaseException(
+                f"refusing to initialize {self.target} as {self.user.name!r}: another OS user "
+                "than root and the server user can change it or a directory above it",
+                hint="choose a data directory whose parents only root and the server user "
+                "can write (or run pgmgr as that user)",
+            )
+        state = userfs.as_user(self.user, _target_state, str(self.target))
+        if state == "absent":
+            self._create()
+        elif state == "root-owned":
+            self._hand_over()
+        elif state == "leftover":
+            userfs.as_user(self.user, _clear, str(self.target))
+        elif state == "not-dir":
+            raise DatabaseException(f"{self.target} exists and is not a directory")
+        elif state == "not-empty":
+            raise DatabaseException(
+                f"{self.target} is not empty and is not a PostgreSQL data directory"
+            )
+        userfs.as_user(self.user, _make_work, str(self.target), self.work.name)
+
+    def _create(self) -> None:
+        missing = []
+        path = self.target
+        while not os.path.lexists(path) and path != path.parent:
+            missing.append(path)
+            path = path.parent
+        for d in reversed(missing):
+            try:
+                userfs.as_user(self.user, _mkdir, str(d))
+            except PermissionError:
+                if self.user is None or not self._root_may_create(d):
+                    raise
+                self._root_mkdir(d)
+                self.by_root.add(d)
+            except FileExistsError:
+                if d == self.target:
+                    raise DatabaseException(f"{d} was created by someone else meanwhile") from None
+                continue
+            self.made.append(d)
+
+    def _root_may_create(self, d: Path) -> bool:
+        """Root makes ``d`` only under a root-owned parent nobody else can write."""
+        fd = userfs.open_dir(d.parent)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return st.st_uid == 0 and not st.st_mode & 0o022
+
+    def _root_mkdir(self, d: Path) -> None:
+        """A brand-new directory under a root-owned parent; the target is handed over."""
+        fd = userfs.open_dir(d.parent)
+        try:
+            final = d == self.target
+            os.mkdir(d.name, 0o700 if final else 0o755, dir_fd=fd)
+            if final:
+                sub = os.open(d.name, _DIR, dir_fd=fd)
+                try:
+                    assert self.user is not None
+                    os.fchown(sub, self.user.uid, self.user.gid)
+                    os.fchmod(sub, 0o700)
+                finally:
+                    os.close(sub)
+        finally:
+            os.close(fd)
+
+    def _hand_over(self) -> None:
+        """An empty root-owned target (``mkdir /srv/pg/data`` beforehand) becomes the
+        server user's, as initdb would have it."""
+        if self.user is None:
+            raise DatabaseException(f"{self.target} is owned by root; pgmgr is not root")
+        fd = userfs.open_dir(self.target)
+        try:
+            if os.listdir(fd):
+                raise DatabaseException(
+                    f"{self.target} is not empty and is not a PostgreSQL data directory"
+                )
+            os.fchown(fd, self.user.uid, self.user.gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ commit, abort
+
+    def commit(self, sync: bool) -> None:
+        """Move the built cluster into ``target``, ``PG_VERSION`` last, and flush it."""
+        userfs.as_user(self.user, _commit, str(self.target), self.work.name, sync)
+
+    def abort(self) -> None:
+        """Remove what this init made: the target's contents (it was empty), then the
+        directories it created, innermost first. Never raises."""
+        with contextlib.suppress(Exception):
+            userfs.as_user(self.user, _clear, str(self.target))
+        for d in reversed(self.made):
+            with contextlib.suppress(Exception):
+                if d in self.by_root:
+                    fd = userfs.open_dir(d.parent)
+                    try:
+                        os.rmdir(d.name, dir_fd=fd)
+                    finally:
+                        os.close(fd)
+                else:
+                    userfs.as_user(self.user, os.rmdir, str(d))
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a CI or systemd timeout, a closed terminal) interrupt the init
+    like Ctrl-C, so its cleanup runs; a second signal while cleaning up is ignored. Only in
+    the main thread (elsewhere Python cannot set handlers): a no-op there."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        if not hit:
+            hit.append(signum)
+            raise KeyboardInterrupt
+
+    sigs = (signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, interrupt) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------- as the user
+
+
+def _target_state(target: str) -> str:
+    """absent | empty | root-owned (empty) | leftover | not-empty | not-dir."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return "absent"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not-dir"
+    try:
+        fd = os.open(target, _DIR)
+    except PermissionError:
+        return "root-owned" if st.st_uid == 0 else "not-empty"
+    try:
+        names = os.listdir(fd)
+    finally:
+        os.close(fd)
+    if not names:
+        return "root-owned" if st.st_uid == 0 and os.geteuid() != 0 else "empty"
+    if "PG_VERSION" not in names and any(n.startswith(WORK_PREFIX) for n in names):
+        return "leftover"
+    return "not-empty"
+
+
+def _mkdir(path: str) -> None:
+    os.mkdir(path, 0o700)
+
+
+def _make_work(target: str, work: str) -> None:
+    fd = os.open(target, _DIR)
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o700)
+        os.mkdir(work, 0o700, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _clear(target: str) -> None:
+    """Remove every entry of ``target`` (an init's own work), never following a symlink."""
+    fd = os.open(target, _DIR)
+    try:
+        for name in os.listdir(fd):
+            userfs.rmtree_at(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _commit(target: str, work: str, sync: bool) -> None:
+    testhook.pause("commit")
+    tfd = os.open(target, _DIR)
+    try:
+        wfd = os.open(work, _DIR, dir_fd=tfd)
+        try:
+            dfd = os.open("data", _DIR, dir_fd=wfd)
+            try:
+                names = sorted(os.listdir(dfd), key=lambda n: n == "PG_VERSION")
+                if "PG_VERSION" not in names:
+                    raise DatabaseException(f"the cluster built for {target} has no PG_VERSION")
+                if sync:
+                    from pgmgr.core.template import sync_fs
+
+                    sync_fs(Path(f"/proc/self/fd/{dfd}"))
+                for name in names:
+                    if name == "PG_VERSION":
+                        testhook.pause("pg-version")
+                    os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=tfd)
+            finally:
+                os.close(dfd)
+            os.rmdir("data", dir_fd=wfd)
+        finally:
+            os.close(wfd)
+        with contextlib.suppress(OSError):
+            os.rmdir(work, dir_fd=tfd)
+        if sync:
+            os.fsync(tfd)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise DatabaseException(f"{target} changed while it was initialized") from None
+        raise
+    finally:
+        os.close(tfd)
