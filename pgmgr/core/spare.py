@@ -20,19 +20,18 @@ import time
 from pathlib import Path
 
 from pgmgr.core import server, testhook, userfs
+from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import Busy
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import InitOptions
 from pgmgr.core.template import (
     LOCK_TIMEOUT,
     SPARE,
-    copy_tree,
     fd_path,
     locked,
     open_user_dir,
     owner_of,
     set_hba,
-    sync_fs,
     templates_dir,
 )
 

@@ -256,9 +256,9 @@ def _commit(target: str, work: str, sync: bool) -> None:
                 if "PG_VERSION" not in names:
                     raise DatabaseException(f"the cluster built for {target} has no PG_VERSION")
                 if sync:
-                    from pgmgr.core.template import sync_fs
+                    from pgmgr.core.copy import sync_fs
 
-                    sync_fs(Path(f"/proc/self/fd/{dfd}"))
+                    sync_fs(dfd)
                 for name in names:
                     if name == "PG_VERSION":
                         testhook.pause("pg-version")

@@ -44,8 +44,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -54,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import paths, server, testhook, userfs
+from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import UsageError
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import InitOptions
@@ -209,76 +208,6 @@ def hba_for(text: str, auth: str) -> str:
 def owner_of(user: ServerUser | None) -> tuple[int, int]:
     """The uid and gid that templates and data directories for ``user`` belong to."""
     return (user.uid, user.gid) if user is not None else (os.geteuid(), os.getegid())
-
-
-# --------------------------------------------------------------------------- copy and sync
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a data directory to ``dst`` (created here; modes kept) as whoever calls it.
-    File data moves with ``copy_file_range``, falling back to a plain copy."""
-    os.mkdir(dst, 0o700)
-    os.chmod(dst, src.stat().st_mode & 0o7777)
-    _copy_dir(src, dst)
-
-
-def _copy_dir(src: Path, dst: Path) -> None:
-    with os.scandir(src) as entries:
-        for entry in entries:
-            target = dst / entry.name
-            st = entry.stat(follow_symlinks=False)
-            if entry.is_symlink():
-                os.symlink(os.readlink(entry.path), target)
-            elif entry.is_dir(follow_symlinks=False):
-                target.mkdir(mode=0o700)
-                os.chmod(target, st.st_mode & 0o7777)
-                _copy_dir(Path(entry.path), target)
-            elif stat.S_ISREG(st.st_mode):
-                _copy_file(entry.path, target, st.st_size, st.st_mode & 0o7777)
-
-
-def _copy_file(src: str, dst: Path, size: int, mode: int) -> None:
-    fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            left = size
-            try:
-                while left > 0:
-                    n = os.copy_file_range(fin, fout, left)
-                    if n == 0:
-                        break
-                    left -= n
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                os.lseek(fin, size - left, os.SEEK_SET)
-                with open(fin, "rb", closefd=False) as r, open(fout, "wb", closefd=False) as w:
-                    shutil.copyfileobj(r, w)
-            os.fchmod(fout, mode)
-        finally:
-            os.close(fout)
-    finally:
-        os.close(fin)
-
-
-def sync_fs(path: Path) -> None:
-    """Flush the filesystem holding ``path`` to disk: ``syncfs(2)`` on Linux, ``sync(2)``
-    elsewhere. One flush for a whole copied data directory (~25 ms here) instead of one
-    fsync per file (~1000 files, ~500 ms on this machine's virtual disk)."""
-    import ctypes  # only here: the init path needs it, status and stop do not
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = getattr(libc, "syncfs", None)
-        if syncfs is None:  # pragma: no cover - not Linux
-            os.sync()
-        elif syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- locking, places

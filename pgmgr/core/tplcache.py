@@ -53,15 +53,16 @@ def _is_dir_at(fd: int, name: str) -> bool:
 
 
 def _size_at(fd: int, name: str) -> int:
-    total = 0
-    with contextlib.suppress(OSError):
-        for _, _, files, dfd in os.fwalk(name, dir_fd=fd, follow_symlinks=False):
-            for f in files:
-                with contextlib.suppress(OSError):
-                    st = os.lstat(f, dir_fd=dfd)
-                    if stat.S_ISREG(st.st_mode):
-                        total += st.st_size
-    return total
+    from pgmgr.core.copy import tree_size
+
+    try:
+        sub = os.open(name, _DIR, dir_fd=fd)
+    except OSError:
+        return 0
+    try:
+        return tree_size(sub)
+    finally:
+        os.close(sub)
 
 
 def _spare_ready_at(fd: int, name: str) -> bool:

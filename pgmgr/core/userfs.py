@@ -294,9 +294,8 @@ def write_file_at(
     import secrets
 
     tmp = f".{name}.pgmgr-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd
-    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
     try:
         try:
             os.fchmod(fd, mode)

@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -73,8 +72,7 @@ def os_user(work: Path, role: str) -> Iterator[OsUser]:
     home = work / "home" / name
     home.parent.mkdir(mode=0o755, exist_ok=True)
     subprocess.run(
-        ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin"]
-        + ["--user-group", name],
+        ["useradd", "--create-home", "--home-dir", str(home), "--user-group", name],
         check=True,
         capture_output=True,
     )
