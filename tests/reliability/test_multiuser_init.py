@@ -15,8 +15,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +25,8 @@ import pytest
 from pgmgr.core import process
 from tests.helpers import run_pgmgr
 
-from .conftest import Inst, Run, needs_root, pgmgr, pgmgr_argv
+from .conftest import Inst, needs_root, pgmgr
+from .pause import Paused, ok
 
 pytestmark = [
     needs_root,
@@ -95,57 +94,6 @@ def attacker(work: Path) -> Iterator[OsUser]:
 def victim(work: Path) -> Iterator[OsUser]:
     with os_user(work, "vic") as u:
         yield u
-
-
-@pytest.fixture
-def hooks() -> Iterator[Path]:
-    """The pause directory (writable by the server user, who pauses too)."""
-    path = Path(tempfile.mkdtemp(prefix="pgmgr-hook-", dir="/tmp"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-class Paused:
-    """``pgmgr ARGS`` started with a pause at ``step``; :meth:`reached` waits for it."""
-
-    def __init__(self, hooks: Path, step: str, *args: str, env: dict[str, str] | None = None):
-        self.hooks, self.step = hooks, step
-        (hooks / step).touch()
-        self.proc = subprocess.Popen(
-            pgmgr_argv(*args),
-            env={**os.environ, "PGMGR_TEST_PAUSE": str(hooks), **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def reached(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not (self.hooks / f"{self.step}.reached").exists():
-            assert self.proc.poll() is None, self.proc.communicate()
-            assert time.monotonic() < deadline, f"pgmgr never reached {self.step}"
-            time.sleep(0.01)
-
-    def go(self, timeout: float = 60) -> Run:
-        """Let pgmgr go on; it must finish within ``timeout`` (it never blocks)."""
-        (self.hooks / f"{self.step}.go").touch()
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise AssertionError(f"pgmgr hung after {self.step} (killed)") from None
-        assert "Traceback" not in err, err
-        return Run(list(map(str, self.proc.args)), self.proc.returncode, out, err)
-
-
-def ok(run: Run) -> Run:
-    assert run.returncode == 0, str(run)
-    return run
 
 
 def files_under(path: Path) -> dict[str, bytes]:
