@@ -63,6 +63,8 @@ def warm(work: Path, state: str) -> None:
     """The template cache as ``state`` says: ``cold`` (empty), ``warm`` (a template, no
     spare) or ``spare`` (a template and a spare ready to be claimed)."""
     if state == "cold":
+        spare.wait_refills(timeout=120)
+        ok(pgmgr("cache", "clear", "-q"))
         return
     if not (work / "warm1").exists():
         ok(pgmgr("init", "-d", str(work / "warm1"), "-q"))  # builds the template
