@@ -294,14 +294,17 @@ class Server:
         with staging.signals_interrupt():
             stage.open()
             try:
-                copied = template and tpl.init_from_template(install, stage.data, opts, user=su)
-                if not copied:  # synced once, by the commit's syncfs
+                how = (
+                    tpl.init_from_template(install, stage.data, opts, user=su) if template else None
+                )
+                if how is None:  # synced once, by the commit's syncfs
                     lean = replace(opts, no_sync=True)
                     server.initdb(install, stage.data, lean, password=password, user=su)
-                stage.commit(sync=not opts.no_sync)
+                stage.commit(sync=not opts.no_sync, flush=how != "spare")
             except BaseException:
                 stage.abort()
                 raise
+        copied = how is not None
         return copied
 
     # ------------------------------------------------------------------ start

@@ -64,7 +64,7 @@ def claim(key: str, ufd: int, data: Path, opts: InitOptions, user: ServerUser | 
             return False
         if not userfs.as_user(user, _take, ufd, key, str(data)):
             return False
-    userfs.as_user(user, set_hba, str(data), opts.auth)
+    userfs.as_user(user, set_hba, str(data), opts.auth, not opts.no_sync)
     return True
 
 

@@ -146,9 +146,11 @@ class Stage:
 
     # ------------------------------------------------------------------ commit, abort
 
-    def commit(self, sync: bool) -> None:
-        """Move the built cluster into ``target``, ``PG_VERSION`` last, and flush it."""
-        userfs.as_user(self.user, _commit, str(self.target), self.work.name, sync)
+    def commit(self, sync: bool, flush: bool = True) -> None:
+        """Move the built cluster into ``target``, ``PG_VERSION`` last. With ``sync``, its
+        filesystem is flushed first (one ``syncfs``; not when ``flush`` is False: a spare
+        was synced when it was made) and the moves are fsynced."""
+        userfs.as_user(self.user, _commit, str(self.target), self.work.name, sync, flush)
 
     def abort(self) -> None:
         """Remove what this init made: the target's contents (it was empty), then the
@@ -244,7 +246,7 @@ def _clear(target: str) -> None:
         os.close(fd)
 
 
-def _commit(target: str, work: str, sync: bool) -> None:
+def _commit(target: str, work: str, sync: bool, flush: bool) -> None:
     testhook.pause("commit")
     tfd = os.open(target, _DIR)
     try:
@@ -255,7 +257,7 @@ def _commit(target: str, work: str, sync: bool) -> None:
                 names = sorted(os.listdir(dfd), key=lambda n: n == "PG_VERSION")
                 if "PG_VERSION" not in names:
                     raise DatabaseException(f"the cluster built for {target} has no PG_VERSION")
-                if sync:
+                if sync and flush:
                     from pgmgr.core.copy import sync_fs
 
                     sync_fs(dfd)
@@ -272,6 +274,12 @@ def _commit(target: str, work: str, sync: bool) -> None:
             os.rmdir(work, dir_fd=tfd)
         if sync:
             os.fsync(tfd)
+            with contextlib.suppress(OSError):  # the target's own entry, if this init made it
+                pfd = os.open(os.path.dirname(target), _DIR)
+                try:
+                    os.fsync(pfd)
+                finally:
+                    os.close(pfd)
     except OSError as e:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise DatabaseException(f"{target} changed while it was initialized") from None

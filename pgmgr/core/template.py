@@ -268,25 +268,28 @@ def fd_path(fd: int) -> Path:
 
 def init_from_template(
     install: Installation, data: Path, opts: InitOptions, *, user: ServerUser | None
-) -> bool:
+) -> str | None:
     """Make the cluster ``data`` (absent; its parent is the init's private work directory,
     see :mod:`pgmgr.core.staging`) from the template for ``opts`` and ``user``, building the
     template first if there is none. Authentication is set for ``opts.auth``; no password is
     set (the caller marks it pending for the first start). Not synced: the caller syncs.
 
-    :returns: False, having touched nothing, when no template can serve ``opts``.
+    :returns: how: ``"spare"`` (claimed: already on disk but for ``pg_hba.conf``, which
+        is fsynced), ``"copy"`` or ``"build"`` (not synced); None, having touched nothing,
+        when no template can serve ``opts``.
     :raises UsageError: ``PGMGR_NO_TEMPLATE`` is neither a yes nor a no (nothing touched).
     :raises CommandFailed: initdb failed while building the template.
     """
     if why_not(install, opts) is not None:
-        return False
+        return None
     from pgmgr.core import spare
 
     fields = key_fields(install, opts, user)
     key = key_of(fields)
     ufd = open_user_dir(user)
     try:
-        if spare.claim(key, ufd, data, opts, user):
+        claimed = spare.claim(key, ufd, data, opts, user)
+        if claimed:
             refill, built = True, False
         else:
             with locked(key, exclusive=False):
@@ -301,7 +304,7 @@ def init_from_template(
         os.close(ufd)
     if refill and not built:
         spare.start_refill(key, user)
-    return True
+    return "build" if built else ("spare" if claimed else "copy")
 
 
 def _copy_in(ufd: int, key: str, data: str, auth: str) -> tuple[bool, bool]:
@@ -322,15 +325,18 @@ def _copy_in(ufd: int, key: str, data: str, auth: str) -> tuple[bool, bool]:
     return True, same_fs and not spare.ready(base / f"{key}{SPARE}")
 
 
-def set_hba(data: str, auth: str) -> None:
+def set_hba(data: str, auth: str, sync: bool = False) -> None:
     """As the server user: ``pg_hba.conf`` of ``data`` with ``auth`` for TCP, through an fd
-    (a FIFO or symlink swapped in is refused, never waited on or followed)."""
+    (a FIFO or symlink swapped in is refused, never waited on or followed); with ``sync``
+    the new file and the directory are fsynced."""
     testhook.pause("hba")
     fd = os.open(data, _DIR)
     try:
         mode = os.stat("pg_hba.conf", dir_fd=fd, follow_symlinks=False).st_mode & 0o777
         text = userfs.read_file_at(fd, "pg_hba.conf").decode()
-        userfs.write_file_at(fd, "pg_hba.conf", hba_for(text, auth).encode(), mode, sync=False)
+        userfs.write_file_at(fd, "pg_hba.conf", hba_for(text, auth).encode(), mode, sync=sync)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
