@@ -62,13 +62,12 @@ def claim(key: str, ufd: int, data: Path, opts: InitOptions, user: ServerUser | 
     with locked(key, exclusive=False, timeout=0) as got:
         if not got:
             return False
-        if not userfs.as_user(user, _take, ufd, key, str(data)):
-            return False
-    userfs.as_user(user, set_hba, str(data), opts.auth, not opts.no_sync)
-    return True
+        taken: bool = userfs.as_user(user, _take, ufd, key, str(data), opts.auth, not opts.no_sync)
+        return taken
 
 
-def _take(ufd: int, key: str, data: str) -> bool:
+def _take(ufd: int, key: str, data: str, auth: str, sync: bool) -> bool:
+    """As the server user: the claim, then ``pg_hba.conf`` for ``auth``."""
     spare = fd_path(ufd) / f"{key}{SPARE}"
     if not ready(spare) or os.lstat(spare).st_dev != os.stat(Path(data).parent).st_dev:
         return False
@@ -77,6 +76,7 @@ def _take(ufd: int, key: str, data: str) -> bool:
         os.rename(spare, data)
     except OSError:  # ENOENT: another init claimed it first
         return False
+    set_hba(data, auth, sync)
     return True
 
 

@@ -58,29 +58,33 @@ class Stage:
 
         :raises DatabaseException: not empty, not a directory, or changeable by another user.
         """
-        if self.user is not None and userfs.as_user(
-            self.user, userfs.others_can_write, self.target
-        ):
+        state = userfs.as_user(
+            self.user, _prepare, str(self.target), self.work.name, self.user is not None
+        )
+        if state == "others":
+            assert self.user is not None
             raise DatabaseException(
                 f"refusing to initialize {self.target} as {self.user.name!r}: another OS user "
                 "than root and the server user can change it or a directory above it",
                 hint="choose a data directory whose parents only root and the server user "
                 "can write (or run pgmgr as that user)",
             )
-        state = userfs.as_user(self.user, _target_state, str(self.target))
-        if state == "absent":
-            self._create()
-        elif state == "root-owned":
-            self._hand_over()
-        elif state == "leftover":
-            userfs.as_user(self.user, _clear, str(self.target))
+        if state == "created":
+            self.made.append(self.target)
+        elif state in ("absent", "root-owned"):
+            if state == "absent":
+                self._create()
+            else:
+                self._hand_over()
+            userfs.as_user(self.user, _make_work, str(self.target), self.work.name)
+        elif state == "raced":
+            raise DatabaseException(f"{self.target} was created by someone else meanwhile")
         elif state == "not-dir":
             raise DatabaseException(f"{self.target} exists and is not a directory")
         elif state == "not-empty":
             raise DatabaseException(
                 f"{self.target} is not empty and is not a PostgreSQL data directory"
             )
-        userfs.as_user(self.user, _make_work, str(self.target), self.work.name)
 
     def _create(self) -> None:
         missing = []
@@ -90,12 +94,11 @@ class Stage:
             path = path.parent
         for d in reversed(missing):
             try:
-                userfs.as_user(self.user, _mkdir, str(d))
-            except PermissionError:
-                if self.user is None or not self._root_may_create(d):
-                    raise
-                self._root_mkdir(d)
-                self.by_root.add(d)
+                if self.user is not None and self._root_may_create(d):
+                    self._root_mkdir(d)  # the server user could not: root-owned, 0755
+                    self.by_root.add(d)
+                else:
+                    userfs.as_user(self.user, _mkdir, str(d))
             except FileExistsError:
                 if d == self.target:
                     raise DatabaseException(f"{d} was created by someone else meanwhile") from None
@@ -197,6 +200,31 @@ def signals_interrupt() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- as the user
+
+
+def _prepare(target: str, work: str, check_others: bool) -> str:
+    """As the server user, in one go for the common cases: refuse a target others can
+    change ("others"); make an absent one ("created") or take an empty one or an earlier
+    init's leftover ("ready"), with the work dir in it; else say what root must do or
+    refuse (see :func:`_target_state`)."""
+    if check_others and userfs.others_can_write(target):
+        return "others"
+    state = _target_state(target)
+    if state == "absent":
+        try:
+            os.mkdir(target, 0o700)
+        except (PermissionError, FileNotFoundError):  # root makes it, or the parents
+            return "absent"
+        except FileExistsError:
+            return "raced"
+        _make_work(target, work)
+        return "created"
+    if state in ("empty", "leftover"):
+        if state == "leftover":
+            _clear(target)
+        _make_work(target, work)
+        return "ready"
+    return state
 
 
 def _target_state(target: str) -> str:
