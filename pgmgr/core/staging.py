@@ -49,6 +49,7 @@ class Stage:
         self.data = self.work / "data"  # where the cluster is built (absent until then)
         self.made: list[Path] = []  # directories this init created, outermost first
         self.by_root: set[Path] = set()  # of those, the ones root made (root removes them)
+        self.handed: tuple[int, int, int] | None = None  # a root-owned target's uid, gid, mode
 
     # ------------------------------------------------------------------ open
 
@@ -142,6 +143,8 @@ class Stage:
                 raise DatabaseException(
                     f"{self.target} is not empty and is not a PostgreSQL data directory"
                 )
+            st = os.fstat(fd)
+            self.handed = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
             os.fchown(fd, self.user.uid, self.user.gid)
             os.fchmod(fd, 0o700)
         finally:
@@ -160,6 +163,14 @@ class Stage:
         directories it created, innermost first. Never raises."""
         with contextlib.suppress(Exception):
             userfs.as_user(self.user, _clear, str(self.target))
+        if self.handed is not None:  # given back as it was: root's, empty
+            with contextlib.suppress(Exception):
+                fd = userfs.open_dir(self.target)
+                try:
+                    os.fchown(fd, self.handed[0], self.handed[1])
+                    os.fchmod(fd, self.handed[2])
+                finally:
+                    os.close(fd)
         for d in reversed(self.made):
             with contextlib.suppress(Exception):
                 if d in self.by_root:

@@ -162,6 +162,11 @@ def prune(fields: dict[str, Any], keep: str) -> list[str]:
     """Remove templates of the same bin dir and user that are stale (other binaries or
     locales: not waiting on one in use), and templates whose binaries are gone."""
     removed = []
+    root = templates_dir()
+    with contextlib.suppress(OSError):
+        for old in root.glob("pg*"):  # an older pgmgr's template, shared by every user
+            if old.is_dir() and not old.is_symlink() and _remove(old.name, wait=False):
+                removed.append(old.name)
     for t in list_templates():
         if t["key"] == keep:
             continue

@@ -116,6 +116,8 @@ def test_an_init_interrupted_at_each_step(
             assert left == ("absent" if not existing else "partial"), left
             if existing:
                 assert list(target.iterdir()) == [], "a pre-existing dir stays, empty"
+                st = target.stat()
+                assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o700), "and its own"
         else:
             assert left in ("partial", "complete")
             assert left == "partial" or step == "pg-version"
