@@ -162,7 +162,7 @@ class Stage:
         """Remove what this init made: the target's contents (it was empty), then the
         directories it created, innermost first. Never raises."""
         with contextlib.suppress(Exception):
-            userfs.as_user(self.user, _clear, str(self.target))
+            userfs.as_user(self.user, _clear, str(self.target), 2.0)
         if self.handed is not None:  # given back as it was: root's, empty
             with contextlib.suppress(Exception):
                 fd = userfs.open_dir(self.target)
@@ -275,12 +275,29 @@ def _make_work(target: str, work: str) -> None:
         os.close(fd)
 
 
-def _clear(target: str) -> None:
-    """Remove every entry of ``target`` (an init's own work), never following a symlink."""
+def _clear(target: str, settle: float = 0.0) -> None:
+    """Remove every entry of ``target`` (an init's own work), never following a symlink.
+
+    With ``settle``, retry for up to that many seconds while something still writes there:
+    initdb killed by an interrupt leaves its ``postgres --boot``/``--single`` child to exit
+    on its own a few ms later, and it may create a file while the tree is being removed."""
+    import time
+
+    deadline = time.monotonic() + settle
     fd = os.open(target, _DIR)
     try:
-        for name in os.listdir(fd):
-            userfs.rmtree_at(fd, name)
+        while True:
+            try:
+                for name in os.listdir(fd):
+                    userfs.rmtree_at(fd, name)
+                if not os.listdir(fd):
+                    return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
     finally:
         os.close(fd)
 
