@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pgmgr.core import registry
+from tests.helpers import copy_datadir
 
 from .conftest import (
     init_concurrently,
@@ -133,7 +134,7 @@ def test_missing_or_half_made_spare_falls_back_to_a_copy(
     key = templates()[0]
     # a refill that died part-way leaves only a temporary name, never <key>.spare
     dead = cache() / f".{key}.tmp-spare-999999"
-    shutil.copytree(spare(), dead, symlinks=True)
+    copy_datadir(spare(), dead)  # cp -a: the server user's, as a refill makes it
     shutil.rmtree(dead / "global")
     # a broken spare (only by hand): not a complete cluster, so not used
     shutil.rmtree(spare() / "global")
