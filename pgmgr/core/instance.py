@@ -294,13 +294,12 @@ class Server:
         with staging.signals_interrupt():
             stage.open()
             try:
-                how = (
-                    tpl.init_from_template(install, stage.data, opts, user=su) if template else None
-                )
+                fin = stage.finish(sync=not opts.no_sync)
+                how = tpl.init_from_template(install, fin, opts, user=su) if template else None
                 if how is None:  # synced once, by the commit's syncfs
                     lean = replace(opts, no_sync=True)
                     server.initdb(install, stage.data, lean, password=password, user=su)
-                stage.commit(sync=not opts.no_sync, flush=how != "spare")
+                    stage.commit(sync=not opts.no_sync)
             except BaseException:
                 stage.abort()
                 raise

@@ -24,6 +24,7 @@ from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import Busy
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import InitOptions
+from pgmgr.core.staging import Finish
 from pgmgr.core.template import (
     LOCK_TIMEOUT,
     SPARE,
@@ -51,7 +52,7 @@ def ready(spare: Path) -> bool:
         return False
 
 
-def claim(key: str, ufd: int, data: Path, opts: InitOptions, user: ServerUser | None) -> bool:
+def claim(key: str, ufd: int, fin: Finish, opts: InitOptions, user: ServerUser | None) -> bool:
     """Rename the user's spare of ``key`` to ``data`` (in the init's work directory) and set
     its authentication, all as the server user. The rename is the atomic claim: a second
     init gets ENOENT.
@@ -62,21 +63,26 @@ def claim(key: str, ufd: int, data: Path, opts: InitOptions, user: ServerUser | 
     with locked(key, exclusive=False, timeout=0) as got:
         if not got:
             return False
-        taken: bool = userfs.as_user(user, _take, ufd, key, str(data), opts.auth, not opts.no_sync)
+        taken: bool = userfs.as_user(user, _take, ufd, key, fin, opts.auth)
         return taken
 
 
-def _take(ufd: int, key: str, data: str, auth: str, sync: bool) -> bool:
-    """As the server user: the claim, then ``pg_hba.conf`` for ``auth``."""
+def _take(ufd: int, key: str, fin: Finish, auth: str) -> bool:
+    """As the server user: the claim, ``pg_hba.conf`` for ``auth``, the commit (no
+    ``syncfs``: the spare was synced when it was made; the edit and moves are fsynced)."""
     spare = fd_path(ufd) / f"{key}{SPARE}"
-    if not ready(spare) or os.lstat(spare).st_dev != os.stat(Path(data).parent).st_dev:
+    if not ready(spare):
+        return False
+    fin.prepare()
+    if os.lstat(spare).st_dev != os.stat(Path(fin.data).parent).st_dev:
         return False
     testhook.pause("claim")
     try:
-        os.rename(spare, data)
+        os.rename(spare, fin.data)
     except OSError:  # ENOENT: another init claimed it first
         return False
-    set_hba(data, auth, sync)
+    set_hba(fin.data, auth, fin.sync)
+    fin.commit(flush=False)
     return True
 
 

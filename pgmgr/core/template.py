@@ -56,6 +56,7 @@ from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import UsageError
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import InitOptions
+from pgmgr.core.staging import Finish
 from pgmgr.core.versions import Installation, version_key
 
 FORMAT = 2  # bump when what a template holds changes
@@ -267,15 +268,15 @@ def fd_path(fd: int) -> Path:
 
 
 def init_from_template(
-    install: Installation, data: Path, opts: InitOptions, *, user: ServerUser | None
+    install: Installation, fin: Finish, opts: InitOptions, *, user: ServerUser | None
 ) -> str | None:
-    """Make the cluster ``data`` (absent; its parent is the init's private work directory,
-    see :mod:`pgmgr.core.staging`) from the template for ``opts`` and ``user``, building the
-    template first if there is none. Authentication is set for ``opts.auth``; no password is
-    set (the caller marks it pending for the first start). Not synced: the caller syncs.
+    """Make the init's cluster (``fin.data``, in its private work directory, see
+    :mod:`pgmgr.core.staging`) from the template for ``opts`` and ``user``, building the
+    template first if there is none, and commit it into place. Authentication is set for
+    ``opts.auth``; no password is set (the caller marks it pending for the first start).
+    As root, the claim or copy and the commit run in one process that is the server user.
 
-    :returns: how: ``"spare"`` (claimed: already on disk but for ``pg_hba.conf``, which
-        is fsynced), ``"copy"`` or ``"build"`` (not synced); None, having touched nothing,
+    :returns: how: ``"spare"``, ``"copy"`` or ``"build"``; None, having touched nothing,
         when no template can serve ``opts``.
     :raises UsageError: ``PGMGR_NO_TEMPLATE`` is neither a yes nor a no (nothing touched).
     :raises CommandFailed: initdb failed while building the template.
@@ -288,17 +289,17 @@ def init_from_template(
     key = key_of(fields)
     ufd = open_user_dir(user)
     try:
-        claimed = spare.claim(key, ufd, data, opts, user)
+        claimed = spare.claim(key, ufd, fin, opts, user)
         if claimed:
             refill, built = True, False
         else:
             with locked(key, exclusive=False):
-                done, refill = userfs.as_user(user, _copy_in, ufd, key, str(data), opts.auth)
+                done, refill = userfs.as_user(user, _copy_in, ufd, key, fin, opts.auth)
             if not done:
                 with locked(key, exclusive=True):
-                    done, refill = userfs.as_user(user, _copy_in, ufd, key, str(data), opts.auth)
+                    done, refill = userfs.as_user(user, _copy_in, ufd, key, fin, opts.auth)
                     if not done:
-                        _build(install, data, opts, user, key, fields, ufd)
+                        _build(install, fin, opts, user, key, fields, ufd)
             built = not done  # a key used once costs no spare (and a build has no time)
     finally:
         os.close(ufd)
@@ -307,21 +308,24 @@ def init_from_template(
     return "build" if built else ("spare" if claimed else "copy")
 
 
-def _copy_in(ufd: int, key: str, data: str, auth: str) -> tuple[bool, bool]:
-    """As the server user: copy template ``key`` to ``data`` and set its authentication.
+def _copy_in(ufd: int, key: str, fin: Finish, auth: str) -> tuple[bool, bool]:
+    """As the server user: copy template ``key`` into the work dir, set its authentication
+    and commit it.
 
-    :returns: (copied, whether a spare should be made: none is ready and ``data`` is on the
-        cache's filesystem, so that one could be renamed there).
+    :returns: (copied, whether a spare should be made: none is ready and the data directory
+        is on the cache's filesystem, so that one could be renamed there).
     """
     from pgmgr.core import spare
 
     base = fd_path(ufd)
     if not server.is_datadir(base / key):
         return False, False
+    fin.prepare()
     testhook.pause("copy")
-    copy_tree(base / key, Path(data))
-    set_hba(data, auth)
-    same_fs = os.stat(data).st_dev == os.fstat(ufd).st_dev
+    copy_tree(base / key, fin.data)
+    set_hba(fin.data, auth)
+    same_fs = os.stat(fin.data).st_dev == os.fstat(ufd).st_dev
+    fin.commit(flush=True)
     return True, same_fs and not spare.ready(base / f"{key}{SPARE}")
 
 
@@ -343,7 +347,7 @@ def set_hba(data: str, auth: str, sync: bool = False) -> None:
 
 def _build(
     install: Installation,
-    data: Path,
+    fin: Finish,
     opts: InitOptions,
     user: ServerUser | None,
     key: str,
@@ -354,17 +358,17 @@ def _build(
     user's part of the cache under a temporary name, sync, rename it into place. Called
     with the key's lock held exclusively."""
     base = replace(opts, auth="trust", no_sync=True)
-    server.initdb(install, data, base, password=None, user=user)
+    server.initdb(install, Path(fin.data), base, password=None, user=user)
     paths.write_json_atomic(templates_dir() / f"{key}.json", {**fields, "created_at": time.time()})
-    userfs.as_user(user, _publish, ufd, key, str(data), opts.auth)
+    userfs.as_user(user, _publish, ufd, key, fin, opts.auth)
     from pgmgr.core import tplcache
 
     tplcache.prune(fields, keep=key)
 
 
-def _publish(ufd: int, key: str, data: str, auth: str) -> None:
-    """As the server user: the new cluster ``data`` becomes template ``key``, then gets the
-    instance's authentication."""
+def _publish(ufd: int, key: str, fin: Finish, auth: str) -> None:
+    """As the server user: the new cluster becomes template ``key``, then gets the
+    instance's authentication and is committed."""
     testhook.pause("build")
     base = fd_path(ufd)
     for stale in base.glob(f".{key}.tmp-*"):  # left by a builder that died
@@ -372,14 +376,15 @@ def _publish(ufd: int, key: str, data: str, auth: str) -> None:
     userfs.rmtree_at(ufd, key)  # a broken one (no PG_VERSION), or nothing
     tmp = base / f".{key}.tmp-{os.getpid()}"
     try:
-        copy_tree(Path(data), tmp)
+        copy_tree(fin.data, tmp)
         sync_fs(tmp)
         os.rename(tmp, base / key)
     except BaseException:
         userfs.rmtree_at(ufd, tmp.name)
         raise
     os.fsync(ufd)
-    set_hba(data, auth)
+    set_hba(fin.data, auth)
+    fin.commit(flush=True)
 
 
 if __name__ == "__main__":
