@@ -36,7 +36,17 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 _PR_SET_PDEATHSIG = 1
 #: Imported before :func:`as_user` forks: the child may not be able to import anything.
-PRELOAD = ("ctypes", "fcntl", "json", "pickle", "secrets", "shutil", "subprocess", "tempfile")
+PRELOAD = (
+    "ctypes",
+    "fcntl",
+    "json",
+    "pickle",
+    "secrets",
+    "shutil",
+    "subprocess",
+    "tempfile",
+    "threading",
+)
 
 
 class UnsafePath(DatabaseException):

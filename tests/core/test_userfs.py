@@ -358,3 +358,17 @@ def test_copy_as_user_owns_the_copy(other: ServerUser, shared_tmp: Path, tmp_pat
     assert stats.files == 6
     owners = {p.lstat().st_uid for p in (target / "copy").rglob("*")}
     assert owners == {other.uid}
+
+
+def test_large_files_copy_in_parallel_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(copy, "PARALLEL_MIN", 1 << 20)
+    monkeypatch.setenv(copy.ENV_METHOD, "copy_file_range")
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom((5 << 20) + 12345)  # not a multiple of the thread count
+    (src / "seg").write_bytes(data)
+    stats = copy.copy_tree(src, tmp_path / "dst")
+    assert stats.method == "copy_file_range"
+    assert (tmp_path / "dst" / "seg").read_bytes() == data
