@@ -14,13 +14,18 @@ from pgmgr.commands import (
     cache,
     destroy,
     env,
+    export,
     forget,
+    import_,
     init,
     logs,
+    promote,
     psql,
     reload,
+    replica,
     restart,
     run,
+    service,
     start,
     status,
     stop,
@@ -129,7 +134,12 @@ app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
+app.command("replica")(replica.replica)
+app.command("promote")(promote.promote)
+app.command("export")(export.export)
+app.command("import")(import_.import_)
 app.add_typer(cache.app, name="cache")
+app.add_typer(service.app, name="service")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

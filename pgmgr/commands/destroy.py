@@ -33,11 +33,18 @@ def destroy(
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry
+    from pgmgr.core import ops, registry, replica, roles
     from pgmgr.core.errors import UsageError
 
     srv = c.resolve(name, None)
     ops.check_destroyable(srv)
+    standbys = roles.standbys_of(srv)
+    if standbys:
+        ui.message(
+            f"'{srv.inst.name}' is the primary of {', '.join(standbys)}: their replication "
+            "slots go with it, and the standbys are left as they are (they keep their data "
+            "and receive no more changes; 'pgmgr promote NAME' makes one a primary)"
+        )
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(
@@ -49,6 +56,7 @@ def destroy(
             raise typer.Exit(1)
     with registry.lock(srv.datadir), ui.spinner(f"Destroying '{srv.inst.name}' …"):
         result = ops.destroy(srv)
+    dropped, note = replica.release(srv) if srv.inst.primary else ([], None)
     if json:
         ui.emit_json(
             {
@@ -62,3 +70,7 @@ def destroy(
     else:
         gone = "" if result.removed_datadir else " (its data directory was already gone)"
         ui.message(f"Destroyed '{result.name}'{gone}: {result.datadir}")
+        if dropped:
+            ui.message(f"Dropped on its primary: {', '.join(dropped)}")
+    if note:
+        ui.message("Note: " + note)

@@ -46,6 +46,12 @@ class Instance:
     started_at: float | None = None
     created_at: float = field(default_factory=time.time)
     password_pending: bool = False  # set on first start (template copies share the catalog)
+    # A streaming standby (pgmgr replica): its primary's name, and the slot and replication
+    # role (with its generated password) it uses there.
+    primary: str | None = None
+    slot: str | None = None
+    repl_role: str | None = None
+    repl_password: str | None = None
 
     @property
     def path(self) -> Path:
@@ -116,6 +122,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(("port", "pid"), _OPT_INT),
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
     **dict.fromkeys(("socket_dir", "log_file", "server_user", "password"), _OPT_STR),
+    **dict.fromkeys(("primary", "slot", "repl_role", "repl_password"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
     "password_pending": (_is_bool, "true or false"),
 }

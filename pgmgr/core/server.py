@@ -13,8 +13,9 @@ import errno
 import os
 import re
 import signal
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +73,32 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 def check_settings(settings: Mapping[str, object]) -> dict[str, str]:
     return dict(parse_setting(f"{k}={v}") for k, v in settings.items())
+
+
+def check_socket_dir_text(path: str | Path) -> Path:
+    """A socket directory PostgreSQL can be given (``-k``): absolute, valid UTF-8, no line
+    break, NUL or double quote (unix_socket_directories is a quoted list), short enough for
+    a socket path. Pure: call it before anything is created.
+
+    :raises UsageError: it cannot.
+    """
+    text = os.path.abspath(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"invalid socket directory {text!r}: the path is not valid UTF-8"
+        ) from None
+    for bad, what in (("\n", "a line break"), ("\r", "a line break"), ("\0", "a NUL byte"),
+                      ('"', "a double quote")):  # fmt: skip
+        if bad in text:
+            raise UsageError(f"invalid socket directory {text!r}: it holds {what}")
+    if len(socket_path(Path(text), 65535)) > SOCKET_PATH_MAX:
+        raise UsageError(
+            f"socket directory {text} is too long: the socket path must fit in "
+            f"{SOCKET_PATH_MAX} bytes"
+        )
+    return Path(text)
 
 
 def _quote_dir(path: Path) -> str:
@@ -165,7 +192,8 @@ def _ids(user: ServerUser | None) -> tuple[int | None, int | None, list[int] | N
 
 
 def _child_env(user: ServerUser | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # NOTIFY_SOCKET is pgmgr's (sd_notify): a postgres built --with-systemd would answer too.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "NOTIFY_SOCKET"}
     env.setdefault("LC_ALL", "C.UTF-8" if Path("/usr/lib/locale/C.utf8").exists() else "C")
     if user is not None:
         env["HOME"] = user.home
@@ -174,9 +202,13 @@ def _child_env(user: ServerUser | None) -> dict[str, str]:
 
 
 def run(
-    argv: Sequence[str], user: ServerUser | None = None, timeout: float = 300.0
+    argv: Sequence[str],
+    user: ServerUser | None = None,
+    timeout: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program; never through a shell.
+    """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
+    ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it).
 
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
@@ -190,7 +222,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_child_env(user),
+        env={**_child_env(user), **(env or {})},
         cwd="/",
         user=uid,
         group=gid,
@@ -247,6 +279,14 @@ def initdb(
         if pwfile is not None:
             with contextlib.suppress(Exception):
                 userfs.as_user(user, os.unlink, str(pwfile))
+
+
+def remove_partial(datadir: Path, created: bool, user: ServerUser | None = None) -> None:
+    """Undo an init: only what pgmgr made goes, as the server user (see
+    :func:`pgmgr.core.staging.remove_cluster`)."""
+    from pgmgr.core.staging import remove_cluster
+
+    remove_cluster(datadir, created, user)
 
 
 def _write_private(path: str, text: str) -> None:
@@ -315,30 +355,37 @@ def _private_dir_ok(path: Path, user: ServerUser | None) -> bool:
 
 
 def socket_dir(
-    recorded: str | None, requested: str | None, port: int, user: ServerUser | None
+    recorded: str | None,
+    requested: str | None,
+    port: int,
+    user: ServerUser | None,
+    datadir: Path | None = None,
 ) -> Path:
-    """The directory for the unix socket.
+    """The directory for the unix socket (see :mod:`pgmgr.core.sockets`).
 
     A directory the user names is used as given, after checking it can be written (the
-    seed's lock-dir check). Otherwise the recorded private dir is reused while it is still
-    ours and 0700, else a new private dir is made under the temp dir; either way the full
-    socket path must fit in 107 bytes, or a short dir under /tmp is used.
+    seed's lock-dir check). A recorded directory the user chose earlier is reused while it
+    is still private (the server user's, 0700, not a symlink) and short enough. Otherwise
+    the data directory itself when the socket path fits there, else the instance's own
+    directory under the per-user runtime directory, else (that one cannot be trusted) a
+    fresh private directory in the temp dir. Stale socket directories are swept.
 
     :raises DatabaseException: a named directory cannot be created or written.
     """
+    from pgmgr.core import sockets
+
     if requested:
-        path = Path(requested).absolute()
+        path = check_socket_dir_text(requested)
         check_socket_dir(path, user)
-        if len(socket_path(path, port)) > SOCKET_PATH_MAX:
-            raise DatabaseException(
-                f"socket directory {path} is too long: the socket path must fit in "
-                f"{SOCKET_PATH_MAX} bytes"
-            )
         return path
-    if recorded:
+    if recorded and datadir is not None and not sockets.is_managed(recorded, datadir):
         path = Path(recorded)
         if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
             return path
+    chosen = sockets.default_dir(datadir, port, user) if datadir is not None else None
+    sockets.sweep(user, keep=chosen)
+    if chosen is not None:
+        return chosen
     import tempfile
 
     base = tempfile.gettempdir()
@@ -379,13 +426,42 @@ def check_socket_dir(path: Path, user: ServerUser | None) -> None:
 # --------------------------------------------------------------------------- spawn, ready
 
 
-def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subprocess.Popen[bytes]:
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGQUIT (postgres' immediate shutdown, which also
+    ends its backends and removes its pid file and sockets) when ``parent`` dies, even by
+    SIGKILL. subprocess calls it after the uid/gid switch (the kernel clears the setting on
+    a credential change), and postgres is not set-uid, so it survives the exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def spawn(
+    argv: Sequence[str],
+    log_file: Path,
+    user: ServerUser | None,
+    *,
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start postgres in its own session (so a Ctrl-C meant for pgmgr never reaches it and
-    it outlives the CLI), output appended to ``log_file``.
+    it outlives the CLI), output appended to ``log_file``. With ``die_with_parent`` (a
+    temporary server) it is stopped when the calling thread's process dies, however it dies.
 
     :raises OSError: the binary cannot be executed.
     """
     import subprocess
+
+    preexec = _die_with(os.getpid()) if die_with_parent and sys.platform == "linux" else None
 
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -405,6 +481,7 @@ def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subpr
             user=uid,
             group=gid,
             extra_groups=groups,
+            preexec_fn=preexec,
         )
     finally:
         os.close(fd)
@@ -444,23 +521,41 @@ def wait_ready(
             return pf
         exited = child.poll() is not None if child is not None else not process.is_alive(pid)
         if exited:
-            tail = log_tail(log_file, since=log_offset)
+            tail = log_tail(log_file, lines=200, since=log_offset)
             raise ServerExited(pid, tail)
         if time.monotonic() >= deadline:
             raise WorkerError(f"server (pid {pid}) was not ready within {timeout:g} s")
         time.sleep(process.POLL)
 
 
+_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+")
+
+
+def why_exited(log: str) -> str:
+    """What a start-up log says went wrong: its FATAL and PANIC lines (from the severity
+    on, without the timestamp), else its last line. Not "database system is shut down",
+    which postgres logs after the cause."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    severe = []
+    for line in lines:
+        m = _SEVERE_RE.search(line)
+        if m and " ".join(line[m.start() :].split()) not in severe:
+            severe.append(" ".join(line[m.start() :].split()))
+    if severe:
+        return "; ".join(severe[-3:])
+    return lines[-1] if lines else "no log output"
+
+
 class ServerExited(WorkerError):
-    """postgres exited while starting; the end of its log says why."""
+    """postgres exited while starting; the FATAL/PANIC lines of its log say why."""
 
     def __init__(self, pid: int, log: str) -> None:
         self.pid = pid
         self.log = log
-        last = log.strip().splitlines()[-1] if log.strip() else "no log output"
+        why = why_exited(log)
         if "Address already in use" in log:
-            last = "port already in use (" + last + ")"
-        super().__init__(f"postgres exited during start-up: {last}")
+            why = "port already in use (" + why + ")"
+        super().__init__(f"postgres exited during start-up: {why}")
 
 
 def stop(pid: int, datadir: Path, mode: str, timeout: float | None) -> bool:
@@ -487,3 +582,18 @@ def open_log_offset(log_file: Path) -> int:
         return log_file.stat().st_size
     except OSError:
         return 0
+
+
+def check_port_option(port: str | None) -> None:
+    """A ``-p`` value: a number from 1 to 65535, ``auto``, or None (checked before any work).
+
+    :raises UsageError: anything else.
+    """
+    if port is None or port == "auto":
+        return
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")

@@ -187,6 +187,24 @@ class Stage:
                     userfs.as_user(self.user, os.rmdir, str(d))
 
 
+def remove_cluster(datadir: Path, created: bool, user: ServerUser | None) -> None:
+    """Undo an init after the fact (a ``start --init`` whose start failed): as the server
+    user, empty ``datadir`` through fds (never following a symlink), then remove it if it was
+    created (as that user, or by root under a root-owned parent). Never raises."""
+    with contextlib.suppress(Exception):
+        userfs.as_user(user, _clear, str(datadir), 2.0)
+    if not created:
+        return
+    try:
+        userfs.as_user(user, os.rmdir, str(datadir))
+    except PermissionError:
+        with contextlib.suppress(Exception), userfs.opened_dir(datadir.parent) as fd:
+            if os.fstat(fd).st_uid == 0:
+                os.rmdir(datadir.name, dir_fd=fd)
+    except Exception:  # noqa: S110 - best effort, as the cleanup of a failed command
+        pass
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (a CI or systemd timeout, a closed terminal) interrupt the init
