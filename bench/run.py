@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pgmgr import Manager, __version__  # noqa: E402
-from pgmgr.core import process, server, template, versions  # noqa: E402
+from pgmgr.core import process, server, spare, versions  # noqa: E402
 
 Sample = Callable[[], float]
 
@@ -107,7 +107,7 @@ class Bench:
         started, so it neither slows the baseline's next sample nor leaves the next pgmgr
         sample without a spare."""
         t = time.perf_counter()
-        template.wait_refills(timeout=120)
+        spare.wait_refills(timeout=120)
         self.refill_waits.append(time.perf_counter() - t)
 
     def as_pg(self, argv: list[str], check: bool = True) -> float:
@@ -441,7 +441,7 @@ def main() -> int:
         rss = {n: max(peak_rss_kb(b, s) for _ in range(3)) for n, s in (("1", "one"), ("20", "20"))}
     finally:
         with contextlib.suppress(Exception):
-            template.wait_refills(timeout=120)
+            spare.wait_refills(timeout=120)
         with contextlib.suppress(Exception):
             b.state("20")
             b.pgmgr("stop", "--all")

@@ -26,9 +26,9 @@ def list_(json: c.Json = False) -> None:
 
     Example: pgmgr cache list --json
     """
-    from pgmgr.core import template
+    from pgmgr.core import template, tplcache
 
-    found = template.list_templates()
+    found = tplcache.list_templates()
     if json:
         ui.emit_json(found)
         return
@@ -61,9 +61,9 @@ def clear(json: c.Json = False, quiet: c.Quiet = False) -> None:
     Example: pgmgr cache clear
     """
     c.quiet(quiet, json)
-    from pgmgr.core import template
+    from pgmgr.core import template, tplcache
 
-    removed = template.clear()
+    removed = tplcache.clear()
     if json:
         ui.emit_json({"removed": removed, "dir": str(template.templates_dir())})
     else:

@@ -104,7 +104,7 @@ def undo_on_failure(srv: Server, enabled: bool = True) -> Iterator[None]:
     except BaseException:
         idle = not process.running_postmaster(srv.datadir) and not process.processes_in(srv.datadir)
         if server.is_datadir(srv.datadir) and idle:
-            server.remove_partial(srv.datadir, created=not dir_existed)
+            server.remove_partial(srv.datadir, created=not dir_existed, user=srv.user())
             if not had_record:
                 with contextlib.suppress(OSError, PgmgrError):
                     registry.remove(srv.inst.name)

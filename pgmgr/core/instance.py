@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -304,17 +304,45 @@ class Server:
             self.inst.server_user = su.name
         if opts.auth != "trust" and password is None:
             password = new_password()
-        from pgmgr.core import template as tpl
-
-        copied = template and tpl.init_from_template(install, datadir, opts, user=su)
-        if not copied:
-            server.initdb(install, datadir, opts, password=password, user=su)
+        copied = self._build(install, opts, su, password, template)
         self.inst.superuser = opts.superuser
         self.inst.auth = opts.auth
         self.inst.password = password if opts.auth != "trust" else None
         self.inst.password_pending = copied and self.inst.password is not None
         self.save()
         return True
+
+    def _build(
+        self,
+        install: versions.Installation,
+        opts: InitOptions,
+        su: privileges.ServerUser | None,
+        password: str | None,
+        template: bool,
+    ) -> bool:
+        """Build the cluster in a private work directory and move it into place (see
+        :mod:`pgmgr.core.staging`): an interrupted init never leaves a data directory.
+
+        :returns: whether it is a template copy (its password is still to be set).
+        """
+        from pgmgr.core import staging
+        from pgmgr.core import template as tpl
+
+        stage = staging.Stage(self.datadir, su)
+        with staging.signals_interrupt():
+            stage.open()
+            try:
+                fin = stage.finish(sync=not opts.no_sync)
+                how = tpl.init_from_template(install, fin, opts, user=su) if template else None
+                if how is None:  # synced once, by the commit's syncfs
+                    lean = replace(opts, no_sync=True)
+                    server.initdb(install, stage.data, lean, password=password, user=su)
+                    stage.commit(sync=not opts.no_sync)
+            except BaseException:
+                stage.abort()
+                raise
+        copied = how is not None
+        return copied
 
     # ------------------------------------------------------------------ start
 

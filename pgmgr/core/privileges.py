@@ -51,7 +51,9 @@ def lookup(name: str) -> ServerUser:
 
 
 def server_user(datadir: Path, requested: str | None) -> ServerUser | None:
-    """The user to run postgres as, or None to run as ourselves (we are not root).
+    """The user to run postgres as, or None to run as ourselves (we are not root): as
+    root, the one asked for, else the owner of the data directory (or of its nearest
+    existing ancestor) unless that is root, else ``postgres``.
 
     :raises DatabaseException: root and no suitable user, or asked to run as root.
     """
@@ -64,16 +66,26 @@ def server_user(datadir: Path, requested: str | None) -> ServerUser | None:
         return None
     if requested:
         return lookup(requested)
-    try:
-        owner = datadir.stat().st_uid
-    except OSError:
-        owner = 0
+    owner = _nearest_owner(datadir)
     if owner != 0:
         try:
             return lookup(pwd.getpwuid(owner).pw_name)
         except KeyError:
             pass
     return lookup(DEFAULT_SERVER_USER)
+
+
+def _nearest_owner(path: Path) -> int:
+    """The owner of ``path``, or of its nearest existing ancestor (a data directory to be
+    made in a user's home is that user's); 0 when none can be read."""
+    for p in (path, *Path(os.path.abspath(path)).parents):
+        try:
+            return p.stat().st_uid
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return 0
+    return 0
 
 
 def _can(st: os.stat_result, user: ServerUser, bit: int) -> bool:

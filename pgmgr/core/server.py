@@ -263,49 +263,40 @@ def initdb(
     password: str | None,
     user: ServerUser | None,
 ) -> None:
-    """Initialize ``datadir`` (absent or empty). On any failure, including Ctrl-C, remove
-    what this call made: the directory if it created it, else only its new contents.
+    """Run initdb as ``user`` to make ``datadir`` (absent; its parent is the init's private
+    work directory, see :mod:`pgmgr.core.staging`, which removes it all on failure). The
+    password file is written there too, by ``user``.
 
-    :raises DatabaseException: the directory is not empty.
     :raises CommandFailed: initdb failed (its stderr is kept).
     """
-    import tempfile
+    from pgmgr.core import testhook, userfs
 
-    created = not datadir.exists()
-    if not created and any(datadir.iterdir()):
-        raise DatabaseException(f"{datadir} is not empty and is not a PostgreSQL data directory")
+    pwfile = None
+    if password is not None:
+        pwfile = datadir.parent / f".pgmgr-pw-{os.getpid()}"
+        userfs.as_user(user, _write_private, str(pwfile), password + "\n")
     try:
-        datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        chown(datadir, user)
-        # The pid in the name lets a later pgmgr sweep it if this one is SIGKILLed.
-        with tempfile.TemporaryDirectory(prefix=f"pgmgr-pw-{os.getpid()}-") as tmp:
-            pwfile = None
-            if password is not None:
-                tmpdir = Path(tmp)
-                chown(tmpdir, user)
-                pwfile = tmpdir / "pw"
-                pwfile.write_text(password + "\n")
-                pwfile.chmod(0o600)
-                chown(pwfile, user)
-            run(initdb_argv(install, datadir, opts, pwfile), user)
-    except BaseException:
-        remove_partial(datadir, created)
-        raise
+        testhook.pause("initdb")
+        run(initdb_argv(install, datadir, opts, pwfile), user)
+    finally:
+        if pwfile is not None:
+            with contextlib.suppress(Exception):
+                userfs.as_user(user, os.unlink, str(pwfile))
 
 
-def remove_partial(datadir: Path, created: bool) -> None:
-    """Undo a failed init: only what pgmgr made goes."""
-    import shutil
+def remove_partial(datadir: Path, created: bool, user: ServerUser | None = None) -> None:
+    """Undo an init: only what pgmgr made goes, as the server user (see
+    :func:`pgmgr.core.staging.remove_cluster`)."""
+    from pgmgr.core.staging import remove_cluster
 
-    if created:
-        shutil.rmtree(datadir, ignore_errors=True)
-    elif datadir.is_dir():
-        for child in datadir.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    child.unlink()
+    remove_cluster(datadir, created, user)
+
+
+def _write_private(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 # --------------------------------------------------------------------------- sockets, ports

@@ -107,6 +107,12 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
         with open(r, "rb") as pipe:  # closes r
             while chunk := pipe.read(65536):
                 chunks.append(chunk)
+    except BaseException:
+        # Interrupted (a SIGTERM or SIGHUP sent to pgmgr alone, made a KeyboardInterrupt):
+        # the child's work is no longer wanted, and waiting for it could take long.
+        with contextlib.suppress(OSError):
+            os.kill(pid, 15)
+        raise
     finally:
         _wait_child(pid)
     data = b"".join(chunks)

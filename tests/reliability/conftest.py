@@ -314,3 +314,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         sys.stderr.write(f"\nERROR: postgres processes outlived the suite (killed): {left}\n")
+
+
+# --------------------------------------------------------------------------- races
+
+
+@pytest.fixture
+def hooks() -> Iterator[Path]:
+    """The pause directory (writable by the server user, who pauses too)."""
+    path = Path(tempfile.mkdtemp(prefix="pgmgr-hook-", dir="/tmp"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

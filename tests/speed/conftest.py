@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -95,23 +96,30 @@ def started(base: Path) -> Iterator[Callable[..., dict[str, Any]]]:
             pgmgr("stop", "-d", str(d), check=False)
 
 
+def user_templates(cache: Path | None = None) -> Path:
+    """The part of the template cache of this test's server user (``postgres`` as root)."""
+    uid = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+    return (cache or Path(os.environ["PGMGR_CACHE_DIR"])) / "templates" / f"u{uid}"
+
+
 def templates(cache: Path | None = None) -> list[str]:
-    """The template keys in the cache (not their spares)."""
+    """The template keys in the cache (not their spares), of every server user."""
     root = (cache or Path(os.environ["PGMGR_CACHE_DIR"])) / "templates"
     if not root.is_dir():
         return []
     return sorted(
         p.name
-        for p in root.iterdir()
+        for u in root.glob("u*")
+        for p in u.iterdir()
         if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".spare")
     )
 
 
 def wait_refills() -> None:
     """Wait for the background refills of spare copies (none is left running by a test)."""
-    from pgmgr.core import template
+    from pgmgr.core import spare
 
-    template.wait_refills(timeout=120)
+    spare.wait_refills(timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,22 @@ import psycopg
 import pytest
 
 from pgmgr.core import registry
+from tests.helpers import copy_datadir
 
-from .conftest import init_concurrently, pgmgr, pgmgr_json, templates, wait_refills
+from .conftest import (
+    init_concurrently,
+    pgmgr,
+    pgmgr_json,
+    templates,
+    user_templates,
+    wait_refills,
+)
 from .test_template import connect, scalar
 
 
 def cache() -> Path:
-    return Path(os.environ["PGMGR_CACHE_DIR"]) / "templates"
+    """The server user's part of the template cache (``u<uid>``)."""
+    return user_templates()
 
 
 def spare() -> Path:
@@ -32,14 +41,19 @@ def spare() -> Path:
 
 def ready(base: Path) -> int:
     """Build the template (first init), copy it once (second init: starts the refill), wait
-    for the spare; its inode."""
+    for the spare; the inode of its ``global/pg_control`` (a claim moves the spare's entries
+    into the data directory: the same files, not copies)."""
     assert pgmgr_json("init", "-d", str(base / "first"))["initialized"]
     assert not spare().exists(), "a key used once costs no spare"
     assert pgmgr_json("init", "-d", str(base / "second"))["initialized"]
     wait_refills()
     assert (spare() / "global" / "pg_control").is_file()
     assert pgmgr_json("cache", "list")[0]["spare"] is True
-    return spare().stat().st_ino
+    return control_inode(spare())
+
+
+def control_inode(datadir: Path) -> int:
+    return (datadir / "global" / "pg_control").stat().st_ino
 
 
 def check_owner_and_mode(datadir: Path) -> None:
@@ -57,17 +71,17 @@ def test_init_claims_the_spare_and_the_refill_makes_a_new_one(
     inode = ready(base)
     datadir = base / "claimed"
     assert pgmgr_json("init", "-d", str(datadir))["initialized"]
-    assert datadir.stat().st_ino == inode, "the spare itself was renamed into place"
+    assert control_inode(datadir) == inode, "the spare itself was moved into place"
     check_owner_and_mode(datadir)
     hba = (datadir / "pg_hba.conf").read_text()
     methods = {ln.split()[-1] for ln in hba.splitlines() if ln.startswith("host")}
     assert methods == {"scram-sha-256"}
-    assert not list(cache().glob(".*tmp-claim-*")), "the claim's private name is gone"
+    assert not [p for p in datadir.iterdir() if "pgmgr-init" in p.name], "the work dir is gone"
     inst = registry.load("claimed")
     assert inst.password and inst.password_pending
 
     wait_refills()
-    assert spare().is_dir() and spare().stat().st_ino != inode, "refilled"
+    assert spare().is_dir() and control_inode(spare()) != inode, "refilled"
     assert not [p.name for p in cache().iterdir() if ".tmp-" in p.name]
 
     port = started(datadir)["port"]
@@ -79,9 +93,9 @@ def test_instances_from_spares_are_independent(
 ) -> None:
     ready(base)
     for name in ("a", "b"):
-        inode = spare().stat().st_ino
+        inode = control_inode(spare())
         pgmgr("init", "-d", str(base / name))
-        assert (base / name).stat().st_ino == inode
+        assert control_inode(base / name) == inode
         wait_refills()
     a, b = registry.load("a"), registry.load("b")
     assert a.password and b.password and a.password != b.password
@@ -102,7 +116,7 @@ def test_concurrent_inits_with_a_spare(base: Path, started: Callable[..., dict[s
     inode = ready(base)
     dirs = [base / f"c{i}" for i in range(4)]
     init_concurrently(dirs)
-    inodes = [d.stat().st_ino for d in dirs]
+    inodes = [control_inode(d) for d in dirs]
     assert len(set(inodes)) == 4
     assert inodes.count(inode) == 1, "exactly one init got the spare, the others copied"
     wait_refills()
@@ -120,7 +134,7 @@ def test_missing_or_half_made_spare_falls_back_to_a_copy(
     key = templates()[0]
     # a refill that died part-way leaves only a temporary name, never <key>.spare
     dead = cache() / f".{key}.tmp-spare-999999"
-    shutil.copytree(spare(), dead, symlinks=True)
+    copy_datadir(spare(), dead)  # cp -a: the server user's, as a refill makes it
     shutil.rmtree(dead / "global")
     # a broken spare (only by hand): not a complete cluster, so not used
     shutil.rmtree(spare() / "global")
@@ -146,7 +160,7 @@ def test_existing_empty_dir_is_replaced_and_a_symlink_stays(base: Path) -> None:
     mine.mkdir(mode=0o755)
     mine.chmod(0o755)
     pgmgr("init", "-d", str(mine))
-    assert mine.stat().st_ino == inode
+    assert control_inode(mine) == inode
     check_owner_and_mode(mine)
     wait_refills()
 
@@ -167,14 +181,14 @@ def test_parents_are_made_for_a_claimed_spare(base: Path) -> None:
     inode = ready(base)
     datadir = base / "p" / "q" / "data"
     pgmgr("init", "-d", str(datadir))
-    assert datadir.stat().st_ino == inode
+    assert control_inode(datadir) == inode
 
 
 def test_no_template_and_cache_clear(base: Path) -> None:
     inode = ready(base)
     out = pgmgr_json("init", "-d", str(base / "plain"), "--no-template")
     assert out["initialized"] and not registry.load("plain").password_pending
-    assert spare().stat().st_ino == inode, "--no-template leaves the spare alone"
+    assert control_inode(spare()) == inode, "--no-template leaves the spare alone"
     (key,) = templates()
     assert pgmgr_json("cache", "clear")["removed"] == [key]
     assert not (cache() / f"{key}.spare").exists()

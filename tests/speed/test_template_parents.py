@@ -47,8 +47,8 @@ def test_a_failed_copy_removes_only_the_parents_it_made(
     datadir = base / "keep" / "x" / "y" / "data"
     real_copy = template.copy_tree
 
-    def interrupted(src: Path, dst: Path, user: Any) -> None:
-        real_copy(src, dst, user)
+    def interrupted(src: Path, dst: Path, **kw: Any) -> None:
+        real_copy(src, dst, **kw)
         raise KeyboardInterrupt  # Ctrl-C as the copy ends
 
     monkeypatch.setattr(template, "copy_tree", interrupted)

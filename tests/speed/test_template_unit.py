@@ -82,5 +82,7 @@ def test_old_majors_and_the_environment_opt_out(
 
 
 def test_clear_and_list_on_an_empty_cache() -> None:
-    assert template.list_templates() == []
-    assert template.clear() == []
+    from pgmgr.core import tplcache
+
+    assert tplcache.list_templates() == []
+    assert tplcache.clear() == []
