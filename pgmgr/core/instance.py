@@ -568,7 +568,10 @@ class Server:
             raise
         except WorkerError:
             process.signal_pid(pid, server.STOP_SIGNALS["immediate"])
-            process.wait_gone(pid, self.datadir, 5.0)
+            if not process.wait_gone(pid, self.datadir, 5.0) and self.child is not None:
+                # Our own child, never ready, ignoring SIGQUIT (blocked opening a FIFO its
+                # user planted as the socket lock, say): it must not outlive the failure.
+                process.signal_pid(self.child.pid, signal.SIGKILL)
             self._reap()
             raise
         if self.inst.password_pending:  # a template copy started with wait=False

@@ -22,6 +22,33 @@ PIDFILE = "postmaster.pid"
 POLL = 0.002
 
 
+#: postmaster.pid and socket lock files are a few hundred bytes.
+SMALL_FILE = 64 << 10
+
+
+def read_small(path: Path, limit: int = SMALL_FILE) -> str | None:
+    """The text of a small regular file that the server user controls (``postmaster.pid``,
+    a socket lock, ``PG_VERSION``); None when it is missing, unreadable, not a regular file
+    (a FIFO would block the reader forever, ``/dev/zero`` never ends), a symlink, or larger
+    than ``limit``. Never follows the last component and never blocks."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None if len(data) > limit else data.decode(errors="replace")
+
+
 @dataclass(frozen=True)
 class PidFile:
     """The fields of ``postmaster.pid`` (see PostgreSQL's ``pidfile.h``)."""
@@ -37,11 +64,8 @@ class PidFile:
     @classmethod
     def read(cls, datadir: Path) -> PidFile | None:
         """Parse ``datadir/postmaster.pid``; None when absent, unreadable or half-written."""
-        try:
-            text = (datadir / PIDFILE).read_text(errors="replace")
-        except OSError:
-            return None
-        return cls.parse(text)
+        text = read_small(datadir / PIDFILE)
+        return None if text is None else cls.parse(text)
 
     @classmethod
     def parse(cls, text: str) -> PidFile | None:

@@ -169,10 +169,11 @@ def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
     process is left alone.
     """
     lock = Path(socket_path(socket_dir, port) + ".lock")
+    text = process.read_small(lock)
     try:
-        lines = lock.read_text(errors="replace").split("\n")
+        lines = (text or "").split("\n")
         pid = int(lines[0])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return
     ours = len(lines) > 1 and os.path.realpath(lines[1].strip()) == os.path.realpath(datadir)
     if (ours and not process.serves(pid, datadir)) or not process.is_alive(pid):
@@ -249,10 +250,7 @@ def is_datadir(path: Path) -> bool:
 
 
 def datadir_major(path: Path) -> str | None:
-    try:
-        return (path / "PG_VERSION").read_text().strip() or None
-    except OSError:
-        return None
+    return (process.read_small(path / "PG_VERSION") or "").strip() or None
 
 
 def initdb(

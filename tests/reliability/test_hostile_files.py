@@ -1,0 +1,56 @@
+"""Files in a data directory are the server user's: pgmgr (root, often) reads them without
+following a symlink and without blocking. A FIFO as ``postmaster.pid`` hung ``status``,
+``stop --all``, ``forget`` and ``destroy``; a symlink to ``/dev/zero`` made ``status`` eat
+gigabytes; a FIFO as the socket lock hung ``start`` (found by review, reproduced as root)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import InstFactory, pgmgr, wait_no_processes
+
+
+def plant(path: Path, kind: str) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_hostile_postmaster_pid_never_hangs_pgmgr(cluster: InstFactory, kind: str) -> None:
+    inst = cluster("hostile")
+    plant(inst.datadir / "postmaster.pid", kind)
+    for args in (("status",), ("status", "hostile", "--json"), ("stop", "--all")):
+        run = pgmgr(*args, timeout=30)  # a hang fails here (TimeoutExpired)
+        assert run.returncode in (0, 3), str(run)
+    status = pgmgr("status", "hostile", "--json", timeout=30)
+    assert status.json()["state"] == "stopped", str(status)
+    run = pgmgr("forget", "hostile", timeout=30)
+    assert run.returncode == 0, str(run)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_hostile_socket_lock_never_hangs_start(cluster: InstFactory, kind: str) -> None:
+    inst = cluster("lockfifo")
+    from pgmgr.core.server import free_port
+
+    port = free_port("127.0.0.1")
+    plant(inst.datadir / f".s.PGSQL.{port}.lock", kind)
+    run = pgmgr("start", "lockfifo", "-p", str(port), "--timeout", "10", timeout=60)
+    assert "Traceback" not in run.stderr, str(run)
+    if run.returncode != 0:  # postgres itself blocked on the FIFO: it must not be left behind
+        assert wait_no_processes(inst.datadir, timeout=10) == [], str(run)
+    pgmgr("stop", "lockfifo", "-m", "immediate", timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_hostile_pg_version_is_not_a_data_directory(tmp_path: Path, kind: str) -> None:
+    from pgmgr.core import server
+
+    plant(tmp_path / "PG_VERSION", kind)
+    assert server.datadir_major(tmp_path) is None
