@@ -1,0 +1,152 @@
+"""Make a table fit a terminal's width without cutting what matters (pure functions).
+
+Only columns marked ``path`` are ever shortened: first ``~`` stands for the home directory,
+then paths lose characters in the middle (``/opt/pgmgr-…/pginstall/bin``: the start and the
+last components stay), never below :data:`MIN_PATH` characters. If even that does not fit,
+the path columns (and long free-text columns marked ``below``) move to a second table below,
+next to the row's key columns, where they have the width to themselves. Every other column
+(names, versions, states, host:port) is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: The gap between two columns, in the plain and the Rich rendering alike.
+GAP = 2
+#: Narrower than this, an elided path says too little: move it below instead.
+MIN_PATH = 24
+#: In the table below, paths may be elided down to this.
+MIN_PATH_BELOW = 12
+ELLIPSIS = "…"
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column: ``path`` cells may be shortened or moved below, ``below`` ones (long free
+    text) only moved; ``key`` columns identify the row in the table below (the first column
+    when none is marked)."""
+
+    title: str
+    path: bool = False
+    key: bool = False
+    below: bool = False
+
+    @property
+    def movable(self) -> bool:
+        return self.path or self.below
+
+
+Table = tuple[list[Col], list[list[str]]]
+
+
+def home_short(text: str, home: str | None = None) -> str:
+    """``/home/me/proj/data`` -> ``~/proj/data`` (only the invoking user's home)."""
+    home = (home if home is not None else os.path.expanduser("~")).rstrip("/")
+    if not home:
+        return text
+    if text == home:
+        return "~"
+    if text.startswith(home + "/"):
+        return "~" + text[len(home) :]
+    return text
+
+
+def elide(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: its start, ``…``, and as many of its last
+    path components as fit in two thirds of the room."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    room = width - 1
+    tail_room = max(1, room * 2 // 3)
+    parts = text.split("/")
+    tail = ""
+    for part in reversed(parts[1:]):
+        candidate = "/" + part + tail
+        if len(candidate) > tail_room:
+            break
+        tail = candidate
+    if not tail:
+        tail = text[-tail_room:]
+    return text[: room - len(tail)] + ELLIPSIS + tail
+
+
+def widths(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> list[int]:
+    out = [len(c.title) for c in cols]
+    for row in rows:
+        out = [max(w, len(cell)) for w, cell in zip(out, row, strict=True)]
+    return out
+
+
+def total(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> int:
+    return sum(widths(cols, rows)) + GAP * (len(cols) - 1)
+
+
+def _caps(natural: list[int], room: int, floor: int) -> list[int] | None:
+    """Widths for the path columns: the widest are narrowed first, none below ``floor``
+    (or its natural width); None when ``room`` cannot hold them."""
+    cap = max(natural, default=0)
+    while cap > 0:
+        sizes = [min(w, cap) for w in natural]
+        if sum(sizes) <= room:
+            return sizes
+        if cap <= floor:
+            return None
+        cap -= 1
+    return None
+
+
+def _elided(cols: list[Col], rows: list[list[str]], width: int, floor: int) -> Table | None:
+    natural = widths(cols, rows)
+    fixed = sum(w for w, c in zip(natural, cols, strict=True) if not c.path)
+    room = width - fixed - GAP * (len(cols) - 1)
+    paths = [w for w, c in zip(natural, cols, strict=True) if c.path]
+    caps = _caps(paths, room, floor)
+    if caps is None:
+        return None
+    cap_of = iter(caps)
+    limits = [next(cap_of) if c.path else w for w, c in zip(natural, cols, strict=True)]
+    new_rows = [
+        [
+            elide(cell, lim) if c.path else cell
+            for cell, c, lim in zip(row, cols, limits, strict=True)
+        ]
+        for row in rows
+    ]
+    return cols, new_rows
+
+
+def fit(
+    cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int | None, home: str | None = None
+) -> list[Table]:
+    """One table that fits ``width`` (None: any width), or two: the second holds the path
+    (and free-text) columns that could not stay readable in the first."""
+    cols = list(cols)
+    if width is None or total(cols, rows) <= width:
+        return [(cols, [list(r) for r in rows])]
+    short = [
+        [home_short(x, home) if c.path else x for x, c in zip(r, cols, strict=True)] for r in rows
+    ]
+    return _shortened(cols, short, width)
+
+
+def _shortened(cols: list[Col], rows: list[list[str]], width: int) -> list[Table]:
+    if total(cols, rows) <= width:
+        return [(cols, rows)]
+    if not any(c.movable for c in cols):
+        return [(cols, rows)]
+    one = _elided(cols, rows, width, MIN_PATH)
+    if one is not None:
+        return [one]
+    keys = [i for i, c in enumerate(cols) if c.key] or [0]
+    main = [i for i, c in enumerate(cols) if not c.movable]
+    below = keys + [i for i, c in enumerate(cols) if c.movable and i not in keys]
+    first = ([cols[i] for i in main], [[r[i] for i in main] for r in rows])
+    second_cols = [Col(cols[i].title, path=cols[i].path and i not in keys) for i in below]
+    second_rows = [[r[i] for i in below] for r in rows]
+    second = _elided(second_cols, second_rows, width, MIN_PATH_BELOW)
+    return [first, second or (second_cols, second_rows)]
