@@ -4,7 +4,8 @@ Only columns marked ``path`` are ever shortened: first ``~`` stands for the home
 then paths lose characters in the middle (``/opt/pgmgr-…/pginstall/bin``: the start and the
 last components stay), never below :data:`MIN_PATH` characters. If even that does not fit,
 the path columns (and long free-text columns marked ``below``) move to a second table below,
-next to the row's key columns, where they have the width to themselves. Every other column
+next to the row's key columns, where they have the width to themselves (one table each when
+they do not fit whole side by side). Every other column
 (names, versions, states, host:port) is never touched.
 """
 
@@ -144,9 +145,22 @@ def _shortened(cols: list[Col], rows: list[list[str]], width: int) -> list[Table
         return [one]
     keys = [i for i, c in enumerate(cols) if c.key] or [0]
     main = [i for i, c in enumerate(cols) if not c.movable]
-    below = keys + [i for i, c in enumerate(cols) if c.movable and i not in keys]
-    first = ([cols[i] for i in main], [[r[i] for i in main] for r in rows])
-    second_cols = [Col(cols[i].title, path=cols[i].path and i not in keys) for i in below]
-    second_rows = [[r[i] for i in below] for r in rows]
-    second = _elided(second_cols, second_rows, width, MIN_PATH_BELOW)
-    return [first, second or (second_cols, second_rows)]
+    moved = [i for i, c in enumerate(cols) if c.movable and i not in keys]
+    first = _pick(cols, rows, main)
+    together = _pick(cols, rows, keys + moved, keys)
+    if total(*together) <= width:
+        return [first, together]
+    # Side by side they do not fit whole: one table each, elided only if one alone is wider.
+    tables = [first]
+    for i in moved:
+        alone = _pick(cols, rows, [*keys, i], keys)
+        tables.append(_elided(*alone, width, MIN_PATH_BELOW) or alone)
+    return tables
+
+
+def _pick(
+    cols: list[Col], rows: list[list[str]], which: list[int], keys: Sequence[int] = ()
+) -> Table:
+    """The columns ``which`` (key columns among them are never shortened)."""
+    picked = [Col(cols[i].title, path=cols[i].path and i not in keys) for i in which]
+    return picked, [[r[i] for i in which] for r in rows]
