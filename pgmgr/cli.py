@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from pgmgr import __version__, ui
 from pgmgr.commands import (
     cache,
+    config,
     destroy,
     env,
     forget,
@@ -127,6 +128,7 @@ app.command("url")(url.url)
 _PASSTHROUGH = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
+app.command("config")(config.config)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
 app.add_typer(cache.app, name="cache")

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 #: Settings pgmgr owns: they come from --host/--port/the socket dir, never from -c.
-RESERVED_SETTINGS = frozenset({"port", "listen_addresses", "unix_socket_directories"})
+RESERVED_SETTINGS = frozenset(
+    {"port", "listen_addresses", "unix_socket_directories", "config_file"}
+)
 AUTH_METHODS = ("scram-sha-256", "trust", "md5", "password")
 STOP_SIGNALS = {
     "smart": signal.SIGTERM,
@@ -61,6 +63,10 @@ def parse_setting(text: str) -> tuple[str, str]:
     name = name.strip()
     if not sep or not SETTING_NAME_RE.match(name):
         raise UsageError(f"invalid setting {text!r}: expected name=value, e.g. -c work_mem=64MB")
+    if name.lower() == "config_file":
+        raise UsageError(
+            "setting 'config_file' is managed by pgmgr: it is the data dir's pgmgr.conf"
+        )
     if name.lower() in RESERVED_SETTINGS:
         raise UsageError(
             f"setting {name!r} is managed by pgmgr: use --host, --port or --socket-dir"
@@ -110,8 +116,11 @@ def postgres_argv(
     port: int,
     socket_dir: Path,
     settings: Mapping[str, str],
+    config_file: Path | None = None,
 ) -> list[str]:
-    """The postgres command line: pgmgr's own settings first, then the user's ``-c``."""
+    """The postgres command line: pgmgr's own settings first, then ``config_file`` (the
+    instance's ``pgmgr.conf``, which holds the kept settings, see :mod:`pgmgr.core.pgconf`),
+    then ``settings`` as ``-c`` (which a reload cannot change)."""
     argv = [
         str(install.bin("postgres")),
         "-D",
@@ -123,6 +132,8 @@ def postgres_argv(
         "-c",
         f"listen_addresses={host}",
     ]
+    if config_file is not None:
+        argv += ["-c", f"config_file={config_file}"]
     for name, value in settings.items():
         argv += ["-c", f"{name}={value}"]
     return argv
@@ -473,7 +484,11 @@ class ServerExited(WorkerError):
     def __init__(self, pid: int, log: str) -> None:
         self.pid = pid
         self.log = log
-        last = log.strip().splitlines()[-1] if log.strip() else "no log output"
+        lines = log.strip().splitlines()
+        last = lines[-1] if lines else "no log output"
+        if "contains errors" in last and len(lines) > 1:  # the line before says which
+            said = [re.split(r"\b(?:LOG|FATAL|ERROR):\s+", ln)[-1] for ln in lines[-2:]]
+            last = f"{said[0]} ({said[1]})"
         if "Address already in use" in log:
             last = "port already in use (" + last + ")"
         super().__init__(f"postgres exited during start-up: {last}")

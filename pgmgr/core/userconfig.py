@@ -64,6 +64,14 @@ def load() -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     _check_private(dst, path.parent, "the config directory")
+    from pgmgr.core import userfs
+
+    if userfs.others_can_write(path.parent):
+        raise DatabaseException(
+            f"refusing to use the config directory {path.parent}: another user can "
+            "write one of the directories above it",
+            hint="set PGMGR_CONFIG_DIR to a private directory",
+        )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
