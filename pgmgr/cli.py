@@ -15,6 +15,7 @@ from pgmgr.commands import (
     config,
     destroy,
     env,
+    extensions,
     forget,
     init,
     logs,
@@ -129,6 +130,7 @@ _PASSTHROUGH = {"allow_interspersed_args": False, "ignore_unknown_options": True
 app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("config")(config.config)
+app.command("extensions")(extensions.extensions)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
 app.add_typer(cache.app, name="cache")
