@@ -80,7 +80,7 @@ def config(
     args: Annotated[
         list[str] | None,
         typer.Argument(
-            help="[NAME] [set key=value ... | unset key ...]",
+            help="Instance name (optional), then set key=value ... or unset key ...",
             metavar="[NAME] [set|unset] [ITEM]...",
             show_default=False,
             autocompletion=c.complete_names,

@@ -66,14 +66,12 @@ def _write_plain(datadir: str, data: bytes) -> None:
         with open(path, "rb") as f:
             if f.read() == data:
                 return
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # absent or unreadable: replaced below
     fd, tmp = tempfile.mkstemp(prefix=f".{CONF_NAME}.", dir=datadir)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            f.write(data)  # no fsync: every start writes it again from the record
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -255,6 +253,9 @@ def change(
     dropped = check_unset(srv, remove) if remove is not None else []
     check_values(srv, assign)
     with registry.lock(srv.datadir):
+        if srv.register and srv.inst.name in registry.names():
+            # Another pgmgr may have changed them since srv was loaded: start from the record.
+            srv.inst.settings = registry.load(srv.inst.name).settings
         new = {k: v for k, v in srv.inst.settings.items() if k not in dropped}
         new.update(assign)
         write(srv.datadir, new, srv.user())

@@ -127,3 +127,22 @@ def test_enum_hint_and_running_server_untouched(work: Work, datadir: Path) -> No
     assert proc.returncode == 2
     assert error_lines(proc.stderr)[1] == "Hint: Available values: minimal, replica, logical."
     assert {e["name"]: e["live"] for e in config(work)["settings"]} == {"work_mem": "7MB"}
+
+
+def test_concurrent_sets_all_kept(work: Work, datadir: Path) -> None:
+    """Each pgmgr re-reads the record under the instance lock: no update is lost."""
+    import subprocess
+    import sys
+
+    work.ok("init", "-d", "./data", "-q")
+    names = ["work_mem", "maintenance_work_mem", "temp_buffers", "log_min_duration_statement"]
+    values = ["5MB", "70MB", "9MB", "250"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pgmgr", "config", "data", "set", f"{n}={v}", "-q"],
+            cwd=work.path,
+        )
+        for n, v in zip(names, values, strict=True)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
+    assert kept(work) == dict(zip(names, values, strict=True))
