@@ -21,6 +21,8 @@ GAP = 2
 MIN_PATH = 24
 #: In the table below, paths may be elided down to this.
 MIN_PATH_BELOW = 12
+#: A ``wrap`` column narrower than this would be a word per line: it moves below instead.
+MIN_WRAP = 20
 ELLIPSIS = "…"
 
 
@@ -34,6 +36,7 @@ class Col:
     path: bool = False
     key: bool = False
     below: bool = False
+    wrap: bool = False  # free text that may go on over continuation lines
 
     @property
     def movable(self) -> bool:
@@ -135,9 +138,33 @@ def fit(
     return _shortened(cols, short, width)
 
 
+def wrapped(cols: list[Col], rows: list[list[str]], width: int) -> list[list[str]] | None:
+    """Rows whose ``wrap`` column goes on over continuation lines (other cells empty) so
+    the table fits ``width``; None when no such column or too little room."""
+    import textwrap
+
+    sizes = widths(cols, rows)
+    which = [i for i, c in enumerate(cols) if c.wrap]
+    if not which:
+        return None
+    i = which[0]
+    room = width - (sum(sizes) - sizes[i]) - GAP * (len(cols) - 1)
+    if room < max(MIN_WRAP, len(cols[i].title)):
+        return None
+    out = []
+    for row in rows:
+        pieces = textwrap.wrap(row[i], room, break_on_hyphens=False) or [""]
+        out.append([*row[:i], pieces[0], *row[i + 1 :]])
+        out += [["" if j != i else p for j in range(len(cols))] for p in pieces[1:]]
+    return out
+
+
 def _shortened(cols: list[Col], rows: list[list[str]], width: int) -> list[Table]:
     if total(cols, rows) <= width:
         return [(cols, rows)]
+    wrapped_rows = wrapped(cols, rows, width)
+    if wrapped_rows is not None:
+        return [(cols, wrapped_rows)]
     if not any(c.movable for c in cols):
         return [(cols, rows)]
     one = _elided(cols, rows, width, MIN_PATH)

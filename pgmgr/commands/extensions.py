@@ -11,7 +11,7 @@ COLUMNS = [
     ui.Col("extension", key=True),
     ui.Col("version"),
     ui.Col("installed in"),
-    ui.Col("comment", below=True),
+    ui.Col("comment", wrap=True),
 ]
 
 

@@ -121,7 +121,8 @@ def available(install: Installation) -> tuple[Path | None, list[Extension]]:
 
 
 def installed(srv: Server) -> dict[str, dict[str, str]]:
-    """``extension -> {database: version}`` over every database that takes connections.
+    """``extension -> {database: version}`` over every database that takes connections
+    (template databases left out: every extension of template1 is in each new database).
 
     :raises WorkerError: cannot connect.
     """
@@ -136,7 +137,8 @@ def installed(srv: Server) -> dict[str, dict[str, str]]:
             dbs = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname"
+                    "SELECT datname FROM pg_database"
+                    " WHERE datallowconn AND NOT datistemplate ORDER BY datname"
                 )
             ]
         for db in dbs:
@@ -173,8 +175,7 @@ def install_hint(install: Installation, missing: Sequence[Elsewhere]) -> str | N
     )
     if not packaged:
         return (
-            "use an installation that has it (see 'pgmgr versions'), or build it with "
-            f"{install.bin('pg_config')}"
+            "use an installation that has it (see 'pgmgr versions'), or build it with its pg_config"
         )
     known = [e.name for e in missing if e.name in DEBIAN_PACKAGES]
     search = f"apt-cache search postgresql-{install.major}-"

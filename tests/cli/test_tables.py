@@ -221,3 +221,13 @@ def test_real_terminal(work: Work, datadir: Path, width: int) -> None:
     assert "─" in screen  # Rich drew it: a terminal
     assert "Default: " in screen
     assert "Traceback" not in screen
+
+
+def test_fit_wraps_free_text_over_continuation_lines() -> None:
+    cols = [Col("extension", key=True), Col("version"), Col("comment", wrap=True)]
+    rows = [["vector", "0.8.6", "vector data type and ivfflat and hnsw access methods"]]
+    (table,) = fit(cols, rows, 40)
+    assert widest([table]) <= 40
+    assert table[1][0][:2] == ["vector", "0.8.6"]
+    assert all(r[:2] == ["", ""] for r in table[1][1:])  # continuation lines
+    assert " ".join(r[2] for r in table[1]) == rows[0][2]  # every word kept, in order
