@@ -249,7 +249,10 @@ def change(
     :raises WorkerError: the reload or restart failed.
     """
     from pgmgr.core import registry
+    from pgmgr.core.instance import DataDirNotFound
 
+    if not server.is_datadir(srv.datadir):
+        raise DataDirNotFound(srv.datadir, "is not a PostgreSQL data directory (or is gone)")
     dropped = check_unset(srv, remove) if remove is not None else []
     check_values(srv, assign)
     with registry.lock(srv.datadir):

@@ -146,3 +146,13 @@ def test_concurrent_sets_all_kept(work: Work, datadir: Path) -> None:
     ]
     assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
     assert kept(work) == dict(zip(names, values, strict=True))
+
+
+def test_missing_data_dir_is_exit_4(work: Work, datadir: Path) -> None:
+    import shutil
+
+    work.ok("init", "-d", "./data", "-q")
+    shutil.rmtree(datadir)
+    proc = work.run("config", "data", "set", "work_mem=8MB")
+    assert proc.returncode == 4
+    assert error_lines(proc.stderr)[0].startswith(f"Error: data directory {datadir} ")
