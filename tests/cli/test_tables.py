@@ -203,6 +203,8 @@ class Tmux:
 @pytest.mark.parametrize("width", [80, 200])
 def test_real_terminal(work: Work, datadir: Path, width: int) -> None:
     recs = start_two(work, datadir)
+    work.ok("init", "-d", str(work.path / "fresh"), "-q")  # a cached template to list
+    recs = [r for r in json.loads(work.ok("status", "--json").stdout) if r["name"] != "fresh"]
     env = {k: v for k, v in os.environ.items() if k.startswith(("PGMGR_", "TEST_PGMGR"))}
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     pgmgr = f"{shlex.quote(sys.executable)} -m pgmgr"
@@ -217,7 +219,9 @@ def test_real_terminal(work: Work, datadir: Path, width: int) -> None:
     finally:
         term.close()
     lines = [x for x in screen.splitlines() if "__done__" not in x and "show.sh" not in x]
-    assert all(len(line.rstrip()) <= width for line in lines), screen  # -J: no wrapped line
+    tables = [x for x in lines if not x.startswith(("Default: ", "root@", "postgres@"))]
+    assert all(len(line.rstrip()) <= width for line in tables), screen  # -J: no wrapped line
+    assert "initdb options" in screen  # cache list drew its table too
     check_status_table("\n".join(lines), recs, width)
     assert "─" in screen  # Rich drew it: a terminal
     assert "Default: " in screen
