@@ -156,3 +156,12 @@ def test_missing_data_dir_is_exit_4(work: Work, datadir: Path) -> None:
     proc = work.run("config", "data", "set", "work_mem=8MB")
     assert proc.returncode == 4
     assert error_lines(proc.stderr)[0].startswith(f"Error: data directory {datadir} ")
+
+
+def test_quotes_and_backslashes_reach_the_server_intact(work: Work, datadir: Path) -> None:
+    """pgmgr.conf quotes values as postgresql.conf wants: what is set is what is used."""
+    value = "%m [%p] it's a \\ 'test' # not a comment "
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    doc = config(work, "set", f"log_line_prefix={value}")
+    assert doc["reloaded"] and by_name(doc)["log_line_prefix"]["live"] == value
+    assert show(work, "log_line_prefix") == value.strip()  # show() strips the trailing space
