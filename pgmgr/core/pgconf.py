@@ -57,25 +57,21 @@ def conf_path(datadir: Path) -> Path:
     return datadir / CONF_NAME
 
 
-def _write_plain(datadir: str, data: bytes) -> None:
-    """Runs as the data directory's owner: its own directory, plain paths are fine."""
-    import tempfile
+def _write_as_owner(datadir: str, data: bytes) -> None:
+    """Runs as the data directory's owner. Through a directory fd: a FIFO or symlink put in
+    place of the file is never opened (no hang, nothing followed), only replaced."""
+    from pgmgr.core import userfs
 
-    path = os.path.join(datadir, CONF_NAME)
+    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with open(path, "rb") as f:
-            if f.read() == data:
+        try:
+            if userfs.read_file_at(fd, CONF_NAME) == data:
                 return
-    except OSError:
-        pass  # absent or unreadable: replaced below
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONF_NAME}.", dir=datadir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)  # no fsync: every start writes it again from the record
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        except (OSError, userfs.UnsafePath):
+            pass  # absent, unreadable or not a regular file: replaced below
+        userfs.write_file_at(fd, CONF_NAME, data, 0o600, sync=False)  # rewritten each start
+    finally:
+        os.close(fd)
 
 
 def write(datadir: Path, settings: Mapping[str, str], user: ServerUser | None) -> Path:
@@ -94,7 +90,7 @@ def write(datadir: Path, settings: Mapping[str, str], user: ServerUser | None) -
                     return conf_path(datadir)
         except (OSError, userfs.UnsafePath):
             pass  # absent, or odd: the user's own process below deals with it
-    userfs.as_user(user, _write_plain, str(datadir), data)
+    userfs.as_user(user, _write_as_owner, str(datadir), data)
     return conf_path(datadir)
 
 

@@ -165,3 +165,29 @@ def test_quotes_and_backslashes_reach_the_server_intact(work: Work, datadir: Pat
     doc = config(work, "set", f"log_line_prefix={value}")
     assert doc["reloaded"] and by_name(doc)["log_line_prefix"]["live"] == value
     assert show(work, "log_line_prefix") == value.strip()  # show() strips the trailing space
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_fifo_or_symlink_in_place_of_pgmgr_conf(work: Work, datadir: Path, kind: str) -> None:
+    """The data dir's owner swaps pgmgr.conf for a FIFO (a plain open would hang) or a
+    symlink to a file of value (writing through it would change that file): the next start
+    replaces the entry and never opens what it points at."""
+    import os
+    import stat
+
+    work.ok("start", "-d", "./data", "-p", "auto", "-q", "-c", "work_mem=9MB")
+    work.ok("stop", "data", "-q")
+    conf = datadir / "pgmgr.conf"
+    conf.unlink()
+    target = work.path / "precious.txt"
+    target.write_text("precious\n")
+    if kind == "fifo":
+        os.mkfifo(conf)
+    else:
+        conf.symlink_to(target)
+    proc = work.run("start", "data", "-q", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISREG(conf.lstat().st_mode)
+    assert "work_mem = '9MB'" in conf.read_text()
+    assert target.read_text() == "precious\n"
+    assert show(work, "work_mem") == "9MB"
