@@ -134,11 +134,14 @@ def _rich_table(
 ) -> None:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     # No edges and collapsed padding: two spaces between columns, as in plain text, so
     # pgmgr.tablefit's arithmetic holds; "fold" rather than "…" if Rich still has to wrap.
+    # Text, not str: names, paths and messages are printed as typed, never parsed as
+    # markup (a data dir named '[/oops]' would crash Rich, '[bold]x' would turn bold).
     t = Table(
-        title=title,
+        title=Text(title) if title is not None else None,
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD,
@@ -147,9 +150,9 @@ def _rich_table(
         collapse_padding=True,
     )
     for col in cols:
-        t.add_column(col.title, overflow="fold")
+        t.add_column(Text(col.title), overflow="fold")
     for row in rows:
-        t.add_row(*row)
+        t.add_row(*(Text(cell) for cell in row))
     console.print(t)
 
 
@@ -176,12 +179,13 @@ def spinner(text: str) -> Iterator[None]:
             return
         from rich.live import Live
         from rich.spinner import Spinner
+        from rich.text import Text
 
-        sp = Spinner("dots", text=text)
+        sp = Spinner("dots", text=Text(text))  # Text: the message is never markup
 
         class _Elapsed:
             def __rich__(self) -> Spinner:
-                sp.update(text=f"{text} {time.monotonic() - start:.1f}s")
+                sp.update(text=Text(f"{text} {time.monotonic() - start:.1f}s"))
                 return sp
 
         with lock:
