@@ -570,9 +570,10 @@ class ServerExited(WorkerError):
         why = why_exited(log)
         if "contains errors" in why:  # pgmgr.conf: the LOG line before the FATAL says which
             causes = [ln for ln in log.splitlines() if re.search(r"\bLOG:\s+.*parameter", ln)]
-            if causes:
+            if causes:  # fatal because of it: said as the FATAL line of a -c would be
                 cause = re.split(r"LOG:\s+", causes[-1])[-1].strip()
-                why = f"{cause} ({why})"
+                m = re.search(r'configuration file "([^"]+)" contains errors', why)
+                why = f"FATAL: {cause} (in {m.group(1) if m else 'a configuration file'})"
         if "Address already in use" in log:
             why = "port already in use (" + why + ")"
         super().__init__(f"postgres exited during start-up: {why}")
