@@ -66,6 +66,15 @@ def error(text: str, hint: str | None = None) -> None:
     sys.stderr.flush()
 
 
+def warning(text: str, hint: str | None = None) -> None:
+    """``Warning: <text>`` (and ``Hint: <hint>``) on stderr: something asked for did not
+    happen, though the command did its job. Never silenced, like errors."""
+    sys.stderr.write(f"Warning: {' '.join(text.split())}\n")
+    if hint:
+        sys.stderr.write(f"Hint: {' '.join(hint.split())}\n")
+    sys.stderr.flush()
+
+
 def emit_json(obj: Any) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

@@ -19,6 +19,8 @@ RequiredName = Annotated[
     ),
 ]
 
+NOTHING_TO_DESTROY = "nothing to destroy there; 'pgmgr status' lists the instances pgmgr knows"
+
 
 def destroy(
     name: RequiredName,
@@ -33,22 +35,39 @@ def destroy(
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry
+    from pgmgr.core import ops, registry, replica, roles
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.instance import DataDirNotFound
 
-    srv = c.resolve(name, None)
+    try:
+        srv = c.resolve(name, None)
+    except DataDirNotFound as e:  # not "create it with pgmgr init": nothing to destroy
+        raise DataDirNotFound(e.datadir, e.why, hint=NOTHING_TO_DESTROY) from None
     ops.check_destroyable(srv)
+    standbys = roles.standbys_of(srv)
+    if standbys:
+        ui.message(
+            f"'{srv.inst.name}' is the primary of {', '.join(standbys)}: their replication "
+            "slots go with it, and the standbys are left as they are (they keep their data "
+            "and receive no more changes; 'pgmgr promote NAME' makes one a primary)"
+        )
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(
                 f"refusing to destroy '{srv.inst.name}' without --yes (no terminal to ask on)"
             )
         prompt = f"Delete '{srv.inst.name}' and all its data in {srv.datadir}?"
-        if not typer.confirm(prompt, default=False, err=True):
+        try:
+            answer = typer.confirm(prompt, default=False, err=True)
+        except (typer.Abort, KeyboardInterrupt):
+            sys.stderr.write("\n")  # end the prompt's line before "Interrupted"
+            raise KeyboardInterrupt from None
+        if not answer:
             ui.message("Nothing removed")
             raise typer.Exit(1)
     with registry.lock(srv.datadir), ui.spinner(f"Destroying '{srv.inst.name}' …"):
         result = ops.destroy(srv)
+    dropped, note = replica.release(srv) if srv.inst.primary else ([], None)
     if json:
         ui.emit_json(
             {
@@ -62,3 +81,7 @@ def destroy(
     else:
         gone = "" if result.removed_datadir else " (its data directory was already gone)"
         ui.message(f"Destroyed '{result.name}'{gone}: {result.datadir}")
+        if dropped:
+            ui.message(f"Dropped on its primary: {', '.join(dropped)}")
+    if note:
+        ui.message("Note: " + note)
