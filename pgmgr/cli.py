@@ -13,9 +13,11 @@ from pgmgr import __version__, ui
 from pgmgr.commands import (
     branch,
     cache,
+    config,
     destroy,
     env,
     export,
+    extensions,
     forget,
     import_,
     init,
@@ -155,6 +157,8 @@ app.command("url")(url.url)
 _PASSTHROUGH = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
+app.command("config")(config.config)
+app.command("extensions")(extensions.extensions)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
 app.command("replica")(replica.replica)

@@ -15,7 +15,16 @@ from pgmgr import ui
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server, Status
 
-COLUMNS = ["name", "version", "state", "pid", "host:port", "socket dir", "data dir", "uptime"]
+COLUMNS = [
+    ui.Col("name", key=True),
+    ui.Col("version"),
+    ui.Col("state"),
+    ui.Col("pid"),
+    ui.Col("host:port"),
+    ui.Col("socket dir", path=True),
+    ui.Col("data dir", path=True),
+    ui.Col("uptime"),
+]
 EMPTY = "No instances; create one with 'pgmgr start -d ./data --init'"
 
 

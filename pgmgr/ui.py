@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from pgmgr.tablefit import Col as Col
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -85,34 +87,82 @@ def emit(text: str) -> None:
     sys.stdout.flush()
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
-    """A table on stdout: Rich on a terminal, aligned plain columns otherwise."""
-    if _fancy(sys.stdout):
-        from rich.table import Table
-        from rich.text import Text
+def table(
+    columns: Sequence[str | Col], rows: Sequence[Sequence[str]], title: str | None = None
+) -> None:
+    """A table on stdout: Rich on a terminal, aligned plain columns otherwise.
 
-        # Text, not str: names, paths and messages are printed as typed, never parsed as
-        # markup (a data dir named '[/oops]' would crash Rich, '[bold]x' would turn bold).
-        t = Table(
-            title=Text(title) if title is not None else None,
-            title_justify="left",
-            header_style="bold",
-        )
-        for col in columns:
-            t.add_column(Text(col))
-        for row in rows:
-            t.add_row(*(Text(cell) for cell in row))
-        _console(sys.stdout).print(t)
-        return
-    widths = [len(c) for c in columns]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = [columns, *rows]
+    It fits the width (the terminal's, or ``COLUMNS``; plain output to a pipe without
+    ``COLUMNS`` keeps every path whole): see :mod:`pgmgr.tablefit`.
+    """
+    from pgmgr import tablefit
+
+    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    fancy = _fancy(sys.stdout)
+    console = _console(sys.stdout) if fancy else None
+    width = console.width if console is not None else _plain_width()
+    for i, (tcols, trows) in enumerate(tablefit.fit(cols, rows, width)):
+        if i:
+            sys.stdout.write("\n")
+        if console is not None:
+            _rich_table(console, tcols, trows, title if i == 0 else None)
+        else:
+            _plain_table(tcols, trows)
+    sys.stdout.flush()
+
+
+def _plain_width() -> int | None:
+    """``COLUMNS`` if set, else the terminal's width, else None (a pipe: no limit)."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        if sys.stdout.isatty():
+            import shutil
+
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def _plain_table(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> None:
+    from pgmgr.tablefit import GAP, widths
+
+    sizes = widths(cols, rows)
+    lines = [[c.title for c in cols], *rows]
     out = [
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+        (" " * GAP).join(c.ljust(w) for c, w in zip(line, sizes, strict=True)).rstrip()
+        for line in lines
     ]
     sys.stdout.write("\n".join(out) + "\n")
-    sys.stdout.flush()
+
+
+def _rich_table(
+    console: Console, cols: Sequence[Col], rows: Sequence[Sequence[str]], title: str | None
+) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    # No edges and collapsed padding: two spaces between columns, as in plain text, so
+    # pgmgr.tablefit's arithmetic holds; "fold" rather than "…" if Rich still has to wrap.
+    # Text, not str: names, paths and messages are printed as typed, never parsed as
+    # markup (a data dir named '[/oops]' would crash Rich, '[bold]x' would turn bold).
+    t = Table(
+        title=Text(title) if title is not None else None,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in cols:
+        t.add_column(Text(col.title), overflow="fold")
+    for row in rows:
+        t.add_row(*(Text(cell) for cell in row))
+    console.print(t)
 
 
 #: Operations that finish within this "blink" show no spinner at all (and import no Rich).

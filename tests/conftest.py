@@ -22,6 +22,9 @@ SESSION_MARK = "TEST_PGMGR_SESSION"
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)  # xdist workers inherit it
+    # Session fixtures run before the per-test isolation: never let them read (or write)
+    # the user's own settings, such as a default version set with --set-default.
+    os.environ.setdefault("PGMGR_CONFIG_DIR", "/nonexistent/pgmgr-test-config")
 
 
 def session_processes(wanted: Callable[[list[bytes]], bool]) -> list[int]:
@@ -84,7 +87,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 #: Environment variables that change what pgmgr finds or where it writes; no test inherits them.
-PGMGR_ENV = ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES")
+PGMGR_ENV = ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES", "COLUMNS")
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +99,7 @@ def isolation(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     home = tmp_path_factory.mktemp("pgmgr-home")
     monkeypatch.setenv("PGMGR_STATE_DIR", str(home / "state"))
     monkeypatch.setenv("PGMGR_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("PGMGR_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("PGMGR_SYSTEMD_SYSTEM_DIR", str(home / "system-units"))  # never /etc
     for name in PGMGR_ENV:
         monkeypatch.delenv(name, raising=False)

@@ -44,8 +44,8 @@ def table_rows(stdout: str) -> list[list[str]]:
 def test_table(two_installs: FakeRoot) -> None:
     result = invoke("versions")
     assert result.exit_code == 0
-    assert result.stderr == ""
     root = two_installs.path
+    assert result.stderr == f"Default: 18.6, the highest version under {root}.\n"
     assert table_rows(result.stdout) == [
         ["major", "version", "bin dir", "source", "default"],
         ["18", "18.6", f"{root}/18/bin", "debian", "* (highest under the root)"],
@@ -60,6 +60,7 @@ def test_json(two_installs: FakeRoot) -> None:
     root = two_installs.path
     assert json.loads(result.stdout) == {
         "default": "18.6",
+        "why": f"Default: 18.6, the highest version under {root}.",
         "versions": [
             {
                 "major": "18",

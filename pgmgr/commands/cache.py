@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from pgmgr import ui
@@ -13,16 +15,39 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-COLUMNS = ["key", "version", "superuser", "encoding", "locale", "initdb args", "size", "stale"]
-COLUMNS += ["spare"]
+COLUMNS = [
+    ui.Col("key", key=True),  # pg<version>-<hash>: the version is in it
+    ui.Col("initdb options", below=True),
+    ui.Col("size"),
+    ui.Col("state"),
+]
+
+
+def options_text(t: dict[str, Any]) -> str:
+    """``-U postgres -E UTF8 --locale=C --data-checksums``: the options the template was
+    made with, as initdb spells them."""
+    parts = [
+        f"-U {t.get('superuser', '?')}",
+        f"-E {t.get('encoding', '?')}",
+        f"--locale={t.get('locale', '?')}",
+        *(t.get("initdb_args") or []),
+    ]
+    return " ".join(parts)
+
+
+def state_text(t: dict[str, Any]) -> str:
+    if t["stale"]:
+        return "stale"
+    return "spare ready" if t.get("spare") else "ok"
 
 
 @app.command("list")
 def list_(json: c.Json = False) -> None:
     """List the cached templates (one per PostgreSQL binaries and initdb options).
 
-    'spare' is 'ready' when a synced copy waits to be renamed into the next new data
-    directory (made in the background after an init copied the template).
+    State: 'ok'; 'spare ready' when a synced copy also waits to be renamed into the next new
+    data directory (made in the background after an init copied the template); 'stale' when
+    the binaries changed since it was made (it is rebuilt on the next init).
 
     Example: pgmgr cache list --json
     """
@@ -38,14 +63,9 @@ def list_(json: c.Json = False) -> None:
     rows = [
         [
             t["key"],
-            str(t.get("version", "?")),
-            str(t.get("superuser", "?")),
-            str(t.get("encoding", "?")),
-            str(t.get("locale", "?")),
-            " ".join(t.get("initdb_args") or []) or "-",
+            options_text(t),
             f"{t['bytes'] / 1e6:.1f} MB",
-            "yes" if t["stale"] else "no",
-            "ready" if t.get("spare") else "-",
+            state_text(t),
         ]
         for t in found
     ]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pgmgr.core import logfile, paths, privileges, process, registry, server, versions
+from pgmgr.core import logfile, paths, pgconf, privileges, process, registry, server, versions
 from pgmgr.core.errors import (
     EXIT_NO_INSTANCE,
     EXIT_NOT_RUNNING,
@@ -391,6 +391,7 @@ class Server:
             privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
         merged = dict(self.inst.settings)
         merged.update(server.check_settings(settings or {}))
+        conf = pgconf.write(datadir, merged, su)  # kept settings: reloadable, see pgconf
         host = self.inst.host if host is None else host
         auto = port == "auto"
         for attempt in range(AUTO_PORT_TRIES if auto else 1):
@@ -402,7 +403,13 @@ class Server:
             )
             server.clear_stale_socket_lock(sockdir, chosen, datadir)
             argv = server.postgres_argv(
-                install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
+                install,
+                datadir,
+                host=host,
+                port=chosen,
+                socket_dir=sockdir,
+                settings={},
+                config_file=conf,
             )
             logfile.rotate_as(self.log_file, su)  # bounded: see pgmgr.core.logfile
             self._log_offset = server.open_log_offset(self.log_file)

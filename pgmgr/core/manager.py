@@ -62,7 +62,8 @@ class Manager:
     :param initialize: initialize the data directory iff it does not exist yet (an empty
         directory counts as not existing).
     :param pg_version: PostgreSQL version ('15', '15.4'); else ``POSTGRES_VERSION``, else the
-        highest under /usr/lib/postgresql, else the highest found. An existing data
+        default set with ``pgmgr versions --set-default``, else the highest under
+        /usr/lib/postgresql, else the highest found. An existing data
         directory's major version wins, and asking for another one is an error.
     :param kwargs: see :data:`OPTIONS`.
     :raises DatabaseException: initialization failed (initdb's stderr is kept), a version

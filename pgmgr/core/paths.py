@@ -1,7 +1,7 @@
 """Where pgmgr keeps its files.
 
-``PGMGR_STATE_DIR`` and ``PGMGR_CACHE_DIR`` override the platformdirs defaults, so tests and
-sandboxes never touch a real home directory.
+``PGMGR_STATE_DIR``, ``PGMGR_CACHE_DIR`` and ``PGMGR_CONFIG_DIR`` override the platformdirs
+defaults, so tests and sandboxes never touch a real home directory.
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ def cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("pgmgr"))
+
+
+def config_dir() -> Path:
+    """The user's settings, e.g. the default version (``PGMGR_CONFIG_DIR`` overrides)."""
+    env = os.environ.get("PGMGR_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser().absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("pgmgr"))
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 #: Settings pgmgr owns: they come from --host/--port/the socket dir, never from -c.
-RESERVED_SETTINGS = frozenset({"port", "listen_addresses", "unix_socket_directories"})
+RESERVED_SETTINGS = frozenset(
+    {"port", "listen_addresses", "unix_socket_directories", "config_file"}
+)
 AUTH_METHODS = ("scram-sha-256", "trust", "md5", "password")
 STOP_SIGNALS = {
     "smart": signal.SIGTERM,
@@ -62,6 +64,10 @@ def parse_setting(text: str) -> tuple[str, str]:
     name = name.strip()
     if not sep or not SETTING_NAME_RE.match(name):
         raise UsageError(f"invalid setting {text!r}: expected name=value, e.g. -c work_mem=64MB")
+    if name.lower() == "config_file":
+        raise UsageError(
+            "setting 'config_file' is managed by pgmgr: it is the data dir's pgmgr.conf"
+        )
     if name.lower() in RESERVED_SETTINGS:
         raise UsageError(
             f"setting {name!r} is managed by pgmgr: use --host, --port or --socket-dir"
@@ -137,8 +143,11 @@ def postgres_argv(
     port: int,
     socket_dir: Path,
     settings: Mapping[str, str],
+    config_file: Path | None = None,
 ) -> list[str]:
-    """The postgres command line: pgmgr's own settings first, then the user's ``-c``."""
+    """The postgres command line: pgmgr's own settings first, then ``config_file`` (the
+    instance's ``pgmgr.conf``, which holds the kept settings, see :mod:`pgmgr.core.pgconf`),
+    then ``settings`` as ``-c`` (which a reload cannot change)."""
     argv = [
         str(install.bin("postgres")),
         "-D",
@@ -150,6 +159,8 @@ def postgres_argv(
         "-c",
         f"listen_addresses={host}",
     ]
+    if config_file is not None:
+        argv += ["-c", f"config_file={config_file}"]
     for name, value in settings.items():
         argv += ["-c", f"{name}={value}"]
     return argv
@@ -554,6 +565,12 @@ class ServerExited(WorkerError):
         self.pid = pid
         self.log = log
         why = why_exited(log)
+        if "contains errors" in why:  # pgmgr.conf: the LOG line before the FATAL says which
+            causes = [ln for ln in log.splitlines() if re.search(r"\bLOG:\s+.*parameter", ln)]
+            if causes:  # fatal because of it: said as the FATAL line of a -c would be
+                cause = re.split(r"LOG:\s+", causes[-1])[-1].strip()
+                m = re.search(r'configuration file "([^"]+)" contains errors', why)
+                why = f"FATAL: {cause} (in {m.group(1) if m else 'a configuration file'})"
         if "Address already in use" in log:
             why = "port already in use (" + why + ")"
         super().__init__(f"postgres exited during start-up: {why}")

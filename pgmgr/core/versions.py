@@ -4,9 +4,10 @@ Discovery looks in every usual place (see :data:`SOURCES`). The full version of 
 binary comes from ``postgres --version``; those calls run in parallel and their answers are
 cached by (path, size, mtime), so a warm ``pgmgr versions`` runs no subprocess at all.
 
-Selection follows the seed: an explicit version, else ``POSTGRES_VERSION``, else the highest
-version under ``/usr/lib/postgresql`` (``PGMGR_PG_ROOT`` overrides), else the highest found
-anywhere. Versions compare numerically (9.6 < 10 < 15 < 18).
+Selection follows the seed: an explicit version, else ``POSTGRES_VERSION``, else (pgmgr's own
+step) the user's default from ``pgmgr versions --set-default``, else the highest version under
+``/usr/lib/postgresql`` (``PGMGR_PG_ROOT`` overrides), else the highest found anywhere.
+Versions compare numerically (9.6 < 10 < 15 < 18).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ ENV_VERSION = "POSTGRES_VERSION"
 ENV_ROOT = "PGMGR_PG_ROOT"
 ENV_EXTRA = "PGMGR_PG_PATHS"
 ENV_SOURCES = "PGMGR_SOURCES"
+#: Where a default version set with ``pgmgr versions --set-default`` comes from, in errors.
+DEFAULT_ORIGIN = "the default set with 'pgmgr versions --set-default'"
 
 #: Every source, in order of preference when two installs have the same version.
 SOURCES = (
@@ -75,7 +78,8 @@ class Selection:
     """The chosen installation and why it was chosen."""
 
     installation: Installation
-    reason: str  # "flag" | "POSTGRES_VERSION" | "PG_VERSION" | "highest" | "highest-root"
+    #: "flag" | "POSTGRES_VERSION" | "default" | "highest-root" | "highest"
+    reason: str
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -370,7 +374,8 @@ def select(
     installs: Sequence[Installation] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Selection:
-    """Choose an installation by the seed's rules.
+    """Choose an installation: ``requested``, else ``POSTGRES_VERSION``, else the user's
+    default (``pgmgr versions --set-default``), else the seed's rules.
 
     :raises UsageError: a malformed version (argument or ``POSTGRES_VERSION``).
     :raises VersionNotFound: the version asked for is not installed.
@@ -383,6 +388,11 @@ def select(
     if not requested:
         requested = env.get(ENV_VERSION, "").strip() or None
         reason, origin = ENV_VERSION, ENV_VERSION
+    if not requested:
+        from pgmgr.core import userconfig
+
+        requested = userconfig.default_version()
+        reason, origin = "default", DEFAULT_ORIGIN
     if requested:
         requested = check_version_string(requested, origin)
         for inst in installs:  # already highest first, preferred source first
@@ -390,7 +400,11 @@ def select(
                 return Selection(inst, reason)
         if not installs:
             raise NoInstallation(searched_places(env))
-        raise VersionNotFound(requested, [i.version for i in installs], origin)
+        missing = VersionNotFound(requested, [i.version for i in installs], origin)
+        if reason == "default":
+            missing.hint = "install it, or choose another: 'pgmgr versions --set-default VERSION'"
+            missing.hint += " (or --unset-default)"
+        raise missing
     if not installs:
         raise NoInstallation(searched_places(env))
     for inst in installs:

@@ -57,3 +57,30 @@ def test_the_context_manager_escalation_is_documented() -> None:
     if "immediate" in inspect.getsource(Manager.__exit__):
         api = " ".join(section("Python API").split())
         assert re.search(r"context manager's exit escalates.*immediate shutdown", api), api
+
+
+def test_completion_install_is_documented() -> None:
+    """Each generated script is named in README's instructions, and the bash one, sourced
+    as the bash-completion directory would, registers pgmgr's completion."""
+    import shutil
+    import subprocess
+
+    text = section("Shell completion")
+    for shell, name in (("bash", "pgmgr.bash"), ("zsh", "_pgmgr"), ("fish", "pgmgr.fish")):
+        assert (REPO / "completions" / name).is_file()
+        assert f"completions/{name}" in text and f"For {shell}" in text, shell
+    if shutil.which("bash"):
+        script = REPO / "completions" / "pgmgr.bash"
+        proc = subprocess.run(
+            ["bash", "-c", f"source '{script}' && complete -p pgmgr"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0 and "_pgmgr_completion" in proc.stdout, proc.stderr
+
+
+def test_readme_documents_config_extensions_and_default_version() -> None:
+    assert "pgmgr versions --set-default" in section("`pgmgr versions`")
+    assert "mark this version as the default" not in README
+    assert "pgmgr config dev set work_mem=64MB" in section("config: the settings pgmgr keeps")
+    assert "pgmgr extensions" in section("extensions")
+    assert "PGMGR_CONFIG_DIR" in section("Environment variables")

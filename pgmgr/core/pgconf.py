@@ -1,0 +1,300 @@
+"""The server settings pgmgr keeps for an instance: list, set, unset, apply.
+
+The settings (``-c name=value`` at start, ``pgmgr config NAME set``) are kept in the instance
+record and written to ``pgmgr.conf`` in the data directory, which the server reads as its
+configuration file (``-c config_file=…/pgmgr.conf``): it includes ``postgresql.conf`` first,
+then sets pgmgr's settings. So a reload applies a changed setting whose context allows it
+(``sighup``, ``superuser``, ``user``, …), exactly as an edit of ``postgresql.conf`` would; a
+``postmaster`` setting waits for a restart, and pg_settings says so (``pending_restart``).
+``ALTER SYSTEM`` (``postgresql.auto.conf``) still comes last and wins, as in PostgreSQL.
+Settings on postgres's command line could not be changed by a reload: only the ones pgmgr
+owns (port, listen_addresses, unix_socket_directories) stay there.
+
+Names and values are checked by the instance's own ``postgres -C`` before anything is kept,
+so a value that would make the server fail at its next start (``work_mem=``) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pgmgr.core import server
+from pgmgr.core.errors import CommandFailed, UsageError
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+    from pgmgr.core.privileges import ServerUser
+
+CONF_NAME = "pgmgr.conf"
+#: Contexts whose settings a reload (SIGHUP) applies; ``postmaster`` ones need a restart.
+RELOADABLE = frozenset({"sighup", "superuser", "user", "backend", "superuser-backend"})
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def quote_value(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def render(settings: Mapping[str, str]) -> bytes:
+    """The text of ``pgmgr.conf``: postgresql.conf first, then pgmgr's settings."""
+    lines = [
+        "# Written by pgmgr; change it with 'pgmgr config NAME set/unset', not by hand.",
+        "# postgresql.conf is read first; postgresql.auto.conf (ALTER SYSTEM) still wins.",
+        "include_if_exists = 'postgresql.conf'",
+        *(f"{name} = {quote_value(value)}" for name, value in settings.items()),
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def conf_path(datadir: Path) -> Path:
+    return datadir / CONF_NAME
+
+
+def _write_as_owner(datadir: str, data: bytes) -> None:
+    """Runs as the data directory's owner. Through a directory fd: a FIFO or symlink put in
+    place of the file is never opened (no hang, nothing followed), only replaced."""
+    from pgmgr.core import userfs
+
+    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            if userfs.read_file_at(fd, CONF_NAME) == data:
+                return
+        except (OSError, userfs.UnsafePath):
+            pass  # absent, unreadable or not a regular file: replaced below
+        userfs.write_file_at(fd, CONF_NAME, data, 0o600, sync=False)  # rewritten each start
+    finally:
+        os.close(fd)
+
+
+def write(datadir: Path, settings: Mapping[str, str], user: ServerUser | None) -> Path:
+    """Write ``pgmgr.conf`` (0600) unless it already says the same, as the server user.
+
+    As root, the file is first read through an ``O_NOFOLLOW`` descriptor walk, so an
+    unchanged file costs no extra process.
+    """
+    from pgmgr.core import userfs
+
+    data = render(settings)
+    if user is not None:
+        try:
+            with userfs.opened_dir(datadir) as fd:
+                if userfs.read_file_at(fd, CONF_NAME, limit=1 << 20) == data:
+                    return conf_path(datadir)
+        except (OSError, userfs.UnsafePath):
+            pass  # absent, or odd: the user's own process below deals with it
+    userfs.as_user(user, _write_as_owner, str(datadir), data)
+    return conf_path(datadir)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, str]:
+    """``['work_mem=64MB', ...]`` -> ``{'work_mem': '64MB'}`` (as ``-c`` parses them)."""
+    if not items:
+        raise UsageError("nothing to set: give name=value, e.g. work_mem=64MB")
+    return dict(server.parse_setting(item) for item in items)
+
+
+def check_values(srv: Server, settings: Mapping[str, str]) -> None:
+    """Ask the instance's own ``postgres -C`` whether it accepts these settings: unknown
+    names, malformed values, values out of range, and empty values that would stop the
+    server from starting (``work_mem=``) are refused with postgres's own words.
+
+    :raises UsageError: one of them is refused.
+    """
+    if not settings:
+        return
+    install = srv.installation()
+    first = next(iter(settings))
+    argv = [str(install.bin("postgres")), "-D", str(srv.datadir), "-C", first]
+    for name, value in settings.items():
+        argv += ["-c", f"{name}={value}"]
+    try:
+        server.run(argv, srv.user(), timeout=60)
+    except CommandFailed as e:
+        said: dict[str, str] = {}
+        for line in e.stderr.splitlines():
+            for tag in ("FATAL", "HINT"):
+                if f"{tag}:" in line:
+                    said.setdefault(tag, line.split(f"{tag}:", 1)[1].strip())
+        text = said.get("FATAL") or str(e)
+        raise UsageError(
+            f"PostgreSQL {install.version} refuses it: {text}", hint=said.get("HINT")
+        ) from None
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Entry:
+    """One kept setting and, when the server runs, what it really uses."""
+
+    name: str
+    value: str | None  # what pgmgr keeps (None: no longer kept, after unset)
+    live: str | None = None  # current_setting(), when running
+    context: str | None = None
+    pending_restart: bool = False
+    source: str | None = None  # pg_settings.source/sourcefile when another file wins
+
+
+@dataclass
+class Report:
+    name: str
+    running: bool
+    settings: list[Entry]
+    changed: list[str] = field(default_factory=list)
+    restart_needed: list[str] = field(default_factory=list)
+    reloaded: bool = False
+    restarted: bool = False
+    conf_file: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_LIVE_SQL = (
+    "SELECT name, current_setting(name), context, pending_restart, source, sourcefile"
+    " FROM pg_settings WHERE name = ANY(%s)"
+)
+
+
+def live_values(srv: Server, names: Sequence[str]) -> dict[str, tuple[str, str, bool, str]]:
+    """``name -> (value, context, pending_restart, where)`` from the running server.
+
+    :raises WorkerError: cannot connect.
+    """
+    import psycopg  # only here: it costs ~120 ms to import
+
+    from pgmgr.core.errors import WorkerError
+
+    if not names:
+        return {}
+    try:
+        with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
+            rows = conn.execute(_LIVE_SQL, [[n.lower() for n in names]]).fetchall()
+    except psycopg.Error as e:
+        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+    out = {}
+    for name, value, context, pending, source, sourcefile in rows:
+        where = sourcefile if sourcefile else source
+        out[name] = (value, context, bool(pending), where)
+    return out
+
+
+def entries(srv: Server, names: Sequence[str], running: bool) -> list[Entry]:
+    kept = srv.inst.settings
+    live = live_values(srv, names) if running else {}
+    result = []
+    for name in names:
+        entry = Entry(name, kept.get(name))
+        found = live.get(name.lower())
+        if found is not None:
+            entry.live, entry.context, entry.pending_restart, where = found
+            ours = where and (where.endswith("/" + CONF_NAME) or where == "command line")
+            entry.source = None if ours or entry.value is None else where
+        result.append(entry)
+    return result
+
+
+def show(srv: Server) -> Report:
+    """The kept settings, with their live values when the server runs."""
+    running = srv.running() is not None
+    names = list(srv.inst.settings)
+    report = Report(srv.inst.name, running, entries(srv, names, running))
+    report.conf_file = str(conf_path(srv.datadir))
+    return report
+
+
+def check_unset(srv: Server, names: Sequence[str]) -> list[str]:
+    """:raises UsageError: nothing named, or a name pgmgr does not keep for this instance."""
+    if not names:
+        raise UsageError("nothing to unset: give setting names, e.g. work_mem")
+    kept = srv.inst.settings
+    for name in names:
+        if name not in kept:
+            have = ", ".join(kept) or "none"
+            raise UsageError(
+                f"{name!r} is not a setting pgmgr keeps for '{srv.inst.name}' (kept: {have})"
+            )
+    return list(dict.fromkeys(names))
+
+
+def change(
+    srv: Server,
+    assign: Mapping[str, str],
+    remove: Sequence[str] | None = None,
+    *,
+    restart: bool = False,
+    timeout: float = 60.0,
+) -> Report:
+    """Keep ``assign`` and drop ``remove``; rewrite ``pgmgr.conf``; if the server runs,
+    reload it (or restart it with ``restart``) and report what it now uses and which
+    settings wait for a restart.
+
+    :raises UsageError: a bad name or value (checked by ``postgres -C``), an unknown unset.
+    :raises WorkerError: the reload or restart failed.
+    """
+    from pgmgr.core import registry
+    from pgmgr.core.instance import DataDirNotFound
+
+    if not server.is_datadir(srv.datadir):
+        raise DataDirNotFound(srv.datadir, "is not a PostgreSQL data directory (or is gone)")
+    dropped = check_unset(srv, remove) if remove is not None else []
+    check_values(srv, assign)
+    with registry.lock(srv.datadir):
+        if srv.register and srv.inst.name in registry.names():
+            # Another pgmgr may have changed them since srv was loaded: start from the record.
+            srv.inst.settings = registry.load(srv.inst.name).settings
+        new = {k: v for k, v in srv.inst.settings.items() if k not in dropped}
+        new.update(assign)
+        write(srv.datadir, new, srv.user())
+        srv.inst.settings = new
+        srv.save()
+        report = Report(srv.inst.name, srv.running() is not None, [], [*assign, *dropped])
+        report.conf_file = str(conf_path(srv.datadir))
+        if report.running:
+            _apply(srv, report, restart, timeout)
+        else:
+            report.settings = entries(srv, report.changed, False)
+    return report
+
+
+def _apply(srv: Server, report: Report, restart: bool, timeout: float) -> None:
+    """Reload (or restart) the running server and note what waits for a restart."""
+    from pgmgr.core import ops
+
+    ours = uses_pgmgr_conf(srv)
+    if restart:
+        ops.restart(srv, "fast", timeout)
+        report.restarted = True
+    elif ours:
+        ops.reload(srv, min(timeout, 10.0))
+        report.reloaded = True
+    report.settings = entries(srv, report.changed, True)
+    if not report.restarted:
+        report.restart_needed = [e.name for e in report.settings if e.pending_restart or not ours]
+
+
+def uses_pgmgr_conf(srv: Server) -> bool:
+    """Whether the running server reads ``pgmgr.conf`` (a server started by an older pgmgr
+    has its settings on its command line, which only a restart changes)."""
+    import psycopg
+
+    from pgmgr.core.errors import WorkerError
+
+    try:
+        with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
+            row = conn.execute("SELECT current_setting('config_file')").fetchone()
+    except psycopg.Error as e:
+        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+    return row is not None and str(row[0]).endswith("/" + CONF_NAME)
