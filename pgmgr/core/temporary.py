@@ -40,10 +40,11 @@ class CommandNotRun(PgmgrError):
         super().__init__(f"cannot run {program!r}: {why}")
 
 
-def _base_dir(prefix: str) -> Path:
-    """A fresh directory the server user can traverse (0755); /tmp when the temp dir is
-    too deep for a socket path, or (as root) unreachable for the server user."""
-    base = Path(tempfile.mkdtemp(prefix=prefix))
+def _base_dir(prefix: str, root: str | None = None) -> Path:
+    """A fresh directory the server user can traverse (0755) under ``root`` (default: the
+    temp dir); /tmp when that is too deep for a socket path, or (as root) unreachable for
+    the server user."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     su = privileges.server_user(base, None) if privileges.is_root() else None
     if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
         base.rmdir()
@@ -57,6 +58,7 @@ class TemporaryInstance:
 
     :param version: PostgreSQL version (default: pgmgr's usual selection).
     :param settings: server settings on top of :data:`FAST_SETTINGS`.
+    :param root: where its directory is made (default: the temp dir).
     """
 
     def __init__(
@@ -64,10 +66,12 @@ class TemporaryInstance:
         version: str | None = None,
         settings: Mapping[str, str] | None = None,
         prefix: str = "pgmgr-run-",
+        root: str | None = None,
     ) -> None:
         self.version = version
         self.settings = {**FAST_SETTINGS, **server.check_settings(settings or {})}
         self.prefix = prefix
+        self.root = root
         self.base: Path | None = None
         self.srv: Server | None = None
 
@@ -78,7 +82,7 @@ class TemporaryInstance:
         On failure, including a signal, everything made so far is removed.
         """
         try:
-            self.base = _base_dir(self.prefix)
+            self.base = _base_dir(self.prefix, self.root)
             srv = Server.for_datadir(
                 self.base / "data",
                 name=self.base.name.replace("_", "-"),
@@ -103,6 +107,17 @@ class TemporaryInstance:
             self.close()
             raise
         return self
+
+    def restart(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server and start it again on the same port and socket."""
+        srv = self.server
+        srv.stop(mode, timeout=timeout)
+        srv.start(
+            port=srv.inst.port,
+            settings=self.settings,
+            socket_dir=srv.inst.socket_dir,
+            timeout=timeout,
+        )
 
     @property
     def server(self) -> Server:
