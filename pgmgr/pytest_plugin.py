@@ -132,6 +132,7 @@ def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
         {**PLUGIN_SETTINGS, **settings},
         prefix=f"pgmgr-pytest-{worker}-",
         root=_tmp_root(config),
+        guard=True,  # a crashed session must not leave its server running
     )
     tmp.start()
     try:

@@ -59,6 +59,8 @@ class TemporaryInstance:
     :param version: PostgreSQL version (default: pgmgr's usual selection).
     :param settings: server settings on top of :data:`FAST_SETTINGS`.
     :param root: where its directory is made (default: the temp dir).
+    :param guard: start a :mod:`~pgmgr.core.reaper` that removes the server and its
+        directory if this process dies without closing the instance.
     """
 
     def __init__(
@@ -67,11 +69,15 @@ class TemporaryInstance:
         settings: Mapping[str, str] | None = None,
         prefix: str = "pgmgr-run-",
         root: str | None = None,
+        guard: bool = False,
     ) -> None:
         self.version = version
         self.settings = {**FAST_SETTINGS, **server.check_settings(settings or {})}
         self.prefix = prefix
         self.root = root
+        self.guard = guard
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._guard_fd: int | None = None
         self.base: Path | None = None
         self.srv: Server | None = None
 
@@ -83,6 +89,10 @@ class TemporaryInstance:
         """
         try:
             self.base = _base_dir(self.prefix, self.root)
+            if self.guard:
+                from pgmgr.core import reaper
+
+                self._reaper, self._guard_fd = reaper.spawn(self.base, self.base / "data")
             srv = Server.for_datadir(
                 self.base / "data",
                 name=self.base.name.replace("_", "-"),
@@ -164,6 +174,13 @@ class TemporaryInstance:
         if self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
         self.srv, self.base = None, None
+        if self._guard_fd is not None:
+            os.close(self._guard_fd)  # the reaper reads EOF, finds nothing left, exits
+            self._guard_fd = None
+        if self._reaper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._reaper.wait(timeout=10)
+            self._reaper = None
 
     def __enter__(self) -> TemporaryInstance:
         return self.start()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -288,4 +290,29 @@ def test_where(pgmgr_db, pgmgr_server):
     expected = Path(str(rec["memory"] or ops_dir / "tmp"))
     assert base.parent == expected
     assert not base.exists() and postmasters_under(base) == []
+    assert_nothing_left(ops_dir)
+
+
+def test_a_session_killed_mid_way_leaves_nothing(suite: pytest.Pytester, ops_dir: Path) -> None:
+    """A test kills its own pytest process (SIGKILL: no finalizer runs) while the pool is
+    busy: the reaper stops the server and removes its directory."""
+    suite.makepyfile(
+        test_crash="""
+import os, signal
+
+
+def test_first(pgmgr_db):
+    pass
+
+
+def test_crash(pgmgr_db):
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    )
+    result = run(suite)
+    assert result.ret == -signal.SIGKILL
+    tmp = ops_dir / "tmp"
+    deadline = time.monotonic() + 60
+    while (postmasters_under(tmp) or any(tmp.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert_nothing_left(ops_dir)
