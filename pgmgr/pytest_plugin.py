@@ -177,7 +177,7 @@ def pgmgr_pool(
     try:
         yield pool
     finally:
-        pool.close()
+        pool.close(timeout=0)  # a statement under way ends when the server stops, next
 
 
 @pytest.fixture

@@ -137,23 +137,24 @@ class DatabasePool:
             return list(self._ready)
 
     def close(self, drain: bool = False, timeout: float = 30.0) -> None:
-        """Stop the worker. With ``drain``, drop every database the pool still holds (not
-        needed when the whole server goes away next, as the plugin's does)."""
+        """Stop the worker, waiting up to ``timeout`` for the statement it runs (a worker
+        still busy then closes its connection when that statement ends or fails: the
+        plugin stops the server next, which ends it at once). With ``drain``, drop every
+        database the pool still holds (not needed when the whole server goes away next)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                return
         if drain:
             with contextlib.suppress(Exception):
                 left = [*self._ready, *self._drops, *([self._snapshot] if self._snapshot else [])]
                 self._ready.clear()
                 for name in left:
                     self._drop(name)
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self._disconnect()
 
     # ------------------------------------------------------------------ bookkeeping (locked)
 
@@ -200,6 +201,7 @@ class DatabasePool:
             with self._cond:
                 job = self._next()
             if job is None:
+                self._disconnect()
                 return
             try:
                 getattr(self, "_do_" + job[0])(*job[1:])
@@ -209,11 +211,14 @@ class DatabasePool:
                 with self._cond:
                     self._failures, self._error = 0, None
 
-    def _failed(self, job: tuple[str, ...], e: Exception) -> None:
-        if self._conn is not None:
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+                conn.close()
+
+    def _failed(self, job: tuple[str, ...], e: Exception) -> None:
+        self._disconnect()
         with self._cond:
             if job[0] == "snapshot":
                 self._snapshot_busy = False

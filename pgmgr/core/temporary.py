@@ -27,6 +27,8 @@ FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes"
 #: The longest base dir we accept: its ``sock/.s.PGSQL.65535`` must fit in 107 bytes.
 MAX_BASE = server.SOCKET_PATH_MAX - len("/sock/.s.PGSQL.65535")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Reapers told to exit, kept until they have (no "still running" warning at collection).
+_finished_reapers: list[subprocess.Popen[bytes]] = []
 
 
 class CommandNotRun(PgmgrError):
@@ -175,12 +177,13 @@ class TemporaryInstance:
             shutil.rmtree(self.base, ignore_errors=True)
         self.srv, self.base = None, None
         if self._guard_fd is not None:
-            os.close(self._guard_fd)  # the reaper reads EOF, finds nothing left, exits
-            self._guard_fd = None
-        if self._reaper is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._reaper.wait(timeout=10)
-            self._reaper = None
+            # The reaper reads EOF, finds nothing left and exits; not waited for (it may
+            # still be starting): polled later, or reaped by init after this process.
+            os.close(self._guard_fd)
+            _finished_reapers[:] = [p for p in _finished_reapers if p.poll() is None]
+            if self._reaper is not None:
+                _finished_reapers.append(self._reaper)
+            self._guard_fd, self._reaper = None, None
 
     def __enter__(self) -> TemporaryInstance:
         return self.start()
