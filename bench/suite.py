@@ -23,7 +23,6 @@ cost. Wall time is the whole ``python -m pytest`` process.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -213,16 +212,20 @@ class Suites:
     """Writes the suites under ``work`` and runs them; ``ids`` are the server user's
     (uid, gid) when running as root."""
 
-    def __init__(self, work: Path, ids: tuple[int, int] | None, env: dict[str, str]) -> None:
+    def __init__(
+        self, work: Path, ids: tuple[int, int] | None, env: dict[str, str], python: str
+    ) -> None:
         self.work = work
         self.ids = ids
         self.env = env
+        self.python = python
         work.mkdir(mode=0o755)
         if ids:
             os.chown(work, *ids)
 
     def available(self, r: Runner) -> bool:
-        return importlib.util.find_spec(r.module) is not None
+        code = f"import importlib.util as u; raise SystemExit(u.find_spec({r.module!r}) is None)"
+        return subprocess.run([self.python, "-c", code], capture_output=True).returncode == 0
 
     def write(self, r: Runner, n: int) -> Path:
         slug = "-".join(re.findall(r"[a-z0-9]+", r.title.lower()))[:40]
@@ -251,7 +254,7 @@ class Suites:
         if self.ids and r.as_server_user:
             kw = {"user": self.ids[0], "group": self.ids[1], "extra_groups": []}
             env = {k: v for k, v in env.items() if not k.startswith("PGMGR_")}
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p"]
+        argv = [self.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p"]
         argv += ["benchtiming", "-p", "no:xdist", "-p", "no:randomly", *r.args(d)]
         t = time.perf_counter()
         proc = subprocess.run(argv, cwd=d, env=env, capture_output=True, text=True, **kw)
@@ -303,6 +306,40 @@ def table(rs: list[Runner], sizes: list[int], targets: dict[int, float]) -> str:
     return "\n".join(lines)
 
 
+def run_all(
+    work: Path,
+    ids: tuple[int, int] | None,
+    env: dict[str, str],
+    python: str,
+    install: Any,
+    sizes: list[int],
+    rounds: int,
+) -> str:
+    """Every runner at every size, ``rounds`` times each, alternating runners (after one
+    untimed warm-up run each: template cache, bytecode); the Markdown section."""
+    s = Suites(work, ids, env, python)
+    rs = runners(install.bindir, install.version.split(".")[0])
+    missing = [r.title for r in rs if not s.available(r)]
+    rs = [r for r in rs if r.title not in missing]
+    load0 = os.getloadavg()[0]
+    for n in sizes:
+        for r in rs:
+            s.run(r, n)
+        for k in range(rounds):
+            for r in rs if k % 2 == 0 else rs[::-1]:
+                wall, setups = s.run(r, n)
+                r.times.setdefault(n, []).append(wall)
+                r.setups.setdefault(n, []).append(setups)
+            print(f"suite N={n}: round {k + 1}/{rounds} done", file=sys.stderr)
+    notes = [
+        f"- runs per suite: {rounds} (median wall time; set-up figures pooled over the runs)",
+        f"- load average (1 min) before / after the suites: {load0:.2f} / {os.getloadavg()[0]:.2f}",
+    ]
+    if missing:
+        notes.append(f"- not installed in the suites' environment: {', '.join(missing)}")
+    return table(rs, sizes, {40: 0.15, 200: 0.1}) + "\n\n" + "\n".join(notes) + "\n"
+
+
 def main() -> int:
     """Quick look: ``python bench/suite.py [N] [ROUNDS]`` (bench/run.py is the real run)."""
     import tempfile
@@ -323,16 +360,7 @@ def main() -> int:
         ids = (pw.pw_uid, pw.pw_gid)
     env = dict(os.environ, PGMGR_CACHE_DIR=str(work / "cache"))
     try:
-        s = Suites(work / "suites", ids, env)
-        rs = [r for r in runners(install.bindir, "15") if s.available(r)]
-        for r in rs:
-            s.run(r, n)  # warm-up: template cache, bytecode
-        for _ in range(rounds):
-            for r in rs:
-                wall, setups = s.run(r, n)
-                r.times.setdefault(n, []).append(wall)
-                r.setups.setdefault(n, []).append(setups)
-        print(table(rs, [n], {40: 0.15, 200: 0.1}))
+        print(run_all(work / "suites", ids, env, sys.executable, install, [n], rounds))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -204,7 +204,7 @@ class TemporaryInstance:
         return " ".join(f"{k}={_dsn_quote(v)}" for k, v in params.items())
 
     def create_database(self, name: str, template: str | None = None) -> None:
-        """``CREATE DATABASE name [TEMPLATE template]`` (a file copy: milliseconds)."""
+        """``CREATE DATABASE name [TEMPLATE template]``."""
         sql = f"CREATE DATABASE {quote_ident(name)}"
         self.execute(sql + (f" TEMPLATE {quote_ident(template)}" if template else ""))
 
