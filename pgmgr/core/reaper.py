@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from pgmgr.core import process
+from pgmgr.core import process, userfs
+from pgmgr.core.errors import PgmgrError
 
 
 def spawn(base: Path, datadir: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -56,7 +56,12 @@ def reap(base: Path, datadir: Path) -> None:
     if pf is not None:
         process.signal_pid(pf.pid, signal.SIGQUIT)
         process.wait_gone(pf.pid, datadir, 30)
-    shutil.rmtree(base, ignore_errors=True)  # fd-based: never follows a symlink
+    with contextlib.suppress(OSError, PgmgrError):
+        fd = userfs.open_dir(base.parent)
+        try:
+            userfs.rmtree_at(fd, base.name)  # through fds: never follows a symlink
+        finally:
+            os.close(fd)
 
 
 def main(argv: list[str]) -> int:
