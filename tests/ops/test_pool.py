@@ -8,10 +8,13 @@ import importlib.util
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pgmgr.core.dbpool import DatabasePool, PoolError
+from pgmgr.core.temporary import TemporaryInstance
 from tests.helpers import postmasters_under
 from tests.ops.test_plugin import assert_nothing_left
 
@@ -316,3 +319,52 @@ def test_crash(pgmgr_db):
     while (postmasters_under(tmp) or any(tmp.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert_nothing_left(ops_dir)
+
+
+@pytest.fixture
+def tmp_server(ops_dir: Path) -> Iterator[TemporaryInstance]:
+    with TemporaryInstance("15", root=str(ops_dir / "tmp")) as tmp:
+        yield tmp
+
+
+def pool_for(tmp: TemporaryInstance, size: int = 2) -> DatabasePool:
+    def connect() -> object:
+        import psycopg
+
+        return psycopg.connect(**tmp.server.conninfo(tcp=False), autocommit=True)  # type: ignore[arg-type]
+
+    return DatabasePool(connect, size=size)
+
+
+def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None:
+    """Direct use: both strategies are tried and one kept; a new template name is a new
+    snapshot; a template that cannot be copied gives PoolError with PostgreSQL's reason;
+    ``close(drain=True)`` drops everything the pool made."""
+    tmp_server.create_database("one")
+    tmp_server.create_database("two")
+    tmp_server.execute("create table only_in_two (x int)", dbname="two")
+    pool = pool_for(tmp_server)
+    try:
+        names = [pool.acquire("one") for _ in range(6)]
+        assert len(set(names)) == 6
+        assert pool.stats.strategy in ("WAL_LOG", "FILE_COPY")
+        assert {s: len(t) >= 2 for s, t in pool.stats.timings.items()} == {
+            "WAL_LOG": True,
+            "FILE_COPY": True,
+        }
+        for name in names:
+            pool.release(name)
+        db = pool.acquire("two")
+        import psycopg
+
+        params = tmp_server.server.conninfo(tcp=False)
+        with psycopg.connect(**{**params, "dbname": db}) as conn:  # type: ignore[arg-type]
+            assert conn.execute("select count(*) from only_in_two").fetchone() == (0,)
+        assert pool.stats.invalidations == 1
+        with pytest.raises(PoolError, match='database "missing" does not exist'):
+            pool.acquire("missing", timeout=60)
+    finally:
+        pool.close(drain=True)
+    with psycopg.connect(**params) as conn:  # type: ignore[arg-type]
+        left = [r[0] for r in conn.execute("select datname from pg_database")]
+    assert sorted(left) == sorted(["one", "postgres", "template0", "template1", "two", db])
