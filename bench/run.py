@@ -393,6 +393,26 @@ def cold_run(b: Bench, samples: int) -> float:
     return statistics.median(times)
 
 
+def status_imports(b: Bench, runs: int, top: int = 8) -> str:
+    """What ``pgmgr status --json`` imports (``-X importtime``): the sum of the modules' own
+    times and the largest ones, each the minimum over ``runs`` runs (the least disturbed)."""
+    b.state("one")
+    best: dict[str, int] = {}
+    for _ in range(runs):
+        env = dict(b.env, PYTHONPROFILEIMPORTTIME="1")
+        err = subprocess.run(
+            [*b.pgmgr_cmd, "status", "--json"], env=env, capture_output=True, text=True
+        ).stderr
+        for line in err.splitlines():
+            parts = line.removeprefix("import time:").split("|")
+            if len(parts) == 3 and parts[0].strip().isdigit():
+                name = parts[2].strip()
+                best[name] = min(best.get(name, 1 << 60), int(parts[0]))
+    largest = sorted(best.items(), key=lambda kv: -kv[1])[:top]
+    text = ", ".join(f"{name} {us / 1000:.1f}" for name, us in largest)
+    return f"{sum(best.values()) / 1000:.1f} ms in {len(best)} modules; largest (ms): {text}"
+
+
 def python_floor(rounds: int) -> float:
     """``python -c pass`` with this interpreter: the start-up no Python CLI can go below."""
     times = []
@@ -494,6 +514,7 @@ def main() -> int:
         floor = python_floor(args.rounds)
         rss = {n: max(peak_rss_kb(b, s) for _ in range(3)) for n, s in (("1", "one"), ("20", "20"))}
         cold = cold_run(b, 3) if shutil.which("pg_virtualenv") else None
+        imports = status_imports(b, args.rounds)
         load1 = os.getloadavg()
         suites = ""
         sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
@@ -521,6 +542,7 @@ def main() -> int:
         "peak memory of `pgmgr status --json` (maxrss, target <= 40 MB)": (
             f"{rss['1'] / 1024:.1f} MB (1 instance), {rss['20'] / 1024:.1f} MB (20 instances)"
         ),
+        "`pgmgr status --json` imports (`-X importtime`, own time, min over the rounds)": imports,
         "load average (1 min) before / after the cases above": f"{load0[0]:.2f} / {load1[0]:.2f}",
         "`pgmgr run -- true` with an empty template cache (initdb + template build; median of 3)": (
             ms(cold) if cold is not None else "-"

@@ -316,15 +316,15 @@ def run_all(
     rounds: int,
 ) -> str:
     """Every runner at every size, ``rounds`` times each, alternating runners (after one
-    untimed warm-up run each: template cache, bytecode); the Markdown section."""
+    untimed warm-up run each at the first size); the Markdown section."""
     s = Suites(work, ids, env, python)
     rs = runners(install.bindir, install.version.split(".")[0])
     missing = [r.title for r in rs if not s.available(r)]
     rs = [r for r in rs if r.title not in missing]
     load0 = os.getloadavg()[0]
-    for n in sizes:
-        for r in rs:
-            s.run(r, n)
+    for i, n in enumerate(sizes):
+        for r in rs if i == 0 else []:
+            s.run(r, n)  # warm-up, untimed: pgmgr's template cache, bytecode, page cache
         for k in range(rounds):
             for r in rs if k % 2 == 0 else rs[::-1]:
                 wall, setups = s.run(r, n)
