@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 TEMPLATE_DB = "pgmgr_template"
 POOL_SIZE = 4
+MAX_POOL_SIZE = 64
+#: The pool holds at most this share of the free space where the server lives.
+POOL_SPACE_SHARE = 0.25
 #: Only for the plugin's servers: WAL on a memory filesystem is memory (default max 1GB).
 PLUGIN_SETTINGS = {"max_wal_size": "256MB"}
 #: /dev/shm is used when it is a tmpfs with at least this much room.
@@ -77,6 +80,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "pgmgr: give the test a fresh database (pgmgr_db) and point PG* at it"
     )
+    _pool_size(config)
+    _tmp_root(config)
+
+
+def _pool_size(config: pytest.Config) -> int:
+    """ini ``pgmgr_pool_size``: a whole number from 0 to :data:`MAX_POOL_SIZE`.
+
+    :raises pytest.UsageError: anything else (pytest prints one ``ERROR:`` line).
+    """
+    text = str(config.getini("pgmgr_pool_size")).strip()
+    if not text.isdigit() or int(text) > MAX_POOL_SIZE:
+        raise pytest.UsageError(
+            f"pgmgr_pool_size must be a whole number from 0 (no pool) to {MAX_POOL_SIZE}, "
+            f"not {text!r}"
+        )
+    return int(text)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -103,8 +122,17 @@ def memory_dir(path: str = "/dev/shm", need: int = MEMORY_FS_MIN) -> str | None:
 
 
 def _tmp_root(config: pytest.Config) -> str | None:
+    """ini ``pgmgr_tmpdir``: ``auto`` (/dev/shm if fit, else None: the temp dir) or a
+    directory.
+
+    :raises pytest.UsageError: not an existing directory.
+    """
     value = str(config.getini("pgmgr_tmpdir")).strip() or "auto"
-    return memory_dir() if value == "auto" else value
+    if value == "auto":
+        return memory_dir()
+    if not os.path.isdir(value):
+        raise pytest.UsageError(f"pgmgr_tmpdir: {value!r} is not a directory (or use 'auto')")
+    return value
 
 
 @dataclass(frozen=True)
@@ -157,12 +185,9 @@ def pgmgr_pool(
     Its databases are not dropped at the end: the server and its directory go next.
     """
     from pgmgr.core.dbpool import DatabasePool
-    from pgmgr.core.errors import UsageError
 
-    text = str(request.config.getini("pgmgr_pool_size")).strip()
-    if not text.isdigit():
-        raise UsageError(f"pgmgr_pool_size must be a whole number >= 0, not {text!r}")
-    if int(text) == 0:
+    size = _pool_size(request.config)
+    if size == 0:
         yield None
         return
 
@@ -173,7 +198,9 @@ def pgmgr_pool(
         params.update(dbname="postgres", application_name="pgmgr-pool")
         return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
 
-    pool = DatabasePool(connect, size=int(text))
+    st = os.statvfs(pgmgr_server.server.datadir)
+    budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE)
+    pool = DatabasePool(connect, size=size, budget=budget)
     try:
         yield pool
     finally:

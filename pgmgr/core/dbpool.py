@@ -70,6 +70,8 @@ class DatabasePool:
         server's version (``STRATEGY`` needs 15, ``WITH (FORCE)`` 13) is read from it.
     :param size: databases kept ready.
     :param max_pending: used databases waiting to be dropped before drops go first.
+    :param budget: bytes the pool may hold (ready and used databases, the snapshot); once
+        the template's size is known, ``size`` and ``max_pending`` shrink to fit (to 1).
     """
 
     def __init__(
@@ -79,11 +81,13 @@ class DatabasePool:
         size: int = 4,
         prefix: str = "test",
         max_pending: int | None = None,
+        budget: int | None = None,
     ) -> None:
         self._connect = connect
         self.major = 0  # known once connected
         self.size = max(1, size)
         self.max_pending = max_pending if max_pending is not None else 2 * self.size
+        self.budget = budget
         self.prefix = f"{prefix}_{os.getpid()}"
         self.stats = PoolStats()
         self._names = itertools.count(1)
@@ -180,11 +184,12 @@ class DatabasePool:
         databases wait to be dropped (each holds a template's worth of files)."""
         while not self._closed:
             key = self._key
-            short = len(self._ready) + self._inflight < self.size
+            size, max_pending = self._limits()
+            short = len(self._ready) + self._inflight < size
             if key is not None and self._snapshot is None and not self._snapshot_busy:
                 self._snapshot_busy = True
                 return ("snapshot", key[0], str(key[1]))
-            if self._drops and (len(self._drops) >= self.max_pending or not short):
+            if self._drops and (len(self._drops) >= max_pending or not short):
                 return ("drop", self._drops.popleft())
             if key is not None and self._snapshot is not None and short:
                 self._inflight += 1
@@ -193,6 +198,16 @@ class DatabasePool:
                 return ("drop", self._drops.popleft())
             self._cond.wait()
         return None
+
+    def _limits(self) -> tuple[int, int]:
+        """(ready, waiting to be dropped), shrunk to the budget for this template's size."""
+        size, pending = self.size, self.max_pending
+        per_db = self.stats.template_bytes
+        if self.budget is not None and per_db:
+            fit = max(2, self.budget // per_db - 1)  # the snapshot counts too
+            size = max(1, min(size, fit // 2))
+            pending = max(1, min(pending, fit - size))
+        return size, pending
 
     # ------------------------------------------------------------------ the worker
 

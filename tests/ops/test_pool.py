@@ -368,3 +368,37 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
     with psycopg.connect(**params) as conn:  # type: ignore[arg-type]
         left = [r[0] for r in conn.execute("select datname from pg_database")]
     assert sorted(left) == sorted(["one", "postgres", "template0", "template1", "two", db])
+
+
+@pytest.mark.parametrize(
+    ("ini_line", "message"),
+    [
+        ("pgmgr_pool_size = -1", "*pgmgr_pool_size must be a whole number from 0*'-1'*"),
+        ("pgmgr_pool_size = 65", "*pgmgr_pool_size must be a whole number from 0*"),
+        ("pgmgr_tmpdir = /nonexistent/x", "*pgmgr_tmpdir: '/nonexistent/x' is not a directory*"),
+    ],
+)
+def test_bad_pool_settings_are_one_clear_error(
+    pytester: pytest.Pytester, ops_dir: Path, ini_line: str, message: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini_line}\n")
+    pytester.makepyfile(test_x="def test_x(pgmgr_db):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.parametrize(
+    ("budget_mb", "expected"),
+    [(None, (4, 8)), (1000, (4, 8)), (80, (4, 5)), (40, (2, 2)), (8, (1, 1))],
+)
+def test_the_pool_shrinks_to_its_space_budget(
+    budget_mb: int | None, expected: tuple[int, int]
+) -> None:
+    """With 8 MB databases: ready and used-but-not-dropped ones, plus the snapshot, fit in
+    the budget (the plugin's is a quarter of the free space where the server lives)."""
+    pool = DatabasePool(lambda: None, size=4, budget=budget_mb and budget_mb << 20)
+    pool.stats.template_bytes = 8 << 20
+    assert pool._limits() == expected
