@@ -198,7 +198,7 @@ def pgmgr_pool(
         params.update(dbname="postgres", application_name="pgmgr-pool")
         return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
 
-    st = os.statvfs(pgmgr_server.server.datadir)
+    st = os.statvfs(pgmgr_server.base or ".")
     budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE)
     pool = DatabasePool(connect, size=size, budget=budget)
     try:
