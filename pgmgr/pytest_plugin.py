@@ -27,8 +27,10 @@ Options: ``--pgmgr-version`` / ini ``pgmgr_version``; ini ``pgmgr_settings`` (li
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -162,11 +164,22 @@ def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
         root=_tmp_root(config),
         guard=True,  # a crashed session must not leave its server running
     )
+    # psycopg takes ~100 ms to import, during which the server could be starting: import it
+    # in a thread while this one copies the template and waits for postgres (both release
+    # the GIL), so the first test waits for the longer of the two, not for their sum.
+    importer = threading.Thread(target=_import_psycopg, name="pgmgr-import", daemon=True)
+    importer.start()
     tmp.start()
+    importer.join()
     try:
         yield tmp
     finally:
         tmp.close()
+
+
+def _import_psycopg() -> None:
+    with contextlib.suppress(ImportError):  # the connection's own import says why
+        import psycopg  # noqa: F401
 
 
 @pytest.fixture(scope="session")
