@@ -8,10 +8,12 @@ thread, with its own connection, makes new ones and drops used ones while the te
 - :meth:`DatabasePool.acquire` takes a ready database (a list pop when the pool is warm;
   it waits for the worker only when the tests use databases faster than they are made);
 - :meth:`DatabasePool.release` queues a used database for dropping and returns at once;
-- the worker first copies the template into a private **snapshot** that accepts no
-  connections, and copies every pooled database from it: a user holding a connection to the
-  template does not block the pool, and a pooled database is never half-way through a change
-  of the template;
+- the worker copies the template into a private **snapshot** that accepts no connections,
+  and copies the pooled databases from it: once it is taken, a user holding a connection to
+  the template no longer blocks the pool (``CREATE DATABASE`` refuses a template that has
+  other sessions). The first copy of each generation, made while no database is ready, comes
+  straight from the template, before the snapshot: the first test waits for one copy, not
+  two;
 - a new ``(template, generation)`` in :meth:`acquire` **invalidates** the pool: the ready
   databases and the old snapshot are dropped, a new snapshot is taken;
 - on PostgreSQL 15+ each snapshot's first copies alternate ``STRATEGY WAL_LOG`` (WAL-logs
@@ -193,7 +195,7 @@ class DatabasePool:
                 return ("drop", self._drops.popleft())
             if key is not None and self._snapshot is not None and short:
                 self._inflight += 1
-                return ("create", self._snapshot, str(key[1]))
+                return ("create", self._snapshot, key[0], str(key[1]))
             if self._drops:
                 return ("drop", self._drops.popleft())
             self._cond.wait()
@@ -260,6 +262,16 @@ class DatabasePool:
         self._execute(_drop_sql(name, self.major))
 
     def _do_snapshot(self, template: str, generation: str) -> None:
+        with self._cond:
+            direct = not self._ready
+            self._inflight += direct
+        if direct:  # a test is (or soon will be) waiting: one copy first, straight away
+            try:
+                self._do_create(template, template, generation)
+            except BaseException:
+                with self._cond:
+                    self._inflight -= 1
+                raise
         name = f"pgmgr_pool_{os.getpid()}_{next(self._names)}"
         self._execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(template)}")
         with self._cond:
@@ -275,10 +287,12 @@ class DatabasePool:
                 self.stats.template_bytes = int(row[0])
             self._cond.notify_all()
 
-    def _do_create(self, snapshot: str, generation: str) -> None:
+    def _do_create(self, source: str, template: str, generation: str) -> None:
+        """Copy ``source`` (the snapshot, or the template itself for the first copy of a
+        generation); ready if ``(template, generation)`` is still current, else dropped."""
         name = f"{self.prefix}_{next(self._names)}"
         strategy = self._strategy()
-        sql = f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(snapshot)}"
+        sql = f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(source)}"
         t0 = time.perf_counter()
         try:
             self._execute(sql + (f" STRATEGY {strategy}" if strategy else ""))
@@ -292,7 +306,7 @@ class DatabasePool:
             self.stats.created += 1
             if strategy:
                 self.stats.timings.setdefault(strategy, []).append(elapsed)
-            if self._snapshot == snapshot:
+            if self._key == (template, int(generation)):
                 self._ready.append(name)
             else:
                 self._drops.append(name)
