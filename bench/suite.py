@@ -71,7 +71,7 @@ def pytest_sessionfinish(session):
 
 PGMGR = {
     "conftest.py": """\
-import pathlib
+import json, pathlib
 import pytest
 
 
@@ -80,6 +80,15 @@ def pgmgr_template(pgmgr_server, pgmgr_template):
     schema = (pathlib.Path(__file__).parent / "schema.sql").read_text()
     pgmgr_server.execute(schema, dbname=pgmgr_template)
     return pgmgr_template
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pool_report(pgmgr_pool):
+    yield
+    st = pgmgr_pool.stats
+    with open(pathlib.Path(__file__).parent / "pool.json", "w") as f:
+        json.dump({{"strategy": st.strategy, "bytes": st.template_bytes, "timings": st.timings,
+                   "created": st.created, "dropped": st.dropped}}, f)
 """,
     "test_suite.py": """\
 import psycopg
@@ -161,6 +170,7 @@ class Runner:
     module: str  # what must be importable
     times: dict[int, list[float]] = field(default_factory=dict)  # n -> wall times
     setups: dict[int, list[list[float]]] = field(default_factory=dict)
+    pool: dict[int, dict[str, Any]] = field(default_factory=dict)  # pgmgr: the last run's
 
 
 def runners(bindir: Path, version: str) -> list[Runner]:
@@ -262,6 +272,8 @@ class Suites:
         if proc.returncode != 0:
             raise RuntimeError(f"{r.title} (N={n}) failed:\n{proc.stdout[-3000:]}{proc.stderr}")
         shutil.rmtree(f"/dev/shm/{d.parent.name}-{d.name}", ignore_errors=True)
+        if (d / "pool.json").exists():
+            r.pool[n] = json.loads((d / "pool.json").read_text())
         return wall, json.loads(out.read_text())
 
 
@@ -276,6 +288,20 @@ def summary(r: Runner, n: int) -> dict[str, float]:
         "median": statistics.median(per_test),
         "p95": p95,
     }
+
+
+def pool_note(n: int, pool: dict[str, Any]) -> str:
+    """pgmgr's pool in its last run at size ``n``: the strategy kept and why."""
+    timed = ", ".join(
+        f"{k} median {statistics.median(v) * 1000:.1f} ms ({len(v)} copies)"
+        for k, v in pool["timings"].items()
+        if v
+    )
+    size = f"{pool['bytes'] / 2**20:.1f} MB" if pool["bytes"] else "?"
+    return (
+        f"- pgmgr's pool, N={n} (last run): template {size}; kept {pool['strategy']} "
+        f"({timed}); {pool['created']} copies made, {pool['dropped']} dropped during the run"
+    )
 
 
 def table(rs: list[Runner], sizes: list[int], targets: dict[int, float]) -> str:
@@ -339,6 +365,7 @@ def run_all(
     ]
     if missing:
         notes.append(f"- not installed in the suites' environment: {', '.join(missing)}")
+    notes += [pool_note(n, r.pool[n]) for r in rs for n in sizes if n in r.pool]
     return table(rs, sizes, {40: 0.15, 200: 0.1}) + "\n\n" + "\n".join(notes) + "\n"
 
 
