@@ -39,6 +39,9 @@ sys.path.insert(0, str(REPO))
 from pgmgr import Manager, __version__  # noqa: E402
 from pgmgr.core import process, server, spare, versions  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import suite  # noqa: E402
+
 Sample = Callable[[], float]
 
 
@@ -304,7 +307,35 @@ def build_cases(b: Bench) -> list[Case]:
 
         return run
 
+    def pgmgr_run() -> float:
+        dt = b.pgmgr("run", "--", "true")
+        b.wait_refill()  # a run claims the spare like an init (same filesystem as the cache)
+        return dt
+
+    def pg_virtualenv() -> float:
+        t = time.perf_counter()
+        subprocess.run(
+            ["pg_virtualenv", "-v", b.install.version.split(".")[0], "true"],
+            capture_output=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        )
+        return time.perf_counter() - t
+
+    run_cases = []
+    if shutil.which("pg_virtualenv"):
+        run_cases.append(
+            Case(
+                "`pgmgr run -- true` (template warm)",
+                "`pg_virtualenv true`",
+                0.1,
+                with_state("main", pgmgr_run),
+                pg_virtualenv,
+            )
+        )
+
     return [
+        *run_cases,
         Case(
             "library `Manager.start()` to ready",
             "raw `postgres` to ready",
@@ -346,6 +377,40 @@ def build_cases(b: Bench) -> list[Case]:
             status("one"),
         ),
     ]
+
+
+def cold_run(b: Bench, samples: int) -> float:
+    """``pgmgr run -- true`` with a new, empty template cache each time (untimed: the
+    background refill it may start)."""
+    times = []
+    for i in range(samples):
+        env = dict(b.env, PGMGR_CACHE_DIR=str(b.work / f"cold-cache-{i}"))
+        t = time.perf_counter()
+        argv = [*b.pgmgr_cmd, "run", "--", "true"]
+        subprocess.run(argv, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+        template.wait_refills(timeout=120)
+    return statistics.median(times)
+
+
+def status_imports(b: Bench, runs: int, top: int = 8) -> str:
+    """What ``pgmgr status --json`` imports (``-X importtime``): the sum of the modules' own
+    times and the largest ones, each the minimum over ``runs`` runs (the least disturbed)."""
+    b.state("one")
+    best: dict[str, int] = {}
+    for _ in range(runs):
+        env = dict(b.env, PYTHONPROFILEIMPORTTIME="1")
+        err = subprocess.run(
+            [*b.pgmgr_cmd, "status", "--json"], env=env, capture_output=True, text=True
+        ).stderr
+        for line in err.splitlines():
+            parts = line.removeprefix("import time:").split("|")
+            if len(parts) == 3 and parts[0].strip().isdigit():
+                name = parts[2].strip()
+                best[name] = min(best.get(name, 1 << 60), int(parts[0]))
+    largest = sorted(best.items(), key=lambda kv: -kv[1])[:top]
+    text = ", ".join(f"{name} {us / 1000:.1f}" for name, us in largest)
+    return f"{sum(best.values()) / 1000:.1f} ms in {len(best)} modules; largest (ms): {text}"
 
 
 def python_floor(rounds: int) -> float:
@@ -422,6 +487,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9, help="samples per side (default 9)")
     parser.add_argument("--version", help="PostgreSQL version (default: pgmgr's choice)")
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument(
+        "--suite-python",
+        help="Python of the environment with pytest-postgresql and testing.postgresql for the "
+        "generated suites (default: this one); the server user must be able to run it",
+    )
+    parser.add_argument("--suite-rounds", type=int, default=3, help="runs per suite (default 3)")
+    parser.add_argument(
+        "--sizes", default="40,200", help="tests per generated suite (default 40,200; '' skips)"
+    )
     args = parser.parse_args()
     install = versions.select(args.version).installation
     work = Path(tempfile.mkdtemp(prefix="pgmgr-bench-", dir="/tmp"))
@@ -439,6 +513,22 @@ def main() -> int:
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         floor = python_floor(args.rounds)
         rss = {n: max(peak_rss_kb(b, s) for _ in range(3)) for n, s in (("1", "one"), ("20", "20"))}
+        cold = cold_run(b, 3) if shutil.which("pg_virtualenv") else None
+        imports = status_imports(b, args.rounds)
+        load1 = os.getloadavg()
+        suites = ""
+        sizes = [int(n) for n in args.sizes.split(",") if n.strip()]
+        if sizes:
+            b.state("main")
+            suites = suite.run_all(
+                work / "suites",
+                b.ids,
+                dict(b.env),
+                args.suite_python or sys.executable,
+                install,
+                sizes,
+                args.suite_rounds,
+            )
     finally:
         with contextlib.suppress(Exception):
             spare.wait_refills(timeout=120)
@@ -452,7 +542,11 @@ def main() -> int:
         "peak memory of `pgmgr status --json` (maxrss, target <= 40 MB)": (
             f"{rss['1'] / 1024:.1f} MB (1 instance), {rss['20'] / 1024:.1f} MB (20 instances)"
         ),
-        "load average (1 min) before / after": f"{load0[0]:.2f} / {os.getloadavg()[0]:.2f}",
+        "`pgmgr status --json` imports (`-X importtime`, own time, min over the rounds)": imports,
+        "load average (1 min) before / after the cases above": f"{load0[0]:.2f} / {load1[0]:.2f}",
+        "`pgmgr run -- true` with an empty template cache (initdb + template build; median of 3)": (
+            ms(cold) if cold is not None else "-"
+        ),
         "spare refill after an init (background, waited for untimed before the next sample)": (
             f"median wait {ms(statistics.median(b.refill_waits))}" if b.refill_waits else "-"
         ),
@@ -460,6 +554,9 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     text = report(cases, install, args.rounds, extra)
+    if suites:
+        text += "\n## A generated test suite: pgmgr's pytest plugin and the baselines\n\n"
+        text += "What runs and how: bench/suite.py. Set-up is each test's fixtures.\n\n" + suites
     print(text)
     if left:
         print(

@@ -9,18 +9,28 @@ is imported until then.
   worker gets its own server on its own free port.
 - ``pgmgr_template`` (session): the name of a database prepared once; override this fixture
   to load a schema into it, and every ``pgmgr_db`` starts as a copy of it.
-- ``pgmgr_db`` (function): a new database made with ``CREATE DATABASE ... TEMPLATE``
-  (milliseconds), dropped after the test.
+- ``pgmgr_pool`` (session): a :class:`~pgmgr.core.dbpool.DatabasePool` of ready copies of
+  the template, refilled (and used databases dropped) by a background thread; None when
+  ini ``pgmgr_pool_size`` is 0.
+- ``pgmgr_db`` (function): a fresh copy of the template, taken from the pool (else made
+  with ``CREATE DATABASE ... TEMPLATE``), dropped after the test.
 - ``@pytest.mark.pgmgr``: the test gets ``pgmgr_db``, and ``DATABASE_URL``/``PG*`` point at it.
 
+Each run of a ``pgmgr_template`` fixture (the plugin's, a user's override that loads a
+schema, a module-scoped override run again) starts a new template generation: the pool drops
+what it made from the previous one.
+
 Options: ``--pgmgr-version`` / ini ``pgmgr_version``; ini ``pgmgr_settings`` (lines of
-``name=value``).
+``name=value``), ``pgmgr_pool_size`` (default 4; 0 turns the pool off), ``pgmgr_tmpdir``
+(where the server's directory goes; default ``auto``: /dev/shm when it is a tmpfs with room).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,10 +38,20 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from pgmgr.core.dbpool import DatabasePool
     from pgmgr.core.temporary import TemporaryInstance
 
 TEMPLATE_DB = "pgmgr_template"
+POOL_SIZE = 4
+MAX_POOL_SIZE = 64
+#: The pool holds at most this share of the free space where the server lives.
+POOL_SPACE_SHARE = 0.25
+#: Only for the plugin's servers: WAL on a memory filesystem is memory (default max 1GB).
+PLUGIN_SETTINGS = {"max_wal_size": "256MB"}
+#: /dev/shm is used when it is a tmpfs with at least this much room.
+MEMORY_FS_MIN = 1 << 30
 _counter = itertools.count(1)
+_generation = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +66,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "pgmgr_settings", "Server settings for pgmgr_server (name=value lines).", type="linelist"
     )
+    parser.addini(
+        "pgmgr_pool_size",
+        "Databases pgmgr keeps ready for pgmgr_db (0: no pool, one CREATE DATABASE per test).",
+        default=str(POOL_SIZE),
+    )
+    parser.addini(
+        "pgmgr_tmpdir",
+        "Directory for pgmgr_server's files ('auto': /dev/shm if a tmpfs with room, else TMPDIR).",
+        default="auto",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "pgmgr: give the test a fresh database (pgmgr_db) and point PG* at it"
     )
     _check_version(config)
+    _pool_size(config)
+    _tmp_root(config)
 
 
 def _check_version(config: pytest.Config) -> None:
@@ -83,6 +115,57 @@ def _check_version(config: pytest.Config) -> None:
         )
 
 
+def _pool_size(config: pytest.Config) -> int:
+    """ini ``pgmgr_pool_size``: a whole number from 0 to :data:`MAX_POOL_SIZE`.
+
+    :raises pytest.UsageError: anything else (pytest prints one ``ERROR:`` line).
+    """
+    text = str(config.getini("pgmgr_pool_size")).strip()
+    if not text.isdigit() or int(text) > MAX_POOL_SIZE:
+        raise pytest.UsageError(
+            f"pgmgr_pool_size must be a whole number from 0 (no pool) to {MAX_POOL_SIZE}, "
+            f"not {text!r}"
+        )
+    return int(text)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Count the runs of ``pgmgr_template`` fixtures: each one may have changed the template."""
+    yield
+    if fixturedef.argname == "pgmgr_template":
+        stash = request.config.stash
+        stash[_generation] = stash.get(_generation, 0) + 1
+
+
+def memory_dir(path: str = "/dev/shm", need: int = MEMORY_FS_MIN) -> str | None:  # noqa: S108
+    """``path`` if it is a tmpfs mount we can use with ``need`` bytes free, else None."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            mounts = [line.split() for line in f]
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    tmpfs = any(m[1:3] == [path, "tmpfs"] for m in mounts if len(m) > 2)
+    if tmpfs and st.f_bavail * st.f_frsize >= need and os.access(path, os.W_OK | os.X_OK):
+        return path
+    return None
+
+
+def _tmp_root(config: pytest.Config) -> str | None:
+    """ini ``pgmgr_tmpdir``: ``auto`` (/dev/shm if fit, else None: the temp dir) or a
+    directory.
+
+    :raises pytest.UsageError: not an existing directory.
+    """
+    value = str(config.getini("pgmgr_tmpdir")).strip() or "auto"
+    if value == "auto":
+        return memory_dir()
+    if not os.path.isdir(value):
+        raise pytest.UsageError(f"pgmgr_tmpdir: {value!r} is not a directory (or use 'auto')")
+    return value
+
+
 @dataclass(frozen=True)
 class Database:
     """One test's database on the session server."""
@@ -103,12 +186,29 @@ def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
     version = config.getoption("pgmgr_version") or config.getini("pgmgr_version") or None
     settings = dict(server.parse_setting(s) for s in config.getini("pgmgr_settings"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    tmp = TemporaryInstance(version, settings, prefix=f"pgmgr-pytest-{worker}-")
+    tmp = TemporaryInstance(
+        version,
+        {**PLUGIN_SETTINGS, **settings},
+        prefix=f"pgmgr-pytest-{worker}-",
+        root=_tmp_root(config),
+        guard=True,  # a crashed session must not leave its server running
+    )
+    # psycopg takes ~100 ms to import, during which the server could be starting: import it
+    # in a thread while this one copies the template and waits for postgres (both release
+    # the GIL), so the first test waits for the longer of the two, not for their sum.
+    importer = threading.Thread(target=_import_psycopg, name="pgmgr-import", daemon=True)
+    importer.start()
     tmp.start()
+    importer.join()
     try:
         yield tmp
     finally:
         tmp.close()
+
+
+def _import_psycopg() -> None:
+    with contextlib.suppress(ImportError):  # the connection's own import says why
+        import psycopg  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -118,16 +218,59 @@ def pgmgr_template(pgmgr_server: TemporaryInstance) -> str:
     return TEMPLATE_DB
 
 
+@pytest.fixture(scope="session")
+def pgmgr_pool(
+    request: pytest.FixtureRequest, pgmgr_server: TemporaryInstance
+) -> Iterator[DatabasePool | None]:
+    """Ready copies of the template for ``pgmgr_db`` (None when ``pgmgr_pool_size`` is 0).
+
+    Its databases are not dropped at the end: the server and its directory go next.
+    """
+    from pgmgr.core.dbpool import DatabasePool
+
+    size = _pool_size(request.config)
+    if size == 0:
+        yield None
+        return
+
+    def connect() -> object:
+        import psycopg
+
+        params = pgmgr_server.server.conninfo(tcp=False)
+        params.update(dbname="postgres", application_name="pgmgr-pool")
+        return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
+
+    st = os.statvfs(pgmgr_server.base or ".")
+    budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE)
+    pool = DatabasePool(connect, size=size, budget=budget)
+    try:
+        yield pool
+    finally:
+        pool.close(timeout=0)  # a statement under way ends when the server stops, next
+
+
 @pytest.fixture
-def pgmgr_db(pgmgr_server: TemporaryInstance, pgmgr_template: str) -> Iterator[Database]:
-    """A fresh database for this test, a copy of ``pgmgr_template``, dropped afterwards."""
-    name = f"test_{os.getpid()}_{next(_counter)}"
-    pgmgr_server.create_database(name, template=pgmgr_template)
+def pgmgr_db(
+    request: pytest.FixtureRequest,
+    pgmgr_server: TemporaryInstance,
+    pgmgr_template: str,
+    pgmgr_pool: DatabasePool | None,
+) -> Iterator[Database]:
+    """A fresh database for this test, a copy of ``pgmgr_template``, dropped afterwards
+    (by the pool's worker, after the test, when there is a pool)."""
+    if pgmgr_pool is None:
+        name = f"test_{os.getpid()}_{next(_counter)}"
+        pgmgr_server.create_database(name, template=pgmgr_template)
+    else:
+        name = pgmgr_pool.acquire(pgmgr_template, request.config.stash.get(_generation, 0))
     env = pgmgr_server.environment(dbname=name)
     try:
         yield Database(name, env["DATABASE_URL"], pgmgr_server.database_dsn(name), env)
     finally:
-        pgmgr_server.drop_database(name)
+        if pgmgr_pool is None:
+            pgmgr_server.drop_database(name)
+        else:
+            pgmgr_pool.release(name)
 
 
 @pytest.fixture(autouse=True)

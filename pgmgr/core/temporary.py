@@ -27,6 +27,8 @@ FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes"
 #: The longest base dir we accept: its ``sock/.s.PGSQL.65535`` must fit in 107 bytes.
 MAX_BASE = server.SOCKET_PATH_MAX - len("/sock/.s.PGSQL.65535")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Reapers told to exit, kept until they have (no "still running" warning at collection).
+_finished_reapers: list[subprocess.Popen[bytes]] = []
 
 
 class CommandNotRun(PgmgrError):
@@ -63,11 +65,12 @@ def check_runnable(program: str) -> None:
         raise CommandNotRun(program, PermissionError(errno.EACCES, "not executable", path))
 
 
-def _base_dir(prefix: str) -> Path:
-    """A fresh directory the server user can traverse (0755); /tmp when the temp dir is
-    too deep for a socket path, or (as root) unreachable for the server user. It names
-    its owner (this process), so that a later run can sweep it if this one is killed."""
-    base = Path(tempfile.mkdtemp(prefix=prefix))
+def _base_dir(prefix: str, root: str | None = None) -> Path:
+    """A fresh directory the server user can traverse (0755) under ``root`` (default: the
+    temp dir); /tmp when that is too deep for a socket path, or (as root) unreachable for
+    the server user. It names its owner (this process), so that a later run can sweep it
+    if this one is killed."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     su = privileges.server_user(base, None) if privileges.is_root() else None
     if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
         base.rmdir()
@@ -82,6 +85,9 @@ class TemporaryInstance:
 
     :param version: PostgreSQL version (default: pgmgr's usual selection).
     :param settings: server settings on top of :data:`FAST_SETTINGS`.
+    :param root: where its directory is made (default: the temp dir).
+    :param guard: start a :mod:`~pgmgr.core.reaper` that removes the server and its
+        directory if this process dies without closing the instance.
     """
 
     def __init__(
@@ -89,10 +95,16 @@ class TemporaryInstance:
         version: str | None = None,
         settings: Mapping[str, str] | None = None,
         prefix: str = "pgmgr-run-",
+        root: str | None = None,
+        guard: bool = False,
     ) -> None:
         self.version = version
         self.settings = {**FAST_SETTINGS, **server.check_settings(settings or {})}
         self.prefix = prefix
+        self.root = root
+        self.guard = guard
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._guard_fd: int | None = None
         self.base: Path | None = None
         self.srv: Server | None = None
 
@@ -104,7 +116,11 @@ class TemporaryInstance:
         """
         try:
             sweep.dead_runs()
-            self.base = _base_dir(self.prefix)
+            self.base = _base_dir(self.prefix, self.root)
+            if self.guard:
+                from pgmgr.core import reaper
+
+                self._reaper, self._guard_fd = reaper.spawn(self.base, self.base / "data")
             srv = Server.for_datadir(
                 self.base / "data",
                 name=self.base.name.replace("_", "-"),
@@ -130,6 +146,17 @@ class TemporaryInstance:
             self.close()
             raise
         return self
+
+    def restart(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server and start it again on the same port and socket."""
+        srv = self.server
+        srv.stop(mode, timeout=timeout)
+        srv.start(
+            port=srv.inst.port,
+            settings=self.settings,
+            socket_dir=srv.inst.socket_dir,
+            timeout=timeout,
+        )
 
     @property
     def server(self) -> Server:
@@ -176,6 +203,14 @@ class TemporaryInstance:
         if self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
         self.srv, self.base = None, None
+        if self._guard_fd is not None:
+            # The reaper reads EOF, finds nothing left and exits; not waited for (it may
+            # still be starting): polled later, or reaped by init after this process.
+            os.close(self._guard_fd)
+            _finished_reapers[:] = [p for p in _finished_reapers if p.poll() is None]
+            if self._reaper is not None:
+                _finished_reapers.append(self._reaper)
+            self._guard_fd, self._reaper = None, None
 
     def __enter__(self) -> TemporaryInstance:
         return self.start()
@@ -196,7 +231,7 @@ class TemporaryInstance:
         return " ".join(f"{k}={_dsn_quote(v)}" for k, v in params.items())
 
     def create_database(self, name: str, template: str | None = None) -> None:
-        """``CREATE DATABASE name [TEMPLATE template]`` (a file copy: milliseconds)."""
+        """``CREATE DATABASE name [TEMPLATE template]``."""
         sql = f"CREATE DATABASE {quote_ident(name)}"
         self.execute(sql + (f" TEMPLATE {quote_ident(template)}" if template else ""))
 

@@ -64,7 +64,7 @@ pgmgr_settings =
 
 @pytest.fixture
 def example(pytester: pytest.Pytester, ops_dir: Path) -> pytest.Pytester:
-    pytester.makeini(INI)
+    pytester.makeini(INI + f"pgmgr_tmpdir = {ops_dir / 'tmp'}\n")  # checked for leftovers
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_example=EXAMPLE)
     return pytester
