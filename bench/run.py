@@ -389,7 +389,7 @@ def cold_run(b: Bench, samples: int) -> float:
         argv = [*b.pgmgr_cmd, "run", "--", "true"]
         subprocess.run(argv, env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - t)
-        template.wait_refills(timeout=120)
+        spare.wait_refills(timeout=120)
     return statistics.median(times)
 
 
