@@ -210,7 +210,10 @@ def stop(
     if all_ and (name or datadir):
         raise UsageError("--all stops every instance: leave out NAME and -d")
     if all_:
-        servers = [Server(inst) for inst in registry.load_all()[0]]
+        instances, broken = registry.load_all()
+        servers = [Server(inst) for inst in instances]
+        for err in broken:
+            ui.message(f"'{err.path.stem}': skipped, {err} ('pgmgr forget {err.path.stem}')")
     else:
         servers = [resolve(name, datadir)]
     results: list[dict[str, Any]] = []

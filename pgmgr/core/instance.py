@@ -121,9 +121,22 @@ def default_log_file(name: str) -> Path:
 class Server:
     """An instance and the operations on it. Not thread-safe; one per data directory."""
 
-    def __init__(self, inst: Instance, *, register: bool = True) -> None:
+    def __init__(
+        self,
+        inst: Instance,
+        *,
+        register: bool = True,
+        new: bool = False,
+        name_base: str | None = None,
+    ) -> None:
         self.inst = inst
         self.register = register
+        #: not registered yet: the first save creates the record (see registry.create), with
+        #: a free name derived from ``name_base`` when the name was generated
+        self.new = new
+        self.name_base = name_base
+        #: things the user should know that are not errors (the CLI prints them)
+        self.notes: list[str] = []
         self.child: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -165,8 +178,10 @@ class Server:
                         f"instance name {name!r} is already used for {other.datadir}",
                         hint="choose another --name",
                     )
+            base = None
         else:
-            name = registry.unique_name(Path(real).name) if register else Path(real).name
+            base = Path(real).name
+            name = registry.unique_name(base) if register else base
         inst = Instance(
             name=name,
             datadir=real,
@@ -174,7 +189,7 @@ class Server:
             version=install.version,
             bindir=str(install.bindir),
         )
-        return cls(inst, register=register)
+        return cls(inst, register=register, new=True, name_base=base)
 
     @classmethod
     def load(cls, name_or_dir: str) -> Server:
@@ -230,7 +245,12 @@ class Server:
         return Path(self.inst.log_file or default_log_file(self.inst.name))
 
     def save(self) -> None:
-        if self.register:
+        if not self.register:
+            return
+        if self.new:
+            self.inst = registry.create(self.inst, name_base=self.name_base)
+            self.new = False
+        else:
             registry.save(self.inst)
 
     # ------------------------------------------------------------------ init
@@ -330,6 +350,8 @@ class Server:
             sockdir = server.socket_dir(recorded_sockdir, socket_dir, chosen, su)
             made_sockdir = not socket_dir and str(sockdir) != recorded_sockdir
             server.clear_stale_socket_lock(sockdir, chosen, datadir)
+            if self.new:
+                self.save()  # claim the name first: the log file is named after it
             argv = server.postgres_argv(
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
             )

@@ -184,7 +184,7 @@ def test_corrupt_record(isolation: Path) -> None:
     # the list still works, reports the bad record on stderr, and prints valid JSON
     listing = invoke("status", "--json")
     assert listing.exit_code == 0
-    assert json.loads(listing.stdout) == []
+    assert [(r["name"], r["state"]) for r in json.loads(listing.stdout)] == [("broken", "broken")]
     assert listing.stderr.startswith("Error: instance record")
 
 
