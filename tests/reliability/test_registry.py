@@ -109,7 +109,7 @@ def test_concurrent_inits_get_distinct_names(work: Path, rel_isolation: Path) ->
     ]
     try:
         outs = [p.communicate(timeout=180) for p in procs]
-        for p, (out, err) in zip(procs, outs, strict=True):
+        for p, (_out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0 and "Traceback" not in err, err
         names = [json.loads(out)["name"] for out, _ in outs]
         assert len(set(names)) == 10, names
