@@ -32,6 +32,18 @@ class PgmgrError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from its fields, whatever the subclass's __init__ takes: errors cross the
+        # privilege boundary (pgmgr.core.userfs.as_user) pickled.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[PgmgrError], args: tuple[object, ...], state: dict[str, object]) -> object:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj
+
 
 class DatabaseException(PgmgrError):
     """Database errors (the seed's ``DatabaseException``): init, version, configuration."""

@@ -1,0 +1,309 @@
+"""The copy engine: one way to copy a data directory, for templates, spares, snapshots,
+branches and upgrades.
+
+Per file it tries, in order, and remembers for the rest of the tree what the filesystem
+refused:
+
+1. ``FICLONE`` (reflink: btrfs, XFS, bcachefs, ZFS 2.2+): no data moves, any size in ~0 ms;
+2. ``copy_file_range(2)``: the kernel copies (~1 GiB in 0.25 s from the page cache on this
+   machine's ext4), no round trip through user space;
+3. ``read``/``write`` in 1 MiB blocks: anything else (other filesystems, old kernels).
+
+``PGMGR_COPY_METHOD=copy_file_range`` or ``read`` forces a fallback (tests, and a way out if a
+filesystem misbehaves). The tree is walked through directory file descriptors, symlinks are
+copied as symlinks and never followed, FIFOs, sockets and devices are skipped, and every new
+entry is created exclusively. The copy runs as whoever calls it: as root, wrap it in
+:func:`pgmgr.core.userfs.as_user` so that the new files belong to the server user and no path
+a user controls is resolved as root. One :func:`sync_fs` afterwards makes the copy durable
+(~25 ms, against ~500 ms for an fsync per file of a 1000-file data directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Container
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgmgr.core.errors import UsageError
+
+METHODS = ("reflink", "copy_file_range", "read")
+ENV_METHOD = "PGMGR_COPY_METHOD"
+FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
+_BLOCK = 1 << 20
+#: Files at least this large are copied in parallel ranges (PostgreSQL's segments are 1 GiB).
+PARALLEL_MIN = 64 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: errnos that mean "this filesystem (pair) cannot do that", not "the copy failed".
+_UNSUPPORTED = frozenset(
+    {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
+)
+
+
+@dataclass
+class CopyStats:
+    """What :func:`copy_tree` did: entries made and bytes moved by each method."""
+
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """The method that moved most bytes ("none" for a tree of empty files)."""
+        if not self.by_method:
+            return "none"
+        return max(self.by_method, key=lambda m: self.by_method[m])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "files": self.files,
+            "dirs": self.dirs,
+            "links": self.links,
+            "bytes": self.bytes,
+            "method": self.method,
+        }
+
+
+@dataclass
+class _State:
+    methods: list[str]
+    stats: CopyStats
+
+
+def forced_method() -> str | None:
+    """The method ``PGMGR_COPY_METHOD`` forces, or None.
+
+    :raises UsageError: it names no method.
+    """
+    value = os.environ.get(ENV_METHOD, "").strip()
+    if not value:
+        return None
+    if value not in METHODS:
+        raise UsageError(f"invalid {ENV_METHOD}={value!r}: use " + ", ".join(METHODS))
+    return value
+
+
+def copy_tree(
+    src: str | Path | int,
+    dst: str | Path,
+    *,
+    dst_dir_fd: int | None = None,
+    exclude: Container[str] = (),
+) -> CopyStats:
+    """Copy the directory ``src`` (a path, or a directory fd the caller keeps) to ``dst``,
+    which must not exist (relative to ``dst_dir_fd`` when given). Modes are kept; owner is
+    the caller. Top-level names in ``exclude`` (``postmaster.pid``, say) are left out.
+
+    On failure the partial ``dst`` is left for the caller to remove (it knows whether it
+    may): :func:`pgmgr.core.userfs.rmtree_at`.
+
+    :raises FileExistsError: ``dst`` exists.
+    :raises OSError: reading or writing failed (ENOSPC, EACCES, ...).
+    """
+    forced = forced_method()
+    methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
+    state = _State(methods, CopyStats())
+    sfd = src if isinstance(src, int) else os.open(src, _DIR_FLAGS)
+    try:
+        smode = os.fstat(sfd).st_mode
+        os.mkdir(dst, 0o700, dir_fd=dst_dir_fd)
+        dfd = os.open(dst, _DIR_FLAGS, dir_fd=dst_dir_fd)
+        try:
+            _copy_dir(sfd, dfd, state, exclude)
+            os.fchmod(dfd, stat.S_IMODE(smode))
+        finally:
+            os.close(dfd)
+    finally:
+        if not isinstance(src, int):
+            os.close(sfd)
+    state.stats.dirs += 1
+    return state.stats
+
+
+def _copy_dir(sfd: int, dfd: int, state: _State, exclude: Container[str]) -> None:
+    with os.scandir(sfd) as entries:
+        for entry in entries:
+            name = entry.name
+            if name in exclude:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                sub_s = os.open(name, _DIR_FLAGS, dir_fd=sfd)
+                try:
+                    sub_d = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                    try:
+                        _copy_dir(sub_s, sub_d, state, ())
+                        os.fchmod(sub_d, stat.S_IMODE(mode))
+                    finally:
+                        os.close(sub_d)
+                finally:
+                    os.close(sub_s)
+                state.stats.dirs += 1
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+                state.stats.links += 1
+            elif stat.S_ISREG(mode):
+                _copy_file(sfd, dfd, name, state)
+            else:  # FIFO, socket, device: nothing a copy of a data directory needs
+                state.stats.skipped += 1
+
+
+def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
+    fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
+    try:
+        st = os.fstat(fin)
+        if not stat.S_ISREG(st.st_mode):  # swapped since scandir looked: skip it
+            state.stats.skipped += 1
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fout = os.open(name, flags, 0o600, dir_fd=dfd)
+        try:
+            if st.st_size:
+                method = _copy_data(fin, fout, st.st_size, state.methods)
+                state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
+            os.fchmod(fout, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(fout)
+        state.stats.files += 1
+        state.stats.bytes += st.st_size
+    finally:
+        os.close(fin)
+
+
+def _copy_data(fin: int, fout: int, size: int, methods: list[str]) -> str:
+    """Copy ``size`` bytes with the first method that works; drop from ``methods`` each one
+    the filesystem refuses, so the rest of the tree does not try it again."""
+    while True:
+        method = methods[0]
+        try:
+            if method == "reflink":
+                import fcntl
+
+                fcntl.ioctl(fout, FICLONE, fin)
+            elif method == "copy_file_range":
+                if size >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
+                    _copy_ranges_parallel(fin, fout, size)
+                else:
+                    _copy_range(fin, fout, size)
+            else:
+                _copy_read(fin, fout)
+            return method
+        except OSError as e:
+            if method == "read" or e.errno not in _UNSUPPORTED:
+                raise
+            methods.pop(0)
+            os.lseek(fin, 0, os.SEEK_SET)
+            os.lseek(fout, 0, os.SEEK_SET)
+            os.ftruncate(fout, 0)
+
+
+def _copy_range(fin: int, fout: int, size: int) -> None:
+    left = size
+    while left > 0:
+        n = os.copy_file_range(fin, fout, min(left, 1 << 30))
+        if n == 0:  # the file shrank while being copied: copy what there is
+            break
+        left -= n
+
+
+def _copy_ranges_parallel(fin: int, fout: int, size: int) -> None:
+    """``copy_file_range`` of a large file in one thread per core, each on its own range:
+    the kernel's copy is CPU-bound from the page cache (1 GiB: 0.75 s in one thread, 0.43 s
+    in two on this 2-core machine). The first error is raised after every thread ended."""
+    import threading
+
+    n = min(4, os.cpu_count() or 1)
+    step = -(-size // n)
+    errors: list[OSError] = []
+
+    def work(start: int) -> None:
+        off, end = start, min(size, start + step)
+        try:
+            while off < end:
+                done = os.copy_file_range(fin, fout, end - off, off, off)
+                if done == 0:
+                    break
+                off += done
+        except OSError as e:
+            errors.append(e)
+
+    os.ftruncate(fout, size)
+    threads = [threading.Thread(target=work, args=(i * step,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _copy_read(fin: int, fout: int) -> None:
+    while chunk := os.read(fin, _BLOCK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fout, view) :]
+
+
+def tree_size(path: str | Path | int) -> int:
+    """Bytes in the regular files under ``path`` (a path or a directory fd), not following
+    symlinks."""
+    fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
+    try:
+        return _size(fd)
+    finally:
+        if not isinstance(path, int):
+            os.close(fd)
+
+
+def _size(fd: int) -> int:
+    total = 0
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+            elif stat.S_ISDIR(st.st_mode):
+                with contextlib.suppress(OSError):
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        total += _size(sub)
+                    finally:
+                        os.close(sub)
+    return total
+
+
+def sync_fs(path: str | Path | int) -> None:
+    """Flush the filesystem holding ``path`` (a path or an fd) to disk: ``syncfs(2)`` on
+    Linux, ``sync(2)`` elsewhere."""
+    import ctypes  # only here: the init path needs it, status and stop do not
+
+    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = getattr(libc, "syncfs", None)
+        if syncfs is None:  # pragma: no cover - not Linux
+            os.sync()
+        elif syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        if not isinstance(path, int):
+            os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that a rename in it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
