@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pgmgr.core import paths, privileges, process, registry, server, versions
+from pgmgr.core import identity, paths, privileges, process, registry, server, versions
 from pgmgr.core.errors import (
     EXIT_NO_INSTANCE,
     EXIT_NOT_RUNNING,
@@ -52,7 +52,7 @@ class Status:
     """What ``pgmgr status`` reports for one instance; ``state`` decides the exit code."""
 
     name: str
-    state: str  # running | starting | stopping | stopped | crashed | missing
+    state: str  # running | starting | stopping | stopped | crashed | missing | moved | replaced
     datadir: str
     version: str
     host: str
@@ -70,7 +70,7 @@ class Status:
     def exit_code(self) -> int:
         if self.state in ("running", "starting", "stopping"):
             return EXIT_OK
-        if self.state == "missing":
+        if self.state in ("missing", "moved", "replaced"):
             return EXIT_NO_INSTANCE
         return EXIT_NOT_RUNNING
 
@@ -244,9 +244,47 @@ class Server:
     def log_file(self) -> Path:
         return Path(self.inst.log_file or default_log_file(self.inst.name))
 
+    # ------------------------------------------------------------------ identity
+
+    def pinned(self) -> identity.Identity | None:
+        """The data directory's identity as recorded, or None (an older record)."""
+        if self.inst.dev is None or self.inst.ino is None:
+            return None
+        return identity.Identity(self.inst.dev, self.inst.ino, self.inst.system_id)
+
+    def pin(self) -> bool:
+        """Record the identity of the data directory now at the path (after init, at
+        registration, or to fill in an older record). False if it cannot be proved: not
+        reachable without untrusted symlinks, or not a complete data directory."""
+        try:
+            now = identity.probe(self.datadir)
+        except (OSError, DatabaseException):
+            return False
+        if now.system_id is None:
+            return False
+        self.inst.dev, self.inst.ino, self.inst.system_id = now.dev, now.ino, now.system_id
+        return True
+
+    def check_identity(self, action: str) -> None:
+        """Before acting on the instance: the directory at the recorded path must still be
+        the recorded one. An older record without an identity gets it now, if the directory
+        can be proved; a missing directory is left to the caller.
+
+        :raises IdentityChanged: it was moved (the path crosses a symlink another user
+            controls) or replaced (exit code 4).
+        """
+        pinned = self.pinned()
+        state, why = identity.compare(pinned, self.datadir)
+        if state in (identity.MOVED, identity.REPLACED):
+            raise identity.IdentityChanged(self.inst.name, self.inst.datadir, state, why, action)
+        if pinned is None and state is None and self.pin() and not self.new:
+            self.save()
+
     def save(self) -> None:
         if not self.register:
             return
+        if self.new and self.pinned() is None:
+            self.pin()
         if self.new:
             self.inst = registry.create(self.inst, name_base=self.name_base)
             self.new = False
@@ -295,6 +333,7 @@ class Server:
         self.inst.auth = opts.auth
         self.inst.password = password if opts.auth != "trust" else None
         self.inst.password_pending = copied and self.inst.password is not None
+        self.pin()  # a new directory: whatever the record said before
         self.save()
         return True
 
@@ -328,6 +367,7 @@ class Server:
         datadir = self.datadir
         if not server.is_datadir(datadir):
             raise DataDirNotFound(datadir, _why_missing(datadir))
+        self.check_identity("start")
         install = self.installation(version)
         pf = self.running()
         if pf is not None:
@@ -587,7 +627,9 @@ class Server:
 
         :returns: False if it was not running.
         :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
+        :raises IdentityChanged: the data directory was moved or replaced.
         """
+        self.check_identity("stop")
         pf = self.running()
         if pf is None:
             self._reap()
@@ -645,6 +687,10 @@ class Server:
             socket_dir=inst.socket_dir,
             log_file=str(self.log_file),
         )
+        changed, why = identity.compare(self.pinned(), self.datadir)
+        if changed in (identity.MOVED, identity.REPLACED):
+            st.state, st.detail = changed, f"data directory {why}"
+            return st
         if not server.is_datadir(self.datadir):
             st.state = "missing"
             st.detail = f"data directory {_why_missing(self.datadir)}"

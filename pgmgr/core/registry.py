@@ -46,6 +46,11 @@ class Instance:
     started_at: float | None = None
     created_at: float = field(default_factory=time.time)
     password_pending: bool = False  # set on first start (template copies share the catalog)
+    # The data directory's identity (see pgmgr.core.identity): device, inode, and the system
+    # identifier of global/pg_control; None in records older than it, filled in later.
+    dev: int | None = None
+    ino: int | None = None
+    system_id: int | None = None
 
     @property
     def path(self) -> Path:
@@ -113,7 +118,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(
         ("name", "datadir", "major", "version", "bindir", "host", "superuser", "auth"), _STR
     ),
-    **dict.fromkeys(("port", "pid"), _OPT_INT),
+    **dict.fromkeys(("port", "pid", "dev", "ino", "system_id"), _OPT_INT),
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
     **dict.fromkeys(("socket_dir", "log_file", "server_user", "password"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
