@@ -46,6 +46,28 @@ class IdentityChanged(InstanceNotFound):
         )
 
 
+def check_links(path: str | Path) -> None:
+    """A path given on the command line may cross symlinks of root's or of the invoking
+    user's, not another user's: that one could point it at someone else's data directory.
+
+    :raises UnsafePath: it crosses such a symlink.
+    """
+    import stat
+
+    me = os.geteuid()
+    current = "/"
+    for part in [c for c in os.path.abspath(path).split("/") if c]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except OSError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in (0, me):
+                raise userfs.UnsafePath(path, f"{current} is a symlink of another user")
+            current = os.path.realpath(current)
+
+
 def system_id(dir_fd: int) -> int | None:
     """The database system identifier in ``global/pg_control`` of the data directory open
     at ``dir_fd`` (its first 8 bytes, native byte order), or None when there is none."""

@@ -161,6 +161,7 @@ class Server:
         if "\n" in str(datadir) or "\r" in str(datadir):
             # postmaster.pid is line-based: PostgreSQL cannot run in such a directory.
             raise UsageError(f"invalid data directory {str(datadir)!r}: it holds a line break")
+        identity.check_links(datadir)
         inst = registry.find_by_datadir(datadir) if register else None
         if inst is not None:
             srv = cls(inst, register=register)
@@ -200,6 +201,7 @@ class Server:
             or not registry.NAME_RE.match(name_or_dir)
         ):
             datadir = Path(os.path.abspath(name_or_dir))
+            identity.check_links(datadir)
             inst = registry.find_by_datadir(datadir)
             if inst is None:
                 if not server.is_datadir(datadir):
