@@ -8,8 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from pgmgr.core import process
 from tests.helpers import copy_datadir
 from tests.reliability.conftest import Inst, InstFactory, needs_root, one_error, pgmgr
