@@ -122,6 +122,8 @@ def start(
             )
     elapsed = time.monotonic() - t0
     st = srv.status()
+    for note in srv.notes:
+        ui.message(note)
     if json:
         ui.emit_json(
             {

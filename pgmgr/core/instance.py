@@ -316,6 +316,8 @@ class Server:
         if datadir.exists() and not datadir.is_dir():
             raise DatabaseException(f"{datadir} exists and is not a directory")
         if server.is_datadir(datadir):
+            if self.new and opts.auth != "trust" and self.inst.password is None:
+                self._reset_password(password or new_password())
             self.save()
             return False
         install = self.installation()
@@ -338,6 +340,17 @@ class Server:
         self.pin()  # a new directory: whatever the record said before
         self.save()
         return True
+
+    def _reset_password(self, password: str) -> None:
+        """Registering a data directory pgmgr knows no password of (made elsewhere, or
+        forgotten): a new one is set through the local socket at its next start."""
+        self.inst.password = password
+        self.inst.password_pending = self.inst.password_reset = True
+        self.notes.append(
+            f"no password is known for {self.datadir}: a new one was generated for "
+            f"'{self.inst.name}' and is set for {self.inst.superuser!r} at its next start "
+            "(through the local socket); 'pgmgr url --tcp' shows it"
+        )
 
     # ------------------------------------------------------------------ start
 
@@ -617,9 +630,17 @@ class Server:
             env=server._child_env(None),
             check=False,
         )
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not self.inst.password_reset:
             raise DatabaseException(f"could not set the password: {proc.stderr.strip()}")
-        self.inst.password_pending = False
+        if proc.returncode != 0:  # a re-registered data dir stays as it was: say so
+            self.inst.password = None
+            self.notes.append(
+                f"could not set a new password for '{self.inst.name}' "
+                f"({' '.join(proc.stderr.split())}); TCP logins need the one it had"
+            )
+        elif self.inst.password_reset:
+            self.notes.append(f"set the new password of {self.inst.superuser!r}")
+        self.inst.password_pending = self.inst.password_reset = False
         self.save()
 
     # ------------------------------------------------------------------ stop

@@ -46,6 +46,7 @@ class Instance:
     started_at: float | None = None
     created_at: float = field(default_factory=time.time)
     password_pending: bool = False  # set on first start (template copies share the catalog)
+    password_reset: bool = False  # pending for a re-registered data dir: failing only warns
     # The data directory's identity (see pgmgr.core.identity): device, inode, and the system
     # identifier of global/pg_control; None in records older than it, filled in later.
     dev: int | None = None
@@ -122,7 +123,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
     **dict.fromkeys(("socket_dir", "log_file", "server_user", "password"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
-    "password_pending": (_is_bool, "true or false"),
+    **dict.fromkeys(("password_pending", "password_reset"), (_is_bool, "true or false")),
 }
 
 

@@ -197,7 +197,8 @@ def registered(work: Work, datadir: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     monkeypatch.chdir(work.path)
     result = invoke("init", "-d", "./data", "--name", "dev")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr == f"'dev' is already a data directory ({datadir}); registered\n"
+    first = result.stderr.splitlines()[0]
+    assert first == f"'dev' is already a data directory ({datadir}); registered"
     return datadir
 
 

@@ -130,3 +130,31 @@ def test_attack4_destroy_through_a_swapped_parent(rel_isolation: Path) -> None:
             assert (Path(f"{apg}.old") / "data" / "PG_VERSION").is_file()
         finally:
             assert pgmgr("stop", "victim-prod").returncode == 0
+
+
+def tcp_login(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
+def test_reregistration_sets_a_fresh_password(cluster: InstFactory) -> None:
+    """Issue 11.10: forget, then init -d (the README's advice) lost the TCP password; now a
+    new one is generated, said, and set through the local socket at the next start."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    tcp_login(pgmgr("url", "db", "--tcp").stdout.strip())
+    assert inst.stop().returncode == 0
+    assert pgmgr("forget", "db").returncode == 0
+    again = pgmgr("init", "-d", str(inst.datadir), "--name", "db")
+    assert again.returncode == 0 and "no password is known" in again.stderr, str(again)
+    start = inst.start("--port", "auto")
+    assert start.returncode == 0 and "set the new password" in start.stderr, str(start)
+    try:
+        url = pgmgr("url", "db", "--tcp").stdout.strip()
+        assert ":" in url.split("@")[0].removeprefix("postgresql://"), url  # has a password
+        tcp_login(url)
+        assert not inst.record()["password_pending"]
+    finally:
+        assert inst.stop().returncode == 0
