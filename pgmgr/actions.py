@@ -79,6 +79,8 @@ def start(
     from pgmgr.core.instance import Server
 
     settings = dict(server.parse_setting(s) for s in setting or [])
+    if socket_dir is not None:
+        server.check_socket_dir_text(socket_dir)  # before anything is made
     if port is not None and port != "auto":
         try:
             number = int(port)
@@ -104,8 +106,11 @@ def start(
         raise UsageError("--name names a new instance: use it with --init")
     else:
         srv = resolve(name, datadir)
-    with registry.lock(srv.datadir):
+    from pgmgr.core import initstart
+
+    with registry.lock(srv.datadir), initstart.undo_on_failure(srv, enabled=init):
         if init:
+            initstart.precheck(srv, host=host, port=port, settings=settings, user=user)
             _initialize(srv, user, template=not no_template)
         label = version_label(srv.inst.version)
         shown_port = "a free port" if port == "auto" else (port or srv.inst.port or 5432)
@@ -157,7 +162,8 @@ def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None
 
 
 def _catch_stop_signals() -> list[int]:
-    """From now on SIGINT/SIGTERM only append to the returned list."""
+    """From now on SIGINT, SIGTERM, SIGHUP (the terminal closed) and SIGQUIT only append to
+    the returned list: each stops the server cleanly, none leaves it running."""
     import signal
 
     caught: list[int] = []
@@ -165,13 +171,14 @@ def _catch_stop_signals() -> list[int]:
     def _stop(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, _stop)
     return caught
 
 
 def _attend(srv: Server, stop_requested: list[int]) -> int:
-    """Stay attached until the server exits; SIGINT/SIGTERM stop it cleanly (fast mode)."""
+    """Stay attached until the server exits; SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
+    (fast mode)."""
     from pgmgr.core.errors import WorkerError
 
     ui.message("Running in the foreground; press Ctrl-C to stop")
@@ -233,8 +240,12 @@ def stop(
                 "stopped": stopped,
                 "pid": pf.pid if pf else None,
                 "elapsed_ms": round(elapsed * 1000, 1),
+                "record_error": srv.record_error,
             }
         )
+        if srv.record_error:
+            ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
+                       f"{srv.record_error}")  # fmt: skip
         missing = not stopped and srv.status().state == "missing"
         if missing and not all_:
             raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4

@@ -80,12 +80,19 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | No
     """A table on stdout: Rich on a terminal, aligned plain columns otherwise."""
     if _fancy(sys.stdout):
         from rich.table import Table
+        from rich.text import Text
 
-        t = Table(title=title, title_justify="left", header_style="bold")
+        # Text, not str: names, paths and messages are printed as typed, never parsed as
+        # markup (a data dir named '[/oops]' would crash Rich, '[bold]x' would turn bold).
+        t = Table(
+            title=Text(title) if title is not None else None,
+            title_justify="left",
+            header_style="bold",
+        )
         for col in columns:
-            t.add_column(col)
+            t.add_column(Text(col))
         for row in rows:
-            t.add_row(*row)
+            t.add_row(*(Text(cell) for cell in row))
         _console(sys.stdout).print(t)
         return
     widths = [len(c) for c in columns]
@@ -122,12 +129,13 @@ def spinner(text: str) -> Iterator[None]:
             return
         from rich.live import Live
         from rich.spinner import Spinner
+        from rich.text import Text
 
-        sp = Spinner("dots", text=text)
+        sp = Spinner("dots", text=Text(text))  # Text: the message is never markup
 
         class _Elapsed:
             def __rich__(self) -> Spinner:
-                sp.update(text=f"{text} {time.monotonic() - start:.1f}s")
+                sp.update(text=Text(f"{text} {time.monotonic() - start:.1f}s"))
                 return sp
 
         with lock:

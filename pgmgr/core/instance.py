@@ -25,6 +25,7 @@ from pgmgr.core.errors import (
     EXIT_OK,
     DatabaseException,
     InstanceNotFound,
+    NotRunning,
     PortInUse,
     UsageError,
     WorkerError,
@@ -38,12 +39,29 @@ if TYPE_CHECKING:
 AUTO_PORT_TRIES = 5
 
 
-class DataDirNotFound(InstanceNotFound):
+class DataDirNotFound(InstanceNotFound, DatabaseException):
+    """No data directory at that path: exit code 4 for the CLI, and a
+    :class:`DatabaseException` for the seed API's ``except DatabaseException``."""
+
     def __init__(self, datadir: Path, why: str = "does not exist") -> None:
         self.datadir = datadir
         super().__init__(
             f"data directory {datadir} {why}",
             hint=f"create it with 'pgmgr init -d {datadir}' (or start it with --init)",
+        )
+
+
+class ServerStopping(NotRunning):
+    """A start found the server shutting down (exit code 3: it will not be running)."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.pid = pid
+        super().__init__(
+            f"'{name}' (pid {pid}) is shutting down: a stop is waiting for its clients "
+            "to disconnect, or finishing a checkpoint",
+            hint=f"wait until 'pgmgr status {name}' says stopped and start it again, or "
+            f"end the client sessions now with 'pgmgr stop {name} -m fast'",
         )
 
 
@@ -138,7 +156,11 @@ class Server:
         #: things the user should know that are not errors (the CLI prints them)
         self.notes: list[str] = []
         self.child: subprocess.Popen[bytes] | None = None
+        #: A temporary server: postgres is stopped when this process dies (even SIGKILL).
+        self.die_with_parent = False
         self._log_offset = 0
+        #: Why the last stop could not update the record (it still stopped), else None.
+        self.record_error: str | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -157,10 +179,7 @@ class Server:
 
         :raises DatabaseException: the version asked for is not the data directory's.
         """
-        datadir = Path(os.path.abspath(datadir))
-        if "\n" in str(datadir) or "\r" in str(datadir):
-            # postmaster.pid is line-based: PostgreSQL cannot run in such a directory.
-            raise UsageError(f"invalid data directory {str(datadir)!r}: it holds a line break")
+        datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
         identity.check_links(datadir)
         inst = registry.find_by_datadir(datadir) if register else None
         if inst is not None:
@@ -380,12 +399,15 @@ class Server:
         """
         t0 = time.monotonic()
         datadir = self.datadir
+        if socket_dir:
+            server.check_socket_dir_text(socket_dir)
         if not server.is_datadir(datadir):
             raise DataDirNotFound(datadir, _why_missing(datadir))
         self.check_identity("start")
         install = self.installation(version)
         pf = self.running()
         if pf is not None:
+            pf = self._settle(pf, timeout if wait else 0.0)
             self._record_running(pf)
             # A first start that could not set the template copy's password: try again.
             self._apply_pending_password(install, None)
@@ -402,8 +424,10 @@ class Server:
         for attempt in range(AUTO_PORT_TRIES if auto else 1):
             chosen = self._choose_port(host, port)
             recorded_sockdir = self.inst.socket_dir
-            sockdir = server.socket_dir(recorded_sockdir, socket_dir, chosen, su)
-            made_sockdir = not socket_dir and str(sockdir) != recorded_sockdir
+            sockdir = server.socket_dir(recorded_sockdir, socket_dir, chosen, su, datadir)
+            made_sockdir = (
+                not socket_dir and str(sockdir) != recorded_sockdir and sockdir != datadir
+            )
             server.clear_stale_socket_lock(sockdir, chosen, datadir)
             if self.new:
                 self.save()  # claim the name first: the log file is named after it
@@ -442,6 +466,33 @@ class Server:
                 raise
             return StartResult(self.inst, False, pf.pid, time.monotonic() - t0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _settle(self, pf: process.PidFile, timeout: float) -> process.PidFile:
+        """A start of a server that already runs: one shutting down is not running for
+        long (exit 3, says what to do); one still starting (crash recovery) is waited for,
+        up to ``timeout``, and never killed: this call did not start it.
+
+        :raises ServerStopping: it is shutting down.
+        :raises WorkerError: it exited, or was still starting after ``timeout``.
+        """
+        if pf.status == "stopping":
+            raise ServerStopping(self.inst.name, pf.pid)
+        if pf.status != "starting" or timeout <= 0:
+            return pf
+        try:
+            offset = server.open_log_offset(self.log_file)
+            return server.wait_ready(
+                pf.pid, self.datadir, timeout, log_file=self.log_file, log_offset=offset
+            )
+        except ServerExited:
+            raise
+        except WorkerError:
+            raise WorkerError(
+                f"'{self.inst.name}' (pid {pf.pid}) is still starting after {timeout:g} s "
+                "(crash recovery, or a standby catching up); it was left running",
+                hint=f"see 'pgmgr logs {self.inst.name}', and start again with a longer "
+                "--timeout to wait for it",
+            ) from None
 
     def _choose_port(self, host: str, port: int | str | None) -> int:
         if port == "auto":
@@ -562,7 +613,7 @@ class Server:
         main = threading.current_thread() is threading.main_thread()
         old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
         try:
-            self.child = server.spawn(argv, self.log_file, su)
+            self.child = server.spawn(argv, self.log_file, su, die_with_parent=self.die_with_parent)
         finally:
             if main:
                 signal.signal(signal.SIGINT, old)
@@ -653,12 +704,13 @@ class Server:
         :raises IdentityChanged: the data directory was moved or replaced.
         """
         self.check_identity("stop")
+        self.record_error = None
         pf = self.running()
         if pf is None:
             self._reap()
             if self.inst.pid is not None:
                 self.inst.pid = None
-                self.save()
+                self._save_after_stop()
             return False
         if not wait:
             process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
@@ -672,8 +724,17 @@ class Server:
             )
         self._reap()
         self.inst.pid = None
-        self.save()
+        self._save_after_stop()
         return True
+
+    def _save_after_stop(self) -> None:
+        """The server did stop: a record that cannot be updated (a full or read-only state
+        filesystem) does not make that a failure. The stale pid in it is never trusted
+        (process truth), so :attr:`record_error` only says why it was not updated."""
+        try:
+            self.save()
+        except OSError as e:
+            self.record_error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server to exit; its exit code when this process started it."""
@@ -809,6 +870,26 @@ def check_major(datadir: Path, major: str, requested: str) -> str:
             hint=f"leave out --version, or use -v {major}",
         )
     return requested
+
+
+def check_path_text(path: Path, what: str) -> Path:
+    """``path`` if pgmgr can record and hand it to PostgreSQL: valid UTF-8 (records are
+    JSON), no line break (postmaster.pid is line-based), no NUL.
+
+    :raises UsageError: it cannot.
+    """
+    text = str(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise UsageError(
+            f"invalid {what} {shown!r}: the path is not valid UTF-8",
+            hint="rename it, or use a path whose name is valid UTF-8",
+        ) from None
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise UsageError(f"invalid {what} {text!r}: it holds a line break")
+    return path
 
 
 def _why_missing(datadir: Path) -> str:

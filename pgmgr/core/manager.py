@@ -12,13 +12,15 @@ major version; ``stop`` takes a mode; the object is a context manager; ``dsn``, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from pgmgr.core import registry, server
-from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
+from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.server import InitOptions
 
@@ -82,14 +84,14 @@ class Manager:
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
-        try:
+        with _seed_errors():
             self._open(initialize)
-        except UsageError as e:  # the seed's callers catch DatabaseException for bad options
-            raise DatabaseException(e.message, hint=e.hint) from None
 
     def _open(self, initialize: bool) -> None:
         kwargs = self.kwargs
         self.settings = server.check_settings(kwargs.get("settings") or {})
+        if kwargs.get("socket_dir"):
+            server.check_socket_dir_text(kwargs["socket_dir"])
         self._server = Server.for_datadir(
             self.db_dir,
             name=kwargs.get("name"),
@@ -105,6 +107,13 @@ class Manager:
             inst.superuser = kwargs["superuser"]
         if kwargs.get("password") is not None:
             inst.password = kwargs["password"]
+        pf = self._server.running()
+        if pf is not None:
+            self._server._adopt(pf)  # where it really listens
+        else:
+            # url, dsn and health() before start() name this object's address, never the
+            # record's or the default 5432 (another server there would get the password).
+            inst.host, inst.port = self.host, self.port
         if initialize and not server.is_datadir(self.db_dir):
             opts = InitOptions(
                 superuser=kwargs.get("superuser", "postgres"),
@@ -137,7 +146,7 @@ class Manager:
         :raises OSError: postgres cannot be launched.
         :raises WorkerError: it exited during start-up or was not ready in time.
         """
-        with registry.lock(self.db_dir):
+        with _seed_errors(), registry.lock(self.db_dir):
             return self._server.start(
                 host=self.host,
                 port=self.port,
@@ -154,13 +163,15 @@ class Manager:
 
         :raises WorkerError: no subprocess, or not ready within ``timeout``.
         """
-        pf = self._server.ready_wait(timeout)
+        with _seed_errors():
+            pf = self._server.ready_wait(timeout)
         if verbose:
             print(f"postgres (pid {pf.pid}) ready on port {pf.port}")
 
     def health(self) -> None:
         """:raises WorkerError: we cannot connect to the database."""
-        self._server.health()
+        with _seed_errors():
+            self._server.health()
 
     def stop(self, wait: bool = True, mode: str | None = None, timeout: float = 60.0) -> bool:
         """Terminate the server (fast shutdown unless ``mode`` says otherwise).
@@ -169,17 +180,19 @@ class Manager:
         :returns: False if it was not running.
         :raises WorkerError: it did not exit within ``timeout``.
         """
-        with registry.lock(self.db_dir):
+        with _seed_errors(), registry.lock(self.db_dir):
             return self._server.stop(mode or self.stop_mode, timeout, wait)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit."""
-        return self._server.wait(timeout)
+        with _seed_errors():
+            return self._server.wait(timeout)
 
     # ---------------------------------------------------------------- beyond the seed
 
     def status(self, check: bool = False) -> Status:
-        return self._server.status(check)
+        with _seed_errors():
+            return self._server.status(check)
 
     @property
     def name(self) -> str:
@@ -220,3 +233,16 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"
+
+
+@contextlib.contextmanager
+def _seed_errors() -> Iterator[None]:
+    """The seed's exception contract: what pgmgr raises about a data directory or an option
+    (a usage error, a busy lock, no such data directory) reaches the caller as a
+    :class:`DatabaseException`; :class:`WorkerError` and ``OSError`` pass as they are."""
+    try:
+        yield
+    except (DatabaseException, WorkerError):
+        raise
+    except PgmgrError as e:
+        raise DatabaseException(e.message, hint=e.hint) from e

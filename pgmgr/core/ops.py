@@ -326,7 +326,7 @@ def _remove_leftovers(srv: Server) -> None:
         passfile_path(srv.inst.name).unlink()
     su = srv.user() if srv.inst.server_user else None
     owner = su.uid if su is not None else os.geteuid()
-    removal.remove_socket_dir(srv.inst.socket_dir, srv.inst.port, owner)
+    removal.remove_socket_dir(srv.inst.socket_dir, srv.datadir, srv.inst.port, owner)
 
 
 def check_unused(datadir: Path, grace: float = 1.0) -> None:

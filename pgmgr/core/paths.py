@@ -7,6 +7,7 @@ sandboxes never touch a real home directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -163,7 +164,17 @@ def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterat
 
     from pgmgr.core.errors import Busy
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A read-only or full state filesystem: flock works on a read-only fd too, so an
+        # existing lock file still serializes (a stop must still be able to stop).
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            raise e from None
     try:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         deadline = time.monotonic() + timeout

@@ -72,6 +72,8 @@ PG_ENTRIES = frozenset(
 #: What makes a data directory complete.
 REQUIRED = ("PG_VERSION", "global/pg_control", "base")
 TRASH_MARK = ".pgmgr-trash-"
+#: The server's socket and lock file (pgmgr puts the socket in the data dir when it fits).
+_SOCKET_RE = re.compile(r"^\.s\.PGSQL\.\d+(\.lock)?$")
 _TRASH_RE = re.compile(r"^\..+\.pgmgr-trash-\d+$")
 
 
@@ -89,7 +91,9 @@ def check_complete(datadir: Path) -> None:
     or holds entries PostgreSQL did not make (they are listed)."""
     with userfs.opened_dir(datadir) as fd:
         missing = [r for r in REQUIRED if not _exists_at(fd, r)]
-        extras = sorted(set(os.listdir(fd)) - PG_ENTRIES)
+        extras = sorted(
+            e for e in os.listdir(fd) if e not in PG_ENTRIES and not _SOCKET_RE.match(e)
+        )
     if missing:
         raise DatabaseException(
             f"refusing to remove {datadir}: it is not a complete PostgreSQL data directory "
@@ -186,13 +190,18 @@ def sweep_trash(datadir: Path) -> list[str]:
     return removed
 
 
-def remove_socket_dir(sockdir: str | None, port: int | None, owner: int | None) -> bool:
-    """Remove the private socket directory pgmgr made for an instance (``pgmgr-*``, a real
-    directory of mode 0700 owned by the server user ``owner``), once it holds nothing but
-    that instance's ``.s.PGSQL.<port>`` socket and lock file. Anything else: left alone."""
-    if not sockdir or not Path(sockdir).name.startswith("pgmgr-"):
+def remove_socket_dir(
+    sockdir: str | None, datadir: Path, port: int | None, owner: int | None
+) -> bool:
+    """Remove the private socket directory pgmgr made for an instance (see
+    :func:`pgmgr.core.sockets.removable`: never the data directory, never one the user
+    named): a real directory of mode 0700 owned by the server user ``owner``, once it holds
+    nothing but that instance's ``.s.PGSQL.<port>`` socket and lock file. Else left alone."""
+    from pgmgr.core import sockets
+
+    path = sockets.removable(sockdir, datadir)
+    if path is None:
         return False
-    path = Path(sockdir)
     own = {f".s.PGSQL.{port}", f".s.PGSQL.{port}.lock"} if port else set()
     try:
         with userfs.opened_dir(path.parent) as pfd:

@@ -13,8 +13,9 @@ import errno
 import os
 import re
 import signal
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +73,32 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 def check_settings(settings: Mapping[str, object]) -> dict[str, str]:
     return dict(parse_setting(f"{k}={v}") for k, v in settings.items())
+
+
+def check_socket_dir_text(path: str | Path) -> Path:
+    """A socket directory PostgreSQL can be given (``-k``): absolute, valid UTF-8, no line
+    break, NUL or double quote (unix_socket_directories is a quoted list), short enough for
+    a socket path. Pure: call it before anything is created.
+
+    :raises UsageError: it cannot.
+    """
+    text = os.path.abspath(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"invalid socket directory {text!r}: the path is not valid UTF-8"
+        ) from None
+    for bad, what in (("\n", "a line break"), ("\r", "a line break"), ("\0", "a NUL byte"),
+                      ('"', "a double quote")):  # fmt: skip
+        if bad in text:
+            raise UsageError(f"invalid socket directory {text!r}: it holds {what}")
+    if len(socket_path(Path(text), 65535)) > SOCKET_PATH_MAX:
+        raise UsageError(
+            f"socket directory {text} is too long: the socket path must fit in "
+            f"{SOCKET_PATH_MAX} bytes"
+        )
+    return Path(text)
 
 
 def _quote_dir(path: Path) -> str:
@@ -245,7 +272,8 @@ def initdb(
     try:
         datadir.mkdir(mode=0o700, parents=True, exist_ok=True)
         chown(datadir, user)
-        with tempfile.TemporaryDirectory(prefix="pgmgr-pw-") as tmp:
+        # The pid in the name lets a later pgmgr sweep it if this one is SIGKILLed.
+        with tempfile.TemporaryDirectory(prefix=f"pgmgr-pw-{os.getpid()}-") as tmp:
             pwfile = None
             if password is not None:
                 tmpdir = Path(tmp)
@@ -334,30 +362,37 @@ def _private_dir_ok(path: Path, user: ServerUser | None) -> bool:
 
 
 def socket_dir(
-    recorded: str | None, requested: str | None, port: int, user: ServerUser | None
+    recorded: str | None,
+    requested: str | None,
+    port: int,
+    user: ServerUser | None,
+    datadir: Path | None = None,
 ) -> Path:
-    """The directory for the unix socket.
+    """The directory for the unix socket (see :mod:`pgmgr.core.sockets`).
 
     A directory the user names is used as given, after checking it can be written (the
-    seed's lock-dir check). Otherwise the recorded private dir is reused while it is still
-    ours and 0700, else a new private dir is made under the temp dir; either way the full
-    socket path must fit in 107 bytes, or a short dir under /tmp is used.
+    seed's lock-dir check). A recorded directory the user chose earlier is reused while it
+    is still private (the server user's, 0700, not a symlink) and short enough. Otherwise
+    the data directory itself when the socket path fits there, else the instance's own
+    directory under the per-user runtime directory, else (that one cannot be trusted) a
+    fresh private directory in the temp dir. Stale socket directories are swept.
 
     :raises DatabaseException: a named directory cannot be created or written.
     """
+    from pgmgr.core import sockets
+
     if requested:
-        path = Path(requested).absolute()
+        path = check_socket_dir_text(requested)
         check_socket_dir(path, user)
-        if len(socket_path(path, port)) > SOCKET_PATH_MAX:
-            raise DatabaseException(
-                f"socket directory {path} is too long: the socket path must fit in "
-                f"{SOCKET_PATH_MAX} bytes"
-            )
         return path
-    if recorded:
+    if recorded and datadir is not None and not sockets.is_managed(recorded, datadir):
         path = Path(recorded)
         if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
             return path
+    chosen = sockets.default_dir(datadir, port, user) if datadir is not None else None
+    sockets.sweep(user, keep=chosen)
+    if chosen is not None:
+        return chosen
     import tempfile
 
     base = tempfile.gettempdir()
@@ -398,13 +433,42 @@ def check_socket_dir(path: Path, user: ServerUser | None) -> None:
 # --------------------------------------------------------------------------- spawn, ready
 
 
-def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subprocess.Popen[bytes]:
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGQUIT (postgres' immediate shutdown, which also
+    ends its backends and removes its pid file and sockets) when ``parent`` dies, even by
+    SIGKILL. subprocess calls it after the uid/gid switch (the kernel clears the setting on
+    a credential change), and postgres is not set-uid, so it survives the exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def spawn(
+    argv: Sequence[str],
+    log_file: Path,
+    user: ServerUser | None,
+    *,
+    die_with_parent: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start postgres in its own session (so a Ctrl-C meant for pgmgr never reaches it and
-    it outlives the CLI), output appended to ``log_file``.
+    it outlives the CLI), output appended to ``log_file``. With ``die_with_parent`` (a
+    temporary server) it is stopped when the calling thread's process dies, however it dies.
 
     :raises OSError: the binary cannot be executed.
     """
     import subprocess
+
+    preexec = _die_with(os.getpid()) if die_with_parent and sys.platform == "linux" else None
 
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -424,6 +488,7 @@ def spawn(argv: Sequence[str], log_file: Path, user: ServerUser | None) -> subpr
             user=uid,
             group=gid,
             extra_groups=groups,
+            preexec_fn=preexec,
         )
     finally:
         os.close(fd)
@@ -463,23 +528,41 @@ def wait_ready(
             return pf
         exited = child.poll() is not None if child is not None else not process.is_alive(pid)
         if exited:
-            tail = log_tail(log_file, since=log_offset)
+            tail = log_tail(log_file, lines=200, since=log_offset)
             raise ServerExited(pid, tail)
         if time.monotonic() >= deadline:
             raise WorkerError(f"server (pid {pid}) was not ready within {timeout:g} s")
         time.sleep(process.POLL)
 
 
+_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+")
+
+
+def why_exited(log: str) -> str:
+    """What a start-up log says went wrong: its FATAL and PANIC lines (from the severity
+    on, without the timestamp), else its last line. Not "database system is shut down",
+    which postgres logs after the cause."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    severe = []
+    for line in lines:
+        m = _SEVERE_RE.search(line)
+        if m and " ".join(line[m.start() :].split()) not in severe:
+            severe.append(" ".join(line[m.start() :].split()))
+    if severe:
+        return "; ".join(severe[-3:])
+    return lines[-1] if lines else "no log output"
+
+
 class ServerExited(WorkerError):
-    """postgres exited while starting; the end of its log says why."""
+    """postgres exited while starting; the FATAL/PANIC lines of its log say why."""
 
     def __init__(self, pid: int, log: str) -> None:
         self.pid = pid
         self.log = log
-        last = log.strip().splitlines()[-1] if log.strip() else "no log output"
+        why = why_exited(log)
         if "Address already in use" in log:
-            last = "port already in use (" + last + ")"
-        super().__init__(f"postgres exited during start-up: {last}")
+            why = "port already in use (" + why + ")"
+        super().__init__(f"postgres exited during start-up: {why}")
 
 
 def stop(pid: int, datadir: Path, mode: str, timeout: float | None) -> bool:

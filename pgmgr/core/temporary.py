@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import privileges, server
+from pgmgr.core import privileges, server, sweep
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server, _dsn_quote, quote_ident
 from pgmgr.core.server import InitOptions
@@ -42,12 +42,14 @@ class CommandNotRun(PgmgrError):
 
 def _base_dir(prefix: str) -> Path:
     """A fresh directory the server user can traverse (0755); /tmp when the temp dir is
-    too deep for a socket path, or (as root) unreachable for the server user."""
+    too deep for a socket path, or (as root) unreachable for the server user. It names
+    its owner (this process), so that a later run can sweep it if this one is killed."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
     su = privileges.server_user(base, None) if privileges.is_root() else None
     if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
         base.rmdir()
         base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    (base / sweep.OWNER_FILE).write_text(sweep.owner_token(os.getpid()))
     base.chmod(0o755)
     return base
 
@@ -78,6 +80,7 @@ class TemporaryInstance:
         On failure, including a signal, everything made so far is removed.
         """
         try:
+            sweep.dead_runs()
             self.base = _base_dir(self.prefix)
             srv = Server.for_datadir(
                 self.base / "data",
@@ -86,6 +89,7 @@ class TemporaryInstance:
                 register=False,
             )
             self.srv = srv
+            srv.die_with_parent = True  # even a SIGKILLed pgmgr leaves no server behind
             srv.inst.log_file = str(self.base / "server.log")
             srv.initialize(InitOptions(no_sync=True))
             su = srv.user()

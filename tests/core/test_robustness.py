@@ -366,10 +366,10 @@ def test_explicit_socket_dir_too_long(
     datadir: Path, managers: ManagerFactory, work_dir: Path
 ) -> None:
     sock = work_dir / ("s" * 120)
-    m = managers(datadir, socket_dir=str(sock))
     with pytest.raises(DatabaseException, match=f"too long.*{SOCKET_PATH_MAX} bytes"):
-        m.start()
+        managers(datadir, socket_dir=str(sock)).start()  # refused by the constructor now
     assert postmasters_under(datadir) == []
+    assert not sock.exists()
 
 
 def test_explicit_socket_dir_unwritable(

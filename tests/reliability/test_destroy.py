@@ -71,7 +71,9 @@ def test_a_trash_dir_is_no_data_dir(template: Path, work: Path) -> None:
 def test_forget_and_destroy_leave_no_log_nor_socket_dir(
     cluster: InstFactory, rel_isolation: Path
 ) -> None:
-    kept, gone = cluster("kept"), cluster("gone")
+    # names long enough that the socket path does not fit in the data dir: the socket
+    # goes to a private directory of the instance's under the runtime directory
+    kept, gone = cluster("kept" + "k" * 59), cluster("gone" + "g" * 59)
     dirs = {}
     for inst in (kept, gone):
         assert inst.start("--port", "auto").returncode == 0
@@ -79,8 +81,9 @@ def test_forget_and_destroy_leave_no_log_nor_socket_dir(
         dirs[inst.name] = (Path(rec["log_file"]), Path(rec["socket_dir"]))
         assert inst.stop().returncode == 0
         assert all(p.exists() for p in dirs[inst.name])
-    assert pgmgr("forget", "kept").returncode == 0
-    assert pgmgr("destroy", "gone", "--yes").returncode == 0
+    assert all(dirs[i.name][1] != i.datadir for i in (kept, gone))
+    assert pgmgr("forget", kept.name).returncode == 0
+    assert pgmgr("destroy", gone.name, "--yes").returncode == 0
     for name, (log, sockdir) in dirs.items():
         assert not log.exists() and not sockdir.exists(), name
     assert (kept.datadir / "PG_VERSION").exists()

@@ -121,6 +121,8 @@ def test_private_files_and_dirs(servers: Servers, rel_isolation: Path, how: str)
     datadir = Path(rec["datadir"])
     assert mode(datadir) == 0o700 and datadir.stat().st_uid == uid
     for path in datadir.rglob("*"):  # nothing inside is open to group or others either
+        if path.is_socket():  # the socket (0777 as postgres makes it) in the 0700 data dir
+            continue
         assert mode(path) & 0o077 == 0, f"{path} is {mode(path):o}"
 
     sock = Path(rec["socket_dir"])
@@ -166,25 +168,35 @@ def test_password_file_is_private(servers: Servers, rel_isolation: Path) -> None
 def test_recorded_socket_dir_not_reused_unless_private(
     servers: Servers, rel_base: Path, tmp_path: Path
 ) -> None:
-    """A recorded socket dir that was widened, or swapped for a symlink to a public
-    directory, is not reused: the next start makes a new private one."""
-    rec = servers.start("db")
-    first = Path(rec["socket_dir"])
+    """A socket dir the user chose (recorded) is reused while private; widened, or swapped
+    for a symlink to a public directory, it is not: the next start uses pgmgr's own choice
+    (the data directory) and writes nothing into the public directory."""
+    mine = Path(os.environ["TMPDIR"]) / "mine"
+    rec = servers.start("db", "--socket-dir", str(mine))
+    assert Path(rec["socket_dir"]) == mine and mode(mine) == 0o700
     ok(pgmgr("stop", "db"))
-    os.chmod(first, 0o777)  # noqa: S103 - widened on purpose
+    assert Path(ok_start("db")["socket_dir"]) == mine  # private: reused
+    ok(pgmgr("stop", "db"))
+    os.chmod(mine, 0o777)  # noqa: S103 - widened on purpose
     rec = ok_start("db")
     second = Path(rec["socket_dir"])
-    assert second != first and mode(second) == 0o700 and not second.is_symlink()
+    assert second != mine and mode(second) == 0o700 and not second.is_symlink()
+    assert second == Path(rec["datadir"])
     ok(pgmgr("stop", "db"))
 
     public = Path(os.environ["TMPDIR"]) / "public"
     public.mkdir()
     public.chmod(0o777)
-    second.rmdir()
-    second.symlink_to(public)
+    link = Path(os.environ["TMPDIR"]) / "link"
+    link.symlink_to(public)
+    from pgmgr.core import registry
+
+    inst = registry.load("db")
+    inst.socket_dir = str(link)  # as if recorded so
+    registry.save(inst)
     rec = ok_start("db")
     third = Path(rec["socket_dir"])
-    assert third not in (second, public) and mode(third) == 0o700 and not third.is_symlink()
+    assert third not in (link, public) and mode(third) == 0o700 and not third.is_symlink()
     assert not list(public.iterdir())
     ok(pgmgr("stop", "db"))
 

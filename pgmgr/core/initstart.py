@@ -1,0 +1,114 @@
+"""``start --init`` as one step: what can be checked before initializing is checked first,
+and a start that still fails leaves nothing this command created.
+
+Before initializing (only when the data directory is not one yet): the port (unless
+``auto``) must be free, and the ``-c`` settings must be names and values postgres accepts
+(``postgres -C`` against an empty configuration, ~70 ms, as the server user). Some failures
+show only when the server starts (``shared_buffers`` larger than memory, a missing
+``shared_preload_libraries`` library): then the data directory this command initialized, the
+record it made and the log it started are removed. What existed before stays: a data
+directory, a pre-existing (empty) directory, a record, a log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pgmgr.core import process, registry, server
+from pgmgr.core.errors import CommandFailed, DatabaseException, PgmgrError
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+
+def precheck(
+    srv: Server,
+    *,
+    host: str | None,
+    port: int | str | None,
+    settings: Mapping[str, str],
+    user: str | None,
+) -> None:
+    """Refuse a busy port or a bad setting before a new data directory is initialized.
+
+    :raises PortInUse: the port is taken.
+    :raises DatabaseException: postgres refuses a setting (its FATAL line).
+    """
+    if server.is_datadir(srv.datadir):
+        return  # nothing will be initialized
+    if port != "auto":
+        number = port if port is not None else (srv.inst.port or 5432)
+        with contextlib.suppress(ValueError, TypeError):
+            server.check_port(srv.inst.host if host is None else host, int(number))
+    if settings:
+        check_settings(srv, settings, user)
+
+
+def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -> None:
+    """Ask postgres itself (``postgres -C``, which applies every ``-c`` and exits) whether
+    it accepts ``settings``, with an empty configuration in a private temporary directory.
+
+    Only a verdict about a parameter counts: anything else (the check itself could not run)
+    is left for the start to report.
+
+    :raises DatabaseException: a setting is unknown or its value invalid.
+    """
+    import tempfile
+
+    from pgmgr.core import privileges, userfs
+
+    install = srv.installation()
+    su = srv.user(user)
+    parent = tempfile.gettempdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f"pgmgr-cfg-{os.getpid()}-", dir=parent))
+    try:
+        (tmp / "postgresql.conf").write_text("")
+        privileges.chown(tmp / "postgresql.conf", su)
+        privileges.chown(tmp, su)
+        argv = [str(install.bin("postgres")), "-D", str(tmp), "-C", next(iter(settings))]
+        for name, value in settings.items():
+            argv += ["-c", f"{name}={value}"]
+        try:
+            server.run(argv, su, timeout=60)
+        except CommandFailed as e:
+            why = server.why_exited(e.stderr)
+            if why.startswith("FATAL:") and "parameter" in why:
+                raise DatabaseException(
+                    f"invalid setting: {why.removeprefix('FATAL:').strip()}",
+                    hint="nothing was initialized; fix the -c setting and try again",
+                ) from None
+        except OSError:
+            pass
+    finally:
+        with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
+            userfs.rmtree_at(fd, tmp.name)
+
+
+@contextlib.contextmanager
+def undo_on_failure(srv: Server, enabled: bool = True) -> Iterator[None]:
+    """Around initialize + start: if anything fails (Ctrl-C included), remove what this
+    block created, and only that: the data directory's contents (and the directory if it
+    did not exist), the record, the log file."""
+    if not enabled or server.is_datadir(srv.datadir):
+        yield
+        return
+    dir_existed = os.path.lexists(srv.datadir)
+    had_record = registry.find_by_datadir(srv.datadir) is not None
+    log_existed = srv.log_file.exists()
+    try:
+        yield
+    except BaseException:
+        idle = not process.running_postmaster(srv.datadir) and not process.processes_in(srv.datadir)
+        if server.is_datadir(srv.datadir) and idle:
+            server.remove_partial(srv.datadir, created=not dir_existed)
+            if not had_record:
+                with contextlib.suppress(OSError, PgmgrError):
+                    registry.remove(srv.inst.name)
+            if not log_existed:
+                with contextlib.suppress(OSError):
+                    srv.log_file.unlink()
+        raise

@@ -1,0 +1,128 @@
+"""Sweeping what killed pgmgr processes left behind in the temp directory.
+
+A ``pgmgr run`` (or pytest plugin) server dies with its pgmgr, even on SIGKILL (see
+``server.spawn(die_with_parent=True)``), but its directory cannot remove itself: each one
+names its owner (``pgmgr.owner``: pid and start time), and the next temporary instance
+removes those whose owner is gone and that no process works in. initdb's password dirs
+and the settings check's dirs (``pgmgr-pw-<pid>-*``, ``pgmgr-cfg-<pid>-*``) are swept once
+their pid is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from pathlib import Path
+
+from pgmgr.core import process
+from pgmgr.core.errors import PgmgrError
+
+#: In each temporary directory: ``<pid> <start time>`` of the pgmgr process that owns it.
+OWNER_FILE = "pgmgr.owner"
+#: Name prefixes of temporary directories (``pgmgr run``, the pytest plugin) that are swept.
+SWEPT_PREFIXES = ("pgmgr-run-", "pgmgr-pytest-")
+#: Short-lived directories named ``<prefix><pid>-*`` (initdb's password file, the settings
+#: check of ``start --init``): swept once that pid is gone.
+PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-")
+
+
+def owner_token(pid: int) -> str:
+    started = process.start_time(pid)
+    return f"{pid} {started or 0:.0f}\n"
+
+
+def _owner_alive(base: Path) -> bool:
+    """Whether the pgmgr process named in ``base``'s owner file still runs (same pid, same
+    start time: a reused pid is another process). No readable file: alive while the
+    directory is younger than a minute (its owner may be about to write it)."""
+    try:
+        pid_text, started = (base / OWNER_FILE).read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        try:
+            return time.time() - base.lstat().st_mtime < 60
+        except OSError:
+            return True
+    if not process.is_alive(pid):
+        return False
+    now = process.start_time(pid)
+    return now is None or abs(now - float(started)) <= 2
+
+
+def _in_use(base: Path) -> bool:
+    """Some live process works in ``base``: its working directory is there (postgres, its
+    backends) or an argument names it (``initdb -D``, which works from ``/``)."""
+    prefix = os.path.realpath(base) + os.sep
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            places = [os.readlink(f"/proc/{entry}/cwd"), *process.cmdline(int(entry))]
+            named = any((p + os.sep).startswith(prefix) or prefix in p for p in places)
+            if named and process.is_alive(int(entry)):
+                return True
+    return False
+
+
+def dead_runs() -> list[Path]:
+    """Remove the temporary directories of pgmgr processes that died without cleaning up
+    (SIGKILL, a power cut): ours (same owner, not a symlink), their owner gone and no
+    process working in them. Their servers died with their pgmgr (``die_with_parent``).
+
+    :returns: what was removed.
+    """
+    from pgmgr.core import userfs
+
+    removed = []
+    me = os.geteuid()
+    from pgmgr.core.sockets import temp_dirs
+
+    for parent in temp_dirs():
+        try:
+            entries = [n for n in os.listdir(parent) if n.startswith("pgmgr-")]
+        except OSError:
+            continue
+        names = [n for n in entries if n.startswith(SWEPT_PREFIXES)]
+        for name in [n for n in entries if n.startswith(PID_PREFIXES)]:
+            if _pw_dir_dead(name):
+                with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
+                    userfs.rmtree_at(fd, name)
+                    removed.append(Path(parent) / name)
+        for name in names:
+            base = Path(parent) / name
+            try:
+                st = base.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
+                continue
+            if _owner_alive(base) or _in_use(base):
+                continue
+            with contextlib.suppress(OSError, PgmgrError):
+                _remove_run_dir(parent, name)
+                removed.append(base)
+    return removed
+
+
+def _pw_dir_dead(name: str) -> bool:
+    """``pgmgr-pw-<pid>-*`` or ``pgmgr-cfg-<pid>-*`` of a pgmgr process that is gone."""
+    pid = name.split("-")[2]
+    return pid.isdigit() and not process.is_alive(int(pid))
+
+
+def _remove_run_dir(parent: str, name: str) -> None:
+    """Remove ``parent/name`` through fds, its owner file last: a removal that fails half
+    way leaves a directory the next sweep still recognizes and retries."""
+    from pgmgr.core import userfs
+
+    with userfs.opened_dir(parent) as parent_fd:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        try:
+            for entry in os.listdir(fd):
+                if entry != OWNER_FILE:
+                    userfs.rmtree_at(fd, entry)
+        finally:
+            os.close(fd)
+        userfs.rmtree_at(parent_fd, name)

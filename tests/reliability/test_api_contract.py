@@ -1,0 +1,89 @@
+"""The seed API's promises on real servers: the port a ``Manager`` names is the one its
+``url``/``dsn``/``health()`` use before ``start()`` (issue 11.9), and what the library raises
+about a data directory is a ``DatabaseException`` (issue 11.14)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from pgmgr import DatabaseException, Manager, WorkerError
+from pgmgr.core.server import free_port
+from tests.helpers import postmasters_under
+
+
+def _listener() -> tuple[socket.socket, int, list[int]]:
+    """A plain TCP listener on a free loopback port that counts the connections it gets."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    hits: list[int] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            hits.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return sock, int(sock.getsockname()[1]), hits
+
+
+def test_url_and_health_use_the_given_port_before_start(work: Path) -> None:
+    port = free_port("127.0.0.1")
+    pg = Manager("127.0.0.1", port, work / "data", initialize=True, pg_version="15")
+    try:
+        assert f"@127.0.0.1:{port}/" in pg.url
+        assert f"port={port}" in pg.dsn.split()
+        with pytest.raises(WorkerError) as caught:
+            pg.health()  # nothing listens there yet: refused on *that* port
+        assert str(port) in str(caught.value)
+        pg.start()
+        assert f"@127.0.0.1:{port}/" in pg.url
+        pg.health()
+    finally:
+        pg.stop()
+    assert postmasters_under(work) == []
+
+
+def test_health_before_start_never_reaches_another_port(work: Path) -> None:
+    """Something listens on the port this Manager names: health() before start() goes
+    there (and fails: it is not PostgreSQL), not to 5432 or any recorded port."""
+    sock, port, hits = _listener()
+    try:
+        pg = Manager("127.0.0.1", port, work / "data", initialize=True, pg_version="15")
+        with pytest.raises(WorkerError):
+            pg.health()
+        assert hits, "health() did not connect to the Manager's own port"
+    finally:
+        sock.close()
+
+
+def test_missing_data_dir_is_a_database_exception(work: Path) -> None:
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "nothing-here")
+    with pytest.raises(DatabaseException) as caught:
+        pg.start()
+    assert "does not exist" in str(caught.value)
+    caught_it = False
+    try:
+        pg.start()
+    except DatabaseException:  # the seed's documented way to catch it
+        caught_it = True
+    assert caught_it
+    assert not (work / "nothing-here").exists()
+
+
+def test_not_a_data_dir_and_bad_port_are_database_exceptions(work: Path) -> None:
+    (work / "plain").mkdir()
+    (work / "plain" / "notes.txt").write_text("mine")
+    with pytest.raises(DatabaseException):
+        Manager("127.0.0.1", free_port("127.0.0.1"), work / "plain").start()
+    with pytest.raises(DatabaseException):
+        Manager("127.0.0.1", 70000, work / "plain").start()
+    assert (work / "plain" / "notes.txt").read_text() == "mine"

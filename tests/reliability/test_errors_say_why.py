@@ -1,0 +1,83 @@
+"""Errors say why (issue 11.13), on real servers: the FATAL/PANIC lines of a failed start,
+a clean error for a non-UTF-8 data directory path, bad ``--socket-dir`` values refused
+before anything is created, and a stop that stopped the server succeeds even when its
+record cannot be written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import process
+from tests.helpers import postgres_pids_under
+from tests.reliability.conftest import InstFactory, one_error, pgmgr
+from tests.reliability.test_storage import needs_mount, read_only
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("shared_buffers=900GB", "FATAL: could not map anonymous shared memory"),
+        ("shared_preload_libraries=no_such_lib", 'FATAL: could not access file "no_such_lib"'),
+        ("work_mem=lots", 'FATAL: invalid value for parameter "work_mem": "lots"'),
+    ],
+)
+def test_failed_start_reports_the_fatal_line(
+    cluster: InstFactory, setting: str, expected: str
+) -> None:
+    inst = cluster()
+    run = inst.start("-p", "auto", "-c", setting)
+    err = one_error(run)
+    assert expected in err, str(run)
+    assert "database system is shut down" not in err
+    assert not postgres_pids_under(inst.datadir)
+
+
+def test_non_utf8_datadir_is_a_clean_error(work: Path) -> None:
+    raw = os.fsencode(str(work)) + b"/data-\xff"
+    path = os.fsdecode(raw)
+    for args in (["start", "--init", "-d", path, "-p", "auto"], ["init", "-d", path]):
+        run = pgmgr(*args)
+        err = one_error(run)
+        assert run.returncode == 2 and "not valid UTF-8" in err, str(run)
+        assert not os.path.lexists(raw)
+    os.mkdir(raw)  # an existing (empty) one too
+    run = pgmgr("start", "--init", "-d", path)
+    assert "not valid UTF-8" in one_error(run)
+    assert os.listdir(raw) == []
+    run = pgmgr("status", "--json")
+    assert run.returncode == 0 and run.json() == [], str(run)
+
+
+@pytest.mark.parametrize("bad", ["sock\nx", 'sock"x', "sock\rx"])
+def test_bad_socket_dir_refused_before_anything_is_made(work: Path, bad: str) -> None:
+    sock = work / bad
+    datadir = work / "data"
+    run = pgmgr("start", "--init", "-d", str(datadir), "-p", "auto", "--socket-dir", str(sock))
+    err = one_error(run)
+    assert run.returncode == 2 and "socket directory" in err, str(run)
+    assert sorted(os.listdir(work)) == [], "something was created"
+    assert pgmgr("status", "--json").json() == []
+
+
+@needs_mount
+def test_stop_succeeds_when_the_record_cannot_be_written(
+    cluster: InstFactory, rel_isolation: Path
+) -> None:
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    token = inst.commit_canary()
+    pid = inst.pid()
+    assert pid is not None
+    with read_only(rel_isolation):
+        run = inst.stop()
+        assert run.returncode == 0, str(run)
+        assert "Stopped 'db'" in run.stderr and "could not update the record" in run.stderr
+        assert "Error:" not in run.stderr
+        assert process.wait_gone(pid, inst.datadir, 5)
+        run = inst.status()
+        assert run.returncode == 3 and run.json()["state"] == "stopped", str(run)
+    assert inst.start("-p", "auto").returncode == 0 and inst.has_canary(token)
+    assert inst.stop().returncode == 0
