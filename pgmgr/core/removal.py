@@ -138,25 +138,35 @@ def remove_datadir(datadir: Path, expect: tuple[int, int] | None = None) -> bool
     :raises DatabaseException: it is not a directory, or not the expected one.
     :raises UnsafePath: its parent path crosses a symlink another user controls.
     """
-    with userfs.opened_dir(datadir.parent) as pfd:
-        name = datadir.name
-        try:
-            st = os.lstat(name, dir_fd=pfd)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISDIR(st.st_mode):
-            raise DatabaseException(f"refusing to remove {datadir}: not a directory")
-        if expect is not None and (st.st_dev, st.st_ino) != expect:
-            raise DatabaseException(f"refusing to remove {datadir}: it was replaced")
-        trash = trash_name(name)
-        os.rename(name, trash, src_dir_fd=pfd, dst_dir_fd=pfd)
-        moved = os.lstat(trash, dir_fd=pfd)
-        if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
-            # swapped between the check and the rename: put it back, delete nothing
-            with contextlib.suppress(OSError):
-                os.rename(trash, name, src_dir_fd=pfd, dst_dir_fd=pfd)
-            raise DatabaseException(f"refusing to remove {datadir}: it changed meanwhile")
-        _delete_trash(pfd, trash)
+    try:
+        pfd = userfs.open_dir(datadir.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # its parent is gone: so is it
+    try:
+        return _rename_and_delete(pfd, datadir, expect)
+    finally:
+        os.close(pfd)
+
+
+def _rename_and_delete(pfd: int, datadir: Path, expect: tuple[int, int] | None) -> bool:
+    name = datadir.name
+    try:
+        st = os.lstat(name, dir_fd=pfd)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise DatabaseException(f"refusing to remove {datadir}: not a directory")
+    if expect is not None and (st.st_dev, st.st_ino) != expect:
+        raise DatabaseException(f"refusing to remove {datadir}: it was replaced")
+    trash = trash_name(name)
+    os.rename(name, trash, src_dir_fd=pfd, dst_dir_fd=pfd)
+    moved = os.lstat(trash, dir_fd=pfd)
+    if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+        # swapped between the check and the rename: put it back, delete nothing
+        with contextlib.suppress(OSError):
+            os.rename(trash, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        raise DatabaseException(f"refusing to remove {datadir}: it changed meanwhile")
+    _delete_trash(pfd, trash)
     return True
 
 
