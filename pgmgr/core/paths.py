@@ -125,7 +125,13 @@ def ensure_private_dir(path: Path) -> Path:
         missing.append(parent)
         parent = parent.parent
     for directory in reversed(missing):
-        directory.mkdir(exist_ok=True, mode=0o700)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # someone else's: checked where it matters
+        # made private by us: no need to check it again in this process (nor in a child
+        # that became the server user, to whom it does not belong)
+        _PRIVATE.add(str(directory))
     return path
 
 
