@@ -9,6 +9,7 @@ function returns the exit code and raises :class:`~pgmgr.core.errors.PgmgrError`
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from pgmgr.statusview import status_record
 
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
+    from pgmgr.core.logfile import Tail
 
 
 def resolve(name: str | None, datadir: Path | None) -> Server:
@@ -65,6 +67,7 @@ def start(
     setting: list[str] | None = None,
     timeout: float = 30.0,
     user: str | None = None,
+    log_file: Path | None = None,
     socket_dir: Path | None = None,
     name_opt: str | None = None,
     foreground: bool = False,
@@ -79,6 +82,10 @@ def start(
     from pgmgr.core.instance import Server
 
     settings = dict(server.parse_setting(s) for s in setting or [])
+    if log_file is not None:
+        from pgmgr.core import logfile
+
+        log_file = logfile.check_path(log_file)
     if socket_dir is not None:
         server.check_socket_dir_text(socket_dir)  # before anything is made
     if port is not None and port != "auto":
@@ -93,7 +100,6 @@ def start(
     # Catch Ctrl-C / SIGTERM before the server exists: one arriving while it starts must
     # still stop it cleanly, not leave it running behind a dead pgmgr.
     stop_requested = _catch_stop_signals() if foreground else None
-    t0 = time.monotonic()
     if init:
         if name and datadir is None and "/" in name:
             datadir, name = Path(name), None
@@ -109,9 +115,12 @@ def start(
     from pgmgr.core import initstart
 
     with registry.lock(srv.datadir), initstart.undo_on_failure(srv, enabled=init):
+        if log_file is not None and srv.running() is None:  # a running one keeps its log
+            srv.inst.log_file = str(log_file)
         if init:
             initstart.precheck(srv, host=host, port=port, settings=settings, user=user)
             _initialize(srv, user, template=not no_template)
+        t0 = time.monotonic()  # the start alone: the init reported its own time
         label = version_label(srv.inst.version)
         shown_port = "a free port" if port == "auto" else (port or srv.inst.port or 5432)
         where = f"{host if host is not None else srv.inst.host}:{shown_port}"
@@ -129,11 +138,15 @@ def start(
     st = srv.status()
     for note in srv.notes:
         ui.message(note)
+    ignored = not_applied(srv, host, port, settings, socket_dir, name_opt, log_file)
+    if not result.already_running:  # all applied, but a --name an existing instance refused
+        ignored = [(o, v) for o, v in ignored if o == "--name"]
     if json:
         ui.emit_json(
             {
                 **status_record(st, srv),
                 "already_running": result.already_running,
+                "not_applied": [{"option": o, "value": v} for o, v in ignored],
                 "elapsed_ms": round(elapsed * 1000, 1),
             }
         )
@@ -143,10 +156,72 @@ def start(
         ui.message(
             f"Started '{srv.inst.name}' ({label}, pid {result.pid}) in {ui.ms(elapsed)}: {st.url}"
         )
+    if ignored:
+        _warn_not_applied(srv.inst.name, ignored)
     if foreground:
         assert stop_requested is not None
-        return _attend(srv, stop_requested)
+        from pgmgr.core import logfile
+
+        # The server's log from this start on (or from now, for one already running).
+        since = srv.log_offset if not result.already_running else None
+        tail = logfile.Tail(srv.log_file, since if since is not None else _size(srv.log_file))
+        return _attend(srv, stop_requested, tail)
     return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def not_applied(
+    srv: Server,
+    host: str | None,
+    port: str | None,
+    settings: dict[str, str],
+    socket_dir: Path | None,
+    name_opt: str | None,
+    log_file: Path | None = None,
+) -> list[tuple[str, str]]:
+    """The options of a ``start`` that found the server running which it could not apply:
+    ``(option, value)`` pairs, each differing from what the running server has. ``-p auto``
+    asks for any free port, which the running one has."""
+    inst = srv.inst
+    out: list[tuple[str, str]] = []
+    if port not in (None, "auto") and str(inst.port) != str(int(port)):
+        out.append(("--port", str(port)))
+    if host is not None and host != inst.host:
+        out.append(("--host", host))
+    if socket_dir is not None and os.path.abspath(socket_dir) != inst.socket_dir:
+        out.append(("--socket-dir", str(socket_dir)))
+    for key, value in settings.items():
+        if inst.settings.get(key) != value:
+            out.append(("-c", f"{key}={value}"))
+    if log_file is not None and str(log_file) != str(srv.log_file):
+        out.append(("--log-file", str(log_file)))
+    if name_opt and name_opt != inst.name:
+        out.append(("--name", name_opt))
+    return out
+
+
+def _warn_not_applied(name: str, ignored: list[tuple[str, str]]) -> None:
+    """Say which options a start of a running server left unapplied, and how to apply them
+    (a warning, not an error: the server the user wanted is running; exit code 0)."""
+    import shlex
+
+    words = [f"{o} {shlex.quote(v)}" for o, v in ignored]
+    hints = []
+    again = " ".join(w for (o, _), w in zip(ignored, words, strict=True) if o != "--name")
+    if again:
+        hints.append(
+            f"to apply them, stop it and start it with them: 'pgmgr stop {name} && "
+            f"pgmgr start {name} {again}' (-c settings are then kept for later starts)"
+        )
+    if any(o == "--name" for o, _ in ignored):
+        hints.append(f"--name only names a new instance; this one stays '{name}'")
+    ui.warning(f"'{name}' was already running; not applied: {', '.join(words)}", "; ".join(hints))
 
 
 def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None:
@@ -176,23 +251,43 @@ def _catch_stop_signals() -> list[int]:
     return caught
 
 
-def _attend(srv: Server, stop_requested: list[int]) -> int:
-    """Stay attached until the server exits; SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
-    (fast mode)."""
-    from pgmgr.core.errors import WorkerError
+def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
+    """Stay attached until the server exits, copying its log to stderr as postgres itself
+    would print it (``-q`` silences it); SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly
+    (fast mode).
 
+    Under systemd (``Type=notify``) it says READY=1 here (the server accepts connections)
+    and STOPPING=1 when it goes down.
+    """
+    from pgmgr.core.errors import WorkerError
+    from pgmgr.core.sdnotify import notify
+
+    def pump() -> None:
+        text = tail.read()
+        if text and not ui.settings.quiet:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    notify("READY=1")
     ui.message("Running in the foreground; press Ctrl-C to stop")
     while not stop_requested:
+        pump()
         if srv.running() is None:
+            pump()
+            notify("STOPPING=1")
             ui.error(f"'{srv.inst.name}' exited on its own; see 'pgmgr logs {srv.inst.name}'")
             return 1
-        time.sleep(0.2)
+        time.sleep(0.1)
+    pump()
+    notify("STOPPING=1")
     ui.message(f"Stopping '{srv.inst.name}' …")
     try:
         srv.stop("fast", timeout=60)
     except WorkerError as e:
+        pump()
         ui.error(str(e), e.hint)
         return 1
+    pump()
     ui.message(f"Stopped '{srv.inst.name}'")
     return 0
 
@@ -233,11 +328,15 @@ def stop(
             with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
                 stopped = srv.stop(mode, timeout)
         elapsed = time.monotonic() - t0
+        missing = not stopped and srv.status().state == "missing"
         results.append(
             {
                 "name": srv.inst.name,
                 "datadir": srv.inst.datadir,
-                "stopped": stopped,
+                # What happened: it ran and this command stopped it, or it was not running
+                # (the state is what it is now: stopped, or missing with its data dir).
+                "was_running": stopped,
+                "state": "missing" if missing else "stopped",
                 "pid": pf.pid if pf else None,
                 "elapsed_ms": round(elapsed * 1000, 1),
                 "record_error": srv.record_error,
@@ -246,7 +345,6 @@ def stop(
         if srv.record_error:
             ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
                        f"{srv.record_error}")  # fmt: skip
-        missing = not stopped and srv.status().state == "missing"
         if missing and not all_:
             raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
         if stopped:

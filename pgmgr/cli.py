@@ -11,19 +11,28 @@ from typer.core import TyperGroup
 
 from pgmgr import __version__, ui
 from pgmgr.commands import (
+    branch,
     cache,
     destroy,
     env,
+    export,
     forget,
+    import_,
     init,
     logs,
+    promote,
     psql,
     reload,
+    replica,
     restart,
+    restore,
     run,
+    service,
+    snapshot,
     start,
     status,
     stop,
+    upgrade,
     url,
     versions,
 )
@@ -31,8 +40,19 @@ from pgmgr.core.errors import EXIT_USAGE
 from pgmgr.entry import guarded
 
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past Typer, which would turn it into a silent exit
+    130; :func:`pgmgr.entry.guarded` says "Interrupted" for it, as on the fast path."""
+
+
 class PgmgrGroup(TyperGroup):
     """Turns every expected error into ``Error: <one line>`` and its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
 
     def main(  # type: ignore[override]
         self,
@@ -63,6 +83,8 @@ def run_guarded(call: Any) -> int:
     def typer_aware() -> int | None:
         try:
             rv = call()
+        except _Interrupted:
+            raise KeyboardInterrupt from None
         except typer.Exit as e:
             return int(e.exit_code or 0)
         except typer.Abort:
@@ -73,7 +95,13 @@ def run_guarded(call: Any) -> int:
             if ctx is not None:
                 hint = f"see '{ctx.command_path} --help'"
             text = e.format_message() if hasattr(e, "format_message") else str(e)
-            if not text.strip():  # no_args_is_help: the help was printed, nothing to add
+            if type(e).__name__ == "NoArgsIsHelpError":
+                # `pgmgr` or `pgmgr cache` alone: the help, as is, on stderr (Rich help has
+                # printed itself already and left no text), and the usage exit code.
+                if text.strip():
+                    sys.stderr.write(text.rstrip("\n") + "\n")
+                return EXIT_USAGE
+            if not text.strip():
                 return EXIT_USAGE
             ui.error(text, hint)
             code = getattr(e, "exit_code", EXIT_USAGE)
@@ -129,7 +157,17 @@ app.command("psql", context_settings=_PASSTHROUGH)(psql.psql)
 app.command("run", context_settings=_PASSTHROUGH)(run.run)
 app.command("destroy")(destroy.destroy)
 app.command("forget")(forget.forget)
+app.command("replica")(replica.replica)
+app.command("promote")(promote.promote)
+app.command("export")(export.export)
+app.command("import")(import_.import_)
+app.command("snapshot")(snapshot.snapshot)
+app.command("snapshots")(snapshot.snapshots)
+app.command("restore")(restore.restore)
+app.command("branch")(branch.branch)
+app.command("upgrade")(upgrade.upgrade)
 app.add_typer(cache.app, name="cache")
+app.add_typer(service.app, name="service")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -5,7 +5,7 @@ all and as much as postgres needs to start. So the plain, common forms are parse
 served by the same functions the Typer commands call (:mod:`pgmgr.actions`,
 :mod:`pgmgr.statusview`):
 
-    pgmgr status [NAME | -d DIR] [--json] [--check]
+    pgmgr status [NAME | -d DIR] [--json] [--check] [-q]
     pgmgr start  [NAME | -d DIR] [-p PORT] [--json] [-q]
     pgmgr stop   [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
 
@@ -24,7 +24,8 @@ from typing import Any
 #: verb -> {option spelling: (keyword, takes a value)}
 FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
     "status": {"-d": ("datadir", True), "--datadir": ("datadir", True),
-               "--json": ("json", False), "--check": ("check", False)},
+               "--json": ("json", False), "--check": ("check", False),
+               "-q": ("quiet", False), "--quiet": ("quiet", False)},
     "start": {"-d": ("datadir", True), "--datadir": ("datadir", True),
               "-p": ("port", True), "--port": ("port", True),
               "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
@@ -119,11 +120,15 @@ def _plain_help_unless_terminal() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    fast = fast_args(args)
-    if fast is not None:
-        sys.exit(serve_fast(*fast))
-    _plain_help_unless_terminal()
-    from pgmgr.cli import main as typer_main
+    try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        fast = fast_args(args)
+        if fast is not None:
+            sys.exit(serve_fast(*fast))
+        _plain_help_unless_terminal()
+        from pgmgr.cli import main as typer_main
 
-    typer_main(argv)
+        typer_main(argv)
+    except KeyboardInterrupt:  # while Python imports Typer, before any command runs
+        sys.stderr.write("Interrupted\n")
+        sys.exit(130)

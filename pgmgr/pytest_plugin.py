@@ -52,6 +52,35 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "pgmgr: give the test a fresh database (pgmgr_db) and point PG* at it"
     )
+    _check_version(config)
+
+
+def _check_version(config: pytest.Config) -> None:
+    """A version given to the plugin that is malformed or not installed stops the session
+    at once with one usage error naming the option, not an error in every test that asks
+    for a server. Nothing is looked up (or imported) unless a version is given.
+
+    :raises pytest.UsageError: the version is malformed or not installed.
+    """
+    value, option = config.getoption("pgmgr_version"), "--pgmgr-version"
+    if not value:
+        value, option = config.getini("pgmgr_version"), "ini option pgmgr_version"
+    if not value:
+        return
+    from pgmgr.core import versions
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        wanted = versions.check_version_string(value, option)
+        installed = versions.discover()
+    except PgmgrError as e:
+        raise pytest.UsageError(str(e)) from None
+    if not any(versions.matches(inst, wanted) for inst in installed):
+        have = ", ".join(inst.version for inst in installed) or "none"
+        raise pytest.UsageError(
+            f"{option} {wanted}: PostgreSQL {wanted} is not installed (installed: {have}; "
+            "see 'pgmgr versions')"
+        )
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ def status_record(st: Status, srv: Server) -> dict[str, Any]:
     rec["tcp_url"] = srv.url(tcp=True) if st.state == "running" and srv.inst.host else None
     rec["server_user"] = srv.inst.server_user
     rec["superuser"] = srv.inst.superuser
+    if st.state != "missing":
+        from pgmgr.core.roles import role_fields
+
+        rec.update(role_fields(srv, st.state == "running"))
+    else:
+        rec.update(role=None, primary=None, replay_lag_bytes=None, replay_lag_ms=None)
     return rec
 
 
@@ -71,6 +77,7 @@ def show_all(json: bool, check: bool = False) -> int:
     from pgmgr.core.instance import Server
 
     instances, broken = registry.load_all()
+    instances = registry.prune_vanished(instances)
     records = [record_of(Server(inst), check)[0] for inst in instances]
     for err in broken:
         ui.error(str(err), err.hint)
@@ -85,7 +92,19 @@ def show_all(json: bool, check: bool = False) -> int:
     return 0
 
 
+def role_text(r: dict[str, Any]) -> str:
+    """``primary``, or ``standby of SRC`` with its replay lag when known."""
+    if r.get("role") != "standby":
+        return r.get("role") or "-"
+    text = "standby" + (f" of {r['primary']}" if r.get("primary") else "")
+    if r.get("replay_lag_bytes") is not None:
+        text += f" (lag {r['replay_lag_bytes']} B, {r['replay_lag_ms']:g} ms)"
+    return text
+
+
 def table(records: list[dict[str, Any]]) -> None:
+    """The status table; a ``role`` column appears when some instance is a standby."""
+    roles = any(r.get("role") == "standby" for r in records)
     rows = []
     for r in records:
         state = r["state"]
@@ -104,18 +123,29 @@ def table(records: list[dict[str, Any]]) -> None:
                 uptime_text(r["uptime"]),
             ]
         )
-    ui.table(COLUMNS, rows)
+        if roles:
+            rows[-1].insert(3, role_text(r))
+    ui.table([*COLUMNS[:3], "role", *COLUMNS[3:]] if roles else COLUMNS, rows)
 
 
 def show(
-    name: str | None = None, datadir: Path | None = None, json: bool = False, check: bool = False
+    name: str | None = None,
+    datadir: Path | None = None,
+    json: bool = False,
+    check: bool = False,
+    quiet: bool = False,
 ) -> int:
-    """``pgmgr status``: one instance (exit code as ``pg_ctl status``) or all of them."""
+    """``pgmgr status``: one instance (exit code as ``pg_ctl status``) or all of them.
+    ``quiet``: print nothing but errors; the exit code says it all."""
     if not (name or datadir):
+        if quiet:
+            return 0
         return show_all(json, check)
     from pgmgr.actions import resolve
 
     rec, code = record_of(resolve(name, datadir), check)
+    if quiet:
+        return code
     if json:
         ui.emit_json(rec)
     else:

@@ -64,6 +64,15 @@ def error(text: str, hint: str | None = None) -> None:
     sys.stderr.flush()
 
 
+def warning(text: str, hint: str | None = None) -> None:
+    """``Warning: <text>`` (and ``Hint: <hint>``) on stderr: something asked for did not
+    happen, though the command did its job. Never silenced, like errors."""
+    sys.stderr.write(f"Warning: {' '.join(text.split())}\n")
+    if hint:
+        sys.stderr.write(f"Hint: {' '.join(hint.split())}\n")
+    sys.stderr.flush()
+
+
 def emit_json(obj: Any) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
@@ -162,3 +171,12 @@ def spinner(text: str) -> Iterator[None]:
 def ms(seconds: float) -> str:
     """``0.0423 -> '42 ms'``, ``1.5 -> '1.50 s'``."""
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def size(n: float) -> str:
+    """``1536 -> '1.5 kB'``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover

@@ -96,6 +96,7 @@ def isolation(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     home = tmp_path_factory.mktemp("pgmgr-home")
     monkeypatch.setenv("PGMGR_STATE_DIR", str(home / "state"))
     monkeypatch.setenv("PGMGR_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("PGMGR_SYSTEMD_SYSTEM_DIR", str(home / "system-units"))  # never /etc
     for name in PGMGR_ENV:
         monkeypatch.delenv(name, raising=False)
     return home

@@ -53,6 +53,14 @@ Setting = Annotated[
         "-c", "--setting", help="Server setting name=value (repeatable).", show_default=False
     ),
 ]
+LogFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file",
+        help="Server log file, kept for later starts (default: <state dir>/logs/NAME.log).",
+        show_default=False,
+    ),
+]
 User = Annotated[
     str | None,
     typer.Option(

@@ -19,36 +19,65 @@ RequiredName = Annotated[
     ),
 ]
 
+NOTHING_TO_DESTROY = "nothing to destroy there; 'pgmgr status' lists the instances pgmgr knows"
+
 
 def destroy(
     name: RequiredName,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
+    with_snapshots: Annotated[
+        bool,
+        typer.Option("--with-snapshots", help="Also delete its snapshots (kept otherwise)."),
+    ] = False,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Stop an instance, delete its data directory, and forget it. Cannot be undone.
 
-    Asks first unless --yes; without a terminal, --yes is required.
+    Asks first unless --yes; without a terminal, --yes is required. Its snapshots are
+    kept (and said where) unless --with-snapshots.
 
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry
+    from pgmgr.core import ops, registry, replica, roles, snapcatalog
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.instance import DataDirNotFound
 
-    srv = c.resolve(name, None)
+    try:
+        srv = c.resolve(name, None)
+    except DataDirNotFound as e:  # not "create it with pgmgr init": nothing to destroy
+        raise DataDirNotFound(e.datadir, e.why, hint=NOTHING_TO_DESTROY) from None
     ops.check_destroyable(srv)
+    standbys = roles.standbys_of(srv)
+    if standbys:
+        ui.message(
+            f"'{srv.inst.name}' is the primary of {', '.join(standbys)}: their replication "
+            "slots go with it, and the standbys are left as they are (they keep their data "
+            "and receive no more changes; 'pgmgr promote NAME' makes one a primary)"
+        )
+    kept = snapcatalog.Kept.of(srv)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(
                 f"refusing to destroy '{srv.inst.name}' without --yes (no terminal to ask on)"
             )
         prompt = f"Delete '{srv.inst.name}' and all its data in {srv.datadir}?"
-        if not typer.confirm(prompt, default=False, err=True):
+        if kept.count:
+            what = "and" if with_snapshots else "keeping"
+            prompt = prompt[:-1] + f", {what} its {kept.count} snapshot(s)?"
+        try:
+            answer = typer.confirm(prompt, default=False, err=True)
+        except (typer.Abort, KeyboardInterrupt):
+            sys.stderr.write("\n")  # end the prompt's line before "Interrupted"
+            raise KeyboardInterrupt from None
+        if not answer:
             ui.message("Nothing removed")
             raise typer.Exit(1)
     with registry.lock(srv.datadir), ui.spinner(f"Destroying '{srv.inst.name}' …"):
         result = ops.destroy(srv)
+        removed = kept.remove() if with_snapshots else 0
+    dropped, note = replica.release(srv) if srv.inst.primary else ([], None)
     if json:
         ui.emit_json(
             {
@@ -57,8 +86,22 @@ def destroy(
                 "was_running": result.was_running,
                 "removed_datadir": result.removed_datadir,
                 "removed_record": result.removed_record,
+                "snapshots_removed": removed,
+                "snapshots_kept": 0 if with_snapshots else kept.count,
+                "snapshots_dir": kept.path if kept.count and not with_snapshots else None,
             }
         )
     else:
         gone = "" if result.removed_datadir else " (its data directory was already gone)"
         ui.message(f"Destroyed '{result.name}'{gone}: {result.datadir}")
+        if dropped:
+            ui.message(f"Dropped on its primary: {', '.join(dropped)}")
+        if removed:
+            ui.message(f"Deleted its {removed} snapshot(s)")
+        elif kept.count:
+            ui.message(
+                f"Kept its {kept.count} snapshot(s) in {kept.path} "
+                "(--with-snapshots deletes them too)"
+            )
+    if note:
+        ui.message("Note: " + note)

@@ -15,7 +15,9 @@ Tcp = Annotated[bool, typer.Option("--tcp", help="Connect over TCP (with a PGPAS
 def env(
     name: c.Name = None,
     datadir: c.DataDir = None,
-    shell: Annotated[str, typer.Option("--shell", help="Output syntax: sh or fish.")] = "sh",
+    shell: Annotated[
+        str, typer.Option("--shell", help="Output syntax: sh, bash, zsh (all as sh) or fish.")
+    ] = "sh",
     tcp: Tcp = False,
     json: c.Json = False,
 ) -> None:
@@ -29,7 +31,7 @@ def env(
     from pgmgr.core.errors import UsageError
 
     if shell not in ops.SHELLS:
-        raise UsageError(f"invalid --shell {shell!r}: use {' or '.join(ops.SHELLS)}")
+        raise UsageError(f"invalid --shell {shell!r}: use {', '.join(ops.SHELLS)}")
     srv = c.resolve(name, datadir)
     variables = ops.environment(srv, tcp=tcp)
     if json:

@@ -36,6 +36,7 @@ def init(
     encoding: Annotated[str, typer.Option("--encoding", help="Database encoding.")] = "UTF8",
     locale: Annotated[str, typer.Option("--locale", help="Locale (C is fastest).")] = "C",
     user: c.User = None,
+    log_file: c.LogFile = None,
     no_template: c.NoTemplate = False,
     json: c.Json = False,
     quiet: c.Quiet = False,
@@ -60,6 +61,10 @@ def init(
         raise UsageError(f"invalid --auth {auth!r}: use {', '.join(AUTH_METHODS)}")
     t0 = time.monotonic()
     srv = Server.for_datadir(datadir, name=name, version=version)
+    if log_file is not None:
+        from pgmgr.core import logfile
+
+        srv.inst.log_file = str(logfile.check_path(log_file))
     opts = InitOptions(
         superuser=superuser, auth=auth, encoding=encoding, locale=locale, extra=tuple(extra)
     )

@@ -33,9 +33,7 @@ def logs(
         ui.emit(line)
     if not follow:
         return
-    try:
-        for chunk in ops.follow(srv.log_file, offset):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        return  # Ctrl-C is how one stops following: not an error
+    # Ctrl-C ends it as it ends every command: "Interrupted", exit 130 (as tail -f's 130).
+    for chunk in ops.follow(srv.log_file, offset):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -38,7 +39,15 @@ def run(
         inst = tmp.server.inst
         ui.message(f"Temporary PostgreSQL {inst.version} ready: {tmp.url.split('@')[-1]}")
 
+    signals: list[int] = []
     code = temporary.run_command(
-        command, version=version, settings=settings, timeout=timeout, on_ready=ready
+        command,
+        version=version,
+        settings=settings,
+        timeout=timeout,
+        on_ready=ready,
+        signals=signals,
     )
+    if signal.SIGINT in signals:
+        raise KeyboardInterrupt  # "Interrupted", exit 130, as every command says on Ctrl-C
     raise typer.Exit(code)

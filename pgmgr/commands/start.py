@@ -36,6 +36,7 @@ def start(
     setting: c.Setting = None,
     timeout: c.Timeout = 30.0,
     user: c.User = None,
+    log_file: c.LogFile = None,
     socket_dir: Annotated[
         Path | None,
         typer.Option("--socket-dir", help="Directory for the unix socket.", show_default=False),
@@ -65,6 +66,7 @@ def start(
         setting=setting,
         timeout=timeout,
         user=user,
+        log_file=log_file,
         socket_dir=socket_dir,
         name_opt=name_opt,
         foreground=foreground,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pgmgr.core import identity, paths, privileges, process, registry, server, versions
+from pgmgr.core import identity, logfile, paths, privileges, process, registry, server, versions
 from pgmgr.core.errors import (
     EXIT_NO_INSTANCE,
     EXIT_NOT_RUNNING,
@@ -41,14 +41,28 @@ AUTO_PORT_TRIES = 5
 
 class DataDirNotFound(InstanceNotFound, DatabaseException):
     """No data directory at that path: exit code 4 for the CLI, and a
-    :class:`DatabaseException` for the seed API's ``except DatabaseException``."""
+    :class:`DatabaseException` for the seed API's ``except DatabaseException``. The default
+    hint offers ``pgmgr init`` only where init could make one (a missing or empty
+    directory); ``hint`` replaces it."""
 
-    def __init__(self, datadir: Path, why: str = "does not exist") -> None:
+    def __init__(self, datadir: Path, why: str = "does not exist", hint: str | None = None) -> None:
         self.datadir = datadir
-        super().__init__(
-            f"data directory {datadir} {why}",
-            hint=f"create it with 'pgmgr init -d {datadir}' (or start it with --init)",
-        )
+        self.why = why
+        if hint is None:
+            hint = (
+                f"create it with 'pgmgr init -d {datadir}' (or start it with --init)"
+                if _could_init(datadir)
+                else "'pgmgr status' lists the instances pgmgr knows"
+            )
+        super().__init__(f"data directory {datadir} {why}", hint=hint)
+
+
+def _could_init(datadir: Path) -> bool:
+    """``pgmgr init -d datadir`` could make a data directory there: absent, or empty."""
+    try:
+        return not datadir.exists() or (datadir.is_dir() and not any(datadir.iterdir()))
+    except OSError:
+        return False
 
 
 class ServerStopping(NotRunning):
@@ -262,6 +276,11 @@ class Server:
         return privileges.server_user(self.datadir, requested or self.inst.server_user or None)
 
     @property
+    def log_offset(self) -> int:
+        """Where in :attr:`log_file` the last :meth:`start` of this object began writing."""
+        return self._log_offset
+
+    @property
     def log_file(self) -> Path:
         return Path(self.inst.log_file or default_log_file(self.inst.name))
 
@@ -434,6 +453,7 @@ class Server:
             argv = server.postgres_argv(
                 install, datadir, host=host, port=chosen, socket_dir=sockdir, settings=merged
             )
+            logfile.rotate_as(self.log_file, su)  # bounded: see pgmgr.core.logfile
             self._log_offset = server.open_log_offset(self.log_file)
             child = self._spawn(argv, su)
             self.inst.host, self.inst.port, self.inst.socket_dir = host, chosen, str(sockdir)
@@ -797,7 +817,7 @@ class Server:
                     st.detail = f"unreachable: {e}"
         elif pf is not None:
             st.state = "crashed"
-            st.detail = f"stale postmaster.pid (pid {pf.pid} is not this server)"
+            st.detail = crashed_detail(pf)
         return st
 
     # ------------------------------------------------------------------ connections
@@ -870,6 +890,21 @@ def check_major(datadir: Path, major: str, requested: str) -> str:
             hint=f"leave out --version, or use -v {major}",
         )
     return requested
+
+
+def crashed_detail(pf: process.PidFile) -> str:
+    """Why a ``postmaster.pid`` that no live postmaster of this data dir stands behind is
+    there: the server died without removing it (crashed or killed), or the pid now names
+    another process."""
+    reason = process.stale_pidfile_reason(pf)
+    if reason == f"pid {pf.pid} is gone":
+        return (
+            f"stale postmaster.pid: the server (pid {pf.pid}) is gone without shutting down "
+            "(crashed or killed)"
+        )
+    if reason is not None:
+        return f"stale postmaster.pid: {reason}"
+    return f"stale postmaster.pid (pid {pf.pid} is another process)"
 
 
 def check_path_text(path: Path, what: str) -> Path:

@@ -8,6 +8,16 @@
 Differences from the seed, all additive: an existing data directory's ``PG_VERSION`` pins the
 major version; ``stop`` takes a mode; the object is a context manager; ``dsn``, ``url`` and
 ``status()`` exist; the server can be found and stopped from another process.
+
+The context manager stops only a server this object started: entering a ``with`` block on a
+server that is already running uses it and leaves it running. (``stop()`` called explicitly
+stops the server whoever started it, as the seed's does.)
+
+Every data directory a Manager opens is registered (``register=False`` opts out) so that
+``pgmgr status`` and the other commands see it. Such a record is marked as made by the
+library, and is forgotten by the next ``pgmgr status`` once its data directory is gone (a
+test's temporary directory, say): it cannot clutter the list forever. Instances made with
+the CLI stay listed as ``missing`` instead.
 """
 
 from __future__ import annotations
@@ -81,6 +91,7 @@ class Manager:
         self.db_dir = Path(os.path.abspath(db_dir))
         self.pg_version = pg_version or None
         self.kwargs = kwargs
+        self._started = False
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
@@ -99,6 +110,8 @@ class Manager:
             register=bool(kwargs.get("register", True)),
         )
         inst = self._server.inst
+        if inst.name not in registry.names():  # a new record: see registry.prune_vanished
+            inst.origin = "library"
         if kwargs.get("log_file"):
             inst.log_file = str(Path(kwargs["log_file"]).absolute())
         # For a data directory made elsewhere only the caller knows these; initdb sets them
@@ -147,7 +160,7 @@ class Manager:
         :raises WorkerError: it exited during start-up or was not ready in time.
         """
         with _seed_errors(), registry.lock(self.db_dir):
-            return self._server.start(
+            result = self._server.start(
                 host=self.host,
                 port=self.port,
                 settings=self.settings,
@@ -157,6 +170,9 @@ class Manager:
                 timeout=timeout,
                 wait=wait,
             )
+        if not result.already_running:
+            self._started = True
+        return result
 
     def ready_wait(self, timeout: float = 10.0, verbose: bool = False) -> None:
         """Wait until the server is responding; kill it if it is not ready in time.
@@ -216,6 +232,11 @@ class Manager:
         """``postgresql://`` URI over TCP (with the password)."""
         return self._server.url(tcp=bool(self.host))
 
+    @property
+    def started(self) -> bool:
+        """This object started the server (not merely found it running)."""
+        return self._started
+
     def __enter__(self) -> Manager:
         self.start()
         return self
@@ -226,10 +247,16 @@ class Manager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop the server if this object started it; one that was already running when
+        the block began (started by someone else) is left running, as pytest-postgresql's
+        ``noproc`` fixtures leave theirs."""
+        if not self._started:
+            return
         try:
             self.stop()
         except WorkerError:
             self.stop(mode="immediate")
+        self._started = False
 
     def __repr__(self) -> str:
         return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"

@@ -25,7 +25,8 @@ from pgmgr.core.instance import Server, StartResult
 #: How often ``reload`` asks the server whether it re-read its configuration, and ``logs -f``
 #: looks for new lines. 10 ms: fast enough to feel instant, cheap enough to be invisible.
 POLL = 0.01
-SHELLS = ("sh", "fish")
+#: ``--shell`` values: bash and zsh take the sh syntax.
+SHELLS = ("sh", "bash", "zsh", "fish")
 
 
 def require_running(srv: Server) -> process.PidFile:
@@ -134,29 +135,11 @@ def tail(log_file: Path, lines: int) -> tuple[list[str], int]:
 
 
 def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
-    """Yield text appended to ``log_file`` after ``offset``, forever (until interrupted).
+    """Yield text appended to ``log_file`` after ``offset``, forever (until interrupted),
+    across rotations (see :func:`pgmgr.core.logfile.follow`)."""
+    from pgmgr.core import logfile
 
-    A file that shrank (truncated or replaced) is read again from its start.
-    """
-    pending = b""
-    while True:
-        try:
-            with open(log_file, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < offset:
-                    offset = 0
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            offset += len(chunk)
-            pending += chunk
-            complete, _, pending = pending.rpartition(b"\n")
-            if complete:
-                yield complete.decode(errors="replace") + "\n"
-        else:
-            time.sleep(poll)
+    return logfile.follow(log_file, offset, poll)
 
 
 # --------------------------------------------------------------------------- env, url
@@ -214,12 +197,13 @@ def fish_quote(value: str) -> str:
 
 
 def shell_exports(env: Mapping[str, str], shell: str = "sh") -> str:
-    """``export NAME='value'`` lines (sh) or ``set -gx NAME 'value'`` (fish) for ``eval``."""
+    """``export NAME='value'`` lines (sh, bash, zsh) or ``set -gx NAME 'value'`` (fish) for
+    ``eval``."""
     if shell == "fish":
         return "\n".join(f"set -gx {k} {fish_quote(v)};" for k, v in env.items())
-    if shell == "sh":
+    if shell in ("sh", "bash", "zsh"):
         return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
-    raise UsageError(f"invalid --shell {shell!r}: use {' or '.join(SHELLS)}")
+    raise UsageError(f"invalid --shell {shell!r}: use {', '.join(SHELLS)}")
 
 
 def url(srv: Server, tcp: bool = False) -> str:
@@ -318,10 +302,12 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
 def _remove_leftovers(srv: Server) -> None:
     """The instance's log (when it is in pgmgr's own log directory), pgpass file and private
     socket directory: destroy and forget leave none of them behind."""
-    log = srv.log_file
-    if log.parent == paths.state_dir() / "logs":
-        with contextlib.suppress(OSError):
-            log.unlink()
+    from pgmgr.core import logfile
+
+    if srv.log_file.parent == paths.state_dir() / "logs":
+        for log in logfile.all_files(srv.log_file):
+            with contextlib.suppress(OSError):
+                log.unlink()
     with contextlib.suppress(OSError):
         passfile_path(srv.inst.name).unlink()
     su = srv.user() if srv.inst.server_user else None

@@ -106,7 +106,7 @@ def check_reachable(path: Path, user: ServerUser, what: str) -> None:
         raise DatabaseException(
             f"the server user {user.name!r} cannot reach the {what} {path}: "
             f"{blocked} (mode {mode:o}) does not let it through",
-            hint=f"choose a {what} elsewhere (e.g. under /srv or /var/lib), or allow "
+            hint=f"put the {what} elsewhere (e.g. under /srv or /var/lib), or allow "
             f"traversal with 'chmod o+x {blocked}'",
         )
 

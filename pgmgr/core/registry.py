@@ -52,6 +52,15 @@ class Instance:
     dev: int | None = None
     ino: int | None = None
     system_id: int | None = None
+    # A streaming standby (pgmgr replica): its primary's name, and the slot and replication
+    # role (with its generated password) it uses there.
+    primary: str | None = None
+    slot: str | None = None
+    repl_role: str | None = None
+    repl_password: str | None = None
+    #: "cli" (made on purpose with pgmgr init/start) or "library" (registered on the side
+    #: by a pgmgr.Manager): a library record whose data directory is gone is pruned.
+    origin: str = "cli"
 
     @property
     def path(self) -> Path:
@@ -117,11 +126,13 @@ _OPT_NUMBER = (_is_opt_number, "a number or null")
 #: field -> (check, what the check wants); a test keeps it in step with the dataclass.
 _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(
-        ("name", "datadir", "major", "version", "bindir", "host", "superuser", "auth"), _STR
+        ("name", "datadir", "major", "version", "bindir", "host", "superuser", "auth", "origin"),
+        _STR,
     ),
     **dict.fromkeys(("port", "pid", "dev", "ino", "system_id"), _OPT_INT),
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
     **dict.fromkeys(("socket_dir", "log_file", "server_user", "password"), _OPT_STR),
+    **dict.fromkeys(("primary", "slot", "repl_role", "repl_password"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
     **dict.fromkeys(("password_pending", "password_reset"), (_is_bool, "true or false")),
 }
@@ -341,6 +352,34 @@ def load_all() -> tuple[list[Instance], list[CorruptRecord]]:
         except (InstanceNotFound, UsageError):
             continue
     return good, bad
+
+
+def prune_vanished(instances: list[Instance]) -> list[Instance]:
+    """Forget the library-made instances (``origin == "library"``) whose data directory is
+    gone, with their default log file; returns the others.
+
+    A :class:`pgmgr.Manager` registers every data directory it opens, often a throw-away one
+    (a test's temporary directory): once that directory is gone, nothing is left to manage
+    or lose, and its record would clutter ``pgmgr status`` forever. Instances made with the
+    CLI stay listed as ``missing`` instead: the user made them on purpose, and a directory
+    may only be missing for a while (an unmounted disk).
+    """
+    kept: list[Instance] = []
+    for inst in instances:
+        if inst.origin != "library" or os.path.lexists(inst.datadir):
+            kept.append(inst)
+            continue
+        with lock(Path(inst.datadir)):
+            if os.path.lexists(inst.datadir):  # made again meanwhile
+                kept.append(inst)
+                continue
+            remove(inst.name)
+            from pgmgr.core import logfile
+
+            for log in logfile.all_files(paths.state_dir() / "logs" / f"{inst.name}.log"):
+                with contextlib.suppress(OSError):
+                    log.unlink()
+    return kept
 
 
 def find_by_datadir(datadir: Path) -> Instance | None:

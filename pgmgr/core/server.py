@@ -192,7 +192,8 @@ def _ids(user: ServerUser | None) -> tuple[int | None, int | None, list[int] | N
 
 
 def _child_env(user: ServerUser | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # NOTIFY_SOCKET is pgmgr's (sd_notify): a postgres built --with-systemd would answer too.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "NOTIFY_SOCKET"}
     env.setdefault("LC_ALL", "C.UTF-8" if Path("/usr/lib/locale/C.utf8").exists() else "C")
     if user is not None:
         env["HOME"] = user.home
@@ -201,9 +202,15 @@ def _child_env(user: ServerUser | None) -> dict[str, str]:
 
 
 def run(
-    argv: Sequence[str], user: ServerUser | None = None, timeout: float = 300.0
+    argv: Sequence[str],
+    user: ServerUser | None = None,
+    timeout: float = 300.0,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program; never through a shell.
+    """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
+    ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it); ``input``
+    is its standard input (else /dev/null).
 
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
@@ -213,11 +220,12 @@ def run(
     uid, gid, groups = _ids(user)
     proc = subprocess.run(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_child_env(user),
+        env={**_child_env(user), **(env or {})},
         cwd="/",
         user=uid,
         group=gid,
@@ -589,3 +597,18 @@ def open_log_offset(log_file: Path) -> int:
         return log_file.stat().st_size
     except OSError:
         return 0
+
+
+def check_port_option(port: str | None) -> None:
+    """A ``-p`` value: a number from 1 to 65535, ``auto``, or None (checked before any work).
+
+    :raises UsageError: anything else.
+    """
+    if port is None or port == "auto":
+        return
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")

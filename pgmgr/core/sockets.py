@@ -90,7 +90,7 @@ def _ensure_private(path: Path, user: ServerUser | None) -> bool:
 def default_dir(datadir: Path, port: int, user: ServerUser | None) -> Path | None:
     """The data directory, else the instance's directory under the runtime base; None when
     neither can be used (the caller makes a fresh private directory)."""
-    if fits(datadir, port):
+    if fits(datadir, port) and '"' not in str(datadir):  # -k cannot quote a '"'
         return datadir
     base = runtime_base(user)
     if not _ensure_private(base, user):

@@ -37,7 +37,30 @@ class CommandNotRun(PgmgrError):
     def __init__(self, program: str, error: OSError) -> None:
         self.program = program
         why = "not found" if isinstance(error, FileNotFoundError) else error.strerror
-        super().__init__(f"cannot run {program!r}: {why}")
+        hint = None
+        if isinstance(error, FileNotFoundError) and "/" not in program:
+            hint = "it is not on PATH; give its path, or check the spelling"
+        super().__init__(f"cannot run {program!r}: {why}", hint=hint)
+
+
+def check_runnable(program: str) -> None:
+    """Find ``program`` as ``execvp`` would (PATH, or a path with a '/'), before any server
+    is made for it: a typo costs nothing.
+
+    :raises CommandNotRun: not found, not a file, or not executable (exit code 127).
+    """
+    import errno
+
+    found = program if "/" in program else shutil.which(program)
+    if found is None:
+        raise CommandNotRun(program, FileNotFoundError(errno.ENOENT, "not found", program))
+    path = found
+    if os.path.isdir(path):
+        raise CommandNotRun(program, IsADirectoryError(errno.EISDIR, "is a directory", path))
+    if not os.path.exists(path):
+        raise CommandNotRun(program, FileNotFoundError(errno.ENOENT, "not found", path))
+    if not os.access(path, os.X_OK):
+        raise CommandNotRun(program, PermissionError(errno.EACCES, "not executable", path))
 
 
 def _base_dir(prefix: str) -> Path:
@@ -201,6 +224,7 @@ def run_command(
     settings: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     on_ready: Callable[[TemporaryInstance], None] | None = None,
+    signals: list[int] | None = None,
 ) -> int:
     """Run ``argv`` against a temporary instance and return its exit code.
 
@@ -211,9 +235,18 @@ def run_command(
     A command killed by a signal gives ``128 + signal``; so does a run this process was
     interrupted in (130 for Ctrl-C), whatever the command returned.
 
-    :raises CommandNotRun: the command cannot be executed (exit code 127).
+    The signals this process received are appended to ``signals``, so that the caller can
+    tell an interrupted run from a command's own exit code.
+
+    :raises CommandNotRun: the command cannot be executed (exit code 127); checked before
+        anything is made, so nothing is started for a command that does not exist.
     """
+    if not argv:
+        raise CommandNotRun("", FileNotFoundError(2, "no command"))
+    check_runnable(argv[0])
     relay = _Relay()
+    if signals is not None:
+        relay.received = signals
     previous = {s: signal.signal(s, relay) for s in FORWARDED}
     tmp = TemporaryInstance(version, settings)
     try:

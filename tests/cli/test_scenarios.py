@@ -20,6 +20,10 @@ from tests.helpers import error_lines
 
 #: The fields README documents for ``pgmgr status --json``; scripts rely on every one.
 STATUS_FIELDS = {
+    "role",
+    "primary",
+    "replay_lag_bytes",
+    "replay_lag_ms",
     "name",
     "state",
     "pid",
@@ -139,11 +143,12 @@ def test_start_running_and_stop_stopped_are_noops(work: Work, datadir: Path) -> 
     assert again_json["pid"] == first["pid"] and again_json["port"] == first["port"]
 
     stop = json.loads(work.ok("stop", "data", "--json").stdout)
-    assert stop["stopped"] is True and stop["pid"] == first["pid"]
+    assert stop["was_running"] is True and stop["pid"] == first["pid"]
+    assert stop["state"] == "stopped"
     stop2 = work.ok("stop", "data")
     assert "not running" in stop2.stderr
     stop2_json = json.loads(work.ok("stop", "-d", "./data", "--json").stdout)
-    assert stop2_json["stopped"] is False
+    assert stop2_json["was_running"] is False and stop2_json["state"] == "stopped"
 
 
 def test_check_reports_latency(work: Work, datadir: Path) -> None:
@@ -301,7 +306,8 @@ def test_stop_all_and_modes(work: Work, template_dir: Path) -> None:
 
     work.ok("start", "a", "-p", "auto", "-q")
     results = json.loads(work.ok("stop", "--all", "--mode", "fast", "--json").stdout)
-    assert {r["name"]: r["stopped"] for r in results} == {"a": True, "b": False, "c": True}
+    assert {r["name"]: r["was_running"] for r in results} == {"a": True, "b": False, "c": True}
+    assert {r["state"] for r in results} == {"stopped"}
     assert [r["state"] for r in status_json(work)] == ["stopped"] * 3
 
 

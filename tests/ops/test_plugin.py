@@ -120,7 +120,7 @@ def test_more(pgmgr_db, i):
 
 def test_nothing_starts_unless_asked(pytester: pytest.Pytester, ops_dir: Path) -> None:
     pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgmgr-version", "9.1")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgmgr-version", "15")
     result.assert_outcomes(passed=1)
     assert list((ops_dir / "tmp").iterdir()) == []
 
@@ -135,13 +135,35 @@ def test_plugin_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_a_bad_version_fails_only_the_tests_that_asked(
-    pytester: pytest.Pytester, ops_dir: Path
+@pytest.mark.parametrize(
+    ("args", "ini", "first_line"),
+    [
+        (
+            ["--pgmgr-version", "9.1"],
+            "",
+            "ERROR: --pgmgr-version 9.1: PostgreSQL 9.1 is not installed",
+        ),
+        (
+            ["--pgmgr-version", "sixteen"],
+            "",
+            "ERROR: invalid --pgmgr-version 'sixteen': expected a PostgreSQL version",
+        ),
+        ([], "9.1", "ERROR: ini option pgmgr_version 9.1: PostgreSQL 9.1 is not installed"),
+    ],
+)
+def test_a_bad_version_is_one_usage_error_naming_the_option(
+    pytester: pytest.Pytester, ops_dir: Path, args: list[str], ini: str, first_line: str
 ) -> None:
+    """Before any test runs: no traceback, no error per test, no "(from --version)"."""
+    if ini:
+        pytester.makeini(f"[pytest]\npgmgr_version = {ini}\n")
     pytester.makepyfile(
         test_mixed="def test_db(pgmgr_db):\n    pass\n\ndef test_plain():\n    pass\n"
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgmgr-version", "9.1")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*PostgreSQL 9.1*not installed*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
+    assert "--version)" not in errors[0]
+    assert "Traceback" not in "\n".join(result.outlines + result.errlines)
     assert_nothing_left(ops_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import versions
+from tests.conftest import FakeRoot
 from tests.helpers import postmasters_under, run_pgmgr
 
 
@@ -53,6 +54,7 @@ def test_command_sees_a_fast_server_through_pg_vars_and_database_url(ops_dir: Pa
 def test_interrupt_from_the_command_leaves_nothing(ops_dir: Path) -> None:
     proc = run_pgmgr("run", "-q", "--", "sh", "-c", "kill -INT $PPID; sleep 0.2")
     assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "Interrupted\n"  # as every command says on Ctrl-C
     assert_nothing_left(ops_dir)
 
 
@@ -100,6 +102,32 @@ def test_command_not_found_exits_127(ops_dir: Path) -> None:
     proc = run_pgmgr("run", "-q", "--", "no-such-command-pgmgr")
     assert proc.returncode == 127
     assert proc.stderr.startswith("Error: cannot run 'no-such-command-pgmgr'")
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("no-such-command-pgmgr", "not found"),
+        ("./no-such-file", "not found"),
+        ("./not-executable", "not executable"),
+        ("./a-directory", "is a directory"),
+    ],
+)
+def test_a_command_that_cannot_run_starts_nothing(
+    ops_dir: Path, fake_pg_root: FakeRoot, command: str, why: str
+) -> None:
+    """Checked before anything: the only PostgreSQL is a fake that logs every run of its
+    ``postgres`` (version probes included), and it never runs."""
+    fake_pg_root.add("15")
+    (ops_dir / "not-executable").write_text("#!/bin/sh\n")
+    (ops_dir / "a-directory").mkdir()
+    t0 = time.monotonic()
+    proc = run_pgmgr("run", "--", command, "arg", cwd=ops_dir)
+    assert proc.returncode == 127
+    assert proc.stderr.splitlines()[0] == f"Error: cannot run {command!r}: {why}"
+    assert fake_pg_root.call_count() == 0  # no postgres was spawned, not even --version
+    assert time.monotonic() - t0 < 10
     assert_nothing_left(ops_dir)
 
 

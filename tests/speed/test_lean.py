@@ -154,7 +154,7 @@ def test_fast_start_and_stop_match_the_typer_commands(base: Path) -> None:
             else:
                 assert (fast.stdout, fast.stderr) == (slow.stdout, slow.stderr), args
         stopped = pgmgr("stop", "-d", data, "--json")
-        assert stopped.returncode == 0 and json.loads(stopped.stdout)["stopped"] is True
+        assert stopped.returncode == 0 and json.loads(stopped.stdout)["was_running"] is True
     finally:
         typer_path("stop", "-d", data)
     for args in (

@@ -1,0 +1,426 @@
+"""Snapshots, branches and upgrades against the PostgreSQL way of doing each, side by side,
+one run: ``python bench/snapshots.py [--scale 70] [--no-write]``.
+
+On an instance of about 1 GB (``pgbench -i -s 70``, PostgreSQL 15):
+
+- ``pgmgr snapshot`` + ``pgmgr restore`` of the running instance, against ``pg_dump -Fc``
+  + ``pg_restore`` into a fresh database, and against the DSLR/Stellar way
+  (``CREATE DATABASE snap TEMPLATE db``, then ``DROP DATABASE db`` + ``CREATE DATABASE db
+  TEMPLATE snap``);
+- ``pgmgr branch`` of the running instance until the new one is ready, against
+  ``pg_basebackup`` into a new directory + ``pg_ctl start -w``;
+- ``pgmgr upgrade -v 18 --method copy`` of a stopped copy, against ``initdb`` (same
+  options) + raw ``pg_upgrade --copy`` of an identical stopped copy.
+
+Each case runs once (a 1 GB case is long enough not to need medians, and the machine's
+page cache is flushed with ``sync`` before each side, untimed). Everything lives under one
+temporary directory in /tmp with its own pgmgr state; every server started is stopped and the
+directory removed at the end. As root, the baselines run as the ``postgres`` user, as pgmgr's
+servers do. Writes a section of bench/RESULTS.md unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pgmgr.core import server, versions  # noqa: E402
+
+SECTION = "## Snapshots, branches and upgrades (bench/snapshots.py)"
+
+
+@dataclass
+class Row:
+    case: str
+    ours: float
+    baseline: str
+    theirs: float
+    target: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.theirs
+
+
+class Bench:
+    def __init__(self, work: Path, scale: int) -> None:
+        self.work = work
+        self.scale = scale
+        self.old = versions.select("15").installation
+        self.new = versions.select("18").installation
+        self.root = os.geteuid() == 0
+        self.pw = pwd.getpwnam("postgres") if self.root else None
+        exe = Path(sys.executable).with_name("pgmgr")
+        self.pgmgr_cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pgmgr"]
+        self.env = dict(
+            os.environ,
+            PGMGR_STATE_DIR=str(work / "state"),
+            PGMGR_CACHE_DIR=str(work / "cache"),
+            TMPDIR=str(self.mkdir("tmp")),
+        )
+        self.sock = self.mkdir("sock")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def mkdir(self, name: str) -> Path:
+        path = self.work / name
+        path.mkdir(mode=0o755)
+        if self.pw:
+            os.chown(path, self.pw.pw_uid, self.pw.pw_gid)
+        return path
+
+    def pgmgr(self, *args: str) -> str:
+        proc = subprocess.run(
+            [*self.pgmgr_cmd, *args], env=self.env, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"pgmgr {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
+    def run(self, argv: list[str], cwd: Path | None = None) -> None:
+        """A PostgreSQL program, as the server user when root."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        kw: dict[str, object] = {}
+        if self.pw:
+            kw = {"user": self.pw.pw_uid, "group": self.pw.pw_gid, "extra_groups": []}
+            env["HOME"] = self.pw.pw_dir
+        proc = subprocess.run(
+            argv, env=env, cwd=cwd or self.work, capture_output=True, text=True, check=False, **kw
+        )  # type: ignore[call-overload]
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr or proc.stdout}")
+
+    def psql(self, port: int, sql: str, db: str = "postgres") -> None:
+        self.run(
+            [
+                str(self.old.bin("psql")),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.sockdir("main"),
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ]
+        )
+
+    def sockdir(self, name: str) -> str:
+        import json
+
+        return str(json.loads(self.pgmgr("status", name, "--json"))["socket_dir"])
+
+    def port(self, name: str) -> int:
+        import json
+
+        return int(json.loads(self.pgmgr("status", name, "--json"))["port"])
+
+    @staticmethod
+    def timed(fn: Callable[[], None]) -> float:
+        subprocess.run(["sync"], check=True)
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self) -> None:
+        data = self.work / "main"
+        self.pgmgr("init", "-q", "-d", str(data), "--name", "main", "-v", "15", "--auth", "trust")
+        self.pgmgr("start", "main", "-q", "-p", "auto")
+        port = self.port("main")
+        self.psql(port, "CREATE DATABASE bench")
+        self.run(
+            [
+                str(self.old.bin("pgbench")),
+                "-i",
+                "-q",
+                "-s",
+                str(self.scale),
+                "-h",
+                self.sockdir("main"),
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "bench",
+            ]
+        )
+        self.psql(port, "CHECKPOINT")
+
+    # ------------------------------------------------------------------ cases
+
+    def snapshot_restore(self) -> tuple[float, float, float]:
+        port = self.port("main")
+        sock = self.sockdir("main")
+        bin_ = self.old.bindir
+
+        def ours() -> None:
+            self.pgmgr("snapshot", "main", "s1", "-q")
+            self.pgmgr("restore", "main", "s1", "--yes", "-q")
+
+        def dump() -> None:
+            self.run(
+                [
+                    str(bin_ / "pg_dump"),
+                    "-Fc",
+                    "-h",
+                    sock,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-f",
+                    str(self.work / "tmp" / "bench.dump"),
+                    "bench",
+                ]
+            )
+            self.psql(port, "CREATE DATABASE fresh")
+            self.run(
+                [
+                    str(bin_ / "pg_restore"),
+                    "-h",
+                    sock,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "fresh",
+                    str(self.work / "tmp" / "bench.dump"),
+                ]
+            )
+
+        def template() -> None:
+            self.psql(port, "CREATE DATABASE snap TEMPLATE bench")
+            self.psql(port, "DROP DATABASE bench")
+            self.psql(port, "CREATE DATABASE bench TEMPLATE snap")
+
+        a = self.timed(ours)
+        port, sock = self.port("main"), self.sockdir("main")
+        b = self.timed(dump)
+        self.psql(port, "DROP DATABASE fresh")
+        c = self.timed(template)
+        self.psql(port, "DROP DATABASE snap")
+        self.pgmgr("snapshot", "main", "s1", "--delete", "-q")
+        return a, b, c
+
+    def branch(self) -> tuple[float, float]:
+        port, sock = self.port("main"), self.sockdir("main")
+        a = self.timed(lambda: self.pgmgr("branch", "main", "feat", "-q"))
+        self.pgmgr("stop", "feat", "-q")
+        port, sock = self.port("main"), self.sockdir("main")
+        target = self.mkdir("bb") / "data"
+        free = server.free_port("127.0.0.1")
+
+        def basebackup() -> None:
+            self.run(
+                [
+                    str(self.old.bin("pg_basebackup")),
+                    "-D",
+                    str(target),
+                    "-h",
+                    sock,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ]
+            )
+            self.run(
+                [
+                    str(self.old.bin("pg_ctl")),
+                    "start",
+                    "-w",
+                    "-D",
+                    str(target),
+                    "-l",
+                    str(self.work / "tmp" / "bb.log"),
+                    "-o",
+                    f"-p {free} -k {self.sock} -c listen_addresses=''",
+                ]
+            )
+
+        b = self.timed(basebackup)
+        self.run([str(self.old.bin("pg_ctl")), "stop", "-w", "-m", "fast", "-D", str(target)])
+        return a, b
+
+    def upgrade(self) -> tuple[float, float]:
+        self.pgmgr("stop", "--all", "-q")
+        ours_dir, raw_dir = self.work / "up-ours", self.work / "up-raw"
+        for d in (ours_dir, raw_dir):
+            subprocess.run(["cp", "-a", str(self.work / "main"), str(d)], check=True)
+        self.pgmgr("init", "-q", "-d", str(ours_dir), "--name", "upours")
+        a = self.timed(
+            lambda: self.pgmgr("upgrade", "upours", "-v", "18", "--method", "copy", "--yes", "-q")
+        )
+        new = self.mkdir("raw-new") / "data"
+        work = self.mkdir("raw-work")
+        p1, p2 = server.free_port("127.0.0.1"), server.free_port("127.0.0.1")
+
+        def raw() -> None:
+            self.run(
+                [
+                    str(self.new.bin("initdb")),
+                    "-D",
+                    str(new),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--auth=trust",
+                    "--no-data-checksums",
+                    "-N",
+                ]
+            )
+            self.run(
+                [
+                    str(self.new.bin("pg_upgrade")),
+                    "-b",
+                    str(self.old.bindir),
+                    "-B",
+                    str(self.new.bindir),
+                    "-d",
+                    str(raw_dir),
+                    "-D",
+                    str(new),
+                    "-U",
+                    "postgres",
+                    "-p",
+                    str(p1),
+                    "-P",
+                    str(p2 if p2 != p1 else p1 + 1),
+                    "-s",
+                    str(self.sock),
+                    "--copy",
+                ],
+                cwd=work,
+            )
+
+        b = self.timed(raw)
+        return a, b
+
+
+def machine(b: Bench) -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(b.work)], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} cores; filesystem ({b.work.parent}): {fs}",
+        f"- PostgreSQL {b.old.version} -> {b.new.version}; pgbench scale {b.scale}; "
+        f"user: {'root (servers run as postgres)' if b.root else pwd.getpwuid(os.getuid())[0]}",
+        f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f}; one run per case, "
+        f"`sync` (untimed) before each side; date: {time.strftime('%Y-%m-%d %H:%M')}",
+    ]
+
+
+def render(rows: list[Row], size: str, notes: list[str]) -> str:
+    out = [
+        SECTION,
+        "",
+        f"Instance: `pgbench -i -s` ({size}), one run.",
+        "",
+        "| case | pgmgr | baseline | baseline time | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        met = "yes" if r.ratio <= r.target else "**no**"
+        out.append(
+            f"| {r.case} | {r.ours:.2f} s | {r.baseline} | {r.theirs:.2f} s | "
+            f"{r.ratio:.3f} | <= {r.target} | {met} |"
+        )
+    return "\n".join([*out, "", *notes, ""])
+
+
+def write(text: str) -> None:
+    path = REPO / "bench" / "RESULTS.md"
+    old = path.read_text() if path.exists() else ""
+    if SECTION in old:
+        old = old[: old.index(SECTION)].rstrip() + "\n"
+    path.write_text(old.rstrip() + "\n\n" + text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=int, default=70)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pgmgr-bench-snap-", dir="/tmp"))
+    work.chmod(0o755)
+    b = Bench(work, args.scale)
+    try:
+        b.setup()
+        size = subprocess.run(
+            ["du", "-sh", str(work / "main")], capture_output=True, text=True, check=False
+        ).stdout.split()[0]
+        sr, dump, tpl = b.snapshot_restore()
+        br, bb = b.branch()
+        up, raw = b.upgrade()
+        notes = machine(b)
+    finally:
+        subprocess.run([*b.pgmgr_cmd, "stop", "--all", "-q"], env=b.env, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [
+        Row(
+            "snapshot + restore (running)",
+            sr,
+            "`pg_dump -Fc` + `pg_restore` into a fresh db",
+            dump,
+            0.05,
+        ),
+        Row("snapshot + restore (running)", sr, "`CREATE DATABASE .. TEMPLATE` swap", tpl, 0.5),
+        Row(
+            "branch of a running instance, ready",
+            br,
+            "`pg_basebackup` + `pg_ctl start -w`",
+            bb,
+            0.5,
+        ),
+        Row(
+            "upgrade 15 -> 18 `--method copy` (stopped)",
+            up,
+            "`initdb` + raw `pg_upgrade --copy`",
+            raw,
+            1.2,
+        ),
+    ]
+    text = render(rows, size, notes)
+    print(text)
+    if not args.no_write:
+        write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""``pgmgr import DIR -d NEWDIR``: a new instance from a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pgmgr import ui
+from pgmgr.commands import _common as c
+
+
+def import_(
+    bundle: Annotated[
+        Path, typer.Argument(help="A bundle made by 'pgmgr export'.", show_default=False)
+    ],
+    datadir: Annotated[
+        Path,
+        typer.Option("-d", "--datadir", help="The new data directory.", show_default=False),
+    ],
+    version: c.Version = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Name of the new instance.", show_default=False),
+    ] = None,
+    port: Annotated[
+        str | None,
+        typer.Option(
+            "-p", "--port", help="Port number, or 'auto' (the default).", show_default=False
+        ),
+    ] = None,
+    json: c.Json = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """Create and start an instance from a bundle, on the bundle's major version or a
+    newer one (-v 18). Nothing is created if the bundle is incomplete or damaged, or the
+    target binaries lack an extension it uses.
+
+    Example: pgmgr import ./web-bundle -d ./web18 -v 18
+    """
+    c.quiet(quiet, json)
+    from pgmgr.core import importer
+
+    with ui.spinner(f"Importing {bundle} …"):
+        res = importer.import_bundle(bundle, datadir, version=version, name=name, port=port)
+    srv = res.server
+    if json:
+        ui.emit_json(
+            {
+                **c.status_record(srv.status(), srv),
+                "source_version": res.source_version,
+                "databases": res.databases,
+                "elapsed_ms": round(res.elapsed * 1000, 1),
+            }
+        )
+        return
+    ui.message(
+        f"Imported {len(res.databases)} database(s) from PostgreSQL {res.source_version} into "
+        f"'{srv.inst.name}' (PostgreSQL {srv.inst.version}) in {ui.ms(res.elapsed)}: "
+        f"{srv.url()}"
+    )

@@ -1,0 +1,125 @@
+"""``pgmgr snapshot`` and ``pgmgr snapshots``: take, delete and list snapshots."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from pgmgr import ui
+from pgmgr.commands import _common as c
+
+RequiredName = Annotated[
+    str,
+    typer.Argument(
+        help="Instance name (or a data directory path).",
+        autocompletion=c.complete_names,
+        show_default=False,
+    ),
+]
+Snap = Annotated[
+    str | None,
+    typer.Argument(help="Snapshot name (default: a UTC timestamp).", show_default=False),
+]
+
+
+def snapshot(
+    name: RequiredName,
+    snap: Snap = None,
+    online: Annotated[
+        bool,
+        typer.Option("--online", help="No downtime: pg_basebackup of the running server."),
+    ] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete snapshot SNAP.")] = False,
+    json: c.Json = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """Take a snapshot of an instance (a running one is stopped for the copy and started
+    again, unless --online), or delete one with --delete.
+
+    Example: pgmgr snapshot dev before-migration
+    """
+    c.quiet(quiet, json)
+    from pgmgr.core import registry, snapstore
+    from pgmgr.core import snapcatalog as catalog
+    from pgmgr.core import snapshot as snaps
+    from pgmgr.core.errors import UsageError
+
+    srv = c.resolve(name, None)
+    if delete:
+        if snap is None:
+            raise UsageError(
+                "--delete needs the snapshot's name: pgmgr snapshot NAME SNAP --delete"
+            )
+        with registry.lock(srv.datadir):
+            catalog.delete(srv, snap)
+        if json:
+            ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
+        ui.message(f"Deleted snapshot {snap!r} of '{srv.inst.name}'")
+        return
+    how = "online " if online else ""
+    with (
+        snapstore.interruptible(),
+        registry.lock(srv.datadir),
+        ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
+    ):
+        result = snaps.create(srv, snap, online=online)
+    if json:
+        ui.emit_json(result.to_dict())
+        return
+    down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
+    ui.message(
+        f"Snapshot {result.snapshot!r} of '{result.instance}' taken in {ui.ms(result.elapsed)} "
+        f"({ui.size(result.size)}, {result.method}{down}): {result.path}"
+    )
+
+
+def snapshots(
+    name: c.Name = None,
+    json: c.Json = False,
+) -> None:
+    """List the snapshots of one instance, or of every instance.
+
+    Example: pgmgr snapshots dev --json
+    """
+    from pgmgr.core import registry
+    from pgmgr.core import snapcatalog as catalog
+    from pgmgr.core.errors import DatabaseException
+    from pgmgr.core.instance import Server
+
+    if name:
+        rows = [info.to_dict() for info in catalog.list_snapshots(c.resolve(name, None))]
+    else:
+        rows = []
+        for inst in registry.load_all()[0]:
+            try:
+                rows += [info.to_dict() for info in catalog.list_snapshots(Server(inst))]
+            except DatabaseException as e:  # one unsafe store does not hide the others
+                ui.error(f"'{inst.name}': {e}")
+    if json:
+        ui.emit_json(rows)
+        return
+    if not rows:
+        ui.message("No snapshots; take one with 'pgmgr snapshot NAME'")
+        return
+    ui.table(
+        ["instance", "snapshot", "created", "size", "version", "kind"],
+        [
+            [
+                r["instance"],
+                r["snapshot"],
+                _when(r["created"]),
+                ui.size(r["size"]) if r["size"] is not None else "-",
+                r["version"] or "-",
+                r["kind"] if not r["problem"] else f"unusable: {r['problem']}",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _when(created: float | None) -> str:
+    if created is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))

@@ -1,0 +1,85 @@
+"""``pgmgr upgrade``: a major upgrade with pg_upgrade, keeping a snapshot for rollback."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from pgmgr import ui
+from pgmgr.commands import _common as c
+from pgmgr.commands.snapshot import RequiredName
+
+
+def upgrade(
+    name: RequiredName,
+    version: Annotated[
+        str, typer.Option("-v", "--version", help="The new major version (18).", show_default=False)
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="copy (default), link (fast, shares files) or clone "
+            "(reflink; needs a filesystem that has it).",
+        ),
+    ] = "copy",
+    check: Annotated[
+        bool, typer.Option("--check", help="Only run pg_upgrade's checks; change nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
+    json: c.Json = False,
+    quiet: c.Quiet = False,
+) -> None:
+    """Upgrade an instance to a new PostgreSQL major with pg_upgrade. The old state is
+    kept as a snapshot ('pgmgr restore NAME pre-upgrade-OLD' rolls back); a running
+    instance runs again afterwards, on the new version, with fresh statistics.
+
+    Asks first unless --yes or --check; without a terminal, --yes is required.
+
+    Example: pgmgr upgrade dev -v 18 --check
+    """
+    c.quiet(quiet, json)
+    from pgmgr.core import registry, snapstore
+    from pgmgr.core import upgrade as up
+    from pgmgr.core.errors import UsageError
+
+    srv = c.resolve(name, None)
+    old, new = up.prepare(srv, version, method)
+    if not yes and not check:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"refusing to upgrade '{srv.inst.name}' without --yes (no terminal to ask on)"
+            )
+        prompt = (f"Upgrade '{srv.inst.name}' from PostgreSQL {old.version} to {new.version}? "
+                  "(the old state is kept as a snapshot)")  # fmt: skip
+        if not typer.confirm(prompt, default=False, err=True):
+            ui.message("Nothing changed")
+            raise typer.Exit(1)
+    what = "Checking" if check else "Upgrading"
+    with (
+        snapstore.interruptible(),
+        registry.lock(srv.datadir),
+        ui.spinner(f"{what} '{srv.inst.name}' ({old.version} -> {new.version}, {method}) …"),
+    ):
+        result = up.upgrade(srv, version, method=method, check=check)
+    if json:
+        ui.emit_json(result.to_dict())
+        return
+    if check:
+        ui.message(f"'{result.name}' can be upgraded from {result.old_version} to "
+                   f"{result.new_version} ({method}): pg_upgrade's checks passed")  # fmt: skip
+        return
+    down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
+    ui.message(f"Upgraded '{result.name}' from PostgreSQL {result.old_version} to "
+               f"{result.new_version} in {ui.ms(result.elapsed)}{down}")  # fmt: skip
+    ui.message(f"Kept the old state as snapshot {result.snapshot!r}: "
+               f"'pgmgr restore {result.name} {result.snapshot}' rolls back")  # fmt: skip
+    if result.rejected:
+        ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
+                   + ", ".join(result.rejected))  # fmt: skip
+    if result.analyzed:
+        ui.message("Statistics rebuilt (vacuumdb --analyze-in-stages)")
+    elif result.analyze_hint:
+        ui.message("Statistics: " + result.analyze_hint)

@@ -1,0 +1,216 @@
+"""Branches: a new, independent instance from another one's current state or snapshot.
+
+The copy is made with the copy engine into the new data directory's snapshot store (on the
+same filesystem as its final place, private to the server user), then renamed into place
+with ``RENAME_NOREPLACE`` and registered in one step that signals cannot split. The branch
+has its own name, data directory, port, socket directory and password: a fresh generated
+password, set through the private socket at its first start (as for template copies,
+:attr:`~pgmgr.core.registry.Instance.password_pending`).
+
+Branching from the current state of a running source stops it for the copy and starts it
+again (the downtime is reported); a snapshot is copied without touching the source.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import copy, registry, server, snapcatalog, snapshot, snapstore, userfs
+from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.instance import Server, new_password
+from pgmgr.core.pause import paused
+from pgmgr.core.registry import Instance
+
+
+@dataclass
+class BranchResult:
+    name: str
+    source: str
+    datadir: str
+    snapshot: str | None
+    started: bool
+    port: int | None
+    url: str | None
+    size: int
+    method: str
+    elapsed: float
+    source_downtime: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "datadir": self.datadir,
+            "from_snapshot": self.snapshot,
+            "started": self.started,
+            "port": self.port,
+            "url": self.url,
+            "size": self.size,
+            "method": self.method,
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "source_downtime_ms": (
+                None if self.source_downtime is None else round(self.source_downtime * 1000, 1)
+            ),
+        }
+
+
+def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
+    """The new data directory: ``datadir``, else ``NEW`` beside the source's.
+
+    :raises DatabaseException: it exists, or its parent does not.
+    """
+    target = Path(os.path.abspath(datadir)) if datadir else src.datadir.parent / new
+    if os.path.lexists(target):
+        raise DatabaseException(
+            f"{target} already exists; a branch gets a new data directory",
+            hint="choose another with -d DIR",
+        )
+    if not target.parent.is_dir():
+        raise DatabaseException(f"cannot create {target}: {target.parent} is not a directory")
+    return target
+
+
+def new_record(src: Server, new: str, target: Path, port: int | str | None) -> Instance:
+    """The branch's record: the source's version, user, settings and authentication; a
+    new name, data directory, port and password; no socket dir or log of its own yet."""
+    s = src.inst
+    password = new_password() if s.auth != "trust" else None
+    if port == "auto" or port is None:
+        port = server.free_port(s.host or "127.0.0.1")
+    return Instance(
+        name=new,
+        datadir=os.path.realpath(target),
+        major=s.major,
+        version=s.version,
+        bindir=s.bindir,
+        host=s.host,
+        port=int(port),
+        server_user=s.server_user,
+        superuser=s.superuser,
+        password=password,
+        auth=s.auth,
+        settings=dict(s.settings),
+        password_pending=password is not None,
+    )
+
+
+def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    try:
+        snapstore.renameat2(src_fd, src, dst_fd, dst, snapstore.RENAME_NOREPLACE)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        if _exists_at(dst_fd, dst):
+            raise FileExistsError(errno.EEXIST, "exists", dst) from None
+        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _snapshot_source(src: Server, snap: str, store: snapstore.Store) -> tuple[Path, int]:
+    """The copy inside snapshot ``snap`` of ``src``, and its size.
+
+    :raises SnapshotNotFound: no such snapshot. :raises DatabaseException: not ``src``'s.
+    """
+    meta = snapcatalog.load(store, snap, src.inst.name)
+    if meta.datadir != src.inst.datadir:
+        raise DatabaseException(f"snapshot {snap!r} is of another instance ({meta.instance})")
+    return store.entry(snap) / snapstore.DATA, meta.size
+
+
+def branch(
+    src: Server,
+    new: str,
+    *,
+    snap: str | None = None,
+    datadir: Path | None = None,
+    port: int | str | None = None,
+    start: bool = False,
+) -> BranchResult:
+    """Make ``new`` from ``src`` (see the module doc); the caller holds ``src``'s lock.
+
+    :raises UsageError: a bad or taken name.
+    :raises SnapshotNotFound: ``snap`` is not one of ``src``'s snapshots.
+    :raises DatabaseException: the target exists, not enough space, an unsafe store.
+    :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP): no branch is left, the
+        source runs again if it was stopped for the copy.
+    """
+    registry.check_name(new)
+    if new in registry.names():
+        raise UsageError(f"an instance named {new!r} already exists", hint="choose another name")
+    snapshot.require_datadir(src)
+    t0 = time.monotonic()
+    target = target_dir(src, new, datadir)
+    su = src.user()
+    start = start or src.running() is not None
+    with snapstore.interruptible(), snapstore.opened(target, su) as tstore:
+        tstore.as_user(snapstore.sweep, tstore.path)
+        stats, downtime = _copy_branch(src, snap, tstore)
+        inst = new_record(src, new, target, port)
+        srv = Server(inst)
+        # From here to a started branch signals only wait: the branch is complete, or it is
+        # removed again if it cannot be registered or started.
+        with snapstore.shielded():
+            staging = snapstore.TMP + "branch"
+            _rename_noreplace(tstore.fd, staging, tstore.parent_fd, target.name)
+            try:
+                registry.save(inst)
+                if start:
+                    with registry.lock(srv.datadir):
+                        srv.start(port="auto" if port in (None, "auto") else port)
+            except BaseException:
+                _undo(srv, tstore)
+                raise
+    return BranchResult(
+        new, src.inst.name, inst.datadir, snap, start, srv.inst.port,
+        srv.url() if start else None, stats.bytes, stats.method,
+        time.monotonic() - t0, downtime,
+    )  # fmt: skip
+
+
+def _copy_branch(
+    src: Server, snap: str | None, tstore: snapstore.Store
+) -> tuple[copy.CopyStats, float | None]:
+    """Copy into ``<tstore>/.tmp-branch`` (the lock makes the name ours)."""
+    staging = tstore.entry(snapstore.TMP + "branch")
+    downtime = None
+    try:
+        if snap is None:
+            snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
+            size = tstore.as_user(copy.tree_size, src.datadir)
+            snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
+            with paused(src) as pause:
+                stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
+            downtime = pause.downtime
+        else:
+            gone = snapcatalog.missing(src.inst.name, snap)
+            with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
+                origin, size = _snapshot_source(src, snap, sstore)
+                snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
+                stats = tstore.as_user(snapshot.copy_into, origin, staging)
+        tstore.as_user(copy.sync_fs, tstore.path)
+    except BaseException:
+        tstore.as_user(snapstore.remove_tree, staging)
+        raise
+    return stats, downtime
+
+
+def _undo(srv: Server, tstore: snapstore.Store) -> None:
+    """Remove a branch that could not be registered or started: its server, record and
+    data directory (through the parent's fd)."""
+    try:
+        srv.stop("immediate")
+    finally:
+        registry.remove(srv.inst.name)
+        userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)

@@ -1,0 +1,150 @@
+"""``pgmgr import DIR -d NEWDIR``: a new instance from a bundle (:mod:`pgmgr.core.bundle`).
+
+Everything that can be checked is checked before anything is made (the bundle's files and
+checksums, the target directory, the version, the extensions the target binaries have); if a
+later step fails, the new instance is destroyed again, so an import either succeeds or leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import ops, registry, scram, server, versions
+from pgmgr.core.bundle import (
+    ImportResult,
+    _new_dir,
+    check_root_safe,
+    client_env,
+    missing_extensions,
+    read_manifest,
+)
+from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.instance import Server, quote_ident, quote_literal
+
+
+def target_install(manifest: dict[str, Any], version: str | None) -> versions.Installation:
+    """The binaries to import into: ``version``, else the bundle's own major.
+
+    :raises DatabaseException: an older major than the bundle's (pg_restore reads archives
+        of its own and older majors only), or not installed.
+    """
+    src_major = str(manifest["source"]["major"])
+    install = versions.select(version or src_major).installation
+    if versions.version_key(install.major) < versions.version_key(src_major):
+        raise DatabaseException(
+            f"the bundle is from PostgreSQL {manifest['source']['version']}; it cannot be "
+            f"imported into the older PostgreSQL {install.major} (nothing was created)",
+            hint=f"use -v {src_major} or newer",
+        )
+    return install
+
+
+def globals_sql(text: str, superuser: str) -> str:
+    """``pg_dumpall --globals-only`` output without the ``CREATE ROLE`` of the superuser
+    (the new instance has it already; the ``ALTER ROLE`` that follows still applies)."""
+    names = {superuser, quote_ident(superuser)}
+    drop = re.compile(r"^CREATE ROLE (.+);$")
+    return "".join(
+        line
+        for line in text.splitlines(keepends=True)
+        if not ((m := drop.match(line.strip())) and m.group(1) in names)
+    )
+
+
+def restore_argv(install: versions.Installation, archive: Path, *, create: bool) -> list[str]:
+    argv = [str(install.bin("pg_restore")), "--exit-on-error", "-d", "postgres"]
+    return [*argv, *(["--create"] if create else []), str(archive)]
+
+
+def import_bundle(
+    bundle: Path,
+    datadir: Path,
+    *,
+    version: str | None = None,
+    name: str | None = None,
+    port: str | None = None,
+    timeout: float = 60.0,
+) -> ImportResult:
+    """Create, start and fill a new instance from ``bundle``.
+
+    :raises DatabaseException: see :func:`~pgmgr.core.bundle.read_manifest`,
+        :func:`target_install`; the directory exists; the target lacks extensions; a
+        restore step failed (then the new instance is removed again).
+    :raises UsageError: the name is taken.
+    """
+    t0 = time.monotonic()
+    server.check_port_option(port)
+    bundle = Path(os.path.abspath(bundle))
+    if bundle.is_dir():
+        check_root_safe(bundle, "import from")
+    manifest = read_manifest(bundle)
+    install = target_install(manifest, version)
+    datadir = _new_dir(datadir, "import")
+    if name:
+        registry.check_name(name)
+        if name in registry.names():
+            raise UsageError(
+                f"instance name {name!r} is already used", hint="choose another --name"
+            )
+    missing = missing_extensions(install, manifest)
+    if missing:
+        raise DatabaseException(
+            f"PostgreSQL {install.version} ({install.bindir}) lacks extensions the bundle "
+            f"uses: {', '.join(missing)}; nothing was created",
+            hint="install them for that version, or import into another with -v",
+        )
+    srv = Server.for_datadir(datadir, name=name, version=install.version)
+    try:
+        _create(srv, manifest, port, timeout)
+        _restore(srv, install, bundle, manifest)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ops.destroy(srv)
+        raise
+    dbs = [str(d["name"]) for d in manifest["databases"]]
+    return ImportResult(srv, str(manifest["source"]["version"]), dbs, time.monotonic() - t0)
+
+
+def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
+    locale = manifest["locale"]
+    opts = server.InitOptions(
+        superuser=str(manifest["superuser"]),
+        auth=str(manifest.get("auth") or "scram-sha-256"),
+        encoding=str(manifest["encoding"]),
+        locale=str(locale["collate"]),
+        extra=() if locale["collate"] == locale["ctype"] else (f"--lc-ctype={locale['ctype']}",),
+    )
+    with registry.lock(srv.datadir):
+        srv.initialize(opts)
+        srv.inst.settings = server.check_settings(manifest["settings"])
+        srv.save()
+        srv.start(port=port or "auto", timeout=timeout)
+
+
+def _restore(
+    srv: Server, install: versions.Installation, bundle: Path, manifest: dict[str, Any]
+) -> None:
+    """Globals with the target's psql, then each database with its pg_restore; the
+    superuser keeps the new instance's password."""
+    text = (bundle / str(manifest["globals"])).read_text()
+    # psql runs the bundle's text as the server user: a psql meta-command in it (``\\!``
+    # runs a shell) can then do no more than the SQL it carries could anyway (COPY ... TO
+    # PROGRAM runs as the server user too), never act as root or as the importing user.
+    su = srv.user()
+    psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+    env = client_env(srv)
+    server.run(psql, su, timeout=3600, env=env, input=globals_sql(text, srv.inst.superuser))
+    for db in manifest["databases"]:
+        archive = bundle / str(db["dir"])
+        argv = restore_argv(install, archive, create=db["name"] != "postgres")
+        server.run(argv, env=env, timeout=24 * 3600)
+    if srv.inst.password:
+        verifier = scram.verifier(srv.inst.password)
+        role, pw = quote_ident(srv.inst.superuser), quote_literal(verifier)
+        server.run(psql, su, timeout=60, env=env, input=f"ALTER ROLE {role} PASSWORD {pw};\n")

@@ -1,0 +1,351 @@
+"""Streaming standbys: ``pgmgr replica SRC``, ``pgmgr promote NAME``, and each instance's role.
+
+A replica is PostgreSQL's own streaming replication, set up the way a DBA would: on the
+primary a replication role with its own generated password, a physical replication slot
+(so the primary keeps the WAL the standby still needs) and ``pg_hba.conf`` lines allowing
+that role over loopback only (then a reload); then ``pg_basebackup -R`` run as the server
+user writes the standby's data directory, ``standby.signal`` and ``primary_conninfo``. The
+standby is registered like any instance, with its primary, slot, role and password in its
+record. pgmgr never manages failover: ``promote`` is PostgreSQL's ``pg_promote()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pgmgr.core import registry, scram, server, userfs, versions
+from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
+from pgmgr.core.instance import Server, new_password
+from pgmgr.core.ops import reload, require_running
+from pgmgr.core.roles import is_standby
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+HBA_TAG = "# pgmgr replica "
+
+
+def slot_name(name: str) -> str:
+    """The slot (and replication role) name for replica ``name``: ``[a-z0-9_]``, <= 63."""
+    return "pgmgr_" + re.sub(r"[^a-z0-9_]", "_", name.lower())[:56]
+
+
+def hba_lines(name: str, role: str) -> list[str]:
+    """Loopback-only scram lines for ``role``, each tagged so it can be found again."""
+    tag = HBA_TAG + name
+    return [
+        f"host replication {role} 127.0.0.1/32 scram-sha-256  {tag}",
+        f"host replication {role} ::1/128 scram-sha-256  {tag}",
+    ]
+
+
+def edited_hba(text: str, name: str, add: list[str]) -> str:
+    """``text`` without the lines tagged for replica ``name``, with ``add`` first (the
+    first matching line wins, so ours come before a broader one)."""
+    kept = [ln for ln in text.splitlines() if not ln.rstrip().endswith(HBA_TAG + name)]
+    return "\n".join([*add, *kept]) + "\n"
+
+
+def basebackup_argv(
+    install: versions.Installation, target: Path, host: str, port: int, role: str, slot: str
+) -> list[str]:
+    return [
+        str(install.bin("pg_basebackup")),
+        "-D", str(target), "-h", host, "-p", str(port), "-U", role, "-w",
+        "-X", "stream", "-S", slot, "-R", "-c", "fast",
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- as the server user
+
+
+def _rewrite_hba(path: str, name: str, add: list[str]) -> None:
+    """Runs as the server user (:func:`~pgmgr.core.userfs.as_user`): rewrite ``path``
+    atomically, never through a symlink nor blocking on a FIFO."""
+    with userfs.opened_dir(os.path.dirname(path)) as fd:
+        base = os.path.basename(path)
+        text = userfs.read_file_at(fd, base, limit=16 << 20).decode()
+        userfs.write_file_at(fd, base, edited_hba(text, name, add).encode(), 0o600)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+@contextlib.contextmanager
+def connect(srv: Server) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit superuser session on ``srv``.
+
+    :raises WorkerError: cannot connect.
+    """
+    import psycopg
+
+    try:
+        conn = psycopg.connect(srv.dsn(), autocommit=True, connect_timeout=5)
+    except psycopg.Error as e:
+        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+    with conn:
+        yield conn
+
+
+def _sql(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
+    import psycopg
+
+    try:
+        cur = conn.execute(query, params or None)
+        row = cur.fetchone() if cur.description else None
+    except psycopg.Error as e:
+        raise DatabaseException(str(e).strip().splitlines()[0]) from None
+    return row[0] if row else None
+
+
+# --------------------------------------------------------------------------- replica
+
+
+def check_source(src: Server, version: str | None) -> None:
+    """:raises NotRunning: SRC is stopped. :raises DatabaseException: another major asked
+    for, or SRC is itself a standby."""
+    require_running(src)
+    major = src.installation().major
+    if version:
+        asked = versions.check_version_string(version)
+        if versions.major_of(asked) != major and asked != major:
+            raise DatabaseException(
+                f"'{src.inst.name}' is PostgreSQL {major}: a streaming replica must run the "
+                f"same major version, not {asked}",
+                hint=f"to move it to PostgreSQL {asked}, use 'pgmgr export' and "
+                f"'pgmgr import -v {asked}'",
+            )
+    if is_standby(src):
+        raise DatabaseException(
+            f"'{src.inst.name}' is a standby; make replicas of its primary"
+            + (f" '{src.inst.primary}'" if src.inst.primary else "")
+        )
+    if not src.inst.host:
+        raise DatabaseException(
+            f"'{src.inst.name}' listens on no TCP address; replication runs over loopback TCP",
+            hint=f"restart it with 'pgmgr start {src.inst.name} -H 127.0.0.1'",
+        )
+
+
+def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
+    """:raises DatabaseException: the directory exists, or its parent does not."""
+    target = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
+    if os.path.lexists(target):
+        raise DatabaseException(
+            f"{target} already exists; a replica needs a new directory (nothing was created)",
+            hint="choose another with -d DIR",
+        )
+    if not target.parent.is_dir():
+        raise DatabaseException(f"{target.parent} does not exist (nothing was created)")
+    return target
+
+
+def create(
+    src: Server,
+    *,
+    name: str | None = None,
+    datadir: Path | None = None,
+    port: str | None = None,
+    version: str | None = None,
+    timeout: float = 120.0,
+) -> Server:
+    """A running, registered streaming standby of ``src``.
+
+    :raises NotRunning: SRC is not running.
+    :raises UsageError: the name is taken.
+    :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
+        of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
+    """
+    server.check_port_option(port)
+    check_source(src, version)
+    if name:
+        registry.check_name(name)
+        if name in registry.names():
+            raise UsageError(
+                f"instance name {name!r} is already used", hint="choose another --name"
+            )
+    else:
+        name = registry.unique_name(f"{src.inst.name}-replica")
+    # Two replicas made at once with one name or directory: the second waits, then finds
+    # the directory taken, before it touched anything.
+    with registry.lock(Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))):
+        target = target_dir(src, name, datadir)
+        slot = role = slot_name(name)
+        password = new_password()
+        _prepare_primary(src, name, role, slot, password)
+        rep: Server | None = None
+        try:
+            rep = _clone(src, name, target, role, slot, password)
+            rep.start(host=src.inst.host, port=port or "auto", timeout=timeout)
+        except BaseException:
+            if rep is not None:  # _clone removes its own directory when it fails
+                with contextlib.suppress(Exception):
+                    rep.stop("immediate", 30)
+                registry.remove(name)
+                _remove_new_dir(target)
+            with contextlib.suppress(Exception):
+                detach_primary(src, name, role, slot)
+            raise
+    return rep
+
+
+def _prepare_primary(src: Server, name: str, role: str, slot: str, password: str) -> None:
+    from psycopg import sql
+
+    with connect(src) as conn:
+        if _sql(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
+            raise DatabaseException(
+                f"role {role} already exists on '{src.inst.name}' (nothing was created)",
+                hint=f"drop it there first, or choose another --name than {name!r}",
+            )
+        if _sql(conn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", slot):
+            raise DatabaseException(
+                f"replication slot {slot} already exists on '{src.inst.name}' "
+                "(nothing was created)",
+                hint=f"drop it with SELECT pg_drop_replication_slot('{slot}'), or choose "
+                "another --name",
+            )
+        hba_file = str(_sql(conn, "SHOW hba_file"))
+        stmt = sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram.verifier(password))
+        )
+        _sql(conn, stmt.as_string(conn))
+        try:
+            _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
+            userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _sql(conn, "SELECT pg_drop_replication_slot(slot_name) FROM "
+                     "pg_replication_slots WHERE slot_name = %s", slot)  # fmt: skip
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            raise
+    reload(src)
+
+
+def _clone(src: Server, name: str, target: Path, role: str, slot: str, password: str) -> Server:
+    """pg_basebackup into ``target`` (a new directory handed to the server user), and the
+    standby's record."""
+    su = src.user()
+    install = src.installation()
+    with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
+        os.mkdir(target.name, 0o700, dir_fd=parent)
+        if su is not None:
+            os.chown(target.name, su.uid, su.gid, dir_fd=parent, follow_symlinks=False)
+    try:
+        host = src.conninfo(tcp=True)["host"]
+        argv = basebackup_argv(install, target, host, int(src.inst.port or 5432), role, slot)
+        server.run(argv, su, timeout=3600, env={"PGPASSWORD": password})
+    except BaseException:
+        _remove_new_dir(target)
+        raise
+    rep = Server.for_datadir(target, name=name, version=install.version)
+    inst = rep.inst
+    inst.host, inst.superuser, inst.auth = src.inst.host, src.inst.superuser, src.inst.auth
+    inst.password, inst.password_pending = src.inst.password, False  # the catalog is SRC's
+    inst.server_user, inst.settings = src.inst.server_user, dict(src.inst.settings)
+    inst.primary, inst.slot, inst.repl_role, inst.repl_password = (
+        src.inst.name,
+        slot,
+        role,
+        password,
+    )
+    rep.save()
+    return rep
+
+
+def _remove_new_dir(target: Path) -> None:
+    """Remove the directory a failed replica made (through fds: it belongs to the user)."""
+    with contextlib.suppress(OSError), userfs.opened_dir(target.parent) as parent:
+        userfs.rmtree_at(parent, target.name)
+
+
+def detach_primary(primary: Server, name: str, role: str | None, slot: str | None) -> list[str]:
+    """Drop replica ``name``'s slot, role and pg_hba.conf lines on ``primary`` (running).
+
+    :returns: what was removed.
+    """
+    from psycopg import sql
+
+    done: list[str] = []
+    with connect(primary) as conn:
+        if slot:
+            deadline = time.monotonic() + 10
+            while _sql(conn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot):
+                if time.monotonic() > deadline:  # its walsender is still there
+                    raise WorkerError(f"replication slot {slot} is still in use")
+                time.sleep(0.05)
+            if _sql(conn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", slot):
+                _sql(conn, "SELECT pg_drop_replication_slot(%s)", slot)
+                done.append(f"slot {slot}")
+        if role and _sql(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
+            _sql(conn, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)).as_string(conn))
+            done.append(f"role {role}")
+        hba_file = str(_sql(conn, "SHOW hba_file"))
+    userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
+    reload(primary)
+    return done
+
+
+# --------------------------------------------------------------------------- promote
+
+
+@dataclass
+class PromoteResult:
+    name: str
+    former_primary: str | None
+    detached: list[str]
+    note: str | None
+
+
+def promote(srv: Server, timeout: int = 60) -> PromoteResult:
+    """Promote a running standby (``pg_promote``), clear its ``primary_conninfo`` (it held
+    the replication password), and drop its slot, role and pg_hba.conf lines on the former
+    primary when that runs.
+
+    :raises NotRunning: not running. :raises DatabaseException: not a standby.
+    :raises WorkerError: it did not finish promotion within ``timeout``.
+    """
+    require_running(srv)
+    if not is_standby(srv):
+        raise DatabaseException(
+            f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
+        )
+    with connect(srv) as conn:
+        if not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
+            raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
+        _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
+        _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
+        _sql(conn, "SELECT pg_reload_conf()")
+    former = srv.inst.primary
+    detached, note = release(srv)
+    return PromoteResult(srv.inst.name, former, detached, note)
+
+
+def release(srv: Server) -> tuple[list[str], str | None]:
+    """Forget that ``srv`` follows a primary: drop its slot, role and pg_hba.conf lines
+    there (when the primary runs) and clear them from its record.
+
+    :returns: what was dropped, and a note saying what is left behind, if anything.
+    """
+    inst = srv.inst
+    former, role, slot = inst.primary, inst.repl_role, inst.slot
+    inst.primary = inst.slot = inst.repl_role = inst.repl_password = None
+    if srv.register and registry.find_by_datadir(srv.datadir) is not None:
+        srv.save()
+    if not former:
+        return [], None
+    try:
+        return detach_primary(Server.load(former), srv.inst.name, role, slot), None
+    except Exception as e:  # the promotion or removal stands; say what is left behind
+        return [], (
+            f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "
+            "there, or it keeps WAL for a standby that no longer follows it"
+        )

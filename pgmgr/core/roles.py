@@ -1,0 +1,58 @@
+"""Each instance's replication role, for ``pgmgr status``: kept apart from
+:mod:`pgmgr.core.replica` so that ``status`` imports nothing heavy (one ``stat`` per
+instance; a connection only to a running standby, for its replay lag)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+LAG_SQL = """
+SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 END
+"""
+
+
+def is_standby(srv: Server) -> bool:
+    """Whether the data directory is a standby's (``standby.signal``, PostgreSQL 12+)."""
+    return (srv.datadir / "standby.signal").exists()
+
+
+def standbys_of(srv: Server) -> list[str]:
+    """Names of the registered standbys whose primary is ``srv``."""
+    from pgmgr.core import registry
+
+    return [i.name for i in registry.load_all()[0] if i.primary == srv.inst.name]
+
+
+def replay_lag(srv: Server) -> tuple[int | None, float | None]:
+    """A running standby's WAL received but not replayed (bytes), and how old its last
+    replayed transaction is while it is behind (ms; 0 when caught up); None if unknown."""
+    import psycopg
+
+    try:
+        with psycopg.connect(srv.dsn(), connect_timeout=2) as conn:
+            row = conn.execute(LAG_SQL).fetchone()
+    except psycopg.Error:
+        return None, None
+    if row is None:
+        return None, None
+    return (
+        None if row[0] is None else int(row[0]),
+        None if row[1] is None else round(float(row[1]), 1),
+    )
+
+
+def role_fields(srv: Server, running: bool) -> dict[str, Any]:
+    """``role`` (primary or standby), ``primary``, ``replay_lag_bytes``, ``replay_lag_ms``."""
+    standby = is_standby(srv)
+    lag = replay_lag(srv) if standby and running else (None, None)
+    return {
+        "role": "standby" if standby else "primary",
+        "primary": srv.inst.primary if standby else None,
+        "replay_lag_bytes": lag[0],
+        "replay_lag_ms": lag[1],
+    }

@@ -1,0 +1,176 @@
+"""The snapshots an instance has: list, look up, name, delete.
+
+See :mod:`pgmgr.core.snapstore` for where they live and :mod:`pgmgr.core.snapshot` for taking
+and restoring them. Every function expects the caller to hold the instance's lock, except
+listing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import snapstore
+from pgmgr.core.errors import DatabaseException
+from pgmgr.core.instance import Server
+from pgmgr.core.privileges import ServerUser
+from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
+
+
+def taken_names(store: Store) -> set[str]:
+    return {n for n, _, _ in store.as_user(snapstore.list_metas, store.path)}
+
+
+def pick_name(store: Store, name: str | None, instance: str) -> str:
+    """``name`` (validated, free) or a fresh timestamp.
+
+    :raises DatabaseException: a snapshot of that name exists.
+    """
+    taken = taken_names(store)
+    if name is None:
+        return snapstore.default_name(taken)
+    snapstore.check_snap_name(name)
+    if name in taken:
+        raise DatabaseException(
+            f"'{instance}' already has a snapshot named {name!r}",
+            hint="choose another name, or delete it with 'pgmgr snapshot NAME SNAP --delete'",
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- list
+
+
+@dataclass
+class SnapshotInfo:
+    instance: str
+    snapshot: str
+    created: float | None
+    size: int | None
+    version: str | None
+    kind: str | None
+    path: str
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "snapshot": self.snapshot,
+            "created": self.created,
+            "size": self.size,
+            "version": self.version,
+            "kind": self.kind,
+            "path": self.path,
+            "problem": self.problem,
+        }
+
+
+def list_snapshots(srv: Server) -> list[SnapshotInfo]:
+    """The snapshots in ``srv``'s store, oldest first (unreadable ones say why)."""
+    try:
+        with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
+            entries = store.as_user(snapstore.list_metas, store.path)
+    except SnapshotNotFound:
+        return []
+    out = []
+    for name, meta, why in entries:
+        path = str(snapstore.store_path(srv.datadir) / name)
+        if meta is None:
+            out.append(SnapshotInfo(srv.inst.name, name, None, None, None, None, path, why))
+            continue
+        problem = None if meta.datadir == srv.inst.datadir else f"taken of {meta.datadir}"
+        out.append(
+            SnapshotInfo(
+                srv.inst.name, name, meta.created, meta.size, meta.version, meta.kind, path, problem
+            )
+        )
+    out.sort(key=lambda s: (s.created or 0, s.snapshot))
+    return out
+
+
+def missing(instance: str, name: str) -> str:
+    return f"'{instance}' has no snapshot named {name!r} (it has: none)"
+
+
+def load(store: Store, name: str, instance: str) -> Meta:
+    """The metadata of snapshot ``name``.
+
+    :raises SnapshotNotFound: no such snapshot (exit code 4), listing the ones there are.
+    :raises DatabaseException: its metadata is unreadable.
+    """
+    snapstore.check_snap_name(name)
+    entries = {n: (m, w) for n, m, w in store.as_user(snapstore.list_metas, store.path)}
+    if name not in entries:
+        have = ", ".join(sorted(entries)) or "none"
+        raise SnapshotNotFound(
+            f"'{instance}' has no snapshot named {name!r} (it has: {have})",
+            hint="'pgmgr snapshots' lists them",
+        )
+    meta, why = entries[name]
+    if meta is None:
+        raise DatabaseException(f"snapshot {name!r} is unreadable: {why}")
+    return meta
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def _delete(store: Path, name: str) -> None:
+    """Rename out of sight first (atomic), then remove. As the user."""
+    doomed = store / snapstore.tmp_name("delete")
+    os.rename(store / name, doomed)
+    snapstore.remove_tree(doomed)
+
+
+def delete(srv: Server, name: str) -> Meta:
+    """Delete snapshot ``name`` of ``srv``.
+
+    :raises SnapshotNotFound: no such snapshot.
+    """
+    snapstore.check_snap_name(name)
+    gone = missing(srv.inst.name, name)
+    with snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store:
+        store.as_user(snapstore.sweep, store.path)
+        try:
+            meta = load(store, name, srv.inst.name)
+        except DatabaseException as e:
+            if isinstance(e, SnapshotNotFound):
+                raise
+            meta = None  # unreadable metadata: still deletable
+        store.as_user(_delete, store.path, name)
+    return meta or Meta(name, srv.inst.name, srv.inst.datadir, "", "", "", "", 0.0)
+
+
+def delete_all(datadir: Path, user: ServerUser | None) -> int:
+    """Remove every snapshot of ``datadir`` (``destroy --with-snapshots``); how many."""
+    try:
+        with snapstore.opened(datadir, user, create=False) as store:
+            count = len(store.as_user(snapstore.list_metas, store.path))
+            store.as_user(_delete, store.path.parent, store.path.name)
+    except SnapshotNotFound:
+        return 0
+    return count
+
+
+@dataclass
+class Kept:
+    """What ``destroy`` does with an instance's snapshots: looked at before, removed after
+    (the data directory's owner, who owns them, is known only while it exists)."""
+
+    datadir: Path
+    user: ServerUser | None
+    count: int
+    path: str
+
+    @classmethod
+    def of(cls, srv: Server) -> Kept:
+        try:
+            found = len(list_snapshots(srv))
+        except DatabaseException:
+            found = 0  # an unsafe store is never touched; destroy goes on without it
+        return cls(srv.datadir, srv.user(), found, str(snapstore.store_path(srv.datadir)))
+
+    def remove(self) -> int:
+        return delete_all(self.datadir, self.user) if self.count else 0

@@ -1,0 +1,310 @@
+"""Snapshots of an instance: take, list, restore, delete.
+
+A snapshot is a copy of the stopped data directory (or a ``pg_basebackup`` of the running
+one with ``online``), kept in the instance's store (see :mod:`pgmgr.core.snapstore`) and made
+with the one copy engine (:mod:`pgmgr.core.copy`). A running instance is stopped for the
+copy and started again (the downtime is reported). Restore copies the snapshot beside the
+data directory first (while the server still runs), then stops it, swaps the two directories
+with one atomic rename, starts it again, and only then removes the old state.
+
+Every function expects the caller to hold the instance's lock (``registry.lock``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import copy, server, snapstore, versions
+from pgmgr.core.errors import DatabaseException
+from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
+from pgmgr.core.pause import paused, resume
+from pgmgr.core.snapcatalog import load, missing, pick_name
+from pgmgr.core.snapstore import Meta, Store
+
+
+@dataclass
+class SnapshotResult:
+    instance: str
+    snapshot: str
+    path: str
+    size: int
+    files: int
+    method: str
+    kind: str
+    was_running: bool
+    elapsed: float
+    downtime: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "snapshot": self.snapshot,
+            "path": self.path,
+            "size": self.size,
+            "files": self.files,
+            "method": self.method,
+            "kind": self.kind,
+            "was_running": self.was_running,
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+        }
+
+
+@dataclass
+class RestoreResult:
+    instance: str
+    snapshot: str
+    version: str
+    was_running: bool
+    elapsed: float
+    downtime: float | None
+    saved: str | None = None
+    rolled_back_from: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "snapshot": self.snapshot,
+            "version": self.version,
+            "was_running": self.was_running,
+            "saved_current_as": self.saved,
+            "rolled_back_from": self.rolled_back_from,
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+        }
+
+
+def require_datadir(srv: Server) -> None:
+    """:raises DataDirNotFound: the instance has no data directory (exit code 4)."""
+    if not server.is_datadir(srv.datadir):
+        raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))
+
+
+# --------------------------------------------------------------------------- as the user
+
+
+def copy_into(src: Path, dst: Path) -> copy.CopyStats:
+    """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
+    never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
+    much again as the data of a freshly loaded instance). As the server user."""
+    skip = snapstore.unneeded_wal(src)
+    if not skip:
+        return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
+    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"))
+    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip)
+    stats.files += wal.files
+    stats.dirs += wal.dirs
+    stats.bytes += wal.bytes
+    for method, n in wal.by_method.items():
+        stats.by_method[method] = stats.by_method.get(method, 0) + n
+    return stats
+
+
+def snap_copy(src: Path, staging: Path) -> copy.CopyStats:
+    """``staging/data`` := a copy of ``src``. As the server user."""
+    os.mkdir(staging, 0o700)
+    return copy_into(src, staging / snapstore.DATA)
+
+
+def _finish(staging: Path, final: Path, meta: Meta) -> None:
+    """Write the metadata, flush, and give the snapshot its name. Runs as the server user."""
+    snapstore.write_meta(staging, meta)
+    copy.sync_fs(staging)
+    if final.exists():
+        raise DatabaseException(f"snapshot {final.name!r} appeared meanwhile")
+    os.rename(staging, final)
+    copy.fsync_dir(final.parent)
+
+
+def _check_data(snapdir: Path, meta: Meta) -> str | None:
+    """Why the copy in ``snapdir`` does not match its metadata, or None."""
+    data = snapdir / snapstore.DATA
+    major = server.datadir_major(data)
+    if major != meta.major:
+        return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
+    if snapstore.system_identifier(data) != meta.system_identifier:
+        return "its data directory has another system identifier than recorded"
+    return None
+
+
+# --------------------------------------------------------------------------- create
+
+
+def meta_for(srv: Server, name: str, sysid: str, kind: str, stats: copy.CopyStats) -> Meta:
+    inst = srv.inst
+    return Meta(
+        name=name,
+        instance=inst.name,
+        datadir=inst.datadir,
+        system_identifier=sysid,
+        major=inst.major,
+        version=inst.version,
+        bindir=inst.bindir,
+        created=time.time(),
+        size=stats.bytes,
+        files=stats.files,
+        method=stats.method,
+        kind=kind,
+        settings=dict(inst.settings),
+    )
+
+
+def create(
+    srv: Server, name: str | None = None, *, online: bool = False, kind: str = "snapshot"
+) -> SnapshotResult:
+    """Take a snapshot of ``srv`` (see the module doc).
+
+    :raises DataDirNotFound: no data directory.
+    :raises DatabaseException: a bad or taken name, not enough space, an unsafe store.
+    :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP); nothing is left behind
+        and a server that was stopped for the copy is started again.
+    """
+    require_datadir(srv)
+    t0 = time.monotonic()
+    su = srv.user()
+    with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
+        store.as_user(snapstore.sweep, store.path)
+        snapstore.check_supported(store, srv.datadir, f"snapshot '{srv.inst.name}'")
+        name = pick_name(store, name, srv.inst.name)
+        size = store.as_user(copy.tree_size, srv.datadir)
+        snapstore.check_space(store, size, f"snapshot {name!r}")
+        staging = store.entry(snapstore.tmp_name("snap"))
+        online = online and srv.running() is not None  # stopped: a copy is consistent
+        kind = "online" if online else kind
+        try:
+            with paused(srv, stop=not online) as pause:
+                if online:
+                    from pgmgr.core import basebackup
+
+                    stats = basebackup.take(srv, staging, su)
+                else:
+                    stats = store.as_user(snap_copy, srv.datadir, staging)
+            sysid = store.as_user(snapstore.system_identifier, staging / snapstore.DATA)
+            meta = meta_for(srv, name, sysid, kind, stats)
+            with snapstore.shielded():  # named: complete, whatever arrives now
+                store.as_user(_finish, staging, store.entry(name), meta)
+        except BaseException:
+            store.as_user(snapstore.remove_tree, staging)
+            raise
+    elapsed = time.monotonic() - t0
+    path = str(store.entry(name))
+    return SnapshotResult(
+        srv.inst.name, name, path, stats.bytes, stats.files, stats.method, kind,
+        pause.was_running, elapsed, pause.downtime,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
+    """Whether restoring ``meta`` is a rollback of an upgrade (True) or a plain restore.
+
+    :raises DatabaseException: the snapshot is of another instance or another major, or
+        does not hold what its metadata says.
+    """
+    name = meta.name
+    if meta.datadir != srv.inst.datadir:
+        raise DatabaseException(
+            f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
+            "nothing was changed"
+        )
+    current = store.as_user(snapstore.system_identifier, srv.datadir)
+    rollback = meta.upgraded_to is not None and meta.upgraded_to == current
+    on_disk = server.datadir_major(srv.datadir)
+    if meta.major != on_disk and not rollback:
+        raise DatabaseException(
+            f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "
+            f"PostgreSQL {on_disk}; nothing was changed",
+            hint="only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back",
+        )
+    if meta.system_identifier != current and not rollback:
+        raise DatabaseException(
+            f"snapshot {name!r} is of another cluster than '{srv.inst.name}' (system "
+            f"identifier {meta.system_identifier}, the instance has {current}); "
+            "nothing was changed"
+        )
+    why = store.as_user(_check_data, store.entry(name), meta)
+    if why:
+        raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
+    return rollback
+
+
+def _rollback_record(srv: Server, meta: Meta) -> None:
+    """Point the record at the snapshot's major (after the swap of a pre-upgrade one)."""
+    if (Path(meta.bindir) / "postgres").is_file():
+        srv.inst.major, srv.inst.version, srv.inst.bindir = meta.major, meta.version, meta.bindir
+    else:
+        install = versions.select(meta.major).installation
+        srv.inst.major, srv.inst.version = install.major, install.version
+        srv.inst.bindir = str(install.bindir)
+    srv.inst.settings = dict(meta.settings)
+    srv.save()
+
+
+def _stage_save(staging: Path, holder: Path, meta: Meta) -> None:
+    """Turn the swapped-out state in ``staging`` into snapshot ``holder``. As the user."""
+    os.mkdir(holder.with_name(holder.name + ".part"), 0o700)
+    os.rename(staging, holder.with_name(holder.name + ".part") / snapstore.DATA)
+    snapstore.write_meta(holder.with_name(holder.name + ".part"), meta)
+    os.rename(holder.with_name(holder.name + ".part"), holder)
+
+
+def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
+    """Put ``srv`` back to snapshot ``name`` (see the module doc). ``save_current``: keep
+    the state being replaced as a snapshot of that name (``""`` for a timestamp).
+
+    :raises SnapshotNotFound: no such snapshot.
+    :raises DatabaseException: see :func:`check_restorable`; not enough space.
+    :raises KeyboardInterrupt: interrupted before the swap: nothing changed (a server
+        that was stopped runs again); after it: the restore is complete.
+    """
+    require_datadir(srv)
+    t0 = time.monotonic()
+    old_version = srv.inst.version
+    gone = missing(srv.inst.name, name)
+    with (
+        snapstore.interruptible(),
+        snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
+    ):
+        store.as_user(snapstore.sweep, store.path)
+        meta = load(store, name, srv.inst.name)
+        rollback = check_restorable(srv, store, meta)
+        keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
+        snapstore.check_space(store, meta.size, f"restoring {name!r}")
+        staging = store.entry(snapstore.tmp_name("restore"))
+        swapped = False
+        try:
+            store.as_user(copy_into, store.entry(name) / snapstore.DATA, staging)
+            store.as_user(copy.sync_fs, store.path)
+            with paused(srv) as pause, snapstore.shielded():
+                snapstore.swap_in(store, staging.name)
+                swapped = True
+                if rollback:
+                    _rollback_record(srv, meta)
+                if keep is not None:
+                    store.as_user(_stage_save, staging, store.entry(keep.name), keep)
+                resume(srv, pause)  # still shielded: the restore completes, then says so
+        finally:
+            if not swapped:
+                store.as_user(snapstore.remove_tree, staging)
+        if keep is None:  # restored: the old state goes, in the background
+            snapstore.remove_later(staging, store.user)
+    return RestoreResult(
+        srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
+        pause.downtime, keep.name if keep else None, old_version if rollback else None,
+    )  # fmt: skip
+
+
+def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
+    """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
+    saved = pick_name(store, save_as or None, srv.inst.name)
+    sysid = store.as_user(snapstore.system_identifier, srv.datadir)
+    keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
+    keep.size = meta.size
+    return keep

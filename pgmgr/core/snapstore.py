@@ -1,0 +1,476 @@
+"""Where snapshots live, what they record, and the few file operations they need.
+
+Layout: beside the data directory, on the same filesystem (so the copy engine can reflink
+or ``copy_file_range``, and a restore can swap directories with one ``rename``)::
+
+    <parent>/.pgmgr-snapshots/                 0700, the server user's
+        <datadir basename>/                    0700: this data directory's snapshots
+            <snap>/data/                       the copy (never started, never registered)
+            <snap>/snapshot.json               instance identity, major, created, size
+            .tmp-<op>-<random>/                work in progress (swept under the lock)
+
+Keyed by the data directory's basename, not the instance name, so snapshots follow the
+directory (a branch at ``<parent>/NEW`` gets ``<parent>/.pgmgr-snapshots/NEW``). A snapshot
+also records the data directory and its system identifier (``global/pg_control``), so one
+moved in from another instance is refused. Only the server user and root can enter the
+store; as root, everything inside it runs as the server user (:func:`userfs.as_user`), and
+root itself only creates the two store directories and renames entries, through directory
+file descriptors opened with ``O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes  # here, not lazily: as root, work runs in children that may not reach the stdlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pgmgr.core import userfs
+from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.privileges import ServerUser
+
+T = TypeVar("T")
+STORE = ".pgmgr-snapshots"
+META = "snapshot.json"
+DATA = "data"
+TMP = ".tmp-"
+FORMAT = 1
+SNAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+META_LIMIT = 1 << 20
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class SnapshotNotFound(DatabaseException):
+    exit_code = 4
+
+
+@dataclass
+class Meta:
+    """``snapshot.json``: what a snapshot is a copy of."""
+
+    name: str
+    instance: str
+    datadir: str
+    system_identifier: str
+    major: str
+    version: str
+    bindir: str
+    created: float
+    size: int = 0
+    files: int = 0
+    method: str = ""
+    kind: str = "snapshot"  # snapshot | online | pre-upgrade | saved
+    settings: dict[str, str] = field(default_factory=dict)
+    #: for a pre-upgrade snapshot: the upgraded cluster's identifier (restore accepts it)
+    upgraded_to: str | None = None
+    format: int = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Meta:
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        meta = cls(**known)
+        for key in ("name", "instance", "datadir", "system_identifier", "major", "version"):
+            if not isinstance(getattr(meta, key), str):
+                raise ValueError(f"{key!r} must be a string")
+        if not isinstance(meta.created, int | float) or not isinstance(meta.size, int):
+            raise ValueError("'created' and 'size' must be numbers")
+        return meta
+
+
+def check_snap_name(name: str) -> str:
+    if not SNAP_RE.match(name):
+        raise UsageError(
+            f"invalid snapshot name {name!r}: use letters, digits, '.', '_' or '-' "
+            "(at most 63, starting with a letter or digit)"
+        )
+    return name
+
+
+def default_name(taken: set[str]) -> str:
+    """A UTC timestamp, with a suffix if one was already taken this second."""
+    base = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def store_path(datadir: Path) -> Path:
+    return datadir.parent / STORE / datadir.name
+
+
+def owner_ids(user: ServerUser | None) -> tuple[int, int]:
+    return (user.uid, user.gid) if user is not None else (os.geteuid(), os.getegid())
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class Store:
+    """A data directory's snapshot store, opened through fds (see :func:`opened`)."""
+
+    datadir: Path
+    user: ServerUser | None
+    parent_fd: int  # the data directory's parent
+    fd: int  # <parent>/.pgmgr-snapshots/<basename>
+
+    @property
+    def path(self) -> Path:
+        return store_path(self.datadir)
+
+    def entry(self, name: str) -> Path:
+        return self.path / name
+
+    def as_user(self, fn: Callable[..., T], *args: Any) -> T:
+        return userfs.as_user(self.user, fn, *args)
+
+
+def _private_subdir(
+    dir_fd: int, name: str, where: Path, owner: tuple[int, int], create: bool
+) -> int:
+    """Open (creating when asked) ``name`` under ``dir_fd``: it must be a real directory of
+    ``owner`` with no group/other access.
+
+    :raises DatabaseException: it is anything else (nothing is changed).
+    :raises FileNotFoundError: absent and not ``create``.
+    """
+    made = False
+    if create:
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            made = True
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise
+        raise DatabaseException(
+            f"refusing to use {where}: not a directory ({e.strerror})",
+            hint="remove or rename it; pgmgr keeps snapshots there",
+        ) from None
+    st = os.fstat(fd)
+    if made and st.st_uid != owner[0] and st.st_uid == os.geteuid():
+        os.fchown(fd, *owner)  # root made it under a parent no other user can write
+        st = os.fstat(fd)
+    if st.st_uid != owner[0] or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise DatabaseException(
+            f"refusing to use {where}: owned by uid {st.st_uid} with mode "
+            f"{stat.S_IMODE(st.st_mode):o} (expected uid {owner[0]}, mode 700)",
+            hint="remove it if you did not make it; pgmgr keeps snapshots there",
+        )
+    return fd
+
+
+@contextlib.contextmanager
+def opened(
+    datadir: Path, user: ServerUser | None, *, create: bool = True, missing: str | None = None
+) -> Iterator[Store]:
+    """The store of ``datadir``, made private if absent (when ``create``).
+
+    :raises SnapshotNotFound: no store and not ``create`` (the message is ``missing``).
+    :raises DatabaseException: the store or its parent is unsafe.
+    """
+    parent = datadir.parent
+    if userfs.others_can_write(parent) and os.geteuid() == 0:
+        raise DatabaseException(
+            f"refusing to keep snapshots under {parent}: another user can write it",
+            hint="move the data directory under a directory only its owner can write",
+        )
+    owner = owner_ids(user)
+    parent_fd = userfs.open_dir(parent)
+    fds = [parent_fd]
+    try:
+        try:
+            top = _private_subdir(parent_fd, STORE, parent / STORE, owner, create)
+            fds.append(top)
+            fd = _private_subdir(top, datadir.name, store_path(datadir), owner, create)
+            fds.append(fd)
+        except FileNotFoundError:
+            raise SnapshotNotFound(
+                missing or f"no snapshots of {datadir}", hint="'pgmgr snapshots' lists them"
+            ) from None
+        yield Store(datadir, user, parent_fd, fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def tmp_name(op: str) -> str:
+    return f"{TMP}{op}-{secrets.token_hex(4)}"
+
+
+# --------------------------------------------------------------------------- as the user
+
+
+def read_meta(snapdir: Path) -> Meta:
+    """:raises ValueError: unreadable or invalid. Runs as the store's owner."""
+    fd = os.open(snapdir / META, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, META_LIMIT)
+    finally:
+        os.close(fd)
+    return Meta.from_dict(json.loads(data))
+
+
+def write_meta(snapdir: Path, meta: Meta) -> None:
+    """Atomically (temp name, fsync, rename). Runs as the store's owner."""
+    tmp = snapdir / f".{META}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, snapdir / META)
+
+
+def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
+    """``(name, meta or None, why unreadable)`` for every snapshot in ``store``."""
+    out: list[tuple[str, Meta | None, str | None]] = []
+    try:
+        names = sorted(os.listdir(store))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.startswith(".") or not SNAP_RE.match(name):
+            continue
+        try:
+            out.append((name, read_meta(store / name), None))
+        except (OSError, ValueError, TypeError) as e:
+            out.append((name, None, str(e)))
+    return out
+
+
+def system_identifier(datadir: Path) -> str:
+    """The database system identifier: the first 8 bytes of ``global/pg_control``."""
+    fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        head = os.read(fd, 8)
+    finally:
+        os.close(fd)
+    if len(head) != 8:
+        raise ValueError("global/pg_control is truncated")
+    return str(int.from_bytes(head, "little"))
+
+
+#: ``DBState`` values of a cluster shut down cleanly (``DB_SHUTDOWNED``, ``..._IN_RECOVERY``).
+_CLEAN_STATES = (1, 2)
+_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+
+
+def unneeded_wal(datadir: Path) -> set[str]:
+    """Names in ``pg_wal`` a copy of the cleanly shut-down ``datadir`` does not need:
+    segments after the one holding the shutdown checkpoint (and the next, should the record
+    straddle a boundary) are recycled files whose contents are never read. Nothing when the
+    cluster was not shut down cleanly (crash recovery reads forward from the checkpoint)
+    or pg_wal is a symlink. From ``global/pg_control``: ``state`` at byte 16, the
+    checkpoint's redo pointer at 40 (the layout of every supported major)."""
+    wal = datadir / "pg_wal"
+    if os.path.islink(wal) or not os.path.isdir(wal):
+        return set()
+    fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        head = os.read(fd, 56)
+    finally:
+        os.close(fd)
+    state = int.from_bytes(head[16:20], "little")
+    redo = int.from_bytes(head[40:48], "little")
+    segments = [n for n in os.listdir(wal) if _SEGMENT_RE.match(n)]
+    if state not in _CLEAN_STATES or not segments:
+        return set()
+    size = os.stat(wal / segments[0]).st_size
+    if size <= 0 or size & (size - 1):
+        return set()
+    per_id = 0x100000000 // size
+    last_needed = redo // size + 1
+    return {n for n in segments if int(n[8:16], 16) * per_id + int(n[16:], 16) > last_needed}
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything under it, never following a symlink."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def unsupported(datadir: Path) -> str | None:
+    """Why a copy of ``datadir`` would not be a copy of the instance: tablespaces or a
+    ``pg_wal`` symlink live elsewhere, and the copy would share them. As the user."""
+    if os.path.islink(datadir / "pg_wal"):
+        return "its WAL directory is elsewhere (pg_wal is a symlink)"
+    try:
+        if os.listdir(datadir / "pg_tblspc"):
+            return "it has tablespaces (pg_tblspc is not empty)"
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def check_supported(store: Store, datadir: Path, what: str) -> None:
+    """:raises DatabaseException: see :func:`unsupported`."""
+    why = store.as_user(unsupported, datadir)
+    if why:
+        raise DatabaseException(f"cannot {what}: {why}; nothing was changed")
+
+
+def remove_later(path: Path, user: ServerUser | None) -> None:
+    """Delete ``path`` in the background (``rm -rf`` as ``user``, in its own session), so
+    that freeing a data directory's blocks is not part of the command's time. Killed
+    half-way, it leaves a work entry the next command sweeps."""
+    import subprocess
+
+    uid, gid, groups = (user.uid, user.gid, list(user.groups)) if user else (None, None, None)
+    subprocess.Popen(
+        ["rm", "-rf", "--", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        start_new_session=True,
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
+
+
+def sweep(store: Path) -> list[str]:
+    """Remove work-in-progress entries a killed pgmgr left (call only under the lock)."""
+    gone = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(store):
+            if name.startswith(TMP):  # a background removal may be at it too
+                shutil.rmtree(store / name, ignore_errors=True)
+                gone.append(name)
+    return gone
+
+
+# --------------------------------------------------------------------------- as root, by fd
+
+
+def renameat2(a_fd: int, a: str, b_fd: int, b: str, flags: int) -> None:
+    """``renameat2(2)``: :data:`RENAME_EXCHANGE` swaps two entries atomically,
+    :data:`RENAME_NOREPLACE` refuses to replace anything (even an empty directory).
+
+    :raises OSError: EINVAL/ENOSYS when the filesystem or libc cannot; anything else.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:  # pragma: no cover - glibc < 2.28
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if fn(a_fd, a.encode(), b_fd, b.encode(), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), b)
+
+
+def exchange(a_fd: int, a: str, b_fd: int, b: str) -> None:
+    renameat2(a_fd, a, b_fd, b, RENAME_EXCHANGE)
+
+
+def swap_in(store: Store, staged: str) -> None:
+    """Put the directory ``<store>/<staged>`` where the data directory is, and the data
+    directory where ``staged`` was: one atomic exchange (at no moment is there no data
+    directory), or, on filesystems without it, two renames undone if the second fails.
+    """
+    name = store.datadir.name
+    try:
+        exchange(store.fd, staged, store.parent_fd, name)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+    hold = tmp_name("hold")
+    os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
+    try:
+        os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
+    except BaseException:
+        os.rename(hold, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
+        raise
+    os.rename(hold, staged, src_dir_fd=store.fd, dst_dir_fd=store.fd)
+
+
+def free_bytes(fd: int) -> int:
+    st = os.fstatvfs(fd)
+    return st.f_bavail * st.f_frsize
+
+
+def check_space(store: Store, needed: int, what: str) -> None:
+    """:raises DatabaseException: the filesystem has less than ``needed`` bytes free."""
+    free = free_bytes(store.fd)
+    if free < needed:
+        raise DatabaseException(
+            f"not enough disk space for {what}: {human(needed)} needed, "
+            f"{human(free)} free on the filesystem of {store.path}; nothing was changed",
+            hint="free some space (e.g. delete old snapshots with "
+            "'pgmgr snapshot NAME SNAP --delete')",
+        )
+
+
+def human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP act like Ctrl-C for the duration, so the clean-up in ``finally``
+    blocks runs for a CI timeout or a closed terminal too (only in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[list[int]]:
+    """Past the point of no return (a swap, the record and the restart that go with it):
+    SIGINT/SIGTERM/SIGHUP are only recorded in the yielded list, so the operation
+    completes and says so; the caller decides what a recorded signal still means."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in sigs}
+    try:
+        yield got
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -1,0 +1,84 @@
+"""Run a PostgreSQL client program (pg_basebackup, pg_upgrade, vacuumdb ...) as the server
+user, in a given working directory, and stop it when pgmgr is interrupted.
+
+Not :func:`pgmgr.core.server.run`: that one always runs in ``/`` and cannot be cancelled;
+pg_upgrade writes its logs and sockets in its working directory and may run for minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pgmgr.core import server
+from pgmgr.core.errors import CommandFailed
+from pgmgr.core.privileges import ServerUser
+
+if TYPE_CHECKING:
+    import subprocess
+
+
+def run(
+    argv: Sequence[str],
+    user: ServerUser | None,
+    *,
+    cwd: Path | str = "/",
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (never through a shell) as ``user`` in ``cwd``, in its own session.
+
+    On any exception while waiting (Ctrl-C, SIGTERM turned into one, a timeout) the
+    program's whole process group gets SIGTERM, then SIGKILL after 10 s.
+
+    :raises CommandFailed: it exits non-zero (stdout and stderr kept).
+    """
+    import subprocess
+
+    uid, gid, groups = server._ids(user)
+    child_env = server._child_env(user)
+    child_env.update(env or {})
+    command = list(argv)
+    if user is not None and str(cwd) != "/":
+        # Popen changes directory before it drops to the user: as root, that would resolve
+        # a path inside the user's directories. env(1) changes it after, as the user.
+        command, cwd = ["env", "-C", str(cwd), *command], "/"
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(cwd),
+        env=child_env,
+        start_new_session=True,
+        umask=0o077,
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _stop_group(proc)
+        raise
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, err.strip() or out)
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.communicate(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

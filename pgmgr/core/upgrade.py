@@ -1,0 +1,372 @@
+"""Major upgrades with pg_upgrade, and the snapshot that rolls them back.
+
+The new cluster is initialized in the instance's snapshot store (same filesystem, private),
+with the old one's encoding, locales and checksum setting, and pg_upgrade fills it there,
+run as the server user in a working directory of its own (it writes its logs there). Only
+when it succeeded: the configuration pgmgr keeps is carried over (pg_hba.conf,
+pg_ident.conf, postgresql.auto.conf, the record's settings, each checked against the new
+major), the new data directory is swapped in with one atomic rename, the old one becomes the
+``pre-upgrade`` snapshot (with ``--method copy`` or ``clone`` the old directory itself, so
+no extra copy; with ``link`` a copy made first, since linking shares the files), and the
+record switches to the new version. Before that point nothing changes: an error or an
+interrupt removes the new cluster and starts the old server again if it was running.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import copy, paths, process, server, snapshot, snapstore, tools, versions
+from pgmgr.core import upgradeplan as plan
+from pgmgr.core.errors import CommandFailed, DatabaseException
+from pgmgr.core.instance import Server
+from pgmgr.core.pause import paused, resume
+from pgmgr.core.snapcatalog import taken_names
+from pgmgr.core.snapstore import Meta, Store
+from pgmgr.core.versions import Installation
+
+#: Where the pre-upgrade snapshot is assembled (a work name: swept if pgmgr is killed).
+KEEP = snapstore.TMP + "keep"
+
+
+@dataclass
+class UpgradeResult:
+    name: str
+    old_version: str
+    new_version: str
+    method: str
+    check_only: bool
+    elapsed: float
+    was_running: bool = False
+    snapshot: str | None = None
+    rejected: list[str] = field(default_factory=list)
+    analyzed: bool = False
+    analyze_hint: str | None = None
+    downtime: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "method": self.method,
+            "check_only": self.check_only,
+            "was_running": self.was_running,
+            "rollback_snapshot": self.snapshot,
+            "rejected_settings": self.rejected,
+            "statistics_rebuilt": self.analyzed,
+            "statistics_hint": self.analyze_hint,
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+        }
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _options_sql(major: int) -> str:
+    provider = "datlocprovider" if major >= 15 else "'c'"
+    locale = "datlocale" if major >= 17 else ("daticulocale" if major >= 15 else "NULL")
+    return (
+        f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, {locale}, "  # noqa: S608 - column names chosen above, no input
+        "current_setting('data_checksums') FROM pg_database WHERE datname = 'template0'"
+    )
+
+
+def probe(srv: Server) -> plan.ClusterOptions:
+    """The old cluster's encoding, locales and checksums, read from the server (started
+    for the question, and stopped again, when it was not running).
+
+    :raises WorkerError: it cannot be started or asked.
+    """
+    import psycopg
+
+    started = srv.running() is None
+    if started:
+        srv.start(timeout=60)
+    try:
+        with psycopg.connect(srv.dsn(tcp=False), connect_timeout=10) as conn:
+            row = conn.execute(_options_sql(int(srv.inst.major))).fetchone()
+    except psycopg.Error as e:
+        raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
+    finally:
+        if started:
+            srv.stop("fast")
+    assert row is not None
+    enc, collate, ctype, provider, locale, checksums = row
+    return plan.ClusterOptions(
+        enc, collate, ctype, str(provider), locale or None, checksums == "on"
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _mkdirs(work: Path) -> str:
+    """The work directory, and a short private socket dir under the temp dir. As the user."""
+    import tempfile
+
+    os.mkdir(work, 0o700)
+    return tempfile.mkdtemp(prefix="pgmgr-up-")
+
+
+def _remove_socket_dir(path: str) -> None:
+    snapstore.remove_tree(Path(path))
+
+
+def _read_logs(work: Path) -> str:
+    """pg_upgrade's logs under ``work`` (its cwd and the new cluster's output dir)."""
+    parts = []
+    for root, _dirs, files in os.walk(work):
+        if os.path.basename(root) == "base":
+            continue
+        for name in sorted(files):
+            if name.endswith((".log", ".txt")):
+                with open(os.path.join(root, name), errors="replace") as f:
+                    parts.append(f"==> {os.path.join(root, name)} <==\n{f.read(1 << 20)}")
+    return "\n".join(parts)
+
+
+def _keep_logs(srv: Server, store: Store, work: Path) -> Path:
+    text = store.as_user(_read_logs, work)
+    log = paths.state_dir() / "logs" / f"{srv.inst.name}-upgrade-{int(time.time())}.log"
+    paths.write_atomic(log, text.encode(), mode=0o600)
+    return log
+
+
+def _reason(e: CommandFailed) -> str:
+    """The line of pg_upgrade's output that says what failed."""
+    lines = [ln.strip() for ln in e.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
+    for i, line in enumerate(lines):
+        if line.endswith("fatal") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[-1] if lines else f"exit code {e.returncode}"
+
+
+def _auto_settings(old: Path) -> dict[str, str]:
+    """The settings of the old cluster's postgresql.auto.conf (ALTER SYSTEM). As the user."""
+    try:
+        text = (old / "postgresql.auto.conf").read_text()
+    except FileNotFoundError:
+        return {}
+    return {k: plan.unquote(v) for k, v in plan.auto_conf_settings(text).items()}
+
+
+def _carry(old: Path, new: Path, rejected: set[str]) -> None:
+    """Copy the configuration pgmgr keeps into the new cluster, the lines setting what the
+    new major rejects commented out. As the user."""
+    import shutil
+
+    for name in plan.CARRIED_FILES:
+        if (old / name).is_file():
+            shutil.copyfile(old / name, new / name)
+    path = new / "postgresql.auto.conf"
+    if rejected and path.is_file():
+        path.write_text(plan.drop_from_auto_conf(path.read_text(), rejected))
+
+
+def rejected_settings(
+    new: Installation, datadir: Path, settings: dict[str, str], srv: Server
+) -> list[str]:
+    """The names among ``settings`` that the new major's postgres refuses (``-C``)."""
+    user = srv.user()
+
+    def accepts(items: dict[str, str]) -> bool:
+        argv = [str(new.bin("postgres")), "-D", str(datadir), "-C", "port"]
+        for k, v in items.items():
+            argv += ["-c", f"{k}={v}"]
+        try:
+            tools.run(argv, user, timeout=60)
+        except CommandFailed:
+            return False
+        return True
+
+    if not settings or accepts(settings):
+        return []
+    return sorted(k for k, v in settings.items() if not accepts({k: v}))
+
+
+# --------------------------------------------------------------------------- the upgrade
+
+
+def prepare(srv: Server, major: str, method: str) -> tuple[Installation, Installation]:
+    """Validate the request; the old and new installations.
+
+    :raises UsageError: a bad method, the same or a lower major.
+    :raises VersionNotFound: the new major is not installed.
+    :raises DatabaseException: a binary pg_upgrade needs is missing.
+    """
+    plan.check_method(method)
+    snapshot.require_datadir(srv)
+    old_major = server.datadir_major(srv.datadir) or srv.inst.major
+    wanted = versions.check_version_string(major)
+    plan.check_direction(old_major, versions.major_of(wanted))
+    new = versions.select(wanted).installation
+    old = srv.installation()
+    plan.check_binaries(old, new)
+    return old, new
+
+
+def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = False) -> UpgradeResult:
+    """Upgrade ``srv`` to ``major`` (see the module doc); the caller holds the lock.
+
+    :raises UsageError, VersionNotFound, DatabaseException: see :func:`prepare`; also
+        pg_upgrade's own failure (its logs are kept), not enough space. Nothing changed.
+    :raises KeyboardInterrupt: interrupted before the switch: nothing changed.
+    """
+    t0 = time.monotonic()
+    old, new = prepare(srv, major, method)
+    result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
+    opts = probe(srv)
+    su = srv.user()
+    with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
+        store.as_user(snapstore.sweep, store.path)
+        if not check:
+            size = store.as_user(copy.tree_size, srv.datadir)
+            needed = size * (2 if method == "link" else 1) if method != "clone" else 0
+            snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
+        work = store.entry(snapstore.tmp_name("upgrade"))
+        sockdir = store.as_user(_mkdirs, work)
+        try:
+            newdata = work / "data"
+            tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
+            if check:
+                _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
+            else:
+                _switch(srv, store, old, new, work, sockdir, method, result)
+        finally:
+            store.as_user(_remove_socket_dir, sockdir)
+            store.as_user(snapstore.remove_tree, work)
+            store.as_user(snapstore.remove_tree, store.entry(KEEP))
+        if not check and result.was_running:
+            _analyze(srv, new, result)
+    if not check and not result.was_running:
+        result.analyze_hint = f"start it ('pgmgr start {srv.inst.name}'), then run: " + (
+            f"pgmgr psql {srv.inst.name} -c 'ANALYZE' (or vacuumdb --all --analyze-in-stages)"
+        )
+    result.elapsed = time.monotonic() - t0
+    return result
+
+
+def _run_pg_upgrade(
+    srv: Server, store: Store, old: Installation, new: Installation, newdata: Path,
+    work: Path, sockdir: str, method: str, check: bool,
+) -> None:  # fmt: skip
+    pf = srv.running()
+    free = server.free_port("127.0.0.1")
+    old_port = pf.port if (pf and pf.port) else free
+    args = plan.UpgradeArgs(
+        old, new, srv.datadir, newdata, srv.inst.superuser, old_port,
+        server.free_port("127.0.0.1") if old_port == free else free, sockdir, method, check,
+    )  # fmt: skip
+    try:
+        tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work)
+    except BaseException as e:
+        # pg_ctl puts the servers pg_upgrade starts in sessions of their own: stop the new
+        # cluster's (the old one's is stopped by the caller's pause) before it is removed.
+        _stop_server_of(newdata)
+        if not isinstance(e, CommandFailed):
+            raise
+
+        log = _keep_logs(srv, store, work)
+        _undo_link(srv, store, method)
+        raise DatabaseException(
+            f"pg_upgrade failed: {_reason(e)}; nothing was changed",
+            hint=f"pg_upgrade's logs are kept in {log}",
+        ) from None
+
+
+def _stop_server_of(datadir: Path) -> None:
+    pf = process.running_postmaster(datadir)
+    if pf is not None:
+        server.stop(pf.pid, datadir, "fast", 60)
+
+
+def _undo_link(srv: Server, store: Store, method: str) -> None:
+    """A failed ``--link`` upgrade may have disabled the old cluster: enable it again."""
+    if method != "link":
+        return
+
+    def undo(datadir: Path) -> None:
+        old, cur = datadir / "global" / "pg_control.old", datadir / "global" / "pg_control"
+        if old.exists() and not cur.exists():
+            os.rename(old, cur)
+
+    store.as_user(undo, srv.datadir)
+
+
+def _switch(
+    srv: Server, store: Store, old: Installation, new: Installation, work: Path,
+    sockdir: str, method: str, result: UpgradeResult,
+) -> None:  # fmt: skip
+    """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
+    switch the record, start. Past the swap, signals cannot split it."""
+    newdata = work / "data"
+    old_sysid = store.as_user(snapstore.system_identifier, srv.datadir)
+    snap_name = f"pre-upgrade-{old.major}"
+    if snap_name in taken_names(store):
+        snap_name += "-" + snapstore.default_name(set())
+    meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
+    with paused(srv) as pause:
+        result.was_running = pause.was_running
+        if method == "link":  # the old files will be shared: keep a real copy first
+            stats = store.as_user(snapshot.snap_copy, srv.datadir, store.entry(KEEP))
+            meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
+        _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
+        # Checked before the old files are carried over: the new postgres reads them too.
+        auto = store.as_user(_auto_settings, srv.datadir)
+        rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
+        store.as_user(_carry, srv.datadir, newdata, set(rejected))
+        new_sysid = store.as_user(snapstore.system_identifier, newdata)
+        meta.upgraded_to = new_sysid
+        if meta.size == 0:
+            meta.size = store.as_user(copy.tree_size, srv.datadir)
+        store.as_user(copy.sync_fs, store.path)
+        flat = snapstore.tmp_name("new")
+        store.as_user(os.rename, newdata, store.entry(flat))
+        with snapstore.shielded():
+            snapstore.swap_in(store, flat)
+            store.as_user(_keep_old, store, flat, snap_name, meta, method)
+            srv.inst.major, srv.inst.version, srv.inst.bindir = (
+                new.major,
+                new.version,
+                str(new.bindir),
+            )
+            srv.inst.settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
+            srv.save()
+            resume(srv, pause)
+    result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
+
+
+def _keep_old(store: Store, flat: str, name: str, meta: Meta, method: str) -> None:
+    """The swapped-out old data directory becomes snapshot ``name`` (copy, clone), or is
+    dropped for the copy made before (link). As the user."""
+    holder = store.path / KEEP
+    if method == "link":
+        snapstore.remove_tree(store.path / flat)
+    else:
+        os.mkdir(holder, 0o700)
+        os.rename(store.path / flat, holder / snapstore.DATA)
+    snapstore.write_meta(holder, meta)
+    os.rename(holder, store.path / name)
+    copy.fsync_dir(store.path)
+
+
+def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:
+    """vacuumdb --all --analyze-in-stages on the running new server, or say how."""
+    argv = [
+        str(new.bin("vacuumdb")), "--all", "--analyze-in-stages", "-h", str(srv.inst.socket_dir),
+        "-p", str(srv.inst.port), "-U", srv.inst.superuser,
+    ]  # fmt: skip
+    try:
+        tools.run(argv, srv.user(), timeout=3600)
+        result.analyzed = True
+    except (CommandFailed, KeyboardInterrupt) as e:
+        result.analyze_hint = f"statistics were not rebuilt ({e or 'interrupted'}); run: " + (
+            " ".join(argv)
+        )

@@ -1,0 +1,147 @@
+"""The pure parts of a major upgrade: which binaries are needed, the initdb and pg_upgrade
+command lines, and which kept settings a new major rejects.
+
+:mod:`pgmgr.core.upgrade` runs them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.versions import Installation
+
+METHODS = ("copy", "link", "clone")
+#: What pg_upgrade itself looks for in each bin directory (src/bin/pg_upgrade/exec.c).
+OLD_BINARIES = ("postgres", "pg_ctl", "pg_controldata")
+NEW_BINARIES = (
+    "initdb", "pg_upgrade", "postgres", "pg_ctl", "pg_controldata", "pg_dump", "pg_dumpall",
+    "pg_restore", "pg_resetwal", "psql", "vacuumdb",
+)  # fmt: skip
+#: Configuration files pg_upgrade leaves behind and pgmgr carries over to the new cluster.
+CARRIED_FILES = ("pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
+_AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What the new cluster must share with the old one for pg_upgrade to accept it."""
+
+    encoding: str
+    collate: str
+    ctype: str
+    provider: str = "c"  # c (libc) | i (icu) | b (builtin)
+    locale: str | None = None  # the icu/builtin locale
+    checksums: bool = False
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise UsageError(f"invalid --method {method!r}: use copy, link or clone")
+    return method
+
+
+def check_direction(old: str, new: str) -> None:
+    """:raises UsageError: ``new`` is not a higher major than ``old``."""
+    if int(new) == int(old):
+        raise UsageError(f"the instance is already PostgreSQL {old}; nothing to upgrade")
+    if int(new) < int(old):
+        raise UsageError(
+            f"cannot upgrade PostgreSQL {old} to {new}: that is a downgrade, which pg_upgrade "
+            "cannot do",
+            hint="restore the snapshot kept by the upgrade, or dump and restore",
+        )
+
+
+def missing_binaries(old: Installation, new: Installation) -> list[str]:
+    """Full paths of the programs pg_upgrade needs that are not there."""
+    missing = [old.bin(p) for p in OLD_BINARIES if not old.bin(p).is_file()]
+    missing += [new.bin(p) for p in NEW_BINARIES if not new.bin(p).is_file()]
+    return [str(p) for p in missing]
+
+
+def check_binaries(old: Installation, new: Installation) -> None:
+    """:raises DatabaseException: naming every missing program."""
+    missing = missing_binaries(old, new)
+    if missing:
+        raise DatabaseException(
+            "cannot upgrade: missing " + ", ".join(missing) + "; nothing was changed",
+            hint="install the full server packages of both versions "
+            "(e.g. 'apt-get install postgresql-NN')",
+        )
+
+
+def initdb_argv(new: Installation, datadir: Path, superuser: str, o: ClusterOptions) -> list[str]:
+    argv = [
+        str(new.bin("initdb")), "-D", str(datadir), "-U", superuser, "-E", o.encoding,
+        f"--lc-collate={o.collate}", f"--lc-ctype={o.ctype}", "--auth=trust", "-N",
+    ]  # fmt: skip
+    if o.provider == "i" and o.locale:
+        argv += ["--locale-provider=icu", f"--icu-locale={o.locale}"]
+    elif o.provider == "b" and o.locale:
+        argv += ["--locale-provider=builtin", f"--builtin-locale={o.locale}"]
+    if o.checksums:
+        argv.append("--data-checksums")
+    elif int(new.major) >= 18:
+        argv.append("--no-data-checksums")  # 18 turns them on by default
+    return argv
+
+
+@dataclass(frozen=True)
+class UpgradeArgs:
+    old: Installation
+    new: Installation
+    old_datadir: Path
+    new_datadir: Path
+    superuser: str
+    old_port: int
+    new_port: int
+    socket_dir: str
+    method: str
+    check: bool = False
+
+
+def pg_upgrade_argv(a: UpgradeArgs, *, no_sync: bool = True) -> list[str]:
+    """pg_upgrade's command line. ``no_sync``: pgmgr flushes the filesystem once instead
+    of pg_upgrade's fsync of every file."""
+    argv = [
+        str(a.new.bin("pg_upgrade")), "-b", str(a.old.bindir), "-B", str(a.new.bindir),
+        "-d", str(a.old_datadir), "-D", str(a.new_datadir), "-U", a.superuser,
+        "-p", str(a.old_port), "-P", str(a.new_port), "-s", a.socket_dir, f"--{a.method}",
+    ]  # fmt: skip
+    if a.check:
+        argv.append("--check")
+    elif no_sync:
+        argv.append("--no-sync")
+    return argv
+
+
+def auto_conf_settings(text: str) -> dict[str, str]:
+    """``name -> value`` of ``postgresql.auto.conf`` (quotes kept, as the file has them)."""
+    out = {}
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        m = _AUTO_LINE.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("''", "'").replace("\\'", "'")
+    return value
+
+
+def drop_from_auto_conf(text: str, names: set[str]) -> str:
+    """``text`` with the lines setting ``names`` commented out, saying why."""
+    lines = []
+    for line in text.splitlines():
+        m = _AUTO_LINE.match(line)
+        if m and m.group(1) in names and not line.lstrip().startswith("#"):
+            line = f"# rejected by the new major at upgrade (pgmgr): {line}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,244 @@
+"""What pgmgr says in the everyday cases of issue 14: options a running server did not take,
+hints that fit the command, a crash named as one, help without ``Error:``, Ctrl-C said the
+same way everywhere, times counted once, and what ``stop --all --json`` did per instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import privileges
+from pgmgr.core.errors import DatabaseException
+from tests.cli.conftest import Work
+from tests.helpers import error_lines
+
+# --------------------------------------------------------------------------- item 4
+
+
+def test_start_of_a_running_server_names_the_options_it_did_not_apply(
+    work: Work, datadir: Path
+) -> None:
+    first = json.loads(work.ok("start", "-d", "./data", "-p", "auto", "--json").stdout)
+    port = first["port"]
+    other = str(port + 1 if port < 65535 else port - 1)
+    args = ["-p", other, "-H", "::1", "-c", "work_mem=7MB", "--init", "--name", "renamed"]
+    proc = work.ok("start", "-d", "./data", *args)  # still exit 0: it is running
+    lines = error_lines(proc.stderr)
+    assert lines[0].startswith("'data' is already running"), lines
+    assert lines[1] == (
+        f"Warning: 'data' was already running; not applied: --port {other}, --host ::1, "
+        "-c work_mem=7MB, --name renamed"
+    )
+    assert lines[2].startswith("Hint: to apply them, stop it and start it with them: ")
+    assert (
+        f"'pgmgr stop data && pgmgr start data --port {other} --host ::1 -c work_mem=7MB'"
+        in (lines[2])
+    )
+    assert "this one stays 'data'" in lines[2]
+    # -q silences the chatter, not the warning; --json lists the same options.
+    quiet = work.ok("start", "data", "-q", "-p", other)
+    assert (
+        error_lines(quiet.stderr)[0]
+        == f"Warning: 'data' was already running; not applied: --port {other}"
+    )
+    doc = json.loads(work.ok("start", "data", "--json", "-c", "work_mem=7MB").stdout)
+    assert doc["already_running"] is True and doc["port"] == port
+    assert doc["not_applied"] == [{"option": "-c", "value": "work_mem=7MB"}]
+    # What matches the running server is not reported; -p auto asks for any port.
+    same = work.ok("start", "data", "-p", str(port), "-H", "127.0.0.1")
+    assert "Warning" not in same.stderr
+    assert "Warning" not in work.ok("start", "data", "-p", "auto").stderr
+    assert json.loads(work.ok("status", "data", "--json").stdout)["port"] == port
+
+
+# --------------------------------------------------------------------------- item 9
+
+
+@pytest.mark.parametrize("target", ["./notpg", "/", "./absent"])
+def test_destroy_of_no_data_directory_does_not_suggest_creating_one(
+    work: Work, target: str
+) -> None:
+    (work.path / "notpg").mkdir()
+    (work.path / "notpg" / "keep.txt").write_text("mine")
+    proc = work.run("destroy", target, "-y")
+    assert proc.returncode == 4
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 2 and lines[0].startswith("Error: data directory ")
+    assert (
+        lines[1] == "Hint: nothing to destroy there; 'pgmgr status' lists the instances pgmgr knows"
+    )
+    assert (work.path / "notpg" / "keep.txt").read_text() == "mine"
+
+
+def test_init_is_suggested_only_where_init_could_make_a_data_directory(work: Work) -> None:
+    (work.path / "full").mkdir()
+    (work.path / "full" / "f").write_text("x")
+    (work.path / "empty").mkdir()
+    assert "Hint: create it with 'pgmgr init -d " in work.run("status", "./empty").stderr
+    assert "Hint: create it with 'pgmgr init -d " in work.run("status", "./nothere").stderr
+    for target in ("./full", "/"):
+        proc = work.run("status", target)
+        assert proc.returncode == 4 and "pgmgr init" not in proc.stderr, proc.stderr
+
+
+def test_unreachable_directory_hint_is_grammatical(tmp_path: Path) -> None:
+    """The hint reads for both things checked: "the data directory", "the PostgreSQL
+    binaries". ``nobody`` stands in for the server user; it cannot enter a 0700 dir."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    nobody = privileges.ServerUser("nobody", 65534, 65534, (65534,), "/")
+    for what in ("data directory", "PostgreSQL binaries"):
+        with pytest.raises(DatabaseException) as e:
+            privileges.check_reachable(closed / "x", nobody, what)
+        assert e.value.hint is not None
+        assert e.value.hint.startswith(f"put the {what} elsewhere (e.g. under /srv or /var/lib)")
+
+
+def test_status_after_kill_9_says_the_server_is_gone(work: Work, datadir: Path) -> None:
+    pid = json.loads(work.ok("start", "-d", "./data", "-p", "auto", "--json").stdout)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # a zombie until its parent (the init process) reaps it
+    proc = work.run("status", "data", "--json")
+    assert proc.returncode == 3
+    doc = json.loads(proc.stdout)
+    assert doc["state"] == "crashed"
+    assert (
+        doc["detail"] == f"stale postmaster.pid: the server (pid {pid}) is gone without "
+        "shutting down (crashed or killed)"
+    )
+
+
+@pytest.mark.parametrize("args", [["cache"], []])
+def test_a_group_without_subcommand_prints_its_help_not_an_error(
+    work: Work, args: list[str]
+) -> None:
+    proc = work.run(*args)
+    assert proc.returncode == 2
+    assert "Error" not in proc.stderr
+    assert proc.stderr.startswith(f"Usage: pgmgr {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in proc.stderr and len(proc.stderr.splitlines()) > 5
+
+
+def test_started_time_does_not_count_the_init(work: Work) -> None:
+    """With --no-template, init (initdb) takes far longer than the start; the two reported
+    times must add up to less than the whole command took (the init counted once)."""
+    t0 = time.monotonic()
+    proc = work.ok("start", "-d", "./fresh", "--init", "--no-template", "-p", "auto", "-v", "15")
+    wall = time.monotonic() - t0
+
+    def seconds(word: str) -> float:
+        m = re.search(rf"^{word} .* in ([\d.]+) (ms|s)", proc.stderr, re.M)
+        assert m, proc.stderr
+        return float(m[1]) / (1000 if m[2] == "ms" else 1)
+
+    assert seconds("Initialized") + seconds("Started") <= wall
+
+
+def test_ctrl_c_at_the_destroy_prompt_ends_the_line_and_says_interrupted(
+    work: Work, datadir: Path
+) -> None:
+    work.ok("init", "-q", "-d", "./data")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pgmgr with the pty as its controlling terminal
+        os.chdir(work.path)
+        os.execv(sys.executable, [sys.executable, "-m", "pgmgr", "destroy", "data"])  # noqa: S606
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"[y/N]" not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                out += os.read(fd, 4096)
+        assert b"[y/N]" in out, out
+        time.sleep(0.3)  # into input()
+        os.write(fd, b"\x03")  # the terminal's Ctrl-C: SIGINT to its foreground group
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 130
+    lines = out.decode().replace("\r", "").splitlines()
+    assert lines[-1] == "Interrupted", lines
+    assert lines[-2].endswith("[y/N]: ^C"), lines  # ^C: the terminal's echo
+    assert (work.path / "data" / "PG_VERSION").exists()
+
+
+def test_stop_all_json_says_what_happened_to_each(work: Work, template_dir: Path) -> None:
+    import subprocess
+
+    for name in ("up", "down"):
+        subprocess.run(["cp", "-a", str(template_dir), str(work.path / name)], check=True)
+    work.ok("start", "-d", "./up", "-p", "auto", "-q")
+    work.ok("init", "-d", "./down", "-q")
+    results = json.loads(work.ok("stop", "--all", "--json").stdout)
+    by_name = {r["name"]: r for r in results}
+    assert by_name["up"]["was_running"] is True and isinstance(by_name["up"]["pid"], int)
+    assert by_name["down"]["was_running"] is False and by_name["down"]["pid"] is None
+    assert {r["state"] for r in results} == {"stopped"}
+    assert "stopped" not in by_name["down"]  # no "stopped": false for a stopped instance
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def _foreground(work: Work, *extra: str) -> str:
+    """Run ``start --foreground``, make the server log a line while attached, stop it with
+    SIGINT; pgmgr's stderr."""
+    import subprocess
+
+    err = (work.path / "fg.err").open("w+")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "start", "-d", "./data", "-p", "auto", "--foreground",
+         *extra],
+        cwd=work.path, stdout=subprocess.DEVNULL, stderr=err,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while work.run("status", "-d", "./data", "-q").returncode != 0:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        work.run("psql", "data", "--", "-X", "-d", "no_such_db_logged", "-c", "select 1")
+        time.sleep(0.5)  # the log is copied every 0.1 s
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        err.seek(0)
+        text = err.read()
+        err.close()
+    return text
+
+
+def test_foreground_streams_the_server_log_and_quiet_silences_it(work: Work, datadir: Path) -> None:
+    text = _foreground(work)
+    for line in (
+        "database system is ready to accept connections",
+        'FATAL:  database "no_such_db_logged" does not exist',  # while attached
+        "received fast shutdown request",
+        "database system is shut down",
+    ):
+        assert line in text, text
+    # In order: started, attached, the server's own lines, stopped.
+    assert text.index("Started 'data'") < text.index("ready to accept connections")
+    assert text.index("database system is shut down") < text.index("Stopped 'data'")
+    assert _foreground(work, "-q") == ""

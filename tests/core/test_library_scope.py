@@ -1,0 +1,87 @@
+"""What a library ``Manager`` owns: the server it started (and no other), and a record that
+goes away with its throw-away data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from pgmgr.core import registry
+from pgmgr.core.instance import Server
+from tests.core.support import ManagerFactory
+from tests.helpers import copy_datadir, run_pgmgr
+
+
+def test_context_manager_leaves_running_a_server_it_did_not_start(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    owner = managers(datadir)
+    owner.start()
+    pid = owner.status().pid
+    guest = managers(datadir)
+    with guest as pg:
+        assert pg.started is False
+        pg.health()
+    assert owner.status().state == "running" and owner.status().pid == pid
+    assert owner.started is True
+    with owner:  # the one that started it stops it
+        pass
+    assert owner.status().state == "stopped"
+
+
+def test_context_manager_stops_what_it_started(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m = managers(datadir)
+    with m:
+        assert m.started is True
+    assert m.status().state == "stopped" and m.started is False
+
+
+def status_names() -> dict[str, str]:
+    proc = run_pgmgr("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return {r["name"]: r["state"] for r in json.loads(proc.stdout)}
+
+
+def test_library_records_go_with_their_data_directory(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """A Manager's record (marked "library") is pruned by ``pgmgr status`` once its data
+    directory is gone; a CLI-made one stays, as ``missing``; a library one whose directory
+    is still there stays too."""
+    scratch = copy_datadir(templates("15"), work_dir / "scratch" / "data")
+    with managers(scratch) as m:
+        name = m.name
+    assert registry.load(name).origin == "library"
+    log = Path(registry.load(name).log_file or "")
+    assert log.is_file()
+    kept = copy_datadir(templates("15"), work_dir / "kept")
+    with managers(kept) as k:
+        kept_name = k.name
+    made = copy_datadir(templates("15"), work_dir / "made")
+    Server.for_datadir(made).save()  # what 'pgmgr init -d made' records
+    assert registry.load("made").origin == "cli"
+
+    shutil.rmtree(work_dir / "scratch")
+    shutil.rmtree(made)
+    assert status_names() == {kept_name: "stopped", "made": "missing"}
+    assert name not in registry.names() and not log.exists()
+    assert os.path.isdir(kept)
+
+
+def test_a_manager_on_a_cli_instance_keeps_it_a_cli_instance(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    Server.for_datadir(datadir).save()
+    with managers(datadir):
+        pass
+    assert registry.load("data").origin == "cli"
+    shutil.rmtree(datadir)
+    assert status_names() == {"data": "missing"}

@@ -1,0 +1,263 @@
+"""``pgmgr export`` / ``pgmgr import`` on real servers: 15 -> 15 and 15 -> 18 give equal row
+counts and per-table checksums; incomplete, damaged or impossible imports create nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.helpers import error_lines
+from tests.ops.conftest import Instance
+
+SETUP = {
+    "postgres": [
+        "CREATE EXTENSION hstore",
+        "CREATE ROLE app LOGIN PASSWORD 'app-secret'",
+        "CREATE TABLE kinds AS SELECT g AS id, md5(g::text) AS t, g * 1.25 AS n,"
+        " '2024-01-01'::timestamptz + g * interval '1 hour' AS ts,"
+        " jsonb_build_object('g', g) AS j, ('k=>' || g)::hstore AS h,"
+        " decode(md5(g::text), 'hex') AS b FROM generate_series(1, 5000) g",
+        "ALTER TABLE kinds ADD PRIMARY KEY (id)",
+        "CREATE TABLE empty (x int)",
+    ],
+    "shop": [
+        "CREATE TABLE orders (id serial PRIMARY KEY, who text, total numeric(10,2))",
+        "INSERT INTO orders (who, total) SELECT 'c' || g, g / 3.0 FROM generate_series(1, 777) g",
+        "ALTER TABLE orders OWNER TO app",
+    ],
+}
+
+
+CHECKSUM = sql.SQL(
+    "SELECT count(*), md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) FROM {} x"
+)
+
+
+def connect(rec: dict[str, Any], dbname: str = "postgres") -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=str(rec["socket_dir"]), port=int(rec["port"]), user="postgres", dbname=dbname,
+        autocommit=True,
+    )  # fmt: skip
+
+
+def fingerprint(rec: dict[str, Any]) -> dict[str, tuple[int, str, str]]:
+    """db.table -> (rows, md5 of the sorted rows as text, owner) for every user table."""
+    found: dict[str, tuple[int, str, str]] = {}
+    with connect(rec) as c:
+        dbs = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")]
+    for db in dbs:
+        with connect(rec, db) as c:
+            tables = c.execute(
+                "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+            for table, owner in tables:
+                row = c.execute(CHECKSUM.format(sql.Identifier(table))).fetchone()
+                assert row is not None
+                found[f"{db}.{table}"] = (int(row[0]), str(row[1]), str(owner))
+    return found
+
+
+def record(inst: Instance, name: str) -> dict[str, Any]:
+    proc = inst.pgmgr("status", name, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+@pytest.fixture
+def source(fresh: Instance) -> dict[str, Any]:
+    rec = record(fresh, "fresh")
+    with connect(rec) as c:
+        c.execute("CREATE DATABASE shop")
+    for db, statements in SETUP.items():
+        with connect(rec, db) as c:
+            for sql in statements:
+                c.execute(sql)
+    return rec
+
+
+def test_export_then_import_into_15_and_18_keeps_every_row(
+    fresh: Instance, source: dict[str, Any], ops_dir: Path
+) -> None:
+    bundle = ops_dir / "bundle"
+    out = fresh.pgmgr("export", "fresh", str(bundle), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["databases"] == ["postgres", "shop"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["source"]["major"] == "15" and manifest["encoding"] == "UTF8"
+    exts = {e["name"]: e["version"] for e in manifest["databases"][0]["extensions"]}
+    assert exts.get("hstore")
+    globals_sql = (bundle / "globals.sql").read_text()
+    assert "CREATE ROLE app;" in globals_sql and "SCRAM-SHA-256" not in globals_sql
+    expected = fingerprint(source)
+    assert expected["postgres.kinds"][0] == 5000 and expected["shop.orders"][:1] == (777,)
+    assert expected["shop.orders"][2] == "app"
+
+    for major in ("15", "18"):
+        name = f"to{major}"
+        proc = fresh.pgmgr(
+            "import", str(bundle), "-d", str(ops_dir / name), "-v", major, "--name", name
+        )
+        assert proc.returncode == 0, proc.stderr
+        rec = record(fresh, name)
+        assert rec["version"].startswith(f"{major}.") and rec["state"] == "running"
+        assert fingerprint(rec) == expected, major
+        # The new instance's own generated password works over TCP.
+        with psycopg.connect(rec["tcp_url"]) as c:
+            assert c.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
+def test_with_passwords_keeps_the_hashes(
+    fresh: Instance, source: dict[str, Any], ops_dir: Path
+) -> None:
+    assert fresh.pgmgr("export", "fresh", str(ops_dir / "b"), "--with-passwords").returncode == 0
+    assert "SCRAM-SHA-256$" in (ops_dir / "b" / "globals.sql").read_text()
+
+
+def expect_error(inst: Instance, args: list[str], code: int, start: str, ops_dir: Path) -> None:
+    """One Error line (and maybe a Hint), the exit code, and no new directory or instance."""
+    before_dirs = sorted(p.name for p in ops_dir.iterdir())
+    before = inst.pgmgr("status", "--json").stdout
+    proc = inst.pgmgr(*args)
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == code, (args, proc.stderr)
+    assert lines[0].startswith(start), (args, lines)
+    assert len(lines) <= 2 and all(ln.startswith(("Error:", "Hint:")) for ln in lines), lines
+    assert sorted(p.name for p in ops_dir.iterdir()) == before_dirs, args
+    assert sorted(r["name"] for r in json.loads(inst.pgmgr("status", "--json").stdout)) == sorted(
+        r["name"] for r in json.loads(before)
+    )
+
+
+def test_bad_bundles_and_targets_create_nothing(
+    fresh: Instance, source: dict[str, Any], ops_dir: Path
+) -> None:
+    good = ops_dir / "good"
+    assert fresh.pgmgr("export", "fresh", str(good)).returncode == 0
+    new = str(ops_dir / "new")
+
+    expect_error(fresh, ["export", "fresh", str(good)], 1, f"Error: {good} already exists", ops_dir)
+    expect_error(
+        fresh, ["import", str(good), "-d", str(good)], 1, f"Error: {good} already exists", ops_dir
+    )
+    expect_error(
+        fresh,
+        ["import", str(ops_dir / "nope"), "-d", new],
+        1,
+        f"Error: {ops_dir / 'nope'} is not a directory",
+        ops_dir,
+    )
+
+    expect_error(
+        fresh, ["import", str(good), "-d", new, "-p", "x"], 2, "Error: invalid --port 'x'", ops_dir
+    )
+
+    partial = ops_dir / "partial"
+    shutil.copytree(good, partial)
+    (partial / "manifest.json").unlink()
+    expect_error(
+        fresh,
+        ["import", str(partial), "-d", new],
+        1,
+        f"Error: {partial} is not a complete bundle: it has no manifest.json",
+        ops_dir,
+    )
+
+    broken = ops_dir / "broken"
+    shutil.copytree(good, broken)
+    victim = max((broken / "databases" / "1").glob("*.dat*"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    rel = victim.relative_to(broken)
+    expect_error(
+        fresh,
+        ["import", str(broken), "-d", new],
+        1,
+        f"Error: bundle {broken} is damaged: {rel} does not match its checksum",
+        ops_dir,
+    )
+    victim.unlink()
+    expect_error(
+        fresh,
+        ["import", str(broken), "-d", new],
+        1,
+        f"Error: bundle {broken} is damaged: {rel} is missing",
+        ops_dir,
+    )
+
+    newer = ops_dir / "newer"
+    shutil.copytree(good, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["source"].update(major="18", version="18.6")
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(
+        fresh,
+        ["import", str(newer), "-d", new, "-v", "15"],
+        1,
+        "Error: the bundle is from PostgreSQL 18.6; it cannot be imported into the older",
+        ops_dir,
+    )
+
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    expect_error(
+        fresh,
+        ["export", "fresh", str(ops_dir / "stopped")],
+        3,
+        "Error: 'fresh' is not running",
+        ops_dir,
+    )
+
+
+def test_an_extension_the_target_lacks_is_reported(
+    fresh: Instance, source: dict[str, Any], ops_dir: Path
+) -> None:
+    """The embedded PostgreSQL 18 has no pgcrypto; Debian's 15 has it."""
+    with connect(source, "shop") as c:
+        c.execute("CREATE EXTENSION pgcrypto")
+    bundle = ops_dir / "b"
+    assert fresh.pgmgr("export", "fresh", str(bundle)).returncode == 0
+    version = json.loads((bundle / "manifest.json").read_text())["databases"][1]["extensions"]
+    pgcrypto = {e["name"]: e["version"] for e in version}["pgcrypto"]
+    expect_error(
+        fresh,
+        ["import", str(bundle), "-d", str(ops_dir / "n"), "-v", "18"],
+        1,
+        "Error: PostgreSQL 18",
+        ops_dir,
+    )
+    proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "n"), "-v", "18")
+    assert f"lacks extensions the bundle uses: pgcrypto {pgcrypto} (database shop)" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the escalation exists only for root")
+def test_a_bundles_psql_meta_command_never_runs_as_root(
+    fresh: Instance, source: dict[str, Any], ops_dir: Path
+) -> None:
+    """A hostile globals.sql (``\\!`` runs a shell in psql) with a recomputed checksum: the
+    import runs it as the server user, never as root (it did: the file said uid 0)."""
+    bundle = ops_dir / "b"
+    assert fresh.pgmgr("export", "fresh", str(bundle)).returncode == 0
+    proof = Path(f"/tmp/pgmgr-test-bang-{uuid.uuid4().hex}")
+    try:
+        with (bundle / "globals.sql").open("a") as f:
+            f.write(f"\\! id -u > {proof}\n")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        digest = hashlib.sha256((bundle / "globals.sql").read_bytes()).hexdigest()
+        manifest["files"]["globals.sql"]["sha256"] = digest
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"), "--name", "imp")
+        assert proc.returncode == 0, proc.stderr
+        assert proof.read_text().strip() == str(pwd.getpwnam("postgres").pw_uid)
+    finally:
+        proof.unlink(missing_ok=True)

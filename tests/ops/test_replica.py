@@ -1,0 +1,204 @@
+"""``pgmgr replica`` and ``pgmgr promote`` on real servers: streaming, read-only standby,
+promotion with nothing lost, roles and lag in ``status``, and bad inputs that create nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.helpers import error_lines
+from tests.ops.conftest import Instance
+
+
+def conn(inst: Instance, name: str | None = None) -> psycopg.Connection[Any]:
+    rec = inst.record() if name is None else Instance(name, Path()).record()
+    return psycopg.connect(
+        host="127.0.0.1", port=int(str(rec["port"])), user="postgres", dbname="postgres",
+        autocommit=True,
+    )  # fmt: skip
+
+
+def primary_leftovers(inst: Instance) -> tuple[int, int, list[str]]:
+    """Slots and pgmgr roles on the primary, and its pg_hba.conf lines pgmgr tagged."""
+    with conn(inst) as c:
+        slots = c.execute("SELECT count(*) FROM pg_replication_slots").fetchone()
+        roles = c.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgmgr%'").fetchone()
+        hba = c.execute("SELECT pg_read_file(current_setting('hba_file'))").fetchone()
+    assert slots and roles and hba
+    tagged = [ln for ln in str(hba[0]).splitlines() if "# pgmgr replica" in ln]
+    return int(slots[0]), int(roles[0]), tagged
+
+
+def _count(c: psycopg.Connection[Any]) -> int:
+    """Rows in t (0 while the standby has not replayed its creation yet)."""
+    try:
+        row = c.execute("SELECT count(*) FROM t").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    assert row is not None
+    return int(row[0])
+
+
+def status(inst: Instance) -> dict[str, dict[str, Any]]:
+    proc = inst.pgmgr("status", "--json")
+    return {r["name"]: r for r in json.loads(proc.stdout)}
+
+
+def test_replica_streams_is_read_only_and_promotes_with_nothing_lost(fresh: Instance) -> None:
+    made = fresh.pgmgr("replica", "fresh", "--name", "rep", "-p", "auto")
+    assert made.returncode == 0, made.stderr
+    assert "a standby of 'fresh'" in made.stderr
+    assert len(primary_leftovers(fresh)[2]) == 2  # 127.0.0.1/32 and ::1/128
+    assert all(" 127.0.0.1/32 " in ln or " ::1/128 " in ln for ln in primary_leftovers(fresh)[2])
+    st = status(fresh)
+    assert st["fresh"]["role"] == "primary" and st["fresh"]["primary"] is None
+    assert st["rep"]["role"] == "standby" and st["rep"]["primary"] == "fresh"
+    assert st["rep"]["replay_lag_bytes"] is not None and st["rep"]["host"] == "127.0.0.1"
+    table = fresh.pgmgr("status").stdout
+    assert "standby of fresh" in table
+
+    with conn(fresh) as p, conn(fresh, "rep") as r:
+        p.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        delays = []
+        for batch in range(5):
+            t0 = time.monotonic()
+            p.execute("INSERT INTO t SELECT g, 'x' FROM generate_series(%s::int, %s::int) g",
+                      (batch * 100 + 1, batch * 100 + 100))  # fmt: skip
+            while True:
+                got = _count(r)
+                if got == (batch + 1) * 100:
+                    break
+                assert time.monotonic() - t0 < 1.0, f"replica has {got} rows after 1 s"
+                time.sleep(0.005)
+            delays.append(time.monotonic() - t0)
+        print(f"replication delay: max {max(delays) * 1000:.1f} ms")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            r.execute("INSERT INTO t VALUES (1000, 'no')")
+
+    promoted = fresh.pgmgr("promote", "rep")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep" in promoted.stderr
+    assert primary_leftovers(fresh) == (0, 0, [])
+    with conn(fresh, "rep") as r:
+        assert _count(r) == 500
+        r.execute("INSERT INTO t VALUES (1000, 'yes')")
+        assert _count(r) == 501
+        conninfo = r.execute("SHOW primary_conninfo").fetchone()
+        assert conninfo == ("",)  # the replication password is gone from its config
+    st = status(fresh)
+    assert st["rep"]["role"] == "primary" and st["rep"]["primary"] is None
+    again = fresh.pgmgr("promote", "rep")
+    assert again.returncode == 1
+    assert error_lines(again.stderr) == [
+        "Error: 'rep' is a primary, not a standby: there is nothing to promote"
+    ]
+
+
+def snapshot(inst: Instance, ops_dir: Path) -> tuple[object, ...]:
+    """Everything a failed replica must leave as it was."""
+    return (
+        sorted(p.name for p in ops_dir.iterdir()),
+        sorted(status(inst)),
+        primary_leftovers(inst),
+    )
+
+
+def test_bad_replica_inputs_create_nothing(fresh: Instance, ops_dir: Path) -> None:
+    before = snapshot(fresh, ops_dir)
+    (ops_dir / "taken").mkdir()
+    before = snapshot(fresh, ops_dir)
+    cases = [
+        (("replica", "nosuch"), 4, "Error: no instance named 'nosuch'"),
+        (("replica", "fresh", "-d", str(ops_dir / "taken")), 1,
+         f"Error: {ops_dir / 'taken'} already exists; a replica needs a new directory"),
+        (("replica", "fresh", "--name", "fresh"), 2, "Error: instance name 'fresh' is already"),
+        (("replica", "fresh", "-p", "70000"), 2, "Error: invalid --port '70000'"),
+        (("replica", "fresh", "-v", "18"), 1,
+         "Error: 'fresh' is PostgreSQL 15: a streaming replica must run the same major"),
+        (("promote", "fresh"), 1, "Error: 'fresh' is a primary, not a standby"),
+        (("promote", "nosuch"), 4, "Error: no instance named 'nosuch'"),
+    ]  # fmt: skip
+    for args, code, start in cases:
+        proc = fresh.pgmgr(*args)
+        lines = error_lines(proc.stderr)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert lines[0].startswith(start), (args, lines)
+        assert len(lines) <= 2 and all(ln.startswith(("Error:", "Hint:")) for ln in lines)
+        assert snapshot(fresh, ops_dir) == before, args
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    stopped = fresh.pgmgr("replica", "fresh")
+    assert stopped.returncode == 3
+    assert error_lines(stopped.stderr)[0] == "Error: 'fresh' is not running"
+    assert sorted(p.name for p in ops_dir.iterdir()) == before[0]
+    assert sorted(status(fresh)) == ["fresh"]
+
+
+def test_destroying_a_primary_says_what_happens_to_its_standby(fresh: Instance) -> None:
+    assert fresh.pgmgr("replica", "fresh", "--name", "gone").returncode == 0
+    # Destroying a standby drops its slot, role and pg_hba.conf lines on the primary.
+    out = fresh.pgmgr("destroy", "gone", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert "Dropped on its primary: slot pgmgr_gone, role pgmgr_gone" in out.stderr
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+    assert fresh.pgmgr("replica", "fresh", "--name", "left").returncode == 0
+    asked = fresh.pgmgr("destroy", "fresh")  # no terminal, no --yes: refused, but explained
+    assert asked.returncode == 2
+    assert "'fresh' is the primary of left: their replication slots go with it" in asked.stderr
+    out = fresh.pgmgr("destroy", "fresh", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert "the standbys are left as they are" in out.stderr
+    st = status(fresh)
+    assert list(st) == ["left"] and st["left"]["state"] == "running"
+    assert st["left"]["role"] == "standby" and st["left"]["primary"] == "fresh"
+    assert fresh.pgmgr("promote", "left").returncode == 0
+
+
+def test_a_failed_clone_leaves_nothing_on_the_primary(fresh: Instance, ops_dir: Path) -> None:
+    """pg_basebackup fails (the primary allows no WAL senders): the role, slot and
+    pg_hba.conf lines made for it are gone again, and no directory or record is left."""
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    start = fresh.pgmgr("start", "fresh", "-q", "-c", "max_wal_senders=0")
+    assert start.returncode == 0, start.stderr
+    before = snapshot(fresh, ops_dir)
+    proc = fresh.pgmgr("replica", "fresh", "--name", "doomed")
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert lines[0].startswith("Error: pg_basebackup failed"), lines
+    assert snapshot(fresh, ops_dir) == before
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
+def test_two_replicas_with_one_name_at_once(fresh: Instance, ops_dir: Path) -> None:
+    """One wins; the other fails cleanly and does not undo the winner's work."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "pgmgr", "replica", "fresh", "--name", "twin"]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    loser = next(err for code, err in results if code)
+    assert "Traceback" not in loser and error_lines(loser)[0].startswith("Error:"), loser
+    st = status(fresh)
+    assert st["twin"]["state"] == "running" and st["twin"]["role"] == "standby"
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    with conn(fresh) as p:
+        p.execute("CREATE TABLE after_race (x int)")
+    deadline = time.monotonic() + 5
+    with conn(fresh, "twin") as r:
+        while True:
+            row = r.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_race'").fetchone()
+            if row == (1,):
+                break
+            assert time.monotonic() < deadline, "the winner stopped replicating"
+            time.sleep(0.01)

@@ -1,0 +1,271 @@
+"""``pgmgr service``: systemd units (checked by systemd-analyze where installed, parsed
+always), and ``pgmgr start --foreground`` speaking sd_notify to a socket the test binds.
+
+systemd itself is not running here; everything systemd would do with the unit (run its
+ExecStart as its User= with its Environment=, listen on NOTIFY_SOCKET, send SIGTERM to the
+main process) the test does for real.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgmgr.core import service
+from tests.helpers import error_lines, postmasters_under
+from tests.ops.conftest import Instance
+
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """section -> key -> values (systemd allows a key more than once)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"key outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not key=value: {line!r}"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.fixture
+def unit_env(ops_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Unit directories inside the test's directory (never /etc or the real home)."""
+    monkeypatch.setenv("PGMGR_SYSTEMD_SYSTEM_DIR", str(ops_dir / "system-units"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(ops_dir / "config"))
+    return ops_dir
+
+
+def unit_text(inst: Instance, mode: str) -> tuple[Path, str]:
+    proc = inst.pgmgr("service", "install", inst.name, f"--{mode}")
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stderr.splitlines()[0].split(" ", 1)[1])
+    return path, path.read_text()
+
+
+def verify(path: Path, mode: str, runtime: Path) -> None:
+    """``systemd-analyze verify`` (when installed): no complaint about our unit."""
+    if ANALYZE is None:
+        return
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    argv = [ANALYZE, "verify", *(["--user"] if mode == "user" else []), str(path)]
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert path.name not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_unit_is_valid_for_both_modes(fresh: Instance, unit_env: Path, mode: str) -> None:
+    path, text = unit_text(fresh, mode)
+    expected_dir = "system-units" if mode == "system" else "config/systemd/user"
+    assert path == unit_env / expected_dir / "pgmgr-fresh.service"
+    unit = parse_unit(text)
+    svc = unit["Service"]
+    assert svc["Type"] == ["notify"]
+    assert svc["Restart"] == ["on-failure"]
+    argv = shlex.split(svc["ExecStart"][0])
+    assert os.path.isabs(argv[0]) and os.access(argv[0], os.X_OK)
+    assert argv[1] == "start" and argv[-1] == "--foreground"
+    envs = dict(e.split("=", 1) for e in svc["Environment"])
+    if mode == "user":
+        assert "User" not in svc
+        assert unit["Install"]["WantedBy"] == ["default.target"]
+        assert "loginctl enable-linger" in text
+        assert envs["PGMGR_STATE_DIR"] == os.environ["PGMGR_STATE_DIR"]
+        assert argv[2] == "fresh"
+    else:
+        assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        assert svc["User"] == ["postgres" if os.geteuid() == 0 else me]
+    verify(path, mode, unit_env / "runtime")
+
+
+def test_install_replaces_its_own_unit_but_not_a_foreign_one(
+    fresh: Instance, unit_env: Path
+) -> None:
+    path, _ = unit_text(fresh, "user")
+    again = fresh.pgmgr("service", "install", "fresh", "--user")
+    assert again.returncode == 0 and "Replaced" in again.stderr
+    assert "systemd is not running here" in again.stderr
+    shown = fresh.pgmgr("service", "show", "fresh")
+    assert shown.returncode == 0 and f"installed: {path}" in shown.stderr
+    assert "Type=notify" in shown.stdout
+    removed = fresh.pgmgr("service", "remove", "fresh")
+    assert removed.returncode == 0 and not path.exists()
+    gone = fresh.pgmgr("service", "remove", "fresh")
+    assert gone.returncode == 4 and gone.stderr.startswith("Error: no pgmgr unit")
+    path.write_text("[Service]\nExecStart=/bin/true\n")
+    foreign = fresh.pgmgr("service", "install", "fresh", "--user")
+    assert foreign.returncode == 1 and "not written by pgmgr" in foreign.stderr
+    assert path.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
+def test_bad_service_inputs(fresh: Instance, unit_env: Path) -> None:
+    unknown = fresh.pgmgr("service", "install", "nosuch", "--user")
+    assert unknown.returncode == 4 and len(unknown.stderr.splitlines()) <= 2
+    for verb in ("show", "remove"):
+        proc = fresh.pgmgr("service", verb, "nosuch")
+        assert proc.returncode == 4, proc.stderr
+        assert error_lines(proc.stderr)[0].startswith("Error: no "), proc.stderr
+    both = fresh.pgmgr("service", "install", "fresh", "--user", "--system")
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert not (unit_env / "config").exists() and not (unit_env / "system-units").exists()
+
+
+def test_quote_arg() -> None:
+    assert service.quote_arg("/a/b-c.d") == "/a/b-c.d"
+    assert service.quote_arg("a b") == '"a b"'
+    assert service.quote_arg('x"$%\\') == '"x\\"$$%%\\\\"'
+    assert service.quote_arg("") == '""'
+    with pytest.raises(Exception, match="line break"):
+        service.quote_arg("a\nb")
+
+
+# --------------------------------------------------------------------------- sd_notify
+
+
+@pytest.fixture
+def notify_socket(ops_dir: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket bound where the server user can send to it (as systemd's is)."""
+    path = ops_dir / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    path.chmod(0o777)
+    try:
+        yield listen(sock), str(path)
+    finally:
+        sock.close()
+
+
+def listen(sock: socket.socket) -> socket.socket:
+    """Ask for each sender's credentials, as systemd does to enforce NotifyAccess=main."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return sock
+
+
+def receive(sock: socket.socket, main_pid: int, timeout: float = 30) -> str:
+    """The next message, which must come from ``main_pid`` (a postgres built with systemd
+    support would send its own READY=1 if pgmgr let NOTIFY_SOCKET through to it)."""
+    sock.settimeout(timeout)
+    data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    creds = [d for level, kind, d in ancdata if kind == socket.SCM_CREDENTIALS]
+    assert creds, "no sender credentials"
+    pid = struct.unpack("iII", creds[0][:12])[0]
+    assert pid == main_pid, (pid, main_pid, data)
+    return data.decode()
+
+
+def ready_then_stop(proc: subprocess.Popen[str], sock: socket.socket, port: int) -> None:
+    """READY=1 comes once the server takes connections; SIGTERM brings STOPPING=1, exit 0."""
+    try:
+        assert receive(sock, proc.pid) == "READY=1"
+        # The very next moment, a connection must work: READY=1 was not sent early.
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres"):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert receive(sock, proc.pid) == "STOPPING=1"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out = proc.stderr.read() if proc.stderr else ""
+        assert "Traceback" not in out, out
+
+
+def test_unit_exec_start_notifies_ready_and_stopping(
+    fresh: Instance, unit_env: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """Run the system unit's ExecStart the way systemd would: as its User=, with its
+    Environment= (%S and %C made under the test dir, owned by that user, as StateDirectory=
+    would), NOTIFY_SOCKET set; then SIGTERM the main process.
+
+    Where that user cannot execute this Python (a venv over a pyenv under /root), the unit
+    could not run here at all: then root runs the same command line, and pgmgr runs postgres
+    as that user itself.
+    """
+    port = int(str(fresh.record()["port"]))
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    _, text = unit_text(fresh, "system")
+    svc = parse_unit(text)["Service"]
+    user = pwd.getpwnam(svc["User"][0])
+    drop = os.geteuid() == 0 and can_run_python(user)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_socket[1])
+    for assignment in svc["Environment"]:
+        key, value = assignment.split("=", 1)
+        for spec, where in (("%S", "var-lib"), ("%C", "var-cache")):
+            if value.startswith(spec):
+                value = str(unit_env / where) + value[2:]
+                Path(value).mkdir(parents=True, mode=0o700)
+                for top, _, _ in os.walk(unit_env / where) if drop else ():
+                    os.chown(top, user.pw_uid, user.pw_gid)
+        env[key] = value
+    proc = subprocess.Popen(
+        shlex.split(svc["ExecStart"][0]),
+        env=env,
+        cwd="/",
+        user=user.pw_uid if drop else None,
+        group=user.pw_gid if drop else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready_then_stop(proc, notify_socket[0], port)
+    assert not postmasters_under(fresh.datadir)
+
+
+def can_run_python(user: pwd.struct_passwd) -> bool:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "pass"],
+            user=user.pw_uid,
+            group=user.pw_gid,
+            capture_output=True,
+            check=False,
+        )
+    except PermissionError:
+        return False
+    return proc.returncode == 0
+
+
+def test_foreground_notifies_an_abstract_socket(fresh: Instance) -> None:
+    """``@name`` is the abstract namespace; no message before the server is up."""
+    port = int(str(fresh.record()["port"]))
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    name = f"pgmgr-test-{os.getpid()}-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    listen(sock)
+    try:
+        proc = subprocess.Popen(
+            [*service.pgmgr_command(), "start", "fresh", "--foreground"],
+            env=dict(os.environ, NOTIFY_SOCKET="@" + name),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        ready_then_stop(proc, sock, port)
+    finally:
+        sock.close()

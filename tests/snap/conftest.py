@@ -1,0 +1,92 @@
+"""Fixtures for snapshot, branch and upgrade tests: real servers in a directory the server
+user can reach (see tests/ops/conftest.py, whose ``ops_dir`` and ``template`` these reuse),
+and helpers to run SQL through the instance's own psql."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
+from tests.ops.conftest import Instance, make_dir, ops_dir, template  # noqa: F401
+
+
+class Inst(Instance):
+    """An instance of the test, with SQL and state helpers."""
+
+    def ok(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        proc = self.pgmgr(*args, **kwargs)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def sql(self, query: str, name: str | None = None) -> str:
+        proc = self.pgmgr("psql", name or self.name, "--", "-XAtq", "-v", "ON_ERROR_STOP=1",
+                          "-c", query)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def state(self, name: str | None = None) -> str:
+        data = json.loads(self.pgmgr("status", name or self.name, "--json").stdout)
+        return str(data["state"])
+
+    def pid(self, name: str | None = None) -> int | None:
+        data = json.loads(self.pgmgr("status", name or self.name, "--json").stdout)
+        return data["pid"]  # type: ignore[no-any-return]
+
+    def snaps(self, name: str | None = None) -> list[dict[str, object]]:
+        proc = self.ok("snapshots", name or self.name, "--json")
+        data: list[dict[str, object]] = json.loads(proc.stdout)
+        return data
+
+    @property
+    def store(self) -> Path:
+        return self.datadir.parent / ".pgmgr-snapshots" / self.datadir.name
+
+
+@pytest.fixture
+def inst(ops_dir: Path, template: Path) -> Iterator[Inst]:  # noqa: F811
+    """A registered, running PostgreSQL 15 instance (copy of the template) with a table."""
+    datadir = ops_dir / "data"
+    subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
+    it = Inst("dev", datadir)
+    try:
+        it.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        it.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+        yield it
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A 0755 directory under /tmp for a test that builds its own instances."""
+    path = make_dir("pgmgr-snap-")
+    yield path
+    left = postmasters_under(path)
+    kill_postmasters(left)
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+    if left:
+        pytest.fail(f"servers left running by this test (now killed): {left}")
+
+
+def leftovers(store: Path, wait: float = 30.0) -> list[str]:
+    """Work-in-progress entries in a store (as root the test may read it), once the
+    background removal of a restore's old state had ``wait`` seconds to finish."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            found = sorted(n for n in os.listdir(store) if n.startswith("."))
+        except FileNotFoundError:
+            return []
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+__all__ = ["Inst", "leftovers", "run_pgmgr"]

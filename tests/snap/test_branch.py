@@ -1,0 +1,115 @@
+"""pgmgr branch on real PostgreSQL 15 servers: independent both ways, own port, socket and
+password; from a snapshot; bad inputs; interrupted branches leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_interrupt import DELAYS, big, interrupt
+
+
+def scram(inst: Inst, ops_dir: Path) -> Inst:
+    """A password-protected instance (the template is 'trust')."""
+    datadir = ops_dir / "pw"
+    inst.ok("init", "-q", "-d", str(datadir), "--name", "pw", "-v", "15")
+    inst.ok("start", "pw", "-q", "-p", "auto")
+    inst.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)", "pw")
+    return Inst("pw", datadir)
+
+
+def test_branch_and_source_diverge_both_ways(inst: Inst, ops_dir: Path) -> None:
+    src = scram(inst, ops_dir)
+    out = json.loads(inst.ok("branch", "pw", "feat", "--json").stdout)
+    assert out["started"] is True and out["source_downtime_ms"] is not None
+    assert out["datadir"] == str((ops_dir / "feat").resolve())
+    a, b = (
+        json.loads(inst.ok("status", "pw", "--json").stdout),
+        json.loads(inst.ok("status", "feat", "--json").stdout),
+    )
+    assert a["state"] == b["state"] == "running"
+    assert a["port"] != b["port"] and a["socket_dir"] != b["socket_dir"]
+    inst.sql("INSERT INTO t VALUES (2)", "pw")
+    inst.sql("INSERT INTO t VALUES (3); CREATE TABLE only_here ()", "feat")
+    assert inst.sql("SELECT string_agg(x::text, ',' ORDER BY x) FROM t", "pw") == "1,2"
+    assert inst.sql("SELECT string_agg(x::text, ',' ORDER BY x) FROM t", "feat") == "1,3"
+    assert inst.sql("SELECT to_regclass('only_here') IS NULL", "pw") == "t"
+    # own password, over TCP; the source's is refused by the branch
+    src_pw = src.record()["password"]
+    rec = json.loads((Path(inst.record.__self__.env.get("PGMGR_STATE_DIR", "") or
+                           __import__("os").environ["PGMGR_STATE_DIR"]) / "instances" /
+                      "feat.json").read_text())  # fmt: skip
+    assert rec["password"] and rec["password"] != src_pw and rec["password_pending"] is False
+    with psycopg.connect(inst.ok("url", "feat", "--tcp").stdout.strip()) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            f"host=127.0.0.1 port={b['port']} user=postgres password={src_pw} dbname=postgres"
+        ).close()
+    inst.ok("stop", "feat", "-q")
+    assert inst.state("pw") == "running"  # stopping the branch leaves the source alone
+
+
+def test_branch_from_snapshot_of_stopped_source(inst: Inst, ops_dir: Path) -> None:
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("TRUNCATE t")
+    inst.ok("stop", "dev", "-q")
+    out = json.loads(inst.ok("branch", "dev", "old", "--from", "s1", "-d",
+                             str(ops_dir / "elsewhere"), "--json").stdout)  # fmt: skip
+    assert out["started"] is False and out["from_snapshot"] == "s1"
+    assert out["source_downtime_ms"] is None
+    assert inst.state("old") == "stopped"
+    inst.ok("start", "old", "-q")
+    assert inst.sql("SELECT count(*) FROM t", "old") == "1000"
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t") == "0"
+    p = inst.pid("old")
+    inst.ok("branch", "dev", "third", "--start", "-p", "auto", "-q")
+    assert inst.state("third") == "running" and inst.pid("old") == p
+
+
+def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
+    (ops_dir / "taken").mkdir()
+    cases = [
+        (("branch", "dev", "dev"), 2, "an instance named 'dev' already exists"),
+        (("branch", "dev", "taken"), 1, "already exists; a branch gets a new data directory"),
+        (("branch", "dev", "x", "--from", "nope"), 4, "has no snapshot named 'nope'"),
+        (("branch", "dev", "bad/name"), 2, "invalid instance name"),
+        (("branch", "dev", "y", "-p", "70000"), 2, "invalid --port"),
+        (("branch", "dev", "z", "-d", str(ops_dir / "no" / "such")), 1, "is not a directory"),
+    ]
+    for args, code, text in cases:
+        proc = inst.pgmgr(*args)
+        lines = error_lines(proc.stderr)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert lines[0].startswith("Error: ") and text in lines[0], (args, lines)
+    assert sorted(p.name for p in ops_dir.iterdir()) == [".pgmgr-snapshots", "data", "taken",
+                                                         "tmp"]  # fmt: skip
+    assert json.loads(inst.ok("status", "--json").stdout)[0]["name"] == "dev"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_branch_leaves_nothing(inst: Inst, ops_dir: Path, sig: int) -> None:
+    big(inst)
+    made = 0
+    for i, delay in enumerate(DELAYS):
+        code = interrupt(inst, ["branch", "dev", f"b{i}"], delay, sig)
+        assert inst.state() == "running", (delay, code)
+        assert inst.sql("SELECT count(*) FROM big") == "250000"
+        exists = (ops_dir / f"b{i}").exists()
+        names = [s["name"] for s in json.loads(inst.ok("status", "--json").stdout)]
+        assert exists == (f"b{i}" in names) == (code == 0), (delay, code, exists, names)
+        if code == 0:
+            made += 1
+            assert inst.state(f"b{i}") == "running"
+            inst.ok("stop", f"b{i}", "-q")
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / f"b{i}") == []
+    assert made < len(DELAYS)
+    subprocess.run(["true"], check=True)

@@ -1,0 +1,146 @@
+"""Interrupted snapshot and restore (real signals at varied points) leave the instance as it
+was: the same rows, running again, no half-made snapshot; what SIGKILL leaves is swept.
+Not enough disk space is mocked (``os.fstatvfs``): the one thing that cannot be real here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst, leftovers
+
+DELAYS = (0.0, 0.1, 0.3, 0.6, 1.0, 1.6)
+
+
+def big(inst: Inst) -> None:
+    """~150 MB, so that a copy takes long enough to be interrupted in the middle."""
+    inst.sql("CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad "
+             "FROM generate_series(1, 250000) g")  # fmt: skip
+
+
+def wait_for_lock(proc: subprocess.Popen[str]) -> None:
+    """Until ``pid`` holds an instance lock: it has started its work (a signal during
+    Python's start-up is not what these tests are about)."""
+    pid = proc.pid
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            targets = []
+        if any("/locks/" in t for t in targets):
+            return
+        time.sleep(0.005)
+    if proc.poll() is None:
+        raise AssertionError("the command never took the instance lock")
+
+
+def interrupt(inst: Inst, args: list[str], delay: float, sig: int) -> int:
+    env = dict(os.environ)
+    env.update(inst.env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # xdist workers ignore SIGINT, and an ignored signal stays ignored across exec:
+        # give the command the default disposition a shell would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    wait_for_lock(proc)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 130, -signal.SIGKILL), err
+    return proc.returncode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_snapshot(inst: Inst, sig: int) -> None:
+    big(inst)
+    outcomes = []
+    for i, delay in enumerate(DELAYS):
+        code = interrupt(inst, ["snapshot", "dev", f"s{i}"], delay, sig)
+        outcomes.append(code)
+        assert inst.state() == "running", (delay, code)
+        assert inst.sql("SELECT count(*) FROM big") == "250000"
+        names = [s["snapshot"] for s in inst.snaps()]
+        assert (f"s{i}" in names) == (code == 0), (delay, code, names)
+        assert leftovers(inst.store) == []
+    assert any(c != 0 for c in outcomes), outcomes  # some hit the middle
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_restore(inst: Inst, sig: int) -> None:
+    big(inst)
+    inst.ok("snapshot", "dev", "base", "-q")
+    outcomes = []
+    for delay in DELAYS:
+        inst.sql("TRUNCATE t")
+        code = interrupt(inst, ["restore", "dev", "base", "--yes"], delay, sig)
+        outcomes.append(code)
+        assert inst.state() == "running", (delay, code)
+        # all or nothing: restored (1000 rows) on success, untouched (0) when interrupted
+        assert inst.sql("SELECT count(*) FROM t") == ("1000" if code == 0 else "0"), code
+        assert inst.sql("SELECT count(*) FROM big") == "250000"
+        assert leftovers(inst.store) == []
+    assert any(c != 0 for c in outcomes), outcomes
+
+
+def test_killed_snapshot_and_restore_lose_nothing(inst: Inst) -> None:
+    """SIGKILL cannot be cleaned up after: the data is intact, a start brings the server
+    back if the kill came while it was stopped, and the next command sweeps the leftovers."""
+    big(inst)
+    inst.ok("snapshot", "dev", "base", "-q")
+    for i, delay in enumerate(DELAYS):
+        inst.sql("TRUNCATE t")
+        args = ["snapshot", "dev", f"k{i}"] if i % 2 else ["restore", "dev", "base", "--yes"]
+        interrupt(inst, args, delay, signal.SIGKILL)
+        inst.ok("start", "dev", "-q")
+        assert inst.sql("SELECT count(*) FROM t") in ("0", "1000")
+        assert inst.sql("SELECT count(*) FROM big") == "250000"
+        inst.ok("snapshots", "dev")
+    inst.ok("snapshot", "dev", "last", "-q")  # sweeps under the lock
+    assert leftovers(inst.store) == []
+
+
+def test_not_enough_disk_space(inst: Inst) -> None:
+    """``os.fstatvfs`` is mocked to report 1 MB free: filling the disk for real would
+    disturb every other test on the machine."""
+    from typer.testing import CliRunner
+
+    from pgmgr.cli import app
+
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("INSERT INTO t VALUES (-1)")
+    real = os.fstatvfs
+
+    def tiny(fd: int) -> os.statvfs_result:
+        st = real(fd)
+        fields = list(st)
+        fields[4] = 1024 * 1024 // st.f_frsize  # f_bavail
+        return os.statvfs_result(fields)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fstatvfs", tiny)
+        for args in (["snapshot", "dev", "s2"], ["restore", "dev", "s1", "--yes"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 1, result.output
+            lines = error_lines(result.output)
+            assert lines[0].startswith("Error: not enough disk space for "), lines
+            assert "nothing was changed" in lines[0]
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
+    assert leftovers(inst.store) == []
+    json.dumps(inst.snaps())

@@ -1,0 +1,118 @@
+"""Pure parts of snapshots and upgrades: names, metadata, command lines, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import snapstore
+from pgmgr.core import upgradeplan as plan
+from pgmgr.core.errors import UsageError
+from pgmgr.core.versions import Installation
+
+OLD = Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
+NEW = Installation("18", "18.6", Path("/opt/pg18/bin"), "embedded")
+
+
+def test_snapshot_names() -> None:
+    for good in ("s1", "before-migration", "2026.01.01_x"):
+        assert snapstore.check_snap_name(good) == good
+    for bad in ("", ".hidden", "../x", "a/b", "-x", "x" * 64, ".tmp-snap-1"):
+        with pytest.raises(UsageError):
+            snapstore.check_snap_name(bad)
+    name = snapstore.default_name(set())
+    assert len(name) == 15 and snapstore.default_name({name}) == name + "-2"
+
+
+def test_meta_round_trip_and_validation() -> None:
+    meta = snapstore.Meta("s", "dev", "/d", "123", "15", "15.18", "/b", 1.5, size=10)
+    assert snapstore.Meta.from_dict(meta.to_dict()) == meta
+    with pytest.raises(ValueError):
+        snapstore.Meta.from_dict([1])
+    with pytest.raises((ValueError, TypeError)):
+        snapstore.Meta.from_dict({"name": "s"})
+    bad = meta.to_dict() | {"major": 15}
+    with pytest.raises(ValueError, match="'major' must be a string"):
+        snapstore.Meta.from_dict(bad)
+
+
+def test_direction_and_method() -> None:
+    plan.check_direction("15", "18")
+    with pytest.raises(UsageError, match="already PostgreSQL 15"):
+        plan.check_direction("15", "15")
+    with pytest.raises(UsageError, match="downgrade"):
+        plan.check_direction("18", "15")
+    with pytest.raises(UsageError, match="downgrade"):
+        plan.check_direction("10", "9")  # numerically, not as text
+    assert plan.check_method("clone") == "clone"
+    with pytest.raises(UsageError, match="invalid --method"):
+        plan.check_method("swap")
+
+
+def test_initdb_argv_matches_the_old_cluster() -> None:
+    opts = plan.ClusterOptions("UTF8", "C", "C")
+    argv = plan.initdb_argv(NEW, Path("/n"), "postgres", opts)
+    assert argv[:7] == ["/opt/pg18/bin/initdb", "-D", "/n", "-U", "postgres", "-E", "UTF8"]
+    assert "--no-data-checksums" in argv and "--data-checksums" not in argv
+    icu = plan.ClusterOptions("UTF8", "en_US.UTF-8", "en_US.UTF-8", "i", "en-US", True)
+    argv = plan.initdb_argv(NEW, Path("/n"), "admin", icu)
+    assert {"--locale-provider=icu", "--icu-locale=en-US", "--data-checksums"} <= set(argv)
+    assert "--no-data-checksums" not in plan.initdb_argv(OLD, Path("/n"), "p", opts)
+
+
+def test_pg_upgrade_argv() -> None:
+    a = plan.UpgradeArgs(OLD, NEW, Path("/o"), Path("/n"), "postgres", 5001, 5002, "/s", "copy")
+    argv = plan.pg_upgrade_argv(a)
+    assert argv == [
+        "/opt/pg18/bin/pg_upgrade", "-b", "/usr/lib/postgresql/15/bin", "-B", "/opt/pg18/bin",
+        "-d", "/o", "-D", "/n", "-U", "postgres", "-p", "5001", "-P", "5002", "-s", "/s",
+        "--copy", "--no-sync",
+    ]  # fmt: skip
+    checked = plan.UpgradeArgs(OLD, NEW, Path("/o"), Path("/n"), "p", 1, 2, "/s", "link", True)
+    assert plan.pg_upgrade_argv(checked)[-2:] == ["--link", "--check"]
+
+
+def test_missing_binaries(tmp_path: Path) -> None:
+    old = Installation("15", "15.1", tmp_path / "old", "x")
+    new = Installation("18", "18.1", tmp_path / "new", "x")
+    for d, progs in ((old.bindir, plan.OLD_BINARIES), (new.bindir, plan.NEW_BINARIES)):
+        d.mkdir()
+        for p in progs:
+            (d / p).touch()
+    assert plan.missing_binaries(old, new) == []
+    (new.bindir / "pg_upgrade").unlink()
+    (old.bindir / "pg_ctl").unlink()
+    assert plan.missing_binaries(old, new) == [str(old.bin("pg_ctl")), str(new.bin("pg_upgrade"))]
+
+
+def test_auto_conf() -> None:
+    text = "# Do not edit\nwork_mem = '8MB'\nold_thing = 'x''y'\n#commented = 1\n"
+    assert plan.auto_conf_settings(text) == {"work_mem": "'8MB'", "old_thing": "'x''y'"}
+    assert plan.unquote("'x''y'") == "x'y" and plan.unquote("8") == "8"
+    dropped = plan.drop_from_auto_conf(text, {"old_thing"})
+    assert "\n# rejected by the new major at upgrade (pgmgr): old_thing = 'x''y'\n" in dropped
+    assert plan.auto_conf_settings(dropped) == {"work_mem": "'8MB'"}
+
+
+def _cluster(tmp_path: Path, state: int, redo: int, segments: list[str]) -> Path:
+    (tmp_path / "global").mkdir(parents=True)
+    head = bytearray(64)
+    head[16:20] = state.to_bytes(4, "little")
+    head[40:48] = redo.to_bytes(8, "little")
+    (tmp_path / "global" / "pg_control").write_bytes(bytes(head))
+    (tmp_path / "pg_wal" / "archive_status").mkdir(parents=True)
+    for name in segments:
+        with open(tmp_path / "pg_wal" / name, "wb") as f:
+            f.truncate(16 << 20)  # sparse: only the size matters
+    return tmp_path
+
+
+def test_unneeded_wal_after_a_clean_shutdown(tmp_path: Path) -> None:
+    segs = [f"00000001000000000000001{c}" for c in "456789"] + ["000000010000000100000000"]
+    redo = 0x15 * (16 << 20) + 0x28  # in segment ...15
+    clean = _cluster(tmp_path / "a", 1, redo, segs)
+    # ...14 (older) and ...15 (the checkpoint's), ...16 (a straddling record) are kept
+    assert snapstore.unneeded_wal(clean) == set(segs[3:])
+    crashed = _cluster(tmp_path / "b", 6, redo, segs)  # in production: recovery reads on
+    assert snapstore.unneeded_wal(crashed) == set()
