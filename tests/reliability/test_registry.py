@@ -124,7 +124,7 @@ def test_concurrent_inits_get_distinct_names(work: Path, rel_isolation: Path) ->
         assert len(pids) == 10
         stop = pgmgr("stop", "--all", "--json", timeout=120)
         assert stop.returncode == 0, str(stop)
-        assert sum(r["stopped"] for r in stop.json()) == 10, str(stop)
+        assert sum(r["was_running"] for r in stop.json()) == 10, str(stop)
         assert all(process.running_postmaster(d) is None for d in dirs)
     finally:
         for p in procs:
