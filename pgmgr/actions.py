@@ -136,6 +136,8 @@ def start(
             )
     elapsed = time.monotonic() - t0
     st = srv.status()
+    for note in srv.notes:
+        ui.message(note)
     ignored = not_applied(srv, host, port, settings, socket_dir, name_opt, log_file)
     if not result.already_running:  # all applied, but a --name an existing instance refused
         ignored = [(o, v) for o, v in ignored if o == "--name"]
@@ -312,7 +314,10 @@ def stop(
     if all_ and (name or datadir):
         raise UsageError("--all stops every instance: leave out NAME and -d")
     if all_:
-        servers = [Server(inst) for inst in registry.load_all()[0]]
+        instances, broken = registry.load_all()
+        servers = [Server(inst) for inst in instances]
+        for err in broken:
+            ui.message(f"'{err.path.stem}': skipped, {err} ('pgmgr forget {err.path.stem}')")
     else:
         servers = [resolve(name, datadir)]
     results: list[dict[str, Any]] = []

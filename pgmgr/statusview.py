@@ -14,6 +14,7 @@ from pgmgr import ui
 
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server, Status
+    from pgmgr.core.registry import CorruptRecord
 
 COLUMNS = [
     ui.Col("name", key=True),
@@ -41,6 +42,23 @@ def status_record(st: Status, srv: Server) -> dict[str, Any]:
     else:
         rec.update(role=None, primary=None, replay_lag_bytes=None, replay_lag_ms=None)
     return rec
+
+
+def broken_record(err: CorruptRecord) -> dict[str, Any]:
+    """An unreadable record, as a row: its name (the file's) and why; nothing from inside."""
+    keys = ("pid", "version", "host", "port", "socket_dir", "datadir", "started_at", "uptime")
+    return {
+        "name": err.path.stem,
+        "state": "broken",
+        **dict.fromkeys(keys),
+        "log_file": None,
+        "url": None,
+        "detail": err.why,
+        "latency_ms": None,
+        "tcp_url": None,
+        "server_user": None,
+        "superuser": None,
+    }
 
 
 def uptime_text(seconds: float | None) -> str:
@@ -72,6 +90,8 @@ def show_all(json: bool, check: bool = False) -> int:
     records = [record_of(Server(inst), check)[0] for inst in instances]
     for err in broken:
         ui.error(str(err), err.hint)
+    records += [broken_record(err) for err in broken]
+    records.sort(key=lambda r: str(r["name"]))
     if json:
         ui.emit_json(records)
     elif records:
@@ -103,12 +123,12 @@ def table(records: list[dict[str, Any]]) -> None:
         rows.append(
             [
                 r["name"],
-                r["version"],
+                r["version"] or "-",
                 state,
                 str(r["pid"] or "-"),
                 hostport,
                 r["socket_dir"] or "-",
-                r["datadir"],
+                r["datadir"] or "-",
                 uptime_text(r["uptime"]),
             ]
         )

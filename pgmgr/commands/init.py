@@ -81,3 +81,5 @@ def init(
         ui.message(f"Initialized '{srv.inst.name}' ({label}) in {ui.ms(elapsed)}: {srv.datadir}")
     else:
         ui.message(f"'{srv.inst.name}' is already a data directory ({srv.datadir}); registered")
+    for note in srv.notes:
+        ui.message(note)

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from pgmgr.core import logfile, paths, pgconf, privileges, process, registry, server, versions
+from pgmgr.core import (
+    identity,
+    logfile,
+    paths,
+    pgconf,
+    privileges,
+    process,
+    registry,
+    server,
+    versions,
+)
 from pgmgr.core.errors import (
     EXIT_NO_INSTANCE,
     EXIT_NOT_RUNNING,
@@ -84,7 +94,7 @@ class Status:
     """What ``pgmgr status`` reports for one instance; ``state`` decides the exit code."""
 
     name: str
-    state: str  # running | starting | stopping | stopped | crashed | missing
+    state: str  # running | starting | stopping | stopped | crashed | missing | moved | replaced
     datadir: str
     version: str
     host: str
@@ -102,7 +112,7 @@ class Status:
     def exit_code(self) -> int:
         if self.state in ("running", "starting", "stopping"):
             return EXIT_OK
-        if self.state == "missing":
+        if self.state in ("missing", "moved", "replaced"):
             return EXIT_NO_INSTANCE
         return EXIT_NOT_RUNNING
 
@@ -153,9 +163,22 @@ def default_log_file(name: str) -> Path:
 class Server:
     """An instance and the operations on it. Not thread-safe; one per data directory."""
 
-    def __init__(self, inst: Instance, *, register: bool = True) -> None:
+    def __init__(
+        self,
+        inst: Instance,
+        *,
+        register: bool = True,
+        new: bool = False,
+        name_base: str | None = None,
+    ) -> None:
         self.inst = inst
         self.register = register
+        #: not registered yet: the first save creates the record (see registry.create), with
+        #: a free name derived from ``name_base`` when the name was generated
+        self.new = new
+        self.name_base = name_base
+        #: things the user should know that are not errors (the CLI prints them)
+        self.notes: list[str] = []
         self.child: subprocess.Popen[bytes] | None = None
         #: A temporary server: postgres is stopped when this process dies (even SIGKILL).
         self.die_with_parent = False
@@ -181,6 +204,7 @@ class Server:
         :raises DatabaseException: the version asked for is not the data directory's.
         """
         datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
+        identity.check_links(datadir)
         inst = registry.find_by_datadir(datadir) if register else None
         if inst is not None:
             srv = cls(inst, register=register)
@@ -198,8 +222,10 @@ class Server:
                         f"instance name {name!r} is already used for {other.datadir}",
                         hint="choose another --name",
                     )
+            base = None
         else:
-            name = registry.unique_name(Path(real).name) if register else Path(real).name
+            base = Path(real).name
+            name = registry.unique_name(base) if register else base
         inst = Instance(
             name=name,
             datadir=real,
@@ -207,7 +233,7 @@ class Server:
             version=install.version,
             bindir=str(install.bindir),
         )
-        return cls(inst, register=register)
+        return cls(inst, register=register, new=True, name_base=base)
 
     @classmethod
     def load(cls, name_or_dir: str) -> Server:
@@ -218,6 +244,7 @@ class Server:
             or not registry.NAME_RE.match(name_or_dir)
         ):
             datadir = Path(os.path.abspath(name_or_dir))
+            identity.check_links(datadir)
             inst = registry.find_by_datadir(datadir)
             if inst is None:
                 if not server.is_datadir(datadir):
@@ -267,8 +294,51 @@ class Server:
     def log_file(self) -> Path:
         return Path(self.inst.log_file or default_log_file(self.inst.name))
 
+    # ------------------------------------------------------------------ identity
+
+    def pinned(self) -> identity.Identity | None:
+        """The data directory's identity as recorded, or None (an older record)."""
+        if self.inst.dev is None or self.inst.ino is None:
+            return None
+        return identity.Identity(self.inst.dev, self.inst.ino, self.inst.system_id)
+
+    def pin(self) -> bool:
+        """Record the identity of the data directory now at the path (after init, at
+        registration, or to fill in an older record). False if it cannot be proved: not
+        reachable without untrusted symlinks, or not a complete data directory."""
+        try:
+            now = identity.probe(self.datadir)
+        except (OSError, DatabaseException):
+            return False
+        if now.system_id is None:
+            return False
+        self.inst.dev, self.inst.ino, self.inst.system_id = now.dev, now.ino, now.system_id
+        return True
+
+    def check_identity(self, action: str) -> None:
+        """Before acting on the instance: the directory at the recorded path must still be
+        the recorded one. An older record without an identity gets it now, if the directory
+        can be proved; a missing directory is left to the caller.
+
+        :raises IdentityChanged: it was moved (the path crosses a symlink another user
+            controls) or replaced (exit code 4).
+        """
+        pinned = self.pinned()
+        state, why = identity.compare(pinned, self.datadir)
+        if state in (identity.MOVED, identity.REPLACED):
+            raise identity.IdentityChanged(self.inst.name, self.inst.datadir, state, why, action)
+        if pinned is None and state is None and self.pin() and not self.new:
+            self.save()
+
     def save(self) -> None:
-        if self.register:
+        if not self.register:
+            return
+        if self.new and self.pinned() is None:
+            self.pin()
+        if self.new:
+            self.inst = registry.create(self.inst, name_base=self.name_base)
+            self.new = False
+        else:
             registry.save(self.inst)
 
     # ------------------------------------------------------------------ init
@@ -294,6 +364,8 @@ class Server:
         if datadir.exists() and not datadir.is_dir():
             raise DatabaseException(f"{datadir} exists and is not a directory")
         if server.is_datadir(datadir):
+            if self.new and opts.auth != "trust" and self.inst.password is None:
+                self._reset_password(password or new_password())
             self.save()
             return False
         install = self.installation()
@@ -309,6 +381,13 @@ class Server:
         self.inst.auth = opts.auth
         self.inst.password = password if opts.auth != "trust" else None
         self.inst.password_pending = copied and self.inst.password is not None
+        if not self.pin():  # a new directory: whatever the record said before
+            raise DatabaseException(
+                f"{datadir} changed while it was being initialized (it is no longer the "
+                "directory pgmgr built, or crosses another user's symlink); nothing was "
+                "registered",
+                hint=f"check {datadir} and its parent directories",
+            )
         self.save()
         return True
 
@@ -344,6 +423,17 @@ class Server:
         copied = how is not None
         return copied
 
+    def _reset_password(self, password: str) -> None:
+        """Registering a data directory pgmgr knows no password of (made elsewhere, or
+        forgotten): a new one is set through the local socket at its next start."""
+        self.inst.password = password
+        self.inst.password_pending = self.inst.password_reset = True
+        self.notes.append(
+            f"no password is known for {self.datadir}: a new one was generated for "
+            f"'{self.inst.name}' and is set for {self.inst.superuser!r} at its next start "
+            "(through the local socket); 'pgmgr url --tcp' shows it"
+        )
+
     # ------------------------------------------------------------------ start
 
     def running(self) -> process.PidFile | None:
@@ -376,6 +466,7 @@ class Server:
             server.check_socket_dir_text(socket_dir)
         if not server.is_datadir(datadir):
             raise DataDirNotFound(datadir, _why_missing(datadir))
+        self.check_identity("start")
         install = self.installation(version)
         pf = self.running()
         if pf is not None:
@@ -402,6 +493,8 @@ class Server:
                 not socket_dir and str(sockdir) != recorded_sockdir and sockdir != datadir
             )
             server.clear_stale_socket_lock(sockdir, chosen, datadir)
+            if self.new:
+                self.save()  # claim the name first: the log file is named after it
             argv = server.postgres_argv(
                 install,
                 datadir,
@@ -662,9 +755,17 @@ class Server:
             env=server._child_env(None),
             check=False,
         )
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not self.inst.password_reset:
             raise DatabaseException(f"could not set the password: {proc.stderr.strip()}")
-        self.inst.password_pending = False
+        if proc.returncode != 0:  # a re-registered data dir stays as it was: say so
+            self.inst.password = None
+            self.notes.append(
+                f"could not set a new password for '{self.inst.name}' "
+                f"({' '.join(proc.stderr.split())}); TCP logins need the one it had"
+            )
+        elif self.inst.password_reset:
+            self.notes.append(f"set the new password of {self.inst.superuser!r}")
+        self.inst.password_pending = self.inst.password_reset = False
         self.save()
 
     # ------------------------------------------------------------------ stop
@@ -674,7 +775,9 @@ class Server:
 
         :returns: False if it was not running.
         :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
+        :raises IdentityChanged: the data directory was moved or replaced.
         """
+        self.check_identity("stop")
         self.record_error = None
         pf = self.running()
         if pf is None:
@@ -742,6 +845,10 @@ class Server:
             socket_dir=inst.socket_dir,
             log_file=str(self.log_file),
         )
+        changed, why = identity.compare(self.pinned(), self.datadir)
+        if changed in (identity.MOVED, identity.REPLACED):
+            st.state, st.detail = changed, f"data directory {why}"
+            return st
         if not server.is_datadir(self.datadir):
             st.state = "missing"
             st.detail = f"data directory {_why_missing(self.datadir)}"

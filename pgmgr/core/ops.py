@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import paths, process, registry, server
+from pgmgr.core import paths, process, registry, removal, server
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult
 
@@ -60,6 +60,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     """
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
+    srv.check_identity("restart")
     was_running = srv.stop(mode, timeout)
     return RestartResult(was_running, srv.start(timeout=timeout))
 
@@ -252,23 +253,32 @@ class DestroyResult:
 
 
 def check_destroyable(srv: Server) -> None:
-    """:raises DatabaseException: the directory exists and is not a PostgreSQL data dir."""
+    """Whether ``srv``'s data directory may be removed: it is a registered instance whose
+    pinned identity still matches, or (an unregistered directory, an older record) a complete
+    data directory holding nothing but PostgreSQL's own entries.
+
+    :raises IdentityChanged: a registered instance's directory was moved or replaced.
+    :raises DatabaseException: not provably an instance (the foreign entries are listed).
+    """
     datadir = srv.datadir
-    if datadir.exists() and not server.is_datadir(datadir):
-        raise DatabaseException(
-            f"refusing to remove {datadir}: it is not a PostgreSQL data directory (no PG_VERSION)",
-            hint=f"remove the record only with 'pgmgr forget {srv.inst.name}'",
-        )
     if datadir == Path(datadir.anchor) or datadir == Path.home():
         raise DatabaseException(f"refusing to remove {datadir}")
+    registered = srv.register and not srv.new
+    pinned = srv.pinned() if registered else None
+    if registered:
+        srv.check_identity("destroy")
+    if pinned is not None or not os.path.lexists(datadir):
+        return
+    removal.check_complete(datadir)
 
 
 def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
     """Stop the server (fast, then immediate: its data is going anyway), remove the data
-    directory, its log, socket dir and pgpass file, and the record.
+    directory (renamed to a trash name first, then deleted: see :mod:`pgmgr.core.removal`),
+    what an interrupted destroy left, its log, socket dir and pgpass file, and the record.
 
-    :raises DatabaseException: not a data directory (see :func:`check_destroyable`), or a
-        postgres process still uses it after the stop (see :func:`check_unused`).
+    :raises DatabaseException: not provably an instance (see :func:`check_destroyable`), or
+        a postgres process still uses it after the stop (see :func:`check_unused`).
     :raises WorkerError: it could not be stopped.
     """
     check_destroyable(srv)
@@ -279,18 +289,30 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
         except WorkerError:
             was_running = srv.stop("immediate", timeout)
     datadir = srv.datadir
-    existed = datadir.exists()
-    if existed:
+    if os.path.lexists(datadir):
         check_unused(datadir)
-        shutil.rmtree(datadir)
-    from pgmgr.core import logfile
-
-    for extra in (*logfile.all_files(srv.log_file), passfile_path(srv.inst.name)):
-        with contextlib.suppress(OSError):
-            extra.unlink()
-    _remove_private_socket_dir(srv.inst.socket_dir)
+    pinned = srv.pinned()
+    existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
+    removal.sweep_trash(datadir)
+    _remove_leftovers(srv)
     removed_record = srv.register and registry.remove(srv.inst.name)
     return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
+
+
+def _remove_leftovers(srv: Server) -> None:
+    """The instance's log (when it is in pgmgr's own log directory), pgpass file and private
+    socket directory: destroy and forget leave none of them behind."""
+    from pgmgr.core import logfile
+
+    if srv.log_file.parent == paths.state_dir() / "logs":
+        for log in logfile.all_files(srv.log_file):
+            with contextlib.suppress(OSError):
+                log.unlink()
+    with contextlib.suppress(OSError):
+        passfile_path(srv.inst.name).unlink()
+    su = srv.user() if srv.inst.server_user else None
+    owner = su.uid if su is not None else os.geteuid()
+    removal.remove_socket_dir(srv.inst.socket_dir, srv.datadir, srv.inst.port, owner)
 
 
 def check_unused(datadir: Path, grace: float = 1.0) -> None:
@@ -313,13 +335,6 @@ def check_unused(datadir: Path, grace: float = 1.0) -> None:
         time.sleep(POLL)
 
 
-def _remove_private_socket_dir(sockdir: str | None) -> None:
-    """Remove a socket dir pgmgr made itself (``pgmgr-*`` under a temp dir), if empty."""
-    if sockdir and Path(sockdir).name.startswith("pgmgr-"):
-        with contextlib.suppress(OSError):
-            Path(sockdir).rmdir()
-
-
 def forget(srv: Server) -> bool:
     """Remove the record only; the data directory stays.
 
@@ -331,8 +346,8 @@ def forget(srv: Server) -> bool:
             f"'{srv.inst.name}' is running (pid {pf.pid}); refusing to forget it",
             hint=f"stop it first with 'pgmgr stop {srv.inst.name}'",
         )
-    with contextlib.suppress(OSError):
-        passfile_path(srv.inst.name).unlink()
+    removal.sweep_trash(srv.datadir)
+    _remove_leftovers(srv)
     return registry.remove(srv.inst.name)
 
 

@@ -15,25 +15,101 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pgmgr.core.errors import PgmgrError
+
 
 def state_dir() -> Path:
-    """Instance records, logs and locks (``PGMGR_STATE_DIR`` overrides)."""
+    """Instance records, logs and locks (``PGMGR_STATE_DIR`` overrides).
+
+    :raises UnsafePlace: it is not private (see :func:`check_private_place`).
+    """
     env = os.environ.get("PGMGR_STATE_DIR")
     if env:
-        return Path(env).expanduser().absolute()
-    import platformdirs
+        path = Path(env).expanduser().absolute()
+    else:
+        import platformdirs
 
-    return Path(platformdirs.user_state_dir("pgmgr"))
+        path = Path(platformdirs.user_state_dir("pgmgr"))
+    return check_private_place(path, "state", "PGMGR_STATE_DIR")
 
 
 def cache_dir() -> Path:
-    """Version cache and data-directory templates (``PGMGR_CACHE_DIR`` overrides)."""
+    """Version cache and data-directory templates (``PGMGR_CACHE_DIR`` overrides).
+
+    :raises UnsafePlace: it is not private (see :func:`check_private_place`).
+    """
     env = os.environ.get("PGMGR_CACHE_DIR")
     if env:
-        return Path(env).expanduser().absolute()
-    import platformdirs
+        path = Path(env).expanduser().absolute()
+    else:
+        import platformdirs
 
-    return Path(platformdirs.user_cache_dir("pgmgr"))
+        path = Path(platformdirs.user_cache_dir("pgmgr"))
+    return check_private_place(path, "cache", "PGMGR_CACHE_DIR")
+
+
+class UnsafePlace(PgmgrError):
+    """A state or cache directory that another user could change (as ``~/.ssh``, refused)."""
+
+    def __init__(self, path: Path, what: str, why: str, fix: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(f"refusing the {what} directory {path}: it {why}", hint=fix)
+
+
+#: Directories found private by this process (they stay so: only their owner could change
+#: that), so that the check costs one walk per process and not one per call.
+_PRIVATE: set[str] = set()
+
+
+def check_private_place(path: Path, what: str, env: str) -> Path:
+    """``path`` if only the invoking user (and root) can change it: not a symlink, owned by
+    the invoking user, not writable by group or others, and inside directories no other user
+    can write (sticky ``/tmp`` is fine). A directory not made yet only needs private parents.
+
+    :raises UnsafePlace: it is not; the error names the directory and the fix.
+    """
+    key = str(path)
+    if key in _PRIVATE:
+        return path
+    import stat
+
+    from pgmgr.core import userfs
+
+    me = os.geteuid()
+    elsewhere = f"or set {env} to a directory of your own that only you can write"
+    why = fix = ""
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return path  # not reachable (a file on the way...): using it fails, and says why
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        why, fix = "is a symlink", f"set {env} to the real directory ({os.path.realpath(path)})"
+    elif st is not None and st.st_uid != me:
+        why = f"belongs to {_user_name(st.st_uid)}, not to you ({_user_name(me)})"
+        fix = f"remove it if you do not know who made it, {elsewhere}"
+    elif st is not None and st.st_mode & 0o022:
+        why = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+        fix = f"chmod go-w {path}, {elsewhere}"
+    elif userfs.others_can_write(path):
+        why = "lies in a directory that another user can write"
+        fix = f"move it, {elsewhere}"
+    if why:
+        raise UnsafePlace(path, what, why, fix)
+    if st is not None:
+        _PRIVATE.add(key)
+    return path
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def config_dir() -> Path:
@@ -59,7 +135,13 @@ def ensure_private_dir(path: Path) -> Path:
         missing.append(parent)
         parent = parent.parent
     for directory in reversed(missing):
-        directory.mkdir(exist_ok=True, mode=0o700)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # someone else's: checked where it matters
+        # made private by us: no need to check it again in this process (nor in a child
+        # that became the server user, to whom it does not belong)
+        _PRIVATE.add(str(directory))
     return path
 
 

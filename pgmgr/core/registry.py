@@ -46,6 +46,12 @@ class Instance:
     started_at: float | None = None
     created_at: float = field(default_factory=time.time)
     password_pending: bool = False  # set on first start (template copies share the catalog)
+    password_reset: bool = False  # pending for a re-registered data dir: failing only warns
+    # The data directory's identity (see pgmgr.core.identity): device, inode, and the system
+    # identifier of global/pg_control; None in records older than it, filled in later.
+    dev: int | None = None
+    ino: int | None = None
+    system_id: int | None = None
     # A streaming standby (pgmgr replica): its primary's name, and the slot and replication
     # role (with its generated password) it uses there.
     primary: str | None = None
@@ -123,12 +129,12 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
         ("name", "datadir", "major", "version", "bindir", "host", "superuser", "auth", "origin"),
         _STR,
     ),
-    **dict.fromkeys(("port", "pid"), _OPT_INT),
+    **dict.fromkeys(("port", "pid", "dev", "ino", "system_id"), _OPT_INT),
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
     **dict.fromkeys(("socket_dir", "log_file", "server_user", "password"), _OPT_STR),
     **dict.fromkeys(("primary", "slot", "repl_role", "repl_password"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
-    "password_pending": (_is_bool, "true or false"),
+    **dict.fromkeys(("password_pending", "password_reset"), (_is_bool, "true or false")),
 }
 
 
@@ -151,6 +157,7 @@ def _json_type(value: object) -> str:
 class CorruptRecord(PgmgrError):
     def __init__(self, path: Path, why: str) -> None:
         self.path = path
+        self.why = why
         super().__init__(
             f"instance record {path} is unreadable ({why})",
             hint=f"remove it with 'pgmgr forget {path.stem}' and register the data "
@@ -175,30 +182,164 @@ def check_name(name: str) -> str:
     return name
 
 
+#: A record is a few hundred bytes; anything much larger is not one.
+MAX_RECORD = 1 << 20
+
+
 def load(name: str) -> Instance:
-    """The record called ``name``.
+    """The record called ``name``; its name is its file's name, whatever the file says.
 
     :raises InstanceNotFound: no such record.
-    :raises CorruptRecord: the file is not a valid record.
+    :raises CorruptRecord: the file is not a valid record (not UTF-8, not JSON, nested too
+        deep, wrong types, a NUL or line break in a path...).
     """
     path = record_path(check_name(name))
     try:
-        text = path.read_text()
+        raw = _read_regular(path)
     except FileNotFoundError:
         raise InstanceNotFound(
             f"no instance named {name!r}", hint="'pgmgr status' lists the known instances"
         ) from None
+    except OSError as e:
+        raise CorruptRecord(path, e.strerror or str(e)) from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode())
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        return Instance.from_dict(data)
+        data["name"] = name
+        inst = Instance.from_dict(data)
+        _check_paths(inst)
+        return inst
+    except UnicodeDecodeError:
+        raise CorruptRecord(path, "not UTF-8 text") from None
+    except RecursionError:
+        raise CorruptRecord(path, "nested too deep") from None
     except (ValueError, TypeError) as e:
         raise CorruptRecord(path, str(e)) from None
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file (never a FIFO, device or symlink), at most MAX_RECORD.
+
+    :raises OSError: cannot be read, not a regular file, or too large.
+    """
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_RECORD:
+            raise OSError(errno.EFBIG, f"larger than {MAX_RECORD} bytes")
+        chunks = []
+        while chunk := os.read(fd, MAX_RECORD + 1):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_paths(inst: Instance) -> None:
+    """:raises ValueError: a string holds a NUL, or a path is relative or holds a line break."""
+    for key, value in inst.to_dict().items():
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError(f"{key!r} holds a NUL character")
+    for key in ("datadir", "bindir", "socket_dir", "log_file"):
+        value = getattr(inst, key)
+        if value is None:
+            continue
+        if not value.startswith("/"):
+            raise ValueError(f"{key!r} is not an absolute path")
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"{key!r} holds a line break")
+    if inst.settings and any("\0" in k + v for k, v in inst.settings.items()):
+        raise ValueError("'settings' holds a NUL character")
+
+
 def save(inst: Instance) -> None:
+    """Rewrite the record of an instance already registered (see :func:`create`)."""
     paths.write_json_atomic(record_path(check_name(inst.name)), inst.to_dict())
+
+
+@contextlib.contextmanager
+def registry_lock(timeout: float = 30.0) -> Iterator[None]:
+    """Hold the one lock under which names are allocated and records created."""
+    lockdir = paths.ensure_private_dir(paths.state_dir() / "locks")
+    with paths.flocked(
+        lockdir / "registry.lock",
+        exclusive=True,
+        timeout=timeout,
+        busy="another pgmgr is registering an instance",
+    ):
+        yield
+
+
+def _same_directory(recorded: Instance, new: Instance) -> None:
+    """A record found for a new registration is adopted only when both pin the same
+    directory (a swapped path must not hand a user another user's instance).
+
+    :raises PgmgrError: they pin different directories.
+    """
+    pins = [(r.dev, r.ino, r.system_id) for r in (recorded, new)]
+    if None in pins[0] or None in pins[1] or pins[0] == pins[1]:
+        return
+    raise PgmgrError(
+        f"{new.datadir} is not the data directory instance '{recorded.name}' was made for "
+        "(it was moved or replaced meanwhile); nothing was registered",
+        hint=f"check {new.datadir}, and 'pgmgr status {recorded.name}'",
+    )
+
+
+def create(inst: Instance, *, name_base: str | None = None) -> Instance:
+    """Register ``inst``: under :func:`registry_lock`, its record file is created exclusively,
+    so two processes never get one name nor overwrite each other's record.
+
+    With ``name_base`` (a generated name), a free name derived from it replaces a taken one;
+    without, a taken name is refused. A record of the same data directory made meanwhile by
+    another process wins: it is returned instead, and nothing is written.
+
+    :raises UsageError: the chosen name is taken by another data directory.
+    """
+    with registry_lock():
+        other = find_by_datadir(Path(inst.datadir))
+        if other is not None:
+            _same_directory(other, inst)
+            return other
+        if name_base is not None:
+            inst.name = unique_name(name_base)
+        path = record_path(check_name(inst.name))
+        text = json.dumps(inst.to_dict(), indent=2, sort_keys=True) + "\n"
+        try:
+            _write_exclusive(path, text.encode())
+        except FileExistsError:
+            raise UsageError(
+                f"instance name {inst.name!r} is already used", hint="choose another --name"
+            ) from None
+    return inst
+
+
+def _write_exclusive(path: Path, data: bytes) -> None:
+    """Write ``path`` whole (temp file, fsync, then ``link``): it never existed half-written,
+    and an existing file is never replaced.
+
+    :raises FileExistsError: ``path`` exists.
+    """
+    import tempfile
+
+    paths.ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def remove(name: str) -> bool:
@@ -259,11 +400,24 @@ def prune_vanished(instances: list[Instance]) -> list[Instance]:
 
 
 def find_by_datadir(datadir: Path) -> Instance | None:
-    real = os.path.realpath(datadir)
+    wanted = canonical(datadir)
     for inst in load_all()[0]:
-        if inst.datadir == real or os.path.realpath(inst.datadir) == real:
+        if inst.datadir == wanted or canonical(inst.datadir) == wanted:
             return inst
     return None
+
+
+def canonical(path: str | Path) -> str:
+    """The path a record is compared by: its realpath, except, as root, when another user
+    can change what the path names. Then the path as written: following that user's
+    symlinks would let them point pgmgr at another user's registered instance."""
+    lexical = os.path.abspath(path)
+    if os.geteuid() == 0:
+        from pgmgr.core import userfs
+
+        if userfs.others_can_write(lexical):
+            return lexical
+    return os.path.realpath(lexical)
 
 
 def unique_name(base: str) -> str:

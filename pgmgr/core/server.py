@@ -253,7 +253,10 @@ def run(
 
 
 def is_datadir(path: Path) -> bool:
-    """Whether ``path`` holds a PG_VERSION file; False also when it cannot be read."""
+    """Whether ``path`` holds a PG_VERSION file; False also when it cannot be read, and
+    for a destroy's trash directory (``.NAME.pgmgr-trash-PID``)."""
+    if path.name.startswith(".") and ".pgmgr-trash-" in path.name:
+        return False
     try:
         return (path / "PG_VERSION").is_file()
     except OSError:  # EACCES: Path.is_file() only swallows "does not exist"-like errors

@@ -247,13 +247,14 @@ def test_destroy_stops_and_removes_everything(fresh: Instance) -> None:
     one_error(fresh.pgmgr("destroy", "fresh", "--yes"), 4)
 
 
-def test_destroy_refuses_a_directory_that_is_not_a_data_directory(fresh: Instance) -> None:
+def test_destroy_of_a_registered_instance_without_pg_version(fresh: Instance) -> None:
+    """Its pinned identity still matches (the very directory pgmgr made): it is provably the
+    instance, so destroy finishes (issue 11.4: a half-deleted one was refused forever)."""
     assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
     (fresh.datadir / "PG_VERSION").unlink()
-    msg = one_error(fresh.pgmgr("destroy", "fresh", "--yes"), 1)
-    assert "not a PostgreSQL data directory" in msg
-    assert (fresh.datadir / "base").is_dir()
-    assert fresh.pgmgr("forget", "fresh").returncode == 0
+    proc = fresh.pgmgr("destroy", "fresh", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert not fresh.datadir.exists()
 
 
 def test_forget_refuses_a_running_instance_then_keeps_the_data(fresh: Instance) -> None:

@@ -17,7 +17,6 @@ from tests.reliability.conftest import InstFactory, pgmgr
 #: One field of a valid record replaced by a value of the wrong JSON type.
 BAD_FIELDS: list[tuple[str, Any]] = [
     ("datadir", None),
-    ("name", 5),
     ("bindir", ["/usr/lib/postgresql/15/bin"]),
     ("port", "5432"),
     ("port", True),
@@ -54,9 +53,19 @@ def test_status_lists_the_others_and_names_the_bad_record(
         assert len(errors) == 1, str(run)
         assert str(record) in errors[0] and repr(key) in errors[0], str(run)
         if "--json" in args:
-            assert [r["name"] for r in run.json()] == ["alpha", "zeta"]
+            states = [(r["name"], r["state"]) for r in run.json()]
+            assert states == [("alpha", "stopped"), ("bad", "broken"), ("zeta", "stopped")]
         else:
             assert "alpha" in run.stdout and "zeta" in run.stdout, str(run)
+            assert "broken" in run.stdout, str(run)
+
+
+def test_a_records_name_is_its_file_name(cluster: InstFactory, rel_isolation: Path) -> None:
+    """A ``name`` of the wrong type (or another name) does not matter: the file names it."""
+    cluster("alpha")
+    corrupt(rel_isolation, "alpha", "name", 5)
+    run = pgmgr("status", "--json")
+    assert [r["name"] for r in run.json()] == ["alpha"] and not run.errors(), str(run)
 
 
 def test_type_checks_cover_every_field() -> None:

@@ -37,7 +37,8 @@ def test_broken_record(cluster: InstFactory, rel_isolation: Path, garbage: str) 
     assert str(record) in err and "unreadable" in err
     listing = pgmgr("status", "--json")  # the others are still listed, the broken one named
     assert listing.returncode == 0, str(listing)
-    assert [r["name"] for r in listing.json()] == ["good"]
+    states = [(r["name"], r["state"]) for r in listing.json()]
+    assert states == [("db", "broken"), ("good", "running")]
     assert str(record) in listing.stderr
     assert one_error(pgmgr("start", "db", "--port", "auto"))
     assert one_error(pgmgr("stop", "db"))

@@ -1,0 +1,176 @@
+"""destroy removes only what is provably an instance (issue 11.1), and survives being
+killed at any point (11.4); destroy and forget leave no log or socket dir behind (11.11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from pgmgr.core import server
+from tests.helpers import copy_datadir
+from tests.reliability.conftest import (
+    Inst,
+    InstFactory,
+    one_error,
+    pgmgr,
+    pgmgr_argv,
+    postgres_pids_under,
+)
+
+KILLS = 40
+
+
+def trash_of(datadir: Path) -> list[Path]:
+    return sorted(datadir.parent.glob(f".{datadir.name}.pgmgr-trash-*"))
+
+
+def test_destroy_refuses_what_is_not_provably_an_instance(template: Path, work: Path) -> None:
+    fake = work / "fake"  # issue 11.1: this was deleted, important.txt and all
+    fake.mkdir()
+    (fake / "PG_VERSION").write_text("15\n")
+    (fake / "important.txt").write_text("keep me\n")
+    err = one_error(pgmgr("destroy", str(fake), "--yes"))
+    assert "not a complete PostgreSQL data directory" in err
+    assert (fake / "important.txt").read_text() == "keep me\n"
+
+    extra = copy_datadir(template, work / "extra")  # complete, but with the user's file
+    (extra / "important.txt").write_text("keep me\n")
+    (extra / "dumps").mkdir()
+    err = one_error(pgmgr("destroy", str(extra), "--yes"))
+    assert "dumps, important.txt" in err, err
+    assert (extra / "important.txt").exists() and (extra / "PG_VERSION").exists()
+
+    plain = copy_datadir(template, work / "plain")  # nothing but PostgreSQL's own
+    run = pgmgr("destroy", str(plain), "--yes")
+    assert run.returncode == 0, str(run)
+    assert not plain.exists() and not trash_of(plain)
+
+
+def test_destroy_of_a_registered_instance_takes_all(cluster: InstFactory) -> None:
+    """Its identity matches: what the user kept in it goes with it (the prompt said so)."""
+    inst = cluster("db")
+    (inst.datadir / "notes.txt").write_text("mine\n")
+    run = pgmgr("destroy", "db", "--yes")
+    assert run.returncode == 0, str(run)
+    assert not inst.datadir.exists() and not trash_of(inst.datadir)
+
+
+def test_a_trash_dir_is_no_data_dir(template: Path, work: Path) -> None:
+    trash = copy_datadir(template, work / ".db.pgmgr-trash-12345")
+    assert not server.is_datadir(trash)
+    run = pgmgr("status", "-d", str(trash), "--json")
+    assert run.returncode == 4, str(run)
+    run = pgmgr("start", "-d", str(trash), "--port", "auto")
+    assert run.returncode == 4, str(run)
+
+
+def test_forget_and_destroy_leave_no_log_nor_socket_dir(
+    cluster: InstFactory, rel_isolation: Path
+) -> None:
+    # names long enough that the socket path does not fit in the data dir: the socket
+    # goes to a private directory of the instance's under the runtime directory
+    kept, gone = cluster("kept" + "k" * 59), cluster("gone" + "g" * 59)
+    dirs = {}
+    for inst in (kept, gone):
+        assert inst.start("--port", "auto").returncode == 0
+        rec = inst.record()
+        dirs[inst.name] = (Path(rec["log_file"]), Path(rec["socket_dir"]))
+        assert inst.stop().returncode == 0
+        assert all(p.exists() for p in dirs[inst.name])
+    assert all(dirs[i.name][1] != i.datadir for i in (kept, gone))
+    assert pgmgr("forget", kept.name).returncode == 0
+    assert pgmgr("destroy", gone.name, "--yes").returncode == 0
+    for name, (log, sockdir) in dirs.items():
+        assert not log.exists() and not sockdir.exists(), name
+    assert (kept.datadir / "PG_VERSION").exists()
+
+
+def _registered(template: Path, work: Path, name: str) -> Inst:
+    """A copy of the template, registered in this process (a pgmgr process per try would
+    cost more than the destroy it prepares)."""
+    from pgmgr.core.instance import Server
+    from pgmgr.core.server import InitOptions
+
+    datadir = copy_datadir(template, work / name)
+    Server.for_datadir(datadir, name=name).initialize(InitOptions())
+    return Inst(name, datadir)
+
+
+def _destroy(name: str, delay: float | None) -> tuple[int, float]:
+    """``pgmgr destroy NAME --yes``, SIGKILLed after ``delay`` (None: not killed); its exit
+    code and how long it ran."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        pgmgr_argv("destroy", name, "--yes"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    if delay is not None:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err, err
+    return proc.returncode, time.monotonic() - t0
+
+
+def _one_kill(inst: Inst, i: int, delay: float) -> str:
+    """destroy killed after ``delay``; then destroy (even i) or forget (odd i) finishes it.
+    Returns what the kill left: done / intact / trash / gone (data gone, record left)."""
+    name = inst.name
+    code, _ = _destroy(name, delay)
+    trash = trash_of(inst.datadir)
+    records = Path(os.environ["PGMGR_STATE_DIR"]) / "instances"
+    if code == 0 or not (records / f"{name}.json").exists():  # the record goes last
+        left = "done"
+    elif trash:
+        left = "trash"
+        assert not inst.datadir.exists()  # renamed whole: no half-deleted data dir
+        assert all(not server.is_datadir(t) for t in trash)
+        st = pgmgr("status", name, "--json")
+        assert st.returncode == 4 and st.json()["state"] == "missing", str(st)
+    elif not inst.datadir.exists():
+        left = "gone"  # deleted, the record not yet removed
+    else:
+        left = "intact"
+        assert (inst.datadir / "PG_VERSION").exists() and (inst.datadir / "base").is_dir()
+    finisher = "destroy" if i % 2 == 0 else "forget"
+    if left != "done":
+        run = pgmgr(finisher, name, *(["--yes"] if finisher == "destroy" else []))
+        if run.returncode != 0 and finisher == "forget" and "running" in run.stderr:
+            assert pgmgr("stop", name).returncode == 0  # killed before it stopped the server
+            run = pgmgr("forget", name)
+        assert run.returncode == 0, str(run)
+    assert not trash_of(inst.datadir), (i, left)
+    assert not postgres_pids_under(inst.datadir)
+    assert not (records / f"{name}.json").exists(), (i, left)
+    if finisher == "destroy" or left != "intact":
+        assert not inst.datadir.exists(), (i, left)
+    else:  # forget keeps a data dir the kill left whole
+        assert (inst.datadir / "PG_VERSION").exists(), (i, left)
+    return left
+
+
+def test_destroy_killed_at_varied_points_is_finished_later(template: Path, work: Path) -> None:
+    """KILLS SIGKILLs of destroy, spread over the second half of its run, where it stops,
+    renames and deletes (every eighth server running); whatever the kill left, the next
+    destroy or forget finishes it, and nothing left behind counts as a data directory."""
+    spans = []
+    for n in range(2):  # not killed: how long one takes, now, on this machine
+        _registered(template, work, f"m{n}")
+        code, span = _destroy(f"m{n}", None)
+        assert code == 0
+        spans.append(span)
+    span = min(spans)
+    outcomes: dict[str, int] = {}
+    for i in range(KILLS):
+        inst = _registered(template, work, f"k{i}")
+        if i % 8 == 7:
+            assert inst.start("--port", "auto").returncode == 0
+        left = _one_kill(inst, i, span * (0.5 + 0.6 * i / KILLS))
+        outcomes[left] = outcomes.get(left, 0) + 1
+    print(f"destroy: {KILLS} SIGKILLs, what each left: {json.dumps(outcomes)}")

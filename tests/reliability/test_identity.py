@@ -1,0 +1,160 @@
+"""An instance is what it was (issue 10): the record pins its data directory (device, inode,
+pg_control's system identifier); stop, restart, destroy and status act only on that very
+directory, and say what changed otherwise."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pgmgr.core import process
+from tests.helpers import copy_datadir
+from tests.reliability.conftest import Inst, InstFactory, needs_root, one_error, pgmgr
+from tests.reliability.users import os_user, run_as
+
+
+def tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.lstat().st_size for p in sorted(root.rglob("*"))}
+
+
+def refuses(inst_name: str, state: str) -> None:
+    """status says ``state`` (exit 4); stop, restart and destroy refuse with exit 4."""
+    run = pgmgr("status", inst_name, "--json")
+    assert run.returncode == 4 and run.json()["state"] == state, str(run)
+    listing = pgmgr("status", "--json")
+    assert {r["name"]: r["state"] for r in listing.json()}[inst_name] == state
+    for args in (["stop"], ["restart"], ["destroy", "--yes"], ["start", "--port", "auto"]):
+        run = pgmgr(args[0], inst_name, *args[1:])
+        err = one_error(run)
+        assert run.returncode == 4 and f"was {state}" in err, str(run)
+
+
+def test_record_pins_the_datadir(cluster: InstFactory, rel_isolation: Path) -> None:
+    inst = cluster("db")
+    rec = inst.record()
+    st = inst.datadir.stat()
+    assert (rec["dev"], rec["ino"]) == (st.st_dev, st.st_ino)
+    raw = (inst.datadir / "global" / "pg_control").read_bytes()[:8]
+    assert rec["system_id"] == int.from_bytes(raw, "little") != 0
+
+
+def test_replaced_by_a_copy_or_another_cluster(
+    cluster: InstFactory, template: Path, work: Path
+) -> None:
+    """A copy moved into place (same system identifier, another directory), or another
+    cluster: the running server in the old directory is not stopped through the record."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid()
+    try:
+        inst.datadir.rename(work / "db.real")
+        copy_datadir(work / "db.real", inst.datadir)  # a copy, postmaster.pid and all
+        refuses("db", "replaced")
+        shutil.rmtree(inst.datadir)
+        other = Inst("other", work / "other")
+        copy_datadir(template, other.datadir)
+        with open(other.datadir / "global" / "pg_control", "r+b") as f:
+            f.write((12345).to_bytes(8, "little"))  # another system identifier
+        other.datadir.rename(inst.datadir)
+        refuses("db", "replaced")
+        assert tree(inst.datadir)  # nothing removed
+        assert process.PidFile.read(work / "db.real") is not None
+        assert process.serves(pid or 0, work / "db.real", None)
+    finally:
+        shutil.rmtree(inst.datadir, ignore_errors=True)
+        (work / "db.real").rename(inst.datadir)
+    assert inst.stop().returncode == 0  # back in place: it is the instance again
+
+
+def test_old_record_gets_its_identity(cluster: InstFactory, rel_isolation: Path) -> None:
+    inst = cluster("db")
+    path = rel_isolation / "instances" / "db.json"
+    data = json.loads(path.read_text())
+    for key in ("dev", "ino", "system_id"):
+        del data[key]
+    path.write_text(json.dumps(data))
+    assert pgmgr("status", "db", "--json").json()["state"] == "stopped"
+    assert pgmgr("stop", "db").returncode == 0
+    assert inst.record()["ino"] == inst.datadir.stat().st_ino
+
+
+@needs_root
+def test_attack4_destroy_through_a_swapped_parent(rel_isolation: Path) -> None:
+    """Issue 10, attack 4: root runs victim-prod (in /home/victim/pg/data) and has
+    attacker-scratch stopped in /home/attacker/pg/data; the attacker replaces ~/pg with a
+    symlink to /home/victim/pg. Neither destroy, stop, restart nor status of
+    attacker-scratch (by name or by its path) may touch the victim."""
+    with os_user("victim", home=True) as victim, os_user("attacker", home=True) as attacker:
+        vdata = Path(victim.home) / "pg" / "data"
+        adata = Path(attacker.home) / "pg" / "data"
+        for user, data in ((victim, vdata), (attacker, adata)):
+            made = run_as(user.name, "mkdir", "-p", "-m", "0700", str(data))
+            assert made.returncode == 0, made
+            run_as(user.name, "chmod", "0755", str(data.parent))
+        start = pgmgr(
+            "start",
+            "--init",
+            "-d",
+            str(vdata),
+            "--name",
+            "victim-prod",
+            "-v",
+            "15",
+            "-p",
+            "auto",
+            "--json",
+        )
+        assert start.returncode == 0, str(start)
+        victim_inst = Inst("victim-prod", vdata)
+        try:
+            assert start.json()["server_user"] == victim.name
+            token = victim_inst.commit_canary()
+            pid = victim_inst.pid()
+            init = pgmgr("init", "-d", str(adata), "--name", "attacker-scratch", "-v", "15")
+            assert init.returncode == 0, str(init)
+            before = tree(vdata)
+
+            apg = Path(attacker.home) / "pg"
+            assert run_as(attacker.name, "mv", str(apg), f"{apg}.old").returncode == 0
+            assert run_as(attacker.name, "ln", "-s", str(vdata.parent), str(apg)).returncode == 0
+
+            refuses("attacker-scratch", "moved")
+            for args in (["destroy", str(adata), "--yes"], ["stop", "-d", str(adata)]):
+                run = pgmgr(*args)
+                assert "symlink" in one_error(run), str(run)
+            assert victim_inst.pid() == pid and process.serves(pid or 0, vdata, None)
+            assert victim_inst.has_canary(token)
+            after = tree(vdata)
+            assert set(before) <= set(after)
+            assert (Path(f"{apg}.old") / "data" / "PG_VERSION").is_file()
+        finally:
+            assert pgmgr("stop", "victim-prod").returncode == 0
+
+
+def tcp_login(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
+def test_reregistration_sets_a_fresh_password(cluster: InstFactory) -> None:
+    """Issue 11.10: forget, then init -d (the README's advice) lost the TCP password; now a
+    new one is generated, said, and set through the local socket at the next start."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    tcp_login(pgmgr("url", "db", "--tcp").stdout.strip())
+    assert inst.stop().returncode == 0
+    assert pgmgr("forget", "db").returncode == 0
+    again = pgmgr("init", "-d", str(inst.datadir), "--name", "db")
+    assert again.returncode == 0 and "no password is known" in again.stderr, str(again)
+    start = inst.start("--port", "auto")
+    assert start.returncode == 0 and "set the new password" in start.stderr, str(start)
+    try:
+        url = pgmgr("url", "db", "--tcp").stdout.strip()
+        assert ":" in url.split("@")[0].removeprefix("postgresql://"), url  # has a password
+        tcp_login(url)
+        assert not inst.record()["password_pending"]
+    finally:
+        assert inst.stop().returncode == 0

@@ -1,0 +1,103 @@
+"""Private places (issue 10): a state or cache directory that another user made, that
+others can write, or that is a symlink is refused with one error naming it and the fix,
+before pgmgr reads or writes anything there."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import needs_root, one_error, pgmgr
+from tests.reliability.users import os_user, pgmgr_as, run_as
+
+VARS = ("PGMGR_STATE_DIR", "PGMGR_CACHE_DIR")
+#: A command that reads the place the variable names.
+READER = {"PGMGR_STATE_DIR": ("status", "--json"), "PGMGR_CACHE_DIR": ("cache", "list")}
+
+
+@pytest.fixture
+def hostile() -> Iterator[Path]:
+    """A path in /tmp for a directory someone else makes; removed afterwards."""
+    path = Path(f"/tmp/regtest-place-{secrets.token_hex(4)}")
+    try:
+        yield path
+    finally:
+        if path.is_symlink():
+            path.unlink()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def refused(run: object, path: Path, what: str) -> str:
+    err = one_error(run)  # type: ignore[arg-type]
+    assert f"{what} directory {path}" in err, err
+    return err
+
+
+@pytest.mark.parametrize("var", VARS)
+def test_world_writable_or_symlinked_place_is_refused(work: Path, hostile: Path, var: str) -> None:
+    what = "state" if var == VARS[0] else "cache"
+    hostile.mkdir()
+    hostile.chmod(0o777)
+    datadir = work / "db"
+    run = pgmgr("start", "--init", "-d", str(datadir), "-p", "auto", env={var: str(hostile)})
+    err = refused(run, hostile, what)
+    assert "writable by group or others" in err and "chmod go-w" in run.stderr, str(run)
+    assert not datadir.exists() and not list(hostile.iterdir())
+
+    link = work / "link"
+    link.symlink_to(hostile)
+    hostile.chmod(0o700)
+    run = pgmgr(*READER[var], env={var: str(link)})
+    assert "symlink" in refused(run, link, what)
+
+    inner = hostile / "state"  # private itself, but inside a directory others can write
+    hostile.chmod(0o777)
+    inner.mkdir(mode=0o700)
+    run = pgmgr(*READER[var], env={var: str(inner)})
+    assert "another user can write" in refused(run, inner, what)
+
+
+@needs_root
+@pytest.mark.parametrize("var", VARS)
+def test_attackers_directory_refused_by_root_and_by_others(
+    work: Path, hostile: Path, var: str
+) -> None:
+    """An attacker makes /tmp/X mode 0777 (or 0700, theirs): root and a third user refuse
+    it, and nothing is written there."""
+    what = "state" if var == VARS[0] else "cache"
+    with os_user("attacker") as attacker, os_user("victim") as victim:
+        made = run_as(attacker.name, "mkdir", "-m", "0777", str(hostile))
+        assert made.returncode == 0, made
+        datadir = work / "db"
+        run = pgmgr("start", "--init", "-d", str(datadir), "-p", "auto", env={var: str(hostile)})
+        assert f"belongs to {attacker.name}" in refused(run, hostile, what)
+        assert not datadir.exists()
+        run = pgmgr(*READER[var], env={var: str(hostile)})
+        refused(run, hostile, what)
+
+        proc = pgmgr_as(victim.name, *READER[var], env={var: str(hostile), "HOME": "/"})
+        assert proc.returncode == 1, proc
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+        assert len(lines) == 1 and f"directory {hostile}" in lines[0], proc.stderr
+        # even when the attacker makes it theirs only, it is not the victim's
+        assert run_as(attacker.name, "chmod", "0700", str(hostile)).returncode == 0
+        run = pgmgr(*READER[var], env={var: str(hostile)})
+        refused(run, hostile, what)
+        assert run_as(attacker.name, "ls", "-A", str(hostile)).stdout == ""
+
+
+def test_own_private_place_is_accepted(work: Path) -> None:
+    """The common case still works: a fresh directory made by pgmgr, or one of the user's
+    own (0700), in a directory only they can write."""
+    mine = work / "mine"
+    mine.mkdir(mode=0o700)
+    run = pgmgr("status", "--json", env={"PGMGR_STATE_DIR": str(mine / "new")})
+    assert run.returncode == 0, str(run)
+    os.chmod(mine, 0o755)  # noqa: S103 - readable is fine, writable is not
+    run = pgmgr("status", "--json", env={"PGMGR_STATE_DIR": str(mine)})
+    assert run.returncode == 0, str(run)
