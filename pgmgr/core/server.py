@@ -478,8 +478,7 @@ def spawn(
 
     preexec = _die_with(os.getpid()) if die_with_parent and sys.platform == "linux" else None
 
-    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_log(log_file)
     try:
         with os.fdopen(fd, "ab", closefd=False) as log:
             log.write(f"--- pgmgr: starting {' '.join(argv[:3])} at {time.ctime()}\n".encode())
@@ -500,6 +499,38 @@ def spawn(
         )
     finally:
         os.close(fd)
+
+
+def open_log(log_file: Path) -> int:
+    """The server log, opened for appending by pgmgr for postgres: never through a symlink,
+    never blocking on a FIFO, and, as root, never in a place another user can change (they
+    could swap the file for a link to one of root's between a check and the open).
+
+    :raises DatabaseException: as root, another user can change that place; or it is not a
+        regular file.
+    """
+    if os.geteuid() == 0:
+        from pgmgr.core import userfs
+
+        if userfs.others_can_write(log_file):
+            raise DatabaseException(
+                f"refusing to open the server log {log_file} as root: another user can "
+                "change that place",
+                hint="choose a log file in a directory only root can write, or the default "
+                "(pgmgr's state directory)",
+            )
+    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(log_file, flags, 0o600)
+    except OSError as e:
+        raise DatabaseException(f"cannot open the server log {log_file}: {e.strerror}") from None
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DatabaseException(f"the server log {log_file} is not a regular file")
+    return fd
 
 
 def log_tail(log_file: Path | None, lines: int = 5, since: int = 0) -> str:

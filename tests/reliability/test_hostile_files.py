@@ -54,3 +54,38 @@ def test_a_hostile_pg_version_is_not_a_data_directory(tmp_path: Path, kind: str)
 
     plant(tmp_path / "PG_VERSION", kind)
     assert server.datadir_major(tmp_path) is None
+
+
+def test_a_server_log_is_never_opened_through_a_symlink(cluster: InstFactory, work: Path) -> None:
+    """The log is opened by pgmgr for postgres: a link planted at its path is refused, and
+    the file it points to is never created or written."""
+    from pgmgr import DatabaseException, Manager
+    from pgmgr.core.server import free_port
+
+    inst = cluster("logs", register=False)
+    target = work / "elsewhere.txt"
+    link = work / "server.log"
+    link.symlink_to(target)
+    m = Manager("127.0.0.1", free_port("127.0.0.1"), inst.datadir, log_file=str(link))
+    with pytest.raises(DatabaseException, match="cannot open the server log"):
+        m.start()
+    assert not target.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root opens logs for another user")
+def test_root_never_opens_a_log_where_another_user_can_write(
+    cluster: InstFactory, work: Path
+) -> None:
+    """Found by review: Manager(log_file=...) let root open (and create) a file in a
+    directory another user can write, following whatever link they swap in."""
+    from pgmgr import DatabaseException, Manager
+    from pgmgr.core.server import free_port
+
+    inst = cluster("logs2", register=False)
+    shared = work / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    m = Manager("127.0.0.1", free_port("127.0.0.1"), inst.datadir, log_file=str(shared / "l"))
+    with pytest.raises(DatabaseException, match="another user can change that place"):
+        m.start()
+    assert list(shared.iterdir()) == []
