@@ -285,6 +285,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
             with paused(srv) as pause, snapstore.shielded():
                 snapstore.swap_in(store, staging.name)
                 swapped = True
+                srv.pin()  # another directory (and, for a rollback, cluster) stands there now
+                srv.save()
                 if rollback:
                     _rollback_record(srv, meta)
                 if keep is not None:

@@ -170,8 +170,10 @@ def _private_subdir(
             hint="remove or rename it; pgmgr keeps snapshots there",
         ) from None
     st = os.fstat(fd)
-    if made and st.st_uid != owner[0] and st.st_uid == os.geteuid():
-        os.fchown(fd, *owner)  # root made it under a parent no other user can write
+    if st.st_uid != owner[0] and st.st_uid == os.geteuid() and (made or not os.listdir(fd)):
+        # Root made it under a parent no other user can write: now, or in a run killed
+        # between the mkdir and this fchown (then it is still empty).
+        os.fchown(fd, *owner)
         st = os.fstat(fd)
     if st.st_uid != owner[0] or stat.S_IMODE(st.st_mode) & 0o077:
         os.close(fd)

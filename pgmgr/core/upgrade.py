@@ -338,6 +338,7 @@ def _switch(
                 str(new.bindir),
             )
             srv.inst.settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
+            srv.pin()  # the new cluster: another directory and system identifier
             srv.save()
             resume(srv, pause)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime

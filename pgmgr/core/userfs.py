@@ -35,6 +35,7 @@ T = TypeVar("T")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 _PR_SET_PDEATHSIG = 1
+_DEFERRED = frozenset({2, 1, 15})  # SIGINT, SIGHUP, SIGTERM
 #: Imported before :func:`as_user` forks: the child may not be able to import anything.
 PRELOAD = (
     "ctypes",
@@ -96,13 +97,25 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    import signal
+
     r, w = os.pipe()
-    pid = os.fork()
+    # Signals wait until both sides can handle them: one arriving inside os.fork() would
+    # raise from Python's own after-fork hooks in the child ("Exception ignored ...").
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(r)
+        os.close(w)
+        raise
     if pid == 0:  # pragma: no cover - the child; its effects are tested, not its lines
         os.close(r)
-        _child(user, w, fn, args, kwargs)
+        _child(user, w, fn, args, kwargs, mask)
     os.close(w)
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         chunks = []
         with open(r, "rb") as pipe:  # closes r
             while chunk := pipe.read(65536):
@@ -144,12 +157,14 @@ def _wait_child(pid: int) -> None:
 
 
 def _child(
-    user: ServerUser, w: int, fn: Callable[..., Any], args: Any, kwargs: Any
+    user: ServerUser, w: int, fn: Callable[..., Any], args: Any, kwargs: Any, mask: Any
 ) -> None:  # pragma: no cover - runs in the forked child
     import pickle
+    import signal
 
     code = 0
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending one is handled here
         os.setgroups(list(user.groups))
         os.setresgid(user.gid, user.gid, user.gid)
         os.setresuid(user.uid, user.uid, user.uid)
