@@ -378,7 +378,11 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pgmgr-bench-snap-", dir="/tmp"))
     work.chmod(0o755)
-    b = Bench(work, args.scale)
+    try:
+        b = Bench(work, args.scale)
+    except BaseException:  # no PostgreSQL 18, say: leave nothing behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     try:
         b.setup()
         size = subprocess.run(
