@@ -31,6 +31,15 @@ DataDir = Annotated[
     Path | None,
     typer.Option("-d", "--datadir", help="Data directory.", show_default=False),
 ]
+NewPort = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--port",
+        help="Port of the new instance, or 'auto' (the default).",
+        show_default=False,
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing but errors.")]
 Version = Annotated[

@@ -32,15 +32,7 @@ def branch(
             show_default=False,
         ),
     ] = None,
-    port: Annotated[
-        str | None,
-        typer.Option(
-            "-p",
-            "--port",
-            help="Port of the new instance, or 'auto' (default).",
-            show_default=False,
-        ),
-    ] = None,
+    port: c.NewPort = None,
     start: Annotated[
         bool, typer.Option("--start", help="Start it even if NAME is not running.")
     ] = False,

@@ -24,12 +24,7 @@ def import_(
         str | None,
         typer.Option("--name", help="Name of the new instance.", show_default=False),
     ] = None,
-    port: Annotated[
-        str | None,
-        typer.Option(
-            "-p", "--port", help="Port number, or 'auto' (the default).", show_default=False
-        ),
-    ] = None,
+    port: c.NewPort = None,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:

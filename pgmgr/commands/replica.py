@@ -35,12 +35,7 @@ def replica(
             show_default=False,
         ),
     ] = None,
-    port: Annotated[
-        str | None,
-        typer.Option(
-            "-p", "--port", help="Port number, or 'auto' (the default).", show_default=False
-        ),
-    ] = None,
+    port: c.NewPort = None,
     version: c.Version = None,
     timeout: c.Timeout = 120.0,
     json: c.Json = False,
