@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pgmgr.core import process, registry, server
-from pgmgr.core.errors import CommandFailed, DatabaseException, PgmgrError
+from pgmgr.core.errors import DatabaseException, PgmgrError
 
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
@@ -69,20 +69,16 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
         (tmp / "postgresql.conf").write_text("")
         privileges.chown(tmp / "postgresql.conf", su)
         privileges.chown(tmp, su)
-        argv = [str(install.bin("postgres")), "-D", str(tmp), "-C", next(iter(settings))]
-        for name, value in settings.items():
-            argv += ["-c", f"{name}={value}"]
         try:
-            server.run(argv, su, timeout=60)
-        except CommandFailed as e:
-            why = server.why_exited(e.stderr)
-            if why.startswith("FATAL:") and "parameter" in why:
-                raise DatabaseException(
-                    f"invalid setting: {why.removeprefix('FATAL:').strip()}",
-                    hint="nothing was initialized; fix the -c setting and try again",
-                ) from None
+            failed = server.postgres_check(install, tmp, settings, su)
         except OSError:
-            pass
+            failed = None
+        why = server.why_exited(failed.stderr) if failed else ""
+        if why.startswith("FATAL:") and "parameter" in why:
+            raise DatabaseException(
+                f"invalid setting: {why.removeprefix('FATAL:').strip()}",
+                hint="nothing was initialized; fix the -c setting and try again",
+            )
     finally:
         with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
             userfs.rmtree_at(fd, tmp.name)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgmgr.core import server
-from pgmgr.core.errors import CommandFailed, UsageError
+from pgmgr.core.errors import UsageError
 
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
@@ -111,25 +111,17 @@ def check_values(srv: Server, settings: Mapping[str, str]) -> None:
 
     :raises UsageError: one of them is refused.
     """
-    if not settings:
-        return
     install = srv.installation()
-    first = next(iter(settings))
-    argv = [str(install.bin("postgres")), "-D", str(srv.datadir), "-C", first]
-    for name, value in settings.items():
-        argv += ["-c", f"{name}={value}"]
-    try:
-        server.run(argv, srv.user(), timeout=60)
-    except CommandFailed as e:
-        said: dict[str, str] = {}
-        for line in e.stderr.splitlines():
-            for tag in ("FATAL", "HINT"):
-                if f"{tag}:" in line:
-                    said.setdefault(tag, line.split(f"{tag}:", 1)[1].strip())
-        text = said.get("FATAL") or str(e)
-        raise UsageError(
-            f"PostgreSQL {install.version} refuses it: {text}", hint=said.get("HINT")
-        ) from None
+    failed = server.postgres_check(install, srv.datadir, settings, srv.user())
+    if failed is None:
+        return
+    said: dict[str, str] = {}
+    for line in failed.stderr.splitlines():
+        for tag in ("FATAL", "HINT"):
+            if f"{tag}:" in line:
+                said.setdefault(tag, line.split(f"{tag}:", 1)[1].strip())
+    text = said.get("FATAL") or str(failed)
+    raise UsageError(f"PostgreSQL {install.version} refuses it: {text}", hint=said.get("HINT"))
 
 
 # --------------------------------------------------------------------------- the model

@@ -249,6 +249,27 @@ def run(
     return proc
 
 
+def postgres_check(
+    install: Installation, datadir: Path, settings: Mapping[str, str], user: ServerUser | None
+) -> CommandFailed | None:
+    """Ask postgres itself whether it accepts ``settings`` (``postgres -D DATADIR -C NAME``
+    applies every ``-c`` and exits, starting nothing): None when it does, else its failure
+    (``stderr`` holds the FATAL and HINT lines).
+
+    :raises OSError: postgres cannot be executed.
+    """
+    if not settings:
+        return None
+    argv = [str(install.bin("postgres")), "-D", str(datadir), "-C", next(iter(settings))]
+    for name, value in settings.items():
+        argv += ["-c", f"{name}={value}"]
+    try:
+        run(argv, user, timeout=60)
+    except CommandFailed as e:
+        return e
+    return None
+
+
 # --------------------------------------------------------------------------- initdb
 
 
