@@ -22,7 +22,6 @@ from pgmgr.core import (
     identity,
     logfile,
     paths,
-    pgconf,
     privileges,
     process,
     registry,
@@ -482,6 +481,8 @@ class Server:
             privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
         merged = dict(self.inst.settings)
         merged.update(server.check_settings(settings or {}))
+        from pgmgr.core import pgconf  # here: 'pgmgr status' never needs it (~2.5 ms)
+
         conf = pgconf.write(datadir, merged, su)  # kept settings: reloadable, see pgconf
         host = self.inst.host if host is None else host
         auto = port == "auto"

@@ -19,7 +19,8 @@ TYPER_PATH = "import sys; from pgmgr.cli import main; main(sys.argv[1:])"
 
 
 def imported(*args: str) -> set[str]:
-    """Top-level packages ``python -m pgmgr ARGS`` imports (from -X importtime)."""
+    """Modules ``python -m pgmgr ARGS`` imports, and their top-level packages (from -X
+    importtime)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "pgmgr", *args],
         capture_output=True,
@@ -30,7 +31,8 @@ def imported(*args: str) -> set[str]:
     names = set()
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+            full = line.rsplit("|", 1)[1].strip()
+            names |= {full, full.split(".")[0]}
     assert names, proc.stderr
     return names
 
@@ -38,6 +40,9 @@ def imported(*args: str) -> set[str]:
 def typer_path(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", TYPER_PATH, *args],
+        # The isolated os.environ, as run_pgmgr passes it: without env= the child would get
+        # the C environment, where readline (imported by some test) has set COLUMNS/LINES.
+        env=dict(os.environ),
         capture_output=True,
         text=True,
         timeout=60,
@@ -49,6 +54,8 @@ def typer_path(*args: str) -> subprocess.CompletedProcess[str]:
 def test_status_imports_neither_typer_nor_psycopg_nor_rich(args: list[str]) -> None:
     names = imported(*args)
     assert not names & {"psycopg", "typer", "click", "rich", "pydantic"}, names
+    # Core modules only a start or a copy needs (pgconf cost status ~2.5 ms when it was).
+    assert not names & {"pgmgr.core.pgconf", "pgmgr.core.copy", "pgmgr.core.template"}, names
 
 
 def test_help_and_stop_do_not_import_psycopg_or_rich() -> None:
