@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core.errors import PgmgrError
+from pgmgr.core.errors import PgmgrError, UsageError
 
 
 def state_dir() -> Path:
@@ -208,3 +208,23 @@ def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterat
         yield True
     finally:
         os.close(fd)
+
+
+def check_path_text(path: Path, what: str) -> Path:
+    """``path`` if pgmgr can record and hand it to PostgreSQL: valid UTF-8 (records are
+    JSON), no line break (postmaster.pid is line-based), no NUL.
+
+    :raises UsageError: it cannot.
+    """
+    text = str(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise UsageError(
+            f"invalid {what} {shown!r}: the path is not valid UTF-8",
+            hint="rename it, or use a path whose name is valid UTF-8",
+        ) from None
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise UsageError(f"invalid {what} {text!r}: it holds a line break")
+    return path
