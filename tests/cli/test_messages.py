@@ -242,3 +242,14 @@ def test_foreground_streams_the_server_log_and_quiet_silences_it(work: Work, dat
     assert text.index("Started 'data'") < text.index("ready to accept connections")
     assert text.index("database system is shut down") < text.index("Stopped 'data'")
     assert _foreground(work, "-q") == ""
+
+
+def test_error_lines_show_control_characters(tmp_path: Path) -> None:
+    """A path (or anything else) holding ESC sequences is shown, not obeyed, in an error."""
+    from tests.helpers import run_pgmgr
+
+    bad = tmp_path / "x\x1b]0;pwned\x07\x1b[2J"
+    proc = run_pgmgr("status", "-d", str(bad))
+    assert proc.returncode == 4, proc.stderr
+    assert "x\\x1b]0;pwned\\x07\\x1b[2J" in proc.stderr
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
