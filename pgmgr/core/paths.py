@@ -83,8 +83,11 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
         st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
         st = None
-    except OSError:
-        return path  # not reachable (a file on the way...): using it fails, and says why
+    except OSError as e:  # not reachable: a file on the way, a directory it cannot enter
+        raise PgmgrError(
+            f"cannot use {path} as pgmgr's {what} directory: {e.strerror or e}",
+            hint=f"set {env} to a directory of your own",
+        ) from None
     if st is not None and stat.S_ISLNK(st.st_mode):
         why, fix = "is a symlink", f"set {env} to the real directory ({os.path.realpath(path)})"
     elif st is not None and st.st_uid != me:
