@@ -170,11 +170,9 @@ def socket_dir(
 def check_socket_dir(path: Path, user: ServerUser | None) -> None:
     """The seed's ``_check_lockdir_permissions``: the server must be able to create its
     socket and lock file in ``path``. A directory it creates is the server user's."""
-    created = not path.exists()
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if created:
-            chown(path, user)
+        if not path.exists():
+            _make_socket_dir(path, user)
     except OSError as e:
         raise DatabaseException(f"cannot create socket directory {path}: {e.strerror}") from None
     if not path.is_dir():
@@ -192,6 +190,49 @@ def check_socket_dir(path: Path, user: ServerUser | None) -> None:
             f"no write permission on socket directory {path} for {who}",
             hint="choose a directory you can write with --socket-dir",
         )
+
+
+def _make_socket_dir(path: Path, user: ServerUser | None) -> None:
+    """Create ``path`` (mode 0700) for the server user through directory fds: as root, the
+    new directory is given away by ``fchown`` on an ``O_NOFOLLOW`` fd of the directory made
+    here, so a user who can write the parent and swaps it for a symlink (or another
+    directory) between the mkdir and the chown never gets root to chown something else.
+
+    :raises DatabaseException: it was replaced before it could be given to the server user.
+    :raises OSError: it cannot be created.
+    """
+    from pgmgr.core import testhook, userfs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = userfs.open_dir(path.parent)
+    try:
+        try:
+            os.mkdir(path.name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return  # made meanwhile: checked below as any existing directory
+        if user is None:
+            return
+        testhook.pause("socket-dir-made")
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path.name, flags, dir_fd=parent)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise
+            fd = -1
+        try:
+            if fd < 0 or os.fstat(fd).st_uid != os.geteuid():
+                raise DatabaseException(
+                    f"socket directory {path} was replaced while pgmgr created it (another "
+                    "user can write its parent directory); it was left alone",
+                    hint="choose a --socket-dir in a directory only you can write",
+                )
+            os.fchown(fd, user.uid, user.gid)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    finally:
+        os.close(parent)
 
 
 def check_port(host: str, port: int) -> None:
