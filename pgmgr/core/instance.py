@@ -93,7 +93,9 @@ class Status:
     """What ``pgmgr status`` reports for one instance; ``state`` decides the exit code."""
 
     name: str
-    state: str  # running | starting | stopping | stopped | crashed | missing | moved | replaced
+    # running | starting | stopping | stopped | crashed | missing | moved | replaced, and
+    # importing | cloning | incomplete for an unfinished pgmgr import / replica
+    state: str
     datadir: str
     version: str
     host: str
@@ -141,6 +143,20 @@ class Status:
         }
 
 
+#: The state of an instance whose build still runs, by command.
+BUILDING = {"import": "importing", "replica": "cloning"}
+
+
+def unfinished(inst: Instance, what: str) -> DatabaseException:
+    """The error for acting on an instance whose ``pgmgr import``/``replica`` did not finish."""
+    return DatabaseException(
+        f"'{inst.name}' is an unfinished 'pgmgr {inst.pending}' (interrupted, or still "
+        f"running) of {inst.pending_from}; it was not {what}",
+        hint=f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
+        f"'pgmgr destroy {inst.name}'",
+    )
+
+
 @dataclass
 class StartResult:
     instance: Instance
@@ -184,6 +200,9 @@ class Server:
         self._log_offset = 0
         #: Why the last stop could not update the record (it still stopped), else None.
         self.record_error: str | None = None
+        #: The command that builds this instance (import, replica) may start it while the
+        #: record still carries its ``pending`` mark; nothing else may.
+        self.building = False
 
     # ------------------------------------------------------------------ construction
 
@@ -463,6 +482,8 @@ class Server:
         datadir = self.datadir
         if socket_dir:
             server.check_socket_dir_text(socket_dir)
+        if self.inst.pending and not self.building:
+            raise unfinished(self.inst, "started")
         if not server.is_datadir(datadir):
             raise DataDirNotFound(datadir, _why_missing(datadir))
         self.check_identity("start")
@@ -853,6 +874,8 @@ class Server:
         if not server.is_datadir(self.datadir):
             st.state = "missing"
             st.detail = f"data directory {_why_missing(self.datadir)}"
+            if inst.pending:
+                self._unfinished_state(st)
             return st
         pf = process.PidFile.read(self.datadir)
         if pf is not None and process.serves(pf.pid, self.datadir, pf.start_time):
@@ -873,7 +896,23 @@ class Server:
         elif pf is not None:
             st.state = "crashed"
             st.detail = crashed_detail(pf)
+        if inst.pending:
+            self._unfinished_state(st)
         return st
+
+    def _unfinished_state(self, st: Status) -> None:
+        """A build still running (``importing``, ``cloning``: its command holds the lock) or
+        interrupted (``incomplete``): never ``running``, even when its server runs."""
+        pending = self.inst.pending or ""
+        if registry.is_locked(self.datadir):
+            st.state = BUILDING.get(pending, "building")
+            st.detail = f"'pgmgr {pending}' is still making it"
+        else:
+            st.state = "incomplete"
+            st.detail = f"'pgmgr {pending}' did not finish" + (
+                f" (server still running, pid {st.pid})" if st.pid else ""
+            )
+        st.url = None
 
     # ------------------------------------------------------------------ connections
 

@@ -219,10 +219,13 @@ def run(
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
     input: str | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
     ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it); ``input``
-    is its standard input (else /dev/null).
+    is its standard input (else /dev/null). With ``die_with_parent`` (a long dump, restore
+    or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it never goes on
+    writing into what a retry or a destroy is removing.
 
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
@@ -243,6 +246,9 @@ def run(
         group=gid,
         extra_groups=groups,
         check=False,
+        preexec_fn=_die_with(os.getpid(), signal.SIGTERM)
+        if die_with_parent and sys.platform == "linux"
+        else None,
     )
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr or proc.stdout)
@@ -462,17 +468,18 @@ def check_socket_dir(path: Path, user: ServerUser | None) -> None:
 # --------------------------------------------------------------------------- spawn, ready
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGQUIT (postgres' immediate shutdown, which also
-    ends its backends and removes its pid file and sockets) when ``parent`` dies, even by
-    SIGKILL. subprocess calls it after the uid/gid switch (the kernel clears the setting on
-    a credential change), and postgres is not set-uid, so it survives the exec."""
+def _die_with(parent: int, sig: int = signal.SIGQUIT) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` (by default SIGQUIT, postgres' immediate
+    shutdown, which also ends its backends and removes its pid file and sockets) when
+    ``parent`` dies, even by SIGKILL. subprocess calls it after the uid/gid switch (the
+    kernel clears the setting on a credential change), and postgres is not set-uid, so it
+    survives the exec."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
 
     def preexec() -> None:  # pragma: no cover - runs in the forked child
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
