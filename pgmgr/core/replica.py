@@ -212,6 +212,11 @@ def _register(src: Server, name: str, target: Path) -> Server:
     install = src.installation()
     if name in registry.names():
         other = registry.load(name)
+        if other.pending and registry.is_locked(Path(other.datadir)):
+            raise UsageError(
+                f"instance name {name!r} is being made by another 'pgmgr {other.pending}'",
+                hint="wait for it to finish, or choose another --name",
+            )
         if other.pending:
             raise unfinished(other, "made again here")
         raise UsageError(f"instance name {name!r} is already used", hint="choose another --name")
