@@ -341,24 +341,31 @@ class PromoteResult:
 def promote(srv: Server, timeout: int = 60) -> PromoteResult:
     """Promote a running standby (``pg_promote``), clear its ``primary_conninfo`` (it held
     the replication password), and drop its slot, role and pg_hba.conf lines on the former
-    primary when that runs.
+    primary when that runs. A promote interrupted after ``pg_promote`` (a primary whose
+    record still names its former primary) is finished by running it again.
 
-    :raises NotRunning: not running. :raises DatabaseException: not a standby.
+    :raises NotRunning: not running. :raises DatabaseException: not a standby; an
+        unfinished ``pgmgr replica``.
     :raises WorkerError: it did not finish promotion within ``timeout``.
     """
-    require_running(srv)
-    if not is_standby(srv):
-        raise DatabaseException(
-            f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
-        )
-    with connect(srv) as conn:
-        if not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
-            raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
-        _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
-        _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
-        _sql(conn, "SELECT pg_reload_conf()")
-    former = srv.inst.primary
-    detached, note = release(srv)
+    with registry.lock(srv.datadir):
+        require_running(srv)
+        if srv.inst.pending:
+            raise unfinished(srv.inst, "promoted")
+        standby = is_standby(srv)
+        if not standby and not srv.inst.primary:
+            raise DatabaseException(
+                f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
+            )
+        with connect(srv) as conn:
+            if standby and not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
+                raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
+            testhook.pause("promote-promoted")
+            _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
+            _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
+            _sql(conn, "SELECT pg_reload_conf()")
+        former = srv.inst.primary
+        detached, note = release(srv)
     return PromoteResult(srv.inst.name, former, detached, note)
 
 

@@ -264,3 +264,28 @@ def test_two_replicas_of_one_name_race_and_one_wins(
     assert st["state"] == "running" and st["role"] == "standby", st
     assert primary_leftovers(fresh)[:2] == (1, 1)
     assert_streams(fresh, "twin")
+
+
+def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
+    fresh: Instance, hooks: Path
+) -> None:
+    """Killed once the standby is a primary but before its former primary was cleaned:
+    a second promote finishes the job instead of saying there is nothing to promote."""
+    made = fresh.pgmgr("replica", "fresh", "--name", "rep")
+    assert made.returncode == 0, made.stderr
+    run = Paused(hooks, "promote-promoted", "promote", "rep")
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    again = fresh.pgmgr("promote", "rep")
+    assert again.returncode == 0, again.stderr
+    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep" in again.stderr
+    assert primary_leftovers(fresh) == (0, 0, [])
+    with conn(fresh, "rep") as r:
+        assert r.execute("SHOW primary_conninfo").fetchone() == ("",)
+        r.execute("CREATE TABLE writable ()")
+    third = fresh.pgmgr("promote", "rep")
+    assert third.returncode == 1
+    assert error_lines(third.stderr)[0] == (
+        "Error: 'rep' is a primary, not a standby: there is nothing to promote"
+    )
