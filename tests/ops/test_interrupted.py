@@ -289,3 +289,33 @@ def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
     assert error_lines(third.stderr)[0] == (
         "Error: 'rep' is a primary, not a standby: there is nothing to promote"
     )
+
+
+# --------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize(
+    ("step", "sig"),
+    [("export-dumped-db", signal.SIGKILL), ("export-written", signal.SIGKILL),
+     ("export-dumped-db", signal.SIGTERM)],
+)  # fmt: skip
+def test_an_interrupted_export_leaves_no_bundle_and_a_retry_works(
+    fresh: Instance, ops_dir: Path, hooks: Path, step: str, sig: int
+) -> None:
+    """Killed before or after its manifest is written, an export leaves nothing under the
+    bundle's name (import says so; nothing half-written is taken for a bundle); the retry
+    succeeds and removes the dead export's hidden work directory."""
+    dest = ops_dir / "bundle"
+    run = Paused(hooks, step, "export", "fresh", str(dest))
+    run.reached()
+    run.kill(sig)
+    assert not dest.exists()
+    leftovers = [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
+    assert len(leftovers) == (0 if sig == signal.SIGTERM else 1), leftovers
+    imp = fresh.pgmgr("import", str(dest), "-d", str(ops_dir / "imp"))
+    assert imp.returncode == 1
+    assert error_lines(imp.stderr)[0].startswith(f"Error: {dest} is not a directory")
+    again = fresh.pgmgr("export", "fresh", str(dest))
+    assert again.returncode == 0, again.stderr
+    assert (dest / "manifest.json").is_file()
+    assert not [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
