@@ -136,7 +136,9 @@ def check_source(src: Server, version: str | None) -> None:
 
 
 def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
-    """:raises DatabaseException: the directory exists, or its parent does not."""
+    """:raises DatabaseException: the directory exists, or its parent does not; as root,
+    a user other than root and the server user could swap something in on its path (the
+    backup, written as the server user, would go where they point it)."""
     target = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
     if os.path.lexists(target):
         raise DatabaseException(
@@ -145,6 +147,14 @@ def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
         )
     if not target.parent.is_dir():
         raise DatabaseException(f"{target.parent} does not exist (nothing was created)")
+    su = src.user()
+    # As root, checked as the server user: "others" are users other than root and it.
+    if su is not None and userfs.as_user(su, userfs.others_can_write, str(target)):
+        raise DatabaseException(
+            f"refusing to make {target} as root: another OS user than root and "
+            f"{su.name!r} can change it or a directory above it (nothing was created)",
+            hint="choose a directory whose parents only root and the server user can write",
+        )
     return target
 
 
