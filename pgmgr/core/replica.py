@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from pgmgr.core import registry, scram, server, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
-from pgmgr.core.instance import Server, new_password, unfinished
+from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import reload, require_running
+from pgmgr.core.pgtext import new_password
 from pgmgr.core.roles import is_standby
 
 if TYPE_CHECKING:
