@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core.dbpool import DatabasePool, PoolError
+from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
 from tests.helpers import postmasters_under
 from tests.ops.test_plugin import assert_nothing_left
@@ -345,10 +345,11 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
     tmp_server.execute("create table only_in_two (x int)", dbname="two")
     pool = pool_for(tmp_server)
     try:
-        names = [pool.acquire("one") for _ in range(6)]
-        assert len(set(names)) == 6
+        count = 2 * TRIALS + 1  # the last copy is made with the strategy kept
+        names = [pool.acquire("one") for _ in range(count)]
+        assert len(set(names)) == count
         assert pool.stats.strategy in ("WAL_LOG", "FILE_COPY")
-        assert {s: len(t) >= 2 for s, t in pool.stats.timings.items()} == {
+        assert {s: len(t) >= TRIALS for s, t in pool.stats.timings.items()} == {
             "WAL_LOG": True,
             "FILE_COPY": True,
         }
