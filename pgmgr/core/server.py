@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pgmgr.core import process
 from pgmgr.core.errors import CommandFailed, DatabaseException, PortInUse, UsageError, WorkerError
 from pgmgr.core.privileges import ServerUser, chown
 from pgmgr.core.versions import Installation
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     import subprocess
 
@@ -44,6 +44,8 @@ STOP_SIGNALS = {
 
 @dataclass(frozen=True)
 class InitOptions:
+    """How ``initdb`` (or a template copy) makes a new cluster."""
+
     superuser: str = "postgres"
     auth: str = "scram-sha-256"
     encoding: str = "UTF8"
