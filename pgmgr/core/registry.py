@@ -19,12 +19,13 @@ from pathlib import Path
 
 from pgmgr.core import paths
 from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError
+from pgmgr.core.lazyre import LazyRegex
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from typing import Any
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = LazyRegex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pgmgr.core import process
 from pgmgr.core.errors import CommandFailed, DatabaseException, PortInUse, UsageError, WorkerError
+from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.privileges import ServerUser, chown
 from pgmgr.core.versions import Installation
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import subprocess
 
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+SETTING_NAME_RE = LazyRegex(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 #: Settings pgmgr owns: they come from --host/--port/the socket dir, never from -c.
 RESERVED_SETTINGS = frozenset(
     {"port", "listen_addresses", "unix_socket_directories", "config_file"}
@@ -597,7 +598,7 @@ def wait_ready(
         time.sleep(process.POLL)
 
 
-_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+")
+_SEVERE_RE = LazyRegex(r"\b(?:FATAL|PANIC):\s+")
 
 
 def why_exited(log: str) -> str:
