@@ -59,6 +59,8 @@ STOP_SIGNALS = {
 
 @dataclass(frozen=True)
 class InitOptions:
+    """How ``initdb`` (or a template copy) makes a new cluster."""
+
     superuser: str = "postgres"
     auth: str = "scram-sha-256"
     encoding: str = "UTF8"
