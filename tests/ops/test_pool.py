@@ -362,6 +362,14 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
         with psycopg.connect(**{**params, "dbname": db}) as conn:  # type: ignore[arg-type]
             assert conn.execute("select count(*) from only_in_two").fetchone() == (0,)
         assert pool.stats.invalidations == 1
+        # the snapshot is a FILE_COPY: it (and its copies) keep the template's relcache init
+        # file, which "two" has since its connection above
+        sql = "select pg_ls_dir('base/' || oid) from pg_database where datname like 'pgmgr_pool%'"
+        deadline = time.monotonic() + 60
+        while pool.stats.snapshots < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(**params) as conn:  # type: ignore[arg-type]
+            assert "pg_internal.init" in {r[0] for r in conn.execute(sql)}
         with pytest.raises(PoolError, match='database "missing" does not exist'):
             pool.acquire("missing", timeout=60)
     finally:
