@@ -217,9 +217,20 @@ def _operation(e: OSError) -> str | None:
     frames = traceback.extract_tb(e.__traceback__)
     stdlib = sysconfig.get_paths()["stdlib"]
     for frame in reversed(frames):  # innermost first
-        if not frame.filename.startswith(stdlib):  # the caller's line: its os.NAME( call
+        if not _in_stdlib(frame.filename, stdlib):  # the caller's line: its os.NAME( call
             m = re.search(r"\bos\.(\w+)\(", linecache.getline(frame.filename, frame.lineno or 0))
             return _OPERATIONS.get(m.group(1)) if m else None
         if frame.name in _OPERATIONS:  # raised in pathlib, shutil...: its function says it
             return _OPERATIONS[frame.name]
     return None
+
+
+def _in_stdlib(filename: str, stdlib: str) -> bool:
+    """Whether a frame's file is the standard library's: a frozen module (``<frozen os>``:
+    os.makedirs) is; site-packages is not, even where it lies inside the stdlib directory
+    (a package installed without a venv: /usr/local/lib/python3.11/site-packages/pgmgr)."""
+    if filename.startswith("<frozen "):
+        return True
+    if not filename.startswith(stdlib.rstrip("/") + "/"):
+        return False
+    return not {"site-packages", "dist-packages"} & set(filename[len(stdlib) :].split("/"))

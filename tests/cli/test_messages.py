@@ -273,6 +273,39 @@ def test_os_errors_name_the_operation_and_the_path(tmp_path: Path) -> None:
     assert describe_os_error(OSError(5, "Input/output error")) == "Input/output error"
 
 
+def test_os_error_operation_seen_through_frozen_os_and_in_site_packages(tmp_path: Path) -> None:
+    """os.makedirs runs in a frozen module (``<frozen os>``), which is standard library; and
+    a package installed without a venv lies inside the stdlib directory
+    (/usr/local/lib/python3.11/site-packages): its lines are the caller's, not stdlib
+    frames named like an operation (its function ``remove`` did not remove anything)."""
+    import linecache
+    import sysconfig
+
+    from pgmgr.core.errors import describe_os_error
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(OSError) as made:
+        os.makedirs(afile / "sub")
+    assert describe_os_error(made.value).startswith("cannot create the directory ")
+
+    # A module of an installed package; its source is given to linecache as a loader's
+    # would be, since nothing may be written to the interpreter's own directory.
+    fake = f"{sysconfig.get_paths()['stdlib']}/site-packages/fakepkg/mod.py"
+    src = "import os\ndef make(p):\n    os.mkdir(p)\ndef remove(p):\n    make(p)\n"
+    linecache.cache[fake] = (len(src), None, src.splitlines(True), fake)
+    try:
+        space: dict[str, object] = {}
+        exec(compile(src, fake, "exec"), space)  # noqa: S102 - our own constant source
+        with pytest.raises(OSError) as inside:
+            space["remove"](afile / "sub")  # type: ignore[operator]
+        assert describe_os_error(inside.value) == (
+            f"cannot create the directory {afile}/sub: Not a directory"
+        )
+    finally:
+        linecache.cache.pop(fake, None)
+
+
 def test_unusable_state_dir_is_named_and_an_unusable_cache_is_no_error(tmp_path: Path) -> None:
     from tests.helpers import run_pgmgr
 
