@@ -130,7 +130,11 @@ def tail(log_file: Path, lines: int) -> tuple[list[str], int]:
         raise DatabaseException(
             f"no log file yet: {log_file}", hint="the log is written once the server starts"
         ) from None
-    text = data.decode(errors="replace").splitlines()
+    # Lines end at "\n" only, as in follow(): str.splitlines() also ends them at \r, \v,
+    # \f, \x1c-\x1e, U+0085, U+2028/9, which a role name in a FATAL line may hold.
+    text = data.decode(errors="replace").split("\n")
+    if text[-1] == "":
+        text.pop()
     return (text[-lines:] if lines > 0 else []), len(data)
 
 

@@ -161,6 +161,24 @@ def test_follow_reads_the_old_file_to_its_end_then_the_new_one(tmp_path: Path) -
     assert next(lines) == "n\n"
 
 
+def test_logs_lines_end_at_newlines_only(tmp_path: Path) -> None:
+    """A log line holding \\r, \\x0b, \\x1c or U+2028 (from a role name) stays one line,
+    as logs -f shows it: to a pipe as written, on a terminal with those shown as \\xNN."""
+    from pgmgr.core import ops
+
+    log = tmp_path / "x.log"
+    log.write_bytes("one\rtwo\x0bthree\x1cfour\u2028five\u0085six\nlast\n".encode())
+    assert ops.tail(log, 5) == (
+        ["one\rtwo\x0bthree\x1cfour\u2028five\u0085six", "last"],
+        log.stat().st_size,
+    )
+    assert ops.tail(log, 1)[0] == ["last"]
+    log.write_bytes(b"no newline at the end")
+    assert ops.tail(log, 5)[0] == ["no newline at the end"]
+    log.write_bytes(b"")
+    assert ops.tail(log, 5) == ([], 0)
+
+
 # --------------------------------------------------------------------------- hostile log text
 
 
