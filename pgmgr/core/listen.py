@@ -201,10 +201,9 @@ def _make_socket_dir(path: Path, user: ServerUser | None) -> None:
     :raises DatabaseException: it was replaced before it could be given to the server user.
     :raises OSError: it cannot be created.
     """
-    from pgmgr.core import testhook, userfs
+    from pgmgr.core import testhook
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parent = userfs.open_dir(path.parent)
+    parent = _open_made_dir(path.parent)
     try:
         try:
             os.mkdir(path.name, 0o700, dir_fd=parent)
@@ -233,6 +232,34 @@ def _make_socket_dir(path: Path, user: ServerUser | None) -> None:
                 os.close(fd)
     finally:
         os.close(parent)
+
+
+def _open_made_dir(path: Path) -> int:
+    """An fd of directory ``path``, its missing components made on the way through
+    ``O_NOFOLLOW`` fds (``mkdir -p`` as root followed another user's symlink on the way and
+    made a directory where it pointed before :func:`~pgmgr.core.userfs.open_dir` refused).
+
+    :raises UnsafePath: an existing part of ``path`` crosses an untrusted symlink.
+    :raises OSError: a component cannot be made, or is not a directory (or a symlink).
+    """
+    from pgmgr.core import userfs
+
+    missing: list[str] = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path.name)
+        path = path.parent
+    fd = userfs.open_dir(path)
+    try:
+        for name in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=fd)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd, parent = os.open(name, flags, dir_fd=fd), fd
+            os.close(parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_port(host: str, port: int) -> None:

@@ -84,3 +84,18 @@ def test_made_for_the_server_user(tmp_path: Path) -> None:
     listen.check_socket_dir(sock, privileges.lookup("postgres"))
     st = sock.lstat()
     assert st.st_uid == privileges.lookup("postgres").uid and st.st_mode & 0o777 == 0o700
+
+
+def test_missing_parents_are_not_made_through_another_users_symlink(tmp_path: Path) -> None:
+    """``--socket-dir ATTACKER/a/b/sock``: root made ``b`` where the user's symlink ``a``
+    pointed (``mkdir -p``) before it refused the path."""
+    nobody = privileges.lookup("nobody")
+    theirs, victim = tmp_path / "theirs", tmp_path / "victim"
+    theirs.mkdir()
+    victim.mkdir()
+    os.chown(theirs, nobody.uid, nobody.gid)
+    (theirs / "a").symlink_to(victim)
+    os.chown(theirs / "a", nobody.uid, nobody.gid, follow_symlinks=False)
+    with pytest.raises(DatabaseException, match="symlink"):
+        listen.check_socket_dir(theirs / "a" / "b" / "sock", privileges.lookup("postgres"))
+    assert list(victim.iterdir()) == []
