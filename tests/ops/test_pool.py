@@ -379,6 +379,34 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
     assert sorted(left) == sorted(["one", "postgres", "template0", "template1", "two", db])
 
 
+def test_a_prepared_transaction_left_in_a_database_does_not_stop_the_pool(
+    ops_dir: Path,
+) -> None:
+    """DROP ... WITH (FORCE) fails while a prepared transaction uses the database: the pool
+    leaves that one to the server's end instead of retrying it for ever, which (with one
+    place for used databases) made every later acquire fail with PoolError."""
+    import psycopg
+
+    with TemporaryInstance(
+        "15", {"max_prepared_transactions": "2"}, root=str(ops_dir / "tmp")
+    ) as tmp:
+        tmp.create_database("tpl")
+        pool = pool_for(tmp, size=1)
+        pool.max_pending = 1
+        try:
+            used = pool.acquire("tpl")
+            params = {**tmp.server.conninfo(tcp=False), "dbname": used}
+            with psycopg.connect(**params) as conn:  # type: ignore[arg-type]
+                conn.execute("create table t (x int)")
+                conn.execute("prepare transaction 'left behind'")
+            pool.release(used)
+            for _ in range(3):
+                pool.release(pool.acquire("tpl", timeout=30))
+            assert pool.stats.abandoned == [used]
+        finally:
+            pool.close(timeout=5)
+
+
 @pytest.mark.parametrize(
     ("ini_line", "message"),
     [
