@@ -23,6 +23,11 @@ class Pause:
     was_running: bool
     stopped_at: float | None = None
     downtime: float | None = None
+    #: started again by :func:`spawn_again`, not yet known to accept connections
+    spawned: bool = False
+    #: set by the block once its work is complete: a signal during the final wait for the
+    #: server is then only recorded (the work is not undone, so it must not look failed)
+    done: bool = False
 
 
 @contextlib.contextmanager
@@ -41,10 +46,10 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
             with snapstore.shielded() as got:
-                cancelled = start_again(srv)
+                cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = bool(got) or cancelled
-    if interrupted:
+    if interrupted and not pause.done:
         raise KeyboardInterrupt
 
 
@@ -54,6 +59,35 @@ def resume(srv: Server, pause: Pause) -> None:
         start_again(srv)  # the caller holds signals (snapstore.shielded)
         pause.downtime = time.monotonic() - pause.stopped_at
         pause.stopped_at = None
+
+
+def spawn_again(srv: Server, pause: Pause) -> None:
+    """Start ``srv`` again now without waiting until it accepts connections, so that the
+    rest of the block overlaps its start-up; the end of :func:`paused` waits for it (and
+    starts it afresh if this start failed). A signal meanwhile interrupts the block after
+    the spawn."""
+    if pause.stopped_at is None or pause.spawned:
+        return
+    with snapstore.shielded() as got:
+        srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
+        srv.start(wait=False)
+        pause.spawned = True
+    if got:
+        raise KeyboardInterrupt
+
+
+def await_spawned(srv: Server) -> bool:
+    """Wait until the server :func:`spawn_again` started accepts connections and record
+    it; if it exited or was not ready in time (then killed), start it afresh (a real
+    problem is raised there). True if a Ctrl-C cancelled a start meanwhile."""
+    from pgmgr.core.errors import WorkerError
+
+    try:
+        srv.ready_wait()
+    except WorkerError:
+        return start_again(srv)
+    srv.start()  # running and ready: adopts what it uses into the record
+    return False
 
 
 def start_again(srv: Server, tries: int = 3) -> bool:
