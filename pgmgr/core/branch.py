@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, registry, server, snapcatalog, snapshot, snapstore, userfs
+from pgmgr.core import copy, registry, server, sigguard, snapcatalog, snapshot, snapstore, userfs
 from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
@@ -158,7 +158,7 @@ def branch(
     target = target_dir(src, new, datadir)
     su = src.user()
     start = start or src.running() is not None
-    with snapstore.interruptible(), snapstore.opened(target, su) as tstore:
+    with sigguard.interruptible(), snapstore.opened(target, su) as tstore:
         tstore.as_user(snapstore.sweep, tstore.path)
         # A source stopped for the copy starts again while the branch is put in place and
         # started (both start-ups overlap); the end of the block waits for it.
@@ -179,7 +179,7 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     from here to a started branch: it is complete (``pause.done``: a signal while the
     source is waited for does not fail the command), or removed again if it cannot be
     registered or started."""
-    with snapstore.shielded():
+    with sigguard.shielded():
         staging = snapstore.TMP + "branch"
         _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
         try:

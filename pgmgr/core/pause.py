@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import snapstore
+from pgmgr.core import sigguard
 from pgmgr.core.instance import Server
 
 
@@ -45,7 +45,7 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
     finally:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
-            with snapstore.shielded() as got:
+            with sigguard.shielded() as got:
                 cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = bool(got) or cancelled
@@ -56,7 +56,7 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
 def resume(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
     if pause.stopped_at is not None:
-        start_again(srv)  # the caller holds signals (snapstore.shielded)
+        start_again(srv)  # the caller holds signals (sigguard.shielded)
         pause.downtime = time.monotonic() - pause.stopped_at
         pause.stopped_at = None
 
@@ -68,7 +68,7 @@ def spawn_again(srv: Server, pause: Pause) -> None:
     the spawn."""
     if pause.stopped_at is None or pause.spawned:
         return
-    with snapstore.shielded() as got:
+    with sigguard.shielded() as got:
         srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
         srv.start(wait=False)
         pause.spawned = True
@@ -94,7 +94,7 @@ def start_again(srv: Server, tries: int = 3) -> bool:
     """Finish any stop, then start ``srv``; True if a Ctrl-C cancelled a start meanwhile.
 
     :meth:`Server.start` guards its spawn with a SIGINT handler of its own, which cancels
-    the start even inside :func:`snapstore.shielded`: so the start is tried again.
+    the start even inside :func:`sigguard.shielded`: so the start is tried again.
     """
     cancelled = False
     for _ in range(tries):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, server, snapstore, versions
+from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
@@ -92,7 +92,7 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
     never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
     much again as the data of a freshly loaded instance). As the server user."""
-    skip = snapstore.unneeded_wal(src)
+    skip = pgcontrol.unneeded_wal(src)
     if not skip:
         return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
     stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"))
@@ -127,7 +127,7 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
     major = server.datadir_major(data)
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
-    if snapstore.system_identifier(data) != meta.system_identifier:
+    if pgcontrol.system_identifier(data) != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
     return None
 
@@ -167,7 +167,7 @@ def create(
     require_datadir(srv)
     t0 = time.monotonic()
     su = srv.user()
-    with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
+    with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
         snapstore.check_supported(store, srv.datadir, f"snapshot '{srv.inst.name}'")
         name = pick_name(store, name, srv.inst.name)
@@ -184,9 +184,9 @@ def create(
                     stats = basebackup.take(srv, staging, su)
                 else:
                     stats = store.as_user(snap_copy, srv.datadir, staging)
-            sysid = store.as_user(snapstore.system_identifier, staging / snapstore.DATA)
+            sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
             meta = meta_for(srv, name, sysid, kind, stats)
-            with snapstore.shielded():  # named: complete, whatever arrives now
+            with sigguard.shielded():  # named: complete, whatever arrives now
                 store.as_user(_finish, staging, store.entry(name), meta)
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
@@ -214,7 +214,7 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
             f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
             "nothing was changed"
         )
-    current = store.as_user(snapstore.system_identifier, srv.datadir)
+    current = store.as_user(pgcontrol.system_identifier, srv.datadir)
     rollback = meta.upgraded_to is not None and meta.upgraded_to == current
     on_disk = server.datadir_major(srv.datadir)
     if meta.major != on_disk and not rollback:
@@ -269,7 +269,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     old_version = srv.inst.version
     gone = missing(srv.inst.name, name)
     with (
-        snapstore.interruptible(),
+        sigguard.interruptible(),
         snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
     ):
         store.as_user(snapstore.sweep, store.path)
@@ -282,7 +282,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         try:
             store.as_user(copy_into, store.entry(name) / snapstore.DATA, staging)
             store.as_user(copy.sync_fs, store.path)
-            with paused(srv) as pause, snapstore.shielded():
+            with paused(srv) as pause, sigguard.shielded():
                 snapstore.swap_in(store, staging.name)
                 swapped = True
                 srv.pin()  # another directory (and, for a rollback, cluster) stands there now
@@ -306,7 +306,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
     """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
     saved = pick_name(store, save_as or None, srv.inst.name)
-    sysid = store.as_user(snapstore.system_identifier, srv.datadir)
+    sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
     keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
     keep.size = meta.size
     return keep

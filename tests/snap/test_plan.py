@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import snapstore
+from pgmgr.core import pgcontrol, snapstore
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import UsageError
 from pgmgr.core.versions import Installation
@@ -113,6 +113,6 @@ def test_unneeded_wal_after_a_clean_shutdown(tmp_path: Path) -> None:
     redo = 0x15 * (16 << 20) + 0x28  # in segment ...15
     clean = _cluster(tmp_path / "a", 1, redo, segs)
     # ...14 (older) and ...15 (the checkpoint's), ...16 (a straddling record) are kept
-    assert snapstore.unneeded_wal(clean) == set(segs[3:])
+    assert pgcontrol.unneeded_wal(clean) == set(segs[3:])
     crashed = _cluster(tmp_path / "b", 6, redo, segs)  # in production: recovery reads on
-    assert snapstore.unneeded_wal(crashed) == set()
+    assert pgcontrol.unneeded_wal(crashed) == set()
