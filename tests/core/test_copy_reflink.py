@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from pgmgr.core import copy
 from tests.reflink import free_bytes, xfs_dir, xfs_mount  # noqa: F401
 
@@ -33,13 +35,10 @@ def test_copy_tree_reflinks_on_xfs(xfs_dir: Path) -> None:  # noqa: F811
 
 def test_forced_fallback_on_xfs_moves_the_data(
     xfs_dir: Path,  # noqa: F811
-    monkeypatch: object,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """PGMGR_COPY_METHOD=copy_file_range skips FICLONE even where it works (XFS may still
     share extents under copy_file_range: only the method is checked)."""
-    import pytest
-
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
     monkeypatch.setenv(copy.ENV_METHOD, "copy_file_range")
     src = xfs_dir / "src"
     src.mkdir()
