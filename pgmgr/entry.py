@@ -96,8 +96,9 @@ def guarded(call: Callable[[], int | None]) -> int:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
         return 1
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        ui.error(f"{e.strerror or e}{where}")
+        from pgmgr.core.errors import describe_os_error
+
+        ui.error(describe_os_error(e))
         return 1
     return rv if isinstance(rv, int) else 0
 

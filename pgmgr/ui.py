@@ -59,19 +59,19 @@ def message(text: str) -> None:
 
 def error(text: str, hint: str | None = None) -> None:
     """``Error: <text>`` (and ``Hint: <hint>``) on stderr; never silenced."""
-    text = " ".join(text.split())  # one line, whatever the text held
+    text = visible(" ".join(text.split()))  # one line, whatever the text held
     sys.stderr.write(f"Error: {text}\n")
     if hint:
-        sys.stderr.write(f"Hint: {' '.join(hint.split())}\n")
+        sys.stderr.write(f"Hint: {visible(' '.join(hint.split()))}\n")
     sys.stderr.flush()
 
 
 def warning(text: str, hint: str | None = None) -> None:
     """``Warning: <text>`` (and ``Hint: <hint>``) on stderr: something asked for did not
     happen, though the command did its job. Never silenced, like errors."""
-    sys.stderr.write(f"Warning: {' '.join(text.split())}\n")
+    sys.stderr.write(f"Warning: {visible(' '.join(text.split()))}\n")
     if hint:
-        sys.stderr.write(f"Hint: {' '.join(hint.split())}\n")
+        sys.stderr.write(f"Hint: {visible(' '.join(hint.split()))}\n")
     sys.stderr.flush()
 
 
@@ -79,6 +79,17 @@ def emit_json(obj: Any) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+#: C0 controls but tab and newline, DEL, and C1 controls (U+009B is a CSI to a terminal).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (but tab and newline) shown as ``\\xNN``: what
+    a server log holds (a role or database name, say, from whoever connected) must not
+    drive the operator's terminal."""
+    return text.translate(_CONTROLS)
 
 
 def emit(text: str) -> None:

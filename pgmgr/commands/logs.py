@@ -28,12 +28,23 @@ def logs(
     from pgmgr.core import ops
 
     srv = c.resolve(name, datadir)
+    # Anyone who can connect puts text in the log (a role name in a FATAL line): on a
+    # terminal its control characters are shown, not obeyed. To a pipe or file it stays
+    # byte for byte what the server wrote (for grep, or a saved copy).
+    show = ui.visible if _isatty() else str
     last, offset = ops.tail(srv.log_file, lines)
     for line in last:
-        ui.emit(line)
+        ui.emit(show(line))
     if not follow:
         return
     # Ctrl-C ends it as it ends every command: "Interrupted", exit 130 (as tail -f's 130).
     for chunk in ops.follow(srv.log_file, offset):
-        sys.stdout.write(chunk)
+        sys.stdout.write(show(chunk))
         sys.stdout.flush()
+
+
+def _isatty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -154,3 +154,70 @@ def _last_line(text: str) -> str:
         if m:
             return line[m.start() :]
     return (stated or lines)[-1] if lines else ""
+
+
+#: What a failing file-system call was doing, by the name of the function that raised
+#: (a stdlib frame: pathlib, shutil, tempfile) or of the ``os.NAME(`` call on pgmgr's line.
+_OPERATIONS = {
+    "mkdir": "create the directory",
+    "makedirs": "create the directory",
+    "mkdtemp": "create a temporary directory in",
+    "mkstemp": "create a temporary file in",
+    "open": "open",
+    "touch": "create",
+    "read_text": "read",
+    "read_bytes": "read",
+    "write_text": "write",
+    "write_bytes": "write",
+    "rename": "rename",
+    "replace": "rename",
+    "unlink": "remove",
+    "remove": "remove",
+    "rmdir": "remove the directory",
+    "rmtree": "remove",
+    "iterdir": "list",
+    "listdir": "list",
+    "scandir": "list",
+    "chmod": "change the mode of",
+    "chown": "change the owner of",
+    "fchown": "change the owner of",
+    "copyfile": "copy",
+    "copy2": "copy",
+    "copytree": "copy",
+    "move": "move",
+    "symlink": "create the symlink",
+    "symlink_to": "create the symlink",
+    "link": "link",
+    "stat": "look at",
+    "lstat": "look at",
+    "access": "check access to",
+    "chdir": "enter",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an :class:`OSError` that reached the user: the operation when it can be
+    told from where it was raised ("cannot create the directory X: Not a directory"), else
+    the error and its file ("Not a directory: X")."""
+    what = e.strerror or str(e)
+    if not e.filename:
+        return what
+    name = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
+    op = _operation(e)
+    return f"cannot {op} {name}: {what}" if op else f"{what}: {name}"
+
+
+def _operation(e: OSError) -> str | None:
+    import linecache
+    import sysconfig
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for frame in reversed(frames):  # innermost first
+        if not frame.filename.startswith(stdlib):  # the caller's line: its os.NAME( call
+            m = re.search(r"\bos\.(\w+)\(", linecache.getline(frame.filename, frame.lineno or 0))
+            return _OPERATIONS.get(m.group(1)) if m else None
+        if frame.name in _OPERATIONS:  # raised in pathlib, shutil...: its function says it
+            return _OPERATIONS[frame.name]
+    return None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core.errors import PgmgrError
+from pgmgr.core.errors import PgmgrError, UsageError
 
 
 def state_dir() -> Path:
@@ -83,8 +83,11 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
         st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
         st = None
-    except OSError:
-        return path  # not reachable (a file on the way...): using it fails, and says why
+    except OSError as e:  # not reachable: a file on the way, a directory it cannot enter
+        raise PgmgrError(
+            f"cannot use {path} as pgmgr's {what} directory: {e.strerror or e}",
+            hint=f"set {env} to a directory of your own",
+        ) from None
     if st is not None and stat.S_ISLNK(st.st_mode):
         why, fix = "is a symlink", f"set {env} to the real directory ({os.path.realpath(path)})"
     elif st is not None and st.st_uid != me:
@@ -208,3 +211,23 @@ def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterat
         yield True
     finally:
         os.close(fd)
+
+
+def check_path_text(path: Path, what: str) -> Path:
+    """``path`` if pgmgr can record and hand it to PostgreSQL: valid UTF-8 (records are
+    JSON), no line break (postmaster.pid is line-based), no NUL.
+
+    :raises UsageError: it cannot.
+    """
+    text = str(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise UsageError(
+            f"invalid {what} {shown!r}: the path is not valid UTF-8",
+            hint="rename it, or use a path whose name is valid UTF-8",
+        ) from None
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise UsageError(f"invalid {what} {text!r}: it holds a line break")
+    return path

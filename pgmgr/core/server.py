@@ -1,34 +1,49 @@
-"""Low-level server work: argv builders (pure), one runner, spawn, readiness, stop.
+"""Low-level server work: argv builders (pure), one runner for PostgreSQL programs, initdb.
 
-Measured on a 2-core machine with PostgreSQL 15 (DESIGN.md): postgres is ready ~35 ms after
-spawn while ``pg_ctl start -w`` takes ~114 ms (it polls every 100 ms), and a signal plus a
-fast poll stops it in ~16 ms against ~102 ms for ``pg_ctl stop -w``. So pgmgr spawns
-``postgres`` itself and watches ``postmaster.pid``.
+Spawning, readiness and stopping are in :mod:`pgmgr.core.launch`; ports and socket
+directories in :mod:`pgmgr.core.listen`. Their names are still reachable here (loaded on
+first use, so 'pgmgr status', which imports this module, loads neither).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import signal
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pgmgr.core import process
-from pgmgr.core.errors import CommandFailed, DatabaseException, PortInUse, UsageError, WorkerError
-from pgmgr.core.privileges import ServerUser, chown
+from pgmgr.core.errors import CommandFailed, UsageError
+from pgmgr.core.privileges import ServerUser
 from pgmgr.core.versions import Installation
 
 if TYPE_CHECKING:
     import subprocess
 
-SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+    from pgmgr.core.launch import PR_SET_PDEATHSIG as PR_SET_PDEATHSIG
+    from pgmgr.core.launch import ServerExited as ServerExited
+    from pgmgr.core.launch import log_tail as log_tail
+    from pgmgr.core.launch import open_log as open_log
+    from pgmgr.core.launch import open_log_offset as open_log_offset
+    from pgmgr.core.launch import spawn as spawn
+    from pgmgr.core.launch import stop as stop
+    from pgmgr.core.launch import wait_ready as wait_ready
+    from pgmgr.core.launch import why_exited as why_exited
+    from pgmgr.core.listen import SOCKET_PATH_MAX as SOCKET_PATH_MAX
+    from pgmgr.core.listen import check_port as check_port
+    from pgmgr.core.listen import check_port_option as check_port_option
+    from pgmgr.core.listen import check_socket_dir as check_socket_dir
+    from pgmgr.core.listen import check_socket_dir_text as check_socket_dir_text
+    from pgmgr.core.listen import clear_stale_socket_lock as clear_stale_socket_lock
+    from pgmgr.core.listen import free_port as free_port
+    from pgmgr.core.listen import port_free as port_free
+    from pgmgr.core.listen import socket_dir as socket_dir
+    from pgmgr.core.listen import socket_path as socket_path
+
 SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 #: Settings pgmgr owns: they come from --host/--port/the socket dir, never from -c.
 RESERVED_SETTINGS = frozenset(
@@ -79,32 +94,6 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 def check_settings(settings: Mapping[str, object]) -> dict[str, str]:
     return dict(parse_setting(f"{k}={v}") for k, v in settings.items())
-
-
-def check_socket_dir_text(path: str | Path) -> Path:
-    """A socket directory PostgreSQL can be given (``-k``): absolute, valid UTF-8, no line
-    break, NUL or double quote (unix_socket_directories is a quoted list), short enough for
-    a socket path. Pure: call it before anything is created.
-
-    :raises UsageError: it cannot.
-    """
-    text = os.path.abspath(path)
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise UsageError(
-            f"invalid socket directory {text!r}: the path is not valid UTF-8"
-        ) from None
-    for bad, what in (("\n", "a line break"), ("\r", "a line break"), ("\0", "a NUL byte"),
-                      ('"', "a double quote")):  # fmt: skip
-        if bad in text:
-            raise UsageError(f"invalid socket directory {text!r}: it holds {what}")
-    if len(socket_path(Path(text), 65535)) > SOCKET_PATH_MAX:
-        raise UsageError(
-            f"socket directory {text} is too long: the socket path must fit in "
-            f"{SOCKET_PATH_MAX} bytes"
-        )
-    return Path(text)
 
 
 def _quote_dir(path: Path) -> str:
@@ -164,33 +153,6 @@ def postgres_argv(
     for name, value in settings.items():
         argv += ["-c", f"{name}={value}"]
     return argv
-
-
-def socket_path(socket_dir: Path, port: int) -> str:
-    return f"{socket_dir}/.s.PGSQL.{port}"
-
-
-def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
-    """Remove the socket and its ``.lock`` left behind by a killed postmaster of ``datadir``.
-
-    postgres removes a stale socket lock itself only when its pid is gone; a SIGKILLed
-    postmaster whose parent has exited stays a zombie until init reaps it (~1.5 s here), and
-    ``kill(pid, 0)`` succeeds on a zombie, so postgres would refuse to start. Call this only
-    when no postmaster serves ``datadir``. A lock of another data directory or of a live
-    process is left alone.
-    """
-    lock = Path(socket_path(socket_dir, port) + ".lock")
-    text = process.read_small(lock)
-    try:
-        lines = (text or "").split("\n")
-        pid = int(lines[0])
-    except (ValueError, IndexError):
-        return
-    ours = len(lines) > 1 and os.path.realpath(lines[1].strip()) == os.path.realpath(datadir)
-    if (ours and not process.serves(pid, datadir)) or not process.is_alive(pid):
-        for path in (lock, Path(socket_path(socket_dir, port))):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
 
 # --------------------------------------------------------------------------- runner
@@ -332,341 +294,21 @@ def _write_private(path: str, text: str) -> None:
         f.write(text)
 
 
-# --------------------------------------------------------------------------- sockets, ports
+_MOVED = {
+    "launch": {"PR_SET_PDEATHSIG", "ServerExited", "log_tail", "open_log", "open_log_offset",
+               "spawn", "stop", "wait_ready", "why_exited"},
+    "listen": {"SOCKET_PATH_MAX", "check_port", "check_port_option", "check_socket_dir",
+               "check_socket_dir_text", "clear_stale_socket_lock", "free_port", "port_free",
+               "socket_dir", "socket_path"},
+}  # fmt: skip
 
 
-def port_free(host: str, port: int) -> bool:
-    """Whether ``port`` can be bound on ``host`` (as postgres would, with SO_REUSEADDR)."""
-    import socket  # here, not at the top: 'pgmgr status' never needs it
+def __getattr__(name: str) -> object:
+    """The names that moved to :mod:`pgmgr.core.launch` and :mod:`pgmgr.core.listen`, for
+    callers that still use them from here; imported on first use."""
+    import importlib
 
-    hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
-    for h in hosts:
-        if h in ("*", "0.0.0.0", "localhost"):  # noqa: S104 - only probing, as postgres would
-            h = "127.0.0.1" if h == "localhost" else ""
-        family = socket.AF_INET6 if ":" in h else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((h, port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    return False
-                raise _cannot_listen(h, port, e) from None
-    return True
-
-
-def _cannot_listen(host: str, port: int | None, e: OSError) -> DatabaseException:
-    """A bind that failed for another reason than a busy port (bad or foreign address)."""
-    where = (host or "*") + (f":{port}" if port else "")
-    return DatabaseException(
-        f"cannot listen on {where}: {e.strerror or e}",
-        hint="check --host: a local address or name, e.g. 127.0.0.1, localhost or '*'",
-    )
-
-
-def free_port(host: str) -> int:
-    """A port the kernel says is free now on ``host`` (the caller retries on a race)."""
-    import socket
-
-    h = host.split(",")[0].strip() or "127.0.0.1"
-    h = "127.0.0.1" if h in ("localhost", "*", "0.0.0.0") else h  # noqa: S104 - mapped away
-    family = socket.AF_INET6 if ":" in h else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((h, 0))
-        except OSError as e:
-            raise _cannot_listen(h, None, e) from None
-        return int(s.getsockname()[1])
-
-
-def _private_dir_ok(path: Path, user: ServerUser | None) -> bool:
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    uid = user.uid if user is not None else os.geteuid()
-    return (
-        not path.is_symlink() and path.is_dir() and st.st_uid == uid and (st.st_mode & 0o077) == 0
-    )
-
-
-def socket_dir(
-    recorded: str | None,
-    requested: str | None,
-    port: int,
-    user: ServerUser | None,
-    datadir: Path | None = None,
-) -> Path:
-    """The directory for the unix socket (see :mod:`pgmgr.core.sockets`).
-
-    A directory the user names is used as given, after checking it can be written (the
-    seed's lock-dir check). A recorded directory the user chose earlier is reused while it
-    is still private (the server user's, 0700, not a symlink) and short enough. Otherwise
-    the data directory itself when the socket path fits there, else the instance's own
-    directory under the per-user runtime directory, else (that one cannot be trusted) a
-    fresh private directory in the temp dir. Stale socket directories are swept.
-
-    :raises DatabaseException: a named directory cannot be created or written.
-    """
-    from pgmgr.core import sockets
-
-    if requested:
-        path = check_socket_dir_text(requested)
-        check_socket_dir(path, user)
-        return path
-    if recorded and datadir is not None and not sockets.is_managed(recorded, datadir):
-        path = Path(recorded)
-        if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
-            return path
-    chosen = sockets.default_dir(datadir, port, user) if datadir is not None else None
-    sockets.sweep(user, keep=chosen)
-    if chosen is not None:
-        return chosen
-    import tempfile
-
-    base = tempfile.gettempdir()
-    if len(socket_path(Path(base) / "pgmgr-xxxxxxxx", port)) > SOCKET_PATH_MAX:
-        base = "/tmp"  # noqa: S108 - a short private dir is made inside it, mode 0700
-    path = Path(tempfile.mkdtemp(prefix="pgmgr-", dir=base))
-    chown(path, user)
-    return path
-
-
-def check_socket_dir(path: Path, user: ServerUser | None) -> None:
-    """The seed's ``_check_lockdir_permissions``: the server must be able to create its
-    socket and lock file in ``path``. A directory it creates is the server user's."""
-    created = not path.exists()
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if created:
-            chown(path, user)
-    except OSError as e:
-        raise DatabaseException(f"cannot create socket directory {path}: {e.strerror}") from None
-    if not path.is_dir():
-        raise DatabaseException(f"socket directory {path} is not a directory")
-    if user is None:
-        ok = os.access(path, os.W_OK | os.X_OK)
-    else:
-        st = path.stat()
-        from pgmgr.core.privileges import _can
-
-        ok = _can(st, user, 2) and _can(st, user, 1)
-    if not ok:
-        who = f"user {user.name!r}" if user else "you"
-        raise DatabaseException(
-            f"no write permission on socket directory {path} for {who}",
-            hint="choose a directory you can write with --socket-dir",
-        )
-
-
-# --------------------------------------------------------------------------- spawn, ready
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGQUIT (postgres' immediate shutdown, which also
-    ends its backends and removes its pid file and sockets) when ``parent`` dies, even by
-    SIGKILL. subprocess calls it after the uid/gid switch (the kernel clears the setting on
-    a credential change), and postgres is not set-uid, so it survives the exec."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
-
-    def preexec() -> None:  # pragma: no cover - runs in the forked child
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def spawn(
-    argv: Sequence[str],
-    log_file: Path,
-    user: ServerUser | None,
-    *,
-    die_with_parent: bool = False,
-) -> subprocess.Popen[bytes]:
-    """Start postgres in its own session (so a Ctrl-C meant for pgmgr never reaches it and
-    it outlives the CLI), output appended to ``log_file``. With ``die_with_parent`` (a
-    temporary server) it is stopped when the calling thread's process dies, however it dies.
-
-    :raises OSError: the binary cannot be executed.
-    """
-    import subprocess
-
-    preexec = _die_with(os.getpid()) if die_with_parent and sys.platform == "linux" else None
-
-    fd = open_log(log_file)
-    try:
-        with os.fdopen(fd, "ab", closefd=False) as log:
-            log.write(f"--- pgmgr: starting {' '.join(argv[:3])} at {time.ctime()}\n".encode())
-        uid, gid, groups = _ids(user)
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            cwd="/",
-            env=_child_env(user),
-            start_new_session=True,
-            umask=0o077,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-            preexec_fn=preexec,
-        )
-    finally:
-        os.close(fd)
-
-
-def open_log(log_file: Path) -> int:
-    """The server log, opened for appending by pgmgr for postgres: never through a symlink,
-    never blocking on a FIFO, and, as root, never in a place another user can change (they
-    could swap the file for a link to one of root's between a check and the open).
-
-    :raises DatabaseException: as root, another user can change that place; or it is not a
-        regular file.
-    """
-    if os.geteuid() == 0:
-        from pgmgr.core import userfs
-
-        if userfs.others_can_write(log_file):
-            raise DatabaseException(
-                f"refusing to open the server log {log_file} as root: another user can "
-                "change that place",
-                hint="choose a log file in a directory only root can write, or the default "
-                "(pgmgr's state directory)",
-            )
-    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(log_file, flags, 0o600)
-    except OSError as e:
-        raise DatabaseException(f"cannot open the server log {log_file}: {e.strerror}") from None
-    import stat
-
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise DatabaseException(f"the server log {log_file} is not a regular file")
-    return fd
-
-
-def log_tail(log_file: Path | None, lines: int = 5, since: int = 0) -> str:
-    """The last ``lines`` lines of the log written after byte offset ``since``."""
-    if log_file is None:
-        return ""
-    try:
-        with open(log_file, "rb") as f:
-            f.seek(since)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("--- pgmgr:")]
-    return "\n".join(kept[-lines:])
-
-
-def wait_ready(
-    pid: int,
-    datadir: Path,
-    timeout: float,
-    *,
-    child: subprocess.Popen[bytes] | None = None,
-    log_file: Path | None = None,
-    log_offset: int = 0,
-) -> process.PidFile:
-    """Poll ``postmaster.pid`` until this server says ``ready``.
-
-    :raises WorkerError: the server exited (with the end of its log) or missed the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        pf = process.PidFile.read(datadir)
-        if pf is not None and pf.pid == pid and pf.status in ("ready", "standby"):
-            return pf
-        exited = child.poll() is not None if child is not None else not process.is_alive(pid)
-        if exited:
-            tail = log_tail(log_file, lines=200, since=log_offset)
-            raise ServerExited(pid, tail)
-        if time.monotonic() >= deadline:
-            raise WorkerError(f"server (pid {pid}) was not ready within {timeout:g} s")
-        time.sleep(process.POLL)
-
-
-_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+")
-
-
-def why_exited(log: str) -> str:
-    """What a start-up log says went wrong: its FATAL and PANIC lines (from the severity
-    on, without the timestamp), else its last line. Not "database system is shut down",
-    which postgres logs after the cause."""
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    severe = []
-    for line in lines:
-        m = _SEVERE_RE.search(line)
-        if m and " ".join(line[m.start() :].split()) not in severe:
-            severe.append(" ".join(line[m.start() :].split()))
-    if severe:
-        return "; ".join(severe[-3:])
-    return lines[-1] if lines else "no log output"
-
-
-class ServerExited(WorkerError):
-    """postgres exited while starting; the FATAL/PANIC lines of its log say why."""
-
-    def __init__(self, pid: int, log: str) -> None:
-        self.pid = pid
-        self.log = log
-        why = why_exited(log)
-        if "contains errors" in why:  # pgmgr.conf: the LOG line before the FATAL says which
-            causes = [ln for ln in log.splitlines() if re.search(r"\bLOG:\s+.*parameter", ln)]
-            if causes:  # fatal because of it: said as the FATAL line of a -c would be
-                cause = re.split(r"LOG:\s+", causes[-1])[-1].strip()
-                m = re.search(r'configuration file "([^"]+)" contains errors', why)
-                why = f"FATAL: {cause} (in {m.group(1) if m else 'a configuration file'})"
-        if "Address already in use" in log:
-            why = "port already in use (" + why + ")"
-        super().__init__(f"postgres exited during start-up: {why}")
-
-
-def stop(pid: int, datadir: Path, mode: str, timeout: float | None) -> bool:
-    """Signal the postmaster and poll until it is gone; False when ``timeout`` passed.
-
-    Never escalates to another mode by itself.
-    """
-    if mode not in STOP_SIGNALS:
-        raise UsageError(f"invalid stop mode {mode!r}: use smart, fast or immediate")
-    if not process.signal_pid(pid, STOP_SIGNALS[mode]):
-        return True
-    return process.wait_gone(pid, datadir, timeout)
-
-
-def check_port(host: str, port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise UsageError(f"invalid port {port}: must be between 1 and 65535")
-    if host and not port_free(host, port):
-        raise PortInUse(host, port)
-
-
-def open_log_offset(log_file: Path) -> int:
-    try:
-        return log_file.stat().st_size
-    except OSError:
-        return 0
-
-
-def check_port_option(port: str | None) -> None:
-    """A ``-p`` value: a number from 1 to 65535, ``auto``, or None (checked before any work).
-
-    :raises UsageError: anything else.
-    """
-    if port is None or port == "auto":
-        return
-    try:
-        number = int(port)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= 65535:
-        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"pgmgr.core.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,8 @@ from types import FrameType, TracebackType
 
 from pgmgr.core import privileges, server, sweep
 from pgmgr.core.errors import PgmgrError
-from pgmgr.core.instance import Server, _dsn_quote, quote_ident
+from pgmgr.core.instance import Server
+from pgmgr.core.pgtext import dsn_quote, quote_ident
 from pgmgr.core.server import InitOptions
 
 #: Nothing on disk has to survive a temporary instance, so nothing waits for the disk.
@@ -228,7 +229,7 @@ class TemporaryInstance:
     def database_dsn(self, dbname: str) -> str:
         """libpq key=value string (TCP, with the password) for database ``dbname``."""
         params = {**self.server.conninfo(tcp=True), "dbname": dbname}
-        return " ".join(f"{k}={_dsn_quote(v)}" for k, v in params.items())
+        return " ".join(f"{k}={dsn_quote(v)}" for k, v in params.items())
 
     def create_database(self, name: str, template: str | None = None) -> None:
         """``CREATE DATABASE name [TEMPLATE template]``."""

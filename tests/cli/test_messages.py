@@ -242,3 +242,47 @@ def test_foreground_streams_the_server_log_and_quiet_silences_it(work: Work, dat
     assert text.index("Started 'data'") < text.index("ready to accept connections")
     assert text.index("database system is shut down") < text.index("Stopped 'data'")
     assert _foreground(work, "-q") == ""
+
+
+def test_error_lines_show_control_characters(tmp_path: Path) -> None:
+    """A path (or anything else) holding ESC sequences is shown, not obeyed, in an error."""
+    from tests.helpers import run_pgmgr
+
+    bad = tmp_path / "x\x1b]0;pwned\x07\x1b[2J"
+    proc = run_pgmgr("status", "-d", str(bad))
+    assert proc.returncode == 4, proc.stderr
+    assert "x\\x1b]0;pwned\\x07\\x1b[2J" in proc.stderr
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+
+
+def test_os_errors_name_the_operation_and_the_path(tmp_path: Path) -> None:
+    """An OSError that reaches the user says what pgmgr was doing, not just 'Not a
+    directory: X' (real failing calls on a path under a regular file)."""
+    from pgmgr.core.errors import describe_os_error
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(OSError) as made:
+        (afile / "sub").mkdir(parents=True)  # raised inside pathlib
+    assert (
+        describe_os_error(made.value) == f"cannot create the directory {afile}/sub: Not a directory"
+    )
+    with pytest.raises(OSError) as opened:
+        os.open(afile / "x", os.O_RDONLY)  # raised on this line: the os.NAME( call says it
+    assert describe_os_error(opened.value) == f"cannot open {afile}/x: Not a directory"
+    assert describe_os_error(OSError(5, "Input/output error")) == "Input/output error"
+
+
+@pytest.mark.parametrize("env", ["PGMGR_STATE_DIR", "PGMGR_CACHE_DIR"])
+def test_unusable_state_or_cache_dir_is_named(tmp_path: Path, env: str) -> None:
+    from tests.helpers import run_pgmgr
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = run_pgmgr("init", "-d", str(tmp_path / "d"), env={env: str(afile / "sub")})
+    what = "state" if env == "PGMGR_STATE_DIR" else "cache"
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"Error: cannot use {afile}/sub as pgmgr's {what} directory: Not a directory\n"
+        f"Hint: set {env} to a directory of your own\n"
+    )

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from pgmgr import DatabaseException, Manager, WorkerError
-from pgmgr.core import process, server
+from pgmgr.core import listen, process
 from pgmgr.core.errors import PortInUse
-from pgmgr.core.server import SOCKET_PATH_MAX, free_port
+from pgmgr.core.listen import SOCKET_PATH_MAX, free_port
 from tests.core.support import TEMPLATE_PASSWORD, ManagerFactory, is_root
 from tests.helpers import postmasters_under
 
@@ -260,7 +260,7 @@ def test_port_taken_between_check_and_bind(
     datadir: Path, managers: ManagerFactory, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race: the pre-check passes, postgres itself cannot bind and exits."""
-    monkeypatch.setattr(server, "check_port", lambda host, port: None)
+    monkeypatch.setattr(listen, "check_port", lambda host, port: None)
     m = managers(datadir, port=busy_port)
     t0 = time.monotonic()
     with pytest.raises(PortInUse):
@@ -318,7 +318,7 @@ def test_long_data_dir_path(templates_copy_long: Path, managers: ManagerFactory)
     m = managers(datadir)
     with m:
         m.health()
-        sock = server.socket_path(Path(m.socket_dir or ""), m.port)
+        sock = listen.socket_path(Path(m.socket_dir or ""), m.port)
         assert len(sock) <= SOCKET_PATH_MAX
         assert not str(m.socket_dir).startswith(str(datadir))
         psycopg.connect(m.dsn).close()

@@ -55,7 +55,8 @@ def test_status_imports_neither_typer_nor_psycopg_nor_rich(args: list[str]) -> N
     names = imported(*args)
     assert not names & {"psycopg", "typer", "click", "rich", "pydantic"}, names
     # Core modules only a start or a copy needs (pgconf cost status ~2.5 ms when it was).
-    assert not names & {"pgmgr.core.pgconf", "pgmgr.core.copy", "pgmgr.core.template"}, names
+    start_only = {"pgconf", "copy", "template", "startup", "initdir", "launch", "listen", "logfile"}
+    assert not names & {f"pgmgr.core.{m}" for m in start_only}, names
 
 
 def test_help_and_stop_do_not_import_psycopg_or_rich() -> None:

@@ -1,0 +1,158 @@
+"""Making an instance's data directory: a template copy or an initdb, built in a private
+work directory and moved into place (see :mod:`pgmgr.core.staging`), then registered.
+:meth:`pgmgr.core.instance.Server.initialize` calls in here. A template copy, or a data
+directory registered without a known password, gets its password at its first start
+(:func:`apply_pending_password`)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from pgmgr.core import privileges, server, staging, versions
+from pgmgr.core import template as tpl
+from pgmgr.core.errors import DatabaseException
+from pgmgr.core.pgtext import new_password, quote_ident, quote_literal
+from pgmgr.core.server import InitOptions
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+
+def initialize(
+    srv: Server,
+    opts: InitOptions,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    template: bool = True,
+) -> bool:
+    """Initialize the data directory if it is absent or empty; register it either way.
+
+    With ``template`` (the default) it is a copy of a cached initdb result when one can
+    serve ``opts`` (see :mod:`pgmgr.core.template`); the password is then set on the
+    first start.
+
+    :returns: True if it was initialized, False if it already was a data directory.
+    :raises DatabaseException: a non-empty directory that is not a data directory.
+    """
+    datadir = srv.datadir
+    if datadir.exists() and not datadir.is_dir():
+        raise DatabaseException(f"{datadir} exists and is not a directory")
+    if server.is_datadir(datadir):
+        if srv.new and opts.auth != "trust" and srv.inst.password is None:
+            reset_password(srv, password or new_password())
+        srv.save()
+        return False
+    install = srv.installation()
+    su = srv.user(user)
+    if su is not None:
+        privileges.check_reachable(datadir, su, "data directory")
+        privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
+        srv.inst.server_user = su.name
+    if opts.auth != "trust" and password is None:
+        password = new_password()
+    copied = build(srv, install, opts, su, password, template)
+    srv.inst.superuser = opts.superuser
+    srv.inst.auth = opts.auth
+    srv.inst.password = password if opts.auth != "trust" else None
+    srv.inst.password_pending = copied and srv.inst.password is not None
+    if not srv.pin():  # a new directory: whatever the record said before
+        raise DatabaseException(
+            f"{datadir} changed while it was being initialized (it is no longer the "
+            "directory pgmgr built, or crosses another user's symlink); nothing was "
+            "registered",
+            hint=f"check {datadir} and its parent directories",
+        )
+    srv.save()
+    return True
+
+
+def build(
+    srv: Server,
+    install: versions.Installation,
+    opts: InitOptions,
+    su: privileges.ServerUser | None,
+    password: str | None,
+    template: bool,
+) -> bool:
+    """Build the cluster in a private work directory and move it into place (see
+    :mod:`pgmgr.core.staging`): an interrupted init never leaves a data directory.
+
+    :returns: whether it is a template copy (its password is still to be set).
+    """
+    stage = staging.Stage(srv.datadir, su)
+    with staging.signals_interrupt():
+        stage.open()
+        try:
+            fin = stage.finish(sync=not opts.no_sync)
+            how = tpl.init_from_template(install, fin, opts, user=su) if template else None
+            if how is None:  # synced once, by the commit's syncfs
+                lean = replace(opts, no_sync=True)
+                server.initdb(install, stage.data, lean, password=password, user=su)
+                stage.commit(sync=not opts.no_sync)
+        except BaseException:
+            stage.abort()
+            raise
+    copied = how is not None
+    return copied
+
+
+def reset_password(srv: Server, password: str) -> None:
+    """Registering a data directory pgmgr knows no password of (made elsewhere, or
+    forgotten): a new one is set through the local socket at its next start."""
+    srv.inst.password = password
+    srv.inst.password_pending = srv.inst.password_reset = True
+    srv.notes.append(
+        f"no password is known for {srv.datadir}: a new one was generated for "
+        f"'{srv.inst.name}' and is set for {srv.inst.superuser!r} at its next start "
+        "(through the local socket); 'pgmgr url --tcp' shows it"
+    )
+
+
+def apply_pending_password(
+    srv: Server, install: versions.Installation, su: privileges.ServerUser | None
+) -> None:
+    """Set the superuser's password over the private socket on the first start of an
+    instance copied from a template (the copy shares the template's catalog)."""
+    if not srv.inst.password_pending or not srv.inst.password:
+        return
+    role, pw = quote_ident(srv.inst.superuser), quote_literal(srv.inst.password)
+    sql = f"ALTER ROLE {role} PASSWORD {pw}"
+    argv = [
+        str(install.bin("psql")),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        str(srv.inst.socket_dir),
+        "-p",
+        str(srv.inst.port),
+        "-U",
+        srv.inst.superuser,
+        "-d",
+        "postgres",
+    ]
+    proc = subprocess.run(
+        argv,
+        input=sql,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server._child_env(None),
+        check=False,
+    )
+    if proc.returncode != 0 and not srv.inst.password_reset:
+        raise DatabaseException(f"could not set the password: {proc.stderr.strip()}")
+    if proc.returncode != 0:  # a re-registered data dir stays as it was: say so
+        srv.inst.password = None
+        srv.notes.append(
+            f"could not set a new password for '{srv.inst.name}' "
+            f"({' '.join(proc.stderr.split())}); TCP logins need the one it had"
+        )
+    elif srv.inst.password_reset:
+        srv.notes.append(f"set the new password of {srv.inst.superuser!r}")
+    srv.inst.password_pending = srv.inst.password_reset = False
+    srv.save()

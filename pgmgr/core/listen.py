@@ -1,0 +1,257 @@
+"""Where a server listens: ports (free, checked, probed as postgres binds) and the unix
+socket directory (checked, chosen, created; see :mod:`pgmgr.core.sockets` for the default
+places). Nothing here imports ``socket`` at the top: 'pgmgr status' never needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+from pgmgr.core import process
+from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
+from pgmgr.core.privileges import ServerUser, chown
+
+SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+def check_socket_dir_text(path: str | Path) -> Path:
+    """A socket directory PostgreSQL can be given (``-k``): absolute, valid UTF-8, no line
+    break, NUL or double quote (unix_socket_directories is a quoted list), short enough for
+    a socket path. Pure: call it before anything is created.
+
+    :raises UsageError: it cannot.
+    """
+    text = os.path.abspath(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"invalid socket directory {text!r}: the path is not valid UTF-8"
+        ) from None
+    for bad, what in (("\n", "a line break"), ("\r", "a line break"), ("\0", "a NUL byte"),
+                      ('"', "a double quote")):  # fmt: skip
+        if bad in text:
+            raise UsageError(f"invalid socket directory {text!r}: it holds {what}")
+    if len(socket_path(Path(text), 65535)) > SOCKET_PATH_MAX:
+        raise UsageError(
+            f"socket directory {text} is too long: the socket path must fit in "
+            f"{SOCKET_PATH_MAX} bytes"
+        )
+    return Path(text)
+
+
+def socket_path(socket_dir: Path, port: int) -> str:
+    return f"{socket_dir}/.s.PGSQL.{port}"
+
+
+def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
+    """Remove the socket and its ``.lock`` left behind by a killed postmaster of ``datadir``.
+
+    postgres removes a stale socket lock itself only when its pid is gone; a SIGKILLed
+    postmaster whose parent has exited stays a zombie until init reaps it (~1.5 s here), and
+    ``kill(pid, 0)`` succeeds on a zombie, so postgres would refuse to start. Call this only
+    when no postmaster serves ``datadir``. A lock of another data directory or of a live
+    process is left alone.
+    """
+    lock = Path(socket_path(socket_dir, port) + ".lock")
+    text = process.read_small(lock)
+    try:
+        lines = (text or "").split("\n")
+        pid = int(lines[0])
+    except (ValueError, IndexError):
+        return
+    ours = len(lines) > 1 and os.path.realpath(lines[1].strip()) == os.path.realpath(datadir)
+    if (ours and not process.serves(pid, datadir)) or not process.is_alive(pid):
+        for path in (lock, Path(socket_path(socket_dir, port))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` (as postgres would, with SO_REUSEADDR)."""
+    import socket  # here, not at the top: 'pgmgr status' never needs it
+
+    hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
+    for h in hosts:
+        if h in ("*", "0.0.0.0", "localhost"):  # noqa: S104 - only probing, as postgres would
+            h = "127.0.0.1" if h == "localhost" else ""
+        family = socket.AF_INET6 if ":" in h else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((h, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return False
+                raise _cannot_listen(h, port, e) from None
+    return True
+
+
+def _cannot_listen(host: str, port: int | None, e: OSError) -> DatabaseException:
+    """A bind that failed for another reason than a busy port (bad or foreign address)."""
+    where = (host or "*") + (f":{port}" if port else "")
+    return DatabaseException(
+        f"cannot listen on {where}: {e.strerror or e}",
+        hint="check --host: a local address or name, e.g. 127.0.0.1, localhost or '*'",
+    )
+
+
+def free_port(host: str) -> int:
+    """A port the kernel says is free now on ``host`` (the caller retries on a race)."""
+    import socket
+
+    h = host.split(",")[0].strip() or "127.0.0.1"
+    h = "127.0.0.1" if h in ("localhost", "*", "0.0.0.0") else h  # noqa: S104 - mapped away
+    family = socket.AF_INET6 if ":" in h else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((h, 0))
+        except OSError as e:
+            raise _cannot_listen(h, None, e) from None
+        return int(s.getsockname()[1])
+
+
+def _private_dir_ok(path: Path, user: ServerUser | None) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    uid = user.uid if user is not None else os.geteuid()
+    return (
+        not path.is_symlink() and path.is_dir() and st.st_uid == uid and (st.st_mode & 0o077) == 0
+    )
+
+
+def socket_dir(
+    recorded: str | None,
+    requested: str | None,
+    port: int,
+    user: ServerUser | None,
+    datadir: Path | None = None,
+) -> Path:
+    """The directory for the unix socket (see :mod:`pgmgr.core.sockets`).
+
+    A directory the user names is used as given, after checking it can be written (the
+    seed's lock-dir check). A recorded directory the user chose earlier is reused while it
+    is still private (the server user's, 0700, not a symlink) and short enough. Otherwise
+    the data directory itself when the socket path fits there, else the instance's own
+    directory under the per-user runtime directory, else (that one cannot be trusted) a
+    fresh private directory in the temp dir. Stale socket directories are swept.
+
+    :raises DatabaseException: a named directory cannot be created or written.
+    """
+    from pgmgr.core import sockets
+
+    if requested:
+        path = check_socket_dir_text(requested)
+        check_socket_dir(path, user)
+        return path
+    if recorded and datadir is not None and not sockets.is_managed(recorded, datadir):
+        path = Path(recorded)
+        if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
+            return path
+    chosen = sockets.default_dir(datadir, port, user) if datadir is not None else None
+    sockets.sweep(user, keep=chosen)
+    if chosen is not None:
+        return chosen
+    import tempfile
+
+    base = tempfile.gettempdir()
+    if len(socket_path(Path(base) / "pgmgr-xxxxxxxx", port)) > SOCKET_PATH_MAX:
+        base = "/tmp"  # noqa: S108 - a short private dir is made inside it, mode 0700
+    path = Path(tempfile.mkdtemp(prefix="pgmgr-", dir=base))
+    chown(path, user)
+    return path
+
+
+def check_socket_dir(path: Path, user: ServerUser | None) -> None:
+    """The seed's ``_check_lockdir_permissions``: the server must be able to create its
+    socket and lock file in ``path``. A directory it creates is the server user's."""
+    try:
+        if not path.exists():
+            _make_socket_dir(path, user)
+    except OSError as e:
+        raise DatabaseException(f"cannot create socket directory {path}: {e.strerror}") from None
+    if not path.is_dir():
+        raise DatabaseException(f"socket directory {path} is not a directory")
+    if user is None:
+        ok = os.access(path, os.W_OK | os.X_OK)
+    else:
+        st = path.stat()
+        from pgmgr.core.privileges import _can
+
+        ok = _can(st, user, 2) and _can(st, user, 1)
+    if not ok:
+        who = f"user {user.name!r}" if user else "you"
+        raise DatabaseException(
+            f"no write permission on socket directory {path} for {who}",
+            hint="choose a directory you can write with --socket-dir",
+        )
+
+
+def _make_socket_dir(path: Path, user: ServerUser | None) -> None:
+    """Create ``path`` (mode 0700) for the server user through directory fds: as root, the
+    new directory is given away by ``fchown`` on an ``O_NOFOLLOW`` fd of the directory made
+    here, so a user who can write the parent and swaps it for a symlink (or another
+    directory) between the mkdir and the chown never gets root to chown something else.
+
+    :raises DatabaseException: it was replaced before it could be given to the server user.
+    :raises OSError: it cannot be created.
+    """
+    from pgmgr.core import testhook, userfs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = userfs.open_dir(path.parent)
+    try:
+        try:
+            os.mkdir(path.name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            return  # made meanwhile: checked below as any existing directory
+        if user is None:
+            return
+        testhook.pause("socket-dir-made")
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path.name, flags, dir_fd=parent)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise
+            fd = -1
+        try:
+            if fd < 0 or os.fstat(fd).st_uid != os.geteuid():
+                raise DatabaseException(
+                    f"socket directory {path} was replaced while pgmgr created it (another "
+                    "user can write its parent directory); it was left alone",
+                    hint="choose a --socket-dir in a directory only you can write",
+                )
+            os.fchown(fd, user.uid, user.gid)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    finally:
+        os.close(parent)
+
+
+def check_port(host: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise UsageError(f"invalid port {port}: must be between 1 and 65535")
+    if host and not port_free(host, port):
+        raise PortInUse(host, port)
+
+
+def check_port_option(port: str | None) -> None:
+    """A ``-p`` value: a number from 1 to 65535, ``auto``, or None (checked before any work).
+
+    :raises UsageError: anything else.
+    """
+    if port is None or port == "auto":
+        return
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")

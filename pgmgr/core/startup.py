@@ -1,0 +1,372 @@
+"""Starting an instance's server: the checks, the spawn (Ctrl-C held until the child is
+known), the wait for readiness, the port retries of ``--port auto``, and the password a
+template copy still needs. :meth:`pgmgr.core.instance.Server.start` and
+:meth:`~pgmgr.core.instance.Server.ready_wait` call in here; 'pgmgr status' never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pgmgr.core import (
+    initdir,
+    launch,
+    listen,
+    logfile,
+    pgconf,
+    privileges,
+    process,
+    server,
+    state,
+    versions,
+)
+from pgmgr.core.errors import NotRunning, PortInUse, UsageError, WorkerError
+from pgmgr.core.instance import StartResult
+from pgmgr.core.launch import ServerExited
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+AUTO_PORT_TRIES = 5
+
+
+class ServerStopping(NotRunning):
+    """A start found the server shutting down (exit code 3: it will not be running)."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name = name
+        self.pid = pid
+        super().__init__(
+            f"'{name}' (pid {pid}) is shutting down: a stop is waiting for its clients "
+            "to disconnect, or finishing a checkpoint",
+            hint=f"wait until 'pgmgr status {name}' says stopped and start it again, or "
+            f"end the client sessions now with 'pgmgr stop {name} -m fast'",
+        )
+
+
+def start(
+    srv: Server,
+    *,
+    host: str | None = None,
+    port: int | str | None = None,
+    settings: Mapping[str, str] | None = None,
+    socket_dir: str | None = None,
+    user: str | None = None,
+    version: str | None = None,
+    timeout: float = 10.0,
+    wait: bool = True,
+) -> StartResult:
+    """Start the server unless it is running already.
+
+    ``port`` is a number, ``"auto"`` (a free port), or None (the last one, else 5432).
+
+    :raises DataDirNotFound: no data directory.
+    :raises PortInUse: the port is taken (a clear hint suggests ``--port auto``).
+    :raises WorkerError: postgres exited during start-up, or was not ready in time.
+    :raises OSError: postgres could not be executed.
+    """
+    t0 = time.monotonic()
+    datadir = srv.datadir
+    if socket_dir:
+        listen.check_socket_dir_text(socket_dir)
+    if not server.is_datadir(datadir):
+        raise state.DataDirNotFound(datadir, state.why_missing(datadir))
+    srv.check_identity("start")
+    install = srv.installation(version)
+    pf = srv.running()
+    if pf is not None:
+        pf = settle(srv, pf, timeout if wait else 0.0)
+        record_running(srv, pf)
+        # A first start that could not set the template copy's password: try again.
+        initdir.apply_pending_password(srv, install, None)
+        return StartResult(srv.inst, True, pf.pid, time.monotonic() - t0)
+    clear_stale_pidfile(srv)
+    su = srv.user(user)
+    if su is not None:
+        privileges.check_reachable(datadir, su, "data directory")
+        privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
+    merged = dict(srv.inst.settings)
+    merged.update(server.check_settings(settings or {}))
+    conf = pgconf.write(datadir, merged, su)  # kept settings: reloadable, see pgconf
+    plan = _Plan(install, su, merged, conf, srv.inst.host if host is None else host, socket_dir)
+    auto = port == "auto"
+    for attempt in range(AUTO_PORT_TRIES if auto else 1):
+        chosen = choose_port(srv, plan.host, port)
+        child, sock = _spawn_on(srv, plan, chosen)
+        if not wait:
+            commit_start(srv, su, merged, None)
+            return StartResult(srv.inst, False, child.pid, time.monotonic() - t0)
+        pf = _await_ready(srv, sock, timeout, retry=auto and attempt + 1 < AUTO_PORT_TRIES)
+        if pf is None:
+            continue  # another server took the port between our check and bind
+        try:
+            commit_start(srv, su, merged, pf)
+            initdir.apply_pending_password(srv, install, su)
+        except BaseException:
+            # A server pgmgr cannot record (state dir unwritable, disk full) or cannot
+            # secure (no password) must not be left running behind the error.
+            cancel_start(srv)
+            raise
+        return StartResult(srv.inst, False, pf.pid, time.monotonic() - t0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every attempt of one start uses."""
+
+    install: versions.Installation
+    su: privileges.ServerUser | None
+    settings: dict[str, str]
+    conf: Path
+    host: str
+    socket_dir: str | None  # --socket-dir
+
+
+@dataclass(frozen=True)
+class _Socket:
+    """One attempt's socket directory: ``made`` when this attempt chose a new one (a
+    failure removes it), ``recorded`` the record's before."""
+
+    dir: Path
+    made: bool
+    recorded: str | None
+
+
+def _spawn_on(srv: Server, plan: _Plan, port: int) -> tuple[subprocess.Popen[bytes], _Socket]:
+    """Spawn postgres on ``port`` (its socket directory chosen, a stale lock cleared, the
+    log rotated) and note where it listens in the record (not saved yet)."""
+    datadir = srv.datadir
+    recorded = srv.inst.socket_dir
+    sockdir = listen.socket_dir(recorded, plan.socket_dir, port, plan.su, datadir)
+    made = not plan.socket_dir and str(sockdir) != recorded and sockdir != datadir
+    listen.clear_stale_socket_lock(sockdir, port, datadir)
+    if srv.new:
+        srv.save()  # claim the name first: the log file is named after it
+    argv = server.postgres_argv(
+        plan.install,
+        datadir,
+        host=plan.host,
+        port=port,
+        socket_dir=sockdir,
+        settings={},
+        config_file=plan.conf,
+    )
+    logfile.rotate_as(srv.log_file, plan.su)  # bounded: see pgmgr.core.logfile
+    srv._log_offset = launch.open_log_offset(srv.log_file)
+    child = spawn_child(srv, argv, plan.su)
+    srv.inst.host, srv.inst.port, srv.inst.socket_dir = plan.host, port, str(sockdir)
+    return child, _Socket(sockdir, made, recorded)
+
+
+def _await_ready(
+    srv: Server, sock: _Socket, timeout: float, *, retry: bool
+) -> process.PidFile | None:
+    """Wait for the spawned server; on failure drop the attempt's socket dir. None when
+    it could not bind its port and ``retry`` (``--port auto`` tries another).
+
+    :raises PortInUse: it could not bind its port (and no retry).
+    :raises WorkerError: it exited, or was not ready in time (then it was killed).
+    """
+    try:
+        return ready_wait(srv, timeout)
+    except KeyboardInterrupt:
+        cancel_start(srv)
+        drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
+        raise
+    except ServerExited as e:
+        drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
+        if retry and "already in use" in e.message:
+            return None
+        if "already in use" in e.message:
+            raise PortInUse(srv.inst.host, srv.inst.port or 0) from None
+        raise
+    except WorkerError:  # not ready in time: ready_wait killed it
+        drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
+        raise
+
+
+def settle(srv: Server, pf: process.PidFile, timeout: float) -> process.PidFile:
+    """A start of a server that already runs: one shutting down is not running for
+    long (exit 3, says what to do); one still starting (crash recovery) is waited for,
+    up to ``timeout``, and never killed: this call did not start it.
+
+    :raises ServerStopping: it is shutting down.
+    :raises WorkerError: it exited, or was still starting after ``timeout``.
+    """
+    if pf.status == "stopping":
+        raise ServerStopping(srv.inst.name, pf.pid)
+    if pf.status != "starting" or timeout <= 0:
+        return pf
+    try:
+        offset = launch.open_log_offset(srv.log_file)
+        return launch.wait_ready(
+            pf.pid, srv.datadir, timeout, log_file=srv.log_file, log_offset=offset
+        )
+    except ServerExited:
+        raise
+    except WorkerError:
+        raise WorkerError(
+            f"'{srv.inst.name}' (pid {pf.pid}) is still starting after {timeout:g} s "
+            "(crash recovery, or a standby catching up); it was left running",
+            hint=f"see 'pgmgr logs {srv.inst.name}', and start again with a longer "
+            "--timeout to wait for it",
+        ) from None
+
+
+def choose_port(srv: Server, host: str, port: int | str | None) -> int:
+    if port == "auto":
+        return listen.free_port(host or "127.0.0.1")
+    if port is None:
+        if srv.inst.port is not None:
+            listen.check_port(host, srv.inst.port)
+            return srv.inst.port
+        port = 5432
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid port {port!r}: a number from 1 to 65535, or 'auto'") from None
+    listen.check_port(host, number)
+    return number
+
+
+def commit_start(
+    srv: Server,
+    su: privileges.ServerUser | None,
+    settings: dict[str, str],
+    pf: process.PidFile | None,
+) -> None:
+    srv.inst.server_user = su.name if su is not None else None
+    srv.inst.settings = settings
+    srv.inst.log_file = str(srv.log_file)
+    assert srv.child is not None
+    srv.inst.pid = pf.pid if pf else srv.child.pid
+    srv.inst.started_at = float(pf.start_time) if pf and pf.start_time else time.time()
+    srv.save()
+
+
+def record_running(srv: Server, pf: process.PidFile) -> None:
+    """Adopt what a running server really uses (its postmaster.pid) into the record: a
+    start whose pgmgr was killed before it could save leaves the record behind."""
+    before = (srv.inst.pid, srv.inst.port, srv.inst.socket_dir)
+    srv._adopt(pf)
+    if (srv.inst.pid, srv.inst.port, srv.inst.socket_dir) != before:
+        srv.save()
+
+
+def clear_stale_pidfile(srv: Server) -> None:
+    """Remove a ``postmaster.pid`` no live postmaster of this data dir stands behind.
+
+    Never while any process still has the data directory as its working directory
+    (orphaned backends of a killed postmaster): postgres would refuse anyway, and
+    the file is the only thing that keeps a second postmaster out.
+    """
+    pidfile = srv.datadir / process.PIDFILE
+    if not pidfile.exists():
+        return
+    users = process.processes_in(srv.datadir)
+    if users:
+        raise WorkerError(
+            f"postgres processes still use {srv.datadir} (pids "
+            + ", ".join(map(str, users))
+            + ") but no postmaster serves it",
+            hint="wait for them to exit, or stop them, then start again",
+        )
+    pf = process.PidFile.read(srv.datadir)
+    if pf is not None and process.stale_pidfile_reason(pf) is None:
+        raise WorkerError(
+            f"{pidfile} names pid {pf.pid}, which is not a postgres of this data "
+            "directory but was running before the file was written: another postmaster "
+            "(in a container, or on another host) may be using it",
+            hint=f"if you are sure none is, remove {pidfile} and start again",
+        )
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+
+
+def ready_wait(srv: Server, timeout: float = 10.0) -> process.PidFile:
+    """Wait until the server accepts connections; on timeout kill it.
+
+    :raises WorkerError: no process, it exited, or it was not ready in time.
+    """
+    if srv.child is None:
+        pf = srv.running()
+        if pf is None:
+            raise WorkerError("no server process to wait for")
+        pid = pf.pid
+    else:
+        pid = srv.child.pid
+    try:
+        pf = launch.wait_ready(
+            pid,
+            srv.datadir,
+            timeout,
+            child=srv.child,
+            log_file=srv.log_file,
+            log_offset=srv._log_offset,
+        )
+    except ServerExited:
+        srv._reap()
+        raise
+    except WorkerError:
+        process.signal_pid(pid, server.STOP_SIGNALS["immediate"])
+        if not process.wait_gone(pid, srv.datadir, 5.0) and srv.child is not None:
+            # Our own child, never ready, ignoring SIGQUIT (blocked opening a FIFO its
+            # user planted as the socket lock, say): it must not outlive the failure.
+            process.signal_pid(srv.child.pid, signal.SIGKILL)
+        srv._reap()
+        raise
+    if srv.inst.password_pending:  # a template copy started with wait=False
+        initdir.apply_pending_password(srv, srv.installation(), None)
+    return pf
+
+
+def spawn_child(
+    srv: Server, argv: list[str], su: privileges.ServerUser | None
+) -> subprocess.Popen[bytes]:
+    """Spawn postgres with Ctrl-C held until the child is known: a Ctrl-C inside
+    ``Popen`` (after the exec, before it returns) would otherwise orphan the server."""
+    got: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
+    try:
+        srv.child = launch.spawn(argv, srv.log_file, su, die_with_parent=srv.die_with_parent)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
+    if got:
+        cancel_start(srv)
+        raise KeyboardInterrupt
+    return srv.child
+
+
+def drop_sockdir(srv: Server, sockdir: Path, made: bool, recorded: str | None) -> None:
+    """After a failed start, remove the private socket dir this attempt made (each
+    failed start would otherwise leave one in the temp dir) and keep the record's."""
+    srv.inst.socket_dir = recorded
+    if made:
+        for leftover in sockdir.glob(".s.PGSQL.*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        with contextlib.suppress(OSError):
+            sockdir.rmdir()
+
+
+def cancel_start(srv: Server) -> None:
+    """Ctrl-C while waiting for readiness, or a failure to record the server, cancels
+    the start: the server this call spawned is stopped (fast; safe at any point of
+    start-up) instead of being left running unrecorded in its own session."""
+    if srv.child is None:
+        return
+    process.signal_pid(srv.child.pid, server.STOP_SIGNALS["fast"])
+    # Our own child: wait for it, not for postmaster.pid (not written yet this early).
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        srv.child.wait(timeout=30)

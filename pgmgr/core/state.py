@@ -1,0 +1,175 @@
+"""An instance's state as ``pgmgr status`` reports it: the :class:`Status` model, its
+computation from the process truth, and why a data directory is missing or a
+``postmaster.pid`` stale."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pgmgr.core import identity, process, server
+from pgmgr.core.errors import (
+    EXIT_NO_INSTANCE,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    DatabaseException,
+    InstanceNotFound,
+    WorkerError,
+)
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+
+class DataDirNotFound(InstanceNotFound, DatabaseException):
+    """No data directory at that path: exit code 4 for the CLI, and a
+    :class:`DatabaseException` for the seed API's ``except DatabaseException``. The default
+    hint offers ``pgmgr init`` only where init could make one (a missing or empty
+    directory); ``hint`` replaces it."""
+
+    def __init__(self, datadir: Path, why: str = "does not exist", hint: str | None = None) -> None:
+        self.datadir = datadir
+        self.why = why
+        if hint is None:
+            hint = (
+                f"create it with 'pgmgr init -d {datadir}' (or start it with --init)"
+                if _could_init(datadir)
+                else "'pgmgr status' lists the instances pgmgr knows"
+            )
+        super().__init__(f"data directory {datadir} {why}", hint=hint)
+
+
+def _could_init(datadir: Path) -> bool:
+    """``pgmgr init -d datadir`` could make a data directory there: absent, or empty."""
+    try:
+        return not datadir.exists() or (datadir.is_dir() and not any(datadir.iterdir()))
+    except OSError:
+        return False
+
+
+@dataclass
+class Status:
+    """What ``pgmgr status`` reports for one instance; ``state`` decides the exit code."""
+
+    name: str
+    state: str  # running | starting | stopping | stopped | crashed | missing | moved | replaced
+    datadir: str
+    version: str
+    host: str
+    port: int | None
+    socket_dir: str | None
+    pid: int | None = None
+    started_at: float | None = None
+    log_file: str | None = None
+    url: str | None = None
+    detail: str | None = None
+    latency_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.state in ("running", "starting", "stopping"):
+            return EXIT_OK
+        if self.state in ("missing", "moved", "replaced"):
+            return EXIT_NO_INSTANCE
+        return EXIT_NOT_RUNNING
+
+    @property
+    def uptime(self) -> float | None:
+        if self.started_at is None or self.state != "running":
+            return None
+        return max(0.0, time.time() - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "pid": self.pid,
+            "version": self.version,
+            "host": self.host,
+            "port": self.port,
+            "socket_dir": self.socket_dir,
+            "datadir": self.datadir,
+            "started_at": self.started_at,
+            "uptime": None if self.uptime is None else round(self.uptime, 3),
+            "log_file": self.log_file,
+            "url": self.url,
+            "detail": self.detail,
+            "latency_ms": self.latency_ms,
+            **self.extra,
+        }
+
+
+def status(srv: Server, check: bool = False) -> Status:
+    """What ``pgmgr status`` reports for ``srv``: process truth (``postmaster.pid`` and the
+    process table) first, the record second; ``check`` also connects (``SELECT 1``)."""
+    inst = srv.inst
+    st = Status(
+        name=inst.name,
+        state="stopped",
+        datadir=inst.datadir,
+        version=inst.version,
+        host=inst.host,
+        port=inst.port,
+        socket_dir=inst.socket_dir,
+        log_file=str(srv.log_file),
+    )
+    changed, why = identity.compare(srv.pinned(), srv.datadir)
+    if changed in (identity.MOVED, identity.REPLACED):
+        st.state, st.detail = changed, f"data directory {why}"
+        return st
+    if not server.is_datadir(srv.datadir):
+        st.state = "missing"
+        st.detail = f"data directory {why_missing(srv.datadir)}"
+        return st
+    pf = process.PidFile.read(srv.datadir)
+    if pf is not None and process.serves(pf.pid, srv.datadir, pf.start_time):
+        st.state = {"ready": "running", "standby": "running"}.get(pf.status or "", "running")
+        if pf.status in ("starting", "stopping"):
+            st.state = pf.status
+        st.pid, st.port = pf.pid, pf.port or inst.port
+        st.started_at = float(pf.start_time) if pf.start_time else inst.started_at
+        if pf.socket_dir:
+            st.socket_dir = pf.socket_dir
+        srv._adopt(pf)  # the URL from where it really listens, not from the record
+        st.url = srv.url()
+        if check:
+            try:
+                st.latency_ms = round(srv.health() * 1000, 2)
+            except WorkerError as e:  # running, but not answering: say so, keep the state
+                st.detail = f"unreachable: {e}"
+    elif pf is not None:
+        st.state = "crashed"
+        st.detail = crashed_detail(pf)
+    return st
+
+
+def crashed_detail(pf: process.PidFile) -> str:
+    """Why a ``postmaster.pid`` that no live postmaster of this data dir stands behind is
+    there: the server died without removing it (crashed or killed), or the pid now names
+    another process."""
+    reason = process.stale_pidfile_reason(pf)
+    if reason == f"pid {pf.pid} is gone":
+        return (
+            f"stale postmaster.pid: the server (pid {pf.pid}) is gone without shutting down "
+            "(crashed or killed)"
+        )
+    if reason is not None:
+        return f"stale postmaster.pid: {reason}"
+    return f"stale postmaster.pid (pid {pf.pid} is another process)"
+
+
+def why_missing(datadir: Path) -> str:
+    """Why ``datadir`` is not a usable data directory, as a sentence's end."""
+    try:
+        if not datadir.exists():
+            return "does not exist"
+        if not datadir.is_dir():
+            return "is not a directory"
+        os.listdir(datadir)
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    return "is not a PostgreSQL data directory (no PG_VERSION)"
