@@ -105,6 +105,20 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     return stats
 
 
+def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], int]:
+    """As the server user, in one process: sweep what a killed run left in the store; why
+    ``datadir`` cannot be snapshotted (or None); the names taken; its size."""
+    snapstore.sweep(store)
+    taken = {n for n, _, _ in snapstore.list_metas(store)}
+    return snapstore.unsupported(datadir), taken, copy.tree_size(datadir)
+
+
+def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
+    """:func:`snap_copy`, and the copy's system identifier. As the server user."""
+    stats = snap_copy(src, staging)
+    return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
+
+
 def snap_copy(src: Path, staging: Path) -> copy.CopyStats:
     """``staging/data`` := a copy of ``src``. As the server user."""
     os.mkdir(staging, 0o700)
@@ -130,6 +144,12 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
     if pgcontrol.system_identifier(data) != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
     return None
+
+
+def _identify(datadir: Path, snapdir: Path, meta: Meta) -> tuple[str, str | None]:
+    """The instance's system identifier, and :func:`_check_data` of the snapshot: one
+    process as the server user."""
+    return pgcontrol.system_identifier(datadir), _check_data(snapdir, meta)
 
 
 # --------------------------------------------------------------------------- create
@@ -168,10 +188,12 @@ def create(
     t0 = time.monotonic()
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
-        store.as_user(snapstore.sweep, store.path)
-        snapstore.check_supported(store, srv.datadir, f"snapshot '{srv.inst.name}'")
-        name = pick_name(store, name, srv.inst.name)
-        size = store.as_user(copy.tree_size, srv.datadir)
+        why, taken, size = store.as_user(_prepare, store.path, srv.datadir)
+        if why:
+            raise DatabaseException(
+                f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
+            )
+        name = pick_name(store, name, srv.inst.name, taken)
         snapstore.check_space(store, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
         online = online and srv.running() is not None  # stopped: a copy is consistent
@@ -182,9 +204,9 @@ def create(
                     from pgmgr.core import basebackup
 
                     stats = basebackup.take(srv, staging, su)
+                    sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
                 else:
-                    stats = store.as_user(snap_copy, srv.datadir, staging)
-            sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
+                    stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
             meta = meta_for(srv, name, sysid, kind, stats)
             with sigguard.shielded():  # named: complete, whatever arrives now
                 store.as_user(_finish, staging, store.entry(name), meta)
@@ -214,7 +236,7 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
             f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
             "nothing was changed"
         )
-    current = store.as_user(pgcontrol.system_identifier, srv.datadir)
+    current, why = store.as_user(_identify, srv.datadir, store.entry(name), meta)
     rollback = meta.upgraded_to is not None and meta.upgraded_to == current
     on_disk = server.datadir_major(srv.datadir)
     if meta.major != on_disk and not rollback:
@@ -229,7 +251,6 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
             f"identifier {meta.system_identifier}, the instance has {current}); "
             "nothing was changed"
         )
-    why = store.as_user(_check_data, store.entry(name), meta)
     if why:
         raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
     return rollback
@@ -245,6 +266,12 @@ def _rollback_record(srv: Server, meta: Meta) -> None:
         srv.inst.bindir = str(install.bindir)
     srv.inst.settings = dict(meta.settings)
     srv.save()
+
+
+def _stage(src: Path, staging: Path, store: Path) -> None:
+    """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
+    copy_into(src, staging)
+    copy.sync_fs(store)
 
 
 def _stage_save(staging: Path, holder: Path, meta: Meta) -> None:
@@ -280,8 +307,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
-            store.as_user(copy_into, store.entry(name) / snapstore.DATA, staging)
-            store.as_user(copy.sync_fs, store.path)
+            store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
             with paused(srv) as pause, sigguard.shielded():
                 snapstore.swap_in(store, staging.name)
                 swapped = True
