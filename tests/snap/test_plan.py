@@ -116,3 +116,20 @@ def test_unneeded_wal_after_a_clean_shutdown(tmp_path: Path) -> None:
     assert pgcontrol.unneeded_wal(clean) == set(segs[3:])
     crashed = _cluster(tmp_path / "b", 6, redo, segs)  # in production: recovery reads on
     assert pgcontrol.unneeded_wal(crashed) == set()
+
+
+def test_branch_port_is_never_the_source_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source restarts while the branch starts, so its port may look free: the branch's
+    automatic port is never it, an explicit one is kept. Mock: the kernel's choice of a
+    free port (it cannot be made to repeat one on demand)."""
+    from pgmgr.core import branch, server
+    from pgmgr.core.instance import Server
+    from pgmgr.core.registry import Instance
+
+    src = Server(Instance("src", str(tmp_path / "src"), "15", "15.18", "/bin", port=5500))
+    offers = iter([5500, 5500, 5501])
+    monkeypatch.setattr(server, "free_port", lambda host: next(offers))
+    assert branch.new_record(src, "b", tmp_path / "b", "auto").port == 5501
+    assert branch.new_record(src, "b", tmp_path / "b", 5500).port == 5500  # refused at start
