@@ -31,8 +31,9 @@ class Pause:
 
 
 @contextlib.contextmanager
-def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
-    """Stop ``srv`` (fast) for the block if it runs and ``stop``, and start it again
+def paused(srv: Server, *, stop: bool = True, mode: str = "fast") -> Iterator[Pause]:
+    """Stop ``srv`` (``mode``: fast, or immediate when its state is thrown away anyway and a
+    shutdown checkpoint would be wasted) for the block if it runs and ``stop``, and start it again
     afterwards whatever happens: an interrupted stop is finished first, so the start
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
     the block instead, to stop later (``stop=False``: call :func:`stop_now`)."""
@@ -40,7 +41,7 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
     interrupted = False
     try:
         if pause.was_running and stop:
-            stop_now(srv, pause)
+            stop_now(srv, pause, mode)
         yield pause
     finally:
         if pause.stopped_at is not None:
@@ -109,7 +110,7 @@ def start_again(srv: Server, tries: int = 3) -> bool:
     return True
 
 
-def stop_now(srv: Server, pause: Pause) -> None:
+def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
     if pause.was_running:
         pause.stopped_at = time.monotonic()
-        srv.stop("fast")
+        srv.stop(mode)

@@ -308,7 +308,10 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         swapped = False
         try:
             store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
-            with paused(srv) as pause, sigguard.shielded():
+            # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
+            # Should the swap fail, it starts again with crash recovery, losing nothing.
+            mode = "immediate" if keep is None else "fast"
+            with paused(srv, mode=mode) as pause, sigguard.shielded():
                 snapstore.swap_in(store, staging.name)
                 swapped = True
                 srv.pin()  # another directory (and, for a rollback, cluster) stands there now
