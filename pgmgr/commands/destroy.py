@@ -57,7 +57,7 @@ def destroy(
             "and receive no more changes; 'pgmgr promote NAME' makes one a primary)"
         )
     kept = snapcatalog.Kept.of(srv)
-    if not yes:
+    if not yes and not srv.inst.pending:  # an unfinished import/replica holds no data yet
         if not sys.stdin.isatty():
             raise UsageError(
                 f"refusing to destroy '{srv.inst.name}' without --yes (no terminal to ask on)"
@@ -75,9 +75,9 @@ def destroy(
             ui.message("Nothing removed")
             raise typer.Exit(1)
     with registry.lock(srv.datadir), ui.spinner(f"Destroying '{srv.inst.name}' …"):
+        dropped, note = replica.release_to_destroy(srv)
         result = ops.destroy(srv)
         removed = kept.remove() if with_snapshots else 0
-    dropped, note = replica.release(srv) if srv.inst.primary else ([], None)
     if json:
         ui.emit_json(
             {

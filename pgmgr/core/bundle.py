@@ -2,7 +2,8 @@
 
 A bundle is a directory anyone with PostgreSQL's own tools can read:
 
-    manifest.json        what it holds (written last: no manifest, no bundle)
+    manifest.json        what it holds (written last: no manifest, no bundle; and the
+                         whole bundle is built under a hidden name, renamed last)
     globals.sql          pg_dumpall --globals-only (roles, tablespaces), without passwords
                          unless asked for
     databases/N/         one pg_dump directory-format archive per database
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr import __version__
-from pgmgr.core import server, versions
+from pgmgr.core import process, server, testhook, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.ops import require_running
@@ -125,57 +126,134 @@ def _facts(srv: Server) -> tuple[list[dict[str, Any]], str]:
 def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportResult:
     """Write a bundle of the running ``srv`` into the new directory ``dest``.
 
+    It is built in a hidden work directory beside ``dest`` (``.NAME.pgmgr-export-PID``),
+    flushed to disk, and renamed to ``dest`` last: an export killed at any moment leaves no
+    ``dest`` at all (so a retry is not told it exists, and nothing half-written is ever
+    taken for a bundle), and the next export to ``dest`` removes that work directory.
+
     :raises NotRunning: not running. :raises DatabaseException: ``dest`` exists; a dump
-        failed (``dest`` is removed again).
+        failed (nothing is left).
     """
+    from pgmgr.core import staging
+
     t0 = time.monotonic()
     require_running(srv)
     dest = _new_dir(dest, "export")
     check_root_safe(dest.parent, "export into")
     install = srv.installation()
     dbs, version = _facts(srv)
-    dest.mkdir(mode=0o700)
-    try:
-        argv = [str(install.bin("pg_dumpall")), "--globals-only", "-f", str(dest / GLOBALS)]
-        if not with_passwords:
-            argv.append("--no-role-passwords")
-        server.run(argv, env=client_env(srv), timeout=3600)
-        (dest / "databases").mkdir(mode=0o700)
-        for i, db in enumerate(dbs, 1):
-            db["dir"] = f"databases/{i}"
-            argv = [str(install.bin("pg_dump")), "-Fd", "-f", str(dest / db["dir"])]
-            server.run(argv, env=client_env(srv, db["name"]), timeout=24 * 3600)
-        files = checksums(dest)
-        first = dbs[0] if dbs else {"encoding": "UTF8", "collate": "C", "ctype": "C"}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "pgmgr_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "source": {
-                "name": srv.inst.name,
-                "version": srv.inst.version,
-                "major": install.major,
-                "server_version": version,
-            },
-            "encoding": first["encoding"],
-            "locale": {"collate": first["collate"], "ctype": first["ctype"]},
-            "superuser": srv.inst.superuser,
-            "auth": srv.inst.auth,
-            "settings": dict(srv.inst.settings),
-            "with_passwords": with_passwords,
-            "globals": GLOBALS,
-            "databases": dbs,
-            "files": files,
-        }
-        tmp = dest / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.rename(dest / MANIFEST)  # last: a bundle without it is incomplete
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
+    _sweep_exports(dest)
+    work = dest.parent / f"{_work_prefix(dest)}{os.getpid()}"
+    with staging.signals_interrupt():
+        work.mkdir(mode=0o700)
+        try:
+            files = _dump(srv, install, work, dbs, with_passwords)
+            manifest = _manifest(srv, install, version, dbs, files, with_passwords)
+            _write_synced(work / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            from pgmgr.core import copy
+
+            copy.sync_fs(work)  # every file on disk before the bundle has its name
+            testhook.pause("export-written")
+            _rename_new(work, dest)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     size = sum(f["size"] for f in files.values())
     return ExportResult(dest, [d["name"] for d in dbs], size, time.monotonic() - t0)
+
+
+def _work_prefix(dest: Path) -> str:
+    return f".{dest.name[:200]}.pgmgr-export-"
+
+
+def _sweep_exports(dest: Path) -> None:
+    """Remove the work directories of exports to ``dest`` whose process is gone."""
+    prefix = _work_prefix(dest)
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(dest.parent):
+            pid = entry[len(prefix) :]
+            if entry.startswith(prefix) and pid.isdigit() and not process.is_alive(int(pid)):
+                shutil.rmtree(dest.parent / entry, ignore_errors=True)
+
+
+def _rename_new(work: Path, dest: Path) -> None:
+    """``work`` -> ``dest``, never replacing what appeared at ``dest`` meanwhile.
+
+    :raises DatabaseException: something did.
+    """
+    from pgmgr.core import branch
+
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        branch._rename_noreplace(fd, work.name, fd, dest.name)
+        os.fsync(fd)
+    except FileExistsError:
+        raise DatabaseException(
+            f"{dest} appeared while the export ran; nothing was written there"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "x") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _dump(
+    srv: Server,
+    install: versions.Installation,
+    work: Path,
+    dbs: list[dict[str, Any]],
+    with_passwords: bool,
+) -> dict[str, dict[str, Any]]:
+    """globals.sql and one pg_dump directory per database into ``work``; their checksums."""
+    argv = [str(install.bin("pg_dumpall")), "--globals-only", "-f", str(work / GLOBALS)]
+    if not with_passwords:
+        argv.append("--no-role-passwords")
+    server.run(argv, env=client_env(srv), timeout=3600, die_with_parent=True)
+    (work / "databases").mkdir(mode=0o700)
+    for i, db in enumerate(dbs, 1):
+        db["dir"] = f"databases/{i}"
+        argv = [str(install.bin("pg_dump")), "-Fd", "-f", str(work / db["dir"])]
+        env = client_env(srv, db["name"])
+        server.run(argv, env=env, timeout=24 * 3600, die_with_parent=True)
+        testhook.pause("export-dumped-db")
+    return checksums(work)
+
+
+def _manifest(
+    srv: Server,
+    install: versions.Installation,
+    version: str,
+    dbs: list[dict[str, Any]],
+    files: dict[str, dict[str, Any]],
+    with_passwords: bool,
+) -> dict[str, Any]:
+    first = dbs[0] if dbs else {"encoding": "UTF8", "collate": "C", "ctype": "C"}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pgmgr_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {
+            "name": srv.inst.name,
+            "version": srv.inst.version,
+            "major": install.major,
+            "server_version": version,
+        },
+        "encoding": first["encoding"],
+        "locale": {"collate": first["collate"], "ctype": first["ctype"]},
+        "superuser": srv.inst.superuser,
+        "auth": srv.inst.auth,
+        "settings": dict(srv.inst.settings),
+        "with_passwords": with_passwords,
+        "globals": GLOBALS,
+        "databases": dbs,
+        "files": files,
+    }
 
 
 def checksums(root: Path) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import ops, registry, scram, server, versions
+from pgmgr.core import ops, registry, scram, server, staging, testhook, versions
 from pgmgr.core.bundle import (
     ImportResult,
     _new_dir,
@@ -73,6 +73,11 @@ def import_bundle(
 ) -> ImportResult:
     """Create, start and fill a new instance from ``bundle``.
 
+    The instance is registered first, marked ``pending`` (``pgmgr status`` shows it as
+    ``importing``, or ``incomplete`` once no import runs; ``start`` refuses it), and the
+    mark is cleared last. An import killed on the way is redone by the same import run
+    again (it removes the unfinished one first), or removed by ``pgmgr destroy``.
+
     :raises DatabaseException: see :func:`~pgmgr.core.bundle.read_manifest`,
         :func:`target_install`; the directory exists; the target lacks extensions; a
         restore step failed (then the new instance is removed again).
@@ -85,13 +90,41 @@ def import_bundle(
         check_root_safe(bundle, "import from")
     manifest = read_manifest(bundle)
     install = target_install(manifest, version)
-    datadir = _new_dir(datadir, "import")
+    datadir = Path(os.path.abspath(datadir))
     if name:
         registry.check_name(name)
-        if name in registry.names():
-            raise UsageError(
-                f"instance name {name!r} is already used", hint="choose another --name"
-            )
+    # The lock is held to the end: a retry waits for a live import, and finding the
+    # pending record of this directory under it means its import is dead.
+    with staging.signals_interrupt(), registry.lock(datadir):
+        earlier = ops.redo_unfinished(datadir, "import", str(bundle))
+        name = name or earlier  # a retry without --name keeps the name it was given
+        _check_new(datadir, name, install, manifest)
+        srv = Server.for_datadir(datadir, name=name, version=install.version)
+        srv.inst.pending, srv.inst.pending_from, srv.building = "import", str(bundle), True
+        srv.save()  # registered, marked
+        try:
+            testhook.pause("import-registered")
+            _create(srv, manifest, port, timeout)
+            testhook.pause("import-started")
+            _restore(srv, install, bundle, manifest)
+            srv.inst.pending = srv.inst.pending_from = None
+            srv.save()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ops.destroy(srv)
+            raise
+    dbs = [str(d["name"]) for d in manifest["databases"]]
+    return ImportResult(srv, str(manifest["source"]["version"]), dbs, time.monotonic() - t0)
+
+
+def _check_new(
+    datadir: Path, name: str | None, install: versions.Installation, manifest: dict[str, Any]
+) -> None:
+    """:raises DatabaseException: the directory exists; the target lacks extensions.
+    :raises UsageError: the name is taken."""
+    _new_dir(datadir, "import")
+    if name and name in registry.names():
+        raise UsageError(f"instance name {name!r} is already used", hint="choose another --name")
     missing = missing_extensions(install, manifest)
     if missing:
         raise DatabaseException(
@@ -99,16 +132,6 @@ def import_bundle(
             f"uses: {', '.join(missing)}; nothing was created",
             hint="install them for that version, or import into another with -v",
         )
-    srv = Server.for_datadir(datadir, name=name, version=install.version)
-    try:
-        _create(srv, manifest, port, timeout)
-        _restore(srv, install, bundle, manifest)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            ops.destroy(srv)
-        raise
-    dbs = [str(d["name"]) for d in manifest["databases"]]
-    return ImportResult(srv, str(manifest["source"]["version"]), dbs, time.monotonic() - t0)
 
 
 def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
@@ -120,11 +143,11 @@ def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: fl
         locale=str(locale["collate"]),
         extra=() if locale["collate"] == locale["ctype"] else (f"--lc-ctype={locale['ctype']}",),
     )
-    with registry.lock(srv.datadir):
-        srv.initialize(opts)
-        srv.inst.settings = server.check_settings(manifest["settings"])
-        srv.save()
-        srv.start(port=port or "auto", timeout=timeout)
+    srv.initialize(opts)
+    srv.pin()
+    srv.inst.settings = server.check_settings(manifest["settings"])
+    srv.save()
+    srv.start(port=port or "auto", timeout=timeout)
 
 
 def _restore(
@@ -139,11 +162,13 @@ def _restore(
     su = srv.user()
     psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
     env = client_env(srv)
-    server.run(psql, su, timeout=3600, env=env, input=globals_sql(text, srv.inst.superuser))
+    sql = globals_sql(text, srv.inst.superuser)
+    server.run(psql, su, timeout=3600, env=env, input=sql, die_with_parent=True)
     for db in manifest["databases"]:
         archive = bundle / str(db["dir"])
         argv = restore_argv(install, archive, create=db["name"] != "postgres")
-        server.run(argv, env=env, timeout=24 * 3600)
+        server.run(argv, env=env, timeout=24 * 3600, die_with_parent=True)
+        testhook.pause("import-restored-db")
     if srv.inst.password:
         verifier = scram.verifier(srv.inst.password)
         role, pw = quote_ident(srv.inst.superuser), quote_literal(verifier)

@@ -56,6 +56,20 @@ if TYPE_CHECKING:
 _why_missing = state.why_missing
 
 
+#: The state of an instance whose build still runs, by command.
+BUILDING = {"import": "importing", "replica": "cloning"}
+
+
+def unfinished(inst: Instance, what: str) -> DatabaseException:
+    """The error for acting on an instance whose ``pgmgr import``/``replica`` did not finish."""
+    return DatabaseException(
+        f"'{inst.name}' is an unfinished 'pgmgr {inst.pending}' (interrupted, or still "
+        f"running) of {inst.pending_from}; it was not {what}",
+        hint=f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
+        f"'pgmgr destroy {inst.name}'",
+    )
+
+
 @dataclass
 class StartResult:
     instance: Instance
@@ -93,6 +107,9 @@ class Server:
         self._log_offset = 0
         #: Why the last stop could not update the record (it still stopped), else None.
         self.record_error: str | None = None
+        #: The command that builds this instance (import, replica) may start it while the
+        #: record still carries its ``pending`` mark; nothing else may.
+        self.building = False
 
     # ------------------------------------------------------------------ construction
 
@@ -298,6 +315,8 @@ class Server:
         :raises WorkerError: postgres exited during start-up, or was not ready in time.
         :raises OSError: postgres could not be executed.
         """
+        if self.inst.pending and not self.building:
+            raise unfinished(self.inst, "started")
         from pgmgr.core import startup
 
         return startup.start(
@@ -396,7 +415,24 @@ class Server:
     # ------------------------------------------------------------------ status
 
     def status(self, check: bool = False) -> Status:
-        return state.status(self, check)
+        st = state.status(self, check)
+        if self.inst.pending and st.state not in ("moved", "replaced"):
+            self._unfinished_state(st)
+        return st
+
+    def _unfinished_state(self, st: Status) -> None:
+        """A build still running (``importing``, ``cloning``: its command holds the lock) or
+        interrupted (``incomplete``): never ``running``, even when its server runs."""
+        pending = self.inst.pending or ""
+        if registry.is_locked(self.datadir):
+            st.state = BUILDING.get(pending, "building")
+            st.detail = f"'pgmgr {pending}' is still making it"
+        else:
+            st.state = "incomplete"
+            st.detail = f"'pgmgr {pending}' did not finish" + (
+                f" (server still running, pid {st.pid})" if st.pid else ""
+            )
+        st.url = None
 
     # ------------------------------------------------------------------ connections
 

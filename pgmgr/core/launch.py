@@ -27,17 +27,18 @@ if TYPE_CHECKING:
     import subprocess
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGQUIT (postgres' immediate shutdown, which also
-    ends its backends and removes its pid file and sockets) when ``parent`` dies, even by
-    SIGKILL. subprocess calls it after the uid/gid switch (the kernel clears the setting on
-    a credential change), and postgres is not set-uid, so it survives the exec."""
+def _die_with(parent: int, sig: int = signal.SIGQUIT) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` (by default SIGQUIT, postgres' immediate
+    shutdown, which also ends its backends and removes its pid file and sockets) when
+    ``parent`` dies, even by SIGKILL. subprocess calls it after the uid/gid switch (the
+    kernel clears the setting on a credential change), and postgres is not set-uid, so it
+    survives the exec."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
 
     def preexec() -> None:  # pragma: no cover - runs in the forked child
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import paths, process, registry, removal, server
+from pgmgr.core import paths, process, registry, removal, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
-from pgmgr.core.instance import Server, StartResult
+from pgmgr.core.instance import Server, StartResult, unfinished
 
 #: How often ``reload`` asks the server whether it re-read its configuration, and ``logs -f``
 #: looks for new lines. 10 ms: fast enough to feel instant, cheap enough to be invisible.
@@ -269,7 +269,7 @@ def check_destroyable(srv: Server) -> None:
         srv.check_identity("destroy")
     if pinned is not None or not os.path.lexists(datadir):
         return
-    removal.check_complete(datadir)
+    removal.check_complete(datadir, partial=bool(registered and srv.inst.pending))
 
 
 def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
@@ -289,14 +289,40 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
         except WorkerError:
             was_running = srv.stop("immediate", timeout)
     datadir = srv.datadir
+    testhook.pause("destroy-stopped")
     if os.path.lexists(datadir):
         check_unused(datadir)
     pinned = srv.pinned()
     existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
     removal.sweep_trash(datadir)
     _remove_leftovers(srv)
+    testhook.pause("destroy-record")
     removed_record = srv.register and registry.remove(srv.inst.name)
     return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
+
+
+def redo_unfinished(datadir: Path, command: str, source: str) -> str | None:
+    """Remove the unfinished build of ``datadir`` by the same ``command`` from the same
+    ``source`` (its process is dead: the caller holds the directory's lock), so it can be
+    made again. A finished instance there is left for the caller to refuse.
+
+    :raises DatabaseException: an unfinished build by another command or from another
+        source is there.
+
+    :returns: its name (the retry keeps it), or None if there was none.
+    """
+    inst = registry.find_by_datadir(datadir)
+    if inst is None or not inst.pending:
+        return None
+    if inst.pending != command or inst.pending_from != source:
+        raise unfinished(inst, "replaced")
+    srv = Server(inst)
+    if inst.primary:
+        from pgmgr.core import replica
+
+        replica.release_to_destroy(srv)
+    destroy(srv)
+    return inst.name
 
 
 def _remove_leftovers(srv: Server) -> None:

@@ -84,6 +84,8 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     except FileNotFoundError:
         st = None
     except OSError as e:  # not reachable: a file on the way, a directory it cannot enter
+        if what != "state":  # an unusable cache only costs speed: its users say so
+            return path
         raise PgmgrError(
             f"cannot use {path} as pgmgr's {what} directory: {e.strerror or e}",
             hint=f"set {env} to a directory of your own",

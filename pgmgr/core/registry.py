@@ -58,6 +58,12 @@ class Instance:
     slot: str | None = None
     repl_role: str | None = None
     repl_password: str | None = None
+    #: A command that builds an instance in several steps ("import", "replica") registers
+    #: it first with this mark and clears it last: a record that still has it is a build
+    #: that was interrupted (or still runs). ``pending_from`` names what it was built from
+    #: (the bundle's path, the primary's name), so a retry of the same command knows it.
+    pending: str | None = None
+    pending_from: str | None = None
     #: "cli" (made on purpose with pgmgr init/start) or "library" (registered on the side
     #: by a pgmgr.Manager): a library record whose data directory is gone is pruned.
     origin: str = "cli"
@@ -133,6 +139,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(("started_at", "created_at"), _OPT_NUMBER),
     **dict.fromkeys(("socket_dir", "log_file", "server_user", "password"), _OPT_STR),
     **dict.fromkeys(("primary", "slot", "repl_role", "repl_password"), _OPT_STR),
+    **dict.fromkeys(("pending", "pending_from"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
     **dict.fromkeys(("password_pending", "password_reset"), (_is_bool, "true or false")),
 }
@@ -436,17 +443,29 @@ def unique_name(base: str) -> str:
     raise PgmgrError(f"too many instances named like {base!r}")  # pragma: no cover
 
 
-@contextlib.contextmanager
-def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
-    """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``."""
+def _lock_path(datadir: Path) -> Path:
     import hashlib  # only here: it costs ~2 ms to import
 
     key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
-    lockdir = paths.ensure_private_dir(paths.state_dir() / "locks")
+    return paths.ensure_private_dir(paths.state_dir() / "locks") / f"{key}.lock"
+
+
+@contextlib.contextmanager
+def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``."""
     with paths.flocked(
-        lockdir / f"{key}.lock",
+        _lock_path(datadir),
         exclusive=True,
         timeout=timeout,
         busy=f"another pgmgr is working on {datadir}",
     ):
         yield
+
+
+def is_locked(datadir: Path) -> bool:
+    """Whether another process holds ``datadir``'s lock now (a build still running)."""
+    try:
+        with paths.flocked(_lock_path(datadir), exclusive=True, timeout=0, busy="") as got:
+            return not got
+    except OSError:
+        return False

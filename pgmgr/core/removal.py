@@ -20,7 +20,7 @@ import re
 import stat
 from pathlib import Path
 
-from pgmgr.core import userfs
+from pgmgr.core import testhook, userfs
 from pgmgr.core.errors import DatabaseException
 
 #: The top-level entries of a data directory made by initdb (PostgreSQL 15 and 18 make the
@@ -72,6 +72,8 @@ PG_ENTRIES = frozenset(
 #: What makes a data directory complete.
 REQUIRED = ("PG_VERSION", "global/pg_control", "base")
 TRASH_MARK = ".pgmgr-trash-"
+#: An interrupted init's work directory (pgmgr.core.staging.WORK_PREFIX).
+INIT_WORK = ".pgmgr-init-"
 #: The server's socket and lock file (pgmgr puts the socket in the data dir when it fits).
 _SOCKET_RE = re.compile(r"^\.s\.PGSQL\.\d+(\.lock)?$")
 _TRASH_RE = re.compile(r"^\..+\.pgmgr-trash-\d+$")
@@ -86,13 +88,19 @@ def trash_name(name: str) -> str:
     return f".{name[:200]}{TRASH_MARK}{os.getpid()}"
 
 
-def check_complete(datadir: Path) -> None:
+def check_complete(datadir: Path, *, partial: bool = False) -> None:
     """:raises DatabaseException: ``datadir`` is not a complete PostgreSQL data directory,
-    or holds entries PostgreSQL did not make (they are listed)."""
+    or holds entries PostgreSQL did not make (they are listed). With ``partial`` (an
+    interrupted ``pgmgr import``/``replica``) it need not be complete, and may hold an
+    interrupted init's work directory."""
     with userfs.opened_dir(datadir) as fd:
-        missing = [r for r in REQUIRED if not _exists_at(fd, r)]
+        missing = [] if partial else [r for r in REQUIRED if not _exists_at(fd, r)]
         extras = sorted(
-            e for e in os.listdir(fd) if e not in PG_ENTRIES and not _SOCKET_RE.match(e)
+            e
+            for e in os.listdir(fd)
+            if e not in PG_ENTRIES
+            and not _SOCKET_RE.match(e)
+            and not (partial and (e.startswith(INIT_WORK) or e == "backup_manifest.tmp"))
         )
     if missing:
         raise DatabaseException(
@@ -166,6 +174,7 @@ def _rename_and_delete(pfd: int, datadir: Path, expect: tuple[int, int] | None) 
         with contextlib.suppress(OSError):
             os.rename(trash, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         raise DatabaseException(f"refusing to remove {datadir}: it changed meanwhile")
+    testhook.pause("destroy-renamed")
     _delete_trash(pfd, trash)
     return True
 
@@ -178,6 +187,7 @@ def _delete_trash(parent_fd: int, trash: str) -> None:
             os.unlink("PG_VERSION", dir_fd=fd)
         finally:
             os.close(fd)
+    testhook.pause("destroy-unversioned")
     userfs.rmtree_at(parent_fd, trash)
 
 

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgmgr.core import registry, scram, server, userfs, versions
+from pgmgr.core import registry, scram, server, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
-from pgmgr.core.instance import Server, new_password
+from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import reload, require_running
+from pgmgr.core.pgtext import new_password
 from pgmgr.core.roles import is_standby
 
 if TYPE_CHECKING:
@@ -136,7 +137,9 @@ def check_source(src: Server, version: str | None) -> None:
 
 
 def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
-    """:raises DatabaseException: the directory exists, or its parent does not."""
+    """:raises DatabaseException: the directory exists, or its parent does not; as root,
+    a user other than root and the server user could swap something in on its path (the
+    backup, written as the server user, would go where they point it)."""
     target = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
     if os.path.lexists(target):
         raise DatabaseException(
@@ -145,6 +148,14 @@ def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
         )
     if not target.parent.is_dir():
         raise DatabaseException(f"{target.parent} does not exist (nothing was created)")
+    su = src.user()
+    # As root, checked as the server user: "others" are users other than root and it.
+    if su is not None and userfs.as_user(su, userfs.others_can_write, str(target)):
+        raise DatabaseException(
+            f"refusing to make {target} as root: another OS user than root and "
+            f"{su.name!r} can change it or a directory above it (nothing was created)",
+            hint="choose a directory whose parents only root and the server user can write",
+        )
     return target
 
 
@@ -159,47 +170,91 @@ def create(
 ) -> Server:
     """A running, registered streaming standby of ``src``.
 
+    Its record is created first (exclusively: of two commands making one name, the second
+    stops there, before it touched SRC), marked ``pending`` until the standby runs. A
+    replica killed on the way is redone by the same command run again (it drops what the
+    first one made on SRC, all named after the replica, and its directory), or removed
+    by ``pgmgr destroy``.
+
     :raises NotRunning: SRC is not running.
     :raises UsageError: the name is taken.
     :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
         of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
     """
+    from pgmgr.core import ops, staging
+
     server.check_port_option(port)
     check_source(src, version)
     if name:
         registry.check_name(name)
-        if name in registry.names():
-            raise UsageError(
-                f"instance name {name!r} is already used", hint="choose another --name"
-            )
     else:
         name = registry.unique_name(f"{src.inst.name}-replica")
-    # Two replicas made at once with one name or directory: the second waits, then finds
-    # the directory taken, before it touched anything.
-    with registry.lock(Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))):
-        target = target_dir(src, name, datadir)
-        slot = role = slot_name(name)
-        password = new_password()
-        _prepare_primary(src, name, role, slot, password)
-        rep: Server | None = None
+    path = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
+    # The lock is held to the end: a retry waits for a live replica command, and finding
+    # the pending record of this directory under it means its command is dead.
+    with staging.signals_interrupt(), registry.lock(path):
+        name = ops.redo_unfinished(path, "replica", src.inst.name) or name
+        target = target_dir(src, name, path)
+        rep = _register(src, name, target)
         try:
-            rep = _clone(src, name, target, role, slot, password)
+            testhook.pause("replica-registered")
+            _prepare_primary(src, name, rep.inst.repl_role or "", rep.inst.repl_password or "")
+            testhook.pause("replica-primary-ready")
+            _clone(src, rep)
+            testhook.pause("replica-cloned")
             rep.start(host=src.inst.host, port=port or "auto", timeout=timeout)
+            rep.inst.pending = rep.inst.pending_from = None
+            rep.save()
         except BaseException:
-            if rep is not None:  # _clone removes its own directory when it fails
-                with contextlib.suppress(Exception):
-                    rep.stop("immediate", 30)
-                registry.remove(name)
-                _remove_new_dir(target)
             with contextlib.suppress(Exception):
-                detach_primary(src, name, role, slot)
+                release_to_destroy(rep)
+            with contextlib.suppress(Exception):
+                ops.destroy(rep)
             raise
     return rep
 
 
-def _prepare_primary(src: Server, name: str, role: str, slot: str, password: str) -> None:
+def _register(src: Server, name: str, target: Path) -> Server:
+    """The standby's record, marked pending, created exclusively.
+
+    :raises UsageError: the name is taken (by a finished instance, or another command
+        making it right now).
+    """
+    install = src.installation()
+    if name in registry.names():
+        other = registry.load(name)
+        if other.pending and registry.is_locked(Path(other.datadir)):
+            raise UsageError(
+                f"instance name {name!r} is being made by another 'pgmgr {other.pending}'",
+                hint="wait for it to finish, or choose another --name",
+            )
+        if other.pending:
+            raise unfinished(other, "made again here")
+        raise UsageError(f"instance name {name!r} is already used", hint="choose another --name")
+    rep = Server.for_datadir(target, name=name, version=install.version)
+    inst = rep.inst
+    inst.host, inst.superuser, inst.auth = src.inst.host, src.inst.superuser, src.inst.auth
+    inst.password, inst.password_pending = src.inst.password, False  # the catalog is SRC's
+    inst.server_user, inst.settings = src.inst.server_user, dict(src.inst.settings)
+    inst.primary, inst.slot = src.inst.name, slot_name(name)
+    inst.repl_role, inst.repl_password = slot_name(name), new_password()
+    inst.pending, inst.pending_from = "replica", src.inst.name
+    rep.building = True
+    rep.save()
+    if rep.inst is not inst:  # pragma: no cover - registered by a command that took no lock
+        raise UsageError(f"{target} was registered meanwhile as '{rep.inst.name}'")
+    return rep
+
+
+def _prepare_primary(src: Server, name: str, role: str, password: str) -> None:
+    """The role (commented with the replica's name), slot and pg_hba.conf lines on SRC.
+
+    :raises DatabaseException: the role or slot exists there already (not made by this
+        replica command: a retry drops its own first).
+    """
     from psycopg import sql
 
+    slot = role
     with connect(src) as conn:
         if _sql(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
             raise DatabaseException(
@@ -219,7 +274,12 @@ def _prepare_primary(src: Server, name: str, role: str, slot: str, password: str
         )
         _sql(conn, stmt.as_string(conn))
         try:
+            comment = sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                sql.Identifier(role), sql.Literal(f"pgmgr replica {name}")
+            )
+            _sql(conn, comment.as_string(conn))
             _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
+            testhook.pause("replica-slot-made")
             userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
         except BaseException:
             with contextlib.suppress(Exception):
@@ -230,41 +290,25 @@ def _prepare_primary(src: Server, name: str, role: str, slot: str, password: str
     reload(src)
 
 
-def _clone(src: Server, name: str, target: Path, role: str, slot: str, password: str) -> Server:
-    """pg_basebackup into ``target`` (a new directory handed to the server user), and the
-    standby's record."""
+def _clone(src: Server, rep: Server) -> None:
+    """pg_basebackup into the standby's new directory (made here and handed to the server
+    user; its identity pinned in the record at once, so a destroy of an interrupted clone
+    removes that very directory and nothing else)."""
     su = src.user()
-    install = src.installation()
+    target = rep.datadir
     with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
         os.mkdir(target.name, 0o700, dir_fd=parent)
+        st = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
         if su is not None:
             os.chown(target.name, su.uid, su.gid, dir_fd=parent, follow_symlinks=False)
-    try:
-        host = src.conninfo(tcp=True)["host"]
-        argv = basebackup_argv(install, target, host, int(src.inst.port or 5432), role, slot)
-        server.run(argv, su, timeout=3600, env={"PGPASSWORD": password})
-    except BaseException:
-        _remove_new_dir(target)
-        raise
-    rep = Server.for_datadir(target, name=name, version=install.version)
-    inst = rep.inst
-    inst.host, inst.superuser, inst.auth = src.inst.host, src.inst.superuser, src.inst.auth
-    inst.password, inst.password_pending = src.inst.password, False  # the catalog is SRC's
-    inst.server_user, inst.settings = src.inst.server_user, dict(src.inst.settings)
-    inst.primary, inst.slot, inst.repl_role, inst.repl_password = (
-        src.inst.name,
-        slot,
-        role,
-        password,
-    )
+    rep.inst.dev, rep.inst.ino = st.st_dev, st.st_ino
     rep.save()
-    return rep
-
-
-def _remove_new_dir(target: Path) -> None:
-    """Remove the directory a failed replica made (through fds: it belongs to the user)."""
-    with contextlib.suppress(OSError), userfs.opened_dir(target.parent) as parent:
-        userfs.rmtree_at(parent, target.name)
+    host = src.conninfo(tcp=True)["host"]
+    role, slot, password = rep.inst.repl_role or "", rep.inst.slot or "", rep.inst.repl_password
+    argv = basebackup_argv(src.installation(), target, host, int(src.inst.port or 5432), role, slot)
+    server.run(argv, su, timeout=3600, env={"PGPASSWORD": password or ""}, die_with_parent=True)
+    rep.pin()
+    rep.save()
 
 
 def detach_primary(primary: Server, name: str, role: str | None, slot: str | None) -> list[str]:
@@ -308,44 +352,67 @@ class PromoteResult:
 def promote(srv: Server, timeout: int = 60) -> PromoteResult:
     """Promote a running standby (``pg_promote``), clear its ``primary_conninfo`` (it held
     the replication password), and drop its slot, role and pg_hba.conf lines on the former
-    primary when that runs.
+    primary when that runs. A promote interrupted after ``pg_promote`` (a primary whose
+    record still names its former primary) is finished by running it again.
 
-    :raises NotRunning: not running. :raises DatabaseException: not a standby.
+    :raises NotRunning: not running. :raises DatabaseException: not a standby; an
+        unfinished ``pgmgr replica``.
     :raises WorkerError: it did not finish promotion within ``timeout``.
     """
-    require_running(srv)
-    if not is_standby(srv):
-        raise DatabaseException(
-            f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
-        )
-    with connect(srv) as conn:
-        if not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
-            raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
-        _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
-        _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
-        _sql(conn, "SELECT pg_reload_conf()")
-    former = srv.inst.primary
-    detached, note = release(srv)
+    with registry.lock(srv.datadir):
+        require_running(srv)
+        if srv.inst.pending:
+            raise unfinished(srv.inst, "promoted")
+        standby = is_standby(srv)
+        if not standby and not srv.inst.primary:
+            raise DatabaseException(
+                f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
+            )
+        with connect(srv) as conn:
+            if standby and not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
+                raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
+            testhook.pause("promote-promoted")
+            _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
+            _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
+            _sql(conn, "SELECT pg_reload_conf()")
+        former = srv.inst.primary
+        detached, note = release(srv)
     return PromoteResult(srv.inst.name, former, detached, note)
 
 
 def release(srv: Server) -> tuple[list[str], str | None]:
     """Forget that ``srv`` follows a primary: drop its slot, role and pg_hba.conf lines
-    there (when the primary runs) and clear them from its record.
+    there (when the primary runs), then clear them from its record (in that order: a
+    kill in between leaves a record that still says what to drop).
 
     :returns: what was dropped, and a note saying what is left behind, if anything.
     """
     inst = srv.inst
     former, role, slot = inst.primary, inst.repl_role, inst.slot
+    done: list[str] = []
+    note = None
+    if former:
+        try:
+            done = detach_primary(Server.load(former), inst.name, role, slot)
+        except Exception as e:  # the promotion or removal stands; say what is left behind
+            note = (
+                f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "
+                "there, or it keeps WAL for a standby that no longer follows it"
+            )
     inst.primary = inst.slot = inst.repl_role = inst.repl_password = None
     if srv.register and registry.find_by_datadir(srv.datadir) is not None:
         srv.save()
-    if not former:
+    return done, note
+
+
+def release_to_destroy(srv: Server, timeout: float = 30.0) -> tuple[list[str], str | None]:
+    """Before a standby is destroyed: stop it (its walsender must go before its slot can)
+    and :func:`release` it, while its record still says what it holds on its primary."""
+    if not srv.inst.primary:
         return [], None
-    try:
-        return detach_primary(Server.load(former), srv.inst.name, role, slot), None
-    except Exception as e:  # the promotion or removal stands; say what is left behind
-        return [], (
-            f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "
-            "there, or it keeps WAL for a standby that no longer follows it"
-        )
+    if srv.running() is not None:
+        try:
+            srv.stop("fast", timeout)
+        except WorkerError:
+            srv.stop("immediate", timeout)
+    return release(srv)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,10 +182,13 @@ def run(
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
     input: str | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
     ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it); ``input``
-    is its standard input (else /dev/null).
+    is its standard input (else /dev/null). With ``die_with_parent`` (a long dump, restore
+    or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it never goes on
+    writing into what a retry or a destroy is removing.
 
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
@@ -192,6 +196,11 @@ def run(
     import subprocess
 
     uid, gid, groups = _ids(user)
+    preexec = None
+    if die_with_parent and sys.platform == "linux":
+        from pgmgr.core.launch import _die_with
+
+        preexec = _die_with(os.getpid(), signal.SIGTERM)
     proc = subprocess.run(
         list(argv),
         stdin=subprocess.DEVNULL if input is None else None,
@@ -205,6 +214,7 @@ def run(
         group=gid,
         extra_groups=groups,
         check=False,
+        preexec_fn=preexec,
     )
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr or proc.stdout)

@@ -55,7 +55,9 @@ class Status:
     """What ``pgmgr status`` reports for one instance; ``state`` decides the exit code."""
 
     name: str
-    state: str  # running | starting | stopping | stopped | crashed | missing | moved | replaced
+    # running | starting | stopping | stopped | crashed | missing | moved | replaced, and
+    # importing | cloning | incomplete for an unfinished pgmgr import / replica
+    state: str
     datadir: str
     version: str
     host: str

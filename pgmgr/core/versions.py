@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import paths
-from pgmgr.core.errors import NoInstallation, UsageError, VersionNotFound
+from pgmgr.core.errors import NoInstallation, PgmgrError, UsageError, VersionNotFound
 
 DEFAULT_ROOT = "/usr/lib/postgresql"
 ENV_VERSION = "POSTGRES_VERSION"
@@ -241,14 +241,19 @@ class _OutputCache:
     """Outputs of ``<binary> <args>`` keyed by the binary's real path, size and mtime."""
 
     def __init__(self) -> None:
-        self.path = _cache_file()
+        self.data: dict[str, dict[str, str]] = {}
+        self.dirty = False
+        try:  # an unusable or unsafe cache directory only costs speed: nothing is read from it
+            self.path: Path | None = _cache_file()
+        except PgmgrError:
+            self.path = None
+            return
         try:
-            self.data: dict[str, dict[str, str]] = json.loads(self.path.read_text())
+            self.data = json.loads(self.path.read_text())
             if not isinstance(self.data, dict):
                 self.data = {}
         except (OSError, ValueError):
             self.data = {}
-        self.dirty = False
 
     def get(self, argv: Sequence[str]) -> str | None:
         key = " ".join(argv)
@@ -265,7 +270,7 @@ class _OutputCache:
             self.dirty = True
 
     def save(self) -> None:
-        if not self.dirty:
+        if not self.dirty or self.path is None:
             return
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs speed
             paths.write_json_atomic(self.path, self.data)

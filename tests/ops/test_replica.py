@@ -4,6 +4,8 @@ promotion with nothing lost, roles and lag in ``status``, and bad inputs that cr
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import time
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,23 @@ def test_two_replicas_with_one_name_at_once(fresh: Instance, ops_dir: Path) -> N
                 break
             assert time.monotonic() < deadline, "the winner stopped replicating"
             time.sleep(0.01)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a third user's directory matters only to root")
+def test_a_replica_under_a_directory_another_user_controls_is_refused(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """As root, the standby's directory would be made in 'nobody's directory, where
+    nobody could swap a symlink in and receive the base backup: refused before SRC is
+    touched (it went ahead)."""
+    theirs = ops_dir / "theirs"
+    theirs.mkdir(mode=0o755)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    before = snapshot(fresh, ops_dir)
+    proc = fresh.pgmgr("replica", "fresh", "--name", "r", "-d", str(theirs / "r"))
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert lines[0].startswith(f"Error: refusing to make {theirs / 'r'} as root"), lines
+    assert snapshot(fresh, ops_dir) == before
+    assert list(theirs.iterdir()) == []

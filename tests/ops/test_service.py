@@ -8,6 +8,7 @@ main process) the test does for real.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shlex
@@ -65,8 +66,10 @@ def unit_text(inst: Instance, mode: str) -> tuple[Path, str]:
 
 
 def verify(path: Path, mode: str, runtime: Path) -> None:
-    """``systemd-analyze verify`` (when installed): no complaint about our unit."""
+    """``systemd-analyze verify`` (when installed; CI installs it and sets
+    PGMGR_REQUIRE_SYSTEMD_ANALYZE, so there it never goes unchecked): no complaint."""
     if ANALYZE is None:
+        assert not os.environ.get("PGMGR_REQUIRE_SYSTEMD_ANALYZE"), "no systemd-analyze"
         return
     runtime.mkdir(mode=0o700, exist_ok=True)
     argv = [ANALYZE, "verify", *(["--user"] if mode == "user" else []), str(path)]
@@ -269,3 +272,93 @@ def test_foreground_notifies_an_abstract_socket(fresh: Instance) -> None:
         ready_then_stop(proc, sock, port)
     finally:
         sock.close()
+
+
+# A stand-in for systemctl, first on PATH: systemd cannot run in this VM (PID 1 is not
+# systemd), so `install --enable` and `remove` are checked against this mock, which records
+# its arguments and, when asked to, fails the way systemctl does (message, exit code 1).
+MOCK_SYSTEMCTL = """#!/bin/sh
+printf '%s\\n' "$*" >> "$MOCK_SYSTEMCTL_LOG"
+case " $* " in
+  *" enable "*)
+    if [ -n "$MOCK_SYSTEMCTL_FAIL" ]; then
+      echo "Failed to enable unit: Unit file is masked." >&2
+      exit 1
+    fi ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def mock_systemctl(unit_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The mock systemctl first on PATH, and systemd said to be running (its run dir)."""
+    bindir = unit_env / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(MOCK_SYSTEMCTL)
+    (bindir / "systemctl").chmod(0o755)
+    (unit_env / "run-systemd").mkdir()
+    log = unit_env / "systemctl.log"
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MOCK_SYSTEMCTL_LOG", str(log))
+    monkeypatch.setenv("PGMGR_SYSTEMD_RUN_DIR", str(unit_env / "run-systemd"))
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_install_enable_and_remove_call_systemctl(
+    fresh: Instance, mock_systemctl: Path, mode: str
+) -> None:
+    scope = "--user " if mode == "user" else ""
+    proc = fresh.pgmgr("service", "install", "fresh", f"--{mode}", "--enable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["enabled"] is True and out["next_steps"] == []
+    assert calls(mock_systemctl) == [
+        f"{scope}daemon-reload",
+        f"{scope}enable --now pgmgr-fresh.service",
+    ]
+    assert Path(out["path"]).is_file()
+    removed = fresh.pgmgr("service", "remove", "fresh", f"--{mode}")
+    assert removed.returncode == 0, removed.stderr
+    assert calls(mock_systemctl)[2:] == [
+        f"{scope}disable --now pgmgr-fresh.service",
+        f"{scope}daemon-reload",
+    ]
+    assert not Path(out["path"]).exists()
+
+
+def test_a_failing_systemctl_is_one_clear_error(
+    fresh: Instance, mock_systemctl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOCK_SYSTEMCTL_FAIL", "1")
+    proc = fresh.pgmgr("service", "install", "fresh", "--user", "--enable")
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    path = mock_systemctl.parent / "config/systemd/user/pgmgr-fresh.service"
+    assert lines == [
+        "Error: systemctl failed with exit code 1: Failed to enable unit: Unit file is "
+        f"masked.; {path} is written but not enabled",
+        "Hint: see 'systemctl --user status pgmgr-fresh.service', then run "
+        "'systemctl --user enable --now pgmgr-fresh.service'",
+    ], proc.stderr
+    assert calls(mock_systemctl) == [
+        "--user daemon-reload",
+        "--user enable --now pgmgr-fresh.service",
+    ]
+
+
+def test_without_systemd_install_enable_writes_the_file_and_says_how(
+    fresh: Instance, mock_systemctl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGMGR_SYSTEMD_RUN_DIR", str(mock_systemctl.parent / "no-such-dir"))
+    proc = fresh.pgmgr("service", "install", "fresh", "--user", "--enable")
+    assert proc.returncode == 0, proc.stderr
+    assert "systemd is not running here" in proc.stderr
+    assert "systemctl --user enable --now pgmgr-fresh.service" in proc.stderr
+    assert (mock_systemctl.parent / "config/systemd/user/pgmgr-fresh.service").is_file()
+    assert calls(mock_systemctl) == []  # never called where systemd does not run

@@ -1,0 +1,316 @@
+"""``pgmgr import`` and ``pgmgr replica`` killed at their worst moments, and run twice at
+once, on real servers.
+
+Each command registers the new instance first, marked pending, and clears the mark last:
+after a SIGKILL, ``status`` says ``incomplete``, ``start`` refuses it, the same command run
+again redoes it, and ``destroy`` (without ``--yes``) removes it with everything it made on
+the primary. A SIGTERM cleans up at once. The test-only pause of
+:mod:`pgmgr.core.testhook` stops pgmgr at an exact step, where the test kills it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.helpers import error_lines, postmasters_under
+from tests.ops.conftest import Instance
+from tests.ops.test_bundle import fingerprint
+from tests.ops.test_replica import conn, primary_leftovers
+
+
+class Paused:
+    """``pgmgr ARGS`` started with a pause at ``step``."""
+
+    def __init__(self, hooks: Path, step: str, *args: str) -> None:
+        self.hooks, self.step = hooks, step
+        for old in hooks.glob(f"{step}*"):
+            old.unlink()
+        (hooks / step).touch()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgmgr", *args],
+            env={**os.environ, "PGMGR_TEST_PAUSE": str(hooks)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def reached(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.hooks / f"{self.step}.reached").exists():
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, f"pgmgr never reached {self.step}"
+            time.sleep(0.01)
+
+    def go(self) -> tuple[int, str]:
+        (self.hooks / f"{self.step}.go").touch()
+        _, err = self.proc.communicate(timeout=120)
+        (self.hooks / self.step).unlink()
+        assert "Traceback" not in err, err
+        return self.proc.returncode, err
+
+    def kill(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=60)
+        (self.hooks / self.step).unlink()  # the next run goes through
+        assert "Traceback" not in err, err
+
+
+@pytest.fixture
+def hooks(ops_dir: Path) -> Path:
+    path = ops_dir / "hooks"
+    path.mkdir(mode=0o777)
+    path.chmod(0o777)  # the server user's work pauses here too
+    return path
+
+
+def states(inst: Instance) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in json.loads(inst.pgmgr("status", "--json").stdout)}
+
+
+def assert_incomplete(inst: Instance, name: str, command: str) -> None:
+    """status shows it; start refuses it with one Error line and a Hint."""
+    rec = states(inst)[name]
+    assert rec["state"] == "incomplete", rec
+    assert f"'pgmgr {command}' did not finish" in rec["detail"], rec
+    assert f"{name}" in inst.pgmgr("status").stdout
+    start = inst.pgmgr("start", name)
+    assert start.returncode == 1, start.stderr
+    lines = error_lines(start.stderr)
+    assert lines[0].startswith(f"Error: '{name}' is an unfinished 'pgmgr {command}'"), lines
+    assert lines[0].endswith("it was not started"), lines
+    assert lines[1].startswith(f"Hint: run the same 'pgmgr {command}' again"), lines
+    assert len(lines) == 2, lines
+
+
+def assert_gone(inst: Instance, name: str, datadir: Path) -> None:
+    assert name not in states(inst)
+    assert not datadir.exists()
+    assert not postmasters_under(datadir)
+
+
+# --------------------------------------------------------------------------- import
+
+
+@pytest.fixture
+def bundle(fresh: Instance, ops_dir: Path) -> tuple[Path, dict[str, tuple[int, str, str]]]:
+    rec = fresh.status()
+    with psycopg.connect(str(rec["url"]), autocommit=True) as c:
+        c.execute("CREATE DATABASE second")
+        c.execute("CREATE TABLE a AS SELECT g AS id, md5(g::text) FROM generate_series(1, 3000) g")
+    with psycopg.connect(str(rec["url"]), dbname="second") as c:
+        c.execute("CREATE TABLE b AS SELECT g AS id FROM generate_series(1, 2000) g")
+    path = ops_dir / "bundle"
+    out = fresh.pgmgr("export", "fresh", str(path))
+    assert out.returncode == 0, out.stderr
+    return path, fingerprint(rec)
+
+
+# step, signal, then: "retry" (the same import again) or "destroy"
+IMPORT_KILLS = [
+    ("import-registered", signal.SIGKILL, "retry"),
+    ("import-started", signal.SIGKILL, "destroy"),
+    ("import-restored-db", signal.SIGKILL, "retry"),
+    ("import-restored-db", signal.SIGTERM, None),
+]
+
+
+def test_an_interrupted_import_is_redone_or_destroyed(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    path, expected = bundle
+    target = ops_dir / "imp"
+    argv = ("import", str(path), "-d", str(target), "--name", "imp")
+    for step, sig, then in IMPORT_KILLS:
+        run = Paused(hooks, step, *argv)
+        run.reached()
+        if step == "import-started":  # while it runs, status says so
+            live = states(fresh)["imp"]
+            assert live["state"] == "importing", live
+        run.kill(sig)
+        if sig == signal.SIGTERM:  # interrupted like Ctrl-C: it cleans up itself
+            assert_gone(fresh, "imp", target)
+            continue
+        assert_incomplete(fresh, "imp", "import")
+        if step == "import-restored-db":  # a server with part of the data was running
+            assert states(fresh)["imp"]["pid"], "the half-import's server should still run"
+        if then == "destroy":
+            out = fresh.pgmgr("destroy", "imp")  # no --yes, no terminal: not asked
+            assert out.returncode == 0, out.stderr
+            assert_gone(fresh, "imp", target)
+            continue
+        again = fresh.pgmgr(*argv)
+        assert again.returncode == 0, (step, again.stderr)
+        rec = states(fresh)["imp"]
+        assert rec["state"] == "running", rec
+        assert fingerprint(rec) == expected, step
+        assert fresh.pgmgr("destroy", "imp", "--yes").returncode == 0
+
+
+def test_an_interrupted_import_of_another_bundle_is_not_replaced(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    path, _ = bundle
+    target = ops_dir / "imp"
+    run = Paused(hooks, "import-started", "import", str(path), "-d", str(target))
+    run.reached()
+    run.kill(signal.SIGKILL)
+    other = ops_dir / "other"
+    os.rename(path, other)
+    proc = fresh.pgmgr("import", str(other), "-d", str(target))
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert lines[0].startswith("Error: 'imp' is an unfinished 'pgmgr import'"), lines
+    assert lines[0].endswith(f"of {path}; it was not replaced"), lines
+    assert states(fresh)["imp"]["state"] == "incomplete"
+    assert fresh.pgmgr("destroy", "imp").returncode == 0
+    assert_gone(fresh, "imp", target)
+
+
+# --------------------------------------------------------------------------- replica
+
+
+REPLICA_KILLS = [
+    ("replica-registered", signal.SIGKILL, "retry"),
+    ("replica-slot-made", signal.SIGKILL, "destroy"),
+    ("replica-cloned", signal.SIGKILL, "retry"),
+    ("replica-cloned", signal.SIGTERM, None),
+    ("replica-primary-ready", signal.SIGKILL, "destroy-source"),
+]
+
+
+def test_an_interrupted_replica_is_redone_or_destroyed(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    target = ops_dir / "rep"
+    argv = ("replica", "fresh", "--name", "rep", "-d", str(target))
+    for step, sig, then in REPLICA_KILLS:
+        run = Paused(hooks, step, *argv)
+        run.reached()
+        run.kill(sig)
+        if sig == signal.SIGTERM:  # interrupted like Ctrl-C: it cleans up itself
+            assert_gone(fresh, "rep", target)
+            assert primary_leftovers(fresh) == (0, 0, [])
+            continue
+        assert_incomplete(fresh, "rep", "replica")
+        if step != "replica-registered":  # killed with these made on the primary
+            slots, roles, hba = primary_leftovers(fresh)
+            assert (slots, roles) == (1, 1), step
+            assert len(hba) == (0 if step == "replica-slot-made" else 2), step
+            assert all(ln.endswith("# pgmgr replica rep") for ln in hba)
+        if then == "destroy":
+            out = fresh.pgmgr("destroy", "rep")
+            assert out.returncode == 0, out.stderr
+            assert_gone(fresh, "rep", target)
+            assert primary_leftovers(fresh) == (0, 0, [])
+            continue
+        if then == "destroy-source":  # what it made there goes with the source
+            assert fresh.pgmgr("destroy", "fresh", "--yes").returncode == 0
+            assert fresh.pgmgr("destroy", "rep").returncode == 0
+            assert_gone(fresh, "rep", target)
+            continue
+        again = fresh.pgmgr(*argv)
+        assert again.returncode == 0, (step, again.stderr)
+        assert states(fresh)["rep"]["state"] == "running"
+        slots, roles, hba = primary_leftovers(fresh)
+        assert (slots, roles, len(hba)) == (1, 1, 2), step
+        assert_streams(fresh, "rep")
+        assert fresh.pgmgr("destroy", "rep", "--yes").returncode == 0
+        assert primary_leftovers(fresh) == (0, 0, [])
+
+
+def assert_streams(primary: Instance, standby: str) -> None:
+    with conn(primary) as p:
+        p.execute("DROP TABLE IF EXISTS probe; CREATE TABLE probe ()")
+        oid = p.execute("SELECT 'probe'::regclass::oid").fetchone()
+    deadline = time.monotonic() + 5
+    with conn(primary, standby) as r:
+        while r.execute("SELECT to_regclass('probe')::oid").fetchone() != oid:
+            assert time.monotonic() < deadline, f"{standby} does not stream"
+            time.sleep(0.01)
+
+
+def test_two_replicas_of_one_name_race_and_one_wins(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """The first registers the name and waits; the second (another directory) fails with
+    one clear line before it touches the primary; the first then finishes intact."""
+    first = Paused(hooks, "replica-registered", "replica", "fresh", "--name", "twin",
+                   "-d", str(ops_dir / "a"))  # fmt: skip
+    first.reached()
+    second = fresh.pgmgr("replica", "fresh", "--name", "twin", "-d", str(ops_dir / "b"))
+    assert second.returncode != 0
+    lines = error_lines(second.stderr)
+    assert lines[0] == "Error: instance name 'twin' is being made by another 'pgmgr replica'"
+    assert len(lines) <= 2 and all(ln.startswith(("Error:", "Hint:")) for ln in lines), lines
+    assert not (ops_dir / "b").exists()
+    code, err = first.go()
+    assert code == 0, err
+    st = states(fresh)["twin"]
+    assert st["state"] == "running" and st["role"] == "standby", st
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    assert_streams(fresh, "twin")
+
+
+def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
+    fresh: Instance, hooks: Path
+) -> None:
+    """Killed once the standby is a primary but before its former primary was cleaned:
+    a second promote finishes the job instead of saying there is nothing to promote."""
+    made = fresh.pgmgr("replica", "fresh", "--name", "rep")
+    assert made.returncode == 0, made.stderr
+    run = Paused(hooks, "promote-promoted", "promote", "rep")
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    again = fresh.pgmgr("promote", "rep")
+    assert again.returncode == 0, again.stderr
+    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep" in again.stderr
+    assert primary_leftovers(fresh) == (0, 0, [])
+    with conn(fresh, "rep") as r:
+        assert r.execute("SHOW primary_conninfo").fetchone() == ("",)
+        r.execute("CREATE TABLE writable ()")
+    third = fresh.pgmgr("promote", "rep")
+    assert third.returncode == 1
+    assert error_lines(third.stderr)[0] == (
+        "Error: 'rep' is a primary, not a standby: there is nothing to promote"
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize(
+    ("step", "sig"),
+    [("export-written", signal.SIGKILL), ("export-dumped-db", signal.SIGTERM)],
+)  # fmt: skip
+def test_an_interrupted_export_leaves_no_bundle_and_a_retry_works(
+    fresh: Instance, ops_dir: Path, hooks: Path, step: str, sig: int
+) -> None:
+    """Killed before or after its manifest is written, an export leaves nothing under the
+    bundle's name (import says so; nothing half-written is taken for a bundle); the retry
+    succeeds and removes the dead export's hidden work directory."""
+    dest = ops_dir / "bundle"
+    run = Paused(hooks, step, "export", "fresh", str(dest))
+    run.reached()
+    run.kill(sig)
+    assert not dest.exists()
+    leftovers = [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
+    assert len(leftovers) == (0 if sig == signal.SIGTERM else 1), leftovers
+    imp = fresh.pgmgr("import", str(dest), "-d", str(ops_dir / "imp"))
+    assert imp.returncode == 1
+    assert error_lines(imp.stderr)[0].startswith(f"Error: {dest} is not a directory")
+    again = fresh.pgmgr("export", "fresh", str(dest))
+    assert again.returncode == 0, again.stderr
+    assert (dest / "manifest.json").is_file()
+    assert not [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
