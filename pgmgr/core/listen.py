@@ -235,15 +235,19 @@ def _make_socket_dir(path: Path, user: ServerUser | None) -> None:
 
 
 def _open_made_dir(path: Path) -> int:
-    """An fd of directory ``path``, its missing components made on the way through
-    ``O_NOFOLLOW`` fds (``mkdir -p`` as root followed another user's symlink on the way and
-    made a directory where it pointed before :func:`~pgmgr.core.userfs.open_dir` refused).
+    """An fd of directory ``path``, its missing components made on the way: as root through
+    ``O_NOFOLLOW`` fds (``mkdir -p`` followed another user's symlink on the way and made a
+    directory where it pointed before :func:`~pgmgr.core.userfs.open_dir` refused); as
+    anyone else, as the user's own ``mkdir -p`` would (through their own symlinks too).
 
     :raises UnsafePath: an existing part of ``path`` crosses an untrusted symlink.
     :raises OSError: a component cannot be made, or is not a directory (or a symlink).
     """
     from pgmgr.core import userfs
 
+    if os.geteuid() != 0:  # no one to guard against: the caller's own symlinks are fine
+        path.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     missing: list[str] = []
     while not os.path.lexists(path) and path != path.parent:
         missing.append(path.name)

@@ -8,6 +8,8 @@ in this process; the swap is done here, as the racing user would."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import listen, privileges, testhook
+from pgmgr.core import listen, privileges, testhook, userfs
 from pgmgr.core.errors import DatabaseException
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root chowns to the server user")
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="root chowns to the server user")
 STEP = "socket-dir-made"
 
 
@@ -51,6 +53,7 @@ def _race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path]
     return sock
 
 
+@as_root
 def test_swapped_for_a_symlink_chowns_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,6 +68,7 @@ def test_swapped_for_a_symlink_chowns_nothing(
     assert victim.stat().st_uid == 0  # not given to postgres
 
 
+@as_root
 def test_swapped_for_another_users_directory_is_not_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,6 +83,7 @@ def test_swapped_for_another_users_directory_is_not_taken(
     assert sock.stat().st_uid == nobody.uid
 
 
+@as_root
 def test_made_for_the_server_user(tmp_path: Path) -> None:
     sock = tmp_path / "a" / "b" / "sock"
     listen.check_socket_dir(sock, privileges.lookup("postgres"))
@@ -86,6 +91,7 @@ def test_made_for_the_server_user(tmp_path: Path) -> None:
     assert st.st_uid == privileges.lookup("postgres").uid and st.st_mode & 0o777 == 0o700
 
 
+@as_root
 def test_missing_parents_are_not_made_through_another_users_symlink(tmp_path: Path) -> None:
     """``--socket-dir ATTACKER/a/b/sock``: root made ``b`` where the user's symlink ``a``
     pointed (``mkdir -p``) before it refused the path."""
@@ -99,3 +105,24 @@ def test_missing_parents_are_not_made_through_another_users_symlink(tmp_path: Pa
     with pytest.raises(DatabaseException, match="symlink"):
         listen.check_socket_dir(theirs / "a" / "b" / "sock", privileges.lookup("postgres"))
     assert list(victim.iterdir()) == []
+
+
+def _made_under_own_symlink(base: str) -> list[str]:
+    os.mkdir(f"{base}/real")
+    os.symlink(f"{base}/real", f"{base}/link")
+    listen.check_socket_dir(Path(base) / "link" / "a" / "sock", None)
+    return sorted(os.listdir(f"{base}/real/a"))
+
+
+def test_a_user_may_make_a_socket_dir_through_their_own_symlink() -> None:
+    """Not root: nobody else is guarded against, so ``--socket-dir ~/link/sock`` works as
+    it did before the O_NOFOLLOW walk (which refused 'link' on its way)."""
+    base = tempfile.mkdtemp()
+    try:
+        user = None
+        if os.geteuid() == 0:  # the same, as the user postgres
+            user = privileges.lookup("postgres")
+            os.chown(base, user.uid, user.gid)
+        assert userfs.as_user(user, _made_under_own_symlink, base) == ["sock"]
+    finally:
+        shutil.rmtree(base)
