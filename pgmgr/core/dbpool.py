@@ -49,6 +49,8 @@ TRIALS = 3
 MAX_FAILURES = 5
 #: SQLSTATE of DROP DATABASE ... WITH (FORCE) on a database a prepared transaction uses.
 OBJECT_IN_USE = "55006"
+#: SQLSTATE of CREATE DATABASE from a template that does not exist.
+NO_DATABASE = "3D000"
 
 
 class PoolError(DatabaseException):
@@ -255,6 +257,8 @@ class DatabasePool:
                 self._snapshot_busy = False
             elif job[0] == "create":
                 self._inflight -= 1
+                if job[1] == self._snapshot and getattr(e, "sqlstate", None) == NO_DATABASE:
+                    self._snapshot = None  # a test dropped it: take a new one
             else:
                 self._drops.append(job[1])
             self._failures += 1

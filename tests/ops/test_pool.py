@@ -407,6 +407,27 @@ def test_a_prepared_transaction_left_in_a_database_does_not_stop_the_pool(
             pool.close(timeout=5)
 
 
+def test_a_snapshot_dropped_by_a_test_is_taken_again(tmp_server: TemporaryInstance) -> None:
+    """A test that drops every database it finds drops the pool's snapshot too: the pool
+    takes a new one (it copied from the missing one in a loop, and every later test waited
+    for its timeout)."""
+    tmp_server.create_database("tpl")
+    pool = pool_for(tmp_server)
+    try:
+        pool.release(pool.acquire("tpl"))
+        deadline = time.monotonic() + 60
+        while pool.stats.snapshots < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        snapshot = pool._snapshot
+        assert snapshot is not None
+        tmp_server.execute(f'DROP DATABASE "{snapshot}"')
+        for _ in range(4):
+            pool.release(pool.acquire("tpl", timeout=30))
+        assert pool.stats.snapshots == 2 and pool._snapshot != snapshot
+    finally:
+        pool.close(timeout=5)
+
+
 @pytest.mark.parametrize(
     ("ini_line", "message"),
     [
