@@ -163,8 +163,8 @@ def _last_line(text: str) -> str:
 _OPERATIONS = {
     "mkdir": "create the directory",
     "makedirs": "create the directory",
-    "mkdtemp": "create a temporary directory in",
-    "mkstemp": "create a temporary file in",
+    "mkdtemp": "create the temporary directory",  # its filename is the new entry, not the dir
+    "mkstemp": "create the temporary file",
     "open": "open",
     "touch": "create",
     "read_text": "read",

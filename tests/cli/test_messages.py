@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -288,6 +289,9 @@ def test_os_error_operation_seen_through_frozen_os_and_in_site_packages(tmp_path
     with pytest.raises(OSError) as made:
         os.makedirs(afile / "sub")
     assert describe_os_error(made.value).startswith("cannot create the directory ")
+    with pytest.raises(OSError) as temp:
+        tempfile.mkstemp(dir=afile)  # the error names the temporary file, not its directory
+    assert describe_os_error(temp.value).startswith(f"cannot create the temporary file {afile}/")
 
     # A module of an installed package; its source is given to linecache as a loader's
     # would be, since nothing may be written to the interpreter's own directory.
