@@ -16,7 +16,10 @@ def complete_names(incomplete: str) -> list[str]:
     """Instance names for shell completion (read from the registry, nothing else)."""
     from pgmgr.core import registry
 
-    return [n for n in registry.names() if n.startswith(incomplete)]
+    try:
+        return [n for n in registry.names() if n.startswith(incomplete)]
+    except OSError:  # a completion offers nothing rather than fail
+        return []
 
 
 Name = Annotated[

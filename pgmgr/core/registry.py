@@ -362,10 +362,16 @@ def remove(name: str) -> bool:
 
 
 def names() -> list[str]:
+    """The registered names; none while the instances directory does not exist.
+
+    :raises OSError: it cannot be listed (no permission, not a directory): 'pgmgr status'
+        said "No instances" then, and a new record's free name was picked blind.
+    """
     try:
-        return sorted(p.stem for p in instances_dir().glob("*.json"))
-    except OSError:
+        entries = os.listdir(instances_dir())
+    except FileNotFoundError:
         return []
+    return sorted(n[:-5] for n in entries if n.endswith(".json") and len(n) > 5)
 
 
 def load_all() -> tuple[list[Instance], list[CorruptRecord]]:

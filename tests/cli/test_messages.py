@@ -324,3 +324,20 @@ def test_unusable_state_dir_is_named_and_an_unusable_cache_is_no_error(tmp_path:
     # an unusable cache only costs speed where it can (see test_versions)
     proc = run_pgmgr("status", env={"PGMGR_CACHE_DIR": f"{afile}/c"})
     assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr
+
+
+def test_status_of_an_unlistable_registry_is_an_error_not_no_instances(tmp_path: Path) -> None:
+    """An instances directory that cannot be listed (here: not a directory; EACCES alike)
+    is said, not taken for an empty registry ('No instances; create one ...', exit 0)."""
+    from tests.helpers import run_pgmgr
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "instances").write_text("")
+    for args in (["status"], ["status", "--json"]):
+        proc = run_pgmgr(*args, env={"PGMGR_STATE_DIR": str(state)})
+        assert (proc.returncode, proc.stdout, proc.stderr) == (
+            1,
+            "",
+            f"Error: cannot list {state}/instances: Not a directory\n",
+        ), args
