@@ -272,12 +272,13 @@ def _prepare_primary(src: Server, name: str, role: str, password: str) -> None:
         stmt = sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
             sql.Identifier(role), sql.Literal(scram.verifier(password))
         )
-        _sql(conn, stmt.as_string(conn))
-        try:
-            comment = sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                sql.Identifier(role), sql.Literal(f"pgmgr replica {name}")
-            )
+        comment = sql.SQL("COMMENT ON ROLE {} IS {}").format(
+            sql.Identifier(role), sql.Literal(f"pgmgr replica {name}")
+        )
+        with conn.transaction():  # the comment marks it as this replica's: never one without
+            _sql(conn, stmt.as_string(conn))
             _sql(conn, comment.as_string(conn))
+        try:
             _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
             testhook.pause("replica-slot-made")
             userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
@@ -320,6 +321,10 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
 
     done: list[str] = []
     with connect(primary) as conn:
+        if role and not _ours(conn, role, name):
+            # A role (and slot) of that name that this replica did not make: a user's own,
+            # or another replica's whose name maps to the same slot name. Never dropped.
+            role = slot = None
         if slot:
             deadline = time.monotonic() + 10
             while _sql(conn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot):
@@ -336,6 +341,17 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
     userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
     reload(primary)
     return done
+
+
+def _ours(conn: psycopg.Connection[Any], role: str, name: str) -> bool:
+    """Whether ``role`` on the primary is the one made for replica ``name`` (its comment says
+    so; the role is made and commented in one transaction, before the slot), or is gone."""
+    query = (
+        "SELECT shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s "
+        "FROM pg_roles WHERE rolname = %s"
+    )
+    found = _sql(conn, query, f"pgmgr replica {name}", role)
+    return found is None or bool(found)
 
 
 # --------------------------------------------------------------------------- promote

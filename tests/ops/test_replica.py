@@ -176,6 +176,22 @@ def test_a_failed_clone_leaves_nothing_on_the_primary(fresh: Instance, ops_dir: 
     assert primary_leftovers(fresh) == (0, 0, [])
 
 
+def test_a_taken_role_name_is_refused_and_left_alone(fresh: Instance, ops_dir: Path) -> None:
+    """The role and slot a replica would use exist already (a user's own, or another
+    replica's whose name maps to the same one: 'r-1' and 'r_1' both give pgmgr_r_1): the
+    refusal drops neither of them (its clean-up once dropped both)."""
+    with conn(fresh) as p:
+        p.execute("CREATE ROLE pgmgr_r_1 LOGIN REPLICATION")
+        p.execute("COMMENT ON ROLE pgmgr_r_1 IS 'pgmgr replica r-1'")
+        p.execute("SELECT pg_create_physical_replication_slot('pgmgr_r_1')")
+    before = snapshot(fresh, ops_dir)
+    proc = fresh.pgmgr("replica", "fresh", "--name", "r_1")
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr)[0].startswith("Error: role pgmgr_r_1 already exists")
+    assert snapshot(fresh, ops_dir) == before
+    assert primary_leftovers(fresh) == (1, 1, [])
+
+
 def test_two_replicas_with_one_name_at_once(fresh: Instance, ops_dir: Path) -> None:
     """One wins; the other fails cleanly and does not undo the winner's work."""
     import subprocess
