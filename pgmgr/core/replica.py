@@ -55,6 +55,22 @@ def edited_hba(text: str, name: str, add: list[str]) -> str:
     return "\n".join([*add, *kept]) + "\n"
 
 
+def listen_host(src_host: str) -> str:
+    """The replica's own ``listen_addresses``: the loopback addresses among its primary's,
+    else ``127.0.0.1`` (a primary started with ``-H 0.0.0.0`` does not make its standby
+    listen on every interface: nobody asked for that)."""
+    import ipaddress
+
+    def loopback(host: str) -> bool:
+        try:
+            return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    kept = [h.strip() for h in src_host.split(",") if loopback(h.strip())]
+    return ",".join(kept) or "127.0.0.1"
+
+
 def basebackup_argv(
     install: versions.Installation, target: Path, host: str, port: int, role: str, slot: str
 ) -> list[str]:
@@ -202,7 +218,7 @@ def create(
             testhook.pause("replica-primary-ready")
             _clone(src, rep)
             testhook.pause("replica-cloned")
-            rep.start(host=src.inst.host, port=port or "auto", timeout=timeout)
+            rep.start(host=rep.inst.host, port=port or "auto", timeout=timeout)
             rep.inst.pending = rep.inst.pending_from = None
             rep.save()
         except BaseException:
@@ -233,7 +249,8 @@ def _register(src: Server, name: str, target: Path) -> Server:
         raise UsageError(f"instance name {name!r} is already used", hint="choose another --name")
     rep = Server.for_datadir(target, name=name, version=install.version)
     inst = rep.inst
-    inst.host, inst.superuser, inst.auth = src.inst.host, src.inst.superuser, src.inst.auth
+    inst.host = listen_host(src.inst.host or "")
+    inst.superuser, inst.auth = src.inst.superuser, src.inst.auth
     inst.password, inst.password_pending = src.inst.password, False  # the catalog is SRC's
     inst.server_user, inst.settings = src.inst.server_user, dict(src.inst.settings)
     inst.primary, inst.slot = src.inst.name, slot_name(name)

@@ -27,6 +27,17 @@ def test_slot_names_are_valid_identifiers() -> None:
     assert len(replica.slot_name("x" * 63)) <= 63
 
 
+def test_a_replica_listens_on_loopback_only() -> None:
+    """Whatever its primary listens on (a primary started with -H 0.0.0.0 included)."""
+    assert replica.listen_host("127.0.0.1") == "127.0.0.1"
+    assert replica.listen_host("127.0.0.1,::1") == "127.0.0.1,::1"
+    assert replica.listen_host("localhost") == "localhost"
+    assert replica.listen_host("0.0.0.0") == "127.0.0.1"  # noqa: S104 - what it must not keep
+    assert replica.listen_host("*") == "127.0.0.1"
+    assert replica.listen_host("::, 10.1.2.3, ::1") == "::1"
+    assert replica.listen_host("") == "127.0.0.1"
+
+
 def test_hba_edit_puts_ours_first_and_removes_only_ours() -> None:
     text = "# comment\nhost all all 127.0.0.1/32 trust\n"
     added = replica.edited_hba(text, "r1", replica.hba_lines("r1", "pgmgr_r1"))
