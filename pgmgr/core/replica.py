@@ -204,7 +204,7 @@ def create(
     if name:
         registry.check_name(name)
     else:
-        name = registry.unique_name(f"{src.inst.name}-replica")
+        name = default_name(src, datadir)
     path = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
     # The lock is held to the end: a retry waits for a live replica command, and finding
     # the pending record of this directory under it means its command is dead.
@@ -228,6 +228,27 @@ def create(
                 ops.destroy(rep)
             raise
     return rep
+
+
+def default_name(src: Server, datadir: Path | None) -> str:
+    """``SRC-replica`` (or ``-2``, ``-3``...). A retry without ``--name`` takes the name of
+    an unfinished replica of SRC that no command is making, in the place it would make it,
+    so it redoes that one instead of making another beside it (whose slot would keep SRC's
+    WAL for ever)."""
+    base = registry.unique_name(f"{src.inst.name}-replica")
+    stem = re.escape(f"{src.inst.name}-replica"[:56])
+    parent = Path(src.inst.datadir).parent
+    for other in sorted(n for n in registry.names() if re.fullmatch(stem + r"(-\d+)?", n)):
+        with contextlib.suppress(Exception):
+            inst = registry.load(other)
+            where = Path(os.path.abspath(datadir or parent / other))
+            if (
+                (inst.pending, inst.pending_from) == ("replica", src.inst.name)
+                and Path(inst.datadir) == where
+                and not registry.is_locked(where)
+            ):
+                return other
+    return base
 
 
 def _register(src: Server, name: str, target: Path) -> Server:

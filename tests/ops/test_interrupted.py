@@ -229,6 +229,25 @@ def test_an_interrupted_replica_is_redone_or_destroyed(
         assert primary_leftovers(fresh) == (0, 0, [])
 
 
+def test_a_retry_without_a_name_redoes_the_unfinished_replica(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """'pgmgr replica fresh' killed, then run again as it was: it redoes 'fresh-replica'
+    rather than making 'fresh-replica-2' beside it (the first one's slot kept WAL)."""
+    run = Paused(hooks, "replica-cloned", "replica", "fresh")
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert_incomplete(fresh, "fresh-replica", "replica")
+    again = fresh.pgmgr("replica", "fresh")
+    assert again.returncode == 0, again.stderr
+    st = states(fresh)
+    assert sorted(st) == ["fresh", "fresh-replica"], st
+    assert st["fresh-replica"]["state"] == "running"
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    assert fresh.pgmgr("destroy", "fresh-replica", "--yes").returncode == 0
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
 def assert_streams(primary: Instance, standby: str) -> None:
     with conn(primary) as p:
         p.execute("DROP TABLE IF EXISTS probe; CREATE TABLE probe ()")
