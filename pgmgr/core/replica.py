@@ -107,7 +107,8 @@ def connect(srv: Server) -> Iterator[psycopg.Connection[Any]]:
     try:
         conn = psycopg.connect(srv.dsn(), autocommit=True, connect_timeout=5)
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        why = (str(e).strip().splitlines() or ["?"])[0]  # libpq adds a tab-indented hint line
+        raise WorkerError(f"cannot connect to {srv.inst.name}: {why}") from None
     with conn:
         yield conn
 

@@ -161,6 +161,19 @@ def test_destroying_a_primary_says_what_happens_to_its_standby(fresh: Instance) 
     assert fresh.pgmgr("promote", "left").returncode == 0
 
 
+def test_destroying_a_standby_of_a_stopped_primary_says_what_is_left(fresh: Instance) -> None:
+    assert fresh.pgmgr("replica", "fresh", "--name", "orphan").returncode == 0
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    out = fresh.pgmgr("destroy", "orphan", "--yes")
+    assert out.returncode == 0, out.stderr
+    notes = [ln for ln in out.stderr.splitlines() if ln.startswith("Note:")]
+    assert len(notes) == 1, out.stderr
+    assert "could not clean up on 'fresh' (cannot connect to fresh:" in notes[0]
+    assert notes[0].endswith("drop slot pgmgr_orphan and role pgmgr_orphan there, or it keeps "
+                             "WAL for a standby that no longer follows it"), out.stderr  # fmt: skip
+    assert "\t" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_failed_clone_leaves_nothing_on_the_primary(fresh: Instance, ops_dir: Path) -> None:
     """pg_basebackup fails (the primary allows no WAL senders): the role, slot and
     pg_hba.conf lines made for it are gone again, and no directory or record is left."""
