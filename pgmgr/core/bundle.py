@@ -300,7 +300,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if not bundle.is_dir():
         raise DatabaseException(f"{bundle} is not a directory (a bundle from 'pgmgr export')")
     try:
-        data = json.loads((bundle / MANIFEST).read_text())
+        data = json.loads(_read_manifest_file(bundle / MANIFEST))
     except FileNotFoundError:
         raise DatabaseException(
             f"{bundle} is not a complete bundle: it has no {MANIFEST} "
@@ -330,6 +330,26 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     return dict(data)
 
 
+MANIFEST_LIMIT = 64 << 20  # bytes: a manifest lists files; more is not a manifest
+
+
+def _read_manifest_file(path: Path) -> str:
+    """The text of a regular file of at most :data:`MANIFEST_LIMIT` bytes, opened without
+    blocking on a FIFO (a FIFO or a device named manifest.json hung the import).
+
+    :raises FileNotFoundError: none. :raises OSError, ValueError: anything else wrong.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MANIFEST_LIMIT + 1)
+    if len(data) > MANIFEST_LIMIT:
+        raise ValueError(f"larger than {MANIFEST_LIMIT >> 20} MB")
+    return data.decode()
+
+
 def _want(ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(what)
@@ -356,6 +376,7 @@ def check_shape(data: Any) -> None:
               f"file {rel!r} has no sha256")  # fmt: skip
     for key in ("superuser", "encoding", "globals"):
         _text(data[key], repr(key))
+    _want(data.get("auth") in (None, *server.AUTH_METHODS), "'auth' is not an auth method")
     for key in ("major", "version"):
         _want(isinstance(data["source"][key], (str, int, float)), f"source {key!r}")
     _want(isinstance(data["settings"], dict), "'settings' is not an object")

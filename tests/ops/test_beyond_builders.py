@@ -118,6 +118,8 @@ _BAD: list[tuple[str, Any]] = [
     ("databases", [7]),
     ("locale", None),
     ("superuser", "x\ny"),
+    ("auth", ["trust"]),
+    ("auth", "ident"),
 ]
 
 
@@ -128,6 +130,22 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DatabaseException, match="not a valid manifest"):
         bundle.read_manifest(tmp_path)
+
+
+def test_a_manifest_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO named manifest.json hung the import (nobody writes to it); a huge one was
+    read whole into memory."""
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")
+    with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(not a regular"):
+        bundle.read_manifest(fifo)
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / "manifest.json", "wb") as f:
+        f.truncate(bundle.MANIFEST_LIMIT + 1)  # sparse: no disk used
+    with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(larger than"):
+        bundle.read_manifest(huge)
 
 
 @pytest.mark.parametrize("verb", ["show", "remove"])
