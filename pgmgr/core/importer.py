@@ -102,16 +102,22 @@ def import_bundle(
         srv = Server.for_datadir(datadir, name=name, version=install.version)
         srv.inst.pending, srv.inst.pending_from, srv.building = "import", str(bundle), True
         srv.save()  # registered, marked
+        made = False  # whether the directory is the one this import built
         try:
             testhook.pause("import-registered")
-            _create(srv, manifest, port, timeout)
+            _init(srv, manifest)
+            made = True
+            _start(srv, manifest, port, timeout)
             testhook.pause("import-started")
             _restore(srv, install, bundle, manifest)
             srv.inst.pending = srv.inst.pending_from = None
             srv.save()
         except BaseException:
             with contextlib.suppress(Exception):
-                ops.destroy(srv)
+                if made:
+                    ops.destroy(srv)
+                else:  # a directory that appeared there is not ours to remove
+                    registry.remove(srv.inst.name)
             raise
     dbs = [str(d["name"]) for d in manifest["databases"]]
     return ImportResult(srv, str(manifest["source"]["version"]), dbs, time.monotonic() - t0)
@@ -134,7 +140,8 @@ def _check_new(
         )
 
 
-def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
+def _init(srv: Server, manifest: dict[str, Any]) -> None:
+    """:raises DatabaseException: initdb failed, or a data directory appeared there."""
     locale = manifest["locale"]
     opts = server.InitOptions(
         superuser=str(manifest["superuser"]),
@@ -143,8 +150,11 @@ def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: fl
         locale=str(locale["collate"]),
         extra=() if locale["collate"] == locale["ctype"] else (f"--lc-ctype={locale['ctype']}",),
     )
-    srv.initialize(opts)
+    srv.initialize(opts, new=True)
     srv.pin()
+
+
+def _start(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
     srv.inst.settings = server.check_settings(manifest["settings"])
     srv.save()
     srv.start(port=port or "auto", timeout=timeout)

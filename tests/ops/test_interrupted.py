@@ -157,6 +157,28 @@ def test_an_interrupted_import_is_redone_or_destroyed(
         assert fresh.pgmgr("destroy", "imp", "--yes").returncode == 0
 
 
+def test_a_data_directory_that_appears_during_an_import_is_left_alone(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    """Someone makes a data directory at the target after the import checked it was free
+    (a second command, another user's race): the import refuses it, neither registers,
+    starts, fills nor removes it (it restored into it, and its clean-up could delete it)."""
+    path, _ = bundle
+    target = ops_dir / "imp"
+    run = Paused(hooks, "import-registered", "import", str(path), "-d", str(target))
+    run.reached()
+    target.mkdir()
+    (target / "PG_VERSION").write_text("15\n")
+    (target / "theirs").write_text("precious\n")
+    code, err = run.go()
+    assert code == 1, err
+    lines = error_lines(err)
+    assert lines[0] == f"Error: {target} appeared while pgmgr was about to make it; nothing " \
+        "was done there", lines  # fmt: skip
+    assert sorted(p.name for p in target.iterdir()) == ["PG_VERSION", "theirs"]
+    assert sorted(states(fresh)) == ["fresh"]
+
+
 def test_an_interrupted_import_of_another_bundle_is_not_replaced(
     fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
 ) -> None:
