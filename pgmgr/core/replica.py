@@ -226,7 +226,10 @@ def create(
             with contextlib.suppress(Exception):
                 release_to_destroy(rep)
             with contextlib.suppress(Exception):
-                ops.destroy(rep)
+                if rep.inst.ino is not None:  # pinned when _clone made the directory
+                    ops.destroy(rep)
+                else:  # a directory that appeared there is not ours to remove
+                    registry.remove(rep.inst.name)
             raise
     return rep
 

@@ -270,6 +270,28 @@ def test_a_retry_without_a_name_redoes_the_unfinished_replica(
     assert primary_leftovers(fresh) == (0, 0, [])
 
 
+def test_a_data_directory_that_appears_during_a_replica_is_left_alone(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """Someone puts a data directory at the target after the replica checked it was free:
+    the replica fails, undoes its work on the primary, and does not delete that directory
+    (its clean-up did)."""
+    import shutil
+
+    target = ops_dir / "rep"
+    run = Paused(hooks, "replica-primary-ready", "replica", "fresh", "-d", str(target))
+    run.reached()
+    shutil.copytree(
+        fresh.datadir, target, ignore=shutil.ignore_patterns("postmaster.pid", ".s.PGSQL.*")
+    )
+    code, err = run.go()
+    assert code == 1, err
+    assert error_lines(err)[0].startswith("Error: cannot create the directory rep"), err
+    assert (target / "PG_VERSION").is_file() and (target / "base").is_dir()
+    assert sorted(states(fresh)) == ["fresh"]
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
 def assert_streams(primary: Instance, standby: str) -> None:
     with conn(primary) as p:
         p.execute("DROP TABLE IF EXISTS probe; CREATE TABLE probe ()")
