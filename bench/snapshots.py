@@ -1,5 +1,5 @@
 """Snapshots, branches and upgrades against the PostgreSQL way of doing each, side by side,
-one run: ``python bench/snapshots.py [--scale 70] [--no-write]``.
+one run: ``python bench/snapshots.py [--scale 70] [--xfs auto|yes|no] [--no-write]``.
 
 On an instance of about 1 GB (``pgbench -i -s 70``, PostgreSQL 15):
 
@@ -11,6 +11,12 @@ On an instance of about 1 GB (``pgbench -i -s 70``, PostgreSQL 15):
   ``pg_basebackup`` into a new directory + ``pg_ctl start -w``;
 - ``pgmgr upgrade -v 18 --method copy`` of a stopped copy, against ``initdb`` (same
   options) + raw ``pg_upgrade --copy`` of an identical stopped copy.
+
+With ``--xfs`` (``auto``, the default: when root, with xfsprogs, where loop mounts work) the
+pgmgr side of the snapshot and branch cases runs a second time on a copy of the instance on a
+reflink filesystem: an XFS (``mkfs.xfs -m reflink=1``) in a sparse image file under the
+work directory, loop-mounted, so the copies are ``FICLONE`` clones. Those rows share the
+baselines measured on the first filesystem.
 
 Each case runs once (a 1 GB case is long enough not to need medians, and the machine's
 page cache is flushed with ``sync`` before each side, untimed). Everything lives under one
@@ -70,7 +76,10 @@ class Bench:
             PGMGR_CACHE_DIR=str(work / "cache"),
             TMPDIR=str(self.mkdir("tmp")),
         )
+        # As installed (pip compiles pgmgr), not recompiling its modules on every command.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.sock = self.mkdir("sock")
+        self.loop: str | None = None  # the loop device of --xfs
 
     # ------------------------------------------------------------------ plumbing
 
@@ -134,7 +143,7 @@ class Bench:
         return int(json.loads(self.pgmgr("status", name, "--json"))["port"])
 
     @staticmethod
-    def timed(fn: Callable[[], None]) -> float:
+    def timed(fn: Callable[[], object]) -> float:
         subprocess.run(["sync"], check=True)
         t0 = time.perf_counter()
         fn()
@@ -168,14 +177,20 @@ class Bench:
 
     # ------------------------------------------------------------------ cases
 
+    def snapshot_restore_ours(self, name: str) -> float:
+        def ours() -> None:
+            self.pgmgr("snapshot", name, "s1", "-q")
+            self.pgmgr("restore", name, "s1", "--yes", "-q")
+
+        took = self.timed(ours)
+        self.pgmgr("snapshot", name, "s1", "--delete", "-q")
+        return took
+
     def snapshot_restore(self) -> tuple[float, float, float]:
+        a = self.snapshot_restore_ours("main")
         port = self.port("main")
         sock = self.sockdir("main")
         bin_ = self.old.bindir
-
-        def ours() -> None:
-            self.pgmgr("snapshot", "main", "s1", "-q")
-            self.pgmgr("restore", "main", "s1", "--yes", "-q")
 
         def dump() -> None:
             self.run(
@@ -214,19 +229,19 @@ class Bench:
             self.psql(port, "DROP DATABASE bench")
             self.psql(port, "CREATE DATABASE bench TEMPLATE snap")
 
-        a = self.timed(ours)
-        port, sock = self.port("main"), self.sockdir("main")
         b = self.timed(dump)
         self.psql(port, "DROP DATABASE fresh")
         c = self.timed(template)
         self.psql(port, "DROP DATABASE snap")
-        self.pgmgr("snapshot", "main", "s1", "--delete", "-q")
         return a, b, c
 
+    def branch_ours(self, name: str, new: str) -> float:
+        took = self.timed(lambda: self.pgmgr("branch", name, new, "-q"))
+        self.pgmgr("stop", new, "-q")
+        return took
+
     def branch(self) -> tuple[float, float]:
-        port, sock = self.port("main"), self.sockdir("main")
-        a = self.timed(lambda: self.pgmgr("branch", "main", "feat", "-q"))
-        self.pgmgr("stop", "feat", "-q")
+        a = self.branch_ours("main", "feat")
         port, sock = self.port("main"), self.sockdir("main")
         target = self.mkdir("bb") / "data"
         free = server.free_port("127.0.0.1")
@@ -266,6 +281,40 @@ class Bench:
         b = self.timed(basebackup)
         self.run([str(self.old.bin("pg_ctl")), "stop", "-w", "-m", "fast", "-D", str(target)])
         return a, b
+
+    # ------------------------------------------------------------------ reflink filesystem
+
+    def mount_xfs(self) -> Path:
+        """A reflink XFS in a sparse image under the work directory, loop-mounted at
+        ``<work>/xfs`` (see :meth:`unmount_xfs`)."""
+        image, mnt = self.work / "xfs.img", self.work / "xfs"
+        mnt.mkdir(mode=0o755)
+        subprocess.run(["truncate", "-s", f"{max(8, self.scale // 5)}G", str(image)], check=True)
+        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+        dev = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        self.loop = dev
+        subprocess.run(["mount", "-t", "xfs", dev, str(mnt)], check=True)
+        mnt.chmod(0o755)
+        return mnt
+
+    def unmount_xfs(self) -> None:
+        mnt = self.work / "xfs"
+        if os.path.ismount(mnt):
+            for _ in range(20):
+                if subprocess.run(["umount", str(mnt)], check=False).returncode == 0:
+                    break
+                time.sleep(0.2)
+        if self.loop:
+            subprocess.run(["losetup", "-d", self.loop], check=False)
+
+    def copy_to(self, mnt: Path, name: str) -> None:
+        """Instance ``name``: a copy of the stopped ``main`` on ``mnt``, started."""
+        self.pgmgr("stop", "main", "-q")
+        subprocess.run(["cp", "-a", str(self.work / "main"), str(mnt / "main")], check=True)
+        self.pgmgr("start", "main", "-q")
+        self.pgmgr("start", "-q", "--init", "-d", str(mnt / "main"), "--name", name, "-p", "auto")
 
     def upgrade(self) -> tuple[float, float]:
         self.pgmgr("stop", "--all", "-q")
@@ -324,6 +373,14 @@ class Bench:
         return a, b
 
 
+def why_no_xfs() -> str | None:
+    if os.geteuid() != 0:
+        return "not root (a loop mount needs root)"
+    if shutil.which("mkfs.xfs") is None or shutil.which("losetup") is None:
+        return "no mkfs.xfs/losetup (apt-get install xfsprogs)"
+    return None
+
+
 def machine(b: Bench) -> list[str]:
     cpu = "unknown"
     try:
@@ -333,9 +390,15 @@ def machine(b: Bench) -> list[str]:
                 break
     except OSError:
         pass
-    fs = subprocess.run(
-        ["stat", "-f", "-c", "%T", str(b.work)], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    fs = (
+        subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE", "--target", str(b.work)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        or "unknown"
+    )
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores; filesystem ({b.work.parent}): {fs}",
         f"- PostgreSQL {b.old.version} -> {b.new.version}; pgbench scale {b.scale}; "
@@ -375,7 +438,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=int, default=70)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--xfs",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also run the snapshot and branch cases on a loop-mounted XFS with reflink",
+    )
     args = ap.parse_args()
+    why = why_no_xfs() if args.xfs != "no" else "--xfs no"
+    if why and args.xfs == "yes":
+        raise SystemExit(f"--xfs yes: {why}")
     work = Path(tempfile.mkdtemp(prefix="pgmgr-bench-snap-", dir="/tmp"))
     work.chmod(0o755)
     try:
@@ -390,22 +462,37 @@ def main() -> int:
         ).stdout.split()[0]
         sr, dump, tpl = b.snapshot_restore()
         br, bb = b.branch()
+        xsr = xbr = None
+        if why is None:
+            b.copy_to(b.mount_xfs(), "xmain")
+            xsr = b.snapshot_restore_ours("xmain")
+            xbr = b.branch_ours("xmain", "xfeat")
         up, raw = b.upgrade()
         notes = machine(b)
+        if why is not None:
+            notes.append(f"- no XFS reflink rows: {why}")
     finally:
         subprocess.run([*b.pgmgr_cmd, "stop", "--all", "-q"], env=b.env, check=False)
+        b.unmount_xfs()
         shutil.rmtree(work, ignore_errors=True)
+    fs = notes[0].rsplit(": ", 1)[1]
     rows = [
         Row(
-            "snapshot + restore (running)",
+            f"snapshot + restore (running), {fs}",
             sr,
             "`pg_dump -Fc` + `pg_restore` into a fresh db",
             dump,
             0.05,
         ),
-        Row("snapshot + restore (running)", sr, "`CREATE DATABASE .. TEMPLATE` swap", tpl, 0.5),
         Row(
-            "branch of a running instance, ready",
+            f"snapshot + restore (running), {fs}",
+            sr,
+            "`CREATE DATABASE .. TEMPLATE` swap",
+            tpl,
+            0.5,
+        ),
+        Row(
+            f"branch of a running instance, ready, {fs}",
             br,
             "`pg_basebackup` + `pg_ctl start -w`",
             bb,
@@ -419,6 +506,20 @@ def main() -> int:
             1.2,
         ),
     ]
+    if xsr is not None and xbr is not None:
+        xfs = "XFS reflink (loop)"
+        rows[2:2] = [
+            Row(f"snapshot + restore (running), {xfs}", xsr, rows[0].baseline, dump, 0.05),
+            Row(f"snapshot + restore (running), {xfs}", xsr, rows[1].baseline, tpl, 0.5),
+        ]
+        branch_row = Row(f"branch of a running instance, ready, {xfs}", xbr, "", bb, 0.5)
+        branch_row.baseline = rows[4].baseline
+        rows.insert(5, branch_row)
+        notes.append(
+            "- XFS reflink rows: the pgmgr side on a copy of the instance on an XFS "
+            "(`mkfs.xfs -m reflink=1`) image file on the same disk, loop-mounted; same "
+            "baselines (measured on the first filesystem)"
+        )
     text = render(rows, size, notes)
     print(text)
     if not args.no_write:

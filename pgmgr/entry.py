@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 #: verb -> {option spelling: (keyword, takes a value)}
 FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
@@ -64,8 +68,34 @@ def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
     return args[0], kwargs
 
 
+class _DeferredInspect(types.ModuleType):
+    """Stands in for :mod:`inspect` until something uses it: then imports it and hands over."""
+
+    def __getattr__(self, name: str) -> Any:
+        import importlib
+
+        if sys.modules.get("inspect") is self:
+            del sys.modules["inspect"]
+        return getattr(importlib.import_module("inspect"), name)
+
+
+def defer_inspect() -> None:
+    """Put a stand-in for :mod:`inspect` in ``sys.modules`` that imports it on first use.
+
+    :mod:`dataclasses` imports inspect (with ast, dis, tokenize: ~6 ms, a fifth of a
+    ``pgmgr status``) for one use, the signature it writes as the docstring of a class that
+    has none: pgmgr's dataclasses all have one. (importlib's LazyLoader does not help: on
+    3.11 the import statement itself reads ``__spec__`` and so loads the module.) Only
+    for status: an import can fail in a child of :func:`pgmgr.core.userfs.as_user` (it may
+    not reach the standard library), and start and stop fork such children.
+    """
+    if "inspect" not in sys.modules:
+        sys.modules["inspect"] = _DeferredInspect("inspect")
+
+
 def serve_fast(verb: str, kwargs: dict[str, Any]) -> int:
     if verb == "status":
+        defer_inspect()
         from pgmgr import statusview
 
         return guarded(lambda: statusview.show(**kwargs))

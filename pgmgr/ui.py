@@ -14,21 +14,34 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
 
-from pgmgr.tablefit import Col as Col
-
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from rich.console import Console
 
+    from pgmgr.tablefit import Col as Col
 
-@dataclass
+
 class Settings:
-    quiet: bool = False
+    """What the global options set (a plain class: dataclasses cost ~5 ms of start-up)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
 
 
 settings = Settings()
+
+
+def __getattr__(name: str) -> Any:
+    """``ui.Col`` (:class:`pgmgr.tablefit.Col`), imported when first used: ``--json`` output
+    never needs the table code."""
+    if name == "Col":
+        from pgmgr.tablefit import Col
+
+        return Col
+    raise AttributeError(f"module 'pgmgr.ui' has no attribute {name!r}")
 
 
 def _fancy(stream: TextIO) -> bool:
@@ -108,7 +121,7 @@ def table(
     """
     from pgmgr import tablefit
 
-    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    cols = [c if isinstance(c, tablefit.Col) else tablefit.Col(c) for c in columns]
     fancy = _fancy(sys.stdout)
     console = _console(sys.stdout) if fancy else None
     width = console.width if console is not None else _plain_width()

@@ -58,17 +58,54 @@ def suite_postmasters() -> list[int]:
 def suite_refills() -> list[int]:
     """Live template refill processes (``python -m pgmgr.core.template refill``) of this
     session: pgmgr starts them in the background after an init."""
-    return session_processes(lambda argv: b"pgmgr.core.template" in argv and b"refill" in argv)
+    return session_processes(_is_refill)
+
+
+_CACHE_OF_TEST = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """The test's own cache directory, noted before its fixtures (and monkeypatch) undo."""
+    item.stash[_CACHE_OF_TEST] = os.environ.get("PGMGR_CACHE_DIR", "")
 
 
 @pytest.fixture(autouse=True)
-def _refills_done() -> Iterator[None]:
-    """After each test, wait for the background refills it caused, so that its directories
-    are removed whole and nothing it started outlives it."""
+def _refills_done(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, no background refill it caused outlives it, so that its directories
+    are removed whole. Refills of the test's own cache directory serve no later test: they
+    are ended (SIGKILL; a half-made spare is one pgmgr ignores, in a directory about to go)
+    rather than waited for (1-3 s each, most of many tests' teardown). Others (of a cache
+    a session fixture or a test's explicit environment made) are waited for."""
     yield
+    t0 = time.monotonic()
+    request.addfinalizer(lambda: None)
+    cache = request.node.stash.get(_CACHE_OF_TEST, "")
+    mine = (cache.rstrip("/") + "/").encode() if cache else None
     deadline = time.monotonic() + 60
-    while suite_refills() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while time.monotonic() < deadline:
+        live = session_processes(_is_refill)
+        ours = [pid for pid in live if mine and _refill_root(pid).startswith(mine)]
+        for pid in ours:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if not live:
+            print(f"\nTIMING refills {time.monotonic() - t0:.2f} killed={ours}")
+            return
+        time.sleep(0.02 if ours else 0.05)
+
+
+def _is_refill(argv: list[bytes]) -> bool:
+    return b"pgmgr.core.template" in argv and b"refill" in argv
+
+
+def _refill_root(pid: int) -> bytes:
+    """The templates directory a refill works in (``... refill ROOT KEY UID GID FD``)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return argv[argv.index(b"refill") + 1] + b"/"
+    except (OSError, ValueError, IndexError):
+        return b""
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

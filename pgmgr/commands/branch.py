@@ -47,14 +47,14 @@ def branch(
     """
     c.quiet(quiet, json)
     from pgmgr.core import branch as branches
-    from pgmgr.core import registry, snapstore
+    from pgmgr.core import registry, sigguard
     from pgmgr.core.errors import UsageError
 
     if port is not None and port != "auto" and not (port.isdigit() and 0 < int(port) < 65536):
         raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
     srv = c.resolve(name, None)
     with (
-        snapstore.interruptible(),
+        sigguard.interruptible(),
         registry.lock(srv.datadir),
         ui.spinner(f"Branching '{srv.inst.name}' into '{new}' …"),
     ):

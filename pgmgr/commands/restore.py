@@ -31,7 +31,7 @@ def restore(
     Example: pgmgr restore dev before-migration --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry, snapstore
+    from pgmgr.core import registry, sigguard
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
 
@@ -49,7 +49,7 @@ def restore(
             ui.message("Nothing changed")
             raise typer.Exit(1)
     with (
-        snapstore.interruptible(),
+        sigguard.interruptible(),
         registry.lock(srv.datadir),
         ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
     ):

@@ -41,7 +41,7 @@ def snapshot(
     Example: pgmgr snapshot dev before-migration
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry, snapstore
+    from pgmgr.core import registry, sigguard
     from pgmgr.core import snapcatalog as catalog
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
@@ -60,7 +60,7 @@ def snapshot(
         return
     how = "online " if online else ""
     with (
-        snapstore.interruptible(),
+        sigguard.interruptible(),
         registry.lock(srv.datadir),
         ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
     ):

@@ -9,8 +9,6 @@ import typer
 from pgmgr import statusview
 from pgmgr.commands import _common as c
 
-COLUMNS = statusview.COLUMNS
-
 
 def status(
     name: c.Name = None,

@@ -41,7 +41,7 @@ def upgrade(
     Example: pgmgr upgrade dev -v 18 --check
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry, snapstore
+    from pgmgr.core import registry, sigguard
     from pgmgr.core import upgrade as up
     from pgmgr.core.errors import UsageError
 
@@ -59,7 +59,7 @@ def upgrade(
             raise typer.Exit(1)
     what = "Checking" if check else "Upgrading"
     with (
-        snapstore.interruptible(),
+        sigguard.interruptible(),
         registry.lock(srv.datadir),
         ui.spinner(f"{what} '{srv.inst.name}' ({old.version} -> {new.version}, {method}) …"),
     ):

@@ -8,7 +8,9 @@ password, set through the private socket at its first start (as for template cop
 :attr:`~pgmgr.core.registry.Instance.password_pending`).
 
 Branching from the current state of a running source stops it for the copy and starts it
-again (the downtime is reported); a snapshot is copied without touching the source.
+again (the downtime is reported): its start-up overlaps the branch's rename, registration
+and start, and the command waits for both. A snapshot is copied without touching the
+source.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, registry, server, snapcatalog, snapshot, snapstore, userfs
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core import copy, registry, server, sigguard, snapcatalog, snapshot, snapstore, userfs
+from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
 from pgmgr.core.instance import Server, new_password
-from pgmgr.core.pause import paused
+from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
 from pgmgr.core.registry import Instance
 
 
@@ -82,6 +84,8 @@ def new_record(src: Server, new: str, target: Path, port: int | str | None) -> I
     password = new_password() if s.auth != "trust" else None
     if port == "auto" or port is None:
         port = server.free_port(s.host or "127.0.0.1")
+        while port == s.port:  # free while the source restarts, but its own (see _start)
+            port = server.free_port(s.host or "127.0.0.1")
     return Instance(
         name=new,
         datadir=os.path.realpath(target),
@@ -154,45 +158,66 @@ def branch(
     target = target_dir(src, new, datadir)
     su = src.user()
     start = start or src.running() is not None
-    with snapstore.interruptible(), snapstore.opened(target, su) as tstore:
+    with sigguard.interruptible(), snapstore.opened(target, su) as tstore:
         tstore.as_user(snapstore.sweep, tstore.path)
-        stats, downtime = _copy_branch(src, snap, tstore)
-        inst = new_record(src, new, target, port)
-        srv = Server(inst)
-        # From here to a started branch signals only wait: the branch is complete, or it is
-        # removed again if it cannot be registered or started.
-        with snapstore.shielded():
-            staging = snapstore.TMP + "branch"
-            _rename_noreplace(tstore.fd, staging, tstore.parent_fd, target.name)
-            try:
-                registry.save(inst)
-                if start:
-                    with registry.lock(srv.datadir):
-                        srv.start(port="auto" if port in (None, "auto") else port)
-            except BaseException:
-                _undo(srv, tstore)
-                raise
+        # A source stopped for the copy starts again while the branch is put in place and
+        # started (both start-ups overlap); the end of the block waits for it.
+        with paused(src, stop=False) as pause:
+            stats = _copy_branch(src, snap, tstore, pause)
+            inst = new_record(src, new, target, port)
+            srv = Server(inst)
+            _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
     return BranchResult(
         new, src.inst.name, inst.datadir, snap, start, srv.inst.port,
         srv.url() if start else None, stats.bytes, stats.method,
-        time.monotonic() - t0, downtime,
+        time.monotonic() - t0, pause.downtime,
     )  # fmt: skip
 
 
+def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, auto: bool) -> None:
+    """Rename the copy into place, register it and start it if asked. Signals only wait
+    from here to a started branch: it is complete (``pause.done``: a signal while the
+    source is waited for does not fail the command), or removed again if it cannot be
+    registered or started."""
+    with sigguard.shielded():
+        staging = snapstore.TMP + "branch"
+        _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        try:
+            registry.save(srv.inst)
+            if start:
+                with registry.lock(srv.datadir):
+                    _start(srv, auto)
+        except BaseException:
+            _undo(srv, tstore)
+            raise
+        pause.done = True
+
+
+def _start(srv: Server, auto: bool) -> None:
+    """Start the branch on the port its record got (never the source's, which may not be
+    bound again yet); with ``auto``, another free one if that was taken meanwhile."""
+    try:
+        srv.start(port=srv.inst.port)
+    except PortInUse:
+        if not auto:
+            raise
+        srv.start(port="auto")
+
+
 def _copy_branch(
-    src: Server, snap: str | None, tstore: snapstore.Store
-) -> tuple[copy.CopyStats, float | None]:
-    """Copy into ``<tstore>/.tmp-branch`` (the lock makes the name ours)."""
+    src: Server, snap: str | None, tstore: snapstore.Store, pause: Pause
+) -> copy.CopyStats:
+    """Copy into ``<tstore>/.tmp-branch`` (the lock makes the name ours); a running source
+    is stopped for the copy and started again (not waited for) right after it."""
     staging = tstore.entry(snapstore.TMP + "branch")
-    downtime = None
     try:
         if snap is None:
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
             size = tstore.as_user(copy.tree_size, src.datadir)
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
-            with paused(src) as pause:
-                stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
-            downtime = pause.downtime
+            stop_now(src, pause)
+            stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
+            spawn_again(src, pause)
         else:
             gone = snapcatalog.missing(src.inst.name, snap)
             with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
@@ -203,7 +228,7 @@ def _copy_branch(
     except BaseException:
         tstore.as_user(snapstore.remove_tree, staging)
         raise
-    return stats, downtime
+    return stats
 
 
 def _undo(srv: Server, tstore: snapstore.Store) -> None:

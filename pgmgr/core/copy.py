@@ -75,6 +75,7 @@ class CopyStats:
 class _State:
     methods: list[str]
     stats: CopyStats
+    umask: int = 0o077  # of this process: a new file's mode bits it strips need an fchmod
 
 
 def forced_method() -> str | None:
@@ -109,7 +110,9 @@ def copy_tree(
     """
     forced = forced_method()
     methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
-    state = _State(methods, CopyStats())
+    umask = os.umask(0o077)
+    os.umask(umask)
+    state = _State(methods, CopyStats(), umask)
     sfd = src if isinstance(src, int) else os.open(src, _DIR_FLAGS)
     try:
         smode = os.fstat(sfd).st_mode
@@ -133,8 +136,11 @@ def _copy_dir(sfd: int, dfd: int, state: _State, exclude: Container[str]) -> Non
             name = entry.name
             if name in exclude:
                 continue
-            st = entry.stat(follow_symlinks=False)
-            mode = st.st_mode
+            # The type from the directory entry (no stat); a file is fstat'ed once opened.
+            if entry.is_file(follow_symlinks=False):
+                _copy_file(sfd, dfd, name, state)
+                continue
+            mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISDIR(mode):
                 os.mkdir(name, 0o700, dir_fd=dfd)
                 sub_s = os.open(name, _DIR_FLAGS, dir_fd=sfd)
@@ -151,7 +157,7 @@ def _copy_dir(sfd: int, dfd: int, state: _State, exclude: Container[str]) -> Non
             elif stat.S_ISLNK(mode):
                 os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
                 state.stats.links += 1
-            elif stat.S_ISREG(mode):
+            elif stat.S_ISREG(mode):  # a filesystem that reports no type in its entries
                 _copy_file(sfd, dfd, name, state)
             else:  # FIFO, socket, device: nothing a copy of a data directory needs
                 state.stats.skipped += 1
@@ -165,12 +171,14 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
             state.stats.skipped += 1
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fout = os.open(name, flags, 0o600, dir_fd=dfd)
+        mode = stat.S_IMODE(st.st_mode)
+        fout = os.open(name, flags, mode | 0o600, dir_fd=dfd)
         try:
             if st.st_size:
                 method = _copy_data(fin, fout, st.st_size, state.methods)
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
-            os.fchmod(fout, stat.S_IMODE(st.st_mode))
+            if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600:  # else open() did
+                os.fchmod(fout, mode)
         finally:
             os.close(fout)
         state.stats.files += 1

@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from pgmgr.core.lazyre import LazyRegex
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -132,16 +134,16 @@ class Busy(PgmgrError):
 
 
 #: Trailing lines that explain an error rather than state it (``initdb: hint: Try ...``).
-_AFTERWORD_RE = re.compile(r"^(?:\S+: )?(?:hint|detail|HINT|DETAIL):", re.IGNORECASE)
+_AFTERWORD_RE = LazyRegex(r"^(?:\S+: )?(?:hint|detail|HINT|DETAIL):", re.IGNORECASE)
 
 
 #: Lines a failing initdb prints after the cause, while it cleans up.
-_CLEANUP_RE = re.compile(
+_CLEANUP_RE = LazyRegex(
     r"^(?:\S+: )?(?:removing (?:contents of )?data directory|child process exited"
     r"|data directory .* not removed)"
 )
 #: A server log line with a severity (``2024-... UTC [123] FATAL:  could not write ...``).
-_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC|ERROR):\s+")
+_SEVERE_RE = LazyRegex(r"\b(?:FATAL|PANIC|ERROR):\s+")
 
 
 def _last_line(text: str) -> str:

@@ -28,6 +28,9 @@ REPLACED = "replaced"
 
 @dataclass(frozen=True)
 class Identity:
+    """What a data directory is: its inode (device, number) and its cluster's database
+    system identifier (a docstring keeps dataclasses from importing inspect for one)."""
+
     dev: int
     ino: int
     system_id: int | None  # None: no readable global/pg_control (not a complete data dir)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from pgmgr.core import (
@@ -43,6 +42,7 @@ from pgmgr.core.state import DataDirNotFound as DataDirNotFound
 from pgmgr.core.state import Status as Status
 from pgmgr.core.state import crashed_detail as crashed_detail
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     import subprocess
 
@@ -72,6 +72,8 @@ def unfinished(inst: Instance, what: str) -> DatabaseException:
 
 @dataclass
 class StartResult:
+    """What :meth:`Server.start` did: the record, whether it was running, how long it took."""
+
     instance: Instance
     already_running: bool
     pid: int

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pgmgr.core import process
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
+from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import STOP_SIGNALS, _child_env, _ids
 
@@ -161,7 +162,7 @@ def wait_ready(
         time.sleep(process.POLL)
 
 
-_SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+")
+_SEVERE_RE = LazyRegex(r"\b(?:FATAL|PANIC):\s+")
 
 
 def why_exited(log: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import paths, process, registry, removal, server
+from pgmgr.core import paths, process, registry, removal, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult, unfinished
 
@@ -289,12 +289,14 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
         except WorkerError:
             was_running = srv.stop("immediate", timeout)
     datadir = srv.datadir
+    testhook.pause("destroy-stopped")
     if os.path.lexists(datadir):
         check_unused(datadir)
     pinned = srv.pinned()
     existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
     removal.sweep_trash(datadir)
     _remove_leftovers(srv)
+    testhook.pause("destroy-record")
     removed_record = srv.register and registry.remove(srv.inst.name)
     return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
 

@@ -13,9 +13,12 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pgmgr.core.errors import PgmgrError, UsageError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def state_dir() -> Path:
@@ -84,6 +87,8 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     except FileNotFoundError:
         st = None
     except OSError as e:  # not reachable: a file on the way, a directory it cannot enter
+        if what != "state":  # an unusable cache only costs speed: its users say so
+            return path
         raise PgmgrError(
             f"cannot use {path} as pgmgr's {what} directory: {e.strerror or e}",
             hint=f"set {env} to a directory of your own",

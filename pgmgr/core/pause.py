@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import snapstore
+from pgmgr.core import sigguard
 from pgmgr.core.instance import Server
 
 
@@ -23,11 +23,17 @@ class Pause:
     was_running: bool
     stopped_at: float | None = None
     downtime: float | None = None
+    #: started again by :func:`spawn_again`, not yet known to accept connections
+    spawned: bool = False
+    #: set by the block once its work is complete: a signal during the final wait for the
+    #: server is then only recorded (the work is not undone, so it must not look failed)
+    done: bool = False
 
 
 @contextlib.contextmanager
-def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
-    """Stop ``srv`` (fast) for the block if it runs and ``stop``, and start it again
+def paused(srv: Server, *, stop: bool = True, mode: str = "fast") -> Iterator[Pause]:
+    """Stop ``srv`` (``mode``: fast, or immediate when its state is thrown away anyway and a
+    shutdown checkpoint would be wasted) for the block if it runs and ``stop``, and start it again
     afterwards whatever happens: an interrupted stop is finished first, so the start
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
     the block instead, to stop later (``stop=False``: call :func:`stop_now`)."""
@@ -35,32 +41,61 @@ def paused(srv: Server, *, stop: bool = True) -> Iterator[Pause]:
     interrupted = False
     try:
         if pause.was_running and stop:
-            stop_now(srv, pause)
+            stop_now(srv, pause, mode)
         yield pause
     finally:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
-            with snapstore.shielded() as got:
-                cancelled = start_again(srv)
+            with sigguard.shielded() as got:
+                cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = bool(got) or cancelled
-    if interrupted:
+    if interrupted and not pause.done:
         raise KeyboardInterrupt
 
 
 def resume(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
     if pause.stopped_at is not None:
-        start_again(srv)  # the caller holds signals (snapstore.shielded)
+        start_again(srv)  # the caller holds signals (sigguard.shielded)
         pause.downtime = time.monotonic() - pause.stopped_at
         pause.stopped_at = None
+
+
+def spawn_again(srv: Server, pause: Pause) -> None:
+    """Start ``srv`` again now without waiting until it accepts connections, so that the
+    rest of the block overlaps its start-up; the end of :func:`paused` waits for it (and
+    starts it afresh if this start failed). A signal meanwhile interrupts the block after
+    the spawn."""
+    if pause.stopped_at is None or pause.spawned:
+        return
+    with sigguard.shielded() as got:
+        srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
+        srv.start(wait=False)
+        pause.spawned = True
+    if got:
+        raise KeyboardInterrupt
+
+
+def await_spawned(srv: Server) -> bool:
+    """Wait until the server :func:`spawn_again` started accepts connections and record
+    it; if it exited or was not ready in time (then killed), start it afresh (a real
+    problem is raised there). True if a Ctrl-C cancelled a start meanwhile."""
+    from pgmgr.core.errors import WorkerError
+
+    try:
+        srv.ready_wait()
+    except WorkerError:
+        return start_again(srv)
+    srv.start()  # running and ready: adopts what it uses into the record
+    return False
 
 
 def start_again(srv: Server, tries: int = 3) -> bool:
     """Finish any stop, then start ``srv``; True if a Ctrl-C cancelled a start meanwhile.
 
     :meth:`Server.start` guards its spawn with a SIGINT handler of its own, which cancels
-    the start even inside :func:`snapstore.shielded`: so the start is tried again.
+    the start even inside :func:`sigguard.shielded`: so the start is tried again.
     """
     cancelled = False
     for _ in range(tries):
@@ -75,7 +110,7 @@ def start_again(srv: Server, tries: int = 3) -> bool:
     return True
 
 
-def stop_now(srv: Server, pause: Pause) -> None:
+def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
     if pause.was_running:
         pause.stopped_at = time.monotonic()
-        srv.stop("fast")
+        srv.stop(mode)

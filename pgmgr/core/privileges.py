@@ -21,6 +21,8 @@ DEFAULT_SERVER_USER = "postgres"
 
 @dataclass(frozen=True)
 class ServerUser:
+    """The OS user PostgreSQL runs as (from the password database)."""
+
     name: str
     uid: int
     gid: int

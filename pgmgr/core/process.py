@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pgmgr.core.lazyre import LazyRegex
 
 PIDFILE = "postmaster.pid"
 
@@ -258,7 +259,7 @@ def children(pid: int) -> list[int]:
 #: A client backend's title after ``postgres: ``: an optional ``cluster_name: ``, then
 #: ``user db host state`` where host is ``[local]`` or ``address(port)``. Auxiliary processes
 #: never have that shape ("checkpointer", "autovacuum launcher", PostgreSQL 18's "io worker 0").
-_CLIENT_TITLE_RE = re.compile(r"^(?:[^:]*: )?\S+ \S+ (?:\[local\]|\S*\(\d+\))(?: |$)")
+_CLIENT_TITLE_RE = LazyRegex(r"^(?:[^:]*: )?\S+ \S+ (?:\[local\]|\S*\(\d+\))(?: |$)")
 
 
 def client_sessions(postmaster: int) -> list[str]:

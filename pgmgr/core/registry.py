@@ -16,12 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pgmgr.core import paths
 from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError
+from pgmgr.core.lazyre import LazyRegex
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+NAME_RE = LazyRegex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import re
 import stat
 from pathlib import Path
 
-from pgmgr.core import userfs
+from pgmgr.core import testhook, userfs
 from pgmgr.core.errors import DatabaseException
 
 #: The top-level entries of a data directory made by initdb (PostgreSQL 15 and 18 make the
@@ -174,6 +174,7 @@ def _rename_and_delete(pfd: int, datadir: Path, expect: tuple[int, int] | None) 
         with contextlib.suppress(OSError):
             os.rename(trash, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         raise DatabaseException(f"refusing to remove {datadir}: it changed meanwhile")
+    testhook.pause("destroy-renamed")
     _delete_trash(pfd, trash)
     return True
 
@@ -186,6 +187,7 @@ def _delete_trash(parent_fd: int, trash: str) -> None:
             os.unlink("PG_VERSION", dir_fd=fd)
         finally:
             os.close(fd)
+    testhook.pause("destroy-unversioned")
     userfs.rmtree_at(parent_fd, trash)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgmgr.core import registry, scram, server, testhook, userfs, versions
-from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
+from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError, WorkerError
 from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import reload, require_running
 from pgmgr.core.pgtext import new_password
@@ -452,6 +452,8 @@ def release(srv: Server) -> tuple[list[str], str | None]:
     if former:
         try:
             done = detach_primary(Server.load(former), inst.name, role, slot)
+        except InstanceNotFound:  # the primary is gone, and its slots and roles with it
+            pass
         except Exception as e:  # the promotion or removal stands; say what is left behind
             note = (
                 f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "

@@ -4,9 +4,10 @@ instance; a connection only to a running standby, for its replay lag)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from pgmgr.core.instance import Server
 
 LAG_SQL = """

@@ -23,12 +23,13 @@ def taken_names(store: Store) -> set[str]:
     return {n for n, _, _ in store.as_user(snapstore.list_metas, store.path)}
 
 
-def pick_name(store: Store, name: str | None, instance: str) -> str:
-    """``name`` (validated, free) or a fresh timestamp.
+def pick_name(store: Store, name: str | None, instance: str, taken: set[str] | None = None) -> str:
+    """``name`` (validated, free) or a fresh timestamp; ``taken``: the names in the store,
+    when the caller has them already.
 
     :raises DatabaseException: a snapshot of that name exists.
     """
-    taken = taken_names(store)
+    taken = taken_names(store) if taken is None else taken
     if name is None:
         return snapstore.default_name(taken)
     snapstore.check_snap_name(name)

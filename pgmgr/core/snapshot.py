@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, server, snapstore, versions
+from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
@@ -92,7 +92,7 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
     never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
     much again as the data of a freshly loaded instance). As the server user."""
-    skip = snapstore.unneeded_wal(src)
+    skip = pgcontrol.unneeded_wal(src)
     if not skip:
         return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
     stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"))
@@ -103,6 +103,20 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     for method, n in wal.by_method.items():
         stats.by_method[method] = stats.by_method.get(method, 0) + n
     return stats
+
+
+def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], int]:
+    """As the server user, in one process: sweep what a killed run left in the store; why
+    ``datadir`` cannot be snapshotted (or None); the names taken; its size."""
+    snapstore.sweep(store)
+    taken = {n for n, _, _ in snapstore.list_metas(store)}
+    return snapstore.unsupported(datadir), taken, copy.tree_size(datadir)
+
+
+def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
+    """:func:`snap_copy`, and the copy's system identifier. As the server user."""
+    stats = snap_copy(src, staging)
+    return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
 
 
 def snap_copy(src: Path, staging: Path) -> copy.CopyStats:
@@ -127,9 +141,15 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
     major = server.datadir_major(data)
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
-    if snapstore.system_identifier(data) != meta.system_identifier:
+    if pgcontrol.system_identifier(data) != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
     return None
+
+
+def _identify(datadir: Path, snapdir: Path, meta: Meta) -> tuple[str, str | None]:
+    """The instance's system identifier, and :func:`_check_data` of the snapshot: one
+    process as the server user."""
+    return pgcontrol.system_identifier(datadir), _check_data(snapdir, meta)
 
 
 # --------------------------------------------------------------------------- create
@@ -167,11 +187,13 @@ def create(
     require_datadir(srv)
     t0 = time.monotonic()
     su = srv.user()
-    with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
-        store.as_user(snapstore.sweep, store.path)
-        snapstore.check_supported(store, srv.datadir, f"snapshot '{srv.inst.name}'")
-        name = pick_name(store, name, srv.inst.name)
-        size = store.as_user(copy.tree_size, srv.datadir)
+    with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
+        why, taken, size = store.as_user(_prepare, store.path, srv.datadir)
+        if why:
+            raise DatabaseException(
+                f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
+            )
+        name = pick_name(store, name, srv.inst.name, taken)
         snapstore.check_space(store, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
         online = online and srv.running() is not None  # stopped: a copy is consistent
@@ -182,11 +204,11 @@ def create(
                     from pgmgr.core import basebackup
 
                     stats = basebackup.take(srv, staging, su)
+                    sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
                 else:
-                    stats = store.as_user(snap_copy, srv.datadir, staging)
-            sysid = store.as_user(snapstore.system_identifier, staging / snapstore.DATA)
+                    stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
             meta = meta_for(srv, name, sysid, kind, stats)
-            with snapstore.shielded():  # named: complete, whatever arrives now
+            with sigguard.shielded():  # named: complete, whatever arrives now
                 store.as_user(_finish, staging, store.entry(name), meta)
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
@@ -214,7 +236,7 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
             f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
             "nothing was changed"
         )
-    current = store.as_user(snapstore.system_identifier, srv.datadir)
+    current, why = store.as_user(_identify, srv.datadir, store.entry(name), meta)
     rollback = meta.upgraded_to is not None and meta.upgraded_to == current
     on_disk = server.datadir_major(srv.datadir)
     if meta.major != on_disk and not rollback:
@@ -229,7 +251,6 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
             f"identifier {meta.system_identifier}, the instance has {current}); "
             "nothing was changed"
         )
-    why = store.as_user(_check_data, store.entry(name), meta)
     if why:
         raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
     return rollback
@@ -245,6 +266,12 @@ def _rollback_record(srv: Server, meta: Meta) -> None:
         srv.inst.bindir = str(install.bindir)
     srv.inst.settings = dict(meta.settings)
     srv.save()
+
+
+def _stage(src: Path, staging: Path, store: Path) -> None:
+    """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
+    copy_into(src, staging)
+    copy.sync_fs(store)
 
 
 def _stage_save(staging: Path, holder: Path, meta: Meta) -> None:
@@ -269,7 +296,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     old_version = srv.inst.version
     gone = missing(srv.inst.name, name)
     with (
-        snapstore.interruptible(),
+        sigguard.interruptible(),
         snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
     ):
         store.as_user(snapstore.sweep, store.path)
@@ -280,9 +307,11 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
-            store.as_user(copy_into, store.entry(name) / snapstore.DATA, staging)
-            store.as_user(copy.sync_fs, store.path)
-            with paused(srv) as pause, snapstore.shielded():
+            store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
+            # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
+            # Should the swap fail, it starts again with crash recovery, losing nothing.
+            mode = "immediate" if keep is None else "fast"
+            with paused(srv, mode=mode) as pause, sigguard.shielded():
                 snapstore.swap_in(store, staging.name)
                 swapped = True
                 srv.pin()  # another directory (and, for a rollback, cluster) stands there now
@@ -306,7 +335,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
     """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
     saved = pick_name(store, save_as or None, srv.inst.name)
-    sysid = store.as_user(snapstore.system_identifier, srv.datadir)
+    sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
     keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
     keep.size = meta.size
     return keep

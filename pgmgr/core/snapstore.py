@@ -28,9 +28,7 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -267,51 +265,6 @@ def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
     return out
 
 
-def system_identifier(datadir: Path) -> str:
-    """The database system identifier: the first 8 bytes of ``global/pg_control``."""
-    fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        head = os.read(fd, 8)
-    finally:
-        os.close(fd)
-    if len(head) != 8:
-        raise ValueError("global/pg_control is truncated")
-    return str(int.from_bytes(head, "little"))
-
-
-#: ``DBState`` values of a cluster shut down cleanly (``DB_SHUTDOWNED``, ``..._IN_RECOVERY``).
-_CLEAN_STATES = (1, 2)
-_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-
-
-def unneeded_wal(datadir: Path) -> set[str]:
-    """Names in ``pg_wal`` a copy of the cleanly shut-down ``datadir`` does not need:
-    segments after the one holding the shutdown checkpoint (and the next, should the record
-    straddle a boundary) are recycled files whose contents are never read. Nothing when the
-    cluster was not shut down cleanly (crash recovery reads forward from the checkpoint)
-    or pg_wal is a symlink. From ``global/pg_control``: ``state`` at byte 16, the
-    checkpoint's redo pointer at 40 (the layout of every supported major)."""
-    wal = datadir / "pg_wal"
-    if os.path.islink(wal) or not os.path.isdir(wal):
-        return set()
-    fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        head = os.read(fd, 56)
-    finally:
-        os.close(fd)
-    state = int.from_bytes(head[16:20], "little")
-    redo = int.from_bytes(head[40:48], "little")
-    segments = [n for n in os.listdir(wal) if _SEGMENT_RE.match(n)]
-    if state not in _CLEAN_STATES or not segments:
-        return set()
-    size = os.stat(wal / segments[0]).st_size
-    if size <= 0 or size & (size - 1):
-        return set()
-    per_id = 0x100000000 // size
-    last_needed = redo // size + 1
-    return {n for n in segments if int(n[8:16], 16) * per_id + int(n[16:], 16) > last_needed}
-
-
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything under it, never following a symlink."""
     with contextlib.suppress(FileNotFoundError):
@@ -436,43 +389,3 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"  # pragma: no cover
-
-
-# --------------------------------------------------------------------------- signals
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP act like Ctrl-C for the duration, so the clean-up in ``finally``
-    blocks runs for a CI timeout or a closed terminal too (only in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def shielded() -> Iterator[list[int]]:
-    """Past the point of no return (a swap, the record and the restart that go with it):
-    SIGINT/SIGTERM/SIGHUP are only recorded in the yielded list, so the operation
-    completes and says so; the caller decides what a recorded signal still means."""
-    got: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield got
-        return
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in sigs}
-    try:
-        yield got
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)

@@ -8,7 +8,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pgmgr.core import identity, process, server
 from pgmgr.core.errors import (
@@ -20,7 +19,10 @@ from pgmgr.core.errors import (
     WorkerError,
 )
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from pgmgr.core.instance import Server
 
 

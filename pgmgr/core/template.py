@@ -21,9 +21,11 @@ that has become the user (:func:`pgmgr.core.userfs.as_user`), which works throug
 ``/proc/self/fd/N`` (the user cannot traverse root's cache by path).
 
 The key covers the server user, the version, the bin dir, the size and mtime of ``postgres``
-and ``initdb``, the initdb options, and a fingerprint of the installed locales (the entries
-of ``/usr/lib/locale``, the locale archive among them, and of ``$LOCPATH``: ~20 us), so new
-binaries or a new locale get a new template (and the old one is pruned).
+and ``initdb``, the initdb options, a fingerprint of the installed locales (the entries
+of ``/usr/lib/locale``, the locale archive among them, and of ``$LOCPATH``: ~20 us) and of
+the ICU libraries ``postgres`` links (:mod:`pgmgr.core.linked`: ICU collations record their
+version), so new binaries, a new locale or a new ICU get a new template (and the old one is
+pruned).
 Copies share the template's database system identifier: see docs/speed.md.
 
 Concurrency: one lock file per key, in root's part of the cache. Copiers hold it shared;
@@ -51,7 +53,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import paths, server, testhook, userfs
+from pgmgr.core import linked, paths, server, testhook, userfs
 from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import UsageError
 from pgmgr.core.privileges import ServerUser
@@ -185,6 +187,7 @@ def key_fields(
         "format": FORMAT,
         "uid": owner_of(user)[0],
         "locales": locale_fingerprint(),
+        "icu": linked.icu_fingerprint(install.bin("postgres")),
         "version": install.version,
         "bindir": os.path.realpath(install.bindir),
         "postgres": _stamp(install.bin("postgres")),

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import userfs
+from pgmgr.core import linked, userfs
 from pgmgr.core.template import (
     LOCK_TIMEOUT,
     SPARE,
@@ -86,7 +86,8 @@ def _spare_ready_at(fd: int, name: str) -> bool:
 
 def list_templates() -> list[dict[str, Any]]:
     """Every template in the cache: its key, path, size, whether it is stale (binaries
-    changed or gone, or the installed locales changed) and what it was built from."""
+    changed or gone, their ICU changed, or the installed locales changed) and what it was
+    built from."""
     root = templates_dir()
     try:
         rfd = os.open(root, _DIR)
@@ -120,6 +121,7 @@ def _binaries_match(meta: dict[str, Any]) -> bool:
         return bool(
             _stamp(bindir / "postgres") == meta["postgres"]
             and _stamp(bindir / "initdb") == meta["initdb"]
+            and linked.icu_fingerprint(bindir / "postgres") == meta["icu"]
         )
     except (KeyError, OSError, TypeError):
         return False

@@ -20,7 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, paths, process, server, snapshot, snapstore, tools, versions
+from pgmgr.core import (
+    copy,
+    paths,
+    pgcontrol,
+    process,
+    server,
+    sigguard,
+    snapshot,
+    snapstore,
+    tools,
+    versions,
+)
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -224,7 +235,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     opts = probe(srv)
     su = srv.user()
-    with snapstore.interruptible(), snapstore.opened(srv.datadir, su) as store:
+    with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
         if not check:
             size = store.as_user(copy.tree_size, srv.datadir)
@@ -307,7 +318,7 @@ def _switch(
     """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
     switch the record, start. Past the swap, signals cannot split it."""
     newdata = work / "data"
-    old_sysid = store.as_user(snapstore.system_identifier, srv.datadir)
+    old_sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
     snap_name = f"pre-upgrade-{old.major}"
     if snap_name in taken_names(store):
         snap_name += "-" + snapstore.default_name(set())
@@ -322,14 +333,14 @@ def _switch(
         auto = store.as_user(_auto_settings, srv.datadir)
         rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
         store.as_user(_carry, srv.datadir, newdata, set(rejected))
-        new_sysid = store.as_user(snapstore.system_identifier, newdata)
+        new_sysid = store.as_user(pgcontrol.system_identifier, newdata)
         meta.upgraded_to = new_sysid
         if meta.size == 0:
             meta.size = store.as_user(copy.tree_size, srv.datadir)
         store.as_user(copy.sync_fs, store.path)
         flat = snapstore.tmp_name("new")
         store.as_user(os.rename, newdata, store.entry(flat))
-        with snapstore.shielded():
+        with sigguard.shielded():
             snapstore.swap_in(store, flat)
             store.as_user(_keep_old, store, flat, snap_name, meta, method)
             srv.inst.major, srv.inst.version, srv.inst.bindir = (

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pgmgr.core import paths
 from pgmgr.core.errors import NoInstallation, PgmgrError, UsageError, VersionNotFound
+from pgmgr.core.lazyre import LazyRegex
 
 DEFAULT_ROOT = "/usr/lib/postgresql"
 ENV_VERSION = "POSTGRES_VERSION"
@@ -44,8 +45,8 @@ SOURCES = (
     "path",
 )
 
-_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
-_BINARY_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
+_VERSION_RE = LazyRegex(r"^\d+(\.\d+){0,2}$")
+_BINARY_VERSION_RE = LazyRegex(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
 
 
 @dataclass(frozen=True)

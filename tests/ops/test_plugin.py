@@ -42,6 +42,9 @@ def test_fast_settings(pgmgr_server):
     with psycopg.connect(pgmgr_server.url) as conn:
         assert conn.execute("show fsync").fetchone() == ("off",)
         assert conn.execute("show work_mem").fetchone() == ("6MB",)
+        # the password is stored with few SCRAM iterations: TCP logins cost no PBKDF2 work
+        sql = "select rolpassword from pg_authid where rolname = current_user"
+        assert conn.execute(sql).fetchone()[0].startswith("SCRAM-SHA-256$16:")
 """
 
 CONFTEST = """

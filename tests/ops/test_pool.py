@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core.dbpool import DatabasePool, PoolError
+from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
 from tests.helpers import postmasters_under
 from tests.ops.test_plugin import assert_nothing_left
@@ -345,10 +345,11 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
     tmp_server.execute("create table only_in_two (x int)", dbname="two")
     pool = pool_for(tmp_server)
     try:
-        names = [pool.acquire("one") for _ in range(6)]
-        assert len(set(names)) == 6
+        count = 2 * TRIALS + 1  # the last copy is made with the strategy kept
+        names = [pool.acquire("one") for _ in range(count)]
+        assert len(set(names)) == count
         assert pool.stats.strategy in ("WAL_LOG", "FILE_COPY")
-        assert {s: len(t) >= 2 for s, t in pool.stats.timings.items()} == {
+        assert {s: len(t) >= TRIALS for s, t in pool.stats.timings.items()} == {
             "WAL_LOG": True,
             "FILE_COPY": True,
         }
@@ -361,6 +362,14 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
         with psycopg.connect(**{**params, "dbname": db}) as conn:  # type: ignore[arg-type]
             assert conn.execute("select count(*) from only_in_two").fetchone() == (0,)
         assert pool.stats.invalidations == 1
+        # the snapshot is a FILE_COPY: it (and its copies) keep the template's relcache init
+        # file, which "two" has since its connection above
+        sql = "select pg_ls_dir('base/' || oid) from pg_database where datname like 'pgmgr_pool%'"
+        deadline = time.monotonic() + 60
+        while pool.stats.snapshots < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(**params) as conn:  # type: ignore[arg-type]
+            assert "pg_internal.init" in {r[0] for r in conn.execute(sql)}
         with pytest.raises(PoolError, match='database "missing" does not exist'):
             pool.acquire("missing", timeout=60)
     finally:

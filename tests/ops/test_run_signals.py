@@ -19,9 +19,23 @@ from tests.helpers import kill_postmasters, postgres_pids_under, run_pgmgr
 from tests.ops.conftest import Instance
 from tests.ops.test_run import assert_nothing_left
 
-#: Delays (s) after which ``pgmgr run`` is SIGKILLed: from "still in Python start-up"
-#: through the template copy / initdb, the server start, and the command running.
-KILL_DELAYS = [0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0]
+#: When ``pgmgr run`` is SIGKILLed: after a delay (s), from "still in Python start-up"
+#: through the template copy / initdb and the server start; then ("up", s) that long after
+#: its server said ready (the command running). Later kills would all hit that same state.
+KILL_DELAYS: list[float | tuple[str, float]] = [
+    0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, ("up", 0.0), ("up", 0.5),
+]  # fmt: skip
+
+
+def _wait_up(ops_dir: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in _run_dirs(ops_dir):
+            pf = process.PidFile.read(d / "data")
+            if pf is not None and pf.status == "ready":
+                return
+        time.sleep(0.01)
+    raise AssertionError("the run's server never said ready")
 
 
 def _run_dirs(ops_dir: Path) -> list[Path]:
@@ -49,6 +63,9 @@ def test_sigkilled_run_leaves_no_server_and_the_next_run_sweeps(ops_dir: Path) -
             start_new_session=True,  # its command (sleep) is killed with the group below
         )
         try:
+            if isinstance(delay, tuple):
+                _wait_up(ops_dir)
+                delay = delay[1]
             time.sleep(delay)
             up = any(process.PidFile.read(d / "data") for d in _run_dirs(ops_dir))
             phases["server up" if up else "before the server"] += 1

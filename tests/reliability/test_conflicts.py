@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import tempfile
@@ -100,8 +101,11 @@ def _is_postmaster(pid: int) -> bool:
     return bool(argv) and "-D" in argv
 
 
-def test_ten_concurrent_start_init(work: Path) -> None:
-    dirs = [work / f"d{i}" for i in range(10)]
+def test_ten_concurrent_start_init(work: Path, rel_isolation: Path) -> None:
+    """Ten ``pgmgr start --init -d <work>/pN/data -p auto`` at once: ten ports, ten names
+    (all directories are named 'data'; before: all named 'data', one record), ten records,
+    ten servers answering, and ``stop --all`` stops all ten."""
+    dirs = [work / f"p{i}" / "data" for i in range(10)]
     with ThreadPoolExecutor(10) as pool:
         runs = list(
             pool.map(
@@ -112,6 +116,15 @@ def test_ten_concurrent_start_init(work: Path) -> None:
         assert all(r.returncode == 0 for r in runs), [str(r) for r in runs if r.returncode]
         ports = [r.json()["port"] for r in runs]
         assert len(set(ports)) == 10, ports
+        names = [r.json()["name"] for r in runs]
+        assert len(set(names)) == 10, names
+        records = sorted(f.stem for f in (rel_isolation / "instances").glob("*.json"))
+        assert records == sorted(names)
+        by_dir = {
+            json.loads(f.read_text())["datadir"]
+            for f in (rel_isolation / "instances").glob("*.json")
+        }
+        assert by_dir == {str(d) for d in dirs}
         status = pgmgr("status", "--json")
         assert sorted(s["port"] for s in status.json()) == sorted(ports)
         assert all(s["state"] == "running" for s in status.json())
@@ -119,8 +132,9 @@ def test_ten_concurrent_start_init(work: Path) -> None:
             inst = Inst(d.name, d)
             assert inst.sql("SELECT 1") == [(1,)]
     finally:
-        run = pgmgr("stop", "--all")
+        run = pgmgr("stop", "--all", "--json")
     assert run.returncode == 0, str(run)
+    assert sum(r["was_running"] for r in run.json()) == 10, str(run)
     assert not postgres_pids_under(work)
 
 

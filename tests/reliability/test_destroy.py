@@ -20,8 +20,13 @@ from tests.reliability.conftest import (
     pgmgr_argv,
     postgres_pids_under,
 )
+from tests.reliability.pause import Paused
 
-KILLS = 40
+#: Where destroy is paused and SIGKILLed (see pgmgr.core.testhook): after the stop, after the
+#: rename to the trash name, after PG_VERSION went, before the record goes.
+STEPS = ("destroy-stopped", "destroy-renamed", "destroy-unversioned", "destroy-record")
+#: And SIGKILLs at timings between those, spread over the second half of a destroy's run.
+RANDOM_KILLS = 4
 
 
 def trash_of(datadir: Path) -> list[Path]:
@@ -119,10 +124,15 @@ def _destroy(name: str, delay: float | None) -> tuple[int, float]:
 
 
 def _one_kill(inst: Inst, i: int, delay: float) -> str:
-    """destroy killed after ``delay``; then destroy (even i) or forget (odd i) finishes it.
-    Returns what the kill left: done / intact / trash / gone (data gone, record left)."""
+    """destroy killed after ``delay``; then see :func:`_finish`."""
+    code, _ = _destroy(inst.name, delay)
+    return _finish(inst, i, code)
+
+
+def _finish(inst: Inst, i: int, code: int) -> str:
+    """After a killed destroy (exit ``code``), destroy (even i) or forget (odd i) finishes
+    it. Returns what the kill left: done / intact / trash / gone (data gone, record left)."""
     name = inst.name
-    code, _ = _destroy(name, delay)
     trash = trash_of(inst.datadir)
     records = Path(os.environ["PGMGR_STATE_DIR"]) / "instances"
     if code == 0 or not (records / f"{name}.json").exists():  # the record goes last
@@ -155,10 +165,35 @@ def _one_kill(inst: Inst, i: int, delay: float) -> str:
     return left
 
 
-def test_destroy_killed_at_varied_points_is_finished_later(template: Path, work: Path) -> None:
-    """KILLS SIGKILLs of destroy, spread over the second half of its run, where it stops,
-    renames and deletes (every eighth server running); whatever the kill left, the next
-    destroy or forget finishes it, and nothing left behind counts as a data directory."""
+def test_destroy_killed_at_each_step_is_finished_later(
+    template: Path, work: Path, hooks: Path
+) -> None:
+    """destroy SIGKILLed where it stops, renames, deletes and drops the record (paused
+    there), each finished by a destroy and by a forget, a running server among them:
+    whatever the kill left, the next destroy or forget finishes it, and nothing left behind
+    counts as a data directory."""
+    outcomes: dict[str, list[str]] = {}
+    for n, step in enumerate(STEPS):
+        for i in (2 * n, 2 * n + 1):  # even: finished by destroy, odd: by forget
+            inst = _registered(template, work, f"p{i}")
+            if i in (0, 3):
+                assert inst.start("--port", "auto").returncode == 0
+            paused = Paused(hooks, step, "destroy", inst.name, "--yes")
+            paused.reached()
+            code = paused.kill(signal.SIGKILL)
+            for leftover in hooks.glob(f"{step}*"):
+                leftover.unlink()
+            outcomes.setdefault(step, []).append(_finish(inst, i, code))
+    print(f"destroy killed at each step, what each kill left: {json.dumps(outcomes)}")
+    assert outcomes["destroy-stopped"] == ["intact", "intact"]
+    assert outcomes["destroy-renamed"] == ["trash", "trash"]
+    assert outcomes["destroy-unversioned"] == ["trash", "trash"]
+    assert outcomes["destroy-record"] == ["gone", "gone"]
+
+
+def test_destroy_killed_at_random_points_is_finished_later(template: Path, work: Path) -> None:
+    """RANDOM_KILLS SIGKILLs of destroy, spread over the second half of its run (one running
+    server), between the steps the test above pauses at."""
     spans = []
     for n in range(2):  # not killed: how long one takes, now, on this machine
         _registered(template, work, f"m{n}")
@@ -167,10 +202,10 @@ def test_destroy_killed_at_varied_points_is_finished_later(template: Path, work:
         spans.append(span)
     span = min(spans)
     outcomes: dict[str, int] = {}
-    for i in range(KILLS):
+    for i in range(RANDOM_KILLS):
         inst = _registered(template, work, f"k{i}")
-        if i % 8 == 7:
+        if i == RANDOM_KILLS - 1:
             assert inst.start("--port", "auto").returncode == 0
-        left = _one_kill(inst, i, span * (0.5 + 0.6 * i / KILLS))
+        left = _one_kill(inst, i, span * (0.5 + 0.6 * i / RANDOM_KILLS))
         outcomes[left] = outcomes.get(left, 0) + 1
-    print(f"destroy: {KILLS} SIGKILLs, what each left: {json.dumps(outcomes)}")
+    print(f"destroy: {RANDOM_KILLS} SIGKILLs, what each left: {json.dumps(outcomes)}")

@@ -1,17 +1,15 @@
 """The instance registry under stress, through a real ``pgmgr`` and real servers: corrupt
-record files (issue 11.7), and names allocated atomically by concurrent inits (11.2)."""
+record files (issue 11.7). Names allocated atomically by concurrent inits (11.2): see
+test_conflicts.test_ten_concurrent_start_init."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from pgmgr.core import process
-from tests.helpers import kill_postmasters
-from tests.reliability.conftest import InstFactory, pgmgr, pgmgr_argv
+from tests.reliability.conftest import InstFactory, pgmgr
 
 #: Record files no JSON parser or type check should survive without help.
 GARBAGE: dict[str, bytes] = {
@@ -91,45 +89,3 @@ def test_a_record_is_named_by_its_file(cluster: InstFactory, rel_isolation: Path
     assert not rec_a.exists() and not a.datadir.exists()
     assert (rel_isolation / "instances" / "b.json").exists() and b.datadir.is_dir()
     assert json.loads((rel_isolation / "instances" / "b.json").read_text())["name"] == "b"
-
-
-def test_concurrent_inits_get_distinct_names(work: Path, rel_isolation: Path) -> None:
-    """Ten ``pgmgr start --init -d <work>/pN/data -p auto`` at once: ten names, ten records,
-    ten servers, and ``stop --all`` stops all ten (before: all named 'data', one record)."""
-    dirs = [work / f"p{i}" / "data" for i in range(10)]
-    procs = [
-        subprocess.Popen(
-            pgmgr_argv("start", "--init", "-d", str(d), "-p", "auto", "--json"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        for d in dirs
-    ]
-    try:
-        outs = [p.communicate(timeout=180) for p in procs]
-        for p, (_out, err) in zip(procs, outs, strict=True):
-            assert p.returncode == 0 and "Traceback" not in err, err
-        names = [json.loads(out)["name"] for out, _ in outs]
-        assert len(set(names)) == 10, names
-        records = sorted(f.stem for f in (rel_isolation / "instances").glob("*.json"))
-        assert records == sorted(names)
-        by_dir = {
-            json.loads(f.read_text())["datadir"]
-            for f in (rel_isolation / "instances").glob("*.json")
-        }
-        assert by_dir == {str(d) for d in dirs}
-        pids = [pf.pid for d in dirs if (pf := process.PidFile.read(d)) is not None]
-        assert len(pids) == 10
-        stop = pgmgr("stop", "--all", "--json", timeout=120)
-        assert stop.returncode == 0, str(stop)
-        assert sum(r["was_running"] for r in stop.json()) == 10, str(stop)
-        assert all(process.running_postmaster(d) is None for d in dirs)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        left = [pf.pid for d in dirs if (pf := process.running_postmaster(d)) is not None]
-        kill_postmasters(left)

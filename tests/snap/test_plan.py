@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import snapstore
+from pgmgr.core import pgcontrol, snapstore
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import UsageError
 from pgmgr.core.versions import Installation
@@ -113,6 +113,23 @@ def test_unneeded_wal_after_a_clean_shutdown(tmp_path: Path) -> None:
     redo = 0x15 * (16 << 20) + 0x28  # in segment ...15
     clean = _cluster(tmp_path / "a", 1, redo, segs)
     # ...14 (older) and ...15 (the checkpoint's), ...16 (a straddling record) are kept
-    assert snapstore.unneeded_wal(clean) == set(segs[3:])
+    assert pgcontrol.unneeded_wal(clean) == set(segs[3:])
     crashed = _cluster(tmp_path / "b", 6, redo, segs)  # in production: recovery reads on
-    assert snapstore.unneeded_wal(crashed) == set()
+    assert pgcontrol.unneeded_wal(crashed) == set()
+
+
+def test_branch_port_is_never_the_source_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source restarts while the branch starts, so its port may look free: the branch's
+    automatic port is never it, an explicit one is kept. Mock: the kernel's choice of a
+    free port (it cannot be made to repeat one on demand)."""
+    from pgmgr.core import branch, server
+    from pgmgr.core.instance import Server
+    from pgmgr.core.registry import Instance
+
+    src = Server(Instance("src", str(tmp_path / "src"), "15", "15.18", "/bin", port=5500))
+    offers = iter([5500, 5500, 5501])
+    monkeypatch.setattr(server, "free_port", lambda host: next(offers))
+    assert branch.new_record(src, "b", tmp_path / "b", "auto").port == 5501
+    assert branch.new_record(src, "b", tmp_path / "b", 5500).port == 5500  # refused at start

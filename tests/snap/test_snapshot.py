@@ -32,7 +32,12 @@ def test_snapshot_change_restore_brings_rows_back(inst: Inst) -> None:
 
     inst.sql("DELETE FROM t WHERE x > 10; INSERT INTO t VALUES (-1)")
     assert inst.sql("SELECT count(*) FROM t") == "11"
+    log = Path(json.loads(inst.ok("status", "dev", "--json").stdout)["log_file"])
+    seen = log.stat().st_size
     done = json.loads(inst.ok("restore", "dev", "s1", "--yes", "--json").stdout)
+    with log.open("rb") as f:  # the replaced state needs no shutdown checkpoint
+        f.seek(seen)
+        assert b"received immediate shutdown request" in f.read()
     assert done["was_running"] is True
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*), min(x) FROM t") == "1000|1"

@@ -178,3 +178,53 @@ def test_fast_start_and_stop_match_the_typer_commands(base: Path) -> None:
             slow.stderr,
             slow.returncode,
         ), args
+
+
+INSPECT_STATE = (
+    "import atexit, sys\n"
+    "from pgmgr.entry import main\n"
+    "atexit.register(lambda: print(type(sys.modules.get('inspect')).__name__))\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"]])
+def test_status_loads_neither_typing_nor_inspect(args: list[str]) -> None:
+    """typing (~2 ms) and inspect (~6 ms, which dataclasses imports) stay out of status; the
+    JSON form loads no table code either."""
+    names = imported(*args)
+    assert not names & {"typing", "inspect", "ast", "dis"}, names
+    if "--json" in args:
+        assert "pgmgr.tablefit" not in names
+    proc = subprocess.run(
+        [sys.executable, "-c", INSPECT_STATE, *args],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "_DeferredInspect", "inspect was used after all"
+
+
+def test_the_inspect_stand_in_hands_over_on_first_use() -> None:
+    """A dataclass without a docstring (its signature needs inspect) and a direct use both
+    get the real module, which then replaces the stand-in."""
+    code = (
+        "import sys\n"
+        "from pgmgr.entry import defer_inspect\n"
+        "defer_inspect()\n"
+        "import dataclasses, inspect\n"
+        "@dataclasses.dataclass\n"
+        "class A:\n"
+        "    x: int\n"
+        "assert A.__doc__ == 'A(x: int)', A.__doc__\n"
+        "assert str(inspect.signature(lambda y: y)) == '(y)'\n"
+        "import inspect as real\n"
+        "assert type(real).__name__ == 'module' and real.signature is inspect.signature\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -3,6 +3,7 @@ and the pg_hba rewrite."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,57 @@ def test_clear_and_list_on_an_empty_cache() -> None:
 
     assert tplcache.list_templates() == []
     assert tplcache.clear() == []
+
+
+DEBIAN_15 = Path("/usr/lib/postgresql/15/bin/postgres")
+
+
+def test_icu_fingerprint_names_what_the_loader_loads(tmp_path: Path) -> None:
+    """The ICU libraries of Debian's postgres, as ``ldd`` resolves them; none for a binary
+    built without ICU; unknown for a file that is not ELF."""
+    import subprocess
+
+    from pgmgr.core import linked
+
+    if not DEBIAN_15.exists():
+        pytest.skip("needs Debian's PostgreSQL 15 (linked with ICU)")
+    ldd = subprocess.run(["ldd", str(DEBIAN_15)], capture_output=True, text=True, check=True)
+    want = {
+        line.split()[0]: os.path.realpath(line.split()[2])
+        for line in ldd.stdout.splitlines()
+        if line.strip().startswith(("libicuuc", "libicui18n"))
+    }
+    assert want, "Debian's postgres links ICU"
+    got = dict(p.split("=", 1) for p in linked.icu_fingerprint(DEBIAN_15).split(";"))
+    assert {name: stamp.split(":")[0] for name, stamp in got.items()} == want
+    assert linked.icu_fingerprint(Path("/bin/true")) == "none"
+    (tmp_path / "script").write_text("#!/bin/sh\n")
+    assert linked.icu_fingerprint(tmp_path / "script") == "unknown"
+
+
+def test_key_changes_with_the_icu_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new ICU under the same soname (a patch release) invalidates the template: its key
+    changes and ``cache list`` calls the old one stale. The binary is a copy of Debian's
+    postgres; the library directory is a temporary one holding stand-in ICU files (only
+    their stamps count), as a package upgrade would replace them."""
+    import shutil
+
+    from pgmgr.core import linked, tplcache
+
+    if not DEBIAN_15.exists():
+        pytest.skip("needs Debian's PostgreSQL 15 (linked with ICU)")
+    inst = _install(tmp_path)
+    shutil.copyfile(DEBIAN_15, inst.bindir / "postgres")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("libicuuc.so.72", "libicui18n.so.72"):
+        (lib / name).write_bytes(b"icu 72.1")
+    monkeypatch.setattr(linked, "LIB_DIRS", (str(lib),))
+    fields = template.key_fields(inst, InitOptions())
+    assert "libicuuc.so.72=" in fields["icu"]
+    assert template.key_of(template.key_fields(inst, InitOptions())) == template.key_of(fields)
+    assert tplcache._binaries_match(fields)
+    (lib / "libicuuc.so.72").unlink()
+    (lib / "libicuuc.so.72").write_bytes(b"icu 72.2, same soname")
+    assert template.key_of(template.key_fields(inst, InitOptions())) != template.key_of(fields)
+    assert not tplcache._binaries_match(fields)

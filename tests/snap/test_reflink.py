@@ -1,0 +1,58 @@
+"""Snapshot, restore and branch on a real reflink filesystem (a loop-mounted XFS, see
+tests/reflink.py; skipped where it cannot be made): the copies are FICLONE clones and the
+instances behave as on any other filesystem."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reflink import xfs_dir, xfs_mount  # noqa: F401
+from tests.snap.conftest import Inst, leftovers
+
+
+@pytest.fixture
+def xinst(ops_dir: Path, template: Path, xfs_dir: Path) -> Iterator[Inst]:  # noqa: F811
+    """A running PostgreSQL 15 instance whose data directory is on the XFS filesystem."""
+    datadir = xfs_dir / "data"
+    subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
+    it = Inst("xdev", datadir)
+    try:
+        it.ok("start", "-q", "--init", "-d", str(datadir), "--name", "xdev", "--port", "auto")
+        it.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+        yield it
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_snapshot_restore_by_reflink(xinst: Inst) -> None:
+    taken = json.loads(xinst.ok("snapshot", "xdev", "s1", "--json").stdout)
+    assert taken["method"] == "reflink" and taken["was_running"] is True
+    meta = json.loads((xinst.store / "s1" / "snapshot.json").read_text())
+    assert meta["method"] == "reflink"
+    xinst.sql("DELETE FROM t WHERE x > 10")
+    xinst.ok("restore", "xdev", "s1", "--yes", "-q")
+    assert xinst.state() == "running"
+    assert xinst.sql("SELECT count(*) FROM t") == "1000"
+    xinst.sql("DELETE FROM t")  # the snapshot shares no block with the instance any more
+    xinst.ok("restore", "xdev", "s1", "--yes", "-q")
+    assert xinst.sql("SELECT count(*) FROM t") == "1000"
+    assert leftovers(xinst.store) == []
+
+
+def test_branch_by_reflink_diverges(xinst: Inst) -> None:
+    out = json.loads(xinst.ok("branch", "xdev", "xfeat", "--json").stdout)
+    assert out["method"] == "reflink" and out["started"] is True
+    xinst.sql("INSERT INTO t VALUES (-1)")
+    xinst.sql("DELETE FROM t WHERE x > 0", "xfeat")
+    assert xinst.sql("SELECT count(*) FROM t") == "1001"
+    assert xinst.sql("SELECT count(*) FROM t", "xfeat") == "0"
+    xinst.ok("snapshot", "xdev", "b1", "-q")
+    out = json.loads(xinst.ok("branch", "xdev", "xfeat2", "--from", "b1", "--json").stdout)
+    assert out["method"] == "reflink"
+    xinst.ok("start", "xfeat2", "-q")
+    assert xinst.sql("SELECT count(*) FROM t", "xfeat2") == "1001"
