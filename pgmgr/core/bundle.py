@@ -30,7 +30,7 @@ from typing import Any
 from pgmgr import __version__
 from pgmgr.core import process, server, testhook, versions
 from pgmgr.core.errors import DatabaseException
-from pgmgr.core.instance import Server
+from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import require_running
 
 FORMAT = "pgmgr-bundle"
@@ -137,6 +137,8 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     from pgmgr.core import staging
 
     t0 = time.monotonic()
+    if srv.inst.pending:  # a half-made instance would give a bundle that looks complete
+        raise unfinished(srv.inst, "exported")
     require_running(srv)
     dest = _new_dir(dest, "export")
     check_root_safe(dest.parent, "export into")

@@ -129,7 +129,9 @@ def _sql(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
 
 def check_source(src: Server, version: str | None) -> None:
     """:raises NotRunning: SRC is stopped. :raises DatabaseException: another major asked
-    for, or SRC is itself a standby."""
+    for, or SRC is itself a standby or unfinished."""
+    if src.inst.pending:  # a standby of a half-made instance, which a retry destroys
+        raise unfinished(src.inst, "replicated")
     require_running(src)
     major = src.installation().major
     if version:

@@ -179,6 +179,37 @@ def test_a_data_directory_that_appears_during_an_import_is_left_alone(
     assert sorted(states(fresh)) == ["fresh"]
 
 
+def test_an_unfinished_import_is_not_exported_replicated_nor_given_a_unit(
+    fresh: Instance,
+    bundle: tuple[Path, dict[str, Any]],
+    ops_dir: Path,
+    hooks: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its server runs with part of the data: an export of it looked like a complete
+    bundle, a replica streamed it, and a unit restarted a refused start for ever."""
+    monkeypatch.setenv("PGMGR_SYSTEMD_SYSTEM_DIR", str(ops_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(ops_dir))
+    run = Paused(hooks, "import-started", "import", str(bundle[0]), "-d", str(ops_dir / "imp"))
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert_incomplete(fresh, "imp", "import")
+    for args, what in [
+        (("export", "imp", str(ops_dir / "out")), "exported"),
+        (("replica", "imp"), "replicated"),
+        (("service", "install", "imp"), "given a unit"),
+    ]:
+        proc = fresh.pgmgr(*args)
+        lines = error_lines(proc.stderr)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert lines[0].startswith("Error: 'imp' is an unfinished 'pgmgr import'"), lines
+        assert lines[0].endswith(f"it was not {what}"), lines
+    assert not (ops_dir / "out").exists()
+    assert sorted(states(fresh)) == ["fresh", "imp"]
+    assert not list(ops_dir.rglob("*.service"))
+    assert fresh.pgmgr("destroy", "imp").returncode == 0
+
+
 def test_an_interrupted_import_of_another_bundle_is_not_replaced(
     fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
 ) -> None:
