@@ -315,6 +315,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DatabaseException(f"{bundle}/{MANIFEST} is not a valid manifest ({e})") from None
     files = data["files"]
+    _check_entries(bundle)
     for rel, want in sorted(files.items()):
         if os.path.isabs(rel) or ".." in Path(rel).parts:
             raise DatabaseException(f"{bundle}/{MANIFEST} names a file outside it: {rel}")
@@ -330,6 +331,26 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
                 "nothing was created"
             )
     return dict(data)
+
+
+def _check_entries(bundle: Path) -> None:
+    """Every entry under ``bundle`` is a directory or a regular file: pg_restore (as root,
+    when pgmgr is) reads whatever files a dump directory holds, listed in the manifest or
+    not, so a symlink there (``databases/1/3338.dat -> /root/secret``) put a file only
+    root can read into a table of the new instance.
+
+    :raises DatabaseException: a symlink, FIFO, socket or device.
+    """
+    for top, dirs, names in os.walk(bundle):
+        for name in [*dirs, *names]:
+            path = Path(top) / name
+            mode = os.lstat(path).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+                raise DatabaseException(
+                    f"bundle {bundle} is damaged: {path.relative_to(bundle)} is {kind}; "
+                    "nothing was created"
+                )
 
 
 MANIFEST_LIMIT = 64 << 20  # bytes: a manifest lists files; more is not a manifest

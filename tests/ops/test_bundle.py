@@ -195,6 +195,22 @@ def test_bad_bundles_and_targets_create_nothing(
         f"Error: bundle {broken} is damaged: {rel} is missing",
         ops_dir,
     )
+    # Unlisted, a symlink in a dump directory: pg_restore (as root, when pgmgr is) read the
+    # file it names into a table of the new instance.
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["files"][str(rel)]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    secret = ops_dir / "secret"
+    secret.write_text("only the importing user can read this\n")
+    link = victim.parent / victim.name.removesuffix(".gz")
+    link.symlink_to(secret)
+    expect_error(
+        fresh,
+        ["import", str(broken), "-d", new],
+        1,
+        f"Error: bundle {broken} is damaged: {link.relative_to(broken)} is a symlink",
+        ops_dir,
+    )
 
     newer = ops_dir / "newer"
     shutil.copytree(good, newer)
