@@ -11,11 +11,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import ops, registry, scram, server, staging, testhook, versions
+from pgmgr.core import (
+    copy,
+    ops,
+    privileges,
+    registry,
+    scram,
+    server,
+    staging,
+    sweep,
+    testhook,
+    userfs,
+    versions,
+)
 from pgmgr.core.bundle import (
     ImportResult,
     _new_dir,
@@ -175,11 +190,39 @@ def _restore(
     sql = globals_sql(text, srv.inst.superuser)
     server.run(psql, su, timeout=3600, env=env, input=sql, die_with_parent=True)
     for db in manifest["databases"]:
-        archive = bundle / str(db["dir"])
-        argv = restore_argv(install, archive, create=db["name"] != "postgres")
-        server.run(argv, env=env, timeout=24 * 3600, die_with_parent=True)
+        with readable_archive(bundle / str(db["dir"]), su) as archive:
+            argv = restore_argv(install, archive, create=db["name"] != "postgres")
+            server.run(argv, su, env=env, timeout=24 * 3600, die_with_parent=True)
         testhook.pause("import-restored-db")
     if srv.inst.password:
         verifier = scram.verifier(srv.inst.password)
         role, pw = quote_ident(srv.inst.superuser), quote_literal(verifier)
         server.run(psql, su, timeout=60, env=env, input=f"ALTER ROLE {role} PASSWORD {pw};\n")
+
+
+@contextlib.contextmanager
+def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterator[Path]:
+    """``archive`` as a directory pg_restore can read as the server user ``su``.
+
+    pg_restore opens the files its ``toc.dat`` names, ``../`` included: run as root it
+    would read any file a crafted bundle names into the new instance. So it runs as the
+    server user, and, as root, on a private copy of the archive given to that user (the
+    bundle itself may be readable by root only): a copy made by root in its own 0700
+    directory, handed over entry by entry through fds before the directory itself, and
+    removed as that user afterwards (or, after a kill, by the next sweep).
+    """
+    if su is None or su.uid == os.geteuid():
+        yield archive
+        return
+    sweep.dead_runs()  # the copies of imports killed before they removed theirs
+    top = Path(tempfile.mkdtemp(prefix=f"pgmgr-imp-{os.getpid()}-"))
+    try:
+        copy.copy_tree(archive, top / "archive")
+        for _dir, _subdirs, files, dfd in os.fwalk(top / "archive"):
+            for entry in files:
+                os.chown(entry, su.uid, su.gid, dir_fd=dfd, follow_symlinks=False)
+            os.fchown(dfd, su.uid, su.gid)
+        os.chown(top, su.uid, su.gid)
+        yield top / "archive"
+    finally:
+        userfs.as_user(su, shutil.rmtree, str(top), ignore_errors=True)
