@@ -420,6 +420,9 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
     :raises WorkerError: it did not finish promotion within ``timeout``.
     """
     with registry.lock(srv.datadir):
+        # the record as it is now: a promote that held the lock before may have changed it
+        # (read before the lock, a second promote saved what the first had cleared)
+        srv = Server.load(srv.inst.name)
         require_running(srv)
         if srv.inst.pending:
             raise unfinished(srv.inst, "promoted")

@@ -381,6 +381,32 @@ def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
     )
 
 
+def test_two_promotes_at_once_one_promotes_the_other_says_so(fresh: Instance, hooks: Path) -> None:
+    """The second waits for the first's lock, then sees the record the first left (it read
+    the record before the lock and saved the standby's primary, slot and role back)."""
+    assert fresh.pgmgr("replica", "fresh", "--name", "rep").returncode == 0
+    first = Paused(hooks, "promote-promoted", "promote", "rep")
+    first.reached()
+    env = {k: v for k, v in os.environ.items() if k != "PGMGR_TEST_PAUSE"}
+    second = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "promote", "rep"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    time.sleep(0.5)  # it is waiting for the lock
+    assert second.poll() is None
+    code, err = first.go()
+    assert code == 0, err
+    _, err2 = second.communicate(timeout=120)
+    assert second.returncode == 1, err2
+    assert error_lines(err2) == [
+        "Error: 'rep' is a primary, not a standby: there is nothing to promote"
+    ]
+    st = states(fresh)["rep"]
+    assert st["role"] == "primary" and st["primary"] is None
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
 # --------------------------------------------------------------------------- export
 
 
