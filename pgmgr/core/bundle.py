@@ -30,7 +30,7 @@ from typing import Any
 from pgmgr import __version__
 from pgmgr.core import process, server, testhook, versions
 from pgmgr.core.errors import DatabaseException
-from pgmgr.core.instance import Server
+from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import require_running
 
 FORMAT = "pgmgr-bundle"
@@ -137,6 +137,8 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     from pgmgr.core import staging
 
     t0 = time.monotonic()
+    if srv.inst.pending:  # a half-made instance would give a bundle that looks complete
+        raise unfinished(srv.inst, "exported")
     require_running(srv)
     dest = _new_dir(dest, "export")
     check_root_safe(dest.parent, "export into")
@@ -300,7 +302,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     if not bundle.is_dir():
         raise DatabaseException(f"{bundle} is not a directory (a bundle from 'pgmgr export')")
     try:
-        data = json.loads((bundle / MANIFEST).read_text())
+        data = json.loads(_read_manifest_file(bundle / MANIFEST))
     except FileNotFoundError:
         raise DatabaseException(
             f"{bundle} is not a complete bundle: it has no {MANIFEST} "
@@ -313,6 +315,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DatabaseException(f"{bundle}/{MANIFEST} is not a valid manifest ({e})") from None
     files = data["files"]
+    _check_entries(bundle)
     for rel, want in sorted(files.items()):
         if os.path.isabs(rel) or ".." in Path(rel).parts:
             raise DatabaseException(f"{bundle}/{MANIFEST} names a file outside it: {rel}")
@@ -328,6 +331,46 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
                 "nothing was created"
             )
     return dict(data)
+
+
+def _check_entries(bundle: Path) -> None:
+    """Every entry under ``bundle`` is a directory or a regular file: pg_restore (as root,
+    when pgmgr is) reads whatever files a dump directory holds, listed in the manifest or
+    not, so a symlink there (``databases/1/3338.dat -> /root/secret``) put a file only
+    root can read into a table of the new instance.
+
+    :raises DatabaseException: a symlink, FIFO, socket or device.
+    """
+    for top, dirs, names in os.walk(bundle):
+        for name in [*dirs, *names]:
+            path = Path(top) / name
+            mode = os.lstat(path).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+                raise DatabaseException(
+                    f"bundle {bundle} is damaged: {path.relative_to(bundle)} is {kind}; "
+                    "nothing was created"
+                )
+
+
+MANIFEST_LIMIT = 64 << 20  # bytes: a manifest lists files; more is not a manifest
+
+
+def _read_manifest_file(path: Path) -> str:
+    """The text of a regular file of at most :data:`MANIFEST_LIMIT` bytes, opened without
+    blocking on a FIFO (a FIFO or a device named manifest.json hung the import).
+
+    :raises FileNotFoundError: none. :raises OSError, ValueError: anything else wrong.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MANIFEST_LIMIT + 1)
+    if len(data) > MANIFEST_LIMIT:
+        raise ValueError(f"larger than {MANIFEST_LIMIT >> 20} MB")
+    return data.decode()
 
 
 def _want(ok: bool, what: str) -> None:
@@ -356,6 +399,7 @@ def check_shape(data: Any) -> None:
               f"file {rel!r} has no sha256")  # fmt: skip
     for key in ("superuser", "encoding", "globals"):
         _text(data[key], repr(key))
+    _want(data.get("auth") in (None, *server.AUTH_METHODS), "'auth' is not an auth method")
     for key in ("major", "version"):
         _want(isinstance(data["source"][key], (str, int, float)), f"source {key!r}")
     _want(isinstance(data["settings"], dict), "'settings' is not an object")

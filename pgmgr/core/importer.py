@@ -11,11 +11,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import ops, registry, scram, server, staging, testhook, versions
+from pgmgr.core import (
+    copy,
+    ops,
+    privileges,
+    registry,
+    scram,
+    server,
+    staging,
+    sweep,
+    testhook,
+    userfs,
+    versions,
+)
 from pgmgr.core.bundle import (
     ImportResult,
     _new_dir,
@@ -102,16 +117,22 @@ def import_bundle(
         srv = Server.for_datadir(datadir, name=name, version=install.version)
         srv.inst.pending, srv.inst.pending_from, srv.building = "import", str(bundle), True
         srv.save()  # registered, marked
+        made = False  # whether the directory is the one this import built
         try:
             testhook.pause("import-registered")
-            _create(srv, manifest, port, timeout)
+            _init(srv, manifest)
+            made = True
+            _start(srv, manifest, port, timeout)
             testhook.pause("import-started")
             _restore(srv, install, bundle, manifest)
             srv.inst.pending = srv.inst.pending_from = None
             srv.save()
         except BaseException:
             with contextlib.suppress(Exception):
-                ops.destroy(srv)
+                if made:
+                    ops.destroy(srv)
+                else:  # a directory that appeared there is not ours to remove
+                    registry.remove(srv.inst.name)
             raise
     dbs = [str(d["name"]) for d in manifest["databases"]]
     return ImportResult(srv, str(manifest["source"]["version"]), dbs, time.monotonic() - t0)
@@ -134,7 +155,8 @@ def _check_new(
         )
 
 
-def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
+def _init(srv: Server, manifest: dict[str, Any]) -> None:
+    """:raises DatabaseException: initdb failed, or a data directory appeared there."""
     locale = manifest["locale"]
     opts = server.InitOptions(
         superuser=str(manifest["superuser"]),
@@ -143,8 +165,11 @@ def _create(srv: Server, manifest: dict[str, Any], port: str | None, timeout: fl
         locale=str(locale["collate"]),
         extra=() if locale["collate"] == locale["ctype"] else (f"--lc-ctype={locale['ctype']}",),
     )
-    srv.initialize(opts)
+    srv.initialize(opts, new=True)
     srv.pin()
+
+
+def _start(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
     srv.inst.settings = server.check_settings(manifest["settings"])
     srv.save()
     srv.start(port=port or "auto", timeout=timeout)
@@ -165,11 +190,39 @@ def _restore(
     sql = globals_sql(text, srv.inst.superuser)
     server.run(psql, su, timeout=3600, env=env, input=sql, die_with_parent=True)
     for db in manifest["databases"]:
-        archive = bundle / str(db["dir"])
-        argv = restore_argv(install, archive, create=db["name"] != "postgres")
-        server.run(argv, env=env, timeout=24 * 3600, die_with_parent=True)
+        with readable_archive(bundle / str(db["dir"]), su) as archive:
+            argv = restore_argv(install, archive, create=db["name"] != "postgres")
+            server.run(argv, su, env=env, timeout=24 * 3600, die_with_parent=True)
         testhook.pause("import-restored-db")
     if srv.inst.password:
         verifier = scram.verifier(srv.inst.password)
         role, pw = quote_ident(srv.inst.superuser), quote_literal(verifier)
         server.run(psql, su, timeout=60, env=env, input=f"ALTER ROLE {role} PASSWORD {pw};\n")
+
+
+@contextlib.contextmanager
+def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterator[Path]:
+    """``archive`` as a directory pg_restore can read as the server user ``su``.
+
+    pg_restore opens the files its ``toc.dat`` names, ``../`` included: run as root it
+    would read any file a crafted bundle names into the new instance. So it runs as the
+    server user, and, as root, on a private copy of the archive given to that user (the
+    bundle itself may be readable by root only): a copy made by root in its own 0700
+    directory, handed over entry by entry through fds before the directory itself, and
+    removed as that user afterwards (or, after a kill, by the next sweep).
+    """
+    if su is None or su.uid == os.geteuid():
+        yield archive
+        return
+    sweep.dead_runs()  # the copies of imports killed before they removed theirs
+    top = Path(tempfile.mkdtemp(prefix=f"pgmgr-imp-{os.getpid()}-"))
+    try:
+        copy.copy_tree(archive, top / "archive")
+        for _dir, _subdirs, files, dfd in os.fwalk(top / "archive"):
+            for entry in files:
+                os.chown(entry, su.uid, su.gid, dir_fd=dfd, follow_symlinks=False)
+            os.fchown(dfd, su.uid, su.gid)
+        os.chown(top, su.uid, su.gid)
+        yield top / "archive"
+    finally:
+        userfs.as_user(su, shutil.rmtree, str(top), ignore_errors=True)

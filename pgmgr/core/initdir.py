@@ -27,8 +27,12 @@ def initialize(
     user: str | None = None,
     password: str | None = None,
     template: bool = True,
+    new: bool = False,
 ) -> bool:
     """Initialize the data directory if it is absent or empty; register it either way.
+
+    With ``new`` (the caller found nothing there) a data directory that appeared meanwhile
+    is refused, never registered: an import must not restore into someone else's cluster.
 
     With ``template`` (the default) it is a copy of a cached initdb result when one can
     serve ``opts`` (see :mod:`pgmgr.core.template`); the password is then set on the
@@ -41,6 +45,10 @@ def initialize(
     if datadir.exists() and not datadir.is_dir():
         raise DatabaseException(f"{datadir} exists and is not a directory")
     if server.is_datadir(datadir):
+        if new:
+            raise DatabaseException(
+                f"{datadir} appeared while pgmgr was about to make it; nothing was done there"
+            )
         if srv.new and opts.auth != "trust" and srv.inst.password is None:
             reset_password(srv, password or new_password())
         srv.save()

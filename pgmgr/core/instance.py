@@ -277,8 +277,10 @@ class Server:
         user: str | None = None,
         password: str | None = None,
         template: bool = True,
+        new: bool = False,
     ) -> bool:
-        """Initialize the data directory if it is absent or empty; register it either way.
+        """Initialize the data directory if it is absent or empty; register it either way
+        (with ``new``, refuse a data directory found there: see :func:`initdir.initialize`).
 
         With ``template`` (the default) it is a copy of a cached initdb result when one can
         serve ``opts`` (see :mod:`pgmgr.core.template`); the password is then set on the
@@ -289,7 +291,9 @@ class Server:
         """
         from pgmgr.core import initdir
 
-        return initdir.initialize(self, opts, user=user, password=password, template=template)
+        return initdir.initialize(
+            self, opts, user=user, password=password, template=template, new=new
+        )
 
     # ------------------------------------------------------------------ start
 

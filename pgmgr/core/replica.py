@@ -55,6 +55,22 @@ def edited_hba(text: str, name: str, add: list[str]) -> str:
     return "\n".join([*add, *kept]) + "\n"
 
 
+def listen_host(src_host: str) -> str:
+    """The replica's own ``listen_addresses``: the loopback addresses among its primary's,
+    else ``127.0.0.1`` (a primary started with ``-H 0.0.0.0`` does not make its standby
+    listen on every interface: nobody asked for that)."""
+    import ipaddress
+
+    def loopback(host: str) -> bool:
+        try:
+            return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    kept = [h.strip() for h in src_host.split(",") if loopback(h.strip())]
+    return ",".join(kept) or "127.0.0.1"
+
+
 def basebackup_argv(
     install: versions.Installation, target: Path, host: str, port: int, role: str, slot: str
 ) -> list[str]:
@@ -91,7 +107,8 @@ def connect(srv: Server) -> Iterator[psycopg.Connection[Any]]:
     try:
         conn = psycopg.connect(srv.dsn(), autocommit=True, connect_timeout=5)
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        why = (str(e).strip().splitlines() or ["?"])[0]  # libpq adds a tab-indented hint line
+        raise WorkerError(f"cannot connect to {srv.inst.name}: {why}") from None
     with conn:
         yield conn
 
@@ -112,7 +129,9 @@ def _sql(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
 
 def check_source(src: Server, version: str | None) -> None:
     """:raises NotRunning: SRC is stopped. :raises DatabaseException: another major asked
-    for, or SRC is itself a standby."""
+    for, or SRC is itself a standby or unfinished."""
+    if src.inst.pending:  # a standby of a half-made instance, which a retry destroys
+        raise unfinished(src.inst, "replicated")
     require_running(src)
     major = src.installation().major
     if version:
@@ -188,7 +207,7 @@ def create(
     if name:
         registry.check_name(name)
     else:
-        name = registry.unique_name(f"{src.inst.name}-replica")
+        name = default_name(src, datadir)
     path = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
     # The lock is held to the end: a retry waits for a live replica command, and finding
     # the pending record of this directory under it means its command is dead.
@@ -202,16 +221,40 @@ def create(
             testhook.pause("replica-primary-ready")
             _clone(src, rep)
             testhook.pause("replica-cloned")
-            rep.start(host=src.inst.host, port=port or "auto", timeout=timeout)
+            rep.start(host=rep.inst.host, port=port or "auto", timeout=timeout)
             rep.inst.pending = rep.inst.pending_from = None
             rep.save()
         except BaseException:
             with contextlib.suppress(Exception):
                 release_to_destroy(rep)
             with contextlib.suppress(Exception):
-                ops.destroy(rep)
+                if rep.inst.ino is not None:  # pinned when _clone made the directory
+                    ops.destroy(rep)
+                else:  # a directory that appeared there is not ours to remove
+                    registry.remove(rep.inst.name)
             raise
     return rep
+
+
+def default_name(src: Server, datadir: Path | None) -> str:
+    """``SRC-replica`` (or ``-2``, ``-3``...). A retry without ``--name`` takes the name of
+    an unfinished replica of SRC that no command is making, in the place it would make it,
+    so it redoes that one instead of making another beside it (whose slot would keep SRC's
+    WAL for ever)."""
+    base = registry.unique_name(f"{src.inst.name}-replica")
+    stem = re.escape(f"{src.inst.name}-replica"[:56])
+    parent = Path(src.inst.datadir).parent
+    for other in sorted(n for n in registry.names() if re.fullmatch(stem + r"(-\d+)?", n)):
+        with contextlib.suppress(Exception):
+            inst = registry.load(other)
+            where = Path(os.path.abspath(datadir or parent / other))
+            if (
+                (inst.pending, inst.pending_from) == ("replica", src.inst.name)
+                and Path(inst.datadir) == where
+                and not registry.is_locked(where)
+            ):
+                return other
+    return base
 
 
 def _register(src: Server, name: str, target: Path) -> Server:
@@ -233,7 +276,8 @@ def _register(src: Server, name: str, target: Path) -> Server:
         raise UsageError(f"instance name {name!r} is already used", hint="choose another --name")
     rep = Server.for_datadir(target, name=name, version=install.version)
     inst = rep.inst
-    inst.host, inst.superuser, inst.auth = src.inst.host, src.inst.superuser, src.inst.auth
+    inst.host = listen_host(src.inst.host or "")
+    inst.superuser, inst.auth = src.inst.superuser, src.inst.auth
     inst.password, inst.password_pending = src.inst.password, False  # the catalog is SRC's
     inst.server_user, inst.settings = src.inst.server_user, dict(src.inst.settings)
     inst.primary, inst.slot = src.inst.name, slot_name(name)
@@ -272,12 +316,13 @@ def _prepare_primary(src: Server, name: str, role: str, password: str) -> None:
         stmt = sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
             sql.Identifier(role), sql.Literal(scram.verifier(password))
         )
-        _sql(conn, stmt.as_string(conn))
-        try:
-            comment = sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                sql.Identifier(role), sql.Literal(f"pgmgr replica {name}")
-            )
+        comment = sql.SQL("COMMENT ON ROLE {} IS {}").format(
+            sql.Identifier(role), sql.Literal(f"pgmgr replica {name}")
+        )
+        with conn.transaction():  # the comment marks it as this replica's: never one without
+            _sql(conn, stmt.as_string(conn))
             _sql(conn, comment.as_string(conn))
+        try:
             _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
             testhook.pause("replica-slot-made")
             userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
@@ -320,6 +365,10 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
 
     done: list[str] = []
     with connect(primary) as conn:
+        if role and not _ours(conn, role, name):
+            # A role (and slot) of that name that this replica did not make: a user's own,
+            # or another replica's whose name maps to the same slot name. Never dropped.
+            role = slot = None
         if slot:
             deadline = time.monotonic() + 10
             while _sql(conn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot):
@@ -336,6 +385,17 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
     userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
     reload(primary)
     return done
+
+
+def _ours(conn: psycopg.Connection[Any], role: str, name: str) -> bool:
+    """Whether ``role`` on the primary is the one made for replica ``name`` (its comment says
+    so; the role is made and commented in one transaction, before the slot), or is gone."""
+    query = (
+        "SELECT shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s "
+        "FROM pg_roles WHERE rolname = %s"
+    )
+    found = _sql(conn, query, f"pgmgr replica {name}", role)
+    return found is None or bool(found)
 
 
 # --------------------------------------------------------------------------- promote
@@ -360,6 +420,9 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
     :raises WorkerError: it did not finish promotion within ``timeout``.
     """
     with registry.lock(srv.datadir):
+        # the record as it is now: a promote that held the lock before may have changed it
+        # (read before the lock, a second promote saved what the first had cleared)
+        srv = Server.load(srv.inst.name)
         require_running(srv)
         if srv.inst.pending:
             raise unfinished(srv.inst, "promoted")

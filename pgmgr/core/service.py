@@ -264,6 +264,10 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
     :raises DatabaseException: a unit file pgmgr did not write is in the way, or systemctl
         failed.
     """
+    if srv.inst.pending:  # its start refuses it: systemd would restart it for ever
+        from pgmgr.core.instance import unfinished
+
+        raise unfinished(srv.inst, "given a unit")
     unit = generate(srv, mode)
     check_root_safe(unit.path.parent)
     replaced = unit.path.exists()

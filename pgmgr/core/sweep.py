@@ -24,8 +24,8 @@ OWNER_FILE = "pgmgr.owner"
 #: Name prefixes of temporary directories (``pgmgr run``, the pytest plugin) that are swept.
 SWEPT_PREFIXES = ("pgmgr-run-", "pgmgr-pytest-")
 #: Short-lived directories named ``<prefix><pid>-*`` (initdb's password file, the settings
-#: check of ``start --init``): swept once that pid is gone.
-PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-")
+#: check of ``start --init``, an import's copy of an archive): swept once that pid is gone.
+PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-")
 
 
 def owner_token(pid: int) -> str:
@@ -107,7 +107,7 @@ def dead_runs() -> list[Path]:
 
 
 def _pw_dir_dead(name: str) -> bool:
-    """``pgmgr-pw-<pid>-*`` or ``pgmgr-cfg-<pid>-*`` of a pgmgr process that is gone."""
+    """``pgmgr-{pw,cfg,imp}-<pid>-*`` of a pgmgr process that is gone."""
     pid = name.split("-")[2]
     return pid.isdigit() and not process.is_alive(int(pid))
 

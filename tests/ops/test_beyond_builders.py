@@ -27,6 +27,17 @@ def test_slot_names_are_valid_identifiers() -> None:
     assert len(replica.slot_name("x" * 63)) <= 63
 
 
+def test_a_replica_listens_on_loopback_only() -> None:
+    """Whatever its primary listens on (a primary started with -H 0.0.0.0 included)."""
+    assert replica.listen_host("127.0.0.1") == "127.0.0.1"
+    assert replica.listen_host("127.0.0.1,::1") == "127.0.0.1,::1"
+    assert replica.listen_host("localhost") == "localhost"
+    assert replica.listen_host("0.0.0.0") == "127.0.0.1"  # noqa: S104 - what it must not keep
+    assert replica.listen_host("*") == "127.0.0.1"
+    assert replica.listen_host("::, 10.1.2.3, ::1") == "::1"
+    assert replica.listen_host("") == "127.0.0.1"
+
+
 def test_hba_edit_puts_ours_first_and_removes_only_ours() -> None:
     text = "# comment\nhost all all 127.0.0.1/32 trust\n"
     added = replica.edited_hba(text, "r1", replica.hba_lines("r1", "pgmgr_r1"))
@@ -107,6 +118,8 @@ _BAD: list[tuple[str, Any]] = [
     ("databases", [7]),
     ("locale", None),
     ("superuser", "x\ny"),
+    ("auth", ["trust"]),
+    ("auth", "ident"),
 ]
 
 
@@ -117,6 +130,22 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DatabaseException, match="not a valid manifest"):
         bundle.read_manifest(tmp_path)
+
+
+def test_a_manifest_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO named manifest.json hung the import (nobody writes to it); a huge one was
+    read whole into memory."""
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")
+    with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(not a regular"):
+        bundle.read_manifest(fifo)
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / "manifest.json", "wb") as f:
+        f.truncate(bundle.MANIFEST_LIMIT + 1)  # sparse: no disk used
+    with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(larger than"):
+        bundle.read_manifest(huge)
 
 
 @pytest.mark.parametrize("verb", ["show", "remove"])

@@ -195,6 +195,22 @@ def test_bad_bundles_and_targets_create_nothing(
         f"Error: bundle {broken} is damaged: {rel} is missing",
         ops_dir,
     )
+    # Unlisted, a symlink in a dump directory: pg_restore (as root, when pgmgr is) read the
+    # file it names into a table of the new instance.
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["files"][str(rel)]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    secret = ops_dir / "secret"
+    secret.write_text("only the importing user can read this\n")
+    link = victim.parent / victim.name.removesuffix(".gz")
+    link.symlink_to(secret)
+    expect_error(
+        fresh,
+        ["import", str(broken), "-d", new],
+        1,
+        f"Error: bundle {broken} is damaged: {link.relative_to(broken)} is a symlink",
+        ops_dir,
+    )
 
     newer = ops_dir / "newer"
     shutil.copytree(good, newer)
@@ -261,3 +277,58 @@ def test_a_bundles_psql_meta_command_never_runs_as_root(
         assert proof.read_text().strip() == str(pwd.getpwnam("postgres").pw_uid)
     finally:
         proof.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the escalation exists only for root")
+def test_a_crafted_archive_never_makes_root_read_a_file(fresh: Instance, ops_dir: Path) -> None:
+    """A dump directory whose toc.dat names ``../../root-only-file`` as a table's data (with
+    the checksums recomputed): pg_restore runs as the server user on a copy it can read, so
+    root's file never reaches the new instance (it did: the table held the secret)."""
+    import gzip
+    import re
+    import struct
+    import tempfile
+
+    rec = record(fresh, "fresh")
+    with connect(rec) as c:
+        c.execute("CREATE TABLE loot (line text)")
+        c.execute("INSERT INTO loot VALUES ('harmless-marker')")
+    bundle = ops_dir / "b"
+    assert fresh.pgmgr("export", "fresh", str(bundle)).returncode == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    db = next(d for d in manifest["databases"] if d["name"] == "postgres")
+    archive = bundle / str(db["dir"])
+    toc = (archive / "toc.dat").read_bytes()
+    data = next(
+        name
+        for name in re.findall(rb"\d+\.dat", toc)
+        if b"harmless-marker" in gzip.decompress((archive / (name.decode() + ".gz")).read_bytes())
+    )
+    vault = Path(tempfile.mkdtemp(prefix="pgmgr-test-vault-"))  # root's, 0700
+    try:
+        (vault / "secret").write_text("TOPSECRET\n")
+        target = ("../" * 30 + str(vault / "secret").lstrip("/")).encode()
+        old = b"\x00" + struct.pack("<I", len(data)) + data
+        assert toc.count(old) == 1
+        (archive / "toc.dat").write_bytes(
+            toc.replace(old, b"\x00" + struct.pack("<I", len(target)) + target)
+        )
+        (archive / (data.decode() + ".gz")).unlink()
+        rel = str((archive / "toc.dat").relative_to(bundle))
+        del manifest["files"][str((archive / (data.decode() + ".gz")).relative_to(bundle))]
+        raw = (archive / "toc.dat").read_bytes()
+        manifest["files"][rel] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+        proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"), "--name", "imp")
+        assert "Traceback" not in proc.stderr
+        if proc.returncode == 0:
+            with connect(record(fresh, "imp")) as c:
+                rows = c.execute("SELECT line FROM loot").fetchall()
+            assert ("TOPSECRET",) not in rows
+        else:  # pg_restore, as the server user, cannot open it: one clear error, nothing made
+            assert len(error_lines(proc.stderr)) >= 1
+            assert "TOPSECRET" not in proc.stderr
+            assert not (ops_dir / "imp").exists()
+    finally:
+        shutil.rmtree(vault)

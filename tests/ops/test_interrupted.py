@@ -157,6 +157,59 @@ def test_an_interrupted_import_is_redone_or_destroyed(
         assert fresh.pgmgr("destroy", "imp", "--yes").returncode == 0
 
 
+def test_a_data_directory_that_appears_during_an_import_is_left_alone(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    """Someone makes a data directory at the target after the import checked it was free
+    (a second command, another user's race): the import refuses it, neither registers,
+    starts, fills nor removes it (it restored into it, and its clean-up could delete it)."""
+    path, _ = bundle
+    target = ops_dir / "imp"
+    run = Paused(hooks, "import-registered", "import", str(path), "-d", str(target))
+    run.reached()
+    target.mkdir()
+    (target / "PG_VERSION").write_text("15\n")
+    (target / "theirs").write_text("precious\n")
+    code, err = run.go()
+    assert code == 1, err
+    lines = error_lines(err)
+    assert lines[0] == f"Error: {target} appeared while pgmgr was about to make it; nothing " \
+        "was done there", lines  # fmt: skip
+    assert sorted(p.name for p in target.iterdir()) == ["PG_VERSION", "theirs"]
+    assert sorted(states(fresh)) == ["fresh"]
+
+
+def test_an_unfinished_import_is_not_exported_replicated_nor_given_a_unit(
+    fresh: Instance,
+    bundle: tuple[Path, dict[str, Any]],
+    ops_dir: Path,
+    hooks: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its server runs with part of the data: an export of it looked like a complete
+    bundle, a replica streamed it, and a unit restarted a refused start for ever."""
+    monkeypatch.setenv("PGMGR_SYSTEMD_SYSTEM_DIR", str(ops_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(ops_dir))
+    run = Paused(hooks, "import-started", "import", str(bundle[0]), "-d", str(ops_dir / "imp"))
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert_incomplete(fresh, "imp", "import")
+    for args, what in [
+        (("export", "imp", str(ops_dir / "out")), "exported"),
+        (("replica", "imp"), "replicated"),
+        (("service", "install", "imp"), "given a unit"),
+    ]:
+        proc = fresh.pgmgr(*args)
+        lines = error_lines(proc.stderr)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert lines[0].startswith("Error: 'imp' is an unfinished 'pgmgr import'"), lines
+        assert lines[0].endswith(f"it was not {what}"), lines
+    assert not (ops_dir / "out").exists()
+    assert sorted(states(fresh)) == ["fresh", "imp"]
+    assert not list(ops_dir.rglob("*.service"))
+    assert fresh.pgmgr("destroy", "imp").returncode == 0
+
+
 def test_an_interrupted_import_of_another_bundle_is_not_replaced(
     fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
 ) -> None:
@@ -229,6 +282,47 @@ def test_an_interrupted_replica_is_redone_or_destroyed(
         assert primary_leftovers(fresh) == (0, 0, [])
 
 
+def test_a_retry_without_a_name_redoes_the_unfinished_replica(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """'pgmgr replica fresh' killed, then run again as it was: it redoes 'fresh-replica'
+    rather than making 'fresh-replica-2' beside it (the first one's slot kept WAL)."""
+    run = Paused(hooks, "replica-cloned", "replica", "fresh")
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert_incomplete(fresh, "fresh-replica", "replica")
+    again = fresh.pgmgr("replica", "fresh")
+    assert again.returncode == 0, again.stderr
+    st = states(fresh)
+    assert sorted(st) == ["fresh", "fresh-replica"], st
+    assert st["fresh-replica"]["state"] == "running"
+    assert primary_leftovers(fresh)[:2] == (1, 1)
+    assert fresh.pgmgr("destroy", "fresh-replica", "--yes").returncode == 0
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
+def test_a_data_directory_that_appears_during_a_replica_is_left_alone(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """Someone puts a data directory at the target after the replica checked it was free:
+    the replica fails, undoes its work on the primary, and does not delete that directory
+    (its clean-up did)."""
+    import shutil
+
+    target = ops_dir / "rep"
+    run = Paused(hooks, "replica-primary-ready", "replica", "fresh", "-d", str(target))
+    run.reached()
+    shutil.copytree(
+        fresh.datadir, target, ignore=shutil.ignore_patterns("postmaster.pid", ".s.PGSQL.*")
+    )
+    code, err = run.go()
+    assert code == 1, err
+    assert error_lines(err)[0].startswith("Error: cannot create the directory rep"), err
+    assert (target / "PG_VERSION").is_file() and (target / "base").is_dir()
+    assert sorted(states(fresh)) == ["fresh"]
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
 def assert_streams(primary: Instance, standby: str) -> None:
     with conn(primary) as p:
         p.execute("DROP TABLE IF EXISTS probe; CREATE TABLE probe ()")
@@ -285,6 +379,32 @@ def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
     assert error_lines(third.stderr)[0] == (
         "Error: 'rep' is a primary, not a standby: there is nothing to promote"
     )
+
+
+def test_two_promotes_at_once_one_promotes_the_other_says_so(fresh: Instance, hooks: Path) -> None:
+    """The second waits for the first's lock, then sees the record the first left (it read
+    the record before the lock and saved the standby's primary, slot and role back)."""
+    assert fresh.pgmgr("replica", "fresh", "--name", "rep").returncode == 0
+    first = Paused(hooks, "promote-promoted", "promote", "rep")
+    first.reached()
+    env = {k: v for k, v in os.environ.items() if k != "PGMGR_TEST_PAUSE"}
+    second = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "promote", "rep"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    time.sleep(0.5)  # it is waiting for the lock
+    assert second.poll() is None
+    code, err = first.go()
+    assert code == 0, err
+    _, err2 = second.communicate(timeout=120)
+    assert second.returncode == 1, err2
+    assert error_lines(err2) == [
+        "Error: 'rep' is a primary, not a standby: there is nothing to promote"
+    ]
+    st = states(fresh)["rep"]
+    assert st["role"] == "primary" and st["primary"] is None
+    assert primary_leftovers(fresh) == (0, 0, [])
 
 
 # --------------------------------------------------------------------------- export

@@ -164,6 +164,19 @@ def test_destroying_a_primary_says_what_happens_to_its_standby(fresh: Instance) 
     assert "could not clean up" not in promoted.stderr
 
 
+def test_destroying_a_standby_of_a_stopped_primary_says_what_is_left(fresh: Instance) -> None:
+    assert fresh.pgmgr("replica", "fresh", "--name", "orphan").returncode == 0
+    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
+    out = fresh.pgmgr("destroy", "orphan", "--yes")
+    assert out.returncode == 0, out.stderr
+    notes = [ln for ln in out.stderr.splitlines() if ln.startswith("Note:")]
+    assert len(notes) == 1, out.stderr
+    assert "could not clean up on 'fresh' (cannot connect to fresh:" in notes[0]
+    assert notes[0].endswith("drop slot pgmgr_orphan and role pgmgr_orphan there, or it keeps "
+                             "WAL for a standby that no longer follows it"), out.stderr  # fmt: skip
+    assert "\t" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_failed_clone_leaves_nothing_on_the_primary(fresh: Instance, ops_dir: Path) -> None:
     """pg_basebackup fails (the primary allows no WAL senders): the role, slot and
     pg_hba.conf lines made for it are gone again, and no directory or record is left."""
@@ -177,6 +190,22 @@ def test_a_failed_clone_leaves_nothing_on_the_primary(fresh: Instance, ops_dir: 
     assert lines[0].startswith("Error: pg_basebackup failed"), lines
     assert snapshot(fresh, ops_dir) == before
     assert primary_leftovers(fresh) == (0, 0, [])
+
+
+def test_a_taken_role_name_is_refused_and_left_alone(fresh: Instance, ops_dir: Path) -> None:
+    """The role and slot a replica would use exist already (a user's own, or another
+    replica's whose name maps to the same one: 'r-1' and 'r_1' both give pgmgr_r_1): the
+    refusal drops neither of them (its clean-up once dropped both)."""
+    with conn(fresh) as p:
+        p.execute("CREATE ROLE pgmgr_r_1 LOGIN REPLICATION")
+        p.execute("COMMENT ON ROLE pgmgr_r_1 IS 'pgmgr replica r-1'")
+        p.execute("SELECT pg_create_physical_replication_slot('pgmgr_r_1')")
+    before = snapshot(fresh, ops_dir)
+    proc = fresh.pgmgr("replica", "fresh", "--name", "r_1")
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr)[0].startswith("Error: role pgmgr_r_1 already exists")
+    assert snapshot(fresh, ops_dir) == before
+    assert primary_leftovers(fresh) == (1, 1, [])
 
 
 def test_two_replicas_with_one_name_at_once(fresh: Instance, ops_dir: Path) -> None:
