@@ -206,7 +206,13 @@ def create(
                     stats = basebackup.take(srv, staging, su)
                     sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
                 else:
-                    stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
+                    try:
+                        stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
+                    except BaseException:
+                        # Before the server starts again: a disk the copy filled would
+                        # refuse its start ("could not write lock file": left stopped).
+                        store.as_user(snapstore.remove_tree, staging)
+                        raise
             meta = meta_for(srv, name, sysid, kind, stats)
             with sigguard.shielded():  # named: complete, whatever arrives now
                 store.as_user(_finish, staging, store.entry(name), meta)
