@@ -163,7 +163,8 @@ def branch(
         # A source stopped for the copy starts again while the branch is put in place and
         # started (both start-ups overlap); the end of the block waits for it.
         with paused(src, stop=False) as pause:
-            stats = _copy_branch(src, snap, tstore, pause)
+            with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
+                stats = _copy_branch(src, snap, tstore, pause)
             inst = new_record(src, new, target, port)
             srv = Server(inst)
             _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))

@@ -207,7 +207,8 @@ def create(
                     sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
                 else:
                     try:
-                        stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
+                        with copy.disk_full(f"snapshot {name!r}", store.path):
+                            stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
                     except BaseException:
                         # Before the server starts again: a disk the copy filled would
                         # refuse its start ("could not write lock file": left stopped).
@@ -313,7 +314,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
-            store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
+            with copy.disk_full(f"restoring {name!r}", store.path):
+                store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"

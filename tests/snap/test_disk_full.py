@@ -73,7 +73,9 @@ def test_disk_full_mid_copy(
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 1, result.output
             assert "Traceback" not in result.output
-            assert error_lines(result.output)[0].startswith("Error: "), result.output
+            line = error_lines(result.output)[0]
+            assert line.startswith("Error: not enough disk space for "), result.output
+            assert "filled up during the copy; nothing was changed" in line
             assert inst.state() == "running"
             assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
             assert leftovers(inst.store) == []
