@@ -151,14 +151,31 @@ def branch(
         source runs again if it was stopped for the copy.
     """
     registry.check_name(new)
-    if new in registry.names():
-        raise UsageError(f"an instance named {new!r} already exists", hint="choose another name")
     snapshot.require_datadir(src)
     t0 = time.monotonic()
+    _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)
-    su = src.user()
     start = start or src.running() is not None
-    with sigguard.interruptible(), snapstore.opened(target, su) as tstore:
+    # The target's lock: a second branch into it (from another source) waits, then finds
+    # it taken, instead of sweeping this one's copy or renaming its half-made one in.
+    with sigguard.interruptible(), registry.lock(target):
+        _check_free(src, new, datadir)
+        return _branch(src, new, target, snap=snap, port=port, start=start, t0=t0)
+
+
+def _check_free(src: Server, new: str, datadir: Path | None) -> None:
+    """:raises UsageError: ``new`` is a registered name. :raises DatabaseException: its
+    target directory exists (see :func:`target_dir`)."""
+    if new in registry.names():
+        raise UsageError(f"an instance named {new!r} already exists", hint="choose another name")
+    target_dir(src, new, datadir)
+
+
+def _branch(
+    src: Server, new: str, target: Path, *, snap: str | None, port: int | str | None,
+    start: bool, t0: float,
+) -> BranchResult:  # fmt: skip
+    with snapstore.opened(target, src.user()) as tstore:
         tstore.as_user(snapstore.sweep, tstore.path)
         # A source stopped for the copy starts again while the branch is put in place and
         # started (both start-ups overlap); the end of the block waits for it.
@@ -184,10 +201,18 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
         staging = snapstore.TMP + "branch"
         _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
         try:
-            registry.save(srv.inst)
-            if start:
-                with registry.lock(srv.datadir):
-                    _start(srv, auto)
+            # Exclusively: a name registered meanwhile (by a branch into another
+            # directory, an init) is refused, never overwritten.
+            made = registry.create(srv.inst)
+        except BaseException:
+            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+            raise
+        if made is not srv.inst:  # a record of this directory's path was there already
+            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+            raise DatabaseException(f"instance '{made.name}' is already recorded at {made.datadir}")
+        try:
+            if start:  # under the target's lock (branch() holds it)
+                _start(srv, auto)
         except BaseException:
             _undo(srv, tstore)
             raise

@@ -113,3 +113,46 @@ def test_interrupted_branch_leaves_nothing(inst: Inst, ops_dir: Path, sig: int) 
         assert leftovers(ops_dir / ".pgmgr-snapshots" / f"b{i}") == []
     assert made < len(DELAYS)
     subprocess.run(["true"], check=True)
+
+
+def test_two_branches_into_one_name_at_once(inst: Inst, ops_dir: Path) -> None:
+    """Two sources branched into one new name at the same moment (the sources' locks do not
+    serialize them): one branch is made whole, the other is refused with one line. Without
+    the target's lock each swept or renamed in the other's half-made copy ('not a
+    PostgreSQL data directory', 'Directory not empty'); into two directories, the second
+    record overwrote the first (a running server nobody knew)."""
+    import os
+    import sys
+
+    inst.ok("branch", "dev", "c", "-q")
+    inst.sql("INSERT INTO t VALUES (-2)", "c")
+    runs = [([], []), (["-d", str(ops_dir / "x1-a")], ["-d", str(ops_dir / "x1-b")])]
+    for i, (dirs_dev, dirs_c) in enumerate(runs):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "pgmgr", "branch", src, f"x{i}", *dirs],
+                env={**os.environ, **inst.env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for src, dirs in (("dev", dirs_dev), ("c", dirs_c))
+        ]
+        results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+        assert sorted(code for code, _ in results) in ([0, 1], [0, 2]), results
+        for code, err in results:
+            assert "Traceback" not in err
+            if code:
+                assert error_lines(err)[0].startswith("Error: "), err
+        winner = ["dev", "c"][[code for code, _ in results].index(0)]
+        assert inst.sql("SELECT count(*) FROM t WHERE x = -2", f"x{i}") == (
+            "1" if winner == "c" else "0"
+        )
+        assert inst.sql("SELECT count(*) FROM t", f"x{i}") in ("1000", "1001")
+        inst.ok("stop", f"x{i}", "-q")
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / f"x{i}") == []
+    names = sorted(s["name"] for s in json.loads(inst.ok("status", "--json").stdout))
+    assert names == ["c", "dev", "x0", "x1"]
+    assert sum((ops_dir / d).exists() for d in ("x1-a", "x1-b")) == 1
+    inst.ok("stop", "c", "-q")
