@@ -91,7 +91,14 @@ def require_datadir(srv: Server) -> None:
 def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
     never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
-    much again as the data of a freshly loaded instance). As the server user."""
+    much again as the data of a freshly loaded instance). As the server user.
+
+    :raises DatabaseException: ``src`` has tablespaces or an outside ``pg_wal`` (checked
+        again here, stopped: one made since the caller's check would be shared).
+    """
+    why = snapstore.unsupported(src)
+    if why:
+        raise DatabaseException(f"cannot copy {src}: {why}; nothing was changed")
     skip = pgcontrol.unneeded_wal(src)
     if not skip:
         return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
