@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, versions
+from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, testhook, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
@@ -327,8 +327,14 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
             with paused(srv, mode=mode) as pause, sigguard.shielded():
+                # Unpinned while the directories change places: a kill before the pin
+                # below leaves a record that pins whichever stands there at the next
+                # command (else start refused the restored one as "replaced", exit 4).
+                srv.inst.dev = srv.inst.ino = None
+                srv.save()
                 snapstore.swap_in(store, staging.name)
                 swapped = True
+                testhook.pause("restore-swapped")
                 srv.pin()  # another directory (and, for a rollback, cluster) stands there now
                 srv.save()
                 if rollback:
