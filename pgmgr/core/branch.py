@@ -151,6 +151,12 @@ def branch(
         source runs again if it was stopped for the copy.
     """
     registry.check_name(new)
+    if isinstance(port, int) and port == src.inst.port:
+        # Refused before any copy: the branch could take it while the source starts again.
+        raise UsageError(
+            f"port {port} is the port of '{src.inst.name}', the source",
+            hint="choose another with --port, or let pgmgr pick one with --port auto",
+        )
     snapshot.require_datadir(src)
     t0 = time.monotonic()
     _check_free(src, new, datadir)

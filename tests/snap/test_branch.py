@@ -77,6 +77,7 @@ def test_branch_from_snapshot_of_stopped_source(inst: Inst, ops_dir: Path) -> No
 
 def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
     (ops_dir / "taken").mkdir()
+    port, pid = json.loads(inst.ok("status", "dev", "--json").stdout)["port"], inst.pid()
     cases = [
         (("branch", "dev", "dev"), 2, "an instance named 'dev' already exists"),
         (("branch", "dev", "taken"), 1, "already exists; a branch gets a new data directory"),
@@ -84,6 +85,8 @@ def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
         (("branch", "dev", "bad/name"), 2, "invalid instance name"),
         (("branch", "dev", "y", "-p", "70000"), 2, "invalid --port"),
         (("branch", "dev", "z", "-d", str(ops_dir / "no" / "such")), 1, "is not a directory"),
+        # the branch could take it while the source starts again: refused before the copy
+        (("branch", "dev", "p", "-p", str(port)), 2, f"port {port} is the port of 'dev'"),
     ]
     for args, code, text in cases:
         proc = inst.pgmgr(*args)
@@ -93,6 +96,7 @@ def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
     assert sorted(p.name for p in ops_dir.iterdir()) == [".pgmgr-snapshots", "data", "taken",
                                                          "tmp"]  # fmt: skip
     assert json.loads(inst.ok("status", "--json").stdout)[0]["name"] == "dev"
+    assert inst.pid() == pid  # never stopped
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
