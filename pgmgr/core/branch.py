@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, registry, server, sigguard, snapcatalog, snapshot, snapstore, userfs
+from pgmgr.core import (
+    copy,
+    registry,
+    server,
+    sigguard,
+    snapcatalog,
+    snapshot,
+    snapstore,
+    testhook,
+    userfs,
+)
 from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
@@ -182,7 +192,8 @@ def _branch(
     start: bool, t0: float,
 ) -> BranchResult:  # fmt: skip
     with snapstore.opened(target, src.user()) as tstore:
-        tstore.as_user(snapstore.sweep, tstore.path)
+        for name in tstore.as_user(_sweep, tstore.path):
+            _sweep_abandoned(tstore, name)
         # A source stopped for the copy starts again while the branch is put in place and
         # started (both start-ups overlap); the end of the block waits for it.
         with paused(src, stop=False) as pause:
@@ -196,6 +207,27 @@ def _branch(
         srv.url() if start else None, stats.bytes, stats.method,
         time.monotonic() - t0, pause.downtime,
     )  # fmt: skip
+
+
+def _sweep(store: Path) -> list[str]:
+    """Sweep ``store`` (the new branch's); the names beside it whose store holds a branch's
+    staged copy: killed with -9 (it stays until a branch into that name), or a branch
+    under way. As the server user."""
+    snapstore.sweep(store)
+    try:
+        names = os.listdir(store.parent)
+    except OSError:
+        return []
+    staged = snapstore.TMP + "branch"
+    return [n for n in names if n != store.name and os.path.lexists(store.parent / n / staged)]
+
+
+def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
+    """Remove the staged copy of a branch into ``name`` if none runs (its lock is free)."""
+    with registry.try_lock(tstore.path.parent.parent / name) as free:
+        if free:
+            staged = tstore.path.parent / name / (snapstore.TMP + "branch")
+            tstore.as_user(snapstore.remove_tree, staged)
 
 
 def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, auto: bool) -> None:
@@ -249,6 +281,7 @@ def _copy_branch(
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
             stop_now(src, pause)
             stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
+            testhook.pause("branch-copied")
             spawn_again(src, pause)
         else:
             gone = snapcatalog.missing(src.inst.name, snap)

@@ -160,3 +160,56 @@ def test_two_branches_into_one_name_at_once(inst: Inst, ops_dir: Path) -> None:
     assert names == ["c", "dev", "x0", "x1"]
     assert sum((ops_dir / d).exists() for d in ("x1-a", "x1-b")) == 1
     inst.ok("stop", "c", "-q")
+
+
+def _held_branch(inst: Inst, hooks: Path, src: str, new: str) -> subprocess.Popen[str]:
+    """``pgmgr branch SRC NEW`` stopped at the test hook after its copy."""
+    import os
+    import sys
+    import time
+
+    from pgmgr.core import testhook
+
+    (hooks / "branch-copied").touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "branch", src, new],
+        env={**os.environ, **inst.env, testhook.ENV: str(hooks)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (hooks / "branch-copied.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    (hooks / "branch-copied").unlink()
+    (hooks / "branch-copied.reached").unlink()
+    return proc
+
+
+def test_a_killed_branch_copy_is_swept_by_the_next_branch(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL after the copy left it in .pgmgr-snapshots/NEW/.tmp-branch, which only a
+    branch into the same name removed: a data directory's worth of disk lost. The next
+    branch beside it sweeps it, but never the copy of a branch still under way."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    inst.ok("branch", "dev", "c", "-q")
+    killed = _held_branch(inst, hooks, "dev", "k")
+    killed.kill()
+    killed.communicate()
+    inst.ok("start", "dev", "-q")  # stopped for the copy when the kill came
+    staged = ops_dir / ".pgmgr-snapshots" / "k" / ".tmp-branch"
+    assert staged.is_dir()
+    held = _held_branch(inst, hooks, "c", "h")
+    try:
+        inst.ok("branch", "dev", "b", "-q")
+        assert not staged.exists()
+        assert (ops_dir / ".pgmgr-snapshots" / "h" / ".tmp-branch").is_dir()  # under way
+    finally:
+        (hooks / "branch-copied.go").touch()
+        err = held.communicate(timeout=60)[1]
+    assert held.returncode == 0, err
+    assert inst.sql("SELECT count(*) FROM t", "h") == "1000"
+    for name in ("b", "h", "c"):
+        inst.ok("stop", name, "-q")
