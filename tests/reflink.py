@@ -40,6 +40,51 @@ def why_no_reflink_fs() -> str | None:
     return None
 
 
+#: What names this fixture's directories under /tmp, and the file naming the process that owns
+#: one (pid and start time, as in /proc/PID/stat).
+PREFIX, OWNER = "pgmgr-xfs-", "owner"
+
+
+def _process_id(pid: int) -> str | None:
+    """``pid`` with its start time, or None if no such process runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _abandoned(base: Path) -> bool:
+    """Whether ``base`` is a directory of this fixture whose session is gone (killed before
+    its ``finally``: kill -9, a CI timeout, SIGTERM, which pytest does not catch)."""
+    try:
+        owner = (base / OWNER).read_text().split()
+    except FileNotFoundError:  # made before the owner was written: not for long
+        return time.time() - base.stat().st_mtime > 60
+    except OSError:
+        return False
+    return len(owner) != 2 or _process_id(int(owner[0])) != " ".join(owner)
+
+
+def sweep_leftovers(tmp: Path = Path("/tmp")) -> list[Path]:
+    """Unmount, detach and remove what killed sessions of this fixture left (its own
+    names only, and only those whose owning process is gone); the ones removed."""
+    swept = []
+    for base in tmp.glob(PREFIX + "*"):
+        if base.is_symlink() or not base.is_dir() or base.stat().st_uid != os.geteuid():
+            continue
+        if not _abandoned(base):
+            continue
+        kill_postmasters(postmasters_under(base / "mnt"))
+        found = _run("losetup", "-j", str(base / "image"), "-O", "NAME", "-n")
+        _unmount(base / "mnt", None)
+        for dev in found.stdout.split():
+            _run("losetup", "-d", dev)
+        shutil.rmtree(base, ignore_errors=True)
+        swept.append(base)
+    return swept
+
+
 def _unmount(mnt: Path, dev: str | None) -> None:
     for i in range(20):
         if _run("umount", str(mnt)).returncode == 0 or not os.path.ismount(mnt):
@@ -56,8 +101,10 @@ def xfs_mount() -> Iterator[Path]:
     why = why_no_reflink_fs()
     if why:
         pytest.skip(why)
-    base = Path(tempfile.mkdtemp(prefix="pgmgr-xfs-", dir="/tmp"))
+    sweep_leftovers()
+    base = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/tmp"))
     base.chmod(0o755)
+    (base / OWNER).write_text(_process_id(os.getpid()) or "")
     image, mnt = base / "image", base / "mnt"
     mnt.mkdir()
     dev = None

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, registry, server, sigguard, snapcatalog, snapshot, snapstore, userfs
+from pgmgr.core import (
+    copy,
+    registry,
+    server,
+    sigguard,
+    snapcatalog,
+    snapshot,
+    snapstore,
+    testhook,
+    userfs,
+)
 from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
@@ -151,19 +161,44 @@ def branch(
         source runs again if it was stopped for the copy.
     """
     registry.check_name(new)
-    if new in registry.names():
-        raise UsageError(f"an instance named {new!r} already exists", hint="choose another name")
+    if isinstance(port, int) and port == src.inst.port:
+        # Refused before any copy: the branch could take it while the source starts again.
+        raise UsageError(
+            f"port {port} is the port of '{src.inst.name}', the source",
+            hint="choose another with --port, or let pgmgr pick one with --port auto",
+        )
     snapshot.require_datadir(src)
     t0 = time.monotonic()
+    _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)
-    su = src.user()
     start = start or src.running() is not None
-    with sigguard.interruptible(), snapstore.opened(target, su) as tstore:
-        tstore.as_user(snapstore.sweep, tstore.path)
+    # The target's lock: a second branch into it (from another source) waits, then finds
+    # it taken, instead of sweeping this one's copy or renaming its half-made one in.
+    with sigguard.interruptible(), registry.lock(target):
+        _check_free(src, new, datadir)
+        return _branch(src, new, target, snap=snap, port=port, start=start, t0=t0)
+
+
+def _check_free(src: Server, new: str, datadir: Path | None) -> None:
+    """:raises UsageError: ``new`` is a registered name. :raises DatabaseException: its
+    target directory exists (see :func:`target_dir`)."""
+    if new in registry.names():
+        raise UsageError(f"an instance named {new!r} already exists", hint="choose another name")
+    target_dir(src, new, datadir)
+
+
+def _branch(
+    src: Server, new: str, target: Path, *, snap: str | None, port: int | str | None,
+    start: bool, t0: float,
+) -> BranchResult:  # fmt: skip
+    with snapstore.opened(target, src.user()) as tstore:
+        for name in tstore.as_user(_sweep, tstore.path):
+            _sweep_abandoned(tstore, name)
         # A source stopped for the copy starts again while the branch is put in place and
         # started (both start-ups overlap); the end of the block waits for it.
         with paused(src, stop=False) as pause:
-            stats = _copy_branch(src, snap, tstore, pause)
+            with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
+                stats = _copy_branch(src, snap, tstore, pause)
             inst = new_record(src, new, target, port)
             srv = Server(inst)
             _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
@@ -172,6 +207,27 @@ def branch(
         srv.url() if start else None, stats.bytes, stats.method,
         time.monotonic() - t0, pause.downtime,
     )  # fmt: skip
+
+
+def _sweep(store: Path) -> list[str]:
+    """Sweep ``store`` (the new branch's); the names beside it whose store holds a branch's
+    staged copy: killed with -9 (it stays until a branch into that name), or a branch
+    under way. As the server user."""
+    snapstore.sweep(store)
+    try:
+        names = os.listdir(store.parent)
+    except OSError:
+        return []
+    staged = snapstore.TMP + "branch"
+    return [n for n in names if n != store.name and os.path.lexists(store.parent / n / staged)]
+
+
+def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
+    """Remove the staged copy of a branch into ``name`` if none runs (its lock is free)."""
+    with registry.try_lock(tstore.path.parent.parent / name) as free:
+        if free:
+            staged = tstore.path.parent / name / (snapstore.TMP + "branch")
+            tstore.as_user(snapstore.remove_tree, staged)
 
 
 def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, auto: bool) -> None:
@@ -183,10 +239,18 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
         staging = snapstore.TMP + "branch"
         _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
         try:
-            registry.save(srv.inst)
-            if start:
-                with registry.lock(srv.datadir):
-                    _start(srv, auto)
+            # Exclusively: a name registered meanwhile (by a branch into another
+            # directory, an init) is refused, never overwritten.
+            made = registry.create(srv.inst)
+        except BaseException:
+            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+            raise
+        if made is not srv.inst:  # a record of this directory's path was there already
+            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+            raise DatabaseException(f"instance '{made.name}' is already recorded at {made.datadir}")
+        try:
+            if start:  # under the target's lock (branch() holds it)
+                _start(srv, auto)
         except BaseException:
             _undo(srv, tstore)
             raise
@@ -217,6 +281,7 @@ def _copy_branch(
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
             stop_now(src, pause)
             stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
+            testhook.pause("branch-copied")
             spawn_again(src, pause)
         else:
             gone = snapcatalog.missing(src.inst.name, snap)

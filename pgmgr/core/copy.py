@@ -24,11 +24,11 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core.errors import UsageError
+from pgmgr.core.errors import DatabaseException, UsageError
 
 METHODS = ("reflink", "copy_file_range", "read")
 ENV_METHOD = "PGMGR_COPY_METHOD"
@@ -259,6 +259,26 @@ def _copy_read(fin: int, fout: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fout, view) :]
+
+
+@contextlib.contextmanager
+def disk_full(what: str, where: str | Path) -> Iterator[None]:
+    """Turn a disk that filled up during a copy into one clear error (the caller removes
+    the partial copy: nothing was changed).
+
+    :raises DatabaseException: ENOSPC or EDQUOT inside the block.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DatabaseException(
+            f"not enough disk space for {what}: the filesystem of {where} filled up "
+            "during the copy; nothing was changed",
+            hint="free some space (e.g. delete old snapshots with "
+            "'pgmgr snapshot NAME SNAP --delete')",
+        ) from None
 
 
 def tree_size(path: str | Path | int) -> int:

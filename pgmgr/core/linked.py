@@ -19,6 +19,9 @@ from pathlib import Path
 
 _PT_LOAD, _PT_DYNAMIC = 1, 2
 _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 1, 5, 15, 29
+#: Largest program header table or dynamic section read (real ones are a few KiB): a corrupt
+#: header naming gigabytes makes the binary "unknown", not a MemoryError.
+_MAX_READ = 1 << 20
 _MULTIARCH = f"{os.uname().machine}-linux-gnu"  # Debian's multiarch triplet
 #: Where the loader looks after the binary's own run path (Debian multiarch first).
 LIB_DIRS: tuple[str, ...] = (
@@ -55,6 +58,8 @@ def _parse(fd: int, binary: Path) -> tuple[list[str], list[str]] | None:
         struct.unpack_from("<Q", head, 0x20)[0],
         *struct.unpack_from("<HH", head, 0x36),
     )
+    if phentsize * phnum > _MAX_READ:
+        return None
     table = os.pread(fd, phentsize * phnum, phoff)
     loads, dynamic = [], None
     for i in range(phnum):
@@ -65,6 +70,8 @@ def _parse(fd: int, binary: Path) -> tuple[list[str], list[str]] | None:
             dynamic = (off, filesz)
     if dynamic is None:
         return [], []
+    if dynamic[1] > _MAX_READ:
+        return None
     raw = os.pread(fd, dynamic[1], dynamic[0])
     entries = [struct.unpack_from("<qQ", raw, i) for i in range(0, len(raw) - 15, 16)]
     strtab = next((v for tag, v in entries if tag == _DT_STRTAB), None)
@@ -109,9 +116,12 @@ def icu_fingerprint(binary: Path, lib_dirs: tuple[str, ...] | None = None) -> st
     parts = []
     for name in sorted(n for n in names if n.startswith("libicu")):
         path = resolve(name, run_path, lib_dirs)
-        if path is None:
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:  # removed since resolve() saw it (a package upgrade under way)
+            st = None
+        if path is None or st is None:
             parts.append(f"{name}=missing")
             continue
-        st = os.stat(path)
         parts.append(f"{name}={path}:{st.st_size}:{st.st_mtime_ns}")
     return ";".join(parts) or "none"

@@ -472,6 +472,13 @@ def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def try_lock(datadir: Path) -> Iterator[bool]:
+    """Hold ``datadir``'s lock if it is free now: yields whether it is held."""
+    with paths.flocked(_lock_path(datadir), exclusive=True, timeout=0, busy="") as got:
+        yield got
+
+
 def is_locked(datadir: Path) -> bool:
     """Whether another process holds ``datadir``'s lock now (a build still running)."""
     try:

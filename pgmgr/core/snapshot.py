@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, versions
+from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, testhook, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
@@ -91,7 +91,14 @@ def require_datadir(srv: Server) -> None:
 def copy_into(src: Path, dst: Path) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
     never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
-    much again as the data of a freshly loaded instance). As the server user."""
+    much again as the data of a freshly loaded instance). As the server user.
+
+    :raises DatabaseException: ``src`` has tablespaces or an outside ``pg_wal`` (checked
+        again here, stopped: one made since the caller's check would be shared).
+    """
+    why = snapstore.unsupported(src)
+    if why:
+        raise DatabaseException(f"cannot copy {src}: {why}; nothing was changed")
     skip = pgcontrol.unneeded_wal(src)
     if not skip:
         return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
@@ -206,7 +213,14 @@ def create(
                     stats = basebackup.take(srv, staging, su)
                     sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
                 else:
-                    stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
+                    try:
+                        with copy.disk_full(f"snapshot {name!r}", store.path):
+                            stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
+                    except BaseException:
+                        # Before the server starts again: a disk the copy filled would
+                        # refuse its start ("could not write lock file": left stopped).
+                        store.as_user(snapstore.remove_tree, staging)
+                        raise
             meta = meta_for(srv, name, sysid, kind, stats)
             with sigguard.shielded():  # named: complete, whatever arrives now
                 store.as_user(_finish, staging, store.entry(name), meta)
@@ -307,13 +321,20 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
-            store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
+            with copy.disk_full(f"restoring {name!r}", store.path):
+                store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
             with paused(srv, mode=mode) as pause, sigguard.shielded():
+                # Unpinned while the directories change places: a kill before the pin
+                # below leaves a record that pins whichever stands there at the next
+                # command (else start refused the restored one as "replaced", exit 4).
+                srv.inst.dev = srv.inst.ino = None
+                srv.save()
                 snapstore.swap_in(store, staging.name)
                 swapped = True
+                testhook.pause("restore-swapped")
                 srv.pin()  # another directory (and, for a rollback, cluster) stands there now
                 srv.save()
                 if rollback:

@@ -77,6 +77,7 @@ def test_branch_from_snapshot_of_stopped_source(inst: Inst, ops_dir: Path) -> No
 
 def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
     (ops_dir / "taken").mkdir()
+    port, pid = json.loads(inst.ok("status", "dev", "--json").stdout)["port"], inst.pid()
     cases = [
         (("branch", "dev", "dev"), 2, "an instance named 'dev' already exists"),
         (("branch", "dev", "taken"), 1, "already exists; a branch gets a new data directory"),
@@ -84,6 +85,8 @@ def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
         (("branch", "dev", "bad/name"), 2, "invalid instance name"),
         (("branch", "dev", "y", "-p", "70000"), 2, "invalid --port"),
         (("branch", "dev", "z", "-d", str(ops_dir / "no" / "such")), 1, "is not a directory"),
+        # the branch could take it while the source starts again: refused before the copy
+        (("branch", "dev", "p", "-p", str(port)), 2, f"port {port} is the port of 'dev'"),
     ]
     for args, code, text in cases:
         proc = inst.pgmgr(*args)
@@ -93,6 +96,7 @@ def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
     assert sorted(p.name for p in ops_dir.iterdir()) == [".pgmgr-snapshots", "data", "taken",
                                                          "tmp"]  # fmt: skip
     assert json.loads(inst.ok("status", "--json").stdout)[0]["name"] == "dev"
+    assert inst.pid() == pid  # never stopped
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -113,3 +117,99 @@ def test_interrupted_branch_leaves_nothing(inst: Inst, ops_dir: Path, sig: int) 
         assert leftovers(ops_dir / ".pgmgr-snapshots" / f"b{i}") == []
     assert made < len(DELAYS)
     subprocess.run(["true"], check=True)
+
+
+def test_two_branches_into_one_name_at_once(inst: Inst, ops_dir: Path) -> None:
+    """Two sources branched into one new name at the same moment (the sources' locks do not
+    serialize them): one branch is made whole, the other is refused with one line. Without
+    the target's lock each swept or renamed in the other's half-made copy ('not a
+    PostgreSQL data directory', 'Directory not empty'); into two directories, the second
+    record overwrote the first (a running server nobody knew)."""
+    import os
+    import sys
+
+    inst.ok("branch", "dev", "c", "-q")
+    inst.sql("INSERT INTO t VALUES (-2)", "c")
+    runs = [([], []), (["-d", str(ops_dir / "x1-a")], ["-d", str(ops_dir / "x1-b")])]
+    for i, (dirs_dev, dirs_c) in enumerate(runs):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "pgmgr", "branch", src, f"x{i}", *dirs],
+                env={**os.environ, **inst.env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for src, dirs in (("dev", dirs_dev), ("c", dirs_c))
+        ]
+        results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+        assert sorted(code for code, _ in results) in ([0, 1], [0, 2]), results
+        for code, err in results:
+            assert "Traceback" not in err
+            if code:
+                assert error_lines(err)[0].startswith("Error: "), err
+        winner = ["dev", "c"][[code for code, _ in results].index(0)]
+        assert inst.sql("SELECT count(*) FROM t WHERE x = -2", f"x{i}") == (
+            "1" if winner == "c" else "0"
+        )
+        assert inst.sql("SELECT count(*) FROM t", f"x{i}") in ("1000", "1001")
+        inst.ok("stop", f"x{i}", "-q")
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / f"x{i}") == []
+    names = sorted(s["name"] for s in json.loads(inst.ok("status", "--json").stdout))
+    assert names == ["c", "dev", "x0", "x1"]
+    assert sum((ops_dir / d).exists() for d in ("x1-a", "x1-b")) == 1
+    inst.ok("stop", "c", "-q")
+
+
+def _held_branch(inst: Inst, hooks: Path, src: str, new: str) -> subprocess.Popen[str]:
+    """``pgmgr branch SRC NEW`` stopped at the test hook after its copy."""
+    import os
+    import sys
+    import time
+
+    from pgmgr.core import testhook
+
+    (hooks / "branch-copied").touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "branch", src, new],
+        env={**os.environ, **inst.env, testhook.ENV: str(hooks)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (hooks / "branch-copied.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    (hooks / "branch-copied").unlink()
+    (hooks / "branch-copied.reached").unlink()
+    return proc
+
+
+def test_a_killed_branch_copy_is_swept_by_the_next_branch(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL after the copy left it in .pgmgr-snapshots/NEW/.tmp-branch, which only a
+    branch into the same name removed: a data directory's worth of disk lost. The next
+    branch beside it sweeps it, but never the copy of a branch still under way."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    inst.ok("branch", "dev", "c", "-q")
+    killed = _held_branch(inst, hooks, "dev", "k")
+    killed.kill()
+    killed.communicate()
+    inst.ok("start", "dev", "-q")  # stopped for the copy when the kill came
+    staged = ops_dir / ".pgmgr-snapshots" / "k" / ".tmp-branch"
+    assert staged.is_dir()
+    held = _held_branch(inst, hooks, "c", "h")
+    try:
+        inst.ok("branch", "dev", "b", "-q")
+        assert not staged.exists()
+        assert (ops_dir / ".pgmgr-snapshots" / "h" / ".tmp-branch").is_dir()  # under way
+    finally:
+        (hooks / "branch-copied.go").touch()
+        err = held.communicate(timeout=60)[1]
+    assert held.returncode == 0, err
+    assert inst.sql("SELECT count(*) FROM t", "h") == "1000"
+    for name in ("b", "h", "c"):
+        inst.ok("stop", name, "-q")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,38 @@ def test_not_enough_disk_space(inst: Inst) -> None:
     assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
     assert leftovers(inst.store) == []
     json.dumps(inst.snaps())
+
+
+def test_restore_killed_right_after_the_swap(inst: Inst, tmp_path: Path) -> None:
+    """SIGKILL between the exchange of the directories and the record's update (the new
+    directory's identity not yet pinned): the instance starts again, on the snapshot's
+    state, and the next command sweeps the replaced one. (The record pinned the replaced
+    directory: start refused the restored one as "replaced", exit 4.)"""
+    from pgmgr.core import testhook
+
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    (hooks / "restore-swapped").touch()
+    env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "restore", "dev", "base", "--yes"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (hooks / "restore-swapped.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    start = inst.pgmgr("start", "dev", "-q")
+    assert start.returncode == 0, start.stderr
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    inst.ok("snapshot", "dev", "after", "-q")
+    assert leftovers(inst.store) == []

@@ -183,3 +183,21 @@ def test_tablespaces_are_refused(inst: Inst, ops_dir: Path) -> None:
         ), proc.stderr
     assert inst.state() == "running" and inst.snaps() == []
     assert not (ops_dir / "b").exists()
+
+
+def test_a_tablespace_made_after_the_check_is_refused_by_the_copy(tmp_path: Path) -> None:
+    """The check before the stop leaves a moment in which a running instance can still
+    CREATE TABLESPACE: the copy, of the stopped directory, checks again (a copy of the
+    pg_tblspc symlink would share the tablespace with a branch). Without a server: the
+    moment cannot be hit reliably with one."""
+    import pytest
+
+    from pgmgr.core import snapshot
+    from pgmgr.core.errors import DatabaseException
+
+    src = tmp_path / "data"
+    (src / "pg_tblspc").mkdir(parents=True)
+    (src / "pg_tblspc" / "16384").symlink_to(tmp_path)
+    with pytest.raises(DatabaseException, match="it has tablespaces"):
+        snapshot.copy_into(src, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()

@@ -141,3 +141,26 @@ def test_key_changes_with_the_icu_library(tmp_path: Path, monkeypatch: pytest.Mo
     (lib / "libicuuc.so.72").write_bytes(b"icu 72.2, same soname")
     assert template.key_of(template.key_fields(inst, InitOptions())) != template.key_of(fields)
     assert not tplcache._binaries_match(fields)
+
+
+def test_icu_fingerprint_of_a_corrupt_elf_header(tmp_path: Path) -> None:
+    """A binary whose ELF header names a gigantic program header table or dynamic section
+    (a truncated download, a corrupt disk) is "unknown" at once, not a MemoryError that
+    breaks every init with a traceback."""
+    import struct
+
+    from pgmgr.core import linked
+
+    def elf(phentsize: int, phnum: int, body: bytes = b"") -> Path:
+        head = bytearray(64)
+        head[:6] = b"\x7fELF\x02\x01"
+        struct.pack_into("<Q", head, 0x20, 64)
+        struct.pack_into("<HH", head, 0x36, phentsize, phnum)
+        path = tmp_path / f"postgres-{phentsize}-{phnum}"
+        path.write_bytes(bytes(head) + body)
+        return path
+
+    huge_dynamic = struct.pack("<IIQQQQQQ", 2, 0, 0, 0, 0, 1 << 40, 0, 0)
+    assert linked.icu_fingerprint(elf(56, 1, huge_dynamic)) == "unknown"
+    assert linked.icu_fingerprint(elf(0xFFFF, 0xFFFF)) == "unknown"
+    assert linked.icu_fingerprint(elf(56, 0)) == "none"  # no dynamic section: static
