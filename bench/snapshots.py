@@ -1,5 +1,5 @@
 """Snapshots, branches and upgrades against the PostgreSQL way of doing each, side by side,
-one run: ``python bench/snapshots.py [--scale 70] [--xfs auto|yes|no] [--no-write]``.
+one run: ``python bench/snapshots.py [--scale 70] [--runs 3] [--xfs auto|yes|no] [--no-write]``.
 
 On an instance of about 1 GB (``pgbench -i -s 70``, PostgreSQL 15):
 
@@ -18,8 +18,9 @@ reflink filesystem: an XFS (``mkfs.xfs -m reflink=1``) in a sparse image file un
 work directory, loop-mounted, so the copies are ``FICLONE`` clones. Those rows share the
 baselines measured on the first filesystem.
 
-Each case runs once (a 1 GB case is long enough not to need medians, and the machine's
-page cache is flushed with ``sync`` before each side, untimed). Everything lives under one
+The snapshot and branch cases run ``--runs`` times (default 3; the median is shown: on
+this VM's disk one run of a case varied by up to 1.8x), the upgrade once; the machine's
+page cache is flushed with ``sync`` before each side (untimed). Everything lives under one
 temporary directory in /tmp with its own pgmgr state; every server started is stopped and the
 directory removed at the end. As root, the baselines run as the ``postgres`` user, as pgmgr's
 servers do. Writes a section of bench/RESULTS.md unless ``--no-write``.
@@ -31,6 +32,7 @@ import argparse
 import os
 import pwd
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -237,13 +239,13 @@ class Bench:
 
     def branch_ours(self, name: str, new: str) -> float:
         took = self.timed(lambda: self.pgmgr("branch", name, new, "-q"))
-        self.pgmgr("stop", new, "-q")
+        self.pgmgr("destroy", new, "--yes", "-q")
         return took
 
-    def branch(self) -> tuple[float, float]:
-        a = self.branch_ours("main", "feat")
+    def branch(self, run: int = 0) -> tuple[float, float]:
+        a = self.branch_ours("main", f"feat{run}")
         port, sock = self.port("main"), self.sockdir("main")
-        target = self.mkdir("bb") / "data"
+        target = self.mkdir(f"bb{run}") / "data"
         free = server.free_port("127.0.0.1")
 
         def basebackup() -> None:
@@ -280,6 +282,7 @@ class Bench:
 
         b = self.timed(basebackup)
         self.run([str(self.old.bin("pg_ctl")), "stop", "-w", "-m", "fast", "-D", str(target)])
+        shutil.rmtree(target.parent)
         return a, b
 
     # ------------------------------------------------------------------ reflink filesystem
@@ -381,7 +384,7 @@ def why_no_xfs() -> str | None:
     return None
 
 
-def machine(b: Bench) -> list[str]:
+def machine(b: Bench, runs: int) -> list[str]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -403,7 +406,8 @@ def machine(b: Bench) -> list[str]:
         f"- CPU: {cpu}, {os.cpu_count()} cores; filesystem ({b.work.parent}): {fs}",
         f"- PostgreSQL {b.old.version} -> {b.new.version}; pgbench scale {b.scale}; "
         f"user: {'root (servers run as postgres)' if b.root else pwd.getpwuid(os.getuid())[0]}",
-        f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f}; one run per case, "
+        f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f}; "
+        f"median of {runs} runs per case (upgrade: one), "
         f"`sync` (untimed) before each side; date: {time.strftime('%Y-%m-%d %H:%M')}",
     ]
 
@@ -412,7 +416,7 @@ def render(rows: list[Row], size: str, notes: list[str]) -> str:
     out = [
         SECTION,
         "",
-        f"Instance: `pgbench -i -s` ({size}), one run.",
+        f"Instance: `pgbench -i -s` ({size}).",
         "",
         "| case | pgmgr | baseline | baseline time | ratio | target | met |",
         "|---|---|---|---|---|---|---|",
@@ -438,6 +442,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=int, default=70)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--runs", type=int, default=3, help="runs of the snapshot and branch cases")
     ap.add_argument(
         "--xfs",
         choices=("auto", "yes", "no"),
@@ -460,15 +465,18 @@ def main() -> int:
         size = subprocess.run(
             ["du", "-sh", str(work / "main")], capture_output=True, text=True, check=False
         ).stdout.split()[0]
-        sr, dump, tpl = b.snapshot_restore()
-        br, bb = b.branch()
+        runs = [(*b.snapshot_restore(), *b.branch(i)) for i in range(args.runs)]
+        sr, dump, tpl, br, bb = (statistics.median(col) for col in zip(*runs, strict=True))
         xsr = xbr = None
         if why is None:
             b.copy_to(b.mount_xfs(), "xmain")
-            xsr = b.snapshot_restore_ours("xmain")
-            xbr = b.branch_ours("xmain", "xfeat")
+            xruns = [
+                (b.snapshot_restore_ours("xmain"), b.branch_ours("xmain", f"xfeat{i}"))
+                for i in range(args.runs)
+            ]
+            xsr, xbr = (statistics.median(col) for col in zip(*xruns, strict=True))
         up, raw = b.upgrade()
-        notes = machine(b)
+        notes = machine(b, args.runs)
         if why is not None:
             notes.append(f"- no XFS reflink rows: {why}")
     finally:
