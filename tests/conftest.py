@@ -78,8 +78,6 @@ def _refills_done(request: pytest.FixtureRequest) -> Iterator[None]:
     rather than waited for (1-3 s each, most of many tests' teardown). Others (of a cache
     a session fixture or a test's explicit environment made) are waited for."""
     yield
-    t0 = time.monotonic()
-    request.addfinalizer(lambda: None)
     cache = request.node.stash.get(_CACHE_OF_TEST, "")
     mine = (cache.rstrip("/") + "/").encode() if cache else None
     deadline = time.monotonic() + 60
@@ -90,7 +88,6 @@ def _refills_done(request: pytest.FixtureRequest) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         if not live:
-            print(f"\nTIMING refills {time.monotonic() - t0:.2f} killed={ours}")
             return
         time.sleep(0.02 if ours else 0.05)
 
