@@ -15,27 +15,24 @@ def import_(
     bundle: Annotated[
         Path, typer.Argument(help="A bundle made by 'pgmgr export'.", show_default=False)
     ],
-    datadir: Annotated[
-        Path,
-        typer.Option("-d", "--datadir", help="The new data directory.", show_default=False),
-    ],
+    datadir: c.NewDataDir,  # required: no default
     version: c.Version = None,
-    name: Annotated[
-        str | None,
-        typer.Option("--name", help="Name of the new instance.", show_default=False),
-    ] = None,
+    name: c.NewName = None,
     port: c.NewPort = None,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Create and start an instance from a bundle, on the bundle's major version or a
     newer one (-v 18). Nothing is created if the bundle is incomplete or damaged, or the
-    target binaries lack an extension it uses.
+    target binaries lack an extension it uses. Its name is --name, else the data
+    directory's name.
 
     Example: pgmgr import ./web-bundle -d ./web18 -v 18
     """
     c.quiet(quiet, json)
     from pgmgr.core import importer
+
+    assert datadir is not None  # Typer refuses a missing -d
 
     with ui.spinner(f"Importing {bundle} …"):
         res = importer.import_bundle(bundle, datadir, version=version, name=name, port=port)
