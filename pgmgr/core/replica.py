@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgmgr.core import registry, scram, server, testhook, userfs, versions
-from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError, WorkerError
+from pgmgr.core.errors import (
+    DatabaseException,
+    InstanceNotFound,
+    UsageError,
+    WorkerError,
+    doing,
+)
 from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import reload, require_running
 from pgmgr.core.pgtext import new_password
@@ -342,7 +348,8 @@ def _clone(src: Server, rep: Server) -> None:
     su = src.user()
     target = rep.datadir
     with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
-        os.mkdir(target.name, 0o700, dir_fd=parent)
+        with doing("create the directory"):
+            os.mkdir(target.name, 0o700, dir_fd=parent)
         st = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
         if su is not None:
             os.chown(target.name, su.uid, su.gid, dir_fd=parent, follow_symlinks=False)
