@@ -54,10 +54,15 @@ def hba_lines(name: str, role: str) -> list[str]:
     ]
 
 
+def tagged(line: str, name: str) -> bool:
+    """Whether ``line`` of a pg_hba.conf is one pgmgr added for replica ``name``."""
+    return line.rstrip().endswith(HBA_TAG + name)
+
+
 def edited_hba(text: str, name: str, add: list[str]) -> str:
     """``text`` without the lines tagged for replica ``name``, with ``add`` first (the
     first matching line wins, so ours come before a broader one)."""
-    kept = [ln for ln in text.splitlines() if not ln.rstrip().endswith(HBA_TAG + name)]
+    kept = [ln for ln in text.splitlines() if not tagged(ln, name)]
     return "\n".join([*add, *kept]) + "\n"
 
 
@@ -90,13 +95,16 @@ def basebackup_argv(
 # --------------------------------------------------------------------------- as the server user
 
 
-def _rewrite_hba(path: str, name: str, add: list[str]) -> None:
+def _rewrite_hba(path: str, name: str, add: list[str]) -> int:
     """Runs as the server user (:func:`~pgmgr.core.userfs.as_user`): rewrite ``path``
-    atomically, never through a symlink nor blocking on a FIFO."""
+    atomically, never through a symlink nor blocking on a FIFO.
+
+    :returns: how many lines tagged for ``name`` it removed."""
     with userfs.opened_dir(os.path.dirname(path)) as fd:
         base = os.path.basename(path)
         text = userfs.read_file_at(fd, base, limit=16 << 20).decode()
         userfs.write_file_at(fd, base, edited_hba(text, name, add).encode(), 0o600)
+    return sum(1 for ln in text.splitlines() if tagged(ln, name))
 
 
 # --------------------------------------------------------------------------- connections
@@ -389,8 +397,10 @@ def detach_primary(primary: Server, name: str, role: str | None, slot: str | Non
             _sql(conn, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)).as_string(conn))
             done.append(f"role {role}")
         hba_file = str(_sql(conn, "SHOW hba_file"))
-    userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
+    lines = userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
     reload(primary)
+    if lines:
+        done.append(f"{lines} pg_hba.conf line{'s' if lines > 1 else ''}")
     return done
 
 
@@ -469,7 +479,8 @@ def release(srv: Server) -> tuple[list[str], str | None]:
         except Exception as e:  # the promotion or removal stands; say what is left behind
             note = (
                 f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "
-                "there, or it keeps WAL for a standby that no longer follows it"
+                "there, or it keeps WAL for a standby that no longer follows it, and remove "
+                f"the pg_hba.conf lines that end in '{HBA_TAG}{inst.name}'"
             )
     inst.primary = inst.slot = inst.repl_role = inst.repl_password = None
     if srv.register and registry.find_by_datadir(srv.datadir) is not None:

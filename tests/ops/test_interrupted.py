@@ -331,7 +331,7 @@ def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
     assert primary_leftovers(fresh)[:2] == (1, 1)
     again = fresh.pgmgr("promote", "rep")
     assert again.returncode == 0, again.stderr
-    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep" in again.stderr
+    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep, 2 pg_hba.conf lines" in again.stderr
     assert primary_leftovers(fresh) == (0, 0, [])
     with conn(fresh, "rep") as r:
         assert r.execute("SHOW primary_conninfo").fetchone() == ("",)
