@@ -44,6 +44,7 @@ def import_(
                 "source_version": res.source_version,
                 "databases": res.databases,
                 "elapsed_ms": round(res.elapsed * 1000, 1),
+                "dropped_settings": res.dropped_settings,
             }
         )
         return
@@ -52,3 +53,9 @@ def import_(
         f"'{srv.inst.name}' (PostgreSQL {srv.inst.version}) in {ui.ms(res.elapsed)}: "
         f"{srv.url()}"
     )
+    if res.dropped_settings:
+        ui.message(
+            f"Note: not applied, from the bundle's settings: {', '.join(res.dropped_settings)} "
+            "(pgmgr's own, or naming files or commands of the machine it was made on); set "
+            f"one with 'pgmgr config {srv.inst.name} set NAME=VALUE' if it holds here"
+        )

@@ -58,6 +58,8 @@ class ImportResult:
     source_version: str
     databases: list[str]
     elapsed: float
+    #: the bundle's settings it did not apply (:func:`pgmgr.core.server.portable_settings`)
+    dropped_settings: list[str]
 
 
 def client_env(srv: Server, dbname: str = "postgres") -> dict[str, str]:

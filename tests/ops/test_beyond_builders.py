@@ -22,6 +22,27 @@ from tests.ops.conftest import Instance
 INSTALL = versions.Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
 
 
+def test_a_bundles_settings_keep_none_bound_to_its_machine() -> None:
+    """pgmgr's own settings and those naming files, libraries or commands are dropped (by
+    name, by suffix, extensions' too, any case); the rest are kept and checked as -c ones."""
+    from pgmgr.core import server
+
+    dropped = ["hba_file", "ident_file", "config_file", "data_directory", "listen_addresses",
+               "unix_socket_directories", "unix_socket_permissions", "ssl_cert_file",
+               "ssl_crl_dir", "ssl_passphrase_command", "archive_command", "archive_library",
+               "restore_command", "recovery_end_command", "shared_preload_libraries",
+               "dynamic_library_path", "krb_server_keyfile", "log_directory", "log_filename",
+               "include", "include_dir", "include_if_exists", "external_pid_file", "port",
+               "Hba_File", "myext.key_file"]  # fmt: skip
+    kept = {"work_mem": "64MB", "search_path": "app, public", "archive_mode": "on",
+            "log_min_messages": "info", "max_connections": 50, "myext.enabled": "on"}  # fmt: skip
+    got, names = server.portable_settings({**kept, **dict.fromkeys(dropped, "/x")})
+    assert names == sorted(dropped)
+    assert got == {k: str(v) for k, v in kept.items()}
+    with pytest.raises(UsageError, match="holds a line break"):
+        server.portable_settings({"work_mem": "1MB\nhba_file = '/x'"})
+
+
 def test_slot_names_are_valid_identifiers() -> None:
     assert replica.slot_name("Web-2.b") == "pgmgr_web_2_b"
     assert len(replica.slot_name("x" * 63)) <= 63
