@@ -31,15 +31,8 @@ from pgmgr.core import (
     userfs,
     versions,
 )
-from pgmgr.core.bundle import (
-    MANIFEST,
-    ImportResult,
-    _new_dir,
-    check_root_safe,
-    client_env,
-    missing_extensions,
-    read_manifest,
-)
+from pgmgr.core.bundle import ImportResult, _new_dir, check_root_safe, client_env
+from pgmgr.core.bundlecheck import MANIFEST, missing_extensions, read_manifest
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server, quote_ident, quote_literal
 
@@ -94,7 +87,7 @@ def import_bundle(
     mark is cleared last. An import killed on the way is redone by the same import run
     again (it removes the unfinished one first), or removed by ``pgmgr destroy``.
 
-    :raises DatabaseException: see :func:`~pgmgr.core.bundle.read_manifest`,
+    :raises DatabaseException: see :func:`~pgmgr.core.bundlecheck.read_manifest`,
         :func:`target_install`; the directory exists; the target lacks extensions; a
         restore step failed (then the new instance is removed again).
     :raises UsageError: the name is taken.

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmgr.core import bundle, importer, replica, scram, service, versions
+from pgmgr.core import bundlecheck, importer, replica, scram, service, versions
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from tests.ops.conftest import Instance
@@ -150,7 +150,7 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value
     m = {**copy.deepcopy(_GOOD), key: value}
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DatabaseException, match="not a valid manifest"):
-        bundle.read_manifest(tmp_path)
+        bundlecheck.read_manifest(tmp_path)
 
 
 def test_a_manifest_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) -> None:
@@ -160,13 +160,13 @@ def test_a_manifest_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) ->
     fifo.mkdir()
     os.mkfifo(fifo / "manifest.json")
     with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(not a regular"):
-        bundle.read_manifest(fifo)
+        bundlecheck.read_manifest(fifo)
     huge = tmp_path / "huge"
     huge.mkdir()
     with open(huge / "manifest.json", "wb") as f:
-        f.truncate(bundle.MANIFEST_LIMIT + 1)  # sparse: no disk used
+        f.truncate(bundlecheck.MANIFEST_LIMIT + 1)  # sparse: no disk used
     with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(larger than"):
-        bundle.read_manifest(huge)
+        bundlecheck.read_manifest(huge)
 
 
 @pytest.mark.parametrize("verb", ["show", "remove"])
