@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmgr.core import bundlecheck, importer, replica, scram, service, versions
+from pgmgr.core import bundlecheck, importer, onprimary, replica, scram, service, versions
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from tests.ops.conftest import Instance
@@ -44,8 +44,8 @@ def test_a_bundles_settings_keep_none_bound_to_its_machine() -> None:
 
 
 def test_slot_names_are_valid_identifiers() -> None:
-    assert replica.slot_name("Web-2.b") == "pgmgr_web_2_b"
-    assert len(replica.slot_name("x" * 63)) <= 63
+    assert onprimary.slot_name("Web-2.b") == "pgmgr_web_2_b"
+    assert len(onprimary.slot_name("x" * 63)) <= 63
 
 
 def test_a_replica_listens_on_loopback_only() -> None:
@@ -61,13 +61,13 @@ def test_a_replica_listens_on_loopback_only() -> None:
 
 def test_hba_edit_puts_ours_first_and_removes_only_ours() -> None:
     text = "# comment\nhost all all 127.0.0.1/32 trust\n"
-    added = replica.edited_hba(text, "r1", replica.hba_lines("r1", "pgmgr_r1"))
+    added = onprimary.edited_hba(text, "r1", onprimary.hba_lines("r1", "pgmgr_r1"))
     lines = added.splitlines()
     assert lines[0] == "host replication pgmgr_r1 127.0.0.1/32 scram-sha-256  # pgmgr replica r1"
     assert lines[1].startswith("host replication pgmgr_r1 ::1/128 ")
-    both = replica.edited_hba(added, "xr1", replica.hba_lines("xr1", "pgmgr_xr1"))
-    assert replica.edited_hba(both, "r1", []).count("# pgmgr replica") == 2  # xr1's stay
-    assert replica.edited_hba(replica.edited_hba(both, "r1", []), "xr1", []) == text
+    both = onprimary.edited_hba(added, "xr1", onprimary.hba_lines("xr1", "pgmgr_xr1"))
+    assert onprimary.edited_hba(both, "r1", []).count("# pgmgr replica") == 2  # xr1's stay
+    assert onprimary.edited_hba(onprimary.edited_hba(both, "r1", []), "xr1", []) == text
 
 
 def test_basebackup_argv_never_holds_a_password() -> None:
