@@ -1,0 +1,183 @@
+"""A switch of an instance's data directory that no kill -9 can split from its record.
+
+Upgrade and restore put another directory where the data directory is (one atomic
+exchange, :func:`pgmgr.core.snapstore.swap_in`); the record must then pin that directory
+(and, for an upgrade or its rollback, name its major, binaries and settings), and the
+replaced directory becomes a snapshot or goes. A kill between the exchange and the
+record's save left a record disagreeing with what stands on disk (PostgreSQL 15 and its
+binaries recorded, an 18 data directory there, pinned to the old inode).
+
+So the record gets an *intent* before the exchange (:func:`begin`): the identity of the
+directory that is to stand there, what the record becomes with it, the store entry that
+receives the replaced directory, and the snapshot that is made of it, if any. The command
+completes it itself (:func:`complete`); after a kill, the next load of the record settles
+it by what stands on disk (:func:`settle`, from :func:`pgmgr.core.registry.load`, under the
+data directory's lock, so never while the command that wrote it still runs):
+
+- the new directory: the switch happened; the intent is completed (its snapshot named);
+- the recorded one: it did not; the intent is dropped, with what was prepared for it;
+- anything else (nothing, another directory): it is left for the identity check to report.
+
+The entries an intent names are ``.held-*`` entries of the snapshot store, which the sweep
+of work entries (:func:`pgmgr.core.snapstore.sweep`) leaves alone until it is settled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import copy, identity, registry, snapstore, userfs
+from pgmgr.core.registry import Instance
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+    from pgmgr.core.snapstore import Store
+
+#: Store entries an intent names (never swept as work in progress).
+HELD = ".held-"
+#: The record fields an intent may set (the rest of what it holds is the identity).
+FIELDS = ("major", "version", "bindir", "settings")
+
+
+def held_name(op: str) -> str:
+    return f"{HELD}{op}-{secrets.token_hex(4)}"
+
+
+@dataclass
+class Intent:
+    op: str
+    new: identity.Identity  # the directory that is to stand at the data directory's path
+    record: dict[str, Any]  # FIELDS the record takes with it
+    old: str  # the store entry that receives the replaced directory
+    keep: str | None = None  # the snapshot made of ``source``
+    source: str | None = None  # a store entry holding a data directory (``old``, or a copy)
+    meta: dict[str, Any] | None = None  # ``keep``'s snapshot.json
+
+    def to_dict(self) -> dict[str, Any]:
+        new = {"dev": self.new.dev, "ino": self.new.ino, "system_id": self.new.system_id}
+        return {
+            "op": self.op, "new": new, "record": self.record, "old": self.old,
+            "keep": self.keep, "source": self.source, "meta": self.meta,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Intent:
+        """:raises ValueError: not an intent (a corrupt record)."""
+        try:
+            new = data["new"]
+            ident = identity.Identity(int(new["dev"]), int(new["ino"]), new.get("system_id"))
+            it = cls(str(data["op"]), ident, dict(data["record"]), str(data["old"]),
+                     data.get("keep"), data.get("source"), data.get("meta"))  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"'intent' is not a valid intent ({e})") from None
+        names = [it.old, *([it.source] if it.source else [])]
+        if not all(n.startswith(HELD) and "/" not in n for n in names):
+            raise ValueError("'intent' names an entry outside the snapshot store")
+        if set(it.record) - set(FIELDS) or (it.keep and not snapstore.SNAP_RE.match(it.keep)):
+            raise ValueError("'intent' sets unknown fields or names an invalid snapshot")
+        return it
+
+
+def identify(path: Path) -> identity.Identity:
+    """The identity of the data directory at ``path``. As the server user."""
+    return identity.probe(path)
+
+
+def begin(srv: Server, it: Intent) -> None:
+    """Record ``it`` (before the store entry ``it.old`` is exchanged with the data
+    directory)."""
+    srv.inst.intent = it.to_dict()
+    srv.save()
+
+
+def complete(srv: Server, store: Store) -> None:
+    """After the exchange: name the snapshot, switch the record, drop the replaced directory
+    unless it is the snapshot (in the background). Each step can be done again after a kill."""
+    it = Intent.from_dict(srv.inst.intent or {})
+    if it.keep and it.source and it.meta:
+        store.as_user(_keep, store.path, it.source, it.keep, it.meta)
+    for key, value in it.record.items():
+        setattr(srv.inst, key, value)
+    srv.inst.dev, srv.inst.ino, srv.inst.system_id = it.new.dev, it.new.ino, it.new.system_id
+    srv.inst.intent = None
+    srv.save()
+    if it.source != it.old or not it.keep:
+        _drop(store, [it.old])
+
+
+def discard(srv: Server, store: Store) -> None:
+    """The exchange did not happen: forget ``it``, and remove what was prepared for it."""
+    it = Intent.from_dict(srv.inst.intent or {})
+    srv.inst.intent = None
+    srv.save()
+    _drop(store, [it.old, *([it.source] if it.source else [])])
+
+
+def _drop(store: Store, names: list[str]) -> None:
+    """Remove held entries: renamed to work names first (swept if the removal is killed)."""
+    for name in names:
+        work = snapstore.tmp_name("drop")
+        with contextlib.suppress(FileNotFoundError):
+            store.as_user(os.rename, store.entry(name), store.entry(work))
+            snapstore.remove_later(store.entry(work), store.user)
+
+
+def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
+    """``store/source`` (a data directory) becomes snapshot ``name``; done again after a
+    kill, from wherever it stopped. As the server user."""
+    final = store / name
+    if os.path.lexists(final):
+        return
+    holder = store / f"{HELD}snap-{name}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(holder, 0o700)
+    if not os.path.lexists(holder / snapstore.DATA):
+        os.rename(store / source, holder / snapstore.DATA)
+    snapstore.write_meta(holder, snapstore.Meta.from_dict(meta))
+    os.rename(holder, final)
+    copy.fsync_dir(store)
+
+
+# --------------------------------------------------------------------------- settle
+
+
+def settle(inst: Instance) -> Instance:
+    """``inst`` with its intent settled by what stands on disk (see the module doc), when
+    no command holds its lock (else that command is still at it: ``inst`` as it is).
+    Best effort: should settling fail, the intent stays for the next load."""
+    datadir = Path(inst.datadir)
+    try:
+        with registry.try_lock(datadir) as free:
+            if not free:
+                return inst
+            inst = registry.load(inst.name, settle=False)  # as it is now, under the lock
+            if inst.intent is not None:
+                _settle_locked(inst)
+    except Exception:  # noqa: S110 - the record stays as it is; the next load tries again
+        pass
+    return inst
+
+
+def _settle_locked(inst: Instance) -> None:
+    from pgmgr.core.instance import Server
+
+    it = Intent.from_dict(inst.intent or {})
+    srv = Server(inst)
+    try:
+        now: identity.Identity | None = identity.probe(inst.datadir)
+    except (OSError, userfs.UnsafePath):
+        now = None
+    if now is not None and (now.dev, now.ino) == (it.new.dev, it.new.ino):
+        done = complete
+    elif now is not None and (inst.dev is None or (now.dev, now.ino) == (inst.dev, inst.ino)):
+        done = discard
+    else:
+        return  # nothing there, or a third directory: the identity check says so
+    with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
+        done(srv, store)
