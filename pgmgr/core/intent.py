@@ -96,9 +96,12 @@ def begin(srv: Server, it: Intent) -> None:
     srv.save()
 
 
-def complete(srv: Server, store: Store) -> None:
-    """After the exchange: name the snapshot, switch the record, drop the replaced directory
-    unless it is the snapshot (in the background). Each step can be done again after a kill."""
+def complete(srv: Server, store: Store) -> list[str]:
+    """After the exchange: name the snapshot, switch the record. Each step can be done
+    again after a kill.
+
+    :returns: the held entry to :func:`drop` now: the replaced directory, unless it became
+        the snapshot (the caller may still work in it first)."""
     it = Intent.from_dict(srv.inst.intent or {})
     if it.keep and it.source and it.meta:
         store.as_user(_keep, store.path, it.source, it.keep, it.meta)
@@ -107,8 +110,7 @@ def complete(srv: Server, store: Store) -> None:
     srv.inst.dev, srv.inst.ino, srv.inst.system_id = it.new.dev, it.new.ino, it.new.system_id
     srv.inst.intent = None
     srv.save()
-    if it.source != it.old or not it.keep:
-        _drop(store, [it.old])
+    return [it.old] if it.source != it.old or not it.keep else []
 
 
 def discard(srv: Server, store: Store) -> None:
@@ -116,11 +118,12 @@ def discard(srv: Server, store: Store) -> None:
     it = Intent.from_dict(srv.inst.intent or {})
     srv.inst.intent = None
     srv.save()
-    _drop(store, [it.old, *([it.source] if it.source else [])])
+    drop(store, [it.old, *([it.source] if it.source else [])])
 
 
-def _drop(store: Store, names: list[str]) -> None:
-    """Remove held entries: renamed to work names first (swept if the removal is killed)."""
+def drop(store: Store, names: list[str]) -> None:
+    """Remove held entries, in the background: renamed to work names first (the next
+    sweep finishes a removal that was killed)."""
     for name in names:
         work = snapstore.tmp_name("drop")
         with contextlib.suppress(FileNotFoundError):
@@ -174,10 +177,13 @@ def _settle_locked(inst: Instance) -> None:
     except (OSError, userfs.UnsafePath):
         now = None
     if now is not None and (now.dev, now.ino) == (it.new.dev, it.new.ino):
-        done = complete
+        done = True
     elif now is not None and (inst.dev is None or (now.dev, now.ino) == (inst.dev, inst.ino)):
-        done = discard
+        done = False
     else:
         return  # nothing there, or a third directory: the identity check says so
     with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
-        done(srv, store)
+        if done:
+            drop(store, complete(srv, store))
+        else:
+            discard(srv, store)

@@ -12,6 +12,7 @@ Every function expects the caller to hold the instance's lock (``registry.lock``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from pgmgr.core import (
     copy,
+    delta,
     intent,
     pgcontrol,
     server,
@@ -74,6 +76,9 @@ class RestoreResult:
     saved: str | None = None
     rolled_back_from: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: bytes copied from the snapshot, and files kept (unchanged since it was taken)
+    copied: int = 0
+    kept: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +88,8 @@ class RestoreResult:
             "was_running": self.was_running,
             "saved_current_as": self.saved,
             "rolled_back_from": self.rolled_back_from,
+            "copied_bytes": self.copied,
+            "unchanged_files": self.kept,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
         }
@@ -110,9 +117,9 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
         raise DatabaseException(f"cannot copy {src}: {why}; nothing was changed")
     skip = pgcontrol.unneeded_wal(src)
     if not skip:
-        return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
-    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"))
-    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip)
+        return copy.copy_tree(src, dst, exclude=("postmaster.pid",), flush=True)
+    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"), flush=True)
+    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip, flush=True)
     stats.files += wal.files
     stats.dirs += wal.dirs
     stats.bytes += wal.bytes
@@ -130,8 +137,13 @@ def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], int]:
 
 
 def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
-    """:func:`snap_copy`, and the copy's system identifier. As the server user."""
+    """:func:`snap_copy`, with the index of ``src`` for restores by difference (taken
+    first: a file written during the copy will not match it), and the copy's system
+    identifier. As the server user, the server stopped."""
+    index = delta.take(src)
     stats = snap_copy(src, staging)
+    delta.save(staging, index)
+    delta.settle(index)
     return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
 
 
@@ -290,10 +302,44 @@ def _rollback_record(meta: Meta) -> dict[str, Any]:
     return {"major": major, "version": version, "bindir": bindir, "settings": meta.settings}
 
 
-def _stage(src: Path, staging: Path, store: Path) -> None:
+def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
     """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
-    copy_into(src, staging)
+    stats = copy_into(src, staging)
     copy.sync_fs(store)
+    return stats
+
+
+def _stage_delta(
+    src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
+) -> copy.CopyStats:
+    """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
+    that ``index`` says are unchanged linked instead of copied; durable. As the user."""
+    lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        stats = copy.copy_tree(
+            src, staging, exclude=("postmaster.pid",), flush=True,
+            link_dest=lfd, unchanged=index.unchanged,
+        )  # fmt: skip
+    finally:
+        os.close(lfd)
+    copy.sync_fs(store)
+    return stats
+
+
+def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
+    """After the swap, before the server starts: drop the replaced directory's names of
+    shared files (``old``: None when it is kept), index the restored ``datadir`` for the
+    next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
+    index that cannot be written is dropped: the next restore copies everything."""
+    try:
+        if old is not None:
+            delta.unlink_shared(old)
+        index = delta.take(datadir)
+        delta.save(snapdir, index)
+        delta.settle(index)
+    except OSError:
+        with contextlib.suppress(OSError):
+            delta.drop(snapdir)
 
 
 def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
@@ -318,33 +364,59 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         rollback = check_restorable(srv, store, meta)
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
+        snapdir = store.entry(name)
+        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
+        # (it would share files with the restored one) or the snapshot is of another major.
+        index = None if keep or rollback else store.as_user(delta.load, snapdir)
         staging = store.entry(snapstore.tmp_name("restore"))
         try:
-            with copy.disk_full(f"restoring {name!r}", store.path):
-                store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
-            it = intent.Intent(
-                "restore", store.as_user(intent.identify, staging),
-                _rollback_record(meta) if rollback else {}, intent.held_name("restore"),
-            )  # fmt: skip
-            if keep is not None:  # the replaced state becomes this snapshot
-                it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
+            if index is None:  # a full copy, made while the server still runs
+                with copy.disk_full(f"restoring {name!r}", store.path):
+                    stats = store.as_user(_stage, snapdir / snapstore.DATA, staging, store.path)
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
-            with paused(srv, mode=mode) as pause, sigguard.shielded():
-                _switch(srv, store, it, staging)
-                resume(srv, pause)  # still shielded: the restore completes, then says so
+            with paused(srv, mode=mode) as pause:
+                if index is not None:
+                    stats = _stage_stopped(srv, store, snapdir, staging, index, name)
+                    testhook.pause("restore-staged")
+                it = intent.Intent(
+                    "restore", store.as_user(intent.identify, staging),
+                    _rollback_record(meta) if rollback else {}, intent.held_name("restore"),
+                )  # fmt: skip
+                if keep is not None:  # the replaced state becomes this snapshot
+                    it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
+                with sigguard.shielded():
+                    _switch(srv, store, it, staging, snapdir)
+                    resume(srv, pause)  # the restore completes, then says so
         finally:
             store.as_user(snapstore.remove_tree, staging)  # if the swap did not happen
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
+        copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
     )  # fmt: skip
 
 
-def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path) -> None:
-    """Swap the staged copy in, and the record with it, whatever kills this meanwhile:
-    see :mod:`pgmgr.core.intent`. Under :func:`sigguard.shielded`."""
+def _stage_stopped(
+    srv: Server, store: Store, snapdir: Path, staging: Path, index: delta.Index, name: str
+) -> copy.CopyStats:
+    """:func:`_stage_delta` once the server is stopped; a partial copy is removed before
+    the server starts again (a disk the copy filled would refuse its start)."""
+    try:
+        with copy.disk_full(f"restoring {name!r}", store.path):
+            return store.as_user(
+                _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging, store.path, index
+            )
+    except BaseException:
+        store.as_user(snapstore.remove_tree, staging)
+        raise
+
+
+def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path) -> None:
+    """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
+    :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
+    difference, before the server starts. Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.as_user(os.rename, staging, store.entry(it.old))
@@ -353,7 +425,9 @@ def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path) -> None
         intent.discard(srv, store)
         raise
     testhook.pause("restore-swapped")
-    intent.complete(srv, store)
+    gone = intent.complete(srv, store)
+    store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    intent.drop(store, gone)
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:

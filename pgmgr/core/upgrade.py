@@ -359,7 +359,7 @@ def _switch(
                 intent.discard(srv, store)
                 raise
             testhook.pause("upgrade-swapped")
-            intent.complete(srv, store)
+            intent.drop(store, intent.complete(srv, store))
             resume(srv, pause)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
 
