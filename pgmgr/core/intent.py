@@ -172,18 +172,31 @@ def _settle_locked(inst: Instance) -> None:
 
     it = Intent.from_dict(inst.intent or {})
     srv = Server(inst)
-    try:
-        now: identity.Identity | None = identity.probe(inst.datadir)
-    except (OSError, userfs.UnsafePath):
-        now = None
-    if now is not None and (now.dev, now.ino) == (it.new.dev, it.new.ino):
-        done = True
-    elif now is not None and (inst.dev is None or (now.dev, now.ino) == (inst.dev, inst.ino)):
-        done = False
-    else:
-        return  # nothing there, or a third directory: the identity check says so
     with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
-        if done:
+        _unhold(store, it.old)
+        try:
+            now: identity.Identity | None = identity.probe(inst.datadir)
+        except (OSError, userfs.UnsafePath):
+            now = None
+        if now is not None and (now.dev, now.ino) == (it.new.dev, it.new.ino):
             drop(store, complete(srv, store))
-        else:
+        elif now is not None and (inst.dev is None or (now.dev, now.ino) == (inst.dev, inst.ino)):
             discard(srv, store)
+        # else nothing there, or a third directory: left for the identity check to report
+
+
+def _unhold(store: Store, old: str) -> None:
+    """Undo what a kill left of the three renames of :func:`snapstore.swap_in` (no
+    exchange on this filesystem): the data directory held in the store goes back to its
+    place if nothing is there yet (the swap did not happen), else to ``old`` (it did)."""
+    hold = snapstore.hold_name(old)
+    try:
+        os.stat(hold, dir_fd=store.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    try:
+        os.stat(store.datadir.name, dir_fd=store.parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(hold, store.datadir.name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
+        return
+    os.rename(hold, old, src_dir_fd=store.fd, dst_dir_fd=store.fd)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.reliability.pause import Paused
-from tests.snap.conftest import Inst, leftovers
+from tests.snap.conftest import Inst, leftovers, run_pgmgr
 from tests.snap.test_upgrade import facts, up  # noqa: F401
 
 
@@ -97,3 +97,27 @@ def test_restore_save_current_killed_after_the_swap(inst: Inst, tmp_path: Path) 
     inst.ok("restore", "dev", str(saved[0]), "--yes", "-q")
     assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
     assert leftovers(inst.store) == []
+
+
+def test_restore_killed_half_way_through_a_swap_without_exchange(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """On a filesystem without RENAME_EXCHANGE (ZFS before 2.2, NFS; forced here with
+    PGMGR_SWAP=rename) the swap is three renames, and between the first two there is no
+    data directory at all: it waits in the store. Killed there, the next command puts it
+    back (it was left under a work name the next snapshot or restore swept: the whole
+    instance lost)."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("INSERT INTO t VALUES (-1)")
+    hooks = hooks_dir(tmp_path)
+    run = Paused(hooks, "swap-held", "restore", "dev", "base", "--yes",
+                 env={"PGMGR_SWAP": "rename"})  # fmt: skip
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert not inst.datadir.exists()
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"  # as before the restore
+    again = run_pgmgr("restore", "dev", "base", "--yes", "-q", env={"PGMGR_SWAP": "rename"})
+    assert again.returncode == 0, again.stderr
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "0"
+    assert held(inst.store) == []
