@@ -74,14 +74,27 @@ class Intent:
             ident = identity.Identity(int(new["dev"]), int(new["ino"]), new.get("system_id"))
             it = cls(str(data["op"]), ident, dict(data["record"]), str(data["old"]),
                      data.get("keep"), data.get("source"), data.get("meta"))  # fmt: skip
+            ok = _valid(it)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"'intent' is not a valid intent ({e})") from None
-        names = [it.old, *([it.source] if it.source else [])]
-        if not all(n.startswith(HELD) and "/" not in n for n in names):
-            raise ValueError("'intent' names an entry outside the snapshot store")
-        if set(it.record) - set(FIELDS) or (it.keep and not snapstore.SNAP_RE.match(it.keep)):
-            raise ValueError("'intent' sets unknown fields or names an invalid snapshot")
+        if not ok:
+            raise ValueError("'intent' names an unknown field, or an entry outside the store")
         return it
+
+
+def _valid(it: Intent) -> bool:
+    """Whether what ``it`` sets and names is what :func:`begin` writes."""
+    names = [it.old, *([it.source] if it.source is not None else [])]
+    held = all(n.startswith(HELD) and "/" not in n and "\0" not in n for n in names)
+    rec = it.record
+    fields = set(rec) <= set(FIELDS) and all(
+        isinstance(rec[k], str) for k in ("major", "version", "bindir") if k in rec
+    )
+    settings = rec.get("settings", {})
+    fields = fields and all(isinstance(k, str) and isinstance(v, str) for k, v in settings.items())
+    keep = it.keep is None or bool(snapstore.SNAP_RE.match(it.keep))
+    sid = it.new.system_id is None or isinstance(it.new.system_id, int)
+    return held and fields and keep and sid and (it.meta is None or isinstance(it.meta, dict))
 
 
 def identify(path: Path) -> identity.Identity:
