@@ -31,11 +31,15 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.diskio import disk_full as disk_full
+from pgmgr.core.diskio import fsync_dir as fsync_dir
+from pgmgr.core.diskio import sync_fs as sync_fs
+from pgmgr.core.diskio import tree_size as tree_size
+from pgmgr.core.errors import UsageError
 
 METHODS = ("reflink", "copy_file_range", "read")
 ENV_METHOD = "PGMGR_COPY_METHOD"
@@ -362,79 +366,5 @@ def _copy_read(fin: int, fout: int, flush: Flush | None = None) -> None:
         if flush and off - flushed >= _CHUNK:
             flush(fout, flushed, off - flushed)
             flushed = off
-
-
-@contextlib.contextmanager
-def disk_full(what: str, where: str | Path) -> Iterator[None]:
-    """Turn a disk that filled up during a copy into one clear error (the caller removes
-    the partial copy: nothing was changed).
-
-    :raises DatabaseException: ENOSPC or EDQUOT inside the block.
-    """
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise DatabaseException(
-            f"not enough disk space for {what}: the filesystem of {where} filled up "
-            "during the copy; nothing was changed",
-            hint="free some space (e.g. delete old snapshots with "
-            "'pgmgr snapshot NAME SNAP --delete')",
-        ) from None
-
-
-def tree_size(path: str | Path | int) -> int:
-    """Bytes in the regular files under ``path`` (a path or a directory fd), not following
-    symlinks."""
-    fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
-    try:
-        return _size(fd)
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
-
-
-def _size(fd: int) -> int:
-    total = 0
-    with os.scandir(fd) as entries:
-        for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-            elif stat.S_ISDIR(st.st_mode):
-                with contextlib.suppress(OSError):
-                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                    try:
-                        total += _size(sub)
-                    finally:
-                        os.close(sub)
-    return total
-
-
-def sync_fs(path: str | Path | int) -> None:
-    """Flush the filesystem holding ``path`` (a path or an fd) to disk: ``syncfs(2)`` on
-    Linux, ``sync(2)`` elsewhere."""
-    import ctypes  # only here: the init path needs it, status and stop do not
-
-    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = getattr(libc, "syncfs", None)
-        if syncfs is None:  # pragma: no cover - not Linux
-            os.sync()
-        elif syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory, so that a rename in it is durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if flush and off > flushed:
+        flush(fout, flushed, off - flushed)
