@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, identity, registry, snapstore, userfs
+from pgmgr.core import diskio, identity, registry, snapstore, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
@@ -157,7 +157,7 @@ def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
         os.rename(store / source, holder / snapstore.DATA)
     snapstore.write_meta(holder, snapstore.Meta.from_dict(meta))
     os.rename(holder, final)
-    copy.fsync_dir(store)
+    diskio.fsync_dir(store)
 
 
 # --------------------------------------------------------------------------- settle
