@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pgmgr.core import privileges, server, staging, testhook, userfs, versions
+from pgmgr.core import dirpath, privileges, server, staging, testhook, userfs, versions
 from pgmgr.core import template as tpl
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.pgtext import new_password, quote_ident, quote_literal
@@ -43,6 +43,7 @@ def initialize(
     :raises DatabaseException: a non-empty directory that is not a data directory.
     """
     datadir = srv.datadir
+    dirpath.check(datadir, "make data directory", parents_only=True)
     if datadir.exists() and not datadir.is_dir():
         raise DatabaseException(f"{datadir} exists and is not a directory")
     if server.is_datadir(datadir):

@@ -10,7 +10,7 @@ import errno
 import os
 from pathlib import Path
 
-from pgmgr.core import process
+from pgmgr.core import dirpath, process
 from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
 from pgmgr.core.privileges import ServerUser, chown
 
@@ -170,6 +170,7 @@ def socket_dir(
 def check_socket_dir(path: Path, user: ServerUser | None) -> None:
     """The seed's ``_check_lockdir_permissions``: the server must be able to create its
     socket and lock file in ``path``. A directory it creates is the server user's."""
+    dirpath.check(path, "use socket directory")
     try:
         if not path.exists():
             _make_socket_dir(path, user)

@@ -328,10 +328,12 @@ def test_os_errors_users_meet_name_the_operation(work: Work) -> None:
     )  # fmt: skip
     if os.geteuid() == 0:
         return  # root refuses these paths earlier, with its own lines (tests/reliability)
-    proc = work.run("init", "-d", f"{afile}/sub", "-q")
+    proc = work.run("init", "-d", f"{afile}/sub", "-q")  # names the file: test_not_a_directory
     assert (proc.returncode, proc.stderr) == (
-        1, f"Error: cannot look at {afile}/sub: Not a directory\n"
-    )  # fmt: skip
+        1,
+        f"Error: cannot make data directory {afile}/sub: {afile} is a regular file, "
+        "not a directory\n",
+    )
     work.ok("init", "-d", "data", "-q")
     proc = work.run("start", "data", "--log-file", f"{afile}/x.log", "-q")
     assert (proc.returncode, proc.stderr) == (

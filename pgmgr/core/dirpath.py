@@ -1,0 +1,68 @@
+"""Why a path cannot be (or be made) a directory: a component on the way, or the path
+itself, is a regular file, a FIFO, a dangling symlink... ``mkdir -p`` reports that as
+"File exists" and a permission check as "someone else can change it", both misleading.
+
+Imports only the standard library at the top: :func:`blocker` may run in a child that has
+become the server user (:func:`pgmgr.core.userfs.as_user`), which can import nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from pgmgr.core.errors import DatabaseException
+
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a directory")
+
+
+def blocker(path: str | Path, *, parents_only: bool = False) -> str | None:
+    """What stops ``path`` from being a directory, as a phrase ("/a/f is a regular file,
+    not a directory"), or None: every existing component is a directory (or a symlink to
+    one) and the rest can be made. Reads metadata only (lstat/stat), never opens anything.
+    A component it cannot look at (no permission) ends the walk: the caller's own error
+    says that. With ``parents_only``, ``path`` itself is left to the caller.
+    """
+    current = Path("/")
+    parts = Path(os.path.abspath(path)).parts[1:]
+    for name in parts[:-1] if parents_only else parts:
+        current = current / name
+        try:
+            st = os.lstat(current)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                st = os.stat(current)
+            except FileNotFoundError:
+                return f"{current} is a dangling symlink (to {os.readlink(current)})"
+            except OSError as e:
+                return f"{current} is a symlink that cannot be followed ({e.strerror})"
+        if not stat.S_ISDIR(st.st_mode):
+            what = _kind(st.st_mode)
+            if what == "not a directory":
+                return f"{current} is not a directory"
+            return f"{current} is {what}, not a directory"
+    return None
+
+
+def check(path: str | Path, doing: str, *, parents_only: bool = False) -> None:
+    """Refuse ``path`` in one line when :func:`blocker` finds why it cannot be a directory:
+    "cannot {doing} {path}: {why}".
+
+    :raises DatabaseException: a component is not a directory.
+    """
+    why = blocker(path, parents_only=parents_only)
+    if why is not None:
+        raise DatabaseException(f"cannot {doing} {path}: {why}")

@@ -1,0 +1,45 @@
+"""A directory pgmgr makes for the user under a path with a file (or a FIFO, or a dangling
+symlink) on the way is refused in one line that names that component and what it is: not
+``mkdir -p``'s "File exists", nor (as root) "another OS user can change it"."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.cli.conftest import Work
+
+
+def _blockers(work: Work) -> dict[str, str]:
+    """Components that are not directories, in the root-owned (as root) 0755 work dir."""
+    afile, fifo = work.path / "afile", work.path / "fifo"
+    afile.write_text("")
+    os.mkfifo(fifo)
+    return {
+        str(afile): "a regular file, not a directory",
+        str(fifo): "a FIFO, not a directory",
+    }
+
+
+def test_init_under_a_file_says_it_is_not_a_directory(work: Work) -> None:
+    for blocker, what in _blockers(work).items():
+        for target in (f"{blocker}/sub", f"{blocker}/sub/data"):
+            proc = work.run("init", "-d", target, "-q")
+            assert (proc.returncode, proc.stderr) == (
+                1, f"Error: cannot make data directory {target}: {blocker} is {what}\n"
+            )  # fmt: skip
+    assert sorted(p.name for p in work.path.iterdir()) == ["afile", "fifo", "tmp"]
+
+
+def test_socket_dir_under_a_file_says_it_is_not_a_directory(work: Work, datadir: Path) -> None:
+    blockers = _blockers(work)
+    dangling = work.path / "dangling"
+    dangling.symlink_to(work.path / "nowhere")
+    blockers[str(dangling)] = f"a dangling symlink (to {work.path / 'nowhere'})"
+    for blocker, what in blockers.items():
+        for sockdir in (f"{blocker}/s", f"{blocker}/s/t", blocker):
+            proc = work.run("start", "-d", "./data", "--socket-dir", sockdir, "-q")
+            assert (proc.returncode, proc.stderr) == (
+                1, f"Error: cannot use socket directory {sockdir}: {blocker} is {what}\n"
+            )  # fmt: skip
+    assert not (work.path / "nowhere").exists()
