@@ -96,7 +96,7 @@ def imported(*args: str) -> set[str]:
     [
         (["--help"], None),
         (["snapshot", "--help"], "snapshot"),
-        (["restore", "nosuch", "s1", "--yes"], "restore"),
+        (["restore", "nosuch", "s1"], "restore"),  # without --yes: the Typer command
         (["cache", "list", "--help"], "cache"),
     ],
 )
