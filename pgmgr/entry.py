@@ -104,20 +104,20 @@ class _DeferredInspect(types.ModuleType):
 def defer_inspect() -> None:
     """Put a stand-in for :mod:`inspect` in ``sys.modules`` that imports it on first use.
 
-    :mod:`dataclasses` imports inspect (with ast, dis, tokenize: ~6 ms, a fifth of a
+    :mod:`dataclasses` imports inspect (with ast, dis, tokenize: ~5 ms, a fifth of a
     ``pgmgr status``) for one use, the signature it writes as the docstring of a class that
     has none: pgmgr's dataclasses all have one. (importlib's LazyLoader does not help: on
-    3.11 the import statement itself reads ``__spec__`` and so loads the module.) Only
-    for status: an import can fail in a child of :func:`pgmgr.core.userfs.as_user` (it may
-    not reach the standard library), and start and stop fork such children.
+    3.11 the import statement itself reads ``__spec__`` and so loads the module.) A child
+    of :func:`pgmgr.core.userfs.as_user` may not reach the standard library to import it
+    late: as_user imports it before it forks.
     """
     if "inspect" not in sys.modules:
         sys.modules["inspect"] = _DeferredInspect("inspect")
 
 
 def serve_fast(verb: str, kwargs: dict[str, Any]) -> int:
+    defer_inspect()
     if verb == "status":
-        defer_inspect()
         from pgmgr import statusview
 
         return guarded(lambda: statusview.show(**kwargs))
