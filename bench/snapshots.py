@@ -6,7 +6,10 @@ On an instance of about 1 GB (``pgbench -i -s 70``, PostgreSQL 15):
 - ``pgmgr snapshot`` + ``pgmgr restore`` of the running instance, against ``pg_dump -Fc``
   + ``pg_restore`` into a fresh database, and against the DSLR/Stellar way
   (``CREATE DATABASE snap TEMPLATE db``, then ``DROP DATABASE db`` + ``CREATE DATABASE db
-  TEMPLATE snap``);
+  TEMPLATE snap``). Between pgmgr's snapshot and restore (untimed) the rows change, then a
+  ``CHECKPOINT`` writes them to the files, as minutes of work would: either the small tables
+  (``SMALL``: what a test or a migration of a few tables leaves) or 1% of the rows of the
+  big one, spread over all its pages (``BIG``: the restore copies the whole table back);
 - ``pgmgr branch`` of the running instance until the new one is ready, against
   ``pg_basebackup`` into a new directory + ``pg_ctl start -w``;
 - ``pgmgr upgrade -v 18 --method copy`` of a stopped copy, against ``initdb`` (same
@@ -47,6 +50,14 @@ sys.path.insert(0, str(REPO))
 from pgmgr.core import server, versions  # noqa: E402
 
 SECTION = "## Snapshots, branches and upgrades (bench/snapshots.py)"
+#: The work between snapshot and restore (untimed), see the module doc.
+SMALL = (
+    "UPDATE pgbench_tellers SET tbalance = tbalance + 1; "
+    "UPDATE pgbench_branches SET bbalance = bbalance + 1; "
+    "INSERT INTO pgbench_history SELECT 1, 1, g, 1, now() FROM generate_series(1, 1000) g; "
+    "CHECKPOINT"
+)
+BIG = "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0; CHECKPOINT"
 
 
 @dataclass
@@ -113,7 +124,7 @@ class Bench:
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr or proc.stdout}")
 
-    def psql(self, port: int, sql: str, db: str = "postgres") -> None:
+    def psql(self, port: int, sql: str, db: str = "postgres", name: str = "main") -> None:
         self.run(
             [
                 str(self.old.bin("psql")),
@@ -122,7 +133,7 @@ class Bench:
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-h",
-                self.sockdir("main"),
+                self.sockdir(name),
                 "-p",
                 str(port),
                 "-U",
@@ -179,17 +190,17 @@ class Bench:
 
     # ------------------------------------------------------------------ cases
 
-    def snapshot_restore_ours(self, name: str) -> float:
-        def ours() -> None:
-            self.pgmgr("snapshot", name, "s1", "-q")
-            self.pgmgr("restore", name, "s1", "--yes", "-q")
-
-        took = self.timed(ours)
+    def snapshot_restore_ours(self, name: str, change: str) -> float:
+        """Snapshot, ``change`` (untimed), restore: the two commands' time."""
+        took = self.timed(lambda: self.pgmgr("snapshot", name, "s1", "-q"))
+        self.psql(self.port(name), change, "bench", name)
+        took += self.timed(lambda: self.pgmgr("restore", name, "s1", "--yes", "-q"))
         self.pgmgr("snapshot", name, "s1", "--delete", "-q")
         return took
 
-    def snapshot_restore(self) -> tuple[float, float, float]:
-        a = self.snapshot_restore_ours("main")
+    def snapshot_restore(self) -> tuple[float, float, float, float]:
+        a = self.snapshot_restore_ours("main", SMALL)
+        a_big = self.snapshot_restore_ours("main", BIG)
         port = self.port("main")
         sock = self.sockdir("main")
         bin_ = self.old.bindir
@@ -235,7 +246,7 @@ class Bench:
         self.psql(port, "DROP DATABASE fresh")
         c = self.timed(template)
         self.psql(port, "DROP DATABASE snap")
-        return a, b, c
+        return a, a_big, b, c
 
     def branch_ours(self, name: str, new: str) -> float:
         took = self.timed(lambda: self.pgmgr("branch", name, new, "-q"))
@@ -466,15 +477,19 @@ def main() -> int:
             ["du", "-sh", str(work / "main")], capture_output=True, text=True, check=False
         ).stdout.split()[0]
         runs = [(*b.snapshot_restore(), *b.branch(i)) for i in range(args.runs)]
-        sr, dump, tpl, br, bb = (statistics.median(col) for col in zip(*runs, strict=True))
-        xsr = xbr = None
+        sr, srb, dump, tpl, br, bb = (statistics.median(c) for c in zip(*runs, strict=True))
+        xsr = xsrb = xbr = None
         if why is None:
             b.copy_to(b.mount_xfs(), "xmain")
             xruns = [
-                (b.snapshot_restore_ours("xmain"), b.branch_ours("xmain", f"xfeat{i}"))
+                (
+                    b.snapshot_restore_ours("xmain", SMALL),
+                    b.snapshot_restore_ours("xmain", BIG),
+                    b.branch_ours("xmain", f"xfeat{i}"),
+                )
                 for i in range(args.runs)
             ]
-            xsr, xbr = (statistics.median(col) for col in zip(*xruns, strict=True))
+            xsr, xsrb, xbr = (statistics.median(c) for c in zip(*xruns, strict=True))
         up, raw = b.upgrade()
         notes = machine(b, args.runs)
         if why is not None:
@@ -484,50 +499,33 @@ def main() -> int:
         b.unmount_xfs()
         shutil.rmtree(work, ignore_errors=True)
     fs = notes[0].rsplit(": ", 1)[1]
-    rows = [
-        Row(
-            f"snapshot + restore (running), {fs}",
-            sr,
-            "`pg_dump -Fc` + `pg_restore` into a fresh db",
-            dump,
-            0.05,
-        ),
-        Row(
-            f"snapshot + restore (running), {fs}",
-            sr,
-            "`CREATE DATABASE .. TEMPLATE` swap",
-            tpl,
-            0.5,
-        ),
-        Row(
-            f"branch of a running instance, ready, {fs}",
-            br,
-            "`pg_basebackup` + `pg_ctl start -w`",
-            bb,
-            0.5,
-        ),
-        Row(
-            "upgrade 15 -> 18 `--method copy` (stopped)",
-            up,
-            "`initdb` + raw `pg_upgrade --copy`",
-            raw,
-            1.2,
-        ),
-    ]
-    if xsr is not None and xbr is not None:
-        xfs = "XFS reflink (loop)"
-        rows[2:2] = [
-            Row(f"snapshot + restore (running), {xfs}", xsr, rows[0].baseline, dump, 0.05),
-            Row(f"snapshot + restore (running), {xfs}", xsr, rows[1].baseline, tpl, 0.5),
-        ]
-        branch_row = Row(f"branch of a running instance, ready, {xfs}", xbr, "", bb, 0.5)
-        branch_row.baseline = rows[4].baseline
-        rows.insert(5, branch_row)
+    dump_b = "`pg_dump -Fc` + `pg_restore` into a fresh db"
+    tpl_b = "`CREATE DATABASE .. TEMPLATE` swap"
+    bb_b = "`pg_basebackup` + `pg_ctl start -w`"
+    fses = [(fs, sr, srb, br)]
+    if xsr is not None and xsrb is not None and xbr is not None:
+        fses.append(("XFS reflink (loop)", xsr, xsrb, xbr))
         notes.append(
             "- XFS reflink rows: the pgmgr side on a copy of the instance on an XFS "
             "(`mkfs.xfs -m reflink=1`) image file on the same disk, loop-mounted; same "
             "baselines (measured on the first filesystem)"
         )
+    notes.append(
+        "- snapshot + restore: between the two (untimed), small tables changed or 1% of "
+        "`pgbench_accounts` (all its pages), then `CHECKPOINT` (see bench/snapshots.py)"
+    )
+    rows = []
+    for where, small, big, _ in fses:
+        for what, took in (("small tables changed", small), ("1% of the big table changed", big)):
+            case = f"snapshot + restore (running; {what}), {where}"
+            rows.append(Row(case, took, dump_b, dump, 0.05))
+            rows.append(Row(case, took, tpl_b, tpl, 0.5))
+    for where, _, _, took in fses:
+        rows.append(Row(f"branch of a running instance, ready, {where}", took, bb_b, bb, 0.5))
+    rows.append(
+        Row("upgrade 15 -> 18 `--method copy` (stopped)", up, "`initdb` + raw `pg_upgrade --copy`",
+            raw, 1.2)
+    )  # fmt: skip
     text = render(rows, size, notes)
     print(text)
     if not args.no_write:

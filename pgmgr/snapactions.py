@@ -79,6 +79,7 @@ def restore(
     ui.settings.quiet = quiet
     from pgmgr.core import registry, sigguard
     from pgmgr.core import snapshot as snaps
+    from pgmgr.core.snapstore import human
 
     srv = resolve(name, None)
     if confirm is not None:
@@ -92,14 +93,16 @@ def restore(
     if json:
         ui.emit_json(result.to_dict())
         return 0
-    parts = []
+    parts = [f"copied {human(result.copied)}"]
+    if result.kept:
+        parts[0] += f", {result.kept} files unchanged"
     if result.downtime is not None:
         parts.append(f"downtime {ui.ms(result.downtime)}")
     if result.saved:
         parts.append(f"previous state saved as {result.saved!r}")
     if result.rolled_back_from:
         parts.append(f"rolled back from PostgreSQL {result.rolled_back_from}")
-    extra = f" ({', '.join(parts)})" if parts else ""
+    extra = f" ({', '.join(parts)})"
     state = "running" if result.was_running else "stopped"
     ui.message(
         f"Restored '{result.instance}' to {result.snapshot!r} in {ui.ms(result.elapsed)}{extra}; "

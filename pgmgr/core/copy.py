@@ -16,6 +16,13 @@ entry is created exclusively. The copy runs as whoever calls it: as root, wrap i
 :func:`pgmgr.core.userfs.as_user` so that the new files belong to the server user and no path
 a user controls is resolved as root. One :func:`sync_fs` afterwards makes the copy durable
 (~25 ms, against ~500 ms for an fsync per file of a 1000-file data directory).
+
+With ``flush=True`` (for a caller that syncs afterwards) the data is copied in 32 MiB
+chunks and ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` starts the writeback of each chunk
+as soon as it is copied: the disk writes while the copy goes on, and the final
+:func:`sync_fs` finds little left to do (1.15 GB on this machine's ext4: 0.35 s copy +
+0.37 s sync before, ~0.5 s for both with it). Without it, a copy that is thrown away soon
+(a scratch copy) is not written out at all.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.diskio import disk_full as disk_full
+from pgmgr.core.diskio import fsync_dir as fsync_dir
+from pgmgr.core.diskio import sync_fs as sync_fs
+from pgmgr.core.diskio import tree_size as tree_size
+from pgmgr.core.errors import UsageError
 
 METHODS = ("reflink", "copy_file_range", "read")
 ENV_METHOD = "PGMGR_COPY_METHOD"
@@ -36,6 +47,13 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 _BLOCK = 1 << 20
 #: Files at least this large are copied in parallel ranges (PostgreSQL's segments are 1 GiB).
 PARALLEL_MIN = 64 << 20
+#: With ``flush``: bytes per ``copy_file_range`` call, whose writeback then starts.
+_CHUNK = 32 << 20
+#: With ``flush``: smaller files are left to the final sync (a syscall each would cost
+#: more than it saves).
+_FLUSH_MIN = 256 << 10
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+Flush = Callable[[int, int, int], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: errnos that mean "this filesystem (pair) cannot do that", not "the copy failed".
 _UNSUPPORTED = frozenset(
@@ -52,6 +70,9 @@ class CopyStats:
     links: int = 0
     skipped: int = 0
     bytes: int = 0
+    #: files (and their bytes, part of ``bytes``) hard-linked from ``link_dest``
+    linked: int = 0
+    linked_bytes: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -68,6 +89,8 @@ class CopyStats:
             "links": self.links,
             "bytes": self.bytes,
             "method": self.method,
+            "linked_files": self.linked,
+            "linked_bytes": self.linked_bytes,
         }
 
 
@@ -76,6 +99,9 @@ class _State:
     methods: list[str]
     stats: CopyStats
     umask: int = 0o077  # of this process: a new file's mode bits it strips need an fchmod
+    flush: Flush | None = None  # see _writeback
+    #: link_dest: whether the file at this path relative to the top is unchanged
+    unchanged: Callable[[str, os.stat_result], bool] | None = None
 
 
 def forced_method() -> str | None:
@@ -97,10 +123,19 @@ def copy_tree(
     *,
     dst_dir_fd: int | None = None,
     exclude: Container[str] = (),
+    flush: bool = False,
+    link_dest: int | None = None,
+    unchanged: Callable[[str, os.stat_result], bool] | None = None,
 ) -> CopyStats:
     """Copy the directory ``src`` (a path, or a directory fd the caller keeps) to ``dst``,
     which must not exist (relative to ``dst_dir_fd`` when given). Modes are kept; owner is
     the caller. Top-level names in ``exclude`` (``postmaster.pid``, say) are left out.
+    ``flush``: start the writeback of the data as it is copied (the caller syncs next).
+
+    ``link_dest`` (a directory fd) and ``unchanged``, as rsync's ``--link-dest``: a regular
+    file of ``src`` whose counterpart at the same place under ``link_dest`` passes
+    ``unchanged(relative path, its lstat)`` is hard-linked from there instead of copied
+    (copied after all where a link fails: another filesystem, too many links).
 
     On failure the partial ``dst`` is left for the caller to remove (it knows whether it
     may): :func:`pgmgr.core.userfs.rmtree_at`.
@@ -112,14 +147,18 @@ def copy_tree(
     methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
     umask = os.umask(0o077)
     os.umask(umask)
-    state = _State(methods, CopyStats(), umask)
+    state = _State(methods, CopyStats(), umask, _writeback() if flush else None)
+    if link_dest is not None and unchanged is not None:
+        state.unchanged = unchanged
+    else:
+        link_dest = None
     sfd = src if isinstance(src, int) else os.open(src, _DIR_FLAGS)
     try:
         smode = os.fstat(sfd).st_mode
         os.mkdir(dst, 0o700, dir_fd=dst_dir_fd)
         dfd = os.open(dst, _DIR_FLAGS, dir_fd=dst_dir_fd)
         try:
-            _copy_dir(sfd, dfd, state, exclude)
+            _copy_dir(sfd, dfd, state, exclude, link_dest, "")
             os.fchmod(dfd, stat.S_IMODE(smode))
         finally:
             os.close(dfd)
@@ -130,7 +169,11 @@ def copy_tree(
     return state.stats
 
 
-def _copy_dir(sfd: int, dfd: int, state: _State, exclude: Container[str]) -> None:
+def _copy_dir(
+    sfd: int, dfd: int, state: _State, exclude: Container[str], lfd: int | None, rel: str
+) -> None:
+    """Copy the entries of ``sfd`` into ``dfd``; ``lfd``: the same place under link_dest
+    (or None), ``rel``: its path relative to the top (``""`` or ending in ``/``)."""
     with os.scandir(sfd) as entries:
         for entry in entries:
             name = entry.name
@@ -138,21 +181,28 @@ def _copy_dir(sfd: int, dfd: int, state: _State, exclude: Container[str]) -> Non
                 continue
             # The type from the directory entry (no stat); a file is fstat'ed once opened.
             if entry.is_file(follow_symlinks=False):
-                _copy_file(sfd, dfd, name, state)
+                if lfd is None or not _link(lfd, dfd, name, rel + name, state):
+                    _copy_file(sfd, dfd, name, state)
                 continue
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISDIR(mode):
                 os.mkdir(name, 0o700, dir_fd=dfd)
                 sub_s = os.open(name, _DIR_FLAGS, dir_fd=sfd)
+                sub_l = None
                 try:
+                    if lfd is not None:
+                        with contextlib.suppress(OSError):  # not there (or not a directory)
+                            sub_l = os.open(name, _DIR_FLAGS, dir_fd=lfd)
                     sub_d = os.open(name, _DIR_FLAGS, dir_fd=dfd)
                     try:
-                        _copy_dir(sub_s, sub_d, state, ())
+                        _copy_dir(sub_s, sub_d, state, (), sub_l, f"{rel}{name}/")
                         os.fchmod(sub_d, stat.S_IMODE(mode))
                     finally:
                         os.close(sub_d)
                 finally:
                     os.close(sub_s)
+                    if sub_l is not None:
+                        os.close(sub_l)
                 state.stats.dirs += 1
             elif stat.S_ISLNK(mode):
                 os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
@@ -161,6 +211,29 @@ def _copy_dir(sfd: int, dfd: int, state: _State, exclude: Container[str]) -> Non
                 _copy_file(sfd, dfd, name, state)
             else:  # FIFO, socket, device: nothing a copy of a data directory needs
                 state.stats.skipped += 1
+
+
+def _link(lfd: int, dfd: int, name: str, rel: str, state: _State) -> bool:
+    """Hard-link ``name`` from ``lfd`` into ``dfd`` if it is an unchanged regular file."""
+    assert state.unchanged is not None
+    try:
+        st = os.stat(name, dir_fd=lfd, follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or not state.unchanged(rel, st):
+        return False
+    try:
+        os.link(name, name, src_dir_fd=lfd, dst_dir_fd=dfd, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        return False
+    state.stats.files += 1
+    state.stats.bytes += st.st_size
+    state.stats.linked += 1
+    state.stats.linked_bytes += st.st_size
+    state.stats.by_method["link"] = state.stats.by_method.get("link", 0) + st.st_size
+    return True
 
 
 def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
@@ -175,7 +248,7 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
         fout = os.open(name, flags, mode | 0o600, dir_fd=dfd)
         try:
             if st.st_size:
-                method = _copy_data(fin, fout, st.st_size, state.methods)
+                method = _copy_data(fin, fout, st.st_size, state.methods, state.flush)
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
             if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600:  # else open() did
                 os.fchmod(fout, mode)
@@ -187,9 +260,30 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
         os.close(fin)
 
 
-def _copy_data(fin: int, fout: int, size: int, methods: list[str]) -> str:
+def _writeback() -> Flush | None:
+    """``flush(fd, offset, length)``: start writing that range to disk, without waiting
+    (``sync_file_range``; a hint: errors are ignored). None where there is no such call."""
+    import ctypes  # as_user pre-imports it: usable in a child that became the user
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if fn is None:  # pragma: no cover - not Linux
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+
+    def flush(fd: int, off: int, n: int) -> None:
+        fn(fd, off, n, _SYNC_FILE_RANGE_WRITE)
+
+    return flush
+
+
+def _copy_data(
+    fin: int, fout: int, size: int, methods: list[str], flush: Flush | None = None
+) -> str:
     """Copy ``size`` bytes with the first method that works; drop from ``methods`` each one
-    the filesystem refuses, so the rest of the tree does not try it again."""
+    the filesystem refuses, so the rest of the tree does not try it again. ``flush``: see
+    :func:`_writeback` (nothing to write back after a reflink)."""
+    if size < _FLUSH_MIN:
+        flush = None
     while True:
         method = methods[0]
         try:
@@ -199,11 +293,11 @@ def _copy_data(fin: int, fout: int, size: int, methods: list[str]) -> str:
                 fcntl.ioctl(fout, FICLONE, fin)
             elif method == "copy_file_range":
                 if size >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
-                    _copy_ranges_parallel(fin, fout, size)
+                    _copy_ranges_parallel(fin, fout, size, flush)
                 else:
-                    _copy_range(fin, fout, size)
+                    _copy_range(fin, fout, size, flush)
             else:
-                _copy_read(fin, fout)
+                _copy_read(fin, fout, flush)
             return method
         except OSError as e:
             if method == "read" or e.errno not in _UNSUPPORTED:
@@ -214,16 +308,19 @@ def _copy_data(fin: int, fout: int, size: int, methods: list[str]) -> str:
             os.ftruncate(fout, 0)
 
 
-def _copy_range(fin: int, fout: int, size: int) -> None:
-    left = size
-    while left > 0:
-        n = os.copy_file_range(fin, fout, min(left, 1 << 30))
+def _copy_range(fin: int, fout: int, size: int, flush: Flush | None = None) -> None:
+    step = _CHUNK if flush else 1 << 30
+    off = 0
+    while off < size:
+        n = os.copy_file_range(fin, fout, min(size - off, step))
         if n == 0:  # the file shrank while being copied: copy what there is
             break
-        left -= n
+        if flush:
+            flush(fout, off, n)
+        off += n
 
 
-def _copy_ranges_parallel(fin: int, fout: int, size: int) -> None:
+def _copy_ranges_parallel(fin: int, fout: int, size: int, flush: Flush | None = None) -> None:
     """``copy_file_range`` of a large file in one thread per core, each on its own range:
     the kernel's copy is CPU-bound from the page cache (1 GiB: 0.75 s in one thread, 0.43 s
     in two on this 2-core machine). The first error is raised after every thread ended."""
@@ -233,13 +330,17 @@ def _copy_ranges_parallel(fin: int, fout: int, size: int) -> None:
     step = -(-size // n)
     errors: list[OSError] = []
 
+    chunk = _CHUNK if flush else size
+
     def work(start: int) -> None:
         off, end = start, min(size, start + step)
         try:
             while off < end:
-                done = os.copy_file_range(fin, fout, end - off, off, off)
+                done = os.copy_file_range(fin, fout, min(end - off, chunk), off, off)
                 if done == 0:
                     break
+                if flush:
+                    flush(fout, off, done)
                 off += done
         except OSError as e:
             errors.append(e)
@@ -254,84 +355,16 @@ def _copy_ranges_parallel(fin: int, fout: int, size: int) -> None:
         raise errors[0]
 
 
-def _copy_read(fin: int, fout: int) -> None:
+def _copy_read(fin: int, fout: int, flush: Flush | None = None) -> None:
+    off = flushed = 0
     while chunk := os.read(fin, _BLOCK):
         view = memoryview(chunk)
         while view:
-            view = view[os.write(fout, view) :]
-
-
-@contextlib.contextmanager
-def disk_full(what: str, where: str | Path) -> Iterator[None]:
-    """Turn a disk that filled up during a copy into one clear error (the caller removes
-    the partial copy: nothing was changed).
-
-    :raises DatabaseException: ENOSPC or EDQUOT inside the block.
-    """
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise DatabaseException(
-            f"not enough disk space for {what}: the filesystem of {where} filled up "
-            "during the copy; nothing was changed",
-            hint="free some space (e.g. delete old snapshots with "
-            "'pgmgr snapshot NAME SNAP --delete')",
-        ) from None
-
-
-def tree_size(path: str | Path | int) -> int:
-    """Bytes in the regular files under ``path`` (a path or a directory fd), not following
-    symlinks."""
-    fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
-    try:
-        return _size(fd)
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
-
-
-def _size(fd: int) -> int:
-    total = 0
-    with os.scandir(fd) as entries:
-        for entry in entries:
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-            elif stat.S_ISDIR(st.st_mode):
-                with contextlib.suppress(OSError):
-                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                    try:
-                        total += _size(sub)
-                    finally:
-                        os.close(sub)
-    return total
-
-
-def sync_fs(path: str | Path | int) -> None:
-    """Flush the filesystem holding ``path`` (a path or an fd) to disk: ``syncfs(2)`` on
-    Linux, ``sync(2)`` elsewhere."""
-    import ctypes  # only here: the init path needs it, status and stop do not
-
-    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = getattr(libc, "syncfs", None)
-        if syncfs is None:  # pragma: no cover - not Linux
-            os.sync()
-        elif syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory, so that a rename in it is durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            n = os.write(fout, view)
+            view = view[n:]
+            off += n
+        if flush and off - flushed >= _CHUNK:
+            flush(fout, flushed, off - flushed)
+            flushed = off
+    if flush and off > flushed:
+        flush(fout, flushed, off - flushed)

@@ -12,13 +12,14 @@ Every function expects the caller to hold the instance's lock (``registry.lock``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, pgcontrol, server, sigguard, snapstore, testhook, versions
+from pgmgr.core import copy, delta, pgcontrol, server, sigguard, snapstore, testhook, versions
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
@@ -65,6 +66,9 @@ class RestoreResult:
     saved: str | None = None
     rolled_back_from: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: bytes copied from the snapshot, and files kept (unchanged since it was taken)
+    copied: int = 0
+    kept: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,8 @@ class RestoreResult:
             "was_running": self.was_running,
             "saved_current_as": self.saved,
             "rolled_back_from": self.rolled_back_from,
+            "copied_bytes": self.copied,
+            "unchanged_files": self.kept,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
         }
@@ -101,9 +107,9 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
         raise DatabaseException(f"cannot copy {src}: {why}; nothing was changed")
     skip = pgcontrol.unneeded_wal(src)
     if not skip:
-        return copy.copy_tree(src, dst, exclude=("postmaster.pid",))
-    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"))
-    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip)
+        return copy.copy_tree(src, dst, exclude=("postmaster.pid",), flush=True)
+    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"), flush=True)
+    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip, flush=True)
     stats.files += wal.files
     stats.dirs += wal.dirs
     stats.bytes += wal.bytes
@@ -121,8 +127,13 @@ def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], int]:
 
 
 def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
-    """:func:`snap_copy`, and the copy's system identifier. As the server user."""
+    """:func:`snap_copy`, with the index of ``src`` for restores by difference (taken
+    first: a file written during the copy will not match it), and the copy's system
+    identifier. As the server user, the server stopped."""
+    index = delta.take(src)
     stats = snap_copy(src, staging)
+    delta.save(staging, index)
+    delta.settle(index)
     return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
 
 
@@ -282,10 +293,44 @@ def _rollback_record(srv: Server, meta: Meta) -> None:
     srv.save()
 
 
-def _stage(src: Path, staging: Path, store: Path) -> None:
+def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
     """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
-    copy_into(src, staging)
+    stats = copy_into(src, staging)
     copy.sync_fs(store)
+    return stats
+
+
+def _stage_delta(
+    src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
+) -> copy.CopyStats:
+    """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
+    that ``index`` says are unchanged linked instead of copied; durable. As the user."""
+    lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        stats = copy.copy_tree(
+            src, staging, exclude=("postmaster.pid",), flush=True,
+            link_dest=lfd, unchanged=index.unchanged,
+        )  # fmt: skip
+    finally:
+        os.close(lfd)
+    copy.sync_fs(store)
+    return stats
+
+
+def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
+    """After the swap, before the server starts: drop the replaced directory's names of
+    shared files (``old``: None when it is kept), index the restored ``datadir`` for the
+    next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
+    index that cannot be written is dropped: the next restore copies everything."""
+    try:
+        if old is not None:
+            delta.unlink_shared(old)
+        index = delta.take(datadir)
+        delta.save(snapdir, index)
+        delta.settle(index)
+    except OSError:
+        with contextlib.suppress(OSError):
+            delta.drop(snapdir)
 
 
 def _stage_save(staging: Path, holder: Path, meta: Meta) -> None:
@@ -318,30 +363,36 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         rollback = check_restorable(srv, store, meta)
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
+        snapdir = store.entry(name)
+        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
+        # (it would share files with the restored one) or the snapshot is of another major.
+        index = None if keep or rollback else store.as_user(delta.load, snapdir)
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
-            with copy.disk_full(f"restoring {name!r}", store.path):
-                store.as_user(_stage, store.entry(name) / snapstore.DATA, staging, store.path)
+            if index is None:  # a full copy, made while the server still runs
+                with copy.disk_full(f"restoring {name!r}", store.path):
+                    stats = store.as_user(_stage, snapdir / snapstore.DATA, staging, store.path)
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
-            with paused(srv, mode=mode) as pause, sigguard.shielded():
-                # Unpinned while the directories change places: a kill before the pin
-                # below leaves a record that pins whichever stands there at the next
-                # command (else start refused the restored one as "replaced", exit 4).
-                srv.inst.dev = srv.inst.ino = None
-                srv.save()
-                snapstore.swap_in(store, staging.name)
-                swapped = True
-                testhook.pause("restore-swapped")
-                srv.pin()  # another directory (and, for a rollback, cluster) stands there now
-                srv.save()
-                if rollback:
-                    _rollback_record(srv, meta)
-                if keep is not None:
-                    store.as_user(_stage_save, staging, store.entry(keep.name), keep)
-                resume(srv, pause)  # still shielded: the restore completes, then says so
+            with paused(srv, mode=mode) as pause:
+                if index is not None:
+                    stats = _stage_stopped(srv, store, snapdir, staging, index, name)
+                    testhook.pause("restore-staged")
+                with sigguard.shielded():
+                    # Unpinned while the directories change places: a kill before the pin
+                    # leaves a record that pins whichever stands there at the next command
+                    # (else start refused the restored one as "replaced", exit 4).
+                    srv.inst.dev = srv.inst.ino = None
+                    srv.save()
+                    snapstore.swap_in(store, staging.name)
+                    swapped = True
+                    testhook.pause("restore-swapped")
+                    _after_swap(srv, store, staging, meta, rollback, keep)
+                    old = None if keep else staging
+                    store.as_user(_reindex, old, srv.datadir, snapdir)
+                    resume(srv, pause)  # the restore completes, then says so
         finally:
             if not swapped:
                 store.as_user(snapstore.remove_tree, staging)
@@ -350,7 +401,36 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
+        copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
     )  # fmt: skip
+
+
+def _stage_stopped(
+    srv: Server, store: Store, snapdir: Path, staging: Path, index: delta.Index, name: str
+) -> copy.CopyStats:
+    """:func:`_stage_delta` once the server is stopped; a partial copy is removed before
+    the server starts again (a disk the copy filled would refuse its start)."""
+    try:
+        with copy.disk_full(f"restoring {name!r}", store.path):
+            return store.as_user(
+                _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging, store.path, index
+            )
+    except BaseException:
+        store.as_user(snapstore.remove_tree, staging)
+        raise
+
+
+def _after_swap(
+    srv: Server, store: Store, staging: Path, meta: Meta, rollback: bool, keep: Meta | None
+) -> None:
+    """The record in line with the directory swapped in (``staging`` now holds the old
+    state); signals held by the caller."""
+    srv.pin()  # another directory (and, for a rollback, cluster) stands there now
+    srv.save()
+    if rollback:
+        _rollback_record(srv, meta)
+    if keep is not None:
+        store.as_user(_stage_save, staging, store.entry(keep.name), keep)
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:

@@ -372,3 +372,72 @@ def test_large_files_copy_in_parallel_ranges(
     stats = copy.copy_tree(src, tmp_path / "dst")
     assert stats.method == "copy_file_range"
     assert (tmp_path / "dst" / "seg").read_bytes() == data
+
+
+@pytest.mark.parametrize("method", ["", "copy_file_range", "read"])
+def test_flushed_copy_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """``flush=True`` copies in chunks and starts each chunk's writeback: the same bytes,
+    in every method, for files below the flush threshold, across chunks and in parallel
+    ranges (the chunk and thresholds made small so that a few MB cross them all)."""
+    monkeypatch.setenv(copy.ENV_METHOD, method)
+    monkeypatch.setattr(copy, "_CHUNK", 1 << 20)
+    monkeypatch.setattr(copy, "PARALLEL_MIN", 4 << 20)
+    flushed: list[tuple[int, int]] = []
+    real = copy._writeback
+
+    def spy() -> copy.Flush | None:
+        fn = real()
+        assert fn is not None
+
+        def flush(fd: int, off: int, n: int) -> None:
+            flushed.append((off, n))
+            fn(fd, off, n)
+
+        return flush
+
+    monkeypatch.setattr(copy, "_writeback", spy)
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"small": os.urandom(1000), "mid": os.urandom((3 << 20) + 7),
+             "big": os.urandom((6 << 20) + 12345)}  # fmt: skip
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    stats = copy.copy_tree(src, tmp_path / "dst", flush=True)
+    for name, data in files.items():
+        assert (tmp_path / "dst" / name).read_bytes() == data
+    if stats.method != "reflink":  # a clone moves no data: nothing to write back
+        assert sum(n for _, n in flushed) >= len(files["big"]) + (3 << 20)
+
+
+def test_link_dest_links_only_the_unchanged(tmp_path: Path) -> None:
+    """rsync's --link-dest: a file the callback calls unchanged is hard-linked from
+    link_dest; a changed one, one missing there, a symlink or a directory in its place
+    are not (the file is copied from src)."""
+    src, ref = tmp_path / "src", tmp_path / "ref"
+    for top in (src, ref):
+        (top / "sub").mkdir(parents=True)
+    for rel in ("same", "sub/same", "changed", "gone", "islink", "isdir"):
+        (src / rel).write_text(f"src {rel}")
+    (ref / "same").write_text("ref same")
+    (ref / "sub" / "same").write_text("ref sub/same")
+    (ref / "changed").write_text("ref changed")
+    (ref / "islink").symlink_to(ref / "same")
+    (ref / "isdir").mkdir()
+    asked: list[str] = []
+
+    def unchanged(rel: str, st: os.stat_result) -> bool:
+        asked.append(rel)
+        return rel != "changed"
+
+    with userfs.opened_dir(ref) as lfd:
+        stats = copy.copy_tree(src, tmp_path / "dst", link_dest=lfd, unchanged=unchanged)
+    dst = tmp_path / "dst"
+    assert sorted(asked) == ["changed", "same", "sub/same"]
+    assert (dst / "same").stat().st_ino == (ref / "same").stat().st_ino
+    assert (dst / "sub" / "same").read_text() == "ref sub/same"
+    for rel in ("changed", "gone", "islink", "isdir"):
+        assert not (dst / rel).is_symlink() and (dst / rel).read_text() == f"src {rel}"
+    assert stats.linked == 2 and stats.files == 6
+    assert stats.linked_bytes == len("ref same") + len("ref sub/same")

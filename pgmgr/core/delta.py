@@ -1,0 +1,175 @@
+"""Restore by difference: put a data directory back to a snapshot by copying only what
+changed since, and hard-linking the rest from the directory being replaced.
+
+A snapshot keeps an index beside its copy: for each file of the data directory, the
+``(inode, size, mtime, ctime)`` it had when the snapshot was taken (the server stopped, before
+the copy), on the data directory's device. A restore builds the new data directory with
+the copy engine's ``link_dest``: a file whose current ``lstat`` still matches the index has
+not been written since (any write, truncation, ``chmod`` or replacement changes its ctime,
+which no user call can set back, or its inode), so it holds the snapshot's bytes and is
+linked instead of copied. Everything else comes from the snapshot. The restored directory
+never shares a file with the snapshot itself, and the directory it replaced (which shares
+the linked files) loses their names before the server starts again; then the index is
+taken afresh from the restored directory, for the next restore.
+
+Timestamps are coarse (one clock tick): a write in the same tick as the state an index
+records could leave the ctime unchanged. :func:`settle` waits, before the server may
+write again, until the clock is past every ctime an index holds (git's "racily clean"
+problem, solved by waiting instead of re-reading). With no index, or one that matches
+nothing, a restore is a full copy.
+
+Runs as the server user (:func:`pgmgr.core.userfs.as_user`), like everything in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEX = "index.json"
+FORMAT = 1
+_LIMIT = 64 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # what the kernel stamps files with
+_Stamp = tuple[int, int, int, int]
+
+
+@dataclass
+class Index:
+    """What each regular file of a data directory was at one moment (see the module doc)."""
+
+    dev: int
+    files: dict[str, _Stamp]
+
+    def unchanged(self, rel: str, st: os.stat_result) -> bool:
+        """Whether the file at ``rel`` (its ``lstat`` is ``st``) is as recorded."""
+        if st.st_dev != self.dev:
+            return False
+        return self.files.get(rel) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def newest(self) -> int:
+        return max((s[3] for s in self.files.values()), default=0)
+
+
+def take(datadir: Path, exclude: tuple[str, ...] = ("postmaster.pid",)) -> Index:
+    """The index of ``datadir`` now (symlinks are not followed, so a tablespace link is
+    not entered)."""
+    fd = os.open(datadir, _DIR_FLAGS)
+    try:
+        files: dict[str, _Stamp] = {}
+        _walk(fd, "", files, exclude)
+        return Index(os.fstat(fd).st_dev, files)
+    finally:
+        os.close(fd)
+
+
+def _walk(fd: int, rel: str, files: dict[str, _Stamp], exclude: tuple[str, ...]) -> None:
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.name in exclude:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                files[rel + entry.name] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    _walk(sub, f"{rel}{entry.name}/", files, ())
+                finally:
+                    os.close(sub)
+
+
+def save(snapdir: Path, index: Index) -> None:
+    """Write the index of snapshot ``snapdir`` (atomically: a reader sees the old one,
+    the new one, or none). Not flushed: an index lost in a crash costs a full copy, and
+    one that is stale matches nothing."""
+    data = json.dumps(
+        {"format": FORMAT, "dev": index.dev, "files": index.files}, separators=(",", ":")
+    ).encode()
+    tmp = snapdir / f".{INDEX}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):  # left by a killed run of the same pid
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp, snapdir / INDEX)
+
+
+def load(snapdir: Path) -> Index | None:
+    """The index of snapshot ``snapdir``, or None (none, unreadable or malformed: the
+    restore is a full copy)."""
+    try:
+        fd = os.open(snapdir / INDEX, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _LIMIT:
+            return None
+        raw = os.read(fd, _LIMIT + 1)
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT:
+            return None
+        files = {str(k): _stamp(v) for k, v in doc["files"].items()}
+        return Index(int(doc["dev"]), files)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _stamp(value: object) -> _Stamp:
+    if not isinstance(value, list) or len(value) != 4:
+        raise ValueError("bad entry")
+    ino, size, mtime, ctime = (int(v) for v in value)
+    return ino, size, mtime, ctime
+
+
+def drop(snapdir: Path) -> None:
+    """Forget the index (the next restore copies everything)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(snapdir / INDEX)
+
+
+def settle(index: Index) -> None:
+    """Return once the file clock is past every ctime in ``index`` (at most a tick, ~4 ms):
+    from then on any change to a recorded file gives it another ctime."""
+    newest = index.newest()
+    while time.clock_gettime_ns(_CLOCK) <= newest:
+        time.sleep(0.001)
+
+
+def unlink_shared(old: Path) -> int:
+    """In the replaced directory ``old`` (thrown away), remove now the names of the files
+    it shares with the restored one, so that their ctime no longer changes once the index
+    is taken; the rest of ``old`` goes in the background. Returns how many."""
+    fd = os.open(old, _DIR_FLAGS)
+    try:
+        return _unlink(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(fd: int) -> int:
+    n = 0
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                os.unlink(entry.name, dir_fd=fd)
+                n += 1
+            elif stat.S_ISDIR(st.st_mode):
+                sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    n += _unlink(sub)
+                finally:
+                    os.close(sub)
+    return n

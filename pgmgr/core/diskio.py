@@ -1,0 +1,92 @@
+"""The disk around a copy: its size before, a disk that fills up during it, and making it
+durable after (one ``syncfs`` for the whole tree, an fsync for a rename). Re-exported by
+:mod:`pgmgr.core.copy`, where callers have always found them."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from pgmgr.core.errors import DatabaseException
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def disk_full(what: str, where: str | Path) -> Iterator[None]:
+    """Turn a disk that filled up during a copy into one clear error (the caller removes
+    the partial copy: nothing was changed).
+
+    :raises DatabaseException: ENOSPC or EDQUOT inside the block.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DatabaseException(
+            f"not enough disk space for {what}: the filesystem of {where} filled up "
+            "during the copy; nothing was changed",
+            hint="free some space (e.g. delete old snapshots with "
+            "'pgmgr snapshot NAME SNAP --delete')",
+        ) from None
+
+
+def tree_size(path: str | Path | int) -> int:
+    """Bytes in the regular files under ``path`` (a path or a directory fd), not following
+    symlinks."""
+    fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
+    try:
+        return _size(fd)
+    finally:
+        if not isinstance(path, int):
+            os.close(fd)
+
+
+def _size(fd: int) -> int:
+    total = 0
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+            elif stat.S_ISDIR(st.st_mode):
+                with contextlib.suppress(OSError):
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    try:
+                        total += _size(sub)
+                    finally:
+                        os.close(sub)
+    return total
+
+
+def sync_fs(path: str | Path | int) -> None:
+    """Flush the filesystem holding ``path`` (a path or an fd) to disk: ``syncfs(2)`` on
+    Linux, ``sync(2)`` elsewhere."""
+    import ctypes  # only here: the init path needs it, status and stop do not
+
+    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = getattr(libc, "syncfs", None)
+        if syncfs is None:  # pragma: no cover - not Linux
+            os.sync()
+        elif syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        if not isinstance(path, int):
+            os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that a rename in it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

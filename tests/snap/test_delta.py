@@ -1,0 +1,153 @@
+"""Restore by difference (pgmgr.core.delta): only what changed since the snapshot is copied
+back, the rest is hard-linked from the replaced directory. Real servers; the checks are on
+rows, on what the restore reports, and on the files themselves (the restored directory
+never shares a file with the snapshot, and keeps no second name for any of its files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pgmgr.core import delta
+from tests.snap.conftest import Inst, leftovers
+
+
+def inodes(top: Path) -> dict[int, str]:
+    """inode -> path of every regular file under ``top`` (as root the test reads them)."""
+    found: dict[int, str] = {}
+    for dirpath, _, names in os.walk(top):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            if os.path.isfile(os.path.join(dirpath, n)):
+                found[st.st_ino] = os.path.join(dirpath, n)
+    return found
+
+
+def restore(inst: Inst, snap: str, *extra: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads(
+        inst.ok("restore", "dev", snap, "--yes", "--json", *extra).stdout
+    )
+    return data
+
+
+def test_only_changes_are_copied_back(inst: Inst) -> None:
+    """A big table left alone is kept; a small one changed is copied back; then the big
+    one changed is copied back too. Rows come back each time."""
+    inst.sql("CREATE TABLE big AS SELECT g AS x, repeat('y', 100) AS pad "
+             "FROM generate_series(1, 40000) g")  # fmt: skip
+    big = int(inst.sql("SELECT pg_relation_size('big')"))
+    inst.ok("snapshot", "dev", "s1", "-q")
+    size = int(inst.snaps()[0]["size"])  # type: ignore[call-overload]
+    inst.sql("DELETE FROM t WHERE x > 10")
+    out = restore(inst, "s1")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert out["unchanged_files"] > 100  # type: ignore[operator]
+    assert out["copied_bytes"] <= size - big  # type: ignore[operator]
+
+    inst.sql("UPDATE big SET x = -x WHERE x % 100 = 0")
+    out = restore(inst, "s1")
+    assert inst.sql("SELECT count(*) FROM big WHERE x < 0") == "0"
+    assert out["copied_bytes"] >= big  # type: ignore[operator]
+    # Still by difference: the first restore indexed what it restored, after dropping
+    # the replaced directory's second names (whose removal would change their ctimes).
+    assert out["unchanged_files"] > 100  # type: ignore[operator]
+
+    snap = inodes(inst.store / "s1" / "data")
+    live = inodes(inst.datadir)
+    assert not set(snap) & set(live), "the restored directory shares files with the snapshot"
+    linked = [p for p in live.values() if os.lstat(p).st_nlink > 1]
+    assert linked == [], "the replaced directory still holds names of restored files"
+    assert leftovers(inst.store) == []
+
+
+def test_rewritten_in_place_with_the_old_mtime(inst: Inst) -> None:
+    """A file overwritten in place, same size, its mtime set back (``cp -p`` or a tool
+    that restores timestamps does that): its ctime gives it away, and the snapshot's bytes
+    come back. (With inode, size and mtime alone the garbage would be kept.)"""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    rel = inst.sql("SELECT pg_relation_filepath('t')")
+    inst.ok("stop", "dev", "-q")
+    path = inst.datadir / rel
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"\xff" * st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns
+    out = restore(inst, "s1")
+    assert out["copied_bytes"] >= st.st_size  # type: ignore[operator]
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*), sum(x) FROM t") == "1000|500500"
+
+
+def test_bad_index_means_a_full_copy(inst: Inst) -> None:
+    """A damaged index costs a full copy, never a wrong restore, and is written afresh."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    index = inst.store / "s1" / delta.INDEX
+    index.write_text('{"format": 1, "dev": "x", "files": {"PG_VERSION": [1]}}')
+    inst.sql("TRUNCATE t")
+    out = restore(inst, "s1")
+    assert out["unchanged_files"] == 0
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert json.loads(index.read_text())["format"] == delta.FORMAT
+    inst.sql("TRUNCATE t")
+    assert restore(inst, "s1")["unchanged_files"] > 0  # type: ignore[operator]
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_save_current_shares_nothing(inst: Inst) -> None:
+    """``--save-current`` keeps the replaced state as a snapshot: a full copy, so that the
+    kept snapshot shares no file with the running instance."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("TRUNCATE t")
+    saved = str(restore(inst, "s1", "--save-current")["saved_current_as"])
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    kept = inodes(inst.store / saved / "data")
+    assert not set(kept) & set(inodes(inst.datadir))
+    restore(inst, saved)
+    assert inst.sql("SELECT count(*) FROM t") == "0"
+
+
+def test_killed_after_linking(inst: Inst, tmp_path: Path) -> None:
+    """SIGKILL once the new directory is built (files linked from the live one) but not
+    swapped in: the instance starts on its own state, and the next restore is right."""
+    from pgmgr.core import testhook
+
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("DELETE FROM t WHERE x > 500")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    (hooks / "restore-staged").touch()
+    env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "restore", "dev", "s1", "--yes"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (hooks / "restore-staged.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate()
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t") == "500"
+    inst.sql("INSERT INTO t VALUES (-1)")
+    out = restore(inst, "s1")
+    assert inst.sql("SELECT count(*), min(x) FROM t") == "1000|1"
+    # The killed run's links changed every file's ctime: nothing matches the index now.
+    assert out["unchanged_files"] == 0
+    assert leftovers(inst.store) == []
+
+
+def test_settle_waits_for_the_file_clock() -> None:
+    """An index whose newest ctime is ahead of the clock: settle returns only once the
+    clock the kernel stamps files with has passed it."""
+    clock = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+    ahead = time.clock_gettime_ns(clock) + 30_000_000
+    delta.settle(delta.Index(0, {"f": (1, 0, 0, ahead)}))
+    assert time.clock_gettime_ns(clock) > ahead
