@@ -141,6 +141,8 @@ class Entry:
 
 @dataclass
 class Report:
+    """The settings pgmgr keeps for an instance, after a change."""
+
     name: str
     running: bool
     settings: list[Entry]

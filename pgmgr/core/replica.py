@@ -403,6 +403,8 @@ def _ours(conn: psycopg.Connection[Any], role: str, name: str) -> bool:
 
 @dataclass
 class PromoteResult:
+    """What ``pgmgr promote`` did."""
+
     name: str
     former_primary: str | None
     detached: list[str]

@@ -29,6 +29,8 @@ from pgmgr.core.snapstore import Meta, Store
 
 @dataclass
 class SnapshotResult:
+    """What ``pgmgr snapshot`` took."""
+
     instance: str
     snapshot: str
     path: str
@@ -57,6 +59,8 @@ class SnapshotResult:
 
 @dataclass
 class RestoreResult:
+    """What ``pgmgr restore`` did."""
+
     instance: str
     snapshot: str
     version: str
