@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from pgmgr.core import privileges, server, staging, versions
 from pgmgr.core import template as tpl
@@ -16,6 +15,7 @@ from pgmgr.core.errors import DatabaseException
 from pgmgr.core.pgtext import new_password, quote_ident, quote_literal
 from pgmgr.core.server import InitOptions
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
 
