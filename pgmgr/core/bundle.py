@@ -42,6 +42,8 @@ WHERE datallowconn AND NOT datistemplate ORDER BY datname = 'postgres' DESC, dat
 
 @dataclass
 class ExportResult:
+    """What ``pgmgr export`` wrote."""
+
     path: Path
     databases: list[str]
     bytes: int
@@ -50,6 +52,8 @@ class ExportResult:
 
 @dataclass
 class ImportResult:
+    """What ``pgmgr import`` made."""
+
     server: Server
     source_version: str
     databases: list[str]

@@ -156,11 +156,9 @@ def ensure_private_dir(path: Path) -> Path:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename."""
-    import tempfile
-
     ensure_private_dir(path.parent)
     with doing("create the temporary file"):  # it names the new file, not its directory
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = _new_temp(path)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -173,6 +171,20 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new file ``.NAME.<random>`` next to ``path``, made as tempfile.mkstemp makes one
+    (O_EXCL, O_NOFOLLOW, mode 0600) without importing tempfile: with random and shutil
+    ~4 ms of every 'pgmgr stop'."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -252,6 +252,8 @@ def _clone(src: Server, rep: Server) -> None:
 
 @dataclass
 class PromoteResult:
+    """What ``pgmgr promote`` did."""
+
     name: str
     former_primary: str | None
     detached: list[str]
