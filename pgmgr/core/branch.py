@@ -24,6 +24,7 @@ from typing import Any
 
 from pgmgr.core import (
     copy,
+    dirpath,
     registry,
     server,
     sigguard,
@@ -84,8 +85,9 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
             f"{target} already exists; a branch gets a new data directory",
             hint="choose another with -d DIR",
         )
+    dirpath.check(target, "create", parents_only=True)
     if not target.parent.is_dir():
-        raise DatabaseException(f"cannot create {target}: {target.parent} is not a directory")
+        raise DatabaseException(f"cannot create {target}: {target.parent} does not exist")
     return target
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr import __version__
-from pgmgr.core import process, server, testhook, versions
+from pgmgr.core import dirpath, process, server, testhook, versions
 from pgmgr.core.bundlecheck import FORMAT, FORMAT_VERSION, MANIFEST, checksums
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server, unfinished
@@ -95,6 +95,7 @@ def _new_dir(path: Path, what: str) -> Path:
             f"{path} already exists; {what} writes a new directory (nothing was created)",
             hint="choose a path that does not exist yet",
         )
+    dirpath.check(path, "create", parents_only=True)
     if not path.parent.is_dir():
         raise DatabaseException(f"{path.parent} does not exist (nothing was created)")
     return path

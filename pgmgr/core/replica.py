@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import registry, server, testhook, userfs, versions
+from pgmgr.core import dirpath, registry, server, testhook, userfs, versions
 from pgmgr.core.errors import (
     DatabaseException,
     InstanceNotFound,
@@ -100,6 +100,7 @@ def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
             f"{target} already exists; a replica needs a new directory (nothing was created)",
             hint="choose another with -d DIR",
         )
+    dirpath.check(target, "create", parents_only=True)
     if not target.parent.is_dir():
         raise DatabaseException(f"{target.parent} does not exist (nothing was created)")
     su = src.user()

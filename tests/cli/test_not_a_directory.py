@@ -43,3 +43,27 @@ def test_socket_dir_under_a_file_says_it_is_not_a_directory(work: Work, datadir:
                 1, f"Error: cannot use socket directory {sockdir}: {blocker} is {what}\n"
             )  # fmt: skip
     assert not (work.path / "nowhere").exists()
+
+
+def test_new_directories_of_branch_replica_export_import_under_a_file(
+    work: Work, datadir: Path
+) -> None:
+    """Their parent must exist (no ``mkdir -p``): a file on the way is named as the cause,
+    not its missing child ("afile/x does not exist")."""
+    blockers = _blockers(work)
+    work.ok("start", "-d", "./data", "-q")
+    work.ok("export", "data", "bundle", "-q")
+    for blocker, what in blockers.items():
+        for new in (f"{blocker}/x", f"{blocker}/x/y"):
+            for args in (
+                ("branch", "data", "nb", "-d", new),
+                ("replica", "data", "-d", new),
+                ("export", "data", new),
+                ("import", "bundle", "-d", new),
+            ):
+                proc = work.run(*args, "-q")
+                assert (proc.returncode, proc.stderr) == (
+                    1, f"Error: cannot create {new}: {blocker} is {what}\n"
+                ), args  # fmt: skip
+    listed = work.ok("status", "--json").stdout
+    assert '"nb"' not in listed and "replica" not in listed, listed

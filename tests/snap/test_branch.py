@@ -84,7 +84,7 @@ def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
         (("branch", "dev", "x", "--from", "nope"), 4, "has no snapshot named 'nope'"),
         (("branch", "dev", "bad/name"), 2, "invalid instance name"),
         (("branch", "dev", "y", "-p", "70000"), 2, "invalid --port"),
-        (("branch", "dev", "z", "-d", str(ops_dir / "no" / "such")), 1, "is not a directory"),
+        (("branch", "dev", "z", "-d", str(ops_dir / "no" / "such")), 1, "does not exist"),
         # the branch could take it while the source starts again: refused before the copy
         (("branch", "dev", "p", "-p", str(port)), 2, f"port {port} is the port of 'dev'"),
     ]
