@@ -8,6 +8,7 @@ become the server user (:func:`pgmgr.core.userfs.as_user`), which can import not
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -20,11 +21,14 @@ _KINDS = (
     (stat.S_ISSOCK, "a socket"),
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symlink"),
 )
 
 
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a directory")
+def kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is ("a regular file", "a FIFO"...), for a
+    message about something that should have been a directory."""
+    return next((name for test, name in _KINDS if test(mode)), "an unusual file")
 
 
 def blocker(path: str | Path, *, parents_only: bool = False) -> str | None:
@@ -48,12 +52,11 @@ def blocker(path: str | Path, *, parents_only: bool = False) -> str | None:
             except FileNotFoundError:
                 return f"{current} is a dangling symlink (to {os.readlink(current)})"
             except OSError as e:
-                return f"{current} is a symlink that cannot be followed ({e.strerror})"
+                if e.errno == errno.ELOOP:
+                    return f"{current} is a symlink loop"
+                return None
         if not stat.S_ISDIR(st.st_mode):
-            what = _kind(st.st_mode)
-            if what == "not a directory":
-                return f"{current} is not a directory"
-            return f"{current} is {what}, not a directory"
+            return f"{current} is {kind(st.st_mode)}, not a directory"
     return None
 
 

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import testhook, userfs
+from pgmgr.core import dirpath, testhook, userfs
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.privileges import ServerUser
 
@@ -163,8 +163,12 @@ def _private_subdir(
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise
+        try:
+            why = f"it is {dirpath.kind(os.lstat(name, dir_fd=dir_fd).st_mode)}, not a directory"
+        except OSError:
+            why = f"not a directory ({e.strerror})"
         raise DatabaseException(
-            f"refusing to use {where}: not a directory ({e.strerror})",
+            f"refusing to use {where}: {why}",
             hint="remove or rename it; pgmgr keeps snapshots there",
         ) from None
     st = os.fstat(fd)

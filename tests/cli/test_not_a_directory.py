@@ -67,3 +67,24 @@ def test_new_directories_of_branch_replica_export_import_under_a_file(
                 ), args  # fmt: skip
     listed = work.ok("status", "--json").stdout
     assert '"nb"' not in listed and "replica" not in listed, listed
+
+
+def test_snapshot_store_that_is_not_a_directory_is_named(work: Work, datadir: Path) -> None:
+    """The store beside the data directory (never made through a symlink) says what it is,
+    not "not a directory (Not a directory)" for every kind."""
+    work.ok("start", "-d", "./data", "-q")
+    work.ok("stop", "data", "-q")
+    store = work.path / ".pgmgr-snapshots"
+    for make, what in (
+        (lambda: store.write_text(""), "a regular file"),
+        (lambda: os.mkfifo(store), "a FIFO"),
+        (lambda: store.symlink_to(work.path / "nowhere"), "a symlink"),
+    ):
+        make()
+        proc = work.run("snapshot", "data", "-q")
+        assert (proc.returncode, proc.stderr) == (
+            1,
+            f"Error: refusing to use {store}: it is {what}, not a directory\n"
+            "Hint: remove or rename it; pgmgr keeps snapshots there\n",
+        )
+        store.unlink()
