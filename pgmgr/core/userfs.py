@@ -363,7 +363,11 @@ def _others_write(st: os.stat_result, me: int) -> bool:
     return bool(st.st_mode & 0o002)
 
 
-def others_can_write(path: str | Path) -> bool:
+#: Symlinks :func:`others_can_write` follows before it gives up (the kernel's ELOOP limit).
+_MAX_HOPS = 40
+
+
+def others_can_write(path: str | Path, _hops: int = 0) -> bool:
     """Whether some user other than root and the caller can change what ``path`` names:
     write it or one of its existing ancestors, or own a symlink on the way.
 
@@ -385,8 +389,10 @@ def others_can_write(path: str | Path) -> bool:
         if stat.S_ISLNK(st.st_mode):
             if st.st_uid != 0 or (prev is not None and _others_write(prev, me)):
                 return True
+            if _hops >= _MAX_HOPS:  # a symlink loop (realpath leaves it unresolved): ELOOP
+                return True
             rest = "/".join(parts[i + 1 :])
-            return others_can_write(os.path.join(os.path.realpath(current), rest))
+            return others_can_write(os.path.join(os.path.realpath(current), rest), _hops + 1)
         if _others_write(st, me):
             sticky_ok = (
                 below is not None

@@ -38,7 +38,7 @@ def test_socket_dir_under_a_file_says_it_is_not_a_directory(work: Work, datadir:
     blockers[str(dangling)] = f"a dangling symlink (to {work.path / 'nowhere'})"
     for blocker, what in blockers.items():
         for sockdir in (f"{blocker}/s", f"{blocker}/s/t", blocker):
-            proc = work.run("start", "-d", "./data", "--socket-dir", sockdir, "-q")
+            proc = work.run("start", "-d", "./data", "-p", "auto", "--socket-dir", sockdir, "-q")
             assert (proc.returncode, proc.stderr) == (
                 1, f"Error: cannot use socket directory {sockdir}: {blocker} is {what}\n"
             )  # fmt: skip
@@ -51,7 +51,7 @@ def test_new_directories_of_branch_replica_export_import_under_a_file(
     """Their parent must exist (no ``mkdir -p``): a file on the way is named as the cause,
     not its missing child ("afile/x does not exist")."""
     blockers = _blockers(work)
-    work.ok("start", "-d", "./data", "-q")
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
     work.ok("export", "data", "bundle", "-q")
     for blocker, what in blockers.items():
         for new in (f"{blocker}/x", f"{blocker}/x/y"):
@@ -72,7 +72,7 @@ def test_new_directories_of_branch_replica_export_import_under_a_file(
 def test_snapshot_store_that_is_not_a_directory_is_named(work: Work, datadir: Path) -> None:
     """The store beside the data directory (never made through a symlink) says what it is,
     not "not a directory (Not a directory)" for every kind."""
-    work.ok("start", "-d", "./data", "-q")
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
     work.ok("stop", "data", "-q")
     store = work.path / ".pgmgr-snapshots"
     for make, what in (
@@ -88,3 +88,18 @@ def test_snapshot_store_that_is_not_a_directory_is_named(work: Work, datadir: Pa
             "Hint: remove or rename it; pgmgr keeps snapshots there\n",
         )
         store.unlink()
+
+
+def test_init_and_socket_dir_under_a_symlink_loop(work: Work, datadir: Path) -> None:
+    """As root, a loop on the way once ran userfs.others_can_write into a RecursionError
+    traceback (os.path.realpath leaves a loop unresolved)."""
+    loop = work.path / "loop"
+    loop.symlink_to(loop)
+    proc = work.run("init", "-d", f"{loop}/x", "-q")
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: cannot make data directory {loop}/x: {loop} is a symlink loop\n"
+    )  # fmt: skip
+    proc = work.run("start", "-d", "./data", "-p", "auto", "--socket-dir", f"{loop}/s", "-q")
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: cannot use socket directory {loop}/s: {loop} is a symlink loop\n"
+    )  # fmt: skip
