@@ -54,17 +54,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Remove the record of a stopped instance; the data directory stays where it is."),
     "replica": ("replica", "replica",
         "Create and start a streaming standby of SRC (pg_basebackup -R, a replication slot, a\n"
-        "replication role allowed over loopback only)."),
+        "replication role allowed over loopback only). Its name is --name, else SRC-replica;\n"
+        "its data directory -d DIR, else one of that name next to SRC's."),
     "promote": ("promote", "promote",
         "Promote a standby (made by 'pgmgr replica') to a primary that accepts writes; its\n"
-        "slot and replication role on the former primary are dropped."),
+        "slot, replication role and pg_hba.conf lines on the former primary are dropped."),
     "export": ("export", "export",
         "Write a bundle: globals (pg_dumpall --globals-only), each database (pg_dump\n"
         "directory format) and manifest.json. The instance must be running."),
     "import": ("import_", "import_",
         "Create and start an instance from a bundle, on the bundle's major version or a\n"
         "newer one (-v 18). Nothing is created if the bundle is incomplete or damaged, or the\n"
-        "target binaries lack an extension it uses."),
+        "target binaries lack an extension it uses. Its name is --name, else the data\n"
+        "directory's name."),
     "snapshot": ("snapshot", "snapshot",
         "Take a snapshot of an instance (a running one is stopped for the copy and started\n"
         "again, unless --online), or delete one with --delete."),
@@ -76,7 +78,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "branch": ("branch", "branch",
         "Make a new, independent instance from NAME's current state (a running NAME is\n"
         "stopped for the copy) or from one of its snapshots: own name, data directory, port,\n"
-        "socket and password. Started when NAME runs, or with --start."),
+        "socket and password. Started when NAME runs, or with --start. Its data directory\n"
+        "is -d DIR, else NEW beside NAME's."),
     "upgrade": ("upgrade", "upgrade",
         "Upgrade an instance to a new PostgreSQL major with pg_upgrade. The old state is\n"
         "kept as a snapshot ('pgmgr restore NAME pre-upgrade-OLD' rolls back); a running\n"
