@@ -9,6 +9,7 @@ The CLI turns these into ``Error: <message>`` lines in exactly one place (``pgmg
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -182,10 +183,19 @@ def doing(operation: str) -> Iterator[None]:
 def describe_os_error(e: OSError) -> str:
     """One line for an :class:`OSError` that reached the user: the operation when the call
     was named with :func:`doing` ("cannot create the directory X: Not a directory"), else
-    the error and its file ("Not a directory: X")."""
+    the error and its file ("Not a directory: X"). "Not a directory" (and a symlink loop)
+    is told by the component at fault when there is one ("X: A/f is a regular file, not a
+    directory")."""
     what = e.strerror or str(e)
     if not e.filename:
         return what
+    why = None
+    if e.errno in (errno.ENOTDIR, errno.ELOOP) and isinstance(e.filename, str):
+        from pgmgr.core import dirpath
+
+        why = dirpath.blocker(e.filename, parents_only=e.errno == errno.ENOTDIR)
     name = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
     op = e.__dict__.get(_OPERATION)
-    return f"cannot {op} {name}: {what}" if op else f"{what}: {name}"
+    if op:
+        return f"cannot {op} {name}: {why or what}"
+    return f"{name}: {why}" if why else f"{what}: {name}"

@@ -43,15 +43,18 @@ def max_bytes() -> int:
 def check_path(path: Path) -> Path:
     """The absolute path of a log file the user named (``--log-file``).
 
-    :raises UsageError: a directory; or, as root, a place another user can change: root
-        opens the log for postgres, and would follow a link swapped in there.
+    :raises UsageError: a directory, or under a file; or, as root, a place another user can
+        change: root opens the log for postgres, and would follow a link swapped in there.
     """
-    from pgmgr.core import userfs
+    from pgmgr.core import dirpath, userfs
     from pgmgr.core.errors import UsageError
 
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise UsageError(f"invalid --log-file {str(path)!r}: it is a directory")
+    why = dirpath.blocker(path, parents_only=True)
+    if why is not None:
+        raise UsageError(f"invalid --log-file {str(path)!r}: {why}")
     if os.geteuid() == 0 and userfs.others_can_write(path):
         raise UsageError(
             f"refusing --log-file {path} as root: another user can change that place "

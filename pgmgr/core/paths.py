@@ -89,8 +89,11 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     except OSError as e:  # not reachable: a file on the way, a directory it cannot enter
         if what != "state":  # an unusable cache only costs speed: its users say so
             return path
+        from pgmgr.core import dirpath
+
+        why = dirpath.blocker(path) or e.strerror or str(e)
         raise PgmgrError(
-            f"cannot use {path} as pgmgr's {what} directory: {e.strerror or e}",
+            f"cannot use {path} as pgmgr's {what} directory: {why}",
             hint=f"set {env} to a directory of your own",
         ) from None
     if st is not None and stat.S_ISLNK(st.st_mode):

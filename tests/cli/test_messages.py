@@ -264,22 +264,19 @@ def test_os_errors_name_the_operation_they_were_doing(tmp_path: Path) -> None:
 
     afile = tmp_path / "afile"
     afile.write_text("")
+    nd = f"{afile} is a regular file, not a directory"  # "Not a directory", explained
     with pytest.raises(OSError) as made, doing("create the directory"):
         (afile / "sub").mkdir(parents=True)  # raised inside pathlib
-    assert (
-        describe_os_error(made.value) == f"cannot create the directory {afile}/sub: Not a directory"
-    )
+    assert describe_os_error(made.value) == f"cannot create the directory {afile}/sub: {nd}"
     with pytest.raises(OSError) as inner, doing("copy"), doing("open"):
         os.open(afile / "x", os.O_RDONLY)  # the innermost name counts
-    assert describe_os_error(inner.value) == f"cannot open {afile}/x: Not a directory"
+    assert describe_os_error(inner.value) == f"cannot open {afile}/x: {nd}"
     with pytest.raises(OSError) as moved, doing("rename"):
         os.rename(afile / "x", afile / "y")
-    assert describe_os_error(moved.value) == (
-        f"cannot rename {afile}/x -> {afile}/y: Not a directory"
-    )
+    assert describe_os_error(moved.value) == f"cannot rename {afile}/x -> {afile}/y: {nd}"
     with pytest.raises(OSError) as unnamed:
         os.open(afile / "x", os.O_RDONLY)  # no name: the error and its file, as before
-    assert describe_os_error(unnamed.value) == f"Not a directory: {afile}/x"
+    assert describe_os_error(unnamed.value) == f"{afile}/x: {nd}"
     with pytest.raises(OSError) as temp:  # the error names the temporary file, not its dir
         paths.write_atomic(afile / "x.json", b"")
     assert describe_os_error(temp.value).startswith(
@@ -305,7 +302,7 @@ def test_the_operation_needs_no_source_and_survives_the_privilege_boundary(work:
     )
     space: dict[str, object] = {}
     exec(compile(src, str(work.path / "gone.py"), "exec"), space)  # noqa: S102 - our constant
-    want = f"cannot create the directory {afile}/sub: Not a directory"
+    want = f"cannot create the directory {afile}/sub: {afile} is a regular file, not a directory"
     with pytest.raises(OSError) as made:
         space["make"](afile / "sub")  # type: ignore[operator]
     assert describe_os_error(made.value) == want
@@ -317,27 +314,22 @@ def test_the_operation_needs_no_source_and_survives_the_privilege_boundary(work:
 
 
 def test_os_errors_users_meet_name_the_operation(work: Work) -> None:
-    """The places a user meets an OSError keep saying what failed: a config directory
-    under a file, and (as an ordinary user: root refuses such paths before it looks) a
-    data directory and a log file under a file."""
+    """The places a user meets an OSError keep saying what failed, and a file on the way
+    is named as the cause (tests/cli/test_not_a_directory): a config directory, a data
+    directory and a log file under a file; the same lines as root."""
     afile = work.path / "afile"
     afile.write_text("")
+    is_a_file = f"{afile} is a regular file, not a directory"
     proc = work.run("versions", "--set-default", "15", env={"PGMGR_CONFIG_DIR": f"{afile}/c"})
+    assert (proc.returncode, proc.stderr) == (1, f"Error: cannot look at {afile}/c: {is_a_file}\n")
+    proc = work.run("init", "-d", f"{afile}/sub", "-q")
     assert (proc.returncode, proc.stderr) == (
-        1, f"Error: cannot look at {afile}/c: Not a directory\n"
+        1, f"Error: cannot make data directory {afile}/sub: {is_a_file}\n"
     )  # fmt: skip
-    if os.geteuid() == 0:
-        return  # root refuses these paths earlier, with its own lines (tests/reliability)
-    proc = work.run("init", "-d", f"{afile}/sub", "-q")  # names the file: test_not_a_directory
-    assert (proc.returncode, proc.stderr) == (
-        1,
-        f"Error: cannot make data directory {afile}/sub: {afile} is a regular file, "
-        "not a directory\n",
-    )
     work.ok("init", "-d", "data", "-q")
-    proc = work.run("start", "data", "--log-file", f"{afile}/x.log", "-q")
+    proc = work.run("start", "data", "-p", "auto", "--log-file", f"{afile}/x.log", "-q")
     assert (proc.returncode, proc.stderr) == (
-        1, f"Error: cannot look at {afile}/x.log: Not a directory\n"
+        2, f"Error: invalid --log-file '{afile}/x.log': {is_a_file}\n"
     )  # fmt: skip
 
 
@@ -349,7 +341,8 @@ def test_unusable_state_dir_is_named_and_an_unusable_cache_is_no_error(tmp_path:
     proc = run_pgmgr("init", "-d", str(tmp_path / "d"), env={"PGMGR_STATE_DIR": f"{afile}/s"})
     assert (proc.returncode, proc.stderr) == (
         1,
-        f"Error: cannot use {afile}/s as pgmgr's state directory: Not a directory\n"
+        f"Error: cannot use {afile}/s as pgmgr's state directory: {afile} is a regular file, "
+        "not a directory\n"
         "Hint: set PGMGR_STATE_DIR to a directory of your own\n",
     )
     # an unusable cache only costs speed where it can (see test_versions)
