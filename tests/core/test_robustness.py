@@ -387,8 +387,11 @@ def test_explicit_socket_dir_that_cannot_be_created(
     blocker = work_dir / "file"
     blocker.write_text("x")
     m = managers(datadir, socket_dir=str(blocker / "sock"))
-    with pytest.raises(DatabaseException, match="cannot create socket directory"):
+    with pytest.raises(DatabaseException) as refused:
         m.start()
+    assert str(refused.value) == (
+        f"cannot use socket directory {blocker}/sock: {blocker} is a regular file, not a directory"
+    )
 
 
 def test_default_socket_dir_is_private(datadir: Path, managers: ManagerFactory) -> None:
