@@ -12,11 +12,12 @@ never shares a file with the snapshot itself, and the directory it replaced (whi
 the linked files) loses their names before the server starts again; then the index is
 taken afresh from the restored directory, for the next restore.
 
-Timestamps are coarse (one clock tick): a write in the same tick as the state an index
-records could leave the ctime unchanged. :func:`settle` waits, before the server may
-write again, until the clock is past every ctime an index holds (git's "racily clean"
-problem, solved by waiting instead of re-reading). With no index, or one that matches
-nothing, a restore is a full copy.
+Timestamps are coarse (one clock tick, or a whole second on some filesystems): a write
+in the same tick as the state an index records could leave the ctime unchanged.
+:func:`settle` waits, before the server may write again, until the filesystem stamps
+times past every ctime an index holds (git's "racily clean" problem, solved by waiting
+instead of re-reading); an index it cannot wait out (file times ahead of a clock set
+back) is not kept. With no index, or one that matches nothing, a restore is a full copy.
 
 Runs as the server user (:func:`pgmgr.core.userfs.as_user`), like everything in the store.
 """
@@ -37,6 +38,8 @@ _LIMIT = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # what the kernel stamps files with
 _Stamp = tuple[int, int, int, int]
+#: How long :func:`settle` waits at most (a filesystem keeping whole seconds needs one).
+SETTLE_LIMIT = 2.5
 
 
 @dataclass
@@ -122,7 +125,7 @@ def load(snapdir: Path) -> Index | None:
             return None
         files = {str(k): _stamp(v) for k, v in doc["files"].items()}
         return Index(int(doc["dev"]), files)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
 
 
@@ -139,12 +142,35 @@ def drop(snapdir: Path) -> None:
         os.unlink(snapdir / INDEX)
 
 
-def settle(index: Index) -> None:
-    """Return once the file clock is past every ctime in ``index`` (at most a tick, ~4 ms):
-    from then on any change to a recorded file gives it another ctime."""
+def settle(index: Index, where: Path, limit: float = SETTLE_LIMIT) -> bool:
+    """Return True once a change to a file beside ``where`` (a directory of the user's,
+    on the filesystem of the indexed files) would be stamped with a ctime past every
+    ctime in ``index``: from then on any change to a recorded file gives it another
+    ctime. Asks the filesystem as well as the clock: ``where``'s own ctime is stamped (a
+    ``chmod`` to its mode) until it passes, since a filesystem may keep coarser times
+    than the clock's tick (whole seconds: ext4 with 128-byte inodes), and a clock tick
+    later would then still be the same second. False if that takes more than ``limit``
+    seconds (the files' times are ahead of the clock: it was set back): the index must
+    not be kept."""
     newest = index.newest()
-    while time.clock_gettime_ns(_CLOCK) <= newest:
-        time.sleep(0.001)
+    if newest > time.clock_gettime_ns(_CLOCK) + int(limit * 1e9):
+        return False
+    deadline = time.monotonic() + limit
+    fd = os.open(where, _DIR_FLAGS)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        while True:
+            try:
+                os.fchmod(fd, mode)
+            except OSError:  # not the owner of ``where``: no way to ask
+                return False
+            if os.fstat(fd).st_ctime_ns > newest and time.clock_gettime_ns(_CLOCK) > newest:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+    finally:
+        os.close(fd)
 
 
 def unlink_shared(old: Path) -> int:

@@ -132,8 +132,8 @@ def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
     identifier. As the server user, the server stopped."""
     index = delta.take(src)
     stats = snap_copy(src, staging)
-    delta.save(staging, index)
-    delta.settle(index)
+    if delta.settle(index, src):
+        delta.save(staging, index)
     return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
 
 
@@ -321,16 +321,19 @@ def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
     """After the swap, before the server starts: drop the replaced directory's names of
     shared files (``old``: None when it is kept), index the restored ``datadir`` for the
     next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
-    index that cannot be written is dropped: the next restore copies everything."""
+    index that cannot be written or waited out is dropped: the next restore copies
+    everything."""
     try:
         if old is not None:
             delta.unlink_shared(old)
         index = delta.take(datadir)
-        delta.save(snapdir, index)
-        delta.settle(index)
+        if delta.settle(index, datadir):
+            delta.save(snapdir, index)
+            return
     except OSError:
-        with contextlib.suppress(OSError):
-            delta.drop(snapdir)
+        pass
+    with contextlib.suppress(OSError):
+        delta.drop(snapdir)
 
 
 def _stage_save(staging: Path, holder: Path, meta: Meta) -> None:

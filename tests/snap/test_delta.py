@@ -144,10 +144,20 @@ def test_killed_after_linking(inst: Inst, tmp_path: Path) -> None:
     assert leftovers(inst.store) == []
 
 
-def test_settle_waits_for_the_file_clock() -> None:
+def test_settle_waits_for_the_file_clock(tmp_path: Path) -> None:
     """An index whose newest ctime is ahead of the clock: settle returns only once the
     clock the kernel stamps files with has passed it."""
     clock = getattr(time, "CLOCK_REALTIME_COARSE", 5)
     ahead = time.clock_gettime_ns(clock) + 30_000_000
-    delta.settle(delta.Index(0, {"f": (1, 0, 0, ahead)}))
+    assert delta.settle(delta.Index(0, {"f": (1, 0, 0, ahead)}), tmp_path)
     assert time.clock_gettime_ns(clock) > ahead
+    f = tmp_path / "f"
+    f.touch()
+    assert os.stat(f).st_ctime_ns > ahead
+
+
+def test_deeply_nested_index_is_no_index(tmp_path: Path) -> None:
+    """An index nested too deep for the JSON parser (RecursionError, not a ValueError)
+    is a damaged index like any other: a full copy, not a traceback."""
+    (tmp_path / delta.INDEX).write_text('{"format": 1, "dev": 1, "files": ' + "[" * 100_000)
+    assert delta.load(tmp_path) is None
