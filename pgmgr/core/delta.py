@@ -48,6 +48,8 @@ class Index:
 
     dev: int
     files: dict[str, _Stamp]
+    #: the boot it was taken in (see :func:`load`)
+    boot: str = ""
 
     def unchanged(self, rel: str, st: os.stat_result) -> bool:
         """Whether the file at ``rel`` (its ``lstat`` is ``st``) is as recorded."""
@@ -66,7 +68,7 @@ def take(datadir: Path, exclude: tuple[str, ...] = ("postmaster.pid",)) -> Index
     try:
         files: dict[str, _Stamp] = {}
         _walk(fd, "", files, exclude)
-        return Index(os.fstat(fd).st_dev, files)
+        return Index(os.fstat(fd).st_dev, files, boot_id())
     finally:
         os.close(fd)
 
@@ -92,7 +94,8 @@ def save(snapdir: Path, index: Index) -> None:
     the new one, or none). Not flushed: an index lost in a crash costs a full copy, and
     one that is stale matches nothing."""
     data = json.dumps(
-        {"format": FORMAT, "dev": index.dev, "files": index.files}, separators=(",", ":")
+        {"format": FORMAT, "dev": index.dev, "boot": index.boot, "files": index.files},
+        separators=(",", ":"),
     ).encode()
     tmp = snapdir / f".{INDEX}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):  # left by a killed run of the same pid
@@ -106,8 +109,11 @@ def save(snapdir: Path, index: Index) -> None:
 
 
 def load(snapdir: Path) -> Index | None:
-    """The index of snapshot ``snapdir``, or None (none, unreadable or malformed: the
-    restore is a full copy)."""
+    """The index of snapshot ``snapdir``, or None (none, unreadable, malformed, or taken
+    before the machine last booted: the restore is a full copy). Across a crash, a file
+    written since the index can hold its new data with its old times (``fdatasync`` and
+    ``lazytime`` write data without the timestamp update), so only an index of this
+    boot is trusted."""
     try:
         fd = os.open(snapdir / INDEX, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -121,10 +127,10 @@ def load(snapdir: Path) -> Index | None:
         os.close(fd)
     try:
         doc = json.loads(raw)
-        if doc.get("format") != FORMAT:
+        if doc.get("format") != FORMAT or doc.get("boot") != boot_id():
             return None
         files = {str(k): _stamp(v) for k, v in doc["files"].items()}
-        return Index(int(doc["dev"]), files)
+        return Index(int(doc["dev"]), files, str(doc["boot"]))
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
 
@@ -134,6 +140,15 @@ def _stamp(value: object) -> _Stamp:
         raise ValueError("bad entry")
     ino, size, mtime, ctime = (int(v) for v in value)
     return ino, size, mtime, ctime
+
+
+def boot_id() -> str:
+    """This boot's id (Linux), or "" where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def drop(snapdir: Path) -> None:

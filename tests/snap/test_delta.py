@@ -161,3 +161,22 @@ def test_deeply_nested_index_is_no_index(tmp_path: Path) -> None:
     is a damaged index like any other: a full copy, not a traceback."""
     (tmp_path / delta.INDEX).write_text('{"format": 1, "dev": 1, "files": ' + "[" * 100_000)
     assert delta.load(tmp_path) is None
+
+
+def test_index_of_another_boot_is_not_trusted(inst: Inst) -> None:
+    """An index taken before the machine last booted is not used: a crash can leave a
+    file written since with its new data and its old times (fdatasync, lazytime). The
+    restore is a full copy, and indexes afresh for this boot."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    index = inst.store / "s1" / delta.INDEX
+    doc = json.loads(index.read_text())
+    assert doc["boot"] == delta.boot_id() != ""
+    doc["boot"] = "00000000-0000-0000-0000-000000000000"
+    index.write_text(json.dumps(doc))
+    inst.sql("TRUNCATE t")
+    assert restore(inst, "s1")["unchanged_files"] == 0
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert json.loads(index.read_text())["boot"] == delta.boot_id()
+    inst.sql("TRUNCATE t")
+    assert restore(inst, "s1")["unchanged_files"] > 0  # type: ignore[operator]
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
