@@ -135,6 +135,18 @@ def load(snapdir: Path) -> Index | None:
         return None
 
 
+def kept_bytes(index: Index, datadir: Path) -> int:
+    """Bytes of the files of ``datadir`` that match ``index`` now (the server may be
+    running: an estimate of what a restore by difference would keep)."""
+    try:
+        now = take(datadir)
+    except OSError:  # a file the server removed meanwhile
+        return 0
+    if now.dev != index.dev:
+        return 0
+    return sum(s[1] for rel, s in now.files.items() if index.files.get(rel) == s)
+
+
 def _stamp(value: object) -> _Stamp:
     if not isinstance(value, list) or len(value) != 4:
         raise ValueError("bad entry")
