@@ -394,6 +394,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     stats = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")
                 with sigguard.shielded():
+                    _not_started(srv)
                     # Unpinned while the directories change places: a kill before the pin
                     # leaves a record that pins whichever stands there at the next command
                     # (else start refused the restored one as "replaced", exit 4).
@@ -416,6 +417,17 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
         copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
     )  # fmt: skip
+
+
+def _not_started(srv: Server) -> None:
+    """:raises DatabaseException: a server runs on the data directory about to be
+    swapped out (started meanwhile by hand, bypassing the lock): it would go on in the
+    replaced directory, which shares files with the restored one."""
+    if srv.running() is not None:
+        raise DatabaseException(
+            f"'{srv.inst.name}' was started during the restore; nothing was changed",
+            hint="stop what starts it (pg_ctl, a script) and restore again",
+        )
 
 
 def _stage_stopped(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -201,3 +202,55 @@ def test_mostly_changed_is_copied_while_running(inst: Inst) -> None:
     assert restore(inst, "s1")["unchanged_files"] > 100  # type: ignore[operator]
     assert inst.sql("SELECT count(*) FROM t") == "1000"
     assert inst.sql("SELECT count(*) FROM big WHERE x < 0") == "0"
+
+
+def test_started_during_the_restore(inst: Inst, tmp_path: Path) -> None:
+    """A server started by hand (``pg_ctl``, bypassing pgmgr's lock) while a restore has
+    it stopped: it runs again on the directory being replaced, whose files the new one
+    shares, and replays its WAL into them. The restore must not swap (the restored
+    directory would share files with a running server): it stops, having changed
+    nothing, and the instance runs."""
+    from pgmgr.core import testhook
+    from pgmgr.core.listen import free_port
+
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("DELETE FROM t WHERE x > 500")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    (hooks / "restore-staged").touch()
+    env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "restore", "dev", "s1", "--yes"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (hooks / "restore-staged.reached").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        stray = inst.datadir.parent / "stray"  # reachable by the server user
+        stray.mkdir()
+        port = free_port("127.0.0.1")
+        argv = [inst.bin("pg_ctl"), "start", "-w", "-s", "-D", str(inst.datadir), "-l",
+                str(stray / "log"), "-o", f"-p {port} -k {stray} -c listen_addresses="]  # fmt: skip
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+            os.chown(stray, pwd.getpwnam("postgres").pw_uid, -1)
+        subprocess.run(argv, check=True, timeout=60)
+        (hooks / "restore-staged.go").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "started during the restore; nothing was changed" in err
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "500"
+    live = inodes(inst.datadir)
+    assert [p for p in live.values() if os.lstat(p).st_nlink > 1] == []
+    assert leftovers(inst.store) == []
+    restore(inst, "s1")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
