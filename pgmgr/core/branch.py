@@ -238,6 +238,7 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     with sigguard.shielded():
         staging = snapstore.TMP + "branch"
         _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        srv.pin()  # registered pinned: the record names this very directory from the start
         try:
             # Exclusively: a name registered meanwhile (by a branch into another
             # directory, an init) is refused, never overwritten.

@@ -6,11 +6,12 @@ directory registered without a known password, gets its password at its first st
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pgmgr.core import privileges, server, staging, versions
+from pgmgr.core import privileges, server, staging, testhook, userfs, versions
 from pgmgr.core import template as tpl
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.pgtext import new_password, quote_ident, quote_literal
@@ -61,7 +62,7 @@ def initialize(
         srv.inst.server_user = su.name
     if opts.auth != "trust" and password is None:
         password = new_password()
-    copied = build(srv, install, opts, su, password, template)
+    copied = build(srv, install, opts, su, password, template, pin_early=new)
     srv.inst.superuser = opts.superuser
     srv.inst.auth = opts.auth
     srv.inst.password = password if opts.auth != "trust" else None
@@ -84,9 +85,14 @@ def build(
     su: privileges.ServerUser | None,
     password: str | None,
     template: bool,
+    *,
+    pin_early: bool = False,
 ) -> bool:
     """Build the cluster in a private work directory and move it into place (see
     :mod:`pgmgr.core.staging`): an interrupted init never leaves a data directory.
+    With ``pin_early`` (a registered, unfinished build), the record pins the directory as
+    soon as it is there, before anything is built in it: a kill later leaves a record that
+    names that very directory, and a directory it does not pin is not the build's.
 
     :returns: whether it is a template copy (its password is still to be set).
     """
@@ -94,6 +100,9 @@ def build(
     with staging.signals_interrupt():
         stage.open()
         try:
+            if pin_early:
+                _pin_directory(srv)
+                testhook.pause("init-pinned")
             fin = stage.finish(sync=not opts.no_sync)
             how = tpl.init_from_template(install, fin, opts, user=su) if template else None
             if how is None:  # synced once, by the commit's syncfs
@@ -105,6 +114,18 @@ def build(
             raise
     copied = how is not None
     return copied
+
+
+def _pin_directory(srv: Server) -> None:
+    """Record the device and inode of the (still empty) data directory, reached without
+    following a symlink; its system identifier follows once it is built."""
+    fd = userfs.open_dir(srv.datadir)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    srv.inst.dev, srv.inst.ino, srv.inst.system_id = st.st_dev, st.st_ino, None
+    srv.save()
 
 
 def reset_password(srv: Server, password: str) -> None:

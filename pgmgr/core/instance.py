@@ -245,7 +245,8 @@ class Server:
     def check_identity(self, action: str) -> None:
         """Before acting on the instance: the directory at the recorded path must still be
         the recorded one. An older record without an identity gets it now, if the directory
-        can be proved; a missing directory is left to the caller.
+        can be proved (not an unfinished build's: its command pins the directory it makes,
+        so one it did not pin is not its own); a missing directory is left to the caller.
 
         :raises IdentityChanged: it was moved (the path crosses a symlink another user
             controls) or replaced (exit code 4).
@@ -254,7 +255,13 @@ class Server:
         state, why = identity.compare(pinned, self.datadir)
         if state in (identity.MOVED, identity.REPLACED):
             raise identity.IdentityChanged(self.inst.name, self.inst.datadir, state, why, action)
-        if pinned is None and state is None and self.pin() and not self.new:
+        if (
+            pinned is None
+            and state is None
+            and not self.inst.pending
+            and self.pin()
+            and not self.new
+        ):
             self.save()
 
     def save(self) -> None:

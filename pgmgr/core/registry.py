@@ -71,6 +71,9 @@ class Instance:
     #: "cli" (made on purpose with pgmgr init/start) or "library" (registered on the side
     #: by a pgmgr.Manager): a library record whose data directory is gone is pruned.
     origin: str = "cli"
+    #: A switch of the data directory under way (upgrade, restore): see pgmgr.core.intent.
+    #: Settled by the next load when the command that wrote it is gone.
+    intent: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -125,6 +128,10 @@ def _is_settings(v: object) -> bool:
     )
 
 
+def _is_opt_dict(v: object) -> bool:
+    return v is None or isinstance(v, dict)
+
+
 def _is_bool(v: object) -> bool:
     return isinstance(v, bool)
 
@@ -146,6 +153,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(("pending", "pending_from"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
     **dict.fromkeys(("password_pending", "password_reset"), (_is_bool, "true or false")),
+    "intent": (_is_opt_dict, "an object or null"),
 }
 
 
@@ -197,8 +205,10 @@ def check_name(name: str) -> str:
 MAX_RECORD = 1 << 20
 
 
-def load(name: str) -> Instance:
+def load(name: str, *, settle: bool = True) -> Instance:
     """The record called ``name``; its name is its file's name, whatever the file says.
+    A switch of its data directory that a killed command left half-done is settled first
+    (unless ``settle`` is False: see :mod:`pgmgr.core.intent`).
 
     :raises InstanceNotFound: no such record.
     :raises CorruptRecord: the file is not a valid record (not UTF-8, not JSON, nested too
@@ -220,6 +230,12 @@ def load(name: str) -> Instance:
         data["name"] = name
         inst = Instance.from_dict(data)
         _check_paths(inst)
+        if inst.intent is not None:
+            from pgmgr.core import intent
+
+            intent.Intent.from_dict(inst.intent)  # a corrupt one makes a corrupt record
+            if settle:
+                inst = intent.settle(inst)
         return inst
     except UnicodeDecodeError:
         raise CorruptRecord(path, "not UTF-8 text") from None

@@ -91,9 +91,17 @@ def trash_name(name: str) -> str:
 def check_complete(datadir: Path, *, partial: bool = False) -> None:
     """:raises DatabaseException: ``datadir`` is not a complete PostgreSQL data directory,
     or holds entries PostgreSQL did not make (they are listed). With ``partial`` (an
-    interrupted ``pgmgr import``/``replica``) it need not be complete, and may hold an
-    interrupted init's work directory."""
+    interrupted ``pgmgr import``/``replica`` whose record pins no directory) it need not be
+    complete, and may hold an interrupted init's work directory, but must not hold a
+    ``PG_VERSION``: those commands pin the directory they make before they build anything
+    in it, so a data directory found there is someone else's (made after the kill)."""
     with userfs.opened_dir(datadir) as fd:
+        if partial and _exists_at(fd, "PG_VERSION"):
+            raise DatabaseException(
+                f"refusing to remove {datadir}: a data directory the unfinished command did "
+                "not make stands there; nothing was removed",
+                hint="move it away if it is yours, or remove it yourself",
+            )
         missing = [] if partial else [r for r in REQUIRED if not _exists_at(fd, r)]
         extras = sorted(
             e

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import copy, delta, pgcontrol, server, sigguard, snapstore, testhook, versions
+from pgmgr.core import (
+    copy,
+    delta,
+    intent,
+    pgcontrol,
+    server,
+    sigguard,
+    snapstore,
+    testhook,
+    versions,
+)
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import paused, resume
@@ -281,16 +291,15 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
     return rollback
 
 
-def _rollback_record(srv: Server, meta: Meta) -> None:
-    """Point the record at the snapshot's major (after the swap of a pre-upgrade one)."""
+def _rollback_record(meta: Meta) -> dict[str, Any]:
+    """What the record becomes with the snapshot's major (a pre-upgrade one): its
+    binaries while they are installed, else those of the same major found now."""
     if (Path(meta.bindir) / "postgres").is_file():
-        srv.inst.major, srv.inst.version, srv.inst.bindir = meta.major, meta.version, meta.bindir
+        major, version, bindir = meta.major, meta.version, meta.bindir
     else:
         install = versions.select(meta.major).installation
-        srv.inst.major, srv.inst.version = install.major, install.version
-        srv.inst.bindir = str(install.bindir)
-    srv.inst.settings = dict(meta.settings)
-    srv.save()
+        major, version, bindir = install.major, install.version, str(install.bindir)
+    return {"major": major, "version": version, "bindir": bindir, "settings": meta.settings}
 
 
 def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
@@ -346,14 +355,6 @@ def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
         delta.drop(snapdir)
 
 
-def _stage_save(staging: Path, holder: Path, meta: Meta) -> None:
-    """Turn the swapped-out state in ``staging`` into snapshot ``holder``. As the user."""
-    os.mkdir(holder.with_name(holder.name + ".part"), 0o700)
-    os.rename(staging, holder.with_name(holder.name + ".part") / snapstore.DATA)
-    snapstore.write_meta(holder.with_name(holder.name + ".part"), meta)
-    os.rename(holder.with_name(holder.name + ".part"), holder)
-
-
 def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
     """Put ``srv`` back to snapshot ``name`` (see the module doc). ``save_current``: keep
     the state being replaced as a snapshot of that name (``""`` for a timestamp).
@@ -381,7 +382,6 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         # (it would share files with the restored one) or the snapshot is of another major.
         index = None if keep or rollback else store.as_user(_index, snapdir, srv.datadir, meta)
         staging = store.entry(snapstore.tmp_name("restore"))
-        swapped = False
         try:
             if index is None:  # a full copy, made while the server still runs
                 with copy.disk_full(f"restoring {name!r}", store.path):
@@ -393,25 +393,18 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                 if index is not None:
                     stats = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")
+                it = intent.Intent(
+                    "restore", store.as_user(intent.identify, staging),
+                    _rollback_record(meta) if rollback else {}, intent.held_name("restore"),
+                )  # fmt: skip
+                if keep is not None:  # the replaced state becomes this snapshot
+                    it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    # Unpinned while the directories change places: a kill before the pin
-                    # leaves a record that pins whichever stands there at the next command
-                    # (else start refused the restored one as "replaced", exit 4).
-                    srv.inst.dev = srv.inst.ino = None
-                    srv.save()
-                    snapstore.swap_in(store, staging.name)
-                    swapped = True
-                    testhook.pause("restore-swapped")
-                    _after_swap(srv, store, staging, meta, rollback, keep)
-                    old = None if keep else staging
-                    store.as_user(_reindex, old, srv.datadir, snapdir)
+                    _switch(srv, store, it, staging, snapdir)
                     resume(srv, pause)  # the restore completes, then says so
         finally:
-            if not swapped:
-                store.as_user(snapstore.remove_tree, staging)
-        if keep is None:  # restored: the old state goes, in the background
-            snapstore.remove_later(staging, store.user)
+            store.as_user(snapstore.remove_tree, staging)  # if the swap did not happen
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
@@ -445,17 +438,21 @@ def _stage_stopped(
         raise
 
 
-def _after_swap(
-    srv: Server, store: Store, staging: Path, meta: Meta, rollback: bool, keep: Meta | None
-) -> None:
-    """The record in line with the directory swapped in (``staging`` now holds the old
-    state); signals held by the caller."""
-    srv.pin()  # another directory (and, for a rollback, cluster) stands there now
-    srv.save()
-    if rollback:
-        _rollback_record(srv, meta)
-    if keep is not None:
-        store.as_user(_stage_save, staging, store.entry(keep.name), keep)
+def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path) -> None:
+    """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
+    :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
+    difference, before the server starts. Signals held by the caller."""
+    intent.begin(srv, it)
+    try:
+        store.as_user(os.rename, staging, store.entry(it.old))
+        snapstore.swap_in(store, it.old)
+    except BaseException:
+        intent.discard(srv, store)
+        raise
+    testhook.pause("restore-swapped")
+    gone = intent.complete(srv, store)
+    store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    intent.drop(store, gone)
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:

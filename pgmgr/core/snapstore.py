@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import userfs
+from pgmgr.core import testhook, userfs
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.privileges import ServerUser
 
@@ -344,20 +344,30 @@ def exchange(a_fd: int, a: str, b_fd: int, b: str) -> None:
     renameat2(a_fd, a, b_fd, b, RENAME_EXCHANGE)
 
 
+def hold_name(staged: str) -> str:
+    return staged + ".hold"
+
+
 def swap_in(store: Store, staged: str) -> None:
     """Put the directory ``<store>/<staged>`` where the data directory is, and the data
     directory where ``staged`` was: one atomic exchange (at no moment is there no data
-    directory), or, on filesystems without it, two renames undone if the second fails.
+    directory), or, on filesystems without it (ZFS before 2.2, NFS), three renames, the
+    first undone if the second fails. Between those the data directory waits in the store
+    as :func:`hold_name` of ``staged`` (not swept when ``staged`` is not: a kill there is
+    settled by :mod:`pgmgr.core.intent`).
     """
     name = store.datadir.name
     try:
+        if os.environ.get("PGMGR_SWAP") == "rename":  # tests: a filesystem without it
+            raise OSError(errno.EINVAL, "RENAME_EXCHANGE disabled by PGMGR_SWAP")
         exchange(store.fd, staged, store.parent_fd, name)
         return
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
-    hold = tmp_name("hold")
+    hold = hold_name(staged)
     os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
+    testhook.pause("swap-held")
     try:
         os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
     except BaseException:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pgmgr.core import (
     copy,
+    intent,
     paths,
     pgcontrol,
     process,
@@ -29,6 +30,7 @@ from pgmgr.core import (
     sigguard,
     snapshot,
     snapstore,
+    testhook,
     tools,
     versions,
 )
@@ -37,7 +39,7 @@ from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import paused, resume
 from pgmgr.core.snapcatalog import taken_names
-from pgmgr.core.snapstore import Meta, Store
+from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
 
 #: Where the pre-upgrade snapshot is assembled (a work name: swept if pgmgr is killed).
@@ -316,7 +318,8 @@ def _switch(
     sockdir: str, method: str, result: UpgradeResult,
 ) -> None:  # fmt: skip
     """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
-    switch the record, start. Past the swap, signals cannot split it."""
+    switch the record, start. Past the swap, signals cannot split it; a kill cannot split
+    the record from the directory either (see :mod:`pgmgr.core.intent`)."""
     newdata = work / "data"
     old_sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
     snap_name = f"pre-upgrade-{old.major}"
@@ -326,47 +329,48 @@ def _switch(
     with paused(srv) as pause:
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
-            stats = store.as_user(snapshot.snap_copy, srv.datadir, store.entry(KEEP))
+            stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
         # Checked before the old files are carried over: the new postgres reads them too.
         auto = store.as_user(_auto_settings, srv.datadir)
         rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
         store.as_user(_carry, srv.datadir, newdata, set(rejected))
-        new_sysid = store.as_user(pgcontrol.system_identifier, newdata)
-        meta.upgraded_to = new_sysid
+        new_id = store.as_user(intent.identify, newdata)
+        meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
         if meta.size == 0:
             meta.size = store.as_user(copy.tree_size, srv.datadir)
         store.as_user(copy.sync_fs, store.path)
-        flat = snapstore.tmp_name("new")
-        store.as_user(os.rename, newdata, store.entry(flat))
+        settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
+        record: dict[str, Any] = {
+            "major": new.major, "version": new.version, "bindir": str(new.bindir)
+        }  # fmt: skip
+        held = intent.held_name("upgrade")
+        source = intent.held_name("keep") if method == "link" else held
+        record["settings"] = settings
+        it = intent.Intent("upgrade", new_id, record, held, snap_name, source, meta.to_dict())
         with sigguard.shielded():
-            snapstore.swap_in(store, flat)
-            store.as_user(_keep_old, store, flat, snap_name, meta, method)
-            srv.inst.major, srv.inst.version, srv.inst.bindir = (
-                new.major,
-                new.version,
-                str(new.bindir),
-            )
-            srv.inst.settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
-            srv.pin()  # the new cluster: another directory and system identifier
-            srv.save()
+            intent.begin(srv, it)
+            try:
+                store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)
+                testhook.pause("upgrade-switching")
+                snapstore.swap_in(store, it.old)
+            except BaseException:
+                intent.discard(srv, store)
+                raise
+            testhook.pause("upgrade-swapped")
+            intent.drop(store, intent.complete(srv, store))
             resume(srv, pause)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
 
 
-def _keep_old(store: Store, flat: str, name: str, meta: Meta, method: str) -> None:
-    """The swapped-out old data directory becomes snapshot ``name`` (copy, clone), or is
-    dropped for the copy made before (link). As the user."""
-    holder = store.path / KEEP
-    if method == "link":
-        snapstore.remove_tree(store.path / flat)
-    else:
-        os.mkdir(holder, 0o700)
-        os.rename(store.path / flat, holder / snapstore.DATA)
-    snapstore.write_meta(holder, meta)
-    os.rename(holder, store.path / name)
-    copy.fsync_dir(store.path)
+def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None:
+    """Move the new cluster, and the copy made for ``--method link``, to the names the
+    intent gives them (fsynced: they must be there after a crash). As the user."""
+    os.rename(newdata, store / held)
+    if source != held:
+        os.rename(store / keep, store / source)
+    copy.fsync_dir(store)
 
 
 def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from tests.helpers import error_lines, postmasters_under
-from tests.ops.conftest import Instance
+from tests.ops.conftest import Instance, template  # noqa: F401
 from tests.ops.test_bundle import fingerprint
 from tests.ops.test_replica import conn, primary_leftovers
 
@@ -177,6 +177,53 @@ def test_a_data_directory_that_appears_during_an_import_is_left_alone(
         "was done there", lines  # fmt: skip
     assert sorted(p.name for p in target.iterdir()) == ["PG_VERSION", "theirs"]
     assert sorted(states(fresh)) == ["fresh"]
+
+
+def test_a_retry_never_removes_a_data_directory_the_killed_import_did_not_make(
+    fresh: Instance,
+    bundle: tuple[Path, dict[str, Any]],
+    ops_dir: Path,
+    hooks: Path,
+    template: Path,  # noqa: F811
+) -> None:
+    """Killed before it made its directory; then a user puts a data directory of theirs
+    there. The retry (and destroy) of the unfinished import removed it as its own: the
+    record pinned nothing, and a complete data directory passed for the killed one's.
+    Now an import pins its directory before it builds in it, so an unpinned record's
+    directory with a PG_VERSION is not the import's."""
+    path, _ = bundle
+    target = ops_dir / "imp"
+    argv = ("import", str(path), "-d", str(target), "--name", "imp")
+    run = Paused(hooks, "import-registered", *argv)
+    run.reached()
+    run.kill(signal.SIGKILL)
+    subprocess.run(["cp", "-a", str(template), str(target)], check=True)
+    (target / "base" / "mine").write_text("precious\n")
+    for args in (argv, ("destroy", "imp", "--yes")):
+        out = fresh.pgmgr(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert error_lines(out.stderr)[0] == (
+            f"Error: refusing to remove {target}: a data directory the unfinished command "
+            "did not make stands there; nothing was removed"
+        ), out.stderr
+        assert (target / "base" / "mine").read_text() == "precious\n"
+    assert fresh.pgmgr("forget", "imp").returncode == 0
+
+
+def test_an_import_killed_after_it_made_its_directory_is_redone(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    """Its directory is pinned before anything is built in it: the retry removes that one."""
+    path, expected = bundle
+    target = ops_dir / "imp"
+    argv = ("import", str(path), "-d", str(target), "--name", "imp")
+    run = Paused(hooks, "init-pinned", *argv)
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert target.is_dir()
+    again = fresh.pgmgr(*argv)
+    assert again.returncode == 0, again.stderr
+    assert fingerprint(states(fresh)["imp"]) == expected
 
 
 def test_an_unfinished_import_is_not_exported_replicated_nor_given_a_unit(

@@ -28,6 +28,9 @@ BAD_FIELDS: list[tuple[str, Any]] = [
     ("settings", {"work_mem": 64}),
     ("settings", ["work_mem=64MB"]),
     ("password_pending", "yes"),
+    ("intent", "upgrading"),
+    # an intent naming an entry outside the snapshot store (settling it would rename that)
+    ("intent", {"op": "restore", "new": {"dev": 1, "ino": 2}, "record": {}, "old": "../../x"}),
 ]
 
 
