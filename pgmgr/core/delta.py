@@ -12,11 +12,12 @@ never shares a file with the snapshot itself, and the directory it replaced (whi
 the linked files) loses their names before the server starts again; then the index is
 taken afresh from the restored directory, for the next restore.
 
-Timestamps are coarse (one clock tick): a write in the same tick as the state an index
-records could leave the ctime unchanged. :func:`settle` waits, before the server may
-write again, until the clock is past every ctime an index holds (git's "racily clean"
-problem, solved by waiting instead of re-reading). With no index, or one that matches
-nothing, a restore is a full copy.
+Timestamps are coarse (one clock tick, or a whole second on some filesystems): a write
+in the same tick as the state an index records could leave the ctime unchanged.
+:func:`settle` waits, before the server may write again, until the filesystem stamps
+times past every ctime an index holds (git's "racily clean" problem, solved by waiting
+instead of re-reading); an index it cannot wait out (file times ahead of a clock set
+back) is not kept. With no index, or one that matches nothing, a restore is a full copy.
 
 Runs as the server user (:func:`pgmgr.core.userfs.as_user`), like everything in the store.
 """
@@ -37,6 +38,8 @@ _LIMIT = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # what the kernel stamps files with
 _Stamp = tuple[int, int, int, int]
+#: How long :func:`settle` waits at most (a filesystem keeping whole seconds needs one).
+SETTLE_LIMIT = 2.5
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Index:
 
     dev: int
     files: dict[str, _Stamp]
+    #: the boot it was taken in (see :func:`load`)
+    boot: str = ""
 
     def unchanged(self, rel: str, st: os.stat_result) -> bool:
         """Whether the file at ``rel`` (its ``lstat`` is ``st``) is as recorded."""
@@ -63,7 +68,7 @@ def take(datadir: Path, exclude: tuple[str, ...] = ("postmaster.pid",)) -> Index
     try:
         files: dict[str, _Stamp] = {}
         _walk(fd, "", files, exclude)
-        return Index(os.fstat(fd).st_dev, files)
+        return Index(os.fstat(fd).st_dev, files, boot_id())
     finally:
         os.close(fd)
 
@@ -89,7 +94,8 @@ def save(snapdir: Path, index: Index) -> None:
     the new one, or none). Not flushed: an index lost in a crash costs a full copy, and
     one that is stale matches nothing."""
     data = json.dumps(
-        {"format": FORMAT, "dev": index.dev, "files": index.files}, separators=(",", ":")
+        {"format": FORMAT, "dev": index.dev, "boot": index.boot, "files": index.files},
+        separators=(",", ":"),
     ).encode()
     tmp = snapdir / f".{INDEX}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):  # left by a killed run of the same pid
@@ -103,8 +109,11 @@ def save(snapdir: Path, index: Index) -> None:
 
 
 def load(snapdir: Path) -> Index | None:
-    """The index of snapshot ``snapdir``, or None (none, unreadable or malformed: the
-    restore is a full copy)."""
+    """The index of snapshot ``snapdir``, or None (none, unreadable, malformed, or taken
+    before the machine last booted: the restore is a full copy). Across a crash, a file
+    written since the index can hold its new data with its old times (``fdatasync`` and
+    ``lazytime`` write data without the timestamp update), so only an index of this
+    boot is trusted."""
     try:
         fd = os.open(snapdir / INDEX, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -118,12 +127,24 @@ def load(snapdir: Path) -> Index | None:
         os.close(fd)
     try:
         doc = json.loads(raw)
-        if doc.get("format") != FORMAT:
+        if doc.get("format") != FORMAT or doc.get("boot") != boot_id():
             return None
         files = {str(k): _stamp(v) for k, v in doc["files"].items()}
-        return Index(int(doc["dev"]), files)
-    except (ValueError, TypeError, KeyError, AttributeError):
+        return Index(int(doc["dev"]), files, str(doc["boot"]))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
+
+
+def kept_bytes(index: Index, datadir: Path) -> int:
+    """Bytes of the files of ``datadir`` that match ``index`` now (the server may be
+    running: an estimate of what a restore by difference would keep)."""
+    try:
+        now = take(datadir)
+    except OSError:  # a file the server removed meanwhile
+        return 0
+    if now.dev != index.dev:
+        return 0
+    return sum(s[1] for rel, s in now.files.items() if index.files.get(rel) == s)
 
 
 def _stamp(value: object) -> _Stamp:
@@ -133,18 +154,50 @@ def _stamp(value: object) -> _Stamp:
     return ino, size, mtime, ctime
 
 
+def boot_id() -> str:
+    """This boot's id (Linux), or "" where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def drop(snapdir: Path) -> None:
     """Forget the index (the next restore copies everything)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(snapdir / INDEX)
 
 
-def settle(index: Index) -> None:
-    """Return once the file clock is past every ctime in ``index`` (at most a tick, ~4 ms):
-    from then on any change to a recorded file gives it another ctime."""
+def settle(index: Index, where: Path, limit: float = SETTLE_LIMIT) -> bool:
+    """Return True once a change to a file beside ``where`` (a directory of the user's,
+    on the filesystem of the indexed files) would be stamped with a ctime past every
+    ctime in ``index``: from then on any change to a recorded file gives it another
+    ctime. Asks the filesystem as well as the clock: ``where``'s own ctime is stamped (a
+    ``chmod`` to its mode) until it passes, since a filesystem may keep coarser times
+    than the clock's tick (whole seconds: ext4 with 128-byte inodes), and a clock tick
+    later would then still be the same second. False if that takes more than ``limit``
+    seconds (the files' times are ahead of the clock: it was set back): the index must
+    not be kept."""
     newest = index.newest()
-    while time.clock_gettime_ns(_CLOCK) <= newest:
-        time.sleep(0.001)
+    if newest > time.clock_gettime_ns(_CLOCK) + int(limit * 1e9):
+        return False
+    deadline = time.monotonic() + limit
+    fd = os.open(where, _DIR_FLAGS)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        while True:
+            try:
+                os.fchmod(fd, mode)
+            except OSError:  # not the owner of ``where``: no way to ask
+                return False
+            if os.fstat(fd).st_ctime_ns > newest and time.clock_gettime_ns(_CLOCK) > newest:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+    finally:
+        os.close(fd)
 
 
 def unlink_shared(old: Path) -> int:

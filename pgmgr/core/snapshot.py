@@ -146,8 +146,8 @@ def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
     identifier. As the server user, the server stopped."""
     index = delta.take(src)
     stats = snap_copy(src, staging)
-    delta.save(staging, index)
-    delta.settle(index)
+    if delta.settle(index, src):
+        delta.save(staging, index)
     return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
 
 
@@ -330,20 +330,33 @@ def _stage_delta(
     return stats
 
 
+def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
+    """The index of ``snapdir`` if at least half the snapshot's bytes still match it in
+    ``datadir`` (running); else None: a full copy, made while the server runs, costs less
+    downtime than copying most of the snapshot once it is stopped. As the user."""
+    index = delta.load(snapdir)
+    if index is None or 2 * delta.kept_bytes(index, datadir) < meta.size:
+        return None
+    return index
+
+
 def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
     """After the swap, before the server starts: drop the replaced directory's names of
     shared files (``old``: None when it is kept), index the restored ``datadir`` for the
     next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
-    index that cannot be written is dropped: the next restore copies everything."""
+    index that cannot be written or waited out is dropped: the next restore copies
+    everything."""
     try:
         if old is not None:
             delta.unlink_shared(old)
         index = delta.take(datadir)
-        delta.save(snapdir, index)
-        delta.settle(index)
+        if delta.settle(index, datadir):
+            delta.save(snapdir, index)
+            return
     except OSError:
-        with contextlib.suppress(OSError):
-            delta.drop(snapdir)
+        pass
+    with contextlib.suppress(OSError):
+        delta.drop(snapdir)
 
 
 def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
@@ -371,7 +384,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         snapdir = store.entry(name)
         # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
         # (it would share files with the restored one) or the snapshot is of another major.
-        index = None if keep or rollback else store.as_user(delta.load, snapdir)
+        index = None if keep or rollback else store.as_user(_index, snapdir, srv.datadir, meta)
         staging = store.entry(snapstore.tmp_name("restore"))
         try:
             if index is None:  # a full copy, made while the server still runs
@@ -391,6 +404,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                 if keep is not None:  # the replaced state becomes this snapshot
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
+                    _not_started(srv)
                     _switch(srv, store, it, staging, snapdir)
                     resume(srv, pause)  # the restore completes, then says so
         finally:
@@ -400,6 +414,17 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
         copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
     )  # fmt: skip
+
+
+def _not_started(srv: Server) -> None:
+    """:raises DatabaseException: a server runs on the data directory about to be
+    swapped out (started meanwhile by hand, bypassing the lock): it would go on in the
+    replaced directory, which shares files with the restored one."""
+    if srv.running() is not None:
+        raise DatabaseException(
+            f"'{srv.inst.name}' was started during the restore; nothing was changed",
+            hint="stop what starts it (pg_ctl, a script) and restore again",
+        )
 
 
 def _stage_stopped(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -144,10 +145,112 @@ def test_killed_after_linking(inst: Inst, tmp_path: Path) -> None:
     assert leftovers(inst.store) == []
 
 
-def test_settle_waits_for_the_file_clock() -> None:
+def test_settle_waits_for_the_file_clock(tmp_path: Path) -> None:
     """An index whose newest ctime is ahead of the clock: settle returns only once the
     clock the kernel stamps files with has passed it."""
     clock = getattr(time, "CLOCK_REALTIME_COARSE", 5)
     ahead = time.clock_gettime_ns(clock) + 30_000_000
-    delta.settle(delta.Index(0, {"f": (1, 0, 0, ahead)}))
+    assert delta.settle(delta.Index(0, {"f": (1, 0, 0, ahead)}), tmp_path)
     assert time.clock_gettime_ns(clock) > ahead
+    f = tmp_path / "f"
+    f.touch()
+    assert os.stat(f).st_ctime_ns > ahead
+
+
+def test_deeply_nested_index_is_no_index(tmp_path: Path) -> None:
+    """An index nested too deep for the JSON parser (RecursionError, not a ValueError)
+    is a damaged index like any other: a full copy, not a traceback."""
+    (tmp_path / delta.INDEX).write_text('{"format": 1, "dev": 1, "files": ' + "[" * 100_000)
+    assert delta.load(tmp_path) is None
+
+
+def test_index_of_another_boot_is_not_trusted(inst: Inst) -> None:
+    """An index taken before the machine last booted is not used: a crash can leave a
+    file written since with its new data and its old times (fdatasync, lazytime). The
+    restore is a full copy, and indexes afresh for this boot."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    index = inst.store / "s1" / delta.INDEX
+    doc = json.loads(index.read_text())
+    assert doc["boot"] == delta.boot_id() != ""
+    doc["boot"] = "00000000-0000-0000-0000-000000000000"
+    index.write_text(json.dumps(doc))
+    inst.sql("TRUNCATE t")
+    assert restore(inst, "s1")["unchanged_files"] == 0
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert json.loads(index.read_text())["boot"] == delta.boot_id()
+    inst.sql("TRUNCATE t")
+    assert restore(inst, "s1")["unchanged_files"] > 0  # type: ignore[operator]
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_mostly_changed_is_copied_while_running(inst: Inst) -> None:
+    """When most of the snapshot's bytes changed since (a big table rewritten), the
+    restore copies the whole snapshot while the server still runs, as without an index:
+    by difference, the server would stay stopped while nearly all of it is copied."""
+    inst.sql("CREATE TABLE big AS SELECT g AS x, repeat('y', 200) AS pad "
+             "FROM generate_series(1, 250000) g")  # fmt: skip
+    inst.ok("snapshot", "dev", "s1", "-q")
+    size = int(inst.snaps()[0]["size"])  # type: ignore[call-overload]
+    inst.sql("UPDATE big SET x = -x")
+    inst.sql("CHECKPOINT")
+    out = restore(inst, "s1")
+    assert out["unchanged_files"] == 0
+    assert out["copied_bytes"] == size
+    # A small change is still restored by difference (reading big before would set
+    # its hint bits, a change to most of its pages: that is why it is read last).
+    inst.sql("DELETE FROM t WHERE x > 10")
+    assert restore(inst, "s1")["unchanged_files"] > 100  # type: ignore[operator]
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert inst.sql("SELECT count(*) FROM big WHERE x < 0") == "0"
+
+
+def test_started_during_the_restore(inst: Inst, tmp_path: Path) -> None:
+    """A server started by hand (``pg_ctl``, bypassing pgmgr's lock) while a restore has
+    it stopped: it runs again on the directory being replaced, whose files the new one
+    shares, and replays its WAL into them. The restore must not swap (the restored
+    directory would share files with a running server): it stops, having changed
+    nothing, and the instance runs."""
+    from pgmgr.core import testhook
+    from pgmgr.core.listen import free_port
+
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("DELETE FROM t WHERE x > 500")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    (hooks / "restore-staged").touch()
+    env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "restore", "dev", "s1", "--yes"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (hooks / "restore-staged.reached").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        stray = inst.datadir.parent / "stray"  # reachable by the server user
+        stray.mkdir()
+        port = free_port("127.0.0.1")
+        argv = [inst.bin("pg_ctl"), "start", "-w", "-s", "-D", str(inst.datadir), "-l",
+                str(stray / "log"), "-o", f"-p {port} -k {stray} -c listen_addresses="]  # fmt: skip
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+            os.chown(stray, pwd.getpwnam("postgres").pw_uid, -1)
+        subprocess.run(argv, check=True, timeout=60)
+        (hooks / "restore-staged.go").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "started during the restore; nothing was changed" in err
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "500"
+    live = inodes(inst.datadir)
+    assert [p for p in live.values() if os.lstat(p).st_nlink > 1] == []
+    assert leftovers(inst.store) == []
+    restore(inst, "s1")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
