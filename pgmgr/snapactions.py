@@ -78,7 +78,7 @@ def restore(
     ``--yes``) has let it: it raises to refuse."""
     ui.settings.quiet = quiet
     from pgmgr.core import registry, sigguard
-    from pgmgr.core import snapshot as snaps
+    from pgmgr.core import restore as restoring
     from pgmgr.core.snapstore import human
 
     srv = resolve(name, None)
@@ -89,7 +89,7 @@ def restore(
         registry.lock(srv.datadir),
         ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
     ):
-        result = snaps.restore(srv, snap, save_current="" if save_current else None)
+        result = restoring.restore(srv, snap, save_current="" if save_current else None)
     if json:
         ui.emit_json(result.to_dict())
         return 0

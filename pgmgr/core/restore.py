@@ -1,0 +1,271 @@
+"""Restore: put an instance back to one of its snapshots (see the module doc of
+:mod:`pgmgr.core.snapshot`): by difference where the snapshot's index still matches most of
+the data directory (:mod:`pgmgr.core.delta`), else a full copy made while the server runs;
+the swap goes through the record's intent (:mod:`pgmgr.core.intent`).
+
+Every function expects the caller to hold the instance's lock (``registry.lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgmgr.core import (
+    copy,
+    delta,
+    intent,
+    pgcontrol,
+    server,
+    sigguard,
+    snapstore,
+    testhook,
+    versions,
+)
+from pgmgr.core.errors import DatabaseException
+from pgmgr.core.instance import Server
+from pgmgr.core.pause import paused, resume
+from pgmgr.core.snapcatalog import load, missing, pick_name
+from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
+from pgmgr.core.snapstore import Meta, Store
+
+
+@dataclass
+class RestoreResult:
+    """What ``pgmgr restore`` did."""
+
+    instance: str
+    snapshot: str
+    version: str
+    was_running: bool
+    elapsed: float
+    downtime: float | None
+    saved: str | None = None
+    rolled_back_from: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    #: bytes copied from the snapshot, and files kept (unchanged since it was taken)
+    copied: int = 0
+    kept: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "snapshot": self.snapshot,
+            "version": self.version,
+            "was_running": self.was_running,
+            "saved_current_as": self.saved,
+            "rolled_back_from": self.rolled_back_from,
+            "copied_bytes": self.copied,
+            "unchanged_files": self.kept,
+            "elapsed_ms": round(self.elapsed * 1000, 1),
+            "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+        }
+
+
+def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
+    """Whether restoring ``meta`` is a rollback of an upgrade (True) or a plain restore.
+
+    :raises DatabaseException: the snapshot is of another instance or another major, or
+        does not hold what its metadata says.
+    """
+    name = meta.name
+    if meta.datadir != srv.inst.datadir:
+        raise DatabaseException(
+            f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
+            "nothing was changed"
+        )
+    current, why = store.as_user(_identify, srv.datadir, store.entry(name), meta)
+    rollback = meta.upgraded_to is not None and meta.upgraded_to == current
+    on_disk = server.datadir_major(srv.datadir)
+    if meta.major != on_disk and not rollback:
+        raise DatabaseException(
+            f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "
+            f"PostgreSQL {on_disk}; nothing was changed",
+            hint="only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back",
+        )
+    if meta.system_identifier != current and not rollback:
+        raise DatabaseException(
+            f"snapshot {name!r} is of another cluster than '{srv.inst.name}' (system "
+            f"identifier {meta.system_identifier}, the instance has {current}); "
+            "nothing was changed"
+        )
+    if why:
+        raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
+    return rollback
+
+
+def _rollback_record(meta: Meta) -> dict[str, Any]:
+    """What the record becomes with the snapshot's major (a pre-upgrade one): its
+    binaries while they are installed, else those of the same major found now."""
+    if (Path(meta.bindir) / "postgres").is_file():
+        major, version, bindir = meta.major, meta.version, meta.bindir
+    else:
+        install = versions.select(meta.major).installation
+        major, version, bindir = install.major, install.version, str(install.bindir)
+    return {"major": major, "version": version, "bindir": bindir, "settings": meta.settings}
+
+
+def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
+    """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
+    stats = copy_into(src, staging)
+    copy.sync_fs(store)
+    return stats
+
+
+def _stage_delta(
+    src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
+) -> copy.CopyStats:
+    """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
+    that ``index`` says are unchanged linked instead of copied; durable. As the user."""
+    lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        stats = copy.copy_tree(
+            src, staging, exclude=("postmaster.pid",), flush=True,
+            link_dest=lfd, unchanged=index.unchanged,
+        )  # fmt: skip
+    finally:
+        os.close(lfd)
+    copy.sync_fs(store)
+    return stats
+
+
+def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
+    """The index of ``snapdir`` if at least half the snapshot's bytes still match it in
+    ``datadir`` (running); else None: a full copy, made while the server runs, costs less
+    downtime than copying most of the snapshot once it is stopped. As the user."""
+    index = delta.load(snapdir)
+    if index is None or 2 * delta.kept_bytes(index, datadir) < meta.size:
+        return None
+    return index
+
+
+def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
+    """After the swap, before the server starts: drop the replaced directory's names of
+    shared files (``old``: None when it is kept), index the restored ``datadir`` for the
+    next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
+    index that cannot be written or waited out is dropped: the next restore copies
+    everything."""
+    try:
+        if old is not None:
+            delta.unlink_shared(old)
+        index = delta.take(datadir)
+        if delta.settle(index, datadir):
+            delta.save(snapdir, index)
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        delta.drop(snapdir)
+
+
+def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
+    """Put ``srv`` back to snapshot ``name`` (see the module doc). ``save_current``: keep
+    the state being replaced as a snapshot of that name (``""`` for a timestamp).
+
+    :raises SnapshotNotFound: no such snapshot.
+    :raises DatabaseException: see :func:`check_restorable`; not enough space.
+    :raises KeyboardInterrupt: interrupted before the swap: nothing changed (a server
+        that was stopped runs again); after it: the restore is complete.
+    """
+    require_datadir(srv)
+    t0 = time.monotonic()
+    old_version = srv.inst.version
+    gone = missing(srv.inst.name, name)
+    with (
+        sigguard.interruptible(),
+        snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
+    ):
+        store.as_user(snapstore.sweep, store.path)
+        meta = load(store, name, srv.inst.name)
+        rollback = check_restorable(srv, store, meta)
+        keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
+        snapstore.check_space(store, meta.size, f"restoring {name!r}")
+        snapdir = store.entry(name)
+        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
+        # (it would share files with the restored one) or the snapshot is of another major.
+        index = None if keep or rollback else store.as_user(_index, snapdir, srv.datadir, meta)
+        staging = store.entry(snapstore.tmp_name("restore"))
+        try:
+            if index is None:  # a full copy, made while the server still runs
+                with copy.disk_full(f"restoring {name!r}", store.path):
+                    stats = store.as_user(_stage, snapdir / snapstore.DATA, staging, store.path)
+            # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
+            # Should the swap fail, it starts again with crash recovery, losing nothing.
+            mode = "immediate" if keep is None else "fast"
+            with paused(srv, mode=mode) as pause:
+                if index is not None:
+                    stats = _stage_stopped(srv, store, snapdir, staging, index, name)
+                    testhook.pause("restore-staged")
+                it = intent.Intent(
+                    "restore", store.as_user(intent.identify, staging),
+                    _rollback_record(meta) if rollback else {}, intent.held_name("restore"),
+                )  # fmt: skip
+                if keep is not None:  # the replaced state becomes this snapshot
+                    it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
+                with sigguard.shielded():
+                    _not_started(srv)
+                    _switch(srv, store, it, staging, snapdir)
+                    resume(srv, pause)  # the restore completes, then says so
+        finally:
+            store.as_user(snapstore.remove_tree, staging)  # if the swap did not happen
+    return RestoreResult(
+        srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
+        pause.downtime, keep.name if keep else None, old_version if rollback else None,
+        copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
+    )  # fmt: skip
+
+
+def _not_started(srv: Server) -> None:
+    """:raises DatabaseException: a server runs on the data directory about to be
+    swapped out (started meanwhile by hand, bypassing the lock): it would go on in the
+    replaced directory, which shares files with the restored one."""
+    if srv.running() is not None:
+        raise DatabaseException(
+            f"'{srv.inst.name}' was started during the restore; nothing was changed",
+            hint="stop what starts it (pg_ctl, a script) and restore again",
+        )
+
+
+def _stage_stopped(
+    srv: Server, store: Store, snapdir: Path, staging: Path, index: delta.Index, name: str
+) -> copy.CopyStats:
+    """:func:`_stage_delta` once the server is stopped; a partial copy is removed before
+    the server starts again (a disk the copy filled would refuse its start)."""
+    try:
+        with copy.disk_full(f"restoring {name!r}", store.path):
+            return store.as_user(
+                _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging, store.path, index
+            )
+    except BaseException:
+        store.as_user(snapstore.remove_tree, staging)
+        raise
+
+
+def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path) -> None:
+    """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
+    :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
+    difference, before the server starts. Signals held by the caller."""
+    intent.begin(srv, it)
+    try:
+        store.as_user(os.rename, staging, store.entry(it.old))
+        snapstore.swap_in(store, it.old)
+    except BaseException:
+        intent.discard(srv, store)
+        raise
+    testhook.pause("restore-swapped")
+    gone = intent.complete(srv, store)
+    store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    intent.drop(store, gone)
+
+
+def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
+    """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
+    saved = pick_name(store, save_as or None, srv.inst.name)
+    sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
+    keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
+    keep.size = meta.size
+    return keep
