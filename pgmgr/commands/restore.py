@@ -31,9 +31,10 @@ def restore(
     Example: pgmgr restore dev before-migration --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry, sigguard
+    from pgmgr.core import sigguard
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.locked import locked
     from pgmgr.core.snapstore import human
 
     srv = c.resolve(name, None)
@@ -51,7 +52,7 @@ def restore(
             raise typer.Exit(1)
     with (
         sigguard.interruptible(),
-        registry.lock(srv.datadir),
+        locked(srv),
         ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
     ):
         result = snaps.restore(srv, snap, save_current="" if save_current else None)

@@ -41,10 +41,11 @@ def snapshot(
     Example: pgmgr snapshot dev before-migration
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry, sigguard
+    from pgmgr.core import sigguard
     from pgmgr.core import snapcatalog as catalog
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.locked import locked
 
     srv = c.resolve(name, None)
     if delete:
@@ -52,7 +53,7 @@ def snapshot(
             raise UsageError(
                 "--delete needs the snapshot's name: pgmgr snapshot NAME SNAP --delete"
             )
-        with registry.lock(srv.datadir):
+        with locked(srv):
             catalog.delete(srv, snap)
         if json:
             ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
@@ -61,7 +62,7 @@ def snapshot(
     how = "online " if online else ""
     with (
         sigguard.interruptible(),
-        registry.lock(srv.datadir),
+        locked(srv),
         ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
     ):
         result = snaps.create(srv, snap, online=online)
