@@ -6,14 +6,16 @@ test hook right after its swap while the others queue on the lock."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pgmgr import Manager
 from tests.reliability.conftest import pgmgr_argv
 from tests.reliability.pause import Paused, ok
 from tests.snap.conftest import Inst
@@ -21,25 +23,34 @@ from tests.snap.test_switch_killed import hooks_dir, started
 from tests.snap.test_upgrade import up  # noqa: F401
 
 
-def waiting_for_lock(proc: subprocess.Popen[str], datadir: Path, timeout: float = 60) -> None:
-    """Until ``proc`` holds the lock file of ``datadir`` open: it resolved the instance and
-    polls for the lock (pgmgr opens the file, then tries ``flock`` every 10 ms)."""
+def waiting_for_lock(
+    proc: subprocess.Popen[str] | None,
+    datadir: Path,
+    alive: Callable[[], bool] | None = None,
+    why: object = None,
+) -> None:
+    """Until ``proc`` (else this process, while ``alive()``) holds the lock file of
+    ``datadir`` open: it resolved the instance and polls for the lock (pgmgr opens the file,
+    then tries ``flock`` every 10 ms)."""
     key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
-    deadline = time.monotonic() + timeout
+    pid = proc.pid if proc else os.getpid()
+    deadline = time.monotonic() + 60
     while True:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-            targets = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in fds]
-        except FileNotFoundError:  # an fd closed meanwhile: look again
-            targets = []
+        if proc is not None:
+            assert proc.poll() is None, proc.communicate()
+        else:
+            assert alive is not None and alive(), f"it returned before waiting for the lock: {why}"
+        targets = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile (listdir's own)
+                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
         if any(t.endswith(f"/locks/{key}.lock") for t in targets):
             return
-        assert time.monotonic() < deadline, f"{proc.args} never waited for the lock"
+        assert time.monotonic() < deadline, f"{pid} never waited for the lock"
         time.sleep(0.01)
 
 
-@contextmanager
+@contextlib.contextmanager
 def queued(datadir: Path, *commands: tuple[str, ...]) -> Iterator[list[subprocess.Popen[str]]]:
     """``pgmgr`` commands started now, each once it waits for ``datadir``'s lock; killed
     should the test fail before they finish."""
@@ -109,3 +120,40 @@ def test_commands_queued_behind_a_restore_act_on_the_restored_directory(
     assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "0"  # the restored data
     assert inst.sql("SHOW work_mem") == "7MB"
     assert [s["snapshot"] for s in inst.snaps()] == ["base", "after"]
+
+
+def test_a_manager_queued_behind_a_restore_stops_and_starts_the_restored_directory(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """The library: a Manager made before the restore stops the server the restore started
+    (it was refused: its record named the directory the restore replaced)."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("INSERT INTO t VALUES (-1)")
+    pid = inst.pid()
+    assert pid is not None
+    pg = Manager("127.0.0.1", int(str(inst.record()["port"])), inst.datadir)
+    outcome: list[object] = []
+
+    def stop() -> None:
+        try:
+            outcome.append(pg.stop())
+        except Exception as e:  # the test reports it
+            outcome.append(e)
+
+    run = Paused(hooks_dir(tmp_path), "restore-swapped", "restore", "dev", "base", "--yes")
+    thread = threading.Thread(target=stop)
+    try:
+        run.reached()
+        thread.start()
+        waiting_for_lock(None, inst.datadir, alive=thread.is_alive, why=outcome)
+        ok(run.go())
+        thread.join(120)
+        assert outcome == [True], outcome
+        assert inst.state() == "stopped"
+        pg.start()
+        assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "0"  # the restored data
+    finally:
+        if run.proc.poll() is None:
+            run.go()
+        thread.join(120)
+        pg.stop()
