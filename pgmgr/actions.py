@@ -12,12 +12,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pgmgr import ui
 from pgmgr.statusview import status_record
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from pgmgr.core.instance import Server
     from pgmgr.core.logfile import Tail
 

@@ -5,9 +5,11 @@ all and as much as postgres needs to start. So the plain, common forms are parse
 served by the same functions the Typer commands call (:mod:`pgmgr.actions`,
 :mod:`pgmgr.statusview`):
 
-    pgmgr status [NAME | -d DIR] [--json] [--check] [-q]
-    pgmgr start  [NAME | -d DIR] [-p PORT] [--json] [-q]
-    pgmgr stop   [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
+    pgmgr status   [NAME | -d DIR] [--json] [--check] [-q]
+    pgmgr start    [NAME | -d DIR] [-p PORT] [--json] [-q]
+    pgmgr stop     [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
+    pgmgr snapshot NAME [SNAP] [--online] [--delete] [--json] [-q]
+    pgmgr restore  NAME SNAP --yes [--save-current] [--json] [-q]
 
 Anything else (another option, ``--help``, ``--opt=value``, a value that looks like an option)
 goes to :mod:`pgmgr.cli`, so Typer still owns every usage error and all help text.
@@ -36,15 +38,32 @@ FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
     "stop": {"-d": ("datadir", True), "--datadir": ("datadir", True),
              "-m": ("mode", True), "--mode": ("mode", True), "--all": ("all_", False),
              "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
+    "snapshot": {"--online": ("online", False), "--delete": ("delete", False),
+                 "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
+    "restore": {"-y": ("yes", False), "--yes": ("yes", False),
+                "--save-current": ("save_current", False),
+                "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
 }  # fmt: skip
+
+#: verb -> (its positional arguments, how many are required, options it needs). Without
+#: them Typer answers: the usage error, or (restore without --yes) the question.
+FAST_ARGUMENTS: dict[str, tuple[tuple[str, ...], int, tuple[str, ...]]] = {
+    "status": (("name",), 0, ()),
+    "start": (("name",), 0, ()),
+    "stop": (("name",), 0, ()),
+    "snapshot": (("name", "snap"), 1, ()),
+    "restore": (("name", "snap"), 2, ("yes",)),
+}
 
 
 def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
-    """``(verb, keyword arguments)`` for a plain form of status/start/stop, else None."""
+    """``(verb, keyword arguments)`` for a plain form of a verb of FAST_OPTIONS, else None."""
     if not args or args[0] not in FAST_OPTIONS:
         return None
     options = FAST_OPTIONS[args[0]]
+    positional, required, needed = FAST_ARGUMENTS[args[0]]
     kwargs: dict[str, Any] = {}
+    given: list[str] = []
     rest = list(args[1:])
     while rest:
         token = rest.pop(0)
@@ -61,10 +80,13 @@ def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
                 kwargs[key] = Path(value) if key == "datadir" else value
             else:
                 kwargs[key] = True
-        elif token and "name" not in kwargs:
-            kwargs["name"] = token
+        elif token and len(given) < len(positional):
+            given.append(token)
         else:
             return None
+    if len(given) < required or any(key not in kwargs for key in needed):
+        return None
+    kwargs.update(zip(positional, given, strict=False))
     return args[0], kwargs
 
 
@@ -82,26 +104,32 @@ class _DeferredInspect(types.ModuleType):
 def defer_inspect() -> None:
     """Put a stand-in for :mod:`inspect` in ``sys.modules`` that imports it on first use.
 
-    :mod:`dataclasses` imports inspect (with ast, dis, tokenize: ~6 ms, a fifth of a
+    :mod:`dataclasses` imports inspect (with ast, dis, tokenize: ~5 ms, a fifth of a
     ``pgmgr status``) for one use, the signature it writes as the docstring of a class that
     has none: pgmgr's dataclasses all have one. (importlib's LazyLoader does not help: on
-    3.11 the import statement itself reads ``__spec__`` and so loads the module.) Only
-    for status: an import can fail in a child of :func:`pgmgr.core.userfs.as_user` (it may
-    not reach the standard library), and start and stop fork such children.
+    3.11 the import statement itself reads ``__spec__`` and so loads the module.) A child
+    of :func:`pgmgr.core.userfs.as_user` may not reach the standard library to import it
+    late: as_user imports it before it forks.
     """
     if "inspect" not in sys.modules:
         sys.modules["inspect"] = _DeferredInspect("inspect")
 
 
 def serve_fast(verb: str, kwargs: dict[str, Any]) -> int:
+    defer_inspect()
     if verb == "status":
-        defer_inspect()
         from pgmgr import statusview
 
         return guarded(lambda: statusview.show(**kwargs))
-    from pgmgr import actions
+    if verb in ("snapshot", "restore"):
+        from pgmgr import snapactions
 
-    action: Callable[..., int] = actions.start if verb == "start" else actions.stop
+        kwargs.pop("yes", None)  # restore: confirmed on the command line
+        action: Callable[..., int] = getattr(snapactions, verb)
+    else:
+        from pgmgr import actions
+
+        action = actions.start if verb == "start" else actions.stop
     return guarded(lambda: action(**kwargs))
 
 

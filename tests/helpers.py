@@ -4,18 +4,43 @@ a test left behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pgmgr.core import process
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    """A finished ``pgmgr`` process: its argv, exit code and output."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def errors(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.startswith("Error:")]
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __str__(self) -> str:
+        return f"{self.argv} -> {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+def pgmgr_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pgmgr", *args]
 
 
 def run_pgmgr(

@@ -34,6 +34,14 @@ DataDir = Annotated[
     Path | None,
     typer.Option("-d", "--datadir", help="Data directory.", show_default=False),
 ]
+NewDataDir = Annotated[
+    Path | None,
+    typer.Option("-d", "--datadir", help="Data directory of the new instance.", show_default=False),
+]
+NewName = Annotated[
+    str | None,
+    typer.Option("--name", help="Name of the new instance.", show_default=False),
+]
 NewPort = Annotated[
     str | None,
     typer.Option(

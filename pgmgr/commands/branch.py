@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,15 +22,7 @@ def branch(
             show_default=False,
         ),
     ] = None,
-    datadir: Annotated[
-        Path | None,
-        typer.Option(
-            "-d",
-            "--datadir",
-            help="New data directory (default: NEW beside NAME's).",
-            show_default=False,
-        ),
-    ] = None,
+    datadir: c.NewDataDir = None,
     port: c.NewPort = None,
     start: Annotated[
         bool, typer.Option("--start", help="Start it even if NAME is not running.")
@@ -41,7 +32,8 @@ def branch(
 ) -> None:
     """Make a new, independent instance from NAME's current state (a running NAME is
     stopped for the copy) or from one of its snapshots: own name, data directory, port,
-    socket and password. Started when NAME runs, or with --start.
+    socket and password. Started when NAME runs, or with --start. Its data directory
+    is -d DIR, else NEW beside NAME's.
 
     Example: pgmgr branch dev feature-x --from before-migration
     """

@@ -15,27 +15,24 @@ def import_(
     bundle: Annotated[
         Path, typer.Argument(help="A bundle made by 'pgmgr export'.", show_default=False)
     ],
-    datadir: Annotated[
-        Path,
-        typer.Option("-d", "--datadir", help="The new data directory.", show_default=False),
-    ],
+    datadir: c.NewDataDir,  # required: no default
     version: c.Version = None,
-    name: Annotated[
-        str | None,
-        typer.Option("--name", help="Name of the new instance.", show_default=False),
-    ] = None,
+    name: c.NewName = None,
     port: c.NewPort = None,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Create and start an instance from a bundle, on the bundle's major version or a
     newer one (-v 18). Nothing is created if the bundle is incomplete or damaged, or the
-    target binaries lack an extension it uses.
+    target binaries lack an extension it uses. Its name is --name, else the data
+    directory's name.
 
     Example: pgmgr import ./web-bundle -d ./web18 -v 18
     """
     c.quiet(quiet, json)
     from pgmgr.core import importer
+
+    assert datadir is not None  # Typer refuses a missing -d
 
     with ui.spinner(f"Importing {bundle} …"):
         res = importer.import_bundle(bundle, datadir, version=version, name=name, port=port)
@@ -47,6 +44,7 @@ def import_(
                 "source_version": res.source_version,
                 "databases": res.databases,
                 "elapsed_ms": round(res.elapsed * 1000, 1),
+                "dropped_settings": res.dropped_settings,
             }
         )
         return
@@ -55,3 +53,9 @@ def import_(
         f"'{srv.inst.name}' (PostgreSQL {srv.inst.version}) in {ui.ms(res.elapsed)}: "
         f"{srv.url()}"
     )
+    if res.dropped_settings:
+        ui.message(
+            f"Note: not applied, from the bundle's settings: {', '.join(res.dropped_settings)} "
+            "(pgmgr's own, or naming files or commands of the machine it was made on); set "
+            f"one with 'pgmgr config {srv.inst.name} set NAME=VALUE' if it holds here"
+        )

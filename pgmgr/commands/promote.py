@@ -8,7 +8,7 @@ from pgmgr.commands import _common as c
 
 def promote(name: c.Name = None, json: c.Json = False, quiet: c.Quiet = False) -> None:
     """Promote a standby (made by 'pgmgr replica') to a primary that accepts writes; its
-    slot and replication role on the former primary are dropped.
+    slot, replication role and pg_hba.conf lines on the former primary are dropped.
 
     Example: pgmgr promote web-2
     """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,21 +19,8 @@ Source = Annotated[
 
 def replica(
     src: Source,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name", help="Name of the new instance (default SRC-replica).", show_default=False
-        ),
-    ] = None,
-    datadir: Annotated[
-        Path | None,
-        typer.Option(
-            "-d",
-            "--datadir",
-            help="Its data directory (new; default next to SRC's).",
-            show_default=False,
-        ),
-    ] = None,
+    name: c.NewName = None,
+    datadir: c.NewDataDir = None,
     port: c.NewPort = None,
     version: c.Version = None,
     timeout: c.Timeout = 120.0,
@@ -42,7 +28,8 @@ def replica(
     quiet: c.Quiet = False,
 ) -> None:
     """Create and start a streaming standby of SRC (pg_basebackup -R, a replication slot, a
-    replication role allowed over loopback only).
+    replication role allowed over loopback only). Its name is --name, else SRC-replica;
+    its data directory -d DIR, else one of that name next to SRC's.
 
     Example: pgmgr replica web --name web-2 -p auto
     """

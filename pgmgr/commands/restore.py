@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pgmgr import ui
 from pgmgr.commands import _common as c
 from pgmgr.commands.snapshot import RequiredName
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
 
 
 def restore(
@@ -30,15 +33,11 @@ def restore(
 
     Example: pgmgr restore dev before-migration --yes
     """
-    c.quiet(quiet, json)
-    from pgmgr.core import sigguard
-    from pgmgr.core import snapshot as snaps
-    from pgmgr.core.errors import UsageError
-    from pgmgr.core.locked import locked
-    from pgmgr.core.snapstore import human
+    from pgmgr import snapactions
 
-    srv = c.resolve(name, None)
-    if not yes:
+    def confirm(srv: Server) -> None:
+        from pgmgr.core.errors import UsageError
+
         if not sys.stdin.isatty():
             raise UsageError(
                 f"refusing to restore '{srv.inst.name}' without --yes (no terminal to ask on)"
@@ -50,27 +49,14 @@ def restore(
         if not typer.confirm(prompt, default=False, err=True):
             ui.message("Nothing changed")
             raise typer.Exit(1)
-    with (
-        sigguard.interruptible(),
-        locked(srv),
-        ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
-    ):
-        result = snaps.restore(srv, snap, save_current="" if save_current else None)
-    if json:
-        ui.emit_json(result.to_dict())
-        return
-    parts = [f"copied {human(result.copied)}"]
-    if result.kept:
-        parts[0] += f", {result.kept} files unchanged"
-    if result.downtime is not None:
-        parts.append(f"downtime {ui.ms(result.downtime)}")
-    if result.saved:
-        parts.append(f"previous state saved as {result.saved!r}")
-    if result.rolled_back_from:
-        parts.append(f"rolled back from PostgreSQL {result.rolled_back_from}")
-    extra = f" ({', '.join(parts)})"
-    state = "running" if result.was_running else "stopped"
-    ui.message(
-        f"Restored '{result.instance}' to {result.snapshot!r} in {ui.ms(result.elapsed)}{extra}; "
-        f"PostgreSQL {result.version}, {state}"
+
+    code = snapactions.restore(
+        name,
+        snap,
+        save_current=save_current,
+        json=json,
+        quiet=quiet,
+        confirm=None if yes else confirm,
     )
+    if code:
+        raise typer.Exit(code)

@@ -40,40 +40,11 @@ def snapshot(
 
     Example: pgmgr snapshot dev before-migration
     """
-    c.quiet(quiet, json)
-    from pgmgr.core import sigguard
-    from pgmgr.core import snapcatalog as catalog
-    from pgmgr.core import snapshot as snaps
-    from pgmgr.core.errors import UsageError
-    from pgmgr.core.locked import locked
+    from pgmgr import snapactions
 
-    srv = c.resolve(name, None)
-    if delete:
-        if snap is None:
-            raise UsageError(
-                "--delete needs the snapshot's name: pgmgr snapshot NAME SNAP --delete"
-            )
-        with locked(srv):
-            catalog.delete(srv, snap)
-        if json:
-            ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
-        ui.message(f"Deleted snapshot {snap!r} of '{srv.inst.name}'")
-        return
-    how = "online " if online else ""
-    with (
-        sigguard.interruptible(),
-        locked(srv),
-        ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
-    ):
-        result = snaps.create(srv, snap, online=online)
-    if json:
-        ui.emit_json(result.to_dict())
-        return
-    down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
-    ui.message(
-        f"Snapshot {result.snapshot!r} of '{result.instance}' taken in {ui.ms(result.elapsed)} "
-        f"({ui.size(result.size)}, {result.method}{down}): {result.path}"
-    )
+    code = snapactions.snapshot(name, snap, online=online, delete=delete, json=json, quiet=quiet)
+    if code:
+        raise typer.Exit(code)
 
 
 def snapshots(

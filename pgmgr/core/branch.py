@@ -41,6 +41,8 @@ from pgmgr.core.registry import Instance
 
 @dataclass
 class BranchResult:
+    """What ``pgmgr branch`` made."""
+
     name: str
     source: str
     datadir: str

@@ -17,11 +17,9 @@ damaged bundle is refused before anything is created. Import uses the *target* m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +27,11 @@ from typing import Any
 
 from pgmgr import __version__
 from pgmgr.core import process, server, testhook, versions
+from pgmgr.core.bundlecheck import FORMAT, FORMAT_VERSION, MANIFEST, checksums
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import require_running
 
-FORMAT = "pgmgr-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 GLOBALS = "globals.sql"
 
 DATABASES_SQL = """
@@ -46,6 +42,8 @@ WHERE datallowconn AND NOT datistemplate ORDER BY datname = 'postgres' DESC, dat
 
 @dataclass
 class ExportResult:
+    """What ``pgmgr export`` wrote."""
+
     path: Path
     databases: list[str]
     bytes: int
@@ -54,10 +52,14 @@ class ExportResult:
 
 @dataclass
 class ImportResult:
+    """What ``pgmgr import`` made."""
+
     server: Server
     source_version: str
     databases: list[str]
     elapsed: float
+    #: the bundle's settings it did not apply (:func:`pgmgr.core.server.portable_settings`)
+    dropped_settings: list[str]
 
 
 def client_env(srv: Server, dbname: str = "postgres") -> dict[str, str]:
@@ -256,199 +258,3 @@ def _manifest(
         "databases": dbs,
         "files": files,
     }
-
-
-def checksums(root: Path) -> dict[str, dict[str, Any]]:
-    """relative path -> {sha256, size} of every file under ``root``."""
-    found: dict[str, dict[str, Any]] = {}
-    for top, dirs, names in os.walk(root):
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(top) / name
-            rel = str(path.relative_to(root))
-            digest, size = _sha256(path, rel)
-            found[rel] = {"sha256": digest, "size": size}
-    return found
-
-
-def _sha256(path: Path, rel: str) -> tuple[str, int]:
-    """Hash a regular file, opened without following a symlink or blocking on a FIFO."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise DatabaseException(f"{rel} is missing") from None
-    except OSError as e:
-        raise DatabaseException(f"{rel} cannot be read ({e.strerror})") from None
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise DatabaseException(f"{rel} is not a regular file")
-        h = hashlib.sha256()
-        size = 0
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-# --------------------------------------------------------------------------- read, check
-
-
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    """The manifest of ``bundle``, after checking every file it lists.
-
-    :raises DatabaseException: not a bundle, incomplete, or damaged (says which file).
-    """
-    bundle = Path(os.path.abspath(bundle))
-    if not bundle.is_dir():
-        raise DatabaseException(f"{bundle} is not a directory (a bundle from 'pgmgr export')")
-    try:
-        data = json.loads(_read_manifest_file(bundle / MANIFEST))
-    except FileNotFoundError:
-        raise DatabaseException(
-            f"{bundle} is not a complete bundle: it has no {MANIFEST} "
-            "(an export that did not finish, or not a bundle); nothing was created"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise DatabaseException(f"{bundle}/{MANIFEST} is unreadable ({e})") from None
-    try:
-        check_shape(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DatabaseException(f"{bundle}/{MANIFEST} is not a valid manifest ({e})") from None
-    files = data["files"]
-    _check_entries(bundle)
-    for rel, want in sorted(files.items()):
-        if os.path.isabs(rel) or ".." in Path(rel).parts:
-            raise DatabaseException(f"{bundle}/{MANIFEST} names a file outside it: {rel}")
-        try:
-            digest, _ = _sha256(bundle / rel, rel)
-        except DatabaseException as e:
-            raise DatabaseException(
-                f"bundle {bundle} is damaged: {e}; nothing was created"
-            ) from None
-        if digest != want.get("sha256"):
-            raise DatabaseException(
-                f"bundle {bundle} is damaged: {rel} does not match its checksum; "
-                "nothing was created"
-            )
-    return dict(data)
-
-
-def _check_entries(bundle: Path) -> None:
-    """Every entry under ``bundle`` is a directory or a regular file: pg_restore (as root,
-    when pgmgr is) reads whatever files a dump directory holds, listed in the manifest or
-    not, so a symlink there (``databases/1/3338.dat -> /root/secret``) put a file only
-    root can read into a table of the new instance.
-
-    :raises DatabaseException: a symlink, FIFO, socket or device.
-    """
-    for top, dirs, names in os.walk(bundle):
-        for name in [*dirs, *names]:
-            path = Path(top) / name
-            mode = os.lstat(path).st_mode
-            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
-                raise DatabaseException(
-                    f"bundle {bundle} is damaged: {path.relative_to(bundle)} is {kind}; "
-                    "nothing was created"
-                )
-
-
-MANIFEST_LIMIT = 64 << 20  # bytes: a manifest lists files; more is not a manifest
-
-
-def _read_manifest_file(path: Path) -> str:
-    """The text of a regular file of at most :data:`MANIFEST_LIMIT` bytes, opened without
-    blocking on a FIFO (a FIFO or a device named manifest.json hung the import).
-
-    :raises FileNotFoundError: none. :raises OSError, ValueError: anything else wrong.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        data = f.read(MANIFEST_LIMIT + 1)
-    if len(data) > MANIFEST_LIMIT:
-        raise ValueError(f"larger than {MANIFEST_LIMIT >> 20} MB")
-    return data.decode()
-
-
-def _want(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(what)
-
-
-def _text(value: Any, what: str) -> None:
-    _want(isinstance(value, str) and "\n" not in value and "\0" not in value,
-          f"{what} is not a one-line string")  # fmt: skip
-
-
-def check_shape(data: Any) -> None:
-    """Every field import reads has the type it expects (a hand-edited or hostile manifest
-    is one clear error, never a traceback halfway through the import).
-
-    :raises ValueError: (or KeyError, TypeError) what is wrong.
-    """
-    _want(isinstance(data, dict), "not a JSON object")
-    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"not a {FORMAT} version {FORMAT_VERSION}")
-    files = data["files"]
-    _want(isinstance(files, dict), "'files' is not an object")
-    for rel, want in files.items():
-        _want(isinstance(want, dict) and isinstance(want.get("sha256"), str),
-              f"file {rel!r} has no sha256")  # fmt: skip
-    for key in ("superuser", "encoding", "globals"):
-        _text(data[key], repr(key))
-    _want(data.get("auth") in (None, *server.AUTH_METHODS), "'auth' is not an auth method")
-    for key in ("major", "version"):
-        _want(isinstance(data["source"][key], (str, int, float)), f"source {key!r}")
-    _want(isinstance(data["settings"], dict), "'settings' is not an object")
-    locale = data["locale"]
-    _want(isinstance(locale, dict), "'locale' is not an object")
-    _text(locale["collate"], "locale 'collate'")
-    _text(locale["ctype"], "locale 'ctype'")
-    _want(isinstance(data["databases"], list), "'databases' is not a list")
-    for db in data["databases"]:
-        _want(isinstance(db, dict), "a database is not an object")
-        _text(db["name"], "a database name")
-        _text(db["dir"], f"database {db['name']!r}'s dir")
-        if f"{db['dir']}/toc.dat" not in files:
-            raise ValueError(f"database {db['name']!r} has no archive")
-        _want(isinstance(db["extensions"], list), f"database {db['name']!r}'s extensions")
-        for ext in db["extensions"]:
-            _want(isinstance(ext, dict), f"database {db['name']!r}: an extension")
-            _text(ext["name"], "an extension name")
-            _text(ext["version"], "an extension version")
-    if data["globals"] not in files:
-        raise ValueError("no globals file")
-
-
-def available_extensions(install: versions.Installation) -> set[str] | None:
-    """Extensions the binaries can create (their ``.control`` files); None if unknown."""
-    candidates = []
-    with contextlib.suppress(Exception):
-        out = server.run([str(install.bin("pg_config")), "--sharedir"], timeout=30).stdout
-        candidates.append(Path(out.strip()) / "extension")
-    root = install.bindir.parent
-    candidates += [
-        root / "share" / "postgresql" / "extension",
-        root / "share" / "extension",
-        Path(f"/usr/share/postgresql/{install.major}/extension"),
-    ]
-    for place in candidates:
-        with contextlib.suppress(OSError):
-            return {p.name[: -len(".control")] for p in place.glob("*.control")} or None
-    return None
-
-
-def missing_extensions(install: versions.Installation, manifest: dict[str, Any]) -> list[str]:
-    """``name version (database db)`` for each extension the target binaries lack."""
-    have = available_extensions(install)
-    if have is None:
-        return []
-    return [
-        f"{e['name']} {e['version']} (database {db['name']})"
-        for db in manifest["databases"]
-        for e in db["extensions"]
-        if e["name"] not in have
-    ]

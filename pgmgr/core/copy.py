@@ -96,6 +96,8 @@ class CopyStats:
 
 @dataclass
 class _State:
+    """What one :func:`copy_tree` carries from file to file."""
+
     methods: list[str]
     stats: CopyStats
     umask: int = 0o077  # of this process: a new file's mode bits it strips need an fchmod

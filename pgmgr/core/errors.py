@@ -8,8 +8,9 @@ The CLI turns these into ``Error: <message>`` lines in exactly one place (``pgmg
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pgmgr.core.lazyre import LazyRegex
@@ -158,79 +159,33 @@ def _last_line(text: str) -> str:
     return (stated or lines)[-1] if lines else ""
 
 
-#: What a failing file-system call was doing, by the name of the function that raised
-#: (a stdlib frame: pathlib, shutil, tempfile) or of the ``os.NAME(`` call on pgmgr's line.
-_OPERATIONS = {
-    "mkdir": "create the directory",
-    "makedirs": "create the directory",
-    "mkdtemp": "create the temporary directory",  # its filename is the new entry, not the dir
-    "mkstemp": "create the temporary file",
-    "open": "open",
-    "touch": "create",
-    "read_text": "read",
-    "read_bytes": "read",
-    "write_text": "write",
-    "write_bytes": "write",
-    "rename": "rename",
-    "replace": "rename",
-    "unlink": "remove",
-    "remove": "remove",
-    "rmdir": "remove the directory",
-    "rmtree": "remove",
-    "iterdir": "list",
-    "listdir": "list",
-    "scandir": "list",
-    "chmod": "change the mode of",
-    "chown": "change the owner of",
-    "fchown": "change the owner of",
-    "copyfile": "copy",
-    "copy2": "copy",
-    "copytree": "copy",
-    "move": "move",
-    "symlink": "create the symlink",
-    "symlink_to": "create the symlink",
-    "link": "link",
-    "stat": "look at",
-    "lstat": "look at",
-    "access": "check access to",
-    "chdir": "enter",
-}
+#: The attribute :func:`doing` sets on an :class:`OSError`: what the failing call was doing.
+_OPERATION = "pgmgr_operation"
+
+
+@contextlib.contextmanager
+def doing(operation: str) -> Iterator[None]:
+    """Name what the file-system calls inside do, for an :class:`OSError` that reaches the
+    user: ``with doing("create the directory"): os.mkdir(path)`` makes its failure read
+    "cannot create the directory PATH: File exists" (see :func:`describe_os_error`).
+
+    The innermost name counts. The name is an attribute of the exception, so it survives
+    :func:`pgmgr.core.userfs.as_user` (pickled with it) and needs no source file.
+    """
+    try:
+        yield
+    except OSError as e:
+        e.__dict__.setdefault(_OPERATION, operation)
+        raise
 
 
 def describe_os_error(e: OSError) -> str:
-    """One line for an :class:`OSError` that reached the user: the operation when it can be
-    told from where it was raised ("cannot create the directory X: Not a directory"), else
+    """One line for an :class:`OSError` that reached the user: the operation when the call
+    was named with :func:`doing` ("cannot create the directory X: Not a directory"), else
     the error and its file ("Not a directory: X")."""
     what = e.strerror or str(e)
     if not e.filename:
         return what
     name = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
-    op = _operation(e)
+    op = e.__dict__.get(_OPERATION)
     return f"cannot {op} {name}: {what}" if op else f"{what}: {name}"
-
-
-def _operation(e: OSError) -> str | None:
-    import linecache
-    import sysconfig
-    import traceback
-
-    frames = traceback.extract_tb(e.__traceback__)
-    stdlib = sysconfig.get_paths()["stdlib"]
-    for frame in reversed(frames):  # innermost first
-        if not _in_stdlib(frame.filename, stdlib):  # the caller's line: its os.NAME( call
-            m = re.search(r"\bos\.(\w+)\(", linecache.getline(frame.filename, frame.lineno or 0))
-            return _OPERATIONS.get(m.group(1)) if m else None
-        if frame.name in _OPERATIONS:  # raised in pathlib, shutil...: its function says it
-            return _OPERATIONS[frame.name]
-    return None
-
-
-def _in_stdlib(filename: str, stdlib: str) -> bool:
-    """Whether a frame's file is the standard library's: a frozen module (``<frozen os>``:
-    os.makedirs) is; site-packages is not, even where it lies inside the stdlib directory
-    (a package installed without a venv: /usr/local/lib/python3.11/site-packages/pgmgr)."""
-    if filename.startswith("<frozen "):
-        return True
-    if not filename.startswith(stdlib.rstrip("/") + "/"):
-        return False
-    return not {"site-packages", "dist-packages"} & set(filename[len(stdlib) :].split("/"))

@@ -39,6 +39,8 @@ DEBIAN_PACKAGES = {
 
 @dataclass
 class Extension:
+    """An extension the binaries provide, and where it is installed."""
+
     name: str
     default_version: str | None
     comment: str | None
@@ -56,6 +58,8 @@ class Elsewhere:
 
 @dataclass
 class Report:
+    """The extensions of one installation (and instance)."""
+
     instance: str | None
     version: str
     bindir: str

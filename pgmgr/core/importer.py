@@ -31,14 +31,8 @@ from pgmgr.core import (
     userfs,
     versions,
 )
-from pgmgr.core.bundle import (
-    ImportResult,
-    _new_dir,
-    check_root_safe,
-    client_env,
-    missing_extensions,
-    read_manifest,
-)
+from pgmgr.core.bundle import ImportResult, _new_dir, check_root_safe, client_env
+from pgmgr.core.bundlecheck import MANIFEST, missing_extensions, read_manifest
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server, quote_ident, quote_literal
 
@@ -93,7 +87,7 @@ def import_bundle(
     mark is cleared last. An import killed on the way is redone by the same import run
     again (it removes the unfinished one first), or removed by ``pgmgr destroy``.
 
-    :raises DatabaseException: see :func:`~pgmgr.core.bundle.read_manifest`,
+    :raises DatabaseException: see :func:`~pgmgr.core.bundlecheck.read_manifest`,
         :func:`target_install`; the directory exists; the target lacks extensions; a
         restore step failed (then the new instance is removed again).
     :raises UsageError: the name is taken.
@@ -104,6 +98,7 @@ def import_bundle(
     if bundle.is_dir():
         check_root_safe(bundle, "import from")
     manifest = read_manifest(bundle)
+    settings, dropped = _settings(bundle, manifest)
     install = target_install(manifest, version)
     datadir = Path(os.path.abspath(datadir))
     if name:
@@ -122,7 +117,7 @@ def import_bundle(
             testhook.pause("import-registered")
             _init(srv, manifest)
             made = True
-            _start(srv, manifest, port, timeout)
+            _start(srv, settings, port, timeout)
             testhook.pause("import-started")
             _restore(srv, install, bundle, manifest)
             srv.inst.pending = srv.inst.pending_from = None
@@ -135,7 +130,21 @@ def import_bundle(
                     registry.remove(srv.inst.name)
             raise
     dbs = [str(d["name"]) for d in manifest["databases"]]
-    return ImportResult(srv, str(manifest["source"]["version"]), dbs, time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    return ImportResult(srv, str(manifest["source"]["version"]), dbs, elapsed, dropped)
+
+
+def _settings(bundle: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The manifest's settings the import applies, and the names it drops (see
+    :func:`~pgmgr.core.server.portable_settings`).
+
+    :raises DatabaseException: a setting is malformed (before anything is made)."""
+    try:
+        return server.portable_settings(manifest["settings"])
+    except UsageError as e:
+        raise DatabaseException(
+            f"{bundle}/{MANIFEST} is not a valid manifest ({e}); nothing was created"
+        ) from None
 
 
 def _check_new(
@@ -169,8 +178,8 @@ def _init(srv: Server, manifest: dict[str, Any]) -> None:
     srv.pin()
 
 
-def _start(srv: Server, manifest: dict[str, Any], port: str | None, timeout: float) -> None:
-    srv.inst.settings = server.check_settings(manifest["settings"])
+def _start(srv: Server, settings: dict[str, str], port: str | None, timeout: float) -> None:
+    srv.inst.settings = settings
     srv.save()
     srv.start(port=port or "auto", timeout=timeout)
 

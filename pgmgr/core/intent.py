@@ -51,6 +51,8 @@ def held_name(op: str) -> str:
 
 @dataclass
 class Intent:
+    """A switch of the data directory under way, as the record holds it."""
+
     op: str
     new: identity.Identity  # the directory that is to stand at the data directory's path
     record: dict[str, Any]  # FIELDS the record takes with it

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pgmgr.core.errors import doing
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -77,15 +79,17 @@ def rotate_if_large(log_file: Path, limit: int | None = None) -> bool:
     """
     limit = max_bytes() if limit is None else limit
     try:
-        st = os.lstat(log_file)
+        with doing("look at"):
+            st = os.lstat(log_file)
     except FileNotFoundError:
         return False
     if not os.path.isfile(log_file) or os.path.islink(log_file) or st.st_size <= limit:
         return False
-    for n in range(KEEP, 1, -1):
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(rotated(log_file, n - 1), rotated(log_file, n))
-    os.replace(log_file, rotated(log_file, 1))
+    with doing("rename"):
+        for n in range(KEEP, 1, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(rotated(log_file, n - 1), rotated(log_file, n))
+        os.replace(log_file, rotated(log_file, 1))
     return True
 
 

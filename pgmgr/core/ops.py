@@ -48,6 +48,8 @@ def require_running(srv: Server) -> process.PidFile:
 
 @dataclass
 class RestartResult:
+    """What ``pgmgr restart`` did."""
+
     was_running: bool
     start: StartResult
 
@@ -67,6 +69,8 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
 
 @dataclass
 class ReloadResult:
+    """What ``pgmgr reload`` saw: the configuration load times."""
+
     pid: int
     before: float
     after: float
@@ -249,6 +253,8 @@ def exec_psql(srv: Server, args: list[str]) -> NoReturn:
 
 @dataclass
 class DestroyResult:
+    """What ``pgmgr destroy`` removed."""
+
     name: str
     datadir: str
     was_running: bool

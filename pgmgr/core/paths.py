@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgmgr.core.errors import PgmgrError, UsageError
+from pgmgr.core.errors import PgmgrError, UsageError, doing
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ def ensure_private_dir(path: Path) -> Path:
         parent = parent.parent
     for directory in reversed(missing):
         try:
-            directory.mkdir(mode=0o700)
+            with doing("create the directory"):
+                directory.mkdir(mode=0o700)
         except FileExistsError:
             continue  # someone else's: checked where it matters
         # made private by us: no need to check it again in this process (nor in a child
@@ -155,21 +156,35 @@ def ensure_private_dir(path: Path) -> Path:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, rename."""
-    import tempfile
-
     ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with doing("create the temporary file"):  # it names the new file, not its directory
+        fd, tmp = _new_temp(path)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with doing("rename"):
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new file ``.NAME.<random>`` next to ``path``, made as tempfile.mkstemp makes one
+    (O_EXCL, O_NOFOLLOW, mode 0600) without importing tempfile: with random and shutil
+    ~4 ms of every 'pgmgr stop'."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgmgr.core import paths
-from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError
+from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError, doing
 from pgmgr.core.lazyre import LazyRegex
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -384,7 +384,8 @@ def names() -> list[str]:
         said "No instances" then, and a new record's free name was picked blind.
     """
     try:
-        entries = os.listdir(instances_dir())
+        with doing("list"):
+            entries = os.listdir(instances_dir())
     except FileNotFoundError:
         return []
     return sorted(n[:-5] for n in entries if n.endswith(".json") and len(n) > 5)

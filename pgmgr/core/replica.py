@@ -6,7 +6,8 @@ primary a replication role with its own generated password, a physical replicati
 that role over loopback only (then a reload); then ``pg_basebackup -R`` run as the server
 user writes the standby's data directory, ``standby.signal`` and ``primary_conninfo``. The
 standby is registered like any instance, with its primary, slot, role and password in its
-record. pgmgr never manages failover: ``promote`` is PostgreSQL's ``pg_promote()``.
+record (what it holds on the primary is made and undone by :mod:`pgmgr.core.onprimary`).
+pgmgr never manages failover: ``promote`` is PostgreSQL's ``pg_promote()``.
 """
 
 from __future__ import annotations
@@ -14,45 +15,22 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from pgmgr.core import registry, scram, server, testhook, userfs, versions
-from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError, WorkerError
+from pgmgr.core import registry, server, testhook, userfs, versions
+from pgmgr.core.errors import (
+    DatabaseException,
+    InstanceNotFound,
+    UsageError,
+    WorkerError,
+    doing,
+)
 from pgmgr.core.instance import Server, unfinished
-from pgmgr.core.ops import reload, require_running
+from pgmgr.core.onprimary import HBA_TAG, connect, detach_primary, prepare_primary, slot_name, value
+from pgmgr.core.ops import require_running
 from pgmgr.core.pgtext import new_password
 from pgmgr.core.roles import is_standby
-
-if TYPE_CHECKING:
-    import psycopg
-
-
-HBA_TAG = "# pgmgr replica "
-
-
-def slot_name(name: str) -> str:
-    """The slot (and replication role) name for replica ``name``: ``[a-z0-9_]``, <= 63."""
-    return "pgmgr_" + re.sub(r"[^a-z0-9_]", "_", name.lower())[:56]
-
-
-def hba_lines(name: str, role: str) -> list[str]:
-    """Loopback-only scram lines for ``role``, each tagged so it can be found again."""
-    tag = HBA_TAG + name
-    return [
-        f"host replication {role} 127.0.0.1/32 scram-sha-256  {tag}",
-        f"host replication {role} ::1/128 scram-sha-256  {tag}",
-    ]
-
-
-def edited_hba(text: str, name: str, add: list[str]) -> str:
-    """``text`` without the lines tagged for replica ``name``, with ``add`` first (the
-    first matching line wins, so ours come before a broader one)."""
-    kept = [ln for ln in text.splitlines() if not ln.rstrip().endswith(HBA_TAG + name)]
-    return "\n".join([*add, *kept]) + "\n"
 
 
 def listen_host(src_host: str) -> str:
@@ -79,49 +57,6 @@ def basebackup_argv(
         "-D", str(target), "-h", host, "-p", str(port), "-U", role, "-w",
         "-X", "stream", "-S", slot, "-R", "-c", "fast",
     ]  # fmt: skip
-
-
-# --------------------------------------------------------------------------- as the server user
-
-
-def _rewrite_hba(path: str, name: str, add: list[str]) -> None:
-    """Runs as the server user (:func:`~pgmgr.core.userfs.as_user`): rewrite ``path``
-    atomically, never through a symlink nor blocking on a FIFO."""
-    with userfs.opened_dir(os.path.dirname(path)) as fd:
-        base = os.path.basename(path)
-        text = userfs.read_file_at(fd, base, limit=16 << 20).decode()
-        userfs.write_file_at(fd, base, edited_hba(text, name, add).encode(), 0o600)
-
-
-# --------------------------------------------------------------------------- connections
-
-
-@contextlib.contextmanager
-def connect(srv: Server) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit superuser session on ``srv``.
-
-    :raises WorkerError: cannot connect.
-    """
-    import psycopg
-
-    try:
-        conn = psycopg.connect(srv.dsn(), autocommit=True, connect_timeout=5)
-    except psycopg.Error as e:
-        why = (str(e).strip().splitlines() or ["?"])[0]  # libpq adds a tab-indented hint line
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {why}") from None
-    with conn:
-        yield conn
-
-
-def _sql(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
-    import psycopg
-
-    try:
-        cur = conn.execute(query, params or None)
-        row = cur.fetchone() if cur.description else None
-    except psycopg.Error as e:
-        raise DatabaseException(str(e).strip().splitlines()[0]) from None
-    return row[0] if row else None
 
 
 # --------------------------------------------------------------------------- replica
@@ -217,7 +152,7 @@ def create(
         rep = _register(src, name, target)
         try:
             testhook.pause("replica-registered")
-            _prepare_primary(src, name, rep.inst.repl_role or "", rep.inst.repl_password or "")
+            prepare_primary(src, name, rep.inst.repl_role or "", rep.inst.repl_password or "")
             testhook.pause("replica-primary-ready")
             _clone(src, rep)
             testhook.pause("replica-cloned")
@@ -290,51 +225,6 @@ def _register(src: Server, name: str, target: Path) -> Server:
     return rep
 
 
-def _prepare_primary(src: Server, name: str, role: str, password: str) -> None:
-    """The role (commented with the replica's name), slot and pg_hba.conf lines on SRC.
-
-    :raises DatabaseException: the role or slot exists there already (not made by this
-        replica command: a retry drops its own first).
-    """
-    from psycopg import sql
-
-    slot = role
-    with connect(src) as conn:
-        if _sql(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
-            raise DatabaseException(
-                f"role {role} already exists on '{src.inst.name}' (nothing was created)",
-                hint=f"drop it there first, or choose another --name than {name!r}",
-            )
-        if _sql(conn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", slot):
-            raise DatabaseException(
-                f"replication slot {slot} already exists on '{src.inst.name}' "
-                "(nothing was created)",
-                hint=f"drop it with SELECT pg_drop_replication_slot('{slot}'), or choose "
-                "another --name",
-            )
-        hba_file = str(_sql(conn, "SHOW hba_file"))
-        stmt = sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(scram.verifier(password))
-        )
-        comment = sql.SQL("COMMENT ON ROLE {} IS {}").format(
-            sql.Identifier(role), sql.Literal(f"pgmgr replica {name}")
-        )
-        with conn.transaction():  # the comment marks it as this replica's: never one without
-            _sql(conn, stmt.as_string(conn))
-            _sql(conn, comment.as_string(conn))
-        try:
-            _sql(conn, "SELECT pg_create_physical_replication_slot(%s)", slot)
-            testhook.pause("replica-slot-made")
-            userfs.as_user(src.user(), _rewrite_hba, hba_file, name, hba_lines(name, role))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                _sql(conn, "SELECT pg_drop_replication_slot(slot_name) FROM "
-                     "pg_replication_slots WHERE slot_name = %s", slot)  # fmt: skip
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-            raise
-    reload(src)
-
-
 def _clone(src: Server, rep: Server) -> None:
     """pg_basebackup into the standby's new directory (made here and handed to the server
     user; its identity pinned in the record at once, so a destroy of an interrupted clone
@@ -342,7 +232,8 @@ def _clone(src: Server, rep: Server) -> None:
     su = src.user()
     target = rep.datadir
     with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
-        os.mkdir(target.name, 0o700, dir_fd=parent)
+        with doing("create the directory"):
+            os.mkdir(target.name, 0o700, dir_fd=parent)
         st = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
         if su is not None:
             os.chown(target.name, su.uid, su.gid, dir_fd=parent, follow_symlinks=False)
@@ -356,53 +247,13 @@ def _clone(src: Server, rep: Server) -> None:
     rep.save()
 
 
-def detach_primary(primary: Server, name: str, role: str | None, slot: str | None) -> list[str]:
-    """Drop replica ``name``'s slot, role and pg_hba.conf lines on ``primary`` (running).
-
-    :returns: what was removed.
-    """
-    from psycopg import sql
-
-    done: list[str] = []
-    with connect(primary) as conn:
-        if role and not _ours(conn, role, name):
-            # A role (and slot) of that name that this replica did not make: a user's own,
-            # or another replica's whose name maps to the same slot name. Never dropped.
-            role = slot = None
-        if slot:
-            deadline = time.monotonic() + 10
-            while _sql(conn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", slot):
-                if time.monotonic() > deadline:  # its walsender is still there
-                    raise WorkerError(f"replication slot {slot} is still in use")
-                time.sleep(0.05)
-            if _sql(conn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", slot):
-                _sql(conn, "SELECT pg_drop_replication_slot(%s)", slot)
-                done.append(f"slot {slot}")
-        if role and _sql(conn, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role):
-            _sql(conn, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)).as_string(conn))
-            done.append(f"role {role}")
-        hba_file = str(_sql(conn, "SHOW hba_file"))
-    userfs.as_user(primary.user(), _rewrite_hba, hba_file, name, [])
-    reload(primary)
-    return done
-
-
-def _ours(conn: psycopg.Connection[Any], role: str, name: str) -> bool:
-    """Whether ``role`` on the primary is the one made for replica ``name`` (its comment says
-    so; the role is made and commented in one transaction, before the slot), or is gone."""
-    query = (
-        "SELECT shobj_description(oid, 'pg_authid') IS NOT DISTINCT FROM %s "
-        "FROM pg_roles WHERE rolname = %s"
-    )
-    found = _sql(conn, query, f"pgmgr replica {name}", role)
-    return found is None or bool(found)
-
-
 # --------------------------------------------------------------------------- promote
 
 
 @dataclass
 class PromoteResult:
+    """What ``pgmgr promote`` did."""
+
     name: str
     former_primary: str | None
     detached: list[str]
@@ -432,12 +283,12 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
                 f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
             )
         with connect(srv) as conn:
-            if standby and not _sql(conn, "SELECT pg_promote(true, %s)", timeout):
+            if standby and not value(conn, "SELECT pg_promote(true, %s)", timeout):
                 raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")
             testhook.pause("promote-promoted")
-            _sql(conn, "ALTER SYSTEM RESET primary_conninfo")
-            _sql(conn, "ALTER SYSTEM RESET primary_slot_name")
-            _sql(conn, "SELECT pg_reload_conf()")
+            value(conn, "ALTER SYSTEM RESET primary_conninfo")
+            value(conn, "ALTER SYSTEM RESET primary_slot_name")
+            value(conn, "SELECT pg_reload_conf()")
         former = srv.inst.primary
         detached, note = release(srv)
     return PromoteResult(srv.inst.name, former, detached, note)
@@ -462,7 +313,8 @@ def release(srv: Server) -> tuple[list[str], str | None]:
         except Exception as e:  # the promotion or removal stands; say what is left behind
             note = (
                 f"could not clean up on '{former}' ({e}): drop slot {slot} and role {role} "
-                "there, or it keeps WAL for a standby that no longer follows it"
+                "there, or it keeps WAL for a standby that no longer follows it, and remove "
+                f"the pg_hba.conf lines that end in '{HBA_TAG}{inst.name}'"
             )
     inst.primary = inst.slot = inst.repl_role = inst.repl_password = None
     if srv.register and registry.find_by_datadir(srv.datadir) is not None:

@@ -50,6 +50,18 @@ SETTING_NAME_RE = LazyRegex(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 RESERVED_SETTINGS = frozenset(
     {"port", "listen_addresses", "unix_socket_directories", "config_file"}
 )
+#: Settings that name files or directories, load code or run commands on the machine they
+#: were chosen on (and the config file's include directives): fine with -c, where the user
+#: chose them for this machine, never taken from a bundle made elsewhere (see
+#: :func:`portable_settings`); recognised by name or by suffix (``ssl_key_file``...).
+MACHINE_SETTINGS = frozenset(
+    {"include", "include_if_exists", "dynamic_library_path", "log_filename",
+     "unix_socket_group", "unix_socket_permissions"}
+)  # fmt: skip
+MACHINE_SUFFIXES = (
+    "_file", "_keyfile", "_dir", "_directory", "_directories", "_command", "_library",
+    "_libraries",
+)  # fmt: skip
 AUTH_METHODS = ("scram-sha-256", "trust", "md5", "password")
 STOP_SIGNALS = {
     "smart": signal.SIGTERM,
@@ -97,6 +109,24 @@ def parse_setting(text: str) -> tuple[str, str]:
 
 def check_settings(settings: Mapping[str, object]) -> dict[str, str]:
     return dict(parse_setting(f"{k}={v}") for k, v in settings.items())
+
+
+def machine_bound(name: str) -> bool:
+    """Whether setting ``name`` is pgmgr's own (:data:`RESERVED_SETTINGS`) or bound to the
+    machine it was set on (:data:`MACHINE_SETTINGS`, :data:`MACHINE_SUFFIXES`)."""
+    low = name.lower()
+    return low in RESERVED_SETTINGS or low in MACHINE_SETTINGS or low.endswith(MACHINE_SUFFIXES)
+
+
+def portable_settings(settings: Mapping[str, object]) -> tuple[dict[str, str], list[str]]:
+    """A bundle's settings, split: the ones an import keeps (checked as ``-c`` ones are),
+    and the names it drops (:func:`machine_bound`: a bundle made elsewhere, or edited by
+    someone else, does not choose files, commands or listen addresses here).
+
+    :raises UsageError: a kept setting is malformed.
+    """
+    dropped = sorted(k for k in settings if SETTING_NAME_RE.match(k) and machine_bound(k))
+    return check_settings({k: v for k, v in settings.items() if k not in dropped}), dropped
 
 
 def _quote_dir(path: Path) -> str:

@@ -53,6 +53,8 @@ class Unit:
 
 @dataclass
 class InstallResult:
+    """What ``pgmgr service install`` wrote and did."""
+
     unit: Unit
     replaced: bool
     systemd_running: bool

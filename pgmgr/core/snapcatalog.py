@@ -46,6 +46,8 @@ def pick_name(store: Store, name: str | None, instance: str, taken: set[str] | N
 
 @dataclass
 class SnapshotInfo:
+    """One snapshot, as ``pgmgr snapshots`` lists it."""
+
     instance: str
     snapshot: str
     created: float | None

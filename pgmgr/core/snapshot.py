@@ -39,6 +39,8 @@ from pgmgr.core.snapstore import Meta, Store
 
 @dataclass
 class SnapshotResult:
+    """What ``pgmgr snapshot`` took."""
+
     instance: str
     snapshot: str
     path: str
@@ -67,6 +69,8 @@ class SnapshotResult:
 
 @dataclass
 class RestoreResult:
+    """What ``pgmgr restore`` did."""
+
     instance: str
     snapshot: str
     version: str

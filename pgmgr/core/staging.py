@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import testhook, userfs
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.privileges import ServerUser
 
 WORK_PREFIX = ".pgmgr-init-"
@@ -119,7 +119,8 @@ class Stage:
         fd = userfs.open_dir(d.parent)
         try:
             final = d == self.target
-            os.mkdir(d.name, 0o700 if final else 0o755, dir_fd=fd)
+            with doing("create the directory"):
+                os.mkdir(d.name, 0o700 if final else 0o755, dir_fd=fd)
             if final:
                 sub = os.open(d.name, _DIR, dir_fd=fd)
                 try:
@@ -273,7 +274,8 @@ def _prepare(target: str, work: str, check_others: bool) -> str:
     state = _target_state(target)
     if state == "absent":
         try:
-            os.mkdir(target, 0o700)
+            with doing("create the directory"):
+                os.mkdir(target, 0o700)
         except (PermissionError, FileNotFoundError):  # root makes it, or the parents
             return "absent"
         except FileExistsError:
@@ -291,7 +293,8 @@ def _prepare(target: str, work: str, check_others: bool) -> str:
 def _target_state(target: str) -> str:
     """absent | empty | root-owned (empty) | leftover | not-empty | not-dir."""
     try:
-        st = os.lstat(target)
+        with doing("look at"):
+            st = os.lstat(target)
     except FileNotFoundError:
         return "absent"
     if not stat.S_ISDIR(st.st_mode):
@@ -312,7 +315,8 @@ def _target_state(target: str) -> str:
 
 
 def _mkdir(path: str) -> None:
-    os.mkdir(path, 0o700)
+    with doing("create the directory"):
+        os.mkdir(path, 0o700)
 
 
 def _make_work(target: str, work: str) -> None:

@@ -14,10 +14,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pgmgr.core import (
-    initdir,
     launch,
     listen,
     logfile,
@@ -32,6 +30,7 @@ from pgmgr.core.errors import NotRunning, PortInUse, UsageError, WorkerError
 from pgmgr.core.instance import StartResult
 from pgmgr.core.launch import ServerExited
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
 
@@ -86,7 +85,7 @@ def start(
         pf = settle(srv, pf, timeout if wait else 0.0)
         record_running(srv, pf)
         # A first start that could not set the template copy's password: try again.
-        initdir.apply_pending_password(srv, install, None)
+        apply_pending_password(srv, install, None)
         return StartResult(srv.inst, True, pf.pid, time.monotonic() - t0)
     clear_stale_pidfile(srv)
     su = srv.user(user)
@@ -109,7 +108,7 @@ def start(
             continue  # another server took the port between our check and bind
         try:
             commit_start(srv, su, merged, pf)
-            initdir.apply_pending_password(srv, install, su)
+            apply_pending_password(srv, install, su)
         except BaseException:
             # A server pgmgr cannot record (state dir unwritable, disk full) or cannot
             # secure (no password) must not be left running behind the error.
@@ -325,8 +324,19 @@ def ready_wait(srv: Server, timeout: float = 10.0) -> process.PidFile:
         srv._reap()
         raise
     if srv.inst.password_pending:  # a template copy started with wait=False
-        initdir.apply_pending_password(srv, srv.installation(), None)
+        apply_pending_password(srv, srv.installation(), None)
     return pf
+
+
+def apply_pending_password(
+    srv: Server, install: versions.Installation, su: privileges.ServerUser | None
+) -> None:
+    """:func:`pgmgr.core.initdir.apply_pending_password` when a password is pending:
+    initdir brings the template and copy modules, which a start needs only then."""
+    if srv.inst.password_pending and srv.inst.password:
+        from pgmgr.core import initdir
+
+        initdir.apply_pending_password(srv, install, su)
 
 
 def spawn_child(

@@ -48,6 +48,8 @@ KEEP = snapstore.TMP + "keep"
 
 @dataclass
 class UpgradeResult:
+    """What ``pgmgr upgrade`` did."""
+
     name: str
     old_version: str
     new_version: str

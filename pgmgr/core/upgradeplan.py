@@ -91,6 +91,8 @@ def initdb_argv(new: Installation, datadir: Path, superuser: str, o: ClusterOpti
 
 @dataclass(frozen=True)
 class UpgradeArgs:
+    """The two installations and data directories of one pg_upgrade."""
+
     old: Installation
     new: Installation
     old_datadir: Path

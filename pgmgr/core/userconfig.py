@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import paths
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, doing
 
 FILE = "config.json"
 #: Larger than any settings file pgmgr writes; anything bigger is not one of ours.
@@ -60,7 +60,8 @@ def load() -> dict[str, Any]:
     """
     path = config_file()
     try:
-        dst = os.stat(path.parent)
+        with doing("look at"):
+            dst = os.stat(path.parent)
     except FileNotFoundError:
         return {}
     _check_private(dst, path.parent, "the config directory")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    # A stand-in that imports inspect on first use (pgmgr.entry.defer_inspect) must not
+    # get to do so in the child: touching it imports inspect now.
+    getattr(sys.modules.get("inspect"), "signature", None)
     import signal
 
     r, w = os.pipe()

@@ -11,7 +11,6 @@ import re
 import select
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -256,58 +255,88 @@ def test_error_lines_show_control_characters(tmp_path: Path) -> None:
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
 
 
-def test_os_errors_name_the_operation_and_the_path(tmp_path: Path) -> None:
-    """An OSError that reaches the user says what pgmgr was doing, not just 'Not a
-    directory: X' (real failing calls on a path under a regular file)."""
-    from pgmgr.core.errors import describe_os_error
+def test_os_errors_name_the_operation_they_were_doing(tmp_path: Path) -> None:
+    """An OSError that reaches the user says what pgmgr was doing, as the failing call named
+    it with ``doing``, not just 'Not a directory: X' (real failing calls on a path under a
+    regular file)."""
+    from pgmgr.core import paths
+    from pgmgr.core.errors import describe_os_error, doing
 
     afile = tmp_path / "afile"
     afile.write_text("")
-    with pytest.raises(OSError) as made:
+    with pytest.raises(OSError) as made, doing("create the directory"):
         (afile / "sub").mkdir(parents=True)  # raised inside pathlib
     assert (
         describe_os_error(made.value) == f"cannot create the directory {afile}/sub: Not a directory"
     )
-    with pytest.raises(OSError) as opened:
-        os.open(afile / "x", os.O_RDONLY)  # raised on this line: the os.NAME( call says it
-    assert describe_os_error(opened.value) == f"cannot open {afile}/x: Not a directory"
+    with pytest.raises(OSError) as inner, doing("copy"), doing("open"):
+        os.open(afile / "x", os.O_RDONLY)  # the innermost name counts
+    assert describe_os_error(inner.value) == f"cannot open {afile}/x: Not a directory"
+    with pytest.raises(OSError) as moved, doing("rename"):
+        os.rename(afile / "x", afile / "y")
+    assert describe_os_error(moved.value) == (
+        f"cannot rename {afile}/x -> {afile}/y: Not a directory"
+    )
+    with pytest.raises(OSError) as unnamed:
+        os.open(afile / "x", os.O_RDONLY)  # no name: the error and its file, as before
+    assert describe_os_error(unnamed.value) == f"Not a directory: {afile}/x"
+    with pytest.raises(OSError) as temp:  # the error names the temporary file, not its dir
+        paths.write_atomic(afile / "x.json", b"")
+    assert describe_os_error(temp.value).startswith(
+        f"cannot create the temporary file {afile}/.x.json."
+    )
     assert describe_os_error(OSError(5, "Input/output error")) == "Input/output error"
 
 
-def test_os_error_operation_seen_through_frozen_os_and_in_site_packages(tmp_path: Path) -> None:
-    """os.makedirs runs in a frozen module (``<frozen os>``), which is standard library; and
-    a package installed without a venv lies inside the stdlib directory
-    (/usr/local/lib/python3.11/site-packages): its lines are the caller's, not stdlib
-    frames named like an operation (its function ``remove`` did not remove anything)."""
-    import linecache
-    import sysconfig
+def test_the_operation_needs_no_source_and_survives_the_privilege_boundary(work: Work) -> None:
+    """The name is carried by the exception: code whose source cannot be read (a .pyc-only
+    install, a file changed since it was imported) names it all the same, and so does an
+    error raised as the server user (as_user pickles it back to root)."""
+    import pickle
 
+    from pgmgr.core import userfs
     from pgmgr.core.errors import describe_os_error
 
-    afile = tmp_path / "afile"
+    afile = work.path / "afile"  # the server user can reach it
     afile.write_text("")
+    src = (
+        "import os\nfrom pgmgr.core.errors import doing\n"
+        "def make(p):\n    with doing('create the directory'):\n        os.mkdir(p)\n"
+    )
+    space: dict[str, object] = {}
+    exec(compile(src, str(work.path / "gone.py"), "exec"), space)  # noqa: S102 - our constant
+    want = f"cannot create the directory {afile}/sub: Not a directory"
     with pytest.raises(OSError) as made:
-        os.makedirs(afile / "sub")
-    assert describe_os_error(made.value).startswith("cannot create the directory ")
-    with pytest.raises(OSError) as temp:
-        tempfile.mkstemp(dir=afile)  # the error names the temporary file, not its directory
-    assert describe_os_error(temp.value).startswith(f"cannot create the temporary file {afile}/")
+        space["make"](afile / "sub")  # type: ignore[operator]
+    assert describe_os_error(made.value) == want
+    assert describe_os_error(pickle.loads(pickle.dumps(made.value))) == want  # noqa: S301
+    user = privileges.lookup("postgres") if os.geteuid() == 0 else None
+    with pytest.raises(OSError) as crossed:
+        userfs.as_user(user, space["make"], afile / "sub")  # type: ignore[arg-type]
+    assert describe_os_error(crossed.value) == want
 
-    # A module of an installed package; its source is given to linecache as a loader's
-    # would be, since nothing may be written to the interpreter's own directory.
-    fake = f"{sysconfig.get_paths()['stdlib']}/site-packages/fakepkg/mod.py"
-    src = "import os\ndef make(p):\n    os.mkdir(p)\ndef remove(p):\n    make(p)\n"
-    linecache.cache[fake] = (len(src), None, src.splitlines(True), fake)
-    try:
-        space: dict[str, object] = {}
-        exec(compile(src, fake, "exec"), space)  # noqa: S102 - our own constant source
-        with pytest.raises(OSError) as inside:
-            space["remove"](afile / "sub")  # type: ignore[operator]
-        assert describe_os_error(inside.value) == (
-            f"cannot create the directory {afile}/sub: Not a directory"
-        )
-    finally:
-        linecache.cache.pop(fake, None)
+
+def test_os_errors_users_meet_name_the_operation(work: Work) -> None:
+    """The places a user meets an OSError keep saying what failed: a config directory
+    under a file, and (as an ordinary user: root refuses such paths before it looks) a
+    data directory and a log file under a file."""
+    afile = work.path / "afile"
+    afile.write_text("")
+    proc = work.run("versions", "--set-default", "15", env={"PGMGR_CONFIG_DIR": f"{afile}/c"})
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: cannot look at {afile}/c: Not a directory\n"
+    )  # fmt: skip
+    if os.geteuid() == 0:
+        return  # root refuses these paths earlier, with its own lines (tests/reliability)
+    proc = work.run("init", "-d", f"{afile}/sub", "-q")
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: cannot look at {afile}/sub: Not a directory\n"
+    )  # fmt: skip
+    work.ok("init", "-d", "data", "-q")
+    proc = work.run("start", "data", "--log-file", f"{afile}/x.log", "-q")
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: cannot look at {afile}/x.log: Not a directory\n"
+    )  # fmt: skip
 
 
 def test_unusable_state_dir_is_named_and_an_unusable_cache_is_no_error(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmgr.core import bundle, importer, replica, scram, service, versions
+from pgmgr.core import bundlecheck, importer, onprimary, replica, scram, service, versions
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from tests.ops.conftest import Instance
@@ -22,9 +22,30 @@ from tests.ops.conftest import Instance
 INSTALL = versions.Installation("15", "15.18", Path("/usr/lib/postgresql/15/bin"), "debian")
 
 
+def test_a_bundles_settings_keep_none_bound_to_its_machine() -> None:
+    """pgmgr's own settings and those naming files, libraries or commands are dropped (by
+    name, by suffix, extensions' too, any case); the rest are kept and checked as -c ones."""
+    from pgmgr.core import server
+
+    dropped = ["hba_file", "ident_file", "config_file", "data_directory", "listen_addresses",
+               "unix_socket_directories", "unix_socket_permissions", "ssl_cert_file",
+               "ssl_crl_dir", "ssl_passphrase_command", "archive_command", "archive_library",
+               "restore_command", "recovery_end_command", "shared_preload_libraries",
+               "dynamic_library_path", "krb_server_keyfile", "log_directory", "log_filename",
+               "include", "include_dir", "include_if_exists", "external_pid_file", "port",
+               "Hba_File", "myext.key_file"]  # fmt: skip
+    kept = {"work_mem": "64MB", "search_path": "app, public", "archive_mode": "on",
+            "log_min_messages": "info", "max_connections": 50, "myext.enabled": "on"}  # fmt: skip
+    got, names = server.portable_settings({**kept, **dict.fromkeys(dropped, "/x")})
+    assert names == sorted(dropped)
+    assert got == {k: str(v) for k, v in kept.items()}
+    with pytest.raises(UsageError, match="holds a line break"):
+        server.portable_settings({"work_mem": "1MB\nhba_file = '/x'"})
+
+
 def test_slot_names_are_valid_identifiers() -> None:
-    assert replica.slot_name("Web-2.b") == "pgmgr_web_2_b"
-    assert len(replica.slot_name("x" * 63)) <= 63
+    assert onprimary.slot_name("Web-2.b") == "pgmgr_web_2_b"
+    assert len(onprimary.slot_name("x" * 63)) <= 63
 
 
 def test_a_replica_listens_on_loopback_only() -> None:
@@ -40,13 +61,13 @@ def test_a_replica_listens_on_loopback_only() -> None:
 
 def test_hba_edit_puts_ours_first_and_removes_only_ours() -> None:
     text = "# comment\nhost all all 127.0.0.1/32 trust\n"
-    added = replica.edited_hba(text, "r1", replica.hba_lines("r1", "pgmgr_r1"))
+    added = onprimary.edited_hba(text, "r1", onprimary.hba_lines("r1", "pgmgr_r1"))
     lines = added.splitlines()
     assert lines[0] == "host replication pgmgr_r1 127.0.0.1/32 scram-sha-256  # pgmgr replica r1"
     assert lines[1].startswith("host replication pgmgr_r1 ::1/128 ")
-    both = replica.edited_hba(added, "xr1", replica.hba_lines("xr1", "pgmgr_xr1"))
-    assert replica.edited_hba(both, "r1", []).count("# pgmgr replica") == 2  # xr1's stay
-    assert replica.edited_hba(replica.edited_hba(both, "r1", []), "xr1", []) == text
+    both = onprimary.edited_hba(added, "xr1", onprimary.hba_lines("xr1", "pgmgr_xr1"))
+    assert onprimary.edited_hba(both, "r1", []).count("# pgmgr replica") == 2  # xr1's stay
+    assert onprimary.edited_hba(onprimary.edited_hba(both, "r1", []), "xr1", []) == text
 
 
 def test_basebackup_argv_never_holds_a_password() -> None:
@@ -129,7 +150,7 @@ def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, key: str, value
     m = {**copy.deepcopy(_GOOD), key: value}
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DatabaseException, match="not a valid manifest"):
-        bundle.read_manifest(tmp_path)
+        bundlecheck.read_manifest(tmp_path)
 
 
 def test_a_manifest_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) -> None:
@@ -139,13 +160,13 @@ def test_a_manifest_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) ->
     fifo.mkdir()
     os.mkfifo(fifo / "manifest.json")
     with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(not a regular"):
-        bundle.read_manifest(fifo)
+        bundlecheck.read_manifest(fifo)
     huge = tmp_path / "huge"
     huge.mkdir()
     with open(huge / "manifest.json", "wb") as f:
-        f.truncate(bundle.MANIFEST_LIMIT + 1)  # sparse: no disk used
+        f.truncate(bundlecheck.MANIFEST_LIMIT + 1)  # sparse: no disk used
     with pytest.raises(DatabaseException, match=r"manifest\.json is unreadable \(larger than"):
-        bundle.read_manifest(huge)
+        bundlecheck.read_manifest(huge)
 
 
 @pytest.mark.parametrize("verb", ["show", "remove"])

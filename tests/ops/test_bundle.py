@@ -332,3 +332,63 @@ def test_a_crafted_archive_never_makes_root_read_a_file(fresh: Instance, ops_dir
             assert not (ops_dir / "imp").exists()
     finally:
         shutil.rmtree(vault)
+
+
+def test_settings_that_name_files_or_run_commands_are_not_imported(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """A manifest (hand-edited, or from a machine where they made sense) that sets pgmgr's
+    own settings, files, libraries or commands: the import applies the others, drops those
+    with one Note line, and the new server uses none of them. A malformed one is refused
+    before anything is made."""
+    bundle = ops_dir / "bundle"
+    assert fresh.pgmgr("export", "fresh", str(bundle), "-q").returncode == 0
+    marker = ops_dir / "archived"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["settings"] = {
+        "work_mem": "8MB",
+        "search_path": "public",
+        "hba_file": str(ops_dir / "hba.conf"),
+        "archive_mode": "on",
+        "archive_command": f"touch {marker}",
+        "shared_preload_libraries": "no_such_library",
+        "listen_addresses": "*",
+        "port": "1",
+        "include_if_exists": str(ops_dir / "extra.conf"),
+        "ssl_key_file": str(ops_dir / "key"),
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
+    assert proc.returncode == 0, proc.stderr
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
+    assert notes == [
+        "Note: not applied, from the bundle's settings: archive_command, hba_file, "
+        "include_if_exists, listen_addresses, port, shared_preload_libraries, ssl_key_file "
+        "(pgmgr's own, or naming files or commands of the machine it was made on); set one "
+        "with 'pgmgr config imp set NAME=VALUE' if it holds here"
+    ], proc.stderr
+    rec = record(fresh, "imp")
+    with connect(rec) as c:
+        c.execute("SELECT pg_switch_wal()")  # archive_mode is kept: nothing to archive with
+        shown = {
+            name: c.execute(f"SHOW {name}").fetchone()
+            for name in ("work_mem", "search_path", "hba_file", "listen_addresses",
+                         "shared_preload_libraries")
+        }  # fmt: skip
+    assert shown["work_mem"] == ("8MB",) and shown["search_path"] == ("public",)
+    assert shown["hba_file"] == (f"{ops_dir / 'imp'}/pg_hba.conf",)
+    assert shown["listen_addresses"] == ("127.0.0.1",)
+    assert shown["shared_preload_libraries"] == ("",)
+    assert not marker.exists()
+    assert fresh.pgmgr("destroy", "imp", "--yes", "-q").returncode == 0
+
+    manifest["settings"] = {"work_mem": "8MB\nhba_file = '/etc/x'"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(
+        fresh,
+        ["import", str(bundle), "-d", str(ops_dir / "imp")],
+        1,
+        f"Error: {bundle}/manifest.json is not a valid manifest (invalid setting 'work_mem': "
+        "the value holds a line break); nothing was created",
+        ops_dir,
+    )

@@ -26,44 +26,7 @@ from tests.helpers import error_lines, postmasters_under
 from tests.ops.conftest import Instance, template  # noqa: F401
 from tests.ops.test_bundle import fingerprint
 from tests.ops.test_replica import conn, primary_leftovers
-
-
-class Paused:
-    """``pgmgr ARGS`` started with a pause at ``step``."""
-
-    def __init__(self, hooks: Path, step: str, *args: str) -> None:
-        self.hooks, self.step = hooks, step
-        for old in hooks.glob(f"{step}*"):
-            old.unlink()
-        (hooks / step).touch()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgmgr", *args],
-            env={**os.environ, "PGMGR_TEST_PAUSE": str(hooks)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def reached(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not (self.hooks / f"{self.step}.reached").exists():
-            assert self.proc.poll() is None, self.proc.communicate()
-            assert time.monotonic() < deadline, f"pgmgr never reached {self.step}"
-            time.sleep(0.01)
-
-    def go(self) -> tuple[int, str]:
-        (self.hooks / f"{self.step}.go").touch()
-        _, err = self.proc.communicate(timeout=120)
-        (self.hooks / self.step).unlink()
-        assert "Traceback" not in err, err
-        return self.proc.returncode, err
-
-    def kill(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=60)
-        (self.hooks / self.step).unlink()  # the next run goes through
-        assert "Traceback" not in err, err
+from tests.pause import Paused, ok
 
 
 @pytest.fixture
@@ -170,9 +133,9 @@ def test_a_data_directory_that_appears_during_an_import_is_left_alone(
     target.mkdir()
     (target / "PG_VERSION").write_text("15\n")
     (target / "theirs").write_text("precious\n")
-    code, err = run.go()
-    assert code == 1, err
-    lines = error_lines(err)
+    done = run.go()
+    assert done.returncode == 1, done.stderr
+    lines = error_lines(done.stderr)
     assert lines[0] == f"Error: {target} appeared while pgmgr was about to make it; nothing " \
         "was done there", lines  # fmt: skip
     assert sorted(p.name for p in target.iterdir()) == ["PG_VERSION", "theirs"]
@@ -362,9 +325,9 @@ def test_a_data_directory_that_appears_during_a_replica_is_left_alone(
     shutil.copytree(
         fresh.datadir, target, ignore=shutil.ignore_patterns("postmaster.pid", ".s.PGSQL.*")
     )
-    code, err = run.go()
-    assert code == 1, err
-    assert error_lines(err)[0].startswith("Error: cannot create the directory rep"), err
+    done = run.go()
+    assert done.returncode == 1, done.stderr
+    assert error_lines(done.stderr)[0].startswith("Error: cannot create the directory rep"), done
     assert (target / "PG_VERSION").is_file() and (target / "base").is_dir()
     assert sorted(states(fresh)) == ["fresh"]
     assert primary_leftovers(fresh) == (0, 0, [])
@@ -395,8 +358,7 @@ def test_two_replicas_of_one_name_race_and_one_wins(
     assert lines[0] == "Error: instance name 'twin' is being made by another 'pgmgr replica'"
     assert len(lines) <= 2 and all(ln.startswith(("Error:", "Hint:")) for ln in lines), lines
     assert not (ops_dir / "b").exists()
-    code, err = first.go()
-    assert code == 0, err
+    ok(first.go())
     st = states(fresh)["twin"]
     assert st["state"] == "running" and st["role"] == "standby", st
     assert primary_leftovers(fresh)[:2] == (1, 1)
@@ -416,7 +378,7 @@ def test_a_promote_killed_after_pg_promote_is_finished_by_the_next(
     assert primary_leftovers(fresh)[:2] == (1, 1)
     again = fresh.pgmgr("promote", "rep")
     assert again.returncode == 0, again.stderr
-    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep" in again.stderr
+    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep, 2 pg_hba.conf lines" in again.stderr
     assert primary_leftovers(fresh) == (0, 0, [])
     with conn(fresh, "rep") as r:
         assert r.execute("SHOW primary_conninfo").fetchone() == ("",)
@@ -442,8 +404,7 @@ def test_two_promotes_at_once_one_promotes_the_other_says_so(fresh: Instance, ho
     )  # fmt: skip
     time.sleep(0.5)  # it is waiting for the lock
     assert second.poll() is None
-    code, err = first.go()
-    assert code == 0, err
+    ok(first.go())
     _, err2 = second.communicate(timeout=120)
     assert second.returncode == 1, err2
     assert error_lines(err2) == [

@@ -84,7 +84,10 @@ def test_replica_streams_is_read_only_and_promotes_with_nothing_lost(fresh: Inst
 
     promoted = fresh.pgmgr("promote", "rep")
     assert promoted.returncode == 0, promoted.stderr
-    assert "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep" in promoted.stderr
+    assert (
+        "Dropped on 'fresh': slot pgmgr_rep, role pgmgr_rep, 2 pg_hba.conf lines\n"
+        in promoted.stderr
+    )
     assert primary_leftovers(fresh) == (0, 0, [])
     with conn(fresh, "rep") as r:
         assert _count(r) == 500
@@ -145,7 +148,10 @@ def test_destroying_a_primary_says_what_happens_to_its_standby(fresh: Instance) 
     # Destroying a standby drops its slot, role and pg_hba.conf lines on the primary.
     out = fresh.pgmgr("destroy", "gone", "--yes")
     assert out.returncode == 0, out.stderr
-    assert "Dropped on its primary: slot pgmgr_gone, role pgmgr_gone" in out.stderr
+    assert (
+        "Dropped on its primary: slot pgmgr_gone, role pgmgr_gone, 2 pg_hba.conf lines\n"
+        in out.stderr
+    )
     assert primary_leftovers(fresh) == (0, 0, [])
 
     assert fresh.pgmgr("replica", "fresh", "--name", "left").returncode == 0
@@ -172,8 +178,15 @@ def test_destroying_a_standby_of_a_stopped_primary_says_what_is_left(fresh: Inst
     notes = [ln for ln in out.stderr.splitlines() if ln.startswith("Note:")]
     assert len(notes) == 1, out.stderr
     assert "could not clean up on 'fresh' (cannot connect to fresh:" in notes[0]
-    assert notes[0].endswith("drop slot pgmgr_orphan and role pgmgr_orphan there, or it keeps "
-                             "WAL for a standby that no longer follows it"), out.stderr  # fmt: skip
+    assert notes[0].endswith(
+        "drop slot pgmgr_orphan and role pgmgr_orphan there, or it keeps WAL for a standby "
+        "that no longer follows it, and remove the pg_hba.conf lines that end in "
+        "'# pgmgr replica orphan'"
+    ), out.stderr
+    assert fresh.pgmgr("start", "fresh", "-q").returncode == 0
+    slots, roles, hba = primary_leftovers(fresh)  # what the note names is what is left
+    assert (slots, roles, len(hba)) == (1, 1, 2)
+    assert all(ln.endswith("# pgmgr replica orphan") for ln in hba)
     assert "\t" not in out.stderr and "Traceback" not in out.stderr
 
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import shutil
@@ -32,7 +31,14 @@ from typing import Any
 import pytest
 
 from pgmgr.core import process
-from tests.helpers import copy_datadir, kill_postmasters, postgres_pids_under, run_pgmgr
+from tests.helpers import (
+    Run,
+    copy_datadir,
+    kill_postmasters,
+    pgmgr_argv,
+    postgres_pids_under,
+    run_pgmgr,
+)
 
 PG15 = "15"
 TEMPLATE_PASSWORD = "rel-template-secret"
@@ -61,27 +67,6 @@ def wait_no_processes(root: Path, timeout: float = 5.0) -> list[int]:
 
 
 # --------------------------------------------------------------------------- running pgmgr
-
-
-@dataclass
-class Run:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def errors(self) -> list[str]:
-        return [ln for ln in self.stderr.splitlines() if ln.startswith("Error:")]
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def __str__(self) -> str:
-        return f"{self.argv} -> {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
-
-
-def pgmgr_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pgmgr", *args]
 
 
 def pgmgr(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Run:

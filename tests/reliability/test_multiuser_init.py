@@ -24,9 +24,9 @@ import pytest
 
 from pgmgr.core import process
 from tests.helpers import run_pgmgr
+from tests.pause import Paused, ok
 
 from .conftest import Inst, needs_root, pgmgr
-from .pause import Paused, ok
 
 pytestmark = [
     needs_root,

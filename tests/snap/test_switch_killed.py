@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.reliability.pause import Paused
+from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers, run_pgmgr
 from tests.snap.test_upgrade import facts, up  # noqa: F401
 
@@ -28,8 +28,7 @@ def hooks_dir(tmp_path: Path) -> Path:
 def kill_at(hooks: Path, step: str, *args: str) -> None:
     run = Paused(hooks, step, *args)
     run.reached()
-    run.kill(signal.SIGKILL)
-    (hooks / step).unlink()  # the next command goes through
+    run.kill(signal.SIGKILL)  # and disarmed: the next command goes through
 
 
 def held(store: Path, wait: float = 30.0) -> list[str]:

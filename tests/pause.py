@@ -1,4 +1,10 @@
-"""Driving pgmgr through a race window: the test-only pause of :mod:`pgmgr.core.testhook`."""
+"""Driving pgmgr through a race window: the test-only pause of :mod:`pgmgr.core.testhook`.
+
+``Paused(hooks, step, *args)`` arms the pause at ``step`` (clearing what an earlier run at that
+step left), starts ``pgmgr ARGS`` with ``PGMGR_TEST_PAUSE=hooks``; :meth:`Paused.reached` waits
+until pgmgr waits there; :meth:`Paused.go` lets it finish and :meth:`Paused.kill` signals it.
+Either disarms the step, so the next run of the same command goes through.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import Run, pgmgr_argv
+from tests.helpers import Run, pgmgr_argv
 
 
 def ok(run: Run) -> Run:
@@ -20,15 +26,21 @@ class Paused:
 
     def __init__(self, hooks: Path, step: str, *args: str, env: dict[str, str] | None = None):
         self.hooks, self.step = hooks, step
+        self._disarm()
         (hooks / step).touch()
+        self.argv = pgmgr_argv(*args)
         self.proc = subprocess.Popen(
-            pgmgr_argv(*args),
+            self.argv,
             env={**os.environ, "PGMGR_TEST_PAUSE": str(hooks), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def _disarm(self) -> None:
+        for name in (self.step, f"{self.step}.reached", f"{self.step}.go"):
+            (self.hooks / name).unlink(missing_ok=True)
 
     def reached(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -37,7 +49,7 @@ class Paused:
             assert time.monotonic() < deadline, f"pgmgr never reached {self.step}"
             time.sleep(0.01)
 
-    def go(self, timeout: float = 60) -> Run:
+    def go(self, timeout: float = 120) -> Run:
         """Let pgmgr go on; it must finish within ``timeout`` (it never blocks)."""
         (self.hooks / f"{self.step}.go").touch()
         try:
@@ -46,16 +58,21 @@ class Paused:
             self.proc.kill()
             self.proc.communicate()
             raise AssertionError(f"pgmgr hung after {self.step} (killed)") from None
+        finally:
+            self._disarm()
         assert "Traceback" not in err, err
-        return Run(list(map(str, self.proc.args)), self.proc.returncode, out, err)
+        return Run(self.argv, self.proc.returncode, out, err)
 
     def kill(self, sig: int, timeout: float = 60) -> int:
-        """Send ``sig`` to pgmgr where it waits; its exit code once it is gone."""
+        """Send ``sig`` to pgmgr where it waits; its exit code once it is gone (no traceback)."""
         self.proc.send_signal(sig)
         try:
-            self.proc.communicate(timeout=timeout)
+            _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
             raise AssertionError(f"pgmgr did not exit after signal {sig}") from None
+        finally:
+            self._disarm()
+        assert "Traceback" not in err, err
         return self.proc.returncode
