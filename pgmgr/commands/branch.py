@@ -39,15 +39,16 @@ def branch(
     """
     c.quiet(quiet, json)
     from pgmgr.core import branch as branches
-    from pgmgr.core import registry, sigguard
+    from pgmgr.core import sigguard
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.locked import locked
 
     if port is not None and port != "auto" and not (port.isdigit() and 0 < int(port) < 65536):
         raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
     srv = c.resolve(name, None)
     with (
         sigguard.interruptible(),
-        registry.lock(srv.datadir),
+        locked(srv),
         ui.spinner(f"Branching '{srv.inst.name}' into '{new}' …"),
     ):
         result = branches.branch(

@@ -40,9 +40,10 @@ def destroy(
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry, replica, roles, snapcatalog
+    from pgmgr.core import ops, replica, roles, snapcatalog
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import DataDirNotFound
+    from pgmgr.core.locked import locked
 
     try:
         srv = c.resolve(name, None)
@@ -74,7 +75,7 @@ def destroy(
         if not answer:
             ui.message("Nothing removed")
             raise typer.Exit(1)
-    with registry.lock(srv.datadir), ui.spinner(f"Destroying '{srv.inst.name}' …"):
+    with locked(srv), ui.spinner(f"Destroying '{srv.inst.name}' …"):
         dropped, note = replica.release_to_destroy(srv)
         result = ops.destroy(srv)
         removed = kept.remove() if with_snapshots else 0

@@ -17,6 +17,7 @@ def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
     """
     c.quiet(quiet)
     from pgmgr.core import ops, registry
+    from pgmgr.core.locked import locked
 
     try:
         srv = c.resolve(name, None)
@@ -30,6 +31,6 @@ def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
             "'pgmgr status -d DIR' checks a data directory"
         )
         return
-    with registry.lock(srv.datadir):
+    with locked(srv):
         ops.forget(srv)
     ui.message(f"Forgot '{srv.inst.name}'; its data directory stays: {srv.datadir}")

@@ -49,9 +49,9 @@ def init(
     Example: pgmgr init -d ./data --name dev -- --data-checksums
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import Server
+    from pgmgr.core.locked import locked
     from pgmgr.core.server import AUTH_METHODS, InitOptions
 
     extra = list(initdb_args or [])
@@ -68,7 +68,7 @@ def init(
     opts = InitOptions(
         superuser=superuser, auth=auth, encoding=encoding, locale=locale, extra=tuple(extra)
     )
-    with registry.lock(srv.datadir):
+    with locked(srv):
         label = c.version_label(srv.inst.version)
         with ui.spinner(f"Initializing {label} in {srv.datadir} …"):
             created = srv.initialize(opts, user=user, template=not no_template)

@@ -22,11 +22,12 @@ def restart(
     Example: pgmgr restart dev -m smart
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, registry
+    from pgmgr.core import ops
+    from pgmgr.core.locked import locked
 
     srv = c.resolve(name, datadir)
     t0 = time.monotonic()
-    with registry.lock(srv.datadir), ui.spinner(f"Restarting '{srv.inst.name}' ({mode}) …"):
+    with locked(srv), ui.spinner(f"Restarting '{srv.inst.name}' ({mode}) …"):
         result = ops.restart(srv, mode, timeout)
     elapsed = time.monotonic() - t0
     st = srv.status()

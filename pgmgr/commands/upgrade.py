@@ -41,9 +41,10 @@ def upgrade(
     Example: pgmgr upgrade dev -v 18 --check
     """
     c.quiet(quiet, json)
-    from pgmgr.core import registry, sigguard
+    from pgmgr.core import sigguard
     from pgmgr.core import upgrade as up
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.locked import locked
 
     srv = c.resolve(name, None)
     old, new = up.prepare(srv, version, method)
@@ -60,7 +61,7 @@ def upgrade(
     what = "Checking" if check else "Upgrading"
     with (
         sigguard.interruptible(),
-        registry.lock(srv.datadir),
+        locked(srv),
         ui.spinner(f"{what} '{srv.inst.name}' ({old.version} -> {new.version}, {method}) …"),
     ):
         result = up.upgrade(srv, version, method=method, check=check)

@@ -182,6 +182,12 @@ def settle(inst: Instance) -> Instance:
     return inst
 
 
+def settle_held(inst: Instance) -> None:
+    """Settle ``inst``'s intent; the caller holds its lock. Best effort, as :func:`settle`."""
+    with contextlib.suppress(Exception):  # the record stays as it is; the next load retries
+        _settle_locked(inst)
+
+
 def _settle_locked(inst: Instance) -> None:
     from pgmgr.core.instance import Server
 

@@ -32,6 +32,7 @@ from typing import Any
 from pgmgr.core import registry, server
 from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
+from pgmgr.core.locked import SWITCHED, locked
 from pgmgr.core.server import InitOptions
 
 #: Keyword options accepted by :class:`Manager` besides the seed's parameters.
@@ -160,7 +161,9 @@ class Manager:
         :raises OSError: postgres cannot be launched.
         :raises WorkerError: it exited during start-up or was not ready in time.
         """
-        with _seed_errors(), registry.lock(self.db_dir):
+        # the record as a switch (upgrade, restore) we waited behind left it, with this
+        # object's own settings kept
+        with _seed_errors(), locked(self._server, only=SWITCHED):
             result = self._server.start(
                 host=self.host,
                 port=self.port,
@@ -197,7 +200,7 @@ class Manager:
         :returns: False if it was not running.
         :raises WorkerError: it did not exit within ``timeout``.
         """
-        with _seed_errors(), registry.lock(self.db_dir):
+        with _seed_errors(), locked(self._server, only=SWITCHED):
             return self._server.stop(mode or self.stop_mode, timeout, wait)
 
     def wait(self, timeout: float | None = None) -> int | None:

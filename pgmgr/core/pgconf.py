@@ -240,17 +240,16 @@ def change(
     :raises UsageError: a bad name or value (checked by ``postgres -C``), an unknown unset.
     :raises WorkerError: the reload or restart failed.
     """
-    from pgmgr.core import registry
     from pgmgr.core.instance import DataDirNotFound
+    from pgmgr.core.locked import locked
 
     if not server.is_datadir(srv.datadir):
         raise DataDirNotFound(srv.datadir, "is not a PostgreSQL data directory (or is gone)")
     dropped = check_unset(srv, remove) if remove is not None else []
     check_values(srv, assign)
-    with registry.lock(srv.datadir):
-        if srv.register and srv.inst.name in registry.names():
-            # Another pgmgr may have changed them since srv was loaded: start from the record.
-            srv.inst.settings = registry.load(srv.inst.name).settings
+    # the record as it is under the lock: another pgmgr may have changed its settings, or
+    # switched its major (upgrade, restore), since srv was loaded
+    with locked(srv):
         new = {k: v for k, v in srv.inst.settings.items() if k not in dropped}
         new.update(assign)
         write(srv.datadir, new, srv.user())

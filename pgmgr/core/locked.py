@@ -1,0 +1,72 @@
+"""Take an instance's lock and act on its record as it is under that lock.
+
+A command resolves its instance (reads the record) before it takes the per-data-directory
+lock. One that waited there behind an upgrade or a restore, which switch the record's
+major, binaries and pin under that lock, would otherwise act on the record as it was before
+the switch, and the identity check would refuse the instance as "replaced" though it is
+fine. :func:`locked` reads the record again once the lock is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from pgmgr.core import registry
+from pgmgr.core.errors import InstanceNotFound
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+#: What a switch of the data directory (upgrade, restore) changes in the record.
+SWITCHED = ("major", "version", "bindir", "settings", "dev", "ino", "system_id", "intent")
+
+
+@contextlib.contextmanager
+def locked(
+    srv: Server, timeout: float = 30.0, *, only: tuple[str, ...] | None = None
+) -> Iterator[Server]:
+    """Hold ``srv``'s lock, with ``srv.inst`` read again under it (a registered record);
+    with ``only``, just those fields (an object that keeps unsaved changes of its own).
+
+    :raises Busy: another pgmgr held the lock for ``timeout`` seconds.
+    :raises InstanceNotFound: the record was removed, or now names another data directory,
+        while this command waited for the lock.
+    """
+    with registry.lock(srv.datadir, timeout):
+        refresh(srv, only)
+        yield srv
+
+
+def refresh(srv: Server, only: tuple[str, ...] | None = None) -> None:
+    """Read ``srv``'s record again; the caller holds its lock. An unregistered or not yet
+    saved instance has no record to read: it stays as it is (so does one whose record is
+    gone, with ``only``)."""
+    if not srv.register or srv.new:
+        return
+    name = srv.inst.name
+    try:
+        fresh = registry.load(name, settle=False)
+        if fresh.intent is not None:  # a switch killed half-way: settle it, we hold the lock
+            from pgmgr.core import intent
+
+            intent.settle_held(fresh)
+            fresh = registry.load(name, settle=False)
+    except InstanceNotFound:
+        if only is not None:  # an object that keeps its own record saves it again (Manager)
+            return
+        raise InstanceNotFound(
+            f"instance {name!r} was removed while this command waited for it",
+            hint="'pgmgr status' lists the known instances",
+        ) from None
+    if fresh.datadir != srv.inst.datadir:
+        raise InstanceNotFound(
+            f"instance {name!r} now names another data directory ({fresh.datadir}, "
+            f"not {srv.inst.datadir}): it changed while this command waited for it",
+            hint="run the command again",
+        )
+    if only is None:
+        srv.inst = fresh
+    for key in only or ():
+        setattr(srv.inst, key, getattr(fresh, key))
