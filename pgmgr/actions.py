@@ -79,9 +79,10 @@ def start(
 ) -> int:
     """``pgmgr start``: see its ``--help``."""
     ui.settings.quiet = quiet
-    from pgmgr.core import registry, server
+    from pgmgr.core import server
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import Server
+    from pgmgr.core.locked import locked
 
     settings = dict(server.parse_setting(s) for s in setting or [])
     if log_file is not None:
@@ -116,7 +117,7 @@ def start(
         srv = resolve(name, datadir)
     from pgmgr.core import initstart
 
-    with registry.lock(srv.datadir), initstart.undo_on_failure(srv, enabled=init):
+    with locked(srv), initstart.undo_on_failure(srv, enabled=init):
         if log_file is not None and srv.running() is None:  # a running one keeps its log
             srv.inst.log_file = str(log_file)
         if init:
@@ -309,6 +310,7 @@ def stop(
     from pgmgr.core import registry
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
+    from pgmgr.core.locked import locked
     from pgmgr.core.server import STOP_SIGNALS
 
     if mode not in STOP_SIGNALS:
@@ -325,7 +327,7 @@ def stop(
     results: list[dict[str, Any]] = []
     for srv in servers:
         t0 = time.monotonic()
-        with registry.lock(srv.datadir):
+        with locked(srv):
             pf = srv.running()
             with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
                 stopped = srv.stop(mode, timeout)

@@ -30,10 +30,11 @@ def snapshot(
 ) -> int:
     """Take snapshot ``snap`` of instance ``name`` (or delete it)."""
     ui.settings.quiet = quiet
-    from pgmgr.core import registry, sigguard
+    from pgmgr.core import sigguard
     from pgmgr.core import snapcatalog as catalog
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
+    from pgmgr.core.locked import locked
 
     srv = resolve(name, None)
     if delete:
@@ -41,7 +42,7 @@ def snapshot(
             raise UsageError(
                 "--delete needs the snapshot's name: pgmgr snapshot NAME SNAP --delete"
             )
-        with registry.lock(srv.datadir):
+        with locked(srv):
             catalog.delete(srv, snap)
         if json:
             ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
@@ -50,7 +51,7 @@ def snapshot(
     how = "online " if online else ""
     with (
         sigguard.interruptible(),
-        registry.lock(srv.datadir),
+        locked(srv),
         ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
     ):
         result = snaps.create(srv, snap, online=online)
@@ -77,8 +78,9 @@ def restore(
     """Put instance ``name`` back to snapshot ``snap``, once ``confirm`` (given unless
     ``--yes``) has let it: it raises to refuse."""
     ui.settings.quiet = quiet
-    from pgmgr.core import registry, sigguard
     from pgmgr.core import restore as restoring
+    from pgmgr.core import sigguard
+    from pgmgr.core.locked import locked
     from pgmgr.core.snapstore import human
 
     srv = resolve(name, None)
@@ -86,7 +88,7 @@ def restore(
         confirm(srv)
     with (
         sigguard.interruptible(),
-        registry.lock(srv.datadir),
+        locked(srv),
         ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
     ):
         result = restoring.restore(srv, snap, save_current="" if save_current else None)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from pgmgr.core import registry
 from pgmgr.core.errors import InstanceNotFound
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
 

@@ -111,7 +111,8 @@ def test_commands_queued_behind_a_restore_act_on_the_restored_directory(
     try:
         run.reached()
         with queued(inst.datadir, ("restart", "dev", "-q"),
-                    ("config", "dev", "set", "work_mem=7MB", "-q")) as qs:  # fmt: skip
+                    ("config", "dev", "set", "work_mem=7MB", "-q"),
+                    ("snapshot", "dev", "after", "-q")) as qs:  # fmt: skip
             ok(run.go())
             for proc in qs:
                 finished(proc)
@@ -121,7 +122,7 @@ def test_commands_queued_behind_a_restore_act_on_the_restored_directory(
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "0"  # the restored data
     assert inst.sql("SHOW work_mem") == "7MB"
-    assert [s["snapshot"] for s in inst.snaps()] == ["base"]
+    assert {s["snapshot"] for s in inst.snaps()} == {"base", "after"}
 
 
 def test_a_manager_queued_behind_a_restore_stops_and_starts_the_restored_directory(
