@@ -24,8 +24,9 @@ OWNER_FILE = "pgmgr.owner"
 #: Name prefixes of temporary directories (``pgmgr run``, the pytest plugin) that are swept.
 SWEPT_PREFIXES = ("pgmgr-run-", "pgmgr-pytest-")
 #: Short-lived directories named ``<prefix><pid>-*`` (initdb's password file, the settings
-#: check of ``start --init``, an import's copy of an archive): swept once that pid is gone.
-PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-")
+#: check of ``start --init``, an import's copy of an archive, an upgrade's socket dir):
+#: swept once that pid is gone.
+PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-")
 
 
 def owner_token(pid: int) -> str:
@@ -107,7 +108,7 @@ def dead_runs() -> list[Path]:
 
 
 def _pw_dir_dead(name: str) -> bool:
-    """``pgmgr-{pw,cfg,imp}-<pid>-*`` of a pgmgr process that is gone."""
+    """``pgmgr-{pw,cfg,imp,up}-<pid>-*`` of a pgmgr process that is gone."""
     pid = name.split("-")[2]
     return pid.isdigit() and not process.is_alive(int(pid))
 

@@ -30,6 +30,7 @@ from pgmgr.core import (
     sigguard,
     snapshot,
     snapstore,
+    sweep,
     testhook,
     tools,
     versions,
@@ -121,12 +122,14 @@ def probe(srv: Server) -> plan.ClusterOptions:
 # --------------------------------------------------------------------------- helpers
 
 
-def _mkdirs(work: Path) -> str:
-    """The work directory, and a short private socket dir under the temp dir. As the user."""
+def _mkdirs(work: Path, owner: int) -> str:
+    """The work directory, and a short private socket dir under the temp dir, named after
+    the pgmgr process ``owner`` (``pgmgr-up-<pid>-*``: once that process is gone, a killed
+    upgrade's is swept, see :mod:`pgmgr.core.sweep`). As the user."""
     import tempfile
 
     os.mkdir(work, 0o700)
-    return tempfile.mkdtemp(prefix="pgmgr-up-")
+    return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-")
 
 
 def _remove_socket_dir(path: str) -> None:
@@ -246,7 +249,8 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             needed = size * (2 if method == "link" else 1) if method != "clone" else 0
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
         work = store.entry(snapstore.tmp_name("upgrade"))
-        sockdir = store.as_user(_mkdirs, work)
+        sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
+        sockdir = store.as_user(_mkdirs, work, os.getpid())
         try:
             newdata = work / "data"
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)

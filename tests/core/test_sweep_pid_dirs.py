@@ -22,7 +22,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("prefix", ["pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-"])
+@pytest.mark.parametrize("prefix", ["pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-"])
 def test_the_dir_of_a_dead_pid_goes_and_a_live_ones_stays(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
