@@ -21,9 +21,10 @@ reflink filesystem: an XFS (``mkfs.xfs -m reflink=1``) in a sparse image file un
 work directory, loop-mounted, so the copies are ``FICLONE`` clones. Those rows share the
 baselines measured on the first filesystem.
 
-The snapshot and branch cases run ``--runs`` times (default 3; the median is shown: on
-this VM's disk one run of a case varied by up to 1.8x), the upgrade once; the machine's
-page cache is flushed with ``sync`` before each side (untimed). Everything lives under one
+Each case runs ``--runs`` times (default 3; the median is shown: on this VM's disk one run
+of a case varied by up to 1.8x); the machine's page cache is flushed with ``sync`` before
+each side (untimed), and the next case waits until the old state a restore replaced has
+been deleted in the background. Everything lives under one
 temporary directory in /tmp with its own pgmgr state; every server started is stopped and the
 directory removed at the end. As root, the baselines run as the ``postgres`` user, as pgmgr's
 servers do. Writes a section of bench/RESULTS.md unless ``--no-write``.
@@ -196,7 +197,24 @@ class Bench:
         self.psql(self.port(name), change, "bench", name)
         took += self.timed(lambda: self.pgmgr("restore", name, "s1", "--yes", "-q"))
         self.pgmgr("snapshot", name, "s1", "--delete", "-q")
+        self.quiesce(name)
         return took
+
+    def quiesce(self, name: str) -> None:
+        """Until the old state a restore replaced is deleted (in the background, ``rm -rf``
+        as the server user): the next timed case must not share the disk with it."""
+        import json
+
+        datadir = Path(json.loads(self.pgmgr("status", name, "--json"))["datadir"])
+        store = datadir.parent / ".pgmgr-snapshots" / datadir.name
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if not [n for n in os.listdir(store) if n.startswith(".")]:
+                    return
+            except FileNotFoundError:
+                return
+            time.sleep(0.05)
 
     def snapshot_restore(self) -> tuple[float, float, float, float]:
         a = self.snapshot_restore_ours("main", SMALL)
@@ -330,17 +348,19 @@ class Bench:
         self.pgmgr("start", "main", "-q")
         self.pgmgr("start", "-q", "--init", "-d", str(mnt / "main"), "--name", name, "-p", "auto")
 
-    def upgrade(self) -> tuple[float, float]:
+    def upgrade(self, run: int = 0) -> tuple[float, float]:
         self.pgmgr("stop", "--all", "-q")
-        ours_dir, raw_dir = self.work / "up-ours", self.work / "up-raw"
+        ours_dir, raw_dir = self.work / f"up-ours{run}", self.work / f"up-raw{run}"
         for d in (ours_dir, raw_dir):
             subprocess.run(["cp", "-a", str(self.work / "main"), str(d)], check=True)
-        self.pgmgr("init", "-q", "-d", str(ours_dir), "--name", "upours")
+        name = f"upours{run}"
+        self.pgmgr("init", "-q", "-d", str(ours_dir), "--name", name)
         a = self.timed(
-            lambda: self.pgmgr("upgrade", "upours", "-v", "18", "--method", "copy", "--yes", "-q")
+            lambda: self.pgmgr("upgrade", name, "-v", "18", "--method", "copy", "--yes", "-q")
         )
-        new = self.mkdir("raw-new") / "data"
-        work = self.mkdir("raw-work")
+        self.pgmgr("destroy", name, "--yes", "--with-snapshots", "-q")
+        new = self.mkdir(f"raw-new{run}") / "data"
+        work = self.mkdir(f"raw-work{run}")
         p1, p2 = server.free_port("127.0.0.1"), server.free_port("127.0.0.1")
 
         def raw() -> None:
@@ -384,6 +404,8 @@ class Bench:
             )
 
         b = self.timed(raw)
+        for d in (raw_dir, new.parent, work):
+            shutil.rmtree(d)
         return a, b
 
 
@@ -418,7 +440,7 @@ def machine(b: Bench, runs: int) -> list[str]:
         f"- PostgreSQL {b.old.version} -> {b.new.version}; pgbench scale {b.scale}; "
         f"user: {'root (servers run as postgres)' if b.root else pwd.getpwuid(os.getuid())[0]}",
         f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f}; "
-        f"median of {runs} runs per case (upgrade: one), "
+        f"median of {runs} runs per case, "
         f"`sync` (untimed) before each side; date: {time.strftime('%Y-%m-%d %H:%M')}",
     ]
 
@@ -490,7 +512,8 @@ def main() -> int:
                 for i in range(args.runs)
             ]
             xsr, xsrb, xbr = (statistics.median(c) for c in zip(*xruns, strict=True))
-        up, raw = b.upgrade()
+        ups = [b.upgrade(i) for i in range(args.runs)]
+        up, raw = (statistics.median(c) for c in zip(*ups, strict=True))
         notes = machine(b, args.runs)
         if why is not None:
             notes.append(f"- no XFS reflink rows: {why}")
