@@ -73,8 +73,12 @@ def _take(ufd: int, key: str, fin: Finish, auth: str) -> bool:
     spare = fd_path(ufd) / f"{key}{SPARE}"
     if not ready(spare):
         return False
+    testhook.pause("claim-ready")
     fin.prepare()
-    if os.lstat(spare).st_dev != os.stat(Path(fin.data).parent).st_dev:
+    try:
+        if os.lstat(spare).st_dev != os.stat(Path(fin.data).parent).st_dev:
+            return False
+    except FileNotFoundError:  # another init claimed it since it was ready
         return False
     testhook.pause("claim")
     try:

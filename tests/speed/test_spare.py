@@ -127,6 +127,32 @@ def test_concurrent_inits_with_a_spare(base: Path, started: Callable[..., dict[s
         assert scalar(port, registry.load(d.name).password, "SELECT 1") == 1
 
 
+def test_spare_claimed_between_its_check_and_the_claim(
+    base: Path, started: Callable[..., dict[str, Any]]
+) -> None:
+    """Init A finds the spare ready and pauses; init B claims it meanwhile; A copies the
+    template instead. (A failed with 'No such file or directory: …spare' when B's claim
+    fell between its check and its look at the spare's filesystem: seen once in CI.)"""
+    from tests.pause import Paused
+
+    inode = ready(base)
+    hooks = base / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)  # the claim pauses as the server user
+    a = Paused(hooks, "claim-ready", "init", "-d", str(base / "a"), "-q")
+    try:
+        a.reached()
+        pgmgr("init", "-d", str(base / "b"), "-q")
+        assert control_inode(base / "b") == inode  # B got the spare
+    finally:
+        run = a.go()
+    assert run.returncode == 0, str(run)
+    assert control_inode(base / "a") != inode  # A copied the template
+    wait_refills()
+    port = started(base / "a")["port"]
+    assert scalar(port, registry.load("a").password, "SELECT 1") == 1
+
+
 def test_missing_or_half_made_spare_falls_back_to_a_copy(
     base: Path, started: Callable[..., dict[str, Any]]
 ) -> None:
