@@ -98,10 +98,18 @@ def test_ready_wait_timeout_on_a_started_no_wait_server(
     datadir: Path, managers: ManagerFactory
 ) -> None:
     m = managers(datadir)
-    m.start(wait=False)
-    # Freeze the postmaster so it cannot become ready before the deadline, however fast the
-    # machine; thaw it later so the kill that ready_wait sends gets delivered.
-    os.kill(m.process.pid, signal.SIGSTOP)
+    for _ in range(5):
+        m.start(wait=False)
+        # Freeze the postmaster so it cannot become ready before the deadline, however fast
+        # the machine; thaw it later so the kill that ready_wait sends gets delivered.
+        os.kill(m.process.pid, signal.SIGSTOP)
+        pidfile = datadir / "postmaster.pid"
+        lines = pidfile.read_text().splitlines() if pidfile.exists() else []
+        if len(lines) < 8 or lines[7].strip() not in ("ready", "standby"):
+            break
+        # Descheduled between the spawn and the freeze, it was ready already: again.
+        os.kill(m.process.pid, signal.SIGCONT)
+        m.stop()
     thaw = threading.Timer(0.5, os.kill, (m.process.pid, signal.SIGCONT))
     thaw.start()
     try:
