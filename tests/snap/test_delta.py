@@ -8,13 +8,22 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from pgmgr.core import delta
+from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
+
+
+def hooks_dir(tmp_path: Path) -> Path:
+    """A pause directory the restore can reach as the server user."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    return hooks
 
 
 def inodes(top: Path) -> dict[int, str]:
@@ -47,7 +56,7 @@ def test_only_changes_are_copied_back(inst: Inst) -> None:
     out = restore(inst, "s1")
     assert inst.sql("SELECT count(*) FROM t") == "1000"
     assert out["unchanged_files"] > 100  # type: ignore[operator]
-    assert out["copied_bytes"] <= size - big  # type: ignore[operator]
+    assert out["copied_bytes"] <= size - big
 
     inst.sql("UPDATE big SET x = -x WHERE x % 100 = 0")
     out = restore(inst, "s1")
@@ -115,26 +124,12 @@ def test_save_current_shares_nothing(inst: Inst) -> None:
 def test_killed_after_linking(inst: Inst, tmp_path: Path) -> None:
     """SIGKILL once the new directory is built (files linked from the live one) but not
     swapped in: the instance starts on its own state, and the next restore is right."""
-    from pgmgr.core import testhook
-
     inst.ok("snapshot", "dev", "s1", "-q")
     inst.sql("DELETE FROM t WHERE x > 500")
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    hooks.chmod(0o777)
-    (hooks / "restore-staged").touch()
-    env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgmgr", "restore", "dev", "s1", "--yes"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (hooks / "restore-staged.reached").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    proc.kill()
-    proc.communicate()
+    run = Paused(hooks_dir(tmp_path), "restore-staged", "restore", "dev", "s1", "--yes",
+                 env=inst.env)  # fmt: skip
+    run.reached()
+    assert run.kill(signal.SIGKILL) == -signal.SIGKILL
     inst.ok("start", "dev", "-q")
     assert inst.sql("SELECT count(*) FROM t") == "500"
     inst.sql("INSERT INTO t VALUES (-1)")
@@ -210,26 +205,14 @@ def test_started_during_the_restore(inst: Inst, tmp_path: Path) -> None:
     shares, and replays its WAL into them. The restore must not swap (the restored
     directory would share files with a running server): it stops, having changed
     nothing, and the instance runs."""
-    from pgmgr.core import testhook
     from pgmgr.core.listen import free_port
 
     inst.ok("snapshot", "dev", "s1", "-q")
     inst.sql("DELETE FROM t WHERE x > 500")
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    hooks.chmod(0o777)
-    (hooks / "restore-staged").touch()
-    env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgmgr", "restore", "dev", "s1", "--yes"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    run = Paused(hooks_dir(tmp_path), "restore-staged", "restore", "dev", "s1", "--yes",
+                 env=inst.env)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not (hooks / "restore-staged.reached").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
+        run.reached()
         stray = inst.datadir.parent / "stray"  # reachable by the server user
         stray.mkdir()
         port = free_port("127.0.0.1")
@@ -239,13 +222,10 @@ def test_started_during_the_restore(inst: Inst, tmp_path: Path) -> None:
             argv = ["runuser", "-u", "postgres", "--", *argv]
             os.chown(stray, pwd.getpwnam("postgres").pw_uid, -1)
         subprocess.run(argv, check=True, timeout=60)
-        (hooks / "restore-staged.go").touch()
-        _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err
-    assert "Traceback" not in err
+        done = run.go()
+    err = done.stderr
+    assert done.returncode == 1, err
     assert "started during the restore; nothing was changed" in err
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t") == "500"
