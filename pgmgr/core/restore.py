@@ -279,6 +279,7 @@ def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir
         raise
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
+    testhook.pause("restore-completed")
     store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
     intent.drop(store, gone)
 
