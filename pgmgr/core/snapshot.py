@@ -258,10 +258,12 @@ def create(
                 f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
             )
         name = pick_name(store, name, srv.inst.name, taken)
-        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}")
-        staging = store.entry(snapstore.tmp_name("snap"))
         online = online and srv.running() is not None  # stopped: a copy is consistent
         kind = "online" if online else kind
+        if online:  # pg_basebackup shares nothing: the whole size must fit
+            earlier = []
+        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}")
+        staging = store.entry(snapstore.tmp_name("snap"))
         try:
             with paused(srv, stop=not online) as pause:
                 shared_with = None

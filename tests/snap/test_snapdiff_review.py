@@ -1,0 +1,99 @@
+"""Review of snapshots by difference (adversarial): scenarios mixing snapshot, restore,
+--save-current, --online, deletes and kills. Real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_delta import inodes
+from tests.snap.test_disk_full import small_fs  # noqa: F401
+
+
+def snap(inst: Inst, name: str, *extra: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads(inst.ok("snapshot", "dev", name, "--json", *extra).stdout)
+    return data
+
+
+def restore(inst: Inst, name: str, *extra: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads(
+        inst.ok("restore", "dev", name, "--yes", "--json", *extra).stdout
+    )
+    return data
+
+
+def shared_with_live(inst: Inst) -> list[str]:
+    """Files of any snapshot that are files of the data directory too."""
+    live = inodes(inst.datadir)
+    found = []
+    for entry in os.listdir(inst.store):
+        if not (inst.store / entry / "data").is_dir():
+            continue
+        for ino, path in inodes(inst.store / entry / "data").items():
+            if ino in live:
+                found.append(f"{path} = {live[ino]}")
+    return found
+
+
+def rows(inst: Inst) -> str:
+    return inst.sql("SELECT count(*), coalesce(sum(x), 0) FROM t")
+
+
+def test_restore_snapshot_restore_older_chain(inst: Inst) -> None:
+    """Snapshot C, change, snapshot A (shares with C), change, restore A, change, snapshot
+    B (shares with A), change; then restore C, B, A in turn, and once A is deleted, C and
+    B again: each brings its own rows, and no snapshot ever shares a file with the data
+    directory."""
+    want = {}
+    for name, change in (("c", "INSERT INTO t VALUES (-1)"), ("a", "DELETE FROM t WHERE x < 100")):
+        snap(inst, name)
+        want[name] = rows(inst)
+        inst.sql(change)
+    restore(inst, "a")
+    inst.sql("INSERT INTO t VALUES (-2)")
+    assert snap(inst, "b")["shared_with"] == "a"
+    want["b"] = rows(inst)
+    inst.sql("UPDATE t SET x = x + 1")
+    for name in ("c", "b", "a"):
+        restore(inst, name)
+        assert rows(inst) == want[name], name
+        assert shared_with_live(inst) == []
+    inst.ok("snapshot", "dev", "a", "--delete", "-q")
+    for name in ("c", "b"):
+        restore(inst, name)
+        assert rows(inst) == want[name], name
+    assert leftovers(inst.store) == []
+
+
+def test_online_snapshot_space_check_counts_no_sharing(
+    small_fs: Path,  # noqa: F811
+    template: Path,
+) -> None:
+    """``snapshot --online`` (pg_basebackup) shares nothing with an earlier snapshot, so its
+    space check must ask for the whole size. With the sharing subtracted, the check passes
+    on a disk that cannot hold the copy, and pg_basebackup fills the disk the running
+    server writes its WAL to. A real small tmpfs (~48 MB free, ~66 MB to copy)."""
+    datadir = small_fs / "data"
+    subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
+    inst = Inst("dev", datadir)
+    try:
+        inst.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        inst.sql("CREATE TABLE t AS SELECT g AS x, repeat('x', 200) AS pad "
+                 "FROM generate_series(1, 50000) g")  # fmt: skip
+        inst.ok("snapshot", "dev", "s1", "-q")
+        free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+        assert free < int(inst.snaps()[0]["size"])  # type: ignore[call-overload]
+        run = inst.pgmgr("snapshot", "dev", "s2", "--online")
+        assert run.returncode == 1, run
+        assert "Traceback" not in run.stderr
+        assert error_lines(run.stderr)[0].startswith("Error: not enough disk space"), run.stderr
+        assert inst.state() == "running"
+        assert inst.sql("SELECT count(*) FROM t") == "50000"
+        assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+        assert leftovers(inst.store) == []
+    finally:
+        inst.pgmgr("stop", "--all", "-m", "immediate", "-q")
