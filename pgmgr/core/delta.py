@@ -143,7 +143,8 @@ def load(snapdir: Path) -> Index | None:
         files = {str(k): _stamp(v) for k, v in doc["files"].items()}
         own = {str(k): _own(v) for k, v in doc.get("own", {}).items()}
         return Index(int(doc["dev"]), files, str(doc["boot"]), own)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
+        # OverflowError: int() of a number JSON parsed as infinity (1e400, Infinity)
         return None
 
 

@@ -97,3 +97,27 @@ def test_online_snapshot_space_check_counts_no_sharing(
         assert leftovers(inst.store) == []
     finally:
         inst.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_index_with_a_huge_number_is_no_index(inst: Inst) -> None:
+    """A damaged index whose numbers overflow (``1e400`` or ``Infinity`` parse as a float
+    infinity, and ``int()`` of it raises OverflowError, not ValueError) is no index: the
+    next snapshot and restore copy everything, without a traceback."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    index = inst.store / "s1" / "index.json"
+    good = json.loads(index.read_text())
+    bad = json.loads(index.read_text())
+    rel = next(iter(bad["own"]))
+    bad["own"][rel][0] = float("inf")
+    index.write_text(json.dumps(bad))
+    inst.sql("INSERT INTO t VALUES (-1)")
+    run = inst.pgmgr("snapshot", "dev", "s2", "--json")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert json.loads(run.stdout)["shared_files"] == 0
+    inst.sql("TRUNCATE t")
+    good["dev"] = 1e400
+    index.write_text(json.dumps(good))
+    run = inst.pgmgr("restore", "dev", "s1", "--yes", "--json")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert json.loads(run.stdout)["unchanged_files"] == 0
+    assert rows(inst) == "1000|500500"
