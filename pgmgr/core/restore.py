@@ -18,6 +18,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     delta,
+    identity,
     intent,
     pgcontrol,
     server,
@@ -32,6 +33,9 @@ from pgmgr.core.pause import paused, resume
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name
 from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
+
+#: (inode, size, mtime, ctime) of a file
+_Stamp = tuple[int, int, int, int]
 
 
 @dataclass
@@ -138,11 +142,13 @@ def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
 
 def _stage_delta(
     src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
-) -> copy.CopyStats:
+) -> tuple[copy.CopyStats, _Stamp]:
     """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
-    that ``index`` says are unchanged linked instead of copied; durable. As the user."""
+    that ``index`` says are unchanged linked instead of copied; durable. With the stamp
+    of its ``pg_control`` before (see :func:`_identify_staged`). As the user."""
     lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        control = _control(lfd)
         stats = copy.copy_tree(
             src, staging, exclude=("postmaster.pid",), flush=True,
             link_dest=lfd, unchanged=index.unchanged,
@@ -150,7 +156,38 @@ def _stage_delta(
     finally:
         os.close(lfd)
     copy.sync_fs(store)
-    return stats
+    return stats, control
+
+
+def _control(dir_fd: int) -> _Stamp:
+    """The stamp of ``global/pg_control`` under ``dir_fd``: any server that starts or
+    stops on the data directory writes it."""
+    st = os.stat("global/pg_control", dir_fd=dir_fd, follow_symlinks=False)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _identify_staged(
+    staging: Path, datadir: Path, control: _Stamp | None, instance: str
+) -> identity.Identity:
+    """:func:`intent.identify` of ``staging``, once sure no server ran on ``datadir``
+    since it was staged by difference (``control``: its ``pg_control`` then): one started
+    by hand meanwhile, and stopped again, wrote into files the staged directory shares.
+    As the user.
+
+    :raises DatabaseException: it did.
+    """
+    if control is not None:
+        fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            ran = _control(fd) != control
+        finally:
+            os.close(fd)
+        if ran:
+            raise DatabaseException(
+                f"'{instance}' was started during the restore; nothing was changed",
+                hint="stop what starts it (pg_ctl, a script) and restore again",
+            )
+    return intent.identify(staging)
 
 
 def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
@@ -217,12 +254,16 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
+            control = None
             with paused(srv, mode=mode) as pause:
                 if index is not None:
-                    stats = _stage_stopped(srv, store, snapdir, staging, index, name)
+                    stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")
+                staged = store.as_user(
+                    _identify_staged, staging, srv.datadir, control, srv.inst.name
+                )
                 it = intent.Intent(
-                    "restore", store.as_user(intent.identify, staging),
+                    "restore", staged,
                     _rollback_record(meta) if rollback else {}, intent.held_name("restore"),
                 )  # fmt: skip
                 if keep is not None:  # the replaced state becomes this snapshot
@@ -253,7 +294,7 @@ def _not_started(srv: Server) -> None:
 
 def _stage_stopped(
     srv: Server, store: Store, snapdir: Path, staging: Path, index: delta.Index, name: str
-) -> copy.CopyStats:
+) -> tuple[copy.CopyStats, _Stamp]:
     """:func:`_stage_delta` once the server is stopped; a partial copy is removed before
     the server starts again (a disk the copy filled would refuse its start)."""
     try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 from pathlib import Path
 
 from tests.helpers import error_lines
+from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
-from tests.snap.test_delta import inodes
+from tests.snap.test_delta import hooks_dir, inodes
 from tests.snap.test_disk_full import small_fs  # noqa: F401
 
 
@@ -121,3 +123,61 @@ def test_index_with_a_huge_number_is_no_index(inst: Inst) -> None:
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert json.loads(run.stdout)["unchanged_files"] == 0
     assert rows(inst) == "1000|500500"
+
+
+def _by_hand(inst: Inst, sql: str) -> None:
+    """Start PostgreSQL on the data directory with pg_ctl (bypassing pgmgr and its
+    lock), run ``sql``, stop it: a script or a clumsy user."""
+    bindir = Path(str(inst.record()["bindir"]))
+    sock = inst.datadir.parent / "hand"  # reachable by the server user, unlike tmp_path
+    sock.mkdir(exist_ok=True)
+    sock.chmod(0o777)
+    owner = pwd.getpwuid(inst.datadir.stat().st_uid).pw_name
+    prefix = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 else []
+    opts = f"-c listen_addresses='' -c unix_socket_directories={sock} -p 5999"
+    log = sock / "log"
+    log.touch()
+    log.chmod(0o666)
+    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(inst.datadir), "-l", str(log)]
+    started = subprocess.run([*pg_ctl, "-o", opts, "-w", "start"], capture_output=True)
+    assert started.returncode == 0, log.read_text()
+    try:
+        subprocess.run([*prefix, str(bindir / "psql"), "-h", str(sock), "-p", "5999", "-U",
+                        str(inst.record()["superuser"]), "-d", "postgres", "-XAtq",
+                        "-v", "ON_ERROR_STOP=1", "-c", sql],
+                       check=True, capture_output=True)  # fmt: skip
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+
+
+def test_server_started_by_hand_during_a_restore_by_difference(inst: Inst, tmp_path: Path) -> None:
+    """While the restore builds the new directory by difference (the server stopped, the
+    unchanged files of the live directory linked into it), a server is started by hand on
+    the data directory, writes, and is stopped again before the swap. Its writes went
+    into files the new directory shares: the restore must not swap that in (it did, and
+    the restored instance held the hand-written row instead of the snapshot's rows)."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("CREATE TABLE u (y int)")  # something changed: the restore has work to do
+    run = Paused(hooks_dir(tmp_path), "restore-staged", "restore", "dev", "s1", "--yes",
+                 env=inst.env)  # fmt: skip
+    try:
+        run.reached()
+        _by_hand(inst, "INSERT INTO t VALUES (-99); CHECKPOINT")
+    finally:
+        done = run.go()
+    if done.returncode == 0:
+        inst.ok("start", "dev", "-q")
+        rel = inst.sql("SELECT pg_relation_filepath('t')")
+        same = (inst.datadir / rel).read_bytes() == (inst.store / "s1" / "data" / rel).read_bytes()
+        # The hand-written tuple's xid is not committed in s1's pg_xact: hidden at first,
+        # it shows once the instance's own transactions reach that xid and commit.
+        for _ in range(5):
+            inst.sql("SELECT txid_current()")
+        assert (same, rows(inst)) == (True, "1000|500500"), "t is not s1's t"
+    else:
+        assert "Traceback" not in done.stderr and "started" in done.stderr, done.stderr
+        inst.ok("start", "dev", "-q")
+        assert inst.sql("SELECT count(*) FROM t WHERE x = -99") == "1"  # nothing lost
+        restore(inst, "s1")
+        assert rows(inst) == "1000|500500"
+    assert leftovers(inst.store) == []
