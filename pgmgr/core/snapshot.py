@@ -26,6 +26,7 @@ from pgmgr.core import (
     server,
     sigguard,
     snapstore,
+    testhook,
 )
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
@@ -175,12 +176,28 @@ def _copy_identified(
     user, the server stopped."""
     index = delta.take(src)
     base = delta.base((staging.parent / n for n in earlier), index, snapstore.DATA)
+    testhook.pause("snapshot-indexed")
     stats = snap_copy(src, staging, base)
+    _not_run_since(src, index)
     index.own = delta.mine(staging / snapstore.DATA)
     if delta.settle(index, src):
         delta.save(staging, index)
     sysid = pgcontrol.system_identifier(staging / snapstore.DATA)
     return stats, sysid, base.data.parent.name if base and stats.linked else None
+
+
+def _not_run_since(datadir: Path, index: delta.Index) -> None:
+    """:raises DatabaseException: a server ran on the stopped ``datadir`` since ``index``
+    was taken (started by hand, bypassing the lock; any start or stop writes
+    ``pg_control``): the copy mixes files from before its writes (linked from an earlier
+    snapshot by the index) with files from after."""
+    control = "global/pg_control"
+    st = os.stat(datadir / control, follow_symlinks=False)
+    if index.files.get(control) != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        raise DatabaseException(
+            f"a server was started on {datadir} during the snapshot; nothing was changed",
+            hint="stop what starts it (pg_ctl, a script) and snapshot again",
+        )
 
 
 def snap_copy(src: Path, staging: Path, base: delta.Base | None = None) -> copy.CopyStats:

@@ -181,3 +181,32 @@ def test_server_started_by_hand_during_a_restore_by_difference(inst: Inst, tmp_p
         restore(inst, "s1")
         assert rows(inst) == "1000|500500"
     assert leftovers(inst.store) == []
+
+
+def test_server_started_by_hand_during_a_snapshot_by_difference(inst: Inst) -> None:
+    """A server started by hand (pg_ctl) while the snapshot copies the stopped data
+    directory, which writes and stops again: the files the index says are unchanged are
+    linked from the earlier snapshot (their bytes from before the hand-made writes), the
+    others copied with them. The snapshot must not be kept as a copy of the instance (it
+    was: it lacked the row the data directory holds)."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("CREATE TABLE u (y int)")
+    hooks = inst.datadir.parent / "hooks"  # the pause is in the server user's process
+    hooks.mkdir(mode=0o777)
+    hooks.chmod(0o777)
+    run = Paused(hooks, "snapshot-indexed", "snapshot", "dev", "s2", env=inst.env)
+    try:
+        run.reached()
+        _by_hand(inst, "INSERT INTO t VALUES (-99); CHECKPOINT")
+    finally:
+        done = run.go()
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -99") == "1"  # nothing lost
+    if done.returncode == 0:
+        inst.sql("TRUNCATE t")
+        restore(inst, "s2")
+        assert rows(inst) == "1001|500401", "s2 is not what the data directory held"
+    else:
+        assert "Traceback" not in done.stderr and "started" in done.stderr, done.stderr
+        assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert leftovers(inst.store) == []
