@@ -13,15 +13,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ import pytest
 
 from pgmgr.core import process
 from tests.helpers import (
+    GRAVEYARD,
     Run,
     copy_datadir,
     kill_postmasters,
@@ -99,59 +97,11 @@ def rel_base() -> Iterator[Path]:
     (base / "tmp").mkdir(mode=0o755)
     _BASES.append(base)
     yield base
-    _GRAVEYARD.close()
+    GRAVEYARD.close()
     left = postgres_pids_under(base)
     _OUTLIVED.extend(left)
     kill_postmasters(left)
     shutil.rmtree(base, ignore_errors=True)
-
-
-class _Graveyard:
-    """Test directories are deleted by a background thread: on this VM's disk (ext4 with
-    online discard) a data directory takes ~1.3 s to delete, most of many tests' teardown.
-    A directory is renamed away at once (nothing of it is left where the test had it) and
-    deleted while the next test runs; the session's end waits for the last ones."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Path | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def bury(self, path: Path, base: Path) -> None:
-        grave = base / ".graveyard" / f"{path.name}-{time.monotonic_ns()}"
-        try:
-            grave.parent.mkdir(exist_ok=True)
-            path.rename(grave)
-        except OSError:
-            _remove(path)  # as before, in place
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        self._queue.put(grave)
-
-    def _run(self) -> None:
-        while (path := self._queue.get()) is not None:
-            _remove(path)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-
-_GRAVEYARD = _Graveyard()
-
-
-def _remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():  # a test made something unreadable or immutable
-        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True, check=False)
-        for sub in [path, *path.rglob("*")]:
-            with contextlib.suppress(OSError):
-                if sub.is_dir() and not sub.is_symlink():
-                    sub.chmod(0o700)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -163,7 +113,7 @@ def work(rel_base: Path) -> Iterator[Path]:
     yield path
     left = wait_no_processes(path, timeout=3)
     kill_postmasters(left)
-    _GRAVEYARD.bury(path, rel_base)
+    GRAVEYARD.bury(path, rel_base / ".graveyard")
     assert not left, f"postgres processes left running by this test (now killed): {left}"
 
 
