@@ -66,7 +66,7 @@ def inst(ops_dir: Path, template: Path) -> Iterator[Inst]:  # noqa: F811
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
-    """A 0755 directory under /tmp for a test that builds its own instances."""
+    """A 0755 directory (/dev/shm or /tmp) for a test that builds its own instances."""
     path = make_dir("pgmgr-snap-")
     yield path
     left = postmasters_under(path)
