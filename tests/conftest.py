@@ -74,8 +74,27 @@ _CACHE_OF_TEST = pytest.StashKey[str]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """The test's own cache directory, noted before its fixtures (and monkeypatch) undo."""
-    item.stash[_CACHE_OF_TEST] = os.environ.get("PGMGR_CACHE_DIR", "")
+    """The test's own cache directory, noted before its fixtures (and monkeypatch) undo;
+    the refills working in it are ended now (see :func:`_refills_done`), before fixtures
+    that keep the cache inside their directories remove them."""
+    cache = os.environ.get("PGMGR_CACHE_DIR", "")
+    item.stash[_CACHE_OF_TEST] = cache
+    _kill_refills_of(cache)
+
+
+def _kill_refills_of(cache: str, live: list[int] | None = None) -> list[int]:
+    """SIGKILL this worker's refills (among ``live``, default: all) working in ``cache``;
+    their pids."""
+    if not cache:
+        return []
+    if live is None:
+        live = session_processes(_is_refill, this_worker=True)
+    mine = (cache.rstrip("/") + "/").encode()
+    ours = [pid for pid in live if _refill_root(pid).startswith(mine)]
+    for pid in ours:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return ours
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,16 +118,12 @@ def _refills_done(request: pytest.FixtureRequest) -> Iterator[None]:
     only stalled this worker, up to 30 s in a unit test's teardown)."""
     yield
     cache = request.node.stash.get(_CACHE_OF_TEST, "")
-    mine = (cache.rstrip("/") + "/").encode() if cache else None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         live = session_processes(_is_refill, this_worker=True)
-        ours = [pid for pid in live if mine and _refill_root(pid).startswith(mine)]
-        for pid in ours:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
         if not live:
             return
+        ours = _kill_refills_of(cache, live)
         time.sleep(0.02 if ours else 0.05)
 
 

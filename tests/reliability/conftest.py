@@ -1,8 +1,9 @@
 """Fixtures for the reliability and security suite: real servers, real faults.
 
-- ``rel_base``: one directory per session (per xdist worker) under /tmp, mode 0755, so the
-  ``postgres`` OS user (who runs the servers when the suite runs as root) can reach it.
-  pytest's ``tmp_path`` lives under a 0700 directory and cannot be used for data dirs.
+- ``rel_base``: one directory per session (per xdist worker) in /dev/shm when roomy, else
+  /tmp (``tests.helpers.scratch_root``), mode 0755, so the ``postgres`` OS user (who runs the
+  servers when the suite runs as root) can reach it. pytest's ``tmp_path`` lives under a 0700
+  directory and cannot be used for data dirs.
 - ``template``: a PostgreSQL 15 data directory initialized once per session and copied
   (``cp -a``) into each test that does not test initdb itself.
 - ``cluster``: a factory of registered instances (copies of the template); whatever a test
@@ -36,6 +37,7 @@ from tests.helpers import (
     pgmgr_argv,
     postgres_pids_under,
     run_pgmgr,
+    scratch_root,
 )
 
 PG15 = "15"
@@ -92,7 +94,7 @@ def one_error(run: Run) -> str:
 
 @pytest.fixture(scope="session")
 def rel_base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="pgmgr-rel-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="pgmgr-rel-", dir=scratch_root()))
     base.chmod(0o755)
     (base / "tmp").mkdir(mode=0o755)
     _BASES.append(base)
@@ -122,10 +124,12 @@ def rel_isolation(
     tmp_path: Path, rel_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Path]:
     """Per-test state and cache dirs, no inherited PostgreSQL settings, and the temp dir
-    (where pgmgr makes private socket dirs) inside ``rel_base``. Subprocesses inherit it."""
+    (where pgmgr makes private socket dirs) inside ``rel_base``. Subprocesses inherit it.
+    The cache (templates, spares: ~40 MB each) goes with the data dirs, as a spare serves
+    only a data dir on its filesystem, and is removed afterwards; the state (records, logs:
+    small, worth keeping for a failed test) stays in pytest's ``tmp_path``."""
     state = tmp_path / "state"
     monkeypatch.setenv("PGMGR_STATE_DIR", str(state))
-    monkeypatch.setenv("PGMGR_CACHE_DIR", str(tmp_path / "cache"))
     for name in [k for k in os.environ if k.startswith("PG") and not k.startswith("PGMGR_")]:
         monkeypatch.delenv(name)
     for name in ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES"):
@@ -134,6 +138,7 @@ def rel_isolation(
     monkeypatch.setenv("NO_COLOR", "1")
     test_tmp = Path(tempfile.mkdtemp(dir=rel_base / "tmp"))
     test_tmp.chmod(0o755)
+    monkeypatch.setenv("PGMGR_CACHE_DIR", str(test_tmp / "cache"))
     monkeypatch.setenv("TMPDIR", str(test_tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(test_tmp))
     yield state
