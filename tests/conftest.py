@@ -18,6 +18,8 @@ import pytest
 #: Every process the suite starts inherits this marker (pgmgr passes its environment to
 #: postgres, less PG* variables), so the session end can find any postmaster that outlived it.
 SESSION_MARK = "TEST_PGMGR_SESSION"
+#: Set by pytest-xdist in each worker (``gw0``...), inherited by what its tests start.
+_WORKER = "PYTEST_XDIST_WORKER"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,10 +29,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PGMGR_CONFIG_DIR", "/nonexistent/pgmgr-test-config")
 
 
-def session_processes(wanted: Callable[[list[bytes]], bool]) -> list[int]:
+def session_processes(
+    wanted: Callable[[list[bytes]], bool], *, this_worker: bool = False
+) -> list[int]:
     """Live (not zombie) processes whose environment carries this session's marker and
-    whose argv (``/proc/PID/cmdline`` split on NULs) is ``wanted``."""
+    whose argv (``/proc/PID/cmdline`` split on NULs) is ``wanted``. With ``this_worker``
+    (under pytest-xdist), only those started by this worker's tests: they inherit its
+    ``PYTEST_XDIST_WORKER``."""
     want = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    worker = os.environ.get(_WORKER) if this_worker else None
+    mark = f"{_WORKER}={worker}".encode() if worker else None
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -43,7 +51,7 @@ def session_processes(wanted: Callable[[list[bytes]], bool]) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if want in env and state != "Z":
+        if want in env and (mark is None or mark in env) and state != "Z":
             found.append(int(entry))
     return found
 
@@ -66,8 +74,37 @@ _CACHE_OF_TEST = pytest.StashKey[str]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """The test's own cache directory, noted before its fixtures (and monkeypatch) undo."""
-    item.stash[_CACHE_OF_TEST] = os.environ.get("PGMGR_CACHE_DIR", "")
+    """The test's own cache directory, noted before its fixtures (and monkeypatch) undo;
+    the refills working in it are ended now (see :func:`_refills_done`), before fixtures
+    that keep the cache inside their directories remove them."""
+    cache = os.environ.get("PGMGR_CACHE_DIR", "")
+    item.stash[_CACHE_OF_TEST] = cache
+    _kill_refills_of(cache)
+
+
+def _kill_refills_of(cache: str, live: list[int] | None = None) -> list[int]:
+    """SIGKILL this worker's refills (among ``live``, default: all) working in ``cache``;
+    their pids."""
+    if not cache:
+        return []
+    if live is None:
+        live = session_processes(_is_refill, this_worker=True)
+    mine = (cache.rstrip("/") + "/").encode()
+    ours = [pid for pid in live if _refill_root(pid).startswith(mine)]
+    for pid in ours:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return ours
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _graveyard() -> Iterator[None]:
+    """The directories tests buried (:class:`tests.helpers.Graveyard`) are all deleted
+    before this process's session ends."""
+    from tests.helpers import GRAVEYARD
+
+    yield
+    GRAVEYARD.close()
 
 
 @pytest.fixture(autouse=True)
@@ -76,19 +113,17 @@ def _refills_done(request: pytest.FixtureRequest) -> Iterator[None]:
     are removed whole. Refills of the test's own cache directory serve no later test: they
     are ended (SIGKILL; a half-made spare is one pgmgr ignores, in a directory about to go)
     rather than waited for (1-3 s each, most of many tests' teardown). Others (of a cache
-    a session fixture or a test's explicit environment made) are waited for."""
+    a session fixture or a test's explicit environment made) are waited for. Under xdist,
+    only this worker's: the other worker's tests wait for their own (waiting for them here
+    only stalled this worker, up to 30 s in a unit test's teardown)."""
     yield
     cache = request.node.stash.get(_CACHE_OF_TEST, "")
-    mine = (cache.rstrip("/") + "/").encode() if cache else None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        live = session_processes(_is_refill)
-        ours = [pid for pid in live if mine and _refill_root(pid).startswith(mine)]
-        for pid in ours:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        live = session_processes(_is_refill, this_worker=True)
         if not live:
             return
+        ours = _kill_refills_of(cache, live)
         time.sleep(0.02 if ours else 0.05)
 
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -157,3 +161,87 @@ def kill_postmasters(pids: Iterable[int], grace: float = 5) -> None:
     for pid in pids:
         if process.is_alive(pid):
             process.signal_pid(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- places
+
+
+def scratch_root() -> str:
+    """Where the test data directories go: ``PGMGR_TEST_TMP``, else /dev/shm when it is
+    roomy (copying a data dir there takes ~0.1 s against ~0.6-1 s on this machine's disk),
+    else /tmp. All are world-traversable, as the server user needs."""
+    forced = os.environ.get("PGMGR_TEST_TMP")
+    if forced:
+        return forced
+    shm = "/dev/shm"
+    with contextlib.suppress(OSError):
+        if os.access(shm, os.W_OK | os.X_OK) and shutil.disk_usage(shm).free >= 2 << 30:
+            return shm
+    return "/tmp"
+
+
+# --------------------------------------------------------------------------- removal
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf``, even of what a test made unreadable or immutable."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True, check=False)
+        for sub in [path, *path.rglob("*")]:
+            with contextlib.suppress(OSError):
+                if sub.is_dir() and not sub.is_symlink():
+                    sub.chmod(0o700)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Graveyard:
+    """Test directories deleted by a background thread. On this VM's disk (ext4 with online
+    discard) a data directory that reached the disk takes ~1.5 s to delete, all of it spent
+    waiting on the device: most of many tests' teardown. :meth:`bury` renames the directory
+    away at once (nothing of it is left where the test had it) into a private directory
+    beside it, and it is deleted while the next test runs. :meth:`close` (end of the
+    session, see tests/conftest.py) waits for the last ones and removes those directories."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._graves: dict[Path, Path] = {}  # parent -> its private grave directory
+
+    def bury(self, path: Path, graves: Path | None = None) -> None:
+        """Remove ``path`` (in the background); ``graves``: where to move it first (same
+        filesystem), by default a private ``.pgmgr-test-graves-*`` directory beside it."""
+        try:
+            if graves is None:
+                graves = self._graves.get(path.parent)
+                if graves is None:
+                    graves = Path(tempfile.mkdtemp(prefix=".pgmgr-test-graves-", dir=path.parent))
+                    self._graves[path.parent] = graves
+            grave = graves / f"{path.name}-{time.monotonic_ns()}"
+            graves.mkdir(exist_ok=True)
+            path.rename(grave)
+        except OSError:
+            remove_tree(path)  # in place, as without a graveyard
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        self._queue.put(grave)
+
+    def _run(self) -> None:
+        while (path := self._queue.get()) is not None:
+            remove_tree(path)
+
+    def close(self) -> None:
+        """Wait until everything buried is deleted; remove the default grave directories."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        for graves in self._graves.values():
+            remove_tree(graves)
+        self._graves.clear()
+
+
+#: The one graveyard of this process (an xdist worker, or the whole run without xdist).
+GRAVEYARD = Graveyard()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
+from tests.helpers import GRAVEYARD, kill_postmasters, postmasters_under, run_pgmgr
 
 
 @dataclass
@@ -84,7 +84,7 @@ def work(monkeypatch: pytest.MonkeyPatch) -> Iterator[Work]:
         )
         leftovers = postmasters_under(path)
         kill_postmasters(leftovers)
-        shutil.rmtree(path, ignore_errors=True)
+        GRAVEYARD.bury(path)  # deleted in the background: ~1.5 s on this disk
         if leftovers:
             pytest.fail(f"servers left running by this test (now killed): {leftovers}")
 

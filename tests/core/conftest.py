@@ -32,23 +32,9 @@ from tests.core.support import (
     VERSIONS,
     ManagerFactory,
 )
-from tests.helpers import copy_datadir, kill_postmasters, postgres_processes
+from tests.helpers import copy_datadir, kill_postmasters, postgres_processes, scratch_root
 
 # --------------------------------------------------------------------------- dirs, isolation
-
-
-def scratch_root() -> str:
-    """Where the test data directories go: ``PGMGR_TEST_TMP``, else /dev/shm when it is
-    roomy (copying a data dir there takes ~0.1 s against ~0.6-1 s on this machine's disk),
-    else /tmp. All are world-traversable, as the server user needs."""
-    forced = os.environ.get("PGMGR_TEST_TMP")
-    if forced:
-        return forced
-    shm = "/dev/shm"
-    with contextlib.suppress(OSError):
-        if os.access(shm, os.W_OK | os.X_OK) and shutil.disk_usage(shm).free >= 2 << 30:
-            return shm
-    return "/tmp"
 
 
 @pytest.fixture(scope="session")

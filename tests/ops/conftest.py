@@ -1,7 +1,7 @@
 """Fixtures for the everyday-operations tests: real servers in a directory the server user
 can reach, and nothing left running afterwards.
 
-- ``ops_dir``: a fresh 0755 directory under /tmp for this test (pytest's ``tmp_path`` is
+- ``ops_dir``: a fresh 0755 directory (/dev/shm or /tmp) for this test (pytest's ``tmp_path`` is
   0700 under /tmp/pytest-of-root, which the ``postgres`` OS user cannot enter when the suite
   runs as root). ``TMPDIR`` points inside it, so private socket dirs and temporary instances
   land there too and can be checked for leftovers. Any postmaster still serving a data dir
@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
+from tests.helpers import (
+    GRAVEYARD,
+    kill_postmasters,
+    postmasters_under,
+    run_pgmgr,
+    scratch_root,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,7 +45,9 @@ VERSION = "15"
 
 
 def make_dir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A fresh 0755 directory in :func:`~tests.helpers.scratch_root` (/dev/shm when roomy:
+    a data dir is copied there in ~0.1 s, against ~1 s on this VM's disk)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
     path.chmod(0o755)
     return path
 
@@ -56,7 +64,7 @@ def ops_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield path
     left = postmasters_under(path)
     kill_postmasters(left)
-    shutil.rmtree(path, ignore_errors=True)
+    GRAVEYARD.bury(path)  # deleted in the background: ~1.5 s on this disk
     if left:
         pytest.fail(f"servers left running by this test (now killed): {left}")
 

@@ -1,8 +1,9 @@
 """Fixtures for the reliability and security suite: real servers, real faults.
 
-- ``rel_base``: one directory per session (per xdist worker) under /tmp, mode 0755, so the
-  ``postgres`` OS user (who runs the servers when the suite runs as root) can reach it.
-  pytest's ``tmp_path`` lives under a 0700 directory and cannot be used for data dirs.
+- ``rel_base``: one directory per session (per xdist worker) in /dev/shm when roomy, else
+  /tmp (``tests.helpers.scratch_root``), mode 0755, so the ``postgres`` OS user (who runs the
+  servers when the suite runs as root) can reach it. pytest's ``tmp_path`` lives under a 0700
+  directory and cannot be used for data dirs.
 - ``template``: a PostgreSQL 15 data directory initialized once per session and copied
   (``cp -a``) into each test that does not test initdb itself.
 - ``cluster``: a factory of registered instances (copies of the template); whatever a test
@@ -13,15 +14,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,12 +30,14 @@ import pytest
 
 from pgmgr.core import process
 from tests.helpers import (
+    GRAVEYARD,
     Run,
     copy_datadir,
     kill_postmasters,
     pgmgr_argv,
     postgres_pids_under,
     run_pgmgr,
+    scratch_root,
 )
 
 PG15 = "15"
@@ -94,64 +94,16 @@ def one_error(run: Run) -> str:
 
 @pytest.fixture(scope="session")
 def rel_base() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="pgmgr-rel-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="pgmgr-rel-", dir=scratch_root()))
     base.chmod(0o755)
     (base / "tmp").mkdir(mode=0o755)
     _BASES.append(base)
     yield base
-    _GRAVEYARD.close()
+    GRAVEYARD.close()
     left = postgres_pids_under(base)
     _OUTLIVED.extend(left)
     kill_postmasters(left)
     shutil.rmtree(base, ignore_errors=True)
-
-
-class _Graveyard:
-    """Test directories are deleted by a background thread: on this VM's disk (ext4 with
-    online discard) a data directory takes ~1.3 s to delete, most of many tests' teardown.
-    A directory is renamed away at once (nothing of it is left where the test had it) and
-    deleted while the next test runs; the session's end waits for the last ones."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Path | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def bury(self, path: Path, base: Path) -> None:
-        grave = base / ".graveyard" / f"{path.name}-{time.monotonic_ns()}"
-        try:
-            grave.parent.mkdir(exist_ok=True)
-            path.rename(grave)
-        except OSError:
-            _remove(path)  # as before, in place
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        self._queue.put(grave)
-
-    def _run(self) -> None:
-        while (path := self._queue.get()) is not None:
-            _remove(path)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-
-_GRAVEYARD = _Graveyard()
-
-
-def _remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():  # a test made something unreadable or immutable
-        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True, check=False)
-        for sub in [path, *path.rglob("*")]:
-            with contextlib.suppress(OSError):
-                if sub.is_dir() and not sub.is_symlink():
-                    sub.chmod(0o700)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -163,7 +115,7 @@ def work(rel_base: Path) -> Iterator[Path]:
     yield path
     left = wait_no_processes(path, timeout=3)
     kill_postmasters(left)
-    _GRAVEYARD.bury(path, rel_base)
+    GRAVEYARD.bury(path, rel_base / ".graveyard")
     assert not left, f"postgres processes left running by this test (now killed): {left}"
 
 
@@ -172,10 +124,12 @@ def rel_isolation(
     tmp_path: Path, rel_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Path]:
     """Per-test state and cache dirs, no inherited PostgreSQL settings, and the temp dir
-    (where pgmgr makes private socket dirs) inside ``rel_base``. Subprocesses inherit it."""
+    (where pgmgr makes private socket dirs) inside ``rel_base``. Subprocesses inherit it.
+    The cache (templates, spares: ~40 MB each) goes with the data dirs, as a spare serves
+    only a data dir on its filesystem, and is removed afterwards; the state (records, logs:
+    small, worth keeping for a failed test) stays in pytest's ``tmp_path``."""
     state = tmp_path / "state"
     monkeypatch.setenv("PGMGR_STATE_DIR", str(state))
-    monkeypatch.setenv("PGMGR_CACHE_DIR", str(tmp_path / "cache"))
     for name in [k for k in os.environ if k.startswith("PG") and not k.startswith("PGMGR_")]:
         monkeypatch.delenv(name)
     for name in ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES"):
@@ -184,6 +138,7 @@ def rel_isolation(
     monkeypatch.setenv("NO_COLOR", "1")
     test_tmp = Path(tempfile.mkdtemp(dir=rel_base / "tmp"))
     test_tmp.chmod(0o755)
+    monkeypatch.setenv("PGMGR_CACHE_DIR", str(test_tmp / "cache"))
     monkeypatch.setenv("TMPDIR", str(test_tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(test_tmp))
     yield state

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import sweep
-from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
+from tests.helpers import GRAVEYARD, kill_postmasters, postmasters_under, run_pgmgr
 from tests.ops.conftest import Instance, make_dir, ops_dir, template  # noqa: F401
 
 
@@ -66,12 +66,12 @@ def inst(ops_dir: Path, template: Path) -> Iterator[Inst]:  # noqa: F811
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
-    """A 0755 directory under /tmp for a test that builds its own instances."""
+    """A 0755 directory (/dev/shm or /tmp) for a test that builds its own instances."""
     path = make_dir("pgmgr-snap-")
     yield path
     left = postmasters_under(path)
     kill_postmasters(left)
-    subprocess.run(["rm", "-rf", str(path)], check=False)
+    GRAVEYARD.bury(path)  # deleted in the background: ~1.5 s on this disk
     # The socket dirs (pgmgr-up-<pid>-*, in the server user's temp dir) of upgrades the
     # test killed: the next upgrade sweeps them; the suite leaves none.
     sweep.dead_runs()

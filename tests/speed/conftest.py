@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import kill_postmasters, postmasters_under, run_pgmgr
+from tests.helpers import (
+    GRAVEYARD,
+    kill_postmasters,
+    postmasters_under,
+    run_pgmgr,
+    scratch_root,
+)
 
 PG15 = Path("/usr/lib/postgresql/15/bin")
 
@@ -60,11 +66,18 @@ def init_concurrently(dirs: list[Path]) -> None:
 
 @pytest.fixture
 def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh 0755 directory under /tmp for data dirs and socket dirs; at the end every
-    server under it is stopped (immediate), and the test fails if one was left running."""
-    path = Path(tempfile.mkdtemp(prefix="pgmgr-speed-", dir="/tmp"))
+    """A fresh 0755 directory (/dev/shm when roomy, else /tmp: ``scratch_root``) for data
+    dirs, socket dirs and the test's cache (``<base>/cache``: a spare serves only a data dir
+    on the cache's filesystem); at the end every server under it is stopped (immediate),
+    and the test fails if one was left running.
+
+    The background refills the test started are not waited for here: they work in the
+    test's own cache, which the suite ends (SIGKILL, tests/conftest.py) before this
+    teardown; waiting for each to finish cost 1-3 s per test."""
+    path = Path(tempfile.mkdtemp(prefix="pgmgr-speed-", dir=scratch_root()))
     path.chmod(0o755)
     (path / "tmp").mkdir(mode=0o755)
+    monkeypatch.setenv("PGMGR_CACHE_DIR", str(path / "cache"))
     monkeypatch.setenv("TMPDIR", str(path / "tmp"))
     monkeypatch.setattr(tempfile, "tempdir", str(path / "tmp"))
     monkeypatch.setenv("POSTGRES_VERSION", "15")
@@ -73,10 +86,9 @@ def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield path
     finally:
-        wait_refills()
         left = postmasters_under(path)
         kill_postmasters(left, grace=10)
-        shutil.rmtree(path, ignore_errors=True)
+        GRAVEYARD.bury(path)  # deleted in the background: ~1.5 s on this disk
         assert not left, f"servers left running by the test (now stopped): {left}"
 
 
