@@ -24,6 +24,10 @@ PIDFILE = "postmaster.pid"
 POLL = 0.002
 
 
+#: How long :func:`wait_gone` waits for the process to exit once its postmaster.pid is gone
+#: (a few ms; more only if the pid now belongs to another process).
+EXIT_GRACE = 0.5
+
 #: postmaster.pid and socket lock files are a few hundred bytes.
 SMALL_FILE = 64 << 10
 
@@ -237,6 +241,11 @@ def wait_gone(pid: int, datadir: Path, timeout: float | None) -> bool:
         while not gone(pid, datadir):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+            nap(POLL)
+        # postgres removes postmaster.pid a moment before it exits: a caller that checks
+        # the process, or starts another server on its port, must not find it yet.
+        tail = time.monotonic() + EXIT_GRACE
+        while is_alive(pid) and time.monotonic() < tail:
             nap(POLL)
     return True
 
