@@ -216,9 +216,19 @@ class Bench:
                 return
             time.sleep(0.05)
 
-    def snapshot_restore(self) -> tuple[float, float, float, float]:
+    def with_earlier(self, name: str) -> tuple[float, float]:
+        """:meth:`snapshot_restore_ours` (SMALL, then BIG) while an earlier snapshot
+        (``base``, untimed) is kept: the snapshot shares what did not change since."""
+        self.pgmgr("snapshot", name, "base", "-q")
+        small = self.snapshot_restore_ours(name, SMALL)
+        big = self.snapshot_restore_ours(name, BIG)
+        self.pgmgr("snapshot", name, "base", "--delete", "-q")
+        return small, big
+
+    def snapshot_restore(self) -> tuple[float, float, float, float, float, float]:
         a = self.snapshot_restore_ours("main", SMALL)
         a_big = self.snapshot_restore_ours("main", BIG)
+        k, k_big = self.with_earlier("main")
         port = self.port("main")
         sock = self.sockdir("main")
         bin_ = self.old.bindir
@@ -264,7 +274,7 @@ class Bench:
         self.psql(port, "DROP DATABASE fresh")
         c = self.timed(template)
         self.psql(port, "DROP DATABASE snap")
-        return a, a_big, b, c
+        return a, a_big, k, k_big, b, c
 
     def branch_ours(self, name: str, new: str) -> float:
         took = self.timed(lambda: self.pgmgr("branch", name, new, "-q"))
@@ -516,19 +526,22 @@ def main() -> int:
             ["du", "-sh", str(work / "main")], capture_output=True, text=True, check=False
         ).stdout.split()[0]
         runs = [(*b.snapshot_restore(), *b.branch(i)) for i in range(args.runs)]
-        sr, srb, dump, tpl, br, bb = (statistics.median(c) for c in zip(*runs, strict=True))
-        xsr = xsrb = xbr = None
+        sr, srb, ksr, ksrb, dump, tpl, br, bb = (
+            statistics.median(c) for c in zip(*runs, strict=True)
+        )
+        xfs: tuple[float, ...] | None = None
         if why is None:
             b.copy_to(b.mount_xfs(), "xmain")
             xruns = [
                 (
                     b.snapshot_restore_ours("xmain", SMALL),
                     b.snapshot_restore_ours("xmain", BIG),
+                    *b.with_earlier("xmain"),
                     b.branch_ours("xmain", f"xfeat{i}"),
                 )
                 for i in range(args.runs)
             ]
-            xsr, xsrb, xbr = (statistics.median(c) for c in zip(*xruns, strict=True))
+            xfs = tuple(statistics.median(c) for c in zip(*xruns, strict=True))
         ups = [b.upgrade(i) for i in range(args.runs)]
         up, raw = (statistics.median(c) for c in zip(*ups, strict=True))
         notes = machine(b, args.runs)
@@ -542,9 +555,10 @@ def main() -> int:
     dump_b = "`pg_dump -Fc` + `pg_restore` into a fresh db"
     tpl_b = "`CREATE DATABASE .. TEMPLATE` swap"
     bb_b = "`pg_basebackup` + `pg_ctl start -w`"
-    fses = [(fs, sr, srb, br)]
-    if xsr is not None and xsrb is not None and xbr is not None:
-        fses.append(("XFS reflink (loop)", xsr, xsrb, xbr))
+    fses: list[tuple[str, float, float, float, float, float]] = [(fs, sr, srb, ksr, ksrb, br)]
+    if xfs is not None:
+        x1, x2, x3, x4, x5 = xfs
+        fses.append(("XFS reflink (loop)", x1, x2, x3, x4, x5))
         notes.append(
             "- XFS reflink rows: the pgmgr side on a copy of the instance on an XFS "
             "(`mkfs.xfs -m reflink=1`) image file on the same disk, loop-mounted; same "
@@ -552,15 +566,23 @@ def main() -> int:
         )
     notes.append(
         "- snapshot + restore: between the two (untimed), small tables changed or 1% of "
-        "`pgbench_accounts` (all its pages), then `CHECKPOINT` (see bench/snapshots.py)"
+        "`pgbench_accounts` (all its pages), then `CHECKPOINT` (see bench/snapshots.py); "
+        '"first snapshot": the instance has no other snapshot, so the snapshot copies '
+        'everything; "earlier snapshot kept": one taken before (untimed) is kept, so the '
+        "snapshot copies only what changed since (as in a loop of snapshot, work, restore)"
     )
     rows = []
-    for where, small, big, _ in fses:
-        for what, took in (("small tables changed", small), ("1% of the big table changed", big)):
+    for where, small, big, ksmall, kbig, _ in fses:
+        for what, took in (
+            ("small tables changed; first snapshot", small),
+            ("1% of the big table changed; first snapshot", big),
+            ("small tables changed; earlier snapshot kept", ksmall),
+            ("1% of the big table changed; earlier snapshot kept", kbig),
+        ):
             case = f"snapshot + restore (running; {what}), {where}"
             rows.append(Row(case, took, dump_b, dump, 0.05))
             rows.append(Row(case, took, tpl_b, tpl, 0.5))
-    for where, _, _, took in fses:
+    for where, *_, took in fses:
         rows.append(Row(f"branch of a running instance, ready, {where}", took, bb_b, bb, 0.5))
     rows.append(
         Row("upgrade 15 -> 18 `--method copy` (stopped)", up, "`initdb` + raw `pg_upgrade --copy`",

@@ -59,10 +59,17 @@ def snapshot(
     if json:
         ui.emit_json(result.to_dict())
         return 0
-    down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
+    parts = [ui.size(result.size), result.method]
+    if result.shared_with:
+        parts[1] = (
+            f"{ui.size(result.copied)} copied, {result.shared} files shared with "
+            f"{result.shared_with!r}"
+        )
+    if result.downtime is not None:
+        parts.append(f"downtime {ui.ms(result.downtime)}")
     ui.message(
         f"Snapshot {result.snapshot!r} of '{result.instance}' taken in {ui.ms(result.elapsed)} "
-        f"({ui.size(result.size)}, {result.method}{down}): {result.path}"
+        f"({', '.join(parts)}): {result.path}"
     )
     return 0
 

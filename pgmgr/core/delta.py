@@ -29,7 +29,8 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 INDEX = "index.json"
@@ -38,6 +39,8 @@ _LIMIT = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # what the kernel stamps files with
 _Stamp = tuple[int, int, int, int]
+#: (inode, size, mtime) of a file of a snapshot's own copy
+_Own = tuple[int, int, int]
 #: How long :func:`settle` waits at most (a filesystem keeping whole seconds needs one).
 SETTLE_LIMIT = 2.5
 
@@ -50,6 +53,8 @@ class Index:
     files: dict[str, _Stamp]
     #: the boot it was taken in (see :func:`load`)
     boot: str = ""
+    #: the snapshot's own copy of each file, as it was made (see :func:`base`)
+    own: dict[str, _Own] = field(default_factory=dict)
 
     def unchanged(self, rel: str, st: os.stat_result) -> bool:
         """Whether the file at ``rel`` (its ``lstat`` is ``st``) is as recorded."""
@@ -94,7 +99,13 @@ def save(snapdir: Path, index: Index) -> None:
     the new one, or none). Not flushed: an index lost in a crash costs a full copy, and
     one that is stale matches nothing."""
     data = json.dumps(
-        {"format": FORMAT, "dev": index.dev, "boot": index.boot, "files": index.files},
+        {
+            "format": FORMAT,
+            "dev": index.dev,
+            "boot": index.boot,
+            "files": index.files,
+            "own": index.own,
+        },
         separators=(",", ":"),
     ).encode()
     tmp = snapdir / f".{INDEX}.{os.getpid()}"
@@ -130,7 +141,8 @@ def load(snapdir: Path) -> Index | None:
         if doc.get("format") != FORMAT or doc.get("boot") != boot_id():
             return None
         files = {str(k): _stamp(v) for k, v in doc["files"].items()}
-        return Index(int(doc["dev"]), files, str(doc["boot"]))
+        own = {str(k): _own(v) for k, v in doc.get("own", {}).items()}
+        return Index(int(doc["dev"]), files, str(doc["boot"]), own)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
 
@@ -152,6 +164,13 @@ def _stamp(value: object) -> _Stamp:
         raise ValueError("bad entry")
     ino, size, mtime, ctime = (int(v) for v in value)
     return ino, size, mtime, ctime
+
+
+def _own(value: object) -> _Own:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError("bad entry")
+    ino, size, mtime = (int(v) for v in value)
+    return ino, size, mtime
 
 
 def boot_id() -> str:
@@ -225,4 +244,93 @@ def _unlink(fd: int) -> int:
                     n += _unlink(sub)
                 finally:
                     os.close(sub)
+    return n
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+def mine(copydir: Path) -> dict[str, _Own]:
+    """``(inode, size, mtime)`` of each regular file of a snapshot's copy ``copydir``,
+    for :attr:`Index.own`."""
+    return {rel: (s[0], s[1], s[2]) for rel, s in take(copydir, exclude=()).files.items()}
+
+
+@dataclass
+class Base:
+    """An earlier snapshot a new one shares files with: hard links, as rsync's
+    ``--link-dest`` and backup tools do between backups. Safe because no snapshot is ever
+    written: files go from a data directory into a snapshot and back by copying, never by
+    linking, so a file a snapshot holds is never one a server writes (restores link only
+    between two data directories, see the module doc)."""
+
+    #: its copy of the data directory
+    data: Path
+    #: the files of the data directory whose content is still that of the snapshot's
+    #: copy (their stamps match the snapshot's index), and that copy's :data:`_Own`
+    same: dict[str, _Own]
+    #: their bytes
+    size: int
+
+    def unchanged(self, prefix: str = "") -> Callable[[str, os.stat_result], bool]:
+        """For :func:`pgmgr.core.copy.copy_tree`'s ``unchanged`` (its paths relative to
+        ``prefix`` under the data directory): the file of the snapshot's copy is linked
+        if the data directory's still holds the same bytes and the copy is as it was
+        made (same inode, size and mtime)."""
+
+        def check(rel: str, st: os.stat_result) -> bool:
+            return self.same.get(prefix + rel) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+        return check
+
+
+def base(snapdirs: Iterable[Path], now: Index, data: str) -> Base | None:
+    """Of the snapshots ``snapdirs``, the one sharing most bytes with the stopped data
+    directory whose index is ``now`` (``data``: the name of a snapshot's copy in its
+    directory), or None (no index of this boot with its own copy's stamps matches)."""
+    best: Base | None = None
+    for snapdir in snapdirs:
+        index = load(snapdir)
+        if index is None or index.dev != now.dev or not index.own:
+            continue
+        same = {
+            rel: index.own[rel]
+            for rel, st in now.files.items()
+            if index.files.get(rel) == st and rel in index.own
+        }
+        size = sum(now.files[rel][1] for rel in same)
+        if size and (best is None or size > best.size):
+            best = Base(snapdir / data, same, size)
+    return best
+
+
+def spread(index: Index, snapdir: Path, limit: int = 8) -> int:
+    """After a restore from ``snapdir`` (``index``: the restored directory's, with the
+    snapshot's own copy): give the ``limit`` most recently indexed other snapshots of its
+    store the restored directory's stamps of the files their copy shares with
+    ``snapdir``'s (same inode, size and mtime: the same bytes). Their old entries go: a
+    restore gives every file of the data directory a new ctime, so none could match
+    again. A later snapshot can then share files with any of them, even once
+    ``snapdir`` is deleted. Returns how many indexes were rewritten."""
+    store = snapdir.parent
+    found: list[tuple[int, str]] = []
+    with os.scandir(store) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == snapdir.name:
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(entry.path, INDEX), follow_symlinks=False)
+                found.append((st.st_mtime_ns, entry.name))
+    n = 0
+    for _, name in sorted(found)[-limit:]:
+        other = load(store / name)
+        if other is None or not other.own:
+            continue
+        files = {
+            rel: st
+            for rel, st in index.files.items()
+            if rel in other.own and other.own[rel] == index.own.get(rel)
+        }
+        save(store / name, Index(index.dev, files, index.boot, other.own))
+        n += 1
     return n

@@ -115,17 +115,26 @@ def complete(srv: Server, store: Store) -> list[str]:
     """After the exchange: name the snapshot, switch the record. Each step can be done
     again after a kill.
 
-    :returns: the held entry to :func:`drop` now: the replaced directory, unless it became
-        the snapshot (the caller may still work in it first)."""
+    :returns: the entry to :func:`drop` now: the replaced directory, unless it became
+        the snapshot (the caller may still work in it first). It is renamed out of the
+        held names first: once the record forgets the intent, nothing else would remove
+        it after a kill, and the sweep removes work names."""
     it = Intent.from_dict(srv.inst.intent or {})
     if it.keep and it.source and it.meta:
         store.as_user(_keep, store.path, it.source, it.keep, it.meta)
+    gone = []
+    if it.source != it.old or not it.keep:
+        gone.append(snapstore.tmp_name("drop"))
+        try:
+            store.as_user(os.rename, store.entry(it.old), store.entry(gone[0]))
+        except FileNotFoundError:  # done before a kill
+            gone = []
     for key, value in it.record.items():
         setattr(srv.inst, key, value)
     srv.inst.dev, srv.inst.ino, srv.inst.system_id = it.new.dev, it.new.ino, it.new.system_id
     srv.inst.intent = None
     srv.save()
-    return [it.old] if it.source != it.old or not it.keep else []
+    return gone
 
 
 def discard(srv: Server, store: Store) -> None:

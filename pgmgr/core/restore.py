@@ -29,7 +29,7 @@ from pgmgr.core import (
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import paused, resume
-from pgmgr.core.snapcatalog import load, missing, pick_name
+from pgmgr.core.snapcatalog import Listing, load, missing, pick_name
 from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
 
@@ -66,8 +66,12 @@ class RestoreResult:
         }
 
 
-def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
-    """Whether restoring ``meta`` is a rollback of an upgrade (True) or a plain restore.
+def check_restorable(
+    srv: Server, store: Store, meta: Meta, by_difference: bool = False
+) -> tuple[bool, delta.Index | None]:
+    """Whether restoring ``meta`` is a rollback of an upgrade (True) or a plain restore;
+    and, with ``by_difference`` and not a rollback, the index to restore by difference
+    with (see :func:`_index`), worked out in the same process.
 
     :raises DatabaseException: the snapshot is of another instance or another major, or
         does not hold what its metadata says.
@@ -78,7 +82,9 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
             f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
             "nothing was changed"
         )
-    current, why = store.as_user(_identify, srv.datadir, store.entry(name), meta)
+    current, why, index = store.as_user(
+        _inspect, srv.datadir, store.entry(name), meta, by_difference
+    )
     rollback = meta.upgraded_to is not None and meta.upgraded_to == current
     on_disk = server.datadir_major(srv.datadir)
     if meta.major != on_disk and not rollback:
@@ -95,7 +101,21 @@ def check_restorable(srv: Server, store: Store, meta: Meta) -> bool:
         )
     if why:
         raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
-    return rollback
+    return rollback, None if rollback else index
+
+
+def _inspect(
+    datadir: Path, snapdir: Path, meta: Meta, by_difference: bool
+) -> tuple[str, str | None, delta.Index | None]:
+    """:func:`_identify`, and :func:`_index` if ``by_difference``: one process as the user."""
+    current, why = _identify(datadir, snapdir, meta)
+    return current, why, _index(snapdir, datadir, meta) if by_difference and not why else None
+
+
+def _survey(store: Path) -> Listing:
+    """Sweep what a killed run left in ``store``, and list it. As the user."""
+    snapstore.sweep(store)
+    return snapstore.list_metas(store)
 
 
 def _rollback_record(meta: Meta) -> dict[str, Any]:
@@ -148,13 +168,16 @@ def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
     shared files (``old``: None when it is kept), index the restored ``datadir`` for the
     next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
     index that cannot be written or waited out is dropped: the next restore copies
-    everything."""
+    everything. The index also records the snapshot's copy as it is (the restored
+    directory holds its bytes), for snapshots that share files with it."""
     try:
         if old is not None:
             delta.unlink_shared(old)
         index = delta.take(datadir)
+        index.own = delta.mine(snapdir / snapstore.DATA)
         if delta.settle(index, datadir):
             delta.save(snapdir, index)
+            delta.spread(index, snapdir)
             return
     except OSError:
         pass
@@ -179,15 +202,13 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         sigguard.interruptible(),
         snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
     ):
-        store.as_user(snapstore.sweep, store.path)
-        meta = load(store, name, srv.inst.name)
-        rollback = check_restorable(srv, store, meta)
+        meta = load(store, name, srv.inst.name, store.as_user(_survey, store.path))
+        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
+        # (it would share files with the restored one) or the snapshot is of another major.
+        rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         snapdir = store.entry(name)
-        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
-        # (it would share files with the restored one) or the snapshot is of another major.
-        index = None if keep or rollback else store.as_user(_index, snapdir, srv.datadir, meta)
         staging = store.entry(snapstore.tmp_name("restore"))
         try:
             if index is None:  # a full copy, made while the server still runs
@@ -259,6 +280,7 @@ def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir
     sigguard.commit()  # swapped: the restore completes and says so, whatever arrives
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
+    testhook.pause("restore-completed")
     store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
     intent.drop(store, gone)
 

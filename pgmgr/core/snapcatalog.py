@@ -18,6 +18,9 @@ from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
 
+#: what :func:`snapstore.list_metas` returns
+Listing = list[tuple[str, Meta | None, str | None]]
+
 
 def taken_names(store: Store) -> set[str]:
     return {n for n, _, _ in store.as_user(snapstore.list_metas, store.path)}
@@ -97,14 +100,17 @@ def missing(instance: str, name: str) -> str:
     return f"'{instance}' has no snapshot named {name!r} (it has: none)"
 
 
-def load(store: Store, name: str, instance: str) -> Meta:
-    """The metadata of snapshot ``name``.
+def load(store: Store, name: str, instance: str, listed: Listing | None = None) -> Meta:
+    """The metadata of snapshot ``name`` (from ``listed``, what
+    :func:`snapstore.list_metas` returned, when the caller has it).
 
     :raises SnapshotNotFound: no such snapshot (exit code 4), listing the ones there are.
     :raises DatabaseException: its metadata is unreadable.
     """
     snapstore.check_snap_name(name)
-    entries = {n: (m, w) for n, m, w in store.as_user(snapstore.list_metas, store.path)}
+    if listed is None:
+        listed = store.as_user(snapstore.list_metas, store.path)
+    entries = {n: (m, w) for n, m, w in listed}
     if name not in entries:
         have = ", ".join(sorted(entries)) or "none"
         raise SnapshotNotFound(

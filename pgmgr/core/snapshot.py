@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from pgmgr.core.pause import paused
 from pgmgr.core.snapcatalog import pick_name
 from pgmgr.core.snapstore import Meta
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 @dataclass
 class SnapshotResult:
@@ -47,6 +50,10 @@ class SnapshotResult:
     was_running: bool
     elapsed: float
     downtime: float | None = None
+    #: bytes copied (the rest is shared with the snapshot ``shared_with``), files shared
+    copied: int = 0
+    shared: int = 0
+    shared_with: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +67,9 @@ class SnapshotResult:
             "was_running": self.was_running,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+            "copied_bytes": self.copied,
+            "shared_files": self.shared,
+            "shared_with": self.shared_with,
         }
 
 
@@ -72,10 +82,11 @@ def require_datadir(srv: Server) -> None:
 # --------------------------------------------------------------------------- as the user
 
 
-def copy_into(src: Path, dst: Path) -> copy.CopyStats:
+def copy_into(src: Path, dst: Path, base: delta.Base | None = None) -> copy.CopyStats:
     """``dst`` (new) := a copy of the stopped data directory ``src``, without what a copy
     never needs: ``postmaster.pid`` and recycled WAL segments (up to ``max_wal_size``, as
-    much again as the data of a freshly loaded instance). As the server user.
+    much again as the data of a freshly loaded instance). With ``base``, the files it
+    says are unchanged are linked from that earlier snapshot instead. As the server user.
 
     :raises DatabaseException: ``src`` has tablespaces or an outside ``pg_wal`` (checked
         again here, stopped: one made since the caller's check would be shared).
@@ -85,40 +96,97 @@ def copy_into(src: Path, dst: Path) -> copy.CopyStats:
         raise DatabaseException(f"cannot copy {src}: {why}; nothing was changed")
     skip = pgcontrol.unneeded_wal(src)
     if not skip:
-        return copy.copy_tree(src, dst, exclude=("postmaster.pid",), flush=True)
-    stats = copy.copy_tree(src, dst, exclude=("postmaster.pid", "pg_wal"), flush=True)
-    wal = copy.copy_tree(src / "pg_wal", dst / "pg_wal", exclude=skip, flush=True)
+        return _tree(src, dst, ("postmaster.pid",), base, "")
+    stats = _tree(src, dst, ("postmaster.pid", "pg_wal"), base, "")
+    wal = _tree(src / "pg_wal", dst / "pg_wal", skip, base, "pg_wal/")
     stats.files += wal.files
     stats.dirs += wal.dirs
     stats.bytes += wal.bytes
+    stats.linked += wal.linked
+    stats.linked_bytes += wal.linked_bytes
     for method, n in wal.by_method.items():
         stats.by_method[method] = stats.by_method.get(method, 0) + n
     return stats
 
 
-def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], int]:
+def _tree(
+    src: Path, dst: Path, exclude: Container[str], base: delta.Base | None, prefix: str
+) -> copy.CopyStats:
+    """:func:`copy.copy_tree` of ``src`` (``prefix`` under the data directory) to ``dst``,
+    linking from ``base`` what it says is unchanged."""
+    if base is None:
+        return copy.copy_tree(src, dst, exclude=exclude, flush=True)
+    try:
+        lfd = os.open(base.data / prefix, _DIR_FLAGS)
+    except OSError:  # deleted meanwhile: a plain copy
+        return copy.copy_tree(src, dst, exclude=exclude, flush=True)
+    try:
+        return copy.copy_tree(
+            src, dst, exclude=exclude, flush=True,
+            link_dest=lfd, unchanged=base.unchanged(prefix),
+        )  # fmt: skip
+    finally:
+        os.close(lfd)
+
+
+#: How many of the newest snapshots a new one may share files with (see :class:`delta.Base`).
+BASES = 8
+
+
+def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], list[str], int]:
     """As the server user, in one process: sweep what a killed run left in the store; why
-    ``datadir`` cannot be snapshotted (or None); the names taken; its size."""
+    ``datadir`` cannot be snapshotted (or None); the names taken; the newest snapshots
+    that may share files with the new one; its size."""
     snapstore.sweep(store)
-    taken = {n for n, _, _ in snapstore.list_metas(store)}
-    return snapstore.unsupported(datadir), taken, copy.tree_size(datadir)
+    metas = snapstore.list_metas(store)
+    taken = {n for n, _, _ in metas}
+    newest = sorted((m.created, n) for n, m, _ in metas if m is not None and m.kind != "online")
+    earlier = [n for _, n in newest[-BASES:]]
+    return snapstore.unsupported(datadir), taken, earlier, copy.tree_size(datadir)
 
 
-def _copy_identified(src: Path, staging: Path) -> tuple[copy.CopyStats, str]:
-    """:func:`snap_copy`, with the index of ``src`` for restores by difference (taken
-    first: a file written during the copy will not match it), and the copy's system
-    identifier. As the server user, the server stopped."""
+def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
+    """The bytes of ``datadir`` (the server may be running) a snapshot would share with
+    one of the ``earlier`` ones now. As the server user."""
+    try:
+        base = delta.base((store / n for n in earlier), delta.take(datadir), snapstore.DATA)
+    except OSError:  # a file the server removed meanwhile
+        return 0
+    return base.size if base else 0
+
+
+def _check_space(
+    store: snapstore.Store, datadir: Path, earlier: list[str], size: int, what: str
+) -> None:
+    """:func:`snapstore.check_space` for a new snapshot of ``size`` bytes, less what it
+    would share with an earlier one (only worked out when the disk is short)."""
+    if earlier and snapstore.free_bytes(store.fd) < size:
+        size -= store.as_user(_shared, store.path, datadir, earlier)
+    snapstore.check_space(store, size, what)
+
+
+def _copy_identified(
+    src: Path, staging: Path, earlier: list[str]
+) -> tuple[copy.CopyStats, str, str | None]:
+    """:func:`snap_copy`, sharing what it can with one of the ``earlier`` snapshots (their
+    names; see :class:`delta.Base`), with the index of ``src`` for restores by difference
+    (taken first: a file written during the copy will not match it), and the copy's
+    system identifier, and the name of the snapshot it shares files with. As the server
+    user, the server stopped."""
     index = delta.take(src)
-    stats = snap_copy(src, staging)
+    base = delta.base((staging.parent / n for n in earlier), index, snapstore.DATA)
+    stats = snap_copy(src, staging, base)
+    index.own = delta.mine(staging / snapstore.DATA)
     if delta.settle(index, src):
         delta.save(staging, index)
-    return stats, pgcontrol.system_identifier(staging / snapstore.DATA)
+    sysid = pgcontrol.system_identifier(staging / snapstore.DATA)
+    return stats, sysid, base.data.parent.name if base and stats.linked else None
 
 
-def snap_copy(src: Path, staging: Path) -> copy.CopyStats:
+def snap_copy(src: Path, staging: Path, base: delta.Base | None = None) -> copy.CopyStats:
     """``staging/data`` := a copy of ``src``. As the server user."""
     os.mkdir(staging, 0o700)
-    return copy_into(src, staging / snapstore.DATA)
+    return copy_into(src, staging / snapstore.DATA, base)
 
 
 def _finish(staging: Path, final: Path, meta: Meta) -> None:
@@ -184,18 +252,19 @@ def create(
     t0 = time.monotonic()
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
-        why, taken, size = store.as_user(_prepare, store.path, srv.datadir)
+        why, taken, earlier, size = store.as_user(_prepare, store.path, srv.datadir)
         if why:
             raise DatabaseException(
                 f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
             )
         name = pick_name(store, name, srv.inst.name, taken)
-        snapstore.check_space(store, size, f"snapshot {name!r}")
+        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
         online = online and srv.running() is not None  # stopped: a copy is consistent
         kind = "online" if online else kind
         try:
             with paused(srv, stop=not online) as pause:
+                shared_with = None
                 if online:
                     from pgmgr.core import basebackup
 
@@ -204,7 +273,9 @@ def create(
                 else:
                     try:
                         with copy.disk_full(f"snapshot {name!r}", store.path):
-                            stats, sysid = store.as_user(_copy_identified, srv.datadir, staging)
+                            stats, sysid, shared_with = store.as_user(
+                                _copy_identified, srv.datadir, staging, earlier
+                            )
                     except BaseException:
                         # Before the server starts again: a disk the copy filled would
                         # refuse its start ("could not write lock file": left stopped).
@@ -222,4 +293,5 @@ def create(
     return SnapshotResult(
         srv.inst.name, name, path, stats.bytes, stats.files, stats.method, kind,
         pause.was_running, elapsed, pause.downtime,
+        stats.bytes - stats.linked_bytes, stats.linked, shared_with,
     )  # fmt: skip

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import testhook, userfs
+from pgmgr.core import dirpath, testhook, userfs
 from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.privileges import ServerUser
 
@@ -63,6 +63,8 @@ class Stage:
         state = userfs.as_user(
             self.user, _prepare, str(self.target), self.work.name, self.user is not None
         )
+        if state.startswith("blocked:"):
+            raise DatabaseException(f"cannot initialize {self.target}: {state[8:]}")
         if state == "others":
             assert self.user is not None
             raise DatabaseException(
@@ -270,7 +272,9 @@ def _prepare(target: str, work: str, check_others: bool) -> str:
     init's leftover ("ready"), with the work dir in it; else say what root must do or
     refuse (see :func:`_target_state`)."""
     if check_others and userfs.others_can_write(target):
-        return "others"
+        # A symlink loop or a file on the way is unsafe too, but that is the news.
+        why = dirpath.blocker(target)
+        return f"blocked:{why}" if why else "others"
     state = _target_state(target)
     if state == "absent":
         try:
@@ -287,6 +291,9 @@ def _prepare(target: str, work: str, check_others: bool) -> str:
             _clear(target)
         _make_work(target, work)
         return "ready"
+    if state == "not-dir":
+        why = dirpath.blocker(target)
+        return f"blocked:{why}" if why else state
     return state
 
 

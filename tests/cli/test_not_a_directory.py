@@ -99,6 +99,12 @@ def test_init_and_socket_dir_under_a_symlink_loop(work: Work, datadir: Path) -> 
     assert (proc.returncode, proc.stderr) == (
         1, f"Error: cannot make data directory {loop}/x: {loop} is a symlink loop\n"
     )  # fmt: skip
+    # The loop itself as the data directory: as root it was refused as "another OS user
+    # can change it", as a user as "exists and is not a directory".
+    proc = work.run("init", "-d", str(loop), "-q")
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: cannot initialize {loop}: {loop} is a symlink loop\n"
+    )  # fmt: skip
     proc = work.run("start", "-d", "./data", "-p", "auto", "--socket-dir", f"{loop}/s", "-q")
     assert (proc.returncode, proc.stderr) == (
         1, f"Error: cannot use socket directory {loop}/s: {loop} is a symlink loop\n"

@@ -166,11 +166,14 @@ def test_not_enough_disk_space(inst: Inst) -> None:
     json.dumps(inst.snaps())
 
 
-def test_restore_killed_right_after_the_swap(inst: Inst, tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", ["restore-swapped", "restore-completed"])
+def test_restore_killed_right_after_the_swap(inst: Inst, tmp_path: Path, step: str) -> None:
     """SIGKILL between the exchange of the directories and the record's update (the new
     directory's identity not yet pinned): the instance starts again, on the snapshot's
     state, and the next command sweeps the replaced one. (The record pinned the replaced
-    directory: start refused the restored one as "replaced", exit 4.)"""
+    directory: start refused the restored one as "replaced", exit 4.) Also right after
+    the record's update: the replaced directory, held by no intent any more, was left in
+    the store for good under its ``.held-`` name, which the sweep leaves alone."""
     from pgmgr.core import testhook
 
     inst.ok("snapshot", "dev", "base", "-q")
@@ -178,7 +181,7 @@ def test_restore_killed_right_after_the_swap(inst: Inst, tmp_path: Path) -> None
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     hooks.chmod(0o777)
-    (hooks / "restore-swapped").touch()
+    (hooks / step).touch()
     env = {**os.environ, **inst.env, testhook.ENV: str(hooks)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgmgr", "restore", "dev", "base", "--yes"],
@@ -189,7 +192,7 @@ def test_restore_killed_right_after_the_swap(inst: Inst, tmp_path: Path) -> None
         text=True,
     )
     deadline = time.monotonic() + 60
-    while not (hooks / "restore-swapped.reached").exists():
+    while not (hooks / f"{step}.reached").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
     proc.kill()
