@@ -39,9 +39,10 @@ def test_a_snapshot_shares_what_did_not_change(inst: Inst) -> None:
     live = set(inodes(inst.datadir))
     assert not live & set(one) and not live & set(two)
     t = inst.sql("SELECT pg_relation_filepath('t')")
-    assert os.stat(inst.store / "s1" / "data" / t).st_ino != os.stat(
-        inst.store / "s2" / "data" / t
-    ).st_ino, "the changed table was linked, not copied"
+    assert (
+        os.stat(inst.store / "s1" / "data" / t).st_ino
+        != os.stat(inst.store / "s2" / "data" / t).st_ino
+    ), "the changed table was linked, not copied"
 
     restore(inst, "s1")
     assert inst.sql("SELECT count(*) FROM t") == "1000"
