@@ -177,8 +177,24 @@ def _plain_help_unless_terminal() -> None:
             del os.environ["TYPER_USE_RICH"]  # not for the servers and tools pgmgr runs
 
 
+#: Set by :func:`main`: this process ends with the command (read by
+#: :mod:`pgmgr.core.sigguard`, so that a completed operation's signals stay held until then).
+COMMAND_PROCESS = False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
+    global COMMAND_PROCESS
+    COMMAND_PROCESS = True
+    try:
+        _main(argv)
+    finally:
+        # Said and done: a signal now must not kill the process after what it said.
+        if "pgmgr.core.sigguard" in sys.modules:
+            sys.modules["pgmgr.core.sigguard"].settle()
+
+
+def _main(argv: Sequence[str] | None) -> None:
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         fast = fast_args(args)

@@ -30,7 +30,7 @@ def snapshot(
 ) -> int:
     """Take snapshot ``snap`` of instance ``name`` (or delete it)."""
     ui.settings.quiet = quiet
-    from pgmgr.core import sigguard
+    from pgmgr.core import sigguard, testhook
     from pgmgr.core import snapcatalog as catalog
     from pgmgr.core import snapshot as snaps
     from pgmgr.core.errors import UsageError
@@ -55,6 +55,7 @@ def snapshot(
         ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
     ):
         result = snaps.create(srv, snap, online=online)
+    testhook.pause("snapshot-done")  # taken, not yet said (tests: a signal now)
     if json:
         ui.emit_json(result.to_dict())
         return 0
@@ -86,7 +87,7 @@ def restore(
     ``--yes``) has let it: it raises to refuse."""
     ui.settings.quiet = quiet
     from pgmgr.core import restore as restoring
-    from pgmgr.core import sigguard
+    from pgmgr.core import sigguard, testhook
     from pgmgr.core.locked import locked
     from pgmgr.core.snapstore import human
 
@@ -99,6 +100,7 @@ def restore(
         ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
     ):
         result = restoring.restore(srv, snap, save_current="" if save_current else None)
+    testhook.pause("restore-done")  # restored, not yet said (tests: a signal now)
     if json:
         ui.emit_json(result.to_dict())
         return 0

@@ -41,7 +41,7 @@ def upgrade(
     Example: pgmgr upgrade dev -v 18 --check
     """
     c.quiet(quiet, json)
-    from pgmgr.core import sigguard
+    from pgmgr.core import sigguard, testhook
     from pgmgr.core import upgrade as up
     from pgmgr.core.errors import UsageError
     from pgmgr.core.locked import locked
@@ -65,6 +65,7 @@ def upgrade(
         ui.spinner(f"{what} '{srv.inst.name}' ({old.version} -> {new.version}, {method}) …"),
     ):
         result = up.upgrade(srv, version, method=method, check=check)
+    testhook.pause("upgrade-done")  # upgraded, not yet said (tests: a signal now)
     if json:
         ui.emit_json(result.to_dict())
         return

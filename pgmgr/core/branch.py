@@ -260,6 +260,7 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
             _undo(srv, tstore)
             raise
         pause.done = True
+        sigguard.commit()  # in place and started: the branch says so, whatever arrives
 
 
 def _start(srv: Server, auto: bool) -> None:

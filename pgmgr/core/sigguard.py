@@ -1,48 +1,142 @@
 """Signals during work that must finish or be undone (snapshots, restores, branches,
 upgrades): :func:`interruptible` makes SIGTERM and SIGHUP act like Ctrl-C, so clean-up in
 ``finally`` blocks runs for them too; :func:`shielded` holds all three past a point of no
-return."""
+return; :func:`commit` says that point is passed for good.
+
+Why :func:`commit`: a signal that arrives once the work is done (the swap made, the
+snapshot named) but before the command has said so must not make it say "Interrupted"
+(exit 130: nothing changed) or die of the signal with nothing said. Holding signals only
+inside :func:`shielded` left that window open from the end of the block to the exit of
+the process: the clean-up that follows (a fork through :func:`pgmgr.core.userfs.as_user`),
+the summary line, Python's own exit.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _State:
+    """What :func:`commit` changed, for the outermost :func:`interruptible` to undo."""
+
+    depth = 0  # interruptible() blocks entered and not left
+    saved: dict[int, object] = {}  # noqa: RUF012 - the handlers before the outermost block
+    committed = False
+    cancellable = 0  # cancellable() blocks entered and not left
+    received: list[int] = []  # noqa: RUF012 - signals recorded since commit()
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGTERM and SIGHUP act like Ctrl-C for the duration, so the clean-up in ``finally``
     blocks runs for a CI timeout or a closed terminal too (only in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield
         return
 
     def _raise(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    if _State.depth == 0:
+        _State.saved = {s: signal.getsignal(s) for s in SIGNALS}
+    _State.depth += 1
     old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        _State.depth -= 1
+        if not _State.committed:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        elif _State.depth == 0 and not _process_exits():
+            _uncommit()
 
 
 @contextlib.contextmanager
 def shielded() -> Iterator[list[int]]:
     """Past the point of no return (a swap, the record and the restart that go with it):
     SIGINT/SIGTERM/SIGHUP are only recorded in the yielded list, so the operation
-    completes and says so; the caller decides what a recorded signal still means."""
+    completes and says so; the caller decides what a recorded signal still means.
+    After :func:`commit` inside the block, its handlers stay when it ends."""
     got: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield got
         return
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in sigs}
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in SIGNALS}
     try:
         yield got
     finally:
         for s, handler in old.items():
-            signal.signal(s, handler)
+            signal.signal(s, _after_commit if _State.committed else handler)
+
+
+def commit() -> None:
+    """The work under way has passed its point of no return (call it inside
+    :func:`shielded`, once the change is made): from now on SIGINT, SIGTERM and SIGHUP are
+    only recorded, except inside :func:`cancellable` (optional work that may be cut
+    short), until the process exits (console script, see :func:`_process_exits`) or else
+    until the outermost :func:`interruptible` block ends."""
+    if not _main_thread() or _State.depth == 0:
+        return
+    _State.committed = True
+    for s in SIGNALS:
+        signal.signal(s, _after_commit)
+
+
+def _after_commit(signum: int, frame: object) -> None:
+    _State.received.append(signum)
+    if _State.cancellable:
+        raise KeyboardInterrupt
+
+
+def _uncommit() -> None:
+    _State.committed = False
+    _State.received = []
+    for s, handler in _State.saved.items():
+        if handler is not None:  # None: not set from Python, nothing to put back
+            signal.signal(s, handler)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def cancellable() -> Iterator[None]:
+    """Optional work after :func:`commit` (statistics after an upgrade): a signal raises
+    KeyboardInterrupt in it, for it to catch; elsewhere it would only be recorded."""
+    _State.cancellable += 1
+    try:
+        yield
+    finally:
+        _State.cancellable -= 1
+
+
+def _process_exits() -> bool:
+    """The process ends with the command (the console script, :func:`pgmgr.entry.main`,
+    says so without importing this module): a :func:`commit` lasts until then. Otherwise
+    (a library caller, a test in-process) it lasts until the outermost
+    :func:`interruptible` block ends, which restores the handlers from before it."""
+    return bool(getattr(sys.modules.get("pgmgr.entry"), "COMMAND_PROCESS", False))
+
+
+def settle() -> None:
+    """The command has said everything (done, failed or interrupted) and only the exit
+    remains: ignore SIGINT, SIGTERM and SIGHUP from here. Python's exit restores their
+    default action, which would kill the process after it said what happened (exit -2
+    after "Interrupted", or after the summary of a completed restore). Console script only."""
+    if not _main_thread():
+        return
+    for s in SIGNALS:
+        while True:
+            try:
+                signal.signal(s, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:  # one pending: run (signal.signal checks first), again
+                continue

@@ -309,6 +309,7 @@ def create(
             meta = meta_for(srv, name, sysid, kind, stats)
             with sigguard.shielded():  # named: complete, whatever arrives now
                 store.as_user(_finish, staging, store.entry(name), meta)
+                sigguard.commit()  # taken: it says so, whatever arrives until it has
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
             raise

@@ -364,6 +364,7 @@ def _switch(
             except BaseException:
                 intent.discard(srv, store)
                 raise
+            sigguard.commit()  # swapped: the upgrade completes and says so
             testhook.pause("upgrade-swapped")
             intent.drop(store, intent.complete(srv, store))
             resume(srv, pause)
@@ -386,8 +387,9 @@ def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:
         "-p", str(srv.inst.port), "-U", srv.inst.superuser,
     ]  # fmt: skip
     try:
-        tools.run(argv, srv.user(), timeout=3600)
-        result.analyzed = True
+        with sigguard.cancellable():  # the upgrade is complete: this may be cut short
+            tools.run(argv, srv.user(), timeout=3600)
+            result.analyzed = True
     except (CommandFailed, KeyboardInterrupt) as e:
         result.analyze_hint = f"statistics were not rebuilt ({e or 'interrupted'}); run: " + (
             " ".join(argv)
