@@ -108,8 +108,11 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
     r, w = os.pipe()
     # Signals wait until both sides can handle them: one arriving inside os.fork() would
     # raise from Python's own after-fork hooks in the child ("Exception ignored ...").
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    # The mask is read first: a pending signal's handler runs inside pthread_sigmask and
+    # may raise after the signals are blocked, which would leave them blocked for good.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
         pid = os.fork()
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -155,10 +158,17 @@ def _wait_child(pid: int) -> None:
         except ChildProcessError:
             return
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 15)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+            # Not reaped yet, so the pid is still the child's (a handler may have raised
+            # right after waitpid returned: then the pid may already be someone else's).
+            try:
+                alive = os.waitpid(pid, os.WNOHANG)[0] == 0
+            except ChildProcessError:
+                alive = False
+            if alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 15)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
             raise
 
 
