@@ -193,12 +193,26 @@ class Bench:
 
     def snapshot_restore_ours(self, name: str, change: str) -> float:
         """Snapshot, ``change`` (untimed), restore: the two commands' time."""
-        took = self.timed(lambda: self.pgmgr("snapshot", name, "s1", "-q"))
+        out: list[str] = []
+        took = self.timed(lambda: out.append(self.pgmgr("snapshot", name, "s1", "--json")))
         self.psql(self.port(name), change, "bench", name)
-        took += self.timed(lambda: self.pgmgr("restore", name, "s1", "--yes", "-q"))
+        took += self.timed(lambda: out.append(self.pgmgr("restore", name, "s1", "--yes", "--json")))
+        self.log(name, change, took, out)
         self.pgmgr("snapshot", name, "s1", "--delete", "-q")
         self.quiesce(name)
         return took
+
+    @staticmethod
+    def log(name: str, change: str, took: float, docs: list[str]) -> None:
+        """What each command copied and shared, on stderr."""
+        import json
+
+        keys = ("copied_bytes", "shared_files", "unchanged_files", "elapsed_ms", "downtime_ms")
+        parts = [f"{name} {'BIG' if change == BIG else 'SMALL'} {took:.2f} s"]
+        for doc in docs:
+            d = json.loads(doc)
+            parts.append(" ".join(f"{k}={d[k]}" for k in keys if k in d))
+        print(" | ".join(parts), file=sys.stderr)
 
     def quiesce(self, name: str) -> None:
         """Until the old state a restore replaced is deleted (in the background, ``rm -rf``
