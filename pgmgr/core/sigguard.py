@@ -51,15 +51,21 @@ def interruptible() -> Iterator[None]:
         _State.saved = {s: signal.getsignal(s) for s in SIGNALS}
     _State.depth += 1
     old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         _State.depth -= 1
         if not _State.committed:
             for s, handler in old.items():
                 signal.signal(s, handler)
-        elif _State.depth == 0 and not _process_exits():
-            _uncommit()
+        elif _State.depth == 0 and not _process_exits() and _uncommit() and not failed:
+            # In-process, the committed work is complete now: a signal it held is the
+            # caller's Ctrl-C (or SIGTERM), not to be lost.
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -94,23 +100,30 @@ def commit() -> None:
 
 
 def _after_commit(signum: int, frame: object) -> None:
-    _State.received.append(signum)
     if _State.cancellable:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # taken by the optional work it cuts short
+    _State.received.append(signum)
 
 
-def _uncommit() -> None:
+def _uncommit() -> list[int]:
+    """Put back the handlers from before the outermost block; the signals recorded."""
+    received, _State.received = _State.received, []
     _State.committed = False
-    _State.received = []
     for s, handler in _State.saved.items():
         if handler is not None:  # None: not set from Python, nothing to put back
             signal.signal(s, handler)  # type: ignore[arg-type]
+    return received
 
 
 @contextlib.contextmanager
 def cancellable() -> Iterator[None]:
     """Optional work after :func:`commit` (statistics after an upgrade): a signal raises
-    KeyboardInterrupt in it, for it to catch; elsewhere it would only be recorded."""
+    KeyboardInterrupt in it, for it to catch; elsewhere it would only be recorded. One
+    recorded since :func:`commit` (a Ctrl-C during the restart before it) raises at once:
+    the user asked to stop before the optional work began."""
+    if _State.committed and _State.received:
+        _State.received = []
+        raise KeyboardInterrupt
     _State.cancellable += 1
     try:
         yield
