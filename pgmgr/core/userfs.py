@@ -106,6 +106,7 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
     import signal
 
     r, w = os.pipe()
+    parent = os.getpid()
     # Signals wait until both sides can handle them: one arriving inside os.fork() would
     # raise from Python's own after-fork hooks in the child ("Exception ignored ...").
     # The mask is read first: a pending signal's handler runs inside pthread_sigmask and
@@ -121,7 +122,7 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
         raise
     if pid == 0:  # pragma: no cover - the child; its effects are tested, not its lines
         os.close(r)
-        _child(user, w, fn, args, kwargs, mask)
+        _child(user, w, fn, args, kwargs, mask, parent)
     os.close(w)
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -173,7 +174,13 @@ def _wait_child(pid: int) -> None:
 
 
 def _child(
-    user: ServerUser, w: int, fn: Callable[..., Any], args: Any, kwargs: Any, mask: Any
+    user: ServerUser,
+    w: int,
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    mask: Any,
+    parent: int,
 ) -> None:  # pragma: no cover - runs in the forked child
     import pickle
     import signal
@@ -186,6 +193,7 @@ def _child(
         os.setresuid(user.uid, user.uid, user.uid)
         os.umask(0o077)
         _set_death_signal()  # after setresuid: a credential change clears it
+        _die_when_orphaned(parent)
         try:
             result: tuple[str, Any] = ("ok", fn(*args, **kwargs))
         except BaseException as e:
@@ -206,6 +214,24 @@ def _describe(value: object) -> str:
     if isinstance(value, BaseException):
         return str(value) or type(value).__name__
     return f"unpicklable result {type(value).__name__}"
+
+
+def _die_when_orphaned(parent: int) -> None:  # pragma: no cover - runs in the forked child
+    """The death signal (SIGTERM) ends the child even where it inherited a handler that
+    only records SIGTERM (forked inside sigguard.shielded or after sigguard.commit): the
+    parent holds that signal, but its child must not go on working once it is gone."""
+    import signal
+
+    held = signal.getsignal(signal.SIGTERM)
+    if not callable(held):
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if os.getppid() != parent:
+            os._exit(128 + signum)
+        held(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def _set_death_signal() -> None:  # pragma: no cover - runs in the forked child

@@ -72,3 +72,90 @@ def test_signal_before_cancellable_cancels_it() -> None:
             time.sleep(0.5)
     assert not ran
     assert _handlers() == before
+
+
+def _sig_bits(pid: int) -> dict[str, int]:
+    """SigIgn and SigBlk of ``pid``, as far as SIGINT, SIGTERM and SIGHUP go."""
+    want = sum(1 << (s - 1) for s in sigguard.SIGNALS)
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigIgn", "SigBlk"):
+            out[key] = int(value.strip(), 16) & want
+    return out
+
+
+def test_servers_started_after_commit_take_signals(inst: Inst) -> None:
+    """A postmaster started after the point of no return (restore's restart; a branch's
+    start) neither ignores nor blocks SIGINT/SIGTERM/SIGHUP: pg_ctl stop -m fast/smart
+    and a reload must reach it. (Held: Python handlers reset to default at exec.)"""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.ok("restore", "dev", "base", "--yes", "-q")
+    pid = inst.pid()
+    assert pid is not None
+    assert _sig_bits(pid) == {"SigIgn": 0, "SigBlk": 0}
+    inst.ok("branch", "dev", "feat", "--start", "-q")
+    bpid = inst.pid("feat")
+    assert bpid is not None
+    assert _sig_bits(bpid) == {"SigIgn": 0, "SigBlk": 0}
+    inst.ok("stop", "feat", "-m", "fast", "-q")
+    assert inst.state("feat") == "stopped"
+
+
+_HELD_CHILD = """
+import sys, time
+from pgmgr.core import sigguard, userfs
+from pgmgr.core.privileges import lookup
+
+user = lookup("postgres")
+with sigguard.interruptible():
+    with sigguard.shielded():
+        sigguard.commit()
+    userfs.as_user(user, time.sleep, 30)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@needs_root
+def test_as_user_child_dies_with_pgmgr_after_commit() -> None:
+    """as_user's child gets SIGTERM when pgmgr dies (kill -9), "so it never outlives
+    pgmgr". Forked after commit() (or inside shielded()) it inherited the handler that
+    only records SIGTERM: it went on working, outside pgmgr's lock, after pgmgr was
+    gone. A signal from the terminal or a process group (pgmgr alive) is still held."""
+    proc = subprocess.Popen([sys.executable, "-c", _HELD_CHILD])
+    child = 0
+    try:
+        deadline = time.monotonic() + 10
+        while not (kids := _children(proc.pid)) or Path(f"/proc/{kids[0]}").stat().st_uid == 0:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        child = kids[0]
+        os.kill(child, signal.SIGTERM)  # pgmgr alive: held, like the terminal's Ctrl-C
+        time.sleep(0.2)
+        assert _alive(child)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 3
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(child), "the child outlived pgmgr"
+    finally:
+        proc.kill()
+        proc.wait()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
