@@ -121,6 +121,9 @@ def cancellable() -> Iterator[None]:
     KeyboardInterrupt in it, for it to catch; elsewhere it would only be recorded. One
     recorded since :func:`commit` (a Ctrl-C during the restart before it) raises at once:
     the user asked to stop before the optional work began."""
+    if not _main_thread():  # signals are the main thread's: nothing to cancel here
+        yield
+        return
     if _State.committed and _State.received:
         _State.received = []
         raise KeyboardInterrupt

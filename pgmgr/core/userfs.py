@@ -124,10 +124,11 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
         os.close(r)
         _child(user, w, fn, args, kwargs, mask, parent)
     os.close(w)
+    pipe = open(r, "rb")  # noqa: SIM115 - closes r, also when a held signal raises next
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        chunks = []
-        with open(r, "rb") as pipe:  # closes r
+        with pipe:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held handler may raise
+            chunks = []
             while chunk := pipe.read(65536):
                 chunks.append(chunk)
     except BaseException:

@@ -159,3 +159,37 @@ def test_as_user_child_dies_with_pgmgr_after_commit() -> None:
         proc.wait()
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+_INTERRUPTED_FORK = """
+import os, signal
+from pgmgr.core import sigguard, userfs
+from pgmgr.core.privileges import lookup
+
+armed = []
+# A SIGTERM while as_user holds signals around its fork: its handler raises once they
+# are let through again, before the answer is read.
+os.register_at_fork(before=lambda: armed and os.kill(os.getpid(), signal.SIGTERM))
+user = lookup("postgres")
+with sigguard.interruptible():
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        armed.append(1)
+        try:
+            userfs.as_user(user, int)
+        except KeyboardInterrupt:
+            print("interrupted")
+        armed.clear()
+    print(len(os.listdir("/proc/self/fd")) - before)
+"""
+
+
+@needs_root
+def test_as_user_interrupted_after_fork_closes_its_pipe() -> None:
+    """A signal held over as_user's fork raises when the mask is put back: the read end
+    of the answer pipe was left open, one descriptor lost per interrupted call (a library
+    caller, the pytest plugin, runs out of them)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_FORK], capture_output=True, text=True, timeout=30
+    )
+    assert proc.stdout.split() == ["interrupted"] * 3 + ["0"], proc.stderr
