@@ -193,3 +193,44 @@ def test_as_user_interrupted_after_fork_closes_its_pipe() -> None:
         [sys.executable, "-c", _INTERRUPTED_FORK], capture_output=True, text=True, timeout=30
     )
     assert proc.stdout.split() == ["interrupted"] * 3 + ["0"], proc.stderr
+
+
+def test_library_restore_signal_after_swap(
+    inst: Inst, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process restore (a library caller): a SIGTERM right after the swap lets the
+    restore complete (server running, data restored), then raises KeyboardInterrupt as
+    restore documents ("after it: the restore is complete"), with the caller's handlers
+    back. It returned as if nothing had arrived."""
+    import threading
+
+    from pgmgr.actions import resolve
+    from pgmgr.core import restore, testhook
+
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    monkeypatch.setattr(testhook, "_DIR", str(tmp_path))
+    (tmp_path / "restore-swapped").touch()
+
+    def signal_then_go() -> None:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "restore-swapped.reached").exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        (tmp_path / "restore-swapped.go").touch()
+
+    before = _handlers()
+    helper = threading.Thread(target=signal_then_go)
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            restore.restore(resolve("dev", None), "base")
+    finally:
+        (tmp_path / "restore-swapped.go").touch()
+        helper.join()
+    assert _handlers() == before
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
