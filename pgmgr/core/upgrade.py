@@ -391,6 +391,6 @@ def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:
             tools.run(argv, srv.user(), timeout=3600)
             result.analyzed = True
     except (CommandFailed, KeyboardInterrupt) as e:
-        result.analyze_hint = f"statistics were not rebuilt ({e or 'interrupted'}); run: " + (
+        result.analyze_hint = f"statistics were not rebuilt ({str(e) or 'interrupted'}); run: " + (
             " ".join(argv)
         )

@@ -234,3 +234,25 @@ def test_library_restore_signal_after_swap(
     assert _handlers() == before
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_ctrl_c_during_restart_after_upgrade_skips_statistics(scratch: Path) -> None:
+    """Ctrl-C right after an upgrade's swap (before the restart): the upgrade completes
+    and says so (exit 0), and the optional statistics step it was pressed before is
+    skipped with the command to run it later. vacuumdb ran in full (up to an hour), the
+    Ctrl-C only recorded."""
+    from tests.snap.test_signal_after_commit import paused_run, signal_then_go
+    from tests.snap.test_upgrade import make
+
+    up = make(scratch)
+    try:
+        hooks = scratch / "hooks"
+        hooks.mkdir()
+        proc = paused_run(up, hooks, "upgrade-swapped", "upgrade", "up", "-v", "18", "--yes")
+        err = signal_then_go(proc, hooks, "upgrade-swapped", signal.SIGINT)
+        assert err.startswith("Upgraded 'up' from PostgreSQL 15"), err
+        assert "statistics were not rebuilt (interrupted)" in err, err
+        assert up.record()["major"] == "18"
+        assert up.state() == "running"
+    finally:
+        up.pgmgr("stop", "--all", "-m", "immediate", "-q")
