@@ -40,7 +40,7 @@ def _main_thread() -> bool:
 def interruptible() -> Iterator[None]:
     """SIGTERM and SIGHUP act like Ctrl-C for the duration, so the clean-up in ``finally``
     blocks runs for a CI timeout or a closed terminal too (only in the main thread)."""
-    if not _main_thread():
+    if not _main_thread() or _State.committed:  # past the point of no return: held
         yield
         return
 

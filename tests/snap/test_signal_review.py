@@ -254,5 +254,24 @@ def test_ctrl_c_during_restart_after_upgrade_skips_statistics(scratch: Path) -> 
         assert "statistics were not rebuilt (interrupted)" in err, err
         assert up.record()["major"] == "18"
         assert up.state() == "running"
+        pid = up.pid()  # started after the commit: takes the stop signals
+        assert pid is not None
+        assert _sig_bits(pid) == {"SigIgn": 0, "SigBlk": 0}
     finally:
         up.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_interruptible_after_commit_keeps_signals_held() -> None:
+    """An interruptible block entered after commit() (more work of the same call) made
+    SIGTERM raise again, and left it so when it ended (its handlers are only put back
+    when nothing was committed): the rest of the committed work could be cut short."""
+    before = _handlers()
+    with pytest.raises(KeyboardInterrupt), sigguard.interruptible():
+        with sigguard.shielded():
+            sigguard.commit()
+        with sigguard.interruptible():
+            _kill_self(signal.SIGTERM)  # held
+        _kill_self(signal.SIGTERM)  # still held
+        done = True
+    assert done
+    assert _handlers() == before
