@@ -93,3 +93,20 @@ def test_sharing_goes_on_after_restores_and_deletes(inst: Inst) -> None:
     restore(inst, "base")
     assert inst.sql("SELECT count(*), min(x) FROM t") == "1000|1"
     assert leftovers(inst.store) == []
+
+
+def test_the_snapshot_sharing_most_is_the_base(inst: Inst) -> None:
+    """Of several earlier snapshots, the one sharing most bytes is linked from (chosen
+    before the server stops), not merely the newest."""
+    inst.ok("snapshot", "dev", "old", "-q")
+    inst.sql("CREATE TABLE big AS SELECT g AS x, repeat('y', 200) AS pad "
+             "FROM generate_series(1, 20000) g")  # fmt: skip
+    inst.ok("snapshot", "dev", "mid", "-q")
+    inst.sql("DROP TABLE big")
+    inst.ok("snapshot", "dev", "new", "-q")  # shares with old (big is gone) and mid
+    inst.sql("CREATE TABLE big2 AS SELECT 1 AS x")
+    inst.ok("snapshot", "dev", "new", "--delete", "-q")
+    inst.ok("restore", "dev", "mid", "--yes", "-q")  # the data directory is mid again
+    out = snap(inst, "last")
+    assert out["shared_with"] == "mid", out
+    assert out["copied_bytes"] < out["size"] // 2  # type: ignore[operator]
