@@ -276,3 +276,37 @@ def test_interruptible_after_commit_keeps_signals_held() -> None:
         done = True
     assert done
     assert _handlers() == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_group_signal_right_after_restore_swap(inst: Inst, tmp_path: Path, sig: int) -> None:
+    """A terminal's Ctrl-C (or hang-up) to pgmgr's whole process group right after the
+    swap, before the old state is dropped and the server restarted: the restore
+    completes, says so, exits 0, and the server runs with the restored data."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    (tmp_path / "restore-swapped").touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "restore", "dev", "base", "--yes"],
+        env={**os.environ, **inst.env, "PGMGR_TEST_PAUSE": str(tmp_path)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "restore-swapped.reached").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        os.killpg(proc.pid, sig)
+        time.sleep(0.2)
+        (tmp_path / "restore-swapped.go").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert err.startswith("Restored 'dev' to 'base'"), err
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
