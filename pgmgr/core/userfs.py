@@ -105,20 +105,23 @@ def as_user(user: ServerUser | None, fn: Callable[..., T], *args: Any, **kwargs:
     getattr(sys.modules.get("inspect"), "signature", None)
     import signal
 
-    r, w = os.pipe()
     parent = os.getpid()
     # Signals wait until both sides can handle them: one arriving inside os.fork() would
     # raise from Python's own after-fork hooks in the child ("Exception ignored ...").
     # The mask is read first: a pending signal's handler runs inside pthread_sigmask and
     # may raise after the signals are blocked, which would leave them blocked for good.
+    # The pipe is made once they wait, so that no handler raises between it and the try.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    r = w = -1
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+        r, w = os.pipe()
         pid = os.fork()
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(r)
-        os.close(w)
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # last: a held handler may raise
         raise
     if pid == 0:  # pragma: no cover - the child; its effects are tested, not its lines
         os.close(r)

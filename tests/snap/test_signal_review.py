@@ -310,3 +310,43 @@ def test_group_signal_right_after_restore_swap(inst: Inst, tmp_path: Path, sig: 
     assert err.startswith("Restored 'dev' to 'base'"), err
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+_INTERRUPTED_PIPE = """
+import os, signal, sys
+from pgmgr.core import sigguard, userfs
+from pgmgr.core.privileges import lookup
+
+armed = []
+
+
+def profile(frame, event, arg):  # a SIGTERM right after as_user made its pipe
+    if event == "c_return" and arg is os.pipe and armed:
+        armed.clear()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+user = lookup("postgres")
+with sigguard.interruptible():
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        armed.append(1)
+        sys.setprofile(profile)
+        try:
+            userfs.as_user(user, int)
+        except KeyboardInterrupt:
+            print("interrupted")
+        finally:
+            sys.setprofile(None)
+    print(len(os.listdir("/proc/self/fd")) - before)
+"""
+
+
+@needs_root
+def test_as_user_interrupted_before_fork_closes_its_pipe() -> None:
+    """A signal right after as_user made its answer pipe (before it held signals): both
+    ends were lost (made outside the block that closes them)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_PIPE], capture_output=True, text=True, timeout=30
+    )
+    assert proc.stdout.split() == ["interrupted"] * 3 + ["0"], (proc.stdout, proc.stderr)
