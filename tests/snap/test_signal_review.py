@@ -350,3 +350,48 @@ def test_as_user_interrupted_before_fork_closes_its_pipe() -> None:
         [sys.executable, "-c", _INTERRUPTED_PIPE], capture_output=True, text=True, timeout=30
     )
     assert proc.stdout.split() == ["interrupted"] * 3 + ["0"], (proc.stdout, proc.stderr)
+
+
+_INTERRUPTED_REAP = """
+import os, signal, sys
+from pgmgr.core import sigguard, userfs
+from pgmgr.core.privileges import lookup
+
+armed, kills = [], []
+real_kill = os.kill
+
+
+def kill(pid, sig):  # records what as_user signals (a reused pid cannot be arranged)
+    kills.append(pid)
+    real_kill(pid, sig)
+
+
+def profile(frame, event, arg):  # a SIGTERM right after the child was reaped
+    if event == "c_return" and arg is os.waitpid and armed:
+        armed.clear()
+        real_kill(os.getpid(), signal.SIGTERM)
+
+
+user = lookup("postgres")
+with sigguard.interruptible():
+    armed.append(1)
+    os.kill = kill
+    sys.setprofile(profile)
+    try:
+        userfs.as_user(user, int)
+    except KeyboardInterrupt:
+        print("interrupted")
+    finally:
+        sys.setprofile(None)
+    print(kills)
+"""
+
+
+@needs_root
+def test_as_user_interrupted_after_reap_signals_nobody() -> None:
+    """A handler raising right after as_user reaped its child: the pid may be someone
+    else's by then, so it is not signalled (held: a395121)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_REAP], capture_output=True, text=True, timeout=30
+    )
+    assert proc.stdout.split("\n")[:2] == ["interrupted", "[]"], (proc.stdout, proc.stderr)
