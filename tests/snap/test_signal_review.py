@@ -89,11 +89,12 @@ def test_servers_started_after_commit_take_signals(inst: Inst) -> None:
     """A postmaster started after the point of no return (restore's restart; a branch's
     start) neither ignores nor blocks SIGINT/SIGTERM/SIGHUP: pg_ctl stop -m fast/smart
     and a reload must reach it. (Held: Python handlers reset to default at exec.)"""
-    inst.ok("snapshot", "dev", "base", "-q")
-    inst.ok("restore", "dev", "base", "--yes", "-q")
-    pid = inst.pid()
-    assert pid is not None
-    assert _sig_bits(pid) == {"SigIgn": 0, "SigBlk": 0}
+    for step in (("start",), ("snapshot", "base"), ("restore", "base", "--yes")):
+        if step[0] != "start":
+            inst.ok(step[0], "dev", *step[1:], "-q")
+        pid = inst.pid()  # 'pgmgr start' (the fixture's), then restarted by each step
+        assert pid is not None
+        assert _sig_bits(pid) == {"SigIgn": 0, "SigBlk": 0}, step
     inst.ok("branch", "dev", "feat", "--start", "-q")
     bpid = inst.pid("feat")
     assert bpid is not None
