@@ -277,7 +277,8 @@ def create(
     :raises DataDirNotFound: no data directory.
     :raises DatabaseException: a bad or taken name, not enough space, an unsafe store.
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP); nothing is left behind
-        and a server that was stopped for the copy is started again.
+        and a server that was stopped for the copy is started again. In-process, a
+        signal once the snapshot is named raises when it is complete: it is taken.
     """
     require_datadir(srv)
     t0 = time.monotonic()
