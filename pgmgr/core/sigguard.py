@@ -62,10 +62,14 @@ def interruptible() -> Iterator[None]:
         if not _State.committed:
             for s, handler in old.items():
                 signal.signal(s, handler)
-        elif _State.depth == 0 and not _process_exits() and _uncommit() and not failed:
+        elif _State.depth == 0 and not _process_exits():
+            held = _uncommit()
             # In-process, the committed work is complete now: a signal it held is the
-            # caller's Ctrl-C (or SIGTERM), not to be lost.
-            raise KeyboardInterrupt
+            # caller's, delivered now to the caller's own handlers (a Ctrl-C raises
+            # KeyboardInterrupt, an ignored one stays ignored), unless a failure says
+            # what happened already.
+            for s in dict.fromkeys(() if failed else held):
+                signal.raise_signal(s)
 
 
 @contextlib.contextmanager

@@ -4,12 +4,15 @@ server get from them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,17 @@ def _handlers() -> dict[int, object]:
     return {s: signal.getsignal(s) for s in sigguard.SIGNALS}
 
 
+@contextlib.contextmanager
+def caller_handler(sig: int, handler: Any) -> Iterator[None]:
+    """The caller's own disposition of ``sig`` for the duration (pytest leaves SIGTERM at
+    its default, which would end this process; xdist workers ignore SIGINT)."""
+    old = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        signal.signal(sig, old)
+
+
 def _kill_self(sig: int) -> None:
     os.kill(os.getpid(), sig)
     time.sleep(0.01)  # the handler runs (main thread, between two bytecodes)
@@ -31,18 +45,30 @@ def _kill_self(sig: int) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_library_signal_after_commit_is_not_lost(sig: int) -> None:
     """In-process (the pytest plugin, a library caller) the committed work completes, and
-    a Ctrl-C or SIGTERM that arrived meanwhile is then raised (restore documents
-    KeyboardInterrupt "after it: the restore is complete"): it was dropped, so the
-    caller's Ctrl-C did nothing. The handlers from before are back either way."""
-    before = _handlers()
-    done = False
-    with pytest.raises(KeyboardInterrupt), sigguard.interruptible():
-        with sigguard.shielded():
-            sigguard.commit()
-        _kill_self(sig)  # only recorded: the work goes on
-        done = True
-    assert done
-    assert _handlers() == before
+    a Ctrl-C or SIGTERM that arrived meanwhile then reaches the caller's own handler
+    (restore documents KeyboardInterrupt "after it: the restore is complete"): it was
+    dropped, so the caller's Ctrl-C did nothing. The handlers from before are back."""
+    with caller_handler(sig, signal.default_int_handler):
+        before = _handlers()
+        done = False
+        with pytest.raises(KeyboardInterrupt), sigguard.interruptible():
+            with sigguard.shielded():
+                sigguard.commit()
+            _kill_self(sig)  # only recorded: the work goes on
+            done = True
+        assert done
+        assert _handlers() == before
+
+
+def test_library_ignored_signal_after_commit_stays_ignored() -> None:
+    """A caller that ignores SIGINT does not get a KeyboardInterrupt from one that came
+    after commit() (commit records SIGINT too, which the caller had ignored)."""
+    with caller_handler(signal.SIGINT, signal.SIG_IGN):
+        with sigguard.interruptible():
+            with sigguard.shielded():
+                sigguard.commit()
+            _kill_self(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_library_error_after_commit_keeps_its_exception() -> None:
@@ -224,16 +250,17 @@ def test_library_restore_signal_after_swap(
         time.sleep(0.1)
         (tmp_path / "restore-swapped.go").touch()
 
-    before = _handlers()
-    helper = threading.Thread(target=signal_then_go)
-    helper.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            restore.restore(resolve("dev", None), "base")
-    finally:
-        (tmp_path / "restore-swapped.go").touch()
-        helper.join()
-    assert _handlers() == before
+    with caller_handler(signal.SIGTERM, signal.default_int_handler):
+        before = _handlers()
+        helper = threading.Thread(target=signal_then_go)
+        helper.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                restore.restore(resolve("dev", None), "base")
+        finally:
+            (tmp_path / "restore-swapped.go").touch()
+            helper.join()
+        assert _handlers() == before
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t") == "1000"
 
@@ -267,16 +294,17 @@ def test_interruptible_after_commit_keeps_signals_held() -> None:
     """An interruptible block entered after commit() (more work of the same call) made
     SIGTERM raise again, and left it so when it ended (its handlers are only put back
     when nothing was committed): the rest of the committed work could be cut short."""
-    before = _handlers()
-    with pytest.raises(KeyboardInterrupt), sigguard.interruptible():
-        with sigguard.shielded():
-            sigguard.commit()
-        with sigguard.interruptible():
-            _kill_self(signal.SIGTERM)  # held
-        _kill_self(signal.SIGTERM)  # still held
-        done = True
-    assert done
-    assert _handlers() == before
+    with caller_handler(signal.SIGTERM, signal.default_int_handler):
+        before = _handlers()
+        with pytest.raises(KeyboardInterrupt), sigguard.interruptible():
+            with sigguard.shielded():
+                sigguard.commit()
+            with sigguard.interruptible():
+                _kill_self(signal.SIGTERM)  # held
+            _kill_self(signal.SIGTERM)  # still held
+            done = True
+        assert done
+        assert _handlers() == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
