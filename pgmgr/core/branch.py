@@ -163,7 +163,8 @@ def branch(
     :raises DatabaseException: the target exists, not enough space, an unsafe store.
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP): no branch is left, the
         source runs again if it was stopped for the copy. In-process, a signal once the
-        branch is in place (and started) raises when the call is complete: it is made.
+        branch is in place (and started) reaches the caller's handler (a Ctrl-C: this)
+        when the call is complete: it is made.
     """
     registry.check_name(new)
     if isinstance(port, int) and port == src.inst.port:

@@ -278,7 +278,8 @@ def create(
     :raises DatabaseException: a bad or taken name, not enough space, an unsafe store.
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP); nothing is left behind
         and a server that was stopped for the copy is started again. In-process, a
-        signal once the snapshot is named raises when it is complete: it is taken.
+        signal once the snapshot is named reaches the caller's handler (a Ctrl-C: this)
+        when it is complete: it is taken.
     """
     require_datadir(srv)
     t0 = time.monotonic()

@@ -236,8 +236,8 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
     :raises UsageError, VersionNotFound, DatabaseException: see :func:`prepare`; also
         pg_upgrade's own failure (its logs are kept), not enough space. Nothing changed.
     :raises KeyboardInterrupt: interrupted before the switch: nothing changed. In-process,
-        a signal after it raises once the upgrade is complete (unless it cut the
-        statistics step short: then the result says so).
+        a signal after it reaches the caller's handler (a Ctrl-C: this) once the upgrade
+        is complete (unless it cut the statistics step short: the result says so).
     """
     t0 = time.monotonic()
     old, new = prepare(srv, major, method)
