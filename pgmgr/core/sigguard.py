@@ -142,7 +142,8 @@ def _process_exits() -> bool:
     """The process ends with the command (the console script, :func:`pgmgr.entry.main`,
     says so without importing this module): a :func:`commit` lasts until then. Otherwise
     (a library caller, a test in-process) it lasts until the outermost
-    :func:`interruptible` block ends, which restores the handlers from before it."""
+    :func:`interruptible` block ends, which restores the handlers from before it and
+    then delivers the signals held meanwhile to them."""
     return bool(getattr(sys.modules.get("pgmgr.entry"), "COMMAND_PROCESS", False))
 
 
