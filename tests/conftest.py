@@ -140,10 +140,58 @@ def _refill_root(pid: int) -> bytes:
         return b""
 
 
+#: PostgreSQL's dynamic shared memory segments (``dynamic_shared_memory_type = posix``).
+_DSM = Path("/dev/shm")
+_dsm_before: set[str] = set()
+
+
+def _dsm_segments() -> set[str]:
+    try:
+        return {n for n in os.listdir(_DSM) if n.startswith("PostgreSQL.")}
+    except OSError:
+        return set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        _dsm_before.update(_dsm_segments())
+
+
+def _mapped_segments() -> set[str]:
+    """The segments some process still maps (a server of someone else, say)."""
+    found: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                if "/dev/shm/PostgreSQL." in line:
+                    found.add(line.rsplit("/", 1)[1].split()[0])
+    return found
+
+
+def _drop_orphaned_segments() -> None:
+    """Remove the segments servers this run killed left behind (a killed postmaster cannot
+    remove them, and the next start on its data directory, which would, never comes: the
+    test deleted it). Only those made during the run that no process maps any more."""
+    new = _dsm_segments() - _dsm_before
+    for name in new - _mapped_segments():
+        with contextlib.suppress(OSError):
+            os.unlink(_DSM / name)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any server started by the suite is still running (and kill it)."""
+    """Fail the run if any server started by the suite is still running (and kill it);
+    remove the shared memory segments of the servers it killed."""
     if hasattr(session.config, "workerinput"):
         return  # only the controller, after every worker is done
+    try:
+        _suite_leftovers(session)
+    finally:
+        _drop_orphaned_segments()
+
+
+def _suite_leftovers(session: pytest.Session) -> None:
     left = suite_postmasters() + suite_refills()
     for sig in (signal.SIGQUIT, signal.SIGKILL):
         for pid in suite_postmasters() + suite_refills():
