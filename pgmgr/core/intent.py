@@ -166,6 +166,7 @@ def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
         os.mkdir(holder, 0o700)
     if not os.path.lexists(holder / snapstore.DATA):
         os.rename(store / source, holder / snapstore.DATA)
+    snapstore.seal(holder / snapstore.DATA)
     snapstore.write_meta(holder, snapstore.Meta.from_dict(meta))
     os.rename(holder, final)
     diskio.fsync_dir(store)

@@ -155,6 +155,7 @@ def _stage_delta(
         )  # fmt: skip
     finally:
         os.close(lfd)
+    snapstore.unseal(staging)
     copy.sync_fs(store)
     return stats, control
 

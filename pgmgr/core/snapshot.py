@@ -97,8 +97,11 @@ def copy_into(src: Path, dst: Path, base: delta.Base | None = None) -> copy.Copy
         raise DatabaseException(f"cannot copy {src}: {why}; nothing was changed")
     skip = pgcontrol.unneeded_wal(src)
     if not skip:
-        return _tree(src, dst, ("postmaster.pid",), base, "")
+        stats = _tree(src, dst, ("postmaster.pid",), base, "")
+        snapstore.unseal(dst)  # a copy of a snapshot (sealed) must start
+        return stats
     stats = _tree(src, dst, ("postmaster.pid", "pg_wal"), base, "")
+    snapstore.unseal(dst)
     wal = _tree(src / "pg_wal", dst / "pg_wal", skip, base, "pg_wal/")
     stats.files += wal.files
     stats.dirs += wal.dirs
@@ -221,7 +224,9 @@ def snap_copy(src: Path, staging: Path, base: delta.Base | None = None) -> copy.
 
 
 def _finish(staging: Path, final: Path, meta: Meta) -> None:
-    """Write the metadata, flush, and give the snapshot its name. Runs as the server user."""
+    """Write the metadata, seal the copy, flush, and give the snapshot its name. Runs as
+    the server user."""
+    snapstore.seal(staging / snapstore.DATA)
     snapstore.write_meta(staging, meta)
     copy.sync_fs(staging)
     if final.exists():

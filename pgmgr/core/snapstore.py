@@ -269,6 +269,33 @@ def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
     return out
 
 
+def seal(datadir: Path) -> None:
+    """Make ``global/pg_control`` of a snapshot's copy read-only: a server started on the
+    copy by hand fails at once ("could not open file global/pg_control: Permission
+    denied") instead of writing into files other snapshots share (hard links, see
+    :class:`pgmgr.core.delta.Base`). Copies out of a snapshot :func:`unseal` theirs. As
+    the server user."""
+    _pg_control_mode(datadir, 0o400)
+
+
+def unseal(datadir: Path) -> None:
+    """Give a data directory copied out of a snapshot its ``pg_control`` mode back (group
+    readable when the directory is). As the server user."""
+    _pg_control_mode(datadir, 0o640 if os.stat(datadir).st_mode & 0o040 else 0o600)
+
+
+def _pg_control_mode(datadir: Path, mode: int) -> None:
+    try:
+        fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything under it, never following a symlink."""
     with contextlib.suppress(FileNotFoundError):

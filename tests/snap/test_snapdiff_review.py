@@ -214,25 +214,26 @@ def test_server_started_by_hand_during_a_snapshot_by_difference(inst: Inst) -> N
     assert leftovers(inst.store) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snapshots share files by hard links and nothing stops a server being started "
-    "on a snapshot's copy by hand: its writes land in every snapshot sharing the file",
-)
 def test_a_server_started_on_one_snapshot_changes_another(inst: Inst) -> None:
     """A clumsy user peeks into snapshot s1 by starting a server on its copy
-    (``pg_ctl -D .pgmgr-snapshots/data/s1/data``) and writes a row. Before snapshots by
-    difference that damaged s1 alone; now s2, which shares the table's file with s1,
-    restores a table that is not s2's (the row shows once the xids reach it)."""
+    (``pg_ctl -D .pgmgr-snapshots/data/s1/data``) to write a row. Before snapshots by
+    difference that damaged s1 alone; with them, s2, which shares the table's file with
+    s1, restored a table that was not s2's. A snapshot's ``pg_control`` is read-only: the
+    start fails, nothing is written, and s2 restores its rows (and runs: a restore makes
+    ``pg_control`` writable again)."""
     inst.ok("snapshot", "dev", "s1", "-q")
     inst.sql("CREATE TABLE u (y int)")
     assert snap(inst, "s2")["shared_with"] == "s1"
     rel = inst.sql("SELECT pg_relation_filepath('t')")
     before = (inst.store / "s2" / "data" / rel).read_bytes()
-    _by_hand(inst, "INSERT INTO t VALUES (-99); CHECKPOINT", inst.store / "s1" / "data")
+    with pytest.raises(AssertionError, match="Permission denied"):
+        _by_hand(inst, "INSERT INTO t VALUES (-99); CHECKPOINT", inst.store / "s1" / "data")
     inst.sql("TRUNCATE t")
     restore(inst, "s2")
+    assert inst.state() == "running"
     for _ in range(5):
         inst.sql("SELECT txid_current()")
     same = (inst.store / "s2" / "data" / rel).read_bytes() == before
     assert (same, rows(inst)) == (True, "1000|500500")
+    assert (inst.datadir / "global" / "pg_control").stat().st_mode & 0o777 == 0o600
+    assert (inst.store / "s2" / "data" / "global" / "pg_control").stat().st_mode & 0o777 == 0o400
