@@ -38,7 +38,8 @@ FORMAT = 1
 _LIMIT = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # what the kernel stamps files with
-_Stamp = tuple[int, int, int, int]
+#: (inode, size, mtime, ctime) of a file
+Stamp = tuple[int, int, int, int]
 #: (inode, size, mtime) of a file of a snapshot's own copy
 _Own = tuple[int, int, int]
 #: How long :func:`settle` waits at most (a filesystem keeping whole seconds needs one).
@@ -50,7 +51,7 @@ class Index:
     """What each regular file of a data directory was at one moment (see the module doc)."""
 
     dev: int
-    files: dict[str, _Stamp]
+    files: dict[str, Stamp]
     #: the boot it was taken in (see :func:`load`)
     boot: str = ""
     #: the snapshot's own copy of each file, as it was made (see :func:`base`)
@@ -71,14 +72,14 @@ def take(datadir: Path, exclude: tuple[str, ...] = ("postmaster.pid",)) -> Index
     not entered)."""
     fd = os.open(datadir, _DIR_FLAGS)
     try:
-        files: dict[str, _Stamp] = {}
+        files: dict[str, Stamp] = {}
         _walk(fd, "", files, exclude)
         return Index(os.fstat(fd).st_dev, files, boot_id())
     finally:
         os.close(fd)
 
 
-def _walk(fd: int, rel: str, files: dict[str, _Stamp], exclude: tuple[str, ...]) -> None:
+def _walk(fd: int, rel: str, files: dict[str, Stamp], exclude: tuple[str, ...]) -> None:
     with os.scandir(fd) as entries:
         for entry in entries:
             if entry.name in exclude:
@@ -92,6 +93,20 @@ def _walk(fd: int, rel: str, files: dict[str, _Stamp], exclude: tuple[str, ...])
                     _walk(sub, f"{rel}{entry.name}/", files, ())
                 finally:
                     os.close(sub)
+
+
+def control(datadir: Path | int) -> Stamp | None:
+    """The stamp of ``global/pg_control`` of ``datadir`` (a path or a directory fd), or
+    None (there is none): any server that starts or stops on it writes that file, so a
+    changed stamp means a server ran meanwhile."""
+    try:
+        if isinstance(datadir, int):
+            st = os.stat("global/pg_control", dir_fd=datadir, follow_symlinks=False)
+        else:
+            st = os.stat(datadir / "global" / "pg_control", follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def save(snapdir: Path, index: Index) -> None:
@@ -160,7 +175,7 @@ def kept_bytes(index: Index, datadir: Path) -> int:
     return sum(s[1] for rel, s in now.files.items() if index.files.get(rel) == s)
 
 
-def _stamp(value: object) -> _Stamp:
+def _stamp(value: object) -> Stamp:
     if not isinstance(value, list) or len(value) != 4:
         raise ValueError("bad entry")
     ino, size, mtime, ctime = (int(v) for v in value)

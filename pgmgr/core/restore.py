@@ -34,9 +34,6 @@ from pgmgr.core.snapcatalog import Listing, load, missing, pick_name
 from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
 
-#: (inode, size, mtime, ctime) of a file
-_Stamp = tuple[int, int, int, int]
-
 
 @dataclass
 class RestoreResult:
@@ -142,13 +139,13 @@ def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
 
 def _stage_delta(
     src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
-) -> tuple[copy.CopyStats, _Stamp | None]:
+) -> tuple[copy.CopyStats, delta.Stamp | None]:
     """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
     that ``index`` says are unchanged linked instead of copied; durable. With the stamp
     of its ``pg_control`` before (see :func:`_identify_staged`). As the user."""
     lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        control = _control(lfd)
+        control = delta.control(lfd)
         stats = copy.copy_tree(
             src, staging, exclude=("postmaster.pid",), flush=True,
             link_dest=lfd, unchanged=index.unchanged,
@@ -160,18 +157,8 @@ def _stage_delta(
     return stats, control
 
 
-def _control(dir_fd: int) -> _Stamp | None:
-    """The stamp of ``global/pg_control`` under ``dir_fd`` (None: there is none): any
-    server that starts or stops on the data directory writes it."""
-    try:
-        st = os.stat("global/pg_control", dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def _identify_staged(
-    staging: Path, datadir: Path, by_difference: bool, control: _Stamp | None, instance: str
+    staging: Path, datadir: Path, by_difference: bool, control: delta.Stamp | None, instance: str
 ) -> identity.Identity:
     """:func:`intent.identify` of ``staging``, once sure no server ran on ``datadir``
     since ``staging`` was made ``by_difference`` (``control``: its ``pg_control`` then):
@@ -183,7 +170,7 @@ def _identify_staged(
     if by_difference:
         fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            ran = _control(fd) != control
+            ran = delta.control(fd) != control
         finally:
             os.close(fd)
         if ran:
@@ -269,7 +256,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
-            control: _Stamp | None = None
+            control: delta.Stamp | None = None
             with paused(srv, mode=mode) as pause:
                 if index is not None:
                     stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
@@ -311,7 +298,7 @@ def _not_started(srv: Server) -> None:
 
 def _stage_stopped(
     srv: Server, store: Store, snapdir: Path, staging: Path, index: delta.Index, name: str
-) -> tuple[copy.CopyStats, _Stamp | None]:
+) -> tuple[copy.CopyStats, delta.Stamp | None]:
     """:func:`_stage_delta` once the server is stopped; a partial copy is removed before
     the server starts again (a disk the copy filled would refuse its start)."""
     try:

@@ -149,21 +149,24 @@ def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], list[str
     if len(earlier) > 1:
         # Chosen now, while the server may still run: once it is stopped, only that one's
         # index is loaded (each load costs ~5 us per file, 0.5 s for 100,000 files).
-        try:
-            base = delta.base((store / n for n in earlier), delta.take(datadir), snapstore.DATA)
-        except OSError:  # a file the server removed meanwhile
-            base = None
+        base = _best(store, datadir, earlier)
         earlier = [base.data.parent.name] if base else earlier[-1:]
     return snapstore.unsupported(datadir), taken, earlier, copy.tree_size(datadir)
 
 
-def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
-    """The bytes of ``datadir`` (the server may be running) a snapshot would share with
-    one of the ``earlier`` ones now. As the server user."""
+def _best(store: Path, datadir: Path, earlier: list[str]) -> delta.Base | None:
+    """Of the ``earlier`` snapshots, the one sharing most with ``datadir`` now (the server
+    may be running). As the server user."""
     try:
-        base = delta.base((store / n for n in earlier), delta.take(datadir), snapstore.DATA)
+        return delta.base((store / n for n in earlier), delta.take(datadir), snapstore.DATA)
     except OSError:  # a file the server removed meanwhile
-        return 0
+        return None
+
+
+def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
+    """The bytes of ``datadir`` a snapshot would share with one of the ``earlier`` ones
+    now. As the server user."""
+    base = _best(store, datadir, earlier)
     return base.size if base else 0
 
 
@@ -202,15 +205,7 @@ def _not_run_since(datadir: Path, index: delta.Index) -> None:
     was taken (started by hand, bypassing the lock; any start or stop writes
     ``pg_control``): the copy mixes files from before its writes (linked from an earlier
     snapshot by the index) with files from after."""
-    control = "global/pg_control"
-    try:
-        st = os.stat(datadir / control, follow_symlinks=False)
-        now: tuple[int, int, int, int] | None = (
-            st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-        )  # fmt: skip
-    except FileNotFoundError:  # not a data directory any more: the copy says why
-        now = None
-    if index.files.get(control) != now:
+    if index.files.get("global/pg_control") != delta.control(datadir):
         raise DatabaseException(
             f"a server was started on {datadir} during the snapshot; nothing was changed",
             hint="stop what starts it (pg_ctl, a script) and snapshot again",
