@@ -88,6 +88,7 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     dirpath.check(target, "create", parents_only=True)
     if not target.parent.is_dir():
         raise DatabaseException(f"cannot create {target}: {target.parent} does not exist")
+    dirpath.check_datadir_place(target, "create")
     return target
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from pgmgr.core.errors import DatabaseException
 
+#: The snapshot stores' directory beside data directories (see :mod:`pgmgr.core.snapstore`).
+STORE = ".pgmgr-snapshots"
+
 _KINDS = (
     (stat.S_ISREG, "a regular file"),
     (stat.S_ISFIFO, "a FIFO"),
@@ -69,3 +72,26 @@ def check(path: str | Path, doing: str, *, parents_only: bool = False) -> None:
     why = blocker(path, parents_only=parents_only)
     if why is not None:
         raise DatabaseException(f"cannot {doing} {path}: {why}")
+
+
+def check_datadir_place(path: str | Path, doing: str) -> None:
+    """Refuse a data directory inside a snapshot store or inside another data directory:
+    deleting that snapshot, restoring or destroying that instance would take it along,
+    and a snapshot or branch of it would copy it (into its own store). Symlinks on the
+    way are resolved. Reads metadata only.
+
+    :raises DatabaseException: it is.
+    """
+    real = Path(os.path.realpath(path))
+    if STORE in real.parts:
+        store = Path(*real.parts[: real.parts.index(STORE) + 1])
+        raise DatabaseException(
+            f"cannot {doing} {path}: it is inside the snapshot store {store}",
+            hint="choose a directory outside it; pgmgr keeps snapshots there",
+        )
+    for parent in real.parents:
+        if (parent / "PG_VERSION").is_file():
+            raise DatabaseException(
+                f"cannot {doing} {path}: it is inside the data directory {parent}",
+                hint="choose a directory outside it",
+            )

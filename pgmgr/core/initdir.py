@@ -44,6 +44,7 @@ def initialize(
     """
     datadir = srv.datadir
     dirpath.check(datadir, "make data directory", parents_only=True)
+    dirpath.check_datadir_place(datadir, "use")
     if datadir.exists() and not datadir.is_dir():
         raise DatabaseException(f"{datadir} exists and is not a directory")
     if server.is_datadir(datadir):

@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from typing import Any
 
-NAME_RE = LazyRegex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = LazyRegex(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # \Z: "$" lets "x\n" pass
 
 
 @dataclass

@@ -103,6 +103,7 @@ def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
     dirpath.check(target, "create", parents_only=True)
     if not target.parent.is_dir():
         raise DatabaseException(f"{target.parent} does not exist (nothing was created)")
+    dirpath.check_datadir_place(target, "create")
     su = src.user()
     # As root, checked as the server user: "others" are users other than root and it.
     if su is not None and userfs.as_user(su, userfs.others_can_write, str(target)):

@@ -40,12 +40,12 @@ from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.privileges import ServerUser
 
 T = TypeVar("T")
-STORE = ".pgmgr-snapshots"
+STORE = dirpath.STORE
 META = "snapshot.json"
 DATA = "data"
 TMP = ".tmp-"
 FORMAT = 1
-SNAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SNAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # \Z: "$" lets "x\n" pass
 META_LIMIT = 1 << 20
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

@@ -1,0 +1,76 @@
+"""Bad inputs to snapshot, branch and init found by review: names that end in a line break,
+and data directories put where a snapshot delete, a restore or a destroy would take them
+along (inside a snapshot store, inside another data directory). On real PostgreSQL 15
+servers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst
+
+
+def _refused(inst: Inst, args: tuple[str, ...], code: int, text: str) -> None:
+    proc = inst.pgmgr(*args)
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == code, (args, proc.stderr)
+    assert lines and lines[0].startswith("Error: ") and text in lines[0], (args, lines)
+    assert len(lines) <= 2 and all(ln.startswith(("Error: ", "Hint: ")) for ln in lines)
+    assert "Traceback" not in proc.stderr
+
+
+def test_names_ending_in_a_line_break_are_refused(inst: Inst) -> None:
+    """``$`` in a pattern matches before a final newline: 's2\\n' was a valid snapshot
+    name (a directory 's2\\n' in the store) and 'b\\n' a valid instance name."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    _refused(inst, ("snapshot", "dev", "s2\n"), 2, "invalid snapshot name")
+    _refused(inst, ("restore", "dev", "s1\n", "--yes"), 2, "invalid snapshot name")
+    _refused(inst, ("branch", "dev", "b\n"), 2, "invalid instance name")
+    other = inst.datadir.parent / "other"
+    _refused(inst, ("init", "-d", str(other), "--name", "x\n"), 2, "invalid instance name")
+    assert sorted(os.listdir(inst.store)) == ["s1"]
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
+    assert not other.exists()
+
+
+def test_no_data_directory_inside_a_store_or_another_data_directory(inst: Inst) -> None:
+    """A branch made with -d inside the source's store was listed as one of its snapshots,
+    and 'pgmgr snapshot dev evil --delete' deleted the branch's (running) data directory;
+    one inside the source's data directory copied the source into itself ("Too many open
+    files") and left a store in it. Refused before anything is made, like init there."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("INSERT INTO t VALUES (-7)")
+    ops = inst.datadir.parent
+    before = sorted(os.listdir(inst.datadir))
+    store = ops / ".pgmgr-snapshots"
+    for args, text in [
+        (("branch", "dev", "b1", "-d", str(inst.store / "evil")), "inside the snapshot store"),
+        (("branch", "dev", "b2", "-d", str(inst.datadir / "sub")), "inside the data directory"),
+        (("branch", "dev", "b3", "-d", str(inst.datadir / "base" / "x")), "inside the data"),
+        (("init", "-d", str(inst.store / "s9"), "--name", "i1"), "inside the snapshot store"),
+        (("init", "-d", str(inst.datadir / "sub"), "--name", "i2"), "inside the data directory"),
+        (("init", "-d", str(ops / "x" / ".pgmgr-snapshots"), "--name", "i3"), "snapshot store"),
+    ]:
+        _refused(inst, args, 1, text)
+    os.symlink(inst.datadir, ops / "lnk")  # the path is resolved
+    _refused(inst, ("branch", "dev", "b4", "-d", str(ops / "lnk" / "sub")), 1, "inside the data")
+    assert sorted(os.listdir(inst.datadir)) == before
+    assert sorted(os.listdir(inst.store)) == ["s1"]
+    assert sorted(os.listdir(store)) == ["data"]
+    assert not (ops / "x").exists()
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -7") == "1"
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+
+
+def test_a_branch_beside_a_data_directory_is_still_fine(inst: Inst) -> None:
+    """The check is about ancestors: a sibling whose name starts like the store's is not."""
+    target = inst.datadir.parent / ".pgmgr-snapshots-not"
+    inst.ok("branch", "dev", "b", "-d", str(target), "-q")
+    try:
+        assert inst.state("b") == "running"
+    finally:
+        inst.pgmgr("stop", "b", "-m", "immediate", "-q")
