@@ -245,7 +245,14 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     with sigguard.shielded():
         staging = snapstore.TMP + "branch"
         _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
-        srv.pin()  # registered pinned: the record names this very directory from the start
+        # Registered pinned: the record names this very directory from the start. Not
+        # provable: the staged copy was swapped (a symlink, a file) by the server user.
+        if not srv.pin():
+            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+            raise DatabaseException(
+                f"the copy for '{srv.inst.name}' was replaced while it was made (it is no "
+                "longer a directory pgmgr made); nothing was registered"
+            )
         try:
             # Exclusively: a name registered meanwhile (by a branch into another
             # directory, an init) is refused, never overwritten.

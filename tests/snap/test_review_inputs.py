@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from tests.helpers import error_lines
 from tests.snap.conftest import Inst
+from tests.snap.test_branch import _held_branch
 
 
 def _refused(inst: Inst, args: tuple[str, ...], code: int, text: str) -> None:
@@ -74,3 +76,35 @@ def test_a_branch_beside_a_data_directory_is_still_fine(inst: Inst) -> None:
         assert inst.state("b") == "running"
     finally:
         inst.pgmgr("stop", "b", "-m", "immediate", "-q")
+
+
+def test_a_branch_copy_swapped_for_a_symlink_is_not_registered(inst: Inst, tmp_path: Path) -> None:
+    """The server user (who owns the target's store) swaps the staged copy for a symlink
+    before it is renamed into place: the branch was registered unpinned, a symlink to
+    wherever the user chose sat at the new data directory's path (as root: in a directory
+    only root can write), and the command said "Branched". Now refused, nothing left."""
+    ops = inst.datadir.parent
+    victim = ops / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    inst.ok("stop", "dev", "-q")  # so the branch is not started (which failed, confusingly)
+    proc = _held_branch(inst, hooks, "dev", "evil")
+    try:
+        staged = ops / ".pgmgr-snapshots" / "evil" / ".tmp-branch"
+        os.rename(staged, staged.parent / ".tmp-moved")
+        os.symlink(victim, staged)
+        owner = os.stat(staged.parent)
+        os.lchown(staged, owner.st_uid, owner.st_gid)  # the server user's, as root
+    finally:
+        (hooks / "branch-copied.go").touch()
+        out, err = proc.communicate(timeout=60)
+    lines = error_lines(err)
+    assert proc.returncode == 1, (out, err)
+    assert lines[0].startswith("Error: ") and "was replaced while it was made" in lines[0]
+    assert not os.path.lexists(ops / "evil")
+    assert (victim / "keep").read_text() == "x"
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
+    assert inst.state() == "stopped"
