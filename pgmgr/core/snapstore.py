@@ -296,10 +296,19 @@ def _pg_control_mode(datadir: Path, mode: int) -> None:
         os.close(fd)
 
 
-def remove_tree(path: Path) -> None:
-    """Delete ``path`` and everything under it, never following a symlink."""
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)
+def remove_tree(path: Path, ignore_errors: bool = False) -> None:
+    """Delete ``path`` and everything under it, never following a symlink: one put there
+    (a snapshot directory swapped for a symlink) is removed itself, not refused."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def unsupported(datadir: Path) -> str | None:
@@ -348,7 +357,7 @@ def sweep(store: Path) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(store):
             if name.startswith(TMP):  # a background removal may be at it too
-                shutil.rmtree(store / name, ignore_errors=True)
+                remove_tree(store / name, ignore_errors=True)
                 gone.append(name)
     return gone
 

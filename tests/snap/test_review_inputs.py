@@ -108,3 +108,23 @@ def test_a_branch_copy_swapped_for_a_symlink_is_not_registered(inst: Inst, tmp_p
     assert (victim / "keep").read_text() == "x"
     assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
     assert inst.state() == "stopped"
+
+
+def test_a_snapshot_that_is_a_symlink_is_deleted_not_followed(inst: Inst) -> None:
+    """The server user made snapshot 's1' a symlink (to a directory beside it): '--delete'
+    failed with "Cannot call rmtree on a symbolic link" after renaming it out of the
+    listing, and the sweep never removed the renamed symlink. Now the symlink goes, what it
+    points to stays; a work entry that is a symlink is swept."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    store = inst.store
+    os.rename(store / "s1", store / ".real")
+    os.symlink(".real", store / "s1")
+    os.symlink(".real", store / ".tmp-stale")
+    owner = os.stat(store)
+    for name in ("s1", ".tmp-stale"):
+        os.lchown(store / name, owner.st_uid, owner.st_gid)
+    proc = inst.pgmgr("snapshot", "dev", "s1", "--delete")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(store)) == [".real"]
+    assert (store / ".real" / "data" / "PG_VERSION").is_file()
+    assert inst.snaps() == []
