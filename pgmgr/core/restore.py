@@ -120,14 +120,20 @@ def _survey(store: Path) -> Listing:
 
 
 def _rollback_record(meta: Meta) -> dict[str, Any]:
-    """What the record becomes with the snapshot's major (a pre-upgrade one): its
-    binaries while they are installed, else those of the same major found now."""
-    if (Path(meta.bindir) / "postgres").is_file():
-        major, version, bindir = meta.major, meta.version, meta.bindir
-    else:
-        install = versions.select(meta.major).installation
-        major, version, bindir = install.major, install.version, str(install.bindir)
-    return {"major": major, "version": version, "bindir": bindir, "settings": meta.settings}
+    """What the record becomes with the snapshot's major (a pre-upgrade one): the
+    installation of that major it recorded while pgmgr still finds it, else another of
+    that major found now. Never ``meta.bindir`` itself: the server user can write the
+    snapshot's metadata, and root runs the record's binaries (``pgmgr psql`` as root)."""
+    same = [
+        i for i in versions.discover() if i.major == meta.major and str(i.bindir) == meta.bindir
+    ]
+    install = same[0] if same else versions.select(meta.major).installation
+    return {
+        "major": install.major,
+        "version": install.version,
+        "bindir": str(install.bindir),
+        "settings": meta.settings,
+    }
 
 
 def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:

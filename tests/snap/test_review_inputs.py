@@ -128,3 +128,33 @@ def test_a_snapshot_that_is_a_symlink_is_deleted_not_followed(inst: Inst) -> Non
     assert sorted(os.listdir(store)) == [".real"]
     assert (store / ".real" / "data" / "PG_VERSION").is_file()
     assert inst.snaps() == []
+
+
+def test_a_rollback_never_takes_binaries_from_the_snapshot_metadata(scratch: Path) -> None:
+    """The server user owns the store, so it can edit the pre-upgrade snapshot's
+    snapshot.json: a rollback recorded its 'bindir' as the instance's binaries, and root's
+    next 'pgmgr psql' ran that directory's psql as root. The record now gets the
+    binaries pgmgr itself finds for that major."""
+    it = Inst("up", scratch / "up")
+    it.ok("init", "-q", "-d", str(it.datadir), "--name", "up", "-v", "15")
+    real = str(it.record()["bindir"])
+    it.ok("start", "up", "-q", "-p", "auto")
+    it.ok("upgrade", "up", "-v", "18", "--yes", "-q")
+    fake = scratch / "fakebin"
+    fake.mkdir()
+    marker = scratch / "psql-ran"
+    os.symlink(Path(real) / "postgres", fake / "postgres")
+    (fake / "psql").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (fake / "psql").chmod(0o755)
+    meta = it.store / "pre-upgrade-15" / "snapshot.json"
+    data = json.loads(meta.read_text())
+    assert data["bindir"] == real
+    data["bindir"] = str(fake)
+    meta.write_text(json.dumps(data))  # owner and mode kept: the server user's file
+    try:
+        it.ok("restore", "up", "pre-upgrade-15", "--yes", "-q")
+        assert it.record()["bindir"] == real and it.record()["major"] == "15"
+        assert it.sql("SHOW server_version_num", "up").startswith("15")
+        assert not marker.exists()
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
