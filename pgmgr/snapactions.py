@@ -44,8 +44,9 @@ def snapshot(
             )
         with locked(srv):
             catalog.delete(srv, snap)
-        if json:
+        if json:  # only the document, as every other --json
             ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
+            return 0
         ui.message(f"Deleted snapshot {snap!r} of '{srv.inst.name}'")
         return 0
     how = "online " if online else ""

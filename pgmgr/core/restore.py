@@ -27,7 +27,7 @@ from pgmgr.core import (
     testhook,
     versions,
 )
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import paused, resume
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name
@@ -128,11 +128,17 @@ def _rollback_record(meta: Meta) -> dict[str, Any]:
         i for i in versions.discover() if i.major == meta.major and str(i.bindir) == meta.bindir
     ]
     install = same[0] if same else versions.select(meta.major).installation
+    try:  # checked as -c ones are: never pgmgr's own (listen_addresses, port...)
+        settings = server.check_settings(meta.settings)
+    except UsageError as e:
+        raise DatabaseException(
+            f"snapshot {meta.name!r} is damaged: its settings: {e}; nothing was changed"
+        ) from None
     return {
         "major": install.major,
         "version": install.version,
         "bindir": str(install.bindir),
-        "settings": meta.settings,
+        "settings": settings,
     }
 
 
@@ -251,6 +257,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
         # (it would share files with the restored one) or the snapshot is of another major.
         rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)
+        record = _rollback_record(meta) if rollback else {}
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         snapdir = store.entry(name)
@@ -271,10 +278,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     _identify_staged, staging, srv.datadir, index is not None, control,
                     srv.inst.name,
                 )  # fmt: skip
-                it = intent.Intent(
-                    "restore", staged,
-                    _rollback_record(meta) if rollback else {}, intent.held_name("restore"),
-                )  # fmt: skip
+                it = intent.Intent("restore", staged, record, intent.held_name("restore"))
                 if keep is not None:  # the replaced state becomes this snapshot
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():

@@ -90,6 +90,12 @@ class Meta:
                 raise ValueError(f"{key!r} must be a string")
         if not isinstance(meta.created, int | float) or not isinstance(meta.size, int):
             raise ValueError("'created' and 'size' must be numbers")
+        if not isinstance(meta.settings, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.settings.items()
+        ):
+            raise ValueError("'settings' must map names to strings")
+        if not isinstance(meta.upgraded_to, str | None) or not isinstance(meta.kind, str):
+            raise ValueError("'upgraded_to' and 'kind' must be strings")
         return meta
 
 
@@ -263,7 +269,9 @@ def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
         if name.startswith(".") or not SNAP_RE.match(name):
             continue
         try:
-            out.append((name, read_meta(store / name), None))
+            meta = read_meta(store / name)
+            meta.name = name  # the directory's name, whatever a copied or edited file says
+            out.append((name, meta, None))
         except (OSError, ValueError, TypeError) as e:
             out.append((name, None, str(e)))
     return out

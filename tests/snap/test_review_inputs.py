@@ -133,8 +133,9 @@ def test_a_snapshot_that_is_a_symlink_is_deleted_not_followed(inst: Inst) -> Non
 def test_a_rollback_never_takes_binaries_from_the_snapshot_metadata(scratch: Path) -> None:
     """The server user owns the store, so it can edit the pre-upgrade snapshot's
     snapshot.json: a rollback recorded its 'bindir' as the instance's binaries, and root's
-    next 'pgmgr psql' ran that directory's psql as root. The record now gets the
-    binaries pgmgr itself finds for that major."""
+    next 'pgmgr psql' ran that directory's psql as root; and its settings unchecked. The
+    record now gets the binaries pgmgr itself finds for that major, and settings checked
+    as -c ones are."""
     it = Inst("up", scratch / "up")
     it.ok("init", "-q", "-d", str(it.datadir), "--name", "up", "-v", "15")
     real = str(it.record()["bindir"])
@@ -150,11 +151,86 @@ def test_a_rollback_never_takes_binaries_from_the_snapshot_metadata(scratch: Pat
     data = json.loads(meta.read_text())
     assert data["bindir"] == real
     data["bindir"] = str(fake)
-    meta.write_text(json.dumps(data))  # owner and mode kept: the server user's file
     try:
+        # nor settings pgmgr keeps for itself (the server would listen on every address)
+        meta.write_text(json.dumps({**data, "settings": {"listen_addresses": "*"}}))
+        proc = it.pgmgr("restore", "up", "pre-upgrade-15", "--yes")
+        assert proc.returncode == 1, proc.stderr
+        assert error_lines(proc.stderr) == [
+            "Error: snapshot 'pre-upgrade-15' is damaged: its settings: setting "
+            "'listen_addresses' is managed by pgmgr: use --host, --port or --socket-dir; "
+            "nothing was changed"
+        ]
+        assert it.record()["major"] == "18" and it.state() == "running"
+        meta.write_text(json.dumps(data))  # owner and mode kept: the server user's file
         it.ok("restore", "up", "pre-upgrade-15", "--yes", "-q")
         assert it.record()["bindir"] == real and it.record()["major"] == "15"
         assert it.sql("SHOW server_version_num", "up").startswith("15")
         assert not marker.exists()
     finally:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_edited_or_broken_metadata_is_one_line(inst: Inst) -> None:
+    """snapshot.json is the server user's file: a copied snapshot keeps the other's name
+    (restore inspected the snapshot the file named, and copied the one asked for), wrong
+    types, a truncated file, a FIFO. Each is one line, nothing changes, nothing hangs."""
+    for name in ("s1", "s2", "s3", "s4"):
+        inst.ok("snapshot", "dev", name, "-q")
+    inst.sql("INSERT INTO t VALUES (-7)")
+    store = inst.store
+    owner = os.stat(store)
+
+    def edit(snap: str, changes: dict[str, object]) -> None:
+        meta = store / snap / "snapshot.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), **changes}))
+
+    edit("s1", {"name": "elsewhere"})
+    edit("s2", {"settings": "work_mem=1MB"})
+    (store / "s3" / "snapshot.json").write_text('{"name": "s3", "inst')
+    (store / "s4" / "snapshot.json").unlink()
+    os.mkfifo(store / "s4" / "snapshot.json")
+    os.chown(store / "s4" / "snapshot.json", owner.st_uid, owner.st_gid)
+    listed = {s["snapshot"]: s["problem"] for s in inst.snaps()}
+    assert listed["s1"] is None
+    assert listed["s2"] == "'settings' must map names to strings"
+    assert listed["s3"] and listed["s4"] == "not a regular file"
+    for name, why in (("s2", "must map names"), ("s3", "unreadable"), ("s4", "regular file")):
+        _refused(inst, ("restore", "dev", name, "--yes"), 1, why)
+        _refused(inst, ("branch", "dev", f"b{name}", "--from", name), 1, why)
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -7") == "1"
+    inst.ok("restore", "dev", "s1", "--yes", "-q")
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -7") == "0"
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
+
+
+def test_json_is_one_document_on_stdout_and_errors_one_line(inst: Inst) -> None:
+    """With --json: success prints the document and nothing else ('snapshot --delete
+    --json' also said "Deleted snapshot" on stderr); an error prints nothing on stdout and
+    one Error line (maybe a Hint) on stderr."""
+    for args in (
+        ("snapshot", "dev", "s1", "--json"),
+        ("snapshots", "dev", "--json"),
+        ("restore", "dev", "s1", "--yes", "--json"),
+        ("branch", "dev", "b", "--from", "s1", "--json"),
+        ("destroy", "b", "--yes", "--json"),
+        ("snapshot", "dev", "s1", "--delete", "--json"),
+    ):
+        proc = inst.pgmgr(*args)
+        assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+        json.loads(proc.stdout)
+    for args, code in (
+        (("snapshot", "dev", "s1", "--delete", "--json"), 4),
+        (("snapshot", "dev", "bad/name", "--json"), 2),
+        (("restore", "dev", "s1", "--yes", "--json"), 4),
+        (("restore", "dev", "s1", "--json"), 2),
+        (("branch", "dev", "dev", "--json"), 2),
+        (("branch", "dev", "b", "--from", "s1", "--json"), 4),
+        (("snapshots", "ghost", "--json"), 4),
+        (("upgrade", "dev", "-v", "15", "--json"), 2),
+        (("upgrade", "dev", "-v", "14", "--json"), 2),
+    ):
+        proc = inst.pgmgr(*args)
+        lines = error_lines(proc.stderr)
+        assert proc.returncode == code and proc.stdout == "", (args, proc.stdout, lines)
+        assert lines[0].startswith("Error: ") and len(lines) <= 2, (args, lines)
