@@ -26,6 +26,7 @@ from pgmgr.core import (
     copy,
     dirpath,
     registry,
+    roles,
     server,
     sigguard,
     snapcatalog,
@@ -145,7 +146,20 @@ def _snapshot_source(src: Server, snap: str, store: snapstore.Store) -> tuple[Pa
     meta = snapcatalog.load(store, snap, src.inst.name)
     if meta.datadir != src.inst.datadir:
         raise DatabaseException(f"snapshot {snap!r} is of another instance ({meta.instance})")
-    return store.entry(snap) / snapstore.DATA, meta.size
+    origin = store.entry(snap) / snapstore.DATA
+    if store.as_user(os.path.lexists, origin / "standby.signal"):
+        raise _standby(f"snapshot {snap!r} of '{src.inst.name}' is of a standby")
+    return origin, meta.size
+
+
+def _standby(what: str) -> DatabaseException:
+    """A branch of a standby would be one too: replicating from its primary, on its
+    replication slot (the source's replication stops), with no password set (read-only)."""
+    return DatabaseException(
+        f"cannot branch: {what} (a branch would replicate from its primary, on its "
+        "replication slot); nothing was changed",
+        hint="branch its primary, or make it a primary first with 'pgmgr promote NAME'",
+    )
 
 
 def branch(
@@ -175,6 +189,8 @@ def branch(
             hint="choose another with --port, or let pgmgr pick one with --port auto",
         )
     snapshot.require_datadir(src)
+    if snap is None and roles.is_standby(src):
+        raise _standby(f"'{src.inst.name}' is a standby")
     t0 = time.monotonic()
     _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)

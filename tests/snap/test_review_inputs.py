@@ -234,3 +234,23 @@ def test_json_is_one_document_on_stdout_and_errors_one_line(inst: Inst) -> None:
         lines = error_lines(proc.stderr)
         assert proc.returncode == code and proc.stdout == "", (args, proc.stdout, lines)
         assert lines[0].startswith("Error: ") and len(lines) <= 2, (args, lines)
+
+
+def test_a_standby_is_not_branched(inst: Inst) -> None:
+    """A branch of a standby (or of a standby's snapshot) was a standby too, on the source's
+    replication slot: it started, failed to set its password ("read-only transaction")
+    and was removed; made without starting, it was registered that way. Refused first."""
+    inst.ok("replica", "dev", "--name", "rep", "-q")
+    try:
+        inst.ok("snapshot", "rep", "s1", "-q")
+        pid = inst.pid("rep")
+        _refused(inst, ("branch", "rep", "b"), 1, "cannot branch: 'rep' is a standby")
+        _refused(inst, ("branch", "rep", "b", "--from", "s1"), 1, "is of a standby")
+        assert inst.pid("rep") == pid  # not stopped for a copy
+        names = [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)]
+        assert names == ["dev", "rep"]
+        assert not (inst.datadir.parent / "b").exists()
+        slots = "SELECT count(*) FROM pg_replication_slots WHERE active"
+        assert inst.sql(slots) == "1"
+    finally:
+        inst.pgmgr("stop", "rep", "-m", "immediate", "-q")
