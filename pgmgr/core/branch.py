@@ -93,16 +93,24 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     return target
 
 
-def new_record(src: Server, new: str, target: Path, port: int | str | None) -> Instance:
+def new_record(
+    src: Server,
+    new: str,
+    target: Path,
+    port: int | str | None,
+    major: dict[str, Any] | None = None,
+) -> Instance:
     """The branch's record: the source's version, user, settings and authentication; a
-    new name, data directory, port and password; no socket dir or log of its own yet."""
+    new name, data directory, port and password; no socket dir or log of its own yet.
+    ``major``: the version, binaries and settings of a snapshot of another major (see
+    :func:`snapcatalog.record_of`) instead of the source's."""
     s = src.inst
     password = new_password() if s.auth != "trust" else None
     if port == "auto" or port is None:
         port = server.free_port(s.host or "127.0.0.1")
         while port == s.port:  # free while the source restarts, but its own (see _start)
             port = server.free_port(s.host or "127.0.0.1")
-    return Instance(
+    inst = Instance(
         name=new,
         datadir=os.path.realpath(target),
         major=s.major,
@@ -117,6 +125,9 @@ def new_record(src: Server, new: str, target: Path, port: int | str | None) -> I
         settings=dict(s.settings),
         password_pending=password is not None,
     )
+    for key, value in (major or {}).items():
+        setattr(inst, key, value)
+    return inst
 
 
 def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
@@ -138,8 +149,11 @@ def _exists_at(dir_fd: int, name: str) -> bool:
     return True
 
 
-def _snapshot_source(src: Server, snap: str, store: snapstore.Store) -> tuple[Path, int]:
-    """The copy inside snapshot ``snap`` of ``src``, and its size.
+def _snapshot_source(
+    src: Server, snap: str, store: snapstore.Store
+) -> tuple[Path, int, dict[str, Any] | None]:
+    """The copy inside snapshot ``snap`` of ``src``, its size, and what the branch's
+    record takes from it when it is of another major (a pre-upgrade snapshot).
 
     :raises SnapshotNotFound: no such snapshot. :raises DatabaseException: not ``src``'s.
     """
@@ -149,7 +163,8 @@ def _snapshot_source(src: Server, snap: str, store: snapstore.Store) -> tuple[Pa
     origin = store.entry(snap) / snapstore.DATA
     if store.as_user(os.path.lexists, origin / "standby.signal"):
         raise _standby(f"snapshot {snap!r} of '{src.inst.name}' is of a standby")
-    return origin, meta.size
+    major = snapcatalog.record_of(meta) if meta.major != src.inst.major else None
+    return origin, meta.size, major
 
 
 def _standby(what: str) -> DatabaseException:
@@ -221,8 +236,8 @@ def _branch(
         # started (both start-ups overlap); the end of the block waits for it.
         with paused(src, stop=False) as pause:
             with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
-                stats = _copy_branch(src, snap, tstore, pause)
-            inst = new_record(src, new, target, port)
+                stats, major = _copy_branch(src, snap, tstore, pause)
+            inst = new_record(src, new, target, port, major)
             srv = Server(inst)
             _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
     return BranchResult(
@@ -302,10 +317,12 @@ def _start(srv: Server, auto: bool) -> None:
 
 def _copy_branch(
     src: Server, snap: str | None, tstore: snapstore.Store, pause: Pause
-) -> copy.CopyStats:
+) -> tuple[copy.CopyStats, dict[str, Any] | None]:
     """Copy into ``<tstore>/.tmp-branch`` (the lock makes the name ours); a running source
-    is stopped for the copy and started again (not waited for) right after it."""
+    is stopped for the copy and started again (not waited for) right after it. With what
+    the record takes from a snapshot of another major (see :func:`_snapshot_source`)."""
     staging = tstore.entry(snapstore.TMP + "branch")
+    major = None
     try:
         if snap is None:
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
@@ -318,14 +335,14 @@ def _copy_branch(
         else:
             gone = snapcatalog.missing(src.inst.name, snap)
             with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
-                origin, size = _snapshot_source(src, snap, sstore)
+                origin, size, major = _snapshot_source(src, snap, sstore)
                 snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
                 stats = tstore.as_user(snapshot.copy_into, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
     except BaseException:
         tstore.as_user(snapstore.remove_tree, staging)
         raise
-    return stats
+    return stats, major
 
 
 def _undo(srv: Server, tstore: snapstore.Store) -> None:

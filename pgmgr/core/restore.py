@@ -25,12 +25,11 @@ from pgmgr.core import (
     sigguard,
     snapstore,
     testhook,
-    versions,
 )
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import paused, resume
-from pgmgr.core.snapcatalog import Listing, load, missing, pick_name
+from pgmgr.core.snapcatalog import Listing, load, missing, pick_name, record_of
 from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
 
@@ -117,29 +116,6 @@ def _survey(store: Path) -> Listing:
     """Sweep what a killed run left in ``store``, and list it. As the user."""
     snapstore.sweep(store)
     return snapstore.list_metas(store)
-
-
-def _rollback_record(meta: Meta) -> dict[str, Any]:
-    """What the record becomes with the snapshot's major (a pre-upgrade one): the
-    installation of that major it recorded while pgmgr still finds it, else another of
-    that major found now. Never ``meta.bindir`` itself: the server user can write the
-    snapshot's metadata, and root runs the record's binaries (``pgmgr psql`` as root)."""
-    same = [
-        i for i in versions.discover() if i.major == meta.major and str(i.bindir) == meta.bindir
-    ]
-    install = same[0] if same else versions.select(meta.major).installation
-    try:  # checked as -c ones are: never pgmgr's own (listen_addresses, port...)
-        settings = server.check_settings(meta.settings)
-    except UsageError as e:
-        raise DatabaseException(
-            f"snapshot {meta.name!r} is damaged: its settings: {e}; nothing was changed"
-        ) from None
-    return {
-        "major": install.major,
-        "version": install.version,
-        "bindir": str(install.bindir),
-        "settings": settings,
-    }
 
 
 def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
@@ -257,7 +233,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
         # (it would share files with the restored one) or the snapshot is of another major.
         rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)
-        record = _rollback_record(meta) if rollback else {}
+        record = record_of(meta) if rollback else {}
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         snapdir = store.entry(name)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import snapstore
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core import server, snapstore, versions
+from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
@@ -121,6 +121,34 @@ def load(store: Store, name: str, instance: str, listed: Listing | None = None) 
     if meta is None:
         raise DatabaseException(f"snapshot {name!r} is unreadable: {why}")
     return meta
+
+
+def record_of(meta: Meta) -> dict[str, Any]:
+    """The record's major, version, binaries and settings for the copy in snapshot
+    ``meta`` when it is of another major than the instance (an upgrade's rollback, a
+    branch of a pre-upgrade snapshot): the installation of that major it recorded while
+    pgmgr still finds it, else another of that major found now. Never ``meta.bindir``
+    itself: the server user can write the metadata, and root runs the record's binaries
+    (``pgmgr psql`` as root); its settings are checked as ``-c`` ones are.
+
+    :raises DatabaseException: no such major installed; settings pgmgr keeps for itself.
+    """
+    same = [
+        i for i in versions.discover() if i.major == meta.major and str(i.bindir) == meta.bindir
+    ]
+    install = same[0] if same else versions.select(meta.major).installation
+    try:
+        settings = server.check_settings(meta.settings)
+    except UsageError as e:
+        raise DatabaseException(
+            f"snapshot {meta.name!r} is damaged: its settings: {e}; nothing was changed"
+        ) from None
+    return {
+        "major": install.major,
+        "version": install.version,
+        "bindir": str(install.bindir),
+        "settings": settings,
+    }
 
 
 # --------------------------------------------------------------------------- delete

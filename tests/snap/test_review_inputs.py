@@ -254,3 +254,26 @@ def test_a_standby_is_not_branched(inst: Inst) -> None:
         assert inst.sql(slots) == "1"
     finally:
         inst.pgmgr("stop", "rep", "-m", "immediate", "-q")
+
+
+def test_a_branch_of_a_pre_upgrade_snapshot_is_of_its_major(scratch: Path) -> None:
+    """A branch of the pre-upgrade snapshot got the source's record: PostgreSQL 18's
+    binaries and settings for a 15 data directory ("Started 'old' (PostgreSQL 18.6...)",
+    and a setting 15 does not know refused its start). Now the snapshot's major, the
+    binaries pgmgr finds for it, and the settings the instance had then."""
+    it = Inst("up", scratch / "up")
+    it.ok("init", "-q", "-d", str(it.datadir), "--name", "up", "-v", "15")
+    real = str(it.record()["bindir"])
+    it.ok("start", "up", "-q", "-p", "auto")
+    try:
+        it.ok("upgrade", "up", "-v", "18", "--yes", "-q")
+        it.ok("config", "up", "set", "io_method=sync", "-q")  # new in 18
+        out = json.loads(it.ok("branch", "up", "old", "--from", "pre-upgrade-15", "--json").stdout)
+        assert out["started"] is True
+        rec = Inst("old", scratch / "old").record()
+        assert rec["major"] == "15" and rec["bindir"] == real
+        assert "io_method" not in rec["settings"]  # type: ignore[operator]
+        assert it.sql("SHOW server_version_num", "old").startswith("15")
+        assert it.record()["major"] == "18" and it.state() == "running"
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
