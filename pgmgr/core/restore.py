@@ -130,13 +130,21 @@ def _stage_delta(
 ) -> tuple[copy.CopyStats, delta.Stamp | None]:
     """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
     that ``index`` says are unchanged linked instead of copied; durable. With the stamp
-    of its ``pg_control`` before (see :func:`_identify_staged`). As the user."""
+    of its ``pg_control`` before (see :func:`_identify_staged`). As the user.
+
+    ``pg_control`` itself is always copied (8 kB): a hard link to it changes its ctime,
+    which is how a server started meanwhile is told (an instance restored, stopped and
+    untouched since the snapshot was refused as "started during the restore")."""
+
+    def unchanged(rel: str, st: os.stat_result) -> bool:
+        return rel != "global/pg_control" and index.unchanged(rel, st)
+
     lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         control = delta.control(lfd)
         stats = copy.copy_tree(
             src, staging, exclude=("postmaster.pid",), flush=True,
-            link_dest=lfd, unchanged=index.unchanged,
+            link_dest=lfd, unchanged=unchanged,
         )  # fmt: skip
     finally:
         os.close(lfd)

@@ -277,3 +277,18 @@ def test_a_branch_of_a_pre_upgrade_snapshot_is_of_its_major(scratch: Path) -> No
         assert it.record()["major"] == "18" and it.state() == "running"
     finally:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_restore_of_a_stopped_untouched_instance(inst: Inst) -> None:
+    """Snapshot a stopped instance, restore it without starting it in between: the
+    restore by difference hard-linked the data directory's own pg_control into the staged
+    copy, which changed its ctime, and every second restore was refused with "'dev' was
+    started during the restore"."""
+    inst.ok("stop", "dev", "-q")
+    inst.ok("snapshot", "dev", "s1", "-q")
+    for _ in range(3):
+        out = json.loads(inst.ok("restore", "dev", "s1", "--yes", "--json").stdout)
+        assert out["unchanged_files"] > 0
+    assert inst.state() == "stopped"
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
