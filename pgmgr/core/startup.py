@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import (
+    dirpath,
     launch,
     listen,
     logfile,
@@ -79,6 +80,8 @@ def start(
     if not server.is_datadir(datadir):
         raise state.DataDirNotFound(datadir, state.why_missing(datadir))
     srv.check_identity("start")
+    if srv.new and srv.register:  # registered by this start (see initdir for init)
+        dirpath.check_datadir_place(datadir, "register")
     install = srv.installation(version)
     pf = srv.running()
     if pf is not None:

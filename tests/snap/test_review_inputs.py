@@ -9,6 +9,9 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
+from pgmgr import DatabaseException, Manager
 from tests.helpers import error_lines
 from tests.snap.conftest import Inst
 from tests.snap.test_branch import _held_branch
@@ -56,6 +59,12 @@ def test_no_data_directory_inside_a_store_or_another_data_directory(inst: Inst) 
         (("init", "-d", str(ops / "x" / ".pgmgr-snapshots"), "--name", "i3"), "snapshot store"),
     ]:
         _refused(inst, args, 1, text)
+    copy = inst.store / "s1" / "data"  # a snapshot's copy: never registered, never started
+    files = {p.name: p.stat().st_mtime_ns for p in copy.iterdir()}
+    _refused(inst, ("start", "-d", str(copy), "-p", "auto"), 1, "inside the snapshot store")
+    with pytest.raises(DatabaseException, match="inside the snapshot store"):
+        Manager(db_dir=str(copy)).start()  # the library registers it the same way
+    assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == files
     os.symlink(inst.datadir, ops / "lnk")  # the path is resolved
     _refused(inst, ("branch", "dev", "b4", "-d", str(ops / "lnk" / "sub")), 1, "inside the data")
     assert sorted(os.listdir(inst.datadir)) == before
