@@ -25,6 +25,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     dirpath,
+    listen,
     registry,
     roles,
     server,
@@ -210,6 +211,8 @@ def branch(
     _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)
     start = start or src.running() is not None
+    if start and isinstance(port, int):  # taken: refused before the source is stopped
+        listen.check_port(src.inst.host or "127.0.0.1", port)
     # The target's lock: a second branch into it (from another source) waits, then finds
     # it taken, instead of sweeping this one's copy or renaming its half-made one in.
     with sigguard.interruptible(), registry.lock(target):

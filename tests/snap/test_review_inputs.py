@@ -301,3 +301,18 @@ def test_restore_of_a_stopped_untouched_instance(inst: Inst) -> None:
     assert inst.state() == "stopped"
     inst.ok("start", "dev", "-q")
     assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_a_taken_port_is_refused_before_the_source_is_stopped(inst: Inst) -> None:
+    """'branch -p PORT' with PORT taken by another program stopped the running source,
+    copied it, and only then found the port taken. Now refused first."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pid = inst.pid()
+        _refused(inst, ("branch", "dev", "b", "-p", str(port)), 1, "already in use")
+        assert inst.pid() == pid  # never stopped
+    assert not (inst.datadir.parent / "b").exists()
