@@ -90,6 +90,7 @@ def destroy(
                 "snapshots_removed": removed,
                 "snapshots_kept": 0 if with_snapshots else kept.count,
                 "snapshots_dir": kept.path if kept.count and not with_snapshots else None,
+                "snapshots_problem": kept.problem,
             }
         )
     else:
@@ -104,5 +105,7 @@ def destroy(
                 f"Kept its {kept.count} snapshot(s) in {kept.path} "
                 "(--with-snapshots deletes them too)"
             )
+        if kept.problem:
+            ui.message(f"Note: its snapshots were left alone: {kept.problem}")
     if note:
         ui.message("Note: " + note)

@@ -200,14 +200,18 @@ class Kept:
     user: ServerUser | None
     count: int
     path: str
+    #: why the store was not looked at (unsafe: never touched; destroy says so)
+    problem: str | None = None
 
     @classmethod
     def of(cls, srv: Server) -> Kept:
+        found, problem = 0, None
         try:
             found = len(list_snapshots(srv))
-        except DatabaseException:
-            found = 0  # an unsafe store is never touched; destroy goes on without it
-        return cls(srv.datadir, srv.user(), found, str(snapstore.store_path(srv.datadir)))
+        except DatabaseException as e:  # an unsafe store is never touched
+            problem = str(e)
+        path = str(snapstore.store_path(srv.datadir))
+        return cls(srv.datadir, srv.user(), found, path, problem)
 
     def remove(self) -> int:
         return delete_all(self.datadir, self.user) if self.count else 0

@@ -316,3 +316,14 @@ def test_a_taken_port_is_refused_before_the_source_is_stopped(inst: Inst) -> Non
         _refused(inst, ("branch", "dev", "b", "-p", str(port)), 1, "already in use")
         assert inst.pid() == pid  # never stopped
     assert not (inst.datadir.parent / "b").exists()
+
+
+def test_destroy_says_when_it_left_an_unsafe_store_alone(inst: Inst) -> None:
+    """'destroy --with-snapshots' of an instance whose store is unsafe (here: group
+    readable) left the snapshots, rightly, but said nothing: 0 removed, 0 kept."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.store.chmod(0o750)
+    out = json.loads(inst.ok("destroy", "dev", "--yes", "--with-snapshots", "--json").stdout)
+    assert out["snapshots_removed"] == 0
+    assert "refusing to use" in out["snapshots_problem"] and "mode 750" in out["snapshots_problem"]
+    assert (inst.store / "s1" / "data").is_dir()
