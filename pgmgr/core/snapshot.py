@@ -282,6 +282,7 @@ def create(
         when it is complete: it is taken.
     """
     require_datadir(srv)
+    snapstore.check_not_mount(srv.datadir, f"snapshot '{srv.inst.name}'")
     t0 = time.monotonic()
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:

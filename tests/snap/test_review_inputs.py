@@ -327,3 +327,36 @@ def test_destroy_says_when_it_left_an_unsafe_store_alone(inst: Inst) -> None:
     assert out["snapshots_removed"] == 0
     assert "refusing to use" in out["snapshots_problem"] and "mode 750" in out["snapshots_problem"]
     assert (inst.store / "s1" / "data").is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root")
+def test_a_data_directory_that_is_a_mount_point_is_refused_first(ops_dir: Path) -> None:
+    """A data directory that is a mount point (its own volume): a snapshot went to the
+    parent's filesystem (a plain read copy), and a restore or an upgrade stopped the
+    server, copied or ran pg_upgrade, then failed on the swap with "Device or resource
+    busy: data". Now refused before anything, in one line."""
+    import pwd
+    import subprocess
+
+    data = ops_dir / "mnt" / "data"
+    data.mkdir(parents=True)
+    opts = "size=128m,mode=0700"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(data)], check=True)
+    it = Inst("mp", data)
+    try:
+        pg = pwd.getpwnam("postgres")
+        os.chown(data, pg.pw_uid, pg.pw_gid)
+        it.ok("init", "-q", "-d", str(data), "--name", "mp", "-v", "15")
+        it.ok("start", "mp", "-q", "-p", "auto")
+        pid = it.pid("mp")
+        for args in (
+            ("snapshot", "mp", "s1"),
+            ("restore", "mp", "s1", "--yes"),
+            ("upgrade", "mp", "-v", "18", "--yes"),
+        ):
+            _refused(it, args, 1, "is a mount point")
+        assert it.pid("mp") == pid  # never stopped
+        assert not (ops_dir / "mnt" / ".pgmgr-snapshots").exists()
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+        subprocess.run(["umount", "-l", str(data)], check=False)
