@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import server, snapstore, versions
+from pgmgr.core import server, snapstore, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -185,7 +185,15 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
     try:
         with snapstore.opened(datadir, user, create=False) as store:
             count = len(store.as_user(snapstore.list_metas, store.path))
-            store.as_user(_delete, store.path.parent, store.path.name)
+            if os.fstat(store.top_fd).st_uid == os.geteuid():
+                # The top is ours (as root: shared by server users; see snapstore): renamed
+                # out of sight and removed through fds, never following a symlink.
+                doomed = snapstore.tmp_name("delete")
+                os.rename(store.path.name, doomed, src_dir_fd=store.top_fd,
+                          dst_dir_fd=store.top_fd)  # fmt: skip
+                userfs.rmtree_at(store.top_fd, doomed)
+            else:
+                store.as_user(_delete, store.path.parent, store.path.name)
     except SnapshotNotFound:
         return 0
     return count

@@ -136,6 +136,7 @@ class Store:
     user: ServerUser | None
     parent_fd: int  # the data directory's parent
     fd: int  # <parent>/.pgmgr-snapshots/<basename>
+    top_fd: int = -1  # <parent>/.pgmgr-snapshots
 
     @property
     def path(self) -> Path:
@@ -149,18 +150,22 @@ class Store:
 
 
 def _private_subdir(
-    dir_fd: int, name: str, where: Path, owner: tuple[int, int], create: bool
+    dir_fd: int, name: str, where: Path, owner: tuple[int, int], create: bool, top: bool = False
 ) -> int:
     """Open (creating when asked) ``name`` under ``dir_fd``: it must be a real directory of
-    ``owner`` with no group/other access.
+    ``owner`` with no group/other access; or, for the ``top`` one (``.pgmgr-snapshots``),
+    root's and writable by root only: as root, pgmgr makes it so (mode 755), because the
+    data directories beside each other may belong to different server users, each with
+    their own private store inside it.
 
     :raises DatabaseException: it is anything else (nothing is changed).
     :raises FileNotFoundError: absent and not ``create``.
     """
     made = False
+    shared = top and os.geteuid() == 0
     if create:
         try:
-            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            os.mkdir(name, 0o755 if shared else 0o700, dir_fd=dir_fd)
             made = True
         except FileExistsError:
             pass
@@ -178,6 +183,20 @@ def _private_subdir(
             hint="remove or rename it; pgmgr keeps snapshots there",
         ) from None
     st = os.fstat(fd)
+    if made and shared:  # whatever root's umask: each user reaches their own store
+        os.fchmod(fd, 0o755)
+        st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    if top and st.st_uid == 0 and not mode & 0o022:
+        return fd  # root's: the users' stores inside are checked one by one
+    if shared and st.st_uid not in (0, owner[0]):
+        os.close(fd)
+        raise DatabaseException(
+            f"refusing to use {where}: it is uid {st.st_uid}'s (an older pgmgr made it "
+            f"for that server user's snapshots), not root's",
+            hint=f"as root: 'chown root: {where}; chmod 755 {where}' (what is inside stays "
+            "theirs); pgmgr then keeps each server user's snapshots there",
+        )
     if st.st_uid != owner[0] and st.st_uid == os.geteuid() and (made or not os.listdir(fd)):
         # Root made it under a parent no other user can write: now, or in a run killed
         # between the mkdir and this fchown (then it is still empty).
@@ -213,7 +232,7 @@ def opened(
     fds = [parent_fd]
     try:
         try:
-            top = _private_subdir(parent_fd, STORE, parent / STORE, owner, create)
+            top = _private_subdir(parent_fd, STORE, parent / STORE, owner, create, top=True)
             fds.append(top)
             fd = _private_subdir(top, datadir.name, store_path(datadir), owner, create)
             fds.append(fd)
@@ -221,7 +240,7 @@ def opened(
             raise SnapshotNotFound(
                 missing or f"no snapshots of {datadir}", hint="'pgmgr snapshots' lists them"
             ) from None
-        yield Store(datadir, user, parent_fd, fd)
+        yield Store(datadir, user, parent_fd, fd, top)
     finally:
         for fd in fds:
             os.close(fd)

@@ -360,3 +360,38 @@ def test_a_data_directory_that_is_a_mount_point_is_refused_first(ops_dir: Path) 
     finally:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")
         subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="two server users need root")
+def test_two_server_users_beside_each_other_both_have_snapshots(inst: Inst) -> None:
+    """As root, two instances in one directory run by different OS users: the first one's
+    snapshot made .pgmgr-snapshots its user's (0700), and the second could never snapshot,
+    branch or upgrade ("refusing to use .pgmgr-snapshots: owned by uid 101 ... remove it
+    if you did not make it", a hint that deletes the first one's snapshots). The top is
+    root's now, each user's store inside it private to them."""
+
+    from tests.reliability.users import os_user
+
+    with os_user("snap") as user:
+        _two_users(inst, user.name, user.uid, user.gid)
+
+
+def _two_users(inst: Inst, name: str, uid: int, gid: int) -> None:
+    import stat
+
+    inst.ok("snapshot", "dev", "s1", "-q")
+    other = inst.datadir.parent / "other"
+    other.mkdir(mode=0o700)
+    os.chown(other, uid, gid)
+    inst.ok("init", "-q", "-d", str(other), "--name", "other", "-v", "15")
+    inst.ok("snapshot", "other", "o1", "-q")
+    mine = inst.datadir.parent / ".pgmgr-snapshots" / "other"
+    st = mine.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (uid, 0o700)
+    assert (mine / "o1" / "data").stat().st_uid == uid
+    assert [s["snapshot"] for s in inst.snaps("other")] == ["o1"]
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    inst.ok("restore", "other", "o1", "--yes", "-q")
+    inst.ok("destroy", "other", "--yes", "--with-snapshots", "-q")
+    assert not mine.exists()
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
