@@ -3,7 +3,8 @@
 Layout: beside the data directory, on the same filesystem (so the copy engine can reflink
 or ``copy_file_range``, and a restore can swap directories with one ``rename``)::
 
-    <parent>/.pgmgr-snapshots/                 0700, the server user's
+    <parent>/.pgmgr-snapshots/                 0700, the server user's (as root: root's,
+                                               0755, shared by the server users beside)
         <datadir basename>/                    0700: this data directory's snapshots
             <snap>/data/                       the copy (never started, never registered)
             <snap>/snapshot.json               instance identity, major, created, size
@@ -14,8 +15,9 @@ directory (a branch at ``<parent>/NEW`` gets ``<parent>/.pgmgr-snapshots/NEW``).
 also records the data directory and its system identifier (``global/pg_control``), so one
 moved in from another instance is refused. Only the server user and root can enter the
 store; as root, everything inside it runs as the server user (:func:`userfs.as_user`), and
-root itself only creates the two store directories and renames entries, through directory
-file descriptors opened with ``O_NOFOLLOW``.
+root itself only creates the two store directories, renames entries and removes a whole
+store from its own top directory (``destroy --with-snapshots``), through directory file
+descriptors opened with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
