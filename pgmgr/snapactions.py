@@ -102,8 +102,9 @@ def restore(
     ):
         result = restoring.restore(srv, snap, save_current="" if save_current else None)
     testhook.pause("restore-done")  # restored, not yet said (tests: a signal now)
+    standbys = standbys_of(srv)
     if json:
-        ui.emit_json(result.to_dict())
+        ui.emit_json({**result.to_dict(), "standbys_not_following": standbys})
         return 0
     parts = [f"copied {human(result.copied)}"]
     if result.kept:
@@ -120,4 +121,22 @@ def restore(
         f"Restored '{result.instance}' to {result.snapshot!r} in {ui.ms(result.elapsed)}{extra}; "
         f"PostgreSQL {result.version}, {state}"
     )
+    note_standbys(result.instance, standbys, "a restore")
     return 0
+
+
+def standbys_of(srv: Server) -> list[str]:
+    """The registered standbys of ``srv``: none follows a restore or an upgrade of it."""
+    from pgmgr.core import roles
+
+    return roles.standbys_of(srv)
+
+
+def note_standbys(name: str, standbys: list[str], what: str) -> None:
+    """Say that ``standbys`` of ``name`` cannot follow ``what`` (their WAL no longer
+    continues the primary's: "record with incorrect prev-link", or another major)."""
+    if standbys:
+        ui.message(
+            f"Note: the standbys of '{name}' ({', '.join(standbys)}) cannot follow {what}: "
+            f"make them again ('pgmgr destroy STANDBY --yes', then 'pgmgr replica {name}')"
+        )

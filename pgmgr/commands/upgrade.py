@@ -66,8 +66,11 @@ def upgrade(
     ):
         result = up.upgrade(srv, version, method=method, check=check)
     testhook.pause("upgrade-done")  # upgraded, not yet said (tests: a signal now)
+    from pgmgr.snapactions import note_standbys, standbys_of
+
+    standbys = [] if check else standbys_of(srv)
     if json:
-        ui.emit_json(result.to_dict())
+        ui.emit_json({**result.to_dict(), "standbys_not_following": standbys})
         return
     if check:
         ui.message(f"'{result.name}' can be upgraded from {result.old_version} to "
@@ -85,3 +88,4 @@ def upgrade(
         ui.message("Statistics rebuilt (vacuumdb --analyze-in-stages)")
     elif result.analyze_hint:
         ui.message("Statistics: " + result.analyze_hint)
+    note_standbys(result.name, standbys, "an upgrade")

@@ -172,6 +172,24 @@ def temp_dirs() -> list[str]:
     return [here] if os.environ.get("TMPDIR") or here == "/tmp" else [here, "/tmp"]  # noqa: S108
 
 
+def temp_base_for(user: ServerUser | None) -> str:
+    """The temp dir, if ``user`` may make a directory there; else /tmp. As root the temp
+    dir is root's, maybe private (``TMPDIR=/tmp/user/0``, 0700, with pam_tmpdir): an
+    upgrade's socket dir, made there as the server user, failed ("Permission denied")."""
+    import tempfile
+
+    from pgmgr.core.privileges import _can
+
+    base = tempfile.gettempdir()
+    try:
+        st = os.stat(base)
+    except OSError:
+        return "/tmp"  # noqa: S108 - a private directory is made inside
+    if user is None or (_can(st, user, 2) and _can(st, user, 1)):
+        return base
+    return "/tmp"  # noqa: S108 - a private directory is made inside
+
+
 def sweep(user: ServerUser | None, keep: Path | None = None) -> list[Path]:
     """Remove stale socket directories: legacy ``pgmgr-XXXXXXXX`` ones in the temp dirs
     and per-instance ones under the runtime base, when they are ours (the server user's),

@@ -30,6 +30,7 @@ from pgmgr.core import (
     sigguard,
     snapshot,
     snapstore,
+    sockets,
     sweep,
     testhook,
     tools,
@@ -122,14 +123,15 @@ def probe(srv: Server) -> plan.ClusterOptions:
 # --------------------------------------------------------------------------- helpers
 
 
-def _mkdirs(work: Path, owner: int) -> str:
-    """The work directory, and a short private socket dir under the temp dir, named after
-    the pgmgr process ``owner`` (``pgmgr-up-<pid>-*``: once that process is gone, a killed
-    upgrade's is swept, see :mod:`pgmgr.core.sweep`). As the user."""
+def _mkdirs(work: Path, owner: int, base: str) -> str:
+    """The work directory, and a short private socket dir under ``base``
+    (:func:`sockets.temp_base_for`), named after the pgmgr process ``owner``
+    (``pgmgr-up-<pid>-*``: once that process is gone, a killed upgrade's is swept, see
+    :mod:`pgmgr.core.sweep`). As the user."""
     import tempfile
 
     os.mkdir(work, 0o700)
-    return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-")
+    return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-", dir=base)
 
 
 def _remove_socket_dir(path: str) -> None:
@@ -254,7 +256,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
-        sockdir = store.as_user(_mkdirs, work, os.getpid())
+        sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
         try:
             newdata = work / "data"
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)

@@ -395,3 +395,21 @@ def _two_users(inst: Inst, name: str, uid: int, gid: int) -> None:
     inst.ok("destroy", "other", "--yes", "--with-snapshots", "-q")
     assert not mine.exists()
     assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+
+
+def test_a_restore_says_the_standbys_cannot_follow(inst: Inst) -> None:
+    """Restoring (or upgrading) a primary breaks its standbys for good (their WAL no
+    longer continues the primary's: "record with incorrect prev-link", not ready after a
+    restart), and pgmgr said nothing. Now it says which, and how to make them again. (The
+    upgrade here also runs with a TMPDIR the server user cannot write: it failed.)"""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("replica", "dev", "--name", "rep", "-q")
+    try:
+        out = json.loads(inst.ok("restore", "dev", "s1", "--yes", "--json").stdout)
+        assert out["standbys_not_following"] == ["rep"]
+        proc = inst.ok("restore", "dev", "s1", "--yes")
+        assert "Note: the standbys of 'dev' (rep) cannot follow a restore" in proc.stderr
+        proc = inst.ok("upgrade", "dev", "-v", "18", "--yes")
+        assert "Note: the standbys of 'dev' (rep) cannot follow an upgrade" in proc.stderr
+    finally:
+        inst.pgmgr("stop", "rep", "-m", "immediate", "-q")
