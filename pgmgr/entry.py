@@ -150,6 +150,8 @@ def guarded(call: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         _hush()
         sys.stderr.write("Interrupted\n")
+        if "pgmgr.core.testhook" in sys.modules:
+            sys.modules["pgmgr.core.testhook"].pause("interrupted-said")
         return 130
     except BrokenPipeError:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
