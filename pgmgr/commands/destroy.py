@@ -79,6 +79,7 @@ def destroy(
         dropped, note = replica.release_to_destroy(srv)
         result = ops.destroy(srv)
         removed = kept.remove() if with_snapshots else 0
+        kept.tidy()
     if json:
         ui.emit_json(
             {

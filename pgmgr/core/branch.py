@@ -235,14 +235,18 @@ def _branch(
     with snapstore.opened(target, src.user()) as tstore:
         for name in tstore.as_user(_sweep, tstore.path):
             _sweep_abandoned(tstore, name)
-        # A source stopped for the copy starts again while the branch is put in place and
-        # started (both start-ups overlap); the end of the block waits for it.
-        with paused(src, stop=False) as pause:
-            with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
-                stats, major = _copy_branch(src, snap, tstore, pause)
-            inst = new_record(src, new, target, port, major)
-            srv = Server(inst)
-            _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
+        try:
+            # A source stopped for the copy starts again while the branch is put in place
+            # and started (both start-ups overlap); the end of the block waits for it.
+            with paused(src, stop=False) as pause:
+                with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
+                    stats, major = _copy_branch(src, snap, tstore, pause)
+                inst = new_record(src, new, target, port, major)
+                srv = Server(inst)
+                _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
+        except BaseException:
+            snapstore.drop_if_empty(tstore)  # no branch: no store of it either
+            raise
     return BranchResult(
         new, src.inst.name, inst.datadir, snap, start, srv.inst.port,
         srv.url() if start else None, stats.bytes, stats.method,

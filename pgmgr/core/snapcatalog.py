@@ -223,3 +223,13 @@ class Kept:
 
     def remove(self) -> int:
         return delete_all(self.datadir, self.user) if self.count else 0
+
+    def tidy(self) -> None:
+        """Remove the store if it is empty (no snapshots to keep)."""
+        if self.count or self.problem:
+            return
+        try:
+            with snapstore.opened(self.datadir, self.user, create=False) as store:
+                snapstore.drop_if_empty(store)
+        except DatabaseException:
+            pass  # none, or unsafe: left alone

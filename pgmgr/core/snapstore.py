@@ -248,6 +248,20 @@ def opened(
             os.close(fd)
 
 
+def drop_if_empty(store: Store) -> None:
+    """Remove ``store`` if it holds nothing: that of a branch that failed, or of an
+    instance destroyed without snapshots (they piled up, one per name ever used)."""
+    try:
+        if os.listdir(store.fd):
+            return
+        if os.fstat(store.top_fd).st_uid == os.geteuid():  # root's or ours: by fd
+            os.rmdir(store.datadir.name, dir_fd=store.top_fd)
+        else:
+            store.as_user(os.rmdir, store.path)
+    except OSError:
+        pass  # something appeared meanwhile: kept
+
+
 def check_not_mount(datadir: Path, what: str) -> None:
     """:raises DatabaseException: ``datadir`` is a mount point (another filesystem than its
     parent's): a restore or an upgrade puts a new directory in its place (one rename,

@@ -413,3 +413,21 @@ def test_a_restore_says_the_standbys_cannot_follow(inst: Inst) -> None:
         assert "Note: the standbys of 'dev' (rep) cannot follow an upgrade" in proc.stderr
     finally:
         inst.pgmgr("stop", "rep", "-m", "immediate", "-q")
+
+
+def test_failed_branches_and_destroys_leave_no_empty_stores(inst: Inst) -> None:
+    """Each branch made its store (.pgmgr-snapshots/NEW, where it stages the copy) and a
+    failed one, or a destroy without snapshots, left it behind: one per name ever used."""
+    top = inst.datadir.parent / ".pgmgr-snapshots"
+    _refused(inst, ("branch", "dev", "x", "--from", "nope"), 4, "has no snapshot named")
+    inst.ok("stop", "dev", "-q")
+    inst.ok("branch", "dev", "b", "-q")
+    assert sorted(os.listdir(top)) == ["b"]  # b's own (empty) store, while b exists
+    inst.ok("destroy", "b", "--yes", "-q")
+    assert os.listdir(top) == []
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("branch", "dev", "c", "--from", "s1", "-q")
+    inst.ok("snapshot", "c", "c1", "-q")
+    proc = inst.ok("destroy", "c", "--yes")  # its snapshot is kept, and so is its store
+    assert "Kept its 1 snapshot(s)" in proc.stderr
+    assert sorted(os.listdir(top)) == ["c", "data"]
