@@ -92,6 +92,9 @@ class Meta:
                 raise ValueError(f"{key!r} must be a string")
         if not isinstance(meta.created, int | float) or not isinstance(meta.size, int):
             raise ValueError("'created' and 'size' must be numbers")
+        # NaN, 1e308, 10**400 (JSON has them): the listing, the space check would fail
+        if not 0 <= meta.created < 1e11 or not 0 <= meta.size < 1 << 62:
+            raise ValueError("'created' or 'size' is out of range")
         if not isinstance(meta.settings, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in meta.settings.items()
         ):

@@ -431,3 +431,23 @@ def test_failed_branches_and_destroys_leave_no_empty_stores(inst: Inst) -> None:
     proc = inst.ok("destroy", "c", "--yes")  # its snapshot is kept, and so is its store
     assert "Kept its 1 snapshot(s)" in proc.stderr
     assert sorted(os.listdir(top)) == ["c", "data"]
+
+
+def test_out_of_range_numbers_in_metadata_are_one_line(inst: Inst) -> None:
+    """JSON has NaN, 1e308 and 10**400: 'pgmgr snapshots' (root's listing of every
+    instance included) died with a traceback on them ("timestamp out of range", "integer
+    division result too large"), and so did a restore's space check."""
+    for name in ("s1", "s2", "s3"):
+        inst.ok("snapshot", "dev", name, "-q")
+    for name, text in (("s1", '"created": NaN'), ("s2", '"created": 1e308'),
+                       ("s3", '"size": 1' + "0" * 400)):  # fmt: skip
+        meta = inst.store / name / "snapshot.json"
+        data = json.loads(meta.read_text())
+        key = text.split('"')[1]
+        data[key] = 0
+        meta.write_text(json.dumps(data).replace(f'"{key}": 0', text))
+    for args in (("snapshots", "dev"), ("snapshots",), ("snapshots", "--json")):
+        proc = inst.ok(*args)
+        assert "Traceback" not in proc.stderr and "NaN" not in proc.stdout
+    assert {s["problem"] for s in inst.snaps()} == {"'created' or 'size' is out of range"}
+    _refused(inst, ("restore", "dev", "s3", "--yes"), 1, "out of range")
