@@ -162,6 +162,9 @@ def _snapshot_source(
     if meta.datadir != src.inst.datadir:
         raise DatabaseException(f"snapshot {snap!r} is of another instance ({meta.instance})")
     origin = store.entry(snap) / snapstore.DATA
+    why = store.as_user(snapshot._check_data, store.entry(snap), meta)
+    if why:  # as restore refuses it: the branch would not start
+        raise DatabaseException(f"snapshot {snap!r} is damaged: {why}; nothing was changed")
     if store.as_user(os.path.lexists, origin / "standby.signal"):
         raise _standby(f"snapshot {snap!r} of '{src.inst.name}' is of a standby")
     major = snapcatalog.record_of(meta) if meta.major != src.inst.major else None

@@ -236,15 +236,28 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
     major = server.datadir_major(data)
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
-    if pgcontrol.system_identifier(data) != meta.system_identifier:
+    try:
+        sysid = pgcontrol.system_identifier(data)
+    except (OSError, ValueError) as e:  # missing, truncated, a FIFO...
+        return f"its global/pg_control is unreadable ({e})"
+    if sysid != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
     return None
 
 
 def _identify(datadir: Path, snapdir: Path, meta: Meta) -> tuple[str, str | None]:
     """The instance's system identifier, and :func:`_check_data` of the snapshot: one
-    process as the server user."""
-    return pgcontrol.system_identifier(datadir), _check_data(snapdir, meta)
+    process as the server user.
+
+    :raises DatabaseException: the instance's ``pg_control`` is unreadable.
+    """
+    try:
+        current = pgcontrol.system_identifier(datadir)
+    except (OSError, ValueError) as e:
+        raise DatabaseException(
+            f"cannot read {datadir}/global/pg_control ({e}); nothing was changed"
+        ) from None
+    return current, _check_data(snapdir, meta)
 
 
 # --------------------------------------------------------------------------- create

@@ -451,3 +451,25 @@ def test_out_of_range_numbers_in_metadata_are_one_line(inst: Inst) -> None:
         assert "Traceback" not in proc.stderr and "NaN" not in proc.stdout
     assert {s["problem"] for s in inst.snaps()} == {"'created' or 'size' is out of range"}
     _refused(inst, ("restore", "dev", "s3", "--yes"), 1, "out of range")
+
+
+def test_a_damaged_snapshot_copy_is_one_line_for_restore_and_branch(inst: Inst) -> None:
+    """A snapshot whose pg_control is a FIFO made restore die with a traceback ("ValueError:
+    global/pg_control is truncated"); branch --from copied a snapshot restore refuses as
+    damaged (here: PG_VERSION says garbage) and registered an instance that cannot start."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("snapshot", "dev", "s2", "-q")
+    owner = os.stat(inst.store)
+    control = inst.store / "s1" / "data" / "global" / "pg_control"
+    control.unlink()  # its own file now: the others keep theirs
+    os.mkfifo(control)
+    version = inst.store / "s2" / "data" / "PG_VERSION"
+    version.unlink()
+    version.write_text("garbage\n")
+    for path in (control, version):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    for snap, why in (("s1", "pg_control is unreadable"), ("s2", "PostgreSQL garbage")):
+        _refused(inst, ("restore", "dev", snap, "--yes"), 1, f"snapshot {snap!r} is damaged")
+        _refused(inst, ("branch", "dev", "b", "--from", snap), 1, why)
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
+    assert inst.state() == "running" and inst.sql("SELECT count(*) FROM t") == "1000"
