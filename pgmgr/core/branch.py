@@ -26,6 +26,7 @@ from pgmgr.core import (
     copy,
     dirpath,
     listen,
+    privileges,
     registry,
     roles,
     server,
@@ -91,6 +92,9 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     if not target.parent.is_dir():
         raise DatabaseException(f"cannot create {target}: {target.parent} does not exist")
     dirpath.check_datadir_place(target, "create")
+    su = src.user()
+    if su is not None:  # as root: the copy is made as the server user, beside the target
+        privileges.check_reachable(target, su, "new data directory")
     return target
 
 
@@ -236,9 +240,9 @@ def _branch(
     start: bool, t0: float,
 ) -> BranchResult:  # fmt: skip
     with snapstore.opened(target, src.user()) as tstore:
-        for name in tstore.as_user(_sweep, tstore.path):
-            _sweep_abandoned(tstore, name)
         try:
+            for name in tstore.as_user(_sweep, tstore.path):
+                _sweep_abandoned(tstore, name)
             # A source stopped for the copy starts again while the branch is put in place
             # and started (both start-ups overlap); the end of the block waits for it.
             with paused(src, stop=False) as pause:

@@ -174,6 +174,8 @@ def _private_subdir(
             made = True
         except FileExistsError:
             pass
+        except OSError as e:  # not "no snapshots": /proc, a read-only filesystem...
+            raise DatabaseException(f"cannot create {where}: {e.strerror}") from None
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as e:

@@ -473,3 +473,16 @@ def test_a_damaged_snapshot_copy_is_one_line_for_restore_and_branch(inst: Inst) 
         _refused(inst, ("branch", "dev", "b", "--from", snap), 1, why)
     assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
     assert inst.state() == "running" and inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_a_branch_where_its_store_cannot_be_made_is_one_clear_line(inst: Inst) -> None:
+    """-d under /proc said "no snapshots of /proc/x" (exit 4); as root, -d in a directory
+    the server user cannot reach failed with "Permission denied" after making
+    .pgmgr-snapshots there (the server user's)."""
+    _refused(inst, ("branch", "dev", "b", "-d", "/proc/pgmgr-x"), 1, "cannot create /proc/")
+    if os.geteuid() == 0:
+        private = inst.datadir.parent / "private"
+        private.mkdir(mode=0o700)
+        _refused(inst, ("branch", "dev", "b", "-d", str(private / "b")), 1, "cannot reach")
+        assert os.listdir(private) == []
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
