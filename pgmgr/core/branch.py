@@ -166,13 +166,20 @@ def _snapshot_source(
     if meta.datadir != src.inst.datadir:
         raise DatabaseException(f"snapshot {snap!r} is of another instance ({meta.instance})")
     origin = store.entry(snap) / snapstore.DATA
-    why = store.as_user(snapshot._check_data, store.entry(snap), meta)
+    why, standby = store.as_user(_inspect, store.entry(snap), meta)
     if why:  # as restore refuses it: the branch would not start
         raise DatabaseException(f"snapshot {snap!r} is damaged: {why}; nothing was changed")
-    if store.as_user(os.path.lexists, origin / "standby.signal"):
+    if standby:
         raise _standby(f"snapshot {snap!r} of '{src.inst.name}' is of a standby")
     major = snapcatalog.record_of(meta) if meta.major != src.inst.major else None
     return origin, meta.size, major
+
+
+def _inspect(snapdir: Path, meta: snapstore.Meta) -> tuple[str | None, bool]:
+    """Why the snapshot's copy is damaged (see :func:`snapshot._check_data`), and whether
+    it is a standby's. As the server user."""
+    data = snapdir / snapstore.DATA
+    return snapshot._check_data(snapdir, meta), os.path.lexists(data / "standby.signal")
 
 
 def _standby(what: str) -> DatabaseException:

@@ -95,3 +95,22 @@ def check_datadir_place(path: str | Path, doing: str) -> None:
                 f"cannot {doing} {path}: it is inside the data directory {parent}",
                 hint="choose a directory outside it",
             )
+
+
+def check_not_mount(datadir: Path, what: str) -> None:
+    """:raises DatabaseException: ``datadir`` is a mount point (another filesystem than its
+    parent's): a restore or an upgrade puts a new directory in its place (one rename,
+    which a mount point refuses: "Device or resource busy", after the whole copy), and
+    snapshots, kept beside it, would fill the parent's filesystem instead. Metadata only."""
+    try:
+        mounted = os.stat(datadir).st_dev != os.stat(datadir.parent).st_dev
+    except OSError:
+        return  # the caller's own checks say what is missing
+    if mounted:
+        raise DatabaseException(
+            f"cannot {what}: its data directory {datadir} is a mount point (restores "
+            "and upgrades replace the directory itself, snapshots are kept beside it on "
+            "its filesystem); nothing was changed",
+            hint="keep the data directory in a directory of that filesystem "
+            "(e.g. MOUNT/data) to use them",
+        )

@@ -18,6 +18,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     delta,
+    dirpath,
     identity,
     intent,
     pgcontrol,
@@ -230,7 +231,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         that was stopped runs again); after it: the restore is complete.
     """
     require_datadir(srv)
-    snapstore.check_not_mount(srv.datadir, f"restore '{srv.inst.name}'")
+    dirpath.check_not_mount(srv.datadir, f"restore '{srv.inst.name}'")
     t0 = time.monotonic()
     old_version = srv.inst.version
     gone = missing(srv.inst.name, name)

@@ -22,6 +22,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     delta,
+    dirpath,
     pgcontrol,
     server,
     sigguard,
@@ -295,7 +296,7 @@ def create(
         when it is complete: it is taken.
     """
     require_datadir(srv)
-    snapstore.check_not_mount(srv.datadir, f"snapshot '{srv.inst.name}'")
+    dirpath.check_not_mount(srv.datadir, f"snapshot '{srv.inst.name}'")
     t0 = time.monotonic()
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:

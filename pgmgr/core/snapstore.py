@@ -267,25 +267,6 @@ def drop_if_empty(store: Store) -> None:
         pass  # something appeared meanwhile: kept
 
 
-def check_not_mount(datadir: Path, what: str) -> None:
-    """:raises DatabaseException: ``datadir`` is a mount point (another filesystem than its
-    parent's): a restore or an upgrade puts a new directory in its place (one rename,
-    which a mount point refuses: "Device or resource busy", after the whole copy), and
-    snapshots, kept beside it, would fill the parent's filesystem instead. Metadata only."""
-    try:
-        mounted = os.stat(datadir).st_dev != os.stat(datadir.parent).st_dev
-    except OSError:
-        return  # the caller's own checks say what is missing
-    if mounted:
-        raise DatabaseException(
-            f"cannot {what}: its data directory {datadir} is a mount point (restores "
-            "and upgrades replace the directory itself, snapshots are kept beside it on "
-            "its filesystem); nothing was changed",
-            hint="keep the data directory in a directory of that filesystem "
-            "(e.g. MOUNT/data) to use them",
-        )
-
-
 def tmp_name(op: str) -> str:
     return f"{TMP}{op}-{secrets.token_hex(4)}"
 

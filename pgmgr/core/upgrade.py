@@ -22,6 +22,7 @@ from typing import Any
 
 from pgmgr.core import (
     copy,
+    dirpath,
     intent,
     paths,
     pgcontrol,
@@ -244,7 +245,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
     t0 = time.monotonic()
     old, new = prepare(srv, major, method)
     if not check:
-        snapstore.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")
+        dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     opts = probe(srv)
     su = srv.user()
