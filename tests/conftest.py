@@ -170,14 +170,40 @@ def _mapped_segments() -> set[str]:
     return found
 
 
+def _oldest_postgres_start() -> float:
+    """When the oldest running ``postgres`` process started (epoch seconds; now if none)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    oldest = time.time()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+            if stat_line[stat_line.index("(") + 1 : stat_line.rindex(")")] != "postgres":
+                continue
+            started = boot + int(stat_line[stat_line.rindex(")") + 2 :].split()[19]) / ticks
+            oldest = min(oldest, started)
+    return oldest
+
+
 def _drop_orphaned_segments() -> None:
     """Remove the segments servers this run killed left behind (a killed postmaster cannot
     remove them, and the next start on its data directory, which would, never comes: the
-    test deleted it). Only those made during the run that no process maps any more."""
+    test deleted it). Only those made during the run that no process maps any more, and
+    made before every running postgres started: a live server's pinned segments (a
+    standby's statistics area, say) are mapped by no process, and deleting them made its
+    next connections fail ("could not open shared memory segment"), in other sessions too."""
     new = _dsm_segments() - _dsm_before
+    oldest = _oldest_postgres_start()
     for name in new - _mapped_segments():
         with contextlib.suppress(OSError):
-            os.unlink(_DSM / name)
+            if os.stat(_DSM / name).st_mtime < oldest - 1:
+                os.unlink(_DSM / name)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
