@@ -190,6 +190,41 @@ def _new_temp(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name next to {path}")
 
 
+#: Room a record needs at least (a few kB; one block of most filesystems): less than this
+#: free, and a write of it fails.
+RECORD_ROOM = 64 * 1024
+
+
+def check_writable(directory: Path, action: str) -> None:
+    """:raises PgmgrError: files cannot be written in ``directory`` (or, while it does
+    not exist, in the nearest directory above it) now: a read-only filesystem, no write
+    permission, or a full disk. Checked before an operation that must write a record
+    after it changed something (``action``: what is refused), so that it changes nothing
+    instead of failing half-way. (Only a check: the writes themselves still say why they
+    failed.)"""
+    place = directory
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    why = None
+    try:
+        st = os.statvfs(place)
+    except OSError as e:
+        why = e.strerror
+    else:
+        free = (st.f_bavail if os.geteuid() else st.f_bfree) * st.f_frsize
+        if st.f_flag & os.ST_RDONLY:
+            why = os.strerror(errno.EROFS)
+        elif not os.access(place, os.W_OK | os.X_OK):
+            why = os.strerror(errno.EACCES)
+        elif free < RECORD_ROOM or (st.f_files and not st.f_favail):
+            why = os.strerror(errno.ENOSPC)
+    if why:
+        raise PgmgrError(
+            f"cannot {action}: pgmgr cannot write in {place} ({why}); nothing was changed",
+            hint="free some space or make it writable (PGMGR_STATE_DIR chooses another place)",
+        )
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

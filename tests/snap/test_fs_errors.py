@@ -1,0 +1,88 @@
+"""File-system errors of snapshots, restores and branches, driven for real where they can
+be (a read-only bind mount as root, a directory without write permission otherwise, a
+small tmpfs that fills up): one clear line that names what failed, and no half state."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` cannot be written in for the block: a read-only bind mount of it as root
+    (EROFS), else mode 0500 (EACCES for its owner)."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o500)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_unwritable_records_refuse_before_the_server_is_stopped(inst: Inst) -> None:
+    """The start after the copy records the server, and stops it again when it cannot:
+    with the records read-only, a restore, a branch and a snapshot failed and left a
+    running instance stopped. Now each refuses before it stops anything."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("INSERT INTO t VALUES (-1)")
+    records = Path(os.environ["PGMGR_STATE_DIR"]) / "instances"
+    with read_only(records):
+        for args in (("restore", "dev", "s1", "--yes"), ("branch", "dev", "b1"),
+                     ("snapshot", "dev", "s2")):  # fmt: skip
+            proc = inst.pgmgr(*args)
+            assert proc.returncode == 1, proc.stderr
+            line = error_lines(proc.stderr)[0]
+            assert line.startswith("Error: cannot stop 'dev' and start it again: "), line
+            assert f"cannot write in {records} (" in line
+            assert line.endswith("; nothing was changed"), line
+            assert inst.state() == "running", args
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert not (inst.datadir.parent / "b1").exists()
+
+
+@pytest.fixture
+def full_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs filled up (a real ENOSPC)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)], check=True)
+    try:
+        with open(fs / "filler", "wb") as f, contextlib.suppress(OSError):
+            f.write(b"x" * (2 << 20))
+        yield fs
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
+
+
+def test_check_writable_on_a_full_filesystem(full_fs: Path) -> None:
+    from pgmgr.core import paths
+    from pgmgr.core.errors import PgmgrError
+
+    with pytest.raises(PgmgrError) as got:
+        paths.check_writable(full_fs / "state" / "instances", "stop 'dev' and start it again")
+    assert str(got.value) == (
+        f"cannot stop 'dev' and start it again: pgmgr cannot write in {full_fs} "
+        "(No space left on device); nothing was changed"
+    )
+    (full_fs / "filler").unlink()
+    paths.check_writable(full_fs / "state" / "instances", "stop 'dev' and start it again")
