@@ -55,6 +55,10 @@ def initialize(
             reset_password(srv, password or new_password())
         srv.save()
         return False
+    if srv.register:  # else the directory is built and then cannot be registered
+        from pgmgr.core import paths, registry
+
+        paths.check_writable(registry.instances_dir(), f"initialize {datadir}")
     install = srv.installation()
     su = srv.user(user)
     if su is not None:

@@ -86,3 +86,19 @@ def test_check_writable_on_a_full_filesystem(full_fs: Path) -> None:
     )
     (full_fs / "filler").unlink()
     paths.check_writable(full_fs / "state" / "instances", "stop 'dev' and start it again")
+
+
+def test_init_with_unwritable_records_makes_no_data_directory(ops_dir: Path) -> None:
+    """It built the data directory, then failed to register it, and left it behind."""
+    from tests.helpers import run_pgmgr
+
+    records = Path(os.environ["PGMGR_STATE_DIR"]) / "instances"
+    records.mkdir(parents=True, exist_ok=True)
+    datadir = ops_dir / "d"
+    with read_only(records):
+        proc = run_pgmgr("init", "-q", "-d", str(datadir), "-v", "15", "--name", "d")
+    assert proc.returncode == 1, proc.stderr
+    line = error_lines(proc.stderr)[0]
+    assert line.startswith(f"Error: cannot initialize {datadir}: pgmgr cannot write in "), line
+    assert not datadir.exists()
+
