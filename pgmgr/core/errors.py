@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -165,10 +166,14 @@ _OPERATION = "pgmgr_operation"
 
 
 @contextlib.contextmanager
-def doing(operation: str) -> Iterator[None]:
+def doing(operation: str, path: str | os.PathLike[str] | None = None) -> Iterator[None]:
     """Name what the file-system calls inside do, for an :class:`OSError` that reaches the
     user: ``with doing("create the directory"): os.mkdir(path)`` makes its failure read
     "cannot create the directory PATH: File exists" (see :func:`describe_os_error`).
+
+    ``path`` names the file for calls that name none (``os.write(fd)``, ``os.fsync``: "No
+    space left on device", of what?) or only relative to a directory fd (``os.mkdir(name,
+    dir_fd=fd)``): an error without a file name, or with a relative one, gets it.
 
     The innermost name counts. The name is an attribute of the exception, so it survives
     :func:`pgmgr.core.userfs.as_user` (pickled with it) and needs no source file.
@@ -176,7 +181,10 @@ def doing(operation: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        e.__dict__.setdefault(_OPERATION, operation)
+        if _OPERATION not in e.__dict__:
+            e.__dict__[_OPERATION] = operation
+            if path is not None and not os.path.isabs(str(e.filename or "")):
+                e.filename, e.filename2 = os.fspath(path), None
         raise
 
 

@@ -163,8 +163,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     with doing("create the temporary file"):  # it names the new file, not its directory
         fd, tmp = _new_temp(path)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
+        with doing("write", path), os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

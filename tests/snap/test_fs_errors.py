@@ -102,3 +102,34 @@ def test_init_with_unwritable_records_makes_no_data_directory(ops_dir: Path) -> 
     assert line.startswith(f"Error: cannot initialize {datadir}: pgmgr cannot write in "), line
     assert not datadir.exists()
 
+
+def test_a_full_disk_names_the_file_it_could_not_write(full_fs: Path) -> None:
+    """``write`` and ``fsync`` name no file: the error said "No space left on device" and
+    nothing else."""
+    from pgmgr.core import paths, registry
+    from pgmgr.core.errors import describe_os_error
+
+    for write in (paths.write_atomic, registry._write_exclusive):
+        target = full_fs / "dev.json"
+        with pytest.raises(OSError) as got:
+            write(target, b"{}" * 100_000)
+        assert describe_os_error(got.value) == f"cannot write {target}: No space left on device"
+        assert sorted(p.name for p in full_fs.iterdir()) == ["filler"]  # no temporary file
+
+
+def test_start_with_a_full_state_filesystem_names_the_log(
+    full_fs: Path, ops_dir: Path, template: Path
+) -> None:
+    from tests.helpers import copy_datadir, run_pgmgr
+
+    (full_fs / "filler").unlink()
+    env = {"PGMGR_STATE_DIR": str(full_fs / "state")}
+    datadir = copy_datadir(template, ops_dir / "data")
+    assert run_pgmgr("init", "-q", "-d", str(datadir), "--name", "e", env=env).returncode == 0
+    with open(full_fs / "filler", "wb") as f, contextlib.suppress(OSError):
+        f.write(b"x" * (2 << 20))
+    proc = run_pgmgr("start", "e", "-p", "auto", env=env)
+    assert proc.returncode == 1, proc.stderr
+    log = full_fs / "state" / "logs" / "e.log"
+    assert error_lines(proc.stderr) == [f"Error: cannot write {log}: No space left on device"]
+    assert run_pgmgr("status", "e", env=env).returncode == 3
