@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pgmgr.core import dirpath, testhook, userfs
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.privileges import ServerUser
 
 T = TypeVar("T")
@@ -154,7 +154,8 @@ def _private_subdir(
     made = False
     if create:
         try:
-            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            with doing("create the directory", where):
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
             made = True
         except FileExistsError:
             pass
@@ -163,14 +164,7 @@ def _private_subdir(
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise
-        try:
-            why = f"it is {dirpath.kind(os.lstat(name, dir_fd=dir_fd).st_mode)}, not a directory"
-        except OSError:
-            why = f"not a directory ({e.strerror})"
-        raise DatabaseException(
-            f"refusing to use {where}: {why}",
-            hint="remove or rename it; pgmgr keeps snapshots there",
-        ) from None
+        raise _not_usable(dir_fd, name, where, owner, e) from None
     st = os.fstat(fd)
     if st.st_uid != owner[0] and st.st_uid == os.geteuid() and (made or not os.listdir(fd)):
         # Root made it under a parent no other user can write: now, or in a run killed
@@ -185,6 +179,26 @@ def _private_subdir(
             hint="remove it if you did not make it; pgmgr keeps snapshots there",
         )
     return fd
+
+
+def _not_usable(
+    dir_fd: int, name: str, where: Path, owner: tuple[int, int], e: OSError
+) -> DatabaseException:
+    """Why ``name`` under ``dir_fd`` could not be opened as a directory (``e``)."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        return DatabaseException(f"cannot open {where}: {e.strerror}")
+    if not stat.S_ISDIR(st.st_mode):
+        return DatabaseException(
+            f"refusing to use {where}: it is {dirpath.kind(st.st_mode)}, not a directory",
+            hint="remove or rename it; pgmgr keeps snapshots there",
+        )
+    return DatabaseException(  # a directory this user cannot enter (EACCES)
+        f"cannot open {where}: {e.strerror} (owned by uid {st.st_uid} with mode "
+        f"{stat.S_IMODE(st.st_mode):o}; expected uid {owner[0]}, mode 700)",
+        hint="remove it if you did not make it; pgmgr keeps snapshots there",
+    )
 
 
 @contextlib.contextmanager

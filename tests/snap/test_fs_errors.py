@@ -133,3 +133,50 @@ def test_start_with_a_full_state_filesystem_names_the_log(
     log = full_fs / "state" / "logs" / "e.log"
     assert error_lines(proc.stderr) == [f"Error: cannot write {log}: No space left on device"]
     assert run_pgmgr("status", "e", env=env).returncode == 3
+
+
+def test_snapshot_store_in_a_read_only_place(ops_dir: Path, template: Path) -> None:
+    """The store's first directory is made through the parent's fd: the error named only
+    ".pgmgr-snapshots" ("Read-only file system: .pgmgr-snapshots")."""
+    from tests.helpers import copy_datadir, run_pgmgr
+
+    place = ops_dir / "w"
+    datadir = copy_datadir(template, place / "data")
+    assert run_pgmgr("init", "-q", "-d", str(datadir), "--name", "dev").returncode == 0
+    with read_only(place):
+        proc = run_pgmgr("snapshot", "dev", "s1")
+    assert proc.returncode == 1, proc.stderr
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    want = f"Error: cannot create the directory {place / '.pgmgr-snapshots'}: {why}"
+    assert error_lines(proc.stderr) == [want]
+
+
+def _open_store(datadir: Path) -> None:
+    from pgmgr.core import snapstore
+
+    with snapstore.opened(datadir, None):
+        pass
+
+
+def test_a_store_the_user_cannot_enter(ops_dir: Path) -> None:
+    """A store directory the server user cannot open (another's, mode 700) was called
+    "an unusual file, not a directory"."""
+    from pgmgr.core import privileges, snapstore, userfs
+    from pgmgr.core.errors import DatabaseException
+
+    store = ops_dir / "p" / ".pgmgr-snapshots"
+    store.mkdir(parents=True)
+    store.parent.chmod(0o755)
+    user = privileges.lookup("postgres") if os.geteuid() == 0 else None
+    store.chmod(0o700 if user else 0)  # as root: root's; else the test's own, no access
+    try:
+        with pytest.raises(DatabaseException) as got:
+            userfs.as_user(user, _open_store, store.parent / "data")
+    finally:
+        store.chmod(0o700)
+    uid = os.getuid() if user is None else user.uid
+    assert str(got.value) == (
+        f"cannot open {store}: Permission denied (owned by uid {os.getuid()} with mode "
+        f"{700 if user else 0}; expected uid {uid}, mode 700)"
+    )
+    assert store.name == snapstore.STORE
