@@ -180,3 +180,42 @@ def test_a_store_the_user_cannot_enter(ops_dir: Path) -> None:
         f"{700 if user else 0}; expected uid {uid}, mode 700)"
     )
     assert store.name == snapstore.STORE
+
+
+def test_snapshot_of_a_file_the_server_user_cannot_read(inst: Inst) -> None:
+    """A file root left in the data directory (as a user: one without read permission):
+    the copy failed with "Permission denied: rootfile", its name in its directory only."""
+    stray = inst.datadir / "base" / "stray"
+    stray.write_text("x")
+    stray.chmod(0o600 if os.geteuid() == 0 else 0)
+    proc = inst.pgmgr("snapshot", "dev", "s1")
+    assert proc.returncode == 1, proc.stderr
+    line = error_lines(proc.stderr)[0]
+    assert line.startswith(f"Error: cannot copy {stray} -> {inst.store}/.tmp-snap-"), line
+    assert line.endswith("/data/base/stray: Permission denied"), line
+    assert inst.state() == "running"
+    assert inst.snaps() == []
+
+
+def test_a_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO from a failing disk: mocked (a disk cannot be made to fail here). A read names
+    no file: the error was "Input/output error" alone."""
+    import errno
+
+    from pgmgr.core import copy
+    from pgmgr.core.errors import describe_os_error
+
+    src = tmp_path / "src"
+    (src / "base").mkdir(parents=True)
+    (src / "base" / "1").write_bytes(b"x" * 10)
+
+    def failing(fin: int, fout: int, flush: object = None) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setenv("PGMGR_COPY_METHOD", "read")
+    monkeypatch.setattr(copy, "_copy_read", failing)
+    with pytest.raises(OSError) as got:
+        copy.copy_tree(src, tmp_path / "dst")
+    assert describe_os_error(got.value) == (
+        f"cannot copy {src}/base/1 -> {tmp_path}/dst/base/1: Input/output error"
+    )
