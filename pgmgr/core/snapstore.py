@@ -259,11 +259,17 @@ def write_meta(snapdir: Path, meta: Meta) -> None:
     tmp = snapdir / f".{META}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, snapdir / META)
+        try:
+            with doing("write", snapdir / META):
+                os.write(fd, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, snapdir / META)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: not left behind
+            os.unlink(tmp)
+        raise
 
 
 def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:

@@ -219,3 +219,26 @@ def test_a_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert describe_os_error(got.value) == (
         f"cannot copy {src}/base/1 -> {tmp_path}/dst/base/1: Input/output error"
     )
+
+
+def test_index_and_metadata_on_a_full_disk(full_fs: Path) -> None:
+    """A snapshot's index and snapshot.json: the write said only "No space left on
+    device", and left its temporary file behind (a restore keeps going without the index,
+    and the file stayed in the snapshot)."""
+    import time
+
+    from pgmgr.core import delta, snapstore
+    from pgmgr.core.errors import describe_os_error
+
+    index = delta.Index(os.stat(full_fs).st_dev, {f"base/{i}": (i, 1, 2, 3) for i in range(9)})
+    meta = snapstore.Meta("s1", "dev", "/d", "1", "15", "15.18", "/bin", time.time())
+    with pytest.raises(OSError) as got:
+        delta.save(full_fs, index)
+    want = f"cannot write {full_fs / delta.INDEX}: No space left on device"
+    assert describe_os_error(got.value) == want
+    assert sorted(p.name for p in full_fs.iterdir()) == ["filler"]
+    with pytest.raises(OSError) as got:
+        snapstore.write_meta(full_fs, meta)
+    want = f"cannot write {full_fs / snapstore.META}: No space left on device"
+    assert describe_os_error(got.value) == want
+    assert sorted(p.name for p in full_fs.iterdir()) == ["filler"]
