@@ -242,3 +242,35 @@ def test_index_and_metadata_on_a_full_disk(full_fs: Path) -> None:
     want = f"cannot write {full_fs / snapstore.META}: No space left on device"
     assert describe_os_error(got.value) == want
     assert sorted(p.name for p in full_fs.iterdir()) == ["filler"]
+
+
+def _init_uses_no_cache(ops_dir: Path, cache: Path) -> None:
+    from tests.helpers import run_pgmgr
+
+    datadir = ops_dir / "d"
+    env = {"PGMGR_CACHE_DIR": str(cache), "PGMGR_NO_TEMPLATE": None}
+    proc = run_pgmgr("init", "-q", "-d", str(datadir), "-v", "15", "--name", "d", env=env)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert run_pgmgr("start", "d", "-q", "-p", "auto", env=env).returncode == 0
+        assert run_pgmgr("status", "d", "--check", env=env).returncode == 0
+    finally:
+        run_pgmgr("stop", "d", "-q", "-m", "immediate", env=env)
+
+
+def test_init_with_a_read_only_template_cache(ops_dir: Path) -> None:
+    """The template cache is a cache: one that cannot be written made the init fail
+    ("cannot create the directory CACHE/templates: Read-only file system")."""
+    cache = ops_dir / "cache"
+    cache.mkdir(mode=0o700)
+    with read_only(cache):
+        _init_uses_no_cache(ops_dir, cache)
+
+
+def test_init_with_a_full_template_cache(ops_dir: Path, full_fs: Path) -> None:
+    """A full cache: the template's build failed half-way ("cannot write
+    CACHE/templates/KEY.json: No space left on device"); now the init goes on without it,
+    and leaves nothing in the cache but its (empty) directories and lock."""
+    _init_uses_no_cache(ops_dir, full_fs / "cache")
+    left = sorted(str(p.relative_to(full_fs)) for p in full_fs.rglob("*") if p.is_file())
+    assert [p for p in left if not p.endswith((".lock", "binaries.json"))] == ["filler"]
