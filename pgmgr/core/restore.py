@@ -249,6 +249,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         snapstore.check_space(store, meta.size, f"restoring {name!r}")
         snapdir = store.entry(name)
         staging = store.entry(snapstore.tmp_name("restore"))
+        swapped = False
         try:
             if index is None:  # a full copy, made while the server still runs
                 with copy.disk_full(f"restoring {name!r}", store.path):
@@ -273,11 +274,16 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    _switch(srv, store, it, staging, snapdir)
-                    resume(srv, pause)  # the restore completes, then says so
+                    replaced = _switch(srv, store, it, staging, snapdir)
+                    swapped = True
+                    try:
+                        resume(srv, pause)  # the restore completes, then says so
+                    finally:  # not before: freeing its blocks competes with the start
+                        intent.remove(store, replaced)
                     store.as_user(_spread, snapdir)
         finally:
-            store.as_user(snapstore.remove_tree, staging)  # if the swap did not happen
+            if not swapped:
+                store.as_user(snapstore.remove_tree, staging)
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
@@ -311,10 +317,13 @@ def _stage_stopped(
         raise
 
 
-def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path) -> None:
+def _switch(
+    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path
+) -> list[str]:
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
     :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
-    difference, before the server starts. Signals held by the caller."""
+    difference, before the server starts. Returns the replaced directory's work entry,
+    to remove once the server runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.as_user(os.rename, staging, store.entry(it.old))
@@ -327,7 +336,7 @@ def _switch(srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
     store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
-    intent.drop(store, gone)
+    return gone
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:

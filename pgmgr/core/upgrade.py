@@ -368,8 +368,11 @@ def _switch(
                 raise
             sigguard.commit()  # swapped: the upgrade completes and says so
             testhook.pause("upgrade-swapped")
-            intent.drop(store, intent.complete(srv, store))
-            resume(srv, pause)
+            gone = intent.complete(srv, store)
+            try:
+                resume(srv, pause)
+            finally:  # not before: freeing its blocks competes with the start
+                intent.remove(store, gone)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
 
 
