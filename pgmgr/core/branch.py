@@ -25,6 +25,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     dirpath,
+    paths,
     registry,
     server,
     sigguard,
@@ -34,7 +35,7 @@ from pgmgr.core import (
     testhook,
     userfs,
 )
-from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
+from pgmgr.core.errors import DatabaseException, PortInUse, UsageError, doing
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
 from pgmgr.core.registry import Instance
@@ -88,6 +89,8 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     dirpath.check(target, "create", parents_only=True)
     if not target.parent.is_dir():
         raise DatabaseException(f"cannot create {target}: {target.parent} does not exist")
+    # Before the copy, not when it is renamed into place (after a stop of the source).
+    paths.check_writable(target.parent, f"create {target}", hint="choose another with -d DIR")
     return target
 
 
@@ -243,7 +246,8 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     registered or started."""
     with sigguard.shielded():
         staging = snapstore.TMP + "branch"
-        _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        with doing("create", srv.datadir):
+            _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
         srv.pin()  # registered pinned: the record names this very directory from the start
         try:
             # Exclusively: a name registered meanwhile (by a branch into another

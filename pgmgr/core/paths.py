@@ -195,7 +195,10 @@ def _new_temp(path: Path) -> tuple[int, str]:
 RECORD_ROOM = 64 * 1024
 
 
-def check_writable(directory: Path, action: str) -> None:
+_STATE_HINT = "free some space or make it writable (PGMGR_STATE_DIR chooses another place)"
+
+
+def check_writable(directory: Path, action: str, hint: str = _STATE_HINT) -> None:
     """:raises PgmgrError: files cannot be written in ``directory`` (or, while it does
     not exist, in the nearest directory above it) now: a read-only filesystem, no write
     permission, or a full disk. Checked before an operation that must write a record
@@ -221,7 +224,7 @@ def check_writable(directory: Path, action: str) -> None:
     if why:
         raise PgmgrError(
             f"cannot {action}: pgmgr cannot write in {place} ({why}); nothing was changed",
-            hint="free some space or make it writable (PGMGR_STATE_DIR chooses another place)",
+            hint=hint,
         )
 
 

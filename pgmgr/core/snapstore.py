@@ -411,16 +411,19 @@ def swap_in(store: Store, staged: str) -> None:
     try:
         if os.environ.get("PGMGR_SWAP") == "rename":  # tests: a filesystem without it
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE disabled by PGMGR_SWAP")
-        exchange(store.fd, staged, store.parent_fd, name)
+        with doing("replace", store.datadir):
+            exchange(store.fd, staged, store.parent_fd, name)
         return
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
     hold = hold_name(staged)
-    os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
+    with doing("replace", store.datadir):
+        os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
     testhook.pause("swap-held")
     try:
-        os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
+        with doing("replace", store.datadir):
+            os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
     except BaseException:
         os.rename(hold, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
         raise

@@ -274,3 +274,40 @@ def test_init_with_a_full_template_cache(ops_dir: Path, full_fs: Path) -> None:
     _init_uses_no_cache(ops_dir, full_fs / "cache")
     left = sorted(str(p.relative_to(full_fs)) for p in full_fs.rglob("*") if p.is_file())
     assert [p for p in left if not p.endswith((".lock", "binaries.json"))] == ["filler"]
+
+
+@pytest.fixture
+def placed(ops_dir: Path, template: Path) -> Iterator[Inst]:
+    """A running instance with a snapshot s1, in a directory of its own (``w``)."""
+    from tests.helpers import copy_datadir
+
+    datadir = copy_datadir(template, ops_dir / "w" / "data")
+    it = Inst("dev", datadir)
+    try:
+        it.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        it.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        it.ok("snapshot", "dev", "s1", "-q")
+        it.sql("INSERT INTO t VALUES (-1)")
+        yield it
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_restore_and_branch_in_a_directory_they_cannot_rename_in(placed: Inst) -> None:
+    """The restored copy is swapped in, the branch renamed in, in the data directory's
+    parent: one the user cannot write made each copy everything, stop the server, then
+    fail with "Permission denied: data" (relative to the directory's fd). Now they refuse
+    first."""
+    parent = placed.datadir.parent
+    pid = placed.pid()
+    with read_only(parent):
+        for args, what in ((("restore", "dev", "s1", "--yes"), "restore 'dev'"),
+                           (("branch", "dev", "b1"), f"create {parent / 'b1'}")):  # fmt: skip
+            proc = placed.pgmgr(*args)
+            assert proc.returncode == 1, proc.stderr
+            line = error_lines(proc.stderr)[0]
+            assert line.startswith(f"Error: cannot {what}: pgmgr cannot write in {parent} ("), line
+            assert line.endswith("; nothing was changed"), line
+    assert placed.pid() == pid  # never stopped
+    assert placed.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
+    assert not (parent / "b1").exists()
