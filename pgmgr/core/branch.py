@@ -90,7 +90,7 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     if not target.parent.is_dir():
         raise DatabaseException(f"cannot create {target}: {target.parent} does not exist")
     # Before the copy, not when it is renamed into place (after a stop of the source).
-    paths.check_writable(target.parent, f"create {target}", hint="choose another with -d DIR")
+    paths.check_writable(target.parent, f"create {target}", "or choose another with -d DIR")
     return target
 
 

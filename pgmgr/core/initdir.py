@@ -58,7 +58,8 @@ def initialize(
     if srv.register:  # else the directory is built and then cannot be registered
         from pgmgr.core import paths, registry
 
-        paths.check_writable(registry.instances_dir(), f"initialize {datadir}")
+        records = registry.instances_dir()
+        paths.check_writable(records, f"initialize {datadir}", paths.STATE_ELSEWHERE)
     install = srv.installation()
     su = srv.user(user)
     if su is not None:

@@ -195,37 +195,39 @@ def _new_temp(path: Path) -> tuple[int, str]:
 RECORD_ROOM = 64 * 1024
 
 
-_STATE_HINT = "free some space or make it writable (PGMGR_STATE_DIR chooses another place)"
+#: The end of the hint of :func:`check_writable` for the state directory.
+STATE_ELSEWHERE = "PGMGR_STATE_DIR chooses another place"
 
 
-def check_writable(directory: Path, action: str, hint: str = _STATE_HINT) -> None:
+def check_writable(directory: Path, action: str, also: str | None = None) -> None:
     """:raises PgmgrError: files cannot be written in ``directory`` (or, while it does
     not exist, in the nearest directory above it) now: a read-only filesystem, no write
-    permission, or a full disk. Checked before an operation that must write a record
-    after it changed something (``action``: what is refused), so that it changes nothing
-    instead of failing half-way. (Only a check: the writes themselves still say why they
-    failed.)"""
+    permission, or a full disk. Checked before an operation that would otherwise fail
+    half-way (``action``: what is refused), so that it changes nothing. ``also`` ends
+    the hint. (Only a check: the writes themselves still say why they failed.)"""
     place = directory
     while not place.exists() and place != place.parent:
         place = place.parent
-    why = None
     try:
         st = os.statvfs(place)
     except OSError as e:
-        why = e.strerror
+        code = e.errno or errno.EIO
     else:
         free = (st.f_bavail if os.geteuid() else st.f_bfree) * st.f_frsize
         if st.f_flag & os.ST_RDONLY:
-            why = os.strerror(errno.EROFS)
+            code = errno.EROFS
         elif not os.access(place, os.W_OK | os.X_OK):
-            why = os.strerror(errno.EACCES)
+            code = errno.EACCES
         elif free < RECORD_ROOM or (st.f_files and not st.f_favail):
-            why = os.strerror(errno.ENOSPC)
-    if why:
-        raise PgmgrError(
-            f"cannot {action}: pgmgr cannot write in {place} ({why}); nothing was changed",
-            hint=hint,
-        )
+            code = errno.ENOSPC
+        else:
+            return
+    hint = "free some space there" if code == errno.ENOSPC else "make it writable"
+    raise PgmgrError(
+        f"cannot {action}: pgmgr cannot write in {place} ({os.strerror(code)}); "
+        "nothing was changed",
+        hint=hint + (f"; {also}" if also else ""),
+    )
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -122,6 +122,6 @@ def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
             from pgmgr.core import paths, registry
 
             action = f"stop '{srv.inst.name}' and start it again"
-            paths.check_writable(registry.instances_dir(), action)
+            paths.check_writable(registry.instances_dir(), action, paths.STATE_ELSEWHERE)
         pause.stopped_at = time.monotonic()
         srv.stop(mode)

@@ -311,3 +311,20 @@ def test_restore_and_branch_in_a_directory_they_cannot_rename_in(placed: Inst) -
     assert placed.pid() == pid  # never stopped
     assert placed.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
     assert not (parent / "b1").exists()
+
+
+def test_snapshot_on_a_filesystem_gone_read_only(placed: Inst) -> None:
+    """As root: the data directory's filesystem read-only (remounted so after an error,
+    say). The snapshot stopped the server, failed to make its copy, and could not start it
+    again ("Read-only file system: DATADIR/.s.PGSQL.PORT.lock"): left stopped. As a user,
+    a store without write permission: the stop and start were for nothing."""
+    pid = placed.pid()
+    where = placed.datadir.parent if os.geteuid() == 0 else placed.store
+    with read_only(where):
+        proc = placed.pgmgr("snapshot", "dev", "s2")
+    assert proc.returncode == 1, proc.stderr
+    line = error_lines(proc.stderr)[0]
+    assert line.startswith(f"Error: cannot snapshot 'dev': pgmgr cannot write in {placed.store} (")
+    assert line.endswith("; nothing was changed"), line
+    assert placed.pid() == pid
+    assert [s["snapshot"] for s in placed.snaps()] == ["s1"]
