@@ -129,7 +129,16 @@ def _mkdirs(work: Path, owner: int) -> str:
     import tempfile
 
     os.mkdir(work, 0o700)
-    return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-")
+    try:
+        return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-")
+    except OSError as e:
+        os.rmdir(work)
+        raise DatabaseException(
+            f"cannot create pg_upgrade's socket directory in {tempfile.gettempdir()}: "
+            f"{e.strerror}; nothing was changed",
+            hint="the server user must be able to write in the temporary directory "
+            "(TMPDIR chooses another)",
+        ) from None
 
 
 def _remove_socket_dir(path: str) -> None:

@@ -328,3 +328,26 @@ def test_snapshot_on_a_filesystem_gone_read_only(placed: Inst) -> None:
     assert line.endswith("; nothing was changed"), line
     assert placed.pid() == pid
     assert [s["snapshot"] for s in placed.snaps()] == ["s1"]
+
+
+def test_upgrade_with_a_temporary_directory_the_server_user_cannot_write(placed: Inst) -> None:
+    """pg_upgrade's socket directory is made in the temporary directory, as the server
+    user: "Permission denied: TMP/pgmgr-up-PID-x", and the work directory stayed."""
+    from tests.helpers import run_pgmgr
+
+    if os.geteuid() != 0:
+        pytest.skip("as a user, tempfile passes over a temporary directory it cannot write")
+    tmp = placed.datadir.parent / "tmp"
+    tmp.mkdir(mode=0o500)
+    pid = placed.pid()
+    try:
+        proc = run_pgmgr("upgrade", "dev", "-v", "18", "--yes", env={"TMPDIR": str(tmp)})
+    finally:
+        tmp.chmod(0o700)
+    assert proc.returncode == 1, proc.stderr
+    assert error_lines(proc.stderr)[0] == (
+        f"Error: cannot create pg_upgrade's socket directory in {tmp}: Permission denied; "
+        "nothing was changed"
+    )
+    assert sorted(os.listdir(placed.store)) == ["s1"]
+    assert placed.pid() == pid
