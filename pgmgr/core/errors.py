@@ -151,13 +151,14 @@ _SEVERE_RE = LazyRegex(r"\b(?:FATAL|PANIC|ERROR):\s+")
 
 def _last_line(text: str) -> str:
     """The line that states the error: PostgreSQL programs end with hint/detail lines, and
-    initdb with its clean-up; a server's ``FATAL:`` line (the cause) wins over both."""
+    initdb with its clean-up; a server's ``FATAL:`` line (the cause) wins over both, and
+    over a ``PANIC:`` that follows from it (initdb on a full disk: "FATAL: could not
+    extend file ...: No space left on device", then "PANIC: cannot abort transaction 1")."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     stated = [ln for ln in lines if not _AFTERWORD_RE.match(ln) and not _CLEANUP_RE.match(ln)]
-    for line in reversed(stated):
-        m = _SEVERE_RE.search(line)
-        if m:
-            return line[m.start() :]
+    severe = [line[m.start() :] for line in stated if (m := _SEVERE_RE.search(line))]
+    if severe:
+        return ([s for s in severe if not s.startswith("PANIC")] or severe)[-1]
     return (stated or lines)[-1] if lines else ""
 
 

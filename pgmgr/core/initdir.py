@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from pgmgr.core import dirpath, privileges, server, staging, testhook, userfs, versions
 from pgmgr.core import template as tpl
+from pgmgr.core.diskio import disk_full
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.pgtext import new_password, quote_ident, quote_literal
 from pgmgr.core.server import InitOptions
@@ -110,7 +111,8 @@ def build(
                 _pin_directory(srv)
                 testhook.pause("init-pinned")
             fin = stage.finish(sync=not opts.no_sync)
-            how = tpl.init_from_template(install, fin, opts, user=su) if template else None
+            with disk_full(f"the data directory {srv.datadir}", srv.datadir.parent):
+                how = tpl.init_from_template(install, fin, opts, user=su) if template else None
             if how is None:  # synced once, by the commit's syncfs
                 lean = replace(opts, no_sync=True)
                 server.initdb(install, stage.data, lean, password=password, user=su)

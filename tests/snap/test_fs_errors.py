@@ -351,3 +351,55 @@ def test_upgrade_with_a_temporary_directory_the_server_user_cannot_write(placed:
     )
     assert sorted(os.listdir(placed.store)) == ["s1"]
     assert placed.pid() == pid
+
+
+INITDB_DISK_FULL = """\
+running bootstrap script ... 2026-11-26 11:55:47.009 UTC [15635] FATAL:  could not extend \
+file "base/1/2691": No space left on device
+2026-11-26 11:55:47.009 UTC [15635] HINT:  Check free disk space.
+2026-11-26 11:55:47.009 UTC [15635] PANIC:  cannot abort transaction 1, it was already committed
+Aborted
+child process exited with exit code 134
+initdb: removing data directory "/d/x"
+"""
+
+
+def test_initdb_on_a_full_disk_says_the_fatal_line() -> None:
+    """initdb's own output on a full tmpfs: the PANIC that follows the cause was shown."""
+    from pgmgr.core.errors import CommandFailed
+
+    assert str(CommandFailed(["/usr/lib/postgresql/15/bin/initdb"], 1, INITDB_DISK_FULL)) == (
+        'initdb failed with exit code 1: FATAL:  could not extend file "base/1/2691": '
+        "No space left on device"
+    )
+
+
+def test_init_on_a_full_disk(ops_dir: Path) -> None:
+    """A template copy that fills the disk named its two internal paths ("cannot copy
+    /proc/self/fd/5/KEY/base/1/2838 -> DIR/.pgmgr-init-PID/data/base/1/2838"); an initdb
+    said "PANIC: cannot abort transaction 1". Neither leaves anything."""
+    from tests.helpers import run_pgmgr
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    env = {"PGMGR_NO_TEMPLATE": None}
+    assert run_pgmgr("init", "-q", "-d", str(ops_dir / "warm"), "-v", "15", env=env).returncode == 0
+    fs = ops_dir / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=0755", "tmpfs", str(fs)],
+                   check=True)  # fmt: skip
+    try:
+        proc = run_pgmgr("init", "-q", "-d", str(fs / "d"), "-v", "15", env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert error_lines(proc.stderr)[0] == (
+            f"Error: not enough disk space for the data directory {fs / 'd'}: the filesystem "
+            f"of {fs} filled up during the copy; nothing was changed"
+        )
+        proc = run_pgmgr("init", "-q", "-d", str(fs / "d"), "-v", "15",
+                         env={"PGMGR_NO_TEMPLATE": "1"})  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        line = error_lines(proc.stderr)[0]
+        assert line.startswith("Error: initdb failed with exit code 1: FATAL: "), line
+        assert os.listdir(fs) == []
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
