@@ -148,7 +148,10 @@ def guarded(call: Callable[[], int | None]) -> int:
         ui.error(str(e), e.hint)
         return e.exit_code
     except KeyboardInterrupt:
+        _hush()
         sys.stderr.write("Interrupted\n")
+        if "pgmgr.core.testhook" in sys.modules:
+            sys.modules["pgmgr.core.testhook"].pause("interrupted-said")
         return 130
     except BrokenPipeError:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
@@ -228,5 +231,17 @@ def _main(argv: Sequence[str] | None) -> None:
 
         typer_main(argv)
     except KeyboardInterrupt:  # while Python imports Typer, before any command runs
+        _hush()
         sys.stderr.write("Interrupted\n")
         sys.exit(130)
+
+
+def _hush() -> None:
+    """Interrupted, about to say so: a second signal from here on must not kill the
+    process after "Interrupted" (exit -2 instead of 130). Only for the console script,
+    which exits next; a library caller keeps its handlers."""
+    if not COMMAND_PROCESS:
+        return
+    from pgmgr.core import sigguard
+
+    sigguard.settle()

@@ -55,25 +55,30 @@ def paused(srv: Server, *, stop: bool = True, mode: str = "fast") -> Iterator[Pa
 
 
 def resume(srv: Server, pause: Pause) -> None:
-    """Start ``srv`` again now (instead of at the end of :func:`paused`)."""
+    """Start ``srv`` again now (instead of at the end of :func:`paused`), or wait for the
+    start :func:`spawn_again` began. The caller holds signals (sigguard.shielded)."""
     if pause.stopped_at is not None:
-        start_again(srv)  # the caller holds signals (sigguard.shielded)
+        if pause.spawned:
+            await_spawned(srv)
+        else:
+            start_again(srv)
+        pause.spawned = False
         pause.downtime = time.monotonic() - pause.stopped_at
         pause.stopped_at = None
 
 
 def spawn_again(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now without waiting until it accepts connections, so that the
-    rest of the block overlaps its start-up; the end of :func:`paused` waits for it (and
-    starts it afresh if this start failed). A signal meanwhile interrupts the block after
-    the spawn."""
+    rest of the block overlaps its start-up; the end of :func:`paused` (or :func:`resume`)
+    waits for it, and starts it afresh if this start failed. A signal meanwhile interrupts
+    the block after the spawn, unless its work is ``done``."""
     if pause.stopped_at is None or pause.spawned:
         return
     with sigguard.shielded() as got:
         srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
         srv.start(wait=False)
         pause.spawned = True
-    if got:
+    if got and not pause.done:
         raise KeyboardInterrupt
 
 

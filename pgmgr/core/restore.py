@@ -30,7 +30,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
-from pgmgr.core.pause import paused, resume
+from pgmgr.core.pause import paused, resume, spawn_again
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name
 from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
@@ -279,12 +279,15 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                 with sigguard.shielded():
                     _not_started(srv)
                     replaced = _switch(srv, store, it, staging, snapdir)
-                    swapped = True
+                    swapped = pause.done = True
                     try:
-                        resume(srv, pause)  # the restore completes, then says so
+                        # The restore completes, then says so; _spread overlaps the start.
+                        with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
+                            spawn_again(srv, pause)
+                        store.as_user(_spread, snapdir)
+                        resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
-                    store.as_user(_spread, snapdir)
         finally:
             if not swapped:
                 store.as_user(snapstore.remove_tree, staging)

@@ -31,7 +31,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
-from pgmgr.core.pause import paused
+from pgmgr.core.pause import paused, spawn_again
 from pgmgr.core.snapcatalog import pick_name
 from pgmgr.core.snapstore import Meta
 
@@ -320,10 +320,12 @@ def create(
                         # refuse its start ("could not write lock file": left stopped).
                         store.as_user(snapstore.remove_tree, staging)
                         raise
-            meta = meta_for(srv, name, sysid, kind, stats)
-            with sigguard.shielded():  # named: complete, whatever arrives now
-                store.as_user(_finish, staging, store.entry(name), meta)
-                sigguard.commit()  # taken: it says so, whatever arrives until it has
+                    spawn_again(srv, pause)  # copied: naming it overlaps the start
+                meta = meta_for(srv, name, sysid, kind, stats)
+                with sigguard.shielded():  # named: complete, whatever arrives now
+                    store.as_user(_finish, staging, store.entry(name), meta)
+                    sigguard.commit()  # taken: it says so, whatever arrives until it has
+                    pause.done = True
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
             raise

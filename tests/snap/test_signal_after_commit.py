@@ -134,3 +134,26 @@ def test_in_process_main_gives_the_callers_handlers_back(inst: Inst) -> None:
         proc.stderr
     )
     assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+
+
+def test_second_signal_after_interrupted_is_ignored(inst: Inst, tmp_path: Path) -> None:
+    """A second Ctrl-C once the command has said "Interrupted" cannot make it say so twice,
+    or kill it (exit -2 instead of 130: seen under xdist): from then on it only exits."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    (tmp_path / "interrupted-said").touch()
+    proc = paused_run(inst, tmp_path, "restore-staged", "restore", "dev", "base", "--yes")
+    proc.send_signal(signal.SIGINT)  # before the swap: the restore is undone
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "interrupted-said.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # handled by now, if it is handled (the pause sleeps 5 ms at a time)
+    (tmp_path / "interrupted-said.go").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.count("Interrupted") == 1, err
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "0"
+    assert leftovers(inst.store) == []
