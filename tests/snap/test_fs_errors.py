@@ -403,3 +403,26 @@ def test_init_on_a_full_disk(ops_dir: Path) -> None:
         assert os.listdir(fs) == []
     finally:
         subprocess.run(["umount", str(fs)], check=True)
+
+
+def test_cache_clear_on_a_read_only_cache(ops_dir: Path) -> None:
+    """It said "Read-only file system: KEY.spare -> .KEY.tmp-trash-PID" (names relative to
+    the user's part of the cache)."""
+    import fcntl
+
+    from tests.helpers import run_pgmgr
+
+    cache = ops_dir / "cache"
+    env = {"PGMGR_CACHE_DIR": str(cache), "PGMGR_NO_TEMPLATE": None}
+    assert run_pgmgr("init", "-q", "-d", str(ops_dir / "d"), "-v", "15", env=env).returncode == 0
+    (user_dir,) = (cache / "templates").glob("u*")
+    for lock in (cache / "templates").glob("*.refill.lock"):  # the spare's refill: done
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+    with read_only(cache if os.geteuid() == 0 else user_dir):
+        proc = run_pgmgr("cache", "clear", env=env)
+    assert proc.returncode == 1, proc.stderr
+    line = error_lines(proc.stderr)[0]
+    assert line.startswith(f"Error: cannot remove {user_dir}/pg15"), line
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert line.endswith(f": {why}"), line
