@@ -172,9 +172,10 @@ def doing(operation: str, path: str | os.PathLike[str] | None = None) -> Iterato
     user: ``with doing("create the directory"): os.mkdir(path)`` makes its failure read
     "cannot create the directory PATH: File exists" (see :func:`describe_os_error`).
 
-    ``path`` names the file for calls that name none (``os.write(fd)``, ``os.fsync``: "No
-    space left on device", of what?) or only relative to a directory fd (``os.mkdir(name,
-    dir_fd=fd)``): an error without a file name, or with a relative one, gets it.
+    ``path`` names what the operation is on, in place of the file names of the error:
+    for calls that name none (``os.write(fd)``, ``os.fsync``: "No space left on device",
+    of what?), or only relative to a directory fd (``os.mkdir(name, dir_fd=fd)``), or
+    name internal ones (a rename to a work name).
 
     The innermost name counts. The name is an attribute of the exception, so it survives
     :func:`pgmgr.core.userfs.as_user` (pickled with it) and needs no source file.
@@ -184,7 +185,7 @@ def doing(operation: str, path: str | os.PathLike[str] | None = None) -> Iterato
     except OSError as e:
         if _OPERATION not in e.__dict__:
             e.__dict__[_OPERATION] = operation
-            if path is not None and not os.path.isabs(str(e.filename or "")):
+            if path is not None:
                 e.filename, e.filename2 = os.fspath(path), None
         raise
 

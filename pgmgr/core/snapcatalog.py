@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import snapstore
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
@@ -129,7 +129,8 @@ def load(store: Store, name: str, instance: str, listed: Listing | None = None) 
 def _delete(store: Path, name: str) -> None:
     """Rename out of sight first (atomic), then remove. As the user."""
     doomed = store / snapstore.tmp_name("delete")
-    os.rename(store / name, doomed)
+    with doing("delete", store / name):
+        os.rename(store / name, doomed)
     snapstore.remove_tree(doomed)
 
 

@@ -426,3 +426,13 @@ def test_cache_clear_on_a_read_only_cache(ops_dir: Path) -> None:
     assert line.startswith(f"Error: cannot remove {user_dir}/pg15"), line
     why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
     assert line.endswith(f": {why}"), line
+
+
+def test_delete_a_snapshot_in_a_read_only_store(placed: Inst) -> None:
+    """It said "Read-only file system: STORE/s1 -> STORE/.tmp-delete-XXXX" (its work name)."""
+    with read_only(placed.store):
+        proc = placed.pgmgr("snapshot", "dev", "s1", "--delete")
+    why = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert error_lines(proc.stderr) == [f"Error: cannot delete {placed.store / 's1'}: {why}"]
+    assert proc.returncode == 1
+    assert [s["snapshot"] for s in placed.snaps()] == ["s1"]
