@@ -436,3 +436,20 @@ def test_delete_a_snapshot_in_a_read_only_store(placed: Inst) -> None:
     assert error_lines(proc.stderr) == [f"Error: cannot delete {placed.store / 's1'}: {why}"]
     assert proc.returncode == 1
     assert [s["snapshot"] for s in placed.snaps()] == ["s1"]
+
+
+def test_init_into_an_empty_directory_on_a_read_only_filesystem(ops_dir: Path) -> None:
+    """As root, an empty root-owned data directory is handed over to the server user: on
+    a read-only filesystem that said "Read-only file system" and nothing else."""
+    from tests.helpers import run_pgmgr
+
+    if os.geteuid() != 0:
+        pytest.skip("only root hands a directory over to the server user")
+    place = ops_dir / "w"
+    (place / "d").mkdir(parents=True)
+    with read_only(place):
+        proc = run_pgmgr("init", "-q", "-d", str(place / "d"), "-v", "15")
+    assert error_lines(proc.stderr) == [
+        f"Error: cannot change the owner of {place / 'd'}: Read-only file system"
+    ]
+    assert os.listdir(place / "d") == []
