@@ -129,6 +129,7 @@ def _mkdirs(work: Path, owner: int) -> str:
     import tempfile
 
     os.mkdir(work, 0o700)
+    testhook.pause("upgrade-workdir")
     try:
         return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-")
     except OSError as e:
@@ -261,8 +262,11 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
-        sockdir = store.as_user(_mkdirs, work, os.getpid())
+        sockdir = None
         try:
+            # In the try: a signal during it is raised as the call returns, the work
+            # directory made (the socket dir's name is the run's: swept once it is gone).
+            sockdir = store.as_user(_mkdirs, work, os.getpid())
             newdata = work / "data"
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
             if check:
@@ -270,7 +274,8 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             else:
                 _switch(srv, store, old, new, work, sockdir, method, result)
         finally:
-            store.as_user(_remove_socket_dir, sockdir)
+            if sockdir is not None:
+                store.as_user(_remove_socket_dir, sockdir)
             store.as_user(snapstore.remove_tree, work)
             store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:
