@@ -180,13 +180,23 @@ def _plain_help_unless_terminal() -> None:
             del os.environ["TYPER_USE_RICH"]  # not for the servers and tools pgmgr runs
 
 
-#: Set by :func:`main`: this process ends with the command (read by
+#: Set by :func:`main` as the console script: this process ends with the command (read by
 #: :mod:`pgmgr.core.sigguard`, so that a completed operation's signals stay held until then).
 COMMAND_PROCESS = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: ``pgmgr`` and ``python -m pgmgr`` call it without
+    ``argv`` (it reads ``sys.argv``), and the process ends with the command.
+
+    Called with ``argv`` (in-process: a library caller, a test), the process goes on
+    after it: the caller's SIGINT, SIGTERM and SIGHUP handlers are as they were when it
+    returns (or raises ``SystemExit``), and a signal held during a completed operation
+    reaches them (see :mod:`pgmgr.core.sigguard`).
+    """
+    if argv is not None:
+        _in_process(argv)
+        return
     global COMMAND_PROCESS
     COMMAND_PROCESS = True
     try:
@@ -195,6 +205,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Said and done: a signal now must not kill the process after what it said.
         if "pgmgr.core.sigguard" in sys.modules:
             sys.modules["pgmgr.core.sigguard"].settle()
+
+
+def _in_process(argv: Sequence[str]) -> None:
+    import signal
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in signals}
+    try:
+        _main(argv)
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:  # None: not set from Python, nothing to put back
+                signal.signal(s, handler)
 
 
 def _main(argv: Sequence[str] | None) -> None:

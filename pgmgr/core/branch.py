@@ -26,6 +26,7 @@ from pgmgr.core import (
     copy,
     dirpath,
     listen,
+    paths,
     privileges,
     registry,
     roles,
@@ -37,7 +38,7 @@ from pgmgr.core import (
     testhook,
     userfs,
 )
-from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
+from pgmgr.core.errors import DatabaseException, PortInUse, UsageError, doing
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
 from pgmgr.core.registry import Instance
@@ -95,6 +96,8 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     su = src.user()
     if su is not None:  # as root: the copy is made as the server user, beside the target
         privileges.check_reachable(target, su, "new data directory")
+    # Before the copy, not when it is renamed into place (after a stop of the source).
+    paths.check_writable(target.parent, f"create {target}", "or choose another with -d DIR")
     return target
 
 
@@ -296,7 +299,8 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     registered or started."""
     with sigguard.shielded():
         staging = snapstore.TMP + "branch"
-        _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        with doing("create", srv.datadir):
+            _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
         # Registered pinned: the record names this very directory from the start. Not
         # provable: the staged copy was swapped (a symlink, a file) by the server user.
         if not srv.pin():

@@ -39,7 +39,7 @@ from pgmgr.core.diskio import disk_full as disk_full
 from pgmgr.core.diskio import fsync_dir as fsync_dir
 from pgmgr.core.diskio import sync_fs as sync_fs
 from pgmgr.core.diskio import tree_size as tree_size
-from pgmgr.core.errors import UsageError
+from pgmgr.core.errors import UsageError, doing
 
 METHODS = ("reflink", "copy_file_range", "read")
 ENV_METHOD = "PGMGR_COPY_METHOD"
@@ -160,7 +160,12 @@ def copy_tree(
         os.mkdir(dst, 0o700, dir_fd=dst_dir_fd)
         dfd = os.open(dst, _DIR_FLAGS, dir_fd=dst_dir_fd)
         try:
-            _copy_dir(sfd, dfd, state, exclude, link_dest, "")
+            with doing("copy"):
+                try:
+                    _copy_dir(sfd, dfd, state, exclude, link_dest, "")
+                except OSError as e:
+                    _locate(e, src, dst, dst_dir_fd)
+                    raise
             os.fchmod(dfd, stat.S_IMODE(smode))
         finally:
             os.close(dfd)
@@ -178,41 +183,67 @@ def _copy_dir(
     (or None), ``rel``: its path relative to the top (``""`` or ending in ``/``)."""
     with os.scandir(sfd) as entries:
         for entry in entries:
-            name = entry.name
-            if name in exclude:
+            if entry.name in exclude:
                 continue
-            # The type from the directory entry (no stat); a file is fstat'ed once opened.
-            if entry.is_file(follow_symlinks=False):
-                if lfd is None or not _link(lfd, dfd, name, rel + name, state):
-                    _copy_file(sfd, dfd, name, state)
-                continue
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISDIR(mode):
-                os.mkdir(name, 0o700, dir_fd=dfd)
-                sub_s = os.open(name, _DIR_FLAGS, dir_fd=sfd)
-                sub_l = None
-                try:
-                    if lfd is not None:
-                        with contextlib.suppress(OSError):  # not there (or not a directory)
-                            sub_l = os.open(name, _DIR_FLAGS, dir_fd=lfd)
-                    sub_d = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-                    try:
-                        _copy_dir(sub_s, sub_d, state, (), sub_l, f"{rel}{name}/")
-                        os.fchmod(sub_d, stat.S_IMODE(mode))
-                    finally:
-                        os.close(sub_d)
-                finally:
-                    os.close(sub_s)
-                    if sub_l is not None:
-                        os.close(sub_l)
-                state.stats.dirs += 1
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
-                state.stats.links += 1
-            elif stat.S_ISREG(mode):  # a filesystem that reports no type in its entries
-                _copy_file(sfd, dfd, name, state)
-            else:  # FIFO, socket, device: nothing a copy of a data directory needs
-                state.stats.skipped += 1
+            try:
+                _copy_entry(entry, sfd, dfd, state, lfd, rel)
+            except OSError as e:
+                e.__dict__.setdefault(_WHERE, rel + entry.name)  # the innermost counts
+                raise
+
+
+def _copy_entry(
+    entry: os.DirEntry[str], sfd: int, dfd: int, state: _State, lfd: int | None, rel: str
+) -> None:
+    name = entry.name
+    # The type from the directory entry (no stat); a file is fstat'ed once opened.
+    if entry.is_file(follow_symlinks=False):
+        if lfd is None or not _link(lfd, dfd, name, rel + name, state):
+            _copy_file(sfd, dfd, name, state)
+        return
+    mode = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISDIR(mode):
+        os.mkdir(name, 0o700, dir_fd=dfd)
+        sub_s = os.open(name, _DIR_FLAGS, dir_fd=sfd)
+        sub_l = None
+        try:
+            if lfd is not None:
+                with contextlib.suppress(OSError):  # not there (or not a directory)
+                    sub_l = os.open(name, _DIR_FLAGS, dir_fd=lfd)
+            sub_d = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            try:
+                _copy_dir(sub_s, sub_d, state, (), sub_l, f"{rel}{name}/")
+                os.fchmod(sub_d, stat.S_IMODE(mode))
+            finally:
+                os.close(sub_d)
+        finally:
+            os.close(sub_s)
+            if sub_l is not None:
+                os.close(sub_l)
+        state.stats.dirs += 1
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+        state.stats.links += 1
+    elif stat.S_ISREG(mode):  # a filesystem that reports no type in its entries
+        _copy_file(sfd, dfd, name, state)
+    else:  # FIFO, socket, device: nothing a copy of a data directory needs
+        state.stats.skipped += 1
+
+
+#: The attribute of an :class:`OSError` of the copy: the path (under the top) it failed on.
+_WHERE = "pgmgr_copy_where"
+
+
+def _locate(e: OSError, src: str | Path | int, dst: str | Path, dst_dir_fd: int | None) -> None:
+    """Name the file of a failed copy, which the calls name by their name in their
+    directory only (``rootfile``: "Permission denied: rootfile"), or not at all (a read,
+    a write): the source and the copy, where known."""
+    rel = e.__dict__.pop(_WHERE, "")
+    if e.filename and os.path.isabs(os.fsdecode(e.filename)):
+        return
+    a = None if isinstance(src, int) else os.path.join(src, rel)
+    b = os.path.join(dst, rel) if dst_dir_fd is None else None
+    e.filename, e.filename2 = (a or b or rel or None), (b if a else None)
 
 
 def _link(lfd: int, dfd: int, name: str, rel: str, state: _State) -> bool:

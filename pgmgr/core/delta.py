@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgmgr.core.errors import doing
+
 INDEX = "index.json"
 FORMAT = 1
 _LIMIT = 64 << 20
@@ -128,10 +130,16 @@ def save(snapdir: Path, index: Index) -> None:
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.rename(tmp, snapdir / INDEX)
+        try:
+            with doing("write", snapdir / INDEX):
+                os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, snapdir / INDEX)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: not left behind
+            os.unlink(tmp)
+        raise
 
 
 def load(snapdir: Path) -> Index | None:

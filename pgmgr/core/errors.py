@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -150,13 +151,14 @@ _SEVERE_RE = LazyRegex(r"\b(?:FATAL|PANIC|ERROR):\s+")
 
 def _last_line(text: str) -> str:
     """The line that states the error: PostgreSQL programs end with hint/detail lines, and
-    initdb with its clean-up; a server's ``FATAL:`` line (the cause) wins over both."""
+    initdb with its clean-up; a server's ``FATAL:`` line (the cause) wins over both, and
+    over a ``PANIC:`` that follows from it (initdb on a full disk: "FATAL: could not
+    extend file ...: No space left on device", then "PANIC: cannot abort transaction 1")."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     stated = [ln for ln in lines if not _AFTERWORD_RE.match(ln) and not _CLEANUP_RE.match(ln)]
-    for line in reversed(stated):
-        m = _SEVERE_RE.search(line)
-        if m:
-            return line[m.start() :]
+    severe = [line[m.start() :] for line in stated if (m := _SEVERE_RE.search(line))]
+    if severe:
+        return ([s for s in severe if not s.startswith("PANIC")] or severe)[-1]
     return (stated or lines)[-1] if lines else ""
 
 
@@ -165,10 +167,15 @@ _OPERATION = "pgmgr_operation"
 
 
 @contextlib.contextmanager
-def doing(operation: str) -> Iterator[None]:
+def doing(operation: str, path: str | os.PathLike[str] | None = None) -> Iterator[None]:
     """Name what the file-system calls inside do, for an :class:`OSError` that reaches the
     user: ``with doing("create the directory"): os.mkdir(path)`` makes its failure read
     "cannot create the directory PATH: File exists" (see :func:`describe_os_error`).
+
+    ``path`` names what the operation is on, in place of the file names of the error:
+    for calls that name none (``os.write(fd)``, ``os.fsync``: "No space left on device",
+    of what?), or only relative to a directory fd (``os.mkdir(name, dir_fd=fd)``), or
+    name internal ones (a rename to a work name).
 
     The innermost name counts. The name is an attribute of the exception, so it survives
     :func:`pgmgr.core.userfs.as_user` (pickled with it) and needs no source file.
@@ -176,7 +183,10 @@ def doing(operation: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        e.__dict__.setdefault(_OPERATION, operation)
+        if _OPERATION not in e.__dict__:
+            e.__dict__[_OPERATION] = operation
+            if path is not None:
+                e.filename, e.filename2 = os.fspath(path), None
         raise
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from pgmgr.core import dirpath, privileges, server, staging, testhook, userfs, versions
 from pgmgr.core import template as tpl
+from pgmgr.core.diskio import disk_full
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.pgtext import new_password, quote_ident, quote_literal
 from pgmgr.core.server import InitOptions
@@ -56,6 +57,11 @@ def initialize(
             reset_password(srv, password or new_password())
         srv.save()
         return False
+    if srv.register:  # else the directory is built and then cannot be registered
+        from pgmgr.core import paths, registry
+
+        records = registry.instances_dir()
+        paths.check_writable(records, f"initialize {datadir}", paths.STATE_ELSEWHERE)
     install = srv.installation()
     su = srv.user(user)
     if su is not None:
@@ -106,7 +112,8 @@ def build(
                 _pin_directory(srv)
                 testhook.pause("init-pinned")
             fin = stage.finish(sync=not opts.no_sync)
-            how = tpl.init_from_template(install, fin, opts, user=su) if template else None
+            with disk_full(f"the data directory {srv.datadir}", srv.datadir.parent):
+                how = tpl.init_from_template(install, fin, opts, user=su) if template else None
             if how is None:  # synced once, by the commit's syncfs
                 lean = replace(opts, no_sync=True)
                 server.initdb(install, stage.data, lean, password=password, user=su)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pgmgr.core import process
-from pgmgr.core.errors import DatabaseException, UsageError, WorkerError
+from pgmgr.core.errors import DatabaseException, UsageError, WorkerError, doing
 from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import STOP_SIGNALS, _child_env, _ids
@@ -68,7 +68,7 @@ def spawn(
 
     fd = open_log(log_file)
     try:
-        with os.fdopen(fd, "ab", closefd=False) as log:
+        with doing("write", log_file), os.fdopen(fd, "ab", closefd=False) as log:
             log.write(f"--- pgmgr: starting {' '.join(argv[:3])} at {time.ctime()}\n".encode())
         uid, gid, groups = _ids(user)
         return subprocess.Popen(

@@ -163,8 +163,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     with doing("create the temporary file"):  # it names the new file, not its directory
         fd, tmp = _new_temp(path)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
+        with doing("write", path), os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -188,6 +188,46 @@ def _new_temp(path: Path) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name next to {path}")
+
+
+#: Room a record needs at least (a few kB; one block of most filesystems): less than this
+#: free, and a write of it fails.
+RECORD_ROOM = 64 * 1024
+
+
+#: The end of the hint of :func:`check_writable` for the state directory.
+STATE_ELSEWHERE = "PGMGR_STATE_DIR chooses another place"
+
+
+def check_writable(directory: Path, action: str, also: str | None = None) -> None:
+    """:raises PgmgrError: files cannot be written in ``directory`` (or, while it does
+    not exist, in the nearest directory above it) now: a read-only filesystem, no write
+    permission, or a full disk. Checked before an operation that would otherwise fail
+    half-way (``action``: what is refused), so that it changes nothing. ``also`` ends
+    the hint. (Only a check: the writes themselves still say why they failed.)"""
+    place = directory
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        st = os.statvfs(place)
+    except OSError as e:
+        code = e.errno or errno.EIO
+    else:
+        free = (st.f_bavail if os.geteuid() else st.f_bfree) * st.f_frsize
+        if st.f_flag & os.ST_RDONLY:
+            code = errno.EROFS
+        elif not os.access(place, os.W_OK | os.X_OK):
+            code = errno.EACCES
+        elif free < RECORD_ROOM or (st.f_files and not st.f_favail):
+            code = errno.ENOSPC
+        else:
+            return
+    hint = "free some space there" if code == errno.ENOSPC else "make it writable"
+    raise PgmgrError(
+        f"cannot {action}: pgmgr cannot write in {place} ({os.strerror(code)}); "
+        "nothing was changed",
+        hint=hint + (f"; {also}" if also else ""),
+    )
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

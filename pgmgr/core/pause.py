@@ -116,6 +116,17 @@ def start_again(srv: Server, tries: int = 3) -> bool:
 
 
 def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
+    """Stop ``srv`` for the block of :func:`paused`.
+
+    :raises PgmgrError: its record cannot be written now (see :func:`paths.check_writable`):
+        the start afterwards records the server, and stops it again if it cannot, so a
+        read-only or full state filesystem would leave it stopped. It is not stopped.
+    """
     if pause.was_running:
+        if srv.register:
+            from pgmgr.core import paths, registry
+
+            action = f"stop '{srv.inst.name}' and start it again"
+            paths.check_writable(registry.instances_dir(), action, paths.STATE_ELSEWHERE)
         pause.stopped_at = time.monotonic()
         srv.stop(mode)

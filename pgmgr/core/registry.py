@@ -356,10 +356,11 @@ def _write_exclusive(path: Path, data: bytes) -> None:
     import tempfile
 
     paths.ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with doing("create the temporary file"):  # it names the new file, not its directory
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with doing("write", path), os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

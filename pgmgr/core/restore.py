@@ -21,6 +21,7 @@ from pgmgr.core import (
     dirpath,
     identity,
     intent,
+    paths,
     pgcontrol,
     server,
     sigguard,
@@ -240,6 +241,9 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
     ):
         meta = load(store, name, srv.inst.name, store.as_user(_survey, store.path))
+        # The copy is swapped in by a rename there: checked before it is made.
+        parent = srv.datadir.parent
+        paths.check_writable(parent, f"restore '{srv.inst.name}'")
         # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
         # (it would share files with the restored one) or the snapshot is of another major.
         rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import server, snapstore, userfs, versions
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
@@ -157,7 +157,8 @@ def record_of(meta: Meta) -> dict[str, Any]:
 def _delete(store: Path, name: str) -> None:
     """Rename out of sight first (atomic), then remove. As the user."""
     doomed = store / snapstore.tmp_name("delete")
-    os.rename(store / name, doomed)
+    with doing("delete", store / name):
+        os.rename(store / name, doomed)
     snapstore.remove_tree(doomed)
 
 

@@ -23,6 +23,7 @@ from pgmgr.core import (
     copy,
     delta,
     dirpath,
+    paths,
     pgcontrol,
     server,
     sigguard,
@@ -36,6 +37,7 @@ from pgmgr.core.snapcatalog import pick_name
 from pgmgr.core.snapstore import Meta
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_HINT = "old snapshots are deleted with 'pgmgr snapshot NAME SNAP --delete'"
 
 
 @dataclass
@@ -306,6 +308,8 @@ def create(
                 f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
             )
         name = pick_name(store, name, srv.inst.name, taken)
+        # Before the server stops: it would not start again on a filesystem gone read-only.
+        paths.check_writable(store.path, f"snapshot '{srv.inst.name}'", _HINT)
         online = online and srv.running() is not None  # stopped: a copy is consistent
         kind = "online" if online else kind
         if online:  # pg_basebackup shares nothing: the whole size must fit

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pgmgr.core import dirpath, testhook, userfs
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.privileges import ServerUser
 
 T = TypeVar("T")
@@ -174,21 +174,14 @@ def _private_subdir(
             made = True
         except FileExistsError:
             pass
-        except OSError as e:  # not "no snapshots": /proc, a read-only filesystem...
-            raise DatabaseException(f"cannot create {where}: {e.strerror}") from None
+        except OSError as e:  # not "no snapshots" (ENOENT under /proc): what failed
+            raise DatabaseException(f"cannot create the directory {where}: {e.strerror}") from None
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise
-        try:
-            why = f"it is {dirpath.kind(os.lstat(name, dir_fd=dir_fd).st_mode)}, not a directory"
-        except OSError:
-            why = f"not a directory ({e.strerror})"
-        raise DatabaseException(
-            f"refusing to use {where}: {why}",
-            hint="remove or rename it; pgmgr keeps snapshots there",
-        ) from None
+        raise _not_usable(dir_fd, name, where, owner, e) from None
     st = os.fstat(fd)
     if made and shared:  # whatever root's umask: each user reaches their own store
         os.fchmod(fd, 0o755)
@@ -217,6 +210,26 @@ def _private_subdir(
             hint="remove it if you did not make it; pgmgr keeps snapshots there",
         )
     return fd
+
+
+def _not_usable(
+    dir_fd: int, name: str, where: Path, owner: tuple[int, int], e: OSError
+) -> DatabaseException:
+    """Why ``name`` under ``dir_fd`` could not be opened as a directory (``e``)."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        return DatabaseException(f"cannot open {where}: {e.strerror}")
+    if not stat.S_ISDIR(st.st_mode):
+        return DatabaseException(
+            f"refusing to use {where}: it is {dirpath.kind(st.st_mode)}, not a directory",
+            hint="remove or rename it; pgmgr keeps snapshots there",
+        )
+    return DatabaseException(  # a directory this user cannot enter (EACCES)
+        f"cannot open {where}: {e.strerror} (owned by uid {st.st_uid} with mode "
+        f"{stat.S_IMODE(st.st_mode):o}; expected uid {owner[0]}, mode 700)",
+        hint="remove it if you did not make it; pgmgr keeps snapshots there",
+    )
 
 
 @contextlib.contextmanager
@@ -291,11 +304,17 @@ def write_meta(snapdir: Path, meta: Meta) -> None:
     tmp = snapdir / f".{META}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, snapdir / META)
+        try:
+            with doing("write", snapdir / META):
+                os.write(fd, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, snapdir / META)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: not left behind
+            os.unlink(tmp)
+        raise
 
 
 def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
@@ -448,16 +467,19 @@ def swap_in(store: Store, staged: str) -> None:
     try:
         if os.environ.get("PGMGR_SWAP") == "rename":  # tests: a filesystem without it
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE disabled by PGMGR_SWAP")
-        exchange(store.fd, staged, store.parent_fd, name)
+        with doing("replace", store.datadir):
+            exchange(store.fd, staged, store.parent_fd, name)
         return
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
     hold = hold_name(staged)
-    os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
+    with doing("replace", store.datadir):
+        os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
     testhook.pause("swap-held")
     try:
-        os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
+        with doing("replace", store.datadir):
+            os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
     except BaseException:
         os.rename(hold, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
         raise

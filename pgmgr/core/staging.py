@@ -147,8 +147,9 @@ class Stage:
                 )
             st = os.fstat(fd)
             self.handed = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-            os.fchown(fd, self.user.uid, self.user.gid)
-            os.fchmod(fd, 0o700)
+            with doing("change the owner of", self.target):
+                os.fchown(fd, self.user.uid, self.user.gid)
+                os.fchmod(fd, 0o700)
         finally:
             os.close(fd)
 

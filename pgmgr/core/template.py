@@ -79,6 +79,8 @@ _VALUED = frozenset(
 _NO_SYNC = frozenset({"-N", "--no-sync"})
 SPARE = ".spare"  # <templates>/u<uid>/<key>.spare: a synced copy ready to be renamed
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Errors of a cache that cannot be written: an init goes on without a template.
+UNUSABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
 #: Where glibc finds compiled locales (``$LOCPATH`` comes first when set).
 LOCALE_DIRS = ("/usr/lib/locale",)
 #: type, database, user, address, then the method (initdb writes no mask column).
@@ -290,7 +292,14 @@ def init_from_template(
 
     fields = key_fields(install, opts, user)
     key = key_of(fields)
-    ufd = open_user_dir(user)
+    try:
+        ufd = open_user_dir(user)
+        with locked(key, exclusive=False):  # its lock file made: a cache that takes none
+            pass
+    except OSError as e:
+        if e.errno not in UNUSABLE:
+            raise
+        return None  # serves no template: initdb it is
     try:
         claimed = spare.claim(key, ufd, fin, opts, user)
         if claimed:
@@ -362,8 +371,18 @@ def _build(
     with the key's lock held exclusively."""
     base = replace(opts, auth="trust", no_sync=True)
     server.initdb(install, Path(fin.data), base, password=None, user=user)
-    paths.write_json_atomic(templates_dir() / f"{key}.json", {**fields, "created_at": time.time()})
-    userfs.as_user(user, _publish, ufd, key, fin, opts.auth)
+    try:
+        info = {**fields, "created_at": time.time()}
+        paths.write_json_atomic(templates_dir() / f"{key}.json", info)
+        userfs.as_user(user, _publish, ufd, key, fin, opts.auth)
+    except OSError as e:
+        if e.errno not in UNUSABLE:
+            raise
+        # The cache cannot keep it (full, read-only): the init goes on without a template.
+        with contextlib.suppress(OSError):
+            os.unlink(templates_dir() / f"{key}.json")
+        userfs.as_user(user, _commit, fin, opts.auth)
+        return
     from pgmgr.core import tplcache
 
     tplcache.prune(fields, keep=key)
@@ -386,6 +405,11 @@ def _publish(ufd: int, key: str, fin: Finish, auth: str) -> None:
         userfs.rmtree_at(ufd, tmp.name)
         raise
     os.fsync(ufd)
+    _commit(fin, auth)
+
+
+def _commit(fin: Finish, auth: str) -> None:
+    """As the server user: the instance's authentication, and the cluster in place."""
     set_hba(fin.data, auth)
     fin.commit(flush=True)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import linked, userfs
+from pgmgr.core.errors import doing
 from pgmgr.core.template import (
     LOCK_TIMEOUT,
     SPARE,
@@ -142,17 +143,19 @@ def _remove(key: str, *, wait: bool) -> bool:
         existed = False
         rfd = os.open(root, _DIR)
         try:
-            for _, ufd in _user_dirs(rfd):
+            for user, ufd in _user_dirs(rfd):
                 for name in os.listdir(ufd):
                     if name in (key, f"{key}{SPARE}") or name.startswith(f".{key}.tmp-"):
                         existed = existed or not name.startswith(".")
                         trash = f".{key}.tmp-trash-{os.getpid()}"
                         # renamed away first: a claim gets all or nothing
-                        os.rename(name, trash, src_dir_fd=ufd, dst_dir_fd=ufd)
-                        userfs.rmtree_at(ufd, trash)
+                        with doing("remove", root / user / name):
+                            os.rename(name, trash, src_dir_fd=ufd, dst_dir_fd=ufd)
+                            userfs.rmtree_at(ufd, trash)
             if _is_dir_at(rfd, key):  # a template of an older pgmgr, root's
                 existed = True
-                userfs.rmtree_at(rfd, key)
+                with doing("remove", root / key):
+                    userfs.rmtree_at(rfd, key)
         finally:
             os.close(rfd)
         with contextlib.suppress(FileNotFoundError):

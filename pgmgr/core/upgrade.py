@@ -132,7 +132,17 @@ def _mkdirs(work: Path, owner: int, base: str) -> str:
     import tempfile
 
     os.mkdir(work, 0o700)
-    return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-", dir=base)
+    testhook.pause("upgrade-workdir")
+    try:
+        return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-", dir=base)
+    except OSError as e:
+        os.rmdir(work)
+        raise DatabaseException(
+            f"cannot create pg_upgrade's socket directory in {base}: "
+            f"{e.strerror}; nothing was changed",
+            hint="the server user must be able to write in the temporary directory "
+            "(TMPDIR chooses another)",
+        ) from None
 
 
 def _remove_socket_dir(path: str) -> None:
@@ -257,8 +267,11 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
-        sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
+        sockdir = None
         try:
+            # In the try: a signal during it is raised as the call returns, the work
+            # directory made (the socket dir's name is the run's: swept once it is gone).
+            sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             newdata = work / "data"
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
             if check:
@@ -266,7 +279,8 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             else:
                 _switch(srv, store, old, new, work, sockdir, method, result)
         finally:
-            store.as_user(_remove_socket_dir, sockdir)
+            if sockdir is not None:
+                store.as_user(_remove_socket_dir, sockdir)
             store.as_user(snapstore.remove_tree, work)
             store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:

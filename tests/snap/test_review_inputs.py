@@ -479,7 +479,7 @@ def test_a_branch_where_its_store_cannot_be_made_is_one_clear_line(inst: Inst) -
     """-d under /proc said "no snapshots of /proc/x" (exit 4); as root, -d in a directory
     the server user cannot reach failed with "Permission denied" after making
     .pgmgr-snapshots there (the server user's)."""
-    _refused(inst, ("branch", "dev", "b", "-d", "/proc/pgmgr-x"), 1, "cannot create /proc/")
+    _refused(inst, ("branch", "dev", "b", "-d", "/proc/pgmgr-x"), 1, "cannot create /proc/pgmgr-x")
     if os.geteuid() == 0:
         private = inst.datadir.parent / "private"
         private.mkdir(mode=0o700)

@@ -89,8 +89,9 @@ def test_said_and_done_ignores_signals(tmp_path: Path) -> None:
     code = (
         "import signal, sys\n"
         "from pgmgr import entry\n"
+        "sys.argv = ['pgmgr', 'snapshot', 'nosuch', 'x']\n"
         "try:\n"
-        "    entry.main(['snapshot', 'nosuch', 'x'])\n"
+        "    entry.main()\n"  # as the console script calls it
         "except SystemExit as e:\n"
         "    print(e.code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN,\n"
         "          signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n"
@@ -100,6 +101,39 @@ def test_said_and_done_ignores_signals(tmp_path: Path) -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stdout.split() == ["4", "True", "True"], proc.stderr
+
+
+IN_PROCESS = """\
+import signal, sys
+from pgmgr import entry
+def mine(signum, frame):
+    pass
+signal.signal(signal.SIGINT, mine)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+for args in (["snapshot", "nosuch", "x"], ["snapshot", "dev", "s1", "-q"]):
+    try:
+        entry.main(args)
+    except SystemExit as e:
+        print(e.code, signal.getsignal(signal.SIGINT) is mine,
+              signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+              signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, entry.COMMAND_PROCESS)
+"""
+
+
+def test_in_process_main_gives_the_callers_handlers_back(inst: Inst) -> None:
+    """Called in-process with arguments (a library caller), the entry point left SIGINT,
+    SIGTERM and SIGHUP ignored for the rest of the caller's process, and every later
+    snapshot's signals held until its exit. Now the caller's handlers are put back, after
+    a failure and after a snapshot (signals held past its point of no return)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **inst.env},
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stdout.splitlines() == ["4 True True True False", "0 True True True False"], (
+        proc.stderr
+    )
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
 
 
 def test_second_signal_after_interrupted_is_ignored(inst: Inst, tmp_path: Path) -> None:

@@ -169,3 +169,20 @@ def test_interrupted_upgrade_changes_nothing(up: Inst, sig: int) -> None:
             up.ok("restore", "up", "pre-upgrade-15", "--yes", "-q")
             up.ok("snapshot", "up", "pre-upgrade-15", "--delete", "-q")
     assert any(c != 0 for c in outcomes), outcomes
+
+
+def test_signal_while_the_work_directory_is_made(up: Inst, scratch: Path) -> None:
+    """A signal while the server user makes the work directory is raised as that call
+    returns: the work directory was made, and left until the next command's sweep."""
+    from tests.pause import Paused
+
+    hooks = scratch / "hooks"
+    hooks.mkdir(mode=0o777)
+    hooks.chmod(0o777)
+    run = Paused(hooks, "upgrade-workdir", "upgrade", "up", "-v", "18", "--yes", env=up.env)
+    run.reached()
+    run.proc.send_signal(signal.SIGTERM)  # held until the server user's work returns
+    done = run.go()
+    assert done.returncode == 130, str(done)
+    assert leftovers(up.store, wait=0) == []
+    assert up.record()["major"] == "15" and up.state() == "running"
