@@ -26,7 +26,6 @@ from pgmgr.core import (
     intent,
     paths,
     pgcontrol,
-    process,
     server,
     sigguard,
     snapshot,
@@ -305,26 +304,18 @@ def _run_pg_upgrade(
         server.free_port("127.0.0.1") if old_port == free else free, sockdir, method, check,
     )  # fmt: skip
     try:
-        tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work)
-    except BaseException as e:
-        # pg_ctl puts the servers pg_upgrade starts in sessions of their own: stop the new
-        # cluster's (the old one's is stopped by the caller's pause) before it is removed.
-        _stop_server_of(newdata)
-        if not isinstance(e, CommandFailed):
-            raise
-
+        # pg_ctl puts the servers pg_upgrade starts in sessions of their own, a postmaster
+        # it has just forked not yet findable through its postmaster.pid: under the
+        # subreaper none of them outlives pg_upgrade (interrupted, it stops them all), so
+        # the old cluster is as the caller's pause left it, and nothing runs on the new one.
+        tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work, reap=True)
+    except CommandFailed as e:
         log = _keep_logs(srv, store, work)
         _undo_link(srv, store, method)
         raise DatabaseException(
             f"pg_upgrade failed: {_reason(e)}; nothing was changed",
             hint=f"pg_upgrade's logs are kept in {log}",
         ) from None
-
-
-def _stop_server_of(datadir: Path) -> None:
-    pf = process.running_postmaster(datadir)
-    if pf is not None:
-        server.stop(pf.pid, datadir, "fast", 60)
 
 
 def _undo_link(srv: Server, store: Store, method: str) -> None:
