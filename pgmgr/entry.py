@@ -239,7 +239,14 @@ def _main(argv: Sequence[str] | None) -> None:
 def _hush() -> None:
     """Interrupted, about to say so: a second signal from here on must not kill the
     process after "Interrupted" (exit -2 instead of 130). Only for the console script,
-    which exits next; a library caller keeps its handlers."""
+    which exits next; a library caller keeps its handlers.
+
+    Also, for everyone: a KeyboardInterrupt that left a string ``exec`` (the one
+    :mod:`dataclasses` makes each method with, in a module imported late) sets a CPython
+    flag that makes ``python -m pgmgr`` kill itself with SIGINT at exit, whatever exit
+    code it asked for (-2 instead of 130). Every string ``exec`` clears it first.
+    """
+    exec("pass", {})  # noqa: S102 - a constant: clears CPython's "unhandled" flag
     if not COMMAND_PROCESS:
         return
     from pgmgr.core import sigguard

@@ -1,6 +1,7 @@
-"""File-system errors of snapshots, restores and branches, driven for real where they can
-be (a read-only bind mount as root, a directory without write permission otherwise, a
-small tmpfs that fills up): one clear line that names what failed, and no half state."""
+"""File-system errors (init, the template cache, snapshots, restores, branches, upgrades),
+driven for real where they can be (a read-only bind mount as root, a directory without
+write permission otherwise, a small tmpfs that fills up; only EIO is mocked): one clear
+line that names what failed, and no half state."""
 
 from __future__ import annotations
 
