@@ -7,7 +7,7 @@ not reach them, and a postmaster pg_ctl has just forked has no ``postmaster.pid`
 it cannot be found through its data directory either. Under this wrapper every process the
 program started, once orphaned, becomes the wrapper's child instead of init's: when the
 program has exited, or the wrapper is told to stop (SIGTERM, SIGINT, SIGHUP, or its parent
-died: its death signal), the wrapper stops the program's process group, then asks each of
+died: its death signal; it then stops the program's process group first), it asks each of
 its remaining children to stop (SIGINT: a postmaster's fast shutdown), SIGKILLs what is left
 after :data:`GRACE` seconds, and reaps them all before it exits with the program's status.
 Only its own children are signalled: their pids cannot be reused before it reaps them.
@@ -47,8 +47,15 @@ class _Stop(Exception):
     pass
 
 
+#: While true, a stop signal raises :class:`_Stop` (once); after, it does nothing: the
+#: clean-up that follows must not be cut short by a second signal.
+_armed = [True]
+
+
 def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop
+    if _armed[0]:
+        _armed[0] = False
+        raise _Stop
 
 
 def _prctl(option: int, value: int) -> None:
@@ -114,23 +121,22 @@ def main(args: list[str]) -> int:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the death signal was set
-            return code
-        proc = subprocess.Popen(
-            command, start_new_session=True, user=_ids(uid), group=_ids(gid), extra_groups=groups
-        )
-        code = proc.wait()
-        if code < 0:
-            code = 128 - code
+            _armed[0] = False
+        else:
+            proc = subprocess.Popen(
+                command, start_new_session=True, user=_ids(uid), group=_ids(gid),
+                extra_groups=groups,
+            )  # fmt: skip
+            code = proc.wait()
+        _armed[0] = False  # from here on, a signal is ignored: the clean-up runs whole
     except _Stop:
-        pass
-    finally:
-        for sig in _STOP:
-            signal.signal(sig, signal.SIG_IGN)
-        if proc is not None:
+        # Not reaped yet, the program's pid still names its group: stop that group (its
+        # children in it, pg_dump say, are not this process's children until it is gone).
+        if proc is not None and proc.returncode is None:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        _reap_all(GRACE)
-    return code
+    _reap_all(GRACE)
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":  # pragma: no cover - runs as its own process
