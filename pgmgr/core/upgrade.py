@@ -316,6 +316,9 @@ def _run_pg_upgrade(
             f"pg_upgrade failed: {_reason(e)}; nothing was changed",
             hint=f"pg_upgrade's logs are kept in {log}",
         ) from None
+    except BaseException:
+        _undo_link(srv, store, method)  # interrupted past --link's rename of pg_control
+        raise
 
 
 def _undo_link(srv: Server, store: Store, method: str) -> None:

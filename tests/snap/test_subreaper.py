@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,36 +88,60 @@ main()
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_upgrade_stops_the_servers_pg_upgrade_started(scratch: Path, sig: int) -> None:
-    up = make(scratch)
+def interrupted_upgrade(up: Inst, scratch: Path, script: str, sig: int, *args: str) -> None:
+    """``pgmgr upgrade`` with ``script`` for pg_upgrade, interrupted once it has done its
+    part; then nothing changed and only the instance's own server runs (started again)."""
+    before, port = facts(up), up.record()["port"]
+    hooks = scratch / "hooks"
+    hooks.mkdir(mode=0o777)
+    hooks.chmod(0o777)
+    fake = scratch / "fake-pg-upgrade"
+    fake.write_text(script)
+    fake.chmod(0o755)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(fake), str(hooks), "upgrade", "up", "-v", "18",
+         "--yes", *args],
+        env={**os.environ, **up.env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # xdist's SIG_IGN
+    )  # fmt: skip
+    wait_for_lock(proc)
+    deadline = time.monotonic() + 60
+    while not (hooks / "reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, (out, err)
+    assert postmasters_under(scratch) == [up.pid()]
+    assert up.state() == "running" and up.record()["major"] == "15"
+    assert up.record()["port"] == port and facts(up) == before
+    assert leftovers(up.store) == []
+
+
+@pytest.fixture
+def up(scratch: Path) -> Iterator[Inst]:
+    it = make(scratch)
     try:
-        before, port = facts(up), up.record()["port"]
-        hooks = scratch / "hooks"
-        hooks.mkdir(mode=0o777)
-        hooks.chmod(0o777)
-        fake = scratch / "fake-pg-upgrade"
-        fake.write_text(FAKE_UPGRADE_SERVERS)
-        fake.chmod(0o755)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, str(fake), str(hooks), "upgrade", "up", "-v", "18",
-             "--yes"],
-            env={**os.environ, **up.env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # xdist's SIG_IGN
-        )  # fmt: skip
-        wait_for_lock(proc)
-        deadline = time.monotonic() + 60
-        while not (hooks / "reached").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 130 and "Traceback" not in err, (out, err)
-        # Only the instance's own server runs, started again by pgmgr; nothing changed.
-        assert postmasters_under(scratch) == [up.pid()]
-        assert up.state() == "running" and up.record()["major"] == "15"
-        assert up.record()["port"] == port and facts(up) == before
-        assert leftovers(up.store) == []
+        yield it
     finally:
-        up.pgmgr("stop", "--all", "-m", "immediate", "-q")
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_upgrade_stops_the_servers_pg_upgrade_started(
+    up: Inst, scratch: Path, sig: int
+) -> None:
+    interrupted_upgrade(up, scratch, FAKE_UPGRADE_SERVERS, sig)
+
+
+# What pg_upgrade --link does before it links the files: disable the old cluster.
+FAKE_LINK = """#!/bin/sh
+mv "$2/global/pg_control" "$2/global/pg_control.old"
+touch "$8/reached"
+exec sleep 120
+"""
+
+
+def test_interrupted_link_upgrade_enables_the_old_cluster_again(up: Inst, scratch: Path) -> None:
+    interrupted_upgrade(up, scratch, FAKE_LINK, signal.SIGTERM, "--method", "link")
