@@ -33,22 +33,50 @@ exec sleep 120
 """
 
 
-def test_interrupted_program_leaves_no_server(scratch: Path) -> None:
+def orphan_maker(scratch: Path) -> tuple[Path, list[str]]:
+    """A stopped cluster's data directory, and the stand-in's command line for it."""
     it = Inst("orphan", scratch / "orphan")
     it.ok("init", "-q", "-d", str(it.datadir), "--name", "orphan", "-v", "15")
     fake = scratch / "fake-pg-upgrade"
     fake.write_text(FAKE_PG_UPGRADE)
     fake.chmod(0o755)
     postgres = versions.select("15").installation.bin("postgres")
-    user = privileges.server_user(it.datadir, None)
-    argv = [str(fake), str(postgres), str(it.datadir), str(server.free_port("127.0.0.1"))]
+    port = str(server.free_port("127.0.0.1"))
+    return it.datadir, [str(fake), str(postgres), str(it.datadir), port]
+
+
+def test_interrupted_program_leaves_no_server(scratch: Path) -> None:
+    datadir, argv = orphan_maker(scratch)
+    user = privileges.server_user(datadir, None)
     t0 = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):  # the interrupt: any exception does
         tools.run(argv, user, timeout=4, reap=True)
     # The postmaster was up (it writes its pid file within ms), now stopped and reaped.
     assert postmasters_under(scratch) == []
-    assert not (it.datadir / "postmaster.pid").exists()  # a fast shutdown, not a SIGKILL
+    assert not (datadir / "postmaster.pid").exists()  # a fast shutdown, not a SIGKILL
     assert time.monotonic() - t0 < 15
+
+
+def test_killed_caller_leaves_no_server(scratch: Path) -> None:
+    """pgmgr killed with SIGKILL: the wrapper's death signal stops what the program started."""
+    datadir, argv = orphan_maker(scratch)
+    code = (
+        "import sys; from pathlib import Path; from pgmgr.core import privileges, tools; "
+        "tools.run(sys.argv[2:], privileges.server_user(Path(sys.argv[1]), None), reap=True)"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", code, str(datadir), *argv])
+    try:
+        deadline = time.monotonic() + 30
+        while not postmasters_under(scratch):
+            assert caller.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 15
+    while postmasters_under(scratch) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert postmasters_under(scratch) == []
 
 
 def test_the_program_status_passes_through() -> None:
