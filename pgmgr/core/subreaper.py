@@ -13,8 +13,8 @@ after :data:`GRACE` seconds, and reaps them all before it exits with the program
 Only its own children are signalled: their pids cannot be reused before it reaps them.
 
 The wrapper runs as pgmgr's own user (root drops to the server user for the program only),
-as ``python -I -S subreaper.py UID GID GROUPS -- ARGV...``: it imports the standard library
-only, so it runs without pgmgr's packages. :func:`argv` builds that command line.
+as ``python -I -S subreaper.py PARENT UID GID GROUPS -- ARGV...``: it imports the standard
+library only, so it runs without pgmgr's packages. :func:`argv` builds that command line.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def argv(
     ids = ["-" if uid is None else str(uid), "-" if gid is None else str(gid)]
     ids.append(",".join(str(g) for g in groups or []) if groups is not None else "-")
     here = os.path.abspath(__file__)
-    return [sys.executable or "python3", "-I", "-S", here, *ids, "--", *command]
+    return [sys.executable or "python3", "-I", "-S", here, str(os.getpid()), *ids, "--", *command]
 
 
 class _Stop(Exception):
@@ -109,10 +109,9 @@ def _ids(text: str) -> int | None:
 def main(args: list[str]) -> int:
     import subprocess
 
-    uid, gid, groups_text, sep, *command = args
-    assert sep == "--" and command, "usage: subreaper.py UID GID GROUPS -- ARGV..."
+    parent, uid, gid, groups_text, sep, *command = args
+    assert sep == "--" and command, "usage: subreaper.py PARENT UID GID GROUPS -- ARGV..."
     groups = None if groups_text == "-" else [int(g) for g in groups_text.split(",") if g]
-    parent = os.getppid()
     for sig in _STOP:
         signal.signal(sig, _raise_stop)
     code = 128 + signal.SIGTERM
@@ -120,7 +119,7 @@ def main(args: list[str]) -> int:
     try:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the death signal was set
+        if os.getppid() != int(parent):  # it died before the death signal was set
             _armed[0] = False
         else:
             proc = subprocess.Popen(
