@@ -119,34 +119,6 @@ def forced_method() -> str | None:
     return value
 
 
-def clones(directory: Path, sample: Path) -> bool:
-    """Whether a copy into ``directory`` of ``sample`` (a regular file on the same
-    filesystem) is a ``FICLONE`` that moves no data: one clone into an unnamed file
-    (``O_TMPFILE``), gone with its descriptor. False where the filesystem, or
-    ``PGMGR_COPY_METHOD``, says otherwise."""
-    if forced_method() not in (None, "reflink"):
-        return False
-    import fcntl
-
-    try:
-        fin = os.open(sample, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fout = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-    except OSError:
-        os.close(fin)
-        return False
-    try:
-        fcntl.ioctl(fout, FICLONE, fin)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fout)
-        os.close(fin)
-
-
 def copy_tree(
     src: str | Path | int,
     dst: str | Path,

@@ -181,16 +181,10 @@ def _identify_staged(
 
 def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
     """The index of ``snapdir`` if at least half the snapshot's bytes still match it in
-    ``datadir`` (running), or if the filesystem clones files (reflink: copying the changed
-    ones back moves no data, whatever their size); else None: a full copy, made while
-    the server runs, costs less downtime than copying most of the snapshot once it is
-    stopped. As the user."""
+    ``datadir`` (running); else None: a full copy, made while the server runs, costs less
+    downtime than copying most of the snapshot once it is stopped. As the user."""
     index = delta.load(snapdir)
-    if index is None:
-        return None
-    if copy.clones(snapdir, snapdir / snapstore.DATA / "PG_VERSION"):
-        return index
-    if 2 * delta.kept_bytes(index, datadir) < meta.size:
+    if index is None or 2 * delta.kept_bytes(index, datadir) < meta.size:
         return None
     return index
 

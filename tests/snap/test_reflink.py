@@ -56,35 +56,3 @@ def test_branch_by_reflink_diverges(xinst: Inst) -> None:
     assert out["method"] == "reflink"
     xinst.ok("start", "xfeat2", "-q")
     assert xinst.sql("SELECT count(*) FROM t", "xfeat2") == "1001"
-
-
-def test_restore_after_most_bytes_changed_goes_by_difference(xinst: Inst) -> None:
-    """On a filesystem that clones, a restore copies only the changed files back even when
-    they are most of the bytes (a clone moves no data); elsewhere (ext4) that case is a
-    full copy made while the server runs (test_snapdiff)."""
-    from pgmgr.core import copy
-
-    xinst.sql("CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad "
-              "FROM generate_series(1, 40000) g; CHECKPOINT")  # fmt: skip
-    xinst.ok("snapshot", "xdev", "s1", "-q")
-    sample = xinst.store / "s1" / "data" / "PG_VERSION"
-    assert copy.clones(xinst.store / "s1", sample)
-    xinst.sql("UPDATE big SET pad = repeat('y', 200); DELETE FROM t; CHECKPOINT")
-    out = json.loads(xinst.ok("restore", "xdev", "s1", "--yes", "--json").stdout)
-    meta = json.loads((xinst.store / "s1" / "snapshot.json").read_text())
-    assert out["copied_bytes"] > meta["size"] // 2, (out, meta["size"])  # most changed
-    assert out["unchanged_files"] > 0, out  # and still by difference
-    assert xinst.sql("SELECT count(*) FROM t") == "1000"
-    assert xinst.sql("SELECT count(*) FROM big WHERE pad LIKE 'x%'") == "40000"
-    assert leftovers(xinst.store) == []
-
-
-def test_clones_is_false_without_reflink(tmp_path: Path) -> None:
-    """The probe on this machine's ordinary filesystem (ext4 or tmpfs: no FICLONE), and
-    with PGMGR_COPY_METHOD forcing another method on any filesystem."""
-    from pgmgr.core import copy
-
-    sample = tmp_path / "f"
-    sample.write_bytes(b"x" * 4096)
-    assert copy.clones(tmp_path, sample) is False
-    assert copy.clones(tmp_path, tmp_path / "missing") is False
