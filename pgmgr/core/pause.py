@@ -54,6 +54,24 @@ def paused(srv: Server, *, stop: bool = True, mode: str = "fast") -> Iterator[Pa
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def done_then(what: str, name: str) -> Iterator[list[bool]]:
+    """Around :func:`paused`, for work that completes before the server is ready (see
+    :func:`spawn_again`): the block appends True once its work is complete; a start that
+    fails after that says the work is done, so that the error does not read as if nothing
+    happened ("postgres exited during start-up" after a snapshot was named)."""
+    from pgmgr.core.errors import PgmgrError
+
+    done: list[bool] = []
+    try:
+        yield done
+    except PgmgrError as e:
+        if done:
+            e.message = f"{what}, but '{name}' did not start again: {e.message}"
+            e.hint = e.hint or f"fix the problem, then run 'pgmgr start {name}'"
+        raise
+
+
 def resume(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now (instead of at the end of :func:`paused`), or wait for the
     start :func:`spawn_again` began. The caller holds signals (sigguard.shielded)."""

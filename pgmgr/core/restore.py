@@ -30,7 +30,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
-from pgmgr.core.pause import paused, resume, spawn_again
+from pgmgr.core.pause import done_then, paused, resume, spawn_again
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name, record_of
 from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
@@ -261,7 +261,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
             control: delta.Stamp | None = None
-            with paused(srv, mode=mode) as pause:
+            said = f"'{srv.inst.name}' was restored to {name!r}"
+            with done_then(said, srv.inst.name) as restored, paused(srv, mode=mode) as pause:
                 if index is not None:
                     stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")
@@ -276,6 +277,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     _not_started(srv)
                     replaced = _switch(srv, store, it, staging, snapdir)
                     swapped = pause.done = True
+                    restored.append(True)
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()

@@ -32,7 +32,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
-from pgmgr.core.pause import paused, spawn_again
+from pgmgr.core.pause import done_then, paused, spawn_again
 from pgmgr.core.snapcatalog import pick_name
 from pgmgr.core.snapstore import Meta
 
@@ -317,7 +317,8 @@ def create(
         _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}")
         staging = store.entry(snapstore.tmp_name("snap"))
         try:
-            with paused(srv, stop=not online) as pause:
+            said = f"snapshot {name!r} of '{srv.inst.name}' was taken"
+            with done_then(said, srv.inst.name) as named, paused(srv, stop=not online) as pause:
                 shared_with = None
                 if online:
                     from pgmgr.core import basebackup
@@ -335,12 +336,14 @@ def create(
                         # refuse its start ("could not write lock file": left stopped).
                         store.as_user(snapstore.remove_tree, staging)
                         raise
+                    testhook.pause("snapshot-copied")
                     spawn_again(srv, pause)  # copied: naming it overlaps the start
                 meta = meta_for(srv, name, sysid, kind, stats)
                 with sigguard.shielded():  # named: complete, whatever arrives now
                     store.as_user(_finish, staging, store.entry(name), meta)
                     sigguard.commit()  # taken: it says so, whatever arrives until it has
                     pause.done = True
+                    named.append(True)
         except BaseException:
             store.as_user(snapstore.remove_tree, staging)
             raise

@@ -1,0 +1,94 @@
+"""Review of the start overlapping the end of a snapshot or restore (spawn_again): a start
+that fails once the work is complete, signals in the overlap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.snap.conftest import Inst, leftovers
+
+
+def held(inst: Inst, hooks: Path, step: str, *args: str) -> subprocess.Popen[str]:
+    (hooks / step).touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", *args],
+        env={**os.environ, **inst.env, "PGMGR_TEST_PAUSE": str(hooks)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while not (hooks / f"{step}.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    return proc
+
+
+def go(proc: subprocess.Popen[str], hooks: Path, step: str) -> tuple[int, str]:
+    (hooks / f"{step}.go").touch()
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    return proc.returncode, out + err
+
+
+WHAT_SNAP = "Error: snapshot 's1' of 'dev' was taken, but 'dev' did not start again: "
+WHAT_RESTORE = "Error: 'dev' was restored to 'base', but 'dev' did not start again: "
+
+
+def hooks_dir(tmp_path: Path) -> Path:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    return hooks
+
+
+def test_snapshot_start_fails_after_copy(inst: Inst, tmp_path: Path) -> None:
+    """The server cannot start again once the snapshot is copied (postgresql.conf broken
+    meanwhile): the snapshot is named while postgres starts, so the error says it was
+    taken (it said only "postgres exited during start-up", as if nothing had been done)."""
+    hooks = hooks_dir(tmp_path)
+    conf = inst.datadir / "postgresql.conf"
+    good = conf.read_text()
+    proc = held(inst, hooks, "snapshot-copied", "snapshot", "dev", "s1")
+    try:
+        conf.write_text(good + "\nshared_buffers = 'bogus'\n")
+        code, said = go(proc, hooks, "snapshot-copied")
+    finally:
+        conf.write_text(good)
+    assert code == 1, said
+    assert said.startswith(WHAT_SNAP), said
+    assert 'shared_buffers' in said and "pgmgr start dev" in said, said
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert inst.state() == "stopped"
+    assert leftovers(inst.store) == []
+    inst.ok("start", "dev", "-q")
+
+
+def test_restore_start_fails_after_swap(inst: Inst, tmp_path: Path) -> None:
+    """Likewise once a restore has swapped the directories: it says it restored."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    hooks = hooks_dir(tmp_path)
+    conf = inst.datadir / "postgresql.conf"
+    proc = held(inst, hooks, "restore-completed", "restore", "dev", "base", "--yes")
+    good = conf.read_text()
+    try:
+        conf.write_text(good + "\nshared_buffers = 'bogus'\n")
+        code, said = go(proc, hooks, "restore-completed")
+    finally:
+        conf.write_text(good)
+    assert code == 1, said
+    assert said.startswith(WHAT_RESTORE), said
+    assert 'shared_buffers' in said and "pgmgr start dev" in said, said
+    assert [s["snapshot"] for s in inst.snaps()] == ["base"]
+    assert inst.state() == "stopped"
+    assert leftovers(inst.store) == []
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
