@@ -64,7 +64,7 @@ def test_snapshot_start_fails_after_copy(inst: Inst, tmp_path: Path) -> None:
         conf.write_text(good)
     assert code == 1, said
     assert said.startswith(WHAT_SNAP), said
-    assert 'shared_buffers' in said and "pgmgr start dev" in said, said
+    assert "shared_buffers" in said and "pgmgr start dev" in said, said
     assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
     assert inst.state() == "stopped"
     assert leftovers(inst.store) == []
@@ -86,7 +86,7 @@ def test_restore_start_fails_after_swap(inst: Inst, tmp_path: Path) -> None:
         conf.write_text(good)
     assert code == 1, said
     assert said.startswith(WHAT_RESTORE), said
-    assert 'shared_buffers' in said and "pgmgr start dev" in said, said
+    assert "shared_buffers" in said and "pgmgr start dev" in said, said
     assert [s["snapshot"] for s in inst.snaps()] == ["base"]
     assert inst.state() == "stopped"
     assert leftovers(inst.store) == []
