@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import sigguard
+from pgmgr.core import sigguard, testhook
 from pgmgr.core.instance import Server
 
 
@@ -96,6 +96,7 @@ def spawn_again(srv: Server, pause: Pause) -> None:
         srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
         srv.start(wait=False)
         pause.spawned = True
+        testhook.pause("spawned")
     if got and not pause.done:
         raise KeyboardInterrupt
 

@@ -216,6 +216,7 @@ def _spread(snapdir: Path) -> None:
     it rewrites the indexes of up to 8 snapshots (seconds for a data directory of 100,000
     files), and needs no stopped server (their stamps are those taken before the start;
     a file written since no longer matches them). As the user."""
+    testhook.pause("restore-spreading")
     index = delta.load(snapdir)
     if index is not None and index.own:
         with contextlib.suppress(OSError):

@@ -227,6 +227,7 @@ def _finish(staging: Path, final: Path, meta: Meta) -> None:
     snapstore.seal(staging / snapstore.DATA)
     snapstore.write_meta(staging, meta)
     copy.sync_fs(staging)
+    testhook.pause("snapshot-naming")
     if final.exists():
         raise DatabaseException(f"snapshot {final.name!r} appeared meanwhile")
     os.rename(staging, final)

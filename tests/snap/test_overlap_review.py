@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.snap.conftest import Inst, leftovers
 
 
@@ -42,8 +44,9 @@ WHAT_SNAP = "Error: snapshot 's1' of 'dev' was taken, but 'dev' did not start ag
 WHAT_RESTORE = "Error: 'dev' was restored to 'base', but 'dev' did not start again: "
 
 
-def hooks_dir(tmp_path: Path) -> Path:
-    hooks = tmp_path / "hooks"
+def hooks_dir(inst: Inst) -> Path:
+    """Next to the data directory: reachable by the server user (pauses as_user)."""
+    hooks = inst.datadir.parent / "hooks"
     hooks.mkdir()
     hooks.chmod(0o777)
     return hooks
@@ -53,7 +56,7 @@ def test_snapshot_start_fails_after_copy(inst: Inst, tmp_path: Path) -> None:
     """The server cannot start again once the snapshot is copied (postgresql.conf broken
     meanwhile): the snapshot is named while postgres starts, so the error says it was
     taken (it said only "postgres exited during start-up", as if nothing had been done)."""
-    hooks = hooks_dir(tmp_path)
+    hooks = hooks_dir(inst)
     conf = inst.datadir / "postgresql.conf"
     good = conf.read_text()
     proc = held(inst, hooks, "snapshot-copied", "snapshot", "dev", "s1")
@@ -75,7 +78,7 @@ def test_restore_start_fails_after_swap(inst: Inst, tmp_path: Path) -> None:
     """Likewise once a restore has swapped the directories: it says it restored."""
     inst.ok("snapshot", "dev", "base", "-q")
     inst.sql("TRUNCATE t")
-    hooks = hooks_dir(tmp_path)
+    hooks = hooks_dir(inst)
     conf = inst.datadir / "postgresql.conf"
     proc = held(inst, hooks, "restore-completed", "restore", "dev", "base", "--yes")
     good = conf.read_text()
@@ -92,3 +95,56 @@ def test_restore_start_fails_after_swap(inst: Inst, tmp_path: Path) -> None:
     assert leftovers(inst.store) == []
     inst.ok("start", "dev", "-q")
     assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+@pytest.mark.parametrize(
+    ("step", "sig", "code", "said"),
+    [
+        ("spawned", signal.SIGINT, 130, "Interrupted"),
+        ("snapshot-naming", signal.SIGTERM, 0, "Snapshot 's1' of 'dev' taken"),
+    ],
+)
+def test_snapshot_signal_in_overlap(
+    inst: Inst, tmp_path: Path, step: str, sig: int, code: int, said: str
+) -> None:
+    hooks = hooks_dir(inst)
+    proc = held(inst, hooks, step, "snapshot", "dev", "s1")
+    proc.send_signal(sig)
+    time.sleep(0.2)
+    got, out = go(proc, hooks, step)
+    assert (got, out.splitlines()[0][: len(said)]) == (code, said), out
+    assert [s["snapshot"] for s in inst.snaps()] == (["s1"] if code == 0 else [])
+    assert inst.state() == "running"
+    assert leftovers(inst.store) == []
+
+
+@pytest.mark.parametrize(
+    ("step", "sig"), [("spawned", signal.SIGINT), ("restore-spreading", signal.SIGTERM)]
+)
+def test_restore_signal_in_overlap(inst: Inst, tmp_path: Path, step: str, sig: int) -> None:
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    hooks = hooks_dir(inst)
+    proc = held(inst, hooks, step, "restore", "dev", "base", "--yes")
+    proc.send_signal(sig)
+    time.sleep(0.2)
+    got, out = go(proc, hooks, step)
+    assert got == 0 and out.startswith("Restored 'dev' to 'base'"), out
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert leftovers(inst.store) == []
+
+
+def test_restore_killed_in_overlap(inst: Inst, tmp_path: Path) -> None:
+    """SIGKILL while postgres starts after a restore's swap: the server runs on the
+    restored state, and the next command sweeps the replaced directory."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    inst.sql("TRUNCATE t")
+    hooks = hooks_dir(inst)
+    proc = held(inst, hooks, "restore-spreading", "restore", "dev", "base", "--yes")
+    proc.kill()
+    proc.communicate()
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    inst.ok("snapshot", "dev", "after", "-q")
+    assert leftovers(inst.store) == []
