@@ -12,6 +12,7 @@ Every function expects the caller to hold the instance's lock (``registry.lock``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Container
@@ -30,7 +31,7 @@ from pgmgr.core import (
     snapstore,
     testhook,
 )
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import done_then, paused, spawn_again
 from pgmgr.core.snapcatalog import pick_name
@@ -338,7 +339,11 @@ def create(
                         store.as_user(snapstore.remove_tree, staging)
                         raise
                     testhook.pause("snapshot-copied")
-                    spawn_again(srv, pause)  # copied: naming it overlaps the start
+                    # Copied: naming it overlaps the start. A start refused before postgres
+                    # runs (port taken) is tried again at the end of paused(), and that
+                    # failure says the snapshot was taken, as one after the spawn does.
+                    with contextlib.suppress(PgmgrError):
+                        spawn_again(srv, pause)
                 meta = meta_for(srv, name, sysid, kind, stats)
                 with sigguard.shielded():  # named: complete, whatever arrives now
                     store.as_user(_finish, staging, store.entry(name), meta)

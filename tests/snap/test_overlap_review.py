@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,3 +149,23 @@ def test_restore_killed_in_overlap(inst: Inst, tmp_path: Path) -> None:
     assert inst.sql("SELECT count(*) FROM t") == "1000"
     inst.ok("snapshot", "dev", "after", "-q")
     assert leftovers(inst.store) == []
+
+
+def test_snapshot_port_taken_after_copy(inst: Inst) -> None:
+    """The port taken while the copy runs: the start is refused before postgres runs, the
+    snapshot is complete all the same. It was thrown away then, while a port taken a
+    moment later (postgres exits: "already in use") left it taken: now both keep it and
+    say so."""
+    hooks = hooks_dir(inst)
+    port = int(inst.record()["port"])
+    proc = held(inst, hooks, "snapshot-copied", "snapshot", "dev", "s1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        code, said = go(proc, hooks, "snapshot-copied")
+    assert code == 1, said
+    assert said.startswith(WHAT_SNAP) and f"port {port} " in said, said
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert inst.state() == "stopped"
+    assert leftovers(inst.store) == []
+    inst.ok("start", "dev", "-q")
