@@ -39,7 +39,7 @@ from pgmgr.core import (
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
-from pgmgr.core.pause import paused, resume
+from pgmgr.core.pause import done_then, paused, resume
 from pgmgr.core.snapcatalog import taken_names
 from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
@@ -347,7 +347,8 @@ def _switch(
     if snap_name in taken_names(store):
         snap_name += "-" + snapstore.default_name(set())
     meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
-    with paused(srv) as pause:
+    said = f"'{srv.inst.name}' was upgraded to PostgreSQL {new.major}"
+    with done_then(said, srv.inst.name) as upgraded, paused(srv) as pause:
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
             stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
@@ -380,6 +381,7 @@ def _switch(
                 intent.discard(srv, store)
                 raise
             sigguard.commit()  # swapped: the upgrade completes and says so
+            upgraded.append(True)
             testhook.pause("upgrade-swapped")
             gone = intent.complete(srv, store)
             try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_upgrade import make
 
 
 def held(inst: Inst, hooks: Path, step: str, *args: str) -> subprocess.Popen[str]:
@@ -169,3 +170,26 @@ def test_snapshot_port_taken_after_copy(inst: Inst) -> None:
     assert inst.state() == "stopped"
     assert leftovers(inst.store) == []
     inst.ok("start", "dev", "-q")
+
+
+def test_upgrade_start_fails_after_swap(scratch: Path) -> None:
+    """An upgrade whose server cannot start once swapped (postgresql.conf broken at that
+    moment) says it upgraded: it said only "postgres exited during start-up"."""
+    up = make(scratch)
+    try:
+        hooks = scratch / "hooks"
+        hooks.mkdir()
+        hooks.chmod(0o777)
+        step = "upgrade-swapped"
+        proc = held(up, hooks, step, "upgrade", "up", "-v", "18", "--yes")
+        conf = up.datadir / "postgresql.conf"
+        conf.write_text(conf.read_text() + "\nshared_buffers = 'bogus'\n")
+        code, said = go(proc, hooks, step)
+        assert code == 1, said
+        what = "Error: 'up' was upgraded to PostgreSQL 18, but 'up' did not start again: "
+        assert said.startswith(what) and "shared_buffers" in said, said
+        assert up.record()["major"] == "18"
+        assert up.state() == "stopped"
+        assert leftovers(up.store) == []
+    finally:
+        up.pgmgr("stop", "up", "-m", "immediate", "-q")
