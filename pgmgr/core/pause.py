@@ -107,6 +107,7 @@ def await_spawned(srv: Server) -> bool:
     problem is raised there). True if a Ctrl-C cancelled a start meanwhile."""
     from pgmgr.core.errors import WorkerError
 
+    testhook.pause("awaiting-spawned")
     try:
         srv.ready_wait()
     except WorkerError:

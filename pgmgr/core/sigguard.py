@@ -77,12 +77,20 @@ def shielded() -> Iterator[list[int]]:
     """Past the point of no return (a swap, the record and the restart that go with it):
     SIGINT/SIGTERM/SIGHUP are only recorded in the yielded list, so the operation
     completes and says so; the caller decides what a recorded signal still means.
-    After :func:`commit` inside the block, its handlers stay when it ends."""
+    After :func:`commit` inside the block, its handlers stay when it ends. Entered after
+    :func:`commit` (the wait for a server started again), it holds a signal for after the
+    committed work as well, or a library caller would never get it."""
     got: list[int] = []
     if not _main_thread():
         yield got
         return
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in SIGNALS}
+
+    def _record(signum: int, frame: object) -> None:
+        got.append(signum)
+        if _State.committed:  # held for after the committed work too (see commit())
+            _State.received.append(signum)
+
+    old = {s: signal.signal(s, _record) for s in SIGNALS}
     try:
         yield got
     finally:

@@ -193,3 +193,55 @@ def test_upgrade_start_fails_after_swap(scratch: Path) -> None:
         assert leftovers(up.store) == []
     finally:
         up.pgmgr("stop", "up", "-m", "immediate", "-q")
+
+
+@pytest.mark.parametrize("op", ["snapshot", "restore"])
+def test_library_signal_while_the_server_starts(
+    inst: Inst, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
+    """In-process (a library caller): a SIGTERM while the server starts again after the
+    snapshot was named / the restore swapped reaches the caller's handler once the work
+    is complete, as create and restore document. It was recorded by the shielded wait
+    for the spawned start, and dropped: the caller's Ctrl-C did nothing."""
+    import threading
+
+    from pgmgr.actions import resolve
+    from pgmgr.core import restore, snapshot, testhook
+
+    if op == "restore":
+        inst.ok("snapshot", "dev", "base", "-q")
+        inst.sql("TRUNCATE t")
+    step = "awaiting-spawned"
+    monkeypatch.setattr(testhook, "_DIR", str(tmp_path))
+    (tmp_path / step).touch()
+
+    def signal_then_go() -> None:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / f"{step}.reached").exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        (tmp_path / f"{step}.go").touch()
+
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    helper = threading.Thread(target=signal_then_go)
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if op == "restore":
+                restore.restore(resolve("dev", None), "base")
+            else:
+                snapshot.create(resolve("dev", None), "s1")
+    finally:
+        (tmp_path / f"{step}.go").touch()
+        helper.join()
+        signal.signal(signal.SIGTERM, old)
+    assert signal.getsignal(signal.SIGTERM) is old
+    assert inst.state() == "running"
+    if op == "restore":
+        assert inst.sql("SELECT count(*) FROM t") == "1000"
+    else:
+        assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert leftovers(inst.store) == []
