@@ -104,6 +104,7 @@ def test_restore_start_fails_after_swap(inst: Inst, tmp_path: Path) -> None:
     [
         ("spawned", signal.SIGINT, 130, "Interrupted"),
         ("snapshot-naming", signal.SIGTERM, 0, "Snapshot 's1' of 'dev' taken"),
+        ("awaiting-spawned", signal.SIGINT, 0, "Snapshot 's1' of 'dev' taken"),
     ],
 )
 def test_snapshot_signal_in_overlap(
