@@ -246,3 +246,21 @@ def test_library_signal_while_the_server_starts(
     else:
         assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
     assert leftovers(inst.store) == []
+
+
+def test_snapshot_killed_in_overlap(inst: Inst) -> None:
+    """SIGKILL while the snapshot is named and postgres starts: the server runs (its
+    record saved at the spawn), no snapshot, and the next command sweeps the copy."""
+    hooks = hooks_dir(inst)
+    proc = held(inst, hooks, "snapshot-naming", "snapshot", "dev", "s1")
+    proc.kill()
+    proc.communicate()
+    deadline = time.monotonic() + 10
+    while inst.state() != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert [s["snapshot"] for s in inst.snaps()] == []
+    inst.ok("snapshot", "dev", "s2", "-q")
+    assert [s["snapshot"] for s in inst.snaps()] == ["s2"]
+    assert leftovers(inst.store) == []
