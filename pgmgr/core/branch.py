@@ -40,7 +40,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException, PortInUse, UsageError, doing
 from pgmgr.core.instance import Server, new_password
-from pgmgr.core.pause import Pause, paused, spawn_again, stop_now
+from pgmgr.core.pause import Pause, done_then, paused, spawn_again, stop_now
 from pgmgr.core.registry import Instance
 
 
@@ -255,12 +255,14 @@ def _branch(
                 _sweep_abandoned(tstore, name)
             # A source stopped for the copy starts again while the branch is put in place
             # and started (both start-ups overlap); the end of the block waits for it.
-            with paused(src, stop=False) as pause:
+            said = f"branch '{new}' of '{src.inst.name}' was made"
+            with done_then(said, src.inst.name) as made, paused(src, stop=False) as pause:
                 with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
                     stats, major = _copy_branch(src, snap, tstore, pause)
                 inst = new_record(src, new, target, port, major)
                 srv = Server(inst)
                 _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
+                made.append(True)
         except BaseException:
             snapstore.drop_if_empty(tstore)  # no branch: no store of it either
             raise

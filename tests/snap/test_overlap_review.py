@@ -264,3 +264,27 @@ def test_snapshot_killed_in_overlap(inst: Inst) -> None:
     inst.ok("snapshot", "dev", "s2", "-q")
     assert [s["snapshot"] for s in inst.snaps()] == ["s2"]
     assert leftovers(inst.store) == []
+
+
+def test_branch_source_start_fails_after_copy(inst: Inst) -> None:
+    """The source cannot start again after the branch's copy (its postgresql.conf broken
+    meanwhile) while the branch is made and started: the error says the branch was made."""
+    hooks = hooks_dir(inst)
+    conf = inst.datadir / "postgresql.conf"
+    good = conf.read_text()
+    target = str(inst.datadir.parent / "feat")
+    proc = held(inst, hooks, "branch-copied", "branch", "dev", "feat", "-d", target, "-p", "auto")
+    try:
+        conf.write_text(good + "\nshared_buffers = 'bogus'\n")
+        code, said = go(proc, hooks, "branch-copied")
+    finally:
+        conf.write_text(good)
+    try:
+        assert code == 1, said
+        what = "Error: branch 'feat' of 'dev' was made, but 'dev' did not start again: "
+        assert said.startswith(what) and "shared_buffers" in said, said
+        assert inst.state("feat") == "running"
+        assert inst.state() == "stopped"
+    finally:
+        inst.pgmgr("stop", "feat", "-m", "immediate", "-q")
+    inst.ok("start", "dev", "-q")
