@@ -198,12 +198,22 @@ def _drop_orphaned_segments() -> None:
     made before every running postgres started: a live server's pinned segments (a
     standby's statistics area, say) are mapped by no process, and deleting them made its
     next connections fail ("could not open shared memory segment"), in other sessions too."""
+    deadline = time.monotonic() + 3
+    while _drop_segments_once() and time.monotonic() < deadline:
+        # A killed server's backends may still be exiting (they map its segments, and
+        # count as running postgres): those segments can go once they are gone.
+        time.sleep(0.2)
+
+
+def _drop_segments_once() -> set[str]:
+    """One pass of :func:`_drop_orphaned_segments`; the run's segments it had to keep."""
     new = _dsm_segments() - _dsm_before
     oldest = _oldest_postgres_start()
     for name in new - _mapped_segments():
         with contextlib.suppress(OSError):
             if os.stat(_DSM / name).st_mtime < oldest - 1:
                 os.unlink(_DSM / name)
+    return _dsm_segments() - _dsm_before
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
