@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core.errors import doing
+from pgmgr.core import diskio
 
 INDEX = "index.json"
 FORMAT = 1
@@ -128,18 +128,7 @@ def save(snapdir: Path, index: Index) -> None:
     tmp = snapdir / f".{INDEX}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):  # left by a killed run of the same pid
         os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            with doing("write", snapdir / INDEX):
-                os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(tmp, snapdir / INDEX)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk: not left behind
-            os.unlink(tmp)
-        raise
+    diskio.write_new(snapdir / INDEX, tmp, data)
 
 
 def load(snapdir: Path) -> Index | None:

@@ -11,7 +11,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, doing
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -90,3 +90,23 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_new(target: Path, tmp: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Put ``data`` at ``target`` atomically: written to the new file ``tmp`` (exclusive,
+    never through a symlink), then renamed over ``target``. On failure (a full disk)
+    ``tmp`` is not left behind, and the error names ``target``."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            with doing("write", target):
+                os.write(fd, data)
+                if fsync:
+                    os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import dirpath, testhook, userfs
+from pgmgr.core import dirpath, diskio, testhook, userfs
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.privileges import ServerUser
 
@@ -301,20 +301,8 @@ def read_meta(snapdir: Path) -> Meta:
 
 def write_meta(snapdir: Path, meta: Meta) -> None:
     """Atomically (temp name, fsync, rename). Runs as the store's owner."""
-    tmp = snapdir / f".{META}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            with doing("write", snapdir / META):
-                os.write(fd, (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, snapdir / META)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk: not left behind
-            os.unlink(tmp)
-        raise
+    data = (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+    diskio.write_new(snapdir / META, snapdir / f".{META}.{secrets.token_hex(4)}", data, fsync=True)
 
 
 def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:

@@ -7,32 +7,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_signal_after_commit import paused_run as held
 from tests.snap.test_upgrade import make
-
-
-def held(inst: Inst, hooks: Path, step: str, *args: str) -> subprocess.Popen[str]:
-    (hooks / step).touch()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgmgr", *args],
-        env={**os.environ, **inst.env, "PGMGR_TEST_PAUSE": str(hooks)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    deadline = time.monotonic() + 120
-    while not (hooks / f"{step}.reached").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    return proc
 
 
 def go(proc: subprocess.Popen[str], hooks: Path, step: str) -> tuple[int, str]:
