@@ -36,19 +36,26 @@ def hooks_dir(inst: Inst) -> Path:
     return hooks
 
 
+def go_with_broken_conf(
+    conf: Path, proc: subprocess.Popen[str], hooks: Path, step: str
+) -> tuple[int, str]:
+    """:func:`go` with a ``postgresql.conf`` that stops the server's start (put back after)."""
+    good = conf.read_text()
+    try:
+        conf.write_text(good + "\nshared_buffers = 'bogus'\n")
+        return go(proc, hooks, step)
+    finally:
+        conf.write_text(good)
+
+
 def test_snapshot_start_fails_after_copy(inst: Inst, tmp_path: Path) -> None:
     """The server cannot start again once the snapshot is copied (postgresql.conf broken
     meanwhile): the snapshot is named while postgres starts, so the error says it was
     taken (it said only "postgres exited during start-up", as if nothing had been done)."""
     hooks = hooks_dir(inst)
     conf = inst.datadir / "postgresql.conf"
-    good = conf.read_text()
     proc = held(inst, hooks, "snapshot-copied", "snapshot", "dev", "s1")
-    try:
-        conf.write_text(good + "\nshared_buffers = 'bogus'\n")
-        code, said = go(proc, hooks, "snapshot-copied")
-    finally:
-        conf.write_text(good)
+    code, said = go_with_broken_conf(conf, proc, hooks, "snapshot-copied")
     assert code == 1, said
     assert said.startswith(WHAT_SNAP), said
     assert "shared_buffers" in said and "pgmgr start dev" in said, said
@@ -65,12 +72,7 @@ def test_restore_start_fails_after_swap(inst: Inst, tmp_path: Path) -> None:
     hooks = hooks_dir(inst)
     conf = inst.datadir / "postgresql.conf"
     proc = held(inst, hooks, "restore-completed", "restore", "dev", "base", "--yes")
-    good = conf.read_text()
-    try:
-        conf.write_text(good + "\nshared_buffers = 'bogus'\n")
-        code, said = go(proc, hooks, "restore-completed")
-    finally:
-        conf.write_text(good)
+    code, said = go_with_broken_conf(conf, proc, hooks, "restore-completed")
     assert code == 1, said
     assert said.startswith(WHAT_RESTORE), said
     assert "shared_buffers" in said and "pgmgr start dev" in said, said
