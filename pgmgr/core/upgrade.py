@@ -14,8 +14,10 @@ interrupt removes the new cluster and starts the old server again if it was runn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, paused, resume
 from pgmgr.core.snapcatalog import taken_names
-from pgmgr.core.snapstore import Store
+from pgmgr.core.snapstore import Meta, Store
 from pgmgr.core.versions import Installation
 
 #: Where the pre-upgrade snapshot is assembled (a work name: swept if pgmgr is killed).
@@ -323,15 +325,8 @@ def _run_pg_upgrade(
 
 def _undo_link(srv: Server, store: Store, method: str) -> None:
     """A failed ``--link`` upgrade may have disabled the old cluster: enable it again."""
-    if method != "link":
-        return
-
-    def undo(datadir: Path) -> None:
-        old, cur = datadir / "global" / "pg_control.old", datadir / "global" / "pg_control"
-        if old.exists() and not cur.exists():
-            os.rename(old, cur)
-
-    store.as_user(undo, srv.datadir)
+    if method == "link":
+        store.as_user(intent.undo_link, srv.datadir)
 
 
 def _switch(
@@ -353,42 +348,78 @@ def _switch(
         if method == "link":  # the old files will be shared: keep a real copy first
             stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
-        _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
-        # Checked before the old files are carried over: the new postgres reads them too.
-        auto = store.as_user(_auto_settings, srv.datadir)
-        rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
-        store.as_user(_carry, srv.datadir, newdata, set(rejected))
-        new_id = store.as_user(intent.identify, newdata)
-        meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
-        if meta.size == 0:
-            meta.size = store.as_user(copy.tree_size, srv.datadir)
-        store.as_user(copy.sync_fs, store.path)
-        settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
-        record: dict[str, Any] = {
-            "major": new.major, "version": new.version, "bindir": str(new.bindir)
-        }  # fmt: skip
-        held = intent.held_name("upgrade")
-        source = intent.held_name("keep") if method == "link" else held
-        record["settings"] = settings
-        it = intent.Intent("upgrade", new_id, record, held, snap_name, source, meta.to_dict())
-        with sigguard.shielded():
-            intent.begin(srv, it)
-            try:
-                store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)
-                testhook.pause("upgrade-switching")
-                snapstore.swap_in(store, it.old)
-            except BaseException:
-                intent.discard(srv, store)
-                raise
-            sigguard.commit()  # swapped: the upgrade completes and says so
-            upgraded.append(True)
-            testhook.pause("upgrade-swapped")
-            gone = intent.complete(srv, store)
-            try:
-                resume(srv, pause)
-            finally:  # not before: freeing its blocks competes with the start
-                intent.remove(store, gone)
+        with _link_undone_if_killed(srv, store, newdata, method):
+            _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
+            testhook.pause("upgrade-ran")
+            it, rejected = _intent(srv, store, new, newdata, method, meta)
+            with sigguard.shielded():
+                intent.begin(srv, it)  # replaces the one that undoes --link after a kill
+                try:
+                    store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)
+                    testhook.pause("upgrade-switching")
+                    snapstore.swap_in(store, it.old)
+                except BaseException:
+                    intent.discard(srv, store)
+                    raise
+                sigguard.commit()  # swapped: the upgrade completes and says so
+                upgraded.append(True)
+                testhook.pause("upgrade-swapped")
+                gone = intent.complete(srv, store)
+                try:
+                    resume(srv, pause)
+                finally:  # not before: freeing its blocks competes with the start
+                    intent.remove(store, gone)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
+
+
+@contextlib.contextmanager
+def _link_undone_if_killed(srv: Server, store: Store, newdata: Path, method: str) -> Iterator[None]:
+    """With ``--method link``: an intent that switches nothing, from before pg_upgrade
+    disables the old cluster (renames its ``pg_control``) until the block replaces it with
+    the switch's own. Killed meanwhile, the next command settles it by discarding it,
+    which enables the old cluster again (:func:`intent.discard`); it failed with "could
+    not open file global/pg_control" until the user found pg_control.old. The block
+    failing or interrupted: discarded here, before the old server starts again."""
+    if method != "link":
+        yield
+        return
+    undo = intent.Intent("upgrade", store.as_user(intent.identify, newdata), {},
+                         intent.held_name("upgrade"))  # fmt: skip
+    try:
+        with sigguard.shielded():
+            intent.begin(srv, undo)
+        yield
+    except BaseException:
+        if srv.inst.intent == undo.to_dict():  # not yet replaced by the switch's
+            with sigguard.shielded():
+                intent.discard(srv, store)
+        raise
+
+
+def _intent(
+    srv: Server, store: Store, new: Installation, newdata: Path, method: str, meta: Meta
+) -> tuple[intent.Intent, list[str]]:
+    """Carry the settings over to the upgraded ``newdata`` and make the switch's intent
+    (see :mod:`pgmgr.core.intent`); with the settings the new major rejects."""
+    # Checked before the old files are carried over: the new postgres reads them too.
+    auto = store.as_user(_auto_settings, srv.datadir)
+    rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
+    store.as_user(_carry, srv.datadir, newdata, set(rejected))
+    new_id = store.as_user(intent.identify, newdata)
+    meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
+    if meta.size == 0:
+        meta.size = store.as_user(copy.tree_size, srv.datadir)
+    store.as_user(copy.sync_fs, store.path)
+    settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
+    record: dict[str, Any] = {
+        "major": new.major, "version": new.version, "bindir": str(new.bindir),
+        "settings": settings,
+    }  # fmt: skip
+    held = intent.held_name("upgrade")
+    source = intent.held_name("keep") if method == "link" else held
+    return intent.Intent(
+        "upgrade", new_id, record, held, meta.name, source, meta.to_dict()
+    ), rejected
 
 
 def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None:
