@@ -1,0 +1,43 @@
+"""Two commands at once on one instance, each waiting for the other at the worst moment
+(the test-only pauses of pgmgr.core.testhook): what the second one does must take what the
+first one did into account."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.helpers import pgmgr_argv
+from tests.pause import Paused, ok
+from tests.snap.conftest import Inst
+from tests.snap.test_delta import hooks_dir
+from tests.snap.test_interrupt import wait_for_lock
+
+
+def waiting(inst: Inst, *args: str) -> subprocess.Popen[str]:
+    """``pgmgr ARGS`` started, once it waits for the instance's lock."""
+    proc = subprocess.Popen(
+        pgmgr_argv(*args), env={**os.environ, **inst.env}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for_lock(proc)
+    return proc
+
+
+def test_destroy_with_snapshots_takes_the_snapshot_it_waited_for(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """destroy counted the snapshots before it waited for the lock: with --with-snapshots
+    it left the one a snapshot then took (unlisted: its instance is gone) and said
+    nothing; without, it did not say it kept it."""
+    taking = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1",
+                    env=inst.env)  # fmt: skip
+    taking.reached()
+    destroy = waiting(inst, "destroy", "dev", "--yes", "--with-snapshots", "--json")
+    ok(taking.go())
+    out, err = destroy.communicate(timeout=60)
+    assert destroy.returncode == 0, err
+    assert json.loads(out)["snapshots_removed"] == 1
+    assert not inst.store.exists()
