@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import server, snapstore, userfs, versions
+from pgmgr.core import server, snapstore, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -189,9 +189,10 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
             if os.fstat(store.top_fd).st_uid == os.geteuid():
                 # The top is ours (as root: shared by server users; see snapstore): renamed
                 # out of sight and removed through fds, never following a symlink.
-                doomed = snapstore.tmp_name("delete")
+                doomed = snapstore.doomed_name()
                 os.rename(store.path.name, doomed, src_dir_fd=store.top_fd,
                           dst_dir_fd=store.top_fd)  # fmt: skip
+                testhook.pause("destroy-snapshots-renamed")
                 userfs.rmtree_at(store.top_fd, doomed)
             else:
                 store.as_user(_delete, store.path.parent, store.path.name)
