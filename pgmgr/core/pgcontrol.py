@@ -43,6 +43,34 @@ _CRC_SPAN = range(240, 400, 4)
 _TABLE: list[int] = []
 
 
+def _crc_offset(control: bytes) -> int | None:
+    """The offset of the struct's ``crc`` field in ``control``: see :func:`intact`."""
+    table, crc = _table(), 0xFFFFFFFF
+    for n in range(min(len(control) - 3, _CRC_SPAN.stop)):
+        if n in _CRC_SPAN and crc ^ 0xFFFFFFFF == int.from_bytes(control[n : n + 4], "little"):
+            return n
+        crc = table[(crc ^ control[n]) & 0xFF] ^ (crc >> 8)
+    return None
+
+
+def _crc32c(data: bytes) -> int:
+    table, crc = _table(), 0xFFFFFFFF
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _table() -> list[int]:
+    """CRC-32C (Castagnoli, reflected), as PostgreSQL's ``pg_crc32c``: made on first use."""
+    if not _TABLE:
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            _TABLE.append(c)
+    return _TABLE
+
+
 def intact(control: bytes) -> bool:
     """Whether ``control`` (the start of a ``pg_control`` file) holds a whole struct whose
     CRC-32C matches, as PostgreSQL checks at start-up: the CRC of the bytes before the
@@ -50,18 +78,55 @@ def intact(control: bytes) -> bool:
     4-byte-aligned offset of :data:`_CRC_SPAN` is tried (a damaged file matching at one
     by chance: about 1 in 10**8). A file damaged after the struct (zero padding) passes,
     as it does for PostgreSQL."""
-    if not _TABLE:
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-            _TABLE.append(c)
-    table, crc = _TABLE, 0xFFFFFFFF
-    for n in range(min(len(control) - 3, _CRC_SPAN.stop)):
-        if n in _CRC_SPAN and crc ^ 0xFFFFFFFF == int.from_bytes(control[n : n + 4], "little"):
-            return True
-        crc = table[(crc ^ control[n]) & 0xFF] ^ (crc >> 8)
-    return False
+    return _crc_offset(control) is not None
+
+
+#: ``XLogLongPageHeaderData``: ``xlp_info`` at byte 2 (``XLP_LONG_HEADER``: 0x0002), the
+#: system identifier at 24; the first page of every WAL segment has one.
+_XLP_LONG_HEADER = 0x0002
+_XLP_SYSID = 24
+
+
+def new_identity(datadir: Path, *, sync: bool) -> int:
+    """Give the cleanly shut-down ``datadir``, a copy of a template, a system identifier of
+    its own, as initdb would have (the time in the high 32 bits, here random low ones):
+    in ``global/pg_control`` (its CRC recomputed) and in the long header of each WAL
+    segment that carries the old one (PostgreSQL checks they match). Nothing else holds
+    it. WAL first, ``pg_control`` last; the caller commits the directory only afterwards.
+    With ``sync``, both are fsynced. As the server user. Returns the new identifier.
+
+    :raises ValueError: ``pg_control`` is damaged or the cluster was not shut down cleanly.
+    """
+    import secrets
+    import time
+
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK
+    control = _read(datadir, _FILE_SIZE)
+    at = _crc_offset(control)
+    if at is None or int.from_bytes(control[16:20], "little") not in _CLEAN_STATES:
+        raise ValueError("global/pg_control is damaged or not of a clean shutdown")
+    old = control[:8]
+    new = ((int(time.time()) << 32) | secrets.randbits(32)).to_bytes(8, "little")
+    wal = datadir / "pg_wal"
+    for name in sorted(n for n in os.listdir(wal) if _SEGMENT_RE.match(n)):
+        fd = os.open(wal / name, flags)
+        try:
+            head = os.pread(fd, _XLP_SYSID + 8, 0)
+            if len(head) > _XLP_SYSID and head[2] & _XLP_LONG_HEADER and head[_XLP_SYSID:] == old:
+                os.pwrite(fd, new, _XLP_SYSID)
+                if sync:
+                    os.fsync(fd)
+        finally:
+            os.close(fd)
+    body = new + control[8:at]
+    fd = os.open(datadir / "global" / "pg_control", flags)
+    try:
+        os.pwrite(fd, body + _crc32c(body).to_bytes(4, "little"), 0)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return int.from_bytes(new, "little")
 
 
 #: ``DBState`` values of a cluster shut down cleanly (``DB_SHUTDOWNED``, ``..._IN_RECOVERY``).
