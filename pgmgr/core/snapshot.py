@@ -200,7 +200,10 @@ def _copy_identified(
     index.own = delta.mine(staging / snapstore.DATA)
     if delta.settle(index, src):
         delta.save(staging, index)
-    sysid = pgcontrol.system_identifier(staging / snapstore.DATA)
+    try:
+        sysid = pgcontrol.system_identifier(staging / snapstore.DATA, verify=True)
+    except ValueError as e:  # the instance's own: PostgreSQL would not start on it either
+        raise DatabaseException(f"cannot snapshot {src}: {e}; nothing was changed") from None
     return stats, sysid, base.data.parent.name if base and stats.linked else None
 
 
@@ -242,8 +245,10 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
     try:
-        sysid = pgcontrol.system_identifier(data)
-    except (OSError, ValueError) as e:  # missing, truncated, a FIFO...
+        sysid = pgcontrol.system_identifier(data, verify=True)
+    except ValueError as e:  # truncated, damaged
+        return f"its {e}"
+    except OSError as e:  # missing, a FIFO...
         return f"its global/pg_control is unreadable ({e})"
     if sysid != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
