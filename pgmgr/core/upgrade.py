@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -151,15 +152,24 @@ def _remove_socket_dir(path: str) -> None:
 
 
 def _read_logs(work: Path) -> str:
-    """pg_upgrade's logs under ``work`` (its cwd and the new cluster's output dir)."""
+    """pg_upgrade's logs under ``work`` (its cwd and the new cluster's output dir): regular
+    files only, never a FIFO (the open blocked for ever) nor a symlink. As the user."""
     parts = []
     for root, _dirs, files in os.walk(work):
         if os.path.basename(root) == "base":
             continue
         for name in sorted(files):
-            if name.endswith((".log", ".txt")):
-                with open(os.path.join(root, name), errors="replace") as f:
-                    parts.append(f"==> {os.path.join(root, name)} <==\n{f.read(1 << 20)}")
+            path = os.path.join(root, name)
+            if not name.endswith((".log", ".txt")):
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as f:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    text = f.read(1 << 20).decode(errors="replace")
+                    parts.append(f"==> {path} <==\n{text}")
     return "\n".join(parts)
 
 
@@ -175,8 +185,13 @@ def _reason(e: CommandFailed) -> str:
     lines = [ln.strip() for ln in e.stderr.splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
     for i, line in enumerate(lines):
-        if line.endswith("fatal") and i + 1 < len(lines):
-            return lines[i + 1]
+        # "Checking ...  fatal" (PostgreSQL 15), "... failed check: Checking ..." (18),
+        # then a heading ("Data type checks failed:") or the reason itself. Not the last
+        # line: it names a file in the work directory, which is gone by then.
+        if line.endswith("fatal") or "failed check:" in line:
+            said = [ln for ln in lines[i + 1 :] if not ln.endswith(":")]
+            if said:
+                return said[0].rstrip(".")
     return lines[-1] if lines else f"exit code {e.returncode}"
 
 
