@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        store.as_user(_spread, snapdir)
+                        _optional(store, _spread, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
@@ -341,8 +342,17 @@ def _switch(
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
-    store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    _optional(store, _reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
     return gone
+
+
+def _optional(store: Store, fn: Callable[..., None], *args: Any) -> None:
+    """``fn`` as the server user, for the next restore by difference only: the restore is
+    complete, so the process doing it dying (the OOM killer, a kill -9) must not make it
+    look failed ("restored, but did not start again", exit 1, while the server started).
+    The next restore copies more instead."""
+    with contextlib.suppress(DatabaseException):
+        store.as_user(fn, *args)
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
