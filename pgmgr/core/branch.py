@@ -356,7 +356,7 @@ def _copy_branch(
         if snap is None:
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
             size = tstore.as_user(copy.tree_size, src.datadir)
-            snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
+            snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
             stop_now(src, pause)
             stats = tstore.as_user(_copy_own, src.datadir, staging)
             testhook.pause("branch-copied")
@@ -365,7 +365,7 @@ def _copy_branch(
             gone = snapcatalog.missing(src.inst.name, snap)
             with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
                 origin, size, major = _snapshot_source(src, snap, sstore)
-                snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
+                snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", origin)
                 stats = tstore.as_user(_copy_own, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
     except BaseException:
