@@ -28,7 +28,7 @@ from pgmgr.core import (
     snapstore,
     testhook,
 )
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, paused, resume, spawn_again
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name, record_of
@@ -197,6 +197,7 @@ def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
     everything. The index also records the snapshot's copy as it is (the restored
     directory holds its bytes), for snapshots that share files with it (:func:`_spread`,
     once the server runs again)."""
+    testhook.pause("restore-reindexing")
     try:
         if old is not None:
             delta.unlink_shared(old)
@@ -341,7 +342,11 @@ def _switch(
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
-    store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    try:
+        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    except PgmgrError:  # its process died: restored all the same, the next one copies all
+        with contextlib.suppress(PgmgrError, OSError):
+            store.as_user(delta.drop, snapdir)
     return gone
 
 
