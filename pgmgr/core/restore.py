@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from pgmgr.core import (
     snapstore,
     testhook,
 )
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, paused, resume, spawn_again
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name, record_of
@@ -198,6 +197,7 @@ def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
     everything. The index also records the snapshot's copy as it is (the restored
     directory holds its bytes), for snapshots that share files with it (:func:`_spread`,
     once the server runs again)."""
+    testhook.pause("restore-reindexing")
     try:
         if old is not None:
             delta.unlink_shared(old)
@@ -251,8 +251,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)
         record = record_of(meta) if rollback else {}
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
-        snapstore.check_space(store, meta.size, f"restoring {name!r}")
         snapdir = store.entry(name)
+        snapstore.check_space(store, meta.size, f"restoring {name!r}", snapdir)
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
@@ -284,7 +284,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        _optional(store, _spread, snapdir)
+                        _spread_optional(store, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
@@ -342,17 +342,22 @@ def _switch(
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
-    _optional(store, _reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    try:
+        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    except PgmgrError:  # its process died: restored all the same, the next one copies all
+        with contextlib.suppress(PgmgrError, OSError):
+            store.as_user(delta.drop, snapdir)
     return gone
 
 
-def _optional(store: Store, fn: Callable[..., None], *args: Any) -> None:
-    """``fn`` as the server user, for the next restore by difference only: the restore is
-    complete, so the process doing it dying (the OOM killer, a kill -9) must not make it
-    look failed ("restored, but did not start again", exit 1, while the server started).
-    The next restore copies more instead."""
-    with contextlib.suppress(DatabaseException):
-        store.as_user(fn, *args)
+def _spread_optional(store: Store, snapdir: Path) -> None:
+    """:func:`_spread` as the server user, only for later restores by difference: the
+    restore is complete, so the process doing it dying (the OOM killer, a kill -9) must
+    not make it look failed ("restored, but did not start again", exit 1, while the
+    server started). The snapshots sharing files keep their old stamps: a later snapshot
+    shares less with them."""
+    with contextlib.suppress(PgmgrError):
+        store.as_user(_spread, snapdir)
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:

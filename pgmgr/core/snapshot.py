@@ -175,13 +175,15 @@ def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
 
 
 def _check_space(
-    store: snapstore.Store, datadir: Path, earlier: list[str], size: int, what: str
-) -> None:
+    store: snapstore.Store, datadir: Path, earlier: list[str], size: int, what: str,
+    online: bool,
+) -> None:  # fmt: skip
     """:func:`snapstore.check_space` for a new snapshot of ``size`` bytes, less what it
-    would share with an earlier one (only worked out when the disk is short)."""
+    would share with an earlier one (only worked out when the disk is short); a copy by
+    clones asks less (``online``: pg_basebackup writes every byte)."""
     if earlier and snapstore.free_bytes(store.fd) < size:
         size -= store.as_user(_shared, store.path, datadir, earlier)
-    snapstore.check_space(store, size, what)
+    snapstore.check_space(store, size, what, None if online else datadir)
 
 
 def _copy_identified(
@@ -321,7 +323,7 @@ def create(
         kind = "online" if online else kind
         if online:  # pg_basebackup shares nothing: the whole size must fit
             earlier = []
-        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}")
+        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
         staging = store.entry(snapstore.tmp_name("snap"))
         try:
             said = f"snapshot {name!r} of '{srv.inst.name}' was taken"
