@@ -251,7 +251,7 @@ def _branch(
     src: Server, new: str, target: Path, *, snap: str | None, port: int | str | None,
     start: bool, t0: float,
 ) -> BranchResult:  # fmt: skip
-    with snapstore.opened(target, src.user()) as tstore:
+    with snapstore.opened(target, src.user(), exclusive=True) as tstore:
         try:
             for name in tstore.as_user(_sweep, tstore.path):
                 _sweep_abandoned(tstore, name)

@@ -240,7 +240,9 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
     gone = missing(srv.inst.name, name)
     with (
         sigguard.interruptible(),
-        snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
+        snapstore.opened(
+            srv.datadir, srv.user(), create=False, missing=gone, exclusive=True
+        ) as store,
     ):
         meta = load(store, name, srv.inst.name, store.as_user(_survey, store.path))
         # The copy is swapped in by a rename there: checked before it is made.

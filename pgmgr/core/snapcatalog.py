@@ -169,7 +169,9 @@ def delete(srv: Server, name: str) -> Meta:
     """
     snapstore.check_snap_name(name)
     gone = missing(srv.inst.name, name)
-    with snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store:
+    with snapstore.opened(
+        srv.datadir, srv.user(), create=False, missing=gone, exclusive=True
+    ) as store:
         store.as_user(snapstore.sweep, store.path)
         try:
             meta = load(store, name, srv.inst.name)
@@ -184,7 +186,7 @@ def delete(srv: Server, name: str) -> Meta:
 def delete_all(datadir: Path, user: ServerUser | None) -> int:
     """Remove every snapshot of ``datadir`` (``destroy --with-snapshots``); how many."""
     try:
-        with snapstore.opened(datadir, user, create=False) as store:
+        with snapstore.opened(datadir, user, create=False, exclusive=True) as store:
             count = len(store.as_user(snapstore.list_metas, store.path))
             if os.fstat(store.top_fd).st_uid == os.geteuid():
                 # The top is ours (as root: shared by server users; see snapstore): renamed

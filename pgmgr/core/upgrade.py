@@ -275,7 +275,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     opts = probe(srv)
     su = srv.user()
-    with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
+    with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         store.as_user(snapstore.sweep, store.path)
         if not check:
             size = store.as_user(copy.tree_size, srv.datadir)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
-from tests.helpers import pgmgr_argv
+from tests.helpers import pgmgr_argv, run_pgmgr
 from tests.pause import Paused, ok
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
@@ -41,3 +42,29 @@ def test_destroy_with_snapshots_takes_the_snapshot_it_waited_for(
     assert destroy.returncode == 0, err
     assert json.loads(out)["snapshots_removed"] == 1
     assert not inst.store.exists()
+
+
+def test_two_registries_of_one_data_directory_wait_for_each_other(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """The instance's lock is in the state directory of whoever runs pgmgr: root and the
+    server user who both registered one data directory did not wait for each other, and
+    one's sweep of the shared snapshot store removed the other's snapshot under way
+    ("Error: No such file or directory: .../.tmp-snap-*/.snapshot.json.*"). Two state
+    directories of one user are the same case."""
+    inst.ok("stop", "dev", "-q")  # the other record does not know the port it runs on
+    other = {**inst.env, "PGMGR_STATE_DIR": str(ops_dir / "other-state")}
+    ok(run_pgmgr("init", "-q", "-d", str(inst.datadir), "--name", "again", env=other))
+    taking = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1",
+                    env=inst.env)  # fmt: skip
+    taking.reached()
+    second = subprocess.Popen(
+        pgmgr_argv("snapshot", "again", "s2"), env={**os.environ, **other},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)  # it waits (it sweeps and copies in ~0.3 s)
+    ok(taking.go())
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert sorted(str(s["snapshot"]) for s in inst.snaps()) == ["s1", "s2"]
+    assert inst.state() == "stopped"
