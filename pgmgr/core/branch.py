@@ -289,9 +289,13 @@ def _sweep(store: Path) -> list[str]:
 
 
 def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
-    """Remove the staged copy of a branch into ``name`` if none runs (its lock is free)."""
-    with registry.try_lock(tstore.path.parent.parent / name) as free:
-        if free:
+    """Remove the staged copy of a branch into ``name`` if none runs: its lock is free, and
+    so is its store (a branch by the pgmgr of another user, whose locks are its own)."""
+    with (
+        registry.try_lock(tstore.path.parent.parent / name) as free,
+        snapstore.held_if_free(tstore.top_fd, name) as idle,
+    ):
+        if free and idle:
             staged = tstore.path.parent / name / (snapstore.TMP + "branch")
             tstore.as_user(snapstore.remove_tree, staged)
 

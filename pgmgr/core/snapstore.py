@@ -281,6 +281,22 @@ def opened(
             os.close(fd)
 
 
+@contextlib.contextmanager
+def held_if_free(top_fd: int, name: str) -> Iterator[bool]:
+    """Hold store ``name`` of the top directory ``top_fd`` (as :func:`opened` with
+    ``exclusive`` does) if no pgmgr holds it now: whether it is held."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=top_fd)  # fmt: skip
+    except OSError:
+        fd = -1
+    try:
+        yield fd >= 0 and paths.flock_fd(fd, exclusive=True, timeout=0, busy="")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def drop_if_empty(store: Store) -> None:
     """Remove ``store`` if it holds nothing: that of a branch that failed, or of an
     instance destroyed without snapshots (they piled up, one per name ever used)."""

@@ -68,3 +68,23 @@ def test_two_registries_of_one_data_directory_wait_for_each_other(
     assert second.returncode == 0, err
     assert sorted(str(s["snapshot"]) for s in inst.snaps()) == ["s1", "s2"]
     assert inst.state() == "stopped"
+
+
+def test_a_branch_under_way_in_another_registry_is_not_swept(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """A branch sweeps the staged copies that killed branches left beside its own store,
+    those whose instance lock is free: the lock of its own user, so it removed the copy of
+    a branch under way by the pgmgr of another user (or state directory)."""
+    inst.ok("stop", "dev", "-q")
+    other = {**inst.env, "PGMGR_STATE_DIR": str(ops_dir / "other-state")}
+    ok(run_pgmgr("init", "-q", "-d", str(inst.datadir), "--name", "again", env=other))
+    making = Paused(hooks_dir(tmp_path), "branch-copied", "branch", "dev", "k", env=inst.env)
+    making.reached()
+    ok(run_pgmgr("branch", "again", "b2", "-q", env=other))
+    ok(making.go())
+    inst.ok("start", "k", "-q")  # made from a stopped source: not started
+    try:
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+    finally:
+        inst.ok("stop", "k", "-q")
