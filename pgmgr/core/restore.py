@@ -216,7 +216,8 @@ def _spread(snapdir: Path) -> None:
     """:func:`delta.spread` of the index :func:`_reindex` saved. After the server started:
     it rewrites the indexes of up to 8 snapshots (seconds for a data directory of 100,000
     files), and needs no stopped server (their stamps are those taken before the start;
-    a file written since no longer matches them). As the user."""
+    a file written since no longer matches them). Optional: a snapshot whose index was
+    not updated copies the files whose stamps changed. As the user."""
     testhook.pause("restore-spreading")
     index = delta.load(snapdir)
     if index is not None and index.own:
@@ -284,7 +285,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        store.as_user(_spread, snapdir)
+                        with contextlib.suppress(PgmgrError):  # optional: see _spread
+                            store.as_user(_spread, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
