@@ -278,9 +278,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    replaced = _switch(srv, store, it, staging, snapdir)
+                    replaced = _switch(srv, store, it, staging, snapdir, restored)
                     swapped = pause.done = True
-                    restored.append(True)
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
@@ -327,12 +326,14 @@ def _stage_stopped(
 
 
 def _switch(
-    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path
-) -> list[str]:
+    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path,
+    restored: list[bool],
+) -> list[str]:  # fmt: skip
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
-    :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
-    difference, before the server starts. Returns the replaced directory's work entry,
-    to remove once the server runs (:func:`intent.remove`). Signals held by the caller."""
+    :mod:`pgmgr.core.intent`), and mark it ``restored`` (what fails from here says it was);
+    then index the restored directory for the next restore by difference, before the
+    server starts. Returns the replaced directory's work entry, to remove once the server
+    runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.as_user(os.rename, staging, store.entry(it.old))
@@ -341,6 +342,7 @@ def _switch(
         intent.discard(srv, store)
         raise
     sigguard.commit()  # swapped: the restore completes and says so, whatever arrives
+    restored.append(True)
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
