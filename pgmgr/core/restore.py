@@ -216,7 +216,8 @@ def _spread(snapdir: Path) -> None:
     """:func:`delta.spread` of the index :func:`_reindex` saved. After the server started:
     it rewrites the indexes of up to 8 snapshots (seconds for a data directory of 100,000
     files), and needs no stopped server (their stamps are those taken before the start;
-    a file written since no longer matches them). As the user."""
+    a file written since no longer matches them). Optional: a snapshot whose index was
+    not updated copies the files whose stamps changed. As the user."""
     testhook.pause("restore-spreading")
     index = delta.load(snapdir)
     if index is not None and index.own:
@@ -279,14 +280,14 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    replaced = _switch(srv, store, it, staging, snapdir)
+                    replaced = _switch(srv, store, it, staging, snapdir, restored)
                     swapped = pause.done = True
-                    restored.append(True)
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        _spread_optional(store, snapdir)
+                        with contextlib.suppress(PgmgrError):  # optional: see _spread
+                            store.as_user(_spread, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
@@ -327,12 +328,14 @@ def _stage_stopped(
 
 
 def _switch(
-    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path
-) -> list[str]:
+    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path,
+    restored: list[bool],
+) -> list[str]:  # fmt: skip
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
-    :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
-    difference, before the server starts. Returns the replaced directory's work entry,
-    to remove once the server runs (:func:`intent.remove`). Signals held by the caller."""
+    :mod:`pgmgr.core.intent`), and mark it ``restored`` (what fails from here says it was);
+    then index the restored directory for the next restore by difference, before the
+    server starts. Returns the replaced directory's work entry, to remove once the server
+    runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.as_user(os.rename, staging, store.entry(it.old))
@@ -341,6 +344,7 @@ def _switch(
         intent.discard(srv, store)
         raise
     sigguard.commit()  # swapped: the restore completes and says so, whatever arrives
+    restored.append(True)
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
@@ -350,16 +354,6 @@ def _switch(
         with contextlib.suppress(PgmgrError, OSError):
             store.as_user(delta.drop, snapdir)
     return gone
-
-
-def _spread_optional(store: Store, snapdir: Path) -> None:
-    """:func:`_spread` as the server user, only for later restores by difference: the
-    restore is complete, so the process doing it dying (the OOM killer, a kill -9) must
-    not make it look failed ("restored, but did not start again", exit 1, while the
-    server started). The snapshots sharing files keep their old stamps: a later snapshot
-    shares less with them."""
-    with contextlib.suppress(PgmgrError):
-        store.as_user(_spread, snapdir)
 
 
 def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import server, snapstore, testhook, userfs, versions
+from pgmgr.core import pgcontrol, server, snapstore, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -77,7 +77,7 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
     """The snapshots in ``srv``'s store, oldest first (unreadable ones say why)."""
     try:
         with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
-            entries = store.as_user(snapstore.list_metas, store.path)
+            entries, current = store.as_user(_listing, store.path, srv.datadir)
     except SnapshotNotFound:
         return []
     out = []
@@ -87,6 +87,12 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
             out.append(SnapshotInfo(srv.inst.name, name, None, None, None, None, path, why))
             continue
         problem = None if meta.datadir == srv.inst.datadir else f"taken of {meta.datadir}"
+        if (
+            problem is None
+            and meta.major == srv.inst.major  # else restore says which major it is
+            and current not in (None, meta.system_identifier, meta.upgraded_to)
+        ):  # a destroyed instance's, kept; the data directory was made anew since
+            problem = f"of another cluster (system identifier {meta.system_identifier})"
         out.append(
             SnapshotInfo(
                 srv.inst.name, name, meta.created, meta.size, meta.version, meta.kind, path, problem
@@ -94,6 +100,16 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
         )
     out.sort(key=lambda s: (s.created or 0, s.snapshot))
     return out
+
+
+def _listing(store: Path, datadir: Path) -> tuple[Listing, str | None]:
+    """:func:`snapstore.list_metas`, and the system identifier of ``datadir`` now (None if
+    unreadable). As the server user."""
+    try:
+        current: str | None = pgcontrol.system_identifier(datadir)
+    except (OSError, ValueError):
+        current = None
+    return snapstore.list_metas(store), current
 
 
 def missing(instance: str, name: str) -> str:

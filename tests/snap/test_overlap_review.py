@@ -317,18 +317,22 @@ def test_library_signal_while_the_snapshot_is_named(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user that work runs in pgmgr's "
                     "own process: there is no separate process to die")  # fmt: skip
-def test_restore_reindex_process_dies(inst: Inst) -> None:
-    """The process (as the server user) that indexes the restored directory after the swap
-    dies (here killed): the restore was complete, but the command failed with "a pgmgr
+@pytest.mark.parametrize("step", ["restore-reindexing", "restore-spreading"])
+def test_restore_reindex_process_dies(inst: Inst, step: str) -> None:
+    """The process (as the server user) that indexes the restored directory after the swap,
+    or hands its stamps to the snapshots sharing files while the server starts, dies (here
+    killed): the restore was complete, but the command failed with "a pgmgr
     process working as 'postgres' died without answer" and never said it was restored.
     Now it says so, the server runs, and the next restore, without that index, copies and
     is right."""
     inst.ok("snapshot", "dev", "base", "-q")
     inst.sql("TRUNCATE t")
     hooks = hooks_dir(inst)
-    proc = held(inst, hooks, "restore-reindexing", "restore", "dev", "base", "--yes")
-    os.kill(int((hooks / "restore-reindexing.reached").read_text()), signal.SIGKILL)
-    code, out = go(proc, hooks, "restore-reindexing")
+    if step == "restore-spreading":  # a snapshot sharing files with 'base': its index
+        inst.ok("snapshot", "dev", "other", "-q")
+    proc = held(inst, hooks, step, "restore", "dev", "base", "--yes")
+    os.kill(int((hooks / f"{step}.reached").read_text()), signal.SIGKILL)
+    code, out = go(proc, hooks, step)
     assert code == 0 and "Restored 'dev' to 'base'" in out, out
     assert inst.state() == "running" and inst.sql("SELECT count(*) FROM t") == "1000"
     inst.sql("DELETE FROM t WHERE x > 10")

@@ -17,12 +17,18 @@ from tests.snap.test_review_inputs import _refused
 
 
 def _flip(path: Path, offset: int) -> None:
-    """One bit of ``path`` changed in place (its owner, size and mode kept)."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)[0]
-        f.seek(offset)
-        f.write(bytes([byte ^ 0x10]))
+    """One bit of ``path`` changed in place (its owner, size and mode kept: a snapshot's
+    pg_control is read-only, which stops its owner, not root)."""
+    mode = path.stat().st_mode & 0o777
+    path.chmod(mode | 0o200)
+    try:
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)[0]
+            f.seek(offset)
+            f.write(bytes([byte ^ 0x10]))
+    finally:
+        path.chmod(mode)
 
 
 def _crc_end(control: bytes) -> int:

@@ -189,6 +189,12 @@ def test_a_new_instance_where_a_destroyed_one_was_cannot_restore_its_snapshots(
     assert proc.returncode == 1, proc.stderr
     assert "is of another cluster than 'again'" in error_lines(proc.stderr)[0]
     assert inst.sql("SELECT to_regclass('mine') IS NOT NULL", "again") == "t"
+    # listed, but as unusable; one taken now is not
+    inst.ok("snapshot", "again", "new", "-q")
+    problems = {s["snapshot"]: s["problem"] for s in inst.snaps("again")}
+    assert problems["new"] is None
+    assert str(problems["old"]).startswith("of another cluster (system identifier ")
+    assert "unusable: of another cluster" in inst.ok("snapshots", "again").stdout
 
 
 def test_tablespaces_are_refused(inst: Inst, ops_dir: Path) -> None:
