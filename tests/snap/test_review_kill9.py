@@ -10,14 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from pgmgr.core import process
 from tests.helpers import pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
-from tests.snap.test_overlap_review import hooks_dir as overlap_hooks
 
 
 def _basebackups(store: Path) -> list[int]:
@@ -93,21 +90,3 @@ def test_a_killed_destroy_with_snapshots_leaves_nothing_for_good(
         assert sorted(os.listdir(top)) == ["b"]
     finally:
         inst.ok("stop", "b", "-q")
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user that work runs in pgmgr's "
-                    "own process: there is no separate process to die")  # fmt: skip
-def test_a_restore_whose_optional_work_is_killed_is_still_complete(inst: Inst) -> None:
-    """After the swap, the server user's process that hands the restored stamps to the
-    snapshots sharing files (only for later restores by difference) killed (-9, the OOM
-    killer): the restore is complete and the server starts, but it said "restored, but
-    'dev' did not start again", exit 1, with a hint to start a server that was running."""
-    inst.ok("snapshot", "dev", "base", "-q")
-    inst.sql("DELETE FROM t")
-    hooks = overlap_hooks(inst)
-    run = Paused(hooks, "restore-spreading", "restore", "dev", "base", "--yes", env=inst.env)
-    run.reached()
-    os.kill(int((hooks / "restore-spreading.reached").read_text()), signal.SIGKILL)
-    done = run.go()
-    assert done.returncode == 0, str(done)
-    assert inst.state() == "running" and inst.sql("SELECT count(*) FROM t") == "1000"
