@@ -75,6 +75,9 @@ def upgrade(
     if check:
         ui.message(f"'{result.name}' can be upgraded from {result.old_version} to "
                    f"{result.new_version} ({method}): pg_upgrade's checks passed")  # fmt: skip
+        if result.rejected:
+            ui.message(f"Settings PostgreSQL {result.new_version} rejects (the upgrade would "
+                       "drop them): " + ", ".join(result.rejected))  # fmt: skip
         return
     down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
     ui.message(f"Upgraded '{result.name}' from PostgreSQL {result.old_version} to "
@@ -85,7 +88,7 @@ def upgrade(
         ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
                    + ", ".join(result.rejected))  # fmt: skip
     if result.analyzed:
-        ui.message("Statistics rebuilt (vacuumdb --analyze-in-stages)")
+        ui.message(f"Statistics rebuilt ({result.analyzed_with})")
     elif result.analyze_hint:
         ui.message("Statistics: " + result.analyze_hint)
     note_standbys(result.name, standbys, "an upgrade")

@@ -62,6 +62,7 @@ class UpgradeResult:
     snapshot: str | None = None
     rejected: list[str] = field(default_factory=list)
     analyzed: bool = False
+    analyzed_with: str | None = None
     analyze_hint: str | None = None
     downtime: float | None = None
 
@@ -76,6 +77,7 @@ class UpgradeResult:
             "rollback_snapshot": self.snapshot,
             "rejected_settings": self.rejected,
             "statistics_rebuilt": self.analyzed,
+            "statistics_rebuilt_with": self.analyzed_with,
             "statistics_hint": self.analyze_hint,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
@@ -161,21 +163,12 @@ def _read_logs(work: Path) -> str:
     return "\n".join(parts)
 
 
-def _keep_logs(srv: Server, store: Store, work: Path) -> Path:
+def _keep_logs(srv: Server, store: Store, work: Path) -> tuple[Path, str]:
+    """pg_upgrade's logs, kept under the state directory: where, and their text."""
     text = store.as_user(_read_logs, work)
     log = paths.state_dir() / "logs" / f"{srv.inst.name}-upgrade-{int(time.time())}.log"
     paths.write_atomic(log, text.encode(), mode=0o600)
-    return log
-
-
-def _reason(e: CommandFailed) -> str:
-    """The line of pg_upgrade's output that says what failed."""
-    lines = [ln.strip() for ln in e.stderr.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
-    for i, line in enumerate(lines):
-        if line.endswith("fatal") and i + 1 < len(lines):
-            return lines[i + 1]
-    return lines[-1] if lines else f"exit code {e.returncode}"
+    return log, text
 
 
 def _auto_settings(old: Path) -> dict[str, str]:
@@ -219,6 +212,13 @@ def rejected_settings(
     if not settings or accepts(settings):
         return []
     return sorted(k for k, v in settings.items() if not accepts({k: v}))
+
+
+def _rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> list[str]:
+    """The settings of postgresql.auto.conf and the record that the new major rejects.
+    Checked before the old files are carried over: the new postgres reads them too."""
+    auto = store.as_user(_auto_settings, srv.datadir)
+    return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
 
 
 # --------------------------------------------------------------------------- the upgrade
@@ -275,6 +275,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
             if check:
                 _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
+                result.rejected = _rejected(srv, store, new, newdata)
             else:
                 _switch(srv, store, old, new, work, sockdir, method, result)
         finally:
@@ -286,7 +287,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             _analyze(srv, new, result)
     if not check and not result.was_running:
         result.analyze_hint = f"start it ('pgmgr start {srv.inst.name}'), then run: " + (
-            f"pgmgr psql {srv.inst.name} -c 'ANALYZE' (or vacuumdb --all --analyze-in-stages)"
+            _shell(_analyze_argvs(srv, new))
         )
     result.elapsed = time.monotonic() - t0
     return result
@@ -310,10 +311,11 @@ def _run_pg_upgrade(
         # the old cluster is as the caller's pause left it, and nothing runs on the new one.
         tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work, reap=True)
     except CommandFailed as e:
-        log = _keep_logs(srv, store, work)
+        log, text = _keep_logs(srv, store, work)
         _undo_link(srv, store, method)
+        reason = plan.failure_reason(e.stderr, text, e.returncode)
         raise DatabaseException(
-            f"pg_upgrade failed: {_reason(e)}; nothing was changed",
+            f"pg_upgrade failed: {reason}; nothing was changed",
             hint=f"pg_upgrade's logs are kept in {log}",
         ) from None
     except BaseException:
@@ -354,9 +356,7 @@ def _switch(
             stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
-        # Checked before the old files are carried over: the new postgres reads them too.
-        auto = store.as_user(_auto_settings, srv.datadir)
-        rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
+        rejected = _rejected(srv, store, new, newdata)
         store.as_user(_carry, srv.datadir, newdata, set(rejected))
         new_id = store.as_user(intent.identify, newdata)
         meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
@@ -401,16 +401,32 @@ def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None
 
 
 def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:
-    """vacuumdb --all --analyze-in-stages on the running new server, or say how."""
-    argv = [
-        str(new.bin("vacuumdb")), "--all", "--analyze-in-stages", "-h", str(srv.inst.socket_dir),
-        "-p", str(srv.inst.port), "-U", srv.inst.superuser,
-    ]  # fmt: skip
+    """Rebuild the statistics on the running new server (see
+    :func:`upgradeplan.analyze_steps`), or say how."""
+    argvs = _analyze_argvs(srv, new)
     try:
         with sigguard.cancellable():  # the upgrade is complete: this may be cut short
-            tools.run(argv, srv.user(), timeout=3600)
+            for argv in argvs:
+                tools.run(argv, srv.user(), timeout=3600)
             result.analyzed = True
+            steps = plan.analyze_steps(new.major)
+            result.analyzed_with = ", then ".join(" ".join(["vacuumdb", *s]) for s in steps)
     except (CommandFailed, KeyboardInterrupt) as e:
         result.analyze_hint = f"statistics were not rebuilt ({str(e) or 'interrupted'}); run: " + (
-            " ".join(argv)
+            _shell(argvs)
         )
+
+
+def _analyze_argvs(srv: Server, new: Installation) -> list[list[str]]:
+    inst = srv.inst
+    host = str(inst.socket_dir or inst.host)
+    return [
+        plan.vacuumdb_argv(new, step, host, inst.port, inst.superuser)
+        for step in plan.analyze_steps(new.major)
+    ]
+
+
+def _shell(argvs: list[list[str]]) -> str:
+    import shlex
+
+    return " && ".join(shlex.join(argv) for argv in argvs)

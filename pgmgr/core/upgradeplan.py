@@ -23,6 +23,8 @@ NEW_BINARIES = (
 #: Configuration files pg_upgrade leaves behind and pgmgr carries over to the new cluster.
 CARRIED_FILES = ("pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
 _AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*?)\s*$")
+#: pg_upgrade's "A list of the problem ... is in the file:" and the path on the next line.
+_LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,24 @@ def pg_upgrade_argv(a: UpgradeArgs, *, no_sync: bool = True) -> list[str]:
     return argv
 
 
+def analyze_steps(new_major: str) -> list[list[str]]:
+    """The vacuumdb options that rebuild the statistics after an upgrade to ``new_major``,
+    as pg_upgrade advises. From 18 on pg_upgrade carries most statistics over: a plain
+    ``--analyze-in-stages`` would first replace them with its 1-target ones (worse plans
+    until its last stage), so only what is missing is built in stages, then the rest
+    refreshed."""
+    if int(new_major) < 18:
+        return [["--all", "--analyze-in-stages"]]
+    return [["--all", "--analyze-in-stages", "--missing-stats-only"], ["--all", "--analyze-only"]]
+
+
+def vacuumdb_argv(
+    new: Installation, step: list[str], host: str, port: int | None, user: str
+) -> list[str]:
+    port_args = ["-p", str(port)] if port else []
+    return [str(new.bin("vacuumdb")), *step, "-h", host, *port_args, "-U", user]
+
+
 def auto_conf_settings(text: str) -> dict[str, str]:
     """``name -> value`` of ``postgresql.auto.conf`` (quotes kept, as the file has them)."""
     out = {}
@@ -147,3 +167,43 @@ def drop_from_auto_conf(text: str, names: set[str]) -> str:
             line = f"# rejected by the new major at upgrade (pgmgr): {line}"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def failure_reason(output: str, logs: str, returncode: int) -> str:
+    """What pg_upgrade says failed, in one line: the first sentence of the paragraph
+    after the check marked ``fatal`` (pg_upgrade wraps it over several lines), with the
+    first entry of the file it lists the problems in (``logs``: pg_upgrade's files, each
+    under a ``==> PATH <==`` header), e.g. the missing library; else its last line."""
+    lines = [ln.strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
+    fatal = next((i for i, ln in enumerate(lines) if ln.endswith("fatal")), None)
+    if fatal is None:
+        rest = [ln for ln in lines if ln]
+        return rest[-1] if rest else f"exit code {returncode}"
+    para: list[str] = []
+    for line in lines[fatal + 1 :]:
+        if not line and para:
+            break
+        if line:
+            para.append(line)
+    text = " ".join(para)
+    sentence = re.split(r"(?<=\.)\s", text, maxsplit=1)[0] if text else lines[fatal]
+    listed = _LISTED.search("\n".join(lines[fatal + 1 :]))
+    first = _first_entry(logs, listed.group(1)) if listed else None
+    return f"{sentence.rstrip('.')} ({first})" if first else sentence.rstrip(".")
+
+
+def _first_entry(logs: str, path: str) -> str | None:
+    """The first line of file ``path`` in ``logs`` (whitespace squeezed, at most 200
+    characters), or None."""
+    header = f"==> {path} <=="
+    at = logs.find(header)
+    if at < 0:
+        return None
+    for line in logs[at + len(header) :].splitlines():
+        if line.startswith("==> "):
+            return None
+        if line.strip():
+            line = " ".join(line.split())
+            return line if len(line) <= 200 else line[:199] + "…"
+    return None

@@ -1,0 +1,106 @@
+"""pgmgr upgrade 15 -> 18 as a user meets it (review): what a refused upgrade says, what
+``--check`` reports, and how the statistics are rebuilt or the user told how. Real
+servers: Debian's 15 and the embedded wheel's 18."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst, leftovers
+
+
+def make(scratch: Path, name: str = "rv", *, start: bool = True) -> Inst:
+    it = Inst(name, scratch / name)
+    it.ok("init", "-q", "-d", str(it.datadir), "--name", name, "-v", "15")
+    it.ok("start", name, "-q", "-p", "auto", "-c", "vacuum_defer_cleanup_age=0")
+    it.sql("CREATE TABLE t AS SELECT g AS x, g % 10 AS y FROM generate_series(1, 2000) g;"
+           " ANALYZE t")  # fmt: skip
+    if not start:
+        it.ok("stop", name, "-q")
+    return it
+
+
+@pytest.fixture
+def rv(scratch: Path) -> Iterator[Inst]:
+    try:
+        yield make(scratch)
+    finally:
+        Inst("rv", scratch / "rv").pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_a_refused_extension_is_named_and_nothing_changes(rv: Inst) -> None:
+    """adminpack (removed in 17) is in the old cluster: pg_upgrade refuses. The one line
+    says so in full (pg_upgrade wraps it: it was cut at 'missing from the') and names the
+    library; with --check and without, nothing changes and the instance runs."""
+    rv.sql("CREATE EXTENSION adminpack")
+    for args in (["--check"], ["--yes"]):
+        proc = rv.pgmgr("upgrade", "rv", "-v", "18", *args)
+        lines = error_lines(proc.stderr)
+        assert proc.returncode == 1, proc.stderr
+        assert lines[0].startswith(
+            "Error: pg_upgrade failed: Your installation references loadable libraries that "
+            "are missing from the new installation (could not load library "
+            '"$libdir/adminpack"'
+        ), lines
+        assert lines[0].endswith("; nothing was changed") and lines[1].startswith("Hint: ")
+        assert rv.record()["major"] == "15" and rv.state() == "running"
+        assert rv.sql("SELECT extname FROM pg_extension WHERE extname = 'adminpack'")
+        assert leftovers(rv.store) == []
+
+
+def test_check_names_the_settings_the_new_major_rejects(rv: Inst) -> None:
+    """--check reports what the upgrade would drop (it said only 'checks passed'), and
+    changes nothing: the settings stay in the record and in postgresql.auto.conf."""
+    rv.sql("ALTER SYSTEM SET old_snapshot_threshold = '1h'")  # gone in 17
+    out = json.loads(rv.ok("upgrade", "rv", "-v", "18", "--check", "--json").stdout)
+    assert out["rejected_settings"] == ["old_snapshot_threshold", "vacuum_defer_cleanup_age"]
+    text = rv.ok("upgrade", "rv", "-v", "18", "--check").stderr
+    assert "old_snapshot_threshold, vacuum_defer_cleanup_age" in text, text
+    assert rv.record()["settings"] == {"vacuum_defer_cleanup_age": "0"}
+    assert rv.sql("SELECT setting FROM pg_file_settings WHERE name = 'old_snapshot_threshold'"
+                  " AND applied IS NOT NULL") == "1h"  # fmt: skip
+    assert rv.record()["major"] == "15" and rv.state() == "running"
+
+
+def test_statistics_carried_over_by_pg_upgrade_are_kept(rv: Inst) -> None:
+    """pg_upgrade 18 carries the column statistics over: pgmgr builds in stages only what
+    is missing, then refreshes (pg_upgrade's advice). A plain --analyze-in-stages first
+    replaced them with 1-target ones: 3 ANALYZEs of t, not 1."""
+    rv.sql("CREATE TABLE u AS SELECT g AS a, g % 7 AS b FROM generate_series(1, 500) g;"
+           " CREATE STATISTICS u_ab (dependencies) ON a, b FROM u; ANALYZE u")  # fmt: skip
+    out = json.loads(rv.ok("upgrade", "rv", "-v", "18", "--yes", "--json").stdout)
+    assert out["statistics_rebuilt"] is True
+    assert out["statistics_rebuilt_with"] == (
+        "vacuumdb --all --analyze-in-stages --missing-stats-only, "
+        "then vacuumdb --all --analyze-only"
+    )
+    counts = rv.sql("SELECT string_agg(relname || '=' || analyze_count, ',' ORDER BY relname)"
+                    " FROM pg_stat_user_tables")  # fmt: skip
+    assert counts == "t=1,u=4", counts  # u: no extended statistics carried over: in stages
+    assert rv.sql("SELECT count(*) FROM pg_statistic_ext_data") == "1"
+
+
+def test_a_stopped_instance_is_told_a_command_that_runs(scratch: Path) -> None:
+    """The statistics hint of a stopped instance runs as written (it was
+    "pgmgr psql NAME -c 'ANALYZE' (or vacuumdb --all --analyze-in-stages)": a shell
+    syntax error, ANALYZE of one database only, a vacuumdb that finds no server)."""
+    it = make(scratch, "rvs", start=False)
+    try:
+        out = json.loads(it.ok("upgrade", "rvs", "-v", "18", "--yes", "--json").stdout)
+        assert out["statistics_rebuilt"] is False
+        start, command = out["statistics_hint"].split(", then run: ")
+        assert start == "start it ('pgmgr start rvs')"
+        it.ok("start", "rvs", "-q")
+        for part in command.split(" && "):
+            proc = subprocess.run(shlex.split(part), capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, (part, proc.stderr)
+        assert it.sql("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 't'") == "1"
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
