@@ -273,10 +273,12 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             newdata = work / "data"
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
-            if check:
+            if check or srv.running() is not None:
+                # Running: pg_upgrade's checks first, on the live server, so that what it
+                # refuses (a library, --method clone here) costs no stop and start.
                 _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
                 result.rejected = _rejected(srv, store, new, newdata)
-            else:
+            if not check:
                 _switch(srv, store, old, new, work, sockdir, method, result)
         finally:
             if sockdir is not None:
@@ -314,9 +316,11 @@ def _run_pg_upgrade(
         log, text = _keep_logs(srv, store, work)
         _undo_link(srv, store, method)
         reason = plan.failure_reason(e.stderr, text, e.returncode)
+        hint = f"pg_upgrade's logs are kept in {log}"
+        if method == "clone" and "could not clone" in reason:
+            hint = f"this filesystem has no reflinks: use --method copy or link ({hint})"
         raise DatabaseException(
-            f"pg_upgrade failed: {reason}; nothing was changed",
-            hint=f"pg_upgrade's logs are kept in {log}",
+            f"pg_upgrade failed: {reason}; nothing was changed", hint=hint
         ) from None
     except BaseException:
         _undo_link(srv, store, method)  # interrupted past --link's rename of pg_control

@@ -4,6 +4,7 @@ servers: Debian's 15 and the embedded wheel's 18."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
@@ -38,8 +39,10 @@ def rv(scratch: Path) -> Iterator[Inst]:
 def test_a_refused_extension_is_named_and_nothing_changes(rv: Inst) -> None:
     """adminpack (removed in 17) is in the old cluster: pg_upgrade refuses. The one line
     says so in full (pg_upgrade wraps it: it was cut at 'missing from the') and names the
-    library; with --check and without, nothing changes and the instance runs."""
+    library; with --check and without, nothing changes and the server runs on, never
+    stopped (it was stopped and started again around the failing pg_upgrade)."""
     rv.sql("CREATE EXTENSION adminpack")
+    pid = rv.pid()
     for args in (["--check"], ["--yes"]):
         proc = rv.pgmgr("upgrade", "rv", "-v", "18", *args)
         lines = error_lines(proc.stderr)
@@ -51,6 +54,7 @@ def test_a_refused_extension_is_named_and_nothing_changes(rv: Inst) -> None:
         ), lines
         assert lines[0].endswith("; nothing was changed") and lines[1].startswith("Hint: ")
         assert rv.record()["major"] == "15" and rv.state() == "running"
+        assert rv.pid() == pid, args  # checked live first: not even stopped and started
         assert rv.sql("SELECT extname FROM pg_extension WHERE extname = 'adminpack'")
         assert leftovers(rv.store) == []
 
@@ -104,3 +108,42 @@ def test_a_stopped_instance_is_told_a_command_that_runs(scratch: Path) -> None:
         assert it.sql("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 't'") == "1"
     finally:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def _has_reflinks(directory: Path) -> bool:
+    import fcntl
+    import os
+
+    from pgmgr.core.copy import FICLONE
+
+    src, dst = directory / "reflink-probe-a", directory / "reflink-probe-b"
+    src.write_bytes(b"x" * 4096)
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        return True
+    except OSError:
+        return False
+    finally:
+        for p in (src, dst):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def test_clone_without_reflinks_is_one_line_and_no_downtime(rv: Inst, scratch: Path) -> None:
+    """--method clone where the filesystem has no reflinks (this VM's ext4 or tmpfs): one
+    line, a hint to use copy, and the running server was never stopped."""
+    if _has_reflinks(scratch):
+        pytest.skip(f"{scratch} has reflinks (tests/snap/test_reflink.py covers clone there)")
+    pid = rv.pid()
+    proc = rv.pgmgr("upgrade", "rv", "-v", "18", "--method", "clone", "--yes")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 1, proc.stderr
+    assert lines[0] == (
+        "Error: pg_upgrade failed: could not clone file between old and new data "
+        "directories: Operation not supported; nothing was changed"
+    ), lines
+    assert lines[1].startswith("Hint: this filesystem has no reflinks: use --method copy or link")
+    assert len(lines) == 2
+    assert rv.pid() == pid and rv.record()["major"] == "15"
+    assert leftovers(rv.store) == []
