@@ -147,3 +147,27 @@ def test_clone_without_reflinks_is_one_line_and_no_downtime(rv: Inst, scratch: P
     assert len(lines) == 2
     assert rv.pid() == pid and rv.record()["major"] == "15"
     assert leftovers(rv.store) == []
+
+
+def _streaming(it: Inst, name: str) -> object:
+    return json.loads(it.ok("status", name, "--json").stdout).get("streaming")
+
+
+def test_status_after_upgrading_a_primary_with_a_standby_and_a_branch(rv: Inst) -> None:
+    """The standby cannot follow (its system identifier is the old one): the upgrade names
+    it, and status says it is not streaming (it said 'standby of rv (lag 0 B, 0 ms)': it
+    had replayed all it had received). The branch is independent: still 15, running."""
+    import time
+
+    rv.ok("replica", "rv", "--name", "rvr", "-q")
+    rv.ok("branch", "rv", "rvb", "-q")
+    deadline = time.monotonic() + 20
+    while _streaming(rv, "rvr") is not True:
+        assert time.monotonic() < deadline, "the standby never streamed"
+        time.sleep(0.1)
+    out = json.loads(rv.ok("upgrade", "rv", "-v", "18", "--yes", "--json").stdout)
+    assert out["standbys_not_following"] == ["rvr"]
+    assert _streaming(rv, "rvr") is False
+    assert "standby of rv (not streaming)" in rv.ok("status").stdout
+    assert json.loads(rv.ok("status", "rvb", "--json").stdout)["version"].startswith("15.")
+    assert rv.state("rvb") == "running" and rv.sql("SELECT count(*) FROM t", "rvb") == "2000"
