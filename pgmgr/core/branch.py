@@ -15,6 +15,7 @@ source.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -27,6 +28,7 @@ from pgmgr.core import (
     dirpath,
     listen,
     paths,
+    pgcontrol,
     privileges,
     registry,
     roles,
@@ -354,22 +356,34 @@ def _copy_branch(
         if snap is None:
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
             size = tstore.as_user(copy.tree_size, src.datadir)
-            snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
+            snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
             stop_now(src, pause)
-            stats = tstore.as_user(snapshot.copy_into, src.datadir, staging)
+            stats = tstore.as_user(_copy_own, src.datadir, staging)
             testhook.pause("branch-copied")
             spawn_again(src, pause)
         else:
             gone = snapcatalog.missing(src.inst.name, snap)
             with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
                 origin, size, major = _snapshot_source(src, snap, sstore)
-                snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'")
-                stats = tstore.as_user(snapshot.copy_into, origin, staging)
+                snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", origin)
+                stats = tstore.as_user(_copy_own, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
     except BaseException:
         tstore.as_user(snapstore.remove_tree, staging)
         raise
     return stats, major
+
+
+def _copy_own(origin: Path, staging: Path) -> copy.CopyStats:
+    """:func:`snapshot.copy_into`; the copy of a clean shutdown then gets a database system
+    identifier of its own (:func:`pgcontrol.new_identity`): the branch's history diverges
+    from its source's, so neither PostgreSQL (a standby, a WAL archive) nor a snapshot may
+    take one for the other. A copy of an online snapshot keeps its own (it recovers from
+    the WAL it holds). As the server user; the caller syncs."""
+    stats = snapshot.copy_into(origin, staging)
+    with contextlib.suppress(ValueError):  # not of a clean shutdown
+        pgcontrol.new_identity(staging, sync=False)
+    return stats
 
 
 def _undo(srv: Server, tstore: snapstore.Store) -> None:

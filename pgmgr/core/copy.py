@@ -119,6 +119,29 @@ def forced_method() -> str | None:
     return value
 
 
+def clones(directory: Path) -> bool:
+    """Whether a file made in ``directory`` can be cloned (``FICLONE``) there: two
+    unnamed temporary files (``O_TMPFILE``, gone when closed), one block written to the
+    first, cloned into the second. False when ``PGMGR_COPY_METHOD`` forces another
+    method, or on a full disk. As a user who may write in ``directory``."""
+    import fcntl
+
+    if forced_method() not in (None, "reflink"):
+        return False
+    fds: list[int] = []
+    try:
+        for _ in range(2):
+            fds.append(os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600))
+        os.write(fds[0], bytes(4096))
+        fcntl.ioctl(fds[1], FICLONE, fds[0])
+        return True
+    except OSError:
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def copy_tree(
     src: str | Path | int,
     dst: str | Path,

@@ -250,8 +250,8 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)
         record = record_of(meta) if rollback else {}
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
-        snapstore.check_space(store, meta.size, f"restoring {name!r}")
         snapdir = store.entry(name)
+        snapstore.check_space(store, meta.size, f"restoring {name!r}", snapdir)
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:

@@ -175,13 +175,15 @@ def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
 
 
 def _check_space(
-    store: snapstore.Store, datadir: Path, earlier: list[str], size: int, what: str
-) -> None:
+    store: snapstore.Store, datadir: Path, earlier: list[str], size: int, what: str,
+    online: bool,
+) -> None:  # fmt: skip
     """:func:`snapstore.check_space` for a new snapshot of ``size`` bytes, less what it
-    would share with an earlier one (only worked out when the disk is short)."""
+    would share with an earlier one (only worked out when the disk is short); a copy by
+    clones asks less (``online``: pg_basebackup writes every byte)."""
     if earlier and snapstore.free_bytes(store.fd) < size:
         size -= store.as_user(_shared, store.path, datadir, earlier)
-    snapstore.check_space(store, size, what)
+    snapstore.check_space(store, size, what, None if online else datadir)
 
 
 def _copy_identified(
@@ -200,7 +202,10 @@ def _copy_identified(
     index.own = delta.mine(staging / snapstore.DATA)
     if delta.settle(index, src):
         delta.save(staging, index)
-    sysid = pgcontrol.system_identifier(staging / snapstore.DATA)
+    try:
+        sysid = pgcontrol.system_identifier(staging / snapstore.DATA, verify=True)
+    except ValueError as e:  # the instance's own: PostgreSQL would not start on it either
+        raise DatabaseException(f"cannot snapshot {src}: {e}; nothing was changed") from None
     return stats, sysid, base.data.parent.name if base and stats.linked else None
 
 
@@ -242,8 +247,10 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
     try:
-        sysid = pgcontrol.system_identifier(data)
-    except (OSError, ValueError) as e:  # missing, truncated, a FIFO...
+        sysid = pgcontrol.system_identifier(data, verify=True)
+    except ValueError as e:  # truncated, damaged
+        return f"its {e}"
+    except OSError as e:  # missing, a FIFO...
         return f"its global/pg_control is unreadable ({e})"
     if sysid != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
@@ -316,7 +323,7 @@ def create(
         kind = "online" if online else kind
         if online:  # pg_basebackup shares nothing: the whole size must fit
             earlier = []
-        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}")
+        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
         staging = store.entry(snapstore.tmp_name("snap"))
         try:
             said = f"snapshot {name!r} of '{srv.inst.name}' was taken"

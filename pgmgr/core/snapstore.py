@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import dirpath, diskio, testhook, userfs
+from pgmgr.core import copy, dirpath, diskio, testhook, userfs
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.privileges import ServerUser
 
@@ -479,9 +479,19 @@ def free_bytes(fd: int) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def check_space(store: Store, needed: int, what: str) -> None:
-    """:raises DatabaseException: the filesystem has less than ``needed`` bytes free."""
+#: A clone shares the source's blocks until one side writes them: of the bytes it copies,
+#: a copy by reflink asks this share free (the filesystem's metadata, the first writes).
+CLONE_SHARE = 64
+
+
+def check_space(store: Store, needed: int, what: str, source: Path | None = None) -> None:
+    """:raises DatabaseException: the filesystem has less than ``needed`` bytes free; or,
+    when the copy is of ``source`` on this same filesystem and that clones
+    (:func:`copy.clones`), less than ``needed / CLONE_SHARE``. Should the clones use more,
+    the copy fails as on any full disk (:func:`copy.disk_full`): nothing is changed."""
     free = free_bytes(store.fd)
+    if free < needed and source is not None and _clones_from(store, source):
+        needed //= CLONE_SHARE
     if free < needed:
         raise DatabaseException(
             f"not enough disk space for {what}: {human(needed)} needed, "
@@ -489,6 +499,16 @@ def check_space(store: Store, needed: int, what: str) -> None:
             hint="free some space (e.g. delete old snapshots with "
             "'pgmgr snapshot NAME SNAP --delete')",
         )
+
+
+def _clones_from(store: Store, source: Path) -> bool:
+    """Whether copies of ``source`` into ``store`` are clones: one filesystem that clones."""
+    try:
+        if os.stat(source).st_dev != os.fstat(store.fd).st_dev:
+            return False
+    except OSError:
+        return False
+    return bool(store.as_user(copy.clones, store.path))
 
 
 def human(n: float) -> str:

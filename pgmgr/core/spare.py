@@ -31,6 +31,7 @@ from pgmgr.core.template import (
     fd_path,
     locked,
     open_user_dir,
+    own_identity,
     owner_of,
     set_hba,
     templates_dir,
@@ -85,6 +86,7 @@ def _take(ufd: int, key: str, fin: Finish, auth: str) -> bool:
         os.rename(spare, fin.data)
     except OSError:  # ENOENT: another init claimed it first
         return False
+    own_identity(fin.data, sync=fin.sync)
     set_hba(fin.data, auth, fin.sync)
     fin.commit(flush=False)
     return True

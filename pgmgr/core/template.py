@@ -26,7 +26,7 @@ of ``/usr/lib/locale``, the locale archive among them, and of ``$LOCPATH``: ~20 
 the ICU libraries ``postgres`` links (:mod:`pgmgr.core.linked`: ICU collations record their
 version), so new binaries, a new locale or a new ICU get a new template (and the old one is
 pruned).
-Copies share the template's database system identifier: see docs/speed.md.
+Each copy gets a database system identifier of its own (:func:`own_identity`).
 
 Concurrency: one lock file per key, in root's part of the cache. Copiers hold it shared;
 the builder holds it exclusive, builds under a temporary name and renames it into place, so
@@ -53,9 +53,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import linked, paths, server, testhook, userfs
+from pgmgr.core import linked, paths, pgcontrol, server, testhook, userfs
 from pgmgr.core.copy import copy_tree, sync_fs
-from pgmgr.core.errors import UsageError
+from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.server import InitOptions
 from pgmgr.core.staging import Finish
@@ -335,10 +335,27 @@ def _copy_in(ufd: int, key: str, fin: Finish, auth: str) -> tuple[bool, bool]:
     fin.prepare()
     testhook.pause("copy")
     copy_tree(base / key, fin.data)
+    own_identity(fin.data, sync=False)  # the commit's syncfs flushes it
     set_hba(fin.data, auth)
     same_fs = os.stat(fin.data).st_dev == os.fstat(ufd).st_dev
     fin.commit(flush=True)
     return True, same_fs and not spare.ready(base / f"{key}{SPARE}")
+
+
+def own_identity(data: str, *, sync: bool) -> None:
+    """As the server user: the copy ``data`` of a template gets a database system
+    identifier of its own (:func:`pgcontrol.new_identity`): snapshots, standbys and WAL
+    archives tell instances apart by it.
+
+    :raises DatabaseException: the template's copy is damaged.
+    """
+    try:
+        pgcontrol.new_identity(Path(data), sync=sync)
+    except ValueError as e:
+        raise DatabaseException(
+            f"the template copied into {data} is unusable: {e}",
+            hint="'pgmgr cache clear' removes the templates; the next init builds a new one",
+        ) from None
 
 
 def set_hba(data: str, auth: str, sync: bool = False) -> None:

@@ -53,6 +53,10 @@ def test_branch_and_source_diverge_both_ways(inst: Inst, ops_dir: Path) -> None:
         psycopg.connect(
             f"host=127.0.0.1 port={b['port']} user=postgres password={src_pw} dbname=postgres"
         ).close()
+    # a system identifier of its own (its history diverges), its WAL read and written
+    sysid = "SELECT system_identifier FROM pg_control_system()"
+    assert inst.sql(sysid, "pw") != inst.sql(sysid, "feat")
+    assert inst.sql("SELECT pg_switch_wal() IS NOT NULL; CHECKPOINT", "feat") == "t"
     inst.ok("stop", "feat", "-q")
     assert inst.state("pw") == "running"  # stopping the branch leaves the source alone
 
@@ -70,6 +74,8 @@ def test_branch_from_snapshot_of_stopped_source(inst: Inst, ops_dir: Path) -> No
     assert inst.sql("SELECT count(*) FROM t", "old") == "1000"
     inst.ok("start", "dev", "-q")
     assert inst.sql("SELECT count(*) FROM t") == "0"
+    sysid = "SELECT system_identifier FROM pg_control_system()"
+    assert inst.sql(sysid, "old") != inst.sql(sysid)
     p = inst.pid("old")
     inst.ok("branch", "dev", "third", "--start", "-p", "auto", "-q")
     assert inst.state("third") == "running" and inst.pid("old") == p

@@ -95,11 +95,15 @@ def test_auto_conf() -> None:
     assert plan.auto_conf_settings(dropped) == {"work_mem": "'8MB'"}
 
 
-def _cluster(tmp_path: Path, state: int, redo: int, segments: list[str]) -> Path:
+def _cluster(tmp_path: Path, state: int, redo: int, segments: list[str], crc: bool = True) -> Path:
+    """A pg_control of PostgreSQL 15's layout (its CRC at 288) and ``segments``."""
     (tmp_path / "global").mkdir(parents=True)
-    head = bytearray(64)
+    head = bytearray(8192)
     head[16:20] = state.to_bytes(4, "little")
     head[40:48] = redo.to_bytes(8, "little")
+    head[288:292] = pgcontrol._crc32c(bytes(head[:288])).to_bytes(4, "little")
+    if not crc:
+        head[100] ^= 1
     (tmp_path / "global" / "pg_control").write_bytes(bytes(head))
     (tmp_path / "pg_wal" / "archive_status").mkdir(parents=True)
     for name in segments:
@@ -116,6 +120,8 @@ def test_unneeded_wal_after_a_clean_shutdown(tmp_path: Path) -> None:
     assert pgcontrol.unneeded_wal(clean) == set(segs[3:])
     crashed = _cluster(tmp_path / "b", 6, redo, segs)  # in production: recovery reads on
     assert pgcontrol.unneeded_wal(crashed) == set()
+    damaged = _cluster(tmp_path / "c", 1, redo, segs, crc=False)  # its redo may be wrong
+    assert pgcontrol.unneeded_wal(damaged) == set()
 
 
 def test_branch_port_is_never_the_source_port(

@@ -171,6 +171,26 @@ def test_destroy_keeps_snapshots_unless_asked(inst: Inst, ops_dir: Path) -> None
     assert (inst.store / "keep").is_dir()  # another data directory's snapshots: untouched
 
 
+def test_a_new_instance_where_a_destroyed_one_was_cannot_restore_its_snapshots(
+    inst: Inst, ops_dir: Path
+) -> None:
+    """Destroyed (snapshots kept), then another instance inited at the same path: both were
+    copies of one template, with one system identifier, so restore put the destroyed
+    cluster's snapshot over the new one as if it were its own. Each copy of a template now
+    has an identifier of its own: refused, the new instance untouched."""
+    data = ops_dir / "again"
+    inst.ok("init", "-q", "-d", str(data), "--name", "again")
+    inst.ok("snapshot", "again", "old", "-q")
+    inst.ok("destroy", "again", "--yes", "-q")
+    inst.ok("init", "-q", "-d", str(data), "--name", "again")
+    inst.ok("start", "again", "-q", "--port", "auto")
+    inst.sql("CREATE TABLE mine (x int)", "again")
+    proc = inst.pgmgr("restore", "again", "old", "--yes")
+    assert proc.returncode == 1, proc.stderr
+    assert "is of another cluster than 'again'" in error_lines(proc.stderr)[0]
+    assert inst.sql("SELECT to_regclass('mine') IS NOT NULL", "again") == "t"
+
+
 def test_tablespaces_are_refused(inst: Inst, ops_dir: Path) -> None:
     """A tablespace lives outside the data directory: a copy would share it."""
     space = ops_dir / "space"

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmgr.core import registry
+from pgmgr.core import pgcontrol, registry
 from tests.helpers import copy_datadir
 
 from .conftest import (
@@ -86,6 +86,10 @@ def test_init_claims_the_spare_and_the_refill_makes_a_new_one(
 
     port = started(datadir)["port"]
     assert scalar(port, inst.password, "SELECT count(*) FROM pg_database") == 3
+    # a database system identifier of its own (a spare is a template's copy)
+    sysid = scalar(port, inst.password, "SELECT system_identifier FROM pg_control_system()")
+    ids = {pgcontrol.system_identifier(base / n) for n in ("first", "second")}
+    assert str(sysid) == pgcontrol.system_identifier(datadir) and len(ids | {str(sysid)}) == 3
 
 
 def test_instances_from_spares_are_independent(

@@ -74,9 +74,12 @@ def test_two_copies_are_independent(base: Path, started: Callable[..., dict[str,
     assert scalar(pa, a.password, "SELECT count(*) FROM only_in_a") == 1
     assert scalar(pb, b.password, "SELECT to_regclass('only_in_a') IS NULL") is True
 
-    # what copies share, as docs/speed.md says: the system identifier
+    # each has a database system identifier of its own (they shared the template's), in
+    # pg_control and in the WAL that PostgreSQL checks against it (else it would not start)
     sysid = "SELECT system_identifier FROM pg_control_system()"
-    assert scalar(pa, a.password, sysid) == scalar(pb, b.password, sysid)
+    assert scalar(pa, a.password, sysid) != scalar(pb, b.password, sysid)
+    for port, password in ((pa, a.password), (pb, b.password)):
+        assert scalar(port, password, "SELECT pg_switch_wal() IS NOT NULL") is True
 
 
 def test_start_init_uses_the_template_and_sets_the_password(
