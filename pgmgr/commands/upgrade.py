@@ -62,9 +62,9 @@ def upgrade(
     with (
         sigguard.interruptible(),
         locked(srv),
-        ui.spinner(f"{what} '{srv.inst.name}' ({old.version} -> {new.version}, {method}) …"),
+        ui.spinner(f"{what} '{srv.inst.name}' {old.version} -> {new.version}:") as step,
     ):
-        result = up.upgrade(srv, version, method=method, check=check)
+        result = up.upgrade(srv, version, method=method, check=check, progress=step)
     testhook.pause("upgrade-done")  # upgraded, not yet said (tests: a signal now)
     from pgmgr.snapactions import note_standbys, standbys_of
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,12 @@ def prepare(srv: Server, major: str, method: str) -> tuple[Installation, Install
     return old, new
 
 
-def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = False) -> UpgradeResult:
+def upgrade(
+    srv: Server, major: str, *, method: str = "copy", check: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> UpgradeResult:  # fmt: skip
     """Upgrade ``srv`` to ``major`` (see the module doc); the caller holds the lock.
+    ``progress`` is told each slow step as it begins ("pg_upgrade --copy, 1.2 GB").
 
     :raises UsageError, VersionNotFound, DatabaseException: see :func:`prepare`; also
         pg_upgrade's own failure (its logs are kept), not enough space. Nothing changed.
@@ -252,6 +257,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
         is complete (unless it cut the statistics step short: the result says so).
     """
     t0 = time.monotonic()
+    say = progress or (lambda _step: None)
     old, new = prepare(srv, major, method)
     if not check:
         dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")
@@ -260,6 +266,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
+        size = 0
         if not check:
             size = store.as_user(copy.tree_size, srv.datadir)
             needed = size * (2 if method == "link" else 1) if method != "clone" else 0
@@ -272,20 +279,24 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             newdata = work / "data"
+            say(f"initdb {new.version}")
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
             if check or srv.running() is not None:
                 # Running: pg_upgrade's checks first, on the live server, so that what it
                 # refuses (a library, --method clone here) costs no stop and start.
+                say("pg_upgrade --check" + ("" if check else " (server running)"))
                 _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
                 result.rejected = _rejected(srv, store, new, newdata)
             if not check:
-                _switch(srv, store, old, new, work, sockdir, method, result)
+                steps = _Steps(say, size)
+                _switch(srv, store, old, new, work, sockdir, method, result, steps)
         finally:
             if sockdir is not None:
                 store.as_user(_remove_socket_dir, sockdir)
             store.as_user(snapstore.remove_tree, work)
             store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:
+            say("statistics (vacuumdb)")
             _analyze(srv, new, result)
     if not check and not result.was_running:
         result.analyze_hint = f"start it ('pgmgr start {srv.inst.name}'), then run: " + (
@@ -342,7 +353,7 @@ def _undo_link(srv: Server, store: Store, method: str) -> None:
 
 def _switch(
     srv: Server, store: Store, old: Installation, new: Installation, work: Path,
-    sockdir: str, method: str, result: UpgradeResult,
+    sockdir: str, method: str, result: UpgradeResult, steps: _Steps,
 ) -> None:  # fmt: skip
     """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
     switch the record, start. Past the swap, signals cannot split it; a kill cannot split
@@ -357,8 +368,10 @@ def _switch(
     with done_then(said, srv.inst.name) as upgraded, paused(srv) as pause:
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
+            steps.say("copy for the snapshot")
             stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
+        steps.say(f"pg_upgrade --{method}")
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
         rejected = _rejected(srv, store, new, newdata)
         store.as_user(_carry, srv.datadir, newdata, set(rejected))
@@ -388,11 +401,24 @@ def _switch(
             upgraded.append(True)
             testhook.pause("upgrade-swapped")
             gone = intent.complete(srv, store)
+            if pause.stopped_at is not None:
+                steps.say(f"starting {new.version}", size=False)
             try:
                 resume(srv, pause)
             finally:  # not before: freeing its blocks competes with the start
                 intent.remove(store, gone)
     result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
+
+
+@dataclass
+class _Steps:
+    """Says each step of the switch, with the data directory's size."""
+
+    progress: Callable[[str], None]
+    size: int
+
+    def say(self, step: str, *, size: bool = True) -> None:
+        self.progress(f"{step}, {snapstore.human(self.size)}" if size else step)
 
 
 def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None:

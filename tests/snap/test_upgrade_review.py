@@ -171,3 +171,18 @@ def test_status_after_upgrading_a_primary_with_a_standby_and_a_branch(rv: Inst) 
     assert "standby of rv (not streaming)" in rv.ok("status").stdout
     assert json.loads(rv.ok("status", "rvb", "--json").stdout)["version"].startswith("15.")
     assert rv.state("rvb") == "running" and rv.sql("SELECT count(*) FROM t", "rvb") == "2000"
+
+
+def test_the_spinner_says_the_step_and_the_size(rv: Inst, scratch: Path) -> None:
+    """On a terminal the spinner names the step under way, with the data directory's size
+    while pg_upgrade copies it (it showed only the elapsed time, for seconds)."""
+    import re
+
+    from tests.cli.test_terminal import run_in_pty
+
+    code, out = run_in_pty(["upgrade", "rv", "-v", "18", "--yes"], scratch, {"COLUMNS": "80"})
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert code == 0, text
+    assert re.search(r"Upgrading 'rv' 15\.\d+ -> 18\.\d+: pg_upgrade --copy, [\d.]+ MB \d+\.\ds",
+                     text), text  # fmt: skip
+    assert "Upgraded 'rv' from PostgreSQL 15." in text
