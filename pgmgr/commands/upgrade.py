@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,7 +77,7 @@ def upgrade(
                    f"{result.new_version} ({method}): pg_upgrade's checks passed")  # fmt: skip
         if result.rejected:
             ui.message(f"Settings PostgreSQL {result.new_version} rejects (the upgrade would "
-                       "drop them): " + ", ".join(result.rejected))  # fmt: skip
+                       "drop them): " + _rejected(result.to_dict()))  # fmt: skip
         return
     down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
     ui.message(f"Upgraded '{result.name}' from PostgreSQL {result.old_version} to "
@@ -86,9 +86,15 @@ def upgrade(
                f"'pgmgr restore {result.name} {result.snapshot}' rolls back")  # fmt: skip
     if result.rejected:
         ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
-                   + ", ".join(result.rejected))  # fmt: skip
+                   + _rejected(result.to_dict()))  # fmt: skip
     if result.analyzed:
         ui.message(f"Statistics rebuilt ({result.analyzed_with})")
     elif result.analyze_hint:
         ui.message("Statistics: " + result.analyze_hint)
     note_standbys(result.name, standbys, "an upgrade")
+
+
+def _rejected(doc: dict[str, Any]) -> str:
+    """The rejected settings, each renamed one with its new name."""
+    new = doc["renamed_settings"]
+    return ", ".join(f"{n} (now {new[n]})" if n in new else n for n in doc["rejected_settings"])

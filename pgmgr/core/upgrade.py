@@ -37,6 +37,7 @@ from pgmgr.core import (
     tools,
     versions,
 )
+from pgmgr.core import upgradeconf as conf
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -77,6 +78,7 @@ class UpgradeResult:
             "was_running": self.was_running,
             "rollback_snapshot": self.snapshot,
             "rejected_settings": self.rejected,
+            "renamed_settings": plan.renamed(self.rejected, self.new_version.split(".")[0]),
             "statistics_rebuilt": self.analyzed,
             "statistics_rebuilt_with": self.analyzed_with,
             "statistics_hint": self.analyze_hint,
@@ -172,56 +174,6 @@ def _keep_logs(srv: Server, store: Store, work: Path) -> tuple[Path, str]:
     return log, text
 
 
-def _auto_settings(old: Path) -> dict[str, str]:
-    """The settings of the old cluster's postgresql.auto.conf (ALTER SYSTEM). As the user."""
-    try:
-        text = (old / "postgresql.auto.conf").read_text()
-    except FileNotFoundError:
-        return {}
-    return {k: plan.unquote(v) for k, v in plan.auto_conf_settings(text).items()}
-
-
-def _carry(old: Path, new: Path, rejected: set[str]) -> None:
-    """Copy the configuration pgmgr keeps into the new cluster, the lines setting what the
-    new major rejects commented out. As the user."""
-    import shutil
-
-    for name in plan.CARRIED_FILES:
-        if (old / name).is_file():
-            shutil.copyfile(old / name, new / name)
-    path = new / "postgresql.auto.conf"
-    if rejected and path.is_file():
-        path.write_text(plan.drop_from_auto_conf(path.read_text(), rejected))
-
-
-def rejected_settings(
-    new: Installation, datadir: Path, settings: dict[str, str], srv: Server
-) -> list[str]:
-    """The names among ``settings`` that the new major's postgres refuses (``-C``)."""
-    user = srv.user()
-
-    def accepts(items: dict[str, str]) -> bool:
-        argv = [str(new.bin("postgres")), "-D", str(datadir), "-C", "port"]
-        for k, v in items.items():
-            argv += ["-c", f"{k}={v}"]
-        try:
-            tools.run(argv, user, timeout=60)
-        except CommandFailed:
-            return False
-        return True
-
-    if not settings or accepts(settings):
-        return []
-    return sorted(k for k, v in settings.items() if not accepts({k: v}))
-
-
-def _rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> list[str]:
-    """The settings of postgresql.auto.conf and the record that the new major rejects.
-    Checked before the old files are carried over: the new postgres reads them too."""
-    auto = store.as_user(_auto_settings, srv.datadir)
-    return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
-
-
 # --------------------------------------------------------------------------- the upgrade
 
 
@@ -286,7 +238,7 @@ def upgrade(
                 # refuses (a library, --method clone here) costs no stop and start.
                 say("pg_upgrade --check" + ("" if check else " (server running)"))
                 _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
-                result.rejected = _rejected(srv, store, new, newdata)
+                result.rejected = conf.rejected(srv, store, new, newdata)
             if not check:
                 steps = _Steps(say, size)
                 _switch(srv, store, old, new, work, sockdir, method, result, steps)
@@ -297,10 +249,11 @@ def upgrade(
             store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:
             say("statistics (vacuumdb)")
-            _analyze(srv, new, result)
+            result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)
+            result.analyzed = result.analyzed_with is not None
     if not check and not result.was_running:
         result.analyze_hint = f"start it ('pgmgr start {srv.inst.name}'), then run: " + (
-            _shell(_analyze_argvs(srv, new))
+            conf.shell(conf.analyze_argvs(srv, new))
         )
     result.elapsed = time.monotonic() - t0
     return result
@@ -373,8 +326,8 @@ def _switch(
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         steps.say(f"pg_upgrade --{method}")
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
-        rejected = _rejected(srv, store, new, newdata)
-        store.as_user(_carry, srv.datadir, newdata, set(rejected))
+        rejected = conf.rejected(srv, store, new, newdata)
+        store.as_user(conf.carry, srv.datadir, newdata, set(rejected))
         new_id = store.as_user(intent.identify, newdata)
         meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
         if meta.size == 0:
@@ -428,35 +381,3 @@ def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None
     if source != held:
         os.rename(store / keep, store / source)
     copy.fsync_dir(store)
-
-
-def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:
-    """Rebuild the statistics on the running new server (see
-    :func:`upgradeplan.analyze_steps`), or say how."""
-    argvs = _analyze_argvs(srv, new)
-    try:
-        with sigguard.cancellable():  # the upgrade is complete: this may be cut short
-            for argv in argvs:
-                tools.run(argv, srv.user(), timeout=3600)
-            result.analyzed = True
-            steps = plan.analyze_steps(new.major)
-            result.analyzed_with = ", then ".join(" ".join(["vacuumdb", *s]) for s in steps)
-    except (CommandFailed, KeyboardInterrupt) as e:
-        result.analyze_hint = f"statistics were not rebuilt ({str(e) or 'interrupted'}); run: " + (
-            _shell(argvs)
-        )
-
-
-def _analyze_argvs(srv: Server, new: Installation) -> list[list[str]]:
-    inst = srv.inst
-    host = str(inst.socket_dir or inst.host)
-    return [
-        plan.vacuumdb_argv(new, step, host, inst.port, inst.superuser)
-        for step in plan.analyze_steps(new.major)
-    ]
-
-
-def _shell(argvs: list[list[str]]) -> str:
-    import shlex
-
-    return " && ".join(shlex.join(argv) for argv in argvs)

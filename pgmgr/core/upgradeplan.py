@@ -23,6 +23,9 @@ NEW_BINARIES = (
 #: Configuration files pg_upgrade leaves behind and pgmgr carries over to the new cluster.
 CARRIED_FILES = ("pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
 _AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*?)\s*$")
+#: Settings a later major renamed (old name -> new name, major): the upgrade drops the old
+#: name, and says the new one; it does not set it (the meaning may have changed too).
+RENAMED = {"force_parallel_mode": ("debug_parallel_query", "16")}
 #: pg_upgrade's "A list of the problem ... is in the file:" and the path on the next line.
 _LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
 
@@ -138,6 +141,13 @@ def vacuumdb_argv(
 ) -> list[str]:
     port_args = ["-p", str(port)] if port else []
     return [str(new.bin("vacuumdb")), *step, "-h", host, *port_args, "-U", user]
+
+
+def renamed(names: list[str], new_major: str) -> dict[str, str]:
+    """Which of ``names`` (settings the new major rejects) it knows under another name."""
+    return {
+        n: RENAMED[n][0] for n in names if n in RENAMED and int(new_major) >= int(RENAMED[n][1])
+    }
 
 
 def auto_conf_settings(text: str) -> dict[str, str]:

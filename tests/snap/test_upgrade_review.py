@@ -60,13 +60,21 @@ def test_a_refused_extension_is_named_and_nothing_changes(rv: Inst) -> None:
 
 
 def test_check_names_the_settings_the_new_major_rejects(rv: Inst) -> None:
-    """--check reports what the upgrade would drop (it said only 'checks passed'), and
-    changes nothing: the settings stay in the record and in postgresql.auto.conf."""
+    """--check reports what the upgrade would drop (it said only 'checks passed'), a
+    renamed one with its new name, and changes nothing: the settings stay in the record
+    and in postgresql.auto.conf."""
     rv.sql("ALTER SYSTEM SET old_snapshot_threshold = '1h'")  # gone in 17
+    rv.sql("ALTER SYSTEM SET force_parallel_mode = off")  # debug_parallel_query from 16
     out = json.loads(rv.ok("upgrade", "rv", "-v", "18", "--check", "--json").stdout)
-    assert out["rejected_settings"] == ["old_snapshot_threshold", "vacuum_defer_cleanup_age"]
+    assert out["rejected_settings"] == [
+        "force_parallel_mode", "old_snapshot_threshold", "vacuum_defer_cleanup_age"
+    ]  # fmt: skip
+    assert out["renamed_settings"] == {"force_parallel_mode": "debug_parallel_query"}
     text = rv.ok("upgrade", "rv", "-v", "18", "--check").stderr
-    assert "old_snapshot_threshold, vacuum_defer_cleanup_age" in text, text
+    assert ("rejects (the upgrade would drop them): force_parallel_mode (now "
+            "debug_parallel_query), old_snapshot_threshold, vacuum_defer_cleanup_age") in text, (
+        text
+    )  # fmt: skip
     assert rv.record()["settings"] == {"vacuum_defer_cleanup_age": "0"}
     assert rv.sql("SELECT setting FROM pg_file_settings WHERE name = 'old_snapshot_threshold'"
                   " AND applied IS NOT NULL") == "1h"  # fmt: skip
@@ -186,3 +194,23 @@ def test_the_spinner_says_the_step_and_the_size(rv: Inst, scratch: Path) -> None
     assert re.search(r"Upgrading 'rv' 15\.\d+ -> 18\.\d+: pg_upgrade --copy, [\d.]+ MB \d+\.\ds",
                      text), text  # fmt: skip
     assert "Upgraded 'rv' from PostgreSQL 15." in text
+
+
+def test_an_older_rollback_snapshot_names_the_one_that_rolls_back(rv: Inst) -> None:
+    """Upgrade, roll back, upgrade again: the first pre-upgrade snapshot is refused (it
+    is of the 15 before the first upgrade), and the hint names the second, which rolls
+    back (it said 'only the snapshot kept by pgmgr upgrade can...', which both are)."""
+    rv.ok("upgrade", "rv", "-v", "18", "--yes", "-q")
+    rv.ok("restore", "rv", "pre-upgrade-15", "--yes", "-q")
+    second = json.loads(rv.ok("upgrade", "rv", "-v", "18", "--yes", "--json").stdout)
+    name = second["rollback_snapshot"]
+    assert name.startswith("pre-upgrade-15-")
+    proc = rv.pgmgr("restore", "rv", "pre-upgrade-15", "--yes")
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr)[1] == (
+        f"Hint: 'pgmgr restore rv {name}' rolls the upgrade back; this snapshot can be "
+        "restored then"
+    )
+    rv.ok("restore", "rv", name, "--yes", "-q")
+    rv.ok("restore", "rv", "pre-upgrade-15", "--yes", "-q")
+    assert rv.record()["major"] == "15" and rv.sql("SELECT count(*) FROM t") == "2000"
