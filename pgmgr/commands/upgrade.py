@@ -55,7 +55,7 @@ def upgrade(
             )
         prompt = (f"Upgrade '{srv.inst.name}' from PostgreSQL {old.version} to {new.version}? "
                   "(the old state is kept as a snapshot)")  # fmt: skip
-        if not typer.confirm(prompt, default=False, err=True):
+        if not c.confirm(prompt):
             ui.message("Nothing changed")
             raise typer.Exit(1)
     what = "Checking" if check else "Upgrading"
