@@ -27,6 +27,7 @@ from pgmgr.core import (
     intent,
     paths,
     pgcontrol,
+    roles,
     server,
     sigguard,
     snapshot,
@@ -182,10 +183,17 @@ def prepare(srv: Server, major: str, method: str) -> tuple[Installation, Install
 
     :raises UsageError: a bad method, the same or a lower major.
     :raises VersionNotFound: the new major is not installed.
-    :raises DatabaseException: a binary pg_upgrade needs is missing.
+    :raises DatabaseException: a binary pg_upgrade needs is missing; a standby.
     """
     plan.check_method(method)
     snapshot.require_datadir(srv)
+    if roles.is_standby(srv):  # pg_upgrade refuses one, but only once it is stopped
+        raise DatabaseException(
+            f"'{srv.inst.name}' is a standby: pg_upgrade upgrades primaries only; nothing "
+            "was changed",
+            hint=f"upgrade its primary{f' ({srv.inst.primary!r})' if srv.inst.primary else ''}"
+            ", then make the standby again ('pgmgr destroy' and 'pgmgr replica')",
+        )
     old_major = server.datadir_major(srv.datadir) or srv.inst.major
     wanted = versions.check_version_string(major)
     plan.check_direction(old_major, versions.major_of(wanted))

@@ -189,7 +189,7 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     fatal = next((i for i, ln in enumerate(lines) if ln.endswith("fatal")), None)
     if fatal is None:
         rest = [ln for ln in lines if ln]
-        return rest[-1] if rest else f"exit code {returncode}"
+        return rest[-1].rstrip(".") if rest else f"exit code {returncode}"
     para: list[str] = []
     for line in lines[fatal + 1 :]:
         if not line and para:

@@ -214,3 +214,18 @@ def test_an_older_rollback_snapshot_names_the_one_that_rolls_back(rv: Inst) -> N
     rv.ok("restore", "rv", name, "--yes", "-q")
     rv.ok("restore", "rv", "pre-upgrade-15", "--yes", "-q")
     assert rv.record()["major"] == "15" and rv.sql("SELECT count(*) FROM t") == "2000"
+
+
+def test_a_standby_is_refused_before_it_is_stopped(rv: Inst) -> None:
+    """pg_upgrade refuses a standby only once it is shut down ('shut down while in
+    recovery mode'): pgmgr stopped and started it again for nothing. Now refused first."""
+    rv.ok("replica", "rv", "--name", "rvr", "-q")
+    pid = rv.pid("rvr")
+    proc = rv.pgmgr("upgrade", "rvr", "-v", "18", "--yes")
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr) == [
+        "Error: 'rvr' is a standby: pg_upgrade upgrades primaries only; nothing was changed",
+        "Hint: upgrade its primary ('rv'), then make the standby again ('pgmgr destroy' and "
+        "'pgmgr replica')",
+    ]
+    assert rv.pid("rvr") == pid and rv.state("rvr") == "running"
