@@ -226,6 +226,7 @@ def upgrade(
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
+        _check_keepable(srv, store)
         size = 0
         if not check:
             size = store.as_user(copy.tree_size, srv.datadir)
@@ -265,6 +266,21 @@ def upgrade(
         )
     result.elapsed = time.monotonic() - t0
     return result
+
+
+def _check_keepable(srv: Server, store: Store) -> None:
+    """:raises DatabaseException: the data directory is not all in one place (tablespaces,
+    a pg_wal symlink): the pre-upgrade snapshot could not be restored (the check and the
+    link method's copy said so only once the server was stopped; copy and clone upgraded,
+    and the rollback then failed)."""
+    why = store.as_user(snapstore.unsupported, srv.datadir)
+    if why:
+        raise DatabaseException(
+            f"cannot upgrade '{srv.inst.name}': {why}, so the snapshot that rolls an upgrade "
+            "back could not hold it; nothing was changed",
+            hint="move what lives elsewhere into the data directory (ALTER TABLE ... SET "
+            "TABLESPACE pg_default, then DROP TABLESPACE), or run pg_upgrade yourself",
+        )
 
 
 def _run_pg_upgrade(

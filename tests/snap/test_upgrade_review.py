@@ -229,3 +229,28 @@ def test_a_standby_is_refused_before_it_is_stopped(rv: Inst) -> None:
         "'pgmgr replica')",
     ]
     assert rv.pid("rvr") == pid and rv.state("rvr") == "running"
+
+
+def test_tablespaces_are_refused_before_anything(rv: Inst, scratch: Path) -> None:
+    """The pre-upgrade snapshot cannot hold a tablespace (snapshot and restore refuse
+    one): --method copy upgraded, then 'pgmgr restore rv pre-upgrade-15' failed ('cannot
+    copy ...: it has tablespaces'); link stopped the server first. Now all refuse first."""
+    import os
+    import shutil
+
+    ts = scratch / "ts"
+    ts.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        shutil.chown(ts, "postgres", "postgres")
+    rv.sql(f"CREATE TABLESPACE ts LOCATION '{ts}'")
+    pid = rv.pid()
+    for args in (["--yes"], ["--yes", "--method", "link"], ["--check"]):
+        proc = rv.pgmgr("upgrade", "rv", "-v", "18", *args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert error_lines(proc.stderr)[0] == (
+            "Error: cannot upgrade 'rv': it has tablespaces (pg_tblspc is not empty), so the "
+            "snapshot that rolls an upgrade back could not hold it; nothing was changed"
+        )
+    assert rv.pid() == pid and rv.record()["major"] == "15"
+    assert [p.name.split("_")[1] for p in ts.iterdir()] == ["15"]  # no PG_18_* made
+    rv.sql("DROP TABLESPACE ts")
