@@ -78,6 +78,7 @@ def upgrade(
         if result.rejected:
             ui.message(f"Settings PostgreSQL {result.new_version} rejects (the upgrade would "
                        "drop them): " + _rejected(result.to_dict()))  # fmt: skip
+        _not_carried(result.not_carried, "would not be")
         return
     down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
     ui.message(f"Upgraded '{result.name}' from PostgreSQL {result.old_version} to "
@@ -87,6 +88,7 @@ def upgrade(
     if result.rejected:
         ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
                    + _rejected(result.to_dict()))  # fmt: skip
+    _not_carried(result.not_carried, "not")
     if result.analyzed:
         ui.message(f"Statistics rebuilt ({result.analyzed_with})")
     elif result.analyze_hint:
@@ -98,3 +100,10 @@ def _rejected(doc: dict[str, Any]) -> str:
     """The rejected settings, each renamed one with its new name."""
     new = doc["renamed_settings"]
     return ", ".join(f"{n} (now {new[n]})" if n in new else n for n in doc["rejected_settings"])
+
+
+def _not_carried(names: list[str], verb: str) -> None:
+    if names:
+        ui.message(f"Settings of postgresql.conf {verb} carried over (pgmgr keeps "
+                   "postgresql.auto.conf and -c: set them again with ALTER SYSTEM or -c): "
+                   + ", ".join(names))  # fmt: skip

@@ -64,6 +64,7 @@ class UpgradeResult:
     was_running: bool = False
     snapshot: str | None = None
     rejected: list[str] = field(default_factory=list)
+    not_carried: list[str] = field(default_factory=list)
     analyzed: bool = False
     analyzed_with: str | None = None
     analyze_hint: str | None = None
@@ -79,6 +80,7 @@ class UpgradeResult:
             "was_running": self.was_running,
             "rollback_snapshot": self.snapshot,
             "rejected_settings": self.rejected,
+            "postgresql_conf_not_carried": self.not_carried,
             "renamed_settings": plan.renamed(self.rejected, self.new_version.split(".")[0]),
             "statistics_rebuilt": self.analyzed,
             "statistics_rebuilt_with": self.analyzed_with,
@@ -96,12 +98,15 @@ def _options_sql(major: int) -> str:
     locale = "datlocale" if major >= 17 else ("daticulocale" if major >= 15 else "NULL")
     return (
         f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, {locale}, "  # noqa: S608 - column names chosen above, no input
-        "current_setting('data_checksums') FROM pg_database WHERE datname = 'template0'"
+        "current_setting('data_checksums'), current_setting('lc_messages'), "
+        "current_setting('lc_monetary'), current_setting('lc_numeric'), "
+        "current_setting('lc_time') FROM pg_database WHERE datname = 'template0'"
     )
 
 
 def probe(srv: Server) -> plan.ClusterOptions:
-    """The old cluster's encoding, locales and checksums, read from the server (started
+    """The old cluster's encoding, locales (lc_messages, lc_monetary, lc_numeric and
+    lc_time too) and checksums, read from the server (started
     for the question, and stopped again, when it was not running).
 
     :raises WorkerError: it cannot be started or asked.
@@ -120,9 +125,9 @@ def probe(srv: Server) -> plan.ClusterOptions:
         if started:
             srv.stop("fast")
     assert row is not None
-    enc, collate, ctype, provider, locale, checksums = row
+    enc, collate, ctype, provider, locale, checksums, *other = row
     return plan.ClusterOptions(
-        enc, collate, ctype, str(provider), locale or None, checksums == "on"
+        enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
     )
 
 
@@ -247,7 +252,10 @@ def upgrade(
                 # refuses (a library, --method clone here) costs no stop and start.
                 say("pg_upgrade --check" + ("" if check else " (server running)"))
                 _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
-                result.rejected = conf.rejected(srv, store, new, newdata)
+                rejected = conf.rejected(srv, store, new, newdata)
+                result.rejected, result.not_carried = conf.left_behind(
+                    srv, store, new, newdata, rejected
+                )
             if not check:
                 steps = _Steps(say, size)
                 _switch(srv, store, old, new, work, sockdir, method, result, steps)
@@ -351,6 +359,7 @@ def _switch(
         steps.say(f"pg_upgrade --{method}")
         _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
         rejected = conf.rejected(srv, store, new, newdata)
+        result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
         store.as_user(conf.carry, srv.datadir, newdata, set(rejected))
         new_id = store.as_user(intent.identify, newdata)
         meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
@@ -384,7 +393,7 @@ def _switch(
                 resume(srv, pause)
             finally:  # not before: freeing its blocks competes with the start
                 intent.remove(store, gone)
-    result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
+    result.snapshot, result.downtime = snap_name, pause.downtime
 
 
 @dataclass

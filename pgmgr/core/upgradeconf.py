@@ -62,6 +62,25 @@ def rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> lis
     return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
 
 
+def conf_texts(old: Path, new: Path) -> tuple[str, str]:
+    """The two clusters' postgresql.conf. As the user."""
+    return (old / "postgresql.conf").read_text(), (new / "postgresql.conf").read_text()
+
+
+def left_behind(
+    srv: Server, store: Store, new: Installation, newdata: Path, rejected: list[str]
+) -> tuple[list[str], list[str]]:
+    """What the upgrade leaves behind of the old configuration: the settings the new major
+    rejects (``rejected``, of those pgmgr carries, and those of postgresql.conf), and the
+    ones of postgresql.conf it accepts but which are not carried over (pgmgr carries
+    postgresql.auto.conf and the record's settings, not postgresql.conf)."""
+    old, new_conf = store.as_user(conf_texts, srv.datadir, newdata)
+    kept = set(store.as_user(auto_settings, srv.datadir)) | set(srv.inst.settings)
+    left = plan.not_carried(old, new_conf, kept)
+    gone = rejected_settings(new, newdata, left, srv)
+    return sorted({*rejected, *gone}), [n for n in left if n not in gone]
+
+
 def rebuild_statistics(srv: Server, new: Installation) -> tuple[str | None, str | None]:
     """Rebuild the statistics on the running new server (see
     :func:`upgradeplan.analyze_steps`): what ran, or how to run it (and why it did not).

@@ -14,6 +14,7 @@ from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.versions import Installation
 
 METHODS = ("copy", "link", "clone")
+LC_OTHER = ("lc_messages", "lc_monetary", "lc_numeric", "lc_time")
 #: What pg_upgrade itself looks for in each bin directory (src/bin/pg_upgrade/exec.c).
 OLD_BINARIES = ("postgres", "pg_ctl", "pg_controldata")
 NEW_BINARIES = (
@@ -40,6 +41,9 @@ class ClusterOptions:
     provider: str = "c"  # c (libc) | i (icu) | b (builtin)
     locale: str | None = None  # the icu/builtin locale
     checksums: bool = False
+    #: lc_messages, lc_monetary, lc_numeric, lc_time (initdb writes them in postgresql.conf,
+    #: which is not carried over: else they would be the environment's)
+    lc_other: tuple[str, ...] = ()
 
 
 def check_method(method: str) -> str:
@@ -87,6 +91,8 @@ def initdb_argv(new: Installation, datadir: Path, superuser: str, o: ClusterOpti
         argv += ["--locale-provider=icu", f"--icu-locale={o.locale}"]
     elif o.provider == "b" and o.locale:
         argv += ["--locale-provider=builtin", f"--builtin-locale={o.locale}"]
+    for option, value in zip(LC_OTHER, o.lc_other, strict=False):
+        argv.append(f"--{option.replace('_', '-')}={value}")
     if o.checksums:
         argv.append("--data-checksums")
     elif int(new.major) >= 18:
@@ -148,6 +154,30 @@ def renamed(names: list[str], new_major: str) -> dict[str, str]:
     return {
         n: RENAMED[n][0] for n in names if n in RENAMED and int(new_major) >= int(RENAMED[n][1])
     }
+
+
+_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*('(?:[^']|'')*'|[^#\s]*)")
+
+
+def conf_settings(text: str) -> dict[str, str]:
+    """``name -> value`` (unquoted) of the active lines of a postgresql.conf."""
+    out = {}
+    for line in text.splitlines():
+        m = _CONF_LINE.match(line)
+        if m:
+            out[m.group(1).lower()] = unquote(m.group(2))
+    return out
+
+
+def not_carried(old_conf: str, new_conf: str, kept: set[str]) -> dict[str, str]:
+    """The settings of the old postgresql.conf that the new one (initdb's) does not have
+    with the same value, but for those pgmgr keeps (``kept``: postgresql.auto.conf's and
+    the record's, which win anyway) and include directives."""
+    old, new = conf_settings(old_conf), conf_settings(new_conf)
+    return {
+        n: v for n, v in sorted(old.items())
+        if n not in kept and not n.startswith("include") and new.get(n) != v
+    }  # fmt: skip
 
 
 def auto_conf_settings(text: str) -> dict[str, str]:

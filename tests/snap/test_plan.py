@@ -178,3 +178,17 @@ def test_analyze_steps_keep_what_pg_upgrade_carried_over() -> None:
     assert plan.vacuumdb_argv(NEW, ["--all"], "/s", 5432, "pg") == [
         "/opt/pg18/bin/vacuumdb", "--all", "-h", "/s", "-p", "5432", "-U", "pg",
     ]  # fmt: skip
+
+
+def test_postgresql_conf_settings_not_carried() -> None:
+    old = ("max_connections = 100\t# (change requires restart)\nwork_mem '3MB'\n"
+           "#shared_buffers = 1GB\ninclude_if_exists 'x.conf'\nsearch_path = '\"$user\", a'\n"
+           "lc_time = 'C'\n")  # fmt: skip
+    assert plan.conf_settings(old)["search_path"] == '"$user", a'
+    new = "max_connections = 100\nlc_time = 'C.UTF-8'\n"
+    assert plan.not_carried(old, new, {"lc_time"}) == {
+        "search_path": '"$user", a', "work_mem": "3MB"
+    }  # fmt: skip
+    opts = plan.ClusterOptions("UTF8", "C", "C", lc_other=("C", "de_DE", "C", "C"))
+    argv = plan.initdb_argv(NEW, Path("/n"), "postgres", opts)
+    assert {"--lc-messages=C", "--lc-monetary=de_DE", "--lc-time=C"} <= set(argv)

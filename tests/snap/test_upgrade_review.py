@@ -254,3 +254,28 @@ def test_tablespaces_are_refused_before_anything(rv: Inst, scratch: Path) -> Non
     assert rv.pid() == pid and rv.record()["major"] == "15"
     assert [p.name.split("_")[1] for p in ts.iterdir()] == ["15"]  # no PG_18_* made
     rv.sql("DROP TABLESPACE ts")
+
+
+def test_postgresql_conf_settings_left_behind_are_named(scratch: Path) -> None:
+    """pgmgr carries postgresql.auto.conf and the record's settings, not postgresql.conf:
+    what a user set there was dropped without a word. Now named (those 18 rejects with
+    the rejected ones); the locale settings initdb writes there are the old cluster's
+    (they were the environment's: lc_monetary 'C' became 'C.UTF-8')."""
+    it = make(scratch, "rvc", start=False)
+    try:
+        with open(it.datadir / "postgresql.conf", "a") as f:
+            f.write("work_mem = '3MB'   # mine\nold_snapshot_threshold '1h'\n")
+        it.ok("start", "rvc", "-q")
+        before = it.sql("SELECT string_agg(current_setting(n), ',') FROM unnest("
+                        "'{lc_messages,lc_monetary,lc_numeric,lc_time}'::text[]) n")  # fmt: skip
+        it.ok("stop", "rvc", "-q")
+        out = json.loads(it.ok("upgrade", "rvc", "-v", "18", "--yes", "--json").stdout)
+        assert out["postgresql_conf_not_carried"] == ["work_mem"]
+        assert out["rejected_settings"] == ["old_snapshot_threshold", "vacuum_defer_cleanup_age"]
+        it.ok("start", "rvc", "-q")
+        assert it.sql("SHOW work_mem") == "4MB"  # as said: not carried
+        after = it.sql("SELECT string_agg(current_setting(n), ',') FROM unnest("
+                       "'{lc_messages,lc_monetary,lc_numeric,lc_time}'::text[]) n")  # fmt: skip
+        assert after == before
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
