@@ -28,7 +28,7 @@ from pgmgr.core import (
     snapstore,
     testhook,
 )
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, paused, resume, spawn_again
 from pgmgr.core.snapcatalog import Listing, load, missing, pick_name, record_of
@@ -209,6 +209,7 @@ def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
     everything. The index also records the snapshot's copy as it is (the restored
     directory holds its bytes), for snapshots that share files with it (:func:`_spread`,
     once the server runs again)."""
+    testhook.pause("restore-reindexing")
     try:
         if old is not None:
             delta.unlink_shared(old)
@@ -227,7 +228,8 @@ def _spread(snapdir: Path) -> None:
     """:func:`delta.spread` of the index :func:`_reindex` saved. After the server started:
     it rewrites the indexes of up to 8 snapshots (seconds for a data directory of 100,000
     files), and needs no stopped server (their stamps are those taken before the start;
-    a file written since no longer matches them). As the user."""
+    a file written since no longer matches them). Optional: a snapshot whose index was
+    not updated copies the files whose stamps changed. As the user."""
     testhook.pause("restore-spreading")
     index = delta.load(snapdir)
     if index is not None and index.own:
@@ -288,14 +290,14 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    replaced = _switch(srv, store, it, staging, snapdir)
+                    replaced = _switch(srv, store, it, staging, snapdir, restored)
                     swapped = pause.done = True
-                    restored.append(True)
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        store.as_user(_spread, snapdir)
+                        with contextlib.suppress(PgmgrError):  # optional: see _spread
+                            store.as_user(_spread, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
@@ -336,12 +338,14 @@ def _stage_stopped(
 
 
 def _switch(
-    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path
-) -> list[str]:
+    srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path,
+    restored: list[bool],
+) -> list[str]:  # fmt: skip
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
-    :mod:`pgmgr.core.intent`); then index the restored directory for the next restore by
-    difference, before the server starts. Returns the replaced directory's work entry,
-    to remove once the server runs (:func:`intent.remove`). Signals held by the caller."""
+    :mod:`pgmgr.core.intent`), and mark it ``restored`` (what fails from here says it was);
+    then index the restored directory for the next restore by difference, before the
+    server starts. Returns the replaced directory's work entry, to remove once the server
+    runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.as_user(os.rename, staging, store.entry(it.old))
@@ -350,10 +354,15 @@ def _switch(
         intent.discard(srv, store)
         raise
     sigguard.commit()  # swapped: the restore completes and says so, whatever arrives
+    restored.append(True)
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
-    store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    try:
+        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+    except PgmgrError:  # its process died: restored all the same, the next one copies all
+        with contextlib.suppress(PgmgrError, OSError):
+            store.as_user(delta.drop, snapdir)
     return gone
 
 

@@ -30,6 +30,7 @@ class _State:
     committed = False
     cancellable = 0  # cancellable() blocks entered and not left
     received: list[int] = []  # noqa: RUF012 - signals recorded since commit()
+    shields: list[list[int]] = []  # noqa: RUF012 - what each open shielded() block recorded
 
 
 def _main_thread() -> bool:
@@ -91,9 +92,11 @@ def shielded() -> Iterator[list[int]]:
             _State.received.append(signum)
 
     old = {s: signal.signal(s, _record) for s in SIGNALS}
+    _State.shields.append(got)
     try:
         yield got
     finally:
+        _State.shields[:] = [g for g in _State.shields if g is not got]
         for s, handler in old.items():
             signal.signal(s, _after_commit if _State.committed else handler)
 
@@ -101,11 +104,14 @@ def shielded() -> Iterator[list[int]]:
 def commit() -> None:
     """The work under way has passed its point of no return (call it inside
     :func:`shielded`, once the change is made): from now on SIGINT, SIGTERM and SIGHUP are
-    only recorded, except inside :func:`cancellable` (optional work that may be cut
-    short), until the process exits (console script, see :func:`_process_exits`) or else
-    until the outermost :func:`interruptible` block ends."""
+    only recorded (with those the open :func:`shielded` blocks recorded before), except
+    inside :func:`cancellable` (optional work that may be cut short), until the process
+    exits (console script, see :func:`_process_exits`) or else until the outermost
+    :func:`interruptible` block ends."""
     if not _main_thread() or _State.depth == 0:
         return
+    if not _State.committed:  # held in the block since its start: the caller's too
+        _State.received.extend(s for got in _State.shields for s in got)
     _State.committed = True
     for s in SIGNALS:
         signal.signal(s, _after_commit)
