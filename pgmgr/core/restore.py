@@ -93,7 +93,7 @@ def check_restorable(
         raise DatabaseException(
             f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "
             f"PostgreSQL {on_disk}; nothing was changed",
-            hint="only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back",
+            hint=_rollback_hint(srv, store, current),
         )
     if meta.system_identifier != current and not rollback:
         raise DatabaseException(
@@ -104,6 +104,18 @@ def check_restorable(
     if why:
         raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
     return rollback, None if rollback else index
+
+
+def _rollback_hint(srv: Server, store: Store, current: str) -> str:
+    """Which snapshot rolls the last upgrade back, when one does (after upgrades and
+    rollbacks, only the last upgrade's: the others are of earlier states of the old major,
+    to restore once it is back)."""
+    metas = store.as_user(snapstore.list_metas, store.path)
+    back = [n for n, m, _ in metas if m is not None and m.upgraded_to == current]
+    if not back:
+        return "only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back"
+    return (f"'pgmgr restore {srv.inst.name} {back[0]}' rolls the upgrade back; this "
+            "snapshot can be restored then")  # fmt: skip
 
 
 def _inspect(
