@@ -79,7 +79,7 @@ def snapshots(
         return
     ui.table(
         # Names are what restore and branch take: kept whole where they fit. The kind (free
-        # text when unusable) moves below when the table is wider than the terminal.
+        # text when not restorable) moves below when the table is wider than the terminal.
         [
             ui.Col("instance", key=True),
             ui.Col("snapshot", key=True),
@@ -95,7 +95,7 @@ def snapshots(
                 _when(r["created"]),
                 ui.size(r["size"]) if r["size"] is not None else "-",
                 r["version"] or "-",
-                r["kind"] if not r["problem"] else f"unusable: {r['problem']}",
+                r["kind"] if not r["problem"] else f"not restorable: {r['problem']}",
             ]
             for r in rows
         ],
