@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,9 +238,13 @@ def _spread(snapdir: Path) -> None:
             delta.spread(index, snapdir)
 
 
-def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
+def restore(
+    srv: Server, name: str, *, save_current: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RestoreResult:  # fmt: skip
     """Put ``srv`` back to snapshot ``name`` (see the module doc). ``save_current``: keep
     the state being replaced as a snapshot of that name (``""`` for a timestamp).
+    ``progress`` is told each slow step as it begins ("copying 1.2 GB").
 
     :raises SnapshotNotFound: no such snapshot.
     :raises DatabaseException: see :func:`check_restorable`; not enough space.
@@ -266,6 +271,9 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapdir = store.entry(name)
         snapstore.check_space(store, meta.size, f"restoring {name!r}", snapdir)
+        say = progress or (lambda _step: None)
+        how = "copying what changed of" if index is not None else "copying"
+        say(f"{how} {snapstore.human(meta.size)}")
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
@@ -292,6 +300,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     _not_started(srv)
                     replaced = _switch(srv, store, it, staging, snapdir, restored)
                     swapped = pause.done = True
+                    say("starting again" if pause.was_running else "done")
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
