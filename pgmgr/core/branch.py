@@ -364,7 +364,7 @@ def _copy_branch(
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
             size = tstore.as_user(copy.tree_size, src.datadir)
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
-            say(f"copying {snapstore.human(size)}")
+            say(f"copying up to {snapstore.human(size)}")  # less the WAL a copy leaves out
             stop_now(src, pause)
             stats = tstore.as_user(_copy_own, src.datadir, staging)
             testhook.pause("branch-copied")

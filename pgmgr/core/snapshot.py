@@ -327,7 +327,12 @@ def create(
             earlier = []
         _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
         say = progress or (lambda _step: None)
-        how = "pg_basebackup" if online else ("copying what changed of" if earlier else "copying")
+        # The size counts WAL segments a copy leaves out: "up to".
+        how = (
+            "pg_basebackup"
+            if online
+            else ("copying what changed of" if earlier else "copying up to")
+        )
         say(f"{how} {snapstore.human(size)}")
         staging = store.entry(snapstore.tmp_name("snap"))
         try:

@@ -28,11 +28,11 @@ def _release(hooks: Path, step: str) -> None:
     ("args", "step", "said"),
     [
         (["snapshot", "dev", "s1"], "snapshot-indexed",
-         r"Taking a snapshot of 'dev': copying [\d.]+ MB \d+\.\ds"),
+         r"Taking a snapshot of 'dev': copying up to [\d.]+ MB \d+\.\ds"),
         (["restore", "dev", "base", "--yes"], "restore-staged",
          r"Restoring 'base' into 'dev': copying what changed of [\d.]+ MB \d+\.\ds"),
         (["branch", "dev", "feat"], "branch-copied",
-         r"Branching 'dev' into 'feat': copying [\d.]+ MB \d+\.\ds"),
+         r"Branching 'dev' into 'feat': copying up to [\d.]+ MB \d+\.\ds"),
     ],
 )  # fmt: skip
 def test_the_spinner_says_the_step_and_the_size(
