@@ -49,13 +49,13 @@ def snapshot(
             return 0
         ui.message(f"Deleted snapshot {snap!r} of '{srv.inst.name}'")
         return 0
-    how = "online " if online else ""
+    how = "an online" if online else "a"
     with (
         sigguard.interruptible(),
         locked(srv),
-        ui.spinner(f"Taking an {how}snapshot of '{srv.inst.name}' …"),
+        ui.spinner(f"Taking {how} snapshot of '{srv.inst.name}':") as step,
     ):
-        result = snaps.create(srv, snap, online=online)
+        result = snaps.create(srv, snap, online=online, progress=step)
     testhook.pause("snapshot-done")  # taken, not yet said (tests: a signal now)
     if json:
         ui.emit_json(result.to_dict())
@@ -98,9 +98,11 @@ def restore(
     with (
         sigguard.interruptible(),
         locked(srv),
-        ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}' …"),
+        ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}':") as step,
     ):
-        result = restoring.restore(srv, snap, save_current="" if save_current else None)
+        result = restoring.restore(
+            srv, snap, save_current="" if save_current else None, progress=step
+        )
     testhook.pause("restore-done")  # restored, not yet said (tests: a signal now)
     standbys = standbys_of(srv)
     if json:

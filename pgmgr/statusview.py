@@ -52,7 +52,9 @@ def status_record(st: Status, srv: Server) -> dict[str, Any]:
 
         rec.update(role_fields(srv, st.state == "running"))
     else:
-        rec.update(role=None, primary=None, replay_lag_bytes=None, replay_lag_ms=None)
+        rec.update(
+            role=None, primary=None, replay_lag_bytes=None, replay_lag_ms=None, streaming=None
+        )
     return rec
 
 
@@ -118,7 +120,9 @@ def role_text(r: dict[str, Any]) -> str:
     if r.get("role") != "standby":
         return r.get("role") or "-"
     text = "standby" + (f" of {r['primary']}" if r.get("primary") else "")
-    if r.get("replay_lag_bytes") is not None:
+    if r.get("streaming") is False:
+        text += " (not streaming)"
+    elif r.get("replay_lag_bytes") is not None:
         text += f" (lag {r['replay_lag_bytes']} B, {r['replay_lag_ms']:g} ms)"
     return text
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -194,11 +194,17 @@ SPINNER_DELAY = 0.15
 
 
 @contextmanager
-def spinner(text: str) -> Iterator[None]:
+def spinner(text: str) -> Iterator[Callable[[str], None]]:
     """A spinner with elapsed time on a terminal, once the operation has taken longer than
-    :data:`SPINNER_DELAY`; nothing otherwise (the summary line follows)."""
+    :data:`SPINNER_DELAY`; nothing otherwise (the summary line follows). It yields a
+    function: what it is given (the step under way, a size) is shown after ``text``."""
+    detail = [""]
+
+    def step(what: str) -> None:
+        detail[0] = what
+
     if settings.quiet or not _fancy(sys.stderr):
-        yield
+        yield step
         return
     import threading
 
@@ -218,7 +224,8 @@ def spinner(text: str) -> Iterator[None]:
 
         class _Elapsed:
             def __rich__(self) -> Spinner:
-                sp.update(text=Text(f"{text} {time.monotonic() - start:.1f}s"))
+                step = f" {detail[0]}" if detail[0] else ""
+                sp.update(text=Text(f"{text}{step} {time.monotonic() - start:.1f}s"))
                 return sp
 
         with lock:
@@ -233,7 +240,7 @@ def spinner(text: str) -> Iterator[None]:
     thread = threading.Thread(target=show, name="pgmgr-spinner", daemon=True)
     thread.start()
     try:
-        yield
+        yield step
     finally:
         finished.set()
         with lock:

@@ -97,4 +97,16 @@ def quiet(flag: bool, json: bool = False) -> None:
     ui.settings.quiet = flag
 
 
+def confirm(prompt: str) -> bool:
+    """Ask ``prompt [y/N]`` on the terminal (stderr). Ctrl-C (or end of input) ends the
+    prompt's line before "Interrupted" is said, as for any interrupt."""
+    import sys
+
+    try:
+        return typer.confirm(prompt, default=False, err=True)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("\n")
+        raise KeyboardInterrupt from None
+
+
 __all__ = ["resolve", "status_record", "uptime_text", "version_label"]

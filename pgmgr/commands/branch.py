@@ -49,11 +49,11 @@ def branch(
     with (
         sigguard.interruptible(),
         locked(srv),
-        ui.spinner(f"Branching '{srv.inst.name}' into '{new}' …"),
+        ui.spinner(f"Branching '{srv.inst.name}' into '{new}':") as step,
     ):
         result = branches.branch(
             srv, new, snap=from_, datadir=datadir,
-            port=int(port) if port and port != "auto" else port, start=start,
+            port=int(port) if port and port != "auto" else port, start=start, progress=step,
         )  # fmt: skip
     if json:
         ui.emit_json(result.to_dict())

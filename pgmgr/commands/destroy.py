@@ -67,12 +67,7 @@ def destroy(
         if kept.count:
             what = "and" if with_snapshots else "keeping"
             prompt = prompt[:-1] + f", {what} its {kept.count} snapshot(s)?"
-        try:
-            answer = typer.confirm(prompt, default=False, err=True)
-        except (typer.Abort, KeyboardInterrupt):
-            sys.stderr.write("\n")  # end the prompt's line before "Interrupted"
-            raise KeyboardInterrupt from None
-        if not answer:
+        if not c.confirm(prompt):
             ui.message("Nothing removed")
             raise typer.Exit(1)
     with locked(srv), ui.spinner(f"Destroying '{srv.inst.name}' …"):

@@ -46,7 +46,7 @@ def restore(
         prompt = (
             f"Replace the data of '{srv.inst.name}' by snapshot {snap!r}? (current state: {lost})"
         )
-        if not typer.confirm(prompt, default=False, err=True):
+        if not c.confirm(prompt):
             ui.message("Nothing changed")
             raise typer.Exit(1)
 

@@ -57,7 +57,7 @@ def snapshots(
     """
     from pgmgr.core import registry
     from pgmgr.core import snapcatalog as catalog
-    from pgmgr.core.errors import DatabaseException
+    from pgmgr.core.errors import DatabaseException, describe_os_error
     from pgmgr.core.instance import Server
 
     if name:
@@ -69,6 +69,8 @@ def snapshots(
                 rows += [info.to_dict() for info in catalog.list_snapshots(Server(inst))]
             except DatabaseException as e:  # one unsafe store does not hide the others
                 ui.error(f"'{inst.name}': {e}")
+            except OSError as e:  # nor a missing one (its volume not mounted, moved away)
+                ui.error(f"'{inst.name}': {describe_os_error(e)}")
     if json:
         ui.emit_json(rows)
         return
@@ -76,7 +78,16 @@ def snapshots(
         ui.message("No snapshots; take one with 'pgmgr snapshot NAME'")
         return
     ui.table(
-        ["instance", "snapshot", "created", "size", "version", "kind"],
+        # Names are what restore and branch take: kept whole where they fit. The kind (free
+        # text when not restorable) moves below when the table is wider than the terminal.
+        [
+            ui.Col("instance", key=True),
+            ui.Col("snapshot", key=True),
+            "created",
+            "size",
+            "version",
+            ui.Col("kind", below=True),
+        ],
         [
             [
                 r["instance"],
@@ -84,7 +95,7 @@ def snapshots(
                 _when(r["created"]),
                 ui.size(r["size"]) if r["size"] is not None else "-",
                 r["version"] or "-",
-                r["kind"] if not r["problem"] else f"unusable: {r['problem']}",
+                r["kind"] if not r["problem"] else f"not restorable: {r['problem']}",
             ]
             for r in rows
         ],

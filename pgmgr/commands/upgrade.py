@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -55,16 +55,16 @@ def upgrade(
             )
         prompt = (f"Upgrade '{srv.inst.name}' from PostgreSQL {old.version} to {new.version}? "
                   "(the old state is kept as a snapshot)")  # fmt: skip
-        if not typer.confirm(prompt, default=False, err=True):
+        if not c.confirm(prompt):
             ui.message("Nothing changed")
             raise typer.Exit(1)
     what = "Checking" if check else "Upgrading"
     with (
         sigguard.interruptible(),
         locked(srv),
-        ui.spinner(f"{what} '{srv.inst.name}' ({old.version} -> {new.version}, {method}) …"),
+        ui.spinner(f"{what} '{srv.inst.name}' {old.version} -> {new.version}:") as step,
     ):
-        result = up.upgrade(srv, version, method=method, check=check)
+        result = up.upgrade(srv, version, method=method, check=check, progress=step)
     testhook.pause("upgrade-done")  # upgraded, not yet said (tests: a signal now)
     from pgmgr.snapactions import note_standbys, standbys_of
 
@@ -75,6 +75,10 @@ def upgrade(
     if check:
         ui.message(f"'{result.name}' can be upgraded from {result.old_version} to "
                    f"{result.new_version} ({method}): pg_upgrade's checks passed")  # fmt: skip
+        if result.rejected:
+            ui.message(f"Settings PostgreSQL {result.new_version} rejects (the upgrade would "
+                       "drop them): " + _rejected(result.to_dict()))  # fmt: skip
+        _not_carried(result.not_carried, "would not be")
         return
     down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
     ui.message(f"Upgraded '{result.name}' from PostgreSQL {result.old_version} to "
@@ -83,9 +87,23 @@ def upgrade(
                f"'pgmgr restore {result.name} {result.snapshot}' rolls back")  # fmt: skip
     if result.rejected:
         ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
-                   + ", ".join(result.rejected))  # fmt: skip
+                   + _rejected(result.to_dict()))  # fmt: skip
+    _not_carried(result.not_carried, "not")
     if result.analyzed:
-        ui.message("Statistics rebuilt (vacuumdb --analyze-in-stages)")
+        ui.message(f"Statistics rebuilt ({result.analyzed_with})")
     elif result.analyze_hint:
         ui.message("Statistics: " + result.analyze_hint)
     note_standbys(result.name, standbys, "an upgrade")
+
+
+def _rejected(doc: dict[str, Any]) -> str:
+    """The rejected settings, each renamed one with its new name."""
+    new = doc["renamed_settings"]
+    return ", ".join(f"{n} (now {new[n]})" if n in new else n for n in doc["rejected_settings"])
+
+
+def _not_carried(names: list[str], verb: str) -> None:
+    if names:
+        ui.message(f"Settings of postgresql.conf {verb} carried over (pgmgr keeps "
+                   "postgresql.auto.conf and -c: set them again with ALTER SYSTEM or -c): "
+                   + ", ".join(names))  # fmt: skip

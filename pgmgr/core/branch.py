@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,10 @@ def branch(
     datadir: Path | None = None,
     port: int | str | None = None,
     start: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> BranchResult:
     """Make ``new`` from ``src`` (see the module doc); the caller holds ``src``'s lock.
+    ``progress`` is told each slow step as it begins ("copying 1.2 GB").
 
     :raises UsageError: a bad or taken name.
     :raises SnapshotNotFound: ``snap`` is not one of ``src``'s snapshots.
@@ -236,7 +239,8 @@ def branch(
     # it taken, instead of sweeping this one's copy or renaming its half-made one in.
     with sigguard.interruptible(), registry.lock(target):
         _check_free(src, new, datadir)
-        return _branch(src, new, target, snap=snap, port=port, start=start, t0=t0)
+        say = progress or (lambda _step: None)
+        return _branch(src, new, target, snap=snap, port=port, start=start, t0=t0, say=say)
 
 
 def _check_free(src: Server, new: str, datadir: Path | None) -> None:
@@ -249,7 +253,7 @@ def _check_free(src: Server, new: str, datadir: Path | None) -> None:
 
 def _branch(
     src: Server, new: str, target: Path, *, snap: str | None, port: int | str | None,
-    start: bool, t0: float,
+    start: bool, t0: float, say: Callable[[str], None],
 ) -> BranchResult:  # fmt: skip
     with snapstore.opened(target, src.user(), exclusive=True) as tstore:
         try:
@@ -260,9 +264,11 @@ def _branch(
             said = f"branch '{new}' of '{src.inst.name}' was made"
             with done_then(said, src.inst.name) as made, paused(src, stop=False) as pause:
                 with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
-                    stats, major = _copy_branch(src, snap, tstore, pause)
+                    stats, major = _copy_branch(src, snap, tstore, pause, say)
                 inst = new_record(src, new, target, port, major)
                 srv = Server(inst)
+                if start:
+                    say(f"starting '{new}'")
                 _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
                 made.append(True)
         except BaseException:
@@ -349,8 +355,9 @@ def _start(srv: Server, auto: bool) -> None:
 
 
 def _copy_branch(
-    src: Server, snap: str | None, tstore: snapstore.Store, pause: Pause
-) -> tuple[copy.CopyStats, dict[str, Any] | None]:
+    src: Server, snap: str | None, tstore: snapstore.Store, pause: Pause,
+    say: Callable[[str], None],
+) -> tuple[copy.CopyStats, dict[str, Any] | None]:  # fmt: skip
     """Copy into ``<tstore>/.tmp-branch`` (the lock makes the name ours); a running source
     is stopped for the copy and started again (not waited for) right after it. With what
     the record takes from a snapshot of another major (see :func:`_snapshot_source`)."""
@@ -361,6 +368,7 @@ def _copy_branch(
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
             size = tstore.as_user(copy.tree_size, src.datadir)
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
+            say(f"copying up to {snapstore.human(size)}")  # less the WAL a copy leaves out
             stop_now(src, pause)
             stats = tstore.as_user(_copy_own, src.datadir, staging)
             testhook.pause("branch-copied")
@@ -370,6 +378,7 @@ def _copy_branch(
             with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
                 origin, size, major = _snapshot_source(src, snap, sstore)
                 snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", origin)
+                say(f"copying {snapstore.human(size)}")
                 stats = tstore.as_user(_copy_own, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
     except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def check_restorable(
         raise DatabaseException(
             f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "
             f"PostgreSQL {on_disk}; nothing was changed",
-            hint="only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back",
+            hint=_rollback_hint(srv, store, current),
         )
     if meta.system_identifier != current and not rollback:
         raise DatabaseException(
@@ -104,6 +105,18 @@ def check_restorable(
     if why:
         raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
     return rollback, None if rollback else index
+
+
+def _rollback_hint(srv: Server, store: Store, current: str) -> str:
+    """Which snapshot rolls the last upgrade back, when one does (after upgrades and
+    rollbacks, only the last upgrade's: the others are of earlier states of the old major,
+    to restore once it is back)."""
+    metas = store.as_user(snapstore.list_metas, store.path)
+    back = [n for n, m, _ in metas if m is not None and m.upgraded_to == current]
+    if not back:
+        return "only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back"
+    return (f"'pgmgr restore {srv.inst.name} {back[0]}' rolls the upgrade back; this "
+            "snapshot can be restored then")  # fmt: skip
 
 
 def _inspect(
@@ -225,9 +238,13 @@ def _spread(snapdir: Path) -> None:
             delta.spread(index, snapdir)
 
 
-def restore(srv: Server, name: str, *, save_current: str | None = None) -> RestoreResult:
+def restore(
+    srv: Server, name: str, *, save_current: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RestoreResult:  # fmt: skip
     """Put ``srv`` back to snapshot ``name`` (see the module doc). ``save_current``: keep
     the state being replaced as a snapshot of that name (``""`` for a timestamp).
+    ``progress`` is told each slow step as it begins ("copying 1.2 GB").
 
     :raises SnapshotNotFound: no such snapshot.
     :raises DatabaseException: see :func:`check_restorable`; not enough space.
@@ -256,6 +273,9 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapdir = store.entry(name)
         snapstore.check_space(store, meta.size, f"restoring {name!r}", snapdir)
+        say = progress or (lambda _step: None)
+        how = "copying what changed of" if index is not None else "copying"
+        say(f"{how} {snapstore.human(meta.size)}")
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         try:
@@ -282,6 +302,7 @@ def restore(srv: Server, name: str, *, save_current: str | None = None) -> Resto
                     _not_started(srv)
                     replaced = _switch(srv, store, it, staging, snapdir, restored)
                     swapped = pause.done = True
+                    say("starting again" if pause.was_running else "done")
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()

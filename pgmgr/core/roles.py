@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 LAG_SQL = """
 SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),
        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 END
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 END,
+       EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')
 """
 
 
@@ -29,31 +30,37 @@ def standbys_of(srv: Server) -> list[str]:
     return [i.name for i in registry.load_all()[0] if i.primary == srv.inst.name]
 
 
-def replay_lag(srv: Server) -> tuple[int | None, float | None]:
-    """A running standby's WAL received but not replayed (bytes), and how old its last
-    replayed transaction is while it is behind (ms; 0 when caught up); None if unknown."""
+def replay_lag(srv: Server) -> tuple[int | None, float | None, bool | None]:
+    """A running standby's WAL received but not replayed (bytes), how old its last
+    replayed transaction is while it is behind (ms; 0 when caught up), and whether it is
+    streaming from its primary now (a standby cut off, e.g. by an upgrade or a restore of
+    its primary, has replayed all it received: lag 0, which says nothing); None if
+    unknown."""
     import psycopg
 
     try:
         with psycopg.connect(srv.dsn(), connect_timeout=2) as conn:
             row = conn.execute(LAG_SQL).fetchone()
     except psycopg.Error:
-        return None, None
+        return None, None, None
     if row is None:
-        return None, None
+        return None, None, None
     return (
         None if row[0] is None else int(row[0]),
         None if row[1] is None else round(float(row[1]), 1),
+        bool(row[2]),
     )
 
 
 def role_fields(srv: Server, running: bool) -> dict[str, Any]:
-    """``role`` (primary or standby), ``primary``, ``replay_lag_bytes``, ``replay_lag_ms``."""
+    """``role`` (primary or standby), ``primary``, ``replay_lag_bytes``, ``replay_lag_ms``,
+    ``streaming``."""
     standby = is_standby(srv)
-    lag = replay_lag(srv) if standby and running else (None, None)
+    lag = replay_lag(srv) if standby and running else (None, None, None)
     return {
         "role": "standby" if standby else "primary",
         "primary": srv.inst.primary if standby else None,
         "replay_lag_bytes": lag[0],
         "replay_lag_ms": lag[1],
+        "streaming": lag[2],
     }

@@ -92,7 +92,10 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
             and meta.major == srv.inst.major  # else restore says which major it is
             and current not in (None, meta.system_identifier, meta.upgraded_to)
         ):  # a destroyed instance's, kept; the data directory was made anew since
-            problem = f"of another cluster (system identifier {meta.system_identifier})"
+            problem = (
+                f"of another cluster (system identifier {meta.system_identifier}); "
+                "'branch --from' copies it"
+            )
         out.append(
             SnapshotInfo(
                 srv.inst.name, name, meta.created, meta.size, meta.version, meta.kind, path, problem

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,9 +295,11 @@ def meta_for(srv: Server, name: str, sysid: str, kind: str, stats: copy.CopyStat
 
 
 def create(
-    srv: Server, name: str | None = None, *, online: bool = False, kind: str = "snapshot"
-) -> SnapshotResult:
-    """Take a snapshot of ``srv`` (see the module doc).
+    srv: Server, name: str | None = None, *, online: bool = False, kind: str = "snapshot",
+    progress: Callable[[str], None] | None = None,
+) -> SnapshotResult:  # fmt: skip
+    """Take a snapshot of ``srv`` (see the module doc). ``progress`` is told each slow step
+    as it begins ("copying 1.2 GB").
 
     :raises DataDirNotFound: no data directory.
     :raises DatabaseException: a bad or taken name, not enough space, an unsafe store.
@@ -324,6 +326,14 @@ def create(
         if online:  # pg_basebackup shares nothing: the whole size must fit
             earlier = []
         _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
+        say = progress or (lambda _step: None)
+        # The size counts WAL segments a copy leaves out: "up to".
+        how = (
+            "pg_basebackup"
+            if online
+            else ("copying what changed of" if earlier else "copying up to")
+        )
+        say(f"{how} {snapstore.human(size)}")
         staging = store.entry(snapstore.tmp_name("snap"))
         try:
             said = f"snapshot {name!r} of '{srv.inst.name}' was taken"
@@ -346,6 +356,7 @@ def create(
                         store.as_user(snapstore.remove_tree, staging)
                         raise
                     testhook.pause("snapshot-copied")
+                    say("starting again" if pause.was_running else "naming")
                     # Copied: naming it overlaps the start. A start refused before postgres
                     # runs (port taken) is tried again at the end of paused(), and that
                     # failure says the snapshot was taken, as one after the spawn does.

@@ -18,7 +18,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from pgmgr.core import (
     intent,
     paths,
     pgcontrol,
+    roles,
     server,
     sigguard,
     snapshot,
@@ -39,6 +40,7 @@ from pgmgr.core import (
     tools,
     versions,
 )
+from pgmgr.core import upgradeconf as conf
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -64,7 +66,9 @@ class UpgradeResult:
     was_running: bool = False
     snapshot: str | None = None
     rejected: list[str] = field(default_factory=list)
+    not_carried: list[str] = field(default_factory=list)
     analyzed: bool = False
+    analyzed_with: str | None = None
     analyze_hint: str | None = None
     downtime: float | None = None
 
@@ -78,7 +82,10 @@ class UpgradeResult:
             "was_running": self.was_running,
             "rollback_snapshot": self.snapshot,
             "rejected_settings": self.rejected,
+            "postgresql_conf_not_carried": self.not_carried,
+            "renamed_settings": plan.renamed(self.rejected, self.new_version.split(".")[0]),
             "statistics_rebuilt": self.analyzed,
+            "statistics_rebuilt_with": self.analyzed_with,
             "statistics_hint": self.analyze_hint,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
@@ -93,12 +100,15 @@ def _options_sql(major: int) -> str:
     locale = "datlocale" if major >= 17 else ("daticulocale" if major >= 15 else "NULL")
     return (
         f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, {locale}, "  # noqa: S608 - column names chosen above, no input
-        "current_setting('data_checksums') FROM pg_database WHERE datname = 'template0'"
+        "current_setting('data_checksums'), current_setting('lc_messages'), "
+        "current_setting('lc_monetary'), current_setting('lc_numeric'), "
+        "current_setting('lc_time') FROM pg_database WHERE datname = 'template0'"
     )
 
 
 def probe(srv: Server) -> plan.ClusterOptions:
-    """The old cluster's encoding, locales and checksums, read from the server (started
+    """The old cluster's encoding, locales (lc_messages, lc_monetary, lc_numeric and
+    lc_time too) and checksums, read from the server (started
     for the question, and stopped again, when it was not running).
 
     :raises WorkerError: it cannot be started or asked.
@@ -117,9 +127,9 @@ def probe(srv: Server) -> plan.ClusterOptions:
         if started:
             srv.stop("fast")
     assert row is not None
-    enc, collate, ctype, provider, locale, checksums = row
+    enc, collate, ctype, provider, locale, checksums, *other = row
     return plan.ClusterOptions(
-        enc, collate, ctype, str(provider), locale or None, checksums == "on"
+        enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
     )
 
 
@@ -173,69 +183,12 @@ def _read_logs(work: Path) -> str:
     return "\n".join(parts)
 
 
-def _keep_logs(srv: Server, store: Store, work: Path) -> Path:
+def _keep_logs(srv: Server, store: Store, work: Path) -> tuple[Path, str]:
+    """pg_upgrade's logs, kept under the state directory: where, and their text."""
     text = store.as_user(_read_logs, work)
     log = paths.state_dir() / "logs" / f"{srv.inst.name}-upgrade-{int(time.time())}.log"
     paths.write_atomic(log, text.encode(), mode=0o600)
-    return log
-
-
-def _reason(e: CommandFailed) -> str:
-    """The line of pg_upgrade's output that says what failed."""
-    lines = [ln.strip() for ln in e.stderr.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
-    for i, line in enumerate(lines):
-        # "Checking ...  fatal" (PostgreSQL 15), "... failed check: Checking ..." (18),
-        # then a heading ("Data type checks failed:") or the reason itself. Not the last
-        # line: it names a file in the work directory, which is gone by then.
-        if line.endswith("fatal") or "failed check:" in line:
-            said = [ln for ln in lines[i + 1 :] if not ln.endswith(":")]
-            if said:
-                return said[0].rstrip(".")
-    return lines[-1] if lines else f"exit code {e.returncode}"
-
-
-def _auto_settings(old: Path) -> dict[str, str]:
-    """The settings of the old cluster's postgresql.auto.conf (ALTER SYSTEM). As the user."""
-    try:
-        text = (old / "postgresql.auto.conf").read_text()
-    except FileNotFoundError:
-        return {}
-    return {k: plan.unquote(v) for k, v in plan.auto_conf_settings(text).items()}
-
-
-def _carry(old: Path, new: Path, rejected: set[str]) -> None:
-    """Copy the configuration pgmgr keeps into the new cluster, the lines setting what the
-    new major rejects commented out. As the user."""
-    import shutil
-
-    for name in plan.CARRIED_FILES:
-        if (old / name).is_file():
-            shutil.copyfile(old / name, new / name)
-    path = new / "postgresql.auto.conf"
-    if rejected and path.is_file():
-        path.write_text(plan.drop_from_auto_conf(path.read_text(), rejected))
-
-
-def rejected_settings(
-    new: Installation, datadir: Path, settings: dict[str, str], srv: Server
-) -> list[str]:
-    """The names among ``settings`` that the new major's postgres refuses (``-C``)."""
-    user = srv.user()
-
-    def accepts(items: dict[str, str]) -> bool:
-        argv = [str(new.bin("postgres")), "-D", str(datadir), "-C", "port"]
-        for k, v in items.items():
-            argv += ["-c", f"{k}={v}"]
-        try:
-            tools.run(argv, user, timeout=60)
-        except CommandFailed:
-            return False
-        return True
-
-    if not settings or accepts(settings):
-        return []
-    return sorted(k for k, v in settings.items() if not accepts({k: v}))
+    return log, text
 
 
 # --------------------------------------------------------------------------- the upgrade
@@ -246,10 +199,17 @@ def prepare(srv: Server, major: str, method: str) -> tuple[Installation, Install
 
     :raises UsageError: a bad method, the same or a lower major.
     :raises VersionNotFound: the new major is not installed.
-    :raises DatabaseException: a binary pg_upgrade needs is missing.
+    :raises DatabaseException: a binary pg_upgrade needs is missing; a standby.
     """
     plan.check_method(method)
     snapshot.require_datadir(srv)
+    if roles.is_standby(srv):  # pg_upgrade refuses one, but only once it is stopped
+        raise DatabaseException(
+            f"'{srv.inst.name}' is a standby: pg_upgrade upgrades primaries only; nothing "
+            "was changed",
+            hint=f"upgrade its primary{f' ({srv.inst.primary!r})' if srv.inst.primary else ''}"
+            ", then make the standby again ('pgmgr destroy' and 'pgmgr replica')",
+        )
     old_major = server.datadir_major(srv.datadir) or srv.inst.major
     wanted = versions.check_version_string(major)
     plan.check_direction(old_major, versions.major_of(wanted))
@@ -259,8 +219,12 @@ def prepare(srv: Server, major: str, method: str) -> tuple[Installation, Install
     return old, new
 
 
-def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = False) -> UpgradeResult:
+def upgrade(
+    srv: Server, major: str, *, method: str = "copy", check: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> UpgradeResult:  # fmt: skip
     """Upgrade ``srv`` to ``major`` (see the module doc); the caller holds the lock.
+    ``progress`` is told each slow step as it begins ("pg_upgrade --copy, 1.2 GB").
 
     :raises UsageError, VersionNotFound, DatabaseException: see :func:`prepare`; also
         pg_upgrade's own failure (its logs are kept), not enough space. Nothing changed.
@@ -269,6 +233,7 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
         is complete (unless it cut the statistics step short: the result says so).
     """
     t0 = time.monotonic()
+    say = progress or (lambda _step: None)
     old, new = prepare(srv, major, method)
     if not check:
         dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")
@@ -277,6 +242,8 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         store.as_user(snapstore.sweep, store.path)
+        _check_keepable(srv, store)
+        size = 0
         if not check:
             size = store.as_user(copy.tree_size, srv.datadir)
             needed = size * (2 if method == "link" else 1) if method != "clone" else 0
@@ -289,24 +256,50 @@ def upgrade(srv: Server, major: str, *, method: str = "copy", check: bool = Fals
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             newdata = work / "data"
+            say(f"initdb {new.version}")
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
-            if check:
+            if check or srv.running() is not None:
+                # Running: pg_upgrade's checks first, on the live server, so that what it
+                # refuses (a library, --method clone here) costs no stop and start.
+                say("pg_upgrade --check" + ("" if check else " (server running)"))
                 _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
-            else:
-                _switch(srv, store, old, new, work, sockdir, method, result)
+                rejected = conf.rejected(srv, store, new, newdata)
+                result.rejected, result.not_carried = conf.left_behind(
+                    srv, store, new, newdata, rejected
+                )
+            if not check:
+                steps = _Steps(say, size)
+                _switch(srv, store, old, new, work, sockdir, method, result, steps)
         finally:
             if sockdir is not None:
                 store.as_user(_remove_socket_dir, sockdir)
             store.as_user(snapstore.remove_tree, work)
             store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:
-            _analyze(srv, new, result)
+            say("statistics (vacuumdb)")
+            result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)
+            result.analyzed = result.analyzed_with is not None
     if not check and not result.was_running:
         result.analyze_hint = f"start it ('pgmgr start {srv.inst.name}'), then run: " + (
-            f"pgmgr psql {srv.inst.name} -c 'ANALYZE' (or vacuumdb --all --analyze-in-stages)"
+            conf.shell(conf.analyze_argvs(srv, new))
         )
     result.elapsed = time.monotonic() - t0
     return result
+
+
+def _check_keepable(srv: Server, store: Store) -> None:
+    """:raises DatabaseException: the data directory is not all in one place (tablespaces,
+    a pg_wal symlink): the pre-upgrade snapshot could not be restored (the check and the
+    link method's copy said so only once the server was stopped; copy and clone upgraded,
+    and the rollback then failed)."""
+    why = store.as_user(snapstore.unsupported, srv.datadir)
+    if why:
+        raise DatabaseException(
+            f"cannot upgrade '{srv.inst.name}': {why}, so the snapshot that rolls an upgrade "
+            "back could not hold it; nothing was changed",
+            hint="move what lives elsewhere into the data directory (ALTER TABLE ... SET "
+            "TABLESPACE pg_default, then DROP TABLESPACE), or run pg_upgrade yourself",
+        )
 
 
 def _run_pg_upgrade(
@@ -327,11 +320,14 @@ def _run_pg_upgrade(
         # the old cluster is as the caller's pause left it, and nothing runs on the new one.
         tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work, reap=True)
     except CommandFailed as e:
-        log = _keep_logs(srv, store, work)
+        log, text = _keep_logs(srv, store, work)
         _undo_link(srv, store, method)
+        reason = plan.failure_reason(e.stderr, text, e.returncode)
+        hint = f"pg_upgrade's logs are kept in {log}"
+        if method == "clone" and "could not clone" in reason:
+            hint = f"this filesystem has no reflinks: use --method copy or link ({hint})"
         raise DatabaseException(
-            f"pg_upgrade failed: {_reason(e)}; nothing was changed",
-            hint=f"pg_upgrade's logs are kept in {log}",
+            f"pg_upgrade failed: {reason}; nothing was changed", hint=hint
         ) from None
     except BaseException:
         _undo_link(srv, store, method)  # interrupted past --link's rename of pg_control
@@ -346,7 +342,7 @@ def _undo_link(srv: Server, store: Store, method: str) -> None:
 
 def _switch(
     srv: Server, store: Store, old: Installation, new: Installation, work: Path,
-    sockdir: str, method: str, result: UpgradeResult,
+    sockdir: str, method: str, result: UpgradeResult, steps: _Steps,
 ) -> None:  # fmt: skip
     """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
     switch the record, start. Past the swap, signals cannot split it; a kill cannot split
@@ -361,12 +357,14 @@ def _switch(
     with done_then(said, srv.inst.name) as upgraded, paused(srv) as pause:
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
+            steps.say("copy for the snapshot")
             stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
+        steps.say(f"pg_upgrade --{method}")
         with _link_undone_if_killed(srv, store, newdata, method):
             _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
             testhook.pause("upgrade-ran")
-            it, rejected = _intent(srv, store, new, newdata, method, meta)
+            it = _intent(srv, store, new, newdata, method, meta, result)
             with sigguard.shielded():
                 intent.begin(srv, it)  # replaces the one that undoes --link after a kill
                 try:
@@ -380,11 +378,24 @@ def _switch(
                 upgraded.append(True)
                 testhook.pause("upgrade-swapped")
                 gone = intent.complete(srv, store)
+                if pause.stopped_at is not None:
+                    steps.say(f"starting {new.version}", size=False)
                 try:
                     resume(srv, pause)
                 finally:  # not before: freeing its blocks competes with the start
                     intent.remove(store, gone)
-    result.snapshot, result.rejected, result.downtime = snap_name, rejected, pause.downtime
+    result.snapshot, result.downtime = snap_name, pause.downtime
+
+
+@dataclass
+class _Steps:
+    """Says each step of the switch, with the data directory's size."""
+
+    progress: Callable[[str], None]
+    size: int
+
+    def say(self, step: str, *, size: bool = True) -> None:
+        self.progress(f"{step}, {snapstore.human(self.size)}" if size else step)
 
 
 @contextlib.contextmanager
@@ -412,14 +423,15 @@ def _link_undone_if_killed(srv: Server, store: Store, newdata: Path, method: str
 
 
 def _intent(
-    srv: Server, store: Store, new: Installation, newdata: Path, method: str, meta: Meta
-) -> tuple[intent.Intent, list[str]]:
-    """Carry the settings over to the upgraded ``newdata`` and make the switch's intent
-    (see :mod:`pgmgr.core.intent`); with the settings the new major rejects."""
-    # Checked before the old files are carried over: the new postgres reads them too.
-    auto = store.as_user(_auto_settings, srv.datadir)
-    rejected = rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
-    store.as_user(_carry, srv.datadir, newdata, set(rejected))
+    srv: Server, store: Store, new: Installation, newdata: Path, method: str, meta: Meta,
+    result: UpgradeResult,
+) -> intent.Intent:  # fmt: skip
+    """Carry the configuration over to the upgraded ``newdata`` (what the new major
+    rejects, and what is not carried, go in ``result``) and make the switch's intent (see
+    :mod:`pgmgr.core.intent`)."""
+    rejected = conf.rejected(srv, store, new, newdata)
+    result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
+    store.as_user(conf.carry, srv.datadir, newdata, set(rejected))
     new_id = store.as_user(intent.identify, newdata)
     meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
     if meta.size == 0:
@@ -432,9 +444,7 @@ def _intent(
     }  # fmt: skip
     held = intent.held_name("upgrade")
     source = intent.held_name("keep") if method == "link" else held
-    return intent.Intent(
-        "upgrade", new_id, record, held, meta.name, source, meta.to_dict()
-    ), rejected
+    return intent.Intent("upgrade", new_id, record, held, meta.name, source, meta.to_dict())
 
 
 def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None:
@@ -444,19 +454,3 @@ def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None
     if source != held:
         os.rename(store / keep, store / source)
     copy.fsync_dir(store)
-
-
-def _analyze(srv: Server, new: Installation, result: UpgradeResult) -> None:
-    """vacuumdb --all --analyze-in-stages on the running new server, or say how."""
-    argv = [
-        str(new.bin("vacuumdb")), "--all", "--analyze-in-stages", "-h", str(srv.inst.socket_dir),
-        "-p", str(srv.inst.port), "-U", srv.inst.superuser,
-    ]  # fmt: skip
-    try:
-        with sigguard.cancellable():  # the upgrade is complete: this may be cut short
-            tools.run(argv, srv.user(), timeout=3600)
-            result.analyzed = True
-    except (CommandFailed, KeyboardInterrupt) as e:
-        result.analyze_hint = f"statistics were not rebuilt ({str(e) or 'interrupted'}); run: " + (
-            " ".join(argv)
-        )

@@ -14,6 +14,7 @@ from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.versions import Installation
 
 METHODS = ("copy", "link", "clone")
+LC_OTHER = ("lc_messages", "lc_monetary", "lc_numeric", "lc_time")
 #: What pg_upgrade itself looks for in each bin directory (src/bin/pg_upgrade/exec.c).
 OLD_BINARIES = ("postgres", "pg_ctl", "pg_controldata")
 NEW_BINARIES = (
@@ -23,6 +24,11 @@ NEW_BINARIES = (
 #: Configuration files pg_upgrade leaves behind and pgmgr carries over to the new cluster.
 CARRIED_FILES = ("pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
 _AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*?)\s*$")
+#: Settings a later major renamed (old name -> new name, major): the upgrade drops the old
+#: name, and says the new one; it does not set it (the meaning may have changed too).
+RENAMED = {"force_parallel_mode": ("debug_parallel_query", "16")}
+#: pg_upgrade's "A list of the problem ... is in the file:" and the path on the next line.
+_LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class ClusterOptions:
     provider: str = "c"  # c (libc) | i (icu) | b (builtin)
     locale: str | None = None  # the icu/builtin locale
     checksums: bool = False
+    #: lc_messages, lc_monetary, lc_numeric, lc_time (initdb writes them in postgresql.conf,
+    #: which is not carried over: else they would be the environment's)
+    lc_other: tuple[str, ...] = ()
 
 
 def check_method(method: str) -> str:
@@ -82,6 +91,8 @@ def initdb_argv(new: Installation, datadir: Path, superuser: str, o: ClusterOpti
         argv += ["--locale-provider=icu", f"--icu-locale={o.locale}"]
     elif o.provider == "b" and o.locale:
         argv += ["--locale-provider=builtin", f"--builtin-locale={o.locale}"]
+    for option, value in zip(LC_OTHER, o.lc_other, strict=False):
+        argv.append(f"--{option.replace('_', '-')}={value}")
     if o.checksums:
         argv.append("--data-checksums")
     elif int(new.major) >= 18:
@@ -120,6 +131,55 @@ def pg_upgrade_argv(a: UpgradeArgs, *, no_sync: bool = True) -> list[str]:
     return argv
 
 
+def analyze_steps(new_major: str) -> list[list[str]]:
+    """The vacuumdb options that rebuild the statistics after an upgrade to ``new_major``,
+    as pg_upgrade advises. From 18 on pg_upgrade carries most statistics over: a plain
+    ``--analyze-in-stages`` would first replace them with its 1-target ones (worse plans
+    until its last stage), so only what is missing is built in stages, then the rest
+    refreshed."""
+    if int(new_major) < 18:
+        return [["--all", "--analyze-in-stages"]]
+    return [["--all", "--analyze-in-stages", "--missing-stats-only"], ["--all", "--analyze-only"]]
+
+
+def vacuumdb_argv(
+    new: Installation, step: list[str], host: str, port: int | None, user: str
+) -> list[str]:
+    port_args = ["-p", str(port)] if port else []
+    return [str(new.bin("vacuumdb")), *step, "-h", host, *port_args, "-U", user]
+
+
+def renamed(names: list[str], new_major: str) -> dict[str, str]:
+    """Which of ``names`` (settings the new major rejects) it knows under another name."""
+    return {
+        n: RENAMED[n][0] for n in names if n in RENAMED and int(new_major) >= int(RENAMED[n][1])
+    }
+
+
+_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*('(?:[^']|'')*'|[^#\s]*)")
+
+
+def conf_settings(text: str) -> dict[str, str]:
+    """``name -> value`` (unquoted) of the active lines of a postgresql.conf."""
+    out = {}
+    for line in text.splitlines():
+        m = _CONF_LINE.match(line)
+        if m:
+            out[m.group(1).lower()] = unquote(m.group(2))
+    return out
+
+
+def not_carried(old_conf: str, new_conf: str, kept: set[str]) -> dict[str, str]:
+    """The settings of the old postgresql.conf that the new one (initdb's) does not have
+    with the same value, but for those pgmgr keeps (``kept``: postgresql.auto.conf's and
+    the record's, which win anyway) and include directives."""
+    old, new = conf_settings(old_conf), conf_settings(new_conf)
+    return {
+        n: v for n, v in sorted(old.items())
+        if n not in kept and not n.startswith("include") and new.get(n) != v
+    }  # fmt: skip
+
+
 def auto_conf_settings(text: str) -> dict[str, str]:
     """``name -> value`` of ``postgresql.auto.conf`` (quotes kept, as the file has them)."""
     out = {}
@@ -147,3 +207,47 @@ def drop_from_auto_conf(text: str, names: set[str]) -> str:
             line = f"# rejected by the new major at upgrade (pgmgr): {line}"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def failure_reason(output: str, logs: str, returncode: int) -> str:
+    """What pg_upgrade says failed, in one line: the first sentence of the paragraph
+    after the check marked ``fatal`` (pg_upgrade wraps it over several lines), with the
+    first entry of the file it lists the problems in (``logs``: pg_upgrade's files, each
+    under a ``==> PATH <==`` header), e.g. the missing library; else its last line."""
+    lines = [ln.strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
+    # "Checking ...  fatal" (PostgreSQL 15); "Checking data type usage  failed check:
+    # Checking for ..." then a heading "Data type checks failed:" (18), whose output ends
+    # with the name of a file in the work directory (deleted by then: never the reason).
+    marked = (i for i, ln in enumerate(lines) if ln.endswith("fatal") or "failed check:" in ln)
+    fatal = next(marked, None)
+    if fatal is None:
+        rest = [ln for ln in lines if ln]
+        return rest[-1].rstrip(".") if rest else f"exit code {returncode}"
+    para: list[str] = []
+    for line in lines[fatal + 1 :]:
+        if not line and para:
+            break
+        if line and (para or not line.endswith(":")):  # not the heading
+            para.append(line)
+    text = " ".join(para)
+    sentence = re.split(r"(?<=\.)\s", text, maxsplit=1)[0] if text else lines[fatal]
+    listed = _LISTED.search("\n".join(lines[fatal + 1 :]))
+    first = _first_entry(logs, listed.group(1)) if listed else None
+    return f"{sentence.rstrip('.')} ({first})" if first else sentence.rstrip(".")
+
+
+def _first_entry(logs: str, path: str) -> str | None:
+    """The first line of file ``path`` in ``logs`` (whitespace squeezed, at most 200
+    characters), or None."""
+    header = f"==> {path} <=="
+    at = logs.find(header)
+    if at < 0:
+        return None
+    for line in logs[at + len(header) :].splitlines():
+        if line.startswith("==> "):
+            return None
+        if line.strip():
+            line = " ".join(line.split())
+            return line if len(line) <= 200 else line[:199] + "…"
+    return None

@@ -145,14 +145,21 @@ def test_started_time_does_not_count_the_init(work: Work) -> None:
     assert seconds("Initialized") + seconds("Started") <= wall
 
 
-def test_ctrl_c_at_the_destroy_prompt_ends_the_line_and_says_interrupted(
-    work: Work, datadir: Path
+@pytest.mark.parametrize(
+    "args", [["destroy", "data"], ["restore", "data", "s1"], ["upgrade", "data", "-v", "18"]]
+)
+def test_ctrl_c_at_a_prompt_ends_the_line_and_says_interrupted(
+    work: Work, datadir: Path, args: list[str]
 ) -> None:
-    work.ok("init", "-q", "-d", "./data")
+    """destroy, restore and upgrade alike (restore's and upgrade's said '[y/N]: ^CInterrupted'
+    on one line)."""
+    work.ok("init", "-q", "-d", "./data", "-v", "15")
+    if args[0] == "restore":
+        work.ok("snapshot", "data", "s1", "-q")
     pid, fd = pty.fork()
     if pid == 0:  # the child: pgmgr with the pty as its controlling terminal
         os.chdir(work.path)
-        os.execv(sys.executable, [sys.executable, "-m", "pgmgr", "destroy", "data"])  # noqa: S606
+        os.execv(sys.executable, [sys.executable, "-m", "pgmgr", *args])  # noqa: S606
     out = b""
     try:
         deadline = time.monotonic() + 30

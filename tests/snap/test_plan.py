@@ -139,3 +139,56 @@ def test_branch_port_is_never_the_source_port(
     monkeypatch.setattr(server, "free_port", lambda host: next(offers))
     assert branch.new_record(src, "b", tmp_path / "b", "auto").port == 5501
     assert branch.new_record(src, "b", tmp_path / "b", 5500).port == 5500  # refused at start
+
+
+PG_UPGRADE_OUT = """Performing Consistency Checks on Old Live Server
+------------------------------------------------
+Checking cluster versions                                     ok
+Checking for presence of required libraries                   fatal
+
+Your installation references loadable libraries that are missing from the
+new installation.  You can add these libraries to the new installation,
+or remove the functions using them from the old installation.  A list of
+problem libraries is in the file:
+    /w/data/pg_upgrade_output.d/x/loadable_libraries.txt
+Failure, exiting
+"""
+
+
+def test_failure_reason_is_the_whole_first_sentence_and_names_the_problem() -> None:
+    logs = ("==> /w/data/pg_upgrade_output.d/x/loadable_libraries.txt <==\n"
+            'could not load library "$libdir/adminpack":   ERROR:  no such file\n'
+            "In database: postgres\n\n==> /w/x.log <==\nother\n")  # fmt: skip
+    assert plan.failure_reason(PG_UPGRADE_OUT, logs, 1) == (
+        "Your installation references loadable libraries that are missing from the new "
+        'installation (could not load library "$libdir/adminpack": ERROR: no such file)'
+    )
+    assert plan.failure_reason(PG_UPGRADE_OUT, "", 1).endswith("from the new installation")
+    clone = "Checking for file cloning\ncould not clone file: Operation not supported\n"
+    assert plan.failure_reason(clone, "", 1) == "could not clone file: Operation not supported"
+    assert plan.failure_reason("", "", 3) == "exit code 3"
+
+
+def test_analyze_steps_keep_what_pg_upgrade_carried_over() -> None:
+    assert plan.analyze_steps("17") == [["--all", "--analyze-in-stages"]]
+    assert plan.analyze_steps("18") == [
+        ["--all", "--analyze-in-stages", "--missing-stats-only"],
+        ["--all", "--analyze-only"],
+    ]
+    assert plan.vacuumdb_argv(NEW, ["--all"], "/s", 5432, "pg") == [
+        "/opt/pg18/bin/vacuumdb", "--all", "-h", "/s", "-p", "5432", "-U", "pg",
+    ]  # fmt: skip
+
+
+def test_postgresql_conf_settings_not_carried() -> None:
+    old = ("max_connections = 100\t# (change requires restart)\nwork_mem '3MB'\n"
+           "#shared_buffers = 1GB\ninclude_if_exists 'x.conf'\nsearch_path = '\"$user\", a'\n"
+           "lc_time = 'C'\n")  # fmt: skip
+    assert plan.conf_settings(old)["search_path"] == '"$user", a'
+    new = "max_connections = 100\nlc_time = 'C.UTF-8'\n"
+    assert plan.not_carried(old, new, {"lc_time"}) == {
+        "search_path": '"$user", a', "work_mem": "3MB"
+    }  # fmt: skip
+    opts = plan.ClusterOptions("UTF8", "C", "C", lc_other=("C", "de_DE", "C", "C"))
+    argv = plan.initdb_argv(NEW, Path("/n"), "postgres", opts)
+    assert {"--lc-messages=C", "--lc-monetary=de_DE", "--lc-time=C"} <= set(argv)

@@ -59,6 +59,31 @@ def test_branch_by_reflink_diverges(xinst: Inst) -> None:
     assert xinst.sql("SELECT count(*) FROM t", "xfeat2") == "1001"
 
 
+def test_upgrade_by_clone_shares_the_data_files(xinst: Inst) -> None:
+    """upgrade --method clone on a reflink filesystem clones: the new cluster's table file
+    shares its blocks with the pre-upgrade snapshot's (filefrag's 'shared' flag). Frozen
+    and stopped first, so no hint-bit write unshares it afterwards."""
+    import shutil
+
+    if shutil.which("filefrag") is None:
+        pytest.skip("filefrag (e2fsprogs) is not installed")
+    xinst.sql("VACUUM FREEZE t")
+    xinst.sql("CHECKPOINT")
+    rel = xinst.sql("SELECT pg_relation_filepath('t')")
+    xinst.ok("stop", "xdev", "-q")
+    out = json.loads(xinst.ok("upgrade", "xdev", "-v", "18", "--method", "clone", "--yes",
+                              "--json").stdout)  # fmt: skip
+    assert out["method"] == "clone" and out["rollback_snapshot"] == "pre-upgrade-15"
+    old = xinst.store / "pre-upgrade-15" / "data" / rel
+    assert old.is_file()  # pg_upgrade keeps relfilenodes and database oids (15 and later)
+    frag = subprocess.run(["filefrag", "-v", str(xinst.datadir / rel)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert "shared" in frag, frag
+    xinst.ok("start", "xdev", "-q")
+    assert xinst.sql("SELECT count(*) FROM t") == "1000"
+    assert leftovers(xinst.store) == []
+
+
 def test_clones_need_little_free_space(xinst: Inst, xfs_dir: Path) -> None:  # noqa: F811
     """With less free space than the instance's size, snapshot, restore and branch were
     refused ("not enough disk space") on a filesystem whose copies are clones, which need

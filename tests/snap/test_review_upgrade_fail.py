@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pgmgr.core import upgradeplan as plan
 from tests.helpers import error_lines
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
@@ -33,7 +34,7 @@ def test_a_failed_link_upgrade_says_why_and_changes_nothing(up: Inst, scratch: P
     said = error_lines(done.stderr)
     assert said[0] == (
         "Error: pg_upgrade failed: Your installation contains one of the reg* data types "
-        "in user tables; nothing was changed"
+        "in user tables (In database: postgres); nothing was changed"
     ), said
     log = Path(said[1].rsplit(" ", 1)[1])
     assert said[1].startswith("Hint: pg_upgrade's logs are kept in ") and log.is_file()
@@ -42,3 +43,24 @@ def test_a_failed_link_upgrade_says_why_and_changes_nothing(up: Inst, scratch: P
     assert up.record().get("intent") is None
     assert facts(up) == before
     assert leftovers(up.store) == []
+
+
+PG18_OUT = (
+    "Checking data type usage" + " " * 38 + "failed check: Checking for reg* data types in user"
+    " tables\n\nData type checks failed: \n"  # pg_upgrade's own trailing space
+    "Your installation contains one of the reg* data types in user tables.\n"
+    "These data types reference system OIDs that are not preserved by\n"
+    "pg_upgrade, so this cluster cannot currently be upgraded.\n\n"
+    "A list of the problem columns is in the file:\n    /w/tables_using_reg.txt\n\n"
+    "Failure, exiting\n"
+)
+
+
+def test_failure_reason_of_pg_upgrade_18() -> None:
+    """PostgreSQL 18's pg_upgrade marks a failed check 'failed check:', not 'fatal', under
+    a heading, and ends with the file's name: that was the reason given."""
+    logs = "==> /w/tables_using_reg.txt <==\nIn database: postgres\n  public.regs.p\n"
+    assert plan.failure_reason(PG18_OUT, logs, 1) == (
+        "Your installation contains one of the reg* data types in user tables "
+        "(In database: postgres)"
+    )

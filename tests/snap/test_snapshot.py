@@ -189,12 +189,14 @@ def test_a_new_instance_where_a_destroyed_one_was_cannot_restore_its_snapshots(
     assert proc.returncode == 1, proc.stderr
     assert "is of another cluster than 'again'" in error_lines(proc.stderr)[0]
     assert inst.sql("SELECT to_regclass('mine') IS NOT NULL", "again") == "t"
-    # listed, but as unusable; one taken now is not
+    # listed as not restorable (one taken now is); a branch may still copy it
     inst.ok("snapshot", "again", "new", "-q")
     problems = {s["snapshot"]: s["problem"] for s in inst.snaps("again")}
     assert problems["new"] is None
     assert str(problems["old"]).startswith("of another cluster (system identifier ")
-    assert "unusable: of another cluster" in inst.ok("snapshots", "again").stdout
+    assert "not restorable: of another cluster" in inst.ok("snapshots", "again").stdout
+    inst.ok("branch", "again", "revived", "--from", "old", "--start", "-q")
+    assert inst.sql("SELECT to_regclass('mine') IS NULL", "revived") == "t"
 
 
 def test_tablespaces_are_refused(inst: Inst, ops_dir: Path) -> None:

@@ -1,0 +1,112 @@
+"""After pg_upgrade: the configuration carried over to the new cluster (and what the new
+major rejects of it), and the statistics rebuilt. Used by :mod:`pgmgr.core.upgrade`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pgmgr.core import sigguard, tools
+from pgmgr.core import upgradeplan as plan
+from pgmgr.core.errors import CommandFailed
+from pgmgr.core.instance import Server
+from pgmgr.core.snapstore import Store
+from pgmgr.core.versions import Installation
+
+
+def auto_settings(old: Path) -> dict[str, str]:
+    """The settings of the old cluster's postgresql.auto.conf (ALTER SYSTEM). As the user."""
+    try:
+        text = (old / "postgresql.auto.conf").read_text()
+    except FileNotFoundError:
+        return {}
+    return {k: plan.unquote(v) for k, v in plan.auto_conf_settings(text).items()}
+
+
+def carry(old: Path, new: Path, rejected: set[str]) -> None:
+    """Copy the configuration pgmgr keeps into the new cluster, the lines setting what the
+    new major rejects commented out. As the user."""
+    for name in plan.CARRIED_FILES:
+        if (old / name).is_file():
+            shutil.copyfile(old / name, new / name)
+    path = new / "postgresql.auto.conf"
+    if rejected and path.is_file():
+        path.write_text(plan.drop_from_auto_conf(path.read_text(), rejected))
+
+
+def rejected_settings(
+    new: Installation, datadir: Path, settings: dict[str, str], srv: Server
+) -> list[str]:
+    """The names among ``settings`` that the new major's postgres refuses (``-C``)."""
+    user = srv.user()
+
+    def accepts(items: dict[str, str]) -> bool:
+        argv = [str(new.bin("postgres")), "-D", str(datadir), "-C", "port"]
+        for k, v in items.items():
+            argv += ["-c", f"{k}={v}"]
+        try:
+            tools.run(argv, user, timeout=60)
+        except CommandFailed:
+            return False
+        return True
+
+    if not settings or accepts(settings):
+        return []
+    return sorted(k for k, v in settings.items() if not accepts({k: v}))
+
+
+def rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> list[str]:
+    """The settings of postgresql.auto.conf and the record that the new major rejects.
+    Checked before the old files are carried over: the new postgres reads them too."""
+    auto = store.as_user(auto_settings, srv.datadir)
+    return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
+
+
+def conf_texts(old: Path, new: Path) -> tuple[str, str]:
+    """The two clusters' postgresql.conf. As the user."""
+    return (old / "postgresql.conf").read_text(), (new / "postgresql.conf").read_text()
+
+
+def left_behind(
+    srv: Server, store: Store, new: Installation, newdata: Path, rejected: list[str]
+) -> tuple[list[str], list[str]]:
+    """What the upgrade leaves behind of the old configuration: the settings the new major
+    rejects (``rejected``, of those pgmgr carries, and those of postgresql.conf), and the
+    ones of postgresql.conf it accepts but which are not carried over (pgmgr carries
+    postgresql.auto.conf and the record's settings, not postgresql.conf)."""
+    old, new_conf = store.as_user(conf_texts, srv.datadir, newdata)
+    kept = set(store.as_user(auto_settings, srv.datadir)) | set(srv.inst.settings)
+    left = plan.not_carried(old, new_conf, kept)
+    gone = rejected_settings(new, newdata, left, srv)
+    return sorted({*rejected, *gone}), [n for n in left if n not in gone]
+
+
+def rebuild_statistics(srv: Server, new: Installation) -> tuple[str | None, str | None]:
+    """Rebuild the statistics on the running new server (see
+    :func:`upgradeplan.analyze_steps`): what ran, or how to run it (and why it did not).
+    """
+    argvs = analyze_argvs(srv, new)
+    try:
+        with sigguard.cancellable():  # the upgrade is complete: this may be cut short
+            for argv in argvs:
+                tools.run(argv, srv.user(), timeout=3600)
+    except (CommandFailed, KeyboardInterrupt) as e:
+        why = str(e) or "interrupted"
+        return None, f"statistics were not rebuilt ({why}); run: {shell(argvs)}"
+    steps = plan.analyze_steps(new.major)
+    return ", then ".join(" ".join(["vacuumdb", *s]) for s in steps), None
+
+
+def analyze_argvs(srv: Server, new: Installation) -> list[list[str]]:
+    inst = srv.inst
+    host = str(inst.socket_dir or inst.host)
+    return [
+        plan.vacuumdb_argv(new, step, host, inst.port, inst.superuser)
+        for step in plan.analyze_steps(new.major)
+    ]
+
+
+def shell(argvs: list[list[str]]) -> str:
+    import shlex
+
+    return " && ".join(shlex.join(argv) for argv in argvs)

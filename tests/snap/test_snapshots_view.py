@@ -1,0 +1,50 @@
+"""``pgmgr snapshots`` as a user sees it (review): on an 80-column terminal, and with an
+instance whose directory is gone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.cli.test_terminal import run_in_pty
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_snapshot_names_are_never_wrapped_on_80_columns(inst: Inst, ops_dir: Path) -> None:
+    """A 30-character name (as long as the 'pre-upgrade-15-20261126-142439' pgmgr makes
+    itself after a second upgrade) is what 'restore' takes: it stays whole on 80 columns
+    (Rich folded it, and the time of every row, over two lines); the kind moves below."""
+    name = "before-migration-20261126-1424"
+    inst.ok("snapshot", "dev", name, "-q")
+    code, out = run_in_pty(["snapshots", "dev"], ops_dir, env={"COLUMNS": "80"})
+    text = ANSI.sub("", out)
+    assert code == 0, text
+    rows = [ln for ln in text.splitlines() if ln.startswith("dev ")]
+    assert len(rows) == 2 and all(name in r for r in rows), text
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", rows[0]), text
+    assert rows[1].split() == ["dev", name, "snapshot"]
+    assert max(len(ln) for ln in text.splitlines()) <= 80
+
+
+def test_an_instance_whose_directory_is_gone_does_not_hide_the_others(
+    inst: Inst, ops_dir: Path
+) -> None:
+    """Its volume unmounted, or moved away: one error line for it, the others listed (it
+    was one 'Error: No such file or directory' and no listing at all)."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    (ops_dir / "vol").mkdir(mode=0o755)
+    inst.ok("init", "-q", "-d", str(ops_dir / "vol" / "x"), "--name", "x", "-v", "15")
+    (ops_dir / "vol").rename(ops_dir / "unmounted")
+    try:
+        proc = inst.pgmgr("snapshots")
+        assert proc.returncode == 0, proc.stderr
+        assert error_lines(proc.stderr) == [
+            f"Error: 'x': No such file or directory: {ops_dir / 'vol'}"
+        ]
+        assert [ln.split()[:2] for ln in proc.stdout.splitlines()[1:]] == [["dev", "s1"]]
+        assert [r["snapshot"] for r in inst.snaps("dev")] == ["s1"]
+    finally:
+        (ops_dir / "unmounted").rename(ops_dir / "vol")
