@@ -172,6 +172,9 @@ def write_passfile(srv: Server, params: Mapping[str, str]) -> Path:
 
 def check_reachable(srv: Server, tcp: bool) -> None:
     """:raises UsageError: a URL/env is asked for that the instance cannot serve."""
+    pf = srv.running()
+    if pf is not None:  # where it really listens: started by hand (pg_ctl) too
+        srv._adopt(pf)
     if srv.inst.port is None:
         raise UsageError(
             f"'{srv.inst.name}' has never been started, so it has no port yet",

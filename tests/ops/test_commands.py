@@ -308,3 +308,41 @@ def test_destroy_asks_on_a_terminal(fresh: Instance) -> None:
     proc = answer("y\n")
     assert proc.returncode == 0 and "Destroyed 'fresh'" in proc.stdout
     assert not fresh.datadir.exists()
+
+
+def test_a_server_started_by_hand_is_reached_where_it_listens(
+    ops_dir: Path, template: Path
+) -> None:
+    """A data directory whose server was started by hand (pg_ctl, on a port of its own) is
+    registered with 'init -d': 'url' said "has never been started, so it has no port yet"
+    (the record has none) and 'psql' could not connect, though 'status' showed it running
+    on that port. Both now use where it really listens (its postmaster.pid)."""
+    import pwd
+    import socket as sk
+
+    from pgmgr.core import versions
+    from tests.ops.conftest import VERSION
+
+    datadir, sock = ops_dir / "hand", ops_dir / "handsock"
+    subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
+    sock.mkdir()
+    sock.chmod(0o777)
+    with sk.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    owner = pwd.getpwuid(datadir.stat().st_uid).pw_name
+    prefix = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 else []
+    bindir = versions.select(VERSION).installation.bindir
+    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(sock / "log")]
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"
+    assert subprocess.run([*pg_ctl, "-o", opts, "-w", "start"], capture_output=True).returncode == 0
+    try:
+        inst = Instance("hand", datadir)
+        assert inst.pgmgr("init", "-q", "-d", str(datadir), "--name", "hand").returncode == 0
+        url = inst.pgmgr("url", "hand")
+        assert url.returncode == 0 and f"port={port}" in url.stdout, url.stderr
+        proc = inst.pgmgr("psql", "hand", "--", "-XAtc", "SELECT 1")
+        assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr
+        assert inst.pgmgr("stop", "hand", "-q").returncode == 0
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
