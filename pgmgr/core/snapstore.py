@@ -25,101 +25,39 @@ from __future__ import annotations
 import contextlib
 import ctypes  # here, not lazily: as root, work runs in children that may not reach the stdlib
 import errno
-import json
 import os
 import re
 import secrets
 import shutil
 import stat
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import copy, dirpath, diskio, paths, testhook, userfs
-from pgmgr.core.errors import DatabaseException, UsageError, doing
+from pgmgr.core import copy, dirpath, paths, testhook, userfs
+from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.privileges import ServerUser
+from pgmgr.core.snapmeta import FORMAT as FORMAT
+from pgmgr.core.snapmeta import META as META
+from pgmgr.core.snapmeta import META_LIMIT as META_LIMIT
+from pgmgr.core.snapmeta import SNAP_RE as SNAP_RE
+from pgmgr.core.snapmeta import Meta as Meta
+from pgmgr.core.snapmeta import SnapshotNotFound as SnapshotNotFound
+from pgmgr.core.snapmeta import check_snap_name as check_snap_name
+from pgmgr.core.snapmeta import default_name as default_name
+from pgmgr.core.snapmeta import list_metas as list_metas
+from pgmgr.core.snapmeta import read_meta as read_meta
+from pgmgr.core.snapmeta import seal as seal
+from pgmgr.core.snapmeta import unseal as unseal
+from pgmgr.core.snapmeta import write_meta as write_meta
 
 T = TypeVar("T")
 STORE = dirpath.STORE
-META = "snapshot.json"
 DATA = "data"
 TMP = ".tmp-"
-FORMAT = 1
-SNAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # \Z: "$" lets "x\n" pass
-META_LIMIT = 1 << 20
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-
-class SnapshotNotFound(DatabaseException):
-    exit_code = 4
-
-
-@dataclass
-class Meta:
-    """``snapshot.json``: what a snapshot is a copy of."""
-
-    name: str
-    instance: str
-    datadir: str
-    system_identifier: str
-    major: str
-    version: str
-    bindir: str
-    created: float
-    size: int = 0
-    files: int = 0
-    method: str = ""
-    kind: str = "snapshot"  # snapshot | online | pre-upgrade | saved
-    settings: dict[str, str] = field(default_factory=dict)
-    #: for a pre-upgrade snapshot: the upgraded cluster's identifier (restore accepts it)
-    upgraded_to: str | None = None
-    format: int = FORMAT
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: object) -> Meta:
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        meta = cls(**known)
-        for key in ("name", "instance", "datadir", "system_identifier", "major", "version"):
-            if not isinstance(getattr(meta, key), str):
-                raise ValueError(f"{key!r} must be a string")
-        if not isinstance(meta.created, int | float) or not isinstance(meta.size, int):
-            raise ValueError("'created' and 'size' must be numbers")
-        # NaN, 1e308, 10**400 (JSON has them): the listing, the space check would fail
-        if not 0 <= meta.created < 1e11 or not 0 <= meta.size < 1 << 62:
-            raise ValueError("'created' or 'size' is out of range")
-        if not isinstance(meta.settings, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.settings.items()
-        ):
-            raise ValueError("'settings' must map names to strings")
-        if not isinstance(meta.upgraded_to, str | None) or not isinstance(meta.kind, str):
-            raise ValueError("'upgraded_to' and 'kind' must be strings")
-        return meta
-
-
-def check_snap_name(name: str) -> str:
-    if not SNAP_RE.match(name):
-        raise UsageError(
-            f"invalid snapshot name {name!r}: use letters, digits, '.', '_' or '-' "
-            "(at most 63, starting with a letter or digit)"
-        )
-    return name
-
-
-def default_name(taken: set[str]) -> str:
-    """A UTC timestamp, with a suffix if one was already taken this second."""
-    base = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    return name
 
 
 def store_path(datadir: Path) -> Path:
@@ -342,70 +280,6 @@ def sweep_top(top_fd: int) -> None:
 
 
 # --------------------------------------------------------------------------- as the user
-
-
-def read_meta(snapdir: Path) -> Meta:
-    """:raises ValueError: unreadable or invalid. Runs as the store's owner."""
-    fd = os.open(snapdir / META, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        data = os.read(fd, META_LIMIT)
-    finally:
-        os.close(fd)
-    return Meta.from_dict(json.loads(data))
-
-
-def write_meta(snapdir: Path, meta: Meta) -> None:
-    """Atomically (temp name, fsync, rename). Runs as the store's owner."""
-    data = (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode()
-    diskio.write_new(snapdir / META, snapdir / f".{META}.{secrets.token_hex(4)}", data, fsync=True)
-
-
-def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
-    """``(name, meta or None, why unreadable)`` for every snapshot in ``store``."""
-    out: list[tuple[str, Meta | None, str | None]] = []
-    try:
-        names = sorted(os.listdir(store))
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if name.startswith(".") or not SNAP_RE.match(name):
-            continue
-        try:
-            meta = read_meta(store / name)
-            meta.name = name  # the directory's name, whatever a copied or edited file says
-            out.append((name, meta, None))
-        except (OSError, ValueError, TypeError) as e:
-            out.append((name, None, str(e)))
-    return out
-
-
-def seal(datadir: Path) -> None:
-    """Make ``global/pg_control`` of a snapshot's copy read-only: a server started on the
-    copy by hand fails at once ("could not open file global/pg_control: Permission
-    denied") instead of writing into files other snapshots share (hard links, see
-    :class:`pgmgr.core.delta.Base`). Copies out of a snapshot :func:`unseal` theirs. As
-    the server user."""
-    _pg_control_mode(datadir, 0o400)
-
-
-def unseal(datadir: Path) -> None:
-    """Give a data directory copied out of a snapshot its ``pg_control`` mode back (group
-    readable when the directory is). As the server user."""
-    _pg_control_mode(datadir, 0o640 if os.stat(datadir).st_mode & 0o040 else 0o600)
-
-
-def _pg_control_mode(datadir: Path, mode: int) -> None:
-    try:
-        fd = os.open(datadir / "global" / "pg_control", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
 
 
 def remove_tree(path: Path, ignore_errors: bool = False) -> None:
