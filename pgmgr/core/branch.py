@@ -384,14 +384,14 @@ def _copy_branch(
 
 
 def _copy_own(origin: Path, staging: Path) -> copy.CopyStats:
-    """:func:`snapshot.copy_into`; the copy of a clean shutdown then gets a database system
-    identifier of its own (:func:`pgcontrol.new_identity`): the branch's history diverges
-    from its source's, so neither PostgreSQL (a standby, a WAL archive) nor a snapshot may
-    take one for the other. A copy of an online snapshot keeps its own (it recovers from
-    the WAL it holds). As the server user; the caller syncs."""
+    """:func:`snapshot.copy_into`; the copy then gets a database system identifier of its
+    own (:func:`pgcontrol.new_identity`): the branch's history diverges from its source's,
+    so neither PostgreSQL (a standby, a WAL archive) nor a snapshot may take one for the
+    other. So does the copy of an online snapshot or of a crashed source: the WAL it
+    recovers from is in its pg_wal, rewritten too. As the server user; the caller syncs."""
     stats = snapshot.copy_into(origin, staging)
-    with contextlib.suppress(ValueError):  # not of a clean shutdown
-        pgcontrol.new_identity(staging, sync=False)
+    with contextlib.suppress(ValueError):  # a damaged pg_control: start says so
+        pgcontrol.new_identity(staging, sync=False, clean=False)
     return stats
 
 
