@@ -257,6 +257,7 @@ def _branch(
 ) -> BranchResult:  # fmt: skip
     with snapstore.opened(target, src.user()) as tstore:
         try:
+            snapstore.check_same_fs(tstore, f"branch '{src.inst.name}' into {target}")
             for name in tstore.as_user(_sweep, tstore.path):
                 _sweep_abandoned(tstore, name)
             # A source stopped for the copy starts again while the branch is put in place
