@@ -310,8 +310,12 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     registered or started."""
     with sigguard.shielded():
         staging = snapstore.TMP + "branch"
-        with doing("create", srv.datadir):
-            _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        try:
+            with doing("create", srv.datadir):
+                _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        except BaseException:  # the name was taken meanwhile: the copy is not left behind
+            tstore.as_user(snapstore.remove_tree, tstore.entry(staging))
+            raise
         # Registered pinned: the record names this very directory from the start. Not
         # provable: the staged copy was swapped (a symlink, a file) by the server user.
         if not srv.pin():

@@ -251,3 +251,24 @@ def test_a_killed_branch_copy_is_swept_by_the_next_branch(
     assert inst.sql("SELECT count(*) FROM t", "h") == "1000"
     for name in ("b", "h", "c"):
         inst.ok("stop", name, "-q")
+
+
+def test_a_branch_whose_directory_appears_meanwhile_leaves_no_copy(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """The new data directory made by someone else while the branch copied: the branch
+    failed ('cannot create DIR: File exists') and left its whole copy in
+    .pgmgr-snapshots/NEW/.tmp-branch until some later branch beside it swept it."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    held = _held_branch(inst, hooks, "dev", "late")
+    (ops_dir / "late").mkdir()
+    (hooks / "branch-copied.go").touch()
+    err = held.communicate(timeout=60)[1]
+    assert held.returncode == 1 and error_lines(err)[0].startswith(
+        f"Error: cannot create {ops_dir / 'late'}: "
+    ), err
+    assert inst.state() == "running"
+    assert not (ops_dir / ".pgmgr-snapshots" / "late").exists()
+    assert list((ops_dir / "late").iterdir()) == []
