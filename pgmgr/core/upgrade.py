@@ -232,9 +232,9 @@ def upgrade(
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
         store.as_user(snapstore.sweep, store.path)
         _check_keepable(srv, store)
+        snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
         size = 0
         if not check:
-            snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
             size = store.as_user(copy.tree_size, srv.datadir)
             needed = size * (2 if method == "link" else 1) if method != "clone" else 0
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")

@@ -47,6 +47,7 @@ def test_restore_upgrade_and_branch_refuse_a_store_on_another_filesystem(
     for args, what in (
         (("restore", "dev", "s1", "--yes"), "restore 'dev'"),
         (("upgrade", "dev", "-v", "18", "--yes"), "upgrade 'dev'"),
+        (("upgrade", "dev", "-v", "18", "--check"), "upgrade 'dev'"),
         (("branch", "dev", "b1"), f"branch 'dev' into {parent / 'b1'}"),
     ):
         proc = elsewhere.pgmgr(*args)
