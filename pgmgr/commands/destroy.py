@@ -71,6 +71,9 @@ def destroy(
             ui.message("Nothing removed")
             raise typer.Exit(1)
     with locked(srv), ui.spinner(f"Destroying '{srv.inst.name}' …"):
+        # Counted again: a snapshot or restore --save-current this waited for may have
+        # added one since (--with-snapshots left it behind, unlisted, and said nothing).
+        kept = snapcatalog.Kept.of(srv)
         dropped, note = replica.release_to_destroy(srv)
         result = ops.destroy(srv)
         removed = kept.remove() if with_snapshots else 0

@@ -44,6 +44,8 @@ def take(srv: Server, staging: Path, user: ServerUser | None) -> copy.CopyStats:
     port = (pf.port if pf else None) or srv.inst.port or 5432
     target = staging / snapstore.DATA
     userfs.as_user(user, _mkdir, staging)
-    tools.run(argv(install.bindir, socket_dir, port, srv.inst.superuser, target), user)
+    # Under the subreaper: killed with pgmgr (its death signal), not an orphan that goes
+    # on writing a whole copy into the store's work entry while the next command sweeps it.
+    tools.run(argv(install.bindir, socket_dir, port, srv.inst.superuser, target), user, reap=True)
     size = userfs.as_user(user, copy.tree_size, target)
     return copy.CopyStats(bytes=size, by_method={"pg_basebackup": size})

@@ -255,7 +255,7 @@ def _branch(
     src: Server, new: str, target: Path, *, snap: str | None, port: int | str | None,
     start: bool, t0: float, say: Callable[[str], None],
 ) -> BranchResult:  # fmt: skip
-    with snapstore.opened(target, src.user()) as tstore:
+    with snapstore.opened(target, src.user(), exclusive=True) as tstore:
         try:
             snapstore.check_same_fs(tstore, f"branch '{src.inst.name}' into {target}")
             for name in tstore.as_user(_sweep, tstore.path):
@@ -296,9 +296,13 @@ def _sweep(store: Path) -> list[str]:
 
 
 def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
-    """Remove the staged copy of a branch into ``name`` if none runs (its lock is free)."""
-    with registry.try_lock(tstore.path.parent.parent / name) as free:
-        if free:
+    """Remove the staged copy of a branch into ``name`` if none runs: its lock is free, and
+    so is its store (a branch by the pgmgr of another user, whose locks are its own)."""
+    with (
+        registry.try_lock(tstore.path.parent.parent / name) as free,
+        snapstore.held_if_free(tstore.top_fd, name) as idle,
+    ):
+        if free and idle:
             staged = tstore.path.parent / name / (snapstore.TMP + "branch")
             tstore.as_user(snapstore.remove_tree, staged)
 

@@ -140,11 +140,25 @@ def complete(srv: Server, store: Store) -> list[str]:
 
 
 def discard(srv: Server, store: Store) -> None:
-    """The exchange did not happen: forget ``it``, and remove what was prepared for it."""
+    """The exchange did not happen: forget ``it``, and remove what was prepared for it. An
+    upgrade's ``pg_upgrade --link`` may have disabled the data directory still in place
+    (its ``global/pg_control`` renamed to ``pg_control.old``): enabled again first."""
     it = Intent.from_dict(srv.inst.intent or {})
+    if it.op == "upgrade":
+        store.as_user(undo_link, srv.datadir)
     srv.inst.intent = None
     srv.save()
     drop(store, [it.old, *([it.source] if it.source else [])])
+
+
+def undo_link(datadir: Path) -> None:
+    """Undo what ``pg_upgrade --link`` does to the old cluster once it starts linking
+    (renames ``global/pg_control`` to ``pg_control.old``, so that it cannot start): safe
+    while the new cluster has not been started (it never is before the swap). As the
+    server user."""
+    old, cur = datadir / "global" / "pg_control.old", datadir / "global" / "pg_control"
+    if os.path.lexists(old) and not os.path.lexists(cur):
+        os.rename(old, cur)
 
 
 def remove(store: Store, names: list[str]) -> None:

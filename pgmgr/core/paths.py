@@ -242,10 +242,6 @@ def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterat
 
     :raises Busy: still taken after ``timeout`` (the message is ``busy``).
     """
-    import fcntl
-
-    from pgmgr.core.errors import Busy
-
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
@@ -258,22 +254,33 @@ def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterat
         except OSError:
             raise e from None
     try:
-        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, mode)
-                break
-            except BlockingIOError:
-                if timeout == 0:
-                    yield False
-                    return
-                if time.monotonic() >= deadline:
-                    raise Busy(f"{busy} (waited {timeout:.0f} s)") from None
-                time.sleep(0.01)
-        yield True
+        yield flock_fd(fd, exclusive=exclusive, timeout=timeout, busy=busy)
     finally:
         os.close(fd)
+
+
+def flock_fd(fd: int, *, exclusive: bool, timeout: float, busy: str) -> bool:
+    """``flock`` the open ``fd`` (held until it is closed), polling every 10 ms for up to
+    ``timeout``; False at once when ``timeout`` is 0 and the lock is taken.
+
+    :raises Busy: still taken after ``timeout`` (the message is ``busy``).
+    """
+    import fcntl
+
+    from pgmgr.core.errors import Busy
+
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return True
+        except BlockingIOError:
+            if timeout == 0:
+                return False
+            if time.monotonic() >= deadline:
+                raise Busy(f"{busy} (waited {timeout:.0f} s)") from None
+            time.sleep(0.01)
 
 
 def check_path_text(path: Path, what: str) -> Path:

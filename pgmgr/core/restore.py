@@ -258,7 +258,9 @@ def restore(
     gone = missing(srv.inst.name, name)
     with (
         sigguard.interruptible(),
-        snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store,
+        snapstore.opened(
+            srv.datadir, srv.user(), create=False, missing=gone, exclusive=True
+        ) as store,
     ):
         meta = load(store, name, srv.inst.name, store.as_user(_survey, store.path))
         # The copy is swapped in by a rename there: checked before it is made.

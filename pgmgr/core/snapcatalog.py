@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import pgcontrol, server, snapstore, userfs, versions
+from pgmgr.core import pgcontrol, server, snapstore, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -188,7 +188,9 @@ def delete(srv: Server, name: str) -> Meta:
     """
     snapstore.check_snap_name(name)
     gone = missing(srv.inst.name, name)
-    with snapstore.opened(srv.datadir, srv.user(), create=False, missing=gone) as store:
+    with snapstore.opened(
+        srv.datadir, srv.user(), create=False, missing=gone, exclusive=True
+    ) as store:
         store.as_user(snapstore.sweep, store.path)
         try:
             meta = load(store, name, srv.inst.name)
@@ -203,14 +205,15 @@ def delete(srv: Server, name: str) -> Meta:
 def delete_all(datadir: Path, user: ServerUser | None) -> int:
     """Remove every snapshot of ``datadir`` (``destroy --with-snapshots``); how many."""
     try:
-        with snapstore.opened(datadir, user, create=False) as store:
+        with snapstore.opened(datadir, user, create=False, exclusive=True) as store:
             count = len(store.as_user(snapstore.list_metas, store.path))
             if os.fstat(store.top_fd).st_uid == os.geteuid():
                 # The top is ours (as root: shared by server users; see snapstore): renamed
                 # out of sight and removed through fds, never following a symlink.
-                doomed = snapstore.tmp_name("delete")
+                doomed = snapstore.doomed_name()
                 os.rename(store.path.name, doomed, src_dir_fd=store.top_fd,
                           dst_dir_fd=store.top_fd)  # fmt: skip
+                testhook.pause("destroy-snapshots-renamed")
                 userfs.rmtree_at(store.top_fd, doomed)
             else:
                 store.as_user(_delete, store.path.parent, store.path.name)

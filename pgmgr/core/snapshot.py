@@ -312,7 +312,7 @@ def create(
     dirpath.check_not_mount(srv.datadir, f"snapshot '{srv.inst.name}'")
     t0 = time.monotonic()
     su = srv.user()
-    with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
+    with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         why, taken, earlier, size = store.as_user(_prepare, store.path, srv.datadir)
         if why:
             raise DatabaseException(

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import copy, dirpath, diskio, testhook, userfs
+from pgmgr.core import copy, dirpath, diskio, paths, testhook, userfs
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.privileges import ServerUser
 
@@ -234,12 +234,22 @@ def _not_usable(
 
 @contextlib.contextmanager
 def opened(
-    datadir: Path, user: ServerUser | None, *, create: bool = True, missing: str | None = None
+    datadir: Path,
+    user: ServerUser | None,
+    *,
+    create: bool = True,
+    missing: str | None = None,
+    exclusive: bool = False,
 ) -> Iterator[Store]:
-    """The store of ``datadir``, made private if absent (when ``create``).
+    """The store of ``datadir``, made private if absent (when ``create``). ``exclusive``:
+    for work that sweeps or changes it, held with ``flock`` on the store itself. The
+    instance's lock is in the state directory of the user running pgmgr: the pgmgr of
+    another OS user who registered the same data directory (root and its server user)
+    does not wait for it, and its sweep removed a snapshot under way.
 
     :raises SnapshotNotFound: no store and not ``create`` (the message is ``missing``).
     :raises DatabaseException: the store or its parent is unsafe.
+    :raises Busy: ``exclusive``, and another pgmgr held it for 30 s.
     """
     parent = datadir.parent
     if userfs.others_can_write(parent) and os.geteuid() == 0:
@@ -254,8 +264,13 @@ def opened(
         try:
             top = _private_subdir(parent_fd, STORE, parent / STORE, owner, create, top=True)
             fds.append(top)
+            if create:
+                sweep_top(top)
             fd = _private_subdir(top, datadir.name, store_path(datadir), owner, create)
             fds.append(fd)
+            if exclusive:
+                busy = f"another pgmgr is working on the snapshots in {store_path(datadir)}"
+                paths.flock_fd(fd, exclusive=True, timeout=30.0, busy=busy)
         except FileNotFoundError:
             raise SnapshotNotFound(
                 missing or f"no snapshots of {datadir}", hint="'pgmgr snapshots' lists them"
@@ -263,6 +278,22 @@ def opened(
         yield Store(datadir, user, parent_fd, fd, top)
     finally:
         for fd in fds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def held_if_free(top_fd: int, name: str) -> Iterator[bool]:
+    """Hold store ``name`` of the top directory ``top_fd`` (as :func:`opened` with
+    ``exclusive`` does) if no pgmgr holds it now: whether it is held."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=top_fd)  # fmt: skip
+    except OSError:
+        fd = -1
+    try:
+        yield fd >= 0 and paths.flock_fd(fd, exclusive=True, timeout=0, busy="")
+    finally:
+        if fd >= 0:
             os.close(fd)
 
 
@@ -282,6 +313,32 @@ def drop_if_empty(store: Store) -> None:
 
 def tmp_name(op: str) -> str:
     return f"{TMP}{op}-{secrets.token_hex(4)}"
+
+
+#: A whole store being deleted, in the top directory (see :func:`doomed_name`).
+_DOOMED_RE = re.compile(r"^\.tmp-delete-(\d+)-[0-9a-f]{8}\Z")
+
+
+def doomed_name() -> str:
+    """The name a whole store is renamed to in the top directory before it is deleted
+    (``destroy --with-snapshots``): it names the deleting process, so that what a killed
+    or interrupted one left is removed later (:func:`sweep_top`), never while one is at it."""
+    return f"{TMP}delete-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def sweep_top(top_fd: int) -> None:
+    """Finish the deletions of whole stores whose process is gone (killed or interrupted
+    half-way: nothing else ever removed them, snapshots of an instance already
+    destroyed). Only in a top directory that is ours (as root: root's), through fds."""
+    from pgmgr.core import process
+
+    if os.fstat(top_fd).st_uid != os.geteuid():
+        return
+    for name in os.listdir(top_fd):
+        found = _DOOMED_RE.match(name)
+        if found and not process.is_alive(int(found.group(1))):
+            with contextlib.suppress(OSError):
+                userfs.rmtree_at(top_fd, name)
 
 
 # --------------------------------------------------------------------------- as the user

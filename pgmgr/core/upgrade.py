@@ -14,9 +14,11 @@ interrupt removes the new cluster and starts the old server again if it was runn
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, paused, resume
 from pgmgr.core.snapcatalog import taken_names
-from pgmgr.core.snapstore import Store
+from pgmgr.core.snapstore import Meta, Store
 from pgmgr.core.versions import Installation
 
 #: Where the pre-upgrade snapshot is assembled (a work name: swept if pgmgr is killed).
@@ -160,15 +162,24 @@ def _remove_socket_dir(path: str) -> None:
 
 
 def _read_logs(work: Path) -> str:
-    """pg_upgrade's logs under ``work`` (its cwd and the new cluster's output dir)."""
+    """pg_upgrade's logs under ``work`` (its cwd and the new cluster's output dir): regular
+    files only, never a FIFO (the open blocked for ever) nor a symlink. As the user."""
     parts = []
     for root, _dirs, files in os.walk(work):
         if os.path.basename(root) == "base":
             continue
         for name in sorted(files):
-            if name.endswith((".log", ".txt")):
-                with open(os.path.join(root, name), errors="replace") as f:
-                    parts.append(f"==> {os.path.join(root, name)} <==\n{f.read(1 << 20)}")
+            path = os.path.join(root, name)
+            if not name.endswith((".log", ".txt")):
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as f:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    text = f.read(1 << 20).decode(errors="replace")
+                    parts.append(f"==> {path} <==\n{text}")
     return "\n".join(parts)
 
 
@@ -229,7 +240,7 @@ def upgrade(
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     opts = probe(srv)
     su = srv.user()
-    with sigguard.interruptible(), snapstore.opened(srv.datadir, su) as store:
+    with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         store.as_user(snapstore.sweep, store.path)
         _check_keepable(srv, store)
         snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
@@ -326,15 +337,8 @@ def _run_pg_upgrade(
 
 def _undo_link(srv: Server, store: Store, method: str) -> None:
     """A failed ``--link`` upgrade may have disabled the old cluster: enable it again."""
-    if method != "link":
-        return
-
-    def undo(datadir: Path) -> None:
-        old, cur = datadir / "global" / "pg_control.old", datadir / "global" / "pg_control"
-        if old.exists() and not cur.exists():
-            os.rename(old, cur)
-
-    store.as_user(undo, srv.datadir)
+    if method == "link":
+        store.as_user(intent.undo_link, srv.datadir)
 
 
 def _switch(
@@ -358,42 +362,29 @@ def _switch(
             stats = store.as_user(snapshot.copy_into, srv.datadir, store.entry(KEEP))
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         steps.say(f"pg_upgrade --{method}")
-        _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
-        rejected = conf.rejected(srv, store, new, newdata)
-        result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
-        store.as_user(conf.carry, srv.datadir, newdata, set(rejected))
-        new_id = store.as_user(intent.identify, newdata)
-        meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
-        if meta.size == 0:
-            meta.size = store.as_user(copy.tree_size, srv.datadir)
-        store.as_user(copy.sync_fs, store.path)
-        settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
-        record: dict[str, Any] = {
-            "major": new.major, "version": new.version, "bindir": str(new.bindir)
-        }  # fmt: skip
-        held = intent.held_name("upgrade")
-        source = intent.held_name("keep") if method == "link" else held
-        record["settings"] = settings
-        it = intent.Intent("upgrade", new_id, record, held, snap_name, source, meta.to_dict())
-        with sigguard.shielded():
-            intent.begin(srv, it)
-            try:
-                store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)
-                testhook.pause("upgrade-switching")
-                snapstore.swap_in(store, it.old)
-            except BaseException:
-                intent.discard(srv, store)
-                raise
-            sigguard.commit()  # swapped: the upgrade completes and says so
-            upgraded.append(True)
-            testhook.pause("upgrade-swapped")
-            gone = intent.complete(srv, store)
-            if pause.stopped_at is not None:
-                steps.say(f"starting {new.version}", size=False)
-            try:
-                resume(srv, pause)
-            finally:  # not before: freeing its blocks competes with the start
-                intent.remove(store, gone)
+        with _link_undone_if_killed(srv, store, newdata, method):
+            _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
+            testhook.pause("upgrade-ran")
+            it = _intent(srv, store, new, newdata, method, meta, result)
+            with sigguard.shielded():
+                intent.begin(srv, it)  # replaces the one that undoes --link after a kill
+                try:
+                    store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)
+                    testhook.pause("upgrade-switching")
+                    snapstore.swap_in(store, it.old)
+                except BaseException:
+                    intent.discard(srv, store)
+                    raise
+                sigguard.commit()  # swapped: the upgrade completes and says so
+                upgraded.append(True)
+                testhook.pause("upgrade-swapped")
+                gone = intent.complete(srv, store)
+                if pause.stopped_at is not None:
+                    steps.say(f"starting {new.version}", size=False)
+                try:
+                    resume(srv, pause)
+                finally:  # not before: freeing its blocks competes with the start
+                    intent.remove(store, gone)
     result.snapshot, result.downtime = snap_name, pause.downtime
 
 
@@ -406,6 +397,55 @@ class _Steps:
 
     def say(self, step: str, *, size: bool = True) -> None:
         self.progress(f"{step}, {snapstore.human(self.size)}" if size else step)
+
+
+@contextlib.contextmanager
+def _link_undone_if_killed(srv: Server, store: Store, newdata: Path, method: str) -> Iterator[None]:
+    """With ``--method link``: an intent that switches nothing, from before pg_upgrade
+    disables the old cluster (renames its ``pg_control``) until the block replaces it with
+    the switch's own. Killed meanwhile, the next command settles it by discarding it,
+    which enables the old cluster again (:func:`intent.discard`); it failed with "could
+    not open file global/pg_control" until the user found pg_control.old. The block
+    failing or interrupted: discarded here, before the old server starts again."""
+    if method != "link":
+        yield
+        return
+    undo = intent.Intent("upgrade", store.as_user(intent.identify, newdata), {},
+                         intent.held_name("upgrade"))  # fmt: skip
+    try:
+        with sigguard.shielded():
+            intent.begin(srv, undo)
+        yield
+    except BaseException:
+        if srv.inst.intent == undo.to_dict():  # not yet replaced by the switch's
+            with sigguard.shielded():
+                intent.discard(srv, store)
+        raise
+
+
+def _intent(
+    srv: Server, store: Store, new: Installation, newdata: Path, method: str, meta: Meta,
+    result: UpgradeResult,
+) -> intent.Intent:  # fmt: skip
+    """Carry the configuration over to the upgraded ``newdata`` (what the new major
+    rejects, and what is not carried, go in ``result``) and make the switch's intent (see
+    :mod:`pgmgr.core.intent`)."""
+    rejected = conf.rejected(srv, store, new, newdata)
+    result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
+    store.as_user(conf.carry, srv.datadir, newdata, set(rejected))
+    new_id = store.as_user(intent.identify, newdata)
+    meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
+    if meta.size == 0:
+        meta.size = store.as_user(copy.tree_size, srv.datadir)
+    store.as_user(copy.sync_fs, store.path)
+    settings = {k: v for k, v in srv.inst.settings.items() if k not in rejected}
+    record: dict[str, Any] = {
+        "major": new.major, "version": new.version, "bindir": str(new.bindir),
+        "settings": settings,
+    }  # fmt: skip
+    held = intent.held_name("upgrade")
+    source = intent.held_name("keep") if method == "link" else held
+    return intent.Intent("upgrade", new_id, record, held, meta.name, source, meta.to_dict())
 
 
 def _hold(store: Path, newdata: Path, held: str, keep: str, source: str) -> None:

@@ -216,7 +216,11 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     under a ``==> PATH <==`` header), e.g. the missing library; else its last line."""
     lines = [ln.strip() for ln in output.splitlines()]
     lines = [ln for ln in lines if ln not in ("Failure, exiting", "*failure*")]
-    fatal = next((i for i, ln in enumerate(lines) if ln.endswith("fatal")), None)
+    # "Checking ...  fatal" (PostgreSQL 15); "Checking data type usage  failed check:
+    # Checking for ..." then a heading "Data type checks failed:" (18), whose output ends
+    # with the name of a file in the work directory (deleted by then: never the reason).
+    marked = (i for i, ln in enumerate(lines) if ln.endswith("fatal") or "failed check:" in ln)
+    fatal = next(marked, None)
     if fatal is None:
         rest = [ln for ln in lines if ln]
         return rest[-1].rstrip(".") if rest else f"exit code {returncode}"
@@ -224,7 +228,7 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     for line in lines[fatal + 1 :]:
         if not line and para:
             break
-        if line:
+        if line and (para or not line.endswith(":")):  # not the heading
             para.append(line)
     text = " ".join(para)
     sentence = re.split(r"(?<=\.)\s", text, maxsplit=1)[0] if text else lines[fatal]

@@ -120,3 +120,24 @@ def test_restore_killed_half_way_through_a_swap_without_exchange(
     assert again.returncode == 0, again.stderr
     assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "0"
     assert held(inst.store) == []
+
+
+def test_link_upgrade_killed_before_the_swap_leaves_the_old_cluster_startable(
+    up: Inst,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``pg_upgrade --link`` renames the old cluster's global/pg_control to pg_control.old
+    once it starts linking; a failed upgrade renamed it back, a killed one did not: the next
+    start failed with 'could not open file global/pg_control' until the user found it."""
+    before = facts(up)
+    hooks = hooks_dir(tmp_path)
+    argv = ("upgrade", "up", "-v", "18", "--method", "link", "--yes")
+    for step in ("upgrade-ran", "upgrade-switching"):  # pg_upgrade done; the intent written
+        kill_at(hooks, step, *argv)
+        assert up.state() == "stopped"
+        started(up, "15")
+        assert facts(up) == before
+        assert held(up.store) == []
+    assert up.snaps() == []
+    up.ok("snapshot", "up", "after", "-q")  # sweeps under the lock
+    assert leftovers(up.store) == []

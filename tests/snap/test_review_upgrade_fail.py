@@ -1,0 +1,66 @@
+"""pg_upgrade itself failing (a reg* column, which it refuses), with a FIFO the server user
+put among its logs: one line saying why, nothing changed, nothing left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pgmgr.core import upgradeplan as plan
+from tests.helpers import error_lines
+from tests.pause import Paused
+from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_upgrade import facts, up  # noqa: F401
+
+
+def test_a_failed_link_upgrade_says_why_and_changes_nothing(up: Inst, scratch: Path) -> None:  # noqa: F811
+    """It said 'pg_upgrade failed: <a file in the work directory>' (PostgreSQL 18's
+    pg_upgrade ends its output with that file's name; the file is deleted with the work
+    directory); a FIFO named like a log there hung it for ever as it kept the logs."""
+    up.sql("CREATE TABLE regs (p regproc)")  # pg_upgrade refuses reg* columns
+    before = facts(up)
+    hooks = scratch / "hooks"
+    hooks.mkdir(mode=0o777)
+    hooks.chmod(0o777)  # the pause is in the server user's work
+    run = Paused(hooks, "upgrade-workdir", "upgrade", "up", "-v", "18", "--method", "link",
+                 "--yes", env=up.env)  # fmt: skip
+    run.reached()
+    work = next(up.store / n for n in os.listdir(up.store) if n.startswith(".tmp-upgrade-"))
+    os.mkfifo(work / "hang.log", 0o600)
+    owner = work.stat()
+    os.chown(work / "hang.log", owner.st_uid, owner.st_gid)  # the server user's
+    done = run.go(timeout=60)
+    assert done.returncode == 1, str(done)
+    said = error_lines(done.stderr)
+    assert said[0] == (
+        "Error: pg_upgrade failed: Your installation contains one of the reg* data types "
+        "in user tables (In database: postgres); nothing was changed"
+    ), said
+    log = Path(said[1].rsplit(" ", 1)[1])
+    assert said[1].startswith("Hint: pg_upgrade's logs are kept in ") and log.is_file()
+    assert "public.regs.p" in log.read_text()  # the file the message named is in it
+    assert up.state() == "running" and up.record()["major"] == "15"
+    assert up.record().get("intent") is None
+    assert facts(up) == before
+    assert leftovers(up.store) == []
+
+
+PG18_OUT = (
+    "Checking data type usage" + " " * 38 + "failed check: Checking for reg* data types in user"
+    " tables\n\nData type checks failed: \n"  # pg_upgrade's own trailing space
+    "Your installation contains one of the reg* data types in user tables.\n"
+    "These data types reference system OIDs that are not preserved by\n"
+    "pg_upgrade, so this cluster cannot currently be upgraded.\n\n"
+    "A list of the problem columns is in the file:\n    /w/tables_using_reg.txt\n\n"
+    "Failure, exiting\n"
+)
+
+
+def test_failure_reason_of_pg_upgrade_18() -> None:
+    """PostgreSQL 18's pg_upgrade marks a failed check 'failed check:', not 'fatal', under
+    a heading, and ends with the file's name: that was the reason given."""
+    logs = "==> /w/tables_using_reg.txt <==\nIn database: postgres\n  public.regs.p\n"
+    assert plan.failure_reason(PG18_OUT, logs, 1) == (
+        "Your installation contains one of the reg* data types in user tables "
+        "(In database: postgres)"
+    )
