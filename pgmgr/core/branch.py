@@ -257,6 +257,7 @@ def _branch(
 ) -> BranchResult:  # fmt: skip
     with snapstore.opened(target, src.user(), exclusive=True) as tstore:
         try:
+            snapstore.check_same_fs(tstore, f"branch '{src.inst.name}' into {target}")
             for name in tstore.as_user(_sweep, tstore.path):
                 _sweep_abandoned(tstore, name)
             # A source stopped for the copy starts again while the branch is put in place
@@ -313,8 +314,12 @@ def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, a
     registered or started."""
     with sigguard.shielded():
         staging = snapstore.TMP + "branch"
-        with doing("create", srv.datadir):
-            _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        try:
+            with doing("create", srv.datadir):
+                _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
+        except BaseException:  # the name was taken meanwhile: the copy is not left behind
+            tstore.as_user(snapstore.remove_tree, tstore.entry(staging))
+            raise
         # Registered pinned: the record names this very directory from the start. Not
         # provable: the staged copy was swapped (a symlink, a file) by the server user.
         if not srv.pin():
@@ -388,14 +393,14 @@ def _copy_branch(
 
 
 def _copy_own(origin: Path, staging: Path) -> copy.CopyStats:
-    """:func:`snapshot.copy_into`; the copy of a clean shutdown then gets a database system
-    identifier of its own (:func:`pgcontrol.new_identity`): the branch's history diverges
-    from its source's, so neither PostgreSQL (a standby, a WAL archive) nor a snapshot may
-    take one for the other. A copy of an online snapshot keeps its own (it recovers from
-    the WAL it holds). As the server user; the caller syncs."""
+    """:func:`snapshot.copy_into`; the copy then gets a database system identifier of its
+    own (:func:`pgcontrol.new_identity`): the branch's history diverges from its source's,
+    so neither PostgreSQL (a standby, a WAL archive) nor a snapshot may take one for the
+    other. So does the copy of an online snapshot or of a crashed source: the WAL it
+    recovers from is in its pg_wal, rewritten too. As the server user; the caller syncs."""
     stats = snapshot.copy_into(origin, staging)
-    with contextlib.suppress(ValueError):  # not of a clean shutdown
-        pgcontrol.new_identity(staging, sync=False)
+    with contextlib.suppress(ValueError):  # a damaged pg_control: start says so
+        pgcontrol.new_identity(staging, sync=False, clean=False)
     return stats
 
 

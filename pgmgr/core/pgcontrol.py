@@ -87,7 +87,7 @@ _XLP_LONG_HEADER = 0x0002
 _XLP_SYSID = 24
 
 
-def new_identity(datadir: Path, *, sync: bool) -> int:
+def new_identity(datadir: Path, *, sync: bool, clean: bool = True) -> int:
     """Give the cleanly shut-down ``datadir``, a copy of a template, a system identifier of
     its own, as initdb would have (the time in the high 32 bits, here random low ones):
     in ``global/pg_control`` (its CRC recomputed) and in the long header of each WAL
@@ -95,7 +95,13 @@ def new_identity(datadir: Path, *, sync: bool) -> int:
     it. WAL first, ``pg_control`` last; the caller commits the directory only afterwards.
     With ``sync``, both are fsynced. As the server user. Returns the new identifier.
 
-    :raises ValueError: ``pg_control`` is damaged or the cluster was not shut down cleanly.
+    Not ``clean``: a copy that crash recovery (or the recovery of an online backup) will
+    replay is accepted too: that WAL is all in ``pg_wal`` and every segment of it carries
+    the old identifier, rewritten with the rest. Not one that recovers from elsewhere
+    (``recovery.signal`` or ``standby.signal``: an archive, a primary, with the old one).
+
+    :raises ValueError: ``pg_control`` is damaged, or the cluster was not shut down cleanly
+        (``clean``) or recovers WAL from elsewhere.
     """
     import secrets
     import time
@@ -103,8 +109,11 @@ def new_identity(datadir: Path, *, sync: bool) -> int:
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK
     control = _read(datadir, _FILE_SIZE)
     at = _crc_offset(control)
-    if at is None or int.from_bytes(control[16:20], "little") not in _CLEAN_STATES:
+    state = int.from_bytes(control[16:20], "little")
+    if at is None or (clean and state not in _CLEAN_STATES):
         raise ValueError("global/pg_control is damaged or not of a clean shutdown")
+    if any(os.path.lexists(datadir / f) for f in ("recovery.signal", "standby.signal")):
+        raise ValueError("it recovers WAL from elsewhere (recovery.signal, standby.signal)")
     old = control[:8]
     new = ((int(time.time()) << 32) | secrets.randbits(32)).to_bytes(8, "little")
     wal = datadir / "pg_wal"

@@ -272,6 +272,7 @@ def restore(
         record = record_of(meta) if rollback else {}
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapdir = store.entry(name)
+        snapstore.check_same_fs(store, f"restore '{srv.inst.name}'")
         snapstore.check_space(store, meta.size, f"restoring {name!r}", snapdir)
         say = progress or (lambda _step: None)
         how = "copying what changed of" if index is not None else "copying"

@@ -432,6 +432,21 @@ def check_space(store: Store, needed: int, what: str, source: Path | None = None
         )
 
 
+def check_same_fs(store: Store, what: str) -> None:
+    """:raises DatabaseException: the store is on another filesystem than the data
+    directory's parent (a mount at ``.pgmgr-snapshots``): what is copied there is renamed
+    into place, which fails across filesystems, and only after the server was stopped and
+    the work done (a restore's copy, pg_upgrade)."""
+    if os.fstat(store.fd).st_dev != os.fstat(store.parent_fd).st_dev:
+        raise DatabaseException(
+            f"cannot {what}: the snapshots in {store.path} are on another filesystem than "
+            f"{store.datadir.parent}, and the copy made there cannot be renamed into place; "
+            "nothing was changed",
+            hint=f"keep {store.path.parent} on the data directory's filesystem "
+            "(not a mount point); 'branch --from SNAP -d DIR' copies a snapshot elsewhere",
+        )
+
+
 def _clones_from(store: Store, source: Path) -> bool:
     """Whether copies of ``source`` into ``store`` are clones: one filesystem that clones."""
     try:

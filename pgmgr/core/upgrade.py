@@ -243,6 +243,7 @@ def upgrade(
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         store.as_user(snapstore.sweep, store.path)
         _check_keepable(srv, store)
+        snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
         size = 0
         if not check:
             size = store.as_user(copy.tree_size, srv.datadir)

@@ -4,8 +4,10 @@ password; from a snapshot; bad inputs; interrupted branches leave nothing behind
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -79,6 +81,36 @@ def test_branch_from_snapshot_of_stopped_source(inst: Inst, ops_dir: Path) -> No
     p = inst.pid("old")
     inst.ok("branch", "dev", "third", "--start", "-p", "auto", "-q")
     assert inst.state("third") == "running" and inst.pid("old") == p
+
+
+def test_branches_of_a_crashed_source_and_of_an_online_snapshot_get_their_own_identifier(
+    inst: Inst,
+) -> None:
+    """Only a copy of a clean shutdown got an identifier of its own: a branch of a crashed
+    source, or of an online snapshot, kept its source's, which a standby or WAL archive of
+    the source would take for its own. Their crash (backup) recovery replays WAL over
+    more than one segment, every one rewritten."""
+    from pgmgr.core.pgcontrol import system_identifier
+
+    inst.ok("snapshot", "dev", "on", "--online", "-q")
+    inst.sql("CHECKPOINT; INSERT INTO t SELECT generate_series(1, 400000)")  # > 16 MB WAL
+    pid = inst.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while inst.state() != "crashed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inst.ok("branch", "dev", "crashed", "--start", "-q")
+    inst.ok("branch", "dev", "online", "--from", "on", "--start", "-q")
+    assert inst.sql("SELECT count(*) FROM t", "crashed") == "401000"
+    assert inst.sql("SELECT count(*) FROM t", "online") == "1000"
+    sysid = "SELECT system_identifier FROM pg_control_system()"
+    ids = {system_identifier(inst.datadir), inst.sql(sysid, "crashed"), inst.sql(sysid, "online")}
+    assert len(ids) == 3
+    for name in ("crashed", "online"):  # their WAL is written and read on
+        assert inst.sql("SELECT pg_switch_wal() IS NOT NULL; CHECKPOINT", name) == "t"
+        inst.ok("restart", name, "-q")
+        assert inst.sql("SELECT count(*) > 0 FROM t", name) == "t"
 
 
 def test_branch_bad_inputs(inst: Inst, ops_dir: Path) -> None:
@@ -219,3 +251,24 @@ def test_a_killed_branch_copy_is_swept_by_the_next_branch(
     assert inst.sql("SELECT count(*) FROM t", "h") == "1000"
     for name in ("b", "h", "c"):
         inst.ok("stop", name, "-q")
+
+
+def test_a_branch_whose_directory_appears_meanwhile_leaves_no_copy(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """The new data directory made by someone else while the branch copied: the branch
+    failed ('cannot create DIR: File exists') and left its whole copy in
+    .pgmgr-snapshots/NEW/.tmp-branch until some later branch beside it swept it."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    held = _held_branch(inst, hooks, "dev", "late")
+    (ops_dir / "late").mkdir()
+    (hooks / "branch-copied.go").touch()
+    err = held.communicate(timeout=60)[1]
+    assert held.returncode == 1 and error_lines(err)[0].startswith(
+        f"Error: cannot create {ops_dir / 'late'}: "
+    ), err
+    assert inst.state() == "running"
+    assert not (ops_dir / ".pgmgr-snapshots" / "late").exists()
+    assert list((ops_dir / "late").iterdir()) == []
