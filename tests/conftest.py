@@ -216,6 +216,19 @@ def _drop_segments_once() -> set[str]:
     return _dsm_segments() - _dsm_before
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """pytest's own per-user directory (``pytest-of-USER`` in the temp directory), once
+    nothing is in it: every test's tmp_path is removed at the end (pyproject.toml,
+    ``tmp_path_retention_policy``); another run still using it keeps it."""
+    if hasattr(config, "workerinput"):
+        return
+    import getpass
+    import tempfile
+
+    with contextlib.suppress(OSError, KeyError):
+        os.rmdir(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any server started by the suite is still running (and kill it);
     remove the shared memory segments of the servers it killed."""
