@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import copy, dirpath, paths, testhook, userfs
+from pgmgr.core import dirpath, paths, testhook, userfs
 from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
@@ -51,6 +51,11 @@ from pgmgr.core.snapmeta import read_meta as read_meta
 from pgmgr.core.snapmeta import seal as seal
 from pgmgr.core.snapmeta import unseal as unseal
 from pgmgr.core.snapmeta import write_meta as write_meta
+from pgmgr.core.snapspace import CLONE_SHARE as CLONE_SHARE
+from pgmgr.core.snapspace import check_same_fs as check_same_fs
+from pgmgr.core.snapspace import check_space as check_space
+from pgmgr.core.snapspace import free_bytes as free_bytes
+from pgmgr.core.snapspace import human as human
 
 T = TypeVar("T")
 STORE = dirpath.STORE
@@ -403,63 +408,3 @@ def swap_in(store: Store, staged: str) -> None:
         os.rename(hold, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
         raise
     os.rename(hold, staged, src_dir_fd=store.fd, dst_dir_fd=store.fd)
-
-
-def free_bytes(fd: int) -> int:
-    st = os.fstatvfs(fd)
-    return st.f_bavail * st.f_frsize
-
-
-#: A clone shares the source's blocks until one side writes them: of the bytes it copies,
-#: a copy by reflink asks this share free (the filesystem's metadata, the first writes).
-CLONE_SHARE = 64
-
-
-def check_space(store: Store, needed: int, what: str, source: Path | None = None) -> None:
-    """:raises DatabaseException: the filesystem has less than ``needed`` bytes free; or,
-    when the copy is of ``source`` on this same filesystem and that clones
-    (:func:`copy.clones`), less than ``needed / CLONE_SHARE``. Should the clones use more,
-    the copy fails as on any full disk (:func:`copy.disk_full`): nothing is changed."""
-    free = free_bytes(store.fd)
-    if free < needed and source is not None and _clones_from(store, source):
-        needed //= CLONE_SHARE
-    if free < needed:
-        raise DatabaseException(
-            f"not enough disk space for {what}: {human(needed)} needed, "
-            f"{human(free)} free on the filesystem of {store.path}; nothing was changed",
-            hint="free some space (e.g. delete old snapshots with "
-            "'pgmgr snapshot NAME SNAP --delete')",
-        )
-
-
-def check_same_fs(store: Store, what: str) -> None:
-    """:raises DatabaseException: the store is on another filesystem than the data
-    directory's parent (a mount at ``.pgmgr-snapshots``): what is copied there is renamed
-    into place, which fails across filesystems, and only after the server was stopped and
-    the work done (a restore's copy, pg_upgrade)."""
-    if os.fstat(store.fd).st_dev != os.fstat(store.parent_fd).st_dev:
-        raise DatabaseException(
-            f"cannot {what}: the snapshots in {store.path} are on another filesystem than "
-            f"{store.datadir.parent}, and the copy made there cannot be renamed into place; "
-            "nothing was changed",
-            hint=f"keep {store.path.parent} on the data directory's filesystem "
-            "(not a mount point); 'branch --from SNAP -d DIR' copies a snapshot elsewhere",
-        )
-
-
-def _clones_from(store: Store, source: Path) -> bool:
-    """Whether copies of ``source`` into ``store`` are clones: one filesystem that clones."""
-    try:
-        if os.stat(source).st_dev != os.fstat(store.fd).st_dev:
-            return False
-    except OSError:
-        return False
-    return bool(store.as_user(copy.clones, store.path))
-
-
-def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
