@@ -98,15 +98,28 @@ def quiet(flag: bool, json: bool = False) -> None:
 
 
 def confirm(prompt: str) -> bool:
-    """Ask ``prompt [y/N]`` on the terminal (stderr). Ctrl-C (or end of input) ends the
-    prompt's line before "Interrupted" is said, as for any interrupt."""
+    """Ask ``prompt [y/N]`` on the terminal (stderr) until the answer is yes or no (empty:
+    no). End of input (Ctrl-D) is no, as an empty answer is; Ctrl-C ends the prompt's line
+    before "Interrupted" is said, as for any interrupt. (typer.confirm made both an
+    Abort: Ctrl-D said "Interrupted", exit 130, for a refusal.)"""
     import sys
 
-    try:
-        return typer.confirm(prompt, default=False, err=True)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("\n")
-        raise KeyboardInterrupt from None
+    while True:
+        sys.stderr.write(f"{prompt} [y/N]: ")
+        sys.stderr.flush()
+        try:
+            answer = input().strip().lower()
+        except EOFError:
+            sys.stderr.write("\n")
+            return False
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            raise
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("", "n", "no"):
+            return False
+        sys.stderr.write("Error: answer y or n\n")
 
 
 __all__ = ["resolve", "status_record", "uptime_text", "version_label"]

@@ -146,6 +146,48 @@ def test_started_time_does_not_count_the_init(work: Work) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [(["destroy", "data"], "Nothing removed"), (["restore", "data", "s1"], "Nothing changed")],
+)
+def test_ctrl_d_at_a_prompt_is_no(work: Work, datadir: Path, args: list[str], said: str) -> None:
+    """End of input at '[y/N]' is a refusal, as an empty answer is: it said "Interrupted"
+    (exit 130), as a Ctrl-C does. A wrong answer asks again."""
+    work.ok("init", "-q", "-d", "./data", "-v", "15")
+    if args[0] == "restore":
+        work.ok("snapshot", "data", "s1", "-q")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pgmgr with the pty as its controlling terminal
+        os.chdir(work.path)
+        os.execv(sys.executable, [sys.executable, "-m", "pgmgr", *args])  # noqa: S606
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        for key in (b"maybe\n", b"\x04"):  # the terminal's Ctrl-D: end of input
+            while out.count(b"[y/N]") < (1 if key != b"\x04" else 2):
+                assert time.monotonic() < deadline, out
+                if select.select([fd], [], [], 0.1)[0]:
+                    out += os.read(fd, 4096)
+            time.sleep(0.2)
+            os.write(fd, key)
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    lines = out.decode().replace("\r", "").splitlines()
+    assert os.waitstatus_to_exitcode(status) == 1, lines
+    assert "Error: answer y or n" in lines and lines[-1] == said, lines
+    assert (work.path / "data" / "PG_VERSION").exists()
+
+
+@pytest.mark.parametrize(
     "args", [["destroy", "data"], ["restore", "data", "s1"], ["upgrade", "data", "-v", "18"]]
 )
 def test_ctrl_c_at_a_prompt_ends_the_line_and_says_interrupted(
