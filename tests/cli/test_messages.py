@@ -145,13 +145,9 @@ def test_started_time_does_not_count_the_init(work: Work) -> None:
     assert seconds("Initialized") + seconds("Started") <= wall
 
 
-@pytest.mark.parametrize(
-    ("args", "said"),
-    [(["destroy", "data"], "Nothing removed"), (["restore", "data", "s1"], "Nothing changed")],
-)
-def test_ctrl_d_at_a_prompt_is_no(work: Work, datadir: Path, args: list[str], said: str) -> None:
-    """End of input at '[y/N]' is a refusal, as an empty answer is: it said "Interrupted"
-    (exit 130), as a Ctrl-C does. A wrong answer asks again."""
+def _answer_prompt(work: Work, args: list[str], keys: list[bytes]) -> tuple[int, list[str]]:
+    """Run ``pgmgr ARGS`` on a pty (its controlling terminal) and type each of ``keys`` at
+    the next ``[y/N]`` question; its exit code and output lines."""
     work.ok("init", "-q", "-d", "./data", "-v", "15")
     if args[0] == "restore":
         work.ok("snapshot", "data", "s1", "-q")
@@ -162,12 +158,12 @@ def test_ctrl_d_at_a_prompt_is_no(work: Work, datadir: Path, args: list[str], sa
     out = b""
     try:
         deadline = time.monotonic() + 30
-        for key in (b"maybe\n", b"\x04"):  # the terminal's Ctrl-D: end of input
-            while out.count(b"[y/N]") < (1 if key != b"\x04" else 2):
+        for asked, key in enumerate(keys, 1):
+            while out.count(b"[y/N]") < asked:
                 assert time.monotonic() < deadline, out
                 if select.select([fd], [], [], 0.1)[0]:
                     out += os.read(fd, 4096)
-            time.sleep(0.2)
+            time.sleep(0.3)  # into input()
             os.write(fd, key)
         while time.monotonic() < deadline:
             if select.select([fd], [], [], 0.1)[0]:
@@ -181,10 +177,20 @@ def test_ctrl_d_at_a_prompt_is_no(work: Work, datadir: Path, args: list[str], sa
         _, status = os.waitpid(pid, 0)
     finally:
         os.close(fd)
-    lines = out.decode().replace("\r", "").splitlines()
-    assert os.waitstatus_to_exitcode(status) == 1, lines
-    assert "Error: answer y or n" in lines and lines[-1] == said, lines
     assert (work.path / "data" / "PG_VERSION").exists()
+    return os.waitstatus_to_exitcode(status), out.decode().replace("\r", "").splitlines()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["destroy", "data"], "Nothing removed"), (["restore", "data", "s1"], "Nothing changed")],
+)
+def test_ctrl_d_at_a_prompt_is_no(work: Work, datadir: Path, args: list[str], said: str) -> None:
+    """End of input at '[y/N]' is a refusal, as an empty answer is: it said "Interrupted"
+    (exit 130), as a Ctrl-C does. A wrong answer asks again."""
+    code, lines = _answer_prompt(work, args, [b"maybe\n", b"\x04"])  # \x04: Ctrl-D
+    assert code == 1, lines
+    assert "Error: answer y or n" in lines and lines[-1] == said, lines
 
 
 @pytest.mark.parametrize(
@@ -195,39 +201,11 @@ def test_ctrl_c_at_a_prompt_ends_the_line_and_says_interrupted(
 ) -> None:
     """destroy, restore and upgrade alike (restore's and upgrade's said '[y/N]: ^CInterrupted'
     on one line)."""
-    work.ok("init", "-q", "-d", "./data", "-v", "15")
-    if args[0] == "restore":
-        work.ok("snapshot", "data", "s1", "-q")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: pgmgr with the pty as its controlling terminal
-        os.chdir(work.path)
-        os.execv(sys.executable, [sys.executable, "-m", "pgmgr", *args])  # noqa: S606
-    out = b""
-    try:
-        deadline = time.monotonic() + 30
-        while b"[y/N]" not in out and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                out += os.read(fd, 4096)
-        assert b"[y/N]" in out, out
-        time.sleep(0.3)  # into input()
-        os.write(fd, b"\x03")  # the terminal's Ctrl-C: SIGINT to its foreground group
-        while time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-        _, status = os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 130
-    lines = out.decode().replace("\r", "").splitlines()
+    # the terminal's Ctrl-C: SIGINT to its foreground group
+    code, lines = _answer_prompt(work, args, [b"\x03"])
+    assert code == 130, lines
     assert lines[-1] == "Interrupted", lines
     assert lines[-2].endswith("[y/N]: ^C"), lines  # ^C: the terminal's echo
-    assert (work.path / "data" / "PG_VERSION").exists()
 
 
 def test_stop_all_json_says_what_happened_to_each(work: Work, template_dir: Path) -> None:

@@ -180,14 +180,20 @@ def test_upgrade_start_fails_after_swap(scratch: Path) -> None:
         up.pgmgr("stop", "up", "-m", "immediate", "-q")
 
 
-@pytest.mark.parametrize("op", ["snapshot", "restore"])
+@pytest.mark.parametrize(
+    ("op", "step"),
+    [("snapshot", "awaiting-spawned"), ("restore", "awaiting-spawned"),
+     ("snapshot", "snapshot-naming")],
+)  # fmt: skip
 def test_library_signal_while_the_server_starts(
-    inst: Inst, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str
+    inst: Inst, monkeypatch: pytest.MonkeyPatch, op: str, step: str
 ) -> None:
     """In-process (a library caller): a SIGTERM while the server starts again after the
     snapshot was named / the restore swapped reaches the caller's handler once the work
     is complete, as create and restore document. It was recorded by the shielded wait
-    for the spawned start, and dropped: the caller's Ctrl-C did nothing."""
+    for the spawned start, and dropped: the caller's Ctrl-C did nothing. The same while
+    the snapshot is named (shielded, before its commit: ``snapshot-naming``, as the
+    server user), which was dropped too once the snapshot was taken."""
     import threading
 
     from pgmgr.actions import resolve
@@ -196,19 +202,19 @@ def test_library_signal_while_the_server_starts(
     if op == "restore":
         inst.ok("snapshot", "dev", "base", "-q")
         inst.sql("TRUNCATE t")
-    step = "awaiting-spawned"
-    monkeypatch.setattr(testhook, "_DIR", str(tmp_path))
-    (tmp_path / step).touch()
+    hooks = hooks_dir(inst)  # reachable by the server user
+    monkeypatch.setattr(testhook, "_DIR", str(hooks))
+    (hooks / step).touch()
 
     def signal_then_go() -> None:
         deadline = time.monotonic() + 60
-        while not (tmp_path / f"{step}.reached").exists():
+        while not (hooks / f"{step}.reached").exists():
             if time.monotonic() > deadline:
                 return
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.1)
-        (tmp_path / f"{step}.go").touch()
+        (hooks / f"{step}.go").touch()
 
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     helper = threading.Thread(target=signal_then_go)
@@ -220,7 +226,7 @@ def test_library_signal_while_the_server_starts(
             else:
                 snapshot.create(resolve("dev", None), "s1")
     finally:
-        (tmp_path / f"{step}.go").touch()
+        (hooks / f"{step}.go").touch()
         helper.join()
         signal.signal(signal.SIGTERM, old)
     assert signal.getsignal(signal.SIGTERM) is old
@@ -272,47 +278,6 @@ def test_branch_source_start_fails_after_copy(inst: Inst) -> None:
     finally:
         inst.pgmgr("stop", "feat", "-m", "immediate", "-q")
     inst.ok("start", "dev", "-q")
-
-
-def test_library_signal_while_the_snapshot_is_named(
-    inst: Inst, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """In-process: a SIGTERM while the snapshot is named (shielded, before its commit) was
-    recorded by the shielded block and dropped once the snapshot was taken: the caller's
-    Ctrl-C did nothing. It now reaches the caller's handler when the work is complete."""
-    import threading
-
-    from pgmgr.actions import resolve
-    from pgmgr.core import snapshot, testhook
-
-    step, hooks = "snapshot-naming", hooks_dir(inst)  # as the server user: reachable
-    monkeypatch.setattr(testhook, "_DIR", str(hooks))
-    (hooks / step).touch()
-
-    def signal_then_go() -> None:
-        deadline = time.monotonic() + 60
-        while not (hooks / f"{step}.reached").exists():
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.1)
-        (hooks / f"{step}.go").touch()
-
-    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    helper = threading.Thread(target=signal_then_go)
-    helper.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            snapshot.create(resolve("dev", None), "s1")
-    finally:
-        (hooks / f"{step}.go").touch()
-        helper.join()
-        signal.signal(signal.SIGTERM, old)
-    assert signal.getsignal(signal.SIGTERM) is old
-    assert inst.state() == "running"
-    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
-    assert leftovers(inst.store) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user that work runs in pgmgr's "
