@@ -255,9 +255,7 @@ def ms(seconds: float) -> str:
 
 
 def size(n: float) -> str:
-    """``1536 -> '1.5 kB'``."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
+    """``1536 -> '1.5 kB'`` (:func:`pgmgr.core.diskio.human`, which core's messages use)."""
+    from pgmgr.core.diskio import human
+
+    return human(n)

@@ -110,3 +110,12 @@ def write_new(target: Path, tmp: Path, data: bytes, *, fsync: bool = False) -> N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def human(n: float) -> str:
+    """``1536 -> '1.5 kB'``: sizes as every message and table shows them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pgmgr.core import copy
+from pgmgr.core.diskio import human as human
 from pgmgr.core.errors import DatabaseException
 
 if TYPE_CHECKING:
@@ -64,11 +65,3 @@ def _clones_from(store: Store, source: Path) -> bool:
     except OSError:
         return False
     return bool(store.as_user(copy.clones, store.path))
-
-
-def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
