@@ -307,7 +307,7 @@ def stop(
 ) -> int:
     """``pgmgr stop``: see its ``--help``."""
     ui.settings.quiet = quiet
-    from pgmgr.core import registry
+    from pgmgr.core import registry, stopmark
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
     from pgmgr.core.locked import locked
@@ -331,6 +331,8 @@ def stop(
             pf = srv.running()
             with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
                 stopped = srv.stop(mode, timeout)
+            if stopmark.clear(srv.inst):  # stopped on purpose now: see pgmgr.core.stopmark
+                srv._save_after_stop()
         elapsed = time.monotonic() - t0
         missing = not stopped and srv.status().state == "missing"
         results.append(

@@ -72,6 +72,7 @@ def broken_record(err: CorruptRecord) -> dict[str, Any]:
         "tcp_url": None,
         "server_user": None,
         "superuser": None,
+        "stopped_by": None,
     }
 
 
@@ -151,6 +152,17 @@ def table(records: list[dict[str, Any]]) -> None:
         if roles:
             rows[-1].insert(3, role_text(r))
     ui.table(columns(roles), rows)
+    for r in records:
+        notice(r)
+
+
+def notice(r: dict[str, Any]) -> None:
+    """Say below the table why an instance is stopped when a pgmgr command stopped it
+    and did not start it again (see pgmgr.core.stopmark)."""
+    mark = r.get("stopped_by")
+    if mark and r.get("detail"):
+        again = "" if mark["active"] else f"; start it with 'pgmgr start {r['name']}'"
+        ui.message(f"Note: {r['detail']}{again}")
 
 
 def show(

@@ -263,7 +263,7 @@ def _branch(
             # A source stopped for the copy starts again while the branch is put in place
             # and started (both start-ups overlap); the end of the block waits for it.
             said = f"branch '{new}' of '{src.inst.name}' was made"
-            with done_then(said, src.inst.name) as made, paused(src, stop=False) as pause:
+            with done_then(said, src.inst.name) as made, paused(src, "branch", stop=False) as pause:
                 with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
                     stats, major = _copy_branch(src, snap, tstore, pause, say)
                 inst = new_record(src, new, target, port, major)

@@ -36,8 +36,12 @@ def require_running(srv: Server) -> process.PidFile:
     """
     pf = srv.running()
     if pf is None:
+        from pgmgr.core import stopmark
+
+        mark = stopmark.read(srv.inst)
+        why = f": it {mark.why()}" if mark else ""
         raise NotRunning(
-            f"'{srv.inst.name}' is not running",
+            f"'{srv.inst.name}' is not running{why}",
             hint=f"start it with 'pgmgr start {srv.inst.name}'",
         )
     return pf
@@ -63,7 +67,16 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
     srv.check_identity("restart")
-    was_running = srv.stop(mode, timeout)
+    from pgmgr.core import stopmark
+
+    if srv.running() is not None:
+        stopmark.mark(srv, "restart")  # killed before the start: status says why it stopped
+    try:
+        was_running = srv.stop(mode, timeout)
+    except WorkerError:  # still running: nothing to explain
+        stopmark.clear(srv.inst)
+        srv.save()
+        raise
     return RestartResult(was_running, srv.start(timeout=timeout))
 
 

@@ -28,16 +28,20 @@ class Pause:
     #: set by the block once its work is complete: a signal during the final wait for the
     #: server is then only recorded (the work is not undone, so it must not look failed)
     done: bool = False
+    #: the command that pauses the server, for the record's mark (see pgmgr.core.stopmark)
+    command: str = ""
 
 
 @contextlib.contextmanager
-def paused(srv: Server, *, stop: bool = True, mode: str = "fast") -> Iterator[Pause]:
+def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") -> Iterator[Pause]:
     """Stop ``srv`` (``mode``: fast, or immediate when its state is thrown away anyway and a
     shutdown checkpoint would be wasted) for the block if it runs and ``stop``, and start it again
     afterwards whatever happens: an interrupted stop is finished first, so the start
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
-    the block instead, to stop later (``stop=False``: call :func:`stop_now`)."""
-    pause = Pause(srv.running() is not None)
+    the block instead, to stop later (``stop=False``: call :func:`stop_now`). ``command``
+    (snapshot, restore...) marks the record while the server is stopped (see
+    :mod:`pgmgr.core.stopmark`); the start clears it."""
+    pause = Pause(srv.running() is not None, command=command)
     interrupted = False
     try:
         if pause.was_running and stop:
@@ -141,12 +145,15 @@ def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
     :raises PgmgrError: its record cannot be written now (see :func:`paths.check_writable`):
         the start afterwards records the server, and stops it again if it cannot, so a
         read-only or full state filesystem would leave it stopped. It is not stopped.
+    :raises OSError: the record's mark (see :mod:`pgmgr.core.stopmark`) could not be
+        saved. It is not stopped.
     """
     if pause.was_running:
         if srv.register:
-            from pgmgr.core import paths, registry
+            from pgmgr.core import paths, registry, stopmark
 
             action = f"stop '{srv.inst.name}' and start it again"
             paths.check_writable(registry.instances_dir(), action, paths.STATE_ELSEWHERE)
+            stopmark.mark(srv, pause.command)  # a kill -9 from here on leaves it stopped
         pause.stopped_at = time.monotonic()
         srv.stop(mode)

@@ -74,6 +74,10 @@ class Instance:
     #: A switch of the data directory under way (upgrade, restore): see pgmgr.core.intent.
     #: Settled by the next load when the command that wrote it is gone.
     intent: dict[str, Any] | None = None
+    #: The running server was stopped by a pgmgr command that starts it again when its
+    #: work is done (snapshot, restore, branch, upgrade, restart): see pgmgr.core.stopmark.
+    #: Cleared by that start, by any start, and by 'pgmgr stop'.
+    stopped_by: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -153,7 +157,7 @@ _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **dict.fromkeys(("pending", "pending_from"), _OPT_STR),
     "settings": (_is_settings, "an object of strings"),
     **dict.fromkeys(("password_pending", "password_reset"), (_is_bool, "true or false")),
-    "intent": (_is_opt_dict, "an object or null"),
+    **dict.fromkeys(("intent", "stopped_by"), (_is_opt_dict, "an object or null")),
 }
 
 

@@ -288,7 +288,10 @@ def restore(
             mode = "immediate" if keep is None else "fast"
             control: delta.Stamp | None = None
             said = f"'{srv.inst.name}' was restored to {name!r}"
-            with done_then(said, srv.inst.name) as restored, paused(srv, mode=mode) as pause:
+            with (
+                done_then(said, srv.inst.name) as restored,
+                paused(srv, "restore", mode=mode) as pause,
+            ):
                 if index is not None:
                     stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")

@@ -337,7 +337,10 @@ def create(
         staging = store.entry(snapstore.tmp_name("snap"))
         try:
             said = f"snapshot {name!r} of '{srv.inst.name}' was taken"
-            with done_then(said, srv.inst.name) as named, paused(srv, stop=not online) as pause:
+            with (
+                done_then(said, srv.inst.name) as named,
+                paused(srv, "snapshot", stop=not online) as pause,
+            ):
                 shared_with = None
                 if online:
                     from pgmgr.core import basebackup

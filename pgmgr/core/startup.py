@@ -252,15 +252,17 @@ def commit_start(
     assert srv.child is not None
     srv.inst.pid = pf.pid if pf else srv.child.pid
     srv.inst.started_at = float(pf.start_time) if pf and pf.start_time else time.time()
+    srv.inst.stopped_by = None  # started: whatever stopped it is over (pgmgr.core.stopmark)
     srv.save()
 
 
 def record_running(srv: Server, pf: process.PidFile) -> None:
     """Adopt what a running server really uses (its postmaster.pid) into the record: a
     start whose pgmgr was killed before it could save leaves the record behind."""
-    before = (srv.inst.pid, srv.inst.port, srv.inst.socket_dir)
+    before = (srv.inst.pid, srv.inst.port, srv.inst.socket_dir, srv.inst.stopped_by)
     srv._adopt(pf)
-    if (srv.inst.pid, srv.inst.port, srv.inst.socket_dir) != before:
+    srv.inst.stopped_by = None  # running: a mark of pgmgr.core.stopmark is over
+    if (srv.inst.pid, srv.inst.port, srv.inst.socket_dir, srv.inst.stopped_by) != before:
         srv.save()
 
 

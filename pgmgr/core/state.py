@@ -71,7 +71,8 @@ class Status:
     url: str | None = None
     detail: str | None = None
     latency_ms: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: more fields: ``stopped_by`` (always), the role's (see pgmgr.statusview)
+    extra: dict[str, Any] = field(default_factory=lambda: {"stopped_by": None})
 
     @property
     def exit_code(self) -> int:
@@ -148,7 +149,20 @@ def status(srv: Server, check: bool = False) -> Status:
     elif pf is not None:
         st.state = "crashed"
         st.detail = crashed_detail(pf)
+    if st.state in ("stopped", "crashed"):
+        _stopped_by(st, srv)
     return st
+
+
+def _stopped_by(st: Status, srv: Server) -> None:
+    """``stopped_by``: the pgmgr command that stopped the server and has not started it
+    again, still at work or gone (see :mod:`pgmgr.core.stopmark`); it explains a stop."""
+    from pgmgr.core import stopmark
+
+    mark = stopmark.read(srv.inst)
+    if mark is not None:
+        st.extra["stopped_by"] = mark.to_dict()
+        st.detail = st.detail or mark.sentence(srv.inst.name)
 
 
 def crashed_detail(pf: process.PidFile) -> str:

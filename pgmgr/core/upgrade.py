@@ -355,7 +355,7 @@ def _switch(
         snap_name += "-" + snapstore.default_name(set())
     meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
     said = f"'{srv.inst.name}' was upgraded to PostgreSQL {new.major}"
-    with done_then(said, srv.inst.name) as upgraded, paused(srv) as pause:
+    with done_then(said, srv.inst.name) as upgraded, paused(srv, "upgrade") as pause:
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
             steps.say("copy for the snapshot")

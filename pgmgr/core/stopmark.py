@@ -1,0 +1,109 @@
+"""Why a server that pgmgr stopped for a moment is still stopped.
+
+Snapshots, restores, branches and upgrades (:func:`pgmgr.core.pause.paused`) and restarts
+stop a running server and start it again once their work is done. Killed in between (kill
+-9, the OOM killer, a reboot of the terminal's machine) they left it stopped, and nothing
+said why: the user found a database down that no one had stopped.
+
+So before it stops the server, such a command marks the record (``stopped_by``: the
+command, its pid and that process's start time, and when), saved like the rest of the
+record (atomically, fsynced, in pgmgr's own state directory: nothing a server user can
+write). The start that ends the command clears it; so does any start, and ``pgmgr stop``:
+after that the user stopped it on purpose. A mark whose command is gone is what ``pgmgr
+status`` (``stopped_by``, ``detail``), a command refused because the instance is not
+running, and a ``start --foreground`` that sees its server go (systemd's
+``Restart=on-failure`` then brings it back) report. No other command starts it again
+behind the user's back: they decide, with ``pgmgr start NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from pgmgr.core import process
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+    from pgmgr.core.instance import Server
+    from pgmgr.core.registry import Instance
+
+
+@dataclass
+class StoppedBy:
+    """A mark read from a record: the command that stopped the server, and whether it is
+    still at work (it starts the server again when done) or gone without starting it."""
+
+    command: str
+    pid: int
+    at: float
+    active: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": self.command, "pid": self.pid, "at": self.at, "active": self.active}
+
+    def sentence(self, name: str) -> str:
+        """What happened, as a sentence without its final stop."""
+        return f"'{name}' {self.why()}"
+
+    def why(self) -> str:
+        """What happened, without a subject: "was stopped at ... by ..."."""
+        who = f"'pgmgr {self.command}' (pid {self.pid})"
+        if self.active:
+            return f"is stopped for {who}, which starts it again when it is done"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))
+        return f"was stopped at {when} by {who}, which ended without starting it again (killed?)"
+
+
+def mark(srv: Server, command: str) -> None:
+    """Mark ``srv``'s record before ``command`` stops its server (saved now).
+
+    :raises OSError: the record cannot be written: the caller does not stop the server.
+    """
+    if not srv.register:
+        return
+    me = os.getpid()
+    srv.inst.stopped_by = {
+        "command": command, "pid": me, "started": process.start_time(me), "at": time.time(),
+    }  # fmt: skip
+    srv.save()
+
+
+def clear(inst: Instance) -> bool:
+    """Forget the mark (the caller saves the record); whether there was one."""
+    had = inst.stopped_by is not None
+    inst.stopped_by = None
+    return had
+
+
+def read(inst: Instance) -> StoppedBy | None:
+    """The mark of ``inst``, if it has a valid one."""
+    data = inst.stopped_by
+    if not data:
+        return None
+    try:
+        command, pid, at = str(data["command"]), int(data["pid"]), float(data["at"])
+        started = data.get("started")
+        started = None if started is None else float(started)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return StoppedBy(command, pid, at, _alive(pid, started))
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether ``pid`` is still the process that wrote the mark (a reused pid is not)."""
+    if pid == os.getpid():
+        return True
+    if not process.is_alive(pid):
+        return False
+    now = process.start_time(pid)
+    return now is None or started is None or abs(now - started) <= 2
+
+
+def left(inst: Instance) -> StoppedBy | None:
+    """The mark of a command that is gone (killed) without starting the server again."""
+    found = read(inst)
+    return found if found is not None and not found.active else None

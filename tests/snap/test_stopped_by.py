@@ -1,0 +1,82 @@
+"""A command that stops a running server for its work (snapshot, restore, branch,
+upgrade) and is killed with -9 before it starts it again: the server stays stopped (pgmgr
+starts nothing behind the user's back), and ``status``, ``--json`` and the error of a
+command that needs it running say who stopped it and how to start it. A start, or a
+``pgmgr stop`` (stopped on purpose now), clears that. The kills are at the test hooks
+of :mod:`pgmgr.core.testhook`, where the server is stopped."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import error_lines
+from tests.pause import Paused
+from tests.snap.conftest import Inst
+from tests.snap.test_switch_killed import hooks_dir
+from tests.snap.test_upgrade import up  # noqa: F401
+
+CASES = {
+    "snapshot": ("inst", "snapshot-copied", ("snapshot", "{}", "s1")),
+    "restore": ("inst", "restore-staged", ("restore", "{}", "base", "--yes")),
+    "branch": ("inst", "branch-copied", ("branch", "{}", "b")),
+    "upgrade": ("up", "upgrade-ran", ("upgrade", "{}", "-v", "18", "--yes")),
+}
+
+
+def status(it: Inst) -> dict[str, object]:
+    data: dict[str, object] = json.loads(it.pgmgr("status", it.name, "--json").stdout)
+    return data
+
+
+@pytest.mark.parametrize("command", list(CASES))
+def test_a_command_killed_while_the_server_is_stopped_says_so(
+    command: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    fixture, step, argv = CASES[command]
+    it: Inst = request.getfixturevalue(fixture)
+    name = it.name
+    if command == "restore":
+        it.ok("snapshot", name, "base", "-q")
+    run = Paused(hooks_dir(tmp_path), step, *(a.format(name) for a in argv), env=it.env)
+    run.reached()
+    during = status(it)
+    mark: dict[str, object] = dict(during["stopped_by"])  # type: ignore[call-overload]
+    assert during["state"] == "stopped", during
+    assert mark == {"command": command, "pid": run.proc.pid, "at": mark["at"], "active": True}
+    run.kill(signal.SIGKILL)
+
+    after = status(it)
+    assert after["state"] == "stopped" and after["stopped_by"] == {**mark, "active": False}
+    said = f"by 'pgmgr {command}' (pid {run.proc.pid}), which ended without starting it again"
+    assert said in str(after["detail"])
+    table = it.pgmgr("status", name)
+    assert table.returncode == 3
+    assert f"Note: '{name}' was stopped at " in table.stderr
+    assert f"start it with 'pgmgr start {name}'" in table.stderr
+    refused = it.pgmgr("reload", name)
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    first = error_lines(refused.stderr)[0]
+    assert first.startswith(f"Error: '{name}' is not running: it was stopped at "), first
+    assert first.endswith(f"{said} (killed?)"), first
+
+    it.ok("start", name, "-q")
+    assert status(it)["stopped_by"] is None
+    assert it.record()["stopped_by"] is None
+
+
+def test_a_stop_on_purpose_clears_the_mark(inst: Inst, tmp_path: Path) -> None:
+    """After ``pgmgr stop`` the user wants it stopped: nothing says otherwise any more, and
+    a command that stops and starts servers leaves it stopped."""
+    run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1", env=inst.env)
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert status(inst)["stopped_by"] is not None
+    stopped = inst.ok("stop", "dev")
+    assert "'dev' is not running" in stopped.stderr
+    assert status(inst)["stopped_by"] is None and status(inst)["detail"] is None
+    inst.ok("snapshot", "dev", "s2", "-q")
+    assert inst.state() == "stopped" and status(inst)["stopped_by"] is None
