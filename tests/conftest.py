@@ -22,8 +22,23 @@ SESSION_MARK = "TEST_PGMGR_SESSION"
 _WORKER = "PYTEST_XDIST_WORKER"
 
 
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)  # xdist workers inherit it
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        # Every tmp_path lives under a directory of this run only, removed at its end, a
+        # failed test's too (pytest_unconfigure). pytest's own numbered directories
+        # (pytest-of-USER/pytest-N) either outlive the run or, with a retention count of 0,
+        # carry no lock: a second run of the same user started meanwhile deleted this run's
+        # directories under its running tests (a registry emptied mid-test).
+        import tempfile
+
+        own = Path(tempfile.mkdtemp(prefix="pytest-pgmgr-"))
+        config.stash[_OWN_BASETEMP] = own
+        config.option.basetemp = str(own / "t")  # pytest empties a given basetemp first
     # Session fixtures run before the per-test isolation: never let them read (or write)
     # the user's own settings, such as a default version set with --set-default.
     os.environ.setdefault("PGMGR_CONFIG_DIR", "/nonexistent/pgmgr-test-config")
@@ -217,16 +232,13 @@ def _drop_segments_once() -> set[str]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """pytest's own per-user directory (``pytest-of-USER`` in the temp directory), once
-    nothing is in it: every test's tmp_path is removed at the end (pyproject.toml,
-    ``tmp_path_retention_policy``); another run still using it keeps it."""
-    if hasattr(config, "workerinput"):
-        return
-    import getpass
-    import tempfile
+    """Remove this run's temporary directory (see pytest_configure), whatever the tests'
+    outcome: the suite leaves none behind. The servers under it are stopped by then."""
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        import shutil
 
-    with contextlib.suppress(OSError, KeyError):
-        os.rmdir(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
