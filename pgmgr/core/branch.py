@@ -1,8 +1,9 @@
 """Branches: a new, independent instance from another one's current state or snapshot.
 
 The copy is made with the copy engine into the new data directory's snapshot store (on the
-same filesystem as its final place, private to the server user), then renamed into place
-with ``RENAME_NOREPLACE`` and registered in one step that signals cannot split. The branch
+same filesystem as its final place, private to the server user), then registered and
+renamed into place with ``RENAME_NOREPLACE`` in steps that signals cannot split and the
+next command completes or undoes after a kill (:mod:`pgmgr.core.branchplace`). The branch
 has its own name, data directory, port, socket directory and password: a fresh generated
 password, set through the private socket at its first start (as for template copies,
 :attr:`~pgmgr.core.registry.Instance.password_pending`).
@@ -16,7 +17,6 @@ source.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import (
+    branchplace,
     copy,
     dirpath,
     listen,
@@ -39,9 +40,8 @@ from pgmgr.core import (
     snapshot,
     snapstore,
     testhook,
-    userfs,
 )
-from pgmgr.core.errors import DatabaseException, PortInUse, UsageError, doing
+from pgmgr.core.errors import DatabaseException, PgmgrError, UsageError
 from pgmgr.core.instance import Server, new_password
 from pgmgr.core.pause import Pause, done_then, paused, spawn_again, stop_now
 from pgmgr.core.registry import Instance
@@ -141,25 +141,6 @@ def new_record(
     return inst
 
 
-def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
-    try:
-        snapstore.renameat2(src_fd, src, dst_fd, dst, snapstore.RENAME_NOREPLACE)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        if _exists_at(dst_fd, dst):
-            raise FileExistsError(errno.EEXIST, "exists", dst) from None
-        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-
-
-def _exists_at(dir_fd: int, name: str) -> bool:
-    try:
-        os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _snapshot_source(
     src: Server, snap: str, store: snapstore.Store
 ) -> tuple[Path, int, dict[str, Any] | None]:
@@ -247,6 +228,9 @@ def _check_free(src: Server, new: str, datadir: Path | None) -> None:
     """:raises UsageError: ``new`` is a registered name. :raises DatabaseException: its
     target directory exists (see :func:`target_dir`)."""
     if new in registry.names():
+        with contextlib.suppress(PgmgrError):
+            registry.load(new)  # settles a branch into it that was killed half-way
+    if new in registry.names():
         raise UsageError(f"an instance named {new!r} already exists", hint="choose another name")
     target_dir(src, new, datadir)
 
@@ -270,7 +254,8 @@ def _branch(
                 srv = Server(inst)
                 if start:
                     say(f"starting '{new}'")
-                _place(srv, tstore, pause, start=start, auto=port in (None, "auto"))
+                auto = port in (None, "auto")
+                branchplace.place(srv, tstore, pause, src.inst.name, start=start, auto=auto)
                 made.append(True)
         except BaseException:
             snapstore.drop_if_empty(tstore)  # no branch: no store of it either
@@ -305,58 +290,6 @@ def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
         if free and idle:
             staged = tstore.path.parent / name / (snapstore.TMP + "branch")
             tstore.as_user(snapstore.remove_tree, staged)
-
-
-def _place(srv: Server, tstore: snapstore.Store, pause: Pause, *, start: bool, auto: bool) -> None:
-    """Rename the copy into place, register it and start it if asked. Signals only wait
-    from here to a started branch: it is complete (``pause.done``: a signal while the
-    source is waited for does not fail the command), or removed again if it cannot be
-    registered or started."""
-    with sigguard.shielded():
-        staging = snapstore.TMP + "branch"
-        try:
-            with doing("create", srv.datadir):
-                _rename_noreplace(tstore.fd, staging, tstore.parent_fd, srv.datadir.name)
-        except BaseException:  # the name was taken meanwhile: the copy is not left behind
-            tstore.as_user(snapstore.remove_tree, tstore.entry(staging))
-            raise
-        # Registered pinned: the record names this very directory from the start. Not
-        # provable: the staged copy was swapped (a symlink, a file) by the server user.
-        if not srv.pin():
-            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
-            raise DatabaseException(
-                f"the copy for '{srv.inst.name}' was replaced while it was made (it is no "
-                "longer a directory pgmgr made); nothing was registered"
-            )
-        try:
-            # Exclusively: a name registered meanwhile (by a branch into another
-            # directory, an init) is refused, never overwritten.
-            made = registry.create(srv.inst)
-        except BaseException:
-            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
-            raise
-        if made is not srv.inst:  # a record of this directory's path was there already
-            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
-            raise DatabaseException(f"instance '{made.name}' is already recorded at {made.datadir}")
-        try:
-            if start:  # under the target's lock (branch() holds it)
-                _start(srv, auto)
-        except BaseException:
-            _undo(srv, tstore)
-            raise
-        pause.done = True
-        sigguard.commit()  # in place and started: the branch says so, whatever arrives
-
-
-def _start(srv: Server, auto: bool) -> None:
-    """Start the branch on the port its record got (never the source's, which may not be
-    bound again yet); with ``auto``, another free one if that was taken meanwhile."""
-    try:
-        srv.start(port=srv.inst.port)
-    except PortInUse:
-        if not auto:
-            raise
-        srv.start(port="auto")
 
 
 def _copy_branch(
@@ -402,13 +335,3 @@ def _copy_own(origin: Path, staging: Path) -> copy.CopyStats:
     with contextlib.suppress(ValueError):  # a damaged pg_control: start says so
         pgcontrol.new_identity(staging, sync=False, clean=False)
     return stats
-
-
-def _undo(srv: Server, tstore: snapstore.Store) -> None:
-    """Remove a branch that could not be registered or started: its server, record and
-    data directory (through the parent's fd)."""
-    try:
-        srv.stop("immediate")
-    finally:
-        registry.remove(srv.inst.name)
-        userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)

@@ -186,11 +186,11 @@ def _rename_new(work: Path, dest: Path) -> None:
 
     :raises DatabaseException: something did.
     """
-    from pgmgr.core import branch
+    from pgmgr.core import branchplace
 
     fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        branch._rename_noreplace(fd, work.name, fd, dest.name)
+        branchplace.rename_noreplace(fd, work.name, fd, dest.name)
         os.fsync(fd)
     except FileExistsError:
         raise DatabaseException(

@@ -57,7 +57,7 @@ _why_missing = state.why_missing
 
 
 #: The state of an instance whose build still runs, by command.
-BUILDING = {"import": "importing", "replica": "cloning"}
+BUILDING = {"import": "importing", "replica": "cloning", "branch": "branching"}
 
 
 def unfinished(inst: Instance, what: str) -> DatabaseException:

@@ -212,7 +212,8 @@ MAX_RECORD = 1 << 20
 def load(name: str, *, settle: bool = True) -> Instance:
     """The record called ``name``; its name is its file's name, whatever the file says.
     A switch of its data directory that a killed command left half-done is settled first
-    (unless ``settle`` is False: see :mod:`pgmgr.core.intent`).
+    (unless ``settle`` is False: see :mod:`pgmgr.core.intent`), so is a branch killed
+    half-way (:mod:`pgmgr.core.branchplace`).
 
     :raises InstanceNotFound: no such record.
     :raises CorruptRecord: the file is not a valid record (not UTF-8, not JSON, nested too
@@ -240,6 +241,13 @@ def load(name: str, *, settle: bool = True) -> Instance:
             intent.Intent.from_dict(inst.intent)  # a corrupt one makes a corrupt record
             if settle:
                 inst = intent.settle(inst)
+        if inst.pending == "branch" and settle:  # a branch killed half-way: see branchplace
+            from pgmgr.core import branchplace
+
+            settled = branchplace.settle(inst)
+            if settled is None:
+                return load(name)  # undone: no such record any more
+            inst = settled
         return inst
     except UnicodeDecodeError:
         raise CorruptRecord(path, "not UTF-8 text") from None

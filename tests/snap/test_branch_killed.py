@@ -1,0 +1,61 @@
+"""SIGKILL of ``pgmgr branch`` once its copy is renamed into place, and just before: the
+next command completes the branch (registered, startable, its data there) or undoes it
+(no record, no copy left), never leaves a full copy nobody knows about. The kills are at
+the test hooks of :mod:`pgmgr.core.testhook`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.pause import Paused
+from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_switch_killed import hooks_dir
+
+
+def killed_at(inst: Inst, tmp_path: Path, step: str) -> None:
+    run = Paused(hooks_dir(tmp_path), step, "branch", "dev", "k", env=inst.env)
+    run.reached()
+    run.kill(signal.SIGKILL)
+
+
+def test_a_branch_killed_once_in_place_is_registered_by_the_next_command(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed between the rename into place and the registration, it left ops_dir/k, a
+    full copy of the source that no command knew: 'pgmgr branch dev k' then refused (the
+    directory exists) and nothing ever removed it."""
+    killed_at(inst, tmp_path, "branch-placed")
+    assert (ops_dir / "k").is_dir()
+    st = json.loads(inst.pgmgr("status", "k", "--json").stdout)
+    assert st["state"] == "stopped" and st["datadir"] == str(ops_dir / "k"), st
+    try:
+        inst.ok("start", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+        inst.sql("INSERT INTO t VALUES (-1)", "k")
+        inst.ok("start", "dev", "-q")  # started again before the branch was placed
+        assert inst.sql("SELECT count(*) FROM t") == "1000"
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / "k") == []
+    finally:
+        inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_branch_killed_before_its_copy_is_in_place_is_undone(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Registered (marked pending, pinned to its copy) before the copy is renamed into
+    place: killed there, the next command removes the record and the copy, and the same
+    branch can be made again."""
+    killed_at(inst, tmp_path, "branch-registered")
+    assert not (ops_dir / "k").exists()
+    names = [r["name"] for r in json.loads(inst.ok("status", "--json").stdout)]
+    assert names == ["dev"]
+    assert not os.path.lexists(ops_dir / ".pgmgr-snapshots" / "k")
+    inst.ok("start", "dev", "-q")
+    try:
+        inst.ok("branch", "dev", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+    finally:
+        inst.pgmgr("stop", "k", "-q")
