@@ -8,6 +8,7 @@ function returns the exit code and raises :class:`~pgmgr.core.errors.PgmgrError`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -82,7 +83,6 @@ def start(
     from pgmgr.core import server
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import Server
-    from pgmgr.core.locked import locked
 
     settings = dict(server.parse_setting(s) for s in setting or [])
     if log_file is not None:
@@ -115,7 +115,29 @@ def start(
         raise UsageError("--name names a new instance: use it with --init")
     else:
         srv = resolve(name, datadir)
+    attendant: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if foreground:  # one attendant per data directory, for its whole life
+        from pgmgr.core import attend
+
+        attendant = attend.attending(srv)
+    with attendant:
+        return _start(
+            srv, init=init, host=host, port=port, version=version, settings=settings,
+            timeout=timeout, user=user, log_file=log_file, socket_dir=socket_dir,
+            name_opt=name_opt, no_template=no_template, json=json,
+            stop_requested=stop_requested,
+        )  # fmt: skip
+
+
+def _start(
+    srv: Server, *, init: bool, host: str | None, port: str | None, version: str | None,
+    settings: dict[str, str], timeout: float, user: str | None, log_file: Path | None,
+    socket_dir: Path | None, name_opt: str | None, no_template: bool, json: bool,
+    stop_requested: list[int] | None,
+) -> int:  # fmt: skip
+    """:func:`start` once its options are checked and its instance resolved."""
     from pgmgr.core import initstart
+    from pgmgr.core.locked import locked
 
     with locked(srv), initstart.undo_on_failure(srv, enabled=init):
         if log_file is not None and srv.running() is None:  # a running one keeps its log
@@ -161,8 +183,7 @@ def start(
         )
     if ignored:
         _warn_not_applied(srv.inst.name, ignored)
-    if foreground:
-        assert stop_requested is not None
+    if stop_requested is not None:  # --foreground
         from pgmgr.core import logfile
 
         # The server's log from this start on (or from now, for one already running).
@@ -262,7 +283,9 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     Under systemd (``Type=notify``) it says READY=1 here (the server accepts connections)
     and STOPPING=1 when it goes down.
     """
+    from pgmgr.core import attend
     from pgmgr.core.errors import WorkerError
+    from pgmgr.core.locked import locked
     from pgmgr.core.sdnotify import notify
 
     def pump() -> None:
@@ -275,17 +298,20 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     ui.message("Running in the foreground; press Ctrl-C to stop")
     while not stop_requested:
         pump()
-        if srv.running() is None:
+        # Another pgmgr command may have stopped it for its work: see pgmgr.core.attend.
+        gone = attend.server_gone(srv) if srv.running() is None else None
+        if gone is not None:
             pump()
             notify("STOPPING=1")
-            ui.error(f"'{srv.inst.name}' exited on its own; see 'pgmgr logs {srv.inst.name}'")
-            return 1
+            (ui.message if gone.code == 0 else ui.error)(gone.message)
+            return gone.code
         time.sleep(0.1)
     pump()
     notify("STOPPING=1")
     ui.message(f"Stopping '{srv.inst.name}' …")
     try:
-        srv.stop("fast", timeout=60)
+        with locked(srv, 60.0):  # the record as a restore or upgrade meanwhile left it
+            srv.stop("fast", timeout=60)
     except WorkerError as e:
         pump()
         ui.error(str(e), e.hint)

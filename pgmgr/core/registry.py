@@ -484,10 +484,16 @@ def unique_name(base: str) -> str:
 
 
 def _lock_path(datadir: Path) -> Path:
+    return lock_file(datadir, ".lock")
+
+
+def lock_file(datadir: Path, suffix: str) -> Path:
+    """A lock file of ``datadir`` in the state directory: ``.lock`` is the instance's (see
+    :func:`lock`); others serve other purposes (``.attend``: :mod:`pgmgr.core.attend`)."""
     import hashlib  # only here: it costs ~2 ms to import
 
     key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
-    return paths.ensure_private_dir(paths.state_dir() / "locks") / f"{key}.lock"
+    return paths.ensure_private_dir(paths.state_dir() / "locks") / f"{key}{suffix}"
 
 
 @contextlib.contextmanager

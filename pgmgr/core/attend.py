@@ -1,0 +1,118 @@
+"""Staying attached to a server: ``pgmgr start --foreground``, the main process of the
+systemd unit of ``pgmgr service`` (``Restart=on-failure``).
+
+The attendant holds the instance's lock only while it starts the server. It then watches;
+what it saw as "the server exited on its own" (exit 1, so systemd started it again) was
+often another pgmgr command at work:
+
+- a snapshot, restore, branch, upgrade or restart stops the server under the instance's
+  lock and starts it again. systemd's restart raced that command (waiting for the lock,
+  then starting a server the command starts too). Now, while a command holds the lock the
+  attendant waits, then reads the record as the command left it (a restore or an upgrade
+  switched the data directory, its pin, the binaries) and goes on attending the server
+  that runs again. Killed with -9 before it could start it (see
+  :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1);
+- ``pgmgr stop`` (or ``pg_ctl stop``, a signal) shut it down cleanly (``global/pg_control``
+  says so): the user's stop, not a failure (exit 0): systemd does not undo it;
+- a second attendant on the same data directory (a second unit, a terminal) is refused
+  (:func:`attending`): the stop of one made the other fail, and systemd restart it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pgmgr.core import paths, registry, stopmark, userfs
+from pgmgr.core.errors import PgmgrError
+from pgmgr.core.locked import refresh
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+#: How often the attendant looks whether the command that holds the lock is done.
+POLL = 0.1
+#: ``DBState`` of a cluster shut down cleanly: ``DB_SHUTDOWNED``, ``..._IN_RECOVERY``.
+_CLEAN_STATES = (1, 2)
+
+
+class AlreadyAttended(PgmgrError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"'{name}' is already attended by another 'pgmgr start --foreground' (a systemd "
+            "unit, or a terminal); nothing was started",
+            hint=f"stop that one first (systemctl stop pgmgr-{name}, or Ctrl-C), or use "
+            f"'pgmgr start {name}' without --foreground",
+        )
+
+
+@contextlib.contextmanager
+def attending(srv: Server) -> Iterator[None]:
+    """Hold the attendant's lock of ``srv``'s data directory (beside its instance lock).
+
+    :raises AlreadyAttended: another attendant holds it.
+    """
+    lock = registry.lock_file(srv.datadir, ".attend")
+    with paths.flocked(lock, exclusive=True, timeout=0, busy="") as got:
+        if not got:
+            raise AlreadyAttended(srv.inst.name)
+        yield
+
+
+@dataclass
+class Gone:
+    """Why the attended server is gone: ``code`` 0 stopped cleanly by someone else, 1 not."""
+
+    code: int
+    message: str
+
+
+def server_gone(srv: Server) -> Gone | None:
+    """The attended server is not running: wait while another pgmgr command holds the
+    instance's lock (it may be at work with the server stopped), then read the record
+    again. None when the server runs again (attending goes on), else why it is gone.
+
+    :raises InstanceNotFound: the record was removed meanwhile (``pgmgr destroy``).
+    """
+    while True:
+        with registry.try_lock(srv.datadir) as free:
+            if free:
+                refresh(srv)
+                if srv.running() is not None:
+                    return None
+                return _why(srv)
+        time.sleep(POLL)
+
+
+def _why(srv: Server) -> Gone:
+    name = srv.inst.name
+    mark = stopmark.left(srv.inst)
+    if mark is not None:
+        return Gone(1, mark.sentence(name))
+    if shut_down_cleanly(srv):
+        return Gone(0, f"'{name}' was shut down by someone else ('pgmgr stop', pg_ctl or a "
+                       "signal); no longer attending it")  # fmt: skip
+    return Gone(1, f"'{name}' exited on its own; see 'pgmgr logs {name}'")
+
+
+def shut_down_cleanly(srv: Server) -> bool:
+    """Whether ``global/pg_control`` says the cluster was shut down cleanly (``state`` at
+    byte 16, in every supported major); False when it cannot be read. Through fds."""
+    try:
+        fd = userfs.open_dir(srv.datadir)
+        try:
+            gfd = os.open("global", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        try:
+            head = userfs.read_file_at(gfd, "pg_control", limit=1 << 16)
+        finally:
+            os.close(gfd)
+    except (OSError, userfs.UnsafePath):
+        return False
+    return len(head) >= 20 and struct.unpack("=I", head[16:20])[0] in _CLEAN_STATES

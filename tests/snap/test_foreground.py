@@ -1,0 +1,117 @@
+"""``pgmgr start --foreground`` (the main process of a systemd unit, Restart=on-failure)
+while other pgmgr commands work on its instance: a snapshot or a restore stops the server
+and starts it again under the instance's lock; the attendant took that for an exit "on its
+own" (exit 1: systemd started it again, racing the command). It waits for the command now
+and goes on attending. A ``pgmgr stop`` is the user's (exit 0: systemd leaves it stopped);
+a command killed with the server stopped is a failure (exit 1); a second attendant is
+refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import error_lines, pgmgr_argv
+from tests.pause import Paused
+from tests.snap.conftest import Inst
+from tests.snap.test_switch_killed import hooks_dir
+
+
+def attend(inst: Inst) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        pgmgr_argv("start", "dev", "--foreground"), env={**os.environ, **inst.env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while inst.state() != "running":  # already running: it attends at once
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)  # it reads the record and starts watching
+    return proc
+
+
+def ended(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
+    try:
+        err = proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        err = proc.communicate()[1]
+        raise AssertionError(f"the attendant did not exit: {err}") from None
+    assert "Traceback" not in err, err
+    return proc.returncode, err
+
+
+@pytest.fixture
+def attended(inst: Inst) -> Iterator[tuple[Inst, subprocess.Popen[str]]]:
+    proc = attend(inst)
+    try:
+        yield inst, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_the_attendant_waits_for_a_snapshot_and_a_restore(
+    attended: tuple[Inst, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    inst, proc = attended
+    run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1", env=inst.env)
+    run.reached()  # the server is stopped for the copy
+    time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    assert run.go().returncode == 0
+    inst.sql("INSERT INTO t VALUES (-1)")
+    inst.ok("restore", "dev", "s1", "--yes", "-q")  # another data directory, pinned anew
+    time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    assert inst.state() == "running" and inst.sql("SELECT count(*) FROM t WHERE x = -1") == "0"
+    proc.send_signal(signal.SIGTERM)  # systemctl stop: it stops the restored server
+    code, err = ended(proc)
+    assert code == 0 and "Stopped 'dev'" in err, err
+    assert inst.state() == "stopped"
+
+
+def test_a_stop_is_the_users_and_a_killed_command_a_failure(
+    attended: tuple[Inst, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    inst, proc = attended
+    inst.ok("stop", "dev", "-q")
+    code, err = ended(proc)
+    assert code == 0, err
+    assert "'dev' was shut down by someone else" in err, err
+
+    proc = attend(inst)
+    try:
+        run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1",
+                     env=inst.env)  # fmt: skip
+        run.reached()
+        run.kill(signal.SIGKILL)
+        code, err = ended(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 1, err
+    assert error_lines(err)[-1].startswith("Error: 'dev' was stopped at "), err
+    assert "by 'pgmgr snapshot'" in err
+
+
+def test_a_second_attendant_is_refused(attended: tuple[Inst, subprocess.Popen[str]]) -> None:
+    inst, proc = attended
+    second = subprocess.Popen(
+        pgmgr_argv("start", "dev", "--foreground"), env={**os.environ, **inst.env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    code, err = ended(second, timeout=20)
+    assert code == 1 and error_lines(err)[0] == (
+        "Error: 'dev' is already attended by another 'pgmgr start --foreground' (a systemd "
+        "unit, or a terminal); nothing was started"
+    ), err
+    assert proc.poll() is None and inst.state() == "running"
