@@ -281,7 +281,9 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     (fast mode).
 
     Under systemd (``Type=notify``) it says READY=1 here (the server accepts connections)
-    and STOPPING=1 when it goes down.
+    and STOPPING=1 when it goes down. A pgmgr command that stops the server for its work
+    (a snapshot...) is waited for, and so is one at work when a stop is asked for: see
+    :mod:`pgmgr.core.attend`.
     """
     from pgmgr.core import attend
     from pgmgr.core.errors import WorkerError
@@ -299,7 +301,7 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     while not stop_requested:
         pump()
         # Another pgmgr command may have stopped it for its work: see pgmgr.core.attend.
-        gone = attend.server_gone(srv) if srv.running() is None else None
+        gone = attend.server_gone(srv, stop_requested) if srv.running() is None else None
         if gone is not None:
             pump()
             notify("STOPPING=1")

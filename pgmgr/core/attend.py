@@ -72,14 +72,15 @@ class Gone:
     message: str
 
 
-def server_gone(srv: Server) -> Gone | None:
+def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
     """The attended server is not running: wait while another pgmgr command holds the
     instance's lock (it may be at work with the server stopped), then read the record
-    again. None when the server runs again (attending goes on), else why it is gone.
+    again. None when the server runs again (attending goes on) or a stop was requested
+    meanwhile (the caller stops what that command starts), else why it is gone.
 
     :raises InstanceNotFound: the record was removed meanwhile (``pgmgr destroy``).
     """
-    while True:
+    while not stop_requested:
         with registry.try_lock(srv.datadir) as free:
             if free:
                 refresh(srv)
@@ -87,6 +88,7 @@ def server_gone(srv: Server) -> Gone | None:
                     return None
                 return _why(srv)
         time.sleep(POLL)
+    return None
 
 
 def _why(srv: Server) -> Gone:

@@ -115,3 +115,21 @@ def test_a_second_attendant_is_refused(attended: tuple[Inst, subprocess.Popen[st
         "unit, or a terminal); nothing was started"
     ), err
     assert proc.poll() is None and inst.state() == "running"
+
+
+def test_a_stop_asked_while_a_snapshot_works_waits_for_it(
+    attended: tuple[Inst, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """systemctl stop while a snapshot has the server stopped: the attendant lets it finish
+    (it starts the server again), then stops that server."""
+    inst, proc = attended
+    run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1", env=inst.env)
+    run.reached()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.poll() is None, proc.communicate()
+    assert run.go().returncode == 0
+    code, err = ended(proc)
+    assert code == 0 and "Stopped 'dev'" in err, err
+    assert inst.state() == "stopped" and [s["snapshot"] for s in inst.snaps()] == ["s1"]
