@@ -77,6 +77,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
         stopmark.clear(srv.inst)
         srv.save()
         raise
+    testhook.pause("restart-stopped")
     return RestartResult(was_running, srv.start(timeout=timeout))
 
 

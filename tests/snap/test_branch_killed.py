@@ -18,6 +18,8 @@ from tests.snap.test_switch_killed import hooks_dir
 def killed_at(inst: Inst, tmp_path: Path, step: str) -> None:
     run = Paused(hooks_dir(tmp_path), step, "branch", "dev", "k", env=inst.env)
     run.reached()
+    st = json.loads(inst.pgmgr("status", "k", "--json").stdout)  # the branch holds its lock
+    assert st["state"] == "branching", st
     run.kill(signal.SIGKILL)
 
 

@@ -1,5 +1,5 @@
 """A command that stops a running server for its work (snapshot, restore, branch,
-upgrade) and is killed with -9 before it starts it again: the server stays stopped (pgmgr
+upgrade, restart) and is killed with -9 before it starts it again: the server stays stopped (pgmgr
 starts nothing behind the user's back), and ``status``, ``--json`` and the error of a
 command that needs it running say who stopped it and how to start it. A start, or a
 ``pgmgr stop`` (stopped on purpose now), clears that. The kills are at the test hooks
@@ -24,6 +24,7 @@ CASES = {
     "restore": ("inst", "restore-staged", ("restore", "{}", "base", "--yes")),
     "branch": ("inst", "branch-copied", ("branch", "{}", "b")),
     "upgrade": ("up", "upgrade-ran", ("upgrade", "{}", "-v", "18", "--yes")),
+    "restart": ("inst", "restart-stopped", ("restart", "{}")),
 }
 
 
