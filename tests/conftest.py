@@ -33,6 +33,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PGMGR_CONFIG_DIR", "/nonexistent/pgmgr-test-config")
     if not hasattr(config, "workerinput") and config.option.basetemp is None:
         _private_basetemp(config)
+    worker, count = os.environ.get(_WORKER, ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit():
+        # Each xdist worker (and what its tests start) picks free ports of its own
+        # (pgmgr.core.listen.free_port): the other's could take one between a pick and
+        # the server's bind (PortInUse).
+        os.environ["PGMGR_PORT_SLICE"] = f"{int(worker[2:]) % int(count)}/{count}"
 
 
 def _private_basetemp(config: pytest.Config) -> None:

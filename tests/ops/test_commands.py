@@ -314,18 +314,16 @@ def test_a_server_started_by_hand_is_reached_where_it_listens(
     (the record has none) and 'psql' could not connect, though 'status' showed it running
     on that port. Both now use where it really listens (its postmaster.pid)."""
     import pwd
-    import socket as sk
 
     from pgmgr.core import versions
+    from pgmgr.core.listen import free_port
     from tests.ops.conftest import VERSION
 
     datadir, sock = ops_dir / "hand", ops_dir / "handsock"
     subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
     sock.mkdir()
     sock.chmod(0o777)
-    with sk.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.1")  # of this xdist worker's slice (tests/conftest.py)
     owner = pwd.getpwuid(datadir.stat().st_uid).pw_name
     prefix = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 else []
     bindir = versions.select(VERSION).installation.bindir
