@@ -88,7 +88,10 @@ def read(inst: Instance) -> StoppedBy | None:
         command, pid, at = str(data["command"]), int(data["pid"]), float(data["at"])
         started = data.get("started")
         started = None if started is None else float(started)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    ok = command.isalpha() and command.islower() and pid > 0 and 0 <= at < 1e11
+    if not ok:  # not a mark pgmgr writes (a hand-edited record)
         return None
     return StoppedBy(command, pid, at, _alive(pid, started))
 

@@ -1,0 +1,49 @@
+"""The stop mark of a record (pgmgr.core.stopmark), read: only what pgmgr writes counts,
+and a command counts as still at work only while its very process runs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pgmgr.core import process, stopmark
+from pgmgr.core.registry import Instance
+
+
+def inst(mark: object) -> Instance:
+    it = Instance("a", "/x", "15", "15.1", "/usr/lib/postgresql/15/bin")
+    it.stopped_by = mark  # type: ignore[assignment]
+    return it
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [
+        None,
+        {},
+        {"command": "snap\nshot", "pid": 1, "at": 1.0},  # would break the one-line error
+        {"command": "snapshot", "pid": "x", "at": 1.0},
+        {"command": "snapshot", "pid": 0, "at": 1.0},
+        {"command": "snapshot", "pid": 1, "at": 1e301},  # time.localtime would overflow
+        {"command": "snapshot", "pid": 1, "at": float("nan")},
+        {"command": "snapshot", "pid": 1},
+    ],
+)
+def test_a_mark_pgmgr_does_not_write_is_ignored(mark: object) -> None:
+    assert stopmark.read(inst(mark)) is None
+
+
+def test_active_only_while_the_same_process_runs() -> None:
+    me, parent = os.getpid(), os.getppid()
+    started = process.start_time(parent)
+    assert started is not None
+    found = stopmark.read(inst({"command": "snapshot", "pid": parent, "at": 5.0,
+                                "started": started}))  # fmt: skip
+    assert found is not None and found.active
+    reused = stopmark.read(inst({"command": "snapshot", "pid": parent, "at": 5.0,
+                                 "started": started - 100}))  # fmt: skip
+    assert reused is not None and not reused.active  # the pid names another process now
+    assert stopmark.left(inst({"command": "restore", "pid": me, "at": 5.0})) is None
+    gone = stopmark.left(inst({"command": "restore", "pid": 2**22 + 12345, "at": 5.0}))
+    assert gone is not None and "by 'pgmgr restore' (pid" in gone.sentence("a")
