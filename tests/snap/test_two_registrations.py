@@ -6,6 +6,7 @@ there; they share the snapshot store and its lock."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -77,3 +78,84 @@ def test_a_branch_from_a_snapshot_holds_the_store_against_a_delete(
     assert dev.sql("SELECT count(*) FROM t", "b1") == "1000"
     assert delete is not None and delete.returncode == 0, err
     assert "s1" not in os.listdir(dev.store)
+
+
+def _status(it: Inst) -> dict[str, object]:
+    proc = it.pgmgr("status", it.name, "--json")
+    data: dict[str, object] = json.loads(proc.stdout)
+    return data
+
+
+def test_a_restore_under_one_registration_is_followed_by_the_other(
+    twice: tuple[Inst, Inst],
+) -> None:
+    """A restore through 'dev' put a copy at the path: 'other' said "replaced" (status
+    exit 4; start, stop, destroy refused) for good. The copy holds the same cluster and
+    is the server user's, in a directory only they and root can write: 'other' follows."""
+    dev, other = twice
+    dev.sql("DELETE FROM t")
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    st = _status(other)
+    assert st["state"] == "running" and st["pid"] == dev.pid(), st
+    other.ok("stop", "other", "-q")
+    assert dev.state() == "stopped"
+    other.ok("start", "other", "-q", "--port", "auto")
+    assert other.sql("SELECT count(*) FROM t", "other") == "1000"
+    other.ok("snapshot", "other", "s2", "-q")
+    other.ok("stop", "other", "-q")
+    pinned = other.record()
+    assert (pinned["dev"], pinned["ino"]) == (
+        os.stat(dev.datadir).st_dev,
+        os.stat(dev.datadir).st_ino,
+    )  # saved by the start: the next command does not look again
+
+
+def test_an_upgrade_under_one_registration_is_followed_by_the_other(
+    twice: tuple[Inst, Inst],
+) -> None:
+    """An upgrade through 'dev' (another system identifier) is followed by 'other' through
+    the snapshot it kept for rollback; so is the rollback."""
+    dev, other = twice
+    dev.ok("upgrade", "dev", "-v", "18", "--yes", "-q")
+    st = _status(other)
+    assert st["state"] == "running" and str(st["version"]).startswith("18"), st
+    dev.ok("stop", "dev", "-q")
+    proc = other.ok("start", "other", "--port", "auto")
+    assert "(PostgreSQL 18" in proc.stderr
+    assert other.sql("SELECT count(*) FROM t", "other") == "1000"
+    assert other.record()["major"] == "18"
+    other.ok("stop", "other", "-q")
+    dev.ok("restore", "dev", "pre-upgrade-15", "--yes", "-q")  # the rollback: 15 again
+    st = _status(other)
+    assert st["state"] == "stopped" and str(st["version"]).startswith("15"), st
+
+
+def test_another_cluster_at_the_path_is_still_replaced(twice: tuple[Inst, Inst]) -> None:
+    """What is not provably the instance is not followed: another cluster (a branch,
+    its own system identifier) moved to the path by hand."""
+    dev, other = twice
+    dev.ok("branch", "dev", "b1", "-q")
+    dev.ok("stop", "--all", "-q")
+    parent = dev.datadir.parent
+    os.rename(dev.datadir, parent / "data.old")
+    os.rename(parent / "b1", dev.datadir)
+    for it in (dev, other):
+        proc = it.pgmgr("status", it.name, "--json")
+        assert proc.returncode == 4 and json.loads(proc.stdout)["state"] == "replaced"
+        proc = it.pgmgr("start", it.name)
+        assert proc.returncode == 4 and "was replaced" in proc.stderr, proc.stderr
+
+
+def test_a_switch_where_others_can_write_is_not_followed(twice: tuple[Inst, Inst]) -> None:
+    """A copy of the cluster at the path is followed only if nobody but root and the
+    server user could have put it there: not in a directory anyone can write."""
+    dev, other = twice
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    parent = dev.datadir.parent
+    parent.chmod(0o777)
+    try:
+        proc = other.pgmgr("status", "other", "--json")
+        assert proc.returncode == 4 and json.loads(proc.stdout)["state"] == "replaced"
+    finally:
+        parent.chmod(0o755)
+    assert _status(other)["state"] == "running"
