@@ -22,8 +22,8 @@ provably this instance's and could only have been put there by its owner or root
   directory names the server still running in the original).
 
 Anything else stays "replaced" (another cluster, someone else's directory, a copy made by
-hand beside no snapshot). The binaries
-follow the directory's PG_VERSION at the next start (:meth:`Server.installation`).
+hand beside no snapshot). The binaries follow the directory's PG_VERSION at the next start
+(:meth:`Server.installation`).
 """
 
 from __future__ import annotations
