@@ -22,11 +22,38 @@ SESSION_MARK = "TEST_PGMGR_SESSION"
 _WORKER = "PYTEST_XDIST_WORKER"
 
 
+_SESSION_TMP = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmpdir plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)  # xdist workers inherit it
     # Session fixtures run before the per-test isolation: never let them read (or write)
     # the user's own settings, such as a default version set with --set-default.
     os.environ.setdefault("PGMGR_CONFIG_DIR", "/nonexistent/pgmgr-test-config")
+    if not hasattr(config, "workerinput") and config.option.basetemp is None:
+        _private_basetemp(config)
+    worker, count = os.environ.get(_WORKER, ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit():
+        # Each xdist worker (and what its tests start) picks free ports of its own
+        # (pgmgr.core.listen.free_port): the other's could take one between a pick and
+        # the server's bind (PortInUse).
+        os.environ["PGMGR_PORT_SLICE"] = f"{int(worker[2:]) % int(count)}/{count}"
+
+
+def _private_basetemp(config: pytest.Config) -> None:
+    """This run's temporary directories under a private directory of its own, removed at
+    its end (:func:`pytest_unconfigure`), a failed test's too. Not pytest's numbered
+    ``pytest-of-USER/pytest-N``: with ``tmp_path_retention_policy = "none"`` pytest locks
+    none of them, and every run deletes, as it ends, the ``pytest-N`` of every other run
+    of the same user still at work (tests of a parallel run failed by the hundred with
+    FileNotFoundError under it, servers lost their data directories)."""
+    import getpass
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=f"pytest-of-{getpass.getuser()}-"))
+    config.stash[_SESSION_TMP] = base
+    config.option.basetemp = str(base / "run")  # xdist gives each worker a part of it
 
 
 def session_processes(
@@ -217,16 +244,24 @@ def _drop_segments_once() -> set[str]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """pytest's own per-user directory (``pytest-of-USER`` in the temp directory), once
-    nothing is in it: every test's tmp_path is removed at the end (pyproject.toml,
-    ``tmp_path_retention_policy``); another run still using it keeps it."""
-    if hasattr(config, "workerinput"):
-        return
-    import getpass
-    import tempfile
+    """This run's private temporary directory (see :func:`_private_basetemp`), whole: every
+    server under it was stopped when the session finished."""
+    base = config.stash.get(_SESSION_TMP, None)
+    if base is not None:
+        _rmtree(base)
 
-    with contextlib.suppress(OSError, KeyError):
-        os.rmdir(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+
+def _rmtree(path: Path) -> None:
+    """Remove ``path`` whole, as pytest removes its own temporary directories (also those
+    a test left without read, write or search permission for its owner)."""
+    try:
+        from _pytest.pathlib import rm_rf
+    except ImportError:  # pytest's own helper moved: the standard library's, best effort
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        rm_rf(path)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -245,3 +245,43 @@ class Graveyard:
 
 #: The one graveyard of this process (an xdist worker, or the whole run without xdist).
 GRAVEYARD = Graveyard()
+
+
+class LogFollower:
+    """``pgmgr logs NAME -n 0 -f`` in the background; a thread collects what it prints."""
+
+    MARK = "pgmgr-test: following"
+
+    def __init__(self, name: str, env: Mapping[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            pgmgr_argv("logs", name, "-n", "0", "-f"), env={**os.environ, **env},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        self.lines.extend(self.proc.stdout)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 60) -> str:
+        """What it printed so far, once ``text`` is in it ``count`` times."""
+        deadline = time.monotonic() + timeout
+        while (printed := "".join(self.lines)).count(text) < count:
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, f"{text!r} not printed {count} time(s):\n{printed}"
+            time.sleep(0.02)
+        return printed
+
+    def following(self, log: Path, timeout: float = 60) -> None:
+        """Return once it prints what is appended to ``log``: a marker line is appended
+        every 0.2 s until one comes back. A fixed sleep was not enough: started on a loaded
+        machine, ``pgmgr logs`` had not yet found the end of the file when the test wrote
+        the lines it expected, and never printed them (``-n 0``)."""
+        deadline = time.monotonic() + timeout
+        while self.MARK not in "".join(self.lines):
+            assert time.monotonic() < deadline, "pgmgr logs -f never printed a new line"
+            with open(log, "a") as f:
+                f.write(f"{self.MARK}\n")
+            with contextlib.suppress(AssertionError):
+                self.wait_for(self.MARK, timeout=0.2)

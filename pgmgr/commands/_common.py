@@ -105,9 +105,11 @@ def confirm(prompt: str) -> bool:
     import sys
 
     while True:
-        sys.stderr.write(f"{prompt} [y/N]: ")
-        sys.stderr.flush()
         try:
+            # Inside the try: a Ctrl-C typed as soon as the question shows (before input()
+            # is reached) ends its line too.
+            sys.stderr.write(f"{prompt} [y/N]: ")
+            sys.stderr.flush()
             answer = input().strip().lower()
         except EOFError:
             sys.stderr.write("\n")

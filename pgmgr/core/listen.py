@@ -99,6 +99,13 @@ def _cannot_listen(host: str, port: int | None, e: OSError) -> DatabaseException
     )
 
 
+#: ``I/N`` (N up to 8): :func:`free_port` answers only ports of slice ``I`` of ``N``. For
+#: test suites: each parallel worker has its own, so two workers never pick one port (the
+#: second one's server failing to bind it because the first one's has meanwhile). Unset:
+#: any free port.
+PORT_SLICE_ENV = "PGMGR_PORT_SLICE"
+
+
 def free_port(host: str) -> int:
     """A port the kernel says is free now on ``host`` (the caller retries on a race)."""
     import socket
@@ -106,12 +113,28 @@ def free_port(host: str) -> int:
     h = host.split(",")[0].strip() or "127.0.0.1"
     h = "127.0.0.1" if h in ("localhost", "*", "0.0.0.0") else h  # noqa: S104 - mapped away
     family = socket.AF_INET6 if ":" in h else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((h, 0))
-        except OSError as e:
-            raise _cannot_listen(h, None, e) from None
-        return int(s.getsockname()[1])
+    index, count = _port_slice()
+    port = 0
+    with contextlib.ExitStack() as held:  # every try on a socket still bound: another port
+        for _ in range(32 * count):
+            s = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            try:
+                s.bind((h, 0))
+            except OSError as e:
+                raise _cannot_listen(h, None, e) from None
+            port = int(s.getsockname()[1])
+            # By port // 2: the kernel gives bind(0) odd ports (and connect() even ones).
+            if port // 2 % count == index:
+                break
+    return port  # of the slice, or (none came) any free one
+
+
+def _port_slice() -> tuple[int, int]:
+    """``(I, N)`` from ``PGMGR_PORT_SLICE``; ``(0, 1)`` (every port) if unset or invalid."""
+    index, _, count = os.environ.get(PORT_SLICE_ENV, "").partition("/")
+    if index.isdigit() and count.isdigit() and int(index) < int(count) <= 8:
+        return int(index), int(count)
+    return 0, 1
 
 
 def _private_dir_ok(path: Path, user: ServerUser | None) -> bool:

@@ -163,8 +163,7 @@ def _answer_prompt(work: Work, args: list[str], keys: list[bytes]) -> tuple[int,
                 assert time.monotonic() < deadline, out
                 if select.select([fd], [], [], 0.1)[0]:
                     out += os.read(fd, 4096)
-            time.sleep(0.3)  # into input()
-            os.write(fd, key)
+            os.write(fd, key)  # at once: the question is out, input() may not be reached
         while time.monotonic() < deadline:
             if select.select([fd], [], [], 0.1)[0]:
                 try:

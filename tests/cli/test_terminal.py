@@ -8,13 +8,20 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.cli.conftest import Work
 
 
-def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run ``pgmgr ARGS`` with stdout and stderr on one pty; its exit code and output."""
+def run_in_pty(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    watch: Callable[[str], None] | None = None,
+) -> tuple[int, str]:
+    """Run ``pgmgr ARGS`` with stdout and stderr on one pty; its exit code and output.
+    ``watch`` is given the output so far each time more comes."""
     main, secondary = pty.openpty()
     child_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
     child_env.update({"TERM": "xterm-256color", "COLUMNS": "200", **(env or {})})
@@ -28,10 +35,14 @@ def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) ->
         close_fds=True,
     )
     os.close(secondary)
-    chunks = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + 60
+    exited = False
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([main], [], [], 0.1)
+        # Once it has exited, only what is left in the pty (a process it started in the
+        # background may hold the pty open): what it wrote between the last select() and
+        # its exit was lost when the loop stopped at the exit.
+        ready, _, _ = select.select([main], [], [], 0 if exited else 0.1)
         if ready:
             try:
                 data = os.read(main, 65536)
@@ -40,8 +51,12 @@ def run_in_pty(args: list[str], cwd: Path, env: dict[str, str] | None = None) ->
             if not data:
                 break
             chunks.append(data)
-        elif proc.poll() is not None:
+            if watch is not None:
+                watch(b"".join(chunks).decode(errors="replace"))
+        elif exited:
             break
+        else:
+            exited = proc.poll() is not None
     os.close(main)
     code = proc.wait(timeout=30)
     return code, b"".join(chunks).decode(errors="replace")

@@ -50,7 +50,7 @@ def test_modes_and_owners(work_dir: Path, pg_version: str, managers: ManagerFact
 
 @needs_root
 def test_data_dir_under_pytest_tmp_path_is_refused(tmp_path: Path, pg_version: str) -> None:
-    """pytest's tmp_path lives under /tmp/pytest-of-root (0700): postgres cannot reach it."""
+    """pytest's tmp_path lives under a private (0700) directory: postgres cannot reach it."""
     target = tmp_path / "data"
     with pytest.raises(DatabaseException) as info:
         Manager("127.0.0.1", 5999, target, initialize=True, pg_version=pg_version)

@@ -264,8 +264,8 @@ def test_port_taken_between_check_and_bind(
     m = managers(datadir, port=busy_port)
     t0 = time.monotonic()
     with pytest.raises(PortInUse):
-        m.start()
-    assert time.monotonic() - t0 < 5
+        m.start(timeout=60)
+    assert time.monotonic() - t0 < 30  # at postgres's exit, not the 60 s timeout
     assert m.process is not None and m.process.poll() is not None
     assert postmasters_under(datadir) == []
 
@@ -302,7 +302,7 @@ def test_bad_setting_fails_fast_with_the_log_line(
     t0 = time.monotonic()
     with pytest.raises(WorkerError, match="exited during start-up") as info:
         m.start(timeout=30)
-    assert time.monotonic() - t0 < 3  # not the 30 s timeout
+    assert time.monotonic() - t0 < 15  # not the 30 s timeout (3 s was tight under load)
     assert log_says in str(info.value) or log_says in info.value.log  # type: ignore[attr-defined]
     assert m.process is not None and m.process.poll() is not None
     assert postmasters_under(datadir) == []

@@ -2,7 +2,7 @@
 can reach, and nothing left running afterwards.
 
 - ``ops_dir``: a fresh 0755 directory (/dev/shm or /tmp) for this test (pytest's ``tmp_path`` is
-  0700 under /tmp/pytest-of-root, which the ``postgres`` OS user cannot enter when the suite
+  under a private (0700) directory, which the ``postgres`` OS user cannot enter when the suite
   runs as root). ``TMPDIR`` points inside it, so private socket dirs and temporary instances
   land there too and can be checked for leftovers. Any postmaster still serving a data dir
   under it at the end is killed and fails the test.

@@ -9,14 +9,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from pgmgr.core import ops
-from tests.helpers import error_lines, run_pgmgr
+from tests.helpers import LogFollower, error_lines, run_pgmgr
 from tests.ops.conftest import Instance
 
 
@@ -166,23 +165,20 @@ def test_logs_tail(shared: Instance) -> None:
 
 def test_logs_follow_prints_new_lines_and_ctrl_c_says_interrupted(shared: Instance) -> None:
     """Ctrl-C ends ``logs -f`` as it ends every command: "Interrupted", exit 130."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pgmgr", "logs", "shared", "-n", "0", "-f"],
-        env={**os.environ, **shared.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    follower = LogFollower("shared", shared.env)
     try:
-        time.sleep(0.5)  # let it reach the end of the file
+        follower.following(Path(str(shared.status()["log_file"])))
+        seen = len(follower.lines)
         assert shared.pgmgr("reload", "shared", "-q").returncode == 0
-        assert child.stdout is not None
-        line = child.stdout.readline()
+        follower.wait_for("reloading")  # "received SIGHUP, reloading configuration files"
+        line = follower.lines[seen]  # the first line after the sync marker
         assert "SIGHUP" in line or "reloading" in line, line
-        child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=10) == 130
-        assert child.stderr.read() == "Interrupted\n"  # type: ignore[union-attr]
+        follower.proc.send_signal(signal.SIGINT)
+        assert follower.proc.wait(timeout=10) == 130
+        assert follower.proc.stderr.read() == "Interrupted\n"  # type: ignore[union-attr]
     finally:
-        child.kill()
-        child.wait()
+        follower.proc.kill()
+        follower.proc.wait()
 
 
 # --------------------------------------------------------------------------- reload, restart
@@ -318,18 +314,16 @@ def test_a_server_started_by_hand_is_reached_where_it_listens(
     (the record has none) and 'psql' could not connect, though 'status' showed it running
     on that port. Both now use where it really listens (its postmaster.pid)."""
     import pwd
-    import socket as sk
 
     from pgmgr.core import versions
+    from pgmgr.core.listen import free_port
     from tests.ops.conftest import VERSION
 
     datadir, sock = ops_dir / "hand", ops_dir / "handsock"
     subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
     sock.mkdir()
     sock.chmod(0o777)
-    with sk.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.1")  # of this xdist worker's slice (tests/conftest.py)
     owner = pwd.getpwuid(datadir.stat().st_uid).pw_name
     prefix = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 else []
     bindir = versions.select(VERSION).installation.bindir

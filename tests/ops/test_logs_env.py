@@ -9,14 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from pgmgr.core import logfile
-from tests.helpers import run_pgmgr
+from tests.helpers import LogFollower, run_pgmgr
 from tests.ops.conftest import Instance
 
 # --------------------------------------------------------------------------- env --shell
@@ -121,27 +119,17 @@ def test_logs_follow_goes_on_across_a_rotation(
     fresh: Instance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(logfile.ENV_MAX_BYTES, "600")
-    env = {**os.environ, **fresh.env}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pgmgr", "logs", "fresh", "-n", "0", "-f"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(child.stdout or []), daemon=True)
-    reader.start()
+    follower = LogFollower("fresh", fresh.env)
     try:
-        time.sleep(0.5)  # at the end of the file
+        follower.following(Path(str(fresh.status()["log_file"])))
         for _ in range(2):
             assert fresh.pgmgr("restart", "fresh", "-q").returncode == 0
-        deadline = time.monotonic() + 10
-        while sum("ready to accept" in x for x in lines) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        text = "".join(lines)
+        text = follower.wait_for("ready to accept connections", 2)
         assert text.count("ready to accept connections") == 2, text
         assert text.count("database system is shut down") == 2, text  # the old files' ends
     finally:
-        child.send_signal(signal.SIGINT)
-        child.wait(timeout=10)
+        follower.proc.send_signal(signal.SIGINT)
+        follower.proc.wait(timeout=10)
 
 
 def test_follow_reads_the_old_file_to_its_end_then_the_new_one(tmp_path: Path) -> None:

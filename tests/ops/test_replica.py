@@ -75,7 +75,9 @@ def test_replica_streams_is_read_only_and_promotes_with_nothing_lost(fresh: Inst
                 got = _count(r)
                 if got == (batch + 1) * 100:
                     break
-                assert time.monotonic() - t0 < 1.0, f"replica has {got} rows after 1 s"
+                # Streaming, rows come in ms; a deadline, not a timed promise (1 s was
+                # tight for a loaded CI machine): without streaming they never come.
+                assert time.monotonic() - t0 < 60, f"replica has {got} rows after 60 s"
                 time.sleep(0.005)
             delays.append(time.monotonic() - t0)
         print(f"replication delay: max {max(delays) * 1000:.1f} ms")
@@ -241,7 +243,7 @@ def test_two_replicas_with_one_name_at_once(fresh: Instance, ops_dir: Path) -> N
     assert primary_leftovers(fresh)[:2] == (1, 1)
     with conn(fresh) as p:
         p.execute("CREATE TABLE after_race (x int)")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     with conn(fresh, "twin") as r:
         while True:
             row = r.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_race'").fetchone()

@@ -85,7 +85,11 @@ def test_spinner_text_is_not_markup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threading, "excepthook", errors.append)
     monkeypatch.setattr(ui.settings, "quiet", False)
     with ui.spinner("Initializing in /tmp/[/oops] and [bold red]x"):
-        time.sleep(ui.SPINNER_DELAY + 0.3)
+        # Until it is drawn (or its thread failed): a fixed sleep could end before the
+        # spinner's thread, late on a loaded machine, drew it (and then it never is).
+        deadline = time.monotonic() + 30
+        while "[/oops]" not in buf.getvalue() and not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert errors == []
     assert "[/oops]" in buf.getvalue()
 
