@@ -159,3 +159,46 @@ def test_a_switch_where_others_can_write_is_not_followed(twice: tuple[Inst, Inst
     finally:
         parent.chmod(0o755)
     assert _status(other)["state"] == "running"
+
+
+def test_the_server_users_registration_follows_roots_restore_and_upgrade(
+    ops_dir: Path, template: Path
+) -> None:
+    """The case itself: root registers the data directory as 'dev', its server user
+    (postgres) as 'pg' in their own registry; root restores, then upgrades. 'pg' said
+    "replaced" after either; now its status, stop and start follow."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (two OS users)")
+    import pwd
+
+    from tests.reliability.users import pgmgr_as
+
+    datadir = copy_datadir(template, ops_dir / "w" / "data")
+    pg_state = ops_dir / "pg-state"
+    pg_state.mkdir(mode=0o700)
+    owner = pwd.getpwnam("postgres")
+    os.chown(pg_state, owner.pw_uid, owner.pw_gid)
+    env = {"PGMGR_STATE_DIR": str(pg_state), "PGMGR_CACHE_DIR": str(pg_state / "cache"),
+           "PGMGR_RUNTIME_DIR": str(pg_state / "run"), "HOME": str(pg_state)}  # fmt: skip
+
+    def pg(*args: str) -> subprocess.CompletedProcess[str]:
+        return pgmgr_as("postgres", *args, env=env)
+
+    dev = Inst("dev", datadir)
+    try:
+        dev.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        dev.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10)")
+        dev.ok("snapshot", "dev", "s1", "-q")
+        assert pg("init", "-q", "-d", str(datadir), "--name", "pg").returncode == 0
+        dev.ok("restore", "dev", "s1", "--yes", "-q")
+        st = json.loads(pg("status", "pg", "--json").stdout)
+        assert st["state"] == "running" and st["pid"] == dev.pid(), st
+        dev.ok("upgrade", "dev", "-v", "18", "--yes", "-q")
+        st = json.loads(pg("status", "pg", "--json").stdout)
+        assert st["state"] == "running" and str(st["version"]).startswith("18"), st
+        proc = pg("stop", "pg")
+        assert proc.returncode == 0, proc.stderr
+        assert dev.state() == "stopped"
+    finally:
+        dev.pgmgr("stop", "--all", "-m", "immediate", "-q")
+        pg("stop", "--all", "-m", "immediate", "-q")
