@@ -152,6 +152,7 @@ def test_a_data_directory_bind_mounted_is_a_mount_point(ops_dir: Path, template:
             ("snapshot", "dev", "s1"),
             ("restore", "dev", "s1", "--yes"),
             ("upgrade", "dev", "-v", "18", "--yes"),
+            ("upgrade", "dev", "-v", "18", "--check"),  # said the checks passed
         ):
             proc = it.pgmgr(*args)
             assert proc.returncode == 1, proc.stderr
