@@ -178,6 +178,7 @@ def _start(
     elif result.already_running:
         ui.message(f"'{srv.inst.name}' is already running (pid {result.pid}): {st.url}")
     else:
+        label = version_label(srv.inst.version)  # the binaries the start chose (PG_VERSION)
         ui.message(
             f"Started '{srv.inst.name}' ({label}, pid {result.pid}) in {ui.ms(elapsed)}: {st.url}"
         )

@@ -68,6 +68,7 @@ def init(
     opts = InitOptions(
         superuser=superuser, auth=auth, encoding=encoding, locale=locale, extra=tuple(extra)
     )
+    known = not srv.new  # registered before: init only says so
     with locked(srv):
         label = c.version_label(srv.inst.version)
         with ui.spinner(f"Initializing {label} in {srv.datadir} …"):
@@ -79,6 +80,13 @@ def init(
         ui.emit_json({"initialized": created, "elapsed_ms": round(elapsed * 1000, 1), **rec})
     elif created:
         ui.message(f"Initialized '{srv.inst.name}' ({label}) in {ui.ms(elapsed)}: {srv.datadir}")
+    elif known:
+        ui.message(f"{srv.datadir} is already registered as '{srv.inst.name}'; nothing changed")
+        if name and name != srv.inst.name:
+            ui.warning(
+                f"not applied: --name {name} ({srv.datadir} stays '{srv.inst.name}')",
+                "--name only names a new instance; one data directory has one record",
+            )
     else:
         ui.message(f"'{srv.inst.name}' is already a data directory ({srv.datadir}); registered")
     for note in srv.notes:

@@ -313,10 +313,15 @@ def _copy_branch(
             spawn_again(src, pause)
         else:
             gone = snapcatalog.missing(src.inst.name, snap)
-            with snapstore.opened(src.datadir, src.user(), create=False, missing=gone) as sstore:
+            # Shared: a delete, restore or sweep by the pgmgr of another registration of
+            # the source's directory (whose instance lock is not ours) waits for the copy.
+            with snapstore.opened(
+                src.datadir, src.user(), create=False, missing=gone, shared=True
+            ) as sstore:
                 origin, size, major = _snapshot_source(src, snap, sstore)
                 snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", origin)
                 say(f"copying {snapstore.human(size)}")
+                testhook.pause("branch-from-snapshot")
                 stats = tstore.as_user(_copy_own, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
     except BaseException:

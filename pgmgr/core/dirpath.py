@@ -97,15 +97,53 @@ def check_datadir_place(path: str | Path, doing: str) -> None:
             )
 
 
+def mount_id(fd: int) -> int | None:
+    """The id of the mount ``fd`` is on ("mnt_id:" of ``/proc/self/fdinfo/FD``), or None
+    where /proc does not say. Two mounts of one filesystem (a bind mount) share a device
+    number (``st_dev``) but not this id, and rename() does not cross mounts."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def mount_of(fd: int) -> tuple[int, int | None]:
+    """Where ``fd`` is: its filesystem (``st_dev``) and mount (:func:`mount_id`). Two
+    fds with different ones are in places a rename cannot cross."""
+    return os.fstat(fd).st_dev, mount_id(fd)
+
+
+def other_mount(a_fd: int, b_fd: int) -> str | None:
+    """Whether a rename from ``a_fd`` to ``b_fd`` crosses a mount: "filesystem" (another
+    one), "mount" (another mount of the same filesystem: a bind mount), or None."""
+    (a_dev, a_mnt), (b_dev, b_mnt) = mount_of(a_fd), mount_of(b_fd)
+    if a_dev != b_dev:
+        return "filesystem"
+    if a_mnt is not None and b_mnt is not None and a_mnt != b_mnt:
+        return "mount"
+    return None
+
+
 def check_not_mount(datadir: Path, what: str) -> None:
     """:raises DatabaseException: ``datadir`` is a mount point (another filesystem than its
-    parent's): a restore or an upgrade puts a new directory in its place (one rename,
-    which a mount point refuses: "Device or resource busy", after the whole copy), and
-    snapshots, kept beside it, would fill the parent's filesystem instead. Metadata only."""
+    parent's, or a bind mount of the same one): a restore or an upgrade puts a new
+    directory in its place (one rename, which a mount point refuses: "Device or resource
+    busy", after the whole copy), and snapshots, kept beside it, would fill the parent's
+    filesystem instead. Opens both with ``O_PATH`` (metadata only: a FIFO never blocks)."""
+    fds = []
     try:
-        mounted = os.stat(datadir).st_dev != os.stat(datadir.parent).st_dev
+        for path in (datadir, datadir.parent):
+            fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
+        mounted = other_mount(fds[0], fds[1]) is not None
     except OSError:
         return  # the caller's own checks say what is missing
+    finally:
+        for fd in fds:
+            os.close(fd)
     if mounted:
         raise DatabaseException(
             f"cannot {what}: its data directory {datadir} is a mount point (restores "

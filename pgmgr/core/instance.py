@@ -253,6 +253,8 @@ class Server:
         """
         pinned = self.pinned()
         state, why = identity.compare(pinned, self.datadir)
+        if state == identity.REPLACED and self.follow_switch():
+            state = None
         if state in (identity.MOVED, identity.REPLACED):
             raise identity.IdentityChanged(self.inst.name, self.inst.datadir, state, why, action)
         if (
@@ -263,6 +265,18 @@ class Server:
             and not self.new
         ):
             self.save()
+
+    def follow_switch(self, save: bool = True) -> bool:
+        """Whether the directory at the path is this instance as restored or upgraded by
+        pgmgr under another registration of it (see :mod:`pgmgr.core.rebind`): then the
+        record pins it (saved with ``save``)."""
+        from pgmgr.core import rebind
+
+        if rebind.follow(self) is None:
+            return False
+        if save:
+            self.save()
+        return True
 
     def save(self) -> None:
         if not self.register:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pgmgr.core import copy
+from pgmgr.core import copy, dirpath
 from pgmgr.core.diskio import human as human
 from pgmgr.core.errors import DatabaseException
 
@@ -44,14 +44,17 @@ def check_space(store: Store, needed: int, what: str, source: Path | None = None
 
 def check_same_fs(store: Store, what: str) -> None:
     """:raises DatabaseException: the store is on another filesystem than the data
-    directory's parent (a mount at ``.pgmgr-snapshots``): what is copied there is renamed
-    into place, which fails across filesystems, and only after the server was stopped and
-    the work done (a restore's copy, pg_upgrade)."""
-    if os.fstat(store.fd).st_dev != os.fstat(store.parent_fd).st_dev:
+    directory's parent (a mount at ``.pgmgr-snapshots``), or on another mount of the same
+    one (a bind mount there, or at the store): what is copied there is renamed into place,
+    which fails across mounts, and only after the server was stopped and the work done (a
+    restore's copy, pg_upgrade)."""
+    other = dirpath.other_mount(store.fd, store.parent_fd)
+    if other is not None:
+        also = " (a bind mount of its filesystem)" if other == "mount" else ""
         raise DatabaseException(
-            f"cannot {what}: the snapshots in {store.path} are on another filesystem than "
-            f"{store.datadir.parent}, and the copy made there cannot be renamed into place; "
-            "nothing was changed",
+            f"cannot {what}: the snapshots in {store.path} are on another {other} than "
+            f"{store.datadir.parent}{also}, and the copy made there cannot be renamed into "
+            "place; nothing was changed",
             hint=f"keep {store.path.parent} on the data directory's filesystem "
             "(not a mount point); 'branch --from SNAP -d DIR' copies a snapshot elsewhere",
         )

@@ -183,16 +183,18 @@ def opened(
     create: bool = True,
     missing: str | None = None,
     exclusive: bool = False,
+    shared: bool = False,
 ) -> Iterator[Store]:
     """The store of ``datadir``, made private if absent (when ``create``). ``exclusive``:
-    for work that sweeps or changes it, held with ``flock`` on the store itself. The
-    instance's lock is in the state directory of the user running pgmgr: the pgmgr of
-    another OS user who registered the same data directory (root and its server user)
-    does not wait for it, and its sweep removed a snapshot under way.
+    for work that sweeps or changes it, held with ``flock`` on the store itself; ``shared``:
+    for work that reads a snapshot (a branch copying one), which none of those may delete
+    meanwhile. The instance's lock is in the state directory of the user running pgmgr:
+    the pgmgr of another OS user who registered the same data directory (root and its
+    server user) does not wait for it, and its sweep removed a snapshot under way.
 
     :raises SnapshotNotFound: no store and not ``create`` (the message is ``missing``).
     :raises DatabaseException: the store or its parent is unsafe.
-    :raises Busy: ``exclusive``, and another pgmgr held it for 30 s.
+    :raises Busy: ``exclusive`` or ``shared``, and another pgmgr held it for 30 s.
     """
     parent = datadir.parent
     if userfs.others_can_write(parent) and os.geteuid() == 0:
@@ -211,9 +213,9 @@ def opened(
                 sweep_top(top)
             fd = _private_subdir(top, datadir.name, store_path(datadir), owner, create)
             fds.append(fd)
-            if exclusive:
+            if exclusive or shared:
                 busy = f"another pgmgr is working on the snapshots in {store_path(datadir)}"
-                paths.flock_fd(fd, exclusive=True, timeout=30.0, busy=busy)
+                paths.flock_fd(fd, exclusive=exclusive, timeout=30.0, busy=busy)
         except FileNotFoundError:
             raise SnapshotNotFound(
                 missing or f"no snapshots of {datadir}", hint="'pgmgr snapshots' lists them"

@@ -16,6 +16,7 @@ from pgmgr.core.errors import (
     EXIT_OK,
     DatabaseException,
     InstanceNotFound,
+    PgmgrError,
     WorkerError,
 )
 
@@ -123,6 +124,9 @@ def status(srv: Server, check: bool = False) -> Status:
         log_file=str(srv.log_file),
     )
     changed, why = identity.compare(srv.pinned(), srv.datadir)
+    if changed == identity.REPLACED and srv.follow_switch(save=False):
+        changed = None  # restored or upgraded under another registration (not saved: no lock)
+        st.version = _version_now(srv)
     if changed in (identity.MOVED, identity.REPLACED):
         st.state, st.detail = changed, f"data directory {why}"
         return st
@@ -163,6 +167,15 @@ def _stopped_by(st: Status, srv: Server) -> None:
     if mark is not None:
         st.extra["stopped_by"] = mark.to_dict()
         st.detail = st.detail or mark.sentence(srv.inst.name)
+
+
+def _version_now(srv: Server) -> str:
+    """The version of the binaries for the data directory as it is now (another major
+    after an upgrade under another registration), or its major if none is installed."""
+    try:
+        return srv.installation().version
+    except PgmgrError:
+        return server.datadir_major(srv.datadir) or srv.inst.version
 
 
 def crashed_detail(pf: process.PidFile) -> str:

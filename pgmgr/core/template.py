@@ -50,7 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import paths, pgcontrol, server, testhook, userfs
+from pgmgr.core import dirpath, paths, pgcontrol, server, testhook, userfs
 from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.privileges import ServerUser
@@ -191,9 +191,20 @@ def _copy_in(ufd: int, key: str, fin: Finish, auth: str) -> tuple[bool, bool]:
     copy_tree(base / key, fin.data)
     own_identity(fin.data, sync=False)  # the commit's syncfs flushes it
     set_hba(fin.data, auth)
-    same_fs = os.stat(fin.data).st_dev == os.fstat(ufd).st_dev
+    same_fs = _same_mount(fin.data, ufd)
     fin.commit(flush=True)
     return True, same_fs and not spare.ready(base / f"{key}{SPARE}")
+
+
+def _same_mount(data: str, ufd: int) -> bool:
+    """Whether ``data`` is on the mount of the cache ``ufd``, so that a spare made there
+    could be renamed to a data directory beside ``data`` (not across filesystems, nor
+    across two mounts of one: a bind mount)."""
+    fd = os.open(data, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return dirpath.other_mount(fd, ufd) is None
+    finally:
+        os.close(fd)
 
 
 def own_identity(data: str, *, sync: bool) -> None:

@@ -235,8 +235,7 @@ def upgrade(
     t0 = time.monotonic()
     say = progress or (lambda _step: None)
     old, new = prepare(srv, major, method)
-    if not check:
-        dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")
+    dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")  # --check too
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     opts = probe(srv)
     su = srv.user()

@@ -202,6 +202,23 @@ def registered(work: Work, datadir: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     return datadir
 
 
+def test_init_of_a_registered_directory_under_another_name(registered: Path) -> None:
+    """One OS user cannot register a data directory twice: 'init -d DIR --name other'
+    keeps its one record. It said "'dev' is already a data directory; registered" (exit
+    0), as if 'other' had been made; now it says it was registered already, and that
+    --name was not applied."""
+    result = invoke("init", "-d", "./data", "--name", "other")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{registered} is already registered as 'dev'; nothing changed",
+        f"Warning: not applied: --name other ({registered} stays 'dev')",
+        "Hint: --name only names a new instance; one data directory has one record",
+    ]
+    assert [r["name"] for r in json.loads(invoke("status", "--json").stdout)] == ["dev"]
+    again = invoke("init", "-d", "./data")
+    assert again.stderr == f"{registered} is already registered as 'dev'; nothing changed\n"
+
+
 def test_status_rendering_of_a_stopped_instance(registered: Path) -> None:
     result = invoke("status")
     assert result.exit_code == 0  # the list: 0 whatever the states

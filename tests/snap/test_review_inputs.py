@@ -226,6 +226,7 @@ def test_a_data_directory_that_is_a_mount_point_is_refused_first(ops_dir: Path) 
             ("snapshot", "mp", "s1"),
             ("restore", "mp", "s1", "--yes"),
             ("upgrade", "mp", "-v", "18", "--yes"),
+            ("upgrade", "mp", "-v", "18", "--check"),  # said the checks passed
         ):
             _refused(it, args, 1, "is a mount point")
         assert it.pid("mp") == pid  # never stopped

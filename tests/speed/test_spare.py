@@ -224,3 +224,29 @@ def test_no_template_and_cache_clear(base: Path) -> None:
     assert not (cache() / f"{key}.spare").exists()
     assert [p.name for p in cache().iterdir() if p.is_dir()] == []
     assert pgmgr_json("cache", "list") == []
+
+
+def test_no_spare_for_a_cache_bind_mounted_from_the_same_filesystem(base: Path) -> None:
+    """A template cache that is a bind mount of the data directories' own filesystem: the
+    device numbers match, so a spare was made (a data directory's worth of disk), but its
+    claim is a rename, which does not cross mounts: every init tried it and copied anyway,
+    and the spare stayed unused. Now none is made, as for a cache on another filesystem."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to bind-mount")
+    import subprocess
+
+    real, mnt = base / "real-cache", base / "cache"
+    real.mkdir(mode=0o700)
+    mnt.mkdir(mode=0o700)
+    subprocess.run(["mount", "--bind", str(real), str(mnt)], check=True)
+    try:
+        assert pgmgr_json("init", "-d", str(base / "first"))["initialized"]
+        assert pgmgr_json("init", "-d", str(base / "second"))["initialized"]
+        wait_refills()
+        assert templates(), "the template is in the cache"
+        assert not spare().exists(), "a spare that can never be claimed is not made"
+        assert pgmgr_json("init", "-d", str(base / "third"))["initialized"]
+        assert (base / "third" / "PG_VERSION").is_file()
+    finally:
+        wait_refills()
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -1,0 +1,128 @@
+"""A data directory switched by pgmgr under another registration of it.
+
+Root and the server user may each register the same data directory, in their own
+registries (one OS user cannot register one twice: ``init -d`` finds its record). A
+restore or an upgrade through one registration puts another directory at the path (a
+copy of the cluster: another inode; after pg_upgrade, another system identifier too),
+and the other registration's record then found its instance "replaced": status, start,
+stop and destroy refused it for good, and 'forget' then 'init -d' was the only way out.
+
+:func:`follow` recognizes such a switch and the record follows it, when the directory is
+provably this instance's and could only have been put there by its owner or root:
+
+- it is reached without untrusted symlinks, is a complete data directory owned by the
+  instance's server user (as root: the one recorded; else the invoking user), and nobody
+  but root and that user can write its parent or an ancestor (as root, with no server
+  user recorded: nobody but root);
+- it holds the recorded cluster (same system identifier) and a snapshot of the path in
+  its store holds it too (a restore), or the pre-upgrade snapshots there link the two
+  clusters (``system_identifier`` -> ``upgraded_to``, one per upgrade: an upgrade, or the
+  rollback of one);
+- it has no ``postmaster.pid`` but its own server's (a copy of a running instance's
+  directory names the server still running in the original).
+
+Anything else stays "replaced" (another cluster, someone else's directory, a copy made by
+hand beside no snapshot). The binaries follow the directory's PG_VERSION at the next start
+(:meth:`Server.installation`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from pgmgr.core import identity, process, snapstore, userfs
+from pgmgr.core.errors import DatabaseException
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+#: Upgrades a chain of pre-upgrade snapshots is followed through (9.6 -> 18 is eight).
+MAX_UPGRADES = 16
+
+
+def follow(srv: Server) -> str | None:
+    """If the directory at ``srv``'s path is its instance as switched under another
+    registration (see the module doc), pin it in ``srv.inst`` (in memory: the caller
+    saves) and say how: "restored" or "upgraded"; else None, with nothing changed."""
+    inst = srv.inst
+    if inst.intent or inst.pending or None in (inst.dev, inst.ino, inst.system_id):
+        return None  # a switch of this registration's own is settled by pgmgr.core.intent
+    try:
+        fd = userfs.open_dir(srv.datadir)
+    except (OSError, DatabaseException):
+        return None
+    try:
+        st = os.fstat(fd)
+        now = identity.Identity(st.st_dev, st.st_ino, identity.system_id(fd))
+    finally:
+        os.close(fd)
+    if now.system_id is None or (now.dev, now.ino) == (inst.dev, inst.ino):
+        return None
+    if not _only_owner_or_root(srv, st.st_uid) or not _no_other_server(srv):
+        return None
+    how = _switch(srv, str(inst.system_id), str(now.system_id))
+    if how is None:
+        return None
+    inst.dev, inst.ino, inst.system_id = now.dev, now.ino, now.system_id
+    return how
+
+
+def _only_owner_or_root(srv: Server, uid: int) -> bool:
+    """Whether only root and the instance's owner could have put the directory of owner
+    ``uid`` at its path: it is the owner's, and nobody else can write its parent or an
+    ancestor. The owner: as root, the recorded server user (none recorded: root alone
+    may write there); else the invoking user."""
+    parent = str(srv.datadir.parent)
+    try:
+        if os.geteuid() != 0:
+            return uid == os.geteuid() and not userfs.others_can_write(parent)
+        if not srv.inst.server_user:
+            return not userfs.others_can_write(parent)
+        su = srv.user()
+        if su is None or uid != su.uid:
+            return False
+        # Asked as the server user: root and the caller are the ones it trusts.
+        return not userfs.as_user(su, userfs.others_can_write, parent)
+    except (OSError, DatabaseException):
+        return False
+
+
+def _no_other_server(srv: Server) -> bool:
+    """Whether the directory has no ``postmaster.pid``, or one whose server runs in it: a
+    copy of a running instance's directory (moved into place by hand, say) names the
+    server still running in the original, which the record must not lose sight of."""
+    pf = process.PidFile.read(srv.datadir)
+    return pf is None or process.serves(pf.pid, srv.datadir, pf.start_time)
+
+
+def _switch(srv: Server, recorded: str, now: str) -> str | None:
+    """How the snapshots in the instance's store account for its cluster going from
+    ``recorded`` to ``now`` (system identifiers): "restored" (one of them holds ``now``,
+    which is ``recorded``), "upgraded" (pre-upgrade snapshots link them: each links the
+    cluster it kept to the one its upgrade made, so upgrades lead one way and their
+    rollbacks, restores of one, the other), or None (they do not: a copy made by hand,
+    another cluster)."""
+    try:
+        # Unlocked: only read (a status must not wait for the other's restore or upgrade).
+        with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
+            metas = store.as_user(snapstore.list_metas, store.path)
+    except (OSError, DatabaseException):
+        return None
+    ours = [m for _, m, _ in metas if m is not None and m.datadir == srv.inst.datadir]
+    if recorded == now:
+        return "restored" if any(m.system_identifier == now for m in ours) else None
+    links: dict[str, set[str]] = {}
+    for meta in ours:
+        if meta.upgraded_to:
+            links.setdefault(meta.system_identifier, set()).add(meta.upgraded_to)
+            links.setdefault(meta.upgraded_to, set()).add(meta.system_identifier)
+    seen, frontier = {recorded}, {recorded}
+    for _ in range(MAX_UPGRADES):
+        frontier = {n for c in frontier for n in links.get(c, ())} - seen
+        if now in frontier:
+            return "upgraded"
+        if not frontier:
+            return None
+        seen |= frontier
+    return None

@@ -1,0 +1,204 @@
+"""One data directory registered twice: by root and by its server user, each in their own
+registry (here: two state directories of one OS user, which is the same to pgmgr). Each
+pgmgr's instance lock is in its own state directory, so the two do not wait for each other
+there; they share the snapshot store and its lock."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import copy_datadir, pgmgr_argv
+from tests.pause import Paused
+from tests.snap.conftest import Inst
+
+
+@pytest.fixture
+def twice(ops_dir: Path, template: Path) -> Iterator[tuple[Inst, Inst]]:
+    """A running instance 'dev' with a table t (1000 rows) and a snapshot s1, and the same
+    data directory registered as 'other' in a second registry."""
+    datadir = copy_datadir(template, ops_dir / "w" / "data")
+    dev = Inst("dev", datadir)
+    state2 = ops_dir / "state2"
+    other = Inst("other", datadir, env={"PGMGR_STATE_DIR": str(state2)})
+    try:
+        dev.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        dev.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+        dev.ok("snapshot", "dev", "s1", "-q")
+        other.ok("init", "-q", "-d", str(datadir), "--name", "other")
+        yield dev, other
+    finally:
+        dev.pgmgr("stop", "--all", "-m", "immediate", "-q")
+        other.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def hooks(ops_dir: Path) -> Path:
+    path = ops_dir / "hooks"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+def test_a_branch_from_a_snapshot_holds_the_store_against_a_delete(
+    twice: tuple[Inst, Inst], ops_dir: Path
+) -> None:
+    """``branch --from SNAP`` read the source's store without its lock: a ``snapshot
+    --delete`` (or a restore's sweep) by the pgmgr of the other registration removed the
+    snapshot under the copy. Now the branch holds the store (shared) while it copies, and
+    the delete waits for it."""
+    dev, other = twice
+    run = Paused(hooks(ops_dir), "branch-from-snapshot", "branch", "dev", "b1", "--from", "s1")
+    delete = None
+    try:
+        run.reached()
+        fd = os.open(dev.store, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # what a delete, a restore or a snapshot takes: refused while the copy runs
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        delete = subprocess.Popen(
+            pgmgr_argv("snapshot", "other", "s1", "--delete"),
+            env={**os.environ, **other.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        done = run.go()
+        if delete is not None:
+            _, err = delete.communicate(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert dev.sql("SELECT count(*) FROM t", "b1") == "1000"
+    assert delete is not None and delete.returncode == 0, err
+    assert "s1" not in os.listdir(dev.store)
+
+
+def _status(it: Inst) -> dict[str, object]:
+    proc = it.pgmgr("status", it.name, "--json")
+    data: dict[str, object] = json.loads(proc.stdout)
+    return data
+
+
+def test_a_restore_under_one_registration_is_followed_by_the_other(
+    twice: tuple[Inst, Inst],
+) -> None:
+    """A restore through 'dev' put a copy at the path: 'other' said "replaced" (status
+    exit 4; start, stop, destroy refused) for good. The copy holds the same cluster and
+    is the server user's, in a directory only they and root can write: 'other' follows."""
+    dev, other = twice
+    dev.sql("DELETE FROM t")
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    st = _status(other)
+    assert st["state"] == "running" and st["pid"] == dev.pid(), st
+    other.ok("stop", "other", "-q")
+    assert dev.state() == "stopped"
+    other.ok("start", "other", "-q", "--port", "auto")
+    assert other.sql("SELECT count(*) FROM t", "other") == "1000"
+    other.ok("snapshot", "other", "s2", "-q")
+    other.ok("stop", "other", "-q")
+    pinned = other.record()
+    assert (pinned["dev"], pinned["ino"]) == (
+        os.stat(dev.datadir).st_dev,
+        os.stat(dev.datadir).st_ino,
+    )  # saved by the start: the next command does not look again
+
+
+def test_an_upgrade_under_one_registration_is_followed_by_the_other(
+    twice: tuple[Inst, Inst],
+) -> None:
+    """An upgrade through 'dev' (another system identifier) is followed by 'other' through
+    the snapshot it kept for rollback; so is the rollback."""
+    dev, other = twice
+    dev.ok("upgrade", "dev", "-v", "18", "--yes", "-q")
+    st = _status(other)
+    assert st["state"] == "running" and str(st["version"]).startswith("18"), st
+    dev.ok("stop", "dev", "-q")
+    proc = other.ok("start", "other", "--port", "auto")
+    assert "(PostgreSQL 18" in proc.stderr
+    assert other.sql("SELECT count(*) FROM t", "other") == "1000"
+    assert other.record()["major"] == "18"
+    other.ok("stop", "other", "-q")
+    dev.ok("restore", "dev", "pre-upgrade-15", "--yes", "-q")  # the rollback: 15 again
+    st = _status(other)
+    assert st["state"] == "stopped" and str(st["version"]).startswith("15"), st
+
+
+def test_another_cluster_at_the_path_is_still_replaced(twice: tuple[Inst, Inst]) -> None:
+    """What is not provably the instance is not followed: another cluster (a branch,
+    its own system identifier) moved to the path by hand."""
+    dev, other = twice
+    dev.ok("branch", "dev", "b1", "-q")
+    dev.ok("stop", "--all", "-q")
+    parent = dev.datadir.parent
+    os.rename(dev.datadir, parent / "data.old")
+    os.rename(parent / "b1", dev.datadir)
+    for it in (dev, other):
+        proc = it.pgmgr("status", it.name, "--json")
+        assert proc.returncode == 4 and json.loads(proc.stdout)["state"] == "replaced"
+        proc = it.pgmgr("start", it.name)
+        assert proc.returncode == 4 and "was replaced" in proc.stderr, proc.stderr
+
+
+def test_a_switch_where_others_can_write_is_not_followed(twice: tuple[Inst, Inst]) -> None:
+    """A copy of the cluster at the path is followed only if nobody but root and the
+    server user could have put it there: not in a directory anyone can write."""
+    dev, other = twice
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    parent = dev.datadir.parent
+    parent.chmod(0o777)
+    try:
+        proc = other.pgmgr("status", "other", "--json")
+        assert proc.returncode == 4 and json.loads(proc.stdout)["state"] == "replaced"
+    finally:
+        parent.chmod(0o755)
+    assert _status(other)["state"] == "running"
+
+
+def test_the_server_users_registration_follows_roots_restore_and_upgrade(
+    ops_dir: Path, template: Path
+) -> None:
+    """The case itself: root registers the data directory as 'dev', its server user
+    (postgres) as 'pg' in their own registry; root restores, then upgrades. 'pg' said
+    "replaced" after either; now its status, stop and start follow."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (two OS users)")
+    import pwd
+
+    from tests.reliability.users import pgmgr_as
+
+    datadir = copy_datadir(template, ops_dir / "w" / "data")
+    pg_state = ops_dir / "pg-state"
+    pg_state.mkdir(mode=0o700)
+    owner = pwd.getpwnam("postgres")
+    os.chown(pg_state, owner.pw_uid, owner.pw_gid)
+    env = {"PGMGR_STATE_DIR": str(pg_state), "PGMGR_CACHE_DIR": str(pg_state / "cache"),
+           "PGMGR_RUNTIME_DIR": str(pg_state / "run"), "HOME": str(pg_state)}  # fmt: skip
+
+    def pg(*args: str) -> subprocess.CompletedProcess[str]:
+        return pgmgr_as("postgres", *args, env=env)
+
+    dev = Inst("dev", datadir)
+    try:
+        dev.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        dev.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10)")
+        dev.ok("snapshot", "dev", "s1", "-q")
+        assert pg("init", "-q", "-d", str(datadir), "--name", "pg").returncode == 0
+        dev.ok("restore", "dev", "s1", "--yes", "-q")
+        st = json.loads(pg("status", "pg", "--json").stdout)
+        assert st["state"] == "running" and st["pid"] == dev.pid(), st
+        dev.ok("upgrade", "dev", "-v", "18", "--yes", "-q")
+        st = json.loads(pg("status", "pg", "--json").stdout)
+        assert st["state"] == "running" and str(st["version"]).startswith("18"), st
+        proc = pg("stop", "pg")
+        assert proc.returncode == 0, proc.stderr
+        assert dev.state() == "stopped"
+    finally:
+        dev.pgmgr("stop", "--all", "-m", "immediate", "-q")
+        pg("stop", "--all", "-m", "immediate", "-q")
