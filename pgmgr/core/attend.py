@@ -93,8 +93,11 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
 
 def _why(srv: Server) -> Gone:
     name = srv.inst.name
-    mark = stopmark.left(srv.inst)
+    mark = stopmark.read(srv.inst)
     if mark is not None:
+        # Its lock is free: the command is gone, though its process may not be quite yet
+        # (a process killed with -9 closes its files, the lock's too, before it is a zombie).
+        mark.active = False
         return Gone(1, mark.sentence(name))
     if shut_down_cleanly(srv):
         return Gone(0, f"'{name}' was shut down by someone else ('pgmgr stop', pg_ctl or a "
