@@ -35,6 +35,9 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgmgr.core import copydata
+from pgmgr.core.copydata import FICLONE as FICLONE
+from pgmgr.core.copydata import Flush as Flush
 from pgmgr.core.diskio import disk_full as disk_full
 from pgmgr.core.diskio import fsync_dir as fsync_dir
 from pgmgr.core.diskio import sync_fs as sync_fs
@@ -43,22 +46,7 @@ from pgmgr.core.errors import UsageError, doing
 
 METHODS = ("reflink", "copy_file_range", "read")
 ENV_METHOD = "PGMGR_COPY_METHOD"
-FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
-_BLOCK = 1 << 20
-#: Files at least this large are copied in parallel ranges (PostgreSQL's segments are 1 GiB).
-PARALLEL_MIN = 64 << 20
-#: With ``flush``: bytes per ``copy_file_range`` call, whose writeback then starts.
-_CHUNK = 32 << 20
-#: With ``flush``: smaller files are left to the final sync (a syscall each would cost
-#: more than it saves).
-_FLUSH_MIN = 256 << 10
-_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
-Flush = Callable[[int, int, int], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: errnos that mean "this filesystem (pair) cannot do that", not "the copy failed".
-_UNSUPPORTED = frozenset(
-    {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
-)
 
 
 @dataclass
@@ -101,7 +89,7 @@ class _State:
     methods: list[str]
     stats: CopyStats
     umask: int = 0o077  # of this process: a new file's mode bits it strips need an fchmod
-    flush: Flush | None = None  # see _writeback
+    flush: Flush | None = None  # see copydata.writeback
     #: link_dest: whether the file at this path relative to the top is unchanged
     unchanged: Callable[[str, os.stat_result], bool] | None = None
 
@@ -172,7 +160,7 @@ def copy_tree(
     methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
     umask = os.umask(0o077)
     os.umask(umask)
-    state = _State(methods, CopyStats(), umask, _writeback() if flush else None)
+    state = _State(methods, CopyStats(), umask, copydata.writeback() if flush else None)
     if link_dest is not None and unchanged is not None:
         state.unchanged = unchanged
     else:
@@ -304,7 +292,7 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
         fout = os.open(name, flags, mode | 0o600, dir_fd=dfd)
         try:
             if st.st_size:
-                method = _copy_data(fin, fout, st.st_size, state.methods, state.flush)
+                method = copydata.copy_data(fin, fout, st.st_size, state.methods, state.flush)
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
             if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600:  # else open() did
                 os.fchmod(fout, mode)
@@ -314,113 +302,3 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
         state.stats.bytes += st.st_size
     finally:
         os.close(fin)
-
-
-def _writeback() -> Flush | None:
-    """``flush(fd, offset, length)``: start writing that range to disk, without waiting
-    (``sync_file_range``; a hint: errors are ignored). None where there is no such call."""
-    import ctypes  # as_user pre-imports it: usable in a child that became the user
-
-    fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-    if fn is None:  # pragma: no cover - not Linux
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-
-    def flush(fd: int, off: int, n: int) -> None:
-        fn(fd, off, n, _SYNC_FILE_RANGE_WRITE)
-
-    return flush
-
-
-def _copy_data(
-    fin: int, fout: int, size: int, methods: list[str], flush: Flush | None = None
-) -> str:
-    """Copy ``size`` bytes with the first method that works; drop from ``methods`` each one
-    the filesystem refuses, so the rest of the tree does not try it again. ``flush``: see
-    :func:`_writeback` (nothing to write back after a reflink)."""
-    if size < _FLUSH_MIN:
-        flush = None
-    while True:
-        method = methods[0]
-        try:
-            if method == "reflink":
-                import fcntl
-
-                fcntl.ioctl(fout, FICLONE, fin)
-            elif method == "copy_file_range":
-                if size >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
-                    _copy_ranges_parallel(fin, fout, size, flush)
-                else:
-                    _copy_range(fin, fout, size, flush)
-            else:
-                _copy_read(fin, fout, flush)
-            return method
-        except OSError as e:
-            if method == "read" or e.errno not in _UNSUPPORTED:
-                raise
-            methods.pop(0)
-            os.lseek(fin, 0, os.SEEK_SET)
-            os.lseek(fout, 0, os.SEEK_SET)
-            os.ftruncate(fout, 0)
-
-
-def _copy_range(fin: int, fout: int, size: int, flush: Flush | None = None) -> None:
-    step = _CHUNK if flush else 1 << 30
-    off = 0
-    while off < size:
-        n = os.copy_file_range(fin, fout, min(size - off, step))
-        if n == 0:  # the file shrank while being copied: copy what there is
-            break
-        if flush:
-            flush(fout, off, n)
-        off += n
-
-
-def _copy_ranges_parallel(fin: int, fout: int, size: int, flush: Flush | None = None) -> None:
-    """``copy_file_range`` of a large file in one thread per core, each on its own range:
-    the kernel's copy is CPU-bound from the page cache (1 GiB: 0.75 s in one thread, 0.43 s
-    in two on this 2-core machine). The first error is raised after every thread ended."""
-    import threading
-
-    n = min(4, os.cpu_count() or 1)
-    step = -(-size // n)
-    errors: list[OSError] = []
-
-    chunk = _CHUNK if flush else size
-
-    def work(start: int) -> None:
-        off, end = start, min(size, start + step)
-        try:
-            while off < end:
-                done = os.copy_file_range(fin, fout, min(end - off, chunk), off, off)
-                if done == 0:
-                    break
-                if flush:
-                    flush(fout, off, done)
-                off += done
-        except OSError as e:
-            errors.append(e)
-
-    os.ftruncate(fout, size)
-    threads = [threading.Thread(target=work, args=(i * step,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def _copy_read(fin: int, fout: int, flush: Flush | None = None) -> None:
-    off = flushed = 0
-    while chunk := os.read(fin, _BLOCK):
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fout, view)
-            view = view[n:]
-            off += n
-        if flush and off - flushed >= _CHUNK:
-            flush(fout, flushed, off - flushed)
-            flushed = off
-    if flush and off > flushed:
-        flush(fout, flushed, off - flushed)

@@ -101,9 +101,9 @@ def sharedir(install: Installation) -> Path | None:
             return cand
     pg_config = install.bin("pg_config")
     if pg_config.is_file():
-        from pgmgr.core import versions
+        from pgmgr.core import binout
 
-        out = versions._cached_output([str(pg_config), "--sharedir"])
+        out = binout.cached_output([str(pg_config), "--sharedir"])
         if out and (Path(out) / "extension").is_dir():
             return Path(out)
     return None

@@ -32,10 +32,10 @@ from pgmgr.core.template import (
     locked,
     open_user_dir,
     own_identity,
-    owner_of,
     set_hba,
     templates_dir,
 )
+from pgmgr.core.templatekey import owner_of
 
 REFILL_LOCK = ".refill.lock"  # <templates>/<key>.refill.lock, held while a spare is made
 

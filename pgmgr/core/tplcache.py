@@ -22,10 +22,10 @@ from pgmgr.core.errors import doing
 from pgmgr.core.template import (
     LOCK_TIMEOUT,
     SPARE,
-    locale_fingerprint,
     locked,
     templates_dir,
 )
+from pgmgr.core.templatekey import locale_fingerprint
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _USER_DIR = re.compile(r"^u\d+$")

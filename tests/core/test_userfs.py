@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import copy, userfs
+from pgmgr.core import copy, copydata, userfs
 from pgmgr.core.errors import CommandFailed, DatabaseException, PgmgrError
 from pgmgr.core.privileges import ServerUser, lookup
 
@@ -363,7 +363,7 @@ def test_copy_as_user_owns_the_copy(other: ServerUser, shared_tmp: Path, tmp_pat
 def test_large_files_copy_in_parallel_ranges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(copy, "PARALLEL_MIN", 1 << 20)
+    monkeypatch.setattr(copydata, "PARALLEL_MIN", 1 << 20)
     monkeypatch.setenv(copy.ENV_METHOD, "copy_file_range")
     src = tmp_path / "src"
     src.mkdir()
@@ -382,10 +382,10 @@ def test_flushed_copy_is_the_same(
     in every method, for files below the flush threshold, across chunks and in parallel
     ranges (the chunk and thresholds made small so that a few MB cross them all)."""
     monkeypatch.setenv(copy.ENV_METHOD, method)
-    monkeypatch.setattr(copy, "_CHUNK", 1 << 20)
-    monkeypatch.setattr(copy, "PARALLEL_MIN", 4 << 20)
+    monkeypatch.setattr(copydata, "_CHUNK", 1 << 20)
+    monkeypatch.setattr(copydata, "PARALLEL_MIN", 4 << 20)
     flushed: list[tuple[int, int]] = []
-    real = copy._writeback
+    real = copydata.writeback
 
     def spy() -> copy.Flush | None:
         fn = real()
@@ -397,7 +397,7 @@ def test_flushed_copy_is_the_same(
 
         return flush
 
-    monkeypatch.setattr(copy, "_writeback", spy)
+    monkeypatch.setattr(copydata, "writeback", spy)
     src = tmp_path / "src"
     src.mkdir()
     files = {"small": os.urandom(1000), "mid": os.urandom((3 << 20) + 7),

@@ -203,7 +203,7 @@ def test_a_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     no file: the error was "Input/output error" alone."""
     import errno
 
-    from pgmgr.core import copy
+    from pgmgr.core import copy, copydata
     from pgmgr.core.errors import describe_os_error
 
     src = tmp_path / "src"
@@ -214,7 +214,7 @@ def test_a_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setenv("PGMGR_COPY_METHOD", "read")
-    monkeypatch.setattr(copy, "_copy_read", failing)
+    monkeypatch.setattr(copydata, "_copy_read", failing)
     with pytest.raises(OSError) as got:
         copy.copy_tree(src, tmp_path / "dst")
     assert describe_os_error(got.value) == (

@@ -19,19 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import template
+from pgmgr.core import templatekey
 
 from .conftest import pgmgr, pgmgr_json, templates
 
 
 def test_fingerprint_follows_the_locale_dirs(tmp_path: Path) -> None:
-    before = template.locale_fingerprint([str(tmp_path)])
-    assert template.locale_fingerprint([str(tmp_path)]) == before
+    before = templatekey.locale_fingerprint([str(tmp_path)])
+    assert templatekey.locale_fingerprint([str(tmp_path)]) == before
     (tmp_path / "de_DE.utf8").mkdir()
-    added = template.locale_fingerprint([str(tmp_path)])
+    added = templatekey.locale_fingerprint([str(tmp_path)])
     assert added != before
     (tmp_path / "locale-archive").write_bytes(b"x")
-    assert template.locale_fingerprint([str(tmp_path)]) not in (before, added)
+    assert templatekey.locale_fingerprint([str(tmp_path)]) not in (before, added)
 
 
 def test_a_locale_added_to_locpath_rebuilds_the_template(

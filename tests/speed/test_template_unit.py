@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import template
+from pgmgr.core import templatekey
 from pgmgr.core.server import InitOptions
 from pgmgr.core.versions import Installation
 
@@ -22,7 +22,7 @@ host    replication     all             127.0.0.1/32            trust
 
 
 def test_hba_rewrites_host_lines_only() -> None:
-    out = template.hba_for(HBA, "scram-sha-256")
+    out = templatekey.hba_for(HBA, "scram-sha-256")
     lines = out.splitlines()
     assert lines[0] == HBA.splitlines()[0]
     assert [ln.split()[-1] for ln in lines[1:]] == [
@@ -32,7 +32,7 @@ def test_hba_rewrites_host_lines_only() -> None:
         "trust",
         "scram-sha-256",
     ]
-    assert template.hba_for(HBA, "trust") == HBA
+    assert templatekey.hba_for(HBA, "trust") == HBA
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_hba_rewrites_host_lines_only() -> None:
     ],
 )
 def test_template_args(extra: list[str], kept: list[str] | None) -> None:
-    assert template.template_args(extra) == kept
+    assert templatekey.template_args(extra) == kept
 
 
 def _install(tmp_path: Path, version: str = "15.18") -> Installation:
@@ -64,22 +64,22 @@ def _install(tmp_path: Path, version: str = "15.18") -> Installation:
 
 def test_key_depends_on_binaries_and_options_not_on_auth_or_sync(tmp_path: Path) -> None:
     inst = _install(tmp_path)
-    key = template.key_of(template.key_fields(inst, InitOptions()))
+    key = templatekey.key_of(templatekey.key_fields(inst, InitOptions()))
     same = InitOptions(auth="trust", no_sync=True, extra=("--no-sync",))
-    assert template.key_of(template.key_fields(inst, same)) == key
-    assert template.key_of(template.key_fields(inst, InitOptions(superuser="x"))) != key
-    assert template.key_of(template.key_fields(inst, InitOptions(locale="C.UTF-8"))) != key
+    assert templatekey.key_of(templatekey.key_fields(inst, same)) == key
+    assert templatekey.key_of(templatekey.key_fields(inst, InitOptions(superuser="x"))) != key
+    assert templatekey.key_of(templatekey.key_fields(inst, InitOptions(locale="C.UTF-8"))) != key
     (inst.bindir / "postgres").write_text("xy")  # another binary
-    assert template.key_of(template.key_fields(inst, InitOptions())) != key
+    assert templatekey.key_of(templatekey.key_fields(inst, InitOptions())) != key
 
 
 def test_old_majors_and_the_environment_opt_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert template.why_not(_install(tmp_path, "13.4"), InitOptions()) is not None
-    assert template.why_not(_install(tmp_path), InitOptions()) is None
-    monkeypatch.setenv(template.ENV_DISABLE, "1")
-    assert template.why_not(_install(tmp_path), InitOptions()) is not None
+    assert templatekey.why_not(_install(tmp_path, "13.4"), InitOptions()) is not None
+    assert templatekey.why_not(_install(tmp_path), InitOptions()) is None
+    monkeypatch.setenv(templatekey.ENV_DISABLE, "1")
+    assert templatekey.why_not(_install(tmp_path), InitOptions()) is not None
 
 
 def test_clear_and_list_on_an_empty_cache() -> None:
@@ -133,13 +133,17 @@ def test_key_changes_with_the_icu_library(tmp_path: Path, monkeypatch: pytest.Mo
     for name in ("libicuuc.so.72", "libicui18n.so.72"):
         (lib / name).write_bytes(b"icu 72.1")
     monkeypatch.setattr(linked, "LIB_DIRS", (str(lib),))
-    fields = template.key_fields(inst, InitOptions())
+    fields = templatekey.key_fields(inst, InitOptions())
     assert "libicuuc.so.72=" in fields["icu"]
-    assert template.key_of(template.key_fields(inst, InitOptions())) == template.key_of(fields)
+    assert templatekey.key_of(templatekey.key_fields(inst, InitOptions())) == templatekey.key_of(
+        fields
+    )
     assert tplcache._binaries_match(fields)
     (lib / "libicuuc.so.72").unlink()
     (lib / "libicuuc.so.72").write_bytes(b"icu 72.2, same soname")
-    assert template.key_of(template.key_fields(inst, InitOptions())) != template.key_of(fields)
+    assert templatekey.key_of(templatekey.key_fields(inst, InitOptions())) != templatekey.key_of(
+        fields
+    )
     assert not tplcache._binaries_match(fields)
 
 
