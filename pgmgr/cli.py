@@ -204,6 +204,9 @@ class PgmgrGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        # Every command starts from the defaults: an earlier '-q' in this process (a test
+        # or library caller running commands in-process) silenced the next one's messages.
+        ui.settings.quiet = False
         code = run_guarded(
             lambda: super(PgmgrGroup, self).main(
                 args=args,

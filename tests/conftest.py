@@ -287,6 +287,16 @@ def _suite_leftovers(session: pytest.Session) -> None:
         sys.stderr.write(f"\nERROR: postgres processes outlived the test suite (killed): {left}\n")
 
 
+@pytest.fixture(autouse=True)
+def _ui_defaults() -> Iterator[None]:
+    """pgmgr's process-wide output settings as a new process has them, after each test
+    (one that ran a command in-process with -q silenced the messages of the next ones)."""
+    yield
+    ui = sys.modules.get("pgmgr.ui")
+    if ui is not None:
+        ui.settings.quiet = False
+
+
 #: Environment variables that change what pgmgr finds or where it writes; no test inherits them.
 PGMGR_ENV = ("POSTGRES_VERSION", "PGMGR_PG_ROOT", "PGMGR_PG_PATHS", "PGMGR_SOURCES", "COLUMNS")
 

@@ -33,6 +33,13 @@ def two_installs(fake_pg_root: FakeRoot) -> FakeRoot:
     return fake_pg_root
 
 
+def test_an_earlier_quiet_command_does_not_silence_the_next(two_installs: FakeRoot) -> None:
+    """'-q' set a process-wide flag that the next command in the process kept ('versions'
+    has no -q to reset it): which test ran before decided whether test_table passed."""
+    assert invoke("stop", "--all", "-q").exit_code == 0
+    assert invoke("versions").stderr.startswith("Default: 18.6, ")
+
+
 def table_rows(stdout: str) -> list[list[str]]:
     lines = [line for line in stdout.splitlines() if line.strip()]
     return [re.split(r"\s{2,}", line.strip()) for line in lines]

@@ -1,11 +1,11 @@
 """A test-only pause at a named step, so a test can race pgmgr inside its window.
 
 ``PGMGR_TEST_PAUSE=DIR`` turns it on (read once, at import: unset, :func:`pause` is one
-comparison). At step ``S``, when ``DIR/S`` exists, pgmgr writes ``DIR/S.reached`` (holding
-its pid) and waits until ``DIR/S.go`` exists (or 60 s passed), then goes on. The wait is by
-polling regular files: a test that never answers cannot hang pgmgr for ever. Work that runs
-as the server user pauses the same way (the environment is inherited), so ``DIR`` must be
-writable by that user.
+comparison). At step ``S``, when ``DIR/S`` exists, pgmgr makes ``DIR/S.reached`` (holding
+its pid, written whole) and waits until ``DIR/S.go`` exists (or 60 s passed), then goes
+on. The wait is by polling regular files: a test that never answers cannot hang pgmgr for
+ever. Work that runs as the server user pauses the same way (the environment is
+inherited), so ``DIR`` must be writable by that user.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ def pause(step: str) -> None:
 def _wait(base: str, step: str) -> None:
     if not os.path.exists(os.path.join(base, step)):
         return
-    with open(os.path.join(base, f"{step}.reached"), "w") as f:
+    # Written whole, then renamed: a test that sees the file reads the pid (it read an
+    # empty file, created but not yet written, and failed by chance).
+    reached = os.path.join(base, f"{step}.reached")
+    with open(f"{reached}.{os.getpid()}", "w") as f:
         f.write(str(os.getpid()))
+    os.replace(f"{reached}.{os.getpid()}", reached)
     deadline = time.monotonic() + _WAIT
     go = os.path.join(base, f"{step}.go")
     while not os.path.exists(go) and time.monotonic() < deadline:

@@ -27,6 +27,7 @@ from tests.ops.conftest import Instance, template  # noqa: F401
 from tests.ops.test_bundle import fingerprint
 from tests.ops.test_replica import conn, primary_leftovers
 from tests.pause import Paused, ok
+from tests.snap.test_switch_waiters import waiting_for_lock
 
 
 @pytest.fixture
@@ -402,8 +403,7 @@ def test_two_promotes_at_once_one_promotes_the_other_says_so(fresh: Instance, ho
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    time.sleep(0.5)  # it is waiting for the lock
-    assert second.poll() is None
+    waiting_for_lock(second, Path(states(fresh)["rep"]["datadir"]))  # (a 0.5 s sleep hoped so)
     ok(first.go())
     _, err2 = second.communicate(timeout=120)
     assert second.returncode == 1, err2

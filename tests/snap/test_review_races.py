@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from tests.helpers import pgmgr_argv, run_pgmgr
@@ -15,6 +14,7 @@ from tests.pause import Paused, ok
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
 from tests.snap.test_interrupt import wait_for_lock
+from tests.snap.test_switch_waiters import waiting_for_lock
 
 
 def waiting(inst: Inst, *args: str) -> subprocess.Popen[str]:
@@ -62,7 +62,7 @@ def test_two_registries_of_one_data_directory_wait_for_each_other(
         pgmgr_argv("snapshot", "again", "s2"), env={**os.environ, **other},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(1.0)  # it waits (it sweeps and copies in ~0.3 s)
+    waiting_for_lock(second, inst.datadir)  # for the first's lock (a 1 s sleep only hoped so)
     ok(taking.go())
     _, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
