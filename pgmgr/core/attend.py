@@ -14,6 +14,8 @@ often another pgmgr command at work:
   :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1);
 - ``pgmgr stop`` (or ``pg_ctl stop``, a signal) shut it down cleanly (``global/pg_control``
   says so): the user's stop, not a failure (exit 0): systemd does not undo it;
+- ``pgmgr destroy`` (or ``forget``) removed the record: nothing is left to attend or to
+  start again (exit 0: a restart by systemd could only fail, again and again);
 - a second attendant on the same data directory (a second unit, a terminal) is refused
   (:func:`attending`): the stop of one made the other fail, and systemd restart it.
 """
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pgmgr.core import paths, registry, stopmark, userfs
-from pgmgr.core.errors import PgmgrError
+from pgmgr.core.errors import InstanceNotFound, PgmgrError
 from pgmgr.core.locked import refresh
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -83,12 +85,26 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
     while not stop_requested:
         with registry.try_lock(srv.datadir) as free:
             if free:
-                refresh(srv)
+                try:
+                    refresh(srv)
+                except InstanceNotFound:
+                    return removed(srv)
                 if srv.running() is not None:
                     return None
                 return _why(srv)
         time.sleep(POLL)
     return None
+
+
+def removed(srv: Server) -> Gone:
+    """The record of the attended instance is gone (or names another data directory now):
+    the user destroyed or forgot it. Not a failure (see the module doc)."""
+    name = srv.inst.name
+    if os.path.lexists(srv.datadir):
+        how = f"was forgotten by someone else ('pgmgr forget'; {srv.datadir} stays)"
+    else:
+        how = "was destroyed by someone else ('pgmgr destroy')"
+    return Gone(0, f"'{name}' {how}; no longer attending it")
 
 
 def _why(srv: Server) -> Gone:

@@ -1,0 +1,52 @@
+"""Adversarial review of :mod:`pgmgr.core.attend`: the attendant (``pgmgr start
+--foreground``, the main process of a systemd unit with ``Restart=on-failure``) while other
+commands remove or switch the instance under it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.pause import Paused
+from tests.snap.conftest import Inst
+from tests.snap.test_foreground import attended, ended  # noqa: F401
+from tests.snap.test_switch_killed import hooks_dir
+
+
+def test_a_destroy_ends_the_attendant_as_a_stop_does(
+    attended: tuple[Inst, subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    """``pgmgr destroy`` of an attended instance stops its server and removes its record:
+    the attendant failed with exit 4 ('instance 'dev' was removed while this command waited
+    for it'), and systemd's Restart=on-failure then started 'pgmgr start dev' again and
+    again, each failing (no such instance), until the unit failed. The user removed it on
+    purpose: exit 0, as after 'pgmgr stop'."""
+    inst, proc = attended
+    inst.ok("destroy", "dev", "--yes", "-q")
+    code, err = ended(proc)
+    assert code == 0, err
+    assert "'dev' was destroyed by someone else" in err, err
+    assert "Error" not in err, err
+
+
+def test_a_stop_asked_while_a_destroy_works_ends_cleanly(
+    attended: tuple[Inst, subprocess.Popen[str]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """systemctl stop while a destroy has the server stopped: the attendant waits for it
+    (to stop what it starts again), then found no record: exit 4 and an error. Nothing is
+    left to stop: exit 0."""
+    inst, proc = attended
+    run = Paused(hooks_dir(tmp_path), "destroy-stopped", "destroy", "dev", "--yes",
+                 env=inst.env)  # fmt: skip
+    run.reached()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.poll() is None, proc.communicate()
+    assert run.go().returncode == 0
+    code, err = ended(proc)
+    assert code == 0 and "Error" not in err, err
+    assert "'dev' was destroyed by someone else" in err, err
