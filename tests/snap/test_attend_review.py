@@ -4,15 +4,18 @@ commands remove or switch the instance under it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_foreground import attended, ended  # noqa: F401
 from tests.snap.test_switch_killed import hooks_dir
+from tests.snap.test_upgrade import up  # noqa: F401
 
 
 def test_a_destroy_ends_the_attendant_as_a_stop_does(
@@ -50,3 +53,27 @@ def test_a_stop_asked_while_a_destroy_works_ends_cleanly(
     code, err = ended(proc)
     assert code == 0 and "Error" not in err, err
     assert "'dev' was destroyed by someone else" in err, err
+
+
+def test_the_attendant_follows_an_upgrade(up: Inst) -> None:  # noqa: F811
+    """An upgrade switches the data directory, its pin and the binaries under the lock:
+    the attendant goes on attending the new server, and stops that one."""
+    proc = subprocess.Popen(
+        pgmgr_argv("start", "up", "--foreground"), env={**os.environ, **up.env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        up.ok("upgrade", "up", "-v", "18", "--yes", "-q")
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        assert up.state() == "running" and up.record()["major"] == "18"
+        proc.send_signal(signal.SIGTERM)
+        code, err = ended(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 0 and "Stopped 'up'" in err, err
+    assert up.state() == "stopped"

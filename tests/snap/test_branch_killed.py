@@ -61,3 +61,34 @@ def test_a_branch_killed_before_its_copy_is_in_place_is_undone(
         assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
     finally:
         inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_placed_branch_whose_disk_is_away_for_a_while_keeps_its_record(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed once in place, then its directory is missing for a while (an unmounted disk:
+    the store beside it is gone too). The next load took that for a branch killed before
+    its rename and removed the record: back, the copy stood there unknown again. Only the
+    pinned copy still staged proves that; without it the record stays ('pgmgr branch' did
+    not finish)."""
+    disk = ops_dir / "disk"
+    disk.mkdir()
+    run = Paused(hooks_dir(tmp_path), "branch-placed", "branch", "dev", "k", "-d",
+                 str(disk / "k"), env=inst.env)  # fmt: skip
+    run.reached()
+    run.kill(signal.SIGKILL)
+    disk.rename(ops_dir / "away")
+    disk.mkdir()  # the mount point, empty
+    try:
+        st = json.loads(inst.pgmgr("status", "k", "--json").stdout)
+        assert st["state"] == "incomplete", st
+    finally:
+        disk.rmdir()
+        (ops_dir / "away").rename(disk)
+    st = json.loads(inst.pgmgr("status", "k", "--json").stdout)
+    assert st["state"] == "stopped" and st["datadir"] == str(disk / "k"), st
+    try:
+        inst.ok("start", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+    finally:
+        inst.pgmgr("stop", "k", "-q")
