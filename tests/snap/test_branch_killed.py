@@ -92,3 +92,27 @@ def test_a_placed_branch_whose_disk_is_away_for_a_while_keeps_its_record(
         assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
     finally:
         inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_branch_killed_before_its_copy_is_in_place_then_blocked_says_how_to_go_on(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed before the rename, then a directory made at its path: the record stays
+    (not this branch's directory). Its hint said to run the same branch again, which is
+    refused (the name exists); forgetting it and branching again works, and the staged
+    copy does not outlive that."""
+    killed_at(inst, tmp_path, "branch-registered")
+    (ops_dir / "k").mkdir()
+    refused = inst.pgmgr("start", "k")
+    assert refused.returncode == 1, refused
+    assert "Hint: it completes once its data directory" in refused.stderr, refused.stderr
+    assert "forget it ('pgmgr forget k') and branch again" in refused.stderr, refused.stderr
+    inst.ok("forget", "k")
+    (ops_dir / "k").rmdir()
+    inst.ok("start", "dev", "-q")
+    try:
+        inst.ok("branch", "dev", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / "k") == []
+    finally:
+        inst.pgmgr("stop", "k", "-q")
