@@ -97,9 +97,8 @@ def read(inst: Instance) -> StoppedBy | None:
 
 
 def _alive(pid: int, started: float | None) -> bool:
-    """Whether ``pid`` is still the process that wrote the mark (a reused pid is not)."""
-    if pid == os.getpid():
-        return True
+    """Whether ``pid`` is still the process that wrote the mark (a reused pid is not, even
+    when it is this process's: a status that got the pid of a killed snapshot)."""
     if not process.is_alive(pid):
         return False
     now = process.start_time(pid)

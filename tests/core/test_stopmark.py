@@ -47,3 +47,16 @@ def test_active_only_while_the_same_process_runs() -> None:
     assert stopmark.left(inst({"command": "restore", "pid": me, "at": 5.0})) is None
     gone = stopmark.left(inst({"command": "restore", "pid": 2**22 + 12345, "at": 5.0}))
     assert gone is not None and "by 'pgmgr restore' (pid" in gone.sentence("a")
+
+
+def test_this_process_with_a_reused_pid_is_not_the_command() -> None:
+    """A mark left by a killed command whose pid this very process got since (pid reuse):
+    it read as still at work ('which starts it again when it is done')."""
+    me = os.getpid()
+    started = process.start_time(me)
+    assert started is not None
+    mine = stopmark.read(inst({"command": "snapshot", "pid": me, "at": 5.0, "started": started}))
+    assert mine is not None and mine.active
+    old = stopmark.read(inst({"command": "snapshot", "pid": me, "at": 5.0,
+                              "started": started - 100}))  # fmt: skip
+    assert old is not None and not old.active
