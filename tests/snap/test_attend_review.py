@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.helpers import pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
-from tests.snap.test_foreground import attended, ended  # noqa: F401
+from tests.snap.test_foreground import attend, attended, ended  # noqa: F401
 from tests.snap.test_switch_killed import hooks_dir
 from tests.snap.test_upgrade import up  # noqa: F401
 
@@ -77,3 +77,24 @@ def test_the_attendant_follows_an_upgrade(up: Inst) -> None:  # noqa: F811
             proc.communicate()
     assert code == 0 and "Stopped 'up'" in err, err
     assert up.state() == "stopped"
+
+
+def test_an_attendant_killed_leaves_nothing_that_refuses_the_next(
+    attended: tuple[Inst, subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    """kill -9 of the attendant (systemd's final SIGKILL): its .attend lock goes with it
+    (flock), the server runs on, and the next attendant takes it over."""
+    inst, proc = attended
+    proc.kill()
+    proc.communicate()
+    assert inst.state() == "running"
+    again = attend(inst)
+    try:
+        again.send_signal(signal.SIGTERM)
+        code, err = ended(again)
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.communicate()
+    assert code == 0 and "Stopped 'dev'" in err, err
+    assert inst.state() == "stopped" and inst.record()["stopped_by"] is None
