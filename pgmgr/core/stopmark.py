@@ -68,6 +68,7 @@ def mark(srv: Server, command: str) -> None:
     me = os.getpid()
     srv.inst.stopped_by = {
         "command": command, "pid": me, "started": process.start_time(me), "at": time.time(),
+        "ticks": process.start_ticks(me), "boot": process.boot_id(),
     }  # fmt: skip
     srv.save()
 
@@ -88,19 +89,26 @@ def read(inst: Instance) -> StoppedBy | None:
         command, pid, at = str(data["command"]), int(data["pid"]), float(data["at"])
         started = data.get("started")
         started = None if started is None else float(started)
+        ticks = data.get("ticks")
+        ticks = None if ticks is None else int(ticks)
+        boot = str(data.get("boot") or "")
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
     ok = command.isalpha() and command.islower() and pid > 0 and 0 <= at < 1e11
     if not ok:  # not a mark pgmgr writes (a hand-edited record)
         return None
-    return StoppedBy(command, pid, at, _alive(pid, started))
+    return StoppedBy(command, pid, at, _alive(pid, started, ticks, boot))
 
 
-def _alive(pid: int, started: float | None) -> bool:
+def _alive(pid: int, started: float | None, ticks: int | None, boot: str) -> bool:
     """Whether ``pid`` is still the process that wrote the mark (a reused pid is not, even
-    when it is this process's: a status that got the pid of a killed snapshot)."""
+    when it is this process's: a status that got the pid of a killed snapshot). By its
+    start in ticks since this boot when the mark has it: the start time from the wall
+    clock moves with a step of the clock (NTP), and a command at work read as gone."""
     if not process.is_alive(pid):
         return False
+    if ticks is not None and boot and boot == process.boot_id():
+        return process.start_ticks(pid) == ticks
     now = process.start_time(pid)
     return now is None or started is None or abs(now - started) <= 2
 
