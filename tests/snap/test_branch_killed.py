@@ -116,3 +116,20 @@ def test_a_branch_killed_before_its_copy_is_in_place_then_blocked_says_how_to_go
         assert leftovers(ops_dir / ".pgmgr-snapshots" / "k") == []
     finally:
         inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_branch_killed_before_its_copy_is_in_place_then_another_branch_undoes_it(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed before the rename, then another branch beside it (same parent) sweeps the
+    staged copies of branches that no longer run: it must undo the killed one's record
+    too, not leave a record whose pinned copy it removed (then kept as 'incomplete')."""
+    killed_at(inst, tmp_path, "branch-registered")
+    inst.ok("start", "dev", "-q")
+    try:
+        inst.ok("branch", "dev", "m", "-q")
+        names = [r["name"] for r in json.loads(inst.ok("status", "--json").stdout)]
+        assert names == ["dev", "m"], names
+        assert not os.path.lexists(ops_dir / ".pgmgr-snapshots" / "k")
+    finally:
+        inst.pgmgr("stop", "m", "-q")
