@@ -11,7 +11,11 @@ often another pgmgr command at work:
   attendant waits, then reads the record as the command left it (a restore or an upgrade
   switched the data directory, its pin, the binaries) and goes on attending the server
   that runs again. Killed with -9 before it could start it (see
-  :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1);
+  :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1).
+  The pgmgr of another registration of the data directory (root's, while the system
+  unit's attendant runs as the server user with a state directory of its own) has
+  another lock and record: its snapshot, restore or upgrade is waited for by the
+  snapshot store's lock (:func:`store_busy`); its restart or branch is not seen;
 - ``pgmgr stop`` (or ``pg_ctl stop``, a signal) shut it down cleanly (``global/pg_control``
   says so): the user's stop, not a failure (exit 0): systemd does not undo it;
 - ``pgmgr destroy`` (or ``forget``) removed the record: nothing is left to attend or to
@@ -29,7 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import paths, registry, stopmark, userfs
+from pgmgr.core import paths, registry, snapstore, stopmark, userfs
 from pgmgr.core.errors import InstanceNotFound, PgmgrError
 from pgmgr.core.locked import refresh
 
@@ -82,18 +86,37 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
 
     :raises InstanceNotFound: the record was removed meanwhile (``pgmgr destroy``).
     """
+    other = False  # a pgmgr of another registry held the store while the server was down
     while not stop_requested:
         with registry.try_lock(srv.datadir) as free:
-            if free:
+            if free and not store_busy(srv):
                 try:
                     refresh(srv)
                 except InstanceNotFound:
                     return removed(srv)
                 if srv.running() is not None:
                     return None
-                return _why(srv)
+                return _why(srv, other)
+            other = other or free
         time.sleep(POLL)
     return None
+
+
+def store_busy(srv: Server) -> bool:
+    """Whether a pgmgr holds the snapshot store of ``srv``'s data directory (``flock`` on
+    the store itself, which every registry of the directory shares). A snapshot, restore
+    or upgrade holds it from before it stops the server until it has started it again,
+    also one run by the pgmgr of another registry: root's, whose instance lock and stop
+    mark are in root's state directory, while the system unit's attendant runs as the
+    server user with a state directory of its own."""
+    try:
+        with (
+            snapstore.opened(srv.datadir, srv.user(), create=False) as store,
+            snapstore.held_if_free(store.top_fd, srv.datadir.name) as idle,
+        ):
+            return not idle
+    except (OSError, PgmgrError):  # no store: no such command at work
+        return False
 
 
 def removed(srv: Server) -> Gone:
@@ -107,7 +130,7 @@ def removed(srv: Server) -> Gone:
     return Gone(0, f"'{name}' {how}; no longer attending it")
 
 
-def _why(srv: Server) -> Gone:
+def _why(srv: Server, other: bool = False) -> Gone:
     name = srv.inst.name
     mark = stopmark.read(srv.inst)
     if mark is not None:
@@ -115,6 +138,10 @@ def _why(srv: Server) -> Gone:
         # (a process killed with -9 closes its files, the lock's too, before it is a zombie).
         mark.active = False
         return Gone(1, mark.sentence(name))
+    if other:  # its mark is in another registry's record
+        return Gone(1, f"'{name}' was stopped by a pgmgr command of another registration "
+                       f"of {srv.datadir} (root's?), which ended without starting it again "
+                       "(killed?)")  # fmt: skip
     if shut_down_cleanly(srv):
         return Gone(0, f"'{name}' was shut down by someone else ('pgmgr stop', pg_ctl or a "
                        "signal); no longer attending it")  # fmt: skip

@@ -15,6 +15,7 @@ from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_foreground import attend, attended, ended  # noqa: F401
 from tests.snap.test_switch_killed import hooks_dir
+from tests.snap.test_two_registrations import twice  # noqa: F401
 from tests.snap.test_upgrade import up  # noqa: F401
 
 
@@ -98,3 +99,62 @@ def test_an_attendant_killed_leaves_nothing_that_refuses_the_next(
             again.communicate()
     assert code == 0 and "Stopped 'dev'" in err, err
     assert inst.state() == "stopped" and inst.record()["stopped_by"] is None
+
+
+def test_the_attendant_of_another_registration_waits_for_a_snapshot(
+    twice: tuple[Inst, Inst],  # noqa: F811
+) -> None:
+    """The system unit that root installs runs the attendant as the server user with a
+    state directory of its own ('pgmgr start -d DIR --foreground'): another registry,
+    whose instance lock and stop mark root's commands never touch. Root's snapshot stopped
+    the server: the attendant took it for a stop of the user's, ended with 0 (systemd
+    leaves the unit stopped), and the snapshot started the server again unattended. Now
+    it waits while the snapshot store (shared by all registrations) is held. Here with
+    two registries of one OS user, which is the same to pgmgr."""
+    dev, other = twice
+    proc = subprocess.Popen(
+        pgmgr_argv("start", "other", "--foreground"), env={**os.environ, **other.env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        assert proc.poll() is None, proc.communicate()
+        dev.ok("snapshot", "dev", "s2", "-q")
+        time.sleep(1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        code, err = ended(proc)
+        assert code == 0 and "Stopped 'other'" in err, err
+        assert dev.state() == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            ended(proc)
+
+
+def test_a_command_of_another_registration_killed_is_a_failure(
+    twice: tuple[Inst, Inst],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The snapshot of the other registration killed with -9 while the server is stopped:
+    its mark is in the other registry, but the attendant saw it hold the store: exit 1
+    (systemd starts the server again), not 'shut down by someone else' (0)."""
+    _, other = twice
+    proc = subprocess.Popen(
+        pgmgr_argv("start", "other", "--foreground"), env={**os.environ, **other.env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s2")
+        run.reached()
+        time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+        run.kill(signal.SIGKILL)
+        code, err = ended(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 1, err
+    assert "by a pgmgr command of another registration" in err, err
