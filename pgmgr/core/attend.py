@@ -14,8 +14,9 @@ often another pgmgr command at work:
   :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1).
   The pgmgr of another registration of the data directory (root's, while the system
   unit's attendant runs as the server user with a state directory of its own) has
-  another lock and record: its snapshot, restore or upgrade is waited for by the
-  snapshot store's lock (:func:`store_busy`); its restart or branch is not seen;
+  another lock and record: its commands are waited for by the locks all registrations
+  share, on the snapshot store (:func:`store_busy`: a snapshot, restore or upgrade) and
+  on the data directory itself (:func:`pgmgr.core.stopmark.held`: any of them);
 - ``pgmgr stop`` (or ``pg_ctl stop``, a signal) shut it down cleanly (``global/pg_control``
   says so): the user's stop, not a failure (exit 0): systemd does not undo it;
 - ``pgmgr destroy`` (or ``forget``) removed the record: nothing is left to attend or to
@@ -89,7 +90,7 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
     other = False  # a pgmgr of another registry held the store while the server was down
     while not stop_requested:
         with registry.try_lock(srv.datadir) as free:
-            if free and not store_busy(srv):
+            if free and not store_busy(srv) and not stopmark.busy(srv.datadir):
                 try:
                     refresh(srv)
                 except InstanceNotFound:

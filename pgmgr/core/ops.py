@@ -74,7 +74,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     running = srv.running() is not None
     if running:
         stopmark.mark(srv, "restart")  # killed before the start: status says why it stopped
-    with sigguard.interruptible():
+    with sigguard.interruptible(), stopmark.held(srv) if running else contextlib.nullcontext():
         try:
             was_running = srv.stop(mode, timeout)
             testhook.pause("restart-stopped")
@@ -86,7 +86,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
             if running:
                 _start_anyway(srv)
             raise
-    return RestartResult(was_running, srv.start(timeout=timeout))
+        return RestartResult(was_running, srv.start(timeout=timeout))
 
 
 def _start_anyway(srv: Server) -> None:

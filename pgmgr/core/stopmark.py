@@ -18,14 +18,17 @@ behind the user's back: they decide, with ``pgmgr start NAME``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pgmgr.core import process
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
     from pgmgr.core.instance import Server
@@ -117,3 +120,55 @@ def left(inst: Instance) -> StoppedBy | None:
     """The mark of a command that is gone (killed) without starting the server again."""
     found = read(inst)
     return found if found is not None and not found.active else None
+
+
+@contextlib.contextmanager
+def held(srv: Server) -> Iterator[None]:
+    """Hold ``flock`` (shared) on ``srv``'s data directory itself while a command has its
+    server stopped for its work. The mark and the instance lock are in the state directory
+    of the pgmgr that runs the command; the pgmgr of another registration of the same
+    directory (the system unit's attendant runs as the server user with a state directory
+    of its own) sees this lock instead (:func:`busy`). Best effort: a directory that
+    cannot be opened safely is not held."""
+    import fcntl
+
+    from pgmgr.core import userfs
+
+    try:
+        fd = userfs.open_dir(srv.datadir)
+    except (OSError, userfs.UnsafePath):
+        yield
+        return
+    try:
+        for _ in range(100):  # never waits long: the server user could hold it for ever
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # an attendant looking, for an instant
+                time.sleep(0.01)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)
+
+
+def busy(datadir: str | Path) -> bool:
+    """Whether a pgmgr (of any registration) holds :func:`held` on ``datadir`` now."""
+    import fcntl
+
+    from pgmgr.core import userfs
+
+    try:
+        fd = userfs.open_dir(datadir)
+    except (OSError, userfs.UnsafePath):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False

@@ -101,7 +101,7 @@ def test_an_attendant_killed_leaves_nothing_that_refuses_the_next(
     assert inst.state() == "stopped" and inst.record()["stopped_by"] is None
 
 
-def test_the_attendant_of_another_registration_waits_for_a_snapshot(
+def test_the_attendant_of_another_registration_waits_for_its_commands(
     twice: tuple[Inst, Inst],  # noqa: F811
 ) -> None:
     """The system unit that root installs runs the attendant as the server user with a
@@ -109,8 +109,9 @@ def test_the_attendant_of_another_registration_waits_for_a_snapshot(
     whose instance lock and stop mark root's commands never touch. Root's snapshot stopped
     the server: the attendant took it for a stop of the user's, ended with 0 (systemd
     leaves the unit stopped), and the snapshot started the server again unattended. Now
-    it waits while the snapshot store (shared by all registrations) is held. Here with
-    two registries of one OS user, which is the same to pgmgr."""
+    it waits while the snapshot store or the data directory (shared by all registrations)
+    is held: a snapshot, restarts, a branch. Here with two registries of one OS user,
+    which is the same to pgmgr."""
     dev, other = twice
     proc = subprocess.Popen(
         pgmgr_argv("start", "other", "--foreground"), env={**os.environ, **other.env},
@@ -122,6 +123,12 @@ def test_the_attendant_of_another_registration_waits_for_a_snapshot(
         dev.ok("snapshot", "dev", "s2", "-q")
         time.sleep(1)
         assert proc.poll() is None, proc.communicate()
+        for _ in range(3):  # no store lock: the lock on the data directory itself
+            dev.ok("restart", "dev", "-q")
+        dev.ok("branch", "dev", "b", "-q")
+        time.sleep(1)
+        assert proc.poll() is None, proc.communicate()
+        dev.ok("stop", "b", "-q")
         proc.send_signal(signal.SIGTERM)
         code, err = ended(proc)
         assert code == 0 and "Stopped 'other'" in err, err
