@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import (
+    cleanup,
     copy,
     dirpath,
     intent,
@@ -251,8 +252,14 @@ def upgrade(
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
         sockdir = None
-        try:
-            # In the try: a signal during it is raised as the call returns, the work
+        # Interrupted or failed, a clean-up that fails (a directory something still writes
+        # in) leaves its entry to the next command's sweep: the interrupt or error wins.
+        with cleanup.always(
+            lambda: sockdir is None or store.as_user(_remove_socket_dir, sockdir),
+            lambda: store.as_user(snapstore.remove_tree, work),
+            lambda: store.as_user(snapstore.remove_tree, store.entry(KEEP)),
+        ):
+            # In the block: a signal during it is raised as the call returns, the work
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             newdata = work / "data"
@@ -270,11 +277,6 @@ def upgrade(
             if not check:
                 steps = _Steps(say, size)
                 _switch(srv, store, old, new, work, sockdir, method, result, steps)
-        finally:
-            if sockdir is not None:
-                store.as_user(_remove_socket_dir, sockdir)
-            store.as_user(snapstore.remove_tree, work)
-            store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:
             say("statistics (vacuumdb)")
             result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)

@@ -181,8 +181,22 @@ def test_signal_while_the_work_directory_is_made(up: Inst, scratch: Path) -> Non
     hooks.chmod(0o777)
     run = Paused(hooks, "upgrade-workdir", "upgrade", "up", "-v", "18", "--yes", env=up.env)
     run.reached()
+    # Something the clean-up cannot remove (something still writing in it, as once seen):
+    # a directory its user cannot write. The interrupt wins; the next command sweeps it.
+    (work,) = leftovers(up.store, wait=0)
+    stuck = up.store / work / "stuck"
+    owner = (up.store / work).stat()
+    stuck.mkdir()
+    (stuck / "file").touch()
+    for path in (stuck, stuck / "file"):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    stuck.chmod(0o500)
     run.proc.send_signal(signal.SIGTERM)  # held until the server user's work returns
     done = run.go()
     assert done.returncode == 130, str(done)
+    assert error_lines(done.stderr) == ["Interrupted"], str(done)
+    assert leftovers(up.store, wait=0) == [work]
+    stuck.chmod(0o700)
+    assert up.pgmgr("snapshot", "up", "nosuch", "--delete").returncode == 4  # swept first
     assert leftovers(up.store, wait=0) == []
     assert up.record()["major"] == "15" and up.state() == "running"
