@@ -202,3 +202,18 @@ def test_the_server_users_registration_follows_roots_restore_and_upgrade(
     finally:
         dev.pgmgr("stop", "--all", "-m", "immediate", "-q")
         pg("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_a_snapshot_nested_too_deep_does_not_break_the_follow(
+    twice: tuple[Inst, Inst],
+) -> None:
+    """The other registration reads the store's snapshot.json files (the server user's) to
+    follow a restore: one nested deeper than the JSON parser goes made its status die
+    with a traceback (RecursionError); it is one unreadable snapshot among the others."""
+    dev, other = twice
+    dev.ok("snapshot", "dev", "deep", "-q")
+    (dev.store / "deep" / "snapshot.json").write_text('{"name": ' + "[" * 100_000)
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    proc = other.pgmgr("status", "other", "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["state"] == "running"
