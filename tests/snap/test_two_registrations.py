@@ -114,14 +114,24 @@ def test_an_upgrade_under_one_registration_is_followed_by_the_other(
     twice: tuple[Inst, Inst],
 ) -> None:
     """An upgrade through 'dev' (another system identifier) is followed by 'other' through
-    the snapshot it kept for rollback; so is the rollback."""
+    the snapshot it kept for rollback; so is the rollback. A setting of 'other' that the
+    new major rejects (gone in 16) is dropped and said, as the upgrade does for 'dev': its
+    start failed ('unrecognized configuration parameter "vacuum_defer_cleanup_age"')."""
     dev, other = twice
+    dev.ok("stop", "dev", "-q")
+    other.ok("start", "other", "-q", "--port", "auto", "-c", "vacuum_defer_cleanup_age=0",
+             "-c", "work_mem=5MB")  # fmt: skip
+    other.ok("stop", "other", "-q")
+    dev.ok("start", "dev", "-q")
     dev.ok("upgrade", "dev", "-v", "18", "--yes", "-q")
     st = _status(other)
     assert st["state"] == "running" and str(st["version"]).startswith("18"), st
     dev.ok("stop", "dev", "-q")
     proc = other.ok("start", "other", "--port", "auto")
     assert "(PostgreSQL 18" in proc.stderr
+    assert "vacuum_defer_cleanup_age" in proc.stderr, proc.stderr
+    assert other.record()["settings"] == {"work_mem": "5MB"}
+    assert other.sql("SHOW work_mem", "other") == "5MB"
     assert other.sql("SELECT count(*) FROM t", "other") == "1000"
     assert other.record()["major"] == "18"
     other.ok("stop", "other", "-q")
