@@ -110,5 +110,5 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         raise WorkerError(
             f"the server started to read the cluster's settings (pid {child.pid}) did not "
             f"stop within {TIMEOUT:g} s; nothing was changed",
-            hint="stop it with 'kill -INT PID' once it is done",
+            hint=f"stop it with 'kill -INT {child.pid}' (or -QUIT: immediate)",
         ) from None
