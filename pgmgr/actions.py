@@ -287,7 +287,7 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     :mod:`pgmgr.core.attend`.
     """
     from pgmgr.core import attend
-    from pgmgr.core.errors import WorkerError
+    from pgmgr.core.errors import InstanceNotFound, WorkerError
     from pgmgr.core.locked import locked
     from pgmgr.core.sdnotify import notify
 
@@ -319,6 +319,10 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
         pump()
         ui.error(str(e), e.hint)
         return 1
+    except InstanceNotFound:  # destroyed (or forgotten) meanwhile: nothing left to stop
+        pump()
+        ui.message(attend.removed(srv).message)
+        return 0
     pump()
     ui.message(f"Stopped '{srv.inst.name}'")
     return 0

@@ -11,9 +11,16 @@ often another pgmgr command at work:
   attendant waits, then reads the record as the command left it (a restore or an upgrade
   switched the data directory, its pin, the binaries) and goes on attending the server
   that runs again. Killed with -9 before it could start it (see
-  :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1);
+  :mod:`pgmgr.core.stopmark`), the command left it stopped: that is a failure (exit 1).
+  The pgmgr of another registration of the data directory (root's, while the system
+  unit's attendant runs as the server user with a state directory of its own) has
+  another lock and record: its commands are waited for by the locks all registrations
+  share, on the snapshot store (:func:`store_busy`: a snapshot, restore or upgrade) and
+  on the data directory itself (:func:`pgmgr.core.stopmark.held`: any of them);
 - ``pgmgr stop`` (or ``pg_ctl stop``, a signal) shut it down cleanly (``global/pg_control``
   says so): the user's stop, not a failure (exit 0): systemd does not undo it;
+- ``pgmgr destroy`` (or ``forget``) removed the record: nothing is left to attend or to
+  start again (exit 0: a restart by systemd could only fail, again and again);
 - a second attendant on the same data directory (a second unit, a terminal) is refused
   (:func:`attending`): the stop of one made the other fail, and systemd restart it.
 """
@@ -27,8 +34,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import paths, registry, stopmark, userfs
-from pgmgr.core.errors import PgmgrError
+from pgmgr.core import paths, registry, snapstore, stopmark, userfs
+from pgmgr.core.errors import InstanceNotFound, PgmgrError
 from pgmgr.core.locked import refresh
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -80,18 +87,51 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
 
     :raises InstanceNotFound: the record was removed meanwhile (``pgmgr destroy``).
     """
+    other = False  # a pgmgr of another registry held the store while the server was down
     while not stop_requested:
         with registry.try_lock(srv.datadir) as free:
-            if free:
-                refresh(srv)
+            if free and not store_busy(srv) and not stopmark.busy(srv.datadir):
+                try:
+                    refresh(srv)
+                except InstanceNotFound:
+                    return removed(srv)
                 if srv.running() is not None:
                     return None
-                return _why(srv)
+                return _why(srv, other)
+            other = other or free
         time.sleep(POLL)
     return None
 
 
-def _why(srv: Server) -> Gone:
+def store_busy(srv: Server) -> bool:
+    """Whether a pgmgr holds the snapshot store of ``srv``'s data directory (``flock`` on
+    the store itself, which every registry of the directory shares). A snapshot, restore
+    or upgrade holds it from before it stops the server until it has started it again,
+    also one run by the pgmgr of another registry: root's, whose instance lock and stop
+    mark are in root's state directory, while the system unit's attendant runs as the
+    server user with a state directory of its own."""
+    try:
+        with (
+            snapstore.opened(srv.datadir, srv.user(), create=False) as store,
+            snapstore.held_if_free(store.top_fd, srv.datadir.name) as idle,
+        ):
+            return not idle
+    except (OSError, PgmgrError):  # no store: no such command at work
+        return False
+
+
+def removed(srv: Server) -> Gone:
+    """The record of the attended instance is gone (or names another data directory now):
+    the user destroyed or forgot it. Not a failure (see the module doc)."""
+    name = srv.inst.name
+    if os.path.lexists(srv.datadir):
+        how = f"was forgotten by someone else ('pgmgr forget'; {srv.datadir} stays)"
+    else:
+        how = "was destroyed by someone else ('pgmgr destroy')"
+    return Gone(0, f"'{name}' {how}; no longer attending it")
+
+
+def _why(srv: Server, other: bool = False) -> Gone:
     name = srv.inst.name
     mark = stopmark.read(srv.inst)
     if mark is not None:
@@ -99,6 +139,10 @@ def _why(srv: Server) -> Gone:
         # (a process killed with -9 closes its files, the lock's too, before it is a zombie).
         mark.active = False
         return Gone(1, mark.sentence(name))
+    if other:  # its mark is in another registry's record
+        return Gone(1, f"'{name}' was stopped by a pgmgr command of another registration "
+                       f"of {srv.datadir} (root's?), which ended without starting it again "
+                       "(killed?)")  # fmt: skip
     if shut_down_cleanly(srv):
         return Gone(0, f"'{name}' was shut down by someone else ('pgmgr stop', pg_ctl or a "
                        "signal); no longer attending it")  # fmt: skip

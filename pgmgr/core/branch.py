@@ -243,7 +243,10 @@ def _branch(
     with snapstore.opened(target, src.user(), exclusive=True) as tstore:
         try:
             snapstore.check_same_fs(tstore, f"branch '{src.inst.name}' into {target}")
-            for name in tstore.as_user(_sweep, tstore.path):
+            beside = tstore.as_user(_sweep, tstore.path)
+            if beside:  # the record of one killed half-way settles it first (branchplace)
+                registry.load_all()
+            for name in beside:
                 _sweep_abandoned(tstore, name)
             # A source stopped for the copy starts again while the branch is put in place
             # and started (both start-ups overlap); the end of the block waits for it.

@@ -12,8 +12,10 @@ marked when no command holds its data directory's lock (the branch holds it thro
 is settled by the next load of it (:func:`settle`, from :func:`pgmgr.core.registry.load`):
 
 - the pinned copy stands at its path: the branch is complete, registered now (stopped);
-- nothing stands there: the branch is undone, its record and its staged copy removed;
-- anything else is left for the identity check to report.
+- nothing stands there, and the pinned copy is still staged: the branch is undone, its
+  record and its staged copy removed;
+- anything else is left for the identity check to report (nothing there and nothing
+  staged: the directory may be away for a while, an unmounted disk).
 """
 
 from __future__ import annotations
@@ -167,20 +169,26 @@ def _settle_locked(inst: Instance) -> Instance | None:
         inst.pending = inst.pending_from = None
         registry.save(inst)
         return inst
-    if not os.path.lexists(inst.datadir):  # killed before the rename: no branch
-        _drop_staged(srv)
+    if not os.path.lexists(inst.datadir) and _drop_staged(srv):  # killed before the rename
         registry.remove(inst.name)
         return None
-    return inst  # another directory: the identity check reports it
+    # Another directory there (the identity check reports it), or nothing and no staged
+    # copy either: the directory may be away for a while (an unmounted disk); kept.
+    return inst
 
 
-def _drop_staged(srv: Server) -> None:
-    """Remove the staged copy a branch killed before its rename left in its store."""
+def _drop_staged(srv: Server) -> bool:
+    """Remove the staged copy a branch killed before its rename left in its store, if it
+    is the one the record pins (then no branch was placed): whether it was."""
     try:
         with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
+            staged = False
             with snapstore.held_if_free(store.top_fd, srv.datadir.name) as idle:
-                if idle:
-                    store.as_user(snapstore.remove_tree, store.entry(STAGED))
+                entry = store.entry(STAGED)
+                if idle and identity.compare(srv.pinned(), entry)[0] is None:
+                    store.as_user(snapstore.remove_tree, entry)
+                    staged = True
             snapstore.drop_if_empty(store)
-    except PgmgrError:  # no store: nothing staged
-        return
+            return staged
+    except (OSError, PgmgrError):  # no store (or not reachable): nothing proven
+        return False

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import diskio
+from pgmgr.core import diskio, process
 
 INDEX = "index.json"
 FORMAT = 1
@@ -188,11 +188,7 @@ def _own(value: object) -> _Own:
 
 def boot_id() -> str:
     """This boot's id (Linux), or "" where there is none."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    return process.boot_id()
 
 
 def drop(snapdir: Path) -> None:

@@ -61,12 +61,21 @@ BUILDING = {"import": "importing", "replica": "cloning", "branch": "branching"}
 
 
 def unfinished(inst: Instance, what: str) -> DatabaseException:
-    """The error for acting on an instance whose ``pgmgr import``/``replica`` did not finish."""
+    """The error for acting on an instance whose ``pgmgr import``/``replica``/``branch``
+    did not finish."""
+    hint = (
+        f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
+        f"'pgmgr destroy {inst.name}'"
+    )
+    if inst.pending == "branch":  # not redone in place: see pgmgr.core.branchplace
+        hint = (
+            f"it completes once its data directory {inst.datadir} is back; if something "
+            f"else stands there, forget it ('pgmgr forget {inst.name}') and branch again"
+        )
     return DatabaseException(
         f"'{inst.name}' is an unfinished 'pgmgr {inst.pending}' (interrupted, or still "
         f"running) of {inst.pending_from}; it was not {what}",
-        hint=f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
-        f"'pgmgr destroy {inst.name}'",
+        hint=hint,
     )
 
 

@@ -63,22 +63,39 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
 
     :raises UsageError: an unknown mode.
     :raises WorkerError: it did not stop in time, or did not come back.
+    :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP) once it was asked to stop:
+        a server that ran is started again first (the restart is done, fast).
     """
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
     srv.check_identity("restart")
-    from pgmgr.core import stopmark
+    from pgmgr.core import sigguard, stopmark
 
-    if srv.running() is not None:
+    running = srv.running() is not None
+    if running:
         stopmark.mark(srv, "restart")  # killed before the start: status says why it stopped
-    try:
-        was_running = srv.stop(mode, timeout)
-    except WorkerError:  # still running: nothing to explain
-        stopmark.clear(srv.inst)
-        srv.save()
-        raise
-    testhook.pause("restart-stopped")
-    return RestartResult(was_running, srv.start(timeout=timeout))
+    with sigguard.interruptible(), stopmark.held(srv) if running else contextlib.nullcontext():
+        try:
+            was_running = srv.stop(mode, timeout)
+            testhook.pause("restart-stopped")
+        except WorkerError:  # still running: nothing to explain
+            stopmark.clear(srv.inst)
+            srv.save()
+            raise
+        except KeyboardInterrupt:  # and SIGTERM, SIGHUP: never left stopped by a signal
+            if running:
+                _start_anyway(srv)
+            raise
+        return RestartResult(was_running, srv.start(timeout=timeout))
+
+
+def _start_anyway(srv: Server) -> None:
+    """Start ``srv`` again (fast: an interrupted stop is finished first), whatever signal
+    arrives meanwhile, as :func:`pgmgr.core.pause.paused` does for the commands it serves."""
+    from pgmgr.core import pause, sigguard
+
+    with sigguard.shielded():
+        pause.start_again(srv)
 
 
 @dataclass

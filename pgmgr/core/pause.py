@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import sigguard, testhook
+from pgmgr.core import sigguard, stopmark, testhook
 from pgmgr.core.instance import Server
 
 
@@ -42,6 +42,11 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     (snapshot, restore...) marks the record while the server is stopped (see
     :mod:`pgmgr.core.stopmark`); the start clears it."""
     pause = Pause(srv.running() is not None, command=command)
+    with stopmark.held(srv) if pause.was_running else contextlib.nullcontext():
+        yield from _paused(srv, pause, stop, mode)
+
+
+def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]:
     interrupted = False
     try:
         if pause.was_running and stop:

@@ -138,15 +138,35 @@ def _boot_time() -> float | None:
 
 def start_time(pid: int) -> float | None:
     """The process's start time as a Unix timestamp (Linux), or None."""
+    ticks = start_ticks(pid)
+    boot = _boot_time()
+    if boot is None or ticks is None:
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), or None. Unlike
+    :func:`start_time` (boot time, from the wall clock), no step of the clock (NTP,
+    settimeofday) moves it: with :func:`boot_id`, it names one process for good."""
     try:
         stat = _proc(pid, "stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
-    boot = _boot_time()
-    if boot is None or len(fields) < 20:
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
         return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def boot_id() -> str:
+    """This boot's id (Linux), or "" where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def cmdline(pid: int) -> list[str]:

@@ -18,14 +18,17 @@ starts it again behind the user's back: they decide, with ``pgmgr start NAME``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pgmgr.core import process
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
     from pgmgr.core.instance import Server
@@ -68,6 +71,7 @@ def mark(srv: Server, command: str) -> None:
     me = os.getpid()
     srv.inst.stopped_by = {
         "command": command, "pid": me, "started": process.start_time(me), "at": time.time(),
+        "ticks": process.start_ticks(me), "boot": process.boot_id(),
     }  # fmt: skip
     srv.save()
 
@@ -111,20 +115,26 @@ def read(inst: Instance) -> StoppedBy | None:
         command, pid, at = str(data["command"]), int(data["pid"]), float(data["at"])
         started = data.get("started")
         started = None if started is None else float(started)
+        ticks = data.get("ticks")
+        ticks = None if ticks is None else int(ticks)
+        boot = str(data.get("boot") or "")
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
     ok = command.isalpha() and command.islower() and pid > 0 and 0 <= at < 1e11
     if not ok:  # not a mark pgmgr writes (a hand-edited record)
         return None
-    return StoppedBy(command, pid, at, _alive(pid, started))
+    return StoppedBy(command, pid, at, _alive(pid, started, ticks, boot))
 
 
-def _alive(pid: int, started: float | None) -> bool:
-    """Whether ``pid`` is still the process that wrote the mark (a reused pid is not)."""
-    if pid == os.getpid():
-        return True
+def _alive(pid: int, started: float | None, ticks: int | None, boot: str) -> bool:
+    """Whether ``pid`` is still the process that wrote the mark (a reused pid is not, even
+    when it is this process's: a status that got the pid of a killed snapshot). By its
+    start in ticks since this boot when the mark has it: the start time from the wall
+    clock moves with a step of the clock (NTP), and a command at work read as gone."""
     if not process.is_alive(pid):
         return False
+    if ticks is not None and boot and boot == process.boot_id():
+        return process.start_ticks(pid) == ticks
     now = process.start_time(pid)
     return now is None or started is None or abs(now - started) <= 2
 
@@ -133,3 +143,55 @@ def left(inst: Instance) -> StoppedBy | None:
     """The mark of a command that is gone (killed) without starting the server again."""
     found = read(inst)
     return found if found is not None and not found.active else None
+
+
+@contextlib.contextmanager
+def held(srv: Server) -> Iterator[None]:
+    """Hold ``flock`` (shared) on ``srv``'s data directory itself while a command has its
+    server stopped for its work. The mark and the instance lock are in the state directory
+    of the pgmgr that runs the command; the pgmgr of another registration of the same
+    directory (the system unit's attendant runs as the server user with a state directory
+    of its own) sees this lock instead (:func:`busy`). Best effort: a directory that
+    cannot be opened safely is not held."""
+    import fcntl
+
+    from pgmgr.core import userfs
+
+    try:
+        fd = userfs.open_dir(srv.datadir)
+    except (OSError, userfs.UnsafePath):
+        yield
+        return
+    try:
+        for _ in range(100):  # never waits long: the server user could hold it for ever
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # an attendant looking, for an instant
+                time.sleep(0.01)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)
+
+
+def busy(datadir: str | Path) -> bool:
+    """Whether a pgmgr (of any registration) holds :func:`held` on ``datadir`` now."""
+    import fcntl
+
+    from pgmgr.core import userfs
+
+    try:
+        fd = userfs.open_dir(datadir)
+    except (OSError, userfs.UnsafePath):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False

@@ -61,3 +61,75 @@ def test_a_branch_killed_before_its_copy_is_in_place_is_undone(
         assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
     finally:
         inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_placed_branch_whose_disk_is_away_for_a_while_keeps_its_record(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed once in place, then its directory is missing for a while (an unmounted disk:
+    the store beside it is gone too). The next load took that for a branch killed before
+    its rename and removed the record: back, the copy stood there unknown again. Only the
+    pinned copy still staged proves that; without it the record stays ('pgmgr branch' did
+    not finish)."""
+    disk = ops_dir / "disk"
+    disk.mkdir()
+    run = Paused(hooks_dir(tmp_path), "branch-placed", "branch", "dev", "k", "-d",
+                 str(disk / "k"), env=inst.env)  # fmt: skip
+    run.reached()
+    run.kill(signal.SIGKILL)
+    disk.rename(ops_dir / "away")
+    disk.mkdir()  # the mount point, empty
+    try:
+        st = json.loads(inst.pgmgr("status", "k", "--json").stdout)
+        assert st["state"] == "incomplete", st
+    finally:
+        disk.rmdir()
+        (ops_dir / "away").rename(disk)
+    st = json.loads(inst.pgmgr("status", "k", "--json").stdout)
+    assert st["state"] == "stopped" and st["datadir"] == str(disk / "k"), st
+    try:
+        inst.ok("start", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+    finally:
+        inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_branch_killed_before_its_copy_is_in_place_then_blocked_says_how_to_go_on(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed before the rename, then a directory made at its path: the record stays
+    (not this branch's directory). Its hint said to run the same branch again, which is
+    refused (the name exists); forgetting it and branching again works, and the staged
+    copy does not outlive that."""
+    killed_at(inst, tmp_path, "branch-registered")
+    (ops_dir / "k").mkdir()
+    refused = inst.pgmgr("start", "k")
+    assert refused.returncode == 1, refused
+    assert "Hint: it completes once its data directory" in refused.stderr, refused.stderr
+    assert "forget it ('pgmgr forget k') and branch again" in refused.stderr, refused.stderr
+    inst.ok("forget", "k")
+    (ops_dir / "k").rmdir()
+    inst.ok("start", "dev", "-q")
+    try:
+        inst.ok("branch", "dev", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / "k") == []
+    finally:
+        inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_branch_killed_before_its_copy_is_in_place_then_another_branch_undoes_it(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """Killed before the rename, then another branch beside it (same parent) sweeps the
+    staged copies of branches that no longer run: it must undo the killed one's record
+    too, not leave a record whose pinned copy it removed (then kept as 'incomplete')."""
+    killed_at(inst, tmp_path, "branch-registered")
+    inst.ok("start", "dev", "-q")
+    try:
+        inst.ok("branch", "dev", "m", "-q")
+        names = [r["name"] for r in json.loads(inst.ok("status", "--json").stdout)]
+        assert names == ["dev", "m"], names
+        assert not os.path.lexists(ops_dir / ".pgmgr-snapshots" / "k")
+    finally:
+        inst.pgmgr("stop", "m", "-q")
