@@ -26,6 +26,7 @@ from typing import Any
 
 from pgmgr.core import (
     branchplace,
+    cleanup,
     copy,
     dirpath,
     listen,
@@ -327,8 +328,8 @@ def _copy_branch(
                 testhook.pause("branch-from-snapshot")
                 stats = tstore.as_user(_copy_own, origin, staging)
         tstore.as_user(copy.sync_fs, tstore.path)
-    except BaseException:
-        tstore.as_user(snapstore.remove_tree, staging)
+    except BaseException:  # what cannot be removed is swept by the next command
+        cleanup.quietly(lambda: tstore.as_user(snapstore.remove_tree, staging))
         raise
     return stats, major
 

@@ -24,7 +24,7 @@ import errno
 import os
 from pathlib import Path
 
-from pgmgr.core import identity, registry, sigguard, snapstore, testhook, userfs
+from pgmgr.core import cleanup, identity, registry, sigguard, snapstore, testhook, userfs
 from pgmgr.core.errors import DatabaseException, PgmgrError, PortInUse, doing
 from pgmgr.core.registry import Instance
 
@@ -52,7 +52,7 @@ def place(
                 rename_noreplace(tstore.fd, STAGED, tstore.parent_fd, srv.datadir.name)
         except BaseException:  # the name was taken meanwhile: neither record nor copy left
             registry.remove(srv.inst.name)
-            tstore.as_user(snapstore.remove_tree, tstore.entry(STAGED))
+            cleanup.quietly(lambda: tstore.as_user(snapstore.remove_tree, tstore.entry(STAGED)))
             raise
         testhook.pause("branch-placed")
         if identity.compare(srv.pinned(), srv.datadir)[0] is not None:  # swapped meanwhile
@@ -89,8 +89,8 @@ def _register(srv: Server, tstore: snapstore.Store, source: str) -> None:
         if made is not srv.inst:  # a record of this directory's path was there already
             raise DatabaseException(f"instance '{made.name}' is already recorded at {made.datadir}")
         testhook.pause("branch-registered")
-    except BaseException:
-        tstore.as_user(snapstore.remove_tree, tstore.entry(STAGED))
+    except BaseException:  # what cannot be removed is swept by the next command
+        cleanup.quietly(lambda: tstore.as_user(snapstore.remove_tree, tstore.entry(STAGED)))
         raise
 
 

@@ -74,6 +74,8 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as e:
         raise DatabaseException(f"{bundle}/{MANIFEST} is unreadable ({e})") from None
+    except RecursionError:  # "[[[[...": not a ValueError
+        raise DatabaseException(f"{bundle}/{MANIFEST} is unreadable (nested too deep)") from None
     try:
         check_shape(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

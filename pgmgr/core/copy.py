@@ -130,6 +130,22 @@ def clones(directory: Path) -> bool:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """This process's umask, read from ``/proc/self/status`` (Linux 4.7+) without changing
+    it: setting it to read it back would, for that moment, apply to files other threads of
+    a library caller create. Set and put back only where ``/proc`` does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def copy_tree(
     src: str | Path | int,
     dst: str | Path,
@@ -158,9 +174,7 @@ def copy_tree(
     """
     forced = forced_method()
     methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
-    umask = os.umask(0o077)
-    os.umask(umask)
-    state = _State(methods, CopyStats(), umask, copydata.writeback() if flush else None)
+    state = _State(methods, CopyStats(), current_umask(), copydata.writeback() if flush else None)
     if link_dest is not None and unchanged is not None:
         state.unchanged = unchanged
     else:

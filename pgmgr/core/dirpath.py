@@ -128,6 +128,17 @@ def other_mount(a_fd: int, b_fd: int) -> str | None:
     return None
 
 
+def _mount_point(fd: int, parent_fd: int) -> bool:
+    """Whether the directory ``fd`` is mounted on its parent ``parent_fd``: another mount
+    (:func:`mount_id`) where /proc says, else another filesystem. Not a btrfs subvolume
+    in its parent's mount: it has a device number of its own, but is no mount point (a
+    rename moves it, and puts another directory in its place, as any directory)."""
+    ids = mount_id(fd), mount_id(parent_fd)
+    if None not in ids:
+        return ids[0] != ids[1]
+    return os.fstat(fd).st_dev != os.fstat(parent_fd).st_dev
+
+
 def check_not_mount(datadir: Path, what: str) -> None:
     """:raises DatabaseException: ``datadir`` is a mount point (another filesystem than its
     parent's, or a bind mount of the same one): a restore or an upgrade puts a new
@@ -138,7 +149,7 @@ def check_not_mount(datadir: Path, what: str) -> None:
     try:
         for path in (datadir, datadir.parent):
             fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
-        mounted = other_mount(fds[0], fds[1]) is not None
+        mounted = _mount_point(fds[0], fds[1])
     except OSError:
         return  # the caller's own checks say what is missing
     finally:

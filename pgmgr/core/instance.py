@@ -281,9 +281,16 @@ class Server:
         record pins it (saved with ``save``)."""
         from pgmgr.core import rebind
 
-        if rebind.follow(self) is None:
+        how = rebind.follow(self)
+        if how is None:
             return False
         if save:
+            gone = rebind.drop_rejected(self) if how == "upgraded" else []
+            if gone:
+                self.notes.append(
+                    f"'{self.inst.name}' was upgraded under another registration: dropped "
+                    f"the settings PostgreSQL {self.inst.version} rejects: {', '.join(gone)}"
+                )
             self.save()
         return True
 

@@ -55,16 +55,19 @@ def spawn(
     user: ServerUser | None,
     *,
     die_with_parent: bool = False,
+    death: int = signal.SIGQUIT,
 ) -> subprocess.Popen[bytes]:
     """Start postgres in its own session (so a Ctrl-C meant for pgmgr never reaches it and
     it outlives the CLI), output appended to ``log_file``. With ``die_with_parent`` (a
-    temporary server) it is stopped when the calling thread's process dies, however it dies.
+    temporary server) it is stopped when the calling thread's process dies, however it dies,
+    by the signal ``death`` (an immediate shutdown unless told).
 
     :raises OSError: the binary cannot be executed.
     """
     import subprocess
 
-    preexec = _die_with(os.getpid()) if die_with_parent and sys.platform == "linux" else None
+    linux = sys.platform == "linux"
+    preexec = _die_with(os.getpid(), death) if die_with_parent and linux else None
 
     fd = open_log(log_file)
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pgmgr.core import registry, server
+from pgmgr.core import registry, server, stopmark
 from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.locked import SWITCHED, locked
@@ -201,7 +201,10 @@ class Manager:
         :raises WorkerError: it did not exit within ``timeout``.
         """
         with _seed_errors(), locked(self._server, only=SWITCHED):
-            return self._server.stop(mode or self.stop_mode, timeout, wait)
+            stopped = self._server.stop(mode or self.stop_mode, timeout, wait)
+            # stopped on purpose now, as by 'pgmgr stop': see pgmgr.core.stopmark
+            stopmark.clear_saved(self._server)
+            return stopped
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit."""

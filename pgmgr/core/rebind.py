@@ -68,6 +68,24 @@ def follow(srv: Server) -> str | None:
     return how
 
 
+def drop_rejected(srv: Server) -> list[str]:
+    """After following an upgrade (or its rollback): remove from ``srv.inst`` (the caller
+    saves) the settings the major now in the data directory rejects, as the upgrade did
+    for the registration that ran it (the start failed on them: "unrecognized
+    configuration parameter"); their names. None when that major's binaries are missing:
+    the start says so."""
+    from pgmgr.core import upgradeconf
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        install = srv.installation()
+        gone = upgradeconf.rejected_settings(install, srv.datadir, srv.inst.settings, srv)
+    except (OSError, PgmgrError):
+        return []
+    srv.inst.settings = {k: v for k, v in srv.inst.settings.items() if k not in gone}
+    return gone
+
+
 def _only_owner_or_root(srv: Server, uid: int) -> bool:
     """Whether only root and the instance's owner could have put the directory of owner
     ``uid`` at its path: it is the owner's, and nobody else can write its parent or an

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import (
+    cleanup,
     copy,
     delta,
     dirpath,
@@ -279,7 +280,9 @@ def restore(
         say(f"{how} {snapstore.human(meta.size)}")
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
-        try:
+        # Not swapped in (failed, interrupted): the staged copy goes; one that cannot be
+        # removed is left to the next command's sweep, the failure or interrupt wins.
+        with cleanup.always(lambda: swapped or store.as_user(snapstore.remove_tree, staging)):
             if index is None:  # a full copy, made while the server still runs
                 with copy.disk_full(f"restoring {name!r}", store.path):
                     stats = store.as_user(_stage, snapdir / snapstore.DATA, staging, store.path)
@@ -316,9 +319,6 @@ def restore(
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
-        finally:
-            if not swapped:
-                store.as_user(snapstore.remove_tree, staging)
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
@@ -348,7 +348,7 @@ def _stage_stopped(
                 _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging, store.path, index
             )
     except BaseException:
-        store.as_user(snapstore.remove_tree, staging)
+        cleanup.quietly(lambda: store.as_user(snapstore.remove_tree, staging))
         raise
 
 

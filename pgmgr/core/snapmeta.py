@@ -101,7 +101,11 @@ def read_meta(snapdir: Path) -> Meta:
         data = os.read(fd, META_LIMIT)
     finally:
         os.close(fd)
-    return Meta.from_dict(json.loads(data))
+    try:
+        doc = json.loads(data)
+    except RecursionError:  # the server user's file: "[[[[..." is not a ValueError
+        raise ValueError("nested too deep") from None
+    return Meta.from_dict(doc)
 
 
 def write_meta(snapdir: Path, meta: Meta) -> None:

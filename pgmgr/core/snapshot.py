@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import (
+    cleanup,
     copy,
     delta,
     dirpath,
@@ -356,7 +357,7 @@ def create(
                     except BaseException:
                         # Before the server starts again: a disk the copy filled would
                         # refuse its start ("could not write lock file": left stopped).
-                        store.as_user(snapstore.remove_tree, staging)
+                        cleanup.quietly(lambda: store.as_user(snapstore.remove_tree, staging))
                         raise
                     testhook.pause("snapshot-copied")
                     say("starting again" if pause.was_running else "naming")
@@ -371,8 +372,8 @@ def create(
                     sigguard.commit()  # taken: it says so, whatever arrives until it has
                     pause.done = True
                     named.append(True)
-        except BaseException:
-            store.as_user(snapstore.remove_tree, staging)
+        except BaseException:  # what cannot be removed is swept by the next command
+            cleanup.quietly(lambda: store.as_user(snapstore.remove_tree, staging))
             raise
     elapsed = time.monotonic() - t0
     path = str(store.entry(name))

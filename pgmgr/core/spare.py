@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pgmgr.core import server, testhook, userfs
+from pgmgr.core import cleanup, server, testhook, userfs
 from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import Busy
 from pgmgr.core.privileges import ServerUser
@@ -177,8 +177,8 @@ def _refill(ufd: int, key: str) -> bool:
         copy_tree(base / key, tmp)
         sync_fs(tmp)
         os.rename(tmp, spare)
-    except BaseException:
-        userfs.rmtree_at(ufd, tmp.name)
+    except BaseException:  # what cannot be removed goes with the next refill's stale ones
+        cleanup.quietly(lambda: userfs.rmtree_at(ufd, tmp.name))
         raise
     os.fsync(ufd)
     return True

@@ -8,12 +8,12 @@ said why: the user found a database down that no one had stopped.
 So before it stops the server, such a command marks the record (``stopped_by``: the
 command, its pid and that process's start time, and when), saved like the rest of the
 record (atomically, fsynced, in pgmgr's own state directory: nothing a server user can
-write). The start that ends the command clears it; so does any start, and ``pgmgr stop``:
-after that the user stopped it on purpose. A mark whose command is gone is what ``pgmgr
-status`` (``stopped_by``, ``detail``), a command refused because the instance is not
-running, and a ``start --foreground`` that sees its server go (systemd's
-``Restart=on-failure`` then brings it back) report. No other command starts it again
-behind the user's back: they decide, with ``pgmgr start NAME``.
+write). The start that ends the command clears it; so does any start, and a stop
+(``pgmgr stop``, ``Manager.stop``): after that the user stopped it on purpose. A mark
+whose command is gone is what ``pgmgr status`` (``stopped_by``, ``detail``), a command
+refused because the instance is not running, and a ``start --foreground`` that sees its
+server go (systemd's ``Restart=on-failure`` then brings it back) report. No other command
+starts it again behind the user's back: they decide, with ``pgmgr start NAME``.
 """
 
 from __future__ import annotations
@@ -81,6 +81,29 @@ def clear(inst: Instance) -> bool:
     had = inst.stopped_by is not None
     inst.stopped_by = None
     return had
+
+
+def clear_saved(srv: Server) -> None:
+    """Forget the mark of ``srv``'s saved record, and only that (the caller holds the
+    lock): a library ``Manager`` keeps host, port and settings of its own in ``srv.inst``,
+    which a stop must not write over the record's. A record that cannot be written is
+    :attr:`Server.record_error`, as after any stop."""
+    from pgmgr.core import registry
+    from pgmgr.core.errors import InstanceNotFound
+
+    srv.inst.stopped_by = None
+    if not srv.register or srv.new:
+        return
+    try:
+        fresh = registry.load(srv.inst.name, settle=False)
+    except InstanceNotFound:
+        return
+    if fresh.datadir != srv.inst.datadir or not clear(fresh):
+        return
+    try:
+        registry.save(fresh)
+    except OSError as e:
+        srv.record_error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 def read(inst: Instance) -> StoppedBy | None:

@@ -50,7 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import dirpath, paths, pgcontrol, server, testhook, userfs
+from pgmgr.core import cleanup, dirpath, paths, pgcontrol, server, testhook, userfs
 from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.privileges import ServerUser
@@ -283,8 +283,8 @@ def _publish(ufd: int, key: str, fin: Finish, auth: str) -> None:
         copy_tree(fin.data, tmp)
         sync_fs(tmp)
         os.rename(tmp, base / key)
-    except BaseException:
-        userfs.rmtree_at(ufd, tmp.name)
+    except BaseException:  # what cannot be removed goes with the next build's stale ones
+        cleanup.quietly(lambda: userfs.rmtree_at(ufd, tmp.name))
         raise
     os.fsync(ufd)
     _commit(fin, auth)

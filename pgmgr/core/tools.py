@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pgmgr.core import server
+from pgmgr.core import server, testhook
 from pgmgr.core.errors import CommandFailed
 from pgmgr.core.privileges import ServerUser
 
 if TYPE_CHECKING:
     import subprocess
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run(
@@ -61,38 +65,96 @@ def run(
         command = subreaper.argv(command, uid, gid, groups)
         uid = gid = groups = None
         grace = subreaper.GRACE + 10
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(cwd),
-        env=child_env,
-        start_new_session=True,
-        umask=0o077,
-        user=uid,
-        group=gid,
-        extra_groups=groups,
-    )
+    proc = None
     try:
+        # A Ctrl-C raised inside Popen, once it has forked, left the program running,
+        # unknown here: the caller's clean-up then removed the directory it wrote in
+        # (initdb, pg_upgrade). It waits until the program is ours to stop.
+        with _deferred() as held:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=str(cwd),
+                env=child_env,
+                start_new_session=True,
+                umask=0o077,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
+            )
+            testhook.pause(f"run-{os.path.basename(argv[0])}")
+        for sig in held:
+            signal.raise_signal(sig)  # now, to the handler it was meant for
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
-        _stop_group(proc, grace)
+        if proc is not None:
+            _stop_group(proc, grace)
         raise
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, err.strip() or out)
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
+@contextlib.contextmanager
+def _deferred() -> Iterator[list[int]]:
+    """SIGINT, SIGTERM and SIGHUP, where a Python handler takes them (a Ctrl-C, one
+    :mod:`pgmgr.core.sigguard` turned into one), are only recorded in the yielded list
+    for the block; the caller delivers them after it (main thread only)."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def _record(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    old = {}
+    for sig in _DEFERRED:
+        handler = signal.getsignal(sig)
+        if callable(handler):  # not SIG_DFL, SIG_IGN or one set outside Python
+            old[sig] = handler
+            signal.signal(sig, _record)
+    try:
+        yield got
+    finally:
+        raised: KeyboardInterrupt | None = None
+        for sig, handler in old.items():
+            while True:  # signal.signal runs a pending handler (one put back) first
+                try:
+                    signal.signal(sig, handler)
+                    break
+                except KeyboardInterrupt as e:
+                    raised = e
+        if raised is not None:
+            raise raised
+
+
 def _stop_group(proc: subprocess.Popen[str], grace: float) -> None:
+    """SIGTERM the program's process group, SIGKILL it after ``grace`` seconds; return
+    once the program is reaped and its group is empty (bounded): its clean-up may
+    remove the directory they wrote in."""
     import subprocess
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGCONT)  # a stopped one acts on it too
         try:
             proc.communicate(timeout=wait)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    else:
+        proc.wait()  # SIGKILLed: it dies
+    # Members that closed their output (not waited for above) are SIGKILLed too; the id
+    # of a group that still has members is not given to a new process.
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)

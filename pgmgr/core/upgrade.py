@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import (
+    cleanup,
     copy,
     dirpath,
     intent,
@@ -38,6 +39,7 @@ from pgmgr.core import (
     sweep,
     testhook,
     tools,
+    upgradeprobe,
     versions,
 )
 from pgmgr.core import upgradeconf as conf
@@ -90,47 +92,6 @@ class UpgradeResult:
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
         }
-
-
-# --------------------------------------------------------------------------- probing
-
-
-def _options_sql(major: int) -> str:
-    provider = "datlocprovider" if major >= 15 else "'c'"
-    locale = "datlocale" if major >= 17 else ("daticulocale" if major >= 15 else "NULL")
-    return (
-        f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, {locale}, "  # noqa: S608 - column names chosen above, no input
-        "current_setting('data_checksums'), current_setting('lc_messages'), "
-        "current_setting('lc_monetary'), current_setting('lc_numeric'), "
-        "current_setting('lc_time') FROM pg_database WHERE datname = 'template0'"
-    )
-
-
-def probe(srv: Server) -> plan.ClusterOptions:
-    """The old cluster's encoding, locales (lc_messages, lc_monetary, lc_numeric and
-    lc_time too) and checksums, read from the server (started
-    for the question, and stopped again, when it was not running).
-
-    :raises WorkerError: it cannot be started or asked.
-    """
-    import psycopg
-
-    started = srv.running() is None
-    if started:
-        srv.start(timeout=60)
-    try:
-        with psycopg.connect(srv.dsn(tcp=False), connect_timeout=10) as conn:
-            row = conn.execute(_options_sql(int(srv.inst.major))).fetchone()
-    except psycopg.Error as e:
-        raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
-    finally:
-        if started:
-            srv.stop("fast")
-    assert row is not None
-    enc, collate, ctype, provider, locale, checksums, *other = row
-    return plan.ClusterOptions(
-        enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
-    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -237,7 +198,6 @@ def upgrade(
     old, new = prepare(srv, major, method)
     dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")  # --check too
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
-    opts = probe(srv)
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         store.as_user(snapstore.sweep, store.path)
@@ -251,10 +211,17 @@ def upgrade(
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
         sockdir = None
-        try:
-            # In the try: a signal during it is raised as the call returns, the work
+        # Interrupted or failed, a clean-up that fails (a directory something still writes
+        # in) leaves its entry to the next command's sweep: the interrupt or error wins.
+        with cleanup.always(
+            lambda: sockdir is None or store.as_user(_remove_socket_dir, sockdir),
+            lambda: store.as_user(snapstore.remove_tree, work),
+            lambda: store.as_user(snapstore.remove_tree, store.entry(KEEP)),
+        ):
+            # In the block: a signal during it is raised as the call returns, the work
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
+            opts = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"
             say(f"initdb {new.version}")
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
@@ -270,11 +237,6 @@ def upgrade(
             if not check:
                 steps = _Steps(say, size)
                 _switch(srv, store, old, new, work, sockdir, method, result, steps)
-        finally:
-            if sockdir is not None:
-                store.as_user(_remove_socket_dir, sockdir)
-            store.as_user(snapstore.remove_tree, work)
-            store.as_user(snapstore.remove_tree, store.entry(KEEP))
         if not check and result.was_running:
             say("statistics (vacuumdb)")
             result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)

@@ -441,3 +441,27 @@ def test_link_dest_links_only_the_unchanged(tmp_path: Path) -> None:
         assert not (dst / rel).is_symlink() and (dst / rel).read_text() == f"src {rel}"
     assert stats.linked == 2 and stats.files == 6
     assert stats.linked_bytes == len("ref same") + len("ref sub/same")
+
+
+def test_copy_reads_the_umask_without_changing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_tree set the umask to 077 and back to learn it: meanwhile, files another
+    thread of a library caller created got 077. It reads /proc/self/status instead (a
+    spy on os.umask: any call fails the test), and still gives new files the modes of
+    the copied ones."""
+    old = os.umask(0o027)
+    try:
+        calls: list[int] = []
+        monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or 0o022)
+        assert copy.current_umask() == 0o027
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f").write_bytes(b"x")
+        (src / "f").chmod(0o644)  # bits the umask strips: copy_tree must put them back
+        copy.copy_tree(src, tmp_path / "dst")
+        assert calls == []
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "dst" / "f").stat().st_mode) == 0o644

@@ -392,3 +392,16 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "the value holds a line break); nothing was created",
         ops_dir,
     )
+
+
+def test_a_manifest_nested_too_deep_is_one_line(ops_dir: Path) -> None:
+    """A bundle comes from elsewhere: a manifest.json nested deeper than the JSON parser
+    goes (RecursionError, not a ValueError) made the import die with a traceback."""
+    bundle = ops_dir / "deep"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"format": ' + "[" * 100_000)
+    nobody = Instance("nobody", ops_dir / "unused")
+    expect_error(
+        nobody, ["import", str(bundle), "-d", str(ops_dir / "new")], 1,
+        f"Error: {bundle}/manifest.json is unreadable (nested too deep)", ops_dir,
+    )  # fmt: skip

@@ -140,6 +140,35 @@ def test_killed_after_linking(inst: Inst, tmp_path: Path) -> None:
     assert leftovers(inst.store) == []
 
 
+def test_interrupted_restore_with_unremovable_staging(inst: Inst, tmp_path: Path) -> None:
+    """SIGTERM with the copy staged (the server stopped) and something in it that its user
+    cannot remove (something still writing there, say): "Interrupted" (130), not the
+    clean-up's error; the instance runs as before, and the next command sweeps what is left."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("DELETE FROM t WHERE x > 500")
+    run = Paused(hooks_dir(tmp_path), "restore-staged", "restore", "dev", "s1", "--yes",
+                 env=inst.env)  # fmt: skip
+    run.reached()
+    (staged,) = [n for n in leftovers(inst.store, wait=0) if n.startswith(".tmp-restore")]
+    stuck = inst.store / staged / "stuck"
+    owner = (inst.store / staged).stat()
+    stuck.mkdir()
+    (stuck / "file").touch()
+    for path in (stuck, stuck / "file"):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    stuck.chmod(0o500)
+    run.proc.send_signal(signal.SIGTERM)
+    done = run.go()
+    assert done.returncode == 130, str(done)
+    assert done.stderr.strip() == "Interrupted", str(done)
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "500"
+    assert staged in leftovers(inst.store, wait=0)
+    stuck.chmod(0o700)
+    assert inst.pgmgr("snapshot", "dev", "nosuch", "--delete").returncode == 4  # swept first
+    assert leftovers(inst.store, wait=0) == []
+
+
 def test_settle_waits_for_the_file_clock(tmp_path: Path) -> None:
     """An index whose newest ctime is ahead of the clock: settle returns only once the
     clock the kernel stamps files with has passed it."""

@@ -218,3 +218,21 @@ def test_a_damaged_snapshot_copy_is_one_line_for_restore_and_branch(inst: Inst) 
         _refused(inst, ("branch", "dev", "b", "--from", snap), 1, why)
     assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
     assert inst.state() == "running" and inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_metadata_nested_too_deep_is_one_line(inst: Inst) -> None:
+    """A snapshot.json nested deeper than the JSON parser goes (RecursionError, which is
+    not a ValueError): 'pgmgr snapshots' (root's listing of every instance too), restore,
+    branch, and root's look at a replaced data directory (pgmgr.core.rebind) died with a
+    traceback on the server user's file."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("snapshot", "dev", "deep", "-q")
+    (inst.store / "deep" / "snapshot.json").write_text('{"name": ' + "[" * 100_000)
+    for args in (("snapshots", "dev"), ("snapshots",), ("snapshots", "--json")):
+        proc = inst.ok(*args)
+        assert "Traceback" not in proc.stderr
+    listed = {s["snapshot"]: s["problem"] for s in inst.snaps()}
+    assert listed["s1"] is None and "nested too deep" in str(listed["deep"]), listed
+    _refused(inst, ("restore", "dev", "deep", "--yes"), 1, "nested too deep")
+    _refused(inst, ("branch", "dev", "b", "--from", "deep"), 1, "nested too deep")
+    inst.ok("restore", "dev", "s1", "--yes", "-q")  # the others are fine

@@ -15,6 +15,7 @@ from tests.helpers import pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
+from tests.snap.test_upgrade import up  # noqa: F401
 
 
 def _basebackups(store: Path) -> list[int]:
@@ -90,3 +91,31 @@ def test_a_killed_destroy_with_snapshots_leaves_nothing_for_good(
         assert sorted(os.listdir(top)) == ["b"]
     finally:
         inst.ok("stop", "b", "-q")
+
+
+def test_a_killed_upgrade_of_a_stopped_instance_leaves_it_stopped(
+    up: Inst,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The upgrade of a stopped instance runs its server for a moment to ask its encoding
+    and locales: killed then, pgmgr left running a server its user had stopped. Now that
+    server stops with pgmgr, cleanly (a fast shutdown: no crash recovery next time), and
+    the record is as it was."""
+    up.ok("stop", "up", "-q")
+    before = up.record()
+    run = Paused(hooks_dir(tmp_path), "upgrade-probing", "upgrade", "up", "-v", "18", "--yes")
+    run.reached()
+    assert up.state() == "running"  # the question's server
+    run.kill(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while up.state() != "stopped":
+        assert time.monotonic() < deadline, "the probe's server outlived its pgmgr"
+        time.sleep(0.05)
+    assert up.record() == before
+    control = subprocess.run(
+        [up.bin("pg_controldata"), str(up.datadir)], capture_output=True, text=True,
+        check=True, user=None if os.geteuid() else "postgres",
+    )  # fmt: skip
+    assert "Database cluster state:               shut down\n" in control.stdout
+    up.ok("upgrade", "up", "-v", "18", "--yes", "-q")
+    assert up.record()["major"] == "18" and up.state() == "stopped"

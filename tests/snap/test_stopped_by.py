@@ -81,3 +81,28 @@ def test_a_stop_on_purpose_clears_the_mark(inst: Inst, tmp_path: Path) -> None:
     assert status(inst)["stopped_by"] is None and status(inst)["detail"] is None
     inst.ok("snapshot", "dev", "s2", "-q")
     assert inst.state() == "stopped" and status(inst)["stopped_by"] is None
+
+
+def test_a_library_stop_clears_the_mark_and_only_it(inst: Inst, tmp_path: Path) -> None:
+    """``Manager.stop()`` is a stop on purpose, as ``pgmgr stop`` is: the mark goes, and
+    nothing else of the record changes (the Manager's own port is not written there)."""
+    from pgmgr import Manager
+
+    early = Manager(port=1, db_dir=inst.datadir)  # opened before the kill: an older record
+    hooks = hooks_dir(tmp_path)
+    run = Paused(hooks, "snapshot-copied", "snapshot", "dev", "s1", env=inst.env)
+    run.reached()
+    run.kill(signal.SIGKILL)
+    marked = inst.record()
+    assert marked["stopped_by"] is not None
+    assert early.stop() is False
+    assert status(inst)["stopped_by"] is None and status(inst)["detail"] is None
+    assert inst.record() == {**marked, "stopped_by": None}
+
+    inst.ok("start", "dev", "-q")
+    run = Paused(hooks, "snapshot-copied", "snapshot", "dev", "s2", env=inst.env)
+    run.reached()
+    run.kill(signal.SIGKILL)
+    assert status(inst)["stopped_by"] is not None
+    assert Manager(port=1, db_dir=inst.datadir).stop() is False
+    assert status(inst)["stopped_by"] is None

@@ -7,13 +7,15 @@ branch left its whole copy behind in the store. Now they refuse before anything.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import copy_datadir, error_lines
+from tests.helpers import copy_datadir, error_lines, kill_postmasters, postmasters_under
 from tests.snap.conftest import Inst
 
 
@@ -163,3 +165,48 @@ def test_a_data_directory_bind_mounted_is_a_mount_point(ops_dir: Path, template:
     finally:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")
         subprocess.run(["umount", str(datadir)], check=True)
+
+
+@pytest.fixture
+def btrfs(scratch: Path) -> Iterator[Path]:
+    """A small btrfs, loop-mounted (root only), with a 0755 directory ``pg`` of root's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to loop-mount a btrfs")
+    if shutil.which("mkfs.btrfs") is None or "btrfs" not in Path("/proc/filesystems").read_text():
+        pytest.skip("no btrfs here (mkfs.btrfs, or the kernel's)")
+    image, mnt = scratch / "btrfs.img", scratch / "mnt"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "400M", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        (mnt / "pg").mkdir(mode=0o755)
+        yield mnt / "pg"
+    finally:
+        kill_postmasters(postmasters_under(mnt))
+        subprocess.run(["umount", str(mnt)], check=True)  # and the loop device with it
+
+
+def test_a_data_directory_that_is_a_btrfs_subvolume_is_no_mount_point(btrfs: Path) -> None:
+    """A btrfs subvolume (made to snapshot it with btrfs, say) has a device number of its
+    own but is in its parent's mount: a rename moves it and puts another directory in its
+    place as for any directory. snapshot, restore and upgrade refused it ("its data
+    directory ... is a mount point"); they work (the mount id says it is no mount point)."""
+    data = btrfs / "data"
+    subprocess.run(["btrfs", "subvolume", "create", str(data)], check=True, capture_output=True)
+    assert os.stat(data).st_dev != os.stat(btrfs).st_dev
+    pw = pwd.getpwnam("postgres")
+    os.chown(data, pw.pw_uid, pw.pw_gid)
+    data.chmod(0o700)
+    it = Inst("sv", data)
+    try:
+        it.ok("start", "-q", "--init", "-d", str(data), "--name", "sv", "--port", "auto")
+        it.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        it.ok("snapshot", "sv", "s1", "-q")
+        it.sql("INSERT INTO t VALUES (2)")
+        it.ok("restore", "sv", "s1", "--yes", "-q")
+        assert it.sql("SELECT count(*) FROM t") == "1"
+        it.ok("destroy", "sv", "--yes", "--with-snapshots", "-q")
+        assert os.listdir(btrfs) == [".pgmgr-snapshots"]
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")

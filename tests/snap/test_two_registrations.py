@@ -114,14 +114,24 @@ def test_an_upgrade_under_one_registration_is_followed_by_the_other(
     twice: tuple[Inst, Inst],
 ) -> None:
     """An upgrade through 'dev' (another system identifier) is followed by 'other' through
-    the snapshot it kept for rollback; so is the rollback."""
+    the snapshot it kept for rollback; so is the rollback. A setting of 'other' that the
+    new major rejects (gone in 16) is dropped and said, as the upgrade does for 'dev': its
+    start failed ('unrecognized configuration parameter "vacuum_defer_cleanup_age"')."""
     dev, other = twice
+    dev.ok("stop", "dev", "-q")
+    other.ok("start", "other", "-q", "--port", "auto", "-c", "vacuum_defer_cleanup_age=0",
+             "-c", "work_mem=5MB")  # fmt: skip
+    other.ok("stop", "other", "-q")
+    dev.ok("start", "dev", "-q")
     dev.ok("upgrade", "dev", "-v", "18", "--yes", "-q")
     st = _status(other)
     assert st["state"] == "running" and str(st["version"]).startswith("18"), st
     dev.ok("stop", "dev", "-q")
     proc = other.ok("start", "other", "--port", "auto")
     assert "(PostgreSQL 18" in proc.stderr
+    assert "vacuum_defer_cleanup_age" in proc.stderr, proc.stderr
+    assert other.record()["settings"] == {"work_mem": "5MB"}
+    assert other.sql("SHOW work_mem", "other") == "5MB"
     assert other.sql("SELECT count(*) FROM t", "other") == "1000"
     assert other.record()["major"] == "18"
     other.ok("stop", "other", "-q")
@@ -202,3 +212,18 @@ def test_the_server_users_registration_follows_roots_restore_and_upgrade(
     finally:
         dev.pgmgr("stop", "--all", "-m", "immediate", "-q")
         pg("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_a_snapshot_nested_too_deep_does_not_break_the_follow(
+    twice: tuple[Inst, Inst],
+) -> None:
+    """The other registration reads the store's snapshot.json files (the server user's) to
+    follow a restore: one nested deeper than the JSON parser goes made its status die
+    with a traceback (RecursionError); it is one unreadable snapshot among the others."""
+    dev, other = twice
+    dev.ok("snapshot", "dev", "deep", "-q")
+    (dev.store / "deep" / "snapshot.json").write_text('{"name": ' + "[" * 100_000)
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    proc = other.pgmgr("status", "other", "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["state"] == "running"

@@ -3,6 +3,7 @@ rollback through restore, refusals, and interruptions at varied points."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -173,7 +174,8 @@ def test_interrupted_upgrade_changes_nothing(up: Inst, sig: int) -> None:
 
 def test_signal_while_the_work_directory_is_made(up: Inst, scratch: Path) -> None:
     """A signal while the server user makes the work directory is raised as that call
-    returns: the work directory was made, and left until the next command's sweep."""
+    returns: the work directory was made, and removed (or, when it cannot be, left until
+    the next command's sweep); a signal as initdb starts leaves no initdb behind."""
     from tests.pause import Paused
 
     hooks = scratch / "hooks"
@@ -181,8 +183,57 @@ def test_signal_while_the_work_directory_is_made(up: Inst, scratch: Path) -> Non
     hooks.chmod(0o777)
     run = Paused(hooks, "upgrade-workdir", "upgrade", "up", "-v", "18", "--yes", env=up.env)
     run.reached()
+    # Something the clean-up cannot remove (something still writing in it, as once seen):
+    # a directory its user cannot write. The interrupt wins; the next command sweeps it.
+    (work,) = leftovers(up.store, wait=0)
+    stuck = up.store / work / "stuck"
+    owner = (up.store / work).stat()
+    stuck.mkdir()
+    (stuck / "file").touch()
+    for path in (stuck, stuck / "file"):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    stuck.chmod(0o500)
     run.proc.send_signal(signal.SIGTERM)  # held until the server user's work returns
     done = run.go()
     assert done.returncode == 130, str(done)
+    assert error_lines(done.stderr) == ["Interrupted"], str(done)
+    assert leftovers(up.store, wait=0) == [work]
+    stuck.chmod(0o700)
+    assert up.pgmgr("snapshot", "up", "nosuch", "--delete").returncode == 4  # swept first
     assert leftovers(up.store, wait=0) == []
     assert up.record()["major"] == "15" and up.state() == "running"
+
+    # A signal as initdb has just been started (once raised inside Popen, after its fork:
+    # initdb ran on, unknown to pgmgr, while the clean-up removed the directory it wrote
+    # in). It waits until initdb can be stopped, and the clean-up until it is gone.
+    # initdb is held stopped (the test's SIGSTOP) so that it cannot end by itself first.
+    run = Paused(hooks, "run-initdb", "upgrade", "up", "-v", "18", "--yes", env=up.env)
+    run.reached()
+    (work,) = leftovers(up.store, wait=0)
+    (initdb,) = running_in(up.store / work)
+    group = os.getpgid(initdb)
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        run.proc.send_signal(signal.SIGTERM)
+        done = run.go()
+        assert done.returncode == 130, str(done)
+        assert error_lines(done.stderr) == ["Interrupted"], str(done)
+        assert running_in(up.store / work) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # left stopped (the bug): ours to end
+            os.killpg(group, signal.SIGKILL)
+    assert leftovers(up.store, wait=0) == []
+    assert up.record()["major"] == "15" and up.state() == "running"
+
+
+def running_in(work: Path) -> list[int]:
+    """The processes that name ``work`` in their command line (not zombies)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(work).encode() in cmdline:
+            found.append(int(pid))
+    return found

@@ -1,0 +1,114 @@
+"""What the new cluster of an upgrade must share with the old one: its encoding, locales
+(lc_messages, lc_monetary, lc_numeric and lc_time too) and checksum setting, asked of the
+old server.
+
+template0's encoding and locales live in the catalog, which only a server reads. A running
+instance is asked as it runs. A stopped one is started for the question, and stopped
+again, in a way that never outlives the question: on a private socket directory (the
+upgrade's own, swept once its pgmgr is gone), without TCP (no client reaches a server its
+user had stopped), and with a death signal, SIGINT, so that a pgmgr killed meanwhile (kill
+-9, the OOM killer) takes it down with a fast shutdown, a clean one (pg_upgrade needs
+that), instead of leaving a server running that its user had stopped. The record is not
+touched: the instance is not "started" (no pid, no change to the stop mark of
+:mod:`pgmgr.core.stopmark`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from pgmgr.core import launch, pgconf, process, server, sigguard, startup, testhook
+from pgmgr.core import upgradeplan as plan
+from pgmgr.core.errors import DatabaseException, WorkerError
+from pgmgr.core.instance import Server
+from pgmgr.core.pgtext import dsn_quote
+
+#: Seconds the stopped server gets to be ready (crash recovery included), and to stop.
+TIMEOUT = 60.0
+
+
+def options_sql(major: int) -> str:
+    provider = "datlocprovider" if major >= 15 else "'c'"
+    locale = "datlocale" if major >= 17 else ("daticulocale" if major >= 15 else "NULL")
+    return (
+        f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, {locale}, "  # noqa: S608 - column names chosen above, no input
+        "current_setting('data_checksums'), current_setting('lc_messages'), "
+        "current_setting('lc_monetary'), current_setting('lc_numeric'), "
+        "current_setting('lc_time') FROM pg_database WHERE datname = 'template0'"
+    )
+
+
+def probe(srv: Server, sockdir: str) -> plan.ClusterOptions:
+    """The old cluster's options (see the module doc); a stopped server is run for the
+    question on ``sockdir``, a private directory of the server user's.
+
+    :raises WorkerError: a stopped server cannot be started.
+    :raises DatabaseException: the server cannot be asked.
+    """
+    import psycopg
+
+    try:
+        with _asked(srv, sockdir) as dsn, psycopg.connect(dsn, connect_timeout=10) as conn:
+            row = conn.execute(options_sql(int(srv.inst.major))).fetchone()
+    except psycopg.Error as e:
+        raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
+    assert row is not None
+    enc, collate, ctype, provider, locale, checksums, *other = row
+    return plan.ClusterOptions(
+        enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
+    )
+
+
+@contextlib.contextmanager
+def _asked(srv: Server, sockdir: str) -> Iterator[str]:
+    """A connection string to ``srv``'s server: the running one, else one run for the
+    question (see the module doc) until the block ends."""
+    if srv.running() is not None:
+        yield srv.dsn(tcp=False)
+        return
+    srv.check_identity("upgrade")
+    startup.clear_stale_pidfile(srv)
+    su = srv.user()
+    conf = pgconf.write(srv.datadir, srv.inst.settings, su)
+    port = srv.inst.port or 5432  # any: the socket directory is the upgrade's own
+    argv = server.postgres_argv(
+        srv.installation(), srv.datadir, host="", port=port, socket_dir=Path(sockdir),
+        settings={}, config_file=conf,
+    )  # fmt: skip
+    offset = launch.open_log_offset(srv.log_file)
+    with sigguard.shielded() as got:  # a Ctrl-C inside Popen would lose the child
+        child = launch.spawn(argv, srv.log_file, su, die_with_parent=True, death=signal.SIGINT)
+    try:
+        if got:
+            raise KeyboardInterrupt
+        launch.wait_ready(
+            child.pid, srv.datadir, TIMEOUT, child=child, log_file=srv.log_file,
+            log_offset=offset,
+        )  # fmt: skip
+        testhook.pause("upgrade-probing")
+        user = srv.inst.superuser
+        yield f"host={dsn_quote(sockdir)} port={port} user={dsn_quote(user)} dbname=postgres"
+    finally:
+        _stop(child)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """Stop the server run for the question (a fast shutdown): our own child, signalled
+    and waited for as such (its pid cannot be reused before we reap it, and early in its
+    start-up it has no postmaster.pid yet).
+
+    :raises WorkerError: it did not stop in time.
+    """
+    process.signal_pid(child.pid, server.STOP_SIGNALS["fast"])
+    try:
+        child.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(
+            f"the server started to read the cluster's settings (pid {child.pid}) did not "
+            f"stop within {TIMEOUT:g} s; nothing was changed",
+            hint=f"stop it with 'kill -INT {child.pid}' (or -QUIT: immediate)",
+        ) from None
