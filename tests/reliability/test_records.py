@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pgmgr.core import registry
+from pgmgr.core import recordcheck, registry
 from tests.reliability.conftest import InstFactory, pgmgr
 
 #: One field of a valid record replaced by a value of the wrong JSON type.
@@ -74,7 +74,7 @@ def test_a_records_name_is_its_file_name(cluster: InstFactory, rel_isolation: Pa
 def test_type_checks_cover_every_field() -> None:
     """Every field of the record has a type check (a new field needs one)."""
     fields = {f.name for f in dataclasses.fields(registry.Instance)}
-    assert fields == set(registry._FIELD_TYPES)
+    assert fields == set(recordcheck.FIELD_TYPES)
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
