@@ -4,16 +4,20 @@ commands remove or switch the instance under it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
-from tests.snap.test_foreground import attend, attended, ended  # noqa: F401
+from tests.snap.test_foreground import (  # noqa: F401
+    attend,
+    attended,
+    attending,
+    done_with,
+    ended,
+)
 from tests.snap.test_switch_killed import hooks_dir
 from tests.snap.test_two_registrations import twice  # noqa: F401
 from tests.snap.test_upgrade import up  # noqa: F401
@@ -59,11 +63,7 @@ def test_a_stop_asked_while_a_destroy_works_ends_cleanly(
 def test_the_attendant_follows_an_upgrade(up: Inst) -> None:  # noqa: F811
     """An upgrade switches the data directory, its pin and the binaries under the lock:
     the attendant goes on attending the new server, and stops that one."""
-    proc = subprocess.Popen(
-        pgmgr_argv("start", "up", "--foreground"), env={**os.environ, **up.env},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with attending("up", up.env) as proc:
         time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()
         up.ok("upgrade", "up", "-v", "18", "--yes", "-q")
@@ -72,10 +72,6 @@ def test_the_attendant_follows_an_upgrade(up: Inst) -> None:  # noqa: F811
         assert up.state() == "running" and up.record()["major"] == "18"
         proc.send_signal(signal.SIGTERM)
         code, err = ended(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 0 and "Stopped 'up'" in err, err
     assert up.state() == "stopped"
 
@@ -94,9 +90,7 @@ def test_an_attendant_killed_leaves_nothing_that_refuses_the_next(
         again.send_signal(signal.SIGTERM)
         code, err = ended(again)
     finally:
-        if again.poll() is None:
-            again.kill()
-            again.communicate()
+        done_with(again)
     assert code == 0 and "Stopped 'dev'" in err, err
     assert inst.state() == "stopped" and inst.record()["stopped_by"] is None
 
@@ -113,11 +107,7 @@ def test_the_attendant_of_another_registration_waits_for_its_commands(
     is held: a snapshot, restarts, a branch. Here with two registries of one OS user,
     which is the same to pgmgr."""
     dev, other = twice
-    proc = subprocess.Popen(
-        pgmgr_argv("start", "other", "--foreground"), env={**os.environ, **other.env},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with attending("other", other.env) as proc:
         time.sleep(1)
         assert proc.poll() is None, proc.communicate()
         dev.ok("snapshot", "dev", "s2", "-q")
@@ -133,10 +123,6 @@ def test_the_attendant_of_another_registration_waits_for_its_commands(
         code, err = ended(proc)
         assert code == 0 and "Stopped 'other'" in err, err
         assert dev.state() == "stopped"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            ended(proc)
 
 
 def test_a_command_of_another_registration_killed_is_a_failure(
@@ -147,11 +133,7 @@ def test_a_command_of_another_registration_killed_is_a_failure(
     its mark is in the other registry, but the attendant saw it hold the store: exit 1
     (systemd starts the server again), not 'shut down by someone else' (0)."""
     _, other = twice
-    proc = subprocess.Popen(
-        pgmgr_argv("start", "other", "--foreground"), env={**os.environ, **other.env},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with attending("other", other.env) as proc:
         time.sleep(1)
         run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s2")
         run.reached()
@@ -159,9 +141,5 @@ def test_a_command_of_another_registration_killed_is_a_failure(
         assert proc.poll() is None, proc.communicate()
         run.kill(signal.SIGKILL)
         code, err = ended(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 1, err
     assert "by a pgmgr command of another registration" in err, err

@@ -8,6 +8,7 @@ refused."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,11 +24,39 @@ from tests.snap.conftest import Inst
 from tests.snap.test_switch_killed import hooks_dir
 
 
-def attend(inst: Inst) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        pgmgr_argv("start", "dev", "--foreground"), env={**os.environ, **inst.env},
+def spawn(name: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``pgmgr start NAME --foreground``, its stderr piped (see :func:`ended`)."""
+    return subprocess.Popen(
+        pgmgr_argv("start", name, "--foreground"), env={**os.environ, **env},
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def done_with(proc: subprocess.Popen[str]) -> None:
+    """A test's clean-up: an attendant still running is asked to stop (SIGTERM: it stops
+    its server), then killed if it does not within 30 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+@contextlib.contextmanager
+def attending(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """:func:`spawn`, and :func:`done_with` it however the block ends."""
+    proc = spawn(name, env)
+    try:
+        yield proc
+    finally:
+        done_with(proc)
+
+
+def attend(inst: Inst) -> subprocess.Popen[str]:
+    proc = spawn("dev", inst.env)
     deadline = time.monotonic() + 30
     while inst.state() != "running":  # already running: it attends at once
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -53,9 +82,7 @@ def attended(inst: Inst) -> Iterator[tuple[Inst, subprocess.Popen[str]]]:
     try:
         yield inst, proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        done_with(proc)
 
 
 def test_the_attendant_waits_for_a_snapshot_and_a_restore(
@@ -95,9 +122,7 @@ def test_a_stop_is_the_users_and_a_killed_command_a_failure(
         run.kill(signal.SIGKILL)
         code, err = ended(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        done_with(proc)
     assert code == 1, err
     assert error_lines(err)[-1].startswith("Error: 'dev' was stopped at "), err
     assert "by 'pgmgr snapshot'" in err
@@ -105,11 +130,7 @@ def test_a_stop_is_the_users_and_a_killed_command_a_failure(
 
 def test_a_second_attendant_is_refused(attended: tuple[Inst, subprocess.Popen[str]]) -> None:
     inst, proc = attended
-    second = subprocess.Popen(
-        pgmgr_argv("start", "dev", "--foreground"), env={**os.environ, **inst.env},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    code, err = ended(second, timeout=20)
+    code, err = ended(spawn("dev", inst.env), timeout=20)
     assert code == 1 and error_lines(err)[0] == (
         "Error: 'dev' is already attended by another 'pgmgr start --foreground' (a systemd "
         "unit, or a terminal); nothing was started"
