@@ -55,6 +55,19 @@ def attending(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]
         done_with(proc)
 
 
+def stop_asked_during(run: Paused, proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """systemctl stop (SIGTERM to the attendant ``proc``) while the paused command ``run``
+    has the server stopped: the attendant must wait for it. Lets ``run`` go on (it must
+    succeed) and returns how the attendant ended (:func:`ended`)."""
+    run.reached()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.poll() is None, proc.communicate()
+    assert run.go().returncode == 0
+    return ended(proc)
+
+
 def attend(inst: Inst) -> subprocess.Popen[str]:
     proc = spawn("dev", inst.env)
     deadline = time.monotonic() + 30
@@ -145,12 +158,6 @@ def test_a_stop_asked_while_a_snapshot_works_waits_for_it(
     (it starts the server again), then stops that server."""
     inst, proc = attended
     run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1", env=inst.env)
-    run.reached()
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert proc.poll() is None, proc.communicate()
-    assert run.go().returncode == 0
-    code, err = ended(proc)
+    code, err = stop_asked_during(run, proc)
     assert code == 0 and "Stopped 'dev'" in err, err
     assert inst.state() == "stopped" and [s["snapshot"] for s in inst.snaps()] == ["s1"]
