@@ -25,6 +25,7 @@ from pgmgr.core import (
     process,
     server,
     state,
+    testhook,
     versions,
 )
 from pgmgr.core.errors import NotRunning, PortInUse, UsageError, WorkerError
@@ -102,21 +103,30 @@ def start(
     auto = port == "auto"
     for attempt in range(AUTO_PORT_TRIES if auto else 1):
         chosen = choose_port(srv, plan.host, port)
-        child, sock = _spawn_on(srv, plan, chosen)
-        if not wait:
-            commit_start(srv, su, merged, None)
-            return StartResult(srv.inst, False, child.pid, time.monotonic() - t0)
-        pf = _await_ready(srv, sock, timeout, retry=auto and attempt + 1 < AUTO_PORT_TRIES)
-        if pf is None:
-            continue  # another server took the port between our check and bind
+        srv.child = None
+        socks: list[_Socket] = []
         try:
-            commit_start(srv, su, merged, pf)
-            apply_pending_password(srv, install, su)
+            child = _spawn_on(srv, plan, chosen, socks)
+            if not wait:
+                commit_start(srv, su, merged, None)
+                return StartResult(srv.inst, False, child.pid, time.monotonic() - t0)
+            pf = _await_ready(srv, timeout, retry=auto and attempt + 1 < AUTO_PORT_TRIES)
+            if pf is not None:
+                commit_start(srv, su, merged, pf)
+                apply_pending_password(srv, install, su)
         except BaseException:
-            # A server pgmgr cannot record (state dir unwritable, disk full) or cannot
-            # secure (no password) must not be left running behind the error.
+            # One handler from the spawn to the record: a Ctrl-C anywhere in between (not
+            # only inside the wait), a server that exited or was not ready, a server pgmgr
+            # cannot record (state dir unwritable, disk full) or cannot secure (no
+            # password): none is left running behind the error, nor its socket dir.
             cancel_start(srv)
+            for sock in socks:
+                drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
             raise
+        if pf is None:  # another server took the port between our check and bind
+            for sock in socks:
+                drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
+            continue
         return StartResult(srv.inst, False, pf.pid, time.monotonic() - t0)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -143,13 +153,15 @@ class _Socket:
     recorded: str | None
 
 
-def _spawn_on(srv: Server, plan: _Plan, port: int) -> tuple[subprocess.Popen[bytes], _Socket]:
-    """Spawn postgres on ``port`` (its socket directory chosen, a stale lock cleared, the
-    log rotated) and note where it listens in the record (not saved yet)."""
+def _spawn_on(srv: Server, plan: _Plan, port: int, socks: list[_Socket]) -> subprocess.Popen[bytes]:
+    """Spawn postgres on ``port`` (its socket directory chosen and appended to ``socks``
+    at once, for the caller's clean-up, a stale lock cleared, the log rotated) and note
+    where it listens in the record (not saved yet)."""
     datadir = srv.datadir
     recorded = srv.inst.socket_dir
     sockdir = listen.socket_dir(recorded, plan.socket_dir, port, plan.su, datadir)
     made = not plan.socket_dir and str(sockdir) != recorded and sockdir != datadir
+    socks.append(_Socket(sockdir, made, recorded))
     listen.clear_stale_socket_lock(sockdir, port, datadir)
     if srv.new:
         srv.save()  # claim the name first: the log file is named after it
@@ -165,34 +177,25 @@ def _spawn_on(srv: Server, plan: _Plan, port: int) -> tuple[subprocess.Popen[byt
     logfile.rotate_as(srv.log_file, plan.su)  # bounded: see pgmgr.core.logfile
     srv._log_offset = launch.open_log_offset(srv.log_file)
     child = spawn_child(srv, argv, plan.su)
+    testhook.pause("start-spawned")  # spawned, not yet waited for (tests: a Ctrl-C now)
     srv.inst.host, srv.inst.port, srv.inst.socket_dir = plan.host, port, str(sockdir)
-    return child, _Socket(sockdir, made, recorded)
+    return child
 
 
-def _await_ready(
-    srv: Server, sock: _Socket, timeout: float, *, retry: bool
-) -> process.PidFile | None:
-    """Wait for the spawned server; on failure drop the attempt's socket dir. None when
-    it could not bind its port and ``retry`` (``--port auto`` tries another).
+def _await_ready(srv: Server, timeout: float, *, retry: bool) -> process.PidFile | None:
+    """Wait for the spawned server. None when it could not bind its port and ``retry``
+    (``--port auto`` tries another).
 
     :raises PortInUse: it could not bind its port (and no retry).
     :raises WorkerError: it exited, or was not ready in time (then it was killed).
     """
     try:
         return ready_wait(srv, timeout)
-    except KeyboardInterrupt:
-        cancel_start(srv)
-        drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
-        raise
     except ServerExited as e:
-        drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
         if retry and "already in use" in e.message:
             return None
         if "already in use" in e.message:
             raise PortInUse(srv.inst.host, srv.inst.port or 0) from None
-        raise
-    except WorkerError:  # not ready in time: ready_wait killed it
-        drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
         raise
 
 
@@ -379,9 +382,9 @@ def cancel_start(srv: Server) -> None:
     """Ctrl-C while waiting for readiness, or a failure to record the server, cancels
     the start: the server this call spawned is stopped (fast; safe at any point of
     start-up) instead of being left running unrecorded in its own session."""
-    if srv.child is None:
-        return
-    process.signal_pid(srv.child.pid, server.STOP_SIGNALS["fast"])
+    if srv.child is None or srv.child.poll() is not None:
+        return  # none spawned, or exited and reaped: its pid may be another's by now
+    srv.child.send_signal(server.STOP_SIGNALS["fast"])
     # Our own child: wait for it, not for postmaster.pid (not written yet this early).
     with contextlib.suppress(subprocess.TimeoutExpired):
         srv.child.wait(timeout=30)

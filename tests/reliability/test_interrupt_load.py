@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pgmgr.core import process
+from tests.pause import Paused
 from tests.reliability.conftest import (
     Inst,
     InstFactory,
@@ -120,6 +121,26 @@ def test_ctrl_c_during_start(cluster: InstFactory) -> None:
     assert proc.returncode == 130, err
     assert b"Traceback" not in err
     assert wait_gone_all(inst.datadir) == [], (child, err)
+    assert assert_truthful(inst) == "stopped"
+    assert inst.start().returncode == 0 and inst.has_canary(token)
+    assert inst.stop().returncode == 0
+    no_orphans(inst)
+
+
+def test_ctrl_c_between_spawn_and_wait(cluster: InstFactory, hooks: Path) -> None:
+    """A Ctrl-C after postgres is spawned but before pgmgr waits for it (CI once caught
+    one there: 'Interrupted', exit 130, and the server left running unrecorded in its own
+    session). The test-only pause holds pgmgr in that window; on the old code the
+    postmaster and its children outlived the command."""
+    inst = cluster()
+    assert inst.start("--port", "auto").returncode == 0
+    token = inst.commit_canary()
+    assert inst.stop().returncode == 0
+    paused = Paused(hooks, "start-spawned", "start", inst.name, "--port", "auto")
+    paused.reached()
+    assert postgres_pids_under(inst.datadir)  # spawned: the window is real
+    assert paused.kill(signal.SIGINT) == 130
+    assert wait_gone_all(inst.datadir) == []
     assert assert_truthful(inst) == "stopped"
     assert inst.start().returncode == 0 and inst.has_canary(token)
     assert inst.stop().returncode == 0
