@@ -306,7 +306,7 @@ def initdb(
 
     :raises CommandFailed: initdb failed (its stderr is kept).
     """
-    from pgmgr.core import testhook, userfs
+    from pgmgr.core import testhook, tools, userfs
 
     pwfile = None
     if password is not None:
@@ -314,7 +314,10 @@ def initdb(
         userfs.as_user(user, _write_private, str(pwfile), password + "\n")
     try:
         testhook.pause("initdb")
-        run(initdb_argv(install, datadir, opts, pwfile), user)
+        # tools.run, not run: interrupted, it stops initdb's whole group (the postgres it
+        # runs in bootstrap and single-user mode too) and waits for it before the caller
+        # removes the directory they write in.
+        tools.run(initdb_argv(install, datadir, opts, pwfile), user)
     finally:
         if pwfile is not None:
             with contextlib.suppress(Exception):

@@ -89,6 +89,38 @@ def test_ctrl_c_during_init(work: Path, existing: bool) -> None:
     assert pgmgr("stop", "-d", str(datadir)).returncode == 0
 
 
+def test_ctrl_c_during_init_stops_initdbs_postgres(work: Path) -> None:
+    """initdb runs postgres (bootstrap, then single-user) as its own child: a Ctrl-C stops
+    that child too, before pgmgr removes the directory it writes in. Held stopped here,
+    the child cannot end by itself when initdb goes (EOF on its input); pgmgr killed only
+    initdb before, and the child outlived the command."""
+    datadir = work / "data"
+    proc = subprocess.Popen(
+        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
+    )
+    initdb = _wait_for_initdb(proc)
+    deadline = time.monotonic() + 30
+    while not (kids := process.children(initdb)):
+        assert time.monotonic() < deadline and proc.poll() is None, "initdb ran no postgres"
+        time.sleep(0.002)
+    os.kill(kids[0], signal.SIGSTOP)
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert not process.is_alive(kids[0]), "initdb's postgres outlived pgmgr"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(kids[0], signal.SIGKILL)
+            os.kill(kids[0], signal.SIGCONT)
+    assert wait_gone_all(work) == []
+    assert not datadir.exists()
+    assert pgmgr("status", "--json").json() == []
+
+
 def wait_gone_all(root: Path, timeout: float = 5) -> list[int]:
     deadline = time.monotonic() + timeout
     while (left := postgres_pids_under(root)) and time.monotonic() < deadline:
