@@ -205,6 +205,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Said and done: a signal now must not kill the process after what it said.
         if "pgmgr.core.sigguard" in sys.modules:
             sys.modules["pgmgr.core.sigguard"].settle()
+        _exit_without_collections()
+
+
+def _exit_without_collections() -> None:
+    """The process ends next: keep the interpreter's shutdown from walking every object.
+
+    Its finalization runs full garbage collections over all that is left (~15,000 objects
+    after a snapshot: 10-20 ms of each command, more than its own work in a 'pgmgr
+    status'); frozen, those objects are skipped. Everything is still freed and closed as
+    the modules are torn down, by reference counts; only garbage in reference cycles is
+    left to the operating system, as it is at any exit. Not for a library caller, whose
+    process goes on.
+    """
+    import gc
+
+    gc.freeze()
 
 
 def _in_process(argv: Sequence[str]) -> None:
