@@ -363,7 +363,7 @@ def _switch(
     runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
-        store.as_user(os.rename, staging, store.entry(it.old))
+        store.rename(staging.name, it.old)
         snapstore.swap_in(store, it.old)
     except BaseException:
         intent.discard(srv, store)
