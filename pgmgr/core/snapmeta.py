@@ -108,10 +108,11 @@ def read_meta(snapdir: Path) -> Meta:
     return Meta.from_dict(doc)
 
 
-def write_meta(snapdir: Path, meta: Meta) -> None:
-    """Atomically (temp name, fsync, rename). Runs as the store's owner."""
+def write_meta(snapdir: Path, meta: Meta, *, fsync: bool = True) -> None:
+    """Atomically (temp name, fsync, rename). Runs as the store's owner. ``fsync=False``
+    for a caller that flushes the whole filesystem next (``syncfs`` covers the file)."""
     data = (json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n").encode()
-    diskio.write_new(snapdir / META, snapdir / f".{META}.{secrets.token_hex(4)}", data, fsync=True)
+    diskio.write_new(snapdir / META, snapdir / f".{META}.{secrets.token_hex(4)}", data, fsync=fsync)
 
 
 def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:

@@ -232,7 +232,7 @@ def _finish(staging: Path, final: Path, meta: Meta) -> None:
     """Write the metadata, seal the copy, flush, and give the snapshot its name. Runs as
     the server user."""
     snapstore.seal(staging / snapstore.DATA)
-    snapstore.write_meta(staging, meta)
+    snapstore.write_meta(staging, meta, fsync=False)  # the syncfs next flushes it
     copy.sync_fs(staging)
     testhook.pause("snapshot-naming")
     if final.exists():
