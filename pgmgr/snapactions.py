@@ -10,11 +10,11 @@ code and raises :class:`~pgmgr.core.errors.PgmgrError` on failure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pgmgr import ui
 from pgmgr.actions import resolve
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
 

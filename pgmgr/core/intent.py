@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pgmgr.core import diskio, identity, registry, snapstore, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pgmgr.core.instance import Server
     from pgmgr.core.snapstore import Store
 
@@ -46,7 +46,7 @@ FIELDS = ("major", "version", "bindir", "settings")
 
 
 def held_name(op: str) -> str:
-    return f"{HELD}{op}-{secrets.token_hex(4)}"
+    return f"{HELD}{op}-{os.urandom(4).hex()}"
 
 
 @dataclass

@@ -59,6 +59,19 @@ def test_plain_snapshot_and_restore_do_not_import_typer(args: list[str]) -> None
     assert not names & {"psycopg", "typer", "click", "rich"}, (args, names)
 
 
+@pytest.mark.parametrize(
+    "args", [["snapshot", "nosuch", "s1"], ["restore", "nosuch", "s1", "--yes"]]
+)
+def test_plain_snapshot_and_restore_import_neither_typing_nor_hashlib(args: list[str]) -> None:
+    """Two commands per snapshot-and-restore, each paying its imports: typing (~2 ms, for
+    annotations only) and hashlib with OpenSSL (~3 ms, for secrets.token_hex: random
+    names are os.urandom's) are not needed. (As root, a first as_user still imports
+    secrets for its child: pgmgr.core.userfs.PRELOAD.)"""
+    names = imported(*args)
+    assert "pgmgr.core.restore" in names or "pgmgr.core.snapshot" in names
+    assert not names & {"typing", "secrets", "hashlib"}, (args, names & {"typing", "secrets"})
+
+
 def same(args: list[str]) -> subprocess.CompletedProcess[str]:
     """Run ``args`` on the fast path and through Typer; both must say the same."""
     fast, slow = pgmgr(*args, check=False), typer_path(*args)
