@@ -77,6 +77,8 @@ def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
                 if not rest or not rest[0] or rest[0].startswith("-"):
                     return None
                 value = rest.pop(0)
+                if key == "datadir" and _unreadable(value):
+                    return None
                 kwargs[key] = Path(value) if key == "datadir" else value
             else:
                 kwargs[key] = True
@@ -88,6 +90,16 @@ def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
         return None
     kwargs.update(zip(positional, given, strict=False))
     return args[0], kwargs
+
+
+def _unreadable(path: str) -> bool:
+    """A path that exists but cannot be read: Typer refuses it as an option's value
+    ("Invalid value for '-d' / '--datadir': Path ... is not readable.", exit 2)."""
+    try:
+        os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return not os.access(path, os.R_OK)
 
 
 class _DeferredInspect(types.ModuleType):
