@@ -10,6 +10,7 @@ served by the same functions the Typer commands call (:mod:`pgmgr.actions`,
     pgmgr stop     [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
     pgmgr snapshot NAME [SNAP] [--online] [--delete] [--json] [-q]
     pgmgr restore  NAME SNAP --yes [--save-current] [--json] [-q]
+    pgmgr branch   NAME NEW [--from SNAP] [-d DIR] [-p PORT] [--start] [--json] [-q]
 
 Anything else (another option, ``--help``, ``--opt=value``, a value that looks like an option)
 goes to :mod:`pgmgr.cli`, so Typer still owns every usage error and all help text.
@@ -43,6 +44,9 @@ FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
     "restore": {"-y": ("yes", False), "--yes": ("yes", False),
                 "--save-current": ("save_current", False),
                 "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
+    "branch": {"--from": ("from_", True), "-d": ("datadir", True), "--datadir": ("datadir", True),
+               "-p": ("port", True), "--port": ("port", True), "--start": ("start", False),
+               "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
 }  # fmt: skip
 
 #: verb -> (its positional arguments, how many are required, options it needs). Without
@@ -53,6 +57,7 @@ FAST_ARGUMENTS: dict[str, tuple[tuple[str, ...], int, tuple[str, ...]]] = {
     "stop": (("name",), 0, ()),
     "snapshot": (("name", "snap"), 1, ()),
     "restore": (("name", "snap"), 2, ("yes",)),
+    "branch": (("name", "new"), 2, ()),
 }
 
 
@@ -133,7 +138,7 @@ def serve_fast(verb: str, kwargs: dict[str, Any]) -> int:
         from pgmgr import statusview
 
         return guarded(lambda: statusview.show(**kwargs))
-    if verb in ("snapshot", "restore"):
+    if verb in ("snapshot", "restore", "branch"):
         from pgmgr import snapactions
 
         kwargs.pop("yes", None)  # restore: confirmed on the command line
