@@ -71,6 +71,7 @@ def initialize(
     if opts.auth != "trust" and password is None:
         password = new_password()
     copied = build(srv, install, opts, su, password, template, pin_early=new)
+    testhook.pause("init-built")  # in place, not yet registered (tests: a signal now)
     srv.inst.superuser = opts.superuser
     srv.inst.auth = opts.auth
     srv.inst.password = password if opts.auth != "trust" else None
@@ -121,6 +122,7 @@ def build(
         except BaseException:
             stage.abort()
             raise
+        srv.built = True
     copied = how is not None
     return copied
 

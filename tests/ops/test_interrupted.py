@@ -87,6 +87,9 @@ IMPORT_KILLS = [
     ("import-started", signal.SIGKILL, "destroy"),
     ("import-restored-db", signal.SIGKILL, "retry"),
     ("import-restored-db", signal.SIGTERM, None),
+    # its data directory built, the import not yet told so: the clean-up took it for one
+    # that appeared there, removed the record only, and the retry found the directory
+    ("init-built", signal.SIGTERM, None),
 ]
 
 
