@@ -297,3 +297,18 @@ def test_restart_under_pgbench_load(cluster: InstFactory, work: Path) -> None:
     assert assert_truthful(inst) == "running"
     assert inst.stop().returncode == 0
     no_orphans(inst)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_init_interrupted_once_built_not_yet_registered(work: Path, hooks: Path, sig: int) -> None:
+    """The data directory is in place, its record not yet saved (pinning it, writing the
+    record: some ms): 'pgmgr init' said 'Interrupted' and left a complete, unregistered
+    data directory whose password was lost with the record (SIGTERM killed it outright
+    there). Now that step is part of the init it completes: interrupted, it is undone."""
+    datadir = work / "data"
+    paused = Paused(hooks, "init-built", "init", "-d", str(datadir), "-v", "15")
+    paused.reached()
+    assert (datadir / "PG_VERSION").is_file()  # built: the window is real
+    assert paused.kill(sig) == 130
+    assert not datadir.exists()
+    assert pgmgr("status", "--json").json() == []
