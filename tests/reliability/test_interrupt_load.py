@@ -40,6 +40,16 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _init_running_initdb(datadir: Path) -> subprocess.Popen[bytes]:
+    """``pgmgr init`` that runs initdb itself (no template copy)."""
+    return subprocess.Popen(
+        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
+    )
+
+
 def _wait_for_initdb(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,12 +72,7 @@ def test_ctrl_c_during_init(work: Path, existing: bool) -> None:
         datadir.mkdir(mode=0o755)
         if os.geteuid() == 0:
             shutil.chown(datadir, "postgres", "postgres")
-    proc = subprocess.Popen(
-        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
-    )
+    proc = _init_running_initdb(datadir)
     initdb = _wait_for_initdb(proc)
     time.sleep(0.1)  # let initdb start writing
     proc.send_signal(signal.SIGINT)  # to pgmgr alone, as `kill -INT`
@@ -95,12 +100,7 @@ def test_ctrl_c_during_init_stops_initdbs_postgres(work: Path) -> None:
     the child cannot end by itself when initdb goes (EOF on its input); pgmgr killed only
     initdb before, and the child outlived the command."""
     datadir = work / "data"
-    proc = subprocess.Popen(
-        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
-    )
+    proc = _init_running_initdb(datadir)
     initdb = _wait_for_initdb(proc)
     deadline = time.monotonic() + 30
     while not (kids := process.children(initdb)):
