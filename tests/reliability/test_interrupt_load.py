@@ -312,3 +312,23 @@ def test_init_interrupted_once_built_not_yet_registered(work: Path, hooks: Path,
     assert paused.kill(sig) == 130
     assert not datadir.exists()
     assert pgmgr("status", "--json").json() == []
+
+
+def test_init_killed_while_it_undoes_a_built_directory(work: Path, hooks: Path) -> None:
+    """Interrupted once built (above), then killed with -9 while the directory is emptied
+    again: what is left must not count as a data directory (half of one, PG_VERSION still
+    there, was taken for an instance), and the next init clears it and initializes."""
+    datadir = work / "data"
+    (hooks / "unmaking").touch()
+    paused = Paused(hooks, "init-built", "init", "-d", str(datadir), "-v", "15")
+    paused.reached()
+    paused.proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while not (hooks / "unmaking.reached").exists():
+        assert paused.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    (hooks / "unmaking").unlink()
+    paused.kill(signal.SIGKILL)
+    assert not (datadir / "PG_VERSION").exists()
+    run = pgmgr("init", "-d", str(datadir), "-v", "15")
+    assert run.returncode == 0 and "Initialized" in run.stderr, str(run)
