@@ -403,16 +403,27 @@ def swap_in(store: Store, staged: str) -> None:
     as :func:`hold_name` of ``staged`` (not swept when ``staged`` is not: a kill there is
     settled by :mod:`pgmgr.core.intent`).
     """
-    name = store.datadir.name
+    if not _exchanged(store, staged):
+        _three_renames(store, staged)
+    _durable(store)
+
+
+def _exchanged(store: Store, staged: str) -> bool:
+    """The one atomic exchange; False where the filesystem lacks it."""
     try:
         if os.environ.get("PGMGR_SWAP") == "rename":  # tests: a filesystem without it
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE disabled by PGMGR_SWAP")
         with doing("replace", store.datadir):
-            exchange(store.fd, staged, store.parent_fd, name)
-        return
+            exchange(store.fd, staged, store.parent_fd, store.datadir.name)
+        return True
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
+        return False
+
+
+def _three_renames(store: Store, staged: str) -> None:
+    name = store.datadir.name
     hold = hold_name(staged)
     with doing("replace", store.datadir):
         os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
@@ -424,3 +435,12 @@ def swap_in(store: Store, staged: str) -> None:
         os.rename(hold, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
         raise
     os.rename(hold, staged, src_dir_fd=store.fd, dst_dir_fd=store.fd)
+
+
+def _durable(store: Store) -> None:
+    """The swap reaches the disk before the record that follows it names the new
+    directory (the record may be on another filesystem: after a power cut it pinned the
+    new directory while the old one was back in place, and the instance was refused)."""
+    with doing("replace", store.datadir):
+        os.fsync(store.parent_fd)
+        os.fsync(store.fd)
