@@ -131,6 +131,9 @@ def complete(srv: Server, store: Store) -> list[str]:
             store.rename(it.old, gone[0])
         except FileNotFoundError:  # done before a kill
             gone = []
+        # On disk before the record forgets the intent: after a power cut the entry was
+        # back under its held name, which nothing removes without an intent naming it.
+        diskio.fsync_dirs(store.fd)
     for key, value in it.record.items():
         setattr(srv.inst, key, value)
     srv.inst.dev, srv.inst.ino, srv.inst.system_id = it.new.dev, it.new.ino, it.new.system_id
