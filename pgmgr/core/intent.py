@@ -1,7 +1,7 @@
 """A switch of an instance's data directory that no kill -9 can split from its record.
 
 Upgrade and restore put another directory where the data directory is (one atomic
-exchange, :func:`pgmgr.core.snapstore.swap_in`); the record must then pin that directory
+exchange, :func:`pgmgr.core.snapswap.swap_in`); the record must then pin that directory
 (and, for an upgrade or its rollback, name its major, binaries and settings), and the
 replaced directory becomes a snapshot or goes. A kill between the exchange and the
 record's save left a record disagreeing with what stands on disk (PostgreSQL 15 and its
@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import diskio, identity, registry, snapstore, userfs
+from pgmgr.core import diskio, identity, registry, snapstore, snapswap, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
@@ -242,10 +242,10 @@ def _settle_locked(inst: Instance) -> None:
 
 
 def _unhold(store: Store, old: str) -> None:
-    """Undo what a kill left of the three renames of :func:`snapstore.swap_in` (no
+    """Undo what a kill left of the three renames of :func:`snapswap.swap_in` (no
     exchange on this filesystem): the data directory held in the store goes back to its
     place if nothing is there yet (the swap did not happen), else to ``old`` (it did)."""
-    hold = snapstore.hold_name(old)
+    hold = snapswap.hold_name(old)
     try:
         os.stat(hold, dir_fd=store.fd, follow_symlinks=False)
     except FileNotFoundError:
