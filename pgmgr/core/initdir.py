@@ -90,6 +90,7 @@ def initialize(
         pinned = srv.pin()  # a new directory: whatever the record said before
         if pinned:
             srv.save()
+            testhook.pause("init-registered")  # tests: a signal once it is saved
     if not pinned:  # left as it is: no longer provably the directory this init built
         raise DatabaseException(
             f"{datadir} changed while it was being initialized (it is no longer the "

@@ -332,3 +332,22 @@ def test_init_killed_while_it_undoes_a_built_directory(work: Path, hooks: Path) 
     assert not (datadir / "PG_VERSION").exists()
     run = pgmgr("init", "-d", str(datadir), "-v", "15")
     assert run.returncode == 0 and "Initialized" in run.stderr, str(run)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_init_interrupted_once_registered_keeps_both(work: Path, hooks: Path, sig: int) -> None:
+    """Interrupted once its record is saved, before the init has returned (the end of the
+    record's write, the way out of the build): the build was undone under a record that
+    was kept, which named a data directory gone ('pgmgr status' showed it missing). Once
+    registered, the init is complete: the signal still says 'Interrupted', and the
+    directory stays with its record."""
+    datadir = work / "data"
+    paused = Paused(hooks, "init-registered", "init", "-d", str(datadir), "-v", "15")
+    paused.reached()
+    assert paused.kill(sig) == 130
+    assert (datadir / "PG_VERSION").is_file()
+    (rec,) = pgmgr("status", "--json").json()
+    assert rec["name"] == "data" and rec["state"] == "stopped", rec
+    started = pgmgr("start", "data", "-p", "auto")
+    assert started.returncode == 0, str(started)
+    assert pgmgr("stop", "data").returncode == 0
