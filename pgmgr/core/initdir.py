@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -105,22 +104,35 @@ def initialize(
 @dataclass
 class Built:
     """What :func:`build` yields: whether it is a template copy (its password is still
-    to be set), and whether the block registered it (then it is kept, whatever follows)."""
+    to be set), and what the block registered: then it is kept, whatever follows."""
 
     copied: bool
-    kept: bool = False
+    kept: bool = False  # its record is saved
+    system_id: int | None = None  # of the cluster whose record is being saved
 
 
 def _register(srv: Server, built: Built) -> None:
-    """Save the record of the directory :func:`build` made: from then on the init is
-    complete and kept. A signal while the record is written is held and delivered once
-    it is (interrupted after the write, the build was undone under the record it kept:
-    an instance whose data directory was gone)."""
-    with sigguard.shielded() as got:
-        srv.save()
-        built.kept = True
-    for sig in dict.fromkeys(got):
-        signal.raise_signal(sig)
+    """Save the record of the directory :func:`build` made (pinned: ``srv.inst`` holds
+    its system identifier): from then on the init is complete and kept."""
+    built.system_id = srv.inst.system_id
+    srv.save()
+    built.kept = True
+
+
+def _saved(srv: Server, built: Built) -> bool:
+    """Whether the record of ``built`` is saved, though :func:`_register` did not return
+    (interrupted once the record was written: the build was undone under the record it
+    kept, an instance whose data directory was gone). Signals are not held instead: the
+    save may wait for the registry's lock, up to 30 s."""
+    if built.kept or built.system_id is None:
+        return built.kept
+    from pgmgr.core import registry
+
+    try:
+        rec = registry.find_by_datadir(srv.datadir)
+    except Exception:  # unreadable: not provably saved, undone as before
+        return False
+    return rec is not None and rec.system_id == built.system_id
 
 
 @contextlib.contextmanager
@@ -163,7 +175,7 @@ def build(
             built = Built(how is not None)
             yield built
         except BaseException:
-            if built is not None and built.kept:
+            if built is not None and _saved(srv, built):
                 raise
             srv.built = False
             with sigguard.shielded():  # a second Ctrl-C must not leave half of it
