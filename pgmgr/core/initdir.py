@@ -10,7 +10,7 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from pgmgr.core import (
     dirpath,
@@ -81,15 +81,16 @@ def initialize(
         srv.inst.server_user = su.name
     if opts.auth != "trust" and password is None:
         password = new_password()
-    with build(srv, install, opts, su, password, template, pin_early=new) as copied:
+    with build(srv, install, opts, su, password, template, pin_early=new) as built:
         testhook.pause("init-built")  # in place, not yet registered (tests: a signal now)
         srv.inst.superuser = opts.superuser
         srv.inst.auth = opts.auth
         srv.inst.password = password if opts.auth != "trust" else None
-        srv.inst.password_pending = copied and srv.inst.password is not None
+        srv.inst.password_pending = built.copied and srv.inst.password is not None
         pinned = srv.pin()  # a new directory: whatever the record said before
         if pinned:
-            srv.save()
+            _register(srv, built)
+            testhook.pause("init-registered")  # tests: a signal once it is saved
     if not pinned:  # left as it is: no longer provably the directory this init built
         raise DatabaseException(
             f"{datadir} changed while it was being initialized (it is no longer the "
@@ -98,6 +99,40 @@ def initialize(
             hint=f"check {datadir} and its parent directories",
         )
     return True
+
+
+@dataclass
+class Built:
+    """What :func:`build` yields: whether it is a template copy (its password is still
+    to be set), and what the block registered: then it is kept, whatever follows."""
+
+    copied: bool
+    kept: bool = False  # its record is saved
+    system_id: int | None = None  # of the cluster whose record is being saved
+
+
+def _register(srv: Server, built: Built) -> None:
+    """Save the record of the directory :func:`build` made (pinned: ``srv.inst`` holds
+    its system identifier): from then on the init is complete and kept."""
+    built.system_id = srv.inst.system_id
+    srv.save()
+    built.kept = True
+
+
+def _saved(srv: Server, built: Built) -> bool:
+    """Whether the record of ``built`` is saved, though :func:`_register` did not return
+    (interrupted once the record was written: the build was undone under the record it
+    kept, an instance whose data directory was gone). Signals are not held instead: the
+    save may wait for the registry's lock, up to 30 s."""
+    if built.kept or built.system_id is None:
+        return built.kept
+    from pgmgr.core import registry
+
+    try:
+        rec = registry.find_by_datadir(srv.datadir)
+    except Exception:  # unreadable: not provably saved, undone as before
+        return False
+    return rec is not None and rec.system_id == built.system_id
 
 
 @contextlib.contextmanager
@@ -110,7 +145,7 @@ def build(
     template: bool,
     *,
     pin_early: bool = False,
-) -> Iterator[bool]:
+) -> Iterator[Built]:
     """Build the cluster in a private work directory and move it into place (see
     :mod:`pgmgr.core.staging`), then run the block, which registers it: an interrupted
     init never leaves a data directory, not even one built and not yet registered (the
@@ -118,10 +153,11 @@ def build(
     With ``pin_early`` (a registered, unfinished build), the record pins the directory as
     soon as it is there, before anything is built in it: a kill later leaves a record that
     names that very directory, and a directory it does not pin is not the build's.
-
-    Yields whether it is a template copy (its password is still to be set).
+    A block that registered it (``kept``, see :func:`_register`) is complete: an
+    exception after that leaves the directory to its record.
     """
     stage = staging.Stage(srv.datadir, su)
+    built: Built | None = None
     with staging.signals_interrupt():
         stage.open()
         try:
@@ -136,8 +172,11 @@ def build(
                 server.initdb(install, stage.data, lean, password=password, user=su)
                 stage.commit(sync=not opts.no_sync)
             srv.built = True
-            yield how is not None
+            built = Built(how is not None)
+            yield built
         except BaseException:
+            if built is not None and _saved(srv, built):
+                raise
             srv.built = False
             with sigguard.shielded():  # a second Ctrl-C must not leave half of it
                 stage.abort()

@@ -122,8 +122,8 @@ def start(
             # password): none is left running behind the error, nor its socket dir. A
             # second Ctrl-C meanwhile waits (bounded): it left both, and the caller's undo
             # (start --init) then found a server and kept the data directory too.
-            with sigguard.shielded():
-                cancel_start(srv)
+            with sigguard.shielded() as again:
+                cancel_start(srv, again)
                 for sock in socks:
                     drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
             raise
@@ -382,14 +382,40 @@ def drop_sockdir(srv: Server, sockdir: Path, made: bool, recorded: str | None) -
             sockdir.rmdir()
 
 
-def cancel_start(srv: Server) -> None:
+def cancel_start(srv: Server, again: list[int] | None = None) -> None:
     """Ctrl-C while waiting for readiness, or a failure to record the server, cancels
     the start: the server this call spawned is stopped (fast; safe at any point of
-    start-up) instead of being left running unrecorded in its own session."""
-    if srv.child is None or srv.child.poll() is not None:
+    start-up) instead of being left running unrecorded in its own session.
+
+    ``again``: the signals the caller holds meanwhile (see :func:`sigguard.shielded`).
+    One (a second Ctrl-C), or 30 s without the server gone, makes the stop immediate
+    (then SIGKILL): a server that does not heed a fast stop for minutes (a start-up
+    that fsyncs a large data directory after a crash) kept pgmgr deaf to Ctrl-C for
+    30 s, and was then left running all the same."""
+    child = srv.child
+    if child is None or child.poll() is not None:
         return  # none spawned, or exited and reaped: its pid may be another's by now
-    srv.child.send_signal(server.STOP_SIGNALS["fast"])
+    child.send_signal(server.STOP_SIGNALS["fast"])
     testhook.pause("start-cancelled")
     # Our own child: wait for it, not for postmaster.pid (not written yet this early).
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        srv.child.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not again and time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=0.1)
+            return
+    _stop_now(srv, child)
+
+
+def _stop_now(srv: Server, child: subprocess.Popen[bytes]) -> None:
+    """Stop the spawned server at once: immediate (SIGQUIT: it stops its children), then
+    SIGKILL after 5 s, and wait (bounded) for the children of a killed postmaster to go;
+    SIGCONT with each, so a stopped one acts on it too (as :func:`tools._stop_group`)."""
+    for sig, wait in ((server.STOP_SIGNALS["immediate"], 5.0), (signal.SIGKILL, 5.0)):
+        child.send_signal(sig)  # a no-op once it is reaped
+        child.send_signal(signal.SIGCONT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=wait)
+            break
+    deadline = time.monotonic() + 5.0
+    while process.processes_in(srv.datadir) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -289,7 +289,9 @@ def run_command(
         try:
             tmp.start(timeout)
         except PgmgrError:
-            if relay.received:  # a terminal's Ctrl-C also reached initdb
+            if relay.received:  # failed after a signal came: that is the answer (initdb and
+                # postgres run in sessions of their own: a Ctrl-C reaches pgmgr only,
+                # which finishes the start, short, then stops it)
                 return 128 + relay.received[0]
             raise
         if relay.received:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -332,3 +333,46 @@ def test_init_killed_while_it_undoes_a_built_directory(work: Path, hooks: Path) 
     assert not (datadir / "PG_VERSION").exists()
     run = pgmgr("init", "-d", str(datadir), "-v", "15")
     assert run.returncode == 0 and "Initialized" in run.stderr, str(run)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_init_interrupted_once_registered_keeps_both(work: Path, hooks: Path, sig: int) -> None:
+    """Interrupted once its record is saved, before the init has returned (the end of the
+    record's write, the way out of the build): the build was undone under a record that
+    was kept, which named a data directory gone ('pgmgr status' showed it missing). Once
+    registered, the init is complete: the signal still says 'Interrupted', and the
+    directory stays with its record."""
+    datadir = work / "data"
+    paused = Paused(hooks, "init-registered", "init", "-d", str(datadir), "-v", "15")
+    paused.reached()
+    assert paused.kill(sig) == 130
+    assert (datadir / "PG_VERSION").is_file()
+    (rec,) = pgmgr("status", "--json").json()
+    assert rec["name"] == "data" and rec["state"] == "stopped", rec
+    started = pgmgr("start", "data", "-p", "auto")
+    assert started.returncode == 0, str(started)
+    assert pgmgr("stop", "data").returncode == 0
+
+
+def test_init_interrupted_while_it_waits_to_register(
+    work: Path, hooks: Path, rel_isolation: Path
+) -> None:
+    """Another pgmgr registering an instance (the registry's lock held here): a Ctrl-C
+    while the init waits for that lock, its data directory built, ends it at once and
+    undoes the build; it must not hold the signal for the wait (30 s) and then fail with
+    'another pgmgr is registering an instance'."""
+    datadir = work / "data"
+    locks = rel_isolation / "locks"
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(locks / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        paused = Paused(hooks, "init-built", "init", "-d", str(datadir), "-v", "15")
+        paused.reached()
+        (hooks / "init-built.go").touch()
+        time.sleep(0.5)  # into the wait for the lock
+        assert paused.kill(signal.SIGINT) == 130
+    finally:
+        os.close(fd)
+    assert not datadir.exists()
+    assert pgmgr("status", "--json").json() == []
