@@ -193,6 +193,7 @@ def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
         os.rename(store / source, holder / snapstore.DATA)
     snapstore.seal(holder / snapstore.DATA)
     snapstore.write_meta(holder, snapstore.Meta.from_dict(meta))
+    diskio.fsync_dir(holder)  # its data/ and snapshot.json entries, before it is named
     os.rename(holder, final)
     diskio.fsync_dir(store)
 
