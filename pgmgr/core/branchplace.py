@@ -24,7 +24,7 @@ import errno
 import os
 from pathlib import Path
 
-from pgmgr.core import cleanup, identity, registry, sigguard, snapstore, testhook, userfs
+from pgmgr.core import cleanup, diskio, identity, registry, sigguard, snapstore, testhook, userfs
 from pgmgr.core.errors import DatabaseException, PgmgrError, PortInUse, doing
 from pgmgr.core.registry import Instance
 
@@ -54,6 +54,11 @@ def place(
             registry.remove(srv.inst.name)
             cleanup.quietly(lambda: tstore.as_user(snapstore.remove_tree, tstore.entry(STAGED)))
             raise
+        # On disk before the mark is cleared (the record may be on another filesystem:
+        # after a power cut it said done while the copy was back in the store, swept).
+        # Failing, the record stays pending: the next load settles it.
+        with doing("create", srv.datadir):
+            diskio.fsync_dirs(tstore.parent_fd, tstore.fd)
         testhook.pause("branch-placed")
         if identity.compare(srv.pinned(), srv.datadir)[0] is not None:  # swapped meanwhile
             registry.remove(srv.inst.name)

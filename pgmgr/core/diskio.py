@@ -92,6 +92,14 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def fsync_dirs(*fds: int) -> None:
+    """fsync directories already open (as root: fds reached with ``O_NOFOLLOW``, never a
+    path resolved again), so that a rename in them, or between them, is on disk before a
+    record that depends on it is written: for a rename across directories, both."""
+    for fd in fds:
+        os.fsync(fd)
+
+
 def write_new(target: Path, tmp: Path, data: bytes, *, fsync: bool = False) -> None:
     """Put ``data`` at ``target`` atomically: written to the new file ``tmp`` (exclusive,
     never through a symlink), then renamed over ``target``. On failure (a full disk)

@@ -1,7 +1,7 @@
 """A switch of an instance's data directory that no kill -9 can split from its record.
 
 Upgrade and restore put another directory where the data directory is (one atomic
-exchange, :func:`pgmgr.core.snapstore.swap_in`); the record must then pin that directory
+exchange, :func:`pgmgr.core.snapswap.swap_in`); the record must then pin that directory
 (and, for an upgrade or its rollback, name its major, binaries and settings), and the
 replaced directory becomes a snapshot or goes. A kill between the exchange and the
 record's save left a record disagreeing with what stands on disk (PostgreSQL 15 and its
@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import diskio, identity, registry, snapstore, userfs
+from pgmgr.core import diskio, identity, registry, snapstore, snapswap, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
@@ -131,6 +131,9 @@ def complete(srv: Server, store: Store) -> list[str]:
             store.rename(it.old, gone[0])
         except FileNotFoundError:  # done before a kill
             gone = []
+        # On disk before the record forgets the intent: after a power cut the entry was
+        # back under its held name, which nothing removes without an intent naming it.
+        diskio.fsync_dirs(store.fd)
     for key, value in it.record.items():
         setattr(srv.inst, key, value)
     srv.inst.dev, srv.inst.ino, srv.inst.system_id = it.new.dev, it.new.ino, it.new.system_id
@@ -190,6 +193,7 @@ def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
         os.rename(store / source, holder / snapstore.DATA)
     snapstore.seal(holder / snapstore.DATA)
     snapstore.write_meta(holder, snapstore.Meta.from_dict(meta))
+    diskio.fsync_dir(holder)  # its data/ and snapshot.json entries, before it is named
     os.rename(holder, final)
     diskio.fsync_dir(store)
 
@@ -239,10 +243,10 @@ def _settle_locked(inst: Instance) -> None:
 
 
 def _unhold(store: Store, old: str) -> None:
-    """Undo what a kill left of the three renames of :func:`snapstore.swap_in` (no
+    """Undo what a kill left of the three renames of :func:`snapswap.swap_in` (no
     exchange on this filesystem): the data directory held in the store goes back to its
     place if nothing is there yet (the swap did not happen), else to ``old`` (it did)."""
-    hold = snapstore.hold_name(old)
+    hold = snapswap.hold_name(old)
     try:
         os.stat(hold, dir_fd=store.fd, follow_symlinks=False)
     except FileNotFoundError:

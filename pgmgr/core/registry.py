@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import paths, recordcheck
+from pgmgr.core import diskio, paths, recordcheck
 from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError, doing
 from pgmgr.core.lazyre import LazyRegex
 
@@ -230,6 +230,14 @@ def _check_paths(inst: Instance) -> None:
 def save(inst: Instance) -> None:
     """Rewrite the record of an instance already registered (see :func:`create`)."""
     paths.write_json_atomic(record_path(check_name(inst.name)), inst.to_dict())
+    _synced()
+
+
+def _synced() -> None:
+    """The instances directory fsynced: a record created, rewritten or removed is on disk
+    before what depends on it (a swap or a branch's rename, on another filesystem, that
+    the record must pin after a power cut; a destroy or an init said done)."""
+    diskio.fsync_dir(instances_dir())
 
 
 @contextlib.contextmanager
@@ -307,6 +315,7 @@ def _write_exclusive(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.link(tmp, path)
+        _synced()
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -317,6 +326,7 @@ def remove(name: str) -> bool:
         record_path(check_name(name)).unlink()
     except FileNotFoundError:
         return False
+    _synced()
     return True
 
 

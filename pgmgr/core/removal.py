@@ -20,7 +20,7 @@ import re
 import stat
 from pathlib import Path
 
-from pgmgr.core import testhook, userfs
+from pgmgr.core import diskio, testhook, userfs
 from pgmgr.core.errors import DatabaseException
 
 #: The top-level entries of a data directory made by initdb (PostgreSQL 15 and 18 make the
@@ -182,6 +182,9 @@ def _rename_and_delete(pfd: int, datadir: Path, expect: tuple[int, int] | None) 
         with contextlib.suppress(OSError):
             os.rename(trash, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         raise DatabaseException(f"refusing to remove {datadir}: it changed meanwhile")
+    # On disk before anything is deleted (and the record removed): after a power cut the
+    # half-deleted directory came back at its own name, still pinned by the record.
+    diskio.fsync_dirs(pfd)
     testhook.pause("destroy-renamed")
     _delete_trash(pfd, trash)
     return True

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, registry, server, testhook, userfs, versions
+from pgmgr.core import dirpath, diskio, registry, server, testhook, userfs, versions
 from pgmgr.core.errors import (
     DatabaseException,
     InstanceNotFound,
@@ -239,6 +239,7 @@ def _clone(src: Server, rep: Server) -> None:
         st = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
         if su is not None:
             os.chown(target.name, su.uid, su.gid, dir_fd=parent, follow_symlinks=False)
+        diskio.fsync_dirs(parent)  # before the record pins it (pg_basebackup syncs within)
     rep.inst.dev, rep.inst.ino = st.st_dev, st.st_ino
     rep.save()
     host = src.conninfo(tcp=True)["host"]

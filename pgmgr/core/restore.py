@@ -26,6 +26,7 @@ from pgmgr.core import (
     pgcontrol,
     sigguard,
     snapstore,
+    snapswap,
     testhook,
 )
 from pgmgr.core.errors import DatabaseException, PgmgrError
@@ -297,7 +298,7 @@ def _switch(
     intent.begin(srv, it)
     try:
         store.rename(staging.name, it.old)
-        snapstore.swap_in(store, it.old)
+        snapswap.swap_in(store, it.old)
     except BaseException:
         intent.discard(srv, store)
         raise

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import pgcontrol, server, snapstore, testhook, userfs, versions
+from pgmgr.core import diskio, pgcontrol, server, snapstore, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -181,6 +181,9 @@ def _delete(store: Path, name: str) -> None:
     doomed = store / snapstore.tmp_name("delete")
     with doing("delete", store / name):
         os.rename(store / name, doomed)
+        # On disk before anything in it is deleted: after a power cut a half-deleted
+        # snapshot came back under its own name, taken for whole by a restore.
+        diskio.fsync_dir(store)
     snapstore.remove_tree(doomed)
 
 
@@ -216,6 +219,7 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
                 doomed = snapstore.doomed_name()
                 os.rename(store.path.name, doomed, src_dir_fd=store.top_fd,
                           dst_dir_fd=store.top_fd)  # fmt: skip
+                diskio.fsync_dirs(store.top_fd)  # as in _delete
                 testhook.pause("destroy-snapshots-renamed")
                 userfs.rmtree_at(store.top_fd, doomed)
             else:

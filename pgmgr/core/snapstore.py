@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, paths, testhook, userfs
-from pgmgr.core.errors import DatabaseException, doing
+from pgmgr.core import dirpath, paths, userfs
+from pgmgr.core.errors import DatabaseException
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
 from pgmgr.core.snapmeta import META as META
@@ -101,9 +101,10 @@ class Store:
 
     def rename(self, src: str, dst: str) -> None:
         """Rename the store's entry ``src`` to ``dst`` through the store's fd, as
-        :func:`swap_in` does: no path is resolved (a symlink put there is renamed itself,
-        never followed), so root needs no process of the server user's for it (~5 ms
-        each). An error names the entries' full paths, as ``os.rename`` of them would."""
+        :func:`pgmgr.core.snapswap.swap_in` does: no path is resolved (a symlink put there
+        is renamed itself, never followed), so root needs no process of the server user's
+        for it (~5 ms each). An error names the entries' full paths, as ``os.rename`` of
+        them would."""
         try:
             os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except OSError as e:
@@ -385,62 +386,3 @@ def renameat2(a_fd: int, a: str, b_fd: int, b: str, flags: int) -> None:
     if fn(a_fd, a.encode(), b_fd, b.encode(), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), b)
-
-
-def exchange(a_fd: int, a: str, b_fd: int, b: str) -> None:
-    renameat2(a_fd, a, b_fd, b, RENAME_EXCHANGE)
-
-
-def hold_name(staged: str) -> str:
-    return staged + ".hold"
-
-
-def swap_in(store: Store, staged: str) -> None:
-    """Put the directory ``<store>/<staged>`` where the data directory is, and the data
-    directory where ``staged`` was: one atomic exchange (at no moment is there no data
-    directory), or, on filesystems without it (ZFS before 2.2, NFS), three renames, the
-    first undone if the second fails. Between those the data directory waits in the store
-    as :func:`hold_name` of ``staged`` (not swept when ``staged`` is not: a kill there is
-    settled by :mod:`pgmgr.core.intent`).
-    """
-    if not _exchanged(store, staged):
-        _three_renames(store, staged)
-    _durable(store)
-
-
-def _exchanged(store: Store, staged: str) -> bool:
-    """The one atomic exchange; False where the filesystem lacks it."""
-    try:
-        if os.environ.get("PGMGR_SWAP") == "rename":  # tests: a filesystem without it
-            raise OSError(errno.EINVAL, "RENAME_EXCHANGE disabled by PGMGR_SWAP")
-        with doing("replace", store.datadir):
-            exchange(store.fd, staged, store.parent_fd, store.datadir.name)
-        return True
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        return False
-
-
-def _three_renames(store: Store, staged: str) -> None:
-    name = store.datadir.name
-    hold = hold_name(staged)
-    with doing("replace", store.datadir):
-        os.rename(name, hold, src_dir_fd=store.parent_fd, dst_dir_fd=store.fd)
-    testhook.pause("swap-held")
-    try:
-        with doing("replace", store.datadir):
-            os.rename(staged, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
-    except BaseException:
-        os.rename(hold, name, src_dir_fd=store.fd, dst_dir_fd=store.parent_fd)
-        raise
-    os.rename(hold, staged, src_dir_fd=store.fd, dst_dir_fd=store.fd)
-
-
-def _durable(store: Store) -> None:
-    """The swap reaches the disk before the record that follows it names the new
-    directory (the record may be on another filesystem: after a power cut it pinned the
-    new directory while the old one was back in place, and the instance was refused)."""
-    with doing("replace", store.datadir):
-        os.fsync(store.parent_fd)
-        os.fsync(store.fd)

@@ -35,6 +35,7 @@ from pgmgr.core import (
     sigguard,
     snapshot,
     snapstore,
+    snapswap,
     sockets,
     sweep,
     testhook,
@@ -332,7 +333,7 @@ def _switch(
                 try:
                     store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)
                     testhook.pause("upgrade-switching")
-                    snapstore.swap_in(store, it.old)
+                    snapswap.swap_in(store, it.old)
                 except BaseException:
                     intent.discard(srv, store)
                     raise

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import snapstore
+from pgmgr.core import snapstore, snapswap
 
 
 @pytest.mark.parametrize("how", ["exchange", "rename"])
@@ -35,7 +35,7 @@ def test_the_swap_is_fsynced_in_both_directories(
             real(fd)
 
         monkeypatch.setattr(os, "fsync", spy)
-        snapstore.swap_in(store, "staged")
+        snapswap.swap_in(store, "staged")
         monkeypatch.setattr(os, "fsync", real)
         assert os.listdir(datadir) == ["new"] and os.listdir(store.entry("staged")) == ["old"]
         for d in (tmp_path, store.path):
