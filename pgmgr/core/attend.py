@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import paths, registry, snapstore, stopmark, userfs
+from pgmgr.core import dirlock, paths, snapstore, stopmark, userfs
 from pgmgr.core.errors import InstanceNotFound, PgmgrError
 from pgmgr.core.locked import refresh
 
@@ -64,7 +64,7 @@ def attending(srv: Server) -> Iterator[None]:
 
     :raises AlreadyAttended: another attendant holds it.
     """
-    lock = registry.lock_file(srv.datadir, ".attend")
+    lock = dirlock.lock_file(srv.datadir, ".attend")
     with paths.flocked(lock, exclusive=True, timeout=0, busy="") as got:
         if not got:
             raise AlreadyAttended(srv.inst.name)
@@ -89,7 +89,7 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
     """
     other = False  # a pgmgr of another registry held the store while the server was down
     while not stop_requested:
-        with registry.try_lock(srv.datadir) as free:
+        with dirlock.try_lock(srv.datadir) as free:
             if free and not store_busy(srv) and not stopmark.busy(srv.datadir):
                 try:
                     refresh(srv)

@@ -24,7 +24,17 @@ import errno
 import os
 from pathlib import Path
 
-from pgmgr.core import cleanup, diskio, identity, registry, sigguard, snapstore, testhook, userfs
+from pgmgr.core import (
+    cleanup,
+    dirlock,
+    diskio,
+    identity,
+    registry,
+    sigguard,
+    snapstore,
+    testhook,
+    userfs,
+)
 from pgmgr.core.errors import DatabaseException, PgmgrError, PortInUse, doing
 from pgmgr.core.registry import Instance
 
@@ -154,7 +164,7 @@ def settle(inst: Instance) -> Instance | None:
     None when it was undone (no record any more). Best effort: should settling fail, the
     record stays for the next load."""
     try:
-        with registry.try_lock(Path(inst.datadir)) as free:
+        with dirlock.try_lock(Path(inst.datadir)) as free:
             if not free:
                 return inst
             inst = registry.load(inst.name, settle=False)  # as it is now, under the lock
