@@ -113,7 +113,7 @@ def work(rel_base: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="t-", dir=rel_base))
     path.chmod(0o755)
     yield path
-    left = wait_no_processes(path, timeout=3)
+    left = wait_no_processes(path, timeout=30)
     kill_postmasters(left)
     GRAVEYARD.bury(path, rel_base / ".graveyard")
     assert not left, f"postgres processes left running by this test (now killed): {left}"
@@ -276,7 +276,7 @@ def no_orphans(inst: Inst) -> None:
     keep: set[int] = set()
     if pf is not None and process.serves(pf.pid, inst.datadir, pf.start_time):
         keep = {pf.pid, *process.children(pf.pid)}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while True:
         extra = [p for p in postgres_pids_under(inst.datadir) if p not in keep]
         if not extra or time.monotonic() > deadline:
