@@ -179,7 +179,7 @@ def test_a_stop_is_the_users_and_a_killed_command_a_failure(
 
 def test_a_second_attendant_is_refused(attended: tuple[Inst, subprocess.Popen[str]]) -> None:
     inst, proc = attended
-    code, err = ended(spawn("dev", inst.env), timeout=20)
+    code, err = ended(spawn("dev", inst.env), timeout=60)
     assert code == 1 and error_lines(err)[0] == (
         "Error: 'dev' is already attended by another 'pgmgr start --foreground' (a systemd "
         "unit, or a terminal); nothing was started"
