@@ -42,14 +42,18 @@ class Attendant(subprocess.Popen[str]):
             text=True,
         )  # fmt: skip
 
-    def ready(self, timeout: float = 60) -> None:
+    def ready(self) -> None:
         """Wait until it attends (READY=1: it holds its lock, the server runs, and it
         watches). A fixed sleep here was outlasted on a loaded machine: a 'pgmgr stop' or
         a second attendant then came before the first attendant had even started."""
+        self.says("READY=1")
+
+    def says(self, start: str, timeout: float = 60) -> None:
+        """Wait until it sends a line that starts with ``start``."""
         deadline = time.monotonic() + timeout
-        while b"READY=1" not in self._datagram(0.1).split(b"\n"):
+        while not any(ln.startswith(start) for ln in self._datagram(0.1).decode().split("\n")):
             assert self.poll() is None, self.communicate()
-            assert time.monotonic() < deadline, "the attendant never said READY=1"
+            assert time.monotonic() < deadline, f"the attendant never said {start!r}"
 
     def _datagram(self, wait: float) -> bytes:
         if not select.select([self.notify], [], [], wait)[0]:
@@ -78,7 +82,7 @@ def done_with(proc: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def attending(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def attending(name: str, env: dict[str, str]) -> Iterator[Attendant]:
     """:func:`spawn`, once it attends (:meth:`Attendant.ready`), and :func:`done_with` it
     however the block ends."""
     proc = spawn(name, env)
