@@ -112,11 +112,9 @@ def import_bundle(
         srv = Server.for_datadir(datadir, name=name, version=install.version)
         srv.inst.pending, srv.inst.pending_from, srv.building = "import", str(bundle), True
         srv.save()  # registered, marked
-        made = False  # whether the directory is the one this import built
         try:
             testhook.pause("import-registered")
             _init(srv, manifest)
-            made = True
             _start(srv, settings, port, timeout)
             testhook.pause("import-started")
             _restore(srv, install, bundle, manifest)
@@ -124,7 +122,9 @@ def import_bundle(
             srv.save()
         except BaseException:
             with contextlib.suppress(Exception):
-                if made:
+                # The directory this import built (set once it is in place: a signal later
+                # in _init, before it returned, left it behind, the record removed).
+                if srv.built:
                     ops.destroy(srv)
                 else:  # a directory that appeared there is not ours to remove
                     registry.remove(srv.inst.name)

@@ -6,11 +6,22 @@ directory registered without a known password, gets its password at its first st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import replace
 
-from pgmgr.core import dirpath, privileges, server, staging, testhook, userfs, versions
+from pgmgr.core import (
+    dirpath,
+    privileges,
+    server,
+    sigguard,
+    staging,
+    testhook,
+    userfs,
+    versions,
+)
 from pgmgr.core import template as tpl
 from pgmgr.core.diskio import disk_full
 from pgmgr.core.errors import DatabaseException
@@ -70,22 +81,26 @@ def initialize(
         srv.inst.server_user = su.name
     if opts.auth != "trust" and password is None:
         password = new_password()
-    copied = build(srv, install, opts, su, password, template, pin_early=new)
-    srv.inst.superuser = opts.superuser
-    srv.inst.auth = opts.auth
-    srv.inst.password = password if opts.auth != "trust" else None
-    srv.inst.password_pending = copied and srv.inst.password is not None
-    if not srv.pin():  # a new directory: whatever the record said before
+    with build(srv, install, opts, su, password, template, pin_early=new) as copied:
+        testhook.pause("init-built")  # in place, not yet registered (tests: a signal now)
+        srv.inst.superuser = opts.superuser
+        srv.inst.auth = opts.auth
+        srv.inst.password = password if opts.auth != "trust" else None
+        srv.inst.password_pending = copied and srv.inst.password is not None
+        pinned = srv.pin()  # a new directory: whatever the record said before
+        if pinned:
+            srv.save()
+    if not pinned:  # left as it is: no longer provably the directory this init built
         raise DatabaseException(
             f"{datadir} changed while it was being initialized (it is no longer the "
             "directory pgmgr built, or crosses another user's symlink); nothing was "
             "registered",
             hint=f"check {datadir} and its parent directories",
         )
-    srv.save()
     return True
 
 
+@contextlib.contextmanager
 def build(
     srv: Server,
     install: versions.Installation,
@@ -95,14 +110,16 @@ def build(
     template: bool,
     *,
     pin_early: bool = False,
-) -> bool:
+) -> Iterator[bool]:
     """Build the cluster in a private work directory and move it into place (see
-    :mod:`pgmgr.core.staging`): an interrupted init never leaves a data directory.
+    :mod:`pgmgr.core.staging`), then run the block, which registers it: an interrupted
+    init never leaves a data directory, not even one built and not yet registered (the
+    block is undone with it: SIGTERM and SIGHUP interrupt it like Ctrl-C too).
     With ``pin_early`` (a registered, unfinished build), the record pins the directory as
     soon as it is there, before anything is built in it: a kill later leaves a record that
     names that very directory, and a directory it does not pin is not the build's.
 
-    :returns: whether it is a template copy (its password is still to be set).
+    Yields whether it is a template copy (its password is still to be set).
     """
     stage = staging.Stage(srv.datadir, su)
     with staging.signals_interrupt():
@@ -118,11 +135,13 @@ def build(
                 lean = replace(opts, no_sync=True)
                 server.initdb(install, stage.data, lean, password=password, user=su)
                 stage.commit(sync=not opts.no_sync)
+            srv.built = True
+            yield how is not None
         except BaseException:
-            stage.abort()
+            srv.built = False
+            with sigguard.shielded():  # a second Ctrl-C must not leave half of it
+                stage.abort()
             raise
-    copied = how is not None
-    return copied
 
 
 def _pin_directory(srv: Server) -> None:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pgmgr.core import process, registry, server
+from pgmgr.core import process, registry, server, sigguard, testhook
 from pgmgr.core.errors import DatabaseException, PgmgrError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -98,13 +98,22 @@ def undo_on_failure(srv: Server, enabled: bool = True) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        idle = not process.running_postmaster(srv.datadir) and not process.processes_in(srv.datadir)
-        if server.is_datadir(srv.datadir) and idle:
-            server.remove_partial(srv.datadir, created=not dir_existed, user=srv.user())
-            if not had_record:
-                with contextlib.suppress(OSError, PgmgrError):
-                    registry.remove(srv.inst.name)
-            if not log_existed:
-                with contextlib.suppress(OSError):
-                    srv.log_file.unlink()
+        # A second Ctrl-C (people press it twice) must not cut the undo short: it left the
+        # instance the user cancelled, initialized and registered. Short and bounded, so
+        # signals wait; the first exception is what the command says.
+        with sigguard.shielded():
+            testhook.pause("init-undo")
+            _undo(srv, dir_existed, had_record, log_existed)
         raise
+
+
+def _undo(srv: Server, dir_existed: bool, had_record: bool, log_existed: bool) -> None:
+    idle = not process.running_postmaster(srv.datadir) and not process.processes_in(srv.datadir)
+    if server.is_datadir(srv.datadir) and idle:
+        server.remove_partial(srv.datadir, created=not dir_existed, user=srv.user())
+        if not had_record:
+            with contextlib.suppress(OSError, PgmgrError):
+                registry.remove(srv.inst.name)
+        if not log_existed:
+            with contextlib.suppress(OSError):
+                srv.log_file.unlink()

@@ -121,6 +121,9 @@ class Server:
         #: The command that builds this instance (import, replica) may start it while the
         #: record still carries its ``pending`` mark; nothing else may.
         self.building = False
+        #: This process put the data directory in place (:func:`pgmgr.core.initdir.build`):
+        #: a clean-up interrupted before it was told so knows the directory is its own.
+        self.built = False
 
     # ------------------------------------------------------------------ construction
 

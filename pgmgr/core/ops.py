@@ -63,8 +63,8 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
 
     :raises UsageError: an unknown mode.
     :raises WorkerError: it did not stop in time, or did not come back.
-    :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP) once it was asked to stop:
-        a server that ran is started again first (the restart is done, fast).
+    :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP), from its stop mark to
+        its start: a server that ran is started again first (the restart is done, fast).
     """
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
@@ -72,10 +72,11 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     from pgmgr.core import sigguard, stopmark
 
     running = srv.running() is not None
-    if running:
-        stopmark.mark(srv, "restart")  # killed before the start: status says why it stopped
     with sigguard.interruptible(), stopmark.held(srv) if running else contextlib.nullcontext():
         try:
+            if running:  # killed before the start: status says why it stopped
+                stopmark.mark(srv, "restart")  # in here: a signal once it is saved clears it
+            testhook.pause("restart-marked")
             was_running = srv.stop(mode, timeout)
             testhook.pause("restart-stopped")
         except WorkerError:  # still running: nothing to explain
@@ -86,7 +87,12 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
             if running:
                 _start_anyway(srv)
             raise
-        return RestartResult(was_running, srv.start(timeout=timeout))
+        try:
+            return RestartResult(was_running, srv.start(timeout=timeout))
+        except KeyboardInterrupt:  # the start cancelled itself: it runs all the same
+            if running:
+                _start_anyway(srv)
+            raise
 
 
 def _start_anyway(srv: Server) -> None:

@@ -222,10 +222,18 @@ def run(
     or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it never goes on
     writing into what a retry or a destroy is removing.
 
+    It runs in its own session: interrupted (Ctrl-C, a SIGTERM sigguard turned into one,
+    the timeout), pgmgr stops its whole process group and waits for it (see
+    :func:`pgmgr.core.tools.run`), not the program alone: pg_basebackup's WAL streamer,
+    a child of its own, outlived it, still writing into the directory the caller's
+    clean-up removes and holding the replica's slot on the primary.
+
     :raises CommandFailed: it exits non-zero (with its stderr kept).
     :raises OSError: it cannot be executed.
     """
     import subprocess
+
+    from pgmgr.core import tools
 
     uid, gid, groups = _ids(user)
     preexec = None
@@ -233,24 +241,33 @@ def run(
         from pgmgr.core.launch import _die_with
 
         preexec = _die_with(os.getpid(), signal.SIGTERM)
-    proc = subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL if input is None else None,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**_child_env(user), **(env or {})},
-        cwd="/",
-        user=uid,
-        group=gid,
-        extra_groups=groups,
-        check=False,
-        preexec_fn=preexec,
-    )
+    proc = None
+    try:
+        with tools._deferred() as held:  # a Ctrl-C inside Popen: see tools.run
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**_child_env(user), **(env or {})},
+                cwd="/",
+                user=uid,
+                group=gid,
+                extra_groups=groups,
+                preexec_fn=preexec,
+                start_new_session=True,
+            )
+        for sig in held:
+            signal.raise_signal(sig)
+        out, err = proc.communicate(input=input, timeout=timeout)
+    except BaseException:
+        if proc is not None:
+            tools._stop_group(proc, 10.0)
+        raise
     if proc.returncode != 0:
-        raise CommandFailed(argv, proc.returncode, proc.stderr or proc.stdout)
-    return proc
+        raise CommandFailed(argv, proc.returncode, err or out)
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
 def postgres_check(

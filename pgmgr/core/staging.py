@@ -170,7 +170,7 @@ class Stage:
         """Remove what this init made: the target's contents (it was empty), then the
         directories it created, innermost first. Never raises."""
         with contextlib.suppress(Exception):
-            userfs.as_user(self.user, _clear, str(self.target), 2.0)
+            userfs.as_user(self.user, _unmake, str(self.target), self.work.name, 2.0)
         if self.handed is not None:  # given back as it was: root's, empty
             with contextlib.suppress(Exception):
                 fd = userfs.open_dir(self.target)
@@ -196,7 +196,7 @@ def remove_cluster(datadir: Path, created: bool, user: ServerUser | None) -> Non
     user, empty ``datadir`` through fds (never following a symlink), then remove it if it was
     created (as that user, or by root under a root-owned parent). Never raises."""
     with contextlib.suppress(Exception):
-        userfs.as_user(user, _clear, str(datadir), 2.0)
+        userfs.as_user(user, _unmake, str(datadir), f"{WORK_PREFIX}{os.getpid()}", 2.0)
     if not created:
         return
     try:
@@ -337,8 +337,28 @@ def _make_work(target: str, work: str) -> None:
         os.close(fd)
 
 
-def _clear(target: str, settle: float = 0.0) -> None:
-    """Remove every entry of ``target`` (an init's own work), never following a symlink.
+def _unmake(target: str, work: str, settle: float) -> None:
+    """:func:`_clear` of a target that may hold a committed cluster (an init undone after
+    its commit, a ``start --init`` whose start failed), such that a kill at any moment
+    leaves an init's leftover (see :func:`_target_state`: the next init clears it), never
+    part of a data directory: the work dir ``work`` is made first, ``PG_VERSION`` removed
+    next, the work dir last."""
+    fd = os.open(target, _DIR)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(work, 0o700, dir_fd=fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("PG_VERSION", dir_fd=fd)
+        testhook.pause("unmaking")
+        _clear(target, settle, keep=work)
+        _clear(target, settle)  # the work dir (all of an init undone before its commit)
+    finally:
+        os.close(fd)
+
+
+def _clear(target: str, settle: float = 0.0, keep: str | None = None) -> None:
+    """Remove every entry of ``target`` (an init's own work) but ``keep``, never following
+    a symlink.
 
     With ``settle``, retry for up to that many seconds while something still writes there:
     initdb killed by an interrupt leaves its ``postgres --boot``/``--single`` child to exit
@@ -351,8 +371,9 @@ def _clear(target: str, settle: float = 0.0) -> None:
         while True:
             try:
                 for name in os.listdir(fd):
-                    userfs.rmtree_at(fd, name)
-                if not os.listdir(fd):
+                    if name != keep:
+                        userfs.rmtree_at(fd, name)
+                if not [n for n in os.listdir(fd) if n != keep]:
                     return
             except OSError:
                 if time.monotonic() >= deadline:

@@ -24,6 +24,7 @@ from pgmgr.core import (
     privileges,
     process,
     server,
+    sigguard,
     state,
     testhook,
     versions,
@@ -118,10 +119,13 @@ def start(
             # One handler from the spawn to the record: a Ctrl-C anywhere in between (not
             # only inside the wait), a server that exited or was not ready, a server pgmgr
             # cannot record (state dir unwritable, disk full) or cannot secure (no
-            # password): none is left running behind the error, nor its socket dir.
-            cancel_start(srv)
-            for sock in socks:
-                drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
+            # password): none is left running behind the error, nor its socket dir. A
+            # second Ctrl-C meanwhile waits (bounded): it left both, and the caller's undo
+            # (start --init) then found a server and kept the data directory too.
+            with sigguard.shielded():
+                cancel_start(srv)
+                for sock in socks:
+                    drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
             raise
         if pf is None:  # another server took the port between our check and bind
             for sock in socks:
@@ -385,6 +389,7 @@ def cancel_start(srv: Server) -> None:
     if srv.child is None or srv.child.poll() is not None:
         return  # none spawned, or exited and reaped: its pid may be another's by now
     srv.child.send_signal(server.STOP_SIGNALS["fast"])
+    testhook.pause("start-cancelled")
     # Our own child: wait for it, not for postmaster.pid (not written yet this early).
     with contextlib.suppress(subprocess.TimeoutExpired):
         srv.child.wait(timeout=30)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import process
+from pgmgr.core import cleanup, process, testhook
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -65,6 +65,10 @@ def mark(srv: Server, command: str) -> None:
     """Mark ``srv``'s record before ``command`` stops its server (saved now).
 
     :raises OSError: the record cannot be written: the caller does not stop the server.
+
+    All or nothing: interrupted once the mark was written (a Ctrl-C during the record's
+    fsync), it is cleared again before the interrupt goes on; the caller, which stops the
+    server only after this returns, left it running marked as stopped by a command gone.
     """
     if not srv.register:
         return
@@ -73,7 +77,12 @@ def mark(srv: Server, command: str) -> None:
         "command": command, "pid": me, "started": process.start_time(me), "at": time.time(),
         "ticks": process.start_ticks(me), "boot": process.boot_id(),
     }  # fmt: skip
-    srv.save()
+    try:
+        srv.save()
+        testhook.pause("marked")
+    except BaseException:
+        cleanup.quietly(lambda: clear_saved(srv))
+        raise
 
 
 def clear(inst: Instance) -> bool:

@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pgmgr.core import server, testhook
 from pgmgr.core.errors import CommandFailed
 from pgmgr.core.privileges import ServerUser
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     import subprocess
 

@@ -10,6 +10,7 @@ the primary. A SIGTERM cleans up at once. The test-only pause of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,6 +87,9 @@ IMPORT_KILLS = [
     ("import-started", signal.SIGKILL, "destroy"),
     ("import-restored-db", signal.SIGKILL, "retry"),
     ("import-restored-db", signal.SIGTERM, None),
+    # its data directory built, the import not yet told so: the clean-up took it for one
+    # that appeared there, removed the record only, and the retry found the directory
+    ("init-built", signal.SIGTERM, None),
 ]
 
 
@@ -442,3 +446,52 @@ def test_an_interrupted_export_leaves_no_bundle_and_a_retry_works(
     assert again.returncode == 0, again.stderr
     assert (dest / "manifest.json").is_file()
     assert not [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
+
+
+def _base_backup(pgmgr_pid: int, timeout: float = 30) -> tuple[int, int]:
+    """pg_basebackup under ``pgmgr_pid`` and the child it streams WAL with, once both run."""
+    from pgmgr.core import process
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in process.children(pgmgr_pid):
+            argv = process.cmdline(pid)
+            kids = process.children(pid)
+            if argv and os.path.basename(argv[0]) == "pg_basebackup" and kids:
+                return pid, kids[0]
+        time.sleep(0.002)
+    raise AssertionError("pg_basebackup and its WAL streamer never ran")
+
+
+def test_a_replica_interrupted_during_its_base_backup_stops_all_of_it(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """SIGTERM (as Ctrl-C) while pg_basebackup runs: pgmgr killed pg_basebackup alone, and
+    the child it forks to stream WAL (-X stream) outlived the command, its walsender
+    holding the replica's slot on the primary: the clean-up could not drop the slot
+    (waited 10 s for it), removed the record that named it, and the slot kept the
+    primary's WAL for ever. Held stopped here, that child cannot end by itself."""
+    target = ops_dir / "rep"
+    run = Paused(hooks, "replica-cloned", "replica", "fresh", "--name", "rep", "-d", str(target))
+    main, streamer = _base_backup(run.proc.pid)
+    for pid in (streamer, main):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert run.kill(signal.SIGTERM) == 130
+        assert not _alive(streamer), "pg_basebackup's WAL streamer outlived pgmgr"
+    finally:
+        for pid in (main, streamer):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
+    assert_gone(fresh, "rep", target)
+    assert primary_leftovers(fresh) == (0, 0, [])
+
+
+def _alive(pid: int) -> bool:
+    from pgmgr.core import process
+
+    deadline = time.monotonic() + 2
+    while process.is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process.is_alive(pid)

@@ -40,6 +40,16 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _init_running_initdb(datadir: Path) -> subprocess.Popen[bytes]:
+    """``pgmgr init`` that runs initdb itself (no template copy)."""
+    return subprocess.Popen(
+        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
+    )
+
+
 def _wait_for_initdb(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,12 +72,7 @@ def test_ctrl_c_during_init(work: Path, existing: bool) -> None:
         datadir.mkdir(mode=0o755)
         if os.geteuid() == 0:
             shutil.chown(datadir, "postgres", "postgres")
-    proc = subprocess.Popen(
-        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
-    )
+    proc = _init_running_initdb(datadir)
     initdb = _wait_for_initdb(proc)
     time.sleep(0.1)  # let initdb start writing
     proc.send_signal(signal.SIGINT)  # to pgmgr alone, as `kill -INT`
@@ -95,12 +100,7 @@ def test_ctrl_c_during_init_stops_initdbs_postgres(work: Path) -> None:
     the child cannot end by itself when initdb goes (EOF on its input); pgmgr killed only
     initdb before, and the child outlived the command."""
     datadir = work / "data"
-    proc = subprocess.Popen(
-        pgmgr_argv("init", "-d", str(datadir), "-v", "15"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PGMGR_NO_TEMPLATE": "1"},
-    )
+    proc = _init_running_initdb(datadir)
     initdb = _wait_for_initdb(proc)
     deadline = time.monotonic() + 30
     while not (kids := process.children(initdb)):
@@ -299,3 +299,38 @@ def test_restart_under_pgbench_load(cluster: InstFactory, work: Path) -> None:
     assert assert_truthful(inst) == "running"
     assert inst.stop().returncode == 0
     no_orphans(inst)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_init_interrupted_once_built_not_yet_registered(work: Path, hooks: Path, sig: int) -> None:
+    """The data directory is in place, its record not yet saved (pinning it, writing the
+    record: some ms): 'pgmgr init' said 'Interrupted' and left a complete, unregistered
+    data directory whose password was lost with the record (SIGTERM killed it outright
+    there). Now that step is part of the init it completes: interrupted, it is undone."""
+    datadir = work / "data"
+    paused = Paused(hooks, "init-built", "init", "-d", str(datadir), "-v", "15")
+    paused.reached()
+    assert (datadir / "PG_VERSION").is_file()  # built: the window is real
+    assert paused.kill(sig) == 130
+    assert not datadir.exists()
+    assert pgmgr("status", "--json").json() == []
+
+
+def test_init_killed_while_it_undoes_a_built_directory(work: Path, hooks: Path) -> None:
+    """Interrupted once built (above), then killed with -9 while the directory is emptied
+    again: what is left must not count as a data directory (half of one, PG_VERSION still
+    there, was taken for an instance), and the next init clears it and initializes."""
+    datadir = work / "data"
+    (hooks / "unmaking").touch()
+    paused = Paused(hooks, "init-built", "init", "-d", str(datadir), "-v", "15")
+    paused.reached()
+    paused.proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while not (hooks / "unmaking.reached").exists():
+        assert paused.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    (hooks / "unmaking").unlink()
+    paused.kill(signal.SIGKILL)
+    assert not (datadir / "PG_VERSION").exists()
+    run = pgmgr("init", "-d", str(datadir), "-v", "15")
+    assert run.returncode == 0 and "Initialized" in run.stderr, str(run)

@@ -93,4 +93,18 @@ def leftovers(store: Path, wait: float = 30.0) -> list[str]:
         time.sleep(0.05)
 
 
-__all__ = ["Inst", "leftovers", "run_pgmgr"]
+def plant_undeletable(work: Path) -> Path:
+    """Something a clean-up cannot remove from ``work`` (something still writing in it,
+    as once seen): a directory, owned like ``work``, that its user cannot write (chmod
+    the returned path 0700 to let it go)."""
+    stuck = work / "stuck"
+    owner = work.stat()
+    stuck.mkdir()
+    (stuck / "file").touch()
+    for path in (stuck, stuck / "file"):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    stuck.chmod(0o500)
+    return stuck
+
+
+__all__ = ["Inst", "leftovers", "plant_undeletable", "run_pgmgr"]

@@ -23,6 +23,17 @@ def killed_at(inst: Inst, tmp_path: Path, step: str) -> None:
     run.kill(signal.SIGKILL)
 
 
+def branches_again(inst: Inst, ops_dir: Path) -> None:
+    """With dev started, the same branch can be made again, and no staged copy is left."""
+    inst.ok("start", "dev", "-q")
+    try:
+        inst.ok("branch", "dev", "k", "-q")
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+        assert leftovers(ops_dir / ".pgmgr-snapshots" / "k") == []
+    finally:
+        inst.pgmgr("stop", "k", "-q")
+
+
 def test_a_branch_killed_once_in_place_is_registered_by_the_next_command(
     inst: Inst, ops_dir: Path, tmp_path: Path
 ) -> None:
@@ -55,12 +66,7 @@ def test_a_branch_killed_before_its_copy_is_in_place_is_undone(
     names = [r["name"] for r in json.loads(inst.ok("status", "--json").stdout)]
     assert names == ["dev"]
     assert not os.path.lexists(ops_dir / ".pgmgr-snapshots" / "k")
-    inst.ok("start", "dev", "-q")
-    try:
-        inst.ok("branch", "dev", "k", "-q")
-        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
-    finally:
-        inst.pgmgr("stop", "k", "-q")
+    branches_again(inst, ops_dir)
 
 
 def test_a_placed_branch_whose_disk_is_away_for_a_while_keeps_its_record(
@@ -109,13 +115,7 @@ def test_a_branch_killed_before_its_copy_is_in_place_then_blocked_says_how_to_go
     assert "forget it ('pgmgr forget k') and branch again" in refused.stderr, refused.stderr
     inst.ok("forget", "k")
     (ops_dir / "k").rmdir()
-    inst.ok("start", "dev", "-q")
-    try:
-        inst.ok("branch", "dev", "k", "-q")
-        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
-        assert leftovers(ops_dir / ".pgmgr-snapshots" / "k") == []
-    finally:
-        inst.pgmgr("stop", "k", "-q")
+    branches_again(inst, ops_dir)
 
 
 def test_a_branch_killed_before_its_copy_is_in_place_then_another_branch_undoes_it(

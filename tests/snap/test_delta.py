@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pgmgr.core import delta
 from tests.pause import Paused
-from tests.snap.conftest import Inst, leftovers
+from tests.snap.conftest import Inst, leftovers, plant_undeletable
 
 
 def hooks_dir(tmp_path: Path) -> Path:
@@ -150,13 +150,7 @@ def test_interrupted_restore_with_unremovable_staging(inst: Inst, tmp_path: Path
                  env=inst.env)  # fmt: skip
     run.reached()
     (staged,) = [n for n in leftovers(inst.store, wait=0) if n.startswith(".tmp-restore")]
-    stuck = inst.store / staged / "stuck"
-    owner = (inst.store / staged).stat()
-    stuck.mkdir()
-    (stuck / "file").touch()
-    for path in (stuck, stuck / "file"):
-        os.chown(path, owner.st_uid, owner.st_gid)
-    stuck.chmod(0o500)
+    stuck = plant_undeletable(inst.store / staged)
     run.proc.send_signal(signal.SIGTERM)
     done = run.go()
     assert done.returncode == 130, str(done)

@@ -29,3 +29,28 @@ def test_a_restart_interrupted_with_the_server_stopped_starts_it_again(
     assert inst.state() == "running" and inst.pid() != before
     assert inst.record()["stopped_by"] is None
     assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+@pytest.mark.parametrize(
+    ("step", "sig"),
+    [("start-spawned", signal.SIGINT), ("start-spawned", signal.SIGTERM),
+     ("restart-marked", signal.SIGTERM)],
+)  # fmt: skip
+def test_a_restart_interrupted_while_it_starts_or_marks_leaves_it_running_unmarked(
+    step: str, sig: int, inst: Inst, tmp_path: Path
+) -> None:
+    """Interrupted once the new postmaster is spawned, not yet ready: the start's own
+    clean-up stopped it, and the restart left it stopped ('Interrupted', exit 130, and a
+    stop mark saying the restart was killed). The start is its own point of no return
+    now, as the stop's is. Interrupted right after its stop mark was saved (SIGTERM, not
+    yet taken as a Ctrl-C there): killed outright, it left the running server marked, and
+    a later crash or stop read as 'stopped by pgmgr restart ... (killed?)'."""
+    before = inst.pid()
+    hooks = hooks_dir(tmp_path)
+    run = Paused(hooks, step, "restart", "dev", env=inst.env)
+    run.reached()
+    (hooks / step).unlink()  # the start again goes through
+    assert run.kill(sig) == 130
+    assert inst.state() == "running" and inst.pid() != before
+    assert inst.record()["stopped_by"] is None
+    assert inst.sql("SELECT count(*) FROM t") == "1000"

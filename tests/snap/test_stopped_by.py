@@ -106,3 +106,20 @@ def test_a_library_stop_clears_the_mark_and_only_it(inst: Inst, tmp_path: Path) 
     assert status(inst)["stopped_by"] is not None
     assert Manager(port=1, db_dir=inst.datadir).stop() is False
     assert status(inst)["stopped_by"] is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_command_interrupted_once_its_mark_is_saved_leaves_no_mark(
+    sig: int, inst: Inst, tmp_path: Path
+) -> None:
+    """Interrupted after the mark reached the record, before the stop (a Ctrl-C, or a
+    SIGTERM taken as one, during the record's fsync): the server ran on, marked as
+    stopped by a snapshot that was gone; a later crash, or the attendant seeing a stop,
+    blamed the snapshot ('(killed?)'). The mark is all or nothing now."""
+    before = inst.pid()
+    run = Paused(hooks_dir(tmp_path), "marked", "snapshot", "dev", "s1", env=inst.env)
+    run.reached()
+    assert inst.record()["stopped_by"] is not None  # saved: the window is real
+    assert run.kill(sig) == 130
+    assert inst.state() == "running" and inst.pid() == before
+    assert inst.record()["stopped_by"] is None

@@ -46,17 +46,13 @@ def test_restore_upgrade_and_branch_refuse_a_store_on_another_filesystem(
 ) -> None:
     parent = elsewhere.datadir.parent
     pid = elsewhere.pid()
-    for args, what in (
+    cases = [
         (("restore", "dev", "s1", "--yes"), "restore 'dev'"),
         (("upgrade", "dev", "-v", "18", "--yes"), "upgrade 'dev'"),
         (("upgrade", "dev", "-v", "18", "--check"), "upgrade 'dev'"),
         (("branch", "dev", "b1"), f"branch 'dev' into {parent / 'b1'}"),
-    ):
-        proc = elsewhere.pgmgr(*args)
-        assert proc.returncode == 1, proc.stderr
-        line = error_lines(proc.stderr)[0]
-        assert line.startswith(f"Error: cannot {what}: the snapshots in "), line
-        assert "are on another filesystem" in line and line.endswith("nothing was changed")
+    ]
+    all_refused(elsewhere, cases, "are on another filesystem")
     assert elsewhere.pid() == pid  # never stopped
     assert elsewhere.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
     assert not (parent / "b1").exists()
@@ -65,6 +61,16 @@ def test_restore_upgrade_and_branch_refuse_a_store_on_another_filesystem(
     # a snapshot there still branches elsewhere, as the hint says
     elsewhere.ok("branch", "dev", "b2", "--from", "s1", "-d", str(parent.parent / "b2"), "-q")
     assert elsewhere.sql("SELECT count(*) FROM t", "b2") == "1"
+
+
+def all_refused(inst: Inst, cases: list[tuple[tuple[str, ...], str]], why: str) -> None:
+    """Each command refuses in one line that names the store and ``why``."""
+    for args, what in cases:
+        proc = inst.pgmgr(*args)
+        assert proc.returncode == 1, proc.stderr
+        line = error_lines(proc.stderr)[0]
+        assert line.startswith(f"Error: cannot {what}: the snapshots in "), line
+        assert why in line and line.endswith("nothing was changed")
 
 
 def _bind(source: Path, target: Path) -> None:
@@ -112,12 +118,7 @@ def test_a_bind_mount_of_the_same_filesystem_is_refused_first(
         ]
         if at == "top":  # a branch's store is beside dev's, in the top directory
             cases.append((("branch", "dev", "b1"), f"branch 'dev' into {parent / 'b1'}"))
-        for args, what in cases:
-            proc = it.pgmgr(*args)
-            assert proc.returncode == 1, proc.stderr
-            line = error_lines(proc.stderr)[0]
-            assert line.startswith(f"Error: cannot {what}: the snapshots in "), line
-            assert "are on another mount" in line and line.endswith("nothing was changed")
+        all_refused(it, cases, "are on another mount")
         assert it.pid() == pid  # never stopped
         assert it.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
         assert not (parent / "b1").exists()

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.helpers import error_lines, run_pgmgr
-from tests.snap.conftest import Inst, leftovers
+from tests.snap.conftest import Inst, leftovers, plant_undeletable
 from tests.snap.test_interrupt import interrupt
 
 SCHEMA = """
@@ -183,16 +183,9 @@ def test_signal_while_the_work_directory_is_made(up: Inst, scratch: Path) -> Non
     hooks.chmod(0o777)
     run = Paused(hooks, "upgrade-workdir", "upgrade", "up", "-v", "18", "--yes", env=up.env)
     run.reached()
-    # Something the clean-up cannot remove (something still writing in it, as once seen):
-    # a directory its user cannot write. The interrupt wins; the next command sweeps it.
+    # Something the clean-up cannot remove: the interrupt wins; the next command sweeps it.
     (work,) = leftovers(up.store, wait=0)
-    stuck = up.store / work / "stuck"
-    owner = (up.store / work).stat()
-    stuck.mkdir()
-    (stuck / "file").touch()
-    for path in (stuck, stuck / "file"):
-        os.chown(path, owner.st_uid, owner.st_gid)
-    stuck.chmod(0o500)
+    stuck = plant_undeletable(up.store / work)
     run.proc.send_signal(signal.SIGTERM)  # held until the server user's work returns
     done = run.go()
     assert done.returncode == 130, str(done)

@@ -1,0 +1,78 @@
+"""A second Ctrl-C while pgmgr cleans up after the first (or after a failure): people press
+it twice. ``start --init`` then left what it had just made: the clean-up (stop the server it
+spawned, remove the data directory it initialized, its record, log and socket directory)
+was cut short, and an initialized, registered instance stayed that the user had cancelled.
+The clean-up is short and bounded: signals are held while it runs (the first exception, or
+the failure, is what the command says). The test-only pause holds pgmgr inside it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.helpers import postgres_pids_under
+from tests.pause import Paused
+
+BAD_LIB = "shared_preload_libraries=pgmgr_no_such_lib"
+
+
+def _made_nothing(work: Path, rel_isolation: Path) -> None:
+    assert not (work / "new").exists()
+    assert sorted(os.listdir(rel_isolation / "instances")) == []
+    logs = rel_isolation / "logs"
+    assert not logs.is_dir() or os.listdir(logs) == []
+    assert not [n for n in os.listdir(os.environ["TMPDIR"]) if n.startswith("pgmgr-")]
+    deadline = time.monotonic() + 5
+    while postgres_pids_under(work) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not postgres_pids_under(work)
+
+
+def _second_signal(run: Paused, hooks: Path, step: str, held: int | None = None) -> None:
+    """Interrupt ``run`` at the armed ``step`` it waits at; a pgmgr that holds the signal
+    goes on once told to (``held``, a process stopped meanwhile, goes on first)."""
+    deadline = time.monotonic() + 60
+    while not (hooks / f"{step}.reached").exists():
+        assert run.proc.poll() is None, run.proc.communicate()
+        assert time.monotonic() < deadline, f"pgmgr never reached {step}"
+        time.sleep(0.01)
+    run.proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    if held is not None:
+        os.kill(held, signal.SIGCONT)
+    (hooks / f"{step}.go").touch()
+
+
+def test_ctrl_c_while_a_failed_start_init_cleans_up(
+    work: Path, rel_isolation: Path, hooks: Path
+) -> None:
+    """The start fails (a preload library that does not exist), and a Ctrl-C arrives while
+    the init is undone: the failure is said, and nothing is left."""
+    run = Paused(hooks, "init-undo", "start", "--init", "-d", str(work / "new"), "-p", "auto",
+                 "-c", BAD_LIB)  # fmt: skip
+    _second_signal(run, hooks, "init-undo")
+    done = run.go()
+    assert done.returncode == 1 and "pgmgr_no_such_lib" in done.stderr, str(done)
+    _made_nothing(work, rel_isolation)
+
+
+def test_ctrl_c_twice_during_start_init(work: Path, rel_isolation: Path, hooks: Path) -> None:
+    """The first Ctrl-C once the server is spawned, the second while pgmgr stops it (the
+    postmaster is held stopped meanwhile, so it is still there when pgmgr looks):
+    'Interrupted' (130), and nothing is left."""
+    (hooks / "start-cancelled").touch()
+    run = Paused(hooks, "start-spawned", "start", "--init", "-d", str(work / "new"),
+                 "-p", "auto")  # fmt: skip
+    run.reached()
+    (postmaster,) = postgres_pids_under(work)
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        run.proc.send_signal(signal.SIGINT)
+        _second_signal(run, hooks, "start-cancelled", held=postmaster)
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    done = run.go()
+    assert done.returncode == 130, str(done)
+    _made_nothing(work, rel_isolation)
