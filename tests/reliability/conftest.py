@@ -39,6 +39,7 @@ from tests.helpers import (
     run_pgmgr,
     scratch_root,
 )
+from tests.pause import Paused
 
 PG15 = "15"
 TEMPLATE_PASSWORD = "rel-template-secret"
@@ -285,6 +286,25 @@ def no_orphans(inst: Inst) -> None:
         if keep:
             keep |= set(process.children(pf.pid)) if pf else set()
     assert not extra, f"orphaned postgres processes on {inst.datadir}: {extra}"
+
+
+def start_frozen_before_ready(inst: Inst, hooks: Path, *args: str) -> tuple[Paused, int]:
+    """``pgmgr start NAME ARGS`` held at its pause right after the spawn, and its postmaster
+    frozen (SIGSTOP) before it said it was ready; tried again if a test late at that moment
+    froze a ready one. Spotting the spawn by polling and freezing it then lost to a start
+    (~150 ms) whenever the test was descheduled that long in between."""
+    for _ in range(5):
+        paused = Paused(hooks, "start-spawned", "start", inst.name, *args)
+        paused.reached()
+        (child,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+        os.kill(child, signal.SIGSTOP)
+        pf = process.PidFile.read(inst.datadir)
+        if pf is None or pf.status != "ready":
+            return paused, child
+        os.kill(child, signal.SIGCONT)  # ready already: let that start finish, and again
+        assert paused.go().returncode == 0
+        assert inst.stop().returncode == 0
+    raise AssertionError("the postmaster was ready before the test could freeze it, 5 times")
 
 
 # --------------------------------------------------------------------------- session end

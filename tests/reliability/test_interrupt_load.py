@@ -26,6 +26,7 @@ from tests.reliability.conftest import (
     pgmgr,
     pgmgr_argv,
     postgres_pids_under,
+    start_frozen_before_ready,
 )
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
@@ -128,24 +129,6 @@ def wait_gone_all(root: Path, timeout: float = 30) -> list[int]:
     return left
 
 
-def _start_frozen_before_ready(inst: Inst, hooks: Path) -> tuple[Paused, int]:
-    """``pgmgr start`` held at its pause right after the spawn, and its postmaster frozen
-    (SIGSTOP) before it said it was ready; tried again if a test late at that moment froze
-    a ready one."""
-    for _ in range(5):
-        paused = Paused(hooks, "start-spawned", "start", inst.name)
-        paused.reached()
-        (child,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
-        os.kill(child, signal.SIGSTOP)
-        pf = process.PidFile.read(inst.datadir)
-        if pf is None or pf.status != "ready":
-            return paused, child
-        os.kill(child, signal.SIGCONT)  # ready already: let that start finish, and again
-        assert paused.go().returncode == 0
-        assert inst.stop().returncode == 0
-    raise AssertionError("the postmaster was ready before the test could freeze it, 5 times")
-
-
 def test_ctrl_c_during_start(cluster: InstFactory, hooks: Path) -> None:
     """Documented outcome: the start is cancelled, the server pgmgr spawned is stopped.
     pgmgr waits for a postmaster that cannot become ready (frozen from its spawn on) when
@@ -155,7 +138,7 @@ def test_ctrl_c_during_start(cluster: InstFactory, hooks: Path) -> None:
     assert inst.start("--port", "auto").returncode == 0
     token = inst.commit_canary()
     assert inst.stop().returncode == 0
-    paused, child = _start_frozen_before_ready(inst, hooks)
+    paused, child = start_frozen_before_ready(inst, hooks)
     proc = paused.proc
     try:
         (hooks / "start-spawned.go").touch()  # on into its wait for the server
