@@ -103,23 +103,35 @@ def test_ctrl_c_during_init_stops_initdbs_postgres(work: Path) -> None:
     datadir = work / "data"
     proc = _init_running_initdb(datadir)
     initdb = _wait_for_initdb(proc)
-    deadline = time.monotonic() + 30
-    while not (kids := process.children(initdb)):
-        assert time.monotonic() < deadline and proc.poll() is None, "initdb ran no postgres"
-        time.sleep(0.002)
-    os.kill(kids[0], signal.SIGSTOP)
+    held = _hold_initdbs_postgres(proc, initdb)
     try:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
-        assert not process.is_alive(kids[0]), "initdb's postgres outlived pgmgr"
+        assert not process.is_alive(held), "initdb's postgres outlived pgmgr"
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(kids[0], signal.SIGKILL)
-            os.kill(kids[0], signal.SIGCONT)
+            os.kill(held, signal.SIGKILL)
+            os.kill(held, signal.SIGCONT)
     assert wait_gone_all(work) == []
     assert not datadir.exists()
     assert pgmgr("status", "--json").json() == []
+
+
+def _hold_initdbs_postgres(proc: subprocess.Popen[bytes], initdb: int) -> int:
+    """Stop (SIGSTOP) the postgres initdb runs in bootstrap or single-user mode, once it
+    runs. Not initdb's first child: that was a short-lived 'sh -c "postgres -V"' (or
+    --check), gone when a test descheduled for a few ms sent its SIGSTOP (ProcessLookupError)."""
+    deadline = time.monotonic() + 30
+    while True:
+        for pid in descendants(initdb):
+            if {"--boot", "--single"} & set(process.cmdline(pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    if process.is_alive(pid):  # held, not a zombie
+                        return pid
+        assert time.monotonic() < deadline and proc.poll() is None, "initdb ran no postgres"
+        time.sleep(0.002)
 
 
 def wait_gone_all(root: Path, timeout: float = 30) -> list[int]:
