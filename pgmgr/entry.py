@@ -10,6 +10,7 @@ served by the same functions the Typer commands call (:mod:`pgmgr.actions`,
     pgmgr stop     [NAME | -d DIR | --all] [-m MODE] [--json] [-q]
     pgmgr snapshot NAME [SNAP] [--online] [--delete] [--json] [-q]
     pgmgr restore  NAME SNAP --yes [--save-current] [--json] [-q]
+    pgmgr branch   NAME NEW [--from SNAP] [-d DIR] [-p PORT] [--start] [--json] [-q]
 
 Anything else (another option, ``--help``, ``--opt=value``, a value that looks like an option)
 goes to :mod:`pgmgr.cli`, so Typer still owns every usage error and all help text.
@@ -43,6 +44,9 @@ FAST_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
     "restore": {"-y": ("yes", False), "--yes": ("yes", False),
                 "--save-current": ("save_current", False),
                 "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
+    "branch": {"--from": ("from_", True), "-d": ("datadir", True), "--datadir": ("datadir", True),
+               "-p": ("port", True), "--port": ("port", True), "--start": ("start", False),
+               "--json": ("json", False), "-q": ("quiet", False), "--quiet": ("quiet", False)},
 }  # fmt: skip
 
 #: verb -> (its positional arguments, how many are required, options it needs). Without
@@ -53,6 +57,7 @@ FAST_ARGUMENTS: dict[str, tuple[tuple[str, ...], int, tuple[str, ...]]] = {
     "stop": (("name",), 0, ()),
     "snapshot": (("name", "snap"), 1, ()),
     "restore": (("name", "snap"), 2, ("yes",)),
+    "branch": (("name", "new"), 2, ()),
 }
 
 
@@ -77,6 +82,8 @@ def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
                 if not rest or not rest[0] or rest[0].startswith("-"):
                     return None
                 value = rest.pop(0)
+                if key == "datadir" and _unreadable(value):
+                    return None
                 kwargs[key] = Path(value) if key == "datadir" else value
             else:
                 kwargs[key] = True
@@ -88,6 +95,16 @@ def fast_args(args: Sequence[str]) -> tuple[str, dict[str, Any]] | None:
         return None
     kwargs.update(zip(positional, given, strict=False))
     return args[0], kwargs
+
+
+def _unreadable(path: str) -> bool:
+    """A path that exists but cannot be read: Typer refuses it as an option's value
+    ("Invalid value for '-d' / '--datadir': Path ... is not readable.", exit 2)."""
+    try:
+        os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return not os.access(path, os.R_OK)
 
 
 class _DeferredInspect(types.ModuleType):
@@ -121,7 +138,7 @@ def serve_fast(verb: str, kwargs: dict[str, Any]) -> int:
         from pgmgr import statusview
 
         return guarded(lambda: statusview.show(**kwargs))
-    if verb in ("snapshot", "restore"):
+    if verb in ("snapshot", "restore", "branch"):
         from pgmgr import snapactions
 
         kwargs.pop("yes", None)  # restore: confirmed on the command line
@@ -205,6 +222,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Said and done: a signal now must not kill the process after what it said.
         if "pgmgr.core.sigguard" in sys.modules:
             sys.modules["pgmgr.core.sigguard"].settle()
+        _exit_without_collections()
+
+
+def _exit_without_collections() -> None:
+    """The process ends next: keep the interpreter's shutdown from walking every object.
+
+    Its finalization runs full garbage collections over all that is left (~15,000 objects
+    after a snapshot: 10-20 ms of each command, more than its own work in a 'pgmgr
+    status'); frozen, those objects are skipped. Everything is still freed and closed as
+    the modules are torn down, by reference counts; only garbage in reference cycles is
+    left to the operating system, as it is at any exit. Not for a library caller, whose
+    process goes on.
+    """
+    import gc
+
+    gc.freeze()
 
 
 def _in_process(argv: Sequence[str]) -> None:

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from pgmgr import ui
 from pgmgr.commands import _common as c
 from pgmgr.commands.snapshot import RequiredName
 
@@ -37,36 +36,10 @@ def branch(
 
     Example: pgmgr branch dev feature-x --from before-migration
     """
-    c.quiet(quiet, json)
-    from pgmgr.core import branch as branches
-    from pgmgr.core import sigguard
-    from pgmgr.core.errors import UsageError
-    from pgmgr.core.locked import locked
+    from pgmgr import snapactions
 
-    if port is not None and port != "auto" and not (port.isdigit() and 0 < int(port) < 65536):
-        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
-    srv = c.resolve(name, None)
-    with (
-        sigguard.interruptible(),
-        locked(srv),
-        ui.spinner(f"Branching '{srv.inst.name}' into '{new}':") as step,
-    ):
-        result = branches.branch(
-            srv, new, snap=from_, datadir=datadir,
-            port=int(port) if port and port != "auto" else port, start=start, progress=step,
-        )  # fmt: skip
-    if json:
-        ui.emit_json(result.to_dict())
-        return
-    origin = f"snapshot {result.snapshot!r} of " if result.snapshot else ""
-    down = ""
-    if result.source_downtime is not None:
-        down = f"; '{result.source}' was stopped for {ui.ms(result.source_downtime)}"
-    ui.message(
-        f"Branched '{result.name}' from {origin}'{result.source}' in {ui.ms(result.elapsed)} "
-        f"({ui.size(result.size)}, {result.method}{down}): {result.datadir}"
+    code = snapactions.branch(
+        name, new, from_=from_, datadir=datadir, port=port, start=start, json=json, quiet=quiet
     )
-    if result.started:
-        ui.message(f"Started '{result.name}': {result.url}")
-    else:
-        ui.message(f"Start it with 'pgmgr start {result.name}' (port {result.port})")
+    if code:
+        raise typer.Exit(code)

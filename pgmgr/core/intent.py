@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pgmgr.core import diskio, identity, registry, snapstore, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pgmgr.core.instance import Server
     from pgmgr.core.snapstore import Store
 
@@ -46,7 +46,7 @@ FIELDS = ("major", "version", "bindir", "settings")
 
 
 def held_name(op: str) -> str:
-    return f"{HELD}{op}-{secrets.token_hex(4)}"
+    return f"{HELD}{op}-{os.urandom(4).hex()}"
 
 
 @dataclass
@@ -128,7 +128,7 @@ def complete(srv: Server, store: Store) -> list[str]:
     if it.source != it.old or not it.keep:
         gone.append(snapstore.tmp_name("drop"))
         try:
-            store.as_user(os.rename, store.entry(it.old), store.entry(gone[0]))
+            store.rename(it.old, gone[0])
         except FileNotFoundError:  # done before a kill
             gone = []
     for key, value in it.record.items():
@@ -173,7 +173,7 @@ def drop(store: Store, names: list[str]) -> None:
     for name in names:
         work = snapstore.tmp_name("drop")
         with contextlib.suppress(FileNotFoundError):
-            store.as_user(os.rename, store.entry(name), store.entry(work))
+            store.rename(name, work)
             snapstore.remove_later(store.entry(work), store.user)
 
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pgmgr.core import (
     cleanup,
@@ -25,7 +24,6 @@ from pgmgr.core import (
     intent,
     paths,
     pgcontrol,
-    server,
     sigguard,
     snapstore,
     testhook,
@@ -33,9 +31,14 @@ from pgmgr.core import (
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, paused, resume, spawn_again
-from pgmgr.core.snapcatalog import Listing, load, missing, pick_name, record_of
-from pgmgr.core.snapshot import _identify, copy_into, meta_for, require_datadir
+from pgmgr.core.restorable import check_restorable, survey
+from pgmgr.core.snapcatalog import load, missing, pick_name, record_of
+from pgmgr.core.snapshot import copy_into, meta_for, require_datadir
 from pgmgr.core.snapstore import Meta, Store
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass
@@ -68,70 +71,6 @@ class RestoreResult:
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
         }
-
-
-def check_restorable(
-    srv: Server, store: Store, meta: Meta, by_difference: bool = False
-) -> tuple[bool, delta.Index | None]:
-    """Whether restoring ``meta`` is a rollback of an upgrade (True) or a plain restore;
-    and, with ``by_difference`` and not a rollback, the index to restore by difference
-    with (see :func:`_index`), worked out in the same process.
-
-    :raises DatabaseException: the snapshot is of another instance or another major, or
-        does not hold what its metadata says.
-    """
-    name = meta.name
-    if meta.datadir != srv.inst.datadir:
-        raise DatabaseException(
-            f"snapshot {name!r} is of another instance ({meta.instance}, {meta.datadir}); "
-            "nothing was changed"
-        )
-    current, why, index = store.as_user(
-        _inspect, srv.datadir, store.entry(name), meta, by_difference
-    )
-    rollback = meta.upgraded_to is not None and meta.upgraded_to == current
-    on_disk = server.datadir_major(srv.datadir)
-    if meta.major != on_disk and not rollback:
-        raise DatabaseException(
-            f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "
-            f"PostgreSQL {on_disk}; nothing was changed",
-            hint=_rollback_hint(srv, store, current),
-        )
-    if meta.system_identifier != current and not rollback:
-        raise DatabaseException(
-            f"snapshot {name!r} is of another cluster than '{srv.inst.name}' (system "
-            f"identifier {meta.system_identifier}, the instance has {current}); "
-            "nothing was changed"
-        )
-    if why:
-        raise DatabaseException(f"snapshot {name!r} is damaged: {why}; nothing was changed")
-    return rollback, None if rollback else index
-
-
-def _rollback_hint(srv: Server, store: Store, current: str) -> str:
-    """Which snapshot rolls the last upgrade back, when one does (after upgrades and
-    rollbacks, only the last upgrade's: the others are of earlier states of the old major,
-    to restore once it is back)."""
-    metas = store.as_user(snapstore.list_metas, store.path)
-    back = [n for n, m, _ in metas if m is not None and m.upgraded_to == current]
-    if not back:
-        return "only the snapshot kept by 'pgmgr upgrade' can roll an upgrade back"
-    return (f"'pgmgr restore {srv.inst.name} {back[0]}' rolls the upgrade back; this "
-            "snapshot can be restored then")  # fmt: skip
-
-
-def _inspect(
-    datadir: Path, snapdir: Path, meta: Meta, by_difference: bool
-) -> tuple[str, str | None, delta.Index | None]:
-    """:func:`_identify`, and :func:`_index` if ``by_difference``: one process as the user."""
-    current, why = _identify(datadir, snapdir, meta)
-    return current, why, _index(snapdir, datadir, meta) if by_difference and not why else None
-
-
-def _survey(store: Path) -> Listing:
-    """Sweep what a killed run left in ``store``, and list it. As the user."""
-    snapstore.sweep(store)
-    return snapstore.list_metas(store)
 
 
 def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
@@ -191,16 +130,6 @@ def _identify_staged(
                 hint="stop what starts it (pg_ctl, a script) and restore again",
             )
     return intent.identify(staging)
-
-
-def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
-    """The index of ``snapdir`` if at least half the snapshot's bytes still match it in
-    ``datadir`` (running); else None: a full copy, made while the server runs, costs less
-    downtime than copying most of the snapshot once it is stopped. As the user."""
-    index = delta.load(snapdir)
-    if index is None or 2 * delta.kept_bytes(index, datadir) < meta.size:
-        return None
-    return index
 
 
 def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
@@ -263,13 +192,17 @@ def restore(
             srv.datadir, srv.user(), create=False, missing=gone, exclusive=True
         ) as store,
     ):
-        meta = load(store, name, srv.inst.name, store.as_user(_survey, store.path))
+        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
+        # (it would share files with the restored one) or the snapshot is of another major.
+        by_difference = save_current is None
+        listing, inspected = store.as_user(
+            survey, store.path, name, srv.datadir, srv.inst.datadir, by_difference
+        )
+        meta = load(store, name, srv.inst.name, listing)
         # The copy is swapped in by a rename there: checked before it is made.
         parent = srv.datadir.parent
         paths.check_writable(parent, f"restore '{srv.inst.name}'")
-        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
-        # (it would share files with the restored one) or the snapshot is of another major.
-        rollback, index = check_restorable(srv, store, meta, by_difference=save_current is None)
+        rollback, index = check_restorable(srv, store, meta, by_difference, inspected)
         record = record_of(meta) if rollback else {}
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapdir = store.entry(name)
@@ -363,7 +296,7 @@ def _switch(
     runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
-        store.as_user(os.rename, staging, store.entry(it.old))
+        store.rename(staging.name, it.old)
         snapstore.swap_in(store, it.old)
     except BaseException:
         intent.discard(srv, store)

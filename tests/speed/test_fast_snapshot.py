@@ -5,6 +5,7 @@ commands say."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,16 @@ from .test_lean import imported, typer_path
         (["restore", "dev", "s1", "--yes", "--yes"], None),
         (["restore", "dev", "", "--yes"], None),
         (["snapshots", "dev"], None),
+        (["branch", "dev", "feat"], ("branch", {"name": "dev", "new": "feat"})),
+        (["branch", "dev", "feat", "--from", "s1", "-d", "/srv/f", "-p", "auto", "--start",
+          "--json", "-q"],
+         ("branch", {"name": "dev", "new": "feat", "from_": "s1", "datadir": Path("/srv/f"),
+                     "port": "auto", "start": True, "json": True, "quiet": True})),
+        (["branch", "dev"], None),
+        (["branch", "dev", "feat", "extra"], None),
+        (["branch", "dev", "feat", "--from=s1"], None),
+        (["branch", "dev", "feat", "-p", "-1"], None),
+        (["branch", "dev", "feat", "--name", "x"], None),
     ],
 )  # fmt: skip
 def test_fast_args_takes_the_plain_snapshot_and_restore(
@@ -51,12 +62,26 @@ def test_fast_args_takes_the_plain_snapshot_and_restore(
 
 
 @pytest.mark.parametrize(
-    "args", [["snapshot", "nosuch", "s1"], ["restore", "nosuch", "s1", "--yes"]]
+    "args",
+    [["snapshot", "nosuch", "s1"], ["restore", "nosuch", "s1", "--yes"], ["branch", "nosuch", "x"]],
 )
 def test_plain_snapshot_and_restore_do_not_import_typer(args: list[str]) -> None:
     names = imported(*args)
     assert "pgmgr.snapactions" in names
     assert not names & {"psycopg", "typer", "click", "rich"}, (args, names)
+
+
+@pytest.mark.parametrize(
+    "args", [["snapshot", "nosuch", "s1"], ["restore", "nosuch", "s1", "--yes"]]
+)
+def test_plain_snapshot_and_restore_import_neither_typing_nor_hashlib(args: list[str]) -> None:
+    """Two commands per snapshot-and-restore, each paying its imports: typing (~2 ms, for
+    annotations only) and hashlib with OpenSSL (~3 ms, for secrets.token_hex: random
+    names are os.urandom's) are not needed. (As root, a first as_user still imports
+    secrets for its child: pgmgr.core.userfs.PRELOAD.)"""
+    names = imported(*args)
+    assert "pgmgr.core.restore" in names or "pgmgr.core.snapshot" in names
+    assert not names & {"typing", "secrets", "hashlib"}, (args, names & {"typing", "secrets"})
 
 
 def same(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -113,3 +138,29 @@ def test_fast_snapshot_and_restore_match_the_typer_commands(
 
 def pgmgr_status(data: Path) -> str:
     return str(json.loads(pgmgr("status", "-d", str(data), "--json").stdout)["state"])
+
+
+def test_fast_branch_matches_the_typer_command(base: Path) -> None:
+    """``pgmgr branch`` on the fast path says and makes what the Typer command does."""
+    data = base / "d"
+    pgmgr("init", "-d", str(data))
+    for args in (
+        ["branch", "nosuch", "x"],
+        ["branch", "d", "x", "-p", "0"],
+        ["branch", "d", "x", "--from", "nosuch"],
+        ["branch", "d", "d"],
+    ):
+        assert same(args).returncode != 0, args
+    docs = {
+        "fast": json.loads(pgmgr("branch", "d", "b1", "--json").stdout),
+        "typer": json.loads(typer_path("branch", "d", "b2", "--json").stdout),
+    }
+    assert docs["fast"].keys() == docs["typer"].keys()
+    varying = {"name", "datadir", "port", "elapsed_ms"}
+    keys = docs["fast"].keys() - varying
+    assert {k: docs["fast"][k] for k in keys} == {k: docs["typer"][k] for k in keys}
+    assert docs["fast"]["datadir"] == str(base / "b1")
+    said = [pgmgr("branch", "d", "b3").stderr, typer_path("branch", "d", "b4").stderr]
+    masked = [re.sub(r"\d+(\.\d+)? (ms|s|kB|MB)|port \d+", "N", t) for t in said]
+    assert masked[0].replace("b3", "bX") == masked[1].replace("b4", "bX"), said
+    assert "Branched 'b3' from 'd'" in said[0]

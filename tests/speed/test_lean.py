@@ -180,6 +180,21 @@ def test_fast_start_and_stop_match_the_typer_commands(base: Path) -> None:
         ), args
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory: Typer takes it too")
+def test_an_unreadable_datadir_option_is_left_to_typer(base: Path) -> None:
+    """Typer refuses an existing -d path its user cannot read (a usage error, exit 2); the
+    fast path went on and said the data directory cannot be read (exit 4)."""
+    from pgmgr.entry import fast_args
+
+    locked = base / "locked"
+    locked.mkdir(mode=0o300)
+    for args in (["status", "-d", str(locked)], ["stop", "-d", str(locked)]):
+        assert fast_args(args) is None, args
+        fast, slow = pgmgr(*args, check=False), typer_path(*args)
+        assert (fast.stdout, fast.stderr, fast.returncode) == (slow.stdout, slow.stderr, 2)
+    assert fast_args(["status", "-d", str(base)]) == ("status", {"datadir": base})
+
+
 INSPECT_STATE = (
     "import atexit, sys\n"
     "from pgmgr.entry import main\n"
