@@ -119,12 +119,14 @@ def _replaced(srv: Server) -> DatabaseException:
 def _start(srv: Server, auto: bool) -> None:
     """Start the branch on the port its record got (never the source's, which may not be
     bound again yet); with ``auto``, another free one if that was taken meanwhile."""
+    from pgmgr.core.pause import READY_TIMEOUT
+
     try:
-        srv.start(port=srv.inst.port)
+        srv.start(port=srv.inst.port, timeout=READY_TIMEOUT)
     except PortInUse:
         if not auto:
             raise
-        srv.start(port="auto")
+        srv.start(port="auto", timeout=READY_TIMEOUT)
 
 
 def undo(srv: Server, tstore: snapstore.Store) -> None:
