@@ -34,9 +34,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import paths, registry, snapstore, stopmark, userfs
+from pgmgr.core import dirlock, paths, snapstore, stopmark, userfs
 from pgmgr.core.errors import InstanceNotFound, PgmgrError
 from pgmgr.core.locked import refresh
+from pgmgr.core.sdnotify import notify
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 
 #: How often the attendant looks whether the command that holds the lock is done.
 POLL = 0.1
+#: The status line (sd_notify ``STATUS=``) while another pgmgr command has the server stopped.
+WAITING = "'{}' is stopped for another pgmgr command at work on it; waiting for that command"
 #: ``DBState`` of a cluster shut down cleanly: ``DB_SHUTDOWNED``, ``..._IN_RECOVERY``.
 _CLEAN_STATES = (1, 2)
 
@@ -64,7 +67,7 @@ def attending(srv: Server) -> Iterator[None]:
 
     :raises AlreadyAttended: another attendant holds it.
     """
-    lock = registry.lock_file(srv.datadir, ".attend")
+    lock = dirlock.lock_file(srv.datadir, ".attend")
     with paths.flocked(lock, exclusive=True, timeout=0, busy="") as got:
         if not got:
             raise AlreadyAttended(srv.inst.name)
@@ -83,24 +86,31 @@ def server_gone(srv: Server, stop_requested: list[int]) -> Gone | None:
     """The attended server is not running: wait while another pgmgr command holds the
     instance's lock (it may be at work with the server stopped), then read the record
     again. None when the server runs again (attending goes on) or a stop was requested
-    meanwhile (the caller stops what that command starts), else why it is gone.
+    meanwhile (the caller stops what that command starts), else why it is gone. While it
+    waits, systemd's status line (``STATUS=``, see :data:`WAITING`) says so.
 
     :raises InstanceNotFound: the record was removed meanwhile (``pgmgr destroy``).
     """
     other = False  # a pgmgr of another registry held the store while the server was down
-    while not stop_requested:
-        with registry.try_lock(srv.datadir) as free:
-            if free and not store_busy(srv) and not stopmark.busy(srv.datadir):
-                try:
-                    refresh(srv)
-                except InstanceNotFound:
-                    return removed(srv)
-                if srv.running() is not None:
-                    return None
-                return _why(srv, other)
-            other = other or free
-        time.sleep(POLL)
-    return None
+    said = False  # systemd's status line says why the unit waits (``systemctl status``)
+    try:
+        while not stop_requested:
+            with dirlock.try_lock(srv.datadir) as free:
+                if free and not store_busy(srv) and not stopmark.busy(srv.datadir):
+                    try:
+                        refresh(srv)
+                    except InstanceNotFound:
+                        return removed(srv)
+                    if srv.running() is not None:
+                        return None
+                    return _why(srv, other)
+                other = other or free
+            said = said or notify(f"STATUS={WAITING.format(srv.inst.name)}")
+            time.sleep(POLL)
+        return None
+    finally:
+        if said:
+            notify("STATUS=")
 
 
 def store_busy(srv: Server) -> bool:

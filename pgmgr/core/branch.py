@@ -28,6 +28,7 @@ from pgmgr.core import (
     branchplace,
     cleanup,
     copy,
+    dirlock,
     dirpath,
     listen,
     paths,
@@ -219,7 +220,7 @@ def branch(
         listen.check_port(src.inst.host or "127.0.0.1", port)
     # The target's lock: a second branch into it (from another source) waits, then finds
     # it taken, instead of sweeping this one's copy or renaming its half-made one in.
-    with sigguard.interruptible(), registry.lock(target):
+    with sigguard.interruptible(), dirlock.lock(target):
         _check_free(src, new, datadir)
         say = progress or (lambda _step: None)
         return _branch(src, new, target, snap=snap, port=port, start=start, t0=t0, say=say)
@@ -288,7 +289,7 @@ def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
     """Remove the staged copy of a branch into ``name`` if none runs: its lock is free, and
     so is its store (a branch by the pgmgr of another user, whose locks are its own)."""
     with (
-        registry.try_lock(tstore.path.parent.parent / name) as free,
+        dirlock.try_lock(tstore.path.parent.parent / name) as free,
         snapstore.held_if_free(tstore.top_fd, name) as idle,
     ):
         if free and idle:

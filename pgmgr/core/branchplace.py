@@ -24,7 +24,17 @@ import errno
 import os
 from pathlib import Path
 
-from pgmgr.core import cleanup, diskio, identity, registry, sigguard, snapstore, testhook, userfs
+from pgmgr.core import (
+    cleanup,
+    dirlock,
+    diskio,
+    identity,
+    registry,
+    sigguard,
+    snapstore,
+    testhook,
+    userfs,
+)
 from pgmgr.core.errors import DatabaseException, PgmgrError, PortInUse, doing
 from pgmgr.core.registry import Instance
 
@@ -109,12 +119,14 @@ def _replaced(srv: Server) -> DatabaseException:
 def _start(srv: Server, auto: bool) -> None:
     """Start the branch on the port its record got (never the source's, which may not be
     bound again yet); with ``auto``, another free one if that was taken meanwhile."""
+    from pgmgr.core.pause import READY_TIMEOUT
+
     try:
-        srv.start(port=srv.inst.port)
+        srv.start(port=srv.inst.port, timeout=READY_TIMEOUT)
     except PortInUse:
         if not auto:
             raise
-        srv.start(port="auto")
+        srv.start(port="auto", timeout=READY_TIMEOUT)
 
 
 def undo(srv: Server, tstore: snapstore.Store) -> None:
@@ -154,7 +166,7 @@ def settle(inst: Instance) -> Instance | None:
     None when it was undone (no record any more). Best effort: should settling fail, the
     record stays for the next load."""
     try:
-        with registry.try_lock(Path(inst.datadir)) as free:
+        with dirlock.try_lock(Path(inst.datadir)) as free:
             if not free:
                 return inst
             inst = registry.load(inst.name, settle=False)  # as it is now, under the lock

@@ -312,6 +312,7 @@ class DatabasePool:
         """Copy ``source`` (the snapshot, or the template itself for the first copy of a
         generation); ready if ``(template, generation)`` is still current, else dropped."""
         name = f"{self.prefix}_{next(self._names)}"
+        self._connection()  # the version decides the strategy (the first copy's too)
         strategy = self._strategy()
         sql = f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(source)}"
         t0 = time.perf_counter()

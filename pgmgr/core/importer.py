@@ -20,6 +20,7 @@ from typing import Any
 
 from pgmgr.core import (
     copy,
+    dirlock,
     ops,
     privileges,
     registry,
@@ -105,7 +106,7 @@ def import_bundle(
         registry.check_name(name)
     # The lock is held to the end: a retry waits for a live import, and finding the
     # pending record of this directory under it means its import is dead.
-    with staging.signals_interrupt(), registry.lock(datadir):
+    with staging.signals_interrupt(), dirlock.lock(datadir):
         earlier = ops.redo_unfinished(datadir, "import", str(bundle))
         name = name or earlier  # a retry without --name keeps the name it was given
         _check_new(datadir, name, install, manifest)

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgmgr.core import (
+    dirlock,
     identity,
     paths,
     privileges,
@@ -470,7 +471,7 @@ class Server:
         """A build still running (``importing``, ``cloning``: its command holds the lock) or
         interrupted (``incomplete``): never ``running``, even when its server runs."""
         pending = self.inst.pending or ""
-        if registry.is_locked(self.datadir):
+        if dirlock.is_locked(self.datadir):
             st.state = BUILDING.get(pending, "building")
             st.detail = f"'pgmgr {pending}' is still making it"
         else:

@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import diskio, identity, registry, snapstore, snapswap, userfs
+from pgmgr.core import dirlock, diskio, identity, registry, snapstore, snapswap, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
@@ -207,7 +207,7 @@ def settle(inst: Instance) -> Instance:
     Best effort: should settling fail, the intent stays for the next load."""
     datadir = Path(inst.datadir)
     try:
-        with registry.try_lock(datadir) as free:
+        with dirlock.try_lock(datadir) as free:
             if not free:
                 return inst
             inst = registry.load(inst.name, settle=False)  # as it is now, under the lock

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from pgmgr.core import registry
+from pgmgr.core import dirlock, registry
 from pgmgr.core.errors import InstanceNotFound
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
@@ -34,7 +34,7 @@ def locked(
     :raises InstanceNotFound: the record was removed, or now names another data directory,
         while this command waited for the lock.
     """
-    with registry.lock(srv.datadir, timeout):
+    with dirlock.lock(srv.datadir, timeout):
         refresh(srv, only)
         yield srv
 

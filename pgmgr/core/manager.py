@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pgmgr.core import registry, server, stopmark
+from pgmgr.core import dirlock, registry, server, stopmark
 from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.locked import SWITCHED, locked
@@ -141,7 +141,7 @@ class Manager:
                 raise DatabaseException(
                     f"invalid auth {opts.auth!r}: use {', '.join(server.AUTH_METHODS)}"
                 )
-            with registry.lock(self.db_dir):
+            with dirlock.lock(self.db_dir):
                 self._server.initialize(
                     opts, user=kwargs.get("user"), password=kwargs.get("password")
                 )

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pgmgr.core import sigguard, stopmark, testhook
 from pgmgr.core.instance import Server
 
+#: How long a server started again after a command's work may take to accept connections:
+#: 'pgmgr start''s default (the library's is 10 s). Not ready by then, it is killed and
+#: started afresh (await_spawned), which a loaded machine must not cause.
+READY_TIMEOUT = 30.0
+
 
 @dataclass
 class Pause:
@@ -118,10 +123,10 @@ def await_spawned(srv: Server) -> bool:
 
     testhook.pause("awaiting-spawned")
     try:
-        srv.ready_wait()
+        srv.ready_wait(READY_TIMEOUT)
     except WorkerError:
         return start_again(srv)
-    srv.start()  # running and ready: adopts what it uses into the record
+    srv.start(timeout=READY_TIMEOUT)  # running and ready: adopts what it uses into the record
     return False
 
 
@@ -135,12 +140,12 @@ def start_again(srv: Server, tries: int = 3) -> bool:
     for _ in range(tries):
         try:
             srv.stop("fast")
-            srv.start()
+            srv.start(timeout=READY_TIMEOUT)
             return cancelled
         except KeyboardInterrupt:
             cancelled = True
     srv.stop("fast")
-    srv.start()
+    srv.start(timeout=READY_TIMEOUT)
     return True
 
 

@@ -1,8 +1,7 @@
 """Instance records under the state directory.
 
-One JSON file per instance (``<state>/instances/<name>.json``, mode 0600, written atomically),
-and one lock file per data directory so that two pgmgr processes never start, stop or
-initialize the same data directory at once.
+One JSON file per instance (``<state>/instances/<name>.json``, mode 0600, written atomically).
+The lock per data directory is :mod:`pgmgr.core.dirlock`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import diskio, paths, recordcheck
+from pgmgr.core import dirlock, diskio, paths, recordcheck
 from pgmgr.core.errors import InstanceNotFound, PgmgrError, UsageError, doing
 from pgmgr.core.lazyre import LazyRegex
 
@@ -373,7 +372,7 @@ def prune_vanished(instances: list[Instance]) -> list[Instance]:
         if inst.origin != "library" or os.path.lexists(inst.datadir):
             kept.append(inst)
             continue
-        with lock(Path(inst.datadir)):
+        with dirlock.lock(Path(inst.datadir)):
             if os.path.lexists(inst.datadir):  # made again meanwhile
                 kept.append(inst)
                 continue
@@ -421,44 +420,3 @@ def unique_name(base: str) -> str:
         if candidate not in taken:
             return candidate
     raise PgmgrError(f"too many instances named like {base!r}")  # pragma: no cover
-
-
-def _lock_path(datadir: Path) -> Path:
-    return lock_file(datadir, ".lock")
-
-
-def lock_file(datadir: Path, suffix: str) -> Path:
-    """A lock file of ``datadir`` in the state directory: ``.lock`` is the instance's (see
-    :func:`lock`); others serve other purposes (``.attend``: :mod:`pgmgr.core.attend`)."""
-    import hashlib  # only here: it costs ~2 ms to import
-
-    key = hashlib.sha256(os.path.realpath(datadir).encode()).hexdigest()[:20]
-    return paths.ensure_private_dir(paths.state_dir() / "locks") / f"{key}{suffix}"
-
-
-@contextlib.contextmanager
-def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
-    """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``."""
-    with paths.flocked(
-        _lock_path(datadir),
-        exclusive=True,
-        timeout=timeout,
-        busy=f"another pgmgr is working on {datadir}",
-    ):
-        yield
-
-
-@contextlib.contextmanager
-def try_lock(datadir: Path) -> Iterator[bool]:
-    """Hold ``datadir``'s lock if it is free now: yields whether it is held."""
-    with paths.flocked(_lock_path(datadir), exclusive=True, timeout=0, busy="") as got:
-        yield got
-
-
-def is_locked(datadir: Path) -> bool:
-    """Whether another process holds ``datadir``'s lock now (a build still running)."""
-    try:
-        with paths.flocked(_lock_path(datadir), exclusive=True, timeout=0, busy="") as got:
-            return not got
-    except OSError:
-        return False

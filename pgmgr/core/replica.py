@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, diskio, registry, server, testhook, userfs, versions
+from pgmgr.core import dirlock, dirpath, diskio, registry, server, testhook, userfs, versions
 from pgmgr.core.errors import (
     DatabaseException,
     InstanceNotFound,
@@ -148,7 +148,7 @@ def create(
     path = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
     # The lock is held to the end: a retry waits for a live replica command, and finding
     # the pending record of this directory under it means its command is dead.
-    with staging.signals_interrupt(), registry.lock(path):
+    with staging.signals_interrupt(), dirlock.lock(path):
         name = ops.redo_unfinished(path, "replica", src.inst.name) or name
         target = target_dir(src, name, path)
         rep = _register(src, name, target)
@@ -188,7 +188,7 @@ def default_name(src: Server, datadir: Path | None) -> str:
             if (
                 (inst.pending, inst.pending_from) == ("replica", src.inst.name)
                 and Path(inst.datadir) == where
-                and not registry.is_locked(where)
+                and not dirlock.is_locked(where)
             ):
                 return other
     return base
@@ -203,7 +203,7 @@ def _register(src: Server, name: str, target: Path) -> Server:
     install = src.installation()
     if name in registry.names():
         other = registry.load(name)
-        if other.pending and registry.is_locked(Path(other.datadir)):
+        if other.pending and dirlock.is_locked(Path(other.datadir)):
             raise UsageError(
                 f"instance name {name!r} is being made by another 'pgmgr {other.pending}'",
                 hint="wait for it to finish, or choose another --name",
@@ -273,7 +273,7 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
         unfinished ``pgmgr replica``.
     :raises WorkerError: it did not finish promotion within ``timeout``.
     """
-    with registry.lock(srv.datadir):
+    with dirlock.lock(srv.datadir):
         # the record as it is now: a promote that held the lock before may have changed it
         # (read before the lock, a second promote saved what the first had cleared)
         srv = Server.load(srv.inst.name)

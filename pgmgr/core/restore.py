@@ -3,7 +3,7 @@
 the data directory (:mod:`pgmgr.core.delta`), else a full copy made while the server runs;
 the swap goes through the record's intent (:mod:`pgmgr.core.intent`).
 
-Every function expects the caller to hold the instance's lock (``registry.lock``).
+Every function expects the caller to hold the instance's lock (``dirlock.lock``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ with the one copy engine (:mod:`pgmgr.core.copy`), with an index of the data dir
 restores by difference (:mod:`pgmgr.core.delta`). A running instance is stopped for the
 copy and started again (the downtime is reported).
 
-Every function expects the caller to hold the instance's lock (``registry.lock``).
+Every function expects the caller to hold the instance's lock (``dirlock.lock``).
 """
 
 from __future__ import annotations

@@ -158,10 +158,10 @@ def managers(work_dir: Path) -> Iterator[ManagerFactory]:
     yield make
     for m in made:
         with contextlib.suppress(Exception):
-            m.stop(mode="immediate", timeout=10)
+            m.stop(mode="immediate", timeout=60)
         if m.process is not None:
             with contextlib.suppress(Exception):
-                m.process.wait(timeout=5)
+                m.process.wait(timeout=30)
     leftovers = postgres_processes(work_dir)
     kill_postmasters(leftovers)
     if leftovers:  # started behind the managers' back (another process) and not stopped

@@ -75,7 +75,7 @@ def test_start_no_wait_then_ready_wait(
     m = managers(datadir)
     m.start(wait=False)
     assert m.process is not None
-    m.ready_wait(timeout=10, verbose=True)
+    m.ready_wait(timeout=60, verbose=True)
     assert f"ready on port {m.port}" in capsys.readouterr().out
     m.health()
 
@@ -126,7 +126,7 @@ def test_stop_no_wait_then_wait(datadir: Path, managers: ManagerFactory) -> None
     m.start()
     pid = m.process.pid
     assert m.stop(wait=False) is True
-    assert m.wait(timeout=10) == 0  # this process started it: its exit code
+    assert m.wait(timeout=60) == 0  # this process started it: its exit code
     assert not _alive(pid)
     assert m.status().state == "stopped"
 
@@ -166,7 +166,7 @@ def test_smart_stop_waits_for_clients_and_never_escalates(
         assert conn.execute("SELECT 1").fetchone() == (1,)  # still served
     finally:
         conn.close()
-    assert m.wait(timeout=10) == 0  # the smart shutdown completes once the client leaves
+    assert m.wait(timeout=60) == 0  # the smart shutdown completes once the client leaves
 
 
 def test_fast_stop_disconnects_clients(datadir: Path, managers: ManagerFactory) -> None:
@@ -275,5 +275,5 @@ def test_wait_returns_when_the_server_dies(datadir: Path, managers: ManagerFacto
     m.start()
     pid = m.process.pid
     os.kill(pid, signal.SIGINT)
-    assert m.wait(timeout=10) == 0
+    assert m.wait(timeout=60) == 0
     assert m.stop() is False

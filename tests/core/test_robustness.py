@@ -56,7 +56,7 @@ def test_started_here_stopped_by_another_process(datadir: Path, managers: Manage
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
-    assert m.wait(timeout=10) == 0
+    assert m.wait(timeout=60) == 0
     assert m.status().state == "stopped"
     assert postmasters_under(datadir) == []
 

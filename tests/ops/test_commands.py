@@ -174,7 +174,7 @@ def test_logs_follow_prints_new_lines_and_ctrl_c_says_interrupted(shared: Instan
         line = follower.lines[seen]  # the first line after the sync marker
         assert "SIGHUP" in line or "reloading" in line, line
         follower.proc.send_signal(signal.SIGINT)
-        assert follower.proc.wait(timeout=10) == 130
+        assert follower.proc.wait(timeout=30) == 130
         assert follower.proc.stderr.read() == "Interrupted\n"  # type: ignore[union-attr]
     finally:
         follower.proc.kill()

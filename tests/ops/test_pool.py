@@ -348,6 +348,8 @@ def test_pool_strategies_names_and_errors(tmp_server: TemporaryInstance) -> None
         count = 2 * TRIALS + 1  # the last copy is made with the strategy kept
         names = [pool.acquire("one") for _ in range(count)]
         assert len(set(names)) == count
+        with pool._cond:  # every copy was made with a strategy and timed, the first too
+            assert sum(map(len, pool.stats.timings.values())) == pool.stats.created
         assert pool.stats.strategy in ("WAL_LOG", "FILE_COPY")
         assert {s: len(t) >= TRIALS for s, t in pool.stats.timings.items()} == {
             "WAL_LOG": True,

@@ -42,7 +42,7 @@ def _run_dirs(ops_dir: Path) -> list[Path]:
     return sorted((ops_dir / "tmp").iterdir())
 
 
-def _wait_no_postgres(root: Path, timeout: float = 15) -> list[int]:
+def _wait_no_postgres(root: Path, timeout: float = 60) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
         left = postgres_pids_under(root)

@@ -39,6 +39,7 @@ from tests.helpers import (
     run_pgmgr,
     scratch_root,
 )
+from tests.pause import Paused
 
 PG15 = "15"
 TEMPLATE_PASSWORD = "rel-template-secret"
@@ -113,7 +114,7 @@ def work(rel_base: Path) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="t-", dir=rel_base))
     path.chmod(0o755)
     yield path
-    left = wait_no_processes(path, timeout=3)
+    left = wait_no_processes(path, timeout=30)
     kill_postmasters(left)
     GRAVEYARD.bury(path, rel_base / ".graveyard")
     assert not left, f"postgres processes left running by this test (now killed): {left}"
@@ -276,7 +277,7 @@ def no_orphans(inst: Inst) -> None:
     keep: set[int] = set()
     if pf is not None and process.serves(pf.pid, inst.datadir, pf.start_time):
         keep = {pf.pid, *process.children(pf.pid)}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while True:
         extra = [p for p in postgres_pids_under(inst.datadir) if p not in keep]
         if not extra or time.monotonic() > deadline:
@@ -285,6 +286,25 @@ def no_orphans(inst: Inst) -> None:
         if keep:
             keep |= set(process.children(pf.pid)) if pf else set()
     assert not extra, f"orphaned postgres processes on {inst.datadir}: {extra}"
+
+
+def start_frozen_before_ready(inst: Inst, hooks: Path, *args: str) -> tuple[Paused, int]:
+    """``pgmgr start NAME ARGS`` held at its pause right after the spawn, and its postmaster
+    frozen (SIGSTOP) before it said it was ready; tried again if a test late at that moment
+    froze a ready one. Spotting the spawn by polling and freezing it then lost to a start
+    (~150 ms) whenever the test was descheduled that long in between."""
+    for _ in range(5):
+        paused = Paused(hooks, "start-spawned", "start", inst.name, *args)
+        paused.reached()
+        (child,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+        os.kill(child, signal.SIGSTOP)
+        pf = process.PidFile.read(inst.datadir)
+        if pf is None or pf.status != "ready":
+            return paused, child
+        os.kill(child, signal.SIGCONT)  # ready already: let that start finish, and again
+        assert paused.go().returncode == 0
+        assert inst.stop().returncode == 0
+    raise AssertionError("the postmaster was ready before the test could freeze it, 5 times")
 
 
 # --------------------------------------------------------------------------- session end

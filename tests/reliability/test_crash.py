@@ -25,6 +25,7 @@ from tests.reliability.conftest import (
     pgmgr,
     pgmgr_argv,
     postgres_pids_under,
+    start_frozen_before_ready,
 )
 
 
@@ -96,36 +97,20 @@ def test_sigkill_with_open_session_and_uncommitted_work(cluster: InstFactory) ->
 # --------------------------------------------------------------------------- 2: pgmgr killed
 
 
-def _postgres_child(pgmgr_pid: int, timeout: float = 10) -> int:
-    """The postgres process a running ``pgmgr start`` spawned, as soon as it exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in process.children(pgmgr_pid):
-            return child
-        time.sleep(0.0005)
-    raise AssertionError("pgmgr start spawned nothing")
-
-
-def test_pgmgr_killed_mid_start(cluster: InstFactory) -> None:
+def test_pgmgr_killed_mid_start(cluster: InstFactory, hooks: Path) -> None:
     inst, token = started(cluster)
     assert inst.stop().returncode == 0
-    proc = subprocess.Popen(
-        pgmgr_argv("start", inst.name, "--port", "auto"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # Freeze postgres between spawn and ready, kill pgmgr in its wait, then let postgres go on.
+    paused, child = start_frozen_before_ready(inst, hooks, "--port", "auto")
     try:
-        child = _postgres_child(proc.pid)
-        # Freeze postgres between spawn and ready, kill pgmgr, then let postgres go on.
-        os.kill(child, signal.SIGSTOP)
-        pf = process.PidFile.read(inst.datadir)
-        assert pf is None or pf.status != "ready"  # really before ready
-        proc.kill()
-        proc.wait()
+        (hooks / "start-spawned.go").touch()  # on into its wait for a server frozen
+        time.sleep(0.05)
+        paused.proc.kill()
+        paused.proc.communicate()
     finally:
         os.kill(child, signal.SIGCONT)
     # The server pgmgr spawned runs on; every command sees it and agrees about it.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while inst.status().json()["state"] != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     st = inst.status()
@@ -156,11 +141,9 @@ def test_pgmgr_killed_mid_stop(cluster: InstFactory) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pf = process.PidFile.read(inst.datadir)
-        if pf is not None and pf.status == "stopping":
-            break
+    deadline = time.monotonic() + 60
+    while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+        assert time.monotonic() < deadline and proc.poll() is None, "the smart stop never began"
         time.sleep(0.005)
     proc.kill()
     proc.wait()

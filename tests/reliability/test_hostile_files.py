@@ -46,7 +46,7 @@ def test_a_hostile_socket_lock_never_hangs_start(cluster: InstFactory, kind: str
     run = pgmgr("start", "lockfifo", "-p", str(port), "--timeout", "5", timeout=60)
     assert "Traceback" not in run.stderr, str(run)
     if run.returncode != 0:  # postgres itself blocked on the FIFO: it must not be left behind
-        assert wait_no_processes(inst.datadir, timeout=10) == [], str(run)
+        assert wait_no_processes(inst.datadir, timeout=30) == [], str(run)
     pgmgr("stop", "lockfifo", "-m", "immediate", timeout=30)
 
 

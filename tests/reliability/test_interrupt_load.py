@@ -27,6 +27,7 @@ from tests.reliability.conftest import (
     pgmgr,
     pgmgr_argv,
     postgres_pids_under,
+    start_frozen_before_ready,
 )
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
@@ -103,56 +104,66 @@ def test_ctrl_c_during_init_stops_initdbs_postgres(work: Path) -> None:
     datadir = work / "data"
     proc = _init_running_initdb(datadir)
     initdb = _wait_for_initdb(proc)
-    deadline = time.monotonic() + 30
-    while not (kids := process.children(initdb)):
-        assert time.monotonic() < deadline and proc.poll() is None, "initdb ran no postgres"
-        time.sleep(0.002)
-    os.kill(kids[0], signal.SIGSTOP)
+    held = _hold_initdbs_postgres(proc, initdb)
     try:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
-        assert not process.is_alive(kids[0]), "initdb's postgres outlived pgmgr"
+        assert not process.is_alive(held), "initdb's postgres outlived pgmgr"
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(kids[0], signal.SIGKILL)
-            os.kill(kids[0], signal.SIGCONT)
+            os.kill(held, signal.SIGKILL)
+            os.kill(held, signal.SIGCONT)
     assert wait_gone_all(work) == []
     assert not datadir.exists()
     assert pgmgr("status", "--json").json() == []
 
 
-def wait_gone_all(root: Path, timeout: float = 5) -> list[int]:
+def _hold_initdbs_postgres(proc: subprocess.Popen[bytes], initdb: int) -> int:
+    """Stop (SIGSTOP) the postgres initdb runs in bootstrap or single-user mode, once it
+    runs. Not initdb's first child: that was a short-lived 'sh -c "postgres -V"' (or
+    --check), gone when a test descheduled for a few ms sent its SIGSTOP (ProcessLookupError)."""
+    deadline = time.monotonic() + 30
+    while True:
+        for pid in descendants(initdb):
+            if {"--boot", "--single"} & set(process.cmdline(pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    if process.is_alive(pid):  # held, not a zombie
+                        return pid
+        assert time.monotonic() < deadline and proc.poll() is None, "initdb ran no postgres"
+        time.sleep(0.002)
+
+
+def wait_gone_all(root: Path, timeout: float = 30) -> list[int]:
     deadline = time.monotonic() + timeout
     while (left := postgres_pids_under(root)) and time.monotonic() < deadline:
         time.sleep(0.01)
     return left
 
 
-def test_ctrl_c_during_start(cluster: InstFactory) -> None:
-    """Documented outcome: the start is cancelled, the server pgmgr spawned is stopped."""
+def test_ctrl_c_during_start(cluster: InstFactory, hooks: Path) -> None:
+    """Documented outcome: the start is cancelled, the server pgmgr spawned is stopped.
+    pgmgr waits for a postmaster that cannot become ready (frozen from its spawn on) when
+    the Ctrl-C comes. The test used to spot the spawned postmaster by polling and freeze
+    it then: late by ~150 ms (a start's time), it found the start done (exit 0)."""
     inst = cluster()
     assert inst.start("--port", "auto").returncode == 0
     token = inst.commit_canary()
     assert inst.stop().returncode == 0
-    proc = subprocess.Popen(
-        pgmgr_argv("start", inst.name), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 10
-    child = None
-    while child is None and time.monotonic() < deadline:
-        kids = process.children(proc.pid)  # wait for the exec: pgmgr is then in ready_wait
-        if kids and "-D" in process.cmdline(kids[0]):
-            child = kids[0]
-    assert child is not None
-    os.kill(child, signal.SIGSTOP)  # between spawn and ready
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):  # SIGINT before its handlers kills it
-        os.kill(child, signal.SIGCONT)
+    paused, child = start_frozen_before_ready(inst, hooks)
+    proc = paused.proc
+    try:
+        (hooks / "start-spawned.go").touch()  # on into its wait for the server
+        time.sleep(0.05)  # in that wait, most likely; the same handler acts just before it
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert b"Traceback" not in err
+    assert "Traceback" not in err
     assert wait_gone_all(inst.datadir) == [], (child, err)
     assert assert_truthful(inst) == "stopped"
     assert inst.start().returncode == 0 and inst.has_canary(token)

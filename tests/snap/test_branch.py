@@ -97,7 +97,7 @@ def test_branches_of_a_crashed_source_and_of_an_online_snapshot_get_their_own_id
     pid = inst.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while inst.state() != "crashed" and time.monotonic() < deadline:
         time.sleep(0.05)
     inst.ok("branch", "dev", "crashed", "--start", "-q")

@@ -113,10 +113,10 @@ def test_snapshot_and_restore_with_a_clock_set_back(
         _mount(image, mnt)
         assert os.stat(mnt / "data" / "PG_VERSION").st_ctime > time.time() + 3600
         inst.ok("start", "dev", "-q")
-        inst.ok("snapshot", "dev", "s1", "-q", timeout=30)
+        inst.ok("snapshot", "dev", "s1", "-q", timeout=60)
         assert not (inst.store / "s1" / delta.INDEX).exists()
         inst.sql("DELETE FROM t")
-        inst.ok("restore", "dev", "s1", "--yes", "-q", timeout=30)
+        inst.ok("restore", "dev", "s1", "--yes", "-q", timeout=60)
         assert inst.sql("SELECT count(*) FROM t") == "1000"
     finally:
         inst.pgmgr("stop", "--all", "-m", "immediate", "-q")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,17 +27,50 @@ from tests.snap.conftest import Inst
 from tests.snap.test_switch_killed import hooks_dir
 
 
-def spawn(name: str, env: dict[str, str]) -> subprocess.Popen[str]:
+class Attendant(subprocess.Popen[str]):
+    """``pgmgr start NAME --foreground`` with ``$NOTIFY_SOCKET`` on a socket of the test's,
+    as systemd runs it: :meth:`ready` waits for its ``READY=1``."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        address = f"pgmgr-test-attendant-{uuid.uuid4().hex}"  # abstract: any user may send
+        self.notify.bind("\0" + address)
+        super().__init__(
+            pgmgr_argv("start", name, "--foreground"),
+            env={**os.environ, **env, "NOTIFY_SOCKET": "@" + address},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+    def ready(self) -> None:
+        """Wait until it attends (READY=1: it holds its lock, the server runs, and it
+        watches). A fixed sleep here was outlasted on a loaded machine: a 'pgmgr stop' or
+        a second attendant then came before the first attendant had even started."""
+        self.says("READY=1")
+
+    def says(self, start: str, timeout: float = 60) -> None:
+        """Wait until it sends a line that starts with ``start``."""
+        deadline = time.monotonic() + timeout
+        while not any(ln.startswith(start) for ln in self._datagram(0.1).decode().split("\n")):
+            assert self.poll() is None, self.communicate()
+            assert time.monotonic() < deadline, f"the attendant never said {start!r}"
+
+    def _datagram(self, wait: float) -> bytes:
+        if not select.select([self.notify], [], [], wait)[0]:
+            return b""
+        return self.notify.recv(4096)
+
+
+def spawn(name: str, env: dict[str, str]) -> Attendant:
     """``pgmgr start NAME --foreground``, its stderr piped (see :func:`ended`)."""
-    return subprocess.Popen(
-        pgmgr_argv("start", name, "--foreground"), env={**os.environ, **env},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return Attendant(name, env)
 
 
 def done_with(proc: subprocess.Popen[str]) -> None:
     """A test's clean-up: an attendant still running is asked to stop (SIGTERM: it stops
     its server), then killed if it does not within 30 s."""
+    if isinstance(proc, Attendant):
+        proc.notify.close()
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -46,10 +82,12 @@ def done_with(proc: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def attending(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """:func:`spawn`, and :func:`done_with` it however the block ends."""
+def attending(name: str, env: dict[str, str]) -> Iterator[Attendant]:
+    """:func:`spawn`, once it attends (:meth:`Attendant.ready`), and :func:`done_with` it
+    however the block ends."""
     proc = spawn(name, env)
     try:
+        proc.ready()
         yield proc
     finally:
         done_with(proc)
@@ -70,15 +108,17 @@ def stop_asked_during(run: Paused, proc: subprocess.Popen[str]) -> tuple[int, st
 
 def attend(inst: Inst) -> subprocess.Popen[str]:
     proc = spawn("dev", inst.env)
-    deadline = time.monotonic() + 30
-    while inst.state() != "running":  # already running: it attends at once
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    time.sleep(0.3)  # it reads the record and starts watching
+    try:
+        proc.ready()
+    except BaseException:
+        done_with(proc)
+        raise
     return proc
 
 
 def ended(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
+    if isinstance(proc, Attendant):
+        proc.notify.close()
     try:
         err = proc.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
@@ -143,7 +183,7 @@ def test_a_stop_is_the_users_and_a_killed_command_a_failure(
 
 def test_a_second_attendant_is_refused(attended: tuple[Inst, subprocess.Popen[str]]) -> None:
     inst, proc = attended
-    code, err = ended(spawn("dev", inst.env), timeout=20)
+    code, err = ended(spawn("dev", inst.env), timeout=60)
     assert code == 1 and error_lines(err)[0] == (
         "Error: 'dev' is already attended by another 'pgmgr start --foreground' (a systemd "
         "unit, or a terminal); nothing was started"

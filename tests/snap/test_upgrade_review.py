@@ -169,7 +169,7 @@ def test_status_after_upgrading_a_primary_with_a_standby_and_a_branch(rv: Inst) 
 
     rv.ok("replica", "rv", "--name", "rvr", "-q")
     rv.ok("branch", "rv", "rvb", "-q")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while _streaming(rv, "rvr") is not True:
         assert time.monotonic() < deadline, "the standby never streamed"
         time.sleep(0.1)
