@@ -3,12 +3,14 @@
 ``Paused(hooks, step, *args)`` arms the pause at ``step`` (clearing what an earlier run at that
 step left), starts ``pgmgr ARGS`` with ``PGMGR_TEST_PAUSE=hooks``; :meth:`Paused.reached` waits
 until pgmgr waits there; :meth:`Paused.go` lets it finish and :meth:`Paused.kill` signals it.
-Either disarms the step, so the next run of the same command goes through.
+Either disarms the step, so the next run of the same command goes through. Used as a
+context manager, it interrupts a pgmgr still waiting when the block ends (a failed test).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -37,6 +39,22 @@ class Paused:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def __enter__(self) -> Paused:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A test that failed while pgmgr waits: interrupt it (it cleans up), rather than
+        leave it to go on by itself 60 s later, under the fixtures' clean-up."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            (self.hooks / f"{self.step}.go").touch()
+            try:
+                self.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+        self._disarm()
 
     def _disarm(self) -> None:
         for name in (self.step, f"{self.step}.reached", f"{self.step}.go"):
