@@ -7,6 +7,7 @@ template copy still needs. :meth:`pgmgr.core.instance.Server.start` and
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import threading
@@ -375,11 +376,34 @@ def drop_sockdir(srv: Server, sockdir: Path, made: bool, recorded: str | None) -
     failed start would otherwise leave one in the temp dir) and keep the record's."""
     srv.inst.socket_dir = recorded
     if made:
-        for leftover in sockdir.glob(".s.PGSQL.*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        with contextlib.suppress(OSError):
-            sockdir.rmdir()
+        _remove_sockdir(sockdir)
+
+
+def _remove_sockdir(sockdir: Path) -> None:
+    """Remove a socket dir a failed start made, through fds: it is the server user's, in
+    the temp dir, and as root a path through it could be a link that user put there (to
+    another cluster's socket directory, whose sockets and locks root would delete)."""
+    from pgmgr.core import userfs
+
+    try:
+        parent = userfs.open_dir(sockdir.parent)
+    except (OSError, userfs.UnsafePath):
+        return
+    try:
+        fd = os.open(sockdir.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError:  # gone, or no longer a directory (a link): nothing of ours there
+        os.close(parent)
+        return
+    try:
+        for name in os.listdir(fd):
+            if name.startswith(".s.PGSQL."):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(sockdir.name, dir_fd=parent)
+    os.close(parent)
 
 
 def cancel_start(srv: Server, again: list[int] | None = None) -> None:
