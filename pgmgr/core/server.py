@@ -261,9 +261,11 @@ def run(
         for sig in held:
             signal.raise_signal(sig)
         out, err = proc.communicate(input=input, timeout=timeout)
-    except BaseException:
+    except BaseException as e:
         if proc is not None:
             tools._stop_group(proc, 10.0)
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise tools.timed_out(argv, timeout) from None
         raise
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, err or out)
@@ -334,7 +336,7 @@ def initdb(
         # tools.run, not run: interrupted, it stops initdb's whole group (the postgres it
         # runs in bootstrap and single-user mode too) and waits for it before the caller
         # removes the directory they write in.
-        tools.run(initdb_argv(install, datadir, opts, pwfile), user)
+        tools.run(initdb_argv(install, datadir, opts, pwfile), user, timeout=300)
     finally:
         if pwfile is not None:
             with contextlib.suppress(Exception):

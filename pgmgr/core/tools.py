@@ -1,8 +1,9 @@
 """Run a PostgreSQL client program (pg_basebackup, pg_upgrade, vacuumdb ...) as the server
 user, in a given working directory, and stop it when pgmgr is interrupted.
 
-Not :func:`pgmgr.core.server.run`: that one always runs in ``/`` and cannot be cancelled;
-pg_upgrade writes its logs and sockets in its working directory and may run for minutes.
+:func:`pgmgr.core.server.run` (always in ``/``, with an optional input) goes through the
+same interrupt handling; this one takes a working directory: pg_upgrade writes its logs and
+sockets there and may run for minutes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pgmgr.core import server, testhook
-from pgmgr.core.errors import CommandFailed
+from pgmgr.core.errors import CommandFailed, WorkerError
 from pgmgr.core.privileges import ServerUser
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -89,13 +90,22 @@ def run(
         for sig in held:
             signal.raise_signal(sig)  # now, to the handler it was meant for
         out, err = proc.communicate(timeout=timeout)
-    except BaseException:
+    except BaseException as e:
         if proc is not None:
             _stop_group(proc, grace)
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise timed_out(argv, timeout) from None
         raise
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, err.strip() or out)
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+def timed_out(argv: Sequence[str], timeout: float | None) -> WorkerError:
+    """A program stopped because it ran past its timeout: one line, not a traceback."""
+    return WorkerError(
+        f"{os.path.basename(argv[0])} did not finish within {timeout:g} s and was stopped"
+    )
 
 
 @contextlib.contextmanager
