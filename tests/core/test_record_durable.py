@@ -6,13 +6,13 @@ so the fsync is observed (a spy around os.fsync; the files are real)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
 
 from pgmgr.core import registry
 from pgmgr.core.registry import Instance
+from tests import fsyncspy
 
 
 @pytest.mark.parametrize("op", ["create", "save", "remove"])
@@ -25,17 +25,9 @@ def test_the_instances_directory_is_fsynced(monkeypatch: pytest.MonkeyPatch, op:
         "save": lambda: registry.save(inst),
         "remove": lambda: registry.remove("dur"),
     }
-    synced: list[tuple[int, int]] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        st = os.fstat(fd)
-        synced.append((st.st_dev, st.st_ino))
-        real(fd)
-
+    synced: list[object] = []
     with monkeypatch.context() as m:
-        m.setattr(os, "fsync", spy)
+        fsyncspy.spy(m, synced)
         calls[op]()
-    st = os.stat(registry.instances_dir())
-    assert (st.st_dev, st.st_ino) in synced
+    assert fsyncspy.mark(registry.instances_dir()) in synced
     assert registry.record_path("dur").exists() is (op != "remove")

@@ -13,26 +13,22 @@ import pytest
 
 from pgmgr.core import registry, replica
 from pgmgr.core.instance import Server
+from tests import fsyncspy
 from tests.ops.conftest import Instance
 
 
 def test_the_new_directory_is_fsynced_before_the_record_pins_it(
     fresh: Instance, ops_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events: list[tuple[object, ...]] = []
-    real_fsync, real_save = os.fsync, registry.save
-
-    def fsync(fd: int) -> None:
-        st = os.fstat(fd)
-        events.append(("fsync", st.st_dev, st.st_ino))
-        real_fsync(fd)
+    events: list[object] = []
+    real_save = registry.save
 
     def save(inst: registry.Instance) -> None:
         events.append(("save", inst.name, inst.ino is not None))
         real_save(inst)
 
     with monkeypatch.context() as m:
-        m.setattr(os, "fsync", fsync)
+        fsyncspy.spy(m, events)
         m.setattr(registry, "save", save)
         rep = replica.create(Server(registry.load("fresh")), name="rep")
     assert rep.datadir == ops_dir / "rep"

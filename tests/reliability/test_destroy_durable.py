@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import removal
+from tests import fsyncspy
 
 
 def test_the_trash_rename_is_fsynced_before_the_deletion(
@@ -22,21 +23,16 @@ def test_the_trash_rename_is_fsynced_before_the_deletion(
     datadir = tmp_path / "data"
     (datadir / "base").mkdir(parents=True)
     (datadir / "PG_VERSION").write_text("15\n")
-    st = os.stat(tmp_path)
+    parent = fsyncspy.mark(tmp_path)
     events: list[object] = []
-    real_fsync, real_delete = os.fsync, removal._delete_trash
-
-    def fsync(fd: int) -> None:
-        got = os.fstat(fd)
-        events.append((got.st_dev, got.st_ino))
-        real_fsync(fd)
+    real_delete = removal._delete_trash
 
     def delete(parent_fd: int, trash: str) -> None:
         events.append("delete")
         real_delete(parent_fd, trash)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    fsyncspy.spy(monkeypatch, events)
     monkeypatch.setattr(removal, "_delete_trash", delete)
     assert removal.remove_datadir(datadir)
     assert os.listdir(tmp_path) == []
-    assert (st.st_dev, st.st_ino) in events[: events.index("delete")]
+    assert parent in events[: events.index("delete")]

@@ -13,6 +13,7 @@ import pytest
 
 from pgmgr import snapactions
 from pgmgr.core import registry, snapstore
+from tests import fsyncspy
 from tests.snap.conftest import Inst
 
 
@@ -21,13 +22,8 @@ def test_the_drop_rename_is_fsynced_before_the_intent_is_forgotten(
 ) -> None:
     inst.ok("snapshot", "dev", "s1", "-q")
     inst.ok("stop", "dev", "-q")
-    events: list[tuple[object, ...]] = []
-    real_fsync, real_rename, real_save = os.fsync, snapstore.Store.rename, registry.save
-
-    def fsync(fd: int) -> None:
-        st = os.fstat(fd)
-        events.append(("fsync", st.st_dev, st.st_ino))
-        real_fsync(fd)
+    events: list[object] = []
+    real_rename, real_save = snapstore.Store.rename, registry.save
 
     def rename(self: snapstore.Store, src: str, dst: str) -> None:
         real_rename(self, src, dst)
@@ -38,7 +34,7 @@ def test_the_drop_rename_is_fsynced_before_the_intent_is_forgotten(
         real_save(inst)
 
     with monkeypatch.context() as m:
-        m.setattr(os, "fsync", fsync)
+        fsyncspy.spy(m, events)
         m.setattr(snapstore.Store, "rename", rename)
         m.setattr(registry, "save", save)
         assert snapactions.restore("dev", "s1", quiet=True) == 0

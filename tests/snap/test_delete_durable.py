@@ -12,22 +12,18 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import snapcatalog, snapstore, userfs
+from tests import fsyncspy
 
 
 def _spied(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[object]:
     events: list[object] = []
-    real_fsync, real_remove = os.fsync, getattr(module, name)
-
-    def fsync(fd: int) -> None:
-        st = os.fstat(fd)
-        events.append((st.st_dev, st.st_ino))
-        real_fsync(fd)
+    real_remove = getattr(module, name)
 
     def remove(*args: object, **kwargs: object) -> None:
         events.append("remove")
         real_remove(*args, **kwargs)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    fsyncspy.spy(monkeypatch, events)
     monkeypatch.setattr(module, name, remove)
     return events
 
@@ -46,11 +42,11 @@ def test_a_deleted_snapshot_is_renamed_durably_before_it_is_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = snapstore.store_path(_store(tmp_path))
-    st = os.stat(store)
+    store_mark = fsyncspy.mark(store)
     events = _spied(monkeypatch, snapstore, "remove_tree")
     snapcatalog._delete(store, "s1")
     assert os.listdir(store) == []
-    assert (st.st_dev, st.st_ino) in events[: events.index("remove")]
+    assert store_mark in events[: events.index("remove")]
 
 
 def test_a_deleted_store_is_renamed_durably_before_it_is_deleted(
@@ -58,8 +54,8 @@ def test_a_deleted_store_is_renamed_durably_before_it_is_deleted(
 ) -> None:
     datadir = _store(tmp_path)
     top = snapstore.store_path(datadir).parent
-    st = os.stat(top)
+    top_mark = fsyncspy.mark(top)
     events = _spied(monkeypatch, userfs, "rmtree_at")
     snapcatalog.delete_all(datadir, None)
     assert os.listdir(top) == []
-    assert (st.st_dev, st.st_ino) in events[: events.index("remove")]
+    assert top_mark in events[: events.index("remove")]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import intent
+from tests import fsyncspy
 
 
 def test_the_kept_snapshot_is_fsynced_before_and_after_it_is_named(
@@ -20,18 +21,10 @@ def test_the_kept_snapshot_is_fsynced_before_and_after_it_is_named(
     (store / "src" / "base").mkdir(parents=True)
     meta = {"name": "s1", "instance": "dev", "datadir": "/d", "system_identifier": "1",
             "major": "15", "version": "15.1", "bindir": "/b", "created": 0.0}  # fmt: skip
-    synced: list[tuple[int, int]] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        st = os.fstat(fd)
-        synced.append((st.st_dev, st.st_ino))
-        real(fd)
-
+    synced: list[object] = []
     with monkeypatch.context() as m:
-        m.setattr(os, "fsync", spy)
+        fsyncspy.spy(m, synced)
         intent._keep(store, "src", "s1", meta)
     assert sorted(os.listdir(store / "s1")) == ["data", "snapshot.json"]
     for d in (store / "s1", store):
-        st = os.stat(d)
-        assert (st.st_dev, st.st_ino) in synced, d
+        assert fsyncspy.mark(d) in synced, d

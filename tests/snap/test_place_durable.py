@@ -14,6 +14,7 @@ import pytest
 
 from pgmgr import snapactions
 from pgmgr.core import branchplace, registry
+from tests import fsyncspy
 from tests.snap.conftest import Inst
 
 
@@ -21,13 +22,8 @@ def test_the_rename_into_place_is_fsynced_before_the_record_says_done(
     inst: Inst, ops_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inst.ok("stop", "dev", "-q")
-    events: list[tuple[object, ...]] = []
-    real_fsync, real_rename, real_save = os.fsync, branchplace.rename_noreplace, registry.save
-
-    def fsync(fd: int) -> None:
-        st = os.fstat(fd)
-        events.append(("fsync", st.st_dev, st.st_ino))
-        real_fsync(fd)
+    events: list[object] = []
+    real_rename, real_save = branchplace.rename_noreplace, registry.save
 
     def rename(*args: object) -> None:
         real_rename(*args)  # type: ignore[arg-type]
@@ -38,7 +34,7 @@ def test_the_rename_into_place_is_fsynced_before_the_record_says_done(
         real_save(inst)
 
     with monkeypatch.context() as m:
-        m.setattr(os, "fsync", fsync)
+        fsyncspy.spy(m, events)
         m.setattr(branchplace, "rename_noreplace", rename)
         m.setattr(registry, "save", save)
         assert snapactions.branch("dev", "feat", quiet=True) == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import snapstore, snapswap
+from tests import fsyncspy
 
 
 @pytest.mark.parametrize("how", ["exchange", "rename"])
@@ -26,18 +27,10 @@ def test_the_swap_is_fsynced_in_both_directories(
         staged = store.entry("staged")
         staged.mkdir(mode=0o700)
         (staged / "new").touch()
-        synced: list[tuple[int, int]] = []
-        real = os.fsync
-
-        def spy(fd: int) -> None:
-            st = os.fstat(fd)
-            synced.append((st.st_dev, st.st_ino))
-            real(fd)
-
-        monkeypatch.setattr(os, "fsync", spy)
-        snapswap.swap_in(store, "staged")
-        monkeypatch.setattr(os, "fsync", real)
+        synced: list[object] = []
+        with monkeypatch.context() as m:
+            fsyncspy.spy(m, synced)
+            snapswap.swap_in(store, "staged")
         assert os.listdir(datadir) == ["new"] and os.listdir(store.entry("staged")) == ["old"]
         for d in (tmp_path, store.path):
-            st = os.stat(d)
-            assert (st.st_dev, st.st_ino) in synced, d
+            assert fsyncspy.mark(d) in synced, d
