@@ -47,7 +47,10 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     (snapshot, restore...) marks the record while the server is stopped (see
     :mod:`pgmgr.core.stopmark`); the start clears it."""
     pause = Pause(srv.running() is not None, command=command)
-    with stopmark.held(srv) if pause.was_running else contextlib.nullcontext():
+    if not pause.was_running:
+        yield from _paused(srv, pause, stop, mode)
+        return
+    with stopmark.held(srv), stopmark.cleared_on_failure(srv):
         yield from _paused(srv, pause, stop, mode)
 
 
@@ -60,8 +63,12 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
     finally:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
-            with sigguard.shielded() as got:
-                cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
+            try:
+                with sigguard.shielded() as got:
+                    cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
+            except BaseException as e:  # the start failed: a signal meanwhile still counts
+                sigguard.redeliver(got, e)
+                raise
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = bool(got) or cancelled
     if interrupted and not pause.done:
