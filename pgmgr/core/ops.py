@@ -64,7 +64,10 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     :raises UsageError: an unknown mode.
     :raises WorkerError: it did not stop in time, or did not come back.
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP), from its stop mark to
-        its start: a server that ran is started again first (the restart is done, fast).
+        its start: a server that ran is started again first (the restart is done, fast),
+        unless the start had failed by itself (the interrupt came during its clean-up).
+        Ended by an error or an interrupt, the stop mark goes (see
+        :func:`stopmark.cleared_on_failure`).
     """
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")

@@ -45,7 +45,8 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
     the block instead, to stop later (``stop=False``: call :func:`stop_now`). ``command``
     (snapshot, restore...) marks the record while the server is stopped (see
-    :mod:`pgmgr.core.stopmark`); the start clears it."""
+    :mod:`pgmgr.core.stopmark`); the start clears it, and so does an end by an error or an
+    interrupt (a start that failed: the command says so)."""
     pause = Pause(srv.running() is not None, command=command)
     if not pause.was_running:
         yield from _paused(srv, pause, stop, mode)
