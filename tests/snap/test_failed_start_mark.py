@@ -1,5 +1,5 @@
 """A command that stops a running server for its work (restart, snapshot, restore,
-branch) and whose start afterwards fails (a preload library that does not exist, set
+branch, upgrade) and whose start afterwards fails (a preload library that does not exist, set
 with ALTER SYSTEM while the server ran; its port taken meanwhile): the command says why
 and exits 1. Its stop
 mark stayed in the record, so 'pgmgr status' said the server "was stopped ... by 'pgmgr
@@ -22,15 +22,18 @@ import pytest
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_switch_killed import hooks_dir
+from tests.snap.test_upgrade import up  # noqa: F401
 
 BAD = "ALTER SYSTEM SET shared_preload_libraries = 'pgmgr_no_such_lib'"
 
-#: command -> its test-only pause while the server is stopped, its arguments
+#: command -> its instance's fixture, its test-only pause while the server is stopped, its
+#: arguments
 CASES = {
-    "restart": ("restart-stopped", ("restart", "{}")),
-    "snapshot": ("snapshot-copied", ("snapshot", "{}", "s1")),
-    "restore": ("restore-staged", ("restore", "{}", "base", "--yes")),
-    "branch": ("branch-copied", ("branch", "{}", "b")),
+    "restart": ("inst", "restart-stopped", ("restart", "{}")),
+    "snapshot": ("inst", "snapshot-copied", ("snapshot", "{}", "s1")),
+    "restore": ("inst", "restore-staged", ("restore", "{}", "base", "--yes")),
+    "branch": ("inst", "branch-copied", ("branch", "{}", "b")),
+    "upgrade": ("up", "upgrade-ran", ("upgrade", "{}", "-v", "18", "--yes")),
 }
 
 
@@ -53,17 +56,19 @@ def test_a_restart_whose_start_fails_leaves_no_stop_mark(inst: Inst) -> None:
 
 @pytest.mark.parametrize("command", list(CASES))
 def test_a_start_that_fails_after_the_work_leaves_no_stop_mark(
-    command: str, inst: Inst, tmp_path: Path
+    command: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """The server's port taken while the command had it stopped (another program bound
     it): the start after the work fails at once. (A setting that makes postgres exit
     failed only after the first start had cleared the mark: snapshots, restores and
     branches spawn the server without waiting, and wait for it at the end.)"""
+    fixture, step, argv = CASES[command]
+    inst: Inst = request.getfixturevalue(fixture)
     if command == "restore":
-        inst.ok("snapshot", "dev", "base", "-q")
-    step, argv = CASES[command]
+        inst.ok("snapshot", inst.name, "base", "-q")
     port = int(inst.record()["port"])  # type: ignore[call-overload]
-    run = Paused(hooks_dir(tmp_path), step, *(a.format("dev") for a in argv), env=inst.env)
+    args = (a.format(inst.name) for a in argv)
+    run = Paused(hooks_dir(tmp_path), step, *args, env=inst.env)
     run.reached()
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
