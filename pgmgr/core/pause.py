@@ -67,8 +67,9 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
             try:
                 with sigguard.shielded() as got:
                     cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
-            except BaseException as e:  # the start failed: a signal meanwhile still counts
-                sigguard.redeliver(got, e)
+            except BaseException as e:  # the start failed: a signal meanwhile still counts,
+                if not pause.done:  # unless the work is complete (then the failure is news)
+                    sigguard.redeliver(got, e)
                 raise
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = bool(got) or cancelled

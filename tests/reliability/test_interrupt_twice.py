@@ -3,8 +3,8 @@ it twice. ``start --init`` then left what it had just made: the clean-up (stop t
 spawned, remove the data directory it initialized, its record, log and socket directory)
 was cut short, and an initialized, registered instance stayed that the user had cancelled.
 The clean-up is short and bounded: signals are held while it runs, then a Ctrl-C held
-during the clean-up of a failure says "Interrupted" (130): dropped, the command exited 1
-as if nobody had pressed it. The test-only pause holds pgmgr inside it."""
+during the clean-up of a failure says "Interrupted" (130) after the failure: dropped,
+the command exited 1 as if nobody had pressed it. The test-only pause holds pgmgr inside it."""
 
 from __future__ import annotations
 
@@ -52,13 +52,14 @@ def test_ctrl_c_while_a_failed_start_init_cleans_up(
     work: Path, rel_isolation: Path, hooks: Path
 ) -> None:
     """The start fails (a preload library that does not exist), and a Ctrl-C arrives while
-    the init is undone: the undo completes, nothing is left, and the command says it was
-    interrupted (130; the failure is in the server's log, removed with the rest)."""
+    the init is undone: the undo completes, nothing is left, and the command says why the
+    start failed and that it was interrupted (130)."""
     run = Paused(hooks, "init-undo", "start", "--init", "-d", str(work / "new"), "-p", "auto",
                  "-c", BAD_LIB)  # fmt: skip
     _second_signal(run, hooks, "init-undo")
     done = run.go()
     assert done.returncode == 130 and done.stderr.endswith("Interrupted\n"), str(done)
+    assert "pgmgr_no_such_lib" in done.stderr, str(done)
     _made_nothing(work, rel_isolation)
 
 

@@ -8,7 +8,8 @@ the mark goes with the command's end, and status says stopped, nothing more.
 
 And a Ctrl-C while the failed start cleans up (the test-only pause ``start-undo`` holds
 pgmgr there) was dropped: exit 1 with the start's error, as if nobody had pressed it.
-Now the restart says 'Interrupted' (130), without trying to start the server again."""
+Now the restart says why the start failed, then 'Interrupted' (130), without trying to
+start the server again."""
 
 from __future__ import annotations
 
@@ -92,5 +93,6 @@ def test_a_signal_while_a_failed_restart_start_cleans_up_says_interrupted(
     run.proc.send_signal(sig)
     done = run.go()
     assert done.returncode == 130, str(done)
-    assert "Interrupted" in done.stderr, done.stderr
+    assert done.stderr.endswith("Interrupted\n"), done.stderr
+    assert "Error: postgres exited during start-up" in done.stderr, done.stderr
     assert_stopped_unmarked(inst)
