@@ -66,8 +66,8 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP), from its stop mark to
         its start: a server that ran is started again first (the restart is done, fast),
         unless the start had failed by itself (the interrupt came during its clean-up).
-        Ended by an error or an interrupt, the stop mark goes (see
-        :func:`stopmark.cleared_on_failure`).
+        Ended by an error or an interrupt, the stop mark goes if the server runs, and
+        says why it could not start it otherwise (see :func:`stopmark.ended_on_failure`).
     """
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
@@ -78,7 +78,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     with (
         sigguard.interruptible(),
         stopmark.held(srv) if running else contextlib.nullcontext(),
-        stopmark.cleared_on_failure(srv) if running else contextlib.nullcontext(),
+        stopmark.ended_on_failure(srv) if running else contextlib.nullcontext(),
     ):
         try:
             if running:  # killed before the start: status says why it stopped

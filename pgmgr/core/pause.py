@@ -45,13 +45,13 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
     the block instead, to stop later (``stop=False``: call :func:`stop_now`). ``command``
     (snapshot, restore...) marks the record while the server is stopped (see
-    :mod:`pgmgr.core.stopmark`); the start clears it, and so does an end by an error or an
-    interrupt (a start that failed: the command says so)."""
+    :mod:`pgmgr.core.stopmark`); the start clears it, and an end by an error or an interrupt
+    with the server still stopped (its start failed) leaves it with the reason."""
     pause = Pause(srv.running() is not None, command=command)
     if not pause.was_running:
         yield from _paused(srv, pause, stop, mode)
         return
-    with stopmark.held(srv), stopmark.cleared_on_failure(srv):
+    with stopmark.held(srv), stopmark.ended_on_failure(srv):
         yield from _paused(srv, pause, stop, mode)
 
 

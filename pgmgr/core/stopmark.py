@@ -8,10 +8,12 @@ said why: the user found a database down that no one had stopped.
 So before it stops the server, such a command marks the record (``stopped_by``: the
 command, its pid and that process's start time, and when), saved like the rest of the
 record (atomically, fsynced, in pgmgr's own state directory: nothing a server user can
-write). The start that ends the command clears it, and so does an end by an error or an
-interrupt (:func:`cleared_on_failure`: the command said what happened); so does any
-start, and a stop (``pgmgr stop``, ``Manager.stop``): the user stopped it on purpose. A mark
-whose command is gone is what ``pgmgr status`` (``stopped_by``, ``detail``), a command
+write). The start that ends the command clears it; so does any start, and a stop
+(``pgmgr stop``, ``Manager.stop``): the user stopped it on purpose. A command that ends by
+an error or an interrupt with the server still stopped (its start failed: a port taken, a
+bad setting) says so and leaves the mark with the reason (:func:`ended_on_failure`): the
+server is down, and not by the user's will. A mark whose command is gone is what ``pgmgr
+status`` (``stopped_by``, ``detail``), a command
 refused because the instance is not running, and a ``start --foreground`` that sees its
 server go (systemd's ``Restart=on-failure`` then brings it back) report. No other command
 starts it again behind the user's back: they decide, with ``pgmgr start NAME``.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pgmgr.core import cleanup, process, testhook
@@ -45,9 +47,14 @@ class StoppedBy:
     pid: int
     at: float
     active: bool
+    #: why the command could not start the server again, when it ended by saying so
+    failed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"command": self.command, "pid": self.pid, "at": self.at, "active": self.active}
+        return {
+            "command": self.command, "pid": self.pid, "at": self.at, "active": self.active,
+            "failed": self.failed,
+        }  # fmt: skip
 
     def sentence(self, name: str) -> str:
         """What happened, as a sentence without its final stop."""
@@ -59,6 +66,8 @@ class StoppedBy:
         if self.active:
             return f"is stopped for {who}, which starts it again when it is done"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at))
+        if self.failed is not None:
+            return f"was stopped at {when} by {who}, which could not start it again ({self.failed})"
         return f"was stopped at {when} by {who}, which ended without starting it again (killed?)"
 
 
@@ -87,19 +96,36 @@ def mark(srv: Server, command: str) -> None:
 
 
 @contextlib.contextmanager
-def cleared_on_failure(srv: Server) -> Iterator[None]:
+def ended_on_failure(srv: Server) -> Iterator[None]:
     """Around a command that marks ``srv`` (see :func:`mark`): ended by an error or an
-    interrupt, the command says what happened (a start after its work that failed: a bad
-    setting, not ready in time), so its mark goes, whether the server runs or not. Kept,
-    it made ``status`` say the command "ended without starting it again (killed?)"."""
+    interrupt, the command has said what happened. A server that runs has its mark
+    cleared; one still stopped (a start after the work that failed: its port taken, a bad
+    setting) keeps it with the reason, so ``status`` says why it is down (not "killed?")
+    and an attendant (``start --foreground``) exits 1 and systemd brings it back."""
     try:
         yield
     except BaseException as e:
         from pgmgr.core import sigguard
 
-        with sigguard.undoing(e):
-            cleanup.quietly(lambda: clear_saved(srv))
+        failure = e
+        with sigguard.undoing(failure):
+            cleanup.quietly(lambda: _ended(srv, failure))
         raise
+
+
+#: The longest reason a failed mark keeps (one line of the command's error).
+_REASON = 200
+
+
+def _ended(srv: Server, failure: BaseException) -> None:
+    if srv.running() is not None:
+        clear_saved(srv)
+        return
+    if isinstance(failure, KeyboardInterrupt):  # during the clean-up of a failed start?
+        failure = failure.__cause__ or failure
+    reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else str(failure)
+    reason = " ".join(reason.split())[:_REASON] or type(failure).__name__
+    _update_saved(srv, lambda mark: {**mark, "failed": reason})
 
 
 def clear(inst: Instance) -> bool:
@@ -114,18 +140,27 @@ def clear_saved(srv: Server) -> None:
     lock): a library ``Manager`` keeps host, port and settings of its own in ``srv.inst``,
     which a stop must not write over the record's. A record that cannot be written is
     :attr:`Server.record_error`, as after any stop."""
+    srv.inst.stopped_by = None
+    _update_saved(srv, lambda _mark: None)
+
+
+def _update_saved(srv: Server, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+    """Replace the mark of ``srv``'s saved record (if it has one) by ``change(mark)``, and
+    nothing else of it (see :func:`clear_saved`)."""
     from pgmgr.core import registry
     from pgmgr.core.errors import InstanceNotFound
 
-    srv.inst.stopped_by = None
     if not srv.register or srv.new:
         return
     try:
         fresh = registry.load(srv.inst.name, settle=False)
     except InstanceNotFound:
         return
-    if fresh.datadir != srv.inst.datadir or not clear(fresh):
+    if fresh.datadir != srv.inst.datadir or fresh.stopped_by is None:
         return
+    fresh.stopped_by = change(fresh.stopped_by)
+    if srv.inst.stopped_by is not None:
+        srv.inst.stopped_by = fresh.stopped_by
     try:
         registry.save(fresh)
     except OSError as e:
@@ -144,11 +179,15 @@ def read(inst: Instance) -> StoppedBy | None:
         ticks = data.get("ticks")
         ticks = None if ticks is None else int(ticks)
         boot = str(data.get("boot") or "")
+        failed = data.get("failed")
+        failed = None if failed is None else str(failed)[:_REASON]
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
     ok = command.isalpha() and command.islower() and pid > 0 and 0 <= at < 1e11
     if not ok:  # not a mark pgmgr writes (a hand-edited record)
         return None
+    if failed is not None:  # its command ended by saying so: gone, whatever the pid is now
+        return StoppedBy(command, pid, at, False, failed)
     return StoppedBy(command, pid, at, _alive(pid, started, ticks, boot))
 
 

@@ -1,10 +1,11 @@
 """A command that stops a running server for its work (restart, snapshot, restore,
 branch, upgrade) and whose start afterwards fails (a preload library that does not exist, set
 with ALTER SYSTEM while the server ran; its port taken meanwhile): the command says why
-and exits 1. Its stop
-mark stayed in the record, so 'pgmgr status' said the server "was stopped ... by 'pgmgr
-restart' ..., which ended without starting it again (killed?)": nobody was killed. Now
-the mark goes with the command's end, and status says stopped, nothing more.
+and exits 1. Its stop mark stayed as it was, so 'pgmgr status' said the server "was
+stopped ... by 'pgmgr restart' ..., which ended without starting it again (killed?)":
+nobody was killed. Now the mark keeps the reason the command gave ("could not start it
+again (...)"): the server is still down not by the user's will, so an attendant still
+exits 1 (systemd starts it again), and status says why without guessing.
 
 And a Ctrl-C while the failed start cleans up (the test-only pause ``start-undo`` holds
 pgmgr there) was dropped: exit 1 with the start's error, as if nobody had pressed it.
@@ -38,13 +39,19 @@ CASES = {
 }
 
 
-def assert_stopped_unmarked(it: Inst) -> None:
+def assert_stopped_failed(it: Inst, command: str, reason: str) -> None:
+    """Stopped, and the mark says ``command`` could not start it again, for ``reason``."""
     data = json.loads(it.pgmgr("status", it.name, "--json").stdout)
-    assert data["state"] == "stopped" and data["stopped_by"] is None, data
-    assert data["detail"] is None, data
-    assert it.record()["stopped_by"] is None
+    assert data["state"] == "stopped", data
+    mark = data["stopped_by"]
+    assert mark["command"] == command and mark["active"] is False, data
+    assert reason in mark["failed"], data
+    assert "could not start it again" in data["detail"], data
     table = it.pgmgr("status", it.name)
     assert table.returncode == 3 and "killed?" not in table.stderr, table.stderr
+    assert "could not start it again" in table.stderr, table.stderr
+    it.ok("stop", it.name, "-q")  # stopped on purpose now: the mark goes
+    assert it.record()["stopped_by"] is None
 
 
 def test_a_restart_whose_start_fails_leaves_no_stop_mark(inst: Inst) -> None:
@@ -52,7 +59,7 @@ def test_a_restart_whose_start_fails_leaves_no_stop_mark(inst: Inst) -> None:
     run = inst.pgmgr("restart", "dev")
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert "pgmgr_no_such_lib" in run.stderr, run.stderr
-    assert_stopped_unmarked(inst)
+    assert_stopped_failed(inst, "restart", "pgmgr_no_such_lib")
 
 
 @pytest.mark.parametrize("command", list(CASES))
@@ -78,7 +85,7 @@ def test_a_start_that_fails_after_the_work_leaves_no_stop_mark(
         done = run.go()
     assert done.returncode == 1, str(done)
     assert str(port) in done.stderr, done.stderr
-    assert_stopped_unmarked(inst)
+    assert_stopped_failed(inst, command, str(port))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -95,4 +102,29 @@ def test_a_signal_while_a_failed_restart_start_cleans_up_says_interrupted(
     assert done.returncode == 130, str(done)
     assert done.stderr.endswith("Interrupted\n"), done.stderr
     assert "Error: postgres exited during start-up" in done.stderr, done.stderr
-    assert_stopped_unmarked(inst)
+    assert_stopped_failed(inst, "restart", "postgres exited during start-up")
+
+
+def test_the_attendant_of_a_server_whose_restart_failed_exits_1(inst: Inst, tmp_path: Path) -> None:
+    """``start --foreground`` (a systemd unit) while a snapshot has the server stopped and
+    its start after the copy fails: the attendant exits 1 with the snapshot's reason, so
+    ``Restart=on-failure`` brings the server back. (Had the command's failure cleared its
+    mark, the attendant took the clean shutdown for the user's: exit 0, down for good.)"""
+    from tests.snap.test_foreground import attend, done_with, ended
+
+    proc = attend(inst)
+    try:
+        port = int(inst.record()["port"])  # type: ignore[call-overload]
+        run = Paused(hooks_dir(tmp_path), "snapshot-copied", "snapshot", "dev", "s1",
+                     env=inst.env)  # fmt: skip
+        run.reached()
+        with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            assert run.go().returncode == 1
+            code, err = ended(proc)
+    finally:
+        done_with(proc)
+    assert code == 1, err
+    assert "could not start it again" in err and str(port) in err, err

@@ -47,7 +47,8 @@ def test_a_command_killed_while_the_server_is_stopped_says_so(
     during = status(it)
     mark: dict[str, object] = dict(during["stopped_by"])  # type: ignore[call-overload]
     assert during["state"] == "stopped", during
-    assert mark == {"command": command, "pid": run.proc.pid, "at": mark["at"], "active": True}
+    assert mark == {"command": command, "pid": run.proc.pid, "at": mark["at"], "active": True,
+                    "failed": None}  # fmt: skip
     run.kill(signal.SIGKILL)
 
     after = status(it)
