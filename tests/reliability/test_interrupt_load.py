@@ -142,11 +142,14 @@ def wait_gone_all(root: Path, timeout: float = 30) -> list[int]:
     return left
 
 
-def test_ctrl_c_during_start(cluster: InstFactory, hooks: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_during_start(cluster: InstFactory, hooks: Path, sig: int) -> None:
     """Documented outcome: the start is cancelled, the server pgmgr spawned is stopped.
     pgmgr waits for a postmaster that cannot become ready (frozen from its spawn on) when
     the Ctrl-C comes. The test used to spot the spawned postmaster by polling and freeze
-    it then: late by ~150 ms (a start's time), it found the start done (exit 0)."""
+    it then: late by ~150 ms (a start's time), it found the start done (exit 0).
+    SIGTERM (a CI timeout, ``timeout``, systemd) and SIGHUP (a closed terminal) act like
+    Ctrl-C: they killed pgmgr outright and left the server running, unrecorded."""
     inst = cluster()
     assert inst.start("--port", "auto").returncode == 0
     token = inst.commit_canary()
@@ -156,7 +159,7 @@ def test_ctrl_c_during_start(cluster: InstFactory, hooks: Path) -> None:
     try:
         (hooks / "start-spawned.go").touch()  # on into its wait for the server
         time.sleep(0.05)  # in that wait, most likely; the same handler acts just before it
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         time.sleep(0.05)
     finally:
         with contextlib.suppress(ProcessLookupError):
