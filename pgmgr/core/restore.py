@@ -241,15 +241,18 @@ def restore(
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    replaced = _switch(srv, store, it, staging, snapdir, restored)
+                    # A full copy by clones is not indexed: the next restore clones too.
+                    reindex = index is not None or stats.method != "reflink"
+                    replaced = _switch(srv, store, it, staging, snapdir, restored, reindex)
                     swapped = pause.done = True
                     say("starting again" if pause.was_running else "done")
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        with contextlib.suppress(PgmgrError):  # optional: see _spread
-                            store.as_user(_spread, snapdir)
+                        if reindex:
+                            with contextlib.suppress(PgmgrError):  # optional: see _spread
+                                store.as_user(_spread, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
@@ -288,13 +291,13 @@ def _stage_stopped(
 
 def _switch(
     srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path,
-    restored: list[bool],
+    restored: list[bool], reindex: bool = True,
 ) -> list[str]:  # fmt: skip
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
     :mod:`pgmgr.core.intent`), and mark it ``restored`` (what fails from here says it was);
-    then index the restored directory for the next restore by difference, before the
-    server starts. Returns the replaced directory's work entry, to remove once the server
-    runs (:func:`intent.remove`). Signals held by the caller."""
+    then, if ``reindex``, index the restored directory for the next restore by difference,
+    before the server starts. Returns the replaced directory's work entry, to remove once
+    the server runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.rename(staging.name, it.old)
@@ -307,6 +310,8 @@ def _switch(
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
+    if not reindex:
+        return gone
     try:
         store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
     except PgmgrError:  # its process died: restored all the same, the next one copies all
