@@ -74,11 +74,12 @@ class RestoreResult:
         }
 
 
-def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
-    """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
+def _stage(src: Path, staging: Path, store: Path) -> tuple[copy.CopyStats, identity.Identity]:
+    """``staging`` := a durable copy of the snapshot's ``src``; with its identity
+    (:func:`intent.identify`: nothing changes it once made). As the server user."""
     stats = copy_into(src, staging)
     copy.sync_fs(store)
-    return stats
+    return stats, intent.identify(staging)
 
 
 def _stage_delta(
@@ -110,26 +111,25 @@ def _stage_delta(
 
 
 def _identify_staged(
-    staging: Path, datadir: Path, by_difference: bool, control: delta.Stamp | None, instance: str
+    staging: Path, datadir: Path, control: delta.Stamp | None, instance: str
 ) -> identity.Identity:
     """:func:`intent.identify` of ``staging``, once sure no server ran on ``datadir``
-    since ``staging`` was made ``by_difference`` (``control``: its ``pg_control`` then):
+    since ``staging`` was made by difference (``control``: its ``pg_control`` then):
     one started by hand meanwhile, and stopped again, wrote into files the staged
     directory shares. As the user.
 
     :raises DatabaseException: it did.
     """
-    if by_difference:
-        fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            ran = delta.control(fd) != control
-        finally:
-            os.close(fd)
-        if ran:
-            raise DatabaseException(
-                f"'{instance}' was started during the restore; nothing was changed",
-                hint="stop what starts it (pg_ctl, a script) and restore again",
-            )
+    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        ran = delta.control(fd) != control
+    finally:
+        os.close(fd)
+    if ran:
+        raise DatabaseException(
+            f"'{instance}' was started during the restore; nothing was changed",
+            hint="stop what starts it (pg_ctl, a script) and restore again",
+        )
     return intent.identify(staging)
 
 
@@ -219,11 +219,12 @@ def restore(
         with cleanup.always(lambda: swapped or store.as_user(snapstore.remove_tree, staging)):
             if index is None:  # a full copy, made while the server still runs
                 with copy.disk_full(f"restoring {name!r}", store.path):
-                    stats = store.as_user(_stage, snapdir / snapstore.DATA, staging, store.path)
+                    stats, staged = store.as_user(
+                        _stage, snapdir / snapstore.DATA, staging, store.path
+                    )
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
-            control: delta.Stamp | None = None
             said = f"'{srv.inst.name}' was restored to {name!r}"
             with (
                 done_then(said, srv.inst.name) as restored,
@@ -232,10 +233,9 @@ def restore(
                 if index is not None:
                     stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")
-                staged = store.as_user(
-                    _identify_staged, staging, srv.datadir, index is not None, control,
-                    srv.inst.name,
-                )  # fmt: skip
+                    staged = store.as_user(
+                        _identify_staged, staging, srv.datadir, control, srv.inst.name
+                    )
                 it = intent.Intent("restore", staged, record, intent.held_name("restore"))
                 if keep is not None:  # the replaced state becomes this snapshot
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
