@@ -41,6 +41,9 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from typing import Any
 
+#: :attr:`delta.Index.own`: (inode, size, mtime) of each file of a snapshot's copy
+Own = dict[str, tuple[int, int, int]]
+
 
 @dataclass
 class RestoreResult:
@@ -133,20 +136,21 @@ def _identify_staged(
     return intent.identify(staging)
 
 
-def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
+def _reindex(old: Path | None, datadir: Path, snapdir: Path, own: Own | None = None) -> None:
     """After the swap, before the server starts: drop the replaced directory's names of
     shared files (``old``: None when it is kept), index the restored ``datadir`` for the
     next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
     index that cannot be written or waited out is dropped: the next restore copies
-    everything. The index also records the snapshot's copy as it is (the restored
-    directory holds its bytes), for snapshots that share files with it (:func:`_spread`,
-    once the server runs again)."""
+    everything. The index also records the snapshot's copy (the restored directory holds
+    its bytes), for snapshots that share files with it (:func:`_spread`, once the server
+    runs again): ``own``, as the snapshot's index has it (its copy is never written: a
+    file changed by hand no longer matches it, and is not shared), else as it is now."""
     testhook.pause("restore-reindexing")
     try:
         if old is not None:
             delta.unlink_shared(old)
         index = delta.take(datadir)
-        index.own = delta.mine(snapdir / snapstore.DATA)
+        index.own = own or delta.mine(snapdir / snapstore.DATA)
         if delta.settle(index, datadir):
             delta.save(snapdir, index)
             return
@@ -243,7 +247,8 @@ def restore(
                     _not_started(srv)
                     # A full copy by clones is not indexed: the next restore clones too.
                     reindex = index is not None or stats.method != "reflink"
-                    replaced = _switch(srv, store, it, staging, snapdir, restored, reindex)
+                    own = index.own if index is not None else None
+                    replaced = _switch(srv, store, it, staging, snapdir, restored, reindex, own)
                     swapped = pause.done = True
                     say("starting again" if pause.was_running else "done")
                     try:
@@ -291,7 +296,7 @@ def _stage_stopped(
 
 def _switch(
     srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path,
-    restored: list[bool], reindex: bool = True,
+    restored: list[bool], reindex: bool = True, own: Own | None = None,
 ) -> list[str]:  # fmt: skip
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
     :mod:`pgmgr.core.intent`), and mark it ``restored`` (what fails from here says it was);
@@ -313,7 +318,7 @@ def _switch(
     if not reindex:
         return gone
     try:
-        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir, own)
     except PgmgrError:  # its process died: restored all the same, the next one copies all
         with contextlib.suppress(PgmgrError, OSError):
             store.as_user(delta.drop, snapdir)
