@@ -193,8 +193,9 @@ class PgmgrGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            raise _Interrupted from None
+        except KeyboardInterrupt as e:
+            # keeps the failure it interrupted the clean-up of (see sigguard.redeliver)
+            raise _Interrupted from e.__cause__
 
     def main(  # type: ignore[override]
         self,
@@ -228,8 +229,8 @@ def run_guarded(call: Any) -> int:
     def typer_aware() -> int | None:
         try:
             rv = call()
-        except _Interrupted:
-            raise KeyboardInterrupt from None
+        except _Interrupted as e:
+            raise KeyboardInterrupt from e.__cause__
         except typer.Exit as e:
             return int(e.exit_code or 0)
         except typer.Abort:

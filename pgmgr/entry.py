@@ -164,7 +164,9 @@ def guarded(call: Callable[[], int | None]) -> int:
     except PgmgrError as e:
         ui.error(str(e), e.hint)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e.__cause__, PgmgrError):  # it came while that failure cleaned up:
+            ui.error(str(e.__cause__), e.__cause__.hint)  # both are said (sigguard.redeliver)
         _hush()
         sys.stderr.write("Interrupted\n")
         if "pgmgr.core.testhook" in sys.modules:

@@ -64,7 +64,10 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     :raises UsageError: an unknown mode.
     :raises WorkerError: it did not stop in time, or did not come back.
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP), from its stop mark to
-        its start: a server that ran is started again first (the restart is done, fast).
+        its start: a server that ran is started again first (the restart is done, fast),
+        unless the start had failed by itself (the interrupt came during its clean-up).
+        Ended by an error or an interrupt, the stop mark goes (see
+        :func:`stopmark.cleared_on_failure`).
     """
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
@@ -72,7 +75,11 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     from pgmgr.core import sigguard, stopmark
 
     running = srv.running() is not None
-    with sigguard.interruptible(), stopmark.held(srv) if running else contextlib.nullcontext():
+    with (
+        sigguard.interruptible(),
+        stopmark.held(srv) if running else contextlib.nullcontext(),
+        stopmark.cleared_on_failure(srv) if running else contextlib.nullcontext(),
+    ):
         try:
             if running:  # killed before the start: status says why it stopped
                 stopmark.mark(srv, "restart")  # in here: a signal once it is saved clears it
@@ -89,8 +96,8 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
             raise
         try:
             return RestartResult(was_running, srv.start(timeout=timeout))
-        except KeyboardInterrupt:  # the start cancelled itself: it runs all the same
-            if running:
+        except KeyboardInterrupt as e:  # the start cancelled itself: it runs all the same
+            if running and sigguard.cause(e) is None:  # (not one that failed by itself)
                 _start_anyway(srv)
             raise
 

@@ -45,9 +45,13 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     never meets a server that is still shutting down. ``pause.stopped_at`` may be set by
     the block instead, to stop later (``stop=False``: call :func:`stop_now`). ``command``
     (snapshot, restore...) marks the record while the server is stopped (see
-    :mod:`pgmgr.core.stopmark`); the start clears it."""
+    :mod:`pgmgr.core.stopmark`); the start clears it, and so does an end by an error or an
+    interrupt (a start that failed: the command says so)."""
     pause = Pause(srv.running() is not None, command=command)
-    with stopmark.held(srv) if pause.was_running else contextlib.nullcontext():
+    if not pause.was_running:
+        yield from _paused(srv, pause, stop, mode)
+        return
+    with stopmark.held(srv), stopmark.cleared_on_failure(srv):
         yield from _paused(srv, pause, stop, mode)
 
 
@@ -60,8 +64,13 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
     finally:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
-            with sigguard.shielded() as got:
-                cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
+            try:
+                with sigguard.shielded() as got:
+                    cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
+            except BaseException as e:  # the start failed: a signal meanwhile still counts,
+                if not pause.done:  # unless the work is complete (then the failure is news)
+                    sigguard.redeliver(got, e)
+                raise
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = bool(got) or cancelled
     if interrupted and not pause.done:

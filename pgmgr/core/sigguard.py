@@ -101,6 +101,44 @@ def shielded() -> Iterator[list[int]]:
             signal.signal(s, _after_commit if _State.committed else handler)
 
 
+@contextlib.contextmanager
+def undoing(failure: BaseException) -> Iterator[list[int]]:
+    """The clean-up of ``failure``, in the ``except`` block that re-raises it: signals are
+    held while it runs (:func:`shielded`: a second Ctrl-C must not cut it short), then
+    :func:`redeliver` gives them to the handlers in place. Held and then dropped, they
+    made a failed start whose clean-up the user interrupted exit 1 with its error, as if
+    nobody had (and ``pgmgr run`` returned the error instead of 128 + the signal)."""
+    with shielded() as got:
+        yield got
+    redeliver(got, failure)
+
+
+def redeliver(got: list[int], failure: BaseException) -> None:
+    """Raise the signals ``got`` held during the clean-up of ``failure`` (each once, in
+    order) to the handlers in place now, unless ``failure`` is an interrupt already: a
+    Ctrl-C then raises KeyboardInterrupt (its cause ``failure``: see :func:`cause`), so
+    the command says "Interrupted", exit 130; an unhandled SIGTERM ends the process as it
+    would have a moment later (143 in a shell); a handler of the caller's (``pgmgr run``,
+    an enclosing :func:`shielded`) records it. Nothing after :func:`commit`: those wait
+    for the end of the committed work already."""
+    if not got or isinstance(failure, KeyboardInterrupt) or not _main_thread():
+        return
+    if _State.committed:
+        return
+    try:
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)
+    except KeyboardInterrupt as e:
+        raise e from failure
+
+
+def cause(interrupt: KeyboardInterrupt) -> BaseException | None:
+    """The failure whose clean-up ``interrupt`` came in (see :func:`redeliver`), if any:
+    the work had failed by itself before the user interrupted it."""
+    found = interrupt.__cause__
+    return None if isinstance(found, KeyboardInterrupt) else found
+
+
 def commit() -> None:
     """The work under way has passed its point of no return (call it inside
     :func:`shielded`, once the change is made): from now on SIGINT, SIGTERM and SIGHUP are

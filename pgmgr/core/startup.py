@@ -116,14 +116,16 @@ def start(
             if pf is not None:
                 commit_start(srv, su, merged, pf)
                 apply_pending_password(srv, install, su)
-        except BaseException:
+        except BaseException as e:
             # One handler from the spawn to the record: a Ctrl-C anywhere in between (not
             # only inside the wait), a server that exited or was not ready, a server pgmgr
             # cannot record (state dir unwritable, disk full) or cannot secure (no
             # password): none is left running behind the error, nor its socket dir. A
             # second Ctrl-C meanwhile waits (bounded): it left both, and the caller's undo
-            # (start --init) then found a server and kept the data directory too.
-            with sigguard.shielded() as again:
+            # (start --init) then found a server and kept the data directory too. After a
+            # failure, a signal held meanwhile is delivered once done (exit 130, not 1).
+            with sigguard.undoing(e) as again:
+                testhook.pause("start-undo")  # tests: a signal during the clean-up
                 cancel_start(srv, again)
                 for sock in socks:
                     drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
@@ -362,12 +364,19 @@ def spawn_child(
     old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
     try:
         srv.child = launch.spawn(argv, srv.log_file, su, die_with_parent=srv.die_with_parent)
+        testhook.pause("start-spawning")  # tests: Ctrl-C while it is held
+        if got:
+            # Held from here to the end of the stop (no gap where one raises and the
+            # caller's clean-up starts afresh): a second Ctrl-C, during the spawn or the
+            # stop, makes the stop immediate, as one after the spawn does (a third was
+            # needed: the first two both counted as the first).
+            with sigguard.shielded() as again:
+                again.extend(got[1:])
+                cancel_start(srv, again)
+            raise KeyboardInterrupt
     finally:
         if main:
             signal.signal(signal.SIGINT, old)
-    if got:
-        cancel_start(srv)
-        raise KeyboardInterrupt
     return srv.child
 
 

@@ -8,8 +8,9 @@ said why: the user found a database down that no one had stopped.
 So before it stops the server, such a command marks the record (``stopped_by``: the
 command, its pid and that process's start time, and when), saved like the rest of the
 record (atomically, fsynced, in pgmgr's own state directory: nothing a server user can
-write). The start that ends the command clears it; so does any start, and a stop
-(``pgmgr stop``, ``Manager.stop``): after that the user stopped it on purpose. A mark
+write). The start that ends the command clears it, and so does an end by an error or an
+interrupt (:func:`cleared_on_failure`: the command said what happened); so does any
+start, and a stop (``pgmgr stop``, ``Manager.stop``): the user stopped it on purpose. A mark
 whose command is gone is what ``pgmgr status`` (``stopped_by``, ``detail``), a command
 refused because the instance is not running, and a ``start --foreground`` that sees its
 server go (systemd's ``Restart=on-failure`` then brings it back) report. No other command
@@ -82,6 +83,22 @@ def mark(srv: Server, command: str) -> None:
         testhook.pause("marked")
     except BaseException:
         cleanup.quietly(lambda: clear_saved(srv))
+        raise
+
+
+@contextlib.contextmanager
+def cleared_on_failure(srv: Server) -> Iterator[None]:
+    """Around a command that marks ``srv`` (see :func:`mark`): ended by an error or an
+    interrupt, the command says what happened (a start after its work that failed: a bad
+    setting, not ready in time), so its mark goes, whether the server runs or not. Kept,
+    it made ``status`` say the command "ended without starting it again (killed?)"."""
+    try:
+        yield
+    except BaseException as e:
+        from pgmgr.core import sigguard
+
+        with sigguard.undoing(e):
+            cleanup.quietly(lambda: clear_saved(srv))
         raise
 
 

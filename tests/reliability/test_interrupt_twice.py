@@ -2,8 +2,9 @@
 it twice. ``start --init`` then left what it had just made: the clean-up (stop the server it
 spawned, remove the data directory it initialized, its record, log and socket directory)
 was cut short, and an initialized, registered instance stayed that the user had cancelled.
-The clean-up is short and bounded: signals are held while it runs (the first exception, or
-the failure, is what the command says). The test-only pause holds pgmgr inside it."""
+The clean-up is short and bounded: signals are held while it runs, then a Ctrl-C held
+during the clean-up of a failure says "Interrupted" (130) after the failure: dropped,
+the command exited 1 as if nobody had pressed it. The test-only pause holds pgmgr inside it."""
 
 from __future__ import annotations
 
@@ -51,12 +52,14 @@ def test_ctrl_c_while_a_failed_start_init_cleans_up(
     work: Path, rel_isolation: Path, hooks: Path
 ) -> None:
     """The start fails (a preload library that does not exist), and a Ctrl-C arrives while
-    the init is undone: the failure is said, and nothing is left."""
+    the init is undone: the undo completes, nothing is left, and the command says why the
+    start failed and that it was interrupted (130)."""
     run = Paused(hooks, "init-undo", "start", "--init", "-d", str(work / "new"), "-p", "auto",
                  "-c", BAD_LIB)  # fmt: skip
     _second_signal(run, hooks, "init-undo")
     done = run.go()
-    assert done.returncode == 1 and "pgmgr_no_such_lib" in done.stderr, str(done)
+    assert done.returncode == 130 and done.stderr.endswith("Interrupted\n"), str(done)
+    assert "pgmgr_no_such_lib" in done.stderr, str(done)
     _made_nothing(work, rel_isolation)
 
 
