@@ -130,6 +130,17 @@ def clones(directory: Path) -> bool:
             os.close(fd)
 
 
+def clones_from(src: Path, directory: Path) -> bool:
+    """Whether copies of ``src`` made in ``directory`` are clones: one filesystem, which
+    :func:`clones`. As a user who may write in ``directory``."""
+    try:
+        if os.stat(src).st_dev != os.stat(directory).st_dev:
+            return False
+    except OSError:
+        return False
+    return clones(directory)
+
+
 def current_umask() -> int:
     """This process's umask, read from ``/proc/self/status`` (Linux 4.7+) without changing
     it: setting it to read it back would, for that moment, apply to files other threads of

@@ -398,8 +398,12 @@ class Server:
 
     # ------------------------------------------------------------------ stop
 
-    def stop(self, mode: str = "fast", timeout: float | None = 60.0, wait: bool = True) -> bool:
-        """Stop the server if it runs.
+    def stop(
+        self, mode: str = "fast", timeout: float | None = 60.0, wait: bool = True,
+        *, record: bool = True,
+    ) -> bool:  # fmt: skip
+        """Stop the server if it runs. ``record``: save the record once it stopped (not
+        for a pause whose start saves it next: the pid it forgets is never trusted).
 
         :returns: False if it was not running.
         :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
@@ -426,7 +430,8 @@ class Server:
             )
         self._reap()
         self.inst.pid = None
-        self._save_after_stop()
+        if record:
+            self._save_after_stop()
         return True
 
     def _save_after_stop(self) -> None:

@@ -175,4 +175,6 @@ def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
             paths.check_writable(registry.instances_dir(), action, paths.STATE_ELSEWHERE)
             stopmark.mark(srv, pause.command)  # a kill -9 from here on leaves it stopped
         pause.stopped_at = time.monotonic()
-        srv.stop(mode)
+        # Not saved once stopped: the start that ends the pause saves the record (and a
+        # kill -9 before it leaves the mark, which says why the server is stopped).
+        srv.stop(mode, record=False)

@@ -103,7 +103,6 @@ def new_identity(datadir: Path, *, sync: bool, clean: bool = True) -> int:
     :raises ValueError: ``pg_control`` is damaged, or the cluster was not shut down cleanly
         (``clean``) or recovers WAL from elsewhere.
     """
-    import secrets
     import time
 
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -115,7 +114,7 @@ def new_identity(datadir: Path, *, sync: bool, clean: bool = True) -> int:
     if any(os.path.lexists(datadir / f) for f in ("recovery.signal", "standby.signal")):
         raise ValueError("it recovers WAL from elsewhere (recovery.signal, standby.signal)")
     old = control[:8]
-    new = ((int(time.time()) << 32) | secrets.randbits(32)).to_bytes(8, "little")
+    new = ((int(time.time()) << 32) | int.from_bytes(os.urandom(4), "little")).to_bytes(8, "little")
     wal = datadir / "pg_wal"
     for name in sorted(n for n in os.listdir(wal) if _SEGMENT_RE.match(n)):
         fd = os.open(wal / name, flags)

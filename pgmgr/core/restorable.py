@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgmgr.core import delta, server, snapstore
+from pgmgr.core import copy, delta, server, snapstore
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.snapcatalog import Listing
@@ -105,7 +105,13 @@ def survey(
 def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
     """The index of ``snapdir`` if at least half the snapshot's bytes still match it in
     ``datadir`` (running); else None: a full copy, made while the server runs, costs less
-    downtime than copying most of the snapshot once it is stopped. As the user."""
+    downtime than copying most of the snapshot once it is stopped. Also None where the
+    copy is by clones (reflink): cloning every file takes longer than hard-linking most
+    of them (~50 against ~15 us a file on XFS), but while the server runs, and leaves
+    nothing to relink or reindex (:func:`pgmgr.core.restore._reindex`) once it is
+    stopped. As the user."""
+    if copy.clones_from(snapdir, snapdir.parent):
+        return None
     index = delta.load(snapdir)
     if index is None or 2 * delta.kept_bytes(index, datadir) < meta.size:
         return None

@@ -41,6 +41,9 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from typing import Any
 
+#: :attr:`delta.Index.own`: (inode, size, mtime) of each file of a snapshot's copy
+Own = dict[str, tuple[int, int, int]]
+
 
 @dataclass
 class RestoreResult:
@@ -74,11 +77,12 @@ class RestoreResult:
         }
 
 
-def _stage(src: Path, staging: Path, store: Path) -> copy.CopyStats:
-    """``staging`` := a durable copy of the snapshot's ``src``. As the server user."""
+def _stage(src: Path, staging: Path, store: Path) -> tuple[copy.CopyStats, identity.Identity]:
+    """``staging`` := a durable copy of the snapshot's ``src``; with its identity
+    (:func:`intent.identify`: nothing changes it once made). As the server user."""
     stats = copy_into(src, staging)
     copy.sync_fs(store)
-    return stats
+    return stats, intent.identify(staging)
 
 
 def _stage_delta(
@@ -110,43 +114,43 @@ def _stage_delta(
 
 
 def _identify_staged(
-    staging: Path, datadir: Path, by_difference: bool, control: delta.Stamp | None, instance: str
+    staging: Path, datadir: Path, control: delta.Stamp | None, instance: str
 ) -> identity.Identity:
     """:func:`intent.identify` of ``staging``, once sure no server ran on ``datadir``
-    since ``staging`` was made ``by_difference`` (``control``: its ``pg_control`` then):
+    since ``staging`` was made by difference (``control``: its ``pg_control`` then):
     one started by hand meanwhile, and stopped again, wrote into files the staged
     directory shares. As the user.
 
     :raises DatabaseException: it did.
     """
-    if by_difference:
-        fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            ran = delta.control(fd) != control
-        finally:
-            os.close(fd)
-        if ran:
-            raise DatabaseException(
-                f"'{instance}' was started during the restore; nothing was changed",
-                hint="stop what starts it (pg_ctl, a script) and restore again",
-            )
+    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        ran = delta.control(fd) != control
+    finally:
+        os.close(fd)
+    if ran:
+        raise DatabaseException(
+            f"'{instance}' was started during the restore; nothing was changed",
+            hint="stop what starts it (pg_ctl, a script) and restore again",
+        )
     return intent.identify(staging)
 
 
-def _reindex(old: Path | None, datadir: Path, snapdir: Path) -> None:
+def _reindex(old: Path | None, datadir: Path, snapdir: Path, own: Own | None = None) -> None:
     """After the swap, before the server starts: drop the replaced directory's names of
     shared files (``old``: None when it is kept), index the restored ``datadir`` for the
     next restore of ``snapdir``, and wait for the file clock (:func:`delta.settle`). An
     index that cannot be written or waited out is dropped: the next restore copies
-    everything. The index also records the snapshot's copy as it is (the restored
-    directory holds its bytes), for snapshots that share files with it (:func:`_spread`,
-    once the server runs again)."""
+    everything. The index also records the snapshot's copy (the restored directory holds
+    its bytes), for snapshots that share files with it (:func:`_spread`, once the server
+    runs again): ``own``, as the snapshot's index has it (its copy is never written: a
+    file changed by hand no longer matches it, and is not shared), else as it is now."""
     testhook.pause("restore-reindexing")
     try:
         if old is not None:
             delta.unlink_shared(old)
         index = delta.take(datadir)
-        index.own = delta.mine(snapdir / snapstore.DATA)
+        index.own = own or delta.mine(snapdir / snapstore.DATA)
         if delta.settle(index, datadir):
             delta.save(snapdir, index)
             return
@@ -219,11 +223,12 @@ def restore(
         with cleanup.always(lambda: swapped or store.as_user(snapstore.remove_tree, staging)):
             if index is None:  # a full copy, made while the server still runs
                 with copy.disk_full(f"restoring {name!r}", store.path):
-                    stats = store.as_user(_stage, snapdir / snapstore.DATA, staging, store.path)
+                    stats, staged = store.as_user(
+                        _stage, snapdir / snapstore.DATA, staging, store.path
+                    )
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
-            control: delta.Stamp | None = None
             said = f"'{srv.inst.name}' was restored to {name!r}"
             with (
                 done_then(said, srv.inst.name) as restored,
@@ -232,24 +237,27 @@ def restore(
                 if index is not None:
                     stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
                     testhook.pause("restore-staged")
-                staged = store.as_user(
-                    _identify_staged, staging, srv.datadir, index is not None, control,
-                    srv.inst.name,
-                )  # fmt: skip
+                    staged = store.as_user(
+                        _identify_staged, staging, srv.datadir, control, srv.inst.name
+                    )
                 it = intent.Intent("restore", staged, record, intent.held_name("restore"))
                 if keep is not None:  # the replaced state becomes this snapshot
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
                     _not_started(srv)
-                    replaced = _switch(srv, store, it, staging, snapdir, restored)
+                    # A full copy by clones is not indexed: the next restore clones too.
+                    reindex = index is not None or stats.method != "reflink"
+                    own = index.own if index is not None else None
+                    replaced = _switch(srv, store, it, staging, snapdir, restored, reindex, own)
                     swapped = pause.done = True
                     say("starting again" if pause.was_running else "done")
                     try:
                         # The restore completes, then says so; _spread overlaps the start.
                         with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
                             spawn_again(srv, pause)
-                        with contextlib.suppress(PgmgrError):  # optional: see _spread
-                            store.as_user(_spread, snapdir)
+                        if reindex:
+                            with contextlib.suppress(PgmgrError):  # optional: see _spread
+                                store.as_user(_spread, snapdir)
                         resume(srv, pause)
                     finally:  # not before: freeing its blocks competes with the start
                         intent.remove(store, replaced)
@@ -288,13 +296,13 @@ def _stage_stopped(
 
 def _switch(
     srv: Server, store: Store, it: intent.Intent, staging: Path, snapdir: Path,
-    restored: list[bool],
+    restored: list[bool], reindex: bool = True, own: Own | None = None,
 ) -> list[str]:  # fmt: skip
     """Swap the staged copy in, and the record with it, whatever kills this meanwhile (see
     :mod:`pgmgr.core.intent`), and mark it ``restored`` (what fails from here says it was);
-    then index the restored directory for the next restore by difference, before the
-    server starts. Returns the replaced directory's work entry, to remove once the server
-    runs (:func:`intent.remove`). Signals held by the caller."""
+    then, if ``reindex``, index the restored directory for the next restore by difference,
+    before the server starts. Returns the replaced directory's work entry, to remove once
+    the server runs (:func:`intent.remove`). Signals held by the caller."""
     intent.begin(srv, it)
     try:
         store.rename(staging.name, it.old)
@@ -307,8 +315,10 @@ def _switch(
     testhook.pause("restore-swapped")
     gone = intent.complete(srv, store)
     testhook.pause("restore-completed")
+    if not reindex:
+        return gone
     try:
-        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir)
+        store.as_user(_reindex, store.entry(gone[0]) if gone else None, srv.datadir, snapdir, own)
     except PgmgrError:  # its process died: restored all the same, the next one copies all
         with contextlib.suppress(PgmgrError, OSError):
             store.as_user(delta.drop, snapdir)

@@ -145,21 +145,24 @@ def _tree(
 BASES = 8
 
 
-def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], list[str], int]:
+def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], list[str], int, bool]:
     """As the server user, in one process: sweep what a killed run left in the store; why
     ``datadir`` cannot be snapshotted (or None); the names taken; the snapshot (of the
-    newest ones) the new one may share files with; its size."""
+    newest ones) the new one may share files with; its size; whether copies into the
+    store are clones (then it shares blocks with every copy, and needs no index: see
+    :func:`pgmgr.core.restorable._index`)."""
     snapstore.sweep(store)
     metas = snapstore.list_metas(store)
     taken = {n for n, _, _ in metas}
+    clones = copy.clones_from(datadir, store)
     newest = sorted((m.created, n) for n, m, _ in metas if m is not None and m.kind != "online")
-    earlier = [n for _, n in newest[-BASES:]]
+    earlier = [] if clones else [n for _, n in newest[-BASES:]]
     if len(earlier) > 1:
         # Chosen now, while the server may still run: once it is stopped, only that one's
         # index is loaded (each load costs ~5 us per file, 0.5 s for 100,000 files).
         base = _best(store, datadir, earlier)
         earlier = [base.data.parent.name] if base else earlier[-1:]
-    return snapstore.unsupported(datadir), taken, earlier, copy.tree_size(datadir)
+    return snapstore.unsupported(datadir), taken, earlier, copy.tree_size(datadir), clones
 
 
 def _best(store: Path, datadir: Path, earlier: list[str]) -> delta.Base | None:
@@ -191,21 +194,26 @@ def _check_space(
 
 
 def _copy_identified(
-    src: Path, staging: Path, earlier: list[str]
+    src: Path, staging: Path, earlier: list[str], indexed: bool = True
 ) -> tuple[copy.CopyStats, str, str | None]:
     """:func:`snap_copy`, sharing what it can with one of the ``earlier`` snapshots (their
     names; see :class:`delta.Base`), with the index of ``src`` for restores by difference
-    (taken first: a file written during the copy will not match it), and the copy's
-    system identifier, and the name of the snapshot it shares files with. As the server
-    user, the server stopped."""
-    index = delta.take(src)
-    base = delta.base((staging.parent / n for n in earlier), index, snapstore.DATA)
+    (taken first: a file written during the copy will not match it) unless not
+    ``indexed`` (copies by clones: restores copy all), and the copy's system identifier,
+    and the name of the snapshot it shares files with. As the server user, the server
+    stopped."""
+    index = delta.take(src) if indexed else None
+    control = index.files.get("global/pg_control") if index else delta.control(src)
+    base = None
+    if index is not None:
+        base = delta.base((staging.parent / n for n in earlier), index, snapstore.DATA)
     testhook.pause("snapshot-indexed")
     stats = snap_copy(src, staging, base)
-    _not_run_since(src, index)
-    index.own = delta.mine(staging / snapstore.DATA)
-    if delta.settle(index, src):
-        delta.save(staging, index)
+    _not_run_since(src, control)
+    if index is not None:
+        index.own = delta.mine(staging / snapstore.DATA)
+        if delta.settle(index, src):
+            delta.save(staging, index)
     try:
         sysid = pgcontrol.system_identifier(staging / snapstore.DATA, verify=True)
     except ValueError as e:  # the instance's own: PostgreSQL would not start on it either
@@ -213,12 +221,12 @@ def _copy_identified(
     return stats, sysid, base.data.parent.name if base and stats.linked else None
 
 
-def _not_run_since(datadir: Path, index: delta.Index) -> None:
-    """:raises DatabaseException: a server ran on the stopped ``datadir`` since ``index``
-    was taken (started by hand, bypassing the lock; any start or stop writes
-    ``pg_control``): the copy mixes files from before its writes (linked from an earlier
-    snapshot by the index) with files from after."""
-    if index.files.get("global/pg_control") != delta.control(datadir):
+def _not_run_since(datadir: Path, control: delta.Stamp | None) -> None:
+    """:raises DatabaseException: a server ran on the stopped ``datadir`` since the stamp
+    ``control`` of its ``pg_control`` was taken (started by hand, bypassing the lock; any
+    start or stop writes ``pg_control``): the copy mixes files from before its writes
+    (linked from an earlier snapshot by the index) with files from after."""
+    if control != delta.control(datadir):
         raise DatabaseException(
             f"a server was started on {datadir} during the snapshot; nothing was changed",
             hint="stop what starts it (pg_ctl, a script) and snapshot again",
@@ -317,7 +325,7 @@ def create(
     t0 = time.monotonic()
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
-        why, taken, earlier, size = store.as_user(_prepare, store.path, srv.datadir)
+        why, taken, earlier, size, clones = store.as_user(_prepare, store.path, srv.datadir)
         if why:
             raise DatabaseException(
                 f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
@@ -355,7 +363,7 @@ def create(
                     try:
                         with copy.disk_full(f"snapshot {name!r}", store.path):
                             stats, sysid, shared_with = store.as_user(
-                                _copy_identified, srv.datadir, staging, earlier
+                                _copy_identified, srv.datadir, staging, earlier, not clones
                             )
                     except BaseException:
                         # Before the server starts again: a disk the copy filled would

@@ -465,3 +465,35 @@ def test_copy_reads_the_umask_without_changing_it(
         monkeypatch.undo()
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "dst" / "f").stat().st_mode) == 0o644
+
+
+_NO_SECRETS = """
+import os, sys
+from pgmgr.core import userfs
+from pgmgr.core.privileges import lookup
+
+def write(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        userfs.write_file_at(fd, "f", b"x")
+    finally:
+        os.close(fd)
+
+userfs.as_user(lookup("postgres"), write, sys.argv[1])
+print(sorted({"secrets", "hashlib"} & set(sys.modules)))
+"""
+
+
+@needs_root
+def test_as_user_imports_neither_secrets_nor_hashlib(shared_tmp: Path, other: ServerUser) -> None:
+    """Each command as root paid ~3 ms (hashlib, OpenSSL) at its first as_user, which
+    preloaded ``secrets`` for the child's random names: they are ``os.urandom``'s now."""
+    import subprocess
+    import sys
+
+    os.chown(shared_tmp, other.uid, other.gid)
+    proc = subprocess.run([sys.executable, "-c", _NO_SECRETS, str(shared_tmp)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert (shared_tmp / "f").read_bytes() == b"x"

@@ -45,6 +45,40 @@ def test_snapshot_restore_by_reflink(xinst: Inst) -> None:
     assert leftovers(xinst.store) == []
 
 
+def test_on_reflink_snapshots_keep_no_index_and_restores_clone_all(xinst: Inst) -> None:
+    """Where copies are clones, a snapshot shares no file with an earlier one (clones share
+    the blocks anyway) and keeps no index, and a restore is a full copy by clones, made
+    while the server still runs: no hard links to make, nor a directory to reindex, once
+    it is stopped. Before, both worked by difference: 'shared_files' and 'unchanged_files'
+    counted the files linked instead."""
+    xinst.ok("snapshot", "xdev", "base", "-q")
+    taken = json.loads(xinst.ok("snapshot", "xdev", "s1", "--json").stdout)
+    assert taken["method"] == "reflink" and taken["shared_files"] == 0, taken
+    assert taken["shared_with"] is None and not (xinst.store / "s1" / "index.json").exists()
+    for _ in range(2):  # the second restore too: nothing indexed by the first
+        xinst.sql("UPDATE t SET x = -x WHERE x <= 10")
+        out = json.loads(xinst.ok("restore", "xdev", "s1", "--yes", "--json").stdout)
+        assert out["unchanged_files"] == 0 and out["copied_bytes"] > 0, out
+        assert xinst.sql("SELECT count(*) FROM t WHERE x < 0") == "0"
+    assert not (xinst.store / "s1" / "index.json").exists()
+    assert leftovers(xinst.store) == []
+
+
+def test_on_reflink_a_forced_copy_still_works_by_difference(xinst: Inst) -> None:
+    """With clones ruled out (PGMGR_COPY_METHOD=copy_file_range), the same filesystem
+    gets what others get: an index, and a restore that keeps the unchanged files."""
+    forced = {**xinst.env, "PGMGR_COPY_METHOD": "copy_file_range"}
+    proc = run_pgmgr("snapshot", "xdev", "s1", "--json", env=forced)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["method"] == "copy_file_range"
+    assert (xinst.store / "s1" / "index.json").is_file()
+    xinst.sql("UPDATE t SET x = -x WHERE x <= 10")
+    proc = run_pgmgr("restore", "xdev", "s1", "--yes", "--json", env=forced)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["unchanged_files"] > 0
+    assert xinst.sql("SELECT count(*) FROM t WHERE x < 0") == "0"
+
+
 def test_branch_by_reflink_diverges(xinst: Inst) -> None:
     out = json.loads(xinst.ok("branch", "xdev", "xfeat", "--json").stdout)
     assert out["method"] == "reflink" and out["started"] is True

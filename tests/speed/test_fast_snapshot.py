@@ -77,8 +77,8 @@ def test_plain_snapshot_and_restore_do_not_import_typer(args: list[str]) -> None
 def test_plain_snapshot_and_restore_import_neither_typing_nor_hashlib(args: list[str]) -> None:
     """Two commands per snapshot-and-restore, each paying its imports: typing (~2 ms, for
     annotations only) and hashlib with OpenSSL (~3 ms, for secrets.token_hex: random
-    names are os.urandom's) are not needed. (As root, a first as_user still imports
-    secrets for its child: pgmgr.core.userfs.PRELOAD.)"""
+    names are os.urandom's) are not needed, as root either (as_user no longer preloads
+    secrets: tests/core/test_userfs.py)."""
     names = imported(*args)
     assert "pgmgr.core.restore" in names or "pgmgr.core.snapshot" in names
     assert not names & {"typing", "secrets", "hashlib"}, (args, names & {"typing", "secrets"})
