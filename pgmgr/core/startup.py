@@ -264,6 +264,8 @@ def commit_start(
     srv.inst.started_at = float(pf.start_time) if pf and pf.start_time else time.time()
     srv.inst.stopped_by = None  # started: whatever stopped it is over (pgmgr.core.stopmark)
     srv.save()
+    if pf is not None:  # ready: a failure from now on is not its start's
+        srv.marked = None
 
 
 def record_running(srv: Server, pf: process.PidFile) -> None:
@@ -274,6 +276,7 @@ def record_running(srv: Server, pf: process.PidFile) -> None:
     srv.inst.stopped_by = None  # running: a mark of pgmgr.core.stopmark is over
     if (srv.inst.pid, srv.inst.port, srv.inst.socket_dir, srv.inst.stopped_by) != before:
         srv.save()
+    srv.marked = None
 
 
 def clear_stale_pidfile(srv: Server) -> None:
