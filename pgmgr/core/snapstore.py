@@ -39,6 +39,7 @@ from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
 from pgmgr.core.snapmeta import META as META
 from pgmgr.core.snapmeta import META_LIMIT as META_LIMIT
+from pgmgr.core.snapmeta import PRE_UPGRADE as PRE_UPGRADE
 from pgmgr.core.snapmeta import SNAP_RE as SNAP_RE
 from pgmgr.core.snapmeta import Meta as Meta
 from pgmgr.core.snapmeta import SnapshotNotFound as SnapshotNotFound

@@ -312,7 +312,7 @@ def _switch(
     the record from the directory either (see :mod:`pgmgr.core.intent`)."""
     newdata = work / "data"
     old_sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
-    snap_name = f"pre-upgrade-{old.major}"
+    snap_name = f"{snapstore.PRE_UPGRADE}{old.major}"
     if snap_name in taken_names(store):
         snap_name += "-" + snapstore.default_name(set())
     meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())

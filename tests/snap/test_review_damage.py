@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from pgmgr.core import rebind, registry, snapmeta, userfs
+from pgmgr.core.instance import Server
 from tests.snap.conftest import Inst
 from tests.snap.test_review_inputs import _refused
+from tests.snap.test_two_registrations import twice  # noqa: F401
 
 
 def _relation(inst: Inst, table: str) -> str:
@@ -65,3 +73,57 @@ def test_a_snapshot_whose_files_changed_since_it_was_taken_is_refused(inst: Inst
     kept = [s["snapshot"] for s in inst.snaps() if s["kind"] == "saved"]
     inst.ok("branch", "dev", "b", "--from", str(kept[0]), "--start", "-q")
     assert inst.sql("SELECT count(*) FROM big", "b") == "0"
+
+
+def test_the_status_of_a_replaced_record_reads_only_what_it_needs(
+    twice: tuple[Inst, Inst],  # noqa: F811
+    ops_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each ``status`` of a record whose directory was replaced (pgmgr.core.rebind) read
+    every snapshot.json of the store, in a process of the server user's (two of them as
+    root): 20 snapshots, ~12 ms in-process and the import of the store's modules. Now a
+    restore under the other registration reads up to the first snapshot that holds the
+    cluster, and another cluster at the path, with no pre-upgrade snapshot, reads none
+    and starts no process (the store's names, by fds). Counted in-process: the one place
+    a process of the server user's is started (userfs.as_user) runs its function in
+    this process here, so that the reads can be counted (root reads the server user's
+    files in this test only)."""
+    dev, other = twice
+    for i in range(2, 7):
+        dev.ok("snapshot", "dev", f"s{i}", "-q")
+    dev.ok("restore", "dev", "s1", "--yes", "-q")
+    reads: list[Path] = []
+    forks: list[object] = []
+    real_read = snapmeta.read_meta
+
+    def read_meta(snapdir: Path) -> snapmeta.Meta:
+        reads.append(snapdir)
+        return real_read(snapdir)
+
+    def as_user(user: object, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        forks.append(fn)
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(snapmeta, "read_meta", read_meta)
+    monkeypatch.setattr(userfs, "as_user", as_user)
+
+    def follow() -> str | None:
+        with monkeypatch.context() as m:  # the pgmgr commands below use dev's registry
+            m.setenv("PGMGR_STATE_DIR", other.env["PGMGR_STATE_DIR"])
+            return rebind.follow(Server(registry.load("other")))
+
+    assert follow() == "restored"
+    assert len(reads) == 1 and len(forks) <= 1, (reads, forks)
+    # Another cluster at the path (a data directory made anew by hand).
+    dev.ok("stop", "dev", "-q")
+    fresh = ops_dir / "w" / "fresh"
+    third = Inst("third", fresh, env={"PGMGR_STATE_DIR": str(ops_dir / "state3")})
+    third.ok("init", "-q", "-d", str(fresh), "--name", "third")
+    dev.datadir.rename(ops_dir / "w" / "away")
+    fresh.rename(dev.datadir)
+    reads.clear()
+    forks.clear()
+    assert follow() is None
+    assert reads == [] and forks == [], (reads, forks)
+    assert other.status()["state"] == "replaced"
