@@ -1,11 +1,13 @@
-"""Snapshots damaged after they were taken, found by the second review: a file of the copy
-truncated, removed or added (by hand, a full disk, a bad clean-up). On real PostgreSQL 15
-servers."""
+"""Found by the second review of snapshots: a snapshot damaged after it was taken (a file of
+the copy truncated, removed or added); the status of a replaced record reading every
+snapshot; a restore by difference refused for want of room for a whole copy. On real
+PostgreSQL 15 servers."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from pgmgr.core import rebind, registry, snapmeta, userfs
 from pgmgr.core.instance import Server
 from tests.snap.conftest import Inst
+from tests.snap.test_disk_full import small_fs  # noqa: F401
 from tests.snap.test_review_inputs import _refused
 from tests.snap.test_two_registrations import twice  # noqa: F401
 
@@ -127,3 +130,32 @@ def test_the_status_of_a_replaced_record_reads_only_what_it_needs(
     assert follow() is None
     assert reads == [] and forks == [], (reads, forks)
     assert other.status()["state"] == "replaced"
+
+
+def test_a_restore_by_difference_asks_room_for_what_it_copies(
+    small_fs: Path,  # noqa: F811
+    template: Path,
+) -> None:
+    """A data directory of ~74 MB and a snapshot of it on a 180 MB filesystem (~32 MB
+    left), then a small change: the restore, which links the unchanged files and copies
+    ~17 MB, was refused ("not enough disk space for restoring 's1': 73.7 MB needed, 32.4
+    MB free"), however the change was small; no restore could ever work there. Now it
+    asks room for what it copies (as a snapshot does for what it does not share)."""
+    datadir = small_fs / "data"
+    subprocess.run(["cp", "-a", str(template), str(datadir)], check=True)
+    inst = Inst("dev", datadir)
+    try:
+        inst.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
+        inst.sql("CREATE TABLE t AS SELECT g AS x, repeat('x', 300) AS pad "
+                 "FROM generate_series(1, 60000) g; CHECKPOINT")  # fmt: skip
+        inst.ok("snapshot", "dev", "s1", "-q")
+        st = os.statvfs(small_fs)
+        size = int(inst.snaps()[0]["size"])  # type: ignore[call-overload]
+        assert st.f_bavail * st.f_frsize < size, "the filesystem must be short of a copy"
+        inst.sql("CREATE TABLE u (x int); INSERT INTO u VALUES (1)")
+        done = json.loads(inst.ok("restore", "dev", "s1", "--yes", "--json").stdout)
+        assert done["unchanged_files"] > 0 and done["copied_bytes"] < size / 2, done
+        assert inst.sql("SELECT count(*) FROM t") == "60000"
+        assert inst.sql("SELECT to_regclass('u') IS NULL") == "t"
+    finally:
+        inst.pgmgr("stop", "--all", "-m", "immediate", "-q")
