@@ -1,12 +1,13 @@
 """Found by the second review of snapshots: a snapshot damaged after it was taken (a file of
 the copy truncated, removed or added); the status of a replaced record reading every
-snapshot; a restore by difference refused for want of room for a whole copy. On real
-PostgreSQL 15 servers."""
+snapshot; a restore by difference refused for want of room for a whole copy; the stores of
+branches killed before they were placed piling up. On real PostgreSQL 15 servers."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from pgmgr.core import rebind, registry, snapmeta, userfs
 from pgmgr.core.instance import Server
+from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_disk_full import small_fs  # noqa: F401
 from tests.snap.test_review_inputs import _refused
@@ -159,3 +161,30 @@ def test_a_restore_by_difference_asks_room_for_what_it_copies(
         assert inst.sql("SELECT to_regclass('u') IS NULL") == "t"
     finally:
         inst.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_branches_killed_before_they_are_placed_leave_no_stores(inst: Inst) -> None:
+    """A branch killed (-9) before its copy was placed left its store behind
+    (.pgmgr-snapshots/NEW): its staged copy was removed by the next branch, the directory
+    itself never, one per name ever tried; one killed before it copied anything was not
+    even looked at. The next branch now removes such a store once it is empty and no
+    data directory of that name stands beside it."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("stop", "dev", "-q")
+    hooks = inst.datadir.parent / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    top = inst.datadir.parent / ".pgmgr-snapshots"
+    for step, args in (
+        ("branch-from-snapshot", ("branch", "dev", "b1", "--from", "s1")),
+        ("branch-copied", ("branch", "dev", "b2")),
+    ):
+        with Paused(hooks, step, *args) as run:
+            run.reached()
+            assert run.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert os.listdir(top / "b2") == [".tmp-branch"]  # b1's, empty: gone with that branch
+    inst.ok("branch", "dev", "b3", "-q")
+    assert sorted(os.listdir(top)) == ["b3", "data"]
+    listed = json.loads(inst.ok("status", "--json").stdout)
+    assert sorted(i["name"] for i in listed) == ["b3", "dev"]
+    inst.ok("branch", "dev", "b1", "-q")  # the names are free
