@@ -188,3 +188,11 @@ def test_branches_killed_before_they_are_placed_leave_no_stores(inst: Inst) -> N
     listed = json.loads(inst.ok("status", "--json").stdout)
     assert sorted(i["name"] for i in listed) == ["b3", "dev"]
     inst.ok("branch", "dev", "b1", "-q")  # the names are free
+
+
+def test_delete_with_online_is_a_usage_error(inst: Inst) -> None:
+    """``snapshot dev s1 --online --delete`` deleted s1 and said nothing of --online (a
+    slip for ``snapshot dev s1 --online``, which takes one)."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    _refused(inst, ("snapshot", "dev", "s1", "--online", "--delete"), 2, "--online")
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
