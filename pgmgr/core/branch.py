@@ -209,9 +209,10 @@ def branch(
             f"port {port} is the port of '{src.inst.name}', the source",
             hint="choose another with --port, or let pgmgr pick one with --port auto",
         )
-    snapshot.require_datadir(src)
-    if snap is None and roles.is_standby(src):
-        raise _standby(f"'{src.inst.name}' is a standby")
+    if snap is None:  # a snapshot is branched without its instance's data directory
+        snapshot.require_datadir(src)
+        if roles.is_standby(src):
+            raise _standby(f"'{src.inst.name}' is a standby")
     t0 = time.monotonic()
     _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)

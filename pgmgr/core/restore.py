@@ -182,7 +182,9 @@ def restore(
     :raises KeyboardInterrupt: interrupted before the swap: nothing changed (a server
         that was stopped runs again); after it: the restore is complete.
     """
-    require_datadir(srv)
+    # 'init -d' would make another cluster, which no snapshot of this one restores into.
+    hint = f"'pgmgr branch {srv.inst.name} NEW --from {name}' makes an instance of the snapshot"
+    require_datadir(srv, hint)
     dirpath.check_not_mount(srv.datadir, f"restore '{srv.inst.name}'")
     t0 = time.monotonic()
     old_version = srv.inst.version

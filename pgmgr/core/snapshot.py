@@ -82,10 +82,10 @@ class SnapshotResult:
         }
 
 
-def require_datadir(srv: Server) -> None:
+def require_datadir(srv: Server, hint: str | None = None) -> None:
     """:raises DataDirNotFound: the instance has no data directory (exit code 4)."""
     if not server.is_datadir(srv.datadir):
-        raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))
+        raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir), hint)
 
 
 # --------------------------------------------------------------------------- as the user

@@ -196,3 +196,19 @@ def test_delete_with_online_is_a_usage_error(inst: Inst) -> None:
     inst.ok("snapshot", "dev", "s1", "-q")
     _refused(inst, ("snapshot", "dev", "s1", "--online", "--delete"), 2, "--online")
     assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+
+
+def test_a_lost_data_directory_is_branched_from_its_snapshot(inst: Inst) -> None:
+    """The data directory gone (removed by mistake): restore said "create it with 'pgmgr
+    init -d'", which makes another cluster that no snapshot restores into, and
+    ``branch --from SNAP``, which never touches its source, refused too ("data directory
+    ... does not exist"): the snapshots could not be used. Now the branch is made, and
+    restore's hint names it."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("stop", "dev", "-q")
+    inst.datadir.rename(inst.datadir.parent / "lost")
+    _refused(inst, ("restore", "dev", "s1", "--yes"), 4, "does not exist")
+    proc = inst.pgmgr("restore", "dev", "s1", "--yes")
+    assert "pgmgr branch dev NEW --from s1" in proc.stderr, proc.stderr
+    inst.ok("branch", "dev", "back", "--from", "s1", "--start", "-q")
+    assert inst.sql("SELECT count(*) FROM t", "back") == "1000"
