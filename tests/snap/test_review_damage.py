@@ -212,3 +212,31 @@ def test_a_lost_data_directory_is_branched_from_its_snapshot(inst: Inst) -> None
     assert "pgmgr branch dev NEW --from s1" in proc.stderr, proc.stderr
     inst.ok("branch", "dev", "back", "--from", "s1", "--start", "-q")
     assert inst.sql("SELECT count(*) FROM t", "back") == "1000"
+
+
+def test_a_destroy_that_cannot_remove_the_directory_stops_nothing(inst: Inst) -> None:
+    """Where the data directory cannot be renamed (a parent its user cannot write: the
+    server user's registration of root's instance), ``destroy`` stopped the server, then
+    failed with "Permission denied: data -> .data.pgmgr-trash-PID": the instance left
+    stopped for nothing, and a line that says neither what nor why. Now refused first,
+    nothing stopped. (Root writes anywhere: there the parent is made immutable.)"""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    pid = inst.pid()
+    parent = inst.datadir.parent
+    root = os.geteuid() == 0
+    if root:
+        made = subprocess.run(["chattr", "+i", str(parent)], capture_output=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make {parent} immutable: {made.stderr!r}")
+    else:
+        parent.chmod(0o555)
+    try:
+        for extra in ((), ("--with-snapshots",)):
+            _refused(inst, ("destroy", "dev", "--yes", *extra), 1, "cannot destroy 'dev'")
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(parent)], check=True)
+        else:
+            parent.chmod(0o755)
+    assert inst.pid() == pid and inst.sql("SELECT count(*) FROM t") == "1000"
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
