@@ -214,12 +214,14 @@ def test_a_lost_data_directory_is_branched_from_its_snapshot(inst: Inst) -> None
     assert inst.sql("SELECT count(*) FROM t", "back") == "1000"
 
 
-def test_a_destroy_that_cannot_remove_the_directory_stops_nothing(inst: Inst) -> None:
+def test_what_cannot_replace_the_directory_stops_nothing(inst: Inst) -> None:
     """Where the data directory cannot be renamed (a parent its user cannot write: the
     server user's registration of root's instance), ``destroy`` stopped the server, then
     failed with "Permission denied: data -> .data.pgmgr-trash-PID": the instance left
-    stopped for nothing, and a line that says neither what nor why. Now refused first,
-    nothing stopped. (Root writes anywhere: there the parent is made immutable.)"""
+    stopped for nothing, and a line that says neither what nor why; ``upgrade`` ran
+    pg_upgrade, the server stopped for it, then failed at the swap ("cannot replace").
+    Now both are refused first, as restore is, nothing stopped. (Root writes anywhere:
+    there the parent is made immutable.)"""
     inst.ok("snapshot", "dev", "s1", "-q")
     pid = inst.pid()
     parent = inst.datadir.parent
@@ -233,6 +235,8 @@ def test_a_destroy_that_cannot_remove_the_directory_stops_nothing(inst: Inst) ->
     try:
         for extra in ((), ("--with-snapshots",)):
             _refused(inst, ("destroy", "dev", "--yes", *extra), 1, "cannot destroy 'dev'")
+        _refused(inst, ("upgrade", "dev", "-v", "18", "--yes"), 1, "cannot upgrade 'dev'")
+        _refused(inst, ("restore", "dev", "s1", "--yes"), 1, "cannot restore 'dev'")
     finally:
         if root:
             subprocess.run(["chattr", "-i", str(parent)], check=True)
