@@ -244,3 +244,23 @@ def test_what_cannot_replace_the_directory_stops_nothing(inst: Inst) -> None:
             parent.chmod(0o755)
     assert inst.pid() == pid and inst.sql("SELECT count(*) FROM t") == "1000"
     assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+
+
+def test_stop_all_goes_on_past_a_replaced_instance(inst: Inst) -> None:
+    """``stop --all`` ended at the first instance it could not stop (one whose data
+    directory was replaced, as a copy put back by hand leaves it): "Error: refusing to
+    stop 'aa'", and the instances after it kept running. Now each is stopped, the one
+    that cannot be is named (a warning) and the exit code is 1."""
+    inst.ok("branch", "dev", "aa", "-q")  # started: dev runs
+    inst.ok("stop", "aa", "-q")
+    aa = inst.datadir.parent / "aa"
+    subprocess.run(["cp", "-a", str(aa), str(aa) + ".copy"], check=True)
+    aa.rename(str(aa) + ".old")
+    Path(str(aa) + ".copy").rename(aa)  # another inode, no snapshot: replaced
+    assert inst.state("aa") == "replaced" and inst.state() == "running"
+    proc = inst.pgmgr("stop", "--all", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "'aa' was not stopped" in proc.stderr and "Traceback" not in proc.stderr
+    assert inst.state() == "stopped"
+    done = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert done["dev"]["was_running"] and "replaced" in done["aa"]["error"], done
