@@ -344,10 +344,9 @@ def stop(
 ) -> int:
     """``pgmgr stop``: see its ``--help``."""
     ui.settings.quiet = quiet
-    from pgmgr.core import registry, stopmark
-    from pgmgr.core.errors import UsageError
-    from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
-    from pgmgr.core.locked import locked
+    from pgmgr.core import registry
+    from pgmgr.core.errors import PgmgrError, UsageError
+    from pgmgr.core.instance import Server
     from pgmgr.core.server import STOP_SIGNALS
 
     if mode not in STOP_SIGNALS:
@@ -362,40 +361,59 @@ def stop(
     else:
         servers = [resolve(name, datadir)]
     results: list[dict[str, Any]] = []
+    failed = 0
     for srv in servers:
-        t0 = time.monotonic()
-        with locked(srv):
-            pf = srv.running()
-            with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
-                stopped = srv.stop(mode, timeout)
-            if stopmark.clear(srv.inst):  # stopped on purpose now: see pgmgr.core.stopmark
-                srv._save_after_stop()
-        elapsed = time.monotonic() - t0
-        missing = not stopped and srv.status().state == "missing"
-        results.append(
-            {
-                "name": srv.inst.name,
-                "datadir": srv.inst.datadir,
-                # What happened: it ran and this command stopped it, or it was not running
-                # (the state is what it is now: stopped, or missing with its data dir).
-                "was_running": stopped,
-                "state": "missing" if missing else "stopped",
-                "pid": pf.pid if pf else None,
-                "elapsed_ms": round(elapsed * 1000, 1),
-                "record_error": srv.record_error,
-            }
-        )
-        if srv.record_error:
-            ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
-                       f"{srv.record_error}")  # fmt: skip
-        if missing and not all_:
-            raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
-        if stopped:
-            ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}")
-        elif missing:
-            ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
-        else:
-            ui.message(f"'{srv.inst.name}' is not running")
+        try:
+            results.append(_stop_one(srv, mode, timeout, all_))
+        except PgmgrError as e:
+            if not all_:
+                raise
+            # One that cannot be stopped (its data directory replaced, say): the others
+            # still are (the first error ended the command: the rest kept running).
+            failed += 1
+            ui.warning(f"'{srv.inst.name}' was not stopped: {e}", e.hint)
+            results.append({"name": srv.inst.name, "datadir": srv.inst.datadir,
+                            "error": str(e)})  # fmt: skip
     if json:
         ui.emit_json(results if all_ else results[0])
-    return 0
+    return 1 if failed else 0
+
+
+def _stop_one(srv: Server, mode: str, timeout: float, all_: bool) -> dict[str, Any]:
+    """Stop ``srv`` for :func:`stop` and say so; what ``--json`` reports of it."""
+    from pgmgr.core import stopmark
+    from pgmgr.core.instance import DataDirNotFound, _why_missing
+    from pgmgr.core.locked import locked
+
+    t0 = time.monotonic()
+    with locked(srv):
+        pf = srv.running()
+        with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
+            stopped = srv.stop(mode, timeout)
+        if stopmark.clear(srv.inst):  # stopped on purpose now: see pgmgr.core.stopmark
+            srv._save_after_stop()
+    elapsed = time.monotonic() - t0
+    missing = not stopped and srv.status().state == "missing"
+    result = {
+        "name": srv.inst.name,
+        "datadir": srv.inst.datadir,
+        # What happened: it ran and this command stopped it, or it was not running
+        # (the state is what it is now: stopped, or missing with its data dir).
+        "was_running": stopped,
+        "state": "missing" if missing else "stopped",
+        "pid": pf.pid if pf else None,
+        "elapsed_ms": round(elapsed * 1000, 1),
+        "record_error": srv.record_error,
+    }
+    if srv.record_error:
+        ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
+                   f"{srv.record_error}")  # fmt: skip
+    if missing and not all_:
+        raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
+    if stopped:
+        ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}")
+    elif missing:
+        ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
+    else:
+        ui.message(f"'{srv.inst.name}' is not running")
+    return result

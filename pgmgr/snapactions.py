@@ -38,6 +38,8 @@ def snapshot(
     from pgmgr.core.errors import UsageError
     from pgmgr.core.locked import locked
 
+    if delete and online:  # a delete with an option for taking one: a slip, not ignored
+        raise UsageError("--online is for taking a snapshot, not with --delete")
     srv = resolve(name, None)
     if delete:
         if snap is None:

@@ -209,9 +209,10 @@ def branch(
             f"port {port} is the port of '{src.inst.name}', the source",
             hint="choose another with --port, or let pgmgr pick one with --port auto",
         )
-    snapshot.require_datadir(src)
-    if snap is None and roles.is_standby(src):
-        raise _standby(f"'{src.inst.name}' is a standby")
+    if snap is None:  # a snapshot is branched without its instance's data directory
+        snapshot.require_datadir(src)
+        if roles.is_standby(src):
+            raise _standby(f"'{src.inst.name}' is a standby")
     t0 = time.monotonic()
     _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)
@@ -274,15 +275,32 @@ def _branch(
 
 def _sweep(store: Path) -> list[str]:
     """Sweep ``store`` (the new branch's); the names beside it whose store holds a branch's
-    staged copy: killed with -9 (it stays until a branch into that name), or a branch
-    under way. As the server user."""
+    staged copy, or is empty with no data directory of that name (the store of a branch
+    killed before its copy was placed): killed with -9, or a branch under way. As the
+    server user."""
     snapstore.sweep(store)
+    top = store.parent
     try:
-        names = os.listdir(store.parent)
+        names = [n for n in os.listdir(top) if n != store.name and not n.startswith(".")]
     except OSError:
         return []
     staged = snapstore.TMP + "branch"
-    return [n for n in names if n != store.name and os.path.lexists(store.parent / n / staged)]
+    return [
+        n for n in names
+        if os.path.lexists(top / n / staged) or (_empty(top / n) and not _placed(top, n))
+    ]  # fmt: skip
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
+
+
+def _placed(top: Path, name: str) -> bool:
+    """Whether a data directory ``name`` stands beside the stores' directory ``top``."""
+    return os.path.lexists(top.parent / name)
 
 
 def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
@@ -295,6 +313,8 @@ def _sweep_abandoned(tstore: snapstore.Store, name: str) -> None:
         if free and idle:
             staged = tstore.path.parent / name / (snapstore.TMP + "branch")
             tstore.as_user(snapstore.remove_tree, staged)
+            if not _placed(tstore.path.parent, name):  # nothing's store now: it goes
+                snapstore.drop_if_empty(tstore, name)
 
 
 def _copy_branch(

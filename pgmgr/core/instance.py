@@ -150,14 +150,18 @@ class Server:
         """
         datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
         identity.check_links(datadir)
-        inst = registry.find_by_datadir(datadir) if register else None
+        real = os.path.realpath(datadir)
+        inst = None
+        if register:
+            inst = registry.find_by_datadir(datadir)
+            if inst is None and real != str(datadir):
+                inst = _registered_at(datadir)
         if inst is not None:
             srv = cls(inst, register=register)
             if version:
                 srv.installation(version)  # refuses a different major
             return srv
         install = pick_installation(datadir, version)
-        real = os.path.realpath(datadir)
         if name:
             registry.check_name(name)
             if register and name in registry.names():
@@ -540,6 +544,23 @@ class Server:
         except psycopg.Error as e:
             raise WorkerError(f"cannot connect to {self.inst.name}: {str(e).strip()}") from None
         return time.monotonic() - t0
+
+
+def _registered_at(datadir: Path) -> Instance | None:
+    """The record pinned to the very directory ``datadir`` leads to through symlinks
+    (trusted ones only: :func:`identity.probe`), or None. As root, a path through a link to
+    a directory the server user can write is compared as written (see
+    :func:`registry.canonical`), so 'init -d LINK --name X' of a registered directory said
+    "registered" for an X it never made; by the directory itself, opened once, no swap
+    between a check and a use can point it at another instance."""
+    try:
+        now = identity.probe(datadir)
+    except (OSError, DatabaseException):
+        return None
+    for inst in registry.load_all()[0]:
+        if (inst.dev, inst.ino) == (now.dev, now.ino) and not inst.pending:
+            return inst
+    return None
 
 
 def pick_installation(datadir: Path, version: str | None) -> versions.Installation:

@@ -324,9 +324,13 @@ def check_destroyable(srv: Server) -> None:
     pinned = srv.pinned() if registered else None
     if registered:
         srv.check_identity("destroy")
-    if pinned is not None or not os.path.lexists(datadir):
+    if not os.path.lexists(datadir):
         return
-    removal.check_complete(datadir, partial=bool(registered and srv.inst.pending))
+    # The directory is renamed there first: checked before the server is stopped (it was
+    # stopped, then "Permission denied: data -> .data.pgmgr-trash-PID", nothing removed).
+    paths.check_writable(datadir.parent, f"destroy '{srv.inst.name}'")
+    if pinned is None:
+        removal.check_complete(datadir, partial=bool(registered and srv.inst.pending))
 
 
 def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:

@@ -29,9 +29,10 @@ hand beside no snapshot). The binaries follow the directory's PG_VERSION at the 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pgmgr.core import identity, process, snapstore, userfs
+from pgmgr.core import dirpath, identity, process, snapmeta, userfs
 from pgmgr.core.errors import DatabaseException
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 #: Upgrades a chain of pre-upgrade snapshots is followed through (9.6 -> 18 is eight).
 MAX_UPGRADES = 16
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def follow(srv: Server) -> str | None:
@@ -98,10 +100,10 @@ def _only_owner_or_root(srv: Server, uid: int) -> bool:
         if not srv.inst.server_user:
             return not userfs.others_can_write(parent)
         su = srv.user()
-        if su is None or uid != su.uid:
-            return False
-        # Asked as the server user: root and the caller are the ones it trusts.
-        return not userfs.as_user(su, userfs.others_can_write, parent)
+        # Asked as root, not in a process of the server user's (its fork cost each status
+        # of a replaced record ~3 ms): nobody but root may write there, which is stricter
+        # (the server user neither), and which the store's opening next requires anyway.
+        return su is not None and uid == su.uid and not userfs.others_can_write(parent)
     except (OSError, DatabaseException):
         return False
 
@@ -121,20 +123,71 @@ def _switch(srv: Server, recorded: str, now: str) -> str | None:
     cluster it kept to the one its upgrade made, so upgrades lead one way and their
     rollbacks, restores of one, the other), or None (they do not: a copy made by hand,
     another cluster)."""
+    if not _named(srv, "" if recorded == now else snapmeta.PRE_UPGRADE):
+        return None
+    from pgmgr.core import snapstore  # here: most replaced records end above
+
     try:
         # Unlocked: only read (a status must not wait for the other's restore or upgrade).
         with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
-            metas = store.as_user(snapstore.list_metas, store.path)
+            found = store.as_user(_evidence, store.path, srv.inst.datadir, recorded, now)
     except (OSError, DatabaseException):
         return None
-    ours = [m for _, m, _ in metas if m is not None and m.datadir == srv.inst.datadir]
+    if isinstance(found, bool):
+        return "restored" if found else None
+    return _linked(found, recorded, now)
+
+
+def _named(srv: Server, prefix: str) -> bool:
+    """Whether the instance's store has a snapshot whose name starts with ``prefix``:
+    names only, read through directory fds opened with ``O_NOFOLLOW`` (as root too: no
+    file is opened, no process of the server user's is needed), so that the status of a
+    record replaced by another cluster, with no pre-upgrade snapshot, imports and forks
+    nothing more."""
+    try:
+        fd = userfs.open_dir(srv.datadir.parent)
+    except (OSError, DatabaseException):
+        return False
+    fds = [fd]
+    try:
+        for name in (dirpath.STORE, srv.datadir.name):
+            fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            fds.append(fd)
+        names = os.listdir(fd)
+    except OSError:
+        return False
+    finally:
+        for each in fds:
+            os.close(each)
+    return any(n.startswith(prefix) and snapmeta.SNAP_RE.match(n) for n in names)
+
+
+def _evidence(store: Path, datadir: str, recorded: str, now: str) -> bool | list[tuple[str, str]]:
+    """What :func:`_switch` needs of the snapshots of ``datadir`` in ``store``, reading no
+    more of them than that (each ``status`` of a replaced record asks): for a restore
+    (``recorded == now``), whether one holds ``now`` (up to the first that does); else
+    the links the pre-upgrade ones make (``system_identifier``, ``upgraded_to``). As the
+    server user."""
     if recorded == now:
-        return "restored" if any(m.system_identifier == now for m in ours) else None
+        return any(
+            m is not None and m.datadir == datadir and m.system_identifier == now
+            for _, m, _ in snapmeta.iter_metas(store)
+        )
+    return [
+        (m.system_identifier, m.upgraded_to)
+        for _, m, _ in snapmeta.iter_metas(store, snapmeta.PRE_UPGRADE)
+        if m is not None and m.datadir == datadir and m.upgraded_to
+    ]
+
+
+def _linked(pairs: list[tuple[str, str]], recorded: str, now: str) -> str | None:
+    """Whether the ``pairs`` of clusters (one per upgrade) lead from ``recorded`` to
+    ``now``, one way or the other, in at most :data:`MAX_UPGRADES` steps: "upgraded",
+    else None."""
     links: dict[str, set[str]] = {}
-    for meta in ours:
-        if meta.upgraded_to:
-            links.setdefault(meta.system_identifier, set()).add(meta.upgraded_to)
-            links.setdefault(meta.upgraded_to, set()).add(meta.system_identifier)
+    for old, new in pairs:
+        links.setdefault(old, set()).add(new)
+        links.setdefault(new, set()).add(old)
     seen, frontier = {recorded}, {recorded}
     for _ in range(MAX_UPGRADES):
         frontier = {n for c in frontier for n in links.get(c, ())} - seen

@@ -186,7 +186,9 @@ def restore(
     :raises KeyboardInterrupt: interrupted before the swap: nothing changed (a server
         that was stopped runs again); after it: the restore is complete.
     """
-    require_datadir(srv)
+    # 'init -d' would make another cluster, which no snapshot of this one restores into.
+    hint = f"'pgmgr branch {srv.inst.name} NEW --from {name}' makes an instance of the snapshot"
+    require_datadir(srv, hint)
     dirpath.check_not_mount(srv.datadir, f"restore '{srv.inst.name}'")
     t0 = time.monotonic()
     old_version = srv.inst.version
@@ -212,7 +214,7 @@ def restore(
         keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
         snapdir = store.entry(name)
         snapstore.check_same_fs(store, f"restore '{srv.inst.name}'")
-        snapstore.check_space(store, meta.size, f"restoring {name!r}", snapdir)
+        _check_space(store, srv, meta, index, snapdir)
         say = progress or (lambda _step: None)
         how = "copying what changed of" if index is not None else "copying"
         say(f"{how} {snapstore.human(meta.size)}")
@@ -266,6 +268,20 @@ def restore(
         pause.downtime, keep.name if keep else None, old_version if rollback else None,
         copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
     )  # fmt: skip
+
+
+def _check_space(
+    store: Store, srv: Server, meta: Meta, index: delta.Index | None, snapdir: Path
+) -> None:
+    """:func:`snapstore.check_space` for the copy a restore makes: by difference
+    (``index``), less the bytes of the data directory that still match the index (linked,
+    not copied; worked out only when the disk is short, as for a snapshot). A restore
+    that copies more, the server once stopped having written more, fails as on any full
+    disk (:func:`copy.disk_full`): nothing is changed."""
+    needed = meta.size
+    if index is not None and snapstore.free_bytes(store.fd) < needed:
+        needed -= store.as_user(delta.kept_bytes, index, srv.datadir)
+    snapstore.check_space(store, needed, f"restoring {meta.name!r}", snapdir)
 
 
 def _not_started(srv: Server) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ META = "snapshot.json"
 FORMAT = 1
 SNAP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # \Z: "$" lets "x\n" pass
 META_LIMIT = 1 << 20
+#: The name of the snapshot an upgrade keeps starts so: ``pre-upgrade-<old major>``.
+PRE_UPGRADE = "pre-upgrade-"
 
 
 class SnapshotNotFound(DatabaseException):
@@ -119,21 +122,26 @@ def write_meta(snapdir: Path, meta: Meta, *, fsync: bool = True) -> None:
 
 def list_metas(store: Path) -> list[tuple[str, Meta | None, str | None]]:
     """``(name, meta or None, why unreadable)`` for every snapshot in ``store``."""
-    out: list[tuple[str, Meta | None, str | None]] = []
+    return list(iter_metas(store))
+
+
+def iter_metas(store: Path, prefix: str = "") -> Iterator[tuple[str, Meta | None, str | None]]:
+    """:func:`list_metas`, read one at a time (a caller may stop at the one it needs), of
+    the snapshots whose name starts with ``prefix``."""
     try:
         names = sorted(os.listdir(store))
     except FileNotFoundError:
-        return out
+        return
     for name in names:
-        if name.startswith(".") or not SNAP_RE.match(name):
+        if name.startswith(".") or not name.startswith(prefix) or not SNAP_RE.match(name):
             continue
         try:
             meta = read_meta(store / name)
             meta.name = name  # the directory's name, whatever a copied or edited file says
-            out.append((name, meta, None))
         except (OSError, ValueError, TypeError) as e:
-            out.append((name, None, str(e)))
-    return out
+            yield name, None, str(e)
+            continue
+        yield name, meta, None
 
 
 def seal(datadir: Path) -> None:

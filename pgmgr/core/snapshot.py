@@ -82,10 +82,10 @@ class SnapshotResult:
         }
 
 
-def require_datadir(srv: Server) -> None:
+def require_datadir(srv: Server, hint: str | None = None) -> None:
     """:raises DataDirNotFound: the instance has no data directory (exit code 4)."""
     if not server.is_datadir(srv.datadir):
-        raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))
+        raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir), hint)
 
 
 # --------------------------------------------------------------------------- as the user
@@ -266,7 +266,27 @@ def _check_data(snapdir: Path, meta: Meta) -> str | None:
         return f"its global/pg_control is unreadable ({e})"
     if sysid != meta.system_identifier:
         return "its data directory has another system identifier than recorded"
-    return None
+    return _check_tally(data, meta)
+
+
+def _check_tally(data: Path, meta: Meta) -> str | None:
+    """Why the copy ``data`` of snapshot ``meta`` is not the one it took: other files
+    or bytes than it recorded (a file truncated, removed or added since), or None. Only
+    for a copy whose files it counted (``meta.files``: a plain snapshot, or the copy a
+    ``--link`` upgrade keeps); one lstat per file, before anything is stopped."""
+    if meta.files <= 0:
+        return None
+    try:
+        files = delta.take(data, exclude=()).files
+    except OSError as e:
+        return f"its copy is unreadable ({e})"
+    count, size = len(files), sum(s[1] for s in files.values())
+    if (count, size) == (meta.files, meta.size):
+        return None
+    return (
+        f"its copy holds {count} files, {size} bytes, but {meta.files} files, "
+        f"{meta.size} bytes when it was taken (changed since: truncated, removed or added)"
+    )
 
 
 def _identify(datadir: Path, snapdir: Path, meta: Meta) -> tuple[str, str | None]:

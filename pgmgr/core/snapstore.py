@@ -39,6 +39,7 @@ from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
 from pgmgr.core.snapmeta import META as META
 from pgmgr.core.snapmeta import META_LIMIT as META_LIMIT
+from pgmgr.core.snapmeta import PRE_UPGRADE as PRE_UPGRADE
 from pgmgr.core.snapmeta import SNAP_RE as SNAP_RE
 from pgmgr.core.snapmeta import Meta as Meta
 from pgmgr.core.snapmeta import SnapshotNotFound as SnapshotNotFound
@@ -257,16 +258,18 @@ def held_if_free(top_fd: int, name: str) -> Iterator[bool]:
             os.close(fd)
 
 
-def drop_if_empty(store: Store) -> None:
-    """Remove ``store`` if it holds nothing: that of a branch that failed, or of an
-    instance destroyed without snapshots (they piled up, one per name ever used)."""
+def drop_if_empty(store: Store, name: str | None = None) -> None:
+    """Remove ``store`` (or the store ``name`` beside it) if it holds nothing: that of a
+    branch that failed or was killed, or of an instance destroyed without snapshots (they
+    piled up, one per name ever used)."""
     try:
-        if os.listdir(store.fd):
+        if name is None and os.listdir(store.fd):
             return
+        name = name or store.datadir.name
         if os.fstat(store.top_fd).st_uid == os.geteuid():  # root's or ours: by fd
-            os.rmdir(store.datadir.name, dir_fd=store.top_fd)
+            os.rmdir(name, dir_fd=store.top_fd)  # refused if something is in it
         else:
-            store.as_user(os.rmdir, store.path)
+            store.as_user(os.rmdir, store.path.parent / name)
     except OSError:
         pass  # something appeared meanwhile: kept
 

@@ -206,6 +206,9 @@ def upgrade(
         snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
         size = 0
         if not check:
+            # The new directory is swapped in there: checked before pg_upgrade runs (it
+            # ran, the server stopped for it, then "cannot replace DIR: Permission denied").
+            paths.check_writable(srv.datadir.parent, f"upgrade '{srv.inst.name}'")
             size = store.as_user(copy.tree_size, srv.datadir)
             needed = size * (2 if method == "link" else 1) if method != "clone" else 0
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
@@ -312,7 +315,7 @@ def _switch(
     the record from the directory either (see :mod:`pgmgr.core.intent`)."""
     newdata = work / "data"
     old_sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
-    snap_name = f"pre-upgrade-{old.major}"
+    snap_name = f"{snapstore.PRE_UPGRADE}{old.major}"
     if snap_name in taken_names(store):
         snap_name += "-" + snapstore.default_name(set())
     meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())

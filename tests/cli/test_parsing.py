@@ -7,7 +7,10 @@ with the exit code of DESIGN.md: 2 usage, 1 error, 3 not running, 4 no such inst
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +278,25 @@ def test_quiet_in_process(registered: Path) -> None:
     assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
     loud = invoke("stop", "dev")
     assert loud.stderr == "'dev' is not running\n"  # the flag did not stick
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="as root: a link to a directory the server user can write"
+)
+def test_init_through_roots_link_to_a_registered_directory(registered: Path) -> None:
+    """As root, a path through root's own symlink to a registered data directory (which
+    the server user can write: such paths are compared as written) was not found: 'init
+    -d LINK --name other' said "'other' ... registered" and a new password "for 'other'",
+    and registered nothing. It is the registered one, found by the directory itself."""
+    links = Path(tempfile.mkdtemp(prefix="pgmgr-link-"))
+    try:
+        (links / "link").symlink_to(registered)
+        result = invoke("init", "-d", str(links / "link"), "--name", "other")
+        assert result.exit_code == 0, result.stderr
+        assert result.stderr.splitlines()[:2] == [
+            f"{registered} is already registered as 'dev'; nothing changed",
+            f"Warning: not applied: --name other ({registered} stays 'dev')",
+        ], result.stderr
+        assert [r["name"] for r in json.loads(invoke("status", "--json").stdout)] == ["dev"]
+    finally:
+        shutil.rmtree(links)
