@@ -46,6 +46,7 @@ from pgmgr.core.state import crashed_detail as crashed_detail
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
     from pgmgr.core.pgtext import new_password as new_password
     from pgmgr.core.pgtext import quote_ident as quote_ident
@@ -125,6 +126,10 @@ class Server:
         #: This process put the data directory in place (:func:`pgmgr.core.initdir.build`):
         #: a clean-up interrupted before it was told so knows the directory is its own.
         self.built = False
+        #: The stop mark this process saved for the command at work (see
+        #: :mod:`pgmgr.core.stopmark`) until the server is seen ready again: a start
+        #: that spawns without waiting clears the record's at the spawn already.
+        self.marked: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
 

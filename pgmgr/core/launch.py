@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pgmgr.core import process
+from pgmgr.core import process, testhook
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError, doing
 from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.privileges import ServerUser
@@ -49,6 +49,18 @@ def _die_with(parent: int, sig: int = signal.SIGQUIT) -> Callable[[], None]:
 PR_SET_PDEATHSIG = 1
 
 
+def _pausing(preexec: Callable[[], None] | None) -> Callable[[], None]:
+    """Tests only: ``preexec``, then the test-only pause ``start-exec`` in the forked
+    child, before its exec (its parent waits inside ``Popen`` meanwhile)."""
+
+    def pausing() -> None:  # pragma: no cover - runs in the forked child
+        if preexec is not None:
+            preexec()
+        testhook.pause("start-exec")
+
+    return pausing
+
+
 def spawn(
     argv: Sequence[str],
     log_file: Path,
@@ -68,6 +80,8 @@ def spawn(
 
     linux = sys.platform == "linux"
     preexec = _die_with(os.getpid(), death) if die_with_parent and linux else None
+    if testhook.armed("start-exec"):  # tests: the child waits, pgmgr is inside Popen
+        preexec = _pausing(preexec)
 
     fd = open_log(log_file)
     try:

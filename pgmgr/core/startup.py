@@ -36,6 +36,8 @@ from pgmgr.core.launch import ServerExited
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from pgmgr.core.instance import Server
 
 AUTO_PORT_TRIES = 5
@@ -264,6 +266,8 @@ def commit_start(
     srv.inst.started_at = float(pf.start_time) if pf and pf.start_time else time.time()
     srv.inst.stopped_by = None  # started: whatever stopped it is over (pgmgr.core.stopmark)
     srv.save()
+    if pf is not None:  # ready: a failure from now on is not its start's
+        srv.marked = None
 
 
 def record_running(srv: Server, pf: process.PidFile) -> None:
@@ -274,6 +278,7 @@ def record_running(srv: Server, pf: process.PidFile) -> None:
     srv.inst.stopped_by = None  # running: a mark of pgmgr.core.stopmark is over
     if (srv.inst.pid, srv.inst.port, srv.inst.socket_dir, srv.inst.stopped_by) != before:
         srv.save()
+    srv.marked = None
 
 
 def clear_stale_pidfile(srv: Server) -> None:
@@ -358,10 +363,18 @@ def spawn_child(
     srv: Server, argv: list[str], su: privileges.ServerUser | None
 ) -> subprocess.Popen[bytes]:
     """Spawn postgres with Ctrl-C held until the child is known: a Ctrl-C inside
-    ``Popen`` (after the exec, before it returns) would otherwise orphan the server."""
+    ``Popen`` (after the exec, before it returns) would otherwise orphan the server.
+    SIGTERM and SIGHUP are held too, then given to the handlers in place once the child
+    is known (a start takes them as Ctrl-C: :func:`sigguard.interruptible`; raised inside
+    ``Popen``, they orphaned the server as well)."""
     got: list[int] = []
+    other: list[int] = []  # SIGTERM, SIGHUP
     main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, lambda s, f: got.append(s)) if main else None
+    old: dict[int, Any] = {}
+    if main:
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, lambda s, f: other.append(s))
     try:
         srv.child = launch.spawn(argv, srv.log_file, su, die_with_parent=srv.die_with_parent)
         testhook.pause("start-spawning")  # tests: Ctrl-C while it is held
@@ -371,13 +384,26 @@ def spawn_child(
             # stop, makes the stop immediate, as one after the spawn does (a third was
             # needed: the first two both counted as the first).
             with sigguard.shielded() as again:
-                again.extend(got[1:])
+                again.extend(got[1:] + other)
                 cancel_start(srv, again)
             raise KeyboardInterrupt
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, old)
+    except BaseException as e:
+        _deliver(old, [] if isinstance(e, KeyboardInterrupt) else other, e)
+        raise
+    _deliver(old, other)  # the child is known: the caller's clean-up stops it
     return srv.child
+
+
+def _deliver(old: dict[int, Any], held: list[int], failure: BaseException | None = None) -> None:
+    """Put back the handlers ``old``, then raise the signals ``held`` to them (a
+    KeyboardInterrupt they raise has ``failure`` as its cause, see sigguard.redeliver)."""
+    for num, handler in old.items():
+        signal.signal(num, handler)
+    try:
+        for num in dict.fromkeys(held):
+            signal.raise_signal(num)
+    except KeyboardInterrupt as e:
+        raise e from failure
 
 
 def drop_sockdir(srv: Server, sockdir: Path, made: bool, recorded: str | None) -> None:

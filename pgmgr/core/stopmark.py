@@ -89,8 +89,10 @@ def mark(srv: Server, command: str) -> None:
     }  # fmt: skip
     try:
         srv.save()
+        srv.marked = srv.inst.stopped_by
         testhook.pause("marked")
     except BaseException:
+        srv.marked = None
         cleanup.quietly(lambda: clear_saved(srv))
         raise
 
@@ -101,7 +103,11 @@ def ended_on_failure(srv: Server) -> Iterator[None]:
     interrupt, the command has said what happened. A server that runs has its mark
     cleared; one still stopped (a start after the work that failed: its port taken, a bad
     setting) keeps it with the reason, so ``status`` says why it is down (not "killed?")
-    and an attendant (``start --foreground``) exits 1 and systemd brings it back."""
+    and an attendant (``start --foreground``) exits 1 and systemd brings it back. Also
+    when a start that spawned the server without waiting (:func:`pgmgr.core.pause.
+    spawn_again`) cleared the record's mark before the server failed: the mark this
+    command saved (:attr:`Server.marked`) is written back with the reason."""
+    srv.marked = None
     try:
         yield
     except BaseException as e:
@@ -125,7 +131,7 @@ def _ended(srv: Server, failure: BaseException) -> None:
         failure = failure.__cause__ or failure
     reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else str(failure)
     reason = " ".join(reason.split())[:_REASON] or type(failure).__name__
-    _update_saved(srv, lambda mark: {**mark, "failed": reason})
+    _update_saved(srv, lambda mark: {**mark, "failed": reason}, srv.marked)
 
 
 def clear(inst: Instance) -> bool:
@@ -144,9 +150,14 @@ def clear_saved(srv: Server) -> None:
     _update_saved(srv, lambda _mark: None)
 
 
-def _update_saved(srv: Server, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
-    """Replace the mark of ``srv``'s saved record (if it has one) by ``change(mark)``, and
-    nothing else of it (see :func:`clear_saved`)."""
+def _update_saved(
+    srv: Server,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    cleared: dict[str, Any] | None = None,
+) -> None:
+    """Replace the mark of ``srv``'s saved record (if it has one, else ``cleared``: this
+    command's, which a start cleared) by ``change(mark)``, and nothing else of it (see
+    :func:`clear_saved`)."""
     from pgmgr.core import registry
     from pgmgr.core.errors import InstanceNotFound
 
@@ -156,10 +167,11 @@ def _update_saved(srv: Server, change: Callable[[dict[str, Any]], dict[str, Any]
         fresh = registry.load(srv.inst.name, settle=False)
     except InstanceNotFound:
         return
-    if fresh.datadir != srv.inst.datadir or fresh.stopped_by is None:
+    mark = fresh.stopped_by or cleared
+    if fresh.datadir != srv.inst.datadir or mark is None:
         return
-    fresh.stopped_by = change(fresh.stopped_by)
-    if srv.inst.stopped_by is not None:
+    fresh.stopped_by = change(mark)
+    if srv.inst.stopped_by is not None or fresh.stopped_by is not None:
         srv.inst.stopped_by = fresh.stopped_by
     try:
         registry.save(fresh)

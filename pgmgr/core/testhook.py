@@ -25,6 +25,11 @@ def pause(step: str) -> None:
     _wait(_DIR, step)
 
 
+def armed(step: str) -> bool:
+    """Whether a test asked for a pause at ``step`` (for a pause set up ahead of it)."""
+    return _DIR is not None and os.path.exists(os.path.join(_DIR, step))
+
+
 def _wait(base: str, step: str) -> None:
     if not os.path.exists(os.path.join(base, step)):
         return

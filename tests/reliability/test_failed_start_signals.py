@@ -110,3 +110,30 @@ def test_a_second_ctrl_c_during_the_spawn_makes_the_stop_immediate(
     run = pgmgr("start", "db", "-p", "auto")  # nothing in the way of the next start
     assert run.returncode == 0, str(run)
     assert inst.stop().returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_inside_popen_leaves_no_server(
+    sig: int, cluster: InstFactory, work: Path, hooks: Path
+) -> None:
+    """A start takes SIGTERM and SIGHUP as Ctrl-C (sigguard.interruptible), but only
+    Ctrl-C was held while postgres is spawned: one arriving inside ``Popen`` (the child
+    forked, not yet exec'd: the test-only pause ``start-exec`` holds it there) raised
+    there, the child unknown to pgmgr, which said 'Interrupted' and left the server it
+    had spawned running, unrecorded. Now held until the child is known, then stopped."""
+    inst = cluster("db")
+    run = Paused(hooks, "start-exec", "start", "db", "-p", "auto")
+    run.reached()
+    child = int((hooks / "start-exec.reached").read_text())  # the forked child's pid
+    run.proc.send_signal(sig)
+    time.sleep(0.2)  # delivered (and held) before the child goes on
+    (hooks / "start-exec.go").touch()
+    # The child goes on by itself (pgmgr may be gone already): wait until it is postgres.
+    deadline = time.monotonic() + 30
+    while process.is_alive(child) and "-D" not in process.cmdline(child):
+        assert time.monotonic() < deadline, "the child never exec'd"
+        time.sleep(0.01)
+    done = run.go()
+    assert done.returncode == 130 and done.stderr.endswith("Interrupted\n"), str(done)
+    assert not wait_no_processes(work, timeout=30)
+    assert inst.status().json()["state"] == "stopped"

@@ -128,3 +128,33 @@ def test_the_attendant_of_a_server_whose_restart_failed_exits_1(inst: Inst, tmp_
         done_with(proc)
     assert code == 1, err
     assert "could not start it again" in err and str(port) in err, err
+
+
+@pytest.mark.parametrize("command", ["snapshot", "branch"])
+def test_a_spawned_start_that_fails_after_the_work_keeps_the_mark(command: str, inst: Inst) -> None:
+    """Snapshots and branches (restores too) spawn the server again without waiting (its record
+    saved, the mark cleared, at the spawn) and wait for it at the end: a setting that
+    makes postgres exit (a preload library that does not exist) failed only then, with
+    the mark gone. Status said nothing of why the server was down, and an attendant took
+    the snapshot's clean shutdown for the user's (exit 0: systemd left it down)."""
+    _, _, argv = CASES[command]
+    inst.sql(BAD)
+    run = inst.pgmgr(*(a.format(inst.name) for a in argv))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert_stopped_failed(inst, command, "postgres exited during start-up")
+
+
+def test_the_attendant_of_a_server_whose_spawned_start_failed_exits_1(inst: Inst) -> None:
+    """As above under ``start --foreground``: the snapshot's start after the copy fails
+    once spawned; the attendant exits 1 (it exited 0: a clean shutdown, no mark)."""
+    from tests.snap.test_foreground import attend, done_with, ended
+
+    inst.sql(BAD)
+    proc = attend(inst)
+    try:
+        assert inst.pgmgr("snapshot", "dev", "s1").returncode == 1
+        code, err = ended(proc)
+    finally:
+        done_with(proc)
+    assert code == 1, err
+    assert "could not start it again" in err, err
