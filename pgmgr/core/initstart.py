@@ -86,29 +86,28 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
 
 @contextlib.contextmanager
 def undo_on_failure(srv: Server, enabled: bool = True) -> Iterator[None]:
-    """Around initialize + start: if anything fails (Ctrl-C included; SIGTERM and SIGHUP
-    act like it, :func:`sigguard.interruptible`), remove what this block created, and only
-    that: the data directory's contents (and the directory if it did not exist), the
-    record, the log file."""
+    """Around initialize + start: if anything fails (Ctrl-C included), remove what this
+    block created, and only that: the data directory's contents (and the directory if it
+    did not exist), the record, the log file. The caller decides what SIGTERM and SIGHUP
+    mean (``pgmgr start`` makes them act like Ctrl-C with :func:`sigguard.interruptible`,
+    so that one the start's clean-up held and delivers does not end the process before
+    the undo; in the foreground they ask for a stop, as Ctrl-C does there)."""
     if not enabled or server.is_datadir(srv.datadir):
         yield
         return
     dir_existed = os.path.lexists(srv.datadir)
     had_record = registry.find_by_datadir(srv.datadir) is not None
     log_existed = srv.log_file.exists()
-    # interruptible: a SIGTERM the start's clean-up held and then delivers (see
-    # sigguard.redeliver) would otherwise end the process before the undo below.
-    with sigguard.interruptible():
-        try:
-            yield
-        except BaseException as e:
-            # A second Ctrl-C (people press it twice) must not cut the undo short: it left
-            # the instance the user cancelled, initialized and registered. Short and
-            # bounded, so signals wait; then one after a failure says "Interrupted".
-            with sigguard.undoing(e):
-                testhook.pause("init-undo")
-                _undo(srv, dir_existed, had_record, log_existed)
-            raise
+    try:
+        yield
+    except BaseException as e:
+        # A second Ctrl-C (people press it twice) must not cut the undo short: it left
+        # the instance the user cancelled, initialized and registered. Short and
+        # bounded, so signals wait; then one after a failure says "Interrupted".
+        with sigguard.undoing(e):
+            testhook.pause("init-undo")
+            _undo(srv, dir_existed, had_record, log_existed)
+        raise
 
 
 def _undo(srv: Server, dir_existed: bool, had_record: bool, log_existed: bool) -> None:

@@ -213,7 +213,10 @@ def remove_cluster(datadir: Path, created: bool, user: ServerUser | None) -> Non
 def signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (a CI or systemd timeout, a closed terminal) interrupt the init
     like Ctrl-C, so its cleanup runs; a second signal while cleaning up is ignored. Only in
-    the main thread (elsewhere Python cannot set handlers): a no-op there."""
+    the main thread (elsewhere Python cannot set handlers): a no-op there. Only where the
+    signal has its default action: a caller's own handler stays in charge (``start
+    --foreground`` and ``pgmgr run`` record it and stop the server once started, as they
+    do a Ctrl-C; an ignored SIGHUP, under nohup, stays ignored)."""
     import signal
     import threading
 
@@ -227,7 +230,7 @@ def signals_interrupt() -> Iterator[None]:
             hit.append(signum)
             raise KeyboardInterrupt
 
-    sigs = (signal.SIGTERM, signal.SIGHUP)
+    sigs = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
     old = {s: signal.signal(s, interrupt) for s in sigs}
     try:
         yield

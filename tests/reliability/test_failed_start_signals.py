@@ -73,6 +73,28 @@ def test_sigterm_while_a_failed_start_init_cleans_up_undoes_the_init(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_start_init_foreground_takes_sigterm_as_it_takes_ctrl_c(
+    sig: int, work: Path, hooks: Path
+) -> None:
+    """In the foreground (a systemd unit) SIGTERM and Ctrl-C both ask for a stop, also
+    while the init runs: the init completes, the server starts and is stopped cleanly,
+    exit 0. (SIGTERM cancelled the start and undid the init there, exit 130, where a
+    Ctrl-C in the same moment stopped a kept instance.)"""
+    datadir = work / "fg"
+    run = Paused(hooks, "init-built", "start", "--init", "--foreground", "-d", str(datadir),
+                 "-p", "auto", "-q")  # fmt: skip
+    run.reached()
+    run.proc.send_signal(sig)
+    time.sleep(0.2)  # delivered (and recorded) before pgmgr goes on
+    done = run.go()
+    assert done.returncode == 0, str(done)
+    assert (datadir / "PG_VERSION").is_file()
+    (rec,) = pgmgr("status", "--json").json()
+    assert rec["state"] == "stopped" and rec["datadir"] == str(datadir), rec
+    assert not wait_no_processes(work, timeout=30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_pgmgr_run_says_the_signal_that_came_while_its_start_failed(
     sig: int, hooks: Path, rel_isolation: Path
 ) -> None:
