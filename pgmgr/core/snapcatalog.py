@@ -217,6 +217,7 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
                 # The top is ours (as root: shared by server users; see snapstore): renamed
                 # out of sight and removed through fds, never following a symlink.
                 doomed = snapstore.doomed_name()
+                snapstore.mark_doomed(store.fd, doomed)  # what the sweep of a killed one checks
                 os.rename(store.path.name, doomed, src_dir_fd=store.top_fd,
                           dst_dir_fd=store.top_fd)  # fmt: skip
                 diskio.fsync_dirs(store.top_fd)  # as in _delete
