@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,13 +173,20 @@ def _work_prefix(dest: Path) -> str:
 
 
 def _sweep_exports(dest: Path) -> None:
-    """Remove the work directories of exports to ``dest`` whose process is gone."""
+    """Remove the work directories of exports to ``dest`` whose process is gone: real
+    directories of ours (anyone who can write beside ``dest`` may choose such a name; as
+    root, :func:`check_root_safe` leaves only root), never through a symlink."""
+    from pgmgr.core import userfs
+
     prefix = _work_prefix(dest)
-    with contextlib.suppress(OSError):
-        for entry in os.listdir(dest.parent):
+    with contextlib.suppress(OSError, DatabaseException), userfs.opened_dir(dest.parent) as pfd:
+        for entry in os.listdir(pfd):
             pid = entry[len(prefix) :]
             if entry.startswith(prefix) and pid.isdigit() and not process.is_alive(int(pid)):
-                shutil.rmtree(dest.parent / entry, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(entry, dir_fd=pfd)
+                    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                        userfs.rmtree_at(pfd, entry)
 
 
 def _rename_new(work: Path, dest: Path) -> None:

@@ -224,7 +224,7 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
     if su is None or su.uid == os.geteuid():
         yield archive
         return
-    sweep.dead_runs()  # the copies of imports killed before they removed theirs
+    sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
     top = Path(tempfile.mkdtemp(prefix=f"pgmgr-imp-{os.getpid()}-"))
     try:
         copy.copy_tree(archive, top / "archive")

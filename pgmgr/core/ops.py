@@ -355,7 +355,7 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
         check_unused(datadir)
     pinned = srv.pinned()
     existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
-    removal.sweep_trash(datadir)
+    _sweep_trash(srv)
     _remove_leftovers(srv)
     testhook.pause("destroy-record")
     removed_record = srv.register and registry.remove(srv.inst.name)
@@ -433,9 +433,20 @@ def forget(srv: Server) -> bool:
             f"'{srv.inst.name}' is running (pid {pf.pid}); refusing to forget it",
             hint=f"stop it first with 'pgmgr stop {srv.inst.name}'",
         )
-    removal.sweep_trash(srv.datadir)
+    _sweep_trash(srv)
     _remove_leftovers(srv)
     return registry.remove(srv.inst.name)
+
+
+def _sweep_trash(srv: Server) -> None:
+    """:func:`removal.sweep_trash` of what a destroy of ``srv`` itself left."""
+    pinned = srv.pinned()
+    try:
+        user = srv.user()
+    except DatabaseException:
+        user = None
+    expect = (pinned.dev, pinned.ino) if pinned else None
+    removal.sweep_trash(srv.datadir, expect, user.uid if user else None)
 
 
 def forget_unreadable(err: registry.CorruptRecord) -> Path:

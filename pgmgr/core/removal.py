@@ -202,9 +202,18 @@ def _delete_trash(parent_fd: int, trash: str) -> None:
     userfs.rmtree_at(parent_fd, trash)
 
 
-def sweep_trash(datadir: Path) -> list[str]:
+def sweep_trash(
+    datadir: Path, expect: tuple[int, int] | None = None, owner: int | None = None
+) -> list[str]:
     """Finish interrupted destroys of ``datadir``: delete its trash directories (callers
-    hold the data directory's lock, so none is still being deleted). The names removed."""
+    hold the data directory's lock). The names removed.
+
+    A name proves nothing (the owner of the parent, or anyone where others can write,
+    may call a directory so), so a trash goes only if it is what a destroy of this
+    instance renamed: a real directory (no symlink followed), its process (the pid in
+    the name) gone, and the data directory itself: with ``expect`` (the recorded device
+    and inode, kept by the rename), that very inode; else (an older record) a directory
+    of ours or of the server user ``owner``."""
     prefix = f".{datadir.name[:200]}{TRASH_MARK}"
     try:
         pfd = userfs.open_dir(datadir.parent)
@@ -213,12 +222,27 @@ def sweep_trash(datadir: Path) -> list[str]:
     removed = []
     try:
         for entry in os.listdir(pfd):
-            if entry.startswith(prefix) and is_trash(entry):
-                _delete_trash(pfd, entry)
-                removed.append(entry)
+            if not (entry.startswith(prefix) and is_trash(entry)):
+                continue
+            with contextlib.suppress(OSError):
+                if _own_trash(pfd, entry, expect, owner):
+                    _delete_trash(pfd, entry)
+                    removed.append(entry)
     finally:
         os.close(pfd)
     return removed
+
+
+def _own_trash(pfd: int, entry: str, expect: tuple[int, int] | None, owner: int | None) -> bool:
+    """See :func:`sweep_trash`."""
+    from pgmgr.core import process
+
+    st = os.lstat(entry, dir_fd=pfd)
+    if not stat.S_ISDIR(st.st_mode) or process.is_alive(int(entry.rsplit("-", 1)[1])):
+        return False
+    if expect is not None:
+        return (st.st_dev, st.st_ino) == expect
+    return st.st_uid in (os.geteuid(), owner)
 
 
 def remove_socket_dir(

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import diskio, pgcontrol, server, snapstore, testhook, userfs, versions
+from pgmgr.core import diskio, pgcontrol, server, snapdoom, snapstore, testhook, userfs, versions
 from pgmgr.core.errors import DatabaseException, UsageError, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -216,7 +216,8 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
             if os.fstat(store.top_fd).st_uid == os.geteuid():
                 # The top is ours (as root: shared by server users; see snapstore): renamed
                 # out of sight and removed through fds, never following a symlink.
-                doomed = snapstore.doomed_name()
+                doomed = snapdoom.doomed_name()
+                snapdoom.mark_doomed(store.fd, doomed)  # what the sweep of a killed one checks
                 os.rename(store.path.name, doomed, src_dir_fd=store.top_fd,
                           dst_dir_fd=store.top_fd)  # fmt: skip
                 diskio.fsync_dirs(store.top_fd)  # as in _delete

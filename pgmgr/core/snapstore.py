@@ -26,14 +26,13 @@ import contextlib
 import ctypes  # here, not lazily: as root, work runs in children that may not reach the stdlib
 import errno
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, paths, userfs
+from pgmgr.core import dirpath, paths, snapdoom, userfs
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
@@ -226,7 +225,7 @@ def opened(
             top = _private_subdir(parent_fd, STORE, parent / STORE, owner, create, top=True)
             fds.append(top)
             if create:
-                sweep_top(top)
+                snapdoom.sweep_top(top)
             fd = _private_subdir(top, datadir.name, store_path(datadir), owner, create)
             fds.append(fd)
             if exclusive or shared:
@@ -276,32 +275,6 @@ def drop_if_empty(store: Store, name: str | None = None) -> None:
 
 def tmp_name(op: str) -> str:
     return f"{TMP}{op}-{os.urandom(4).hex()}"
-
-
-#: A whole store being deleted, in the top directory (see :func:`doomed_name`).
-_DOOMED_RE = re.compile(r"^\.tmp-delete-(\d+)-[0-9a-f]{8}\Z")
-
-
-def doomed_name() -> str:
-    """The name a whole store is renamed to in the top directory before it is deleted
-    (``destroy --with-snapshots``): it names the deleting process, so that what a killed
-    or interrupted one left is removed later (:func:`sweep_top`), never while one is at it."""
-    return f"{TMP}delete-{os.getpid()}-{os.urandom(4).hex()}"
-
-
-def sweep_top(top_fd: int) -> None:
-    """Finish the deletions of whole stores whose process is gone (killed or interrupted
-    half-way: nothing else ever removed them, snapshots of an instance already
-    destroyed). Only in a top directory that is ours (as root: root's), through fds."""
-    from pgmgr.core import process
-
-    if os.fstat(top_fd).st_uid != os.geteuid():
-        return
-    for name in os.listdir(top_fd):
-        found = _DOOMED_RE.match(name)
-        if found and not process.is_alive(int(found.group(1))):
-            with contextlib.suppress(OSError):
-                userfs.rmtree_at(top_fd, name)
 
 
 # --------------------------------------------------------------------------- as the user

@@ -6,7 +6,7 @@ while the cluster is built (by a template copy, a spare or initdb). :meth:`Stage
 renames every entry of ``data`` up into ``D``, ``PG_VERSION`` last: an init killed at any
 moment leaves a directory without ``PG_VERSION`` (never taken for a data directory), and the
 next init of ``D`` recognises such a leftover (a ``.pgmgr-init-*`` entry, no
-``PG_VERSION``) and clears it.
+``PG_VERSION``, nothing PostgreSQL or pgmgr would not make there) and clears it.
 
 Privileges (pgmgr as root, server user ``U``): root only reaches ``D``'s parent with
 :func:`userfs.open_dir`, creates ``D`` itself when ``U`` cannot write the parent (a root-owned
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, testhook, userfs
+from pgmgr.core import dirpath, removal, testhook, userfs
 from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.privileges import ServerUser
 
@@ -320,9 +320,23 @@ def _target_state(target: str) -> str:
         os.close(fd)
     if not names:
         return "root-owned" if st.st_uid == 0 and os.geteuid() != 0 else "empty"
-    if "PG_VERSION" not in names and any(n.startswith(WORK_PREFIX) for n in names):
+    # All of it an init's (its work dir, entries its commit moved up): the user's files
+    # beside a stale work dir are no leftover, and clearing it deleted them.
+    stale = "PG_VERSION" not in names and any(n.startswith(WORK_PREFIX) for n in names)
+    if stale and all(_init_made(n) for n in names):
         return "leftover"
     return "not-empty"
+
+
+def _init_made(name: str) -> bool:
+    """Whether an entry of a target without ``PG_VERSION`` can be an init's own: its work
+    directory, or what its commit moves up from a new cluster (and a server adds)."""
+    return (
+        name.startswith(WORK_PREFIX)
+        or name in removal.PG_ENTRIES
+        or name.startswith(".s.PGSQL.")
+        or name == "backup_manifest.tmp"
+    )
 
 
 def _mkdir(path: str) -> None:

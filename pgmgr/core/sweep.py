@@ -5,7 +5,7 @@ A ``pgmgr run`` (or pytest plugin) server dies with its pgmgr, even on SIGKILL (
 names its owner (``pgmgr.owner``: pid and start time), and the next temporary instance
 removes those whose owner is gone and that no process works in. initdb's password dirs
 and the settings check's dirs (``pgmgr-pw-<pid>-*``, ``pgmgr-cfg-<pid>-*``) are swept once
-their pid is gone.
+their pid is gone, if they are ours or the server user's: anyone can choose such a name.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from pathlib import Path
 
 from pgmgr.core import process
 from pgmgr.core.errors import PgmgrError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.privileges import ServerUser
 
 #: In each temporary directory: ``<pid> <start time>`` of the pgmgr process that owns it.
 OWNER_FILE = "pgmgr.owner"
@@ -67,14 +71,17 @@ def _in_use(base: Path) -> bool:
     return False
 
 
-def dead_runs() -> list[Path]:
+def dead_runs(user: ServerUser | None = None) -> list[Path]:
     """Remove the temporary directories of pgmgr processes that died without cleaning up
     (SIGKILL, a power cut): ours (same owner, not a symlink), their owner gone and no
     process working in them. Their servers died with their pgmgr (``die_with_parent``).
+    The short-lived ``<prefix><pid>-*`` ones (:data:`PID_PREFIXES`) may be the server
+    user's (as root, pgmgr hands them over or makes them as that user): those of ``user``
+    go too, through fds (that user may not reach a private temp dir of root's); another
+    user's directory of such a name (anyone can choose it) is never touched.
 
     :returns: what was removed.
     """
-    from pgmgr.core import userfs
 
     removed = []
     me = os.geteuid()
@@ -87,10 +94,14 @@ def dead_runs() -> list[Path]:
             continue
         names = [n for n in entries if n.startswith(SWEPT_PREFIXES)]
         for name in [n for n in entries if n.startswith(PID_PREFIXES)]:
-            if _pw_dir_dead(name):
-                with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
-                    userfs.rmtree_at(fd, name)
-                    removed.append(Path(parent) / name)
+            if not _pw_dir_dead(name):
+                continue
+            with contextlib.suppress(OSError, PgmgrError):
+                uid = os.lstat(os.path.join(parent, name)).st_uid
+                if uid != me and (user is None or uid != user.uid):
+                    continue  # another user's (who may choose any name): never touched
+                _remove_pid_dir(parent, name, uid)
+                removed.append(Path(parent) / name)
         for name in names:
             base = Path(parent) / name
             try:
@@ -111,6 +122,25 @@ def _pw_dir_dead(name: str) -> bool:
     """``pgmgr-{pw,cfg,imp,up}-<pid>-*`` of a pgmgr process that is gone."""
     pid = name.split("-")[2]
     return pid.isdigit() and not process.is_alive(int(pid))
+
+
+def _remove_pid_dir(parent: str, name: str, uid: int) -> None:
+    """Remove directory ``parent/name`` if it is ``uid``'s, through fds: opened without
+    following a symlink, its owner checked on the fd (not a name that may have been
+    swapped since), emptied through it, then removed (``rmdir``: refused if something
+    else took its place meanwhile)."""
+    from pgmgr.core import userfs
+
+    with userfs.opened_dir(parent) as parent_fd:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        try:
+            if os.fstat(fd).st_uid != uid:
+                raise PermissionError(f"{name} is not uid {uid}'s")
+            for entry in os.listdir(fd):
+                userfs.rmtree_at(fd, entry)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent_fd)
 
 
 def _remove_run_dir(parent: str, name: str) -> None:

@@ -66,6 +66,17 @@ def check_runnable(program: str) -> None:
         raise CommandNotRun(program, PermissionError(errno.EACCES, "not executable", path))
 
 
+def _default_user() -> privileges.ServerUser | None:
+    """As root, the server user of a directory in the temp dir (``postgres``), whose
+    leftovers (:func:`sweep.dead_runs`) are swept with root's; None otherwise."""
+    if not privileges.is_root():
+        return None
+    try:
+        return privileges.server_user(Path(tempfile.gettempdir()), None)
+    except PgmgrError:
+        return None  # no such user: the start says so
+
+
 def _base_dir(prefix: str, root: str | None = None) -> Path:
     """A fresh directory the server user can traverse (0755) under ``root`` (default: the
     temp dir); /tmp when that is too deep for a socket path, or (as root) unreachable for
@@ -116,7 +127,7 @@ class TemporaryInstance:
         On failure, including a signal, everything made so far is removed.
         """
         try:
-            sweep.dead_runs()
+            sweep.dead_runs(_default_user())
             self.base = _base_dir(self.prefix, self.root)
             if self.guard:
                 from pgmgr.core import reaper

@@ -213,7 +213,7 @@ def upgrade(
             needed = size * (2 if method == "link" else 1) if method != "clone" else 0
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
         work = store.entry(snapstore.tmp_name("upgrade"))
-        sweep.dead_runs()  # socket dirs of upgrades killed before they removed theirs
+        sweep.dead_runs(store.user)  # socket dirs of upgrades killed before they removed theirs
         sockdir = None
         # Interrupted or failed, a clean-up that fails (a directory something still writes
         # in) leaves its entry to the next command's sweep: the interrupt or error wins.

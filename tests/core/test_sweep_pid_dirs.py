@@ -7,13 +7,18 @@ after its pid; the next import or temporary server removes it.)
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pgmgr.core import sweep
+from pgmgr.core import privileges, sweep
+from pgmgr.core.temporary import TemporaryInstance
 
 
 def dead_pid() -> int:
@@ -37,3 +42,63 @@ def test_the_dir_of_a_dead_pid_goes_and_a_live_ones_stays(
     removed = sweep.dead_runs()
     assert dead in removed and not dead.exists()
     assert live.exists() and Path("/etc/passwd").exists()
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (makes an OS user)")
+
+
+@pytest.fixture
+def other_user() -> Iterator[int]:
+    """A real OS user who is neither root nor the server user: its uid."""
+    name = f"pgmsw{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--no-create-home", "--user-group", name], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        yield pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
+
+
+def _dir_of(path: Path, uid: int) -> Path:
+    (path / "archive").mkdir(parents=True)
+    (path / "archive" / "toc.dat").write_text("x")
+    for p in (path / "archive" / "toc.dat", path / "archive", path):
+        os.chown(p, uid, uid)
+    return path
+
+
+@needs_root
+def test_as_root_only_roots_and_the_server_users_dirs_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_user: int
+) -> None:
+    """As root, a ``pgmgr-imp-<dead pid>-*`` directory of another user (who chose that
+    name) was removed with everything in it; now only root's and the server user's go."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pg = privileges.lookup("postgres")
+    others = _dir_of(tmp_path / f"pgmgr-imp-{dead_pid()}-abc", other_user)
+    servers = _dir_of(tmp_path / f"pgmgr-cfg-{dead_pid()}-abc", pg.uid)
+    roots = _dir_of(tmp_path / f"pgmgr-up-{dead_pid()}-abc", 0)
+    assert sweep.dead_runs() == [roots]  # no server user named: its directory stays
+    assert sweep.dead_runs(pg) == [servers]
+    assert (others / "archive" / "toc.dat").read_text() == "x"
+
+
+@needs_root
+def test_a_temporary_instance_leaves_another_users_dir_alone(
+    monkeypatch: pytest.MonkeyPatch, other_user: int
+) -> None:
+    """The sweep as part of a real command: a temporary instance's start, as root."""
+    base = Path(tempfile.mkdtemp(prefix="pgmgr-test-sweep-", dir="/tmp"))
+    base.chmod(0o755)  # the server user reaches the instance made in it
+    try:
+        monkeypatch.setenv("TMPDIR", str(base))
+        monkeypatch.setattr(tempfile, "tempdir", str(base))
+        others = _dir_of(base / f"pgmgr-imp-{dead_pid()}-abc", other_user)
+        servers = _dir_of(base / f"pgmgr-cfg-{dead_pid()}-abc", privileges.lookup("postgres").uid)
+        with TemporaryInstance("15"):
+            pass
+        assert (others / "archive" / "toc.dat").exists()
+        assert not servers.exists()
+    finally:
+        shutil.rmtree(base)

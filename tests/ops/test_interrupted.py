@@ -448,6 +448,20 @@ def test_an_interrupted_export_leaves_no_bundle_and_a_retry_works(
     assert not [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user's directory)")
+def test_an_export_sweeps_no_other_users_work_name(fresh: Instance, ops_dir: Path) -> None:
+    """A directory named like a dead export's work directory but not ours (anyone who can
+    write beside the bundle can choose the name) was deleted, all in it, by the export."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    theirs = ops_dir / f".bundle.pgmgr-export-{dead.pid}"
+    (theirs / "keep").mkdir(parents=True)
+    subprocess.run(["chown", "-R", "65534:65534", str(theirs)], check=True)
+    run = fresh.pgmgr("export", "fresh", str(ops_dir / "bundle"))
+    assert run.returncode == 0, run.stderr
+    assert (theirs / "keep").is_dir()
+
+
 def _base_backup(pgmgr_pid: int, timeout: float = 30) -> tuple[int, int]:
     """pg_basebackup under ``pgmgr_pid`` and the child it streams WAL with, once both run."""
     from pgmgr.core import process

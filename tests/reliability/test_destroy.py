@@ -207,3 +207,24 @@ def test_destroy_killed_at_random_points_is_finished_later(template: Path, work:
         left = _one_kill(inst, i, span * (0.5 + 0.6 * i / RANDOM_KILLS))
         outcomes[left] = outcomes.get(left, 0) + 1
     print(f"destroy: {RANDOM_KILLS} SIGKILLs, what each left: {json.dumps(outcomes)}")
+
+
+def test_forget_and_destroy_sweep_only_their_own_trash(cluster: InstFactory) -> None:
+    """A directory beside the instance merely named like its trash (the user's own copy,
+    or one another user chose where others can write) was deleted, all in it, by any
+    forget or destroy of the instance. Only what a destroy of this very data directory
+    renamed (its inode, its process gone) is swept now."""
+    inst = cluster("db")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = copy_datadir(Path(inst.datadir), inst.datadir.parent / f".{inst.datadir.name}"
+                        f".pgmgr-trash-{dead.pid}")  # fmt: skip
+    (mine / "notes.txt").write_text("mine\n")
+    run = pgmgr("forget", "db")
+    assert run.returncode == 0, str(run)
+    assert (mine / "notes.txt").read_text() == "mine\n"
+    if os.geteuid() == 0:  # another user's, beside a data directory without a record
+        subprocess.run(["chown", "-R", "65534:65534", str(mine)], check=True)
+        run = pgmgr("destroy", str(inst.datadir), "--yes")
+        assert run.returncode == 0, str(run)
+        assert (mine / "notes.txt").read_text() == "mine\n"

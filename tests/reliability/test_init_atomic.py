@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import spare
+from pgmgr.core import privileges, spare
 from tests.pause import Paused, ok
 
 from .conftest import pgmgr, pgmgr_argv
@@ -161,3 +161,23 @@ def test_inits_killed_at_random_moments(work: Path, sig: signal.Signals) -> None
             reinit_works(target, start=i % 4 == 0)
     print(f"{sig!r}: {outcomes}")
     assert sum(outcomes.values()) == RANDOM_KILLS
+
+
+def test_the_users_files_beside_a_stale_work_dir_are_kept(work: Path) -> None:
+    """A directory without PG_VERSION holding an init's work dir was taken for that
+    init's leftover and emptied by the next init, the user's own files with it (a killed
+    init, then the directory used for something else). Only a directory of nothing but an
+    init's entries is one now; this one is refused as not empty."""
+    target = work / "mixed"
+    (target / ".pgmgr-init-1" / "data").mkdir(parents=True)
+    (target / "notes.txt").write_text("mine\n")
+    su = privileges.server_user(target, None)
+    chown = ["chown", "-R", f"{su.uid}:{su.gid}", str(target)] if su else ["true"]
+    subprocess.run(chown, check=True)  # as root: the server user's, as its init left it
+    run = pgmgr("init", "-d", str(target), "-q")
+    assert run.returncode != 0, str(run)
+    assert (target / "notes.txt").read_text() == "mine\n"
+    (target / "notes.txt").unlink()
+    (target / "base").mkdir()  # what a killed commit moved up: a leftover still
+    subprocess.run(chown, check=True)
+    reinit_works(target, start=False)

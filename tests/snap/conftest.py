@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import sweep
+from pgmgr.core import privileges, sweep
 from tests.helpers import GRAVEYARD, kill_postmasters, postmasters_under, run_pgmgr
 from tests.ops.conftest import Instance, make_dir, ops_dir, template  # noqa: F401
 
@@ -74,7 +74,7 @@ def scratch() -> Iterator[Path]:
     GRAVEYARD.bury(path)  # deleted in the background: ~1.5 s on this disk
     # The socket dirs (pgmgr-up-<pid>-*, in the server user's temp dir) of upgrades the
     # test killed: the next upgrade sweeps them; the suite leaves none.
-    sweep.dead_runs()
+    sweep.dead_runs(privileges.lookup("postgres") if privileges.is_root() else None)
     if left:
         pytest.fail(f"servers left running by this test (now killed): {left}")
 
