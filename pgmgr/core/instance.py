@@ -33,7 +33,6 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import (
     DatabaseException,
-    UsageError,
     WorkerError,
 )
 from pgmgr.core.paths import check_path_text as check_path_text
@@ -137,47 +136,14 @@ class Server:
         version: str | None = None,
         register: bool = True,
     ) -> Server:
-        """The registered instance of ``datadir``, or a new record (not yet saved).
-
-        A data directory's ``PG_VERSION`` pins the major version.
+        """The registered instance of ``datadir``, or a new record (not yet saved): see
+        :func:`pgmgr.core.enroll.for_datadir`.
 
         :raises DatabaseException: the version asked for is not the data directory's.
         """
-        datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
-        identity.check_links(datadir)
-        real = os.path.realpath(datadir)
-        inst = None
-        if register:
-            inst = registry.find_by_datadir(datadir)
-            if inst is None and real != str(datadir):
-                inst = _registered_at(datadir)
-        if inst is not None:
-            srv = cls(inst, register=register)
-            if version:
-                srv.installation(version)  # refuses a different major
-            return srv
-        install = pick_installation(datadir, version)
-        if name:
-            registry.check_name(name)
-            if register and name in registry.names():
-                other = registry.load(name)
-                if other.datadir != real:
-                    raise UsageError(
-                        f"instance name {name!r} is already used for {other.datadir}",
-                        hint="choose another --name",
-                    )
-            base = None
-        else:
-            base = Path(real).name
-            name = registry.unique_name(base) if register else base
-        inst = Instance(
-            name=name,
-            datadir=real,
-            major=install.major,
-            version=install.version,
-            bindir=str(install.bindir),
-        )
-        return cls(inst, register=register, new=True, name_base=base)
+        from pgmgr.core import enroll
+
+        return enroll.for_datadir(cls, datadir, name=name, version=version, register=register)
 
     @classmethod
     def load(cls, name_or_dir: str) -> Server:
@@ -212,7 +178,9 @@ class Server:
         on_disk = server.datadir_major(self.datadir)
         major = on_disk or self.inst.major
         if requested:
-            requested = check_major(self.datadir, major, requested)
+            from pgmgr.core import enroll
+
+            requested = enroll.check_major(self.datadir, major, requested)
         recorded = Path(self.inst.bindir) / "postgres"
         if not requested and recorded.is_file() and self.inst.major == major:
             return versions.Installation(
@@ -539,46 +507,6 @@ class Server:
         except psycopg.Error as e:
             raise WorkerError(f"cannot connect to {self.inst.name}: {str(e).strip()}") from None
         return time.monotonic() - t0
-
-
-def _registered_at(datadir: Path) -> Instance | None:
-    """The record pinned to the very directory ``datadir`` leads to through symlinks
-    (trusted ones only: :func:`identity.probe`), or None. As root, a path through a link to
-    a directory the server user can write is compared as written (see
-    :func:`registry.canonical`), so 'init -d LINK --name X' of a registered directory said
-    "registered" for an X it never made; by the directory itself, opened once, no swap
-    between a check and a use can point it at another instance."""
-    try:
-        now = identity.probe(datadir)
-    except (OSError, DatabaseException):
-        return None
-    for inst in registry.load_all()[0]:
-        if (inst.dev, inst.ino) == (now.dev, now.ino) and not inst.pending:
-            return inst
-    return None
-
-
-def pick_installation(datadir: Path, version: str | None) -> versions.Installation:
-    """The seed's version rules, with an existing data dir's PG_VERSION pinning the major."""
-    on_disk = server.datadir_major(datadir) if datadir.is_dir() else None
-    if on_disk and version:
-        version = check_major(datadir, on_disk, version)
-    return versions.select(version or on_disk).installation
-
-
-def check_major(datadir: Path, major: str, requested: str) -> str:
-    """``requested`` (validated) if it names the data directory's ``major`` version.
-
-    :raises UsageError: not a version. :raises DatabaseException: another major.
-    """
-    requested = versions.check_version_string(requested)
-    if versions.major_of(requested) != major and requested != major:
-        raise DatabaseException(
-            f"data directory {datadir} is PostgreSQL {major}; "
-            f"it cannot be run with version {requested}",
-            hint=f"leave out --version, or use -v {major}",
-        )
-    return requested
 
 
 _MOVED = {
