@@ -12,7 +12,6 @@ quoting in :mod:`pgmgr.core.pgtext`; their names are still reachable here.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -374,67 +373,31 @@ class Server:
         self, mode: str = "fast", timeout: float | None = 60.0, wait: bool = True,
         *, record: bool = True,
     ) -> bool:  # fmt: skip
-        """Stop the server if it runs. ``record``: save the record once it stopped (not
-        for a pause whose start saves it next: the pid it forgets is never trusted).
+        """Stop the server if it runs (see :func:`pgmgr.core.shutdown.stop`).
 
         :returns: False if it was not running.
         :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
         :raises IdentityChanged: the data directory was moved or replaced.
         """
-        self.check_identity("stop")
-        self.record_error = None
-        pf = self.running()
-        if pf is None:
-            self._reap()
-            if self.inst.pid is not None:
-                self.inst.pid = None
-                self._save_after_stop()
-            return False
-        if not wait:
-            process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
-            return True
-        if not server.stop(pf.pid, self.datadir, mode, timeout):
-            sessions = process.client_sessions(pf.pid)
-            held = f"; {len(sessions)} client session(s) still connected" if sessions else ""
-            raise WorkerError(
-                f"server (pid {pf.pid}) did not stop within {timeout:g} s in {mode} mode{held}",
-                hint="use '-m fast' to disconnect clients, or a longer --timeout",
-            )
-        self._reap()
-        self.inst.pid = None
-        if record:
-            self._save_after_stop()
-        return True
+        from pgmgr.core import shutdown
+
+        return shutdown.stop(self, mode, timeout, wait, record=record)
 
     def _save_after_stop(self) -> None:
-        """The server did stop: a record that cannot be updated (a full or read-only state
-        filesystem) does not make that a failure. The stale pid in it is never trusted
-        (process truth), so :attr:`record_error` only says why it was not updated."""
-        try:
-            self.save()
-        except OSError as e:
-            self.record_error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        from pgmgr.core import shutdown
+
+        shutdown.save_after_stop(self)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server to exit; its exit code when this process started it."""
-        if self.child is not None:
-            import subprocess
+        from pgmgr.core import shutdown
 
-            try:
-                return self.child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                raise WorkerError(f"server did not exit within {timeout:g} s") from None
-        pf = self.running()
-        if pf is not None and not process.wait_gone(pf.pid, self.datadir, timeout):
-            raise WorkerError(f"server did not exit within {timeout:g} s")
-        return None
+        return shutdown.wait(self, timeout)
 
     def _reap(self) -> None:
-        if self.child is not None:
-            import subprocess
+        from pgmgr.core import shutdown
 
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.child.wait(timeout=5)
+        shutdown.reap(self)
 
     # ------------------------------------------------------------------ status
 
