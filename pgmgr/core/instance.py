@@ -214,60 +214,28 @@ class Server:
         return identity.Identity(self.inst.dev, self.inst.ino, self.inst.system_id)
 
     def pin(self) -> bool:
-        """Record the identity of the data directory now at the path (after init, at
-        registration, or to fill in an older record). False if it cannot be proved: not
-        reachable without untrusted symlinks, or not a complete data directory."""
-        try:
-            now = identity.probe(self.datadir)
-        except (OSError, DatabaseException):
-            return False
-        if now.system_id is None:
-            return False
-        self.inst.dev, self.inst.ino, self.inst.system_id = now.dev, now.ino, now.system_id
-        return True
+        """Record the identity of the data directory now at the path; False if it cannot
+        be proved (see :func:`pgmgr.core.pinning.pin`)."""
+        from pgmgr.core import pinning
+
+        return pinning.pin(self)
 
     def check_identity(self, action: str) -> None:
         """Before acting on the instance: the directory at the recorded path must still be
-        the recorded one. An older record without an identity gets it now, if the directory
-        can be proved (not an unfinished build's: its command pins the directory it makes,
-        so one it did not pin is not its own); a missing directory is left to the caller.
+        the recorded one (see :func:`pgmgr.core.pinning.check_identity`).
 
-        :raises IdentityChanged: it was moved (the path crosses a symlink another user
-            controls) or replaced (exit code 4).
+        :raises IdentityChanged: it was moved or replaced (exit code 4).
         """
-        pinned = self.pinned()
-        state, why = identity.compare(pinned, self.datadir)
-        if state == identity.REPLACED and self.follow_switch():
-            state = None
-        if state in (identity.MOVED, identity.REPLACED):
-            raise identity.IdentityChanged(self.inst.name, self.inst.datadir, state, why, action)
-        if (
-            pinned is None
-            and state is None
-            and not self.inst.pending
-            and self.pin()
-            and not self.new
-        ):
-            self.save()
+        from pgmgr.core import pinning
+
+        pinning.check_identity(self, action)
 
     def follow_switch(self, save: bool = True) -> bool:
         """Whether the directory at the path is this instance as restored or upgraded by
-        pgmgr under another registration of it (see :mod:`pgmgr.core.rebind`): then the
-        record pins it (saved with ``save``)."""
+        pgmgr under another registration of it (see :func:`pgmgr.core.rebind.follow_switch`)."""
         from pgmgr.core import rebind
 
-        how = rebind.follow(self)
-        if how is None:
-            return False
-        if save:
-            gone = rebind.drop_rejected(self) if how == "upgraded" else []
-            if gone:
-                self.notes.append(
-                    f"'{self.inst.name}' was upgraded under another registration: dropped "
-                    f"the settings PostgreSQL {self.inst.version} rejects: {', '.join(gone)}"
-                )
-            self.save()
-        return True
+        return rebind.follow_switch(self, save)
 
     def save(self) -> None:
         if not self.register:
