@@ -20,7 +20,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgmgr.core import (
-    dirlock,
     identity,
     paths,
     privileges,
@@ -31,15 +30,16 @@ from pgmgr.core import (
     versions,
 )
 from pgmgr.core.errors import (
-    DatabaseException,
     WorkerError,
 )
 from pgmgr.core.paths import check_path_text as check_path_text
 from pgmgr.core.registry import Instance
 from pgmgr.core.server import InitOptions
+from pgmgr.core.state import BUILDING as BUILDING
 from pgmgr.core.state import DataDirNotFound as DataDirNotFound
 from pgmgr.core.state import Status as Status
 from pgmgr.core.state import crashed_detail as crashed_detail
+from pgmgr.core.state import unfinished as unfinished
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -53,29 +53,6 @@ if TYPE_CHECKING:
 
 #: moved to :func:`pgmgr.core.state.why_missing`
 _why_missing = state.why_missing
-
-
-#: The state of an instance whose build still runs, by command.
-BUILDING = {"import": "importing", "replica": "cloning", "branch": "branching"}
-
-
-def unfinished(inst: Instance, what: str) -> DatabaseException:
-    """The error for acting on an instance whose ``pgmgr import``/``replica``/``branch``
-    did not finish."""
-    hint = (
-        f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
-        f"'pgmgr destroy {inst.name}'"
-    )
-    if inst.pending == "branch":  # not redone in place: see pgmgr.core.branchplace
-        hint = (
-            f"it completes once its data directory {inst.datadir} is back; if something "
-            f"else stands there, forget it ('pgmgr forget {inst.name}') and branch again"
-        )
-    return DatabaseException(
-        f"'{inst.name}' is an unfinished 'pgmgr {inst.pending}' (interrupted, or still "
-        f"running) of {inst.pending_from}; it was not {what}",
-        hint=hint,
-    )
 
 
 @dataclass
@@ -372,22 +349,8 @@ class Server:
     def status(self, check: bool = False) -> Status:
         st = state.status(self, check)
         if self.inst.pending and st.state not in ("moved", "replaced"):
-            self._unfinished_state(st)
+            state.unfinished_state(self, st)
         return st
-
-    def _unfinished_state(self, st: Status) -> None:
-        """A build still running (``importing``, ``cloning``: its command holds the lock) or
-        interrupted (``incomplete``): never ``running``, even when its server runs."""
-        pending = self.inst.pending or ""
-        if dirlock.is_locked(self.datadir):
-            st.state = BUILDING.get(pending, "building")
-            st.detail = f"'pgmgr {pending}' is still making it"
-        else:
-            st.state = "incomplete"
-            st.detail = f"'pgmgr {pending}' did not finish" + (
-                f" (server still running, pid {st.pid})" if st.pid else ""
-            )
-        st.url = None
 
     # ------------------------------------------------------------------ connections
 
