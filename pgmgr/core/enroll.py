@@ -1,9 +1,10 @@
 """Finding or making the record for a data directory (:meth:`Server.for_datadir
 <pgmgr.core.instance.Server.for_datadir>`): the registered instance of the directory, or a
-new record named after it, with the binaries its ``PG_VERSION`` pins.
+new record named after it, with the binaries its ``PG_VERSION`` pins; and those binaries for
+an existing record (:meth:`Server.installation <pgmgr.core.instance.Server.installation>`).
 
-Loaded by ``init``, ``start -d`` and the like, never by ``pgmgr status`` of a registered
-instance.
+Loaded by ``init``, ``start`` and the like; ``pgmgr status`` of a registered instance loads
+it only to report the version of a directory switched under another registration.
 """
 
 from __future__ import annotations
@@ -96,6 +97,30 @@ def registered_at(datadir: Path) -> Instance | None:
         if (inst.dev, inst.ino) == (now.dev, now.ino) and not inst.pending:
             return inst
     return None
+
+
+def installation(srv: Server, requested: str | None = None) -> versions.Installation:
+    """The binaries for this instance: the recorded ones while they still exist and
+    match, else a fresh selection of the same major.
+
+    :raises DatabaseException: ``requested`` names another major than the data dir's.
+    """
+    on_disk = server.datadir_major(srv.datadir)
+    major = on_disk or srv.inst.major
+    if requested:
+        requested = check_major(srv.datadir, major, requested)
+    recorded = Path(srv.inst.bindir) / "postgres"
+    if not requested and recorded.is_file() and srv.inst.major == major:
+        return versions.Installation(
+            srv.inst.major, srv.inst.version, Path(srv.inst.bindir), "record"
+        )
+    install = versions.select(requested or major).installation
+    srv.inst.major, srv.inst.version, srv.inst.bindir = (
+        install.major,
+        install.version,
+        str(install.bindir),
+    )
+    return install
 
 
 def pick_installation(datadir: Path, version: str | None) -> versions.Installation:

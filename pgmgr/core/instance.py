@@ -5,9 +5,12 @@ the CLI (``pgmgr.commands``) and the library (:class:`pgmgr.Manager`) are both t
 over it. The live truth is always ``postmaster.pid`` plus the process table, so a server
 started by one process is found and stopped by another.
 
-The start machinery is in :mod:`pgmgr.core.startup` (loaded by a start, never by 'pgmgr
-status'), the status model and its computation in :mod:`pgmgr.core.state`, SQL and conninfo
-quoting in :mod:`pgmgr.core.pgtext`; their names are still reachable here.
+The work of most methods lives in modules loaded when it is needed, never by 'pgmgr
+status': the start machinery in :mod:`pgmgr.core.startup`, stopping in
+:mod:`pgmgr.core.shutdown`, finding or making a data directory's record and its binaries in
+:mod:`pgmgr.core.enroll`, the identity check before acting in :mod:`pgmgr.core.pinning`. The
+status model and its computation are in :mod:`pgmgr.core.state`, SQL and conninfo quoting in
+:mod:`pgmgr.core.pgtext`; the names callers used from here are still reachable here.
 """
 
 from __future__ import annotations
@@ -146,29 +149,13 @@ class Server:
         return self.inst.path
 
     def installation(self, requested: str | None = None) -> versions.Installation:
-        """The binaries for this instance: the recorded ones while they still exist and
-        match, else a fresh selection of the same major.
+        """The binaries for this instance (see :func:`pgmgr.core.enroll.installation`).
 
         :raises DatabaseException: ``requested`` names another major than the data dir's.
         """
-        on_disk = server.datadir_major(self.datadir)
-        major = on_disk or self.inst.major
-        if requested:
-            from pgmgr.core import enroll
+        from pgmgr.core import enroll
 
-            requested = enroll.check_major(self.datadir, major, requested)
-        recorded = Path(self.inst.bindir) / "postgres"
-        if not requested and recorded.is_file() and self.inst.major == major:
-            return versions.Installation(
-                self.inst.major, self.inst.version, Path(self.inst.bindir), "record"
-            )
-        install = versions.select(requested or major).installation
-        self.inst.major, self.inst.version, self.inst.bindir = (
-            install.major,
-            install.version,
-            str(install.bindir),
-        )
-        return install
+        return enroll.installation(self, requested)
 
     def user(self, requested: str | None = None) -> privileges.ServerUser | None:
         return privileges.server_user(self.datadir, requested or self.inst.server_user or None)
