@@ -40,7 +40,7 @@ def destroy(
     Example: pgmgr destroy scratch --yes
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops, replica, roles, snapcatalog
+    from pgmgr.core import replica, roles, snapcatalog, teardown
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import DataDirNotFound
     from pgmgr.core.locked import locked
@@ -49,7 +49,7 @@ def destroy(
         srv = c.resolve(name, None)
     except DataDirNotFound as e:  # not "create it with pgmgr init": nothing to destroy
         raise DataDirNotFound(e.datadir, e.why, hint=NOTHING_TO_DESTROY) from None
-    ops.check_destroyable(srv)
+    teardown.check_destroyable(srv)
     standbys = roles.standbys_of(srv)
     if standbys:
         ui.message(
@@ -75,7 +75,7 @@ def destroy(
         # added one since (--with-snapshots left it behind, unlisted, and said nothing).
         kept = snapcatalog.Kept.of(srv)
         dropped, note = replica.release_to_destroy(srv)
-        result = ops.destroy(srv)
+        result = teardown.destroy(srv)
         removed = kept.remove() if with_snapshots else 0
         kept.tidy()
     if json:

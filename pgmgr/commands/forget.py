@@ -16,7 +16,7 @@ def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
     Example: pgmgr forget old
     """
     c.quiet(quiet)
-    from pgmgr.core import ops, registry
+    from pgmgr.core import registry, teardown
     from pgmgr.core.locked import locked
 
     try:
@@ -24,7 +24,7 @@ def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
     except registry.CorruptRecord as e:
         if e.path.stem != name:
             raise
-        path = ops.forget_unreadable(e)
+        path = teardown.forget_unreadable(e)
         ui.message(
             f"Removed the unreadable record of '{name}' ({path}). No data directory was "
             "touched, and pgmgr cannot tell from the record whether a server still runs: "
@@ -32,5 +32,5 @@ def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
         )
         return
     with locked(srv):
-        ops.forget(srv)
+        teardown.forget(srv)
     ui.message(f"Forgot '{srv.inst.name}'; its data directory stays: {srv.datadir}")

@@ -21,13 +21,13 @@ from typing import Any
 from pgmgr.core import (
     copy,
     dirlock,
-    ops,
     privileges,
     registry,
     scram,
     server,
     staging,
     sweep,
+    teardown,
     testhook,
     userfs,
     versions,
@@ -107,7 +107,7 @@ def import_bundle(
     # The lock is held to the end: a retry waits for a live import, and finding the
     # pending record of this directory under it means its import is dead.
     with staging.signals_interrupt(), dirlock.lock(datadir):
-        earlier = ops.redo_unfinished(datadir, "import", str(bundle))
+        earlier = teardown.redo_unfinished(datadir, "import", str(bundle))
         name = name or earlier  # a retry without --name keeps the name it was given
         _check_new(datadir, name, install, manifest)
         srv = Server.for_datadir(datadir, name=name, version=install.version)
@@ -126,7 +126,7 @@ def import_bundle(
                 # The directory this import built (set once it is in place: a signal later
                 # in _init, before it returned, left it behind, the record removed).
                 if srv.built:
-                    ops.destroy(srv)
+                    teardown.destroy(srv)
                 else:  # a directory that appeared there is not ours to remove
                     registry.remove(srv.inst.name)
             raise

@@ -5,14 +5,16 @@ the CLI (``pgmgr.commands``) and the library (:class:`pgmgr.Manager`) are both t
 over it. The live truth is always ``postmaster.pid`` plus the process table, so a server
 started by one process is found and stopped by another.
 
-The start machinery is in :mod:`pgmgr.core.startup` (loaded by a start, never by 'pgmgr
-status'), the status model and its computation in :mod:`pgmgr.core.state`, SQL and conninfo
-quoting in :mod:`pgmgr.core.pgtext`; their names are still reachable here.
+The work of most methods lives in modules loaded when it is needed, never by 'pgmgr
+status': the start machinery in :mod:`pgmgr.core.startup`, stopping in
+:mod:`pgmgr.core.shutdown`, finding or making a data directory's record and its binaries in
+:mod:`pgmgr.core.enroll`, the identity check before acting in :mod:`pgmgr.core.pinning`. The
+status model and its computation are in :mod:`pgmgr.core.state`, SQL and conninfo quoting in
+:mod:`pgmgr.core.pgtext`; the names callers used from here are still reachable here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -21,7 +23,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgmgr.core import (
-    dirlock,
     identity,
     paths,
     privileges,
@@ -32,16 +33,16 @@ from pgmgr.core import (
     versions,
 )
 from pgmgr.core.errors import (
-    DatabaseException,
-    UsageError,
     WorkerError,
 )
 from pgmgr.core.paths import check_path_text as check_path_text
 from pgmgr.core.registry import Instance
 from pgmgr.core.server import InitOptions
+from pgmgr.core.state import BUILDING as BUILDING
 from pgmgr.core.state import DataDirNotFound as DataDirNotFound
 from pgmgr.core.state import Status as Status
 from pgmgr.core.state import crashed_detail as crashed_detail
+from pgmgr.core.state import unfinished as unfinished
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -56,29 +57,6 @@ if TYPE_CHECKING:
 
 #: moved to :func:`pgmgr.core.state.why_missing`
 _why_missing = state.why_missing
-
-
-#: The state of an instance whose build still runs, by command.
-BUILDING = {"import": "importing", "replica": "cloning", "branch": "branching"}
-
-
-def unfinished(inst: Instance, what: str) -> DatabaseException:
-    """The error for acting on an instance whose ``pgmgr import``/``replica``/``branch``
-    did not finish."""
-    hint = (
-        f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
-        f"'pgmgr destroy {inst.name}'"
-    )
-    if inst.pending == "branch":  # not redone in place: see pgmgr.core.branchplace
-        hint = (
-            f"it completes once its data directory {inst.datadir} is back; if something "
-            f"else stands there, forget it ('pgmgr forget {inst.name}') and branch again"
-        )
-    return DatabaseException(
-        f"'{inst.name}' is an unfinished 'pgmgr {inst.pending}' (interrupted, or still "
-        f"running) of {inst.pending_from}; it was not {what}",
-        hint=hint,
-    )
 
 
 @dataclass
@@ -142,47 +120,14 @@ class Server:
         version: str | None = None,
         register: bool = True,
     ) -> Server:
-        """The registered instance of ``datadir``, or a new record (not yet saved).
-
-        A data directory's ``PG_VERSION`` pins the major version.
+        """The registered instance of ``datadir``, or a new record (not yet saved): see
+        :func:`pgmgr.core.enroll.for_datadir`.
 
         :raises DatabaseException: the version asked for is not the data directory's.
         """
-        datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
-        identity.check_links(datadir)
-        real = os.path.realpath(datadir)
-        inst = None
-        if register:
-            inst = registry.find_by_datadir(datadir)
-            if inst is None and real != str(datadir):
-                inst = _registered_at(datadir)
-        if inst is not None:
-            srv = cls(inst, register=register)
-            if version:
-                srv.installation(version)  # refuses a different major
-            return srv
-        install = pick_installation(datadir, version)
-        if name:
-            registry.check_name(name)
-            if register and name in registry.names():
-                other = registry.load(name)
-                if other.datadir != real:
-                    raise UsageError(
-                        f"instance name {name!r} is already used for {other.datadir}",
-                        hint="choose another --name",
-                    )
-            base = None
-        else:
-            base = Path(real).name
-            name = registry.unique_name(base) if register else base
-        inst = Instance(
-            name=name,
-            datadir=real,
-            major=install.major,
-            version=install.version,
-            bindir=str(install.bindir),
-        )
-        return cls(inst, register=register, new=True, name_base=base)
+        from pgmgr.core import enroll
+
+        return enroll.for_datadir(cls, datadir, name=name, version=version, register=register)
 
     @classmethod
     def load(cls, name_or_dir: str) -> Server:
@@ -209,27 +154,13 @@ class Server:
         return self.inst.path
 
     def installation(self, requested: str | None = None) -> versions.Installation:
-        """The binaries for this instance: the recorded ones while they still exist and
-        match, else a fresh selection of the same major.
+        """The binaries for this instance (see :func:`pgmgr.core.enroll.installation`).
 
         :raises DatabaseException: ``requested`` names another major than the data dir's.
         """
-        on_disk = server.datadir_major(self.datadir)
-        major = on_disk or self.inst.major
-        if requested:
-            requested = check_major(self.datadir, major, requested)
-        recorded = Path(self.inst.bindir) / "postgres"
-        if not requested and recorded.is_file() and self.inst.major == major:
-            return versions.Installation(
-                self.inst.major, self.inst.version, Path(self.inst.bindir), "record"
-            )
-        install = versions.select(requested or major).installation
-        self.inst.major, self.inst.version, self.inst.bindir = (
-            install.major,
-            install.version,
-            str(install.bindir),
-        )
-        return install
+        from pgmgr.core import enroll
+
+        return enroll.installation(self, requested)
 
     def user(self, requested: str | None = None) -> privileges.ServerUser | None:
         return privileges.server_user(self.datadir, requested or self.inst.server_user or None)
@@ -252,60 +183,28 @@ class Server:
         return identity.Identity(self.inst.dev, self.inst.ino, self.inst.system_id)
 
     def pin(self) -> bool:
-        """Record the identity of the data directory now at the path (after init, at
-        registration, or to fill in an older record). False if it cannot be proved: not
-        reachable without untrusted symlinks, or not a complete data directory."""
-        try:
-            now = identity.probe(self.datadir)
-        except (OSError, DatabaseException):
-            return False
-        if now.system_id is None:
-            return False
-        self.inst.dev, self.inst.ino, self.inst.system_id = now.dev, now.ino, now.system_id
-        return True
+        """Record the identity of the data directory now at the path; False if it cannot
+        be proved (see :func:`pgmgr.core.pinning.pin`)."""
+        from pgmgr.core import pinning
+
+        return pinning.pin(self)
 
     def check_identity(self, action: str) -> None:
         """Before acting on the instance: the directory at the recorded path must still be
-        the recorded one. An older record without an identity gets it now, if the directory
-        can be proved (not an unfinished build's: its command pins the directory it makes,
-        so one it did not pin is not its own); a missing directory is left to the caller.
+        the recorded one (see :func:`pgmgr.core.pinning.check_identity`).
 
-        :raises IdentityChanged: it was moved (the path crosses a symlink another user
-            controls) or replaced (exit code 4).
+        :raises IdentityChanged: it was moved or replaced (exit code 4).
         """
-        pinned = self.pinned()
-        state, why = identity.compare(pinned, self.datadir)
-        if state == identity.REPLACED and self.follow_switch():
-            state = None
-        if state in (identity.MOVED, identity.REPLACED):
-            raise identity.IdentityChanged(self.inst.name, self.inst.datadir, state, why, action)
-        if (
-            pinned is None
-            and state is None
-            and not self.inst.pending
-            and self.pin()
-            and not self.new
-        ):
-            self.save()
+        from pgmgr.core import pinning
+
+        pinning.check_identity(self, action)
 
     def follow_switch(self, save: bool = True) -> bool:
         """Whether the directory at the path is this instance as restored or upgraded by
-        pgmgr under another registration of it (see :mod:`pgmgr.core.rebind`): then the
-        record pins it (saved with ``save``)."""
+        pgmgr under another registration of it (see :func:`pgmgr.core.rebind.follow_switch`)."""
         from pgmgr.core import rebind
 
-        how = rebind.follow(self)
-        if how is None:
-            return False
-        if save:
-            gone = rebind.drop_rejected(self) if how == "upgraded" else []
-            if gone:
-                self.notes.append(
-                    f"'{self.inst.name}' was upgraded under another registration: dropped "
-                    f"the settings PostgreSQL {self.inst.version} rejects: {', '.join(gone)}"
-                )
-            self.save()
-        return True
+        return rebind.follow_switch(self, save)
 
     def save(self) -> None:
         if not self.register:
@@ -411,89 +310,39 @@ class Server:
         self, mode: str = "fast", timeout: float | None = 60.0, wait: bool = True,
         *, record: bool = True,
     ) -> bool:  # fmt: skip
-        """Stop the server if it runs. ``record``: save the record once it stopped (not
-        for a pause whose start saves it next: the pid it forgets is never trusted).
+        """Stop the server if it runs (see :func:`pgmgr.core.shutdown.stop`).
 
         :returns: False if it was not running.
         :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
         :raises IdentityChanged: the data directory was moved or replaced.
         """
-        self.check_identity("stop")
-        self.record_error = None
-        pf = self.running()
-        if pf is None:
-            self._reap()
-            if self.inst.pid is not None:
-                self.inst.pid = None
-                self._save_after_stop()
-            return False
-        if not wait:
-            process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
-            return True
-        if not server.stop(pf.pid, self.datadir, mode, timeout):
-            sessions = process.client_sessions(pf.pid)
-            held = f"; {len(sessions)} client session(s) still connected" if sessions else ""
-            raise WorkerError(
-                f"server (pid {pf.pid}) did not stop within {timeout:g} s in {mode} mode{held}",
-                hint="use '-m fast' to disconnect clients, or a longer --timeout",
-            )
-        self._reap()
-        self.inst.pid = None
-        if record:
-            self._save_after_stop()
-        return True
+        from pgmgr.core import shutdown
+
+        return shutdown.stop(self, mode, timeout, wait, record=record)
 
     def _save_after_stop(self) -> None:
-        """The server did stop: a record that cannot be updated (a full or read-only state
-        filesystem) does not make that a failure. The stale pid in it is never trusted
-        (process truth), so :attr:`record_error` only says why it was not updated."""
-        try:
-            self.save()
-        except OSError as e:
-            self.record_error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        from pgmgr.core import shutdown
+
+        shutdown.save_after_stop(self)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server to exit; its exit code when this process started it."""
-        if self.child is not None:
-            import subprocess
+        from pgmgr.core import shutdown
 
-            try:
-                return self.child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                raise WorkerError(f"server did not exit within {timeout:g} s") from None
-        pf = self.running()
-        if pf is not None and not process.wait_gone(pf.pid, self.datadir, timeout):
-            raise WorkerError(f"server did not exit within {timeout:g} s")
-        return None
+        return shutdown.wait(self, timeout)
 
     def _reap(self) -> None:
-        if self.child is not None:
-            import subprocess
+        from pgmgr.core import shutdown
 
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.child.wait(timeout=5)
+        shutdown.reap(self)
 
     # ------------------------------------------------------------------ status
 
     def status(self, check: bool = False) -> Status:
         st = state.status(self, check)
         if self.inst.pending and st.state not in ("moved", "replaced"):
-            self._unfinished_state(st)
+            state.unfinished_state(self, st)
         return st
-
-    def _unfinished_state(self, st: Status) -> None:
-        """A build still running (``importing``, ``cloning``: its command holds the lock) or
-        interrupted (``incomplete``): never ``running``, even when its server runs."""
-        pending = self.inst.pending or ""
-        if dirlock.is_locked(self.datadir):
-            st.state = BUILDING.get(pending, "building")
-            st.detail = f"'pgmgr {pending}' is still making it"
-        else:
-            st.state = "incomplete"
-            st.detail = f"'pgmgr {pending}' did not finish" + (
-                f" (server still running, pid {st.pid})" if st.pid else ""
-            )
-        st.url = None
 
     # ------------------------------------------------------------------ connections
 
@@ -544,46 +393,6 @@ class Server:
         except psycopg.Error as e:
             raise WorkerError(f"cannot connect to {self.inst.name}: {str(e).strip()}") from None
         return time.monotonic() - t0
-
-
-def _registered_at(datadir: Path) -> Instance | None:
-    """The record pinned to the very directory ``datadir`` leads to through symlinks
-    (trusted ones only: :func:`identity.probe`), or None. As root, a path through a link to
-    a directory the server user can write is compared as written (see
-    :func:`registry.canonical`), so 'init -d LINK --name X' of a registered directory said
-    "registered" for an X it never made; by the directory itself, opened once, no swap
-    between a check and a use can point it at another instance."""
-    try:
-        now = identity.probe(datadir)
-    except (OSError, DatabaseException):
-        return None
-    for inst in registry.load_all()[0]:
-        if (inst.dev, inst.ino) == (now.dev, now.ino) and not inst.pending:
-            return inst
-    return None
-
-
-def pick_installation(datadir: Path, version: str | None) -> versions.Installation:
-    """The seed's version rules, with an existing data dir's PG_VERSION pinning the major."""
-    on_disk = server.datadir_major(datadir) if datadir.is_dir() else None
-    if on_disk and version:
-        version = check_major(datadir, on_disk, version)
-    return versions.select(version or on_disk).installation
-
-
-def check_major(datadir: Path, major: str, requested: str) -> str:
-    """``requested`` (validated) if it names the data directory's ``major`` version.
-
-    :raises UsageError: not a version. :raises DatabaseException: another major.
-    """
-    requested = versions.check_version_string(requested)
-    if versions.major_of(requested) != major and requested != major:
-        raise DatabaseException(
-            f"data directory {datadir} is PostgreSQL {major}; "
-            f"it cannot be run with version {requested}",
-            hint=f"leave out --version, or use -v {major}",
-        )
-    return requested
 
 
 _MOVED = {

@@ -1,8 +1,8 @@
-"""Everyday operations over one instance: restart, reload, logs, env, psql, destroy, forget.
+"""Everyday operations over one instance: restart, reload, logs, env, psql.
 
 Each function takes a :class:`~pgmgr.core.instance.Server` and does the work the matching
 ``pgmgr`` command only renders. Temporary instances (``pgmgr run`` and the pytest plugin)
-live in :mod:`pgmgr.core.temporary`.
+live in :mod:`pgmgr.core.temporary`; destroy and forget in :mod:`pgmgr.core.teardown`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import paths, process, registry, removal, server, testhook
+from pgmgr.core import paths, process, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
-from pgmgr.core.instance import Server, StartResult, unfinished
+from pgmgr.core.instance import Server, StartResult
 
 #: How often ``reload`` asks the server whether it re-read its configuration, and ``logs -f``
 #: looks for new lines. 10 ms: fast enough to feel instant, cheap enough to be invisible.
@@ -293,173 +293,3 @@ def exec_psql(srv: Server, args: list[str]) -> NoReturn:
     """
     argv, env = psql_command(srv, args)
     os.execvpe(argv[0], argv, env)  # noqa: S606 - argv, never a shell
-
-
-# --------------------------------------------------------------------------- destroy, forget
-
-
-@dataclass
-class DestroyResult:
-    """What ``pgmgr destroy`` removed."""
-
-    name: str
-    datadir: str
-    was_running: bool
-    removed_datadir: bool
-    removed_record: bool
-
-
-def check_destroyable(srv: Server) -> None:
-    """Whether ``srv``'s data directory may be removed: it is a registered instance whose
-    pinned identity still matches, or (an unregistered directory, an older record) a complete
-    data directory holding nothing but PostgreSQL's own entries.
-
-    :raises IdentityChanged: a registered instance's directory was moved or replaced.
-    :raises DatabaseException: not provably an instance (the foreign entries are listed).
-    """
-    datadir = srv.datadir
-    if datadir == Path(datadir.anchor) or datadir == Path.home():
-        raise DatabaseException(f"refusing to remove {datadir}")
-    registered = srv.register and not srv.new
-    pinned = srv.pinned() if registered else None
-    if registered:
-        srv.check_identity("destroy")
-    if not os.path.lexists(datadir):
-        return
-    # The directory is renamed there first: checked before the server is stopped (it was
-    # stopped, then "Permission denied: data -> .data.pgmgr-trash-PID", nothing removed).
-    paths.check_writable(datadir.parent, f"destroy '{srv.inst.name}'")
-    if pinned is None:
-        removal.check_complete(datadir, partial=bool(registered and srv.inst.pending))
-
-
-def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
-    """Stop the server (fast, then immediate: its data is going anyway), remove the data
-    directory (renamed to a trash name first, then deleted: see :mod:`pgmgr.core.removal`),
-    what an interrupted destroy left, its log, socket dir and pgpass file, and the record.
-
-    :raises DatabaseException: not provably an instance (see :func:`check_destroyable`), or
-        a postgres process still uses it after the stop (see :func:`check_unused`).
-    :raises WorkerError: it could not be stopped.
-    """
-    check_destroyable(srv)
-    was_running = False
-    if srv.running() is not None:
-        try:
-            was_running = srv.stop("fast", timeout)
-        except WorkerError:
-            was_running = srv.stop("immediate", timeout)
-    datadir = srv.datadir
-    testhook.pause("destroy-stopped")
-    if os.path.lexists(datadir):
-        check_unused(datadir)
-    pinned = srv.pinned()
-    existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
-    _sweep_trash(srv)
-    _remove_leftovers(srv)
-    testhook.pause("destroy-record")
-    removed_record = srv.register and registry.remove(srv.inst.name)
-    return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
-
-
-def redo_unfinished(datadir: Path, command: str, source: str) -> str | None:
-    """Remove the unfinished build of ``datadir`` by the same ``command`` from the same
-    ``source`` (its process is dead: the caller holds the directory's lock), so it can be
-    made again. A finished instance there is left for the caller to refuse.
-
-    :raises DatabaseException: an unfinished build by another command or from another
-        source is there.
-
-    :returns: its name (the retry keeps it), or None if there was none.
-    """
-    inst = registry.find_by_datadir(datadir)
-    if inst is None or not inst.pending:
-        return None
-    if inst.pending != command or inst.pending_from != source:
-        raise unfinished(inst, "replaced")
-    srv = Server(inst)
-    if inst.primary:
-        from pgmgr.core import replica
-
-        replica.release_to_destroy(srv)
-    destroy(srv)
-    return inst.name
-
-
-def _remove_leftovers(srv: Server) -> None:
-    """The instance's log (when it is in pgmgr's own log directory), pgpass file and private
-    socket directory: destroy and forget leave none of them behind."""
-    from pgmgr.core import logfile
-
-    if srv.log_file.parent == paths.state_dir() / "logs":
-        for log in logfile.all_files(srv.log_file):
-            with contextlib.suppress(OSError):
-                log.unlink()
-    with contextlib.suppress(OSError):
-        passfile_path(srv.inst.name).unlink()
-    su = srv.user() if srv.inst.server_user else None
-    owner = su.uid if su is not None else os.geteuid()
-    removal.remove_socket_dir(srv.inst.socket_dir, srv.datadir, srv.inst.port, owner)
-
-
-def check_unused(datadir: Path, grace: float = 1.0) -> None:
-    """Defence in depth before deleting a data directory: no postgres process may still
-    work in it, even one pgmgr did not recognise as its server (waits up to ``grace``
-    seconds for processes that are exiting).
-
-    :raises DatabaseException: some still do.
-    """
-    deadline = time.monotonic() + grace
-    while users := process.processes_in(datadir):
-        if time.monotonic() >= deadline:
-            pids = ", ".join(str(p) for p in users)
-            raise DatabaseException(
-                f"refusing to remove {datadir}: postgres processes still use it (pid {pids}); "
-                "nothing was removed",
-                hint="pgmgr did not recognise them as this instance's server: stop that "
-                "server (SIGINT to its postmaster is a fast shutdown), then try again",
-            )
-        time.sleep(POLL)
-
-
-def forget(srv: Server) -> bool:
-    """Remove the record only; the data directory stays.
-
-    :raises DatabaseException: the instance is running (forgetting it would orphan it).
-    """
-    pf = srv.running()
-    if pf is not None:
-        raise DatabaseException(
-            f"'{srv.inst.name}' is running (pid {pf.pid}); refusing to forget it",
-            hint=f"stop it first with 'pgmgr stop {srv.inst.name}'",
-        )
-    _sweep_trash(srv)
-    _remove_leftovers(srv)
-    return registry.remove(srv.inst.name)
-
-
-def _sweep_trash(srv: Server) -> None:
-    """:func:`removal.sweep_trash` of what a destroy of ``srv`` itself left."""
-    pinned = srv.pinned()
-    try:
-        user = srv.user()
-    except DatabaseException:
-        user = None
-    expect = (pinned.dev, pinned.ino) if pinned else None
-    removal.sweep_trash(srv.datadir, expect, user.uid if user else None)
-
-
-def forget_unreadable(err: registry.CorruptRecord) -> Path:
-    """Remove an unreadable record file (and its pgpass file), as its error's hint says.
-
-    Nothing in it can be trusted, so nothing else is touched: not the data directory it may
-    name, and no server (whether one still runs there cannot be known from it).
-
-    :returns: the path of the removed record.
-    """
-    name = err.path.stem
-    with contextlib.suppress(FileNotFoundError):
-        err.path.unlink()
-    with contextlib.suppress(OSError):
-        passfile_path(name).unlink()
-    return err.path

@@ -70,6 +70,24 @@ def follow(srv: Server) -> str | None:
     return how
 
 
+def follow_switch(srv: Server, save: bool = True) -> bool:
+    """Whether the directory at the path is this instance as restored or upgraded by
+    pgmgr under another registration of it (see the module doc): then the record pins it
+    (saved with ``save``, the settings the new major rejects dropped after an upgrade)."""
+    how = follow(srv)
+    if how is None:
+        return False
+    if save:
+        gone = drop_rejected(srv) if how == "upgraded" else []
+        if gone:
+            srv.notes.append(
+                f"'{srv.inst.name}' was upgraded under another registration: dropped "
+                f"the settings PostgreSQL {srv.inst.version} rejects: {', '.join(gone)}"
+            )
+        srv.save()
+    return True
+
+
 def drop_rejected(srv: Server) -> list[str]:
     """After following an upgrade (or its rollback): remove from ``srv.inst`` (the caller
     saves) the settings the major now in the data directory rejects, as the upgrade did

@@ -137,7 +137,7 @@ def create(
     :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
         of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
     """
-    from pgmgr.core import ops, staging
+    from pgmgr.core import staging, teardown
 
     server.check_port_option(port)
     check_source(src, version)
@@ -149,7 +149,7 @@ def create(
     # The lock is held to the end: a retry waits for a live replica command, and finding
     # the pending record of this directory under it means its command is dead.
     with staging.signals_interrupt(), dirlock.lock(path):
-        name = ops.redo_unfinished(path, "replica", src.inst.name) or name
+        name = teardown.redo_unfinished(path, "replica", src.inst.name) or name
         target = target_dir(src, name, path)
         rep = _register(src, name, target)
         try:
@@ -166,7 +166,7 @@ def create(
                 release_to_destroy(rep)
             with contextlib.suppress(Exception):
                 if rep.inst.ino is not None:  # pinned when _clone made the directory
-                    ops.destroy(rep)
+                    teardown.destroy(rep)
                 else:  # a directory that appeared there is not ours to remove
                     registry.remove(rep.inst.name)
             raise

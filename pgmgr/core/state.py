@@ -1,6 +1,7 @@
 """An instance's state as ``pgmgr status`` reports it: the :class:`Status` model, its
-computation from the process truth, and why a data directory is missing or a
-``postmaster.pid`` stale."""
+computation from the process truth, why a data directory is missing or a
+``postmaster.pid`` stale, and the state of (and the error for acting on) an unfinished
+``pgmgr import``/``replica``/``branch``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import identity, process, server
+from pgmgr.core import dirlock, identity, process, server
 from pgmgr.core.errors import (
     EXIT_NO_INSTANCE,
     EXIT_NOT_RUNNING,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pgmgr.core.instance import Server
+    from pgmgr.core.registry import Instance
 
 
 class DataDirNotFound(InstanceNotFound, DatabaseException):
@@ -51,6 +53,29 @@ def _could_init(datadir: Path) -> bool:
         return not datadir.exists() or (datadir.is_dir() and not any(datadir.iterdir()))
     except OSError:
         return False
+
+
+#: The state of an instance whose build still runs, by command.
+BUILDING = {"import": "importing", "replica": "cloning", "branch": "branching"}
+
+
+def unfinished(inst: Instance, what: str) -> DatabaseException:
+    """The error for acting on an instance whose ``pgmgr import``/``replica``/``branch``
+    did not finish."""
+    hint = (
+        f"run the same 'pgmgr {inst.pending}' again to redo it, or remove it with "
+        f"'pgmgr destroy {inst.name}'"
+    )
+    if inst.pending == "branch":  # not redone in place: see pgmgr.core.branchplace
+        hint = (
+            f"it completes once its data directory {inst.datadir} is back; if something "
+            f"else stands there, forget it ('pgmgr forget {inst.name}') and branch again"
+        )
+    return DatabaseException(
+        f"'{inst.name}' is an unfinished 'pgmgr {inst.pending}' (interrupted, or still "
+        f"running) of {inst.pending_from}; it was not {what}",
+        hint=hint,
+    )
 
 
 @dataclass
@@ -156,6 +181,21 @@ def status(srv: Server, check: bool = False) -> Status:
     if st.state in ("stopped", "crashed"):
         _stopped_by(st, srv)
     return st
+
+
+def unfinished_state(srv: Server, st: Status) -> None:
+    """A build still running (``importing``, ``cloning``: its command holds the lock) or
+    interrupted (``incomplete``): never ``running``, even when its server runs."""
+    pending = srv.inst.pending or ""
+    if dirlock.is_locked(srv.datadir):
+        st.state = BUILDING.get(pending, "building")
+        st.detail = f"'pgmgr {pending}' is still making it"
+    else:
+        st.state = "incomplete"
+        st.detail = f"'pgmgr {pending}' did not finish" + (
+            f" (server still running, pid {st.pid})" if st.pid else ""
+        )
+    st.url = None
 
 
 def _stopped_by(st: Status, srv: Server) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgmgr.core import ops, process
+from pgmgr.core import process, teardown
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
 from tests.reliability.conftest import InstFactory, pgmgr
@@ -29,7 +29,7 @@ def test_destroy_refuses_a_datadir_in_use_by_an_unrecognised_server(
         srv = Server.load("db")
         assert srv.running() is None, "the mock makes pgmgr miss the server"
         with pytest.raises(DatabaseException, match="still use it") as err:
-            ops.destroy(srv, timeout=5)
+            teardown.destroy(srv, timeout=5)
     assert str(pid) in str(err.value)
     assert err.value.exit_code == 1
 

@@ -1,0 +1,88 @@
+"""Stopping a server (:meth:`Server.stop <pgmgr.core.instance.Server.stop>`), waiting for
+it to exit and reaping the postgres child this process started.
+
+The signals and the wait are :func:`pgmgr.core.server.stop`'s; this module decides what the
+record says once it stopped. Loaded by the commands that stop, never by ``pgmgr status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from pgmgr.core import process, server
+from pgmgr.core.errors import WorkerError
+
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+
+def stop(
+    srv: Server, mode: str = "fast", timeout: float | None = 60.0, wait: bool = True,
+    *, record: bool = True,
+) -> bool:  # fmt: skip
+    """Stop the server if it runs. ``record``: save the record once it stopped (not
+    for a pause whose start saves it next: the pid it forgets is never trusted).
+
+    :returns: False if it was not running.
+    :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
+    :raises IdentityChanged: the data directory was moved or replaced.
+    """
+    srv.check_identity("stop")
+    srv.record_error = None
+    pf = srv.running()
+    if pf is None:
+        reap(srv)
+        if srv.inst.pid is not None:
+            srv.inst.pid = None
+            save_after_stop(srv)
+        return False
+    if not wait:
+        process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
+        return True
+    if not server.stop(pf.pid, srv.datadir, mode, timeout):
+        sessions = process.client_sessions(pf.pid)
+        held = f"; {len(sessions)} client session(s) still connected" if sessions else ""
+        raise WorkerError(
+            f"server (pid {pf.pid}) did not stop within {timeout:g} s in {mode} mode{held}",
+            hint="use '-m fast' to disconnect clients, or a longer --timeout",
+        )
+    reap(srv)
+    srv.inst.pid = None
+    if record:
+        save_after_stop(srv)
+    return True
+
+
+def save_after_stop(srv: Server) -> None:
+    """The server did stop: a record that cannot be updated (a full or read-only state
+    filesystem) does not make that a failure. The stale pid in it is never trusted
+    (process truth), so :attr:`Server.record_error` only says why it was not updated."""
+    try:
+        srv.save()
+    except OSError as e:
+        srv.record_error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+
+
+def wait(srv: Server, timeout: float | None = None) -> int | None:
+    """Wait for the server to exit; its exit code when this process started it."""
+    if srv.child is not None:
+        import subprocess  # only here: a server this process started
+
+        try:
+            return srv.child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise WorkerError(f"server did not exit within {timeout:g} s") from None
+    pf = srv.running()
+    if pf is not None and not process.wait_gone(pf.pid, srv.datadir, timeout):
+        raise WorkerError(f"server did not exit within {timeout:g} s")
+    return None
+
+
+def reap(srv: Server) -> None:
+    """Collect the exit status of the postgres child this process started, if any."""
+    if srv.child is not None:
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            srv.child.wait(timeout=5)
