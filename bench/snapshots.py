@@ -22,12 +22,13 @@ work directory, loop-mounted, so the copies are ``FICLONE`` clones. Those rows s
 baselines measured on the first filesystem.
 
 Each case runs ``--runs`` times (default 3; the median is shown: on this VM's disk one run
-of a case varied by up to 1.8x); the machine's page cache is flushed with ``sync`` before
-each side (untimed), and the next case waits until the old state a restore replaced has
-been deleted in the background. Everything lives under one
-temporary directory in /tmp with its own pgmgr state; every server started is stopped and the
-directory removed at the end. As root, the baselines run as the ``postgres`` user, as pgmgr's
-servers do. Writes a section of bench/RESULTS.md unless ``--no-write``.
+of a case varied by up to 1.8x); the machine's page cache is flushed with ``sync``
+(twice: see :meth:`Bench.timed`) before each side (untimed), and the next case waits until
+the old state a restore replaced has been deleted in the background. Everything lives
+under one temporary directory in /tmp with its own pgmgr state; every server started is
+stopped and the directory removed at the end. As root, the baselines run as the
+``postgres`` user, as pgmgr's servers do. Writes a section of bench/RESULTS.md unless
+``--no-write``.
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ class Bench:
 
     @staticmethod
     def timed(fn: Callable[[], object]) -> float:
+        # Twice: the first flushes the loop-mounted XFS into its image file, whose pages on
+        # the host filesystem are dirty again after it; the second writes those out. With
+        # one, the first fsync of a timed run on the XFS (a restore's swap) sometimes paid
+        # for ~1 GB of the untimed set-up's writes (runs of 2.1 s among ones of 0.35 s).
+        subprocess.run(["sync"], check=True)
         subprocess.run(["sync"], check=True)
         t0 = time.perf_counter()
         fn()
@@ -482,7 +488,7 @@ def machine(b: Bench, runs: int) -> list[str]:
         f"user: {'root (servers run as postgres)' if b.root else pwd.getpwuid(os.getuid())[0]}",
         f"- load average (1 min) at the end: {os.getloadavg()[0]:.2f}; "
         f"median of {runs} runs per case, "
-        f"`sync` (untimed) before each side; date: {time.strftime('%Y-%m-%d %H:%M')}",
+        f"`sync` twice (untimed) before each side; date: {time.strftime('%Y-%m-%d %H:%M')}",
     ]
 
 
