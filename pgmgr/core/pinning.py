@@ -8,11 +8,10 @@ load this module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pgmgr.core import identity
 from pgmgr.core.errors import DatabaseException
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
 
