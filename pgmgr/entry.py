@@ -165,8 +165,13 @@ def guarded(call: Callable[[], int | None]) -> int:
         ui.error(str(e), e.hint)
         return e.exit_code
     except KeyboardInterrupt as e:
-        if isinstance(e.__cause__, PgmgrError):  # it came while that failure cleaned up:
-            ui.error(str(e.__cause__), e.__cause__.hint)  # both are said (sigguard.redeliver)
+        cause = e.__cause__  # the failure it came during the clean-up of: both are said
+        if isinstance(cause, PgmgrError):  # (see sigguard.redeliver)
+            ui.error(str(cause), cause.hint)
+        elif isinstance(cause, OSError) and not isinstance(cause, BrokenPipeError):
+            from pgmgr.core.errors import describe_os_error
+
+            ui.error(describe_os_error(cause))
         _hush()
         sys.stderr.write("Interrupted\n")
         if "pgmgr.core.testhook" in sys.modules:
