@@ -26,7 +26,15 @@ def ok(run: Run) -> Run:
 class Paused:
     """``pgmgr ARGS`` started with a pause at ``step``; :meth:`reached` waits for it."""
 
-    def __init__(self, hooks: Path, step: str, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        hooks: Path,
+        step: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        ignore: tuple[int, ...] = (),
+    ):
+        """``ignore``: signals pgmgr starts with ignored (as under ``nohup``, SIGHUP)."""
         self.hooks, self.step = hooks, step
         self._disarm()
         (hooks / step).touch()
@@ -38,6 +46,9 @@ class Paused:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=(lambda: [signal.signal(s, signal.SIG_IGN) for s in ignore])
+            if ignore
+            else None,
         )
 
     def __enter__(self) -> Paused:

@@ -138,7 +138,7 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     :raises NotRunning: not running. :raises DatabaseException: ``dest`` exists; a dump
         failed (nothing is left).
     """
-    from pgmgr.core import staging
+    from pgmgr.core import sigguard
 
     t0 = time.monotonic()
     if srv.inst.pending:  # a half-made instance would give a bundle that looks complete
@@ -150,7 +150,7 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     dbs, version = _facts(srv)
     _sweep_exports(dest)
     work = dest.parent / f"{_work_prefix(dest)}{os.getpid()}"
-    with staging.signals_interrupt():
+    with sigguard.interruptible():
         work.mkdir(mode=0o700)
         try:
             files = _dump(srv, install, work, dbs, with_passwords)

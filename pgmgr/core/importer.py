@@ -25,7 +25,7 @@ from pgmgr.core import (
     registry,
     scram,
     server,
-    staging,
+    sigguard,
     sweep,
     teardown,
     testhook,
@@ -106,7 +106,7 @@ def import_bundle(
         registry.check_name(name)
     # The lock is held to the end: a retry waits for a live import, and finding the
     # pending record of this directory under it means its import is dead.
-    with staging.signals_interrupt(), dirlock.lock(datadir):
+    with sigguard.interruptible(), dirlock.lock(datadir):
         earlier = teardown.redo_unfinished(datadir, "import", str(bundle))
         name = name or earlier  # a retry without --name keeps the name it was given
         _check_new(datadir, name, install, manifest)

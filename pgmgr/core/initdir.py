@@ -158,7 +158,7 @@ def build(
     """
     stage = staging.Stage(srv.datadir, su)
     built: Built | None = None
-    with staging.signals_interrupt():
+    with sigguard.interruptible():
         stage.open()
         try:
             if pin_early:

@@ -137,7 +137,7 @@ def create(
     :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
         of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
     """
-    from pgmgr.core import staging, teardown
+    from pgmgr.core import sigguard, teardown
 
     server.check_port_option(port)
     check_source(src, version)
@@ -148,7 +148,7 @@ def create(
     path = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
     # The lock is held to the end: a retry waits for a live replica command, and finding
     # the pending record of this directory under it means its command is dead.
-    with staging.signals_interrupt(), dirlock.lock(path):
+    with sigguard.interruptible(), dirlock.lock(path):
         name = teardown.redo_unfinished(path, "replica", src.inst.name) or name
         target = target_dir(src, name, path)
         rep = _register(src, name, target)

@@ -40,18 +40,32 @@ def _main_thread() -> bool:
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGTERM and SIGHUP act like Ctrl-C for the duration, so the clean-up in ``finally``
-    blocks runs for a CI timeout or a closed terminal too (only in the main thread)."""
+    blocks runs for a CI timeout or a closed terminal too (only in the main thread).
+
+    Only where the signal has its default action: a handler of the caller's stays in
+    charge (``start --foreground`` and ``pgmgr run`` record a SIGTERM and stop the server
+    once it is up; a library caller may have its own), and so does an ignored SIGHUP
+    (under ``nohup``, a closed terminal must not cancel the work). A second SIGTERM or
+    SIGHUP while the first one's clean-up runs is ignored: the clean-up is what the first
+    asked for, and a second KeyboardInterrupt would cut it short (a half-removed work
+    directory). One :func:`interruptible` serves every command that must finish or be
+    undone (init, import, replica, bundle, snapshot, restore, branch, upgrade, start)."""
     if not _main_thread() or _State.committed:  # past the point of no return: held
         yield
         return
+    hit: list[int] = []
 
     def _raise(signum: int, frame: object) -> None:
+        if hit:  # its clean-up runs already
+            return
+        hit.append(signum)
         raise KeyboardInterrupt
 
     if _State.depth == 0:
         _State.saved = {s: signal.getsignal(s) for s in SIGNALS}
     _State.depth += 1
-    old = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGHUP)}
+    taken = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    old = {s: signal.signal(s, _raise) for s in taken}
     failed = False
     try:
         yield

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,36 +206,6 @@ def remove_cluster(datadir: Path, created: bool, user: ServerUser | None) -> Non
                 os.rmdir(datadir.name, dir_fd=fd)
     except Exception:  # noqa: S110 - best effort, as the cleanup of a failed command
         pass
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a CI or systemd timeout, a closed terminal) interrupt the init
-    like Ctrl-C, so its cleanup runs; a second signal while cleaning up is ignored. Only in
-    the main thread (elsewhere Python cannot set handlers): a no-op there. Only where the
-    signal has its default action: a caller's own handler stays in charge (``start
-    --foreground`` and ``pgmgr run`` record it and stop the server once started, as they
-    do a Ctrl-C; an ignored SIGHUP, under nohup, stays ignored)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hit: list[int] = []
-
-    def interrupt(signum: int, frame: object) -> None:
-        if not hit:
-            hit.append(signum)
-            raise KeyboardInterrupt
-
-    sigs = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
-    old = {s: signal.signal(s, interrupt) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 # --------------------------------------------------------------------------- as the user

@@ -125,6 +125,29 @@ def test_an_interrupted_import_is_redone_or_destroyed(
         assert fresh.pgmgr("destroy", "imp", "--yes").returncode == 0
 
 
+def test_a_second_sigterm_while_an_interrupted_import_is_undone(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    """SIGTERM during the restore, then SIGTERM again while the import destroys what it
+    made (the pause 'destroy-renamed'): the second is ignored (sigguard.interruptible)
+    and the clean-up completes. Taken like the first, it cut the destroy short and left
+    an incomplete instance behind."""
+    target = ops_dir / "imp"
+    (hooks / "destroy-renamed").touch()
+    run = Paused(hooks, "import-restored-db", "import", str(bundle[0]), "-d", str(target))
+    run.reached()
+    run.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while not (hooks / "destroy-renamed.reached").exists():
+        assert run.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    (hooks / "destroy-renamed.go").touch()
+    assert run.kill(0) == 130  # signal 0: only waits for it
+    assert_gone(fresh, "imp", target)
+
+
 def test_a_data_directory_that_appears_during_an_import_is_left_alone(
     fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
 ) -> None:

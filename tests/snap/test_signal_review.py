@@ -198,16 +198,16 @@ armed = []
 # are let through again, before the answer is read.
 os.register_at_fork(before=lambda: armed and os.kill(os.getpid(), signal.SIGTERM))
 user = lookup("postgres")
-with sigguard.interruptible():
-    before = len(os.listdir("/proc/self/fd"))
-    for _ in range(3):
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(3):  # a block each: a second SIGTERM in one block is ignored (its clean-up)
+    with sigguard.interruptible():
         armed.append(1)
         try:
             userfs.as_user(user, int)
         except KeyboardInterrupt:
             print("interrupted")
         armed.clear()
-    print(len(os.listdir("/proc/self/fd")) - before)
+print(len(os.listdir("/proc/self/fd")) - before)
 print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])) == [])
 """
 
@@ -356,9 +356,9 @@ def profile(frame, event, arg):  # a SIGTERM right after as_user made its pipe
 
 
 user = lookup("postgres")
-with sigguard.interruptible():
-    before = len(os.listdir("/proc/self/fd"))
-    for _ in range(3):
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(3):  # a block each: a second SIGTERM in one block is ignored (its clean-up)
+    with sigguard.interruptible():
         armed.append(1)
         sys.setprofile(profile)
         try:
@@ -367,7 +367,7 @@ with sigguard.interruptible():
             print("interrupted")
         finally:
             sys.setprofile(None)
-    print(len(os.listdir("/proc/self/fd")) - before)
+print(len(os.listdir("/proc/self/fd")) - before)
 """
 
 
