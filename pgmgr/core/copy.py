@@ -92,6 +92,8 @@ class _State:
     flush: Flush | None = None  # see copydata.writeback
     #: link_dest: whether the file at this path relative to the top is unchanged
     unchanged: Callable[[str, os.stat_result], bool] | None = None
+    #: link_dest: the stamp of each file linked, by its path relative to the top
+    linked: dict[str, tuple[int, int, int, int]] | None = None
 
 
 def forced_method() -> str | None:
@@ -166,6 +168,7 @@ def copy_tree(
     flush: bool = False,
     link_dest: int | None = None,
     unchanged: Callable[[str, os.stat_result], bool] | None = None,
+    linked: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> CopyStats:
     """Copy the directory ``src`` (a path, or a directory fd the caller keeps) to ``dst``,
     which must not exist (relative to ``dst_dir_fd`` when given). Modes are kept; owner is
@@ -175,7 +178,10 @@ def copy_tree(
     ``link_dest`` (a directory fd) and ``unchanged``, as rsync's ``--link-dest``: a regular
     file of ``src`` whose counterpart at the same place under ``link_dest`` passes
     ``unchanged(relative path, its lstat)`` is hard-linked from there instead of copied
-    (copied after all where a link fails: another filesystem, too many links).
+    (copied after all where a link fails: another filesystem, too many links). ``linked``,
+    if given, gets the ``(inode, size, mtime, ctime)`` of each file linked, as it was once
+    linked: ``link_dest`` may be live, and a caller that lets it be written meanwhile
+    tells by them which of those files were written since (and copies them again).
 
     On failure the partial ``dst`` is left for the caller to remove (it knows whether it
     may): :func:`pgmgr.core.userfs.rmtree_at`.
@@ -188,6 +194,7 @@ def copy_tree(
     state = _State(methods, CopyStats(), current_umask(), copydata.writeback() if flush else None)
     if link_dest is not None and unchanged is not None:
         state.unchanged = unchanged
+        state.linked = linked
     else:
         link_dest = None
     sfd = src if isinstance(src, int) else os.open(src, _DIR_FLAGS)
@@ -297,12 +304,33 @@ def _link(lfd: int, dfd: int, name: str, rel: str, state: _State) -> bool:
         if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP):
             raise
         return False
+    # What was linked is the file that was checked, unwritten since: ``link_dest`` may be
+    # live (a restore stages while the server runs), and a file renamed over that name
+    # between the stat and the link (PostgreSQL rewrites a few that way) or written
+    # meanwhile must be copied instead. (Writes after this the caller checks: a write
+    # sets a newer mtime, see pgmgr.core.delta.)
+    now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+        os.unlink(name, dir_fd=dfd)
+        return False
+    if state.linked is not None:
+        state.linked[rel] = (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns)
     state.stats.files += 1
     state.stats.bytes += st.st_size
     state.stats.linked += 1
     state.stats.linked_bytes += st.st_size
     state.stats.by_method["link"] = state.stats.by_method.get("link", 0) + st.st_size
     return True
+
+
+def copy_file(sfd: int, dfd: int, name: str) -> CopyStats:
+    """Copy the regular file ``name`` of the directory ``sfd`` into the directory ``dfd``
+    (where ``name`` must not exist), as :func:`copy_tree` copies each of its files."""
+    forced = forced_method()
+    methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
+    state = _State(methods, CopyStats(), current_umask())
+    _copy_file(sfd, dfd, name, state)
+    return state.stats
 
 
 def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:

@@ -7,7 +7,9 @@ the copy), on the data directory's device. A restore builds the new data directo
 the copy engine's ``link_dest``: a file whose current ``lstat`` still matches the index has
 not been written since (any write, truncation, ``chmod`` or replacement changes its ctime,
 which no user call can set back, or its inode), so it holds the snapshot's bytes and is
-linked instead of copied. Everything else comes from the snapshot. The restored directory
+linked instead of copied. Everything else comes from the snapshot. The server may still
+run meanwhile: a linked file it writes before it is stopped gets a new ctime, and is
+copied from the snapshot after all (:func:`pgmgr.core.restore._recheck`). The restored directory
 never shares a file with the snapshot itself, and the directory it replaced (which shares
 the linked files) loses their names before the server starts again; then the index is
 taken afresh from the restored directory, for the next restore.

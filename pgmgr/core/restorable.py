@@ -81,7 +81,7 @@ def _inspect(
 ) -> tuple[str, str | None, delta.Index | None]:
     """:func:`_identify`, and :func:`_index` if ``by_difference``: one process as the user."""
     current, why = _identify(datadir, snapdir, meta)
-    return current, why, _index(snapdir, datadir, meta) if by_difference and not why else None
+    return current, why, _index(snapdir) if by_difference and not why else None
 
 
 def survey(
@@ -102,17 +102,13 @@ def survey(
         return listing, (meta, e)
 
 
-def _index(snapdir: Path, datadir: Path, meta: Meta) -> delta.Index | None:
-    """The index of ``snapdir`` if at least half the snapshot's bytes still match it in
-    ``datadir`` (running); else None: a full copy, made while the server runs, costs less
-    downtime than copying most of the snapshot once it is stopped. Also None where the
-    copy is by clones (reflink): cloning every file takes longer than hard-linking most
-    of them (~50 against ~15 us a file on XFS), but while the server runs, and leaves
-    nothing to relink or reindex (:func:`pgmgr.core.restore._reindex`) once it is
-    stopped. As the user."""
+def _index(snapdir: Path) -> delta.Index | None:
+    """The index of ``snapdir``, to restore by difference with; None where the copy is by
+    clones (reflink): cloning every file takes longer than hard-linking most of them (~50
+    against ~15 us a file on XFS), but leaves nothing to relink or reindex
+    (:func:`pgmgr.core.restore._reindex`) once the server is stopped. (However little of
+    the data directory still matches it: what does not is copied while the server runs, as a
+    full copy would be.) As the user."""
     if copy.clones_from(snapdir, snapdir.parent):
         return None
-    index = delta.load(snapdir)
-    if index is None or 2 * delta.kept_bytes(index, datadir) < meta.size:
-        return None
-    return index
+    return delta.load(snapdir)

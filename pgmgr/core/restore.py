@@ -1,7 +1,9 @@
 """Restore: put an instance back to one of its snapshots (see the module doc of
-:mod:`pgmgr.core.snapshot`): by difference where the snapshot's index still matches most of
-the data directory (:mod:`pgmgr.core.delta`), else a full copy made while the server runs;
-the swap goes through the record's intent (:mod:`pgmgr.core.intent`).
+:mod:`pgmgr.core.snapshot`): by difference where the snapshot has an index of the data
+directory (:mod:`pgmgr.core.delta`), else a full copy. Either is made while the server
+still runs; by difference, the files it links that the server writes meanwhile are copied
+again once it is stopped (:func:`_recheck`), so the downtime is the stop, that check, the
+swap and the start. The swap goes through the record's intent (:mod:`pgmgr.core.intent`).
 
 Every function expects the caller to hold the instance's lock (``dirlock.lock``).
 """
@@ -28,6 +30,7 @@ from pgmgr.core import (
     snapstore,
     snapswap,
     testhook,
+    userfs,
 )
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 
 #: :attr:`delta.Index.own`: (inode, size, mtime) of each file of a snapshot's copy
 Own = dict[str, tuple[int, int, int]]
+#: (inode, size, mtime, ctime) of each file a restore linked, as linked (see copy_tree)
+Linked = dict[str, tuple[int, int, int, int]]
 
 
 @dataclass
@@ -87,10 +92,11 @@ def _stage(src: Path, staging: Path, store: Path) -> tuple[copy.CopyStats, ident
 
 def _stage_delta(
     src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
-) -> tuple[copy.CopyStats, delta.Stamp | None]:
-    """``staging`` := the snapshot's ``src``, with the files of the stopped ``datadir``
-    that ``index`` says are unchanged linked instead of copied; durable. With the stamp
-    of its ``pg_control`` before (see :func:`_identify_staged`). As the user.
+) -> tuple[copy.CopyStats, Linked]:
+    """``staging`` := the snapshot's ``src``, with the files of ``datadir`` that ``index``
+    says are unchanged linked instead of copied; durable. The server may be running: it
+    may write a linked file after it was linked, which :func:`_recheck` undoes once it is
+    stopped, by the stamps returned (each linked file's, as linked). As the user.
 
     ``pg_control`` itself is always copied (8 kB): a hard link to it changes its ctime,
     which is how a server started meanwhile is told (an instance restored, stopped and
@@ -99,18 +105,49 @@ def _stage_delta(
     def unchanged(rel: str, st: os.stat_result) -> bool:
         return rel != "global/pg_control" and index.unchanged(rel, st)
 
+    linked: Linked = {}
     lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        control = delta.control(lfd)
         stats = copy.copy_tree(
             src, staging, exclude=("postmaster.pid",), flush=True,
-            link_dest=lfd, unchanged=unchanged,
+            link_dest=lfd, unchanged=unchanged, linked=linked,
         )  # fmt: skip
     finally:
         os.close(lfd)
     snapstore.unseal(staging)
     copy.sync_fs(store)
-    return stats, control
+    return stats, linked
+
+
+def _recheck(
+    src: Path, datadir: Path, staging: Path, store: Path, linked: Linked
+) -> tuple[delta.Stamp | None, int, int]:
+    """Once the server is stopped: the files :func:`_stage_delta` linked that were written
+    since (the server ran meanwhile: a write, a truncation, a rename changes the ctime,
+    which nothing sets back) are copied from the snapshot ``src`` instead; durable. With
+    the stamp of ``datadir``'s ``pg_control`` first (see :func:`_identify_staged`), and
+    how many files were copied again, and their bytes. As the user."""
+    fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        control = delta.control(fd)
+    finally:
+        os.close(fd)
+    again = size = 0
+    for rel, stamp in linked.items():
+        st = os.stat(staging / rel, follow_symlinks=False)
+        if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == stamp:
+            continue
+        head, _, name = rel.rpartition("/")
+        with (
+            userfs.opened_dir(staging / head) as dfd,
+            userfs.opened_dir(src / head) as sfd,
+        ):
+            os.unlink(name, dir_fd=dfd)
+            size += copy.copy_file(sfd, dfd, name).bytes
+        again += 1
+    if again:
+        copy.sync_fs(store)
+    return control, again, size
 
 
 def _identify_staged(
@@ -223,11 +260,19 @@ def restore(
         # Not swapped in (failed, interrupted): the staged copy goes; one that cannot be
         # removed is left to the next command's sweep, the failure or interrupt wins.
         with cleanup.always(lambda: swapped or store.as_user(snapstore.remove_tree, staging)):
-            if index is None:  # a full copy, made while the server still runs
-                with copy.disk_full(f"restoring {name!r}", store.path):
+            # Made while the server still runs: a full copy, or one by difference whose
+            # files the server writes meanwhile are copied again once it is stopped.
+            with copy.disk_full(f"restoring {name!r}", store.path):
+                if index is None:
                     stats, staged = store.as_user(
                         _stage, snapdir / snapstore.DATA, staging, store.path
                     )
+                else:
+                    stats, linked = store.as_user(
+                        _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging,
+                        store.path, index,
+                    )  # fmt: skip
+                    testhook.pause("restore-linked")  # tests: the server writes now
             # The state being replaced is thrown away (unless kept): no shutdown checkpoint.
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
@@ -237,7 +282,7 @@ def restore(
                 paused(srv, "restore", mode=mode) as pause,
             ):
                 if index is not None:
-                    stats, control = _stage_stopped(srv, store, snapdir, staging, index, name)
+                    control = _recheck_stopped(store, snapdir, srv, staging, linked, stats, name)
                     testhook.pause("restore-staged")
                     staged = store.as_user(
                         _identify_staged, staging, srv.datadir, control, srv.inst.name
@@ -295,19 +340,24 @@ def _not_started(srv: Server) -> None:
         )
 
 
-def _stage_stopped(
-    srv: Server, store: Store, snapdir: Path, staging: Path, index: delta.Index, name: str
-) -> tuple[copy.CopyStats, delta.Stamp | None]:
-    """:func:`_stage_delta` once the server is stopped; a partial copy is removed before
-    the server starts again (a disk the copy filled would refuse its start)."""
+def _recheck_stopped(
+    store: Store, snapdir: Path, srv: Server, staging: Path, linked: Linked,
+    stats: copy.CopyStats, name: str,
+) -> delta.Stamp | None:  # fmt: skip
+    """:func:`_recheck` once the server is stopped, ``stats`` updated; a failure removes
+    the staged copy before the server starts again (a disk the copy filled would refuse
+    its start)."""
     try:
         with copy.disk_full(f"restoring {name!r}", store.path):
-            return store.as_user(
-                _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging, store.path, index
+            control, again, size = store.as_user(
+                _recheck, snapdir / snapstore.DATA, srv.datadir, staging, store.path, linked
             )
     except BaseException:
         cleanup.quietly(lambda: store.as_user(snapstore.remove_tree, staging))
         raise
+    stats.linked -= again
+    stats.linked_bytes -= size
+    return control
 
 
 def _switch(

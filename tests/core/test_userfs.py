@@ -443,6 +443,42 @@ def test_link_dest_links_only_the_unchanged(tmp_path: Path) -> None:
     assert stats.linked_bytes == len("ref same") + len("ref sub/same")
 
 
+@pytest.mark.parametrize("how", ["renamed over", "written"])
+def test_link_dest_live_file_changed_before_the_link(tmp_path: Path, how: str) -> None:
+    """link_dest may be live (a restore stages while the server runs): a file renamed
+    over the checked name, or written, between the check and the link must not be the
+    one linked (it was: the new file, never checked, went into the copy). The callback
+    runs in that very window. ``linked`` gets the stamps of what was linked."""
+    src, ref = tmp_path / "src", tmp_path / "ref"
+    src.mkdir()
+    ref.mkdir()
+    for rel in ("f", "g"):
+        (src / rel).write_text(f"src {rel}")
+        (ref / rel).write_text(f"ref {rel}")
+
+    def unchanged(rel: str, st: os.stat_result) -> bool:
+        if rel == "f" and how == "renamed over":
+            (ref / "new").write_text("new f")
+            os.rename(ref / "new", ref / "f")
+        elif rel == "f":
+            with open(ref / "f", "a") as fh:
+                fh.write(" and more")
+        return True
+
+    linked: dict[str, tuple[int, int, int, int]] = {}
+    with userfs.opened_dir(ref) as lfd:
+        stats = copy.copy_tree(
+            src, tmp_path / "dst", link_dest=lfd, unchanged=unchanged, linked=linked
+        )
+    dst = tmp_path / "dst"
+    assert (dst / "f").read_text() == "src f"
+    assert (dst / "f").stat().st_nlink == 1
+    assert (dst / "g").stat().st_ino == (ref / "g").stat().st_ino
+    assert stats.linked == 1 and stats.files == 2
+    st = (dst / "g").stat()
+    assert linked == {"g": (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)}
+
+
 def test_copy_reads_the_umask_without_changing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
