@@ -65,7 +65,7 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
             try:
-                with sigguard.shielded() as got:
+                with sigguard.shielded(deliver=False) as got:
                     cancelled = await_spawned(srv) if pause.spawned else start_again(srv)
             except BaseException as e:  # the start failed: a signal meanwhile still counts,
                 if not pause.done:  # unless the work is complete (then the failure is news)
@@ -115,7 +115,7 @@ def spawn_again(srv: Server, pause: Pause) -> None:
     the block after the spawn, unless its work is ``done``."""
     if pause.stopped_at is None or pause.spawned:
         return
-    with sigguard.shielded() as got:
+    with sigguard.shielded(deliver=False) as got:
         srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
         srv.start(wait=False)
         pause.spawned = True

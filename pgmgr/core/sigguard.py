@@ -19,6 +19,10 @@ import sys
 import threading
 from collections.abc import Iterator
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -88,13 +92,21 @@ def interruptible() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shielded() -> Iterator[list[int]]:
-    """Past the point of no return (a swap, the record and the restart that go with it):
-    SIGINT/SIGTERM/SIGHUP are only recorded in the yielded list, so the operation
-    completes and says so; the caller decides what a recorded signal still means.
-    After :func:`commit` inside the block, its handlers stay when it ends. Entered after
-    :func:`commit` (the wait for a server started again), it holds a signal for after the
-    committed work as well, or a library caller would never get it."""
+def shielded(deliver: bool = True) -> Iterator[list[int]]:
+    """Past the point of no return (a swap, the record and the restart that go with it),
+    or a clean-up that must not be cut short: SIGINT/SIGTERM/SIGHUP are only recorded in
+    the yielded list while the block runs. After :func:`commit` inside the block, its
+    handlers stay when it ends. Entered after :func:`commit` (the wait for a server
+    started again), it holds a signal for after the committed work as well, or a library
+    caller would never get it.
+
+    When the block ends (not committed), what it recorded is delivered (``deliver``, see
+    :func:`redeliver`): a Ctrl-C raises KeyboardInterrupt there, whose cause is the
+    failure the block ended with, or the one an enclosing ``except`` block handles (a
+    clean-up's): the command says that error, then "Interrupted" (130). Held and then
+    dropped, a Ctrl-C during a failed branch's clean-up, or during the record an upgrade
+    writes before pg_upgrade runs, did nothing at all. A caller that decides itself what
+    a recorded signal means passes ``deliver=False``."""
     got: list[int] = []
     if not _main_thread():
         yield got
@@ -109,10 +121,20 @@ def shielded() -> Iterator[list[int]]:
     _State.shields.append(got)
     try:
         yield got
-    finally:
-        _State.shields[:] = [g for g in _State.shields if g is not got]
-        for s, handler in old.items():
-            signal.signal(s, _after_commit if _State.committed else handler)
+    except BaseException as e:
+        _unshield(got, old)
+        if deliver:
+            redeliver(got, e)
+        raise
+    _unshield(got, old)
+    if deliver:
+        redeliver(got, sys.exc_info()[1])
+
+
+def _unshield(got: list[int], old: dict[signal.Signals, Any]) -> None:
+    _State.shields[:] = [g for g in _State.shields if g is not got]
+    for s, handler in old.items():
+        signal.signal(s, _after_commit if _State.committed else handler)
 
 
 @contextlib.contextmanager
@@ -122,14 +144,15 @@ def undoing(failure: BaseException) -> Iterator[list[int]]:
     :func:`redeliver` gives them to the handlers in place. Held and then dropped, they
     made a failed start whose clean-up the user interrupted exit 1 with its error, as if
     nobody had (and ``pgmgr run`` returned the error instead of 128 + the signal)."""
-    with shielded() as got:
+    with shielded(deliver=False) as got:
         yield got
     redeliver(got, failure)
 
 
-def redeliver(got: list[int], failure: BaseException) -> None:
-    """Raise the signals ``got`` held during the clean-up of ``failure`` (each once, in
-    order) to the handlers in place now, unless ``failure`` is an interrupt already: a
+def redeliver(got: list[int], failure: BaseException | None) -> None:
+    """Raise the signals ``got`` held during the clean-up of ``failure`` (or during work
+    that has not failed: None), each once, in order, to the handlers in place now, unless
+    ``failure`` is an interrupt already: a
     Ctrl-C then raises KeyboardInterrupt (its cause ``failure``: see :func:`cause`), so
     the command says "Interrupted", exit 130; an unhandled SIGTERM ends the process as it
     would have a moment later (143 in a shell); a handler of the caller's (``pgmgr run``,
@@ -143,6 +166,8 @@ def redeliver(got: list[int], failure: BaseException) -> None:
         for s in dict.fromkeys(got):
             signal.raise_signal(s)
     except KeyboardInterrupt as e:
+        if failure is None:
+            raise
         raise e from failure
 
 

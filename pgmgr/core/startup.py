@@ -383,7 +383,7 @@ def spawn_child(
             # caller's clean-up starts afresh): a second Ctrl-C, during the spawn or the
             # stop, makes the stop immediate, as one after the spawn does (a third was
             # needed: the first two both counted as the first).
-            with sigguard.shielded() as again:
+            with sigguard.shielded(deliver=False) as again:
                 again.extend(got[1:] + other)
                 cancel_start(srv, again)
             raise KeyboardInterrupt

@@ -80,7 +80,7 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
         settings={}, config_file=conf,
     )  # fmt: skip
     offset = launch.open_log_offset(srv.log_file)
-    with sigguard.shielded() as got:  # a Ctrl-C inside Popen would lose the child
+    with sigguard.shielded(deliver=False) as got:  # a Ctrl-C inside Popen loses the child
         child = launch.spawn(argv, srv.log_file, su, die_with_parent=True, death=signal.SIGINT)
     try:
         if got:

@@ -1,0 +1,110 @@
+"""A signal held by sigguard.shielded (a clean-up that must not be cut short, a record
+written before the work runs) is delivered when the block ends, unless the work was
+committed: it was dropped, so a Ctrl-C during a failed branch's clean-up, or during the
+record an upgrade writes before pg_upgrade runs, did nothing at all (exit 1 with the
+failure alone, or the work went on). Real signals to this process (pytest leaves SIGINT
+to Python's handler, xdist workers ignore it: each test sets what it needs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import sigguard
+from tests.pause import Paused
+from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_signal_review import caller_handler
+from tests.snap.test_switch_killed import hooks_dir
+
+
+def _kill_self(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(0.01)
+
+
+def test_held_in_a_clean_up_then_delivered_with_its_cause() -> None:
+    cleaned = False
+    with (
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        pytest.raises(KeyboardInterrupt) as info,
+    ):
+        try:
+            raise ValueError("the work failed")
+        except ValueError:
+            with sigguard.shielded():
+                _kill_self(signal.SIGINT)  # only recorded: the clean-up goes on
+                cleaned = True
+    assert cleaned
+    assert isinstance(sigguard.cause(info.value), ValueError)
+
+
+def test_held_in_a_failed_block_then_delivered_with_its_cause() -> None:
+    with (
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        pytest.raises(KeyboardInterrupt) as info,
+        sigguard.shielded(),
+    ):
+        _kill_self(signal.SIGINT)
+        raise ValueError("failed inside")
+    assert isinstance(sigguard.cause(info.value), ValueError)
+
+
+def test_held_then_delivered_when_the_block_ends() -> None:
+    after = False
+    with (
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        pytest.raises(KeyboardInterrupt) as info,
+    ):
+        with sigguard.shielded():
+            _kill_self(signal.SIGINT)
+        after = True
+    assert not after and sigguard.cause(info.value) is None
+
+
+def test_not_delivered_after_commit_or_when_the_caller_decides() -> None:
+    with caller_handler(signal.SIGINT, signal.default_int_handler):
+        with sigguard.shielded(deliver=False) as got:
+            _kill_self(signal.SIGINT)
+        assert got == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt), sigguard.interruptible():
+            with sigguard.shielded():
+                _kill_self(signal.SIGINT)
+                sigguard.commit()
+            done = True  # committed: held for after the work
+        assert done
+
+
+def test_a_ctrl_c_while_a_failed_branch_is_undone_is_not_dropped(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """The branch is placed, its start then fails (its port taken meanwhile); a Ctrl-C
+    held while it is undone: the error, then 'Interrupted', exit 130 (it was exit 1, as
+    if nobody had pressed it). Nothing of the branch is left; the source runs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    run = Paused(hooks_dir(tmp_path), "branch-placed", "branch", "dev", "k", "-p", str(port),
+                 env=inst.env)  # fmt: skip
+    taken = socket.socket()
+    try:
+        run.reached()
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        run.proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        done = run.go()
+    finally:
+        taken.close()
+    lines = done.stderr.splitlines()
+    assert done.returncode == 130 and lines[-1] == "Interrupted", str(done)
+    assert any(ln.startswith("Error:") for ln in lines), str(done)
+    assert inst.pgmgr("status", "k").returncode != 0
+    assert not (inst.datadir.parent / "k").exists()
+    assert leftovers(inst.datadir.parent / ".pgmgr-snapshots" / "k") == []
+    assert inst.state() == "running"
