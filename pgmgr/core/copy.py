@@ -301,7 +301,10 @@ def _link(lfd: int, dfd: int, name: str, rel: str, state: _State) -> bool:
     try:
         os.link(name, name, src_dir_fd=lfd, dst_dir_fd=dfd, follow_symlinks=False)
     except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP):
+        # ENOENT: removed since the check (``link_dest`` may be live: PostgreSQL unlinks a
+        # dropped relation's FSM and VM forks at commit, a checkpoint removes or recycles
+        # WAL segments); copied from ``src`` instead, as any file not linked.
+        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP, errno.ENOENT):
             raise
         return False
     # What was linked is the file that was checked, unwritten since: ``link_dest`` may be

@@ -443,12 +443,13 @@ def test_link_dest_links_only_the_unchanged(tmp_path: Path) -> None:
     assert stats.linked_bytes == len("ref same") + len("ref sub/same")
 
 
-@pytest.mark.parametrize("how", ["renamed over", "written"])
+@pytest.mark.parametrize("how", ["renamed over", "written", "removed"])
 def test_link_dest_live_file_changed_before_the_link(tmp_path: Path, how: str) -> None:
     """link_dest may be live (a restore stages while the server runs): a file renamed
     over the checked name, or written, between the check and the link must not be the
-    one linked (it was: the new file, never checked, went into the copy). The callback
-    runs in that very window. ``linked`` gets the stamps of what was linked."""
+    one linked (it was: the new file, never checked, went into the copy); one removed
+    meanwhile is copied (the copy failed: ENOENT). The callback runs in that very
+    window. ``linked`` gets the stamps of what was linked."""
     src, ref = tmp_path / "src", tmp_path / "ref"
     src.mkdir()
     ref.mkdir()
@@ -460,6 +461,8 @@ def test_link_dest_live_file_changed_before_the_link(tmp_path: Path, how: str) -
         if rel == "f" and how == "renamed over":
             (ref / "new").write_text("new f")
             os.rename(ref / "new", ref / "f")
+        elif rel == "f" and how == "removed":
+            (ref / "f").unlink()
         elif rel == "f":
             with open(ref / "f", "a") as fh:
                 fh.write(" and more")

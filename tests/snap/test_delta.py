@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pgmgr.core import delta
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers, plant_undeletable
@@ -287,3 +289,42 @@ def test_started_during_the_restore(inst: Inst, tmp_path: Path) -> None:
     assert leftovers(inst.store) == []
     restore(inst, "s1")
     assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
+def test_removed_between_the_check_and_the_link(
+    inst: Inst, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy by difference is made while the server runs: a file that matched the
+    index when it was checked may be gone by the link (a relation's free space map and
+    visibility map are unlinked as soon as DROP TABLE commits; a checkpoint removes or
+    recycles WAL segments). It comes from the snapshot instead; the restore failed with
+    "No such file or directory". In-process, the check of the FSM fork of ``u`` made the
+    window: PostgreSQL drops ``u`` in it."""
+    from pgmgr.actions import resolve
+    from pgmgr.core import restore as restoring
+
+    inst.sql("CREATE TABLE u AS SELECT g AS x FROM generate_series(1, 1000) g")
+    inst.sql("VACUUM u")
+    fsm = inst.sql("SELECT pg_relation_filepath('u')") + "_fsm"
+    assert (inst.datadir / fsm).exists()
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("DELETE FROM t WHERE x > 500")
+    record = inst.record()
+    psql = [inst.bin("psql"), "-XAtq", "-h", str(record["socket_dir"]), "-p",
+            str(record["port"]), "-U", str(record["superuser"]), "-d", "postgres",
+            "-c", "DROP TABLE u"]  # fmt: skip
+    real = delta.Index.unchanged
+
+    def unchanged(self: delta.Index, rel: str, st: os.stat_result) -> bool:
+        if rel == fsm:  # between its stat and its link (as the server user, as root)
+            subprocess.run(psql, check=True, capture_output=True, timeout=60)
+        return real(self, rel, st)
+
+    monkeypatch.setattr(delta.Index, "unchanged", unchanged)
+    out = restoring.restore(resolve("dev", None), "s1")
+    assert out.kept > 100
+    assert not (inst.store / "s1" / "data" / fsm).samefile(inst.datadir / fsm)
+    assert (inst.datadir / fsm).read_bytes() == (inst.store / "s1" / "data" / fsm).read_bytes()
+    assert inst.sql("SELECT count(*) FROM u") == "1000"
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+    assert leftovers(inst.store) == []
