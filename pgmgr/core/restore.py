@@ -92,11 +92,13 @@ def _stage(src: Path, staging: Path, store: Path) -> tuple[copy.CopyStats, ident
 
 def _stage_delta(
     src: Path, datadir: Path, staging: Path, store: Path, index: delta.Index
-) -> tuple[copy.CopyStats, Linked]:
+) -> tuple[copy.CopyStats, Linked, delta.Stamp | None]:
     """``staging`` := the snapshot's ``src``, with the files of ``datadir`` that ``index``
     says are unchanged linked instead of copied; durable. The server may be running: it
     may write a linked file after it was linked, which :func:`_recheck` undoes once it is
-    stopped, by the stamps returned (each linked file's, as linked). As the user.
+    stopped, by the stamps returned (each linked file's, as linked). With the stamp of
+    ``datadir``'s ``pg_control`` before (for an instance that is not running: see
+    :func:`_identify_staged`). As the user.
 
     ``pg_control`` itself is always copied (8 kB): a hard link to it changes its ctime,
     which is how a server started meanwhile is told (an instance restored, stopped and
@@ -108,6 +110,7 @@ def _stage_delta(
     linked: Linked = {}
     lfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        control = delta.control(lfd)
         stats = copy.copy_tree(
             src, staging, exclude=("postmaster.pid",), flush=True,
             link_dest=lfd, unchanged=unchanged, linked=linked,
@@ -116,7 +119,7 @@ def _stage_delta(
         os.close(lfd)
     snapstore.unseal(staging)
     copy.sync_fs(store)
-    return stats, linked
+    return stats, linked, control
 
 
 def _recheck(
@@ -154,9 +157,11 @@ def _identify_staged(
     staging: Path, datadir: Path, control: delta.Stamp | None, instance: str
 ) -> identity.Identity:
     """:func:`intent.identify` of ``staging``, once sure no server ran on ``datadir``
-    since ``staging`` was made by difference (``control``: its ``pg_control`` then):
-    one started by hand meanwhile, and stopped again, wrote into files the staged
-    directory shares. As the user.
+    since ``control`` (its ``pg_control`` then): one started by hand meanwhile, and
+    stopped again, wrote into files the staged directory shares. ``control`` is from
+    before the links were made for an instance that was not running, else from once the
+    restore stopped it (:func:`_recheck`: what its own server wrote before is copied
+    again). As the user.
 
     :raises DatabaseException: it did.
     """
@@ -268,7 +273,7 @@ def restore(
                         _stage, snapdir / snapstore.DATA, staging, store.path
                     )
                 else:
-                    stats, linked = store.as_user(
+                    stats, linked, before = store.as_user(
                         _stage_delta, snapdir / snapstore.DATA, srv.datadir, staging,
                         store.path, index,
                     )  # fmt: skip
@@ -283,6 +288,8 @@ def restore(
             ):
                 if index is not None:
                     control = _recheck_stopped(store, snapdir, srv, staging, linked, stats, name)
+                    if not pause.was_running:  # a start by hand since the links is refused
+                        control = before
                     testhook.pause("restore-staged")
                     staged = store.as_user(
                         _identify_staged, staging, srv.datadir, control, srv.inst.name

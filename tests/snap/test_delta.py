@@ -254,6 +254,45 @@ def test_written_after_it_was_linked(inst: Inst, tmp_path: Path) -> None:
     assert leftovers(inst.store) == []
 
 
+def test_started_by_hand_while_a_stopped_instance_is_linked(inst: Inst, tmp_path: Path) -> None:
+    """The instance is stopped; while the restore links its files, a server is started
+    on it by hand (``pg_ctl``, bypassing pgmgr's lock) and stopped again: it may have
+    written into linked files after the restore last looked at them. The restore is
+    refused, nothing changed (it compared ``pg_control`` with its state once the files
+    were rechecked, which already held that start)."""
+    from pgmgr.core.listen import free_port
+
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("DELETE FROM t WHERE x > 500")
+    inst.ok("stop", "dev", "-q")
+    run = Paused(hooks_dir(tmp_path), "restore-linked", "restore", "dev", "s1", "--yes",
+                 env=inst.env)  # fmt: skip
+    try:
+        run.reached()
+        stray = inst.datadir.parent / "stray"
+        stray.mkdir()
+        port = free_port("127.0.0.1")
+        pg_ctl = [inst.bin("pg_ctl"), "-w", "-s", "-D", str(inst.datadir)]
+        start = [*pg_ctl, "start", "-l", str(stray / "log"),
+                 "-o", f"-p {port} -k {stray} -c listen_addresses="]  # fmt: skip
+        stop = [*pg_ctl, "stop", "-m", "fast"]
+        if os.geteuid() == 0:
+            os.chown(stray, pwd.getpwnam("postgres").pw_uid, -1)
+            start, stop = (["runuser", "-u", "postgres", "--", *a] for a in (start, stop))
+        subprocess.run(start, check=True, timeout=60)
+        subprocess.run(stop, check=True, timeout=60)
+    finally:
+        done = run.go()
+    assert done.returncode == 1, done.stderr
+    assert "started during the restore; nothing was changed" in done.stderr
+    assert inst.state() == "stopped"
+    inst.ok("start", "dev", "-q")
+    assert inst.sql("SELECT count(*) FROM t") == "500"
+    assert leftovers(inst.store) == []
+    restore(inst, "s1")
+    assert inst.sql("SELECT count(*) FROM t") == "1000"
+
+
 def test_started_during_the_restore(inst: Inst, tmp_path: Path) -> None:
     """A server started by hand (``pg_ctl``, bypassing pgmgr's lock) while a restore has
     it stopped: it runs again on the directory being replaced, whose files the new one
