@@ -9,7 +9,10 @@ not been written since (any write, truncation, ``chmod`` or replacement changes 
 which no user call can set back, or its inode), so it holds the snapshot's bytes and is
 linked instead of copied. Everything else comes from the snapshot. The server may still
 run meanwhile: a linked file it writes before it is stopped gets a new ctime, and is
-copied from the snapshot after all (:func:`pgmgr.core.restore._recheck`). The restored directory
+copied from the snapshot after all (:func:`pgmgr.core.restore._recheck`). (Between the
+check of a live file and its link, only its inode, size and mtime can be compared again,
+the link itself changing the ctime: a tool that rewrites a file and sets its mtime back in
+that moment is not seen. PostgreSQL never sets file times.) The restored directory
 never shares a file with the snapshot itself, and the directory it replaced (which shares
 the linked files) loses their names before the server starts again; then the index is
 taken afresh from the restored directory, for the next restore.
