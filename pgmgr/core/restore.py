@@ -282,6 +282,7 @@ def restore(
             # Should the swap fail, it starts again with crash recovery, losing nothing.
             mode = "immediate" if keep is None else "fast"
             said = f"'{srv.inst.name}' was restored to {name!r}"
+            say("swapping it in")  # the downtime: the stop, a recheck, the swap
             with (
                 done_then(said, srv.inst.name) as restored,
                 paused(srv, "restore", mode=mode) as pause,

@@ -22,8 +22,10 @@ def _plain(out: str) -> str:
     [
         (["snapshot", "dev", "s1"], "snapshot-indexed",
          r"Taking a snapshot of 'dev': copying up to [\d.]+ MB \d+\.\ds"),
-        (["restore", "dev", "base", "--yes"], "restore-staged",
+        (["restore", "dev", "base", "--yes"], "restore-linked",
          r"Restoring 'base' into 'dev': copying what changed of [\d.]+ MB \d+\.\ds"),
+        (["restore", "dev", "base", "--yes"], "restore-staged",
+         r"Restoring 'base' into 'dev': swapping it in \d+\.\ds"),
         (["branch", "dev", "feat"], "branch-copied",
          r"Branching 'dev' into 'feat': copying up to [\d.]+ MB \d+\.\ds"),
     ],
