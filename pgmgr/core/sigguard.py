@@ -117,7 +117,10 @@ def shielded(deliver: bool = True) -> Iterator[list[int]]:
         if _State.committed:  # held for after the committed work too (see commit())
             _State.received.append(signum)
 
-    old = {s: signal.signal(s, _record) for s in SIGNALS}
+    # An ignored one (SIGHUP under nohup, SIGINT in a job a script runs in the background)
+    # stays ignored: recorded, it read as an interrupt to a caller that decides itself
+    # (pause: a 'nohup pgmgr snapshot' said "Interrupted" on the hang-up).
+    old = {s: signal.signal(s, _record) for s in SIGNALS if not _ignored(s)}
     _State.shields.append(got)
     try:
         yield got
@@ -129,6 +132,10 @@ def shielded(deliver: bool = True) -> Iterator[list[int]]:
     _unshield(got, old)
     if deliver:
         redeliver(got, sys.exc_info()[1])
+
+
+def _ignored(sig: int) -> bool:
+    return signal.getsignal(sig) is signal.SIG_IGN
 
 
 def _unshield(got: list[int], old: dict[signal.Signals, Any]) -> None:
@@ -191,7 +198,8 @@ def commit() -> None:
         _State.received.extend(s for got in _State.shields for s in got)
     _State.committed = True
     for s in SIGNALS:
-        signal.signal(s, _after_commit)
+        if not _ignored(s):  # one the process ignores stays so (see shielded)
+            signal.signal(s, _after_commit)
 
 
 def _after_commit(signum: int, frame: object) -> None:
