@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from pgmgr.core import sigguard
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
@@ -62,3 +64,64 @@ def test_background_start_ignores_sigint(inst: Inst, tmp_path: Path) -> None:
         done = run.go()
     assert done.returncode == 0 and "Started 'dev'" in done.stderr, str(done)
     assert inst.state() == "running"
+
+
+def test_a_library_callers_sigterm_handler_stays_in_charge(
+    inst: Inst, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, a caller that handles SIGTERM itself (sigguard.interruptible leaves it
+    in charge): one that comes while the server is started again after the copy (the step
+    'spawned') goes to its handler, and the snapshot completes. pause took what it held
+    for a Ctrl-C: KeyboardInterrupt, the snapshot thrown away, the handler never called."""
+    from pgmgr.actions import resolve
+    from pgmgr.core import snapshot, testhook
+
+    real = testhook.pause
+
+    def pause(step: str) -> None:
+        if step == "spawned":
+            _kill_self(signal.SIGTERM)
+        real(step)
+
+    monkeypatch.setattr(testhook, "pause", pause)
+    got: list[int] = []
+    with caller_handler(signal.SIGTERM, lambda signum, frame: got.append(signum)):
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            result = snapshot.create(resolve("dev", None), "s1")
+        except KeyboardInterrupt:
+            pytest.fail("a SIGTERM the caller handles interrupted the snapshot")
+        assert signal.getsignal(signal.SIGTERM) is handler
+    assert result.snapshot == "s1" and got == [signal.SIGTERM]
+    assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+    assert inst.state() == "running"
+    assert leftovers(inst.store) == []
+
+
+def test_a_library_callers_sigterm_handler_stays_in_charge_in_the_probe(
+    inst: Inst, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same while an upgrade spawns the server it asks the cluster's options of (a
+    stopped instance, upgradeprobe._asked): the caller's handler gets the SIGTERM, and
+    the upgrade (--check) goes on; it raised KeyboardInterrupt."""
+    from pgmgr.actions import resolve
+    from pgmgr.core import launch, upgrade
+
+    inst.ok("stop", "dev", "-q")
+    real = launch.spawn
+
+    def spawn(*args: object, **kwargs: object) -> object:
+        child = real(*args, **kwargs)  # type: ignore[arg-type]
+        _kill_self(signal.SIGTERM)
+        return child
+
+    monkeypatch.setattr(launch, "spawn", spawn)
+    got: list[int] = []
+    with caller_handler(signal.SIGTERM, lambda signum, frame: got.append(signum)):
+        try:
+            result = upgrade.upgrade(resolve("dev", None), "18", check=True)
+        except KeyboardInterrupt:
+            pytest.fail("a SIGTERM the caller handles interrupted the upgrade")
+    assert result.check_only and got == [signal.SIGTERM]
+    assert inst.record()["major"] == "15" and inst.state() == "stopped"
+    assert leftovers(inst.store) == []
