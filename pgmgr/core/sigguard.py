@@ -50,17 +50,20 @@ def interruptible() -> Iterator[None]:
     charge (``start --foreground`` and ``pgmgr run`` record a SIGTERM and stop the server
     once it is up; a library caller may have its own), and so does an ignored SIGHUP
     (under ``nohup``, a closed terminal must not cancel the work). A second SIGTERM or
-    SIGHUP while the first one's clean-up runs is ignored: the clean-up is what the first
-    asked for, and a second KeyboardInterrupt would cut it short (a half-removed work
-    directory). One :func:`interruptible` serves every command that must finish or be
-    undone (init, import, replica, bundle, snapshot, restore, branch, upgrade, start)."""
+    SIGHUP while the first one's clean-up runs is ignored, and so is one while a Ctrl-C's
+    runs: the clean-up is what the first asked for, and a second KeyboardInterrupt would
+    cut it short (a half-removed work directory). One :func:`interruptible` serves every
+    command that must finish or be undone (init, import, replica, bundle, snapshot,
+    restore, branch, upgrade, start)."""
     if not _main_thread() or _State.committed:  # past the point of no return: held
         yield
         return
     hit: list[int] = []
 
     def _raise(signum: int, frame: object) -> None:
-        if hit:  # its clean-up runs already
+        # Its clean-up runs already, or that of a Ctrl-C (a KeyboardInterrupt on its way
+        # through an except or finally block): a hang-up after a Ctrl-C cut it short.
+        if hit or isinstance(sys.exc_info()[1], KeyboardInterrupt):
             return
         hit.append(signum)
         raise KeyboardInterrupt
