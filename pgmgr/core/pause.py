@@ -57,6 +57,7 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
 
 def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]:
     interrupted = False
+    held: list[int] = []
     try:
         if pause.was_running and stop:
             stop_now(srv, pause, mode)
@@ -72,9 +73,12 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
                     sigguard.redeliver(got, e)
                 raise
             pause.downtime = time.monotonic() - pause.stopped_at
-            interrupted = bool(got) or cancelled
-    if interrupted and not pause.done:
-        raise KeyboardInterrupt
+            interrupted = cancelled
+            held = got
+    if not pause.done:
+        _deliver(held)
+        if interrupted:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -120,8 +124,17 @@ def spawn_again(srv: Server, pause: Pause) -> None:
         srv.start(wait=False)
         pause.spawned = True
         testhook.pause("spawned")
-    if got and not pause.done:
-        raise KeyboardInterrupt
+    if not pause.done:
+        _deliver(got)
+
+
+def _deliver(got: list[int]) -> None:
+    """Give the signals held while the server started again to the handlers in place (see
+    :func:`sigguard.redeliver`): a Ctrl-C, or a SIGTERM that :func:`sigguard.interruptible`
+    took over, raises KeyboardInterrupt; a caller's own handler gets its signal. (Any held
+    signal raised KeyboardInterrupt here: a library caller that handles SIGTERM itself had
+    its snapshot thrown away, and its handler never got the signal.)"""
+    sigguard.redeliver(got, None)
 
 
 def await_spawned(srv: Server) -> bool:

@@ -50,17 +50,20 @@ def interruptible() -> Iterator[None]:
     charge (``start --foreground`` and ``pgmgr run`` record a SIGTERM and stop the server
     once it is up; a library caller may have its own), and so does an ignored SIGHUP
     (under ``nohup``, a closed terminal must not cancel the work). A second SIGTERM or
-    SIGHUP while the first one's clean-up runs is ignored: the clean-up is what the first
-    asked for, and a second KeyboardInterrupt would cut it short (a half-removed work
-    directory). One :func:`interruptible` serves every command that must finish or be
-    undone (init, import, replica, bundle, snapshot, restore, branch, upgrade, start)."""
+    SIGHUP while the first one's clean-up runs is ignored, and so is one while a Ctrl-C's
+    runs: the clean-up is what the first asked for, and a second KeyboardInterrupt would
+    cut it short (a half-removed work directory). One :func:`interruptible` serves every
+    command that must finish or be undone (init, import, replica, bundle, snapshot,
+    restore, branch, upgrade, start)."""
     if not _main_thread() or _State.committed:  # past the point of no return: held
         yield
         return
     hit: list[int] = []
 
     def _raise(signum: int, frame: object) -> None:
-        if hit:  # its clean-up runs already
+        # Its clean-up runs already, or that of a Ctrl-C (a KeyboardInterrupt on its way
+        # through an except or finally block): a hang-up after a Ctrl-C cut it short.
+        if hit or isinstance(sys.exc_info()[1], KeyboardInterrupt):
             return
         hit.append(signum)
         raise KeyboardInterrupt
@@ -117,7 +120,10 @@ def shielded(deliver: bool = True) -> Iterator[list[int]]:
         if _State.committed:  # held for after the committed work too (see commit())
             _State.received.append(signum)
 
-    old = {s: signal.signal(s, _record) for s in SIGNALS}
+    # An ignored one (SIGHUP under nohup, SIGINT in a job a script runs in the background)
+    # stays ignored: recorded, it read as an interrupt to a caller that decides itself
+    # (pause: a 'nohup pgmgr snapshot' said "Interrupted" on the hang-up).
+    old = {s: signal.signal(s, _record) for s in SIGNALS if not _ignored(s)}
     _State.shields.append(got)
     try:
         yield got
@@ -129,6 +135,10 @@ def shielded(deliver: bool = True) -> Iterator[list[int]]:
     _unshield(got, old)
     if deliver:
         redeliver(got, sys.exc_info()[1])
+
+
+def _ignored(sig: int) -> bool:
+    return signal.getsignal(sig) is signal.SIG_IGN
 
 
 def _unshield(got: list[int], old: dict[signal.Signals, Any]) -> None:
@@ -191,7 +201,8 @@ def commit() -> None:
         _State.received.extend(s for got in _State.shields for s in got)
     _State.committed = True
     for s in SIGNALS:
-        signal.signal(s, _after_commit)
+        if not _ignored(s):  # one the process ignores stays so (see shielded)
+            signal.signal(s, _after_commit)
 
 
 def _after_commit(signum: int, frame: object) -> None:

@@ -372,9 +372,13 @@ def spawn_child(
     main = threading.current_thread() is threading.main_thread()
     old: dict[int, Any] = {}
     if main:
-        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
+        # One the process ignores (SIGINT in a job a script runs in the background, SIGHUP
+        # under nohup) stays ignored: recorded, an ignored SIGINT cancelled the start.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            old[sig] = signal.signal(sig, lambda s, f: other.append(s))
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                old[sig] = signal.signal(sig, lambda s, f: other.append(s))
     try:
         srv.child = launch.spawn(argv, srv.log_file, su, die_with_parent=srv.die_with_parent)
         testhook.pause("start-spawning")  # tests: Ctrl-C while it is held

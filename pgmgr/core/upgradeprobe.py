@@ -83,8 +83,9 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
     with sigguard.shielded(deliver=False) as got:  # a Ctrl-C inside Popen loses the child
         child = launch.spawn(argv, srv.log_file, su, die_with_parent=True, death=signal.SIGINT)
     try:
-        if got:
-            raise KeyboardInterrupt
+        # To the handlers in place: a Ctrl-C (or a SIGTERM the upgrade's interruptible
+        # took) interrupts; a caller's own handler gets its signal (it was a Ctrl-C).
+        sigguard.redeliver(got, None)
         launch.wait_ready(
             child.pid, srv.datadir, TIMEOUT, child=child, log_file=srv.log_file,
             log_offset=offset,

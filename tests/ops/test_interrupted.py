@@ -148,6 +148,30 @@ def test_a_second_sigterm_while_an_interrupted_import_is_undone(
     assert_gone(fresh, "imp", target)
 
 
+def test_a_hang_up_after_a_ctrl_c_while_an_interrupted_import_is_undone(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
+) -> None:
+    """Ctrl-C during the restore, then the terminal closes (SIGHUP) while the import
+    destroys what it made (the pause 'destroy-renamed'): the hang-up is ignored as a
+    second SIGTERM is (sigguard.interruptible) and the clean-up completes. Only one that
+    interruptible had raised itself counted as the first: after a Ctrl-C, the hang-up
+    was a second KeyboardInterrupt that cut the destroy short."""
+    target = ops_dir / "imp"
+    (hooks / "destroy-renamed").touch()
+    run = Paused(hooks, "import-restored-db", "import", str(bundle[0]), "-d", str(target))
+    run.reached()
+    run.proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while not (hooks / "destroy-renamed.reached").exists():
+        assert run.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    run.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.2)
+    (hooks / "destroy-renamed.go").touch()
+    assert run.kill(0) == 130  # signal 0: only waits for it
+    assert_gone(fresh, "imp", target)
+
+
 def test_a_data_directory_that_appears_during_an_import_is_left_alone(
     fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
 ) -> None:

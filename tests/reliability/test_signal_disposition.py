@@ -87,6 +87,24 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_short() -> None:
         _kill_self(signal.SIGTERM)
 
 
+def test_a_sighup_after_a_ctrl_c_does_not_cut_its_clean_up_short() -> None:
+    """The first interrupt a Ctrl-C (Python's own handler, not interruptible's): a hang-up
+    while its clean-up runs is ignored too; it raised a second KeyboardInterrupt there."""
+    cleaned = False
+    with (
+        disposition(signal.SIGINT, signal.default_int_handler),
+        disposition(signal.SIGHUP, signal.SIG_DFL),
+        pytest.raises(KeyboardInterrupt),
+        sigguard.interruptible(),
+    ):
+        try:
+            _kill_self(signal.SIGINT)
+        finally:
+            _kill_self(signal.SIGHUP)  # the terminal is closed meanwhile: ignored
+            cleaned = True
+    assert cleaned
+
+
 def test_a_sigterm_default_outside_is_put_back() -> None:
     with disposition(signal.SIGTERM, signal.SIG_DFL):
         with sigguard.interruptible():
