@@ -267,7 +267,9 @@ def _initialize(srv: Server, user: str | None, *, template: bool = True) -> None
 
 def _catch_stop_signals() -> list[int]:
     """From now on SIGINT, SIGTERM, SIGHUP (the terminal closed) and SIGQUIT only append to
-    the returned list: each stops the server cleanly, none leaves it running."""
+    the returned list: each stops the server cleanly, none leaves it running. One the
+    process ignores stays ignored: under ``nohup`` a closed terminal stopped the server
+    (and SIGINT in a job a script runs in the background)."""
     import signal
 
     caught: list[int] = []
@@ -276,7 +278,8 @@ def _catch_stop_signals() -> list[int]:
         caught.append(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, _stop)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _stop)
     return caught
 
 

@@ -31,7 +31,8 @@ class Attendant(subprocess.Popen[str]):
     """``pgmgr start NAME --foreground`` with ``$NOTIFY_SOCKET`` on a socket of the test's,
     as systemd runs it: :meth:`ready` waits for its ``READY=1``."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], ignore: tuple[int, ...] = ()) -> None:
+        """``ignore``: signals it starts with ignored (SIGHUP under ``nohup``)."""
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         address = f"pgmgr-test-attendant-{uuid.uuid4().hex}"  # abstract: any user may send
         self.notify.bind("\0" + address)
@@ -40,6 +41,8 @@ class Attendant(subprocess.Popen[str]):
             env={**os.environ, **env, "NOTIFY_SOCKET": "@" + address},
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=(lambda: [signal.signal(s, signal.SIG_IGN) for s in ignore])
+            if ignore else None,
         )  # fmt: skip
 
     def ready(self) -> None:
@@ -201,3 +204,22 @@ def test_a_stop_asked_while_a_snapshot_works_waits_for_it(
     code, err = stop_asked_during(run, proc)
     assert code == 0 and "Stopped 'dev'" in err, err
     assert inst.state() == "stopped" and [s["snapshot"] for s in inst.snaps()] == ["s1"]
+
+
+def test_nohup_attendant_survives_the_hang_up(inst: Inst) -> None:
+    """``nohup pgmgr start --foreground``: a closed terminal (SIGHUP, which nohup makes
+    ignored) stopped the server, the attendant having taken the signal over; a SIGTERM
+    still stops it cleanly."""
+    proc = Attendant("dev", inst.env, ignore=(signal.SIGHUP,))
+    try:
+        proc.ready()
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        assert inst.state() == "running"
+        proc.send_signal(signal.SIGTERM)
+        code, err = ended(proc)
+        assert code == 0, err
+        assert inst.state() == "stopped"
+    finally:
+        done_with(proc)
