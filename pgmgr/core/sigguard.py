@@ -82,8 +82,7 @@ def interruptible() -> Iterator[None]:
     finally:
         _State.depth -= 1
         if not _State.committed:
-            for s, handler in old.items():
-                signal.signal(s, handler)
+            _put_back(old)
         elif _State.depth == 0 and not _process_exits():
             held = _uncommit()
             # In-process, the committed work is complete now: a signal it held is the
@@ -143,8 +142,26 @@ def _ignored(sig: int) -> bool:
 
 def _unshield(got: list[int], old: dict[signal.Signals, Any]) -> None:
     _State.shields[:] = [g for g in _State.shields if g is not got]
-    for s, handler in old.items():
-        signal.signal(s, _after_commit if _State.committed else handler)
+    _put_back({s: _after_commit if _State.committed else h for s, h in old.items()})
+
+
+def _put_back(handlers: dict[signal.Signals, Any]) -> None:
+    """Install every one of ``handlers``, then raise what a pending signal's handler
+    raised meanwhile: ``signal.signal`` runs a pending handler first, and a Ctrl-C
+    between two of the calls raised out of the loop, leaving the rest on the handlers of
+    a block that had ended (a SIGTERM then only recorded into a list nobody reads)."""
+    raised: BaseException | None = None
+    for s, handler in handlers.items():
+        for attempt in range(len(SIGNALS) + 1):  # each pending handler raises once at most
+            try:
+                signal.signal(s, handler)
+                break
+            except BaseException as e:  # a pending handler's: installed on the next try
+                if attempt == len(SIGNALS):
+                    raise
+                raised = raised or e
+    if raised is not None:
+        raise raised
 
 
 @contextlib.contextmanager
@@ -215,9 +232,8 @@ def _uncommit() -> list[int]:
     """Put back the handlers from before the outermost block; the signals recorded."""
     received, _State.received = _State.received, []
     _State.committed = False
-    for s, handler in _State.saved.items():
-        if handler is not None:  # None: not set from Python, nothing to put back
-            signal.signal(s, handler)  # type: ignore[arg-type]
+    # None: not set from Python, nothing to put back
+    _put_back({s: h for s, h in _State.saved.items() if h is not None})  # type: ignore[misc]
     return received
 
 

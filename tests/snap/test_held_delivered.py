@@ -7,9 +7,11 @@ to Python's handler, xdist workers ignore it: each test sets what it needs)."""
 
 from __future__ import annotations
 
+import _signal
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -108,3 +110,32 @@ def test_a_ctrl_c_while_a_failed_branch_is_undone_is_not_dropped(
     assert not (inst.datadir.parent / "k").exists()
     assert leftovers(inst.datadir.parent / ".pgmgr-snapshots" / "k") == []
     assert inst.state() == "running"
+
+
+def test_a_ctrl_c_while_the_handlers_are_put_back_leaves_none_behind() -> None:
+    """A Ctrl-C that arrives while a shield puts the handlers back (between two
+    ``signal.signal`` calls: the second runs the pending handler, which raises) left the
+    rest of them on the ended block's recorder: a SIGTERM was then only recorded into a
+    list nobody reads, for the rest of a library caller's process. The signal is sent
+    for real, from a profile hook right after the first call returns."""
+    armed = [1]
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_return" and arg is _signal.signal and armed:  # signal.signal's C call
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with (
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        caller_handler(signal.SIGTERM, signal.SIG_DFL),
+        caller_handler(signal.SIGHUP, signal.SIG_DFL),
+    ):
+        with pytest.raises(KeyboardInterrupt):
+            with sigguard.shielded():
+                sys.setprofile(profile)
+            sys.setprofile(None)  # not reached: raised at the end of the block
+        sys.setprofile(None)
+        assert not armed, "the hook never fired"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
