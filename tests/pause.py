@@ -78,6 +78,15 @@ class Paused:
             assert time.monotonic() < deadline, f"pgmgr never reached {self.step}"
             time.sleep(0.01)
 
+    def reached_also(self, step: str, timeout: float = 60) -> None:
+        """Wait until pgmgr, let go on, waits at a second pause ``step`` (armed by the
+        test before it started pgmgr: a signal during a clean-up, say)."""
+        deadline = time.monotonic() + timeout
+        while not (self.hooks / f"{step}.reached").exists():
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.monotonic() < deadline, f"pgmgr never reached {step}"
+            time.sleep(0.01)
+
     def go(self, timeout: float = 120) -> Run:
         """Let pgmgr go on; it must finish within ``timeout`` (it never blocks)."""
         (self.hooks / f"{self.step}.go").touch()

@@ -137,10 +137,7 @@ def test_a_second_sigterm_while_an_interrupted_import_is_undone(
     run = Paused(hooks, "import-restored-db", "import", str(bundle[0]), "-d", str(target))
     run.reached()
     run.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while not (hooks / "destroy-renamed.reached").exists():
-        assert run.proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    run.reached_also("destroy-renamed", timeout=60)
     run.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     (hooks / "destroy-renamed.go").touch()
@@ -161,10 +158,7 @@ def test_a_hang_up_after_a_ctrl_c_while_an_interrupted_import_is_undone(
     run = Paused(hooks, "import-restored-db", "import", str(bundle[0]), "-d", str(target))
     run.reached()
     run.proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 60
-    while not (hooks / "destroy-renamed.reached").exists():
-        assert run.proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    run.reached_also("destroy-renamed", timeout=60)
     run.proc.send_signal(signal.SIGHUP)
     time.sleep(0.2)
     (hooks / "destroy-renamed.go").touch()

@@ -338,10 +338,7 @@ def test_init_killed_while_it_undoes_a_built_directory(work: Path, hooks: Path) 
     paused = Paused(hooks, "init-built", "init", "-d", str(datadir), "-v", "15")
     paused.reached()
     paused.proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 30
-    while not (hooks / "unmaking.reached").exists():
-        assert paused.proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    paused.reached_also("unmaking", timeout=30)
     (hooks / "unmaking").unlink()
     paused.kill(signal.SIGKILL)
     assert not (datadir / "PG_VERSION").exists()

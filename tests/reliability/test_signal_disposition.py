@@ -20,22 +20,13 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pgmgr.core import sigguard
 from tests.pause import Paused
 from tests.reliability.conftest import InstFactory, pgmgr, wait_no_processes
-
-
-@contextlib.contextmanager
-def disposition(sig: int, handler: Any) -> Iterator[None]:
-    old = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        signal.signal(sig, old)
+from tests.snap.test_signal_review import caller_handler
 
 
 def _kill_self(sig: int) -> None:
@@ -52,7 +43,7 @@ def not_interrupted() -> Iterator[None]:
 
 
 def test_an_ignored_sighup_stays_ignored() -> None:
-    with disposition(signal.SIGHUP, signal.SIG_IGN):
+    with caller_handler(signal.SIGHUP, signal.SIG_IGN):
         with not_interrupted(), sigguard.interruptible():
             _kill_self(signal.SIGHUP)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
@@ -60,7 +51,7 @@ def test_an_ignored_sighup_stays_ignored() -> None:
 
 def test_a_callers_handler_stays_in_charge() -> None:
     got: list[int] = []
-    with disposition(signal.SIGTERM, lambda signum, frame: got.append(signum)):
+    with caller_handler(signal.SIGTERM, lambda signum, frame: got.append(signum)):
         with not_interrupted(), sigguard.interruptible():
             _kill_self(signal.SIGTERM)
         assert got == [signal.SIGTERM]
@@ -69,7 +60,7 @@ def test_a_callers_handler_stays_in_charge() -> None:
 def test_a_second_sigterm_does_not_cut_the_clean_up_short() -> None:
     cleaned = False
     with (
-        disposition(signal.SIGTERM, signal.SIG_DFL),
+        caller_handler(signal.SIGTERM, signal.SIG_DFL),
         pytest.raises(KeyboardInterrupt),
         sigguard.interruptible(),
     ):
@@ -80,7 +71,7 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_short() -> None:
             cleaned = True
     assert cleaned
     with (  # taken over again by a new block
-        disposition(signal.SIGTERM, signal.SIG_DFL),
+        caller_handler(signal.SIGTERM, signal.SIG_DFL),
         pytest.raises(KeyboardInterrupt),
         sigguard.interruptible(),
     ):
@@ -92,8 +83,8 @@ def test_a_sighup_after_a_ctrl_c_does_not_cut_its_clean_up_short() -> None:
     while its clean-up runs is ignored too; it raised a second KeyboardInterrupt there."""
     cleaned = False
     with (
-        disposition(signal.SIGINT, signal.default_int_handler),
-        disposition(signal.SIGHUP, signal.SIG_DFL),
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        caller_handler(signal.SIGHUP, signal.SIG_DFL),
         pytest.raises(KeyboardInterrupt),
         sigguard.interruptible(),
     ):
@@ -106,7 +97,7 @@ def test_a_sighup_after_a_ctrl_c_does_not_cut_its_clean_up_short() -> None:
 
 
 def test_a_sigterm_default_outside_is_put_back() -> None:
-    with disposition(signal.SIGTERM, signal.SIG_DFL):
+    with caller_handler(signal.SIGTERM, signal.SIG_DFL):
         with sigguard.interruptible():
             assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -140,10 +131,7 @@ def test_start_init_undo_survives_a_second_sigterm(work: Path, hooks: Path) -> N
         paused.reached()
         assert (datadir / "PG_VERSION").is_file()
         paused.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while not (hooks / "unmaking.reached").exists():
-            assert paused.proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        paused.reached_also("unmaking", timeout=30)
         paused.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         (hooks / "unmaking.go").touch()
