@@ -189,9 +189,9 @@ def copy_tree(
     :raises FileExistsError: ``dst`` exists.
     :raises OSError: reading or writing failed (ENOSPC, EACCES, ...).
     """
-    forced = forced_method()
-    methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
-    state = _State(methods, CopyStats(), current_umask(), copydata.writeback() if flush else None)
+    state = _State(
+        _methods(), CopyStats(), current_umask(), copydata.writeback() if flush else None
+    )
     if link_dest is not None and unchanged is not None:
         state.unchanged = unchanged
         state.linked = linked
@@ -326,12 +326,16 @@ def _link(lfd: int, dfd: int, name: str, rel: str, state: _State) -> bool:
     return True
 
 
+def _methods() -> list[str]:
+    """The methods to try, in order, from the one ``PGMGR_COPY_METHOD`` forces if set."""
+    forced = forced_method()
+    return list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
+
+
 def copy_file(sfd: int, dfd: int, name: str) -> CopyStats:
     """Copy the regular file ``name`` of the directory ``sfd`` into the directory ``dfd``
     (where ``name`` must not exist), as :func:`copy_tree` copies each of its files."""
-    forced = forced_method()
-    methods = list(METHODS[METHODS.index(forced) :]) if forced else list(METHODS)
-    state = _State(methods, CopyStats(), current_umask())
+    state = _State(_methods(), CopyStats(), current_umask())
     _copy_file(sfd, dfd, name, state)
     return state.stats
 

@@ -75,8 +75,8 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = cancelled
             held = got
-    if not pause.done:
-        _deliver(held)
+    if not pause.done:  # to the handlers in place, as spawn_again does
+        sigguard.redeliver(held, None)
         if interrupted:
             raise KeyboardInterrupt
 
@@ -119,22 +119,15 @@ def spawn_again(srv: Server, pause: Pause) -> None:
     the block after the spawn, unless its work is ``done``."""
     if pause.stopped_at is None or pause.spawned:
         return
-    with sigguard.shielded(deliver=False) as got:
+    # What it held goes to the handlers in place when it ends (none once the work is done:
+    # committed): a Ctrl-C, or a SIGTERM sigguard.interruptible took over, interrupts; a
+    # caller's own handler gets its signal (any raised KeyboardInterrupt here: a library
+    # caller that handles SIGTERM itself had its snapshot thrown away).
+    with sigguard.shielded():
         srv.stop("fast")  # finish an interrupted stop: a no-op otherwise
         srv.start(wait=False)
         pause.spawned = True
         testhook.pause("spawned")
-    if not pause.done:
-        _deliver(got)
-
-
-def _deliver(got: list[int]) -> None:
-    """Give the signals held while the server started again to the handlers in place (see
-    :func:`sigguard.redeliver`): a Ctrl-C, or a SIGTERM that :func:`sigguard.interruptible`
-    took over, raises KeyboardInterrupt; a caller's own handler gets its signal. (Any held
-    signal raised KeyboardInterrupt here: a library caller that handles SIGTERM itself had
-    its snapshot thrown away, and its handler never got the signal.)"""
-    sigguard.redeliver(got, None)
 
 
 def await_spawned(srv: Server) -> bool:
