@@ -125,41 +125,27 @@ def test_an_interrupted_import_is_redone_or_destroyed(
         assert fresh.pgmgr("destroy", "imp", "--yes").returncode == 0
 
 
-def test_a_second_sigterm_while_an_interrupted_import_is_undone(
-    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
-) -> None:
-    """SIGTERM during the restore, then SIGTERM again while the import destroys what it
-    made (the pause 'destroy-renamed'): the second is ignored (sigguard.interruptible)
-    and the clean-up completes. Taken like the first, it cut the destroy short and left
-    an incomplete instance behind."""
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGHUP)],
+    ids=["sigterm-sigterm", "ctrl-c-then-hang-up"],
+)
+def test_a_second_signal_while_an_interrupted_import_is_undone(
+    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path,
+    first: int, second: int,
+) -> None:  # fmt: skip
+    """A signal during the restore, then another while the import destroys what it made
+    (the pause 'destroy-renamed'): the second is ignored (sigguard.interruptible) and
+    the clean-up completes. Taken like the first, it cut the destroy short and left an
+    incomplete instance behind; after a Ctrl-C, a hang-up was still taken (only one that
+    interruptible had raised itself counted as the first)."""
     target = ops_dir / "imp"
     (hooks / "destroy-renamed").touch()
     run = Paused(hooks, "import-restored-db", "import", str(bundle[0]), "-d", str(target))
     run.reached()
-    run.proc.send_signal(signal.SIGTERM)
+    run.proc.send_signal(first)
     run.reached_also("destroy-renamed", timeout=60)
-    run.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    (hooks / "destroy-renamed.go").touch()
-    assert run.kill(0) == 130  # signal 0: only waits for it
-    assert_gone(fresh, "imp", target)
-
-
-def test_a_hang_up_after_a_ctrl_c_while_an_interrupted_import_is_undone(
-    fresh: Instance, bundle: tuple[Path, dict[str, Any]], ops_dir: Path, hooks: Path
-) -> None:
-    """Ctrl-C during the restore, then the terminal closes (SIGHUP) while the import
-    destroys what it made (the pause 'destroy-renamed'): the hang-up is ignored as a
-    second SIGTERM is (sigguard.interruptible) and the clean-up completes. Only one that
-    interruptible had raised itself counted as the first: after a Ctrl-C, the hang-up
-    was a second KeyboardInterrupt that cut the destroy short."""
-    target = ops_dir / "imp"
-    (hooks / "destroy-renamed").touch()
-    run = Paused(hooks, "import-restored-db", "import", str(bundle[0]), "-d", str(target))
-    run.reached()
-    run.proc.send_signal(signal.SIGINT)
-    run.reached_also("destroy-renamed", timeout=60)
-    run.proc.send_signal(signal.SIGHUP)
+    run.proc.send_signal(second)
     time.sleep(0.2)
     (hooks / "destroy-renamed.go").touch()
     assert run.kill(0) == 130  # signal 0: only waits for it
