@@ -1,0 +1,50 @@
+"""A hurried user's slips with snapshot, restore, branch and destroy, found by the
+clumsy-user review: a running server whose ``postmaster.pid`` was damaged or removed (it
+looks stopped); a snapshot store the server user cannot read; a branch's -d under a
+directory the server user cannot enter. On real PostgreSQL 15 servers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.snap.conftest import Inst
+from tests.snap.test_review_inputs import _refused
+
+
+@pytest.mark.parametrize("damage", ["garbled", "removed"])
+def test_a_server_whose_pid_file_is_damaged_is_not_copied_or_replaced(
+    inst: Inst, damage: str
+) -> None:
+    """``postmaster.pid`` of a running server garbled (or removed) by hand: the server
+    looked stopped, so 'snapshot' copied its live data directory as if it were a cold one,
+    'branch' made an instance of that copy, and 'restore' swapped another data directory
+    in under the running postmaster ("Restored 'dev' to 's1'; PostgreSQL 15.18, stopped"),
+    which went on writing into the old one. 'start' already refused ("postgres processes
+    still use ... but no postmaster serves it"); these now do too, changing nothing."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("INSERT INTO t VALUES (-1)")
+    pidfile = inst.datadir / "postmaster.pid"
+    body = pidfile.read_bytes()
+    owner = os.stat(pidfile)
+    try:
+        if damage == "garbled":
+            pidfile.write_text("garbage\n")
+        else:
+            pidfile.unlink()
+        assert inst.state() == "stopped"
+        what = "but no postmaster serves it"
+        _refused(inst, ("snapshot", "dev", "s2"), 1, what)
+        _refused(inst, ("branch", "dev", "b"), 1, what)
+        _refused(inst, ("restore", "dev", "s1", "--yes"), 1, what)
+        _refused(inst, ("restore", "dev", "s1", "--yes", "--save-current"), 1, what)
+        assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+        assert not (inst.datadir.parent / "b").exists()
+    finally:
+        pidfile.write_bytes(body)
+        os.chown(pidfile, owner.st_uid, owner.st_gid)
+    # The server never noticed: the row is there, and a branch of the snapshot still works.
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
+    inst.ok("branch", "dev", "b", "--from", "s1", "-q")
