@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import diskio, pgcontrol, server, snapdoom, snapstore, testhook, userfs, versions
-from pgmgr.core.errors import DatabaseException, UsageError, doing
+from pgmgr.core.errors import DatabaseException, UsageError, describe_os_error, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
@@ -249,6 +249,8 @@ class Kept:
             found = len(list_snapshots(srv))
         except DatabaseException as e:  # an unsafe store is never touched
             problem = str(e)
+        except OSError as e:  # nor one the server user cannot read (chmod 000 as root)
+            problem = describe_os_error(e)
         path = str(snapstore.store_path(srv.datadir))
         return cls(srv.datadir, srv.user(), found, path, problem)
 

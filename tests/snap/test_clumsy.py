@@ -5,6 +5,7 @@ directory the server user cannot enter. On real PostgreSQL 15 servers."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -48,3 +49,21 @@ def test_a_server_whose_pid_file_is_damaged_is_not_copied_or_replaced(
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
     inst.ok("branch", "dev", "b", "--from", "s1", "-q")
+
+
+def test_destroy_leaves_a_store_it_cannot_read_alone(inst: Inst) -> None:
+    """A snapshot store made unreadable by hand (chmod 000): as root, 'destroy' (with or
+    without --with-snapshots) failed with "Error: Permission denied: <store>" and the
+    instance could not be destroyed at all, where an unsafe store is left alone and said
+    (as the server user, this one is: it cannot open its own store)."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.store.chmod(0)
+    try:
+        proc = inst.ok("destroy", "dev", "--yes", "--with-snapshots", "--json")
+    finally:
+        inst.store.chmod(0o700)
+    out = json.loads(proc.stdout)
+    assert out["removed_datadir"] and out["snapshots_removed"] == 0, out
+    assert "Permission denied" in out["snapshots_problem"], out
+    assert (inst.store / "s1" / "data").is_dir()
+    assert not inst.datadir.exists()
