@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 
 import pytest
 
+from pgmgr.core import dirpath, privileges, userfs
 from tests.snap.conftest import Inst
 from tests.snap.test_review_inputs import _refused
 
@@ -67,3 +69,26 @@ def test_destroy_leaves_a_store_it_cannot_read_alone(inst: Inst) -> None:
     assert "Permission denied" in out["snapshots_problem"], out
     assert (inst.store / "s1" / "data").is_dir()
     assert not inst.datadir.exists()
+
+
+def test_a_branch_under_a_directory_it_cannot_enter_says_so(inst: Inst) -> None:
+    """'branch dev b -d DIR/b', DIR a directory the server user cannot enter (another
+    user's home): "Error: Permission denied: DIR/PG_VERSION", a file the user never named
+    (the look for a data directory above the new one). Now the parent it cannot write is
+    said, as for any other. As root, pgmgr itself can look there: the look is run as the
+    server user, as a pgmgr run by that user does it."""
+    closed = inst.datadir.parent / "closed"
+    closed.mkdir()
+    if os.geteuid() == 0:
+        os.chown(closed, pwd.getpwnam("postgres").pw_uid, -1)
+    closed.chmod(0)
+    target = closed / "b"
+    try:
+        if os.geteuid() == 0:
+            user = privileges.lookup("postgres")
+            userfs.as_user(user, dirpath.check_datadir_place, target, "create")
+        else:
+            _refused(inst, ("branch", "dev", "b", "-d", str(target)), 1, f"cannot create {target}")
+    finally:
+        closed.chmod(0o700)
+    assert not target.exists()
