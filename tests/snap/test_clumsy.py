@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 
 import pytest
 
@@ -92,3 +93,18 @@ def test_a_branch_under_a_directory_it_cannot_enter_says_so(inst: Inst) -> None:
     finally:
         closed.chmod(0o700)
     assert not target.exists()
+
+
+def test_a_snapshot_whose_copy_was_removed_is_listed_as_not_restorable(inst: Inst) -> None:
+    """A snapshot's ``data/`` removed by hand (its snapshot.json left): 'snapshots' listed
+    it as a good one, and restore said "its data directory is PostgreSQL unknown, not 15"."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("snapshot", "dev", "s2", "-q")
+    shutil.rmtree(inst.store / "s1" / "data")
+    rows = {s["snapshot"]: s["problem"] for s in inst.snaps()}
+    assert rows == {"s1": "its copy (data/) is missing", "s2": None}, rows
+    what = "snapshot 's1' is damaged: its copy (data/) is missing"
+    _refused(inst, ("restore", "dev", "s1", "--yes"), 1, what)
+    _refused(inst, ("branch", "dev", "b", "--from", "s1"), 1, what)
+    inst.ok("snapshot", "dev", "s1", "--delete", "-q")
+    assert [s["snapshot"] for s in inst.snaps()] == ["s2"]
