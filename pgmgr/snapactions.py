@@ -98,6 +98,7 @@ def restore(
 
     srv = resolve(name, None)
     if confirm is not None:
+        _check_listed(srv, snap)  # not "Replace the data by 'typo'? [y/N]", then an error
         confirm(srv)
     with (
         sigguard.interruptible(),
@@ -129,6 +130,26 @@ def restore(
     )
     note_standbys(result.instance, standbys, "a restore")
     return 0
+
+
+def _check_listed(srv: Server, snap: str) -> None:
+    """Before the question: ``snap`` is a valid name of one of ``srv``'s snapshots (the
+    restore checks it again under the lock, and whether it can be restored).
+
+    :raises UsageError: an invalid name.
+    :raises SnapshotNotFound: no such snapshot.
+    """
+    from pgmgr.core import snapcatalog as catalog
+    from pgmgr.core.snapstore import SnapshotNotFound, check_snap_name
+
+    check_snap_name(snap)
+    names = sorted(s.snapshot for s in catalog.list_snapshots(srv))
+    if snap not in names:
+        raise SnapshotNotFound(
+            f"'{srv.inst.name}' has no snapshot named {snap!r} (it has: "
+            f"{', '.join(names) or 'none'})",
+            hint="'pgmgr snapshots' lists them",
+        )
 
 
 def branch(
