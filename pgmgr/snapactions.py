@@ -98,7 +98,6 @@ def restore(
 
     srv = resolve(name, None)
     if confirm is not None:
-        _check_listed(srv, snap)  # not "Replace the data by 'typo'? [y/N]", then an error
         confirm(srv)
     with (
         sigguard.interruptible(),
@@ -132,9 +131,10 @@ def restore(
     return 0
 
 
-def _check_listed(srv: Server, snap: str) -> None:
-    """Before the question: ``snap`` is a valid name of one of ``srv``'s snapshots (the
-    restore checks it again under the lock, and whether it can be restored).
+def check_listed(srv: Server, snap: str) -> None:
+    """Before ``restore`` asks: ``snap`` is a valid name of one of ``srv``'s snapshots, not
+    "Replace the data by 'typo'? [y/N]" and then an error (the restore checks it again
+    under the lock, and whether it can be restored).
 
     :raises UsageError: an invalid name.
     :raises SnapshotNotFound: no such snapshot.
