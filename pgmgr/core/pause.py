@@ -179,7 +179,7 @@ def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
     if not pause.was_running:
         from pgmgr.core import startup
 
-        startup.check_unused(srv.datadir, f"run 'pgmgr {pause.command}' again")
+        startup.check_unused(srv.datadir, f"run 'pgmgr {pause.command}' again", wait=2.0)
         return
     if srv.register:
         from pgmgr.core import paths, registry, stopmark

@@ -281,14 +281,18 @@ def record_running(srv: Server, pf: process.PidFile) -> None:
     srv.marked = None
 
 
-def check_unused(datadir: Path, then: str) -> None:
+def check_unused(datadir: Path, then: str, wait: float = 0.0) -> None:
     """Refuse ``datadir`` while postgres processes no postmaster pgmgr can see stands
     behind work in it: orphaned backends of a killed postmaster, or a postmaster whose
-    ``postmaster.pid`` was removed or damaged (it runs, but looks stopped).
+    ``postmaster.pid`` was removed or damaged (it runs, but looks stopped). ``wait``: for
+    up to that many seconds for them to exit first (a postmaster stopped by hand removes
+    its postmaster.pid a moment before it exits; orphans exit once they notice).
 
     :raises WorkerError: some do (``then``: what to do once they are gone).
     """
-    users = process.processes_in(datadir)
+    deadline = time.monotonic() + wait
+    while (users := process.processes_in(datadir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if users:
         raise WorkerError(
             f"postgres processes still use {datadir} (pids "
