@@ -131,6 +131,27 @@ def restore(
     return 0
 
 
+def check_listed(srv: Server, snap: str) -> None:
+    """Before ``restore`` asks: ``snap`` is a valid name of one of ``srv``'s snapshots, not
+    "Replace the data by 'typo'? [y/N]" and then an error (the restore checks it again
+    under the lock, and whether it can be restored).
+
+    :raises UsageError: an invalid name.
+    :raises SnapshotNotFound: no such snapshot.
+    """
+    from pgmgr.core import snapcatalog as catalog
+    from pgmgr.core.snapstore import SnapshotNotFound, check_snap_name
+
+    check_snap_name(snap)
+    names = sorted(s.snapshot for s in catalog.list_snapshots(srv))
+    if snap not in names:
+        raise SnapshotNotFound(
+            f"'{srv.inst.name}' has no snapshot named {snap!r} (it has: "
+            f"{', '.join(names) or 'none'})",
+            hint="'pgmgr snapshots' lists them",
+        )
+
+
 def branch(
     name: str,
     new: str,

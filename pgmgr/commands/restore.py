@@ -42,6 +42,7 @@ def restore(
             raise UsageError(
                 f"refusing to restore '{srv.inst.name}' without --yes (no terminal to ask on)"
             )
+        snapactions.check_listed(srv, snap)
         lost = "kept as a new snapshot" if save_current else "lost"
         prompt = (
             f"Replace the data of '{srv.inst.name}' by snapshot {snap!r}? (current state: {lost})"

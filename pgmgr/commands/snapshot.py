@@ -64,7 +64,10 @@ def snapshots(
         rows = [info.to_dict() for info in catalog.list_snapshots(c.resolve(name, None))]
     else:
         rows = []
-        for inst in registry.load_all()[0]:
+        instances, broken = registry.load_all()
+        for err in broken:  # its snapshots are not listed: said, as status does
+            ui.error(str(err), err.hint)
+        for inst in instances:
             try:
                 rows += [info.to_dict() for info in catalog.list_snapshots(Server(inst))]
             except DatabaseException as e:  # one unsafe store does not hide the others

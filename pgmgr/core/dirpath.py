@@ -90,7 +90,11 @@ def check_datadir_place(path: str | Path, doing: str) -> None:
             hint="choose a directory outside it; pgmgr keeps snapshots there",
         )
     for parent in real.parents:
-        if (parent / "PG_VERSION").is_file():
+        try:
+            inside = (parent / "PG_VERSION").is_file()
+        except OSError:  # a parent it cannot enter: nothing can be made there (said next)
+            continue
+        if inside:
             raise DatabaseException(
                 f"cannot {doing} {path}: it is inside the data directory {parent}",
                 hint="choose a directory outside it",

@@ -59,7 +59,7 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
     interrupted = False
     held: list[int] = []
     try:
-        if pause.was_running and stop:
+        if stop:
             stop_now(srv, pause, mode)
         yield pause
     finally:
@@ -172,15 +172,22 @@ def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
         read-only or full state filesystem would leave it stopped. It is not stopped.
     :raises OSError: the record's mark (see :mod:`pgmgr.core.stopmark`) could not be
         saved. It is not stopped.
+    :raises WorkerError: it looked stopped, but postgres processes still work in its data
+        directory (see :func:`startup.check_unused`): a copy of it, or one swapped in,
+        would be made under a running server.
     """
-    if pause.was_running:
-        if srv.register:
-            from pgmgr.core import paths, registry, stopmark
+    if not pause.was_running:
+        from pgmgr.core import startup
 
-            action = f"stop '{srv.inst.name}' and start it again"
-            paths.check_writable(registry.instances_dir(), action, paths.STATE_ELSEWHERE)
-            stopmark.mark(srv, pause.command)  # a kill -9 from here on leaves it stopped
-        pause.stopped_at = time.monotonic()
-        # Not saved once stopped: the start that ends the pause saves the record (and a
-        # kill -9 before it leaves the mark, which says why the server is stopped).
-        srv.stop(mode, record=False)
+        startup.check_unused(srv.datadir, f"run 'pgmgr {pause.command}' again", wait=2.0)
+        return
+    if srv.register:
+        from pgmgr.core import paths, registry, stopmark
+
+        action = f"stop '{srv.inst.name}' and start it again"
+        paths.check_writable(registry.instances_dir(), action, paths.STATE_ELSEWHERE)
+        stopmark.mark(srv, pause.command)  # a kill -9 from here on leaves it stopped
+    pause.stopped_at = time.monotonic()
+    # Not saved once stopped: the start that ends the pause saves the record (and a
+    # kill -9 before it leaves the mark, which says why the server is stopped).
+    srv.stop(mode, record=False)

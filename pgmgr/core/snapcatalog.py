@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import diskio, pgcontrol, server, snapdoom, snapstore, testhook, userfs, versions
-from pgmgr.core.errors import DatabaseException, UsageError, doing
+from pgmgr.core.errors import DatabaseException, UsageError, describe_os_error, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapstore import Meta, SnapshotNotFound, Store
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 #: what :func:`snapstore.list_metas` returns
 Listing = list[tuple[str, Meta | None, str | None]]
+#: why a snapshot whose ``data/`` was removed by hand is not restorable
+COPY_MISSING = "its copy (data/) is missing"
 
 
 def taken_names(store: Store) -> set[str]:
@@ -80,7 +82,7 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
     """The snapshots in ``srv``'s store, oldest first (unreadable ones say why)."""
     try:
         with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
-            entries, current = store.as_user(_listing, store.path, srv.datadir)
+            entries, current, gone = store.as_user(_listing, store.path, srv.datadir)
     except SnapshotNotFound:
         return []
     out = []
@@ -90,6 +92,8 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
             out.append(SnapshotInfo(srv.inst.name, name, None, None, None, None, path, why))
             continue
         problem = None if meta.datadir == srv.inst.datadir else f"taken of {meta.datadir}"
+        if name in gone:
+            problem = COPY_MISSING
         if (
             problem is None
             and meta.major == srv.inst.major  # else restore says which major it is
@@ -108,14 +112,20 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
     return out
 
 
-def _listing(store: Path, datadir: Path) -> tuple[Listing, str | None]:
-    """:func:`snapstore.list_metas`, and the system identifier of ``datadir`` now (None if
-    unreadable). As the server user."""
+def _listing(store: Path, datadir: Path) -> tuple[Listing, str | None, set[str]]:
+    """:func:`snapstore.list_metas`, the system identifier of ``datadir`` now (None if
+    unreadable), and the snapshots whose copy is gone (removed by hand). As the server
+    user."""
     try:
         current: str | None = pgcontrol.system_identifier(datadir)
     except (OSError, ValueError):
         current = None
-    return snapstore.list_metas(store), current
+    listing = snapstore.list_metas(store)
+    gone = {
+        n for n, m, _ in listing
+        if m is not None and not os.path.lexists(store / n / snapstore.DATA)
+    }  # fmt: skip
+    return listing, current, gone
 
 
 def missing(instance: str, name: str) -> str:
@@ -249,6 +259,8 @@ class Kept:
             found = len(list_snapshots(srv))
         except DatabaseException as e:  # an unsafe store is never touched
             problem = str(e)
+        except OSError as e:  # nor one the server user cannot read (chmod 000 as root)
+            problem = describe_os_error(e)
         path = str(snapstore.store_path(srv.datadir))
         return cls(srv.datadir, srv.user(), found, path, problem)
 

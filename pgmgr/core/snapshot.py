@@ -34,7 +34,7 @@ from pgmgr.core import (
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import done_then, paused, spawn_again
-from pgmgr.core.snapcatalog import pick_name
+from pgmgr.core.snapcatalog import COPY_MISSING, pick_name
 from pgmgr.core.snapstore import Meta
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -255,6 +255,8 @@ def _finish(staging: Path, final: Path, meta: Meta) -> None:
 def _check_data(snapdir: Path, meta: Meta) -> str | None:
     """Why the copy in ``snapdir`` does not match its metadata, or None."""
     data = snapdir / snapstore.DATA
+    if not os.path.lexists(data):
+        return COPY_MISSING
     major = server.datadir_major(data)
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"

@@ -281,6 +281,27 @@ def record_running(srv: Server, pf: process.PidFile) -> None:
     srv.marked = None
 
 
+def check_unused(datadir: Path, then: str, wait: float = 0.0) -> None:
+    """Refuse ``datadir`` while postgres processes no postmaster pgmgr can see stands
+    behind work in it: orphaned backends of a killed postmaster, or a postmaster whose
+    ``postmaster.pid`` was removed or damaged (it runs, but looks stopped). ``wait``: for
+    up to that many seconds for them to exit first (a postmaster stopped by hand removes
+    its postmaster.pid a moment before it exits; orphans exit once they notice).
+
+    :raises WorkerError: some do (``then``: what to do once they are gone).
+    """
+    deadline = time.monotonic() + wait
+    while (users := process.processes_in(datadir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if users:
+        raise WorkerError(
+            f"postgres processes still use {datadir} (pids "
+            + ", ".join(map(str, users))
+            + ") but no postmaster serves it",
+            hint=f"wait for them to exit, or stop them, then {then}",
+        )
+
+
 def clear_stale_pidfile(srv: Server) -> None:
     """Remove a ``postmaster.pid`` no live postmaster of this data dir stands behind.
 
@@ -291,14 +312,7 @@ def clear_stale_pidfile(srv: Server) -> None:
     pidfile = srv.datadir / process.PIDFILE
     if not pidfile.exists():
         return
-    users = process.processes_in(srv.datadir)
-    if users:
-        raise WorkerError(
-            f"postgres processes still use {srv.datadir} (pids "
-            + ", ".join(map(str, users))
-            + ") but no postmaster serves it",
-            hint="wait for them to exit, or stop them, then start again",
-        )
+    check_unused(srv.datadir, "start again")
     pf = process.PidFile.read(srv.datadir)
     if pf is not None and process.stale_pidfile_reason(pf) is None:
         raise WorkerError(

@@ -207,6 +207,43 @@ def test_ctrl_c_at_a_prompt_ends_the_line_and_says_interrupted(
     assert lines[-2].endswith("[y/N]: ^C"), lines  # ^C: the terminal's echo
 
 
+@pytest.mark.parametrize(("snap", "code"), [("typo", 4), ("../s1", 2)])
+def test_restore_asks_nothing_about_a_snapshot_that_is_not_there(
+    work: Work, datadir: Path, snap: str, code: int
+) -> None:
+    """On a terminal, 'restore data typo' asked "Replace the data of 'data' by snapshot
+    'typo'? [y/N]" and only after a 'y' said there is no such snapshot (an invalid name
+    too): the error comes first now, as upgrade's do."""
+    work.ok("init", "-q", "-d", "./data", "-v", "15")
+    work.ok("snapshot", "data", "s1", "-q")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pgmgr with the pty as its controlling terminal
+        os.chdir(work.path)
+        os.execv(sys.executable, [sys.executable, "-m", "pgmgr", "restore", "data", snap])  # noqa: S606
+    out, answered = b"", False
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if b"[y/N]" in out and not answered:
+                    answered = True
+                    os.write(fd, b"n\n")  # asked (the bug): answered, so that it ends
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    text = out.decode().replace("\r", "")
+    assert "[y/N]" not in text, text
+    assert os.waitstatus_to_exitcode(status) == code, text
+    assert text.startswith("Error: ") and "Traceback" not in text, text
+
+
 def test_stop_all_json_says_what_happened_to_each(work: Work, template_dir: Path) -> None:
     import subprocess
 

@@ -3,6 +3,7 @@ instance whose directory is gone."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -48,3 +49,21 @@ def test_an_instance_whose_directory_is_gone_does_not_hide_the_others(
         assert [r["snapshot"] for r in inst.snaps("dev")] == ["s1"]
     finally:
         (ops_dir / "unmounted").rename(ops_dir / "vol")
+
+
+def test_an_unreadable_record_is_said_not_skipped(inst: Inst, ops_dir: Path) -> None:
+    """A record truncated by hand: 'pgmgr snapshots' left that instance out without a word
+    (status says it is broken), so its snapshots looked gone. One error line for it (with
+    the hint status gives), the others listed."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("init", "-q", "-d", str(ops_dir / "x"), "--name", "x", "-v", "15")
+    inst.ok("snapshot", "x", "k1", "-q")
+    state = Path(inst.env.get("PGMGR_STATE_DIR") or os.environ["PGMGR_STATE_DIR"])
+    record = state / "instances" / "x.json"
+    record.write_text(record.read_text()[:50])
+    for args in (("snapshots",), ("snapshots", "--json")):
+        proc = inst.ok(*args)
+        lines = error_lines(proc.stderr)
+        assert len(lines) == 2 and lines[0].startswith(f"Error: instance record {record}"), lines
+        assert lines[1].startswith("Hint: remove it with 'pgmgr forget x'"), lines
+        assert "dev" in proc.stdout and "s1" in proc.stdout, proc.stdout
