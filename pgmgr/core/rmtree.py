@@ -138,14 +138,21 @@ class _Removal:
         )
         try:
             for t in workers:
-                t.start()
+                try:
+                    t.start()
+                except RuntimeError:  # no thread to be had (a pids limit): the rest in line
+                    break
             for t in workers:
-                t.join()
+                if t.ident is not None:
+                    t.join()
         finally:  # interrupted (Ctrl-C): what has not begun is dropped, the rest awaited
             todo.clear()
             for t in workers:
                 if t.ident is not None:
                     t.join()
+        if not any(t.ident is not None for t in workers):  # none started: all left to do
+            for name in names[i:]:
+                self.unlink(dir_fd, name)
         if errors:
             raise errors[0]
 

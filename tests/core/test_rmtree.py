@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -132,3 +133,44 @@ def test_an_error_is_raised_unless_ignored(
     rmtree.remove(top)
     assert not os.path.lexists(top)
     assert (outside / "keep").read_text() == "precious"
+
+
+_NO_THREADS = """
+import os, resource, sys
+sys.path.insert(0, sys.argv[2])
+from pgmgr.core import privileges, rmtree, userfs
+rmtree.SLOW = 0.0  # every unlink counts as slow: the threads are wanted
+
+
+def remove(fd: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # this user may start no thread now
+    userfs.rmtree_at(fd, "data")
+
+
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+userfs.as_user(privileges.lookup("postgres") if os.geteuid() == 0 else None, remove, fd)
+"""
+
+
+def test_a_removal_that_may_start_no_thread_goes_on_in_line(tmp_path: Path) -> None:
+    """A process that may not start a thread (its user at its process limit: ``ulimit -u``,
+    a container's or a systemd unit's pids limit, the server user's backends counting) still
+    removes the tree, in line: ``can't start new thread`` (RuntimeError, not an OSError)
+    went through every caller's ``except OSError`` (a traceback), even ``ignore_errors``,
+    and left the tree. Real: the child of as_user, the server user with RLIMIT_NPROC 1."""
+    box = tmp_path / "box"  # the server user's, as root
+    top = box / "data"
+    (top / "base").mkdir(parents=True)
+    for i in range(100):
+        (top / "base" / str(i)).write_bytes(b"x" * 8192)
+    if os.geteuid() == 0:
+        for p in [box, *box.rglob("*")]:
+            shutil.chown(p, "postgres", "postgres")
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_THREADS, str(box), str(Path(__file__).parents[2])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert not os.path.lexists(top)
