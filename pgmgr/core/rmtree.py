@@ -11,9 +11,10 @@ of CPU, and threads only add to it (tmpfs: 40 ms for such a tree, 90 ms with the
 first :data:`SAMPLE` unlinks of a removal are timed, in line, and the threads start only
 where those waited.
 
-The walk is :func:`shutil.rmtree`'s fd-based one (Linux): each directory is opened with
-``O_NOFOLLOW`` relative to its parent's fd, so a symlink swapped in anywhere is removed
-itself and never followed, and no path is resolved twice.
+The walk is :func:`shutil.rmtree`'s fd-based one (Linux), as a loop (see
+:func:`_remove_dir`): each directory is opened with ``O_NOFOLLOW`` relative to its
+parent's fd, so a symlink swapped in anywhere is removed itself and never followed, and no
+path is resolved twice.
 """
 
 from __future__ import annotations
@@ -157,8 +158,37 @@ class _Removal:
             raise errors[0]
 
 
+class _Dir:
+    """A directory of the walk, open: its subdirectories still to go, its files."""
+
+    def __init__(self, parent_fd: int, name: str, fd: int) -> None:
+        self.parent_fd, self.name, self.fd = parent_fd, name, fd
+        self.subdirs: list[str] = []
+        self.files: list[str] = []
+
+
 def _remove_dir(parent_fd: int, name: str, removal: _Removal) -> None:
-    """Remove the directory ``name`` of ``parent_fd`` and its entries."""
+    """Remove the directory ``name`` of ``parent_fd`` and its entries. The walk is a loop,
+    not a recursion: a tree deeper than Python's recursion limit (~1,000 levels, which any
+    user can make in a directory of theirs) raised RecursionError, a traceback with the
+    tree left; now its depth is bounded by the open files only (an OSError: EMFILE)."""
+    stack: list[_Dir] = []
+    try:
+        _enter(parent_fd, name, removal, stack)
+        while stack:
+            top = stack[-1]
+            if top.subdirs:
+                _enter(top.fd, top.subdirs.pop(), removal, stack)
+                continue
+            stack.pop()
+            _leave(top, removal)
+    finally:
+        for d in stack:  # an error below them (its own fd is closed already)
+            os.close(d.fd)
+
+
+def _enter(parent_fd: int, name: str, removal: _Removal, stack: list[_Dir]) -> None:
+    """Open the directory ``name`` of ``parent_fd`` and list it onto ``stack``."""
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
@@ -169,23 +199,34 @@ def _remove_dir(parent_fd: int, name: str, removal: _Removal) -> None:
         elif not removal.ignore_errors:
             raise
         return
-    workers: list[threading.Thread] = []
+    d = _Dir(parent_fd, name, fd)
+    stack.append(d)
     try:
         with os.scandir(fd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for sub, is_dir in entries:
-            if is_dir:
-                _remove_dir(fd, sub, removal)
-        removal.unlink_files(fd, [sub for sub, is_dir in entries if not is_dir], workers)
+            for entry in it:
+                listed = d.subdirs if entry.is_dir(follow_symlinks=False) else d.files
+                listed.append(entry.name)
+    except OSError:
+        d.subdirs, d.files = [], []
+        if not removal.ignore_errors:
+            raise
+    d.subdirs.reverse()  # popped from the end: in the order listed
+
+
+def _leave(d: _Dir, removal: _Removal) -> None:
+    """Unlink the files of ``d`` (its subdirectories are gone), close it, remove it."""
+    workers: list[threading.Thread] = []
+    try:
+        removal.unlink_files(d.fd, d.files, workers)
     except OSError:
         if not removal.ignore_errors:
             raise
     finally:
         # A second Ctrl-C that cut the wait for the workers short leaves the fd open.
         if not any(t.is_alive() for t in workers):
-            os.close(fd)
+            os.close(d.fd)
     try:
-        os.rmdir(name, dir_fd=parent_fd)
+        os.rmdir(d.name, dir_fd=d.parent_fd)
     except FileNotFoundError:
         pass
     except OSError:
