@@ -61,8 +61,8 @@ def remove(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None
     """:func:`remove_at` of a path (its parent is opened once, following symlinks in it
     as any path does: the caller trusts the path up to its last component)."""
     parent, name = os.path.split(os.path.abspath(os.fspath(path)))
-    try:
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # O_PATH: searched, never listed (a parent the caller may not read is enough)
+        fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     except OSError:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -174,3 +175,50 @@ def test_a_removal_that_may_start_no_thread_goes_on_in_line(tmp_path: Path) -> N
     )
     assert run.returncode == 0, run.stderr
     assert not os.path.lexists(top)
+
+
+_WRITE_ONLY_PARENT = """
+import os, shutil, sys
+sys.path.insert(0, sys.argv[2])
+from pgmgr.core import privileges, rmtree, userfs
+
+
+def both(box: str) -> list[str]:
+    for tree in ("a", "b"):
+        os.makedirs(f"{box}/{tree}/sub")
+        open(f"{box}/{tree}/sub/file", "w").close()
+    os.chmod(box, 0o300)  # the parent: written to and searched, not listed
+    try:
+        shutil.rmtree(f"{box}/a", ignore_errors=True)
+        rmtree.remove(f"{box}/b", ignore_errors=True)
+    finally:
+        os.chmod(box, 0o700)
+    return sorted(os.listdir(box))
+
+
+user = privileges.lookup("postgres") if os.geteuid() == 0 else None
+print(userfs.as_user(user, both, sys.argv[1]))
+"""
+
+
+def test_a_parent_that_may_not_be_listed_is_enough() -> None:
+    """As :func:`shutil.rmtree`, a tree is removed from a parent the caller may write and
+    search but not read (a drop directory, mode 0300 or 1733; a TMPDIR of 0711): its
+    parent was opened O_RDONLY, EACCES, and with ``ignore_errors`` (bundle, import and
+    temporary clean-ups) the tree was left without a word. Real: as root, the server
+    user (root's rights would bypass the mode), in a directory of the temp dir it owns."""
+    box = Path(tempfile.mkdtemp(prefix="pgmgr-test-rm-"))
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(box, "postgres", "postgres")
+        run = subprocess.run(
+            [sys.executable, "-c", _WRITE_ONLY_PARENT, str(box), str(Path(__file__).parents[2])],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "[]", run.stdout  # shutil's tree and ours: both gone
+    finally:
+        box.chmod(0o700)
+        shutil.rmtree(box)
