@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr import __version__
-from pgmgr.core import dirpath, process, server, testhook, versions
+from pgmgr.core import dirpath, process, rmtree, server, testhook, versions
 from pgmgr.core.bundlecheck import FORMAT, FORMAT_VERSION, MANIFEST, checksums
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server, unfinished
@@ -162,7 +161,7 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
             testhook.pause("export-written")
             _rename_new(work, dest)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            rmtree.remove(work, ignore_errors=True)
             raise
     size = sum(f["size"] for f in files.values())
     return ExportResult(dest, [d["name"] for d in dbs], size, time.monotonic() - t0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pgmgr.core import (
     dirlock,
     privileges,
     registry,
+    rmtree,
     scram,
     server,
     sigguard,
@@ -235,4 +235,4 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         os.chown(top, su.uid, su.gid)
         yield top / "archive"
     finally:
-        userfs.as_user(su, shutil.rmtree, str(top), ignore_errors=True)
+        userfs.as_user(su, rmtree.remove, str(top), ignore_errors=True)

@@ -87,10 +87,9 @@ def interruptible() -> Iterator[None]:
             held = _uncommit()
             # In-process, the committed work is complete now: a signal it held is the
             # caller's, delivered now to the caller's own handlers (a Ctrl-C raises
-            # KeyboardInterrupt, an ignored one stays ignored), unless a failure says
-            # what happened already.
-            for s in dict.fromkeys(() if failed else held):
-                signal.raise_signal(s)
+            # KeyboardInterrupt, an ignored one stays ignored); after a failure, all but
+            # a Ctrl-C, whose KeyboardInterrupt would only hide it.
+            _deliver(held, quiet=failed)
 
 
 @contextlib.contextmanager
@@ -183,19 +182,36 @@ def redeliver(got: list[int], failure: BaseException | None) -> None:
     Ctrl-C then raises KeyboardInterrupt (its cause ``failure``: see :func:`cause`), so
     the command says "Interrupted", exit 130; an unhandled SIGTERM ends the process as it
     would have a moment later (143 in a shell); a handler of the caller's (``pgmgr run``,
-    an enclosing :func:`shielded`) records it. Nothing after :func:`commit`: those wait
-    for the end of the committed work already."""
-    if not got or isinstance(failure, KeyboardInterrupt) or not _main_thread():
-        return
-    if _State.committed:
+    an enclosing :func:`shielded`) records it. When ``failure`` is an interrupt, only a
+    second Ctrl-C is left out: a handler of the caller's still gets its SIGTERM. Nothing
+    after :func:`commit`: those wait for the end of the committed work already."""
+    if not got or not _main_thread() or _State.committed:
         return
     try:
-        for s in dict.fromkeys(got):
-            signal.raise_signal(s)
+        _deliver(got, quiet=isinstance(failure, KeyboardInterrupt))
     except KeyboardInterrupt as e:
         if failure is None:
             raise
         raise e from failure
+
+
+def _deliver(signals: list[int], quiet: bool) -> None:
+    """Raise each of ``signals`` once, in order, to the handlers in place now. A handler
+    that raises (a Ctrl-C's KeyboardInterrupt) does not keep the others from theirs: the
+    first exception propagates once all are delivered (a SIGTERM held with a Ctrl-C never
+    reached the caller's SIGTERM handler). ``quiet``: a failure says what happened
+    already, and Python's Ctrl-C handler is left out (its KeyboardInterrupt would hide
+    it)."""
+    first: BaseException | None = None
+    for s in dict.fromkeys(signals):
+        if quiet and signal.getsignal(s) is signal.default_int_handler:
+            continue
+        try:
+            signal.raise_signal(s)
+        except BaseException as e:
+            first = first or e
+    if first is not None:
+        raise first
 
 
 def cause(interrupt: KeyboardInterrupt) -> BaseException | None:

@@ -26,13 +26,12 @@ import contextlib
 import ctypes  # here, not lazily: as root, work runs in children that may not reach the stdlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, paths, snapdoom, userfs
+from pgmgr.core import dirpath, paths, rmtree, snapdoom, userfs
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
@@ -283,16 +282,7 @@ def tmp_name(op: str) -> str:
 def remove_tree(path: Path, ignore_errors: bool = False) -> None:
     """Delete ``path`` and everything under it, never following a symlink: one put there
     (a snapshot directory swapped for a symlink) is removed itself, not refused."""
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            os.unlink(path)
-            return
-        shutil.rmtree(path, ignore_errors=ignore_errors)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        if not ignore_errors:
-            raise
+    rmtree.remove(path, ignore_errors=ignore_errors)
 
 
 def unsupported(datadir: Path) -> str | None:

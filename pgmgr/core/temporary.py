@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import privileges, server, sweep
+from pgmgr.core import privileges, rmtree, server, sweep
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote, quote_ident
@@ -213,7 +213,7 @@ class TemporaryInstance:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=30)
         if self.base is not None:
-            shutil.rmtree(self.base, ignore_errors=True)
+            rmtree.remove(self.base, ignore_errors=True)
         self.srv, self.base = None, None
         if self._guard_fd is not None:
             # The reaper reads EOF, finds nothing left and exits; not waited for (it may

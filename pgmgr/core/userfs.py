@@ -47,6 +47,7 @@ PRELOAD = (
     "fcntl",
     "json",
     "pickle",
+    "pgmgr.core.rmtree",
     "shutil",
     "subprocess",
     "tempfile",
@@ -322,18 +323,12 @@ def opened_dir(path: str | Path) -> Any:
 
 def rmtree_at(dir_fd: int, name: str) -> None:
     """Remove entry ``name`` of ``dir_fd`` and everything below it, through fds, never
-    following a symlink (a symlink is removed, not what it points to). Missing is fine."""
-    import shutil
+    following a symlink (a symlink is removed, not what it points to). Missing is fine.
+    (:func:`pgmgr.core.rmtree.remove_at`: many files go by several threads where each
+    unlink waits for the disk.)"""
+    from pgmgr.core import rmtree
 
-    try:
-        st = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # fd-based and symlink-safe on Linux
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
+    rmtree.remove_at(dir_fd, name)
 
 
 def read_file_at(dir_fd: int, name: str, limit: int = 1 << 20) -> bytes:

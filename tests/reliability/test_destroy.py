@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from pgmgr.core import server
 from tests.helpers import copy_datadir
@@ -228,3 +231,34 @@ def test_forget_and_destroy_sweep_only_their_own_trash(cluster: InstFactory) -> 
         run = pgmgr("destroy", str(inst.datadir), "--yes")
         assert run.returncode == 0, str(run)
         assert (mine / "notes.txt").read_text() == "mine\n"
+
+
+def test_destroy_of_a_tree_deeper_than_python_recursion(cluster: InstFactory) -> None:
+    """A directory chain 1,500 deep in the data directory (any user can make one in a
+    directory of theirs): the removal recursed, one Python frame a level, and destroy
+    ended in a RecursionError traceback with the trash left behind. The walk holds an fd
+    a level: the depth is bounded by the open files (beyond: "Too many open files", one
+    line), so the soft limit is raised to the hard one (1,024 is a common soft limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2000:
+        pytest.skip(f"open files limited to {hard}")
+    inst = cluster("deep")
+    owner = inst.datadir.stat()
+    fd = os.open(inst.datadir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.fchown(nxt, owner.st_uid, owner.st_gid)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for the pgmgr it runs
+    try:
+        run = pgmgr("destroy", "deep", "--yes")
+        assert run.returncode == 0, str(run)
+        assert not inst.datadir.exists() and not trash_of(inst.datadir)
+    finally:  # the fixtures' shutil.rmtree recurses too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        subprocess.run(["rm", "-rf", str(inst.datadir), *map(str, trash_of(inst.datadir))])

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,62 @@ def test_a_ctrl_c_while_the_handlers_are_put_back_leaves_none_behind() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def _recorder() -> tuple[list[int], Any]:
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    return seen, handler
+
+
+def test_a_caller_handler_gets_a_signal_held_past_a_failure_after_commit() -> None:
+    """A SIGTERM held by committed work that then fails reaches the caller's own handler
+    with the failure: it was dropped ("the failure says what happened"), so a worker
+    process whose handler asks it to shut down never heard of its SIGTERM and ran on."""
+    seen, handler = _recorder()
+    with caller_handler(signal.SIGTERM, handler):
+        with pytest.raises(ValueError), sigguard.interruptible():
+            with sigguard.shielded():
+                sigguard.commit()
+            _kill_self(signal.SIGTERM)  # only recorded
+            assert seen == []
+            raise ValueError("the restart failed")
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_two_held_signals_both_reach_their_handlers() -> None:
+    """A Ctrl-C and a SIGTERM held by the same shield: the KeyboardInterrupt of the first
+    stopped the second from being delivered, so the caller's SIGTERM handler never ran."""
+    seen, handler = _recorder()
+    with (
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        caller_handler(signal.SIGTERM, handler),
+    ):
+        with pytest.raises(KeyboardInterrupt), sigguard.shielded():
+            _kill_self(signal.SIGINT)
+            _kill_self(signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+
+
+def test_a_caller_handler_gets_a_signal_held_while_an_interrupt_is_undone() -> None:
+    """A SIGTERM held during the clean-up of a Ctrl-C reaches the caller's handler; the
+    KeyboardInterrupt goes on (it was dropped: "an interrupt already")."""
+    seen, handler = _recorder()
+    with (
+        caller_handler(signal.SIGINT, signal.default_int_handler),
+        caller_handler(signal.SIGTERM, handler),
+    ):
+        with pytest.raises(KeyboardInterrupt) as info:
+            try:
+                _kill_self(signal.SIGINT)
+            except KeyboardInterrupt as e:
+                with sigguard.undoing(e):
+                    _kill_self(signal.SIGTERM)
+                    _kill_self(signal.SIGINT)  # a second Ctrl-C: the first says it all
+                raise
+        assert seen == [signal.SIGTERM]
+        assert info.value.__cause__ is None and info.value.__context__ is None

@@ -72,14 +72,16 @@ def test_library_ignored_signal_after_commit_stays_ignored() -> None:
 
 
 def test_library_error_after_commit_keeps_its_exception() -> None:
-    """A failure after commit is not replaced by a signal recorded before it."""
-    before = _handlers()
-    with pytest.raises(ValueError), sigguard.interruptible():
-        with sigguard.shielded():
-            sigguard.commit()
-        _kill_self(signal.SIGTERM)
-        raise ValueError("boom")
-    assert _handlers() == before
+    """A failure after commit is not replaced by a Ctrl-C recorded before it (a SIGTERM
+    to a handler of the caller's is delivered: test_held_delivered)."""
+    with caller_handler(signal.SIGINT, signal.default_int_handler):
+        before = _handlers()
+        with pytest.raises(ValueError), sigguard.interruptible():
+            with sigguard.shielded():
+                sigguard.commit()
+            _kill_self(signal.SIGINT)
+            raise ValueError("boom")
+        assert _handlers() == before
 
 
 def test_signal_before_cancellable_cancels_it() -> None:
