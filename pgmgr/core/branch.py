@@ -28,6 +28,7 @@ from pgmgr.core import (
     branchplace,
     cleanup,
     copy,
+    delta,
     dirlock,
     dirpath,
     listen,
@@ -333,7 +334,12 @@ def _copy_branch(
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
             say(f"copying up to {snapstore.human(size)}")  # less the WAL a copy leaves out
             stop_now(src, pause)
+            control = tstore.as_user(delta.control, src.datadir)
+            testhook.pause("branch-copying")
             stats = tstore.as_user(_copy_own, src.datadir, staging)
+            # Started meanwhile (by hand, or the pgmgr of another registration, whose
+            # lock is its own): the files of a running server, copied one by one.
+            tstore.as_user(snapshot.not_run_since, src.datadir, control, "branch")
             testhook.pause("branch-copied")
             spawn_again(src, pause)
         else:
