@@ -28,6 +28,7 @@ from pgmgr.core import (
     branchplace,
     cleanup,
     copy,
+    delta,
     dirlock,
     dirpath,
     listen,
@@ -333,7 +334,7 @@ def _copy_branch(
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
             say(f"copying up to {snapstore.human(size)}")  # less the WAL a copy leaves out
             stop_now(src, pause)
-            stats = tstore.as_user(_copy_own, src.datadir, staging)
+            stats = tstore.as_user(_copy_stopped, src.datadir, staging)
             testhook.pause("branch-copied")
             spawn_again(src, pause)
         else:
@@ -353,6 +354,17 @@ def _copy_branch(
         cleanup.quietly(lambda: tstore.as_user(snapstore.remove_tree, staging))
         raise
     return stats, major
+
+
+def _copy_stopped(datadir: Path, staging: Path) -> copy.CopyStats:
+    """:func:`_copy_own` of the stopped source ``datadir``, refused if a server ran on it
+    meanwhile (by hand, or the pgmgr of another registration, whose lock is its own): the
+    files of a running server, copied one by one, are no image of it. As the server user."""
+    control = delta.control(datadir)
+    testhook.pause("branch-copying")
+    stats = _copy_own(datadir, staging)
+    snapshot.not_run_since(datadir, control, "branch")
+    return stats
 
 
 def _copy_own(origin: Path, staging: Path) -> copy.CopyStats:

@@ -171,13 +171,15 @@ def settle(inst: Instance) -> Instance | None:
                 return inst
             inst = registry.load(inst.name, settle=False)  # as it is now, under the lock
             if inst.pending == PENDING:
-                return _settle_locked(inst)
+                return settle_held(inst)
     except Exception:  # noqa: S110 - the record stays as it is; the next load tries again
         pass
     return inst
 
 
-def _settle_locked(inst: Instance) -> Instance | None:
+def settle_held(inst: Instance) -> Instance | None:
+    """:func:`settle`, by a command that holds the lock of ``inst``'s data directory (it
+    waited there while the branch ran, and the branch was killed)."""
     from pgmgr.core.instance import Server
 
     srv = Server(inst)

@@ -53,6 +53,13 @@ def refresh(srv: Server, only: tuple[str, ...] | None = None) -> None:
 
             intent.settle_held(fresh)
             fresh = registry.load(name, settle=False)
+        if fresh.pending == "branch":  # a branch killed while this command waited for it
+            from pgmgr.core import branchplace
+
+            settled = branchplace.settle_held(fresh)
+            if settled is None:  # undone: no record any more
+                raise InstanceNotFound(name)
+            fresh = settled
     except InstanceNotFound:
         if only is not None:  # an object that keeps its own record saves it again (Manager)
             return

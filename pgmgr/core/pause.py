@@ -99,6 +99,22 @@ def done_then(what: str, name: str) -> Iterator[list[bool]]:
         raise
 
 
+def not_started(srv: Server, what: str, *, ran: bool = False) -> None:
+    """:raises DatabaseException: a server runs on the data directory that ``what`` (the
+    restore, the upgrade) is about to swap out, or ``ran`` (the caller saw its
+    ``pg_control`` change): started meanwhile by hand, or by the pgmgr of another
+    registration of the directory, whose instance lock is not this one's. It would go on
+    in the replaced directory (a snapshot, or one sharing files with the new one), and
+    what it wrote since the copy was made would be missing from the new one."""
+    if ran or srv.running() is not None:
+        from pgmgr.core.errors import DatabaseException
+
+        raise DatabaseException(
+            f"'{srv.inst.name}' was started during the {what}; nothing was changed",
+            hint=f"stop what starts it (pg_ctl, a script) and run the {what} again",
+        )
+
+
 def resume(srv: Server, pause: Pause) -> None:
     """Start ``srv`` again now (instead of at the end of :func:`paused`), or wait for the
     start :func:`spawn_again` began. The caller holds signals (sigguard.shielded)."""

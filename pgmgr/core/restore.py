@@ -34,7 +34,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
-from pgmgr.core.pause import done_then, paused, resume, spawn_again
+from pgmgr.core.pause import done_then, not_started, paused, resume, spawn_again
 from pgmgr.core.restorable import check_restorable, survey
 from pgmgr.core.snapcatalog import load, missing, pick_name, record_of
 from pgmgr.core.snapshot import copy_into, meta_for, require_datadir
@@ -299,7 +299,7 @@ def restore(
                 if keep is not None:  # the replaced state becomes this snapshot
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
-                    _not_started(srv)
+                    not_started(srv, "restore")
                     # A full copy by clones is not indexed: the next restore clones too.
                     reindex = index is not None or stats.method != "reflink"
                     own = index.own if index is not None else None
@@ -335,17 +335,6 @@ def _check_space(
     if index is not None and snapstore.free_bytes(store.fd) < needed:
         needed -= store.as_user(delta.kept_bytes, index, srv.datadir)
     snapstore.check_space(store, needed, f"restoring {meta.name!r}", snapdir)
-
-
-def _not_started(srv: Server) -> None:
-    """:raises DatabaseException: a server runs on the data directory about to be
-    swapped out (started meanwhile by hand, bypassing the lock): it would go on in the
-    replaced directory, which shares files with the restored one."""
-    if srv.running() is not None:
-        raise DatabaseException(
-            f"'{srv.inst.name}' was started during the restore; nothing was changed",
-            hint="stop what starts it (pg_ctl, a script) and restore again",
-        )
 
 
 def _recheck_stopped(

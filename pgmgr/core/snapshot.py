@@ -209,7 +209,7 @@ def _copy_identified(
         base = delta.base((staging.parent / n for n in earlier), index, snapstore.DATA)
     testhook.pause("snapshot-indexed")
     stats = snap_copy(src, staging, base)
-    _not_run_since(src, control)
+    not_run_since(src, control)
     if index is not None:
         index.own = delta.mine(staging / snapstore.DATA)
         if delta.settle(index, src):
@@ -221,15 +221,16 @@ def _copy_identified(
     return stats, sysid, base.data.parent.name if base and stats.linked else None
 
 
-def _not_run_since(datadir: Path, control: delta.Stamp | None) -> None:
+def not_run_since(datadir: Path, control: delta.Stamp | None, what: str = "snapshot") -> None:
     """:raises DatabaseException: a server ran on the stopped ``datadir`` since the stamp
     ``control`` of its ``pg_control`` was taken (started by hand, bypassing the lock; any
-    start or stop writes ``pg_control``): the copy mixes files from before its writes
-    (linked from an earlier snapshot by the index) with files from after."""
+    start or stop writes ``pg_control``): the copy ``what`` made mixes files from before
+    its writes (linked from an earlier snapshot by the index) with files from after. As
+    the server user."""
     if control != delta.control(datadir):
         raise DatabaseException(
-            f"a server was started on {datadir} during the snapshot; nothing was changed",
-            hint="stop what starts it (pg_ctl, a script) and snapshot again",
+            f"a server was started on {datadir} during the {what}; nothing was changed",
+            hint=f"stop what starts it (pg_ctl, a script) and {what} again",
         )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from pgmgr.core import (
     cleanup,
     copy,
+    delta,
     dirpath,
     intent,
     paths,
@@ -47,7 +48,7 @@ from pgmgr.core import upgradeconf as conf
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
-from pgmgr.core.pause import done_then, paused, resume
+from pgmgr.core.pause import done_then, not_started, paused, resume
 from pgmgr.core.snapcatalog import taken_names
 from pgmgr.core.snapstore import Meta, Store
 from pgmgr.core.versions import Installation
@@ -329,9 +330,14 @@ def _switch(
         steps.say(f"pg_upgrade --{method}")
         with _link_undone_if_killed(srv, store, newdata, method):
             _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
+            # What pg_upgrade read (it stopped the old server last): a server run on it
+            # since (by hand, or the pgmgr of another registration) refuses the swap.
+            control = store.as_user(delta.control, srv.datadir)
             testhook.pause("upgrade-ran")
             it = _intent(srv, store, new, newdata, method, meta, result)
             with sigguard.shielded():
+                ran = store.as_user(delta.control, srv.datadir) != control
+                not_started(srv, "upgrade", ran=ran)  # its writes would be lost
                 intent.begin(srv, it)  # replaces the one that undoes --link after a kill
                 try:
                     store.as_user(_hold, store.path, newdata, it.old, KEEP, it.source)

@@ -8,11 +8,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from tests.helpers import error_lines, pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_switch_killed import hooks_dir
+from tests.snap.test_switch_waiters import waiting_for_lock
 
 
 def killed_at(inst: Inst, tmp_path: Path, step: str) -> None:
@@ -133,3 +138,41 @@ def test_a_branch_killed_before_its_copy_is_in_place_then_another_branch_undoes_
         assert not os.path.lexists(ops_dir / ".pgmgr-snapshots" / "k")
     finally:
         inst.pgmgr("stop", "m", "-q")
+
+
+@pytest.mark.parametrize("step", ["branch-placed", "branch-registered"])
+def test_a_command_that_waited_for_a_branch_killed_meanwhile_settles_it(
+    inst: Inst, ops_dir: Path, tmp_path: Path, step: str
+) -> None:
+    """'pgmgr start k' in a second terminal waits for the branch's lock; the branch is
+    killed. The start then held the lock but read the record as the dead branch left it
+    (no settling under a lock) and refused: "'k' is an unfinished 'pgmgr branch'
+    (interrupted, or still running)", with a hint that its directory was away, though it
+    stood there. Now the record is settled under the lock, as an intent is: once in
+    place, the branch is complete and starts; killed before, it was undone, and the
+    start says the instance was removed while it waited."""
+    run = Paused(hooks_dir(tmp_path), step, "branch", "dev", "k", env=inst.env)
+    run.reached()
+    waiter = subprocess.Popen(
+        pgmgr_argv("start", "k"), env={**os.environ, **inst.env}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        waiting_for_lock(waiter, ops_dir / "k")  # it resolved 'k' and waits for its lock
+        run.kill(signal.SIGKILL)
+        _, err = waiter.communicate(timeout=60)
+        if step == "branch-placed":
+            assert waiter.returncode == 0, err
+            assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+        else:
+            assert waiter.returncode == 4, err
+            assert error_lines(err)[0] == (
+                "Error: instance 'k' was removed while this command waited for it"
+            ), err
+            assert not (ops_dir / "k").exists()
+            branches_again(inst, ops_dir)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+        inst.pgmgr("stop", "k", "-q")

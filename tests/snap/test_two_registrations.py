@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import copy_datadir, pgmgr_argv
+from tests.helpers import copy_datadir, error_lines, pgmgr_argv, postmasters_under
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 
@@ -227,3 +227,58 @@ def test_a_snapshot_nested_too_deep_does_not_break_the_follow(
     proc = other.pgmgr("status", "other", "--json")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["state"] == "running"
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped-again"])
+def test_an_upgrade_refuses_a_server_the_other_registration_started_meanwhile(
+    twice: tuple[Inst, Inst], ops_dir: Path, stopped: bool
+) -> None:
+    """Once pg_upgrade had read the stopped cluster, 'other' (whose instance lock is not
+    the upgrade's) started it and a row was written. The upgrade swapped all the same:
+    the row was missing from the upgraded instance, which said it was upgraded, and the
+    old server ran on in the moved directory, now the rollback snapshot (writing into
+    it). As a restore does, the upgrade now refuses before the swap; nothing changed."""
+    dev, other = twice
+    run = Paused(hooks(ops_dir), "upgrade-ran", "upgrade", "dev", "-v", "18", "--yes")
+    try:
+        run.reached()
+        other.ok("start", "other", "-q", "--port", "auto")
+        other.sql("INSERT INTO t VALUES (-1)", "other")
+        if stopped:
+            other.ok("stop", "other", "-q")
+    finally:
+        done = run.go()
+    assert done.returncode == 1, done.stderr
+    assert error_lines(done.stderr)[0] == (
+        "Error: 'dev' was started during the upgrade; nothing was changed"
+    ), done.stderr
+    assert postmasters_under(dev.store) == []
+    assert dev.record()["major"] == "15" and dev.state() == "running"  # as it was
+    assert dev.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
+    assert [s["snapshot"] for s in dev.snaps()] == ["s1"]
+
+
+def test_a_branch_refuses_a_copy_of_a_server_the_other_registration_started_meanwhile(
+    twice: tuple[Inst, Inst], ops_dir: Path
+) -> None:
+    """A branch stops its source and copies its files. 'other' (whose instance lock is not
+    the branch's) started it before the copy: the branch was registered from the files of
+    a running server, copied one after the other while it wrote (no backup mode, not a
+    crash-consistent image). As a snapshot does, the branch now refuses a copy of a
+    directory a server ran on meanwhile; nothing is made, and the source runs."""
+    dev, other = twice
+    run = Paused(hooks(ops_dir), "branch-copying", "branch", "dev", "b1")
+    try:
+        run.reached()
+        other.ok("start", "other", "-q", "--port", "auto")
+        other.sql("INSERT INTO t VALUES (-1)", "other")
+    finally:
+        done = run.go()
+    assert done.returncode == 1, done.stderr
+    assert error_lines(done.stderr)[0] == (
+        f"Error: a server was started on {dev.datadir} during the branch; nothing was changed"
+    ), done.stderr
+    assert dev.pgmgr("status", "b1").returncode == 4
+    assert not (dev.datadir.parent / "b1").exists()
+    assert dev.state() == "running"
+    assert dev.sql("SELECT count(*) FROM t WHERE x = -1") == "1"
