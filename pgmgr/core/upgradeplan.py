@@ -29,6 +29,9 @@ _AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*?)\s*$")
 RENAMED = {"force_parallel_mode": ("debug_parallel_query", "16")}
 #: pg_upgrade's "A list of the problem ... is in the file:" and the path on the next line.
 _LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
+#: pg_upgrade's 'Consult the last few lines of "PATH" for' (a server it started failed).
+_CONSULT = re.compile(r'Consult the last few lines of "([^"\n]+)"')
+_SERVER_FATAL = re.compile(r"\b(?:FATAL|PANIC):\s+(.+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,9 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     marked = (i for i, ln in enumerate(lines) if ln.endswith("fatal") or "failed check:" in ln)
     fatal = next(marked, None)
     if fatal is None:
+        said = _server_said(output, logs)
+        if said:
+            return said
         rest = [ln for ln in lines if ln]
         return rest[-1].rstrip(".") if rest else f"exit code {returncode}"
     para: list[str] = []
@@ -235,6 +241,31 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     listed = _LISTED.search("\n".join(lines[fatal + 1 :]))
     first = _first_entry(logs, listed.group(1)) if listed else None
     return f"{sentence.rstrip('.')} ({first})" if first else sentence.rstrip(".")
+
+
+def _server_said(output: str, logs: str) -> str | None:
+    """Why a server pg_upgrade started did not start: the last FATAL (or PANIC) line of
+    the log its output says to consult (its last line is then the pg_ctl command line),
+    or None."""
+    consult = _CONSULT.search(output)
+    text = _file_text(logs, consult.group(1)) if consult else None
+    found = [m.group(1) for m in map(_SERVER_FATAL.search, (text or "").splitlines()) if m]
+    if not found:
+        return None
+    which = {"source": "the old server", "target": "the new server"}
+    said = next((w for k, w in which.items() if f"{k} postmaster" in output), "a server")
+    return f"{said} did not start: {found[-1]}"
+
+
+def _file_text(logs: str, path: str) -> str | None:
+    """The text of file ``path`` in ``logs`` (see :func:`failure_reason`), or None."""
+    header = f"==> {path} <==\n"
+    at = logs.find(header)
+    if at < 0:
+        return None
+    rest = logs[at + len(header) :]
+    end = rest.find("\n==> ")
+    return rest if end < 0 else rest[:end]
 
 
 def _first_entry(logs: str, path: str) -> str | None:
