@@ -74,6 +74,10 @@ class UpgradeResult:
     analyzed_with: str | None = None
     analyze_hint: str | None = None
     downtime: float | None = None
+    #: (database, extension) that kept the old major's version (pg_upgrade's advice)
+    extensions: list[tuple[str, str]] = field(default_factory=list)
+    #: pg_upgrade's script that updates them, kept under the state directory
+    extensions_script: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +96,10 @@ class UpgradeResult:
             "statistics_hint": self.analyze_hint,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+            "extensions_to_update": [
+                {"database": db, "extension": ext} for db, ext in self.extensions
+            ],
+            "extensions_script": self.extensions_script,
         }
 
 
@@ -240,7 +248,8 @@ def upgrade(
                 )
             if not check:
                 steps = _Steps(say, size)
-                _switch(srv, store, old, new, work, sockdir, method, result, steps)
+                script = _switch(srv, store, old, new, work, sockdir, method, result, steps)
+                _keep_extension_script(srv, result, script)
         if not check and result.was_running:
             say("statistics (vacuumdb)")
             result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)
@@ -309,10 +318,11 @@ def _undo_link(srv: Server, store: Store, method: str) -> None:
 def _switch(
     srv: Server, store: Store, old: Installation, new: Installation, work: Path,
     sockdir: str, method: str, result: UpgradeResult, steps: _Steps,
-) -> None:  # fmt: skip
+) -> str | None:  # fmt: skip
     """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
     switch the record, start. Past the swap, signals cannot split it; a kill cannot split
-    the record from the directory either (see :mod:`pgmgr.core.intent`)."""
+    the record from the directory either (see :mod:`pgmgr.core.intent`). The script
+    pg_upgrade wrote to update extensions, if any."""
     newdata = work / "data"
     old_sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
     snap_name = f"{snapstore.PRE_UPGRADE}{old.major}"
@@ -330,6 +340,7 @@ def _switch(
         with _link_undone_if_killed(srv, store, newdata, method):
             _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
             testhook.pause("upgrade-ran")
+            script = store.as_user(conf.extension_script, work)
             it = _intent(srv, store, new, newdata, method, meta, result)
             with sigguard.shielded():
                 intent.begin(srv, it)  # replaces the one that undoes --link after a kill
@@ -351,6 +362,21 @@ def _switch(
                 finally:  # not before: freeing its blocks competes with the start
                     intent.remove(store, gone)
     result.snapshot, result.downtime = snap_name, pause.downtime
+    return script
+
+
+def _keep_extension_script(srv: Server, result: UpgradeResult, script: str | None) -> None:
+    """Name the extensions pg_upgrade advises to update in ``result``, and keep its script
+    (its working directory is removed) under the state directory: pgmgr said nothing of
+    them, and the script went with the working directory."""
+    if not script:
+        return
+    result.extensions = plan.extension_updates(script)
+    name = f"{srv.inst.name}-{conf.EXTENSION_SCRIPT.replace('_', '-')}"
+    path = paths.state_dir() / "logs" / f"{name[:-4]}-{int(time.time())}.sql"
+    with contextlib.suppress(OSError):  # the upgrade is complete: the names still say it
+        paths.write_atomic(path, script.encode(), mode=0o600)
+        result.extensions_script = str(path)
 
 
 @dataclass

@@ -3,7 +3,9 @@ major rejects of it), and the statistics rebuilt. Used by :mod:`pgmgr.core.upgra
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from pgmgr.core import sigguard, tools
@@ -79,6 +81,23 @@ def left_behind(
     left = plan.not_carried(old, new_conf, kept)
     gone = rejected_settings(new, newdata, left, srv)
     return sorted({*rejected, *gone}), [n for n in left if n not in gone]
+
+
+#: What pg_upgrade writes in its working directory when extensions should be updated.
+EXTENSION_SCRIPT = "update_extensions.sql"
+
+
+def extension_script(work: Path) -> str | None:
+    """pg_upgrade's ``update_extensions.sql`` in ``work``, if it wrote one: a regular file
+    only (never a FIFO nor a symlink), at most 1 MB. As the user."""
+    try:
+        fd = os.open(work / EXTENSION_SCRIPT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(1 << 20).decode(errors="replace")
 
 
 def rebuild_statistics(srv: Server, new: Installation) -> tuple[str | None, str | None]:

@@ -32,6 +32,12 @@ _LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
 #: pg_upgrade's 'Consult the last few lines of "PATH" for' (a server it started failed).
 _CONSULT = re.compile(r'Consult the last few lines of "([^"\n]+)"')
 _SERVER_FATAL = re.compile(r"\b(?:FATAL|PANIC):\s+(.+?)\s*$")
+#: The lines of pg_upgrade's update_extensions.sql: "\\connect NAME" (or, for a name that
+#: needs quoting, '\\connect -reuse-previous=on "dbname='NAME'"'), 'ALTER EXTENSION "X" UPDATE;'.
+_CONNECT = re.compile(
+    r"""^\\connect\s+(?:-reuse-previous=on\s+"dbname='((?:[^'\\]|\\.)*)'"|(\S+))\s*$"""
+)
+_UPDATE = re.compile(r'^ALTER EXTENSION "((?:[^"]|"")+)" UPDATE;\s*$')
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,19 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     listed = _LISTED.search("\n".join(lines[fatal + 1 :]))
     first = _first_entry(logs, listed.group(1)) if listed else None
     return f"{sentence.rstrip('.')} ({first})" if first else sentence.rstrip(".")
+
+
+def extension_updates(script: str) -> list[tuple[str, str]]:
+    """``(database, extension)`` of each ``ALTER EXTENSION ... UPDATE`` in pg_upgrade's
+    ``update_extensions.sql`` (``script``): the extensions that kept the old major's
+    version, which the new one updates."""
+    found, db = [], ""
+    for line in script.splitlines():
+        if m := _CONNECT.match(line):
+            db = m.group(2) or re.sub(r"\\(.)", r"\1", m.group(1))
+        elif m := _UPDATE.match(line):
+            found.append((db, m.group(1).replace('""', '"')))
+    return found
 
 
 def _server_said(output: str, logs: str) -> str | None:

@@ -1,8 +1,10 @@
 """What pg_upgrade does not carry over from PostgreSQL 15 to 18, and pgmgr must not lose
-silently (review): logical replication slots. Real servers: Debian's 15, the wheel's 18."""
+silently (review): logical replication slots, and extensions left at the old version.
+Real servers: Debian's 15, the wheel's 18."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +57,26 @@ def test_logical_slots_are_refused_before_anything(sl: Inst) -> None:
     sl.sql("SELECT pg_drop_replication_slot('feed')")
     sl.ok("upgrade", "sl", "-v", "18", "--yes", "-q")
     assert sl.record()["major"] == "18" and sl.sql("SHOW wal_level") == "logical"
+
+
+def test_extensions_left_at_the_old_version_are_named(sl: Inst) -> None:
+    """pg_upgrade keeps each extension's version (citext 1.6 of PostgreSQL 15; 18 has
+    1.8) and writes update_extensions.sql in its working directory, which pgmgr removed,
+    not a word said. Now named (database and extension), and the script kept: it runs
+    through 'pgmgr psql'."""
+    sl.sql("CREATE EXTENSION citext")
+    sl.sql('CREATE DATABASE "we ird\'db"')
+    sl.ok("psql", "sl", "--", "-d", "we ird'db", "-c", "CREATE EXTENSION citext")
+    out = json.loads(sl.ok("upgrade", "sl", "-v", "18", "--yes", "--json").stdout)
+    assert out["extensions_to_update"] == [
+        {"database": "postgres", "extension": "citext"},
+        {"database": "we ird'db", "extension": "citext"},
+    ]
+    script = Path(out["extensions_script"])
+    assert script.is_file() and "citext" in script.read_text()
+    assert sl.sql("SELECT extversion FROM pg_extension WHERE extname = 'citext'") == "1.6"
+    sl.ok("psql", "sl", "--", "-X", "-v", "ON_ERROR_STOP=1", "-f", str(script))
+    for db in ("postgres", "we ird'db"):
+        got = sl.ok("psql", "sl", "--", "-XAtq", "-d", db, "-c",
+                    "SELECT extversion FROM pg_extension WHERE extname = 'citext'")  # fmt: skip
+        assert got.stdout.strip() == "1.8", db
