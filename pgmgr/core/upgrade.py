@@ -233,6 +233,7 @@ def upgrade(
             # In the block: a signal during it is raised as the call returns, the work
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
+            conf.check_libraries(srv, store, new)
             opts = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"
             say(f"initdb {new.version}")

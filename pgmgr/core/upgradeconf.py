@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pgmgr.core import sigguard, tools
 from pgmgr.core import upgradeplan as plan
-from pgmgr.core.errors import CommandFailed
+from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
@@ -62,6 +62,35 @@ def rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> lis
     Checked before the old files are carried over: the new postgres reads them too."""
     auto = store.as_user(auto_settings, srv.datadir)
     return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
+
+
+def check_libraries(srv: Server, store: Store, new: Installation) -> None:
+    """:raises DatabaseException: a library the carried settings preload (the record's,
+    and postgresql.auto.conf's, which wins) is not in the new installation: pg_upgrade
+    does not look at them, and the upgraded server would not start (no check where the
+    new installation's library directory cannot be told, or a ``dynamic_library_path``
+    is set)."""
+    from pgmgr.core import binout
+
+    auto = store.as_user(auto_settings, srv.datadir)
+    settings = {**srv.inst.settings, **auto}
+    out = binout.cached_output([str(new.bin("pg_config")), "--pkglibdir"])
+    libdir = Path(out.strip()) if out and out.strip() else None
+    if libdir is None or not libdir.is_dir():
+        return
+    own = settings.get("dynamic_library_path", "$libdir").strip() not in ("", "$libdir")
+    for name in plan.PRELOADS:
+        for lib in plan.library_list(settings.get(name, "")):
+            if (own and "/" not in lib) or plan.library_found(libdir, lib):
+                continue
+            how = (f"ALTER SYSTEM SET {name} = '...', or ALTER SYSTEM RESET {name}" if name in auto
+                   else f"kept by pgmgr: 'pgmgr config {srv.inst.name} set {name}=...', or "
+                   f"'unset {name}'")  # fmt: skip
+            raise DatabaseException(
+                f"cannot upgrade '{srv.inst.name}': PostgreSQL {new.major} has no library "
+                f"{lib!r} ({name}): it would not start; nothing was changed",
+                hint=f"install it for PostgreSQL {new.major}, or take it out of {name} ({how})",
+            )
 
 
 def conf_texts(old: Path, new: Path) -> tuple[str, str]:

@@ -40,6 +40,44 @@ _CONNECT = re.compile(
 _UPDATE = re.compile(r'^ALTER EXTENSION "((?:[^"]|"")+)" UPDATE;\s*$')
 
 
+#: Settings naming libraries a server loads as it starts, or at each connection.
+PRELOADS = ("shared_preload_libraries", "session_preload_libraries")
+
+
+def library_list(value: str) -> list[str]:
+    """The names in a list setting such as ``shared_preload_libraries``: comma-separated,
+    each maybe double-quoted (``""`` a quote in it, a comma then part of the name)."""
+    names, i = [], 0
+    while i < len(value):
+        while i < len(value) and value[i] in " \t,":
+            i += 1
+        if i >= len(value):
+            break
+        if value[i] == '"':
+            end = i + 1
+            while True:
+                end = value.find('"', end)
+                if end < 0 or value[end + 1 : end + 2] != '"':
+                    break
+                end += 2
+            end = len(value) if end < 0 else end
+            names.append(value[i + 1 : end].replace('""', '"'))
+            i = end + 1
+        else:
+            end = value.find(",", i)
+            end = len(value) if end < 0 else end
+            names.append(value[i:end].strip())
+            i = end
+    return [n for n in names if n]
+
+
+def library_found(libdir: Path, lib: str) -> bool:
+    """Whether the server finds library ``lib`` (a name in ``libdir``, or a path, maybe
+    under ``$libdir``), with or without its ``.so``."""
+    path = Path(lib.replace("$libdir", str(libdir), 1)) if "/" in lib else libdir / lib
+    return path.is_file() or path.with_name(path.name + ".so").is_file()
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     """What the new cluster must share with the old one for pg_upgrade to accept it."""

@@ -80,3 +80,60 @@ def test_extensions_left_at_the_old_version_are_named(sl: Inst) -> None:
         got = sl.ok("psql", "sl", "--", "-XAtq", "-d", db, "-c",
                     "SELECT extversion FROM pg_extension WHERE extname = 'citext'")  # fmt: skip
         assert got.stdout.strip() == "1.8", db
+
+
+def test_a_preloaded_library_the_new_major_lacks_is_refused_first(scratch: Path) -> None:
+    """shared_preload_libraries names a library PostgreSQL 18 lacks (pgcrypto: Debian's 15
+    has it, the wheel's 18 not; any preloaded one would do): pg_upgrade does not look at
+    it, --check said the checks passed, and the upgrade went through, then 18 did not
+    start ('could not access file "pgcrypto"'): down until fixed or rolled back. Now
+    refused before anything, from the record's -c and from ALTER SYSTEM alike."""
+    it = Inst("pl", scratch / "pl")
+    try:
+        it.ok("init", "-q", "-d", str(it.datadir), "--name", "pl", "-v", "15")
+        it.ok("start", "pl", "-q", "-p", "auto", "-c", "shared_preload_libraries=pgcrypto")
+        pid = it.pid()
+        for args in (["--yes"], ["--check"]):
+            proc = it.pgmgr("upgrade", "pl", "-v", "18", *args)
+            assert proc.returncode == 1, (args, proc.stderr)
+            assert error_lines(proc.stderr) == [
+                "Error: cannot upgrade 'pl': PostgreSQL 18 has no library 'pgcrypto' "
+                "(shared_preload_libraries): it would not start; nothing was changed",
+                "Hint: install it for PostgreSQL 18, or take it out of "
+                "shared_preload_libraries (kept by pgmgr: 'pgmgr config pl set "
+                "shared_preload_libraries=...', or 'unset shared_preload_libraries')",
+            ], args
+        assert it.pid() == pid and it.record()["major"] == "15"
+        it.ok("stop", "pl", "-q")
+        it.ok("start", "pl", "-q", "-c", "shared_preload_libraries=pg_stat_statements")
+        it.sql('ALTER SYSTEM SET session_preload_libraries = auto_explain, "pgcrypto"')
+        it.ok("stop", "pl", "-q")
+        proc = it.pgmgr("upgrade", "pl", "-v", "18", "--yes")
+        assert proc.returncode == 1, proc.stderr
+        assert error_lines(proc.stderr)[0] == (
+            "Error: cannot upgrade 'pl': PostgreSQL 18 has no library 'pgcrypto' "
+            "(session_preload_libraries): it would not start; nothing was changed"
+        )
+        assert error_lines(proc.stderr)[1] == (
+            "Hint: install it for PostgreSQL 18, or take it out of session_preload_libraries "
+            "(ALTER SYSTEM SET session_preload_libraries = '...', or ALTER SYSTEM RESET "
+            "session_preload_libraries)"
+        )
+        assert it.state() == "stopped" and it.record()["major"] == "15"
+        assert leftovers(it.store) == []
+        it.ok("start", "pl", "-q")
+        it.sql("ALTER SYSTEM RESET session_preload_libraries")
+        it.ok("upgrade", "pl", "-v", "18", "--yes", "-q")
+        assert it.sql("SHOW shared_preload_libraries") == "pg_stat_statements"
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def test_library_list_and_lookup(tmp_path: Path) -> None:
+    from pgmgr.core import upgradeplan as plan
+
+    assert plan.library_list(' a, "b, c" ,"x""y",, ') == ["a", "b, c", 'x"y']
+    (tmp_path / "here.so").touch()
+    assert plan.library_found(tmp_path, "here") and plan.library_found(tmp_path, "$libdir/here")
+    assert plan.library_found(tmp_path, str(tmp_path / "here.so"))
+    assert not plan.library_found(tmp_path, "gone")
