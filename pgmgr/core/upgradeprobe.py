@@ -68,12 +68,27 @@ def probe(srv: Server, sockdir: str) -> plan.ClusterOptions:
                 )
             ]  # fmt: skip
     except psycopg.Error as e:
+        _refuse_asked_password(srv, str(e))
         raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
     assert row is not None
     _refuse_lost_slots(srv, slots)
     enc, collate, ctype, provider, locale, checksums, *other = row
     return plan.ClusterOptions(
         enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
+    )
+
+
+def _refuse_asked_password(srv: Server, error: str) -> None:
+    """:raises DatabaseException: ``error`` (connecting over the Unix socket) says the
+    server asks a password there: pg_upgrade connects that way, without one."""
+    if "no password supplied" not in error and "authentication failed" not in error:
+        return
+    why = error.strip().splitlines()[-1].rsplit('" failed: ', 1)[-1].strip()
+    user = srv.inst.superuser
+    raise DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': its server asks {user} for a password on the Unix "
+        f"socket ({why}), where pg_upgrade connects without one; nothing was changed",
+        hint=f"let {user} in on the 'local' lines of pg_hba.conf (trust, or peer) for the upgrade",
     )
 
 

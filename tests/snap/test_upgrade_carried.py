@@ -137,3 +137,32 @@ def test_library_list_and_lookup(tmp_path: Path) -> None:
     assert plan.library_found(tmp_path, "here") and plan.library_found(tmp_path, "$libdir/here")
     assert plan.library_found(tmp_path, str(tmp_path / "here.so"))
     assert not plan.library_found(tmp_path, "gone")
+
+
+def test_a_password_on_the_socket_is_one_line_and_changes_nothing(sl: Inst) -> None:
+    """pg_hba.conf asks a password on the Unix socket: pg_upgrade (and pgmgr's question
+    to the old server) connect there as the superuser, without one. It said "cannot read
+    the cluster's locale settings: ... fe_sendauth: no password supplied", with neither
+    what to do nor that nothing changed."""
+    hba = sl.datadir / "pg_hba.conf"
+    text = hba.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("local ")]
+    hba.write_text("\n".join(["local all all scram-sha-256", *[f"#{ln}" for ln in lines]])
+                   + "\n" + text)  # fmt: skip
+    sl.sql("ALTER ROLE postgres PASSWORD 'pw'")  # before the reload: pgmgr's psql is refused next
+    sl.ok("restart", "sl", "-q")
+    pid = sl.pid()
+    proc = sl.pgmgr("upgrade", "sl", "-v", "18", "--yes")
+    assert proc.returncode == 1, proc.stderr
+    assert error_lines(proc.stderr) == [
+        "Error: cannot upgrade 'sl': its server asks postgres for a password on the Unix "
+        "socket (fe_sendauth: no password supplied), where pg_upgrade connects without one; "
+        "nothing was changed",
+        "Hint: let postgres in on the 'local' lines of pg_hba.conf (trust, or peer) for the "
+        "upgrade",
+    ]
+    assert sl.pid() == pid and sl.record()["major"] == "15"
+    assert leftovers(sl.store) == []
+    hba.write_text(text)
+    sl.ok("restart", "sl", "-q")
+    sl.ok("upgrade", "sl", "-v", "18", "--yes", "-q")
