@@ -367,14 +367,12 @@ def _switch(
 
 
 def _keep_extension_script(srv: Server, result: UpgradeResult, script: str | None) -> None:
-    """Name the extensions pg_upgrade advises to update in ``result``, and keep its script
-    (its working directory is removed) under the state directory: pgmgr said nothing of
-    them, and the script went with the working directory."""
+    """Name in ``result`` the extensions pg_upgrade's ``script`` updates, and keep it under
+    the state directory (it was written in the working directory, which goes)."""
     if not script:
         return
     result.extensions = plan.extension_updates(script)
-    name = f"{srv.inst.name}-{conf.EXTENSION_SCRIPT.replace('_', '-')}"
-    path = paths.state_dir() / "logs" / f"{name[:-4]}-{int(time.time())}.sql"
+    path = paths.state_dir() / "logs" / f"{srv.inst.name}-update-extensions-{int(time.time())}.sql"
     with contextlib.suppress(OSError):  # the upgrade is complete: the names still say it
         paths.write_atomic(path, script.encode(), mode=0o600)
         result.extensions_script = str(path)

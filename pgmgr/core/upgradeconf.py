@@ -88,7 +88,7 @@ def check_libraries(srv: Server, store: Store, new: Installation) -> None:
                    f"'unset {name}'")  # fmt: skip
             raise DatabaseException(
                 f"cannot upgrade '{srv.inst.name}': PostgreSQL {new.major} has no library "
-                f"{lib!r} ({name}): it would not start; nothing was changed",
+                f"{lib!r} ({name}): {plan.PRELOADS[name]}; nothing was changed",
                 hint=f"install it for PostgreSQL {new.major}, or take it out of {name} ({how})",
             )
 

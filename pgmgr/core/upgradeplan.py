@@ -40,8 +40,12 @@ _CONNECT = re.compile(
 _UPDATE = re.compile(r'^ALTER EXTENSION "((?:[^"]|"")+)" UPDATE;\s*$')
 
 
-#: Settings naming libraries a server loads as it starts, or at each connection.
-PRELOADS = ("shared_preload_libraries", "session_preload_libraries")
+#: Settings naming libraries a server loads as it starts, or at each connection: what a
+#: missing one does.
+PRELOADS = {
+    "shared_preload_libraries": "it would not start",
+    "session_preload_libraries": "every connection would fail",
+}
 
 
 def library_list(value: str) -> list[str]:

@@ -112,7 +112,7 @@ def test_a_preloaded_library_the_new_major_lacks_is_refused_first(scratch: Path)
         assert proc.returncode == 1, proc.stderr
         assert error_lines(proc.stderr)[0] == (
             "Error: cannot upgrade 'pl': PostgreSQL 18 has no library 'pgcrypto' "
-            "(session_preload_libraries): it would not start; nothing was changed"
+            "(session_preload_libraries): every connection would fail; nothing was changed"
         )
         assert error_lines(proc.stderr)[1] == (
             "Hint: install it for PostgreSQL 18, or take it out of session_preload_libraries "
