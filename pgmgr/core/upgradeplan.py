@@ -32,6 +32,7 @@ _LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
 #: pg_upgrade's 'Consult the last few lines of "PATH" for' (a server it started failed).
 _CONSULT = re.compile(r'Consult the last few lines of "([^"\n]+)"')
 _SERVER_FATAL = re.compile(r"\b(?:FATAL|PANIC):\s+(.+?)\s*$")
+_ERROR = re.compile(r"\bERROR:\s+(.+?)\s*$")
 #: The lines of pg_upgrade's update_extensions.sql: "\\connect NAME" (or, for a name that
 #: needs quoting, '\\connect -reuse-previous=on "dbname='NAME'"'), 'ALTER EXTENSION "X" UPDATE;'.
 _CONNECT = re.compile(
@@ -305,17 +306,26 @@ def extension_updates(script: str) -> list[tuple[str, str]]:
 
 
 def _server_said(output: str, logs: str) -> str | None:
-    """Why a server pg_upgrade started did not start: the last FATAL (or PANIC) line of
-    the log its output says to consult (its last line is then the pg_ctl command line),
-    or None."""
+    """What the log pg_upgrade's output says to consult says, or None: a server it
+    started did not start (its last FATAL or PANIC line; the output's last line is then
+    the pg_ctl command line), or a statement failed (psql's last ERROR line, with the
+    statement before it: a schema the new major refuses)."""
     consult = _CONSULT.search(output)
-    text = _file_text(logs, consult.group(1)) if consult else None
-    found = [m.group(1) for m in map(_SERVER_FATAL.search, (text or "").splitlines()) if m]
-    if not found:
+    lines = (_file_text(logs, consult.group(1)) or "").splitlines() if consult else []
+    found = [m.group(1) for m in map(_SERVER_FATAL.search, lines) if m]
+    if found:
+        which = {"source": "the old server", "target": "the new server"}
+        said = next((w for k, w in which.items() if f"{k} postmaster" in output), "a server")
+        return f"{said} did not start: {found[-1]}"
+    errors = [(i, m.group(1)) for i, line in enumerate(lines) if (m := _ERROR.search(line))]
+    if not errors:
         return None
-    which = {"source": "the old server", "target": "the new server"}
-    said = next((w for k, w in which.items() if f"{k} postmaster" in output), "a server")
-    return f"{said} did not start: {found[-1]}"
+    at, error = errors[-1]
+    before = [ln.strip() for ln in lines[:at] if ln.strip()]
+    statement = before[-1].rstrip(";") if before and before[-1].endswith(";") else None
+    if statement and len(statement) > 200:
+        statement = statement[:199] + "…"
+    return f"{error} (in: {statement})" if statement else error
 
 
 def _file_text(logs: str, path: str) -> str | None:

@@ -114,3 +114,24 @@ def test_failure_reason_of_a_server_that_did_not_start() -> None:
     )
     # the log not kept: the last line, as before
     assert plan.failure_reason(PG_CTL_OUT, "", 1).startswith('"/b/pg_ctl" -w')
+
+
+def test_failure_reason_of_a_statement_pg_upgrade_could_not_restore() -> None:
+    """The log pg_upgrade says to consult ends with psql's ERROR on the statement that
+    failed: that (and the statement) is the reason, not 'the probable cause of the
+    failure' (the last line of its output)."""
+    out = (
+        "*failure*\n"
+        'Consult the last few lines of "/w/log/pg_upgrade_utility.log" for\n'
+        "the probable cause of the failure.\n"
+    )
+    logs = (
+        "==> /w/log/pg_upgrade_utility.log <==\ncommand: psql ...\nCREATE ROLE\n"
+        'ALTER ROLE "rr" SET "force_parallel_mode" TO \'off\';\n'
+        "psql:/w/dump/pg_upgrade_dump_globals.sql:36: ERROR:  unrecognized configuration "
+        'parameter "force_parallel_mode"\n\n'
+    )
+    assert plan.failure_reason(out, logs, 1) == (
+        'unrecognized configuration parameter "force_parallel_mode" (in: ALTER ROLE "rr" '
+        "SET \"force_parallel_mode\" TO 'off')"
+    )
