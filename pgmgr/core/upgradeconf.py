@@ -93,6 +93,31 @@ def check_libraries(srv: Server, store: Store, new: Installation) -> None:
             )
 
 
+def check_scoped(srv: Server, new: Installation, newdata: Path, scoped: list[plan.Scoped]) -> None:
+    """:raises DatabaseException: the new major rejects settings of databases or roles
+    (``scoped``): pg_upgrade's --check does not look at them, and it failed to restore
+    them once the server was stopped. A custom setting (``x.y``) is never rejected."""
+    todo = [s for s in scoped if "." not in s.name and s.name not in plan.UNCHECKABLE]
+    first: dict[str, str] = {}
+    for s in todo:
+        first.setdefault(s.name, s.value)
+    names = set(rejected_settings(new, newdata, first, srv)) if first else set()
+    refused = [
+        s for s in todo
+        if (s.name in names if s.value == first[s.name]
+            else rejected_settings(new, newdata, {s.name: s.value}, srv))
+    ]  # fmt: skip
+    if not refused:
+        return
+    raise DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': PostgreSQL {new.major} rejects these settings of "
+        "databases and roles, which pg_upgrade would fail to restore: "
+        + ", ".join(f"{s.name} ({s.where()})" for s in refused)
+        + "; nothing was changed",
+        hint="reset them (" + "; ".join(s.reset_sql() for s in refused) + "), then upgrade",
+    )
+
+
 def conf_texts(old: Path, new: Path) -> tuple[str, str]:
     """The two clusters' postgresql.conf. As the user."""
     return (old / "postgresql.conf").read_text(), (new / "postgresql.conf").read_text()

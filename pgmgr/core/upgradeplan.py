@@ -84,6 +84,38 @@ def library_found(libdir: Path, lib: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Scoped:
+    """A setting of a database or a role (``ALTER DATABASE/ROLE ... SET``)."""
+
+    database: str  # "" for every database
+    role: str  # "" for every role
+    name: str
+    value: str
+
+    def where(self) -> str:
+        if self.role:
+            return f"role {self.role}" + (f" in database {self.database}" if self.database else "")
+        return f"database {self.database}"
+
+    def reset_sql(self) -> str:
+        if self.role:
+            db = f" IN DATABASE {_ident(self.database)}" if self.database else ""
+            return f"ALTER ROLE {_ident(self.role)}{db} RESET {self.name}"
+        return f"ALTER DATABASE {_ident(self.database)} RESET {self.name}"
+
+
+def _ident(name: str) -> str:
+    """``name`` as SQL writes it: quoted only when it must be."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+#: Settings only a session with a catalog can check (``postgres -C`` refuses them all).
+UNCHECKABLE = ("role", "session_authorization")
+
+
+@dataclass(frozen=True)
 class ClusterOptions:
     """What the new cluster must share with the old one for pg_upgrade to accept it."""
 

@@ -47,9 +47,19 @@ def options_sql(major: int) -> str:
 SLOTS_CARRIED = 17
 
 
-def probe(srv: Server, sockdir: str) -> plan.ClusterOptions:
-    """The old cluster's options (see the module doc); a stopped server is run for the
-    question on ``sockdir``, a private directory of the server user's.
+#: The settings of databases and roles (ALTER DATABASE/ROLE ... SET): database, role
+#: ("" for all) and the ``name=value`` of each.
+SCOPED_SQL = (
+    "SELECT coalesce(d.datname, ''), coalesce(r.rolname, ''), c FROM pg_db_role_setting s "
+    "LEFT JOIN pg_database d ON d.oid = s.setdatabase "
+    "LEFT JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) c ORDER BY 1, 2, 3"
+)
+
+
+def probe(srv: Server, sockdir: str) -> tuple[plan.ClusterOptions, list[plan.Scoped]]:
+    """The old cluster's options (see the module doc), and the settings of its databases
+    and roles; a stopped server is run for the question on ``sockdir``, a private
+    directory of the server user's.
 
     :raises WorkerError: a stopped server cannot be started.
     :raises DatabaseException: the server cannot be asked; it has logical replication
@@ -61,6 +71,10 @@ def probe(srv: Server, sockdir: str) -> plan.ClusterOptions:
     try:
         with _asked(srv, sockdir) as dsn, psycopg.connect(dsn, connect_timeout=10) as conn:
             row = conn.execute(options_sql(major)).fetchone()
+            scoped = [
+                plan.Scoped(str(db), str(role), *str(c).partition("=")[::2])
+                for db, role, c in conn.execute(SCOPED_SQL)
+            ]
             slots = [] if major >= SLOTS_CARRIED else [
                 str(r[0]) for r in conn.execute(
                     "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical' "
@@ -75,7 +89,7 @@ def probe(srv: Server, sockdir: str) -> plan.ClusterOptions:
     enc, collate, ctype, provider, locale, checksums, *other = row
     return plan.ClusterOptions(
         enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
-    )
+    ), scoped
 
 
 def _refuse_asked_password(srv: Server, error: str) -> None:

@@ -166,3 +166,39 @@ def test_a_password_on_the_socket_is_one_line_and_changes_nothing(sl: Inst) -> N
     hba.write_text(text)
     sl.ok("restart", "sl", "-q")
     sl.ok("upgrade", "sl", "-v", "18", "--yes", "-q")
+
+
+def test_database_and_role_settings_the_new_major_lacks_are_refused_first(sl: Inst) -> None:
+    """A database's or role's setting of a parameter PostgreSQL 18 lacks (ALTER ROLE ...
+    SET force_parallel_mode, renamed in 16): --check passed, then pg_upgrade, the server
+    stopped, failed to restore it (downtime for nothing). Now refused before anything,
+    naming each, with --check too."""
+    sl.sql("CREATE ROLE rr; ALTER ROLE rr SET force_parallel_mode = off")
+    sl.sql("ALTER ROLE rr IN DATABASE postgres SET work_mem = '2MB'")  # accepted: kept
+    sl.sql("ALTER DATABASE postgres SET force_parallel_mode = off")
+    pid = sl.pid()
+    for args in (["--yes"], ["--check"]):
+        proc = sl.pgmgr("upgrade", "sl", "-v", "18", *args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert error_lines(proc.stderr) == [
+            "Error: cannot upgrade 'sl': PostgreSQL 18 rejects these settings of databases "
+            "and roles, which pg_upgrade would fail to restore: force_parallel_mode (role rr), "
+            "force_parallel_mode (database postgres); nothing was changed",
+            "Hint: reset them (ALTER ROLE rr RESET force_parallel_mode; ALTER DATABASE "
+            "postgres RESET force_parallel_mode), then upgrade",
+        ], args
+    assert sl.pid() == pid and sl.record()["major"] == "15"
+    assert leftovers(sl.store) == []
+    sl.sql("ALTER DATABASE postgres RESET force_parallel_mode")
+    sl.sql("ALTER ROLE rr RESET force_parallel_mode")
+    sl.ok("upgrade", "sl", "-v", "18", "--yes", "-q")
+    assert sl.sql("SELECT setconfig FROM pg_db_role_setting") == "{work_mem=2MB}"
+
+
+def test_scoped_settings_say_where_and_how_to_reset() -> None:
+    from pgmgr.core.upgradeplan import Scoped
+
+    both = Scoped("My db", 'we"ird', "work_mem", "2MB")
+    assert both.where() == 'role we"ird in database My db'
+    assert both.reset_sql() == 'ALTER ROLE "we""ird" IN DATABASE "My db" RESET work_mem'
+    assert Scoped("app", "", "x", "1").reset_sql() == "ALTER DATABASE app RESET x"
