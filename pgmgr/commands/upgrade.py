@@ -93,6 +93,15 @@ def upgrade(
         ui.message(f"Statistics rebuilt ({result.analyzed_with})")
     elif result.analyze_hint:
         ui.message("Statistics: " + result.analyze_hint)
+    if result.extensions:
+        import shlex
+
+        names = ", ".join(f"{ext} ({db})" for db, ext in result.extensions)
+        how = "ALTER EXTENSION ... UPDATE in each database updates them"
+        if result.extensions_script:
+            how = (f"'pgmgr psql {result.name} -- -f {shlex.quote(result.extensions_script)}'"
+                   " updates them (pg_upgrade's script)")  # fmt: skip
+        ui.message(f"Extensions still at their old version: {names}; {how}")
     note_standbys(result.name, standbys, "an upgrade")
 
 

@@ -75,6 +75,10 @@ class UpgradeResult:
     analyzed_with: str | None = None
     analyze_hint: str | None = None
     downtime: float | None = None
+    #: (database, extension) that kept the old major's version (pg_upgrade's advice)
+    extensions: list[tuple[str, str]] = field(default_factory=list)
+    #: pg_upgrade's script that updates them, kept under the state directory
+    extensions_script: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +97,10 @@ class UpgradeResult:
             "statistics_hint": self.analyze_hint,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "downtime_ms": None if self.downtime is None else round(self.downtime * 1000, 1),
+            "extensions_to_update": [
+                {"database": db, "extension": ext} for db, ext in self.extensions
+            ],
+            "extensions_script": self.extensions_script,
         }
 
 
@@ -226,10 +234,12 @@ def upgrade(
             # In the block: a signal during it is raised as the call returns, the work
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
-            opts = upgradeprobe.probe(srv, sockdir)
+            conf.check_libraries(srv, store, new)
+            opts, scoped = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"
             say(f"initdb {new.version}")
             tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
+            conf.check_scoped(srv, new, newdata, scoped)
             if check or srv.running() is not None:
                 # Running: pg_upgrade's checks first, on the live server, so that what it
                 # refuses (a library, --method clone here) costs no stop and start.
@@ -241,7 +251,8 @@ def upgrade(
                 )
             if not check:
                 steps = _Steps(say, size)
-                _switch(srv, store, old, new, work, sockdir, method, result, steps)
+                script = _switch(srv, store, old, new, work, sockdir, method, result, steps)
+                _keep_extension_script(srv, result, script)
         if not check and result.was_running:
             say("statistics (vacuumdb)")
             result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)
@@ -310,10 +321,11 @@ def _undo_link(srv: Server, store: Store, method: str) -> None:
 def _switch(
     srv: Server, store: Store, old: Installation, new: Installation, work: Path,
     sockdir: str, method: str, result: UpgradeResult, steps: _Steps,
-) -> None:  # fmt: skip
+) -> str | None:  # fmt: skip
     """Stop, pg_upgrade, carry the configuration over, swap, snapshot the old state,
     switch the record, start. Past the swap, signals cannot split it; a kill cannot split
-    the record from the directory either (see :mod:`pgmgr.core.intent`)."""
+    the record from the directory either (see :mod:`pgmgr.core.intent`). The script
+    pg_upgrade wrote to update extensions, if any."""
     newdata = work / "data"
     old_sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
     snap_name = f"{snapstore.PRE_UPGRADE}{old.major}"
@@ -334,6 +346,7 @@ def _switch(
             # since (by hand, or the pgmgr of another registration) refuses the swap.
             control = store.as_user(delta.control, srv.datadir)
             testhook.pause("upgrade-ran")
+            script = store.as_user(conf.extension_script, work)
             it = _intent(srv, store, new, newdata, method, meta, result)
             with sigguard.shielded():
                 ran = store.as_user(delta.control, srv.datadir) != control
@@ -357,6 +370,19 @@ def _switch(
                 finally:  # not before: freeing its blocks competes with the start
                     intent.remove(store, gone)
     result.snapshot, result.downtime = snap_name, pause.downtime
+    return script
+
+
+def _keep_extension_script(srv: Server, result: UpgradeResult, script: str | None) -> None:
+    """Name in ``result`` the extensions pg_upgrade's ``script`` updates, and keep it under
+    the state directory (it was written in the working directory, which goes)."""
+    if not script:
+        return
+    result.extensions = plan.extension_updates(script)
+    path = paths.state_dir() / "logs" / f"{srv.inst.name}-update-extensions-{int(time.time())}.sql"
+    with contextlib.suppress(OSError):  # the upgrade is complete: the names still say it
+        paths.write_atomic(path, script.encode(), mode=0o600)
+        result.extensions_script = str(path)
 
 
 @dataclass

@@ -3,12 +3,14 @@ major rejects of it), and the statistics rebuilt. Used by :mod:`pgmgr.core.upgra
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from pgmgr.core import sigguard, tools
 from pgmgr.core import upgradeplan as plan
-from pgmgr.core.errors import CommandFailed
+from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
@@ -62,6 +64,60 @@ def rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> lis
     return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
 
 
+def check_libraries(srv: Server, store: Store, new: Installation) -> None:
+    """:raises DatabaseException: a library the carried settings preload (the record's,
+    and postgresql.auto.conf's, which wins) is not in the new installation: pg_upgrade
+    does not look at them, and the upgraded server would not start (no check where the
+    new installation's library directory cannot be told, or a ``dynamic_library_path``
+    is set)."""
+    from pgmgr.core import binout
+
+    auto = store.as_user(auto_settings, srv.datadir)
+    settings = {**srv.inst.settings, **auto}
+    out = binout.cached_output([str(new.bin("pg_config")), "--pkglibdir"])
+    libdir = Path(out.strip()) if out and out.strip() else None
+    if libdir is None or not libdir.is_dir():
+        return
+    own = settings.get("dynamic_library_path", "$libdir").strip() not in ("", "$libdir")
+    for name in plan.PRELOADS:
+        for lib in plan.library_list(settings.get(name, "")):
+            if (own and "/" not in lib) or plan.library_found(libdir, lib):
+                continue
+            how = (f"ALTER SYSTEM SET {name} = '...', or ALTER SYSTEM RESET {name}" if name in auto
+                   else f"kept by pgmgr: 'pgmgr config {srv.inst.name} set {name}=...', or "
+                   f"'unset {name}'")  # fmt: skip
+            raise DatabaseException(
+                f"cannot upgrade '{srv.inst.name}': PostgreSQL {new.major} has no library "
+                f"{lib!r} ({name}): {plan.PRELOADS[name]}; nothing was changed",
+                hint=f"install it for PostgreSQL {new.major}, or take it out of {name} ({how})",
+            )
+
+
+def check_scoped(srv: Server, new: Installation, newdata: Path, scoped: list[plan.Scoped]) -> None:
+    """:raises DatabaseException: the new major rejects settings of databases or roles
+    (``scoped``): pg_upgrade's --check does not look at them, and it failed to restore
+    them once the server was stopped. A custom setting (``x.y``) is never rejected."""
+    todo = [s for s in scoped if "." not in s.name and s.name not in plan.UNCHECKABLE]
+    first: dict[str, str] = {}
+    for s in todo:
+        first.setdefault(s.name, s.value)
+    names = set(rejected_settings(new, newdata, first, srv)) if first else set()
+    refused = [
+        s for s in todo
+        if (s.name in names if s.value == first[s.name]
+            else rejected_settings(new, newdata, {s.name: s.value}, srv))
+    ]  # fmt: skip
+    if not refused:
+        return
+    raise DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': PostgreSQL {new.major} rejects these settings of "
+        "databases and roles, which pg_upgrade would fail to restore: "
+        + ", ".join(f"{s.name} ({s.where()})" for s in refused)
+        + "; nothing was changed",
+        hint="reset them (" + "; ".join(s.reset_sql() for s in refused) + "), then upgrade",
+    )
+
+
 def conf_texts(old: Path, new: Path) -> tuple[str, str]:
     """The two clusters' postgresql.conf. As the user."""
     return (old / "postgresql.conf").read_text(), (new / "postgresql.conf").read_text()
@@ -79,6 +135,23 @@ def left_behind(
     left = plan.not_carried(old, new_conf, kept)
     gone = rejected_settings(new, newdata, left, srv)
     return sorted({*rejected, *gone}), [n for n in left if n not in gone]
+
+
+#: What pg_upgrade writes in its working directory when extensions should be updated.
+EXTENSION_SCRIPT = "update_extensions.sql"
+
+
+def extension_script(work: Path) -> str | None:
+    """pg_upgrade's ``update_extensions.sql`` in ``work``, if it wrote one: a regular file
+    only (never a FIFO nor a symlink), at most 1 MB. As the user."""
+    try:
+        fd = os.open(work / EXTENSION_SCRIPT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(1 << 20).decode(errors="replace")
 
 
 def rebuild_statistics(srv: Server, new: Installation) -> tuple[str | None, str | None]:

@@ -29,6 +29,90 @@ _AUTO_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*?)\s*$")
 RENAMED = {"force_parallel_mode": ("debug_parallel_query", "16")}
 #: pg_upgrade's "A list of the problem ... is in the file:" and the path on the next line.
 _LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
+#: pg_upgrade's 'Consult the last few lines of "PATH" for' (a server it started failed).
+_CONSULT = re.compile(r'Consult the last few lines of "([^"\n]+)"')
+_SERVER_FATAL = re.compile(r"\b(?:FATAL|PANIC):\s+(.+?)\s*$")
+_ERROR = re.compile(r"\bERROR:\s+(.+?)\s*$")
+#: The lines of pg_upgrade's update_extensions.sql: "\\connect NAME" (or, for a name that
+#: needs quoting, '\\connect -reuse-previous=on "dbname='NAME'"'), 'ALTER EXTENSION "X" UPDATE;'.
+_CONNECT = re.compile(
+    r"""^\\connect\s+(?:-reuse-previous=on\s+"dbname='((?:[^'\\]|\\.)*)'"|(\S+))\s*$"""
+)
+_UPDATE = re.compile(r'^ALTER EXTENSION "((?:[^"]|"")+)" UPDATE;\s*$')
+
+
+#: Settings naming libraries a server loads as it starts, or at each connection: what a
+#: missing one does.
+PRELOADS = {
+    "shared_preload_libraries": "it would not start",
+    "session_preload_libraries": "every connection would fail",
+}
+
+
+def library_list(value: str) -> list[str]:
+    """The names in a list setting such as ``shared_preload_libraries``: comma-separated,
+    each maybe double-quoted (``""`` a quote in it, a comma then part of the name)."""
+    names, i = [], 0
+    while i < len(value):
+        while i < len(value) and value[i] in " \t,":
+            i += 1
+        if i >= len(value):
+            break
+        if value[i] == '"':
+            end = i + 1
+            while True:
+                end = value.find('"', end)
+                if end < 0 or value[end + 1 : end + 2] != '"':
+                    break
+                end += 2
+            end = len(value) if end < 0 else end
+            names.append(value[i + 1 : end].replace('""', '"'))
+            i = end + 1
+        else:
+            end = value.find(",", i)
+            end = len(value) if end < 0 else end
+            names.append(value[i:end].strip())
+            i = end
+    return [n for n in names if n]
+
+
+def library_found(libdir: Path, lib: str) -> bool:
+    """Whether the server finds library ``lib`` (a name in ``libdir``, or a path, maybe
+    under ``$libdir``), with or without its ``.so``."""
+    path = Path(lib.replace("$libdir", str(libdir), 1)) if "/" in lib else libdir / lib
+    return path.is_file() or path.with_name(path.name + ".so").is_file()
+
+
+@dataclass(frozen=True)
+class Scoped:
+    """A setting of a database or a role (``ALTER DATABASE/ROLE ... SET``)."""
+
+    database: str  # "" for every database
+    role: str  # "" for every role
+    name: str
+    value: str
+
+    def where(self) -> str:
+        if self.role:
+            return f"role {self.role}" + (f" in database {self.database}" if self.database else "")
+        return f"database {self.database}"
+
+    def reset_sql(self) -> str:
+        if self.role:
+            db = f" IN DATABASE {_ident(self.database)}" if self.database else ""
+            return f"ALTER ROLE {_ident(self.role)}{db} RESET {self.name}"
+        return f"ALTER DATABASE {_ident(self.database)} RESET {self.name}"
+
+
+def _ident(name: str) -> str:
+    """``name`` as SQL writes it: quoted only when it must be."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+#: Settings only a session with a catalog can check (``postgres -C`` refuses them all).
+UNCHECKABLE = ("role", "session_authorization")
 
 
 @dataclass(frozen=True)
@@ -222,6 +306,9 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     marked = (i for i, ln in enumerate(lines) if ln.endswith("fatal") or "failed check:" in ln)
     fatal = next(marked, None)
     if fatal is None:
+        said = _server_said(output, logs)
+        if said:
+            return said
         rest = [ln for ln in lines if ln]
         return rest[-1].rstrip(".") if rest else f"exit code {returncode}"
     para: list[str] = []
@@ -235,6 +322,53 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
     listed = _LISTED.search("\n".join(lines[fatal + 1 :]))
     first = _first_entry(logs, listed.group(1)) if listed else None
     return f"{sentence.rstrip('.')} ({first})" if first else sentence.rstrip(".")
+
+
+def extension_updates(script: str) -> list[tuple[str, str]]:
+    """``(database, extension)`` of each ``ALTER EXTENSION ... UPDATE`` in pg_upgrade's
+    ``update_extensions.sql`` (``script``): the extensions that kept the old major's
+    version, which the new one updates."""
+    found, db = [], ""
+    for line in script.splitlines():
+        if m := _CONNECT.match(line):
+            db = m.group(2) or re.sub(r"\\(.)", r"\1", m.group(1))
+        elif m := _UPDATE.match(line):
+            found.append((db, m.group(1).replace('""', '"')))
+    return found
+
+
+def _server_said(output: str, logs: str) -> str | None:
+    """What the log pg_upgrade's output says to consult says, or None: a server it
+    started did not start (its last FATAL or PANIC line; the output's last line is then
+    the pg_ctl command line), or a statement failed (psql's last ERROR line, with the
+    statement before it: a schema the new major refuses)."""
+    consult = _CONSULT.search(output)
+    lines = (_file_text(logs, consult.group(1)) or "").splitlines() if consult else []
+    found = [m.group(1) for m in map(_SERVER_FATAL.search, lines) if m]
+    if found:
+        which = {"source": "the old server", "target": "the new server"}
+        said = next((w for k, w in which.items() if f"{k} postmaster" in output), "a server")
+        return f"{said} did not start: {found[-1]}"
+    errors = [(i, m.group(1)) for i, line in enumerate(lines) if (m := _ERROR.search(line))]
+    if not errors:
+        return None
+    at, error = errors[-1]
+    before = [ln.strip() for ln in lines[:at] if ln.strip()]
+    statement = before[-1].rstrip(";") if before and before[-1].endswith(";") else None
+    if statement and len(statement) > 200:
+        statement = statement[:199] + "…"
+    return f"{error} (in: {statement})" if statement else error
+
+
+def _file_text(logs: str, path: str) -> str | None:
+    """The text of file ``path`` in ``logs`` (see :func:`failure_reason`), or None."""
+    header = f"==> {path} <==\n"
+    at = logs.find(header)
+    if at < 0:
+        return None
+    rest = logs[at + len(header) :]
+    end = rest.find("\n==> ")
+    return rest if end < 0 else rest[:end]
 
 
 def _first_entry(logs: str, path: str) -> str | None:

@@ -1,6 +1,7 @@
 """What the new cluster of an upgrade must share with the old one: its encoding, locales
 (lc_messages, lc_monetary, lc_numeric and lc_time too) and checksum setting, asked of the
-old server.
+old server; and whether it has what pg_upgrade would silently drop (logical replication
+slots, before PostgreSQL 17), which is refused before anything is stopped.
 
 template0's encoding and locales live in the catalog, which only a server reads. A running
 instance is asked as it runs. A stopped one is started for the question, and stopped
@@ -42,24 +43,84 @@ def options_sql(major: int) -> str:
     )
 
 
-def probe(srv: Server, sockdir: str) -> plan.ClusterOptions:
-    """The old cluster's options (see the module doc); a stopped server is run for the
-    question on ``sockdir``, a private directory of the server user's.
+#: From this major on, pg_upgrade carries logical replication slots over (and checks them).
+SLOTS_CARRIED = 17
+
+
+#: The settings of databases and roles (ALTER DATABASE/ROLE ... SET): database, role
+#: ("" for all) and the ``name=value`` of each.
+SCOPED_SQL = (
+    "SELECT coalesce(d.datname, ''), coalesce(r.rolname, ''), c FROM pg_db_role_setting s "
+    "LEFT JOIN pg_database d ON d.oid = s.setdatabase "
+    "LEFT JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) c ORDER BY 1, 2, 3"
+)
+
+
+def probe(srv: Server, sockdir: str) -> tuple[plan.ClusterOptions, list[plan.Scoped]]:
+    """The old cluster's options (see the module doc), and the settings of its databases
+    and roles; a stopped server is run for the question on ``sockdir``, a private
+    directory of the server user's.
 
     :raises WorkerError: a stopped server cannot be started.
-    :raises DatabaseException: the server cannot be asked.
+    :raises DatabaseException: the server cannot be asked; it has logical replication
+        slots that pg_upgrade would drop (:func:`_refuse_lost_slots`).
     """
     import psycopg
 
+    major = int(srv.inst.major)
     try:
         with _asked(srv, sockdir) as dsn, psycopg.connect(dsn, connect_timeout=10) as conn:
-            row = conn.execute(options_sql(int(srv.inst.major))).fetchone()
+            row = conn.execute(options_sql(major)).fetchone()
+            scoped = [
+                plan.Scoped(str(db), str(role), *str(c).partition("=")[::2])
+                for db, role, c in conn.execute(SCOPED_SQL)
+            ]
+            slots = [] if major >= SLOTS_CARRIED else [
+                str(r[0]) for r in conn.execute(
+                    "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical' "
+                    "ORDER BY slot_name"
+                )
+            ]  # fmt: skip
     except psycopg.Error as e:
+        _refuse_asked_password(srv, str(e))
         raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
     assert row is not None
+    _refuse_lost_slots(srv, slots)
     enc, collate, ctype, provider, locale, checksums, *other = row
     return plan.ClusterOptions(
         enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
+    ), scoped
+
+
+def _refuse_asked_password(srv: Server, error: str) -> None:
+    """:raises DatabaseException: ``error`` (connecting over the Unix socket) says the
+    server asks a password there: pg_upgrade connects that way, without one."""
+    if "no password supplied" not in error and "authentication failed" not in error:
+        return
+    why = error.strip().splitlines()[-1].rsplit('" failed: ', 1)[-1].strip()
+    user = srv.inst.superuser
+    raise DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': its server asks {user} for a password on the Unix "
+        f"socket ({why}), where pg_upgrade connects without one; nothing was changed",
+        hint=f"let {user} in on the 'local' lines of pg_hba.conf (trust, or peer) for the upgrade",
+    )
+
+
+def _refuse_lost_slots(srv: Server, slots: list[str]) -> None:
+    """:raises DatabaseException: the old cluster has logical replication ``slots``, which
+    pg_upgrade carries over only from :data:`SLOTS_CARRIED` on: from an older major the
+    upgrade succeeded without them, not a word said, and their subscribers lost their
+    place."""
+    if not slots:
+        return
+    names = ", ".join(slots)  # [a-z0-9_] only (PostgreSQL's rule): nothing to quote
+    drop = f"pg_drop_replication_slot('{slots[0]}')" if len(slots) == 1 else "..."
+    raise DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': it has logical replication slots ({names}), "
+        f"which pg_upgrade carries over only from PostgreSQL {SLOTS_CARRIED}: they would be "
+        "lost; nothing was changed",
+        hint=f"once their subscribers have caught up, drop them (SELECT {drop}), upgrade, "
+        "then create them again",
     )
 
 

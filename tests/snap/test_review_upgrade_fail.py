@@ -64,3 +64,74 @@ def test_failure_reason_of_pg_upgrade_18() -> None:
         "Your installation contains one of the reg* data types in user tables "
         "(In database: postgres)"
     )
+
+
+def test_a_server_pg_upgrade_cannot_start_is_the_reason(scratch: Path) -> None:
+    """pg_upgrade starts the old server without the record's -c settings: here wal_level
+    is minimal (ALTER SYSTEM) and only the record's max_wal_senders=0 lets it start. The
+    reason given was the last line of pg_upgrade's output, its pg_ctl command line; the
+    server's own FATAL line (in the log pg_upgrade says to consult) is the reason."""
+    it = Inst("os", scratch / "os")
+    try:
+        it.ok("init", "-q", "-d", str(it.datadir), "--name", "os", "-v", "15")
+        it.ok("start", "os", "-q", "-p", "auto", "-c", "max_wal_senders=0")
+        it.sql("ALTER SYSTEM SET wal_level = minimal")
+        it.ok("restart", "os", "-q")
+        proc = it.pgmgr("upgrade", "os", "-v", "18", "--yes")
+        assert proc.returncode == 1, proc.stderr
+        assert error_lines(proc.stderr)[0] == (
+            "Error: pg_upgrade failed: the old server did not start: WAL streaming "
+            '(max_wal_senders > 0) requires wal_level "replica" or "logical"; nothing was '
+            "changed"
+        ), proc.stderr
+        assert it.state() == "running" and it.record()["major"] == "15"
+        assert leftovers(it.store) == []
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+PG_CTL_OUT = (
+    "*failure*\n"
+    'Consult the last few lines of "/w/log/pg_upgrade_server.log" for\n'
+    "the probable cause of the failure.\n\n"
+    'connection to server on socket "/s/.s.PGSQL.5" failed: No such file or directory\n'
+    "\tIs the server running locally and accepting connections on that socket?\n\n"
+    "could not connect to target postmaster started with the command:\n"
+    '"/b/pg_ctl" -w -l "/w/log/pg_upgrade_server.log" -D "/n" start\n'
+)
+
+
+def test_failure_reason_of_a_server_that_did_not_start() -> None:
+    logs = (
+        "==> /w/log/pg_upgrade_server.log <==\nwaiting for server to start....2026-11-27 "
+        "04:17:32.209 UTC [9] FATAL:  could not map anonymous shared memory: Cannot "
+        "allocate memory\n stopped waiting\npg_ctl: could not start server\n"
+        "==> /w/log/pg_upgrade_utility.log <==\nFATAL:  not this one\n"
+    )
+    assert plan.failure_reason(PG_CTL_OUT, logs, 1) == (
+        "the new server did not start: could not map anonymous shared memory: Cannot "
+        "allocate memory"
+    )
+    # the log not kept: the last line, as before
+    assert plan.failure_reason(PG_CTL_OUT, "", 1).startswith('"/b/pg_ctl" -w')
+
+
+def test_failure_reason_of_a_statement_pg_upgrade_could_not_restore() -> None:
+    """The log pg_upgrade says to consult ends with psql's ERROR on the statement that
+    failed: that (and the statement) is the reason, not 'the probable cause of the
+    failure' (the last line of its output)."""
+    out = (
+        "*failure*\n"
+        'Consult the last few lines of "/w/log/pg_upgrade_utility.log" for\n'
+        "the probable cause of the failure.\n"
+    )
+    logs = (
+        "==> /w/log/pg_upgrade_utility.log <==\ncommand: psql ...\nCREATE ROLE\n"
+        'ALTER ROLE "rr" SET "force_parallel_mode" TO \'off\';\n'
+        "psql:/w/dump/pg_upgrade_dump_globals.sql:36: ERROR:  unrecognized configuration "
+        'parameter "force_parallel_mode"\n\n'
+    )
+    assert plan.failure_reason(out, logs, 1) == (
+        'unrecognized configuration parameter "force_parallel_mode" (in: ALTER ROLE "rr" '
+        "SET \"force_parallel_mode\" TO 'off')"
+    )
