@@ -321,6 +321,36 @@ def test_crash(pgmgr_db):
     assert_nothing_left(ops_dir)
 
 
+def test_the_next_session_sweeps_a_dead_one_in_its_own_tmpdir(
+    suite: pytest.Pytester, ops_dir: Path
+) -> None:
+    """A session killed with its reaper (an OOM kill, a container stopped: everything at
+    once) leaves its directory in ``pgmgr_tmpdir`` (/dev/shm by default, memory): the next
+    session there removes it. Only the temp dir was swept, so a /dev/shm one stayed."""
+    shm = ops_dir / "shm"  # not TMPDIR (ops_dir/tmp), as /dev/shm is not
+    shm.mkdir(mode=0o755)
+    suite.makeini(ini(shm))
+    suite.makepyfile(
+        test_crash="""
+import os, signal
+
+
+def test_crash(pgmgr_server):
+    os.kill(pgmgr_server._reaper.pid, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    )
+    assert run(suite).ret == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while postmasters_under(shm) and time.monotonic() < deadline:  # gone with its parent
+        time.sleep(0.05)
+    (left,) = shm.iterdir()
+    suite.makepyfile(test_crash="def test_next(pgmgr_server):\n    pass\n")
+    run(suite).assert_outcomes(passed=1)
+    assert not left.exists() and list(shm.iterdir()) == []
+    assert_nothing_left(ops_dir)
+
+
 @pytest.fixture
 def tmp_server(ops_dir: Path) -> Iterator[TemporaryInstance]:
     with TemporaryInstance("15", root=str(ops_dir / "tmp")) as tmp:
