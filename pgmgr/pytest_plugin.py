@@ -85,6 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "pgmgr: give the test a fresh database (pgmgr_db) and point PG* at it"
     )
     _check_version(config)
+    _settings(config)
     _pool_size(config)
     _tmp_root(config)
 
@@ -115,6 +116,24 @@ def _check_version(config: pytest.Config) -> None:
             f"{option} {wanted}: PostgreSQL {wanted} is not installed (installed: {have}; "
             "see 'pgmgr versions')"
         )
+
+
+def _settings(config: pytest.Config) -> dict[str, str]:
+    """ini ``pgmgr_settings``: ``name=value`` lines, checked as ``-c`` ones are, before any
+    test runs (else each test that asks for the server errors with the same traceback).
+
+    :raises pytest.UsageError: a malformed line, or a setting pgmgr manages (``port``).
+    """
+    lines = config.getini("pgmgr_settings")
+    if not lines:
+        return {}
+    from pgmgr.core import server
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        return dict(server.parse_setting(s) for s in lines)
+    except PgmgrError as e:
+        raise pytest.UsageError(f"pgmgr_settings: {e.message}") from None
 
 
 def _pool_size(config: pytest.Config) -> int:
@@ -181,12 +200,11 @@ class Database:
 @pytest.fixture(scope="session")
 def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
     """A temporary PostgreSQL server for this session (or this xdist worker)."""
-    from pgmgr.core import server
     from pgmgr.core.temporary import TemporaryInstance
 
     config = request.config
     version = config.getoption("pgmgr_version") or config.getini("pgmgr_version") or None
-    settings = dict(server.parse_setting(s) for s in config.getini("pgmgr_settings"))
+    settings = _settings(config)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     tmp = TemporaryInstance(
         version,

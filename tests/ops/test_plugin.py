@@ -170,3 +170,27 @@ def test_a_bad_version_is_one_usage_error_naming_the_option(
     assert "--version)" not in errors[0]
     assert "Traceback" not in "\n".join(result.outlines + result.errlines)
     assert_nothing_left(ops_dir)
+
+
+@pytest.mark.parametrize(
+    ("line", "first_line"),
+    [
+        ("garbage", "ERROR: pgmgr_settings: invalid setting 'garbage': expected name=value"),
+        ("port=6000", "ERROR: pgmgr_settings: setting 'port' is managed by pgmgr"),
+    ],
+)
+def test_a_bad_setting_is_one_usage_error(
+    pytester: pytest.Pytester, ops_dir: Path, line: str, first_line: str
+) -> None:
+    """A malformed ``pgmgr_settings`` line stops the session before any test runs, as a
+    bad version does: it was an error with a traceback in every test that used a server."""
+    pytester.makeini(f"[pytest]\npgmgr_settings =\n    {line}\n")
+    pytester.makepyfile(
+        test_mixed="def test_db(pgmgr_db):\n    pass\n\ndef test_plain():\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
+    assert "Traceback" not in "\n".join(result.outlines + result.errlines)
+    assert_nothing_left(ops_dir)
