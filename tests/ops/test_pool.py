@@ -7,12 +7,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pgmgr.core import process
 from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
 from tests.helpers import postmasters_under
@@ -348,6 +350,33 @@ def test_crash(pgmgr_server):
     suite.makepyfile(test_crash="def test_next(pgmgr_server):\n    pass\n")
     run(suite).assert_outcomes(passed=1)
     assert not left.exists() and list(shm.iterdir()) == []
+    assert_nothing_left(ops_dir)
+
+
+def test_a_server_started_from_a_thread_outlives_the_thread(ops_dir: Path) -> None:
+    """A temporary server is stopped when its process dies (PR_SET_PDEATHSIG), but the
+    kernel sends that signal when the *thread* that spawned it ends: started from a worker
+    thread, it was stopped as soon as that thread finished, under the process using it."""
+    tmp = TemporaryInstance("15", root=str(ops_dir / "tmp"))
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            tmp.start()
+        except BaseException as e:
+            failed.append(e)
+
+    worker = threading.Thread(target=start)
+    try:
+        worker.start()
+        worker.join()
+        assert failed == []
+        pid = tmp.server.child.pid if tmp.server.child else 0
+        time.sleep(0.5)  # the signal comes at the thread's end: it has had time to act
+        assert process.is_alive(pid)
+        tmp.execute("select 1")
+    finally:
+        tmp.close()
     assert_nothing_left(ops_dir)
 
 
