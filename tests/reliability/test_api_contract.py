@@ -86,4 +86,7 @@ def test_not_a_data_dir_and_bad_port_are_database_exceptions(work: Path) -> None
         Manager("127.0.0.1", free_port("127.0.0.1"), work / "plain").start()
     with pytest.raises(DatabaseException):
         Manager("127.0.0.1", 70000, work / "plain").start()
+    for bad in ("fifty", None, "5432x"):  # a ValueError or TypeError from int() before
+        with pytest.raises(DatabaseException, match="invalid port"):
+            Manager("127.0.0.1", bad, work / "plain")  # type: ignore[arg-type]
     assert (work / "plain" / "notes.txt").read_text() == "mine"
