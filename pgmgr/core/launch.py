@@ -283,9 +283,21 @@ def stop(pid: int, datadir: Path, mode: str, timeout: float | None) -> bool:
     """
     if mode not in STOP_SIGNALS:
         raise UsageError(f"invalid stop mode {mode!r}: use smart, fast or immediate")
-    if not process.signal_pid(pid, STOP_SIGNALS[mode]):
+    if not send_stop(pid, mode):
         return True
     return process.wait_gone(pid, datadir, timeout)
+
+
+def send_stop(pid: int, mode: str) -> bool:
+    """Send ``mode``'s signal to the postmaster ``pid``; False when it is gone already.
+    An immediate stop also continues it: a frozen one (SIGSTOP, a test of a client's
+    timeouts against a hung server) acts on nothing else, and an immediate stop is the
+    one that must end it (a temporary server's removal, the context manager's fallback)."""
+    if not process.signal_pid(pid, STOP_SIGNALS[mode]):
+        return False
+    if mode == "immediate":
+        process.signal_pid(pid, signal.SIGCONT)
+    return True
 
 
 def open_log_offset(log_file: Path) -> int:

@@ -38,7 +38,9 @@ def stop(
             save_after_stop(srv)
         return False
     if not wait:
-        process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
+        from pgmgr.core import launch
+
+        launch.send_stop(pf.pid, mode)
         return True
     if not server.stop(pf.pid, srv.datadir, mode, timeout):
         sessions = process.client_sessions(pf.pid)

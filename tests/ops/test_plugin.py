@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,4 +194,26 @@ def test_a_bad_setting_is_one_usage_error(
     errors = [line for line in result.errlines if line.strip()]
     assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
     assert "Traceback" not in "\n".join(result.outlines + result.errlines)
+    assert_nothing_left(ops_dir)
+
+
+def test_a_frozen_server_is_stopped_at_the_end(pytester: pytest.Pytester, ops_dir: Path) -> None:
+    """A test freezes the server (SIGSTOP: how one tests a client's timeouts against a hung
+    database): the session ends at once with nothing left. The immediate stop waited 30 s
+    for a postmaster that could not act on it, twice, then removed its directory and left
+    it running, frozen."""
+    pytester.makeini(INI + f"pgmgr_tmpdir = {ops_dir / 'tmp'}\n")
+    pytester.makepyfile(
+        test_freeze="""
+import os, signal
+
+
+def test_freeze(pgmgr_db, pgmgr_server):
+    os.kill(pgmgr_server.server.running().pid, signal.SIGSTOP)
+"""
+    )
+    t0 = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert time.monotonic() - t0 < 30
     assert_nothing_left(ops_dir)
