@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from pgmgr.core import process, server
-from pgmgr.core.errors import WorkerError
+from pgmgr.core.errors import UsageError, WorkerError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -25,9 +25,12 @@ def stop(
     for a pause whose start saves it next: the pid it forgets is never trusted).
 
     :returns: False if it was not running.
+    :raises UsageError: ``mode`` is not smart, fast or immediate.
     :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
     :raises IdentityChanged: the data directory was moved or replaced.
     """
+    if mode not in server.STOP_SIGNALS:  # before anything: a stopped server too
+        raise UsageError(f"invalid stop mode {mode!r}: use smart, fast or immediate")
     srv.check_identity("stop")
     srv.record_error = None
     pf = srv.running()

@@ -90,3 +90,16 @@ def test_not_a_data_dir_and_bad_port_are_database_exceptions(work: Path) -> None
         with pytest.raises(DatabaseException, match="invalid port"):
             Manager("127.0.0.1", bad, work / "plain")  # type: ignore[arg-type]
     assert (work / "plain" / "notes.txt").read_text() == "mine"
+
+
+def test_a_bad_stop_mode_is_a_database_exception_whatever_the_state(work: Path) -> None:
+    """``stop(mode=...)`` is checked before anything is done: a bad mode without ``wait``
+    was a KeyError, and with the server stopped it was no error at all."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    with pytest.raises(DatabaseException, match="invalid stop mode"):
+        pg.stop(mode="bogus")  # not running
+    with pg:
+        for wait in (True, False):
+            with pytest.raises(DatabaseException, match="invalid stop mode"):
+                pg.stop(wait=wait, mode="bogus")
+            assert pg.status().state == "running"
