@@ -14,6 +14,8 @@ from pgmgr.core.errors import UsageError, WorkerError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    import subprocess
+
     from pgmgr.core.instance import Server
 
 
@@ -34,6 +36,11 @@ def stop(
     srv.check_identity("stop")
     srv.record_error = None
     pf = srv.running()
+    child = srv.child
+    if pf is None and child is not None and child.poll() is None:
+        # Ours, spawned (start(wait=False)) and not reaped, so the pid is still its own,
+        # but postmaster.pid is not written yet: it is starting, not "not running".
+        return _stop_child(srv, child, mode, timeout, wait, record)
     if pf is None:
         reap(srv)
         if srv.inst.pid is not None:
@@ -53,6 +60,32 @@ def stop(
             hint="use '-m fast' to disconnect clients, or a longer --timeout",
         )
     reap(srv)
+    srv.inst.pid = None
+    if record:
+        save_after_stop(srv)
+    return True
+
+
+def _stop_child(
+    srv: Server, child: subprocess.Popen[bytes], mode: str, timeout: float | None,
+    wait: bool, record: bool,
+) -> bool:  # fmt: skip
+    """Stop the postgres this process spawned before it wrote postmaster.pid (it blocks
+    signals while it starts, then acts on the one it got)."""
+    import subprocess
+
+    from pgmgr.core import launch
+
+    launch.send_stop(child.pid, mode)
+    if not wait:
+        return True
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(
+            f"server (pid {child.pid}) did not stop within {timeout:g} s in {mode} mode",
+            hint="use '-m immediate', or a longer --timeout",
+        ) from None
     srv.inst.pid = None
     if record:
         save_after_stop(srv)

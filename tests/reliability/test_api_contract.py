@@ -4,6 +4,8 @@ about a data directory is a ``DatabaseException`` (issue 11.14)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -103,3 +105,25 @@ def test_a_bad_stop_mode_is_a_database_exception_whatever_the_state(work: Path) 
             with pytest.raises(DatabaseException, match="invalid stop mode"):
                 pg.stop(wait=wait, mode="bogus")
             assert pg.status().state == "running"
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_stop_right_after_start_without_wait_stops_it(work: Path, wait: bool) -> None:
+    """``start(wait=False)`` then ``stop()`` before postgres has written postmaster.pid:
+    the server this object spawned is stopped. stop() waited 5 s for the child to exit by
+    itself, said False ("not running") and left it running. The child is frozen until
+    postmaster.pid is known to be absent, so the stop comes in that window every time
+    (an immediate stop continues a frozen server)."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    for _ in range(20):
+        pg.start(wait=False)
+        os.kill(pg.process.pid, signal.SIGSTOP)
+        if not (work / "data" / "postmaster.pid").exists():
+            break
+        os.kill(pg.process.pid, signal.SIGCONT)
+        pg.stop()
+    else:
+        pytest.skip("postgres wrote postmaster.pid before it could be frozen, 20 times")
+    assert pg.stop(mode="immediate", wait=wait) is True
+    assert pg.process.wait(timeout=30) is not None
+    assert postmasters_under(work) == []
