@@ -127,3 +127,33 @@ def test_stop_right_after_start_without_wait_stops_it(work: Path, wait: bool) ->
     assert pg.stop(mode="immediate", wait=wait) is True
     assert pg.process.wait(timeout=30) is not None
     assert postmasters_under(work) == []
+
+
+def test_start_again_before_postmaster_pid_is_a_no_op(work: Path) -> None:
+    """``start(wait=False)`` then ``start()`` again before postgres wrote postmaster.pid: the
+    second is a no-op (the seed's start of a running server), not a second postgres for the
+    same data directory: one of the two then failed ("lock file already exists"), and
+    ``process`` named the failed one, so ``wait()`` returned at once while the server ran.
+    The first child is frozen until postmaster.pid is known to be absent (the window)."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    try:
+        for _ in range(20):
+            pg.start(wait=False)
+            first = pg.process
+            os.kill(first.pid, signal.SIGSTOP)
+            if not (work / "data" / "postmaster.pid").exists():
+                break
+            os.kill(first.pid, signal.SIGCONT)
+            pg.stop()
+        else:
+            pytest.skip("postgres wrote postmaster.pid before it could be frozen, 20 times")
+        again = pg.start(wait=False)
+        assert again.already_running and again.pid == first.pid
+        assert pg.process is first
+        os.kill(first.pid, signal.SIGCONT)
+        assert pg.start().already_running
+        pg.health()
+        assert postmasters_under(work) == [first.pid]
+    finally:
+        pg.stop(mode="immediate")
+    assert postmasters_under(work) == []
