@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 TEMPLATE_DB = "pgmgr_template"
 POOL_SIZE = 4
 MAX_POOL_SIZE = 64
-#: The pool holds at most this share of the free space where the server lives.
+#: The pools (of all xdist workers) hold at most this share of the free space where the
+#: servers live.
 POOL_SPACE_SHARE = 0.25
 #: Only for the plugin's servers: WAL on a memory filesystem is memory (default max 1GB).
 PLUGIN_SETTINGS = {"max_wal_size": "256MB"}
@@ -277,7 +278,10 @@ def pgmgr_pool(
         return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
 
     st = os.statvfs(pgmgr_server.base or ".")
-    budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE)
+    # a share for all the xdist workers together: their servers live in the same place
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    count = int(workers) if workers.isdigit() and int(workers) > 0 else 1
+    budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE / count)
     pool = DatabasePool(connect, size=size, budget=budget)
     try:
         yield pool

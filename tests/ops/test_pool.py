@@ -323,6 +323,29 @@ def test_crash(pgmgr_db):
     assert_nothing_left(ops_dir)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="needs pytest-xdist")
+def test_xdist_workers_share_the_space_budget(suite: pytest.Pytester, ops_dir: Path) -> None:
+    """The pool may hold a quarter of the free space where the servers live, all workers
+    together: each of N xdist workers took a quarter for itself (4 workers: all of a
+    /dev/shm, for a big template)."""
+    suite.makepyfile(
+        test_budget="""
+import os
+from recorder import record
+
+
+def test_budget(pgmgr_pool, pgmgr_server):
+    st = os.statvfs(pgmgr_server.base)
+    record(budget=pgmgr_pool.budget, free=st.f_bavail * st.f_frsize)
+"""
+    )
+    run(suite, "-p", "xdist", "-n", "2").assert_outcomes(passed=1)
+    (rec,) = records(ops_dir / "records")
+    share = rec["budget"] / rec["free"]  # type: ignore[operator]
+    assert 0.1 < share < 0.15, share  # a quarter for two workers: an eighth each
+    assert_nothing_left(ops_dir)
+
+
 def test_the_next_session_sweeps_a_dead_one_in_its_own_tmpdir(
     suite: pytest.Pytester, ops_dir: Path
 ) -> None:
