@@ -51,6 +51,7 @@ POOL_SPACE_SHARE = 0.25
 PLUGIN_SETTINGS = {"max_wal_size": "256MB"}
 #: /dev/shm is used when it is a tmpfs with at least this much room.
 MEMORY_FS_MIN = 1 << 30
+MEMORY_DIR = "/dev/shm"  # noqa: S108
 #: SCRAM iterations of the plugin server's password (see :func:`_cheap_logins`).
 LOGIN_ITERATIONS = 16
 _counter = itertools.count(1)
@@ -160,8 +161,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object], request: pytest.
         stash[_generation] = stash.get(_generation, 0) + 1
 
 
-def memory_dir(path: str = "/dev/shm", need: int = MEMORY_FS_MIN) -> str | None:  # noqa: S108
-    """``path`` if it is a tmpfs mount we can use with ``need`` bytes free, else None."""
+def memory_dir(path: str = MEMORY_DIR, need: int | None = None) -> str | None:
+    """``path`` if it is a tmpfs mount we can use with ``need`` bytes free (default
+    :data:`MEMORY_FS_MIN`), else None."""
+    need = MEMORY_FS_MIN if need is None else need
     try:
         with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
             mounts = [line.split() for line in f]
@@ -207,11 +210,14 @@ def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
     version = config.getoption("pgmgr_version") or config.getini("pgmgr_version") or None
     settings = _settings(config)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    root = _tmp_root(config)
+    if root is None and str(config.getini("pgmgr_tmpdir")).strip() in ("", "auto"):
+        _sweep_memory_dir()
     tmp = TemporaryInstance(
         version,
         {**PLUGIN_SETTINGS, **settings},
         prefix=f"pgmgr-pytest-{worker}-",
-        root=_tmp_root(config),
+        root=root,
         guard=True,  # a crashed session must not leave its server running
     )
     # psycopg takes ~100 ms to import, during which the server could be starting: import it
@@ -226,6 +232,16 @@ def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
         yield tmp
     finally:
         tmp.close()
+
+
+def _sweep_memory_dir() -> None:
+    """``auto`` chose the temp dir, /dev/shm lacking room: maybe for the directories of
+    sessions killed with their reaper, which only a session starting in /dev/shm swept (a
+    full /dev/shm then stayed full, every later session going to the disk)."""
+    from pgmgr.core import sweep
+    from pgmgr.core.temporary import _default_user
+
+    sweep.dead_runs(_default_user(), also=MEMORY_DIR)
 
 
 def _cheap_logins(tmp: TemporaryInstance) -> None:

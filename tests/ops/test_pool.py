@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import pytest
 from pgmgr.core import process
 from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
+from pgmgr.pytest_plugin import memory_dir
 from tests.helpers import postmasters_under
 from tests.ops.test_plugin import assert_nothing_left
 
@@ -343,6 +347,33 @@ def test_budget(pgmgr_pool, pgmgr_server):
     (rec,) = records(ops_dir / "records")
     share = rec["budget"] / rec["free"]  # type: ignore[operator]
     assert 0.1 < share < 0.15, share  # a quarter for two workers: an eighth each
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.skipif(memory_dir() is None, reason="needs /dev/shm (a tmpfs with room)")
+def test_a_session_that_finds_dev_shm_full_sweeps_it_still(
+    suite: pytest.Pytester, ops_dir: Path
+) -> None:
+    """Dead sessions' directories (killed with their reaper) in /dev/shm can leave it
+    short of room: ``auto`` then goes to the temp dir, and still sweeps /dev/shm, or the
+    next sessions never would (only a session starting there swept it). /dev/shm being
+    short of room is mocked (MEMORY_FS_MIN raised in the suite's conftest); the dead
+    session's directory is a real one of a gone process, in the real /dev/shm."""
+    dead = Path(tempfile.mkdtemp(prefix="pgmgr-pytest-main-", dir="/dev/shm"))
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        (dead / "pgmgr.owner").write_text(f"{gone.pid} 1\n")
+        (dead / "data").mkdir()
+        suite.makeini("[pytest]\npgmgr_version = 15\npgmgr_pool_size = 0\n")
+        suite.makeconftest(
+            "import pgmgr.pytest_plugin\npgmgr.pytest_plugin.MEMORY_FS_MIN = 1 << 62\n"
+        )
+        suite.makepyfile(test_full="def test_full(pgmgr_server):\n    pass\n")
+        run(suite).assert_outcomes(passed=1)
+        assert not dead.exists()
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
     assert_nothing_left(ops_dir)
 
 
