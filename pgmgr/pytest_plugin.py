@@ -44,12 +44,14 @@ if TYPE_CHECKING:
 TEMPLATE_DB = "pgmgr_template"
 POOL_SIZE = 4
 MAX_POOL_SIZE = 64
-#: The pool holds at most this share of the free space where the server lives.
+#: The pools (of all xdist workers) hold at most this share of the free space where the
+#: servers live.
 POOL_SPACE_SHARE = 0.25
 #: Only for the plugin's servers: WAL on a memory filesystem is memory (default max 1GB).
 PLUGIN_SETTINGS = {"max_wal_size": "256MB"}
 #: /dev/shm is used when it is a tmpfs with at least this much room.
 MEMORY_FS_MIN = 1 << 30
+MEMORY_DIR = "/dev/shm"  # noqa: S108
 #: SCRAM iterations of the plugin server's password (see :func:`_cheap_logins`).
 LOGIN_ITERATIONS = 16
 _counter = itertools.count(1)
@@ -85,6 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "pgmgr: give the test a fresh database (pgmgr_db) and point PG* at it"
     )
     _check_version(config)
+    _settings(config)
     _pool_size(config)
     _tmp_root(config)
 
@@ -117,6 +120,24 @@ def _check_version(config: pytest.Config) -> None:
         )
 
 
+def _settings(config: pytest.Config) -> dict[str, str]:
+    """ini ``pgmgr_settings``: ``name=value`` lines, checked as ``-c`` ones are, before any
+    test runs (else each test that asks for the server errors with the same traceback).
+
+    :raises pytest.UsageError: a malformed line, or a setting pgmgr manages (``port``).
+    """
+    lines = config.getini("pgmgr_settings")
+    if not lines:
+        return {}
+    from pgmgr.core import server
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        return dict(server.parse_setting(s) for s in lines)
+    except PgmgrError as e:
+        raise pytest.UsageError(f"pgmgr_settings: {e.message}") from None
+
+
 def _pool_size(config: pytest.Config) -> int:
     """ini ``pgmgr_pool_size``: a whole number from 0 to :data:`MAX_POOL_SIZE`.
 
@@ -140,8 +161,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object], request: pytest.
         stash[_generation] = stash.get(_generation, 0) + 1
 
 
-def memory_dir(path: str = "/dev/shm", need: int = MEMORY_FS_MIN) -> str | None:  # noqa: S108
-    """``path`` if it is a tmpfs mount we can use with ``need`` bytes free, else None."""
+def memory_dir(path: str = MEMORY_DIR, need: int | None = None) -> str | None:
+    """``path`` if it is a tmpfs mount we can use with ``need`` bytes free (default
+    :data:`MEMORY_FS_MIN`), else None."""
+    need = MEMORY_FS_MIN if need is None else need
     try:
         with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
             mounts = [line.split() for line in f]
@@ -181,18 +204,20 @@ class Database:
 @pytest.fixture(scope="session")
 def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
     """A temporary PostgreSQL server for this session (or this xdist worker)."""
-    from pgmgr.core import server
     from pgmgr.core.temporary import TemporaryInstance
 
     config = request.config
     version = config.getoption("pgmgr_version") or config.getini("pgmgr_version") or None
-    settings = dict(server.parse_setting(s) for s in config.getini("pgmgr_settings"))
+    settings = _settings(config)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    root = _tmp_root(config)
+    if root is None and str(config.getini("pgmgr_tmpdir")).strip() in ("", "auto"):
+        _sweep_memory_dir()
     tmp = TemporaryInstance(
         version,
         {**PLUGIN_SETTINGS, **settings},
         prefix=f"pgmgr-pytest-{worker}-",
-        root=_tmp_root(config),
+        root=root,
         guard=True,  # a crashed session must not leave its server running
     )
     # psycopg takes ~100 ms to import, during which the server could be starting: import it
@@ -207,6 +232,16 @@ def pgmgr_server(request: pytest.FixtureRequest) -> Iterator[TemporaryInstance]:
         yield tmp
     finally:
         tmp.close()
+
+
+def _sweep_memory_dir() -> None:
+    """``auto`` chose the temp dir, /dev/shm lacking room: maybe for the directories of
+    sessions killed with their reaper, which only a session starting in /dev/shm swept (a
+    full /dev/shm then stayed full, every later session going to the disk)."""
+    from pgmgr.core import sweep
+    from pgmgr.core.temporary import _default_user
+
+    sweep.dead_runs(_default_user(), also=MEMORY_DIR)
 
 
 def _cheap_logins(tmp: TemporaryInstance) -> None:
@@ -259,7 +294,10 @@ def pgmgr_pool(
         return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
 
     st = os.statvfs(pgmgr_server.base or ".")
-    budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE)
+    # a share for all the xdist workers together: their servers live in the same place
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    count = int(workers) if workers.isdigit() and int(workers) > 0 else 1
+    budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE / count)
     pool = DatabasePool(connect, size=size, budget=budget)
     try:
         yield pool

@@ -10,9 +10,11 @@ fast poll stops it in ~16 ms against ~102 ms for ``pg_ctl stop -w``. So pgmgr sp
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +28,10 @@ from pgmgr.core.server import STOP_SIGNALS, _child_env, _ids
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
+
+    #: a call for :class:`_Lasting`'s thread: the function, its result's box, done
+    _Job = tuple[Callable[[], Any], list[Any], threading.Event]
 
 
 def _die_with(parent: int, sig: int = signal.SIGQUIT) -> Callable[[], None]:
@@ -47,6 +53,54 @@ def _die_with(parent: int, sig: int = signal.SIGQUIT) -> Callable[[], None]:
 
 
 PR_SET_PDEATHSIG = 1
+
+
+class _Lasting:
+    """One daemon thread that spawns the children that must die with this process, for
+    callers off the main thread: the kernel sends ``PR_SET_PDEATHSIG`` when the *thread*
+    that forked the child ends, not the process. A temporary server started from a worker
+    thread (a thread pool, a test runner's thread) was stopped as soon as that thread
+    finished, under the process still using it. This thread ends only with the process."""
+
+    lock = threading.Lock()
+    jobs: queue.SimpleQueue[_Job] | None = None
+
+    @classmethod
+    def run(cls, call: Callable[[], Any]) -> Any:
+        with cls.lock:
+            if cls.jobs is None:
+                cls.jobs = queue.SimpleQueue()
+                threading.Thread(
+                    target=cls._serve, args=(cls.jobs,), name="pgmgr-spawner", daemon=True
+                ).start()
+            jobs = cls.jobs
+        box: list[Any] = []
+        done = threading.Event()
+        jobs.put((call, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            call, box, done = jobs.get()
+            try:
+                box.append(call())
+            except BaseException as e:  # the caller's thread raises it
+                box.append(e)
+            finally:
+                done.set()
+
+    @classmethod
+    def forget(cls) -> None:
+        """In a forked child: the thread is not there (a new one is made when needed)."""
+        cls.lock = threading.Lock()
+        cls.jobs = None
+
+
+os.register_at_fork(after_in_child=_Lasting.forget)
 
 
 def _pausing(preexec: Callable[[], None] | None) -> Callable[[], None]:
@@ -88,20 +142,27 @@ def spawn(
         with doing("write", log_file), os.fdopen(fd, "ab", closefd=False) as log:
             log.write(f"--- pgmgr: starting {' '.join(argv[:3])} at {time.ctime()}\n".encode())
         uid, gid, groups = _ids(user)
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            cwd="/",
-            env=_child_env(user),
-            start_new_session=True,
-            umask=0o077,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-            preexec_fn=preexec,
-        )
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                cwd="/",
+                env=_child_env(user),
+                start_new_session=True,
+                umask=0o077,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
+                preexec_fn=preexec,
+            )
+
+        if preexec is not None and threading.current_thread() is not threading.main_thread():
+            child: subprocess.Popen[bytes] = _Lasting.run(popen)
+            return child
+        return popen()
     finally:
         os.close(fd)
 
@@ -222,9 +283,21 @@ def stop(pid: int, datadir: Path, mode: str, timeout: float | None) -> bool:
     """
     if mode not in STOP_SIGNALS:
         raise UsageError(f"invalid stop mode {mode!r}: use smart, fast or immediate")
-    if not process.signal_pid(pid, STOP_SIGNALS[mode]):
+    if not send_stop(pid, mode):
         return True
     return process.wait_gone(pid, datadir, timeout)
+
+
+def send_stop(pid: int, mode: str) -> bool:
+    """Send ``mode``'s signal to the postmaster ``pid``; False when it is gone already.
+    An immediate stop also continues it: a frozen one (SIGSTOP, a test of a client's
+    timeouts against a hung server) acts on nothing else, and an immediate stop is the
+    one that must end it (a temporary server's removal, the context manager's fallback)."""
+    if not process.signal_pid(pid, STOP_SIGNALS[mode]):
+        return False
+    if mode == "immediate":
+        process.signal_pid(pid, signal.SIGCONT)
+    return True
 
 
 def open_log_offset(log_file: Path) -> int:

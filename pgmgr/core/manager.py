@@ -89,7 +89,10 @@ class Manager:
         if not db_dir:
             raise DatabaseException("db_dir is required")
         self.host = host
-        self.port = int(port)
+        try:
+            self.port = int(port)
+        except (TypeError, ValueError):
+            raise DatabaseException(f"invalid port {port!r}: a number from 1 to 65535") from None
         self.db_dir = Path(os.path.abspath(db_dir))
         self.pg_version = pg_version or None
         self.kwargs = kwargs

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 
 from pgmgr.core import process, server
-from pgmgr.core.errors import WorkerError
+from pgmgr.core.errors import UsageError, WorkerError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    import subprocess
+
     from pgmgr.core.instance import Server
 
 
@@ -25,12 +27,20 @@ def stop(
     for a pause whose start saves it next: the pid it forgets is never trusted).
 
     :returns: False if it was not running.
+    :raises UsageError: ``mode`` is not smart, fast or immediate.
     :raises WorkerError: it did not stop within ``timeout`` (says what holds it).
     :raises IdentityChanged: the data directory was moved or replaced.
     """
+    if mode not in server.STOP_SIGNALS:  # before anything: a stopped server too
+        raise UsageError(f"invalid stop mode {mode!r}: use smart, fast or immediate")
     srv.check_identity("stop")
     srv.record_error = None
     pf = srv.running()
+    child = srv.child
+    if pf is None and child is not None and child.poll() is None:
+        # Ours, spawned (start(wait=False)) and not reaped, so the pid is still its own,
+        # but postmaster.pid is not written yet: it is starting, not "not running".
+        return _stop_child(srv, child, mode, timeout, wait, record)
     if pf is None:
         reap(srv)
         if srv.inst.pid is not None:
@@ -38,7 +48,9 @@ def stop(
             save_after_stop(srv)
         return False
     if not wait:
-        process.signal_pid(pf.pid, server.STOP_SIGNALS[mode])
+        from pgmgr.core import launch
+
+        launch.send_stop(pf.pid, mode)
         return True
     if not server.stop(pf.pid, srv.datadir, mode, timeout):
         sessions = process.client_sessions(pf.pid)
@@ -48,6 +60,32 @@ def stop(
             hint="use '-m fast' to disconnect clients, or a longer --timeout",
         )
     reap(srv)
+    srv.inst.pid = None
+    if record:
+        save_after_stop(srv)
+    return True
+
+
+def _stop_child(
+    srv: Server, child: subprocess.Popen[bytes], mode: str, timeout: float | None,
+    wait: bool, record: bool,
+) -> bool:  # fmt: skip
+    """Stop the postgres this process spawned before it wrote postmaster.pid (it blocks
+    signals while it starts, then acts on the one it got)."""
+    import subprocess
+
+    from pgmgr.core import launch
+
+    launch.send_stop(child.pid, mode)
+    if not wait:
+        return True
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(
+            f"server (pid {child.pid}) did not stop within {timeout:g} s in {mode} mode",
+            hint="use '-m immediate', or a longer --timeout",
+        ) from None
     srv.inst.pid = None
     if record:
         save_after_stop(srv)

@@ -16,6 +16,7 @@ import os
 import pwd
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -122,18 +123,20 @@ def start_refill(key: str, user: ServerUser | None, root: Path | None = None) ->
         here = str(Path(__file__).resolve().parents[2])  # the same pgmgr in the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         argv = [sys.executable, "-m", "pgmgr.core.template", "refill", str(root), key]
-        _refills.append(
-            subprocess.Popen(  # our own interpreter and module, no shell
-                [*argv, str(uid), str(gid), str(fd)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                pass_fds=(fd,),
-                cwd="/",
-                env=env,
-            )
+        child = subprocess.Popen(  # our own interpreter and module, no shell
+            [*argv, str(uid), str(gid), str(fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(fd,),
+            cwd="/",
+            env=env,
         )
+        _refills.append(child)
+        # reaped as soon as it ends: a long-lived library caller that initializes one
+        # directory kept it as a zombie until its next init, or its exit
+        threading.Thread(target=child.wait, name="pgmgr-refill", daemon=True).start()
         return True
     except OSError:
         return False

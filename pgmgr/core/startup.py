@@ -89,6 +89,15 @@ def start(
         dirpath.check_datadir_place(datadir, "register")
     install = srv.installation(version)
     pf = srv.running()
+    child = srv.child
+    early = pf is None or (pf.pid == getattr(child, "pid", None) and pf.status is None)
+    if child is not None and child.poll() is None and early:
+        # This object spawned it (wait=False): without postmaster.pid yet it is starting
+        # (another spawn would be a second postgres for the data dir), and one without its
+        # status line yet is not ready: wait for it as its own start would have.
+        if not wait:
+            return StartResult(srv.inst, True, child.pid, time.monotonic() - t0)
+        pf = ready_wait(srv, timeout)
     if pf is not None:
         pf = settle(srv, pf, timeout if wait else 0.0)
         record_running(srv, pf)

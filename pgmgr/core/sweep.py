@@ -71,10 +71,12 @@ def _in_use(base: Path) -> bool:
     return False
 
 
-def dead_runs(user: ServerUser | None = None) -> list[Path]:
+def dead_runs(user: ServerUser | None = None, also: str | None = None) -> list[Path]:
     """Remove the temporary directories of pgmgr processes that died without cleaning up
     (SIGKILL, a power cut): ours (same owner, not a symlink), their owner gone and no
-    process working in them. Their servers died with their pgmgr (``die_with_parent``).
+    process working in them, in the temp dirs and in ``also`` (where the caller makes its
+    own: the pytest plugin's /dev/shm or ``pgmgr_tmpdir``, which no other sweep visits).
+    Their servers died with their pgmgr (``die_with_parent``).
     The short-lived ``<prefix><pid>-*`` ones (:data:`PID_PREFIXES`) may be the server
     user's (as root, pgmgr hands them over or makes them as that user): those of ``user``
     go too, through fds (that user may not reach a private temp dir of root's); another
@@ -87,7 +89,10 @@ def dead_runs(user: ServerUser | None = None) -> list[Path]:
     me = os.geteuid()
     from pgmgr.core.sockets import temp_dirs
 
-    for parent in temp_dirs():
+    parents = temp_dirs()
+    if also and os.path.realpath(also) not in map(os.path.realpath, parents):
+        parents.append(also)
+    for parent in parents:
         try:
             entries = [n for n in os.listdir(parent) if n.startswith("pgmgr-")]
         except OSError:

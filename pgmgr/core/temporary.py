@@ -127,7 +127,7 @@ class TemporaryInstance:
         On failure, including a signal, everything made so far is removed.
         """
         try:
-            sweep.dead_runs(_default_user())
+            sweep.dead_runs(_default_user(), also=self.root)
             self.base = _base_dir(self.prefix, self.root)
             if self.guard:
                 from pgmgr.core import reaper

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,3 +86,29 @@ def test_a_manager_on_a_cli_instance_keeps_it_a_cli_instance(
     assert registry.load("data").origin == "cli"
     shutil.rmtree(datadir)
     assert status_names() == {"data": "missing"}
+
+
+def test_no_zombie_is_left_by_an_initialization(work_dir: Path) -> None:
+    """An init from the template cache starts a background refill (the next spare); once
+    it ends it is reaped at once, not kept as a zombie until the next init of the
+    process, or its exit (a long-lived program that initializes one directory)."""
+    from pgmgr import Manager
+    from pgmgr.core import spare
+    from pgmgr.core.server import free_port
+
+    for name in ("first", "second"):  # the first builds the template, the second copies it
+        Manager("127.0.0.1", free_port("127.0.0.1"), work_dir / name, initialize=True)
+    refill = spare._refills[-1]  # this test's (an earlier test's may still run)
+    deadline = time.monotonic() + 60
+    while _state(refill.pid) not in ("Z", None) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the refill's copy runs
+    time.sleep(0.5)
+    assert _state(refill.pid) is None, "the ended refill is a zombie"
+
+
+def _state(pid: int) -> str | None:
+    """The state letter of ``pid`` (Z: a zombie), None once it is gone (reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,4 +170,50 @@ def test_a_bad_version_is_one_usage_error_naming_the_option(
     assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
     assert "--version)" not in errors[0]
     assert "Traceback" not in "\n".join(result.outlines + result.errlines)
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.parametrize(
+    ("line", "first_line"),
+    [
+        ("garbage", "ERROR: pgmgr_settings: invalid setting 'garbage': expected name=value"),
+        ("port=6000", "ERROR: pgmgr_settings: setting 'port' is managed by pgmgr"),
+    ],
+)
+def test_a_bad_setting_is_one_usage_error(
+    pytester: pytest.Pytester, ops_dir: Path, line: str, first_line: str
+) -> None:
+    """A malformed ``pgmgr_settings`` line stops the session before any test runs, as a
+    bad version does: it was an error with a traceback in every test that used a server."""
+    pytester.makeini(f"[pytest]\npgmgr_settings =\n    {line}\n")
+    pytester.makepyfile(
+        test_mixed="def test_db(pgmgr_db):\n    pass\n\ndef test_plain():\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
+    assert "Traceback" not in "\n".join(result.outlines + result.errlines)
+    assert_nothing_left(ops_dir)
+
+
+def test_a_frozen_server_is_stopped_at_the_end(pytester: pytest.Pytester, ops_dir: Path) -> None:
+    """A test freezes the server (SIGSTOP: how one tests a client's timeouts against a hung
+    database): the session ends at once with nothing left. The immediate stop waited 30 s
+    for a postmaster that could not act on it, twice, then removed its directory and left
+    it running, frozen."""
+    pytester.makeini(INI + f"pgmgr_tmpdir = {ops_dir / 'tmp'}\n")
+    pytester.makepyfile(
+        test_freeze="""
+import os, signal
+
+
+def test_freeze(pgmgr_db, pgmgr_server):
+    os.kill(pgmgr_server.server.running().pid, signal.SIGSTOP)
+"""
+    )
+    t0 = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert time.monotonic() - t0 < 30
     assert_nothing_left(ops_dir)

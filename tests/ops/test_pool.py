@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
+import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pgmgr.core import process
 from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
+from pgmgr.pytest_plugin import memory_dir
 from tests.helpers import postmasters_under
 from tests.ops.test_plugin import assert_nothing_left
 
@@ -318,6 +324,113 @@ def test_crash(pgmgr_db):
     deadline = time.monotonic() + 60
     while (postmasters_under(tmp) or any(tmp.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="needs pytest-xdist")
+def test_xdist_workers_share_the_space_budget(suite: pytest.Pytester, ops_dir: Path) -> None:
+    """The pool may hold a quarter of the free space where the servers live, all workers
+    together: each of N xdist workers took a quarter for itself (4 workers: all of a
+    /dev/shm, for a big template)."""
+    suite.makepyfile(
+        test_budget="""
+import os
+from recorder import record
+
+
+def test_budget(pgmgr_pool, pgmgr_server):
+    st = os.statvfs(pgmgr_server.base)
+    record(budget=pgmgr_pool.budget, free=st.f_bavail * st.f_frsize)
+"""
+    )
+    run(suite, "-p", "xdist", "-n", "2").assert_outcomes(passed=1)
+    (rec,) = records(ops_dir / "records")
+    share = rec["budget"] / rec["free"]  # type: ignore[operator]
+    assert 0.1 < share < 0.15, share  # a quarter for two workers: an eighth each
+    assert_nothing_left(ops_dir)
+
+
+@pytest.mark.skipif(memory_dir() is None, reason="needs /dev/shm (a tmpfs with room)")
+def test_a_session_that_finds_dev_shm_full_sweeps_it_still(
+    suite: pytest.Pytester, ops_dir: Path
+) -> None:
+    """Dead sessions' directories (killed with their reaper) in /dev/shm can leave it
+    short of room: ``auto`` then goes to the temp dir, and still sweeps /dev/shm, or the
+    next sessions never would (only a session starting there swept it). /dev/shm being
+    short of room is mocked (MEMORY_FS_MIN raised in the suite's conftest); the dead
+    session's directory is a real one of a gone process, in the real /dev/shm."""
+    dead = Path(tempfile.mkdtemp(prefix="pgmgr-pytest-main-", dir="/dev/shm"))
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        (dead / "pgmgr.owner").write_text(f"{gone.pid} 1\n")
+        (dead / "data").mkdir()
+        suite.makeini("[pytest]\npgmgr_version = 15\npgmgr_pool_size = 0\n")
+        suite.makeconftest(
+            "import pgmgr.pytest_plugin\npgmgr.pytest_plugin.MEMORY_FS_MIN = 1 << 62\n"
+        )
+        suite.makepyfile(test_full="def test_full(pgmgr_server):\n    pass\n")
+        run(suite).assert_outcomes(passed=1)
+        assert not dead.exists()
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
+    assert_nothing_left(ops_dir)
+
+
+def test_the_next_session_sweeps_a_dead_one_in_its_own_tmpdir(
+    suite: pytest.Pytester, ops_dir: Path
+) -> None:
+    """A session killed with its reaper (an OOM kill, a container stopped: everything at
+    once) leaves its directory in ``pgmgr_tmpdir`` (/dev/shm by default, memory): the next
+    session there removes it. Only the temp dir was swept, so a /dev/shm one stayed."""
+    shm = ops_dir / "shm"  # not TMPDIR (ops_dir/tmp), as /dev/shm is not
+    shm.mkdir(mode=0o755)
+    suite.makeini(ini(shm))
+    suite.makepyfile(
+        test_crash="""
+import os, signal
+
+
+def test_crash(pgmgr_server):
+    os.kill(pgmgr_server._reaper.pid, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    )
+    assert run(suite).ret == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while postmasters_under(shm) and time.monotonic() < deadline:  # gone with its parent
+        time.sleep(0.05)
+    (left,) = shm.iterdir()
+    suite.makepyfile(test_crash="def test_next(pgmgr_server):\n    pass\n")
+    run(suite).assert_outcomes(passed=1)
+    assert not left.exists() and list(shm.iterdir()) == []
+    assert_nothing_left(ops_dir)
+
+
+def test_a_server_started_from_a_thread_outlives_the_thread(ops_dir: Path) -> None:
+    """A temporary server is stopped when its process dies (PR_SET_PDEATHSIG), but the
+    kernel sends that signal when the *thread* that spawned it ends: started from a worker
+    thread, it was stopped as soon as that thread finished, under the process using it."""
+    tmp = TemporaryInstance("15", root=str(ops_dir / "tmp"))
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            tmp.start()
+        except BaseException as e:
+            failed.append(e)
+
+    worker = threading.Thread(target=start)
+    try:
+        worker.start()
+        worker.join()
+        assert failed == []
+        pid = tmp.server.child.pid if tmp.server.child else 0
+        time.sleep(0.5)  # the signal comes at the thread's end: it has had time to act
+        assert process.is_alive(pid)
+        tmp.execute("select 1")
+    finally:
+        tmp.close()
     assert_nothing_left(ops_dir)
 
 

@@ -4,6 +4,8 @@ about a data directory is a ``DatabaseException`` (issue 11.14)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -86,4 +88,72 @@ def test_not_a_data_dir_and_bad_port_are_database_exceptions(work: Path) -> None
         Manager("127.0.0.1", free_port("127.0.0.1"), work / "plain").start()
     with pytest.raises(DatabaseException):
         Manager("127.0.0.1", 70000, work / "plain").start()
+    for bad in ("fifty", None, "5432x"):  # a ValueError or TypeError from int() before
+        with pytest.raises(DatabaseException, match="invalid port"):
+            Manager("127.0.0.1", bad, work / "plain")  # type: ignore[arg-type]
     assert (work / "plain" / "notes.txt").read_text() == "mine"
+
+
+def test_a_bad_stop_mode_is_a_database_exception_whatever_the_state(work: Path) -> None:
+    """``stop(mode=...)`` is checked before anything is done: a bad mode without ``wait``
+    was a KeyError, and with the server stopped it was no error at all."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    with pytest.raises(DatabaseException, match="invalid stop mode"):
+        pg.stop(mode="bogus")  # not running
+    with pg:
+        for wait in (True, False):
+            with pytest.raises(DatabaseException, match="invalid stop mode"):
+                pg.stop(wait=wait, mode="bogus")
+            assert pg.status().state == "running"
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_stop_right_after_start_without_wait_stops_it(work: Path, wait: bool) -> None:
+    """``start(wait=False)`` then ``stop()`` before postgres has written postmaster.pid:
+    the server this object spawned is stopped. stop() waited 5 s for the child to exit by
+    itself, said False ("not running") and left it running. The child is frozen until
+    postmaster.pid is known to be absent, so the stop comes in that window every time
+    (an immediate stop continues a frozen server)."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    for _ in range(20):
+        pg.start(wait=False)
+        os.kill(pg.process.pid, signal.SIGSTOP)
+        if not (work / "data" / "postmaster.pid").exists():
+            break
+        os.kill(pg.process.pid, signal.SIGCONT)
+        pg.stop()
+    else:
+        pytest.skip("postgres wrote postmaster.pid before it could be frozen, 20 times")
+    assert pg.stop(mode="immediate", wait=wait) is True
+    assert pg.process.wait(timeout=30) is not None
+    assert postmasters_under(work) == []
+
+
+def test_start_again_before_postmaster_pid_is_a_no_op(work: Path) -> None:
+    """``start(wait=False)`` then ``start()`` again before postgres wrote postmaster.pid: the
+    second is a no-op (the seed's start of a running server), not a second postgres for the
+    same data directory: one of the two then failed ("lock file already exists"), and
+    ``process`` named the failed one, so ``wait()`` returned at once while the server ran.
+    The first child is frozen until postmaster.pid is known to be absent (the window)."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    try:
+        for _ in range(20):
+            pg.start(wait=False)
+            first = pg.process
+            os.kill(first.pid, signal.SIGSTOP)
+            if not (work / "data" / "postmaster.pid").exists():
+                break
+            os.kill(first.pid, signal.SIGCONT)
+            pg.stop()
+        else:
+            pytest.skip("postgres wrote postmaster.pid before it could be frozen, 20 times")
+        again = pg.start(wait=False)
+        assert again.already_running and again.pid == first.pid
+        assert pg.process is first
+        os.kill(first.pid, signal.SIGCONT)
+        assert pg.start().already_running
+        pg.health()
+        assert postmasters_under(work) == [first.pid]
+    finally:
+        pg.stop(mode="immediate")
+    assert postmasters_under(work) == []
