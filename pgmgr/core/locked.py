@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from pgmgr.core import dirlock, registry
+from pgmgr.core import dirlock, registry, storesweep
 from pgmgr.core.errors import InstanceNotFound
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
@@ -36,6 +36,7 @@ def locked(
     """
     with dirlock.lock(srv.datadir, timeout):
         refresh(srv, only)
+        storesweep.dead_work(srv)  # what a killed snapshot, restore... left in its store
         yield srv
 
 

@@ -1,0 +1,75 @@
+"""What a killed snapshot, restore, upgrade or branch left in an instance's snapshot store
+(its ``.tmp-*`` work entries: a staged copy as big as the data directory), removed by the
+next command that takes the instance's lock (start, stop, restart, config, snapshot...) or
+lists its snapshots, not only by the next snapshot, restore or upgrade: until then it held
+its disk space, unlisted.
+
+Whether the run that made an entry is gone is told by the store's own lock, not by a pid:
+every run that makes or works in a ``.tmp-`` entry holds the store with ``flock`` for as
+long as it does (:func:`pgmgr.core.snapstore.opened`), and so does every process it forked
+that inherited the lock (a copy still at work). A lock the kernel holds for any process (of
+any user, in any PID namespace, whatever pid it had) is never taken for a dead run's, and
+a pid reused since fools nothing. ``pgmgr status`` does no such work: it stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+    from pgmgr.core.snapstore import Store
+
+TMP = ".tmp-"
+#: :data:`pgmgr.core.dirpath.STORE`, not imported from there: ~1 ms more for start and stop.
+STORE = ".pgmgr-snapshots"
+
+
+def dead_work(srv: Server) -> list[str]:
+    """Remove (in the background: freeing a copy's blocks is not this command's time) the
+    work entries of ``srv``'s store when no pgmgr holds that store; what was removed. Each
+    one is first renamed to a fresh work name under the store's lock, so that its removal
+    can never reach an entry of the same name a later run makes (``.tmp-branch``).
+
+    Nothing when the record is mid-switch (an intent) or a branch not yet placed: their
+    settling decides what becomes of the entries they name. Best effort: never raises.
+    """
+    inst = srv.inst
+    if srv.new or inst.intent is not None or inst.pending is not None:
+        return []
+    store = srv.datadir.parent / STORE / srv.datadir.name
+    try:  # the common case, nothing to sweep, costs one listdir
+        if not any(n.startswith(TMP) for n in os.listdir(store)):
+            return []
+    except OSError:  # no store, or not this user's to read
+        return []
+    from pgmgr.core import snapstore
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        with snapstore.opened(srv.datadir, srv.user(), create=False) as opened:
+            return _drop(opened)
+    except (OSError, PgmgrError):
+        return []
+
+
+def _drop(store: Store) -> list[str]:
+    """:func:`dead_work` of an opened store."""
+    from pgmgr.core import snapstore
+
+    gone = []
+    with snapstore.held_if_free(store.top_fd, store.datadir.name) as free:
+        if not free:  # a run is at work in it (or a copy it started still is)
+            return []
+        for name in os.listdir(store.fd):
+            if not name.startswith(TMP):
+                continue
+            work = snapstore.tmp_name("drop")
+            try:
+                store.rename(name, work)
+            except OSError:
+                continue
+            snapstore.remove_later(store.entry(work), store.user)
+            gone.append(name)
+    return gone
