@@ -36,7 +36,7 @@ def locked(
     """
     with dirlock.lock(srv.datadir, timeout):
         refresh(srv, only)
-        storesweep.dead_work(srv)  # what a killed snapshot, restore... left in its store
+        storesweep.dead_runs(srv)  # what killed runs left in its store, in the temp dir
         yield srv
 
 

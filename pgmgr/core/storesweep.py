@@ -24,6 +24,42 @@ if TYPE_CHECKING:
 TMP = ".tmp-"
 #: :data:`pgmgr.core.dirpath.STORE`, not imported from there: ~1 ms more for start and stop.
 STORE = ".pgmgr-snapshots"
+#: :data:`pgmgr.core.sweep.PID_PREFIXES`, likewise.
+PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-")
+
+
+def dead_runs(srv: Server) -> None:
+    """:func:`dead_work`, and as root the temporary directories dead runs left for
+    ``srv``'s server user (:func:`pgmgr.core.sweep.dead_runs`: a killed upgrade's socket
+    dir, import's archive copy, settings check's dir), which only the next upgrade or
+    import for that very user swept (``pgmgr run`` sweeps ``postgres``'s and root's). Not
+    needed otherwise: a user's own are swept with any temporary server's. Never raises."""
+    dead_work(srv)
+    if os.geteuid() != 0:
+        return
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        user = srv.user()
+        if user is not None and user.uid != 0 and _pid_dirs():
+            from pgmgr.core import sweep
+
+            sweep.dead_runs(user)
+    except (OSError, PgmgrError):
+        pass
+
+
+def _pid_dirs() -> bool:
+    """Whether a temp dir holds a ``pgmgr-<what>-<pid>-*`` name at all: a listdir or two,
+    where :func:`pgmgr.core.sweep.dead_runs` imports ``tempfile`` first (~5 ms)."""
+    places = {os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")} | {"/tmp", "/var/tmp"}  # noqa: S108
+    for place in places:
+        try:
+            if place and any(n.startswith(PID_PREFIXES) for n in os.listdir(place)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def dead_work(srv: Server) -> list[str]:

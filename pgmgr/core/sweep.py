@@ -122,9 +122,12 @@ def dead_runs(user: ServerUser | None = None) -> list[Path]:
 
     removed = []
     me = os.geteuid()
-    from pgmgr.core.sockets import temp_dirs
+    from pgmgr.core.sockets import temp_base_for, temp_dirs
 
-    for parent in temp_dirs():
+    # Where ``user``'s runs made theirs: /tmp when it cannot write the temp dir (root's,
+    # private: TMPDIR=/tmp/user/0), which temp_dirs() leaves out under such a TMPDIR.
+    places = [*temp_dirs(), *([temp_base_for(user)] if user is not None else [])]
+    for parent in dict.fromkeys(places):
         try:
             entries = [n for n in os.listdir(parent) if n.startswith("pgmgr-")]
         except OSError:
