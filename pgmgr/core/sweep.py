@@ -108,14 +108,15 @@ def _in_use(base: Path) -> bool:
     return False
 
 
-def dead_runs(user: ServerUser | None = None) -> list[Path]:
+def dead_runs(user: ServerUser | None = None, also: str | None = None) -> list[Path]:
     """Remove the temporary directories of pgmgr processes that died without cleaning up
     (SIGKILL, a power cut): ours (same owner, not a symlink), their owner gone and no
     process working in them. Their servers died with their pgmgr (``die_with_parent``).
     The short-lived ``<prefix><pid>-*`` ones (:data:`PID_PREFIXES`) may be the server
     user's (as root, pgmgr hands them over or makes them as that user): those of ``user``
     go too, through fds (that user may not reach a private temp dir of root's); another
-    user's directory of such a name (anyone can choose it) is never touched.
+    user's directory of such a name (anyone can choose it) is never touched. ``also``: a
+    directory a temporary server was asked to use instead (the pytest plugin's /dev/shm).
 
     :returns: what was removed.
     """
@@ -127,6 +128,7 @@ def dead_runs(user: ServerUser | None = None) -> list[Path]:
     # Where ``user``'s runs made theirs: /tmp when it cannot write the temp dir (root's,
     # private: TMPDIR=/tmp/user/0), which temp_dirs() leaves out under such a TMPDIR.
     places = [*temp_dirs(), *([temp_base_for(user)] if user is not None else [])]
+    places += [os.path.abspath(also)] if also else []
     for parent in dict.fromkeys(places):
         try:
             entries = [n for n in os.listdir(parent) if n.startswith("pgmgr-")]

@@ -128,7 +128,7 @@ class TemporaryInstance:
         On failure, including a signal, everything made so far is removed.
         """
         try:
-            sweep.dead_runs(_default_user())
+            sweep.dead_runs(_default_user(), also=self.root)  # where ours would be
             self.base = _base_dir(self.prefix, self.root)
             self._held = sweep.hold(self.base)  # see pgmgr.core.sweep: live, whatever pid
             if self.guard:
