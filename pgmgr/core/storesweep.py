@@ -35,6 +35,7 @@ def dead_runs(srv: Server) -> None:
     import for that very user swept (``pgmgr run`` sweeps ``postgres``'s and root's). Not
     needed otherwise: a user's own are swept with any temporary server's. Never raises."""
     dead_work(srv)
+    abandoned_branches(srv)
     if os.geteuid() != 0:
         return
     from pgmgr.core.errors import PgmgrError
@@ -109,3 +110,54 @@ def _drop(store: Store) -> list[str]:
             snapstore.remove_later(store.entry(work), store.user)
             gone.append(name)
     return gone
+
+
+def abandoned_branches(srv: Server) -> list[str]:
+    """Remove, in the background, the staged copies of branches killed before they
+    registered (a whole copy of a data directory, ``.tmp-branch`` in the store of the new
+    one) beside ``srv``'s data directory, when neither that new data directory's lock nor
+    its store is held (as :func:`pgmgr.core.branch._sweep_abandoned`, which only the next
+    branch there ran: one not made again held its disk space until then). Records of
+    branches killed once registered are settled first (that settling removes or keeps
+    their copy); a name one still names is left to it. Best effort: never raises."""
+    top = srv.datadir.parent / STORE
+    try:
+        names = [n for n in os.listdir(top) if not n.startswith(".") and n != srv.datadir.name]
+        staged = [n for n in names if os.path.lexists(top / n / (TMP + "branch"))]
+    except OSError:
+        return []
+    if not staged:  # the common case: one listdir
+        return []
+    from pgmgr.core import registry
+    from pgmgr.core.errors import PgmgrError
+
+    try:  # loading settles them: what stays pending is under way, or blocked
+        pending = {os.path.basename(i.datadir) for i in registry.load_all()[0] if i.pending}
+    except (OSError, PgmgrError):
+        return []
+    gone = []
+    for name in staged:
+        try:
+            if name not in pending and _drop_staged(srv, name):
+                gone.append(name)
+        except (OSError, PgmgrError):
+            continue
+    return gone
+
+
+def _drop_staged(srv: Server, name: str) -> bool:
+    """:func:`abandoned_branches` of the store ``name`` beside ``srv``'s."""
+    from pgmgr.core import dirlock, snapstore
+
+    datadir = srv.datadir.parent / name
+    with (
+        snapstore.opened(datadir, srv.user(), create=False) as store,
+        dirlock.try_lock(datadir) as free,
+        snapstore.held_if_free(store.top_fd, name) as idle,
+    ):
+        if not (free and idle):
+            return False
+        work = snapstore.tmp_name("drop")
+        store.rename(TMP + "branch", work)
+        snapstore.remove_later(store.entry(work), store.user)
+        return True

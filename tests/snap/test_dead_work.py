@@ -67,3 +67,42 @@ def test_the_names_are_the_stores() -> None:
 
     assert (storesweep.STORE, storesweep.TMP) == (dirpath.STORE, snapstore.TMP)
     assert storesweep.PID_PREFIXES == sweep.PID_PREFIXES
+
+
+def test_a_killed_branch_copy_goes_with_the_next_start_beside(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """A branch killed with -9 once its copy is made, before it registered anything: the
+    copy (``.pgmgr-snapshots/k/.tmp-branch``, as big as the source) stayed until some
+    branch into that same directory; starting the source again left it."""
+    run = Paused(hooks_dir(tmp_path), "branch-copied", "branch", "dev", "k", env=inst.env)
+    run.reached()
+    run.kill(signal.SIGKILL)
+    store = ops_dir / ".pgmgr-snapshots" / "k"
+    assert os.listdir(store) == [".tmp-branch"]
+    inst.ok("start", "dev", "-q")  # the branch had stopped it for the copy
+    assert leftovers(store) == []
+    try:
+        inst.ok("branch", "dev", "k", "-q")  # made again
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+    finally:
+        inst.pgmgr("stop", "k", "-q")
+
+
+def test_a_live_branch_copy_is_kept(inst: Inst, ops_dir: Path, tmp_path: Path) -> None:
+    """A branch at work beside another instance: that instance's stop and start leave its
+    copy, and the branch completes."""
+    inst.ok("branch", "dev", "b", "-q")
+    try:
+        with Paused(hooks_dir(tmp_path), "branch-copied", "branch", "dev", "k",
+                    env=inst.env) as run:  # fmt: skip
+            run.reached()
+            inst.ok("stop", "b", "-q")
+            inst.ok("start", "b", "-q")
+            assert os.listdir(ops_dir / ".pgmgr-snapshots" / "k") == [".tmp-branch"]
+            done = run.go()
+        assert done.returncode == 0, done.stderr
+        assert inst.sql("SELECT count(*) FROM t", "k") == "1000"
+    finally:
+        inst.pgmgr("stop", "b", "-q")
+        inst.pgmgr("stop", "k", "-q")
