@@ -26,16 +26,25 @@ TMP = ".tmp-"
 STORE = ".pgmgr-snapshots"
 #: :data:`pgmgr.core.sweep.PID_PREFIXES`, likewise.
 PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-")
+#: How :func:`pgmgr.core.snapdoom.doomed_name` names a store being deleted.
+DOOMED = ".tmp-delete-"
 
 
 def dead_runs(srv: Server) -> None:
-    """:func:`dead_work`, and as root the temporary directories dead runs left for
+    """:func:`dead_work`, :func:`doomed_stores` and :func:`abandoned_branches` (one
+    listdir when there are none), and as root the temporary directories dead runs left for
     ``srv``'s server user (:func:`pgmgr.core.sweep.dead_runs`: a killed upgrade's socket
     dir, import's archive copy, settings check's dir), which only the next upgrade or
     import for that very user swept (``pgmgr run`` sweeps ``postgres``'s and root's). Not
     needed otherwise: a user's own are swept with any temporary server's. Never raises."""
     dead_work(srv)
-    abandoned_branches(srv)
+    try:
+        beside = os.listdir(srv.datadir.parent / STORE)
+    except OSError:
+        beside = []
+    if any(n.startswith(DOOMED) for n in beside):
+        doomed_stores(srv)
+    abandoned_branches(srv, beside)
     if os.geteuid() != 0:
         return
     from pgmgr.core.errors import PgmgrError
@@ -112,7 +121,27 @@ def _drop(store: Store) -> list[str]:
     return gone
 
 
-def abandoned_branches(srv: Server) -> list[str]:
+def doomed_stores(srv: Server) -> None:
+    """Finish, now, the deletions of whole stores (``destroy --with-snapshots``) killed
+    beside ``srv``'s data directory (:func:`pgmgr.core.snapdoom.sweep_top`), which only a
+    snapshot, branch or upgrade beside it finished: the instance is gone, and a start or
+    stop of its neighbours is what comes next. Rare (a killed destroy), so not in the
+    background: it takes what the destroy had left to do. Never raises."""
+    from pgmgr.core import snapdoom, userfs
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        with userfs.opened_dir(srv.datadir.parent) as parent:
+            top = os.open(STORE, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            try:
+                snapdoom.sweep_top(top)
+            finally:
+                os.close(top)
+    except (OSError, PgmgrError):
+        pass
+
+
+def abandoned_branches(srv: Server, beside: list[str]) -> list[str]:
     """Remove, in the background, the staged copies of branches killed before they
     registered (a whole copy of a data directory, ``.tmp-branch`` in the store of the new
     one) beside ``srv``'s data directory, when neither that new data directory's lock nor
@@ -121,11 +150,8 @@ def abandoned_branches(srv: Server) -> list[str]:
     branches killed once registered are settled first (that settling removes or keeps
     their copy); a name one still names is left to it. Best effort: never raises."""
     top = srv.datadir.parent / STORE
-    try:
-        names = [n for n in os.listdir(top) if not n.startswith(".") and n != srv.datadir.name]
-        staged = [n for n in names if os.path.lexists(top / n / (TMP + "branch"))]
-    except OSError:
-        return []
+    names = [n for n in beside if not n.startswith(".") and n != srv.datadir.name]
+    staged = [n for n in names if os.path.lexists(top / n / (TMP + "branch"))]
     if not staged:  # the common case: one listdir
         return []
     from pgmgr.core import registry

@@ -63,10 +63,11 @@ def test_a_live_restore_copy_is_kept(inst: Inst, tmp_path: Path) -> None:
 
 def test_the_names_are_the_stores() -> None:
     """storesweep spells the store's names itself (importing them costs start and stop)."""
-    from pgmgr.core import dirpath, snapstore, storesweep, sweep
+    from pgmgr.core import dirpath, snapdoom, snapstore, storesweep, sweep
 
     assert (storesweep.STORE, storesweep.TMP) == (dirpath.STORE, snapstore.TMP)
     assert storesweep.PID_PREFIXES == sweep.PID_PREFIXES
+    assert snapdoom.doomed_name().startswith(storesweep.DOOMED)
 
 
 def test_a_killed_branch_copy_goes_with_the_next_start_beside(
