@@ -1,8 +1,9 @@
-"""What a killed snapshot, restore, upgrade or branch left in an instance's snapshot store
-(its ``.tmp-*`` work entries: a staged copy as big as the data directory), removed by the
-next command that takes the instance's lock (start, stop, restart, config, snapshot...) or
-lists its snapshots, not only by the next snapshot, restore or upgrade: until then it held
-its disk space, unlisted.
+"""What killed runs left for an instance, removed by the next command that takes its lock
+(start, stop, restart, config...; :func:`dead_runs`), not only by the next command of the
+same kind: until then it held its disk space, unlisted. In its snapshot store, the ``.tmp-*``
+work entries of a snapshot, restore or upgrade (a staged copy as big as the data directory;
+also when its snapshots are listed); beside it, a killed branch's copy and a killed
+``destroy --with-snapshots``'s store; as root, the temporary directories of its server user.
 
 Whether the run that made an entry is gone is told by the store's own lock, not by a pid:
 every run that makes or works in a ``.tmp-`` entry holds the store with ``flock`` for as
