@@ -41,7 +41,7 @@ def locked(
     with dirlock.lock(srv.datadir, timeout):
         refresh(srv, only)
         if sweep:
-            storesweep.dead_runs(srv)  # what killed runs left in its store, in the temp dir
+            storesweep.dead_runs(srv)  # what killed runs left in its store, beside it
         yield srv
 
 

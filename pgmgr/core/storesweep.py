@@ -3,7 +3,8 @@
 same kind: until then it held its disk space, unlisted. In its snapshot store, the ``.tmp-*``
 work entries of a snapshot, restore or upgrade (a staged copy as big as the data directory;
 also when its snapshots are listed); beside it, a killed branch's copy and a killed
-``destroy --with-snapshots``'s store; as root, the temporary directories of its server user.
+``destroy --with-snapshots``'s store; as root, on ``start``, the temporary directories of
+its server user (:func:`temp_dirs`).
 
 Whether the run that made an entry is gone is told by the store's own lock, not by a pid:
 every run that makes or works in a ``.tmp-`` entry holds the store with ``flock`` for as
@@ -32,12 +33,9 @@ DOOMED = ".tmp-delete-"
 
 
 def dead_runs(srv: Server) -> None:
-    """:func:`dead_work`, :func:`doomed_stores` and :func:`abandoned_branches` (one
-    listdir when there are none), and as root the temporary directories dead runs left for
-    ``srv``'s server user (:func:`pgmgr.core.sweep.dead_runs`: a killed upgrade's socket
-    dir, import's archive copy, settings check's dir), which only the next upgrade or
-    import for that very user swept (``pgmgr run`` sweeps ``postgres``'s and root's). Not
-    needed otherwise: a user's own are swept with any temporary server's. Never raises."""
+    """:func:`dead_work`, :func:`doomed_stores` and :func:`abandoned_branches`: one
+    listdir of the store and one of the stores' directory when there is nothing to do.
+    Never raises."""
     dead_work(srv)
     try:
         beside = os.listdir(srv.datadir.parent / STORE)
@@ -46,6 +44,15 @@ def dead_runs(srv: Server) -> None:
     if any(n.startswith(DOOMED) for n in beside):
         doomed_stores(srv)
     abandoned_branches(srv, beside)
+
+
+def temp_dirs(srv: Server) -> None:
+    """As root, the temporary directories dead runs left for ``srv``'s server user
+    (:func:`pgmgr.core.sweep.dead_runs`: a killed upgrade's socket dir, import's archive
+    copy, settings check's dir), which only the next upgrade or import for that very user
+    swept (``pgmgr run`` sweeps ``postgres``'s and root's). Not needed otherwise: a
+    user's own are swept with any temporary server's. For ``start`` (which imports
+    ``tempfile`` anyway; ``stop`` does not). Never raises."""
     if os.geteuid() != 0:
         return
     from pgmgr.core.errors import PgmgrError

@@ -1,8 +1,8 @@
 """As root, the temporary directories a killed run left for a server user other than
 ``postgres`` (a killed upgrade's socket dir, import's archive copy: ``pgmgr-<what>-<pid>-*``,
 that user's) were swept only by the next upgrade or import for that very user: ``pgmgr
-run`` sweeps root's and ``postgres``'s. Now any command that takes the lock of one of that
-user's instances sweeps them; another user's directory of such a name stays."""
+run`` sweeps root's and ``postgres``'s. Now the start of one of that user's instances
+sweeps them; another user's directory of such a name stays."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def left_by_a_killed_run(user: OsUser, prefix: str, where: str | None = None) ->
     return path
 
 
-def test_a_server_users_leftovers_go_with_the_next_stop(
+def test_a_server_users_leftovers_go_with_the_next_start(
     victim_db: tuple[Inst, str],  # noqa: F811
     victim: OsUser,  # noqa: F811
     attacker: OsUser,  # noqa: F811
@@ -53,10 +53,10 @@ def test_a_server_users_leftovers_go_with_the_next_stop(
     theirs = left_by_a_killed_run(victim, "pgmgr-up-")
     copy = left_by_a_killed_run(victim, "pgmgr-imp-")
     others = left_by_a_killed_run(attacker, "pgmgr-up-")
-    ok(pgmgr("stop", "victim-prod", "-q"))
+    ok(pgmgr("start", "victim-prod", "-q"))  # running already: the sweep all the same
     assert not theirs.exists() and not copy.exists()
     assert (others / "f").read_text() == "x"  # not a server user of this instance: kept
-    ok(pgmgr("start", "victim-prod", "-q"))
+    ok(pgmgr("stop", "victim-prod", "-q"))
     assert os.path.isdir(inst.datadir)
 
 
@@ -72,7 +72,7 @@ def test_a_killed_upgrades_socket_dir_in_tmp_goes_too(
     assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755)  # the server user cannot write it
     left = left_by_a_killed_run(victim, "pgmgr-up-", "/tmp")
     try:
-        ok(pgmgr("stop", "victim-prod", "-q"))
+        ok(pgmgr("start", "victim-prod", "-q"))
         assert not left.exists()
     finally:
         shutil.rmtree(left, ignore_errors=True)
