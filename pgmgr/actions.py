@@ -136,7 +136,7 @@ def _start(
     stop_requested: list[int] | None,
 ) -> int:  # fmt: skip
     """:func:`start` once its options are checked and its instance resolved."""
-    from pgmgr.core import initstart, sigguard
+    from pgmgr.core import initstart, sigguard, storesweep
     from pgmgr.core.locked import locked
 
     # SIGTERM and SIGHUP (a CI timeout, a closed terminal) cancel a start as Ctrl-C does:
@@ -144,6 +144,7 @@ def _start(
     # foreground they ask for a stop instead: see _catch_stop_signals.)
     signals = sigguard.interruptible() if stop_requested is None else contextlib.nullcontext()
     with signals, locked(srv), initstart.undo_on_failure(srv, enabled=init):
+        storesweep.temp_dirs(srv)  # as root: what killed runs left for its server user
         if log_file is not None and srv.running() is None:  # a running one keeps its log
             srv.inst.log_file = str(log_file)
         if init:

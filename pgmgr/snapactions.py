@@ -46,7 +46,7 @@ def snapshot(
             raise UsageError(
                 "--delete needs the snapshot's name: pgmgr snapshot NAME SNAP --delete"
             )
-        with locked(srv):
+        with locked(srv, sweep=False):  # it sweeps the store itself
             catalog.delete(srv, snap)
         if json:  # only the document, as every other --json
             ui.emit_json({"instance": srv.inst.name, "snapshot": snap, "deleted": True})
@@ -56,7 +56,7 @@ def snapshot(
     how = "an online" if online else "a"
     with (
         sigguard.interruptible(),
-        locked(srv),
+        locked(srv, sweep=False),  # it sweeps the store itself
         ui.spinner(f"Taking {how} snapshot of '{srv.inst.name}':") as step,
     ):
         result = snaps.create(srv, snap, online=online, progress=step)
@@ -101,7 +101,7 @@ def restore(
         confirm(srv)
     with (
         sigguard.interruptible(),
-        locked(srv),
+        locked(srv, sweep=False),  # it sweeps the store itself
         ui.spinner(f"Restoring {snap!r} into '{srv.inst.name}':") as step,
     ):
         result = restoring.restore(

@@ -226,7 +226,9 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         return
     sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
     top = Path(tempfile.mkdtemp(prefix=f"pgmgr-imp-{os.getpid()}-"))
+    held = None
     try:
+        held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
         copy.copy_tree(archive, top / "archive")
         for _dir, _subdirs, files, dfd in os.fwalk(top / "archive"):
             for entry in files:
@@ -236,3 +238,4 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         yield top / "archive"
     finally:
         userfs.as_user(su, rmtree.remove, str(top), ignore_errors=True)
+        sweep.release(held)

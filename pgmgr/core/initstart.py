@@ -59,13 +59,16 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
     """
     import tempfile
 
-    from pgmgr.core import privileges, userfs
+    from pgmgr.core import privileges, sweep, userfs
 
     install = srv.installation()
     su = srv.user(user)
     parent = tempfile.gettempdir()
+    sweep.dead_runs(su)  # the dirs of checks (and of this user's other runs) killed
     tmp = Path(tempfile.mkdtemp(prefix=f"pgmgr-cfg-{os.getpid()}-", dir=parent))
+    held = None
     try:
+        held = sweep.hold(tmp)  # see pgmgr.core.sweep: live, whatever pid
         (tmp / "postgresql.conf").write_text("")
         privileges.chown(tmp / "postgresql.conf", su)
         privileges.chown(tmp, su)
@@ -82,6 +85,7 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
     finally:
         with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
             userfs.rmtree_at(fd, tmp.name)
+        sweep.release(held)
 
 
 @contextlib.contextmanager

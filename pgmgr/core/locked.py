@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from pgmgr.core import dirlock, registry
+from pgmgr.core import dirlock, registry, storesweep
 from pgmgr.core.errors import InstanceNotFound
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
@@ -25,10 +25,14 @@ SWITCHED = ("major", "version", "bindir", "settings", "dev", "ino", "system_id",
 
 @contextlib.contextmanager
 def locked(
-    srv: Server, timeout: float = 30.0, *, only: tuple[str, ...] | None = None
-) -> Iterator[Server]:
+    srv: Server, timeout: float = 30.0, *, only: tuple[str, ...] | None = None,
+    sweep: bool = True,
+) -> Iterator[Server]:  # fmt: skip
     """Hold ``srv``'s lock, with ``srv.inst`` read again under it (a registered record);
     with ``only``, just those fields (an object that keeps unsaved changes of its own).
+    What killed runs left for it is swept (:func:`storesweep.dead_runs`) unless not
+    ``sweep``: a snapshot, restore or delete sweeps its store itself, at once, before it
+    checks the space (the background removal may not be done by then).
 
     :raises Busy: another pgmgr held the lock for ``timeout`` seconds.
     :raises InstanceNotFound: the record was removed, or now names another data directory,
@@ -36,6 +40,8 @@ def locked(
     """
     with dirlock.lock(srv.datadir, timeout):
         refresh(srv, only)
+        if sweep:
+            storesweep.dead_runs(srv)  # what killed runs left in its store, beside it
         yield srv
 
 

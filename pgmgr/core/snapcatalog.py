@@ -11,7 +11,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import diskio, pgcontrol, server, snapdoom, snapstore, testhook, userfs, versions
+from pgmgr.core import (
+    diskio,
+    pgcontrol,
+    server,
+    snapdoom,
+    snapstore,
+    storesweep,
+    testhook,
+    userfs,
+    versions,
+)
 from pgmgr.core.errors import DatabaseException, UsageError, describe_os_error, doing
 from pgmgr.core.instance import Server
 from pgmgr.core.privileges import ServerUser
@@ -79,7 +89,9 @@ class SnapshotInfo:
 
 
 def list_snapshots(srv: Server) -> list[SnapshotInfo]:
-    """The snapshots in ``srv``'s store, oldest first (unreadable ones say why)."""
+    """The snapshots in ``srv``'s store, oldest first (unreadable ones say why); what a
+    killed run left there is swept first (:func:`storesweep.dead_work`)."""
+    storesweep.dead_work(srv)
     try:
         with snapstore.opened(srv.datadir, srv.user(), create=False) as store:
             entries, current, gone = store.as_user(_listing, store.path, srv.datadir)

@@ -7,6 +7,7 @@ interrupted deletion left is finished by the next command that opens a store bes
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import stat
@@ -67,6 +68,11 @@ def sweep_top(top_fd: int) -> None:
     half-way: nothing else ever removed them, snapshots of an instance already
     destroyed). Only in a top directory that is ours (as root: root's), through fds.
 
+    Gone means the store's lock is free: the deleting process holds it (``flock`` on the
+    store, which the rename keeps) until the store is removed. Not the pid in the name: a
+    pid reused since (by a daemon that runs for months) kept a doomed store for as long,
+    and a deletion run in another PID namespace, its pid not seen here, looked gone.
+
     A name alone proves nothing: the store of a data directory named
     ``.tmp-delete-<pid>-<hex>`` has that name too (its basename), and so could any
     directory put there by hand. So an entry goes only if it also carries the mark
@@ -76,12 +82,23 @@ def sweep_top(top_fd: int) -> None:
     recording the name elsewhere (a state directory differs between root's environments
     and would need its own sweeping) and beats trusting ownership alone (as root, the
     doomed store is the server user's, as a user's own directory would be)."""
-    from pgmgr.core import process
-
     if os.fstat(top_fd).st_uid != os.geteuid():
         return
     for name in os.listdir(top_fd):
-        found = _DOOMED_RE.match(name)
-        if found and not process.is_alive(int(found.group(1))) and _marked(top_fd, name):
+        if _DOOMED_RE.match(name) and _marked(top_fd, name):
             with contextlib.suppress(OSError):
-                userfs.rmtree_at(top_fd, name)
+                _remove_if_free(top_fd, name)
+
+
+def _remove_if_free(top_fd: int, name: str) -> None:
+    """Remove entry ``name`` of the top directory unless its lock is held, holding it
+    meanwhile (a second sweep at it leaves it alone)."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top_fd)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its deletion is under way
+        userfs.rmtree_at(top_fd, name)
+    finally:
+        os.close(fd)

@@ -6,11 +6,18 @@ names its owner (``pgmgr.owner``: pid and start time), and the next temporary in
 removes those whose owner is gone and that no process works in. initdb's password dirs
 and the settings check's dirs (``pgmgr-pw-<pid>-*``, ``pgmgr-cfg-<pid>-*``) are swept once
 their pid is gone, if they are ours or the server user's: anyone can choose such a name.
+
+A pid alone cannot tell a live run everywhere: a pgmgr in another PID namespace that
+shares this temp dir (a container with the host's /tmp) has a pid that is gone here, or
+another process's. So each run also holds its directory with a shared ``flock`` for as
+long as it lives (:func:`hold`), and a directory held so is never swept, whatever its name
+or owner file say (the kernel sees every namespace's locks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import time
@@ -31,6 +38,36 @@ SWEPT_PREFIXES = ("pgmgr-run-", "pgmgr-pytest-")
 #: check of ``start --init``, an import's copy of an archive, an upgrade's socket dir):
 #: swept once that pid is gone.
 PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-")
+
+
+def hold(path: str | Path) -> int:
+    """Hold directory ``path``, made by this run, until the returned fd is closed (or this
+    process and every child that inherited it are gone): :func:`dead_runs` never removes
+    it meanwhile (see the module doc). Close-on-exec: a server or tool it runs does not
+    keep it held after this run."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release(fd: int | None) -> None:
+    """Close an fd :func:`hold` returned (None: nothing held). Never raises."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _held(fd: int) -> bool:
+    """Whether a live run holds the directory open as ``fd`` (:func:`hold`)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
 
 
 def owner_token(pid: int) -> str:
@@ -87,12 +124,14 @@ def dead_runs(user: ServerUser | None = None, also: str | None = None) -> list[P
 
     removed = []
     me = os.geteuid()
-    from pgmgr.core.sockets import temp_dirs
+    from pgmgr.core.sockets import temp_base_for, temp_dirs
 
-    parents = temp_dirs()
-    if also and os.path.realpath(also) not in map(os.path.realpath, parents):
-        parents.append(also)
-    for parent in parents:
+    # Where ``user``'s runs made theirs: /tmp when it cannot write the temp dir (root's,
+    # private: TMPDIR=/tmp/user/0), which temp_dirs() leaves out under such a TMPDIR.
+    places = [*temp_dirs(), *([temp_base_for(user)] if user is not None else [])]
+    if also and os.path.realpath(also) not in map(os.path.realpath, places):
+        places.append(also)
+    for parent in dict.fromkeys(places):
         try:
             entries = [n for n in os.listdir(parent) if n.startswith("pgmgr-")]
         except OSError:
@@ -141,6 +180,8 @@ def _remove_pid_dir(parent: str, name: str, uid: int) -> None:
         try:
             if os.fstat(fd).st_uid != uid:
                 raise PermissionError(f"{name} is not uid {uid}'s")
+            if _held(fd):  # a live run whose pid is not ours to see
+                raise BlockingIOError(f"{name} is held by a live run")
             for entry in os.listdir(fd):
                 userfs.rmtree_at(fd, entry)
         finally:
@@ -156,6 +197,8 @@ def _remove_run_dir(parent: str, name: str) -> None:
     with userfs.opened_dir(parent) as parent_fd:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
         try:
+            if _held(fd):  # a live run whose pid is not ours to see
+                raise BlockingIOError(f"{name} is held by a live run")
             for entry in os.listdir(fd):
                 if entry != OWNER_FILE:
                     userfs.rmtree_at(fd, entry)

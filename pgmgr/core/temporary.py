@@ -117,6 +117,7 @@ class TemporaryInstance:
         self.guard = guard
         self._reaper: subprocess.Popen[bytes] | None = None
         self._guard_fd: int | None = None
+        self._held: int | None = None
         self.base: Path | None = None
         self.srv: Server | None = None
 
@@ -127,8 +128,9 @@ class TemporaryInstance:
         On failure, including a signal, everything made so far is removed.
         """
         try:
-            sweep.dead_runs(_default_user(), also=self.root)
+            sweep.dead_runs(_default_user(), also=self.root)  # where ours would be
             self.base = _base_dir(self.prefix, self.root)
+            self._held = sweep.hold(self.base)  # see pgmgr.core.sweep: live, whatever pid
             if self.guard:
                 from pgmgr.core import reaper
 
@@ -214,7 +216,8 @@ class TemporaryInstance:
                     child.wait(timeout=30)
         if self.base is not None:
             rmtree.remove(self.base, ignore_errors=True)
-        self.srv, self.base = None, None
+        sweep.release(self._held)
+        self.srv, self.base, self._held = None, None, None
         if self._guard_fd is not None:
             # The reaper reads EOF, finds nothing left and exits; not waited for (it may
             # still be starting): polled later, or reaped by init after this process.

@@ -223,17 +223,19 @@ def upgrade(
             snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs(store.user)  # socket dirs of upgrades killed before they removed theirs
-        sockdir = None
+        sockdir = held = None
         # Interrupted or failed, a clean-up that fails (a directory something still writes
         # in) leaves its entry to the next command's sweep: the interrupt or error wins.
         with cleanup.always(
             lambda: sockdir is None or store.as_user(_remove_socket_dir, sockdir),
+            lambda: sweep.release(held),
             lambda: store.as_user(snapstore.remove_tree, work),
             lambda: store.as_user(snapstore.remove_tree, store.entry(KEEP)),
         ):
             # In the block: a signal during it is raised as the call returns, the work
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
+            held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
             conf.check_libraries(srv, store, new)
             opts, scoped = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"

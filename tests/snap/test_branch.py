@@ -236,12 +236,11 @@ def test_a_killed_branch_copy_is_swept_by_the_next_branch(
     killed = _held_branch(inst, hooks, "dev", "k")
     killed.kill()
     killed.communicate()
-    inst.ok("start", "dev", "-q")  # stopped for the copy when the kill came
     staged = ops_dir / ".pgmgr-snapshots" / "k" / ".tmp-branch"
     assert staged.is_dir()
     held = _held_branch(inst, hooks, "c", "h")
     try:
-        inst.ok("branch", "dev", "b", "-q")
+        inst.ok("branch", "dev", "b", "-q")  # dev stopped for the copy when the kill came
         assert not staged.exists()
         assert (ops_dir / ".pgmgr-snapshots" / "h" / ".tmp-branch").is_dir()  # under way
     finally:
