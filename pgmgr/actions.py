@@ -36,6 +36,8 @@ def resolve(name: str | None, datadir: Path | None) -> Server:
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import Server
 
+    if name == "":  # not "no name": an unset variable must not mean the only instance
+        raise UsageError("an empty instance name (an unset variable?)")
     if name and datadir:
         raise UsageError("give an instance NAME or -d DIR, not both")
     if datadir is not None:

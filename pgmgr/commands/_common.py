@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.models import TyperPath
 
 from pgmgr import ui
 from pgmgr.actions import resolve, version_label
@@ -22,6 +23,20 @@ def complete_names(incomplete: str) -> list[str]:
         return []
 
 
+class _GivenPath(TyperPath):
+    """A path option's type that refuses an empty value: ``Path("")`` is ``.``, so
+    ``-d "$DIR"`` with DIR unset named the current directory (``init`` made a data
+    directory there, ``destroy --yes`` removed the instance the shell stood in)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "":
+            self.fail("an empty path (an unset variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+#: ``click_type=`` of every path option and argument
+PATH = _GivenPath()
+
 Name = Annotated[
     str | None,
     typer.Argument(
@@ -32,11 +47,17 @@ Name = Annotated[
 ]
 DataDir = Annotated[
     Path | None,
-    typer.Option("-d", "--datadir", help="Data directory.", show_default=False),
+    typer.Option("-d", "--datadir", help="Data directory.", show_default=False, click_type=PATH),
 ]
 NewDataDir = Annotated[
     Path | None,
-    typer.Option("-d", "--datadir", help="Data directory of the new instance.", show_default=False),
+    typer.Option(
+        "-d",
+        "--datadir",
+        help="Data directory of the new instance.",
+        show_default=False,
+        click_type=PATH,
+    ),
 ]
 NewName = Annotated[
     str | None,
@@ -79,6 +100,7 @@ LogFile = Annotated[
         "--log-file",
         help="Server log file, kept for later starts (default: <state dir>/logs/NAME.log).",
         show_default=False,
+        click_type=PATH,
     ),
 ]
 User = Annotated[

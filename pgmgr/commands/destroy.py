@@ -78,6 +78,7 @@ def destroy(
         result = teardown.destroy(srv)
         removed = kept.remove() if with_snapshots else 0
         kept.tidy()
+    left = kept.others + (0 if with_snapshots else kept.count)
     if json:
         ui.emit_json(
             {
@@ -87,8 +88,8 @@ def destroy(
                 "removed_datadir": result.removed_datadir,
                 "removed_record": result.removed_record,
                 "snapshots_removed": removed,
-                "snapshots_kept": 0 if with_snapshots else kept.count,
-                "snapshots_dir": kept.path if kept.count and not with_snapshots else None,
+                "snapshots_kept": left,
+                "snapshots_dir": kept.path if left else None,
                 "snapshots_problem": kept.problem,
             }
         )
@@ -103,6 +104,11 @@ def destroy(
             ui.message(
                 f"Kept its {kept.count} snapshot(s) in {kept.path} "
                 "(--with-snapshots deletes them too)"
+            )
+        if kept.others:
+            ui.message(
+                f"Kept {kept.others} snapshot(s) of another cluster in {kept.path} (kept by "
+                "an earlier destroy at that path)"
             )
         if kept.problem:
             ui.message(f"Note: its snapshots were left alone: {kept.problem}")

@@ -21,7 +21,10 @@ def export(
         ),
     ],
     dest: Annotated[
-        Path, typer.Argument(help="The bundle directory to create.", show_default=False)
+        Path,
+        typer.Argument(
+            help="The bundle directory to create.", show_default=False, click_type=c.PATH
+        ),
     ],
     with_passwords: Annotated[
         bool,

@@ -13,7 +13,10 @@ from pgmgr.commands import _common as c
 
 def import_(
     bundle: Annotated[
-        Path, typer.Argument(help="A bundle made by 'pgmgr export'.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A bundle made by 'pgmgr export'.", show_default=False, click_type=c.PATH
+        ),
     ],
     datadir: c.NewDataDir,  # required: no default
     version: c.Version = None,

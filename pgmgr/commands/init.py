@@ -22,7 +22,9 @@ Auth = Annotated[
 
 
 def init(
-    datadir: Annotated[Path, typer.Option("-d", "--datadir", help="Data directory to create.")],
+    datadir: Annotated[
+        Path, typer.Option("-d", "--datadir", help="Data directory to create.", click_type=c.PATH)
+    ],
     initdb_args: Annotated[
         list[str] | None,
         typer.Argument(help="Extra initdb arguments, after '--'.", show_default=False),

@@ -39,7 +39,12 @@ def start(
     log_file: c.LogFile = None,
     socket_dir: Annotated[
         Path | None,
-        typer.Option("--socket-dir", help="Directory for the unix socket.", show_default=False),
+        typer.Option(
+            "--socket-dir",
+            help="Directory for the unix socket.",
+            show_default=False,
+            click_type=c.PATH,
+        ),
     ] = None,
     name_opt: Annotated[
         str | None,

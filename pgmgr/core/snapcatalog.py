@@ -8,7 +8,7 @@ listing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgmgr.core import (
@@ -74,6 +74,8 @@ class SnapshotInfo:
     kind: str | None
     path: str
     problem: str | None = None
+    #: another cluster's (a destroyed instance's, kept) or taken of another directory
+    foreign: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
             out.append(SnapshotInfo(srv.inst.name, name, None, None, None, None, path, why))
             continue
         problem = None if meta.datadir == srv.inst.datadir else f"taken of {meta.datadir}"
+        foreign = problem is not None
         if name in gone:
             problem = COPY_MISSING
         if (
@@ -115,11 +118,13 @@ def list_snapshots(srv: Server) -> list[SnapshotInfo]:
                 f"of another cluster (system identifier {meta.system_identifier}); "
                 "'branch --from' copies it"
             )
+            foreign = True
         out.append(
             SnapshotInfo(
-                srv.inst.name, name, meta.created, meta.size, meta.version, meta.kind, path, problem
+                srv.inst.name, name, meta.created, meta.size, meta.version, meta.kind, path,
+                problem, foreign,
             )
-        )
+        )  # fmt: skip
     out.sort(key=lambda s: (s.created or 0, s.snapshot))
     return out
 
@@ -230,6 +235,18 @@ def delete(srv: Server, name: str) -> Meta:
     return meta or Meta(name, srv.inst.name, srv.inst.datadir, "", "", "", "", 0.0)
 
 
+def delete_some(datadir: Path, user: ServerUser | None, names: list[str]) -> int:
+    """Remove snapshots ``names`` of ``datadir`` (``destroy --with-snapshots`` where the
+    store also keeps another cluster's, which stay); how many."""
+    try:
+        with snapstore.opened(datadir, user, create=False, exclusive=True) as store:
+            for name in names:
+                store.as_user(_delete, store.path, name)
+    except SnapshotNotFound:
+        return 0
+    return len(names)
+
+
 def delete_all(datadir: Path, user: ServerUser | None) -> int:
     """Remove every snapshot of ``datadir`` (``destroy --with-snapshots``); how many."""
     try:
@@ -259,29 +276,41 @@ class Kept:
 
     datadir: Path
     user: ServerUser | None
+    #: the instance's own snapshots (what --with-snapshots deletes)
     count: int
     path: str
     #: why the store was not looked at (unsafe: never touched; destroy says so)
     problem: str | None = None
+    own: list[str] = field(default_factory=list)
+    #: snapshots of another cluster in the same store (an instance destroyed before at the
+    #: same path, whose snapshots that destroy kept): never deleted with this one
+    others: int = 0
 
     @classmethod
     def of(cls, srv: Server) -> Kept:
-        found, problem = 0, None
+        found: list[SnapshotInfo] = []
+        problem = None
         try:
-            found = len(list_snapshots(srv))
+            found = list_snapshots(srv)
         except DatabaseException as e:  # an unsafe store is never touched
             problem = str(e)
         except OSError as e:  # nor one the server user cannot read (chmod 000 as root)
             problem = describe_os_error(e)
         path = str(snapstore.store_path(srv.datadir))
-        return cls(srv.datadir, srv.user(), found, path, problem)
+        own = [s.snapshot for s in found if not s.foreign]
+        others = len(found) - len(own)
+        return cls(srv.datadir, srv.user(), len(own), path, problem, own, others)
 
     def remove(self) -> int:
-        return delete_all(self.datadir, self.user) if self.count else 0
+        if not self.count:
+            return 0
+        if self.others:
+            return delete_some(self.datadir, self.user, self.own)
+        return delete_all(self.datadir, self.user)
 
     def tidy(self) -> None:
         """Remove the store if it is empty (no snapshots to keep)."""
-        if self.count or self.problem:
+        if self.count or self.others or self.problem:
             return
         try:
             with snapstore.opened(self.datadir, self.user, create=False) as store:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pgmgr.cli import app
+from tests.helpers import run_pgmgr
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, postgres_pids_under
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,3 +240,34 @@ def test_ruff_bandit_shell_rules_enforced() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout
+
+
+# --------------------------------------------------------------------------- empty values
+
+
+def test_an_empty_name_or_path_is_refused_not_defaulted(cluster: InstFactory, work: Path) -> None:
+    """``pgmgr destroy "$BRANCH" --yes`` with BRANCH unset: an empty NAME read as no name,
+    so the command fell back to $PGDATA or the only instance registered and destroyed it;
+    ``-d ""`` is ``Path("")``, the current directory: ``init -d "$DIR"`` made a data
+    directory there, ``stop -d "$DIR"`` stopped the instance the shell stood in.
+    Each is now one usage error, and nothing is touched."""
+    inst = cluster("only")
+    assert inst.start().returncode == 0
+    token = inst.commit_canary()
+    here = work / "here"
+    here.mkdir()
+    runs = [
+        run_pgmgr("destroy", "", "--yes", cwd=here, stdin=subprocess.DEVNULL),
+        run_pgmgr("stop", "", cwd=here, stdin=subprocess.DEVNULL),
+        run_pgmgr("snapshot", "", "s1", cwd=here, stdin=subprocess.DEVNULL),
+        run_pgmgr("init", "-d", "", cwd=here, stdin=subprocess.DEVNULL),
+        run_pgmgr("stop", "-d", "", cwd=inst.datadir, stdin=subprocess.DEVNULL),
+        run_pgmgr("start", "-d", "", "--init", cwd=here, stdin=subprocess.DEVNULL),
+        run_pgmgr("status", "--datadir=", cwd=inst.datadir, stdin=subprocess.DEVNULL),
+    ]
+    for proc in runs:
+        assert proc.returncode == 2, (proc.args, proc.stdout, proc.stderr)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+        assert len(errors) == 1 and "empty" in errors[0], (proc.args, proc.stderr)
+    assert not any(here.iterdir())
+    assert inst.pid() is not None and inst.has_canary(token)

@@ -3,6 +3,7 @@ instance whose directory is gone."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -67,3 +68,24 @@ def test_an_unreadable_record_is_said_not_skipped(inst: Inst, ops_dir: Path) -> 
         assert len(lines) == 2 and lines[0].startswith(f"Error: instance record {record}"), lines
         assert lines[1].startswith("Hint: remove it with 'pgmgr forget x'"), lines
         assert "dev" in proc.stdout and "s1" in proc.stdout, proc.stdout
+
+
+def test_destroy_with_snapshots_keeps_another_clusters_kept_ones(inst: Inst) -> None:
+    """A destroy keeps the instance's snapshots by default; an instance made again at the
+    same path shares that store. 'destroy --with-snapshots' of the new one deleted the old
+    cluster's kept snapshot too ("Deleted its 2 snapshot(s)"): the only copy of data the
+    first destroy had promised to keep. Now only the instance's own go."""
+    inst.ok("snapshot", "dev", "old1", "-q")
+    inst.ok("destroy", "dev", "--yes", "-q")
+    inst.ok("init", "-q", "-d", str(inst.datadir), "--name", "dev", "-v", "15")
+    inst.ok("snapshot", "dev", "new1", "-q")
+    out = json.loads(inst.ok("destroy", "dev", "--yes", "--with-snapshots", "--json").stdout)
+    assert out["snapshots_removed"] == 1 and out["snapshots_kept"] == 1, out
+    assert (inst.store / "old1" / "data" / "PG_VERSION").is_file()
+    assert not (inst.store / "new1").exists()
+    # Without --json, it says so; and the kept one is still usable ('branch --from').
+    inst.ok("init", "-q", "-d", str(inst.datadir), "--name", "dev", "-v", "15")
+    inst.ok("branch", "dev", "back", "--from", "old1", "-q")
+    text = inst.ok("destroy", "dev", "--yes", "--with-snapshots").stderr
+    assert "Kept 1 snapshot(s) of another cluster" in text, text
+    assert (inst.store / "old1" / "data").is_dir()
