@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirlock, diskio, identity, registry, snapstore, snapswap, userfs
+from pgmgr.core import delta, dirlock, diskio, identity, registry, snapstore, snapswap, userfs
 from pgmgr.core.registry import Instance
 
 TYPE_CHECKING = False
@@ -192,7 +192,15 @@ def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
     if not os.path.lexists(holder / snapstore.DATA):
         os.rename(store / source, holder / snapstore.DATA)
     snapstore.seal(holder / snapstore.DATA)
-    snapstore.write_meta(holder, snapstore.Meta.from_dict(meta))
+    kept = snapstore.Meta.from_dict(meta)
+    if kept.files <= 0:
+        # The data directory itself (a restore's --save-current, the state before an
+        # upgrade), not a copy whose files were counted as they were made: counted now,
+        # so that one removed or truncated by hand later is seen before a restore puts it
+        # in place (snapshot._check_tally; a damaged one was restored without a word).
+        files = delta.take(holder / snapstore.DATA, exclude=()).files
+        kept.files, kept.size = len(files), sum(s[1] for s in files.values())
+    snapstore.write_meta(holder, kept)
     diskio.fsync_dir(holder)  # its data/ and snapshot.json entries, before it is named
     os.rename(holder, final)
     diskio.fsync_dir(store)

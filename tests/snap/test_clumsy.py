@@ -108,3 +108,19 @@ def test_a_snapshot_whose_copy_was_removed_is_listed_as_not_restorable(inst: Ins
     _refused(inst, ("branch", "dev", "b", "--from", "s1"), 1, what)
     inst.ok("snapshot", "dev", "s1", "--delete", "-q")
     assert [s["snapshot"] for s in inst.snaps()] == ["s2"]
+
+
+def test_a_saved_state_damaged_by_hand_is_not_restored(inst: Inst) -> None:
+    """The state a 'restore --save-current' keeps (and the one an upgrade keeps) is the
+    data directory itself, renamed: no file of it was counted, so the check that finds a
+    snapshot's copy changed since (a file removed or truncated) let it through, and a
+    restore of it with base/ removed by hand replaced the instance's data by a server
+    without its databases. Now they are counted when kept, and checked as any copy."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.sql("INSERT INTO t VALUES (-7)")
+    out = inst.ok("restore", "dev", "s1", "--yes", "--save-current", "--json").stdout
+    mine = json.loads(out)["saved_current_as"]
+    shutil.rmtree(inst.store / mine / "data" / "base")
+    _refused(inst, ("restore", "dev", mine, "--yes"), 1, f"snapshot '{mine}' is damaged")
+    assert inst.state() == "running"
+    assert inst.sql("SELECT count(*) FROM t") == "1000"  # s1's state, as before the refusal
