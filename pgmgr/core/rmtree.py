@@ -3,13 +3,14 @@ files of a directory unlinked by a few threads at once.
 
 Why threads: where the filesystem frees a file's blocks inside ``unlink(2)`` and waits for
 the disk to drop them (ext4 mounted ``-o discard`` without a journal, as on this project's
-VMs: ~0.75 to 2.7 ms per file of a data directory, each a synchronous discard), a data
-directory of ~1,000 files took 1 to 3 s to remove (``pgmgr destroy``, the end of ``pgmgr
-run``). Eight unlinks in flight let the block layer merge and overlap those requests: the
-same tree goes in a tenth of that (bench/rmtree.py). Elsewhere an unlink costs microseconds
-of CPU, and threads only add to it (tmpfs: 40 ms for such a tree, 90 ms with them), so the
-first :data:`SAMPLE` unlinks of a removal are timed, in line, and the threads start only
-where those waited.
+VMs: ~65 us per file of a data directory when the disk is quiet, 1 to 3 ms while another
+process writes and syncs), removing a data directory of ~1,000 files took 0.5 to 2.6 s
+(``pgmgr destroy``, the end of ``pgmgr run``, a test suite's clean-ups). Eight unlinks in
+flight let the block layer overlap and merge those requests: under the same load the tree
+goes in a few tenths of that (bench/rmtree.py). Elsewhere, and on a quiet disk, an unlink
+costs microseconds and threads would only add to it (tmpfs: 40 ms for such a tree, 90 ms
+with them), so the first :data:`SAMPLE` unlinks of a removal are timed, in line, and the
+threads start only where a quarter of those waited.
 
 The walk is :func:`shutil.rmtree`'s fd-based one (Linux), as a loop (see
 :func:`_remove_dir`): each directory is opened with ``O_NOFOLLOW`` relative to its
