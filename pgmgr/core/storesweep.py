@@ -193,5 +193,12 @@ def _drop_staged(srv: Server, name: str) -> bool:
             return False
         work = snapstore.tmp_name("drop")
         store.rename(TMP + "branch", work)
-        snapstore.remove_later(store.entry(work), store.user)
+        if os.path.lexists(datadir) or os.listdir(store.fd) != [work]:
+            snapstore.remove_later(store.entry(work), store.user)  # a store in use
+            return True
+        # Nothing's store: removed now, with the store itself (in the background, the
+        # store outlived it: still not empty when the next branch looked, it stayed for
+        # good, one per name ever tried; killed branches are rare, so this is too).
+        store.as_user(snapstore.remove_tree, store.entry(work))
+        snapstore.drop_if_empty(store)
         return True
