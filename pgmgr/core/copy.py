@@ -35,7 +35,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import copydata
+from pgmgr.core import copydata, copypool
 from pgmgr.core.copydata import FICLONE as FICLONE
 from pgmgr.core.copydata import Flush as Flush
 from pgmgr.core.diskio import disk_full as disk_full
@@ -94,6 +94,8 @@ class _State:
     unchanged: Callable[[str, os.stat_result], bool] | None = None
     #: link_dest: the stamp of each file linked, by its path relative to the top
     linked: dict[str, tuple[int, int, int, int]] | None = None
+    #: copies the bytes of large files while the walk goes on (:mod:`copypool`)
+    pool: copypool.Pool | None = None
 
 
 def forced_method() -> str | None:
@@ -205,7 +207,7 @@ def copy_tree(
         try:
             with doing("copy"):
                 try:
-                    _copy_dir(sfd, dfd, state, exclude, link_dest, "")
+                    _copy_pooled(sfd, dfd, state, exclude, link_dest)
                 except OSError as e:
                     _locate(e, src, dst, dst_dir_fd)
                     raise
@@ -217,6 +219,24 @@ def copy_tree(
             os.close(sfd)
     state.stats.dirs += 1
     return state.stats
+
+
+def _copy_pooled(
+    sfd: int, dfd: int, state: _State, exclude: Container[str], lfd: int | None
+) -> None:
+    """:func:`_copy_dir` of the top, large files' bytes copied by a :mod:`copypool`
+    thread meanwhile; returns (or raises) once that thread has ended."""
+    pool = state.pool = copypool.Pool(state.methods, state.flush)
+    try:
+        _copy_dir(sfd, dfd, state, exclude, lfd, "")
+    except BaseException:
+        pool.close(ok=False)
+        raise
+    pool.close()
+    for method, size in pool.done:
+        state.stats.files += 1
+        state.stats.bytes += size
+        state.stats.by_method[method] = state.stats.by_method.get(method, 0) + size
 
 
 def _copy_dir(
@@ -242,7 +262,7 @@ def _copy_entry(
     # The type from the directory entry (no stat); a file is fstat'ed once opened.
     if entry.is_file(follow_symlinks=False):
         if lfd is None or not _link(lfd, dfd, name, rel + name, state):
-            _copy_file(sfd, dfd, name, state)
+            _copy_file(sfd, dfd, name, state, rel)
         return
     mode = entry.stat(follow_symlinks=False).st_mode
     if stat.S_ISDIR(mode):
@@ -268,13 +288,13 @@ def _copy_entry(
         os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
         state.stats.links += 1
     elif stat.S_ISREG(mode):  # a filesystem that reports no type in its entries
-        _copy_file(sfd, dfd, name, state)
+        _copy_file(sfd, dfd, name, state, rel)
     else:  # FIFO, socket, device: nothing a copy of a data directory needs
         state.stats.skipped += 1
 
 
 #: The attribute of an :class:`OSError` of the copy: the path (under the top) it failed on.
-_WHERE = "pgmgr_copy_where"
+_WHERE = copypool.WHERE
 
 
 def _locate(e: OSError, src: str | Path | int, dst: str | Path, dst_dir_fd: int | None) -> None:
@@ -340,8 +360,9 @@ def copy_file(sfd: int, dfd: int, name: str) -> CopyStats:
     return state.stats
 
 
-def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
+def _copy_file(sfd: int, dfd: int, name: str, state: _State, rel: str = "") -> None:
     fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
+    mine = True  # the two descriptors: False once handed to the pool
     try:
         st = os.fstat(fin)
         if not stat.S_ISREG(st.st_mode):  # swapped since scandir looked: skip it
@@ -351,14 +372,23 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State) -> None:
         mode = stat.S_IMODE(st.st_mode)
         fout = os.open(name, flags, mode | 0o600, dir_fd=dfd)
         try:
+            # else open() set the mode
+            chmod = mode if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600 else None
+            if state.pool is not None and st.st_size >= copypool.OFFLOAD_MIN:
+                mine = False
+                if state.pool.take(fin, fout, st.st_size, chmod, rel + name):
+                    return  # counted when the pool is done
+                mine = True
             if st.st_size:
                 method = copydata.copy_data(fin, fout, st.st_size, state.methods, state.flush)
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
-            if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600:  # else open() did
-                os.fchmod(fout, mode)
+            if chmod is not None:
+                os.fchmod(fout, chmod)
         finally:
-            os.close(fout)
+            if mine:
+                os.close(fout)
         state.stats.files += 1
         state.stats.bytes += st.st_size
     finally:
-        os.close(fin)
+        if mine:
+            os.close(fin)

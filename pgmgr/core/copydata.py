@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
@@ -19,6 +20,8 @@ _CHUNK = 32 << 20
 _FLUSH_MIN = 256 << 10
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 Flush = Callable[[int, int, int], None]
+#: Held to drop a method from a copy's list: the walk and its pool (copypool) share it.
+_DROP = threading.Lock()
 #: errnos that mean "this filesystem (pair) cannot do that", not "the copy failed".
 _UNSUPPORTED = frozenset(
     {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
@@ -67,7 +70,9 @@ def copy_data(
         except OSError as e:
             if method == "read" or e.errno not in _UNSUPPORTED:
                 raise
-            methods.pop(0)
+            with _DROP:  # another thread of the copy may have dropped it already
+                if methods and methods[0] == method:
+                    methods.pop(0)
             os.lseek(fin, 0, os.SEEK_SET)
             os.lseek(fout, 0, os.SEEK_SET)
             os.ftruncate(fout, 0)
@@ -88,9 +93,8 @@ def _copy_range(fin: int, fout: int, size: int, flush: Flush | None = None) -> N
 def _copy_ranges_parallel(fin: int, fout: int, size: int, flush: Flush | None = None) -> None:
     """``copy_file_range`` of a large file in one thread per core, each on its own range:
     the kernel's copy is CPU-bound from the page cache (1 GiB: 0.75 s in one thread, 0.43 s
-    in two on this 2-core machine). The first error is raised after every thread ended."""
-    import threading
-
+    in two on this 2-core machine); the first range in this thread, and any whose thread
+    cannot be started. The first error is raised after every thread ended."""
     n = min(4, os.cpu_count() or 1)
     step = -(-size // n)
     errors: list[OSError] = []
@@ -111,13 +115,34 @@ def _copy_ranges_parallel(fin: int, fout: int, size: int, flush: Flush | None = 
             errors.append(e)
 
     os.ftruncate(fout, size)
-    threads = [threading.Thread(target=work, args=(i * step,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    started: list[threading.Thread] = []
+    try:
+        for i in range(1, n):
+            t = threading.Thread(target=work, args=(i * step,), name="pgmgr-copy-range")
+            try:
+                t.start()
+            except RuntimeError:  # can't start new thread (ulimit -u): this one does it
+                work(i * step)
+                continue
+            started.append(t)
+        work(0)
+    finally:  # a Ctrl-C in work(0) too: no thread writes to fout once this returns
+        _join(started)
     if errors:
         raise errors[0]
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for every thread to end, even through a Ctrl-C (raised once they have)."""
+    interrupted: BaseException | None = None
+    for t in threads:
+        while t.is_alive():
+            try:
+                t.join()
+            except BaseException as e:
+                interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
 
 
 def _copy_read(fin: int, fout: int, flush: Flush | None = None) -> None:
