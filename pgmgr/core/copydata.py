@@ -98,8 +98,8 @@ def _copy_ranges_parallel(fin: int, fout: int, size: int, flush: Flush | None = 
     n = min(4, os.cpu_count() or 1)
     step = -(-size // n)
     errors: list[OSError] = []
-
     chunk = _CHUNK if flush else size
+    gate = _Gate()
 
     def work(start: int) -> None:
         off, end = start, min(size, start + step)
@@ -114,35 +114,63 @@ def _copy_ranges_parallel(fin: int, fout: int, size: int, flush: Flush | None = 
         except OSError as e:
             errors.append(e)
 
+    def thread(start: int) -> None:  # (no Ctrl-C in a thread: it enters and leaves)
+        if gate.enter():  # else started after this returned (a Ctrl-C in its start)
+            try:
+                work(start)
+            finally:
+                gate.leave()
+
     os.ftruncate(fout, size)
-    started: list[threading.Thread] = []
     try:
         for i in range(1, n):
-            t = threading.Thread(target=work, args=(i * step,), name="pgmgr-copy-range")
+            t = threading.Thread(target=thread, args=(i * step,), name="pgmgr-copy-range")
             try:
                 t.start()
             except RuntimeError:  # can't start new thread (ulimit -u): this one does it
                 work(i * step)
-                continue
-            started.append(t)
         work(0)
-    finally:  # a Ctrl-C in work(0) too: no thread writes to fout once this returns
-        _join(started)
+    finally:  # a Ctrl-C in work(0) or in a start too: no thread writes to fout after this
+        gate.close()
     if errors:
         raise errors[0]
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    """Wait for every thread to end, even through a Ctrl-C (raised once they have)."""
-    interrupted: BaseException | None = None
-    for t in threads:
-        while t.is_alive():
+class _Gate:
+    """The ranges under way: :meth:`close` waits for them to end, and a thread that gets
+    to run only after it (a Ctrl-C came while its start waited for it) copies nothing."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    def enter(self) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            self._inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inside -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait for every range to end, even through a Ctrl-C (raised once they have)."""
+        interrupted: BaseException | None = None
+        while True:
             try:
-                t.join()
+                with self._cond:
+                    self._closed = True
+                    while self._inside:
+                        self._cond.wait()
+                break
             except BaseException as e:
                 interrupted = interrupted or e
-    if interrupted is not None:
-        raise interrupted
+        if interrupted is not None:
+            raise interrupted
 
 
 def _copy_read(fin: int, fout: int, flush: Flush | None = None) -> None:

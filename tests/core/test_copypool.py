@@ -208,3 +208,56 @@ def test_a_copy_that_may_start_no_thread_goes_on_in_line(tmp_path: Path) -> None
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) == sum(len(d) for d, _ in want.values())
     _same(box / "dst", want)
+
+
+def _interrupted_start(module: object, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make ``module``'s threads get a real Ctrl-C (SIGINT to this process) while their
+    start waits for them to run, the first time only: the thread runs, and the start
+    raises KeyboardInterrupt. Returns the names of the threads so started."""
+    hit: list[str] = []
+
+    class Interrupted(threading.Thread):
+        def start(self) -> None:
+            super().start()
+            if not hit:
+                hit.append(self.name)
+                os.kill(os.getpid(), signal.SIGINT)  # its handler raises here
+
+    monkeypatch.setattr(module.threading, "Thread", Interrupted)  # type: ignore[attr-defined]
+    return hit
+
+
+def test_a_ctrl_c_while_a_range_starts_leaves_no_thread_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while the thread of a parallel range starts (copy.copy_file, as a restore
+    copies a file again; or a copy whose pool could not start): that thread was not
+    waited for, and went on writing into the copy, through descriptor numbers the caller
+    had closed and may have reused, after the interrupt was raised."""
+    monkeypatch.setenv(copy.ENV_METHOD, "copy_file_range")
+    data = os.urandom(BIG)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "src" / "16397").write_bytes(data)
+    real_range = copydata._copy_ranges_parallel
+
+    def slow_ranges(fin: int, fout: int, size: int, flush: object = None) -> None:
+        def slow(fd: int, off: int, n: int) -> None:  # each chunk takes a while
+            threading.Event().wait(0.2)
+
+        real_range(fin, fout, size, slow)
+
+    monkeypatch.setattr(copydata, "_copy_ranges_parallel", slow_ranges)
+    hit = _interrupted_start(copydata, monkeypatch)
+    sfd = os.open(tmp_path / "src", os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(tmp_path / "dst", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        before = _fds()
+        with pytest.raises(KeyboardInterrupt):
+            copy.copy_file(sfd, dfd, "16397")
+        assert hit == ["pgmgr-copy-range"]
+        assert not _pool_threads()
+        assert _fds() == before
+    finally:
+        os.close(sfd)
+        os.close(dfd)
