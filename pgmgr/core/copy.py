@@ -362,7 +362,8 @@ def copy_file(sfd: int, dfd: int, name: str) -> CopyStats:
 
 def _copy_file(sfd: int, dfd: int, name: str, state: _State, rel: str = "") -> None:
     fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sfd)
-    mine = True  # the two descriptors: False once handed to the pool
+    job: copypool.Job | None = None  # handed to the pool: its descriptors may be the pool's
+    held = False  # they are (asked once; a Ctrl-C may come at any point of the hand-over)
     try:
         st = os.fstat(fin)
         if not stat.S_ISREG(st.st_mode):  # swapped since scandir looked: skip it
@@ -375,20 +376,20 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State, rel: str = "") -> N
             # else open() set the mode
             chmod = mode if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600 else None
             if state.pool is not None and st.st_size >= copypool.OFFLOAD_MIN:
-                mine = False
-                if state.pool.take(fin, fout, st.st_size, chmod, rel + name):
+                job = copypool.Job(fin, fout, st.st_size, chmod, rel + name)
+                if state.pool.take(job):
                     return  # counted when the pool is done
-                mine = True
             if st.st_size:
                 method = copydata.copy_data(fin, fout, st.st_size, state.methods, state.flush)
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
             if chmod is not None:
                 os.fchmod(fout, chmod)
         finally:
-            if mine:
+            held = job is not None and state.pool is not None and state.pool.holds(job)
+            if not held:
                 os.close(fout)
         state.stats.files += 1
         state.stats.bytes += st.st_size
     finally:
-        if mine:
+        if not held:
             os.close(fin)

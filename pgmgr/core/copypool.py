@@ -34,16 +34,19 @@ _QUEUE = 8
 WHERE = "pgmgr_copy_where"
 
 
-class _Job:
-    """One file handed over: its two descriptors, closed once by whoever owns them."""
+class Job:
+    """One file to hand over: its two descriptors, closed once by whoever owns them: the
+    caller until :meth:`Pool.take` has queued it, then the pool (:meth:`Pool.holds`)."""
 
     def __init__(self, fin: int, fout: int, size: int, mode: int | None, rel: str) -> None:
         self.fin, self.fout, self.size, self.mode, self.rel = fin, fout, size, mode, rel
         self.taken = False  # by the thread (under the pool's lock)
 
     def close(self) -> None:
-        os.close(self.fout)
-        os.close(self.fin)
+        try:
+            os.close(self.fout)
+        finally:
+            os.close(self.fin)
 
 
 class Pool:
@@ -55,46 +58,46 @@ class Pool:
         #: (method, bytes) of each file copied
         self.done: list[tuple[str, int]] = []
         self.error: BaseException | None = None
-        self._pending: collections.deque[_Job | None] = collections.deque()
+        self._pending: collections.deque[Job | None] = collections.deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._cannot = False
         self._stop = threading.Event()
 
-    def take(self, fin: int, fout: int, size: int, mode: int | None, rel: str) -> bool:
-        """Copy ``size`` bytes from ``fin`` to ``fout`` in the background, ``fchmod`` to
-        ``mode`` if not None, and close both: True. False if no thread could be started:
-        the caller copies (and keeps the descriptors). Once called and not False, the
-        descriptors are the pool's, also when this raises (it closes them if they were
-        not queued).
+    def take(self, job: Job) -> bool:
+        """Copy ``job.size`` bytes from ``job.fin`` to ``job.fout`` in the background,
+        ``fchmod`` to ``job.mode`` if not None, and close both: True. False if no thread
+        could be started: the caller copies. Whether the descriptors are the pool's, also
+        when this raises (a Ctrl-C at any point of it): :meth:`holds`.
 
         :raises OSError: an earlier file's copy failed (what it raised)."""
         if self._thread is None:
             if self._cannot:
                 return False
-            thread = threading.Thread(target=self._run, name="pgmgr-copy", daemon=True)
+            # Known to close() before it starts: a Ctrl-C while start() waits for it to
+            # run leaves it running (close() ends it).
+            thread = self._thread = threading.Thread(
+                target=self._run, name="pgmgr-copy", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError:  # can't start new thread
-                self._cannot = True
+                self._thread, self._cannot = None, True
                 return False
-            self._thread = thread
-        job = _Job(fin, fout, size, mode, rel)
-        try:
-            if self.error is not None:
-                raise self.error
-            with self._cond:
-                while len(self._pending) >= _QUEUE:
-                    self._cond.wait()
-                self._pending.append(job)
-                self._cond.notify_all()
-        except BaseException:
-            with self._cond:
-                mine = not job.taken and job not in self._pending
-            if mine:
-                job.close()
-            raise
+        if self.error is not None:
+            raise self.error
+        with self._cond:
+            while len(self._pending) >= _QUEUE:
+                self._cond.wait()
+            self._pending.append(job)
+            self._cond.notify_all()
         return True
+
+    def holds(self, job: Job) -> bool:
+        """Whether ``job``'s descriptors are the pool's (queued by :meth:`take`): from
+        then on the pool closes them, and the caller must not."""
+        with self._cond:
+            return job.taken or job in self._pending
 
     def close(self, ok: bool = True) -> None:
         """Wait for the thread to end (after what is queued if ``ok``, else at once).
@@ -119,7 +122,7 @@ class Pool:
         if ok and self.error is not None:
             raise self.error
 
-    def _next(self) -> _Job | None:
+    def _next(self) -> Job | None:
         with self._cond:
             while not self._pending:
                 self._cond.wait()
@@ -132,19 +135,23 @@ class Pool:
     def _run(self) -> None:
         while (job := self._next()) is not None:
             try:
-                if self.error is None and not self._stop.is_set():
-                    method = copydata.copy_data(
-                        job.fin, job.fout, job.size, self.methods, self._checked
-                    )
-                    if job.mode is not None:
-                        os.fchmod(job.fout, job.mode)
-                    self.done.append((method, job.size))
+                done = None
+                try:
+                    if self.error is None and not self._stop.is_set():
+                        method = copydata.copy_data(
+                            job.fin, job.fout, job.size, self.methods, self._checked
+                        )
+                        if job.mode is not None:
+                            os.fchmod(job.fout, job.mode)
+                        done = (method, job.size)
+                finally:
+                    job.close()  # may fail too (EIO: NFS reports a failed write at close)
+                if done is not None:
+                    self.done.append(done)
             except BaseException as e:  # raised by the walk: at its next hand-over or close
                 if self.error is None and not (self._stop.is_set() and isinstance(e, OSError)):
                     e.__dict__.setdefault(WHERE, job.rel)
                     self.error = e
-            finally:
-                job.close()
 
     def _checked(self, fd: int, off: int, n: int) -> None:
         """Between two chunks: stop if told to; start the chunk's writeback if flushing.

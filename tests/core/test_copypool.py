@@ -1,8 +1,8 @@
 """The copy engine's pool (pgmgr/core/copypool.py): the bytes of large files copied by a
 thread while the walk creates the others. The thresholds are made small so that a few MB
 of real files cross them; the files and copies are real. Mocked: a failing disk (one
-file's copy raising ENOSPC), and a Ctrl-C at a chosen moment (SIGINT sent to this process
-right after a hand-over)."""
+file's copy raising ENOSPC, one close reporting EIO), and a Ctrl-C at a chosen moment (a
+real SIGINT sent to this process right after a hand-over, or while a thread starts)."""
 
 from __future__ import annotations
 
@@ -210,6 +210,40 @@ def test_a_copy_that_may_start_no_thread_goes_on_in_line(tmp_path: Path) -> None
     _same(box / "dst", want)
 
 
+class _ClosingFails:
+    """``os`` as copypool sees it, whose close of the copy of ``base/5/16397`` closes it
+    and then reports EIO, as NFS reports at close a write it could not make."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def close(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        os.close(fd)
+        if path.endswith("dst/base/5/16397"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_a_close_that_fails_in_the_pool_fails_the_copy_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close of a large file's copy fails (EIO: mocked, see _ClosingFails): the copy
+    fails with it, naming the file, as when the walk closed it. The pool's thread died of
+    it (a traceback on stderr), and the copy then said it succeeded with the files queued
+    after it left empty, or hung with a full queue and no thread to empty it."""
+    want = _tree(tmp_path / "src")
+    monkeypatch.setattr(copypool, "os", _ClosingFails())
+    before = _fds()
+    with pytest.raises(OSError) as info:
+        copy.copy_tree(tmp_path / "src", tmp_path / "dst")
+    assert info.value.errno == errno.EIO
+    assert str(info.value.filename).endswith("base/5/16397")
+    assert not _pool_threads()
+    assert _fds() == before
+    assert len(want) > 0
+
+
 def _interrupted_start(module: object, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make ``module``'s threads get a real Ctrl-C (SIGINT to this process) while their
     start waits for them to run, the first time only: the thread runs, and the start
@@ -225,6 +259,22 @@ def _interrupted_start(module: object, monkeypatch: pytest.MonkeyPatch) -> list[
 
     monkeypatch.setattr(module.threading, "Thread", Interrupted)  # type: ignore[attr-defined]
     return hit
+
+
+def test_a_ctrl_c_while_the_pool_starts_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while the pool's thread starts (the first large file): the two descriptors
+    of that file were neither closed by the walk (handed over) nor by the pool (not queued
+    yet), and the thread, unknown to close(), waited for work for good."""
+    _tree(tmp_path / "src")
+    hit = _interrupted_start(copypool, monkeypatch)
+    before = _fds()
+    with pytest.raises(KeyboardInterrupt):
+        copy.copy_tree(tmp_path / "src", tmp_path / "dst")
+    assert hit == ["pgmgr-copy"]
+    assert not _pool_threads()
+    assert _fds() == before
 
 
 def test_a_ctrl_c_while_a_range_starts_leaves_no_thread_writing(
