@@ -63,6 +63,7 @@ def snapshot(
     testhook.pause("snapshot-done")  # taken, not yet said (tests: a signal now)
     if json:
         ui.emit_json(result.to_dict())
+        note_left_stopped(srv)
         return 0
     parts = [ui.size(result.size), result.method]
     if result.shared_with:
@@ -76,6 +77,7 @@ def snapshot(
         f"Snapshot {result.snapshot!r} of '{result.instance}' taken in {ui.ms(result.elapsed)} "
         f"({', '.join(parts)}): {result.path}"
     )
+    note_left_stopped(srv)
     return 0
 
 
@@ -111,6 +113,7 @@ def restore(
     standbys = standbys_of(srv)
     if json:
         ui.emit_json({**result.to_dict(), "standbys_not_following": standbys})
+        note_left_stopped(srv)
         return 0
     parts = [f"copied {human(result.copied)}"]
     if result.kept:
@@ -128,6 +131,7 @@ def restore(
         f"PostgreSQL {result.version}, {state}"
     )
     note_standbys(result.instance, standbys, "a restore")
+    note_left_stopped(srv)
     return 0
 
 
@@ -184,6 +188,7 @@ def branch(
         )  # fmt: skip
     if json:
         ui.emit_json(result.to_dict())
+        note_left_stopped(srv)
         return 0
     origin = f"snapshot {result.snapshot!r} of " if result.snapshot else ""
     down = ""
@@ -197,6 +202,7 @@ def branch(
         ui.message(f"Started '{result.name}': {result.url}")
     else:
         ui.message(f"Start it with 'pgmgr start {result.name}' (port {result.port})")
+    note_left_stopped(srv)
     return 0
 
 
@@ -205,6 +211,20 @@ def standbys_of(srv: Server) -> list[str]:
     from pgmgr.core import roles
 
     return roles.standbys_of(srv)
+
+
+def note_left_stopped(srv: Server) -> None:
+    """Say that ``srv``'s server is still stopped when a command killed before it started
+    it again (or whose start failed) left it so (see :mod:`pgmgr.core.stopmark`): this
+    command found it stopped, did its work and, starting nothing behind the user's back,
+    ends with it stopped. The line ``status`` shows."""
+    from pgmgr.core import stopmark
+
+    mark = stopmark.left_now(srv)
+    if mark is not None:
+        name = srv.inst.name
+        ui.message(f"Note: {mark.sentence(name)}; it is still stopped: "
+                   f"start it with 'pgmgr start {name}'")  # fmt: skip
 
 
 def note_standbys(name: str, standbys: list[str], what: str) -> None:

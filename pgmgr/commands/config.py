@@ -119,3 +119,7 @@ def config(
         ui.emit_json(report.to_dict())
     else:
         render(report, action)
+    if not report.running:  # why, when a killed command left it stopped
+        from pgmgr.snapactions import note_left_stopped
+
+        note_left_stopped(srv)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,33 +53,52 @@ def snapshots(
 ) -> None:
     """List the snapshots of one instance, or of every instance.
 
+    A store (or an instance record) that cannot be read is an error line, and the exit
+    code is 1; the others are listed all the same (with --json, the list of those).
+
     Example: pgmgr snapshots dev --json
     """
+    rows, failed = listed(name)
+    if json:
+        ui.emit_json(rows)
+    elif rows:
+        _table(rows)
+    elif not failed:  # not "No snapshots" when some could not be read
+        ui.message("No snapshots; take one with 'pgmgr snapshot NAME'")
+    if failed:
+        raise typer.Exit(1)
+
+
+def listed(name: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """The snapshots of instance ``name`` (else of every instance) as rows, and whether a
+    store or a record could not be read (each said in an ``Error:`` line)."""
     from pgmgr.core import registry
     from pgmgr.core import snapcatalog as catalog
     from pgmgr.core.errors import DatabaseException, describe_os_error
     from pgmgr.core.instance import Server
 
     if name:
-        rows = [info.to_dict() for info in catalog.list_snapshots(c.resolve(name, None))]
+        servers, failed = [c.resolve(name, None)], False
     else:
-        rows = []
         instances, broken = registry.load_all()
         for err in broken:  # its snapshots are not listed: said, as status does
             ui.error(str(err), err.hint)
-        for inst in instances:
-            try:
-                rows += [info.to_dict() for info in catalog.list_snapshots(Server(inst))]
-            except DatabaseException as e:  # one unsafe store does not hide the others
-                ui.error(f"'{inst.name}': {e}")
-            except OSError as e:  # nor a missing one (its volume not mounted, moved away)
-                ui.error(f"'{inst.name}': {describe_os_error(e)}")
-    if json:
-        ui.emit_json(rows)
-        return
-    if not rows:
-        ui.message("No snapshots; take one with 'pgmgr snapshot NAME'")
-        return
+        servers, failed = [Server(inst) for inst in instances], bool(broken)
+    rows: list[dict[str, Any]] = []
+    for srv in servers:
+        who = "" if name else f"'{srv.inst.name}': "
+        try:
+            rows += [info.to_dict() for info in catalog.list_snapshots(srv)]
+        except DatabaseException as e:  # one unsafe store does not hide the others
+            ui.error(who + str(e), e.hint)
+            failed = True
+        except OSError as e:  # nor a missing one (its volume not mounted, moved away)
+            ui.error(who + describe_os_error(e))
+            failed = True
+    return rows, failed
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
     ui.table(
         # Names are what restore and branch take: kept whole where they fit. The kind (free
         # text when not restorable) moves below when the table is wider than the terminal.

@@ -11,6 +11,10 @@ from pgmgr import ui
 from pgmgr.commands import _common as c
 from pgmgr.commands.snapshot import RequiredName
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.upgrade import UpgradeResult
+
 
 def upgrade(
     name: RequiredName,
@@ -66,12 +70,20 @@ def upgrade(
     ):
         result = up.upgrade(srv, version, method=method, check=check, progress=step)
     testhook.pause("upgrade-done")  # upgraded, not yet said (tests: a signal now)
-    from pgmgr.snapactions import note_standbys, standbys_of
+    from pgmgr.snapactions import note_left_stopped, standbys_of
 
     standbys = [] if check else standbys_of(srv)
     if json:
         ui.emit_json({**result.to_dict(), "standbys_not_following": standbys})
-        return
+    else:
+        _say(result, method, check, standbys)
+    note_left_stopped(srv)
+
+
+def _say(result: UpgradeResult, method: str, check: bool, standbys: list[str]) -> None:
+    """The text of an upgrade (or of its --check)."""
+    from pgmgr.snapactions import note_standbys
+
     if check:
         ui.message(f"'{result.name}' can be upgraded from {result.old_version} to "
                    f"{result.new_version} ({method}): pg_upgrade's checks passed")  # fmt: skip

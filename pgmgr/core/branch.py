@@ -219,7 +219,8 @@ def branch(
     target = target_dir(src, new, datadir)
     start = start or src.running() is not None
     if start and isinstance(port, int):  # taken: refused before the source is stopped
-        listen.check_port(src.inst.host or "127.0.0.1", port)
+        postgres = src.installation().bindir / "postgres"
+        listen.check_port(src.inst.host or "127.0.0.1", port, src.user(), postgres)
     # The target's lock: a second branch into it (from another source) waits, then finds
     # it taken, instead of sweeping this one's copy or renaming its half-made one in.
     with sigguard.interruptible(), dirlock.lock(target):

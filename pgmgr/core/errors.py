@@ -132,6 +132,21 @@ class PortInUse(DatabaseException):
         )
 
 
+class PortPrivileged(DatabaseException):
+    """A port below ``limit`` (1024, or the ``net.ipv4.ip_unprivileged_port_start`` sysctl)
+    that the OS user postgres runs as may not bind: postgres said only "FATAL: could not
+    create any TCP/IP sockets"."""
+
+    def __init__(self, host: str, port: int, user: str, limit: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"cannot listen on port {port} ({host}): ports below {limit} need privileges "
+            f"the server user '{user}' does not have",
+            hint=f"use --port auto, or a port from {limit} up",
+        )
+
+
 class Busy(PgmgrError):
     """Another pgmgr process holds this instance's lock."""
 

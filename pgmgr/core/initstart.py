@@ -36,14 +36,19 @@ def precheck(
     """Refuse a busy port or a bad setting before a new data directory is initialized.
 
     :raises PortInUse: the port is taken.
+    :raises PortPrivileged: a low port the server user may not bind.
     :raises DatabaseException: postgres refuses a setting (its FATAL line).
     """
     if server.is_datadir(srv.datadir):
         return  # nothing will be initialized
     if port != "auto":
         number = port if port is not None else (srv.inst.port or 5432)
+        try:
+            su = srv.user(user)
+        except PgmgrError:  # said by the init
+            su = None
         with contextlib.suppress(ValueError, TypeError):
-            server.check_port(srv.inst.host if host is None else host, int(number))
+            server.check_port(srv.inst.host if host is None else host, int(number), su)
     if settings:
         check_settings(srv, settings, user)
 

@@ -273,6 +273,11 @@ class ServerExited(WorkerError):
                 why = f"FATAL: {cause} (in {m.group(1) if m else 'a configuration file'})"
         if "Address already in use" in log:
             why = "port already in use (" + why + ")"
+        elif re.search(r"could not bind IPv[46] address .*: Permission denied", log):
+            # a low port its user may not bind, found out only now (check_port tells
+            # before, unless privileges did not show: a setcap binary, an LSM)
+            why = ("it was refused its port (Permission denied: a port below 1024 needs "
+                   f"privileges its user does not have; use --port auto) ({why})")  # fmt: skip
         super().__init__(f"postgres exited during start-up: {why}")
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from pgmgr.core import dirpath, process
-from pgmgr.core.errors import DatabaseException, PortInUse, UsageError
+from pgmgr.core.errors import DatabaseException, PortInUse, PortPrivileged, UsageError
 from pgmgr.core.privileges import ServerUser, chown
 
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -71,7 +71,11 @@ def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
 
 
 def port_free(host: str, port: int) -> bool:
-    """Whether ``port`` can be bound on ``host`` (as postgres would, with SO_REUSEADDR)."""
+    """Whether ``port`` can be bound on ``host`` (as postgres would, with SO_REUSEADDR).
+
+    :raises PortPrivileged: a port this user may not bind (pgmgr runs as the server).
+    :raises DatabaseException: it cannot be bound for another reason (a foreign address).
+    """
     import socket  # here, not at the top: 'pgmgr status' never needs it
 
     hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
@@ -86,7 +90,34 @@ def port_free(host: str, port: int) -> bool:
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
                     return False
+                if e.errno == errno.EACCES and port < unprivileged_start():
+                    import pwd
+
+                    me = pwd.getpwuid(os.geteuid()).pw_name
+                    raise PortPrivileged(h or "*", port, me, unprivileged_start()) from None
                 raise _cannot_listen(h, port, e) from None
+    return True
+
+
+def unprivileged_start() -> int:
+    """The lowest port a user without ``CAP_NET_BIND_SERVICE`` may bind (Linux's
+    ``net.ipv4.ip_unprivileged_port_start``, 1024 unless lowered)."""
+    text = process.read_small(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start"))
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return 1024
+
+
+def _binds_low(postgres: Path | None) -> bool:
+    """Whether ``postgres`` has file capabilities (``setcap cap_net_bind_service``): it
+    may then bind a low port whoever runs it (not read any closer: its start says)."""
+    if postgres is None:
+        return False
+    try:
+        os.getxattr(postgres, "security.capability")
+    except OSError:
+        return False
     return True
 
 
@@ -290,10 +321,24 @@ def _open_made_dir(path: Path) -> int:
     return fd
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(
+    host: str, port: int, su: ServerUser | None = None, postgres: Path | None = None
+) -> None:
+    """Refuse a port postgres could not listen on (on ``host``; none without one: unix
+    socket only), before anything is made or stopped. As root, ``su`` is the server user:
+    it may not bind a low port that root may (unless the ``postgres`` binary may).
+
+    :raises UsageError: not a port number.
+    :raises PortPrivileged: a low port the server user may not bind.
+    :raises PortInUse: it is taken.
+    """
     if not 1 <= port <= 65535:
         raise UsageError(f"invalid port {port}: must be between 1 and 65535")
-    if host and not port_free(host, port):
+    if not host:
+        return
+    if su is not None and port < unprivileged_start() and not _binds_low(postgres):
+        raise PortPrivileged(host, port, su.name, unprivileged_start())
+    if not port_free(host, port):
         raise PortInUse(host, port)
 
 

@@ -115,7 +115,7 @@ def start(
     plan = _Plan(install, su, merged, conf, srv.inst.host if host is None else host, socket_dir)
     auto = port == "auto"
     for attempt in range(AUTO_PORT_TRIES if auto else 1):
-        chosen = choose_port(srv, plan.host, port)
+        chosen = choose_port(srv, plan.host, port, plan)
         srv.child = None
         socks: list[_Socket] = []
         try:
@@ -245,19 +245,18 @@ def settle(srv: Server, pf: process.PidFile, timeout: float) -> process.PidFile:
         ) from None
 
 
-def choose_port(srv: Server, host: str, port: int | str | None) -> int:
+def choose_port(srv: Server, host: str, port: int | str | None, plan: _Plan) -> int:
+    """The port to start on: a free one for ``auto``, else the one given or recorded
+    (5432 when none), checked (:func:`listen.check_port`)."""
     if port == "auto":
         return listen.free_port(host or "127.0.0.1")
     if port is None:
-        if srv.inst.port is not None:
-            listen.check_port(host, srv.inst.port)
-            return srv.inst.port
-        port = 5432
+        port = srv.inst.port if srv.inst.port is not None else 5432
     try:
         number = int(port)
     except (TypeError, ValueError):
         raise UsageError(f"invalid port {port!r}: a number from 1 to 65535, or 'auto'") from None
-    listen.check_port(host, number)
+    listen.check_port(host, number, plan.su, plan.install.bindir / "postgres")
     return number
 
 

@@ -14,8 +14,9 @@ an error or an interrupt with the server still stopped (its start failed: a port
 bad setting) says so and leaves the mark with the reason (:func:`ended_on_failure`): the
 server is down, and not by the user's will. A mark whose command is gone is what ``pgmgr
 status`` (``stopped_by``, ``detail``), a command
-refused because the instance is not running, and a ``start --foreground`` that sees its
-server go (systemd's ``Restart=on-failure`` then brings it back) report. No other command
+refused because the instance is not running, a command that did its work on the stopped
+server and ends with it still stopped (:func:`left_now`), and a ``start --foreground`` that
+sees its server go (systemd's ``Restart=on-failure`` then brings it back) report. No other command
 starts it again behind the user's back: they decide, with ``pgmgr start NAME``.
 """
 
@@ -220,6 +221,26 @@ def left(inst: Instance) -> StoppedBy | None:
     """The mark of a command that is gone (killed) without starting the server again."""
     found = read(inst)
     return found if found is not None and not found.active else None
+
+
+def left_now(srv: Server) -> StoppedBy | None:
+    """The mark of a command gone without starting ``srv``'s server again (:func:`left`),
+    from its record as saved now, if the server is still stopped: what a command that did
+    its work on it meanwhile (a snapshot queued behind a restore that was killed) says at
+    its end, since it starts nothing behind the user's back either. None when unknown (no
+    record, one that cannot be read: the command's own work is done and said)."""
+    from pgmgr.core import registry
+    from pgmgr.core.errors import PgmgrError
+
+    if not srv.register:
+        return None
+    try:
+        inst = registry.load(srv.inst.name, settle=False)
+        if inst.datadir != srv.inst.datadir or srv.running() is not None:
+            return None
+    except (PgmgrError, OSError):
+        return None
+    return left(inst)
 
 
 @contextlib.contextmanager

@@ -260,7 +260,7 @@ def test_port_taken_between_check_and_bind(
     datadir: Path, managers: ManagerFactory, busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race: the pre-check passes, postgres itself cannot bind and exits."""
-    monkeypatch.setattr(listen, "check_port", lambda host, port: None)
+    monkeypatch.setattr(listen, "check_port", lambda host, port, *_: None)
     m = managers(datadir, port=busy_port)
     t0 = time.monotonic()
     with pytest.raises(PortInUse):

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
+
+import pytest
 
 from tests.cli.test_terminal import run_in_pty
 from tests.helpers import error_lines
@@ -42,7 +45,7 @@ def test_an_instance_whose_directory_is_gone_does_not_hide_the_others(
     (ops_dir / "vol").rename(ops_dir / "unmounted")
     try:
         proc = inst.pgmgr("snapshots")
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 1, proc.stderr
         assert error_lines(proc.stderr) == [
             f"Error: 'x': No such file or directory: {ops_dir / 'vol'}"
         ]
@@ -63,7 +66,8 @@ def test_an_unreadable_record_is_said_not_skipped(inst: Inst, ops_dir: Path) -> 
     record = state / "instances" / "x.json"
     record.write_text(record.read_text()[:50])
     for args in (("snapshots",), ("snapshots", "--json")):
-        proc = inst.ok(*args)
+        proc = inst.pgmgr(*args)
+        assert proc.returncode == 1, proc.stderr
         lines = error_lines(proc.stderr)
         assert len(lines) == 2 and lines[0].startswith(f"Error: instance record {record}"), lines
         assert lines[1].startswith("Hint: remove it with 'pgmgr forget x'"), lines
@@ -89,3 +93,42 @@ def test_destroy_with_snapshots_keeps_another_clusters_kept_ones(inst: Inst) -> 
     text = inst.ok("destroy", "dev", "--yes", "--with-snapshots").stderr
     assert "Kept 1 snapshot(s) of another cluster" in text, text
     assert (inst.store / "old1" / "data").is_dir()
+
+
+@pytest.mark.parametrize("how", ["a file", "unreadable"])
+def test_a_store_that_cannot_be_read_is_an_error_not_an_empty_listing(
+    how: str, inst: Inst, ops_dir: Path
+) -> None:
+    """A file where the store should be, or a store its owner cannot read: 'snapshots
+    --json' printed '[]' (or the others' snapshots) and exited 0, and the text said "No
+    snapshots". Now: one error line naming the store, exit 1, and --json still prints the
+    (valid) list of what could be read."""
+    inst.ok("branch", "dev", "other", "-q")
+    inst.ok("snapshot", "other", "o1", "-q")
+    inst.ok("snapshot", "dev", "s1", "-q")
+    store = inst.store
+    if how == "a file":
+        shutil.rmtree(store)
+        store.write_text("not a store\n")
+    else:
+        store.chmod(0)
+    try:
+        for args, listed in ((("snapshots", "dev", "--json"), []),
+                             (("snapshots", "--json"), ["o1"])):  # fmt: skip
+            proc = inst.pgmgr(*args)
+            assert proc.returncode == 1, proc
+            assert str(store) in error_lines(proc.stderr)[0], proc.stderr
+            assert [r["snapshot"] for r in json.loads(proc.stdout)] == listed
+        proc = inst.pgmgr("snapshots", "dev")
+        assert proc.returncode == 1 and proc.stdout == "", proc
+        assert error_lines(proc.stderr)[0].startswith("Error: "), proc.stderr
+        assert "No snapshots" not in proc.stderr
+        proc = inst.pgmgr("snapshots")
+        assert proc.returncode == 1 and "No snapshots" not in proc.stderr, proc
+        assert error_lines(proc.stderr)[0].startswith("Error: 'dev': "), proc.stderr
+        assert [ln.split()[:2] for ln in proc.stdout.splitlines()[1:]] == [["other", "o1"]]
+    finally:
+        if how == "a file":
+            store.unlink()
+        else:
+            store.chmod(0o700)

@@ -17,6 +17,7 @@ from tests.helpers import error_lines
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_switch_killed import hooks_dir
+from tests.snap.test_switch_waiters import queued
 from tests.snap.test_upgrade import up  # noqa: F401
 
 CASES = {
@@ -126,3 +127,66 @@ def test_a_command_interrupted_once_its_mark_is_saved_leaves_no_mark(
     assert run.kill(sig) == 130
     assert inst.state() == "running" and inst.pid() == before
     assert inst.record()["stopped_by"] is None
+
+
+#: Commands that would stop a running server for their work and start it again, or change
+#: its settings, queued for the instance's lock behind a restore that is then killed.
+QUEUED = {
+    "snapshot": ("snapshot", "dev", "after"),
+    "snapshot --json": ("snapshot", "dev", "after", "--json"),
+    "restore": ("restore", "dev", "base", "--yes"),
+    "branch": ("branch", "dev", "b"),
+    "config set": ("config", "dev", "set", "work_mem=7MB"),
+}
+
+
+def still_stopped(name: str, command: str, pid: int) -> str:
+    """The line a command that ends with ``name`` still stopped by ``command`` says."""
+    return (f"by 'pgmgr {command}' (pid {pid}), which ended without starting it again "
+            f"(killed?); it is still stopped: start it with 'pgmgr start {name}'")  # fmt: skip
+
+
+@pytest.mark.parametrize("queued_command", list(QUEUED))
+def test_a_command_queued_behind_a_killed_restore_says_it_left_the_server_stopped(
+    queued_command: str, inst: Inst, tmp_path: Path
+) -> None:
+    """It waited for the lock, settled what the killed restore left and did its work on the
+    stopped server: it starts nothing behind the user's back, but it ended with the server
+    stopped and said nothing (only 'pgmgr status' told why). It says so, in the line status
+    shows; a --json document stays alone on stdout."""
+    inst.ok("snapshot", "dev", "base", "-q")
+    run = Paused(hooks_dir(tmp_path), "restore-staged", "restore", "dev", "base", "--yes")
+    with run:
+        run.reached()
+        with queued(inst.datadir, QUEUED[queued_command]) as (proc,):
+            run.kill(signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    last = error_lines(err)[-1]
+    assert last.startswith("Note: 'dev' was stopped at "), err
+    assert last.endswith(still_stopped("dev", "restore", run.proc.pid)), err
+    if queued_command.endswith("--json"):
+        assert json.loads(out)["snapshot"] == "after"
+    assert inst.state() == "stopped"
+
+
+@pytest.mark.parametrize("command", ["snapshot", "branch", "upgrade", "restart"])
+def test_a_later_snapshot_says_a_killed_command_left_the_server_stopped(
+    command: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The same after any command killed while it had the server stopped, and for a
+    command run later, not queued (the upgrade, run again); after a stop on purpose it
+    says nothing."""
+    fixture, step, argv = CASES[command]
+    it: Inst = request.getfixturevalue(fixture)
+    run = Paused(hooks_dir(tmp_path), step, *(a.format(it.name) for a in argv), env=it.env)
+    with run:
+        run.reached()
+        run.kill(signal.SIGKILL)
+    later = ("upgrade", it.name, "-v", "18", "--yes") if command == "upgrade" else ()
+    taken = it.ok(*(later or ("snapshot", it.name, "later")))
+    last = error_lines(taken.stderr)[-1]
+    assert last.endswith(still_stopped(it.name, command, run.proc.pid)), taken.stderr
+    it.ok("stop", it.name, "-q")
+    again = it.ok("snapshot", it.name, "again")
+    assert "Note" not in again.stderr and it.state() == "stopped"
