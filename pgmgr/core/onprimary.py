@@ -61,8 +61,10 @@ def _rewrite_hba(path: str, name: str, add: list[str]) -> int:
     :returns: how many lines tagged for ``name`` it removed."""
     with userfs.opened_dir(os.path.dirname(path)) as fd:
         base = os.path.basename(path)
-        text = userfs.read_file_at(fd, base, limit=16 << 20).decode()
-        userfs.write_file_at(fd, base, edited_hba(text, name, add).encode(), 0o600)
+        # Bytes that are not UTF-8 (a comment in Latin-1) are kept as they were, not refused
+        text = userfs.read_file_at(fd, base, limit=16 << 20).decode(errors="surrogateescape")
+        data = edited_hba(text, name, add).encode(errors="surrogateescape")
+        userfs.write_file_at(fd, base, data, 0o600)
     return sum(1 for ln in text.splitlines() if tagged(ln, name))
 
 
