@@ -190,14 +190,16 @@ def _restore(
 ) -> None:
     """Globals with the target's psql, then each database with its pg_restore; the
     superuser keeps the new instance's password."""
-    text = (bundle / str(manifest["globals"])).read_text()
+    # Bytes as pg_dumpall wrote them: a LATIN1 cluster's role names are not UTF-8, and the
+    # file's own SET client_encoding tells psql how to read them.
+    text = (bundle / str(manifest["globals"])).read_bytes().decode(errors="surrogateescape")
     # psql runs the bundle's text as the server user: a psql meta-command in it (``\\!``
     # runs a shell) can then do no more than the SQL it carries could anyway (COPY ... TO
     # PROGRAM runs as the server user too), never act as root or as the importing user.
     su = srv.user()
     psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
     env = client_env(srv)
-    sql = globals_sql(text, srv.inst.superuser)
+    sql = globals_sql(text, srv.inst.superuser).encode(errors="surrogateescape")
     server.run(psql, su, timeout=3600, env=env, input=sql, die_with_parent=True)
     for db in manifest["databases"]:
         with readable_archive(bundle / str(db["dir"]), su) as archive:

@@ -213,14 +213,15 @@ def run(
     user: ServerUser | None = None,
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
-    input: str | None = None,
+    input: str | bytes | None = None,
     die_with_parent: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
     ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it); ``input``
-    is its standard input (else /dev/null). With ``die_with_parent`` (a long dump, restore
-    or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it never goes on
-    writing into what a retry or a destroy is removing.
+    is its standard input (else /dev/null): bytes go as they are (SQL in the encoding its
+    ``SET client_encoding`` names, which need not be UTF-8). With ``die_with_parent`` (a
+    long dump, restore or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it
+    never goes on writing into what a retry or a destroy is removing.
 
     It runs in its own session: interrupted (Ctrl-C, a SIGTERM sigguard turned into one,
     the timeout), pgmgr stops its whole process group and waits for it (see
@@ -249,7 +250,7 @@ def run(
                 stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
+                text=not isinstance(input, bytes),
                 env={**_child_env(user), **(env or {})},
                 cwd="/",
                 user=uid,
@@ -261,6 +262,8 @@ def run(
         for sig in held:
             signal.raise_signal(sig)
         out, err = proc.communicate(input=input, timeout=timeout)
+        if isinstance(out, bytes):
+            out, err = out.decode(errors="replace"), err.decode(errors="replace")
     except BaseException as e:
         if proc is not None:
             tools._stop_group(proc, 10.0)

@@ -5,6 +5,9 @@ root under a directory another user controls."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from tests.helpers import error_lines
 from tests.ops.conftest import Instance
@@ -26,3 +29,38 @@ def test_a_primary_whose_pg_hba_conf_is_not_utf8_gets_a_replica_and_keeps_its_by
     assert gone.returncode == 0, gone.stderr
     assert error_lines(gone.stderr) == []
     assert hba.read_bytes() == before
+
+
+def test_a_latin1_cluster_with_a_non_ascii_role_is_exported_and_imported(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """pg_dumpall writes a LATIN1 cluster's globals in LATIN1 (with SET client_encoding):
+    not UTF-8, which the import read them as."""
+    made = fresh.pgmgr(
+        "init", "-q", "-d", str(ops_dir / "lat"), "--name", "lat", "-v", "15",
+        "--encoding", "LATIN1",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert fresh.pgmgr("start", "-q", "lat", "-p", "auto").returncode == 0
+    with connect(fresh, "lat") as c:
+        c.execute('CREATE ROLE "josé"')
+        c.execute("""COMMENT ON ROLE "josé" IS 'été'""")
+    bundle = ops_dir / "bundle"
+    out = fresh.pgmgr("export", "lat", str(bundle), "-q")
+    assert out.returncode == 0, out.stderr
+    assert "josé".encode("latin-1") in (bundle / "globals.sql").read_bytes()
+    back = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "lat2"), "-q")
+    assert back.returncode == 0, back.stderr
+    with connect(fresh, "lat2") as c:
+        row = c.execute(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'josé'"
+        ).fetchone()
+    assert row == ("été",)
+
+
+def connect(inst: Instance, name: str) -> psycopg.Connection[Any]:
+    rec = Instance(name, Path(), inst.env).record()
+    return psycopg.connect(
+        host=str(rec["socket_dir"]), port=int(str(rec["port"])), user="postgres",
+        dbname="postgres", autocommit=True, client_encoding="UTF8",
+    )  # fmt: skip
