@@ -4,13 +4,17 @@ root under a directory another user controls."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.helpers import error_lines
 from tests.ops.conftest import Instance
+from tests.pause import Paused
+from tests.reliability.users import os_user, run_as
 
 LATIN1_COMMENT = b"# caf\xe9: a comment in Latin-1\n"
 
@@ -64,3 +68,29 @@ def connect(inst: Instance, name: str) -> psycopg.Connection[Any]:
         host=str(rec["socket_dir"]), port=int(str(rec["port"])), user="postgres",
         dbname="postgres", autocommit=True, client_encoding="UTF8",
     )  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a second OS user needs root")
+def test_run_as_root_makes_nothing_where_another_user_could_swap_it(ops_dir: Path) -> None:
+    """As root with TMPDIR in another user's directory, 'pgmgr run' made its directory there,
+    then wrote its owner file in it and chmodded it 0755 through its path: swapped for a
+    symlink in between, root chmodded (and wrote into) whatever the other user chose."""
+    hooks = ops_dir / "hooks"
+    hooks.mkdir()
+    victim = ops_dir / "victim"
+    victim.mkdir(mode=0o700)
+    with os_user("tmpown") as other:
+        theirs = ops_dir / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, other.uid, other.gid)
+        env = {"TMPDIR": str(theirs)}
+        with Paused(hooks, "run-base-made", "run", "--", "true", env=env) as run:
+            run.reached()
+            made = sorted(p.name for p in theirs.iterdir())
+            for name in made:  # the other user swaps it for a symlink to root's directory
+                swap = f"mv {name} {name}.moved && ln -s {victim} {name}"
+                assert run_as(other.name, "sh", "-c", f"cd {theirs} && {swap}").returncode == 0
+            done = run.go()
+        assert (victim.stat().st_mode & 0o777, list(victim.iterdir())) == (0o700, [])
+        assert made == [], made
+        assert done.returncode == 0, done.stderr
