@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 SETTING_NAME_RE = LazyRegex(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 #: Settings pgmgr owns: they come from --host/--port/the socket dir, never from -c.
 RESERVED_SETTINGS = frozenset(
-    {"port", "listen_addresses", "unix_socket_directories", "config_file"}
+    {"port", "listen_addresses", "unix_socket_directories", "config_file", "data_directory"}
 )
 #: Settings that name files or directories, load code or run commands on the machine they
 #: were chosen on (and the config file's include directives): fine with -c, where the user
@@ -98,6 +98,8 @@ def parse_setting(text: str) -> tuple[str, str]:
         raise UsageError(
             "setting 'config_file' is managed by pgmgr: it is the data dir's pgmgr.conf"
         )
+    if name.lower() == "data_directory":  # the server would run another cluster's data
+        raise UsageError("setting 'data_directory' is managed by pgmgr: it is the data dir (-d)")
     if name.lower() in RESERVED_SETTINGS:
         raise UsageError(
             f"setting {name!r} is managed by pgmgr: use --host, --port or --socket-dir"
