@@ -56,7 +56,9 @@ RESERVED_SETTINGS = frozenset(
 #: :func:`portable_settings`); recognised by name or by suffix (``ssl_key_file``...).
 MACHINE_SETTINGS = frozenset(
     {"include", "include_if_exists", "dynamic_library_path", "log_filename",
-     "unix_socket_group", "unix_socket_permissions"}
+     "unix_socket_group", "unix_socket_permissions",
+     "jit_provider",  # a library, $libdir/NAME.so: '../../tmp/x' loads /tmp/x.so
+     "extension_control_path", "extension_destdir"}  # directories (PG 18, Debian)
 )  # fmt: skip
 MACHINE_SUFFIXES = (
     "_file", "_keyfile", "_dir", "_directory", "_directories", "_command", "_library",

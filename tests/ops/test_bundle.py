@@ -356,6 +356,7 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "port": "1",
         "include_if_exists": str(ops_dir / "extra.conf"),
         "ssl_key_file": str(ops_dir / "key"),
+        "jit_provider": "../../../../../tmp/x",  # loads /tmp/x.so
     }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
@@ -363,7 +364,8 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
     assert notes == [
         "Note: not applied, from the bundle's settings: archive_command, hba_file, "
-        "include_if_exists, listen_addresses, port, shared_preload_libraries, ssl_key_file "
+        "include_if_exists, jit_provider, listen_addresses, port, shared_preload_libraries, "
+        "ssl_key_file "
         "(pgmgr's own, or naming files or commands of the machine it was made on); set one "
         "with 'pgmgr config imp set NAME=VALUE' if it holds here"
     ], proc.stderr
