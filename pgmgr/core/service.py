@@ -361,13 +361,18 @@ def remove(name: str, mode: str | None = None) -> list[Path]:
     registry.check_name(name)
     removed = []
     looked = []
+    found = []
     running = systemd_running()
+    # Every unit found is checked before any is removed: a user directory root may not
+    # act in (sudo kept a user's HOME) refuses the command, not half of it; and one
+    # without our unit in it is no reason to leave the system unit in place.
     for m in [mode] if mode else list(MODES):
         path = unit_dir(m) / unit_name(name)
-        check_root_safe(path.parent)
         looked.append(str(path.parent))
-        if not _is_ours(path):
-            continue
+        if _is_ours(path):
+            check_root_safe(path.parent)
+            found.append((m, path))
+    for m, path in found:
         scope = [] if m == "system" else ["--user"]
         if running:
             systemctl(*scope, "disable", "--now", path.name, check=False)
