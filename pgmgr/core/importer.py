@@ -34,7 +34,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.bundle import ImportResult, _new_dir, check_root_safe, client_env
 from pgmgr.core.bundlecheck import MANIFEST, missing_extensions, read_manifest
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.errors import DatabaseException, UsageError, VersionNotFound
 from pgmgr.core.instance import Server, quote_ident, quote_literal
 
 
@@ -45,7 +45,18 @@ def target_install(manifest: dict[str, Any], version: str | None) -> versions.In
         of its own and older majors only), or not installed.
     """
     src_major = str(manifest["source"]["major"])
-    install = versions.select(version or src_major).installation
+    try:
+        install = versions.select(version or src_major).installation
+    except VersionNotFound as e:
+        if version:
+            raise
+        # not "PostgreSQL 99 (from --version)": the user gave none
+        raise DatabaseException(
+            f"the bundle is from PostgreSQL {manifest['source']['version']}, which is not "
+            f"installed here (installed: {', '.join(e.installed) or 'none'}); nothing was "
+            "created",
+            hint=f"install PostgreSQL {src_major}, or import into a newer one with -v",
+        ) from None
     if versions.version_key(install.major) < versions.version_key(src_major):
         raise DatabaseException(
             f"the bundle is from PostgreSQL {manifest['source']['version']}; it cannot be "

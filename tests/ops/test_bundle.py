@@ -225,6 +225,26 @@ def test_bad_bundles_and_targets_create_nothing(
         ops_dir,
     )
 
+    # Without -v: the bundle's major, which the user did not give as --version
+    manifest["source"].update(major="99", version="99.1")
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(
+        fresh,
+        ["import", str(newer), "-d", new],
+        1,
+        "Error: the bundle is from PostgreSQL 99.1, which is not installed here (installed: ",
+        ops_dir,
+    )
+    manifest["source"].update(major="abc")
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(
+        fresh,
+        ["import", str(newer), "-d", new],
+        1,
+        f"Error: {newer}/manifest.json is not a valid manifest (invalid source 'major' 'abc': ",
+        ops_dir,
+    )
+
     assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
     expect_error(
         fresh,
