@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,10 +237,11 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         yield archive
         return
     sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
-    top = Path(tempfile.mkdtemp(prefix=f"pgmgr-imp-{os.getpid()}-"))
+    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-")
     held = None
     try:
         held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
+        testhook.pause("import-archive-dir")
         copy.copy_tree(archive, top / "archive")
         for _dir, _subdirs, files, dfd in os.fwalk(top / "archive"):
             for entry in files:

@@ -83,17 +83,12 @@ def _base_dir(prefix: str, root: str | None = None) -> Path:
     the server user or in a directory another user can write (who could swap it for a
     symlink before root writes its owner file in it and chmods it). It names its owner
     (this process), so that a later run can sweep it if this one is killed."""
-    from pgmgr.core import testhook, userfs
+    from pgmgr.core import testhook
 
-    base = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    base = sweep.make_dir(prefix, root)
     su = privileges.server_user(base, None) if privileges.is_root() else None
-    if (
-        len(str(base)) > MAX_BASE
-        or (su is not None and privileges.blocking_dir(base, su))
-        or (privileges.is_root() and userfs.others_can_write(base))
-    ):
-        with contextlib.suppress(OSError):  # a symlink swapped in: not a directory, left
-            base.rmdir()
+    if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
+        base.rmdir()
         base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     testhook.pause("run-base-made")
     (base / sweep.OWNER_FILE).write_text(sweep.owner_token(os.getpid()))

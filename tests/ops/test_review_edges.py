@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import error_lines
+from tests.helpers import Run, error_lines
 from tests.ops.conftest import Instance
 from tests.pause import Paused
 from tests.reliability.users import os_user, run_as
@@ -70,30 +70,76 @@ def connect(inst: Instance, name: str) -> psycopg.Connection[Any]:
     )  # fmt: skip
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a second OS user needs root")
-def test_run_as_root_makes_nothing_where_another_user_could_swap_it(ops_dir: Path) -> None:
-    """As root with TMPDIR in another user's directory, 'pgmgr run' made its directory there,
-    then wrote its owner file in it and chmodded it 0755 through its path: swapped for a
-    symlink in between, root chmodded (and wrote into) whatever the other user chose."""
+def swapped_at(ops_dir: Path, step: str, *args: str) -> tuple[Run, list[str], Path]:
+    """``pgmgr ARGS`` as root with TMPDIR in another user's directory, who swaps what pgmgr
+    made there at ``step`` for a symlink to a private directory of root's: pgmgr's run,
+    what it had made there, and that directory (which must stay as it was)."""
     hooks = ops_dir / "hooks"
-    hooks.mkdir()
+    hooks.mkdir(exist_ok=True)
     victim = ops_dir / "victim"
     victim.mkdir(mode=0o700)
     with os_user("tmpown") as other:
         theirs = ops_dir / "theirs"
         theirs.mkdir(mode=0o755)
         os.chown(theirs, other.uid, other.gid)
-        env = {"TMPDIR": str(theirs)}
-        with Paused(hooks, "run-base-made", "run", "--", "true", env=env) as run:
+        with Paused(hooks, step, *args, env={"TMPDIR": str(theirs)}) as run:
             run.reached()
             made = sorted(p.name for p in theirs.iterdir())
             for name in made:  # the other user swaps it for a symlink to root's directory
                 swap = f"mv {name} {name}.moved && ln -s {victim} {name}"
                 assert run_as(other.name, "sh", "-c", f"cd {theirs} && {swap}").returncode == 0
             done = run.go()
-        assert (victim.stat().st_mode & 0o777, list(victim.iterdir())) == (0o700, [])
-        assert made == [], made
-        assert done.returncode == 0, done.stderr
+    return done, made, victim
+
+
+def untouched(victim: Path) -> tuple[int, int, list[Path]]:
+    st = victim.stat()
+    return st.st_uid, st.st_mode & 0o777, list(victim.iterdir())
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="a second OS user needs root")
+
+
+@ROOT_ONLY
+def test_run_as_root_makes_nothing_where_another_user_could_swap_it(ops_dir: Path) -> None:
+    """As root with TMPDIR in another user's directory, 'pgmgr run' made its directory there,
+    then wrote its owner file in it and chmodded it 0755 through its path: swapped for a
+    symlink in between, root chmodded (and wrote into) whatever the other user chose."""
+    done, made, victim = swapped_at(ops_dir, "run-base-made", "run", "--", "true")
+    assert untouched(victim) == (0, 0o700, [])
+    assert made == [], made
+    assert done.returncode == 0, done.stderr
+
+
+@ROOT_ONLY
+def test_start_init_with_settings_as_root_chowns_nothing_another_user_chose(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """'start --init -c ...' checks the settings with postgres -C in a directory it makes in
+    the temp dir, then chowns it to the server user: in another user's TMPDIR, swapped for
+    a symlink, root gave the server user whatever directory that user chose."""
+    args = ("start", "--init", "-q", "-d", str(ops_dir / "new"), "--name", "new", "-p", "auto",
+            "-c", "work_mem=8MB")  # fmt: skip
+    done, made, victim = swapped_at(ops_dir, "settings-check-dir", *args)
+    assert untouched(victim) == (0, 0o700, [])
+    assert made == [], made
+    assert done.returncode == 0, done.stderr
+
+
+@ROOT_ONLY
+def test_import_as_root_copies_its_archive_nowhere_another_user_chose(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """As root, import copies each archive into a directory it makes in the temp dir and
+    chowns it to the server user: in another user's TMPDIR, swapped for a symlink, root
+    wrote the archive into and gave the server user whatever directory that user chose."""
+    bundle = ops_dir / "bundle"
+    assert fresh.pgmgr("export", "fresh", str(bundle), "-q").returncode == 0
+    args = ("import", str(bundle), "-d", str(ops_dir / "imp"), "-q")
+    done, made, victim = swapped_at(ops_dir, "import-archive-dir", *args)
+    assert untouched(victim) == (0, 0o700, [])
+    assert made == [], made
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
