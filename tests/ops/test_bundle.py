@@ -147,6 +147,11 @@ def test_bad_bundles_and_targets_create_nothing(
     new = str(ops_dir / "new")
 
     expect_error(fresh, ["export", "fresh", str(good)], 1, f"Error: {good} already exists", ops_dir)
+    # pg_dumpall refused it after the export had begun: "failed with exit code 1: x/glo..."
+    broke = str(ops_dir / "a\nb")
+    expect_error(
+        fresh, ["export", "fresh", broke], 2, f"Error: invalid path {broke!r}: it holds a", ops_dir
+    )
     expect_error(
         fresh, ["import", str(good), "-d", str(good)], 1, f"Error: {good} already exists", ops_dir
     )
