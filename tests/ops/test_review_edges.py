@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import Run, error_lines
 from tests.ops.conftest import Instance
+from tests.ops.test_replica import primary_leftovers
 from tests.pause import Paused
 from tests.reliability.users import os_user, run_as
 
@@ -33,6 +34,24 @@ def test_a_primary_whose_pg_hba_conf_is_not_utf8_gets_a_replica_and_keeps_its_by
     assert gone.returncode == 0, gone.stderr
     assert error_lines(gone.stderr) == []
     assert hba.read_bytes() == before
+
+
+def test_a_primary_whose_pg_hba_conf_is_a_symlink_is_refused_in_words(fresh: Instance) -> None:
+    hba = fresh.datadir / "pg_hba.conf"
+    real = fresh.datadir / "pg_hba.real"
+    hba.rename(real)
+    hba.symlink_to(real.name)
+    before = real.read_bytes()
+    made = fresh.pgmgr("replica", "fresh", "--name", "l2")
+    assert made.returncode == 1
+    assert error_lines(made.stderr) == [
+        f"Error: {hba} is a symlink: pgmgr edits pg_hba.conf only as a regular file (its "
+        "rename would replace the link)",
+        "Hint: put the file itself in its place, or set hba_file to the file",
+    ]
+    assert hba.is_symlink() and real.read_bytes() == before
+    assert "l2" not in fresh.pgmgr("status").stdout
+    assert primary_leftovers(fresh) == (0, 0, [])
 
 
 def test_a_latin1_cluster_with_a_non_ascii_role_is_exported_and_imported(
