@@ -88,7 +88,13 @@ def check_root_safe(path: Path, what: str) -> None:
 
 
 def _new_dir(path: Path, what: str) -> Path:
-    """:raises DatabaseException: ``path`` exists, or its parent does not."""
+    """:raises DatabaseException: ``path`` exists, or its parent does not.
+    :raises UsageError: it holds a line break (pg_dumpall refused it halfway, in its words).
+    """
+    if "\n" in str(path) or "\r" in str(path):
+        from pgmgr.core.errors import UsageError
+
+        raise UsageError(f"invalid path {str(path)!r}: it holds a line break")
     path = Path(os.path.abspath(path))
     if os.path.lexists(path):
         raise DatabaseException(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr.core import server, versions
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, UsageError
 
 FORMAT = "pgmgr-bundle"
 FORMAT_VERSION = 1
@@ -168,6 +168,10 @@ def check_shape(data: Any) -> None:
     _want(data.get("auth") in (None, *server.AUTH_METHODS), "'auth' is not an auth method")
     for key in ("major", "version"):
         _want(isinstance(data["source"][key], (str, int, float)), f"source {key!r}")
+    try:  # else the import said "invalid --version 'abc'", which the user did not give
+        versions.check_version_string(str(data["source"]["major"]), "source 'major'")
+    except UsageError as e:
+        raise ValueError(str(e)) from None
     _want(isinstance(data["settings"], dict), "'settings' is not an object")
     locale = data["locale"]
     _want(isinstance(locale, dict), "'locale' is not an object")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.bundle import ImportResult, _new_dir, check_root_safe, client_env
 from pgmgr.core.bundlecheck import MANIFEST, missing_extensions, read_manifest
-from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.errors import DatabaseException, UsageError, VersionNotFound
 from pgmgr.core.instance import Server, quote_ident, quote_literal
 
 
@@ -45,7 +44,18 @@ def target_install(manifest: dict[str, Any], version: str | None) -> versions.In
         of its own and older majors only), or not installed.
     """
     src_major = str(manifest["source"]["major"])
-    install = versions.select(version or src_major).installation
+    try:
+        install = versions.select(version or src_major).installation
+    except VersionNotFound as e:
+        if version:
+            raise
+        # not "PostgreSQL 99 (from --version)": the user gave none
+        raise DatabaseException(
+            f"the bundle is from PostgreSQL {manifest['source']['version']}, which is not "
+            f"installed here (installed: {', '.join(e.installed) or 'none'}); nothing was "
+            "created",
+            hint=f"install PostgreSQL {src_major}, or import into a newer one with -v",
+        ) from None
     if versions.version_key(install.major) < versions.version_key(src_major):
         raise DatabaseException(
             f"the bundle is from PostgreSQL {manifest['source']['version']}; it cannot be "
@@ -190,14 +200,16 @@ def _restore(
 ) -> None:
     """Globals with the target's psql, then each database with its pg_restore; the
     superuser keeps the new instance's password."""
-    text = (bundle / str(manifest["globals"])).read_text()
+    # Bytes as pg_dumpall wrote them: a LATIN1 cluster's role names are not UTF-8, and the
+    # file's own SET client_encoding tells psql how to read them.
+    text = (bundle / str(manifest["globals"])).read_bytes().decode(errors="surrogateescape")
     # psql runs the bundle's text as the server user: a psql meta-command in it (``\\!``
     # runs a shell) can then do no more than the SQL it carries could anyway (COPY ... TO
     # PROGRAM runs as the server user too), never act as root or as the importing user.
     su = srv.user()
     psql = [str(install.bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
     env = client_env(srv)
-    sql = globals_sql(text, srv.inst.superuser)
+    sql = globals_sql(text, srv.inst.superuser).encode(errors="surrogateescape")
     server.run(psql, su, timeout=3600, env=env, input=sql, die_with_parent=True)
     for db in manifest["databases"]:
         with readable_archive(bundle / str(db["dir"]), su) as archive:
@@ -225,10 +237,11 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         yield archive
         return
     sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
-    top = Path(tempfile.mkdtemp(prefix=f"pgmgr-imp-{os.getpid()}-"))
+    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-")
     held = None
     try:
         held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
+        testhook.pause("import-archive-dir")
         copy.copy_tree(archive, top / "archive")
         for _dir, _subdirs, files, dfd in os.fwalk(top / "archive"):
             for entry in files:

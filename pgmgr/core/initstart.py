@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 from pgmgr.core import process, registry, server, sigguard, testhook
 from pgmgr.core.errors import DatabaseException, PgmgrError
@@ -62,18 +61,17 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
 
     :raises DatabaseException: a setting is unknown or its value invalid.
     """
-    import tempfile
-
     from pgmgr.core import privileges, sweep, userfs
 
     install = srv.installation()
     su = srv.user(user)
-    parent = tempfile.gettempdir()
     sweep.dead_runs(su)  # the dirs of checks (and of this user's other runs) killed
-    tmp = Path(tempfile.mkdtemp(prefix=f"pgmgr-cfg-{os.getpid()}-", dir=parent))
+    tmp = sweep.make_dir(f"pgmgr-cfg-{os.getpid()}-")
+    parent = str(tmp.parent)
     held = None
     try:
         held = sweep.hold(tmp)  # see pgmgr.core.sweep: live, whatever pid
+        testhook.pause("settings-check-dir")
         (tmp / "postgresql.conf").write_text("")
         privileges.chown(tmp / "postgresql.conf", su)
         privileges.chown(tmp, su)

@@ -59,10 +59,24 @@ def _rewrite_hba(path: str, name: str, add: list[str]) -> int:
     atomically, never through a symlink nor blocking on a FIFO.
 
     :returns: how many lines tagged for ``name`` it removed."""
+    import errno
+
     with userfs.opened_dir(os.path.dirname(path)) as fd:
         base = os.path.basename(path)
-        text = userfs.read_file_at(fd, base, limit=16 << 20).decode()
-        userfs.write_file_at(fd, base, edited_hba(text, name, add).encode(), 0o600)
+        try:
+            raw = userfs.read_file_at(fd, base, limit=16 << 20)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise DatabaseException(  # not "Too many levels of symbolic links: pg_hba.conf"
+                f"{path} is a symlink: pgmgr edits pg_hba.conf only as a regular file "
+                "(its rename would replace the link)",
+                hint="put the file itself in its place, or set hba_file to the file",
+            ) from None
+        # Bytes that are not UTF-8 (a comment in Latin-1) are kept as they were, not refused
+        text = raw.decode(errors="surrogateescape")
+        data = edited_hba(text, name, add).encode(errors="surrogateescape")
+        userfs.write_file_at(fd, base, data, 0o600)
     return sum(1 for ln in text.splitlines() if tagged(ln, name))
 
 

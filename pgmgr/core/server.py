@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 SETTING_NAME_RE = LazyRegex(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 #: Settings pgmgr owns: they come from --host/--port/the socket dir, never from -c.
 RESERVED_SETTINGS = frozenset(
-    {"port", "listen_addresses", "unix_socket_directories", "config_file"}
+    {"port", "listen_addresses", "unix_socket_directories", "config_file", "data_directory"}
 )
 #: Settings that name files or directories, load code or run commands on the machine they
 #: were chosen on (and the config file's include directives): fine with -c, where the user
@@ -56,7 +56,9 @@ RESERVED_SETTINGS = frozenset(
 #: :func:`portable_settings`); recognised by name or by suffix (``ssl_key_file``...).
 MACHINE_SETTINGS = frozenset(
     {"include", "include_if_exists", "dynamic_library_path", "log_filename",
-     "unix_socket_group", "unix_socket_permissions"}
+     "unix_socket_group", "unix_socket_permissions",
+     "jit_provider",  # a library, $libdir/NAME.so: '../../tmp/x' loads /tmp/x.so
+     "extension_control_path", "extension_destdir"}  # directories (PG 18, Debian)
 )  # fmt: skip
 MACHINE_SUFFIXES = (
     "_file", "_keyfile", "_dir", "_directory", "_directories", "_command", "_library",
@@ -98,6 +100,8 @@ def parse_setting(text: str) -> tuple[str, str]:
         raise UsageError(
             "setting 'config_file' is managed by pgmgr: it is the data dir's pgmgr.conf"
         )
+    if name.lower() == "data_directory":  # the server would run another cluster's data
+        raise UsageError("setting 'data_directory' is managed by pgmgr: it is the data dir (-d)")
     if name.lower() in RESERVED_SETTINGS:
         raise UsageError(
             f"setting {name!r} is managed by pgmgr: use --host, --port or --socket-dir"
@@ -213,14 +217,15 @@ def run(
     user: ServerUser | None = None,
     timeout: float = 300.0,
     env: Mapping[str, str] | None = None,
-    input: str | None = None,
+    input: str | bytes | None = None,
     die_with_parent: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program; never through a shell. ``env`` adds variables (a
     ``PGPASSWORD``: never a password on a command line, where ``ps`` shows it); ``input``
-    is its standard input (else /dev/null). With ``die_with_parent`` (a long dump, restore
-    or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it never goes on
-    writing into what a retry or a destroy is removing.
+    is its standard input (else /dev/null): bytes go as they are (SQL in the encoding its
+    ``SET client_encoding`` names, which need not be UTF-8). With ``die_with_parent`` (a
+    long dump, restore or base backup) it gets SIGTERM when pgmgr dies, even by SIGKILL: it
+    never goes on writing into what a retry or a destroy is removing.
 
     It runs in its own session: interrupted (Ctrl-C, a SIGTERM sigguard turned into one,
     the timeout), pgmgr stops its whole process group and waits for it (see
@@ -249,7 +254,7 @@ def run(
                 stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
+                text=not isinstance(input, bytes),
                 env={**_child_env(user), **(env or {})},
                 cwd="/",
                 user=uid,
@@ -261,6 +266,8 @@ def run(
         for sig in held:
             signal.raise_signal(sig)
         out, err = proc.communicate(input=input, timeout=timeout)
+        if isinstance(out, bytes):
+            out, err = out.decode(errors="replace"), err.decode(errors="replace")
     except BaseException as e:
         if proc is not None:
             tools._stop_group(proc, 10.0)

@@ -242,21 +242,39 @@ def generate(srv: Server, mode: str | None = None) -> Unit:
     return Unit(srv.inst.name, mode, path, text, run_as)
 
 
-def _is_ours(path: Path) -> bool:
-    """Whether ``path`` is a regular file pgmgr wrote (opened without following a symlink
-    or blocking on a FIFO: anything else is not ours)."""
+#: A unit pgmgr writes is about 1 kB; a larger file is not one of its units.
+UNIT_LIMIT = 1 << 20
+
+
+def _read_ours(path: Path) -> str | None:
+    """The text of ``path`` if it is a regular file pgmgr wrote, else None; read through
+    the one descriptor that was checked (opened without following a symlink or blocking on
+    a FIFO: a directory, a symlink or a file swapped in after the check is never read)."""
     import stat
+
+    from pgmgr.core import testhook
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:  # ELOOP: a symlink
-        return False
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return False
-        return f.read(len(HEADER)) == HEADER.encode()
+    except OSError:  # absent; ELOOP: a symlink; EACCES
+        return None
+    try:
+        st = os.fstat(fd)  # before open(): it refuses a directory ("Is a directory: 3")
+        if not stat.S_ISREG(st.st_mode) or st.st_size > UNIT_LIMIT:
+            return None
+        with open(os.dup(fd), "rb") as f:
+            data = f.read(UNIT_LIMIT + 1)
+    finally:
+        os.close(fd)
+    testhook.pause("service-unit-read")
+    if not data.startswith(HEADER.encode()) or len(data) > UNIT_LIMIT:
+        return None
+    return data.decode(errors="replace")
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is a regular file pgmgr wrote (see :func:`_read_ours`)."""
+    return _read_ours(path) is not None
 
 
 def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> InstallResult:
@@ -272,7 +290,7 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
         raise unfinished(srv.inst, "given a unit")
     unit = generate(srv, mode)
     check_root_safe(unit.path.parent)
-    replaced = unit.path.exists()
+    replaced = os.path.lexists(unit.path)  # a dangling symlink is not ours either
     if replaced and not _is_ours(unit.path):
         raise DatabaseException(
             f"{unit.path} exists and was not written by pgmgr; leaving it alone",
@@ -325,8 +343,9 @@ def show(srv: Server | None, name: str, mode: str | None = None) -> tuple[Unit, 
     registry.check_name(name)
     for m in [mode] if mode else list(MODES):
         path = unit_dir(m) / unit_name(name)
-        if _is_ours(path):
-            return Unit(name, m, path, path.read_text(), None), True
+        text = _read_ours(path)
+        if text is not None:
+            return Unit(name, m, path, text, None), True
     if srv is None:
         raise InstanceNotFound(f"no instance named {name!r} and no pgmgr unit for it")
     return generate(srv, mode), False
@@ -342,13 +361,18 @@ def remove(name: str, mode: str | None = None) -> list[Path]:
     registry.check_name(name)
     removed = []
     looked = []
+    found = []
     running = systemd_running()
+    # Every unit found is checked before any is removed: a user directory root may not
+    # act in (sudo kept a user's HOME) refuses the command, not half of it; and one
+    # without our unit in it is no reason to leave the system unit in place.
     for m in [mode] if mode else list(MODES):
         path = unit_dir(m) / unit_name(name)
-        check_root_safe(path.parent)
         looked.append(str(path.parent))
-        if not _is_ours(path):
-            continue
+        if _is_ours(path):
+            check_root_safe(path.parent)
+            found.append((m, path))
+    for m, path in found:
         scope = [] if m == "system" else ["--user"]
         if running:
             systemctl(*scope, "disable", "--now", path.name, check=False)

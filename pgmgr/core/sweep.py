@@ -70,6 +70,23 @@ def _held(fd: int) -> bool:
     return False
 
 
+def make_dir(prefix: str, parent: str | None = None) -> Path:
+    """A new private directory (``tempfile.mkdtemp``) in ``parent`` (default: the temp
+    dir). As root, never where a user other than root can write (``TMPDIR`` in a user's
+    directory): that user could swap it for a symlink before root writes into it or chowns
+    it, and have root do so wherever they point it. /tmp then (root's, sticky)."""
+    import tempfile
+
+    from pgmgr.core import userfs
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    if os.geteuid() == 0 and userfs.others_can_write(path):
+        with contextlib.suppress(OSError):  # a symlink swapped in: not a directory, left
+            os.rmdir(path)
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    return path
+
+
 def owner_token(pid: int) -> str:
     started = process.start_time(pid)
     return f"{pid} {started or 0:.0f}\n"

@@ -80,13 +80,17 @@ def _default_user() -> privileges.ServerUser | None:
 def _base_dir(prefix: str, root: str | None = None) -> Path:
     """A fresh directory the server user can traverse (0755) under ``root`` (default: the
     temp dir); /tmp when that is too deep for a socket path, or (as root) unreachable for
-    the server user. It names its owner (this process), so that a later run can sweep it
-    if this one is killed."""
-    base = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    the server user or in a directory another user can write (who could swap it for a
+    symlink before root writes its owner file in it and chmods it). It names its owner
+    (this process), so that a later run can sweep it if this one is killed."""
+    from pgmgr.core import testhook
+
+    base = sweep.make_dir(prefix, root)
     su = privileges.server_user(base, None) if privileges.is_root() else None
     if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
         base.rmdir()
         base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    testhook.pause("run-base-made")
     (base / sweep.OWNER_FILE).write_text(sweep.owner_token(os.getpid()))
     base.chmod(0o755)
     return base

@@ -97,6 +97,8 @@ BAD = [
     (["set", "no_such_setting=1"], 'unrecognized configuration parameter "no_such_setting"'),
     (["set", "port=5999"], "managed by pgmgr"),
     (["set", "config_file=/tmp/x"], "managed by pgmgr"),
+    # the next start ran another cluster's data under this instance's name
+    (["set", "data_directory=/tmp"], "'data_directory' is managed by pgmgr"),
     (["set", "work_mem"], "expected name=value"),
     (["set", "bad name=1"], "expected name=value"),
     (["set", "work_mem=1\nport=2"], "line break"),

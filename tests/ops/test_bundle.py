@@ -147,6 +147,11 @@ def test_bad_bundles_and_targets_create_nothing(
     new = str(ops_dir / "new")
 
     expect_error(fresh, ["export", "fresh", str(good)], 1, f"Error: {good} already exists", ops_dir)
+    # pg_dumpall refused it after the export had begun: "failed with exit code 1: x/glo..."
+    broke = str(ops_dir / "a\nb")
+    expect_error(
+        fresh, ["export", "fresh", broke], 2, f"Error: invalid path {broke!r}: it holds a", ops_dir
+    )
     expect_error(
         fresh, ["import", str(good), "-d", str(good)], 1, f"Error: {good} already exists", ops_dir
     )
@@ -222,6 +227,26 @@ def test_bad_bundles_and_targets_create_nothing(
         ["import", str(newer), "-d", new, "-v", "15"],
         1,
         "Error: the bundle is from PostgreSQL 18.6; it cannot be imported into the older",
+        ops_dir,
+    )
+
+    # Without -v: the bundle's major, which the user did not give as --version
+    manifest["source"].update(major="99", version="99.1")
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(
+        fresh,
+        ["import", str(newer), "-d", new],
+        1,
+        "Error: the bundle is from PostgreSQL 99.1, which is not installed here (installed: ",
+        ops_dir,
+    )
+    manifest["source"].update(major="abc")
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(
+        fresh,
+        ["import", str(newer), "-d", new],
+        1,
+        f"Error: {newer}/manifest.json is not a valid manifest (invalid source 'major' 'abc': ",
         ops_dir,
     )
 
@@ -356,6 +381,7 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "port": "1",
         "include_if_exists": str(ops_dir / "extra.conf"),
         "ssl_key_file": str(ops_dir / "key"),
+        "jit_provider": "../../../../../tmp/x",  # loads /tmp/x.so
     }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
@@ -363,7 +389,8 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
     assert notes == [
         "Note: not applied, from the bundle's settings: archive_command, hba_file, "
-        "include_if_exists, listen_addresses, port, shared_preload_libraries, ssl_key_file "
+        "include_if_exists, jit_provider, listen_addresses, port, shared_preload_libraries, "
+        "ssl_key_file "
         "(pgmgr's own, or naming files or commands of the machine it was made on); set one "
         "with 'pgmgr config imp set NAME=VALUE' if it holds here"
     ], proc.stderr
