@@ -115,22 +115,24 @@ def new_record(
     major: dict[str, Any] | None = None,
 ) -> Instance:
     """The branch's record: the source's version, user, settings and authentication; a
-    new name, data directory, port and password; no socket dir or log of its own yet.
+    new name, data directory, port and password; the source's loopback addresses only
+    (:func:`listen.loopback_of`); no socket dir or log of its own yet.
     ``major``: the version, binaries and settings of a snapshot of another major (see
     :func:`snapcatalog.record_of`) instead of the source's."""
     s = src.inst
     password = new_password() if s.auth != "trust" else None
+    host = listen.loopback_of(s.host or "")
     if port == "auto" or port is None:
-        port = server.free_port(s.host or "127.0.0.1")
+        port = server.free_port(host)
         while port == s.port:  # free while the source restarts, but its own (see _start)
-            port = server.free_port(s.host or "127.0.0.1")
+            port = server.free_port(host)
     inst = Instance(
         name=new,
         datadir=os.path.realpath(target),
         major=s.major,
         version=s.version,
         bindir=s.bindir,
-        host=s.host,
+        host=host,
         port=int(port),
         server_user=s.server_user,
         superuser=s.superuser,
@@ -220,7 +222,7 @@ def branch(
     start = start or src.running() is not None
     if start and isinstance(port, int):  # taken: refused before the source is stopped
         postgres = src.installation().bindir / "postgres"
-        listen.check_port(src.inst.host or "127.0.0.1", port, src.user(), postgres)
+        listen.check_port(listen.loopback_of(src.inst.host or ""), port, src.user(), postgres)
     # The target's lock: a second branch into it (from another source) waits, then finds
     # it taken, instead of sweeping this one's copy or renaming its half-made one in.
     with sigguard.interruptible(), dirlock.lock(target):

@@ -70,6 +70,23 @@ def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
                 path.unlink()
 
 
+def loopback_of(host: str) -> str:
+    """The ``listen_addresses`` of a server made from one that listens on ``host`` (a
+    replica, a branch): the loopback addresses among them, else ``127.0.0.1``. A source
+    started with ``-H 0.0.0.0`` does not make its copies listen on every interface:
+    nobody asked for that (``-H`` on the copy does)."""
+    import ipaddress
+
+    def loopback(h: str) -> bool:
+        try:
+            return h == "localhost" or ipaddress.ip_address(h).is_loopback
+        except ValueError:
+            return False
+
+    kept = [h.strip() for h in host.split(",") if loopback(h.strip())]
+    return ",".join(kept) or "127.0.0.1"
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether ``port`` can be bound on ``host`` (as postgres would, with SO_REUSEADDR).
 

@@ -18,7 +18,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirlock, dirpath, diskio, registry, server, testhook, userfs, versions
+from pgmgr.core import (
+    dirlock,
+    dirpath,
+    diskio,
+    listen,
+    registry,
+    server,
+    testhook,
+    userfs,
+    versions,
+)
 from pgmgr.core.errors import (
     DatabaseException,
     InstanceNotFound,
@@ -31,22 +41,6 @@ from pgmgr.core.onprimary import HBA_TAG, connect, detach_primary, prepare_prima
 from pgmgr.core.ops import require_running
 from pgmgr.core.pgtext import new_password
 from pgmgr.core.roles import is_standby
-
-
-def listen_host(src_host: str) -> str:
-    """The replica's own ``listen_addresses``: the loopback addresses among its primary's,
-    else ``127.0.0.1`` (a primary started with ``-H 0.0.0.0`` does not make its standby
-    listen on every interface: nobody asked for that)."""
-    import ipaddress
-
-    def loopback(host: str) -> bool:
-        try:
-            return host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-
-    kept = [h.strip() for h in src_host.split(",") if loopback(h.strip())]
-    return ",".join(kept) or "127.0.0.1"
 
 
 def basebackup_argv(
@@ -213,7 +207,7 @@ def _register(src: Server, name: str, target: Path) -> Server:
         raise UsageError(f"instance name {name!r} is already used", hint="choose another --name")
     rep = Server.for_datadir(target, name=name, version=install.version)
     inst = rep.inst
-    inst.host = listen_host(src.inst.host or "")
+    inst.host = listen.loopback_of(src.inst.host or "")
     inst.superuser, inst.auth = src.inst.superuser, src.inst.auth
     inst.password, inst.password_pending = src.inst.password, False  # the catalog is SRC's
     inst.server_user, inst.settings = src.inst.server_user, dict(src.inst.settings)

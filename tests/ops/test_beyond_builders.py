@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmgr.core import bundlecheck, importer, onprimary, replica, scram, service, versions
+from pgmgr.core import bundlecheck, importer, listen, onprimary, replica, scram, service, versions
 from pgmgr.core.errors import DatabaseException, UsageError
 from pgmgr.core.instance import Server
 from tests.ops.conftest import Instance
@@ -48,15 +48,15 @@ def test_slot_names_are_valid_identifiers() -> None:
     assert len(onprimary.slot_name("x" * 63)) <= 63
 
 
-def test_a_replica_listens_on_loopback_only() -> None:
-    """Whatever its primary listens on (a primary started with -H 0.0.0.0 included)."""
-    assert replica.listen_host("127.0.0.1") == "127.0.0.1"
-    assert replica.listen_host("127.0.0.1,::1") == "127.0.0.1,::1"
-    assert replica.listen_host("localhost") == "localhost"
-    assert replica.listen_host("0.0.0.0") == "127.0.0.1"  # noqa: S104 - what it must not keep
-    assert replica.listen_host("*") == "127.0.0.1"
-    assert replica.listen_host("::, 10.1.2.3, ::1") == "::1"
-    assert replica.listen_host("") == "127.0.0.1"
+def test_a_replica_or_branch_listens_on_loopback_only() -> None:
+    """Whatever its source listens on (one started with -H 0.0.0.0 included)."""
+    assert listen.loopback_of("127.0.0.1") == "127.0.0.1"
+    assert listen.loopback_of("127.0.0.1,::1") == "127.0.0.1,::1"
+    assert listen.loopback_of("localhost") == "localhost"
+    assert listen.loopback_of("0.0.0.0") == "127.0.0.1"  # noqa: S104 - what it must not keep
+    assert listen.loopback_of("*") == "127.0.0.1"
+    assert listen.loopback_of("::, 10.1.2.3, ::1") == "::1"
+    assert listen.loopback_of("") == "127.0.0.1"
 
 
 def test_hba_edit_puts_ours_first_and_removes_only_ours() -> None:

@@ -271,3 +271,20 @@ def test_a_branch_whose_directory_appears_meanwhile_leaves_no_copy(
     assert inst.state() == "running"
     assert not (ops_dir / ".pgmgr-snapshots" / "late").exists()
     assert list((ops_dir / "late").iterdir()) == []
+
+
+def test_a_branch_listens_on_the_sources_loopback_addresses_only(inst: Inst, ops_dir: Path) -> None:
+    """A source told to listen on every interface (``start -H '*'``: written into its
+    record by hand here, never started so, as servers of the suite listen on loopback
+    only) does not make its branch listen there too: nobody asked for that (a replica
+    already kept only the loopback addresses)."""
+    inst.ok("stop", "dev", "-q")
+    record = Path(os.environ["PGMGR_STATE_DIR"]) / "instances" / "dev.json"
+    for told, kept in (("*", "127.0.0.1"), ("0.0.0.0,::1", "::1")):
+        doc = json.loads(record.read_text())
+        doc["host"] = told
+        record.write_text(json.dumps(doc))
+        assert json.loads(inst.pgmgr("status", "dev", "--json").stdout)["host"] == told
+        inst.ok("branch", "dev", "narrow", "-q")
+        assert json.loads(inst.pgmgr("status", "narrow", "--json").stdout)["host"] == kept
+        inst.ok("destroy", "narrow", "--yes", "-q")
