@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import privileges, rmtree, server, sweep
+from pgmgr.core import ownerrm, privileges, server, sweep
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote, quote_ident
@@ -215,7 +215,8 @@ class TemporaryInstance:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=30)
         if self.base is not None:
-            rmtree.remove(self.base, ignore_errors=True)
+            # as root, the server user's data and socket dirs in it go as that user
+            ownerrm.remove(self.base, ignore_errors=True)
         sweep.release(self._held)
         self.srv, self.base, self._held = None, None, None
         if self._guard_fd is not None:

@@ -1,0 +1,100 @@
+"""As root, what a killed run left in a server user's directories (its data directory in a
+dead ``pgmgr run``'s directory, the settings check's or an upgrade's ``pgmgr-<what>-<pid>-*``
+handed over to that user) was emptied by root, through fds: it removed what the server user
+could not, a bystander's files in a directory of theirs inside the server user's tree. Now
+each directory is emptied by its owner (:mod:`pgmgr.core.ownerrm`): what the server user
+could remove goes, the bystander's files stay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import privileges, sweep
+from pgmgr.core.temporary import TemporaryInstance
+from tests.reliability.test_multiuser_init import OsUser, attacker  # noqa: F401
+
+from .conftest import needs_root
+
+pytestmark = needs_root
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def open_to_all(path: Path, bystander: OsUser) -> Path:
+    """``path`` (the server user's directory) with a world-writable ``drop`` in it, where
+    ``bystander`` made a directory of theirs holding a file: what the server user cannot
+    remove."""
+    pg = privileges.lookup("postgres")
+    path.chmod(0o755)  # the server user's choice: others may reach its drop
+    drop = path / "drop"
+    drop.mkdir(mode=0o777)
+    drop.chmod(0o777)
+    os.chown(drop, pg.uid, pg.gid)
+    (path / "mine").write_text("the server user's")
+    os.chown(path / "mine", pg.uid, pg.gid)
+    bystander.run(
+        "import os, sys; os.mkdir(sys.argv[1], 0o755); open(sys.argv[1] + '/f', 'w').write('x')",
+        str(drop / "theirs"),
+    )
+    return drop / "theirs" / "f"
+
+
+@pytest.fixture
+def tmpdir_in(work: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``work`` as the temp dir of this process (and of pgmgr's sweeps in it)."""
+    monkeypatch.setenv("TMPDIR", str(work))
+    monkeypatch.setattr(tempfile, "tempdir", str(work))  # gettempdir() caches its answer
+    return work
+
+
+def test_a_server_users_dead_dir_is_emptied_as_that_user(
+    tmpdir_in: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    pg = privileges.lookup("postgres")
+    left = tmpdir_in / f"pgmgr-cfg-{dead_pid()}-abc"
+    left.mkdir(mode=0o700)
+    os.chown(left, pg.uid, pg.gid)
+    theirs = open_to_all(left, attacker)
+    with TemporaryInstance("15"):  # its start sweeps the temp dir, as root
+        pass
+    assert theirs.read_text() == "x"  # root removed it
+    assert not (left / "mine").exists()  # what the server user could remove went
+
+
+def test_a_dead_runs_data_dir_is_emptied_as_its_owner(
+    tmpdir_in: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    pg = privileges.lookup("postgres")
+    run = tmpdir_in / "pgmgr-run-dead"
+    run.mkdir(mode=0o755)
+    (run / sweep.OWNER_FILE).write_text(f"{dead_pid()} 0\n")
+    data = run / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, pg.uid, pg.gid)
+    theirs = open_to_all(data, attacker)
+    assert run not in sweep.dead_runs(pg)  # it cannot all go
+    assert theirs.read_text() == "x"  # root removed it
+    assert not (data / "mine").exists()
+    assert (run / sweep.OWNER_FILE).exists()  # the next sweep still knows it
+
+
+def test_a_temporary_instance_is_removed_as_its_owner(
+    tmpdir_in: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    with TemporaryInstance("15") as tmp:
+        data = Path(tmp.server.datadir)
+        theirs = open_to_all(data, attacker)
+    assert theirs.read_text() == "x"  # root removed it
+    assert not (data / "base").exists()  # the server user's files went
