@@ -59,7 +59,7 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
     """
     import tempfile
 
-    from pgmgr.core import privileges, sweep, userfs
+    from pgmgr.core import ownerrm, privileges, sweep, userfs
 
     install = srv.installation()
     su = srv.user(user)
@@ -72,6 +72,7 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
         (tmp / "postgresql.conf").write_text("")
         privileges.chown(tmp / "postgresql.conf", su)
         privileges.chown(tmp, su)
+        testhook.pause("settings-check")
         try:
             failed = server.postgres_check(install, tmp, settings, su)
         except OSError:
@@ -84,7 +85,7 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
             )
     finally:
         with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
-            userfs.rmtree_at(fd, tmp.name)
+            ownerrm.remove_at(fd, tmp.name)  # the server user's: as that user
         sweep.release(held)
 
 

@@ -16,9 +16,10 @@ import pytest
 
 from pgmgr.core import privileges, sweep
 from pgmgr.core.temporary import TemporaryInstance
+from tests.pause import Paused, ok
 from tests.reliability.test_multiuser_init import OsUser, attacker  # noqa: F401
 
-from .conftest import needs_root
+from .conftest import InstFactory, needs_root, one_error, pgmgr
 
 pytestmark = needs_root
 
@@ -98,3 +99,36 @@ def test_a_temporary_instance_is_removed_as_its_owner(
         theirs = open_to_all(data, attacker)
     assert theirs.read_text() == "x"  # root removed it
     assert not (data / "base").exists()  # the server user's files went
+
+
+def test_destroy_empties_the_data_dir_as_the_server_user(
+    cluster: InstFactory,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    inst = cluster("db")
+    theirs = open_to_all(inst.datadir, attacker)
+    err = one_error(pgmgr("destroy", "db", "--yes"))
+    assert "could not remove all of" in err, err
+    (trash,) = inst.datadir.parent.glob(".db.pgmgr-trash-*")
+    assert (trash / theirs.relative_to(inst.datadir)).read_text() == "x"  # root removed it
+    assert not (trash / "base").exists()  # the server user's files went
+
+
+def test_the_settings_check_dir_is_removed_as_the_server_user(
+    work: Path,
+    hooks: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """``start --init -c ...`` checks the settings in a directory it gives the server
+    user (``pgmgr-cfg-<pid>-*``): root removed it, a bystander's files with it."""
+    datadir = work / "db"
+    args = ("start", "--init", "-d", str(datadir), "--version", "15", "--port", "auto")
+    args += ("-c", "work_mem=8MB")
+    with Paused(hooks, "settings-check", *args) as paused:
+        paused.reached()
+        (check,) = Path(tempfile.gettempdir()).glob("pgmgr-cfg-*")
+        theirs = open_to_all(check, attacker)
+        ok(paused.go())
+    ok(pgmgr("stop", "-d", str(datadir)))
+    assert theirs.read_text() == "x"  # root removed it
+    assert not (check / "mine").exists()
