@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import privileges, sweep
+from pgmgr.core import privileges, reaper, sweep
 from pgmgr.core.temporary import TemporaryInstance
 from tests.pause import Paused, ok
 from tests.reliability.test_multiuser_init import OsUser, attacker  # noqa: F401
@@ -132,3 +132,17 @@ def test_the_settings_check_dir_is_removed_as_the_server_user(
     ok(pgmgr("stop", "-d", str(datadir)))
     assert theirs.read_text() == "x"  # root removed it
     assert not (check / "mine").exists()
+
+
+def test_the_reaper_removes_as_the_owner(
+    tmpdir_in: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """The pytest plugin's reaper, once its owner died, removes the run's directory."""
+    with TemporaryInstance("15") as tmp:
+        data = Path(tmp.server.datadir)
+        theirs = open_to_all(data, attacker)
+        assert tmp.base is not None
+        reaper.reap(tmp.base, data)  # as the reaper process does (python -m, as root)
+        assert theirs.read_text() == "x"  # root removed it
+        assert not (data / "base").exists()
