@@ -212,6 +212,10 @@ def sweep(user: ServerUser | None, keep: Path | None = None) -> list[Path]:
                     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or path == keep:
                         continue
                     if _stale(pfd, name):
-                        userfs.rmtree_at(pfd, name)
+                        from pgmgr.core import ownerrm
+
+                        # as the one who may remove it there: in the server user's
+                        # runtime directory, that user (root removed what it could not)
+                        ownerrm.remove_at(pfd, name)
                         removed.append(path)
     return removed

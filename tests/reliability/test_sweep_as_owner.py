@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from pgmgr.core import privileges, reaper, sweep
+from pgmgr.core import privileges, reaper, sockets, sweep
 from pgmgr.core.temporary import TemporaryInstance
 from tests.pause import Paused, ok
 from tests.reliability.test_multiuser_init import OsUser, attacker  # noqa: F401
@@ -146,3 +147,30 @@ def test_the_reaper_removes_as_the_owner(
         reaper.reap(tmp.base, data)  # as the reaper process does (python -m, as root)
         assert theirs.read_text() == "x"  # root removed it
         assert not (data / "base").exists()
+
+
+def test_a_stale_socket_dir_is_removed_as_the_server_user(
+    cluster: InstFactory,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """A start sweeps stale socket dirs in the server user's runtime directory (they hold
+    only ``.s.PGSQL.*`` entries): root removed them, through fds, in that user's directory,
+    and a ``.s.PGSQL.*`` directory with a bystander's files in it went too."""
+    pg = privileges.lookup("postgres")
+    base = sockets.runtime_base(pg)  # in this test's temp dir (TMPDIR)
+    base.mkdir(mode=0o700)
+    os.chown(base, pg.uid, pg.gid)
+    stale = base / ("0" * 16)
+    drop = stale / ".s.PGSQL.9"
+    (drop / "theirs").mkdir(parents=True)
+    (drop / "theirs" / "f").write_text("x")
+    drop.chmod(0o777)
+    for path, owner in ((stale, pg.uid), (drop, pg.uid), (drop / "theirs", attacker.uid)):
+        os.chown(path, owner, owner)
+    os.chown(drop / "theirs" / "f", attacker.uid, attacker.gid)
+    old = time.time() - 2 * sockets.SWEEP_AGE
+    os.utime(stale, (old, old))
+    inst = cluster("db")
+    ok(inst.start("--port", "auto"))
+    ok(inst.stop())
+    assert (drop / "theirs" / "f").read_text() == "x"  # root removed it
