@@ -8,6 +8,7 @@ could remove goes, the bystander's files stay."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -174,3 +175,45 @@ def test_a_stale_socket_dir_is_removed_as_the_server_user(
     ok(inst.start("--port", "auto"))
     ok(inst.stop())
     assert (drop / "theirs" / "f").read_text() == "x"  # root removed it
+
+
+def test_destroy_with_snapshots_empties_the_store_as_the_server_user(
+    cluster: InstFactory,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """The store of an instance's snapshots is the server user's (under root's
+    ``.pgmgr-snapshots``): root emptied it itself, a bystander's files in it too."""
+    inst = cluster("db")
+    ok(pgmgr("snapshot", "db", "one"))
+    store = inst.datadir.parent / ".pgmgr-snapshots" / "db"
+    store.chmod(0o755)  # for a while, others could reach the drop
+    open_to_all(store / "one", attacker)
+    store.chmod(0o700)
+    err = one_error(pgmgr("destroy", "db", "--yes", "--with-snapshots"))
+    assert "could not remove all of the snapshots" in err, err
+    left = list((inst.datadir.parent / ".pgmgr-snapshots").rglob("theirs/f"))
+    assert [p.read_text() for p in left] == ["x"]  # root removed it
+    assert not list((inst.datadir.parent / ".pgmgr-snapshots").rglob("mine"))
+
+
+def test_a_killed_destroys_doomed_store_is_swept_as_the_server_user(
+    cluster: InstFactory,
+    hooks: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """What a killed ``destroy --with-snapshots`` renamed out of sight is removed by the
+    next command that opens a store beside it: as root, by root itself before."""
+    inst, other = cluster("db"), cluster("other")
+    ok(pgmgr("snapshot", "db", "one"))
+    args = ("destroy", "db", "--yes", "--with-snapshots")
+    with Paused(hooks, "destroy-snapshots-renamed", *args) as paused:
+        paused.reached()
+        paused.kill(signal.SIGKILL)
+    top = inst.datadir.parent / ".pgmgr-snapshots"
+    (doomed,) = top.glob(".tmp-delete-*")
+    doomed.chmod(0o755)  # for a while, others could reach the drop
+    theirs = open_to_all(doomed / "one", attacker)
+    doomed.chmod(0o700)
+    ok(pgmgr("snapshot", other.name, "s"))  # sweeps the top directory
+    assert theirs.read_text() == "x"  # root removed it
+    assert not (doomed / "one" / "mine").exists()
