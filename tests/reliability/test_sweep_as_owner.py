@@ -217,3 +217,23 @@ def test_a_killed_destroys_doomed_store_is_swept_as_the_server_user(
     ok(pgmgr("snapshot", other.name, "s"))  # sweeps the top directory
     assert theirs.read_text() == "x"  # root removed it
     assert not (doomed / "one" / "mine").exists()
+
+
+def test_a_branch_that_cannot_start_is_removed_as_the_server_user(
+    cluster: InstFactory,
+    hooks: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """A branch placed but not started is removed again: by root itself before, with a
+    bystander's files put in its data directory meanwhile (made 0755 by the server user,
+    which is also why PostgreSQL refuses to start it)."""
+    inst = cluster("db")
+    new = inst.datadir.parent / "new"
+    args = ("branch", "db", "new", "-d", str(new), "--start", "-p", "auto")
+    with Paused(hooks, "branch-placed", *args) as paused:
+        paused.reached()
+        theirs = open_to_all(new, attacker)
+        err = one_error(paused.go())
+    assert "permissions" in err, err  # why it failed, not what could not be removed
+    assert theirs.read_text() == "x"  # root removed it
+    assert not (new / "base").exists()
