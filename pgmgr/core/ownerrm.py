@@ -79,7 +79,7 @@ def remove_at(dir_fd: int, name: str) -> None:
         return
     actor = remover(os.fstat(dir_fd), st)
     if actor != 0:
-        userfs.as_user(user_for(actor, st.st_gid), _remove_here, dir_fd, name)
+        userfs.as_user(user_for(actor, st.st_gid), remove_here, dir_fd, name)
         return
     if not stat.S_ISDIR(st.st_mode):
         _unlink(dir_fd, name)
@@ -134,7 +134,7 @@ def _empty_here(fd: int) -> None:
         raise first
 
 
-def _remove_here(dir_fd: int, name: str) -> None:
+def remove_here(dir_fd: int, name: str) -> None:
     """:func:`rmtree.remove_at` of all that can go, then the first error: raised at once,
     it left the rest of the tree (the server user's own files) for no reason."""
     try:

@@ -32,10 +32,11 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def open_to_all(path: Path, bystander: OsUser) -> Path:
+def open_to_all(path: Path, bystander: OsUser, *, reachable: bool = True) -> Path:
     """``path`` (the server user's directory) with a world-writable ``drop`` in it, where
     ``bystander`` made a directory of theirs holding a file: what the server user cannot
-    remove."""
+    remove. Not ``reachable`` (a parent only root may enter): made by root as the
+    bystander would have left it while they could reach it."""
     pg = privileges.lookup("postgres")
     path.chmod(0o755)  # the server user's choice: others may reach its drop
     drop = path / "drop"
@@ -44,11 +45,19 @@ def open_to_all(path: Path, bystander: OsUser) -> Path:
     os.chown(drop, pg.uid, pg.gid)
     (path / "mine").write_text("the server user's")
     os.chown(path / "mine", pg.uid, pg.gid)
-    bystander.run(
-        "import os, sys; os.mkdir(sys.argv[1], 0o755); open(sys.argv[1] + '/f', 'w').write('x')",
-        str(drop / "theirs"),
-    )
-    return drop / "theirs" / "f"
+    theirs = drop / "theirs"
+    if reachable:
+        bystander.run(
+            "import os, sys; os.mkdir(sys.argv[1], 0o755); "
+            "open(sys.argv[1] + '/f', 'w').write('x')",
+            str(theirs),
+        )
+    else:
+        theirs.mkdir(mode=0o755)
+        (theirs / "f").write_text("x")
+        for p in (theirs, theirs / "f"):
+            os.chown(p, bystander.uid, bystander.gid)
+    return theirs / "f"
 
 
 @pytest.fixture
@@ -237,3 +246,36 @@ def test_a_branch_that_cannot_start_is_removed_as_the_server_user(
     assert "permissions" in err, err  # why it failed, not what could not be removed
     assert theirs.read_text() == "x"  # root removed it
     assert not (new / "base").exists()
+
+
+def test_cache_clear_removes_a_template_as_the_server_user(
+    work: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """``u<uid>`` in the template cache is the server user's: root renamed and removed its
+    templates itself, a bystander's files in one too."""
+    ok(pgmgr("init", "-d", str(work / "db"), "--version", "15", "-q"))
+    pg = privileges.lookup("postgres")
+    (mine,) = Path(os.environ["PGMGR_CACHE_DIR"]).rglob(f"u{pg.uid}")
+    (template,) = [p for p in mine.iterdir() if (p / "PG_VERSION").exists()]
+    theirs = open_to_all(template, attacker, reachable=False)
+    err = one_error(pgmgr("cache", "clear"))
+    assert "cannot remove" in err, err
+    assert theirs.parent.parent.parent.parent == mine
+    left = list(mine.rglob("theirs/f"))
+    assert [p.read_text() for p in left] == ["x"]  # root removed it
+    assert not list(mine.rglob("PG_VERSION"))
+
+
+def test_an_open_part_of_the_cache_is_removed_as_its_owner(
+    work: Path,
+    attacker: OsUser,  # noqa: F811 - here a bystander
+) -> None:
+    """``u<uid>`` made readable by others is not trusted and goes at the next use: root
+    removed it itself, a bystander's files in it too."""
+    ok(pgmgr("init", "-d", str(work / "db"), "--version", "15", "-q"))
+    pg = privileges.lookup("postgres")
+    (mine,) = Path(os.environ["PGMGR_CACHE_DIR"]).rglob(f"u{pg.uid}")
+    theirs = open_to_all(mine, attacker, reachable=False)  # 0755 now
+    ok(pgmgr("init", "-d", str(work / "db2"), "--version", "15", "-q"))  # without it
+    assert theirs.read_text() == "x"  # root removed it
