@@ -47,7 +47,9 @@ def socket_path(socket_dir: Path, port: int) -> str:
     return f"{socket_dir}/.s.PGSQL.{port}"
 
 
-def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
+def clear_stale_socket_lock(
+    socket_dir: Path, port: int, datadir: Path, user: ServerUser | None = None
+) -> None:
     """Remove the socket and its ``.lock`` left behind by a killed postmaster of ``datadir``.
 
     postgres removes a stale socket lock itself only when its pid is gone; a SIGKILLed
@@ -65,9 +67,21 @@ def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
         return
     ours = len(lines) > 1 and os.path.realpath(lines[1].strip()) == os.path.realpath(datadir)
     if (ours and not process.serves(pid, datadir)) or not process.is_alive(pid):
-        for path in (lock, Path(socket_path(socket_dir, port))):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        from pgmgr.core import testhook, userfs
+
+        # As the server user ``user``, who made them: as root, the socket dir (often the
+        # data dir) may be in that user's directory, swapped meanwhile for a symlink to
+        # another cluster's, whose live socket and lock root removed.
+        testhook.pause("stale-socket-lock")
+        paths = (str(lock), socket_path(socket_dir, port))
+        userfs.as_user(user, unlink_missing_ok, *paths)
+
+
+def unlink_missing_ok(*paths: str) -> None:
+    """Unlink each of ``paths`` (by path: call it as the user they belong to)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def port_free(host: str, port: int) -> bool:
