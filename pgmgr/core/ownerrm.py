@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
+_NOGROUP = 65534
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -160,14 +161,15 @@ def remover(parent: os.stat_result, entry: os.stat_result) -> int:
 
 
 def user_for(uid: int, gid: int) -> ServerUser | None:
-    """Who to become for ``uid`` (its groups, if it has a passwd entry); None for root
-    (or, not root, for anyone: :func:`userfs.as_user` then works as this process)."""
+    """Who to become for ``uid`` (its groups, if it has a passwd entry; else ``gid``, the
+    directory's group, unless that is root's: then ``nogroup``); None for root (or, not
+    root, for anyone: :func:`userfs.as_user` then works as this process)."""
     if uid == 0 or os.geteuid() != 0:
         return None
     try:
         pw = pwd.getpwuid(uid)
     except KeyError:
-        return ServerUser(str(uid), uid, gid, (), "/")
+        return ServerUser(str(uid), uid, gid or _NOGROUP, (), "/")
     groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
     return ServerUser(pw.pw_name, uid, pw.pw_gid, groups, pw.pw_dir)
 

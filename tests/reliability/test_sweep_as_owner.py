@@ -279,3 +279,19 @@ def test_an_open_part_of_the_cache_is_removed_as_its_owner(
     theirs = open_to_all(mine, attacker, reachable=False)  # 0755 now
     ok(pgmgr("init", "-d", str(work / "db2"), "--version", "15", "-q"))  # without it
     assert theirs.read_text() == "x"  # root removed it
+
+
+def test_a_dead_runs_dir_of_a_deleted_user_still_goes(tmpdir_in: Path) -> None:
+    """A data directory whose owner has no passwd entry (the user was deleted since) is
+    emptied as that uid all the same."""
+    run = tmpdir_in / "pgmgr-run-gone"
+    run.mkdir(mode=0o755)
+    (run / sweep.OWNER_FILE).write_text(f"{dead_pid()} 0\n")
+    uid = 4_000_000 + os.getpid() % 1000
+    (run / "data" / "base").mkdir(parents=True)
+    (run / "data" / "base" / "f").write_text("x")
+    for path in (run / "data", run / "data" / "base", run / "data" / "base" / "f"):
+        os.chown(path, uid, 0)
+    (run / "data").chmod(0o700)
+    assert run in sweep.dead_runs(privileges.lookup("postgres"))
+    assert not run.exists()
