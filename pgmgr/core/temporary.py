@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import ownerrm, privileges, server, sweep
+from pgmgr.core import ownerrm, privileges, server, sweep, testhook, userfs
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote, quote_ident
@@ -87,8 +87,26 @@ def _base_dir(prefix: str, root: str | None = None) -> Path:
     if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
         base.rmdir()
         base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    (base / sweep.OWNER_FILE).write_text(sweep.owner_token(os.getpid()))
-    base.chmod(0o755)
+    testhook.pause("run-dir-made")
+    # Through an fd of the new directory: as root, the temp dir (TMPDIR, the plugin's
+    # pgmgr_tmpdir) may be one another user can write, who could have swapped the new
+    # directory for a symlink meanwhile (root then chmodded and wrote where it pointed).
+    changed = PgmgrError(
+        f"{base} was replaced while it was made: another user can write {base.parent}",
+        hint="use a temporary directory only you can write (TMPDIR), or a sticky one",
+    )
+    try:
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (NotADirectoryError, FileNotFoundError):
+        raise changed from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise changed
+        token = sweep.owner_token(os.getpid()).encode()
+        userfs.write_file_at(fd, sweep.OWNER_FILE, token, 0o644, sync=False)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
     return base
 
 

@@ -8,6 +8,7 @@ the server user now: through the symlink, only what that user may remove."""
 from __future__ import annotations
 
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -82,3 +83,28 @@ def test_a_stale_socket_lock_is_removed_as_the_server_user(
         run = paused.go()
     assert "Permission denied" in one_error(run)  # the attacker's own start fails
     assert (theirs / lock).read_text() == "live"  # root removed it
+
+
+def test_a_run_dir_swapped_for_a_symlink_is_never_written_through(
+    work: Path,
+    hooks: Path,
+    attacker: OsUser,  # noqa: F811
+    victim: OsUser,  # noqa: F811
+) -> None:
+    """As root, ``pgmgr run`` made its directory in the temp dir, then wrote its owner
+    file in it and chmodded it 0755 by path: in a temp dir another user can write (not
+    sticky), that user swapped it for a symlink meanwhile, and root chmodded and wrote in
+    the victim's private directory."""
+    shared = work / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    secret = victim.mkdir(victim.home / "secret")
+    args = ("run", "-q", "--", "true")
+    with Paused(hooks, "run-dir-made", *args, env={"TMPDIR": str(shared)}) as paused:
+        paused.reached()
+        (base,) = shared.glob("pgmgr-run-*")
+        swap_for_symlink(attacker, base, secret)
+        run = paused.go()
+    assert run.returncode != 0, str(run)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o700  # root chmodded it 0755
+    assert not (secret / "pgmgr.owner").exists()  # root wrote it
