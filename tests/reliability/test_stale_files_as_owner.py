@@ -108,3 +108,28 @@ def test_a_run_dir_swapped_for_a_symlink_is_never_written_through(
     assert run.returncode != 0, str(run)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o700  # root chmodded it 0755
     assert not (secret / "pgmgr.owner").exists()  # root wrote it
+
+
+def test_a_settings_check_dir_swapped_for_a_symlink_is_never_written_through(
+    work: Path,
+    hooks: Path,
+    attacker: OsUser,  # noqa: F811
+    victim: OsUser,  # noqa: F811
+) -> None:
+    """``start --init -c ...`` made ``pgmgr-cfg-<pid>-*`` in the temp dir, then wrote its
+    ``postgresql.conf`` and chowned both to the server user by path: swapped for a symlink
+    meanwhile, root wrote in the victim's private directory and gave it to ``postgres``."""
+    shared = work / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    secret = victim.mkdir(victim.home / "secret")
+    args = ("start", "--init", "-d", str(work / "db"), "--version", "15", "--port", "auto")
+    args += ("-c", "work_mem=8MB")
+    with Paused(hooks, "settings-dir-made", *args, env={"TMPDIR": str(shared)}) as paused:
+        paused.reached()
+        (made,) = shared.glob("pgmgr-cfg-*")
+        swap_for_symlink(attacker, made, secret)
+        assert "Traceback" not in paused.go().stderr
+    pgmgr("stop", "-d", str(work / "db"), "-m", "immediate")
+    assert secret.stat().st_uid == victim.uid  # root gave it to postgres
+    assert not (secret / "postgresql.conf").exists()  # root wrote it
