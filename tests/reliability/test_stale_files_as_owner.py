@@ -22,7 +22,7 @@ from tests.reliability.test_multiuser_init import (  # noqa: F401
     victim_db,
 )
 
-from .conftest import Inst, needs_root, one_error, pgmgr
+from .conftest import Inst, InstFactory, needs_root, one_error, pgmgr
 
 pytestmark = needs_root
 
@@ -133,3 +133,33 @@ def test_a_settings_check_dir_swapped_for_a_symlink_is_never_written_through(
     pgmgr("stop", "-d", str(work / "db"), "-m", "immediate")
     assert secret.stat().st_uid == victim.uid  # root gave it to postgres
     assert not (secret / "postgresql.conf").exists()  # root wrote it
+
+
+def test_an_import_copy_swapped_for_a_symlink_is_never_written_through(
+    cluster: InstFactory,
+    work: Path,
+    hooks: Path,
+    attacker: OsUser,  # noqa: F811
+    victim: OsUser,  # noqa: F811
+) -> None:
+    """As root, an import copies the archive into a ``pgmgr-imp-<pid>-*`` of the temp dir
+    and gives it to the server user: by path, a symlink swapped in for it got root to copy
+    into, and chown to postgres, the victim's private directory."""
+    inst = cluster("db")
+    ok(inst.start("--port", "auto"))
+    bundle = work / "bundle"
+    ok(pgmgr("export", "db", str(bundle)))
+    ok(inst.stop())
+    shared = work / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    secret = victim.mkdir(victim.home / "secret")
+    args = ("import", str(bundle), "-d", str(work / "new"), "-v", "15", "--name", "new")
+    with Paused(hooks, "import-dir-made", *args, env={"TMPDIR": str(shared)}) as paused:
+        paused.reached()
+        (made,) = shared.glob("pgmgr-imp-*")
+        swap_for_symlink(attacker, made, secret)
+        assert "Traceback" not in paused.go().stderr
+    pgmgr("stop", "new", "-m", "immediate")
+    assert secret.stat().st_uid == victim.uid  # root gave it to postgres
+    assert list(secret.iterdir()) == []  # root copied the archive into it
