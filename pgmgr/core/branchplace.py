@@ -29,11 +29,11 @@ from pgmgr.core import (
     dirlock,
     diskio,
     identity,
+    ownerrm,
     registry,
     sigguard,
     snapstore,
     testhook,
-    userfs,
 )
 from pgmgr.core.errors import DatabaseException, PgmgrError, PortInUse, doing
 from pgmgr.core.registry import Instance
@@ -72,7 +72,7 @@ def place(
         testhook.pause("branch-placed")
         if identity.compare(srv.pinned(), srv.datadir)[0] is not None:  # swapped meanwhile
             registry.remove(srv.inst.name)
-            userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+            ownerrm.remove_at(tstore.parent_fd, srv.datadir.name)  # as root: as its owner
             raise _replaced(srv)
         try:
             srv.inst.pending = srv.inst.pending_from = None
@@ -136,7 +136,9 @@ def undo(srv: Server, tstore: snapstore.Store) -> None:
         srv.stop("immediate")
     finally:
         registry.remove(srv.inst.name)
-        userfs.rmtree_at(tstore.parent_fd, srv.datadir.name)
+        # As root, the server user's data directory is emptied as that user (ownerrm).
+        # What it may not remove stays: the caller's error says why the branch failed.
+        cleanup.quietly(lambda: ownerrm.remove_at(tstore.parent_fd, srv.datadir.name))
 
 
 def rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:

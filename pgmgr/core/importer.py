@@ -242,12 +242,18 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
     try:
         held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
         testhook.pause("import-archive-dir")
-        copy.copy_tree(archive, top / "archive")
-        for _dir, _subdirs, files, dfd in os.fwalk(top / "archive"):
+        # Through the held fd (O_NOFOLLOW), as /proc/self/fd/N, not by path: the temp dir
+        # may be one another user can write, who could swap the directory for a symlink
+        # (root then copied into, and gave postgres, whatever it pointed to).
+        if os.fstat(held).st_uid != os.geteuid():
+            raise DatabaseException(f"{top} was replaced while it was made")
+        here = Path(f"/proc/self/fd/{held}")
+        copy.copy_tree(archive, here / "archive")
+        for _dir, _subdirs, files, dfd in os.fwalk(here / "archive"):
             for entry in files:
                 os.chown(entry, su.uid, su.gid, dir_fd=dfd, follow_symlinks=False)
             os.fchown(dfd, su.uid, su.gid)
-        os.chown(top, su.uid, su.gid)
+        os.fchown(held, su.uid, su.gid)
         yield top / "archive"
     finally:
         userfs.as_user(su, rmtree.remove, str(top), ignore_errors=True)

@@ -61,7 +61,7 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
 
     :raises DatabaseException: a setting is unknown or its value invalid.
     """
-    from pgmgr.core import privileges, sweep, userfs
+    from pgmgr.core import ownerrm, sweep, userfs
 
     install = srv.installation()
     su = srv.user(user)
@@ -72,9 +72,16 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
     try:
         held = sweep.hold(tmp)  # see pgmgr.core.sweep: live, whatever pid
         testhook.pause("settings-check-dir")
-        (tmp / "postgresql.conf").write_text("")
-        privileges.chown(tmp / "postgresql.conf", su)
-        privileges.chown(tmp, su)
+        # Through that fd (O_NOFOLLOW), not by path: as root, the temp dir may be one
+        # another user can write, who could have swapped the new directory for a symlink
+        # (root then wrote in, and gave the server user, whatever it pointed to).
+        if os.fstat(held).st_uid != os.geteuid():
+            raise DatabaseException(f"{tmp} was replaced while it was made")
+        userfs.write_file_at(held, "postgresql.conf", b"", 0o600, sync=False)
+        if su is not None:
+            os.chown("postgresql.conf", su.uid, su.gid, dir_fd=held, follow_symlinks=False)
+            os.fchown(held, su.uid, su.gid)
+        testhook.pause("settings-check")
         try:
             failed = server.postgres_check(install, tmp, settings, su)
         except OSError:
@@ -87,7 +94,7 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
             )
     finally:
         with contextlib.suppress(OSError, PgmgrError), userfs.opened_dir(parent) as fd:
-            userfs.rmtree_at(fd, tmp.name)
+            ownerrm.remove_at(fd, tmp.name)  # the server user's: as that user
         sweep.release(held)
 
 

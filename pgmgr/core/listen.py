@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pgmgr.core import dirpath, process
 from pgmgr.core.errors import DatabaseException, PortInUse, PortPrivileged, UsageError
-from pgmgr.core.privileges import ServerUser, chown
+from pgmgr.core.privileges import ServerUser
 
 SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
@@ -47,7 +47,9 @@ def socket_path(socket_dir: Path, port: int) -> str:
     return f"{socket_dir}/.s.PGSQL.{port}"
 
 
-def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
+def clear_stale_socket_lock(
+    socket_dir: Path, port: int, datadir: Path, user: ServerUser | None = None
+) -> None:
     """Remove the socket and its ``.lock`` left behind by a killed postmaster of ``datadir``.
 
     postgres removes a stale socket lock itself only when its pid is gone; a SIGKILLed
@@ -65,9 +67,21 @@ def clear_stale_socket_lock(socket_dir: Path, port: int, datadir: Path) -> None:
         return
     ours = len(lines) > 1 and os.path.realpath(lines[1].strip()) == os.path.realpath(datadir)
     if (ours and not process.serves(pid, datadir)) or not process.is_alive(pid):
-        for path in (lock, Path(socket_path(socket_dir, port))):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        from pgmgr.core import testhook, userfs
+
+        # As the server user ``user``, who made them: as root, the socket dir (often the
+        # data dir) may be in that user's directory, swapped meanwhile for a symlink to
+        # another cluster's, whose live socket and lock root removed.
+        testhook.pause("stale-socket-lock")
+        paths = (str(lock), socket_path(socket_dir, port))
+        userfs.as_user(user, unlink_missing_ok, *paths)
+
+
+def unlink_missing_ok(*paths: str) -> None:
+    """Unlink each of ``paths`` (by path: call it as the user they belong to)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def loopback_of(host: str) -> str:
@@ -234,7 +248,12 @@ def socket_dir(
     if len(socket_path(Path(base) / "pgmgr-xxxxxxxx", port)) > SOCKET_PATH_MAX:
         base = "/tmp"  # noqa: S108 - a short private dir is made inside it, mode 0700
     path = Path(tempfile.mkdtemp(prefix="pgmgr-", dir=base))
-    chown(path, user)
+    if user is not None:
+        from pgmgr.core import testhook, userfs
+
+        testhook.pause("socket-dir-fresh")
+        with userfs.opened_dir(path.parent) as parent:
+            _give_away(parent, path, user)
     return path
 
 
@@ -284,26 +303,36 @@ def _make_socket_dir(path: Path, user: ServerUser | None) -> None:
         if user is None:
             return
         testhook.pause("socket-dir-made")
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path.name, flags, dir_fd=parent)
-        except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-                raise
-            fd = -1
-        try:
-            if fd < 0 or os.fstat(fd).st_uid != os.geteuid():
-                raise DatabaseException(
-                    f"socket directory {path} was replaced while pgmgr created it (another "
-                    "user can write its parent directory); it was left alone",
-                    hint="choose a --socket-dir in a directory only you can write",
-                )
-            os.fchown(fd, user.uid, user.gid)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        _give_away(parent, path, user)
     finally:
         os.close(parent)
+
+
+def _give_away(parent: int, path: Path, user: ServerUser) -> None:
+    """Give the directory ``path`` (entry ``path.name`` of ``parent``), made by root just
+    now, to ``user`` by ``fchown`` on an ``O_NOFOLLOW`` fd of it: never what a user who can
+    write the parent swapped in for it (a symlink: root chowned where it pointed).
+
+    :raises DatabaseException: it was replaced meanwhile.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path.name, flags, dir_fd=parent)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            raise
+        fd = -1
+    try:
+        if fd < 0 or os.fstat(fd).st_uid != os.geteuid():
+            raise DatabaseException(
+                f"socket directory {path} was replaced while pgmgr created it (another "
+                "user can write its parent directory); it was left alone",
+                hint="choose a --socket-dir in a directory only you can write",
+            )
+        os.fchown(fd, user.uid, user.gid)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _open_made_dir(path: Path) -> int:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pgmgr.core import process, userfs
+from pgmgr.core import ownerrm, process, userfs
 from pgmgr.core.errors import PgmgrError
 
 
@@ -59,7 +59,9 @@ def reap(base: Path, datadir: Path) -> None:
     with contextlib.suppress(OSError, PgmgrError):
         fd = userfs.open_dir(base.parent)
         try:
-            userfs.rmtree_at(fd, base.name)  # through fds: never follows a symlink
+            # through fds, never following a symlink; as root, the server user's data
+            # and socket dirs in it are emptied as that user
+            ownerrm.remove_at(fd, base.name)
         finally:
             os.close(fd)
 

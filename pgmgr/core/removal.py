@@ -165,6 +165,24 @@ def remove_datadir(datadir: Path, expect: tuple[int, int] | None = None) -> bool
 
 
 def _rename_and_delete(pfd: int, datadir: Path, expect: tuple[int, int] | None) -> bool:
+    """As root, where the parent is not root's own (a server user's home, say), the rename
+    and the removal run as the one who may remove the entry there (its owner in a sticky
+    directory of root's, else the parent's owner): root renamed in the user's directory
+    and removed what that user could not (a bystander's files inside)."""
+    from pgmgr.core import ownerrm
+
+    try:
+        st = os.lstat(datadir.name, dir_fd=pfd)
+    except FileNotFoundError:
+        return False
+    actor = ownerrm.remover(os.fstat(pfd), st)
+    if actor != 0 and os.geteuid() == 0:
+        who = ownerrm.user_for(actor, st.st_gid)
+        return userfs.as_user(who, _rename_and_delete_here, pfd, datadir, expect)
+    return _rename_and_delete_here(pfd, datadir, expect)
+
+
+def _rename_and_delete_here(pfd: int, datadir: Path, expect: tuple[int, int] | None) -> bool:
     name = datadir.name
     try:
         st = os.lstat(name, dir_fd=pfd)
@@ -186,20 +204,28 @@ def _rename_and_delete(pfd: int, datadir: Path, expect: tuple[int, int] | None) 
     # half-deleted directory came back at its own name, still pinned by the record.
     diskio.fsync_dirs(pfd)
     testhook.pause("destroy-renamed")
-    _delete_trash(pfd, trash)
+    try:
+        _delete_trash(pfd, trash)
+    except OSError as e:  # as root, what the server user may not remove (another user's)
+        raise DatabaseException(
+            f"could not remove all of {datadir}: {e.filename or trash}: {e.strerror}; "
+            f"what is left is in {datadir.parent / trash}"
+        ) from None
     return True
 
 
 def _delete_trash(parent_fd: int, trash: str) -> None:
     """PG_VERSION first (what is left is no data directory, whatever its name), then all."""
-    with contextlib.suppress(OSError):
+    from pgmgr.core import ownerrm
+
+    with contextlib.suppress(OSError, DatabaseException):
         fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
         try:
-            os.unlink("PG_VERSION", dir_fd=fd)
+            ownerrm.as_owner(fd, os.unlink, "PG_VERSION", dir_fd=fd)
         finally:
             os.close(fd)
     testhook.pause("destroy-unversioned")
-    userfs.rmtree_at(parent_fd, trash)
+    ownerrm.remove_at(parent_fd, trash)  # as root: what the server user owns, as that user
 
 
 def sweep_trash(

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from pgmgr.core import (
     diskio,
+    ownerrm,
     pgcontrol,
     server,
     snapdoom,
     snapstore,
     storesweep,
     testhook,
-    userfs,
     versions,
 )
 from pgmgr.core.errors import DatabaseException, UsageError, describe_os_error, doing
@@ -261,7 +261,14 @@ def delete_all(datadir: Path, user: ServerUser | None) -> int:
                           dst_dir_fd=store.top_fd)  # fmt: skip
                 diskio.fsync_dirs(store.top_fd)  # as in _delete
                 testhook.pause("destroy-snapshots-renamed")
-                userfs.rmtree_at(store.top_fd, doomed)
+                try:  # the store is the server user's: emptied as that user
+                    ownerrm.remove_at(store.top_fd, doomed)
+                except OSError as e:  # what that user may not remove (another user's)
+                    raise DatabaseException(
+                        f"could not remove all of the snapshots in {store.path}: "
+                        f"{e.filename or doomed}: {e.strerror}; what is left is in "
+                        f"{store.path.parent / doomed}"
+                    ) from None
             else:
                 store.as_user(_delete, store.path.parent, store.path.name)
     except SnapshotNotFound:

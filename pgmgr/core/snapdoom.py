@@ -12,7 +12,7 @@ import os
 import re
 import stat
 
-from pgmgr.core import userfs
+from pgmgr.core import ownerrm, userfs
 
 TMP = ".tmp-"
 
@@ -99,6 +99,6 @@ def _remove_if_free(top_fd: int, name: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return  # its deletion is under way
-        userfs.rmtree_at(top_fd, name)
+        ownerrm.remove_at(top_fd, name)  # the server user's store: as that user
     finally:
         os.close(fd)

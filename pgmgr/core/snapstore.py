@@ -15,9 +15,9 @@ directory (a branch at ``<parent>/NEW`` gets ``<parent>/.pgmgr-snapshots/NEW``).
 also records the data directory and its system identifier (``global/pg_control``), so one
 moved in from another instance is refused. Only the server user and root can enter the
 store; as root, everything inside it runs as the server user (:func:`userfs.as_user`), and
-root itself only creates the two store directories, renames entries and removes a whole
-store from its own top directory (``destroy --with-snapshots``), through directory file
-descriptors opened with ``O_NOFOLLOW``.
+root itself only creates the two store directories and renames entries, through directory
+file descriptors opened with ``O_NOFOLLOW``; a whole store removed from root's top directory
+(``destroy --with-snapshots``) is emptied as the server user (:mod:`pgmgr.core.ownerrm`).
 """
 
 from __future__ import annotations

@@ -75,16 +75,29 @@ def instance_dir_name(datadir: Path) -> str:
 
 def _ensure_private(path: Path, user: ServerUser | None) -> bool:
     """Make ``path`` (0700, the server user's) unless it exists; True if it is private."""
-    from pgmgr.core.privileges import chown
-
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         return private_ok(path, user)
     except OSError:
         return False
-    os.chmod(path, 0o700)
-    chown(path, user)
+    from pgmgr.core import testhook
+
+    testhook.pause("runtime-dir-made")
+    # Through an O_NOFOLLOW fd of it, not by path: as root, in a temp dir another user
+    # can write, a symlink swapped in for it got root to chmod and chown its target.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return False
+        os.fchmod(fd, 0o700)
+        if user is not None:
+            os.fchown(fd, user.uid, user.gid)
+    finally:
+        os.close(fd)
     return private_ok(path, user)
 
 
@@ -212,6 +225,10 @@ def sweep(user: ServerUser | None, keep: Path | None = None) -> list[Path]:
                     if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or path == keep:
                         continue
                     if _stale(pfd, name):
-                        userfs.rmtree_at(pfd, name)
+                        from pgmgr.core import ownerrm
+
+                        # as the one who may remove it there: in the server user's
+                        # runtime directory, that user (root removed what it could not)
+                        ownerrm.remove_at(pfd, name)
                         removed.append(path)
     return removed

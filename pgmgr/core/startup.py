@@ -28,6 +28,7 @@ from pgmgr.core import (
     sigguard,
     state,
     testhook,
+    userfs,
     versions,
 )
 from pgmgr.core.errors import NotRunning, PortInUse, UsageError, WorkerError
@@ -180,7 +181,7 @@ def _spawn_on(srv: Server, plan: _Plan, port: int, socks: list[_Socket]) -> subp
     sockdir = listen.socket_dir(recorded, plan.socket_dir, port, plan.su, datadir)
     made = not plan.socket_dir and str(sockdir) != recorded and sockdir != datadir
     socks.append(_Socket(sockdir, made, recorded))
-    listen.clear_stale_socket_lock(sockdir, port, datadir)
+    listen.clear_stale_socket_lock(sockdir, port, datadir, plan.su)
     if srv.new:
         srv.save()  # claim the name first: the log file is named after it
     argv = server.postgres_argv(
@@ -329,8 +330,11 @@ def clear_stale_pidfile(srv: Server) -> None:
             "(in a container, or on another host) may be using it",
             hint=f"if you are sure none is, remove {pidfile} and start again",
         )
-    with contextlib.suppress(FileNotFoundError):
-        pidfile.unlink()
+    testhook.pause("stale-pidfile")
+    # As the server user: as root, the data directory's parent may be that user's, who
+    # could swap the directory for a symlink to another cluster's meanwhile (root removed
+    # that cluster's live postmaster.pid, letting a second postmaster in).
+    userfs.as_user(srv.user(), listen.unlink_missing_ok, str(pidfile))
 
 
 def ready_wait(srv: Server, timeout: float = 10.0) -> process.PidFile:

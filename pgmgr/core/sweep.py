@@ -189,8 +189,10 @@ def _remove_pid_dir(parent: str, name: str, uid: int) -> None:
     """Remove directory ``parent/name`` if it is ``uid``'s, through fds: opened without
     following a symlink, its owner checked on the fd (not a name that may have been
     swapped since), emptied through it, then removed (``rmdir``: refused if something
-    else took its place meanwhile)."""
-    from pgmgr.core import userfs
+    else took its place meanwhile). As root, a server user's is emptied as that user
+    (:mod:`pgmgr.core.ownerrm`): root removed what the user could not (a third user's
+    files in it)."""
+    from pgmgr.core import ownerrm, userfs
 
     with userfs.opened_dir(parent) as parent_fd:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
@@ -199,17 +201,18 @@ def _remove_pid_dir(parent: str, name: str, uid: int) -> None:
                 raise PermissionError(f"{name} is not uid {uid}'s")
             if _held(fd):  # a live run whose pid is not ours to see
                 raise BlockingIOError(f"{name} is held by a live run")
-            for entry in os.listdir(fd):
-                userfs.rmtree_at(fd, entry)
+            ownerrm.empty(fd)
         finally:
             os.close(fd)
-        os.rmdir(name, dir_fd=parent_fd)
+        ownerrm.remove_at(parent_fd, name)
 
 
 def _remove_run_dir(parent: str, name: str) -> None:
     """Remove ``parent/name`` through fds, its owner file last: a removal that fails half
-    way leaves a directory the next sweep still recognizes and retries."""
-    from pgmgr.core import userfs
+    way leaves a directory the next sweep still recognizes and retries. As root, what the
+    server user owns in it (its data directory, socket dir) is emptied as that user
+    (:mod:`pgmgr.core.ownerrm`)."""
+    from pgmgr.core import ownerrm, userfs
 
     with userfs.opened_dir(parent) as parent_fd:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
@@ -218,7 +221,7 @@ def _remove_run_dir(parent: str, name: str) -> None:
                 raise BlockingIOError(f"{name} is held by a live run")
             for entry in os.listdir(fd):
                 if entry != OWNER_FILE:
-                    userfs.rmtree_at(fd, entry)
+                    ownerrm.remove_at(fd, entry)
         finally:
             os.close(fd)
-        userfs.rmtree_at(parent_fd, name)
+        ownerrm.remove_at(parent_fd, name)

@@ -111,7 +111,9 @@ def open_user_dir(user: ServerUser | None, root: Path | None = None) -> int:
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, 0o700)
                 return fd
-            userfs.rmtree_at(rfd, name)
+            from pgmgr.core import ownerrm
+
+            ownerrm.remove_at(rfd, name)  # a user's: emptied as that user
         raise OSError(errno.EAGAIN, "cannot make the template directory", str(root / name))
     finally:
         os.close(rfd)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import privileges, rmtree, server, sweep
+from pgmgr.core import ownerrm, privileges, server, sweep, testhook, userfs
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote, quote_ident
@@ -83,16 +83,31 @@ def _base_dir(prefix: str, root: str | None = None) -> Path:
     the server user or in a directory another user can write (who could swap it for a
     symlink before root writes its owner file in it and chmods it). It names its owner
     (this process), so that a later run can sweep it if this one is killed."""
-    from pgmgr.core import testhook
-
     base = sweep.make_dir(prefix, root)
     su = privileges.server_user(base, None) if privileges.is_root() else None
     if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
         base.rmdir()
         base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     testhook.pause("run-base-made")
-    (base / sweep.OWNER_FILE).write_text(sweep.owner_token(os.getpid()))
-    base.chmod(0o755)
+    # Through an fd of the new directory: as root, the temp dir (TMPDIR, the plugin's
+    # pgmgr_tmpdir) may be one another user can write, who could have swapped the new
+    # directory for a symlink meanwhile (root then chmodded and wrote where it pointed).
+    changed = PgmgrError(
+        f"{base} was replaced while it was made: another user can write {base.parent}",
+        hint="use a temporary directory only you can write (TMPDIR), or a sticky one",
+    )
+    try:
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (NotADirectoryError, FileNotFoundError):
+        raise changed from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise changed
+        token = sweep.owner_token(os.getpid()).encode()
+        userfs.write_file_at(fd, sweep.OWNER_FILE, token, 0o644, sync=False)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
     return base
 
 
@@ -219,7 +234,8 @@ class TemporaryInstance:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=30)
         if self.base is not None:
-            rmtree.remove(self.base, ignore_errors=True)
+            # as root, the server user's data and socket dirs in it go as that user
+            ownerrm.remove(self.base, ignore_errors=True)
         sweep.release(self._held)
         self.srv, self.base, self._held = None, None, None
         if self._guard_fd is not None:

@@ -2,8 +2,8 @@
 
 Root's part of the cache (``<templates>``: locks and ``<key>.json``) is root's own; each
 ``u<uid>`` belongs to its user, so everything inside is reached through directory fds opened
-with ``O_NOFOLLOW`` (sizes by ``fwalk``, removal by :func:`userfs.rmtree_at`): a symlink a
-user planted there is never followed.
+with ``O_NOFOLLOW`` (sizes by ``fwalk``): a symlink a user planted there is never followed.
+A removal in it runs as that user (:func:`pgmgr.core.ownerrm.as_owner`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import linked, userfs
+from pgmgr.core import linked, ownerrm
 from pgmgr.core.errors import doing
 from pgmgr.core.template import (
     LOCK_TIMEOUT,
@@ -150,17 +150,23 @@ def _remove(key: str, *, wait: bool) -> bool:
                         trash = f".{key}.tmp-trash-{os.getpid()}"
                         # renamed away first: a claim gets all or nothing
                         with doing("remove", root / user / name):
-                            os.rename(name, trash, src_dir_fd=ufd, dst_dir_fd=ufd)
-                            userfs.rmtree_at(ufd, trash)
+                            ownerrm.as_owner(ufd, _trash, ufd, name, trash)
             if _is_dir_at(rfd, key):  # a template of an older pgmgr, root's
                 existed = True
                 with doing("remove", root / key):
-                    userfs.rmtree_at(rfd, key)
+                    ownerrm.remove_at(rfd, key)  # what a server user owns: as that user
         finally:
             os.close(rfd)
         with contextlib.suppress(FileNotFoundError):
             (root / f"{key}.json").unlink()
         return existed
+
+
+def _trash(ufd: int, name: str, trash: str) -> None:
+    """As the owner of ``ufd`` (a user's part of the cache: as root, root renamed and
+    removed in it, and so removed what that user could not): rename, then remove."""
+    os.rename(name, trash, src_dir_fd=ufd, dst_dir_fd=ufd)
+    ownerrm.remove_here(ufd, trash)  # all that can go
 
 
 def prune(fields: dict[str, Any], keep: str) -> list[str]:

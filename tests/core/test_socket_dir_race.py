@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import listen, privileges, testhook, userfs
+from pgmgr.core import listen, privileges, sockets, testhook, userfs
 from pgmgr.core.errors import DatabaseException
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="root chowns to the server user")
@@ -126,3 +126,93 @@ def test_a_user_may_make_a_socket_dir_through_their_own_symlink() -> None:
         assert userfs.as_user(user, _made_under_own_symlink, base) == ["sock"]
     finally:
         shutil.rmtree(base)
+
+
+@as_root
+def test_a_fresh_socket_dir_swapped_for_a_symlink_chowns_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback, a fresh ``pgmgr-XXXXXXXX`` in the temp dir (the data directory too
+    deep for a socket path, the runtime directory not private): it was chowned by path,
+    and root gave the server user whatever a symlink swapped in for it pointed to."""
+    shared = Path(tempfile.mkdtemp(prefix="pgs-", dir="/tmp"))  # short: socket paths fit
+    try:
+        _fresh_race(tmp_path, shared, monkeypatch)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _fresh_race(tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared.chmod(0o777)  # another user can write it, and it is not sticky
+    monkeypatch.setenv("TMPDIR", str(shared))
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    user = privileges.lookup("postgres")
+    (shared / f"pgmgr-{user.uid}").write_text("")  # the runtime directory: not usable
+    datadir = tmp_path / ("d" * 100)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "socket-dir-fresh").touch()
+    monkeypatch.setattr(testhook, "_DIR", str(hooks))
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            listen.socket_dir(None, None, 5432, user, datadir)
+        except BaseException as e:  # handed to the test below
+            failed.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not (hooks / "socket-dir-fresh.reached").exists():
+        assert worker.is_alive() and time.monotonic() < deadline, failed
+        time.sleep(0.005)
+    (fresh,) = [p for p in shared.iterdir() if p.name != f"pgmgr-{user.uid}"]
+    fresh.rmdir()
+    fresh.symlink_to(victim)
+    (hooks / "socket-dir-fresh.go").touch()
+    worker.join(60)
+    assert victim.stat().st_uid == 0  # not given to postgres
+    assert len(failed) == 1 and isinstance(failed[0], DatabaseException), failed
+
+
+@as_root
+def test_the_runtime_dir_swapped_for_a_symlink_chowns_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-user runtime directory (``<temp dir>/pgmgr-<uid>``), made by root, was
+    chmodded and chowned by path: a symlink swapped in for it got root to give its target
+    to the server user."""
+    shared = Path(tempfile.mkdtemp(prefix="pgs-", dir="/tmp"))  # short: socket paths fit
+    try:
+        shared.chmod(0o777)  # another user can write it, and it is not sticky
+        monkeypatch.setenv("TMPDIR", str(shared))
+        monkeypatch.setattr(tempfile, "tempdir", str(shared))
+        user = privileges.lookup("postgres")
+        victim = tmp_path / "victim"
+        victim.mkdir(mode=0o755)
+        hooks = tmp_path / "hooks"
+        hooks.mkdir()
+        (hooks / "runtime-dir-made").touch()
+        monkeypatch.setattr(testhook, "_DIR", str(hooks))
+        found: list[object] = []
+        worker = threading.Thread(
+            target=lambda: found.append(sockets.default_dir(tmp_path / ("d" * 100), 5432, user))
+        )
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not (hooks / "runtime-dir-made.reached").exists():
+            assert worker.is_alive() and time.monotonic() < deadline, found
+            time.sleep(0.005)
+        base = shared / f"pgmgr-{user.uid}"
+        base.rmdir()
+        base.symlink_to(victim)
+        (hooks / "runtime-dir-made.go").touch()
+        worker.join(60)
+        assert found == [None]
+        st = victim.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755)  # not given to postgres
+    finally:
+        shutil.rmtree(shared)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import snapcatalog, snapstore, userfs
+from pgmgr.core import ownerrm, snapcatalog, snapstore
 from tests import fsyncspy
 
 
@@ -55,7 +55,7 @@ def test_a_deleted_store_is_renamed_durably_before_it_is_deleted(
     datadir = _store(tmp_path)
     top = snapstore.store_path(datadir).parent
     top_mark = fsyncspy.mark(top)
-    events = _spied(monkeypatch, userfs, "rmtree_at")
+    events = _spied(monkeypatch, ownerrm, "remove_at")
     snapcatalog.delete_all(datadir, None)
     assert os.listdir(top) == []
     assert top_mark in events[: events.index("remove")]
