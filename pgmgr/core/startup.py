@@ -225,9 +225,9 @@ def settle(srv: Server, pf: process.PidFile, timeout: float) -> process.PidFile:
     :raises ServerStopping: it is shutting down.
     :raises WorkerError: it exited, or was still starting after ``timeout``.
     """
-    if pf.status == "stopping":
+    if pf.phase == "stopping":
         raise ServerStopping(srv.inst.name, pf.pid)
-    if pf.status != "starting" or timeout <= 0:
+    if pf.phase != "starting" or timeout <= 0:  # (no status line yet: just spawned)
         return pf
     try:
         offset = launch.open_log_offset(srv.log_file)
