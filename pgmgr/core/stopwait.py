@@ -1,0 +1,167 @@
+"""A stop behind a stop: a stronger one takes over the shutdown in progress.
+
+A stop holds the instance's lock while it waits for the server to go, and a smart one
+waits for every client to disconnect: for ever, if one stays. Its error then says to
+stop with ``-m fast``; but that stop (another terminal, ``Manager.stop(mode="fast")``)
+waited for the lock and failed after 30 s, with the server still up.
+
+So a stop that waits longer than a blink leaves a note beside the lock (:func:`announced`:
+its pid, its mode, the postmaster's pid). A stop that finds the lock taken and such a note
+(:func:`locked`) sends its own signal when its mode is stronger: PostgreSQL takes a fast
+(SIGINT) or immediate (SIGQUIT) shutdown request during a smart or fast one, and ignores a
+weaker one. It writes its mode and pid into the note; the stop in progress sees the server
+go, reads the note, and says who ended it (:attr:`Server.ended_by`). A stop as strong or
+weaker waits for that stop as it would for the server, up to its own timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pgmgr.core import dirlock, paths, process
+from pgmgr.core.errors import WorkerError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pgmgr.core.instance import Server
+
+#: The stop modes, weakest first: PostgreSQL moves up this scale, never down.
+RANK = {"smart": 0, "fast": 1, "immediate": 2}
+#: How long a stop waits before it leaves its note: most are over by then (a fast stop
+#: takes ~16 ms), and they cost no write.
+QUIET = 0.25
+#: How often a stop waiting for the lock looks at the note.
+POLL = 0.02
+
+
+@dataclass(frozen=True)
+class Note:
+    """A stop in progress: the pgmgr process ``pid`` waits for ``postmaster`` to go, in
+    ``mode``; ``by``: the pid of the stronger stop that escalated it to ``mode``."""
+
+    pid: int
+    ticks: int | None
+    postmaster: int
+    mode: str
+    by: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mode": self.mode, "pid": self.by}
+
+    def holder(self) -> str:
+        return f"a {self.mode} stop (pgmgr pid {self.pid})"
+
+
+def _path(datadir: Path) -> Path:
+    return dirlock.lock_file(datadir, ".stopping")
+
+
+def _write(datadir: Path, note: Note) -> None:
+    data = {"pid": note.pid, "ticks": note.ticks, "postmaster": note.postmaster,
+            "mode": note.mode, "by": note.by}  # fmt: skip
+    paths.write_atomic(_path(datadir), json.dumps(data).encode())
+
+
+def read(datadir: Path) -> Note | None:
+    """The note of a stop that is still at work on ``datadir``'s running server, if any."""
+    text = process.read_small(_path(datadir))
+    try:
+        data = json.loads(text or "")
+        note = Note(int(data["pid"]), data.get("ticks"), int(data["postmaster"]),
+                    str(data["mode"]), data.get("by"))  # fmt: skip
+    except (ValueError, TypeError, KeyError):
+        return None
+    if note.mode not in RANK or not process.is_alive(note.pid):
+        return None
+    if note.ticks is not None and process.start_ticks(note.pid) != note.ticks:
+        return None  # its pid reused
+    return note
+
+
+@contextlib.contextmanager
+def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
+    """Around the wait of a stop that holds ``srv``'s lock (see the module's doc); once it
+    ends, :attr:`Server.ended_by` says which stronger stop ended it, if one did. Best
+    effort: a note that cannot be written leaves the stop as it was (no take-over)."""
+    me = os.getpid()
+    note = Note(me, process.start_ticks(me), postmaster, mode)
+    with contextlib.suppress(OSError):
+        _write(srv.datadir, note)
+    try:
+        yield
+    finally:
+        now = read(srv.datadir)
+        if now is not None and now.pid == me and now.by is not None:
+            srv.ended_by = now
+        with contextlib.suppress(OSError):
+            _path(srv.datadir).unlink()
+
+
+def take_over(srv: Server, mode: str) -> Note | None:
+    """If a weaker stop holds the lock and waits for the server: escalate it to ``mode``
+    (see the module's doc); the note it had, or None."""
+    note = read(srv.datadir)
+    if note is None or RANK[mode] <= RANK[note.mode]:
+        return None
+    pf = srv.running()
+    if pf is None or pf.pid != note.postmaster or pf.status != "stopping":
+        return None
+    from pgmgr.core import launch
+
+    with contextlib.suppress(OSError):  # the stop in progress says who ended it
+        _write(srv.datadir, Note(note.pid, note.ticks, note.postmaster, mode, os.getpid()))
+    launch.send_stop(pf.pid, mode)
+    return note
+
+
+@contextlib.contextmanager
+def locked(
+    srv: Server, mode: str, timeout: float | None, *, only: tuple[str, ...] | None = None,
+    lock_timeout: float = 30.0,
+) -> Iterator[Note | None]:  # fmt: skip
+    """:func:`pgmgr.core.locked.locked` for a stop in ``mode``: while another stop holds
+    the lock and waits for the server, escalate it if ``mode`` is stronger
+    (:func:`take_over`), and wait for it up to this stop's ``timeout``; else wait for the
+    lock up to ``lock_timeout``, as any command. Yields the note of the stop this one
+    ended, or None.
+
+    :raises WorkerError: the stop in progress still waits after ``timeout``.
+    :raises Busy: another command held the lock for ``lock_timeout``.
+    """
+    from pgmgr.core import locked as lock
+
+    t0 = time.monotonic()
+    ended: Note | None = None
+    seen: Note | None = None
+    while dirlock.is_locked(srv.datadir):
+        note = read(srv.datadir)
+        if note is not None:
+            seen = note
+            ended = take_over(srv, mode) or ended
+        waited = time.monotonic() - t0
+        if seen is None and waited >= lock_timeout:
+            break  # the lock's own wait says it is busy
+        if seen is not None and timeout is not None and waited >= timeout:
+            raise _still_stopping(srv, seen, timeout)
+        time.sleep(POLL)
+    left = lock_timeout if seen is not None else lock_timeout - (time.monotonic() - t0)
+    with lock.locked(srv, max(left, POLL), only=only):
+        yield ended
+
+
+def _still_stopping(srv: Server, seen: Note, timeout: float) -> WorkerError:
+    smart = seen.mode == "smart"
+    return WorkerError(
+        f"'{srv.inst.name}' is still being stopped by {seen.holder()} after {timeout:g} s"
+        + ("; it waits for its clients to disconnect" if smart else ""),
+        hint=f"end them with 'pgmgr stop {srv.inst.name} -m fast'"
+        if smart
+        else f"wait for it, or run 'pgmgr stop {srv.inst.name} -m immediate'",
+    )

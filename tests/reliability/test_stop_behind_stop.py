@@ -1,0 +1,124 @@
+"""A stop behind a stop in progress (see pgmgr.core.stopwait), on real servers.
+
+A smart stop held open by a client session holds the instance's lock while it waits; its
+own error says to stop with ``-m fast``. That stronger stop (the CLI's, the library's) takes
+the shutdown over and returns once the server is down; the smart stop then says who ended it.
+A stop as strong waits for it (its timeout), and a start behind it starts one server, after.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from pgmgr.core import process
+from tests.helpers import postmasters_under
+from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr_argv
+
+
+def _smart_stop_waiting(inst: Inst) -> tuple[subprocess.Popen[str], Any]:
+    """``pgmgr stop NAME -m smart`` waiting for a client session (returned, open)."""
+    assert inst.start("-p", "auto").returncode == 0
+    conn = inst.connect(autocommit=True)
+    proc = subprocess.Popen(
+        pgmgr_argv("stop", inst.name, "-m", "smart", "--timeout", "120", "--json"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+        assert time.monotonic() < deadline and proc.poll() is None, "the smart stop never began"
+        time.sleep(0.005)
+    return proc, conn
+
+
+def _ended(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, dict[str, Any], str]:
+    import json
+
+    out, err = proc.communicate(timeout=timeout)
+    assert "Traceback" not in err, err
+    return proc.returncode, json.loads(out) if out else {}, err
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_stronger_stop_ends_a_smart_stop_in_progress(cluster: InstFactory, mode: str) -> None:
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    try:
+        pid = inst.pid()
+        t0 = time.monotonic()
+        run = inst.stop("-m", mode, "--json")
+        assert run.returncode == 0, str(run)
+        assert time.monotonic() - t0 < 20, str(run)  # not the lock's 30 s
+        assert run.json()["was_running"] is True and run.json()["pid"] == pid, str(run)
+        assert run.json()["took_over"]["mode"] == "smart", str(run)
+        assert "this stop ended it" in run.stderr, str(run)
+        assert pid is not None and not process.is_alive(pid)
+        code, result, err = _ended(smart)
+        assert code == 0, err
+        assert result["was_running"] is True and result["ended_by"]["mode"] == mode, result
+        assert f"ended by a {mode} stop" in err, err
+        assert inst.status().json()["state"] == "stopped"
+    finally:
+        conn.close()
+        if smart.poll() is None:
+            smart.kill()
+            smart.communicate()
+
+
+def test_manager_stop_fast_ends_a_smart_stop_in_progress(cluster: InstFactory) -> None:
+    from pgmgr import Manager
+
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    try:
+        m = Manager("127.0.0.1", inst.record()["port"], inst.datadir)
+        assert m.stop(mode="fast", timeout=20) is True
+        assert inst.pid() is None
+        code, result, err = _ended(smart)
+        assert code == 0 and result["ended_by"]["mode"] == "fast", err
+    finally:
+        conn.close()
+        if smart.poll() is None:
+            smart.kill()
+            smart.communicate()
+
+
+def test_an_equal_stop_waits_for_the_stop_in_progress_and_start_follows_it(
+    cluster: InstFactory,
+) -> None:
+    """A second smart stop waits for the first within its own timeout and says why; a start
+    behind the stop waits for it, then starts the one server (never a second beside it)."""
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    start = None
+    try:
+        run = inst.stop("-m", "smart", "--timeout", "1")
+        err = one_error(run)
+        assert run.returncode == 1 and "still being stopped by a smart stop" in err, str(run)
+        assert "-m fast" in run.stderr, str(run)
+        assert inst.status().json()["state"] == "stopping"
+        start = subprocess.Popen(
+            pgmgr_argv("start", inst.name),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        assert start.poll() is None, start.communicate()  # waits behind the stop
+        assert len(postmasters_under(inst.datadir)) == 1
+    finally:
+        conn.close()  # the smart stop completes
+    code, result, err = _ended(smart)
+    assert code == 0 and result["ended_by"] is None and "ended by" not in err, err
+    _, err = start.communicate(timeout=60)
+    assert start.returncode == 0 and "Started" in err, err
+    assert len(postmasters_under(inst.datadir)) == 1
+    assert inst.sql("SELECT 1") == [(1,)]
+    assert inst.stop().returncode == 0
