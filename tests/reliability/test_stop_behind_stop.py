@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from pgmgr.core import process
+from pgmgr.core.errors import Busy
+from pgmgr.core.instance import Server
+from pgmgr.core.locked import locked
 from tests.helpers import postmasters_under
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr_argv
 
@@ -103,6 +106,10 @@ def test_an_equal_stop_waits_for_the_stop_in_progress_and_start_follows_it(
         assert run.returncode == 1 and "still being stopped by a smart stop" in err, str(run)
         assert "-m fast" in run.stderr, str(run)
         assert inst.status().json()["state"] == "stopping"
+        what = r"a smart stop \(pgmgr pid \d+\) waits for the server to go"
+        with pytest.raises(Busy, match=what) as busy, locked(Server.load(inst.name), 0.5):
+            pass  # what any command says once its wait for the lock ends
+        assert busy.value.hint and "-m fast" in busy.value.hint
         start = subprocess.Popen(
             pgmgr_argv("start", inst.name),
             stdin=subprocess.DEVNULL,
