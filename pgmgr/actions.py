@@ -391,6 +391,8 @@ def _stop_how(srv: Server, took_over: Note | None) -> str:
     if srv.ended_by is not None:
         by = srv.ended_by
         return f" (ended by a {by.mode} stop, pgmgr pid {by.by}, run meanwhile)"
+    if took_over is not None and took_over.mode == "start":
+        return f" ({took_over.holder()} waited for it to be ready: this stop ended that wait)"
     if took_over is not None:
         return f" (it was being stopped by {took_over.holder()}: this stop ended it)"
     return ""

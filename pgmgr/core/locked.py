@@ -50,7 +50,8 @@ def locked(
 @contextlib.contextmanager
 def _behind_stop(srv: Server) -> Iterator[None]:
     """A lock that stayed busy because a stop waits for the server to go (a smart one, for
-    its clients): say so, and how to end it (see :mod:`pgmgr.core.stopwait`)."""
+    its clients), or a start for it to be ready: say so, and how to end it (see
+    :mod:`pgmgr.core.stopwait`)."""
     try:
         yield
     except Busy as e:
@@ -60,11 +61,11 @@ def _behind_stop(srv: Server) -> Iterator[None]:
         if note is None:
             raise
         smart = note.mode == "smart"
-        e.message += f": {note.holder()} waits for the server to go" + (
+        e.message += f": {note.holder()} waits for the server {note.waits_for()}" + (
             " (for its clients to disconnect)" if smart else ""
         )
-        stronger = "fast" if smart else "immediate"
-        e.hint = e.hint or f"end it with 'pgmgr stop {srv.inst.name} -m {stronger}'"
+        end = {"start": "", "smart": " -m fast"}.get(note.mode, " -m immediate")
+        e.hint = e.hint or f"wait, or end it with 'pgmgr stop {srv.inst.name}{end}'"
         raise
 
 

@@ -12,6 +12,12 @@ its pid, its mode, the postmaster's pid). A stop that finds the lock taken and s
 weaker one. It writes its mode and pid into the note; the stop in progress sees the server
 go, reads the note, and says who ended it (:attr:`Server.ended_by`). A stop as strong or
 weaker waits for that stop as it would for the server, up to its own timeout.
+
+A start that waits for its server to be ready (a long crash recovery, up to its
+``--timeout``) holds the lock too: it leaves the same note (mode ``start``), and any stop
+behind it stops the server at once (PostgreSQL ends a recovery on a shutdown request); the
+start then ends saying that stop stopped it (exit code 3, not running), not that postgres
+"exited during start-up".
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ if TYPE_CHECKING:
 
     from pgmgr.core.instance import Server
 
-#: The stop modes, weakest first: PostgreSQL moves up this scale, never down.
-RANK = {"smart": 0, "fast": 1, "immediate": 2}
+#: The stop modes, weakest first: PostgreSQL moves up this scale, never down. A start
+#: waiting for its server (:data:`START`) is ended by any stop.
+START = "start"
+RANK = {START: -1, "smart": 0, "fast": 1, "immediate": 2}
 #: How long a stop waits before it leaves its note: most are over by then (a fast stop
 #: takes ~16 ms), and they cost no write.
 QUIET = 0.25
@@ -44,7 +52,8 @@ POLL = 0.02
 @dataclass(frozen=True)
 class Note:
     """A stop in progress: the pgmgr process ``pid`` waits for ``postmaster`` to go, in
-    ``mode``; ``by``: the pid of the stronger stop that escalated it to ``mode``."""
+    ``mode`` (or to be ready: :data:`START`); ``by``: the pid of the stronger stop that
+    escalated it to ``mode``."""
 
     pid: int
     ticks: int | None
@@ -56,11 +65,15 @@ class Note:
         return {"mode": self.mode, "pid": self.by}
 
     def holder(self) -> str:
-        return f"a {self.mode} stop (pgmgr pid {self.pid})"
+        what = "start" if self.mode == START else f"{self.mode} stop"
+        return f"a {what} (pgmgr pid {self.pid})"
+
+    def waits_for(self) -> str:
+        return "to be ready" if self.mode == START else "to go"
 
 
 def _path(datadir: Path) -> Path:
-    return dirlock.lock_file(datadir, ".stopping")
+    return dirlock.lock_file(datadir, ".waits")
 
 
 def _write(datadir: Path, note: Note) -> None:
@@ -70,7 +83,7 @@ def _write(datadir: Path, note: Note) -> None:
 
 
 def read(datadir: Path) -> Note | None:
-    """The note of a stop that is still at work on ``datadir``'s running server, if any."""
+    """The note of a stop (or start) still at work on ``datadir``'s server, if any."""
     text = process.read_small(_path(datadir))
     try:
         data = json.loads(text or "")
@@ -91,6 +104,7 @@ def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
     ends, :attr:`Server.ended_by` says which stronger stop ended it, if one did. Best
     effort: a note that cannot be written leaves the stop as it was (no take-over)."""
     me = os.getpid()
+    srv.ended_by = None
     note = Note(me, process.start_ticks(me), postmaster, mode)
     with contextlib.suppress(OSError):
         _write(srv.datadir, note)
@@ -104,20 +118,66 @@ def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
             _path(srv.datadir).unlink()
 
 
+def quick(datadir: Path, pid: int, seconds: float) -> bool:
+    """Whether the server ``pid`` a start waits for is ready, or gone, within ``seconds``:
+    most are (~35 ms), and leave no note."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pf = process.PidFile.read(datadir)
+        if pf is not None and pf.pid == pid and pf.phase in ("ready", "standby"):
+            return True
+        if not process.is_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(process.POLL)
+
+
+@contextlib.contextmanager
+def starting(srv: Server, pid: int, timeout: float) -> Iterator[float]:
+    """Around the wait of a start (holding ``srv``'s lock) for the server ``pid``: a note
+    once it takes longer than a blink, so that a stop behind it stops the server (see the
+    module's doc). Yields what is left of ``timeout``; :attr:`Server.ended_by` says which
+    stop ended the wait, if one did."""
+    t0 = time.monotonic()
+    srv.ended_by = None
+    if quick(srv.datadir, pid, min(timeout, QUIET)):
+        yield max(0.0, timeout - (time.monotonic() - t0))
+        return
+    with announced(srv, pid, START):
+        yield max(0.0, timeout - (time.monotonic() - t0))
+
+
+def _spawned(pid: int, datadir: Path) -> bool:
+    """``pid`` (from a start's note: pgmgr's own state directory) is the postgres it
+    spawned for ``datadir``: serving it, or started for it (``-D``) and not in it yet."""
+    if process.serves(pid, datadir):
+        return True
+    argv = process.cmdline(pid) if process.is_alive(pid) else []
+    dirs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-D"]
+    named = bool(argv) and os.path.basename(argv[0]) in ("postgres", "postmaster")
+    return named and any(process._same_path(d, datadir) for d in dirs)
+
+
 def take_over(srv: Server, mode: str) -> Note | None:
-    """If a weaker stop holds the lock and waits for the server: escalate it to ``mode``
-    (see the module's doc); the note it had, or None."""
+    """If a weaker stop (or a start) holds the lock and waits for the server: escalate it
+    to ``mode`` (see the module's doc); the note it had, or None."""
     note = read(srv.datadir)
     if note is None or RANK[mode] <= RANK[note.mode]:
         return None
     pf = srv.running()
-    if pf is None or pf.pid != note.postmaster or pf.status != "stopping":
-        return None
+    if pf is None and note.mode == START:  # the start's own spawn, without its pid file yet
+        if not _spawned(note.postmaster, srv.datadir):
+            return None
+    else:
+        phase = "starting" if note.mode == START else "stopping"
+        if pf is None or pf.pid != note.postmaster or pf.phase != phase:
+            return None
     from pgmgr.core import launch
 
     with contextlib.suppress(OSError):  # the stop in progress says who ended it
         _write(srv.datadir, Note(note.pid, note.ticks, note.postmaster, mode, os.getpid()))
-    launch.send_stop(pf.pid, mode)
+    launch.send_stop(note.postmaster, mode)
     return note
 
 
@@ -157,11 +217,14 @@ def locked(
 
 
 def _still_stopping(srv: Server, seen: Note, timeout: float) -> WorkerError:
+    name = srv.inst.name
+    if seen.mode == START:  # not taken over: it no longer waits for the server
+        return WorkerError(f"'{name}' is still held by {seen.holder()} after {timeout:g} s")
     smart = seen.mode == "smart"
     return WorkerError(
-        f"'{srv.inst.name}' is still being stopped by {seen.holder()} after {timeout:g} s"
+        f"'{name}' is still being stopped by {seen.holder()} after {timeout:g} s"
         + ("; it waits for its clients to disconnect" if smart else ""),
-        hint=f"end them with 'pgmgr stop {srv.inst.name} -m fast'"
+        hint=f"end them with 'pgmgr stop {name} -m fast'"
         if smart
-        else f"wait for it, or run 'pgmgr stop {srv.inst.name} -m immediate'",
+        else f"wait for it, or run 'pgmgr stop {name} -m immediate'",
     )

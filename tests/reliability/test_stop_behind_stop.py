@@ -4,12 +4,17 @@ A smart stop held open by a client session holds the instance's lock while it wa
 own error says to stop with ``-m fast``. That stronger stop (the CLI's, the library's) takes
 the shutdown over and returns once the server is down; the smart stop then says who ended it.
 A stop as strong waits for it (its timeout), and a start behind it starts one server, after.
+A start waiting for its server to be ready (crash recovery) holds the lock too: a stop
+behind it stops the server, and the start says so.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +24,16 @@ from pgmgr.core.errors import Busy
 from pgmgr.core.instance import Server
 from pgmgr.core.locked import locked
 from tests.helpers import postmasters_under
-from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr_argv
+from tests.pause import Paused
+from tests.reliability.conftest import (
+    Inst,
+    InstFactory,
+    one_error,
+    pgmgr,
+    pgmgr_argv,
+    start_frozen_before_ready,
+)
+from tests.reliability.test_start_states import _spawn_frozen_in_starting
 
 
 def _smart_stop_waiting(inst: Inst) -> tuple[subprocess.Popen[str], Any]:
@@ -129,3 +143,112 @@ def test_an_equal_stop_waits_for_the_stop_in_progress_and_start_follows_it(
     assert len(postmasters_under(inst.datadir)) == 1
     assert inst.sql("SELECT 1") == [(1,)]
     assert inst.stop().returncode == 0
+
+
+def _stop_in_background(inst: Inst) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        pgmgr_argv("stop", inst.name, "-m", "fast", "--json"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _signalled(pid: int, sig: int, timeout: float = 30) -> None:
+    """Wait until the frozen ``pid`` has ``sig`` pending (a stop sent it)."""
+    deadline = time.monotonic() + timeout
+    mask = 1 << (sig - 1)
+    while True:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pending = [ln for ln in status.splitlines() if ln.startswith(("ShdPnd:", "SigPnd:"))]
+        if any(int(ln.split()[1], 16) & mask for ln in pending):
+            return
+        assert time.monotonic() < deadline, "the stop never signalled the server"
+        time.sleep(0.01)
+
+
+def test_a_stop_ends_a_start_waiting_for_a_recovering_server(cluster: InstFactory) -> None:
+    """A start that waits for a server still starting (crash recovery: held in 'starting'
+    by SIGSTOP, see test_start_states) holds the lock; a stop behind it stops that server
+    (the fast signal waits, pending, until the test lets it go on) and returns at once; the
+    start says so, exit 3."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    assert inst.stop("-m", "immediate").returncode == 0  # the next start recovers
+    pid = _spawn_frozen_in_starting(inst)
+    stop = None
+    start = subprocess.Popen(
+        pgmgr_argv("start", inst.name, "--timeout", "120"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        assert start.poll() is None, start.communicate()  # waits for ready
+        stop = _stop_in_background(inst)
+        _signalled(pid, signal.SIGINT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    code, result, err = _ended(stop, 60)
+    assert code == 0 and result["took_over"]["mode"] == "start", err
+    assert "this stop ended that wait" in err, err
+    _, err = start.communicate(timeout=60)
+    assert start.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert not process.is_alive(pid) and inst.status().json()["state"] == "stopped"
+
+
+def test_a_stop_ends_a_start_waiting_for_its_own_server(cluster: InstFactory, hooks: Path) -> None:
+    """The same for the server the start spawned itself (frozen before it was ready)."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0 and inst.stop().returncode == 0
+    paused, pid = start_frozen_before_ready(inst, hooks)
+    with paused:
+        try:
+            (hooks / f"{paused.step}.go").touch()  # the start goes on to wait for ready
+            time.sleep(1.0)
+            assert paused.proc.poll() is None, paused.proc.communicate()
+            stop = _stop_in_background(inst)
+            _signalled(pid, signal.SIGINT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, result, err = _ended(stop, 60)
+        assert code == 0 and result["took_over"]["mode"] == "start", err
+        _, err = paused.proc.communicate(timeout=60)
+        assert paused.proc.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert not process.is_alive(pid) and inst.status().json()["state"] == "stopped"
+    assert inst.start().returncode == 0 and inst.stop().returncode == 0
+
+
+def test_a_stop_during_start_init_keeps_the_new_instance(work: Path, hooks: Path) -> None:
+    """A 'start --init' whose start a stop ends has not failed its init: the instance it
+    made stays, stopped (a start that fails by itself removes it)."""
+    datadir = work / "fresh"
+    with Paused(hooks, "start-spawned", "start", "--init", "-d", str(datadir), "-p", "auto",
+                "--name", "fresh") as paused:  # fmt: skip
+        paused.reached()
+        (pid,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            (hooks / f"{paused.step}.go").touch()
+            time.sleep(1.0)
+            stop = subprocess.Popen(
+                pgmgr_argv("stop", "fresh", "--json"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            _signalled(pid, signal.SIGINT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, result, err = _ended(stop, 60)
+        assert code == 0 and result["took_over"]["mode"] == "start", err
+        _, err = paused.proc.communicate(timeout=60)
+        assert paused.proc.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert (datadir / "PG_VERSION").is_file()  # kept
+    run = pgmgr("start", "fresh", "-p", "auto")
+    assert run.returncode == 0, str(run)
+    assert pgmgr("stop", "fresh").returncode == 0
