@@ -82,8 +82,7 @@ def _write(datadir: Path, note: Note) -> None:
     paths.write_atomic(_path(datadir), json.dumps(data).encode())
 
 
-def read(datadir: Path) -> Note | None:
-    """The note of a stop (or start) still at work on ``datadir``'s server, if any."""
+def _load(datadir: Path) -> Note | None:
     text = process.read_small(_path(datadir))
     try:
         data = json.loads(text or "")
@@ -91,7 +90,15 @@ def read(datadir: Path) -> Note | None:
                     str(data["mode"]), data.get("by"))  # fmt: skip
     except (ValueError, TypeError, KeyError):
         return None
-    if note.mode not in RANK or not process.is_alive(note.pid):
+    return note if note.mode in RANK else None
+
+
+def read(datadir: Path) -> Note | None:
+    """The note of a stop (or start) still at work on ``datadir``'s server, if any: its
+    pgmgr and the server it waits for both still there (a note left behind by a take-over
+    that came as the stop ended names a server gone)."""
+    note = _load(datadir)
+    if note is None or not process.is_alive(note.pid) or not process.is_alive(note.postmaster):
         return None
     if note.ticks is not None and process.start_ticks(note.pid) != note.ticks:
         return None  # its pid reused
@@ -111,7 +118,7 @@ def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
     try:
         yield
     finally:
-        now = read(srv.datadir)
+        now = _load(srv.datadir)  # (the server it waited for is gone now)
         if now is not None and now.pid == me and now.by is not None:
             srv.ended_by = now
         with contextlib.suppress(OSError):
