@@ -23,6 +23,7 @@ start then ends saying that stop stopped it (exit code 3, not running), not that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -53,20 +54,23 @@ POLL = 0.02
 class Note:
     """A stop in progress: the pgmgr process ``pid`` waits for ``postmaster`` to go, in
     ``mode`` (or to be ready: :data:`START`); ``by``: the pid of the stronger stop that
-    escalated it to ``mode``."""
+    escalated it to ``mode``; ``command``: the pgmgr command at work (a restart's or a
+    snapshot's stop, say), when it is not a stop."""
 
     pid: int
     ticks: int | None
     postmaster: int
     mode: str
     by: int | None = None
+    command: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"mode": self.mode, "pid": self.by}
 
     def holder(self) -> str:
         what = "start" if self.mode == START else f"{self.mode} stop"
-        return f"a {what} (pgmgr pid {self.pid})"
+        of = f" of 'pgmgr {self.command}'" if self.command else ""
+        return f"a {what}{of} (pgmgr pid {self.pid})"
 
     def waits_for(self) -> str:
         return "to be ready" if self.mode == START else "to go"
@@ -78,7 +82,7 @@ def _path(datadir: Path) -> Path:
 
 def _write(datadir: Path, note: Note) -> None:
     data = {"pid": note.pid, "ticks": note.ticks, "postmaster": note.postmaster,
-            "mode": note.mode, "by": note.by}  # fmt: skip
+            "mode": note.mode, "by": note.by, "command": note.command}  # fmt: skip
     paths.write_atomic(_path(datadir), json.dumps(data).encode())
 
 
@@ -87,7 +91,7 @@ def _load(datadir: Path) -> Note | None:
     try:
         data = json.loads(text or "")
         note = Note(int(data["pid"]), data.get("ticks"), int(data["postmaster"]),
-                    str(data["mode"]), data.get("by"))  # fmt: skip
+                    str(data["mode"]), data.get("by"), data.get("command"))  # fmt: skip
     except (ValueError, TypeError, KeyError):
         return None
     return note if note.mode in RANK else None
@@ -112,7 +116,9 @@ def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
     effort: a note that cannot be written leaves the stop as it was (no take-over)."""
     me = os.getpid()
     srv.ended_by = None
-    note = Note(me, process.start_ticks(me), postmaster, mode)
+    # a command that stops the server for its work marked the record (pgmgr.core.stopmark)
+    command = str((srv.marked or {}).get("command") or "") or None
+    note = Note(me, process.start_ticks(me), postmaster, mode, command=command)
     with contextlib.suppress(OSError):
         _write(srv.datadir, note)
     try:
@@ -183,7 +189,7 @@ def take_over(srv: Server, mode: str) -> Note | None:
     from pgmgr.core import launch
 
     with contextlib.suppress(OSError):  # the stop in progress says who ended it
-        _write(srv.datadir, Note(note.pid, note.ticks, note.postmaster, mode, os.getpid()))
+        _write(srv.datadir, dataclasses.replace(note, mode=mode, by=os.getpid()))
     launch.send_stop(note.postmaster, mode)
     return note
 

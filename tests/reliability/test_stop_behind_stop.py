@@ -252,3 +252,34 @@ def test_a_stop_during_start_init_keeps_the_new_instance(work: Path, hooks: Path
     run = pgmgr("start", "fresh", "-p", "auto")
     assert run.returncode == 0, str(run)
     assert pgmgr("stop", "fresh").returncode == 0
+
+
+def test_a_stop_behind_a_smart_restart_ends_its_stop_then_stops_what_it_started(
+    cluster: InstFactory,
+) -> None:
+    """A restart's smart stop is taken over as a stop's is: the restart goes on (it starts
+    the server again, with a new pid), and the stop behind it stops that one: stopped last,
+    as asked last."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    conn = inst.connect(autocommit=True)
+    restart = subprocess.Popen(
+        pgmgr_argv("restart", inst.name, "-m", "smart", "--timeout", "120"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+            assert time.monotonic() < deadline and restart.poll() is None, "no restart began"
+            time.sleep(0.005)
+        run = inst.stop("-m", "fast", "--json")
+        assert run.returncode == 0 and run.json()["took_over"]["mode"] == "smart", str(run)
+        assert "of 'pgmgr restart'" in run.stderr, str(run)
+    finally:
+        conn.close()
+    _, err = restart.communicate(timeout=60)
+    assert restart.returncode == 0 and "Restarted" in err, err
+    assert inst.pid() is None and inst.status().json()["state"] == "stopped"
