@@ -388,9 +388,12 @@ def stop(
 
 def _stop_how(srv: Server, took_over: Note | None) -> str:
     """How a stop ended, when another stop took part (see pgmgr.core.stopwait)."""
+    from pgmgr.core import stopwait
+
     if srv.ended_by is not None:
         by = srv.ended_by
-        return f" (ended by a {by.mode} stop, pgmgr pid {by.by}, run meanwhile)"
+        a = stopwait.article(by.mode)
+        return f" (ended by {a} {by.mode} stop, pgmgr pid {by.by}, run meanwhile)"
     if took_over is not None and took_over.mode == "start":
         return f" ({took_over.holder()} waited for it to be ready: this stop ended that wait)"
     if took_over is not None:

@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 #: waiting for its server (:data:`START`) is ended by any stop.
 START = "start"
 RANK = {START: -1, "smart": 0, "fast": 1, "immediate": 2}
+#: The commands whose wait a stop takes over (None: 'pgmgr stop', 'pgmgr start', the
+#: library's). Not a snapshot's, restore's, branch's or upgrade's: its copy of a server
+#: stopped in immediate mode instead of fast would not be of a clean shutdown.
+TAKEN_OVER = (None, "restart")
 #: How long a stop waits before it leaves its note: most are over by then (a fast stop
 #: takes ~16 ms), and they cost no write.
 QUIET = 0.25
@@ -70,10 +74,15 @@ class Note:
     def holder(self) -> str:
         what = "start" if self.mode == START else f"{self.mode} stop"
         of = f" of 'pgmgr {self.command}'" if self.command else ""
-        return f"a {what}{of} (pgmgr pid {self.pid})"
+        return f"{article(what)} {what}{of} (pgmgr pid {self.pid})"
 
     def waits_for(self) -> str:
         return "to be ready" if self.mode == START else "to go"
+
+
+def article(word: str) -> str:
+    """ "a" or "an" before ``word`` (an immediate stop)."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _path(datadir: Path) -> Path:
@@ -176,7 +185,7 @@ def take_over(srv: Server, mode: str) -> Note | None:
     """If a weaker stop (or a start) holds the lock and waits for the server: escalate it
     to ``mode`` (see the module's doc); the note it had, or None."""
     note = read(srv.datadir)
-    if note is None or RANK[mode] <= RANK[note.mode]:
+    if note is None or RANK[mode] <= RANK[note.mode] or note.command not in TAKEN_OVER:
         return None
     pf = srv.running()
     if pf is None and note.mode == START:  # the start's own spawn, without its pid file yet

@@ -79,7 +79,7 @@ def test_a_stronger_stop_ends_a_smart_stop_in_progress(cluster: InstFactory, mod
         code, result, err = _ended(smart)
         assert code == 0, err
         assert result["was_running"] is True and result["ended_by"]["mode"] == mode, result
-        assert f"ended by a {mode} stop" in err, err
+        assert f"ended by {'an' if mode == 'immediate' else 'a'} {mode} stop" in err, err
         assert inst.status().json()["state"] == "stopped"
     finally:
         conn.close()
@@ -155,15 +155,17 @@ def _stop_in_background(inst: Inst) -> subprocess.Popen[str]:
     )
 
 
+def _pending(pid: int, sig: int) -> bool:
+    """Whether the frozen ``pid`` has ``sig`` pending."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = [ln for ln in status.splitlines() if ln.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(int(ln.split()[1], 16) & (1 << (sig - 1)) for ln in pending)
+
+
 def _signalled(pid: int, sig: int, timeout: float = 30) -> None:
     """Wait until the frozen ``pid`` has ``sig`` pending (a stop sent it)."""
     deadline = time.monotonic() + timeout
-    mask = 1 << (sig - 1)
-    while True:
-        status = Path(f"/proc/{pid}/status").read_text()
-        pending = [ln for ln in status.splitlines() if ln.startswith(("ShdPnd:", "SigPnd:"))]
-        if any(int(ln.split()[1], 16) & mask for ln in pending):
-            return
+    while not _pending(pid, sig):
         assert time.monotonic() < deadline, "the stop never signalled the server"
         time.sleep(0.01)
 
@@ -283,3 +285,39 @@ def test_a_stop_behind_a_smart_restart_ends_its_stop_then_stops_what_it_started(
     _, err = restart.communicate(timeout=60)
     assert restart.returncode == 0 and "Restarted" in err, err
     assert inst.pid() is None and inst.status().json()["state"] == "stopped"
+
+
+def test_an_immediate_stop_leaves_a_snapshots_fast_stop_alone(cluster: InstFactory) -> None:
+    """A snapshot copies a cleanly shut-down server: a stop behind its stop waits for it,
+    and never turns it into an immediate one. (Its checkpointer is frozen, so that the
+    shutdown checkpoint of its fast stop lasts while postmaster.pid says stopping.)"""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    pid = inst.pid()
+    assert pid is not None
+    (ckpt,) = [p for p in process.children(pid) if "checkpointer" in " ".join(process.cmdline(p))]
+    log = Path(inst.record()["log_file"])
+    os.kill(ckpt, signal.SIGSTOP)
+    snap = subprocess.Popen(
+        pgmgr_argv("snapshot", inst.name),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+            assert time.monotonic() < deadline and snap.poll() is None, "no stop began"
+            time.sleep(0.005)
+        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        run = inst.stop("-m", "immediate", "--timeout", "1")
+        err = one_error(run)
+        assert "still being stopped by a fast stop of 'pgmgr snapshot'" in err, str(run)
+        assert "immediate shutdown request" not in log.read_text()
+    finally:
+        os.kill(ckpt, signal.SIGCONT)
+    _, err = snap.communicate(timeout=120)
+    assert snap.returncode == 0, err
+    assert inst.status().json()["state"] == "running"
+    assert inst.stop().returncode == 0
