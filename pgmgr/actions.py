@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from pgmgr.core.instance import Server
     from pgmgr.core.logfile import Tail
+    from pgmgr.core.stopwait import Note
 
 
 def resolve(name: str | None, datadir: Path | None) -> Server:
@@ -385,20 +386,39 @@ def stop(
     return 1 if failed else 0
 
 
+def _stop_how(srv: Server, took_over: Note | None) -> str:
+    """How a stop ended, when another stop took part (see pgmgr.core.stopwait)."""
+    from pgmgr.core import stopwait
+
+    if srv.ended_by is not None:
+        by = srv.ended_by
+        a = stopwait.article(by.mode)
+        return f" (ended by {a} {by.mode} stop, pgmgr pid {by.by}, run meanwhile)"
+    if took_over is not None and took_over.mode == "start":
+        return f" ({took_over.holder()} waited for it to be ready: this stop ended that wait)"
+    if took_over is not None:
+        return f" (it was being stopped by {took_over.holder()}: this stop ended it)"
+    return ""
+
+
 def _stop_one(srv: Server, mode: str, timeout: float, all_: bool) -> dict[str, Any]:
     """Stop ``srv`` for :func:`stop` and say so; what ``--json`` reports of it."""
-    from pgmgr.core import stopmark
+    from pgmgr.core import stopmark, stopwait
     from pgmgr.core.instance import DataDirNotFound, _why_missing
-    from pgmgr.core.locked import locked
 
     t0 = time.monotonic()
-    with locked(srv):
+    with (
+        ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"),
+        stopwait.locked(srv, mode, timeout) as took_over,  # a weaker stop's wait: ended
+    ):
         pf = srv.running()
-        with ui.spinner(f"Stopping '{srv.inst.name}' ({mode}) …"):
-            stopped = srv.stop(mode, timeout)
+        stopped = srv.stop(mode, timeout)
         if stopmark.clear(srv.inst):  # stopped on purpose now: see pgmgr.core.stopmark
             srv._save_after_stop()
     elapsed = time.monotonic() - t0
+    if took_over is not None and not stopped:  # the stop in progress saw it go
+        stopped = True
+        pf = pf or srv.running()
     missing = not stopped and srv.status().state == "missing"
     result = {
         "name": srv.inst.name,
@@ -407,9 +427,12 @@ def _stop_one(srv: Server, mode: str, timeout: float, all_: bool) -> dict[str, A
         # (the state is what it is now: stopped, or missing with its data dir).
         "was_running": stopped,
         "state": "missing" if missing else "stopped",
-        "pid": pf.pid if pf else None,
+        "pid": pf.pid if pf else took_over.postmaster if took_over else None,
         "elapsed_ms": round(elapsed * 1000, 1),
         "record_error": srv.record_error,
+        # a stronger stop that ended this one's wait, or the weaker one this one ended
+        "ended_by": srv.ended_by.to_dict() if srv.ended_by else None,
+        "took_over": {"mode": took_over.mode, "pid": took_over.pid} if took_over else None,
     }
     if srv.record_error:
         ui.message(f"Warning: could not update the record of '{srv.inst.name}': "
@@ -417,7 +440,7 @@ def _stop_one(srv: Server, mode: str, timeout: float, all_: bool) -> dict[str, A
     if missing and not all_:
         raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
     if stopped:
-        ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}")
+        ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}" + _stop_how(srv, took_over))
     elif missing:
         ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
     else:

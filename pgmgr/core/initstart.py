@@ -105,15 +105,21 @@ def undo_on_failure(srv: Server, enabled: bool = True) -> Iterator[None]:
     did not exist), the record, the log file. The caller decides what SIGTERM and SIGHUP
     mean (``pgmgr start`` makes them act like Ctrl-C with :func:`sigguard.interruptible`,
     so that one the start's clean-up held and delivers does not end the process before
-    the undo; in the foreground they ask for a stop, as Ctrl-C does there)."""
+    the undo; in the foreground they ask for a stop, as Ctrl-C does there). A server
+    stopped by a 'pgmgr stop' while the start waited for it is not a failure of the init:
+    the instance stays, stopped (see :mod:`pgmgr.core.stopwait`)."""
     if not enabled or server.is_datadir(srv.datadir):
         yield
         return
     dir_existed = os.path.lexists(srv.datadir)
     had_record = registry.find_by_datadir(srv.datadir) is not None
     log_existed = srv.log_file.exists()
+    from pgmgr.core.startup import StoppedWhileStarting
+
     try:
         yield
+    except StoppedWhileStarting:  # a 'pgmgr stop' meanwhile: stopped on purpose, kept
+        raise
     except BaseException as e:
         # A second Ctrl-C (people press it twice) must not cut the undo short: it left
         # the instance the user cancelled, initialized and registered. Short and

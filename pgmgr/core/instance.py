@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from pgmgr.core.pgtext import quote_literal as quote_literal
     from pgmgr.core.startup import AUTO_PORT_TRIES as AUTO_PORT_TRIES
     from pgmgr.core.startup import ServerStopping as ServerStopping
+    from pgmgr.core.stopwait import Note
 
 #: moved to :func:`pgmgr.core.state.why_missing`
 _why_missing = state.why_missing
@@ -98,6 +99,8 @@ class Server:
         self._log_offset = 0
         #: Why the last stop could not update the record (it still stopped), else None.
         self.record_error: str | None = None
+        #: The stronger stop that ended the last stop's wait (see pgmgr.core.stopwait).
+        self.ended_by: Note | None = None
         #: The command that builds this instance (import, replica) may start it while the
         #: record still carries its ``pending`` mark; nothing else may.
         self.building = False

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 
 from pgmgr.core import dirlock, registry, storesweep
-from pgmgr.core.errors import InstanceNotFound
+from pgmgr.core.errors import Busy, InstanceNotFound
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
 if TYPE_CHECKING:
@@ -38,11 +38,35 @@ def locked(
     :raises InstanceNotFound: the record was removed, or now names another data directory,
         while this command waited for the lock.
     """
-    with dirlock.lock(srv.datadir, timeout):
+    with contextlib.ExitStack() as held:
+        with _behind_stop(srv):
+            held.enter_context(dirlock.lock(srv.datadir, timeout))
         refresh(srv, only)
         if sweep:
             storesweep.dead_runs(srv)  # what killed runs left in its store, beside it
         yield srv
+
+
+@contextlib.contextmanager
+def _behind_stop(srv: Server) -> Iterator[None]:
+    """A lock that stayed busy because a stop waits for the server to go (a smart one, for
+    its clients), or a start for it to be ready: say so, and how to end it (see
+    :mod:`pgmgr.core.stopwait`)."""
+    try:
+        yield
+    except Busy as e:
+        from pgmgr.core import stopwait
+
+        note = stopwait.read(srv.datadir)
+        if note is None:
+            raise
+        smart = note.mode == "smart"
+        e.message += f": {note.holder()} waits for the server {note.waits_for()}" + (
+            " (for its clients to disconnect)" if smart else ""
+        )
+        end = {"start": "", "smart": " -m fast"}.get(note.mode, " -m immediate")
+        e.hint = e.hint or f"wait, or end it with 'pgmgr stop {srv.inst.name}{end}'"
+        raise
 
 
 def refresh(srv: Server, only: tuple[str, ...] | None = None) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pgmgr.core import dirlock, registry, server, stopmark
+from pgmgr.core import dirlock, registry, server, stopmark, stopwait
 from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.locked import SWITCHED, locked
@@ -203,11 +203,15 @@ class Manager:
         :returns: False if it was not running.
         :raises WorkerError: it did not exit within ``timeout``.
         """
-        with _seed_errors(), locked(self._server, only=SWITCHED):
-            stopped = self._server.stop(mode or self.stop_mode, timeout, wait)
+        mode = mode or self.stop_mode
+        if mode not in server.STOP_SIGNALS:
+            raise DatabaseException(f"invalid stop mode {mode!r}: use smart, fast or immediate")
+        # a weaker stop in progress (another process's) is escalated: see stopwait
+        with _seed_errors(), stopwait.locked(self._server, mode, timeout, only=SWITCHED) as took:
+            stopped = self._server.stop(mode, timeout, wait)
             # stopped on purpose now, as by 'pgmgr stop': see pgmgr.core.stopmark
             stopmark.clear_saved(self._server)
-            return stopped
+            return stopped or took is not None
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit."""

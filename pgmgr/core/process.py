@@ -67,6 +67,14 @@ class PidFile:
     listen_addr: str | None
     status: str | None  # "starting" | "stopping" | "ready" | "standby" (PostgreSQL >= 10)
 
+    @property
+    def phase(self) -> str:
+        """The status line, or ``starting`` while postgres has not written it yet: for its
+        first tens of ms (sockets, shared memory) the file has its first lines only, and
+        connections are refused. (PostgreSQL before 10 writes none; pgmgr's own start waits
+        for it, so it does not start those either.)"""
+        return self.status or "starting"
+
     @classmethod
     def read(cls, datadir: Path) -> PidFile | None:
         """Parse ``datadir/postmaster.pid``; None when absent, unreadable or half-written."""

@@ -35,6 +35,7 @@ def stop(
         raise UsageError(f"invalid stop mode {mode!r}: use smart, fast or immediate")
     srv.check_identity("stop")
     srv.record_error = None
+    srv.ended_by = None
     pf = srv.running()
     child = srv.child
     if pf is None and child is not None and child.poll() is None:
@@ -52,7 +53,7 @@ def stop(
 
         launch.send_stop(pf.pid, mode)
         return True
-    if not server.stop(pf.pid, srv.datadir, mode, timeout):
+    if not _stop_waiting(srv, pf.pid, mode, timeout):
         sessions = process.client_sessions(pf.pid)
         held = f"; {len(sessions)} client session(s) still connected" if sessions else ""
         raise WorkerError(
@@ -64,6 +65,25 @@ def stop(
     if record:
         save_after_stop(srv)
     return True
+
+
+def _stop_waiting(srv: Server, pid: int, mode: str, timeout: float | None) -> bool:
+    """:func:`pgmgr.core.server.stop`, and a note for a stronger stop meanwhile once it
+    takes longer than a blink (see :mod:`pgmgr.core.stopwait`): False when ``timeout``
+    passed."""
+    import time
+
+    from pgmgr.core import launch, stopwait
+
+    if not launch.send_stop(pid, mode):
+        return True
+    t0 = time.monotonic()
+    quiet = stopwait.QUIET if timeout is None else min(timeout, stopwait.QUIET)
+    if process.wait_gone(pid, srv.datadir, quiet):
+        return True
+    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
+    with stopwait.announced(srv, pid, mode):
+        return process.wait_gone(pid, srv.datadir, left)
 
 
 def _stop_child(

@@ -27,6 +27,7 @@ from pgmgr.core import (
     server,
     sigguard,
     state,
+    stopwait,
     testhook,
     userfs,
     versions,
@@ -55,6 +56,18 @@ class ServerStopping(NotRunning):
             "to disconnect, or finishing a checkpoint",
             hint=f"wait until 'pgmgr status {name}' says stopped and start it again, or "
             f"end the client sessions now with 'pgmgr stop {name} -m fast'",
+        )
+
+
+class StoppedWhileStarting(NotRunning):
+    """A stop run while a start waited for the server stopped it (exit code 3)."""
+
+    def __init__(self, name: str, by: stopwait.Note) -> None:
+        self.name = name
+        super().__init__(
+            f"'{name}' was stopped by {stopwait.article(by.mode)} {by.mode} stop (pgmgr pid "
+            f"{by.by}) run while this "
+            "start waited for it to be ready"
         )
 
 
@@ -208,9 +221,13 @@ def _await_ready(srv: Server, timeout: float, *, retry: bool) -> process.PidFile
     :raises PortInUse: it could not bind its port (and no retry).
     :raises WorkerError: it exited, or was not ready in time (then it was killed).
     """
+    assert srv.child is not None
     try:
-        return ready_wait(srv, timeout)
+        with stopwait.starting(srv, srv.child.pid, timeout) as left:
+            return ready_wait(srv, left)
     except ServerExited as e:
+        if srv.ended_by is not None:  # a 'pgmgr stop' run meanwhile stopped it
+            raise StoppedWhileStarting(srv.inst.name, srv.ended_by) from None
         if retry and "already in use" in e.message:
             return None
         if "already in use" in e.message:
@@ -226,16 +243,19 @@ def settle(srv: Server, pf: process.PidFile, timeout: float) -> process.PidFile:
     :raises ServerStopping: it is shutting down.
     :raises WorkerError: it exited, or was still starting after ``timeout``.
     """
-    if pf.status == "stopping":
+    if pf.phase == "stopping":
         raise ServerStopping(srv.inst.name, pf.pid)
-    if pf.status != "starting" or timeout <= 0:
+    if pf.phase != "starting" or timeout <= 0:  # (no status line yet: just spawned)
         return pf
     try:
         offset = launch.open_log_offset(srv.log_file)
-        return launch.wait_ready(
-            pf.pid, srv.datadir, timeout, log_file=srv.log_file, log_offset=offset
-        )
+        with stopwait.starting(srv, pf.pid, timeout) as left:
+            return launch.wait_ready(
+                pf.pid, srv.datadir, left, log_file=srv.log_file, log_offset=offset
+            )
     except ServerExited:
+        if srv.ended_by is not None:  # a 'pgmgr stop' run meanwhile stopped it
+            raise StoppedWhileStarting(srv.inst.name, srv.ended_by) from None
         raise
     except WorkerError:
         raise WorkerError(

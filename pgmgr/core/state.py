@@ -161,9 +161,9 @@ def status(srv: Server, check: bool = False) -> Status:
         return st
     pf = process.PidFile.read(srv.datadir)
     if pf is not None and process.serves(pf.pid, srv.datadir, pf.start_time):
-        st.state = {"ready": "running", "standby": "running"}.get(pf.status or "", "running")
-        if pf.status in ("starting", "stopping"):
-            st.state = pf.status
+        # connections are refused until it says ready (or standby): another process's
+        # start may have spawned it a moment ago, or it recovers from a crash
+        st.state = pf.phase if pf.phase in ("starting", "stopping") else "running"
         st.pid, st.port = pf.pid, pf.port or inst.port
         st.started_at = float(pf.start_time) if pf.start_time else inst.started_at
         if pf.socket_dir:

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pgmgr.core import privileges, process, server
 from pgmgr.core.versions import Installation
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, pgmgr_argv
@@ -21,9 +23,13 @@ from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, pgmg
 ATTEMPTS: list[int] = []
 
 
-def _spawn_frozen_in_starting(inst: Inst) -> int:
+def _spawn_frozen_in_starting(inst: Inst, line: str | None = "starting") -> int:
     """Spawn the instance's postgres (after an immediate stop: crash recovery) and freeze
-    it while postmaster.pid says ``starting``; retried until the window is hit."""
+    it while postmaster.pid says ``starting``; retried until the window is hit. With
+    ``line`` None: while postmaster.pid has no status line yet (its first lines are
+    written before the sockets and shared memory are made, ~10 ms; polling catches it
+    every time here), as another process's start leaves it for a moment: SIGSTOP is the
+    one way to hold a real postmaster in that window."""
     rec = inst.record()
     install = Installation(rec["major"], rec["version"], Path(rec["bindir"]), "record")
     su = privileges.server_user(inst.datadir, rec.get("server_user"))
@@ -41,11 +47,11 @@ def _spawn_frozen_in_starting(inst: Inst) -> int:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and child.poll() is None:
             pf = process.PidFile.read(inst.datadir)
-            if pf is not None and pf.pid == child.pid and pf.status:
-                if pf.status == "starting":
+            if pf is not None and pf.pid == child.pid and (pf.status or line is None):
+                if pf.status == line:
                     os.kill(child.pid, signal.SIGSTOP)
                     now = process.PidFile.read(inst.datadir)
-                    hit = now is not None and now.status == "starting"
+                    hit = now is not None and now.status == line
                 break
         if hit:
             ATTEMPTS.append(attempt)
@@ -87,6 +93,44 @@ def test_start_of_a_starting_server_waits_for_ready(cluster: InstFactory) -> Non
     assert run.json()["state"] == "running" and run.json()["pid"] == pid
     assert inst.stop().returncode == 0
     print(f"caught 'starting' after {ATTEMPTS} attempt(s)")
+
+
+def test_a_server_without_its_status_line_yet_is_starting(cluster: InstFactory) -> None:
+    """Another process has just spawned postgres: postmaster.pid is there, its status line
+    not yet, connections are refused. It is not ready: status says starting, and start
+    (the CLI's and the library's) waits for it as for its own spawn."""
+    from pgmgr import Manager, WorkerError
+
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0 and inst.stop().returncode == 0
+    pid = _spawn_frozen_in_starting(inst, line=None)
+    try:
+        run = inst.status()
+        assert run.returncode == 0 and run.json()["state"] == "starting", str(run)
+        text = pgmgr("status", inst.name)
+        assert "starting" in text.stdout and "running" not in text.stdout, str(text)
+        run = inst.start("--timeout", "1")
+        err = one_error(run)
+        assert run.returncode == 1 and "still starting" in err, str(run)
+        with pytest.raises(WorkerError, match="still starting"):
+            Manager("127.0.0.1", inst.record()["port"], inst.datadir).start(timeout=1)
+        assert process.is_alive(pid) and process.serves(pid, inst.datadir)  # not killed
+        waiting = subprocess.Popen(
+            pgmgr_argv("start", inst.name, "--timeout", "60"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        assert waiting.poll() is None, waiting.communicate()  # still waiting for ready
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and "already running" in err, err
+    assert inst.sql("SELECT 1") == [(1,)]  # it said so once it accepts connections
+    assert inst.status().json()["state"] == "running"
+    assert inst.stop().returncode == 0
 
 
 def test_start_of_a_stopping_server_exits_3(cluster: InstFactory) -> None:

@@ -1,0 +1,252 @@
+"""A stop behind a stop: a stronger one takes over the shutdown in progress.
+
+A stop holds the instance's lock while it waits for the server to go, and a smart one
+waits for every client to disconnect: for ever, if one stays. Its error then says to
+stop with ``-m fast``; but that stop (another terminal, ``Manager.stop(mode="fast")``)
+waited for the lock and failed after 30 s, with the server still up.
+
+So a stop that waits longer than a blink leaves a note beside the lock (:func:`announced`:
+its pid, its mode, the postmaster's pid). A stop that finds the lock taken and such a note
+(:func:`locked`) sends its own signal when its mode is stronger: PostgreSQL takes a fast
+(SIGINT) or immediate (SIGQUIT) shutdown request during a smart or fast one, and ignores a
+weaker one. It writes its mode and pid into the note; the stop in progress sees the server
+go, reads the note, and says who ended it (:attr:`Server.ended_by`). A stop as strong or
+weaker waits for that stop as it would for the server, up to its own timeout.
+
+A start that waits for its server to be ready (a long crash recovery, up to its
+``--timeout``) holds the lock too: it leaves the same note (mode ``start``), and any stop
+behind it stops the server at once (PostgreSQL ends a recovery on a shutdown request); the
+start then ends saying that stop stopped it (exit code 3, not running), not that postgres
+"exited during start-up".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pgmgr.core import dirlock, paths, process
+from pgmgr.core.errors import WorkerError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pgmgr.core.instance import Server
+
+#: The stop modes, weakest first: PostgreSQL moves up this scale, never down. A start
+#: waiting for its server (:data:`START`) is ended by any stop.
+START = "start"
+RANK = {START: -1, "smart": 0, "fast": 1, "immediate": 2}
+#: The commands whose wait a stop takes over (None: 'pgmgr stop', 'pgmgr start', the
+#: library's). Not a snapshot's, restore's, branch's or upgrade's: its copy of a server
+#: stopped in immediate mode instead of fast would not be of a clean shutdown.
+TAKEN_OVER = (None, "restart")
+#: How long a stop waits before it leaves its note: most are over by then (a fast stop
+#: takes ~16 ms), and they cost no write.
+QUIET = 0.25
+#: How often a stop waiting for the lock looks at the note.
+POLL = 0.02
+
+
+@dataclass(frozen=True)
+class Note:
+    """A stop in progress: the pgmgr process ``pid`` waits for ``postmaster`` to go, in
+    ``mode`` (or to be ready: :data:`START`); ``by``: the pid of the stronger stop that
+    escalated it to ``mode``; ``command``: the pgmgr command at work (a restart's or a
+    snapshot's stop, say), when it is not a stop."""
+
+    pid: int
+    ticks: int | None
+    postmaster: int
+    mode: str
+    by: int | None = None
+    command: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mode": self.mode, "pid": self.by}
+
+    def holder(self) -> str:
+        what = "start" if self.mode == START else f"{self.mode} stop"
+        of = f" of 'pgmgr {self.command}'" if self.command else ""
+        return f"{article(what)} {what}{of} (pgmgr pid {self.pid})"
+
+    def waits_for(self) -> str:
+        return "to be ready" if self.mode == START else "to go"
+
+
+def article(word: str) -> str:
+    """ "a" or "an" before ``word`` (an immediate stop)."""
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _path(datadir: Path) -> Path:
+    return dirlock.lock_file(datadir, ".waits")
+
+
+def _write(datadir: Path, note: Note) -> None:
+    data = {"pid": note.pid, "ticks": note.ticks, "postmaster": note.postmaster,
+            "mode": note.mode, "by": note.by, "command": note.command}  # fmt: skip
+    paths.write_atomic(_path(datadir), json.dumps(data).encode())
+
+
+def _load(datadir: Path) -> Note | None:
+    text = process.read_small(_path(datadir))
+    try:
+        data = json.loads(text or "")
+        note = Note(int(data["pid"]), data.get("ticks"), int(data["postmaster"]),
+                    str(data["mode"]), data.get("by"), data.get("command"))  # fmt: skip
+    except (ValueError, TypeError, KeyError):
+        return None
+    return note if note.mode in RANK else None
+
+
+def read(datadir: Path) -> Note | None:
+    """The note of a stop (or start) still at work on ``datadir``'s server, if any: its
+    pgmgr and the server it waits for both still there (a note left behind by a take-over
+    that came as the stop ended names a server gone)."""
+    note = _load(datadir)
+    if note is None or not process.is_alive(note.pid) or not process.is_alive(note.postmaster):
+        return None
+    if note.ticks is not None and process.start_ticks(note.pid) != note.ticks:
+        return None  # its pid reused
+    return note
+
+
+@contextlib.contextmanager
+def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
+    """Around the wait of a stop that holds ``srv``'s lock (see the module's doc); once it
+    ends, :attr:`Server.ended_by` says which stronger stop ended it, if one did. Best
+    effort: a note that cannot be written leaves the stop as it was (no take-over)."""
+    me = os.getpid()
+    srv.ended_by = None
+    # a command that stops the server for its work marked the record (pgmgr.core.stopmark)
+    command = str((srv.marked or {}).get("command") or "") or None
+    note = Note(me, process.start_ticks(me), postmaster, mode, command=command)
+    with contextlib.suppress(OSError):
+        _write(srv.datadir, note)
+    try:
+        yield
+    finally:
+        now = _load(srv.datadir)  # (the server it waited for is gone now)
+        if now is not None and now.pid == me and now.by is not None:
+            srv.ended_by = now
+        with contextlib.suppress(OSError):
+            _path(srv.datadir).unlink()
+
+
+def quick(datadir: Path, pid: int, seconds: float) -> bool:
+    """Whether the server ``pid`` a start waits for is ready, or gone, within ``seconds``:
+    most are (~35 ms), and leave no note."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pf = process.PidFile.read(datadir)
+        if pf is not None and pf.pid == pid and pf.phase in ("ready", "standby"):
+            return True
+        if not process.is_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(process.POLL)
+
+
+@contextlib.contextmanager
+def starting(srv: Server, pid: int, timeout: float) -> Iterator[float]:
+    """Around the wait of a start (holding ``srv``'s lock) for the server ``pid``: a note
+    once it takes longer than a blink, so that a stop behind it stops the server (see the
+    module's doc). Yields what is left of ``timeout``; :attr:`Server.ended_by` says which
+    stop ended the wait, if one did."""
+    t0 = time.monotonic()
+    srv.ended_by = None
+    if quick(srv.datadir, pid, min(timeout, QUIET)):
+        yield max(0.0, timeout - (time.monotonic() - t0))
+        return
+    with announced(srv, pid, START):
+        yield max(0.0, timeout - (time.monotonic() - t0))
+
+
+def _spawned(pid: int, datadir: Path) -> bool:
+    """``pid`` (from a start's note: pgmgr's own state directory) is the postgres it
+    spawned for ``datadir``: serving it, or started for it (``-D``) and not in it yet."""
+    if process.serves(pid, datadir):
+        return True
+    argv = process.cmdline(pid) if process.is_alive(pid) else []
+    dirs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-D"]
+    named = bool(argv) and os.path.basename(argv[0]) in ("postgres", "postmaster")
+    return named and any(process._same_path(d, datadir) for d in dirs)
+
+
+def take_over(srv: Server, mode: str) -> Note | None:
+    """If a weaker stop (or a start) holds the lock and waits for the server: escalate it
+    to ``mode`` (see the module's doc); the note it had, or None."""
+    note = read(srv.datadir)
+    if note is None or RANK[mode] <= RANK[note.mode] or note.command not in TAKEN_OVER:
+        return None
+    pf = srv.running()
+    if pf is None and note.mode == START:  # the start's own spawn, without its pid file yet
+        if not _spawned(note.postmaster, srv.datadir):
+            return None
+    else:
+        phase = "starting" if note.mode == START else "stopping"
+        if pf is None or pf.pid != note.postmaster or pf.phase != phase:
+            return None
+    from pgmgr.core import launch
+
+    with contextlib.suppress(OSError):  # the stop in progress says who ended it
+        _write(srv.datadir, dataclasses.replace(note, mode=mode, by=os.getpid()))
+    launch.send_stop(note.postmaster, mode)
+    return note
+
+
+@contextlib.contextmanager
+def locked(
+    srv: Server, mode: str, timeout: float | None, *, only: tuple[str, ...] | None = None,
+    lock_timeout: float = 30.0,
+) -> Iterator[Note | None]:  # fmt: skip
+    """:func:`pgmgr.core.locked.locked` for a stop in ``mode``: while another stop holds
+    the lock and waits for the server, escalate it if ``mode`` is stronger
+    (:func:`take_over`), and wait for it up to this stop's ``timeout``; else wait for the
+    lock up to ``lock_timeout``, as any command. Yields the note of the stop this one
+    ended, or None.
+
+    :raises WorkerError: the stop in progress still waits after ``timeout``.
+    :raises Busy: another command held the lock for ``lock_timeout``.
+    """
+    from pgmgr.core import locked as lock
+
+    t0 = time.monotonic()
+    ended: Note | None = None
+    seen: Note | None = None
+    while dirlock.is_locked(srv.datadir):
+        note = read(srv.datadir)
+        if note is not None:
+            seen = note
+            ended = take_over(srv, mode) or ended
+        waited = time.monotonic() - t0
+        if seen is None and waited >= lock_timeout:
+            break  # the lock's own wait says it is busy
+        if seen is not None and timeout is not None and waited >= timeout:
+            raise _still_stopping(srv, seen, timeout)
+        time.sleep(POLL)
+    left = lock_timeout if seen is not None else lock_timeout - (time.monotonic() - t0)
+    with lock.locked(srv, max(left, POLL), only=only):
+        yield ended
+
+
+def _still_stopping(srv: Server, seen: Note, timeout: float) -> WorkerError:
+    name = srv.inst.name
+    if seen.mode == START:  # not taken over: it no longer waits for the server
+        return WorkerError(f"'{name}' is still held by {seen.holder()} after {timeout:g} s")
+    smart = seen.mode == "smart"
+    return WorkerError(
+        f"'{name}' is still being stopped by {seen.holder()} after {timeout:g} s"
+        + ("; it waits for its clients to disconnect" if smart else ""),
+        hint=f"end them with 'pgmgr stop {name} -m fast'"
+        if smart
+        else f"wait for it, or run 'pgmgr stop {name} -m immediate'",
+    )

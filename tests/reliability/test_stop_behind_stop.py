@@ -1,0 +1,323 @@
+"""A stop behind a stop in progress (see pgmgr.core.stopwait), on real servers.
+
+A smart stop held open by a client session holds the instance's lock while it waits; its
+own error says to stop with ``-m fast``. That stronger stop (the CLI's, the library's) takes
+the shutdown over and returns once the server is down; the smart stop then says who ended it.
+A stop as strong waits for it (its timeout), and a start behind it starts one server, after.
+A start waiting for its server to be ready (crash recovery) holds the lock too: a stop
+behind it stops the server, and the start says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgmgr.core import process
+from pgmgr.core.errors import Busy
+from pgmgr.core.instance import Server
+from pgmgr.core.locked import locked
+from tests.helpers import postmasters_under
+from tests.pause import Paused
+from tests.reliability.conftest import (
+    Inst,
+    InstFactory,
+    one_error,
+    pgmgr,
+    pgmgr_argv,
+    start_frozen_before_ready,
+)
+from tests.reliability.test_start_states import _spawn_frozen_in_starting
+
+
+def _smart_stop_waiting(inst: Inst) -> tuple[subprocess.Popen[str], Any]:
+    """``pgmgr stop NAME -m smart`` waiting for a client session (returned, open)."""
+    assert inst.start("-p", "auto").returncode == 0
+    conn = inst.connect(autocommit=True)
+    proc = subprocess.Popen(
+        pgmgr_argv("stop", inst.name, "-m", "smart", "--timeout", "120", "--json"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+        assert time.monotonic() < deadline and proc.poll() is None, "the smart stop never began"
+        time.sleep(0.005)
+    return proc, conn
+
+
+def _ended(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, dict[str, Any], str]:
+    import json
+
+    out, err = proc.communicate(timeout=timeout)
+    assert "Traceback" not in err, err
+    return proc.returncode, json.loads(out) if out else {}, err
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_stronger_stop_ends_a_smart_stop_in_progress(cluster: InstFactory, mode: str) -> None:
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    try:
+        pid = inst.pid()
+        t0 = time.monotonic()
+        run = inst.stop("-m", mode, "--json")
+        assert run.returncode == 0, str(run)
+        assert time.monotonic() - t0 < 20, str(run)  # not the lock's 30 s
+        assert run.json()["was_running"] is True and run.json()["pid"] == pid, str(run)
+        assert run.json()["took_over"]["mode"] == "smart", str(run)
+        assert "this stop ended it" in run.stderr, str(run)
+        assert pid is not None and not process.is_alive(pid)
+        code, result, err = _ended(smart)
+        assert code == 0, err
+        assert result["was_running"] is True and result["ended_by"]["mode"] == mode, result
+        assert f"ended by {'an' if mode == 'immediate' else 'a'} {mode} stop" in err, err
+        assert inst.status().json()["state"] == "stopped"
+    finally:
+        conn.close()
+        if smart.poll() is None:
+            smart.kill()
+            smart.communicate()
+
+
+def test_manager_stop_fast_ends_a_smart_stop_in_progress(cluster: InstFactory) -> None:
+    from pgmgr import Manager
+
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    try:
+        m = Manager("127.0.0.1", inst.record()["port"], inst.datadir)
+        assert m.stop(mode="fast", timeout=20) is True
+        assert inst.pid() is None
+        code, result, err = _ended(smart)
+        assert code == 0 and result["ended_by"]["mode"] == "fast", err
+    finally:
+        conn.close()
+        if smart.poll() is None:
+            smart.kill()
+            smart.communicate()
+
+
+def test_an_equal_stop_waits_for_the_stop_in_progress_and_start_follows_it(
+    cluster: InstFactory,
+) -> None:
+    """A second smart stop waits for the first within its own timeout and says why; a start
+    behind the stop waits for it, then starts the one server (never a second beside it)."""
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    start = None
+    try:
+        run = inst.stop("-m", "smart", "--timeout", "1")
+        err = one_error(run)
+        assert run.returncode == 1 and "still being stopped by a smart stop" in err, str(run)
+        assert "-m fast" in run.stderr, str(run)
+        assert inst.status().json()["state"] == "stopping"
+        what = r"a smart stop \(pgmgr pid \d+\) waits for the server to go"
+        with pytest.raises(Busy, match=what) as busy, locked(Server.load(inst.name), 0.5):
+            pass  # what any command says once its wait for the lock ends
+        assert busy.value.hint and "-m fast" in busy.value.hint
+        start = subprocess.Popen(
+            pgmgr_argv("start", inst.name),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        assert start.poll() is None, start.communicate()  # waits behind the stop
+        assert len(postmasters_under(inst.datadir)) == 1
+    finally:
+        conn.close()  # the smart stop completes
+    code, result, err = _ended(smart)
+    assert code == 0 and result["ended_by"] is None and "ended by" not in err, err
+    _, err = start.communicate(timeout=60)
+    assert start.returncode == 0 and "Started" in err, err
+    assert len(postmasters_under(inst.datadir)) == 1
+    assert inst.sql("SELECT 1") == [(1,)]
+    assert inst.stop().returncode == 0
+
+
+def _stop_in_background(inst: Inst) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        pgmgr_argv("stop", inst.name, "-m", "fast", "--json"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _pending(pid: int, sig: int) -> bool:
+    """Whether the frozen ``pid`` has ``sig`` pending."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = [ln for ln in status.splitlines() if ln.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(int(ln.split()[1], 16) & (1 << (sig - 1)) for ln in pending)
+
+
+def _signalled(pid: int, sig: int, timeout: float = 30) -> None:
+    """Wait until the frozen ``pid`` has ``sig`` pending (a stop sent it)."""
+    deadline = time.monotonic() + timeout
+    while not _pending(pid, sig):
+        assert time.monotonic() < deadline, "the stop never signalled the server"
+        time.sleep(0.01)
+
+
+def test_a_stop_ends_a_start_waiting_for_a_recovering_server(cluster: InstFactory) -> None:
+    """A start that waits for a server still starting (crash recovery: held in 'starting'
+    by SIGSTOP, see test_start_states) holds the lock; a stop behind it stops that server
+    (the fast signal waits, pending, until the test lets it go on) and returns at once; the
+    start says so, exit 3."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    assert inst.stop("-m", "immediate").returncode == 0  # the next start recovers
+    pid = _spawn_frozen_in_starting(inst)
+    stop = None
+    start = subprocess.Popen(
+        pgmgr_argv("start", inst.name, "--timeout", "120"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        assert start.poll() is None, start.communicate()  # waits for ready
+        stop = _stop_in_background(inst)
+        _signalled(pid, signal.SIGINT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    code, result, err = _ended(stop, 60)
+    assert code == 0 and result["took_over"]["mode"] == "start", err
+    assert "this stop ended that wait" in err, err
+    _, err = start.communicate(timeout=60)
+    assert start.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert not process.is_alive(pid) and inst.status().json()["state"] == "stopped"
+
+
+def test_a_stop_ends_a_start_waiting_for_its_own_server(cluster: InstFactory, hooks: Path) -> None:
+    """The same for the server the start spawned itself (frozen before it was ready)."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0 and inst.stop().returncode == 0
+    paused, pid = start_frozen_before_ready(inst, hooks)
+    with paused:
+        try:
+            (hooks / f"{paused.step}.go").touch()  # the start goes on to wait for ready
+            time.sleep(1.0)
+            assert paused.proc.poll() is None, paused.proc.communicate()
+            stop = _stop_in_background(inst)
+            _signalled(pid, signal.SIGINT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, result, err = _ended(stop, 60)
+        assert code == 0 and result["took_over"]["mode"] == "start", err
+        _, err = paused.proc.communicate(timeout=60)
+        assert paused.proc.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert not process.is_alive(pid) and inst.status().json()["state"] == "stopped"
+    assert inst.start().returncode == 0 and inst.stop().returncode == 0
+
+
+def test_a_stop_during_start_init_keeps_the_new_instance(work: Path, hooks: Path) -> None:
+    """A 'start --init' whose start a stop ends has not failed its init: the instance it
+    made stays, stopped (a start that fails by itself removes it)."""
+    datadir = work / "fresh"
+    with Paused(hooks, "start-spawned", "start", "--init", "-d", str(datadir), "-p", "auto",
+                "--name", "fresh") as paused:  # fmt: skip
+        paused.reached()
+        (pid,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            (hooks / f"{paused.step}.go").touch()
+            time.sleep(1.0)
+            stop = subprocess.Popen(
+                pgmgr_argv("stop", "fresh", "--json"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            _signalled(pid, signal.SIGINT)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        code, result, err = _ended(stop, 60)
+        assert code == 0 and result["took_over"]["mode"] == "start", err
+        _, err = paused.proc.communicate(timeout=60)
+        assert paused.proc.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert (datadir / "PG_VERSION").is_file()  # kept
+    run = pgmgr("start", "fresh", "-p", "auto")
+    assert run.returncode == 0, str(run)
+    assert pgmgr("stop", "fresh").returncode == 0
+
+
+def test_a_stop_behind_a_smart_restart_ends_its_stop_then_stops_what_it_started(
+    cluster: InstFactory,
+) -> None:
+    """A restart's smart stop is taken over as a stop's is: the restart goes on (it starts
+    the server again, with a new pid), and the stop behind it stops that one: stopped last,
+    as asked last."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    conn = inst.connect(autocommit=True)
+    restart = subprocess.Popen(
+        pgmgr_argv("restart", inst.name, "-m", "smart", "--timeout", "120"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+            assert time.monotonic() < deadline and restart.poll() is None, "no restart began"
+            time.sleep(0.005)
+        run = inst.stop("-m", "fast", "--json")
+        assert run.returncode == 0 and run.json()["took_over"]["mode"] == "smart", str(run)
+        assert "of 'pgmgr restart'" in run.stderr, str(run)
+    finally:
+        conn.close()
+    _, err = restart.communicate(timeout=60)
+    assert restart.returncode == 0 and "Restarted" in err, err
+    assert inst.pid() is None and inst.status().json()["state"] == "stopped"
+
+
+def test_an_immediate_stop_leaves_a_snapshots_fast_stop_alone(cluster: InstFactory) -> None:
+    """A snapshot copies a cleanly shut-down server: a stop behind its stop waits for it,
+    and never turns it into an immediate one. (Its checkpointer is frozen, so that the
+    shutdown checkpoint of its fast stop lasts while postmaster.pid says stopping.)"""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    pid = inst.pid()
+    assert pid is not None
+    (ckpt,) = [p for p in process.children(pid) if "checkpointer" in " ".join(process.cmdline(p))]
+    log = Path(inst.record()["log_file"])
+    os.kill(ckpt, signal.SIGSTOP)
+    snap = subprocess.Popen(
+        pgmgr_argv("snapshot", inst.name),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+            assert time.monotonic() < deadline and snap.poll() is None, "no stop began"
+            time.sleep(0.005)
+        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        run = inst.stop("-m", "immediate", "--timeout", "1")
+        err = one_error(run)
+        assert "still being stopped by a fast stop of 'pgmgr snapshot'" in err, str(run)
+        assert "immediate shutdown request" not in log.read_text()
+    finally:
+        os.kill(ckpt, signal.SIGCONT)
+    _, err = snap.communicate(timeout=120)
+    assert snap.returncode == 0, err
+    assert inst.status().json()["state"] == "running"
+    assert inst.stop().returncode == 0
