@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import dirpath, paths, rmtree, snapdoom, userfs
+from pgmgr.core import dirpath, diskio, paths, rmtree, snapdoom, userfs
 from pgmgr.core.errors import DatabaseException
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.snapmeta import FORMAT as FORMAT
@@ -227,6 +227,8 @@ def opened(
                 snapdoom.sweep_top(top)
             fd = _private_subdir(top, datadir.name, store_path(datadir), owner, create)
             fds.append(fd)
+            if create:  # each snapshot or staged copy in a block group of its own
+                diskio.spread_subdirs(fd)
             if exclusive or shared:
                 busy = f"another pgmgr is working on the snapshots in {store_path(datadir)}"
                 paths.flock_fd(fd, exclusive=exclusive, timeout=30.0, busy=busy)
