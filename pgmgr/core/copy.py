@@ -375,7 +375,12 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State, rel: str = "") -> N
         try:
             # else open() set the mode
             chmod = mode if mode & (state.umask | 0o7000) or mode & 0o600 != 0o600 else None
-            if state.pool is not None and st.st_size >= copypool.OFFLOAD_MIN:
+            # A clone moves no bytes (XFS, btrfs): nothing to overlap, so no thread for it.
+            if (
+                state.pool is not None
+                and st.st_size >= copypool.OFFLOAD_MIN
+                and state.methods[0] != "reflink"
+            ):
                 job = copypool.Job(fin, fout, st.st_size, chmod, rel + name)
                 if state.pool.take(job):
                     return  # counted when the pool is done

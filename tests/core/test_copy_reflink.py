@@ -4,6 +4,7 @@ FICLONE is used, no data moves, and the copy is independent of its source."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,29 @@ def test_copy_tree_reflinks_on_xfs(xfs_dir: Path) -> None:  # noqa: F811
     with open(dst / "base" / "16384", "r+b") as f:  # copy on write: the source keeps its data
         f.write(b"changed")
     assert (src / "base" / "16384").read_bytes() == big
+
+
+def test_a_copy_by_clones_starts_no_pool_thread(
+    xfs_dir: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clone moves no bytes: the large files of a copy by clones are cloned by the walk
+    itself, with no thread of copypool to overlap (handing them over cost more)."""
+    started: list[str] = []
+    real = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    src = xfs_dir / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"seg{i}").write_bytes(os.urandom(MB) * 9)  # over copypool.OFFLOAD_MIN
+    stats = copy.copy_tree(src, xfs_dir / "dst")
+    assert stats.method == "reflink" and stats.files == 3
+    assert started == []
 
 
 def test_forced_fallback_on_xfs_moves_the_data(
