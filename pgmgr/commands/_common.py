@@ -37,6 +37,15 @@ class _GivenPath(TyperPath):
 #: ``click_type=`` of every path option and argument
 PATH = _GivenPath()
 
+
+def given_name(value: str | None) -> str | None:
+    """The ``callback=`` of every ``--name`` option: an empty value meant the default name
+    (``--name "$NEW"`` with NEW unset made an instance named after its directory)."""
+    if value == "":
+        raise typer.BadParameter("an empty name (an unset variable?)")
+    return value
+
+
 Name = Annotated[
     str | None,
     typer.Argument(
@@ -61,7 +70,9 @@ NewDataDir = Annotated[
 ]
 NewName = Annotated[
     str | None,
-    typer.Option("--name", help="Name of the new instance.", show_default=False),
+    typer.Option(
+        "--name", help="Name of the new instance.", show_default=False, callback=given_name
+    ),
 ]
 NewPort = Annotated[
     str | None,

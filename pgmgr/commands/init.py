@@ -30,7 +30,10 @@ def init(
         typer.Argument(help="Extra initdb arguments, after '--'.", show_default=False),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", help="Instance name (default: the dir's name).")
+        str | None,
+        typer.Option(
+            "--name", help="Instance name (default: the dir's name).", callback=c.given_name
+        ),
     ] = None,
     version: c.Version = None,
     superuser: Annotated[str, typer.Option("--superuser", help="Database superuser.")] = "postgres",

@@ -48,7 +48,12 @@ def start(
     ] = None,
     name_opt: Annotated[
         str | None,
-        typer.Option("--name", help="Name for a new instance (with --init).", show_default=False),
+        typer.Option(
+            "--name",
+            help="Name for a new instance (with --init).",
+            show_default=False,
+            callback=c.given_name,
+        ),
     ] = None,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops the server.")

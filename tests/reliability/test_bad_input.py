@@ -264,6 +264,10 @@ def test_an_empty_name_or_path_is_refused_not_defaulted(cluster: InstFactory, wo
         run_pgmgr("stop", "-d", "", cwd=inst.datadir, stdin=subprocess.DEVNULL),
         run_pgmgr("start", "-d", "", "--init", cwd=here, stdin=subprocess.DEVNULL),
         run_pgmgr("status", "--datadir=", cwd=inst.datadir, stdin=subprocess.DEVNULL),
+        # --name "$NEW", NEW unset: the default name (the directory's) was taken
+        run_pgmgr("init", "-d", str(here / "n1"), "--name", "", stdin=subprocess.DEVNULL),
+        run_pgmgr("start", "-d", str(here / "n2"), "--init", "--name=", stdin=subprocess.DEVNULL),
+        run_pgmgr("replica", "only", "--name", "", stdin=subprocess.DEVNULL),
     ]
     for proc in runs:
         assert proc.returncode == 2, (proc.args, proc.stdout, proc.stderr)
