@@ -38,6 +38,22 @@ def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def queued(datadir: Path) -> Iterator[None]:
+    """Keep ``datadir``'s lock file open (not locked) while the caller polls for the lock
+    another way, as :func:`lock`'s own wait keeps it: who queues for an instance is told
+    by its open lock file (``/proc/PID/fd``)."""
+    try:
+        fd = os.open(_lock_path(datadir), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:  # a read-only state filesystem without the file: nothing to show
+        fd = -1
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+@contextlib.contextmanager
 def try_lock(datadir: Path) -> Iterator[bool]:
     """Hold ``datadir``'s lock if it is free now: yields whether it is held."""
     with paths.flocked(_lock_path(datadir), exclusive=True, timeout=0, busy="") as got:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pgmgr.core import dirlock, paths, process
-from pgmgr.core.errors import WorkerError
+from pgmgr.core.errors import Busy, WorkerError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -222,17 +222,19 @@ def locked(
     t0 = time.monotonic()
     ended: Note | None = None
     seen: Note | None = None
-    while dirlock.is_locked(srv.datadir):
-        note = read(srv.datadir)
-        if note is not None:
-            seen = note
-            ended = take_over(srv, mode) or ended
-        waited = time.monotonic() - t0
-        if seen is None and waited >= lock_timeout:
-            break  # the lock's own wait says it is busy
-        if seen is not None and timeout is not None and waited >= timeout:
-            raise _still_stopping(srv, seen, timeout)
-        time.sleep(POLL)
+    with dirlock.queued(srv.datadir):
+        while dirlock.is_locked(srv.datadir):
+            note = read(srv.datadir)
+            if note is not None:
+                seen = note
+                ended = take_over(srv, mode) or ended
+            waited = time.monotonic() - t0
+            if seen is None and waited >= lock_timeout:
+                raise Busy(f"another pgmgr is working on {srv.datadir} (waited "
+                           f"{lock_timeout:.0f} s)")  # fmt: skip
+            if seen is not None and timeout is not None and waited >= timeout:
+                raise _still_stopping(srv, seen, timeout)
+            time.sleep(POLL)
     left = lock_timeout if seen is not None else lock_timeout - (time.monotonic() - t0)
     with lock.locked(srv, max(left, POLL), only=only):
         yield ended
