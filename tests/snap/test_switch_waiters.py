@@ -160,3 +160,30 @@ def test_a_manager_queued_behind_a_restore_stops_and_starts_the_restored_directo
             run.go()
         thread.join(120)
         pg.stop()
+
+
+def test_a_stop_queued_behind_another_command_keeps_the_lock_file_open(inst: Inst) -> None:
+    """A stop waits for the lock by polling it (to take over a weaker stop in progress,
+    see pgmgr.core.stopwait); it keeps the lock file open all the while, as any command's
+    wait does, which is how a waiter is seen (here, and by waiting_for_lock). It opened the
+    file only for each poll, and a test waiting to see it queued missed it until the stop
+    had given up ('waited 0 s')."""
+    from pgmgr.core import dirlock
+
+    key = hashlib.sha256(os.path.realpath(inst.datadir).encode()).hexdigest()[:20]
+    with contextlib.ExitStack() as held:
+        held.enter_context(dirlock.lock(inst.datadir, timeout=5))
+        with queued(inst.datadir, ("stop", "dev")) as (proc,):
+            seen = 0
+            for _ in range(25):
+                fds = []
+                for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                    with contextlib.suppress(FileNotFoundError):
+                        fds.append(os.readlink(f"/proc/{proc.pid}/fd/{fd}"))
+                seen += any(t.endswith(f"/locks/{key}.lock") for t in fds)
+                time.sleep(0.02)
+            assert seen == 25, f"the lock file was open in {seen} of 25 looks"
+            assert proc.poll() is None  # still queued
+            held.close()  # the lock is free: the stop goes on
+            finished(proc)
+    assert inst.state() == "stopped"
