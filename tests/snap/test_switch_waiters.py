@@ -40,14 +40,19 @@ def waiting_for_lock(
             assert proc.poll() is None, proc.communicate()
         else:
             assert alive is not None and alive(), f"it returned before waiting for the lock: {why}"
-        targets = []
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(FileNotFoundError):  # closed meanwhile (listdir's own)
-                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        if any(t.endswith(f"/locks/{key}.lock") for t in targets):
+        if has_open(pid, f"/locks/{key}.lock"):
             return
         assert time.monotonic() < deadline, f"{pid} never waited for the lock"
         time.sleep(0.01)
+
+
+def has_open(pid: int, suffix: str) -> bool:
+    """Whether process ``pid`` has a file whose path ends in ``suffix`` open now."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile (listdir's own)
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return any(t.endswith(suffix) for t in targets)
 
 
 @contextlib.contextmanager
@@ -176,11 +181,7 @@ def test_a_stop_queued_behind_another_command_keeps_the_lock_file_open(inst: Ins
         with queued(inst.datadir, ("stop", "dev")) as (proc,):
             seen = 0
             for _ in range(25):
-                fds = []
-                for fd in os.listdir(f"/proc/{proc.pid}/fd"):
-                    with contextlib.suppress(FileNotFoundError):
-                        fds.append(os.readlink(f"/proc/{proc.pid}/fd/{fd}"))
-                seen += any(t.endswith(f"/locks/{key}.lock") for t in fds)
+                seen += has_open(proc.pid, f"/locks/{key}.lock")
                 time.sleep(0.02)
             assert seen == 25, f"the lock file was open in {seen} of 25 looks"
             assert proc.poll() is None  # still queued
