@@ -84,6 +84,29 @@ def run_pgmgr(
     return proc
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (a run's owner that died)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def run_as_server_user(
+    script: str, box: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (``python -c``, argv: ``box`` and the repository) after giving ``box``
+    and all in it to ``postgres`` when root: for a script that calls ``userfs.as_user``."""
+    if os.geteuid() == 0:
+        for p in [box, *box.rglob("*")]:
+            shutil.chown(p, "postgres", "postgres")
+    return subprocess.run(
+        [sys.executable, "-c", script, str(box), str(Path(__file__).parents[1])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def error_lines(stderr: str) -> list[str]:
     """The non-empty lines of ``stderr``."""
     return [line for line in stderr.splitlines() if line.strip()]

@@ -10,8 +10,6 @@ import errno
 import os
 import signal
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +17,7 @@ from typing import ClassVar
 import pytest
 
 from pgmgr.core import copy, copydata, copypool
+from tests.helpers import run_as_server_user
 
 BIG = (3 << 20) + 4321  # over both thresholds below, not a multiple of a chunk
 
@@ -194,17 +193,7 @@ def test_a_copy_that_may_start_no_thread_goes_on_in_line(tmp_path: Path) -> None
     box = tmp_path / "box"
     box.mkdir()
     want = _tree(box / "src")
-    if os.geteuid() == 0:
-        import shutil
-
-        for p in [box, *box.rglob("*")]:
-            shutil.chown(p, "postgres", "postgres")
-    run = subprocess.run(
-        [sys.executable, "-c", _NO_THREADS, str(box), str(Path(__file__).parents[2])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_as_server_user(_NO_THREADS, box)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) == sum(len(d) for d, _ in want.values())
     _same(box / "dst", want)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import rmtree
+from tests.helpers import run_as_server_user
 
 
 class _Counting(threading.Thread):
@@ -164,15 +165,7 @@ def test_a_removal_that_may_start_no_thread_goes_on_in_line(tmp_path: Path) -> N
     (top / "base").mkdir(parents=True)
     for i in range(100):
         (top / "base" / str(i)).write_bytes(b"x" * 8192)
-    if os.geteuid() == 0:
-        for p in [box, *box.rglob("*")]:
-            shutil.chown(p, "postgres", "postgres")
-    run = subprocess.run(
-        [sys.executable, "-c", _NO_THREADS, str(box), str(Path(__file__).parents[2])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_as_server_user(_NO_THREADS, box)
     assert run.returncode == 0, run.stderr
     assert not os.path.lexists(top)
 

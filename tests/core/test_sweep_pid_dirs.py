@@ -19,12 +19,7 @@ import pytest
 
 from pgmgr.core import privileges, sweep
 from pgmgr.core.temporary import TemporaryInstance
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
+from tests.helpers import dead_pid
 
 
 @pytest.mark.parametrize("prefix", ["pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-"])

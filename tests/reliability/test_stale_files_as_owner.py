@@ -8,10 +8,10 @@ the server user now: through the symlink, only what that user may remove."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import dead_pid
 from tests.pause import Paused, ok
 from tests.reliability.test_multiuser_init import (  # noqa: F401
     OsUser,
@@ -24,12 +24,6 @@ from tests.reliability.test_multiuser_init import (  # noqa: F401
 from .conftest import Inst, needs_root, one_error, pgmgr
 
 pytestmark = needs_root
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def attackers_instance(attacker: OsUser) -> Path:  # noqa: F811

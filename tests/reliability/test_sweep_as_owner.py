@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,18 +17,13 @@ import pytest
 
 from pgmgr.core import privileges, reaper, sockets, sweep
 from pgmgr.core.temporary import TemporaryInstance
+from tests.helpers import dead_pid
 from tests.pause import Paused, ok
 from tests.reliability.test_multiuser_init import OsUser, attacker  # noqa: F401
 
 from .conftest import InstFactory, needs_root, one_error, pgmgr
 
 pytestmark = needs_root
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def open_to_all(path: Path, bystander: OsUser, *, reachable: bool = True) -> Path:

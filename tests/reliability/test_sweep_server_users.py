@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.helpers import dead_pid
 from tests.pause import ok
 from tests.reliability.test_multiuser_init import (  # noqa: F401
     OsUser,
@@ -23,12 +23,6 @@ from tests.reliability.test_multiuser_init import (  # noqa: F401
 from .conftest import Inst, needs_root, pgmgr
 
 pytestmark = needs_root
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def left_by_a_killed_run(user: OsUser, prefix: str, where: str | None = None) -> Path:
