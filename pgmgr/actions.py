@@ -386,14 +386,12 @@ def stop(
     return 1 if failed else 0
 
 
-def _stop_how(srv: Server, took_over: Note | None) -> str:
+def stop_how(srv: Server, took_over: Note | None) -> str:
     """How a stop ended, when another stop took part (see pgmgr.core.stopwait)."""
-    from pgmgr.core import stopwait
-
     if srv.ended_by is not None:
         by = srv.ended_by
-        a = stopwait.article(by.mode)
-        return f" (ended by {a} {by.mode} stop, pgmgr pid {by.by}, run meanwhile)"
+        again = ", which starts it again" if by.by_command == "restart" else ""
+        return f" (ended by {by.ender()}, pgmgr pid {by.by}, run meanwhile{again})"
     if took_over is not None and took_over.mode == "start":
         return f" ({took_over.holder()} waited for it to be ready: this stop ended that wait)"
     if took_over is not None:
@@ -440,7 +438,7 @@ def _stop_one(srv: Server, mode: str, timeout: float, all_: bool) -> dict[str, A
     if missing and not all_:
         raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
     if stopped:
-        ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}" + _stop_how(srv, took_over))
+        ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}" + stop_how(srv, took_over))
     elif missing:
         ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
     else:

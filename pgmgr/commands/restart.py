@@ -22,25 +22,36 @@ def restart(
     Example: pgmgr restart dev -m smart
     """
     c.quiet(quiet, json)
-    from pgmgr.core import ops
-    from pgmgr.core.locked import locked
+    from pgmgr.actions import stop_how
+    from pgmgr.core import ops, stopwait
+    from pgmgr.core.errors import UsageError
+    from pgmgr.core.server import STOP_SIGNALS
 
+    if mode not in STOP_SIGNALS:
+        raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
     srv = c.resolve(name, datadir)
     t0 = time.monotonic()
-    with locked(srv), ui.spinner(f"Restarting '{srv.inst.name}' ({mode}) …"):
+    with (
+        ui.spinner(f"Restarting '{srv.inst.name}' ({mode}) …"),
+        # a weaker stop's wait (a smart one's, for its clients) is ended, as by 'pgmgr stop'
+        stopwait.locked(srv, mode, timeout, command="restart") as took_over,
+    ):
         result = ops.restart(srv, mode, timeout)
     elapsed = time.monotonic() - t0
+    was_running = result.was_running or took_over is not None
     st = srv.status()
     if json:
         ui.emit_json(
             {
                 **c.status_record(st, srv),
-                "was_running": result.was_running,
+                "was_running": was_running,
                 "elapsed_ms": round(elapsed * 1000, 1),
+                "took_over": {"mode": took_over.mode, "pid": took_over.pid} if took_over else None,
             }
         )
     else:
-        how = "Restarted" if result.was_running else "Was not running; started"
+        how = "Restarted" if was_running else "Was not running; started"
         ui.message(
-            f"{how} '{srv.inst.name}' (pid {result.start.pid}) in {ui.ms(elapsed)}: {st.url}"
+            f"{how} '{srv.inst.name}' (pid {result.start.pid}) in {ui.ms(elapsed)}"
+            f"{stop_how(srv, took_over)}: {st.url}"
         )

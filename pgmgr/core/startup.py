@@ -65,8 +65,7 @@ class StoppedWhileStarting(NotRunning):
     def __init__(self, name: str, by: stopwait.Note) -> None:
         self.name = name
         super().__init__(
-            f"'{name}' was stopped by {stopwait.article(by.mode)} {by.mode} stop (pgmgr pid "
-            f"{by.by}) run while this "
+            f"'{name}' was stopped by {by.ender()} (pgmgr pid {by.by}) run while this "
             "start waited for it to be ready"
         )
 

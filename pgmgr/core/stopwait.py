@@ -58,8 +58,9 @@ POLL = 0.02
 class Note:
     """A stop in progress: the pgmgr process ``pid`` waits for ``postmaster`` to go, in
     ``mode`` (or to be ready: :data:`START`); ``by``: the pid of the stronger stop that
-    escalated it to ``mode``; ``command``: the pgmgr command at work (a restart's or a
-    snapshot's stop, say), when it is not a stop."""
+    escalated it to ``mode``, ``by_command`` its command when it is not a stop (a restart,
+    which starts the server again); ``command``: the pgmgr command at work (a restart's or
+    a snapshot's stop, say), when it is not a stop."""
 
     pid: int
     ticks: int | None
@@ -67,9 +68,15 @@ class Note:
     mode: str
     by: int | None = None
     command: str | None = None
+    by_command: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"mode": self.mode, "pid": self.by}
+        return {"mode": self.mode, "pid": self.by, "command": self.by_command}
+
+    def ender(self) -> str:
+        """What ended this wait: "a fast stop", "a fast stop of 'pgmgr restart'"."""
+        of = f" of 'pgmgr {self.by_command}'" if self.by_command else ""
+        return f"{article(self.mode)} {self.mode} stop{of}"
 
     def holder(self) -> str:
         what = "start" if self.mode == START else f"{self.mode} stop"
@@ -91,7 +98,8 @@ def _path(datadir: Path) -> Path:
 
 def _write(datadir: Path, note: Note) -> None:
     data = {"pid": note.pid, "ticks": note.ticks, "postmaster": note.postmaster,
-            "mode": note.mode, "by": note.by, "command": note.command}  # fmt: skip
+            "mode": note.mode, "by": note.by, "command": note.command,
+            "by_command": note.by_command}  # fmt: skip
     paths.write_atomic(_path(datadir), json.dumps(data).encode())
 
 
@@ -100,7 +108,8 @@ def _load(datadir: Path) -> Note | None:
     try:
         data = json.loads(text or "")
         note = Note(int(data["pid"]), data.get("ticks"), int(data["postmaster"]),
-                    str(data["mode"]), data.get("by"), data.get("command"))  # fmt: skip
+                    str(data["mode"]), data.get("by"), data.get("command"),
+                    data.get("by_command"))  # fmt: skip
     except (ValueError, TypeError, KeyError):
         return None
     return note if note.mode in RANK else None
@@ -181,9 +190,10 @@ def _spawned(pid: int, datadir: Path) -> bool:
     return named and any(process._same_path(d, datadir) for d in dirs)
 
 
-def take_over(srv: Server, mode: str) -> Note | None:
+def take_over(srv: Server, mode: str, command: str | None = None) -> Note | None:
     """If a weaker stop (or a start) holds the lock and waits for the server: escalate it
-    to ``mode`` (see the module's doc); the note it had, or None."""
+    to ``mode`` (see the module's doc); the note it had, or None. ``command``: this stop's
+    pgmgr command, when it is not a stop (a restart)."""
     note = read(srv.datadir)
     if note is None or RANK[mode] <= RANK[note.mode] or note.command not in TAKEN_OVER:
         return None
@@ -198,7 +208,8 @@ def take_over(srv: Server, mode: str) -> Note | None:
     from pgmgr.core import launch
 
     with contextlib.suppress(OSError):  # the stop in progress says who ended it
-        _write(srv.datadir, dataclasses.replace(note, mode=mode, by=os.getpid()))
+        new = dataclasses.replace(note, mode=mode, by=os.getpid(), by_command=command)
+        _write(srv.datadir, new)
     launch.send_stop(note.postmaster, mode)
     return note
 
@@ -206,13 +217,14 @@ def take_over(srv: Server, mode: str) -> Note | None:
 @contextlib.contextmanager
 def locked(
     srv: Server, mode: str, timeout: float | None, *, only: tuple[str, ...] | None = None,
-    lock_timeout: float = 30.0,
+    lock_timeout: float = 30.0, command: str | None = None,
 ) -> Iterator[Note | None]:  # fmt: skip
     """:func:`pgmgr.core.locked.locked` for a stop in ``mode``: while another stop holds
     the lock and waits for the server, escalate it if ``mode`` is stronger
     (:func:`take_over`), and wait for it up to this stop's ``timeout``; else wait for the
     lock up to ``lock_timeout``, as any command. Yields the note of the stop this one
-    ended, or None.
+    ended, or None. ``command``: the pgmgr command whose stop this is, when it is not
+    'pgmgr stop' (a restart: the stop it ends says so).
 
     :raises WorkerError: the stop in progress still waits after ``timeout``.
     :raises Busy: another command held the lock for ``lock_timeout``.
@@ -227,7 +239,7 @@ def locked(
             note = read(srv.datadir)
             if note is not None:
                 seen = note
-                ended = take_over(srv, mode) or ended
+                ended = take_over(srv, mode, command) or ended
             waited = time.monotonic() - t0
             if seen is None and waited >= lock_timeout:
                 raise Busy(f"another pgmgr is working on {srv.datadir} (waited "

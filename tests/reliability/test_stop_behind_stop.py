@@ -321,3 +321,33 @@ def test_an_immediate_stop_leaves_a_snapshots_fast_stop_alone(cluster: InstFacto
     assert snap.returncode == 0, err
     assert inst.status().json()["state"] == "running"
     assert inst.stop().returncode == 0
+
+
+def test_a_fast_restart_ends_a_smart_stop_in_progress_and_starts_again(
+    cluster: InstFactory,
+) -> None:
+    """``pgmgr restart -m fast`` behind a smart stop held open by a client takes that stop
+    over as ``pgmgr stop -m fast`` does (not 30 s for the lock, then an error naming it),
+    then starts the server again; the smart stop says a fast stop of a restart ended it."""
+    inst = cluster()
+    smart, conn = _smart_stop_waiting(inst)
+    try:
+        pid = inst.pid()
+        t0 = time.monotonic()
+        run = pgmgr("restart", inst.name, "-m", "fast", "--json")
+        assert run.returncode == 0, str(run)
+        assert time.monotonic() - t0 < 20, str(run)  # not the lock's 30 s
+        assert run.json()["was_running"] is True and run.json()["state"] == "running", str(run)
+        assert run.json()["took_over"]["mode"] == "smart", str(run)
+        assert pid is not None and not process.is_alive(pid) and inst.pid() != pid
+        code, result, err = _ended(smart)
+        assert code == 0 and result["ended_by"]["mode"] == "fast", err
+        assert "of 'pgmgr restart'" in err, err  # why it runs again, though it 'stopped'
+    finally:
+        conn.close()
+        if smart.poll() is None:
+            smart.kill()
+            smart.communicate()
+    assert inst.sql("SELECT 1") == [(1,)]
+    assert len(postmasters_under(inst.datadir)) == 1
+    assert inst.stop().returncode == 0
