@@ -153,6 +153,8 @@ def start(
                 cancel_start(srv, again)
                 for sock in socks:
                     drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
+                if isinstance(e, StoppedWhileStarting):
+                    commit_stopped(srv, su, merged)
             raise
         if pf is None:  # another server took the port between our check and bind
             for sock in socks:
@@ -296,6 +298,21 @@ def commit_start(
     srv.save()
     if pf is not None:  # ready: a failure from now on is not its start's
         srv.marked = None
+
+
+def commit_stopped(srv: Server, su: privileges.ServerUser | None, settings: dict[str, str]) -> None:
+    """A start that a 'pgmgr stop' ended (:class:`StoppedWhileStarting`) did not fail: its
+    server ran with what it was asked for and was stopped on purpose, as by a start then
+    a stop. The record keeps the port (chosen, for ``--port auto``), host and settings
+    (the record a 'start --init' saved before it spawned had no port: the next start took
+    5432, without the ``-c`` settings), with no pid. A record that cannot be saved leaves
+    the stop as it was (:func:`pgmgr.core.shutdown.save_after_stop`)."""
+    srv.inst.server_user = su.name if su is not None else None
+    srv.inst.settings = settings
+    srv.inst.log_file = str(srv.log_file)
+    srv.inst.pid = None
+    with contextlib.suppress(OSError):
+        srv.save()
 
 
 def record_running(srv: Server, pf: process.PidFile) -> None:

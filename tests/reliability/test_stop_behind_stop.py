@@ -224,14 +224,16 @@ def test_a_stop_ends_a_start_waiting_for_its_own_server(cluster: InstFactory, ho
     assert inst.start().returncode == 0 and inst.stop().returncode == 0
 
 
-def test_a_stop_during_start_init_keeps_the_new_instance(work: Path, hooks: Path) -> None:
-    """A 'start --init' whose start a stop ends has not failed its init: the instance it
-    made stays, stopped (a start that fails by itself removes it)."""
+def _start_init_stopped(work: Path, hooks: Path, *args: str) -> tuple[Path, list[str]]:
+    """``pgmgr start --init -d WORK/fresh --name fresh ARGS`` whose wait for ready a
+    'pgmgr stop' ends (its postmaster frozen before ready); the data directory and the
+    postmaster's argv."""
     datadir = work / "fresh"
-    with Paused(hooks, "start-spawned", "start", "--init", "-d", str(datadir), "-p", "auto",
-                "--name", "fresh") as paused:  # fmt: skip
+    with Paused(hooks, "start-spawned", "start", "--init", "-d", str(datadir), "--name",
+                "fresh", *args) as paused:  # fmt: skip
         paused.reached()
         (pid,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+        argv = process.cmdline(pid)
         os.kill(pid, signal.SIGSTOP)
         try:
             (hooks / f"{paused.step}.go").touch()
@@ -250,10 +252,47 @@ def test_a_stop_during_start_init_keeps_the_new_instance(work: Path, hooks: Path
         assert code == 0 and result["took_over"]["mode"] == "start", err
         _, err = paused.proc.communicate(timeout=60)
         assert paused.proc.returncode == 3 and "was stopped by a fast stop" in err, err
+    assert not process.is_alive(pid)
+    return datadir, argv
+
+
+def test_a_stop_during_start_init_keeps_the_new_instance(work: Path, hooks: Path) -> None:
+    """A 'start --init' whose start a stop ends has not failed its init: the instance it
+    made stays, stopped (a start that fails by itself removes it)."""
+    datadir, _ = _start_init_stopped(work, hooks, "-p", "auto")
     assert (datadir / "PG_VERSION").is_file()  # kept
     run = pgmgr("start", "fresh", "-p", "auto")
     assert run.returncode == 0, str(run)
     assert pgmgr("stop", "fresh").returncode == 0
+
+
+@pytest.mark.parametrize("asked", ["auto", "given"])
+def test_a_start_init_ended_by_a_stop_records_what_it_started_with(
+    work: Path, hooks: Path, asked: str
+) -> None:
+    """The instance a stop kept has the record a start then a stop leave: the port asked
+    for (or chosen by '-p auto') and the -c settings, so that a later 'pgmgr start NAME'
+    starts it as asked (its record had no port: 5432, and no settings)."""
+    from pgmgr.core import listen, registry
+
+    port = "auto" if asked == "auto" else str(listen.free_port("127.0.0.1"))
+    _, argv = _start_init_stopped(work, hooks, "-p", port, "-c", "work_mem=7MB")
+    ran_on = int(argv[argv.index("-p") + 1])
+    assert port == "auto" or ran_on == int(port)
+    rec = registry.load("fresh").to_dict()
+    assert rec["port"] == ran_on and rec["pid"] is None, rec
+    assert rec["settings"] == {"work_mem": "7MB"}, rec
+    run = pgmgr("start", "fresh", "--json")
+    try:
+        assert run.returncode == 0 and run.json()["port"] == ran_on, str(run)
+        pf = process.PidFile.read(work / "fresh")
+        assert pf is not None and pf.port == ran_on
+        with __import__("psycopg").connect(
+            host=pf.socket_dir, port=ran_on, user="postgres", dbname="postgres"
+        ) as conn:
+            assert conn.execute("SHOW work_mem").fetchone() == ("7MB",)
+    finally:
+        assert pgmgr("stop", "fresh").returncode == 0
 
 
 def test_a_stop_behind_a_smart_restart_ends_its_stop_then_stops_what_it_started(
