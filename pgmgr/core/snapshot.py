@@ -346,6 +346,10 @@ def create(
     require_datadir(srv)
     dirpath.check_not_mount(srv.datadir, f"snapshot '{srv.inst.name}'")
     t0 = time.monotonic()
+    if online:  # pg_basebackup needs it ready: one another process starts is waited for
+        from pgmgr.core.readyfirst import ready_first
+
+        ready_first(srv, "snapshot", f"take an online snapshot of '{srv.inst.name}'")
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
         why, taken, earlier, size, clones = store.as_user(_prepare, store.path, srv.datadir)

@@ -236,10 +236,14 @@ def _await_ready(srv: Server, timeout: float, *, retry: bool) -> process.PidFile
         raise
 
 
-def settle(srv: Server, pf: process.PidFile, timeout: float) -> process.PidFile:
+def settle(
+    srv: Server, pf: process.PidFile, timeout: float, *, waiter: str | None = None
+) -> process.PidFile:
     """A start of a server that already runs: one shutting down is not running for
     long (exit 3, says what to do); one still starting (crash recovery) is waited for,
-    up to ``timeout``, and never killed: this call did not start it.
+    up to ``timeout``, and never killed: this call did not start it. ``waiter``: the
+    command that waits for it before its work, when it is not a start (see
+    :func:`stopwait.starting`).
 
     :raises ServerStopping: it is shutting down.
     :raises WorkerError: it exited, or was still starting after ``timeout``.
@@ -250,7 +254,7 @@ def settle(srv: Server, pf: process.PidFile, timeout: float) -> process.PidFile:
         return pf
     try:
         offset = launch.open_log_offset(srv.log_file)
-        with stopwait.starting(srv, pf.pid, timeout) as left:
+        with stopwait.starting(srv, pf.pid, timeout, waiter=waiter) as left:
             return launch.wait_ready(
                 pf.pid, srv.datadir, left, log_file=srv.log_file, log_offset=offset
             )

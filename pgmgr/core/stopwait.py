@@ -60,7 +60,9 @@ class Note:
     ``mode`` (or to be ready: :data:`START`); ``by``: the pid of the stronger stop that
     escalated it to ``mode``, ``by_command`` its command when it is not a stop (a restart,
     which starts the server again); ``command``: the pgmgr command at work (a restart's or
-    a snapshot's stop, say), when it is not a stop."""
+    a snapshot's stop, say), when it is not a stop; ``waiter``: the command (an online
+    snapshot, an upgrade) that waits, before its work, for a server another process
+    starts to be ready (:func:`starting`): a stop ends that wait as a start's."""
 
     pid: int
     ticks: int | None
@@ -69,6 +71,7 @@ class Note:
     by: int | None = None
     command: str | None = None
     by_command: str | None = None
+    waiter: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"mode": self.mode, "pid": self.by, "command": self.by_command}
@@ -79,6 +82,8 @@ class Note:
         return f"{article(self.mode)} {self.mode} stop{of}"
 
     def holder(self) -> str:
+        if self.waiter:
+            return f"'pgmgr {self.waiter}' (pgmgr pid {self.pid})"
         what = "start" if self.mode == START else f"{self.mode} stop"
         of = f" of 'pgmgr {self.command}'" if self.command else ""
         return f"{article(what)} {what}{of} (pgmgr pid {self.pid})"
@@ -99,7 +104,7 @@ def _path(datadir: Path) -> Path:
 def _write(datadir: Path, note: Note) -> None:
     data = {"pid": note.pid, "ticks": note.ticks, "postmaster": note.postmaster,
             "mode": note.mode, "by": note.by, "command": note.command,
-            "by_command": note.by_command}  # fmt: skip
+            "by_command": note.by_command, "waiter": note.waiter}  # fmt: skip
     paths.write_atomic(_path(datadir), json.dumps(data).encode())
 
 
@@ -109,7 +114,7 @@ def _load(datadir: Path) -> Note | None:
         data = json.loads(text or "")
         note = Note(int(data["pid"]), data.get("ticks"), int(data["postmaster"]),
                     str(data["mode"]), data.get("by"), data.get("command"),
-                    data.get("by_command"))  # fmt: skip
+                    data.get("by_command"), data.get("waiter"))  # fmt: skip
     except (ValueError, TypeError, KeyError):
         return None
     return note if note.mode in RANK else None
@@ -128,7 +133,9 @@ def read(datadir: Path) -> Note | None:
 
 
 @contextlib.contextmanager
-def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
+def announced(
+    srv: Server, postmaster: int, mode: str, *, waiter: str | None = None
+) -> Iterator[None]:
     """Around the wait of a stop that holds ``srv``'s lock (see the module's doc); once it
     ends, :attr:`Server.ended_by` says which stronger stop ended it, if one did. Best
     effort: a note that cannot be written leaves the stop as it was (no take-over)."""
@@ -136,7 +143,7 @@ def announced(srv: Server, postmaster: int, mode: str) -> Iterator[None]:
     srv.ended_by = None
     # a command that stops the server for its work marked the record (pgmgr.core.stopmark)
     command = str((srv.marked or {}).get("command") or "") or None
-    note = Note(me, process.start_ticks(me), postmaster, mode, command=command)
+    note = Note(me, process.start_ticks(me), postmaster, mode, command=command, waiter=waiter)
     with contextlib.suppress(OSError):
         _write(srv.datadir, note)
     try:
@@ -165,17 +172,20 @@ def quick(datadir: Path, pid: int, seconds: float) -> bool:
 
 
 @contextlib.contextmanager
-def starting(srv: Server, pid: int, timeout: float) -> Iterator[float]:
+def starting(
+    srv: Server, pid: int, timeout: float, *, waiter: str | None = None
+) -> Iterator[float]:
     """Around the wait of a start (holding ``srv``'s lock) for the server ``pid``: a note
     once it takes longer than a blink, so that a stop behind it stops the server (see the
     module's doc). Yields what is left of ``timeout``; :attr:`Server.ended_by` says which
-    stop ended the wait, if one did."""
+    stop ended the wait, if one did. ``waiter``: the command whose work waits (see
+    :class:`Note`), when it is not a start."""
     t0 = time.monotonic()
     srv.ended_by = None
     if quick(srv.datadir, pid, min(timeout, QUIET)):
         yield max(0.0, timeout - (time.monotonic() - t0))
         return
-    with announced(srv, pid, START):
+    with announced(srv, pid, START, waiter=waiter):
         yield max(0.0, timeout - (time.monotonic() - t0))
 
 

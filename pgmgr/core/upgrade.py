@@ -207,6 +207,12 @@ def upgrade(
     say = progress or (lambda _step: None)
     old, new = prepare(srv, major, method)
     dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")  # --check too
+    # Asked, and pg_upgrade --check run, on a running server: one another process starts
+    # is waited for (they failed with "the database system is starting up").
+    from pgmgr.core.readyfirst import ready_first
+
+    ready_first(srv, "upgrade", f"{'check the upgrade of' if check else 'upgrade'} "
+                f"'{srv.inst.name}'")  # fmt: skip
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
