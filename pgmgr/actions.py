@@ -386,10 +386,11 @@ def stop(
     return 1 if failed else 0
 
 
-def stop_how(srv: Server, took_over: Note | None) -> str:
-    """How a stop ended, when another stop took part (see pgmgr.core.stopwait)."""
-    if srv.ended_by is not None:
-        by = srv.ended_by
+def stop_how(ended_by: Note | None, took_over: Note | None) -> str:
+    """How a stop ended, when another stop took part (see pgmgr.core.stopwait): the
+    stronger one that ended it, or the weaker one it ended."""
+    if ended_by is not None:
+        by = ended_by
         again = ", which starts it again" if by.by_command == "restart" else ""
         return f" (ended by {by.ender()}, pgmgr pid {by.by}, run meanwhile{again})"
     if took_over is not None and took_over.mode == "start":
@@ -438,7 +439,9 @@ def _stop_one(srv: Server, mode: str, timeout: float, all_: bool) -> dict[str, A
     if missing and not all_:
         raise DataDirNotFound(srv.datadir, _why_missing(srv.datadir))  # exit 4
     if stopped:
-        ui.message(f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}" + stop_how(srv, took_over))
+        ui.message(
+            f"Stopped '{srv.inst.name}' in {ui.ms(elapsed)}" + stop_how(srv.ended_by, took_over)
+        )
     elif missing:
         ui.message(f"'{srv.inst.name}': data directory {_why_missing(srv.datadir)}")
     else:

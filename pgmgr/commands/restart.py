@@ -53,5 +53,5 @@ def restart(
         how = "Restarted" if was_running else "Was not running; started"
         ui.message(
             f"{how} '{srv.inst.name}' (pid {result.start.pid}) in {ui.ms(elapsed)}"
-            f"{stop_how(srv, took_over)}: {st.url}"
+            f"{stop_how(result.stop_ended_by, took_over)}: {st.url}"
         )

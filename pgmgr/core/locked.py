@@ -64,8 +64,7 @@ def _behind_stop(srv: Server) -> Iterator[None]:
         e.message += f": {note.holder()} waits for the server {note.waits_for()}" + (
             " (for its clients to disconnect)" if smart else ""
         )
-        end = {"start": "", "smart": " -m fast"}.get(note.mode, " -m immediate")
-        e.hint = e.hint or f"wait, or end it with 'pgmgr stop {srv.inst.name}{end}'"
+        e.hint = e.hint or stopwait.way_out(note, srv.inst.name)
         raise
 
 

@@ -22,6 +22,10 @@ from pgmgr.core import paths, process, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.stopwait import Note
+
 #: How often ``reload`` asks the server whether it re-read its configuration, and ``logs -f``
 #: looks for new lines. 10 ms: fast enough to feel instant, cheap enough to be invisible.
 POLL = 0.01
@@ -56,6 +60,8 @@ class RestartResult:
 
     was_running: bool
     start: StartResult
+    #: the stronger stop that ended this restart's stop, if one did (pgmgr.core.stopwait)
+    stop_ended_by: Note | None = None
 
 
 def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartResult:
@@ -85,6 +91,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
                 stopmark.mark(srv, "restart")  # in here: a signal once it is saved clears it
             testhook.pause("restart-marked")
             was_running = srv.stop(mode, timeout)
+            ended_by = srv.ended_by  # (the start's wait sets it anew)
             testhook.pause("restart-stopped")
         except WorkerError:  # still running: nothing to explain
             stopmark.clear(srv.inst)
@@ -95,7 +102,7 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
                 _start_anyway(srv)
             raise
         try:
-            return RestartResult(was_running, srv.start(timeout=timeout))
+            return RestartResult(was_running, srv.start(timeout=timeout), ended_by)
         except KeyboardInterrupt as e:  # the start cancelled itself: it runs all the same
             if running and sigguard.cause(e) is None:  # (not one that failed by itself)
                 _start_anyway(srv)

@@ -265,12 +265,28 @@ def locked(
 def _still_stopping(srv: Server, seen: Note, timeout: float) -> WorkerError:
     name = srv.inst.name
     if seen.mode == START:  # not taken over: it no longer waits for the server
-        return WorkerError(f"'{name}' is still held by {seen.holder()} after {timeout:g} s")
+        return WorkerError(f"'{name}' is still held by {seen.holder()} after {timeout:g} s",
+                           hint=way_out(seen, name))  # fmt: skip
     smart = seen.mode == "smart"
     return WorkerError(
         f"'{name}' is still being stopped by {seen.holder()} after {timeout:g} s"
         + ("; it waits for its clients to disconnect" if smart else ""),
-        hint=f"end them with 'pgmgr stop {name} -m fast'"
-        if smart
-        else f"wait for it, or run 'pgmgr stop {name} -m immediate'",
+        hint=way_out(seen, name),
     )
+
+
+def way_out(note: Note, name: str) -> str:
+    """The hint of a command that waited for ``note``'s stop (or start): what ends it.
+    Not a stop, behind a snapshot's (restore's...) stop, which no stop takes over; a
+    restart, behind a restart's stop (a stop would end it, then stop the server the
+    restart started again)."""
+    if note.command not in TAKEN_OVER:
+        return f"wait for 'pgmgr {note.command}' to finish (no stop cuts its work short)"
+    if note.mode == "immediate":
+        return "wait for it"
+    verb = "restart" if note.command == "restart" and note.mode != START else "stop"
+    stronger = {START: "", "smart": " -m fast"}.get(note.mode, " -m immediate")
+    how = f"'pgmgr {verb} {name}{stronger}'"
+    if note.mode == "smart":
+        return f"wait for its clients to disconnect, or end them with {how}"
+    return f"wait, or end it with {how}"

@@ -249,9 +249,9 @@ def _start_init_stopped(work: Path, hooks: Path, *args: str) -> tuple[Path, list
         finally:
             os.kill(pid, signal.SIGCONT)
         code, result, err = _ended(stop, 60)
-        assert code == 0 and result["took_over"]["mode"] == "start", err
-        _, err = paused.proc.communicate(timeout=60)
-        assert paused.proc.returncode == 3 and "was stopped by a fast stop" in err, err
+        _, started = paused.proc.communicate(timeout=60)
+        assert code == 0 and result["took_over"]["mode"] == "start", (err, started)
+        assert paused.proc.returncode == 3 and "was stopped by a fast stop" in started, started
     assert not process.is_alive(pid)
     return datadir, argv
 
@@ -353,6 +353,12 @@ def test_an_immediate_stop_leaves_a_snapshots_fast_stop_alone(cluster: InstFacto
         run = inst.stop("-m", "immediate", "--timeout", "1")
         err = one_error(run)
         assert "still being stopped by a fast stop of 'pgmgr snapshot'" in err, str(run)
+        # the way out is to wait: an immediate stop (which the hint said) does not end it
+        (hint,) = [ln for ln in run.stderr.splitlines() if ln.startswith("Hint:")]
+        assert "wait for 'pgmgr snapshot'" in hint and "-m immediate" not in hint, hint
+        with pytest.raises(Busy) as busy, locked(Server.load(inst.name), 0.5):
+            pass
+        assert busy.value.hint and "-m immediate" not in busy.value.hint, busy.value.hint
         assert "immediate shutdown request" not in log.read_text()
     finally:
         os.kill(ckpt, signal.SIGCONT)
@@ -389,4 +395,41 @@ def test_a_fast_restart_ends_a_smart_stop_in_progress_and_starts_again(
             smart.communicate()
     assert inst.sql("SELECT 1") == [(1,)]
     assert len(postmasters_under(inst.datadir)) == 1
+    assert inst.stop().returncode == 0
+
+
+def test_a_command_behind_a_smart_restart_is_told_to_restart_fast(cluster: InstFactory) -> None:
+    """Behind a restart's smart stop, the way out is 'restart -m fast' (it ends that stop,
+    and the server runs after both), not 'stop -m fast', which the errors said: the
+    restart then started the server again and that stop, behind it, stopped it for good."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    conn = inst.connect(autocommit=True)
+    first = subprocess.Popen(
+        pgmgr_argv("restart", inst.name, "-m", "smart", "--timeout", "120"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+            assert time.monotonic() < deadline and first.poll() is None, "no restart began"
+            time.sleep(0.005)
+        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        way_out = f"'pgmgr restart {inst.name} -m fast'"
+        run = inst.stop("-m", "smart", "--timeout", "1")
+        assert "of 'pgmgr restart'" in one_error(run) and way_out in run.stderr, str(run)
+        with pytest.raises(Busy) as busy, locked(Server.load(inst.name), 0.5):
+            pass  # what any command says once its wait for the lock ends
+        assert busy.value.hint and way_out in busy.value.hint, busy.value.hint
+        run = pgmgr("restart", inst.name, "-m", "fast", "--json")
+        assert run.returncode == 0 and run.json()["took_over"]["mode"] == "smart", str(run)
+    finally:
+        conn.close()
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0 and "ended by a fast stop of 'pgmgr restart'" in err, err
+    assert inst.status().json()["state"] == "running"
+    assert inst.sql("SELECT 1") == [(1,)]
     assert inst.stop().returncode == 0
