@@ -17,7 +17,11 @@ A start that waits for its server to be ready (a long crash recovery, up to its
 ``--timeout``) holds the lock too: it leaves the same note (mode ``start``), and any stop
 behind it stops the server at once (PostgreSQL ends a recovery on a shutdown request); the
 start then ends saying that stop stopped it (exit code 3, not running), not that postgres
-"exited during start-up".
+"exited during start-up". So does the wait of an online snapshot or an upgrade for a server
+another process starts (:mod:`pgmgr.core.readyfirst`: ``waiter`` in the note).
+
+A restart's stop takes over as a stop does (``pgmgr restart -m fast`` behind a smart stop);
+the stop it ended says so ("a fast stop of 'pgmgr restart'"), as the server runs again.
 """
 
 from __future__ import annotations
