@@ -32,6 +32,7 @@ from pgmgr.core import (
 from pgmgr.core.errors import (
     DatabaseException,
     InstanceNotFound,
+    NotRunning,
     UsageError,
     WorkerError,
     doing,
@@ -57,11 +58,21 @@ def basebackup_argv(
 
 
 def check_source(src: Server, version: str | None) -> None:
-    """:raises NotRunning: SRC is stopped. :raises DatabaseException: another major asked
-    for, or SRC is itself a standby or unfinished."""
+    """:raises NotRunning: SRC is stopped, or starting or stopping (it refuses connections).
+    :raises DatabaseException: another major asked for, or SRC is itself a standby or
+        unfinished."""
     if src.inst.pending:  # a standby of a half-made instance, which a retry destroys
         raise unfinished(src.inst, "replicated")
-    require_running(src)
+    pf = require_running(src)
+    if pf.phase in ("starting", "stopping"):  # it refuses connections: say so, not libpq
+        name = src.inst.name
+        state = "still starting" if pf.phase == "starting" else "shutting down"
+        raise NotRunning(
+            f"'{name}' (pid {pf.pid}) is {state}: a replica is made of a server that "
+            "accepts connections; nothing was created",
+            hint=f"wait until 'pgmgr status {name}' says running ('pgmgr start {name}' "
+            "waits for a start), then run it again",
+        )
     major = src.installation().major
     if version:
         asked = versions.check_version_string(version)

@@ -202,3 +202,38 @@ def test_a_start_that_lasts_is_waited_for_a_bounded_time(cluster: InstFactory) -
     finally:
         _thaw(frozen)
     assert inst.start().returncode == 0 and inst.stop().returncode == 0
+
+
+def test_a_replica_of_a_starting_or_stopping_server_is_refused_in_one_line(
+    cluster: InstFactory,
+) -> None:
+    """'pgmgr replica SRC' of a SRC another process is still starting (or stopping) was
+    made, then undone, on the error of the first connection ("the database system is
+    starting up"): now refused before anything is made, saying so and what to do."""
+    inst = cluster()
+    pid, frozen, _ = _recovering(inst)
+    try:
+        run = pgmgr("replica", inst.name)
+        err = one_error(run)
+        assert run.returncode == 3 and "is still starting" in err, str(run)
+        assert "nothing was created" in err and "pgmgr status" in run.stderr, str(run)
+        assert not (inst.datadir.parent / f"{inst.name}-replica").exists()
+        assert pgmgr("status", f"{inst.name}-replica").returncode == 4
+    finally:
+        _thaw(frozen)
+    assert inst.start().returncode == 0
+    conn = inst.connect(autocommit=True)
+    pid = inst.pid()
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGTERM)  # a smart stop of another process, held by the client
+        deadline = time.monotonic() + 30
+        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
+            assert time.monotonic() < deadline, "never stopping"
+            time.sleep(0.01)
+        run = pgmgr("replica", inst.name)
+        err = one_error(run)
+        assert run.returncode == 3 and "is shutting down" in err, str(run)
+    finally:
+        conn.close()
+    assert process.wait_gone(pid, inst.datadir, 30)
