@@ -60,13 +60,19 @@ class ServerStopping(NotRunning):
 
 
 class StoppedWhileStarting(NotRunning):
-    """A stop run while a start waited for the server stopped it (exit code 3)."""
+    """A stop run while a start waited for the server stopped it (exit code 3): a 'pgmgr
+    stop' (``by``), or a shutdown request from elsewhere (None: see :func:`_asked_to_stop`)."""
 
-    def __init__(self, name: str, by: stopwait.Note) -> None:
+    def __init__(self, name: str, by: stopwait.Note | None) -> None:
         self.name = name
+        who = (
+            f"{by.ender()} (pgmgr pid {by.by})"
+            if by is not None
+            else "a shutdown request from outside this pgmgr ('pg_ctl stop', a service "
+            "manager, or the pgmgr of another registration of its data directory)"
+        )
         super().__init__(
-            f"'{name}' was stopped by {by.ender()} (pgmgr pid {by.by}) run while this "
-            "start waited for it to be ready"
+            f"'{name}' was stopped by {who} run while this start waited for it to be ready"
         )
 
 
@@ -229,11 +235,26 @@ def _await_ready(srv: Server, timeout: float, *, retry: bool) -> process.PidFile
     except ServerExited as e:
         if srv.ended_by is not None:  # a 'pgmgr stop' run meanwhile stopped it
             raise StoppedWhileStarting(srv.inst.name, srv.ended_by) from None
+        if _asked_to_stop(srv.child):  # another stop: not a failed start either
+            raise StoppedWhileStarting(srv.inst.name, None) from None
         if retry and "already in use" in e.message:
             return None
         if "already in use" in e.message:
             raise PortInUse(srv.inst.host, srv.inst.port or 0) from None
         raise
+
+
+def _asked_to_stop(child: subprocess.Popen[bytes] | None) -> bool:
+    """Whether the postgres this start spawned exited because a stop asked it to: exit
+    code 0 (a smart, fast or immediate shutdown request, handled), or killed by one of
+    those signals before it set its handlers. A start that fails exits 1 (FATAL), and a
+    stop of pgmgr's own is in its note (:attr:`Server.ended_by`), but one of
+    'pg_ctl stop', or of the pgmgr of another registration (whose lock and note are in
+    its own state directory) is not: the start called that a failure, and a
+    'start --init' undid its init."""
+    code = child.poll() if child is not None else None
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+    return code is not None and (code == 0 or -code in stops)
 
 
 def settle(

@@ -52,21 +52,31 @@ def _recovering(inst: Inst) -> tuple[int, list[int], str]:
     )  # fmt: skip
     for _ in range(20):
         child = server.spawn(argv, inst.datadir.parent / "spawn.log", su)
-        frozen: list[int] = []
-        deadline = time.monotonic() + 10
-        while len(frozen) < 2 and time.monotonic() < deadline and child.poll() is None:
-            for pid in process.children(child.pid):
-                title = " ".join(process.cmdline(pid))
-                if pid not in frozen and ("startup" in title or "checkpointer" in title):
-                    os.kill(pid, signal.SIGSTOP)
-                    frozen.append(pid)
-        pf = process.PidFile.read(inst.datadir)
-        if len(frozen) == 2 and pf is not None and pf.pid == child.pid and pf.phase == "starting":
+        frozen = freeze_recovery(inst.datadir, child.pid)
+        if frozen is not None:
             return child.pid, frozen, token
-        _thaw(frozen)
         server.stop(child.pid, inst.datadir, "immediate", 10)  # crash recovery next time
         child.wait(10)
     raise AssertionError("never caught the recovery in 20 attempts")
+
+
+def freeze_recovery(datadir: Path, postmaster: int) -> list[int] | None:
+    """Freeze (SIGSTOP) the startup process and checkpointer of ``postmaster``, which
+    recovers from a crash; their pids, or None (all thawed again) when the recovery was
+    over first."""
+    frozen: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(frozen) < 2 and time.monotonic() < deadline and process.is_alive(postmaster):
+        for pid in process.children(postmaster):
+            title = " ".join(process.cmdline(pid))
+            if pid not in frozen and ("startup" in title or "checkpointer" in title):
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+    pf = process.PidFile.read(datadir)
+    if len(frozen) == 2 and pf is not None and pf.pid == postmaster and pf.phase == "starting":
+        return frozen
+    _thaw(frozen)
+    return None
 
 
 def _signals_pending(pid: int) -> bool:

@@ -33,6 +33,7 @@ from tests.reliability.conftest import (
     pgmgr_argv,
     start_frozen_before_ready,
 )
+from tests.reliability.test_ready_before_work import freeze_recovery
 from tests.reliability.test_start_states import _spawn_frozen_in_starting
 
 
@@ -433,3 +434,72 @@ def test_a_command_behind_a_smart_restart_is_told_to_restart_fast(cluster: InstF
     assert inst.status().json()["state"] == "running"
     assert inst.sql("SELECT 1") == [(1,)]
     assert inst.stop().returncode == 0
+
+
+def test_a_stop_from_outside_pgmgr_during_start_init_keeps_the_new_instance(
+    work: Path, hooks: Path
+) -> None:
+    """A stop that is not this registration's 'pgmgr stop' ('pg_ctl stop', systemd, the
+    pgmgr of another registration of the directory, whose lock and note are its own) sends
+    the same signal; the start saw postgres exit, called it a failed start and undid its
+    init: the data directory removed. It says a fast shutdown was asked for (exit 3) and
+    keeps the instance, as for a 'pgmgr stop'."""
+    datadir = work / "fresh"
+    with Paused(hooks, "start-spawned", "start", "--init", "-d", str(datadir), "--name",
+                "fresh", "-p", "auto") as paused:  # fmt: skip
+        paused.reached()
+        (pid,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            (hooks / f"{paused.step}.go").touch()
+            time.sleep(1.0)
+            os.kill(pid, signal.SIGINT)  # what 'pg_ctl stop -m fast' sends
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _, err = paused.proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert paused.proc.returncode == 3 and "shutdown request from outside" in err, err
+    assert (datadir / "PG_VERSION").is_file()  # kept
+    run = pgmgr("start", "fresh")
+    assert run.returncode == 0, str(run)
+    assert pgmgr("stop", "fresh").returncode == 0
+
+
+def test_a_stop_from_outside_pgmgr_during_a_recovery_is_said_as_such(
+    cluster: InstFactory, hooks: Path
+) -> None:
+    """The same once postgres handles the request (it exits 0 then): a start waiting for
+    its server's crash recovery (startup process and checkpointer frozen) that 'pg_ctl
+    stop' ends says so, exit 3, not "postgres exited during start-up"."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    inst.sql(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS t FROM generate_series(1, 100000) g"
+    )
+    for _ in range(10):
+        assert inst.stop("-m", "immediate").returncode == 0  # the next start recovers
+        with Paused(hooks, "start-spawned", "start", inst.name) as paused:
+            paused.reached()
+            (pid,) = [p for p in process.children(paused.proc.pid) if "-D" in process.cmdline(p)]
+            (hooks / f"{paused.step}.go").touch()
+            frozen = freeze_recovery(inst.datadir, pid)
+            if frozen is None:  # recovered first: again
+                _, err = paused.proc.communicate(timeout=60)
+                assert paused.proc.returncode == 0, err
+                continue
+            try:
+                os.kill(pid, signal.SIGINT)  # what 'pg_ctl stop -m fast' sends
+                log = Path(inst.record()["log_file"])
+                deadline = time.monotonic() + 30  # postgres took it (its children are frozen)
+                while "received fast shutdown request" not in log.read_text()[-2000:]:
+                    assert time.monotonic() < deadline, "postgres never took the request"
+                    time.sleep(0.01)
+            finally:
+                for p in frozen:
+                    os.kill(p, signal.SIGCONT)
+            _, err = paused.proc.communicate(timeout=60)
+        assert "Traceback" not in err, err
+        assert paused.proc.returncode == 3 and "shutdown request from outside" in err, err
+        assert not process.is_alive(pid) and inst.status().json()["state"] == "stopped"
+        return
+    raise AssertionError("the recovery was over before the test could freeze it, 10 times")
