@@ -19,6 +19,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     dirlock,
+    listen,
     privileges,
     registry,
     rmtree,
@@ -101,7 +102,8 @@ def import_bundle(
     :raises DatabaseException: see :func:`~pgmgr.core.bundlecheck.read_manifest`,
         :func:`target_install`; the directory exists; the target lacks extensions; a
         restore step failed (then the new instance is removed again).
-    :raises UsageError: the name is taken.
+    :raises UsageError: the name is taken; a bad port.
+    :raises PortPrivileged, PortInUse: ``port`` cannot be listened on (before anything).
     """
     t0 = time.monotonic()
     server.check_port_option(port)
@@ -114,6 +116,10 @@ def import_bundle(
     datadir = Path(os.path.abspath(datadir))
     if name:
         registry.check_name(name)
+    # as its start will (on the host a new record has), before the lock (a retry's
+    # clean-up) and the initdb
+    su = privileges.server_user(datadir, None)
+    listen.check_new_port(registry.Instance.host, port, su, install.bindir / "postgres")
     # The lock is held to the end: a retry waits for a live import, and finding the
     # pending record of this directory under it means its import is dead.
     with sigguard.interruptible(), dirlock.lock(datadir):

@@ -127,7 +127,8 @@ def create(
     by ``pgmgr destroy``.
 
     :raises NotRunning: SRC is not running.
-    :raises UsageError: the name is taken.
+    :raises UsageError: the name is taken; a bad port.
+    :raises PortPrivileged, PortInUse: ``port`` cannot be listened on (before anything).
     :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
         of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
     """
@@ -135,6 +136,8 @@ def create(
 
     server.check_port_option(port)
     check_source(src, version)
+    postgres = src.installation().bindir / "postgres"
+    listen.check_new_port(listen.loopback_of(src.inst.host or ""), port, src.user(), postgres)
     if name:
         registry.check_name(name)
     else:
