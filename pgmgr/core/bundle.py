@@ -60,6 +60,9 @@ class ImportResult:
     elapsed: float
     #: the bundle's settings it did not apply (:func:`pgmgr.core.server.portable_settings`)
     dropped_settings: list[str]
+    #: the bundle's authentication method when it was not applied (``trust``: see
+    #: :func:`pgmgr.core.importer._auth`), else None
+    dropped_auth: str | None = None
 
 
 def client_env(srv: Server, dbname: str = "postgres") -> dict[str, str]:

@@ -90,6 +90,7 @@ def import_bundle(
     version: str | None = None,
     name: str | None = None,
     port: str | None = None,
+    auth: str | None = None,
     timeout: float = 60.0,
 ) -> ImportResult:
     """Create, start and fill a new instance from ``bundle``.
@@ -102,16 +103,19 @@ def import_bundle(
     :raises DatabaseException: see :func:`~pgmgr.core.bundlecheck.read_manifest`,
         :func:`target_install`; the directory exists; the target lacks extensions; a
         restore step failed (then the new instance is removed again).
-    :raises UsageError: the name is taken; a bad port.
+    :raises UsageError: the name is taken; a bad port or ``auth``.
     :raises PortPrivileged, PortInUse: ``port`` cannot be listened on (before anything).
     """
     t0 = time.monotonic()
     server.check_port_option(port)
+    if auth is not None and auth not in server.AUTH_METHODS:
+        raise UsageError(f"invalid --auth {auth!r}: use {', '.join(server.AUTH_METHODS)}")
     bundle = Path(os.path.abspath(bundle))
     if bundle.is_dir():
         check_root_safe(bundle, "import from")
     manifest = read_manifest(bundle)
     settings, dropped = _settings(bundle, manifest)
+    auth, dropped_auth = _auth(manifest, auth)
     install = target_install(manifest, version)
     datadir = Path(os.path.abspath(datadir))
     if name:
@@ -131,7 +135,7 @@ def import_bundle(
         srv.save()  # registered, marked
         try:
             testhook.pause("import-registered")
-            _init(srv, manifest)
+            _init(srv, manifest, auth)
             _start(srv, settings, port, timeout)
             testhook.pause("import-started")
             _restore(srv, install, bundle, manifest)
@@ -148,7 +152,9 @@ def import_bundle(
             raise
     dbs = [str(d["name"]) for d in manifest["databases"]]
     elapsed = time.monotonic() - t0
-    return ImportResult(srv, str(manifest["source"]["version"]), dbs, elapsed, dropped)
+    return ImportResult(
+        srv, str(manifest["source"]["version"]), dbs, elapsed, dropped, dropped_auth
+    )
 
 
 def _settings(bundle: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -162,6 +168,22 @@ def _settings(bundle: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], l
         raise DatabaseException(
             f"{bundle}/{MANIFEST} is not a valid manifest ({e}); nothing was created"
         ) from None
+
+
+def _auth(manifest: dict[str, Any], asked: str | None) -> tuple[str, str | None]:
+    """The new instance's TCP authentication, and the bundle's when it is not applied:
+    ``asked`` (``--auth``), else the bundle's, but never ``trust`` (any local client logs
+    in over TCP as any role, the superuser included, without a password). A bundle is a
+    file someone else may have made or edited: it does not open the new server so
+    silently, as it does not choose its files or commands (:func:`_settings`); the new
+    instance gets pgmgr's default, scram-sha-256 with its own password, and the import
+    says so."""
+    bundled = str(manifest.get("auth") or server.InitOptions.auth)
+    if asked is not None:
+        return asked, None
+    if bundled == "trust":
+        return server.InitOptions.auth, bundled
+    return bundled, None
 
 
 def _check_new(
@@ -181,12 +203,12 @@ def _check_new(
         )
 
 
-def _init(srv: Server, manifest: dict[str, Any]) -> None:
+def _init(srv: Server, manifest: dict[str, Any], auth: str) -> None:
     """:raises DatabaseException: initdb failed, or a data directory appeared there."""
     locale = manifest["locale"]
     opts = server.InitOptions(
         superuser=str(manifest["superuser"]),
-        auth=str(manifest.get("auth") or "scram-sha-256"),
+        auth=auth,
         encoding=str(manifest["encoding"]),
         locale=str(locale["collate"]),
         extra=() if locale["collate"] == locale["ctype"] else (f"--lc-ctype={locale['ctype']}",),

@@ -386,7 +386,7 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
     assert proc.returncode == 0, proc.stderr
-    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:") and "auth" not in ln]
     assert notes == [
         "Note: not applied, from the bundle's settings: archive_command, hba_file, "
         "include_if_exists, jit_provider, listen_addresses, port, shared_preload_libraries, "
@@ -419,6 +419,51 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "the value holds a line break); nothing was created",
         ops_dir,
     )
+
+
+def test_a_bundles_trust_authentication_is_not_applied_unless_asked(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """A manifest that says ``auth: trust`` (an export of an instance made with ``init
+    --auth trust``; or anyone's edit: the manifest has no checksum): the new instance let
+    any local client in over TCP as any role, the superuser included, without a password.
+    It gets scram-sha-256 and its own password, with a Note line; ``--auth trust`` asks
+    for it."""
+    bundle = ops_dir / "bundle"
+    assert fresh.pgmgr("export", "fresh", str(bundle), "-q").returncode == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "auth": "trust"}))
+
+    proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
+    assert proc.returncode == 0, proc.stderr
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
+    assert notes == [
+        "Note: not applied, from the bundle: auth trust (TCP logins without a password); "
+        "'imp' uses scram-sha-256 with its own password. To let TCP in without one, import "
+        "with '--auth trust'"
+    ], proc.stderr
+    rec = record(fresh, "imp")
+    assert rec["tcp_url"].startswith("postgresql://postgres:")  # a password in it
+    port = int(rec["port"])
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+    with psycopg.connect(rec["tcp_url"]) as c:
+        assert c.execute("SELECT current_user").fetchone() == ("postgres",)
+
+    asked = fresh.pgmgr(
+        "import", str(bundle), "-d", str(ops_dir / "open"), "--auth", "trust", "--json"
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["dropped_auth"] is None
+    rec = record(fresh, "open")
+    with psycopg.connect(host="127.0.0.1", port=int(rec["port"]), user="postgres") as c:
+        assert c.execute("SELECT current_user").fetchone() == ("postgres",)
+    bad = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "x"), "--auth", "ident")
+    assert bad.returncode == 2
+    assert error_lines(bad.stderr) == [
+        "Error: invalid --auth 'ident': use scram-sha-256, trust, md5, password"
+    ]
+    assert not (ops_dir / "x").exists()
 
 
 def test_a_manifest_nested_too_deep_is_one_line(ops_dir: Path) -> None:
