@@ -22,7 +22,6 @@ from pgmgr.core import (
     listen,
     privileges,
     registry,
-    rmtree,
     scram,
     server,
     sigguard,
@@ -34,7 +33,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.bundle import ImportResult, _new_dir, check_root_safe, client_env
 from pgmgr.core.bundlecheck import MANIFEST, missing_extensions, read_manifest
-from pgmgr.core.errors import DatabaseException, UsageError, VersionNotFound
+from pgmgr.core.errors import DatabaseException, PgmgrError, UsageError, VersionNotFound
 from pgmgr.core.instance import Server, quote_ident, quote_literal
 
 
@@ -265,7 +264,7 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         yield archive
         return
     sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
-    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-")
+    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-", _copy_place(su))
     held = None
     try:
         held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
@@ -284,5 +283,36 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         os.fchown(held, su.uid, su.gid)
         yield top / "archive"
     finally:
-        userfs.as_user(su, rmtree.remove, str(top), ignore_errors=True)
+        testhook.pause("import-archive-remove")
+        with contextlib.suppress(OSError, PgmgrError):
+            _remove_copy(top, held)
         sweep.release(held)
+
+
+def _copy_place(su: privileges.ServerUser) -> str | None:
+    """Where to make the copy: the temp dir (None), unless the server user cannot reach it
+    (root's private ``TMPDIR=/tmp/user/0``, 0700): pg_restore, as that user, could not
+    open the copy there ("Permission denied"); then /tmp."""
+    import tempfile
+
+    here = tempfile.gettempdir()
+    return None if userfs.as_user(su, os.access, here, os.X_OK) else "/tmp"  # noqa: S108
+
+
+def _remove_copy(top: Path, held: int | None) -> None:
+    """Remove the copy :func:`readable_archive` made, through fds, as
+    :mod:`pgmgr.core.ownerrm` removes what a server user owns: the directory it made
+    (``held``, wherever it is now) emptied as its owner, then its name removed from the
+    temp dir only if it still names that directory. By path, as the server user, it
+    removed whatever that user had put at the name meanwhile (a directory it owns in
+    sticky /tmp: it may rename it away) and left the copy of the bundle where it was
+    moved; nor could it reach the path in a temp dir of root's it may not enter."""
+    from pgmgr.core import ownerrm
+
+    if held is not None:
+        ownerrm.empty(held)
+    with userfs.opened_dir(top.parent) as parent:
+        st = os.lstat(top.name, dir_fd=parent)
+        made = os.fstat(held) if held is not None else st  # not held: root's own, empty
+        if (st.st_dev, st.st_ino) == (made.st_dev, made.st_ino):
+            ownerrm.remove_at(parent, top.name)
