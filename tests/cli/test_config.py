@@ -123,6 +123,15 @@ def test_bad_names_and_values_are_one_line_errors(
     work.ok("start", "data", "-p", "auto", "-q")  # and the instance still starts
 
 
+def test_quiet_set_and_unset_print_nothing(work: Work, datadir: Path) -> None:
+    """-q is "nothing but errors": set and unset printed their table all the same."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    for args in (["set", "work_mem=9MB"], ["unset", "work_mem"], []):
+        proc = work.ok("config", "data", *args, "-q")
+        assert (proc.stdout, proc.stderr) == ("", ""), args
+    assert kept(work) == {}
+
+
 def test_enum_hint_and_running_server_untouched(work: Work, datadir: Path) -> None:
     work.ok("start", "-d", "./data", "-p", "auto", "-q", "-c", "work_mem=7MB")
     proc = work.run("config", "data", "set", "wal_level=bogus")
