@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pgmgr.core import server
 from pgmgr.core.errors import UsageError
+from pgmgr.core.pgtext import clip, clip_in
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -122,8 +123,10 @@ def check_values(srv: Server, settings: Mapping[str, str]) -> None:
         for tag in ("FATAL", "HINT"):
             if f"{tag}:" in line:
                 said.setdefault(tag, line.split(f"{tag}:", 1)[1].strip())
-    text = said.get("FATAL") or str(failed)
-    raise UsageError(f"PostgreSQL {install.version} refuses it: {text}", hint=said.get("HINT"))
+    given = [*settings, *settings.values()]
+    text = clip_in(said.get("FATAL") or str(failed), given)
+    hint = clip_in(said["HINT"], given) if "HINT" in said else None
+    raise UsageError(f"PostgreSQL {install.version} refuses it: {text}", hint=hint)
 
 
 # --------------------------------------------------------------------------- the model
@@ -220,7 +223,7 @@ def check_unset(srv: Server, names: Sequence[str]) -> list[str]:
         if name not in kept:
             have = ", ".join(kept) or "none"
             raise UsageError(
-                f"{name!r} is not a setting pgmgr keeps for '{srv.inst.name}' (kept: {have})"
+                f"{clip(name)!r} is not a setting pgmgr keeps for '{srv.inst.name}' (kept: {have})"
             )
     return list(dict.fromkeys(names))
 

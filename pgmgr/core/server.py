@@ -18,6 +18,7 @@ from pathlib import Path
 from pgmgr.core import process
 from pgmgr.core.errors import CommandFailed, UsageError
 from pgmgr.core.lazyre import LazyRegex
+from pgmgr.core.pgtext import clip
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.versions import Installation
 
@@ -95,7 +96,9 @@ def parse_setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not SETTING_NAME_RE.match(name):
-        raise UsageError(f"invalid setting {text!r}: expected name=value, e.g. -c work_mem=64MB")
+        raise UsageError(
+            f"invalid setting {clip(text)!r}: expected name=value, e.g. -c work_mem=64MB"
+        )
     if name.lower() == "config_file":
         raise UsageError(
             "setting 'config_file' is managed by pgmgr: it is the data dir's pgmgr.conf"
@@ -107,7 +110,7 @@ def parse_setting(text: str) -> tuple[str, str]:
             f"setting {name!r} is managed by pgmgr: use --host, --port or --socket-dir"
         )
     if "\n" in value or "\r" in value or "\0" in value:
-        raise UsageError(f"invalid setting {name!r}: the value holds a line break")
+        raise UsageError(f"invalid setting {clip(name)!r}: the value holds a line break")
     return name, value
 
 

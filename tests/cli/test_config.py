@@ -132,6 +132,32 @@ def test_quiet_set_and_unset_print_nothing(work: Work, datadir: Path) -> None:
     assert kept(work) == {}
 
 
+def test_a_huge_name_or_value_is_not_echoed_whole(work: Work, datadir: Path) -> None:
+    """A 100 KB value (a pasted file, a runaway script) is quoted by its first 60
+    characters and an ellipsis, by pgmgr's own errors and in postgres's FATAL line (the
+    error line held it whole)."""
+    huge = "9" * 100_000
+    clipped = "9" * 59 + "\u2026"
+    work.ok("init", "-d", "./data", "-q")
+    cases = [
+        (["config", "data", "set", f"work_mem={huge}"], 2),
+        (["config", "data", "set", f"x{huge}"], 2),
+        (["config", "data", "set", f"w{huge}=1"], 2),
+        (["config", "data", "set", f"w{huge}=1\n"], 2),
+        (["config", "data", "unset", f"w{huge}"], 2),
+        (["start", "data", "-p", "auto", "-c", f"work_mem={huge}"], 1),
+        (["start", "--init", "-d", "./new", "-c", f"work_mem={huge}"], 1),
+    ]
+    for args, code in cases:
+        proc = work.run(*args)
+        assert proc.returncode == code, (args[:3], proc.stderr[:300])
+        lines = error_lines(proc.stderr)
+        assert lines[0].startswith("Error: ") and clipped in lines[0], lines[0][:300]
+        assert all(len(line) < 300 for line in lines), [line[:300] for line in lines]
+    assert config(work)["settings"] == []
+    assert not (work.path / "new").exists()
+
+
 def test_enum_hint_and_running_server_untouched(work: Work, datadir: Path) -> None:
     work.ok("start", "-d", "./data", "-p", "auto", "-q", "-c", "work_mem=7MB")
     proc = work.run("config", "data", "set", "wal_level=bogus")
