@@ -73,6 +73,25 @@ def test_restart_needed_is_said_and_restart_does_it(work: Work, datadir: Path) -
     assert show(work, "shared_buffers") == "20MB"
 
 
+def test_a_restart_postgres_refuses_is_undone(work: Work, datadir: Path) -> None:
+    """A value ``postgres -C`` accepts but the server cannot start with (wal_level=minimal
+    beside max_wal_senders): ``set --restart`` left the server stopped and the setting
+    kept, so every later start failed the same way. It keeps the previous settings again
+    and the server runs with them; one Error line says so."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q", "-c", "work_mem=7MB")
+    proc = work.run("config", "data", "set", "wal_level=minimal", "--restart")
+    assert (proc.returncode, error_lines(proc.stderr)) == (1, [
+        "Error: 'data' did not start with wal_level (postgres exited during start-up: FATAL: "
+        'WAL streaming (max_wal_senders > 0) requires wal_level "replica" or "logical"); '
+        "not kept: it runs again with its previous settings"
+    ]), proc.stderr  # fmt: skip
+    assert kept(work) == {"work_mem": "7MB"}
+    assert show(work, "wal_level") == "replica" and show(work, "work_mem") == "7MB"
+    assert "wal_level" not in (datadir / "pgmgr.conf").read_text()
+    status = json.loads(work.ok("status", "data", "--json").stdout)
+    assert status["state"] == "running" and status.get("stopped_by") is None
+
+
 def test_stopped_instance_and_start_c_settings(work: Work, datadir: Path) -> None:
     """-c settings given to start are the ones config lists; set on a stopped instance is
     used at the next start."""
