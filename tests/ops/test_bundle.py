@@ -382,17 +382,25 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "include_if_exists": str(ops_dir / "extra.conf"),
         "ssl_key_file": str(ops_dir / "key"),
         "jit_provider": "../../../../../tmp/x",  # loads /tmp/x.so
+        # a scratch instance's speed-ups: data lost after a crash where it is imported
+        "fsync": "off",
+        "full_page_writes": "False",
+        "zero_damaged_pages": "on",
+        "ignore_checksum_failure": "yes",
+        "data_sync_retry": "true",
+        "synchronous_commit": "off",  # recent commits only: kept
     }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
     assert proc.returncode == 0, proc.stderr
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:") and "auth" not in ln]
     assert notes == [
-        "Note: not applied, from the bundle's settings: archive_command, hba_file, "
-        "include_if_exists, jit_provider, listen_addresses, port, shared_preload_libraries, "
-        "ssl_key_file "
-        "(pgmgr's own, or naming files or commands of the machine it was made on); set one "
-        "with 'pgmgr config imp set NAME=VALUE' if it holds here"
+        "Note: not applied, from the bundle's settings: archive_command, data_sync_retry, "
+        "fsync, full_page_writes, hba_file, ignore_checksum_failure, include_if_exists, "
+        "jit_provider, listen_addresses, port, shared_preload_libraries, ssl_key_file, "
+        "zero_damaged_pages (pgmgr's own, naming files or commands of the machine it was "
+        "made on, or giving up crash safety); set one with 'pgmgr config imp set NAME=VALUE' "
+        "if it holds here"
     ], proc.stderr
     rec = record(fresh, "imp")
     with connect(rec) as c:
@@ -400,12 +408,15 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         shown = {
             name: c.execute(f"SHOW {name}").fetchone()
             for name in ("work_mem", "search_path", "hba_file", "listen_addresses",
-                         "shared_preload_libraries")
+                         "shared_preload_libraries", "fsync", "full_page_writes",
+                         "zero_damaged_pages", "synchronous_commit")
         }  # fmt: skip
     assert shown["work_mem"] == ("8MB",) and shown["search_path"] == ("public",)
     assert shown["hba_file"] == (f"{ops_dir / 'imp'}/pg_hba.conf",)
     assert shown["listen_addresses"] == ("127.0.0.1",)
     assert shown["shared_preload_libraries"] == ("",)
+    assert (shown["fsync"], shown["full_page_writes"]) == (("on",), ("on",))
+    assert (shown["zero_damaged_pages"], shown["synchronous_commit"]) == (("off",), ("off",))
     assert not marker.exists()
     assert fresh.pgmgr("destroy", "imp", "--yes", "-q").returncode == 0
 
