@@ -231,7 +231,7 @@ def _clone(src: Server, rep: Server) -> None:
     su = src.user()
     target = rep.datadir
     with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
-        with doing("create the directory"):
+        with doing("create the directory", target):  # (it said only its last name)
             os.mkdir(target.name, 0o700, dir_fd=parent)
         st = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
         if su is not None:

@@ -364,23 +364,9 @@ def test_without_systemd_install_enable_writes_the_file_and_says_how(
     assert calls(mock_systemctl) == []  # never called where systemd does not run
 
 
-@pytest.fixture
-def read_only(unit_env: Path) -> Iterator[Path]:
-    """A tmpfs of its own, for a real read-only file system: the test remounts it ``ro``
-    once it has put in it what it needs; unmounted afterwards, even if the test fails."""
-    top = unit_env / "ro"
-    top.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "pgmgr-test-ro", str(top)],
-                   check=True)  # fmt: skip
-    try:
-        yield top
-    finally:
-        subprocess.run(["umount", str(top)], check=False)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
 def test_a_read_only_file_system_is_said_not_need_root(
-    fresh: Instance, read_only: Path, monkeypatch: pytest.MonkeyPatch
+    fresh: Instance, unit_env: Path, read_only: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """install into a directory on a read-only file system said "is not writable by you"
     and "system units need root", to root itself; it names the read-only file system, in
