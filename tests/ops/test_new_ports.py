@@ -102,3 +102,17 @@ def test_a_branch_not_started_refuses_a_port_it_could_never_use(
     assert (proc.returncode, error_lines(proc.stderr)) == (1, low_port_lines()), proc.stderr
     assert not (ops_dir / "low").exists()
     assert "low" not in fresh.pgmgr("status").stdout
+
+
+@low_ports_bindable
+def test_a_manager_initializing_refuses_a_port_it_could_never_use(ops_dir: Path) -> None:
+    """``Manager(port=80, initialize=True)`` initialized and registered the data directory,
+    then every ``start()`` failed; it is refused first, as ``start --init`` refuses it."""
+    from pgmgr import Manager
+    from pgmgr.core import registry
+    from pgmgr.core.errors import PortPrivileged
+
+    with pytest.raises(PortPrivileged, match=f"cannot listen on port {LOW} "):
+        Manager("127.0.0.1", LOW, ops_dir / "lib", initialize=True, pg_version="15")
+    assert not (ops_dir / "lib").exists()
+    assert "lib" not in registry.names()
