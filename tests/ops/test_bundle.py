@@ -240,6 +240,18 @@ def test_bad_bundles_and_targets_create_nothing(
         "Error: the bundle is from PostgreSQL 99.1, which is not installed here (installed: ",
         ops_dir,
     )
+    # initdb -U '' said only 'FATAL: a name must follow the "/" sign at character 72'
+    nosu = ops_dir / "nosu"
+    shutil.copytree(good, nosu)
+    good_manifest = json.loads((good / "manifest.json").read_text())
+    (nosu / "manifest.json").write_text(json.dumps({**good_manifest, "superuser": ""}))
+    expect_error(
+        fresh,
+        ["import", str(nosu), "-d", new],
+        1,
+        f"Error: {nosu}/manifest.json is not a valid manifest ('superuser' is empty)",
+        ops_dir,
+    )
     manifest["source"].update(major="abc")
     (newer / "manifest.json").write_text(json.dumps(manifest))
     expect_error(
