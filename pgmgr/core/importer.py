@@ -258,7 +258,7 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
     server user, and, as root, on a private copy of the archive given to that user (the
     bundle itself may be readable by root only): a copy made by root in its own 0700
     directory, handed over entry by entry through fds before the directory itself, and
-    removed as that user afterwards (or, after a kill, by the next sweep).
+    removed through fds afterwards (:func:`_remove_copy`; after a kill, by the next sweep).
     """
     if su is None or su.uid == os.geteuid():
         yield archive
