@@ -1,9 +1,9 @@
-"""The ``-p`` of the commands that make a new instance (``replica``, ``import``, ``branch``),
-on real servers: a port the new server could never listen on (below the kernel's
-``net.ipv4.ip_unprivileged_port_start``: the server user may not bind it) or one that is
-taken is refused up front, as ``start -p`` refuses it, before anything is made (the replica
-was refused only after its whole base backup, the import after its initdb, both then
-undone; a branch of a stopped source was made with a port it could never start on)."""
+"""The ``-p`` of the commands that make a new instance (``replica``, ``import``, and the
+library's ``Manager(initialize=True)``), on real servers: a port the new server could never
+listen on (below the kernel's ``net.ipv4.ip_unprivileged_port_start``: the server user may
+not bind it) or one that is taken is refused up front, as ``start -p`` refuses it, before
+anything is made (the replica was refused only after its whole base backup, the import
+after its initdb, both then undone). ``branch``: tests/snap/test_low_port.py."""
 
 from __future__ import annotations
 
@@ -89,19 +89,6 @@ def test_import_refuses_a_port_before_the_initdb(
         assert refused_before(hooks, "import-registered", *args) == lines
         assert not (ops_dir / "imp").exists()
         assert "imp" not in fresh.pgmgr("status").stdout
-
-
-@low_ports_bindable
-def test_a_branch_not_started_refuses_a_port_it_could_never_use(
-    fresh: Instance, ops_dir: Path
-) -> None:
-    """A branch of a stopped source is not started: a taken port is kept (it may be free
-    by its start), a low one is refused (it was recorded; every start of it then failed)."""
-    assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
-    proc = fresh.pgmgr("branch", "fresh", "low", "-p", str(LOW))
-    assert (proc.returncode, error_lines(proc.stderr)) == (1, low_port_lines()), proc.stderr
-    assert not (ops_dir / "low").exists()
-    assert "low" not in fresh.pgmgr("status").stdout
 
 
 @low_ports_bindable
