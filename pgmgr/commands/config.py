@@ -117,7 +117,7 @@ def config(
         report = pgconf.change(srv, {}, items, restart=restart, timeout=timeout)
     if json:
         ui.emit_json(report.to_dict())
-    else:
+    elif not quiet:  # "nothing but errors", as status -q: its table too
         render(report, action)
     if not report.running:  # why, when a killed command left it stopped
         from pgmgr.snapactions import note_left_stopped

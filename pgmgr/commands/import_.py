@@ -22,6 +22,15 @@ def import_(
     version: c.Version = None,
     name: c.NewName = None,
     port: c.NewPort = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="TCP authentication: scram-sha-256, md5, password or trust (default: the "
+            "bundle's, but scram-sha-256 for its trust).",
+            show_default=False,
+        ),
+    ] = None,
     json: c.Json = False,
     quiet: c.Quiet = False,
 ) -> None:
@@ -38,7 +47,9 @@ def import_(
     assert datadir is not None  # Typer refuses a missing -d
 
     with ui.spinner(f"Importing {bundle} …"):
-        res = importer.import_bundle(bundle, datadir, version=version, name=name, port=port)
+        res = importer.import_bundle(
+            bundle, datadir, version=version, name=name, port=port, auth=auth
+        )
     srv = res.server
     if json:
         ui.emit_json(
@@ -48,6 +59,7 @@ def import_(
                 "databases": res.databases,
                 "elapsed_ms": round(res.elapsed * 1000, 1),
                 "dropped_settings": res.dropped_settings,
+                "dropped_auth": res.dropped_auth,
             }
         )
         return
@@ -59,6 +71,13 @@ def import_(
     if res.dropped_settings:
         ui.message(
             f"Note: not applied, from the bundle's settings: {', '.join(res.dropped_settings)} "
-            "(pgmgr's own, or naming files or commands of the machine it was made on); set "
-            f"one with 'pgmgr config {srv.inst.name} set NAME=VALUE' if it holds here"
+            "(pgmgr's own, naming files or commands of the machine it was made on, or giving "
+            f"up crash safety); set one with 'pgmgr config {srv.inst.name} set NAME=VALUE' if "
+            "it holds here"
+        )
+    if res.dropped_auth:
+        ui.message(
+            f"Note: not applied, from the bundle: auth {res.dropped_auth} (TCP logins without "
+            f"a password); '{srv.inst.name}' uses {srv.inst.auth} with its own password. To "
+            f"let TCP in without one, import with '--auth {res.dropped_auth}'"
         )

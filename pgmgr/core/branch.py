@@ -220,9 +220,11 @@ def branch(
     _check_free(src, new, datadir)
     target = target_dir(src, new, datadir)
     start = start or src.running() is not None
-    if start and isinstance(port, int):  # taken: refused before the source is stopped
+    if isinstance(port, int):  # refused before the source is stopped
         postgres = src.installation().bindir / "postgres"
-        listen.check_port(listen.loopback_of(src.inst.host or ""), port, src.user(), postgres)
+        host = listen.loopback_of(src.inst.host or "")
+        # not started now: only a port it could never listen on (a low one) is refused
+        listen.check_port(host, port, src.user(), postgres, taken_ok=not start)
     # The target's lock: a second branch into it (from another source) waits, then finds
     # it taken, instead of sweeping this one's copy or renaming its half-made one in.
     with sigguard.interruptible(), dirlock.lock(target):

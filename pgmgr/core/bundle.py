@@ -28,7 +28,7 @@ from typing import Any
 from pgmgr import __version__
 from pgmgr.core import dirpath, process, rmtree, server, testhook, versions
 from pgmgr.core.bundlecheck import FORMAT, FORMAT_VERSION, MANIFEST, checksums
-from pgmgr.core.errors import DatabaseException
+from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import require_running
 
@@ -60,6 +60,9 @@ class ImportResult:
     elapsed: float
     #: the bundle's settings it did not apply (:func:`pgmgr.core.server.portable_settings`)
     dropped_settings: list[str]
+    #: the bundle's authentication method when it was not applied (``trust``: see
+    #: :func:`pgmgr.core.importer._auth`), else None
+    dropped_auth: str | None = None
 
 
 def client_env(srv: Server, dbname: str = "postgres") -> dict[str, str]:
@@ -156,7 +159,8 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     _sweep_exports(dest)
     work = dest.parent / f"{_work_prefix(dest)}{os.getpid()}"
     with sigguard.interruptible():
-        work.mkdir(mode=0o700)
+        with doing("create the bundle", dest):  # not the work name: it said only that
+            work.mkdir(mode=0o700)
         try:
             files = _dump(srv, install, work, dbs, with_passwords)
             manifest = _manifest(srv, install, version, dbs, files, with_passwords)

@@ -165,6 +165,8 @@ def check_shape(data: Any) -> None:
               f"file {rel!r} has no sha256")  # fmt: skip
     for key in ("superuser", "encoding", "globals"):
         _text(data[key], repr(key))
+    # initdb -U '' said only "FATAL: a name must follow the "/" sign at character 72"
+    _want(data["superuser"] != "", "'superuser' is empty")
     _want(data.get("auth") in (None, *server.AUTH_METHODS), "'auth' is not an auth method")
     for key in ("major", "version"):
         _want(isinstance(data["source"][key], (str, int, float)), f"source {key!r}")

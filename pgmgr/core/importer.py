@@ -19,9 +19,9 @@ from typing import Any
 from pgmgr.core import (
     copy,
     dirlock,
+    listen,
     privileges,
     registry,
-    rmtree,
     scram,
     server,
     sigguard,
@@ -33,7 +33,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.bundle import ImportResult, _new_dir, check_root_safe, client_env
 from pgmgr.core.bundlecheck import MANIFEST, missing_extensions, read_manifest
-from pgmgr.core.errors import DatabaseException, UsageError, VersionNotFound
+from pgmgr.core.errors import DatabaseException, PgmgrError, UsageError, VersionNotFound
 from pgmgr.core.instance import Server, quote_ident, quote_literal
 
 
@@ -89,6 +89,7 @@ def import_bundle(
     version: str | None = None,
     name: str | None = None,
     port: str | None = None,
+    auth: str | None = None,
     timeout: float = 60.0,
 ) -> ImportResult:
     """Create, start and fill a new instance from ``bundle``.
@@ -101,19 +102,27 @@ def import_bundle(
     :raises DatabaseException: see :func:`~pgmgr.core.bundlecheck.read_manifest`,
         :func:`target_install`; the directory exists; the target lacks extensions; a
         restore step failed (then the new instance is removed again).
-    :raises UsageError: the name is taken.
+    :raises UsageError: the name is taken; a bad port or ``auth``.
+    :raises PortPrivileged, PortInUse: ``port`` cannot be listened on (before anything).
     """
     t0 = time.monotonic()
     server.check_port_option(port)
+    if auth is not None and auth not in server.AUTH_METHODS:
+        raise UsageError(f"invalid --auth {auth!r}: use {', '.join(server.AUTH_METHODS)}")
     bundle = Path(os.path.abspath(bundle))
     if bundle.is_dir():
         check_root_safe(bundle, "import from")
     manifest = read_manifest(bundle)
     settings, dropped = _settings(bundle, manifest)
+    auth, dropped_auth = _auth(manifest, auth)
     install = target_install(manifest, version)
     datadir = Path(os.path.abspath(datadir))
     if name:
         registry.check_name(name)
+    # as its start will (on the host a new record has), before the lock (a retry's
+    # clean-up) and the initdb
+    su = privileges.server_user(datadir, None)
+    listen.check_new_port(registry.Instance.host, port, su, install.bindir / "postgres")
     # The lock is held to the end: a retry waits for a live import, and finding the
     # pending record of this directory under it means its import is dead.
     with sigguard.interruptible(), dirlock.lock(datadir):
@@ -125,7 +134,7 @@ def import_bundle(
         srv.save()  # registered, marked
         try:
             testhook.pause("import-registered")
-            _init(srv, manifest)
+            _init(srv, manifest, auth)
             _start(srv, settings, port, timeout)
             testhook.pause("import-started")
             _restore(srv, install, bundle, manifest)
@@ -142,7 +151,9 @@ def import_bundle(
             raise
     dbs = [str(d["name"]) for d in manifest["databases"]]
     elapsed = time.monotonic() - t0
-    return ImportResult(srv, str(manifest["source"]["version"]), dbs, elapsed, dropped)
+    return ImportResult(
+        srv, str(manifest["source"]["version"]), dbs, elapsed, dropped, dropped_auth
+    )
 
 
 def _settings(bundle: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -156,6 +167,22 @@ def _settings(bundle: Path, manifest: dict[str, Any]) -> tuple[dict[str, str], l
         raise DatabaseException(
             f"{bundle}/{MANIFEST} is not a valid manifest ({e}); nothing was created"
         ) from None
+
+
+def _auth(manifest: dict[str, Any], asked: str | None) -> tuple[str, str | None]:
+    """The new instance's TCP authentication, and the bundle's when it is not applied:
+    ``asked`` (``--auth``), else the bundle's, but never ``trust`` (any local client logs
+    in over TCP as any role, the superuser included, without a password). A bundle is a
+    file someone else may have made or edited: it does not open the new server so
+    silently, as it does not choose its files or commands (:func:`_settings`); the new
+    instance gets pgmgr's default, scram-sha-256 with its own password, and the import
+    says so."""
+    bundled = str(manifest.get("auth") or server.InitOptions.auth)
+    if asked is not None:
+        return asked, None
+    if bundled == "trust":
+        return server.InitOptions.auth, bundled
+    return bundled, None
 
 
 def _check_new(
@@ -175,12 +202,12 @@ def _check_new(
         )
 
 
-def _init(srv: Server, manifest: dict[str, Any]) -> None:
+def _init(srv: Server, manifest: dict[str, Any], auth: str) -> None:
     """:raises DatabaseException: initdb failed, or a data directory appeared there."""
     locale = manifest["locale"]
     opts = server.InitOptions(
         superuser=str(manifest["superuser"]),
-        auth=str(manifest.get("auth") or "scram-sha-256"),
+        auth=auth,
         encoding=str(manifest["encoding"]),
         locale=str(locale["collate"]),
         extra=() if locale["collate"] == locale["ctype"] else (f"--lc-ctype={locale['ctype']}",),
@@ -231,13 +258,13 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
     server user, and, as root, on a private copy of the archive given to that user (the
     bundle itself may be readable by root only): a copy made by root in its own 0700
     directory, handed over entry by entry through fds before the directory itself, and
-    removed as that user afterwards (or, after a kill, by the next sweep).
+    removed through fds afterwards (:func:`_remove_copy`; after a kill, by the next sweep).
     """
     if su is None or su.uid == os.geteuid():
         yield archive
         return
     sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
-    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-")
+    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-", _copy_place(su))
     held = None
     try:
         held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
@@ -256,5 +283,36 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         os.fchown(held, su.uid, su.gid)
         yield top / "archive"
     finally:
-        userfs.as_user(su, rmtree.remove, str(top), ignore_errors=True)
+        testhook.pause("import-archive-remove")
+        with contextlib.suppress(OSError, PgmgrError):
+            _remove_copy(top, held)
         sweep.release(held)
+
+
+def _copy_place(su: privileges.ServerUser) -> str | None:
+    """Where to make the copy: the temp dir (None), unless the server user cannot reach it
+    (root's private ``TMPDIR=/tmp/user/0``, 0700): pg_restore, as that user, could not
+    open the copy there ("Permission denied"); then /tmp."""
+    import tempfile
+
+    here = tempfile.gettempdir()
+    return None if userfs.as_user(su, os.access, here, os.X_OK) else "/tmp"  # noqa: S108
+
+
+def _remove_copy(top: Path, held: int | None) -> None:
+    """Remove the copy :func:`readable_archive` made, through fds, as
+    :mod:`pgmgr.core.ownerrm` removes what a server user owns: the directory it made
+    (``held``, wherever it is now) emptied as its owner, then its name removed from the
+    temp dir only if it still names that directory. By path, as the server user, it
+    removed whatever that user had put at the name meanwhile (a directory it owns in
+    sticky /tmp: it may rename it away) and left the copy of the bundle where it was
+    moved; nor could it reach the path in a temp dir of root's it may not enter."""
+    from pgmgr.core import ownerrm
+
+    if held is not None:
+        ownerrm.empty(held)
+    with userfs.opened_dir(top.parent) as parent:
+        st = os.lstat(top.name, dir_fd=parent)
+        made = os.fstat(held) if held is not None else st  # not held: root's own, empty
+        if (st.st_dev, st.st_ino) == (made.st_dev, made.st_ino):
+            ownerrm.remove_at(parent, top.name)

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 
 from pgmgr.core import process, registry, server, sigguard, testhook
 from pgmgr.core.errors import DatabaseException, PgmgrError
+from pgmgr.core.pgtext import clip_in
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
         why = server.why_exited(failed.stderr) if failed else ""
         if why.startswith("FATAL:") and "parameter" in why:
             raise DatabaseException(
-                f"invalid setting: {why.removeprefix('FATAL:').strip()}",
+                "invalid setting: "
+                + clip_in(why.removeprefix("FATAL:").strip(), [*settings, *settings.values()]),
                 hint="nothing was initialized; fix the -c setting and try again",
             )
     finally:

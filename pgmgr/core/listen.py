@@ -368,11 +368,18 @@ def _open_made_dir(path: Path) -> int:
 
 
 def check_port(
-    host: str, port: int, su: ServerUser | None = None, postgres: Path | None = None
+    host: str,
+    port: int,
+    su: ServerUser | None = None,
+    postgres: Path | None = None,
+    *,
+    taken_ok: bool = False,
 ) -> None:
     """Refuse a port postgres could not listen on (on ``host``; none without one: unix
     socket only), before anything is made or stopped. As root, ``su`` is the server user:
     it may not bind a low port that root may (unless the ``postgres`` binary may).
+    ``taken_ok``: a port only recorded for a later start (it may be free by then), so
+    only what never changes is refused.
 
     :raises UsageError: not a port number.
     :raises PortPrivileged: a low port the server user may not bind.
@@ -384,8 +391,24 @@ def check_port(
         return
     if su is not None and port < unprivileged_start() and not _binds_low(postgres):
         raise PortPrivileged(host, port, su.name, unprivileged_start())
-    if not port_free(host, port):
+    if not port_free(host, port) and not taken_ok:
         raise PortInUse(host, port)
+
+
+def check_new_port(
+    host: str, port: str | None, su: ServerUser | None, postgres: Path | None
+) -> None:
+    """The ``-p`` of a command that makes a new instance and starts it last (``replica``,
+    ``import``): checked as that start will (:func:`check_port`), but before anything is
+    made (a low port was refused only after a whole base backup or restore, then undone).
+    None or ``auto``: a free port is picked at the start.
+
+    :raises UsageError: not a port number. :raises PortPrivileged, PortInUse: see
+        :func:`check_port`.
+    """
+    check_port_option(port)
+    if port is not None and port != "auto":
+        check_port(host, int(port), su, postgres)
 
 
 def check_port_option(port: str | None) -> None:

@@ -144,10 +144,28 @@ class Manager:
                 raise DatabaseException(
                     f"invalid auth {opts.auth!r}: use {', '.join(server.AUTH_METHODS)}"
                 )
+            self._check_port()
             with dirlock.lock(self.db_dir):
                 self._server.initialize(
                     opts, user=kwargs.get("user"), password=kwargs.get("password")
                 )
+
+    def _check_port(self) -> None:
+        """Before a data directory is initialized for it: a port its server could never
+        listen on (a low one, :func:`listen.check_port`) is refused, as ``start --init``
+        refuses it (it was initialized and registered, and every start failed). A busy
+        one is not: it may be free by :meth:`start`.
+
+        :raises PortPrivileged: see :func:`listen.check_port`.
+        """
+        from pgmgr.core import listen
+
+        try:
+            su = self._server.user(self.kwargs.get("user"))
+            postgres = self._server.installation().bindir / "postgres"
+        except PgmgrError:  # said by the init
+            return
+        listen.check_port(self.host, self.port, su, postgres, taken_ok=True)
 
     # ---------------------------------------------------------------- seed API
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pgmgr.core import server
-from pgmgr.core.errors import UsageError
+from pgmgr.core.errors import UsageError, WorkerError
+from pgmgr.core.pgtext import clip, clip_in
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -122,8 +123,10 @@ def check_values(srv: Server, settings: Mapping[str, str]) -> None:
         for tag in ("FATAL", "HINT"):
             if f"{tag}:" in line:
                 said.setdefault(tag, line.split(f"{tag}:", 1)[1].strip())
-    text = said.get("FATAL") or str(failed)
-    raise UsageError(f"PostgreSQL {install.version} refuses it: {text}", hint=said.get("HINT"))
+    given = [*settings, *settings.values()]
+    text = clip_in(said.get("FATAL") or str(failed), given)
+    hint = clip_in(said["HINT"], given) if "HINT" in said else None
+    raise UsageError(f"PostgreSQL {install.version} refuses it: {text}", hint=hint)
 
 
 # --------------------------------------------------------------------------- the model
@@ -220,7 +223,7 @@ def check_unset(srv: Server, names: Sequence[str]) -> list[str]:
         if name not in kept:
             have = ", ".join(kept) or "none"
             raise UsageError(
-                f"{name!r} is not a setting pgmgr keeps for '{srv.inst.name}' (kept: {have})"
+                f"{clip(name)!r} is not a setting pgmgr keeps for '{srv.inst.name}' (kept: {have})"
             )
     return list(dict.fromkeys(names))
 
@@ -250,7 +253,8 @@ def change(
     # the record as it is under the lock: another pgmgr may have changed its settings, or
     # switched its major (upgrade, restore), since srv was loaded
     with locked(srv):
-        new = {k: v for k, v in srv.inst.settings.items() if k not in dropped}
+        before = dict(srv.inst.settings)
+        new = {k: v for k, v in before.items() if k not in dropped}
         new.update(assign)
         write(srv.datadir, new, srv.user())
         srv.inst.settings = new
@@ -258,19 +262,38 @@ def change(
         report = Report(srv.inst.name, srv.running() is not None, [], [*assign, *dropped])
         report.conf_file = str(conf_path(srv.datadir))
         if report.running:
-            _apply(srv, report, restart, timeout)
+            _apply(srv, report, restart, timeout, before)
         else:
             report.settings = entries(srv, report.changed, False)
     return report
 
 
-def _apply(srv: Server, report: Report, restart: bool, timeout: float) -> None:
-    """Reload (or restart) the running server and note what waits for a restart."""
+def _apply(
+    srv: Server, report: Report, restart: bool, timeout: float, before: dict[str, str]
+) -> None:
+    """Reload (or restart) the running server and note what waits for a restart.
+
+    :raises WorkerError: the restart failed. One that postgres refused (it exited while
+        starting: a value ``postgres -C`` accepts but the server cannot run with, e.g.
+        ``shared_buffers=100GB``) is undone: the settings ``before`` are kept again and
+        the server started with them, as it ran (it was left stopped, the new settings
+        kept, and every later start failed the same way); if it fails even so, the new
+        settings stay, and the error is the restart's.
+    """
     from pgmgr.core import ops
+    from pgmgr.core.launch import ServerExited
 
     ours = uses_pgmgr_conf(srv)
     if restart:
-        ops.restart(srv, "fast", timeout)
+        try:
+            ops.restart(srv, "fast", timeout)
+        except ServerExited as e:
+            if not _runs_as_before(srv, before, timeout):
+                raise
+            raise WorkerError(
+                f"'{srv.inst.name}' did not start with {', '.join(report.changed)} "
+                f"({e.message}); not kept: it runs again with its previous settings"
+            ) from None
         report.restarted = True
     elif ours:
         ops.reload(srv, min(timeout, 10.0))
@@ -278,6 +301,25 @@ def _apply(srv: Server, report: Report, restart: bool, timeout: float) -> None:
     report.settings = entries(srv, report.changed, True)
     if not report.restarted:
         report.restart_needed = [e.name for e in report.settings if e.pending_restart or not ours]
+
+
+def _runs_as_before(srv: Server, before: dict[str, str], timeout: float) -> bool:
+    """Keep ``before`` again and start the server with them; if it fails too, keep the
+    new settings again (they were not the cause) and say False."""
+    from pgmgr.core.errors import PgmgrError
+
+    new = dict(srv.inst.settings)
+    write(srv.datadir, before, srv.user())
+    srv.inst.settings = before
+    srv.save()
+    try:
+        srv.start(timeout=timeout)
+    except PgmgrError:
+        write(srv.datadir, new, srv.user())
+        srv.inst.settings = new
+        srv.save()
+        return False
+    return True
 
 
 def uses_pgmgr_conf(srv: Server) -> bool:

@@ -138,7 +138,8 @@ def create(
     by ``pgmgr destroy``.
 
     :raises NotRunning: SRC is not running.
-    :raises UsageError: the name is taken.
+    :raises UsageError: the name is taken; a bad port.
+    :raises PortPrivileged, PortInUse: ``port`` cannot be listened on (before anything).
     :raises DatabaseException: see :func:`check_source`, :func:`target_dir`; a slot or role
         of that name exists on SRC; pg_basebackup failed. Whatever was made is undone.
     """
@@ -146,6 +147,8 @@ def create(
 
     server.check_port_option(port)
     check_source(src, version)
+    postgres = src.installation().bindir / "postgres"
+    listen.check_new_port(listen.loopback_of(src.inst.host or ""), port, src.user(), postgres)
     if name:
         registry.check_name(name)
     else:
@@ -239,7 +242,7 @@ def _clone(src: Server, rep: Server) -> None:
     su = src.user()
     target = rep.datadir
     with userfs.opened_dir(target.parent) as parent:  # no symlink swapped in on the way
-        with doing("create the directory"):
+        with doing("create the directory", target):  # (it said only its last name)
             os.mkdir(target.name, 0o700, dir_fd=parent)
         st = os.stat(target.name, dir_fd=parent, follow_symlinks=False)
         if su is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from pgmgr.core import process
 from pgmgr.core.errors import CommandFailed, UsageError
 from pgmgr.core.lazyre import LazyRegex
+from pgmgr.core.pgtext import clip
 from pgmgr.core.privileges import ServerUser
 from pgmgr.core.versions import Installation
 
@@ -95,7 +96,9 @@ def parse_setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not SETTING_NAME_RE.match(name):
-        raise UsageError(f"invalid setting {text!r}: expected name=value, e.g. -c work_mem=64MB")
+        raise UsageError(
+            f"invalid setting {clip(text)!r}: expected name=value, e.g. -c work_mem=64MB"
+        )
     if name.lower() == "config_file":
         raise UsageError(
             "setting 'config_file' is managed by pgmgr: it is the data dir's pgmgr.conf"
@@ -107,7 +110,7 @@ def parse_setting(text: str) -> tuple[str, str]:
             f"setting {name!r} is managed by pgmgr: use --host, --port or --socket-dir"
         )
     if "\n" in value or "\r" in value or "\0" in value:
-        raise UsageError(f"invalid setting {name!r}: the value holds a line break")
+        raise UsageError(f"invalid setting {clip(name)!r}: the value holds a line break")
     return name, value
 
 
@@ -122,14 +125,36 @@ def machine_bound(name: str) -> bool:
     return low in RESERVED_SETTINGS or low in MACHINE_SETTINGS or low.endswith(MACHINE_SUFFIXES)
 
 
+#: Settings whose value, but for the one named here, gives up crash safety or hides damage
+#: (``fsync=off``: fine for a scratch instance, data loss after a crash on a server the
+#: bundle moves to); an import applies them only with that value (:func:`unsafe`).
+SAFE_VALUES = {
+    "fsync": "on", "full_page_writes": "on", "data_sync_retry": "off",
+    "zero_damaged_pages": "off", "ignore_checksum_failure": "off", "ignore_invalid_pages": "off",
+}  # fmt: skip
+_BOOLS = {"on": "on", "true": "on", "yes": "on", "1": "on",
+          "off": "off", "false": "off", "no": "off", "0": "off"}  # fmt: skip
+
+
+def unsafe(name: str, value: object) -> bool:
+    """Whether ``name=value`` gives up crash safety or hides damage (:data:`SAFE_VALUES`;
+    a spelling of a boolean postgres would read otherwise counts as unsafe too)."""
+    safe = SAFE_VALUES.get(name.lower())
+    return safe is not None and _BOOLS.get(str(value).strip().lower()) != safe
+
+
 def portable_settings(settings: Mapping[str, object]) -> tuple[dict[str, str], list[str]]:
     """A bundle's settings, split: the ones an import keeps (checked as ``-c`` ones are),
     and the names it drops (:func:`machine_bound`: a bundle made elsewhere, or edited by
-    someone else, does not choose files, commands or listen addresses here).
+    someone else, does not choose files, commands or listen addresses here; nor, by
+    :func:`unsafe`, turn off crash safety on the machine it is imported on).
 
     :raises UsageError: a kept setting is malformed.
     """
-    dropped = sorted(k for k in settings if SETTING_NAME_RE.match(k) and machine_bound(k))
+    dropped = sorted(
+        k for k, v in settings.items()
+        if SETTING_NAME_RE.match(k) and (machine_bound(k) or unsafe(k, v))
+    )  # fmt: skip
     return check_settings({k: v for k, v in settings.items() if k not in dropped}), dropped
 
 

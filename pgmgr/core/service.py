@@ -19,6 +19,7 @@ Two modes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pgmgr.core import paths, privileges, registry
-from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError
+from pgmgr.core.errors import DatabaseException, InstanceNotFound, UsageError, doing
 
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
@@ -298,10 +299,7 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
         )
     parent = unit.path.parent
     if parent.is_dir() and not os.access(parent, os.W_OK):
-        raise DatabaseException(
-            f"cannot write {unit.path}: {parent} is not writable by you",
-            hint="system units need root: run it with sudo, or use --user",
-        )
+        raise _unwritable(unit, parent)
     paths.write_atomic(unit.path, unit.text.encode(), mode=0o644)
     running = systemd_running()
     scope = [] if unit.mode == "system" else ["--user"]
@@ -320,6 +318,22 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
         enabled = True
     steps = [] if enabled else next_steps(unit, running)
     return InstallResult(unit, replaced, running, enabled, steps)
+
+
+def _unwritable(unit: Unit, parent: Path) -> DatabaseException:
+    """Why ``parent`` refuses the unit: a read-only file system (root could not write it
+    either: "need root" sent the user to sudo for nothing), or no permission (a system
+    unit, not root: that is what root is for)."""
+    where = f"cannot write {unit.path}"
+    with contextlib.suppress(OSError):
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            return DatabaseException(f"{where}: {parent} is on a read-only file system")
+    if unit.mode == "system" and not privileges.is_root():
+        return DatabaseException(
+            f"{where}: {parent} is not writable by you",
+            hint="system units need root: run it with sudo, or use --user",
+        )
+    return DatabaseException(f"{where}: {parent} is not writable by you")
 
 
 def next_steps(unit: Unit, running: bool) -> list[str]:
@@ -376,7 +390,8 @@ def remove(name: str, mode: str | None = None) -> list[Path]:
         scope = [] if m == "system" else ["--user"]
         if running:
             systemctl(*scope, "disable", "--now", path.name, check=False)
-        path.unlink()
+        with doing("remove the unit"):  # a read-only file system: what could not go
+            path.unlink()
         if running:
             systemctl(*scope, "daemon-reload", check=False)
         removed.append(path)

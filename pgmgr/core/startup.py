@@ -35,6 +35,7 @@ from pgmgr.core import (
 from pgmgr.core.errors import NotRunning, PortInUse, UsageError, WorkerError
 from pgmgr.core.instance import StartResult
 from pgmgr.core.launch import ServerExited
+from pgmgr.core.pgtext import clip_in
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ def start(
             # second Ctrl-C meanwhile waits (bounded): it left both, and the caller's undo
             # (start --init) then found a server and kept the data directory too. After a
             # failure, a signal held meanwhile is delivered once done (exit 130, not 1).
+            if isinstance(e, ServerExited):  # its FATAL line quotes a bad -c value whole
+                e.message = clip_in(e.message, [*merged, *merged.values()])
             with sigguard.undoing(e) as again:
                 testhook.pause("start-undo")  # tests: a signal during the clean-up
                 cancel_start(srv, again)

@@ -73,6 +73,25 @@ def test_restart_needed_is_said_and_restart_does_it(work: Work, datadir: Path) -
     assert show(work, "shared_buffers") == "20MB"
 
 
+def test_a_restart_postgres_refuses_is_undone(work: Work, datadir: Path) -> None:
+    """A value ``postgres -C`` accepts but the server cannot start with (wal_level=minimal
+    beside max_wal_senders): ``set --restart`` left the server stopped and the setting
+    kept, so every later start failed the same way. It keeps the previous settings again
+    and the server runs with them; one Error line says so."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q", "-c", "work_mem=7MB")
+    proc = work.run("config", "data", "set", "wal_level=minimal", "--restart")
+    assert (proc.returncode, error_lines(proc.stderr)) == (1, [
+        "Error: 'data' did not start with wal_level (postgres exited during start-up: FATAL: "
+        'WAL streaming (max_wal_senders > 0) requires wal_level "replica" or "logical"); '
+        "not kept: it runs again with its previous settings"
+    ]), proc.stderr  # fmt: skip
+    assert kept(work) == {"work_mem": "7MB"}
+    assert show(work, "wal_level") == "replica" and show(work, "work_mem") == "7MB"
+    assert "wal_level" not in (datadir / "pgmgr.conf").read_text()
+    status = json.loads(work.ok("status", "data", "--json").stdout)
+    assert status["state"] == "running" and status.get("stopped_by") is None
+
+
 def test_stopped_instance_and_start_c_settings(work: Work, datadir: Path) -> None:
     """-c settings given to start are the ones config lists; set on a stopped instance is
     used at the next start."""
@@ -121,6 +140,41 @@ def test_bad_names_and_values_are_one_line_errors(
     assert all(line.startswith(("Error: ", "Hint: ")) for line in lines)
     assert config(work)["settings"] == []  # nothing kept
     work.ok("start", "data", "-p", "auto", "-q")  # and the instance still starts
+
+
+def test_quiet_set_and_unset_print_nothing(work: Work, datadir: Path) -> None:
+    """-q is "nothing but errors": set and unset printed their table all the same."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    for args in (["set", "work_mem=9MB"], ["unset", "work_mem"], []):
+        proc = work.ok("config", "data", *args, "-q")
+        assert (proc.stdout, proc.stderr) == ("", ""), args
+    assert kept(work) == {}
+
+
+def test_a_huge_name_or_value_is_not_echoed_whole(work: Work, datadir: Path) -> None:
+    """A 100 KB value (a pasted file, a runaway script) is quoted by its first 60
+    characters and an ellipsis, by pgmgr's own errors and in postgres's FATAL line (the
+    error line held it whole)."""
+    huge = "9" * 100_000
+    clipped = "9" * 59 + "\u2026"
+    work.ok("init", "-d", "./data", "-q")
+    cases = [
+        (["config", "data", "set", f"work_mem={huge}"], 2),
+        (["config", "data", "set", f"x{huge}"], 2),
+        (["config", "data", "set", f"w{huge}=1"], 2),
+        (["config", "data", "set", f"w{huge}=1\n"], 2),
+        (["config", "data", "unset", f"w{huge}"], 2),
+        (["start", "data", "-p", "auto", "-c", f"work_mem={huge}"], 1),
+        (["start", "--init", "-d", "./new", "-c", f"work_mem={huge}"], 1),
+    ]
+    for args, code in cases:
+        proc = work.run(*args)
+        assert proc.returncode == code, (args[:3], proc.stderr[:300])
+        lines = error_lines(proc.stderr)
+        assert lines[0].startswith("Error: ") and clipped in lines[0], lines[0][:300]
+        assert all(len(line) < 300 for line in lines), [line[:300] for line in lines]
+    assert config(work)["settings"] == []
+    assert not (work.path / "new").exists()
 
 
 def test_enum_hint_and_running_server_untouched(work: Work, datadir: Path) -> None:

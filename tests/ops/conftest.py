@@ -69,6 +69,21 @@ def ops_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         pytest.fail(f"servers left running by this test (now killed): {left}")
 
 
+@pytest.fixture
+def read_only(ops_dir: Path) -> Iterator[Path]:
+    """``ops_dir/ro``: a tmpfs of its own (root only), for a real read-only file system:
+    the test remounts it ``ro`` once it has put in it what it needs (``mount -o
+    remount,ro``); unmounted afterwards, even if the test fails."""
+    top = ops_dir / "ro"
+    top.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "pgmgr-test-ro", str(top)],
+                   check=True)  # fmt: skip
+    try:
+        yield top
+    finally:
+        subprocess.run(["umount", str(top)], check=False)
+
+
 @pytest.fixture(scope="session")
 def template() -> Iterator[Path]:
     base = make_dir("pgmgr-ops-tpl-")

@@ -240,6 +240,18 @@ def test_bad_bundles_and_targets_create_nothing(
         "Error: the bundle is from PostgreSQL 99.1, which is not installed here (installed: ",
         ops_dir,
     )
+    # initdb -U '' said only 'FATAL: a name must follow the "/" sign at character 72'
+    nosu = ops_dir / "nosu"
+    shutil.copytree(good, nosu)
+    good_manifest = json.loads((good / "manifest.json").read_text())
+    (nosu / "manifest.json").write_text(json.dumps({**good_manifest, "superuser": ""}))
+    expect_error(
+        fresh,
+        ["import", str(nosu), "-d", new],
+        1,
+        f"Error: {nosu}/manifest.json is not a valid manifest ('superuser' is empty)",
+        ops_dir,
+    )
     manifest["source"].update(major="abc")
     (newer / "manifest.json").write_text(json.dumps(manifest))
     expect_error(
@@ -382,17 +394,25 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "include_if_exists": str(ops_dir / "extra.conf"),
         "ssl_key_file": str(ops_dir / "key"),
         "jit_provider": "../../../../../tmp/x",  # loads /tmp/x.so
+        # a scratch instance's speed-ups: data lost after a crash where it is imported
+        "fsync": "off",
+        "full_page_writes": "False",
+        "zero_damaged_pages": "on",
+        "ignore_checksum_failure": "yes",
+        "data_sync_retry": "true",
+        "synchronous_commit": "off",  # recent commits only: kept
     }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
     assert proc.returncode == 0, proc.stderr
-    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:") and "auth" not in ln]
     assert notes == [
-        "Note: not applied, from the bundle's settings: archive_command, hba_file, "
-        "include_if_exists, jit_provider, listen_addresses, port, shared_preload_libraries, "
-        "ssl_key_file "
-        "(pgmgr's own, or naming files or commands of the machine it was made on); set one "
-        "with 'pgmgr config imp set NAME=VALUE' if it holds here"
+        "Note: not applied, from the bundle's settings: archive_command, data_sync_retry, "
+        "fsync, full_page_writes, hba_file, ignore_checksum_failure, include_if_exists, "
+        "jit_provider, listen_addresses, port, shared_preload_libraries, ssl_key_file, "
+        "zero_damaged_pages (pgmgr's own, naming files or commands of the machine it was "
+        "made on, or giving up crash safety); set one with 'pgmgr config imp set NAME=VALUE' "
+        "if it holds here"
     ], proc.stderr
     rec = record(fresh, "imp")
     with connect(rec) as c:
@@ -400,12 +420,15 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         shown = {
             name: c.execute(f"SHOW {name}").fetchone()
             for name in ("work_mem", "search_path", "hba_file", "listen_addresses",
-                         "shared_preload_libraries")
+                         "shared_preload_libraries", "fsync", "full_page_writes",
+                         "zero_damaged_pages", "synchronous_commit")
         }  # fmt: skip
     assert shown["work_mem"] == ("8MB",) and shown["search_path"] == ("public",)
     assert shown["hba_file"] == (f"{ops_dir / 'imp'}/pg_hba.conf",)
     assert shown["listen_addresses"] == ("127.0.0.1",)
     assert shown["shared_preload_libraries"] == ("",)
+    assert (shown["fsync"], shown["full_page_writes"]) == (("on",), ("on",))
+    assert (shown["zero_damaged_pages"], shown["synchronous_commit"]) == (("off",), ("off",))
     assert not marker.exists()
     assert fresh.pgmgr("destroy", "imp", "--yes", "-q").returncode == 0
 
@@ -419,6 +442,51 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
         "the value holds a line break); nothing was created",
         ops_dir,
     )
+
+
+def test_a_bundles_trust_authentication_is_not_applied_unless_asked(
+    fresh: Instance, ops_dir: Path
+) -> None:
+    """A manifest that says ``auth: trust`` (an export of an instance made with ``init
+    --auth trust``; or anyone's edit: the manifest has no checksum): the new instance let
+    any local client in over TCP as any role, the superuser included, without a password.
+    It gets scram-sha-256 and its own password, with a Note line; ``--auth trust`` asks
+    for it."""
+    bundle = ops_dir / "bundle"
+    assert fresh.pgmgr("export", "fresh", str(bundle), "-q").returncode == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "auth": "trust"}))
+
+    proc = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "imp"))
+    assert proc.returncode == 0, proc.stderr
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:")]
+    assert notes == [
+        "Note: not applied, from the bundle: auth trust (TCP logins without a password); "
+        "'imp' uses scram-sha-256 with its own password. To let TCP in without one, import "
+        "with '--auth trust'"
+    ], proc.stderr
+    rec = record(fresh, "imp")
+    assert rec["tcp_url"].startswith("postgresql://postgres:")  # a password in it
+    port = int(rec["port"])
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+    with psycopg.connect(rec["tcp_url"]) as c:
+        assert c.execute("SELECT current_user").fetchone() == ("postgres",)
+
+    asked = fresh.pgmgr(
+        "import", str(bundle), "-d", str(ops_dir / "open"), "--auth", "trust", "--json"
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["dropped_auth"] is None
+    rec = record(fresh, "open")
+    with psycopg.connect(host="127.0.0.1", port=int(rec["port"]), user="postgres") as c:
+        assert c.execute("SELECT current_user").fetchone() == ("postgres",)
+    bad = fresh.pgmgr("import", str(bundle), "-d", str(ops_dir / "x"), "--auth", "ident")
+    assert bad.returncode == 2
+    assert error_lines(bad.stderr) == [
+        "Error: invalid --auth 'ident': use scram-sha-256, trust, md5, password"
+    ]
+    assert not (ops_dir / "x").exists()
 
 
 def test_a_manifest_nested_too_deep_is_one_line(ops_dir: Path) -> None:

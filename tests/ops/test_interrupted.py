@@ -359,7 +359,9 @@ def test_a_data_directory_that_appears_during_a_replica_is_left_alone(
     )
     done = run.go()
     assert done.returncode == 1, done.stderr
-    assert error_lines(done.stderr)[0].startswith("Error: cannot create the directory rep"), done
+    assert error_lines(done.stderr)[0] == (
+        f"Error: cannot create the directory {target}: File exists"
+    ), done
     assert (target / "PG_VERSION").is_file() and (target / "base").is_dir()
     assert sorted(states(fresh)) == ["fresh"]
     assert primary_leftovers(fresh) == (0, 0, [])

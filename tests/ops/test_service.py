@@ -362,3 +362,29 @@ def test_without_systemd_install_enable_writes_the_file_and_says_how(
     assert "systemctl --user enable --now pgmgr-fresh.service" in proc.stderr
     assert (mock_systemctl.parent / "config/systemd/user/pgmgr-fresh.service").is_file()
     assert calls(mock_systemctl) == []  # never called where systemd does not run
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+def test_a_read_only_file_system_is_said_not_need_root(
+    fresh: Instance, unit_env: Path, read_only: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """install into a directory on a read-only file system said "is not writable by you"
+    and "system units need root", to root itself; it names the read-only file system, in
+    one line, for either mode, and remove says what it could not remove."""
+    monkeypatch.setenv("PGMGR_SYSTEMD_SYSTEM_DIR", str(read_only / "system-units"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(read_only / "config"))
+    (read_only / "config/systemd/user").mkdir(parents=True)
+    assert fresh.pgmgr("service", "install", "fresh", "--system", "-q").returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only)], check=True)
+    system = read_only / "system-units/pgmgr-fresh.service"
+    for mode, path in (("system", system), ("user", read_only / "config/systemd/user")):
+        proc = fresh.pgmgr("service", "install", "fresh", f"--{mode}")
+        unit = path if mode == "system" else path / "pgmgr-fresh.service"
+        assert (proc.returncode, error_lines(proc.stderr)) == (
+            1, [f"Error: cannot write {unit}: {unit.parent} is on a read-only file system"]
+        ), proc.stderr  # fmt: skip
+    proc = fresh.pgmgr("service", "remove", "fresh", "--system")
+    assert (proc.returncode, error_lines(proc.stderr)) == (
+        1, [f"Error: cannot remove the unit {system}: Read-only file system"]
+    ), proc.stderr  # fmt: skip
+    assert system.is_file()

@@ -1,0 +1,83 @@
+"""As root, ``pgmgr import`` restores each archive from a private copy given to the server
+user (pg_restore, run as that user, reads what the archive names: see
+``importer.readable_archive``). That copy is made where the server user can reach it, and
+removed through file descriptors, as the rest of pgmgr removes what a server user owns
+(:mod:`pgmgr.core.ownerrm`), on real servers."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import error_lines, run_pgmgr
+from tests.ops.conftest import Instance
+from tests.pause import Paused
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the copy is made as root only")
+
+
+@pytest.fixture
+def hooks(ops_dir: Path) -> Path:
+    path = ops_dir / "hooks"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture
+def bundle(fresh: Instance, ops_dir: Path) -> Path:
+    path = ops_dir / "bundle"
+    assert fresh.pgmgr("export", "fresh", str(path), "-q").returncode == 0
+    return path
+
+
+def test_a_copy_swapped_by_the_server_user_is_removed_not_what_took_its_name(
+    fresh: Instance, ops_dir: Path, hooks: Path, bundle: Path
+) -> None:
+    """In /tmp (sticky) the server user owns the copy and may rename it: it moves it
+    away and makes a directory of its own at its name before the removal. The removal,
+    by path as that user, took the directory at the name and left the copy of the
+    bundle where it went; through the fd of the directory it made, it empties the copy
+    and leaves the other one alone."""
+    target = ops_dir / "imp"
+    args = ("import", str(bundle), "-d", str(target), "-q")
+    moved = None
+    try:
+        with Paused(hooks, "import-archive-remove", *args, env={"TMPDIR": "/tmp"}) as run:
+            run.reached()
+            pid = (hooks / "import-archive-remove.reached").read_text()
+            [top] = glob.glob(f"/tmp/pgmgr-imp-{pid}-*")
+            moved = f"{top}.moved"
+            swap = f"mv {top} {moved} && mkdir {top} && echo theirs > {top}/keep"
+            subprocess.run(["runuser", "-u", "postgres", "--", "sh", "-c", swap], check=True)
+            done = run.go()
+        assert done.returncode == 0, done.stderr
+        assert Path(top, "keep").read_text() == "theirs\n"
+        assert os.listdir(moved) == []  # the archive's copy: gone, wherever it went
+    finally:
+        if moved is not None:
+            shutil.rmtree(moved, ignore_errors=True)
+            shutil.rmtree(moved.removesuffix(".moved"), ignore_errors=True)
+
+
+def test_an_import_with_a_private_temp_dir_of_roots(
+    fresh: Instance, ops_dir: Path, bundle: Path
+) -> None:
+    """``TMPDIR`` is root's own and private (0700, as pam_tmpdir's /tmp/user/0): the
+    copy made there could not be opened by pg_restore as the server user ("Permission
+    denied", the import undone), and its removal as that user by path could not reach
+    it (left). It is made in /tmp then, and removed."""
+    private = ops_dir / "private"
+    private.mkdir(mode=0o700)
+    before = set(glob.glob("/tmp/pgmgr-imp-*"))
+    proc = run_pgmgr(
+        "import", str(bundle), "-d", str(ops_dir / "imp"), "-q", env={"TMPDIR": str(private)}
+    )
+    assert proc.returncode == 0, error_lines(proc.stderr)
+    assert os.listdir(private) == []
+    assert set(glob.glob("/tmp/pgmgr-imp-*")) <= before
