@@ -217,3 +217,29 @@ def test_freeze(pgmgr_db, pgmgr_server):
     result.assert_outcomes(passed=1)
     assert time.monotonic() - t0 < 30
     assert_nothing_left(ops_dir)
+
+
+def test_a_frozen_server_without_a_pool_fails_the_drop_in_time(
+    pytester: pytest.Pytester, ops_dir: Path
+) -> None:
+    """The same without the database pool (``pgmgr_pool_size = 0``): the test's database
+    is dropped by the fixture's teardown itself, whose connection waited for the frozen
+    server for as long as psycopg lets a connection wait by default: for ever before
+    psycopg 3.2 (the session never ended), 130 s since. It gives up after 10 s: an error at
+    teardown (the server did not answer), and the session ends with nothing left."""
+    pytester.makeini(INI + f"pgmgr_pool_size = 0\npgmgr_tmpdir = {ops_dir / 'tmp'}\n")
+    pytester.makepyfile(
+        test_freeze="""
+import os, signal
+
+
+def test_freeze(pgmgr_db, pgmgr_server):
+    os.kill(pgmgr_server.server.running().pid, signal.SIGSTOP)
+"""
+    )
+    t0 = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
+    result.assert_outcomes(passed=1, errors=1)
+    assert "timeout expired" in "\n".join(result.outlines), result.outlines
+    assert time.monotonic() - t0 < 60
+    assert_nothing_left(ops_dir)
