@@ -84,6 +84,53 @@ def run_pgmgr(
     return proc
 
 
+def killed(proc: subprocess.Popen[Any], timeout: float = 30) -> tuple[Any, Any]:
+    """SIGKILL ``proc`` (a no-op once it has exited) and return what it printed, read for
+    ``timeout`` seconds at most: a process it started may hold its output pipes open after
+    it is gone (the command of a ``pgmgr run``, a child still at work), and reading them to
+    their end waited for that one too, without bound. The test then fails naming it."""
+    proc.kill()
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        holders = pipe_holders(proc)
+        proc.wait()  # killed: it goes, whoever holds its pipes
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise AssertionError(
+            f"{proc.args} was killed, but its output was still open after {timeout:g} s, "
+            f"held by: {holders}"
+        ) from None
+
+
+def pipe_holders(proc: subprocess.Popen[Any]) -> list[str]:
+    """The processes (``pid: argv``) other than this one holding ``proc``'s output pipes."""
+    inodes = {f"pipe:[{os.fstat(p.fileno()).st_ino}]" for p in (proc.stdout, proc.stderr) if p}
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            if inodes & set(fds):
+                found.append(f"{pid}: {' '.join(process.cmdline(int(pid)))}")
+    return found
+
+
+def readline_within(stream: IO[str], timeout: float = 60) -> str:
+    """The next line of ``stream`` (a child's output pipe), or the test fails after
+    ``timeout`` seconds: a child that hangs before it prints it would otherwise keep the
+    test waiting without bound. (Read in a thread: a pipe's buffered reader may hold the
+    line already, where select() sees nothing.)"""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert box, f"no line within {timeout:g} s"
+    return box[0]
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (a run's owner that died)."""
     proc = subprocess.Popen(["true"])
@@ -255,11 +302,13 @@ class Graveyard:
         while (path := self._queue.get()) is not None:
             remove_tree(path)
 
-    def close(self) -> None:
-        """Wait until everything buried is deleted; remove the default grave directories."""
+    def close(self, timeout: float = 600) -> None:
+        """Wait until everything buried is deleted (the session fails after ``timeout``
+        seconds: a removal never ends by itself); remove the default grave directories."""
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join()
+            self._thread.join(timeout)
+            assert not self._thread.is_alive(), f"test directories not deleted in {timeout:g} s"
             self._thread = None
         for graves in self._graves.values():
             remove_tree(graves)
@@ -287,11 +336,21 @@ class LogFollower:
         assert self.proc.stdout is not None
         self.lines.extend(self.proc.stdout)
 
+    def close(self) -> None:
+        """Ctrl-C, as a user ends it; killed if it is not gone within 10 s (it was left
+        following for ever when its wait for the exit raised)."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            killed(self.proc)
+            raise AssertionError("'pgmgr logs -f' did not exit on Ctrl-C (killed)") from None
+
     def wait_for(self, text: str, count: int = 1, timeout: float = 60) -> str:
         """What it printed so far, once ``text`` is in it ``count`` times."""
         deadline = time.monotonic() + timeout
         while (printed := "".join(self.lines)).count(text) < count:
-            assert self.proc.poll() is None, self.proc.communicate()
+            assert self.proc.poll() is None, killed(self.proc)
             assert time.monotonic() < deadline, f"{text!r} not printed {count} time(s):\n{printed}"
             time.sleep(0.02)
         return printed

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import Run, pgmgr_argv
+from tests.helpers import Run, killed, pgmgr_argv
 
 
 def ok(run: Run) -> Run:
@@ -63,9 +63,16 @@ class Paused:
             try:
                 self.proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
+                killed(self.proc)
         self._disarm()
+
+    def _hung(self) -> str:
+        """Kill pgmgr, hung; what it printed, with where each of its threads was (the
+        pause's SIGUSR2 handler prints their stacks: see pgmgr.core.testhook)."""
+        self.proc.send_signal(signal.SIGUSR2)
+        time.sleep(1)
+        _, err = killed(self.proc)
+        return f"killed; its stderr:\n{err}"
 
     def _disarm(self) -> None:
         for name in (self.step, f"{self.step}.reached", f"{self.step}.go"):
@@ -93,9 +100,7 @@ class Paused:
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise AssertionError(f"pgmgr hung after {self.step} (killed)") from None
+            raise AssertionError(f"pgmgr hung after {self.step}: {self._hung()}") from None
         finally:
             self._disarm()
         assert "Traceback" not in err, err
@@ -107,9 +112,7 @@ class Paused:
         try:
             _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise AssertionError(f"pgmgr did not exit after signal {sig}") from None
+            raise AssertionError(f"pgmgr did not exit after signal {sig}: {self._hung()}") from None
         finally:
             self._disarm()
         assert "Traceback" not in err, err

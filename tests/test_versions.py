@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,6 +181,29 @@ def test_binary_printing_bytes_that_are_not_utf8(fake_pg_root: FakeRoot) -> None
     exe2.write_text('#!/bin/sh\nprintf "\\377 postgres (PostgreSQL) 17.2\\n"\n')
     assert subprocess.run([exe], capture_output=True, check=True).stdout.startswith(b"\xff")
     assert summary(v.discover()) == [("17", "17.2", "debian"), ("15", "15.18", "debian")]
+
+
+def test_a_binary_that_leaves_its_output_open_in_the_background(
+    fake_pg_root: FakeRoot, tmp_path: Path
+) -> None:
+    """A wrapper ``postgres`` that answers after leaving a process in the background with
+    its output still open (a daemon started without redirecting it): pgmgr read that
+    output to its end, which comes only when the background process ends (here after 10
+    minutes): 10 s, then it gave up on the binary and read on, for ever. It is left out
+    after those 10 s."""
+    fake_pg_root.add("15", "15.18")
+    exe = fake_pg_root.add("17") / "postgres"
+    daemon = tmp_path / "daemon.pid"
+    exe.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {daemon}\nexec sleep 600\n")
+    t0 = time.monotonic()
+    try:
+        found = summary(v.discover())
+    finally:
+        for pid in [daemon.read_text()] if daemon.exists() else []:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert found == [("15", "15.18", "debian")]
+    assert time.monotonic() - t0 < 60
 
 
 def test_empty_root(fake_pg_root: FakeRoot) -> None:

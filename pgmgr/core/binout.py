@@ -13,6 +13,10 @@ from pathlib import Path
 from pgmgr.core import paths
 from pgmgr.core.errors import PgmgrError
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    import subprocess
+
 
 def _cache_file() -> Path:
     return paths.cache_dir() / "binaries.json"
@@ -89,14 +93,24 @@ def run_all(argvs: Sequence[Sequence[str]]) -> list[str | None]:
         try:
             out, _ = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            _abandon(proc)
             continue
         if proc.returncode == 0:
             results[i] = out.strip()
             cache.put(argvs[i], results[i] or "")
     cache.save()
     return results
+
+
+def _abandon(proc: subprocess.Popen[str]) -> None:
+    """Kill a binary that did not finish within its time, and reap it without reading its
+    output to the end: a process it left in the background (a wrapper script's daemon)
+    may hold that output open for as long as it runs, and reading to the end waited for
+    it (for ever, after the 10 s)."""
+    proc.kill()
+    proc.wait()  # killed: it goes, whatever it left behind
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def cached_output(argv: Sequence[str]) -> str | None:

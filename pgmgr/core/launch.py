@@ -203,11 +203,13 @@ def log_tail(log_file: Path | None, lines: int = 5, since: int = 0) -> str:
     """The last ``lines`` lines of the log written after byte offset ``since``."""
     if log_file is None:
         return ""
+    from pgmgr.core import logfile
+
     try:
-        with open(log_file, "rb") as f:
+        with logfile.open_read(log_file) as f:  # never blocks (a FIFO put there)
             f.seek(since)
             text = f.read().decode(errors="replace")
-    except OSError:
+    except (OSError, DatabaseException):
         return ""
     kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("--- pgmgr:")]
     return "\n".join(kept[-lines:])

@@ -107,6 +107,25 @@ def rotate_as(log_file: Path, user: ServerUser | None) -> bool:
     return rotate_if_large(log_file)
 
 
+def open_read(log_file: Path) -> BinaryIO:
+    """``log_file`` opened for reading, never blocking: a FIFO put in its place, which no
+    one writes to, made 'pgmgr logs' wait for ever to open it.
+
+    :raises FileNotFoundError: there is none (yet).
+    :raises DatabaseException: it is not a regular file.
+    """
+    import stat
+
+    from pgmgr.core.errors import DatabaseException
+
+    fd = os.open(log_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise DatabaseException(f"the server log {log_file} is not a regular file")
+    return f
+
+
 class Tail:
     """Non-blocking reads of the complete lines appended to a log after ``offset`` (what
     ``start --foreground`` copies to its stderr while it waits for the server)."""
@@ -118,13 +137,15 @@ class Tail:
 
     def read(self) -> str:
         """The complete lines written since the last call ('' if none)."""
+        from pgmgr.core.errors import DatabaseException
+
         try:
-            with open(self.log_file, "rb") as f:
+            with open_read(self.log_file) as f:
                 if os.fstat(f.fileno()).st_size < self.offset:
                     self.offset = 0  # truncated
                 f.seek(self.offset)
                 chunk = f.read(1 << 20)
-        except FileNotFoundError:
+        except (FileNotFoundError, DatabaseException):  # none yet, or nothing to copy
             return ""
         self.offset += len(chunk)
         complete, _, self.pending = (self.pending + chunk).rpartition(b"\n")
@@ -167,7 +188,7 @@ def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
 
 def _open(log_file: Path) -> BinaryIO | None:
     try:
-        return open(log_file, "rb")
+        return open_read(log_file)
     except FileNotFoundError:
         return None
 

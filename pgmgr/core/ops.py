@@ -176,10 +176,12 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
 def tail(log_file: Path, lines: int) -> tuple[list[str], int]:
     """The last ``lines`` lines of ``log_file`` and the byte offset of its end.
 
-    :raises DatabaseException: there is no log file yet.
+    :raises DatabaseException: there is no log file yet, or it is not a regular file.
     """
+    from pgmgr.core import logfile
+
     try:
-        with open(log_file, "rb") as f:
+        with logfile.open_read(log_file) as f:
             data = f.read()
     except FileNotFoundError:
         raise DatabaseException(

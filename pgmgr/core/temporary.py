@@ -28,6 +28,8 @@ FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes"
 #: The longest base dir we accept: its ``sock/.s.PGSQL.65535`` must fit in 107 bytes.
 MAX_BASE = server.SOCKET_PATH_MAX - len("/sock/.s.PGSQL.65535")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Seconds :meth:`TemporaryInstance.execute` waits for the server to take its connection.
+CONNECT_TIMEOUT = 10
 #: Reapers told to exit, kept until they have (no "still running" warning at collection).
 _finished_reapers: list[subprocess.Popen[bytes]] = []
 
@@ -280,6 +282,10 @@ class TemporaryInstance:
 
         params = self.server.conninfo(tcp=False)
         params["dbname"] = dbname
+        # Bounded: a server a test froze (SIGSTOP) never answers, and the connection then
+        # waited for psycopg's default (for ever before 3.2, 130 s since): the pytest
+        # plugin's drop of a test's database, at its teardown, and the next one's create.
+        params["connect_timeout"] = str(CONNECT_TIMEOUT)
         with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
             conn.execute(sql.encode())
 

@@ -17,6 +17,12 @@ ENV = "PGMGR_TEST_PAUSE"
 _DIR = os.environ.get(ENV) or None
 _WAIT = 60.0
 
+if _DIR is not None:  # tests: SIGUSR2 prints every thread's stack (where a hung pgmgr is)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
+
 
 def pause(step: str) -> None:
     """Wait at ``step`` when a test asked for it (see the module docstring)."""

@@ -242,6 +242,7 @@ def upgrade(
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
+            conf.check_regular(srv, store)
             conf.check_libraries(srv, store, new)
             opts, scoped = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"
@@ -437,7 +438,7 @@ def _intent(
     :mod:`pgmgr.core.intent`)."""
     rejected = conf.rejected(srv, store, new, newdata)
     result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
-    store.as_user(conf.carry, srv.datadir, newdata, set(rejected))
+    conf.reading(srv, store, conf.carry, srv.datadir, newdata, set(rejected))
     new_id = store.as_user(intent.identify, newdata)
     meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
     if meta.size == 0:

@@ -4,9 +4,10 @@ major rejects of it), and the statistics rebuilt. Used by :mod:`pgmgr.core.upgra
 from __future__ import annotations
 
 import os
-import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pgmgr.core import sigguard, tools
 from pgmgr.core import upgradeplan as plan
@@ -15,11 +16,85 @@ from pgmgr.core.instance import Server
 from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
 
+T = TypeVar("T")
+
+
+class NotRegular(DatabaseException):
+    """A configuration file the upgrade reads is not a regular file (see :func:`read`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is not a regular file")
+        self.path = path
+
+
+def read(path: Path) -> bytes:
+    """The bytes of the configuration file ``path`` (a symlink followed: these are the
+    user's own files). As the user. Opened without blocking: a FIFO put in its place,
+    which no one ever writes to, made the upgrade wait for ever, holding the lock.
+
+    :raises NotRegular: not a regular file (a FIFO, a device, a directory).
+    :raises FileNotFoundError: there is none.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(path)
+        return f.read()
+
+
+def reading(srv: Server, store: Store, fn: Callable[..., T], *args: Any) -> T:
+    """``store.as_user(fn, *args)`` for ``fn`` that reads the data directory's
+    configuration (:func:`read`): a file there that is not a regular file fails the
+    upgrade in one line, before anything changed.
+
+    :raises DatabaseException: such a file."""
+    try:
+        return store.as_user(fn, *args)
+    except NotRegular as e:
+        raise _refused(srv, e.path) from None
+
+
+def _refused(srv: Server, path: Path) -> DatabaseException:
+    return DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': {path} is not a regular file; nothing was changed",
+        hint="put the file back (a regular file), then upgrade",
+    )
+
+
+#: The files of the old data directory that the upgrade opens: postgresql.conf (pg_upgrade
+#: opens it, to tell a data directory from a configuration-only one; pgmgr reads it) and
+#: those it carries over.
+OPENED = ("postgresql.conf", *plan.CARRIED_FILES)
+
+
+def irregular(datadir: Path) -> list[Path]:
+    """Those of :data:`OPENED` in ``datadir`` that are there but are not regular files (a
+    symlink followed; not opened: a FIFO's open waits for a writer). As the user."""
+    found = []
+    for name in OPENED:
+        try:
+            st = os.stat(datadir / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            found.append(datadir / name)
+    return found
+
+
+def check_regular(srv: Server, store: Store) -> None:
+    """:raises DatabaseException: a file of :data:`OPENED` is not a regular file: a FIFO
+    put there, which no one writes to, made pg_upgrade (and pgmgr) wait for ever to open
+    it, holding the instance's lock. (One swapped in after this check is still refused
+    where pgmgr reads it, :func:`read`, but pg_upgrade would wait: Ctrl-C ends it.)"""
+    found = store.as_user(irregular, srv.datadir)
+    if found:
+        raise _refused(srv, found[0])
+
 
 def auto_settings(old: Path) -> dict[str, str]:
     """The settings of the old cluster's postgresql.auto.conf (ALTER SYSTEM). As the user."""
     try:
-        text = (old / "postgresql.auto.conf").read_text()
+        text = read(old / "postgresql.auto.conf").decode(errors="replace")
     except FileNotFoundError:
         return {}
     return {k: plan.unquote(v) for k, v in plan.auto_conf_settings(text).items()}
@@ -29,11 +104,15 @@ def carry(old: Path, new: Path, rejected: set[str]) -> None:
     """Copy the configuration pgmgr keeps into the new cluster, the lines setting what the
     new major rejects commented out. As the user."""
     for name in plan.CARRIED_FILES:
-        if (old / name).is_file():
-            shutil.copyfile(old / name, new / name)
+        try:
+            data = read(old / name)
+        except FileNotFoundError:
+            continue
+        (new / name).write_bytes(data)
     path = new / "postgresql.auto.conf"
     if rejected and path.is_file():
-        path.write_text(plan.drop_from_auto_conf(path.read_text(), rejected))
+        text = read(path).decode(errors="replace")
+        path.write_text(plan.drop_from_auto_conf(text, rejected))
 
 
 def rejected_settings(
@@ -60,7 +139,7 @@ def rejected_settings(
 def rejected(srv: Server, store: Store, new: Installation, newdata: Path) -> list[str]:
     """The settings of postgresql.auto.conf and the record that the new major rejects.
     Checked before the old files are carried over: the new postgres reads them too."""
-    auto = store.as_user(auto_settings, srv.datadir)
+    auto = reading(srv, store, auto_settings, srv.datadir)
     return rejected_settings(new, newdata, {**auto, **srv.inst.settings}, srv)
 
 
@@ -72,7 +151,7 @@ def check_libraries(srv: Server, store: Store, new: Installation) -> None:
     is set)."""
     from pgmgr.core import binout
 
-    auto = store.as_user(auto_settings, srv.datadir)
+    auto = reading(srv, store, auto_settings, srv.datadir)
     settings = {**srv.inst.settings, **auto}
     out = binout.cached_output([str(new.bin("pg_config")), "--pkglibdir"])
     libdir = Path(out.strip()) if out and out.strip() else None
@@ -120,7 +199,8 @@ def check_scoped(srv: Server, new: Installation, newdata: Path, scoped: list[pla
 
 def conf_texts(old: Path, new: Path) -> tuple[str, str]:
     """The two clusters' postgresql.conf. As the user."""
-    return (old / "postgresql.conf").read_text(), (new / "postgresql.conf").read_text()
+    texts = (read(d / "postgresql.conf").decode(errors="replace") for d in (old, new))
+    return next(texts), next(texts)
 
 
 def left_behind(
@@ -130,8 +210,8 @@ def left_behind(
     rejects (``rejected``, of those pgmgr carries, and those of postgresql.conf), and the
     ones of postgresql.conf it accepts but which are not carried over (pgmgr carries
     postgresql.auto.conf and the record's settings, not postgresql.conf)."""
-    old, new_conf = store.as_user(conf_texts, srv.datadir, newdata)
-    kept = set(store.as_user(auto_settings, srv.datadir)) | set(srv.inst.settings)
+    old, new_conf = reading(srv, store, conf_texts, srv.datadir, newdata)
+    kept = set(reading(srv, store, auto_settings, srv.datadir)) | set(srv.inst.settings)
     left = plan.not_carried(old, new_conf, kept)
     gone = rejected_settings(new, newdata, left, srv)
     return sorted({*rejected, *gone}), [n for n in left if n not in gone]

@@ -180,8 +180,9 @@ class Tmux:
 
     def tmux(self, *args: str) -> str:
         proc = subprocess.run(
-            ["tmux", "-S", self.sock, *args], capture_output=True, text=True, check=True
-        )
+            ["tmux", "-S", self.sock, *args], capture_output=True, text=True, check=True,
+            timeout=60,
+        )  # fmt: skip
         return proc.stdout
 
     def run(self, script: Path) -> str:
@@ -196,7 +197,9 @@ class Tmux:
         raise AssertionError(f"no end marker on the screen:\n{screen}")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.sock, "kill-server"], capture_output=True, check=False)
+        subprocess.run(
+            ["tmux", "-S", self.sock, "kill-server"], capture_output=True, check=False, timeout=60
+        )
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")

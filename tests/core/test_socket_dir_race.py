@@ -39,7 +39,7 @@ def _race(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path]
         except BaseException as e:  # handed to the test below
             failed.append(e)
 
-    worker = threading.Thread(target=run)
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     deadline = time.monotonic() + 30
     while not (hooks / f"{STEP}.reached").exists():
@@ -163,7 +163,7 @@ def _fresh_race(tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch) -
         except BaseException as e:  # handed to the test below
             failed.append(e)
 
-    worker = threading.Thread(target=run)
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     deadline = time.monotonic() + 30
     while not (hooks / "socket-dir-fresh.reached").exists():
@@ -199,7 +199,8 @@ def test_the_runtime_dir_swapped_for_a_symlink_chowns_nothing(
         monkeypatch.setattr(testhook, "_DIR", str(hooks))
         found: list[object] = []
         worker = threading.Thread(
-            target=lambda: found.append(sockets.default_dir(tmp_path / ("d" * 100), 5432, user))
+            target=lambda: found.append(sockets.default_dir(tmp_path / ("d" * 100), 5432, user)),
+            daemon=True,
         )
         worker.start()
         deadline = time.monotonic() + 30

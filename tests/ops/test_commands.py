@@ -181,6 +181,18 @@ def test_logs_follow_prints_new_lines_and_ctrl_c_says_interrupted(shared: Instan
         follower.proc.wait()
 
 
+@pytest.mark.parametrize("follow", [False, True], ids=["tail", "follow"])
+def test_logs_of_a_log_that_is_a_fifo_is_one_error_at_once(fresh: Instance, follow: bool) -> None:
+    """The log file replaced by a FIFO, which no one writes to: 'pgmgr logs' waited for
+    ever to open it (start already refused to log into one)."""
+    log = Path(str(fresh.status()["log_file"]))
+    log.unlink()  # the server goes on writing into the file it has open
+    os.mkfifo(log, 0o600)
+    proc = fresh.pgmgr("logs", "fresh", *(["-f"] if follow else []), timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert error_lines(proc.stderr) == [f"Error: the server log {log} is not a regular file"]
+
+
 # --------------------------------------------------------------------------- reload, restart
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -128,8 +127,7 @@ def test_logs_follow_goes_on_across_a_rotation(
         assert text.count("ready to accept connections") == 2, text
         assert text.count("database system is shut down") == 2, text  # the old files' ends
     finally:
-        follower.proc.send_signal(signal.SIGINT)
-        follower.proc.wait(timeout=10)
+        follower.close()
 
 
 def test_follow_reads_the_old_file_to_its_end_then_the_new_one(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def assert_nothing_left(ops_dir: Path) -> None:
 
 
 def test_each_test_gets_its_own_database(example: pytest.Pytester, ops_dir: Path) -> None:
-    result = example.runpytest_subprocess("-p", "no:cacheprovider")
+    result = example.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
     result.assert_outcomes(passed=4)
     assert_nothing_left(ops_dir)
 
@@ -114,7 +114,9 @@ def test_more(pgmgr_db, i):
     ports_dir = ops_dir / "ports"
     ports_dir.mkdir()
     monkeypatch.setenv("PORTS_DIR", str(ports_dir))
-    result = example.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
+    result = example.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "xdist", "-n", "2", timeout=150
+    )
     result.assert_outcomes(passed=10)
     ports = {f.name: set(f.read_text().split()) for f in ports_dir.iterdir()}
     assert len(ports) == 2 and all(len(p) == 1 for p in ports.values())
@@ -124,7 +126,9 @@ def test_more(pgmgr_db, i):
 
 def test_nothing_starts_unless_asked(pytester: pytest.Pytester, ops_dir: Path) -> None:
     pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgmgr-version", "15")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--pgmgr-version", "15", timeout=150
+    )
     result.assert_outcomes(passed=1)
     assert list((ops_dir / "tmp").iterdir()) == []
 
@@ -164,7 +168,7 @@ def test_a_bad_version_is_one_usage_error_naming_the_option(
     pytester.makepyfile(
         test_mixed="def test_db(pgmgr_db):\n    pass\n\ndef test_plain():\n    pass\n"
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=150)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.errlines if line.strip()]
     assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
@@ -189,7 +193,7 @@ def test_a_bad_setting_is_one_usage_error(
     pytester.makepyfile(
         test_mixed="def test_db(pgmgr_db):\n    pass\n\ndef test_plain():\n    pass\n"
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.errlines if line.strip()]
     assert len(errors) == 1 and errors[0].startswith(first_line), result.errlines
@@ -213,7 +217,33 @@ def test_freeze(pgmgr_db, pgmgr_server):
 """
     )
     t0 = time.monotonic()
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
     result.assert_outcomes(passed=1)
     assert time.monotonic() - t0 < 30
+    assert_nothing_left(ops_dir)
+
+
+def test_a_frozen_server_without_a_pool_fails_the_drop_in_time(
+    pytester: pytest.Pytester, ops_dir: Path
+) -> None:
+    """The same without the database pool (``pgmgr_pool_size = 0``): the test's database
+    is dropped by the fixture's teardown itself, whose connection waited for the frozen
+    server for as long as psycopg lets a connection wait by default: for ever before
+    psycopg 3.2 (the session never ended), 130 s since. It gives up after 10 s: an error at
+    teardown (the server did not answer), and the session ends with nothing left."""
+    pytester.makeini(INI + f"pgmgr_pool_size = 0\npgmgr_tmpdir = {ops_dir / 'tmp'}\n")
+    pytester.makepyfile(
+        test_freeze="""
+import os, signal
+
+
+def test_freeze(pgmgr_db, pgmgr_server):
+    os.kill(pgmgr_server.server.running().pid, signal.SIGSTOP)
+"""
+    )
+    t0 = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
+    result.assert_outcomes(passed=1, errors=1)
+    assert "timeout expired" in "\n".join(result.outlines), result.outlines
+    assert time.monotonic() - t0 < 60
     assert_nothing_left(ops_dir)

@@ -98,7 +98,7 @@ def suite(
 
 
 def run(suite: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return suite.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    return suite.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=150)
 
 
 @pytest.mark.parametrize("pool_size", [2, 0], ids=["pool", "no-pool"])
@@ -420,10 +420,11 @@ def test_a_server_started_from_a_thread_outlives_the_thread(ops_dir: Path) -> No
         except BaseException as e:
             failed.append(e)
 
-    worker = threading.Thread(target=start)
+    worker = threading.Thread(target=start, daemon=True)
     try:
         worker.start()
-        worker.join()
+        worker.join(120)
+        assert not worker.is_alive(), "the start from a thread did not end within 120 s"
         assert failed == []
         pid = tmp.server.child.pid if tmp.server.child else 0
         time.sleep(0.5)  # the signal comes at the thread's end: it has had time to act
@@ -562,7 +563,7 @@ def test_bad_pool_settings_are_one_clear_error(
 ) -> None:
     pytester.makeini(f"[pytest]\n{ini_line}\n")
     pytester.makepyfile(test_x="def test_x(pgmgr_db):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()

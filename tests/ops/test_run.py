@@ -13,7 +13,7 @@ import pytest
 
 from pgmgr.core import versions
 from tests.conftest import FakeRoot
-from tests.helpers import postmasters_under, run_pgmgr
+from tests.helpers import postmasters_under, readline_within, run_pgmgr
 
 
 def assert_nothing_left(ops_dir: Path) -> None:
@@ -82,7 +82,7 @@ def test_ctrl_c_at_any_moment_leaves_nothing(ops_dir: Path, phase: str) -> None:
         deadline = time.monotonic() + 30
         if phase == "command":
             assert child.stderr is not None
-            assert "ready" in child.stderr.readline()
+            assert "ready" in readline_within(child.stderr)
         else:
             want = "data" if phase == "init" else "sock"
             while not any((d / want).exists() for d in (ops_dir / "tmp").iterdir()):

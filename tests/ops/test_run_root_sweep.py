@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pgmgr.core.temporary import TemporaryInstance
-from tests.helpers import REPO, postgres_pids_under
+from tests.helpers import REPO, killed, postgres_pids_under, readline_within
 
 KEEP_RUNNING = """
 import sys, time
@@ -30,10 +30,9 @@ def test_a_dead_run_in_its_own_root_is_swept_by_the_next(ops_dir: Path) -> None:
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        assert proc.stdout is not None and readline_within(proc.stdout) == "up\n"
     finally:
-        proc.kill()  # no guard: as if the reaper was killed with it
-        proc.communicate()
+        killed(proc)  # no guard: as if the reaper was killed with it
     deadline = time.monotonic() + 30
     while postgres_pids_under(root):  # its server dies with it (die_with_parent)
         assert time.monotonic() < deadline, "the server outlived its pgmgr"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import process
-from tests.helpers import kill_postmasters, postgres_pids_under, run_pgmgr
+from tests.helpers import kill_postmasters, postgres_pids_under, readline_within, run_pgmgr
 from tests.ops.conftest import Instance
 from tests.ops.test_run import assert_nothing_left
 
@@ -98,7 +98,7 @@ def test_run_dir_of_a_live_pgmgr_is_not_swept(ops_dir: Path) -> None:
         text=True,
     )
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "up"
+        assert child.stdout is not None and readline_within(child.stdout).strip() == "up"
         (mine,) = _run_dirs(ops_dir)
         proc = run_pgmgr("run", "-q", "--", "true")
         assert proc.returncode == 0, proc.stderr
@@ -142,7 +142,7 @@ def test_foreground_stops_cleanly_on_signal(
     try:
         if when == "running":
             assert child.stderr is not None
-            while "foreground" not in child.stderr.readline():
+            while "foreground" not in readline_within(child.stderr):
                 assert child.poll() is None
         else:
             deadline = time.monotonic() + 30

@@ -74,7 +74,7 @@ def verify(path: Path, mode: str, runtime: Path) -> None:
     runtime.mkdir(mode=0o700, exist_ok=True)
     argv = [ANALYZE, "verify", *(["--user"] if mode == "user" else []), str(path)]
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert path.name not in proc.stderr, proc.stderr
 

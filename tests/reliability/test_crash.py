@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import process
+from tests.helpers import killed
 from tests.reliability.conftest import (
     Inst,
     InstFactory,
@@ -105,8 +106,7 @@ def test_pgmgr_killed_mid_start(cluster: InstFactory, hooks: Path) -> None:
     try:
         (hooks / "start-spawned.go").touch()  # on into its wait for a server frozen
         time.sleep(0.05)
-        paused.proc.kill()
-        paused.proc.communicate()
+        killed(paused.proc)
     finally:
         os.kill(child, signal.SIGCONT)
     # The server pgmgr spawned runs on; every command sees it and agrees about it.

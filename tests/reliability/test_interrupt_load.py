@@ -250,6 +250,7 @@ def test_restart_under_pgbench_load(cluster: InstFactory, work: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=120,
     )
     assert init.returncode == 0, init.stderr
     script = work / "ledger.sql"
@@ -273,12 +274,15 @@ def test_restart_under_pgbench_load(cluster: InstFactory, work: Path) -> None:
                 capture_output=True,
                 text=True,
                 check=False,
+                timeout=60,  # -T 2: its clients stop after 2 s, the server up or down
             )
             reports.append((run, proc.stdout + proc.stderr))
             if proc.returncode != 0:
                 time.sleep(0.02)  # the server is down: try again
 
-    driver = threading.Thread(target=load)
+    # A daemon: one still running after the join below (a pgbench that hangs) must not
+    # keep this pytest worker from exiting after its last test.
+    driver = threading.Thread(target=load, daemon=True)
     driver.start()
     try:
         time.sleep(0.8)
@@ -288,7 +292,8 @@ def test_restart_under_pgbench_load(cluster: InstFactory, work: Path) -> None:
         time.sleep(0.8)
     finally:
         stop_load.set()
-        driver.join(timeout=30)
+        driver.join(timeout=90)
+    assert not driver.is_alive(), "pgbench still ran 90 s after the load was stopped"
     assert down.returncode == 0 and up.returncode == 0, f"{down}\n{up}"
     logged: set[tuple[int, int, int]] = set()
     reported = 0

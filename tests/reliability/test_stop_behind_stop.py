@@ -23,7 +23,7 @@ from pgmgr.core import process
 from pgmgr.core.errors import Busy
 from pgmgr.core.instance import Server
 from pgmgr.core.locked import locked
-from tests.helpers import postmasters_under
+from tests.helpers import killed, postmasters_under
 from tests.pause import Paused
 from tests.reliability.conftest import (
     Inst,
@@ -85,8 +85,7 @@ def test_a_stronger_stop_ends_a_smart_stop_in_progress(cluster: InstFactory, mod
     finally:
         conn.close()
         if smart.poll() is None:
-            smart.kill()
-            smart.communicate()
+            killed(smart)
 
 
 def test_manager_stop_fast_ends_a_smart_stop_in_progress(cluster: InstFactory) -> None:
@@ -103,8 +102,7 @@ def test_manager_stop_fast_ends_a_smart_stop_in_progress(cluster: InstFactory) -
     finally:
         conn.close()
         if smart.poll() is None:
-            smart.kill()
-            smart.communicate()
+            killed(smart)
 
 
 def test_an_equal_stop_waits_for_the_stop_in_progress_and_start_follows_it(

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import killed
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_foreground import (  # noqa: F401
@@ -75,8 +76,7 @@ def test_an_attendant_killed_leaves_nothing_that_refuses_the_next(
     """kill -9 of the attendant (systemd's final SIGKILL): its .attend lock goes with it
     (flock), the server runs on, and the next attendant takes it over."""
     inst, proc = attended
-    proc.kill()
-    proc.communicate()
+    killed(proc)
     assert inst.state() == "running"
     again = attend(inst)
     try:

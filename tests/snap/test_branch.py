@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import error_lines
+from tests.helpers import error_lines, killed
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_interrupt import DELAYS, big, interrupt
 
@@ -233,9 +233,8 @@ def test_a_killed_branch_copy_is_swept_by_the_next_branch(
     hooks.mkdir()
     hooks.chmod(0o777)
     inst.ok("branch", "dev", "c", "-q")
-    killed = _held_branch(inst, hooks, "dev", "k")
-    killed.kill()
-    killed.communicate()
+    held = _held_branch(inst, hooks, "dev", "k")
+    killed(held)
     staged = ops_dir / ".pgmgr-snapshots" / "k" / ".tmp-branch"
     assert staged.is_dir()
     held = _held_branch(inst, hooks, "c", "h")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import error_lines, pgmgr_argv
+from tests.helpers import error_lines, killed, pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_switch_killed import hooks_dir
@@ -173,6 +173,5 @@ def test_a_command_that_waited_for_a_branch_killed_meanwhile_settles_it(
             branches_again(inst, ops_dir)
     finally:
         if waiter.poll() is None:
-            waiter.kill()
-            waiter.communicate()
+            killed(waiter)
         inst.pgmgr("stop", "k", "-q")

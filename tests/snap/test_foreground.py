@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import error_lines, pgmgr_argv
+from tests.helpers import error_lines, killed, pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_switch_killed import hooks_dir
@@ -80,8 +80,7 @@ def done_with(proc: subprocess.Popen[str]) -> None:
     try:
         proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        killed(proc)
 
 
 @contextlib.contextmanager
@@ -125,8 +124,7 @@ def ended(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
     try:
         err = proc.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
-        proc.kill()
-        err = proc.communicate()[1]
+        err = killed(proc)[1]
         raise AssertionError(f"the attendant did not exit: {err}") from None
     assert "Traceback" not in err, err
     return proc.returncode, err

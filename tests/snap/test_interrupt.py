@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import error_lines
+from tests.helpers import error_lines, killed
 from tests.snap.conftest import Inst, leftovers
 
 DELAYS = (0.0, 0.1, 0.3, 0.6, 1.0, 1.6)
@@ -195,8 +195,7 @@ def test_restore_killed_right_after_the_swap(inst: Inst, tmp_path: Path, step: s
     while not (hooks / f"{step}.reached").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
-    proc.kill()
-    proc.communicate()
+    killed(proc)
     start = inst.pgmgr("start", "dev", "-q")
     assert start.returncode == 0, start.stderr
     assert inst.sql("SELECT count(*) FROM t") == "1000"

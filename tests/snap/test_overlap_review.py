@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import killed
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_signal_after_commit import paused_run as held
 from tests.snap.test_upgrade import make
@@ -129,8 +130,7 @@ def test_restore_killed_in_overlap(inst: Inst, tmp_path: Path) -> None:
     inst.sql("TRUNCATE t")
     hooks = hooks_dir(inst)
     proc = held(inst, hooks, "restore-spreading", "restore", "dev", "base", "--yes")
-    proc.kill()
-    proc.communicate()
+    killed(proc)
     inst.ok("start", "dev", "-q")
     assert inst.sql("SELECT count(*) FROM t") == "1000"
     inst.ok("snapshot", "dev", "after", "-q")
@@ -243,8 +243,7 @@ def test_snapshot_killed_in_overlap(inst: Inst) -> None:
     record saved at the spawn), no snapshot, and the next command sweeps the copy."""
     hooks = hooks_dir(inst)
     proc = held(inst, hooks, "snapshot-naming", "snapshot", "dev", "s1")
-    proc.kill()
-    proc.communicate()
+    killed(proc)
     deadline = time.monotonic() + 60
     while inst.state() != "running" and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pgmgr.core import process
-from tests.helpers import pgmgr_argv
+from tests.helpers import killed, pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
@@ -58,8 +58,7 @@ def test_a_killed_online_snapshot_stops_its_pg_basebackup(inst: Inst) -> None:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
     os.kill(sender, signal.SIGSTOP)
     try:
-        proc.kill()
-        proc.communicate()
+        killed(proc)
         deadline = time.monotonic() + 30
         while _basebackups(inst.store) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pgmgr.core import sigguard
+from tests.helpers import killed
 from tests.snap.conftest import Inst
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
@@ -335,8 +336,7 @@ def test_group_signal_right_after_restore_swap(inst: Inst, tmp_path: Path, sig: 
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            killed(proc)
     assert proc.returncode == 0, (proc.returncode, err)
     assert err.startswith("Restored 'dev' to 'base'"), err
     assert inst.state() == "running"
@@ -387,6 +387,7 @@ _INTERRUPTED_REAP = """
 import os, signal, sys
 from pgmgr.core import sigguard, userfs
 from pgmgr.core.privileges import lookup
+from tests.helpers import killed
 
 armed, kills = [], []
 real_kill = os.kill

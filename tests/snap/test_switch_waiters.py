@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pgmgr import Manager
-from tests.helpers import pgmgr_argv
+from tests.helpers import killed, pgmgr_argv
 from tests.pause import Paused, ok
 from tests.snap.conftest import Inst
 from tests.snap.test_switch_killed import hooks_dir, started
@@ -71,9 +71,7 @@ def queued(datadir: Path, *commands: tuple[str, ...]) -> Iterator[list[subproces
         yield procs
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
+            killed(proc)
 
 
 def finished(proc: subprocess.Popen[str]) -> None:
@@ -149,7 +147,7 @@ def test_a_manager_queued_behind_a_restore_stops_and_starts_the_restored_directo
             outcome.append(e)
 
     run = Paused(hooks_dir(tmp_path), "restore-swapped", "restore", "dev", "base", "--yes")
-    thread = threading.Thread(target=stop)
+    thread = threading.Thread(target=stop, daemon=True)
     try:
         run.reached()
         thread.start()
