@@ -201,21 +201,24 @@ def test_a_bad_setting_is_one_usage_error(
     assert_nothing_left(ops_dir)
 
 
-def test_a_frozen_server_is_stopped_at_the_end(pytester: pytest.Pytester, ops_dir: Path) -> None:
-    """A test freezes the server (SIGSTOP: how one tests a client's timeouts against a hung
-    database): the session ends at once with nothing left. The immediate stop waited 30 s
-    for a postmaster that could not act on it, twice, then removed its directory and left
-    it running, frozen."""
-    pytester.makeini(INI + f"pgmgr_tmpdir = {ops_dir / 'tmp'}\n")
-    pytester.makepyfile(
-        test_freeze="""
+#: A test that freezes the server (SIGSTOP: how one tests a client's timeouts against a hung
+#: database).
+FREEZE = """
 import os, signal
 
 
 def test_freeze(pgmgr_db, pgmgr_server):
     os.kill(pgmgr_server.server.running().pid, signal.SIGSTOP)
 """
-    )
+
+
+def test_a_frozen_server_is_stopped_at_the_end(pytester: pytest.Pytester, ops_dir: Path) -> None:
+    """A test freezes the server (SIGSTOP: how one tests a client's timeouts against a hung
+    database): the session ends at once with nothing left. The immediate stop waited 30 s
+    for a postmaster that could not act on it, twice, then removed its directory and left
+    it running, frozen."""
+    pytester.makeini(INI + f"pgmgr_tmpdir = {ops_dir / 'tmp'}\n")
+    pytester.makepyfile(test_freeze=FREEZE)
     t0 = time.monotonic()
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
     result.assert_outcomes(passed=1)
@@ -232,15 +235,7 @@ def test_a_frozen_server_without_a_pool_fails_the_drop_in_time(
     psycopg 3.2 (the session never ended), 130 s since. It gives up after 10 s: an error at
     teardown (the server did not answer), and the session ends with nothing left."""
     pytester.makeini(INI + f"pgmgr_pool_size = 0\npgmgr_tmpdir = {ops_dir / 'tmp'}\n")
-    pytester.makepyfile(
-        test_freeze="""
-import os, signal
-
-
-def test_freeze(pgmgr_db, pgmgr_server):
-    os.kill(pgmgr_server.server.running().pid, signal.SIGSTOP)
-"""
-    )
+    pytester.makepyfile(test_freeze=FREEZE)
     t0 = time.monotonic()
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
     result.assert_outcomes(passed=1, errors=1)

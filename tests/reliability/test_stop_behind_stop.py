@@ -37,12 +37,14 @@ from tests.reliability.test_ready_before_work import freeze_recovery
 from tests.reliability.test_start_states import _spawn_frozen_in_starting
 
 
-def _smart_stop_waiting(inst: Inst) -> tuple[subprocess.Popen[str], Any]:
-    """``pgmgr stop NAME -m smart`` waiting for a client session (returned, open)."""
+def _smart_stop_waiting(inst: Inst, command: str = "stop") -> tuple[subprocess.Popen[str], Any]:
+    """``pgmgr COMMAND NAME -m smart`` (a stop, ``--json``; or a restart) waiting for a
+    client session (returned, open)."""
     assert inst.start("-p", "auto").returncode == 0
     conn = inst.connect(autocommit=True)
+    json = ["--json"] if command == "stop" else []
     proc = subprocess.Popen(
-        pgmgr_argv("stop", inst.name, "-m", "smart", "--timeout", "120", "--json"),
+        pgmgr_argv(command, inst.name, "-m", "smart", "--timeout", "120", *json),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -50,7 +52,7 @@ def _smart_stop_waiting(inst: Inst) -> tuple[subprocess.Popen[str], Any]:
     )
     deadline = time.monotonic() + 60
     while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
-        assert time.monotonic() < deadline and proc.poll() is None, "the smart stop never began"
+        assert time.monotonic() < deadline and proc.poll() is None, f"no smart {command} began"
         time.sleep(0.005)
     return proc, conn
 
@@ -301,20 +303,8 @@ def test_a_stop_behind_a_smart_restart_ends_its_stop_then_stops_what_it_started(
     the server again, with a new pid), and the stop behind it stops that one: stopped last,
     as asked last."""
     inst = cluster()
-    assert inst.start("-p", "auto").returncode == 0
-    conn = inst.connect(autocommit=True)
-    restart = subprocess.Popen(
-        pgmgr_argv("restart", inst.name, "-m", "smart", "--timeout", "120"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    restart, conn = _smart_stop_waiting(inst, "restart")
     try:
-        deadline = time.monotonic() + 60
-        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
-            assert time.monotonic() < deadline and restart.poll() is None, "no restart began"
-            time.sleep(0.005)
         run = inst.stop("-m", "fast", "--json")
         assert run.returncode == 0 and run.json()["took_over"]["mode"] == "smart", str(run)
         assert "of 'pgmgr restart'" in run.stderr, str(run)
@@ -402,20 +392,8 @@ def test_a_command_behind_a_smart_restart_is_told_to_restart_fast(cluster: InstF
     and the server runs after both), not 'stop -m fast', which the errors said: the
     restart then started the server again and that stop, behind it, stopped it for good."""
     inst = cluster()
-    assert inst.start("-p", "auto").returncode == 0
-    conn = inst.connect(autocommit=True)
-    first = subprocess.Popen(
-        pgmgr_argv("restart", inst.name, "-m", "smart", "--timeout", "120"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first, conn = _smart_stop_waiting(inst, "restart")
     try:
-        deadline = time.monotonic() + 60
-        while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
-            assert time.monotonic() < deadline and first.poll() is None, "no restart began"
-            time.sleep(0.005)
         time.sleep(0.5)  # past stopwait.QUIET: its note is there
         way_out = f"'pgmgr restart {inst.name} -m fast'"
         run = inst.stop("-m", "smart", "--timeout", "1")
