@@ -128,11 +128,13 @@ def _read_manifest_file(path: Path) -> str:
 
     :raises FileNotFoundError: none. :raises OSError, ValueError: anything else wrong.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
+    from pgmgr.core.regular import NotRegular, open_regular
+
+    try:
+        f = open_regular(path)
+    except NotRegular:
+        raise ValueError("not a regular file") from None
+    with f:
         data = f.read(MANIFEST_LIMIT + 1)
     if len(data) > MANIFEST_LIMIT:
         raise ValueError(f"larger than {MANIFEST_LIMIT >> 20} MB")

@@ -114,16 +114,9 @@ def open_read(log_file: Path) -> BinaryIO:
     :raises FileNotFoundError: there is none (yet).
     :raises DatabaseException: it is not a regular file.
     """
-    import stat
+    from pgmgr.core.regular import open_regular
 
-    from pgmgr.core.errors import DatabaseException
-
-    fd = os.open(log_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
-        raise DatabaseException(f"the server log {log_file} is not a regular file")
-    return f
+    return open_regular(log_file, "the server log")
 
 
 class Tail:

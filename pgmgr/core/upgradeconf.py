@@ -13,18 +13,11 @@ from pgmgr.core import sigguard, tools
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
+from pgmgr.core.regular import NotRegular, open_regular
 from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
 
 T = TypeVar("T")
-
-
-class NotRegular(DatabaseException):
-    """A configuration file the upgrade reads is not a regular file (see :func:`read`)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"{path} is not a regular file")
-        self.path = path
 
 
 def read(path: Path) -> bytes:
@@ -35,10 +28,7 @@ def read(path: Path) -> bytes:
     :raises NotRegular: not a regular file (a FIFO, a device, a directory).
     :raises FileNotFoundError: there is none.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegular(path)
+    with open_regular(path) as f:
         return f.read()
 
 
