@@ -121,7 +121,9 @@ def role_text(r: dict[str, Any]) -> str:
     if r.get("role") != "standby":
         return r.get("role") or "-"
     text = "standby" + (f" of {r['primary']}" if r.get("primary") else "")
-    if r.get("streaming") is False:
+    if r.get("accepts_connections") is False:
+        text += " (hot_standby off: no connections)"
+    elif r.get("streaming") is False:
         text += " (not streaming)"
     elif r.get("replay_lag_bytes") is not None:
         text += f" (lag {r['replay_lag_bytes']} B, {r['replay_lag_ms']:g} ms)"

@@ -7,7 +7,8 @@ that role over loopback only (then a reload); then ``pg_basebackup -R`` run as t
 user writes the standby's data directory, ``standby.signal`` and ``primary_conninfo``. The
 standby is registered like any instance, with its primary, slot, role and password in its
 record (what it holds on the primary is made and undone by :mod:`pgmgr.core.onprimary`).
-pgmgr never manages failover: ``promote`` is PostgreSQL's ``pg_promote()``.
+pgmgr never manages failover: ``promote`` is PostgreSQL's ``pg_promote()`` (or, for a
+standby with ``hot_standby = off``, which accepts no connection, ``pg_ctl promote``'s signal file).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pgmgr.core import (
     listen,
     registry,
     server,
+    sigpromote,
     testhook,
     userfs,
     versions,
@@ -293,6 +295,9 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
             raise DatabaseException(
                 f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
             )
+        if standby and sigpromote.refuses_connections(srv.datadir):  # hot_standby = off
+            sigpromote.promote(srv, timeout)
+            standby = False
         with connect(srv) as conn:
             if standby and not value(conn, "SELECT pg_promote(true, %s)", timeout):
                 raise WorkerError(f"'{srv.inst.name}' did not finish promotion within {timeout} s")

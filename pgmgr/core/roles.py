@@ -54,13 +54,25 @@ def replay_lag(srv: Server) -> tuple[int | None, float | None, bool | None]:
 
 def role_fields(srv: Server, running: bool) -> dict[str, Any]:
     """``role`` (primary or standby), ``primary``, ``replay_lag_bytes``, ``replay_lag_ms``,
-    ``streaming``."""
+    ``streaming``; and ``accepts_connections: false`` for a running standby with
+    ``hot_standby = off``."""
     standby = is_standby(srv)
-    lag = replay_lag(srv) if standby and running else (None, None, None)
-    return {
+    closed = standby and running and _refuses_connections(srv)
+    lag = replay_lag(srv) if standby and running and not closed else (None, None, None)
+    fields: dict[str, Any] = {
         "role": "standby" if standby else "primary",
         "primary": srv.inst.primary if standby else None,
         "replay_lag_bytes": lag[0],
         "replay_lag_ms": lag[1],
         "streaming": lag[2],
     }
+    if closed:  # hot_standby = off: nothing (psql, url, export, lag) can connect to it
+        fields["accepts_connections"] = False
+    return fields
+
+
+def _refuses_connections(srv: Server) -> bool:
+    from pgmgr.core import process
+
+    pf = process.PidFile.read(srv.datadir)
+    return pf is not None and pf.status == "standby"

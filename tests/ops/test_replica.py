@@ -271,3 +271,40 @@ def test_a_replica_under_a_directory_another_user_controls_is_refused(
     assert lines[0].startswith(f"Error: refusing to make {theirs / 'r'} as root"), lines
     assert snapshot(fresh, ops_dir) == before
     assert list(theirs.iterdir()) == []
+
+
+def test_a_standby_with_hot_standby_off_promotes_and_says_it_takes_no_connections(
+    fresh: Instance,
+) -> None:
+    """``hot_standby = off``: the standby accepts no connection, so ``pg_promote()`` cannot
+    be called; promote writes the ``promote`` file and signals the postmaster, as
+    ``pg_ctl promote`` does (it failed with libpq's "not accepting connections"), and
+    ``status`` says why nothing connects (it showed a plain standby)."""
+    made = fresh.pgmgr("replica", "fresh", "--name", "cold", "-p", "auto", "-q")
+    assert made.returncode == 0, made.stderr
+    off = fresh.pgmgr("config", "cold", "set", "hot_standby=off", "--restart", "-q")
+    assert off.returncode in (0, 1), off.stderr  # its report cannot read live values
+    st = status(fresh)["cold"]
+    assert st["state"] == "running" and st["role"] == "standby"
+    assert st["accepts_connections"] is False
+    assert "standby of fresh (hot_standby off: no connections)" in fresh.pgmgr("status").stdout
+    with conn(fresh) as p:
+        p.execute("CREATE TABLE t (id int)")
+        p.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()
+    assert lsn is not None
+    with pytest.raises(psycopg.OperationalError, match="not accepting connections"):
+        conn(fresh, "cold")
+
+    promoted = fresh.pgmgr("promote", "cold")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "Promoted 'cold': it is a primary now and accepts writes" in promoted.stderr
+    assert primary_leftovers(fresh) == (0, 0, [])
+    with conn(fresh, "cold") as r:
+        assert _count(r) == 100  # what the primary had committed is there
+        r.execute("INSERT INTO t VALUES (101)")
+        assert r.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        assert r.execute("SHOW primary_conninfo").fetchone() == ("",)
+    st = status(fresh)["cold"]
+    assert st["role"] == "primary" and "accepts_connections" not in st
+    assert not (Path(str(Instance("cold", Path()).record()["datadir"])) / "promote").exists()
