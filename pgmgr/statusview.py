@@ -122,7 +122,7 @@ def role_text(r: dict[str, Any]) -> str:
         return r.get("role") or "-"
     text = "standby" + (f" of {r['primary']}" if r.get("primary") else "")
     if r.get("accepts_connections") is False:
-        text += " (hot_standby off: no connections)"
+        text += " (hot_standby off)"  # so nothing can connect to it
     elif r.get("streaming") is False:
         text += " (not streaming)"
     elif r.get("replay_lag_bytes") is not None:
