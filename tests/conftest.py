@@ -31,8 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
     # Session fixtures run before the per-test isolation: never let them read (or write)
     # the user's own settings, such as a default version set with --set-default.
     os.environ.setdefault("PGMGR_CONFIG_DIR", "/nonexistent/pgmgr-test-config")
-    if not hasattr(config, "workerinput") and config.option.basetemp is None:
-        _private_basetemp(config)
+    if not hasattr(config, "workerinput"):
+        from tests import leftovers
+
+        swept = leftovers.hold_and_sweep()  # what killed runs left (none alive now)
+        if swept:
+            sys.stderr.write(f"removed {len(swept)} directories of killed test runs\n")
+        if config.option.basetemp is None:
+            _private_basetemp(config)
     worker, count = os.environ.get(_WORKER, ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit():
         # Each xdist worker (and what its tests start) picks free ports of its own

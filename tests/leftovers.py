@@ -1,0 +1,98 @@
+"""What a killed test run left behind, removed by the next run.
+
+A run that ends (passed or failed) removes its directories and stops its servers; one
+killed (SIGKILL, a CI timeout's second signal, a machine reset) cannot. Every run's
+controller holds a shared ``flock`` on ``/tmp/.pgmgr-tests-UID.lock`` for its lifetime (the
+kernel drops it when the process dies, however it dies). A run that starts while no other
+run of this user holds it (it gets the lock exclusively) knows that every test directory of
+this user is a dead run's: it stops the servers in them, removes them, then holds the lock
+shared like the others. While another run is alive nothing is swept.
+
+Only this suite's own directory names (:data:`PREFIXES`) in /tmp, /dev/shm and
+``PGMGR_TEST_TMP``, owned by this user, never followed through a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import os
+import stat
+from pathlib import Path
+
+from tests.helpers import kill_postmasters, postgres_pids_under
+
+#: The names this suite's fixtures and tests give their top-level directories.
+PREFIXES = (
+    f"pytest-of-{getpass.getuser()}-",
+    "pgmgr-cli-",
+    "pgmgr-ops-",
+    "pgmgr-test-",
+    "pgmgr-rel-",
+    "pgmgr-snap-",
+    "pgmgr-speed-",
+    "pgmgr-hook-",
+    "pgmgr-link-",
+    "pgs-",
+)
+
+_held: list[int] = []
+
+
+def places() -> list[Path]:
+    found = [Path("/tmp"), Path("/dev/shm")]
+    forced = os.environ.get("PGMGR_TEST_TMP")
+    if forced:
+        found.append(Path(forced))
+    return found
+
+
+def hold_and_sweep(path: str | None = None, where: list[Path] | None = None) -> list[Path]:
+    """Take this run's share of the lock ``path`` (kept until the process exits), sweeping
+    ``where`` (default: :func:`places`) first when no other run holds it; the directories
+    removed. ``PGMGR_TEST_NO_SWEEP=1`` takes the lock but sweeps nothing."""
+    path = path or f"/tmp/.pgmgr-tests-{os.geteuid()}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return []  # a symlink or someone else's file in its place: sweep nothing
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        return []
+    swept: list[Path] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another run is alive: its directories are not ours to judge
+        pass
+    else:
+        if os.environ.get("PGMGR_TEST_NO_SWEEP") != "1":
+            swept = sweep(places() if where is None else where)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held.append(fd)
+    return swept
+
+
+def sweep(where: list[Path]) -> list[Path]:
+    """Stop the servers in every test directory of this user in ``where`` and remove them
+    (call with the lock held exclusively: no run is alive)."""
+    from tests.conftest import _rmtree
+
+    swept = []
+    for place in where:
+        try:
+            names = os.listdir(place)
+        except OSError:
+            continue
+        for name in names:
+            if not name.startswith(PREFIXES):
+                continue
+            path = place / name
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                kill_postmasters(postgres_pids_under(path))
+                _rmtree(path)
+                swept.append(path)
+    return swept

@@ -1,0 +1,97 @@
+"""tests/leftovers.py: a killed test run's directories (and servers in them) are removed by
+the next run, and never while another run is alive. On a private place and lock file, not
+/tmp's: the runs of other users (or of this one, in parallel) must not be touched."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import process
+from tests import leftovers
+from tests.helpers import postmasters_under, run_pgmgr
+from tests.ops.conftest import make_dir
+
+
+@pytest.fixture
+def place(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.delenv("PGMGR_TEST_NO_SWEEP", raising=False)  # the run's own opt-out
+    path = make_dir("pgmgr-ops-")
+    try:
+        yield path
+    finally:
+        leftovers.sweep([path])  # a server a failed test left
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _dead_run(place: Path, template: Path) -> tuple[Path, int]:
+    """A killed run's directory: a running server in it, as a SIGKILLed suite leaves one."""
+    left = place / "pgmgr-ops-dead"
+    left.mkdir(mode=0o755)
+    subprocess.run(["cp", "-a", str(template), str(left / "data")], check=True)
+    env = {"PGMGR_STATE_DIR": str(left / "state"), "PGMGR_CACHE_DIR": str(left / "cache")}
+    started = run_pgmgr("start", "-q", "-d", str(left / "data"), "--init", "-p", "auto", env=env)
+    assert started.returncode == 0, started.stderr
+    (pid,) = postmasters_under(left)
+    return left, pid
+
+
+def _release() -> None:
+    os.close(leftovers._held.pop())
+
+
+def test_a_killed_runs_directory_and_server_go_and_nothing_else(
+    place: Path, template: Path
+) -> None:
+    left, pid = _dead_run(place, template)
+    other = place / "pgmgr-notatest"
+    other.mkdir()
+    target = make_dir("pgmgr-ops-")
+    (place / "pgmgr-cli-link").symlink_to(target)
+    lock = str(place / "lock")
+    try:
+        assert leftovers.hold_and_sweep(lock, [place]) == [left]
+        _release()
+        assert not left.exists() and not postmasters_under(left)
+        assert not process.is_alive(pid)
+        assert other.is_dir() and target.is_dir()  # not a test name; a symlink not followed
+    finally:
+        os.rmdir(target)
+
+
+def test_nothing_is_swept_while_another_run_is_alive(place: Path, template: Path) -> None:
+    left, pid = _dead_run(place, template)
+    lock = str(place / "lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    alive = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         f"fd = os.open({lock!r}, os.O_RDWR)\n"
+         "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+         "print('held', flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert alive.stdout is not None and alive.stdout.readline() == "held\n"
+        assert leftovers.hold_and_sweep(lock, [place]) == []
+        _release()
+        assert left.is_dir() and postmasters_under(left) == [pid]
+    finally:
+        alive.kill()
+        alive.wait(30)
+    # that run was killed: its lock went with it, and the next run sweeps
+    assert leftovers.hold_and_sweep(lock, [place]) == [left]
+    held = leftovers._held[-1]
+    with pytest.raises(BlockingIOError):  # this run holds its share now
+        fcntl.flock(os.open(lock, os.O_RDWR | os.O_CLOEXEC), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _release()
+    assert held not in leftovers._held
