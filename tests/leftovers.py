@@ -2,11 +2,12 @@
 
 A run that ends (passed or failed) removes its directories and stops its servers; one
 killed (SIGKILL, a CI timeout's second signal, a machine reset) cannot. Every run's
-controller holds a shared ``flock`` on ``/tmp/.pgmgr-tests-UID.lock`` for its lifetime (the
-kernel drops it when the process dies, however it dies). A run that starts while no other
-run of this user holds it (it gets the lock exclusively) knows that every test directory of
-this user is a dead run's: it stops the servers in them, removes them, then holds the lock
-shared like the others. While another run is alive nothing is swept.
+controller holds a shared ``flock`` on the directory ``/tmp`` itself for its lifetime (the
+kernel drops it when the process dies, however it dies; a lock file would be one more thing
+left in /tmp). A run that starts while no other run holds it (it gets the lock exclusively)
+knows that every test directory of this user is a dead run's: it stops the servers in them,
+removes them, then holds the lock shared like the others. While another run is alive (of
+any user) nothing is swept.
 
 Only this suite's own directory names (:data:`PREFIXES`) in /tmp, /dev/shm and
 ``PGMGR_TEST_TMP``, owned by this user, never followed through a symlink.
@@ -49,16 +50,13 @@ def places() -> list[Path]:
 
 
 def hold_and_sweep(path: str | None = None, where: list[Path] | None = None) -> list[Path]:
-    """Take this run's share of the lock ``path`` (kept until the process exits), sweeping
-    ``where`` (default: :func:`places`) first when no other run holds it; the directories
-    removed. ``PGMGR_TEST_NO_SWEEP=1`` takes the lock but sweeps nothing."""
-    path = path or f"/tmp/.pgmgr-tests-{os.geteuid()}.lock"
+    """Take this run's share of the lock on the directory ``path`` (default /tmp; kept
+    until the process exits), sweeping ``where`` (default: :func:`places`) first when no
+    other run holds it; the directories removed. ``PGMGR_TEST_NO_SWEEP=1`` takes the lock
+    but sweeps nothing."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path or "/tmp", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return []  # a symlink or someone else's file in its place: sweep nothing
-    if os.fstat(fd).st_uid != os.geteuid():
-        os.close(fd)
         return []
     swept: list[Path] = []
     try:

@@ -1,6 +1,6 @@
 """tests/leftovers.py: a killed test run's directories (and servers in them) are removed by
-the next run, and never while another run is alive. On a private place and lock file, not
-/tmp's: the runs of other users (or of this one, in parallel) must not be touched."""
+the next run, and never while another run is alive. On a private place and lock directory,
+not /tmp: the runs of other users (or of this one, in parallel) must not be touched."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def test_a_killed_runs_directory_and_server_go_and_nothing_else(
     target = make_dir("pgmgr-ops-")
     (place / "pgmgr-cli-link").symlink_to(target)
     lock = str(place / "lock")
+    os.mkdir(lock)
     try:
         assert leftovers.hold_and_sweep(lock, [place]) == [left]
         _release()
@@ -69,12 +70,11 @@ def test_a_killed_runs_directory_and_server_go_and_nothing_else(
 def test_nothing_is_swept_while_another_run_is_alive(place: Path, template: Path) -> None:
     left, pid = _dead_run(place, template)
     lock = str(place / "lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    os.mkdir(lock)
     alive = subprocess.Popen(
         [sys.executable, "-c",
          "import fcntl, os, sys, time\n"
-         f"fd = os.open({lock!r}, os.O_RDWR)\n"
+         f"fd = os.open({lock!r}, os.O_RDONLY)\n"
          "fcntl.flock(fd, fcntl.LOCK_SH)\n"
          "print('held', flush=True)\n"
          "time.sleep(600)\n"],
@@ -92,6 +92,6 @@ def test_nothing_is_swept_while_another_run_is_alive(place: Path, template: Path
     assert leftovers.hold_and_sweep(lock, [place]) == [left]
     held = leftovers._held[-1]
     with pytest.raises(BlockingIOError):  # this run holds its share now
-        fcntl.flock(os.open(lock, os.O_RDWR | os.O_CLOEXEC), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(os.open(lock, os.O_RDONLY | os.O_CLOEXEC), fcntl.LOCK_EX | fcntl.LOCK_NB)
     _release()
     assert held not in leftovers._held
