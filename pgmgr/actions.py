@@ -190,6 +190,8 @@ def _start(
         ui.message(
             f"Started '{srv.inst.name}' ({label}, pid {result.pid}) in {ui.ms(elapsed)}: {st.url}"
         )
+    if not json and st.state == "running":
+        note_closed_standby(srv)
     if ignored:
         _warn_not_applied(srv.inst.name, ignored)
     if stop_requested is not None:  # --foreground
@@ -200,6 +202,18 @@ def _start(
         tail = logfile.Tail(srv.log_file, since if since is not None else _size(srv.log_file))
         return _attend(srv, stop_requested, tail)
     return 0
+
+
+def note_closed_standby(srv: Server) -> None:
+    """After a start: say so if the server is a standby that accepts no connections (its
+    URL, just printed, would fail)."""
+    from pgmgr.core import roles
+
+    if roles.is_standby(srv) and roles.refuses_connections(srv.datadir):
+        ui.message(
+            f"Note: '{srv.inst.name}' is a standby with hot_standby = off: it accepts no "
+            f"connections (pgmgr config {srv.inst.name} unset hot_standby --restart)"
+        )
 
 
 def _size(path: Path) -> int:

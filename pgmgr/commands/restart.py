@@ -22,7 +22,7 @@ def restart(
     Example: pgmgr restart dev -m smart
     """
     c.quiet(quiet, json)
-    from pgmgr.actions import stop_how
+    from pgmgr.actions import note_closed_standby, stop_how
     from pgmgr.core import ops, stopwait
     from pgmgr.core.errors import UsageError
     from pgmgr.core.server import STOP_SIGNALS
@@ -55,3 +55,4 @@ def restart(
             f"{how} '{srv.inst.name}' (pid {result.start.pid}) in {ui.ms(elapsed)}"
             f"{stop_how(result.stop_ended_by, took_over)}: {st.url}"
         )
+        note_closed_standby(srv)

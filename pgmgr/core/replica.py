@@ -43,7 +43,7 @@ from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.onprimary import HBA_TAG, connect, detach_primary, prepare_primary, slot_name, value
 from pgmgr.core.ops import require_running
 from pgmgr.core.pgtext import new_password
-from pgmgr.core.roles import is_standby
+from pgmgr.core.roles import is_standby, refuses_connections
 
 
 def basebackup_argv(
@@ -295,7 +295,7 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
             raise DatabaseException(
                 f"'{srv.inst.name}' is a primary, not a standby: there is nothing to promote"
             )
-        if standby and sigpromote.refuses_connections(srv.datadir):  # hot_standby = off
+        if standby and refuses_connections(srv.datadir):  # hot_standby = off
             sigpromote.promote(srv, timeout)
             standby = False
         with connect(srv) as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
     from pgmgr.core.instance import Server
@@ -57,7 +58,7 @@ def role_fields(srv: Server, running: bool) -> dict[str, Any]:
     ``streaming``; and ``accepts_connections: false`` for a running standby with
     ``hot_standby = off``."""
     standby = is_standby(srv)
-    closed = standby and running and _refuses_connections(srv)
+    closed = standby and running and refuses_connections(srv.datadir)
     lag = replay_lag(srv) if standby and running and not closed else (None, None, None)
     fields: dict[str, Any] = {
         "role": "standby" if standby else "primary",
@@ -71,8 +72,11 @@ def role_fields(srv: Server, running: bool) -> dict[str, Any]:
     return fields
 
 
-def _refuses_connections(srv: Server) -> bool:
+def refuses_connections(datadir: Path) -> bool:
+    """Whether the server on ``datadir`` runs as a standby that accepts no connections
+    (``hot_standby = off``): ``standby`` in its ``postmaster.pid``, which PostgreSQL
+    writes only then."""
     from pgmgr.core import process
 
-    pf = process.PidFile.read(srv.datadir)
+    pf = process.running_postmaster(datadir)
     return pf is not None and pf.status == "standby"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 from pgmgr.core import process, userfs
 from pgmgr.core.errors import DatabaseException, WorkerError
@@ -19,13 +18,6 @@ if TYPE_CHECKING:
     from pgmgr.core.instance import Server
 
 SIGNAL_FILE = "promote"  # PROMOTE_SIGNAL_FILE: not a .signal name
-
-
-def refuses_connections(datadir: Path) -> bool:
-    """Whether the server on ``datadir`` runs as a standby that accepts no connections:
-    ``standby`` in its ``postmaster.pid``, which PostgreSQL writes only then."""
-    pf = process.running_postmaster(datadir)
-    return pf is not None and pf.status == "standby"
 
 
 def promote(srv: Server, timeout: float) -> None:

@@ -284,6 +284,12 @@ def test_a_standby_with_hot_standby_off_promotes_and_says_it_takes_no_connection
     assert made.returncode == 0, made.stderr
     off = fresh.pgmgr("config", "cold", "set", "hot_standby=off", "--restart", "-q")
     assert off.returncode in (0, 1), off.stderr  # its report cannot read live values
+    restarted = fresh.pgmgr("restart", "cold")
+    assert restarted.returncode == 0, restarted.stderr
+    assert (
+        "Note: 'cold' is a standby with hot_standby = off: it accepts no connections "
+        "(pgmgr config cold unset hot_standby --restart)" in restarted.stderr
+    )
     st = status(fresh)["cold"]
     assert st["state"] == "running" and st["role"] == "standby"
     assert st["accepts_connections"] is False
