@@ -20,6 +20,7 @@ import fcntl
 import getpass
 import os
 import stat
+import time
 from pathlib import Path
 
 from tests.helpers import kill_postmasters, postgres_pids_under
@@ -66,7 +67,16 @@ def hold_and_sweep(path: str | None = None, where: list[Path] | None = None) -> 
     else:
         if os.environ.get("PGMGR_TEST_NO_SWEEP") != "1":
             swept = sweep(places() if where is None else where)
-    fcntl.flock(fd, fcntl.LOCK_SH)
+    deadline = time.monotonic() + 120
+    while True:  # not a blocking flock: whoever holds /tmp exclusively must not hang us
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:  # another run sweeping (seconds), or a stranger
+            if time.monotonic() > deadline:
+                os.close(fd)  # run unguarded: a sweep may not know this run is alive
+                return swept
+            time.sleep(0.1)
     _held.append(fd)
     return swept
 
