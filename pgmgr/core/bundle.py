@@ -149,8 +149,12 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     from pgmgr.core import sigguard
 
     t0 = time.monotonic()
+    from pgmgr.core.readyfirst import ready_unlocked
+
     if srv.inst.pending:  # a half-made instance would give a bundle that looks complete
         raise unfinished(srv.inst, "exported")
+    # a server another process starts is waited for (libpq said "starting up")
+    ready_unlocked(srv, "export", f"export '{srv.inst.name}'")
     require_running(srv)
     dest = _new_dir(dest, "export")
     check_root_safe(dest.parent, "export into")

@@ -193,8 +193,12 @@ def report(
     install: Installation, srv: Server | None = None, others: Sequence[Installation] = ()
 ) -> Report:
     """What ``install`` provides, what ``srv`` (if running) has installed, what is missing."""
+    from pgmgr.core.readyfirst import ready_unlocked
+
     share, exts = available(install)
-    running = srv is not None and srv.running() is not None
+    # one another process starts: once it is ready (libpq said "starting up")
+    what = f"list the extensions of '{srv.inst.name}'" if srv is not None else ""
+    running = srv is not None and ready_unlocked(srv, "extensions", what) is not None
     if running:
         assert srv is not None
         where = installed(srv)

@@ -279,7 +279,11 @@ def url(srv: Server, tcp: bool = False) -> str:
 
 
 def psql_command(srv: Server, args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for the instance's own ``psql`` (user args may override)."""
+    """argv and environment for the instance's own ``psql`` (user args may override); a
+    server another process starts is waited for (psql said "starting up")."""
+    from pgmgr.core.readyfirst import ready_unlocked
+
+    ready_unlocked(srv, "psql", f"open psql on '{srv.inst.name}'")
     require_running(srv)
     install = srv.installation()
     psql = install.bin("psql")

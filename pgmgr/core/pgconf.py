@@ -206,8 +206,11 @@ def entries(srv: Server, names: Sequence[str], running: bool) -> list[Entry]:
 
 
 def show(srv: Server) -> Report:
-    """The kept settings, with their live values when the server runs."""
-    running = srv.running() is not None
+    """The kept settings, with their live values when the server runs (one another
+    process starts: once it is ready, see :mod:`pgmgr.core.readyfirst`)."""
+    from pgmgr.core.readyfirst import ready_unlocked
+
+    running = ready_unlocked(srv, "config", f"show the settings of '{srv.inst.name}'") is not None
     names = list(srv.inst.settings)
     report = Report(srv.inst.name, running, entries(srv, names, running))
     report.conf_file = str(conf_path(srv.datadir))
@@ -253,6 +256,11 @@ def change(
     # the record as it is under the lock: another pgmgr may have changed its settings, or
     # switched its major (upgrade, restore), since srv was loaded
     with locked(srv):
+        from pgmgr.core.readyfirst import ready_first
+
+        # a server another process starts is waited for before anything is written (its
+        # reload said libpq's "starting up", the settings kept); a stopping one refused
+        ready_first(srv, "config", f"change the settings of '{srv.inst.name}'")
         before = dict(srv.inst.settings)
         new = {k: v for k, v in before.items() if k not in dropped}
         new.update(assign)
