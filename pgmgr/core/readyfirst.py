@@ -1,6 +1,6 @@
 """Work that needs the server to accept connections (an online snapshot's pg_basebackup,
 an upgrade's questions and its ``pg_upgrade --check``; a reload, an export, a config
-change or listing, the extensions' listing, psql) on a server another process
+change or listing, the extensions' listing, psql, a promote) on a server another process
 is still starting (a long crash recovery: postmaster.pid without its ``ready`` line) or
 stopping: they failed with pg_basebackup's, pg_upgrade's or libpq's own text ("the
 database system is starting up"). :func:`ready_first` waits for a starting one as

@@ -21,9 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import process
+from pgmgr.core import privileges, process, server
+from pgmgr.core.versions import Installation
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, pgmgr_argv
-from tests.reliability.test_ready_before_work import _recovering, _signals_pending, _thaw
+from tests.reliability.test_ready_before_work import (
+    _recovering,
+    _signals_pending,
+    _thaw,
+    freeze_recovery,
+)
 
 WORK = {
     "reload": ("reload", "{name}", "--json"),
@@ -189,3 +195,49 @@ def test_status_check_of_a_starting_server_says_starting_only(cluster: InstFacto
         _thaw(frozen)
     assert run.json()["state"] == "starting" and run.json()["detail"] is None, str(run)
     assert inst.start().returncode == 0 and inst.stop().returncode == 0
+
+
+def _standby_recovering(rep: Inst) -> tuple[int, list[int]]:
+    """``rep``'s standby spawned by another process after an immediate stop, its startup
+    process and checkpointer frozen before it is consistent (postmaster.pid says
+    ``starting``, not ``standby``: it refuses connections); its pid, theirs."""
+    assert rep.stop("-m", "immediate").returncode == 0
+    rec = rep.record()
+    install = Installation(rec["major"], rec["version"], Path(rec["bindir"]), "record")
+    su = privileges.server_user(rep.datadir, rec.get("server_user"))
+    argv = server.postgres_argv(
+        install, rep.datadir, host="127.0.0.1", port=rec["port"],
+        socket_dir=Path(rec["socket_dir"]), settings={},
+    )  # fmt: skip
+    for _ in range(20):
+        child = server.spawn(argv, rep.datadir.parent / "spawn-rep.log", su)
+        frozen = freeze_recovery(rep.datadir, child.pid)
+        if frozen is not None:
+            return child.pid, frozen
+        server.stop(child.pid, rep.datadir, "immediate", 10)  # not consistent next time
+        child.wait(10)
+    raise AssertionError("never caught the standby before it was consistent in 20 attempts")
+
+
+def test_a_promote_of_a_starting_standby_waits_for_it(cluster: InstFactory, work: Path) -> None:
+    """'pgmgr promote' of a standby another process still starts (before it is consistent)
+    failed with libpq's "the database system is starting up": it waits, then promotes."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    made = pgmgr("replica", inst.name, "--name", "rep", "-p", "auto", timeout=120)
+    assert made.returncode == 0, str(made)
+    rep = Inst("rep", work / "rep")
+    try:
+        pid, frozen = _standby_recovering(rep)
+        try:
+            proc = _background("promote", "rep", "--json")
+            time.sleep(1.5)
+            assert proc.poll() is None, proc.communicate()  # waits for ready, not failed
+        finally:
+            _thaw(frozen)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert rep.pid() == pid and rep.sql("SELECT pg_is_in_recovery()") == [(False,)], out
+    finally:
+        pgmgr("stop", "rep", "-m", "immediate")
+    assert inst.stop().returncode == 0
