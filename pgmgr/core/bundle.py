@@ -131,7 +131,9 @@ def _facts(srv: Server) -> tuple[list[dict[str, Any]], str]:
                  "extensions": found}
             )  # fmt: skip
     except psycopg.Error as e:
-        raise DatabaseException(f"cannot read {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise DatabaseException(cannot_connect(srv, e, "read")) from None
     return dbs, str(ver[0]) if ver else srv.inst.version
 
 

@@ -150,7 +150,9 @@ def installed(srv: Server) -> dict[str, dict[str, str]]:
                 for name, version in conn.execute("SELECT extname, extversion FROM pg_extension"):
                     out.setdefault(name, {})[db] = version
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     return out
 
 

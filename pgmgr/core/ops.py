@@ -141,7 +141,9 @@ def conf_load_time(srv: Server, timeout: int = 5) -> float:
         with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
             row = conn.execute("SELECT extract(epoch FROM pg_conf_load_time())").fetchone()
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     assert row is not None
     return float(row[0])
 

@@ -182,7 +182,9 @@ def live_values(srv: Server, names: Sequence[str]) -> dict[str, tuple[str, str, 
         with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
             rows = conn.execute(_LIVE_SQL, [[n.lower() for n in names]]).fetchall()
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     out = {}
     for name, value, context, pending, source, sourcefile in rows:
         where = sourcefile if sourcefile else source
@@ -341,5 +343,7 @@ def uses_pgmgr_conf(srv: Server) -> bool:
         with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
             row = conn.execute("SELECT current_setting('config_file')").fetchone()
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     return row is not None and str(row[0]).endswith("/" + CONF_NAME)

@@ -70,6 +70,23 @@ def ready_first(
         ) from None
 
 
+def cannot_connect(srv: Server, error: Exception, doing: str = "connect to") -> str:
+    """One line for a failed connection to ``srv`` (or query: ``doing`` "read"): the state
+    of a server that refuses connections (starting, shutting down: it changed since
+    the command looked, or the command does not wait: a replica's clean-up on its primary),
+    not libpq's text ("connection to server on socket ... failed: FATAL: the database
+    system is starting up"); else libpq's first line (a hint may follow on its own)."""
+    name = srv.inst.name
+    pf = srv.running()
+    if pf is not None and pf.phase == "starting":
+        why = f"it (pid {pf.pid}) is still starting and accepts no connections yet"
+    elif pf is not None and pf.phase == "stopping":
+        why = f"it (pid {pf.pid}) is shutting down"
+    else:  # libpq's: it names where it looked (a Manager's port before its start)
+        why = (str(error).strip().splitlines() or ["?"])[0]
+    return f"cannot {doing} {name}: {why}"
+
+
 def ready_unlocked(
     srv: Server, command: str, what: str, timeout: float = READY_TIMEOUT
 ) -> process.PidFile | None:

@@ -241,3 +241,26 @@ def test_a_promote_of_a_starting_standby_waits_for_it(cluster: InstFactory, work
     finally:
         pgmgr("stop", "rep", "-m", "immediate")
     assert inst.stop().returncode == 0
+
+
+def test_a_standby_destroyed_while_its_primary_starts_says_so(
+    cluster: InstFactory, work: Path
+) -> None:
+    """A destroy of a standby cleans up on its primary when that runs, without waiting
+    for it: one another process still starts is named as such in the note of what is
+    left there, not with libpq's text."""
+    inst = cluster()
+    assert inst.start("-p", "auto").returncode == 0
+    made = pgmgr("replica", inst.name, "--name", "rep", "-p", "auto", timeout=120)
+    assert made.returncode == 0, str(made)
+    pgmgr("stop", "rep", "-m", "fast")
+    pid, frozen, _ = _recovering(inst)
+    try:
+        run = pgmgr("destroy", "rep", "--yes")
+    finally:
+        _thaw(frozen)
+    assert run.returncode == 0, str(run)
+    (note,) = [ln for ln in run.stderr.splitlines() if ln.startswith("Note:")]
+    assert f"(cannot connect to {inst.name}: it (pid {pid}) is still starting and" in note, note
+    assert "starting up" not in run.stderr and "socket" not in run.stderr, str(run)
+    assert inst.start().returncode == 0 and inst.stop().returncode == 0
