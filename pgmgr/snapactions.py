@@ -174,7 +174,9 @@ def branch(
     from pgmgr.core.errors import UsageError
     from pgmgr.core.locked import locked
 
-    if port is not None and port != "auto" and not (port.isdigit() and 0 < int(port) < 65536):
+    # isascii: str.isdigit() takes '²', which int() refuses (a traceback)
+    digits = port is not None and port.isascii() and port.isdigit()
+    if port is not None and port != "auto" and not (digits and 0 < int(port) < 65536):
         raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
     srv = resolve(name, None)
     with (

@@ -89,7 +89,28 @@ Version = Annotated[
     str | None,
     typer.Option("-v", "--version", help="PostgreSQL version (15, 15.4).", show_default=False),
 ]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=0.0, max=86400.0)]
+#: The longest --timeout: a day.
+MAX_TIMEOUT = 86400.0
+
+
+def given_timeout(value: float) -> float:
+    """The ``callback=`` of every ``--timeout``: more than 0, at most a day. A range alone
+    let 0 and nan through (``nan < 0`` is false): 'replica --timeout 0' cloned the whole
+    primary, then failed its start at once; 'reload --timeout 0' signalled the server,
+    then said it did not confirm."""
+    if not 0 < value <= MAX_TIMEOUT:  # (nan too)
+        raise typer.BadParameter(
+            f"{value:g} is not a number of seconds above 0 and up to {MAX_TIMEOUT:g}"
+        )
+    return value
+
+
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", help="Seconds to wait (above 0, up to a day).", callback=given_timeout
+    ),
+]
 NoTemplate = Annotated[
     bool,
     typer.Option(

@@ -21,8 +21,11 @@ def reload(
     """
     c.quiet(quiet, json)
     from pgmgr.core import ops
+    from pgmgr.core.readyfirst import ready_unlocked
 
     srv = c.resolve(name, datadir)
+    # a server another process starts is waited for (libpq said "starting up")
+    ready_unlocked(srv, "reload", f"reload '{srv.inst.name}'")
     result = ops.reload(srv, timeout)
     if json:
         ui.emit_json(

@@ -131,7 +131,9 @@ def _facts(srv: Server) -> tuple[list[dict[str, Any]], str]:
                  "extensions": found}
             )  # fmt: skip
     except psycopg.Error as e:
-        raise DatabaseException(f"cannot read {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise DatabaseException(cannot_connect(srv, e, "read")) from None
     return dbs, str(ver[0]) if ver else srv.inst.version
 
 
@@ -149,8 +151,12 @@ def export(srv: Server, dest: Path, *, with_passwords: bool = False) -> ExportRe
     from pgmgr.core import sigguard
 
     t0 = time.monotonic()
+    from pgmgr.core.readyfirst import ready_unlocked
+
     if srv.inst.pending:  # a half-made instance would give a bundle that looks complete
         raise unfinished(srv.inst, "exported")
+    # a server another process starts is waited for (libpq said "starting up")
+    ready_unlocked(srv, "export", f"export '{srv.inst.name}'")
     require_running(srv)
     dest = _new_dir(dest, "export")
     check_root_safe(dest.parent, "export into")

@@ -150,7 +150,9 @@ def installed(srv: Server) -> dict[str, dict[str, str]]:
                 for name, version in conn.execute("SELECT extname, extversion FROM pg_extension"):
                     out.setdefault(name, {})[db] = version
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     return out
 
 
@@ -193,8 +195,12 @@ def report(
     install: Installation, srv: Server | None = None, others: Sequence[Installation] = ()
 ) -> Report:
     """What ``install`` provides, what ``srv`` (if running) has installed, what is missing."""
+    from pgmgr.core.readyfirst import ready_unlocked
+
     share, exts = available(install)
-    running = srv is not None and srv.running() is not None
+    # one another process starts: once it is ready (libpq said "starting up")
+    what = f"list the extensions of '{srv.inst.name}'" if srv is not None else ""
+    running = srv is not None and ready_unlocked(srv, "extensions", what) is not None
     if running:
         assert srv is not None
         where = installed(srv)

@@ -394,7 +394,9 @@ class Server:
             with psycopg.connect(self.dsn(), connect_timeout=timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
         except psycopg.Error as e:
-            raise WorkerError(f"cannot connect to {self.inst.name}: {str(e).strip()}") from None
+            from pgmgr.core.readyfirst import cannot_connect
+
+            raise WorkerError(cannot_connect(self, e)) from None
         return time.monotonic() - t0
 
 

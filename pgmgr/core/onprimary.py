@@ -94,8 +94,9 @@ def connect(srv: Server) -> Iterator[psycopg.Connection[Any]]:
     try:
         conn = psycopg.connect(srv.dsn(), autocommit=True, connect_timeout=5)
     except psycopg.Error as e:
-        why = (str(e).strip().splitlines() or ["?"])[0]  # libpq adds a tab-indented hint line
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {why}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     with conn:
         yield conn
 

@@ -141,7 +141,9 @@ def conf_load_time(srv: Server, timeout: int = 5) -> float:
         with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
             row = conn.execute("SELECT extract(epoch FROM pg_conf_load_time())").fetchone()
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     assert row is not None
     return float(row[0])
 
@@ -279,7 +281,11 @@ def url(srv: Server, tcp: bool = False) -> str:
 
 
 def psql_command(srv: Server, args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for the instance's own ``psql`` (user args may override)."""
+    """argv and environment for the instance's own ``psql`` (user args may override); a
+    server another process starts is waited for (psql said "starting up")."""
+    from pgmgr.core.readyfirst import ready_unlocked
+
+    ready_unlocked(srv, "psql", f"open psql on '{srv.inst.name}'")
     require_running(srv)
     install = srv.installation()
     psql = install.bin("psql")

@@ -182,7 +182,9 @@ def live_values(srv: Server, names: Sequence[str]) -> dict[str, tuple[str, str, 
         with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
             rows = conn.execute(_LIVE_SQL, [[n.lower() for n in names]]).fetchall()
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     out = {}
     for name, value, context, pending, source, sourcefile in rows:
         where = sourcefile if sourcefile else source
@@ -206,8 +208,11 @@ def entries(srv: Server, names: Sequence[str], running: bool) -> list[Entry]:
 
 
 def show(srv: Server) -> Report:
-    """The kept settings, with their live values when the server runs."""
-    running = srv.running() is not None
+    """The kept settings, with their live values when the server runs (one another
+    process starts: once it is ready, see :mod:`pgmgr.core.readyfirst`)."""
+    from pgmgr.core.readyfirst import ready_unlocked
+
+    running = ready_unlocked(srv, "config", f"show the settings of '{srv.inst.name}'") is not None
     names = list(srv.inst.settings)
     report = Report(srv.inst.name, running, entries(srv, names, running))
     report.conf_file = str(conf_path(srv.datadir))
@@ -253,6 +258,11 @@ def change(
     # the record as it is under the lock: another pgmgr may have changed its settings, or
     # switched its major (upgrade, restore), since srv was loaded
     with locked(srv):
+        from pgmgr.core.readyfirst import ready_first
+
+        # a server another process starts is waited for before anything is written (its
+        # reload said libpq's "starting up", the settings kept); a stopping one refused
+        ready_first(srv, "config", f"change the settings of '{srv.inst.name}'")
         before = dict(srv.inst.settings)
         new = {k: v for k, v in before.items() if k not in dropped}
         new.update(assign)
@@ -333,5 +343,7 @@ def uses_pgmgr_conf(srv: Server) -> bool:
         with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
             row = conn.execute("SELECT current_setting('config_file')").fetchone()
     except psycopg.Error as e:
-        raise WorkerError(f"cannot connect to {srv.inst.name}: {str(e).strip()}") from None
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
     return row is not None and str(row[0]).endswith("/" + CONF_NAME)

@@ -1,11 +1,12 @@
 """Work that needs the server to accept connections (an online snapshot's pg_basebackup,
-an upgrade's questions and its ``pg_upgrade --check``) on a server another process is
-still starting (a long crash recovery: postmaster.pid without its ``ready`` line) or
-stopping: they failed with pg_basebackup's or pg_upgrade's own text ("the database system
-is starting up"). :func:`ready_first` waits for a starting one as 'pgmgr start' does
-(up to its default 30 s, never killing it; a stop run meanwhile ends the wait, as it ends
-a start's: see :mod:`pgmgr.core.stopwait`), and refuses a stopping one, each with one line
-that names the state and what to do, nothing changed.
+an upgrade's questions and its ``pg_upgrade --check``; a reload, an export, a config
+change or listing, the extensions' listing, psql, a promote) on a server another process
+is still starting (a long crash recovery: postmaster.pid without its ``ready`` line) or
+stopping: they failed with pg_basebackup's, pg_upgrade's or libpq's own text ("the
+database system is starting up"). :func:`ready_first` waits for a starting one as
+'pgmgr start' does (up to its default 30 s, never killing it; a stop run meanwhile ends
+the wait, as it ends a start's: see :mod:`pgmgr.core.stopwait`), and refuses a stopping
+one, each with one line that names the state and what to do, nothing changed.
 """
 
 from __future__ import annotations
@@ -67,3 +68,44 @@ def ready_first(
             "nothing was changed",
             hint=e.hint or f"see 'pgmgr logs {name}'",
         ) from None
+
+
+def cannot_connect(srv: Server, error: Exception, doing: str = "connect to") -> str:
+    """One line for a failed connection to ``srv`` (or query: ``doing`` "read"): the state
+    of a server that refuses connections (starting, shutting down: it changed since
+    the command looked, or the command does not wait: a replica's clean-up on its primary),
+    not libpq's text ("connection to server on socket ... failed: FATAL: the database
+    system is starting up"); else libpq's first line (a hint may follow on its own)."""
+    name = srv.inst.name
+    pf = srv.running()
+    if pf is not None and pf.phase == "starting":
+        why = f"it (pid {pf.pid}) is still starting and accepts no connections yet"
+    elif pf is not None and pf.phase == "stopping":
+        why = f"it (pid {pf.pid}) is shutting down"
+    else:  # libpq's: it names where it looked (a Manager's port before its start)
+        why = (str(error).strip().splitlines() or ["?"])[0]
+    return f"cannot {doing} {name}: {why}"
+
+
+def ready_unlocked(
+    srv: Server, command: str, what: str, timeout: float = READY_TIMEOUT
+) -> process.PidFile | None:
+    """:func:`ready_first` for work that does not hold ``srv``'s lock (a reload, an
+    export, a psql session): the lock is taken only for the wait, when the server is
+    starting, so that a stop meanwhile ends it as it ends a start's (unlocked, that stop
+    went ahead and the wait said postgres "exited during start-up"). Behind a 'pgmgr
+    start' that holds it, that is a wait for the start. Never called with the lock held
+    (a second flock of it would wait for itself).
+
+    :raises NotRunning, WorkerError: see :func:`ready_first`.
+    :raises Busy: a start (or other work) held the lock for ``timeout``.
+    """
+    pf = srv.running()
+    if pf is None or pf.phase not in ("starting", "stopping"):
+        return pf
+    if pf.phase == "stopping":  # refused at once: no wait, no lock
+        return ready_first(srv, command, what)
+    from pgmgr.core.locked import locked
+
+    with locked(srv, timeout, sweep=False):
+        return ready_first(srv, command, what, timeout)

@@ -287,6 +287,11 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
         # the record as it is now: a promote that held the lock before may have changed it
         # (read before the lock, a second promote saved what the first had cleared)
         srv = Server.load(srv.inst.name)
+        from pgmgr.core.readyfirst import ready_first
+
+        # a standby another process starts (not yet consistent) is waited for: libpq
+        # said "starting up"; a stopping one refused
+        ready_first(srv, "promote", f"promote '{srv.inst.name}'")
         require_running(srv)
         if srv.inst.pending:
             raise unfinished(srv.inst, "promoted")

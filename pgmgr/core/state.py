@@ -170,7 +170,7 @@ def status(srv: Server, check: bool = False) -> Status:
             st.socket_dir = pf.socket_dir
         srv._adopt(pf)  # the URL from where it really listens, not from the record
         st.url = srv.url()
-        if check:
+        if check and st.state == "running":  # (libpq's "starting up" said nothing more)
             try:
                 st.latency_ms = round(srv.health() * 1000, 2)
             except WorkerError as e:  # running, but not answering: say so, keep the state

@@ -259,11 +259,45 @@ def locked(
                 raise Busy(f"another pgmgr is working on {srv.datadir} (waited "
                            f"{lock_timeout:.0f} s)")  # fmt: skip
             if seen is not None and timeout is not None and waited >= timeout:
-                raise _still_stopping(srv, seen, timeout)
+                raise _timed_out(srv, seen, timeout, command)
             time.sleep(POLL)
     left = lock_timeout if seen is not None else lock_timeout - (time.monotonic() - t0)
     with lock.locked(srv, max(left, POLL), only=only):
         yield ended
+
+
+def _timed_out(srv: Server, seen: Note, timeout: float, command: str | None) -> WorkerError:
+    """The error of a stop whose wait behind ``seen`` ran out, saying the state as it is
+    now. That stop (or start) may be over while its command still holds the instance: a
+    snapshot stops the server briefly, copies, starts it again, and names its copy; the
+    error said it was "still being stopped" by it, with the server running again."""
+    now = read(srv.datadir)
+    pf = srv.running()
+    at_it = "starting" if now is not None and now.mode == START else "stopping"
+    if now is not None and pf is not None and pf.pid == now.postmaster and pf.phase == at_it:
+        return _still_stopping(srv, now, timeout)  # as it was: still at it
+    name = srv.inst.name
+    if pf is None:
+        state = "stopped"
+    else:
+        words = {"starting": "starting", "stopping": "shutting down"}
+        state = f"{words.get(pf.phase, 'running')} (pid {pf.pid})"
+    alive = process.is_alive(seen.pid) and (
+        seen.ticks is None or process.start_ticks(seen.pid) == seen.ticks
+    )
+    who = f"'pgmgr {seen.waiter or seen.command}'" if seen.waiter or seen.command else "it"
+    held = f"{who} still holds the instance" if alive else "another pgmgr holds it now"
+    if seen.waiter:
+        was = f"the wait of {seen.holder()} for it to be ready"
+    else:
+        was = "the " + seen.holder().split(" ", 1)[1]  # "a fast stop of ..." -> "the ..."
+    again = f"'pgmgr {command or 'stop'} {name}'"
+    return WorkerError(
+        f"'{name}' is {state} after {timeout:g} s: {was} is over, and {held}",
+        hint=f"wait for {who} to finish, then run {again} again"
+        if alive and who != "it"
+        else f"run {again} again",
+    )
 
 
 def _still_stopping(srv: Server, seen: Note, timeout: float) -> WorkerError:

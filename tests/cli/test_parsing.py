@@ -75,6 +75,20 @@ USAGE_ERRORS = [
     (["start", "-d", "./x", "--init", "--name", "bad name"], "invalid instance name 'bad name'"),
     (["start", "-d", "x", "--timeout", "-5"], "--timeout"),
     (["start", "-d", "x", "--timeout", "abc"], "--timeout"),
+    # 0 and nan passed the range (nan < 0 is false): refused up front, by every command
+    *[
+        ([*cmd, "--timeout", t, *end], f"Invalid value for '--timeout': {t} is not a number")
+        for cmd, end in (
+            (["start", "dev"], []),
+            (["stop", "dev"], []),
+            (["restart", "dev"], []),
+            (["reload", "dev"], []),
+            (["replica", "dev"], []),
+            (["config", "dev", "set", "work_mem=1MB"], []),
+            (["run"], ["--", "true"]),
+        )
+        for t in ("0", "nan", "-0")
+    ],
     (["start", "--bogus"], "No such option: --bogus"),
     (["start", "a", "b"], "unexpected extra argument"),
     (["stop", "-m", "bogus"], "invalid --mode 'bogus'"),

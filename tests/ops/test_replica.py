@@ -125,6 +125,9 @@ def test_bad_replica_inputs_create_nothing(fresh: Instance, ops_dir: Path) -> No
          f"Error: {ops_dir / 'taken'} already exists; a replica needs a new directory"),
         (("replica", "fresh", "--name", "fresh"), 2, "Error: instance name 'fresh' is already"),
         (("replica", "fresh", "-p", "70000"), 2, "Error: invalid --port '70000'"),
+        # refused before the clone, not after it (the start's wait then failed at once)
+        *[(("replica", "fresh", "--timeout", t), 2, "Error: Invalid value for '--timeout'")
+          for t in ("0", "nan", "-1", "inf")],
         (("replica", "fresh", "-v", "18"), 1,
          "Error: 'fresh' is PostgreSQL 15: a streaming replica must run the same major"),
         (("promote", "fresh"), 1, "Error: 'fresh' is a primary, not a standby"),

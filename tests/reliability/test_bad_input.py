@@ -51,6 +51,9 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["stop", "{reg}", "--mode", ""], {}),
     (["stop", "{reg}", "--timeout", "-1"], {}),
     (["stop", "{reg}", "--timeout", "soon"], {}),
+    (["reload", "{reg}", "--timeout", "0"], {}),
+    (["replica", "{reg}", "--timeout", "nan"], {}),
+    (["branch", "{reg}", "new", "-p", "\u00b2"], {}),  # isdigit(), yet int() refused it
     (["init", "-d", "{dir}/x", "--name", "bad/name"], {}),
     (["init", "-d", "{dir}/x", "--name", "-lead"], {}),
     (["init", "-d", "{dir}/x", "--name", "x" * 80], {}),
