@@ -59,11 +59,19 @@ def render(report: Report, action: str | None) -> None:
     elif action is None:
         ui.message(f"No settings kept for '{report.name}'; add one with "
                    f"'pgmgr config {report.name} set work_mem=64MB'")  # fmt: skip
+    closed = report.accepts_connections is False
+    if closed and (rows or action is not None):
+        ui.message(
+            f"'{report.name}' is a standby with hot_standby = off: it accepts no connections, "
+            "so its live values (and which settings need a restart) cannot be read"
+        )
     if action is None:
         if not report.running and rows:
             ui.message(f"'{report.name}' is not running: live values show once it runs")
         return
     done = "Restarted" if report.restarted else "Reloaded" if report.reloaded else None
+    if done == "Reloaded" and closed:
+        done = "Sent SIGHUP (not confirmed)"
     what = f"{action} {', '.join(report.changed)} for '{report.name}'"
     if not report.running:
         ui.message(f"Kept: {what}; used from the next start")

@@ -25,7 +25,7 @@ def reload(
 
     srv = c.resolve(name, datadir)
     # a server another process starts is waited for (libpq said "starting up")
-    ready_unlocked(srv, "reload", f"reload '{srv.inst.name}'")
+    ready_unlocked(srv, "reload", f"reload '{srv.inst.name}'", closed_ok=True)
     result = ops.reload(srv, timeout)
     if json:
         ui.emit_json(
@@ -34,8 +34,15 @@ def reload(
                 "pid": result.pid,
                 "conf_load_time_before": result.before,
                 "conf_load_time": result.after,
+                "confirmed": result.confirmed,
                 "elapsed_ms": round(result.elapsed * 1000, 1),
             }
         )
     else:
-        ui.message(f"Reloaded '{srv.inst.name}' (pid {result.pid}) in {ui.ms(result.elapsed)}")
+        if result.confirmed:
+            ui.message(f"Reloaded '{srv.inst.name}' (pid {result.pid}) in {ui.ms(result.elapsed)}")
+        else:
+            ui.message(
+                f"Sent SIGHUP to '{srv.inst.name}' (pid {result.pid}); not confirmed: a standby "
+                f"with hot_standby = off accepts no connections (see 'pgmgr logs {srv.inst.name}')"
+            )

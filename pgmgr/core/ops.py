@@ -123,9 +123,13 @@ class ReloadResult:
     """What ``pgmgr reload`` saw: the configuration load times."""
 
     pid: int
-    before: float
-    after: float
+    before: float | None  # None: not confirmed (a standby that accepts no connections)
+    after: float | None
     elapsed: float
+
+    @property
+    def confirmed(self) -> bool:
+        return self.after is not None
 
 
 def conf_load_time(srv: Server, timeout: int = 5) -> float:
@@ -149,13 +153,21 @@ def conf_load_time(srv: Server, timeout: int = 5) -> float:
 
 
 def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
-    """SIGHUP the verified postmaster, then wait until ``pg_conf_load_time()`` advances.
+    """SIGHUP the verified postmaster, then wait until ``pg_conf_load_time()`` advances
+    (not on a standby with ``hot_standby = off``: nothing can ask it; the result says
+    unconfirmed).
 
     :raises NotRunning: not running.
     :raises WorkerError: the server did not confirm the reload within ``timeout``.
     """
+    from pgmgr.core.roles import refuses_connections
+
     pf = require_running(srv)
     t0 = time.monotonic()
+    if refuses_connections(srv.datadir):
+        if not process.signal_pid(pf.pid, signal.SIGHUP):
+            raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")
+        return ReloadResult(pf.pid, None, None, time.monotonic() - t0)
     before = conf_load_time(srv)
     if not process.signal_pid(pf.pid, signal.SIGHUP):
         raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")

@@ -156,6 +156,9 @@ class Report:
     reloaded: bool = False
     restarted: bool = False
     conf_file: str = ""
+    #: False for a running standby with hot_standby = off: no live values, an unconfirmed
+    #: reload, restarts needed unknown; None when not running
+    accepts_connections: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,15 +210,24 @@ def entries(srv: Server, names: Sequence[str], running: bool) -> list[Entry]:
     return result
 
 
+def refuses_connections(datadir: Path) -> bool:
+    from pgmgr.core.roles import refuses_connections as refuses
+
+    return refuses(datadir)
+
+
 def show(srv: Server) -> Report:
     """The kept settings, with their live values when the server runs (one another
     process starts: once it is ready, see :mod:`pgmgr.core.readyfirst`)."""
     from pgmgr.core.readyfirst import ready_unlocked
 
-    running = ready_unlocked(srv, "config", f"show the settings of '{srv.inst.name}'") is not None
+    what = f"show the settings of '{srv.inst.name}'"
+    running = ready_unlocked(srv, "config", what, closed_ok=True) is not None
     names = list(srv.inst.settings)
-    report = Report(srv.inst.name, running, entries(srv, names, running))
+    open_ = running and not refuses_connections(srv.datadir)
+    report = Report(srv.inst.name, running, entries(srv, names, open_))
     report.conf_file = str(conf_path(srv.datadir))
+    report.accepts_connections = open_ if running else None
     return report
 
 
@@ -262,7 +274,7 @@ def change(
 
         # a server another process starts is waited for before anything is written (its
         # reload said libpq's "starting up", the settings kept); a stopping one refused
-        ready_first(srv, "config", f"change the settings of '{srv.inst.name}'")
+        ready_first(srv, "config", f"change the settings of '{srv.inst.name}'", closed_ok=True)
         before = dict(srv.inst.settings)
         new = {k: v for k, v in before.items() if k not in dropped}
         new.update(assign)
@@ -294,6 +306,7 @@ def _apply(
     from pgmgr.core.launch import ServerExited
 
     ours = uses_pgmgr_conf(srv)
+    report.accepts_connections = not refuses_connections(srv.datadir)
     if restart:
         try:
             ops.restart(srv, "fast", timeout)
@@ -308,8 +321,10 @@ def _apply(
     elif ours:
         ops.reload(srv, min(timeout, 10.0))
         report.reloaded = True
-    report.settings = entries(srv, report.changed, True)
-    if not report.restarted:
+    if report.restarted:  # hot_standby may have changed
+        report.accepts_connections = not refuses_connections(srv.datadir)
+    report.settings = entries(srv, report.changed, bool(report.accepts_connections))
+    if not report.restarted and report.accepts_connections:
         report.restart_needed = [e.name for e in report.settings if e.pending_restart or not ours]
 
 
@@ -334,10 +349,20 @@ def _runs_as_before(srv: Server, before: dict[str, str], timeout: float) -> bool
 
 def uses_pgmgr_conf(srv: Server) -> bool:
     """Whether the running server reads ``pgmgr.conf`` (a server started by an older pgmgr
-    has its settings on its command line, which only a restart changes)."""
+    has its settings on its command line, which only a restart changes). Asked of the
+    server, or, of one that accepts no connections (a standby with hot_standby = off),
+    read from its postmaster's command line (``config_file`` can be set only there)."""
     import psycopg
 
+    from pgmgr.core import process
     from pgmgr.core.errors import WorkerError
+
+    pf = srv.running()
+    if pf is not None and pf.phase == "standby":
+        return any(
+            a.startswith("config_file=") and a.endswith("/" + CONF_NAME)
+            for a in process.cmdline(pf.pid)
+        )
 
     try:
         with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:

@@ -23,21 +23,35 @@ READY_TIMEOUT = 30.0
 
 
 def ready_first(
-    srv: Server, command: str, what: str, timeout: float = READY_TIMEOUT
+    srv: Server,
+    command: str,
+    what: str,
+    timeout: float = READY_TIMEOUT,
+    *,
+    closed_ok: bool = False,
 ) -> process.PidFile | None:
     """The running server's pid file, once it accepts connections; None when it does not
     run. The caller holds ``srv``'s lock. ``command``: the pgmgr command ("snapshot"),
-    ``what``: its work, as in "cannot take an online snapshot of 'dev'".
+    ``what``: its work, as in "cannot take an online snapshot of 'dev'". A standby with
+    ``hot_standby = off``, which never accepts connections, is refused unless
+    ``closed_ok`` (work that does without: a promote, a config change, a reload).
 
     :raises NotRunning: it is shutting down, or a stop ended the wait (exit 3).
-    :raises WorkerError: it exited while starting, or still starts after ``timeout``.
+    :raises WorkerError: it exited while starting, or still starts after ``timeout``; a
+        standby that accepts no connections.
     """
     from pgmgr.core import startup
 
     pf = srv.running()
+    name = srv.inst.name
+    if pf is not None and pf.phase == "standby" and not closed_ok:
+        raise WorkerError(
+            f"cannot {what}: '{name}' is a standby with hot_standby = off, which accepts no "
+            "connections; nothing was changed",
+            hint=f"'pgmgr config {name} unset hot_standby --restart' (or set hot_standby=on)",
+        )
     if pf is None or pf.phase not in ("starting", "stopping"):
         return pf
-    name = srv.inst.name
     if pf.phase == "stopping":
         raise NotRunning(
             f"cannot {what}: '{name}' (pid {pf.pid}) is shutting down; nothing was changed",
@@ -82,13 +96,20 @@ def cannot_connect(srv: Server, error: Exception, doing: str = "connect to") -> 
         why = f"it (pid {pf.pid}) is still starting and accepts no connections yet"
     elif pf is not None and pf.phase == "stopping":
         why = f"it (pid {pf.pid}) is shutting down"
+    elif pf is not None and pf.phase == "standby":
+        why = "it is a standby with hot_standby = off, which accepts no connections"
     else:  # libpq's: it names where it looked (a Manager's port before its start)
         why = (str(error).strip().splitlines() or ["?"])[0]
     return f"cannot {doing} {name}: {why}"
 
 
 def ready_unlocked(
-    srv: Server, command: str, what: str, timeout: float = READY_TIMEOUT
+    srv: Server,
+    command: str,
+    what: str,
+    timeout: float = READY_TIMEOUT,
+    *,
+    closed_ok: bool = False,
 ) -> process.PidFile | None:
     """:func:`ready_first` for work that does not hold ``srv``'s lock (a reload, an
     export, a psql session): the lock is taken only for the wait, when the server is
@@ -101,11 +122,11 @@ def ready_unlocked(
     :raises Busy: a start (or other work) held the lock for ``timeout``.
     """
     pf = srv.running()
-    if pf is None or pf.phase not in ("starting", "stopping"):
+    if pf is None or pf.phase not in ("starting", "stopping", "standby"):
         return pf
-    if pf.phase == "stopping":  # refused at once: no wait, no lock
-        return ready_first(srv, command, what)
+    if pf.phase != "starting":  # refused (or not) at once: no wait, no lock
+        return ready_first(srv, command, what, closed_ok=closed_ok)
     from pgmgr.core.locked import locked
 
     with locked(srv, timeout, sweep=False):
-        return ready_first(srv, command, what, timeout)
+        return ready_first(srv, command, what, timeout, closed_ok=closed_ok)

@@ -291,7 +291,7 @@ def promote(srv: Server, timeout: int = 60) -> PromoteResult:
 
         # a standby another process starts (not yet consistent) is waited for: libpq
         # said "starting up"; a stopping one refused
-        ready_first(srv, "promote", f"promote '{srv.inst.name}'")
+        ready_first(srv, "promote", f"promote '{srv.inst.name}'", closed_ok=True)
         require_running(srv)
         if srv.inst.pending:
             raise unfinished(srv.inst, "promoted")

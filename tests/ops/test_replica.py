@@ -304,6 +304,29 @@ def test_a_standby_with_hot_standby_off_promotes_and_says_it_takes_no_connection
     assert lsn is not None
     with pytest.raises(psycopg.OperationalError, match="not accepting connections"):
         conn(fresh, "cold")
+    # what needs no connection works, and says what it could not do; what needs one is
+    # refused in pgmgr's words (all of them said libpq's "not accepting connections")
+    reloaded = fresh.pgmgr("reload", "cold", "--json")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert json.loads(reloaded.stdout)["confirmed"] is False
+    shown = fresh.pgmgr("config", "cold", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["accepts_connections"] is False
+    kept = fresh.pgmgr("config", "cold", "set", "work_mem=9MB")
+    assert kept.returncode == 0, kept.stderr
+    assert "Sent SIGHUP (not confirmed): set work_mem for 'cold'" in kept.stderr
+    for argv in (
+        ["psql", "cold", "-c", "SELECT 1"],
+        ["export", "cold", str(fresh.datadir.parent / "b")],
+    ):
+        refused = fresh.pgmgr(*argv)
+        assert refused.returncode == 1
+        assert error_lines(refused.stderr)[0].endswith(
+            "'cold' is a standby with hot_standby = off, which accepts no connections; "
+            "nothing was changed"
+        ), refused.stderr
+        assert "Hint: 'pgmgr config cold unset hot_standby --restart'" in refused.stderr
+    assert not (fresh.datadir.parent / "b").exists()
 
     promoted = fresh.pgmgr("promote", "cold")
     assert promoted.returncode == 0, promoted.stderr
