@@ -25,12 +25,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pgmgr.core import dirlock, registry, server, stopmark, stopwait
-from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
+from pgmgr.core import dirlock, managerargs, registry, server, stopmark, stopwait
+from pgmgr.core.errors import DatabaseException, PgmgrError, VersionNotFound, WorkerError
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.locked import SWITCHED, locked
 from pgmgr.core.server import InitOptions
@@ -57,8 +56,9 @@ OPTIONS = {
 class Manager:
     """Postgres manager object.
 
-    :param host: the interface to listen on (default 127.0.0.1; '' for the socket only).
-    :param port: the port to listen on.
+    :param host: the interface to listen on: loopback only (default 127.0.0.1; also ::1,
+        localhost, a comma-separated list of those, or '' for the socket only).
+    :param port: the port to listen on (an int, or a string of digits).
     :param db_dir: the database data directory.
     :param initialize: initialize the data directory iff it does not exist yet (an empty
         directory counts as not existing).
@@ -68,7 +68,8 @@ class Manager:
         directory's major version wins, and asking for another one is an error.
     :param kwargs: see :data:`OPTIONS`.
     :raises DatabaseException: initialization failed (initdb's stderr is kept), a version
-        mismatch, or a bad option value.
+        mismatch, or a bad argument or option value (of the wrong type too: see
+        :mod:`pgmgr.core.managerargs`; ``None`` for an option means its default).
     """
 
     def __init__(
@@ -86,16 +87,11 @@ class Manager:
                 f"Manager() got unknown option(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(OPTIONS)}"
             )
-        if not db_dir:
-            raise DatabaseException("db_dir is required")
-        self.host = host
-        try:
-            self.port = int(port)
-        except (TypeError, ValueError):
-            raise DatabaseException(f"invalid port {port!r}: a number from 1 to 65535") from None
-        self.db_dir = Path(os.path.abspath(db_dir))
-        self.pg_version = pg_version or None
-        self.kwargs = kwargs
+        self.host = managerargs.host(host)
+        self.port = managerargs.port(port)
+        self.db_dir = managerargs.path(db_dir, "db_dir")
+        self.pg_version = managerargs.version(pg_version)
+        self.kwargs = kwargs = managerargs.options(kwargs)
         self._started = False
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
@@ -118,7 +114,7 @@ class Manager:
         if inst.name not in registry.names():  # a new record: see registry.prune_vanished
             inst.origin = "library"
         if kwargs.get("log_file"):
-            inst.log_file = str(Path(kwargs["log_file"]).absolute())
+            inst.log_file = kwargs["log_file"]  # absolute: see managerargs
         # For a data directory made elsewhere only the caller knows these; initdb sets them
         # itself below otherwise.
         if kwargs.get("superuser"):
@@ -182,6 +178,7 @@ class Manager:
         :raises OSError: postgres cannot be launched.
         :raises WorkerError: it exited during start-up or was not ready in time.
         """
+        timeout = managerargs.timeout(timeout)
         # the record as a switch (upgrade, restore) we waited behind left it, with this
         # object's own settings kept
         with _seed_errors(), locked(self._server, only=SWITCHED):
@@ -204,6 +201,7 @@ class Manager:
 
         :raises WorkerError: no subprocess, or not ready within ``timeout``.
         """
+        timeout = managerargs.timeout(timeout)
         with _seed_errors():
             pf = self._server.ready_wait(timeout)
         if verbose:
@@ -222,7 +220,8 @@ class Manager:
         :raises WorkerError: it did not exit within ``timeout``.
         """
         mode = mode or self.stop_mode
-        if mode not in server.STOP_SIGNALS:
+        timeout = managerargs.timeout(timeout)
+        if not isinstance(mode, str) or mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop mode {mode!r}: use smart, fast or immediate")
         # a weaker stop in progress (another process's) is escalated: see stopwait
         with _seed_errors(), stopwait.locked(self._server, mode, timeout, only=SWITCHED) as took:
@@ -233,6 +232,7 @@ class Manager:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit."""
+        timeout = managerargs.timeout(timeout, none_ok=True)
         with _seed_errors():
             return self._server.wait(timeout)
 
@@ -301,6 +301,10 @@ def _seed_errors() -> Iterator[None]:
     :class:`DatabaseException`; :class:`WorkerError` and ``OSError`` pass as they are."""
     try:
         yield
+    except VersionNotFound as e:  # the version is this API's pg_version, not the CLI's flag
+        e.message = e.message.replace("(from --version)", "(from pg_version)")
+        e.args = (e.message,)
+        raise
     except (DatabaseException, WorkerError):
         raise
     except PgmgrError as e:
