@@ -29,7 +29,13 @@ from types import TracebackType
 from typing import Any
 
 from pgmgr.core import dirlock, managerargs, registry, server, stopmark, stopwait
-from pgmgr.core.errors import DatabaseException, PgmgrError, VersionNotFound, WorkerError
+from pgmgr.core.errors import (
+    DatabaseException,
+    PgmgrError,
+    VersionNotFound,
+    WorkerError,
+    describe_os_error,
+)
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.locked import SWITCHED, locked
 from pgmgr.core.server import InitOptions
@@ -181,7 +187,7 @@ class Manager:
         timeout = managerargs.timeout(timeout)
         # the record as a switch (upgrade, restore) we waited behind left it, with this
         # object's own settings kept
-        with _seed_errors(), locked(self._server, only=SWITCHED):
+        with _seed_errors(launch=True), locked(self._server, only=SWITCHED):
             result = self._server.start(
                 host=self.host,
                 port=self.port,
@@ -295,10 +301,13 @@ class Manager:
 
 
 @contextlib.contextmanager
-def _seed_errors() -> Iterator[None]:
+def _seed_errors(launch: bool = False) -> Iterator[None]:
     """The seed's exception contract: what pgmgr raises about a data directory or an option
     (a usage error, a busy lock, no such data directory) reaches the caller as a
-    :class:`DatabaseException`; :class:`WorkerError` and ``OSError`` pass as they are."""
+    :class:`DatabaseException`; :class:`WorkerError` passes as it is. So does ``OSError``
+    in ``start()`` (``launch``: the seed's "postgres fails to launch"); elsewhere one (a
+    state directory that is a file, say: it was a raw NotADirectoryError from the
+    constructor and from ``stop()``) is a :class:`DatabaseException` saying what failed."""
     try:
         yield
     except VersionNotFound as e:  # the version is this API's pg_version, not the CLI's flag
@@ -309,3 +318,7 @@ def _seed_errors() -> Iterator[None]:
         raise
     except PgmgrError as e:
         raise DatabaseException(e.message, hint=e.hint) from e
+    except OSError as e:
+        if launch:
+            raise
+        raise DatabaseException(describe_os_error(e)) from e

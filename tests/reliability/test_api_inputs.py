@@ -81,6 +81,13 @@ def test_a_value_of_the_wrong_type_is_a_database_exception(
     assert registry.names() == []
 
 
+def test_a_nul_in_a_path_is_named(work: Path) -> None:
+    """It was refused as holding "a line break"."""
+    with pytest.raises(DatabaseException, match="it holds a NUL byte"):
+        Manager("127.0.0.1", free_port("127.0.0.1"), f"{work}/da\0ta", initialize=True)
+    assert list(work.iterdir()) == []
+
+
 @pytest.mark.parametrize("timeout", [None, "10", -1, math.nan, math.inf, True])
 def test_a_bad_timeout_is_refused_before_anything_runs(work: Path, timeout: object) -> None:
     """``start(timeout=None)`` was a TypeError from inside the wait, after postgres was
@@ -140,3 +147,22 @@ def test_pg_version_may_be_an_int_and_errors_name_it(work: Path) -> None:
         Manager("127.0.0.1", free_port("127.0.0.1"), work / "other", pg_version="99")
     with pytest.raises(DatabaseException, match=r"^invalid pg_version 'x1'"):
         Manager("127.0.0.1", free_port("127.0.0.1"), work / "other", pg_version="x1")
+
+
+def test_a_state_dir_that_is_a_file_is_a_database_exception(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The constructor and ``stop()`` let a raw NotADirectoryError out ("[Errno 20] Not a
+    directory: '.../instances'"); the CLI says the same one line as these."""
+    port = free_port("127.0.0.1")
+    with Manager("127.0.0.1", port, work / "data", initialize=True, auth="trust") as pg:
+        state = os.environ["PGMGR_STATE_DIR"]
+        (work / "state-file").write_text("")
+        monkeypatch.setenv("PGMGR_STATE_DIR", str(work / "state-file"))
+        with pytest.raises(DatabaseException, match="is a regular file, not a directory"):
+            Manager("127.0.0.1", port, work / "data")
+        with pytest.raises(DatabaseException, match="is a regular file, not a directory"):
+            pg.stop()
+        monkeypatch.setenv("PGMGR_STATE_DIR", state)
+        assert pg.status().state == "running"  # refused before anything was done
+    assert postmasters_under(work) == []
