@@ -98,7 +98,7 @@ class Manager:
         self.db_dir = managerargs.path(db_dir, "db_dir")
         self.pg_version = managerargs.version(pg_version)
         self.kwargs = kwargs = managerargs.options(kwargs)
-        self._started = False
+        self._started: int | None = None  # the pid of the server this object started
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
@@ -199,7 +199,9 @@ class Manager:
                 wait=wait,
             )
         if not result.already_running:
-            self._started = True
+            self._started = result.pid
+        elif result.pid != self._started:  # running, but not the one this object started
+            self._started = None
         return result
 
     def ready_wait(self, timeout: float = 10.0, verbose: bool = False) -> None:
@@ -232,6 +234,7 @@ class Manager:
         # a weaker stop in progress (another process's) is escalated: see stopwait
         with _seed_errors(), stopwait.locked(self._server, mode, timeout, only=SWITCHED) as took:
             stopped = self._server.stop(mode, timeout, wait)
+            self._started = None  # what runs there next is not this object's
             # stopped on purpose now, as by 'pgmgr stop': see pgmgr.core.stopmark
             stopmark.clear_saved(self._server)
             return stopped or took is not None
@@ -272,8 +275,9 @@ class Manager:
 
     @property
     def started(self) -> bool:
-        """This object started the server (not merely found it running)."""
-        return self._started
+        """This object started the server (not merely found it running), and has not
+        stopped it since."""
+        return self._started is not None
 
     def __enter__(self) -> Manager:
         self.start()
@@ -288,13 +292,13 @@ class Manager:
         """Stop the server if this object started it; one that was already running when
         the block began (started by someone else) is left running, as pytest-postgresql's
         ``noproc`` fixtures leave theirs."""
-        if not self._started:
+        if self._started is None:
             return
         try:
             self.stop()
         except WorkerError:
             self.stop(mode="immediate")
-        self._started = False
+        self._started = None
 
     def __repr__(self) -> str:
         return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"

@@ -44,6 +44,31 @@ def test_context_manager_stops_what_it_started(
     assert m.status().state == "stopped" and m.started is False
 
 
+def test_context_manager_leaves_a_server_started_again_by_someone_else(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """An object that started the server and stopped it (or saw it stopped and started by
+    another) no longer started what runs there: its ``with`` block stopped the server of
+    the other Manager (or of 'pgmgr start') all the same, and ``started`` said True."""
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m, other = managers(datadir), managers(datadir)
+    m.start()
+    assert m.stop() is True and m.started is False
+    other.start()
+    pid = other.status().pid
+    with m:
+        assert m.started is False
+    assert other.status().state == "running" and other.status().pid == pid
+    other.stop()
+    m.start()
+    other.stop()  # stopped behind m's back, then started again by the other one
+    other.start()
+    with m:
+        assert m.started is False
+    assert other.status().state == "running"
+    assert other.stop() is True
+
+
 def status_names() -> dict[str, str]:
     proc = run_pgmgr("status", "--json")
     assert proc.returncode == 0, proc.stderr
