@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -231,6 +232,7 @@ class Manager:
         timeout = managerargs.timeout(timeout)
         if not isinstance(mode, str) or mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop mode {mode!r}: use smart, fast or immediate")
+        _check_visible(self.db_dir)
         # a weaker stop in progress (another process's) is escalated: see stopwait
         with _seed_errors(), stopwait.locked(self._server, mode, timeout, only=SWITCHED) as took:
             stopped = self._server.stop(mode, timeout, wait)
@@ -242,6 +244,7 @@ class Manager:
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit."""
         timeout = managerargs.timeout(timeout, none_ok=True)
+        _check_visible(self.db_dir)
         with _seed_errors():
             return self._server.wait(timeout)
 
@@ -302,6 +305,27 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"
+
+
+def _check_visible(datadir: Path) -> None:
+    """Whether a server runs in ``datadir`` is known only from its ``postmaster.pid``: one
+    this user may not read (another user's data directory) made ``stop()`` return False,
+    "not running", and ``wait()`` return at once, while the server ran on.
+
+    :raises DataDirNotFound: ``postmaster.pid`` cannot be read (permission denied).
+    """
+    from pgmgr.core.state import DataDirNotFound
+
+    try:
+        os.close(os.open(datadir / "postmaster.pid", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except PermissionError:
+        raise DataDirNotFound(
+            datadir,
+            "cannot be read (permission denied): whether a server runs there is unknown",
+            hint="run this as the user who runs the server (or as root)",
+        ) from None
+    except OSError:  # none (not running), or no such directory: nothing runs there
+        pass
 
 
 @contextlib.contextmanager
