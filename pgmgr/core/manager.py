@@ -100,6 +100,7 @@ class Manager:
         self.pg_version = managerargs.version(pg_version)
         self.kwargs = kwargs = managerargs.options(kwargs)
         self._started: int | None = None  # the pid of the server this object started
+        self._owner = os.getpid()  # the process that started it (see __exit__)
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
@@ -200,7 +201,7 @@ class Manager:
                 wait=wait,
             )
         if not result.already_running:
-            self._started = result.pid
+            self._started, self._owner = result.pid, os.getpid()
         elif result.pid != self._started:  # running, but not the one this object started
             self._started = None
         return result
@@ -278,9 +279,9 @@ class Manager:
 
     @property
     def started(self) -> bool:
-        """This object started the server (not merely found it running), and has not
-        stopped it since."""
-        return self._started is not None
+        """This object started the server (not merely found it running), in this process
+        (not in the one a child was forked from), and has not stopped it since."""
+        return self._started is not None and self._owner == os.getpid()
 
     def __enter__(self) -> Manager:
         self.start()
@@ -294,8 +295,10 @@ class Manager:
     ) -> None:
         """Stop the server if this object started it; one that was already running when
         the block began (started by someone else) is left running, as pytest-postgresql's
-        ``noproc`` fixtures leave theirs."""
-        if self._started is None:
+        ``noproc`` fixtures leave theirs. In a process forked inside the block, leaving it
+        (a ``sys.exit()`` in the child) leaves the server to the process that started it,
+        as testing.postgresql does: it stopped the parent's server under it."""
+        if not self.started:
             return
         try:
             self.stop()

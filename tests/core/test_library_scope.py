@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,3 +139,37 @@ def _state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
+
+
+FORKED = """
+import os, sys
+from pgmgr import Manager
+
+with Manager("127.0.0.1", int(sys.argv[2]), sys.argv[1]) as pg:
+    pid = os.fork()
+    if pid == 0:
+        print("child started:", pg.started, flush=True)
+        sys.exit(0)  # the child leaves the block too
+    os.waitpid(pid, 0)
+    print("parent sees:", pg.status().state, pg.started, flush=True)
+    pg.health()
+print("after:", pg.status().state, flush=True)
+"""
+
+
+def test_a_child_forked_inside_the_block_leaves_the_server_to_its_parent(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """The child's ``sys.exit()`` left the inherited ``with`` block and stopped the server
+    under the parent (its health() then failed)."""
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    port = managers(datadir).port  # stopped at the end, whatever the script did
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED, str(datadir), str(port)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.stdout.splitlines() == [
+        "child started: False",
+        "parent sees: running True",
+        "after: stopped",
+    ], proc.stderr
