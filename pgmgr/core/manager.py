@@ -212,8 +212,18 @@ class Manager:
         :raises WorkerError: no subprocess, or not ready within ``timeout``.
         """
         timeout = managerargs.timeout(timeout)
-        with _seed_errors():
-            pf = self._server.ready_wait(timeout)
+        child = self._server.child
+        # One this object stopped is no start-up to wait for: the server running there now
+        # (another's start), else none (it said "exited during start-up" for both).
+        stopped = child is not None and self._started is None and child.poll() is not None
+        try:
+            if stopped:
+                self._server.child = None
+            with _seed_errors():
+                pf = self._server.ready_wait(timeout)
+        finally:
+            if stopped and self._server.child is None:
+                self._server.child = child
         if verbose:
             print(f"postgres (pid {pf.pid}) ready on port {pf.port}")
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pgmgr.core import registry
 from pgmgr.core.instance import Server
 from tests.core.support import ManagerFactory
@@ -173,3 +175,23 @@ def test_a_child_forked_inside_the_block_leaves_the_server_to_its_parent(
         "parent sees: running True",
         "after: stopped",
     ], proc.stderr
+
+
+def test_ready_wait_after_a_stop_waits_for_what_runs_now(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """``ready_wait()`` of an object that had stopped its server waited for that exited
+    child: "postgres exited during start-up" with nothing running, and the same error with
+    a server another Manager had started since, ready all along."""
+    from pgmgr import WorkerError
+
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m, other = managers(datadir), managers(datadir)
+    m.start()
+    m.stop()
+    with pytest.raises(WorkerError, match=r"^no server process to wait for"):
+        m.ready_wait(timeout=1)
+    other.start()
+    m.ready_wait(timeout=5)
+    assert m.process is not None and m.process.returncode is not None  # still its own
+    assert other.stop() is True
