@@ -99,17 +99,26 @@ def version(value: object) -> str | None:
 
 
 def options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword options, checked; ``None`` means the default, paths are absolute.
+    """The keyword options, checked; ``None`` (and '' for a path) means the default,
+    paths are absolute.
 
     :raises DatabaseException: a value of the wrong type.
     """
     out = {k: v for k, v in kwargs.items() if v is not None}
+    for key in PATH_OPTIONS:
+        if out.get(key) == "":  # the default, as it always was
+            del out[key]
     for key in TEXT_OPTIONS:
         if key in out and not isinstance(out[key], str):
             raise DatabaseException(f"invalid {key} {out[key]!r}: a string")
     for key in PATH_OPTIONS:
         if key in out:
             out[key] = str(path(out[key], key))
+    if out.get("password") == "":
+        raise DatabaseException(
+            "invalid password '': PostgreSQL has no empty passwords (the url could not log "
+            "in); leave it out for a generated one"
+        )
     if "settings" in out and not isinstance(out["settings"], Mapping):
         raise DatabaseException(f"invalid settings {out['settings']!r}: a dict of name: value")
     extra = out.get("initdb_args", [])

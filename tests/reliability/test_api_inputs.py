@@ -50,6 +50,7 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("db_dir", {"db_dir": 5}),
     ("pg_version", {"pg_version": 15.4}),
     ("password", {"password": 5}),  # was a record 'pgmgr status' calls broken
+    ("password", {"password": ""}),  # was a server its url could not log in to
     ("name", {"name": 5}),
     ("settings", {"settings": ["work_mem=64MB"]}),
     ("initdb_args", {"initdb_args": "--data-checksums"}),  # was split into characters
@@ -166,3 +167,20 @@ def test_a_state_dir_that_is_a_file_is_a_database_exception(
         monkeypatch.setenv("PGMGR_STATE_DIR", state)
         assert pg.status().state == "running"  # refused before anything was done
     assert postmasters_under(work) == []
+
+
+def test_empty_paths_and_none_options_take_the_defaults(work: Path) -> None:
+    with Manager(
+        "127.0.0.1",
+        free_port("127.0.0.1"),
+        work / "data",
+        initialize=True,
+        socket_dir="",
+        log_file="",
+        superuser=None,
+        settings=None,
+    ) as pg:
+        pg.health()
+        status = pg.status()
+        assert status.socket_dir and status.log_file
+        assert Path(status.log_file).parent.name == "logs"
