@@ -307,14 +307,32 @@ class Manager:
         the block began (started by someone else) is left running, as pytest-postgresql's
         ``noproc`` fixtures leave theirs. In a process forked inside the block, leaving it
         (a ``sys.exit()`` in the child) leaves the server to the process that started it,
-        as testing.postgresql does: it stopped the parent's server under it."""
+        as testing.postgresql does: it stopped the parent's server under it. The stop goes
+        past another pgmgr holding the instance's lock (see :meth:`_stop_own_child`)."""
         if not self.started:
             return
         try:
             self.stop()
         except WorkerError:
             self.stop(mode="immediate")
+        except PgmgrError:
+            if not self._stop_own_child():
+                raise
         self._started = None
+
+    def _stop_own_child(self) -> bool:
+        """The stop could not even begin (another pgmgr held the instance's lock for its
+        whole wait, Busy): the server this object spawned goes all the same, by its own
+        signals (fast, then immediate and SIGKILL after 30 s). It was left running, and
+        the block raised. False when it is not this object's child (nothing done).
+        """
+        from pgmgr.core import startup
+
+        child = self._server.child
+        if child is None or child.pid != self._started or child.poll() is not None:
+            return False
+        startup.cancel_start(self._server)
+        return True
 
     def __repr__(self) -> str:
         return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"

@@ -195,3 +195,22 @@ def test_ready_wait_after_a_stop_waits_for_what_runs_now(
     m.ready_wait(timeout=5)
     assert m.process is not None and m.process.returncode is not None  # still its own
     assert other.stop() is True
+
+
+def test_leaving_the_block_stops_its_server_past_a_held_lock(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """Another pgmgr holds the instance's lock for longer than a stop waits for it (30 s:
+    an export, say) when the block ends: the stop's Busy left the server this object had
+    started running, and the block raised it."""
+    import contextlib
+
+    from pgmgr.core import dirlock
+
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m = managers(datadir)
+    with contextlib.ExitStack() as held:
+        with m:
+            held.enter_context(dirlock.lock(datadir, timeout=5))
+        assert m.status().state == "stopped" and m.started is False
+        assert m.process is not None and m.process.poll() is not None
