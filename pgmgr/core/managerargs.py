@@ -35,8 +35,13 @@ def host(value: object) -> str:
     """
     if not isinstance(value, str):
         raise DatabaseException(f"invalid host {value!r}: a string ({LOOPBACK_HELP})")
-    for h in (part.strip() for part in value.split(",")):
-        if h and not _loopback(h):
+    if not value.strip():
+        return ""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):  # postgres refused it at start, after the init and the record
+        raise DatabaseException(f"invalid host {value!r}: an empty address in the list")
+    for h in parts:
+        if not _loopback(h):
             raise DatabaseException(
                 f"invalid host {value!r}: a Manager's server listens on loopback only "
                 f"({LOOPBACK_HELP})"

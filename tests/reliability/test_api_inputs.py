@@ -44,6 +44,7 @@ def test_an_existing_data_dir_is_not_started_on_every_interface(work: Path) -> N
 BAD: list[tuple[str, dict[str, Any]]] = [
     ("host", {"host": None}),
     ("host", {"host": 5}),
+    ("host", {"host": "127.0.0.1,"}),  # was initialized, then refused by postgres
     ("port", {"port": True}),  # was port 1
     ("port", {"port": 5433.5}),  # was 5433
     ("db_dir", {"db_dir": b"/tmp/x"}),
