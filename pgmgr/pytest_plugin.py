@@ -316,7 +316,7 @@ def pgmgr_db(
     (by the pool's worker, after the test, when there is a pool)."""
     if pgmgr_pool is None:
         name = f"test_{os.getpid()}_{next(_counter)}"
-        pgmgr_server.create_database(name, template=pgmgr_template)
+        _create(pgmgr_server, name, pgmgr_template)
     else:
         name = pgmgr_pool.acquire(pgmgr_template, request.config.stash.get(_generation, 0))
     env = pgmgr_server.environment(dbname=name)
@@ -324,9 +324,47 @@ def pgmgr_db(
         yield Database(name, env["DATABASE_URL"], pgmgr_server.database_dsn(name), env)
     finally:
         if pgmgr_pool is None:
-            pgmgr_server.drop_database(name)
+            _drop(pgmgr_server, name)
         else:
             pgmgr_pool.release(name)
+
+
+def _create(server: TemporaryInstance, name: str, template: str) -> None:
+    """Make a test's database (no pool).
+
+    :raises DatabaseException: it could not be made (the template is gone, the server is
+        down), as the pool's PoolError says it; not a raw psycopg error from in here.
+    """
+    import psycopg
+
+    try:
+        server.create_database(name, template=template)
+    except psycopg.Error as e:
+        raise _failed(f"cannot make the test database {name} from {template}", e) from None
+
+
+def _drop(server: TemporaryInstance, name: str) -> None:
+    """Drop a test's database (no pool). One a prepared transaction the test left uses
+    cannot be dropped while the server runs: it stays, and goes with the server at the
+    end, as the pool leaves it (the test errored at teardown with psycopg's ObjectInUse
+    only when the pool was off).
+
+    :raises DatabaseException: it could not be dropped (the server is down).
+    """
+    import psycopg
+
+    try:
+        server.drop_database(name)
+    except psycopg.errors.ObjectInUse:
+        pass
+    except psycopg.Error as e:
+        raise _failed(f"cannot drop the test database {name}", e) from None
+
+
+def _failed(what: str, e: Exception) -> Exception:
+    from pgmgr.core.errors import DatabaseException
+
+    return DatabaseException(f"{what}: {' '.join(str(e).split())}")
 
 
 @pytest.fixture(autouse=True)

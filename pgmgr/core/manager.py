@@ -29,8 +29,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pgmgr.core import dirlock, registry, server, stopmark, stopwait
-from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
+from pgmgr.core import dirlock, managerargs, registry, server, stopmark, stopwait
+from pgmgr.core.errors import (
+    DatabaseException,
+    PgmgrError,
+    VersionNotFound,
+    WorkerError,
+    describe_os_error,
+)
 from pgmgr.core.instance import Server, StartResult, Status
 from pgmgr.core.locked import SWITCHED, locked
 from pgmgr.core.server import InitOptions
@@ -57,8 +63,9 @@ OPTIONS = {
 class Manager:
     """Postgres manager object.
 
-    :param host: the interface to listen on (default 127.0.0.1; '' for the socket only).
-    :param port: the port to listen on.
+    :param host: the interface to listen on: loopback only (default 127.0.0.1; also ::1,
+        localhost, a comma-separated list of those, or '' for the socket only).
+    :param port: the port to listen on (an int, or a string of digits).
     :param db_dir: the database data directory.
     :param initialize: initialize the data directory iff it does not exist yet (an empty
         directory counts as not existing).
@@ -68,7 +75,8 @@ class Manager:
         directory's major version wins, and asking for another one is an error.
     :param kwargs: see :data:`OPTIONS`.
     :raises DatabaseException: initialization failed (initdb's stderr is kept), a version
-        mismatch, or a bad option value.
+        mismatch, or a bad argument or option value (of the wrong type too: see
+        :mod:`pgmgr.core.managerargs`; ``None`` for an option means its default).
     """
 
     def __init__(
@@ -86,17 +94,13 @@ class Manager:
                 f"Manager() got unknown option(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(OPTIONS)}"
             )
-        if not db_dir:
-            raise DatabaseException("db_dir is required")
-        self.host = host
-        try:
-            self.port = int(port)
-        except (TypeError, ValueError):
-            raise DatabaseException(f"invalid port {port!r}: a number from 1 to 65535") from None
-        self.db_dir = Path(os.path.abspath(db_dir))
-        self.pg_version = pg_version or None
-        self.kwargs = kwargs
-        self._started = False
+        self.host = managerargs.host(host)
+        self.port = managerargs.port(port)
+        self.db_dir = managerargs.path(db_dir, "db_dir")
+        self.pg_version = managerargs.version(pg_version)
+        self.kwargs = kwargs = managerargs.options(kwargs)
+        self._started: int | None = None  # the pid of the server this object started
+        self._owner = os.getpid()  # the process that started it (see __exit__)
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
@@ -118,7 +122,7 @@ class Manager:
         if inst.name not in registry.names():  # a new record: see registry.prune_vanished
             inst.origin = "library"
         if kwargs.get("log_file"):
-            inst.log_file = str(Path(kwargs["log_file"]).absolute())
+            inst.log_file = kwargs["log_file"]  # absolute: see managerargs
         # For a data directory made elsewhere only the caller knows these; initdb sets them
         # itself below otherwise.
         if kwargs.get("superuser"):
@@ -182,9 +186,10 @@ class Manager:
         :raises OSError: postgres cannot be launched.
         :raises WorkerError: it exited during start-up or was not ready in time.
         """
+        timeout = managerargs.timeout(timeout)
         # the record as a switch (upgrade, restore) we waited behind left it, with this
         # object's own settings kept
-        with _seed_errors(), locked(self._server, only=SWITCHED):
+        with _seed_errors(launch=True), locked(self._server, only=SWITCHED):
             result = self._server.start(
                 host=self.host,
                 port=self.port,
@@ -196,7 +201,9 @@ class Manager:
                 wait=wait,
             )
         if not result.already_running:
-            self._started = True
+            self._started, self._owner = result.pid, os.getpid()
+        elif result.pid != self._started:  # running, but not the one this object started
+            self._started = None
         return result
 
     def ready_wait(self, timeout: float = 10.0, verbose: bool = False) -> None:
@@ -204,8 +211,19 @@ class Manager:
 
         :raises WorkerError: no subprocess, or not ready within ``timeout``.
         """
-        with _seed_errors():
-            pf = self._server.ready_wait(timeout)
+        timeout = managerargs.timeout(timeout)
+        child = self._server.child
+        # One this object stopped is no start-up to wait for: the server running there now
+        # (another's start), else none (it said "exited during start-up" for both).
+        stopped = child is not None and self._started is None and child.poll() is not None
+        try:
+            if stopped:
+                self._server.child = None
+            with _seed_errors():
+                pf = self._server.ready_wait(timeout)
+        finally:
+            if stopped and self._server.child is None:
+                self._server.child = child
         if verbose:
             print(f"postgres (pid {pf.pid}) ready on port {pf.port}")
 
@@ -222,17 +240,22 @@ class Manager:
         :raises WorkerError: it did not exit within ``timeout``.
         """
         mode = mode or self.stop_mode
-        if mode not in server.STOP_SIGNALS:
+        timeout = managerargs.timeout(timeout)
+        if not isinstance(mode, str) or mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop mode {mode!r}: use smart, fast or immediate")
+        _check_visible(self.db_dir)
         # a weaker stop in progress (another process's) is escalated: see stopwait
         with _seed_errors(), stopwait.locked(self._server, mode, timeout, only=SWITCHED) as took:
             stopped = self._server.stop(mode, timeout, wait)
+            self._started = None  # what runs there next is not this object's
             # stopped on purpose now, as by 'pgmgr stop': see pgmgr.core.stopmark
             stopmark.clear_saved(self._server)
             return stopped or took is not None
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit."""
+        timeout = managerargs.timeout(timeout, none_ok=True)
+        _check_visible(self.db_dir)
         with _seed_errors():
             return self._server.wait(timeout)
 
@@ -266,8 +289,9 @@ class Manager:
 
     @property
     def started(self) -> bool:
-        """This object started the server (not merely found it running)."""
-        return self._started
+        """This object started the server (not merely found it running), in this process
+        (not in the one a child was forked from), and has not stopped it since."""
+        return self._started is not None and self._owner == os.getpid()
 
     def __enter__(self) -> Manager:
         self.start()
@@ -281,27 +305,79 @@ class Manager:
     ) -> None:
         """Stop the server if this object started it; one that was already running when
         the block began (started by someone else) is left running, as pytest-postgresql's
-        ``noproc`` fixtures leave theirs."""
-        if not self._started:
+        ``noproc`` fixtures leave theirs. In a process forked inside the block, leaving it
+        (a ``sys.exit()`` in the child) leaves the server to the process that started it,
+        as testing.postgresql does: it stopped the parent's server under it. The stop goes
+        past another pgmgr holding the instance's lock (see :meth:`_stop_own_child`)."""
+        if not self.started:
             return
         try:
             self.stop()
         except WorkerError:
             self.stop(mode="immediate")
-        self._started = False
+        except PgmgrError:
+            if not self._stop_own_child():
+                raise
+        self._started = None
+
+    def _stop_own_child(self) -> bool:
+        """The stop could not even begin (another pgmgr held the instance's lock for its
+        whole wait, Busy): the server this object spawned goes all the same, by its own
+        signals (fast, then immediate and SIGKILL after 30 s). It was left running, and
+        the block raised. False when it is not this object's child (nothing done).
+        """
+        from pgmgr.core import startup
+
+        child = self._server.child
+        if child is None or child.pid != self._started or child.poll() is not None:
+            return False
+        startup.cancel_start(self._server)
+        return True
 
     def __repr__(self) -> str:
         return f"Manager({self.host!r}, {self.port!r}, {str(self.db_dir)!r})"
 
 
+def _check_visible(datadir: Path) -> None:
+    """Whether a server runs in ``datadir`` is known only from its ``postmaster.pid``: one
+    this user may not read (another user's data directory) made ``stop()`` return False,
+    "not running", and ``wait()`` return at once, while the server ran on.
+
+    :raises DataDirNotFound: ``postmaster.pid`` cannot be read (permission denied).
+    """
+    from pgmgr.core.state import DataDirNotFound
+
+    try:
+        os.close(os.open(datadir / "postmaster.pid", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except PermissionError:
+        raise DataDirNotFound(
+            datadir,
+            "cannot be read (permission denied): whether a server runs there is unknown",
+            hint="run this as the user who runs the server (or as root)",
+        ) from None
+    except OSError:  # none (not running), or no such directory: nothing runs there
+        pass
+
+
 @contextlib.contextmanager
-def _seed_errors() -> Iterator[None]:
+def _seed_errors(launch: bool = False) -> Iterator[None]:
     """The seed's exception contract: what pgmgr raises about a data directory or an option
     (a usage error, a busy lock, no such data directory) reaches the caller as a
-    :class:`DatabaseException`; :class:`WorkerError` and ``OSError`` pass as they are."""
+    :class:`DatabaseException`; :class:`WorkerError` passes as it is. So does ``OSError``
+    in ``start()`` (``launch``: the seed's "postgres fails to launch"); elsewhere one (a
+    state directory that is a file, say: it was a raw NotADirectoryError from the
+    constructor and from ``stop()``) is a :class:`DatabaseException` saying what failed."""
     try:
         yield
+    except VersionNotFound as e:  # the version is this API's pg_version, not the CLI's flag
+        e.message = e.message.replace("(from --version)", "(from pg_version)")
+        e.args = (e.message,)
+        raise
     except (DatabaseException, WorkerError):
         raise
     except PgmgrError as e:
         raise DatabaseException(e.message, hint=e.hint) from e
+    except OSError as e:
+        if launch:
+            raise
+        raise DatabaseException(describe_os_error(e)) from e

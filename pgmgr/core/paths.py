@@ -299,5 +299,6 @@ def check_path_text(path: Path, what: str) -> Path:
             hint="rename it, or use a path whose name is valid UTF-8",
         ) from None
     if "\n" in text or "\r" in text or "\0" in text:
-        raise UsageError(f"invalid {what} {text!r}: it holds a line break")
+        bad = "a NUL byte" if "\0" in text else "a line break"  # only a library caller's
+        raise UsageError(f"invalid {what} {text!r}: it holds {bad}")
     return path

@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from pgmgr.core import registry
 from pgmgr.core.instance import Server
@@ -42,6 +46,31 @@ def test_context_manager_stops_what_it_started(
     with m:
         assert m.started is True
     assert m.status().state == "stopped" and m.started is False
+
+
+def test_context_manager_leaves_a_server_started_again_by_someone_else(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """An object that started the server and stopped it (or saw it stopped and started by
+    another) no longer started what runs there: its ``with`` block stopped the server of
+    the other Manager (or of 'pgmgr start') all the same, and ``started`` said True."""
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m, other = managers(datadir), managers(datadir)
+    m.start()
+    assert m.stop() is True and m.started is False
+    other.start()
+    pid = other.status().pid
+    with m:
+        assert m.started is False
+    assert other.status().state == "running" and other.status().pid == pid
+    other.stop()
+    m.start()
+    other.stop()  # stopped behind m's back, then started again by the other one
+    other.start()
+    with m:
+        assert m.started is False
+    assert other.status().state == "running"
+    assert other.stop() is True
 
 
 def status_names() -> dict[str, str]:
@@ -112,3 +141,76 @@ def _state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
+
+
+FORKED = """
+import os, sys
+from pgmgr import Manager
+
+with Manager("127.0.0.1", int(sys.argv[2]), sys.argv[1]) as pg:
+    pid = os.fork()
+    if pid == 0:
+        print("child started:", pg.started, flush=True)
+        sys.exit(0)  # the child leaves the block too
+    os.waitpid(pid, 0)
+    print("parent sees:", pg.status().state, pg.started, flush=True)
+    pg.health()
+print("after:", pg.status().state, flush=True)
+"""
+
+
+def test_a_child_forked_inside_the_block_leaves_the_server_to_its_parent(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """The child's ``sys.exit()`` left the inherited ``with`` block and stopped the server
+    under the parent (its health() then failed)."""
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    port = managers(datadir).port  # stopped at the end, whatever the script did
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED, str(datadir), str(port)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.stdout.splitlines() == [
+        "child started: False",
+        "parent sees: running True",
+        "after: stopped",
+    ], proc.stderr
+
+
+def test_ready_wait_after_a_stop_waits_for_what_runs_now(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """``ready_wait()`` of an object that had stopped its server waited for that exited
+    child: "postgres exited during start-up" with nothing running, and the same error with
+    a server another Manager had started since, ready all along."""
+    from pgmgr import WorkerError
+
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m, other = managers(datadir), managers(datadir)
+    m.start()
+    m.stop()
+    with pytest.raises(WorkerError, match=r"^no server process to wait for"):
+        m.ready_wait(timeout=1)
+    other.start()
+    m.ready_wait(timeout=5)
+    assert m.process is not None and m.process.returncode is not None  # still its own
+    assert other.stop() is True
+
+
+def test_leaving_the_block_stops_its_server_past_a_held_lock(
+    templates: Callable[[str], Path], work_dir: Path, managers: ManagerFactory
+) -> None:
+    """Another pgmgr holds the instance's lock for longer than a stop waits for it (30 s:
+    an export, say) when the block ends: the stop's Busy left the server this object had
+    started running, and the block raised it."""
+    import contextlib
+
+    from pgmgr.core import dirlock
+
+    datadir = copy_datadir(templates("15"), work_dir / "data")
+    m = managers(datadir)
+    with contextlib.ExitStack() as held:
+        with m:
+            held.enter_context(dirlock.lock(datadir, timeout=5))
+        assert m.status().state == "stopped" and m.started is False
+        assert m.process is not None and m.process.poll() is not None

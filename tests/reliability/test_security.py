@@ -281,7 +281,7 @@ def test_manager_refuses_listen_addresses_setting(work: Path) -> None:
     with pytest.raises(DatabaseException, match="managed by pgmgr"):
         Manager(
             "127.0.0.1",
-            0,
+            54321,  # a valid port: 0 is refused first
             work / "db",
             initialize=True,
             settings={"listen_addresses": "*"},
@@ -447,7 +447,7 @@ def test_manager_refuses_root(work: Path) -> None:
     from pgmgr import DatabaseException, Manager
 
     with pytest.raises(DatabaseException, match="root"):
-        Manager("127.0.0.1", 0, work / "db", initialize=True, user="root")
+        Manager("127.0.0.1", 54321, work / "db", initialize=True, user="root")
     assert not (work / "db").exists() or not any((work / "db").iterdir())
 
 
