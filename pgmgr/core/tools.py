@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from pgmgr.core import server, testhook
+from pgmgr.core import server, sigdefault, testhook
 from pgmgr.core.errors import CommandFailed, WorkerError
 from pgmgr.core.privileges import ServerUser
 
@@ -85,6 +85,7 @@ def run(
                 user=uid,
                 group=gid,
                 extra_groups=groups,
+                preexec_fn=sigdefault.preexec(),  # default dispositions, none blocked
             )
             testhook.pause(f"run-{os.path.basename(argv[0])}")
         for sig in held:
