@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
+from collections.abc import Callable
 
 from pgmgr.core import process
 
@@ -97,3 +99,22 @@ def describe(found: tuple[int, str | None]) -> str:
     pid, path = found
     what = f"{path}, a FIFO" if path else "a FIFO"
     return f"process {pid} waits for ever to open {what} (a configuration file replaced by one?)"
+
+
+def watchdog() -> Callable[[int], str | None]:
+    """A watch for :func:`pgmgr.core.tools.run`: called about once a second with the
+    program's pid, it SIGKILLs a process of its tree seen waiting to open a FIFO twice in
+    a row (nothing else reaches it: its signals are blocked, and a wait for its exit,
+    pg_upgrade's or the subreaper's, would be for ever or for the whole grace) and
+    returns what it found, said in words; None while there is nothing to say."""
+    last: list[tuple[int, str | None]] = []
+
+    def watch(root: int) -> str | None:
+        found = find(root)
+        seen, last[:] = last[:], [found] if found else []
+        if found is None or seen != [found]:
+            return None
+        process.signal_pid(found[0], signal.SIGKILL)
+        return describe(found)
+
+    return watch
