@@ -245,6 +245,7 @@ def upgrade(
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
             conf.check_regular(srv, store)
             conf.check_libraries(srv, store, new)
+            testhook.pause("upgrade-checked")
             opts, scoped = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"
             say(f"initdb {new.version}")

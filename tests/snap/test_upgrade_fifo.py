@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import error_lines
+from tests.helpers import error_lines, postgres_pids_under
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_upgrade import facts, up  # noqa: F401
@@ -85,3 +85,43 @@ def test_a_fifo_swapped_in_after_the_checks_ends_pg_upgrade(
     assert leftovers(up.store) == []
     assert up.pgmgr("start", "up").returncode == 0
     assert facts(up) == before
+
+
+def test_a_fifo_swapped_in_before_the_settings_are_read_is_named(
+    up: Inst,  # noqa: F811
+    scratch: Path,
+) -> None:
+    """The FIFO put in place right after the checks, the instance stopped: the server
+    pgmgr runs to read the cluster's settings waited for ever to open it, its signals
+    blocked: pgmgr waited 60 s for it to be ready, 60 s more for it to stop, and it then
+    outlived pgmgr (its death signal blocked too). It is killed and named."""
+    assert up.pgmgr("stop", "up").returncode == 0
+    conf = up.datadir / "postgresql.conf"
+    saved, owner = conf.read_bytes(), conf.stat()
+    hooks = scratch / "hooks"
+    hooks.mkdir(mode=0o777, exist_ok=True)
+    hooks.chmod(0o777)
+    try:
+        with Paused(
+            hooks, "upgrade-checked", "upgrade", "up", "-v", "18", "--yes", env=up.env
+        ) as run:
+            run.reached()
+            conf.unlink()
+            os.mkfifo(conf, 0o600)
+            os.chown(conf, owner.st_uid, owner.st_gid)  # the server user's
+            t0 = time.monotonic()
+            done = run.go(timeout=200)
+            took = time.monotonic() - t0
+        left = postgres_pids_under(up.datadir)
+    finally:
+        conf.unlink(missing_ok=True)
+        conf.write_bytes(saved)
+        os.chown(conf, owner.st_uid, owner.st_gid)
+    assert done.returncode == 1, str(done)
+    assert error_lines(done.stderr)[0].startswith("Error: cannot upgrade 'up': process "), str(done)
+    assert f"waits for ever to open {conf}, a FIFO" in done.stderr, str(done)
+    assert took < 30, f"{took:.0f} s"
+    assert left == [], f"left running: {left}"
+    assert up.record()["major"] == "15"
+    assert leftovers(up.store) == []
+    assert up.pgmgr("start", "up").returncode == 0
