@@ -60,23 +60,31 @@ def test_a_fifo_for_a_config_file_is_named_and_bounded_by_the_start_timeout(
     waited 35 s more (a fast stop the server could not act on, 30 s, then an immediate
     one, 5 s: both waited through postmaster.pid, which it had not written yet). It
     stops it at once now (SIGKILL: nothing else reaches it), and says why. pg_hba.conf is
-    read once postmaster.pid is written: that one stays, the instance is then 'crashed'
-    (the next start clears it)."""
+    read once postmaster.pid and the shared memory are made: those stay, the instance is
+    then 'crashed', and the next start clears them (PostgreSQL removes a killed
+    postmaster's segments, found through its postmaster.pid)."""
     inst = cluster("conffifo")
     conf = inst.datadir / name
-    owner = conf.stat()
+    saved, owner = conf.read_bytes(), conf.stat()
     conf.unlink()
     os.mkfifo(conf, 0o600)
     os.chown(conf, owner.st_uid, owner.st_gid)
     t0 = time.monotonic()
-    run = pgmgr("start", "conffifo", "-p", "auto", "--timeout", "2", timeout=90)
-    took = time.monotonic() - t0
+    try:
+        run = pgmgr("start", "conffifo", "-p", "auto", "--timeout", "2", timeout=90)
+    finally:
+        took = time.monotonic() - t0
+        conf.unlink()
+        conf.write_bytes(saved)
+        os.chown(conf, owner.st_uid, owner.st_gid)
     assert run.returncode == 1, str(run)
     assert f"waits for ever to open {conf}, a FIFO" in one_error(run), str(run)
     assert took < 12, f"{took:.1f} s for --timeout 2"
     assert wait_no_processes(inst.datadir, timeout=5) == []
     state = pgmgr("status", "conffifo", "--json").json()["state"]
     assert state == ("crashed" if name == "pg_hba.conf" else "stopped")
+    assert pgmgr("start", "conffifo", "-p", "auto").returncode == 0  # clears what is left
+    assert pgmgr("stop", "conffifo").returncode == 0
 
 
 @pytest.mark.parametrize("kind", ["fifo", "zero"])
