@@ -23,6 +23,14 @@ def ok(run: Run) -> Run:
     return run
 
 
+def _caller(ignore: tuple[int, ...], block: tuple[int, ...]) -> None:
+    """In the forked child: what a caller that ignores ``ignore`` and blocks ``block``
+    leaves to pgmgr."""
+    for s in ignore:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, block)
+
+
 class Paused:
     """``pgmgr ARGS`` started with a pause at ``step``; :meth:`reached` waits for it."""
 
@@ -33,8 +41,10 @@ class Paused:
         *args: str,
         env: dict[str, str] | None = None,
         ignore: tuple[int, ...] = (),
+        block: tuple[int, ...] = (),
     ):
-        """``ignore``: signals pgmgr starts with ignored (as under ``nohup``, SIGHUP)."""
+        """``ignore``: signals pgmgr starts with ignored (as under ``nohup``, SIGHUP);
+        ``block``: signals it starts with blocked."""
         self.hooks, self.step = hooks, step
         self._disarm()
         (hooks / step).touch()
@@ -46,9 +56,7 @@ class Paused:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: [signal.signal(s, signal.SIG_IGN) for s in ignore])
-            if ignore
-            else None,
+            preexec_fn=(lambda: _caller(ignore, block)) if ignore or block else None,
         )
 
     def __enter__(self) -> Paused:

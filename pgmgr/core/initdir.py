@@ -16,6 +16,7 @@ from pgmgr.core import (
     dirpath,
     privileges,
     server,
+    sigdefault,
     sigguard,
     staging,
     testhook,
@@ -239,6 +240,7 @@ def apply_pending_password(
         timeout=30,
         env=server._child_env(None),
         check=False,
+        preexec_fn=sigdefault.preexec(),  # default dispositions, none blocked
     )
     if proc.returncode != 0 and not srv.inst.password_reset:
         raise DatabaseException(f"could not set the password: {proc.stderr.strip()}")

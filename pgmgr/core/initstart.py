@@ -55,19 +55,21 @@ def precheck(
 
 def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -> None:
     """Ask postgres itself (``postgres -C``, which applies every ``-c`` and exits) whether
-    it accepts ``settings``, with an empty configuration in a private temporary directory.
+    it accepts ``settings``, with an empty configuration in a private temporary directory
+    the server user can reach (/tmp when root's temp dir is private to root).
 
     Only a verdict about a parameter counts: anything else (the check itself could not run)
     is left for the start to report.
 
     :raises DatabaseException: a setting is unknown or its value invalid.
     """
-    from pgmgr.core import ownerrm, sweep, userfs
+    from pgmgr.core import ownerrm, sockets, sweep, userfs
 
     install = srv.installation()
     su = srv.user(user)
     sweep.dead_runs(su)  # the dirs of checks (and of this user's other runs) killed
-    tmp = sweep.make_dir(f"pgmgr-cfg-{os.getpid()}-")
+    # made by pgmgr, then given to the server user: only reaching it matters
+    tmp = sweep.make_dir(f"pgmgr-cfg-{os.getpid()}-", sockets.temp_base_for(su, make=False))
     parent = str(tmp.parent)
     held = None
     try:

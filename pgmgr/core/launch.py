@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pgmgr.core import process, testhook
+from pgmgr.core import process, sigdefault, testhook
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError, doing
 from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.privileges import ServerUser
@@ -133,7 +133,8 @@ def spawn(
     import subprocess
 
     linux = sys.platform == "linux"
-    preexec = _die_with(os.getpid(), death) if die_with_parent and linux else None
+    dies = die_with_parent and linux
+    preexec = _die_with(os.getpid(), death) if dies else None
     if testhook.armed("start-exec"):  # tests: the child waits, pgmgr is inside Popen
         preexec = _pausing(preexec)
 
@@ -156,10 +157,11 @@ def spawn(
                 user=uid,
                 group=gid,
                 extra_groups=groups,
-                preexec_fn=preexec,
+                # default dispositions, no signal blocked: read in the spawning thread
+                preexec_fn=sigdefault.preexec(preexec),
             )
 
-        if preexec is not None and threading.current_thread() is not threading.main_thread():
+        if dies and threading.current_thread() is not threading.main_thread():
             child: subprocess.Popen[bytes] = _Lasting.run(popen)
             return child
         return popen()

@@ -244,7 +244,7 @@ def socket_dir(
         return chosen
     import tempfile
 
-    base = tempfile.gettempdir()
+    base = sockets.temp_base_for(user)  # one the server can reach (root's may be private)
     if len(socket_path(Path(base) / "pgmgr-xxxxxxxx", port)) > SOCKET_PATH_MAX:
         base = "/tmp"  # noqa: S108 - a short private dir is made inside it, mode 0700
     path = Path(tempfile.mkdtemp(prefix="pgmgr-", dir=base))

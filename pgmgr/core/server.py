@@ -263,7 +263,7 @@ def run(
     """
     import subprocess
 
-    from pgmgr.core import tools
+    from pgmgr.core import sigdefault, tools
 
     uid, gid, groups = _ids(user)
     preexec = None
@@ -285,7 +285,7 @@ def run(
                 user=uid,
                 group=gid,
                 extra_groups=groups,
-                preexec_fn=preexec,
+                preexec_fn=sigdefault.preexec(preexec),  # default dispositions, none blocked
                 start_new_session=True,
             )
         for sig in held:

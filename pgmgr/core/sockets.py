@@ -185,20 +185,26 @@ def temp_dirs() -> list[str]:
     return [here] if os.environ.get("TMPDIR") or here == "/tmp" else [here, "/tmp"]  # noqa: S108
 
 
-def temp_base_for(user: ServerUser | None) -> str:
-    """The temp dir, if ``user`` may make a directory there; else /tmp. As root the temp
-    dir is root's, maybe private (``TMPDIR=/tmp/user/0``, 0700, with pam_tmpdir): an
-    upgrade's socket dir, made there as the server user, failed ("Permission denied")."""
+def temp_base_for(user: ServerUser | None, make: bool = True) -> str:
+    """The temp dir, if ``user`` may reach it and (``make``) make a directory there; else
+    /tmp. As root the temp dir is root's, maybe private (``TMPDIR=/tmp/user/0``, 0700,
+    with pam_tmpdir, or one inside root's home): an upgrade's socket dir, made there as
+    the server user, failed ("Permission denied"), and the server user's ``postgres -C``
+    of ``start --init -c`` (a directory root makes and gives it: ``make=False``) was
+    pointed at a directory it could not enter."""
     import tempfile
 
-    from pgmgr.core.privileges import _can
+    from pgmgr.core.privileges import _can, blocking_dir
 
     base = tempfile.gettempdir()
     try:
         st = os.stat(base)
     except OSError:
         return "/tmp"  # noqa: S108 - a private directory is made inside
-    if user is None or (_can(st, user, 2) and _can(st, user, 1)):
+    if user is None:
+        return base
+    writes = _can(st, user, 2) or not make
+    if writes and _can(st, user, 1) and blocking_dir(Path(base), user) is None:
         return base
     return "/tmp"  # noqa: S108 - a private directory is made inside
 

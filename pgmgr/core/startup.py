@@ -425,17 +425,38 @@ def ready_wait(srv: Server, timeout: float = 10.0) -> process.PidFile:
     except ServerExited:
         srv._reap()
         raise
-    except WorkerError:
+    except WorkerError as e:
+        from pgmgr.core import fifowait
+
+        stuck = fifowait.find(pid)  # the cause, said before the process is gone
+        if stuck is not None:
+            e.message += f": {fifowait.describe(stuck)}"
         process.signal_pid(pid, server.STOP_SIGNALS["immediate"])
-        if not process.wait_gone(pid, srv.datadir, 5.0) and srv.child is not None:
+        if srv.child is None:
+            process.wait_gone(pid, srv.datadir, 5.0)
+        elif not _child_exits(srv.child, 0.0 if stuck else 5.0):
             # Our own child, never ready, ignoring SIGQUIT (blocked opening a FIFO its
-            # user planted as the socket lock, say): it must not outlive the failure.
+            # user planted as the socket lock or a configuration file, say): it must not
+            # outlive the failure. Waited for as our child, not through postmaster.pid,
+            # which one blocked that early has not written: the fast stop of the
+            # clean-up then waited 30 s more, and the immediate one 5 s.
             process.signal_pid(srv.child.pid, signal.SIGKILL)
+            _child_exits(srv.child, 5.0)
         srv._reap()
         raise
+
     if srv.inst.password_pending:  # a template copy started with wait=False
         apply_pending_password(srv, srv.installation(), None)
     return pf
+
+
+def _child_exits(child: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether our child ``child`` exits (reaped) within ``timeout`` seconds."""
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def apply_pending_password(

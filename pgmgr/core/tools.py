@@ -13,10 +13,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from pgmgr.core import server, testhook
+from pgmgr.core import server, sigdefault, testhook
 from pgmgr.core.errors import CommandFailed, WorkerError
 from pgmgr.core.privileges import ServerUser
 
@@ -35,6 +35,7 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     reap: bool = False,
+    watch: Callable[[int], str | None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (never through a shell) as ``user`` in ``cwd``, in its own session.
 
@@ -45,7 +46,12 @@ def run(
     survives it, even one in a session of its own (pg_upgrade's servers): stopped, the
     wrapper stops them all (a fast shutdown first) before it exits.
 
+    ``watch``: called with the program's pid about once a second while it runs; what it
+    returns, if anything, says why the program cannot go on (see
+    :func:`pgmgr.core.fifowait.watchdog`): it is stopped, :class:`Stuck` says that.
+
     :raises CommandFailed: it exits non-zero (stdout and stderr kept).
+    :raises Stuck: ``watch`` found it stuck.
     """
     import subprocess
 
@@ -85,11 +91,12 @@ def run(
                 user=uid,
                 group=gid,
                 extra_groups=groups,
+                preexec_fn=sigdefault.preexec(),  # default dispositions, none blocked
             )
             testhook.pause(f"run-{os.path.basename(argv[0])}")
         for sig in held:
             signal.raise_signal(sig)  # now, to the handler it was meant for
-        out, err = proc.communicate(timeout=timeout)
+        out, err = _communicate(proc, timeout, watch)
     except BaseException as e:
         if proc is not None:
             _stop_group(proc, grace)
@@ -99,6 +106,41 @@ def run(
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, err.strip() or out)
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+class Stuck(WorkerError):
+    """The program cannot go on (what a ``watch`` of :func:`run` found); it was stopped."""
+
+
+#: Seconds between two calls of a :func:`run` ``watch``.
+WATCH_EVERY = 1.0
+
+
+def _communicate(
+    proc: subprocess.Popen[str],
+    timeout: float | None,
+    watch: Callable[[int], str | None] | None,
+) -> tuple[str, str]:
+    """``proc.communicate(timeout=timeout)``, calling ``watch`` between slices of it.
+
+    :raises subprocess.TimeoutExpired: ``timeout`` passed.
+    :raises Stuck: ``watch`` said why the program cannot go on.
+    """
+    import subprocess
+
+    if watch is None:
+        return proc.communicate(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = WATCH_EVERY if deadline is None else deadline - time.monotonic()
+        try:  # a slice that ends keeps what was read: the next call goes on from there
+            return proc.communicate(timeout=max(0.0, min(WATCH_EVERY, left)))
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        why = watch(proc.pid)
+        if why:
+            raise Stuck(why)
 
 
 def timed_out(argv: Sequence[str], timeout: float | None) -> WorkerError:

@@ -28,6 +28,7 @@ from pgmgr.core import (
     copy,
     delta,
     dirpath,
+    fifowait,
     intent,
     paths,
     pgcontrol,
@@ -244,6 +245,7 @@ def upgrade(
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
             conf.check_regular(srv, store)
             conf.check_libraries(srv, store, new)
+            testhook.pause("upgrade-checked")
             opts, scoped = upgradeprobe.probe(srv, sockdir)
             newdata = work / "data"
             say(f"initdb {new.version}")
@@ -305,7 +307,17 @@ def _run_pg_upgrade(
         # it has just forked not yet findable through its postmaster.pid: under the
         # subreaper none of them outlives pg_upgrade (interrupted, it stops them all), so
         # the old cluster is as the caller's pause left it, and nothing runs on the new one.
-        tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work, reap=True)
+        # A FIFO swapped in for a configuration file after the checks hung it for ever
+        # (its postgres -C, or a server its pg_ctl started): the watch ends that.
+        watch = fifowait.watchdog()
+        tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work, reap=True, watch=watch)
+    except tools.Stuck as e:
+        log, _ = _keep_logs(srv, store, work)
+        _undo_link(srv, store, method)
+        raise DatabaseException(
+            f"pg_upgrade failed: {e}; nothing was changed",
+            hint=f"put the regular file back; pg_upgrade's logs are kept in {log}",
+        ) from None
     except CommandFailed as e:
         log, text = _keep_logs(srv, store, work)
         _undo_link(srv, store, method)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgmgr.core import sigguard, tools
+from pgmgr.core import fifowait, sigguard, tools
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -116,7 +116,7 @@ def rejected_settings(
         for k, v in items.items():
             argv += ["-c", f"{k}={v}"]
         try:
-            tools.run(argv, user, timeout=60)
+            tools.run(argv, user, timeout=60, watch=fifowait.watchdog())  # a FIFO: Stuck
         except CommandFailed:
             return False
         return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,15 +148,45 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
         # To the handlers in place: a Ctrl-C (or a SIGTERM the upgrade's interruptible
         # took) interrupts; a caller's own handler gets its signal (it was a Ctrl-C).
         sigguard.redeliver(got, None)
-        launch.wait_ready(
-            child.pid, srv.datadir, TIMEOUT, child=child, log_file=srv.log_file,
-            log_offset=offset,
-        )  # fmt: skip
+        _wait_ready(srv, child, offset)
         testhook.pause("upgrade-probing")
         user = srv.inst.superuser
         yield f"host={dsn_quote(sockdir)} port={port} user={dsn_quote(user)} dbname=postgres"
     finally:
         _stop(child)
+
+
+def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> None:
+    """Wait (:data:`TIMEOUT`) until the server run for the question is ready, a second at
+    a time: one waiting for ever to open a FIFO put in place of a configuration file
+    after the checks (its signals blocked: neither the stop below nor its death signal
+    reached it, and it outlived pgmgr) is killed and named.
+
+    :raises WorkerError: it exited, or was not ready in time.
+    :raises DatabaseException: it waited on a FIFO.
+    """
+    from pgmgr.core import fifowait
+
+    watch = fifowait.watchdog()
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            launch.wait_ready(
+                child.pid, srv.datadir, max(0.0, min(1.0, left)), child=child,
+                log_file=srv.log_file, log_offset=offset,
+            )  # fmt: skip
+            return
+        except launch.ServerExited:
+            raise
+        except WorkerError:
+            if left <= 1.0:
+                raise
+        why = watch(child.pid)
+        if why:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # killed by the watch
+                child.wait(timeout=5.0)
+            raise DatabaseException(f"cannot upgrade '{srv.inst.name}': {why}; nothing was changed")
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:

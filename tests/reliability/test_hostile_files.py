@@ -6,11 +6,12 @@ gigabytes; a FIFO as the socket lock hung ``start`` (found by review, reproduced
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import InstFactory, pgmgr, wait_no_processes
+from tests.reliability.conftest import InstFactory, one_error, pgmgr, wait_no_processes
 
 
 def plant(path: Path, kind: str) -> None:
@@ -48,6 +49,42 @@ def test_a_hostile_socket_lock_never_hangs_start(cluster: InstFactory, kind: str
     if run.returncode != 0:  # postgres itself blocked on the FIFO: it must not be left behind
         assert wait_no_processes(inst.datadir, timeout=30) == [], str(run)
     pgmgr("stop", "lockfifo", "-m", "immediate", timeout=30)
+
+
+@pytest.mark.parametrize("name", ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf"])
+def test_a_fifo_for_a_config_file_is_named_and_bounded_by_the_start_timeout(
+    cluster: InstFactory, name: str
+) -> None:
+    """A FIFO the server user put in place of a configuration file: postgres waits for
+    ever to open it, its signals blocked (15). The start gave up at its --timeout, then
+    waited 35 s more (a fast stop the server could not act on, 30 s, then an immediate
+    one, 5 s: both waited through postmaster.pid, which it had not written yet). It
+    stops it at once now (SIGKILL: nothing else reaches it), and says why. pg_hba.conf is
+    read once postmaster.pid and the shared memory are made: those stay, the instance is
+    then 'crashed', and the next start clears them (PostgreSQL removes a killed
+    postmaster's segments, found through its postmaster.pid)."""
+    inst = cluster("conffifo")
+    conf = inst.datadir / name
+    saved, owner = conf.read_bytes(), conf.stat()
+    conf.unlink()
+    os.mkfifo(conf, 0o600)
+    os.chown(conf, owner.st_uid, owner.st_gid)
+    t0 = time.monotonic()
+    try:
+        run = pgmgr("start", "conffifo", "-p", "auto", "--timeout", "2", timeout=90)
+    finally:
+        took = time.monotonic() - t0
+        conf.unlink()
+        conf.write_bytes(saved)
+        os.chown(conf, owner.st_uid, owner.st_gid)
+    assert run.returncode == 1, str(run)
+    assert f"waits for ever to open {conf}, a FIFO" in one_error(run), str(run)
+    assert took < 12, f"{took:.1f} s for --timeout 2"
+    assert wait_no_processes(inst.datadir, timeout=5) == []
+    state = pgmgr("status", "conffifo", "--json").json()["state"]
+    assert state == ("crashed" if name == "pg_hba.conf" else "stopped")
+    assert pgmgr("start", "conffifo", "-p", "auto").returncode == 0  # clears what is left
+    assert pgmgr("stop", "conffifo").returncode == 0
 
 
 @pytest.mark.parametrize("kind", ["fifo", "zero"])

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import postgres_pids_under
-from tests.reliability.conftest import InstFactory, one_error, pgmgr
+from tests.pause import Paused, ok
+from tests.reliability.conftest import InstFactory, needs_root, one_error, pgmgr
+from tests.reliability.users import run_as
 
 BAD_LIB = "shared_preload_libraries=pgmgr_no_such_lib"
 
@@ -84,3 +86,29 @@ def test_existing_instance_is_never_removed(cluster: InstFactory, rel_isolation:
     assert (inst.datadir / "PG_VERSION").exists() and _state(rel_isolation) == before
     assert inst.start("-p", "auto").returncode == 0 and inst.has_canary(token)
     assert inst.stop().returncode == 0
+
+
+@needs_root
+def test_settings_check_is_made_where_the_server_user_can_reach_it(work: Path, hooks: Path) -> None:
+    """As root with a private temp dir (``TMPDIR`` 0700, root's: pam_tmpdir's
+    ``/tmp/user/0``, or one in root's home), the directory of the ``-c`` check was made
+    there: the server user's ``postgres -C`` could not enter it, and the check answered
+    only because postgres happens to parse ``-c`` before it opens its data directory.
+    It is made where the server user can reach it (/tmp), as the upgrade's socket dir is."""
+    private = work / "root-tmp"
+    private.mkdir(mode=0o700)
+    datadir = work / "db"
+    args = ("start", "--init", "-d", str(datadir), "-v", "15", "-p", "auto", "-c", "work_mem=8MB")
+    try:
+        with Paused(hooks, "settings-check", *args, env={"TMPDIR": str(private)}) as paused:
+            paused.reached()
+            mine = f"pgmgr-cfg-{paused.proc.pid}-*"
+            (check,) = [*private.glob(mine), *Path("/tmp").glob(mine)]
+            seen = run_as("postgres", "test", "-r", str(check / "postgresql.conf"))
+            ok(paused.go())
+    finally:
+        pgmgr("stop", "-d", str(datadir))
+    assert seen.returncode == 0, f"the server user cannot read {check}/postgresql.conf"
+    assert not check.exists()
+    bad = pgmgr(*args[:-1], "work_mem=lots", env={"TMPDIR": str(private)})
+    assert 'invalid value for parameter "work_mem"' in one_error(bad), str(bad)
