@@ -144,7 +144,7 @@ def _pool_size(config: pytest.Config) -> int:
     :raises pytest.UsageError: anything else (pytest prints one ``ERROR:`` line).
     """
     text = str(config.getini("pgmgr_pool_size")).strip()
-    if not text.isdigit() or int(text) > MAX_POOL_SIZE:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_POOL_SIZE:
         raise pytest.UsageError(
             f"pgmgr_pool_size must be a whole number from 0 (no pool) to {MAX_POOL_SIZE}, "
             f"not {text!r}"
@@ -296,7 +296,7 @@ def pgmgr_pool(
     st = os.statvfs(pgmgr_server.base or ".")
     # a share for all the xdist workers together: their servers live in the same place
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    count = int(workers) if workers.isdigit() and int(workers) > 0 else 1
+    count = int(workers) if workers.isascii() and workers.isdigit() and int(workers) > 0 else 1
     budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE / count)
     pool = DatabasePool(connect, size=size, budget=budget)
     try:

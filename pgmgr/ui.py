@@ -138,7 +138,7 @@ def table(
 def _plain_width() -> int | None:
     """``COLUMNS`` if set, else the terminal's width, else None (a pipe: no limit)."""
     env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
+    if env.isascii() and env.isdigit() and int(env) > 0:
         return int(env)
     try:
         if sys.stdout.isatty():

@@ -197,7 +197,12 @@ def _sweep_exports(dest: Path) -> None:
     with contextlib.suppress(OSError, DatabaseException), userfs.opened_dir(dest.parent) as pfd:
         for entry in os.listdir(pfd):
             pid = entry[len(prefix) :]
-            if entry.startswith(prefix) and pid.isdigit() and not process.is_alive(int(pid)):
+            if (
+                entry.startswith(prefix)
+                and pid.isascii()
+                and pid.isdigit()
+                and not process.is_alive(int(pid))
+            ):
                 with contextlib.suppress(OSError):
                     st = os.lstat(entry, dir_fd=pfd)
                     if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():

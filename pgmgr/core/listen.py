@@ -194,7 +194,12 @@ def free_port(host: str) -> int:
 def _port_slice() -> tuple[int, int]:
     """``(I, N)`` from ``PGMGR_PORT_SLICE``; ``(0, 1)`` (every port) if unset or invalid."""
     index, _, count = os.environ.get(PORT_SLICE_ENV, "").partition("/")
-    if index.isdigit() and count.isdigit() and int(index) < int(count) <= 8:
+    if (
+        f"{index}{count}".isascii()
+        and index.isdigit()
+        and count.isdigit()
+        and int(index) < int(count) <= 8
+    ):
         return int(index), int(count)
     return 0, 1
 

@@ -37,7 +37,9 @@ ENV_MAX_BYTES = "PGMGR_LOG_MAX_BYTES"
 def max_bytes() -> int:
     """The rotation threshold: ``PGMGR_LOG_MAX_BYTES`` if it is a positive integer."""
     value = os.environ.get(ENV_MAX_BYTES, "")
-    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_BYTES
+    return (
+        int(value) if value.isascii() and value.isdigit() and int(value) > 0 else DEFAULT_MAX_BYTES
+    )
 
 
 def check_path(path: Path) -> Path:

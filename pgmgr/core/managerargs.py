@@ -63,7 +63,7 @@ def port(value: object) -> int:
 
     :raises DatabaseException: anything else (a bool, a float, out of range).
     """
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise DatabaseException(f"invalid port {value!r}: a number from 1 to 65535")

@@ -94,7 +94,7 @@ class PidFile:
 
         def number(i: int) -> int | None:
             value = field(i)
-            return int(value) if value and value.isdigit() else None
+            return int(value) if value and value.isascii() and value.isdigit() else None
 
         return cls(
             pid=pid,

@@ -182,7 +182,7 @@ def dead_runs(user: ServerUser | None = None, also: str | None = None) -> list[P
 def _pw_dir_dead(name: str) -> bool:
     """``pgmgr-{pw,cfg,imp,up}-<pid>-*`` of a pgmgr process that is gone."""
     pid = name.split("-")[2]
-    return pid.isdigit() and not process.is_alive(int(pid))
+    return pid.isascii() and pid.isdigit() and not process.is_alive(int(pid))
 
 
 def _remove_pid_dir(parent: str, name: str, uid: int) -> None:

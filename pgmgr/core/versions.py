@@ -89,7 +89,7 @@ def version_key(version: str) -> tuple[int, ...]:
 def major_of(version: str) -> str:
     """``'15.18' -> '15'``, ``'9.6.24' -> '9.6'``, ``'18' -> '18'``."""
     parts = version.split(".")
-    if parts and parts[0].isdigit() and int(parts[0]) < 10:
+    if parts and parts[0].isascii() and parts[0].isdigit() and int(parts[0]) < 10:
         return ".".join(parts[:2])
     return parts[0]
 

@@ -97,3 +97,32 @@ def test_a_temporary_instance_leaves_another_users_dir_alone(
         assert not servers.exists()
     finally:
         shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u0663", "1\u00b9"])
+def test_a_name_with_digits_int_refuses_is_left_alone_without_a_crash(
+    digits: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may make ``/tmp/pgmgr-pw-²-x``: ``str.isdigit()`` takes ``²`` (and ``٣``) as a
+    pid, and ``int()`` refused it with a ValueError, so every command that sweeps (init,
+    import, upgrade, anything taking an instance's lock, the pytest plugin) ended in a
+    traceback for every user of the machine. Not a pid: left alone."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    odd = [tmp_path / f"{prefix}{digits}-abc" for prefix in ("pgmgr-pw-", "pgmgr-up-")]
+    for d in odd:
+        d.mkdir()
+    sweep.dead_runs(also=str(tmp_path))
+    assert all(d.is_dir() for d in odd)
+
+
+def test_an_export_work_dir_named_with_a_superscript_is_left_alone(tmp_path: Path) -> None:
+    """The same for an export's work directories beside its destination (anyone who can
+    write there may choose the name): ``int('²')`` ended the export in a traceback."""
+    from pgmgr.core import bundle
+
+    dest = tmp_path / "bundle"
+    odd = tmp_path / f"{bundle._work_prefix(dest)}\u00b2"
+    odd.mkdir()
+    bundle._sweep_exports(dest)
+    assert odd.is_dir()
