@@ -94,6 +94,12 @@ def start(
         log_file = logfile.check_path(log_file)
     if socket_dir is not None:
         server.check_socket_dir_text(socket_dir)  # before anything is made
+    if host is not None:
+        from pgmgr.core import loopback
+
+        why = loopback.message(host)
+        if why:  # before anything is made; postgres_argv would refuse it anyway
+            raise UsageError(why)
     if port is not None and port != "auto":
         try:
             number = int(port)

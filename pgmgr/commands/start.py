@@ -20,7 +20,10 @@ def start(
     host: Annotated[
         str | None,
         typer.Option(
-            "-H", "--host", help="Address to listen on (default 127.0.0.1).", show_default=False
+            "-H",
+            "--host",
+            help="Loopback address(es) to listen on (default 127.0.0.1; '': socket only).",
+            show_default=False,
         ),
     ] = None,
     port: Annotated[

@@ -87,17 +87,11 @@ def unlink_missing_ok(*paths: str) -> None:
 def loopback_of(host: str) -> str:
     """The ``listen_addresses`` of a server made from one that listens on ``host`` (a
     replica, a branch): the loopback addresses among them, else ``127.0.0.1``. A source
-    started with ``-H 0.0.0.0`` does not make its copies listen on every interface:
-    nobody asked for that (``-H`` on the copy does)."""
-    import ipaddress
+    recorded with another address (by an older pgmgr, which allowed ``-H 0.0.0.0``)
+    does not make its copies listen there."""
+    from pgmgr.core.loopback import is_loopback
 
-    def loopback(h: str) -> bool:
-        try:
-            return h == "localhost" or ipaddress.ip_address(h).is_loopback
-        except ValueError:
-            return False
-
-    kept = [h.strip() for h in host.split(",") if loopback(h.strip())]
+    kept = [h.strip() for h in host.split(",") if is_loopback(h)]
     return ",".join(kept) or "127.0.0.1"
 
 
@@ -157,7 +151,7 @@ def _cannot_listen(host: str, port: int | None, e: OSError) -> DatabaseException
     where = (host or "*") + (f":{port}" if port else "")
     return DatabaseException(
         f"cannot listen on {where}: {e.strerror or e}",
-        hint="check --host: a local address or name, e.g. 127.0.0.1, localhost or '*'",
+        hint="check --host: a loopback address or name, e.g. 127.0.0.1, ::1 or localhost",
     )
 
 

@@ -12,19 +12,19 @@ later ``start()`` (after a ``chdir``, a directory in another place, ``/`` even).
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pgmgr.core import loopback
 from pgmgr.core.errors import DatabaseException
 
 #: Options whose value is text (``socket_dir`` and ``log_file`` may be path-like too).
 TEXT_OPTIONS = ("user", "superuser", "auth", "password", "name", "encoding", "locale", "stop_mode")
 PATH_OPTIONS = ("socket_dir", "log_file")
-LOOPBACK_HELP = "127.0.0.1, ::1, localhost, or '' for the unix socket only"
+LOOPBACK_HELP = loopback.ALLOWED
 
 
 def host(value: object) -> str:
@@ -37,25 +37,10 @@ def host(value: object) -> str:
         raise DatabaseException(f"invalid host {value!r}: a string ({LOOPBACK_HELP})")
     if not value.strip():
         return ""
-    parts = [part.strip() for part in value.split(",")]
-    if not all(parts):  # postgres refused it at start, after the init and the record
-        raise DatabaseException(f"invalid host {value!r}: an empty address in the list")
-    for h in parts:
-        if not _loopback(h):
-            raise DatabaseException(
-                f"invalid host {value!r}: a Manager's server listens on loopback only "
-                f"({LOOPBACK_HELP})"
-            )
+    why = loopback.message(value, "host")
+    if why:
+        raise DatabaseException(why)
     return value
-
-
-def _loopback(h: str) -> bool:
-    if h.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False
 
 
 def port(value: object) -> int:

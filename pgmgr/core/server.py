@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import process
-from pgmgr.core.errors import CommandFailed, UsageError
+from pgmgr.core.errors import CommandFailed, DatabaseException, UsageError
 from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.pgtext import clip
 from pgmgr.core.privileges import ServerUser
@@ -198,7 +198,15 @@ def postgres_argv(
 ) -> list[str]:
     """The postgres command line: pgmgr's own settings first, then ``config_file`` (the
     instance's ``pgmgr.conf``, which holds the kept settings, see :mod:`pgmgr.core.pgconf`),
-    then ``settings`` as ``-c`` (which a reload cannot change)."""
+    then ``settings`` as ``-c`` (which a reload cannot change).
+
+    :raises DatabaseException: ``host`` is not loopback (see :mod:`pgmgr.core.loopback`).
+    """
+    from pgmgr.core import loopback
+
+    why = loopback.message(host, "listen address")
+    if why:
+        raise DatabaseException(why, hint="start it with --host 127.0.0.1")
     argv = [
         str(install.bin("postgres")),
         "-D",

@@ -21,6 +21,7 @@ from pgmgr.core import (
     launch,
     listen,
     logfile,
+    loopback,
     pgconf,
     privileges,
     process,
@@ -32,7 +33,7 @@ from pgmgr.core import (
     userfs,
     versions,
 )
-from pgmgr.core.errors import NotRunning, PortInUse, UsageError, WorkerError
+from pgmgr.core.errors import DatabaseException, NotRunning, PortInUse, UsageError, WorkerError
 from pgmgr.core.instance import StartResult
 from pgmgr.core.launch import ServerExited
 from pgmgr.core.pgtext import clip_in
@@ -129,10 +130,14 @@ def start(
     if su is not None:
         privileges.check_reachable(datadir, su, "data directory")
         privileges.check_reachable(install.bindir / "postgres", su, "PostgreSQL binaries")
+    listen_on = srv.inst.host if host is None else host
+    why = loopback.message(listen_on, "host")  # a record's too (by hand, an older pgmgr)
+    if why:
+        raise DatabaseException(why, hint=f"pgmgr start {srv.inst.name} --host 127.0.0.1")
     merged = dict(srv.inst.settings)
     merged.update(server.check_settings(settings or {}))
     conf = pgconf.write(datadir, merged, su)  # kept settings: reloadable, see pgconf
-    plan = _Plan(install, su, merged, conf, srv.inst.host if host is None else host, socket_dir)
+    plan = _Plan(install, su, merged, conf, listen_on, socket_dir)
     auto = port == "auto"
     for attempt in range(AUTO_PORT_TRIES if auto else 1):
         chosen = choose_port(srv, plan.host, port, plan)

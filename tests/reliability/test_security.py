@@ -265,6 +265,33 @@ def test_listens_on_loopback_only(servers: Servers) -> None:
 
 
 @pytest.mark.parametrize(
+    "host", ["0.0.0.0", "*", "::", "127.0.0.1,10.1.2.3", "localhost,192.168.1.1", "127.0.0.1,"]  # noqa: S104
+)
+def test_a_host_that_is_not_loopback_is_refused(work: Path, servers: Servers, host: str) -> None:
+    """``start -H 0.0.0.0`` started a server listening on every interface (so did a record
+    with such a host, written by hand or by an older pgmgr): refused in one line, before
+    anything is made, and on every start of a record that holds one."""
+    datadir = work / "db"
+    err = one_error(pgmgr("start", "--init", "-d", str(datadir), "--port", "auto", "-H", host))
+    assert "listen on loopback only" in err
+    assert not datadir.exists()
+    assert ok(pgmgr("status", "--json")).json() == []
+    rec = servers.start("old")
+    ok(pgmgr("stop", "old", "-q"))
+    assert "listen on loopback only" in one_error(pgmgr("start", "old", "-H", host))
+    from pgmgr.core import registry
+
+    inst = registry.load("old")
+    inst.host = host
+    registry.save(inst)
+    assert "listen on loopback only" in one_error(pgmgr("start", "old"))
+    assert not process.PidFile.read(work / "old")
+    assert not listening_addresses(rec["port"])
+    ok(pgmgr("start", "old", "-H", "127.0.0.1", "-q"))  # the way out
+    assert all(is_loopback(a) for a in listening_addresses(record("old")["port"]))
+
+
+@pytest.mark.parametrize(
     "setting", ["listen_addresses=0.0.0.0", "LISTEN_ADDRESSES=*", " listen_addresses =::"]
 )
 def test_listen_addresses_cannot_be_set_by_c(work: Path, setting: str) -> None:
