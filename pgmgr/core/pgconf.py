@@ -45,11 +45,19 @@ def quote_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+#: Read before postgresql.conf, so that file and the user's settings override them.
+#: ``unix_socket_permissions``: local connections are ``trust``, and a socket file of
+#: PostgreSQL's default mode 0777 in a directory others can enter (``--socket-dir /tmp``)
+#: let every OS user in as the superuser; the server user's only, unless asked otherwise.
+DEFAULTS = {"unix_socket_permissions": "0700"}
+
+
 def render(settings: Mapping[str, str]) -> bytes:
-    """The text of ``pgmgr.conf``: postgresql.conf first, then pgmgr's settings."""
+    """The text of ``pgmgr.conf``: pgmgr's defaults, postgresql.conf, pgmgr's settings."""
     lines = [
         "# Written by pgmgr; change it with 'pgmgr config NAME set/unset', not by hand.",
         "# postgresql.conf is read first; postgresql.auto.conf (ALTER SYSTEM) still wins.",
+        *(f"{name} = {quote_value(value)}" for name, value in DEFAULTS.items()),
         "include_if_exists = 'postgresql.conf'",
         *(f"{name} = {quote_value(value)}" for name, value in settings.items()),
     ]

@@ -265,7 +265,8 @@ def test_listens_on_loopback_only(servers: Servers) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["0.0.0.0", "*", "::", "127.0.0.1,10.1.2.3", "localhost,192.168.1.1", "127.0.0.1,"]  # noqa: S104
+    "host",
+    ["0.0.0.0", "*", "::", "127.0.0.1,10.1.2.3", "localhost,192.168.1.1", "127.0.0.1,"],  # noqa: S104
 )
 def test_a_host_that_is_not_loopback_is_refused(work: Path, servers: Servers, host: str) -> None:
     """``start -H 0.0.0.0`` started a server listening on every interface (so did a record
@@ -451,6 +452,38 @@ def test_second_user_cannot_connect_or_read(
         assert run.returncode != 0 and "Permission denied" in run.stderr, run
     finally:
         os.chmod(state / "instances", 0o700)
+
+
+@needs_root
+def test_a_socket_in_a_shared_directory_lets_no_one_else_in(
+    servers: Servers, work: Path, intruder: str
+) -> None:
+    """``--socket-dir`` naming a directory others can enter (a 1777 one, like /tmp): local
+    connections are ``trust``, so a socket file of PostgreSQL's default mode 0777 there let
+    any OS user in as the superuser (and run programs as the server user with COPY ...
+    PROGRAM). The socket is the server user's only (0700) unless the user asks otherwise."""
+    shared = work / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    rec = servers.start("db", "--socket-dir", str(shared))
+    port = str(rec["port"])
+    sock = shared / f".s.PGSQL.{port}"
+    assert mode(sock) == 0o700, oct(mode(sock))
+    run = as_user(intruder, PSQL, "-h", str(shared), "-p", port, "-U", "postgres", "-c", "")
+    assert run.returncode != 0 and "Permission denied" in run.stderr, run
+    srv_user = pwd.getpwuid(server_uid()).pw_name
+    run = as_user(
+        srv_user, PSQL, "-h", str(shared), "-p", port, "-U", "postgres", "-Atc", "select 1"
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "1", run
+    # asked for: the user's own setting wins
+    ok(pgmgr("stop", "db", "-q"))
+    ok(
+        pgmgr(
+            "start", "db", "-q", "--socket-dir", str(shared), "-c", "unix_socket_permissions=0770"
+        )
+    )
+    assert mode(sock) == 0o770, oct(mode(sock))
 
 
 # --------------------------------------------------------------------------- never root
