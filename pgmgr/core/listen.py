@@ -258,8 +258,26 @@ def socket_dir(
 
 def check_socket_dir(path: Path, user: ServerUser | None) -> None:
     """The seed's ``_check_lockdir_permissions``: the server must be able to create its
-    socket and lock file in ``path``. A directory it creates is the server user's."""
+    socket and lock file in ``path``. A directory it creates is the server user's.
+
+    As root, a directory that a user other than root and the server user can change (own,
+    write without a sticky bit, or a directory above it) is refused: that user could swap
+    the socket for their own, and pgmgr's clients (an export's pg_dump, with the password
+    in PGPASSWORD) would talk to their server. A sticky one (``/tmp``) is fine.
+    """
     dirpath.check(path, "use socket directory")
+    if os.geteuid() == 0 and user is not None:
+        from pgmgr.core import userfs
+
+        # the socket's own path: a sticky directory protects the entries of the server user
+        if userfs.as_user(user, userfs.others_can_write, str(path / ".s.PGSQL"), 0, user.gid):
+            raise DatabaseException(
+                f"refusing socket directory {path} as root: a user other than root and "
+                f"{user.name!r} can change it or a directory above it (and swap the socket "
+                "for their own)",
+                hint="choose a directory only root and the server user can write (or a "
+                "sticky one such as /tmp), or leave the default",
+            )
     try:
         if not path.exists():
             _make_socket_dir(path, user)

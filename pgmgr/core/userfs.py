@@ -387,12 +387,13 @@ def write_file_at(
 # --------------------------------------------------------------------------- who can write
 
 
-def _others_write(st: os.stat_result, me: int) -> bool:
+def _others_write(st: os.stat_result, me: int, gid: int = 0) -> bool:
     """Whether a user other than root and ``me`` may write (or, for a directory, replace
-    entries in) the object with stat ``st``. A group other than root's counts as others."""
+    entries in) the object with stat ``st``. A group other than root's (and ``gid``, when
+    the caller counts its own group in) counts as others."""
     if st.st_uid not in (0, me):
         return True
-    if st.st_mode & 0o020 and st.st_gid != 0:
+    if st.st_mode & 0o020 and st.st_gid not in (0, gid):
         return True
     return bool(st.st_mode & 0o002)
 
@@ -401,9 +402,10 @@ def _others_write(st: os.stat_result, me: int) -> bool:
 _MAX_HOPS = 40
 
 
-def others_can_write(path: str | Path, _hops: int = 0) -> bool:
+def others_can_write(path: str | Path, _hops: int = 0, gid: int = 0) -> bool:
     """Whether some user other than root and the caller can change what ``path`` names:
-    write it or one of its existing ancestors, or own a symlink on the way.
+    write it or one of its existing ancestors, or own a symlink on the way. ``gid``: a
+    group whose write access does not count (the caller's own, when it trusts it).
 
     A sticky directory (``/tmp``) protects the entries its writers do not own, so it does
     not count for an ancestor whose entry below it is root's or the caller's.
@@ -421,13 +423,13 @@ def others_can_write(path: str | Path, _hops: int = 0) -> bool:
         except OSError:
             return True
         if stat.S_ISLNK(st.st_mode):
-            if st.st_uid != 0 or (prev is not None and _others_write(prev, me)):
+            if st.st_uid != 0 or (prev is not None and _others_write(prev, me, gid)):
                 return True
             if _hops >= _MAX_HOPS:  # a symlink loop (realpath leaves it unresolved): ELOOP
                 return True
             rest = "/".join(parts[i + 1 :])
-            return others_can_write(os.path.join(os.path.realpath(current), rest), _hops + 1)
-        if _others_write(st, me):
+            return others_can_write(os.path.join(os.path.realpath(current), rest), _hops + 1, gid)
+        if _others_write(st, me, gid):
             sticky_ok = (
                 below is not None
                 and st.st_mode & stat.S_ISVTX

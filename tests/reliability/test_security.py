@@ -486,6 +486,30 @@ def test_a_socket_in_a_shared_directory_lets_no_one_else_in(
     assert mode(sock) == 0o770, oct(mode(sock))
 
 
+@needs_root
+@pytest.mark.parametrize("place", ["theirs", "under-theirs"])
+def test_root_refuses_a_socket_dir_another_user_can_change(
+    servers: Servers, work: Path, intruder: str, place: str
+) -> None:
+    """As root, ``--socket-dir`` in a directory another user owns (or below one): they
+    could rename the server's socket away and put their own in its place, and root's
+    pgmgr would talk to their server (an export's pg_dump sends the superuser's password,
+    PGPASSWORD, to whoever asks for it). Refused in one line, nothing left running; a
+    sticky directory (/tmp) stays fine (see the test above)."""
+    theirs = work / "theirs"
+    theirs.mkdir()
+    theirs.chmod(0o777)  # the intruder's open directory, as they would make it
+    os.chown(theirs, pwd.getpwnam(intruder).pw_uid, -1)
+    sockdir = theirs if place == "theirs" else theirs / "sock"
+    ok(pgmgr("init", "-d", str(work / "db"), "-q"))
+    servers.datadirs.append(work / "db")  # stopped at the end, whatever happens
+    run = pgmgr("start", "db", "--port", "auto", "--socket-dir", str(sockdir))
+    assert "refusing socket directory" in one_error(run), run
+    assert not list(theirs.iterdir())
+    assert process.PidFile.read(work / "db") is None
+    ok(pgmgr("start", "db", "--port", "auto", "-q"))  # the default place: fine
+
+
 # --------------------------------------------------------------------------- never root
 
 
