@@ -235,7 +235,9 @@ def socket_dir(
         return path
     if recorded and datadir is not None and not sockets.is_managed(recorded, datadir):
         path = Path(recorded)
-        if _private_dir_ok(path, user) and len(socket_path(path, port)) <= SOCKET_PATH_MAX:
+        short = len(socket_path(path, port)) <= SOCKET_PATH_MAX
+        # as root, not below a directory another user now owns (an older pgmgr took it)
+        if _private_dir_ok(path, user) and short and not others_can_swap(path, user):
             return path
     chosen = sockets.default_dir(datadir, port, user) if datadir is not None else None
     sockets.sweep(user, keep=chosen)
@@ -256,6 +258,18 @@ def socket_dir(
     return path
 
 
+def others_can_swap(path: Path, user: ServerUser | None) -> bool:
+    """As root: whether a user other than root and the server user could replace the
+    socket in ``path`` (see :func:`check_socket_dir`). Checked as the server user, on the
+    socket's own path: a sticky directory protects the server user's entries, and its own
+    group counts as its own (``/run/postgresql``, 2775 postgres:postgres)."""
+    if os.geteuid() != 0 or user is None:
+        return False
+    from pgmgr.core import userfs
+
+    return bool(userfs.as_user(user, userfs.others_can_write, str(path / ".s.PGSQL"), 0, user.gid))
+
+
 def check_socket_dir(path: Path, user: ServerUser | None) -> None:
     """The seed's ``_check_lockdir_permissions``: the server must be able to create its
     socket and lock file in ``path``. A directory it creates is the server user's.
@@ -266,18 +280,15 @@ def check_socket_dir(path: Path, user: ServerUser | None) -> None:
     in PGPASSWORD) would talk to their server. A sticky one (``/tmp``) is fine.
     """
     dirpath.check(path, "use socket directory")
-    if os.geteuid() == 0 and user is not None:
-        from pgmgr.core import userfs
-
-        # the socket's own path: a sticky directory protects the entries of the server user
-        if userfs.as_user(user, userfs.others_can_write, str(path / ".s.PGSQL"), 0, user.gid):
-            raise DatabaseException(
-                f"refusing socket directory {path} as root: a user other than root and "
-                f"{user.name!r} can change it or a directory above it (and swap the socket "
-                "for their own)",
-                hint="choose a directory only root and the server user can write (or a "
-                "sticky one such as /tmp), or leave the default",
-            )
+    if others_can_swap(path, user):
+        assert user is not None
+        raise DatabaseException(
+            f"refusing socket directory {path} as root: a user other than root and "
+            f"{user.name!r} can change it or a directory above it (and swap the socket "
+            "for their own)",
+            hint="choose a directory only root and the server user can write (or a "
+            "sticky one such as /tmp), or leave the default",
+        )
     try:
         if not path.exists():
             _make_socket_dir(path, user)

@@ -510,6 +510,24 @@ def test_root_refuses_a_socket_dir_another_user_can_change(
     ok(pgmgr("start", "db", "--port", "auto", "-q"))  # the default place: fine
 
 
+@needs_root
+def test_root_does_not_reuse_a_recorded_socket_dir_another_user_can_change(
+    servers: Servers, work: Path, intruder: str
+) -> None:
+    """A socket dir chosen earlier (recorded, private itself) whose parent became another
+    user's (or a record from before the check): not reused, the data directory is."""
+    parent = work / "parent"
+    parent.mkdir(mode=0o755)
+    sockdir = parent / "sock"
+    rec = servers.start("db", "--socket-dir", str(sockdir))
+    assert Path(rec["socket_dir"]) == sockdir
+    ok(pgmgr("stop", "db", "-q"))
+    os.chown(parent, pwd.getpwnam(intruder).pw_uid, -1)
+    rec = ok_start("db")
+    assert Path(rec["socket_dir"]) == Path(rec["datadir"])
+    assert not list(sockdir.iterdir())
+
+
 # --------------------------------------------------------------------------- never root
 
 
