@@ -195,9 +195,19 @@ def open_log(log_file: Path) -> int:
         raise DatabaseException(f"cannot open the server log {log_file}: {e.strerror}") from None
     import stat
 
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise DatabaseException(f"the server log {log_file} is not a regular file")
+    if st.st_uid != os.geteuid():
+        # another user's (made first in a shared directory): they would read the log, and
+        # could write lines into it that pgmgr reads as postgres's
+        os.close(fd)
+        raise DatabaseException(
+            f"refusing the server log {log_file}: it belongs to uid {st.st_uid}, not to you",
+            hint="choose a log file in a directory only you can write, or the default "
+            "(pgmgr's state directory)",
+        )
     return fd
 
 

@@ -128,3 +128,34 @@ def test_root_never_opens_a_log_where_another_user_can_write(
     with pytest.raises(DatabaseException, match="another user can change that place"):
         m.start()
     assert list(shared.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: two throwaway OS users")
+def test_a_log_file_another_user_planted_is_refused(work: Path) -> None:
+    """User A starts a server with ``--log-file`` in a sticky shared directory (/tmp-like)
+    where user B made that file first, open to all: A's server log went into B's file,
+    which B read (and could write lines into that pgmgr parses). Refused in one line, and
+    nothing is written there."""
+    from tests.reliability.users import os_user, pgmgr_as, run_as
+
+    shared = work / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    log = shared / "a.log"
+    with os_user("lga", home=True) as a, os_user("lgb") as b:
+        datadir = Path(a.home) / "db"
+        env = {"HOME": a.home}
+        made = run_as(b.name, "sh", "-c", f"touch {log} && chmod 666 {log}")
+        assert made.returncode == 0, made
+        try:
+            proc = pgmgr_as(
+                a.name, "start", "--init", "-d", str(datadir), "--port", "auto",
+                "--log-file", str(log), env=env,
+            )  # fmt: skip
+            errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+            assert proc.returncode != 0 and len(errors) == 1, proc
+            assert "server log" in errors[0], proc
+            assert log.stat().st_size == 0
+        finally:
+            pgmgr_as(a.name, "stop", "-d", str(datadir), "-m", "immediate", env=env)
+            wait_no_processes(Path(a.home))
