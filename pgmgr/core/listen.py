@@ -260,14 +260,14 @@ def socket_dir(
 
 def others_can_swap(path: Path, user: ServerUser | None) -> bool:
     """As root: whether a user other than root and the server user could replace the
-    socket in ``path`` (see :func:`check_socket_dir`). Checked as the server user, on the
-    socket's own path: a sticky directory protects the server user's entries, and its own
-    group counts as its own (``/run/postgresql``, 2775 postgres:postgres)."""
+    socket in ``path`` (see :func:`check_socket_dir`). The server user counts as root does,
+    on the socket's own path: a sticky directory protects the server user's entries, and
+    its own group counts as its own (``/run/postgresql``, 2775 postgres:postgres)."""
     if os.geteuid() != 0 or user is None:
         return False
     from pgmgr.core import userfs
 
-    return bool(userfs.as_user(user, userfs.others_can_write, str(path / ".s.PGSQL"), 0, user.gid))
+    return userfs.others_can_write(path / ".s.PGSQL", 0, user.gid, user.uid)
 
 
 def check_socket_dir(path: Path, user: ServerUser | None) -> None:

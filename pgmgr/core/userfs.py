@@ -402,15 +402,18 @@ def _others_write(st: os.stat_result, me: int, gid: int = 0) -> bool:
 _MAX_HOPS = 40
 
 
-def others_can_write(path: str | Path, _hops: int = 0, gid: int = 0) -> bool:
+def others_can_write(
+    path: str | Path, _hops: int = 0, gid: int = 0, uid: int | None = None
+) -> bool:
     """Whether some user other than root and the caller can change what ``path`` names:
-    write it or one of its existing ancestors, or own a symlink on the way. ``gid``: a
-    group whose write access does not count (the caller's own, when it trusts it).
+    write it or one of its existing ancestors, or own a symlink on the way. ``uid``: the
+    user who counts as the caller (default: this process's); ``gid``: a group whose write
+    access does not count either (that user's own, when it is trusted).
 
     A sticky directory (``/tmp``) protects the entries its writers do not own, so it does
     not count for an ancestor whose entry below it is root's or the caller's.
     """
-    me = os.geteuid()
+    me = os.geteuid() if uid is None else uid
     parts = _components(os.path.abspath(path))
     prev: os.stat_result | None = None
     for i in range(len(parts) + 1):
@@ -428,7 +431,8 @@ def others_can_write(path: str | Path, _hops: int = 0, gid: int = 0) -> bool:
             if _hops >= _MAX_HOPS:  # a symlink loop (realpath leaves it unresolved): ELOOP
                 return True
             rest = "/".join(parts[i + 1 :])
-            return others_can_write(os.path.join(os.path.realpath(current), rest), _hops + 1, gid)
+            where = os.path.join(os.path.realpath(current), rest)
+            return others_can_write(where, _hops + 1, gid, me)
         if _others_write(st, me, gid):
             sticky_ok = (
                 below is not None

@@ -18,6 +18,7 @@ def test_render_includes_postgresql_conf_first_and_quotes_values() -> None:
     text = pgconf.render({"work_mem": "64MB", "log_line_prefix": "it's \\ #x"}).decode()
     lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
     assert lines == [
+        "unix_socket_permissions = '0700'",  # pgmgr's default, before the user's files
         "include_if_exists = 'postgresql.conf'",
         "work_mem = '64MB'",
         "log_line_prefix = 'it''s \\\\ #x'",
