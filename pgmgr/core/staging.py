@@ -64,6 +64,14 @@ class Stage:
         )
         if state.startswith("blocked:"):
             raise DatabaseException(f"cannot initialize {self.target}: {state[8:]}")
+        if state.startswith("not-ours:"):
+            who = f"{self.user.name!r}" if self.user is not None else "you"
+            raise DatabaseException(
+                f"cannot initialize {self.target}: it belongs to uid {state[9:]}, not to "
+                f"{who} (another user could change the cluster in it, and PostgreSQL "
+                "refuses a data directory its server user does not own)",
+                hint="choose a path that does not exist yet, or a directory you own",
+            )
         if state == "others":
             assert self.user is not None
             raise DatabaseException(
@@ -271,7 +279,7 @@ def _prepare(target: str, work: str, check_others: bool) -> str:
 
 
 def _target_state(target: str) -> str:
-    """absent | empty | root-owned (empty) | leftover | not-empty | not-dir."""
+    """absent | empty | root-owned (empty) | leftover | not-empty | not-dir | not-ours:UID."""
     try:
         with doing("look at"):
             st = os.lstat(target)
@@ -279,6 +287,10 @@ def _target_state(target: str) -> str:
         return "absent"
     if not stat.S_ISDIR(st.st_mode):
         return "not-dir"
+    if st.st_uid not in (0, os.geteuid()):
+        # Another user's (made first in a shared directory, /tmp): they could replace
+        # any file of the cluster in it, and postgres refuses to start on it anyway.
+        return f"not-ours:{st.st_uid}"
     try:
         fd = os.open(target, _DIR)
     except PermissionError:
