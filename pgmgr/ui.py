@@ -137,9 +137,11 @@ def table(
 
 def _plain_width() -> int | None:
     """``COLUMNS`` if set, else the terminal's width, else None (a pipe: no limit)."""
-    env = os.environ.get("COLUMNS", "")
-    if env.isascii() and env.isdigit() and int(env) > 0:
-        return int(env)
+    from pgmgr.core import numtext
+
+    columns = numtext.whole(os.environ.get("COLUMNS"))
+    if columns:
+        return columns
     try:
         if sys.stdout.isatty():
             import shutil

@@ -36,10 +36,9 @@ ENV_MAX_BYTES = "PGMGR_LOG_MAX_BYTES"
 
 def max_bytes() -> int:
     """The rotation threshold: ``PGMGR_LOG_MAX_BYTES`` if it is a positive integer."""
-    value = os.environ.get(ENV_MAX_BYTES, "")
-    return (
-        int(value) if value.isascii() and value.isdigit() and int(value) > 0 else DEFAULT_MAX_BYTES
-    )
+    from pgmgr.core import numtext
+
+    return numtext.whole(os.environ.get(ENV_MAX_BYTES)) or DEFAULT_MAX_BYTES
 
 
 def check_path(path: Path) -> Path:

@@ -54,6 +54,11 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["reload", "{reg}", "--timeout", "0"], {}),
     (["replica", "{reg}", "--timeout", "nan"], {}),
     (["branch", "{reg}", "new", "-p", "\u00b2"], {}),  # isdigit(), yet int() refused it
+    # int() refuses more than 4300 digits (a ValueError), and takes '١٢٣٤٥' as 12345
+    (["branch", "{reg}", "new", "-p", "9" * 5000], {}),
+    (["init", "-d", "{dir}/x", "-v", "9" * 5000], {}),
+    (["start", "{reg}", "-p", "\u0661\u0662\u0663\u0664\u0665"], {}),
+    (["start", "{reg}", "-p", "1_5432"], {}),
     (["init", "-d", "{dir}/x", "--name", "bad/name"], {}),
     (["init", "-d", "{dir}/x", "--name", "-lead"], {}),
     (["init", "-d", "{dir}/x", "--name", "x" * 80], {}),
@@ -278,3 +283,21 @@ def test_an_empty_name_or_path_is_refused_not_defaulted(cluster: InstFactory, wo
         assert len(errors) == 1 and "empty" in errors[0], (proc.args, proc.stderr)
     assert not any(here.iterdir())
     assert inst.pid() is not None and inst.has_canary(token)
+
+
+def test_numbers_in_the_environment_with_too_many_digits_are_ignored(
+    cluster: InstFactory,
+) -> None:
+    """``str.isdigit()`` then ``int()``: more than 4300 digits passed the first and made the
+    second raise a ValueError, so ``COLUMNS``, ``PGMGR_LOG_MAX_BYTES`` or ``PGMGR_PORT_SLICE``
+    set to a long run of digits ended ``status``, ``start``, ``versions`` in a traceback.
+    Such a value is not a number: the default applies, as for any other garbage."""
+    inst = cluster("digits")
+    many = "9" * 5000
+    env = {"COLUMNS": many, "PGMGR_LOG_MAX_BYTES": many, "PGMGR_PORT_SLICE": f"{many}/{many}"}
+    started = pgmgr("start", inst.name, "-p", "auto", env=env)
+    assert started.returncode == 0, str(started)
+    for args in (["status"], ["versions"], ["stop", inst.name]):
+        run = pgmgr(*args, env=env)
+        assert run.returncode == 0, str(run)
+
