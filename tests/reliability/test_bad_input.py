@@ -59,6 +59,10 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["init", "-d", "{dir}/x", "-v", "9" * 5000], {}),
     (["start", "{reg}", "-p", "\u0661\u0662\u0663\u0664\u0665"], {}),
     (["start", "{reg}", "-p", "1_5432"], {}),
+    # bytes that are not UTF-8 (surrogates): pgmgr.conf, and what initdb/postgres echo back
+    (["start", "{reg}", "-c", "work_mem=\udcff"], {}),
+    (["config", "{reg}", "set", "work_mem=\udcff"], {}),
+    (["init", "-d", "{dir}/x", "--locale", "\udcff"], {}),
     (["init", "-d", "{dir}/x", "--name", "bad/name"], {}),
     (["init", "-d", "{dir}/x", "--name", "-lead"], {}),
     (["init", "-d", "{dir}/x", "--name", "x" * 80], {}),
@@ -301,3 +305,15 @@ def test_numbers_in_the_environment_with_too_many_digits_are_ignored(
         run = pgmgr(*args, env=env)
         assert run.returncode == 0, str(run)
 
+
+def test_a_locale_name_that_is_not_utf8_does_not_end_init(cluster: InstFactory, work: Path) -> None:
+    """initdb imports a collation per installed locale, so a template's key hashes the names
+    in the locale directories (and ``$LOCPATH``); a name that is not UTF-8 (a surrogate in
+    Python) made that ``.encode()`` raise, and every ``init`` ended in a traceback."""
+    locales = work / "locales"
+    locales.mkdir()
+    os.mkdir(os.fsencode(locales) + b"/de_DE.\xe4")  # as a latin-1 tool may name it
+    env = {"LOCPATH": str(locales)}
+    run = pgmgr("init", "-d", str(work / "fresh"), "-v", "15", "-q", env=env)
+    assert run.returncode == 0, str(run)
+    assert pgmgr("cache", "list", env=env).returncode == 0
