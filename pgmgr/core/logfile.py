@@ -47,10 +47,10 @@ def check_path(path: Path) -> Path:
     :raises UsageError: a directory, or under a file; or, as root, a place another user can
         change: root opens the log for postgres, and would follow a link swapped in there.
     """
-    from pgmgr.core import dirpath, userfs
+    from pgmgr.core import dirpath, paths, userfs
     from pgmgr.core.errors import UsageError
 
-    path = Path(os.path.abspath(path))
+    path = paths.check_path_text(Path(os.path.abspath(path)), "--log-file")  # it is recorded
     if path.is_dir():
         raise UsageError(f"invalid --log-file {str(path)!r}: it is a directory")
     why = dirpath.blocker(path, parents_only=True)

@@ -63,6 +63,10 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["start", "{reg}", "-c", "work_mem=\udcff"], {}),
     (["config", "{reg}", "set", "work_mem=\udcff"], {}),
     (["init", "-d", "{dir}/x", "--locale", "\udcff"], {}),
+    # a line break or bytes that are not UTF-8 in what is recorded (and in postmaster.pid)
+    (["start", "{reg}", "-H", "localhost\n"], {}),
+    (["init", "-d", "{dir}/x", "--log-file", "{dir}/log\nx"], {}),
+    (["init", "-d", "{dir}/x", "--log-file", "{dir}/log\udcff"], {}),
     (["init", "-d", "{dir}/x", "--name", "bad/name"], {}),
     (["init", "-d", "{dir}/x", "--name", "-lead"], {}),
     (["init", "-d", "{dir}/x", "--name", "x" * 80], {}),
