@@ -70,21 +70,29 @@ def message(text: str) -> None:
     sys.stderr.flush()
 
 
+def _line(text: str) -> str:
+    """``text`` on one line, whatever it held, with an argument of pgmgr's command line
+    that is longer than a line clipped where it appears: a 100 kB value given (a name, a
+    path, a port) is not repeated in full."""
+    from pgmgr.core.pgtext import clip_in
+
+    return visible(" ".join(clip_in(text, sys.argv[1:], 200).split()))
+
+
 def error(text: str, hint: str | None = None) -> None:
     """``Error: <text>`` (and ``Hint: <hint>``) on stderr; never silenced."""
-    text = visible(" ".join(text.split()))  # one line, whatever the text held
-    sys.stderr.write(f"Error: {text}\n")
+    sys.stderr.write(f"Error: {_line(text)}\n")
     if hint:
-        sys.stderr.write(f"Hint: {visible(' '.join(hint.split()))}\n")
+        sys.stderr.write(f"Hint: {_line(hint)}\n")
     sys.stderr.flush()
 
 
 def warning(text: str, hint: str | None = None) -> None:
     """``Warning: <text>`` (and ``Hint: <hint>``) on stderr: something asked for did not
     happen, though the command did its job. Never silenced, like errors."""
-    sys.stderr.write(f"Warning: {visible(' '.join(text.split()))}\n")
+    sys.stderr.write(f"Warning: {_line(text)}\n")
     if hint:
-        sys.stderr.write(f"Hint: {visible(' '.join(hint.split()))}\n")
+        sys.stderr.write(f"Hint: {_line(hint)}\n")
     sys.stderr.flush()
 
 

@@ -321,3 +321,14 @@ def test_a_locale_name_that_is_not_utf8_does_not_end_init(cluster: InstFactory, 
     run = pgmgr("init", "-d", str(work / "fresh"), "-v", "15", "-q", env=env)
     assert run.returncode == 0, str(run)
     assert pgmgr("cache", "list", env=env).returncode == 0
+
+
+def test_a_huge_value_is_not_repeated_in_full_in_the_error(cluster: InstFactory) -> None:
+    """A 100 kB value (a port, a name, a path: a variable expanded by mistake) was repeated
+    whole in the error, one 100 kB line; it is clipped where it appears, the rest of the
+    line intact."""
+    inst = cluster("huge")
+    huge = "x" * 100_000
+    for args in (["start", inst.name, "-p", huge], ["status", huge], ["init", "-d", huge]):
+        error = one_error(pgmgr(*args))
+        assert len(error) < 1000 and "xxxx" in error, error[:200]
