@@ -71,12 +71,13 @@ def message(text: str) -> None:
 
 
 def _line(text: str) -> str:
-    """``text`` on one line, whatever it held, with an argument of pgmgr's command line
-    that is longer than a line clipped where it appears: a 100 kB value given (a name, a
-    path, a port) is not repeated in full."""
+    """``text`` on one line, whatever it held, with an argument of pgmgr's command line or
+    the value of a variable of its environment that is longer than a line clipped where it
+    appears: a 100 kB value given (a name, a path, a port) is not repeated in full."""
     from pgmgr.core.pgtext import clip_in
 
-    return visible(" ".join(clip_in(text, sys.argv[1:], 200).split()))
+    given = [*sys.argv[1:], *os.environ.values()]
+    return visible(" ".join(clip_in(text, given, 200).split()))
 
 
 def error(text: str, hint: str | None = None) -> None:

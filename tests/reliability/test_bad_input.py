@@ -324,11 +324,14 @@ def test_a_locale_name_that_is_not_utf8_does_not_end_init(cluster: InstFactory, 
 
 
 def test_a_huge_value_is_not_repeated_in_full_in_the_error(cluster: InstFactory) -> None:
-    """A 100 kB value (a port, a name, a path: a variable expanded by mistake) was repeated
-    whole in the error, one 100 kB line; it is clipped where it appears, the rest of the
-    line intact."""
+    """A 100 kB value (a port, a name, a path: a variable expanded by mistake; or in the
+    environment) was repeated whole in the error, one 100 kB line; it is clipped where it
+    appears, the rest of the line intact."""
     inst = cluster("huge")
     huge = "x" * 100_000
     for args in (["start", inst.name, "-p", huge], ["status", huge], ["init", "-d", huge]):
         error = one_error(pgmgr(*args))
         assert len(error) < 1000 and "xxxx" in error, error[:200]
+    fresh = str(inst.datadir.parent / "fresh")
+    error = one_error(pgmgr("init", "-d", fresh, env={"POSTGRES_VERSION": huge}))
+    assert len(error) < 1000 and "POSTGRES_VERSION 'xxxx" in error, error[:200]
