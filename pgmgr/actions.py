@@ -83,7 +83,7 @@ def start(
 ) -> int:
     """``pgmgr start``: see its ``--help``."""
     ui.settings.quiet = quiet
-    from pgmgr.core import server
+    from pgmgr.core import listen, server
     from pgmgr.core.errors import UsageError
     from pgmgr.core.instance import Server
 
@@ -100,15 +100,7 @@ def start(
         why = loopback.message(host)
         if why:  # before anything is made; postgres_argv would refuse it anyway
             raise UsageError(why)
-    if port is not None and port != "auto":
-        try:
-            number = int(port)
-        except ValueError:
-            raise UsageError(
-                f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'"
-            ) from None
-        if not 1 <= number <= 65535:
-            raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
+    listen.check_port_option(port)
     # Catch Ctrl-C / SIGTERM before the server exists: one arriving while it starts must
     # still stop it cleanly, not leave it running behind a dead pgmgr.
     stop_requested = _catch_stop_signals() if foreground else None

@@ -143,13 +143,16 @@ def _pool_size(config: pytest.Config) -> int:
 
     :raises pytest.UsageError: anything else (pytest prints one ``ERROR:`` line).
     """
+    from pgmgr.core import numtext
+
     text = str(config.getini("pgmgr_pool_size")).strip()
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_POOL_SIZE:
+    size = numtext.whole(text)
+    if size is None or size > MAX_POOL_SIZE:
         raise pytest.UsageError(
             f"pgmgr_pool_size must be a whole number from 0 (no pool) to {MAX_POOL_SIZE}, "
             f"not {text!r}"
         )
-    return int(text)
+    return size
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -295,8 +298,9 @@ def pgmgr_pool(
 
     st = os.statvfs(pgmgr_server.base or ".")
     # a share for all the xdist workers together: their servers live in the same place
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    count = int(workers) if workers.isascii() and workers.isdigit() and int(workers) > 0 else 1
+    from pgmgr.core import numtext
+
+    count = numtext.whole(os.environ.get("PYTEST_XDIST_WORKER_COUNT")) or 1
     budget = int(st.f_bavail * st.f_frsize * POOL_SPACE_SHARE / count)
     pool = DatabasePool(connect, size=size, budget=budget)
     try:

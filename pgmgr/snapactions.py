@@ -170,14 +170,10 @@ def branch(
     """Make instance ``new`` from ``name``'s current state or its snapshot ``from_``."""
     ui.settings.quiet = quiet
     from pgmgr.core import branch as branches
-    from pgmgr.core import sigguard
-    from pgmgr.core.errors import UsageError
+    from pgmgr.core import listen, sigguard
     from pgmgr.core.locked import locked
 
-    # isascii: str.isdigit() takes '²', which int() refuses (a traceback)
-    digits = port is not None and port.isascii() and port.isdigit()
-    if port is not None and port != "auto" and not (digits and 0 < int(port) < 65536):
-        raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")
+    listen.check_port_option(port)
     srv = resolve(name, None)
     with (
         sigguard.interruptible(),

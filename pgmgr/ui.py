@@ -70,21 +70,30 @@ def message(text: str) -> None:
     sys.stderr.flush()
 
 
+def _line(text: str) -> str:
+    """``text`` on one line, whatever it held, with an argument of pgmgr's command line or
+    the value of a variable of its environment that is longer than a line clipped where it
+    appears: a 100 kB value given (a name, a path, a port) is not repeated in full."""
+    from pgmgr.core.pgtext import clip_in
+
+    given = [*sys.argv[1:], *os.environ.values()]
+    return visible(" ".join(clip_in(text, given, 200).split()))
+
+
 def error(text: str, hint: str | None = None) -> None:
     """``Error: <text>`` (and ``Hint: <hint>``) on stderr; never silenced."""
-    text = visible(" ".join(text.split()))  # one line, whatever the text held
-    sys.stderr.write(f"Error: {text}\n")
+    sys.stderr.write(f"Error: {_line(text)}\n")
     if hint:
-        sys.stderr.write(f"Hint: {visible(' '.join(hint.split()))}\n")
+        sys.stderr.write(f"Hint: {_line(hint)}\n")
     sys.stderr.flush()
 
 
 def warning(text: str, hint: str | None = None) -> None:
     """``Warning: <text>`` (and ``Hint: <hint>``) on stderr: something asked for did not
     happen, though the command did its job. Never silenced, like errors."""
-    sys.stderr.write(f"Warning: {visible(' '.join(text.split()))}\n")
+    sys.stderr.write(f"Warning: {_line(text)}\n")
     if hint:
-        sys.stderr.write(f"Hint: {visible(' '.join(hint.split()))}\n")
+        sys.stderr.write(f"Hint: {_line(hint)}\n")
     sys.stderr.flush()
 
 
@@ -137,9 +146,11 @@ def table(
 
 def _plain_width() -> int | None:
     """``COLUMNS`` if set, else the terminal's width, else None (a pipe: no limit)."""
-    env = os.environ.get("COLUMNS", "")
-    if env.isascii() and env.isdigit() and int(env) > 0:
-        return int(env)
+    from pgmgr.core import numtext
+
+    columns = numtext.whole(os.environ.get("COLUMNS"))
+    if columns:
+        return columns
     try:
         if sys.stdout.isatty():
             import shutil

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr import __version__
-from pgmgr.core import dirpath, process, rmtree, server, testhook, versions
+from pgmgr.core import dirpath, numtext, process, rmtree, server, testhook, versions
 from pgmgr.core.bundlecheck import FORMAT, FORMAT_VERSION, MANIFEST, checksums
 from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.instance import Server, unfinished
@@ -196,13 +196,8 @@ def _sweep_exports(dest: Path) -> None:
     prefix = _work_prefix(dest)
     with contextlib.suppress(OSError, DatabaseException), userfs.opened_dir(dest.parent) as pfd:
         for entry in os.listdir(pfd):
-            pid = entry[len(prefix) :]
-            if (
-                entry.startswith(prefix)
-                and pid.isascii()
-                and pid.isdigit()
-                and not process.is_alive(int(pid))
-            ):
+            pid = numtext.whole(entry[len(prefix) :])
+            if entry.startswith(prefix) and pid is not None and not process.is_alive(pid):
                 with contextlib.suppress(OSError):
                     st = os.lstat(entry, dir_fd=pfd)
                     if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():

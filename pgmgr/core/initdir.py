@@ -237,6 +237,7 @@ def apply_pending_password(
         input=sql,
         capture_output=True,
         text=True,
+        errors="replace",
         timeout=30,
         env=server._child_env(None),
         check=False,

@@ -10,7 +10,7 @@ import errno
 import os
 from pathlib import Path
 
-from pgmgr.core import dirpath, process
+from pgmgr.core import dirpath, numtext, process
 from pgmgr.core.errors import DatabaseException, PortInUse, PortPrivileged, UsageError
 from pgmgr.core.privileges import ServerUser
 
@@ -188,13 +188,9 @@ def free_port(host: str) -> int:
 def _port_slice() -> tuple[int, int]:
     """``(I, N)`` from ``PGMGR_PORT_SLICE``; ``(0, 1)`` (every port) if unset or invalid."""
     index, _, count = os.environ.get(PORT_SLICE_ENV, "").partition("/")
-    if (
-        f"{index}{count}".isascii()
-        and index.isdigit()
-        and count.isdigit()
-        and int(index) < int(count) <= 8
-    ):
-        return int(index), int(count)
+    i, n = numtext.whole(index), numtext.whole(count)
+    if i is not None and n is not None and i < n <= 8:
+        return i, n
     return 0, 1
 
 
@@ -446,9 +442,6 @@ def check_port_option(port: str | None) -> None:
     """
     if port is None or port == "auto":
         return
-    try:
-        number = int(port)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= 65535:
+    number = numtext.whole(port)
+    if number is None or not 1 <= number <= 65535:
         raise UsageError(f"invalid --port {port!r}: a number from 1 to 65535, or 'auto'")

@@ -36,10 +36,9 @@ ENV_MAX_BYTES = "PGMGR_LOG_MAX_BYTES"
 
 def max_bytes() -> int:
     """The rotation threshold: ``PGMGR_LOG_MAX_BYTES`` if it is a positive integer."""
-    value = os.environ.get(ENV_MAX_BYTES, "")
-    return (
-        int(value) if value.isascii() and value.isdigit() and int(value) > 0 else DEFAULT_MAX_BYTES
-    )
+    from pgmgr.core import numtext
+
+    return numtext.whole(os.environ.get(ENV_MAX_BYTES)) or DEFAULT_MAX_BYTES
 
 
 def check_path(path: Path) -> Path:
@@ -48,10 +47,10 @@ def check_path(path: Path) -> Path:
     :raises UsageError: a directory, or under a file; or, as root, a place another user can
         change: root opens the log for postgres, and would follow a link swapped in there.
     """
-    from pgmgr.core import dirpath, userfs
+    from pgmgr.core import dirpath, paths, userfs
     from pgmgr.core.errors import UsageError
 
-    path = Path(os.path.abspath(path))
+    path = paths.check_path_text(Path(os.path.abspath(path)), "--log-file")  # it is recorded
     if path.is_dir():
         raise UsageError(f"invalid --log-file {str(path)!r}: it is a directory")
     why = dirpath.blocker(path, parents_only=True)

@@ -33,6 +33,8 @@ def refused(host: str) -> list[str]:
 
 def message(host: str, what: str = "--host") -> str | None:
     """Why ``host`` cannot be listened on (one line), or None."""
+    if "\n" in host or "\r" in host or "\0" in host:  # recorded, and in postmaster.pid
+        return f"invalid {what} {host!r}: it holds a line break"
     bad = refused(host)
     if not bad:
         return None

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pgmgr.core import loopback
+from pgmgr.core import loopback, numtext
 from pgmgr.core.errors import DatabaseException
 
 #: Options whose value is text (``socket_dir`` and ``log_file`` may be path-like too).
@@ -48,8 +48,8 @@ def port(value: object) -> int:
 
     :raises DatabaseException: anything else (a bool, a float, out of range).
     """
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str) and numtext.whole(value.strip()) is not None:
+        value = numtext.whole(value.strip())  # '١٢' and '1_5' stay strings, refused below
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise DatabaseException(f"invalid port {value!r}: a number from 1 to 65535")
     return value

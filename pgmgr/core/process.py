@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgmgr.core import numtext
 from pgmgr.core.lazyre import LazyRegex
 
 PIDFILE = "postmaster.pid"
@@ -94,7 +95,7 @@ class PidFile:
 
         def number(i: int) -> int | None:
             value = field(i)
-            return int(value) if value and value.isascii() and value.isdigit() else None
+            return numtext.whole(value)
 
         return cls(
             pid=pid,

@@ -111,6 +111,10 @@ def parse_setting(text: str) -> tuple[str, str]:
         )
     if "\n" in value or "\r" in value or "\0" in value:
         raise UsageError(f"invalid setting {clip(name)!r}: the value holds a line break")
+    try:
+        value.encode()  # bytes that are not UTF-8 came as surrogates; pgmgr.conf is UTF-8
+    except UnicodeEncodeError:
+        raise UsageError(f"invalid setting {clip(name)!r}: the value is not valid UTF-8") from None
     return name, value
 
 
@@ -287,7 +291,7 @@ def run(
                 stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=not isinstance(input, bytes),
+                text=False,  # decoded below: postgres -C echoes bytes that need not be UTF-8
                 env={**_child_env(user), **(env or {})},
                 cwd="/",
                 user=uid,
@@ -298,9 +302,9 @@ def run(
             )
         for sig in held:
             signal.raise_signal(sig)
-        out, err = proc.communicate(input=input, timeout=timeout)
-        if isinstance(out, bytes):
-            out, err = out.decode(errors="replace"), err.decode(errors="replace")
+        data = input.encode() if isinstance(input, str) else input
+        raw_out, raw_err = proc.communicate(input=data, timeout=timeout)
+        out, err = raw_out.decode(errors="replace"), raw_err.decode(errors="replace")
     except BaseException as e:
         if proc is not None:
             tools._stop_group(proc, 10.0)

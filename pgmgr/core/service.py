@@ -415,7 +415,9 @@ def systemctl(*args: str, check: bool = True) -> None:
 
     argv = ["systemctl", *args]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", timeout=120, check=False
+        )
     except OSError as e:
         if not check:
             return

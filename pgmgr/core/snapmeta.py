@@ -62,14 +62,24 @@ class Meta:
             raise ValueError("not a JSON object")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         meta = cls(**known)
+        # every field: a 'files' of "x" ended restore and branch in a TypeError
         for key in ("name", "instance", "datadir", "system_identifier", "major", "version"):
             if not isinstance(getattr(meta, key), str):
                 raise ValueError(f"{key!r} must be a string")
-        if not isinstance(meta.created, int | float) or not isinstance(meta.size, int):
-            raise ValueError("'created' and 'size' must be numbers")
+        for key in ("bindir", "method"):
+            if not isinstance(getattr(meta, key), str):
+                raise ValueError(f"{key!r} must be a string")
+        if not isinstance(meta.created, int | float) or isinstance(meta.created, bool):
+            raise ValueError("'created' must be a number")
+        for key in ("size", "files", "format"):
+            value = getattr(meta, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{key!r} must be a whole number")
         # NaN, 1e308, 10**400 (JSON has them): the listing, the space check would fail
         if not 0 <= meta.created < 1e11 or not 0 <= meta.size < 1 << 62:
             raise ValueError("'created' or 'size' is out of range")
+        if not 0 <= meta.files < 1 << 62 or not 0 <= meta.format < 1 << 62:
+            raise ValueError("'files' or 'format' is out of range")
         if not isinstance(meta.settings, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in meta.settings.items()
         ):

@@ -23,7 +23,7 @@ import stat
 import time
 from pathlib import Path
 
-from pgmgr.core import process
+from pgmgr.core import numtext, process
 from pgmgr.core.errors import PgmgrError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -182,7 +182,8 @@ def dead_runs(user: ServerUser | None = None, also: str | None = None) -> list[P
 def _pw_dir_dead(name: str) -> bool:
     """``pgmgr-{pw,cfg,imp,up}-<pid>-*`` of a pgmgr process that is gone."""
     pid = name.split("-")[2]
-    return pid.isascii() and pid.isdigit() and not process.is_alive(int(pid))
+    number = numtext.whole(pid)
+    return number is not None and not process.is_alive(number)
 
 
 def _remove_pid_dir(parent: str, name: str, uid: int) -> None:

@@ -107,19 +107,19 @@ def locale_fingerprint(dirs: Sequence[str] | None = None) -> str:
     imports a collation per locale, so a template of another locale set is stale. ~20 us."""
     if dirs is None:
         dirs = [d for d in os.environ.get("LOCPATH", "").split(":") if d] + list(LOCALE_DIRS)
-    h = hashlib.sha256()
+    h = hashlib.sha256()  # names that are not UTF-8 (surrogates) hash as their bytes
     for d in dirs:
         try:
             names = sorted(os.listdir(d))
         except OSError:
-            h.update(f"{d}:-\n".encode())
+            h.update(f"{d}:-\n".encode(errors="surrogateescape"))
             continue
         for name in names:
             try:
                 st = os.stat(os.path.join(d, name))
             except OSError:
                 continue
-            h.update(f"{d}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(f"{d}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 

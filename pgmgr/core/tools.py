@@ -84,6 +84,7 @@ def run(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                errors="replace",  # initdb, postgres -C echo the bytes they were given
                 cwd=str(cwd),
                 env=child_env,
                 start_new_session=True,
@@ -184,7 +185,7 @@ def _deferred() -> Iterator[list[int]]:
             raise raised
 
 
-def _stop_group(proc: subprocess.Popen[str], grace: float) -> None:
+def _stop_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM the program's process group, SIGKILL it after ``grace`` seconds; return
     once the program is reaped and its group is empty (bounded): its clean-up may
     remove the directory they wrote in."""

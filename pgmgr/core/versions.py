@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import binout
+from pgmgr.core import binout, numtext
 from pgmgr.core.errors import NoInstallation, UsageError, VersionNotFound
 from pgmgr.core.lazyre import LazyRegex
 
@@ -43,7 +43,7 @@ SOURCES = (
     "path",
 )
 
-_VERSION_RE = LazyRegex(r"^\d+(\.\d+){0,2}$")
+_VERSION_RE = LazyRegex(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,2}$")
 _BINARY_VERSION_RE = LazyRegex(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)*)")
 
 
@@ -83,13 +83,14 @@ class Selection:
 
 def version_key(version: str) -> tuple[int, ...]:
     """Numeric sort key: ``'9.6' < '10' < '15.2' < '18'``."""
-    return tuple(int(p) for p in re.findall(r"\d+", version))
+    return tuple(int(p[: numtext.MAX_DIGITS]) for p in re.findall(r"[0-9]+", version))
 
 
 def major_of(version: str) -> str:
     """``'15.18' -> '15'``, ``'9.6.24' -> '9.6'``, ``'18' -> '18'``."""
     parts = version.split(".")
-    if parts and parts[0].isascii() and parts[0].isdigit() and int(parts[0]) < 10:
+    first = numtext.whole(parts[0]) if parts else None
+    if first is not None and first < 10:
         return ".".join(parts[:2])
     return parts[0]
 

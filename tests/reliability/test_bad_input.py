@@ -54,6 +54,19 @@ BAD: list[tuple[list[str], dict[str, str]]] = [
     (["reload", "{reg}", "--timeout", "0"], {}),
     (["replica", "{reg}", "--timeout", "nan"], {}),
     (["branch", "{reg}", "new", "-p", "\u00b2"], {}),  # isdigit(), yet int() refused it
+    # int() refuses more than 4300 digits (a ValueError), and takes '١٢٣٤٥' as 12345
+    (["branch", "{reg}", "new", "-p", "9" * 5000], {}),
+    (["init", "-d", "{dir}/x", "-v", "9" * 5000], {}),
+    (["start", "{reg}", "-p", "\u0661\u0662\u0663\u0664\u0665"], {}),
+    (["start", "{reg}", "-p", "1_5432"], {}),
+    # bytes that are not UTF-8 (surrogates): pgmgr.conf, and what initdb/postgres echo back
+    (["start", "{reg}", "-c", "work_mem=\udcff"], {}),
+    (["config", "{reg}", "set", "work_mem=\udcff"], {}),
+    (["init", "-d", "{dir}/x", "--locale", "\udcff"], {}),
+    # a line break or bytes that are not UTF-8 in what is recorded (and in postmaster.pid)
+    (["start", "{reg}", "-H", "localhost\n"], {}),
+    (["init", "-d", "{dir}/x", "--log-file", "{dir}/log\nx"], {}),
+    (["init", "-d", "{dir}/x", "--log-file", "{dir}/log\udcff"], {}),
     (["init", "-d", "{dir}/x", "--name", "bad/name"], {}),
     (["init", "-d", "{dir}/x", "--name", "-lead"], {}),
     (["init", "-d", "{dir}/x", "--name", "x" * 80], {}),
@@ -278,3 +291,47 @@ def test_an_empty_name_or_path_is_refused_not_defaulted(cluster: InstFactory, wo
         assert len(errors) == 1 and "empty" in errors[0], (proc.args, proc.stderr)
     assert not any(here.iterdir())
     assert inst.pid() is not None and inst.has_canary(token)
+
+
+def test_numbers_in_the_environment_with_too_many_digits_are_ignored(
+    cluster: InstFactory,
+) -> None:
+    """``str.isdigit()`` then ``int()``: more than 4300 digits passed the first and made the
+    second raise a ValueError, so ``COLUMNS``, ``PGMGR_LOG_MAX_BYTES`` or ``PGMGR_PORT_SLICE``
+    set to a long run of digits ended ``status``, ``start``, ``versions`` in a traceback.
+    Such a value is not a number: the default applies, as for any other garbage."""
+    inst = cluster("digits")
+    many = "9" * 5000
+    env = {"COLUMNS": many, "PGMGR_LOG_MAX_BYTES": many, "PGMGR_PORT_SLICE": f"{many}/{many}"}
+    started = pgmgr("start", inst.name, "-p", "auto", env=env)
+    assert started.returncode == 0, str(started)
+    for args in (["status"], ["versions"], ["stop", inst.name]):
+        run = pgmgr(*args, env=env)
+        assert run.returncode == 0, str(run)
+
+
+def test_a_locale_name_that_is_not_utf8_does_not_end_init(cluster: InstFactory, work: Path) -> None:
+    """initdb imports a collation per installed locale, so a template's key hashes the names
+    in the locale directories (and ``$LOCPATH``); a name that is not UTF-8 (a surrogate in
+    Python) made that ``.encode()`` raise, and every ``init`` ended in a traceback."""
+    locales = work / "locales"
+    locales.mkdir()
+    os.mkdir(os.fsencode(locales) + b"/de_DE.\xe4")  # as a latin-1 tool may name it
+    env = {"LOCPATH": str(locales)}
+    run = pgmgr("init", "-d", str(work / "fresh"), "-v", "15", "-q", env=env)
+    assert run.returncode == 0, str(run)
+    assert pgmgr("cache", "list", env=env).returncode == 0
+
+
+def test_a_huge_value_is_not_repeated_in_full_in_the_error(cluster: InstFactory) -> None:
+    """A 100 kB value (a port, a name, a path: a variable expanded by mistake; or in the
+    environment) was repeated whole in the error, one 100 kB line; it is clipped where it
+    appears, the rest of the line intact."""
+    inst = cluster("huge")
+    huge = "x" * 100_000
+    for args in (["start", inst.name, "-p", huge], ["status", huge], ["init", "-d", huge]):
+        error = one_error(pgmgr(*args))
+        assert len(error) < 1000 and "xxxx" in error, error[:200]
+    fresh = str(inst.datadir.parent / "fresh")
+    error = one_error(pgmgr("init", "-d", fresh, env={"POSTGRES_VERSION": huge}))
+    assert len(error) < 1000 and "POSTGRES_VERSION 'xxxx" in error, error[:200]

@@ -236,3 +236,26 @@ def test_metadata_nested_too_deep_is_one_line(inst: Inst) -> None:
     _refused(inst, ("restore", "dev", "deep", "--yes"), 1, "nested too deep")
     _refused(inst, ("branch", "dev", "b", "--from", "deep"), 1, "nested too deep")
     inst.ok("restore", "dev", "s1", "--yes", "-q")  # the others are fine
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("files", "x"), ("files", None), ("files", []), ("files", True), ("files", -1),
+     ("format", "1"), ("bindir", 5), ("method", None)],
+)  # fmt: skip
+def test_a_wrong_type_in_metadata_is_one_line(inst: Inst, key: str, value: object) -> None:
+    """snapshot.json is the server user's file: a 'files' of "x" (or null, a list) passed
+    the type checks, which named only some fields, and restore and branch --from died with
+    a TypeError comparing it to 0. Every field is checked: the snapshot is listed with its
+    problem, and restore and branch refuse it in one line, changing nothing."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    meta = inst.store / "s1" / "snapshot.json"
+    data = json.loads(meta.read_text())
+    data[key] = value
+    meta.write_text(json.dumps(data))
+    pid = inst.pid()
+    _refused(inst, ("restore", "dev", "s1", "--yes"), 1, f"'{key}'")
+    _refused(inst, ("branch", "dev", "b", "--from", "s1"), 1, f"'{key}'")
+    assert [f"'{key}'" in str(s["problem"]) for s in inst.snaps()] == [True]
+    assert inst.pid() == pid
+    assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]
