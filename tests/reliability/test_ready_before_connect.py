@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from pgmgr.core import privileges, process, server
-from pgmgr.core.versions import Installation
+from pgmgr.core import process
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, pgmgr_argv
 from tests.reliability.test_ready_before_work import (
     _recovering,
     _signals_pending,
     _thaw,
-    freeze_recovery,
+    spawn_frozen,
 )
 
 WORK = {
@@ -202,21 +201,7 @@ def _standby_recovering(rep: Inst) -> tuple[int, list[int]]:
     process and checkpointer frozen before it is consistent (postmaster.pid says
     ``starting``, not ``standby``: it refuses connections); its pid, theirs."""
     assert rep.stop("-m", "immediate").returncode == 0
-    rec = rep.record()
-    install = Installation(rec["major"], rec["version"], Path(rec["bindir"]), "record")
-    su = privileges.server_user(rep.datadir, rec.get("server_user"))
-    argv = server.postgres_argv(
-        install, rep.datadir, host="127.0.0.1", port=rec["port"],
-        socket_dir=Path(rec["socket_dir"]), settings={},
-    )  # fmt: skip
-    for _ in range(20):
-        child = server.spawn(argv, rep.datadir.parent / "spawn-rep.log", su)
-        frozen = freeze_recovery(rep.datadir, child.pid)
-        if frozen is not None:
-            return child.pid, frozen
-        server.stop(child.pid, rep.datadir, "immediate", 10)  # not consistent next time
-        child.wait(10)
-    raise AssertionError("never caught the standby before it was consistent in 20 attempts")
+    return spawn_frozen(rep, "spawn-rep.log", "the standby before it was consistent")
 
 
 def test_a_promote_of_a_starting_standby_waits_for_it(cluster: InstFactory, work: Path) -> None:

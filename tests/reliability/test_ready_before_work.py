@@ -43,6 +43,14 @@ def _recovering(inst: Inst) -> tuple[int, list[int], str]:
         "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS t FROM generate_series(1, 100000) g"
     )
     assert inst.stop("-m", "immediate").returncode == 0  # the next start recovers
+    pid, frozen = spawn_frozen(inst, "spawn.log", "the recovery")
+    return pid, frozen, token
+
+
+def spawn_frozen(inst: Inst, log: str, what: str) -> tuple[int, list[int]]:
+    """``inst``'s server (stopped by an immediate stop) spawned by another process, its
+    startup process and checkpointer frozen while it recovers (:func:`freeze_recovery`;
+    stopped immediately and tried again when ``what`` was over first); its pid, theirs."""
     rec = inst.record()
     install = Installation(rec["major"], rec["version"], Path(rec["bindir"]), "record")
     su = privileges.server_user(inst.datadir, rec.get("server_user"))
@@ -51,13 +59,13 @@ def _recovering(inst: Inst) -> tuple[int, list[int], str]:
         socket_dir=Path(rec["socket_dir"]), settings={},
     )  # fmt: skip
     for _ in range(20):
-        child = server.spawn(argv, inst.datadir.parent / "spawn.log", su)
+        child = server.spawn(argv, inst.datadir.parent / log, su)
         frozen = freeze_recovery(inst.datadir, child.pid)
         if frozen is not None:
-            return child.pid, frozen, token
-        server.stop(child.pid, inst.datadir, "immediate", 10)  # crash recovery next time
+            return child.pid, frozen
+        server.stop(child.pid, inst.datadir, "immediate", 10)  # it recovers next time
         child.wait(10)
-    raise AssertionError("never caught the recovery in 20 attempts")
+    raise AssertionError(f"never caught {what} in 20 attempts")
 
 
 def freeze_recovery(datadir: Path, postmaster: int) -> list[int] | None:
