@@ -164,6 +164,7 @@ def confirm(prompt: str) -> bool:
             # is reached) ends its line too.
             sys.stderr.write(f"{prompt} [y/N]: ")
             sys.stderr.flush()
+            _until_typed(sys.stdin.fileno())
             answer = input().strip().lower()
         except EOFError:
             sys.stderr.write("\n")
@@ -176,6 +177,17 @@ def confirm(prompt: str) -> bool:
         if answer in ("", "n", "no"):
             return False
         sys.stderr.write("Error: answer y or n\n")
+
+
+def _until_typed(fd: int) -> None:
+    """Return once the terminal ``fd`` has a line (or end of input) to read, waiting in
+    short selects: between them a signal is acted on. A Ctrl-C that came in the instant
+    before input() blocked in read() (a quick typist's, right after the question) was
+    otherwise only acted on after Enter: the prompt hung on its "^C"."""
+    import select
+
+    while not select.select([fd], [], [], 0.1)[0]:
+        pass
 
 
 __all__ = ["resolve", "status_record", "uptime_text", "version_label"]

@@ -170,11 +170,28 @@ def _answer_prompt(work: Work, args: list[str], keys: list[bytes]) -> tuple[int,
                 if not chunk:
                     break
                 out += chunk
-        _, status = os.waitpid(pid, 0)
+        status = _exit_status(pid, out)
     finally:
         os.close(fd)
     assert (work.path / "data" / "PG_VERSION").exists()
     return os.waitstatus_to_exitcode(status), out.decode().replace("\r", "").splitlines()
+
+
+def _exit_status(pid: int, out: bytes, wait: float = 10) -> int:
+    """The wait status of ``pid``, which must exit within ``wait`` s of the end of its
+    output; else it is killed and the test fails with what it printed (not a wait without
+    end: an ordinary-user run once hung here, after a Ctrl-C at restore's prompt)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    state = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    sig = [ln for ln in state.splitlines() if ln.startswith(("State", "Sig", "Shd"))]
+    raise AssertionError(f"pgmgr did not exit; it printed {out!r}; {sig}")
 
 
 @pytest.mark.parametrize(
