@@ -151,6 +151,14 @@ def quiet(flag: bool, json: bool = False) -> None:
     ui.settings.quiet = flag
 
 
+def on_terminal() -> bool:
+    """Whether there is a terminal to ask on: stdin open (``<&-`` leaves it None, and
+    ``sys.stdin.isatty()`` ended in a traceback) and a tty."""
+    import sys
+
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
 def confirm(prompt: str) -> bool:
     """Ask ``prompt [y/N]`` on the terminal (stderr) until the answer is yes or no (empty:
     no). End of input (Ctrl-D) is no, as an empty answer is; Ctrl-C ends the prompt's line

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -59,7 +58,7 @@ def destroy(
         )
     kept = snapcatalog.Kept.of(srv)
     if not yes and not srv.inst.pending:  # an unfinished import/replica holds no data yet
-        if not sys.stdin.isatty():
+        if not c.on_terminal():
             raise UsageError(
                 f"refusing to destroy '{srv.inst.name}' without --yes (no terminal to ask on)"
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -38,7 +37,7 @@ def restore(
     def confirm(srv: Server) -> None:
         from pgmgr.core.errors import UsageError
 
-        if not sys.stdin.isatty():
+        if not c.on_terminal():
             raise UsageError(
                 f"refusing to restore '{srv.inst.name}' without --yes (no terminal to ask on)"
             )

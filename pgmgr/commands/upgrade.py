@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -53,7 +52,7 @@ def upgrade(
     srv = c.resolve(name, None)
     old, new = up.prepare(srv, version, method)
     if not yes and not check:
-        if not sys.stdin.isatty():
+        if not c.on_terminal():
             raise UsageError(
                 f"refusing to upgrade '{srv.inst.name}' without --yes (no terminal to ask on)"
             )

@@ -419,3 +419,26 @@ def test_status_of_an_unlistable_registry_is_an_error_not_no_instances(tmp_path:
             "",
             f"Error: cannot list {state}/instances: Not a directory\n",
         ), args
+
+
+@pytest.mark.parametrize(
+    "args", [["destroy", "data"], ["restore", "data", "s1"], ["upgrade", "data", "-v", "18"]]
+)
+def test_a_closed_stdin_is_no_terminal_to_ask_on(work: Work, args: list[str]) -> None:
+    """``pgmgr destroy data <&-``: with stdin closed, Python's sys.stdin is None, and the
+    check for a terminal ended in an AttributeError traceback."""
+    import subprocess
+
+    work.ok("init", "-q", "-d", "./data", "-v", "15")
+    if args[0] == "restore":
+        work.ok("snapshot", "data", "s1", "-q")
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" <&-', sys.executable, "-m", "pgmgr", *args],
+        cwd=work.path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr)[0].startswith(
+        f"Error: refusing to {args[0]} 'data' without --yes"
+    )
+    assert (work.path / "data" / "PG_VERSION").exists()
