@@ -264,16 +264,15 @@ def readable_archive(archive: Path, su: privileges.ServerUser | None) -> Iterato
         yield archive
         return
     sweep.dead_runs(su)  # the copies of imports killed before they removed theirs
-    top = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-", _copy_place(su))
-    held = None
+    # held: see pgmgr.core.sweep (live, whatever pid)
+    top, held = sweep.make_dir(f"pgmgr-imp-{os.getpid()}-", _copy_place(su))
     try:
-        held = sweep.hold(top)  # see pgmgr.core.sweep: live, whatever pid
         testhook.pause("import-archive-dir")
         # Through the held fd (O_NOFOLLOW), as /proc/self/fd/N, not by path: the temp dir
         # may be one another user can write, who could swap the directory for a symlink
         # (root then copied into, and gave postgres, whatever it pointed to).
-        if os.fstat(held).st_uid != os.geteuid():
-            raise DatabaseException(f"{top} was replaced while it was made")
+        if not sweep.still_named(held, top):
+            raise sweep.replaced(top)
         here = Path(f"/proc/self/fd/{held}")
         copy.copy_tree(archive, here / "archive")
         for _dir, _subdirs, files, dfd in os.fwalk(here / "archive"):

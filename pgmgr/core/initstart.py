@@ -69,17 +69,16 @@ def check_settings(srv: Server, settings: Mapping[str, str], user: str | None) -
     su = srv.user(user)
     sweep.dead_runs(su)  # the dirs of checks (and of this user's other runs) killed
     # made by pgmgr, then given to the server user: only reaching it matters
-    tmp = sweep.make_dir(f"pgmgr-cfg-{os.getpid()}-", sockets.temp_base_for(su, make=False))
+    # held: see pgmgr.core.sweep (live, whatever pid)
+    tmp, held = sweep.make_dir(f"pgmgr-cfg-{os.getpid()}-", sockets.temp_base_for(su, make=False))
     parent = str(tmp.parent)
-    held = None
     try:
-        held = sweep.hold(tmp)  # see pgmgr.core.sweep: live, whatever pid
         testhook.pause("settings-check-dir")
         # Through that fd (O_NOFOLLOW), not by path: as root, the temp dir may be one
         # another user can write, who could have swapped the new directory for a symlink
         # (root then wrote in, and gave the server user, whatever it pointed to).
-        if os.fstat(held).st_uid != os.geteuid():
-            raise DatabaseException(f"{tmp} was replaced while it was made")
+        if not sweep.still_named(held, tmp):
+            raise sweep.replaced(tmp)
         userfs.write_file_at(held, "postgresql.conf", b"", 0o600, sync=False)
         if su is not None:
             os.chown("postgresql.conf", su.uid, su.gid, dir_fd=held, follow_symlinks=False)

@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import os
 import stat
-import time
 from pathlib import Path
 
 from pgmgr.core import numtext, process
@@ -70,21 +69,64 @@ def _held(fd: int) -> bool:
     return False
 
 
-def make_dir(prefix: str, parent: str | None = None) -> Path:
+def make_dir(prefix: str, parent: str | None = None) -> tuple[Path, int]:
     """A new private directory (``tempfile.mkdtemp``) in ``parent`` (default: the temp
-    dir). As root, never where a user other than root can write (``TMPDIR`` in a user's
-    directory): that user could swap it for a symlink before root writes into it or chowns
-    it, and have root do so wherever they point it. /tmp then (root's, sticky)."""
+    dir), held (:func:`hold`) from the moment it is found under its name: returns it and
+    the fd to :func:`release`. As root, never where a user other than root can write
+    (``TMPDIR`` in a user's directory): that user could swap it for a symlink before root
+    writes into it or chowns it, and have root do so wherever they point it. /tmp then
+    (root's, sticky).
+
+    Until it is held, a new directory is one a sweep cannot tell from a killed run's (no
+    owner file, not held, its pid maybe in another namespace), and may remove: the maker
+    sees that (the name no longer leads to what it holds) and makes another. So nothing
+    made is ever left unclaimed, however early its maker is killed.
+
+    :raises PgmgrError: the new directory was swapped for something else (another user
+        can write ``parent``), or swept away each time.
+    """
     import tempfile
 
     from pgmgr.core import userfs
 
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    if os.geteuid() == 0 and userfs.others_can_write(path):
-        with contextlib.suppress(OSError):  # a symlink swapped in: not a directory, left
-            os.rmdir(path)
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    return path
+    for _attempt in range(20):
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        if os.geteuid() == 0 and userfs.others_can_write(path):
+            with contextlib.suppress(OSError):  # a symlink swapped in: not a directory, left
+                os.rmdir(path)
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        try:
+            fd = hold(path)
+        except FileNotFoundError:
+            continue  # swept before it was held: made again
+        except OSError:  # ELOOP, ENOTDIR: swapped for a symlink or a file
+            raise replaced(path) from None
+        if not still_named(fd, path):
+            release(fd)
+            continue  # swept while it was being held
+        if os.fstat(fd).st_uid != os.geteuid():
+            release(fd)
+            raise replaced(path)
+        return path, fd
+    where = parent or tempfile.gettempdir()
+    raise PgmgrError(f"cannot make a temporary directory in {where}: removed as soon as made")
+
+
+def replaced(path: Path) -> PgmgrError:
+    return PgmgrError(
+        f"{path} was replaced while it was made: another user can write {path.parent}",
+        hint="use a temporary directory only you can write (TMPDIR), or a sticky one",
+    )
+
+
+def still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` (not followed) is still the directory open as ``fd``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def owner_token(pid: int) -> str:
@@ -94,16 +136,17 @@ def owner_token(pid: int) -> str:
 
 def _owner_alive(base: Path) -> bool:
     """Whether the pgmgr process named in ``base``'s owner file still runs (same pid, same
-    start time: a reused pid is another process). No readable file: alive while the
-    directory is younger than a minute (its owner may be about to write it)."""
+    start time: a reused pid is another process). No readable file: gone (its maker holds
+    it before it writes that file, see :func:`make_dir`, and the caller checks that no one
+    holds it before it removes it)."""
     try:
         pid_text, started = (base / OWNER_FILE).read_text().split()
-        pid = int(pid_text)
+        pid = numtext.whole(pid_text)
+        float(started)
     except (OSError, ValueError):
-        try:
-            return time.time() - base.lstat().st_mtime < 60
-        except OSError:
-            return True
+        return False
+    if pid is None:
+        return False
     if not process.is_alive(pid):
         return False
     now = process.start_time(pid)
@@ -203,9 +246,10 @@ def _remove_pid_dir(parent: str, name: str, uid: int) -> None:
             if _held(fd):  # a live run whose pid is not ours to see
                 raise BlockingIOError(f"{name} is held by a live run")
             ownerrm.empty(fd)
+            # still locked: a maker that has just made it waits, then makes another
+            ownerrm.remove_at(parent_fd, name)
         finally:
             os.close(fd)
-        ownerrm.remove_at(parent_fd, name)
 
 
 def _remove_run_dir(parent: str, name: str) -> None:
@@ -223,6 +267,7 @@ def _remove_run_dir(parent: str, name: str) -> None:
             for entry in os.listdir(fd):
                 if entry != OWNER_FILE:
                     ownerrm.remove_at(fd, entry)
+            # still locked: a maker that has just made it waits, then makes another
+            ownerrm.remove_at(parent_fd, name)
         finally:
             os.close(fd)
-        ownerrm.remove_at(parent_fd, name)

@@ -79,38 +79,38 @@ def _default_user() -> privileges.ServerUser | None:
         return None  # no such user: the start says so
 
 
-def _base_dir(prefix: str, root: str | None = None) -> Path:
+def _base_dir(prefix: str, root: str | None = None) -> tuple[Path, int]:
     """A fresh directory the server user can traverse (0755) under ``root`` (default: the
-    temp dir); /tmp when that is too deep for a socket path, or (as root) unreachable for
-    the server user or in a directory another user can write (who could swap it for a
-    symlink before root writes its owner file in it and chmods it). It names its owner
-    (this process), so that a later run can sweep it if this one is killed."""
-    base = sweep.make_dir(prefix, root)
-    su = privileges.server_user(base, None) if privileges.is_root() else None
-    if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
-        base.rmdir()
-        base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    testhook.pause("run-base-made")
-    # Through an fd of the new directory: as root, the temp dir (TMPDIR, the plugin's
-    # pgmgr_tmpdir) may be one another user can write, who could have swapped the new
-    # directory for a symlink meanwhile (root then chmodded and wrote where it pointed).
-    changed = PgmgrError(
-        f"{base} was replaced while it was made: another user can write {base.parent}",
-        hint="use a temporary directory only you can write (TMPDIR), or a sticky one",
-    )
+    temp dir), held (:func:`sweep.make_dir`): it and the fd to release. /tmp when ``root``
+    is too deep for a socket path, or (as root) unreachable for the server user or in a
+    directory another user can write (who could swap it for a symlink before root writes
+    its owner file in it and chmods it). It names its owner (this process), so that a
+    later run can sweep it if this one is killed."""
+    base, fd = sweep.make_dir(prefix, root)
     try:
-        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (NotADirectoryError, FileNotFoundError):
-        raise changed from None
-    try:
-        if os.fstat(fd).st_uid != os.geteuid():
-            raise changed
+        su = privileges.server_user(base, None) if privileges.is_root() else None
+        if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
+            os.rmdir(base)
+            sweep.release(fd)
+            fd = -1
+            base, fd = sweep.make_dir(prefix, "/tmp")  # noqa: S108
+        testhook.pause("run-base-made")
+        # Through the held fd of the new directory, and only while its name still leads
+        # there: as root, the temp dir (TMPDIR, the plugin's pgmgr_tmpdir) may be one
+        # another user can write, who could have swapped it for a symlink meanwhile (root
+        # then chmodded and wrote where it pointed).
+        if not sweep.still_named(fd, base):
+            raise sweep.replaced(base)
         token = sweep.owner_token(os.getpid()).encode()
         userfs.write_file_at(fd, sweep.OWNER_FILE, token, 0o644, sync=False)
         os.fchmod(fd, 0o755)
-    finally:
-        os.close(fd)
-    return base
+    except BaseException:
+        if fd >= 0 and sweep.still_named(fd, base):
+            with contextlib.suppress(OSError):
+                os.rmdir(base)  # empty but for the owner file: else the next sweep's
+        sweep.release(fd if fd >= 0 else None)
+        raise
+    return base, fd
 
 
 class TemporaryInstance:
@@ -150,8 +150,8 @@ class TemporaryInstance:
         """
         try:
             sweep.dead_runs(_default_user(), also=self.root)  # where ours would be
-            self.base = _base_dir(self.prefix, self.root)
-            self._held = sweep.hold(self.base)  # see pgmgr.core.sweep: live, whatever pid
+            # held: see pgmgr.core.sweep (live, whatever pid)
+            self.base, self._held = _base_dir(self.prefix, self.root)
             if self.guard:
                 from pgmgr.core import reaper
 

@@ -126,3 +126,39 @@ def test_an_export_work_dir_named_with_a_superscript_is_left_alone(tmp_path: Pat
     odd.mkdir()
     bundle._sweep_exports(dest)
     assert odd.is_dir()
+
+
+@pytest.mark.parametrize("when", ["before it is held", "once it is held"])
+def test_a_sweep_racing_the_maker_of_a_new_directory(
+    when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run directory has no owner file yet, so a sweep that runs between its mkdtemp
+    and its flock takes it for a killed run's and removes it: the maker must notice and
+    make another, held. Once held, a sweep leaves it. The interleaving is forced by running
+    a real sweep inside ``hold`` (no scheduler can be relied on to hit a window of a few
+    syscalls); nothing else is replaced."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real_hold, swept = sweep.hold, []
+
+    def racing_hold(path: str | Path) -> int:
+        if when == "before it is held" and not swept:
+            swept.append(sweep.dead_runs())
+        fd = real_hold(path)
+        if when == "once it is held" and not swept:
+            swept.append(sweep.dead_runs())
+        return fd
+
+    monkeypatch.setattr(sweep, "hold", racing_hold)
+    path, fd = sweep.make_dir("pgmgr-run-")
+    try:
+        assert path.is_dir() and sweep.still_named(fd, path)
+        if when == "before it is held":
+            assert len(swept[0]) == 1 and swept[0][0] != path  # the first one went
+        else:
+            assert swept == [[]]
+        assert sweep.dead_runs() == []  # held: never a dead run's
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    finally:
+        sweep.release(fd)
+    assert sweep.dead_runs() == [path]  # released without an owner file: gone

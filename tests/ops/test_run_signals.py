@@ -18,6 +18,7 @@ from pgmgr.core import process
 from tests.helpers import kill_postmasters, postgres_pids_under, readline_within, run_pgmgr
 from tests.ops.conftest import Instance
 from tests.ops.test_run import assert_nothing_left
+from tests.pause import Paused
 
 #: When ``pgmgr run`` is SIGKILLed: after a delay (s), from "still in Python start-up"
 #: through the template copy / initdb and the server start; then ("up", s) that long after
@@ -87,6 +88,25 @@ def test_sigkilled_run_leaves_no_server_and_the_next_run_sweeps(ops_dir: Path) -
         f"\nSIGKILL of 'pgmgr run': {len(KILL_DELAYS)} kills ({phases}), 0 orphaned "
         f"servers; {leftover} run dirs left by the kills, 0 after the next run"
     )
+
+
+def test_run_killed_as_its_directory_is_made_leaves_it_to_the_next_run(ops_dir: Path) -> None:
+    """SIGKILL between the run directory's creation and its owner file: the directory had
+    no owner to ask, and was kept as "maybe about to be claimed" for a minute, so the next
+    run left it (a flaky CI failure of the test above, whose early kills can land there).
+    Now the maker holds it (flock) before anything else: not held and without an owner, it
+    is a dead run's."""
+    hooks = ops_dir / "hooks"
+    hooks.mkdir()
+    with Paused(hooks, "run-base-made", "run", "-q", "--", "true") as run:
+        run.reached()
+        (made,) = _run_dirs(ops_dir)
+        assert not (made / "pgmgr.owner").exists()  # the moment this test is about
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait()
+    proc = run_pgmgr("run", "-q", "--", "true")
+    assert proc.returncode == 0, proc.stderr
+    assert_nothing_left(ops_dir)
 
 
 def test_run_dir_of_a_live_pgmgr_is_not_swept(ops_dir: Path) -> None:
