@@ -364,7 +364,8 @@ def _seed_errors(launch: bool = False) -> Iterator[None]:
     """The seed's exception contract: what pgmgr raises about a data directory or an option
     (a usage error, a busy lock, no such data directory) reaches the caller as a
     :class:`DatabaseException`; :class:`WorkerError` passes as it is. So does ``OSError``
-    in ``start()`` (``launch``: the seed's "postgres fails to launch"); elsewhere one (a
+    in ``start()`` (``launch``: the seed's "postgres fails to launch"), of the same class
+    and errno but saying what failed in pgmgr's words; elsewhere one (a
     state directory that is a file, say: it was a raw NotADirectoryError from the
     constructor and from ``stop()``) is a :class:`DatabaseException` saying what failed."""
     try:
@@ -378,6 +379,6 @@ def _seed_errors(launch: bool = False) -> Iterator[None]:
     except PgmgrError as e:
         raise DatabaseException(e.message, hint=e.hint) from e
     except OSError as e:
-        if launch:
-            raise
+        if launch:  # OSError(errno, ...) is the errno's subclass (NotADirectoryError...)
+            raise OSError(e.errno, describe_os_error(e)) from e
         raise DatabaseException(describe_os_error(e)) from e

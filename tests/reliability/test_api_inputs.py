@@ -155,7 +155,9 @@ def test_a_state_dir_that_is_a_file_is_a_database_exception(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The constructor and ``stop()`` let a raw NotADirectoryError out ("[Errno 20] Not a
-    directory: '.../instances'"); the CLI says the same one line as these."""
+    directory: '.../instances'"); the CLI says the same one line as these. ``start()``
+    raises OSError as the seed documents, saying the same (it said "Not a directory:
+    '.../locks'", not which component is the file)."""
     port = free_port("127.0.0.1")
     with Manager("127.0.0.1", port, work / "data", initialize=True, auth="trust") as pg:
         state = os.environ["PGMGR_STATE_DIR"]
@@ -165,6 +167,8 @@ def test_a_state_dir_that_is_a_file_is_a_database_exception(
             Manager("127.0.0.1", port, work / "data")
         with pytest.raises(DatabaseException, match="is a regular file, not a directory"):
             pg.stop()
+        with pytest.raises(NotADirectoryError, match="state-file is a regular file, not a dir"):
+            pg.start()
         monkeypatch.setenv("PGMGR_STATE_DIR", state)
         assert pg.status().state == "running"  # refused before anything was done
     assert postmasters_under(work) == []
