@@ -11,6 +11,10 @@ from pathlib import Path
 
 from pgmgr.core import paths
 
+#: How long a command waits for another pgmgr holding an instance's lock (an export, a
+#: snapshot's copy, another command) before it says the instance is busy.
+WAIT = 30.0
+
 
 def _lock_path(datadir: Path) -> Path:
     return lock_file(datadir, ".lock")
@@ -26,12 +30,13 @@ def lock_file(datadir: Path, suffix: str) -> Path:
 
 
 @contextlib.contextmanager
-def lock(datadir: Path, timeout: float = 30.0) -> Iterator[None]:
-    """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``."""
+def lock(datadir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the per-data-directory lock; other pgmgr processes wait up to ``timeout``
+    (default :data:`WAIT`)."""
     with paths.flocked(
         _lock_path(datadir),
         exclusive=True,
-        timeout=timeout,
+        timeout=WAIT if timeout is None else timeout,
         busy=f"another pgmgr is working on {datadir}",
     ):
         yield

@@ -25,7 +25,7 @@ SWITCHED = ("major", "version", "bindir", "settings", "dev", "ino", "system_id",
 
 @contextlib.contextmanager
 def locked(
-    srv: Server, timeout: float = 30.0, *, only: tuple[str, ...] | None = None,
+    srv: Server, timeout: float | None = None, *, only: tuple[str, ...] | None = None,
     sweep: bool = True,
 ) -> Iterator[Server]:  # fmt: skip
     """Hold ``srv``'s lock, with ``srv.inst`` read again under it (a registered record);
@@ -34,7 +34,8 @@ def locked(
     ``sweep``: a snapshot, restore or delete sweeps its store itself, at once, before it
     checks the space (the background removal may not be done by then).
 
-    :raises Busy: another pgmgr held the lock for ``timeout`` seconds.
+    :raises Busy: another pgmgr held the lock for ``timeout`` seconds (default
+        :data:`dirlock.WAIT`).
     :raises InstanceNotFound: the record was removed, or now names another data directory,
         while this command waited for the lock.
     """

@@ -231,20 +231,22 @@ def take_over(srv: Server, mode: str, command: str | None = None) -> Note | None
 @contextlib.contextmanager
 def locked(
     srv: Server, mode: str, timeout: float | None, *, only: tuple[str, ...] | None = None,
-    lock_timeout: float = 30.0, command: str | None = None,
+    lock_timeout: float | None = None, command: str | None = None,
 ) -> Iterator[Note | None]:  # fmt: skip
     """:func:`pgmgr.core.locked.locked` for a stop in ``mode``: while another stop holds
     the lock and waits for the server, escalate it if ``mode`` is stronger
     (:func:`take_over`), and wait for it up to this stop's ``timeout``; else wait for the
-    lock up to ``lock_timeout``, as any command. Yields the note of the stop this one
-    ended, or None. ``command``: the pgmgr command whose stop this is, when it is not
-    'pgmgr stop' (a restart: the stop it ends says so).
+    lock up to ``lock_timeout`` (default :data:`dirlock.WAIT`), as any command. Yields the
+    note of the stop this one ended, or None. ``command``: the pgmgr command whose stop
+    this is, when it is not 'pgmgr stop' (a restart: the stop it ends says so).
 
     :raises WorkerError: the stop in progress still waits after ``timeout``.
     :raises Busy: another command held the lock for ``lock_timeout``.
     """
     from pgmgr.core import locked as lock
 
+    if lock_timeout is None:
+        lock_timeout = dirlock.WAIT
     t0 = time.monotonic()
     ended: Note | None = None
     seen: Note | None = None
