@@ -121,6 +121,12 @@ class Instance:
         data: dict[str, object] = json.loads(self.pgmgr("status", self.name, "--json").stdout)
         return data
 
+    def registered(self) -> set[str]:
+        """The names of every registered instance (not a search of 'status' text, where a
+        random temporary path can hold any short name)."""
+        proc = self.pgmgr("status", "--json")
+        return {str(r["name"]) for r in json.loads(proc.stdout)}
+
 
 def _stop(inst: Instance) -> None:
     inst.pgmgr("stop", "--all", "-m", "immediate", "-q")

@@ -74,7 +74,7 @@ def test_replica_refuses_a_port_before_the_clone(
         args = ("replica", "fresh", "--name", "rep", "-p", str(port))
         assert refused_before(hooks, "replica-registered", *args) == lines
         assert not (ops_dir / "rep").exists()
-        assert "rep" not in fresh.pgmgr("status").stdout
+        assert "rep" not in fresh.registered()
 
 
 @low_ports_bindable
@@ -88,7 +88,7 @@ def test_import_refuses_a_port_before_the_initdb(
         args = ("import", str(bundle), "-d", str(ops_dir / "imp"), "-p", str(port))
         assert refused_before(hooks, "import-registered", *args) == lines
         assert not (ops_dir / "imp").exists()
-        assert "imp" not in fresh.pgmgr("status").stdout
+        assert "imp" not in fresh.registered()
 
 
 @low_ports_bindable

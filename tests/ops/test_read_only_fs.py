@@ -29,4 +29,4 @@ def test_export_and_replica_name_what_they_could_not_make(fresh: Instance, read_
         assert (proc.returncode, error_lines(proc.stderr)) == (
             1, [f"Error: cannot create {what}: Read-only file system"]
         ), proc.stderr  # fmt: skip
-    assert "rr" not in fresh.pgmgr("status").stdout
+    assert "rr" not in fresh.registered()

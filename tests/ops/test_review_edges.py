@@ -50,7 +50,7 @@ def test_a_primary_whose_pg_hba_conf_is_a_symlink_is_refused_in_words(fresh: Ins
         "Hint: put the file itself in its place, or set hba_file to the file",
     ]
     assert hba.is_symlink() and real.read_bytes() == before
-    assert "l2" not in fresh.pgmgr("status").stdout
+    assert "l2" not in fresh.registered()
     assert primary_leftovers(fresh) == (0, 0, [])
 
 
