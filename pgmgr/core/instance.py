@@ -6,11 +6,12 @@ over it. The live truth is always ``postmaster.pid`` plus the process table, so 
 started by one process is found and stopped by another.
 
 The work of most methods lives in modules loaded when it is needed, never by 'pgmgr
-status': the start machinery in :mod:`pgmgr.core.startup`, stopping in
-:mod:`pgmgr.core.shutdown`, finding or making a data directory's record and its binaries in
-:mod:`pgmgr.core.enroll`, the identity check before acting in :mod:`pgmgr.core.pinning`. The
-status model and its computation are in :mod:`pgmgr.core.state`, SQL and conninfo quoting in
-:mod:`pgmgr.core.pgtext`; the names callers used from here are still reachable here.
+status': the start machinery in :mod:`pgmgr.core.startup` and :mod:`pgmgr.core.startchild`,
+stopping in :mod:`pgmgr.core.shutdown`, finding or making a data directory's record and its
+binaries in :mod:`pgmgr.core.enroll`, the identity check before acting in
+:mod:`pgmgr.core.pinning`. The status model and its computation are in
+:mod:`pgmgr.core.state`, SQL and conninfo quoting in :mod:`pgmgr.core.pgtext`; the names
+callers used from here are still reachable here.
 """
 
 from __future__ import annotations
@@ -303,9 +304,9 @@ class Server:
 
         :raises WorkerError: no process, it exited, or it was not ready in time.
         """
-        from pgmgr.core import startup
+        from pgmgr.core import startchild
 
-        return startup.ready_wait(self, timeout)
+        return startchild.ready_wait(self, timeout)
 
     # ------------------------------------------------------------------ stop
 

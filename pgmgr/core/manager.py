@@ -326,12 +326,12 @@ class Manager:
         signals (fast, then immediate and SIGKILL after 30 s). It was left running, and
         the block raised. False when it is not this object's child (nothing done).
         """
-        from pgmgr.core import startup
+        from pgmgr.core import startchild
 
         child = self._server.child
         if child is None or child.pid != self._started or child.poll() is not None:
             return False
-        startup.cancel_start(self._server)
+        startchild.cancel_start(self._server)
         return True
 
     def __repr__(self) -> str:

@@ -189,13 +189,13 @@ def stop_now(srv: Server, pause: Pause, mode: str = "fast") -> None:
     :raises OSError: the record's mark (see :mod:`pgmgr.core.stopmark`) could not be
         saved. It is not stopped.
     :raises WorkerError: it looked stopped, but postgres processes still work in its data
-        directory (see :func:`startup.check_unused`): a copy of it, or one swapped in,
+        directory (see :func:`startchild.check_unused`): a copy of it, or one swapped in,
         would be made under a running server.
     """
     if not pause.was_running:
-        from pgmgr.core import startup
+        from pgmgr.core import startchild
 
-        startup.check_unused(srv.datadir, f"run 'pgmgr {pause.command}' again", wait=2.0)
+        startchild.check_unused(srv.datadir, f"run 'pgmgr {pause.command}' again", wait=2.0)
         return
     if srv.register:
         from pgmgr.core import paths, registry, stopmark

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgmgr.core import launch, pgconf, process, server, sigguard, startup, testhook
+from pgmgr.core import launch, pgconf, process, server, sigguard, startchild, testhook
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import DatabaseException, WorkerError
 from pgmgr.core.instance import Server
@@ -133,7 +133,7 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
         yield srv.dsn(tcp=False)
         return
     srv.check_identity("upgrade")
-    startup.clear_stale_pidfile(srv)
+    startchild.clear_stale_pidfile(srv)
     su = srv.user()
     conf = pgconf.write(srv.datadir, srv.inst.settings, su)
     port = srv.inst.port or 5432  # any: the socket directory is the upgrade's own

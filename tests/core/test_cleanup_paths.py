@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from pgmgr.core import process, startup, tools
+from pgmgr.core import process, startchild, tools
 from pgmgr.core.errors import WorkerError
 
 
@@ -40,12 +40,12 @@ def test_a_failed_starts_socket_dir_swapped_for_a_link_is_not_followed(tmp_path:
     made = tmp_path / "pgmgr-sock"
     made.symlink_to(victim)
     srv = cast(Any, SimpleNamespace(inst=SimpleNamespace(socket_dir=str(made))))
-    startup.drop_sockdir(srv, made, True, None)
+    startchild.drop_sockdir(srv, made, True, None)
     assert sorted(os.listdir(victim)) == [".s.PGSQL.5432", ".s.PGSQL.5432.lock"]
     assert made.is_symlink() and srv.inst.socket_dir is None
     # and the one it made itself goes, sockets and all
     real = tmp_path / "pgmgr-sock2"
     real.mkdir()
     (real / ".s.PGSQL.5433").touch()
-    startup.drop_sockdir(srv, real, True, "kept")
+    startchild.drop_sockdir(srv, real, True, "kept")
     assert not real.exists() and srv.inst.socket_dir == "kept"

@@ -55,7 +55,8 @@ def test_status_imports_neither_typer_nor_psycopg_nor_rich(args: list[str]) -> N
     names = imported(*args)
     assert not names & {"psycopg", "typer", "click", "rich", "pydantic"}, names
     # Core modules only a start or a copy needs (pgconf cost status ~2.5 ms when it was).
-    start_only = {"pgconf", "copy", "template", "startup", "initdir", "launch", "listen", "logfile"}
+    start_only = {"pgconf", "copy", "template", "startup", "startchild", "initdir", "launch"}
+    start_only |= {"listen", "logfile"}
     assert not names & {f"pgmgr.core.{m}" for m in start_only}, names
 
 
