@@ -97,6 +97,43 @@ def start(
     :raises OSError: postgres could not be executed.
     """
     t0 = time.monotonic()
+    _check_startable(srv, socket_dir)
+    install = srv.installation(version)
+    done = _running_already(srv, install, timeout, wait, t0)
+    if done is not None:
+        return done
+    plan = _make_plan(srv, install, host, settings, socket_dir, user)
+    auto = port == "auto"
+    for attempt in range(AUTO_PORT_TRIES if auto else 1):
+        chosen = choose_port(srv, plan.host, port, plan)
+        srv.child = None
+        socks: list[_Socket] = []
+        try:
+            child = _spawn_on(srv, plan, chosen, socks)
+            if not wait:
+                commit_start(srv, plan.su, plan.settings, None)
+                return StartResult(srv.inst, False, child.pid, time.monotonic() - t0)
+            pf = _await_ready(srv, timeout, retry=auto and attempt + 1 < AUTO_PORT_TRIES)
+            if pf is not None:
+                commit_start(srv, plan.su, plan.settings, pf)
+                startchild.apply_pending_password(srv, plan.install, plan.su)
+        except BaseException as e:
+            # One handler from the spawn to the record: see _undo.
+            _undo(srv, e, plan, socks)
+            raise
+        if pf is None:  # another server took the port between our check and bind
+            _drop_sockdirs(srv, socks)
+            continue
+        return StartResult(srv.inst, False, pf.pid, time.monotonic() - t0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_startable(srv: Server, socket_dir: str | None) -> None:
+    """The checks before anything else of a start: the ``--socket-dir`` text, the data
+    directory there and still the record's, and a new registration's place.
+
+    :raises DataDirNotFound: no data directory.
+    """
     datadir = srv.datadir
     if socket_dir:
         listen.check_socket_dir_text(socket_dir)
@@ -105,7 +142,13 @@ def start(
     srv.check_identity("start")
     if srv.new and srv.register:  # registered by this start (see initdir for init)
         dirpath.check_datadir_place(datadir, "register")
-    install = srv.installation(version)
+
+
+def _running_already(
+    srv: Server, install: versions.Installation, timeout: float, wait: bool, t0: float
+) -> StartResult | None:
+    """The result of a start that finds its server running (or still starting, spawned
+    by this object), once it is ready (``wait``) and recorded; None when none runs."""
     pf = srv.running()
     child = srv.child
     early = pf is None or (pf.pid == getattr(child, "pid", None) and pf.status is None)
@@ -122,6 +165,21 @@ def start(
         # A first start that could not set the template copy's password: try again.
         startchild.apply_pending_password(srv, install, None)
         return StartResult(srv.inst, True, pf.pid, time.monotonic() - t0)
+    return None
+
+
+def _make_plan(
+    srv: Server,
+    install: versions.Installation,
+    host: str | None,
+    settings: Mapping[str, str] | None,
+    socket_dir: str | None,
+    user: str | None,
+) -> _Plan:
+    """Before the first spawn: a stale postmaster.pid cleared, the server user's access
+    checked, the host checked, and the settings merged and written (kept settings:
+    reloadable, see pgconf)."""
+    datadir = srv.datadir
     startchild.clear_stale_pidfile(srv)
     su = srv.user(user)
     if su is not None:
@@ -134,45 +192,34 @@ def start(
     merged = dict(srv.inst.settings)
     merged.update(server.check_settings(settings or {}))
     conf = pgconf.write(datadir, merged, su)  # kept settings: reloadable, see pgconf
-    plan = _Plan(install, su, merged, conf, listen_on, socket_dir)
-    auto = port == "auto"
-    for attempt in range(AUTO_PORT_TRIES if auto else 1):
-        chosen = choose_port(srv, plan.host, port, plan)
-        srv.child = None
-        socks: list[_Socket] = []
-        try:
-            child = _spawn_on(srv, plan, chosen, socks)
-            if not wait:
-                commit_start(srv, su, merged, None)
-                return StartResult(srv.inst, False, child.pid, time.monotonic() - t0)
-            pf = _await_ready(srv, timeout, retry=auto and attempt + 1 < AUTO_PORT_TRIES)
-            if pf is not None:
-                commit_start(srv, su, merged, pf)
-                startchild.apply_pending_password(srv, install, su)
-        except BaseException as e:
-            # One handler from the spawn to the record: a Ctrl-C anywhere in between (not
-            # only inside the wait), a server that exited or was not ready, a server pgmgr
-            # cannot record (state dir unwritable, disk full) or cannot secure (no
-            # password): none is left running behind the error, nor its socket dir. A
-            # second Ctrl-C meanwhile waits (bounded): it left both, and the caller's undo
-            # (start --init) then found a server and kept the data directory too. After a
-            # failure, a signal held meanwhile is delivered once done (exit 130, not 1).
-            if isinstance(e, ServerExited):  # its FATAL line quotes a bad -c value whole
-                e.message = clip_in(e.message, [*merged, *merged.values()])
-            with sigguard.undoing(e) as again:
-                testhook.pause("start-undo")  # tests: a signal during the clean-up
-                startchild.cancel_start(srv, again)
-                for sock in socks:
-                    startchild.drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
-                if isinstance(e, StoppedWhileStarting):
-                    commit_stopped(srv, su, merged)
-            raise
-        if pf is None:  # another server took the port between our check and bind
-            for sock in socks:
-                startchild.drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
-            continue
-        return StartResult(srv.inst, False, pf.pid, time.monotonic() - t0)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _Plan(install, su, merged, conf, listen_on, socket_dir)
+
+
+def _undo(srv: Server, e: BaseException, plan: _Plan, socks: list[_Socket]) -> None:
+    """Undo an attempt that failed with ``e`` (the caller re-raises it).
+
+    One handler from the spawn to the record: a Ctrl-C anywhere in between (not only
+    inside the wait), a server that exited or was not ready, a server pgmgr cannot record
+    (state dir unwritable, disk full) or cannot secure (no password): none is left running
+    behind the error, nor its socket dir. A second Ctrl-C meanwhile waits (bounded): it
+    left both, and the caller's undo (start --init) then found a server and kept the data
+    directory too. After a failure, a signal held meanwhile is delivered once done (exit
+    130, not 1)."""
+    merged = plan.settings
+    if isinstance(e, ServerExited):  # its FATAL line quotes a bad -c value whole
+        e.message = clip_in(e.message, [*merged, *merged.values()])
+    with sigguard.undoing(e) as again:
+        testhook.pause("start-undo")  # tests: a signal during the clean-up
+        startchild.cancel_start(srv, again)
+        _drop_sockdirs(srv, socks)
+        if isinstance(e, StoppedWhileStarting):
+            commit_stopped(srv, plan.su, merged)
+
+
+def _drop_sockdirs(srv: Server, socks: list[_Socket]) -> None:
+    """:func:`startchild.drop_sockdir` for each socket dir of a failed attempt."""
+    for sock in socks:
+        startchild.drop_sockdir(srv, sock.dir, sock.made, sock.recorded)
 
 
 @dataclass(frozen=True)
