@@ -33,7 +33,7 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
-from pgmgr.core.pause import done_then, paused, spawn_again
+from pgmgr.core.pause import Pause, done_then, paused, spawn_again
 from pgmgr.core.snapcatalog import COPY_MISSING, pick_name
 from pgmgr.core.snapstore import Meta
 
@@ -352,19 +352,8 @@ def create(
         ready_first(srv, "snapshot", f"take an online snapshot of '{srv.inst.name}'")
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
-        why, taken, earlier, size, clones = store.as_user(_prepare, store.path, srv.datadir)
-        if why:
-            raise DatabaseException(
-                f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed"
-            )
-        name = pick_name(store, name, srv.inst.name, taken)
-        # Before the server stops: it would not start again on a filesystem gone read-only.
-        paths.check_writable(store.path, f"snapshot '{srv.inst.name}'", _HINT)
-        online = online and srv.running() is not None  # stopped: a copy is consistent
+        name, online, earlier, size, clones = _prepared(srv, store, name, online)
         kind = "online" if online else kind
-        if online:  # pg_basebackup shares nothing: the whole size must fit
-            earlier = []
-        _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
         say = progress or (lambda _step: None)
         # The size counts WAL segments a copy leaves out: "up to".
         how = (
@@ -387,23 +376,9 @@ def create(
                     stats = basebackup.take(srv, staging, su)
                     sysid = store.as_user(pgcontrol.system_identifier, staging / snapstore.DATA)
                 else:
-                    try:
-                        with copy.disk_full(f"snapshot {name!r}", store.path):
-                            stats, sysid, shared_with = store.as_user(
-                                _copy_identified, srv.datadir, staging, earlier, not clones
-                            )
-                    except BaseException:
-                        # Before the server starts again: a disk the copy filled would
-                        # refuse its start ("could not write lock file": left stopped).
-                        cleanup.quietly(lambda: store.as_user(snapstore.remove_tree, staging))
-                        raise
-                    testhook.pause("snapshot-copied")
-                    say("starting again" if pause.was_running else "naming")
-                    # Copied: naming it overlaps the start. A start refused before postgres
-                    # runs (port taken) is tried again at the end of paused(), and that
-                    # failure says the snapshot was taken, as one after the spawn does.
-                    with contextlib.suppress(PgmgrError):
-                        spawn_again(srv, pause)
+                    stats, sysid, shared_with = _copy_stopped(
+                        srv, store, staging, name, earlier, clones, pause, say
+                    )
                 meta = meta_for(srv, name, sysid, kind, stats)
                 with sigguard.shielded():  # named: complete, whatever arrives now
                     store.as_user(_finish, staging, store.entry(name), meta)
@@ -420,3 +395,53 @@ def create(
         pause.was_running, elapsed, pause.downtime,
         stats.bytes - stats.linked_bytes, stats.linked, shared_with,
     )  # fmt: skip
+
+
+def _prepared(
+    srv: Server, store: snapstore.Store, name: str | None, online: bool
+) -> tuple[str, bool, list[str], int, bool]:
+    """Before a snapshot's copy: the store swept and the data directory checked
+    (:func:`_prepare`), the name picked, the store writable, whether it is still online
+    (a stopped server's copy is consistent) and space enough. Returns the name, online,
+    the earlier snapshots it may share files with, its size and whether copies are clones.
+
+    :raises DatabaseException: it cannot be snapshotted, a bad or taken name, no space.
+    """
+    why, taken, earlier, size, clones = store.as_user(_prepare, store.path, srv.datadir)
+    if why:
+        raise DatabaseException(f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed")
+    name = pick_name(store, name, srv.inst.name, taken)
+    # Before the server stops: it would not start again on a filesystem gone read-only.
+    paths.check_writable(store.path, f"snapshot '{srv.inst.name}'", _HINT)
+    online = online and srv.running() is not None  # stopped: a copy is consistent
+    if online:  # pg_basebackup shares nothing: the whole size must fit
+        earlier = []
+    _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
+    return name, online, earlier, size, clones
+
+
+def _copy_stopped(
+    srv: Server, store: snapstore.Store, staging: Path, name: str, earlier: list[str],
+    clones: bool, pause: Pause, say: Callable[[str], None],
+) -> tuple[copy.CopyStats, str, str | None]:  # fmt: skip
+    """The copy of a snapshot while its server is stopped (by :func:`paused`), then the
+    server spawned again: the copy's stats, system identifier, and the snapshot it
+    shares files with. A failed copy's staging directory is removed before the start."""
+    try:
+        with copy.disk_full(f"snapshot {name!r}", store.path):
+            stats, sysid, shared_with = store.as_user(
+                _copy_identified, srv.datadir, staging, earlier, not clones
+            )
+    except BaseException:
+        # Before the server starts again: a disk the copy filled would
+        # refuse its start ("could not write lock file": left stopped).
+        cleanup.quietly(lambda: store.as_user(snapstore.remove_tree, staging))
+        raise
+    testhook.pause("snapshot-copied")
+    say("starting again" if pause.was_running else "naming")
+    # Copied: naming it overlaps the start. A start refused before postgres
+    # runs (port taken) is tried again at the end of paused(), and that
+    # failure says the snapshot was taken, as one after the spawn does.
+    with contextlib.suppress(PgmgrError):
+        spawn_again(srv, pause)
+    return stats, sysid, shared_with
