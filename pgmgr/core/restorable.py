@@ -1,18 +1,23 @@
 """Whether a snapshot can be restored into an instance, and how (by difference, or as a
-rollback of an upgrade): what :func:`pgmgr.core.restore.restore` checks before it stops the
-server. Split from :mod:`pgmgr.core.restore`.
+rollback of an upgrade): what :func:`pgmgr.core.restore.restore` checks and works out before
+it stops the server (:func:`plan`). Split from :mod:`pgmgr.core.restore`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from pgmgr.core import copy, delta, server, snapstore
+from pgmgr.core import copy, delta, paths, pgcontrol, server, snapstore
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
-from pgmgr.core.snapcatalog import Listing
-from pgmgr.core.snapshot import _identify
+from pgmgr.core.snapcatalog import Listing, load, pick_name, record_of
+from pgmgr.core.snapshot import _identify, meta_for
 from pgmgr.core.snapstore import Meta, Store
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from typing import Any
 
 #: What :func:`_inspect` returned (or raised) for a snapshot's metadata, found by
 #: :func:`survey` in its process (None: not worked out there)
@@ -112,3 +117,67 @@ def _index(snapdir: Path) -> delta.Index | None:
     if copy.clones_from(snapdir, snapdir.parent):
         return None
     return delta.load(snapdir)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a restore works out before it stops the server: the snapshot's metadata,
+    whether it rolls back an upgrade (then ``record``: the record's fields of that major),
+    the index of a restore by difference, the snapshot ``--save-current`` makes, and the
+    snapshot's directory."""
+
+    meta: Meta
+    rollback: bool
+    index: delta.Index | None
+    record: dict[str, Any]
+    keep: Meta | None
+    snapdir: Path
+
+
+def plan(srv: Server, store: Store, name: str, save_current: str | None) -> Plan:
+    """The checks of a restore of snapshot ``name`` before it stops the server, and
+    what it works out on the way (see :class:`Plan`).
+
+    :raises SnapshotNotFound: no such snapshot.
+    :raises DatabaseException: see :func:`check_restorable`; not enough space.
+    """
+    # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
+    # (it would share files with the restored one) or the snapshot is of another major.
+    by_difference = save_current is None
+    listing, inspected = store.as_user(
+        survey, store.path, name, srv.datadir, srv.inst.datadir, by_difference
+    )
+    meta = load(store, name, srv.inst.name, listing)
+    # The copy is swapped in by a rename there: checked before it is made.
+    parent = srv.datadir.parent
+    paths.check_writable(parent, f"restore '{srv.inst.name}'")
+    rollback, index = check_restorable(srv, store, meta, by_difference, inspected)
+    record = record_of(meta) if rollback else {}
+    keep = None if save_current is None else saved_meta(srv, store, meta, save_current)
+    snapdir = store.entry(name)
+    snapstore.check_same_fs(store, f"restore '{srv.inst.name}'")
+    check_space(store, srv, meta, index, snapdir)
+    return Plan(meta, rollback, index, record, keep, snapdir)
+
+
+def check_space(
+    store: Store, srv: Server, meta: Meta, index: delta.Index | None, snapdir: Path
+) -> None:
+    """:func:`snapstore.check_space` for the copy a restore makes: by difference
+    (``index``), less the bytes of the data directory that still match the index (linked,
+    not copied; worked out only when the disk is short, as for a snapshot). A restore
+    that copies more, the server once stopped having written more, fails as on any full
+    disk (:func:`copy.disk_full`): nothing is changed."""
+    needed = meta.size
+    if index is not None and snapstore.free_bytes(store.fd) < needed:
+        needed -= store.as_user(delta.kept_bytes, index, srv.datadir)
+    snapstore.check_space(store, needed, f"restoring {meta.name!r}", snapdir)
+
+
+def saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
+    """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
+    saved = pick_name(store, save_as or None, srv.inst.name)
+    sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
+    keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
+    keep.size = meta.size
+    return keep

@@ -24,8 +24,7 @@ from pgmgr.core import (
     dirpath,
     identity,
     intent,
-    paths,
-    pgcontrol,
+    restorable,
     sigguard,
     snapstore,
     snapswap,
@@ -34,11 +33,10 @@ from pgmgr.core import (
 )
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
-from pgmgr.core.pause import done_then, not_started, paused, resume, spawn_again
-from pgmgr.core.restorable import check_restorable, survey
-from pgmgr.core.snapcatalog import load, missing, pick_name, record_of
-from pgmgr.core.snapshot import copy_into, meta_for, require_datadir
-from pgmgr.core.snapstore import Meta, Store
+from pgmgr.core.pause import Pause, done_then, not_started, paused, resume, spawn_again
+from pgmgr.core.snapcatalog import missing
+from pgmgr.core.snapshot import copy_into, require_datadir
+from pgmgr.core.snapstore import Store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -241,25 +239,11 @@ def restore(
             srv.datadir, srv.user(), create=False, missing=gone, exclusive=True
         ) as store,
     ):
-        # By difference (module doc of pgmgr.core.delta), unless the replaced state is kept
-        # (it would share files with the restored one) or the snapshot is of another major.
-        by_difference = save_current is None
-        listing, inspected = store.as_user(
-            survey, store.path, name, srv.datadir, srv.inst.datadir, by_difference
-        )
-        meta = load(store, name, srv.inst.name, listing)
-        # The copy is swapped in by a rename there: checked before it is made.
-        parent = srv.datadir.parent
-        paths.check_writable(parent, f"restore '{srv.inst.name}'")
-        rollback, index = check_restorable(srv, store, meta, by_difference, inspected)
-        record = record_of(meta) if rollback else {}
-        keep = None if save_current is None else _saved_meta(srv, store, meta, save_current)
-        snapdir = store.entry(name)
-        snapstore.check_same_fs(store, f"restore '{srv.inst.name}'")
-        _check_space(store, srv, meta, index, snapdir)
+        plan = restorable.plan(srv, store, name, save_current)
+        index, keep, snapdir = plan.index, plan.keep, plan.snapdir
         say = progress or (lambda _step: None)
         how = "copying what changed of" if index is not None else "copying"
-        say(f"{how} {snapstore.human(meta.size)}")
+        say(f"{how} {snapstore.human(plan.meta.size)}")
         staging = store.entry(snapstore.tmp_name("restore"))
         swapped = False
         # Not swapped in (failed, interrupted): the staged copy goes; one that cannot be
@@ -295,7 +279,7 @@ def restore(
                     staged = store.as_user(
                         _identify_staged, staging, srv.datadir, control, srv.inst.name
                     )
-                it = intent.Intent("restore", staged, record, intent.held_name("restore"))
+                it = intent.Intent("restore", staged, plan.record, intent.held_name("restore"))
                 if keep is not None:  # the replaced state becomes this snapshot
                     it.keep, it.source, it.meta = keep.name, it.old, keep.to_dict()
                 with sigguard.shielded():
@@ -306,35 +290,30 @@ def restore(
                     replaced = _switch(srv, store, it, staging, snapdir, restored, reindex, own)
                     swapped = pause.done = True
                     say("starting again" if pause.was_running else "done")
-                    try:
-                        # The restore completes, then says so; _spread overlaps the start.
-                        with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
-                            spawn_again(srv, pause)
-                        if reindex:
-                            with contextlib.suppress(PgmgrError):  # optional: see _spread
-                                store.as_user(_spread, snapdir)
-                        resume(srv, pause)
-                    finally:  # not before: freeing its blocks competes with the start
-                        intent.remove(store, replaced)
+                    _start_again(srv, store, pause, snapdir, reindex, replaced)
     return RestoreResult(
         srv.inst.name, name, srv.inst.version, pause.was_running, time.monotonic() - t0,
-        pause.downtime, keep.name if keep else None, old_version if rollback else None,
+        pause.downtime, keep.name if keep else None, old_version if plan.rollback else None,
         copied=stats.bytes - stats.linked_bytes, kept=stats.linked,
     )  # fmt: skip
 
 
-def _check_space(
-    store: Store, srv: Server, meta: Meta, index: delta.Index | None, snapdir: Path
+def _start_again(
+    srv: Server, store: Store, pause: Pause, snapdir: Path, reindex: bool, replaced: list[str]
 ) -> None:
-    """:func:`snapstore.check_space` for the copy a restore makes: by difference
-    (``index``), less the bytes of the data directory that still match the index (linked,
-    not copied; worked out only when the disk is short, as for a snapshot). A restore
-    that copies more, the server once stopped having written more, fails as on any full
-    disk (:func:`copy.disk_full`): nothing is changed."""
-    needed = meta.size
-    if index is not None and snapstore.free_bytes(store.fd) < needed:
-        needed -= store.as_user(delta.kept_bytes, index, srv.datadir)
-    snapstore.check_space(store, needed, f"restoring {meta.name!r}", snapdir)
+    """Once the copy is swapped in (signals held by the caller): the server spawned again
+    and waited for, the index spread meanwhile (when ``reindex``), then the replaced
+    directory removed."""
+    try:
+        # The restore completes, then says so; _spread overlaps the start.
+        with contextlib.suppress(KeyboardInterrupt):  # cancelled: resume()
+            spawn_again(srv, pause)
+        if reindex:
+            with contextlib.suppress(PgmgrError):  # optional: see _spread
+                store.as_user(_spread, snapdir)
+        resume(srv, pause)
+    finally:  # not before: freeing its blocks competes with the start
+        intent.remove(store, replaced)
 
 
 def _recheck_stopped(
@@ -386,12 +365,3 @@ def _switch(
         with contextlib.suppress(PgmgrError, OSError):
             store.as_user(delta.drop, snapdir)
     return gone
-
-
-def _saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
-    """The metadata of the snapshot ``--save-current`` makes of the replaced state."""
-    saved = pick_name(store, save_as or None, srv.inst.name)
-    sysid = store.as_user(pgcontrol.system_identifier, srv.datadir)
-    keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
-    keep.size = meta.size
-    return keep
