@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from pgmgr.core import (
     copy,
     delta,
     dirpath,
-    fifowait,
     intent,
     paths,
     pgcontrol,
@@ -43,16 +41,21 @@ from pgmgr.core import (
     testhook,
     tools,
     upgradeprobe,
+    upgraderun,
     versions,
 )
 from pgmgr.core import upgradeconf as conf
 from pgmgr.core import upgradeplan as plan
-from pgmgr.core.errors import CommandFailed, DatabaseException
+from pgmgr.core.errors import DatabaseException
 from pgmgr.core.instance import Server
 from pgmgr.core.pause import done_then, not_started, paused, resume
 from pgmgr.core.snapcatalog import taken_names
 from pgmgr.core.snapstore import Meta, Store
 from pgmgr.core.versions import Installation
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.privileges import ServerUser
 
 #: Where the pre-upgrade snapshot is assembled (a work name: swept if pgmgr is killed).
 KEEP = snapstore.TMP + "keep"
@@ -105,64 +108,6 @@ class UpgradeResult:
         }
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _mkdirs(work: Path, owner: int, base: str) -> str:
-    """The work directory, and a short private socket dir under ``base``
-    (:func:`sockets.temp_base_for`), named after the pgmgr process ``owner``
-    (``pgmgr-up-<pid>-*``: once that process is gone, a killed upgrade's is swept, see
-    :mod:`pgmgr.core.sweep`). As the user."""
-    import tempfile
-
-    os.mkdir(work, 0o700)
-    testhook.pause("upgrade-workdir")
-    try:
-        return tempfile.mkdtemp(prefix=f"pgmgr-up-{owner}-", dir=base)
-    except OSError as e:
-        os.rmdir(work)
-        raise DatabaseException(
-            f"cannot create pg_upgrade's socket directory in {base}: "
-            f"{e.strerror}; nothing was changed",
-            hint="the server user must be able to write in the temporary directory "
-            "(TMPDIR chooses another)",
-        ) from None
-
-
-def _remove_socket_dir(path: str) -> None:
-    snapstore.remove_tree(Path(path))
-
-
-def _read_logs(work: Path) -> str:
-    """pg_upgrade's logs under ``work`` (its cwd and the new cluster's output dir): regular
-    files only, never a FIFO (the open blocked for ever) nor a symlink. As the user."""
-    parts = []
-    for root, _dirs, files in os.walk(work):
-        if os.path.basename(root) == "base":
-            continue
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if not name.endswith((".log", ".txt")):
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as f:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    text = f.read(1 << 20).decode(errors="replace")
-                    parts.append(f"==> {path} <==\n{text}")
-    return "\n".join(parts)
-
-
-def _keep_logs(srv: Server, store: Store, work: Path) -> tuple[Path, str]:
-    """pg_upgrade's logs, kept under the state directory: where, and their text."""
-    text = store.as_user(_read_logs, work)
-    log = paths.state_dir() / "logs" / f"{srv.inst.name}-upgrade-{int(time.time())}.log"
-    paths.write_atomic(log, text.encode(), mode=0o600)
-    return log, text
-
-
 # --------------------------------------------------------------------------- the upgrade
 
 
@@ -206,56 +151,34 @@ def upgrade(
     """
     t0 = time.monotonic()
     say = progress or (lambda _step: None)
-    old, new = prepare(srv, major, method)
-    dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")  # --check too
-    # Asked, and pg_upgrade --check run, on a running server: one another process starts
-    # is waited for (they failed with "the database system is starting up").
-    from pgmgr.core.readyfirst import ready_first
-
-    ready_first(srv, "upgrade", f"{'check the upgrade of' if check else 'upgrade'} "
-                f"'{srv.inst.name}'")  # fmt: skip
+    old, new = _prepare_ready(srv, major, method, check)
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     su = srv.user()
     with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
-        store.as_user(snapstore.sweep, store.path)
-        _check_keepable(srv, store)
-        snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
-        size = 0
-        if not check:
-            # The new directory is swapped in there: checked before pg_upgrade runs (it
-            # ran, the server stopped for it, then "cannot replace DIR: Permission denied").
-            paths.check_writable(srv.datadir.parent, f"upgrade '{srv.inst.name}'")
-            size = store.as_user(copy.tree_size, srv.datadir)
-            needed = size * (2 if method == "link" else 1) if method != "clone" else 0
-            snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
+        size = _check_room(srv, store, method, check)
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs(store.user)  # socket dirs of upgrades killed before they removed theirs
         sockdir = held = None
         # Interrupted or failed, a clean-up that fails (a directory something still writes
         # in) leaves its entry to the next command's sweep: the interrupt or error wins.
         with cleanup.always(
-            lambda: sockdir is None or store.as_user(_remove_socket_dir, sockdir),
+            lambda: sockdir is None or store.as_user(upgraderun.remove_socket_dir, sockdir),
             lambda: sweep.release(held),
             lambda: store.as_user(snapstore.remove_tree, work),
             lambda: store.as_user(snapstore.remove_tree, store.entry(KEEP)),
         ):
             # In the block: a signal during it is raised as the call returns, the work
             # directory made (the socket dir's name is the run's: swept once it is gone).
-            sockdir = store.as_user(_mkdirs, work, os.getpid(), sockets.temp_base_for(su))
+            sockdir = store.as_user(upgraderun.mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
-            conf.check_regular(srv, store)
-            conf.check_libraries(srv, store, new)
-            testhook.pause("upgrade-checked")
-            opts, scoped = upgradeprobe.probe(srv, sockdir)
-            newdata = work / "data"
-            say(f"initdb {new.version}")
-            tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
-            conf.check_scoped(srv, new, newdata, scoped)
+            newdata = _init_new(srv, store, new, work, sockdir, su, say)
             if check or srv.running() is not None:
                 # Running: pg_upgrade's checks first, on the live server, so that what it
                 # refuses (a library, --method clone here) costs no stop and start.
                 say("pg_upgrade --check" + ("" if check else " (server running)"))
-                _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, True)
+                upgraderun.run_pg_upgrade(
+                    srv, store, old, new, newdata, work, sockdir, method, True
+                )
                 rejected = conf.rejected(srv, store, new, newdata)
                 result.rejected, result.not_carried = conf.left_behind(
                     srv, store, new, newdata, rejected
@@ -263,7 +186,7 @@ def upgrade(
             if not check:
                 steps = _Steps(say, size)
                 script = _switch(srv, store, old, new, work, sockdir, method, result, steps)
-                _keep_extension_script(srv, result, script)
+                upgraderun.keep_extension_script(srv, result, script)
         if not check and result.was_running:
             say("statistics (vacuumdb)")
             result.analyzed_with, result.analyze_hint = conf.rebuild_statistics(srv, new)
@@ -274,6 +197,60 @@ def upgrade(
         )
     result.elapsed = time.monotonic() - t0
     return result
+
+
+def _prepare_ready(
+    srv: Server, major: str, method: str, check: bool
+) -> tuple[Installation, Installation]:
+    """:func:`prepare`, the data directory checked not to be a mount point (``--check``
+    too), then a server another process starts waited for: asked, and pg_upgrade --check
+    run, on a running server, they failed with "the database system is starting up"."""
+    old, new = prepare(srv, major, method)
+    dirpath.check_not_mount(srv.datadir, f"upgrade '{srv.inst.name}'")  # --check too
+    from pgmgr.core.readyfirst import ready_first
+
+    ready_first(srv, "upgrade", f"{'check the upgrade of' if check else 'upgrade'} "
+                f"'{srv.inst.name}'")  # fmt: skip
+    return old, new
+
+
+def _check_room(srv: Server, store: Store, method: str, check: bool) -> int:
+    """Before any work in the store (swept first): the data directory all in one place
+    (:func:`_check_keepable`) and on the store's filesystem; unless ``check``, its parent
+    writable and space enough for ``method``. The data directory's size (0 for a check).
+
+    :raises DatabaseException: one of these is not so; nothing was changed.
+    """
+    store.as_user(snapstore.sweep, store.path)
+    _check_keepable(srv, store)
+    snapstore.check_same_fs(store, f"upgrade '{srv.inst.name}'")
+    size = 0
+    if not check:
+        # The new directory is swapped in there: checked before pg_upgrade runs (it
+        # ran, the server stopped for it, then "cannot replace DIR: Permission denied").
+        paths.check_writable(srv.datadir.parent, f"upgrade '{srv.inst.name}'")
+        size = store.as_user(copy.tree_size, srv.datadir)
+        needed = size * (2 if method == "link" else 1) if method != "clone" else 0
+        snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
+    return size
+
+
+def _init_new(
+    srv: Server, store: Store, new: Installation, work: Path, sockdir: str,
+    su: ServerUser | None, say: Callable[[str], None],
+) -> Path:  # fmt: skip
+    """The configuration and libraries checked for ``new``, then its cluster initialized
+    in ``work`` with the options of the old one (probed through ``sockdir``), and the
+    settings scoped to it checked. The new data directory."""
+    conf.check_regular(srv, store)
+    conf.check_libraries(srv, store, new)
+    testhook.pause("upgrade-checked")
+    opts, scoped = upgradeprobe.probe(srv, sockdir)
+    newdata = work / "data"
+    say(f"initdb {new.version}")
+    tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
+    conf.check_scoped(srv, new, newdata, scoped)
+    return newdata
 
 
 def _check_keepable(srv: Server, store: Store) -> None:
@@ -289,54 +266,6 @@ def _check_keepable(srv: Server, store: Store) -> None:
             hint="move what lives elsewhere into the data directory (ALTER TABLE ... SET "
             "TABLESPACE pg_default, then DROP TABLESPACE), or run pg_upgrade yourself",
         )
-
-
-def _run_pg_upgrade(
-    srv: Server, store: Store, old: Installation, new: Installation, newdata: Path,
-    work: Path, sockdir: str, method: str, check: bool,
-) -> None:  # fmt: skip
-    pf = srv.running()
-    free = server.free_port("127.0.0.1")
-    old_port = pf.port if (pf and pf.port) else free
-    args = plan.UpgradeArgs(
-        old, new, srv.datadir, newdata, srv.inst.superuser, old_port,
-        server.free_port("127.0.0.1") if old_port == free else free, sockdir, method, check,
-    )  # fmt: skip
-    try:
-        # pg_ctl puts the servers pg_upgrade starts in sessions of their own, a postmaster
-        # it has just forked not yet findable through its postmaster.pid: under the
-        # subreaper none of them outlives pg_upgrade (interrupted, it stops them all), so
-        # the old cluster is as the caller's pause left it, and nothing runs on the new one.
-        # A FIFO swapped in for a configuration file after the checks hung it for ever
-        # (its postgres -C, or a server its pg_ctl started): the watch ends that.
-        watch = fifowait.watchdog()
-        tools.run(plan.pg_upgrade_argv(args), srv.user(), cwd=work, reap=True, watch=watch)
-    except tools.Stuck as e:
-        log, _ = _keep_logs(srv, store, work)
-        _undo_link(srv, store, method)
-        raise DatabaseException(
-            f"pg_upgrade failed: {e}; nothing was changed",
-            hint=f"put the regular file back; pg_upgrade's logs are kept in {log}",
-        ) from None
-    except CommandFailed as e:
-        log, text = _keep_logs(srv, store, work)
-        _undo_link(srv, store, method)
-        reason = plan.failure_reason(e.stderr, text, e.returncode)
-        hint = f"pg_upgrade's logs are kept in {log}"
-        if method == "clone" and "could not clone" in reason:
-            hint = f"this filesystem has no reflinks: use --method copy or link ({hint})"
-        raise DatabaseException(
-            f"pg_upgrade failed: {reason}; nothing was changed", hint=hint
-        ) from None
-    except BaseException:
-        _undo_link(srv, store, method)  # interrupted past --link's rename of pg_control
-        raise
-
-
-def _undo_link(srv: Server, store: Store, method: str) -> None:
-    """A failed ``--link`` upgrade may have disabled the old cluster: enable it again."""
-    if method == "link":
-        store.as_user(intent.undo_link, srv.datadir)
 
 
 def _switch(
@@ -362,7 +291,7 @@ def _switch(
             meta.size, meta.files, meta.method = stats.bytes, stats.files, stats.method
         steps.say(f"pg_upgrade --{method}")
         with _link_undone_if_killed(srv, store, newdata, method):
-            _run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
+            upgraderun.run_pg_upgrade(srv, store, old, new, newdata, work, sockdir, method, False)
             # What pg_upgrade read (it stopped the old server last): a server run on it
             # since (by hand, or the pgmgr of another registration) refuses the swap.
             control = store.as_user(delta.control, srv.datadir)
@@ -392,18 +321,6 @@ def _switch(
                     intent.remove(store, gone)
     result.snapshot, result.downtime = snap_name, pause.downtime
     return script
-
-
-def _keep_extension_script(srv: Server, result: UpgradeResult, script: str | None) -> None:
-    """Name in ``result`` the extensions pg_upgrade's ``script`` updates, and keep it under
-    the state directory (it was written in the working directory, which goes)."""
-    if not script:
-        return
-    result.extensions = plan.extension_updates(script)
-    path = paths.state_dir() / "logs" / f"{srv.inst.name}-update-extensions-{int(time.time())}.sql"
-    with contextlib.suppress(OSError):  # the upgrade is complete: the names still say it
-        paths.write_atomic(path, script.encode(), mode=0o600)
-        result.extensions_script = str(path)
 
 
 @dataclass
