@@ -36,6 +36,7 @@ from pgmgr.core import (
     pgcontrol,
     privileges,
     registry,
+    restorable,
     roles,
     server,
     sigguard,
@@ -168,10 +169,10 @@ def _snapshot_source(
 
 
 def _inspect(snapdir: Path, meta: snapstore.Meta) -> tuple[str | None, bool]:
-    """Why the snapshot's copy is damaged (see :func:`snapshot._check_data`), and whether
+    """Why the snapshot's copy is damaged (see :func:`restorable.check_data`), and whether
     it is a standby's. As the server user."""
     data = snapdir / snapstore.DATA
-    return snapshot._check_data(snapdir, meta), os.path.lexists(data / "standby.signal")
+    return restorable.check_data(snapdir, meta), os.path.lexists(data / "standby.signal")
 
 
 def _standby(what: str) -> DatabaseException:

@@ -197,7 +197,7 @@ def _keep(store: Path, source: str, name: str, meta: dict[str, Any]) -> None:
         # The data directory itself (a restore's --save-current, the state before an
         # upgrade), not a copy whose files were counted as they were made: counted now,
         # so that one removed or truncated by hand later is seen before a restore puts it
-        # in place (snapshot._check_tally; a damaged one was restored without a word).
+        # in place (restorable._check_tally; a damaged one was restored without a word).
         files = delta.take(holder / snapstore.DATA, exclude=()).files
         kept.files, kept.size = len(files), sum(s[1] for s in files.values())
     snapstore.write_meta(holder, kept)

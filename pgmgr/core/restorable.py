@@ -1,18 +1,21 @@
 """Whether a snapshot can be restored into an instance, and how (by difference, or as a
 rollback of an upgrade): what :func:`pgmgr.core.restore.restore` checks and works out before
-it stops the server (:func:`plan`). Split from :mod:`pgmgr.core.restore`.
+it stops the server (:func:`plan`), and whether a snapshot's copy still matches its metadata
+(:func:`check_data`, which a branch of a snapshot checks too). Split from
+:mod:`pgmgr.core.restore` and :mod:`pgmgr.core.snapshot`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import copy, delta, paths, pgcontrol, server, snapstore
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import Server
-from pgmgr.core.snapcatalog import Listing, load, pick_name, record_of
-from pgmgr.core.snapshot import _identify, meta_for
+from pgmgr.core.snapcatalog import COPY_MISSING, Listing, load, pick_name, record_of
+from pgmgr.core.snapshot import meta_for
 from pgmgr.core.snapstore import Meta, Store
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -181,3 +184,57 @@ def saved_meta(srv: Server, store: Store, meta: Meta, save_as: str) -> Meta:
     keep = meta_for(srv, saved, sysid, "saved", copy.CopyStats())
     keep.size = meta.size
     return keep
+
+
+def check_data(snapdir: Path, meta: Meta) -> str | None:
+    """Why the copy in ``snapdir`` does not match its metadata, or None."""
+    data = snapdir / snapstore.DATA
+    if not os.path.lexists(data):
+        return COPY_MISSING
+    major = server.datadir_major(data)
+    if major != meta.major:
+        return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
+    try:
+        sysid = pgcontrol.system_identifier(data, verify=True)
+    except ValueError as e:  # truncated, damaged
+        return f"its {e}"
+    except OSError as e:  # missing, a FIFO...
+        return f"its global/pg_control is unreadable ({e})"
+    if sysid != meta.system_identifier:
+        return "its data directory has another system identifier than recorded"
+    return _check_tally(data, meta)
+
+
+def _check_tally(data: Path, meta: Meta) -> str | None:
+    """Why the copy ``data`` of snapshot ``meta`` is not the one it took: other files
+    or bytes than it recorded (a file truncated, removed or added since), or None. Only
+    for a copy whose files it counted (``meta.files``: a plain snapshot, or the copy a
+    ``--link`` upgrade keeps); one lstat per file, before anything is stopped."""
+    if meta.files <= 0:
+        return None
+    try:
+        files = delta.take(data, exclude=()).files
+    except OSError as e:
+        return f"its copy is unreadable ({e})"
+    count, size = len(files), sum(s[1] for s in files.values())
+    if (count, size) == (meta.files, meta.size):
+        return None
+    return (
+        f"its copy holds {count} files, {size} bytes, but {meta.files} files, "
+        f"{meta.size} bytes when it was taken (changed since: truncated, removed or added)"
+    )
+
+
+def _identify(datadir: Path, snapdir: Path, meta: Meta) -> tuple[str, str | None]:
+    """The instance's system identifier, and :func:`check_data` of the snapshot: one
+    process as the server user.
+
+    :raises DatabaseException: the instance's ``pg_control`` is unreadable.
+    """
+    try:
+        current = pgcontrol.system_identifier(datadir)
+    except (OSError, ValueError) as e:
+        raise DatabaseException(
+            f"cannot read {datadir}/global/pg_control ({e}); nothing was changed"
+        ) from None
+    return current, check_data(snapdir, meta)

@@ -34,7 +34,7 @@ from pgmgr.core import (
 from pgmgr.core.errors import DatabaseException, PgmgrError
 from pgmgr.core.instance import DataDirNotFound, Server, _why_missing
 from pgmgr.core.pause import Pause, done_then, paused, spawn_again
-from pgmgr.core.snapcatalog import COPY_MISSING, pick_name
+from pgmgr.core.snapcatalog import pick_name
 from pgmgr.core.snapstore import Meta
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -251,60 +251,6 @@ def _finish(staging: Path, final: Path, meta: Meta) -> None:
         raise DatabaseException(f"snapshot {final.name!r} appeared meanwhile")
     os.rename(staging, final)
     copy.fsync_dir(final.parent)
-
-
-def _check_data(snapdir: Path, meta: Meta) -> str | None:
-    """Why the copy in ``snapdir`` does not match its metadata, or None."""
-    data = snapdir / snapstore.DATA
-    if not os.path.lexists(data):
-        return COPY_MISSING
-    major = server.datadir_major(data)
-    if major != meta.major:
-        return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
-    try:
-        sysid = pgcontrol.system_identifier(data, verify=True)
-    except ValueError as e:  # truncated, damaged
-        return f"its {e}"
-    except OSError as e:  # missing, a FIFO...
-        return f"its global/pg_control is unreadable ({e})"
-    if sysid != meta.system_identifier:
-        return "its data directory has another system identifier than recorded"
-    return _check_tally(data, meta)
-
-
-def _check_tally(data: Path, meta: Meta) -> str | None:
-    """Why the copy ``data`` of snapshot ``meta`` is not the one it took: other files
-    or bytes than it recorded (a file truncated, removed or added since), or None. Only
-    for a copy whose files it counted (``meta.files``: a plain snapshot, or the copy a
-    ``--link`` upgrade keeps); one lstat per file, before anything is stopped."""
-    if meta.files <= 0:
-        return None
-    try:
-        files = delta.take(data, exclude=()).files
-    except OSError as e:
-        return f"its copy is unreadable ({e})"
-    count, size = len(files), sum(s[1] for s in files.values())
-    if (count, size) == (meta.files, meta.size):
-        return None
-    return (
-        f"its copy holds {count} files, {size} bytes, but {meta.files} files, "
-        f"{meta.size} bytes when it was taken (changed since: truncated, removed or added)"
-    )
-
-
-def _identify(datadir: Path, snapdir: Path, meta: Meta) -> tuple[str, str | None]:
-    """The instance's system identifier, and :func:`_check_data` of the snapshot: one
-    process as the server user.
-
-    :raises DatabaseException: the instance's ``pg_control`` is unreadable.
-    """
-    try:
-        current = pgcontrol.system_identifier(datadir)
-    except (OSError, ValueError) as e:
-        raise DatabaseException(
-            f"cannot read {datadir}/global/pg_control ({e}); nothing was changed"
-        ) from None
-    return current, _check_data(snapdir, meta)
 
 
 # --------------------------------------------------------------------------- create
