@@ -23,7 +23,7 @@ from pgmgr.core import process
 from pgmgr.core.errors import Busy
 from pgmgr.core.instance import Server
 from pgmgr.core.locked import locked
-from tests.helpers import killed, postmasters_under
+from tests.helpers import killed, postmasters_under, wait_for_note
 from tests.pause import Paused
 from tests.reliability.conftest import (
     Inst,
@@ -338,7 +338,7 @@ def test_an_immediate_stop_leaves_a_snapshots_fast_stop_alone(cluster: InstFacto
         while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
             assert time.monotonic() < deadline and snap.poll() is None, "no stop began"
             time.sleep(0.005)
-        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        wait_for_note(inst.datadir, snap)  # its stop waits: the next one sees it
         run = inst.stop("-m", "immediate", "--timeout", "1")
         err = one_error(run)
         assert "still being stopped by a fast stop of 'pgmgr snapshot'" in err, str(run)
@@ -394,7 +394,7 @@ def test_a_command_behind_a_smart_restart_is_told_to_restart_fast(cluster: InstF
     inst = cluster()
     first, conn = _smart_stop_waiting(inst, "restart")
     try:
-        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        wait_for_note(inst.datadir, first)  # its stop waits: the next one sees it
         way_out = f"'pgmgr restart {inst.name} -m fast'"
         run = inst.stop("-m", "smart", "--timeout", "1")
         assert "of 'pgmgr restart'" in one_error(run) and way_out in run.stderr, str(run)
