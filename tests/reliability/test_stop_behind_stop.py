@@ -189,8 +189,7 @@ def test_a_stop_ends_a_start_waiting_for_a_recovering_server(cluster: InstFactor
         text=True,
     )
     try:
-        time.sleep(1.0)
-        assert start.poll() is None, start.communicate()  # waits for ready
+        wait_for_note(inst.datadir, start)  # it waits for ready
         stop = _stop_in_background(inst)
         _signalled(pid, signal.SIGINT)
     finally:
@@ -211,8 +210,7 @@ def test_a_stop_ends_a_start_waiting_for_its_own_server(cluster: InstFactory, ho
     with paused:
         try:
             (hooks / f"{paused.step}.go").touch()  # the start goes on to wait for ready
-            time.sleep(1.0)
-            assert paused.proc.poll() is None, paused.proc.communicate()
+            wait_for_note(inst.datadir, paused.proc)
             stop = _stop_in_background(inst)
             _signalled(pid, signal.SIGINT)
         finally:
@@ -238,7 +236,7 @@ def _start_init_stopped(work: Path, hooks: Path, *args: str) -> tuple[Path, list
         os.kill(pid, signal.SIGSTOP)
         try:
             (hooks / f"{paused.step}.go").touch()
-            time.sleep(1.0)
+            wait_for_note(datadir, paused.proc)  # it waits for ready
             stop = subprocess.Popen(
                 pgmgr_argv("stop", "fresh", "--json"),
                 stdin=subprocess.DEVNULL,
@@ -428,7 +426,7 @@ def test_a_stop_from_outside_pgmgr_during_start_init_keeps_the_new_instance(
         os.kill(pid, signal.SIGSTOP)
         try:
             (hooks / f"{paused.step}.go").touch()
-            time.sleep(1.0)
+            wait_for_note(datadir, paused.proc)  # it waits for ready
             os.kill(pid, signal.SIGINT)  # what 'pg_ctl stop -m fast' sends
         finally:
             os.kill(pid, signal.SIGCONT)
