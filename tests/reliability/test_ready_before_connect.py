@@ -138,8 +138,7 @@ def test_a_command_behind_a_start_that_waits_for_the_recovery(
     pid, frozen, _ = _recovering(inst)
     try:
         start = _background("start", inst.name, "--timeout", "120")
-        time.sleep(1.0)  # the start waits for ready now
-        assert start.poll() is None, start.communicate()
+        wait_for_note(inst.datadir, start)  # the start waits for ready now
         proc = _background(*_argv(inst, work, "reload"))
         time.sleep(1.5)
         assert proc.poll() is None, proc.communicate()
