@@ -131,6 +131,21 @@ def readline_within(stream: IO[str], timeout: float = 60) -> str:
     return box[0]
 
 
+def wait_for_note(datadir: Path, proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """Return once pgmgr ``proc`` has left its note beside ``datadir``'s lock: it waits
+    there for the server (to be ready, or to stop; see :mod:`pgmgr.core.stopwait`) and a
+    stop behind it will see that. A fixed sleep "past stopwait.QUIET" was not enough: on a
+    loaded machine pgmgr had not started its wait yet (its start-up alone took seconds),
+    and the stop behind it found no note."""
+    from pgmgr.core import stopwait
+
+    deadline = time.monotonic() + timeout
+    while (note := stopwait.read(datadir)) is None or note.pid != proc.pid:
+        assert proc.poll() is None, f"pgmgr exited before its note: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"pgmgr left no note within {timeout:g} s"
+        time.sleep(0.01)
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (a run's owner that died)."""
     proc = subprocess.Popen(["true"])

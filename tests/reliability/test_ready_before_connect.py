@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import process
+from tests.helpers import wait_for_note
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, pgmgr_argv
 from tests.reliability.test_ready_before_work import (
     _recovering,
@@ -106,8 +107,7 @@ def test_a_stop_ends_the_wait_and_the_command_says_so(
     kept = inst.record()["settings"]
     try:
         proc = _background(*_argv(inst, work, what))
-        time.sleep(1.5)  # past stopwait.QUIET: its note is there
-        assert proc.poll() is None, proc.communicate()
+        wait_for_note(inst.datadir, proc)  # it waits for ready: the stop will see it
         stop = _background("stop", inst.name)
         deadline = time.monotonic() + 30  # its signal reached the frozen recovery
         while not any(_signals_pending(p) for p in frozen):
@@ -138,8 +138,7 @@ def test_a_command_behind_a_start_that_waits_for_the_recovery(
     pid, frozen, _ = _recovering(inst)
     try:
         start = _background("start", inst.name, "--timeout", "120")
-        time.sleep(1.0)  # the start waits for ready now
-        assert start.poll() is None, start.communicate()
+        wait_for_note(inst.datadir, start)  # the start waits for ready now
         proc = _background(*_argv(inst, work, "reload"))
         time.sleep(1.5)
         assert proc.poll() is None, proc.communicate()

@@ -25,6 +25,7 @@ import pytest
 
 from pgmgr.core import privileges, process, server
 from pgmgr.core.versions import Installation
+from tests.helpers import wait_for_note
 from tests.reliability.conftest import Inst, InstFactory, one_error, pgmgr, pgmgr_argv
 
 WORK = {
@@ -146,8 +147,7 @@ def test_a_stop_ends_the_wait_and_the_work_says_so(cluster: InstFactory, what: s
     pid, frozen, token = _recovering(inst)
     try:
         proc = _background(inst, what)
-        time.sleep(1.5)  # past stopwait.QUIET: its note is there
-        assert proc.poll() is None, proc.communicate()
+        wait_for_note(inst.datadir, proc)  # it waits for ready: the stop will see it
         stop = subprocess.Popen(
             pgmgr_argv("stop", inst.name),
             stdin=subprocess.DEVNULL,

@@ -7,10 +7,10 @@ the server user now: through the symlink, only what that user may remove."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
+from pgmgr.core import listen
 from tests.helpers import dead_pid
 from tests.pause import Paused, ok
 from tests.reliability.test_multiuser_init import (  # noqa: F401
@@ -52,18 +52,12 @@ def test_a_stale_pidfile_is_removed_as_the_server_user(
     assert inst.has_canary(canary)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_stale_socket_lock_is_removed_as_the_server_user(
     attacker: OsUser,  # noqa: F811
     victim: OsUser,  # noqa: F811
     hooks: Path,
 ) -> None:
-    port = free_port()
+    port = listen.free_port("127.0.0.1")  # of this xdist worker's slice (tests/conftest.py)
     datadir = attackers_instance(attacker)
     lock = f".s.PGSQL.{port}.lock"
     attacker.run("import sys; open(sys.argv[1], 'w').write(sys.argv[2])",

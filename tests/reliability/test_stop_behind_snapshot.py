@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import process
-from tests.helpers import Run
+from tests.helpers import Run, wait_for_note
 from tests.pause import Paused
 from tests.reliability.conftest import InstFactory, one_error, pgmgr_argv
 
@@ -56,7 +56,7 @@ def test_a_stop_that_times_out_behind_a_snapshot_says_the_state_it_ends_in(
             while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
                 assert time.monotonic() < deadline and snap.proc.poll() is None, "no stop began"
                 time.sleep(0.005)
-            time.sleep(0.5)  # past stopwait.QUIET: its note is there
+            wait_for_note(inst.datadir, snap.proc)  # its stop waits: the next one sees it
             stop = subprocess.Popen(
                 pgmgr_argv("stop", inst.name, "--timeout", "8"),
                 stdin=subprocess.DEVNULL,

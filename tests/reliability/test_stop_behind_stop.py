@@ -23,7 +23,7 @@ from pgmgr.core import process
 from pgmgr.core.errors import Busy
 from pgmgr.core.instance import Server
 from pgmgr.core.locked import locked
-from tests.helpers import killed, postmasters_under
+from tests.helpers import killed, postmasters_under, wait_for_note
 from tests.pause import Paused
 from tests.reliability.conftest import (
     Inst,
@@ -189,8 +189,7 @@ def test_a_stop_ends_a_start_waiting_for_a_recovering_server(cluster: InstFactor
         text=True,
     )
     try:
-        time.sleep(1.0)
-        assert start.poll() is None, start.communicate()  # waits for ready
+        wait_for_note(inst.datadir, start)  # it waits for ready
         stop = _stop_in_background(inst)
         _signalled(pid, signal.SIGINT)
     finally:
@@ -211,8 +210,7 @@ def test_a_stop_ends_a_start_waiting_for_its_own_server(cluster: InstFactory, ho
     with paused:
         try:
             (hooks / f"{paused.step}.go").touch()  # the start goes on to wait for ready
-            time.sleep(1.0)
-            assert paused.proc.poll() is None, paused.proc.communicate()
+            wait_for_note(inst.datadir, paused.proc)
             stop = _stop_in_background(inst)
             _signalled(pid, signal.SIGINT)
         finally:
@@ -238,7 +236,7 @@ def _start_init_stopped(work: Path, hooks: Path, *args: str) -> tuple[Path, list
         os.kill(pid, signal.SIGSTOP)
         try:
             (hooks / f"{paused.step}.go").touch()
-            time.sleep(1.0)
+            wait_for_note(datadir, paused.proc)  # it waits for ready
             stop = subprocess.Popen(
                 pgmgr_argv("stop", "fresh", "--json"),
                 stdin=subprocess.DEVNULL,
@@ -338,7 +336,7 @@ def test_an_immediate_stop_leaves_a_snapshots_fast_stop_alone(cluster: InstFacto
         while (pf := process.PidFile.read(inst.datadir)) is None or pf.status != "stopping":
             assert time.monotonic() < deadline and snap.poll() is None, "no stop began"
             time.sleep(0.005)
-        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        wait_for_note(inst.datadir, snap)  # its stop waits: the next one sees it
         run = inst.stop("-m", "immediate", "--timeout", "1")
         err = one_error(run)
         assert "still being stopped by a fast stop of 'pgmgr snapshot'" in err, str(run)
@@ -394,7 +392,7 @@ def test_a_command_behind_a_smart_restart_is_told_to_restart_fast(cluster: InstF
     inst = cluster()
     first, conn = _smart_stop_waiting(inst, "restart")
     try:
-        time.sleep(0.5)  # past stopwait.QUIET: its note is there
+        wait_for_note(inst.datadir, first)  # its stop waits: the next one sees it
         way_out = f"'pgmgr restart {inst.name} -m fast'"
         run = inst.stop("-m", "smart", "--timeout", "1")
         assert "of 'pgmgr restart'" in one_error(run) and way_out in run.stderr, str(run)
@@ -428,7 +426,7 @@ def test_a_stop_from_outside_pgmgr_during_start_init_keeps_the_new_instance(
         os.kill(pid, signal.SIGSTOP)
         try:
             (hooks / f"{paused.step}.go").touch()
-            time.sleep(1.0)
+            wait_for_note(datadir, paused.proc)  # it waits for ready
             os.kill(pid, signal.SIGINT)  # what 'pg_ctl stop -m fast' sends
         finally:
             os.kill(pid, signal.SIGCONT)

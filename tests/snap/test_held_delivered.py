@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pgmgr.core import sigguard
+from pgmgr.core import listen, sigguard
 from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
 from tests.snap.test_signal_review import caller_handler
@@ -88,10 +88,7 @@ def test_a_ctrl_c_while_a_failed_branch_is_undone_is_not_dropped(
     """The branch is placed, its start then fails (its port taken meanwhile); a Ctrl-C
     held while it is undone: the error, then 'Interrupted', exit 130 (it was exit 1, as
     if nobody had pressed it). Nothing of the branch is left; the source runs."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = listen.free_port("127.0.0.1")  # of this xdist worker's slice (tests/conftest.py)
     run = Paused(hooks_dir(tmp_path), "branch-placed", "branch", "dev", "k", "-p", str(port),
                  env=inst.env)  # fmt: skip
     taken = socket.socket()
