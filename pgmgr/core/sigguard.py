@@ -35,6 +35,8 @@ class _State:
     cancellable = 0  # cancellable() blocks entered and not left
     received: list[int] = []  # noqa: RUF012 - signals recorded since commit()
     shields: list[list[int]] = []  # noqa: RUF012 - what each open shielded() block recorded
+    hit: list[int] = []  # noqa: RUF012 - what the outermost block's SIGTERM/SIGHUP raised
+    unraisable: object = None  # sys.unraisablehook before the outermost block
 
 
 def _main_thread() -> bool:
@@ -66,12 +68,15 @@ def interruptible() -> Iterator[None]:
         if hit or isinstance(sys.exc_info()[1], KeyboardInterrupt):
             return
         hit.append(signum)
-        raise KeyboardInterrupt
+        raise _interrupt(signum)
 
     if _State.depth == 0:
         _State.saved = {s: signal.getsignal(s) for s in SIGNALS}
+        _State.unraisable, sys.unraisablehook = sys.unraisablehook, _lost_interrupt
     _State.depth += 1
     taken = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    if taken:
+        _State.hit = hit
     old = {s: signal.signal(s, _raise) for s in taken}
     failed = False
     try:
@@ -81,6 +86,8 @@ def interruptible() -> Iterator[None]:
         raise
     finally:
         _State.depth -= 1
+        if _State.depth == 0 and sys.unraisablehook is _lost_interrupt:
+            sys.unraisablehook = _State.unraisable  # type: ignore[assignment]
         if not _State.committed:
             _put_back(old)
         elif _State.depth == 0 and not _process_exits():
@@ -90,6 +97,46 @@ def interruptible() -> Iterator[None]:
             # KeyboardInterrupt, an ignored one stays ignored); after a failure, all but
             # a Ctrl-C, whose KeyboardInterrupt would only hide it.
             _deliver(held, quiet=failed)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    """The KeyboardInterrupt a handler of this module raises for ``signum``."""
+    e = KeyboardInterrupt()
+    e.signum = signum  # type: ignore[attr-defined]  # see _lost_interrupt
+    return e
+
+
+def _lost_interrupt(unraisable: Any) -> None:
+    """``sys.unraisablehook`` inside :func:`interruptible`. A signal whose handler raised
+    while Python ran code whose exceptions it ignores (a weakref callback, such as the
+    import system's module-lock one, or a ``__del__``) printed "Exception ignored in ...
+    KeyboardInterrupt" with a traceback, and the interrupt was lost: an upgrade
+    interrupted so ran to its end, and a second SIGTERM was ignored as the first one's.
+
+    The signal is sent again, by a thread, once this hook has returned: raised in the
+    hook, it would be lost the same way. The thread waits for the hook's last statement,
+    a store, after which no bytecode of the hook checks for signals; the main thread
+    handles it at its next check, back in code whose exceptions count (lost again, it is
+    sent again)."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        hook = _State.unraisable if callable(_State.unraisable) else sys.__unraisablehook__
+        hook(unraisable)
+        return
+    signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
+    if signum in _State.hit:
+        _State.hit.remove(signum)  # or its handler would take it for a second one
+    returned: dict[str, bool] = {}
+    threading.Thread(target=_send_again, args=(signum, returned), daemon=True).start()
+    returned["hook"] = True  # the last statement: see the docstring
+
+
+def _send_again(signum: int, returned: dict[str, bool]) -> None:
+    import os
+    import time
+
+    while not returned:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager
@@ -240,7 +287,7 @@ def commit() -> None:
 
 def _after_commit(signum: int, frame: object) -> None:
     if _State.cancellable:
-        raise KeyboardInterrupt  # taken by the optional work it cuts short
+        raise _interrupt(signum)  # taken by the optional work it cuts short
     _State.received.append(signum)
 
 
