@@ -40,4 +40,38 @@ def test_a_dead_run_in_its_own_root_is_swept_by_the_next(ops_dir: Path) -> None:
     (dead,) = root.iterdir()
     with TemporaryInstance("15", root=str(root)) as tmp:
         assert tmp.base is not None and tmp.base.parent == root
-        assert not dead.exists()
+        assert not dead.exists(), why_kept(dead)
+
+
+def why_kept(base: Path) -> str:
+    """What the sweep could have seen in ``base`` (it failed once, as the ordinary user
+    under load, and did not say why): its entries, its owner and whether that process
+    lives, whether someone holds it, and the processes that name it."""
+    import fcntl
+    import os
+
+    from pgmgr.core import process, sweep
+
+    try:
+        owner = (base / sweep.OWNER_FILE).read_text().split()
+        alive = process.is_alive(int(owner[0]))
+    except (OSError, ValueError, IndexError) as e:
+        owner, alive = [repr(e)], False
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = False
+    except BlockingIOError:
+        held = True
+    finally:
+        os.close(fd)
+    naming = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            text = " ".join([os.readlink(f"/proc/{pid}/cwd"), *process.cmdline(int(pid))])
+        except OSError:
+            continue
+        if str(base) in text:
+            naming.append((pid, text[:200]))
+    entries = sorted(p.name for p in base.iterdir())
+    return f"kept: entries {entries}, owner {owner} alive={alive}, held={held}, by {naming}"

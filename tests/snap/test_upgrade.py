@@ -200,24 +200,36 @@ def test_signal_while_the_work_directory_is_made(up: Inst, scratch: Path) -> Non
     # initdb ran on, unknown to pgmgr, while the clean-up removed the directory it wrote
     # in). It waits until initdb can be stopped, and the clean-up until it is gone.
     # initdb is held stopped (the test's SIGSTOP) so that it cannot end by itself first.
-    with Paused(hooks, "run-initdb", "upgrade", "up", "-v", "18", "--yes", env=up.env) as run:
-        run.reached()
-        (work,) = leftovers(up.store, wait=0)
-        # pgmgr's own child: a child initdb has just forked and not yet exec'd (its popen of
-        # postgres) carries initdb's command line too (found twice in ~1 run of 5 under load).
-        (initdb,) = running_in(up.store / work, parent=run.proc.pid)
-        group = os.getpgid(initdb)
-        os.killpg(group, signal.SIGSTOP)
-        try:
-            run.proc.send_signal(signal.SIGTERM)
-            done = run.go()
-            assert done.returncode == 130, str(done)
-            assert error_lines(done.stderr) == ["Interrupted"], str(done)
-            assert running_in(up.store / work) == []
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # left stopped (the bug): ours to end
-                os.killpg(group, signal.SIGKILL)
-    assert leftovers(up.store, wait=0) == []
+    # On a loaded machine initdb may be done before this test looks (seen once, as the
+    # ordinary user): that case is interrupted all the same, and tried again.
+    for _attempt in range(5):
+        with Paused(hooks, "run-initdb", "upgrade", "up", "-v", "18", "--yes", env=up.env) as run:
+            run.reached()
+            (work,) = leftovers(up.store, wait=0)
+            # pgmgr's own child: a child initdb has just forked and not yet exec'd (its popen
+            # of postgres) carries initdb's command line too (twice in ~1 run of 5 under load).
+            found = running_in(up.store / work, parent=run.proc.pid)
+            group = None
+            if len(found) == 1:
+                with contextlib.suppress(ProcessLookupError):  # over meanwhile
+                    group = os.getpgid(found[0])
+                    os.killpg(group, signal.SIGSTOP)
+            try:
+                run.proc.send_signal(signal.SIGTERM)
+                done = run.go()
+                assert done.returncode == 130, str(done)
+                assert error_lines(done.stderr) == ["Interrupted"], str(done)
+                assert running_in(up.store / work) == []
+            finally:
+                if group is not None:  # left stopped (the bug): ours to end
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, signal.SIGKILL)
+        assert leftovers(up.store, wait=0) == []
+        assert len(found) <= 1, f"not one initdb of pgmgr's: {found}"
+        if group is not None:
+            break
+    else:
+        raise AssertionError("initdb was over each time before the test could hold it")
     assert up.record()["major"] == "15" and up.state() == "running"
 
 
