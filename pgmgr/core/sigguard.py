@@ -86,17 +86,21 @@ def interruptible() -> Iterator[None]:
         raise
     finally:
         _State.depth -= 1
-        if _State.depth == 0 and sys.unraisablehook is _lost_interrupt:
-            sys.unraisablehook = _State.unraisable  # type: ignore[assignment]
-        if not _State.committed:
-            _put_back(old)
-        elif _State.depth == 0 and not _process_exits():
-            held = _uncommit()
-            # In-process, the committed work is complete now: a signal it held is the
-            # caller's, delivered now to the caller's own handlers (a Ctrl-C raises
-            # KeyboardInterrupt, an ignored one stays ignored); after a failure, all but
-            # a Ctrl-C, whose KeyboardInterrupt would only hide it.
-            _deliver(held, quiet=failed)
+        try:
+            if not _State.committed:
+                _put_back(old)
+            elif _State.depth == 0 and not _process_exits():
+                held = _uncommit()
+                # In-process, the committed work is complete now: a signal it held is the
+                # caller's, delivered now to the caller's own handlers (a Ctrl-C raises
+                # KeyboardInterrupt, an ignored one stays ignored); after a failure, all
+                # but a Ctrl-C, whose KeyboardInterrupt would only hide it.
+                _deliver(held, quiet=failed)
+        finally:
+            # kept while committed work's handlers stay (until the process exits)
+            ours = sys.unraisablehook is _lost_interrupt
+            if _State.depth == 0 and not _State.committed and ours:
+                sys.unraisablehook = _State.unraisable  # type: ignore[assignment]
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
