@@ -72,7 +72,8 @@ def interruptible() -> Iterator[None]:
 
     if _State.depth == 0:
         _State.saved = {s: signal.getsignal(s) for s in SIGNALS}
-        _State.unraisable, sys.unraisablehook = sys.unraisablehook, _lost_interrupt
+        if sys.unraisablehook is not _lost_interrupt:  # kept by committed work before
+            _State.unraisable, sys.unraisablehook = sys.unraisablehook, _lost_interrupt
     _State.depth += 1
     taken = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
     if taken:
