@@ -120,26 +120,42 @@ def _lost_interrupt(unraisable: Any) -> None:
 
     The signal is sent again, by a thread, once this hook has returned: raised in the
     hook, it would be lost the same way. The thread waits for the hook's last statement,
-    a store, after which no bytecode of the hook checks for signals; the main thread
-    handles it at its next check, back in code whose exceptions count (lost again, it is
-    sent again)."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+    a store (in ``finally``), after which no bytecode of the hook checks for signals; the
+    main thread handles it at its next check, back in code whose exceptions count (lost
+    again, it is sent again). Only an interrupt of this module's handlers, or of Python's
+    own Ctrl-C handler: another (a caller's handler that raises KeyboardInterrupt, say)
+    goes to the hook before this one."""
+    exc = unraisable.exc_value
+    signum = getattr(exc, "signum", None)
+    if signum is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signum = signal.SIGINT
+    if not isinstance(exc, KeyboardInterrupt) or signum is None:
         hook = _State.unraisable if callable(_State.unraisable) else sys.__unraisablehook__
         hook(unraisable)
         return
-    signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
-    if signum in _State.hit:
-        _State.hit.remove(signum)  # or its handler would take it for a second one
+    import _thread
+
     returned: dict[str, bool] = {}
-    threading.Thread(target=_send_again, args=(signum, returned), daemon=True).start()
-    returned["hook"] = True  # the last statement: see the docstring
+    try:
+        if signum in _State.hit:
+            _State.hit.remove(signum)  # or its handler would take it for a second one
+        # not threading.Thread: its start() waits for the thread, a wait in which a
+        # second signal's handler would raise in here
+        _thread.start_new_thread(_send_again, (signum, returned))
+    except KeyboardInterrupt as again:  # that second signal, raised in here after all
+        extra = getattr(again, "signum", None)
+        if extra in _State.hit:
+            _State.hit.remove(extra)  # the first one's is on its way
+    finally:
+        returned["hook"] = True  # the last statement: see the docstring
 
 
 def _send_again(signum: int, returned: dict[str, bool]) -> None:
     import os
     import time
 
-    while not returned:
+    deadline = time.monotonic() + 1.0  # the hook cut short before its last store
+    while not returned and time.monotonic() < deadline:
         time.sleep(0.001)
     os.kill(os.getpid(), signum)
 

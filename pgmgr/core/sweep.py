@@ -17,6 +17,7 @@ or owner file say (the kernel sees every namespace's locks).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -39,12 +40,17 @@ SWEPT_PREFIXES = ("pgmgr-run-", "pgmgr-pytest-")
 PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-")
 
 
+#: A directory opened to be held or removed: never through a symlink, never inherited by a
+#: program a thread of the process runs meanwhile (it would hold the lock on).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def hold(path: str | Path) -> int:
     """Hold directory ``path``, made by this run, until the returned fd is closed (or this
     process and every child that inherited it are gone): :func:`dead_runs` never removes
     it meanwhile (see the module doc). Close-on-exec: a server or tool it runs does not
     keep it held after this run."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, _DIR_FLAGS)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError:
@@ -96,18 +102,25 @@ def make_dir(prefix: str, parent: str | None = None) -> tuple[Path, int]:
                 os.rmdir(path)
             path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         try:
-            fd = hold(path)
+            fd = os.open(path, _DIR_FLAGS)
         except FileNotFoundError:
             continue  # swept before it was held: made again
-        except OSError:  # ELOOP, ENOTDIR: swapped for a symlink or a file
-            raise replaced(path) from None
-        if not still_named(fd, path):
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file swapped in
+                raise replaced(path) from None
+            raise
+        try:
+            # Whose it is, before waiting for its lock: another user's directory swapped
+            # in, whose owner holds it, would keep this wait going for ever.
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise replaced(path)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep removing it: until it is gone
+            if still_named(fd, path):
+                return path, fd
+        except BaseException:
             release(fd)
-            continue  # swept while it was being held
-        if os.fstat(fd).st_uid != os.geteuid():
-            release(fd)
-            raise replaced(path)
-        return path, fd
+            raise
+        release(fd)  # swept while it was being held: made again
     where = parent or tempfile.gettempdir()
     raise PgmgrError(f"cannot make a temporary directory in {where}: removed as soon as made")
 
@@ -239,7 +252,7 @@ def _remove_pid_dir(parent: str, name: str, uid: int) -> None:
     from pgmgr.core import ownerrm, userfs
 
     with userfs.opened_dir(parent) as parent_fd:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
             if os.fstat(fd).st_uid != uid:
                 raise PermissionError(f"{name} is not uid {uid}'s")
@@ -260,7 +273,7 @@ def _remove_run_dir(parent: str, name: str) -> None:
     from pgmgr.core import ownerrm, userfs
 
     with userfs.opened_dir(parent) as parent_fd:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
             if _held(fd):  # a live run whose pid is not ours to see
                 raise BlockingIOError(f"{name} is held by a live run")

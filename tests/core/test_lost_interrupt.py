@@ -59,8 +59,8 @@ def test_an_interrupt_raised_where_python_ignores_exceptions_is_not_lost(
         # the default disposition a shell gives (xdist workers ignore SIGINT, inherited)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    assert proc.stdout.splitlines() == ["work goes on", "interrupted", "hook put back: True"], (
-        proc.stdout,
-        proc.stderr,
-    )
+    # The interrupt comes back at the main thread's next check: before or inside the print
+    # that follows the callback ("work goes oninterrupted"), or in the loop after it.
+    assert "never interrupted" not in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.stdout.endswith("interrupted\nhook put back: True\n"), (proc.stdout, proc.stderr)
     assert proc.stderr == ""  # no "Exception ignored ... Traceback"

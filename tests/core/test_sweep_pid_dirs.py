@@ -6,6 +6,7 @@ after its pid; the next import or temporary server removes it.)
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
@@ -135,21 +136,23 @@ def test_a_sweep_racing_the_maker_of_a_new_directory(
     """A new run directory has no owner file yet, so a sweep that runs between its mkdtemp
     and its flock takes it for a killed run's and removes it: the maker must notice and
     make another, held. Once held, a sweep leaves it. The interleaving is forced by running
-    a real sweep inside ``hold`` (no scheduler can be relied on to hit a window of a few
-    syscalls); nothing else is replaced."""
+    a real sweep inside the maker's ``flock`` (no scheduler can be relied on to hit a
+    window of a few syscalls); nothing else is replaced."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    real_hold, swept = sweep.hold, []
+    real_flock, swept = fcntl.flock, []
 
-    def racing_hold(path: str | Path) -> int:
-        if when == "before it is held" and not swept:
+    def racing_flock(fd: int, operation: int) -> None:
+        if operation != fcntl.LOCK_SH or swept:  # the sweep's own locks, or done
+            real_flock(fd, operation)
+            return
+        if when == "before it is held":
             swept.append(sweep.dead_runs())
-        fd = real_hold(path)
-        if when == "once it is held" and not swept:
+        real_flock(fd, operation)
+        if when == "once it is held":
             swept.append(sweep.dead_runs())
-        return fd
 
-    monkeypatch.setattr(sweep, "hold", racing_hold)
+    monkeypatch.setattr(sweep.fcntl, "flock", racing_flock)
     path, fd = sweep.make_dir("pgmgr-run-")
     try:
         assert path.is_dir() and sweep.still_named(fd, path)
