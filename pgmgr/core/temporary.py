@@ -80,7 +80,7 @@ def _default_user() -> privileges.ServerUser | None:
 
 
 def _base_dir(prefix: str, root: str | None = None) -> tuple[Path, int]:
-    """A fresh directory the server user can traverse (0755) under ``root`` (default: the
+    """A fresh directory the server user can traverse (0711) under ``root`` (default: the
     temp dir), held (:func:`sweep.make_dir`): it and the fd to release. /tmp when ``root``
     is too deep for a socket path, or (as root) unreachable for the server user or in a
     directory another user can write (who could swap it for a symlink before root writes
@@ -103,7 +103,10 @@ def _base_dir(prefix: str, root: str | None = None) -> tuple[Path, int]:
             raise sweep.replaced(base)
         token = sweep.owner_token(os.getpid()).encode()
         userfs.write_file_at(fd, sweep.OWNER_FILE, token, 0o644, sync=False)
-        os.fchmod(fd, 0o755)
+        # 0711, not 0755: the server user only passes through it; another user who could
+        # open it could hold its lock (see pgmgr.core.sweep), and so keep a killed run's
+        # directory, its server's data in /dev/shm say, from ever being swept
+        os.fchmod(fd, 0o711)
     except BaseException:
         if fd >= 0 and sweep.still_named(fd, base):
             with contextlib.suppress(OSError):

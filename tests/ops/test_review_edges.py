@@ -131,6 +131,37 @@ def test_run_as_root_makes_nothing_where_another_user_could_swap_it(ops_dir: Pat
 
 
 @ROOT_ONLY
+def test_another_user_cannot_hold_a_runs_directory(ops_dir: Path) -> None:
+    """A run's directory was 0755: another OS user could open it and hold its lock (a shared
+    flock says "a live run works here"), so that once the run was killed its directory, with
+    its server's data, was never swept. The server user only needs to pass through it."""
+    import subprocess
+    import sys
+
+    from tests.helpers import readline_within
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "run", "-q", "--", "sh", "-c", "echo up; exec sleep 60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and readline_within(child.stdout) == "up\n"
+        (run,) = (ops_dir / "tmp").iterdir()
+        hold = (
+            "import fcntl, os, sys; os.stat(sys.argv[1]); print('reached', flush=True); "
+            "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_SH); "
+            "print('held')"
+        )
+        with os_user("holder") as other:
+            tried = run_as(other.name, "python3", "-c", hold, str(run))  # the system one
+        assert tried.stdout == "reached\n", (tried.stdout, tried.stderr)  # it gets there
+        assert "PermissionError" in tried.stderr, tried.stderr  # but cannot open it
+    finally:
+        child.terminate()
+        child.wait(30)
+
+
+@ROOT_ONLY
 def test_start_init_with_settings_as_root_chowns_nothing_another_user_chose(
     fresh: Instance, ops_dir: Path
 ) -> None:
