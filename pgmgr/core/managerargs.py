@@ -48,8 +48,9 @@ def port(value: object) -> int:
 
     :raises DatabaseException: anything else (a bool, a float, out of range).
     """
-    if isinstance(value, str) and numtext.whole(value.strip()) is not None:
-        value = numtext.whole(value.strip())  # '١٢' and '1_5' stay strings, refused below
+    number = numtext.whole(value.strip()) if isinstance(value, str) else None
+    if number is not None:  # '١٢' and '1_5' stay strings, refused below
+        value = number
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise DatabaseException(f"invalid port {value!r}: a number from 1 to 65535")
     return value

@@ -45,15 +45,22 @@ PID_PREFIXES = ("pgmgr-pw-", "pgmgr-cfg-", "pgmgr-imp-", "pgmgr-up-")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def hold(path: str | Path) -> int:
+def hold(path: str | Path, uid: int | None = None) -> int:
     """Hold directory ``path``, made by this run, until the returned fd is closed (or this
     process and every child that inherited it are gone): :func:`dead_runs` never removes
     it meanwhile (see the module doc). Close-on-exec: a server or tool it runs does not
-    keep it held after this run."""
+    keep it held after this run.
+
+    :param uid: whose it must be, checked before the wait for its lock: another user's
+        directory swapped in, whose owner holds it, would keep that wait going for ever.
+    :raises PgmgrError: it is not ``uid``'s.
+    """
     fd = os.open(path, _DIR_FLAGS)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:
+        if uid is not None and os.fstat(fd).st_uid != uid:
+            raise replaced(Path(path))
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep removing it: until it is gone
+    except BaseException:
         os.close(fd)
         raise
     return fd
@@ -102,24 +109,15 @@ def make_dir(prefix: str, parent: str | None = None) -> tuple[Path, int]:
                 os.rmdir(path)
             path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         try:
-            fd = os.open(path, _DIR_FLAGS)
+            fd = hold(path, os.geteuid())
         except FileNotFoundError:
             continue  # swept before it was held: made again
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file swapped in
                 raise replaced(path) from None
             raise
-        try:
-            # Whose it is, before waiting for its lock: another user's directory swapped
-            # in, whose owner holds it, would keep this wait going for ever.
-            if os.fstat(fd).st_uid != os.geteuid():
-                raise replaced(path)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep removing it: until it is gone
-            if still_named(fd, path):
-                return path, fd
-        except BaseException:
-            release(fd)
-            raise
+        if still_named(fd, path):
+            return path, fd
         release(fd)  # swept while it was being held: made again
     where = parent or tempfile.gettempdir()
     raise PgmgrError(f"cannot make a temporary directory in {where}: removed as soon as made")
