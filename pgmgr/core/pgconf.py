@@ -56,7 +56,8 @@ def render(settings: Mapping[str, str]) -> bytes:
     """The text of ``pgmgr.conf``: pgmgr's defaults, postgresql.conf, pgmgr's settings."""
     lines = [
         "# Written by pgmgr; change it with 'pgmgr config NAME set/unset', not by hand.",
-        "# postgresql.conf is read first; postgresql.auto.conf (ALTER SYSTEM) still wins.",
+        "# pgmgr's defaults, then postgresql.conf, then pgmgr's settings; postgresql.auto.conf",
+        "# (ALTER SYSTEM) still wins.",
         *(f"{name} = {quote_value(value)}" for name, value in DEFAULTS.items()),
         "include_if_exists = 'postgresql.conf'",
         *(f"{name} = {quote_value(value)}" for name, value in settings.items()),
