@@ -203,6 +203,14 @@ def postgres_processes(*roots: str | os.PathLike[str], backends: bool = False) -
             continue
         pid = int(entry)
         argv = process.cmdline(pid)
+        if not argv and backends:
+            # An exiting process has dropped its memory, so its command line reads empty,
+            # while its working directory is still held until the kernel releases it later
+            # in the exit (it unmaps the shared buffers in between: milliseconds). The
+            # sweep sees it working there, and rightly leaves the directory: a wait that
+            # skipped it was over too soon (CI failed so). Its kernel name stays.
+            with contextlib.suppress(OSError):
+                argv = [Path(f"/proc/{pid}/comm").read_text().strip()]
         if not argv:
             continue
         # A backend's whole title is its argv[0] ("postgres: checkpointer").
