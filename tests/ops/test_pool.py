@@ -21,7 +21,7 @@ from pgmgr.core import process
 from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
 from pgmgr.pytest_plugin import memory_dir
-from tests.helpers import postmasters_under
+from tests.helpers import postgres_pids_under, postmasters_under
 from tests.ops.test_plugin import assert_nothing_left
 
 CONFTEST = """
@@ -398,7 +398,7 @@ def test_crash(pgmgr_server):
     )
     assert run(suite).ret == -signal.SIGKILL
     deadline = time.monotonic() + 30
-    while postmasters_under(shm) and time.monotonic() < deadline:  # gone with its parent
+    while postgres_pids_under(shm) and time.monotonic() < deadline:  # and its backends
         time.sleep(0.05)
     (left,) = shm.iterdir()
     suite.makepyfile(test_crash="def test_next(pgmgr_server):\n    pass\n")
