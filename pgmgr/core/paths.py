@@ -81,6 +81,10 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
 
     me = os.geteuid()
     elsewhere = f"or set {env} to a directory of your own that only you can write"
+    whose = shared_place(path)
+    if whose:
+        fix = f"set {env} to a directory for pgmgr alone (made if missing)"
+        raise UnsafePlace(path, what, f"is {whose}, not a directory for pgmgr alone", fix)
     why = fix = ""
     try:
         st: os.stat_result | None = os.lstat(path)
@@ -112,6 +116,35 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     if st is not None:
         _PRIVATE.add(key)
     return path
+
+
+#: Directories that hold the system's files: never pgmgr's state or cache directory. Root
+#: owns them and no one else can write them, so as root they passed every other check, and
+#: ``PGMGR_STATE_DIR=/`` put pgmgr's ``locks``, ``logs`` and ``instances`` in ``/``.
+_SYSTEM_DIRS = """
+    / /bin /boot /dev /etc /home /lib /lib32 /lib64 /libx32 /media /mnt /opt /proc /root /run
+    /sbin /srv /sys /tmp /usr /usr/bin /usr/include /usr/lib /usr/lib64 /usr/libexec /usr/local
+    /usr/sbin /usr/share /usr/src /var /var/cache /var/lib /var/log /var/mail /var/opt /var/run
+    /var/spool /var/tmp
+"""
+SYSTEM_DIRS = frozenset(_SYSTEM_DIRS.split())
+
+
+def shared_place(path: Path) -> str | None:
+    """What ``path`` (symlinks resolved) is, if it holds others' files: one of
+    :data:`SYSTEM_DIRS`, a place in the kernel's ``/proc`` or ``/sys``, or the invoking
+    user's home directory itself. None for any other."""
+    real = os.path.realpath(path)
+    if real in SYSTEM_DIRS or real.startswith(("/proc/", "/sys/")):
+        return "a system directory"
+    import pwd
+
+    homes = {os.path.expanduser("~")}
+    with contextlib.suppress(KeyError):
+        homes.add(pwd.getpwuid(os.geteuid()).pw_dir)
+    if real in {os.path.realpath(h) for h in homes if h and h != "~"}:
+        return "your home directory"
+    return None
 
 
 def _user_name(uid: int) -> str:

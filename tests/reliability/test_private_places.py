@@ -101,3 +101,40 @@ def test_own_private_place_is_accepted(work: Path) -> None:
     os.chmod(mine, 0o755)  # noqa: S103 - readable is fine, writable is not
     run = pgmgr("status", "--json", env={"PGMGR_STATE_DIR": str(mine)})
     assert run.returncode == 0, str(run)
+
+
+@pytest.mark.parametrize("var", VARS)
+def test_home_directory_is_refused(work: Path, var: str) -> None:
+    """The user's own home directory as the place: private and theirs, so it passed every
+    check, and pgmgr put its directories among the user's files."""
+    home = work / "home"
+    home.mkdir(mode=0o700)
+    (home / "notes.txt").write_text("mine\n")
+    run = pgmgr(*READER[var], env={var: str(home), "HOME": str(home)})
+    assert "is your home directory" in refused(run, home, READER_WHAT[var]), str(run)
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+    run = pgmgr(*READER[var], env={var: str(home / "pgmgr"), "HOME": str(home)})
+    assert run.returncode == 0, str(run)  # a directory of its own in it: fine
+
+
+@needs_root
+@pytest.mark.parametrize("var", VARS)
+@pytest.mark.parametrize("place", ["/", "/etc", "/var/lib"])
+def test_system_directory_is_refused_as_root(work: Path, var: str, place: str) -> None:
+    """As root, ``PGMGR_STATE_DIR=/`` passed every check (root's, nobody else can write
+    it) and pgmgr made its ``locks``, ``logs`` and ``instances`` in ``/``. A symlink to
+    such a directory is the same directory."""
+    before = sorted(os.listdir(place))
+    link = work / "link"
+    link.symlink_to(place)
+    for given in (Path(place), link):
+        run = pgmgr(*READER[var], env={var: str(given)})
+        assert "is a system directory" in refused(run, given, READER_WHAT[var]), str(run)
+    datadir = work / "db"
+    run = pgmgr("start", "--init", "-d", str(datadir), "-p", "auto", env={var: place})
+    refused(run, Path(place), READER_WHAT[var])
+    assert not datadir.exists()
+    assert sorted(os.listdir(place)) == before
+
+
+READER_WHAT = {"PGMGR_STATE_DIR": "state", "PGMGR_CACHE_DIR": "cache"}
