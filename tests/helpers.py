@@ -210,7 +210,9 @@ def postgres_processes(*roots: str | os.PathLike[str], backends: bool = False) -
             # sweep sees it working there, and rightly leaves the directory: a wait that
             # skipped it was over too soon (CI failed so). Its kernel name stays.
             with contextlib.suppress(OSError):
-                argv = [Path(f"/proc/{pid}/comm").read_text().strip()]
+                cwd = os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) + os.sep
+                if any(cwd.startswith(p) for p in prefixes):
+                    argv = [Path(f"/proc/{pid}/comm").read_text().strip()]
         if not argv:
             continue
         # A backend's whole title is its argv[0] ("postgres: checkpointer").
@@ -227,6 +229,21 @@ def postgres_processes(*roots: str | os.PathLike[str], backends: bool = False) -
                 found[pid] = place
                 break
     return found
+
+
+def wait_not_in_use(dirs: Iterable[Path], timeout: float = 30) -> list[Path]:
+    """Wait until no process works in any of ``dirs`` as pgmgr's sweep sees it
+    (:func:`pgmgr.core.sweep._in_use`: its working directory or an argument there, whatever
+    the process: a backend still exiting, a reaper); those still in use after ``timeout``.
+    A test that then expects a sweep to remove them waits for what the sweep checks."""
+    from pgmgr.core import sweep
+
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [d for d in dirs if d.exists() and sweep._in_use(d)]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.02)
 
 
 def postmasters_under(*roots: str | os.PathLike[str]) -> list[int]:

@@ -130,21 +130,31 @@ _SYSTEM_DIRS = """
 SYSTEM_DIRS = frozenset(_SYSTEM_DIRS.split())
 
 
+#: What pgmgr makes in its state and cache directories.
+OWN_NAMES = frozenset({"instances", "locks", "logs", "pgpass", "templates", "binaries.json"})
+
+
 def shared_place(path: Path) -> str | None:
-    """What ``path`` (symlinks resolved) is, if it holds others' files: one of
-    :data:`SYSTEM_DIRS`, a place in the kernel's ``/proc`` or ``/sys``, or the invoking
-    user's home directory itself. None for any other."""
+    """What ``path`` is, if it holds others' files (for its refusal): one of
+    :data:`SYSTEM_DIRS` (symlinks resolved), a place in the kernel's ``/proc`` or ``/sys``,
+    or the invoking user's home directory itself while it holds files and none of pgmgr's
+    (a service account whose home is pgmgr's directory is fine). None for any other."""
     real = os.path.realpath(path)
+    via = f" ({real})" if real != os.path.normpath(path) else ""
     if real in SYSTEM_DIRS or real.startswith(("/proc/", "/sys/")):
-        return "a system directory"
+        return f"a system directory{via}"
     import pwd
 
     homes = {os.path.expanduser("~")}
     with contextlib.suppress(KeyError):
         homes.add(pwd.getpwuid(os.geteuid()).pw_dir)
-    if real in {os.path.realpath(h) for h in homes if h and h != "~"}:
-        return "your home directory"
-    return None
+    if real not in {os.path.realpath(h) for h in homes if h and h != "~"}:
+        return None
+    try:
+        names = os.listdir(real)
+    except OSError:
+        return None
+    return f"your home directory{via}" if names and OWN_NAMES.isdisjoint(names) else None
 
 
 def _user_name(uid: int) -> str:

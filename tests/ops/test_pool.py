@@ -21,7 +21,7 @@ from pgmgr.core import process
 from pgmgr.core.dbpool import TRIALS, DatabasePool, PoolError
 from pgmgr.core.temporary import TemporaryInstance
 from pgmgr.pytest_plugin import memory_dir
-from tests.helpers import postgres_pids_under, postmasters_under
+from tests.helpers import postgres_pids_under, postmasters_under, wait_not_in_use
 from tests.ops.test_plugin import assert_nothing_left
 
 CONFTEST = """
@@ -401,6 +401,7 @@ def test_crash(pgmgr_server):
     while postgres_pids_under(shm) and time.monotonic() < deadline:  # and its backends
         time.sleep(0.05)
     (left,) = shm.iterdir()
+    assert not wait_not_in_use([left])  # and the reaper killed with it
     suite.makepyfile(test_crash="def test_next(pgmgr_server):\n    pass\n")
     run(suite).assert_outcomes(passed=1)
     assert not left.exists() and list(shm.iterdir()) == []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pgmgr.core.temporary import TemporaryInstance
-from tests.helpers import REPO, killed, postgres_pids_under, readline_within
+from tests.helpers import REPO, killed, postgres_pids_under, readline_within, wait_not_in_use
 
 KEEP_RUNNING = """
 import sys, time
@@ -38,6 +38,7 @@ def test_a_dead_run_in_its_own_root_is_swept_by_the_next(ops_dir: Path) -> None:
         assert time.monotonic() < deadline, "the server outlived its pgmgr"
         time.sleep(0.05)
     (dead,) = root.iterdir()
+    assert not wait_not_in_use([dead]), why_kept(dead)
     with TemporaryInstance("15", root=str(root)) as tmp:
         assert tmp.base is not None and tmp.base.parent == root
         assert not dead.exists(), why_kept(dead)

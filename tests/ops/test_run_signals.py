@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from pgmgr.core import process
-from tests.helpers import kill_postmasters, postgres_pids_under, readline_within, run_pgmgr
+from tests.helpers import (
+    kill_postmasters,
+    postgres_pids_under,
+    readline_within,
+    run_pgmgr,
+    wait_not_in_use,
+)
 from tests.ops.conftest import Instance
 from tests.ops.test_run import assert_nothing_left
 from tests.pause import Paused
@@ -81,6 +87,7 @@ def test_sigkilled_run_leaves_no_server_and_the_next_run_sweeps(ops_dir: Path) -
                 os.killpg(child.pid, signal.SIGKILL)
     assert not orphans, f"postgres outlived its SIGKILLed pgmgr run: {orphans}"
     leftover = len(_run_dirs(ops_dir))
+    assert not wait_not_in_use(_run_dirs(ops_dir))
     proc = run_pgmgr("run", "-q", "--", "true")  # sweeps the dead runs' directories
     assert proc.returncode == 0, proc.stderr
     assert_nothing_left(ops_dir)

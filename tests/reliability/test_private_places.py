@@ -117,24 +117,52 @@ def test_home_directory_is_refused(work: Path, var: str) -> None:
     assert run.returncode == 0, str(run)  # a directory of its own in it: fine
 
 
-@needs_root
+def test_a_home_that_is_pgmgrs_own_directory_is_accepted(work: Path) -> None:
+    """A service account whose home is pgmgr's directory (``/var/lib/pgmgr``): empty at
+    first, then holding pgmgr's files only. Not refused as a home full of the user's."""
+    home = work / "svc"
+    home.mkdir(mode=0o700)
+    env = {"PGMGR_STATE_DIR": str(home), "PGMGR_CACHE_DIR": str(home / "cache"), "HOME": str(home)}
+    datadir = work / "db"
+    run = pgmgr("init", "-d", str(datadir), "-q", env=env)
+    assert run.returncode == 0, str(run)
+    assert "instances" in os.listdir(home)
+    run = pgmgr("status", "--json", env=env)
+    assert run.returncode == 0, str(run)
+    assert str(datadir) in run.stdout
+
+
+#: What pgmgr makes in its state and cache directories.
+PGMGR_NAMES = ("instances", "locks", "logs", "pgpass", "templates", "binaries.json")
+
+
 @pytest.mark.parametrize("var", VARS)
 @pytest.mark.parametrize("place", ["/", "/etc", "/var/lib"])
-def test_system_directory_is_refused_as_root(work: Path, var: str, place: str) -> None:
+def test_system_directory_is_refused(work: Path, var: str, place: str) -> None:
     """As root, ``PGMGR_STATE_DIR=/`` passed every check (root's, nobody else can write
     it) and pgmgr made its ``locks``, ``logs`` and ``instances`` in ``/``. A symlink to
-    such a directory is the same directory."""
-    before = sorted(os.listdir(place))
+    such a directory is the same directory, and says where it leads. (As another user
+    the same error comes first.)"""
+    made = [Path(place, n) for n in PGMGR_NAMES if not Path(place, n).exists()]
     link = work / "link"
     link.symlink_to(place)
-    for given in (Path(place), link):
-        run = pgmgr(*READER[var], env={var: str(given)})
-        assert "is a system directory" in refused(run, given, READER_WHAT[var]), str(run)
-    datadir = work / "db"
-    run = pgmgr("start", "--init", "-d", str(datadir), "-p", "auto", env={var: place})
-    refused(run, Path(place), READER_WHAT[var])
-    assert not datadir.exists()
-    assert sorted(os.listdir(place)) == before
+    try:
+        for given in (Path(place), link):
+            run = pgmgr(*READER[var], env={var: str(given)})
+            err = refused(run, given, READER_WHAT[var])
+            assert "is a system directory" in err, str(run)
+            assert (given == link) == (f"({place})" in err), err
+        datadir = work / "db"
+        run = pgmgr("start", "--init", "-d", str(datadir), "-p", "auto", env={var: place})
+        refused(run, Path(place), READER_WHAT[var])
+        assert not datadir.exists()
+        assert [p for p in made if p.exists()] == []
+    finally:  # the old code made them: never leave them there
+        for path in made:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 READER_WHAT = {"PGMGR_STATE_DIR": "state", "PGMGR_CACHE_DIR": "cache"}
