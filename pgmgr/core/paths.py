@@ -84,7 +84,7 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     whose = shared_place(path)
     if whose:
         fix = f"set {env} to a directory for pgmgr alone (made if missing)"
-        raise UnsafePlace(path, what, f"is {whose}, not a directory for pgmgr alone", fix)
+        raise UnsafePlace(path, what, f"is {whose}, not one for pgmgr alone", fix)
     why = fix = ""
     try:
         st: os.stat_result | None = os.lstat(path)
