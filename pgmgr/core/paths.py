@@ -69,6 +69,7 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     """``path`` if only the invoking user (and root) can change it: not a symlink, owned by
     the invoking user, not writable by group or others, and inside directories no other user
     can write (sticky ``/tmp`` is fine). A directory not made yet only needs private parents.
+    And pgmgr's alone: not a system directory or the user's home (:func:`shared_place`).
 
     :raises UnsafePlace: it is not; the error names the directory and the fix.
     """
