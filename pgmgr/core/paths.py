@@ -82,10 +82,10 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
 
     me = os.geteuid()
     elsewhere = f"or set {env} to a directory of your own that only you can write"
-    whose = shared_place(path)
-    if whose:
+    why = shared_place(path)
+    if why:
         fix = f"set {env} to a directory for pgmgr alone (made if missing)"
-        raise UnsafePlace(path, what, f"is {whose}, not one for pgmgr alone", fix)
+        raise UnsafePlace(path, what, why, fix)
     why = fix = ""
     try:
         st: os.stat_result | None = os.lstat(path)
@@ -136,14 +136,22 @@ OWN_NAMES = frozenset({"instances", "locks", "logs", "pgpass", "templates", "bin
 
 
 def shared_place(path: Path) -> str | None:
-    """What ``path`` is, if it holds others' files (for its refusal): one of
+    """Why ``path`` is not pgmgr's alone (for its refusal), or None: one of
     :data:`SYSTEM_DIRS` (symlinks resolved), a place in the kernel's ``/proc`` or ``/sys``,
-    or the invoking user's home directory itself while it holds files and none of pgmgr's
-    (a service account whose home is pgmgr's directory is fine). None for any other."""
+    in a PostgreSQL data directory (:func:`_data_dir_around`), or the invoking user's home
+    directory itself while it holds files and none of pgmgr's (a service account whose
+    home is pgmgr's directory is fine)."""
     real = os.path.realpath(path)
     via = f" ({real})" if real != os.path.normpath(path) else ""
+    alone = "not one for pgmgr alone"
     if real in SYSTEM_DIRS or real.startswith(("/proc/", "/sys/")):
-        return f"a system directory{via}"
+        return f"is a system directory{via}, {alone}"
+    datadir = _data_dir_around(real)
+    if datadir is not None:
+        return (
+            f"is in the PostgreSQL data directory {datadir}: a restore or an upgrade "
+            "replaces that directory, and pgmgr's files in it go with it"
+        )
     import pwd
 
     homes = {os.path.expanduser("~")}
@@ -155,7 +163,24 @@ def shared_place(path: Path) -> str | None:
         names = os.listdir(real)
     except OSError:
         return None
-    return f"your home directory{via}" if names and OWN_NAMES.isdisjoint(names) else None
+    return (
+        f"is your home directory{via}, {alone}" if names and OWN_NAMES.isdisjoint(names) else None
+    )
+
+
+def _data_dir_around(real: str) -> str | None:
+    """The PostgreSQL data directory (``PG_VERSION`` and ``global``) that is ``real`` or
+    holds it, if any. A stat or two per level, once per process."""
+    place = real
+    while True:
+        if os.path.isfile(os.path.join(place, "PG_VERSION")) and os.path.isdir(
+            os.path.join(place, "global")
+        ):
+            return place
+        parent = os.path.dirname(place)
+        if parent == place:
+            return None
+        place = parent
 
 
 def _user_name(uid: int) -> str:

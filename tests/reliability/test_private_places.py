@@ -166,3 +166,25 @@ def test_system_directory_is_refused(work: Path, var: str, place: str) -> None:
 
 
 READER_WHAT = {"PGMGR_STATE_DIR": "state", "PGMGR_CACHE_DIR": "cache"}
+
+
+@pytest.mark.parametrize("var", VARS)
+def test_a_place_in_a_data_directory_is_refused(work: Path, var: str) -> None:
+    """The state directory inside a PostgreSQL data directory (its owner's: every other
+    check passed): a snapshot copied pgmgr's records and locks with the data, and a
+    restore put back the records of the snapshot's time, dropping the instances
+    registered since (a branch, say)."""
+    datadir = work / "db"
+    run = pgmgr("init", "-d", str(datadir), "-q")
+    assert run.returncode == 0, str(run)
+    before = sorted(os.listdir(datadir))
+    for place in (datadir, datadir / "pgmgr", datadir / "base" / "pgmgr"):
+        run = pgmgr(*READER[var], env={var: str(place)})
+        err = refused(run, place, READER_WHAT[var])
+        assert f"is in the PostgreSQL data directory {datadir}:" in err, err
+        if var == "PGMGR_STATE_DIR":  # (a start reads no cache)
+            run = pgmgr("start", "-d", str(datadir), "-p", "auto", env={var: str(place)})
+            refused(run, place, READER_WHAT[var])
+    assert sorted(os.listdir(datadir)) == before
+    run = pgmgr(*READER[var], env={var: str(work / "beside")})
+    assert run.returncode == 0, str(run)  # beside it: fine
