@@ -69,7 +69,8 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
     """``path`` if only the invoking user (and root) can change it: not a symlink, owned by
     the invoking user, not writable by group or others, and inside directories no other user
     can write (sticky ``/tmp`` is fine). A directory not made yet only needs private parents.
-    And pgmgr's alone: not a system directory or the user's home (:func:`shared_place`).
+    And pgmgr's alone: not a system directory, the user's home or in a PostgreSQL data
+    directory (:func:`shared_place`).
 
     :raises UnsafePlace: it is not; the error names the directory and the fix.
     """
@@ -82,10 +83,9 @@ def check_private_place(path: Path, what: str, env: str) -> Path:
 
     me = os.geteuid()
     elsewhere = f"or set {env} to a directory of your own that only you can write"
-    why = shared_place(path)
-    if why:
-        fix = f"set {env} to a directory for pgmgr alone (made if missing)"
-        raise UnsafePlace(path, what, why, fix)
+    refusal = shared_place(path, env)
+    if refusal:
+        raise UnsafePlace(path, what, *refusal)
     why = fix = ""
     try:
         st: os.stat_result | None = os.lstat(path)
@@ -135,22 +135,28 @@ SYSTEM_DIRS = frozenset(_SYSTEM_DIRS.split())
 OWN_NAMES = frozenset({"instances", "locks", "logs", "pgpass", "templates", "binaries.json"})
 
 
-def shared_place(path: Path) -> str | None:
-    """Why ``path`` is not pgmgr's alone (for its refusal), or None: one of
-    :data:`SYSTEM_DIRS` (symlinks resolved), a place in the kernel's ``/proc`` or ``/sys``,
-    in a PostgreSQL data directory (:func:`_data_dir_around`), or the invoking user's home
-    directory itself while it holds files and none of pgmgr's (a service account whose
-    home is pgmgr's directory is fine)."""
+def shared_place(path: Path, env: str) -> tuple[str, str] | None:
+    """Why ``path`` is not pgmgr's alone, and the fix (for its refusal; ``env`` names the
+    variable that chose it), or None: one of :data:`SYSTEM_DIRS` (symlinks resolved), a
+    place in the kernel's ``/proc`` or ``/sys``, a PostgreSQL data directory or a place in
+    one (:func:`_data_dir_around`), or the invoking user's home directory itself while it
+    holds files and none of pgmgr's (a service account whose home is pgmgr's directory is
+    fine)."""
     real = os.path.realpath(path)
     via = f" ({real})" if real != os.path.normpath(path) else ""
     alone = "not one for pgmgr alone"
+    fix = f"set {env} to a directory for pgmgr alone (made if missing)"
     if real in SYSTEM_DIRS or real.startswith(("/proc/", "/sys/")):
-        return f"is a system directory{via}, {alone}"
+        return f"is a system directory{via}, {alone}", fix
     datadir = _data_dir_around(real)
     if datadir is not None:
+        where = "" if datadir == real else "in "
         return (
-            f"is in the PostgreSQL data directory {datadir}: a restore or an upgrade "
-            "replaces that directory, and pgmgr's files in it go with it"
+            f"is {where}the PostgreSQL data directory {datadir}, which a restore or an "
+            "upgrade replaces whole, with pgmgr's files in it",
+            f"move it out of {datadir} and set {env} to its new place"
+            if where
+            else f"move pgmgr's files out of {datadir} into a new directory and set {env} to it",
         )
     import pwd
 
@@ -163,9 +169,9 @@ def shared_place(path: Path) -> str | None:
         names = os.listdir(real)
     except OSError:
         return None
-    return (
-        f"is your home directory{via}, {alone}" if names and OWN_NAMES.isdisjoint(names) else None
-    )
+    if names and OWN_NAMES.isdisjoint(names):
+        return f"is your home directory{via}, {alone}", fix
+    return None
 
 
 def _data_dir_around(real: str) -> str | None:

@@ -181,7 +181,10 @@ def test_a_place_in_a_data_directory_is_refused(work: Path, var: str) -> None:
     for place in (datadir, datadir / "pgmgr", datadir / "base" / "pgmgr"):
         run = pgmgr(*READER[var], env={var: str(place)})
         err = refused(run, place, READER_WHAT[var])
-        assert f"is in the PostgreSQL data directory {datadir}:" in err, err
+        where = "" if place == datadir else "in "
+        assert f"is {where}the PostgreSQL data directory {datadir}, which" in err, err
+        hint = "it" if where else "pgmgr's files"
+        assert f"Hint: move {hint} out of {datadir}" in run.stderr, str(run)
         if var == "PGMGR_STATE_DIR":  # (a start reads no cache)
             run = pgmgr("start", "-d", str(datadir), "-p", "auto", env={var: str(place)})
             refused(run, place, READER_WHAT[var])
