@@ -238,6 +238,7 @@ def wait_not_in_use(dirs: Iterable[Path], timeout: float = 30) -> list[Path]:
     A test that then expects a sweep to remove them waits for what the sweep checks."""
     from pgmgr.core import sweep
 
+    dirs = list(dirs)  # looked at again on each round
     deadline = time.monotonic() + timeout
     while True:
         busy = [d for d in dirs if d.exists() and sweep._in_use(d)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pgmgr.core import paths
 from tests.reliability.conftest import needs_root, one_error, pgmgr
 from tests.reliability.users import os_user, pgmgr_as, run_as
 
@@ -127,6 +128,9 @@ def test_a_home_that_is_pgmgrs_own_directory_is_accepted(work: Path) -> None:
     run = pgmgr("init", "-d", str(datadir), "-q", env=env)
     assert run.returncode == 0, str(run)
     assert "instances" in os.listdir(home)
+    # paths.OWN_NAMES, which tells pgmgr's own directory from a home, names all it makes
+    assert set(os.listdir(home)) - {"cache"} <= paths.OWN_NAMES, os.listdir(home)
+    assert set(os.listdir(home / "cache")) <= paths.OWN_NAMES, os.listdir(home / "cache")
     run = pgmgr("status", "--json", env=env)
     assert run.returncode == 0, str(run)
     assert str(datadir) in run.stdout
