@@ -14,11 +14,14 @@ from pathlib import Path
 
 from typer._completion_shared import get_completion_script
 
+from pgmgr import zshcomplete
+
 HERE = Path(__file__).resolve().parent
 FILES = {"bash": "pgmgr.bash", "zsh": "_pgmgr", "fish": "pgmgr.fish"}
 
 
 def script(shell: str) -> str:
+    zshcomplete.install()
     text = get_completion_script(prog_name="pgmgr", complete_var="_PGMGR_COMPLETE", shell=shell)
     return text.rstrip("\n") + "\n"
 

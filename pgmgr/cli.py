@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from pgmgr import __version__, ui
+from pgmgr import __version__, ui, zshcomplete
 from pgmgr.core.errors import EXIT_USAGE
 from pgmgr.entry import guarded
 
@@ -262,6 +262,8 @@ def _version_callback(value: bool) -> None:
         ui.emit(f"pgmgr {__version__}")
         raise typer.Exit()
 
+
+zshcomplete.install()
 
 app = typer.Typer(
     cls=PgmgrGroup,

@@ -11,7 +11,8 @@ from pgmgr.commands import _common as c
 
 app = typer.Typer(
     name="cache",
-    help="Show or clear the cached template data directories (they make 'init' fast).",
+    help="Show or clear the cached template data directories (they make 'init' fast).\n\n"
+    "Example: pgmgr cache list",
     no_args_is_help=True,
 )
 

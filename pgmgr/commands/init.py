@@ -81,7 +81,8 @@ def init(
     elapsed = time.monotonic() - t0
     if json:
         rec = srv.inst.to_dict()
-        rec.pop("password", None)
+        for secret in ("password", "repl_password"):  # the record keeps them, mode 0600
+            rec.pop(secret, None)
         ui.emit_json({"initialized": created, "elapsed_ms": round(elapsed * 1000, 1), **rec})
     elif created:
         ui.message(f"Initialized '{srv.inst.name}' ({label}) in {ui.ms(elapsed)}: {srv.datadir}")

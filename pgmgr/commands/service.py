@@ -11,7 +11,8 @@ from pgmgr.commands import _common as c
 
 app = typer.Typer(
     name="service",
-    help="Run an instance under systemd (Type=notify, restarted on failure).",
+    help="Run an instance under systemd (Type=notify, restarted on failure).\n\n"
+    "Example: pgmgr service install dev --user",
     no_args_is_help=True,
 )
 

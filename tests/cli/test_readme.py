@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 
 import typer.main
@@ -84,3 +85,16 @@ def test_readme_documents_config_extensions_and_default_version() -> None:
     assert "pgmgr config dev set work_mem=64MB" in section("config: the settings pgmgr keeps")
     assert "pgmgr extensions" in section("extensions")
     assert "PGMGR_CONFIG_DIR" in section("Environment variables")
+
+
+def test_completion_scripts_are_up_to_date() -> None:
+    """The scripts in completions/ are what completions/generate.py writes now (pgmgr's zsh
+    script included: see pgmgr.zshcomplete)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "completions" / "generate.py"), "--check"],
+        capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -340,3 +340,18 @@ def test_a_standby_with_hot_standby_off_promotes_and_says_it_takes_no_connection
     st = status(fresh)["cold"]
     assert st["role"] == "primary" and "accepts_connections" not in st
     assert not (Path(str(Instance("cold", Path()).record()["datadir"])) / "promote").exists()
+
+
+def test_init_json_of_a_registered_standby_shows_no_password(fresh: Instance) -> None:
+    """``init -d DIR --json`` of a registered directory prints its record: never the
+    superuser's password, nor a standby's replication password (the record keeps it 0600)."""
+    made = fresh.pgmgr("replica", "fresh", "--name", "rep", "-p", "auto", "--json")
+    assert made.returncode == 0, made.stderr
+    secret = str(Instance("rep", Path(), fresh.env).record()["repl_password"])
+    assert len(secret) > 8
+    again = fresh.pgmgr("init", "-d", str(fresh.datadir.parent / "rep"), "--json")
+    assert again.returncode == 0, again.stderr
+    rec = json.loads(again.stdout)
+    assert rec["name"] == "rep" and rec["initialized"] is False
+    assert secret not in again.stdout + again.stderr
+    assert "password" not in rec and "repl_password" not in rec
