@@ -165,7 +165,7 @@ def test_a_huge_name_or_value_is_not_echoed_whole(work: Work, datadir: Path) -> 
         (["config", "data", "set", f"w{huge}=1\n"], 2),
         (["config", "data", "unset", f"w{huge}"], 2),
         (["start", "data", "-p", "auto", "-c", f"work_mem={huge}"], 1),
-        (["start", "--init", "-d", "./new", "-c", f"work_mem={huge}"], 1),
+        (["start", "--init", "-d", "./new", "-p", "auto", "-c", f"work_mem={huge}"], 1),
     ]
     for args, code in cases:
         proc = work.run(*args)
