@@ -40,6 +40,7 @@ from pgmgr.core import (
     sweep,
     testhook,
     tools,
+    upgradehba,
     upgradeprobe,
     upgraderun,
     versions,
@@ -241,7 +242,8 @@ def _init_new(
 ) -> Path:  # fmt: skip
     """The configuration and libraries checked for ``new``, then its cluster initialized
     in ``work`` with the options of the old one (probed through ``sockdir``), and the
-    settings scoped to it checked. The new data directory."""
+    settings scoped to it and the pg_hba.conf carried to it checked. The new data
+    directory."""
     conf.check_regular(srv, store)
     conf.check_libraries(srv, store, new)
     testhook.pause("upgrade-checked")
@@ -250,6 +252,7 @@ def _init_new(
     say(f"initdb {new.version}")
     tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
     conf.check_scoped(srv, new, newdata, scoped)
+    upgradehba.check(srv, store, new, newdata, sockdir)
     return newdata
 
 

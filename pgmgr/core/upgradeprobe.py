@@ -148,19 +148,20 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
         # To the handlers in place: a Ctrl-C (or a SIGTERM the upgrade's interruptible
         # took) interrupts; a caller's own handler gets its signal (it was a Ctrl-C).
         sigguard.redeliver(got, None)
-        _wait_ready(srv, child, offset)
+        wait_ready(srv, child, offset, srv.datadir)
         testhook.pause("upgrade-probing")
         user = srv.inst.superuser
         yield f"host={dsn_quote(sockdir)} port={port} user={dsn_quote(user)} dbname=postgres"
     finally:
-        _stop(child)
+        stop(child)
 
 
-def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> None:
-    """Wait (:data:`TIMEOUT`) until the server run for the question is ready, a second at
-    a time: one waiting for ever to open a FIFO put in place of a configuration file
-    after the checks (its signals blocked: neither the stop below nor its death signal
-    reached it, and it outlived pgmgr) is killed and named.
+def wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int, datadir: Path) -> None:
+    """Wait (:data:`TIMEOUT`) until the server run for the question (on ``datadir``, its
+    output in ``srv``'s log from ``offset``) is ready, a second at a time: one waiting for
+    ever to open a FIFO put in place of a configuration file after the checks (its
+    signals blocked: neither the stop below nor its death signal reached it, and it
+    outlived pgmgr) is killed and named.
 
     :raises WorkerError: it exited, or was not ready in time.
     :raises DatabaseException: it waited on a FIFO.
@@ -173,7 +174,7 @@ def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> Non
         left = deadline - time.monotonic()
         try:
             launch.wait_ready(
-                child.pid, srv.datadir, max(0.0, min(1.0, left)), child=child,
+                child.pid, datadir, max(0.0, min(1.0, left)), child=child,
                 log_file=srv.log_file, log_offset=offset,
             )  # fmt: skip
             return
@@ -189,7 +190,7 @@ def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> Non
             raise DatabaseException(f"cannot upgrade '{srv.inst.name}': {why}; nothing was changed")
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
+def stop(child: subprocess.Popen[bytes]) -> None:
     """Stop the server run for the question (a fast shutdown): our own child, signalled
     and waited for as such (its pid cannot be reused before we reap it, and early in its
     start-up it has no postmaster.pid yet).
