@@ -247,7 +247,7 @@ def _init_new(
     conf.check_regular(srv, store)
     conf.check_libraries(srv, store, new)
     testhook.pause("upgrade-checked")
-    opts, scoped = upgradeprobe.probe(srv, sockdir)
+    opts, scoped = upgradeprobe.probe(srv, sockdir, new)
     newdata = work / "data"
     say(f"initdb {new.version}")
     tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)

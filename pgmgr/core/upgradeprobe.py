@@ -28,6 +28,7 @@ from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import DatabaseException, WorkerError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote
+from pgmgr.core.versions import Installation
 
 #: Seconds the stopped server gets to be ready (crash recovery included), and to stop.
 TIMEOUT = 60.0
@@ -57,18 +58,24 @@ SCOPED_SQL = (
 )
 
 
-def probe(srv: Server, sockdir: str) -> tuple[plan.ClusterOptions, list[plan.Scoped]]:
+def probe(
+    srv: Server, sockdir: str, new: Installation
+) -> tuple[plan.ClusterOptions, list[plan.Scoped]]:
     """The old cluster's options (see the module doc), and the settings of its databases
     and roles; a stopped server is run for the question on ``sockdir``, a private
     directory of the server user's.
 
     :raises WorkerError: a stopped server cannot be started.
     :raises DatabaseException: the server cannot be asked; it has logical replication
-        slots that pg_upgrade would drop (:func:`_refuse_lost_slots`).
+        slots that pg_upgrade would drop (:func:`_refuse_lost_slots`); it uses ICU, which
+        ``new`` lacks (:mod:`pgmgr.core.upgradeicu`).
     """
     import psycopg
 
+    from pgmgr.core import upgradeicu
+
     major = int(srv.inst.major)
+    icu = upgradeicu.lacks_icu(new)
     try:
         with _asked(srv, sockdir) as dsn, psycopg.connect(dsn, connect_timeout=10) as conn:
             row = conn.execute(options_sql(major)).fetchone()
@@ -82,11 +89,13 @@ def probe(srv: Server, sockdir: str) -> tuple[plan.ClusterOptions, list[plan.Sco
                     "ORDER BY slot_name"
                 )
             ]  # fmt: skip
+            icu_use = upgradeicu.first_use(conn, major) if icu else None
     except psycopg.Error as e:
         _refuse_asked_password(srv, str(e))
         raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
     assert row is not None
     _refuse_lost_slots(srv, slots)
+    upgradeicu.refuse(srv, new, icu_use)
     enc, collate, ctype, provider, locale, checksums, *other = row
     return plan.ClusterOptions(
         enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
