@@ -84,6 +84,8 @@ class UpgradeResult:
     extensions: list[tuple[str, str]] = field(default_factory=list)
     #: pg_upgrade's script that updates them, kept under the state directory
     extensions_script: str | None = None
+    #: the old cluster's physical replication slots, which pg_upgrade never carries over
+    slots_dropped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +108,7 @@ class UpgradeResult:
                 {"database": db, "extension": ext} for db, ext in self.extensions
             ],
             "extensions_script": self.extensions_script,
+            "replication_slots_dropped": self.slots_dropped,
         }
 
 
@@ -172,7 +175,7 @@ def upgrade(
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(upgraderun.mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
-            newdata = _init_new(srv, store, new, work, sockdir, su, say)
+            newdata, result.slots_dropped = _init_new(srv, store, new, work, sockdir, su, say)
             if check or srv.running() is not None:
                 # Running: pg_upgrade's checks first, on the live server, so that what it
                 # refuses (a library, --method clone here) costs no stop and start.
@@ -239,21 +242,21 @@ def _check_room(srv: Server, store: Store, method: str, check: bool) -> int:
 def _init_new(
     srv: Server, store: Store, new: Installation, work: Path, sockdir: str,
     su: ServerUser | None, say: Callable[[str], None],
-) -> Path:  # fmt: skip
+) -> tuple[Path, list[str]]:  # fmt: skip
     """The configuration and libraries checked for ``new``, then its cluster initialized
     in ``work`` with the options of the old one (probed through ``sockdir``), and the
     settings scoped to it and the pg_hba.conf carried to it checked. The new data
-    directory."""
+    directory, and the old cluster's physical replication slots (not carried over)."""
     conf.check_regular(srv, store)
     conf.check_libraries(srv, store, new)
     testhook.pause("upgrade-checked")
-    opts, scoped = upgradeprobe.probe(srv, sockdir, new)
+    opts, scoped, slots = upgradeprobe.probe(srv, sockdir, new)
     newdata = work / "data"
     say(f"initdb {new.version}")
     tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
     conf.check_scoped(srv, new, newdata, scoped)
     upgradehba.check(srv, store, new, newdata, sockdir)
-    return newdata
+    return newdata, slots
 
 
 def _check_keepable(srv: Server, store: Store) -> None:

@@ -60,10 +60,11 @@ SCOPED_SQL = (
 
 def probe(
     srv: Server, sockdir: str, new: Installation
-) -> tuple[plan.ClusterOptions, list[plan.Scoped]]:
-    """The old cluster's options (see the module doc), and the settings of its databases
-    and roles; a stopped server is run for the question on ``sockdir``, a private
-    directory of the server user's.
+) -> tuple[plan.ClusterOptions, list[plan.Scoped], list[str]]:
+    """The old cluster's options (see the module doc), the settings of its databases and
+    roles, and its physical replication slots (pg_upgrade never carries them over: the
+    upgrade names them); a stopped server is run for the question on ``sockdir``, a
+    private directory of the server user's.
 
     :raises WorkerError: a stopped server cannot be started.
     :raises DatabaseException: the server cannot be asked; it has logical replication
@@ -83,23 +84,25 @@ def probe(
                 plan.Scoped(str(db), str(role), *str(c).partition("=")[::2])
                 for db, role, c in conn.execute(SCOPED_SQL)
             ]
-            slots = [] if major >= SLOTS_CARRIED else [
-                str(r[0]) for r in conn.execute(
-                    "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical' "
-                    "ORDER BY slot_name"
-                )
-            ]  # fmt: skip
+            found = conn.execute(
+                "SELECT slot_name, slot_type FROM pg_replication_slots ORDER BY slot_name"
+            ).fetchall()
             icu_use = upgradeicu.first_use(conn, major) if icu else None
     except psycopg.Error as e:
         _refuse_asked_password(srv, str(e))
         raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
     assert row is not None
-    _refuse_lost_slots(srv, slots)
+    if major < SLOTS_CARRIED:
+        _refuse_lost_slots(srv, [str(n) for n, kind in found if kind == "logical"])
     upgradeicu.refuse(srv, new, icu_use)
     enc, collate, ctype, provider, locale, checksums, *other = row
-    return plan.ClusterOptions(
-        enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
-    ), scoped
+    return (
+        plan.ClusterOptions(
+            enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
+        ),
+        scoped,
+        [str(n) for n, kind in found if kind == "physical"],
+    )
 
 
 def _refuse_asked_password(srv: Server, error: str) -> None:
