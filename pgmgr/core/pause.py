@@ -58,10 +58,14 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
 def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]:
     interrupted = False
     held: list[int] = []
+    failed: BaseException | None = None
     try:
         if stop:
             stop_now(srv, pause, mode)
         yield pause
+    except BaseException as e:
+        failed = e
+        raise
     finally:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
@@ -71,6 +75,7 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
             except BaseException as e:  # the start failed: a signal meanwhile still counts,
                 if not pause.done:  # unless the work is complete (then the failure is news)
                     sigguard.redeliver(got, e)
+                _both(failed, e, srv.inst.name)
                 raise
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = cancelled
@@ -79,6 +84,24 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
         sigguard.redeliver(held, None)
         if interrupted:
             raise KeyboardInterrupt
+
+
+def _both(failed: BaseException | None, start: BaseException, name: str) -> None:
+    """The block ``failed``, then the start failed too: its error says both (it said only
+    why the server did not start, e.g. a full disk, not that the work had failed first,
+    nor why)."""
+    from pgmgr.core.errors import PgmgrError, describe_os_error
+
+    if not isinstance(start, PgmgrError):
+        return
+    if isinstance(failed, PgmgrError):
+        first = failed.message
+    elif isinstance(failed, OSError):  # said as the CLI says one (see pgmgr.entry)
+        first = describe_os_error(failed)
+    else:
+        return
+    start.message = f"{first}, but '{name}' did not start again: {start.message}"
+    start.hint = start.hint or f"fix the problem, then run 'pgmgr start {name}'"
 
 
 @contextlib.contextmanager
