@@ -158,7 +158,11 @@ def upgrade(
     old, new = _prepare_ready(srv, major, method, check)
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     su = srv.user()
-    with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
+    with (
+        sigguard.interruptible(),
+        snapstore.opened(srv.datadir, su, exclusive=True) as store,
+        _dropped_if_empty(store),
+    ):
         size = _check_room(srv, store, method, check)
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs(store.user)  # socket dirs of upgrades killed before they removed theirs
@@ -201,6 +205,17 @@ def upgrade(
         )
     result.elapsed = time.monotonic() - t0
     return result
+
+
+@contextlib.contextmanager
+def _dropped_if_empty(store: Store) -> Iterator[None]:
+    """The instance's snapshot store, made for the work, removed after it if it holds
+    nothing: a ``--check``, or a failed upgrade, of an instance that had no snapshots left
+    one beside its data directory (``--check`` changes nothing)."""
+    try:
+        yield
+    finally:
+        snapstore.drop_if_empty(store)
 
 
 def _prepare_ready(
