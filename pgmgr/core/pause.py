@@ -35,6 +35,8 @@ class Pause:
     done: bool = False
     #: the command that pauses the server, for the record's mark (see pgmgr.core.stopmark)
     command: str = ""
+    #: what ended the block, if it failed (said with a failed start: see _said_both)
+    failed: BaseException | None = None
 
 
 @contextlib.contextmanager
@@ -51,20 +53,19 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     if not pause.was_running:
         yield from _paused(srv, pause, stop, mode)
         return
-    with stopmark.held(srv), stopmark.ended_on_failure(srv):
+    with _said_both(srv, pause), stopmark.held(srv), stopmark.ended_on_failure(srv):
         yield from _paused(srv, pause, stop, mode)
 
 
 def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]:
     interrupted = False
     held: list[int] = []
-    failed: BaseException | None = None
     try:
         if stop:
             stop_now(srv, pause, mode)
         yield pause
     except BaseException as e:
-        failed = e
+        pause.failed = e
         raise
     finally:
         if pause.stopped_at is not None:
@@ -75,7 +76,6 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
             except BaseException as e:  # the start failed: a signal meanwhile still counts,
                 if not pause.done:  # unless the work is complete (then the failure is news)
                     sigguard.redeliver(got, e)
-                _both(failed, e, srv.inst.name)
                 raise
             pause.downtime = time.monotonic() - pause.stopped_at
             interrupted = cancelled
@@ -86,10 +86,20 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
             raise KeyboardInterrupt
 
 
-def _both(failed: BaseException | None, start: BaseException, name: str) -> None:
-    """The block ``failed``, then the start failed too: its error says both (it said only
-    why the server did not start, e.g. a full disk, not that the work had failed first,
-    nor why)."""
+@contextlib.contextmanager
+def _said_both(srv: Server, pause: Pause) -> Iterator[None]:
+    """Around the record's mark (which keeps the start's own reason): the block failed,
+    then the start failed too: its error says both (it said only why the server did not
+    start, e.g. a full disk, not that the work had failed first, nor why)."""
+    try:
+        yield
+    except BaseException as e:
+        if pause.failed is not None and e is not pause.failed:
+            _both(pause.failed, e, srv.inst.name)
+        raise
+
+
+def _both(failed: BaseException, start: BaseException, name: str) -> None:
     from pgmgr.core.errors import PgmgrError, describe_os_error
 
     if not isinstance(start, PgmgrError):

@@ -39,6 +39,8 @@ def test_a_failed_upgrade_whose_server_does_not_start_again_says_both(scratch: P
             "but 'up' did not start again: postgres exited during start-up: "
         ), said
         assert up.record()["major"] == "15" and up.state() == "stopped"
+        # the record's mark keeps why the server did not start (what status says)
+        assert up.record()["stopped_by"]["failed"].startswith("postgres exited during start-up")
         assert leftovers(up.store) == []
     finally:
         if hba.is_dir():
