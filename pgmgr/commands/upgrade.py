@@ -90,6 +90,7 @@ def _say(result: UpgradeResult, method: str, check: bool, standbys: list[str]) -
             ui.message(f"Settings PostgreSQL {result.new_version} rejects (the upgrade would "
                        "drop them): " + _rejected(result.to_dict()))  # fmt: skip
         _not_carried(result.not_carried, "would not be")
+        _slots(result.slots_dropped, "would drop")
         return
     down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
     ui.message(f"Upgraded '{result.name}' from PostgreSQL {result.old_version} to "
@@ -100,6 +101,7 @@ def _say(result: UpgradeResult, method: str, check: bool, standbys: list[str]) -
         ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
                    + _rejected(result.to_dict()))  # fmt: skip
     _not_carried(result.not_carried, "not")
+    _slots(result.slots_dropped, "dropped")
     if result.analyzed:
         ui.message(f"Statistics rebuilt ({result.analyzed_with})")
     elif result.analyze_hint:
@@ -120,6 +122,13 @@ def _rejected(doc: dict[str, Any]) -> str:
     """The rejected settings, each renamed one with its new name."""
     new = doc["renamed_settings"]
     return ", ".join(f"{n} (now {new[n]})" if n in new else n for n in doc["rejected_settings"])
+
+
+def _slots(names: list[str], verb: str) -> None:
+    if names:
+        ui.message(f"Physical replication slots pg_upgrade does not carry over (the upgrade "
+                   f"{verb} them; make them again for what uses them): "
+                   + ", ".join(names))  # fmt: skip
 
 
 def _not_carried(names: list[str], verb: str) -> None:

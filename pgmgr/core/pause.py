@@ -35,6 +35,8 @@ class Pause:
     done: bool = False
     #: the command that pauses the server, for the record's mark (see pgmgr.core.stopmark)
     command: str = ""
+    #: what ended the block, if it failed (said with a failed start: see _said_both)
+    failed: BaseException | None = None
 
 
 @contextlib.contextmanager
@@ -51,7 +53,7 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     if not pause.was_running:
         yield from _paused(srv, pause, stop, mode)
         return
-    with stopmark.held(srv), stopmark.ended_on_failure(srv):
+    with _said_both(srv, pause), stopmark.held(srv), stopmark.ended_on_failure(srv):
         yield from _paused(srv, pause, stop, mode)
 
 
@@ -62,6 +64,9 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
         if stop:
             stop_now(srv, pause, mode)
         yield pause
+    except BaseException as e:
+        pause.failed = e
+        raise
     finally:
         if pause.stopped_at is not None:
             # A signal now would cancel the start and leave the server stopped: hold it.
@@ -79,6 +84,34 @@ def _paused(srv: Server, pause: Pause, stop: bool, mode: str) -> Iterator[Pause]
         sigguard.redeliver(held, None)
         if interrupted:
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _said_both(srv: Server, pause: Pause) -> Iterator[None]:
+    """Around the record's mark (which keeps the start's own reason): the block failed,
+    then the start failed too: its error says both (it said only why the server did not
+    start, e.g. a full disk, not that the work had failed first, nor why)."""
+    try:
+        yield
+    except BaseException as e:
+        if pause.failed is not None and e is not pause.failed:
+            _both(pause.failed, e, srv.inst.name)
+        raise
+
+
+def _both(failed: BaseException, start: BaseException, name: str) -> None:
+    from pgmgr.core.errors import PgmgrError, describe_os_error
+
+    if not isinstance(start, PgmgrError):
+        return
+    if isinstance(failed, PgmgrError):
+        first = failed.message
+    elif isinstance(failed, OSError):  # said as the CLI says one (see pgmgr.entry)
+        first = describe_os_error(failed)
+    else:
+        return
+    start.message = f"{first}, but '{name}' did not start again: {start.message}"
+    start.hint = start.hint or f"fix the problem, then run 'pgmgr start {name}'"
 
 
 @contextlib.contextmanager

@@ -28,8 +28,12 @@ def open_regular(path: Path, what: str = "") -> BinaryIO:
     :raises NotRegular: it is not a regular file.
     :raises OSError: it cannot be opened (FileNotFoundError: there is none).
     """
-    f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise NotRegular(path, what)
-    return f
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        # fstat before fdopen: on a directory, fdopen raised "Is a directory: 9" (the fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(path, what)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -40,6 +40,7 @@ from pgmgr.core import (
     sweep,
     testhook,
     tools,
+    upgradehba,
     upgradeprobe,
     upgraderun,
     versions,
@@ -83,6 +84,8 @@ class UpgradeResult:
     extensions: list[tuple[str, str]] = field(default_factory=list)
     #: pg_upgrade's script that updates them, kept under the state directory
     extensions_script: str | None = None
+    #: the old cluster's physical replication slots, which pg_upgrade never carries over
+    slots_dropped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +108,7 @@ class UpgradeResult:
                 {"database": db, "extension": ext} for db, ext in self.extensions
             ],
             "extensions_script": self.extensions_script,
+            "replication_slots_dropped": self.slots_dropped,
         }
 
 
@@ -154,7 +158,11 @@ def upgrade(
     old, new = _prepare_ready(srv, major, method, check)
     result = UpgradeResult(srv.inst.name, srv.inst.version, new.version, method, check, 0.0)
     su = srv.user()
-    with sigguard.interruptible(), snapstore.opened(srv.datadir, su, exclusive=True) as store:
+    with (
+        sigguard.interruptible(),
+        snapstore.opened(srv.datadir, su, exclusive=True) as store,
+        _dropped_if_empty(store),
+    ):
         size = _check_room(srv, store, method, check)
         work = store.entry(snapstore.tmp_name("upgrade"))
         sweep.dead_runs(store.user)  # socket dirs of upgrades killed before they removed theirs
@@ -171,7 +179,7 @@ def upgrade(
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(upgraderun.mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
-            newdata = _init_new(srv, store, new, work, sockdir, su, say)
+            newdata, result.slots_dropped = _init_new(srv, store, new, work, sockdir, su, say)
             if check or srv.running() is not None:
                 # Running: pg_upgrade's checks first, on the live server, so that what it
                 # refuses (a library, --method clone here) costs no stop and start.
@@ -197,6 +205,17 @@ def upgrade(
         )
     result.elapsed = time.monotonic() - t0
     return result
+
+
+@contextlib.contextmanager
+def _dropped_if_empty(store: Store) -> Iterator[None]:
+    """The instance's snapshot store, made for the work, removed after it if it holds
+    nothing: a ``--check``, or a failed upgrade, of an instance that had no snapshots left
+    one beside its data directory (``--check`` changes nothing)."""
+    try:
+        yield
+    finally:
+        snapstore.drop_if_empty(store)
 
 
 def _prepare_ready(
@@ -238,19 +257,21 @@ def _check_room(srv: Server, store: Store, method: str, check: bool) -> int:
 def _init_new(
     srv: Server, store: Store, new: Installation, work: Path, sockdir: str,
     su: ServerUser | None, say: Callable[[str], None],
-) -> Path:  # fmt: skip
+) -> tuple[Path, list[str]]:  # fmt: skip
     """The configuration and libraries checked for ``new``, then its cluster initialized
     in ``work`` with the options of the old one (probed through ``sockdir``), and the
-    settings scoped to it checked. The new data directory."""
+    settings scoped to it and the pg_hba.conf carried to it checked. The new data
+    directory, and the old cluster's physical replication slots (not carried over)."""
     conf.check_regular(srv, store)
     conf.check_libraries(srv, store, new)
     testhook.pause("upgrade-checked")
-    opts, scoped = upgradeprobe.probe(srv, sockdir)
+    opts, scoped, slots = upgradeprobe.probe(srv, sockdir, new)
     newdata = work / "data"
     say(f"initdb {new.version}")
     tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
     conf.check_scoped(srv, new, newdata, scoped)
-    return newdata
+    upgradehba.check(srv, store, new, newdata, sockdir)
+    return newdata, slots
 
 
 def _check_keepable(srv: Server, store: Store) -> None:

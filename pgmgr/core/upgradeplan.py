@@ -31,6 +31,9 @@ RENAMED = {"force_parallel_mode": ("debug_parallel_query", "16")}
 _LISTED = re.compile(r"is in the file:\s*\n\s*(\S+)")
 #: pg_upgrade's 'Consult the last few lines of "PATH" for' (a server it started failed).
 _CONSULT = re.compile(r'Consult the last few lines of "([^"\n]+)"')
+#: Where the first sentence of pg_upgrade's paragraph ends: after a full stop, not one of
+#: "i.e." or "e.g." ("must allow connections, i.e. their pg_database.datallowconn ...").
+_SENTENCE_END = re.compile(r"(?<=\.)(?<!i\.e\.)(?<!e\.g\.)\s")
 _SERVER_FATAL = re.compile(r"\b(?:FATAL|PANIC):\s+(.+?)\s*$")
 _ERROR = re.compile(r"\bERROR:\s+(.+?)\s*$")
 #: The lines of pg_upgrade's update_extensions.sql: "\\connect NAME" (or, for a name that
@@ -318,7 +321,7 @@ def failure_reason(output: str, logs: str, returncode: int) -> str:
         if line and (para or not line.endswith(":")):  # not the heading
             para.append(line)
     text = " ".join(para)
-    sentence = re.split(r"(?<=\.)\s", text, maxsplit=1)[0] if text else lines[fatal]
+    sentence = _SENTENCE_END.split(text, maxsplit=1)[0] if text else lines[fatal]
     listed = _LISTED.search("\n".join(lines[fatal + 1 :]))
     first = _first_entry(logs, listed.group(1)) if listed else None
     return f"{sentence.rstrip('.')} ({first})" if first else sentence.rstrip(".")

@@ -28,6 +28,7 @@ from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import DatabaseException, WorkerError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote
+from pgmgr.core.versions import Installation
 
 #: Seconds the stopped server gets to be ready (crash recovery included), and to stop.
 TIMEOUT = 60.0
@@ -57,18 +58,25 @@ SCOPED_SQL = (
 )
 
 
-def probe(srv: Server, sockdir: str) -> tuple[plan.ClusterOptions, list[plan.Scoped]]:
-    """The old cluster's options (see the module doc), and the settings of its databases
-    and roles; a stopped server is run for the question on ``sockdir``, a private
-    directory of the server user's.
+def probe(
+    srv: Server, sockdir: str, new: Installation
+) -> tuple[plan.ClusterOptions, list[plan.Scoped], list[str]]:
+    """The old cluster's options (see the module doc), the settings of its databases and
+    roles, and its physical replication slots (pg_upgrade never carries them over: the
+    upgrade names them); a stopped server is run for the question on ``sockdir``, a
+    private directory of the server user's.
 
     :raises WorkerError: a stopped server cannot be started.
     :raises DatabaseException: the server cannot be asked; it has logical replication
-        slots that pg_upgrade would drop (:func:`_refuse_lost_slots`).
+        slots that pg_upgrade would drop (:func:`_refuse_lost_slots`); it uses ICU, which
+        ``new`` lacks (:mod:`pgmgr.core.upgradeicu`).
     """
     import psycopg
 
+    from pgmgr.core import upgradeicu
+
     major = int(srv.inst.major)
+    icu = upgradeicu.lacks_icu(new)
     try:
         with _asked(srv, sockdir) as dsn, psycopg.connect(dsn, connect_timeout=10) as conn:
             row = conn.execute(options_sql(major)).fetchone()
@@ -76,21 +84,25 @@ def probe(srv: Server, sockdir: str) -> tuple[plan.ClusterOptions, list[plan.Sco
                 plan.Scoped(str(db), str(role), *str(c).partition("=")[::2])
                 for db, role, c in conn.execute(SCOPED_SQL)
             ]
-            slots = [] if major >= SLOTS_CARRIED else [
-                str(r[0]) for r in conn.execute(
-                    "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical' "
-                    "ORDER BY slot_name"
-                )
-            ]  # fmt: skip
+            found = conn.execute(
+                "SELECT slot_name, slot_type FROM pg_replication_slots ORDER BY slot_name"
+            ).fetchall()
+            icu_use = upgradeicu.first_use(conn, major) if icu else None
     except psycopg.Error as e:
         _refuse_asked_password(srv, str(e))
         raise DatabaseException(f"cannot read the cluster's locale settings: {e}") from None
     assert row is not None
-    _refuse_lost_slots(srv, slots)
+    if major < SLOTS_CARRIED:
+        _refuse_lost_slots(srv, [str(n) for n, kind in found if kind == "logical"])
+    upgradeicu.refuse(srv, new, icu_use)
     enc, collate, ctype, provider, locale, checksums, *other = row
-    return plan.ClusterOptions(
-        enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
-    ), scoped
+    return (
+        plan.ClusterOptions(
+            enc, collate, ctype, str(provider), locale or None, checksums == "on", tuple(other)
+        ),
+        scoped,
+        [str(n) for n, kind in found if kind == "physical"],
+    )
 
 
 def _refuse_asked_password(srv: Server, error: str) -> None:
@@ -148,19 +160,20 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
         # To the handlers in place: a Ctrl-C (or a SIGTERM the upgrade's interruptible
         # took) interrupts; a caller's own handler gets its signal (it was a Ctrl-C).
         sigguard.redeliver(got, None)
-        _wait_ready(srv, child, offset)
+        wait_ready(srv, child, offset, srv.datadir)
         testhook.pause("upgrade-probing")
         user = srv.inst.superuser
         yield f"host={dsn_quote(sockdir)} port={port} user={dsn_quote(user)} dbname=postgres"
     finally:
-        _stop(child)
+        stop(child)
 
 
-def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> None:
-    """Wait (:data:`TIMEOUT`) until the server run for the question is ready, a second at
-    a time: one waiting for ever to open a FIFO put in place of a configuration file
-    after the checks (its signals blocked: neither the stop below nor its death signal
-    reached it, and it outlived pgmgr) is killed and named.
+def wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int, datadir: Path) -> None:
+    """Wait (:data:`TIMEOUT`) until the server run for the question (on ``datadir``, its
+    output in ``srv``'s log from ``offset``) is ready, a second at a time: one waiting for
+    ever to open a FIFO put in place of a configuration file after the checks (its
+    signals blocked: neither the stop below nor its death signal reached it, and it
+    outlived pgmgr) is killed and named.
 
     :raises WorkerError: it exited, or was not ready in time.
     :raises DatabaseException: it waited on a FIFO.
@@ -173,7 +186,7 @@ def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> Non
         left = deadline - time.monotonic()
         try:
             launch.wait_ready(
-                child.pid, srv.datadir, max(0.0, min(1.0, left)), child=child,
+                child.pid, datadir, max(0.0, min(1.0, left)), child=child,
                 log_file=srv.log_file, log_offset=offset,
             )  # fmt: skip
             return
@@ -189,7 +202,7 @@ def _wait_ready(srv: Server, child: subprocess.Popen[bytes], offset: int) -> Non
             raise DatabaseException(f"cannot upgrade '{srv.inst.name}': {why}; nothing was changed")
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
+def stop(child: subprocess.Popen[bytes]) -> None:
     """Stop the server run for the question (a fast shutdown): our own child, signalled
     and waited for as such (its pid cannot be reused before we reap it, and early in its
     start-up it has no postmaster.pid yet).

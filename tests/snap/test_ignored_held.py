@@ -110,9 +110,13 @@ def test_a_library_callers_sigterm_handler_stays_in_charge_in_the_probe(
     inst.ok("stop", "dev", "-q")
     real = launch.spawn
 
+    spawned: list[object] = []
+
     def spawn(*args: object, **kwargs: object) -> object:
         child = real(*args, **kwargs)  # type: ignore[arg-type]
-        _kill_self(signal.SIGTERM)
+        if not spawned:  # the probe's (then the pg_hba.conf check's)
+            _kill_self(signal.SIGTERM)
+        spawned.append(child)
         return child
 
     monkeypatch.setattr(launch, "spawn", spawn)

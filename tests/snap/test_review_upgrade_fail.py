@@ -66,6 +66,31 @@ def test_failure_reason_of_pg_upgrade_18() -> None:
     )
 
 
+NOCONN_OUT = (
+    "Performing Consistency Checks on Old Live Server\n"
+    "------------------------------------------------\n"
+    "Checking cluster versions                                     ok\n"
+    "Checking database connection settings                         fatal\n\n"
+    "All non-template0 databases must allow connections, i.e. their\n"
+    "pg_database.datallowconn must be true and pg_database.datconnlimit\n"
+    "must not be -2.  Your installation contains non-template0 databases\n"
+    "which cannot be connected to.  A list of databases with the problem is in the file:\n"
+    "    /w/databases_cannot_connect_to.txt\n\n"
+    "Failure, exiting\n"
+)
+
+
+def test_failure_reason_is_not_cut_at_an_abbreviation() -> None:
+    """A database that does not allow connections: the reason was cut at 'i.e.' ("All
+    non-template0 databases must allow connections, i.e (noconn)")."""
+    logs = "==> /w/databases_cannot_connect_to.txt <==\nnoconn\n"
+    assert plan.failure_reason(NOCONN_OUT, logs, 1) == (
+        "All non-template0 databases must allow connections, i.e. their "
+        "pg_database.datallowconn must be true and pg_database.datconnlimit must not be -2 "
+        "(noconn)"
+    )
+
+
 def test_a_server_pg_upgrade_cannot_start_is_the_reason(scratch: Path) -> None:
     """pg_upgrade starts the old server without the record's -c settings: here wal_level
     is minimal (ALTER SYSTEM) and only the record's max_wal_senders=0 lets it start. The

@@ -59,6 +59,26 @@ def test_logical_slots_are_refused_before_anything(sl: Inst) -> None:
     assert sl.record()["major"] == "18" and sl.sql("SHOW wal_level") == "logical"
 
 
+def test_physical_slots_pg_upgrade_drops_are_named(sl: Inst) -> None:
+    """pg_upgrade never carries physical slots over: a slot kept for a pg_receivewal or a
+    standby pgmgr does not know was gone after the upgrade, not a word said (and the WAL
+    its consumer still needs no longer kept). Named by --check and by the upgrade."""
+    sl.sql("SELECT pg_create_physical_replication_slot('archiver', true)")
+    said = ("Physical replication slots pg_upgrade does not carry over (the upgrade {} them; "
+            "make them again for what uses them): archiver")  # fmt: skip
+    proc = sl.ok("upgrade", "sl", "-v", "18", "--check", "--json")
+    assert json.loads(proc.stdout)["replication_slots_dropped"] == ["archiver"]
+    assert sl.ok("upgrade", "sl", "-v", "18", "--check").stderr.splitlines()[-1] == (
+        said.format("would drop")
+    )
+    proc = sl.ok("upgrade", "sl", "-v", "18", "--yes")
+    assert said.format("dropped") in proc.stderr.splitlines(), proc.stderr
+    assert sl.sql("SELECT count(*) FROM pg_replication_slots") == "0"
+    back = sl.ok("restore", "sl", "pre-upgrade-15", "--yes", "--json")
+    assert json.loads(back.stdout)["rolled_back_from"].startswith("18.")
+    assert sl.sql("SELECT slot_name FROM pg_replication_slots") == "archiver"
+
+
 def test_extensions_left_at_the_old_version_are_named(sl: Inst) -> None:
     """pg_upgrade keeps each extension's version (citext 1.6 of PostgreSQL 15; 18 has
     1.8) and writes update_extensions.sql in its working directory, which pgmgr removed,

