@@ -1,0 +1,161 @@
+"""Output that cannot be written: a closed stdout or stderr (``>&-``), a full disk
+(``>/dev/full``), a reader that went away (``| head -c1``), an encoding that lacks a
+character (``PYTHONIOENCODING=ascii``). Never a traceback, never "Exception ignored", never a
+hang, and above all never an operation left half-done because a line could not be printed:
+the work is done (and its record kept), and the exit code says the output was lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import Work
+from tests.helpers import readline_within
+
+#: How a standard stream of the child is set up: captured, closed, /dev/full, or a pipe
+#: whose reader has gone.
+MODES = ("closed", "full", "gone")
+
+
+def run_with(
+    work: Work, *args: str, stdout: str = "pipe", stderr: str = "pipe", **env: str
+) -> tuple[int, bytes, bytes]:
+    """Run ``pgmgr ARGS`` in ``work`` with its stdout and stderr set up as named (MODES,
+    or "pipe": captured); its exit code and what was captured. Captured stderr never holds
+    a traceback nor the interpreter's "Exception ignored" complaint."""
+    closing = " ".join(f"{fd}>&-" for fd, m in ((1, stdout), (2, stderr)) if m == "closed")
+    argv = ["sh", "-c", f'exec "$@" {closing}', "sh", sys.executable, "-m", "pgmgr", *args]
+    opened: list[Any] = []
+
+    def stream(mode: str) -> Any:
+        if mode == "full":
+            opened.append(open("/dev/full", "wb"))  # noqa: SIM115 - closed below
+            return opened[-1]
+        if mode == "gone":
+            r, w = os.pipe()
+            os.close(r)
+            opened.append(os.fdopen(w, "wb"))
+            return opened[-1]
+        return subprocess.PIPE if mode == "pipe" else subprocess.DEVNULL
+
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=work.path,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=stream(stdout),
+            stderr=stream(stderr),
+            timeout=120,
+            check=False,
+        )
+    finally:
+        for f in opened:
+            f.close()
+    err = proc.stderr or b""
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err
+    return proc.returncode, proc.stdout or b"", err
+
+
+def status(work: Work, name: str) -> dict[str, Any]:
+    doc = json.loads(work.run("status", name, "--json").stdout)  # exit 3: stopped
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("status",), ("env", "data")])
+def test_data_that_cannot_be_written_is_said_once_without_a_traceback(
+    work: Work, datadir: Path, args: tuple[str, ...]
+) -> None:
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    code, _, err = run_with(work, *args, stdout="closed")
+    assert (code, err) == (1, b"Error: cannot write the output: Bad file descriptor\n")
+    code, _, err = run_with(work, *args, stdout="full")
+    assert (code, err) == (1, b"Error: cannot write the output: No space left on device\n")
+    # A reader that went away (| head) is no error to tell, as for any tool.
+    assert run_with(work, *args, stdout="gone")[:3:2] == (1, b"")
+    assert status(work, "data")["state"] == "running"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_start_init_is_done_and_recorded_whatever_becomes_of_its_messages(
+    work: Work, mode: str
+) -> None:
+    """'Initialized ...' could not be said (stderr closed, full, or its reader gone): the
+    start broke off there, and the fresh data directory was removed again."""
+    code, _, _ = run_with(work, "start", "--init", "-d", "./d", "-p", "auto", stderr=mode)
+    assert code == 0
+    assert status(work, "d")["state"] == "running"
+    code, _, _ = run_with(work, "snapshot", "d", "s1", stderr=mode)
+    assert code == 0
+    snaps = json.loads(work.ok("snapshots", "d", "--json").stdout)
+    assert [s["snapshot"] for s in snaps] == ["s1"]
+    assert status(work, "d")["state"] == "running"
+    assert run_with(work, "stop", "d", stdout=mode, stderr=mode)[0] == 0
+    assert status(work, "d")["state"] == "stopped"
+
+
+def test_logs_follow_ends_when_its_reader_has_gone(work: Work, datadir: Path) -> None:
+    """With nothing new in the log, 'logs -f | head -n1' waited for the next log line,
+    without bound, after head had gone."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "logs", "data", "-f", "-n", "1"],
+        cwd=work.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert readline_within(proc.stdout)  # type: ignore[arg-type]
+        proc.stdout.close()  # type: ignore[union-attr]
+        assert proc.wait(timeout=10) == 1
+        assert proc.stderr is not None and proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_foreground_server_stays_attended_when_its_log_reader_goes(
+    work: Work, datadir: Path
+) -> None:
+    """'pgmgr start --foreground 2>&1 | head': the next log line could not be copied, and
+    pgmgr died of it, leaving the server running with no one to stop it on Ctrl-C."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "start", "-d", "./data", "-p", "auto", "--foreground"],
+        cwd=work.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert readline_within(proc.stderr).startswith(b"Started")  # type: ignore[arg-type]
+        proc.stderr.close()  # type: ignore[union-attr]
+        work.ok("reload", "data")  # the server logs that: pgmgr copies it, in vain
+        time.sleep(1)
+        assert proc.poll() is None, "pgmgr left its server"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert status(work, "data")["state"] == "stopped"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_text_the_output_encoding_lacks_is_written_as_the_file_system_has_it(
+    work: Work,
+) -> None:
+    """Under PYTHONIOENCODING=ascii 'pgmgr env' of a data directory named dö ended in a
+    traceback; backslash escapes would not do either (eval would export another path)."""
+    work.ok("start", "--init", "-d", "./dö", "--name", "d", "-p", "auto", "-q")
+    code, out, _ = run_with(work, "env", "d", PYTHONIOENCODING="ascii")
+    assert code == 0
+    assert f"export PGDATA='{work.path}/dö'\n".encode() in out
+    code, out, _ = run_with(work, "status", "d", PYTHONIOENCODING="ascii")
+    assert code == 0 and f"{work.path}/dö".encode() in out
