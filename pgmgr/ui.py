@@ -220,12 +220,12 @@ def _plain_width() -> int | None:
 
 
 def _plain_table(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> str:
-    from pgmgr.tablefit import GAP, widths
+    from pgmgr.tablefit import GAP, pad, widths
 
     sizes = widths(cols, rows)
     lines = [[c.title for c in cols], *rows]
     out = [
-        (" " * GAP).join(c.ljust(w) for c, w in zip(line, sizes, strict=True)).rstrip()
+        (" " * GAP).join(pad(c, w) for c, w in zip(line, sizes, strict=True)).rstrip()
         for line in lines
     ]
     return "\n".join(out) + "\n"
