@@ -205,6 +205,25 @@ def _output_lost(code: int) -> int:
     return code or 1
 
 
+def reserve_std_fds() -> None:
+    """Hold a standard descriptor (0, 1, 2) that was closed when pgmgr started (``>&-``,
+    ``2>&-``, ``<&-``) with /dev/null opened the other way round: reading fd 0, or writing
+    fd 1 or 2, still fails with EBADF, as on the closed descriptor, but the number is
+    taken. Else the next file or socket opened takes it: psql, run by 'pgmgr psql ... >&-',
+    printed its result into its own connection to the server (which ended it: "invalid
+    frontend message type"), and exited 0 with the output lost; and pgmgr's locks sat on
+    the stdout or stderr of the programs it ran."""
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_RDONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, flags)  # the lowest free number: fd itself
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
+            os.set_inheritable(fd, True)
+
+
 def _discard_lost_output() -> None:
     """The process ends next: a stream that failed (EPIPE, ENOSPC) may still hold
     buffered text, and the interpreter's last flush would report it ("Exception ignored
@@ -256,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     global COMMAND_PROCESS
     COMMAND_PROCESS = True
+    reserve_std_fds()
     try:
         _main(argv)
     finally:

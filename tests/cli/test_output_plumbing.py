@@ -159,3 +159,17 @@ def test_text_the_output_encoding_lacks_is_written_as_the_file_system_has_it(
     assert f"export PGDATA='{work.path}/dö'\n".encode() in out
     code, out, _ = run_with(work, "status", "d", PYTHONIOENCODING="ascii")
     assert code == 0 and f"{work.path}/dö".encode() in out
+
+
+def test_a_closed_descriptor_stays_closed_for_the_programs_pgmgr_runs(
+    work: Work, datadir: Path
+) -> None:
+    """'pgmgr psql NAME -c ... >&-': psql's connection to the server took the free number
+    1, psql printed its result into it (the server ended the session: "invalid frontend
+    message type") and exited 0, the output lost without a word."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    code, _, err = run_with(work, "psql", "data", "--", "-c", "select 'marker'", stdout="closed")
+    assert code != 0 and b"could not print result table: Bad file descriptor" in err, err
+    log = Path(status(work, "data")["log_file"]).read_text()
+    assert "invalid frontend message" not in log, log
+    assert status(work, "data")["state"] == "running"
