@@ -115,6 +115,8 @@ def stdout_gone() -> bool:
     has gone (what ``tail -f`` checks while it has nothing to print). Never raises."""
     if "stdout" in lost:
         return True
+    if sys.stdout is None:  # closed from the start (>&-): noted as any failed write
+        return not write("stdout", "")
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):

@@ -26,7 +26,12 @@ MODES = ("closed", "full", "gone")
 
 
 def run_with(
-    work: Work, *args: str, stdout: str = "pipe", stderr: str = "pipe", **env: str
+    work: Work,
+    *args: str,
+    stdout: str = "pipe",
+    stderr: str = "pipe",
+    timeout: float = 120,
+    **env: str,
 ) -> tuple[int, bytes, bytes]:
     """Run ``pgmgr ARGS`` in ``work`` with its stdout and stderr set up as named (MODES,
     or "pipe": captured); its exit code and what was captured. Captured stderr never holds
@@ -54,7 +59,7 @@ def run_with(
             stdin=subprocess.DEVNULL,
             stdout=stream(stdout),
             stderr=stream(stderr),
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
     finally:
@@ -121,6 +126,9 @@ def test_logs_follow_ends_when_its_reader_has_gone(work: Work, datadir: Path) ->
     finally:
         proc.kill()
         proc.wait()
+    # With no one to write to from the start (>&-), it has nothing to wait for.
+    code, _, err = run_with(work, "logs", "data", "-f", "-n", "0", stdout="closed", timeout=10)
+    assert (code, err) == (1, b"Error: cannot write the output: Bad file descriptor\n")
 
 
 def test_a_foreground_server_stays_attended_when_its_log_reader_goes(
