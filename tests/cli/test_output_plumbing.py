@@ -181,3 +181,32 @@ def test_a_closed_descriptor_stays_closed_for_the_programs_pgmgr_runs(
     log = Path(status(work, "data")["log_file"]).read_text()
     assert "invalid frontend message" not in log, log
     assert status(work, "data")["state"] == "running"
+
+
+def test_a_non_blocking_stdout_gets_every_line(work: Work, datadir: Path) -> None:
+    """A parent that left its pipe O_NONBLOCK (Node's child_process, some CI runners) and
+    reads slowly: Python's buffered stdout dropped what the pipe could not take at once,
+    without an error. 'logs -n 20000' delivered some 2,500 lines and exited 0."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    with Path(status(work, "data")["log_file"]).open("a") as log:
+        log.writelines(f"filler line {i:05d}\n" for i in range(20000))
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "logs", "data", "-n", "20000"],
+        cwd=work.path,
+        stdout=w,
+        stderr=subprocess.PIPE,
+    )
+    os.close(w)
+    try:
+        time.sleep(1)  # a slow reader: the pipe is full long before pgmgr is done
+        with os.fdopen(r, "rb") as reader:
+            out = reader.read()
+        assert proc.wait(timeout=60) == 0
+        assert proc.stderr is not None and proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = out.splitlines()
+    assert len(lines) == 20000 and lines[-1] == b"filler line 19999", lines[-3:]
