@@ -30,13 +30,15 @@ def run_with(
     *args: str,
     stdout: str = "pipe",
     stderr: str = "pipe",
+    stdin: str = "null",
     timeout: float = 120,
     **env: str,
 ) -> tuple[int, bytes, bytes]:
     """Run ``pgmgr ARGS`` in ``work`` with its stdout and stderr set up as named (MODES,
     or "pipe": captured); its exit code and what was captured. Captured stderr never holds
     a traceback nor the interpreter's "Exception ignored" complaint."""
-    closing = " ".join(f"{fd}>&-" for fd, m in ((1, stdout), (2, stderr)) if m == "closed")
+    modes = ((0, stdin), (1, stdout), (2, stderr))
+    closing = " ".join(f"{fd}>&-" for fd, m in modes if m == "closed")
     argv = ["sh", "-c", f'exec "$@" {closing}', "sh", sys.executable, "-m", "pgmgr", *args]
     opened: list[Any] = []
 
@@ -174,12 +176,15 @@ def test_a_closed_descriptor_stays_closed_for_the_programs_pgmgr_runs(
 ) -> None:
     """'pgmgr psql NAME -c ... >&-': psql's connection to the server took the free number
     1, psql printed its result into it (the server ended the session: "invalid frontend
-    message type") and exited 0, the output lost without a word."""
+    message type") and exited 0, the output lost without a word. Likewise with stdin."""
     work.ok("start", "-d", "./data", "-p", "auto", "-q")
     code, _, err = run_with(work, "psql", "data", "--", "-c", "select 'marker'", stdout="closed")
     assert code != 0 and b"could not print result table: Bad file descriptor" in err, err
     log = Path(status(work, "data")["log_file"]).read_text()
     assert "invalid frontend message" not in log, log
+    # <&-: psql read its commands from its own connection (the socket took fd 0).
+    code, _, err = run_with(work, "psql", "data", stdin="closed", timeout=30)
+    assert code != 0 and err.endswith(b"could not read from input file: Bad file descriptor\n")
     assert status(work, "data")["state"] == "running"
 
 
