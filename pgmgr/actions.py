@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -317,8 +316,7 @@ def _attend(srv: Server, stop_requested: list[int], tail: Tail) -> int:
     def pump() -> None:
         text = tail.read()
         if text and not ui.settings.quiet:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+            ui.write("stderr", text)
 
     notify("READY=1")
     ui.message("Running in the foreground; press Ctrl-C to stop")

@@ -245,7 +245,7 @@ def run_guarded(call: Any) -> int:
                 # `pgmgr` or `pgmgr cache` alone: the help, as is, on stderr (Rich help has
                 # printed itself already and left no text), and the usage exit code.
                 if text.strip():
-                    sys.stderr.write(text.rstrip("\n") + "\n")
+                    ui.write("stderr", text.rstrip("\n") + "\n")
                 return EXIT_USAGE
             if not text.strip():
                 return EXIT_USAGE

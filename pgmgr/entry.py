@@ -159,6 +159,7 @@ def guarded(call: Callable[[], int | None]) -> int:
     from pgmgr import ui
     from pgmgr.core.errors import PgmgrError
 
+    ui.lost.clear()
     try:
         rv = call()
     except PgmgrError as e:
@@ -173,19 +174,70 @@ def guarded(call: Callable[[], int | None]) -> int:
 
             ui.error(describe_os_error(cause))
         _hush()
-        sys.stderr.write("Interrupted\n")
+        ui.write("stderr", "Interrupted\n")
         if "pgmgr.core.testhook" in sys.modules:
             sys.modules["pgmgr.core.testhook"].pause("interrupted-said")
         return 130
-    except BrokenPipeError:
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
+    except BrokenPipeError:  # from a write that bypassed ui.write (a library's)
+        ui.lost.setdefault("stdout", BrokenPipeError())
         return 1
     except OSError as e:
         from pgmgr.core.errors import describe_os_error
 
         ui.error(describe_os_error(e))
         return 1
-    return rv if isinstance(rv, int) else 0
+    code = rv if isinstance(rv, int) else 0
+    return _output_lost(code)
+
+
+def _output_lost(code: int) -> int:
+    """``code``, or 1 if it was 0 but some of the command's output (stdout) could not be
+    written: the command did its work, but its caller did not get the answer. A reader
+    that went away (EPIPE: ``| head``) is not an error to say, as for any tool."""
+    from pgmgr import ui
+
+    lost = ui.lost.get("stdout")
+    if lost is None:
+        return code
+    if not isinstance(lost, BrokenPipeError):
+        why = lost.strerror if isinstance(lost, OSError) and lost.strerror else str(lost)
+        ui.error(f"cannot write the output: {why}")
+    return code or 1
+
+
+def reserve_std_fds() -> None:
+    """Hold a standard descriptor (0, 1, 2) that was closed when pgmgr started (``>&-``,
+    ``2>&-``, ``<&-``) with /dev/null opened the other way round: reading fd 0, or writing
+    fd 1 or 2, still fails with EBADF, as on the closed descriptor, but the number is
+    taken. Else the next file or socket opened takes it: psql, run by 'pgmgr psql ... >&-',
+    printed its result into its own connection to the server (which ended it: "invalid
+    frontend message type"), and exited 0 with the output lost; and pgmgr's locks sat on
+    the stdout or stderr of the programs it ran."""
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_RDONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, flags)  # the lowest free number: fd itself
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
+            os.set_inheritable(fd, True)
+
+
+def _discard_lost_output() -> None:
+    """The process ends next: a stream that failed (EPIPE, ENOSPC) may still hold
+    buffered text, and the interpreter's last flush would report it ("Exception ignored
+    ... BrokenPipeError"). Point its descriptor at /dev/null so that flush succeeds."""
+    ui = sys.modules.get("pgmgr.ui")
+    for name in getattr(ui, "lost", {}):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except (AttributeError, OSError, ValueError):
+            pass
 
 
 def _plain_help_unless_terminal() -> None:
@@ -223,12 +275,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     global COMMAND_PROCESS
     COMMAND_PROCESS = True
+    reserve_std_fds()
     try:
         _main(argv)
     finally:
         # Said and done: a signal now must not kill the process after what it said.
         if "pgmgr.core.sigguard" in sys.modules:
             sys.modules["pgmgr.core.sigguard"].settle()
+        _discard_lost_output()
         _exit_without_collections()
 
 
@@ -272,7 +326,9 @@ def _main(argv: Sequence[str] | None) -> None:
         typer_main(argv)
     except KeyboardInterrupt:  # while Python imports Typer, before any command runs
         _hush()
-        sys.stderr.write("Interrupted\n")
+        from pgmgr import ui
+
+        ui.write("stderr", "Interrupted\n")
         sys.exit(130)
 
 

@@ -1,5 +1,9 @@
 """Make a table fit a terminal's width without cutting what matters (pure functions).
 
+Widths are counted in terminal cells (:func:`cells`): a CJK character takes two, as on the
+screen, so a data directory named ``日本語`` neither pushes its row's later columns out of
+line nor its table past the width.
+
 Only columns marked ``path`` are ever shortened: first ``~`` stands for the home directory,
 then paths lose characters in the middle (``/opt/pgmgr-…/pginstall/bin``: the start and the
 last components stay), never below :data:`MIN_PATH` characters. If even that does not fit,
@@ -46,6 +50,40 @@ class Col:
 Table = tuple[list[Col], list[list[str]]]
 
 
+def cells(text: str) -> int:
+    """The terminal cells ``text`` takes: East Asian wide and full-width characters two,
+    combining marks none, any other one (as Rich counts them)."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def _head(text: str, room: int) -> str:
+    """The longest start of ``text`` that takes at most ``room`` cells."""
+    end = len(text)
+    while end and cells(text[:end]) > room:
+        end -= 1
+    return text[:end]
+
+
+def _tail(text: str, room: int) -> str:
+    """The longest end of ``text`` that takes at most ``room`` cells."""
+    start = 0
+    while start < len(text) and cells(text[start:]) > room:
+        start += 1
+    return text[start:]
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` cells (``str.ljust`` counts characters)."""
+    return text + " " * (width - cells(text))
+
+
 def home_short(text: str, home: str | None = None) -> str:
     """``/home/me/proj/data`` -> ``~/proj/data`` (only the invoking user's home)."""
     home = (home if home is not None else os.path.expanduser("~")).rstrip("/")
@@ -59,9 +97,9 @@ def home_short(text: str, home: str | None = None) -> str:
 
 
 def elide(text: str, width: int) -> str:
-    """``text`` in at most ``width`` characters: its start, ``…``, and as many of its last
+    """``text`` in at most ``width`` cells: its start, ``…``, and as many of its last
     path components as fit in two thirds of the room."""
-    if len(text) <= width:
+    if cells(text) <= width:
         return text
     if width <= 1:
         return ELLIPSIS[:width]
@@ -71,18 +109,18 @@ def elide(text: str, width: int) -> str:
     tail = ""
     for part in reversed(parts[1:]):
         candidate = "/" + part + tail
-        if len(candidate) > tail_room:
+        if cells(candidate) > tail_room:
             break
         tail = candidate
     if not tail:
-        tail = text[-tail_room:]
-    return text[: room - len(tail)] + ELLIPSIS + tail
+        tail = _tail(text, tail_room)
+    return _head(text, room - cells(tail)) + ELLIPSIS + tail
 
 
 def widths(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> list[int]:
-    out = [len(c.title) for c in cols]
+    out = [cells(c.title) for c in cols]
     for row in rows:
-        out = [max(w, len(cell)) for w, cell in zip(out, row, strict=True)]
+        out = [max(w, cells(cell)) for w, cell in zip(out, row, strict=True)]
     return out
 
 
@@ -149,7 +187,7 @@ def wrapped(cols: list[Col], rows: list[list[str]], width: int) -> list[list[str
         return None
     i = which[0]
     room = width - (sum(sizes) - sizes[i]) - GAP * (len(cols) - 1)
-    if room < max(MIN_WRAP, len(cols[i].title)):
+    if room < max(MIN_WRAP, cells(cols[i].title)):
         return None
     out = []
     for row in rows:

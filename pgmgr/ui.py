@@ -1,5 +1,11 @@
 """Rendering: messages on stderr, data on stdout, Rich only when a terminal is there.
 
+Everything pgmgr prints goes through :func:`write`, which never raises: a closed stream,
+a full disk, a reader that went away (EPIPE) or a character the stream's encoding lacks
+must never stop an operation half-way (an init done but not recorded, a server started
+but not noted). What could not be written to stdout is remembered in :data:`lost`, and
+the command's exit code says so at the end (:func:`pgmgr.entry.guarded`).
+
 Every command builds one model (a dict or a list of dicts) and hands it to :func:`emit_json`
 or :func:`table`, so the table and ``--json`` always show the same fields. When the stream is
 not a terminal, or ``NO_COLOR`` is set, output is plain text without escape codes and Rich is
@@ -61,13 +67,108 @@ def _console(stream: TextIO) -> Console:
     return Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
 
 
+#: "stdout" or "stderr" -> the first error that kept text from it (OSError or ValueError);
+#: nothing more is written to such a stream. Cleared when a command starts.
+lost: dict[str, Exception] = {}
+
+
+def write(name: str, text: str) -> bool:
+    """Write ``text`` to ``sys.stdout`` or ``sys.stderr`` (``name``) and flush; False if
+    it could not be written (then noted in :data:`lost`). Never raises: output failing
+    must not break off what the command is doing. Text the stream cannot encode
+    (``PYTHONIOENCODING=ascii``, a file name's undecodable byte) is written as the bytes
+    the file system has for it: a path in ``pgmgr env``'s exports stays that path.
+
+    To the process's own stdout and stderr it writes the bytes itself (:func:`_write_all`);
+    a stream put in their place (a test's, a library caller's) is written as a stream."""
+    if name in lost:
+        return False
+    stream = getattr(sys, name)
+    try:
+        if stream is None:  # the descriptor was closed when Python started
+            import errno
+
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if stream is getattr(sys, f"__{name}__"):
+            stream.flush()  # what went through it before (Typer's help, say) comes first
+            _write_all(stream.fileno(), _encoded(stream, text))
+            return True
+        try:
+            stream.write(text)
+        except UnicodeEncodeError:
+            stream.flush()
+            if hasattr(stream, "buffer"):
+                stream.buffer.write(_as_bytes(text))
+            else:  # a text-only stream (a caller's StringIO-like object)
+                stream.write(text.encode("ascii", "backslashreplace").decode())
+        stream.flush()
+    except (OSError, ValueError) as e:  # ValueError: a closed file object
+        lost[name] = e
+        return False
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``: after a short write, the rest; on a descriptor
+    left non-blocking (a parent's pipe with O_NONBLOCK: Node's, some CI runners'), once it
+    can take more. Python's buffered stdout dropped what did not fit, without an error:
+    'pgmgr logs -n 20000' delivered 2,458 lines and exited 0."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            import select
+
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            poller.poll()
+
+
+def _encoded(stream: TextIO, text: str) -> bytes:
+    """``text`` in ``stream``'s encoding, else as the file system has it."""
+    try:
+        return text.encode(stream.encoding or "utf-8", stream.errors or "strict")
+    except UnicodeEncodeError:
+        return _as_bytes(text)
+
+
+def _as_bytes(text: str) -> bytes:
+    """``text`` as the file system encodes names (UTF-8, an undecodable byte given back
+    as it was); a character even that cannot take as ``\\uNNNN``."""
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def stdout_gone() -> bool:
+    """Whether stdout can take no more: written to in vain already, or a pipe whose reader
+    has gone (what ``tail -f`` checks while it has nothing to print). Never raises."""
+    if "stdout" in lost:
+        return True
+    if sys.stdout is None:  # closed from the start (>&-): noted as any failed write
+        return not write("stdout", "")
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    import select
+
+    poller = select.poll()
+    poller.register(fd, 0)  # errors and hang-ups are always reported
+    if any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0)):
+        lost["stdout"] = BrokenPipeError()
+        return True
+    return False
+
+
 def message(text: str) -> None:
     """A line for people (stderr); silenced by --quiet. Plain text even on a terminal:
     these lines have no markup, and Rich would cost ~40 ms of import to print them."""
     if settings.quiet:
         return
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    write("stderr", text + "\n")
 
 
 def _line(text: str) -> str:
@@ -82,25 +183,18 @@ def _line(text: str) -> str:
 
 def error(text: str, hint: str | None = None) -> None:
     """``Error: <text>`` (and ``Hint: <hint>``) on stderr; never silenced."""
-    sys.stderr.write(f"Error: {_line(text)}\n")
-    if hint:
-        sys.stderr.write(f"Hint: {_line(hint)}\n")
-    sys.stderr.flush()
+    write("stderr", f"Error: {_line(text)}\n" + (f"Hint: {_line(hint)}\n" if hint else ""))
 
 
 def warning(text: str, hint: str | None = None) -> None:
     """``Warning: <text>`` (and ``Hint: <hint>``) on stderr: something asked for did not
     happen, though the command did its job. Never silenced, like errors."""
-    sys.stderr.write(f"Warning: {_line(text)}\n")
-    if hint:
-        sys.stderr.write(f"Hint: {_line(hint)}\n")
-    sys.stderr.flush()
+    write("stderr", f"Warning: {_line(text)}\n" + (f"Hint: {_line(hint)}\n" if hint else ""))
 
 
 def emit_json(obj: Any) -> None:
     """One JSON document on stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    write("stdout", json.dumps(obj, indent=2, default=str) + "\n")
 
 
 #: C0 controls but tab and newline, DEL, and C1 controls (U+009B is a CSI to a terminal).
@@ -116,8 +210,7 @@ def visible(text: str) -> str:
 
 def emit(text: str) -> None:
     """Data for scripts (stdout), printed even with --quiet."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    write("stdout", text + "\n")
 
 
 def table(
@@ -134,14 +227,13 @@ def table(
     fancy = _fancy(sys.stdout)
     console = _console(sys.stdout) if fancy else None
     width = console.width if console is not None else _plain_width()
+    parts = []
     for i, (tcols, trows) in enumerate(tablefit.fit(cols, rows, width)):
-        if i:
-            sys.stdout.write("\n")
         if console is not None:
-            _rich_table(console, tcols, trows, title if i == 0 else None)
+            parts.append(_rich_table(console, tcols, trows, title if i == 0 else None))
         else:
-            _plain_table(tcols, trows)
-    sys.stdout.flush()
+            parts.append(_plain_table(tcols, trows))
+    write("stdout", "\n".join(parts))
 
 
 def _plain_width() -> int | None:
@@ -161,21 +253,22 @@ def _plain_width() -> int | None:
     return None
 
 
-def _plain_table(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> None:
-    from pgmgr.tablefit import GAP, widths
+def _plain_table(cols: Sequence[Col], rows: Sequence[Sequence[str]]) -> str:
+    from pgmgr.tablefit import GAP, pad, widths
 
     sizes = widths(cols, rows)
     lines = [[c.title for c in cols], *rows]
     out = [
-        (" " * GAP).join(c.ljust(w) for c, w in zip(line, sizes, strict=True)).rstrip()
+        (" " * GAP).join(pad(c, w) for c, w in zip(line, sizes, strict=True)).rstrip()
         for line in lines
     ]
-    sys.stdout.write("\n".join(out) + "\n")
+    return "\n".join(out) + "\n"
 
 
 def _rich_table(
     console: Console, cols: Sequence[Col], rows: Sequence[Sequence[str]], title: str | None
-) -> None:
+) -> str:
+    """The table as Rich renders it for ``console`` (captured: :func:`write` prints it)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -197,7 +290,9 @@ def _rich_table(
         t.add_column(Text(col.title), overflow="fold")
     for row in rows:
         t.add_row(*(Text(cell) for cell in row))
-    console.print(t)
+    with console.capture() as captured:
+        console.print(t)
+    return captured.get()
 
 
 #: Operations that finish within this "blink" show no spinner at all (and import no Rich).

@@ -170,21 +170,20 @@ def confirm(prompt: str) -> bool:
         try:
             # Inside the try: a Ctrl-C typed as soon as the question shows (before input()
             # is reached) ends its line too.
-            sys.stderr.write(f"{prompt} [y/N]: ")
-            sys.stderr.flush()
+            ui.write("stderr", f"{prompt} [y/N]: ")
             _until_typed(sys.stdin.fileno())
             answer = input().strip().lower()
         except EOFError:
-            sys.stderr.write("\n")
+            ui.write("stderr", "\n")
             return False
         except KeyboardInterrupt:
-            sys.stderr.write("\n")
+            ui.write("stderr", "\n")
             raise
         if answer in ("y", "yes"):
             return True
         if answer in ("", "n", "no"):
             return False
-        sys.stderr.write("Error: answer y or n\n")
+        ui.write("stderr", "Error: answer y or n\n")
 
 
 def _until_typed(fd: int) -> None:

@@ -38,9 +38,11 @@ def logs(
     if not follow:
         return
     # Ctrl-C ends it as it ends every command: "Interrupted", exit 130 (as tail -f's 130).
-    for chunk in ops.follow(srv.log_file, offset):
-        sys.stdout.write(show(chunk))
-        sys.stdout.flush()
+    # It ends when its reader has gone (| head): at once if a line cannot be written,
+    # and while the log is quiet, as tail -f does, when the pipe has no reader left.
+    for chunk in ops.follow(srv.log_file, offset, done=ui.stdout_gone):
+        if not ui.write("stdout", show(chunk)):
+            return
 
 
 def _isatty() -> bool:

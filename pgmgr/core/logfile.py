@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pgmgr.core.errors import doing
@@ -146,8 +146,11 @@ class Tail:
         return complete.decode(errors="replace") + "\n" if complete else ""
 
 
-def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
-    """Yield the complete lines appended to ``log_file`` after ``offset``, forever.
+def follow(
+    log_file: Path, offset: int, poll: float = 0.1, done: Callable[[], bool] | None = None
+) -> Iterator[str]:
+    """Yield the complete lines appended to ``log_file`` after ``offset``, forever, or
+    until ``done()`` (asked while nothing new comes) says to stop.
 
     Across a rotation (the path now names another file) the rest of the old file is read
     first, then the new one from its start; a file truncated in place is read again from
@@ -173,6 +176,8 @@ def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
                 f = _open(log_file)
             elif f is not None and os.fstat(f.fileno()).st_size < f.tell():
                 f.seek(0)  # truncated in place
+            elif done is not None and done():
+                return
             else:
                 time.sleep(poll)
     finally:

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -209,12 +209,14 @@ def tail(log_file: Path, lines: int) -> tuple[list[str], int]:
     return (text[-lines:] if lines > 0 else []), len(data)
 
 
-def follow(log_file: Path, offset: int, poll: float = 0.1) -> Iterator[str]:
-    """Yield text appended to ``log_file`` after ``offset``, forever (until interrupted),
-    across rotations (see :func:`pgmgr.core.logfile.follow`)."""
+def follow(
+    log_file: Path, offset: int, poll: float = 0.1, done: Callable[[], bool] | None = None
+) -> Iterator[str]:
+    """Yield text appended to ``log_file`` after ``offset``, forever (until interrupted,
+    or ``done()``), across rotations (see :func:`pgmgr.core.logfile.follow`)."""
     from pgmgr.core import logfile
 
-    return logfile.follow(log_file, offset, poll)
+    return logfile.follow(log_file, offset, poll, done)
 
 
 # --------------------------------------------------------------------------- env, url

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pgmgr.cli import app
-from pgmgr.tablefit import ELLIPSIS, Col, elide, fit, home_short
+from pgmgr.tablefit import ELLIPSIS, Col, cells, elide, fit, home_short
 from tests.cli.conftest import Work
 from tests.conftest import FakeRoot
 
@@ -40,6 +40,19 @@ def test_elide_keeps_start_and_last_components() -> None:
     assert ELLIPSIS in short
     assert elide("/short", 30) == "/short"
     assert len(elide("/x/" + "a" * 50, 20)) == 20  # one huge component: its end is kept
+
+
+def test_wide_characters_take_two_cells() -> None:
+    """Counted in characters, a path named in CJK was elided to twice the room it had."""
+    assert cells("日本語") == 6 and cells("dö") == 2 and cells("e\u0301") == 1
+    long = "/srv/データベース/クライアント/本番"
+    for width in (6, 12, 20):
+        short = elide(long, width)
+        assert cells(short) <= width and ELLIPSIS in short, short
+    assert elide(long, 20).endswith("/本番")
+    rows = [["data", "running", "127.0.0.1:5432", "/srv/" + "デ" * 30]]
+    (one,) = fit(COLS, rows, 60, home="/home/me")
+    assert widest([one]) <= 60 and cells(one[1][0][3]) >= 24
 
 
 COLS = [Col("name", key=True), Col("state"), Col("host:port"), Col("dir", path=True)]
@@ -140,6 +153,26 @@ def test_status_uses_tilde_for_home(
     assert all(len(line) <= 80 for line in out.splitlines())
     doc = json.loads(invoke("status", "--json", columns=80))
     assert {r["datadir"] for r in doc} == {r["datadir"] for r in recs}  # JSON unchanged
+
+
+def test_status_columns_line_up_after_a_wide_character_path(work: Work, datadir: Path) -> None:
+    """A data directory named in CJK takes two terminal cells a character: the columns
+    after it were pushed out of line (by one cell a character), and an 80-column table was
+    wider than 80 cells."""
+    wide = work.path / "データベース"
+    datadir.rename(wide)
+    work.ok("init", "-d", str(wide), "--name", "wide", "-q")
+    work.ok("init", "-d", str(work.path / "other"), "-q")
+    for columns in (200, 80, 60):
+        out = work.ok("status", env={"COLUMNS": str(columns)}).stdout
+        assert "Traceback" not in out and "データ" in out, out
+        lines = out.splitlines()
+        assert all(cells(line) <= columns for line in lines), out
+        header = lines[0]
+        last = header.split()[-1]  # the last column: where it starts, in cells
+        start = cells(header[: header.index(last)])
+        for line in lines[1 : lines.index("") if "" in lines else None]:
+            assert cells(line[: line.rstrip().rindex("  ") + 2]) == start, out
 
 
 def test_versions_at_80_columns(fake_pg_root: FakeRoot) -> None:
