@@ -37,6 +37,14 @@ def dead_runs(srv: Server) -> None:
     listdir of the store and one of the stores' directory when there is nothing to do.
     Never raises."""
     dead_work(srv)
+    beside(srv)
+
+
+def beside(srv: Server) -> None:
+    """:func:`doomed_stores` and :func:`abandoned_branches` (what killed runs left beside
+    ``srv``'s store), for a command that sweeps its own store itself (a snapshot, restore or
+    delete): a killed branch's copy stayed through any number of those. One listdir when
+    there is nothing to do. Never raises."""
     try:
         beside = os.listdir(srv.datadir.parent / STORE)
     except OSError:

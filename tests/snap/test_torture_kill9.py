@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
@@ -50,3 +52,29 @@ def test_a_destroy_with_snapshots_killed_before_the_record_went_is_finished_by_t
     store = ops_dir / ".pgmgr-snapshots"
     assert "b" not in os.listdir(store)
     assert inst.pgmgr("status", "b").returncode != 0
+
+
+@pytest.mark.parametrize(
+    "then",
+    [("snapshot", "dev", "s2"), ("restore", "dev", "s1", "--yes"),
+     ("snapshot", "dev", "s1", "--delete")],
+    ids=["snapshot", "restore", "delete"],
+)  # fmt: skip
+def test_a_killed_branchs_copy_is_swept_by_a_snapshot_restore_or_delete_beside_it(
+    inst: Inst, ops_dir: Path, tmp_path: Path, then: tuple[str, ...]
+) -> None:
+    """A branch killed after its copy left that copy (a whole data directory) in
+    ``.pgmgr-snapshots/b/.tmp-branch``: a start or stop of its source removed it, but
+    snapshots, restores and deletes of the source (which sweep their own store themselves)
+    left it for as long as no other command came, a test suite's snapshot-and-restore loop
+    for ever."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    run = Paused(hooks_dir(tmp_path), "branch-copied", "branch", "dev", "b", "-q", env=inst.env)
+    with run:
+        run.reached()
+        run.kill(signal.SIGKILL)
+    staged = ops_dir / ".pgmgr-snapshots" / "b" / ".tmp-branch"
+    assert staged.exists()
+    inst.ok(*then, "-q")
+    assert not staged.exists()
+    assert "b" not in os.listdir(ops_dir / ".pgmgr-snapshots")  # nothing's store: it goes
