@@ -35,6 +35,7 @@ def destroy(
     :raises DataDirNotFound: no such data directory (nothing to destroy).
     """
     from pgmgr.core import replica, roles, snapcatalog, teardown, testhook
+    from pgmgr.core.identity import IdentityChanged
     from pgmgr.core.instance import DataDirNotFound
     from pgmgr.core.locked import locked
 
@@ -42,7 +43,13 @@ def destroy(
         srv = resolve(name, None)
     except DataDirNotFound as e:  # not "create it with pgmgr init": nothing to destroy
         raise DataDirNotFound(e.datadir, e.why, hint=NOTHING_TO_DESTROY) from None
-    teardown.check_destroyable(srv)
+    try:
+        teardown.check_destroyable(srv)
+    except IdentityChanged:
+        # A restore or upgrade may be swapping the directory under the instance's lock (it
+        # was refused as "replaced"): the check that counts is made once that is done.
+        with locked(srv):
+            teardown.check_destroyable(srv)
     standbys = roles.standbys_of(srv)
     if standbys:
         ui.message(

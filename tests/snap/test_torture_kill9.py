@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import pgmgr_argv
 from tests.pause import Paused
 from tests.snap.conftest import Inst
 from tests.snap.test_delta import hooks_dir
@@ -78,3 +81,30 @@ def test_a_killed_branchs_copy_is_swept_by_a_snapshot_restore_or_delete_beside_i
     inst.ok(*then, "-q")
     assert not staged.exists()
     assert "b" not in os.listdir(ops_dir / ".pgmgr-snapshots")  # nothing's store: it goes
+
+
+def test_a_destroy_during_a_restore_waits_for_it_instead_of_calling_the_directory_replaced(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """destroy checked the data directory's identity before it took the instance's lock:
+    during a restore's swap (the restored directory in place, the record not yet updated)
+    it refused: "its data directory ... was replaced (another directory holding a copy of
+    its cluster stands there)", with a hint to forget the instance. It now waits for the
+    restore, as every other command, and destroys what the restore made."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    restore = Paused(hooks_dir(tmp_path), "restore-swapped", "restore", "dev", "s1", "--yes",
+                     env=inst.env)  # fmt: skip
+    with restore:
+        restore.reached()
+        destroy = subprocess.Popen(
+            pgmgr_argv("destroy", "dev", "--yes", "--with-snapshots"),
+            env={**os.environ, **inst.env}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.5)  # it reads the record and the directory, then waits for the lock
+        assert destroy.poll() is None, destroy.communicate()
+        assert restore.go().returncode == 0
+        _, err = destroy.communicate(timeout=60)
+    assert destroy.returncode == 0, err
+    assert not inst.datadir.exists()
+    assert inst.pgmgr("status", "dev").returncode != 0
