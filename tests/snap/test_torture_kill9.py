@@ -3,6 +3,7 @@ found (hundreds of SIGKILLs at random times, the invariants checked after each).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,3 +109,22 @@ def test_a_destroy_during_a_restore_waits_for_it_instead_of_calling_the_director
     assert destroy.returncode == 0, err
     assert not inst.datadir.exists()
     assert inst.pgmgr("status", "dev").returncode != 0
+
+
+def test_status_during_a_restores_swap_says_stopped_by_the_restore(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """Between a restore's swap and the save of its record, 'status' saw a directory other
+    than the recorded one and said "replaced" (exit 4, no stopped_by), as for a directory
+    swapped by hand. The record's intent names that directory: it is the restore at work."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    restore = Paused(hooks_dir(tmp_path), "restore-swapped", "restore", "dev", "s1", "--yes",
+                     env=inst.env)  # fmt: skip
+    with restore:
+        restore.reached()
+        run = inst.pgmgr("status", "dev", "--json")
+        st = json.loads(run.stdout)
+        assert st["state"] == "stopped", st
+        assert st["stopped_by"]["command"] == "restore" and st["stopped_by"]["active"], st
+        assert restore.go().returncode == 0
+    assert inst.state() == "running"
