@@ -128,3 +128,26 @@ def test_status_during_a_restores_swap_says_stopped_by_the_restore(
         assert st["stopped_by"]["command"] == "restore" and st["stopped_by"]["active"], st
         assert restore.go().returncode == 0
     assert inst.state() == "running"
+
+
+def test_a_sweep_killed_while_it_removed_a_dead_branchs_copy_is_finished_later(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """The sweep renames a killed branch's copy (``.tmp-branch``) to a work name, then
+    removes it: killed in between, the copy stayed in ``.pgmgr-snapshots/b/.tmp-drop-*``
+    for good, since sweeps looked for ``.tmp-branch`` only (a whole data directory, one
+    more each time a name was never used again)."""
+    hooks = hooks_dir(tmp_path)
+    run = Paused(hooks, "branch-copied", "branch", "dev", "b", "-q", env=inst.env)
+    with run:
+        run.reached()
+        run.kill(signal.SIGKILL)
+    store = ops_dir / ".pgmgr-snapshots" / "b"
+    assert (store / ".tmp-branch").exists()
+    sweep = Paused(hooks, "branch-drop-removing", "stop", "dev", "-q", env=inst.env)
+    with sweep:
+        sweep.reached()
+        sweep.kill(signal.SIGKILL)
+    assert [n for n in os.listdir(store) if n.startswith(".tmp-drop-")]
+    inst.ok("start", "dev", "-q")
+    assert not store.exists()
