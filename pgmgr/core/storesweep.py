@@ -194,15 +194,17 @@ def abandoned_branches(srv: Server, beside: list[str]) -> list[str]:
 
 
 def _dead_work_of(top: Path, name: str) -> bool:
-    """Whether the store ``name`` in ``top`` holds work entries while no data directory of
-    that name stands beside it: what a sweep killed while it removed a dead branch's copy
-    left (``.tmp-drop-*``, most of a data directory), which no instance's own sweep reaches."""
+    """Whether the store ``name`` in ``top`` holds work entries, or nothing, while no data
+    directory of that name stands beside it: what a sweep killed while it removed a dead
+    branch's copy left (``.tmp-drop-*``, most of a data directory), or a branch killed
+    before its copy began (an empty store), which no instance's own sweep reaches."""
     if os.path.lexists(top.parent / name):
         return False
     try:
-        return any(n.startswith(TMP) for n in os.listdir(top / name))
+        entries = os.listdir(top / name)
     except OSError:
         return False
+    return not entries or any(n.startswith(TMP) for n in entries)
 
 
 def _drop_staged(srv: Server, name: str) -> bool:

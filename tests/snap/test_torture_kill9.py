@@ -151,3 +151,21 @@ def test_a_sweep_killed_while_it_removed_a_dead_branchs_copy_is_finished_later(
     assert [n for n in os.listdir(store) if n.startswith(".tmp-drop-")]
     inst.ok("start", "dev", "-q")
     assert not store.exists()
+
+
+def test_the_empty_store_of_a_branch_killed_before_its_copy_is_swept_beside_it(
+    inst: Inst, ops_dir: Path, tmp_path: Path
+) -> None:
+    """A branch killed before its copy began left its new store empty: only the next
+    branch beside it removed it, so it stayed (one per name tried) through any number of
+    other commands."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    run = Paused(hooks_dir(tmp_path), "branch-from-snapshot", "branch", "dev", "b", "--from", "s1",
+                 "-q", env=inst.env)  # fmt: skip
+    with run:
+        run.reached()
+        run.kill(signal.SIGKILL)
+    store = ops_dir / ".pgmgr-snapshots" / "b"
+    assert store.is_dir() and not [n for n in os.listdir(store) if not n.startswith(".tmp-")]
+    inst.ok("start", "dev", "-q")
+    assert not store.exists()
