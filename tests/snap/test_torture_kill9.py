@@ -169,3 +169,24 @@ def test_the_empty_store_of_a_branch_killed_before_its_copy_is_swept_beside_it(
     assert store.is_dir() and not [n for n in os.listdir(store) if not n.startswith(".tmp-")]
     inst.ok("start", "dev", "-q")
     assert not store.exists()
+
+
+def test_a_record_write_killed_before_its_rename_leaves_no_file_for_good(
+    inst: Inst, tmp_path: Path
+) -> None:
+    """A record is written to ``.NAME.json.<random>``, then renamed: killed in between (a
+    few in each hundred kills of snapshot and restore), the temporary file stayed in the
+    instances directory for good, one per such kill. The next save of a record removes
+    those old enough to be no live write's (the test ages it: a live write takes ms)."""
+    instances = Path(os.environ["PGMGR_STATE_DIR"]) / "instances"
+    run = Paused(hooks_dir(tmp_path), "write-dev.json", "stop", "dev", "-q", env=inst.env)
+    with run:
+        run.reached()
+        run.kill(signal.SIGKILL)
+    left = [n for n in os.listdir(instances) if n.startswith(".dev.json.")]
+    assert left
+    old = time.time() - 3600
+    for name in left:
+        os.utime(instances / name, (old, old))
+    inst.ok("start", "dev", "-q")
+    assert not [n for n in os.listdir(instances) if n.startswith(".dev.json.")]
