@@ -1,7 +1,7 @@
 """What ``pgmgr destroy`` does, without Typer: the instance resolved and checked, its
 standbys named, the confirmation (the command's, unless ``--yes``) asked, then under the
-instance's lock its replication slots released, the server stopped, its data directory and
-record removed, and its snapshots kept or (``--with-snapshots``) deleted; the outcome said
+instance's lock its replication slots released, the server stopped, its data directory removed,
+its snapshots kept or (``--with-snapshots``) deleted, and its record removed; the outcome said
 as text or ``--json``. :mod:`pgmgr.commands.destroy` parses the command line and calls it.
 """
 
@@ -34,7 +34,8 @@ def destroy(
 
     :raises DataDirNotFound: no such data directory (nothing to destroy).
     """
-    from pgmgr.core import replica, roles, snapcatalog, teardown
+    from pgmgr.core import replica, roles, snapcatalog, teardown, testhook
+    from pgmgr.core.identity import IdentityChanged
     from pgmgr.core.instance import DataDirNotFound
     from pgmgr.core.locked import locked
 
@@ -42,7 +43,13 @@ def destroy(
         srv = resolve(name, None)
     except DataDirNotFound as e:  # not "create it with pgmgr init": nothing to destroy
         raise DataDirNotFound(e.datadir, e.why, hint=NOTHING_TO_DESTROY) from None
-    teardown.check_destroyable(srv)
+    try:
+        teardown.check_destroyable(srv)
+    except IdentityChanged:
+        # A restore or upgrade may be swapping the directory under the instance's lock (it
+        # was refused as "replaced"): the check that counts is made once that is done.
+        with locked(srv):
+            teardown.check_destroyable(srv)
     standbys = roles.standbys_of(srv)
     if standbys:
         ui.message(
@@ -59,8 +66,17 @@ def destroy(
         # added one since (--with-snapshots left it behind, unlisted, and said nothing).
         kept = snapcatalog.Kept.of(srv)
         dropped, note = replica.release_to_destroy(srv)
-        result = teardown.destroy(srv)
-        removed = kept.remove() if with_snapshots else 0
+        # The snapshots go before the record: a destroy killed after the record went left
+        # them for good (the same command then found no such instance; 'snapshots' listed
+        # none of them). Killed before, the record is there and the same command finishes.
+        removed = 0
+
+        def remove_snapshots() -> None:
+            nonlocal removed
+            removed = kept.remove()
+
+        result = teardown.destroy(srv, before_forget=remove_snapshots if with_snapshots else None)
+        testhook.pause("destroy-forgotten")
         kept.tidy()
     _say(result, kept, removed, dropped, with_snapshots=with_snapshots, json=json)
     if note:

@@ -30,9 +30,10 @@ def locked(
 ) -> Iterator[Server]:  # fmt: skip
     """Hold ``srv``'s lock, with ``srv.inst`` read again under it (a registered record);
     with ``only``, just those fields (an object that keeps unsaved changes of its own).
-    What killed runs left for it is swept (:func:`storesweep.dead_runs`) unless not
-    ``sweep``: a snapshot, restore or delete sweeps its store itself, at once, before it
-    checks the space (the background removal may not be done by then).
+    What killed runs left for it is swept (:func:`storesweep.dead_runs`); not its store
+    when not ``sweep`` (only :func:`storesweep.beside`): a snapshot, restore or delete sweeps
+    its store itself, at once, before it checks the space (the background removal may not be
+    done by then).
 
     :raises Busy: another pgmgr held the lock for ``timeout`` seconds (default
         :data:`dirlock.WAIT`).
@@ -45,6 +46,8 @@ def locked(
         refresh(srv, only)
         if sweep:
             storesweep.dead_runs(srv)  # what killed runs left in its store, beside it
+        else:  # its store is swept by the command itself; what is beside it, here
+            storesweep.beside(srv)
         yield srv
 
 

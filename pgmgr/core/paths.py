@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pgmgr.core import testhook
 from pgmgr.core.errors import PgmgrError, UsageError, doing
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -243,6 +244,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        testhook.pause(f"write-{path.name}")  # tests: a kill -9 leaves the temporary file
         with doing("rename"):
             os.replace(tmp, path)
     except BaseException:

@@ -226,10 +226,31 @@ def _check_paths(inst: Instance) -> None:
         raise ValueError("'settings' holds a NUL character")
 
 
+#: How old a record's temporary file (``.NAME.json.<random>``) is when it is left by a killed
+#: write: a live one is renamed within milliseconds.
+TEMP_AGE = 600.0
+
+
 def save(inst: Instance) -> None:
     """Rewrite the record of an instance already registered (see :func:`create`)."""
     paths.write_json_atomic(record_path(check_name(inst.name)), inst.to_dict())
     _synced()
+    _sweep_temps()
+
+
+def _sweep_temps() -> None:
+    """Remove the temporary files of record writes killed before their rename (kill -9):
+    nothing else did, and they piled up in the instances directory, one per such kill.
+    One listdir when there are none."""
+    try:
+        temps = [n for n in os.listdir(instances_dir()) if n.startswith(".") and ".json." in n]
+    except OSError:
+        return
+    now = time.time()
+    for name in temps:
+        with contextlib.suppress(OSError):
+            if now - os.stat(instances_dir() / name, follow_symlinks=False).st_mtime > TEMP_AGE:
+                os.unlink(instances_dir() / name)
 
 
 def _synced() -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from pgmgr.core.instance import Server
+    from pgmgr.core.intent import Intent
     from pgmgr.core.registry import Instance
 
 
@@ -134,6 +135,22 @@ class Status:
         }
 
 
+def _switched_in(srv: Server) -> Intent | None:
+    """The record's intent (a switch under way: :mod:`pgmgr.core.intent`) if the directory
+    at the path is the one it puts there: a restore or upgrade that still runs (a killed
+    one's intent was settled when the record was read) swapped it in and has not saved the
+    record yet. ``status`` called it "replaced" (exit 4) for that moment."""
+    if srv.inst.intent is None:
+        return None
+    from pgmgr.core import intent
+
+    try:
+        it = intent.Intent.from_dict(srv.inst.intent)
+    except ValueError:
+        return None
+    return it if identity.compare(it.new, srv.datadir)[0] is None else None
+
+
 def status(srv: Server, check: bool = False) -> Status:
     """What ``pgmgr status`` reports for ``srv``: process truth (``postmaster.pid`` and the
     process table) first, the record second; ``check`` also connects (``SELECT 1``)."""
@@ -149,7 +166,11 @@ def status(srv: Server, check: bool = False) -> Status:
         log_file=str(srv.log_file),
     )
     changed, why = identity.compare(srv.pinned(), srv.datadir)
-    if changed == identity.REPLACED and srv.follow_switch(save=False):
+    switched = _switched_in(srv) if changed == identity.REPLACED else None
+    if switched is not None:
+        changed = None  # a restore or upgrade at work: swapped, its record not yet saved
+        st.version = str(switched.record.get("version") or st.version)
+    elif changed == identity.REPLACED and srv.follow_switch(save=False):
         changed = None  # restored or upgraded under another registration (not saved: no lock)
         st.version = _version_now(srv)
     if changed in (identity.MOVED, identity.REPLACED):

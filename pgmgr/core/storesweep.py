@@ -20,6 +20,8 @@ import os
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms (start, stop)
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pgmgr.core.instance import Server
     from pgmgr.core.snapstore import Store
 
@@ -37,6 +39,14 @@ def dead_runs(srv: Server) -> None:
     listdir of the store and one of the stores' directory when there is nothing to do.
     Never raises."""
     dead_work(srv)
+    beside(srv)
+
+
+def beside(srv: Server) -> None:
+    """:func:`doomed_stores` and :func:`abandoned_branches` (what killed runs left beside
+    ``srv``'s store), for a command that sweeps its own store itself (a snapshot, restore or
+    delete): a killed branch's copy stayed through any number of those. One listdir when
+    there is nothing to do. Never raises."""
     try:
         beside = os.listdir(srv.datadir.parent / STORE)
     except OSError:
@@ -156,11 +166,15 @@ def abandoned_branches(srv: Server, beside: list[str]) -> list[str]:
     its store is held (as :func:`pgmgr.core.branch._sweep_abandoned`, which only the next
     branch there ran: one not made again held its disk space until then). Records of
     branches killed once registered are settled first (that settling removes or keeps
-    their copy); a name one still names is left to it. Best effort: never raises."""
+    their copy); a name one still names is left to it. So are the work entries of a store
+    of no data directory (such a copy, half-removed by a sweep that was killed). Best
+    effort: never raises."""
     top = srv.datadir.parent / STORE
     names = [n for n in beside if not n.startswith(".") and n != srv.datadir.name]
-    staged = [n for n in names if os.path.lexists(top / n / (TMP + "branch"))]
-    if not staged:  # the common case: one listdir
+    staged = [
+        n for n in names if os.path.lexists(top / n / (TMP + "branch")) or _dead_work_of(top, n)
+    ]
+    if not staged:  # the common case: one listdir (and one per store of no data directory)
         return []
     from pgmgr.core import registry
     from pgmgr.core.errors import PgmgrError
@@ -179,9 +193,23 @@ def abandoned_branches(srv: Server, beside: list[str]) -> list[str]:
     return gone
 
 
+def _dead_work_of(top: Path, name: str) -> bool:
+    """Whether the store ``name`` in ``top`` holds work entries, or nothing, while no data
+    directory of that name stands beside it: what a sweep killed while it removed a dead
+    branch's copy left (``.tmp-drop-*``, most of a data directory), or a branch killed
+    before its copy began (an empty store), which no instance's own sweep reaches."""
+    if os.path.lexists(top.parent / name):
+        return False
+    try:
+        entries = os.listdir(top / name)
+    except OSError:
+        return False
+    return not entries or any(n.startswith(TMP) for n in entries)
+
+
 def _drop_staged(srv: Server, name: str) -> bool:
     """:func:`abandoned_branches` of the store ``name`` beside ``srv``'s."""
-    from pgmgr.core import dirlock, snapstore
+    from pgmgr.core import dirlock, snapstore, testhook
 
     datadir = srv.datadir.parent / name
     with (
@@ -191,14 +219,28 @@ def _drop_staged(srv: Server, name: str) -> bool:
     ):
         if not (free and idle):
             return False
-        work = snapstore.tmp_name("drop")
-        store.rename(TMP + "branch", work)
-        if os.path.lexists(datadir) or os.listdir(store.fd) != [work]:
-            snapstore.remove_later(store.entry(work), store.user)  # a store in use
+        if os.path.lexists(store.entry(TMP + "branch")):
+            staged = snapstore.tmp_name("drop")
+            store.rename(TMP + "branch", staged)
+            if os.path.lexists(datadir):
+                snapstore.remove_later(store.entry(staged), store.user)  # a store in use
+                return True
+        elif os.path.lexists(datadir):  # placed meanwhile: its own sweep's
+            return False
+        works = [n for n in os.listdir(store.fd) if n.startswith(TMP)]
+        if len(works) != len(os.listdir(store.fd)):  # snapshots kept by a destroy, too
+            for entry in works:
+                work = snapstore.tmp_name("drop")
+                store.rename(entry, work)
+                snapstore.remove_later(store.entry(work), store.user)
             return True
         # Nothing's store: removed now, with the store itself (in the background, the
         # store outlived it: still not empty when the next branch looked, it stayed for
         # good, one per name ever tried; killed branches are rare, so this is too).
-        store.as_user(snapstore.remove_tree, store.entry(work))
+        # Killed meanwhile, what is left is a work entry in nothing's store: the next
+        # sweep here removes it (see _dead_work_of).
+        for entry in works:
+            testhook.pause("branch-drop-removing")
+            store.as_user(snapstore.remove_tree, store.entry(entry))
         snapstore.drop_if_empty(store)
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,15 @@ def check_destroyable(srv: Server) -> None:
         removal.check_complete(datadir, partial=bool(registered and srv.inst.pending))
 
 
-def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
+def destroy(
+    srv: Server, timeout: float = 30.0, before_forget: Callable[[], object] | None = None
+) -> DestroyResult:
     """Stop the server (fast, then immediate: its data is going anyway), remove the data
     directory (renamed to a trash name first, then deleted: see :mod:`pgmgr.core.removal`),
     what an interrupted destroy left, its log, socket dir and pgpass file, and the record.
+    ``before_forget`` runs just before the record goes (``destroy --with-snapshots``
+    deletes the snapshots there): killed before it is done, the record is still there and
+    the same command finishes the work; after, nothing of it is left to do.
 
     :raises DatabaseException: not provably an instance (see :func:`check_destroyable`), or
         a postgres process still uses it after the stop (see :func:`check_unused`).
@@ -78,6 +84,8 @@ def destroy(srv: Server, timeout: float = 30.0) -> DestroyResult:
     existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
     _sweep_trash(srv)
     _remove_leftovers(srv)
+    if before_forget is not None:
+        before_forget()
     testhook.pause("destroy-record")
     removed_record = srv.register and registry.remove(srv.inst.name)
     return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
