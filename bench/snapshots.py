@@ -539,9 +539,13 @@ def render(rows: list[Row], size: str, notes: list[str]) -> str:
 def write(text: str) -> None:
     path = REPO / "bench" / "RESULTS.md"
     old = path.read_text() if path.exists() else ""
-    if SECTION in old:
-        old = old[: old.index(SECTION)].rstrip() + "\n"
-    path.write_text(old.rstrip() + "\n\n" + text)
+    if SECTION not in old:
+        path.write_text(old.rstrip() + "\n\n" + text)
+        return
+    # Only this section: the ones after it (bench/rmtree.py's) stay.
+    head, rest = old.split(SECTION, 1)
+    after = rest[rest.index("\n## ") + 1 :] if "\n## " in rest else ""
+    path.write_text(head + text.rstrip() + "\n" + ("\n" + after if after else ""))
 
 
 def main() -> int:
