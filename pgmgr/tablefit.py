@@ -191,9 +191,23 @@ def wrapped(cols: list[Col], rows: list[list[str]], width: int) -> list[list[str
         return None
     out = []
     for row in rows:
-        pieces = textwrap.wrap(row[i], room, break_on_hyphens=False) or [""]
+        pieces = _in_cells(textwrap.wrap(row[i], room, break_on_hyphens=False), room) or [""]
         out.append([*row[:i], pieces[0], *row[i + 1 :]])
         out += [["" if j != i else p for j in range(len(cols))] for p in pieces[1:]]
+    return out
+
+
+def _in_cells(pieces: list[str], room: int) -> list[str]:
+    """``pieces`` (wrapped to ``room`` characters by textwrap) cut again where one takes
+    more than ``room`` cells: a CJK comment wrapped to the room in characters took twice
+    it."""
+    out = []
+    for piece in pieces:
+        while cells(piece) > room:
+            head = _head(piece, room) or piece[0]
+            out.append(head)
+            piece = piece[len(head) :].lstrip(" ")
+        out.append(piece)
     return out
 
 

@@ -272,3 +272,19 @@ def test_fit_wraps_free_text_over_continuation_lines() -> None:
     assert table[1][0][:2] == ["vector", "0.8.6"]
     assert all(r[:2] == ["", ""] for r in table[1][1:])  # continuation lines
     assert " ".join(r[2] for r in table[1]) == rows[0][2]  # every word kept, in order
+
+
+def test_wrapped_comment_in_wide_characters_fits(fake_pg_root: FakeRoot) -> None:
+    """The extensions table wraps its comment column: wrapped to the room in characters,
+    a comment in CJK (two cells a character) made lines twice that room, wider than the
+    80 columns the table was fitted to."""
+    bindir = fake_pg_root.add("16", "16.4")
+    ext = bindir.parent / "share" / "extension"
+    ext.mkdir(parents=True)
+    comment = "データベースの拡張機能です。" * 8
+    (ext / "wide.control").write_text(f"comment = '{comment}'\ndefault_version = '1.0'\n")
+    (ext / "plain.control").write_text("comment = 'a plain one'\ndefault_version = '2.0'\n")
+    out = invoke("extensions", "-v", "16", columns=80)
+    lines = out.splitlines()
+    assert all(cells(line) <= 80 for line in lines), out
+    assert "".join(line.split()[-1] for line in lines if "データ" in line) == comment
