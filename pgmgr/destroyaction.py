@@ -35,6 +35,7 @@ def destroy(
     :raises DataDirNotFound: no such data directory (nothing to destroy).
     """
     from pgmgr.core import replica, roles, snapcatalog, teardown, testhook
+    from pgmgr.core.errors import DatabaseException
     from pgmgr.core.identity import IdentityChanged
     from pgmgr.core.instance import DataDirNotFound
     from pgmgr.core.locked import locked
@@ -73,7 +74,13 @@ def destroy(
 
         def remove_snapshots() -> None:
             nonlocal removed
-            removed = kept.remove()
+            try:
+                removed = kept.remove()
+            except DatabaseException as e:  # the data directory is gone already: say so
+                raise DatabaseException(
+                    f"{e}; the data directory {srv.datadir} is removed, the record kept",
+                    hint="make what is left removable, then run the same destroy again",
+                ) from None
 
         result = teardown.destroy(srv, before_forget=remove_snapshots if with_snapshots else None)
         testhook.pause("destroy-forgotten")
