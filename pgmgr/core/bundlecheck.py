@@ -105,17 +105,34 @@ def _check_entries(bundle: Path) -> None:
     not, so a symlink there (``databases/1/3338.dat -> /root/secret``) put a file only
     root can read into a table of the new instance.
 
-    :raises DatabaseException: a symlink, FIFO, socket or device.
+    As root, an entry another user owns or can write is refused too (as
+    :func:`~pgmgr.core.bundle.check_root_safe` refuses the bundle's own directory): its
+    owner swapped a file for a symlink after this check (``sub/g.sql -> /root/secret``),
+    and root read the file it pointed to into the new instance.
+
+    :raises DatabaseException: a symlink, FIFO, socket or device; as root, an entry
+        another user can change.
     """
+    from pgmgr.core import privileges, userfs
+
+    root = privileges.is_root()
     for top, dirs, names in os.walk(bundle):
         for name in [*dirs, *names]:
             path = Path(top) / name
-            mode = os.lstat(path).st_mode
+            st = os.lstat(path)
+            mode = st.st_mode
             if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                 kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
                 raise DatabaseException(
                     f"bundle {bundle} is damaged: {path.relative_to(bundle)} is {kind}; "
                     "nothing was created"
+                )
+            if root and userfs._others_write(st, os.geteuid()):
+                raise DatabaseException(
+                    f"refusing to import from {bundle} as root: another user can write "
+                    f"{path.relative_to(bundle)} in it (nothing was created)",
+                    hint="make root own the whole bundle (chown -R root:root), "
+                    "or run pgmgr as that user",
                 )
 
 
