@@ -492,12 +492,14 @@ def test_an_export_sweeps_no_other_users_work_name(fresh: Instance, ops_dir: Pat
 
 
 def _base_backup(pgmgr_pid: int, timeout: float = 30) -> tuple[int, int]:
-    """pg_basebackup under ``pgmgr_pid`` and the child it streams WAL with, once both run."""
+    """pg_basebackup under ``pgmgr_pid`` (its child, or its grandchild under the subreaper
+    wrapper) and the child it streams WAL with, once both run."""
     from pgmgr.core import process
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in process.children(pgmgr_pid):
+        below = process.children(pgmgr_pid)
+        for pid in [*below, *(kid for child in below for kid in process.children(child))]:
             argv = process.cmdline(pid)
             kids = process.children(pid)
             if argv and os.path.basename(argv[0]) == "pg_basebackup" and kids:
