@@ -201,7 +201,9 @@ def check_shape(data: Any) -> None:
     _want(isinstance(data["databases"], list), "'databases' is not a list")
     for db in data["databases"]:
         _want(isinstance(db, dict), "a database is not an object")
-        _text(db["name"], "a database name")
+        # A line break is a valid database name (PostgreSQL and pg_restore --create take
+        # it, and export wrote it): refused, its own export could not be imported.
+        _want(isinstance(db["name"], str) and "\0" not in db["name"], "a database name")
         _text(db["dir"], f"database {db['name']!r}'s dir")
         if f"{db['dir']}/toc.dat" not in files:
             raise ValueError(f"database {db['name']!r} has no archive")
@@ -212,6 +214,11 @@ def check_shape(data: Any) -> None:
             _text(ext["version"], "an extension version")
     if data["globals"] not in files:
         raise ValueError("no globals file")
+
+
+def _one_line(name: str) -> str:
+    """``name`` for a one-line message: as it is, or quoted with its line breaks escaped."""
+    return name if "\n" not in name and "\r" not in name else repr(name)
 
 
 def available_extensions(install: versions.Installation) -> set[str] | None:
@@ -238,7 +245,7 @@ def missing_extensions(install: versions.Installation, manifest: dict[str, Any])
     if have is None:
         return []
     return [
-        f"{e['name']} {e['version']} (database {db['name']})"
+        f"{e['name']} {e['version']} (database {_one_line(db['name'])})"
         for db in manifest["databases"]
         for e in db["extensions"]
         if e["name"] not in have
