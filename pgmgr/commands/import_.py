@@ -71,9 +71,9 @@ def import_(
     if res.dropped_settings:
         ui.message(
             f"Note: not applied, from the bundle's settings: {', '.join(res.dropped_settings)} "
-            "(pgmgr's own, naming files or commands of the machine it was made on, or giving "
-            f"up crash safety); set one with 'pgmgr config {srv.inst.name} set NAME=VALUE' if "
-            "it holds here"
+            "(pgmgr's own, naming files or commands of the machine it was made on, archiving "
+            "with such a command, or giving up crash safety); set one with "
+            f"'pgmgr config {srv.inst.name} set NAME=VALUE' if it holds here"
         )
     if res.dropped_auth:
         ui.message(

@@ -105,17 +105,34 @@ def _check_entries(bundle: Path) -> None:
     not, so a symlink there (``databases/1/3338.dat -> /root/secret``) put a file only
     root can read into a table of the new instance.
 
-    :raises DatabaseException: a symlink, FIFO, socket or device.
+    As root, an entry another user owns or can write is refused too (as
+    :func:`~pgmgr.core.bundle.check_root_safe` refuses the bundle's own directory): its
+    owner swapped a file for a symlink after this check (``sub/g.sql -> /root/secret``),
+    and root read the file it pointed to into the new instance.
+
+    :raises DatabaseException: a symlink, FIFO, socket or device; as root, an entry
+        another user can change.
     """
+    from pgmgr.core import privileges, userfs
+
+    root = privileges.is_root()
     for top, dirs, names in os.walk(bundle):
         for name in [*dirs, *names]:
             path = Path(top) / name
-            mode = os.lstat(path).st_mode
+            st = os.lstat(path)
+            mode = st.st_mode
             if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                 kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
                 raise DatabaseException(
                     f"bundle {bundle} is damaged: {path.relative_to(bundle)} is {kind}; "
                     "nothing was created"
+                )
+            if root and userfs._others_write(st, os.geteuid()):
+                raise DatabaseException(
+                    f"refusing to import from {bundle} as root: another user can write "
+                    f"{path.relative_to(bundle)} in it (nothing was created)",
+                    hint="make root own the whole bundle (chown -R root:root), "
+                    "or run pgmgr as that user",
                 )
 
 
@@ -184,7 +201,9 @@ def check_shape(data: Any) -> None:
     _want(isinstance(data["databases"], list), "'databases' is not a list")
     for db in data["databases"]:
         _want(isinstance(db, dict), "a database is not an object")
-        _text(db["name"], "a database name")
+        # A line break is a valid database name (PostgreSQL and pg_restore --create take
+        # it, and export wrote it): refused, its own export could not be imported.
+        _want(isinstance(db["name"], str) and "\0" not in db["name"], "a database name")
         _text(db["dir"], f"database {db['name']!r}'s dir")
         if f"{db['dir']}/toc.dat" not in files:
             raise ValueError(f"database {db['name']!r} has no archive")
@@ -195,6 +214,11 @@ def check_shape(data: Any) -> None:
             _text(ext["version"], "an extension version")
     if data["globals"] not in files:
         raise ValueError("no globals file")
+
+
+def _one_line(name: str) -> str:
+    """``name`` for a one-line message: as it is, or quoted with its line breaks escaped."""
+    return name if "\n" not in name and "\r" not in name else repr(name)
 
 
 def available_extensions(install: versions.Installation) -> set[str] | None:
@@ -221,7 +245,7 @@ def missing_extensions(install: versions.Installation, manifest: dict[str, Any])
     if have is None:
         return []
     return [
-        f"{e['name']} {e['version']} (database {db['name']})"
+        f"{e['name']} {e['version']} (database {_one_line(db['name'])})"
         for db in manifest["databases"]
         for e in db["extensions"]
         if e["name"] not in have

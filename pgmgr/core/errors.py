@@ -168,8 +168,12 @@ def _last_line(text: str) -> str:
     """The line that states the error: PostgreSQL programs end with hint/detail lines, and
     initdb with its clean-up; a server's ``FATAL:`` line (the cause) wins over both, and
     over a ``PANIC:`` that follows from it (initdb on a full disk: "FATAL: could not
-    extend file ...: No space left on device", then "PANIC: cannot abort transaction 1")."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    extend file ...: No space left on device", then "PANIC: cannot abort transaction 1").
+    An indented line continues the one above it (libpq's "\tIs the server running
+    locally..."): it was taken for the error, and the export of a server stopped meanwhile
+    said only "pg_dump failed with exit code 1: before or while processing the request."."""
+    raw = [line for line in text.strip().splitlines() if line.strip()]
+    lines = [line.strip() for i, line in enumerate(raw) if i == 0 or not line[:1].isspace()]
     stated = [ln for ln in lines if not _AFTERWORD_RE.match(ln) and not _CLEANUP_RE.match(ln)]
     severe = [line[m.start() :] for line in stated if (m := _SEVERE_RE.search(line))]
     if severe:

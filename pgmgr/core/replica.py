@@ -28,6 +28,7 @@ from pgmgr.core import (
     server,
     sigpromote,
     testhook,
+    tools,
     userfs,
     versions,
 )
@@ -255,7 +256,10 @@ def _clone(src: Server, rep: Server) -> None:
     host = src.conninfo(tcp=True)["host"]
     role, slot, password = rep.inst.repl_role or "", rep.inst.slot or "", rep.inst.repl_password
     argv = basebackup_argv(src.installation(), target, host, int(src.inst.port or 5432), role, slot)
-    server.run(argv, su, timeout=3600, env={"PGPASSWORD": password or ""}, die_with_parent=True)
+    # Under the subreaper, as a snapshot's pg_basebackup: its death signal killed
+    # pg_basebackup with pgmgr, not the child it forks to stream the WAL (-X stream),
+    # which went on for ever, holding the slot active: no retry or destroy could drop it.
+    tools.run(argv, su, timeout=3600, env={"PGPASSWORD": password or ""}, reap=True)
     rep.pin()
     rep.save()
 

@@ -147,17 +147,27 @@ def unsafe(name: str, value: object) -> bool:
     return safe is not None and _BOOLS.get(str(value).strip().lower()) != safe
 
 
+def archives_nowhere(name: str, value: object) -> bool:
+    """Whether ``name=value`` turns WAL archiving on: a bundle's archive_command or
+    archive_library is never applied (:func:`machine_bound`), and ``archive_mode`` kept
+    without them made the new server keep every WAL file, marked ready, for ever (until
+    its disk was full)."""
+    return name.lower() == "archive_mode" and _BOOLS.get(str(value).strip().lower()) != "off"
+
+
 def portable_settings(settings: Mapping[str, object]) -> tuple[dict[str, str], list[str]]:
     """A bundle's settings, split: the ones an import keeps (checked as ``-c`` ones are),
     and the names it drops (:func:`machine_bound`: a bundle made elsewhere, or edited by
     someone else, does not choose files, commands or listen addresses here; nor, by
-    :func:`unsafe`, turn off crash safety on the machine it is imported on).
+    :func:`unsafe`, turn off crash safety on the machine it is imported on; nor, by
+    :func:`archives_nowhere`, turn on archiving without its command).
 
     :raises UsageError: a kept setting is malformed.
     """
     dropped = sorted(
         k for k, v in settings.items()
-        if SETTING_NAME_RE.match(k) and (machine_bound(k) or unsafe(k, v))
+        if SETTING_NAME_RE.match(k)
+        and (machine_bound(k) or unsafe(k, v) or archives_nowhere(k, v))
     )  # fmt: skip
     return check_settings({k: v for k, v in settings.items() if k not in dropped}), dropped
 

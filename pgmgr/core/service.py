@@ -292,10 +292,21 @@ def install(srv: Server, mode: str | None = None, *, enable: bool = False) -> In
     unit = generate(srv, mode)
     check_root_safe(unit.path.parent)
     replaced = os.path.lexists(unit.path)  # a dangling symlink is not ours either
-    if replaced and not _is_ours(unit.path):
+    existing = _read_ours(unit.path) if replaced else None
+    if replaced and existing is None:
         raise DatabaseException(
             f"{unit.path} exists and was not written by pgmgr; leaving it alone",
             hint="remove or rename it first",
+        )
+    if existing is not None and existing.splitlines()[0] != unit.text.splitlines()[0]:
+        # Another registry's instance of that name (another user's, through sudo): its
+        # unit was replaced silently, and its service then ran this data directory.
+        raise DatabaseException(
+            f"{unit.path} is the unit of another "
+            f"{existing.splitlines()[0].removeprefix(HEADER + ' for ').rstrip('.')}; "
+            "leaving it alone",
+            hint="remove it first where it was installed ('pgmgr service remove NAME'), "
+            "or give this instance another name",
         )
     parent = unit.path.parent
     if parent.is_dir() and not os.access(parent, os.W_OK):

@@ -407,16 +407,16 @@ def test_settings_that_name_files_or_run_commands_are_not_imported(
     assert proc.returncode == 0, proc.stderr
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("Note:") and "auth" not in ln]
     assert notes == [
-        "Note: not applied, from the bundle's settings: archive_command, data_sync_retry, "
-        "fsync, full_page_writes, hba_file, ignore_checksum_failure, include_if_exists, "
-        "jit_provider, listen_addresses, port, shared_preload_libraries, ssl_key_file, "
-        "zero_damaged_pages (pgmgr's own, naming files or commands of the machine it was "
-        "made on, or giving up crash safety); set one with 'pgmgr config imp set NAME=VALUE' "
-        "if it holds here"
+        "Note: not applied, from the bundle's settings: archive_command, archive_mode, "
+        "data_sync_retry, fsync, full_page_writes, hba_file, ignore_checksum_failure, "
+        "include_if_exists, jit_provider, listen_addresses, port, shared_preload_libraries, "
+        "ssl_key_file, zero_damaged_pages (pgmgr's own, naming files or commands of the "
+        "machine it was made on, archiving with such a command, or giving up crash safety); "
+        "set one with 'pgmgr config imp set NAME=VALUE' if it holds here"
     ], proc.stderr
     rec = record(fresh, "imp")
     with connect(rec) as c:
-        c.execute("SELECT pg_switch_wal()")  # archive_mode is kept: nothing to archive with
+        c.execute("SELECT pg_switch_wal()")  # archive_mode is dropped too: nothing archives
         shown = {
             name: c.execute(f"SHOW {name}").fetchone()
             for name in ("work_mem", "search_path", "hba_file", "listen_addresses",

@@ -85,3 +85,47 @@ def test_an_import_with_a_private_temp_dir_of_roots(
     # Its copy, named by its pid, is gone; not every pgmgr-imp-* of /tmp: the import of a
     # test on another xdist worker may have its own there now.
     assert glob.glob(f"/tmp/pgmgr-imp-{proc.pid}-*") == []
+
+
+def test_a_bundle_entry_another_user_owns_is_refused(
+    fresh: Instance, ops_dir: Path, hooks: Path, bundle: Path
+) -> None:
+    """The bundle's own directory is root's, but a directory in it is the server user's
+    (the manifest, recomputed, names ``sub/g.sql`` as the globals). That user swapped
+    ``g.sql`` for a symlink to a file only root can read after the checksums were
+    checked, and root fed that file to the new instance (its SQL ran there: the role it
+    makes existed). Such a bundle is refused before anything is made."""
+    import json
+    import time
+
+    (bundle / "sub").mkdir()
+    (bundle / "globals.sql").rename(bundle / "sub" / "g.sql")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["globals"] = "sub/g.sql"
+    manifest["files"]["sub/g.sql"] = manifest["files"].pop("globals.sql")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    bundle.chmod(0o755)
+    shutil.chown(bundle / "sub", "postgres")
+    role = "leaked_from_roots_file"
+    secret = ops_dir / "secret"  # root's, 0600
+    secret.write_text(f"CREATE ROLE {role};\n")
+    secret.chmod(0o600)
+    target = ops_dir / "imp"
+    args = ("import", str(bundle), "-d", str(target), "--name", "imp", "-q")
+    with Paused(hooks, "import-registered", *args) as run:
+        while not (hooks / "import-registered.reached").exists() and run.proc.poll() is None:
+            time.sleep(0.01)
+        if run.proc.poll() is None:  # past the checks: the server user swaps the file
+            swap = f"cd {bundle}/sub && mv g.sql g.old && ln -s {secret} g.sql"
+            subprocess.run(["runuser", "-u", "postgres", "--", "sh", "-c", swap], check=True)
+        done = run.go()
+    if target.exists():
+        query = "SELECT 1 FROM pg_roles WHERE rolname = 'leaked_from_roots_file'"
+        leaked = fresh.pgmgr("psql", "imp", "--", "-Atc", query)
+        assert leaked.stdout.strip() != "1", "root's file ran in the new instance"
+    assert done.returncode == 1, done.stdout
+    assert error_lines(done.stderr)[0] == (
+        f"Error: refusing to import from {bundle} as root: another user can write sub in it "
+        "(nothing was created)"
+    )
+    assert not target.exists() and "imp" not in fresh.registered()

@@ -477,6 +477,26 @@ def test_an_interrupted_export_leaves_no_bundle_and_a_retry_works(
     assert not [p.name for p in ops_dir.iterdir() if ".pgmgr-export-" in p.name]
 
 
+def test_an_export_of_a_server_stopped_meanwhile_says_why(
+    fresh: Instance, ops_dir: Path, hooks: Path
+) -> None:
+    """The source stopped between two databases: the next pg_dump cannot connect, and its
+    error is the line that says so, not libpq's indented afterword ("Is the server running
+    locally and accepting connections on that socket?" was all it said)."""
+    with conn(fresh) as c:
+        c.execute("CREATE DATABASE second")
+    dest = ops_dir / "bundle"
+    with Paused(hooks, "export-dumped-db", "export", "fresh", str(dest)) as run:
+        run.reached()
+        ok(fresh.pgmgr("stop", "fresh", "-q"))
+        done = run.go()
+    assert done.returncode == 1
+    [line] = error_lines(done.stderr)
+    assert line.startswith("Error: pg_dump failed with exit code 1: pg_dump: error: "), line
+    assert "connection to server" in line and "Is the server running" not in line, line
+    assert not dest.exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user's directory)")
 def test_an_export_sweeps_no_other_users_work_name(fresh: Instance, ops_dir: Path) -> None:
     """A directory named like a dead export's work directory but not ours (anyone who can
@@ -492,12 +512,14 @@ def test_an_export_sweeps_no_other_users_work_name(fresh: Instance, ops_dir: Pat
 
 
 def _base_backup(pgmgr_pid: int, timeout: float = 30) -> tuple[int, int]:
-    """pg_basebackup under ``pgmgr_pid`` and the child it streams WAL with, once both run."""
+    """pg_basebackup under ``pgmgr_pid`` (its child, or its grandchild under the subreaper
+    wrapper) and the child it streams WAL with, once both run."""
     from pgmgr.core import process
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in process.children(pgmgr_pid):
+        below = process.children(pgmgr_pid)
+        for pid in [*below, *(kid for child in below for kid in process.children(child))]:
             argv = process.cmdline(pid)
             kids = process.children(pid)
             if argv and os.path.basename(argv[0]) == "pg_basebackup" and kids:

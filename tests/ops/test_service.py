@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from pgmgr.core import service
-from tests.helpers import error_lines, postmasters_under
+from tests.helpers import error_lines, postmasters_under, run_pgmgr
 from tests.ops.conftest import Instance
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -123,6 +123,27 @@ def test_install_replaces_its_own_unit_but_not_a_foreign_one(
     foreign = fresh.pgmgr("service", "install", "fresh", "--user")
     assert foreign.returncode == 1 and "not written by pgmgr" in foreign.stderr
     assert path.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
+def test_install_leaves_the_unit_of_another_instance_of_that_name(
+    fresh: Instance, unit_env: Path
+) -> None:
+    """Another registry (another user's, or root's through sudo) has an instance of the same
+    name elsewhere: its unit was replaced silently, and its service then ran this data
+    directory. It is refused in one line; the owner of the unit still replaces it."""
+    path, theirs = unit_text(fresh, "system")
+    other = unit_env / "other-state"
+    env = {"PGMGR_STATE_DIR": str(other)}
+    made = run_pgmgr("init", "-q", "-d", str(unit_env / "elsewhere"), "--name", "fresh", env=env)
+    assert made.returncode == 0, made.stderr
+    clash = run_pgmgr("service", "install", "fresh", "--system", env=env)
+    assert clash.returncode == 1, clash.stderr
+    assert error_lines(clash.stderr)[0] == (
+        f"Error: {path} is the unit of another instance 'fresh' ({fresh.datadir}); leaving it alone"
+    )
+    assert path.read_text() == theirs
+    again = fresh.pgmgr("service", "install", "fresh", "--system")
+    assert again.returncode == 0 and "Replaced" in again.stderr
 
 
 def test_bad_service_inputs(fresh: Instance, unit_env: Path) -> None:
