@@ -101,6 +101,7 @@ class Manager:
         self.kwargs = kwargs = managerargs.options(kwargs)
         self._started: int | None = None  # the pid of the server this object started
         self._owner = os.getpid()  # the process that started it (see __exit__)
+        self._depth = 0  # open ``with`` blocks on this object: only the outermost stops
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
@@ -295,6 +296,7 @@ class Manager:
 
     def __enter__(self) -> Manager:
         self.start()
+        self._depth += 1
         return self
 
     def __exit__(
@@ -308,8 +310,11 @@ class Manager:
         ``noproc`` fixtures leave theirs. In a process forked inside the block, leaving it
         (a ``sys.exit()`` in the child) leaves the server to the process that started it,
         as testing.postgresql does: it stopped the parent's server under it. The stop goes
-        past another pgmgr holding the instance's lock (see :meth:`_stop_own_child`)."""
-        if not self.started:
+        past another pgmgr holding the instance's lock (see :meth:`_stop_own_child`).
+        A block nested in another on the same object leaves the server to the outer one:
+        its exit stopped the server while the outer block still used it."""
+        self._depth = max(self._depth - 1, 0)
+        if self._depth or not self.started:
             return
         try:
             self.stop()

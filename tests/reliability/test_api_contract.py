@@ -157,3 +157,22 @@ def test_start_again_before_postmaster_pid_is_a_no_op(work: Path) -> None:
     finally:
         pg.stop(mode="immediate")
     assert postmasters_under(work) == []
+
+
+def test_a_nested_with_block_on_the_same_manager_leaves_the_server_to_the_outer_one(
+    work: Path,
+) -> None:
+    """``with pg:`` inside ``with pg:`` (a helper that opens the Manager it was given): the
+    inner block's exit stopped the server the outer block was still using; now only the
+    outermost exit stops it."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    try:
+        with pg:
+            with pg:
+                pg.health()
+            pg.health()  # WorkerError: the inner exit had stopped it
+            assert pg.status().state == "running"
+        assert pg.status().state == "stopped"
+    finally:
+        pg.stop()
+    assert postmasters_under(work) == []
