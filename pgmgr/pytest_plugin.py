@@ -357,8 +357,14 @@ def _drop(server: TemporaryInstance, name: str) -> None:
     """
     import psycopg
 
+    from pgmgr.core.instance import quote_ident
+
     try:
-        server.drop_database(name)
+        try:
+            server.drop_database(name)
+        except psycopg.errors.WrongObjectType:  # the test made it a template: DROP refuses
+            server.execute(f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE false")
+            server.drop_database(name)
     except psycopg.errors.ObjectInUse:
         pass
     except psycopg.Error as e:

@@ -101,6 +101,8 @@ class Manager:
         self.kwargs = kwargs = managerargs.options(kwargs)
         self._started: int | None = None  # the pid of the server this object started
         self._owner = os.getpid()  # the process that started it (see __exit__)
+        self._depth = 0  # open ``with`` blocks on this object: only the outermost stops
+        self._stopping: int | None = None  # the pid a stop(wait=False) left shutting down
         self.stop_mode: str = kwargs.get("stop_mode", "fast")
         if self.stop_mode not in server.STOP_SIGNALS:
             raise DatabaseException(f"invalid stop_mode {self.stop_mode!r}")
@@ -187,6 +189,7 @@ class Manager:
         :raises WorkerError: it exited during start-up or was not ready in time.
         """
         timeout = managerargs.timeout(timeout)
+        self._await_own_stop(timeout)
         # the record as a switch (upgrade, restore) we waited behind left it, with this
         # object's own settings kept
         with _seed_errors(launch=True), locked(self._server, only=SWITCHED):
@@ -205,6 +208,26 @@ class Manager:
         elif result.pid != self._started:  # running, but not the one this object started
             self._started = None
         return result
+
+    def _await_own_stop(self, timeout: float) -> None:
+        """A ``stop(wait=False)`` of this object left its server shutting down: wait (up to
+        ``timeout``) for it to exit, so that this start starts a new one. The start took
+        the server still shutting down for a running one (``already_running``, gone a
+        moment later), or waited for it to be ready and raised "exited during start-up"."""
+        pid, self._stopping = self._stopping, None
+        if pid is None:
+            return
+        import subprocess
+
+        from pgmgr.core import process
+
+        child = self._server.child
+        if child is not None and child.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout)
+        else:
+            with _seed_errors():
+                process.wait_gone(pid, self.db_dir, timeout)
 
     def ready_wait(self, timeout: float = 10.0, verbose: bool = False) -> None:
         """Wait until the server is responding; kill it if it is not ready in time.
@@ -246,7 +269,10 @@ class Manager:
         _check_visible(self.db_dir)
         # a weaker stop in progress (another process's) is escalated: see stopwait
         with _seed_errors(), stopwait.locked(self._server, mode, timeout, only=SWITCHED) as took:
+            pf, child = self._server.running(), self._server.child
+            pid = pf.pid if pf is not None else getattr(child, "pid", None)
             stopped = self._server.stop(mode, timeout, wait)
+            self._stopping = None if wait or not stopped else pid
             self._started = None  # what runs there next is not this object's
             # stopped on purpose now, as by 'pgmgr stop': see pgmgr.core.stopmark
             stopmark.clear_saved(self._server)
@@ -295,6 +321,7 @@ class Manager:
 
     def __enter__(self) -> Manager:
         self.start()
+        self._depth += 1
         return self
 
     def __exit__(
@@ -308,8 +335,11 @@ class Manager:
         ``noproc`` fixtures leave theirs. In a process forked inside the block, leaving it
         (a ``sys.exit()`` in the child) leaves the server to the process that started it,
         as testing.postgresql does: it stopped the parent's server under it. The stop goes
-        past another pgmgr holding the instance's lock (see :meth:`_stop_own_child`)."""
-        if not self.started:
+        past another pgmgr holding the instance's lock (see :meth:`_stop_own_child`).
+        A block nested in another on the same object leaves the server to the outer one:
+        its exit stopped the server while the outer block still used it."""
+        self._depth = max(self._depth - 1, 0)
+        if self._depth or not self.started:
             return
         try:
             self.stop()

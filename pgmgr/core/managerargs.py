@@ -112,6 +112,11 @@ def options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         )
     if "settings" in out and not isinstance(out["settings"], Mapping):
         raise DatabaseException(f"invalid settings {out['settings']!r}: a dict of name: value")
+    for k, v in out.get("settings", {}).items():  # None was written as 'None' after the init
+        if not isinstance(k, str) or not isinstance(v, (str, int, float)):
+            raise DatabaseException(
+                f"invalid settings {{{k!r}: {v!r}}}: a name and a string or number"
+            )
     extra = out.get("initdb_args", [])
     if not isinstance(extra, (list, tuple)) or not all(isinstance(a, str) for a in extra):
         raise DatabaseException(f"invalid initdb_args {extra!r}: a list of strings")

@@ -89,7 +89,11 @@ def _base_dir(prefix: str, root: str | None = None) -> tuple[Path, int]:
     base, fd = sweep.make_dir(prefix, root)
     try:
         su = privileges.server_user(base, None) if privileges.is_root() else None
-        if len(str(base)) > MAX_BASE or (su is not None and privileges.blocking_dir(base, su)):
+        if (
+            len(str(base)) > MAX_BASE
+            or not _socket_text_ok(base)
+            or (su is not None and privileges.blocking_dir(base, su))
+        ):
             os.rmdir(base)
             sweep.release(fd)
             fd = -1
@@ -114,6 +118,21 @@ def _base_dir(prefix: str, root: str | None = None) -> tuple[Path, int]:
         sweep.release(fd if fd >= 0 else None)
         raise
     return base, fd
+
+
+def _socket_text_ok(base: Path) -> bool:
+    """Whether ``base/sock`` can be PostgreSQL's socket directory: a temp dir (TMPDIR, the
+    plugin's ``pgmgr_tmpdir``) whose path holds a double quote or a line break made every
+    ``pgmgr run`` and plugin session fail ("invalid socket directory"); /tmp is used then,
+    as for one too deep."""
+    from pgmgr.core import listen
+    from pgmgr.core.errors import UsageError
+
+    try:
+        listen.check_socket_dir_text(base / "sock")
+    except UsageError:
+        return False
+    return True
 
 
 class TemporaryInstance:

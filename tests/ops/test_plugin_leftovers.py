@@ -43,6 +43,56 @@ def test_a_prepared_transaction_left_behind_is_not_an_error(
     assert_nothing_left(ops_dir)
 
 
+MADE_TEMPLATES = """
+import time
+
+import psycopg
+import pytest
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_makes_its_database_a_template(pgmgr_db, pgmgr_server, i):
+    pgmgr_server.execute(f'alter database "{pgmgr_db.name}" is_template true')
+
+
+def test_pause():
+    time.sleep(3)  # the pool's worker, full, goes on to the drops meanwhile
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_next(pgmgr_db, i):
+    with psycopg.connect(pgmgr_db.dsn) as conn:
+        conn.execute("create table t (x int)")
+
+
+def test_all_dropped(pgmgr_server, pgmgr_pool):
+    names = []
+    for _ in range(100):
+        with psycopg.connect(pgmgr_server.dsn) as conn:
+            rows = conn.execute("select datname from pg_database where datistemplate")
+            names = [r[0] for r in rows]
+        if not [n for n in names if n.startswith("test_")]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not dropped: {names}")
+"""
+
+
+@pytest.mark.parametrize("pool_size", [2, 0], ids=["pool", "no-pool"])
+def test_a_database_a_test_made_a_template_is_dropped(
+    pytester: pytest.Pytester, ops_dir: Path, pool_size: int
+) -> None:
+    """``ALTER DATABASE ... IS_TEMPLATE true`` in a test: DROP DATABASE refuses a template.
+    The pool retried the drop for ever, and once it had failed 5 times in a row every test
+    that found the pool empty errored ("the database pool cannot make databases: cannot
+    drop a template database"); without the pool the test errored at teardown."""
+    pytester.makeini(ini(ops_dir / "tmp", pool_size))
+    pytester.makepyfile(test_templates=MADE_TEMPLATES)
+    result = run(pytester)
+    result.assert_outcomes(passed=15)
+    assert_nothing_left(ops_dir)
+
+
 GONE = """
 def test_a_stops_the_server(pgmgr_db, pgmgr_server):
     pgmgr_server.server.stop("immediate")

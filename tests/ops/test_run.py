@@ -135,3 +135,20 @@ def test_unknown_version_is_one_error(ops_dir: Path) -> None:
     proc = run_pgmgr("run", "-v", "9.1", "--", "true")
     assert proc.returncode == 1 and proc.stderr.startswith("Error: PostgreSQL 9.1")
     assert_nothing_left(ops_dir)
+
+
+@pytest.mark.parametrize("bad", ['q"uote', "line\nbreak"], ids=["quote", "line-break"])
+def test_a_temp_dir_no_socket_can_be_in_is_not_used(ops_dir: Path, bad: str) -> None:
+    """TMPDIR (or the plugin's pgmgr_tmpdir) whose path holds a double quote or a line
+    break: every 'pgmgr run' and plugin session failed ("invalid socket directory ...: it
+    holds a double quote"). /tmp is used instead, as for one too deep for a socket path."""
+    odd = ops_dir / "tmp" / bad
+    odd.mkdir()
+    odd.chmod(0o755)
+    proc = run_pgmgr("run", "-q", "--", "sh", "-c", 'echo "$PGHOST"', env={"TMPDIR": str(odd)})
+    assert proc.returncode == 0, proc.stderr
+    sock = Path(proc.stdout.strip())
+    assert sock.is_absolute() and not str(sock).startswith(str(odd)), sock
+    assert not sock.parent.exists()  # removed at the end, like any run's
+    odd.rmdir()
+    assert_nothing_left(ops_dir)

@@ -157,3 +157,42 @@ def test_start_again_before_postmaster_pid_is_a_no_op(work: Path) -> None:
     finally:
         pg.stop(mode="immediate")
     assert postmasters_under(work) == []
+
+
+def test_a_nested_with_block_on_the_same_manager_leaves_the_server_to_the_outer_one(
+    work: Path,
+) -> None:
+    """``with pg:`` inside ``with pg:`` (a helper that opens the Manager it was given): the
+    inner block's exit stopped the server the outer block was still using; now only the
+    outermost exit stops it."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    try:
+        with pg:
+            with pg:
+                pg.health()
+            pg.health()  # WorkerError: the inner exit had stopped it
+            assert pg.status().state == "running"
+        assert pg.status().state == "stopped"
+    finally:
+        pg.stop()
+    assert postmasters_under(work) == []
+
+
+@pytest.mark.parametrize("spawned", [False, True], ids=["ready", "just-spawned"])
+def test_start_after_stop_without_wait_starts_a_new_server(work: Path, spawned: bool) -> None:
+    """``stop(wait=False)`` then ``start()`` (a quick restart): the start found the server
+    still shutting down and said ``already_running`` (it was gone a moment later), or, for
+    one just spawned by ``start(wait=False)``, waited for it to be ready and raised
+    "postgres exited during start-up". It now waits for the stopped one to exit first."""
+    pg = Manager("127.0.0.1", free_port("127.0.0.1"), work / "data", initialize=True, auth="trust")
+    try:
+        for _ in range(3):
+            pg.start(wait=not spawned)
+            assert pg.stop(wait=False) is True
+            result = pg.start()
+            assert result.already_running is False
+            pg.health()
+            assert pg.status().state == "running"
+    finally:
+        pg.stop()
+    assert postmasters_under(work) == []

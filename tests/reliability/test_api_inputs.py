@@ -54,6 +54,9 @@ BAD: list[tuple[str, dict[str, Any]]] = [
     ("password", {"password": ""}),  # was a server its url could not log in to
     ("name", {"name": 5}),
     ("settings", {"settings": ["work_mem=64MB"]}),
+    ("settings", {"settings": {"work_mem": None}}),  # was 'None' in pgmgr.conf, after init
+    ("settings", {"settings": {"work_mem": ["64MB"]}}),
+    ("settings", {"settings": {5: "64MB"}}),
     ("initdb_args", {"initdb_args": "--data-checksums"}),  # was split into characters
     ("register", {"register": "no"}),  # was registered: a non-empty string is true
     ("socket_dir", {"socket_dir": 5}),
