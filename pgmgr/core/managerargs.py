@@ -89,6 +89,20 @@ def version(value: object) -> str | None:
         raise DatabaseException(e.message) from None
 
 
+def _setting(name: object, value: object) -> object:
+    """A ``settings`` value as :func:`options` keeps it: a string or number as it is, a
+    path as its text.
+
+    :raises DatabaseException: a name that is not a string, or another type of value.
+    """
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(name, str) or not isinstance(text, (str, int, float)):
+        raise DatabaseException(
+            f"invalid settings {{{name!r}: {value!r}}}: a name and a string, number or path"
+        )
+    return text
+
+
 def options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword options, checked; ``None`` (and '' for a path) means the default,
     paths are absolute.
@@ -112,11 +126,9 @@ def options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         )
     if "settings" in out and not isinstance(out["settings"], Mapping):
         raise DatabaseException(f"invalid settings {out['settings']!r}: a dict of name: value")
-    for k, v in out.get("settings", {}).items():  # None was written as 'None' after the init
-        if not isinstance(k, str) or not isinstance(v, (str, int, float)):
-            raise DatabaseException(
-                f"invalid settings {{{k!r}: {v!r}}}: a name and a string or number"
-            )
+    if "settings" in out:  # None was written as 'None' into pgmgr.conf, after the init
+        # a path (ssl_cert_file=Path(...)) is its text, as every path option here takes one
+        out["settings"] = {k: _setting(k, v) for k, v in out["settings"].items()}
     extra = out.get("initdb_args", [])
     if not isinstance(extra, (list, tuple)) or not all(isinstance(a, str) for a in extra):
         raise DatabaseException(f"invalid initdb_args {extra!r}: a list of strings")

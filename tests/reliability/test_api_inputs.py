@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgmgr import DatabaseException, Manager
@@ -84,6 +85,19 @@ def test_a_value_of_the_wrong_type_is_a_database_exception(
         Manager(**args)
     assert not (work / "data").exists()
     assert registry.names() == []
+
+
+def test_a_setting_given_as_a_path_object_is_its_path(work: Path) -> None:
+    """``settings={"ssl_cert_file": Path(...)}``: paths are ``os.PathLike`` everywhere else in
+    this API, and a settings value was written as ``str(value)``; the type check added for
+    ``None`` refused it ("invalid settings ...: a name and a string or number")."""
+    cert = work / "server.crt"
+    port = free_port("127.0.0.1")
+    settings: dict[str, Any] = {"ssl_cert_file": cert}
+    pg = Manager("127.0.0.1", port, work / "data", initialize=True, settings=settings)
+    with pg, psycopg.connect(pg.dsn, autocommit=True) as c:
+        row = c.execute("SHOW ssl_cert_file").fetchone()
+    assert row is not None and row[0] == str(cert)
 
 
 def test_a_nul_in_a_path_is_named(work: Path) -> None:
