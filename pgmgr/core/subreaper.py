@@ -98,6 +98,7 @@ def _reap_all(grace: float) -> None:
             if sent.get(pid) != sig:
                 with contextlib.suppress(OSError):
                     os.kill(pid, sig)
+                    os.kill(pid, signal.SIGCONT)  # a stopped one acts on it too
                 sent[pid] = sig
         time.sleep(0.02)
 
@@ -131,9 +132,12 @@ def main(args: list[str]) -> int:
     except _Stop:
         # Not reaped yet, the program's pid still names its group: stop that group (its
         # children in it, pg_dump say, are not this process's children until it is gone).
+        # SIGCONT too: a stopped one (SIGSTOP, a debugger) acted on it only once SIGKILLed,
+        # after the whole GRACE (20 s of an interrupted replica's pg_basebackup).
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGCONT)
     _reap_all(GRACE)
     return 128 - code if code < 0 else code
 
