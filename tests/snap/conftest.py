@@ -4,6 +4,7 @@ and helpers to run SQL through the instance's own psql."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -59,6 +60,19 @@ def inst(ops_dir: Path, template: Path) -> Iterator[Inst]:  # noqa: F811
     try:
         it.ok("start", "-q", "--init", "-d", str(datadir), "--name", "dev", "--port", "auto")
         it.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000)")
+        yield it
+    finally:
+        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
+
+
+@contextlib.contextmanager
+def running15(scratch: Path, name: str) -> Iterator[Inst]:
+    """A new, registered, running PostgreSQL 15 instance ``name`` in ``scratch``, its
+    servers stopped at the end."""
+    it = Inst(name, scratch / name)
+    try:
+        it.ok("init", "-q", "-d", str(it.datadir), "--name", name, "-v", "15")
+        it.ok("start", name, "-q", "-p", "auto")
         yield it
     finally:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")

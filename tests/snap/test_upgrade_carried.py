@@ -11,18 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import error_lines
-from tests.snap.conftest import Inst, leftovers
+from tests.snap.conftest import Inst, leftovers, running15
 
 
 @pytest.fixture
 def sl(scratch: Path) -> Iterator[Inst]:
-    it = Inst("sl", scratch / "sl")
-    try:
-        it.ok("init", "-q", "-d", str(it.datadir), "--name", "sl", "-v", "15")
-        it.ok("start", "sl", "-q", "-p", "auto")
+    with running15(scratch, "sl") as it:
         yield it
-    finally:
-        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
 
 
 def test_logical_slots_are_refused_before_anything(sl: Inst) -> None:

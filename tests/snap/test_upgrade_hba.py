@@ -15,18 +15,13 @@ import pytest
 
 from pgmgr.core import upgradehba
 from tests.helpers import error_lines, run_pgmgr
-from tests.snap.conftest import Inst, leftovers
+from tests.snap.conftest import Inst, leftovers, running15
 
 
 @pytest.fixture
 def hb(scratch: Path) -> Iterator[Inst]:
-    it = Inst("hb", scratch / "hb")
-    try:
-        it.ok("init", "-q", "-d", str(it.datadir), "--name", "hb", "-v", "15")
-        it.ok("start", "hb", "-q", "-p", "auto")
+    with running15(scratch, "hb") as it:
         yield it
-    finally:
-        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
 
 
 def _add_line(it: Inst, line: str) -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from pgmgr.core import upgradeicu, versions
 from tests.helpers import error_lines
-from tests.snap.conftest import Inst, leftovers
+from tests.snap.conftest import Inst, leftovers, running15
 
 HINT = (
     "Hint: use a PostgreSQL 18 built with ICU, or move to libc collations (e.g. ALTER TABLE "
@@ -24,13 +24,8 @@ HINT = (
 def ic(scratch: Path) -> Iterator[Inst]:
     if not upgradeicu.lacks_icu(versions.select("18").installation):
         pytest.skip("this PostgreSQL 18 has ICU")
-    it = Inst("ic", scratch / "ic")
-    try:
-        it.ok("init", "-q", "-d", str(it.datadir), "--name", "ic", "-v", "15")
-        it.ok("start", "ic", "-q", "-p", "auto")
+    with running15(scratch, "ic") as it:
         yield it
-    finally:
-        it.pgmgr("stop", "--all", "-m", "immediate", "-q")
 
 
 def _in(it: Inst, db: str, query: str) -> None:
