@@ -160,7 +160,10 @@ def table(records: list[dict[str, Any]]) -> None:
 
 def notice(r: dict[str, Any]) -> None:
     """Say below the table why an instance is stopped when a pgmgr command stopped it
-    and did not start it again (see pgmgr.core.stopmark)."""
+    and did not start it again (see pgmgr.core.stopmark), and where the server of a
+    ``missing`` one still runs (see pgmgr.core.movedserver)."""
+    if r.get("running_from"):
+        ui.message(f"Note: '{r['name']}': {r['detail']}")
     mark = r.get("stopped_by")
     if mark and r.get("detail"):
         again = "" if mark["active"] else f"; start it with 'pgmgr start {r['name']}'"

@@ -175,11 +175,11 @@ def status(srv: Server, check: bool = False) -> Status:
         st.version = _version_now(srv)
     if changed in (identity.MOVED, identity.REPLACED):
         st.state, st.detail = changed, f"data directory {why}"
-        return st
+        return _moved_away(srv, st)
     if not server.is_datadir(srv.datadir):
         st.state = "missing"
         st.detail = f"data directory {why_missing(srv.datadir)}"
-        return st
+        return _moved_away(srv, st)
     pf = process.PidFile.read(srv.datadir)
     if pf is not None and process.serves(pf.pid, srv.datadir, pf.start_time):
         # connections are refused until it says ready (or standby): another process's
@@ -201,6 +201,20 @@ def status(srv: Server, check: bool = False) -> Status:
         st.detail = crashed_detail(pf)
     if st.state in ("stopped", "crashed"):
         _stopped_by(st, srv)
+    return st
+
+
+def _moved_away(srv: Server, st: Status) -> Status:
+    """A ``missing`` (or ``moved``, ``replaced``) instance whose server still runs from its
+    data directory moved elsewhere: its pid, and where it runs (``running_from``), so that
+    it is not a server nothing shows (see :mod:`pgmgr.core.movedserver`)."""
+    from pgmgr.core import movedserver
+
+    moved = movedserver.find(srv)
+    if moved is not None:
+        st.pid = moved.pid
+        st.detail = f"{st.detail}; {movedserver.sentence(srv, moved)}"
+        st.extra["running_from"] = moved.where
     return st
 
 

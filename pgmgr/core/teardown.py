@@ -46,6 +46,7 @@ def check_destroyable(srv: Server) -> None:
     pinned = srv.pinned() if registered else None
     if registered:
         srv.check_identity("destroy")
+        _check_not_moved_away(srv, "destroy", "; nothing was removed")
     if not os.path.lexists(datadir):
         return
     # The directory is renamed there first: checked before the server is stopped (it was
@@ -131,6 +132,22 @@ def _remove_leftovers(srv: Server) -> None:
     removal.remove_socket_dir(srv.inst.socket_dir, srv.datadir, srv.inst.port, owner)
 
 
+def _check_not_moved_away(srv: Server, action: str, outcome: str = "") -> None:
+    """Forgetting or destroying an instance whose server still runs from its data directory
+    moved elsewhere would leave that server running with no record naming it.
+
+    :raises DatabaseException: it does.
+    """
+    from pgmgr.core import movedserver
+
+    moved = movedserver.find(srv)
+    if moved is not None:
+        raise DatabaseException(
+            f"refusing to {action} '{srv.inst.name}': {movedserver.sentence(srv, moved)}" + outcome,
+            hint=movedserver.hint(moved),
+        )
+
+
 def check_unused(datadir: Path, grace: float = 1.0) -> None:
     """Defence in depth before deleting a data directory: no postgres process may still
     work in it, even one pgmgr did not recognise as its server (waits up to ``grace``
@@ -162,6 +179,7 @@ def forget(srv: Server) -> bool:
             f"'{srv.inst.name}' is running (pid {pf.pid}); refusing to forget it",
             hint=f"stop it first with 'pgmgr stop {srv.inst.name}'",
         )
+    _check_not_moved_away(srv, "forget")
     _sweep_trash(srv)
     _remove_leftovers(srv)
     return registry.remove(srv.inst.name)

@@ -4,6 +4,7 @@ directory, and say what changed otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -65,6 +66,41 @@ def test_replaced_by_a_copy_or_another_cluster(
         shutil.rmtree(inst.datadir, ignore_errors=True)
         (work / "db.real").rename(inst.datadir)
     assert inst.stop().returncode == 0  # back in place: it is the instance again
+
+
+def test_moved_away_while_running_is_not_forgotten(cluster: InstFactory, work: Path) -> None:
+    """``mv data elsewhere`` while the server runs: status showed a ``missing`` instance with
+    no pid, and forget and destroy ("already gone") removed its record, leaving that server
+    running with nothing to show it. Now status names the pid and where it runs, and forget
+    and destroy refuse until it is stopped."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid()
+    moved = work / "db.moved"
+    try:
+        inst.datadir.rename(moved)
+        run = pgmgr("status", "db", "--json")
+        assert run.returncode == 4, str(run)
+        doc = run.json()
+        assert doc["state"] == "missing" and doc["pid"] == pid, str(run)
+        assert doc["running_from"] == str(moved), str(run)
+        listing = pgmgr("status")
+        assert f"still runs (pid {pid}) from {moved}" in listing.stdout + listing.stderr
+        for args in (["forget", "db"], ["destroy", "db", "--yes"]):
+            run = pgmgr(*args)
+            err = one_error(run)
+            assert run.returncode != 0 and f"still runs (pid {pid}) from {moved}" in err, str(run)
+            assert inst.record()["pid"] == pid  # the record stays
+        assert process.serves(pid or 0, moved, None) and (moved / "PG_VERSION").exists()
+        inst.datadir.mkdir()  # another directory at the path: still not forgotten
+        err = one_error(pgmgr("forget", "db"))
+        assert f"still runs (pid {pid}) from {moved}" in err and inst.record()["pid"] == pid
+    finally:
+        with contextlib.suppress(OSError):
+            inst.datadir.rmdir()
+        moved.rename(inst.datadir)
+    assert inst.stop().returncode == 0
+    assert pgmgr("forget", "db").returncode == 0  # stopped: forgotten as before
 
 
 def test_old_record_gets_its_identity(cluster: InstFactory, rel_isolation: Path) -> None:

@@ -1,0 +1,76 @@
+"""A server that still runs from its data directory moved away from the recorded path.
+
+``mv data data.old`` while the server runs: the postmaster keeps running in the moved
+directory (it works relative to it), the recorded path leads nowhere (``missing``) or to
+another directory (``replaced``), and :meth:`Server.running` finds no ``postmaster.pid``
+there. Forgetting or destroying the instance then left that server running with no record
+naming it: no ``pgmgr status`` showed it again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgmgr.core import identity, process, registry
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The recorded postmaster, alive in the pinned directory, which is now at ``where``."""
+
+    pid: int
+    where: str
+
+
+def find(srv: Server) -> Moved | None:
+    """The instance's postmaster when it still runs from its pinned data directory, now
+    elsewhere than the recorded path; None when the path still leads to that directory, or
+    nothing proves it (no pid or pin recorded, another process has that pid now, its
+    working directory cannot be read), or another record names the directory it runs from
+    (registered again there: that one shows it).
+
+    Proof: the recorded pid is a live ``postgres`` whose working directory (a postmaster
+    chdirs into its data directory) is the pinned directory (device and inode).
+    """
+    pid, pinned = srv.inst.pid, srv.pinned()
+    if pid is None or pinned is None or not process.is_alive(pid):
+        return None
+    if identity.compare(pinned, srv.datadir)[0] is None:
+        return None  # not moved: Server.running() sees it where it is recorded
+    argv = process.cmdline(pid)
+    if not argv or Path(argv[0]).name not in ("postgres", "postmaster"):
+        return None
+    cwd = f"/proc/{pid}/cwd"
+    try:
+        st = os.stat(cwd)
+        where = os.readlink(cwd)
+    except OSError:
+        return None
+    if (st.st_dev, st.st_ino) != (pinned.dev, pinned.ino):
+        return None
+    other = registry.find_by_datadir(Path(where))
+    if other is not None and other.name != srv.inst.name:
+        return None  # registered there (pgmgr init -d NEWDIR): status shows it under that name
+    return Moved(pid, where)
+
+
+def sentence(srv: Server, moved: Moved) -> str:
+    """Says where the server runs, for an error or a status detail."""
+    return (
+        f"its server still runs (pid {moved.pid}) from {moved.where}, where its data "
+        f"directory was moved from {srv.datadir}"
+    )
+
+
+def hint(moved: Moved) -> str:
+    return (
+        f"stop that server first with 'pgmgr stop -d {shlex.quote(moved.where)}' (which "
+        "registers it there), or move the directory back"
+    )
