@@ -69,6 +69,8 @@ def initialize(
             reset_password(srv, password or new_password())
         srv.save()
         return False
+    if not srv.new:
+        _check_not_moved_away(srv)
     if srv.register:  # else the directory is built and then cannot be registered
         from pgmgr.core import paths, registry
 
@@ -100,6 +102,25 @@ def initialize(
             hint=f"check {datadir} and its parent directories",
         )
     return True
+
+
+def _check_not_moved_away(srv: Server) -> None:
+    """A registered instance whose data directory is missing because it was moved while its
+    server runs: a new cluster built at the path took over the record (status then showed
+    it stopped, and the server with the data ran on, unseen). "create it with 'pgmgr init
+    -d DIR'" is what 'pgmgr start' and 'stop' suggest for a missing data directory.
+
+    :raises DatabaseException: its server still runs from the moved directory.
+    """
+    from pgmgr.core import movedserver
+
+    moved = movedserver.find(srv)
+    if moved is not None:
+        raise DatabaseException(
+            f"refusing to make a new data directory for '{srv.inst.name}' at {srv.datadir}: "
+            f"{movedserver.sentence(srv, moved)}; nothing was done",
+            hint=movedserver.hint(srv, moved),
+        )
 
 
 @dataclass

@@ -69,8 +69,13 @@ def sentence(srv: Server, moved: Moved) -> str:
     )
 
 
-def hint(moved: Moved) -> str:
+def hint(srv: Server, moved: Moved) -> str:
+    """Move it back first: PostgreSQL writes global/pg_control under the path it was started
+    with, so a server stopped away from it panics at its shutdown checkpoint (crash recovery
+    at the next start), and one stopped while a new cluster stands at the old path writes
+    its pg_control into that cluster."""
+    back = f"mv {shlex.quote(moved.where)} {shlex.quote(str(srv.datadir))}"
     return (
-        f"stop that server first with 'pgmgr stop -d {shlex.quote(moved.where)}' (which "
-        "registers it there), or move the directory back"
+        f"move the directory back ({back}), then 'pgmgr stop {srv.inst.name}': the server "
+        "writes its global/pg_control under the path it was started with"
     )

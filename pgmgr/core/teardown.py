@@ -144,7 +144,7 @@ def _check_not_moved_away(srv: Server, action: str, outcome: str = "") -> None:
     if moved is not None:
         raise DatabaseException(
             f"refusing to {action} '{srv.inst.name}': {movedserver.sentence(srv, moved)}" + outcome,
-            hint=movedserver.hint(moved),
+            hint=movedserver.hint(srv, moved),
         )
 
 

@@ -103,6 +103,38 @@ def test_moved_away_while_running_is_not_forgotten(cluster: InstFactory, work: P
     assert pgmgr("forget", "db").returncode == 0  # stopped: forgotten as before
 
 
+def test_no_new_cluster_where_a_running_one_was_moved_from(
+    cluster: InstFactory, work: Path
+) -> None:
+    """'pgmgr start' of an instance whose data directory was moved while running says
+    "create it with 'pgmgr init -d DIR'": that built a new cluster at the old path and the
+    record took it (status: stopped), the server with the data ran on unseen, and its
+    shutdown then wrote its pg_control into the new cluster (PostgreSQL writes it under the
+    path it was started with). Now init and start --init refuse and make nothing."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid()
+    moved = work / "db.moved"
+    try:
+        inst.datadir.rename(moved)
+        for args in (
+            ["init", "-d", str(inst.datadir)],
+            ["start", "-d", str(inst.datadir), "--init", "--port", "auto"],
+        ):
+            run = pgmgr(*args)
+            err = one_error(run)
+            assert run.returncode != 0 and f"still runs (pid {pid}) from {moved}" in err, str(run)
+            assert not inst.datadir.exists(), str(run)
+        assert pgmgr("status", "db", "--json").json()["pid"] == pid
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(inst.datadir)
+        moved.rename(inst.datadir)
+    assert inst.stop().returncode == 0  # moved back, as the hint says: a clean shutdown
+    log = Path(inst.record()["log_file"]).read_text(errors="replace")
+    assert "PANIC" not in log
+
+
 def test_old_record_gets_its_identity(cluster: InstFactory, rel_isolation: Path) -> None:
     inst = cluster("db")
     path = rel_isolation / "instances" / "db.json"
