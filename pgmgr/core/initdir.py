@@ -114,7 +114,7 @@ def _check_not_moved_away(srv: Server) -> None:
     """
     from pgmgr.core import movedserver
 
-    moved = movedserver.find(srv)
+    moved = movedserver.find(srv, unseen=False)
     if moved is not None:
         raise DatabaseException(
             f"refusing to make a new data directory for '{srv.inst.name}' at {srv.datadir}: "

@@ -29,12 +29,13 @@ class Moved:
     where: str
 
 
-def find(srv: Server) -> Moved | None:
+def find(srv: Server, *, unseen: bool = True) -> Moved | None:
     """The instance's postmaster when it still runs from its pinned data directory, now
     elsewhere than the recorded path; None when the path still leads to that directory, or
     nothing proves it (no pid or pin recorded, another process has that pid now, its
-    working directory cannot be read), or another record names the directory it runs from
-    (registered again there: that one shows it).
+    working directory cannot be read). With ``unseen``, None too when another record names
+    the directory it runs from (registered again there: that one shows it); a new cluster
+    at the old path is refused either way (that server writes its pg_control there).
 
     Proof: the recorded pid is a live ``postgres`` whose working directory (a postmaster
     chdirs into its data directory) is the pinned directory (device and inode).
@@ -55,7 +56,7 @@ def find(srv: Server) -> Moved | None:
         return None
     if (st.st_dev, st.st_ino) != (pinned.dev, pinned.ino):
         return None
-    other = registry.find_by_datadir(Path(where))
+    other = registry.find_by_datadir(Path(where)) if unseen else None
     if other is not None and other.name != srv.inst.name:
         return None  # registered there (pgmgr init -d NEWDIR): status shows it under that name
     return Moved(pid, where)

@@ -126,6 +126,10 @@ def test_no_new_cluster_where_a_running_one_was_moved_from(
             assert run.returncode != 0 and f"still runs (pid {pid}) from {moved}" in err, str(run)
             assert not inst.datadir.exists(), str(run)
         assert pgmgr("status", "db", "--json").json()["pid"] == pid
+        assert pgmgr("init", "-d", str(moved)).returncode == 0  # registered where it runs
+        assert pgmgr("status", "db", "--json").json()["pid"] is None  # shown there now
+        err = one_error(pgmgr("init", "-d", str(inst.datadir)))  # still refused
+        assert f"still runs (pid {pid}) from {moved}" in err and not inst.datadir.exists()
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(inst.datadir)
@@ -133,6 +137,7 @@ def test_no_new_cluster_where_a_running_one_was_moved_from(
     assert inst.stop().returncode == 0  # moved back, as the hint says: a clean shutdown
     log = Path(inst.record()["log_file"]).read_text(errors="replace")
     assert "PANIC" not in log
+    assert pgmgr("forget", "db.moved").returncode == 0
 
 
 def test_old_record_gets_its_identity(cluster: InstFactory, rel_isolation: Path) -> None:
