@@ -158,8 +158,11 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
     unconfirmed).
 
     :raises NotRunning: not running.
-    :raises WorkerError: the server did not confirm the reload within ``timeout``.
+    :raises WorkerError: the server did not confirm the reload within ``timeout``; the
+        configuration files hold an error that makes PostgreSQL apply none of them (not
+        sent), or a setting it rejects (sent: the rest is applied).
     """
+    from pgmgr.core import confproblems
     from pgmgr.core.roles import refuses_connections
 
     pf = require_running(srv)
@@ -168,12 +171,25 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
         if not process.signal_pid(pf.pid, signal.SIGHUP):
             raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")
         return ReloadResult(pf.pid, None, None, time.monotonic() - t0)
+    problems = confproblems.find(srv)
+    if problems.whole:  # postgres would apply nothing, and confirm nothing either
+        raise WorkerError(
+            f"refusing to reload '{srv.inst.name}': {problems.whole[0]}; PostgreSQL would "
+            "apply none of the configuration files' changes; nothing was sent",
+            hint="fix it, then reload again (the server runs on with its current settings)",
+        )
     before = conf_load_time(srv)
     if not process.signal_pid(pf.pid, signal.SIGHUP):
         raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")
     deadline = t0 + timeout
     while True:
         after = conf_load_time(srv)
+        if after > before and problems.rejected:
+            raise WorkerError(
+                f"reloaded '{srv.inst.name}', but PostgreSQL rejected "
+                f"{'; '.join(problems.rejected)} (it keeps the current value)",
+                hint=f"fix it, then reload again; 'pgmgr logs {srv.inst.name}' shows more",
+            )
         if after > before:
             return ReloadResult(pf.pid, before, after, time.monotonic() - t0)
         if time.monotonic() >= deadline:

@@ -218,6 +218,33 @@ def test_reload_applies_a_changed_setting(fresh: Instance) -> None:
     assert fresh.pgmgr("psql", "fresh", "--", "-XAtc", "show work_mem").stdout.strip() == "7MB"
 
 
+def show(inst: Instance, setting: str) -> str:
+    return inst.pgmgr("psql", inst.name, "--", "-XAtc", f"show {setting}").stdout.strip()
+
+
+def test_reload_says_what_postgresql_conf_holds_that_postgres_rejects(fresh: Instance) -> None:
+    """A hand-edited postgresql.conf: a syntax error (or an unknown setting) makes PostgreSQL
+    apply none of it: reload waited its whole timeout, then said "did not confirm". An
+    invalid value is skipped while the rest applies: reload said "Reloaded". Now each is
+    one error naming the file and line, at once."""
+    conf = fresh.datadir / "postgresql.conf"
+    original = conf.read_text()
+    lines = len(original.splitlines())
+    for bad, what in (("foo bar baz", "syntax error"), ("no_such_setting = 1", "no_such_setting")):
+        conf.write_text(f"{original}maintenance_work_mem = '77MB'\n{bad}\n")
+        proc = fresh.pgmgr("reload", "fresh", "--timeout", "8")
+        err = one_error(proc, 1)
+        assert f"postgresql.conf line {lines + 2}: " in err and what in err, err
+        assert "nothing was sent" in err
+        assert show(fresh, "maintenance_work_mem") != "77MB"  # still as it was
+    conf.write_text(f"{original}maintenance_work_mem = '77MB'\nwork_mem = 'zz'\n")
+    err = one_error(fresh.pgmgr("reload", "fresh"), 1)
+    assert f"postgresql.conf line {lines + 2}: invalid value for work_mem: 'zz'" in err, err
+    assert show(fresh, "maintenance_work_mem") == "77MB"  # the rest was applied
+    conf.write_text(f"{original}shared_buffers = '17MB'\n")  # needs a restart: not an error
+    assert fresh.pgmgr("reload", "fresh").returncode == 0
+
+
 def test_reload_of_a_stopped_instance_exits_3(fresh: Instance) -> None:
     assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
     one_error(fresh.pgmgr("reload", "fresh"), 3)

@@ -1,0 +1,66 @@
+"""What PostgreSQL would reject in the configuration files as they are now on disk, from
+``pg_file_settings`` (the files parsed again at each query): what ``pgmgr reload`` checks.
+
+A hand edit of ``postgresql.conf`` with a syntax error (or an ``include`` of a missing
+file) makes a reload apply none of the files' changes and leaves ``pg_conf_load_time()``
+where it was: ``pgmgr reload`` waited its whole timeout, then said "did not confirm the
+reload". An invalid value (``work_mem = 'zz'``) is skipped while the rest is applied:
+``pgmgr reload`` said "Reloaded" and nothing of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core.instance import Server
+
+#: pg_file_settings' error for a value that could not be set (an invalid one), and for a
+#: changed setting that only a restart applies (not a problem: config says so).
+NOT_APPLIED = "setting could not be applied"
+
+QUERY = """
+SELECT f.sourcefile, f.sourceline, f.name, f.setting, f.error, s.context
+FROM pg_file_settings f LEFT JOIN pg_settings s ON s.name = f.name
+WHERE f.error IS NOT NULL
+ORDER BY f.seqno
+"""
+
+
+@dataclass
+class Problems:
+    """``whole``: errors that make PostgreSQL apply nothing of the files (a syntax error, an
+    unreadable include, an unknown setting); ``rejected``: values it skips (invalid ones)."""
+
+    whole: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def find(srv: Server, timeout: int = 5) -> Problems:
+    """The problems in the files the server at ``srv`` reads, as sentences naming the file
+    and line.
+
+    :raises WorkerError: cannot connect.
+    """
+    import psycopg
+
+    from pgmgr.core.errors import WorkerError
+
+    try:
+        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+            rows = conn.execute(QUERY).fetchall()
+    except psycopg.Error as e:
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
+    found = Problems()
+    for sourcefile, line, name, setting, error, context in rows:
+        where = f"{sourcefile} line {line}"
+        if name is None:
+            found.whole.append(f"{where}: {error}")
+        elif error != NOT_APPLIED:  # "unrecognized configuration parameter": none applied
+            found.whole.append(f"{where}: {error} {name!r}")
+        elif context not in ("postmaster", "internal"):  # else: only a restart applies it
+            found.rejected.append(f"{where}: invalid value for {name}: {setting!r}")
+    return found
