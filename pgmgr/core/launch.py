@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pgmgr.core import process, sigdefault, testhook
+from pgmgr.core import conferror, process, sigdefault, testhook
 from pgmgr.core.errors import DatabaseException, UsageError, WorkerError, doing
 from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.privileges import ServerUser
@@ -279,12 +279,9 @@ class ServerExited(WorkerError):
         self.pid = pid
         self.log = log
         why = why_exited(log)
-        if "contains errors" in why:  # pgmgr.conf: the LOG line before the FATAL says which
-            causes = [ln for ln in log.splitlines() if re.search(r"\bLOG:\s+.*parameter", ln)]
-            if causes:  # fatal because of it: said as the FATAL line of a -c would be
-                cause = re.split(r"LOG:\s+", causes[-1])[-1].strip()
-                m = re.search(r'configuration file "([^"]+)" contains errors', why)
-                why = f"FATAL: {cause} (in {m.group(1) if m else 'a configuration file'})"
+        cause = conferror.cause(log, why)  # the LOG line before the FATAL says which
+        if cause is not None:  # fatal because of it: said as the FATAL line of a -c would be
+            why = f"FATAL: {cause}"
         if "Address already in use" in log:
             why = "port already in use (" + why + ")"
         elif re.search(r"could not bind IPv[46] address .*: Permission denied", log):

@@ -133,7 +133,10 @@ def check_values(srv: Server, settings: Mapping[str, str]) -> None:
             if f"{tag}:" in line:
                 said.setdefault(tag, line.split(f"{tag}:", 1)[1].strip())
     given = [*settings, *settings.values()]
-    text = clip_in(said.get("FATAL") or str(failed), given)
+    from pgmgr.core import conferror
+
+    fatal = said.get("FATAL") or str(failed)
+    text = clip_in(conferror.cause(failed.stderr, fatal) or fatal, given)
     hint = clip_in(said["HINT"], given) if "HINT" in said else None
     raise UsageError(f"PostgreSQL {install.version} refuses it: {text}", hint=hint)
 

@@ -35,6 +35,33 @@ def test_failed_start_reports_the_fatal_line(
     assert not postgres_pids_under(inst.datadir)
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("shared_buffers = = 1", 'syntax error in file "{conf}" line {n}, near token "="'),
+        ("include 'nope.conf'", 'could not open configuration file "{dir}/nope.conf"'),
+        ("no_such = 1", 'unrecognized configuration parameter "no_such" in file "{conf}" line {n}'),
+    ],
+)
+def test_an_error_in_postgresql_conf_is_named_where_it_is(
+    cluster: InstFactory, line: str, expected: str
+) -> None:
+    """A hand edit of postgresql.conf that postgres refuses: start, restart and config set
+    said 'configuration file ".../pgmgr.conf" contains errors' (pgmgr's file, which includes
+    postgresql.conf), not the file and line to fix."""
+    inst = cluster()
+    conf = inst.datadir / "postgresql.conf"
+    n = len(conf.read_text().splitlines()) + 1
+    with conf.open("a") as f:
+        f.write(line + "\n")
+    want = expected.format(conf=conf, n=n, dir=inst.datadir)
+    for args in (["start", "db", "-p", "auto"], ["config", "db", "set", "work_mem=9MB"]):
+        run = pgmgr(*args)
+        err = one_error(run)
+        assert want in err and "pgmgr.conf" not in err, str(run)
+    assert not postgres_pids_under(inst.datadir)
+
+
 def test_non_utf8_datadir_is_a_clean_error(work: Path) -> None:
     raw = os.fsencode(str(work)) + b"/data-\xff"
     path = os.fsdecode(raw)
