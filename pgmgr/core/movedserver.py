@@ -77,6 +77,31 @@ def hint(srv: Server, moved: Moved) -> str:
     its pg_control into that cluster."""
     back = f"mv {shlex.quote(moved.where)} {shlex.quote(str(srv.datadir))}"
     return (
-        f"move the directory back ({back}), then 'pgmgr stop {srv.inst.name}': the server "
-        "writes its global/pg_control under the path it was started with"
+        f"move the directory back ({back}, once nothing else stands there), then 'pgmgr "
+        f"stop {srv.inst.name}': the server writes its global/pg_control under the path it "
+        "was started with"
     )
+
+
+def started_as(pid: int, datadir: Path) -> str | None:
+    """The data directory path the postmaster ``pid`` (serving ``datadir``) was started with,
+    when that path no longer leads to ``datadir`` (the directory was moved since); None when
+    it does, or its command line does not say (no absolute ``-D``).
+
+    Its shutdown checkpoint writes global/pg_control under that path: nothing there makes
+    it panic (crash recovery at its next start); another cluster there gets its pg_control
+    overwritten.
+    """
+    argv = process.cmdline(pid)
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-D"]
+    if len(given) != 1 or not given[0].startswith("/"):
+        return None
+    try:
+        here = os.stat(datadir)
+    except OSError:
+        return None
+    try:
+        there = os.stat(given[0])
+    except OSError:
+        return given[0]
+    return None if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) else given[0]

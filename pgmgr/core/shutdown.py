@@ -48,6 +48,8 @@ def stop(
             srv.inst.pid = None
             save_after_stop(srv)
         return False
+    if mode != "immediate":
+        _check_started_here(srv, pf.pid, mode)
     if not wait:
         from pgmgr.core import launch
 
@@ -65,6 +67,34 @@ def stop(
     if record:
         save_after_stop(srv)
     return True
+
+
+class StartedElsewhere(WorkerError):
+    """A smart or fast stop refused: the server's shutdown checkpoint would write its
+    pg_control under the path it was started with, which its data directory left (a
+    WorkerError: destroy, which stops fast then immediate, goes on with an immediate stop,
+    which writes none)."""
+
+
+def _check_started_here(srv: Server, pid: int, mode: str) -> None:
+    """:raises StartedElsewhere: the postmaster was started at another path (see
+    :func:`pgmgr.core.movedserver.started_as`)."""
+    from pgmgr.core import movedserver
+
+    old = movedserver.started_as(pid, srv.datadir)
+    if old is None:
+        return
+    import shlex
+
+    raise StartedElsewhere(
+        f"refusing a {mode} stop of '{srv.inst.name}': its server (pid {pid}) was started "
+        f"as {old}, and its data directory was moved to {srv.datadir} since; its shutdown "
+        f"checkpoint would write global/pg_control under {old} (a PANIC if nothing is "
+        "there, another cluster's pg_control overwritten if one is)",
+        hint=f"if nothing stands at {shlex.quote(old)}, move the directory back there and "
+        "stop it; else stop it with '-m immediate' (no checkpoint: crash recovery at its "
+        "next start)",
+    )
 
 
 def _stop_waiting(srv: Server, pid: int, mode: str, timeout: float | None) -> bool:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 from pgmgr.core import process
@@ -138,6 +140,38 @@ def test_no_new_cluster_where_a_running_one_was_moved_from(
     log = Path(inst.record()["log_file"]).read_text(errors="replace")
     assert "PANIC" not in log
     assert pgmgr("forget", "db.moved").returncode == 0
+
+
+def test_no_fast_stop_of_a_server_started_at_another_path(
+    cluster: InstFactory, work: Path, template: Path
+) -> None:
+    """A server whose data directory was moved while it ran, stopped through the new path
+    ('pgmgr stop -d NEWDIR'): its shutdown checkpoint writes global/pg_control under the
+    path it was started with: a PANIC when nothing is there, and another cluster's
+    pg_control overwritten when one is. pgmgr said "Stopped". Now a smart or fast stop is
+    refused; an immediate one (no checkpoint) is not."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid()
+    moved = work / "db.moved"
+    inst.datadir.rename(moved)
+    copy_datadir(template, inst.datadir)  # another cluster at the old path
+    control = (inst.datadir / "global" / "pg_control").read_bytes()
+    try:
+        for args in (["stop", "-d", str(moved)], ["restart", "-d", str(moved)]):
+            run = pgmgr(*args)
+            err = one_error(run)
+            assert f"was started as {inst.datadir}" in err and "-m immediate" in run.stderr, err
+            assert process.serves(pid or 0, moved, None)
+        run = pgmgr("stop", "-d", str(moved), "-m", "immediate")
+        assert run.returncode == 0, str(run)
+    finally:
+        if process.serves(pid or 0, moved, None):
+            os.kill(pid or 0, signal.SIGQUIT)  # immediate: no checkpoint
+    assert process.wait_gone(pid or 0, moved, 10)
+    assert (inst.datadir / "global" / "pg_control").read_bytes() == control
+    log = Path(inst.record()["log_file"]).read_text(errors="replace")
+    assert "PANIC" not in log
 
 
 def test_old_record_gets_its_identity(cluster: InstFactory, rel_isolation: Path) -> None:
