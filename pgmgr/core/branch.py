@@ -263,6 +263,7 @@ def _branch(
             with done_then(said, src.inst.name) as made, paused(src, "branch", stop=False) as pause:
                 with copy.disk_full(f"branch of '{src.inst.name}'", tstore.path):
                     stats, major = _copy_branch(src, snap, tstore, pause, say)
+                testhook.pause("branch-to-place")
                 inst = new_record(src, new, target, port, major)
                 srv = Server(inst)
                 if start:
@@ -271,6 +272,10 @@ def _branch(
                 branchplace.place(srv, tstore, pause, src.inst.name, start=start, auto=auto)
                 made.append(True)
         except BaseException:
+            # Between the copy and its placement (a signal, a port or record error) the
+            # staged copy is still there, and no record pins it (place() removes both
+            # whatever fails in it): it goes too, not only at the next branch's sweep.
+            cleanup.quietly(lambda: _drop_staged(tstore, new, target))
             snapstore.drop_if_empty(tstore)  # no branch: no store of it either
             raise
     return BranchResult(
@@ -278,6 +283,20 @@ def _branch(
         srv.url() if start else None, stats.bytes, stats.method,
         time.monotonic() - t0, pause.downtime,
     )  # fmt: skip
+
+
+def _drop_staged(tstore: snapstore.Store, new: str, target: Path) -> None:
+    """Remove the branch's staged copy unless a record of ``new`` at ``target`` is still
+    pending on it (settled by the next load of that record: see :mod:`branchplace`)."""
+    staged = tstore.entry(branchplace.STAGED)
+    if not os.path.lexists(staged):
+        return
+    if new in registry.names():
+        with contextlib.suppress(PgmgrError):
+            rec = registry.load(new, settle=False)
+            if rec.pending == branchplace.PENDING and rec.datadir == os.path.realpath(target):
+                return
+    tstore.as_user(snapstore.remove_tree, staged)
 
 
 def _sweep(store: Path) -> list[str]:

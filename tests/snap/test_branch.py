@@ -14,7 +14,9 @@ import psycopg
 import pytest
 
 from tests.helpers import error_lines, killed
+from tests.pause import Paused
 from tests.snap.conftest import Inst, leftovers
+from tests.snap.test_delta import hooks_dir
 from tests.snap.test_interrupt import DELAYS, big, interrupt
 
 
@@ -155,6 +157,25 @@ def test_interrupted_branch_leaves_nothing(inst: Inst, ops_dir: Path, sig: int) 
         assert leftovers(ops_dir / ".pgmgr-snapshots" / f"b{i}") == []
     assert made < len(DELAYS)
     subprocess.run(["true"], check=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_branch_interrupted_between_copy_and_placing_leaves_no_copy(
+    inst: Inst, ops_dir: Path, tmp_path: Path, sig: int
+) -> None:
+    """A signal after the copy, before it was registered and put in place (its record
+    made, its port picked): the staged copy, a whole data directory, stayed in the new
+    store until some later branch swept it (a flake of the random-delay test above, under
+    load, found it)."""
+    with Paused(hooks_dir(tmp_path), "branch-to-place", "branch", "dev", "late",
+                env=inst.env) as making:  # fmt: skip
+        making.reached()
+        assert (ops_dir / ".pgmgr-snapshots" / "late" / ".tmp-branch").is_dir()
+        assert making.kill(sig) == 130
+    assert inst.state() == "running"
+    assert not (ops_dir / "late").exists()
+    assert "late" not in [s["name"] for s in json.loads(inst.ok("status", "--json").stdout)]
+    assert leftovers(ops_dir / ".pgmgr-snapshots" / "late", wait=0) == []
 
 
 def test_two_branches_into_one_name_at_once(inst: Inst, ops_dir: Path) -> None:
