@@ -292,8 +292,11 @@ def pgmgr_pool(
     def connect() -> object:
         import psycopg
 
-        params = pgmgr_server.server.conninfo(tcp=False)
-        params.update(dbname="postgres", application_name="pgmgr-pool")
+        from pgmgr.core import ownconn
+
+        params = ownconn.params(
+            {**pgmgr_server.server.conninfo(tcp=False), "application_name": "pgmgr-pool"}
+        )
         return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
 
     st = os.statvfs(pgmgr_server.base or ".")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import paths, process, server, testhook
+from pgmgr.core import ownconn, paths, process, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult
 
@@ -142,7 +142,7 @@ def conf_load_time(srv: Server, timeout: int = 5) -> float:
     import psycopg  # only here: it costs ~120 ms to import
 
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=timeout) as conn:
             row = conn.execute("SELECT extract(epoch FROM pg_conf_load_time())").fetchone()
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect
@@ -308,8 +308,7 @@ def psql_command(srv: Server, args: list[str]) -> tuple[list[str], dict[str, str
         if found is None:
             raise DatabaseException(f"no psql next to {install.bin('postgres')} nor on PATH")
         psql = Path(found)
-    env = dict(os.environ)
-    env.pop("PGPASSWORD", None)
+    env = ownconn.user_environ()  # less PGSERVICE, PGHOSTADDR, PGPASSWORD ...
     env.update(environment(srv, tcp=not srv.inst.socket_dir))
     return [str(psql), *args], env
 
