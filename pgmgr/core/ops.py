@@ -13,7 +13,7 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -276,13 +276,15 @@ def fish_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def shell_exports(env: Mapping[str, str], shell: str = "sh") -> str:
+def shell_exports(env: Mapping[str, str], shell: str = "sh", unset: Sequence[str] = ()) -> str:
     """``export NAME='value'`` lines (sh, bash, zsh) or ``set -gx NAME 'value'`` (fish) for
-    ``eval``."""
+    ``eval``, after ``unset NAME`` (``set -e NAME``) lines for ``unset``."""
     if shell == "fish":
-        return "\n".join(f"set -gx {k} {fish_quote(v)};" for k, v in env.items())
+        drop = [f"set -e {k};" for k in unset]
+        return "\n".join(drop + [f"set -gx {k} {fish_quote(v)};" for k, v in env.items()])
     if shell in ("sh", "bash", "zsh"):
-        return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+        drop = [f"unset {k}" for k in unset]
+        return "\n".join(drop + [f"export {k}={shlex.quote(v)}" for k, v in env.items()])
     raise UsageError(f"invalid --shell {shell!r}: use {', '.join(SHELLS)}")
 
 

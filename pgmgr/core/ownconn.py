@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
@@ -72,6 +72,13 @@ def detach_process() -> None:
         _user_env = dict(os.environ)
     for name in [k for k in os.environ if is_libpq_var(k)]:
         del os.environ[name]
+
+
+def stray_targets(given: Iterable[str]) -> list[str]:
+    """The :data:`TARGET` variables of the user's environment that ``given`` does not set:
+    a shell that takes ``pgmgr env``'s exports unsets them."""
+    env = os.environ if _user_env is None else _user_env
+    return [name for name in TARGET if name in env and name not in given]
 
 
 def user_environ() -> dict[str, str]:

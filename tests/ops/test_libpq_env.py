@@ -8,6 +8,7 @@ The environments are a few representative sets, not every variable with every co
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,11 @@ def test_run_and_psql_keep_the_users_settings_but_not_their_server(ops_dir: Path
                      "-p", "auto", "-v", VERSION))  # fmt: skip
         out = ok(run_pgmgr("psql", "u", "--", "-XAtc", show, env=env)).stdout
         assert out.strip() == "on"
+        # pgmgr env: what it prints unsets them in the shell that evaluates it
+        shell = f'eval "$({sys.executable} -m pgmgr env u)" && exec "$@"'
+        argv = ["sh", "-c", shell, "sh", *probe]
+        got = ok(subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True))
+        assert got.stdout.strip() == "on"
     finally:
         run_pgmgr("stop", "--all", "-m", "immediate", "-q")
     assert postmasters_under(ops_dir) == []
