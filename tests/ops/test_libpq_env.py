@@ -205,6 +205,34 @@ def test_plugin_ignores_it(
     assert postmasters_under(ops_dir / "tmp") == []
 
 
+MARKED_EXAMPLE = """
+import os
+import psycopg
+import pytest
+
+
+@pytest.mark.pgmgr
+def test_marked():
+    with psycopg.connect("") as conn:  # PGHOST, PGPORT ... the marker set
+        sql = "SELECT current_database(), current_setting('default_transaction_read_only')"
+        assert conn.execute(sql).fetchone() == (os.environ["PGDATABASE"], "on")
+"""
+
+
+def test_plugin_marker_keeps_the_users_settings_but_not_their_server(
+    pytester: pytest.Pytester, ops_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini(f"[pytest]\npgmgr_version = {VERSION}\npgmgr_tmpdir = {ops_dir / 'tmp'}\n")
+    pytester.makepyfile(test_marked=MARKED_EXAMPLE)
+    env = {**hostile(CLI_SETS, "service", ops_dir), "PGHOSTADDR": "127.0.0.2",
+           "PGOPTIONS": READ_ONLY}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=150)
+    result.assert_outcomes(passed=1)
+    assert postmasters_under(ops_dir / "tmp") == []
+
+
 def test_run_and_psql_keep_the_users_settings_but_not_their_server(ops_dir: Path) -> None:
     """``pgmgr run`` and ``pgmgr psql``: the user's PGOPTIONS reach their session; their
     PGSERVICE (whose host beats PGHOST) and PGHOSTADDR do not send it elsewhere."""
