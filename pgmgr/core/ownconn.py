@@ -97,7 +97,7 @@ def user_environ() -> dict[str, str]:
 #: not where libpq refuses it (``sslcertmode``, ``require_auth``).
 OWN = {
     "password": "",
-    "connect_timeout": "30",  # the callers give their own: this is the bound without
+    "connect_timeout": "130",  # psycopg's own default; most callers give their own
     "passfile": "",
     "hostaddr": "",
     "options": "",

@@ -256,3 +256,19 @@ def test_run_and_psql_keep_the_users_settings_but_not_their_server(ops_dir: Path
     finally:
         run_pgmgr("stop", "--all", "-m", "immediate", "-q")
     assert postmasters_under(ops_dir) == []
+
+
+def test_every_parameter_libpq_takes_from_the_environment_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no variable set, each parameter the installed libpq reads from one has an
+    explicit value of pgmgr's (a newer libpq's new one fails here: give it a value)."""
+    from pgmgr.core import ownconn
+
+    for name in [k for k in os.environ if ownconn.is_libpq_var(k)]:
+        monkeypatch.delenv(name)
+    base = {"host": "/tmp", "port": "5432", "user": "postgres", "dbname": "postgres"}
+    given = ownconn.params(base)
+    backed = {opt.keyword.decode() for opt in psycopg.pq.Conninfo.get_defaults() if opt.envvar}
+    assert backed - set(given) == {"service"}
+    assert given["sslmode"] == "disable" and given["gssencmode"] == "disable"
