@@ -275,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     global COMMAND_PROCESS
     COMMAND_PROCESS = True
+    from pgmgr.core import ownconn
+
+    ownconn.detach_process()  # one thread yet; psql and run pass the user's on
     reserve_std_fds()
     try:
         _main(argv)

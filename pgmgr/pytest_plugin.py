@@ -292,8 +292,11 @@ def pgmgr_pool(
     def connect() -> object:
         import psycopg
 
-        params = pgmgr_server.server.conninfo(tcp=False)
-        params.update(dbname="postgres", application_name="pgmgr-pool")
+        from pgmgr.core import ownconn
+
+        params = ownconn.params(
+            {**pgmgr_server.server.conninfo(tcp=False), "application_name": "pgmgr-pool"}
+        )
         return psycopg.connect(**params, autocommit=True)  # type: ignore[arg-type]
 
     st = os.statvfs(pgmgr_server.base or ".")
@@ -379,12 +382,17 @@ def _failed(what: str, e: Exception) -> Exception:
 
 @pytest.fixture(autouse=True)
 def _pgmgr_marker(request: pytest.FixtureRequest) -> Iterator[None]:
-    """For tests marked ``pgmgr``: a fresh database, with DATABASE_URL and PG* set to it."""
+    """For tests marked ``pgmgr``: a fresh database, with DATABASE_URL and PG* set to it (a
+    PGSERVICE or PGHOSTADDR of the session, which would send the test elsewhere, unset)."""
     if request.node.get_closest_marker("pgmgr") is None:
         yield
         return
+    from pgmgr.core import ownconn
+
     db: Database = request.getfixturevalue("pgmgr_db")
     with pytest.MonkeyPatch.context() as mp:
+        for key in ownconn.stray_targets(db.env):
+            mp.delenv(key)
         for key, value in db.env.items():
             mp.setenv(key, value)
         yield

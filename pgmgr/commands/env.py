@@ -23,11 +23,13 @@ def env(
 ) -> None:
     """Print PGHOST, PGPORT, PGUSER, PGDATABASE and PGDATA exports for eval.
 
-    Over --tcp the password goes to a PGPASSFILE (mode 0600) in pgmgr's state directory.
+    A PGSERVICE, PGHOSTADDR or PGPASSWORD in the environment is unset first (each would
+    send clients elsewhere, or with another password). Over --tcp the password goes to a
+    PGPASSFILE (mode 0600) in pgmgr's state directory.
 
     Example: eval "$(pgmgr env dev)" && psql -c 'select 1'
     """
-    from pgmgr.core import ops
+    from pgmgr.core import ops, ownconn
     from pgmgr.core.errors import UsageError
 
     if shell not in ops.SHELLS:
@@ -37,4 +39,5 @@ def env(
     if json:
         ui.emit_json(variables)
     else:
-        ui.emit(ops.shell_exports(variables, shell))
+        # a PGSERVICE, PGHOSTADDR or PGPASSWORD of the shell would send its clients elsewhere
+        ui.emit(ops.shell_exports(variables, shell, ownconn.stray_targets(variables)))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pgmgr import __version__
-from pgmgr.core import dirpath, numtext, process, rmtree, server, testhook, versions
+from pgmgr.core import dirpath, numtext, ownconn, process, rmtree, server, testhook, versions
 from pgmgr.core.bundlecheck import FORMAT, FORMAT_VERSION, MANIFEST, checksums
 from pgmgr.core.errors import DatabaseException, doing
 from pgmgr.core.instance import Server, unfinished
@@ -119,11 +119,11 @@ def _facts(srv: Server) -> tuple[list[dict[str, Any]], str]:
 
     dbs: list[dict[str, Any]] = []
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=5) as conn:
             rows = conn.execute(DATABASES_SQL).fetchall()
             ver = conn.execute("SHOW server_version").fetchone()
         for name, enc, collate, ctype in rows:
-            with psycopg.connect(srv.dsn(), dbname=name, connect_timeout=5) as conn:
+            with psycopg.connect(ownconn.dsn(srv), dbname=name, connect_timeout=5) as conn:
                 exts = conn.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1")
                 found = [{"name": e, "version": v} for e, v in exts.fetchall()]
             dbs.append(

@@ -132,9 +132,10 @@ def installed(srv: Server) -> dict[str, dict[str, str]]:
     """
     import psycopg  # only here: it costs ~120 ms to import
 
+    from pgmgr.core import ownconn
     from pgmgr.core.errors import WorkerError
 
-    dsn = srv.dsn()
+    dsn = ownconn.dsn(srv)
     out: dict[str, dict[str, str]] = {}
     try:
         with psycopg.connect(dsn, connect_timeout=5) as conn:

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from pgmgr.core import (
     identity,
+    ownconn,
     paths,
     privileges,
     process,
@@ -392,7 +393,7 @@ class Server:
 
         t0 = time.monotonic()
         try:
-            with psycopg.connect(self.dsn(), connect_timeout=timeout) as conn:
+            with psycopg.connect(ownconn.dsn(self), connect_timeout=timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
         except psycopg.Error as e:
             from pgmgr.core.readyfirst import cannot_connect

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pgmgr.core import scram, testhook, userfs
+from pgmgr.core import ownconn, scram, testhook, userfs
 from pgmgr.core.errors import DatabaseException, WorkerError
 from pgmgr.core.instance import Server
 from pgmgr.core.ops import reload
@@ -92,7 +92,7 @@ def connect(srv: Server) -> Iterator[psycopg.Connection[Any]]:
     import psycopg
 
     try:
-        conn = psycopg.connect(srv.dsn(), autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(ownconn.dsn(srv), autocommit=True, connect_timeout=5)
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect
 

@@ -13,12 +13,12 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import paths, process, server, testhook
+from pgmgr.core import ownconn, paths, process, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult
 
@@ -142,7 +142,7 @@ def conf_load_time(srv: Server, timeout: int = 5) -> float:
     import psycopg  # only here: it costs ~120 ms to import
 
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=timeout) as conn:
             row = conn.execute("SELECT extract(epoch FROM pg_conf_load_time())").fetchone()
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect
@@ -292,13 +292,15 @@ def fish_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def shell_exports(env: Mapping[str, str], shell: str = "sh") -> str:
+def shell_exports(env: Mapping[str, str], shell: str = "sh", unset: Sequence[str] = ()) -> str:
     """``export NAME='value'`` lines (sh, bash, zsh) or ``set -gx NAME 'value'`` (fish) for
-    ``eval``."""
+    ``eval``, after ``unset NAME`` (``set -e NAME``) lines for ``unset``."""
     if shell == "fish":
-        return "\n".join(f"set -gx {k} {fish_quote(v)};" for k, v in env.items())
+        drop = [f"set -e {k};" for k in unset]
+        return "\n".join(drop + [f"set -gx {k} {fish_quote(v)};" for k, v in env.items()])
     if shell in ("sh", "bash", "zsh"):
-        return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+        drop = [f"unset {k}" for k in unset]
+        return "\n".join(drop + [f"export {k}={shlex.quote(v)}" for k, v in env.items()])
     raise UsageError(f"invalid --shell {shell!r}: use {', '.join(SHELLS)}")
 
 
@@ -324,8 +326,7 @@ def psql_command(srv: Server, args: list[str]) -> tuple[list[str], dict[str, str
         if found is None:
             raise DatabaseException(f"no psql next to {install.bin('postgres')} nor on PATH")
         psql = Path(found)
-    env = dict(os.environ)
-    env.pop("PGPASSWORD", None)
+    env = ownconn.user_environ()  # less PGSERVICE, PGHOSTADDR, PGPASSWORD ...
     env.update(environment(srv, tcp=not srv.inst.socket_dir))
     return [str(psql), *args], env
 

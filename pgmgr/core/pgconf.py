@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pgmgr.core import server
+from pgmgr.core import ownconn, server
 from pgmgr.core.errors import UsageError, WorkerError
 from pgmgr.core.pgtext import clip, clip_in
 
@@ -194,7 +194,7 @@ def live_values(srv: Server, names: Sequence[str]) -> dict[str, tuple[str, str, 
     if not names:
         return {}
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=5) as conn:
             rows = conn.execute(_LIVE_SQL, [[n.lower() for n in names]]).fetchall()
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect
@@ -377,7 +377,7 @@ def uses_pgmgr_conf(srv: Server) -> bool:
         )
 
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=5) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=5) as conn:
             row = conn.execute("SELECT current_setting('config_file')").fetchone()
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect

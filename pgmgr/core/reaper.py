@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pgmgr.core import ownerrm, process, userfs
+from pgmgr.core import ownconn, ownerrm, process, userfs
 from pgmgr.core.errors import PgmgrError
 
 
@@ -27,7 +27,7 @@ def spawn(base: Path, datadir: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start a reaper for ``base``; returns it and the write end of its pipe, which the
     caller keeps open for as long as the instance lives (it is not inherited by children)."""
     r, w = os.pipe()
-    env = dict(os.environ)
+    env = ownconn.own_environ()
     here = str(Path(__file__).resolve().parents[2])  # the same pgmgr in the child
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     try:

@@ -39,8 +39,10 @@ def replay_lag(srv: Server) -> tuple[int | None, float | None, bool | None]:
     unknown."""
     import psycopg
 
+    from pgmgr.core import ownconn
+
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=2) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=2) as conn:
             row = conn.execute(LAG_SQL).fetchone()
     except psycopg.Error:
         return None, None, None

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from pgmgr.core import cleanup, server, testhook, userfs
+from pgmgr.core import cleanup, ownconn, server, testhook, userfs
 from pgmgr.core.copy import copy_tree, sync_fs
 from pgmgr.core.errors import Busy
 from pgmgr.core.privileges import ServerUser
@@ -119,7 +119,7 @@ def start_refill(key: str, user: ServerUser | None, root: Path | None = None) ->
         except BlockingIOError:
             return False
         uid, gid = owner_of(user)
-        env = dict(os.environ)
+        env = ownconn.own_environ()
         here = str(Path(__file__).resolve().parents[2])  # the same pgmgr in the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         argv = [sys.executable, "-m", "pgmgr.core.template", "refill", str(root), key]

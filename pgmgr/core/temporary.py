@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import ownerrm, privileges, server, sweep, testhook, userfs
+from pgmgr.core import ownconn, ownerrm, privileges, server, sweep, testhook, userfs
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote, quote_ident
@@ -302,8 +302,7 @@ class TemporaryInstance:
         """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
         import psycopg  # only here: it costs ~120 ms to import
 
-        params = self.server.conninfo(tcp=False)
-        params["dbname"] = dbname
+        params = ownconn.params({**self.server.conninfo(tcp=False), "dbname": dbname})
         # Bounded: a server a test froze (SIGSTOP) never answers, and the connection then
         # waited for psycopg's default (for ever before 3.2, 130 s since): the pytest
         # plugin's drop of a test's database, at its teardown, and the next one's create.
@@ -360,7 +359,7 @@ def run_command(
             return 128 + relay.received[0]
         if on_ready is not None:
             on_ready(tmp)
-        child = relay.launch(argv, {**os.environ, **tmp.environment()})
+        child = relay.launch(argv, {**ownconn.user_environ(), **tmp.environment()})
         if child is None:
             return 128 + relay.received[0]
         code = child.wait()

@@ -45,7 +45,9 @@ def first_use(conn: psycopg.Connection[tuple[object, ...]], major: int) -> str |
     """Where the old cluster (``conn``, to its ``postgres`` database) uses ICU: "database
     X uses collation Y" or "database X's locale provider is ICU", or None."""
     import psycopg
-    from psycopg.conninfo import make_conninfo
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pgmgr.core import ownconn
 
     provider = "datlocprovider" if major >= 15 else "'c'"
     rows = conn.execute(
@@ -55,11 +57,14 @@ def first_use(conn: psycopg.Connection[tuple[object, ...]], major: int) -> str |
     for name, icu, _ in rows:
         if icu:
             return f"database {name}'s locale provider is ICU"
-    dsn = conn.info.dsn
+    known = {k: str(v) for k, v in conninfo_to_dict(conn.info.dsn).items()}  # without
+    # its empty values: what the environment gave it is given again
     for name, _, connectable in rows:
         if not connectable:
             continue
-        with psycopg.connect(make_conninfo(dsn, dbname=str(name)), connect_timeout=10) as db:
+        with psycopg.connect(
+            ownconn.conninfo({**known, "dbname": str(name)}), connect_timeout=10
+        ) as db:
             row = db.execute(USED_SQL).fetchone()
         if row:
             return f"database {name} uses ICU collation {row[0]}"

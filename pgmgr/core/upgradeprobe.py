@@ -23,11 +23,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgmgr.core import launch, pgconf, process, server, sigguard, startchild, testhook
+from pgmgr.core import launch, ownconn, pgconf, process, server, sigguard, startchild, testhook
 from pgmgr.core import upgradeplan as plan
 from pgmgr.core.errors import DatabaseException, WorkerError
 from pgmgr.core.instance import Server
-from pgmgr.core.pgtext import dsn_quote
 from pgmgr.core.versions import Installation
 
 #: Seconds the stopped server gets to be ready (crash recovery included), and to stop.
@@ -142,7 +141,7 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
     """A connection string to ``srv``'s server: the running one, else one run for the
     question (see the module doc) until the block ends."""
     if srv.running() is not None:
-        yield srv.dsn(tcp=False)
+        yield ownconn.dsn(srv, tcp=False)
         return
     srv.check_identity("upgrade")
     startchild.clear_stale_pidfile(srv)
@@ -163,7 +162,9 @@ def _asked(srv: Server, sockdir: str) -> Iterator[str]:
         wait_ready(srv, child, offset, srv.datadir)
         testhook.pause("upgrade-probing")
         user = srv.inst.superuser
-        yield f"host={dsn_quote(sockdir)} port={port} user={dsn_quote(user)} dbname=postgres"
+        yield ownconn.conninfo(
+            {"host": sockdir, "port": str(port), "user": user, "dbname": "postgres"}
+        )
     finally:
         stop(child)
 
