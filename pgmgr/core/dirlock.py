@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pgmgr.core import paths, testhook
+from pgmgr.core.errors import PgmgrError
 
 #: How long a command waits for another pgmgr holding an instance's lock (an export, a
 #: snapshot's copy, another command) before it says the instance is busy.
@@ -151,3 +152,23 @@ def is_locked(datadir: Path) -> bool:
             return not got
     except OSError:
         return False
+
+
+#: What :func:`lock_file` names lock files with (``.waits`` files are notes, not locks).
+LOCK_SUFFIXES = (".lock", ".attend")
+
+
+def sweep() -> None:
+    """Delete the lock files no one holds in this user's ``locks/``: a killed holder's (a
+    temporary instance's data directory is never locked again), or an older pgmgr's, which
+    kept one per data directory for ever. Each is deleted as a holder deletes it (see the
+    module docstring); one held, or waited on and taken meanwhile, stays."""
+    try:
+        where = paths.state_dir() / "locks"
+        names = os.listdir(where)
+    except (OSError, PgmgrError):  # none yet; an unusable state directory: said elsewhere
+        return
+    for name in names:
+        if name.endswith(LOCK_SUFFIXES) and name != "registry.lock":
+            with contextlib.suppress(OSError), held(where / name, timeout=0, busy="", create=False):
+                pass

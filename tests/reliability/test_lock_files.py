@@ -4,6 +4,8 @@ lets two processes hold one data directory's lock (pgmgr.core.dirlock)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,7 +23,8 @@ def test_lock_files_are_gone_once_commands_are_done(
 ) -> None:
     """Every data directory ever started, snapshotted, stopped, destroyed or run as a
     temporary instance kept its lock file for ever. A holder killed (-9) leaves its file:
-    the next command on that directory uses it and deletes it."""
+    the next command on that directory uses it and deletes it; the next temporary instance
+    deletes those of directories never used again."""
     inst = cluster("db")
     ok(inst.start("-p", "auto", "-q"))
     ok(pgmgr("snapshot", "db", "s1", "-q"))
@@ -30,6 +33,18 @@ def test_lock_files_are_gone_once_commands_are_done(
         tmp = str(work / f"tmp{i}")
         ok(pgmgr("start", "--init", "-d", tmp, "--name", f"tmp{i}", "-p", "auto", "-q"))
         ok(pgmgr("destroy", f"tmp{i}", "--yes", "-q"))
+    assert lock_files(rel_isolation) == []
+    # An older pgmgr's files, or a killed run's: the next temporary instance deletes the
+    # free ones, not one another process holds.
+    for name in ("0" * 20 + ".lock", "1" * 20 + ".attend", "2" * 20 + ".lock"):
+        (rel_isolation / "locks" / name).touch(mode=0o600)
+    held = os.open(rel_isolation / "locks" / ("2" * 20 + ".lock"), os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        ok(pgmgr("run", "--", "true"))
+        assert lock_files(rel_isolation) == ["2" * 20 + ".lock"]
+    finally:
+        os.close(held)
     ok(pgmgr("run", "--", "true"))
     assert lock_files(rel_isolation) == []
     with Paused(hooks, "dirlock-held", "snapshot", "db", "s2") as snap:
