@@ -467,6 +467,19 @@ def show(srv: Server | None, name: str, mode: str | None = None) -> tuple[Unit, 
     return generate(srv, mode), False
 
 
+def units_of(name: str, datadir: str) -> list[Path]:
+    """This registry's installed units of its instance ``name`` (``datadir``): a destroy
+    or a forget leaves them (only 'pgmgr service remove' stops and deletes a unit) and says
+    so; another registry's unit of that name is none of its business."""
+    found = []
+    for m in MODES:
+        path = unit_dir(m) / unit_name(name)
+        text = _read_ours(path)
+        if text is not None and _whose(text, header(name, datadir)) is None:
+            found.append(path)
+    return found
+
+
 def remove(name: str, mode: str | None = None) -> list[Path]:
     """Stop, disable and delete the pgmgr unit of ``name`` (either mode, or ``mode``).
 

@@ -198,6 +198,26 @@ def test_remove_leaves_the_unit_of_another_registry(
     assert removed.returncode == 0 and not path.exists(), removed.stderr
 
 
+def test_destroy_and_forget_say_that_their_unit_stays(fresh: Instance, unit_env: Path) -> None:
+    """A destroyed or forgotten instance's unit stays (systemd goes on starting it): the
+    command says so, and how to remove it; never of another registry's unit of that name."""
+    path, _ = unit_text(fresh, "user")
+    env = other_registry(unit_env)
+    forgot = run_pgmgr("forget", "fresh", env=env)
+    assert forgot.returncode == 0 and "unit" not in forgot.stderr, forgot.stderr
+    assert fresh.pgmgr("service", "remove", "fresh", "-q").returncode == 0
+    again = run_pgmgr("init", "-q", "-d", str(unit_env / "elsewhere"), "--name", "fresh", env=env)
+    assert again.returncode == 0, again.stderr
+    assert run_pgmgr("service", "install", "fresh", "--user", "-q", env=env).returncode == 0
+    destroyed = run_pgmgr("destroy", "fresh", "--yes", env=env)
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert destroyed.stderr.splitlines()[-1] == (
+        f"Note: its systemd unit stays: {path} ('pgmgr service remove fresh' stops and deletes it)"
+    ), destroyed.stderr
+    assert run_pgmgr("service", "remove", "fresh", "-q", env=env).returncode == 0
+    assert not path.exists()
+
+
 def test_remove_refuses_a_hand_written_unit(fresh: Instance, mock_systemctl: Path) -> None:
     """A file pgmgr did not write, asked for by --system or --user, was "no pgmgr unit"
     (exit 4); it is refused as install refuses it. Without a mode it is someone else's
