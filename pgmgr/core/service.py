@@ -481,10 +481,13 @@ def units_of(name: str, datadir: str) -> list[Path]:
 
 
 def remove(name: str, mode: str | None = None) -> list[Path]:
-    """Stop, disable and delete the pgmgr unit of ``name`` (either mode, or ``mode``).
+    """Stop, disable and delete this registry's pgmgr unit of ``name`` (either mode, or
+    ``mode``), also once its instance is gone (see :func:`_foreign`).
 
     :returns: the unit files removed.
     :raises InstanceNotFound: there is none.
+    :raises DatabaseException: the only one is another registry's, or the one of ``mode``
+        is (or is not pgmgr's); nothing was touched.
     :raises UsageError: ``name`` is not a valid instance name (no path in a unit name).
     """
     registry.check_name(name)
