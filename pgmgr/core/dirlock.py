@@ -42,25 +42,31 @@ def lock_file(datadir: Path, suffix: str) -> Path:
     return paths.ensure_private_dir(paths.state_dir() / "locks") / f"{key}{suffix}"
 
 
-def _open(path: Path, *, create: bool) -> int:
-    """``path`` opened for ``flock`` (created 0600 with ``create``); -1 if it is absent.
-    A read-only or full state file system: an existing file still serializes."""
+def _open(path: Path, *, create: bool) -> tuple[int, bool]:
+    """``path`` opened for ``flock`` (created 0600 with ``create``), and False; -1 if it
+    is absent (without ``create``). A read-only or full state file system: an existing file
+    still serializes; with none (deleted by its last holder), the ``locks`` directory itself
+    is opened, and True: flocked instead, it serializes all who cannot make their file (a
+    stop must still be able to stop), though not with one who made its own meanwhile."""
     flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        return os.open(path, flags | (os.O_CREAT if create else 0), 0o600)
+        return os.open(path, flags | (os.O_CREAT if create else 0), 0o600), False
     except FileNotFoundError:
         if create:
             raise
-        return -1
+        return -1, False
     except OSError as e:
         if e.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC, errno.EDQUOT):
             raise
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), False
         except FileNotFoundError:
-            if create:
-                raise e from None
-            return -1
+            if not create:
+                return -1, False
+        try:
+            return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), True
+        except OSError:
+            raise e from None
 
 
 def _at_path(fd: int, path: Path) -> bool:
@@ -85,7 +91,7 @@ def held(path: Path, *, timeout: float, busy: str, create: bool = True) -> Itera
     """
     deadline = time.monotonic() + timeout
     while True:
-        fd = _open(path, create=create)
+        fd, whole = _open(path, create=create)
         if fd < 0:
             yield True
             return
@@ -93,6 +99,9 @@ def held(path: Path, *, timeout: float, busy: str, create: bool = True) -> Itera
             left = 0.0 if timeout == 0 else max(deadline - time.monotonic(), 1e-6)
             if not paths.flock_fd(fd, exclusive=True, timeout=left, busy=busy):
                 yield False
+                return
+            if whole:  # the locks directory: no file of its own to check or delete
+                yield True
                 return
             testhook.pause("dirlock-locked")
             if not _at_path(fd, path):
