@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO, cast
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -233,6 +233,10 @@ def run_guarded(call: Any) -> int:
             raise KeyboardInterrupt from e.__cause__
         except typer.Exit as e:
             return int(e.exit_code or 0)
+        except SystemExit as e:  # Typer's shell completion and --show-completion end so
+            if e.code is None or isinstance(e.code, int):
+                return e.code or 0  # and guarded says if their output was lost
+            raise
         except typer.Abort:
             raise KeyboardInterrupt from None
         except typer.TyperException as e:  # click's usage errors (typer vendors click)
@@ -263,6 +267,36 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+class _ClickStdout:
+    """What Click writes to stdout (help, completion scripts and candidates), sent through
+    :func:`ui.write`: a stdout closed (``>&-``: Click printed nothing and the command exited
+    0) or full (``>/dev/full``: the failure was said as "Error: No space left on device")
+    is noted in :data:`ui.lost` and said at the end as for any command's output."""
+
+    def write(self, text: str) -> int:
+        ui.write("stdout", text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:  # Click keeps colors only on a terminal
+        try:
+            return sys.stdout is not None and sys.stdout.isatty()
+        except (OSError, ValueError):
+            return False
+
+
+def _click_stdout_through_ui() -> None:
+    """Every ``echo`` of Typer's Click to the default stdout finds its stream here (typer is
+    pinned to 0.28: its vendored click looks the stream up at each call)."""
+    from typer._click import utils
+
+    stream = _ClickStdout()
+    utils._default_text_stdout = lambda: cast(TextIO, stream)  # type: ignore[attr-defined]
+
+
+_click_stdout_through_ui()
 zshcomplete.install()
 
 app = typer.Typer(

@@ -88,6 +88,24 @@ def destroy(
     _say(result, kept, removed, dropped, with_snapshots=with_snapshots, json=json)
     if note:
         ui.message("Note: " + note)
+    note_units(srv)
+
+
+def note_units(srv: Server) -> None:
+    """Destroyed or forgotten: say which of this registry's systemd units of the instance
+    stay (systemd would go on starting it), and how to remove them."""
+    from pgmgr.core import service
+    from pgmgr.core.errors import PgmgrError
+
+    try:
+        units = service.units_of(srv.inst.name, srv.inst.datadir)
+    except (OSError, PgmgrError):  # the work is done: a note that cannot be made is none
+        return
+    for path in units:
+        ui.message(
+            f"Note: its systemd unit stays: {path} ('pgmgr service remove {srv.inst.name}' "
+            "stops and deletes it)"
+        )
 
 
 def _say(

@@ -34,3 +34,6 @@ def forget(name: RequiredName, quiet: c.Quiet = False) -> None:
     with locked(srv):
         teardown.forget(srv)
     ui.message(f"Forgot '{srv.inst.name}'; its data directory stays: {srv.datadir}")
+    from pgmgr.destroyaction import note_units
+
+    note_units(srv)

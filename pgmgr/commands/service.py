@@ -94,6 +94,8 @@ def show(name: InstanceName, system: System = False, user: UserMode = False) -> 
         srv = None
     unit, installed = service.show(srv, name, _mode(system, user))
     where = f"installed: {unit.path}" if installed else f"not installed (would be {unit.path})"
+    if unit.whose is not None:
+        where += f", the unit of {unit.whose}"
     ui.message(f"# {where}")
     ui.emit(unit.text.rstrip("\n"))
 

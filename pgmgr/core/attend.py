@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pgmgr.core import dirlock, paths, snapstore, stopmark, userfs
+from pgmgr.core import dirlock, snapstore, stopmark, userfs
 from pgmgr.core.errors import InstanceNotFound, PgmgrError
 from pgmgr.core.locked import refresh
 from pgmgr.core.sdnotify import notify
@@ -68,7 +68,7 @@ def attending(srv: Server) -> Iterator[None]:
     :raises AlreadyAttended: another attendant holds it.
     """
     lock = dirlock.lock_file(srv.datadir, ".attend")
-    with paths.flocked(lock, exclusive=True, timeout=0, busy="") as got:
+    with dirlock.held(lock, timeout=0, busy="") as got:
         if not got:
             raise AlreadyAttended(srv.inst.name)
         yield

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from pgmgr.core import ownconn, ownerrm, privileges, server, sweep, testhook, userfs
+from pgmgr.core import dirlock, ownconn, ownerrm, privileges, server, sweep, testhook, userfs
 from pgmgr.core.errors import PgmgrError
 from pgmgr.core.instance import Server
 from pgmgr.core.pgtext import dsn_quote, quote_ident
@@ -172,6 +172,7 @@ class TemporaryInstance:
         """
         try:
             sweep.dead_runs(_default_user(), also=self.root)  # where ours would be
+            dirlock.sweep()  # the lock files of killed runs' data directories
             # held: see pgmgr.core.sweep (live, whatever pid)
             self.base, self._held = _base_dir(self.prefix, self.root)
             if self.guard:

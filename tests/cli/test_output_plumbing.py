@@ -92,6 +92,50 @@ def test_data_that_cannot_be_written_is_said_once_without_a_traceback(
     assert status(work, "data")["state"] == "running"
 
 
+#: What Typer (Click) prints on stdout itself, not through pgmgr.ui: help, the version, the
+#: completion script, completion candidates (the environment a shell's Tab sets).
+CLICK_OUTPUT: list[tuple[tuple[str, ...], dict[str, str]]] = [
+    (("--help",), {}),
+    (("-h",), {}),
+    (("status", "--help"), {}),
+    (("service", "remove", "--help"), {}),
+    (("--version",), {}),
+    (("--show-completion", "bash"), {}),
+    ((), {"_PGMGR_COMPLETE": "complete_bash", "COMP_WORDS": "pgmgr status ", "COMP_CWORD": "2"}),
+]
+
+
+@pytest.mark.parametrize(("args", "env"), CLICK_OUTPUT)
+def test_help_and_completion_that_cannot_be_written_fail_as_any_output(
+    work: Work, datadir: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """'pgmgr --help >&-' exited 0 (Click dropped the text without a word), and
+    '>/dev/full' said "Error: No space left on device": help, completion and the version
+    exit 1 with the same one line as every command's output (none for a reader gone)."""
+    work.ok("start", "-d", "./data", "-p", "auto", "-q")
+    code, out, err = run_with(work, *args, **env)
+    assert code == 0 and out.strip() and err == b"", err
+    if env:
+        assert out.split() == [b"data"]  # the instance, from the registry
+    code, _, err = run_with(work, *args, stdout="closed", **env)
+    assert (code, err) == (1, b"Error: cannot write the output: Bad file descriptor\n")
+    code, _, err = run_with(work, *args, stdout="full", **env)
+    assert (code, err) == (1, b"Error: cannot write the output: No space left on device\n")
+    assert run_with(work, *args, stdout="gone", **env)[:3:2] == (1, b"")
+
+
+def test_usage_errors_are_said_on_stderr_whatever_stdout_is(work: Work) -> None:
+    """A bad option's usage error (and 'pgmgr' alone: the help) go to stderr, exit 2,
+    whatever became of stdout."""
+    for mode in ("pipe", *MODES):
+        code, _, err = run_with(work, "status", "--bogus", stdout=mode)
+        assert (code, err) == (
+            2, b"Error: No such option: --bogus\nHint: see 'pgmgr status --help'\n"
+        ), (mode, err)  # fmt: skip
+        code, _, err = run_with(work, stdout=mode)
+        assert code == 2 and err.startswith(b"Usage: pgmgr [OPTIONS] COMMAND"), (mode, err)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_start_init_is_done_and_recorded_whatever_becomes_of_its_messages(
     work: Work, mode: str

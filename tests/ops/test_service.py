@@ -146,6 +146,119 @@ def test_install_leaves_the_unit_of_another_instance_of_that_name(
     assert again.returncode == 0 and "Replaced" in again.stderr
 
 
+def other_registry(unit_env: Path, *, init: bool = True) -> dict[str, str]:
+    """The environment of a second registry (another state directory: as another user's
+    pgmgr, or root's through sudo), with an instance 'fresh' of its own elsewhere."""
+    env = {"PGMGR_STATE_DIR": str(unit_env / "other-state")}
+    if init:
+        made = run_pgmgr(
+            "init", "-q", "-d", str(unit_env / "elsewhere"), "--name", "fresh", env=env
+        )
+        assert made.returncode == 0, made.stderr
+    return env
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_remove_leaves_the_unit_of_another_registry(
+    fresh: Instance, mock_systemctl: Path, mode: str
+) -> None:
+    """'pgmgr service remove fresh' from another registry with its own 'fresh' stopped,
+    disabled and deleted this registry's unit. It is refused in one line, touching nothing;
+    'show' there says whose the unit is. A registry whose instance is gone (forgotten) still
+    removes its own unit, and only its own."""
+    unit_env = mock_systemctl.parent
+    path, ours = unit_text(fresh, mode)
+    env = other_registry(unit_env)
+    state = fresh.env.get("PGMGR_STATE_DIR") or os.environ["PGMGR_STATE_DIR"]
+    whose = f"instance 'fresh' ({fresh.datadir}) of the pgmgr with state directory {state}"
+    for args in ((), (f"--{mode}",)):
+        clash = run_pgmgr("service", "remove", "fresh", *args, env=env)
+        assert clash.returncode == 1, clash.stderr
+        assert error_lines(clash.stderr)[0] == (
+            f"Error: {path} is the unit of {whose}; leaving it alone"
+        ), clash.stderr
+        assert path.read_text() == ours and calls(mock_systemctl) == []
+    shown = run_pgmgr("service", "show", "fresh", env=env)
+    assert shown.returncode == 0 and shown.stdout.rstrip("\n") == ours.rstrip("\n")
+    assert shown.stderr == f"# installed: {path}, the unit of {whose}\n"
+    removed = fresh.pgmgr("service", "remove", "fresh", "-q")
+    assert removed.returncode == 0 and not path.exists(), removed.stderr
+    assert len(calls(mock_systemctl)) == 2  # disable --now, daemon-reload
+    theirs = run_pgmgr("service", "install", "fresh", f"--{mode}", "-q", env=env)
+    assert theirs.returncode == 0, theirs.stderr
+    assert run_pgmgr("forget", "fresh", "-q", env=env).returncode == 0  # the unit stays
+    text = path.read_text()
+    clash = fresh.pgmgr("service", "remove", "fresh")
+    assert clash.returncode == 1 and error_lines(clash.stderr)[0].startswith(
+        f"Error: {path} is the unit of instance 'fresh' ({unit_env / 'elsewhere'}) of the "
+        f"pgmgr with state directory {env['PGMGR_STATE_DIR']}"
+    ), clash.stderr
+    assert path.read_text() == text and len(calls(mock_systemctl)) == 2
+    removed = run_pgmgr("service", "remove", "fresh", "-q", env=env)
+    assert removed.returncode == 0 and not path.exists(), removed.stderr
+
+
+def test_destroy_and_forget_say_that_their_unit_stays(fresh: Instance, unit_env: Path) -> None:
+    """A destroyed or forgotten instance's unit stays (systemd goes on starting it): the
+    command says so, and how to remove it; never of another registry's unit of that name."""
+    path, _ = unit_text(fresh, "user")
+    env = other_registry(unit_env)
+    forgot = run_pgmgr("forget", "fresh", env=env)
+    assert forgot.returncode == 0 and "unit" not in forgot.stderr, forgot.stderr
+    assert fresh.pgmgr("service", "remove", "fresh", "-q").returncode == 0
+    again = run_pgmgr("init", "-q", "-d", str(unit_env / "elsewhere"), "--name", "fresh", env=env)
+    assert again.returncode == 0, again.stderr
+    assert run_pgmgr("service", "install", "fresh", "--user", "-q", env=env).returncode == 0
+    destroyed = run_pgmgr("destroy", "fresh", "--yes", env=env)
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert destroyed.stderr.splitlines()[-1] == (
+        f"Note: its systemd unit stays: {path} ('pgmgr service remove fresh' stops and deletes it)"
+    ), destroyed.stderr
+    assert run_pgmgr("service", "remove", "fresh", "-q", env=env).returncode == 0
+    assert not path.exists()
+
+
+def test_remove_refuses_a_hand_written_unit(fresh: Instance, mock_systemctl: Path) -> None:
+    """A file pgmgr did not write, asked for by --system or --user, was "no pgmgr unit"
+    (exit 4); it is refused as install refuses it. Without a mode it is someone else's
+    file that happens to have the name: this registry's unit of the other mode goes."""
+    path = mock_systemctl.parent / "config/systemd/user/pgmgr-fresh.service"
+    path.parent.mkdir(parents=True)
+    path.write_text("[Service]\nExecStart=/bin/true\n")
+    proc = fresh.pgmgr("service", "remove", "fresh", "--user")
+    assert (proc.returncode, error_lines(proc.stderr)) == (
+        1, [f"Error: {path} exists and was not written by pgmgr; leaving it alone"]
+    ), proc.stderr  # fmt: skip
+    system, _ = unit_text(fresh, "system")
+    proc = fresh.pgmgr("service", "remove", "fresh")
+    assert proc.returncode == 0 and proc.stderr == f"Removed {system}\n", proc.stderr
+    assert path.read_text() == "[Service]\nExecStart=/bin/true\n" and not system.exists()
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_a_unit_written_before_it_named_its_registry(
+    fresh: Instance, unit_env: Path, mode: str
+) -> None:
+    """A unit of an older pgmgr has no state-directory line: it is this registry's if its
+    PGMGR_STATE_DIR is this one, or (root's system unit, with a state directory of its own)
+    if it supervises this registry's instance of that name. Else it is refused."""
+    path, text = unit_text(fresh, mode)
+    lines = text.splitlines(keepends=True)
+    assert lines[1].startswith(service.REGISTRY)
+    older = "".join(lines[:1] + lines[2:])
+    path.write_text(older)
+    env = other_registry(unit_env)
+    clash = run_pgmgr("service", "remove", "fresh", env=env)
+    assert clash.returncode == 1, clash.stderr
+    assert error_lines(clash.stderr)[0] == (
+        f"Error: {path} is the unit of instance 'fresh' ({fresh.datadir}) of another pgmgr; "
+        "leaving it alone"
+    )
+    assert path.read_text() == older
+    removed = fresh.pgmgr("service", "remove", "fresh", "-q")
+    assert removed.returncode == 0 and not path.exists(), removed.stderr
+
+
 def test_bad_service_inputs(fresh: Instance, unit_env: Path) -> None:
     unknown = fresh.pgmgr("service", "install", "nosuch", "--user")
     assert unknown.returncode == 4 and len(unknown.stderr.splitlines()) <= 2

@@ -1,0 +1,99 @@
+"""``state/locks/``: a lock file exists only while its lock is used (a suite that made
+thousands of temporary instances left thousands of files there), and deleting it never
+lets two processes hold one data directory's lock (pgmgr.core.dirlock)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.pause import Paused, ok
+from tests.reliability.conftest import InstFactory, pgmgr
+
+
+def lock_files(state: Path) -> list[str]:
+    return sorted(p.name for p in (state / "locks").iterdir() if p.name != "registry.lock")
+
+
+def test_lock_files_are_gone_once_commands_are_done(
+    cluster: InstFactory, rel_isolation: Path, work: Path, hooks: Path
+) -> None:
+    """Every data directory ever started, snapshotted, stopped, destroyed or run as a
+    temporary instance kept its lock file for ever. A holder killed (-9) leaves its file:
+    the next command on that directory uses it and deletes it; the next temporary instance
+    deletes those of directories never used again."""
+    inst = cluster("db")
+    ok(inst.start("-p", "auto", "-q"))
+    ok(pgmgr("snapshot", "db", "s1", "-q"))
+    ok(pgmgr("status", "db"))
+    for i in range(3):
+        tmp = str(work / f"tmp{i}")
+        ok(pgmgr("start", "--init", "-d", tmp, "--name", f"tmp{i}", "-p", "auto", "-q"))
+        ok(pgmgr("destroy", f"tmp{i}", "--yes", "-q"))
+    assert lock_files(rel_isolation) == []
+    # An older pgmgr's files, or a killed run's: the next temporary instance deletes the
+    # free ones, not one another process holds.
+    for name in ("0" * 20 + ".lock", "1" * 20 + ".attend", "2" * 20 + ".lock"):
+        (rel_isolation / "locks" / name).touch(mode=0o600)
+    held = os.open(rel_isolation / "locks" / ("2" * 20 + ".lock"), os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        ok(pgmgr("run", "--", "true"))
+        assert lock_files(rel_isolation) == ["2" * 20 + ".lock"]
+    finally:
+        os.close(held)
+    ok(pgmgr("run", "--", "true"))
+    assert lock_files(rel_isolation) == []
+    with Paused(hooks, "dirlock-held", "snapshot", "db", "s2") as snap:
+        snap.reached()
+        assert len(lock_files(rel_isolation)) == 1
+        assert snap.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert len(lock_files(rel_isolation)) == 1
+    ok(inst.stop("-q"))
+    assert lock_files(rel_isolation) == []
+
+
+def test_a_lock_file_deleted_while_waited_on_is_never_held_twice(
+    cluster: InstFactory, rel_isolation: Path, tmp_path: Path
+) -> None:
+    """A holds the instance lock; B waits on that file; A is done and deletes it; B gets
+    the lock on the deleted file just as C creates a new one and locks it. B must see that
+    its file is no longer the one at the path and wait for C: never both hold it."""
+    inst = cluster("db")
+    ok(inst.start("-p", "auto", "-q"))
+    hooks = {}
+    for who in "abc":  # one pause directory each: the same steps, paused separately
+        hooks[who] = tmp_path / f"hooks-{who}"
+        hooks[who].mkdir(mode=0o777)
+        hooks[who].chmod(0o1777)
+    with Paused(hooks["a"], "dirlock-held", "snapshot", "db", "a") as a:
+        a.reached()
+        (held,) = lock_files(rel_isolation)
+        with Paused(hooks["b"], "dirlock-locked", "snapshot", "db", "b") as b:
+            (hooks["b"] / "dirlock-held").touch()  # armed too: B pauses once it holds
+            time.sleep(0.5)  # B waits on A's file
+            assert not (hooks["b"] / "dirlock-locked.reached").exists()
+            assert ok(a.go()).returncode == 0  # A deletes its file as it lets go
+            b.reached()  # B got flock on A's file, deleted meanwhile
+            assert lock_files(rel_isolation) == []
+            with Paused(hooks["c"], "dirlock-held", "snapshot", "db", "c") as c:
+                c.reached()  # C made a new file at the path and holds it
+                assert lock_files(rel_isolation) == [held]
+                (hooks["b"] / "dirlock-locked.go").touch()
+                time.sleep(1.0)
+                assert not (hooks["b"] / "dirlock-held.reached").exists(), (
+                    "B holds the lock while C holds it"
+                )
+                assert b.proc.poll() is None
+                ok(c.go())
+            b.reached_also("dirlock-held")  # once C let go
+            (hooks["b"] / "dirlock-held.go").touch()
+            _, err = b.proc.communicate(timeout=120)
+            assert b.proc.returncode == 0, err
+    snaps = ok(pgmgr("snapshots", "db", "--json")).stdout
+    assert all(f'"snapshot": "{s}"' in snaps for s in "abc"), snaps
+    assert lock_files(rel_isolation) == []
+    ok(inst.stop("-q"))
