@@ -105,6 +105,30 @@ def test_moved_away_while_running_is_not_forgotten(cluster: InstFactory, work: P
     assert pgmgr("forget", "db").returncode == 0  # stopped: forgotten as before
 
 
+def test_deleted_while_running_is_not_said_moved(cluster: InstFactory) -> None:
+    """``rm -rf data`` (or a ``mv`` to another filesystem) while the server runs: it runs on
+    in the deleted directory until its next check of postmaster.pid (a minute). forget and
+    init said it "runs from DATADIR (deleted), where its data directory was moved from
+    DATADIR" and hinted "mv 'DATADIR (deleted)' DATADIR", which nobody can follow."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid() or 0
+    try:
+        shutil.rmtree(inst.datadir)
+        for args in (["forget", "db"], ["init", "-d", str(inst.datadir)]):
+            run = pgmgr(*args)
+            err = one_error(run)
+            assert f"still runs (pid {pid}) in its deleted data directory" in err, str(run)
+            assert "(deleted)" not in run.stderr and "mv " not in run.stderr, str(run)
+            assert f"kill -QUIT {pid}" in run.stderr, str(run)
+        assert not inst.datadir.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+    assert process.wait_gone(pid, inst.datadir, 10)
+    assert pgmgr("forget", "db").returncode == 0
+
+
 def test_no_new_cluster_where_a_running_one_was_moved_from(
     cluster: InstFactory, work: Path
 ) -> None:
