@@ -98,7 +98,8 @@ def hint(srv: Server, moved: Moved) -> str:
 def started_as(pid: int, datadir: Path) -> str | None:
     """The data directory path the postmaster ``pid`` (serving ``datadir``) was started with,
     when that path no longer leads to ``datadir`` (the directory was moved since); None when
-    it does, or its command line does not say (no absolute ``-D``).
+    it does, or its command line does not say (no absolute ``-D``, or ``-D`` names a
+    configuration directory whose postgresql.conf names the data directory).
 
     Its shutdown checkpoint writes global/pg_control under that path: nothing there makes
     it panic (crash recovery at its next start); another cluster there gets its pg_control
@@ -116,4 +117,16 @@ def started_as(pid: int, datadir: Path) -> str | None:
         there = os.stat(given[0])
     except OSError:
         return given[0]
-    return None if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) else given[0]
+    if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+        return None
+    if _config_dir(given[0]):  # its postgresql.conf names the data directory: not said here
+        return None
+    return given[0]
+
+
+def _config_dir(path: str) -> bool:
+    """Whether ``path`` is a configuration directory (``postgres -D CONFDIR`` whose
+    postgresql.conf sets ``data_directory``): a postgresql.conf, and no cluster."""
+    return os.path.isfile(os.path.join(path, "postgresql.conf")) and not os.path.lexists(
+        os.path.join(path, "PG_VERSION")
+    )
