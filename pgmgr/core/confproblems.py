@@ -28,13 +28,26 @@ ORDER BY f.seqno
 """
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A value pg_file_settings says "could not be applied" (in the database it was asked
+    in), at ``where`` (file and line)."""
+
+    where: str
+    name: str
+    setting: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: invalid value for {self.name}: {self.setting!r}"
+
+
 @dataclass
 class Problems:
     """``whole``: errors that make PostgreSQL apply nothing of the files (a syntax error, an
     unreadable include, an unknown setting); ``rejected``: values it skips (invalid ones)."""
 
     whole: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def find(srv: Server, timeout: int = 5) -> Problems:
@@ -62,5 +75,33 @@ def find(srv: Server, timeout: int = 5) -> Problems:
         elif error != NOT_APPLIED:  # "unrecognized configuration parameter": none applied
             found.whole.append(f"{where}: {error} {name!r}")
         elif context not in ("postmaster", "internal"):  # else: only a restart applies it
-            found.rejected.append(f"{where}: invalid value for {name}: {setting!r}")
+            found.rejected.append(Rejected(where, name, setting))
     return found
+
+
+def not_in_effect(srv: Server, rejected: list[Rejected], timeout: int = 5) -> list[Rejected]:
+    """Those of ``rejected`` whose value a new session (after the reload) does not have.
+
+    pg_file_settings checks a value in the database it is asked in: a
+    ``default_text_search_config`` (or ``default_tablespace``, ``default_table_access_method``)
+    that exists elsewhere only is "setting could not be applied" there, while the server,
+    which checks it outside any database on a reload, applies it.
+
+    :raises WorkerError: cannot connect.
+    """
+    import psycopg
+
+    from pgmgr.core.errors import WorkerError
+
+    names = sorted({r.name for r in rejected})
+    try:
+        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [names]
+            ).fetchall()
+    except psycopg.Error as e:
+        from pgmgr.core.readyfirst import cannot_connect
+
+        raise WorkerError(cannot_connect(srv, e)) from None
+    now: dict[str, str] = dict(rows)
+    return [r for r in rejected if now.get(r.name) != r.setting]

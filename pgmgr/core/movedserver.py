@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Moved:
-    """The recorded postmaster, alive in the pinned directory, which is now at ``where``."""
+    """The recorded postmaster, alive in the pinned directory, which is now at ``where``,
+    or ``deleted`` (``rm -rf``, or a ``mv`` to another filesystem: it runs on until its
+    next check of postmaster.pid, a minute at most, then stops itself)."""
 
     pid: int
     where: str
+    deleted: bool = False
 
 
 def find(srv: Server, *, unseen: bool = True) -> Moved | None:
@@ -56,6 +59,8 @@ def find(srv: Server, *, unseen: bool = True) -> Moved | None:
         return None
     if (st.st_dev, st.st_ino) != (pinned.dev, pinned.ino):
         return None
+    if st.st_nlink == 0:  # readlink says "DIR (deleted)": nowhere to move it back from
+        return Moved(pid, where.removesuffix(" (deleted)"), deleted=True)
     other = registry.find_by_datadir(Path(where)) if unseen else None
     if other is not None and other.name != srv.inst.name:
         return None  # registered there (pgmgr init -d NEWDIR): status shows it under that name
@@ -64,6 +69,8 @@ def find(srv: Server, *, unseen: bool = True) -> Moved | None:
 
 def sentence(srv: Server, moved: Moved) -> str:
     """Says where the server runs, for an error or a status detail."""
+    if moved.deleted:
+        return f"its server still runs (pid {moved.pid}) in its deleted data directory"
     return (
         f"its server still runs (pid {moved.pid}) from {moved.where}, where its data "
         f"directory was moved from {srv.datadir}"
@@ -75,6 +82,11 @@ def hint(srv: Server, moved: Moved) -> str:
     with, so a server stopped away from it panics at its shutdown checkpoint (crash recovery
     at the next start), and one stopped while a new cluster stands at the old path writes
     its pg_control into that cluster."""
+    if moved.deleted:  # nothing to keep: no checkpoint (it would write pg_control there)
+        return (
+            f"stop it with 'kill -QUIT {moved.pid}' (an immediate shutdown), or wait: it "
+            "stops itself within a minute once its postmaster.pid is gone"
+        )
     back = f"mv {shlex.quote(moved.where)} {shlex.quote(str(srv.datadir))}"
     return (
         f"move the directory back ({back}, once nothing else stands there), then 'pgmgr "
@@ -86,7 +98,8 @@ def hint(srv: Server, moved: Moved) -> str:
 def started_as(pid: int, datadir: Path) -> str | None:
     """The data directory path the postmaster ``pid`` (serving ``datadir``) was started with,
     when that path no longer leads to ``datadir`` (the directory was moved since); None when
-    it does, or its command line does not say (no absolute ``-D``).
+    it does, or its command line does not say (no absolute ``-D``, or ``-D`` names a
+    configuration directory whose postgresql.conf names the data directory).
 
     Its shutdown checkpoint writes global/pg_control under that path: nothing there makes
     it panic (crash recovery at its next start); another cluster there gets its pg_control
@@ -104,4 +117,16 @@ def started_as(pid: int, datadir: Path) -> str | None:
         there = os.stat(given[0])
     except OSError:
         return given[0]
-    return None if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino) else given[0]
+    if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+        return None
+    if _config_dir(given[0]):  # its postgresql.conf names the data directory: not said here
+        return None
+    return given[0]
+
+
+def _config_dir(path: str) -> bool:
+    """Whether ``path`` is a configuration directory (``postgres -D CONFDIR`` whose
+    postgresql.conf sets ``data_directory``): a postgresql.conf, and no cluster."""
+    return os.path.isfile(os.path.join(path, "postgresql.conf")) and not os.path.lexists(
+        os.path.join(path, "PG_VERSION")
+    )

@@ -184,10 +184,11 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
     deadline = t0 + timeout
     while True:
         after = conf_load_time(srv)
-        if after > before and problems.rejected:
+        rejected = problems.rejected and after > before
+        if rejected and (left := confproblems.not_in_effect(srv, problems.rejected)):
             raise WorkerError(
                 f"reloaded '{srv.inst.name}', but PostgreSQL rejected "
-                f"{'; '.join(problems.rejected)} (it keeps the current value)",
+                f"{'; '.join(map(str, left))} (it keeps the current value)",
                 hint=f"fix it, then reload again; 'pgmgr logs {srv.inst.name}' shows more",
             )
         if after > before:

@@ -245,6 +245,23 @@ def test_reload_says_what_postgresql_conf_holds_that_postgres_rejects(fresh: Ins
     assert fresh.pgmgr("reload", "fresh").returncode == 0
 
 
+def test_reload_of_a_value_valid_in_another_database_is_not_rejected(fresh: Instance) -> None:
+    """pg_file_settings checks the files in the database pgmgr connects to ('postgres'): a
+    default_text_search_config made in another database is "setting could not be applied"
+    there, while the server applies it (its check is outside any database then): reload
+    said PostgreSQL rejected it and exited 1."""
+    psql = ["psql", "fresh", "--", "-Xq", "-v", "ON_ERROR_STOP=1"]
+    assert fresh.pgmgr(*psql, "-c", "create database app").returncode == 0
+    made = "create text search configuration public.appconf (copy = english)"
+    assert fresh.pgmgr(*psql, "-d", "app", "-c", made).returncode == 0
+    conf = fresh.datadir / "postgresql.conf"
+    conf.write_text(conf.read_text() + "default_text_search_config = 'public.appconf'\n")
+    proc = fresh.pgmgr("reload", "fresh")
+    assert proc.returncode == 0, proc.stderr
+    show = ["psql", "fresh", "--", "-d", "app", "-XAtc", "show default_text_search_config"]
+    assert fresh.pgmgr(*show).stdout.strip() == "public.appconf"
+
+
 def test_reload_of_a_stopped_instance_exits_3(fresh: Instance) -> None:
     assert fresh.pgmgr("stop", "fresh", "-q").returncode == 0
     one_error(fresh.pgmgr("reload", "fresh"), 3)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 from pgmgr.core import process
@@ -105,6 +108,30 @@ def test_moved_away_while_running_is_not_forgotten(cluster: InstFactory, work: P
     assert pgmgr("forget", "db").returncode == 0  # stopped: forgotten as before
 
 
+def test_deleted_while_running_is_not_said_moved(cluster: InstFactory) -> None:
+    """``rm -rf data`` (or a ``mv`` to another filesystem) while the server runs: it runs on
+    in the deleted directory until its next check of postmaster.pid (a minute). forget and
+    init said it "runs from DATADIR (deleted), where its data directory was moved from
+    DATADIR" and hinted "mv 'DATADIR (deleted)' DATADIR", which nobody can follow."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid() or 0
+    try:
+        shutil.rmtree(inst.datadir)
+        for args in (["forget", "db"], ["init", "-d", str(inst.datadir)]):
+            run = pgmgr(*args)
+            err = one_error(run)
+            assert f"still runs (pid {pid}) in its deleted data directory" in err, str(run)
+            assert "(deleted)" not in run.stderr and "mv " not in run.stderr, str(run)
+            assert f"kill -QUIT {pid}" in run.stderr, str(run)
+        assert not inst.datadir.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+    assert process.wait_gone(pid, inst.datadir, 10)
+    assert pgmgr("forget", "db").returncode == 0
+
+
 def test_no_new_cluster_where_a_running_one_was_moved_from(
     cluster: InstFactory, work: Path
 ) -> None:
@@ -172,6 +199,40 @@ def test_no_fast_stop_of_a_server_started_at_another_path(
     assert (inst.datadir / "global" / "pg_control").read_bytes() == control
     log = Path(inst.record()["log_file"]).read_text(errors="replace")
     assert "PANIC" not in log
+
+
+def test_stop_of_a_server_started_with_a_configuration_directory(
+    cluster: InstFactory, work: Path
+) -> None:
+    """'postgres -D CONFDIR' whose postgresql.conf names the data directory (data_directory),
+    a layout PostgreSQL documents: 'pgmgr stop -d DATADIR' refused a fast stop, saying the
+    data directory was moved from CONFDIR since, and hinted an immediate stop."""
+    inst = cluster("db", register=False)
+    confdir = work / "conf"
+    confdir.mkdir()
+    for name in ("pg_hba.conf", "pg_ident.conf"):
+        shutil.copy2(inst.datadir / name, confdir / name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (confdir / "postgresql.conf").write_text(
+        f"data_directory = '{inst.datadir}'\nport = {port}\nlisten_addresses = ''\n"
+        f"unix_socket_directories = '{inst.datadir}'\n"
+    )
+    owner = inst.datadir.stat()
+    for path in (confdir, *confdir.iterdir()):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    pg_ctl = ["/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(confdir), "-w", "start"]
+    pg_ctl += ["-l", str(confdir / "server.log")]
+    if os.geteuid() == 0:
+        pg_ctl = ["runuser", "-u", pwd.getpwuid(owner.st_uid).pw_name, "--", *pg_ctl]
+    subprocess.run(pg_ctl, check=True, capture_output=True, timeout=60)
+    pf = process.PidFile.read(inst.datadir)
+    assert pf is not None and process.serves(pf.pid, inst.datadir, None)
+    run = pgmgr("stop", "-d", str(inst.datadir))
+    assert run.returncode == 0, str(run)
+    assert process.wait_gone(pf.pid, inst.datadir, 10)
+    assert "PANIC" not in (confdir / "server.log").read_text(errors="replace")
 
 
 def test_old_record_gets_its_identity(cluster: InstFactory, rel_isolation: Path) -> None:
