@@ -101,6 +101,26 @@ def sweep(where: list[Path]) -> list[Path]:
                 if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
                     continue
                 kill_postmasters(postgres_pids_under(path))
+                _unmount_under(path)
                 _rmtree(path)
                 swept.append(path)
     return swept
+
+
+def _unmount_under(path: Path) -> None:
+    """Unmount what a killed run mounted under ``path`` (as root, a test's small tmpfs: a
+    full disk), deepest first: its files cannot be removed through a mount, and the mount
+    would outlive the directory. Lazily if busy."""
+    import subprocess
+
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            points = [line.split()[1] for line in f if len(line.split()) > 1]
+    except OSError:
+        return
+    # /proc/self/mounts escapes a space, tab, newline and backslash as octal
+    points = [p.encode().decode("unicode_escape") for p in points]
+    top = str(path) + "/"
+    for point in sorted((p for p in points if p.startswith(top)), key=len, reverse=True):
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
