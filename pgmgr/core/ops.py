@@ -159,8 +159,9 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
 
     :raises NotRunning: not running.
     :raises WorkerError: the server did not confirm the reload within ``timeout``; the
-        configuration files hold an error that makes PostgreSQL apply none of them (not
-        sent), or a setting it rejects (sent: the rest is applied).
+        configuration files hold an error that makes PostgreSQL apply none of them (sent:
+        pg_hba.conf and pg_ident.conf are read again), or a setting it rejects (sent: the
+        rest is applied).
     """
     from pgmgr.core import confproblems
     from pgmgr.core.roles import refuses_connections
@@ -172,10 +173,14 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
             raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")
         return ReloadResult(pf.pid, None, None, time.monotonic() - t0)
     problems = confproblems.find(srv)
-    if problems.whole:  # postgres would apply nothing, and confirm nothing either
+    if problems.whole:  # postgres applies none of the files, and confirms nothing either
+        # Sent all the same: pg_hba.conf and pg_ident.conf are read again whatever the
+        # other files hold (an edit that locks a role out applies now, as with pg_ctl).
+        if not process.signal_pid(pf.pid, signal.SIGHUP):
+            raise NotRunning(f"'{srv.inst.name}' exited before it could be reloaded")
         raise WorkerError(
-            f"refusing to reload '{srv.inst.name}': {problems.whole[0]}; PostgreSQL would "
-            "apply none of the configuration files' changes; nothing was sent",
+            f"'{srv.inst.name}' read pg_hba.conf and pg_ident.conf again, but none of the "
+            f"configuration files' changes: {problems.whole[0]}",
             hint="fix it, then reload again (the server runs on with its current settings)",
         )
     before = conf_load_time(srv)

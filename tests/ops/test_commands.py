@@ -230,13 +230,27 @@ def test_reload_says_what_postgresql_conf_holds_that_postgres_rejects(fresh: Ins
     conf = fresh.datadir / "postgresql.conf"
     original = conf.read_text()
     lines = len(original.splitlines())
+    hba = fresh.datadir / "pg_hba.conf"
+    hba_was = hba.read_text()
+    port = fresh.status()["port"]
+    psql = ["psql", "fresh", "--", "-Xq", "-v", "ON_ERROR_STOP=1"]
+    assert fresh.pgmgr(*psql, "-c", "create role locked login").returncode == 0
+    tcp = f"host=127.0.0.1 port={port} dbname=postgres user=locked connect_timeout=10"
     for bad, what in (("foo bar baz", "syntax error"), ("no_such_setting = 1", "no_such_setting")):
         conf.write_text(f"{original}maintenance_work_mem = '77MB'\n{bad}\n")
+        # and a role locked out in pg_hba.conf: PostgreSQL reads it again all the same
+        hba.write_text("host all locked 127.0.0.1/32 reject\n" + hba_was)
+        psycopg.connect(tcp).close()  # not yet
         proc = fresh.pgmgr("reload", "fresh", "--timeout", "8")
         err = one_error(proc, 1)
         assert f"postgresql.conf line {lines + 2}: " in err and what in err, err
-        assert "nothing was sent" in err
+        assert "read pg_hba.conf and pg_ident.conf again, but none of" in err, err
         assert show(fresh, "maintenance_work_mem") != "77MB"  # still as it was
+        with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+            psycopg.connect(tcp).close()  # before, nothing was sent: the role got in
+        hba.write_text(hba_was)
+        conf.write_text(original)
+        assert fresh.pgmgr("reload", "fresh").returncode == 0
     conf.write_text(f"{original}maintenance_work_mem = '77MB'\nwork_mem = 'zz'\n")
     err = one_error(fresh.pgmgr("reload", "fresh"), 1)
     assert f"postgresql.conf line {lines + 2}: invalid value for work_mem: 'zz'" in err, err
