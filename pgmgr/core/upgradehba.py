@@ -62,23 +62,41 @@ def place(old: Path, newdata: Path) -> tuple[str | None, bool]:
     return (None if hba is None else hba.decode(errors="replace")), ident is not None
 
 
+def _uncarried(path: str, datadir: Path) -> str | None:
+    """The directory of PostgreSQL's in ``datadir`` that ``path`` is in, which the upgrade
+    does not carry (``global``), or None."""
+    from pgmgr.core import upgradefiles
+
+    name = os.path.normpath(path)
+    if not os.path.isabs(name) or not Path(name).is_relative_to(datadir):
+        return None
+    top = Path(name).relative_to(datadir).parts[:1]
+    if top and upgradefiles.own(top[0]) and top[0] not in CARRIED_FILES:
+        return top[0]
+    return None
+
+
+def _named_refused(srv: Server, name: str, value: str, top: str) -> DatabaseException:
+    return DatabaseException(
+        f"cannot upgrade '{srv.inst.name}': {name} names {value}, in {top} of the data "
+        "directory, which the upgrade does not carry; nothing was changed",
+        hint=f"move the file to the top level of the data directory (or out of it) and set "
+        f"{name} again, then upgrade",
+    )
+
+
 def in_datadir(text: str, datadir: Path) -> str | None:
     """The first file that pg_hba.conf's ``text`` names with ``@`` by its full path in a
     directory of ``datadir`` that PostgreSQL made ("line 7: ..."), or None: the old
     server reads it there, the upgraded one finds there the new cluster's directory,
     without it (the upgrade carries what PostgreSQL did not make, and its configuration
     files: :mod:`pgmgr.core.upgradefiles`)."""
-    from pgmgr.core import upgradefiles
-
     for number, line in enumerate(text.splitlines(), 1):
         for m in _INCLUDE.finditer(line.split("#", 1)[0]):
             name = os.path.normpath(m.group(1) or m.group(2))
-            if not os.path.isabs(name) or not Path(name).is_relative_to(datadir):
-                continue
-            top = Path(name).relative_to(datadir).parts[:1]
-            if top and upgradefiles.own(top[0]) and top[0] not in CARRIED_FILES:
-                where = f'file "{name}" is in {top[0]}'
-                return f"line {number}: {where}, which the upgrade does not carry"
+            top = _uncarried(name, datadir)
+            if top:
+                return f'line {number}: file "{name}" is in {top}, which the upgrade does not carry'
     return None
 
 
@@ -104,6 +122,10 @@ def check(srv: Server, store: Store, new: Installation, newdata: Path, sockdir: 
     try:
         text, ident = conf.reading(srv, store, place, srv.datadir, newdata)
         settings = _named(srv, store)
+        for name, value in settings.items():
+            top = _uncarried(os.path.join("/", value), srv.datadir)  # relative: from /
+            if top:
+                raise _named_refused(srv, name, value, top)
         if "hba_file" not in settings:
             if text is None:
                 return

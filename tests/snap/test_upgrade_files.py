@@ -153,8 +153,9 @@ def _refused(it: Inst, first: str, hint: str) -> None:
 def test_what_the_new_major_cannot_use_is_refused_before_anything(uf: Inst) -> None:
     """An included file setting what 18 lacks (old_snapshot_threshold, gone in 17), a
     pg_ident.conf line 18 reads otherwise (a PostgreSQL user starting with '/' is a
-    regular expression from 16 on), a file the server user cannot read: the upgraded
-    server would not start, or its maps would fail. Refused by --check and before
+    regular expression from 16 on), an ident_file in a directory the upgrade does not
+    carry, a file the server user cannot read: the upgraded server would not start, or
+    its maps would fail. Refused by --check and before
     anything is stopped."""
     d = uf.datadir
     _put(uf, "old.conf", "old_snapshot_threshold = -1\n")
@@ -184,6 +185,18 @@ def test_what_the_new_major_cannot_use_is_refused_before_anything(uf: Inst) -> N
         "change or remove that line (or the file ident_file names), then upgrade",
     )
     ident.write_text(text)
+    inner = _put(uf, "global/my_ident", "m3 carol postgres\n")  # in a directory of PostgreSQL's
+    uf.sql(f"ALTER SYSTEM SET ident_file = '{inner}'")
+    uf.ok("restart", "uf", "-q")
+    _refused(
+        uf,
+        f"Error: cannot upgrade 'uf': ident_file names {inner}, in global of the data "
+        "directory, which the upgrade does not carry; nothing was changed",
+        "move the file to the top level of the data directory (or out of it) and set "
+        "ident_file again, then upgrade",
+    )
+    uf.sql("ALTER SYSTEM RESET ident_file")
+    uf.ok("restart", "uf", "-q")
 
     if os.geteuid() == 0:  # a file root put there, which the server user cannot read
         secret = _put(uf, "keys/root-only", "x")
