@@ -90,6 +90,7 @@ def _say(result: UpgradeResult, method: str, check: bool, standbys: list[str]) -
             ui.message(f"Settings PostgreSQL {result.new_version} rejects (the upgrade would "
                        "drop them): " + _rejected(result.to_dict()))  # fmt: skip
         _not_carried(result.not_carried, "would not be")
+        _files(result, "would carry", "would not be")
         _slots(result.slots_dropped, "would drop")
         return
     down = f", downtime {ui.ms(result.downtime)}" if result.downtime is not None else ""
@@ -101,6 +102,7 @@ def _say(result: UpgradeResult, method: str, check: bool, standbys: list[str]) -
         ui.message("Settings PostgreSQL " + result.new_version + " rejects (dropped): "
                    + _rejected(result.to_dict()))  # fmt: skip
     _not_carried(result.not_carried, "not")
+    _files(result, "carried", "not")
     _slots(result.slots_dropped, "dropped")
     if result.analyzed:
         ui.message(f"Statistics rebuilt ({result.analyzed_with})")
@@ -129,6 +131,19 @@ def _slots(names: list[str], verb: str) -> None:
         ui.message(f"Physical replication slots pg_upgrade does not carry over (the upgrade "
                    f"{verb} them; make them again for what uses them): "
                    + ", ".join(names))  # fmt: skip
+
+
+def _files(result: UpgradeResult, carried: str, verb: str) -> None:
+    """What of the data directory (besides PostgreSQL's own) the upgrade carries over."""
+    files = result.files
+    if files.files or files.includes:
+        what = [", ".join(files.files)] if files.files else []
+        if files.includes:
+            what.append("the include lines of postgresql.conf (" + ", ".join(files.includes) + ")")
+        ui.message(f"Files of the data directory the upgrade {carried} over: " + "; ".join(what))
+    if files.dropped:
+        ui.message(f"Files of the data directory {verb} carried over: "
+                   + ", ".join(f"{n} ({why})" for n, why in files.dropped))  # fmt: skip
 
 
 def _not_carried(names: list[str], verb: str) -> None:

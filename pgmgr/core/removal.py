@@ -79,6 +79,11 @@ _SOCKET_RE = re.compile(r"^\.s\.PGSQL\.\d+(\.lock)?$")
 _TRASH_RE = re.compile(r"^\..+\.pgmgr-trash-\d+$")
 
 
+def is_socket_name(name: str) -> bool:
+    """Whether ``name`` is a server's socket or its lock file (``.s.PGSQL.5432.lock``)."""
+    return bool(_SOCKET_RE.match(name))
+
+
 def is_trash(path: str | Path) -> bool:
     """Whether ``path`` is a destroy's trash directory (never a data directory)."""
     return bool(_TRASH_RE.match(os.path.basename(os.fspath(path))))

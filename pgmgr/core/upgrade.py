@@ -5,7 +5,9 @@ with the old one's encoding, locales and checksum setting, and pg_upgrade fills 
 run as the server user in a working directory of its own (it writes its logs there). Only
 when it succeeded: the configuration pgmgr keeps is carried over (pg_hba.conf,
 pg_ident.conf, postgresql.auto.conf, the record's settings, each checked against the new
-major), the new data directory is swapped in with one atomic rename, the old one becomes the
+major), and what PostgreSQL did not make in the data directory with the include lines of
+postgresql.conf (:mod:`pgmgr.core.upgradefiles`, checked before anything is stopped), the
+new data directory is swapped in with one atomic rename, the old one becomes the
 ``pre-upgrade`` snapshot (with ``--method copy`` or ``clone`` the old directory itself, so
 no extra copy; with ``link`` a copy made first, since linking shares the files), and the
 record switches to the new version. Before that point nothing changes: an error or an
@@ -40,6 +42,7 @@ from pgmgr.core import (
     sweep,
     testhook,
     tools,
+    upgradefiles,
     upgradehba,
     upgradeprobe,
     upgraderun,
@@ -86,6 +89,8 @@ class UpgradeResult:
     extensions_script: str | None = None
     #: the old cluster's physical replication slots, which pg_upgrade never carries over
     slots_dropped: list[str] = field(default_factory=list)
+    #: what of the old data directory is carried over (or would be, with ``--check``)
+    files: upgradefiles.Carried = field(default_factory=upgradefiles.Carried)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +114,9 @@ class UpgradeResult:
             ],
             "extensions_script": self.extensions_script,
             "replication_slots_dropped": self.slots_dropped,
+            "files_carried": self.files.files,
+            "files_not_carried": [{"name": n, "why": w} for n, w in self.files.dropped],
+            "include_lines_carried": self.files.includes,
         }
 
 
@@ -179,7 +187,9 @@ def upgrade(
             # directory made (the socket dir's name is the run's: swept once it is gone).
             sockdir = store.as_user(upgraderun.mkdirs, work, os.getpid(), sockets.temp_base_for(su))
             held = sweep.hold(sockdir)  # see pgmgr.core.sweep: live, whatever pid
-            newdata, result.slots_dropped = _init_new(srv, store, new, work, sockdir, su, say)
+            newdata, result.slots_dropped, result.files = _init_new(
+                srv, store, new, work, sockdir, su, say
+            )
             if check or srv.running() is not None:
                 # Running: pg_upgrade's checks first, on the live server, so that what it
                 # refuses (a library, --method clone here) costs no stop and start.
@@ -257,11 +267,13 @@ def _check_room(srv: Server, store: Store, method: str, check: bool) -> int:
 def _init_new(
     srv: Server, store: Store, new: Installation, work: Path, sockdir: str,
     su: ServerUser | None, say: Callable[[str], None],
-) -> tuple[Path, list[str]]:  # fmt: skip
+) -> tuple[Path, list[str], upgradefiles.Carried]:  # fmt: skip
     """The configuration and libraries checked for ``new``, then its cluster initialized
     in ``work`` with the options of the old one (probed through ``sockdir``), and the
-    settings scoped to it and the pg_hba.conf carried to it checked. The new data
-    directory, and the old cluster's physical replication slots (not carried over)."""
+    settings scoped to it, the files of the data directory, postgresql.conf's include
+    lines, pg_hba.conf and pg_ident.conf carried to it checked. The new data directory,
+    the old cluster's physical replication slots (not carried over), and what of the
+    data directory would be carried."""
     conf.check_regular(srv, store)
     conf.check_libraries(srv, store, new)
     testhook.pause("upgrade-checked")
@@ -270,8 +282,9 @@ def _init_new(
     say(f"initdb {new.version}")
     tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
     conf.check_scoped(srv, new, newdata, scoped)
-    upgradehba.check(srv, store, new, newdata, sockdir)
-    return newdata, slots
+    with upgradefiles.placed(srv, store, new, newdata) as files:
+        upgradehba.check(srv, store, new, newdata, sockdir)
+    return newdata, slots, files
 
 
 def _check_keepable(srv: Server, store: Store) -> None:
@@ -389,6 +402,7 @@ def _intent(
     rejected = conf.rejected(srv, store, new, newdata)
     result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
     conf.reading(srv, store, conf.carry, srv.datadir, newdata, set(rejected))
+    result.files = upgradefiles.copied(srv, store, upgradefiles.carry, srv.datadir, newdata)
     new_id = store.as_user(intent.identify, newdata)
     meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
     if meta.size == 0:

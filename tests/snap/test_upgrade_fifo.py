@@ -49,13 +49,13 @@ def test_a_fifo_swapped_in_after_the_checks_ends_pg_upgrade(
     scratch: Path,
     name: str,
 ) -> None:
-    """The same FIFO put in place after pgmgr's checks (here while the new cluster's
-    initdb runs; pg_hba.conf, which pgmgr reads after it to check it, as pg_upgrade
-    starts): the server pg_upgrade's pg_ctl starts on the old cluster waited for ever
-    to open it, its signals blocked, pg_ctl gave up after its 60 s, and the subreaper's
-    stop of what was left took 20 s more, its cause unsaid. pgmgr sees the process wait
-    on the FIFO, kills it, and says which file (the instance, stopped, is left as it was:
-    no start to wait on the same FIFO)."""
+    """The same FIFO put in place after pgmgr's checks (as pg_upgrade starts: pgmgr
+    reads both after the new cluster's initdb, postgresql.conf for its include lines,
+    pg_hba.conf to check it): the server pg_upgrade's pg_ctl starts on the old cluster
+    waited for ever to open it, its signals blocked, pg_ctl gave up after its 60 s, and
+    the subreaper's stop of what was left took 20 s more, its cause unsaid. pgmgr sees
+    the process wait on the FIFO, kills it, and says which file (the instance, stopped, is
+    left as it was: no start to wait on the same FIFO)."""
     before = facts(up)
     assert up.pgmgr("stop", "up").returncode == 0
     conf = up.datadir / name
@@ -64,8 +64,9 @@ def test_a_fifo_swapped_in_after_the_checks_ends_pg_upgrade(
     hooks.mkdir(mode=0o777, exist_ok=True)
     hooks.chmod(0o777)
     try:
-        step = "run-initdb" if name == "postgresql.conf" else "run-pg_upgrade"
-        with Paused(hooks, step, "upgrade", "up", "-v", "18", "--yes", env=up.env) as run:
+        with Paused(
+            hooks, "run-pg_upgrade", "upgrade", "up", "-v", "18", "--yes", env=up.env
+        ) as run:
             run.reached()
             conf.unlink()
             os.mkfifo(conf, 0o600)

@@ -50,32 +50,37 @@ def _refused_before_anything(it: Inst, said: str, hint: str) -> None:
         assert it.snaps() == [] and leftovers(it.store) == []
 
 
-def test_a_file_pg_hba_names_that_the_upgrade_does_not_carry(hb: Inst, scratch: Path) -> None:
+def test_a_file_pg_hba_names_in_the_data_directory(hb: Inst) -> None:
     """``@admins`` names a file beside pg_hba.conf (relative, or by its full path): the
-    old server reads it, the upgraded one had no such file (the upgrade carries three
-    files) and did not start. Outside the data directory, it upgrades."""
-    admins = hb.datadir / "admins"
-    admins.write_text("postgres\n")
+    old server reads it; the upgrade did not carry it, so it was refused. Now carried
+    (:mod:`pgmgr.core.upgradefiles`): it upgrades. One in a directory of PostgreSQL's
+    (``global``), which the upgrade does not carry, is refused before anything."""
     st = hb.datadir.stat()
-    os.chown(admins, st.st_uid, st.st_gid)
+    inner = hb.datadir / "global" / "admins"
+    inner.write_text("postgres\n")
+    os.chown(inner, st.st_uid, st.st_gid)
     hint = (
-        "keep the file outside the data directory, named with its full path (the upgrade "
-        "carries pg_hba.conf, pg_ident.conf and postgresql.auto.conf only), then upgrade"
+        "keep the file outside the data directory (named with its full path), or at its "
+        "top level (the upgrade carries what PostgreSQL did not make there), then upgrade"
     )
-    n = _add_line(hb, "host all @admins 10.0.0.0/8 scram-sha-256")
+    n = _add_line(hb, "host all @global/admins 10.0.0.0/8 scram-sha-256")
     _refused_before_anything(
-        hb, f'line {n}: could not open file "admins": No such file or directory', hint
+        hb, f'line {n}: could not open file "global/admins": No such file or directory', hint
     )
     hba = hb.datadir / "pg_hba.conf"
-    hba.write_text(hba.read_text().replace("@admins", f"@{admins}"))
+    hba.write_text(hba.read_text().replace("@global/admins", f"@{inner}"))
     hb.ok("reload", "hb", "-q")
-    _refused_before_anything(hb, f'line {n}: file "{admins}" is in the data directory', hint)
-    outside = admins.rename(scratch / "admins")
-    hba.write_text(hba.read_text().replace(f"@{admins}", f"@{outside}"))
+    _refused_before_anything(
+        hb, f'line {n}: file "{inner}" is in global, which the upgrade does not carry', hint
+    )
+    admins = inner.rename(hb.datadir / "admins")
+    hba.write_text(hba.read_text().replace(f"@{inner}", f"@{admins}"))
+    m = _add_line(hb, "host all @admins 10.0.0.0/8 scram-sha-256")
     out = json.loads(hb.ok("upgrade", "hb", "-v", "18", "--yes", "--json").stdout)
     assert out["new_version"].startswith("18.") and hb.state() == "running"
-    rules = f"SELECT user_name FROM pg_hba_file_rules WHERE line_number = {int(n)}"  # noqa: S608
-    assert hb.sql(rules) == "{postgres}"
+    assert out["files_carried"] == ["admins"]
+    rules = f"SELECT user_name FROM pg_hba_file_rules WHERE line_number IN ({n}, {m})"  # noqa: S608
+    assert hb.sql(rules) == "{postgres}\n{postgres}"
 
 
 def _new_build_has(option: str) -> bool:
@@ -104,12 +109,30 @@ def test_the_cause_is_the_line_of_the_copy() -> None:
     )
     assert upgradehba.why(log, "/d/x") == 'line 7: invalid authentication method "ldap"'
     assert upgradehba.why(log, "/d/y") is None
-    text = 'local all all trust\nhost "db" @/d/data/x,@"/d/data/y z" 10.0.0.0/8 md5 # @/d/data/c\n'
-    assert upgradehba.in_datadir(text, Path("/d/data")) == (
-        'line 2: file "/d/data/x" is in the data directory'
+    text = (
+        'local all all trust\nhost "db" @/d/data/x,@/d/data/base/x,@"/d/data/pg_xact/y z" '
+        "10.0.0.0/8 md5 # @/d/data/global/c\n"
     )
-    assert upgradehba.in_datadir(text.replace("@/d/data/x,", ""), Path("/d/data")) == (
-        'line 2: file "/d/data/y z" is in the data directory'
+    assert upgradehba.in_datadir(text, Path("/d/data")) == (
+        'line 2: file "/d/data/base/x" is in base, which the upgrade does not carry'
+    )
+    assert upgradehba.in_datadir(text.replace("@/d/data/base/x,", ""), Path("/d/data")) == (
+        'line 2: file "/d/data/pg_xact/y z" is in pg_xact, which the upgrade does not carry'
     )
     assert upgradehba.in_datadir(text, Path("/d/dat")) is None
-    assert upgradehba.in_datadir("host all @/d/x/../data/u 0.0.0.0/0 md5", Path("/d/data"))
+    assert upgradehba.in_datadir("host all @/d/x/../data/global/u 0.0.0.0/0 md5", Path("/d/data"))
+    assert upgradehba.in_datadir("host all @/d/data/x 0.0.0.0/0 md5", Path("/d/data")) is None
+
+
+def test_the_complaint_about_the_usermap_file() -> None:
+    log = (
+        '2026-11-28 01:05:28.423 UTC [1] LOG:  invalid regular expression "(": parentheses '
+        "() not balanced\n"
+        '2026-11-28 01:05:28.423 UTC [1] CONTEXT:  line 3 of configuration file "/d/i"\n'
+        '2026-11-28 01:05:30.336 UTC [1] LOG:  could not open file "/m": No such file\n'
+    )
+    assert upgradehba.ident_why(log, "/d/i") == (
+        'line 3: invalid regular expression "(": parentheses () not balanced'
+    )
+    assert upgradehba.ident_why(log, "m") == 'could not open file "/m": No such file'
+    assert upgradehba.ident_why(log, "/d/j") is None and upgradehba.ident_why(log, None) is None

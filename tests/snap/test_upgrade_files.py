@@ -1,0 +1,230 @@
+"""What the user keeps in the data directory besides PostgreSQL's own files (a README,
+scripts, the certificate ssl_cert_file names, an ident_file, the files postgresql.conf
+includes, a conf.d): pg_upgrade fills a fresh directory, and the upgrade lost them all (and
+postgresql.conf's include lines) without a word. Real servers: Debian's 15, the wheel's 18
+(built without SSL: ssl itself is dropped, the certificate still carried)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import upgradefiles
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst, leftovers, running15
+
+
+@pytest.fixture
+def uf(scratch: Path) -> Iterator[Inst]:
+    with running15(scratch, "uf") as it:
+        yield it
+
+
+def _put(it: Inst, rel: str, text: str, mode: int = 0o600) -> Path:
+    """Write ``rel`` in the data directory as its owner would."""
+    path = it.datadir / rel
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    st = it.datadir.stat()
+    for p in (path, path.parent):
+        os.chown(p, st.st_uid, st.st_gid)
+    return path
+
+
+def _own(it: Inst, path: Path) -> None:
+    st = it.datadir.stat()
+    os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
+def _tree(datadir: Path) -> dict[str, tuple[str, int, bytes | str]]:
+    """The user's entries of ``datadir``: kind, mode and content (a symlink's target)."""
+    out: dict[str, tuple[str, int, bytes | str]] = {}
+    for top in sorted(os.listdir(datadir)):
+        if upgradefiles.own(top):
+            continue
+        for path in [datadir / top, *sorted((datadir / top).rglob("*"))]:
+            st = path.lstat()
+            rel = str(path.relative_to(datadir))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", 0, os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), path.read_bytes())
+    return out
+
+
+def _certificate(it: Inst) -> None:
+    """server.crt and server.key in the data directory, and ssl on (the 15 server reads
+    them; the wheel's 18 has no SSL: the upgrade drops ssl)."""
+    crt, key = it.datadir / "server.crt", it.datadir / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for path in (crt, key):
+        path.chmod(0o600)
+        _own(it, path)
+    it.sql("ALTER SYSTEM SET ssl_cert_file = 'server.crt'")
+    it.sql("ALTER SYSTEM SET ssl_key_file = 'server.key'")
+    it.sql("ALTER SYSTEM SET ssl = on")
+
+
+def test_the_users_files_are_carried_and_the_rollback_keeps_them(uf: Inst) -> None:
+    """Everything PostgreSQL did not make in the data directory is carried over (symlinks
+    as symlinks, modes kept), postgresql.conf's include lines too; --check says what would
+    be, the upgrade what was (text and --json); the rollback brings back the old data
+    directory as it was."""
+    d = uf.datadir
+    _put(uf, "README", "how this instance is run\n", 0o644)
+    _put(uf, "scripts/backup.sh", "#!/bin/sh\necho backup\n", 0o750)
+    _put(uf, "extra.conf", "work_mem = '7MB'\n")
+    _put(uf, "conf.d/10-app.conf", "maintenance_work_mem = '77MB'\n")
+    _put(uf, "my_ident", "# maps\nm1 alice postgres\n")
+    os.symlink("README", d / "README.link")
+    _own(uf, d / "README.link")
+    os.mkfifo(d / "pipe", 0o600)
+    _own(uf, d / "pipe")
+    with (d / "postgresql.conf").open("a") as f:
+        f.write("include 'extra.conf'\ninclude_dir = 'conf.d' # the app's\n")
+    _certificate(uf)
+    uf.sql(f"ALTER SYSTEM SET ident_file = '{d / 'my_ident'}'")
+    uf.ok("restart", "uf", "-q")
+    assert uf.sql("SHOW ssl") == "on" and uf.sql("SHOW work_mem") == "7MB"
+    before = _tree(d)
+    conf_before = (d / "postgresql.conf").read_bytes()
+    files = ["README", "README.link", "conf.d/", "extra.conf", "my_ident", "scripts/",
+             "server.crt", "server.key"]  # fmt: skip
+    includes = ["include 'extra.conf'", "include_dir 'conf.d'"]
+
+    check = json.loads(uf.ok("upgrade", "uf", "-v", "18", "--check", "--json").stdout)
+    assert check["files_carried"] == files and check["include_lines_carried"] == includes
+    assert check["files_not_carried"] == [{"name": "pipe", "why": "a FIFO"}]
+    assert "ssl" in check["rejected_settings"]
+    said = uf.ok("upgrade", "uf", "-v", "18", "--check").stderr.splitlines()
+    assert (
+        "Files of the data directory the upgrade would carry over: " + ", ".join(files)
+        + "; the include lines of postgresql.conf (include 'extra.conf', include_dir 'conf.d')"
+    ) in said  # fmt: skip
+    assert "Files of the data directory would not be carried over: pipe (a FIFO)" in said
+    assert _tree(d) == before and leftovers(uf.store) == []
+
+    proc = uf.ok("upgrade", "uf", "-v", "18", "--yes")
+    assert "Files of the data directory the upgrade carried over: " + ", ".join(files) in (
+        proc.stderr
+    )
+    assert "Files of the data directory not carried over: pipe (a FIFO)" in proc.stderr
+    assert uf.record()["major"] == "18" and uf.state() == "running"
+    after = _tree(d)
+    assert after == {k: v for k, v in before.items() if k != "pipe"}
+    assert (d / "README.link").is_symlink()
+    assert uf.sql("SHOW work_mem") == "7MB" and uf.sql("SHOW maintenance_work_mem") == "77MB"
+    assert uf.sql("SHOW ssl_cert_file") == "server.crt" and uf.sql("SHOW ssl") == "off"
+    assert uf.sql("SELECT map_name || ' ' || sys_name FROM pg_ident_file_mappings") == "m1 alice"
+    carried = "# Carried over from the old postgresql.conf by 'pgmgr upgrade':\n"
+    carried += "include 'extra.conf'\ninclude_dir 'conf.d'\n"
+    assert (d / "postgresql.conf").read_text().endswith(carried)
+
+    uf.ok("restore", "uf", "pre-upgrade-15", "--yes", "-q")
+    assert uf.record()["major"] == "15" and uf.sql("SHOW ssl") == "on"
+    # (the FIFO is not: a restore copies the snapshot, and no copy of pgmgr makes FIFOs)
+    assert _tree(d) == before and (d / "postgresql.conf").read_bytes() == conf_before
+
+
+def _refused(it: Inst, first: str, hint: str) -> None:
+    """--check and the upgrade refuse in one line, the server never stopped."""
+    record, pid = it.record(), it.pid()
+    for args in (["--check"], ["--yes"]):
+        proc = it.pgmgr("upgrade", "uf", "-v", "18", *args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert error_lines(proc.stderr) == [first, f"Hint: {hint}"], args
+        assert it.record() == record and it.pid() == pid
+        assert it.snaps() == [] and leftovers(it.store) == []
+
+
+def test_what_the_new_major_cannot_use_is_refused_before_anything(uf: Inst) -> None:
+    """An included file setting what 18 lacks (old_snapshot_threshold, gone in 17), a
+    pg_ident.conf line 18 reads otherwise (a PostgreSQL user starting with '/' is a
+    regular expression from 16 on), an ident_file in a directory the upgrade does not
+    carry, a file the server user cannot read: the upgraded server would not start, or
+    its maps would fail. Refused by --check and before
+    anything is stopped."""
+    d = uf.datadir
+    _put(uf, "old.conf", "old_snapshot_threshold = -1\n")
+    with (d / "postgresql.conf").open("a") as f:
+        f.write("include_if_exists 'old.conf'\n")
+    uf.ok("reload", "uf", "-q")
+    _refused(
+        uf,
+        "Error: cannot upgrade 'uf': PostgreSQL 18 does not take what postgresql.conf "
+        'includes (unrecognized configuration parameter "old_snapshot_threshold" in file '
+        '"old.conf" line 1; configuration file "old.conf" contains errors); nothing was '
+        "changed",
+        "change that file (or the include line of postgresql.conf), then upgrade",
+    )
+    (d / "old.conf").write_text("# emptied\n")
+
+    ident = d / "pg_ident.conf"
+    text = ident.read_text()
+    ident.write_text(text + "m2 bob /(\n")
+    n = len(ident.read_text().splitlines())
+    uf.ok("reload", "uf", "-q")
+    _refused(
+        uf,
+        f"Error: cannot upgrade 'uf': PostgreSQL 18 would not load its pg_ident.conf (line "
+        f'{n}: invalid regular expression "(": parentheses () not balanced): the '
+        "connections that use its maps would fail; nothing was changed",
+        "change or remove that line (or the file ident_file names), then upgrade",
+    )
+    ident.write_text(text)
+    inner = _put(uf, "global/my_ident", "m3 carol postgres\n")  # in a directory of PostgreSQL's
+    uf.sql(f"ALTER SYSTEM SET ident_file = '{inner}'")
+    uf.ok("restart", "uf", "-q")
+    _refused(
+        uf,
+        f"Error: cannot upgrade 'uf': ident_file names {inner}, in global of the data "
+        "directory, which the upgrade does not carry; nothing was changed",
+        "move the file to the top level of the data directory (or out of it) and set "
+        "ident_file again, then upgrade",
+    )
+    uf.sql("ALTER SYSTEM RESET ident_file")
+    uf.ok("restart", "uf", "-q")
+
+    if os.geteuid() == 0:  # a file root put there, which the server user cannot read
+        secret = _put(uf, "keys/root-only", "x")
+        os.chown(secret, 0, 0)
+        _refused(
+            uf,
+            f"Error: cannot upgrade 'uf': cannot copy {secret} to the new cluster "
+            "(Permission denied); nothing was changed",
+            "make it readable by the server user, or move it out of the data directory, "
+            "then upgrade (the upgrade carries over what PostgreSQL did not make there)",
+        )
+        secret.unlink()
+    uf.ok("upgrade", "uf", "-v", "18", "--check", "-q")
+
+
+def test_include_lines_are_read_and_carried() -> None:
+    text = (
+        "#include 'no.conf'\n  INCLUDE 'a.conf'  # first\ninclude_dir=conf.d\n"
+        "include_if_exists = 'it''s.conf'\ninclude_dirx = 'no'\nwork_mem = '1MB'\n"
+    )
+    lines = upgradefiles.include_lines(text)
+    assert lines == ["include 'a.conf'", "include_dir 'conf.d'", "include_if_exists 'it''s.conf'"]
+    assert upgradefiles.with_includes("a = 1\n", lines[:1]) == (
+        "a = 1\n\n# Carried over from the old postgresql.conf by 'pgmgr upgrade':\n"
+        "include 'a.conf'\n"
+    )
+    assert upgradefiles.with_includes("a = 1\n", []) == "a = 1\n"
+    trial = upgradefiles.trial_text(["include '../common.conf'", *lines[1:2]], Path("/d/data"))
+    assert trial == (
+        "include 'postgresql.conf'\ninclude '/d/data/../common.conf'\ninclude_dir 'conf.d'\n"
+    )
