@@ -165,10 +165,50 @@ def stdout_gone() -> bool:
 
 def message(text: str) -> None:
     """A line for people (stderr); silenced by --quiet. Plain text even on a terminal:
-    these lines have no markup, and Rich would cost ~40 ms of import to print them."""
+    these lines have no markup, and Rich would cost ~40 ms of import to print them. On a
+    terminal narrower than a line, the line is broken between words (see :func:`_fit`)."""
     if settings.quiet:
         return
-    write("stderr", text + "\n")
+    write("stderr", _fit(text) + "\n")
+
+
+def _fit(text: str) -> str:
+    """``text`` broken between words where a line is wider than the terminal on stderr
+    (``COLUMNS``, else its width): the terminal itself breaks it anywhere, in the middle of
+    a snapshot's name or a command to copy. Unchanged on a pipe, or a word wider than the
+    line (a long path), which is never split."""
+    try:
+        if not sys.stderr.isatty():
+            return text
+    except (AttributeError, ValueError):
+        return text
+    from pgmgr.core import numtext
+    from pgmgr.tablefit import cells
+
+    width = numtext.whole(os.environ.get("COLUMNS"))
+    if not width:
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            return text
+    if width < 20 or all(cells(line) <= width for line in text.split("\n")):
+        return text
+    out = []
+    for line in text.split("\n"):
+        if cells(line) <= width:
+            out.append(line)
+            continue
+        body = line.lstrip(" ")
+        indent = line[: len(line) - len(body)]  # kept on each of its rows
+        row = indent
+        for word in body.split(" "):
+            if row.strip() and cells(row) + 1 + cells(word) > width:
+                out.append(row)
+                row = indent + word
+            else:
+                row = f"{row} {word}" if row.strip() else row + word
+        out.append(row)
+    return "\n".join(out)
 
 
 def _line(text: str) -> str:

@@ -86,3 +86,25 @@ def test_terminal_gets_rich_and_no_color_gets_plain(work: Work, datadir: Path) -
         assert "\x1b" not in out, (args, out)
         assert "Traceback" not in out
     assert code == 4
+
+
+def test_a_message_wider_than_the_terminal_breaks_between_words(work: Work, datadir: Path) -> None:
+    """A message line wider than the terminal was broken by the terminal wherever the
+    edge fell: in the middle of a snapshot's name, or of the command that rolls an upgrade
+    back. It now breaks between words; a word wider than the line (a URL) stays whole,
+    on a row of its own, and a pipe gets the line unbroken."""
+    env = {"COLUMNS": "40", "NO_COLOR": "1"}
+    code, out = run_in_pty(["start", "-d", "./data", "-p", "auto"], work.path, env=env)
+    try:
+        assert code == 0, out
+        rows = out.replace("\r", "").splitlines()
+        assert "Started 'data' (PostgreSQL" in out, out
+        for row in rows:
+            assert len(row) <= 40 or " " not in row, rows
+        assert any(row.startswith("postgresql://") for row in rows), rows  # whole
+    finally:
+        code, out = run_in_pty(["stop", "data"], work.path, env=env)
+        assert code == 0, out
+    piped = work.run("start", "data", "-p", "auto", env={"COLUMNS": "40"})
+    assert next(ln for ln in piped.stderr.splitlines() if ln.startswith("Started")).count(" ") > 5
+    assert work.run("stop", "data").returncode == 0
