@@ -309,9 +309,8 @@ def _foreign(text: str, first: str | None) -> str | None:
     state = paths.state_dir()
     marks = [line for line in lines[1:3] if line.startswith(REGISTRY)]
     if marks:
-        if marks[0] == registry_line(state):
-            return None
-        return marks[0].removeprefix(REGISTRY)
+        named = marks[0].removeprefix(REGISTRY)
+        return None if _same_dir(unquote_arg(named), state) else named
     env = [
         line
         for line in lines
@@ -319,8 +318,27 @@ def _foreign(text: str, first: str | None) -> str | None:
         and not line.startswith("Environment=PGMGR_STATE_DIR=%S/")
     ]
     if env:
-        return None if env[0] == "Environment=" + quote_arg(f"PGMGR_STATE_DIR={state}") else ""
+        named = unquote_arg(env[0].removeprefix("Environment="))
+        return None if _same_dir(named.removeprefix("PGMGR_STATE_DIR="), state) else ""
     return None if first is not None and lines[0] == first else ""
+
+
+def unquote_arg(word: str) -> str:
+    """The argument :func:`quote_arg` made ``word`` of."""
+    if len(word) >= 2 and word[0] == word[-1] == '"':
+        word = re.sub(r"\\(.)", r"\1", word[1:-1])
+    return word.replace("%%", "%").replace("$$", "$")
+
+
+def _same_dir(named: str, state: Path) -> bool:
+    """Whether ``named`` is the state directory ``state``, however either is spelt (a
+    symlinked parent, a relative PGMGR_STATE_DIR with '..'): the registry is the directory."""
+    if named == str(state):
+        return True
+    try:
+        return os.path.isabs(named) and os.path.samefile(named, state)
+    except OSError:  # gone, or not reachable: another registry's
+        return False
 
 
 def _whose(text: str, first: str | None) -> str | None:

@@ -259,6 +259,36 @@ def test_a_unit_written_before_it_named_its_registry(
     assert removed.returncode == 0 and not path.exists(), removed.stderr
 
 
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_the_registry_is_its_directory_not_how_it_is_spelt(
+    fresh: Instance, mock_systemctl: Path, mode: str
+) -> None:
+    """The same state directory reached through a symlinked parent, or a relative path with
+    '..': remove and install refused the registry's own unit as "the unit of ... of the pgmgr
+    with state directory" (itself, spelt otherwise)."""
+    state = Path(fresh.env.get("PGMGR_STATE_DIR") or os.environ["PGMGR_STATE_DIR"])
+    link = mock_systemctl.parent / "via"
+    link.symlink_to(state.parent)
+    spellings = [
+        ({"PGMGR_STATE_DIR": str(state)}, None),
+        ({"PGMGR_STATE_DIR": str(link / state.name)}, None),
+        ({"PGMGR_STATE_DIR": f"../{state.parent.name}/{state.name}"}, state.parent),
+    ]
+    for env, cwd in spellings:
+        installed = run_pgmgr("service", "install", fresh.name, f"--{mode}",
+                              env={**fresh.env, **env}, cwd=cwd)  # fmt: skip
+        assert installed.returncode == 0, installed.stderr
+        path = Path(installed.stderr.splitlines()[0].split(" ", 1)[1])
+        for other, other_cwd in spellings:
+            again = run_pgmgr("service", "install", fresh.name, f"--{mode}", "-q",
+                              env={**fresh.env, **other}, cwd=other_cwd)  # fmt: skip
+            assert again.returncode == 0, (env, other, again.stderr)
+        gone, gone_cwd = spellings[(spellings.index((env, cwd)) + 1) % len(spellings)]
+        removed = run_pgmgr("service", "remove", fresh.name, "-q",
+                            env={**fresh.env, **gone}, cwd=gone_cwd)  # fmt: skip
+        assert removed.returncode == 0 and not path.exists(), (env, gone, removed.stderr)
+
+
 def test_bad_service_inputs(fresh: Instance, unit_env: Path) -> None:
     unknown = fresh.pgmgr("service", "install", "nosuch", "--user")
     assert unknown.returncode == 4 and len(unknown.stderr.splitlines()) <= 2
