@@ -271,9 +271,10 @@ def test_the_registry_is_its_directory_not_how_it_is_spelt(
     link.symlink_to(state.parent)
     spellings = [
         ({"PGMGR_STATE_DIR": str(state)}, None),
-        ({"PGMGR_STATE_DIR": str(link / state.name)}, None),
         ({"PGMGR_STATE_DIR": f"../{state.parent.name}/{state.name}"}, state.parent),
     ]
+    if os.geteuid() == 0:  # a user's is refused on a path through a symlink (not private)
+        spellings.append(({"PGMGR_STATE_DIR": str(link / state.name)}, None))
     for env, cwd in spellings:
         installed = run_pgmgr("service", "install", fresh.name, f"--{mode}",
                               env={**fresh.env, **env}, cwd=cwd)  # fmt: skip
