@@ -107,12 +107,16 @@ def pgmgr_command() -> list[str]:
 _BARE_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
 
-def quote_arg(arg: str) -> str:
+def quote_arg(arg: str, *, variables: bool = True) -> str:
     """One word of a systemd command line: ``%`` (specifiers) and ``$`` (variables) doubled,
-    double-quoted with C escapes when it holds anything else than a plain word."""
+    double-quoted with C escapes when it holds anything else than a plain word. Not
+    ``variables``: a word of ``Environment=``, where "$ has no special meaning"
+    (systemd.exec(5)): a doubled one stayed doubled in the service's environment."""
     if "\n" in arg or "\r" in arg:
         raise UsageError(f"cannot put {arg!r} in a unit file: it holds a line break")
-    text = arg.replace("%", "%%").replace("$", "$$")
+    text = arg.replace("%", "%%")
+    if variables:
+        text = text.replace("$", "$$")
     if _BARE_RE.match(arg):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -188,7 +192,7 @@ def render(
             f"Environment=PGMGR_CACHE_DIR=%C/pgmgr/{name}",
         ]
     else:
-        lines.append("Environment=" + quote_arg(f"PGMGR_STATE_DIR={state_dir}"))
+        lines.append("Environment=" + quote_arg(f"PGMGR_STATE_DIR={state_dir}", variables=False))
     lines += [
         "ExecStart=" + exec_start(start_argv(srv, command, by_datadir=own_state)),
         "KillMode=mixed",
@@ -309,18 +313,39 @@ def _foreign(text: str, first: str | None) -> str | None:
     state = paths.state_dir()
     marks = [line for line in lines[1:3] if line.startswith(REGISTRY)]
     if marks:
-        if marks[0] == registry_line(state):
-            return None
-        return marks[0].removeprefix(REGISTRY)
+        named = marks[0].removeprefix(REGISTRY)
+        return None if _same_dir(unquote_arg(named), state) else named
     env = [
         line
         for line in lines
         if line.startswith(("Environment=PGMGR_STATE_DIR=", 'Environment="PGMGR_STATE_DIR='))
         and not line.startswith("Environment=PGMGR_STATE_DIR=%S/")
     ]
-    if env:
-        return None if env[0] == "Environment=" + quote_arg(f"PGMGR_STATE_DIR={state}") else ""
+    if env:  # a '$' in it was doubled before 'variables=False'
+        word = env[0].removeprefix("Environment=")
+        spelt = {unquote_arg(word, variables=v) for v in (False, True)}
+        ours = any(_same_dir(n.removeprefix("PGMGR_STATE_DIR="), state) for n in spelt)
+        return None if ours else ""
     return None if first is not None and lines[0] == first else ""
+
+
+def unquote_arg(word: str, *, variables: bool = True) -> str:
+    """The argument :func:`quote_arg` made ``word`` of."""
+    if len(word) >= 2 and word[0] == word[-1] == '"':
+        word = re.sub(r"\\(.)", r"\1", word[1:-1])
+    word = word.replace("%%", "%")
+    return word.replace("$$", "$") if variables else word
+
+
+def _same_dir(named: str, state: Path) -> bool:
+    """Whether ``named`` is the state directory ``state``, however either is spelt (a
+    symlinked parent, a relative PGMGR_STATE_DIR with '..'): the registry is the directory."""
+    if named == str(state):
+        return True
+    try:
+        return os.path.isabs(named) and os.path.samefile(named, state)
+    except OSError:  # gone, or not reachable: another registry's
+        return False
 
 
 def _whose(text: str, first: str | None) -> str | None:

@@ -259,6 +259,67 @@ def test_a_unit_written_before_it_named_its_registry(
     assert removed.returncode == 0 and not path.exists(), removed.stderr
 
 
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_the_registry_is_its_directory_not_how_it_is_spelt(
+    fresh: Instance, mock_systemctl: Path, mode: str
+) -> None:
+    """The same state directory reached through a symlinked parent, or a relative path with
+    '..': remove and install refused the registry's own unit as "the unit of ... of the pgmgr
+    with state directory" (itself, spelt otherwise)."""
+    state = Path(fresh.env.get("PGMGR_STATE_DIR") or os.environ["PGMGR_STATE_DIR"])
+    link = mock_systemctl.parent / "via"
+    link.symlink_to(state.parent)
+    spellings = [
+        ({"PGMGR_STATE_DIR": str(state)}, None),
+        ({"PGMGR_STATE_DIR": f"../{state.parent.name}/{state.name}"}, state.parent),
+    ]
+    if os.geteuid() == 0:  # a user's is refused on a path through a symlink (not private)
+        spellings.append(({"PGMGR_STATE_DIR": str(link / state.name)}, None))
+    for env, cwd in spellings:
+        installed = run_pgmgr("service", "install", fresh.name, f"--{mode}",
+                              env={**fresh.env, **env}, cwd=cwd)  # fmt: skip
+        assert installed.returncode == 0, installed.stderr
+        path = Path(installed.stderr.splitlines()[0].split(" ", 1)[1])
+        for other, other_cwd in spellings:
+            again = run_pgmgr("service", "install", fresh.name, f"--{mode}", "-q",
+                              env={**fresh.env, **other}, cwd=other_cwd)  # fmt: skip
+            assert again.returncode == 0, (env, other, again.stderr)
+        gone, gone_cwd = spellings[(spellings.index((env, cwd)) + 1) % len(spellings)]
+        removed = run_pgmgr("service", "remove", fresh.name, "-q",
+                            env={**fresh.env, **gone}, cwd=gone_cwd)  # fmt: skip
+        assert removed.returncode == 0 and not path.exists(), (env, gone, removed.stderr)
+
+
+def systemd_environment(line: str) -> dict[str, str]:
+    """What systemd makes of an ``Environment=`` value (systemd.exec(5)): words split on
+    spaces with double quotes and C escapes, ``%%`` a '%' (specifiers), and no variable
+    expansion: "$ has no special meaning" there (unlike ExecStart=, where $$ is a '$')."""
+    words = shlex.split(line.removeprefix("Environment="))
+    return dict(w.replace("%%", "%").split("=", 1) for w in words)
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_the_unit_names_a_state_directory_with_a_dollar_as_it_is(
+    unit_env: Path, mock_systemctl: Path, mode: str
+) -> None:
+    """Environment= does no variable expansion: the '$' of a state directory doubled as in
+    ExecStart= reached the service as '$$', another state directory, where the instance is
+    unknown. Spaces, '%' and quotes stay as they are too."""
+    state = unit_env / 'st $HOME 100% "q"'
+    env = {"PGMGR_STATE_DIR": str(state)}
+    made = run_pgmgr("init", "-q", "-d", str(unit_env / "db"), "--name", "db", env=env)
+    assert made.returncode == 0, made.stderr
+    installed = run_pgmgr("service", "install", "db", f"--{mode}", env=env)
+    assert installed.returncode == 0, installed.stderr
+    path = Path(installed.stderr.splitlines()[0].split(" ", 1)[1])
+    lines = path.read_text().splitlines()
+    (line,) = [x for x in lines if x.startswith("Environment=") and "PGMGR_STATE_DIR" in x]
+    if "%S/" not in line:  # else root's system unit of a server user: a state dir of its own
+        assert systemd_environment(line)["PGMGR_STATE_DIR"] == str(state), line
+    removed = run_pgmgr("service", "remove", "db", "-q", env=env)
+    assert removed.returncode == 0 and not path.exists(), removed.stderr
+
+
 def test_bad_service_inputs(fresh: Instance, unit_env: Path) -> None:
     unknown = fresh.pgmgr("service", "install", "nosuch", "--user")
     assert unknown.returncode == 4 and len(unknown.stderr.splitlines()) <= 2
