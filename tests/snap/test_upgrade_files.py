@@ -212,6 +212,34 @@ def test_what_the_new_major_cannot_use_is_refused_before_anything(uf: Inst) -> N
     uf.ok("upgrade", "uf", "-v", "18", "--check", "-q")
 
 
+def test_names_the_server_user_chose_do_not_drive_the_terminal(uf: Inst) -> None:
+    """The server user names the entries of the data directory and writes postgresql.conf's
+    include lines; root's upgrade says them. A name with an escape sequence or a newline
+    is shown escaped, and each message stays one line (--json keeps the names as they
+    are)."""
+    d = uf.datadir
+    odd = ["new\nline.txt", "\x1b]0;owned\x07title", "\x1b[2Jclear.conf"]
+    for name in odd:
+        _put(uf, name, "\n")
+    os.mkfifo(d / "\x1b[31mred", 0o600)
+    _own(uf, d / "\x1b[31mred")
+    with (d / "postgresql.conf").open("a") as f:
+        f.write("include '\x1b[2Jclear.conf'\n")
+    uf.ok("reload", "uf", "-q")
+    said = uf.ok("upgrade", "uf", "-v", "18", "--check").stderr
+    assert "\x1b" not in said and "\x07" not in said
+    lines = said.splitlines()
+    carried = [x for x in lines if x.startswith("Files of the data directory the upgrade")]
+    assert carried == [
+        "Files of the data directory the upgrade would carry over: \\x1b[2Jclear.conf, "
+        "\\x1b]0;owned\\x07title, new\\x0aline.txt; the include lines of postgresql.conf "
+        "(include '\\x1b[2Jclear.conf')"
+    ], said
+    assert "Files of the data directory would not be carried over: \\x1b[31mred (a FIFO)" in lines
+    doc = json.loads(uf.ok("upgrade", "uf", "-v", "18", "--check", "--json").stdout)
+    assert doc["files_carried"] == sorted(odd)
+
+
 def test_include_lines_are_read_and_carried() -> None:
     text = (
         "#include 'no.conf'\n  INCLUDE 'a.conf'  # first\ninclude_dir=conf.d\n"
