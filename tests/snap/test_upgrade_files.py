@@ -240,6 +240,32 @@ def test_names_the_server_user_chose_do_not_drive_the_terminal(uf: Inst) -> None
     assert doc["files_carried"] == sorted(odd)
 
 
+def test_included_files_behind_relative_symlinks_are_checked_where_they_will_be(
+    uf: Inst,
+) -> None:
+    """An included file (or include_dir) of the data directory that is a relative symlink
+    to a file beside it (site.conf -> ../shared.conf): carried as the symlink, it resolves
+    after the upgrade as before. The check read it from the new cluster's work directory,
+    where ../shared.conf is nothing, and refused the upgrade."""
+    d = uf.datadir
+    shared = d.parent / "shared.conf"  # readable by all, whoever runs the test
+    shared.write_text("work_mem = '9MB'\n")
+    (d.parent / "shared.d").mkdir(mode=0o755)
+    (d.parent / "shared.d/10.conf").write_text("maintenance_work_mem = '99MB'\n")
+    for name, target in (("site.conf", "../shared.conf"), ("conf.d", "../shared.d")):
+        os.symlink(target, d / name)
+        _own(uf, d / name)
+    with (d / "postgresql.conf").open("a") as f:
+        f.write("include 'site.conf'\ninclude_dir 'conf.d'\n")
+    uf.ok("restart", "uf", "-q")
+    assert uf.sql("SHOW work_mem") == "9MB"
+    uf.ok("upgrade", "uf", "-v", "18", "--check", "-q")
+    uf.ok("upgrade", "uf", "-v", "18", "--yes", "-q")
+    assert uf.record()["major"] == "18" and os.readlink(d / "site.conf") == "../shared.conf"
+    assert uf.sql("SHOW work_mem") == "9MB" and uf.sql("SHOW maintenance_work_mem") == "99MB"
+    assert shared.read_text() == "work_mem = '9MB'\n" and leftovers(uf.store) == []
+
+
 def test_include_lines_are_read_and_carried() -> None:
     text = (
         "#include 'no.conf'\n  INCLUDE 'a.conf'  # first\ninclude_dir=conf.d\n"
@@ -255,4 +281,13 @@ def test_include_lines_are_read_and_carried() -> None:
     trial = upgradefiles.trial_text(["include '../common.conf'", *lines[1:2]], Path("/d/data"))
     assert trial == (
         "include 'postgresql.conf'\ninclude '/d/data/../common.conf'\ninclude_dir 'conf.d'\n"
+    )
+    # a carried entry is read where it will be; one PostgreSQL's directory holds in the new
+    trial = upgradefiles.trial_text(
+        ["include 'site.conf'", "include_dir './conf.d'", "include 'global/x.conf'"],
+        Path("/d/data"), ["conf.d/", "site.conf"],
+    )  # fmt: skip
+    assert trial == (
+        "include 'postgresql.conf'\ninclude '/d/data/site.conf'\n"
+        "include_dir '/d/data/conf.d'\ninclude 'global/x.conf'\n"
     )
