@@ -243,26 +243,34 @@ def test_names_the_server_user_chose_do_not_drive_the_terminal(uf: Inst) -> None
 def test_included_files_behind_relative_symlinks_are_checked_where_they_will_be(
     uf: Inst,
 ) -> None:
-    """An included file (or include_dir) of the data directory that is a relative symlink
-    to a file beside it (site.conf -> ../shared.conf): carried as the symlink, it resolves
-    after the upgrade as before. The check read it from the new cluster's work directory,
-    where ../shared.conf is nothing, and refused the upgrade."""
+    """An included file (or include_dir, or an @file of pg_hba.conf) of the data directory
+    that is a relative symlink to a file beside it (site.conf -> ../shared.conf): carried
+    as the symlink, it resolves after the upgrade as before. The checks read it from the
+    new cluster's work directory, where ../shared.conf is nothing, and refused the
+    upgrade."""
     d = uf.datadir
     shared = d.parent / "shared.conf"  # readable by all, whoever runs the test
     shared.write_text("work_mem = '9MB'\n")
     (d.parent / "shared.d").mkdir(mode=0o755)
     (d.parent / "shared.d/10.conf").write_text("maintenance_work_mem = '99MB'\n")
-    for name, target in (("site.conf", "../shared.conf"), ("conf.d", "../shared.d")):
+    (d.parent / "admins.list").write_text("alice\n")
+    links = {"site.conf": "../shared.conf", "conf.d": "../shared.d", "admins": "../admins.list"}
+    for name, target in links.items():
         os.symlink(target, d / name)
         _own(uf, d / name)
     with (d / "postgresql.conf").open("a") as f:
         f.write("include 'site.conf'\ninclude_dir 'conf.d'\n")
+    hba = d / "pg_hba.conf"
+    hba.write_text("host all @admins 127.0.0.2/32 reject\n" + hba.read_text())
     uf.ok("restart", "uf", "-q")
     assert uf.sql("SHOW work_mem") == "9MB"
+    rule = "SELECT user_name FROM pg_hba_file_rules WHERE address = '127.0.0.2'"
+    assert uf.sql(rule) == "{alice}"
     uf.ok("upgrade", "uf", "-v", "18", "--check", "-q")
     uf.ok("upgrade", "uf", "-v", "18", "--yes", "-q")
     assert uf.record()["major"] == "18" and os.readlink(d / "site.conf") == "../shared.conf"
     assert uf.sql("SHOW work_mem") == "9MB" and uf.sql("SHOW maintenance_work_mem") == "99MB"
+    assert uf.sql(rule) == "{alice}"
     assert shared.read_text() == "work_mem = '9MB'\n" and leftovers(uf.store) == []
 
 
