@@ -24,7 +24,8 @@ from tests.ops.conftest import VERSION
 READ_ONLY = "-c default_transaction_read_only=on"
 UNICODE_DB = "données-日本"
 
-#: A service that would send a connection elsewhere, read-only, over SSL to a standby.
+#: A service that would send a connection elsewhere, read-only, over SSL to a standby, as
+#: a WAL sender (no SQL).
 SERVICE = """[hostile]
 host=/nonexistent
 port=1
@@ -34,6 +35,7 @@ hostaddr=127.0.0.2
 options=-c default_transaction_read_only=on
 sslmode=require
 target_session_attrs=standby
+replication=true
 """
 
 #: What a library caller's environment may hold (pgmgr cannot drop it from their process).
