@@ -137,13 +137,20 @@ def _files(result: UpgradeResult, carried: str, verb: str) -> None:
     """What of the data directory (besides PostgreSQL's own) the upgrade carries over."""
     files = result.files
     if files.files or files.includes:
-        what = [", ".join(files.files)] if files.files else []
+        what = [", ".join(map(_shown, files.files))] if files.files else []
         if files.includes:
-            what.append("the include lines of postgresql.conf (" + ", ".join(files.includes) + ")")
+            lines = ", ".join(map(_shown, files.includes))
+            what.append(f"the include lines of postgresql.conf ({lines})")
         ui.message(f"Files of the data directory the upgrade {carried} over: " + "; ".join(what))
     if files.dropped:
         ui.message(f"Files of the data directory {verb} carried over: "
-                   + ", ".join(f"{n} ({why})" for n, why in files.dropped))  # fmt: skip
+                   + ", ".join(f"{_shown(n)} ({why})" for n, why in files.dropped))  # fmt: skip
+
+
+def _shown(text: str) -> str:
+    """A name (or include line) the server user chose, as visible text on one line: root
+    runs the upgrade, and an escape sequence in a file name must not drive its terminal."""
+    return ui.visible(text).replace("\t", "\\x09").replace("\n", "\\x0a")
 
 
 def _not_carried(names: list[str], verb: str) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgmgr.core import ownconn
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
 if TYPE_CHECKING:
     from pgmgr.core.instance import Server
@@ -61,7 +63,7 @@ def find(srv: Server, timeout: int = 5) -> Problems:
     from pgmgr.core.errors import WorkerError
 
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=timeout) as conn:
             rows = conn.execute(QUERY).fetchall()
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect
@@ -95,7 +97,7 @@ def not_in_effect(srv: Server, rejected: list[Rejected], timeout: int = 5) -> li
 
     names = sorted({r.name for r in rejected})
     try:
-        with psycopg.connect(srv.dsn(), connect_timeout=timeout) as conn:
+        with psycopg.connect(ownconn.dsn(srv), connect_timeout=timeout) as conn:
             rows = conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [names]
             ).fetchall()

@@ -130,6 +130,27 @@ OWN = {
 }
 
 
+#: Parameters no variable sets but a service (``PGSERVICE``) may: given when one is set
+#: (a value that changes nothing else), so that a service's ``replication=true`` does not
+#: make pgmgr's connections WAL senders (no SQL), nor its ``sslkeylogfile`` log their keys.
+SERVICE_ONLY = {
+    "replication": "",
+    "sslkeylogfile": "",
+    "oauth_issuer": "",
+    "oauth_client_id": "",
+    "oauth_client_secret": "",
+    "oauth_scope": "",
+}
+
+
+@functools.cache
+def _known() -> frozenset[str]:
+    """The parameters the libpq psycopg uses knows."""
+    from psycopg import pq
+
+    return frozenset(opt.keyword.decode() for opt in pq.Conninfo.get_defaults())
+
+
 @functools.cache
 def _env_backed() -> tuple[tuple[str, str], ...]:
     """(keyword, variable) for each parameter libpq reads from the environment, as the
@@ -147,7 +168,8 @@ def params(base: Mapping[str, str]) -> dict[str, str]:
     """``base`` plus an explicit value for each parameter it lacks that libpq would take
     from the environment: :data:`OWN`'s; for one it does not know (a newer libpq's), the
     empty value when its variable is set. ``service`` is left out: an empty one is a
-    lookup of the service "" (it fails), and a service's values never beat given ones.
+    lookup of the service "" (it fails), and a service's values never beat given ones;
+    with ``PGSERVICE`` set, :data:`SERVICE_ONLY` gives those only a service sets.
 
     On a socket no SSL is tried (none is possible there).
     """
@@ -160,6 +182,10 @@ def params(base: Mapping[str, str]) -> dict[str, str]:
             out[keyword] = OWN[keyword]
         elif variable in env or "PGSERVICE" in env:
             out[keyword] = ""
+    if "PGSERVICE" in env:
+        for keyword, value in SERVICE_ONLY.items():
+            if keyword in _known() and keyword not in out:
+                out[keyword] = value
     if out.get("host", "").startswith("/") and "sslmode" in out:
         out["sslmode"] = "disable"
     return out

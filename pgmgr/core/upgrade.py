@@ -283,7 +283,7 @@ def _init_new(
     tools.run(plan.initdb_argv(new, newdata, srv.inst.superuser, opts), su, cwd=work)
     conf.check_scoped(srv, new, newdata, scoped)
     with upgradefiles.placed(srv, store, new, newdata) as files:
-        upgradehba.check(srv, store, new, newdata, sockdir)
+        upgradehba.check(srv, store, new, newdata, sockdir, files.files)
     return newdata, slots, files
 
 

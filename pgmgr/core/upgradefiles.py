@@ -24,7 +24,7 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,16 +175,21 @@ def with_includes(text: str, lines: list[str]) -> str:
     return text.rstrip("\n") + "\n\n" + "\n".join([_BLOCK, *lines]) + "\n"
 
 
-def trial_text(lines: list[str], old: Path) -> str:
+def trial_text(lines: list[str], old: Path, carried: Sequence[str] = ()) -> str:
     """The configuration the new major reads for the check (in the new data directory):
-    its postgresql.conf, then ``lines``; a relative name that leads out of the data
-    directory (``../common.conf``) made absolute from ``old``, where the upgraded one
-    will be."""
+    its postgresql.conf, then ``lines``. A relative name that leads out of the data
+    directory (``../common.conf``), or into one of the ``carried`` entries, is made
+    absolute from ``old``, where the upgraded one will be: a carried symlink
+    (``site.conf -> ../shared.conf``) resolves there as it will after the upgrade, not
+    from the work directory the new cluster is checked in. Other names (a directory of
+    PostgreSQL's, never carried) are read in the new cluster, as after the upgrade."""
+    tops = {name.rstrip("/") for name in carried}
     out = ["include 'postgresql.conf'"]
     for line in lines:
         directive, value = line.split(" ", 1)
         name = value[1:-1].replace("''", "'")
-        if not os.path.isabs(name) and os.path.normpath(name).startswith(".."):
+        top = os.path.normpath(name).split(os.sep)[0]
+        if not os.path.isabs(name) and (top == ".." or top in tops):
             value = _quoted(str(old / name))
         out.append(f"{directive} {value}")
     return "\n".join(out) + "\n"
@@ -256,20 +261,22 @@ def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Itera
         done = copied(srv, store, copy_entries, srv.datadir, newdata)
         done.includes = conf.reading(srv, store, old_includes, srv.datadir)
         if done.includes:
-            check_includes(srv, store, new, newdata, done.includes)
+            check_includes(srv, store, new, newdata, done.includes, done.files)
         yield done
     finally:
         store.as_user(remove_entries, newdata, done.files)
 
 
 def check_includes(
-    srv: Server, store: Store, new: Installation, newdata: Path, lines: list[str]
-) -> None:
+    srv: Server, store: Store, new: Installation, newdata: Path, lines: list[str],
+    carried: list[str],
+) -> None:  # fmt: skip
     """:raises DatabaseException: the new major's ``postgres -C`` refuses postgresql.conf
-    with ``lines`` (a setting it lacks in an included file, a file it cannot open)."""
+    with ``lines`` (a setting it lacks in an included file, a file it cannot open);
+    ``carried``: the entries copied into ``newdata`` (see :func:`trial_text`)."""
     from pgmgr.core import fifowait
 
-    store.as_user(_write_trial, newdata, trial_text(lines, srv.datadir))
+    store.as_user(_write_trial, newdata, trial_text(lines, srv.datadir, carried))
     try:
         argv = [str(new.bin("postgres")), "-D", str(newdata), "-C", "port",
                 "-c", f"config_file={newdata / TRIAL_CONF}"]  # fmt: skip
@@ -277,7 +284,7 @@ def check_includes(
     except CommandFailed as e:
         said = [m.group(1) for m in map(_REJECTED.search, (e.stderr or "").splitlines()) if m]
         cause = "; ".join(said[:2]) or str(e)
-        cause = cause.replace(f"{newdata}/", "")
+        cause = cause.replace(f"{newdata}/", "").replace(f"{srv.datadir}/", "")
         raise DatabaseException(
             f"cannot upgrade '{srv.inst.name}': PostgreSQL {new.major} does not take what "
             f"postgresql.conf includes ({cause}); nothing was changed",

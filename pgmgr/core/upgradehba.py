@@ -23,6 +23,7 @@ import contextlib
 import os
 import re
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from pgmgr.core import launch, server, sigguard, upgradeprobe
@@ -43,9 +44,10 @@ _INCLUDE = re.compile(r'(?:^|[\s,])@(?:"([^"]+)"|([^\s,"]+))')
 _LINE = re.compile(r'\bCONTEXT:\s+line (\d+) of configuration file "([^"]+)"')
 
 
-def place(old: Path, newdata: Path) -> tuple[str | None, bool]:
+def place(old: Path, newdata: Path, carried: Sequence[str] = ()) -> tuple[str | None, bool]:
     """Copy ``old``'s pg_hba.conf and pg_ident.conf into ``newdata`` as :data:`COPY` and
-    :data:`IDENT_COPY`: the text of the first (None if there is none), and whether there
+    :data:`IDENT_COPY` (the first's ``@`` names into ``carried`` entries read from ``old``:
+    :func:`from_old`): the text of the first (None if there is none), and whether there
     was the second. As the user."""
     found: list[bytes | None] = []
     for name, copy in (("pg_hba.conf", COPY), ("pg_ident.conf", IDENT_COPY)):
@@ -56,10 +58,38 @@ def place(old: Path, newdata: Path) -> tuple[str | None, bool]:
             continue
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         with os.fdopen(os.open(newdata / copy, flags, 0o600), "wb") as f:
-            f.write(data)
+            if copy == COPY and carried:
+                f.write(from_old(data.decode(errors="surrogateescape"), old, carried).encode(
+                    errors="surrogateescape"))  # fmt: skip
+            else:
+                f.write(data)
         found.append(data)
     hba, ident = found
     return (None if hba is None else hba.decode(errors="replace")), ident is not None
+
+
+def from_old(text: str, old: Path, carried: Sequence[str]) -> str:
+    """pg_hba.conf's ``text`` for the check, each relative ``@`` name that leads into one
+    of the ``carried`` entries, or out of the data directory (``@../users``), named from
+    ``old``: the check's copy is in the new cluster's work directory, where a carried
+    relative symlink (``admins -> ../admins.list``) leads elsewhere than it will once the
+    upgraded directory is in ``old``'s place."""
+    tops = {name.rstrip("/") for name in carried} | {".."}
+
+    def named(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] not in tops:
+            return m.group(0)
+        path = str(old / name)
+        if re.search(r'[\s,"]', path):  # not written plainly: left as it is
+            return m.group(0)
+        return m.group(0)[: m.group(0).index("@") + 1] + path
+
+    out = []
+    for line in text.splitlines(keepends=True):
+        body, mark, comment = line.partition("#")
+        out.append(_INCLUDE.sub(named, body) + mark + comment)
+    return "".join(out)
 
 
 def _uncarried(path: str, datadir: Path) -> str | None:
@@ -115,12 +145,15 @@ def _named(srv: Server, store: Store) -> dict[str, str]:
     return {k: both[k] for k in ("hba_file", "ident_file") if both.get(k)}
 
 
-def check(srv: Server, store: Store, new: Installation, newdata: Path, sockdir: str) -> None:
+def check(
+    srv: Server, store: Store, new: Installation, newdata: Path, sockdir: str,
+    carried: Sequence[str] = (),
+) -> None:  # fmt: skip
     """:raises DatabaseException: the new major's server does not start with the old
     pg_hba.conf, or does not load its pg_ident.conf (see the module doc); nothing was
-    changed."""
+    changed. ``carried``: the entries placed in ``newdata`` (see :func:`from_old`)."""
     try:
-        text, ident = conf.reading(srv, store, place, srv.datadir, newdata)
+        text, ident = conf.reading(srv, store, place, srv.datadir, newdata, carried)
         settings = _named(srv, store)
         for name, value in settings.items():
             top = _uncarried(os.path.join("/", value), srv.datadir)  # relative: from /

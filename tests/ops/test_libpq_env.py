@@ -24,7 +24,8 @@ from tests.ops.conftest import VERSION
 READ_ONLY = "-c default_transaction_read_only=on"
 UNICODE_DB = "données-日本"
 
-#: A service that would send a connection elsewhere, read-only, over SSL to a standby.
+#: A service that would send a connection elsewhere, read-only, over SSL to a standby, as
+#: a WAL sender (no SQL).
 SERVICE = """[hostile]
 host=/nonexistent
 port=1
@@ -34,6 +35,7 @@ hostaddr=127.0.0.2
 options=-c default_transaction_read_only=on
 sslmode=require
 target_session_attrs=standby
+replication=true
 """
 
 #: What a library caller's environment may hold (pgmgr cannot drop it from their process).
@@ -272,3 +274,20 @@ def test_every_parameter_libpq_takes_from_the_environment_is_given(
     backed = {opt.keyword.decode() for opt in psycopg.pq.Conninfo.get_defaults() if opt.envvar}
     assert backed - set(given) == {"service"}
     assert given["sslmode"] == "disable" and given["gssencmode"] == "disable"
+
+
+def test_reload_in_process_ignores_it(ops_dir: Path) -> None:
+    """``pgmgr.entry.main(argv)`` (a library caller's in-process command) keeps the
+    caller's environment: reload's check of the files (pg_file_settings) and its
+    'not in effect' session connect as pgmgr's own connections do."""
+    try:
+        ok(run_pgmgr("start", "-q", "--init", "-d", str(ops_dir / "r"), "--name", "r",
+                     "-p", "auto", "-v", VERSION))  # fmt: skip
+        env = {**os.environ, **hostile(LIBRARY_SETS, "transport", ops_dir)}
+        code = "from pgmgr.entry import main; main(['reload', 'r', '-q'])"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        run_pgmgr("stop", "--all", "-m", "immediate", "-q")
+    assert postmasters_under(ops_dir) == []

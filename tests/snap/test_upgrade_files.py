@@ -212,6 +212,68 @@ def test_what_the_new_major_cannot_use_is_refused_before_anything(uf: Inst) -> N
     uf.ok("upgrade", "uf", "-v", "18", "--check", "-q")
 
 
+def test_names_the_server_user_chose_do_not_drive_the_terminal(uf: Inst) -> None:
+    """The server user names the entries of the data directory and writes postgresql.conf's
+    include lines; root's upgrade says them. A name with an escape sequence or a newline
+    is shown escaped, and each message stays one line (--json keeps the names as they
+    are)."""
+    d = uf.datadir
+    odd = ["new\nline.txt", "\x1b]0;owned\x07title", "\x1b[2Jclear.conf"]
+    for name in odd:
+        _put(uf, name, "\n")
+    os.mkfifo(d / "\x1b[31mred", 0o600)
+    _own(uf, d / "\x1b[31mred")
+    with (d / "postgresql.conf").open("a") as f:
+        f.write("include '\x1b[2Jclear.conf'\n")
+    uf.ok("reload", "uf", "-q")
+    said = uf.ok("upgrade", "uf", "-v", "18", "--check").stderr
+    assert "\x1b" not in said and "\x07" not in said
+    lines = said.splitlines()
+    carried = [x for x in lines if x.startswith("Files of the data directory the upgrade")]
+    assert carried == [
+        "Files of the data directory the upgrade would carry over: \\x1b[2Jclear.conf, "
+        "\\x1b]0;owned\\x07title, new\\x0aline.txt; the include lines of postgresql.conf "
+        "(include '\\x1b[2Jclear.conf')"
+    ], said
+    assert "Files of the data directory would not be carried over: \\x1b[31mred (a FIFO)" in lines
+    doc = json.loads(uf.ok("upgrade", "uf", "-v", "18", "--check", "--json").stdout)
+    assert doc["files_carried"] == sorted(odd)
+
+
+def test_included_files_behind_relative_symlinks_are_checked_where_they_will_be(
+    uf: Inst,
+) -> None:
+    """An included file (or include_dir, or an @file of pg_hba.conf) of the data directory
+    that is a relative symlink to a file beside it (site.conf -> ../shared.conf): carried
+    as the symlink, it resolves after the upgrade as before. The checks read it from the
+    new cluster's work directory, where ../shared.conf is nothing, and refused the
+    upgrade."""
+    d = uf.datadir
+    shared = d.parent / "shared.conf"  # readable by all, whoever runs the test
+    shared.write_text("work_mem = '9MB'\n")
+    (d.parent / "shared.d").mkdir(mode=0o755)
+    (d.parent / "shared.d/10.conf").write_text("maintenance_work_mem = '99MB'\n")
+    (d.parent / "admins.list").write_text("alice\n")
+    links = {"site.conf": "../shared.conf", "conf.d": "../shared.d", "admins": "../admins.list"}
+    for name, target in links.items():
+        os.symlink(target, d / name)
+        _own(uf, d / name)
+    with (d / "postgresql.conf").open("a") as f:
+        f.write("include 'site.conf'\ninclude_dir 'conf.d'\n")
+    hba = d / "pg_hba.conf"
+    hba.write_text("host all @admins 127.0.0.2/32 reject\n" + hba.read_text())
+    uf.ok("restart", "uf", "-q")
+    assert uf.sql("SHOW work_mem") == "9MB"
+    rule = "SELECT user_name FROM pg_hba_file_rules WHERE address = '127.0.0.2'"
+    assert uf.sql(rule) == "{alice}"
+    uf.ok("upgrade", "uf", "-v", "18", "--check", "-q")
+    uf.ok("upgrade", "uf", "-v", "18", "--yes", "-q")
+    assert uf.record()["major"] == "18" and os.readlink(d / "site.conf") == "../shared.conf"
+    assert uf.sql("SHOW work_mem") == "9MB" and uf.sql("SHOW maintenance_work_mem") == "99MB"
+    assert uf.sql(rule) == "{alice}"
+    assert shared.read_text() == "work_mem = '9MB'\n" and leftovers(uf.store) == []
+
+
 def test_include_lines_are_read_and_carried() -> None:
     text = (
         "#include 'no.conf'\n  INCLUDE 'a.conf'  # first\ninclude_dir=conf.d\n"
@@ -227,4 +289,13 @@ def test_include_lines_are_read_and_carried() -> None:
     trial = upgradefiles.trial_text(["include '../common.conf'", *lines[1:2]], Path("/d/data"))
     assert trial == (
         "include 'postgresql.conf'\ninclude '/d/data/../common.conf'\ninclude_dir 'conf.d'\n"
+    )
+    # a carried entry is read where it will be; one PostgreSQL's directory holds in the new
+    trial = upgradefiles.trial_text(
+        ["include 'site.conf'", "include_dir './conf.d'", "include 'global/x.conf'"],
+        Path("/d/data"), ["conf.d/", "site.conf"],
+    )  # fmt: skip
+    assert trial == (
+        "include 'postgresql.conf'\ninclude '/d/data/site.conf'\n"
+        "include_dir '/d/data/conf.d'\ninclude 'global/x.conf'\n"
     )
