@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import copy, removal, tools, userfs
+from pgmgr.core import copy, removal, snapstore, tools, userfs
 from pgmgr.core import upgradeconf as conf
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -100,6 +100,30 @@ def copy_entries(old: Path, new: Path) -> Carried:
     finally:
         os.close(ofd)
     return done
+
+
+def entries_size(old: Path) -> int:
+    """The bytes :func:`copy_entries` copies of ``old`` at most (a sparse file counted
+    whole: the copy writes its holes out). As the user."""
+    total = 0
+    ofd = os.open(old, _DIR_FLAGS)
+    try:
+        with os.scandir(ofd) as it:
+            names = [e.name for e in it if not own(e.name)]
+        for name in names:
+            with contextlib.suppress(OSError):  # removed meanwhile: the copy says the rest
+                st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                elif stat.S_ISDIR(st.st_mode):
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=ofd)
+                    try:
+                        total += copy.tree_size(sub)
+                    finally:
+                        os.close(sub)
+    finally:
+        os.close(ofd)
+    return total
 
 
 def _copy_entry(ofd: int, nfd: int, name: str, done: Carried, old: Path) -> None:
@@ -258,6 +282,12 @@ def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Itera
     """
     done = Carried()
     try:
+        # Room first: the copy is made while the server runs, and filling its disk (a big
+        # backup kept there, a sparse file, whose holes a copy writes out) would stop it.
+        size = conf.reading(srv, store, entries_size, srv.datadir)
+        snapstore.check_space(
+            store, size, f"the files '{srv.inst.name}' keeps in its data directory"
+        )
         done = copied(srv, store, copy_entries, srv.datadir, newdata)
         done.includes = conf.reading(srv, store, old_includes, srv.datadir)
         if done.includes:
