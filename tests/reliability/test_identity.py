@@ -73,17 +73,24 @@ def test_replaced_by_a_copy_or_another_cluster(
     assert inst.stop().returncode == 0  # back in place: it is the instance again
 
 
+def _moved_while_running(cluster: InstFactory, work: Path) -> tuple[Inst, int | None, Path]:
+    """Instance 'db' started, then its data directory renamed to ``work/db.moved`` while
+    its server runs: the instance, the server's pid and where its directory is now."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid()
+    moved = work / "db.moved"
+    inst.datadir.rename(moved)
+    return inst, pid, moved
+
+
 def test_moved_away_while_running_is_not_forgotten(cluster: InstFactory, work: Path) -> None:
     """``mv data elsewhere`` while the server runs: status showed a ``missing`` instance with
     no pid, and forget and destroy ("already gone") removed its record, leaving that server
     running with nothing to show it. Now status names the pid and where it runs, and forget
     and destroy refuse until it is stopped."""
-    inst = cluster("db")
-    assert inst.start("--port", "auto").returncode == 0
-    pid = inst.pid()
-    moved = work / "db.moved"
+    inst, pid, moved = _moved_while_running(cluster, work)
     try:
-        inst.datadir.rename(moved)
         run = pgmgr("status", "db", "--json")
         assert run.returncode == 4, str(run)
         doc = run.json()
@@ -140,12 +147,8 @@ def test_no_new_cluster_where_a_running_one_was_moved_from(
     record took it (status: stopped), the server with the data ran on unseen, and its
     shutdown then wrote its pg_control into the new cluster (PostgreSQL writes it under the
     path it was started with). Now init and start --init refuse and make nothing."""
-    inst = cluster("db")
-    assert inst.start("--port", "auto").returncode == 0
-    pid = inst.pid()
-    moved = work / "db.moved"
+    inst, pid, moved = _moved_while_running(cluster, work)
     try:
-        inst.datadir.rename(moved)
         for args in (
             ["init", "-d", str(inst.datadir)],
             ["start", "-d", str(inst.datadir), "--init", "--port", "auto"],
@@ -177,11 +180,7 @@ def test_no_fast_stop_of_a_server_started_at_another_path(
     path it was started with: a PANIC when nothing is there, and another cluster's
     pg_control overwritten when one is. pgmgr said "Stopped". Now a smart or fast stop is
     refused; an immediate one (no checkpoint) is not."""
-    inst = cluster("db")
-    assert inst.start("--port", "auto").returncode == 0
-    pid = inst.pid()
-    moved = work / "db.moved"
-    inst.datadir.rename(moved)
+    inst, pid, moved = _moved_while_running(cluster, work)
     copy_datadir(template, inst.datadir)  # another cluster at the old path
     control = (inst.datadir / "global" / "pg_control").read_bytes()
     try:

@@ -78,6 +78,28 @@ def running15(scratch: Path, name: str) -> Iterator[Inst]:
         it.pgmgr("stop", "--all", "-m", "immediate", "-q")
 
 
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where/fs`` (root only: the test is skipped
+    otherwise), for a disk that fills up; its servers killed and it unmounted at the end
+    (a killed run's is unmounted by the next run: tests/leftovers.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    fs = where / "fs"
+    fs.mkdir()
+    options = f"size={size},mode=0755"
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(fs)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {made.stderr.strip()}")
+    try:
+        yield fs
+    finally:
+        kill_postmasters(postmasters_under(fs))
+        if subprocess.run(["umount", str(fs)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
 @pytest.fixture
 def scratch() -> Iterator[Path]:
     """A 0755 directory (/dev/shm or /tmp) for a test that builds its own instances."""

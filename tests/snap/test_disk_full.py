@@ -13,25 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import error_lines, kill_postmasters, postmasters_under
-from tests.snap.conftest import Inst, leftovers
+from tests.helpers import error_lines
+from tests.snap.conftest import Inst, leftovers, small_tmpfs
 
 
 @pytest.fixture
 def small_fs(ops_dir: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    fs = ops_dir / "fs"
-    fs.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=180m,mode=0755", "tmpfs", str(fs)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {made.stderr.strip()}")
-    try:
+    with small_tmpfs(ops_dir, "180m") as fs:
         yield fs
-    finally:
-        kill_postmasters(postmasters_under(fs))
-        subprocess.run(["umount", str(fs)], check=False)
 
 
 def test_disk_full_mid_copy(

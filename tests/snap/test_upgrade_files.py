@@ -17,7 +17,7 @@ import pytest
 
 from pgmgr.core import upgradefiles
 from tests.helpers import error_lines
-from tests.snap.conftest import Inst, leftovers, running15
+from tests.snap.conftest import Inst, leftovers, running15, small_tmpfs
 
 
 @pytest.fixture
@@ -306,27 +306,16 @@ def test_no_room_for_the_users_files_is_refused_before_they_are_copied(scratch: 
     in the data directory, or a sparse one (whose holes the copy writes out), filled the
     disk the running server writes to. Room is checked first. On a small tmpfs (root: a
     mount), so that the copy the old code made fills only it."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    fs = scratch / "fs"
-    fs.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m,mode=0755", "tmpfs", str(fs)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {made.stderr.strip()}")
-    try:
-        with running15(fs, "room") as it:
-            big = _put(it, "big.img", "")
-            os.truncate(big, 1 << 30)  # 1 GiB of holes: nothing used yet
-            used = os.statvfs(fs)
-            for args in (["--check"], ["--yes"]):
-                proc = it.pgmgr("upgrade", "room", "-v", "18", *args)
-                assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
-                (err,) = [ln for ln in error_lines(proc.stderr) if ln.startswith("Error:")]
-                assert "not enough disk space" in err and "nothing was changed" in err, err
-                assert it.state() == "running"
-                now = os.statvfs(fs)
-                assert now.f_bfree * now.f_frsize > used.f_bfree * used.f_frsize - (20 << 20)
-            assert it.record()["major"] == "15"
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
+    with small_tmpfs(scratch, "300m") as fs, running15(fs, "room") as it:
+        big = _put(it, "big.img", "")
+        os.truncate(big, 1 << 30)  # 1 GiB of holes: nothing used yet
+        used = os.statvfs(fs)
+        for args in (["--check"], ["--yes"]):
+            proc = it.pgmgr("upgrade", "room", "-v", "18", *args)
+            assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+            (err,) = [ln for ln in error_lines(proc.stderr) if ln.startswith("Error:")]
+            assert "not enough disk space" in err and "nothing was changed" in err, err
+            assert it.state() == "running"
+            now = os.statvfs(fs)
+            assert now.f_bfree * now.f_frsize > used.f_bfree * used.f_frsize - (20 << 20)
+        assert it.record()["major"] == "15"
