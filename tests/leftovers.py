@@ -37,6 +37,7 @@ PREFIXES = (
     "pgmgr-hook-",
     "pgmgr-link-",
     "pgs-",
+    ".pgmgr-test-graves-",  # tests.helpers.Graveyard: what a killed run had not deleted yet
 )
 
 _held: list[int] = []
@@ -67,6 +68,8 @@ def hold_and_sweep(path: str | None = None, where: list[Path] | None = None) -> 
     else:
         if os.environ.get("PGMGR_TEST_NO_SWEEP") != "1":
             swept = sweep(places() if where is None else where)
+            if where is None:
+                drop_dead_segments()
     deadline = time.monotonic() + 120
     while True:  # not a blocking flock: whoever holds /tmp exclusively must not hang us
         try:
@@ -124,3 +127,28 @@ def _unmount_under(path: Path) -> None:
     for point in sorted((p for p in points if p.startswith(top)), key=len, reverse=True):
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def drop_dead_segments(where: Path = Path("/dev/shm")) -> list[str]:
+    """Remove the dynamic shared memory segments (``PostgreSQL.*``) of servers no longer
+    running: a killed run's servers, killed by :func:`sweep` or before, cannot remove
+    theirs. Only those no process maps, and older than every running ``postgres`` (a live
+    server's pinned segments are mapped by none, but made after it started); another
+    user's are left where they may not be deleted. The names removed."""
+    from tests.conftest import _mapped_segments, _oldest_postgres_start
+
+    try:
+        names = [n for n in os.listdir(where) if n.startswith("PostgreSQL.")]
+    except OSError:
+        return []
+    oldest = _oldest_postgres_start()
+    mapped = _mapped_segments()
+    removed = []
+    for name in names:
+        if name in mapped:
+            continue
+        with contextlib.suppress(OSError):
+            if os.lstat(where / name).st_mtime < oldest - 1:
+                os.unlink(where / name)
+                removed.append(name)
+    return removed

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +118,22 @@ def test_a_mount_a_killed_run_left_is_unmounted(place: Path) -> None:
     finally:
         if os.path.ismount(fs):
             subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_a_killed_runs_graveyard_and_dead_servers_segments_go(place: Path) -> None:
+    """A run killed while its graveyard (tests.helpers.Graveyard) still held a test
+    directory left the hidden ``.pgmgr-test-graves-*`` for good, and the servers a sweep
+    kills (or a kill -9 killed) leave their shared memory segments in /dev/shm."""
+    graves = place / ".pgmgr-test-graves-dead"
+    (graves / "data-1").mkdir(parents=True)
+    assert leftovers.sweep([place]) == [graves]
+    shm = place / "shm"
+    shm.mkdir()
+    dead, live = shm / "PostgreSQL.1", shm / "PostgreSQL.2"
+    for seg in (dead, live):
+        seg.write_bytes(b"x")
+    os.utime(dead, (0, 0))  # made before any server now running: a dead server's
+    future = time.time() + 3600  # made after every running server started: maybe live
+    os.utime(live, (future, future))
+    assert leftovers.drop_dead_segments(shm) == ["PostgreSQL.1"]
+    assert not dead.exists() and live.exists()
