@@ -47,6 +47,7 @@ def check_destroyable(srv: Server) -> None:
     if registered:
         srv.check_identity("destroy")
         _check_not_moved_away(srv, "destroy", "; nothing was removed")
+        _check_sole_record(srv)
     if not os.path.lexists(datadir):
         return
     # The directory is renamed there first: checked before the server is stopped (it was
@@ -90,6 +91,21 @@ def destroy(
     testhook.pause("destroy-record")
     removed_record = srv.register and registry.remove(srv.inst.name)
     return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
+
+
+def _check_sole_record(srv: Server) -> None:
+    """:raises DatabaseException: another record of this registry names the same data
+    directory (pgmgr never makes two, but a record copied by hand does): destroying one
+    would remove the other's data, and which one the user means is not known."""
+    mine = registry.canonical(srv.inst.datadir)
+    for other in registry.load_all()[0]:
+        if other.name != srv.inst.name and registry.canonical(other.datadir) == mine:
+            raise DatabaseException(
+                f"refusing to destroy '{srv.inst.name}': its data directory {srv.datadir} "
+                f"is also the instance '{other.name}'; nothing was removed",
+                hint="drop the record you do not want with 'pgmgr forget NAME' (it keeps "
+                "the data directory), then destroy the other if you mean to",
+            )
 
 
 def redo_unfinished(datadir: Path, command: str, source: str) -> str | None:

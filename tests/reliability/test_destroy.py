@@ -262,3 +262,21 @@ def test_destroy_of_a_tree_deeper_than_python_recursion(cluster: InstFactory) ->
     finally:  # the fixtures' shutil.rmtree recurses too
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         subprocess.run(["rm", "-rf", str(inst.datadir), *map(str, trash_of(inst.datadir))])
+
+
+def test_destroy_refuses_a_data_directory_another_record_also_names(
+    cluster: InstFactory, tmp_path: Path
+) -> None:
+    """A record copied by hand (``cp dev.json dev2.json``): 'pgmgr destroy dev2' removed
+    the data directory of 'dev' too, whose record stayed with nothing behind it. pgmgr never
+    makes two records of one directory; with two, which one is meant is not known."""
+    dev = cluster("dev")
+    records = tmp_path / "state" / "instances"
+    (records / "dev2.json").write_bytes((records / "dev.json").read_bytes())
+    err = one_error(pgmgr("destroy", "dev2", "--yes"))
+    assert "is also the instance 'dev'" in err and "nothing was removed" in err, err
+    assert (dev.datadir / "PG_VERSION").is_file()
+    assert pgmgr("forget", "dev2").returncode == 0  # the hint: then destroy works
+    run = pgmgr("destroy", "dev", "--yes")
+    assert run.returncode == 0, str(run)
+    assert not dev.datadir.exists()
