@@ -284,7 +284,7 @@ def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Itera
     try:
         # Room first: the copy is made while the server runs, and filling its disk (a big
         # backup kept there, a sparse file, whose holes a copy writes out) would stop it.
-        size = conf.reading(srv, store, entries_size, srv.datadir)
+        size = store.as_user(entries_size, srv.datadir)
         snapstore.check_space(
             store, size, f"the files '{srv.inst.name}' keeps in its data directory"
         )
