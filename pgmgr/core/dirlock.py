@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,13 +96,14 @@ def held(path: Path, *, timeout: float, busy: str, create: bool = True) -> Itera
         if fd < 0:
             yield True
             return
+        if whole:  # the locks directory: no file of its own to check or delete
+            with _whole_held(fd, path, timeout, deadline, busy) as got:
+                yield got
+            return
         try:
             left = 0.0 if timeout == 0 else max(deadline - time.monotonic(), 1e-6)
             if not paths.flock_fd(fd, exclusive=True, timeout=left, busy=busy):
                 yield False
-                return
-            if whole:  # the locks directory: no file of its own to check or delete
-                yield True
                 return
             testhook.pause("dirlock-locked")
             if not _at_path(fd, path):
@@ -115,6 +117,70 @@ def held(path: Path, *, timeout: float, busy: str, create: bool = True) -> Itera
         finally:
             os.close(fd)
         return
+
+
+class _Whole:
+    """This process's flock of a ``locks`` directory (the fallback of :func:`_open`), shared
+    by the locks it stands for: a command that holds two (a branch: its source's and its
+    target's) waited for itself, for the whole timeout, then said another pgmgr was working."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.paths: set[Path] = set()
+
+
+#: The ``locks`` directories this process holds, by (device, inode); guarded by ``_mutex``.
+_wholes: dict[tuple[int, int], _Whole] = {}
+_mutex = threading.Lock()
+
+
+@contextlib.contextmanager
+def _whole_held(fd: int, path: Path, timeout: float, deadline: float, busy: str) -> Iterator[bool]:
+    """Hold the ``locks`` directory, open as ``fd``, for the lock file ``path`` that could
+    not be made, as :func:`held` holds a file (``timeout``, ``deadline``). When a lock of
+    this process holds it already, it is shared; but not for the same ``path`` (another
+    thread's), which is waited for as its file would be. Takes ``fd`` over.
+
+    :raises Busy: still taken at ``deadline`` (the message is ``busy``).
+    """
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)
+    try:
+        while True:
+            with _mutex:
+                mine = _wholes.get(key)
+                if mine is not None and path not in mine.paths:
+                    mine.paths.add(path)
+                    break
+            if mine is None:
+                left = 0.0 if timeout == 0 else max(deadline - time.monotonic(), 1e-6)
+                if not paths.flock_fd(fd, exclusive=True, timeout=left, busy=busy):
+                    yield False
+                    return
+                with _mutex:  # flocked: no other lock of this process holds it
+                    mine = _wholes[key] = _Whole(fd)
+                    mine.paths.add(path)
+                    fd = -1
+                break
+            if timeout == 0:
+                yield False
+                return
+            if time.monotonic() >= deadline:
+                from pgmgr.core.errors import Busy
+
+                raise Busy(f"{busy} (waited {timeout:.0f} s)")
+            time.sleep(0.01)
+        try:
+            yield True
+        finally:
+            with _mutex:
+                mine.paths.discard(path)
+                if not mine.paths:
+                    del _wholes[key]
+                    os.close(mine.fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 @contextlib.contextmanager

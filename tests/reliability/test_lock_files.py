@@ -97,3 +97,63 @@ def test_a_lock_file_deleted_while_waited_on_is_never_held_twice(
     assert all(f'"snapshot": "{s}"' in snaps for s in "abc"), snaps
     assert lock_files(rel_isolation) == []
     ok(inst.stop("-q"))
+
+
+def test_a_read_only_locks_directory_serves_two_locks_of_one_process(
+    cluster: InstFactory, rel_isolation: Path
+) -> None:
+    """With no lock file to be made (``locks/`` read-only or full), the locks directory is
+    flocked instead. A command that holds two locks (a branch: its source's and its
+    target's) then waited for itself for the whole 30 s and said "another pgmgr is working
+    on DIR". One process's locks now share that flock; another process is still kept out,
+    and a second hold of the same data directory (another thread) still waits."""
+    import subprocess
+    import sys
+    import threading
+
+    from pgmgr.core import dirlock
+    from pgmgr.core.errors import Busy
+    from tests.reliability.test_storage import read_only
+
+    inst = cluster("db")
+    ok(inst.start("-p", "auto", "-q"))
+    locks = rel_isolation / "locks"
+    probe = (
+        "import sys; from pathlib import Path; from pgmgr.core import dirlock\n"
+        "for d in sys.argv[1:]:\n"
+        "    with dirlock.try_lock(Path(d)) as got: print(got)\n"
+    )
+
+    def others_get(*dirs: Path) -> list[str]:
+        run = subprocess.run(
+            [sys.executable, "-c", probe, *map(str, dirs)], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()
+
+    a, b, c = (rel_isolation / n for n in ("a", "b", "c"))
+    with read_only(locks):
+        with dirlock.lock(a, timeout=2), dirlock.lock(b, timeout=2):
+            assert lock_files(rel_isolation) == []  # the directory stands for both
+            assert others_get(a, c) == ["False", "False"]
+            caught: list[BaseException] = []
+
+            def again() -> None:
+                try:
+                    with dirlock.lock(a, timeout=0.3):
+                        pass
+                except BaseException as e:  # reported below
+                    caught.append(e)
+
+            thread = threading.Thread(target=again)
+            thread.start()
+            thread.join()
+            assert len(caught) == 1 and isinstance(caught[0], Busy), caught
+            with dirlock.try_lock(b) as got:
+                assert not got
+        assert others_get(a, b) == ["True", "True"]  # all let go: the flock with them
+        run = pgmgr("branch", "db", "db2", "-p", "auto", "-q", timeout=120)
+        assert run.returncode == 0, str(run)
+    ok(pgmgr("stop", "db2", "-q"))
+    ok(pgmgr("destroy", "db2", "--yes", "-q"))
+    ok(inst.stop("-q"))
