@@ -231,6 +231,17 @@ class Inst:
 InstFactory = Callable[..., Inst]
 
 
+def _give_a_free_port(name: str) -> None:
+    """A free port in ``name``'s new record, which has none: its first 'pgmgr start NAME'
+    would take 5432, and two tests of a parallel run doing so at once failed one of them
+    with "port 5432 on 127.0.0.1 is already in use"."""
+    from pgmgr.core import listen, registry
+
+    rec = registry.load(name)
+    rec.port = listen.free_port("127.0.0.1")
+    registry.save(rec)
+
+
 @pytest.fixture
 def cluster(template: Path, work: Path) -> Iterator[InstFactory]:
     """``cluster(name)``: a registered copy of the template under this test's dir (not
@@ -242,6 +253,7 @@ def cluster(template: Path, work: Path) -> Iterator[InstFactory]:
         if register:
             run = pgmgr("init", "-d", str(datadir), "--name", name, "-q")
             assert run.returncode == 0, str(run)
+            _give_a_free_port(name)
         inst = Inst(name, datadir)
         made.append(inst)
         return inst
