@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import paths, process, registry, removal, testhook
-from pgmgr.core.errors import DatabaseException, WorkerError
+from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import POLL, passfile_path
 
@@ -208,10 +208,19 @@ def forget_unreadable(err: registry.CorruptRecord) -> Path:
     name, and no server (whether one still runs there cannot be known from it).
 
     :returns: the path of the removed record.
+    :raises PgmgrError: it is a directory (see :class:`registry.CorruptRecord`).
     """
     name = err.path.stem
-    with contextlib.suppress(FileNotFoundError):
+    try:
         err.path.unlink()
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:  # not pgmgr's, and maybe not empty: never removed
+        raise PgmgrError(
+            f"instance record {err.path} is a directory, not a record pgmgr wrote; "
+            "nothing was removed",
+            hint=f"see what it holds and remove it yourself (rm -r {err.path})",
+        ) from None
     with contextlib.suppress(OSError):
         passfile_path(name).unlink()
     return err.path
