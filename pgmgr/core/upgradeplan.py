@@ -139,11 +139,15 @@ def check_method(method: str) -> str:
     return method
 
 
+def _order(major: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in major.split("."))
+
+
 def check_direction(old: str, new: str) -> None:
-    """:raises UsageError: ``new`` is not a higher major than ``old``."""
-    if int(new) == int(old):
+    """:raises UsageError: ``new`` is not a higher major than ``old`` ("9.6" < "10")."""
+    if _order(new) == _order(old):
         raise UsageError(f"the instance is already PostgreSQL {old}; nothing to upgrade")
-    if int(new) < int(old):
+    if _order(new) < _order(old):
         raise UsageError(
             f"cannot upgrade PostgreSQL {old} to {new}: that is a downgrade, which pg_upgrade "
             "cannot do",
