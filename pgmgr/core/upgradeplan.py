@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.pgconf import QUOTED, unquote_value
 from pgmgr.core.versions import Installation
 
 METHODS = ("copy", "link", "clone")
@@ -247,7 +248,7 @@ def renamed(names: list[str], new_major: str) -> dict[str, str]:
     }
 
 
-_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*('(?:[^']|'')*'|[^#\s]*)")
+_CONF_LINE = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*({QUOTED}|[^#\s]*)")
 
 
 def conf_settings(text: str) -> dict[str, str]:
@@ -284,9 +285,8 @@ def auto_conf_settings(text: str) -> dict[str, str]:
 
 
 def unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        return value[1:-1].replace("''", "'").replace("\\'", "'")
-    return value
+    """A value of a configuration file as PostgreSQL reads it (see :func:`unquote_value`)."""
+    return unquote_value(value)
 
 
 def drop_from_auto_conf(text: str, names: set[str]) -> str:
