@@ -131,6 +131,7 @@ def _say(
                 "snapshots_kept": left,
                 "snapshots_dir": kept.path if left else None,
                 "snapshots_problem": kept.problem,
+                "left_outside": [o.to_dict() for o in result.left_outside],
             }
         )
         return
@@ -151,3 +152,14 @@ def _say(
         )
     if kept.problem:
         ui.message(f"Note: its snapshots were left alone: {kept.problem}")
+    _say_outside(result)
+
+
+def _say_outside(result: DestroyResult) -> None:
+    """The tablespaces and WAL directory of the data directory kept elsewhere: left."""
+    for o in result.left_outside:
+        what = f"its tablespace {o.oid}" if o.kind == "tablespace" else "its WAL directory"
+        ui.message(
+            f"Note: left {what} in {ui.visible(o.path)}: pgmgr deletes nothing outside the "
+            "data directory; remove it yourself once nothing else uses it"
+        )

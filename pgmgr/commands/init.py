@@ -78,6 +78,7 @@ def init(
         label = c.version_label(srv.inst.version)
         with ui.spinner(f"Initializing {label} in {srv.datadir} …"):
             created = srv.initialize(opts, user=user, template=not no_template)
+    known = known or srv.adopted  # found registered under another spelling of its path
     elapsed = time.monotonic() - t0
     if json:
         rec = srv.inst.to_dict()

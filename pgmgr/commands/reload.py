@@ -36,13 +36,18 @@ def reload(
                 "conf_load_time": result.after,
                 "confirmed": result.confirmed,
                 "elapsed_ms": round(result.elapsed * 1000, 1),
+                "restart_needed": [r.name for r in result.restart_needed],
             }
         )
-    else:
-        if result.confirmed:
-            ui.message(f"Reloaded '{srv.inst.name}' (pid {result.pid}) in {ui.ms(result.elapsed)}")
-        else:
+    elif result.confirmed:
+        ui.message(f"Reloaded '{srv.inst.name}' (pid {result.pid}) in {ui.ms(result.elapsed)}")
+        for r in result.restart_needed:
             ui.message(
-                f"Sent SIGHUP to '{srv.inst.name}' (pid {result.pid}); not confirmed: a standby "
-                f"with hot_standby = off accepts no connections (see 'pgmgr logs {srv.inst.name}')"
+                f"Note: {ui.visible(r.where)}: {r.name} = {ui.visible(repr(r.setting))} needs a "
+                f"restart to apply ('pgmgr restart {srv.inst.name}'); it keeps its current value"
             )
+    else:
+        ui.message(
+            f"Sent SIGHUP to '{srv.inst.name}' (pid {result.pid}); not confirmed: a standby "
+            f"with hot_standby = off accepts no connections (see 'pgmgr logs {srv.inst.name}')"
+        )

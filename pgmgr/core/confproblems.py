@@ -6,10 +6,16 @@ file) makes a reload apply none of the files' changes and leaves ``pg_conf_load_
 where it was: ``pgmgr reload`` waited its whole timeout, then said "did not confirm the
 reload". An invalid value (``work_mem = 'zz'``) is skipped while the rest is applied:
 ``pgmgr reload`` said "Reloaded" and nothing of it.
+
+A setting only a restart applies (``postmaster`` context) is "could not be applied" both
+when its value is invalid (``shared_buffers = 'banana'``) and when it is a valid change:
+pg_settings' ``pending_restart`` does not tell them apart (it stays set by an earlier valid
+change), so the instance's own ``postgres -C`` checks the value alone (:func:`sort_restart`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from pgmgr.core import ownconn
@@ -50,6 +56,8 @@ class Problems:
 
     whole: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    #: changed values of settings only a restart applies: valid or not (:func:`sort_restart`)
+    restart_only: list[Rejected] = field(default_factory=list)
 
 
 def find(srv: Server, timeout: int = 5) -> Problems:
@@ -76,9 +84,31 @@ def find(srv: Server, timeout: int = 5) -> Problems:
             found.whole.append(f"{where}: {error}")
         elif error != NOT_APPLIED:  # "unrecognized configuration parameter": none applied
             found.whole.append(f"{where}: {error} {name!r}")
-        elif context not in ("postmaster", "internal"):  # else: only a restart applies it
+        elif context == "postmaster":  # a valid change, or an invalid value
+            found.restart_only.append(Rejected(where, name, setting))
+        elif context != "internal":
             found.rejected.append(Rejected(where, name, setting))
     return found
+
+
+def sort_restart(srv: Server, changed: list[Rejected]) -> tuple[list[Rejected], list[Rejected]]:
+    """``(invalid, pending)``: which of ``changed`` (:attr:`Problems.restart_only`) the
+    server rejects, and which a restart applies. Each value is checked alone by the
+    instance's ``postgres -C``, reading no configuration file (the one on disk holds the
+    values being checked, and any invalid one fails the whole file).
+
+    :raises OSError: postgres cannot be executed.
+    """
+    from pgmgr.core import server
+
+    install, user = srv.installation(), srv.user()
+    invalid: list[Rejected] = []
+    pending: list[Rejected] = []
+    for r in changed:
+        alone = {"config_file": os.devnull, r.name: r.setting}
+        failed = server.postgres_check(install, srv.datadir, alone, user)
+        (invalid if failed is not None else pending).append(r)
+    return invalid, pending
 
 
 def not_in_effect(srv: Server, rejected: list[Rejected], timeout: int = 5) -> list[Rejected]:

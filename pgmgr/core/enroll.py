@@ -103,7 +103,8 @@ def installation(srv: Server, requested: str | None = None) -> versions.Installa
     """The binaries for this instance: the recorded ones while they still exist and
     match, else a fresh selection of the same major.
 
-    :raises DatabaseException: ``requested`` names another major than the data dir's.
+    :raises DatabaseException: ``requested`` names another major than the data dir's, or
+        its PG_VERSION names none (:class:`server.BadPgVersion`).
     """
     on_disk = server.datadir_major(srv.datadir)
     major = on_disk or srv.inst.major
@@ -114,7 +115,13 @@ def installation(srv: Server, requested: str | None = None) -> versions.Installa
         return versions.Installation(
             srv.inst.major, srv.inst.version, Path(srv.inst.bindir), "record"
         )
-    install = versions.select(requested or major).installation
+    if requested:
+        origin = "--version"
+    else:
+        origin = (
+            f"the PG_VERSION of {srv.datadir}" if on_disk else f"the record of '{srv.inst.name}'"
+        )
+    install = versions.select(requested or major, origin=origin).installation
     srv.inst.major, srv.inst.version, srv.inst.bindir = (
         install.major,
         install.version,
@@ -128,7 +135,9 @@ def pick_installation(datadir: Path, version: str | None) -> versions.Installati
     on_disk = server.datadir_major(datadir) if datadir.is_dir() else None
     if on_disk and version:
         version = check_major(datadir, on_disk, version)
-    return versions.select(version or on_disk).installation
+    if on_disk and not version:
+        return versions.select(on_disk, origin=f"the PG_VERSION of {datadir}").installation
+    return versions.select(version).installation
 
 
 def check_major(datadir: Path, major: str, requested: str) -> str:

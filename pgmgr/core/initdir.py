@@ -65,9 +65,16 @@ def initialize(
             raise DatabaseException(
                 f"{datadir} appeared while pgmgr was about to make it; nothing was done there"
             )
-        if srv.new and opts.auth != "trust" and srv.inst.password is None:
+        fresh = srv.new and opts.auth != "trust" and srv.inst.password is None
+        if fresh:
             reset_password(srv, password or new_password())
         srv.save()
+        if fresh and not srv.adopted:  # else the record it has keeps its password
+            srv.notes.append(
+                f"no password is known for {srv.datadir}: a new one was generated for "
+                f"'{srv.inst.name}' and is set for {srv.inst.superuser!r} at its next start "
+                "(through the local socket); 'pgmgr url --tcp' shows it"
+            )
         return False
     if not srv.new:
         _check_not_moved_away(srv)
@@ -219,14 +226,10 @@ def _pin_directory(srv: Server) -> None:
 
 def reset_password(srv: Server, password: str) -> None:
     """Registering a data directory pgmgr knows no password of (made elsewhere, or
-    forgotten): a new one is set through the local socket at its next start."""
+    forgotten): a new one is set through the local socket at its next start. The caller
+    says so once the record is saved as this one (see :attr:`Server.adopted`)."""
     srv.inst.password = password
     srv.inst.password_pending = srv.inst.password_reset = True
-    srv.notes.append(
-        f"no password is known for {srv.datadir}: a new one was generated for "
-        f"'{srv.inst.name}' and is set for {srv.inst.superuser!r} at its next start "
-        "(through the local socket); 'pgmgr url --tcp' shows it"
-    )
 
 
 def apply_pending_password(

@@ -93,6 +93,9 @@ class Server:
         #: a free name derived from ``name_base`` when the name was generated
         self.new = new
         self.name_base = name_base
+        #: the first save found the data directory registered already (by another spelling
+        #: of its path, or by another process meanwhile) and took that record instead
+        self.adopted = False
         #: things the user should know that are not errors (the CLI prints them)
         self.notes: list[str] = []
         self.child: subprocess.Popen[bytes] | None = None
@@ -217,7 +220,9 @@ class Server:
         if self.new and self.pinned() is None:
             self.pin()
         if self.new:
-            self.inst = registry.create(self.inst, name_base=self.name_base)
+            saved = registry.create(self.inst, name_base=self.name_base)
+            self.adopted = saved is not self.inst
+            self.inst = saved
             self.new = False
         else:
             registry.save(self.inst)

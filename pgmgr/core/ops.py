@@ -14,11 +14,11 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from pgmgr.core import ownconn, paths, process, server, testhook
+from pgmgr.core import confproblems, ownconn, paths, process, server, testhook
 from pgmgr.core.errors import DatabaseException, NotRunning, UsageError, WorkerError
 from pgmgr.core.instance import Server, StartResult
 
@@ -126,6 +126,8 @@ class ReloadResult:
     before: float | None  # None: not confirmed (a standby that accepts no connections)
     after: float | None
     elapsed: float
+    #: changed values of the files that only a restart applies (file and line, name, value)
+    restart_needed: list[confproblems.Rejected] = field(default_factory=list)
 
     @property
     def confirmed(self) -> bool:
@@ -163,7 +165,6 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
         pg_hba.conf and pg_ident.conf are read again), or a setting it rejects (sent: the
         rest is applied).
     """
-    from pgmgr.core import confproblems
     from pgmgr.core.roles import refuses_connections
 
     pf = require_running(srv)
@@ -189,21 +190,37 @@ def reload(srv: Server, timeout: float = 10.0) -> ReloadResult:
     deadline = t0 + timeout
     while True:
         after = conf_load_time(srv)
-        rejected = problems.rejected and after > before
-        if rejected and (left := confproblems.not_in_effect(srv, problems.rejected)):
-            raise WorkerError(
-                f"reloaded '{srv.inst.name}', but PostgreSQL rejected "
-                f"{'; '.join(map(str, left))} (it keeps the current value)",
-                hint=f"fix it, then reload again; 'pgmgr logs {srv.inst.name}' shows more",
-            )
         if after > before:
-            return ReloadResult(pf.pid, before, after, time.monotonic() - t0)
+            return _reloaded(srv, problems, ReloadResult(pf.pid, before, after, 0.0), t0)
         if time.monotonic() >= deadline:
             raise WorkerError(
                 f"'{srv.inst.name}' did not confirm the reload within {timeout:g} s",
                 hint=f"see 'pgmgr logs {srv.inst.name}'",
             )
         time.sleep(POLL)
+
+
+def _reloaded(
+    srv: Server, problems: confproblems.Problems, result: ReloadResult, t0: float
+) -> ReloadResult:
+    """``result`` of a confirmed reload, with the changes only a restart applies.
+
+    :raises WorkerError: PostgreSQL rejected a value of the files (it keeps the current one).
+    """
+    left: list[confproblems.Rejected] = []
+    if problems.rejected:
+        left = confproblems.not_in_effect(srv, problems.rejected)
+    if problems.restart_only:
+        invalid, result.restart_needed = confproblems.sort_restart(srv, problems.restart_only)
+        left += invalid
+    if left:
+        raise WorkerError(
+            f"reloaded '{srv.inst.name}', but PostgreSQL rejected "
+            f"{'; '.join(map(str, left))} (it keeps the current value)",
+            hint=f"fix it, then reload again; 'pgmgr logs {srv.inst.name}' shows more",
+        )
+    result.elapsed = time.monotonic() - t0
+    return result
 
 
 # --------------------------------------------------------------------------- logs

@@ -320,7 +320,8 @@ def flocked(path: Path, *, exclusive: bool, timeout: float, busy: str) -> Iterat
     :raises Busy: still taken after ``timeout`` (the message is ``busy``).
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with doing("open the lock file"):  # one made a directory: say which file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         if e.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC, errno.EDQUOT):
             raise

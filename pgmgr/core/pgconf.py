@@ -17,12 +17,14 @@ so a value that would make the server fail at its next start (``work_mem=``) is 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pgmgr.core import ownconn, server
 from pgmgr.core.errors import UsageError, WorkerError
+from pgmgr.core.lazyre import LazyRegex
 from pgmgr.core.pgtext import clip, clip_in
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
@@ -43,6 +45,31 @@ RELOADABLE = frozenset({"sighup", "superuser", "user", "backend", "superuser-bac
 def quote_value(value: str) -> str:
     """A postgresql.conf string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+#: A quoted value as PostgreSQL's configuration lexer reads one (guc-file.l's STRING): a
+#: quote inside is doubled ('') or escaped (\'), and a backslash escapes any character.
+QUOTED = r"'(?:[^'\\\n]|\\.|'')*'"
+_ESCAPED = LazyRegex(r"\\([0-7]{1,3}|.)|''", re.S)
+_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def unquote_value(value: str) -> str:
+    """What a postgresql.conf value stands for: a quoted one (:data:`QUOTED`) read as
+    PostgreSQL's DeescapeQuotedString reads it ('' and \\' a quote, \\n a newline, \\ooo
+    octal, a backslash before any other character that character); any other as it is."""
+    if len(value) < 2 or value[0] != "'" or value[-1] != "'":
+        return value
+
+    def one(m: re.Match[str]) -> str:
+        c = m.group(1)
+        if c is None:
+            return "'"
+        if c[0] in "01234567":
+            return chr(int(c, 8) & 0xFF)
+        return _ESCAPES.get(c, c)
+
+    return _ESCAPED.compiled.sub(one, value[1:-1])
 
 
 #: Read before postgresql.conf, so that file and the user's settings override them.

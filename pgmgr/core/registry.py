@@ -107,14 +107,19 @@ class Instance:
 
 
 class CorruptRecord(PgmgrError):
-    def __init__(self, path: Path, why: str) -> None:
+    """An instance record that cannot be used. ``directory``: it is a directory, which
+    pgmgr never makes there and does not remove ('pgmgr forget' removes any other)."""
+
+    def __init__(self, path: Path, why: str, *, directory: bool = False) -> None:
         self.path = path
         self.why = why
-        super().__init__(
-            f"instance record {path} is unreadable ({why})",
-            hint=f"remove it with 'pgmgr forget {path.stem}' and register the data "
-            "directory again with 'pgmgr init -d DIR'",
-        )
+        self.directory = directory
+        again = "register the data directory again with 'pgmgr init -d DIR'"
+        if directory:
+            hint = f"see what it holds and remove it yourself (rm -r {path}), then {again}"
+        else:
+            hint = f"remove it with 'pgmgr forget {path.stem}' and {again}"
+        super().__init__(f"instance record {path} is unreadable ({why})", hint=hint)
 
 
 def instances_dir() -> Path:
@@ -155,8 +160,10 @@ def load(name: str, *, settle: bool = True) -> Instance:
         raise InstanceNotFound(
             f"no instance named {name!r}", hint="'pgmgr status' lists the known instances"
         ) from None
+    except IsADirectoryError:
+        raise CorruptRecord(path, "a directory, not a file", directory=True) from None
     except OSError as e:
-        raise CorruptRecord(path, e.strerror or str(e)) from None
+        raise CorruptRecord(path, _why_unreadable(e)) from None
     try:
         data = json.loads(raw.decode())
         if not isinstance(data, dict):
@@ -197,8 +204,11 @@ def _read_regular(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "a directory", str(path))
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a special file"
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file")
         if st.st_size > MAX_RECORD:
             raise OSError(errno.EFBIG, f"larger than {MAX_RECORD} bytes")
         chunks = []
@@ -207,6 +217,18 @@ def _read_regular(path: Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _why_unreadable(err: OSError) -> str:
+    """What is wrong with a record file that could not be read, in words (not errno's
+    text alone: "Too many levels of symbolic links" is how a symlink refused shows)."""
+    import errno
+
+    if err.errno == errno.ELOOP:
+        return "a symbolic link, not a regular file"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return err.strerror or str(err)
 
 
 def _check_paths(inst: Instance) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core import diskio, testhook, userfs
@@ -307,3 +308,50 @@ def remove_socket_dir(
     except (OSError, DatabaseException):
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Outside:
+    """A part of a data directory kept elsewhere, which its removal leaves: a tablespace
+    (``pg_tblspc/OID`` links to it) or the WAL directory (``pg_wal`` is a symlink)."""
+
+    kind: str  # "tablespace" or "wal"
+    path: str
+    oid: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "oid": self.oid, "path": self.path}
+
+
+def outside(datadir: Path) -> list[Outside]:
+    """What of ``datadir`` lives outside it (its symlinks, read through directory fds and
+    never followed): pgmgr removes only the data directory, so this stays. Best effort:
+    what cannot be read is not listed (the removal goes on either way)."""
+    found: list[Outside] = []
+    try:
+        fd = userfs.open_dir(datadir)
+    except (OSError, userfs.UnsafePath):
+        return found
+    try:
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.lstat("pg_wal", dir_fd=fd).st_mode):
+                found.append(Outside("wal", _target(datadir, "pg_wal", fd)))
+        with contextlib.suppress(OSError):
+            tfd = os.open("pg_tblspc", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                for name in sorted(os.listdir(tfd)):
+                    with contextlib.suppress(OSError):
+                        if stat.S_ISLNK(os.lstat(name, dir_fd=tfd).st_mode):
+                            where = _target(datadir / "pg_tblspc", name, tfd)
+                            found.append(Outside("tablespace", where, name))
+            finally:
+                os.close(tfd)
+    finally:
+        os.close(fd)
+    inside = str(datadir).rstrip("/") + "/"
+    return [o for o in found if not o.path.startswith(inside)]
+
+
+def _target(directory: Path, name: str, dir_fd: int) -> str:
+    """Where the symlink ``name`` of ``directory`` points, made absolute (not resolved)."""
+    return os.path.normpath(os.path.join(directory, os.readlink(name, dir_fd=dir_fd)))

@@ -191,7 +191,10 @@ def check_data(snapdir: Path, meta: Meta) -> str | None:
     data = snapdir / snapstore.DATA
     if not os.path.lexists(data):
         return COPY_MISSING
-    major = server.datadir_major(data)
+    try:
+        major = server.datadir_major(data)
+    except server.BadPgVersion as e:
+        return f"its data directory's PG_VERSION is invalid ({e.why})"
     if major != meta.major:
         return f"its data directory is PostgreSQL {major or 'unknown'}, not {meta.major}"
     try:

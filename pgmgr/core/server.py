@@ -361,8 +361,50 @@ def is_datadir(path: Path) -> bool:
         return False
 
 
+#: What initdb writes in PG_VERSION: the major version, "15" (or "9.6" before 10).
+_MAJOR_RE = LazyRegex(r"(?:[1-9][0-9]{1,3}|[1-9]\.[0-9])")
+
+
+class BadPgVersion(DatabaseException):
+    """A data directory's PG_VERSION that names no major version: not the user's --version
+    (the error named that), but a file of the directory, damaged or written by hand."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(
+            f"the data directory's PG_VERSION ({path}) is invalid ({why}); nothing was done",
+            hint="initdb writes the major version there (such as 15): restore it, or check "
+            "that this is the data directory you meant",
+        )
+
+
 def datadir_major(path: Path) -> str | None:
-    return (process.read_small(path / "PG_VERSION") or "").strip() or None
+    """The major version the data directory ``path``'s PG_VERSION names; None without one.
+
+    A PG_VERSION that is no regular file (a FIFO, a symlink to ``/dev/zero``) makes no
+    data directory (see :func:`is_datadir`): None too, never read.
+
+    :raises BadPgVersion: a regular file that names none (empty, "abc", "15.2", binary,
+        too large to be one, unreadable).
+    """
+    import stat
+
+    file = path / "PG_VERSION"
+    text = process.read_small(file)
+    if text is None:
+        try:
+            regular = stat.S_ISREG(os.lstat(file).st_mode)
+        except OSError:
+            return None
+        if not regular:
+            return None
+        raise BadPgVersion(file, "unreadable, or too large to be one")
+    major = text.strip()
+    if not _MAJOR_RE.fullmatch(major):
+        shown = ascii(major[:20]) if major else "empty"
+        raise BadPgVersion(file, f"{shown}: not a PostgreSQL major version")
+    return major
 
 
 def initdb(

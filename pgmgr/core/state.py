@@ -250,7 +250,10 @@ def _version_now(srv: Server) -> str:
     try:
         return srv.installation().version
     except PgmgrError:
-        return server.datadir_major(srv.datadir) or srv.inst.version
+        try:
+            return server.datadir_major(srv.datadir) or srv.inst.version
+        except PgmgrError:  # a PG_VERSION naming nothing: status still shows the rest
+            return srv.inst.version
 
 
 def crashed_detail(pf: process.PidFile) -> str:

@@ -11,11 +11,11 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgmgr.core import paths, process, registry, removal, testhook
-from pgmgr.core.errors import DatabaseException, WorkerError
+from pgmgr.core.errors import DatabaseException, PgmgrError, WorkerError
 from pgmgr.core.instance import Server, unfinished
 from pgmgr.core.ops import POLL, passfile_path
 
@@ -29,6 +29,8 @@ class DestroyResult:
     was_running: bool
     removed_datadir: bool
     removed_record: bool
+    #: the parts of the data directory kept elsewhere (tablespaces, pg_wal): left there
+    left_outside: list[removal.Outside] = field(default_factory=list)
 
 
 def check_destroyable(srv: Server) -> None:
@@ -61,8 +63,9 @@ def destroy(
     srv: Server, timeout: float = 30.0, before_forget: Callable[[], object] | None = None
 ) -> DestroyResult:
     """Stop the server (fast, then immediate: its data is going anyway), remove the data
-    directory (renamed to a trash name first, then deleted: see :mod:`pgmgr.core.removal`),
-    what an interrupted destroy left, its log, socket dir and pgpass file, and the record.
+    directory (renamed to a trash name first, then deleted: see :mod:`pgmgr.core.removal`;
+    its tablespaces and a ``pg_wal`` kept elsewhere stay, listed in the result), what an
+    interrupted destroy left, its log, socket dir and pgpass file, and the record.
     ``before_forget`` runs just before the record goes (``destroy --with-snapshots``
     deletes the snapshots there): killed before it is done, the record is still there and
     the same command finishes the work; after, nothing of it is left to do.
@@ -83,6 +86,7 @@ def destroy(
     if os.path.lexists(datadir):
         check_unused(datadir)
     pinned = srv.pinned()
+    left = removal.outside(datadir)  # never removed: said instead
     existed = removal.remove_datadir(datadir, (pinned.dev, pinned.ino) if pinned else None)
     _sweep_trash(srv)
     _remove_leftovers(srv)
@@ -90,7 +94,9 @@ def destroy(
         before_forget()
     testhook.pause("destroy-record")
     removed_record = srv.register and registry.remove(srv.inst.name)
-    return DestroyResult(srv.inst.name, srv.inst.datadir, was_running, existed, removed_record)
+    return DestroyResult(
+        srv.inst.name, srv.inst.datadir, was_running, existed, removed_record, left
+    )
 
 
 def _check_sole_record(srv: Server) -> None:
@@ -208,10 +214,19 @@ def forget_unreadable(err: registry.CorruptRecord) -> Path:
     name, and no server (whether one still runs there cannot be known from it).
 
     :returns: the path of the removed record.
+    :raises PgmgrError: it is a directory (see :class:`registry.CorruptRecord`).
     """
     name = err.path.stem
-    with contextlib.suppress(FileNotFoundError):
+    try:
         err.path.unlink()
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:  # not pgmgr's, and maybe not empty: never removed
+        raise PgmgrError(
+            f"instance record {err.path} is a directory, not a record pgmgr wrote; "
+            "nothing was removed",
+            hint=f"see what it holds and remove it yourself (rm -r {err.path})",
+        ) from None
     with contextlib.suppress(OSError):
         passfile_path(name).unlink()
     return err.path

@@ -32,14 +32,14 @@ from pgmgr.core import copy, removal, snapstore, tools, userfs
 from pgmgr.core import upgradeconf as conf
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
+from pgmgr.core.pgconf import QUOTED, quote_value, unquote_value
 from pgmgr.core.snapstore import Store
 from pgmgr.core.versions import Installation
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: An include line of postgresql.conf: the directive and its file (quoted or not).
 _INCLUDE = re.compile(
-    r"^\s*(include_if_exists|include_dir|include)(?![\w.])\s*=?\s*('(?:[^']|'')*'|[^#\s']+)",
-    re.I,
+    rf"^\s*(include_if_exists|include_dir|include)(?![\w.])\s*=?\s*({QUOTED}|[^#\s']+)", re.I
 )
 _BLOCK = "# Carried over from the old postgresql.conf by 'pgmgr upgrade':"
 _REJECTED = re.compile(r"\b(?:LOG|FATAL|ERROR):\s+(.+?)\s*$")
@@ -189,7 +189,8 @@ def include_lines(text: str) -> list[str]:
 
 
 def _quoted(value: str) -> str:
-    return value if value.startswith("'") else "'" + value.replace("'", "''") + "'"
+    """A quoted value as the file has it (PostgreSQL reads it the same here), else quoted."""
+    return value if value.startswith("'") else quote_value(value)
 
 
 def with_includes(text: str, lines: list[str]) -> str:
@@ -211,10 +212,10 @@ def trial_text(lines: list[str], old: Path, carried: Sequence[str] = ()) -> str:
     out = ["include 'postgresql.conf'"]
     for line in lines:
         directive, value = line.split(" ", 1)
-        name = value[1:-1].replace("''", "'")
+        name = unquote_value(value)
         top = os.path.normpath(name).split(os.sep)[0]
         if not os.path.isabs(name) and (top == ".." or top in tops):
-            value = _quoted(str(old / name))
+            value = quote_value(str(old / name))
         out.append(f"{directive} {value}")
     return "\n".join(out) + "\n"
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgmgr.core.errors import DatabaseException, UsageError
+from pgmgr.core.pgconf import QUOTED, unquote_value
 from pgmgr.core.versions import Installation
 
 METHODS = ("copy", "link", "clone")
@@ -139,11 +140,15 @@ def check_method(method: str) -> str:
     return method
 
 
+def _order(major: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in major.split("."))
+
+
 def check_direction(old: str, new: str) -> None:
-    """:raises UsageError: ``new`` is not a higher major than ``old``."""
-    if int(new) == int(old):
+    """:raises UsageError: ``new`` is not a higher major than ``old`` ("9.6" < "10")."""
+    if _order(new) == _order(old):
         raise UsageError(f"the instance is already PostgreSQL {old}; nothing to upgrade")
-    if int(new) < int(old):
+    if _order(new) < _order(old):
         raise UsageError(
             f"cannot upgrade PostgreSQL {old} to {new}: that is a downgrade, which pg_upgrade "
             "cannot do",
@@ -243,7 +248,7 @@ def renamed(names: list[str], new_major: str) -> dict[str, str]:
     }
 
 
-_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*('(?:[^']|'')*'|[^#\s]*)")
+_CONF_LINE = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*({QUOTED}|[^#\s]*)")
 
 
 def conf_settings(text: str) -> dict[str, str]:
@@ -280,9 +285,8 @@ def auto_conf_settings(text: str) -> dict[str, str]:
 
 
 def unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == "'":
-        return value[1:-1].replace("''", "'").replace("\\'", "'")
-    return value
+    """A value of a configuration file as PostgreSQL reads it (see :func:`unquote_value`)."""
+    return unquote_value(value)
 
 
 def drop_from_auto_conf(text: str, names: set[str]) -> str:

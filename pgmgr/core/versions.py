@@ -286,9 +286,11 @@ def select(
     *,
     installs: Sequence[Installation] | None = None,
     env: Mapping[str, str] | None = None,
+    origin: str = "--version",
 ) -> Selection:
     """Choose an installation: ``requested``, else ``POSTGRES_VERSION``, else the user's
-    default (``pgmgr versions --set-default``), else the seed's rules.
+    default (``pgmgr versions --set-default``), else the seed's rules. ``origin`` says
+    where ``requested`` comes from, in errors (a data directory's PG_VERSION, say).
 
     :raises UsageError: a malformed version (argument or ``POSTGRES_VERSION``).
     :raises VersionNotFound: the version asked for is not installed.
@@ -297,7 +299,7 @@ def select(
     env = os.environ if env is None else env
     if installs is None:
         installs = discover(env)
-    reason, origin = "flag", "--version"
+    reason = "flag"
     if not requested:
         requested = env.get(ENV_VERSION, "").strip() or None
         reason, origin = ENV_VERSION, ENV_VERSION

@@ -44,3 +44,24 @@ def test_parse_assignments_needs_something() -> None:
     with pytest.raises(UsageError, match="nothing to set"):
         pgconf.parse_assignments([])
     assert pgconf.parse_assignments(["a.b=1", "work_mem=2MB"]) == {"a.b": "1", "work_mem": "2MB"}
+
+
+@pytest.mark.parametrize(
+    ("quoted", "value"),
+    [
+        ("'it''s'", "it's"),
+        ("'it\\'s'", "it's"),  # both escapes of guc-file.l's STRING
+        ("'a\\\\b'", "a\\b"),
+        ("'tab\\there\\n'", "tab\there\n"),
+        ("'\\101\\60x\\q'", "A0xq"),  # octal, and any other escaped character is itself
+        ("''", ""),
+        ("unquoted", "unquoted"),
+    ],
+)
+def test_unquote_value_reads_as_postgresql_does(quoted: str, value: str) -> None:
+    import re
+
+    assert pgconf.unquote_value(quoted) == value
+    if quoted.startswith("'"):
+        assert re.fullmatch(pgconf.QUOTED, quoted)
+    assert pgconf.unquote_value(pgconf.quote_value(value)) == value

@@ -259,6 +259,40 @@ def test_reload_says_what_postgresql_conf_holds_that_postgres_rejects(fresh: Ins
     assert fresh.pgmgr("reload", "fresh").returncode == 0
 
 
+def test_reload_says_an_invalid_value_of_a_restart_only_setting(fresh: Instance) -> None:
+    """pg_file_settings says "could not be applied" of a setting only a restart applies
+    both when its value is invalid and when it is a valid change: reload said nothing of
+    either. Now an invalid one is an error like any invalid value, and a valid one a note
+    that it needs a restart (--json: restart_needed). pending_restart cannot tell them
+    apart: it stays set by an earlier valid change, so 'banana' is checked after '17MB'."""
+    conf = fresh.datadir / "postgresql.conf"
+    original = conf.read_text()
+    line = len(original.splitlines()) + 1
+    where = f"postgresql.conf line {line}"
+    bad = [
+        ("shared_buffers = 'banana'", "shared_buffers: 'banana'"),
+        ("max_connections = -5", "max_connections: '-5'"),
+    ]
+    for text, said in bad:
+        conf.write_text(f"{original}{text}\n")
+        err = one_error(fresh.pgmgr("reload", "fresh"), 1)
+        assert f"{where}: invalid value for {said} (it keeps the current value)" in err, err
+    conf.write_text(f"{original}shared_buffers = '17MB'\n")
+    proc = fresh.pgmgr("reload", "fresh")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{where}: shared_buffers = '17MB' needs a restart to apply" in proc.stderr
+    doc = json.loads(fresh.pgmgr("reload", "fresh", "--json").stdout)
+    assert doc["restart_needed"] == ["shared_buffers"], doc
+    for text, said in bad:  # pending_restart is set now: still rejected
+        conf.write_text(f"{original}{text}\n")
+        err = one_error(fresh.pgmgr("reload", "fresh"), 1)
+        assert f"{where}: invalid value for {said}" in err, err
+    conf.write_text(original)
+    plain = fresh.pgmgr("reload", "fresh", "--json")
+    assert plain.returncode == 0 and json.loads(plain.stdout)["restart_needed"] == []
+    assert show(fresh, "shared_buffers") == "128MB"
+
+
 def test_reload_of_a_value_valid_in_another_database_is_not_rejected(fresh: Instance) -> None:
     """pg_file_settings checks the files in the database pgmgr connects to ('postgres'): a
     default_text_search_config made in another database is "setting could not be applied"

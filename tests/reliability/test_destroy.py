@@ -280,3 +280,47 @@ def test_destroy_refuses_a_data_directory_another_record_also_names(
     run = pgmgr("destroy", "dev", "--yes")
     assert run.returncode == 0, str(run)
     assert not dev.datadir.exists()
+
+
+def test_destroy_says_what_it_leaves_outside(cluster: InstFactory, work: Path) -> None:
+    """Tablespaces (pg_tblspc links) and a pg_wal kept elsewhere are not the data directory:
+    destroy never removes them, and said nothing of them (a tablespace's data stayed,
+    unnamed). Now a note for each, and ``left_outside`` in --json; the link targets and
+    what they hold stay as they were."""
+    made = {}
+    for name in ("db", "db2"):
+        inst = cluster(name)
+        st = inst.datadir.stat()
+        owner = (st.st_uid, st.st_gid)
+        assert inst.start("--port", "auto").returncode == 0
+        space = work / f"space-{name}"
+        space.mkdir()
+        os.chown(space, *owner)
+        inst.sql(f"CREATE TABLESPACE ts_{name} LOCATION '{space}'")
+        inst.sql(f"CREATE TABLE kept_{name} (x int) TABLESPACE ts_{name}")
+        oid = inst.sql("SELECT oid::text FROM pg_tablespace WHERE spcname = %s", f"ts_{name}")
+        made[name] = (inst, space, oid[0][0])
+    inst, space, oid = made["db"]
+    text = pgmgr("destroy", "db", "--yes")
+    assert text.returncode == 0 and not inst.datadir.exists(), str(text)
+    assert f"left its tablespace {oid} in {space}" in text.stderr, str(text)
+    assert all(p.name.startswith("PG_") for p in space.iterdir()) and any(space.iterdir())
+    inst, space, oid = made["db2"]
+    doc = pgmgr("destroy", "db2", "--yes", "--json").json()
+    assert doc["left_outside"] == [{"kind": "tablespace", "oid": oid, "path": str(space)}]
+    assert any(space.iterdir())
+
+
+def test_destroy_says_it_leaves_a_wal_directory_elsewhere(cluster: InstFactory, work: Path) -> None:
+    """pg_wal a (relative) symlink out of the data directory, as initdb --waldir makes."""
+    inst = cluster("db")
+    wal = work / "wal"
+    (inst.datadir / "pg_wal").rename(wal)
+    (inst.datadir / "pg_wal").symlink_to("../wal")
+    os.lchown(inst.datadir / "pg_wal", inst.datadir.stat().st_uid, inst.datadir.stat().st_gid)
+    doc = pgmgr("destroy", "db", "--yes", "--json").json()
+    assert doc["left_outside"] == [{"kind": "wal", "oid": None, "path": str(wal)}], doc
+    assert wal.is_dir() and not inst.datadir.exists()
+    plain = cluster("plain")
+    doc = pgmgr("destroy", "plain", "--yes", "--json").json()
+    assert doc["left_outside"] == [] and not plain.datadir.exists()

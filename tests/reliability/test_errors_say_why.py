@@ -108,3 +108,45 @@ def test_stop_succeeds_when_the_record_cannot_be_written(
         assert run.returncode == 3 and run.json()["state"] == "stopped", str(run)
     assert inst.start("-p", "auto").returncode == 0 and inst.has_canary(token)
     assert inst.stop().returncode == 0
+
+
+#: PG_VERSION contents that name no major version, and one that names an uninstalled one.
+BAD_PG_VERSIONS = [b"abc\n", b"", b"\n", b"15.2\n", b"15 junk\n", b"\x01\xff\xfe", b"../15"]
+
+
+@pytest.mark.parametrize("content", BAD_PG_VERSIONS, ids=ascii)
+def test_a_garbage_pg_version_is_named_as_the_data_directorys(
+    cluster: InstFactory, content: bytes
+) -> None:
+    """A data directory's PG_VERSION naming no major version was reported as the user's
+    "invalid --version 'abc'" (start, restart, init -d, upgrade: a traceback there, int()
+    of it); empty, postgres's own "not a valid data directory". Now one line naming the
+    file, and nothing is done."""
+    inst, other = cluster("db"), cluster("loose", register=False)
+    for datadir in (inst.datadir, other.datadir):
+        (datadir / "PG_VERSION").write_bytes(content)
+    runs = [
+        pgmgr("start", "db", "--port", "auto"),
+        pgmgr("restart", "db"),
+        pgmgr("upgrade", "db", "-v", "18", "--check"),
+        pgmgr("init", "-d", str(other.datadir)),
+        pgmgr("start", "-d", str(other.datadir), "--port", "auto"),
+    ]
+    for run in runs:
+        err = one_error(run)
+        assert "PG_VERSION (" in err and "is invalid" in err and "--version" not in err, err
+    assert inst.pid() is None and other.pid() is None
+    assert [r["name"] for r in pgmgr("status", "--json").json()] == ["db"]
+    assert (inst.datadir / "PG_VERSION").read_bytes() == content
+
+
+def test_an_uninstalled_pg_version_is_named_as_the_data_directorys(
+    cluster: InstFactory,
+) -> None:
+    """PG_VERSION "99": not installed, and said to come from the data directory (the
+    error said "from --version", which the user never gave)."""
+    inst = cluster("db")
+    (inst.datadir / "PG_VERSION").write_text("99\n")
+    for args in (["start", "db", "--port", "auto"], ["restart", "db"]):
+        err = one_error(pgmgr(*args))
+        assert f"99 (from the PG_VERSION of {inst.datadir})" in err, err

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from pgmgr.core import process
-from tests.helpers import copy_datadir
+from tests.helpers import copy_datadir, run_pgmgr
 from tests.reliability.conftest import Inst, InstFactory, needs_root, one_error, pgmgr
 from tests.reliability.users import os_user, run_as
 
@@ -325,3 +325,35 @@ def test_reregistration_sets_a_fresh_password(cluster: InstFactory) -> None:
         assert not inst.record()["password_pending"]
     finally:
         assert inst.stop().returncode == 0
+
+
+def test_init_through_a_link_of_a_registered_directory(cluster: InstFactory, work: Path) -> None:
+    """'init -d LINK' (or 'start --init -d LINK') of a registered data directory: as root,
+    a link in a directory the server user can write is compared as written, so the record
+    was found only when saved, and init said "a new one was generated" and "registered"
+    though the record and its password stayed as they were. Every spelling of the path
+    (relative, with '..') now says it is registered, and nothing of a new password."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0  # sets its pending password
+    assert inst.stop().returncode == 0
+    before = inst.record()
+    side = work / "side"
+    side.mkdir()
+    st = inst.datadir.stat()
+    os.chown(side, st.st_uid, st.st_gid)  # as root: a directory the server user writes
+    (side / "via").symlink_to(inst.datadir)
+    spellings = [str(side / "via"), "side/via", "side/../side/via", "./side/via"]
+    for spelt in spellings:
+        for extra in ([], ["--name", "other"]):
+            proc = run_pgmgr("init", "-d", spelt, *extra, cwd=work, stdin=subprocess.DEVNULL)
+            out = proc.stderr
+            assert proc.returncode == 0 and "already registered as 'db'" in out, out
+            assert "password" not in out and "; registered" not in out, out
+    start = run_pgmgr("start", "-d", "side/via", "--init", "--port", "auto", cwd=work)
+    try:
+        assert start.returncode == 0 and "password" not in start.stderr, start.stderr
+    finally:
+        assert inst.stop().returncode == 0
+    after = inst.record()
+    assert after["password"] == before["password"] and not after["password_pending"]
+    assert [r["name"] for r in pgmgr("status", "--json").json()] == ["db"]

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pgmgr.core import recordcheck, registry
-from tests.reliability.conftest import InstFactory, pgmgr
+from tests.reliability.conftest import InstFactory, one_error, pgmgr
 
 #: One field of a valid record replaced by a value of the wrong JSON type.
 BAD_FIELDS: list[tuple[str, Any]] = [
@@ -122,3 +123,96 @@ def test_forget_removes_an_unreadable_record_and_nothing_else(
     assert state.json()["state"] == ("running" if running else "stopped"), str(state)
     if running:
         assert pgmgr("stop", "bad").returncode == 0
+
+
+#: Every command that reads one instance's record, as the tests run it.
+READERS: list[list[str]] = [
+    ["status", "bad"],
+    ["status", "bad", "--json"],
+    ["start", "bad", "--port", "auto"],
+    ["stop", "bad"],
+    ["restart", "bad"],
+    ["reload", "bad"],
+    ["destroy", "bad", "--yes"],
+    ["snapshots", "bad"],
+    ["snapshot", "bad"],
+    ["branch", "bad", "twig"],
+    ["url", "bad"],
+    ["logs", "bad"],
+    ["env", "bad"],
+]
+
+
+def _not_a_file(record: Path, kind: str, aside: Path) -> str:
+    """Put ``kind`` in place of ``record``; the words its error must hold."""
+    aside.write_bytes(record.read_bytes())
+    record.unlink()
+    if kind == "directory":
+        record.mkdir()
+        (record / "kept").write_text("a user's file\n")
+        return "a directory"
+    if kind == "fifo":
+        os.mkfifo(record)
+        return "a FIFO"
+    record.symlink_to(aside)
+    return "a symbolic link"
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+def test_a_record_that_is_not_a_file_is_named_and_left(
+    cluster: InstFactory, rel_isolation: Path, work: Path, kind: str
+) -> None:
+    """A record replaced by a directory, a FIFO or a symlink: every command that reads it
+    says so in one line naming the file, exits non-zero, and changes nothing. 'forget'
+    printed "Is a directory: PATH" (its hint's own advice), a symlink read "Too many levels
+    of symbolic links". forget removes a FIFO or a symlink (not what it points to), never
+    a directory, which pgmgr does not make there."""
+    bad = cluster("bad")
+    record = rel_isolation / "instances" / "bad.json"
+    aside = work / "bad.json.aside"
+    words = _not_a_file(record, kind, aside)
+    before = tree(bad.datadir)
+    for args in [*READERS, *([["forget", "bad"]] if kind == "directory" else [])]:
+        run = pgmgr(*args)
+        err = one_error(run)
+        assert str(record) in err and words in err, str(run)
+        assert "Is a directory" not in err and "Too many levels" not in err, str(run)
+    assert tree(bad.datadir) == before and bad.pid() is None
+    assert not (work / "twig").exists()
+    if kind == "directory":
+        assert (record / "kept").read_text() == "a user's file\n"
+        hint = pgmgr("status", "bad").stderr
+        assert "rm -r" in hint and "pgmgr forget" not in hint, hint
+        return
+    run = pgmgr("forget", "bad")
+    assert run.returncode == 0 and not os.path.lexists(record), str(run)
+    assert aside.is_file() and tree(bad.datadir) == before
+
+
+def test_a_lock_file_that_is_a_directory_is_named(
+    cluster: InstFactory, rel_isolation: Path
+) -> None:
+    """The registry's lock file made a directory: 'init' said "Is a directory: PATH"."""
+    inst = cluster("db", register=False)
+    lock = rel_isolation / "locks" / "registry.lock"
+    lock.unlink(missing_ok=True)
+    for private in (rel_isolation, lock.parent):
+        private.mkdir(mode=0o700, exist_ok=True)
+    lock.mkdir()
+    err = one_error(pgmgr("init", "-d", str(inst.datadir)))
+    assert f"cannot open the lock file {lock}: Is a directory" in err, err
+    assert lock.is_dir() and not (rel_isolation / "instances" / "db.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_record_it_cannot_read_is_named(cluster: InstFactory, rel_isolation: Path) -> None:
+    """Mode 000 (as a user): 'permission denied', naming the file, for every reader."""
+    cluster("bad")
+    record = rel_isolation / "instances" / "bad.json"
+    record.chmod(0)
+    try:
+        for args in READERS:
+            err = one_error(pgmgr(*args))
+            assert str(record) in err and "permission denied" in err, err
+    finally:
+        record.chmod(0o600)

@@ -213,7 +213,10 @@ def test_a_damaged_snapshot_copy_is_one_line_for_restore_and_branch(inst: Inst) 
     version.write_text("garbage\n")
     for path in (control, version):
         os.chown(path, owner.st_uid, owner.st_gid)
-    for snap, why in (("s1", "pg_control is not a regular file"), ("s2", "PostgreSQL garbage")):
+    for snap, why in (
+        ("s1", "pg_control is not a regular file"),
+        ("s2", "PG_VERSION is invalid ('garbage'"),
+    ):
         _refused(inst, ("restore", "dev", snap, "--yes"), 1, f"snapshot {snap!r} is damaged")
         _refused(inst, ("branch", "dev", "b", "--from", snap), 1, why)
     assert [i["name"] for i in json.loads(inst.ok("status", "--json").stdout)] == ["dev"]

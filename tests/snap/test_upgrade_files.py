@@ -274,6 +274,27 @@ def test_included_files_behind_relative_symlinks_are_checked_where_they_will_be(
     assert shared.read_text() == "work_mem = '9MB'\n" and leftovers(uf.store) == []
 
 
+@pytest.mark.parametrize("spelt", ["'it\\'s.conf'", "'it''s.conf'"], ids=["backslash", "doubled"])
+def test_an_include_with_an_escaped_quote_is_read_as_postgresql_reads_it(
+    uf: Inst, spelt: str
+) -> None:
+    """include 'it\\'s.conf': PostgreSQL's lexer takes a quote escaped with a backslash as
+    it takes a doubled one. The include check read 'it\\' and its trial configuration was
+    a syntax error: the upgrade was refused ("does not take what postgresql.conf
+    includes"). Now the name is read as PostgreSQL reads it, and the line carried."""
+    _put(uf, "it's.conf", "work_mem = '7MB'\n")
+    with (uf.datadir / "postgresql.conf").open("a") as f:
+        f.write(f"include {spelt}  # the site's\n")
+    uf.ok("restart", "uf", "-q")
+    assert uf.sql("SHOW work_mem") == "7MB"
+    check = json.loads(uf.ok("upgrade", "uf", "-v", "18", "--check", "--json").stdout)
+    assert check["include_lines_carried"] == [f"include {spelt}"], check
+    if spelt.startswith("'it''"):
+        return
+    uf.ok("upgrade", "uf", "-v", "18", "--yes", "-q")
+    assert uf.record()["major"] == "18" and uf.sql("SHOW work_mem") == "7MB"
+
+
 def test_include_lines_are_read_and_carried() -> None:
     text = (
         "#include 'no.conf'\n  INCLUDE 'a.conf'  # first\ninclude_dir=conf.d\n"
@@ -281,6 +302,14 @@ def test_include_lines_are_read_and_carried() -> None:
     )
     lines = upgradefiles.include_lines(text)
     assert lines == ["include 'a.conf'", "include_dir 'conf.d'", "include_if_exists 'it''s.conf'"]
+    escaped = "include 'it\\'s.conf' # x\ninclude '../a\\\\b''c.conf'\n"
+    assert upgradefiles.include_lines(escaped) == [
+        "include 'it\\'s.conf'",
+        "include '../a\\\\b''c.conf'",
+    ]
+    assert upgradefiles.trial_text(
+        upgradefiles.include_lines(escaped), Path("/d"), ["it's.conf"]
+    ) == ("include 'postgresql.conf'\ninclude '/d/it''s.conf'\ninclude '/d/../a\\\\b''c.conf'\n")
     assert upgradefiles.with_includes("a = 1\n", lines[:1]) == (
         "a = 1\n\n# Carried over from the old postgresql.conf by 'pgmgr upgrade':\n"
         "include 'a.conf'\n"
