@@ -38,8 +38,7 @@ def for_datadir(
     :raises DatabaseException: the version asked for is not the data directory's.
     """
     datadir = check_path_text(Path(os.path.abspath(datadir)), "data directory")
-    identity.check_links(datadir)
-    real = os.path.realpath(datadir)
+    real = identity.check_links(datadir)
     inst = None
     if register:
         inst = registry.find_by_datadir(datadir)

@@ -49,26 +49,48 @@ class IdentityChanged(InstanceNotFound):
         )
 
 
-def check_links(path: str | Path) -> None:
+def check_links(path: str | Path) -> str:
     """A path given on the command line may cross symlinks of root's or of the invoking
     user's, not another user's: that one could point it at someone else's data directory.
+    Each link on the way is checked, also one that another link leads to; the owner and
+    the target are read from the one link (an ``O_PATH`` descriptor), so it cannot be
+    swapped between the two. The path with those links resolved, as ``realpath`` gives
+    it (which, called after the check, would follow a link swapped in meanwhile).
 
     :raises UnsafePath: it crosses such a symlink.
     """
     import stat
 
     me = os.geteuid()
-    current = "/"
-    for part in [c for c in os.path.abspath(path).split("/") if c]:
-        current = os.path.join(current, part)
+    done: list[str] = []  # the real directories walked so far
+    todo = [c for c in reversed(os.path.abspath(path).split("/")) if c]
+    for _ in range(40 * 64):  # each link adds components: bounded like the kernel (ELOOP)
+        if not todo:
+            return "/" + "/".join(done)
+        part = todo.pop()
+        if part in (".", ".."):
+            if part == ".." and done:
+                done.pop()
+            continue
+        current = "/" + "/".join([*done, part])
         try:
-            st = os.lstat(current)
-        except OSError:
-            return
-        if stat.S_ISLNK(st.st_mode):
+            fd = os.open(current, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # nothing more exists (or cannot be looked at): who makes it decides
+            return os.path.normpath("/" + "/".join([*done, part, *reversed(todo)]))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISLNK(st.st_mode):
+                done.append(part)
+                continue
             if st.st_uid not in (0, me):
                 raise userfs.UnsafePath(path, f"{current} is a symlink of another user")
-            current = os.path.realpath(current)
+            target = os.readlink("", dir_fd=fd)  # this very link's (readlinkat, empty path)
+        finally:
+            os.close(fd)
+        if target.startswith("/"):
+            done = []
+        todo.extend(c for c in reversed(target.split("/")) if c)
+    return os.path.realpath(path)  # a loop: the kernel refuses it (ELOOP) where it is used
 
 
 def system_id(dir_fd: int) -> int | None:

@@ -414,7 +414,9 @@ def others_can_write(
     not count for an ancestor whose entry below it is root's or the caller's.
     """
     me = os.geteuid() if uid is None else uid
-    parts = _components(os.path.abspath(path))
+    # A link's target is walked as written (below), its ".." then resolved by the kernel
+    # after the directories before it, all real: not folded away as text.
+    parts = _components(os.path.abspath(path) if _hops == 0 else str(path))
     prev: os.stat_result | None = None
     for i in range(len(parts) + 1):
         current = "/" + "/".join(parts[:i])
@@ -428,10 +430,15 @@ def others_can_write(
         if stat.S_ISLNK(st.st_mode):
             if st.st_uid != 0 or (prev is not None and _others_write(prev, me, gid)):
                 return True
-            if _hops >= _MAX_HOPS:  # a symlink loop (realpath leaves it unresolved): ELOOP
+            if _hops >= _MAX_HOPS:  # a symlink loop: ELOOP
                 return True
-            rest = "/".join(parts[i + 1 :])
-            where = os.path.join(os.path.realpath(current), rest)
+            # Its target, walked link by link: realpath() went through any link it leads
+            # to unchecked (root's link to another user's, which they retarget at will).
+            try:
+                target = os.readlink(current)
+            except OSError:
+                return True
+            where = os.path.join(os.path.dirname(current), target, *parts[i + 1 :])
             return others_can_write(where, _hops + 1, gid, me)
         if _others_write(st, me, gid):
             sticky_ok = (

@@ -226,6 +226,36 @@ def test_others_can_write_a_users_dir(other: ServerUser, shared_tmp: Path) -> No
     assert pwd.getpwuid(home.stat().st_uid).pw_name == other.name
 
 
+@needs_root
+def test_a_roots_link_to_a_users_link_is_the_users(other: ServerUser, shared_tmp: Path) -> None:
+    """Root's link that leads to another user's link: both checks went through it with
+    realpath(), so the user's link on the way was never looked at, and the user could
+    point it anywhere (another user's data directory, one of root's files) at any time."""
+    from pgmgr.core import identity
+
+    home = shared_tmp / "home"
+    home.mkdir()
+    os.chown(home, other.uid, other.gid)
+    victim = shared_tmp / "victim"
+    victim.mkdir(mode=0o700)
+    (home / "data").symlink_to(victim)  # the user's link, in the user's directory
+    os.lchown(home / "data", other.uid, other.gid)
+    (shared_tmp / "rel").symlink_to("home/./data")  # root's, relative
+    (shared_tmp / "abs").symlink_to(home / "data")  # root's, absolute
+    (shared_tmp / "chain").symlink_to("rel")  # root's link to root's link to the user's
+    for link in ("rel", "abs", "chain"):
+        assert userfs.others_can_write(shared_tmp / link), link
+        assert userfs.others_can_write(shared_tmp / link / "server.log"), link
+        with pytest.raises(userfs.UnsafePath, match="data is a symlink of another user"):
+            identity.check_links(shared_tmp / link / "pg")
+    # root's own links that lead to root's directories stay trusted, and resolved as
+    # realpath resolves them
+    (shared_tmp / "mine").symlink_to("victim/../victim/./")
+    assert not userfs.others_can_write(shared_tmp / "mine" / "x")
+    assert identity.check_links(shared_tmp / "mine" / "x") == str(victim / "x")
+    assert identity.check_links(shared_tmp / "mine" / ".." / "y") == str(shared_tmp / "y")
+
+
 # --------------------------------------------------------------------------- copy engine
 
 

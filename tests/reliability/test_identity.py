@@ -357,3 +357,46 @@ def test_init_through_a_link_of_a_registered_directory(cluster: InstFactory, wor
     after = inst.record()
     assert after["password"] == before["password"] and not after["password_pending"]
     assert [r["name"] for r in pgmgr("status", "--json").json()] == ["db"]
+
+
+@needs_root
+def test_root_link_to_an_attackers_link(rel_isolation: Path, work: Path) -> None:
+    """Root's link (/srv/pg -> ~attacker/pg) that leads to the attacker's own link
+    (~attacker/pg -> /home/victim/data): the check of the links on a path passed root's
+    and resolved the rest with realpath(), never looking at the attacker's, who points it
+    where they like. init, start --init, status, destroy by path and a --log-file there
+    are refused in one line; the victim's data is untouched."""
+    with os_user("victim", home=True) as victim, os_user("attacker", home=True) as attacker:
+        vdata = Path(victim.home) / "data"
+        assert run_as(victim.name, "mkdir", "-m", "0700", str(vdata)).returncode == 0
+        apg = Path(attacker.home) / "pg"
+        assert run_as(attacker.name, "ln", "-s", str(vdata), str(apg)).returncode == 0
+        side = work / "srv"
+        side.mkdir()
+        (side / "pg").symlink_to(apg)  # root's
+        runs = [
+            pgmgr("init", "-d", str(side / "pg"), "-q"),
+            pgmgr("start", "--init", "-d", str(side / "pg" / "."), "-p", "auto", "-q"),
+            pgmgr("status", "-d", str(side / "pg")),
+            pgmgr("destroy", str(side / "pg"), "--yes"),
+        ]
+        for run in runs:
+            assert run.returncode != 0, str(run)
+            assert f"{apg} is a symlink of another user" in one_error(run), str(run)
+        assert list(vdata.iterdir()) == [] and not (Path(victim.home) / "server.log").exists()
+        # The attacker's link to a place of root's, through root's link: the log was
+        # opened there (the check saw only root's places), and the attacker could point
+        # the link at another of root's directories between the check and the open.
+        roots = work / "roots"
+        roots.mkdir(mode=0o700)
+        alog = Path(attacker.home) / "logs"
+        assert run_as(attacker.name, "ln", "-s", str(roots), str(alog)).returncode == 0
+        (side / "logs").symlink_to(alog)  # root's
+        logged = pgmgr(
+            "start", "--init", "-d", str(work / "mine"), "-p", "auto", "-q",
+            "--log-file", str(side / "logs" / "server.log"),
+        )  # fmt: skip
+        assert logged.returncode != 0, str(logged)
+        assert "another user can change that place" in one_error(logged), str(logged)
+        assert list(roots.iterdir()) == []
+        assert pgmgr("status", "--json").json() == []
