@@ -31,6 +31,7 @@ from pgmgr.core import (
     delta,
     dirlock,
     dirpath,
+    identity,
     listen,
     paths,
     pgcontrol,
@@ -91,6 +92,7 @@ def target_dir(src: Server, new: str, datadir: Path | None) -> Path:
     :raises DatabaseException: it exists, or its parent does not.
     """
     target = Path(os.path.abspath(datadir)) if datadir else src.datadir.parent / new
+    identity.check_links(target)  # no other user's symlink on the way, as for init
     if os.path.lexists(target):
         raise DatabaseException(
             f"{target} already exists; a branch gets a new data directory",

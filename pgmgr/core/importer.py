@@ -19,6 +19,7 @@ from typing import Any
 from pgmgr.core import (
     copy,
     dirlock,
+    identity,
     listen,
     privileges,
     registry,
@@ -117,6 +118,7 @@ def import_bundle(
     auth, dropped_auth = _auth(manifest, auth)
     install = target_install(manifest, version)
     datadir = Path(os.path.abspath(datadir))
+    identity.check_links(datadir)  # no other user's symlink on the way, as for init
     if name:
         registry.check_name(name)
     # as its start will (on the host a new record has), before the lock (a retry's

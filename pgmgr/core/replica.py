@@ -23,6 +23,7 @@ from pgmgr.core import (
     dirlock,
     dirpath,
     diskio,
+    identity,
     listen,
     registry,
     server,
@@ -103,6 +104,7 @@ def target_dir(src: Server, name: str, datadir: Path | None) -> Path:
     a user other than root and the server user could swap something in on its path (the
     backup, written as the server user, would go where they point it)."""
     target = Path(os.path.abspath(datadir or Path(src.inst.datadir).parent / name))
+    identity.check_links(target)  # no other user's symlink on the way, as for init
     if os.path.lexists(target):
         raise DatabaseException(
             f"{target} already exists; a replica needs a new directory (nothing was created)",

@@ -360,7 +360,9 @@ def test_init_through_a_link_of_a_registered_directory(cluster: InstFactory, wor
 
 
 @needs_root
-def test_root_link_to_an_attackers_link(rel_isolation: Path, work: Path) -> None:
+def test_root_link_to_an_attackers_link(
+    rel_isolation: Path, work: Path, cluster: InstFactory
+) -> None:
     """Root's link (/srv/pg -> ~attacker/pg) that leads to the attacker's own link
     (~attacker/pg -> /home/victim/data): the check of the links on a path passed root's
     and resolved the rest with realpath(), never looking at the attacker's, who points it
@@ -380,6 +382,13 @@ def test_root_link_to_an_attackers_link(rel_isolation: Path, work: Path) -> None
             pgmgr("status", "-d", str(side / "pg")),
             pgmgr("destroy", str(side / "pg"), "--yes"),
         ]
+        src = cluster("src")
+        assert src.start("-q").returncode == 0
+        try:  # a branch or a replica made there: written as the server user, where pointed
+            runs.append(pgmgr("branch", "src", "b1", "-d", str(side / "pg" / "b1")))
+            runs.append(pgmgr("replica", "src", "--name", "r1", "-d", str(side / "pg" / "r1")))
+        finally:
+            assert src.stop("-q").returncode == 0
         for run in runs:
             assert run.returncode != 0, str(run)
             assert f"{apg} is a symlink of another user" in one_error(run), str(run)
@@ -399,4 +408,4 @@ def test_root_link_to_an_attackers_link(rel_isolation: Path, work: Path) -> None
         assert logged.returncode != 0, str(logged)
         assert "another user can change that place" in one_error(logged), str(logged)
         assert list(roots.iterdir()) == []
-        assert pgmgr("status", "--json").json() == []
+        assert [r["name"] for r in pgmgr("status", "--json").json()] == ["src"]
