@@ -9,6 +9,9 @@ refused:
    machine's ext4), no round trip through user space;
 3. ``read``/``write`` in 1 MiB blocks: anything else (other filesystems, old kernels).
 
+The last two keep a sparse file's holes (only its data extents are copied: see
+:mod:`pgmgr.core.copydata`); a clone shares them anyway.
+
 ``PGMGR_COPY_METHOD=copy_file_range`` or ``read`` forces a fallback (tests, and a way out if a
 filesystem misbehaves). The tree is walked through directory file descriptors, symlinks are
 copied as symlinks and never followed, FIFOs, sockets and devices are skipped, and every new
@@ -382,10 +385,13 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State, rel: str = "") -> N
                 and state.methods[0] != "reflink"
             ):
                 job = copypool.Job(fin, fout, st.st_size, chmod, rel + name)
+                job.sparse = copydata.may_be_sparse(st)
                 if state.pool.take(job):
                     return  # counted when the pool is done
             if st.st_size:
-                method = copydata.copy_data(fin, fout, st.st_size, state.methods, state.flush)
+                method = copydata.copy_data(
+                    fin, fout, st.st_size, state.methods, state.flush, copydata.may_be_sparse(st)
+                )
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
             if chmod is not None:
                 os.fchmod(fout, chmod)

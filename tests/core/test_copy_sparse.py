@@ -1,0 +1,199 @@
+"""The copy engine keeps a sparse file's holes when it does not clone: only the data extents
+are copied (``SEEK_DATA``/``SEEK_HOLE``), the size set by ``ftruncate``. Real files on this
+machine's ext4 (the tmp directory), on tmpfs (/dev/shm) and on a loop-mounted XFS
+(tests/reflink.py), through each method; nothing mocked but a spy on ``os.lseek``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgmgr.core import copy, copydata
+from tests.reflink import xfs_dir, xfs_mount  # noqa: F401
+
+MB = 1 << 20
+GB = 1 << 30
+
+
+def _sparse(path: Path, size: int, pieces: list[tuple[int, bytes]]) -> None:
+    """A file of ``size`` bytes, holes but for ``pieces`` (offset, data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.ftruncate(fd, size)
+        for off, data in pieces:
+            os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+def _one_mb_in_a_gb() -> list[tuple[int, bytes]]:
+    """1 MiB of data in 16 pieces of 64 KiB spread over 1 GiB (one unaligned)."""
+    return [(i * 64 * MB + (12345 if i == 3 else 0), os.urandom(64 << 10)) for i in range(16)]
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether the two files hold the same bytes, every one read (8 MiB blocks; holes are
+    read as zeros through the page cache: ~4 s for two 1 GiB files on this ext4)."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(8 * MB), fb.read(8 * MB)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _data(path: Path) -> list[tuple[int, int]]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        found = copydata.extents(fd, size)
+        return [(0, size)] if found is None else found
+    finally:
+        os.close(fd)
+
+
+def _same_data(a: Path, b: Path) -> bool:
+    """:func:`_same`, faster: same size, the copy's data extents (the kernel's SEEK_DATA)
+    inside the source's, and the bytes of the source's extents the same in both. Elsewhere
+    both are holes, which read as zeros."""
+    if os.stat(a).st_size != os.stat(b).st_size:
+        return False
+    ours = _data(a)
+    if any(not any(s <= x and y <= e for s, e in ours) for x, y in _data(b)):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for start, end in ours:
+            fa.seek(start)
+            fb.seek(start)
+            if fa.read(end - start) != fb.read(end - start):
+                return False
+    return True
+
+
+def _used(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.fixture(params=["ext4", "tmpfs"])
+def where(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh directory on this machine's disk (the tmp directory, ext4 here) or on tmpfs."""
+    base = "/dev/shm" if request.param == "tmpfs" else None  # noqa: S108
+    if base is not None and not os.path.isdir(base):
+        pytest.skip("no /dev/shm")
+    with tempfile.TemporaryDirectory(prefix="pgmgr-sparse-", dir=base) as d:
+        yield Path(d)
+
+
+@pytest.mark.parametrize("method", ["copy_file_range", "read"])
+@pytest.mark.parametrize("flush", [False, True])
+def test_a_gb_sparse_file_with_a_mb_of_data_copies_as_a_mb(
+    where: Path, method: str, flush: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through copy_tree (its pool thread takes files of 8 MiB and more): the copy has the
+    same bytes and size, and allocates ~1 MiB, not 1 GiB (the old copy wrote the holes out)."""
+    monkeypatch.setenv(copy.ENV_METHOD, method)
+    src = where / "src"
+    src.mkdir()
+    _sparse(src / "disk.img", GB, _one_mb_in_a_gb())
+    (src / "dense").write_bytes(os.urandom(3 * MB))
+    stats = copy.copy_tree(src, where / "dst", flush=flush)
+    assert stats.method == method and stats.files == 2
+    assert stats.bytes == GB + 3 * MB  # what the files hold, as before
+    copied = where / "dst" / "disk.img"
+    assert os.stat(copied).st_size == GB
+    assert _used(copied) < 2 * MB, f"the copy allocated {_used(copied)} bytes"
+    # Every byte read once (the snapshot's case: the default method, flushed), else faster.
+    full = method == "copy_file_range" and flush
+    assert (_same if full else _same_data)(src / "disk.img", copied)
+    assert _same(src / "dense", where / "dst" / "dense")
+    assert os.stat(copied).st_mode & 0o777 == 0o640
+
+
+def test_holes_at_either_end_and_a_file_of_holes_only(where: Path) -> None:
+    """copy_file (no pool): a leading hole, a trailing hole (the size comes from
+    ftruncate), one unaligned byte, and a file that is one hole."""
+    src, dst = where / "src", where / "dst"
+    src.mkdir()
+    dst.mkdir()
+    _sparse(src / "tail", 50 * MB, [(0, b"head" * 1000)])
+    _sparse(src / "lead", 50 * MB, [(50 * MB - 1, b"z")])
+    _sparse(src / "holes", 50 * MB, [])
+    sfd, dfd = os.open(src, os.O_RDONLY), os.open(dst, os.O_RDONLY)
+    try:
+        for name in ("tail", "lead", "holes"):
+            copy.copy_file(sfd, dfd, name)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    for name in ("tail", "lead", "holes"):
+        assert os.stat(dst / name).st_size == 50 * MB
+        assert _used(dst / name) <= 64 << 10, name
+        assert _same(src / name, dst / name), name
+
+
+def test_a_sparse_file_with_much_data_is_copied_in_parallel_ranges(
+    where: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """72 MiB of data (over copydata.PARALLEL_MIN) in three extents of a 300 MiB file: the
+    ranges split across threads, each copying only the data in its part."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # four ranges, whatever the machine
+    src = where / "src"
+    src.mkdir()
+    pieces = [(0, os.urandom(24 * MB)), (100 * MB + 4096, os.urandom(24 * MB)),
+              (276 * MB, os.urandom(24 * MB))]  # fmt: skip
+    _sparse(src / "f", 300 * MB, pieces)
+    copy.copy_tree(src, where / "dst")
+    assert _same_data(src / "f", where / "dst" / "f")
+    assert _used(where / "dst" / "f") < 80 * MB
+
+
+def test_a_dense_file_costs_no_probe(where: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL's files are dense: their st_blocks already say so, and no SEEK_HOLE is
+    asked (a spy on os.lseek: the copy is real)."""
+    src = where / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"seg{i}").write_bytes(os.urandom(MB) * (1 + 9 * i))  # in line and pooled
+    os.sync()  # allocated, whatever the filesystem's delayed allocation reports meanwhile
+    seeks: list[int] = []
+    real = os.lseek
+
+    def spy(fd: int, pos: int, how: int) -> int:
+        seeks.append(how)
+        return real(fd, pos, how)
+
+    monkeypatch.setattr(os, "lseek", spy)
+    copy.copy_tree(src, where / "dst")
+    assert os.SEEK_HOLE not in seeks and os.SEEK_DATA not in seeks
+    for i in range(3):
+        assert _same(src / f"seg{i}", where / "dst" / f"seg{i}")
+
+
+def test_extents_of_a_dense_file_is_one_seek() -> None:
+    with tempfile.TemporaryFile() as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        assert copydata.extents(f.fileno(), 100_000) is None
+
+
+def test_on_xfs_a_clone_shares_and_a_forced_copy_keeps_the_holes(
+    xfs_dir: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a reflink filesystem (a 320 MiB XFS): the 1 GiB sparse file is cloned (FICLONE
+    shares it, holes and all); with the fallback forced, copied with its holes kept."""
+    src = xfs_dir / "src"
+    src.mkdir()
+    _sparse(src / "disk.img", GB, _one_mb_in_a_gb())
+    assert copy.copy_tree(src, xfs_dir / "clone").method == "reflink"
+    assert _same_data(src / "disk.img", xfs_dir / "clone" / "disk.img")
+    monkeypatch.setenv(copy.ENV_METHOD, "copy_file_range")
+    assert copy.copy_tree(src, xfs_dir / "copy").method == "copy_file_range"
+    copied = xfs_dir / "copy" / "disk.img"
+    assert os.stat(copied).st_size == GB and _used(copied) < 2 * MB
+    assert _same_data(src / "disk.img", copied)
