@@ -44,7 +44,9 @@ from pgmgr.core.copydata import Flush as Flush
 from pgmgr.core.diskio import disk_full as disk_full
 from pgmgr.core.diskio import fsync_dir as fsync_dir
 from pgmgr.core.diskio import sync_fs as sync_fs
+from pgmgr.core.diskio import tree_allocated as tree_allocated
 from pgmgr.core.diskio import tree_size as tree_size
+from pgmgr.core.diskio import tree_sizes as tree_sizes
 from pgmgr.core.errors import UsageError, doing
 
 METHODS = ("reflink", "copy_file_range", "read")

@@ -40,6 +40,19 @@ def disk_full(what: str, where: str | Path) -> Iterator[None]:
 def tree_size(path: str | Path | int) -> int:
     """Bytes in the regular files under ``path`` (a path or a directory fd), not following
     symlinks."""
+    return tree_sizes(path)[0]
+
+
+def tree_allocated(path: str | Path | int) -> int:
+    """The bytes a copy of ``path`` by :mod:`pgmgr.core.copy` allocates: a sparse file's
+    holes left out (:func:`tree_sizes`). What a room check before such a copy asks."""
+    return tree_sizes(path)[1]
+
+
+def tree_sizes(path: str | Path | int) -> tuple[int, int]:
+    """The bytes in the regular files under ``path`` (a path or a directory fd, symlinks
+    not followed), and the bytes a copy of them that keeps holes allocates (each file's
+    ``st_blocks``, up to its size: preallocated blocks past its end are not copied). One walk."""
     fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
     try:
         return _size(fd)
@@ -48,21 +61,23 @@ def tree_size(path: str | Path | int) -> int:
             os.close(fd)
 
 
-def _size(fd: int) -> int:
-    total = 0
+def _size(fd: int) -> tuple[int, int]:
+    total = used = 0
     with os.scandir(fd) as entries:
         for entry in entries:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
                 total += st.st_size
+                used += min(st.st_size, st.st_blocks * 512)
             elif stat.S_ISDIR(st.st_mode):
                 with contextlib.suppress(OSError):
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
                     try:
-                        total += _size(sub)
+                        t, u = _size(sub)
                     finally:
                         os.close(sub)
-    return total
+                    total, used = total + t, used + u
+    return total, used
 
 
 def sync_fs(path: str | Path | int) -> None:

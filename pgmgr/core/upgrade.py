@@ -258,8 +258,9 @@ def _check_room(srv: Server, store: Store, method: str, check: bool) -> int:
         # The new directory is swapped in there: checked before pg_upgrade runs (it
         # ran, the server stopped for it, then "cannot replace DIR: Permission denied").
         paths.check_writable(srv.datadir.parent, f"upgrade '{srv.inst.name}'")
-        size = store.as_user(copy.tree_size, srv.datadir)
-        needed = size * (2 if method == "link" else 1) if method != "clone" else 0
+        # The rollback snapshot keeps a sparse file's holes: what the files allocate.
+        size, used = store.as_user(copy.tree_sizes, srv.datadir)
+        needed = used * (2 if method == "link" else 1) if method != "clone" else 0
         snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
     return size
 

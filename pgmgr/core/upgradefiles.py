@@ -103,8 +103,8 @@ def copy_entries(old: Path, new: Path) -> Carried:
 
 
 def entries_size(old: Path) -> int:
-    """The bytes :func:`copy_entries` copies of ``old`` at most (a sparse file counted
-    whole: the copy writes its holes out). As the user."""
+    """The bytes :func:`copy_entries` allocates for its copies of ``old``, at most (a
+    sparse file's holes left out: the copy keeps them). As the user."""
     total = 0
     ofd = os.open(old, _DIR_FLAGS)
     try:
@@ -114,11 +114,11 @@ def entries_size(old: Path) -> int:
             with contextlib.suppress(OSError):  # removed meanwhile: the copy says the rest
                 st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+                    total += min(st.st_size, st.st_blocks * 512)
                 elif stat.S_ISDIR(st.st_mode):
                     sub = os.open(name, _DIR_FLAGS, dir_fd=ofd)
                     try:
-                        total += copy.tree_size(sub)
+                        total += copy.tree_allocated(sub)
                     finally:
                         os.close(sub)
     finally:
@@ -283,7 +283,7 @@ def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Itera
     done = Carried()
     try:
         # Room first: the copy is made while the server runs, and filling its disk (a big
-        # backup kept there, a sparse file, whose holes a copy writes out) would stop it.
+        # backup kept there) would stop it. (A sparse file's holes are kept.)
         size = store.as_user(entries_size, srv.datadir)
         snapstore.check_space(
             store, size, f"the files '{srv.inst.name}' keeps in its data directory"

@@ -82,7 +82,7 @@ def _used(path: Path) -> int:
 @pytest.fixture(params=["ext4", "tmpfs"])
 def where(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A fresh directory on this machine's disk (the tmp directory, ext4 here) or on tmpfs."""
-    base = "/dev/shm" if request.param == "tmpfs" else None  # noqa: S108
+    base = "/dev/shm" if request.param == "tmpfs" else None
     if base is not None and not os.path.isdir(base):
         pytest.skip("no /dev/shm")
     with tempfile.TemporaryDirectory(prefix="pgmgr-sparse-", dir=base) as d:
