@@ -403,7 +403,9 @@ def _intent(
     rejected = conf.rejected(srv, store, new, newdata)
     result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
     conf.reading(srv, store, conf.carry, srv.datadir, newdata, set(rejected))
-    result.files = upgradefiles.copied(srv, store, upgradefiles.carry, srv.datadir, newdata)
+    result.files = upgradefiles.copied(
+        srv, store, upgradefiles.carry, srv.datadir, newdata, result.files
+    )
     new_id = store.as_user(intent.identify, newdata)
     meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
     if meta.size == 0:

@@ -1,0 +1,90 @@
+"""The copies of the user's files an upgrade makes for its check (server running) are kept
+and moved into place at the switch (server stopped) when nothing changed since; a file
+changed meanwhile is copied again, never carried stale. Real servers (15 to the wheel's
+18); the test pauses the upgrade after pg_upgrade ran (pgmgr.core.testhook) and edits
+the files there, as their owner would during the downtime."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pgmgr.core import testhook, upgradekept
+from tests.snap.conftest import Inst
+from tests.snap.test_upgrade_files import _put, uf  # noqa: F401
+
+
+def _held_upgrade(it: Inst, hooks: Path) -> subprocess.Popen[str]:
+    """``pgmgr upgrade NAME -v 18 --yes`` stopped at the hook after pg_upgrade ran."""
+    (hooks / "upgrade-ran").touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgmgr", "upgrade", it.name, "-v", "18", "--yes", "-q"],
+        env={**os.environ, **it.env, testhook.ENV: str(hooks)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (hooks / "upgrade-ran.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    return proc
+
+
+def test_unchanged_entries_are_moved_into_place_changed_ones_copied_again(
+    uf: Inst,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    big = _put(uf, "big.bin", "")
+    with open(big, "wb") as f:
+        f.write(os.urandom(16 << 20))
+    _put(uf, "notes.txt", "old notes\n")
+    _put(uf, "same.d/b.conf", "# b\n")
+    _put(uf, "conf.d/a.conf", "# a\n")
+    _put(uf, "gone.txt", "bye\n")
+    time.sleep(upgradekept.RACY_NS / 1e9 + 0.2)  # not changed within the stamp's tick
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    proc = _held_upgrade(uf, hooks)
+    try:
+        (kept,) = uf.store.glob(f".tmp-*/{upgradekept.KEPT}")
+        assert sorted(os.listdir(kept)) == ["big.bin", "conf.d", "gone.txt", "notes.txt",
+                                            "same.d"]  # fmt: skip
+        inodes = {n: os.lstat(kept / n).st_ino for n in ("big.bin", "same.d")}
+        # During the downtime, as the owner would: same sizes, so only the times tell.
+        (uf.datadir / "notes.txt").write_text("new notes\n")
+        (uf.datadir / "conf.d" / "a.conf").write_text("# A\n")
+        os.unlink(uf.datadir / "gone.txt")
+        _put(uf, "late.txt", "added\n")
+    finally:
+        (hooks / "upgrade-ran.go").touch()
+        _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert uf.record()["major"] == "18"
+    data = uf.datadir
+    assert {n: os.lstat(data / n).st_ino for n in inodes} == inodes  # moved, not copied
+    assert (data / "same.d" / "b.conf").read_text() == "# b\n"
+    assert (data / "notes.txt").read_text() == "new notes\n"  # not the check's copy
+    assert (data / "conf.d" / "a.conf").read_text() == "# A\n"
+    assert (data / "late.txt").read_text() == "added\n"
+    assert not (data / "gone.txt").exists()
+    assert not list(uf.store.glob(".tmp-*"))
+
+
+def test_a_stamp_within_the_clock_tick_is_not_trusted(tmp_path: Path) -> None:
+    """A file changed just before its stamp may change again within the same tick with
+    every field the same: not reused. Older, unchanged: reused; then any write: not."""
+    (tmp_path / "f").write_text("x")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        since = upgradekept.now()
+        before = upgradekept.stamp(fd, "f")
+        assert not upgradekept.unchanged(fd, "f", before, since)
+        later = since + 2 * upgradekept.RACY_NS  # as if the stamp were taken later
+        assert upgradekept.unchanged(fd, "f", before, later)
+        os.chmod(tmp_path / "f", 0o640)
+        assert not upgradekept.unchanged(fd, "f", before, later)
+    finally:
+        os.close(fd)
