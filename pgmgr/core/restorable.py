@@ -174,7 +174,8 @@ def check_space(
     disk (:func:`copy.disk_full`): nothing is changed."""
     needed = snapstore.allocated_if_short(store, meta.size, snapdir / snapstore.DATA)
     if index is not None and snapstore.free_bytes(store.fd) < needed:
-        needed = max(0, needed - store.as_user(delta.kept_bytes, index, srv.datadir))
+        kept = store.as_user(delta.kept_bytes, index, srv.datadir, snapdir / snapstore.DATA)
+        needed = max(0, needed - kept)
     snapstore.check_space(store, needed, f"restoring {meta.name!r}", snapdir)
 
 

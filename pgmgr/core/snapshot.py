@@ -178,10 +178,11 @@ def _best(store: Path, datadir: Path, earlier: list[str]) -> delta.Base | None:
 
 
 def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
-    """The bytes of ``datadir`` a snapshot would share with one of the ``earlier`` ones
-    now. As the server user."""
+    """What the files of ``datadir`` a snapshot would share with one of the ``earlier``
+    ones now would allocate if copied (:func:`delta.allocated`: the room check asks for
+    that, not bytes). As the server user."""
     base = _best(store, datadir, earlier)
-    return base.size if base else 0
+    return delta.allocated(datadir, base.same) if base else 0
 
 
 def _check_space(
