@@ -116,19 +116,30 @@ def _reused(
     ofd: int, nfd: int, kfd: int | None, name: str, done: Carried, before: Carried | None
 ) -> bool:
     """Whether the check's copy of ``name`` was moved into place: it is unchanged since
-    (:func:`upgradekept.unchanged`), and the new cluster has no ``name`` of its own."""
+    (:func:`upgradekept.unchanged`), and the new cluster has no ``name`` of its own. A
+    copy not moved is removed first: it took the room of the copy made again (a changed
+    10 GB file held twice during the downtime filled a disk the checks said was big
+    enough)."""
     if before is None or kfd is None or name not in before.stamps:
         return False
-    if not upgradekept.unchanged(ofd, name, before.stamps[name], before.since):
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        os.stat(name, dir_fd=nfd, follow_symlinks=False)
-        return False  # said by _copy_entry
-    if not upgradekept.take(kfd, nfd, name):
+    if not (
+        upgradekept.unchanged(ofd, name, before.stamps[name], before.since)
+        and not _present(nfd, name)  # else said by _copy_entry
+        and upgradekept.take(kfd, nfd, name)
+    ):
+        userfs.rmtree_at(kfd, name)
         return False
     top = name + "/" if name + "/" in before.files else name
     done.files.append(top)
     done.dropped += [(n, why) for n, why in before.dropped if n == top]
+    return True
+
+
+def _present(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
     return True
 
 

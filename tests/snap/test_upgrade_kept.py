@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pgmgr.core import testhook, upgradekept
+from pgmgr.core import testhook, upgradefiles, upgradekept
 from tests.snap.conftest import Inst
 from tests.snap.test_upgrade_files import _put, uf  # noqa: F401
 
@@ -88,3 +88,29 @@ def test_a_stamp_within_the_clock_tick_is_not_trusted(tmp_path: Path) -> None:
         assert not upgradekept.unchanged(fd, "f", before, later)
     finally:
         os.close(fd)
+
+
+def test_a_kept_copy_not_reused_is_removed_before_the_copy_made_again(tmp_path: Path) -> None:
+    """The check's copy of a file changed since is removed before the file is copied
+    again: held until the end of the upgrade, a changed big file took twice its room
+    during the downtime, where the checks had counted it once (the disk filled with the
+    server stopped). The copies compared byte for byte. Fails before the fix (the stale
+    copy stayed in the kept directory)."""
+    old, work = tmp_path / "old", tmp_path / "work"
+    old.mkdir()
+    work.mkdir()
+    (old / "big.bin").write_bytes(b"a" * 100_000)
+    (old / "same.bin").write_bytes(b"s" * 1000)
+    (old / "dir").mkdir()
+    (old / "dir" / "f").write_bytes(b"d" * 1000)
+    time.sleep(1.1 * upgradekept.RACY_NS / 1e9)  # older than a clock tick: trusted
+    (work / "data").mkdir()
+    before = upgradefiles.copy_entries(old, work / "data")
+    assert upgradekept.set_aside(work / "data", before.files)
+    (old / "big.bin").write_bytes(b"b" * 100_000)  # same size, new bytes
+    (old / "dir" / "f").write_bytes(b"e" * 1000)
+    after = upgradefiles.copy_entries(old, work / "data", before)
+    assert sorted(after.files) == ["big.bin", "dir/", "same.bin"]
+    assert os.listdir(work / upgradekept.KEPT) == []  # moved into place, or removed
+    for rel in ("big.bin", "same.bin", "dir/f"):
+        assert (work / "data" / rel).read_bytes() == (old / rel).read_bytes(), rel
