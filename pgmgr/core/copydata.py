@@ -103,9 +103,11 @@ def copy_data(
                 fcntl.ioctl(fout, FICLONE, fin)
             elif sparse and (data := extents(fin, size)) is not None:
                 _copy_extents(fin, fout, size, data, method, flush)
+                _trim(fin, fout, size)
             elif method == "copy_file_range":
                 if size >= PARALLEL_MIN and (os.cpu_count() or 1) > 1:
                     _copy_ranges_parallel(fin, fout, size, flush)
+                    _trim(fin, fout, size)
                 else:
                     if sparse:  # extents() moved the offset this copies from
                         os.lseek(fin, 0, os.SEEK_SET)
@@ -124,6 +126,15 @@ def copy_data(
             os.lseek(fin, 0, os.SEEK_SET)
             os.lseek(fout, 0, os.SEEK_SET)
             os.ftruncate(fout, 0)
+
+
+def _trim(fin: int, fout: int, size: int) -> None:
+    """The copy ``fout``, made ``size`` bytes long before its bytes were copied, cut to
+    its source's end if the source shrank meanwhile (a log truncated during the copy): no
+    zeros past the end that the file never had, as a copy by offset or ``read`` ends."""
+    end = os.fstat(fin).st_size
+    if end < size:
+        os.ftruncate(fout, end)
 
 
 def _copy_extents(

@@ -197,3 +197,36 @@ def test_on_xfs_a_clone_shares_and_a_forced_copy_keeps_the_holes(
     copied = xfs_dir / "copy" / "disk.img"
     assert os.stat(copied).st_size == GB and _used(copied) < 2 * MB
     assert _same_data(src / "disk.img", copied)
+
+
+@pytest.mark.parametrize(
+    ("method", "layout"),
+    [("copy_file_range", "sparse"), ("read", "sparse"), ("copy_file_range", "dense")],
+)
+def test_a_file_that_shrank_before_its_copy_gets_no_zeros_past_its_end(
+    where: Path, method: str, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file cut short between the fstat that sized the copy and the copy (a user's log
+    truncated while a snapshot or an upgrade copies it) is copied as it then is, as a
+    plain copy_file_range or read copies it: the copies that set the size first
+    (ftruncate: a sparse file's extents, the parallel ranges of a large one) kept the old
+    size, zeros past the end the file never had. Fails before the fix (the copy kept
+    the old size)."""
+    monkeypatch.setattr(copydata, "PARALLEL_MIN", 4 * MB)  # the parallel ranges, cheaply
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    src, dst = where / "src", where / "dst"
+    if layout == "sparse":
+        _sparse(src, 16 * MB, [(0, os.urandom(MB)), (9 * MB, os.urandom(5 * MB))])
+    else:
+        src.write_bytes(os.urandom(16 * MB))
+    fin = os.open(src, os.O_RDONLY)
+    fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        st = os.fstat(fin)
+        os.truncate(src, 10 * MB)  # after the fstat, before the copy
+        copydata.copy_data(fin, fout, st.st_size, [method], None, copydata.may_be_sparse(st))
+    finally:
+        os.close(fin)
+        os.close(fout)
+    assert os.stat(dst).st_size == 10 * MB
+    assert _same(src, dst)
