@@ -41,6 +41,7 @@ from pathlib import Path
 from pgmgr.core import copydata, copypool
 from pgmgr.core.copydata import FICLONE as FICLONE
 from pgmgr.core.copydata import Flush as Flush
+from pgmgr.core.copydata import allocation as allocation
 from pgmgr.core.diskio import disk_full as disk_full
 from pgmgr.core.diskio import fsync_dir as fsync_dir
 from pgmgr.core.diskio import sync_fs as sync_fs

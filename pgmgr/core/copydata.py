@@ -57,6 +57,29 @@ def may_be_sparse(st: os.stat_result) -> bool:
     return st.st_blocks * 512 < st.st_size
 
 
+def allocation(name: str | os.PathLike[str], st: os.stat_result, dir_fd: int | None = None) -> int:
+    """The bytes a copy of the regular file ``name`` (of ``dir_fd``), whose ``lstat`` is
+    ``st``, writes when it does not clone: its size, less a sparse file's holes as
+    ``SEEK_HOLE`` finds them (:func:`copy_data`). Not its ``st_blocks`` alone: where
+    ``SEEK_HOLE`` cannot tell (NFSv3, FUSE) or finds no hole (a compressing
+    filesystem), fewer blocks than bytes and the copy still writes every byte. A room
+    check before such a copy asks for this; a dense file costs no ``open``."""
+    if not may_be_sparse(st):
+        return st.st_size
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)  # fmt: skip
+    except OSError:  # unreadable: the copy says so; gone: it copies nothing
+        return st.st_size
+    try:
+        found = extents(fd, st.st_size)
+    except OSError:
+        return st.st_size
+    finally:
+        os.close(fd)
+    return st.st_size if found is None else sum(end - start for start, end in found)
+
+
 def extents(fd: int, size: int) -> list[tuple[int, int]] | None:
     """The data extents ``(start, end)`` of the first ``size`` bytes of ``fd``, in order,
     or None if there is no hole in them (or the filesystem cannot tell). Moves ``fd``'s

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import diskio, process
+from pgmgr.core import copydata, diskio, process
 
 INDEX = "index.json"
 FORMAT = 1
@@ -180,7 +180,7 @@ def kept_bytes(index: Index, datadir: Path, copydir: Path) -> int:
 
 def allocated(top: Path, rels: Iterable[str]) -> int:
     """What a copy of the files ``rels`` under ``top`` allocates, a sparse file's holes
-    kept (each file's ``st_blocks``, up to its size): a room check that asks for what the
+    kept (:func:`copydata.allocation`): a room check that asks for what the
     copies of a tree allocate (:func:`pgmgr.core.copy.tree_allocated`) takes off this for
     the files it shares, not their sizes (a 1 GiB sparse file holding 1 MiB took off
     1 GiB, and the check let through a copy the disk could not hold). A file gone
@@ -190,7 +190,7 @@ def allocated(top: Path, rels: Iterable[str]) -> int:
         with contextlib.suppress(OSError):
             st = os.stat(top / rel, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
-                total += min(st.st_size, st.st_blocks * 512)
+                total += copydata.allocation(top / rel, st)
     return total
 
 

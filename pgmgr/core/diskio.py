@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pgmgr.core import copydata
 from pgmgr.core.errors import DatabaseException, doing
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -51,8 +52,9 @@ def tree_allocated(path: str | Path | int) -> int:
 
 def tree_sizes(path: str | Path | int) -> tuple[int, int]:
     """The bytes in the regular files under ``path`` (a path or a directory fd, symlinks
-    not followed), and the bytes a copy of them that keeps holes allocates (each file's
-    ``st_blocks``, up to its size: preallocated blocks past its end are not copied). One walk."""
+    not followed), and the bytes a copy of them that keeps holes allocates
+    (:func:`copydata.allocation`: only a file with fewer blocks than bytes is opened). One
+    walk."""
     fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
     try:
         return _size(fd)
@@ -68,7 +70,7 @@ def _size(fd: int) -> tuple[int, int]:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
                 total += st.st_size
-                used += min(st.st_size, st.st_blocks * 512)
+                used += copydata.allocation(entry.name, st, fd)
             elif stat.S_ISDIR(st.st_mode):
                 with contextlib.suppress(OSError):
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)

@@ -155,7 +155,7 @@ def entries_size(old: Path) -> int:
             with contextlib.suppress(OSError):  # removed meanwhile: the copy says the rest
                 st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
-                    total += min(st.st_size, st.st_blocks * 512)
+                    total += copy.allocation(name, st, ofd)
                 elif stat.S_ISDIR(st.st_mode):
                     sub = os.open(name, _DIR_FLAGS, dir_fd=ofd)
                     try:

@@ -230,3 +230,35 @@ def test_a_file_that_shrank_before_its_copy_gets_no_zeros_past_its_end(
         os.close(fout)
     assert os.stat(dst).st_size == 10 * MB
     assert _same(src, dst)
+
+
+@pytest.mark.parametrize("seek_hole", [True, False])
+def test_the_room_a_tree_asks_is_what_its_copy_writes(
+    where: Path, seek_hole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy.tree_allocated (what the room checks ask) against a real copy's blocks. With
+    SEEK_HOLE: the holes left out of both. Without (NFSv3, FUSE: the kernel's generic
+    lseek says the whole file is data; here a spy on os.lseek answers so, as it would:
+    mocked because no such filesystem can be mounted here), the copy writes every byte
+    of a file whose st_blocks fall short of its size: it was counted by its st_blocks,
+    1 MiB for the 64 MiB the copy then wrote, and the disk filled during the copy.
+    Fails before the fix (without SEEK_HOLE)."""
+    src = where / "src"
+    src.mkdir()
+    _sparse(src / "img", 64 * MB, [(i * 8 * MB, os.urandom(128 << 10)) for i in range(8)])
+    (src / "dense").write_bytes(os.urandom(MB))
+    if not seek_hole:
+        real = os.lseek
+
+        def generic(fd: int, pos: int, how: int) -> int:
+            if how == os.SEEK_HOLE:
+                return os.fstat(fd).st_size
+            return pos if how == os.SEEK_DATA else real(fd, pos, how)
+
+        monkeypatch.setattr(os, "lseek", generic)
+    asked = copy.tree_allocated(src)
+    copy.copy_tree(src, where / "dst")
+    written = _used(where / "dst" / "img") + _used(where / "dst" / "dense")
+    assert written <= asked + (64 << 10), (written, asked)  # a block per file of slack
+    assert asked <= (65 if not seek_hole else 3) * MB, asked
+    assert _same(src / "img", where / "dst" / "img")
