@@ -114,3 +114,32 @@ def test_a_kept_copy_not_reused_is_removed_before_the_copy_made_again(tmp_path: 
     assert os.listdir(work / upgradekept.KEPT) == []  # moved into place, or removed
     for rel in ("big.bin", "same.bin", "dir/f"):
         assert (work / "data" / rel).read_bytes() == (old / rel).read_bytes(), rel
+
+
+def test_an_upgrade_killed_with_its_copies_kept_leaves_none_and_a_retry_carries_the_new(
+    uf: Inst,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """kill -9 once the check's copies are kept (pg_upgrade ran): the next upgrade sweeps
+    the killed one's work directory, kept copies and all, takes its own stamps, and
+    carries a file edited in between, not the killed run's copy."""
+    _put(uf, "notes.txt", "old notes\n")
+    _put(uf, "d/f.txt", "old f\n")
+    time.sleep(upgradekept.RACY_NS / 1e9 + 0.2)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    hooks.chmod(0o777)
+    proc = _held_upgrade(uf, hooks)
+    try:
+        assert list(uf.store.glob(f".tmp-*/{upgradekept.KEPT}/notes.txt"))
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    (uf.datadir / "notes.txt").write_text("new notes\n")
+    (uf.datadir / "d" / "f.txt").write_text("new f\n")
+    time.sleep(upgradekept.RACY_NS / 1e9 + 0.2)  # else copied again anyway: racy
+    uf.ok("upgrade", uf.name, "-v", "18", "--yes", "-q")
+    assert uf.record()["major"] == "18"
+    assert (uf.datadir / "notes.txt").read_text() == "new notes\n"
+    assert (uf.datadir / "d" / "f.txt").read_text() == "new f\n"
+    assert not list(uf.store.glob(".tmp-*"))
