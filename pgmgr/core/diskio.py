@@ -40,8 +40,8 @@ def disk_full(what: str, where: str | Path) -> Iterator[None]:
 
 def tree_size(path: str | Path | int) -> int:
     """Bytes in the regular files under ``path`` (a path or a directory fd), not following
-    symlinks."""
-    return tree_sizes(path)[0]
+    symlinks. Opens none of them (:func:`tree_sizes` probes sparse ones)."""
+    return _walk(path, False)[0]
 
 
 def tree_allocated(path: str | Path | int) -> int:
@@ -55,27 +55,31 @@ def tree_sizes(path: str | Path | int) -> tuple[int, int]:
     not followed), and the bytes a copy of them that keeps holes allocates
     (:func:`copydata.allocation`: only a file with fewer blocks than bytes is opened). One
     walk."""
+    return _walk(path, True)
+
+
+def _walk(path: str | Path | int, probe: bool) -> tuple[int, int]:
     fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
     try:
-        return _size(fd)
+        return _size(fd, probe)
     finally:
         if not isinstance(path, int):
             os.close(fd)
 
 
-def _size(fd: int) -> tuple[int, int]:
+def _size(fd: int, probe: bool) -> tuple[int, int]:
     total = used = 0
     with os.scandir(fd) as entries:
         for entry in entries:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
                 total += st.st_size
-                used += copydata.allocation(entry.name, st, fd)
+                used += copydata.allocation(entry.name, st, fd) if probe else st.st_size
             elif stat.S_ISDIR(st.st_mode):
                 with contextlib.suppress(OSError):
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
                     try:
-                        t, u = _size(sub)
+                        t, u = _size(sub, probe)
                     finally:
                         os.close(sub)
                     total, used = total + t, used + u

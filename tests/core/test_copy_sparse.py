@@ -262,3 +262,24 @@ def test_the_room_a_tree_asks_is_what_its_copy_writes(
     assert written <= asked + (64 << 10), (written, asked)  # a block per file of slack
     assert asked <= (65 if not seek_hole else 3) * MB, asked
     assert _same(src / "img", where / "dst" / "img")
+
+
+def test_a_tree_sized_in_bytes_has_none_of_its_files_probed(
+    where: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy.tree_size (a snapshot's recorded size, the template cache's) wants bytes: no
+    sparse file is opened and probed for it, as tree_allocated does (a spy on os.lseek:
+    the walk is real). Fails on the commit that added the probe (every sparse file was)."""
+    _sparse(where / "img", 64 * MB, [(MB, b"x")])
+    seeks: list[int] = []
+    real = os.lseek
+
+    def spy(fd: int, pos: int, how: int) -> int:
+        seeks.append(how)
+        return real(fd, pos, how)
+
+    monkeypatch.setattr(os, "lseek", spy)
+    assert copy.tree_size(where) == 64 * MB
+    assert seeks == []
+    assert copy.tree_allocated(where) < MB
+    assert os.SEEK_HOLE in seeks
