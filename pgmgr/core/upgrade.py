@@ -44,6 +44,7 @@ from pgmgr.core import (
     tools,
     upgradefiles,
     upgradehba,
+    upgradekept,
     upgradeprobe,
     upgraderun,
     versions,
@@ -318,7 +319,11 @@ def _switch(
         snap_name += "-" + snapstore.default_name(set())
     meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
     said = f"'{srv.inst.name}' was upgraded to PostgreSQL {new.major}"
-    with done_then(said, srv.inst.name) as upgraded, paused(srv, "upgrade") as pause:
+    with (
+        done_then(said, srv.inst.name) as upgraded,
+        paused(srv, "upgrade") as pause,
+        _freed_if_failed(store, work, upgraded),
+    ):
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
             steps.say("copy for the snapshot")
@@ -356,6 +361,24 @@ def _switch(
                     intent.remove(store, gone)
     result.snapshot, result.downtime = snap_name, pause.downtime
     return script
+
+
+@contextlib.contextmanager
+def _freed_if_failed(store: Store, work: Path, upgraded: list[bool]) -> Iterator[None]:
+    """The new cluster, the check's kept copies and the link method's copy removed when
+    the switch fails before the swap, before the old server starts again: removed only
+    after it, they held the disk they may have filled (a file copied again during the
+    downtime), and the old server, "nothing changed", did not start ("could not write
+    lock file postmaster.pid: No space left on device"). What is left is the caller's
+    clean-up's, as before."""
+    try:
+        yield
+    except BaseException:
+        if not upgraded:
+            for path in (work / "data", work / upgradekept.KEPT, store.entry(KEEP)):
+                with contextlib.suppress(Exception):
+                    store.as_user(snapstore.remove_tree, path, True)
+        raise
 
 
 @dataclass
