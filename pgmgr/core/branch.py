@@ -357,7 +357,7 @@ def _copy_branch(
     try:
         if snap is None:
             snapstore.check_supported(tstore, src.datadir, f"branch '{src.inst.name}'")
-            size = tstore.as_user(copy.tree_size, src.datadir)
+            size = tstore.as_user(copy.tree_allocated, src.datadir)  # holes kept
             snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", src.datadir)
             say(f"copying up to {snapstore.human(size)}")  # less the WAL a copy leaves out
             stop_now(src, pause)
@@ -372,6 +372,7 @@ def _copy_branch(
                 src.datadir, src.user(), create=False, missing=gone, shared=True
             ) as sstore:
                 origin, size, major = _snapshot_source(src, snap, sstore)
+                size = snapstore.allocated_if_short(tstore, size, origin)  # holes kept
                 snapstore.check_space(tstore, size, f"branch of '{src.inst.name}'", origin)
                 say(f"copying {snapstore.human(size)}")
                 testhook.pause("branch-from-snapshot")

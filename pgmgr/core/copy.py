@@ -9,6 +9,9 @@ refused:
    machine's ext4), no round trip through user space;
 3. ``read``/``write`` in 1 MiB blocks: anything else (other filesystems, old kernels).
 
+The last two keep a sparse file's holes (only its data extents are copied: see
+:mod:`pgmgr.core.copydata`); a clone shares them anyway.
+
 ``PGMGR_COPY_METHOD=copy_file_range`` or ``read`` forces a fallback (tests, and a way out if a
 filesystem misbehaves). The tree is walked through directory file descriptors, symlinks are
 copied as symlinks and never followed, FIFOs, sockets and devices are skipped, and every new
@@ -38,10 +41,13 @@ from pathlib import Path
 from pgmgr.core import copydata, copypool
 from pgmgr.core.copydata import FICLONE as FICLONE
 from pgmgr.core.copydata import Flush as Flush
+from pgmgr.core.copydata import allocation as allocation
 from pgmgr.core.diskio import disk_full as disk_full
 from pgmgr.core.diskio import fsync_dir as fsync_dir
 from pgmgr.core.diskio import sync_fs as sync_fs
+from pgmgr.core.diskio import tree_allocated as tree_allocated
 from pgmgr.core.diskio import tree_size as tree_size
+from pgmgr.core.diskio import tree_sizes as tree_sizes
 from pgmgr.core.errors import UsageError, doing
 
 METHODS = ("reflink", "copy_file_range", "read")
@@ -382,10 +388,13 @@ def _copy_file(sfd: int, dfd: int, name: str, state: _State, rel: str = "") -> N
                 and state.methods[0] != "reflink"
             ):
                 job = copypool.Job(fin, fout, st.st_size, chmod, rel + name)
+                job.sparse = copydata.may_be_sparse(st)
                 if state.pool.take(job):
                     return  # counted when the pool is done
             if st.st_size:
-                method = copydata.copy_data(fin, fout, st.st_size, state.methods, state.flush)
+                method = copydata.copy_data(
+                    fin, fout, st.st_size, state.methods, state.flush, copydata.may_be_sparse(st)
+                )
                 state.stats.by_method[method] = state.stats.by_method.get(method, 0) + st.st_size
             if chmod is not None:
                 os.fchmod(fout, chmod)

@@ -41,6 +41,7 @@ class Job:
     def __init__(self, fin: int, fout: int, size: int, mode: int | None, rel: str) -> None:
         self.fin, self.fout, self.size, self.mode, self.rel = fin, fout, size, mode, rel
         self.taken = False  # by the thread (under the pool's lock)
+        self.sparse = False  # it may have holes (copydata.may_be_sparse)
 
     def close(self) -> None:
         try:
@@ -139,7 +140,12 @@ class Pool:
                 try:
                     if self.error is None and not self._stop.is_set():
                         method = copydata.copy_data(
-                            job.fin, job.fout, job.size, self.methods, self._checked
+                            job.fin,
+                            job.fout,
+                            job.size,
+                            self.methods,
+                            self._checked,
+                            job.sparse,
                         )
                         if job.mode is not None:
                             os.fchmod(job.fout, job.mode)

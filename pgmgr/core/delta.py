@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import diskio, process
+from pgmgr.core import copydata, diskio, process
 
 INDEX = "index.json"
 FORMAT = 1
@@ -165,16 +165,33 @@ def load(snapdir: Path) -> Index | None:
         return None
 
 
-def kept_bytes(index: Index, datadir: Path) -> int:
-    """Bytes of the files of ``datadir`` that match ``index`` now (the server may be
-    running: an estimate of what a restore by difference would keep)."""
+def kept_bytes(index: Index, datadir: Path, copydir: Path) -> int:
+    """What the copies in ``copydir`` (a snapshot's) of the files of ``datadir`` that
+    match ``index`` now allocate (:func:`allocated`): what a restore by difference keeps
+    instead of copying (the server may be running: an estimate)."""
     try:
         now = take(datadir)
     except OSError:  # a file the server removed meanwhile
         return 0
     if now.dev != index.dev:
         return 0
-    return sum(s[1] for rel, s in now.files.items() if index.files.get(rel) == s)
+    return allocated(copydir, [rel for rel, s in now.files.items() if index.files.get(rel) == s])
+
+
+def allocated(top: Path, rels: Iterable[str]) -> int:
+    """What a copy of the files ``rels`` under ``top`` allocates, a sparse file's holes
+    kept (:func:`copydata.allocation`): a room check that asks for what the
+    copies of a tree allocate (:func:`pgmgr.core.copy.tree_allocated`) takes off this for
+    the files it shares, not their sizes (a 1 GiB sparse file holding 1 MiB took off
+    1 GiB, and the check let through a copy the disk could not hold). A file gone
+    meanwhile counts 0. As the user."""
+    total = 0
+    for rel in rels:
+        with contextlib.suppress(OSError):
+            st = os.stat(top / rel, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                total += copydata.allocation(top / rel, st)
+    return total
 
 
 def _stamp(value: object) -> Stamp:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pgmgr.core import copydata
 from pgmgr.core.errors import DatabaseException, doing
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,30 +40,50 @@ def disk_full(what: str, where: str | Path) -> Iterator[None]:
 
 def tree_size(path: str | Path | int) -> int:
     """Bytes in the regular files under ``path`` (a path or a directory fd), not following
-    symlinks."""
+    symlinks. Opens none of them (:func:`tree_sizes` probes sparse ones)."""
+    return _walk(path, False)[0]
+
+
+def tree_allocated(path: str | Path | int) -> int:
+    """The bytes a copy of ``path`` by :mod:`pgmgr.core.copy` allocates: a sparse file's
+    holes left out (:func:`tree_sizes`). What a room check before such a copy asks."""
+    return tree_sizes(path)[1]
+
+
+def tree_sizes(path: str | Path | int) -> tuple[int, int]:
+    """The bytes in the regular files under ``path`` (a path or a directory fd, symlinks
+    not followed), and the bytes a copy of them that keeps holes allocates
+    (:func:`copydata.allocation`: only a file with fewer blocks than bytes is opened). One
+    walk."""
+    return _walk(path, True)
+
+
+def _walk(path: str | Path | int, probe: bool) -> tuple[int, int]:
     fd = path if isinstance(path, int) else os.open(path, _DIR_FLAGS)
     try:
-        return _size(fd)
+        return _size(fd, probe)
     finally:
         if not isinstance(path, int):
             os.close(fd)
 
 
-def _size(fd: int) -> int:
-    total = 0
+def _size(fd: int, probe: bool) -> tuple[int, int]:
+    total = used = 0
     with os.scandir(fd) as entries:
         for entry in entries:
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
                 total += st.st_size
+                used += copydata.allocation(entry.name, st, fd) if probe else st.st_size
             elif stat.S_ISDIR(st.st_mode):
                 with contextlib.suppress(OSError):
                     sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
                     try:
-                        total += _size(sub)
+                        t, u = _size(sub, probe)
                     finally:
                         os.close(sub)
-    return total
+                    total, used = total + t, used + u
+    return total, used
 
 
 def sync_fs(path: str | Path | int) -> None:

@@ -168,12 +168,14 @@ def check_space(
 ) -> None:
     """:func:`snapstore.check_space` for the copy a restore makes: by difference
     (``index``), less the bytes of the data directory that still match the index (linked,
-    not copied; worked out only when the disk is short, as for a snapshot). A restore
+    not copied; worked out only when the disk is short, as for a snapshot), and a sparse
+    file's holes, which the copy keeps (:func:`snapstore.allocated_if_short`). A restore
     that copies more, the server once stopped having written more, fails as on any full
     disk (:func:`copy.disk_full`): nothing is changed."""
-    needed = meta.size
+    needed = snapstore.allocated_if_short(store, meta.size, snapdir / snapstore.DATA)
     if index is not None and snapstore.free_bytes(store.fd) < needed:
-        needed -= store.as_user(delta.kept_bytes, index, srv.datadir)
+        kept = store.as_user(delta.kept_bytes, index, srv.datadir, snapdir / snapstore.DATA)
+        needed = max(0, needed - kept)
     snapstore.check_space(store, needed, f"restoring {meta.name!r}", snapdir)
 
 

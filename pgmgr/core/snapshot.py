@@ -145,10 +145,13 @@ def _tree(
 BASES = 8
 
 
-def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], list[str], int, bool]:
+def _prepare(
+    store: Path, datadir: Path
+) -> tuple[str | None, set[str], list[str], tuple[int, int], bool]:
     """As the server user, in one process: sweep what a killed run left in the store; why
     ``datadir`` cannot be snapshotted (or None); the names taken; the snapshot (of the
-    newest ones) the new one may share files with; its size; whether copies into the
+    newest ones) the new one may share files with; its size and what a copy of it
+    allocates (:func:`copy.tree_sizes`: a sparse file's holes are kept); whether copies into the
     store are clones (then it shares blocks with every copy, and needs no index: see
     :func:`pgmgr.core.restorable._index`)."""
     snapstore.sweep(store)
@@ -162,7 +165,7 @@ def _prepare(store: Path, datadir: Path) -> tuple[str | None, set[str], list[str
         # index is loaded (each load costs ~5 us per file, 0.5 s for 100,000 files).
         base = _best(store, datadir, earlier)
         earlier = [base.data.parent.name] if base else earlier[-1:]
-    return snapstore.unsupported(datadir), taken, earlier, copy.tree_size(datadir), clones
+    return snapstore.unsupported(datadir), taken, earlier, copy.tree_sizes(datadir), clones
 
 
 def _best(store: Path, datadir: Path, earlier: list[str]) -> delta.Base | None:
@@ -175,10 +178,11 @@ def _best(store: Path, datadir: Path, earlier: list[str]) -> delta.Base | None:
 
 
 def _shared(store: Path, datadir: Path, earlier: list[str]) -> int:
-    """The bytes of ``datadir`` a snapshot would share with one of the ``earlier`` ones
-    now. As the server user."""
+    """What the files of ``datadir`` a snapshot would share with one of the ``earlier``
+    ones now would allocate if copied (:func:`delta.allocated`: the room check asks for
+    that, not bytes). As the server user."""
     base = _best(store, datadir, earlier)
-    return base.size if base else 0
+    return delta.allocated(datadir, base.same) if base else 0
 
 
 def _check_space(
@@ -353,14 +357,17 @@ def _prepared(
 
     :raises DatabaseException: it cannot be snapshotted, a bad or taken name, no space.
     """
-    why, taken, earlier, size, clones = store.as_user(_prepare, store.path, srv.datadir)
+    why, taken, earlier, sizes, clones = store.as_user(_prepare, store.path, srv.datadir)
     if why:
         raise DatabaseException(f"cannot snapshot '{srv.inst.name}': {why}; nothing was changed")
     name = pick_name(store, name, srv.inst.name, taken)
     # Before the server stops: it would not start again on a filesystem gone read-only.
     paths.check_writable(store.path, f"snapshot '{srv.inst.name}'", _HINT)
     online = online and srv.running() is not None  # stopped: a copy is consistent
-    if online:  # pg_basebackup shares nothing: the whole size must fit
+    # pg_basebackup shares nothing and writes holes out: the whole size must fit. The
+    # copy engine keeps holes: what the files allocate.
+    size = sizes[0] if online else sizes[1]
+    if online:
         earlier = []
     _check_space(store, srv.datadir, earlier, size, f"snapshot {name!r}", online)
     return name, online, earlier, size, clones

@@ -43,6 +43,19 @@ def check_space(store: Store, needed: int, what: str, source: Path | None = None
         )
 
 
+def allocated_if_short(store: Store, needed: int, source: Path) -> int:
+    """``needed`` (a copy's size: a snapshot's, say), or, when the store's filesystem has
+    less free than that, what the copy of ``source`` allocates if it is less: the copy
+    keeps a sparse file's holes (:func:`copy.tree_allocated`; worked out only when it
+    matters, as it walks the whole tree). As root too: the walk runs as the user."""
+    if free_bytes(store.fd) >= needed:
+        return needed
+    try:
+        return min(needed, store.as_user(copy.tree_allocated, source))
+    except OSError:  # gone meanwhile: the copy says the rest
+        return needed
+
+
 def check_same_fs(store: Store, what: str) -> None:
     """:raises DatabaseException: the store is on another filesystem than the data
     directory's parent (a mount at ``.pgmgr-snapshots``), or on another mount of the same

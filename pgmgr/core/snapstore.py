@@ -49,6 +49,7 @@ from pgmgr.core.snapmeta import seal as seal
 from pgmgr.core.snapmeta import unseal as unseal
 from pgmgr.core.snapmeta import write_meta as write_meta
 from pgmgr.core.snapspace import CLONE_SHARE as CLONE_SHARE
+from pgmgr.core.snapspace import allocated_if_short as allocated_if_short
 from pgmgr.core.snapspace import check_same_fs as check_same_fs
 from pgmgr.core.snapspace import check_space as check_space
 from pgmgr.core.snapspace import free_bytes as free_bytes

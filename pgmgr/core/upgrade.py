@@ -44,6 +44,7 @@ from pgmgr.core import (
     tools,
     upgradefiles,
     upgradehba,
+    upgradekept,
     upgradeprobe,
     upgraderun,
     versions,
@@ -258,8 +259,9 @@ def _check_room(srv: Server, store: Store, method: str, check: bool) -> int:
         # The new directory is swapped in there: checked before pg_upgrade runs (it
         # ran, the server stopped for it, then "cannot replace DIR: Permission denied").
         paths.check_writable(srv.datadir.parent, f"upgrade '{srv.inst.name}'")
-        size = store.as_user(copy.tree_size, srv.datadir)
-        needed = size * (2 if method == "link" else 1) if method != "clone" else 0
+        # The rollback snapshot keeps a sparse file's holes: what the files allocate.
+        size, used = store.as_user(copy.tree_sizes, srv.datadir)
+        needed = used * (2 if method == "link" else 1) if method != "clone" else 0
         snapstore.check_space(store, needed, f"upgrading '{srv.inst.name}'")
     return size
 
@@ -317,7 +319,11 @@ def _switch(
         snap_name += "-" + snapstore.default_name(set())
     meta = snapshot.meta_for(srv, snap_name, old_sysid, "pre-upgrade", copy.CopyStats())
     said = f"'{srv.inst.name}' was upgraded to PostgreSQL {new.major}"
-    with done_then(said, srv.inst.name) as upgraded, paused(srv, "upgrade") as pause:
+    with (
+        done_then(said, srv.inst.name) as upgraded,
+        paused(srv, "upgrade") as pause,
+        _freed_if_failed(store, work, upgraded),
+    ):
         result.was_running = pause.was_running
         if method == "link":  # the old files will be shared: keep a real copy first
             steps.say("copy for the snapshot")
@@ -355,6 +361,24 @@ def _switch(
                     intent.remove(store, gone)
     result.snapshot, result.downtime = snap_name, pause.downtime
     return script
+
+
+@contextlib.contextmanager
+def _freed_if_failed(store: Store, work: Path, upgraded: list[bool]) -> Iterator[None]:
+    """The new cluster, the check's kept copies and the link method's copy removed when
+    the switch fails before the swap, before the old server starts again: removed only
+    after it, they held the disk they may have filled (a file copied again during the
+    downtime), and the old server, "nothing changed", did not start ("could not write
+    lock file postmaster.pid: No space left on device"). What is left is the caller's
+    clean-up's, as before."""
+    try:
+        yield
+    except BaseException:
+        if not upgraded:
+            for path in (work / "data", work / upgradekept.KEPT, store.entry(KEEP)):
+                with contextlib.suppress(Exception):
+                    store.as_user(snapstore.remove_tree, path, True)
+        raise
 
 
 @dataclass
@@ -402,7 +426,9 @@ def _intent(
     rejected = conf.rejected(srv, store, new, newdata)
     result.rejected, result.not_carried = conf.left_behind(srv, store, new, newdata, rejected)
     conf.reading(srv, store, conf.carry, srv.datadir, newdata, set(rejected))
-    result.files = upgradefiles.copied(srv, store, upgradefiles.carry, srv.datadir, newdata)
+    result.files = upgradefiles.copied(
+        srv, store, upgradefiles.carry, srv.datadir, newdata, result.files
+    )
     new_id = store.as_user(intent.identify, newdata)
     meta.upgraded_to = store.as_user(pgcontrol.system_identifier, newdata)
     if meta.size == 0:

@@ -15,7 +15,8 @@ Before anything is stopped (:func:`placed`), the entries are copied into the fre
 cluster and the new major reads postgresql.conf with those lines (``postgres -C``, which
 reads every included file): a setting it rejects there, or a file it cannot open, is
 refused then, not once the upgraded server fails to start. The copies are removed after
-that check; the upgrade copies the entries again once pg_upgrade is done.
+that check, moved aside (:mod:`pgmgr.core.upgradekept`): once pg_upgrade is done, each entry
+unchanged since is moved into place, any other copied again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgmgr.core import copy, removal, snapstore, tools, userfs
+from pgmgr.core import copy, removal, snapstore, tools, upgradekept, userfs
 from pgmgr.core import upgradeconf as conf
 from pgmgr.core.errors import CommandFailed, DatabaseException
 from pgmgr.core.instance import Server
@@ -55,6 +56,9 @@ class Carried:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     #: the include lines of postgresql.conf
     includes: list[str] = field(default_factory=list)
+    #: each entry copied, as it was before (:func:`upgradekept.stamp`), taken at ``since``
+    stamps: dict[str, list[upgradekept.Entry]] = field(default_factory=dict)
+    since: int = 0
 
 
 #: The names pgmgr's checks give their copies in the new data directory (never carried).
@@ -80,31 +84,68 @@ def _kind(mode: int) -> str:
     return "a device"
 
 
-def copy_entries(old: Path, new: Path) -> Carried:
+def copy_entries(old: Path, new: Path, before: Carried | None = None) -> Carried:
     """Copy the top-level entries of ``old`` that are not PostgreSQL's (:func:`own`) into
-    ``new``; what was copied and what was not. As the user.
+    ``new``; what was copied and what was not. As the user. ``before``: what the check
+    copied, kept beside ``new`` (:func:`upgradekept.set_aside`): an entry unchanged since
+    is moved into place instead.
 
     :raises OSError: one could not be copied (unreadable, no space): ``filename`` names it.
     """
-    done = Carried()
+    done = Carried(since=upgradekept.now())
     ofd = os.open(old, _DIR_FLAGS)
+    kfd = upgradekept.opened(new) if before is not None else None
     try:
         nfd = os.open(new, _DIR_FLAGS)
         try:
             with os.scandir(ofd) as it:
                 names = sorted(e.name for e in it if not own(e.name))
             for name in names:
-                _copy_entry(ofd, nfd, name, done, old)
+                if not _reused(ofd, nfd, kfd, name, done, before):
+                    _copy_entry(ofd, nfd, name, done, old)
         finally:
             os.close(nfd)
     finally:
         os.close(ofd)
+        if kfd is not None:
+            os.close(kfd)
     return done
 
 
+def _reused(
+    ofd: int, nfd: int, kfd: int | None, name: str, done: Carried, before: Carried | None
+) -> bool:
+    """Whether the check's copy of ``name`` was moved into place: it is unchanged since
+    (:func:`upgradekept.unchanged`), and the new cluster has no ``name`` of its own. A
+    copy not moved is removed first: it took the room of the copy made again (a changed
+    10 GB file held twice during the downtime filled a disk the checks said was big
+    enough)."""
+    if before is None or kfd is None or name not in before.stamps:
+        return False
+    if not (
+        upgradekept.unchanged(ofd, name, before.stamps[name], before.since)
+        and not _present(nfd, name)  # else said by _copy_entry
+        and upgradekept.take(kfd, nfd, name)
+    ):
+        userfs.rmtree_at(kfd, name)
+        return False
+    top = name + "/" if name + "/" in before.files else name
+    done.files.append(top)
+    done.dropped += [(n, why) for n, why in before.dropped if n == top]
+    return True
+
+
+def _present(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def entries_size(old: Path) -> int:
-    """The bytes :func:`copy_entries` copies of ``old`` at most (a sparse file counted
-    whole: the copy writes its holes out). As the user."""
+    """The bytes :func:`copy_entries` allocates for its copies of ``old``, at most (a
+    sparse file's holes left out: the copy keeps them). As the user."""
     total = 0
     ofd = os.open(old, _DIR_FLAGS)
     try:
@@ -114,11 +155,11 @@ def entries_size(old: Path) -> int:
             with contextlib.suppress(OSError):  # removed meanwhile: the copy says the rest
                 st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+                    total += copy.allocation(name, st, ofd)
                 elif stat.S_ISDIR(st.st_mode):
                     sub = os.open(name, _DIR_FLAGS, dir_fd=ofd)
                     try:
-                        total += copy.tree_size(sub)
+                        total += copy.tree_allocated(sub)
                     finally:
                         os.close(sub)
     finally:
@@ -131,6 +172,10 @@ def _copy_entry(ofd: int, nfd: int, name: str, done: Carried, old: Path) -> None
         st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
     except FileNotFoundError:
         return  # removed meanwhile
+    try:  # before the copy: a change after it shows
+        before = upgradekept.stamp(ofd, name)
+    except OSError:  # the copy says what (an unreadable directory); never reused
+        before = []
     with contextlib.suppress(FileNotFoundError):
         os.stat(name, dir_fd=nfd, follow_symlinks=False)
         done.dropped.append((name, f"PostgreSQL {_major(nfd)} has its own"))
@@ -159,6 +204,7 @@ def _copy_entry(ofd: int, nfd: int, name: str, done: Carried, old: Path) -> None
             e.filename2 = None
         raise
     done.files.append(name)
+    done.stamps[name.rstrip("/")] = before
     if stats.skipped:
         what = "a FIFO, socket or device" if stats.skipped == 1 else "FIFOs, sockets or devices"
         done.dropped.append((name, f"{stats.skipped} of its entries: {what}"))
@@ -246,9 +292,10 @@ def add_includes(new: Path, lines: list[str]) -> None:
         path.write_text(with_includes(conf.read(path).decode(errors="replace"), lines))
 
 
-def carry(old: Path, new: Path) -> Carried:
-    """Copy the entries (:func:`copy_entries`) and add the include lines. As the user."""
-    done = copy_entries(old, new)
+def carry(old: Path, new: Path, before: Carried | None = None) -> Carried:
+    """Copy the entries (:func:`copy_entries`, reusing ``before``'s copies where nothing
+    changed) and add the include lines. As the user."""
+    done = copy_entries(old, new, before)
     done.includes = old_includes(old)
     add_includes(new, done.includes)
     return done
@@ -274,8 +321,9 @@ def copied(srv: Server, store: Store, fn: object, *args: object) -> Carried:
 
 @contextlib.contextmanager
 def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Iterator[Carried]:
-    """The entries of the old data directory copied into the fresh ``newdata`` (removed
-    on exit), and the new major's reading of postgresql.conf with the include lines
+    """The entries of the old data directory copied into the fresh ``newdata`` (moved
+    aside on exit for the switch to reuse, :mod:`pgmgr.core.upgradekept`; removed on an
+    error), and the new major's reading of postgresql.conf with the include lines
     checked: what the upgrade would carry.
 
     :raises DatabaseException: an entry cannot be copied, or the new major rejects what
@@ -284,7 +332,7 @@ def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Itera
     done = Carried()
     try:
         # Room first: the copy is made while the server runs, and filling its disk (a big
-        # backup kept there, a sparse file, whose holes a copy writes out) would stop it.
+        # backup kept there) would stop it. (A sparse file's holes are kept.)
         size = store.as_user(entries_size, srv.datadir)
         snapstore.check_space(
             store, size, f"the files '{srv.inst.name}' keeps in its data directory"
@@ -294,7 +342,13 @@ def placed(srv: Server, store: Store, new: Installation, newdata: Path) -> Itera
         if done.includes:
             check_includes(srv, store, new, newdata, done.includes, done.files)
         yield done
-    finally:
+    except BaseException:
+        store.as_user(remove_entries, newdata, done.files)
+        raise
+    try:
+        store.as_user(upgradekept.set_aside, newdata, done.files)
+    except OSError:  # copied again at the switch, as any entry not kept
+        done.stamps = {}
         store.as_user(remove_entries, newdata, done.files)
 
 

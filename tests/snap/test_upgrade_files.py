@@ -332,12 +332,14 @@ def test_include_lines_are_read_and_carried() -> None:
 
 def test_no_room_for_the_users_files_is_refused_before_they_are_copied(scratch: Path) -> None:
     """The user's entries are copied (for the check) while the server runs: a big file kept
-    in the data directory, or a sparse one (whose holes the copy writes out), filled the
-    disk the running server writes to. Room is checked first. On a small tmpfs (root: a
-    mount), so that the copy the old code made fills only it."""
+    in the data directory filled the disk the running server writes to. Room is checked
+    first. On a small tmpfs (root: a mount), so that the copy the old code made fills only
+    it."""
     with small_tmpfs(scratch, "300m") as fs, running15(fs, "room") as it:
         big = _put(it, "big.img", "")
-        os.truncate(big, 1 << 30)  # 1 GiB of holes: nothing used yet
+        free = os.statvfs(fs)
+        with open(big, "wb") as f:  # more than half what is free: no room for its copy
+            f.write(os.urandom(1 << 20) * (free.f_bavail * free.f_frsize * 6 // 10 >> 20))
         used = os.statvfs(fs)
         for args in (["--check"], ["--yes"]):
             proc = it.pgmgr("upgrade", "room", "-v", "18", *args)
@@ -348,3 +350,35 @@ def test_no_room_for_the_users_files_is_refused_before_they_are_copied(scratch: 
             now = os.statvfs(fs)
             assert now.f_bfree * now.f_frsize > used.f_bfree * used.f_frsize - (20 << 20)
         assert it.record()["major"] == "15"
+
+
+def test_a_sparse_file_is_carried_with_its_holes(scratch: Path) -> None:
+    """A 1 GiB sparse file holding 1 MiB, on a 300 MB disk: the room checks count what
+    the copies allocate (the copy keeps holes), so the check and the upgrade go through
+    (they were refused for lack of 1 GiB); the carried file has its bytes and its holes."""
+    with small_tmpfs(scratch, "300m") as fs, running15(fs, "sparse") as it:
+        img = _put(it, "disk.img", "")
+        with open(img, "r+b") as f:
+            f.truncate(1 << 30)
+            for i in range(16):
+                f.seek(i * (64 << 20) + 99)
+                f.write(os.urandom(64 << 10))
+        want = _digest(img)
+        for args in (["--check"], ["--yes"]):
+            proc = it.pgmgr("upgrade", "sparse", "-v", "18", "-q", *args)
+            assert proc.returncode == 0, (args, proc.stderr)
+        assert it.record()["major"] == "18"
+        st = img.stat()
+        assert st.st_size == 1 << 30 and st.st_blocks * 512 < 2 << 20, st
+        assert _digest(img) == want
+
+
+def _digest(path: Path) -> str:
+    """Of every byte (holes read as zeros)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
