@@ -57,19 +57,25 @@ _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 def unquote_value(value: str) -> str:
     """What a postgresql.conf value stands for: a quoted one (:data:`QUOTED`) read as
     PostgreSQL's DeescapeQuotedString reads it ('' and \\' a quote, \\n a newline, \\ooo
-    octal, a backslash before any other character that character); any other as it is."""
+    an octal byte, a backslash before any other character that character); any other as
+    it is. PostgreSQL builds bytes and ends the string at a NUL: '\\303\\251' is "\u00e9"
+    (UTF-8), 'a\\000b' is "a"."""
     if len(value) < 2 or value[0] != "'" or value[-1] != "'":
         return value
-
-    def one(m: re.Match[str]) -> str:
+    out = bytearray()
+    pos, inner = 0, value[1:-1]
+    for m in _ESCAPED.compiled.finditer(inner):
+        out += inner[pos : m.start()].encode(errors="surrogateescape")
+        pos = m.end()
         c = m.group(1)
         if c is None:
-            return "'"
-        if c[0] in "01234567":
-            return chr(int(c, 8) & 0xFF)
-        return _ESCAPES.get(c, c)
-
-    return _ESCAPED.compiled.sub(one, value[1:-1])
+            out += b"'"
+        elif c[0] in "01234567":
+            out.append(int(c, 8) & 0xFF)
+        else:
+            out += _ESCAPES.get(c, c).encode(errors="surrogateescape")
+    out += inner[pos:].encode(errors="surrogateescape")
+    return bytes(out).split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
 #: Read before postgresql.conf, so that file and the user's settings override them.

@@ -268,7 +268,8 @@ def trial_text(lines: list[str], old: Path, carried: Sequence[str] = ()) -> str:
 
 def _write_trial(newdata: Path, text: str) -> None:
     fd = os.open(newdata / TRIAL_CONF, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
+    # a name of bytes that are not UTF-8 ('\\377.conf') is written back as those bytes
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(text)
 
 

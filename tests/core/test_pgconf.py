@@ -56,6 +56,9 @@ def test_parse_assignments_needs_something() -> None:
         ("'\\101\\60x\\q'", "A0xq"),  # octal, and any other escaped character is itself
         ("''", ""),
         ("unquoted", "unquoted"),
+        # octal escapes are bytes, the string ends at a NUL (postgres -C prints 'aéb', 'a')
+        ("'a\\303\\251b'", "a\u00e9b"),
+        ("'a\\000b'", "a"),
     ],
 )
 def test_unquote_value_reads_as_postgresql_does(quoted: str, value: str) -> None:

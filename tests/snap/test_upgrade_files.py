@@ -310,6 +310,10 @@ def test_include_lines_are_read_and_carried() -> None:
     assert upgradefiles.trial_text(
         upgradefiles.include_lines(escaped), Path("/d"), ["it's.conf"]
     ) == ("include 'postgresql.conf'\ninclude '/d/it''s.conf'\ninclude '/d/../a\\\\b''c.conf'\n")
+    # octal escapes are the bytes of the name (UTF-8 here): a carried 'é.conf' is found
+    assert upgradefiles.trial_text(["include '\\303\\251.conf'"], Path("/d"), ["\u00e9.conf"]) == (
+        "include 'postgresql.conf'\ninclude '/d/\u00e9.conf'\n"
+    )
     assert upgradefiles.with_includes("a = 1\n", lines[:1]) == (
         "a = 1\n\n# Carried over from the old postgresql.conf by 'pgmgr upgrade':\n"
         "include 'a.conf'\n"
