@@ -158,8 +158,10 @@ def _say(
 def _say_outside(result: DestroyResult) -> None:
     """The tablespaces and WAL directory of the data directory kept elsewhere: left."""
     for o in result.left_outside:
-        what = f"its tablespace {o.oid}" if o.kind == "tablespace" else "its WAL directory"
+        # the names and link targets are the user's: one line, no terminal control
+        oid = ui.visible_line(o.oid or "")
+        what = f"its tablespace {oid}" if o.kind == "tablespace" else "its WAL directory"
         ui.message(
-            f"Note: left {what} in {ui.visible(o.path)}: pgmgr deletes nothing outside the "
+            f"Note: left {what} in {ui.visible_line(o.path)}: pgmgr deletes nothing outside the "
             "data directory; remove it yourself once nothing else uses it"
         )

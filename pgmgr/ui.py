@@ -248,6 +248,15 @@ def visible(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
+def visible_line(text: str) -> str:
+    """``text`` as :func:`visible` shows it, and its tabs and line breaks too: a name or
+    path of the user's set within a line of pgmgr's stays that one line."""
+    return visible(text).translate(_BREAKS)
+
+
+_BREAKS = {c: f"\\x{c:02x}" for c in (0x09, 0x0A)}
+
+
 def emit(text: str) -> None:
     """Data for scripts (stdout), printed even with --quiet."""
     write("stdout", text + "\n")

@@ -324,3 +324,24 @@ def test_destroy_says_it_leaves_a_wal_directory_elsewhere(cluster: InstFactory, 
     plain = cluster("plain")
     doc = pgmgr("destroy", "plain", "--yes", "--json").json()
     assert doc["left_outside"] == [] and not plain.datadir.exists()
+
+
+def test_destroy_note_of_what_it_leaves_is_one_line_without_terminal_controls(
+    cluster: InstFactory, work: Path
+) -> None:
+    """The names in pg_tblspc and the targets of its links are the data directory owner's:
+    a name holding an escape sequence reached the terminal raw (``\\x1b]0;...``), and a
+    line break in either split the note. Each note is now one line, its controls shown."""
+    inst = cluster("db")
+    st = inst.datadir.stat()
+    link = inst.datadir / "pg_tblspc" / "16384\x1b]0;owned\x07\nError: fake"
+    link.symlink_to(work / "ts\x1b[2J\nHint: fake")
+    os.lchown(link, st.st_uid, st.st_gid)
+    run = pgmgr("destroy", "db", "--yes")
+    assert run.returncode == 0 and not inst.datadir.exists(), str(run)
+    assert "\x1b" not in run.stderr and "\x07" not in run.stderr, repr(run.stderr)
+    notes = [line for line in run.stderr.splitlines() if "left its tablespace" in line]
+    assert len(notes) == 1, repr(run.stderr)
+    assert "16384\\x1b]0;owned\\x07\\x0aError: fake in " in notes[0], notes
+    assert "ts\\x1b[2J\\x0aHint: fake: pgmgr deletes nothing" in notes[0], notes
+    assert not any(line.startswith(("Error:", "Hint:")) for line in run.stderr.splitlines())
