@@ -30,7 +30,7 @@ NOT_APPLIED = "setting could not be applied"
 
 QUERY = """
 SELECT f.sourcefile, f.sourceline, f.name, f.setting, f.error, s.context
-FROM pg_file_settings f LEFT JOIN pg_settings s ON s.name = f.name
+FROM pg_file_settings f LEFT JOIN pg_settings s ON lower(s.name) = lower(f.name)
 WHERE f.error IS NOT NULL
 ORDER BY f.seqno
 """
@@ -125,15 +125,16 @@ def not_in_effect(srv: Server, rejected: list[Rejected], timeout: int = 5) -> li
 
     from pgmgr.core.errors import WorkerError
 
-    names = sorted({r.name for r in rejected})
+    names = sorted({r.name.lower() for r in rejected})  # the file's own spelling: any case
     try:
         with psycopg.connect(ownconn.dsn(srv), connect_timeout=timeout) as conn:
             rows = conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [names]
+                "SELECT lower(name), setting FROM pg_settings WHERE lower(name) = ANY(%s)",
+                [names],
             ).fetchall()
     except psycopg.Error as e:
         from pgmgr.core.readyfirst import cannot_connect
 
         raise WorkerError(cannot_connect(srv, e)) from None
     now: dict[str, str] = dict(rows)
-    return [r for r in rejected if now.get(r.name) != r.setting]
+    return [r for r in rejected if now.get(r.name.lower()) != r.setting]

@@ -293,6 +293,25 @@ def test_reload_says_an_invalid_value_of_a_restart_only_setting(fresh: Instance)
     assert show(fresh, "shared_buffers") == "128MB"
 
 
+def test_reload_reads_a_setting_name_in_any_case(fresh: Instance) -> None:
+    """PostgreSQL takes a setting's name in any case (Shared_Buffers); reload looked its
+    context up by the exact name, found none, and took a valid change only a restart
+    applies for an invalid value ("rejected ... invalid value for Shared_Buffers: '17MB'",
+    exit 1). A valid change in another case is the note; an invalid one still an error."""
+    conf = fresh.datadir / "postgresql.conf"
+    original = conf.read_text()
+    where = f"postgresql.conf line {len(original.splitlines()) + 1}"
+    conf.write_text(f"{original}Shared_Buffers = '17MB'\n")
+    proc = fresh.pgmgr("reload", "fresh")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{where}: Shared_Buffers = '17MB' needs a restart to apply" in proc.stderr
+    conf.write_text(f"{original}Shared_Buffers = 'banana'\n")
+    err = one_error(fresh.pgmgr("reload", "fresh"), 1)
+    assert f"{where}: invalid value for Shared_Buffers: 'banana'" in err, err
+    conf.write_text(original)
+    assert fresh.pgmgr("reload", "fresh").returncode == 0
+
+
 def test_reload_of_a_value_valid_in_another_database_is_not_rejected(fresh: Instance) -> None:
     """pg_file_settings checks the files in the database pgmgr connects to ('postgres'): a
     default_text_search_config made in another database is "setting could not be applied"
