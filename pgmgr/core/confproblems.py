@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pgmgr.core import ownconn
 
@@ -95,7 +96,9 @@ def sort_restart(srv: Server, changed: list[Rejected]) -> tuple[list[Rejected], 
     """``(invalid, pending)``: which of ``changed`` (:attr:`Problems.restart_only`) the
     server rejects, and which a restart applies. Each value is checked alone by the
     instance's ``postgres -C``, reading no configuration file (the one on disk holds the
-    values being checked, and any invalid one fails the whole file).
+    values being checked, and any invalid one fails the whole file), not even the data
+    directory's postgresql.auto.conf: ``-D`` is /dev/null (postgres skips the file it
+    cannot open there), so an invalid value of another setting there is not this one's.
 
     :raises OSError: postgres cannot be executed.
     """
@@ -106,7 +109,7 @@ def sort_restart(srv: Server, changed: list[Rejected]) -> tuple[list[Rejected], 
     pending: list[Rejected] = []
     for r in changed:
         alone = {"config_file": os.devnull, r.name: r.setting}
-        failed = server.postgres_check(install, srv.datadir, alone, user)
+        failed = server.postgres_check(install, Path(os.devnull), alone, user)
         (invalid if failed is not None else pending).append(r)
     return invalid, pending
 

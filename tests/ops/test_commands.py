@@ -312,6 +312,26 @@ def test_reload_reads_a_setting_name_in_any_case(fresh: Instance) -> None:
     assert fresh.pgmgr("reload", "fresh").returncode == 0
 
 
+def test_reload_checks_a_restart_only_value_without_postgresql_auto_conf(fresh: Instance) -> None:
+    """Each changed value only a restart applies is checked by postgres -C: with -D the data
+    directory it read postgresql.auto.conf too, and one invalid value there (edited by
+    hand) failed the check of every such value: "rejected ... invalid value for
+    shared_buffers: '17MB'", a valid one. Only the invalid one is named now."""
+    conf = fresh.datadir / "postgresql.conf"
+    auto = fresh.datadir / "postgresql.auto.conf"
+    original, auto_text = conf.read_text(), auto.read_text()
+    conf.write_text(f"{original}shared_buffers = '17MB'\n")
+    auto.write_text(f"{auto_text}work_mem = 'zz'\n")
+    try:
+        err = one_error(fresh.pgmgr("reload", "fresh"), 1)
+        assert "invalid value for work_mem: 'zz'" in err, err
+        assert "shared_buffers" not in err, err
+    finally:
+        conf.write_text(original)
+        auto.write_text(auto_text)
+    assert fresh.pgmgr("reload", "fresh").returncode == 0
+
+
 def test_reload_of_a_value_valid_in_another_database_is_not_rejected(fresh: Instance) -> None:
     """pg_file_settings checks the files in the database pgmgr connects to ('postgres'): a
     default_text_search_config made in another database is "setting could not be applied"
