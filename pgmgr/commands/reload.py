@@ -5,6 +5,10 @@ from __future__ import annotations
 from pgmgr import ui
 from pgmgr.commands import _common as c
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms
+if TYPE_CHECKING:
+    from pgmgr.core import ops
+
 
 def reload(
     name: c.Name = None,
@@ -37,17 +41,29 @@ def reload(
                 "confirmed": result.confirmed,
                 "elapsed_ms": round(result.elapsed * 1000, 1),
                 "restart_needed": [r.name for r in result.restart_needed],
+                "overridden": [r.name for r in result.overridden],
             }
         )
     elif result.confirmed:
         ui.message(f"Reloaded '{srv.inst.name}' (pid {result.pid}) in {ui.ms(result.elapsed)}")
-        for r in result.restart_needed:
-            ui.message(
-                f"Note: {ui.visible(r.where)}: {r.name} = {ui.visible(repr(r.setting))} needs a "
-                f"restart to apply ('pgmgr restart {srv.inst.name}'); it keeps its current value"
-            )
+        _notes(srv.inst.name, result)
     else:
         ui.message(
             f"Sent SIGHUP to '{srv.inst.name}' (pid {result.pid}); not confirmed: a standby "
             f"with hot_standby = off accepts no connections (see 'pgmgr logs {srv.inst.name}')"
+        )
+
+
+def _notes(name: str, result: ops.ReloadResult) -> None:
+    """The changed values of the files that this reload did not apply, and why."""
+    for r in result.restart_needed:
+        ui.message(
+            f"Note: {ui.visible_line(r.where)}: {r.name} = {ui.visible(repr(r.setting))} needs "
+            f"a restart to apply ('pgmgr restart {name}'); it keeps its current value"
+        )
+    for r in result.overridden:
+        ui.message(
+            f"Note: {ui.visible_line(r.where)}: {r.name} = {ui.visible(repr(r.setting))} never "
+            f"applies: pgmgr sets {r.name.lower()} on the server's command line (--port, "
+            "--host, --socket-dir of 'pgmgr start')"
         )

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 NOT_APPLIED = "setting could not be applied"
 
 QUERY = """
-SELECT f.sourcefile, f.sourceline, f.name, f.setting, f.error, s.context
+SELECT f.sourcefile, f.sourceline, f.name, f.setting, f.error, s.context, s.source
 FROM pg_file_settings f LEFT JOIN pg_settings s ON lower(s.name) = lower(f.name)
 WHERE f.error IS NOT NULL
 ORDER BY f.seqno
@@ -45,6 +45,9 @@ class Rejected:
     where: str
     name: str
     setting: str
+    #: the server's command line sets it (pgmgr's port, listen_addresses and
+    #: unix_socket_directories): the file's value never applies, a restart neither
+    pgmgrs: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: invalid value for {self.name}: {self.setting!r}"
@@ -79,14 +82,15 @@ def find(srv: Server, timeout: int = 5) -> Problems:
 
         raise WorkerError(cannot_connect(srv, e)) from None
     found = Problems()
-    for sourcefile, line, name, setting, error, context in rows:
+    for sourcefile, line, name, setting, error, context, source in rows:
         where = f"{sourcefile} line {line}"
         if name is None:
             found.whole.append(f"{where}: {error}")
         elif error != NOT_APPLIED:  # "unrecognized configuration parameter": none applied
             found.whole.append(f"{where}: {error} {name!r}")
         elif context == "postmaster":  # a valid change, or an invalid value
-            found.restart_only.append(Rejected(where, name, setting))
+            pgmgrs = source == "command line"
+            found.restart_only.append(Rejected(where, name, setting, pgmgrs))
         elif context != "internal":
             found.rejected.append(Rejected(where, name, setting))
     return found

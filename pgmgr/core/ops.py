@@ -128,6 +128,8 @@ class ReloadResult:
     elapsed: float
     #: changed values of the files that only a restart applies (file and line, name, value)
     restart_needed: list[confproblems.Rejected] = field(default_factory=list)
+    #: changed values of settings pgmgr sets on the server's command line: never applied
+    overridden: list[confproblems.Rejected] = field(default_factory=list)
 
     @property
     def confirmed(self) -> bool:
@@ -211,8 +213,10 @@ def _reloaded(
     if problems.rejected:
         left = confproblems.not_in_effect(srv, problems.rejected)
     if problems.restart_only:
-        invalid, result.restart_needed = confproblems.sort_restart(srv, problems.restart_only)
+        invalid, pending = confproblems.sort_restart(srv, problems.restart_only)
         left += invalid
+        result.restart_needed = [r for r in pending if not r.pgmgrs]
+        result.overridden = [r for r in pending if r.pgmgrs]
     if left:
         raise WorkerError(
             f"reloaded '{srv.inst.name}', but PostgreSQL rejected "

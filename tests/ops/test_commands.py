@@ -332,6 +332,30 @@ def test_reload_checks_a_restart_only_value_without_postgresql_auto_conf(fresh: 
     assert fresh.pgmgr("reload", "fresh").returncode == 0
 
 
+def test_reload_does_not_promise_a_restart_applies_what_pgmgr_sets(fresh: Instance) -> None:
+    """port, listen_addresses and unix_socket_directories are set on the server's command
+    line by pgmgr, which overrides the files: a changed one in postgresql.conf was "needs a
+    restart to apply", though a restart keeps pgmgr's value. Now a note that it never
+    applies (--json: overridden, not restart_needed); an invalid one is still an error."""
+    conf = fresh.datadir / "postgresql.conf"
+    original = conf.read_text()
+    where = f"postgresql.conf line {len(original.splitlines()) + 1}"
+    port = show(fresh, "port")
+    conf.write_text(f"{original}port = 5\nlisten_addresses = '*'\n")
+    proc = fresh.pgmgr("reload", "fresh")
+    assert proc.returncode == 0, proc.stderr
+    assert "needs a restart" not in proc.stderr, proc.stderr
+    assert f"{where}: port = '5' never applies: pgmgr sets port" in proc.stderr, proc.stderr
+    doc = json.loads(fresh.pgmgr("reload", "fresh", "--json").stdout)
+    assert doc["restart_needed"] == [] and doc["overridden"] == ["port", "listen_addresses"]
+    conf.write_text(f"{original}port = 'banana'\n")
+    err = one_error(fresh.pgmgr("reload", "fresh"), 1)
+    assert f"{where}: invalid value for port: 'banana'" in err, err
+    conf.write_text(original)
+    assert fresh.pgmgr("restart", "fresh").returncode == 0
+    assert show(fresh, "port") == port
+
+
 def test_reload_of_a_value_valid_in_another_database_is_not_rejected(fresh: Instance) -> None:
     """pg_file_settings checks the files in the database pgmgr connects to ('postgres'): a
     default_text_search_config made in another database is "setting could not be applied"
