@@ -68,6 +68,8 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     """Stop (if running) and start again with the recorded host, port and settings.
 
     :raises UsageError: an unknown mode.
+    :raises DatabaseException: its PG_VERSION names no major version, or no installation
+        of it is found (nothing was done: it was not stopped).
     :raises WorkerError: it did not stop in time, or did not come back.
     :raises KeyboardInterrupt: interrupted (also SIGTERM/SIGHUP), from its stop mark to
         its start: a server that ran is started again first (the restart is done, fast),
@@ -78,6 +80,9 @@ def restart(srv: Server, mode: str = "fast", timeout: float = 60.0) -> RestartRe
     if mode not in server.STOP_SIGNALS:
         raise UsageError(f"invalid --mode {mode!r}: use smart, fast or immediate")
     srv.check_identity("restart")
+    # what the start needs of the data directory (a PG_VERSION naming a major) and of the
+    # system (its binaries): refused before the stop, not with the server stopped
+    srv.installation()
     from pgmgr.core import sigguard, stopmark
 
     running = srv.running() is not None

@@ -150,3 +150,23 @@ def test_an_uninstalled_pg_version_is_named_as_the_data_directorys(
     for args in (["start", "db", "--port", "auto"], ["restart", "db"]):
         err = one_error(pgmgr(*args))
         assert f"99 (from the PG_VERSION of {inst.datadir})" in err, err
+
+
+@pytest.mark.parametrize("content", [b"abc\n", b"99\n"], ids=ascii)
+def test_restart_of_a_running_server_with_a_bad_pg_version_leaves_it_running(
+    cluster: InstFactory, content: bytes
+) -> None:
+    """restart checked PG_VERSION only when starting again: a running server whose
+    PG_VERSION had become garbage (or an uninstalled major) was stopped, and the error
+    said "nothing was done". Now it is refused before the stop: the server still runs."""
+    inst = cluster("db")
+    assert inst.start("--port", "auto").returncode == 0
+    pid = inst.pid()
+    assert pid is not None
+    original = (inst.datadir / "PG_VERSION").read_bytes()
+    (inst.datadir / "PG_VERSION").write_bytes(content)
+    err = one_error(pgmgr("restart", "db"))
+    assert "PG_VERSION" in err, err
+    assert inst.pid() == pid
+    (inst.datadir / "PG_VERSION").write_bytes(original)
+    assert inst.stop().returncode == 0
