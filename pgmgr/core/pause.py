@@ -48,11 +48,17 @@ def paused(srv: Server, command: str, *, stop: bool = True, mode: str = "fast") 
     the block instead, to stop later (``stop=False``: call :func:`stop_now`). ``command``
     (snapshot, restore...) marks the record while the server is stopped (see
     :mod:`pgmgr.core.stopmark`); the start clears it, and an end by an error or an interrupt
-    with the server still stopped (its start failed) leaves it with the reason."""
+    with the server still stopped (its start failed) leaves it with the reason.
+
+    :raises DatabaseException: it runs, and could not be started again (its PG_VERSION
+        names no major, or no installation of it is found): nothing was done."""
     pause = Pause(srv.running() is not None, command=command)
     if not pause.was_running:
         yield from _paused(srv, pause, stop, mode)
         return
+    # what starting it again needs (a PG_VERSION naming a major, its binaries): refused
+    # while it still runs, not found missing once it is stopped
+    srv.installation()
     with _said_both(srv, pause), stopmark.held(srv), stopmark.ended_on_failure(srv):
         yield from _paused(srv, pause, stop, mode)
 

@@ -124,3 +124,24 @@ def test_a_saved_state_damaged_by_hand_is_not_restored(inst: Inst) -> None:
     _refused(inst, ("restore", "dev", mine, "--yes"), 1, f"snapshot '{mine}' is damaged")
     assert inst.state() == "running"
     assert inst.sql("SELECT count(*) FROM t") == "1000"  # s1's state, as before the refusal
+
+
+def test_a_running_server_whose_pg_version_is_damaged_is_not_stopped(inst: Inst) -> None:
+    """PG_VERSION of a running server garbled by hand: 'snapshot' and 'branch' stopped the
+    server, copied the garbage into a snapshot (or a new instance) that cannot start, then
+    failed to start the source again ("... PG_VERSION ... is invalid ...; nothing was
+    done"), leaving it stopped. They now refuse while it runs, and nothing is made."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    pid = inst.pid()
+    version = inst.datadir / "PG_VERSION"
+    body = version.read_bytes()
+    version.write_text("abc\n")
+    try:
+        _refused(inst, ("snapshot", "dev", "s2"), 1, "PG_VERSION")
+        _refused(inst, ("branch", "dev", "b"), 1, "PG_VERSION")
+        assert inst.pid() == pid
+        assert [s["snapshot"] for s in inst.snaps()] == ["s1"]
+        assert not (inst.datadir.parent / "b").exists()
+    finally:
+        version.write_bytes(body)
+    assert inst.pid() == pid
