@@ -163,7 +163,7 @@ def load(name: str, *, settle: bool = True) -> Instance:
     except IsADirectoryError:
         raise CorruptRecord(path, "a directory, not a file", directory=True) from None
     except OSError as e:
-        raise CorruptRecord(path, _why_unreadable(e)) from None
+        raise CorruptRecord(path, _why_unreadable(e, path)) from None
     try:
         data = json.loads(raw.decode())
         if not isinstance(data, dict):
@@ -219,13 +219,20 @@ def _read_regular(path: Path) -> bytes:
         os.close(fd)
 
 
-def _why_unreadable(err: OSError) -> str:
+def _why_unreadable(err: OSError, path: Path) -> str:
     """What is wrong with a record file that could not be read, in words (not errno's
-    text alone: "Too many levels of symbolic links" is how a symlink refused shows)."""
+    text alone: "Too many levels of symbolic links" is how a symlink refused shows, "No
+    such device or address" a socket)."""
     import errno
+    import stat
 
     if err.errno == errno.ELOOP:
         return "a symbolic link, not a regular file"
+    if err.errno == errno.ENXIO:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                return "a socket, not a regular file"
+        return "a special file, not a regular file"
     if err.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return err.strerror or str(err)

@@ -154,11 +154,17 @@ def _not_a_file(record: Path, kind: str, aside: Path) -> str:
     if kind == "fifo":
         os.mkfifo(record)
         return "a FIFO"
+    if kind == "socket":
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(record))
+        return "a socket"
     record.symlink_to(aside)
     return "a symbolic link"
 
 
-@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink", "socket"])
 def test_a_record_that_is_not_a_file_is_named_and_left(
     cluster: InstFactory, rel_isolation: Path, work: Path, kind: str
 ) -> None:
