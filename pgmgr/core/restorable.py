@@ -54,7 +54,10 @@ def check_restorable(
             _inspect, srv.datadir, store.entry(name), meta, by_difference
         )
     rollback = meta.upgraded_to is not None and meta.upgraded_to == current
-    on_disk = server.datadir_major(srv.datadir)
+    try:
+        on_disk = server.datadir_major(srv.datadir)
+    except server.BadPgVersion:  # damaged: what the snapshot replaces, of the record's major
+        on_disk = srv.inst.major
     if meta.major != on_disk and not rollback:
         raise DatabaseException(
             f"snapshot {name!r} is PostgreSQL {meta.major} but '{srv.inst.name}' is "

@@ -145,3 +145,19 @@ def test_a_running_server_whose_pg_version_is_damaged_is_not_stopped(inst: Inst)
     finally:
         version.write_bytes(body)
     assert inst.pid() == pid
+
+
+def test_a_stopped_instance_whose_pg_version_is_damaged_can_be_restored(inst: Inst) -> None:
+    """A garbled PG_VERSION is what a snapshot repairs, and the error's hint says to
+    restore it: 'restore' refused ("the data directory's PG_VERSION ... is invalid"), so
+    the snapshot could not be put back. The snapshot's own major and the system identifier
+    in pg_control still decide; the instance's major is the record's."""
+    inst.ok("snapshot", "dev", "s1", "-q")
+    inst.ok("stop", "dev", "-q")
+    version = inst.datadir / "PG_VERSION"
+    body = version.read_bytes()
+    version.write_text("abc\n")
+    inst.ok("restore", "dev", "s1", "--yes", "-q")
+    assert version.read_bytes() == body
+    inst.ok("start", "dev", "-q")
+    assert inst.state() == "running"
