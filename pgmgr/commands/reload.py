@@ -57,9 +57,15 @@ def reload(
 def _notes(name: str, result: ops.ReloadResult) -> None:
     """The changed values of the files that this reload did not apply, and why."""
     for r in result.restart_needed:
+        # postgres -C knows an extension's setting only as a placeholder: any value passes
+        unchecked = (
+            f"; its extension checks the value only then (see 'pgmgr logs {name}')"
+            if "." in r.name
+            else ""
+        )
         ui.message(
             f"Note: {ui.visible_line(r.where)}: {r.name} = {ui.visible(repr(r.setting))} needs "
-            f"a restart to apply ('pgmgr restart {name}'); it keeps its current value"
+            f"a restart to apply ('pgmgr restart {name}'){unchecked}; it keeps its current value"
         )
     for r in result.overridden:
         ui.message(

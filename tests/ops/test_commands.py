@@ -356,6 +356,33 @@ def test_reload_does_not_promise_a_restart_applies_what_pgmgr_sets(fresh: Instan
     assert show(fresh, "port") == port
 
 
+def test_reload_does_not_vouch_for_an_extensions_restart_only_value(fresh: Instance) -> None:
+    """An extension's setting only a restart applies (pg_stat_statements.max, the library
+    preloaded) is a placeholder to postgres -C, which takes any value: 'banana' was "needs a
+    restart to apply", and the restart then ignores it with a WARNING. The note now says
+    the extension checks the value only at that restart."""
+    top = Path(fresh.bin("postgres")).parent.parent
+    if not any(
+        (d / "pg_stat_statements.so").exists() for d in (top / "lib", top / "lib/postgresql")
+    ):
+        pytest.skip("pg_stat_statements is not installed")
+    set_ = "shared_preload_libraries=pg_stat_statements"
+    assert fresh.pgmgr("config", "fresh", "set", set_, "--restart").returncode == 0
+    conf = fresh.datadir / "postgresql.conf"
+    original = conf.read_text()
+    try:
+        conf.write_text(f"{original}pg_stat_statements.max = 'banana'\n")
+        proc = fresh.pgmgr("reload", "fresh")
+        assert proc.returncode == 0, proc.stderr
+        assert (
+            "needs a restart to apply ('pgmgr restart fresh'); its extension checks the "
+            "value only then" in proc.stderr
+        ), proc.stderr
+    finally:
+        conf.write_text(original)
+        fresh.pgmgr("config", "fresh", "unset", "shared_preload_libraries", "--restart")
+
+
 def test_reload_of_a_value_valid_in_another_database_is_not_rejected(fresh: Instance) -> None:
     """pg_file_settings checks the files in the database pgmgr connects to ('postgres'): a
     default_text_search_config made in another database is "setting could not be applied"
