@@ -28,8 +28,14 @@ class Inst(Instance):
         return proc
 
     def sql(self, query: str, name: str | None = None) -> str:
-        proc = self.pgmgr("psql", name or self.name, "--", "-XAtq", "-v", "ON_ERROR_STOP=1",
-                          "-c", query)  # fmt: skip
+        """``query``'s result as ``psql -XAtq`` prints it, run by the psql ``pgmgr psql
+        NAME`` runs, with its arguments and environment. Both found in this process by
+        pgmgr's own code (the instance resolved from its record, as the command does):
+        ``python -m pgmgr psql`` cost a Python start-up per query, ~0.2 s, hundreds of
+        times in this directory's tests."""
+        argv, env = _psql_command(name or self.name, self.env)
+        argv += ["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
@@ -49,6 +55,21 @@ class Inst(Instance):
     @property
     def store(self) -> Path:
         return self.datadir.parent / ".pgmgr-snapshots" / self.datadir.name
+
+
+def _psql_command(name: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """What ``pgmgr psql NAME`` would exec, with ``env`` (the instance's variables, such
+    as another state directory) set in this process meanwhile. The environment psql gets
+    is this process's (as the command's, whose own is the test's): not one a CLI test run
+    in-process earlier froze (:func:`pgmgr.core.ownconn.detach_process`)."""
+    from pgmgr.actions import resolve
+    from pgmgr.core import ops, ownconn
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.setattr(ownconn, "_user_env", None)
+        return ops.psql_command(resolve(name, None), [])
 
 
 @pytest.fixture
