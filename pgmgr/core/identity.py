@@ -64,9 +64,8 @@ def check_links(path: str | Path) -> str:
     me = os.geteuid()
     done: list[str] = []  # the real directories walked so far
     todo = [c for c in reversed(os.path.abspath(path).split("/")) if c]
-    for _ in range(40 * 64):  # each link adds components: bounded like the kernel (ELOOP)
-        if not todo:
-            return "/" + "/".join(done)
+    links = 0
+    while todo:
         part = todo.pop()
         if part in (".", ".."):
             if part == ".." and done:
@@ -84,13 +83,20 @@ def check_links(path: str | Path) -> str:
                 continue
             if st.st_uid not in (0, me):
                 raise userfs.UnsafePath(path, f"{current} is a symlink of another user")
+            links += 1
+            if links > _MAX_LINKS:  # the kernel's limit (ELOOP): it would not go on either
+                raise userfs.UnsafePath(path, "it crosses too many symbolic links")
             target = os.readlink("", dir_fd=fd)  # this very link's (readlinkat, empty path)
         finally:
             os.close(fd)
         if target.startswith("/"):
             done = []
         todo.extend(c for c in reversed(target.split("/")) if c)
-    return os.path.realpath(path)  # a loop: the kernel refuses it (ELOOP) where it is used
+    return "/" + "/".join(done)
+
+
+#: Symlinks a path may cross (the kernel's ``MAXSYMLINKS``).
+_MAX_LINKS = 40
 
 
 def system_id(dir_fd: int) -> int | None:

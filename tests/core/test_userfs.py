@@ -248,6 +248,16 @@ def test_a_roots_link_to_a_users_link_is_the_users(other: ServerUser, shared_tmp
         assert userfs.others_can_write(shared_tmp / link / "server.log"), link
         with pytest.raises(userfs.UnsafePath, match="data is a symlink of another user"):
             identity.check_links(shared_tmp / link / "pg")
+    # A chain of root's links padded with "./" ran the walk out of steps, and the rest was
+    # then resolved unchecked; the kernel counts links, and so does the check now.
+    (shared_tmp / "pad1").symlink_to("./" * 1500 + "pad2")
+    (shared_tmp / "pad2").symlink_to("./" * 1500 + "home/data")
+    with pytest.raises(userfs.UnsafePath, match="data is a symlink of another user"):
+        identity.check_links(shared_tmp / "pad1" / "pg")
+    (shared_tmp / "loop1").symlink_to("loop2")
+    (shared_tmp / "loop2").symlink_to("loop1")
+    with pytest.raises(userfs.UnsafePath, match="too many symbolic links"):
+        identity.check_links(shared_tmp / "loop1" / "pg")
     # root's own links that lead to root's directories stay trusted, and resolved as
     # realpath resolves them
     (shared_tmp / "mine").symlink_to("victim/../victim/./")
