@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pgmgr.core import paths, testhook
-from pgmgr.core.errors import PgmgrError
+from pgmgr.core.errors import Busy, PgmgrError
 
 #: How long a command waits for another pgmgr holding an instance's lock (an export, a
 #: snapshot's copy, another command) before it says the instance is busy.
@@ -122,11 +122,12 @@ def held(path: Path, *, timeout: float, busy: str, create: bool = True) -> Itera
 class _Whole:
     """This process's flock of a ``locks`` directory (the fallback of :func:`_open`), shared
     by the locks it stands for: a command that holds two (a branch: its source's and its
-    target's) waited for itself, for the whole timeout, then said another pgmgr was working."""
+    target's) waited for itself, for the whole timeout, then said another pgmgr was working.
+    ``fd`` is -1 while the thread that made it still waits for the flock."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.paths: set[Path] = set()
+    def __init__(self, path: Path) -> None:
+        self.fd = -1
+        self.paths: set[Path] = {path}
 
 
 #: The ``locks`` directories this process holds, by (device, inode); guarded by ``_mutex``.
@@ -139,48 +140,64 @@ def _whole_held(fd: int, path: Path, timeout: float, deadline: float, busy: str)
     """Hold the ``locks`` directory, open as ``fd``, for the lock file ``path`` that could
     not be made, as :func:`held` holds a file (``timeout``, ``deadline``). When a lock of
     this process holds it already, it is shared; but not for the same ``path`` (another
-    thread's), which is waited for as its file would be. Takes ``fd`` over.
+    thread's), which is waited for as its file would be. One thread flocks it for all: the
+    others wait for that. Takes ``fd`` over.
 
     :raises Busy: still taken at ``deadline`` (the message is ``busy``).
     """
     st = os.fstat(fd)
     key = (st.st_dev, st.st_ino)
+    mine: _Whole | None = None
     try:
-        while True:
+        while mine is None:
             with _mutex:
-                mine = _wholes.get(key)
-                if mine is not None and path not in mine.paths:
-                    mine.paths.add(path)
-                    break
-            if mine is None:
-                left = 0.0 if timeout == 0 else max(deadline - time.monotonic(), 1e-6)
-                if not paths.flock_fd(fd, exclusive=True, timeout=left, busy=busy):
-                    yield False
-                    return
-                with _mutex:  # flocked: no other lock of this process holds it
-                    mine = _wholes[key] = _Whole(fd)
-                    mine.paths.add(path)
-                    fd = -1
+                entry = _wholes.get(key)
+                if entry is None:  # this thread flocks it
+                    entry = mine = _wholes[key] = _Whole(path)
+                elif entry.fd >= 0 and path not in entry.paths:
+                    entry.paths.add(path)
+                    mine = entry
+            if mine is not None:
                 break
             if timeout == 0:
                 yield False
                 return
             if time.monotonic() >= deadline:
-                from pgmgr.core.errors import Busy
-
                 raise Busy(f"{busy} (waited {timeout:.0f} s)")
-            time.sleep(0.01)
+            time.sleep(0.01)  # another thread's flock is on its way, or its hold of path
+        if mine.fd < 0:  # made here: flock it, then others may share it
+            try:
+                left = 0.0 if timeout == 0 else max(deadline - time.monotonic(), 1e-6)
+                got = paths.flock_fd(fd, exclusive=True, timeout=left, busy=busy)
+            except BaseException:
+                _let_go(key, mine, path)
+                raise
+            if not got:
+                _let_go(key, mine, path)
+                yield False
+                return
+            # the flock is the entry's from here: if interrupted in between, the descriptor
+            # stays open (the flock held until the process ends), never closed under it
+            fd, mine.fd = -1, fd
         try:
             yield True
         finally:
-            with _mutex:
-                mine.paths.discard(path)
-                if not mine.paths:
-                    del _wholes[key]
-                    os.close(mine.fd)
+            _let_go(key, mine, path)
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _let_go(key: tuple[int, int], mine: _Whole, path: Path) -> None:
+    """``path`` no longer needs ``mine``: the last one out closes it (and so unlocks)."""
+    with _mutex:
+        mine.paths.discard(path)
+        if mine.paths:
+            return
+        del _wholes[key]  # first: an interrupt then leaks the flock, never shares a lost one
+        held, mine.fd = mine.fd, -1
+    if held >= 0:
+        os.close(held)
 
 
 @contextlib.contextmanager

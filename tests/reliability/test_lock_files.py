@@ -10,6 +10,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.pause import Paused, ok
 from tests.reliability.conftest import InstFactory, pgmgr
 
@@ -157,3 +159,50 @@ def test_a_read_only_locks_directory_serves_two_locks_of_one_process(
     ok(pgmgr("stop", "db2", "-q"))
     ok(pgmgr("destroy", "db2", "--yes", "-q"))
     ok(inst.stop("-q"))
+
+
+def test_two_threads_share_the_read_only_fallback(
+    rel_isolation: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads of one process locking two data directories with ``locks/`` read-only:
+    the second, looking before the first had recorded its flock, flocked the directory
+    through its own descriptor and waited for the first until its timeout (Busy). It now
+    waits for the first thread's flock and shares it. The gap between a flock and its
+    record is made wide by a wrapper of ``flock_fd`` that sleeps after it (mocked: thread
+    scheduling cannot be forced otherwise); the flocks themselves are real."""
+    import threading
+
+    from pgmgr.core import dirlock, paths
+    from tests.reliability.test_storage import read_only
+
+    real_flock = paths.flock_fd
+    flocking = threading.Event()
+
+    def slow_flock(fd: int, **kw: object) -> bool:
+        flocking.set()
+        got = real_flock(fd, **kw)  # type: ignore[arg-type]
+        time.sleep(0.5)
+        return got
+
+    monkeypatch.setattr(paths, "flock_fd", slow_flock)
+    (rel_isolation / "locks").mkdir(parents=True, exist_ok=True)
+    results: dict[str, object] = {}
+
+    def hold(name: str, dwell: float) -> None:
+        try:
+            with dirlock.lock(rel_isolation / name, timeout=1.5):
+                results[name] = "held"
+                time.sleep(dwell)  # the first holds longer than the second waits
+        except Exception as e:  # reported below
+            results[name] = e
+
+    with read_only(rel_isolation / "locks"):
+        first = threading.Thread(target=hold, args=("a", 3.0))
+        first.start()
+        assert flocking.wait(10)
+        second = threading.Thread(target=hold, args=("b", 0.1))
+        second.start()
+        first.join()
+        second.join()
+    assert results == {"a": "held", "b": "held"}, results
+    assert dirlock._wholes == {}
