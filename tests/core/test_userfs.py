@@ -256,8 +256,8 @@ def test_a_roots_link_to_a_users_link_is_the_users(other: ServerUser, shared_tmp
         identity.check_links(shared_tmp / "pad1" / "pg")
     (shared_tmp / "loop1").symlink_to("loop2")
     (shared_tmp / "loop2").symlink_to("loop1")
-    with pytest.raises(userfs.UnsafePath, match="too many symbolic links"):
-        identity.check_links(shared_tmp / "loop1" / "pg")
+    # a loop: left as it is, for the kernel to refuse (ELOOP) where it is used
+    assert identity.check_links(shared_tmp / "loop1" / "pg") == str(shared_tmp / "loop1" / "pg")
     # root's own links that lead to root's directories stay trusted, and resolved as
     # realpath resolves them
     (shared_tmp / "mine").symlink_to("victim/../victim/./")
