@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import threading
 import time
+from _thread import allocate_lock  # threading's own lock, without importing threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +132,7 @@ class _Whole:
 
 #: The ``locks`` directories this process holds, by (device, inode); guarded by ``_mutex``.
 _wholes: dict[tuple[int, int], _Whole] = {}
-_mutex = threading.Lock()
+_mutex = allocate_lock()  # (every command imports this module: status too)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from pgmgr.core import copydata
 from pgmgr.core.errors import DatabaseException, doing
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -68,6 +67,8 @@ def _walk(path: str | Path | int, probe: bool) -> tuple[int, int]:
 
 
 def _size(fd: int, probe: bool) -> tuple[int, int]:
+    from pgmgr.core import copydata  # here: it imports threading, which status never needs
+
     total = used = 0
     with os.scandir(fd) as entries:
         for entry in entries:
