@@ -135,10 +135,8 @@ def copy_data(
                     if sparse:  # extents() moved the offset this copies from
                         os.lseek(fin, 0, os.SEEK_SET)
                     _copy_range(fin, fout, size, flush)
-            else:
-                if sparse:
-                    os.lseek(fin, 0, os.SEEK_SET)
-                _copy_read(fin, fout, flush)
+            else:  # to the end of the file, as it is now (it may have grown or shrunk)
+                _copy_pread(fin, fout, 0, _TO_THE_END, flush)
             return method
         except OSError as e:
             if method == "read" or e.errno not in _UNSUPPORTED:
@@ -187,6 +185,10 @@ def _copy_span(fin: int, fout: int, off: int, end: int, chunk: int, flush: Flush
         if flush:
             flush(fout, off, done)
         off += done
+
+
+#: An end past any file: :func:`_copy_pread` stops where the file ends.
+_TO_THE_END = 1 << 62
 
 
 def _copy_pread(fin: int, fout: int, off: int, end: int, flush: Flush | None) -> None:
@@ -299,18 +301,3 @@ class _Gate:
                 interrupted = interrupted or e
         if interrupted is not None:
             raise interrupted
-
-
-def _copy_read(fin: int, fout: int, flush: Flush | None = None) -> None:
-    off = flushed = 0
-    while chunk := os.read(fin, _BLOCK):
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fout, view)
-            view = view[n:]
-            off += n
-        if flush and off - flushed >= _CHUNK:
-            flush(fout, flushed, off - flushed)
-            flushed = off
-    if flush and off > flushed:
-        flush(fout, flushed, off - flushed)

@@ -210,11 +210,11 @@ def test_a_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (src / "base").mkdir(parents=True)
     (src / "base" / "1").write_bytes(b"x" * 10)
 
-    def failing(fin: int, fout: int, flush: object = None) -> None:
+    def failing(fin: int, fout: int, off: int, end: int, flush: object) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setenv("PGMGR_COPY_METHOD", "read")
-    monkeypatch.setattr(copydata, "_copy_read", failing)
+    monkeypatch.setattr(copydata, "_copy_pread", failing)
     with pytest.raises(OSError) as got:
         copy.copy_tree(src, tmp_path / "dst")
     assert describe_os_error(got.value) == (
